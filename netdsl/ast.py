@@ -1,0 +1,242 @@
+"""The syntax tree of a .net file: frozen dataclasses, each with the span it came from."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from netdsl.errors import Span
+
+# ---- expressions
+
+
+@dataclass(frozen=True)
+class Number:
+    value: int | float
+    span: Span
+
+
+@dataclass(frozen=True)
+class String:
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Name:
+    id: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class ListExpr:
+    items: tuple["Expr", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str  # + - * /
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Neg:
+    operand: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a call: positional when `name` is None."""
+
+    name: str | None
+    value: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Call:
+    """A layer, block, shared instance or function applied to arguments: `conv(64, 3, pad=1)`."""
+
+    name: str
+    args: tuple[Arg, ...]
+    span: Span
+    name_span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One `-> layer` step of a pipeline, repeated `repeat` times (`-> basic(64) x 3`)."""
+
+    call: Call
+    repeat: "Expr | None"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    source: "Expr"
+    stages: tuple[Stage, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Delayed:
+    """A state's value `delay` steps back: `h[t-1]`."""
+
+    name: str
+    delay: int
+    span: Span
+
+
+Expr = Union[Number, String, Name, ListExpr, BinOp, Neg, Call, Pipeline, Delayed]
+
+# ---- declarations and statements
+
+
+@dataclass(frozen=True)
+class TypeExpr:
+    """`[3, 32, 32]`, `seq[16]`, `class(10)`, `seq class(16)`, `class(2)[388, 388]`."""
+
+    dims: tuple[Expr, ...]
+    classes: Expr | None
+    seq: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class Import:
+    target: str  # a stdlib module name or a quoted path
+    is_path: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class NetworkDecl:
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class IODecl:
+    kind: str  # "input" or "target"
+    name: str
+    type: TypeExpr
+    span: Span
+
+
+@dataclass(frozen=True)
+class StateItem:
+    name: str
+    type: TypeExpr
+    init: Expr | None  # zeros when None; `learned` or a number otherwise
+    span: Span
+
+
+@dataclass(frozen=True)
+class StateDecl:
+    items: tuple[StateItem, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Assign:
+    targets: tuple[str, ...]
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str | None
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class TrainSetting:
+    """`batch=128` in a train clause; an optimiser or `bptt(...)` is a TrainSetting with name None."""
+
+    name: str | None
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Train:
+    items: tuple[TrainSetting, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Share:
+    """`share D = discriminator(128)`: one instance whose parameters every use shares."""
+
+    name: str
+    call: Call
+    span: Span
+
+
+@dataclass(frozen=True)
+class For:
+    var: str
+    start: Expr
+    stop: Expr  # inclusive, as in `1..n`
+    body: tuple["Stmt", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class In:
+    names: tuple[str, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Out:
+    values: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Expr | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    params: tuple[Param, ...]
+    body: tuple["Stmt", ...]
+    span: Span
+    file: str = ""
+
+
+Stmt = Union[IODecl, StateDecl, Assign, Loss, Train, Share, For, In, Out]
+
+
+@dataclass(frozen=True)
+class Comment:
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Module:
+    """A parsed file. `items` keeps source order; comments are kept apart for `netc fmt`."""
+
+    file: str
+    items: tuple[Union[Import, NetworkDecl, Block, Stmt], ...]
+    comments: tuple[Comment, ...] = field(default=())
+
+    @property
+    def network_name(self) -> str | None:
+        return next((i.name for i in self.items if isinstance(i, NetworkDecl)), None)
+
+    @property
+    def blocks(self) -> dict[str, Block]:
+        return {i.name: i for i in self.items if isinstance(i, Block)}

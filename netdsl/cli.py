@@ -1,0 +1,168 @@
+"""`netc`: check, compile, draw and format .net specs."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from netdsl.errors import SpecError, render
+
+__all__ = ["main"]
+
+EMIT_STAGES = ("ast", "expanded", "graph", "shapes")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits 1, not 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(1)
+
+
+def _parser() -> argparse.ArgumentParser:
+    root = _Parser(prog="netc", description="Check, compile, draw and format .net network specs.")
+    from netdsl import __version__
+
+    root.add_argument("--version", action="version", version=f"netc {__version__}")
+    sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    check = sub.add_parser("check", help="parse and shape-check specs; exit 1 on any error",
+                           description="Parse and shape-check each spec. Prints located errors and "
+                                       "exits 1 if any spec has an error.")
+    check.add_argument("specs", nargs="+", metavar="SPEC", help=".net file(s) to check")
+
+    comp = sub.add_parser("compile", help="per-node table: op, shape, parameters, FLOPs, memory",
+                          description="Print what each node costs, or any pipeline stage with --emit.")
+    comp.add_argument("spec", metavar="SPEC")
+    comp.add_argument("--emit", choices=EMIT_STAGES, help="print a pipeline stage instead of the table")
+    comp.add_argument("--batch", type=_positive, default=1, help="batch size for FLOPs and memory (1)")
+
+    draw = sub.add_parser("draw", help="draw the network with Graphviz (svg, png, pdf, dot)",
+                          description="Draw the network. Blocks are clusters; shapes label the edges.")
+    draw.add_argument("spec", metavar="SPEC")
+    draw.add_argument("-o", "--output", required=True, metavar="FILE",
+                      help="output file; its extension picks the format: .svg .png .pdf .dot")
+    draw.add_argument("--collapse", nargs="?", const=1, type=_natural, default=0, metavar="DEPTH",
+                      help="draw blocks below DEPTH (default 1: every block) as single boxes")
+    draw.add_argument("--unroll", type=_positive, metavar="T", help="draw a recurrence unrolled over T steps")
+
+    fmt = sub.add_parser("fmt", help="print the canonical form of a spec",
+                         description="Print the canonical form of a spec (comments kept).")
+    fmt.add_argument("spec", metavar="SPEC")
+    fmt.add_argument("-w", "--write", action="store_true", help="rewrite the file in place (atomically)")
+    return root
+
+
+def _positive(text: str) -> int:
+    value = _natural(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _natural(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run netc; returns the exit code (0 ok, 1 for any error in a spec, file or flag)."""
+    args = _parser().parse_args(argv)
+    from netdsl.driver import CheckFailed
+
+    try:
+        return COMMANDS[args.command](args)
+    except CheckFailed as exc:
+        _report(exc.errors, exc.sources)
+    except SpecError as exc:
+        _report([exc], {})
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    return 1
+
+
+def _report(errors, sources) -> None:
+    for error in errors:
+        sys.stderr.write(render(error, sources) + "\n")
+    if len(errors) > 1:
+        sys.stderr.write(f"{len(errors)} errors\n")
+
+
+def _check(args) -> int:
+    from netdsl.driver import CheckFailed, check_file
+
+    failed = 0
+    for path in args.specs:
+        try:
+            net = check_file(path)
+        except CheckFailed as exc:
+            _report(exc.errors, exc.sources)
+            failed += 1
+            continue
+        print(f"{path}: ok ({net.graph.number_of_nodes()} nodes, {net.param_count():,} parameters)")
+    return 1 if failed else 0
+
+
+def _compile(args) -> int:
+    from netdsl import emit
+    from netdsl.driver import check_file
+
+    net = check_file(args.spec)
+    if args.emit:
+        text = {
+            "ast": lambda: emit.format_ast(net.module),
+            "expanded": lambda: emit.format_program(net.program),
+            "graph": lambda: emit.format_graph(net.graph),
+            "shapes": lambda: emit.format_shapes(net.graph),
+        }[args.emit]()
+        print(text)
+        return 0
+    from netdsl.report import print_cost_table
+
+    print_cost_table(net, args.batch)
+    return 0
+
+
+def _draw(args) -> int:
+    from netdsl import draw
+    from netdsl.driver import check_file
+
+    net = check_file(args.spec)
+    fmt = os.path.splitext(args.output)[1].lstrip(".").lower()
+    draw.render(net.graph, args.output, fmt, collapse=args.collapse, unroll=args.unroll)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _fmt(args) -> int:
+    from netdsl.driver import read_spec
+    from netdsl.fmt import format_text
+    from netdsl.atomic import write_text
+
+    text = read_spec(args.spec)
+    try:
+        pretty = format_text(text, args.spec)
+    except SpecError as exc:
+        _report([exc], {args.spec: text})
+        return 1
+    if args.write:
+        if pretty != text:
+            write_text(args.spec, pretty)
+    else:
+        sys.stdout.write(pretty)
+    return 0
+
+
+COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The front end as a readable list of passes, from a file name to a checked graph."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+
+import networkx as nx
+
+from netdsl import ast
+from netdsl.errors import SpecError, SpecErrors, errors_of
+from netdsl.expand import expand
+from netdsl.graph import build_graph
+from netdsl.parse import parse
+from netdsl.program import Program
+from netdsl.shapes import infer_shapes
+
+__all__ = ["Network", "check_file", "check_text", "read_spec", "CheckFailed"]
+
+MAX_SPEC_BYTES = 10 * 1024 * 1024
+
+
+class CheckFailed(SpecErrors):
+    """A spec failed to check: its errors and the source texts needed to show them."""
+
+    def __init__(self, errors: list[SpecError], sources: dict[str, str]):
+        super().__init__(errors)
+        self.sources = sources
+
+
+@dataclass
+class Network:
+    """A checked spec: the syntax tree, the expanded program and the typed graph."""
+
+    module: ast.Module
+    program: Program
+    graph: nx.DiGraph
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.graph.graph["name"]
+
+    def param_count(self) -> int:
+        """Learned parameters; a shared instance counts once."""
+        from netdsl.cost import param_count
+
+        return param_count(self.graph)
+
+
+def read_spec(path: str) -> str:
+    """The text of a spec file, or a SpecError that says what is wrong with the file."""
+    if not os.path.exists(path):
+        raise SpecError(f"{path}: no such file", None, "check the path")
+    if os.path.isdir(path):
+        raise SpecError(f"{path} is a directory, not a spec file", None,
+                        f"name a .net file inside it, e.g. {os.path.join(path, '*.net')}")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read it ({exc.strerror})", None) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"{path} is larger than 10 MiB; is it really a spec?", None)
+    if b"\0" in data:
+        raise SpecError(f"{path} is a binary file, not a .net spec", None)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})", None) from None
+
+
+class _Loader:
+    """Reads and parses imported files once each, remembering their text for error messages."""
+
+    def __init__(self, sources: dict[str, str]):
+        self.sources = sources
+        self.modules: dict[str, ast.Module] = {}
+        self.loading: set[str] = set()
+
+    def __call__(self, target: str, is_path: bool, importing: str, span) -> ast.Module:
+        if is_path:
+            base = os.path.dirname(importing) if os.path.exists(importing) else os.getcwd()
+            path = os.path.normpath(os.path.join(base, target))
+            if not os.path.isfile(path):
+                raise SpecError(f"cannot import '{target}': no such file {path}", span)
+            text = read_spec(path)
+        else:
+            path = f"<stdlib>/{target}.net"
+            stdlib = resources.files("netdsl.stdlib")
+            if not stdlib.joinpath(f"{target}.net").is_file():
+                from netdsl.errors import suggest
+
+                names = [p.name[:-4] for p in stdlib.iterdir() if p.name.endswith(".net")]
+                raise SpecError(f"no standard library module '{target}'", span,
+                                suggest(target, names) or f"available: {', '.join(sorted(names))}")
+            text = stdlib.joinpath(f"{target}.net").read_text()
+        if path in self.modules:
+            return self.modules[path]
+        self.sources[path] = text
+        module = parse(text, path)
+        self.modules[path] = module
+        return module
+
+
+def check_text(text: str, file: str = "<spec>") -> Network:
+    """Parse, expand, build and shape-check a spec given as text.
+
+    Raises
+    ------
+    CheckFailed
+        With every error found and the sources to render them.
+    """
+    sources = {file: text}
+    try:
+        module = parse(text, file)                      # text -> AST with spans
+        program = expand(module, _Loader(sources))      # blocks, repeats, loops inlined
+        graph = build_graph(program)                    # networkx graph; cycles need a delay
+        graph = infer_shapes(graph)                     # every edge typed, or located errors
+    except (SpecError, SpecErrors) as exc:
+        raise CheckFailed(errors_of(exc), sources) from None
+    return Network(module, program, graph, sources)
+
+
+def check_file(path: str) -> Network:
+    """Check a spec file; see `check_text`."""
+    try:
+        text = read_spec(path)
+    except SpecError as exc:
+        raise CheckFailed([exc], {}) from None
+    return check_text(text, path)

@@ -1,0 +1,93 @@
+"""Printers for `netc compile --emit STAGE`: one node per line, with its shape."""
+from __future__ import annotations
+
+import dataclasses
+
+import networkx as nx
+
+from netdsl import ast
+from netdsl.graph import forward_view
+from netdsl.program import Program
+
+__all__ = ["format_ast", "format_program", "format_graph", "format_shapes"]
+
+
+def format_ast(module: ast.Module) -> str:
+    """The syntax tree, one node per line, indented by depth, with its line:col."""
+    lines: list[str] = []
+
+    def walk(value, depth: int, label: str = "") -> None:
+        pad = "  " * depth + (f"{label}: " if label else "")
+        if dataclasses.is_dataclass(value):
+            fields = [f for f in dataclasses.fields(value) if f.name not in ("span", "name_span", "file")]
+            simple = {f.name: getattr(value, f.name) for f in fields if _is_leaf(getattr(value, f.name))}
+            where = f"  @{value.span.line}:{value.span.col}" if hasattr(value, "span") else ""
+            inner = " ".join(f"{k}={v!r}" for k, v in simple.items() if v not in (None, (), ""))
+            lines.append(f"{pad}{type(value).__name__} {inner}".rstrip() + where)
+            for f in fields:
+                child = getattr(value, f.name)
+                if not _is_leaf(child):
+                    walk(child, depth + 1, f.name)
+        elif isinstance(value, tuple):
+            for item in value:
+                walk(item, depth, label)
+
+    for item in module.items:
+        walk(item, 0)
+    return "\n".join(lines)
+
+
+def _is_leaf(value) -> bool:
+    return not dataclasses.is_dataclass(value) and not (
+        isinstance(value, tuple) and any(dataclasses.is_dataclass(v) for v in value))
+
+
+def _inputs(pairs) -> str:
+    return ", ".join(src if delay == 0 else f"{src}@t-{delay}" for src, delay in pairs)
+
+
+def format_program(program: Program) -> str:
+    """The expanded program: `id = op(inputs; attrs)` in definition order."""
+    lines = [f"network {program.name}"]
+    for node in program.nodes.values():
+        if node.kind == "op":
+            shares = f"  shares {node.shares}" if node.shares else ""
+            lines.append(f"{node.id} = {node.op.name}({_inputs(node.inputs)}{_attrs(node.op)}){shares}")
+        else:
+            lines.append(f"{node.id} = {node.kind} {node.type}" + (
+                f" <- {_inputs(node.inputs)}" if node.inputs else ""))
+    lines += [f"loss {name} = {node}" for name, node in program.losses.items()]
+    if program.train:
+        lines.append("train " + ", ".join(f"{k}={v}" for k, v in program.train.items()))
+    return "\n".join(lines)
+
+
+def _attrs(op) -> str:
+    return "".join(f"; {k}={v!r}" for k, v in op.attrs.items()) if op.attrs else ""
+
+
+def format_graph(graph: nx.DiGraph) -> str:
+    """Nodes in topological order with their successors; delayed edges marked."""
+    lines = [f"graph {graph.graph['name']}: {graph.number_of_nodes()} nodes, "
+             f"{graph.number_of_edges()} edges"]
+    for node in nx.topological_sort(forward_view(graph)):
+        succ = [v if graph.edges[node, v]["delay"] == 0 else f"{v} (delay {graph.edges[node, v]['delay']})"
+                for v in graph.successors(node)]
+        kind = graph.nodes[node]["op"].name if graph.nodes[node]["op"] else graph.nodes[node]["kind"]
+        lines.append(f"{node} [{kind}] -> {', '.join(succ) or '(output)'}")
+    return "\n".join(lines)
+
+
+def format_shapes(graph: nx.DiGraph) -> str:
+    """JAX-style typed lines: `conv1: [16,32,32] = conv(x; channels=16, ...)`."""
+    lines = []
+    for node in nx.topological_sort(forward_view(graph)):
+        data = graph.nodes[node]
+        if data["kind"] == "op":
+            rhs = f"{data['op'].name}({_inputs(data['inputs'])}{_attrs(data['op'])})"
+        else:
+            rhs = data["kind"] + (f" <- {_inputs(data['inputs'])}" if data["inputs"] else "")
+        lines.append(f"{node}: {data['type']} = {rhs}")
+    for name, node in graph.graph["losses"].items():
+        lines.append(f"loss {name} = {node}")
+    return "\n".join(lines)

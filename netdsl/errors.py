@@ -1,0 +1,100 @@
+"""Located errors for people: a span in a spec, a message, a hint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Span", "SpecError", "SpecErrors", "ShapeError", "render", "errors_of", "suggest"]
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of a source file; lines and columns count from 1, ends are inclusive."""
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class SpecError(Exception):
+    """An error in a spec, a data file or a flag, shown to the user without a traceback."""
+
+    def __init__(self, message: str, span: Span | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+
+    def __str__(self) -> str:
+        where = f"{self.span}: " if self.span else ""
+        return f"{where}{self.message}"
+
+
+class SpecErrors(Exception):
+    """Several independent errors found in one pass."""
+
+    def __init__(self, errors: list[SpecError]):
+        super().__init__(f"{len(errors)} error(s)")
+        self.errors = sorted(errors, key=_order)
+
+    @staticmethod
+    def collect(errors: list[SpecError]) -> None:
+        """Raise the errors together, if there are any; one error per place and message."""
+        unique = {(e.span, e.message): e for e in reversed(errors)}
+        errors = list(reversed(unique.values()))
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise SpecErrors(errors)
+
+
+class ShapeError(Exception):
+    """Raised by an op's shape rule, without a span; the shapes pass adds the location."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+def _order(error: SpecError):
+    s = error.span
+    return (s.file, s.line, s.col) if s else ("", 0, 0)
+
+
+def errors_of(exc: BaseException) -> list[SpecError]:
+    """The individual errors inside a SpecError or SpecErrors."""
+    return list(exc.errors) if isinstance(exc, SpecErrors) else [exc]
+
+
+def render(error: SpecError, sources: dict[str, str] | None = None) -> str:
+    """Format an error as `file:line:col: error: message`, the line, a caret and a hint.
+
+    `sources` maps file names to their text; without the text only the first line is shown.
+    """
+    lines = [f"{error.span}: error: {error.message}" if error.span else f"error: {error.message}"]
+    span = error.span
+    text = (sources or {}).get(span.file) if span else None
+    if text is not None:
+        source_lines = text.splitlines()
+        if 1 <= span.line <= len(source_lines):
+            line = source_lines[span.line - 1].expandtabs(1)
+            width = span.end_col - span.col + 1 if span.end_line == span.line else len(line) - span.col + 1
+            gutter = f"{span.line:>4} | "
+            lines.append(gutter + line)
+            lines.append(" " * (len(gutter) + span.col - 1) + "^" * max(1, width))
+    if error.hint:
+        lines.append(f"  hint: {error.hint}")
+    return "\n".join(lines)
+
+
+def suggest(word: str, choices) -> str | None:
+    """The closest of `choices` to a misspelt `word`, as a 'did you mean' hint."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None

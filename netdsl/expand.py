@@ -1,0 +1,658 @@
+"""Pass 2, expand: inline blocks, repetitions and loops into a flat `Program`.
+
+Scalars (block parameters, loop variables, `4*n`) are evaluated here; tensor
+expressions become node definitions. Every node keeps the span of the call that
+made it and the block path it sits in (stage2/basic1/conv2).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from netdsl import ast
+from netdsl.errors import SpecError, SpecErrors, errors_of, suggest
+from netdsl.ops import OPS
+from netdsl.ops.base import ArgError, Op, bind
+from netdsl.program import Frame, NodeDef, Program, StateDef
+from netdsl.train_clause import evaluate_train
+from netdsl.types import TensorType
+
+__all__ = ["expand", "Loader"]
+
+# load(target, is_path, importing_file, span) -> the imported module
+Loader = Callable[[str, bool, str, Any], ast.Module]
+CONSTANTS = {"true": True, "false": False, "none": None}
+_SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+_TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+
+
+class Value:
+    """A tensor: the output of node `node`."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: str):
+        self.node = node
+
+
+class _Poison(Value):
+    """The value of an expression that already failed: uses of it report nothing more."""
+
+    def __init__(self):
+        super().__init__("")
+
+
+POISON = _Poison()
+
+
+@dataclass
+class _Binding:
+    name: str
+    value: Any
+    span: Any
+    used: bool = False
+
+
+@dataclass
+class _StateSlot:
+    decl: StateDef
+    delayed: dict[int, str] = field(default_factory=dict)  # delay -> state node id
+    read_span: Any = None
+
+
+@dataclass
+class _Shared:
+    """`share NAME = call`: the first use defines the parameters, later uses reuse them."""
+
+    name: str
+    call: ast.Call
+    uses: int = 0
+    owners: dict[str, str] = field(default_factory=dict)  # local path -> first node id
+
+
+@dataclass
+class _Scope:
+    prefix: str
+    frames: tuple[Frame, ...]
+    env: dict[str, _Binding] = field(default_factory=dict)
+    history: list[_Binding] = field(default_factory=list)
+    states: dict[str, _StateSlot] = field(default_factory=dict)
+    shared: dict[str, _Shared] = field(default_factory=dict)
+    counters: Counter = field(default_factory=Counter)
+    inputs: list[Value] | None = None  # tensors a block call passes to its `in`
+    outputs: list[Value] | None = None
+    share: tuple[_Shared, str] | None = None  # inside a shared instance: (it, path within it)
+
+    def fresh(self, base: str, taken) -> str:
+        while True:
+            self.counters[base] += 1
+            candidate = f"{self.prefix}{base}{self.counters[base]}"
+            if candidate not in taken:
+                return candidate
+
+
+def expand(module: ast.Module, load: Loader | None = None) -> Program:
+    """Inline every block, repetition and loop of a parsed spec.
+
+    Raises
+    ------
+    SpecError, SpecErrors
+        For unknown names and layers, bad arguments, misuse of blocks and states.
+    """
+    return _Expander(module, load).run()
+
+
+class _Expander:
+    def __init__(self, module: ast.Module, load: Loader | None):
+        self.module = module
+        self.load = load
+        self.nodes: dict[str, NodeDef] = {}
+        self.losses: dict[str, str] = {}
+        self.train: dict[str, Any] = {}
+        self.errors: list[SpecError] = []
+        self.consumed: set[str] = set()  # nodes that are some node's input
+        self.blocks: dict[str, ast.Block] = {}
+        self.depth = 0
+
+    # ---- driver
+    def run(self) -> Program:
+        self._collect_blocks(self.module, set())
+        top = _Scope("", ())
+        body = [i for i in self.module.items if not isinstance(i, (ast.Import, ast.NetworkDecl, ast.Block))]
+        self._exec_body(body, top)
+        self._finish_scope(top)
+        if not self.errors and not self.losses and not self.nodes:
+            span = self.module.items[0].span if self.module.items else None
+            self.errors.append(SpecError("the spec defines no network", span,
+                                         "declare an input and some layers: see docs/language.md"))
+        SpecErrors.collect(self.errors)
+        name = self.module.network_name or _stem(self.module.file)
+        return Program(name, self.nodes, self.losses, self.train, self.module.file)
+
+    def _collect_blocks(self, module: ast.Module, seen: set[str]) -> None:
+        seen.add(module.file)
+        for item in module.items:
+            if isinstance(item, ast.Import):
+                self._import(item, module, seen)
+            elif isinstance(item, ast.Block):
+                earlier = self.blocks.get(item.name)
+                if earlier is not None and earlier is not item:
+                    self.errors.append(SpecError(
+                        f"block '{item.name}' is defined twice", item.span,
+                        f"the other definition is at {earlier.span}"))
+                self.blocks[item.name] = item
+                if item.name in OPS:
+                    self.errors.append(SpecError(
+                        f"block '{item.name}' has the name of a built-in layer", item.span,
+                        "rename the block"))
+
+    def _import(self, item: ast.Import, module: ast.Module, seen: set[str]) -> None:
+        if self.load is None:
+            self.errors.append(SpecError("imports are not available here", item.span))
+            return
+        try:
+            imported = self.load(item.target, item.is_path, module.file, item.span)
+        except SpecError as exc:
+            self.errors.extend(errors_of(exc))
+            return
+        if imported.file in seen:
+            return
+        for stmt in imported.items:
+            if not isinstance(stmt, (ast.Import, ast.Block, ast.NetworkDecl)):
+                self.errors.append(SpecError(
+                    "an imported file may hold only blocks and imports", stmt.span,
+                    f"this file is imported from {item.span}"))
+                break
+        self._collect_blocks(imported, seen)
+
+    # ---- statements
+    def _exec_body(self, body, scope: _Scope) -> None:
+        for stmt in body:
+            try:
+                self._exec(stmt, scope)
+            except (SpecError, SpecErrors) as exc:
+                self.errors.extend(errors_of(exc))
+                for name in getattr(stmt, "targets", ()):
+                    self._bind(scope, name, POISON, stmt.span, used=True)
+
+    def _exec(self, stmt, scope: _Scope) -> None:
+        if isinstance(stmt, ast.Assign):
+            value = self._eval(stmt.value, scope, want=len(stmt.targets))
+            values = value if isinstance(value, tuple) else (value,)
+            if len(values) != len(stmt.targets):
+                raise SpecError(
+                    f"{len(stmt.targets)} names but the value gives {len(values)}", stmt.span)
+            for name, val in zip(stmt.targets, values):
+                if name in CONSTANTS:
+                    raise SpecError(f"'{name}' is a constant and cannot be assigned", stmt.span)
+                if len(stmt.targets) == 1 and isinstance(val, Value) and not isinstance(val, _Poison):
+                    val = self._rename(val, scope, name)
+                self._bind(scope, name, val, stmt.span)
+        elif isinstance(stmt, ast.IODecl):
+            self._declare_io(stmt, scope)
+        elif isinstance(stmt, ast.StateDecl):
+            for item in stmt.items:
+                if item.name in scope.states or item.name in scope.env:
+                    raise SpecError(f"'{item.name}' is already defined", item.span)
+                init = self._state_init(item, scope)
+                scope.states[item.name] = _StateSlot(
+                    StateDef(item.name, self._type(item.type, scope), init, item.span))
+        elif isinstance(stmt, ast.Loss):
+            self._loss(stmt, scope)
+        elif isinstance(stmt, ast.Train):
+            if scope.frames:
+                raise SpecError("a train clause belongs at the top level, not in a block", stmt.span)
+            if self.train:
+                raise SpecError("the spec has two train clauses", stmt.span, "merge them into one")
+            self.train = evaluate_train(stmt, lambda e: self._scalar(e, scope))
+        elif isinstance(stmt, ast.Share):
+            if stmt.call.name not in self.blocks and stmt.call.name not in OPS:
+                raise self._unknown_layer(stmt.call, scope)
+            scope.shared[stmt.name] = _Shared(stmt.name, stmt.call)
+            self._bind(scope, stmt.name, scope.shared[stmt.name], stmt.span, used=True)
+        elif isinstance(stmt, ast.For):
+            self._for(stmt, scope)
+        elif isinstance(stmt, ast.In):
+            self._bind_ins(stmt, scope)
+        elif isinstance(stmt, ast.Out):
+            if scope.inputs is None:
+                raise SpecError("`out` belongs inside a block", stmt.span,
+                                "a network's results are its losses")
+            if scope.outputs is not None:
+                raise SpecError("a block has one `out` line", stmt.span, "list all outputs on it: out a, b")
+            scope.outputs = [self._tensor(self._eval(v, scope), v) for v in stmt.values]
+
+    def _declare_io(self, stmt: ast.IODecl, scope: _Scope) -> None:
+        if scope.frames:
+            raise SpecError(f"an {stmt.kind} is declared at the top level, not in a block", stmt.span,
+                            "a block receives tensors through `in`")
+        type_ = self._type(stmt.type, scope)
+        if stmt.name in self.nodes or stmt.name in scope.env:
+            raise SpecError(f"'{stmt.name}' is already defined", stmt.span)
+        self.nodes[stmt.name] = NodeDef(stmt.name, stmt.kind, stmt.span, type=type_)
+        self._bind(scope, stmt.name, Value(stmt.name), stmt.span)
+
+    def _state_init(self, item: ast.StateItem, scope: _Scope):
+        if item.init is None:
+            return "zeros"
+        if isinstance(item.init, ast.Name) and item.init.id in ("zeros", "learned"):
+            return item.init.id
+        value = self._scalar(item.init, scope)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError("a state starts as zeros, learned, or a number", item.init.span,
+                            f"for example: state {item.name} : [64] = learned")
+        return float(value)
+
+    def _loss(self, stmt: ast.Loss, scope: _Scope) -> None:
+        if scope.frames:
+            raise SpecError("a loss belongs at the top level, not in a block", stmt.span,
+                            "return the value with `out` and write the loss in the network")
+        value = self._tensor(self._eval(stmt.value, scope), stmt.value)
+        if isinstance(value, _Poison):
+            return
+        name = stmt.name or ("loss" if "loss" not in self.losses else f"loss{len(self.losses) + 1}")
+        if name in self.losses:
+            raise SpecError(f"two losses are named '{name}'", stmt.span)
+        self.losses[name] = self._rename(value, scope, name).node
+
+    def _for(self, stmt: ast.For, scope: _Scope) -> None:
+        start, stop = self._whole(stmt.start, scope), self._whole(stmt.stop, scope)
+        if stop - start > 100_000:
+            raise SpecError(f"a loop of {stop - start + 1} iterations is too long", stmt.span)
+        saved = scope.env.get(stmt.var)
+        for i in range(start, stop + 1):
+            scope.env[stmt.var] = _Binding(stmt.var, i, stmt.span, used=True)
+            self._exec_body(stmt.body, scope)
+        if saved is None:
+            scope.env.pop(stmt.var, None)
+        else:
+            scope.env[stmt.var] = saved
+
+    def _bind_ins(self, stmt: ast.In, scope: _Scope) -> None:
+        if scope.inputs is None:
+            raise SpecError("`in` belongs inside a block", stmt.span, "a network declares `input x : [...]`")
+        if len(stmt.names) != len(scope.inputs):
+            block = scope.frames[-1].block
+            raise SpecError(
+                f"block '{block}' takes {len(stmt.names)} input(s) ({', '.join(stmt.names)}) "
+                f"but was given {len(scope.inputs)}", scope.frames[-1].span)
+        for name, value in zip(stmt.names, scope.inputs):
+            self._bind(scope, name, value, stmt.span, used=True)
+
+    def _bind(self, scope: _Scope, name: str, value, span, used: bool = False) -> None:
+        binding = _Binding(name, value, span, used)
+        scope.env[name] = binding
+        scope.history.append(binding)
+
+    def _finish_scope(self, scope: _Scope) -> None:
+        for name, slot in scope.states.items():
+            binding = scope.env.get(name)
+            if binding is None:
+                self.errors.append(SpecError(f"state '{name}' is never assigned", slot.decl.span,
+                                             f"give its value for this step: {name} = ..."))
+                continue
+            if not slot.delayed:
+                self.errors.append(SpecError(f"state '{name}' is never read as {name}[t-1]",
+                                             slot.decl.span, "declare it as a plain value instead"))
+            binding.used = True
+            if isinstance(binding.value, _Poison) or not isinstance(binding.value, Value):
+                continue
+            for delay, node in slot.delayed.items():
+                self.nodes[node].inputs = [(binding.value.node, delay)]
+        for binding in scope.history:
+            if not binding.used and isinstance(binding.value, Value) and not isinstance(binding.value, _Poison):
+                kind = self.nodes[binding.value.node].kind
+                what = {"input": "input", "target": "target"}.get(kind, "value")
+                self.errors.append(SpecError(f"{what} '{binding.name}' is never used", binding.span,
+                                             "use it, or delete it"))
+
+    # ---- expressions
+    def _eval(self, expr, scope: _Scope, want: int = 1):
+        if isinstance(expr, ast.Number):
+            return expr.value
+        if isinstance(expr, ast.String):
+            return expr.value
+        if isinstance(expr, ast.Name):
+            return self._lookup(expr, scope)
+        if isinstance(expr, ast.ListExpr):
+            return [self._scalar(item, scope) for item in expr.items]
+        if isinstance(expr, ast.Neg):
+            operand = self._eval(expr.operand, scope)
+            if isinstance(operand, Value):
+                return self._op_node("scale", [operand], {"factor": -1.0}, expr.span, scope)
+            return -self._number(operand, expr.operand)
+        if isinstance(expr, ast.BinOp):
+            return self._binop(expr, scope)
+        if isinstance(expr, ast.Call):
+            return self._call(expr, scope, None, want)
+        if isinstance(expr, ast.Pipeline):
+            return self._pipeline(expr, scope, want)
+        if isinstance(expr, ast.Delayed):
+            return self._delayed(expr, scope)
+        raise SpecError(f"cannot evaluate {type(expr).__name__}", getattr(expr, "span", None))
+
+    def _lookup(self, name: ast.Name, scope: _Scope):
+        binding = scope.env.get(name.id)
+        if binding is not None:
+            binding.used = True
+            if isinstance(binding.value, _Shared):
+                raise SpecError(f"'{name.id}' is a shared layer, not a value", name.span,
+                                f"apply it: x -> {name.id}")
+            return binding.value
+        if name.id in CONSTANTS:
+            return CONSTANTS[name.id]
+        if name.id in scope.states:
+            raise SpecError(
+                f"'{name.id}' is used before it is computed in this step: a cycle without a delay",
+                name.span, f"write {name.id}[t-1] for its value at the previous step")
+        if name.id in OPS or name.id in self.blocks:
+            raise SpecError(f"'{name.id}' is a layer, not a value", name.span,
+                            f"apply it to a value: x -> {name.id}")
+        known = [n for n in scope.env] + list(scope.states) + list(CONSTANTS)
+        raise SpecError(f"undefined name '{name.id}'", name.span, suggest(name.id, known))
+
+    def _scalar(self, expr, scope: _Scope):
+        value = self._eval(expr, scope)
+        if isinstance(value, Value):
+            raise SpecError("a tensor is used where a number is needed", expr.span)
+        return value
+
+    def _whole(self, expr, scope: _Scope) -> int:
+        value = self._scalar(expr, scope)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise SpecError(f"expected a whole number, got {value!r}", expr.span)
+        return int(value)
+
+    @staticmethod
+    def _number(value, expr):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"arithmetic needs numbers or tensors, got {value!r}", expr.span)
+        return value
+
+    def _tensor(self, value, expr):
+        if not isinstance(value, Value):
+            raise SpecError(f"expected a tensor, got the number {value!r}" if isinstance(value, (int, float))
+                            else f"expected a tensor, got {value!r}", expr.span)
+        return value
+
+    def _binop(self, expr: ast.BinOp, scope: _Scope):
+        left, right = self._eval(expr.left, scope), self._eval(expr.right, scope)
+        if isinstance(left, _Poison) or isinstance(right, _Poison):
+            return POISON
+        if isinstance(left, Value) and isinstance(right, Value):
+            return self._op_node(_TENSOR_OPS[expr.op], [left, right], {}, expr.span, scope)
+        if isinstance(left, Value) or isinstance(right, Value):
+            return self._scaled(expr, left, right, scope)
+        a, b = self._number(left, expr.left), self._number(right, expr.right)
+        if expr.op == "/":
+            if b == 0:
+                raise SpecError("division by zero", expr.right.span)
+            return a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
+        return _SCALAR_OPS[expr.op](a, b)
+
+    def _scaled(self, expr: ast.BinOp, left, right, scope: _Scope) -> Value:
+        """A tensor with a number: one `scale` node, y = factor * x + shift."""
+        tensor_left = isinstance(left, Value)
+        tensor, number = (left, right) if tensor_left else (right, left)
+        k = float(self._number(number, expr.right if tensor_left else expr.left))
+        if expr.op == "+":
+            attrs = {"shift": k}
+        elif expr.op == "-":
+            attrs = {"shift": -k} if tensor_left else {"factor": -1.0, "shift": k}
+        elif expr.op == "*":
+            attrs = {"factor": k}
+        elif tensor_left:
+            if k == 0:
+                raise SpecError("division by zero", expr.right.span)
+            attrs = {"factor": 1.0 / k}
+        else:
+            raise SpecError("a number divided by a tensor is not supported", expr.span,
+                            "write the reciprocal with exp(-log(x)) or rearrange")
+        return self._op_node("scale", [tensor], attrs, expr.span, scope)
+
+    def _pipeline(self, expr: ast.Pipeline, scope: _Scope, want: int):
+        value = self._eval(expr.source, scope)
+        for index, stage in enumerate(expr.stages):
+            last = index == len(expr.stages) - 1
+            count = 1 if stage.repeat is None else self._whole(stage.repeat, scope)
+            if count < 1:
+                raise SpecError(f"a stage repeats at least once, got x {count}", stage.repeat.span)
+            repeat = f"{scope.prefix}{stage.call.name}@{stage.span.line}:{stage.span.col}" if count > 1 else None
+            for _ in range(count):
+                if isinstance(value, tuple):
+                    raise SpecError(f"'{stage.call.name}' receives {len(value)} values; a pipeline "
+                                    "carries one", stage.span, "name the values: a, b = ...")
+                value = self._call(stage.call, scope, self._tensor(value, expr.source),
+                                   want if last else 1, repeat)
+        return value
+
+    def _delayed(self, expr: ast.Delayed, scope: _Scope) -> Value:
+        slot = scope.states.get(expr.name)
+        if slot is None:
+            hint = (f"declare it: state {expr.name} : [n]" if expr.name in scope.env
+                    else suggest(expr.name, scope.states))
+            raise SpecError(f"'{expr.name}' is not a declared state", expr.span, hint)
+        node = slot.delayed.get(expr.delay)
+        if node is None:
+            node = f"{scope.prefix}{expr.name}[t-{expr.delay}]"
+            self.nodes[node] = NodeDef(node, "state", slot.decl.span, scope.frames,
+                                       type=slot.decl.type, state=slot.decl)
+            slot.delayed[expr.delay] = node
+        return Value(node)
+
+    # ---- calls: layers, blocks and shared instances
+    def _call(self, call: ast.Call, scope: _Scope, piped: Value | None, want: int, repeat=None):
+        tensors, scalars, keywords = self._arguments(call, scope, piped)
+        if any(isinstance(t, _Poison) for t in tensors):
+            return POISON if want == 1 else (POISON,) * want
+        shared = scope.shared.get(call.name)
+        if shared is not None:
+            if scalars or keywords:
+                raise SpecError(f"'{call.name}' is a shared instance; its arguments are fixed where "
+                                "it is declared", call.span)
+            return self._use_shared(shared, tensors, call, scope, want)
+        if call.name in self.blocks:
+            return self._inline(self.blocks[call.name], tensors, scalars, keywords, call, scope, want, repeat)
+        if call.name in OPS:
+            return self._apply_op(call, tensors, scalars, keywords, scope, want)
+        raise self._unknown_layer(call, scope)
+
+    def _unknown_layer(self, call: ast.Call, scope: _Scope) -> SpecError:
+        binding = scope.env.get(call.name)
+        if binding is not None and isinstance(binding.value, Value):
+            return SpecError(f"'{call.name}' is a value, not a layer", call.name_span or call.span,
+                             f"combine values with an op, e.g. concat(x, {call.name})")
+        known = list(OPS) + list(self.blocks) + list(scope.shared)
+        hint = suggest(call.name, known) or "see the list of layers in docs/language.md"
+        return SpecError(f"unknown layer '{call.name}'", call.name_span or call.span, hint)
+
+    def _arguments(self, call: ast.Call, scope: _Scope, piped: Value | None):
+        tensors: list[Value] = [piped] if piped is not None else []
+        scalars: list[tuple[Any, Any]] = []
+        keywords: dict[str, tuple[Any, Any]] = {}
+        for arg in call.args:
+            value = self._eval(arg.value, scope)
+            if isinstance(value, tuple):
+                raise SpecError("a value with several outputs cannot be an argument", arg.span,
+                                "name the outputs first: a, b = ...")
+            if arg.name is not None:
+                if isinstance(value, Value):
+                    raise SpecError(f"'{arg.name}=' takes a number or setting, not a tensor", arg.span,
+                                    "pass tensors first, by position")
+                if arg.name in keywords:
+                    raise SpecError(f"argument '{arg.name}' is given twice", arg.span)
+                keywords[arg.name] = (value, arg.span)
+            elif isinstance(value, Value):
+                if scalars:
+                    raise SpecError("a tensor argument follows a number", arg.span,
+                                    f"put tensors first: {call.name}(x, ...)")
+                tensors.append(value)
+            else:
+                scalars.append((value, arg.span))
+        return tensors, scalars, keywords
+
+    def _apply_op(self, call, tensors, scalars, keywords, scope, want):
+        cls = OPS[call.name]
+        low, high = (cls.arity, cls.arity) if isinstance(cls.arity, int) else cls.arity
+        if len(tensors) < low or (high is not None and len(tensors) > high):
+            expected = str(low) if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+            got = len(tensors)
+            hint = (f"write {call.name}(x, ...) or x -> {call.name}(...)" if got < low
+                    else f"{call.name} takes numbers after its input(s)")
+            raise SpecError(f"{call.name} takes {expected} tensor input(s), got {got}", call.span, hint)
+        multi = getattr(cls, "multi_output", False)
+        if want > 1 and not multi:
+            raise SpecError(f"{call.name} gives one value, not {want}", call.span)
+        kw = {k: v for k, (v, _) in keywords.items()}
+        if multi and "parts" not in kw and not scalars:
+            kw["parts"] = want
+        indices = range(want) if multi and want > 1 else [None]
+        values = []
+        for index in indices:
+            extra = {} if index is None else {"index": index}
+            op = self._bind_op(cls, call, scalars, {**kw, **extra}, keywords)
+            values.append(self._node(op, tensors, call.span, scope))
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def _bind_op(self, cls, call, scalars, kw, keywords) -> Op:
+        try:
+            return bind(cls, [v for v, _ in scalars], kw)
+        except ArgError as exc:
+            if isinstance(exc.where, int) and exc.where < len(scalars):
+                span = scalars[exc.where][1]
+            elif isinstance(exc.where, str) and exc.where in keywords:
+                span = keywords[exc.where][1]
+            else:
+                span = call.span
+            raise SpecError(exc.message, span, exc.hint) from None
+
+    def _op_node(self, name: str, tensors, attrs, span, scope) -> Value:
+        if any(isinstance(t, _Poison) for t in tensors):
+            return POISON
+        try:
+            op = bind(OPS[name], [], attrs)
+        except ArgError as exc:
+            raise SpecError(exc.message, span, exc.hint) from None
+        return self._node(op, tensors, span, scope)
+
+    def _node(self, op: Op, tensors, span, scope: _Scope) -> Value:
+        node_id = scope.fresh(op.name, self.nodes)
+        shares = None
+        if scope.share is not None:
+            shared, path = scope.share
+            local = node_id[len(path):]
+            shares = shared.owners.setdefault(local, node_id)
+            shares = None if shares == node_id else shares
+        self.nodes[node_id] = NodeDef(node_id, "op", span, scope.frames, op=op,
+                                      inputs=[(t.node, 0) for t in tensors], shares=shares)
+        self.consumed.update(t.node for t in tensors)
+        return Value(node_id)
+
+    def _rename(self, value: Value, scope: _Scope, name: str) -> Value:
+        """Give the node that computes a named value that name, when it is fresh and free."""
+        node = self.nodes.get(value.node)
+        target = f"{scope.prefix}{name}"
+        if (node is None or node.kind != "op" or target in self.nodes or node.scope != scope.frames
+                or node.shares is not None or value.node in self.consumed):
+            return value
+        del self.nodes[value.node]
+        node.id = target
+        self.nodes[target] = node
+        return Value(target)
+
+    def _inline(self, block: ast.Block, tensors, scalars, keywords, call, scope, want, repeat=None,
+                instance: str | None = None, share=None):
+        self.depth += 1
+        try:
+            if self.depth > 64:
+                raise SpecError(f"block '{block.name}' calls itself without end", call.span)
+            name = instance or scope.fresh(block.name, self.nodes)[len(scope.prefix):]
+            frame = Frame(name, block.name, call.span, repeat)
+            inner = _Scope(f"{scope.prefix}{name}/", scope.frames + (frame,), inputs=list(tensors),
+                           share=share)
+            self._bind_params(block, inner, scalars, keywords, call, scope)
+            if not any(isinstance(s, ast.In) for s in block.body) and tensors:
+                raise SpecError(f"block '{block.name}' takes no input but was given {len(tensors)}",
+                                call.span, f"add `in x` to block '{block.name}'")
+            self._exec_body(block.body, inner)
+            self._finish_scope(inner)
+        finally:
+            self.depth -= 1
+        outputs = inner.outputs
+        if outputs is None:
+            raise SpecError(f"block '{block.name}' has no `out` line", block.span,
+                            "end it with out <value>")
+        if len(outputs) != want:
+            raise SpecError(f"block '{block.name}' gives {len(outputs)} value(s) but {want} are used",
+                            call.span)
+        return outputs[0] if want == 1 else tuple(outputs)
+
+    def _bind_params(self, block, inner: _Scope, scalars, keywords, call, outer: _Scope) -> None:
+        names = [p.name for p in block.params]
+        if len(scalars) > len(names):
+            raise SpecError(f"block '{block.name}' takes {len(names)} parameter(s), got {len(scalars)}",
+                            scalars[len(names)][1], f"usage: {_block_usage(block)}")
+        given = {p.name: value for p, (value, _) in zip(block.params, scalars)}
+        for key, (value, span) in keywords.items():
+            if key not in names:
+                raise SpecError(f"block '{block.name}' has no parameter '{key}'", span,
+                                suggest(key, names) or f"usage: {_block_usage(block)}")
+            if key in given:
+                raise SpecError(f"parameter '{key}' is given twice", span)
+            given[key] = value
+        for param in block.params:
+            if param.name in given:
+                value = given[param.name]
+            elif param.default is not None:
+                value = self._scalar(param.default, inner)
+            else:
+                raise SpecError(f"block '{block.name}' needs parameter '{param.name}'", call.span,
+                                f"usage: {_block_usage(block)}")
+            inner.env[param.name] = _Binding(param.name, value, param.span, used=True)
+
+    def _use_shared(self, shared: _Shared, tensors, call, scope: _Scope, want: int):
+        shared.uses += 1
+        instance = shared.name if shared.uses == 1 else f"{shared.name}.{shared.uses}"
+        tensors_d, scalars, keywords = self._arguments(shared.call, scope, None)
+        if tensors_d:
+            raise SpecError("a shared instance is declared without tensor arguments", shared.call.span)
+        if shared.call.name in self.blocks:
+            share = (shared, f"{scope.prefix}{instance}/")
+            return self._inline(self.blocks[shared.call.name], tensors, scalars, keywords, call, scope,
+                                want, instance=instance, share=share)
+        value = self._apply_op(shared.call, tensors, scalars, keywords, scope, want)
+        node = self.nodes.pop(value.node)
+        node.id = f"{scope.prefix}{instance}"
+        first = shared.owners.setdefault("", node.id)
+        node.shares = None if first == node.id else first
+        self.nodes[node.id] = node
+        return Value(node.id)
+
+    def _type(self, type_: ast.TypeExpr, scope: _Scope) -> TensorType:
+        dims = []
+        for dim in type_.dims:
+            value = self._whole(dim, scope)
+            if value < 1:
+                raise SpecError(f"a dimension must be at least 1, got {value}", dim.span)
+            dims.append(value)
+        classes = None
+        if type_.classes is not None:
+            classes = self._whole(type_.classes, scope)
+            if classes < 2:
+                raise SpecError(f"class(n) needs at least 2 classes, got {classes}", type_.classes.span)
+        elif not dims:
+            raise SpecError("a shape needs at least one dimension", type_.span, "for example [64]")
+        dtype = "int64" if classes is not None else "float32"
+        return TensorType(tuple(dims), dtype, classes, type_.seq)
+
+
+def _block_usage(block: ast.Block) -> str:
+    parts = [p.name if p.default is None else f"{p.name}=..." for p in block.params]
+    return f"{block.name}({', '.join(parts)})"
+
+
+def _stem(path: str) -> str:
+    import os
+
+    return os.path.splitext(os.path.basename(path))[0] or "network"

@@ -1,0 +1,72 @@
+"""Arithmetic on tensors: the binary operators with NumPy broadcasting, and scale."""
+from __future__ import annotations
+
+from netdsl.errors import ShapeError
+from netdsl.ops.base import Arg, Op, number, register
+from netdsl.ops.common import Pointwise, expect_float, fmt
+from netdsl.types import TensorType
+
+
+def broadcast(a: tuple[int, ...], b: tuple[int, ...], hint: str | None = None):
+    """NumPy's rule over dims aligned at the right; a clash names the dim (of the longer)."""
+    rank = max(len(a), len(b))
+    pa, pb = (1,) * (rank - len(a)) + a, (1,) * (rank - len(b)) + b
+    for i, (m, n) in enumerate(zip(pa, pb)):
+        if m != n and 1 not in (m, n):
+            raise ShapeError(f"cannot broadcast {fmt(a)} with {fmt(b)}: dim {i} is {m} vs {n}", hint)
+    return tuple(max(m, n) for m, n in zip(pa, pb))
+
+
+class _Binary(Op):
+    """y = a (op) b element by element, broadcasting like NumPy over per-example dims."""
+
+    arity = 2
+    elementwise = True
+    mismatch_hint: str | None = None
+
+    def shape(self, a: TensorType, b: TensorType) -> TensorType:
+        hint = "arithmetic needs float tensors; class labels are whole numbers"
+        expect_float(self, a, hint)
+        expect_float(self, b, hint)
+        return a.with_dims(broadcast(a.dims, b.dims, self.mismatch_hint))
+
+
+@register("add")
+class Add(_Binary):
+    r"""$y = a + b$"""
+
+    keeps = ()  # the gradient passes through unchanged
+    mismatch_hint = (
+        "to add tensors of different channels or sizes, project one first: "
+        "project(x, channels, stride) or a 1x1 conv"
+    )
+
+
+@register("sub")
+class Sub(_Binary):
+    r"""$y = a - b$"""
+
+    keeps = ()
+
+
+@register("mul")
+class Mul(_Binary):
+    r"""$y = a \cdot b$"""
+
+    keeps = ("a", "b")
+
+
+@register("div")
+class Div(_Binary):
+    r"""$y = a / b$"""
+
+    keeps = ("b", "y")  # da = gy / b, db = -gy * y / b
+
+
+@register("scale")
+class Scale(Pointwise):
+    r"""$y = \mathrm{factor} \cdot x + \mathrm{shift}$"""
+
+    args = (Arg("factor", number, 1.0), Arg("shift", number, 0.0))
+    keeps = ()  # the gradient is factor * gy
+    cost = 2

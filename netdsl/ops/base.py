@@ -1,0 +1,216 @@
+"""The op contract and its registry: an op is defined once and found by its spec name."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from netdsl.errors import ShapeError, suggest
+from netdsl.types import TensorType
+
+__all__ = ["Op", "Arg", "OPS", "register", "ArgError", "REQUIRED", "bind"]
+
+OPS: dict[str, type["Op"]] = {}
+REQUIRED = object()
+
+
+class ArgError(Exception):
+    """A bad argument; `where` is the positional index or keyword it refers to (None: the call)."""
+
+    def __init__(self, message: str, where: int | str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message, self.where, self.hint = message, where, hint
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One attribute of an op: its name, a converter that validates it, and a default."""
+
+    name: str
+    convert: Callable[[Any], Any]
+    default: Any = REQUIRED
+    doc: str = ""
+
+
+class Op:
+    """One op: shape rule, parameters and FLOPs now; forward and backward live here too.
+
+    Subclasses set `args` (the attribute schema) and `arity` (tensor inputs: an int, or
+    (min, None) for variadic ops like concat). Attributes bound from a call are set on
+    the instance (`self.channels`). Shape rules take and return per-step TensorTypes and
+    raise ShapeError saying what they expected and what they saw.
+    """
+
+    name: ClassVar[str] = ""
+    arity: ClassVar[int | tuple[int, int | None]] = 1
+    args: ClassVar[tuple[Arg, ...]] = ()
+    elementwise: ClassVar[bool] = False
+    # which tensors backward keeps, e.g. ("y",) for relu: the planner reads it for lifetimes
+    keeps: ClassVar[tuple[str, ...]] = ("x",)
+    # ops that see the whole sequence (last, reverse, attention) set this False
+    per_step: ClassVar[bool] = True
+    # losses reduce to one number per batch; the graph treats them as outputs
+    is_loss: ClassVar[bool] = False
+
+    def __init__(self, **attrs):
+        self.attrs = attrs
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def shape(self, *xs: TensorType) -> TensorType:
+        raise NotImplementedError
+
+    def params(self, *xs: TensorType) -> dict[str, tuple[int, ...]]:
+        """Shapes of the learned parameters, in PyTorch's layout, given the input types."""
+        return {}
+
+    def flops(self, y: TensorType, *xs: TensorType) -> int:
+        """Forward FLOPs for one example (one step of a sequence); a multiply-add is 2."""
+        return y.size
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.attrs.items())
+        return f"{self.name}({inner})"
+
+
+def register(name: str, *aliases: str):
+    """Class decorator: register an op under its spec name (and aliases)."""
+
+    def wrap(cls: type[Op]) -> type[Op]:
+        cls.name = name
+        for key in (name, *aliases):
+            if key in OPS:
+                raise ValueError(f"op {key!r} registered twice")
+            OPS[key] = cls
+        return cls
+
+    return wrap
+
+
+def bind(cls: type[Op], positional: list, keyword: dict[str, Any]) -> Op:
+    """Match call arguments to an op's schema and convert them; raise ArgError on misuse."""
+    schema = {a.name: a for a in cls.args}
+    if len(positional) > len(cls.args):
+        raise ArgError(
+            f"{cls.name} takes at most {len(cls.args)} argument(s) besides its input(s), "
+            f"got {len(positional)}",
+            len(cls.args),
+            hint=_usage(cls),
+        )
+    values: dict[str, Any] = {}
+    for index, (arg, value) in enumerate(zip(cls.args, positional)):
+        values[arg.name] = _convert(cls, arg, value, index)
+    for key, value in keyword.items():
+        if key not in schema:
+            hint = suggest(key, schema) or _usage(cls)
+            raise ArgError(f"{cls.name} has no argument '{key}'", key, hint)
+        if key in values:
+            raise ArgError(f"{cls.name}: argument '{key}' given twice", key)
+        values[key] = _convert(cls, schema[key], value, key)
+    for arg in cls.args:
+        if arg.name not in values:
+            if arg.default is REQUIRED:
+                raise ArgError(f"{cls.name} needs argument '{arg.name}'", None, _usage(cls))
+            values[arg.name] = arg.default
+    return cls(**values)
+
+
+def _convert(cls, arg: Arg, value, where):
+    try:
+        return arg.convert(value)
+    except (TypeError, ValueError) as exc:
+        raise ArgError(f"{cls.name}: argument '{arg.name}' {exc}", where, _usage(cls)) from None
+
+
+def _usage(cls: type[Op]) -> str:
+    parts = [a.name if a.default is REQUIRED else f"{a.name}={a.default!r}" for a in cls.args]
+    return f"usage: {cls.name}({', '.join(parts)})"
+
+
+# ---- argument converters: each raises ValueError("expects ..., got ...")
+
+
+def _describe(value) -> str:
+    return repr(value) if not isinstance(value, bool) else ("true" if value else "false")
+
+
+def integer(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"expects a whole number, got {_describe(value)}")
+    return int(value)
+
+
+def positive(value) -> int:
+    value = integer(value)
+    if value < 1:
+        raise ValueError(f"expects a positive whole number, got {value}")
+    return value
+
+
+def natural(value) -> int:
+    value = integer(value)
+    if value < 0:
+        raise ValueError(f"expects a whole number >= 0, got {value}")
+    return value
+
+
+def number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expects a number, got {_describe(value)}")
+    return float(value)
+
+
+def probability(value) -> float:
+    value = number(value)
+    if not 0 <= value < 1:
+        raise ValueError(f"expects a probability in [0, 1), got {value:g}")
+    return value
+
+
+def boolean(value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expects true or false, got {_describe(value)}")
+    return value
+
+
+def ints(convert=positive):
+    """A number or a list of numbers (a kernel size of 3 or [3, 5]), as a tuple."""
+
+    def to_tuple(value) -> tuple[int, ...]:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            raise ValueError("expects at least one number, got []")
+        return tuple(convert(v) for v in items)
+
+    return to_tuple
+
+
+def numbers(value) -> tuple[float, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expects a list of numbers, got {_describe(value)}")
+    return tuple(number(v) for v in value)
+
+
+def choice(*options: str):
+    def check(value) -> str:
+        if value not in options:
+            listed = ", ".join(f"'{o}'" for o in options)
+            raise ValueError(f"expects one of {listed}, got {_describe(value)}")
+        return value
+
+    return check
+
+
+def optional(convert):
+    def check(value):
+        return None if value is None else convert(value)
+
+    return check
+
+
+def expand_to(values: tuple[int, ...], rank: int, what: str) -> tuple[int, ...]:
+    """Broadcast a per-dimension setting (kernel 3 -> (3, 3)) or fail naming it."""
+    if len(values) == 1:
+        return values * rank
+    if len(values) != rank:
+        raise ShapeError(f"{what} has {len(values)} values but the input has {rank} spatial dims")
+    return values

@@ -1,0 +1,51 @@
+"""Helpers the op families share: dims formatting, input checks, the pointwise base."""
+from __future__ import annotations
+
+from netdsl.errors import ShapeError
+from netdsl.ops.base import Op
+from netdsl.types import TensorType
+
+LAYOUTS = {2: "[C,L]", 3: "[C,H,W]"}
+CLASS_HINT = "class labels are whole numbers; turn them into vectors with embedding(dim)"
+
+
+def fmt(dims) -> str:
+    """Dims as the spec writes them: `[64,7,7]`."""
+    return "[" + ",".join(map(str, dims)) + "]"
+
+
+def as_tuple(value) -> tuple:
+    """A per-dimension setting as a tuple (an unconverted default is a plain number)."""
+    return value if isinstance(value, tuple) else (value,)
+
+
+def is_float(x: TensorType) -> bool:
+    return x.classes is None and x.dtype.startswith("float")
+
+
+def expect_float(op: Op, x: TensorType, hint: str | None = CLASS_HINT) -> None:
+    if not is_float(x):
+        raise ShapeError(f"{op.name} expects a float tensor but got {x}", hint)
+
+
+def expect_spatial(op: Op, x: TensorType, ranks=(2, 3), hint: str | None = None) -> None:
+    """Check for a float [C,L] or [C,H,W] input (whichever `ranks` allows)."""
+    expect_float(op, x)
+    if x.rank not in ranks:
+        wanted = " or ".join(LAYOUTS[r] for r in ranks)
+        raise ShapeError(f"{op.name} expects {wanted} but got {x}", hint)
+
+
+class Pointwise(Op):
+    """An op applied element by element: the output has the input's type."""
+
+    elementwise = True
+    # forward FLOPs per element; transcendental maps cost a few
+    cost = 1
+
+    def shape(self, x: TensorType) -> TensorType:
+        expect_float(self, x)
+        return x
+
+    def flops(self, y, *xs) -> int:
+        return self.cost * y.size

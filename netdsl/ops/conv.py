@@ -1,0 +1,198 @@
+"""Convolutions over [C,L] signals and [C,H,W] images, their transposes, and projections."""
+from __future__ import annotations
+
+import math
+
+from netdsl.errors import ShapeError
+from netdsl.ops.base import (
+    Arg, ArgError, Op, boolean, choice, expand_to, ints, natural, positive, register,
+)
+from netdsl.ops.common import as_tuple, expect_spatial, fmt
+from netdsl.types import TensorType
+
+
+def padding(value):
+    """A pad setting: a number, a list of numbers, 'same' or 'valid'."""
+    if isinstance(value, str):
+        return choice("same", "valid")(value)
+    return ints(natural)(value)
+
+
+def conv_size(n: int, k: int, s: int, p: int, d: int) -> int:
+    """Output length of a strided, dilated window sliding over n + 2p positions."""
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def per_dim(op: Op, x: TensorType, **settings) -> list[tuple[int, ...]]:
+    """Each per-dimension setting (kernel 3 -> (3, 3)) expanded to x's spatial rank."""
+    rank = x.rank - 1
+    return [expand_to(as_tuple(v), rank, f"{op.name} {name}") for name, v in settings.items()]
+
+
+def check_output(op: Op, x: TensorType, out, **settings) -> None:
+    if min(out) < 1:
+        used = ", ".join(f"{name} {fmt(v)}" for name, v in settings.items())
+        raise ShapeError(
+            f"{op.name} output would be empty: spatial size {fmt(x.dims[1:])} with {used} "
+            f"gives {fmt(out)}",
+            "use a smaller kernel, stride or dilation, or pad more",
+        )
+
+
+def check_groups(op: Op, channels: int, where: str) -> None:
+    if channels % op.groups:
+        raise ShapeError(f"{op.name} groups={op.groups} must divide the {channels} {where} channels")
+
+
+class _Convolution(Op):
+    """What conv and conv_transpose share: argument checks, bias, parameter layout."""
+
+    ranks = (2, 3)
+
+    def __init__(self, **attrs):
+        super().__init__(**attrs)
+        if self.channels % self.groups:
+            raise ArgError(
+                f"{self.name}: groups={self.groups} must divide channels={self.channels}",
+                "groups",
+            )
+
+    def check_input(self, x: TensorType) -> None:
+        expect_spatial(self, x, self.ranks, "did you mean dense?" if x.rank == 1 else None)
+        check_groups(self, x.dims[0], "input")
+
+    def bias_params(self) -> dict[str, tuple[int, ...]]:
+        return {"bias": (self.channels,)} if self.bias else {}
+
+
+@register("conv")
+class Conv(_Convolution):
+    r"""$y_o = b_o + \sum_i w_{o,i} \star x_i$ (cross-correlation)"""
+
+    args = (
+        Arg("channels", positive),
+        Arg("kernel", ints()),
+        Arg("stride", ints(), 1),
+        Arg("pad", padding, 0),
+        Arg("dilation", ints(), 1),
+        Arg("groups", positive, 1),
+        Arg("bias", boolean, True),
+    )
+
+    def __init__(self, **attrs):
+        super().__init__(**attrs)
+        # as in PyTorch: 'same' is only well defined when every step is one position
+        if self.pad == "same" and any(s != 1 for s in as_tuple(self.stride)):
+            raise ArgError(
+                f"{self.name}: pad='same' needs stride 1, got stride={self.stride}",
+                "pad",
+                "give the padding as a number, e.g. pad=1 for a 3x3 kernel",
+            )
+
+    def shape(self, x: TensorType) -> TensorType:
+        self.check_input(x)
+        k, s, d = per_dim(self, x, kernel=self.kernel, stride=self.stride, dilation=self.dilation)
+        if self.pad == "same":
+            return x.with_dims((self.channels, *x.dims[1:]))
+        (p,) = per_dim(self, x, pad=0 if self.pad == "valid" else self.pad)
+        out = tuple(map(conv_size, x.dims[1:], k, s, p, d))
+        check_output(self, x, out, kernel=k, stride=s, pad=p, dilation=d)
+        return x.with_dims((self.channels, *out))
+
+    def params(self, x):
+        (k,) = per_dim(self, x, kernel=self.kernel)
+        return {"weight": (self.channels, x.dims[0] // self.groups, *k), **self.bias_params()}
+
+    def flops(self, y, x) -> int:
+        (k,) = per_dim(self, x, kernel=self.kernel)
+        macs = x.dims[0] // self.groups * math.prod(k) * y.size
+        return 2 * macs + (y.size if self.bias else 0)
+
+
+@register("conv1d")
+class Conv1d(Conv):
+    r"""$y_o = b_o + \sum_i w_{o,i} \star x_i$ over a [C,L] signal"""
+
+    ranks = (2,)
+
+
+@register("conv2d")
+class Conv2d(Conv):
+    r"""$y_o = b_o + \sum_i w_{o,i} \star x_i$ over a [C,H,W] image"""
+
+    ranks = (3,)
+
+
+@register("conv_transpose", "deconv")
+class ConvTranspose(_Convolution):
+    r"""$y = W^\top \star x + b$, the gradient of conv with respect to its input"""
+
+    args = (
+        Arg("channels", positive),
+        Arg("kernel", ints()),
+        Arg("stride", ints(), 1),
+        Arg("pad", ints(natural), 0),
+        Arg("output_pad", ints(natural), 0),
+        Arg("dilation", ints(), 1),
+        Arg("groups", positive, 1),
+        Arg("bias", boolean, True),
+    )
+
+    def shape(self, x: TensorType) -> TensorType:
+        self.check_input(x)
+        k, s, p, op, d = per_dim(
+            self, x, kernel=self.kernel, stride=self.stride, pad=self.pad,
+            output_pad=self.output_pad, dilation=self.dilation,
+        )
+        # output_pad only picks among sizes that stride or dilation left ambiguous
+        if any(o >= si and o >= di for o, si, di in zip(op, s, d)):
+            raise ShapeError(
+                f"{self.name} output_pad {fmt(op)} must be smaller than stride {fmt(s)} "
+                f"or dilation {fmt(d)}"
+            )
+        out = tuple(
+            (n - 1) * si - 2 * pi + di * (ki - 1) + oi + 1
+            for n, ki, si, pi, oi, di in zip(x.dims[1:], k, s, p, op, d)
+        )
+        check_output(self, x, out, kernel=k, stride=s, pad=p, dilation=d)
+        return x.with_dims((self.channels, *out))
+
+    def params(self, x):
+        (k,) = per_dim(self, x, kernel=self.kernel)
+        return {"weight": (x.dims[0], self.channels // self.groups, *k), **self.bias_params()}
+
+    def flops(self, y, x) -> int:
+        # every input element scatters into channels/groups output maps through the kernel
+        (k,) = per_dim(self, x, kernel=self.kernel)
+        macs = x.size * (self.channels // self.groups) * math.prod(k)
+        return 2 * macs + (y.size if self.bias else 0)
+
+
+@register("project")
+class Project(Op):
+    r"""$y = x$ if shapes agree, else $\mathrm{BN}(W_{1 \times 1} \star_s x)$"""
+
+    args = (Arg("channels", positive), Arg("stride", ints(), 1))
+
+    def is_identity(self, x: TensorType) -> bool:
+        return x.dims[0] == self.channels and all(s == 1 for s in as_tuple(self.stride))
+
+    def shape(self, x: TensorType) -> TensorType:
+        expect_spatial(self, x)
+        if self.is_identity(x):
+            return x
+        (s,) = per_dim(self, x, stride=self.stride)
+        out = tuple(conv_size(n, 1, si, 0, 1) for n, si in zip(x.dims[1:], s))
+        return x.with_dims((self.channels, *out))
+
+    def params(self, x):
+        if self.is_identity(x):
+            return {}
+        c = self.channels
+        ones = (1,) * (x.rank - 1)
+        return {"weight": (c, x.dims[0], *ones), "bn_weight": (c,), "bn_bias": (c,)}
+
+    def flops(self, y, x) -> int:
+        if self.is_identity(x):
+            return 0
+        return 2 * x.dims[0] * y.size + 2 * y.size  # 1x1 conv, then the batchnorm affine

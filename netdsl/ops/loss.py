@@ -1,0 +1,132 @@
+"""Losses: each reduces its inputs to one number per example, averaged over the batch."""
+from __future__ import annotations
+
+from netdsl.errors import ShapeError
+from netdsl.ops.base import Arg, Op, number, numbers, optional, register
+from netdsl.ops.common import expect_float, fmt, is_float
+from netdsl.types import TensorType
+
+SCALAR = TensorType(())
+
+
+class _Loss(Op):
+    is_loss = True
+    arity = 2
+
+    def same_dims(self, a: TensorType, b: TensorType, names: str, hint=None) -> None:
+        if a.dims != b.dims:
+            raise ShapeError(f"{self.name} expects {names} of the same shape but got {a} and {b}", hint)
+
+    def flops(self, y, x, *rest) -> int:
+        return 3 * x.size
+
+
+@register("mse")
+class Mse(_Loss):
+    r"""$L = \frac{1}{N} \sum_i (p_i - t_i)^2$"""
+
+    keeps = ("pred", "target")
+
+    def shape(self, pred: TensorType, target: TensorType) -> TensorType:
+        expect_float(self, pred)
+        expect_float(self, target, "mse compares real values; for class labels use cross_entropy")
+        self.same_dims(pred, target, "pred and target")
+        return SCALAR
+
+
+@register("cross_entropy")
+class CrossEntropy(_Loss):
+    r"""$L = -w_y \log \mathrm{softmax}(z)_y$, per position for pixel-wise logits"""
+
+    args = (Arg("weights", optional(numbers), None),)
+    keeps = ("logits", "y")
+
+    def shape(self, logits: TensorType, y: TensorType) -> TensorType:
+        expect_float(self, logits)
+        if logits.rank == 0:
+            raise ShapeError(f"cross_entropy expects logits [C] or [C,...] but got {logits}")
+        c, rest = logits.dims[0], logits.dims[1:]
+        if y.classes is None or is_float(y):
+            raise ShapeError(
+                f"cross_entropy expects class labels as its target but got {y}",
+                f"targets of cross_entropy are class labels: declare `target y : class({c})`; "
+                "for real-valued targets use mse",
+            )
+        if y.dims != rest:
+            raise ShapeError(
+                f"cross_entropy: logits {logits} need a target class({c}){fmt(rest) if rest else ''}"
+                f" but got {y}",
+                "logits [C] pair with class(C); pixel-wise logits [C,H,W] with class(C)[H,W]",
+            )
+        if y.classes != c:
+            raise ShapeError(
+                f"cross_entropy: logits {logits} give {c} classes but the target has {y.classes}",
+                f"end the network with dense({y.classes}) or conv({y.classes}, 1)",
+            )
+        if self.weights is not None and len(self.weights) != c:
+            raise ShapeError(
+                f"cross_entropy: weights has {len(self.weights)} values but there are {c} classes"
+            )
+        return SCALAR
+
+    def flops(self, y, logits, target) -> int:
+        return 5 * logits.size  # a log-softmax, then a pick per position
+
+
+@register("sigmoid_cross_entropy")
+class SigmoidCrossEntropy(_Loss):
+    r"""$L = -\sum_i t_i \log \sigma(z_i) + (1 - t_i) \log (1 - \sigma(z_i))$"""
+
+    arity = (1, 2)
+    args = (Arg("label", optional(number), None),)
+    keeps = ("logits", "target")
+
+    def shape(self, logits: TensorType, target: TensorType | None = None) -> TensorType:
+        expect_float(self, logits)
+        usage = "sigmoid_cross_entropy(logits, y) or sigmoid_cross_entropy(logits, label=1)"
+        if target is None and self.label is None:
+            raise ShapeError("sigmoid_cross_entropy needs a target tensor or a label", usage)
+        if target is not None and self.label is not None:
+            raise ShapeError("sigmoid_cross_entropy takes a target tensor or a label, not both", usage)
+        if target is not None:
+            expect_float(self, target, "for class labels use cross_entropy")
+            self.same_dims(logits, target, "logits and target")
+        return SCALAR
+
+    def flops(self, y, logits, *target) -> int:
+        return 5 * logits.size
+
+
+@register("kl_gaussian")
+class KlGaussian(_Loss):
+    r"""$L = -\frac{1}{2} \sum_i (1 + \lambda_i - \mu_i^2 - e^{\lambda_i})$, $\lambda = \log \sigma^2$"""
+
+    keeps = ("mu", "logvar")
+
+    def shape(self, mu: TensorType, logvar: TensorType) -> TensorType:
+        expect_float(self, mu)
+        expect_float(self, logvar)
+        self.same_dims(mu, logvar, "mu and logvar")
+        return SCALAR
+
+    def flops(self, y, mu, logvar) -> int:
+        return 5 * mu.size
+
+
+@register("hinge")
+class Hinge(_Loss):
+    r"""$L = \max(0, m - s \cdot (2y - 1))$"""
+
+    args = (Arg("margin", number, 1.0),)
+    keeps = ("score", "y")
+
+    def shape(self, score: TensorType, y: TensorType) -> TensorType:
+        expect_float(self, score)
+        if score.dims != (1,):
+            raise ShapeError(f"hinge expects a score [1] but got {score}", "end with dense(1)")
+        if y.classes != 2 or y.dims != ():
+            raise ShapeError(
+                f"hinge expects a class(2) target but got {y}",
+                "declare `target y : class(2)`",
+            )
+        return SCALAR

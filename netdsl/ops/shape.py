@@ -1,0 +1,127 @@
+"""Ops that move elements without arithmetic: flatten, reshape, concat, split, crop."""
+from __future__ import annotations
+
+import math
+
+from netdsl.errors import ShapeError
+from netdsl.ops.base import Arg, ArgError, Op, integer, ints, natural, positive, register
+from netdsl.ops.common import fmt
+from netdsl.types import TensorType
+
+
+def sizes(value) -> tuple[int, ...]:
+    """Target dims for reshape: positive sizes and at most one -1 (inferred)."""
+    dims = ints(integer)(value)
+    if any(d < 1 and d != -1 for d in dims) or dims.count(-1) > 1:
+        raise ValueError(f"expects sizes > 0 with at most one -1, got {fmt(dims)}")
+    return dims
+
+
+def normal_axis(op: Op, axis: int, x: TensorType) -> int:
+    """A possibly negative axis as an index into x's per-example dims."""
+    if not -x.rank <= axis < x.rank:
+        raise ShapeError(f"{op.name} axis {axis} is out of range for {x}")
+    return axis % x.rank
+
+
+class _Movement(Op):
+    keeps = ()  # backward only rearranges the gradient
+
+    def flops(self, y, *xs) -> int:
+        return 0
+
+
+@register("flatten")
+class Flatten(_Movement):
+    r"""$y = \mathrm{vec}(x)$, all per-example dims as one"""
+
+    def shape(self, x: TensorType) -> TensorType:
+        return x.with_dims((x.size,))
+
+
+@register("reshape")
+class Reshape(_Movement):
+    r"""$y = x$ viewed with dims `dims` (one -1 is inferred)"""
+
+    args = (Arg("dims", sizes),)
+
+    def shape(self, x: TensorType) -> TensorType:
+        known = math.prod(d for d in self.dims if d != -1)
+        fits = x.size % known == 0 if -1 in self.dims else x.size == known
+        if not fits:
+            raise ShapeError(
+                f"reshape cannot make {fmt(self.dims)} from {x}: {x.size} elements "
+                f"{'are not a multiple of' if -1 in self.dims else 'vs'} {known}"
+            )
+        return x.with_dims(x.size // known if d == -1 else d for d in self.dims)
+
+
+@register("concat")
+class Concat(_Movement):
+    r"""$y = [x_1; x_2; \dots]$ along `axis`"""
+
+    arity = (1, None)
+    args = (Arg("axis", integer, 0),)
+
+    def shape(self, *xs: TensorType) -> TensorType:
+        first = xs[0]
+        axis = normal_axis(self, self.axis, first)
+        for i, x in enumerate(xs):
+            if (x.dtype, x.classes) != (first.dtype, first.classes):
+                raise ShapeError(f"concat inputs differ in type: input 0 is {first}, input {i} is {x}")
+
+        def others(x: TensorType):
+            return (x.rank, x.dims[:axis] + x.dims[axis + 1:])
+
+        bad = [i for i, x in enumerate(xs) if others(x) != others(first)]
+        if bad:
+            seen = ", ".join(f"input {i} is {fmt(xs[i].dims)}" for i in bad)
+            raise ShapeError(
+                f"concat along axis {self.axis} needs the other dims to agree: "
+                f"input 0 is {fmt(first.dims)} but {seen}",
+                "crop or pool the larger inputs to match, e.g. crop(x, like)",
+            )
+        total = sum(x.dims[axis] for x in xs)
+        return first.with_dims(first.dims[:axis] + (total,) + first.dims[axis + 1:])
+
+
+@register("split")
+class Split(_Movement):
+    r"""$y = $ chunk `index` of `parts` equal chunks of $x$ along `axis`"""
+
+    args = (Arg("parts", positive), Arg("axis", integer, 0), Arg("index", natural, 0))
+
+    def __init__(self, **attrs):
+        super().__init__(**attrs)
+        if self.index >= self.parts:
+            raise ArgError(f"split index={self.index} must be below parts={self.parts}", "index")
+
+    def shape(self, x: TensorType) -> TensorType:
+        axis = normal_axis(self, self.axis, x)
+        n = x.dims[axis]
+        if n % self.parts:
+            raise ShapeError(
+                f"split cannot cut dim {self.axis} of {x} (size {n}) into {self.parts} equal parts"
+            )
+        return x.with_dims(x.dims[:axis] + (n // self.parts,) + x.dims[axis + 1:])
+
+
+@register("crop")
+class Crop(_Movement):
+    r"""$y = x$ centre-cropped to the spatial size of `like`"""
+
+    arity = 2
+
+    def shape(self, x: TensorType, like: TensorType) -> TensorType:
+        if x.rank != like.rank or x.rank < 2:
+            raise ShapeError(
+                f"crop expects x and like of one rank [C,...] but got {x} and {like}"
+            )
+        for i in range(1, x.rank):
+            if like.dims[i] > x.dims[i]:
+                raise ShapeError(
+                    f"crop cannot centre-crop {fmt(x.dims)} to the larger {fmt(like.dims)}: "
+                    f"dim {i} is {x.dims[i]} < {like.dims[i]}",
+                    "crop the larger tensor to the smaller: crop(big, small)",
+                )
+        return x.with_dims(x.dims[:1] + like.dims[1:])

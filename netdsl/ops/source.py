@@ -1,0 +1,20 @@
+"""Source ops: tensors made from nothing but their arguments."""
+from __future__ import annotations
+
+from netdsl.ops.base import Arg, Op, ints, register
+from netdsl.types import TensorType
+
+
+@register("normal")
+class Normal(Op):
+    r"""$y \sim N(0, I)$ with per-example dims `dims`"""
+
+    arity = 0
+    args = (Arg("dims", ints()),)
+    keeps = ()
+
+    def shape(self) -> TensorType:
+        return TensorType(self.dims)
+
+    def flops(self, y) -> int:
+        return y.size  # one draw per element

@@ -1,0 +1,66 @@
+"""The expanded program: a flat list of node definitions, the result of `expand`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from netdsl.errors import Span
+from netdsl.ops.base import Op
+from netdsl.types import TensorType
+
+__all__ = ["Frame", "NodeDef", "StateDef", "Program"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One level of block nesting: the instance `basic2` of block `basic`.
+
+    `repeat` identifies the `x N` stage that made the instance (instances of one
+    repetition share it), so a drawing can collapse them into one box.
+    """
+
+    name: str
+    block: str
+    span: Span
+    repeat: str | None = None
+
+
+@dataclass(frozen=True)
+class StateDef:
+    """A declared recurrent state: its step type, initial value and declaration span."""
+
+    name: str
+    type: TensorType
+    init: Any  # "zeros", "learned" or a number
+    span: Span
+
+
+@dataclass
+class NodeDef:
+    """One node of the graph to be.
+
+    kind is "input", "target", "state" or "op". `inputs` are (node id, delay) pairs
+    in argument order; a state node has one input, the value it delays. `shares`
+    names the node whose parameters this one reuses (`share` instances).
+    """
+
+    id: str
+    kind: str
+    span: Span
+    scope: tuple[Frame, ...] = ()
+    op: Op | None = None
+    inputs: list[tuple[str, int]] = field(default_factory=list)
+    type: TensorType | None = None  # declared types of inputs, targets and states
+    state: StateDef | None = None
+    shares: str | None = None
+
+
+@dataclass
+class Program:
+    """Everything `expand` produced: nodes in definition order, losses, train settings."""
+
+    name: str
+    nodes: dict[str, NodeDef]
+    losses: dict[str, str]  # loss name -> node id
+    train: dict[str, Any]
+    file: str

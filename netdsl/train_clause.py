@@ -1,0 +1,76 @@
+"""The train clause: `train sgd(lr=0.1, momentum=0.9), batch=128, epochs=20`, checked by name."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from netdsl import ast
+from netdsl.errors import SpecError, suggest
+
+# optimiser -> the settings it accepts
+OPTIMIZERS: dict[str, set[str]] = {
+    "sgd": {"lr", "momentum", "nesterov", "weight_decay"},
+    "adagrad": {"lr", "eps", "weight_decay"},
+    "rmsprop": {"lr", "alpha", "eps", "momentum", "weight_decay"},
+    "adam": {"lr", "beta1", "beta2", "eps", "weight_decay"},
+}
+# call-valued items and settings: name -> accepted keywords
+CALLS: dict[str, set[str]] = {
+    "bptt": {"truncate", "k1", "k2"},
+    "step": {"every", "gamma"},
+    "linear": {"to", "epochs"},
+    "to_zero": set(),
+    "plateau": {"factor", "patience"},
+    "early_stop": {"patience", "metric"},
+}
+SETTINGS = {
+    "batch", "epochs", "schedule", "l1", "l2", "clip", "early_stop", "seed", "val", "shuffle",
+    "normalize", "init", "gan_k", "bptt", "steps",
+}
+
+
+def evaluate_train(stmt: ast.Train, scalar: Callable[[Any], Any]) -> dict[str, Any]:
+    """Settings of a train clause as a dict; calls become (name, {keyword: value}).
+
+    The optimiser is stored under "optimizer".
+    """
+    settings: dict[str, Any] = {}
+    for item in stmt.items:
+        if item.name is None:
+            call = item.value
+            if call.name in OPTIMIZERS:
+                key = "optimizer"
+            elif call.name in CALLS:
+                key = call.name
+            else:
+                hint = suggest(call.name, list(OPTIMIZERS) + list(CALLS)) or \
+                    f"optimisers: {', '.join(OPTIMIZERS)}"
+                raise SpecError(f"unknown optimiser or training setting '{call.name}'",
+                                call.name_span or call.span, hint)
+            value = _call(call, scalar, OPTIMIZERS.get(call.name) or CALLS[call.name])
+        else:
+            key = item.name
+            if key not in SETTINGS:
+                raise SpecError(f"unknown training setting '{key}'", item.span,
+                                suggest(key, SETTINGS) or f"settings: {', '.join(sorted(SETTINGS))}")
+            value = item.value
+            if isinstance(value, ast.Call):
+                value = _call(value, scalar, CALLS.get(value.name, set()))
+            else:
+                value = scalar(value)
+        if key in settings:
+            raise SpecError(f"'{key}' is set twice in the train clause", item.span)
+        settings[key] = value
+    return settings
+
+
+def _call(call: ast.Call, scalar, accepted: set[str]):
+    keywords = {}
+    for arg in call.args:
+        if arg.name is None:
+            raise SpecError(f"{call.name} takes keyword arguments only", arg.span,
+                            f"for example {call.name}({', '.join(f'{k}=...' for k in sorted(accepted)[:2])})")
+        if arg.name not in accepted:
+            raise SpecError(f"{call.name} has no setting '{arg.name}'", arg.span,
+                            suggest(arg.name, accepted) or f"accepted: {', '.join(sorted(accepted))}")
+        keywords[arg.name] = scalar(arg.value)
+    return (call.name, keywords)

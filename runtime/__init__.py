@@ -1,0 +1,1 @@
+"""Executors (NumPy, CuPy), kernels, optimizers and the training loop."""
