@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from netdsl.cost import cost_rows
 
@@ -28,7 +29,7 @@ def print_cost_table(net, batch: int = 1, console: Console | None = None) -> Non
     console = console or Console(width=140)
     rows = cost_rows(net.graph, batch)
     seq = any(net.graph.nodes[r.node]["type"].seq for r in rows)
-    table = Table(title=f"{net.name}: batch {batch}" + (", per time step" if seq else ""),
+    table = Table(title=Text(f"{net.name}: batch {batch}" + (", per time step" if seq else "")),
                   show_footer=True, header_style="bold")
     total_params = sum(r.params for r in rows)
     total_flops = sum(r.flops for r in rows)
@@ -40,6 +41,6 @@ def print_cost_table(net, batch: int = 1, console: Console | None = None) -> Non
     table.add_column("FLOPs", justify="right", footer=human(total_flops))
     table.add_column("memory", justify="right", footer=human(total_memory, "B"))
     for r in rows:
-        table.add_row(r.node, r.op, r.type, f"{r.params:,}" if r.params else "",
+        table.add_row(Text(r.node), r.op, Text(r.type), f"{r.params:,}" if r.params else "",
                       human(r.flops) if r.flops else "", human(r.memory, "B"))
     console.print(table)

@@ -127,4 +127,3 @@ class Softmax(_Normalised):
 @register("log_softmax")
 class LogSoftmax(_Normalised):
     r"""$y_i = x_i - \log \sum_j e^{x_j}$"""
-

@@ -13,7 +13,8 @@ def broadcast(a: tuple[int, ...], b: tuple[int, ...], hint: str | None = None):
     pa, pb = (1,) * (rank - len(a)) + a, (1,) * (rank - len(b)) + b
     for i, (m, n) in enumerate(zip(pa, pb)):
         if m != n and 1 not in (m, n):
-            raise ShapeError(f"cannot broadcast {fmt(a)} with {fmt(b)}: dim {i} is {m} vs {n}", hint)
+            message = f"cannot broadcast {fmt(a)} with {fmt(b)}: dim {i} is {m} vs {n}"
+            raise ShapeError(message, hint)
     return tuple(max(m, n) for m, n in zip(pa, pb))
 
 

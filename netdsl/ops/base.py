@@ -50,6 +50,8 @@ class Op:
     per_step: ClassVar[bool] = True
     # losses reduce to one number per batch; the graph treats them as outputs
     is_loss: ClassVar[bool] = False
+    # `a, b = split(z, 2)`: expansion makes one node per output and binds its `index`
+    multi_output: ClassVar[bool] = False
 
     def __init__(self, **attrs):
         self.attrs = attrs

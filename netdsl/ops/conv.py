@@ -41,7 +41,9 @@ def check_output(op: Op, x: TensorType, out, **settings) -> None:
 
 def check_groups(op: Op, channels: int, where: str) -> None:
     if channels % op.groups:
-        raise ShapeError(f"{op.name} groups={op.groups} must divide the {channels} {where} channels")
+        raise ShapeError(
+            f"{op.name} groups={op.groups} must divide the {channels} {where} channels"
+        )
 
 
 class _Convolution(Op):

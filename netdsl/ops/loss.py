@@ -15,7 +15,9 @@ class _Loss(Op):
 
     def same_dims(self, a: TensorType, b: TensorType, names: str, hint=None) -> None:
         if a.dims != b.dims:
-            raise ShapeError(f"{self.name} expects {names} of the same shape but got {a} and {b}", hint)
+            raise ShapeError(
+                f"{self.name} expects {names} of the same shape but got {a} and {b}", hint
+            )
 
     def flops(self, y, x, *rest) -> int:
         return 3 * x.size
@@ -53,9 +55,9 @@ class CrossEntropy(_Loss):
                 "for real-valued targets use mse",
             )
         if y.dims != rest:
+            wanted = f"class({c})" + (fmt(rest) if rest else "")
             raise ShapeError(
-                f"cross_entropy: logits {logits} need a target class({c}){fmt(rest) if rest else ''}"
-                f" but got {y}",
+                f"cross_entropy: logits {logits} need a target {wanted} but got {y}",
                 "logits [C] pair with class(C); pixel-wise logits [C,H,W] with class(C)[H,W]",
             )
         if y.classes != c:
@@ -87,7 +89,9 @@ class SigmoidCrossEntropy(_Loss):
         if target is None and self.label is None:
             raise ShapeError("sigmoid_cross_entropy needs a target tensor or a label", usage)
         if target is not None and self.label is not None:
-            raise ShapeError("sigmoid_cross_entropy takes a target tensor or a label, not both", usage)
+            raise ShapeError(
+                "sigmoid_cross_entropy takes a target tensor or a label, not both", usage
+            )
         if target is not None:
             expect_float(self, target, "for class labels use cross_entropy")
             self.same_dims(logits, target, "logits and target")
@@ -99,7 +103,7 @@ class SigmoidCrossEntropy(_Loss):
 
 @register("kl_gaussian")
 class KlGaussian(_Loss):
-    r"""$L = -\frac{1}{2} \sum_i (1 + \lambda_i - \mu_i^2 - e^{\lambda_i})$, $\lambda = \log \sigma^2$"""
+    r"""$L = -\frac{1}{2} \sum_i (1 + v_i - \mu_i^2 - e^{v_i})$ with $v = \log \sigma^2$"""
 
     keeps = ("mu", "logvar")
 

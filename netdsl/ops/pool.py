@@ -114,7 +114,7 @@ class MaxUnpool(Op):
 
 @register("upsample")
 class Upsample(Op):
-    r"""$y_{c,i} = x_{c,\lfloor i / s \rfloor}$ (nearest), or only where $s \mid i$ (bed of nails)"""
+    r"""$y_{c,i} = x_{c,\lfloor i/s \rfloor}$ (nearest), or only where $s \mid i$ (bed of nails)"""
 
     args = (Arg("scale", ints(), 2), Arg("mode", choice("nearest", "bed_of_nails"), "nearest"))
     keeps = ()

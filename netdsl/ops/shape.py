@@ -68,7 +68,9 @@ class Concat(_Movement):
         axis = normal_axis(self, self.axis, first)
         for i, x in enumerate(xs):
             if (x.dtype, x.classes) != (first.dtype, first.classes):
-                raise ShapeError(f"concat inputs differ in type: input 0 is {first}, input {i} is {x}")
+                raise ShapeError(
+                    f"concat inputs differ in type: input 0 is {first}, input {i} is {x}"
+                )
 
         def others(x: TensorType):
             return (x.rank, x.dims[:axis] + x.dims[axis + 1:])
@@ -90,6 +92,7 @@ class Split(_Movement):
     r"""$y = $ chunk `index` of `parts` equal chunks of $x$ along `axis`"""
 
     args = (Arg("parts", positive), Arg("axis", integer, 0), Arg("index", natural, 0))
+    multi_output = True
 
     def __init__(self, **attrs):
         super().__init__(**attrs)
