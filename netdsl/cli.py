@@ -126,9 +126,9 @@ def _compile(args) -> int:
         }[args.emit]()
         print(text)
         return 0
-    from netdsl.report import print_cost_table
+    from netdsl.report import format_cost_table
 
-    print_cost_table(net, args.batch)
+    print(format_cost_table(net, args.batch))
     return 0
 
 

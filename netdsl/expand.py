@@ -58,7 +58,7 @@ class _Binding:
 class _StateSlot:
     decl: StateDef
     delayed: dict[int, str] = field(default_factory=dict)  # delay -> state node id
-    read_span: Any = None
+    misused: bool = False  # already reported: used without a delay
 
 
 @dataclass
@@ -173,8 +173,19 @@ class _Expander:
                 self._exec(stmt, scope)
             except (SpecError, SpecErrors) as exc:
                 self.errors.extend(errors_of(exc))
-                for name in getattr(stmt, "targets", ()):
-                    self._bind(scope, name, POISON, stmt.span, used=True)
+                self._after_failure(stmt, scope)
+
+    def _after_failure(self, stmt, scope: _Scope) -> None:
+        """Keep one mistake from causing more reports: poison what the statement defines."""
+        for name in _names_in(stmt):
+            if name in scope.env:
+                scope.env[name].used = True
+            if name in scope.states:
+                scope.states[name].misused = True
+        for name in getattr(stmt, "targets", ()):
+            self._bind(scope, name, POISON, stmt.span, used=True)
+        if isinstance(stmt, ast.Out) and scope.outputs is None:
+            scope.outputs = [POISON] * len(stmt.values)
 
     def _exec(self, stmt, scope: _Scope) -> None:
         if isinstance(stmt, ast.Assign):
@@ -292,7 +303,7 @@ class _Expander:
                 self.errors.append(SpecError(f"state '{name}' is never assigned", slot.decl.span,
                                              f"give its value for this step: {name} = ..."))
                 continue
-            if not slot.delayed:
+            if not slot.delayed and not slot.misused:
                 self.errors.append(SpecError(f"state '{name}' is never read as {name}[t-1]",
                                              slot.decl.span, "declare it as a plain value instead"))
             binding.used = True
@@ -343,6 +354,7 @@ class _Expander:
         if name.id in CONSTANTS:
             return CONSTANTS[name.id]
         if name.id in scope.states:
+            scope.states[name.id].misused = True
             raise SpecError(
                 f"'{name.id}' is used before it is computed in this step: a cycle without a delay",
                 name.span, f"write {name.id}[t-1] for its value at the previous step")
@@ -552,10 +564,13 @@ class _Expander:
     def _rename(self, value: Value, scope: _Scope, name: str) -> Value:
         """Give the node that computes a named value that name, when it is fresh and free."""
         node = self.nodes.get(value.node)
-        target = f"{scope.prefix}{name}"
-        if (node is None or node.kind != "op" or target in self.nodes or node.scope != scope.frames
+        if (node is None or node.kind != "op" or node.scope != scope.frames
                 or node.shares is not None or value.node in self.consumed):
             return value
+        target = f"{scope.prefix}{name}"
+        while target in self.nodes:  # a rebound name: x, x_2, x_3
+            scope.counters["=" + name] += 1
+            target = f"{scope.prefix}{name}_{scope.counters['=' + name] + 1}"
         del self.nodes[value.node]
         node.id = target
         self.nodes[target] = node
@@ -645,6 +660,21 @@ class _Expander:
             raise SpecError("a shape needs at least one dimension", type_.span, "for example [64]")
         dtype = "int64" if classes is not None else "float32"
         return TensorType(tuple(dims), dtype, classes, type_.seq)
+
+
+def _names_in(node) -> set[str]:
+    """Every name an AST node mentions."""
+    found: set[str] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (ast.Name, ast.Delayed)):
+            found.add(item.id if isinstance(item, ast.Name) else item.name)
+        elif isinstance(item, tuple):
+            stack.extend(item)
+        elif hasattr(item, "__dataclass_fields__"):
+            stack.extend(getattr(item, f) for f in item.__dataclass_fields__ if f != "span")
+    return found
 
 
 def _block_usage(block: ast.Block) -> str:

@@ -50,6 +50,7 @@ def parser() -> Lark:
         postlex=_BracketNewlines(),
         propagate_positions=True,
         maybe_placeholders=False,
+        cache=True,  # the grammar analysis is stored in the temp folder after the first run
     )
 
 

@@ -1,17 +1,13 @@
-"""The `netc compile` table, drawn with rich."""
+"""The `netc compile` table: one line per node and the totals, as plain aligned text."""
 from __future__ import annotations
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from netdsl.cost import cost_rows
 
-__all__ = ["print_cost_table", "human"]
+__all__ = ["format_cost_table", "human"]
 
 
 def human(value: float, unit: str = "") -> str:
-    """1234567 -> '1.23M'; bytes get binary prefixes."""
+    """1234567 -> '1.23M'; bytes get binary prefixes ('1.2 MiB')."""
     if unit == "B":
         for prefix in ("B", "KiB", "MiB", "GiB", "TiB"):
             if abs(value) < 1024 or prefix == "TiB":
@@ -24,23 +20,24 @@ def human(value: float, unit: str = "") -> str:
     return str(value)
 
 
-def print_cost_table(net, batch: int = 1, console: Console | None = None) -> None:
-    """Print one row per node (block path, op, output shape, parameters, FLOPs, memory) and totals."""
-    console = console or Console(width=140)
+def format_cost_table(net, batch: int = 1) -> str:
+    """Block path and node, op, output shape, parameters, FLOPs and memory per node, then totals.
+
+    Plain text rather than a rich table: a 1,000-layer network prints in milliseconds.
+    """
     rows = cost_rows(net.graph, batch)
     seq = any(net.graph.nodes[r.node]["type"].seq for r in rows)
-    table = Table(title=Text(f"{net.name}: batch {batch}" + (", per time step" if seq else "")),
-                  show_footer=True, header_style="bold")
-    total_params = sum(r.params for r in rows)
-    total_flops = sum(r.flops for r in rows)
-    total_memory = sum(r.memory for r in rows)
-    table.add_column("node", footer=f"{len(rows)} nodes")
-    table.add_column("op")
-    table.add_column("output", footer="total")
-    table.add_column("params", justify="right", footer=f"{total_params:,}")
-    table.add_column("FLOPs", justify="right", footer=human(total_flops))
-    table.add_column("memory", justify="right", footer=human(total_memory, "B"))
-    for r in rows:
-        table.add_row(Text(r.node), r.op, Text(r.type), f"{r.params:,}" if r.params else "",
-                      human(r.flops) if r.flops else "", human(r.memory, "B"))
-    console.print(table)
+    header = ("node", "op", "output", "params", "FLOPs", "memory")
+    body = [(r.node, r.op, r.type, f"{r.params:,}" if r.params else "",
+             human(r.flops) if r.flops else "", human(r.memory, "B")) for r in rows]
+    total = (f"{len(rows)} nodes", "", "total", f"{sum(r.params for r in rows):,}",
+             human(sum(r.flops for r in rows)), human(sum(r.memory for r in rows), "B"))
+    widths = [max(len(line[i]) for line in [header, total, *body]) for i in range(len(header))]
+    right = (False, False, False, True, True, True)
+
+    def line(cells) -> str:
+        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    title = f"{net.name}: batch {batch}" + (", per time step" if seq else "")
+    return "\n".join([title, line(header), rule, *map(line, body), rule, line(total)])

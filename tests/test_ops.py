@@ -4,8 +4,11 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from netdsl.errors import ShapeError
@@ -306,7 +309,7 @@ class TestParams:
         assert make("project", 64, 2).params(x)["weight"] == (64, 64, 1, 1)
 
     def test_ops_without_weights_have_no_params(self):
-        assert make("relu").params(floats(3)) == {} and make("maxpool", 2).params(floats(3, 4)) == {}
+        assert make("relu").params(floats(3)) == make("maxpool", 2).params(floats(3, 4)) == {}
 
 
 class TestFlops:
@@ -350,6 +353,9 @@ class TestActivationErrors:
 
     def test_class_input_hints_embedding(self):
         assert "embedding" in raises("relu", [classes(10)]).hint
+
+    def test_identity_passes_class_labels(self):
+        assert make("identity").shape(classes(10)) == classes(10)
 
 
 class TestLinearErrors:
@@ -447,6 +453,29 @@ class TestShapeOpErrors:
     def test_crop_cannot_enlarge(self):
         err = raises("crop", [floats(64, 100, 100), floats(64, 120, 120)])
         assert "larger" in err.message and "dim 1 is 100 < 120" in err.message
+
+
+dims_lists = st.lists(st.sampled_from([1, 2, 3, 8]), max_size=4).map(tuple)
+
+
+class TestArith:
+    @given(dims_lists, dims_lists)
+    def test_broadcast_agrees_with_numpy(self, a, b):
+        try:
+            expected = np.broadcast_shapes(a, b)
+        except ValueError:
+            expected = None
+        assert ours_binary("add", a, b) == expected
+
+    def test_scale_keeps_the_type(self):
+        assert make("scale", 2, shift=1).shape(floats(3, 4)) == floats(3, 4)
+
+
+def ours_binary(name, a, b):
+    try:
+        return make(name).shape(floats(*a), floats(*b)).dims
+    except ShapeError:
+        return None
 
 
 class TestArithErrors:

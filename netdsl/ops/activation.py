@@ -74,12 +74,19 @@ class Softplus(Pointwise):
     cost = 3
 
 
-@register("identity")
-class Identity(Pointwise):
-    r"""$y = x$"""
+class _PassThrough(Pointwise):
+    """Forward copies x, so any type (class labels too) may pass."""
 
     keeps = ()
     cost = 0
+
+    def shape(self, x: TensorType) -> TensorType:
+        return x
+
+
+@register("identity")
+class Identity(_PassThrough):
+    r"""$y = x$"""
 
 
 @register("exp")
@@ -95,11 +102,8 @@ class Log(Pointwise):
 
 
 @register("stop_gradient")
-class StopGradient(Pointwise):
+class StopGradient(_PassThrough):
     r"""$y = x$, $\partial y / \partial x = 0$"""
-
-    keeps = ()
-    cost = 0
 
 
 class _Normalised(Op):

@@ -1,0 +1,24 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECS = os.path.join(ROOT, "specs")
+
+
+def run_netc(*args: str, cwd: str | None = None):
+    """Run `netc` in a subprocess, as a user would; returns the CompletedProcess."""
+    import subprocess
+
+    code = "import sys; from netdsl.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=120)
+
+
+@pytest.fixture
+def check():
+    """check(text) -> Network, for spec text written in a test."""
+    from netdsl.driver import check_text
+
+    return lambda text, file="t.net": check_text(text, file)

@@ -1,0 +1,149 @@
+"""Expansion: blocks, repeats, loops and sharing inlined into named nodes."""
+import pytest
+
+from netdsl.driver import CheckFailed
+from netdsl.expand import expand
+from netdsl.parse import parse
+
+RESNET = """\
+input x : [3, 32, 32]
+target y : class(10)
+block basic(c, stride=1) {
+  in x
+  y = x -> conv(c, 3, stride=stride, pad=1, bias=false) -> batchnorm -> relu
+        -> conv(c, 3, pad=1, bias=false) -> batchnorm
+  out relu(y + project(x, c, stride))
+}
+block stage(c, n, stride) {
+  in x
+  out x -> basic(c, stride) -> basic(c) x (n - 1)
+}
+logits = x -> conv(16, 3, pad=1) -> stage(16, 3, 1) -> stage(32, 3, 2) -> gap -> dense(10)
+loss cross_entropy(logits, y)
+"""
+
+
+def program(text):
+    return expand(parse(text, "t.net"))
+
+
+class TestBlocks:
+    def test_block_paths_name_instances(self):
+        nodes = program(RESNET).nodes
+        assert "stage2/basic3/conv2" in nodes
+        assert nodes["stage2/basic3/conv2"].scope[0].name == "stage2"
+        assert [f.block for f in nodes["stage2/basic3/conv2"].scope] == ["stage", "basic"]
+
+    def test_parameters_and_defaults_reach_ops(self):
+        nodes = program(RESNET).nodes
+        assert nodes["stage2/basic1/conv1"].op.stride == (2,)
+        assert nodes["stage2/basic2/conv1"].op.stride in (1, (1,))
+
+    def test_repeat_instances_share_a_group(self):
+        nodes = program(RESNET).nodes
+        groups = {nodes[f"stage1/basic{i}/conv1"].scope[-1].repeat for i in (2, 3)}
+        assert len(groups) == 1 and None not in groups
+        assert nodes["stage1/basic1/conv1"].scope[-1].repeat is None
+
+    def test_assigned_names_become_node_ids(self):
+        nodes = program(RESNET).nodes
+        assert nodes["logits"].op.name == "dense" and nodes["stage1/basic1/y"].op.name == "batchnorm"
+
+    def test_multiple_outputs(self):
+        text = ("input x : [8]\ntarget t : [4]\nblock two() {\n  in x\n  out x -> dense(4), x -> dense(4)\n}\n"
+                "a, b = x -> two\nloss mse(a + b, t)\n")
+        nodes = program(text).nodes
+        assert nodes["add1"].inputs == [("two1/dense1", 0), ("two1/dense2", 0)]
+
+
+class TestLoops:
+    def test_dense_block_rebinds(self):
+        text = ("input x : [8, 4, 4]\ntarget y : class(3)\nblock db(n, k) {\n  in x\n"
+                "  for i in 1..n { x = concat(x, x -> conv(k, 3, pad=1)) }\n  out x\n}\n"
+                "loss cross_entropy(x -> db(3, 2) -> gap -> dense(3), y)\n")
+        nodes = program(text).nodes
+        assert [nodes[n].op.name for n in ("db1/x", "db1/x_2", "db1/x_3")] == ["concat"] * 3
+        assert nodes["db1/x_3"].inputs[0] == ("db1/x_2", 0)
+
+    def test_loop_variable_in_arguments(self):
+        text = ("input x : [4]\ntarget t : [4]\nh = x\nfor i in 1..3 { h = h -> dense(4 * i) }\n"
+                "loss mse(h -> dense(4), t)\n")
+        units = [n.op.units for n in program(text).nodes.values() if n.op is not None and n.op.name == "dense"]
+        assert units == [4, 8, 12, 4]
+
+
+class TestArithmetic:
+    @pytest.mark.parametrize("expr, attrs", [
+        ("0.5 * x", {"factor": 0.5}), ("x / 4", {"factor": 0.25}), ("1 - x", {"factor": -1.0, "shift": 1.0}),
+        ("x + 2", {"shift": 2.0}), ("-x", {"factor": -1.0}),
+    ])
+    def test_number_with_tensor_is_scale(self, expr, attrs):
+        nodes = program(f"input x : [4]\ntarget t : [4]\nloss mse({expr}, t)\n").nodes
+        (scale,) = [n for n in nodes.values() if n.op is not None and n.op.name == "scale"]
+        for key, value in attrs.items():
+            assert getattr(scale.op, key) == value
+
+    def test_scalar_expressions_fold(self):
+        nodes = program("input x : [4]\ntarget t : [6]\nloss mse(x -> dense(3 * 4 / 2), t)\n").nodes
+        assert next(n for n in nodes.values() if n.op and n.op.name == "dense").op.units == 6
+
+
+class TestSharing:
+    GAN = """\
+input x : [16]
+block disc() {
+  in x
+  out x -> dense(8) -> relu -> dense(1)
+}
+share D = disc()
+share E = dense(16)
+fake = normal(4) -> dense(16) -> E
+loss d: sigmoid_cross_entropy(x -> D, label=1) + sigmoid_cross_entropy(fake -> D, label=0)
+"""
+
+    def test_second_use_shares_first(self):
+        nodes = program(self.GAN).nodes
+        assert nodes["D.2/dense1"].shares == "D/dense1" and nodes["D/dense1"].shares is None
+
+    def test_param_count_counts_shared_once(self, check):
+        count = check(self.GAN).param_count()
+        assert count == (16 * 8 + 8) + (8 + 1) + (4 * 16 + 16) + (16 * 16 + 16)
+
+
+class TestRecurrence:
+    def test_state_node_reads_the_final_value(self):
+        text = ("input x : seq[4]\ntarget y : seq class(3)\nstate h : [8] = learned\n"
+                "h = tanh(dense(x, 8) + dense(h[t-1], 8, bias=false))\n"
+                "loss cross_entropy(h -> dense(3), y)\n")
+        nodes = program(text).nodes
+        assert nodes["h[t-1]"].kind == "state" and nodes["h[t-1]"].inputs == [("h", 1)]
+
+    def test_use_without_delay_is_a_cycle_error(self, check):
+        text = "input x : seq[4]\ntarget t : seq[4]\nstate h : [4]\nh = tanh(x + h)\nloss mse(h, t)\n"
+        with pytest.raises(CheckFailed) as info:
+            check(text)
+        assert "cycle without a delay" in info.value.errors[0].message
+        assert "h[t-1]" in info.value.errors[0].hint
+
+
+class TestImports:
+    def test_path_import_relative_to_the_file(self, tmp_path):
+        from netdsl.driver import check_file
+
+        (tmp_path / "lib").mkdir()
+        (tmp_path / "lib" / "blocks.net").write_text("block twice(n) {\n  in x\n  out x -> dense(n) -> dense(n)\n}\n")
+        spec = tmp_path / "net.net"
+        spec.write_text('import "lib/blocks.net"\ninput x : [4]\ntarget t : [2]\nloss mse(x -> twice(2), t)\n')
+        assert check_file(str(spec)).param_count() == (4 * 2 + 2) + (2 * 2 + 2)
+
+    def test_errors_in_imported_files_carry_their_file(self, tmp_path):
+        from netdsl.driver import check_file
+
+        (tmp_path / "b.net").write_text("block bad() {\n  in x\n  out x -> rleu\n}\n")
+        spec = tmp_path / "n.net"
+        spec.write_text('import "b.net"\ninput x : [4]\ntarget t : [4]\nloss mse(x -> bad, t)\n')
+        with pytest.raises(CheckFailed) as info:
+            check_file(str(spec))
+        (error,) = info.value.errors
+        assert error.span.file.endswith("b.net") and error.span.line == 3
+        assert error.span.file in info.value.sources
