@@ -6,11 +6,14 @@ specs and the cells of the standard library are compared with their closed forms
 """
 from __future__ import annotations
 
+import functools
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from netdsl.cost import node_params
 from netdsl.driver import check_file, check_text
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -21,6 +24,16 @@ FEED_FORWARD = [
     "googlenet", "resnet18", "resnet34", "resnet50", "resnet20", "densenet121", "fcn8s",
     "unet", "autoencoder", "conv_autoencoder", "vae", "gan",
 ]
+
+
+# the value each feed-forward spec predicts, to compare with its twin's output
+OUTPUTS = {
+    "perceptron": "score", "logistic_regression": "logit", "lenet5": "logits",
+    "alexnet": "logits", "vgg16": "logits", "nin": "logits", "googlenet": "logits",
+    "resnet18": "logits", "resnet34": "logits", "resnet50": "logits", "resnet20": "logits",
+    "densenet121": "logits", "fcn8s": "logits", "unet": "logits", "autoencoder": "x_hat",
+    "conv_autoencoder": "x_hat", "mlp": "logits",
+}
 
 
 def dense(d: int, n: int, bias: bool = True) -> int:
@@ -60,14 +73,19 @@ def spec(name: str) -> str:
     return str(SPECS / f"{name}.net")
 
 
+@functools.cache
+def checked(name: str):
+    """The checked network of specs/NAME.net, built once per test run."""
+    return check_file(spec(name))
+
+
 class TestCoverage:
     def test_every_spec_has_an_expected_count(self):
         assert sorted(FEED_FORWARD + list(RECURRENT)) == SPEC_NAMES
 
     @pytest.mark.parametrize("name", SPEC_NAMES)
     def test_spec_checks(self, name):
-        net = check_file(spec(name))
-        assert net.name == name
+        assert checked(name).name == name
 
     @pytest.mark.parametrize("name", [n for n in SPEC_NAMES if n != "mlp"])
     def test_spec_cites_its_paper(self, name):
@@ -90,38 +108,61 @@ def torch_models():
     return torch_models
 
 
+def twin(torch_models, name: str):
+    import torch
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        return torch_models.MODELS[name]()
+
+
 class TestFeedForwardCounts:
     @pytest.mark.parametrize("name", FEED_FORWARD)
     def test_matches_torch(self, name, torch_models):
+        assert checked(name).param_count() == torch_models.param_count(twin(torch_models, name))
+
+    @pytest.mark.parametrize("name", FEED_FORWARD)
+    def test_same_parameter_tensors_as_torch(self, name, torch_models):
+        # stronger than the total: every weight and bias has its torch twin, shape for shape
+        graph = checked(name).graph
+        ours = Counter(tuple(shape) for node in graph.nodes
+                       for shape in node_params(graph, node).values())
+        theirs = Counter(tuple(p.shape) for p in twin(torch_models, name).parameters())
+        assert ours == theirs
+
+    @pytest.mark.parametrize("name, node", OUTPUTS.items())
+    def test_output_shape_matches_torch(self, name, node, torch_models):
         import torch
 
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            model = torch_models.MODELS[name]()
-        assert check_file(spec(name)).param_count() == torch_models.param_count(model)
+        graph = checked(name).graph
+        (x,) = [n for n, d in graph.nodes(data=True) if d["kind"] == "input"]
+        model = twin(torch_models, name).eval()
+        y = model(torch.empty(2, *graph.nodes[x]["type"].dims, device="meta"))
+        y = y[0] if isinstance(y, tuple) else y
+        assert tuple(y.shape[1:]) == graph.nodes[node]["type"].dims
 
     @pytest.mark.parametrize("name", ["alexnet", "vgg16", "resnet18", "resnet34", "resnet50",
                                       "densenet121"])
     def test_matches_torchvision(self, name, torch_models):
-        assert check_file(spec(name)).param_count() == torch_models.PUBLISHED[name]
+        assert checked(name).param_count() == torch_models.PUBLISHED[name]
 
     def test_unet_matches_the_paper(self):
         """23 convolutions of the paper's figure 1, biases included."""
-        assert check_file(spec("unet")).param_count() == 31_030_658
+        assert checked("unet").param_count() == 31_030_658
 
     def test_lenet5(self):
-        assert check_file(spec("lenet5")).param_count() == 61_706
+        assert checked("lenet5").param_count() == 61_706
 
     def test_shared_instances_count_once(self, torch_models):
         # D is applied three times in gan.net; its weights exist once
         gan = torch_models.GAN()
-        counted = check_file(spec("gan")).param_count()
+        counted = checked("gan").param_count()
         assert counted == torch_models.param_count(gan.G) + torch_models.param_count(gan.D)
 
 
 class TestRecurrentCounts:
     @pytest.mark.parametrize("name", sorted(RECURRENT))
     def test_closed_form(self, name):
-        assert check_file(spec(name)).param_count() == RECURRENT[name]
+        assert checked(name).param_count() == RECURRENT[name]
 
 
 class TestStdlibRnn:

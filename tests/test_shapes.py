@@ -1,0 +1,98 @@
+"""The graph and shapes passes: edges, delays, seq propagation, located shape errors."""
+import networkx as nx
+import pytest
+
+from netdsl.driver import CheckFailed
+from netdsl.graph import forward_view
+from netdsl.types import TensorType
+
+ELMAN = """\
+input  x : seq[16]
+target y : seq class(16)
+state  h : [64] = learned
+h = tanh(dense(x, 64) + dense(h[t-1], 64, bias=false))
+loss cross_entropy(h -> dense(16), y)
+"""
+
+
+class TestGraph:
+    def test_recurrent_edge_carries_the_delay(self, check):
+        graph = check(ELMAN).graph
+        assert graph.edges["h", "h[t-1]"]["delay"] == 1
+        assert not nx.is_directed_acyclic_graph(graph)
+        assert nx.is_directed_acyclic_graph(forward_view(graph))
+
+    def test_ports_record_repeated_inputs(self, check):
+        graph = check("input x : [4]\ntarget t : [4]\nloss mse(x * x, t)\n").graph
+        assert graph.edges["x", "mul1"]["ports"] == [0, 1]
+
+    def test_graph_is_a_networkx_digraph_with_spans(self, check):
+        graph = check(ELMAN, "elman.net").graph
+        assert isinstance(graph, nx.DiGraph)
+        assert all(d["span"].file == "elman.net" for _, d in graph.nodes(data=True))
+
+
+class TestShapes:
+    def test_per_step_ops_keep_the_time_axis(self, check):
+        graph = check(ELMAN).graph
+        assert graph.nodes["h"]["type"] == TensorType((64,), seq=True)
+        assert graph.nodes["loss"]["type"].dims == ()
+
+    def test_last_leaves_the_sequence(self, check):
+        text = "input x : seq[8]\ntarget y : class(3)\nloss cross_entropy(x -> dense(3) -> last, y)\n"
+        graph = check(text).graph
+        assert graph.nodes["last1"]["type"] == TensorType((3,))
+
+    def test_image_pipeline(self, check):
+        text = ("input x : [1, 28, 28]\ntarget y : class(10)\n"
+                "f = x -> conv(6, 5, pad=2) -> relu -> maxpool(2) -> conv(16, 5) -> maxpool(2) -> flatten\n"
+                "loss cross_entropy(f -> dense(10), y)\n")
+        assert check(text).graph.nodes["f"]["type"].dims == (400,)
+
+    def test_pixelwise_cross_entropy(self, check):
+        text = ("input x : [3, 16, 16]\ntarget m : class(2)[16, 16]\n"
+                "loss cross_entropy(x -> conv(2, 3, pad='same'), m, weights=[1, 5])\n")
+        assert check(text).param_count() == 2 * 3 * 9 + 2
+
+
+class TestShapeErrors:
+    def errors(self, check, text):
+        with pytest.raises(CheckFailed) as info:
+            check(text)
+        return info.value.errors
+
+    def test_dense_on_an_image_says_flatten(self, check):
+        (error,) = self.errors(check, "input x : [3, 8, 8]\ntarget t : [4]\nloss mse(x -> dense(4), t)\n")
+        assert (error.span.line, error.span.col) == (3, 15)
+        assert "[3,8,8]" in error.message and "flatten" in error.hint
+
+    def test_conv_on_a_vector_suggests_dense(self, check):
+        (error,) = self.errors(check, "input x : [256]\ntarget t : [4]\nloss mse(x -> conv(4, 3) -> gap, t)\n")
+        assert "[256]" in error.message and "dense" in error.hint
+
+    def test_independent_errors_all_reported(self, check):
+        text = ("input x : [3, 8, 8]\ntarget t : [4]\na = x -> dense(4)\nb = x -> conv(4, 9)\n"
+                "loss mse(a + (b -> gap), t)\n")
+        lines = sorted(e.span.line for e in self.errors(check, text))
+        assert lines == [3, 4]
+
+    def test_error_in_block_names_the_instance(self, check):
+        text = ("input x : [3, 8, 8]\ntarget t : [4]\nblock b() {\n  in x\n  out x -> dense(4)\n}\n"
+                "loss mse(x -> b, t)\n")
+        (error,) = self.errors(check, text)
+        assert error.span.line == 5 and "b1" in error.hint
+
+    def test_state_shape_mismatch(self, check):
+        text = ELMAN.replace("state  h : [64]", "state  h : [32]")
+        errors = self.errors(check, text)
+        assert any("declared [32]" in e.message and "[64]" in e.message for e in errors)
+
+    def test_loss_must_be_a_number(self, check):
+        (error,) = self.errors(check, "input x : [4]\nloss x -> dense(3)\n")
+        assert "must be one number" in error.message
+
+    def test_shared_layer_with_other_shapes(self, check):
+        text = ("input a : [4]\ninput b : [8]\ntarget t : [2]\nshare E = dense(2)\n"
+                "loss mse((a -> E) + (b -> E), t)\n")
+        (error,) = self.errors(check, text)
+        assert "shared layer" in error.message
