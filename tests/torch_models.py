@@ -1,9 +1,9 @@
 """PyTorch twins of the feed-forward example specs, built by hand from torch.nn.
 
 Each builder returns an nn.Module laid out as the paper (or torchvision, where the spec
-follows torchvision) lays it out, so its parameter count is an independent check on
-what netdsl counts for the matching file in specs/. `forward` is defined where a quick
-shape check is useful; the counts are what the tests compare.
+follows torchvision) lays it out, so its parameters (count and shapes) and its output
+shape are an independent check on what netdsl infers for the matching file in specs/.
+torchvision itself is not a dependency: the torchvision layouts are rebuilt here.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 
 __all__ = ["MODELS", "param_count", "PUBLISHED"]
 
-# Parameter counts published by torchvision (and by the U-Net paper's Caffe model).
+# Parameter counts published by torchvision for its models.
 PUBLISHED = {
     "alexnet": 61_100_840,
     "vgg16": 138_357_544,
@@ -20,7 +20,6 @@ PUBLISHED = {
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
     "densenet121": 7_978_856,
-    "unet": 31_031_685,
 }
 
 
@@ -256,19 +255,20 @@ def _resnet(block, expansion, depths, widths, stem, c_in, classes):
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, classes))
 
 
-IMAGENET_STEM = lambda: [*conv_bn(3, 64, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1)]  # noqa: E731
+def imagenet_stem() -> list[nn.Module]:
+    return [*conv_bn(3, 64, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1)]
 
 
 def resnet18() -> nn.Module:
-    return _resnet(basic, 1, [2, 2, 2, 2], [64, 128, 256, 512], IMAGENET_STEM(), 64, 1000)
+    return _resnet(basic, 1, [2, 2, 2, 2], [64, 128, 256, 512], imagenet_stem(), 64, 1000)
 
 
 def resnet34() -> nn.Module:
-    return _resnet(basic, 1, [3, 4, 6, 3], [64, 128, 256, 512], IMAGENET_STEM(), 64, 1000)
+    return _resnet(basic, 1, [3, 4, 6, 3], [64, 128, 256, 512], imagenet_stem(), 64, 1000)
 
 
 def resnet50() -> nn.Module:
-    return _resnet(bottleneck, 4, [3, 4, 6, 3], [64, 128, 256, 512], IMAGENET_STEM(), 64, 1000)
+    return _resnet(bottleneck, 4, [3, 4, 6, 3], [64, 128, 256, 512], imagenet_stem(), 64, 1000)
 
 
 def resnet20() -> nn.Module:
@@ -346,7 +346,12 @@ def fcn8s() -> nn.Module:
 
 
 class UNet(nn.Module):
-    """Ronneberger et al.'s U-Net: valid 3x3 convolutions, crop-and-concatenate skips."""
+    """Ronneberger et al.'s U-Net: valid 3x3 convolutions, crop-and-concatenate skips.
+
+    31,030,658 parameters. The 31,031,685 often quoted is zhixuhao's Keras U-Net, which
+    ends with an extra 3x3 convolution to 2 channels and a 1x1 to 1 (1,154 + 3 weights
+    instead of the paper's 1x1 to 2 classes, 130).
+    """
 
     def __init__(self, widths=(64, 128, 256, 512, 1024), classes: int = 2):
         super().__init__()
