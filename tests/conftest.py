@@ -22,3 +22,13 @@ def check():
     from netdsl.driver import check_text
 
     return lambda text, file="t.net": check_text(text, file)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/ from the current output instead of comparing")
+
+
+@pytest.fixture
+def update_golden(request) -> bool:
+    return request.config.getoption("--update-golden")

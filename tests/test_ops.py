@@ -167,7 +167,7 @@ class TestBind:
 
     def test_defaults_fill_in(self):
         op = make("maxpool", 2)
-        assert (op.stride, op.pad, op.ceil) == (None, 0, False)
+        assert (op.stride, op.pad, op.ceil) == (None, (0,), False)
 
     def test_pad_word_must_be_known(self):
         with pytest.raises(ArgError, match="'same', 'valid'"):

@@ -112,8 +112,9 @@ def bind(cls: type[Op], positional: list, keyword: dict[str, Any]) -> Op:
         if arg.name not in values:
             if arg.default is REQUIRED:
                 raise ArgError(f"{cls.name} needs argument '{arg.name}'", None, _usage(cls))
-            values[arg.name] = arg.default
-    return cls(**values)
+            # defaults pass the converter too, so attributes have one canonical form
+            values[arg.name] = arg.default if arg.default is None else arg.convert(arg.default)
+    return cls(**{arg.name: values[arg.name] for arg in cls.args})
 
 
 def _convert(cls, arg: Arg, value, where):

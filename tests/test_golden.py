@@ -1,0 +1,31 @@
+"""`netc compile --emit shapes` of every spec, against tests/golden/ (update with --update-golden)."""
+import glob
+import os
+
+import pytest
+
+from conftest import ROOT, SPECS
+from netdsl.driver import check_file
+from netdsl.emit import format_shapes
+
+GOLDEN = os.path.join(ROOT, "tests", "golden")
+SPEC_FILES = sorted(glob.glob(os.path.join(SPECS, "*.net")))
+
+
+@pytest.mark.parametrize("path", SPEC_FILES, ids=lambda p: os.path.basename(p)[:-4])
+def test_emit_shapes_matches_golden(path, update_golden):
+    text = format_shapes(check_file(path).graph) + "\n"
+    golden = os.path.join(GOLDEN, os.path.basename(path)[:-4] + ".shapes")
+    if update_golden:
+        os.makedirs(GOLDEN, exist_ok=True)
+        with open(golden, "w") as handle:
+            handle.write(text)
+    assert os.path.exists(golden), f"no golden file for {path}: run pytest --update-golden"
+    with open(golden) as handle:
+        assert text == handle.read()
+
+
+def test_every_golden_file_has_a_spec():
+    names = {os.path.basename(p)[:-4] for p in SPEC_FILES}
+    stale = [f for f in os.listdir(GOLDEN) if f[:-len(".shapes")] not in names]
+    assert not stale, f"golden files without a spec: {stale}"
