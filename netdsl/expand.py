@@ -124,8 +124,12 @@ class _Expander:
         self._finish_scope(top)
         if not self.errors and not self.losses and not self.nodes:
             span = self.module.items[0].span if self.module.items else None
-            self.errors.append(SpecError("the spec defines no network", span,
-                                         "declare an input and some layers: see docs/language.md"))
+            if self.module.blocks:
+                self.errors.append(SpecError("this file defines blocks but no network", span,
+                                             f'use them from a spec: import "{self.module.file}"'))
+            else:
+                self.errors.append(SpecError("the spec defines no network", span,
+                                             "declare an input and some layers: see docs/language.md"))
         SpecErrors.collect(self.errors)
         name = self.module.network_name or _stem(self.module.file)
         return Program(name, self.nodes, self.losses, self.train, self.module.file)
