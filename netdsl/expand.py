@@ -432,8 +432,9 @@ class _Expander:
         for index, stage in enumerate(expr.stages):
             last = index == len(expr.stages) - 1
             count = 1 if stage.repeat is None else self._whole(stage.repeat, scope)
-            if count < 1:
-                raise SpecError(f"a stage repeats at least once, got x {count}", stage.repeat.span)
+            if count < 0:  # x 0 skips the stage, so `x (n - 1)` works for n = 1
+                raise SpecError(f"a stage cannot repeat a negative number of times, got x {count}",
+                                stage.repeat.span)
             repeat = f"{scope.prefix}{stage.call.name}@{stage.span.line}:{stage.span.col}" if count > 1 else None
             for _ in range(count):
                 if isinstance(value, tuple):

@@ -45,6 +45,10 @@ class TestBlocks:
         assert len(groups) == 1 and None not in groups
         assert nodes["stage1/basic1/conv1"].scope[-1].repeat is None
 
+    def test_repeat_zero_skips_the_stage(self):
+        nodes = program(RESNET.replace("stage(16, 3, 1)", "stage(16, 1, 1)")).nodes
+        assert "stage1/basic1/conv1" in nodes and "stage1/basic2/conv1" not in nodes
+
     def test_assigned_names_become_node_ids(self):
         nodes = program(RESNET).nodes
         assert nodes["logits"].op.name == "dense" and nodes["stage1/basic1/y"].op.name == "batchnorm"
