@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from netdsl.errors import SpecError, render
+from netdsl.errors import SpecError, SpecErrors, render
 
 __all__ = ["main"]
 
@@ -82,8 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except CheckFailed as exc:
         _report(exc.errors, exc.sources)
+    except SpecErrors as exc:
+        _report(exc.errors, {})
     except SpecError as exc:
         _report([exc], {})
+    except BrokenPipeError:  # `netc compile ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

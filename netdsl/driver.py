@@ -83,8 +83,13 @@ class _Loader:
             base = os.path.dirname(importing) if os.path.exists(importing) else os.getcwd()
             path = os.path.normpath(os.path.join(base, target))
             if not os.path.isfile(path):
-                raise SpecError(f"cannot import '{target}': no such file {path}", span)
-            text = read_spec(path)
+                what = "it is a directory" if os.path.isdir(path) else f"no such file {path}"
+                raise SpecError(f"cannot import '{target}': {what}", span,
+                                "a quoted import is a path relative to the importing file")
+            try:
+                text = read_spec(path)
+            except SpecError as exc:  # located at the import, not at the unreadable file
+                raise SpecError(f"cannot import '{target}': {exc.message}", span, exc.hint) from None
         else:
             path = f"<stdlib>/{target}.net"
             stdlib = resources.files("netdsl.stdlib")
@@ -119,6 +124,10 @@ def check_text(text: str, file: str = "<spec>") -> Network:
         graph = infer_shapes(graph)                     # every edge typed, or located errors
     except (SpecError, SpecErrors) as exc:
         raise CheckFailed(errors_of(exc), sources) from None
+    except RecursionError:  # parse bounds expression depth; this is a chain of blocks too long
+        error = SpecError(f"{file}: blocks call blocks too deeply to check", None,
+                          "flatten some of the blocks into their callers")
+        raise CheckFailed([error], sources) from None
     return Network(module, program, graph, sources)
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Span", "SpecError", "SpecErrors", "ShapeError", "render", "errors_of", "suggest"]
+__all__ = ["Span", "SpecError", "SpecErrors", "ShapeError", "render", "errors_of", "closest",
+           "suggest"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def render(error: SpecError, sources: dict[str, str] | None = None) -> str:
     span = error.span
     text = (sources or {}).get(span.file) if span else None
     if text is not None:
-        source_lines = text.splitlines()
+        source_lines = [line.rstrip("\r") for line in text.split("\n")]
         if 1 <= span.line <= len(source_lines):
             line = source_lines[span.line - 1].expandtabs(1)
             width = span.end_col - span.col + 1 if span.end_line == span.line else len(line) - span.col + 1
@@ -92,9 +93,15 @@ def render(error: SpecError, sources: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def suggest(word: str, choices) -> str | None:
-    """The closest of `choices` to a misspelt `word`, as a 'did you mean' hint."""
+def closest(word: str, choices) -> str | None:
+    """The one of `choices` a misspelt `word` most likely meant, if any is close."""
     import difflib
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
+    return close[0] if close else None
+
+
+def suggest(word: str, choices) -> str | None:
+    """The closest of `choices` to a misspelt `word`, as a 'did you mean' hint."""
+    name = closest(word, choices)
+    return f"did you mean '{name}'?" if name else None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from netdsl import ast
-from netdsl.errors import SpecError, SpecErrors, errors_of, suggest
+from netdsl.errors import Span, SpecError, SpecErrors, closest, errors_of, suggest
 from netdsl.ops import OPS
 from netdsl.ops.base import ArgError, Op, bind
 from netdsl.program import Frame, NodeDef, Program, StateDef
@@ -114,6 +114,7 @@ class _Expander:
         self.consumed: set[str] = set()  # nodes that are some node's input
         self.blocks: dict[str, ast.Block] = {}
         self.depth = 0
+        self.failed_imports: list[str] = []
 
     # ---- driver
     def run(self) -> Program:
@@ -123,7 +124,9 @@ class _Expander:
         self._exec_body(body, top)
         self._finish_scope(top)
         if not self.errors and not self.losses and not self.nodes:
-            span = self.module.items[0].span if self.module.items else None
+            # an empty file (or one of only comments) is pointed at its first line
+            first_line = Span(self.module.file, 1, 1, 1, 1)
+            span = self.module.items[0].span if self.module.items else first_line
             if self.module.blocks:
                 self.errors.append(SpecError("this file defines blocks but no network", span,
                                              f'use them from a spec: import "{self.module.file}"'))
@@ -159,6 +162,7 @@ class _Expander:
             imported = self.load(item.target, item.is_path, module.file, item.span)
         except SpecError as exc:
             self.errors.extend(errors_of(exc))
+            self.failed_imports.append(item.target)
             return
         if imported.file in seen:
             return
@@ -188,6 +192,11 @@ class _Expander:
                 scope.states[name].misused = True
         for name in getattr(stmt, "targets", ()):
             self._bind(scope, name, POISON, stmt.span, used=True)
+        declared = [stmt.name] if isinstance(stmt, ast.IODecl) else \
+            [i.name for i in stmt.items] if isinstance(stmt, ast.StateDecl) else []
+        for name in declared:  # a failed declaration still declares the name
+            if name not in scope.env and name not in scope.states:
+                self._bind(scope, name, POISON, stmt.span, used=True)
         if isinstance(stmt, ast.Out) and scope.outputs is None:
             scope.outputs = [POISON] * len(stmt.values)
 
@@ -244,7 +253,9 @@ class _Expander:
                             "a block receives tensors through `in`")
         type_ = self._type(stmt.type, scope)
         if stmt.name in self.nodes or stmt.name in scope.env:
-            raise SpecError(f"'{stmt.name}' is already defined", stmt.span)
+            earlier = self.nodes[stmt.name].span if stmt.name in self.nodes else scope.env[stmt.name].span
+            raise SpecError(f"'{stmt.name}' is already defined", stmt.span,
+                            f"it is first defined at {earlier}; give this one another name")
         self.nodes[stmt.name] = NodeDef(stmt.name, stmt.kind, stmt.span, type=type_)
         self._bind(scope, stmt.name, Value(stmt.name), stmt.span)
 
@@ -289,9 +300,12 @@ class _Expander:
             raise SpecError("`in` belongs inside a block", stmt.span, "a network declares `input x : [...]`")
         if len(stmt.names) != len(scope.inputs):
             block = scope.frames[-1].block
+            for name in stmt.names:
+                self._bind(scope, name, POISON, stmt.span, used=True)
             raise SpecError(
                 f"block '{block}' takes {len(stmt.names)} input(s) ({', '.join(stmt.names)}) "
-                f"but was given {len(scope.inputs)}", scope.frames[-1].span)
+                f"but was given {len(scope.inputs)}", scope.frames[-1].span,
+                f"pass its tensors first: {block}({', '.join(stmt.names)}, ...)")
         for name, value in zip(stmt.names, scope.inputs):
             self._bind(scope, name, value, stmt.span, used=True)
 
@@ -366,6 +380,9 @@ class _Expander:
             raise SpecError(f"'{name.id}' is a layer, not a value", name.span,
                             f"apply it to a value: x -> {name.id}")
         known = [n for n in scope.env] + list(scope.states) + list(CONSTANTS)
+        meant = closest(name.id, known)
+        if meant in scope.env:  # the value meant is used, if misspelt
+            scope.env[meant].used = True
         raise SpecError(f"undefined name '{name.id}'", name.span, suggest(name.id, known))
 
     def _scalar(self, expr, scope: _Scope):
@@ -404,8 +421,13 @@ class _Expander:
         if expr.op == "/":
             if b == 0:
                 raise SpecError("division by zero", expr.right.span)
-            return a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
-        return _SCALAR_OPS[expr.op](a, b)
+            result = a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
+        else:
+            result = _SCALAR_OPS[expr.op](a, b)
+        if not abs(result) <= 2**63:  # not finite, or far beyond any size: a typing mistake
+            raise SpecError(f"the value {result:g} is too large", expr.span,
+                            "numbers in a spec are sizes and rates, below 2**63")
+        return result
 
     def _scaled(self, expr: ast.BinOp, left, right, scope: _Scope) -> Value:
         """A tensor with a number: one `scale` node, y = factor * x + shift."""
@@ -435,6 +457,9 @@ class _Expander:
             if count < 0:  # x 0 skips the stage, so `x (n - 1)` works for n = 1
                 raise SpecError(f"a stage cannot repeat a negative number of times, got x {count}",
                                 stage.repeat.span)
+            if count > 10_000:
+                raise SpecError(f"a stage repeated {count} times is too many", stage.repeat.span,
+                                "repeat a stage at most 10000 times")
             repeat = f"{scope.prefix}{stage.call.name}@{stage.span.line}:{stage.span.col}" if count > 1 else None
             for _ in range(count):
                 if isinstance(value, tuple):
@@ -447,7 +472,13 @@ class _Expander:
     def _delayed(self, expr: ast.Delayed, scope: _Scope) -> Value:
         slot = scope.states.get(expr.name)
         if slot is None:
-            hint = (f"declare it: state {expr.name} : [n]" if expr.name in scope.env
+            binding = scope.env.get(expr.name)
+            if binding is not None and isinstance(binding.value, _Poison):
+                return POISON  # its declaration failed and was reported
+            meant = closest(expr.name, scope.states)
+            if meant is not None:  # the state meant is read, if misspelt
+                scope.states[meant].misused = True
+            hint = (f"declare it: state {expr.name} : [n]" if binding is not None
                     else suggest(expr.name, scope.states))
             raise SpecError(f"'{expr.name}' is not a declared state", expr.span, hint)
         node = slot.delayed.get(expr.delay)
@@ -462,12 +493,15 @@ class _Expander:
     def _call(self, call: ast.Call, scope: _Scope, piped: Value | None, want: int, repeat=None):
         tensors, scalars, keywords = self._arguments(call, scope, piped)
         if any(isinstance(t, _Poison) for t in tensors):
+            self._check_poisoned(call, scalars, keywords, scope)
             return POISON if want == 1 else (POISON,) * want
         shared = scope.shared.get(call.name)
         if shared is not None:
             if scalars or keywords:
                 raise SpecError(f"'{call.name}' is a shared instance; its arguments are fixed where "
-                                "it is declared", call.span)
+                                "it is declared", call.span,
+                                f"apply it as x -> {call.name}, or share another instance for "
+                                "other arguments")
             return self._use_shared(shared, tensors, call, scope, want)
         if call.name in self.blocks:
             return self._inline(self.blocks[call.name], tensors, scalars, keywords, call, scope, want, repeat)
@@ -475,11 +509,24 @@ class _Expander:
             return self._apply_op(call, tensors, scalars, keywords, scope, want)
         raise self._unknown_layer(call, scope)
 
-    def _unknown_layer(self, call: ast.Call, scope: _Scope) -> SpecError:
+    def _check_poisoned(self, call: ast.Call, scalars, keywords, scope: _Scope) -> None:
+        """A call on a failed value: what does not depend on the value is still checked."""
+        if call.name in scope.shared or call.name in self.blocks:
+            return
+        cls = OPS.get(call.name)
+        if cls is None:
+            raise self._unknown_layer(call, scope)
+        if not cls.multi_output:
+            self._bind_op(cls, call, scalars, {k: v for k, (v, _) in keywords.items()}, keywords)
+
+    def _unknown_layer(self, call: ast.Call, scope: _Scope) -> SpecError | SpecErrors:
         binding = scope.env.get(call.name)
         if binding is not None and isinstance(binding.value, Value):
+            binding.used = True  # used, though wrongly
             return SpecError(f"'{call.name}' is a value, not a layer", call.name_span or call.span,
                              f"combine values with an op, e.g. concat(x, {call.name})")
+        if self.failed_imports:  # it may live in the module that failed to load: stop, report nothing
+            return SpecErrors([])
         known = list(OPS) + list(self.blocks) + list(scope.shared)
         hint = suggest(call.name, known) or "see the list of layers in docs/language.md"
         return SpecError(f"unknown layer '{call.name}'", call.name_span or call.span, hint)
@@ -524,6 +571,13 @@ class _Expander:
         kw = {k: v for k, (v, _) in keywords.items()}
         if multi and "parts" not in kw and not scalars:
             kw["parts"] = want
+        if multi and "index" not in kw:
+            parts = self._bind_op(cls, call, scalars, kw, keywords).parts
+            if parts != want:
+                hint = (f"name each part: a, b = {call.name}(x, 2)" if want == 1
+                        else f"make {want} parts: {call.name}(x, {want}), or assign {parts} names")
+                raise SpecError(f"{call.name} gives {parts} values but {want} "
+                                f"{'is' if want == 1 else 'are'} used", call.span, hint)
         indices = range(want) if multi and want > 1 else [None]
         values = []
         for index in indices:
@@ -570,7 +624,8 @@ class _Expander:
         """Give the node that computes a named value that name, when it is fresh and free."""
         node = self.nodes.get(value.node)
         if (node is None or node.kind != "op" or node.scope != scope.frames
-                or node.shares is not None or value.node in self.consumed):
+                or node.shares is not None or value.node in self.consumed or scope.share is not None
+                or any(value.node in s.owners.values() for s in scope.shared.values())):
             return value
         target = f"{scope.prefix}{name}"
         while target in self.nodes:  # a rebound name: x, x_2, x_3
@@ -585,8 +640,13 @@ class _Expander:
                 instance: str | None = None, share=None):
         self.depth += 1
         try:
+            chain = [frame.block for frame in scope.frames]
+            if block.name in chain:
+                calls = " -> ".join(chain[chain.index(block.name):] + [block.name])
+                raise SpecError(f"block '{block.name}' calls itself ({calls})", call.span,
+                                "a block cannot contain itself; repeat a stage with `x N` instead")
             if self.depth > 64:
-                raise SpecError(f"block '{block.name}' calls itself without end", call.span)
+                raise SpecError(f"blocks are nested more than 64 deep at '{block.name}'", call.span)
             name = instance or scope.fresh(block.name, self.nodes)[len(scope.prefix):]
             frame = Frame(name, block.name, call.span, repeat)
             inner = _Scope(f"{scope.prefix}{name}/", scope.frames + (frame,), inputs=list(tensors),
@@ -643,7 +703,7 @@ class _Expander:
                                 want, instance=instance, share=share)
         value = self._apply_op(shared.call, tensors, scalars, keywords, scope, want)
         node = self.nodes.pop(value.node)
-        node.id = f"{scope.prefix}{instance}"
+        node.id, node.span = f"{scope.prefix}{instance}", call.span  # located where it is used
         first = shared.owners.setdefault("", node.id)
         node.shares = None if first == node.id else first
         self.nodes[node.id] = node

@@ -1,6 +1,7 @@
 """Pass 1, parse: .net text -> `ast.Module`, every node with its source span."""
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 
@@ -66,6 +67,10 @@ def parse(text: str, file: str = "<spec>") -> ast.Module:
         tree = parser().parse(text if text.endswith("\n") else text + "\n")
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, file) from None
+    for item in tree.children:
+        if _depth(item) > _DEEPEST:  # building (and later expanding) it would exhaust the stack
+            raise SpecError(f"this statement nests more than {_DEEPEST} levels deep",
+                            _span(file, item.meta), "split it into named steps: a = ..., b = a -> ...")
     try:
         module = _ToAst(file).transform(tree)
     except VisitError as exc:  # a SpecError raised while building a node
@@ -73,11 +78,25 @@ def parse(text: str, file: str = "<spec>") -> ast.Module:
     return ast.Module(file, module, tuple(_comments(text, file)))
 
 
+# numbers beyond this are typing mistakes; bounding them keeps later arithmetic exact and finite
+_LARGEST = 2**63
+# real specs nest about ten levels; a hundred leaves the passes' recursion ample room
+_DEEPEST = 100
+
+
+def _depth(tree) -> int:
+    deepest, stack = 0, [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in getattr(node, "children", ()))
+    return deepest
+
 _COMMENT_OR_STRING = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|#[^\n]*")
 
 
 def _comments(text: str, file: str):
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_lines(text), 1):
         for match in _COMMENT_OR_STRING.finditer(line):
             if match.group().startswith("#"):
                 col = match.start() + 1
@@ -211,7 +230,13 @@ class _ToAst(Transformer):
 
     def number(self, meta, token):
         text = str(token)
-        value = int(text) if text.isdigit() else float(text)
+        try:
+            value = int(text) if text.isdigit() else float(text)
+        except ValueError:  # more digits than Python converts
+            value = math.inf
+        if abs(value) > _LARGEST:
+            raise SpecError(f"the number {text[:20]}{'...' if len(text) > 20 else ''} is too large",
+                            self._tok(token), "numbers in a spec are sizes and rates, below 2**63")
         return ast.Number(value, self._tok(token))
 
     def string(self, meta, token):
@@ -231,6 +256,8 @@ class _ToAst(Transformer):
                 self._tok(index),
                 f"write {name}[t-{delay}]",
             )
+        if len(delay) > 6:  # far beyond any sequence; also keeps int() within its digit limit
+            raise SpecError("a delay of a million steps or more is too long", self._tok(delay))
         if int(delay) < 1:
             raise SpecError("a delay must be at least one step", self._tok(delay), f"write {name}[t-1]")
         return ast.Delayed(str(name), int(delay), span)
@@ -243,9 +270,22 @@ _WORDS = {
     "NAME": "a name", "NUMBER": "a number", "INT": "a whole number", "STRING": "a quoted string",
     "_NL": "end of line", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'",
     "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='",
-    "_ARROW": "'->'", "ADD_OP": "'+' or '-'", "MUL_OP": "'*' or '/'", "MINUS": "'-'",
+    "_ARROW": "'->'", "ADD_OP": "an operator", "MUL_OP": "an operator", "MINUS": "'-'",
     "REPEAT": "'x' (repeat)", "SEQ": "'seq'", "$END": "end of file",
 }
+# the pieces most often missing are named first
+_FIRST = ("RPAR", "RSQB", "RBRACE", "COMMA", "COLON", "EQUAL")
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+# token-like pieces, enough to follow brackets and lines: strings, comments, words, symbols
+_LEXEME = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|#.*|->|[()\[\]{}]|[\w.]+|\S")
+_STATEMENT = re.compile(
+    r"\s*((loss|train|input|target|state|block|for|share|import|network|out|in)\b"
+    r"|[A-Za-z_]\w*\s*(,|=(?!=)))")
+_TOP_LEVEL = {"input": "an input", "target": "a target", "import": "an import",
+              "network": "the network name", "block": "a block"}
+_QUOTES = ("'''", "'\"'")
+_CHARACTERS_HINT = ("a spec is written with names, numbers, quoted strings, "
+                    "-> ( ) [ ] { } , : = + - * / and # comments")
 
 
 def _word(terminal: str) -> str:
@@ -265,6 +305,21 @@ def _has_terminal(name: str) -> bool:
         return False
 
 
+def _expected(exc: UnexpectedInput) -> list[str]:
+    """What the parser could have taken instead, in words, the likely missing piece first."""
+    names = getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ()
+    ordered = sorted(names, key=lambda t: (_FIRST.index(t) if t in _FIRST else len(_FIRST), t))
+    words: list[str] = []
+    for name in ordered:
+        if _word(name) not in words:
+            words.append(_word(name))
+    return words
+
+
+def _either(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def _found(exc: UnexpectedInput, text: str) -> str:
     if isinstance(exc, UnexpectedToken):
         token = exc.token
@@ -272,28 +327,149 @@ def _found(exc: UnexpectedInput, text: str) -> str:
             return "end of file"
         if token.type == "_NL":
             return "end of line"
-        return f"'{token}'"
-    if isinstance(exc, UnexpectedCharacters):
-        return f"'{text[exc.pos_in_stream]}'" if exc.pos_in_stream < len(text) else "end of file"
+        if token.type == "_ARROW":  # its text may hold the newlines around it
+            return "'->'"
+        return str(token) if token.type == "STRING" else f"'{token}'"
+    if isinstance(exc, UnexpectedCharacters) and exc.pos_in_stream < len(text):
+        char = text[exc.pos_in_stream]
+        return f"'{char}'" if char.isprintable() else f"the character {char!r}"
     return "end of file"
+
+
+def _lines(text: str) -> list[str]:
+    """The source lines as Lark counts them: split at newlines only."""
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _lexemes(lines: list[str], line: int, col: int) -> list[tuple[str, int, int]]:
+    """(text, line, col) of each token-like piece before line:col, comments left out."""
+    pieces = []
+    for number, row in enumerate(lines[:line], 1):
+        for match in _LEXEME.finditer(row):
+            if number == line and match.start() + 1 >= col:
+                break
+            if not match.group().startswith("#"):
+                pieces.append((match.group(), number, match.start() + 1))
+    return pieces
 
 
 def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecError:
     from netdsl.syntax_errors import classify
 
+    lines = _lines(text)
+    token = exc.token if isinstance(exc, UnexpectedToken) else None
+    kind = token.type if token is not None else None
     line, col = max(exc.line, 1), max(exc.column, 1)
-    if isinstance(exc, UnexpectedToken) and exc.token.type == "_NL" and exc.token.value:
+    if kind == "_NL" and token.value:
         # a newline token starts where the previous line ends
-        line, col = exc.token.line, exc.token.column
-    if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
-        lines = text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
-    width = len(str(exc.token)) if isinstance(exc, UnexpectedToken) and exc.token.type not in ("_NL", "$END") else 1
+        line, col = token.line, token.column
+    if isinstance(exc, UnexpectedEOF) or kind == "$END":
+        kind, line, col = "$END", len(lines), len(lines[-1]) + 1
+    width = 2 if kind == "_ARROW" else len(str(token)) if kind not in (None, "_NL", "$END") else 1
     span = Span(file, line, col, line, col + max(width, 1) - 1)
-    expected = sorted({_word(t) for t in getattr(exc, "expected", None) or getattr(exc, "allowed", ()) or ()})
-    message, hint = classify(exc, text)
+    found = _found(exc, text)
+    lexemes = _lexemes(lines, line, col)
+    located = (_unclosed(lexemes, lines, file, line, col, kind, found, _expected(exc))
+               or _misplaced(lexemes, lines, file, line, col, kind)
+               or _dangling_arrow(lexemes, lines, file, line)
+               or _bad_number(lines, file, line, col, kind))
+    if located is not None:
+        return located
+    if isinstance(exc, UnexpectedCharacters):
+        if found in _QUOTES:
+            return SpecError(f"a string is not closed: expected a closing {found} on the same line",
+                             span, "strings are written on one line: pad='same'")
+        return SpecError(f"unexpected character {found}", span, _CHARACTERS_HINT)
+    message, hint = classify(exc, found)
     if message is None:
-        message = f"unexpected {_found(exc, text)}"
-        if expected and len(expected) <= 8:
-            message += f"; expected {', '.join(expected[:-1]) + ' or ' if len(expected) > 1 else ''}{expected[-1]}"
+        message = f"unexpected {found}"
+        expected = _expected(exc)
+        if expected:  # a long list is cut: its head holds the likely missing piece
+            listed = _either(expected) if len(expected) <= 6 else ", ".join(expected[:4]) + ", ..."
+            message += f"; expected {listed}"
     return SpecError(message, span, hint)
+
+
+def _unclosed(lexemes, lines, file, line, col, kind, found, expected) -> SpecError | None:
+    """A '(' or '[' left open at the end or before a new statement, or a block's '{'."""
+    stack = []
+    for piece, at_line, at_col in lexemes:
+        if piece in _CLOSERS:
+            stack.append((piece, at_line, at_col))
+        elif stack and piece == _CLOSERS[stack[-1][0]]:
+            stack.pop()
+    if not stack:
+        return None
+    opener, open_line, open_col = stack[-1]
+    closer = _CLOSERS[opener]
+    if opener == "{":
+        # a top-level line inside a block means a missing '}' when the file has one too few
+        pieces = _LEXEME.findall("\n".join(lines))
+        balance = pieces.count("{") - pieces.count("}")
+        if kind not in ("$END", "BLOCK", "IMPORT", "NETWORK", "INPUT", "TARGET") or balance <= 0:
+            return None
+        return SpecError(f"a block's '{{' is not closed: expected '}}' but found {found}",
+                         Span(file, open_line, open_col, open_line, open_col),
+                         "end the block with '}' on a line of its own")
+    starts_line = line > len(lines) or not lines[line - 1][:col - 1].strip()
+    if kind != "$END" and (open_line >= line or not starts_line):
+        return None
+    piece, last_line, last_col = lexemes[-1]
+    end = last_col + len(piece)
+    where = "" if kind == "$END" else f" on line {line}"
+    wanted = _either([f"'{closer}'"] + ["','"] * ("','" in expected))
+    return SpecError(f"'{opener}' is not closed: expected {wanted} but found {found}{where}",
+                     Span(file, last_line, end, last_line, end),
+                     f"add '{closer}' here to close the '{opener}' at line {open_line}, "
+                     f"column {open_col}")
+
+
+def _misplaced(lexemes, lines, file, line, col, kind) -> SpecError | None:
+    """A '}' with no block open, `in` or `out` outside a block, a top-level line inside one."""
+    depth = sum((p == "{") - (p == "}") for p, at_line, _ in lexemes if at_line < line)
+    if kind == "RBRACE" and sum((p == "{") - (p == "}") for p, _, _ in lexemes) <= 0:
+        return SpecError("unexpected '}': there is no block to close", Span(file, line, col, line, col),
+                         "remove it, or check the braces of the block above")
+    row = lines[line - 1] if line <= len(lines) else ""
+    match = re.match(r"\s*([A-Za-z_]\w*)\s*([=,]?)", row)
+    if match is None or match.group(2):
+        return None
+    word, col = match.group(1), match.start(1) + 1
+    span = Span(file, line, col, line, col + len(word) - 1)
+    if word in ("in", "out") and depth <= 0:
+        hint = ("a network's results are its losses: loss cross_entropy(logits, y)" if word == "out"
+                else "a network declares its inputs: input x : [3, 32, 32]")
+        return SpecError(f"`{word}` belongs inside a block, not at the top level", span, hint)
+    if word in _TOP_LEVEL and depth > 0:
+        return SpecError(f"{_TOP_LEVEL[word]} belongs at the top level, not inside a block", span,
+                         "a block receives tensors through `in` and parameters in its ( )")
+    return None
+
+
+def _dangling_arrow(lexemes, lines, file, line) -> SpecError | None:
+    """A line ending in '->' followed by a new statement instead of a layer."""
+    from netdsl.syntax_errors import CATALOGUE
+
+    earlier = [piece for piece in lexemes if piece[1] < line]
+    if (not earlier or earlier[-1][0] != "->" or line > len(lines)
+            or not _STATEMENT.match(lines[line - 1])):
+        return None
+    _, at_line, at_col = earlier[-1]
+    message, hint, _ = CATALOGUE["dangling arrow"]
+    return SpecError(message.replace("{found}", f"a new statement on line {line}"),
+                     Span(file, at_line, at_col, at_line, at_col + 1), hint)
+
+
+def _bad_number(lines, file, line, col, kind) -> SpecError | None:
+    """A token that starts inside a word beginning with a digit: `1.2.3`, `1e`, `3x`."""
+    if kind not in ("NUMBER", "INT", "NAME", "REPEAT") or line > len(lines):
+        return None
+    for match in re.finditer(r"[\w.]+", lines[line - 1]):
+        if match.start() < col - 1 < match.end() and re.match(r"\.?\d", match.group()):
+            start, end = match.start() + 1, match.end()
+            return SpecError(f"malformed number '{match.group()}'", Span(file, line, start, line, end),
+                             "a number is written like 64, 0.5, .5 or 1e-3; multiply with 3 * x")
+    return None

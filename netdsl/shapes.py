@@ -6,6 +6,7 @@ input failed is skipped, so independent mistakes are all reported in one run.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import networkx as nx
@@ -99,10 +100,13 @@ def _check_shared(graph: nx.DiGraph) -> list[SpecError]:
         mine = data["op"].params(*(t.step() for t in input_types(graph, node)))
         theirs = graph.nodes[owner]["op"].params(*(t.step() for t in input_types(graph, owner)))
         if mine != theirs:
+            here, first = (", ".join(map(str, input_types(graph, n))) for n in (node, owner))
+            path = block_path(graph, node)
             errors.append(SpecError(
-                f"shared layer {node} gets inputs {[str(t) for t in input_types(graph, node)]} here "
-                f"but {[str(t) for t in input_types(graph, owner)]} at its first use",
-                data["span"], f"its weights are defined at {graph.nodes[owner]['span']}"))
+                f"shared layer '{re.sub(r'[.][0-9]+(?=/|$)', '', node)}' gets {here} here "
+                f"but {first} at its first use",
+                data["span"], f"one set of weights serves every use; the first is at "
+                f"{graph.nodes[owner]['span']}{f', in block {path}' if path else ''}"))
     return errors
 
 

@@ -1,43 +1,88 @@
-"""A labelled catalogue of malformed snippets; `classify` names a syntax error by example."""
+"""A labelled catalogue of malformed snippets; `classify` names a syntax error by example.
+
+A message may hold `{found}`: what the parser met instead (a token, end of line or file).
+"""
 from __future__ import annotations
 
-from lark.exceptions import UnexpectedInput
+from functools import lru_cache
+
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
 # label -> (message, hint, snippets that fail the same way)
 CATALOGUE: dict[str, tuple[str, str | None, list[str]]] = {
-    "unclosed call": (
-        "a call is not closed",
-        "add the missing ')'",
-        ["y = x -> dense(10\nz = y\n", "y = relu(x\n"],
-    ),
     "missing value": (
-        "nothing after '='",
+        "nothing after '=': expected a value but found {found}",
         "write a value: `name = x -> dense(10)`",
-        ["y =\n", "y = \n"],
+        ["y =\n", "y = \n", "a, b =\n", "y = x\nz =\n", "y = x\nz = y\nw =\n", "y = dense(x, units=)\n"],
     ),
     "dangling arrow": (
-        "'->' must be followed by a layer",
+        "'->' must be followed by a layer, but found {found}",
         "finish the pipeline: `x -> relu`",
-        ["y = x ->\n", "y = x -> -> relu\n"],
+        ["y = x ->\n", "y = x -> -> relu\n", "y = x -> relu ->\n", "y = x -> 3\n",
+         "y = x -> (relu)\n", "y = x -> 'relu'\n", "y = x -> [3]\n"],
     ),
     "missing type": (
-        "a declaration needs a type after ':'",
+        "a declaration needs a type after ':', but found {found}",
         "for example `input x : [3, 32, 32]` or `target y : class(10)`",
-        ["input x\n", "input x :\n", "target y\n", "target y :\n"],
+        ["input x\n", "input x :\n", "target y\n", "target y :\n", "input x : 3\n",
+         "input x : float\n", "state h\n", "state h :\n", "state h : 4\n", "input x : (3, 32)\n"],
+    ),
+    "missing colon": (
+        "expected ':' between the name and its type, but found {found}",
+        "write `input x : [3, 32, 32]`",
+        ["input x [3]\n", "target y class(10)\n", "state h [64]\n", "input x = [3]\n"],
+    ),
+    "class without count": (
+        "class needs its number of classes in parentheses, but found {found}",
+        "write `target y : class(10)`",
+        ["target y : class 10\n", "target y : class\n", "target y : class[10]\n"],
+    ),
+    "arguments without parentheses": (
+        "a layer's arguments go in parentheses, but found {found}",
+        "write `x -> dense(10)`, not `x -> dense 10`",
+        ["y = x -> dense 10\n", "y = x -> dense units=3\n", "y = x -> conv 'same'\n",
+         "y = x -> dense [4]\n"],
+    ),
+    "trailing comma": (
+        "a ',' must be followed by another argument, but found {found}",
+        "remove the trailing ','",
+        ["y = dense(x, 10,)\n", "y = x -> conv(8, 3, )\n", "y = x -> dense(4,)\n", "y = relu(x,)\n",
+         "input x : [3, 32,]\n", "input x : [3,]\n"],
     ),
 }
 
 
-def classify(exc: UnexpectedInput, text: str) -> tuple[str | None, str | None]:
-    """The catalogue's message and hint for an error, or (None, None) when none matches."""
+def classify(exc: UnexpectedInput, found: str) -> tuple[str | None, str | None]:
+    """The catalogue's message and hint for an error, or (None, None) when none matches.
+
+    Like Lark's `match_examples`, but an example matches only with the same LALR state,
+    the same acceptable tokens and the same kind of unexpected token; the depth of the
+    parser's stack (which grows with the statements before the error) is ignored.
+    """
+    if isinstance(exc, UnexpectedCharacters) or getattr(exc, "state", None) is None:
+        return None, None
+    key = _key(exc)
+    for label, (message, hint, snippets) in CATALOGUE.items():
+        if any(_failure(snippet) == key for snippet in snippets):
+            return message.replace("{found}", found), hint
+    return None, None
+
+
+def _key(exc: UnexpectedInput):
+    token = getattr(exc, "token", None)
+    accepts = frozenset(getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ())
+    return exc.state.position, accepts, token.type if token is not None else "$END"
+
+
+@lru_cache(maxsize=None)
+def _failure(snippet: str):
+    """How a snippet fails to parse, as `_key` describes it (None if it parses)."""
     from netdsl.parse import parser
 
-    examples = {label: snippets for label, (_, _, snippets) in CATALOGUE.items()}
     try:
-        label = exc.match_examples(parser().parse, examples, use_accepts=True)
-    except Exception:  # an example that does not fail the same way must not hide the real error
-        label = None
-    if label is None:
-        return None, None
-    message, hint, _ = CATALOGUE[label]
-    return message, hint
+        parser().parse(snippet)
+    except UnexpectedInput as exc:
+        if isinstance(exc, UnexpectedCharacters) or getattr(exc, "state", None) is None:
+            return None
+        return _key(exc)
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, integer, number, positive, register
 from netdsl.ops.common import Pointwise, expect_float
+from netdsl.ops.kernels import constant, sigmoid
 from netdsl.types import TensorType
 
 
@@ -14,6 +15,15 @@ class Sigmoid(Pointwise):
     keeps = ("y",)  # dy/dx = y (1 - y)
     cost = 4
 
+    def forward(self, ctx, x):
+        y = sigmoid(ctx.xp, x)
+        ctx.save(y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        y = ctx.saved["y"]
+        return (gy * y * (1 - y),), {}
+
 
 @register("tanh")
 class Tanh(Pointwise):
@@ -22,6 +32,15 @@ class Tanh(Pointwise):
     keeps = ("y",)  # dy/dx = 1 - y^2
     cost = 4
 
+    def forward(self, ctx, x):
+        y = ctx.xp.tanh(x)
+        ctx.save(y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        y = ctx.saved["y"]
+        return (gy * (1 - y * y),), {}
+
 
 @register("relu")
 class Relu(Pointwise):
@@ -29,13 +48,30 @@ class Relu(Pointwise):
 
     keeps = ("y",)  # the mask y > 0 is all backward needs
 
+    def forward(self, ctx, x):
+        y = ctx.xp.maximum(x, 0)
+        ctx.save(y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        return (gy * (ctx.saved["y"] > 0),), {}
+
 
 @register("leaky_relu")
 class LeakyRelu(Pointwise):
     r"""$y = x$ if $x > 0$ else $\mathrm{slope} \cdot x$"""
 
     args = (Arg("slope", number, 0.01),)
+    keeps = ("x",)  # the sign of x, not of y: a negative slope flips y
     cost = 2
+
+    def forward(self, ctx, x):
+        ctx.save(x=x)
+        return ctx.xp.where(x > 0, x, x * self.slope)
+
+    def backward(self, ctx, gy):
+        x = ctx.saved["x"]
+        return (ctx.xp.where(x > 0, gy, gy * self.slope),), {}
 
 
 @register("prelu")
@@ -43,6 +79,7 @@ class Prelu(Pointwise):
     r"""$y = x$ if $x > 0$ else $w_c x$, with one learned slope per channel (or one shared)"""
 
     args = (Arg("channels", positive, 1),)
+    keeps = ("x", "weight")
     cost = 2
 
     def shape(self, x: TensorType) -> TensorType:
@@ -58,20 +95,60 @@ class Prelu(Pointwise):
     def params(self, x):
         return {"weight": (self.channels,)}
 
+    def init(self, rng, x):
+        return {"weight": constant((self.channels,), 0.25)}  # PyTorch's PReLU default
+
+    def slopes(self, x, weight):
+        # one slope per channel (array axis 1), or one for all
+        return weight.reshape((1, -1) + (1,) * (x.ndim - 2)) if self.channels > 1 else weight
+
+    def forward(self, ctx, x, weight):
+        ctx.save(x=x, weight=weight)
+        return ctx.xp.where(x > 0, x, x * self.slopes(x, weight))
+
+    def backward(self, ctx, gy):
+        xp, x, weight = ctx.xp, ctx.saved["x"], ctx.saved["weight"]
+        dx = xp.where(x > 0, gy, gy * self.slopes(x, weight))
+        negative = xp.where(x > 0, 0, gy * x)
+        if self.channels > 1:
+            dweight = negative.sum(axis=(0, *range(2, x.ndim)))
+        else:
+            dweight = negative.sum().reshape(1)
+        return (dx,), {"weight": dweight}
+
 
 @register("elu")
 class Elu(Pointwise):
     r"""$y = x$ if $x > 0$ else $\alpha (e^x - 1)$"""
 
     args = (Arg("alpha", number, 1.0),)
+    keeps = ("x",)
     cost = 3
+
+    def forward(self, ctx, x):
+        xp = ctx.xp
+        ctx.save(x=x)
+        # expm1 of min(x, 0): accurate near 0, and no overflow on the branch not taken
+        return xp.where(x > 0, x, self.alpha * xp.expm1(xp.minimum(x, 0)))
+
+    def backward(self, ctx, gy):
+        xp, x = ctx.xp, ctx.saved["x"]
+        return (xp.where(x > 0, gy, gy * self.alpha * xp.exp(xp.minimum(x, 0))),), {}
 
 
 @register("softplus")
 class Softplus(Pointwise):
     r"""$y = \log(1 + e^x)$"""
 
+    keeps = ("x",)  # dy/dx = sigmoid(x)
     cost = 3
+
+    def forward(self, ctx, x):
+        ctx.save(x=x)
+        return ctx.xp.logaddexp(0, x)
+
+    def backward(self, ctx, gy):
+        return (gy * sigmoid(ctx.xp, ctx.saved["x"]),), {}
 
 
 class _PassThrough(Pointwise):
@@ -82,6 +159,12 @@ class _PassThrough(Pointwise):
 
     def shape(self, x: TensorType) -> TensorType:
         return x
+
+    def forward(self, ctx, x):
+        return x  # no copy: y aliases x
+
+    def backward(self, ctx, gy):
+        return (gy,), {}
 
 
 @register("identity")
@@ -95,15 +178,35 @@ class Exp(Pointwise):
 
     keeps = ("y",)  # dy/dx = y
 
+    def forward(self, ctx, x):
+        y = ctx.xp.exp(x)
+        ctx.save(y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        return (gy * ctx.saved["y"],), {}
+
 
 @register("log")
 class Log(Pointwise):
     r"""$y = \ln x$"""
 
+    keeps = ("x",)  # dy/dx = 1 / x
+
+    def forward(self, ctx, x):
+        ctx.save(x=x)
+        return ctx.xp.log(x)
+
+    def backward(self, ctx, gy):
+        return (gy / ctx.saved["x"],), {}
+
 
 @register("stop_gradient")
 class StopGradient(_PassThrough):
     r"""$y = x$, $\partial y / \partial x = 0$"""
+
+    def backward(self, ctx, gy):
+        return (None,), {}
 
 
 class _Normalised(Op):
@@ -122,12 +225,39 @@ class _Normalised(Op):
         # exp, running max, sum, subtract, divide: about five per element
         return 5 * y.size
 
+    def array_axis(self) -> int:
+        # the batch axis comes first: per-example axis a is array axis a + 1
+        return self.axis + 1 if self.axis >= 0 else self.axis
+
 
 @register("softmax")
 class Softmax(_Normalised):
     r"""$y_i = e^{x_i} / \sum_j e^{x_j}$"""
 
+    def forward(self, ctx, x):
+        xp, axis = ctx.xp, self.array_axis()
+        y = xp.exp(x - x.max(axis=axis, keepdims=True))
+        y /= y.sum(axis=axis, keepdims=True)
+        ctx.save(y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        y = ctx.saved["y"]
+        gyy = gy * y
+        return (gyy - y * gyy.sum(axis=self.array_axis(), keepdims=True),), {}
+
 
 @register("log_softmax")
 class LogSoftmax(_Normalised):
     r"""$y_i = x_i - \log \sum_j e^{x_j}$"""
+
+    def forward(self, ctx, x):
+        xp, axis = ctx.xp, self.array_axis()
+        shifted = x - x.max(axis=axis, keepdims=True)
+        y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        ctx.save(y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        y = ctx.saved["y"]
+        return (gy - ctx.xp.exp(y) * gy.sum(axis=self.array_axis(), keepdims=True),), {}

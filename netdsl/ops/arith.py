@@ -4,6 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, number, register
 from netdsl.ops.common import Pointwise, expect_float, fmt
+from netdsl.ops.kernels import align, unbroadcast
 from netdsl.types import TensorType
 
 
@@ -31,6 +32,16 @@ class _Binary(Op):
         expect_float(self, b, hint)
         return a.with_dims(broadcast(a.dims, b.dims, self.mismatch_hint))
 
+    def forward(self, ctx, a, b):
+        # per-example dims align at the right, after the batch axis, as in the shape rule
+        rank = max(a.ndim, b.ndim)
+        ctx.save(a_shape=a.shape, b_shape=b.shape)
+        return self.apply(ctx, align(a, rank), align(b, rank))
+
+    def backward(self, ctx, gy):
+        da, db = self.grads(ctx, gy)
+        return (unbroadcast(da, ctx.saved["a_shape"]), unbroadcast(db, ctx.saved["b_shape"])), {}
+
 
 @register("add")
 class Add(_Binary):
@@ -42,12 +53,24 @@ class Add(_Binary):
         "project(x, channels, stride) or a 1x1 conv"
     )
 
+    def apply(self, ctx, a, b):
+        return a + b
+
+    def grads(self, ctx, gy):
+        return gy, gy
+
 
 @register("sub")
 class Sub(_Binary):
     r"""$y = a - b$"""
 
     keeps = ()
+
+    def apply(self, ctx, a, b):
+        return a - b
+
+    def grads(self, ctx, gy):
+        return gy, -gy
 
 
 @register("mul")
@@ -56,12 +79,28 @@ class Mul(_Binary):
 
     keeps = ("a", "b")
 
+    def apply(self, ctx, a, b):
+        ctx.save(a=a, b=b)
+        return a * b
+
+    def grads(self, ctx, gy):
+        return gy * ctx.saved["b"], gy * ctx.saved["a"]
+
 
 @register("div")
 class Div(_Binary):
     r"""$y = a / b$"""
 
     keeps = ("b", "y")  # da = gy / b, db = -gy * y / b
+
+    def apply(self, ctx, a, b):
+        y = a / b
+        ctx.save(b=b, y=y)
+        return y
+
+    def grads(self, ctx, gy):
+        da = gy / ctx.saved["b"]
+        return da, -da * ctx.saved["y"]
 
 
 @register("scale")
@@ -71,3 +110,9 @@ class Scale(Pointwise):
     args = (Arg("factor", number, 1.0), Arg("shift", number, 0.0))
     keeps = ()  # the gradient is factor * gy
     cost = 2
+
+    def forward(self, ctx, x):
+        return x * self.factor + self.shift
+
+    def backward(self, ctx, gy):
+        return (gy * self.factor,), {}

@@ -7,7 +7,7 @@ from typing import Any, Callable, ClassVar
 from netdsl.errors import ShapeError, suggest
 from netdsl.types import TensorType
 
-__all__ = ["Op", "Arg", "OPS", "register", "ArgError", "REQUIRED", "bind"]
+__all__ = ["Op", "Arg", "Ctx", "OPS", "register", "ArgError", "REQUIRED", "bind"]
 
 OPS: dict[str, type["Op"]] = {}
 REQUIRED = object()
@@ -19,6 +19,63 @@ class ArgError(Exception):
     def __init__(self, message: str, where: int | str | None = None, hint: str | None = None):
         super().__init__(message)
         self.message, self.where, self.hint = message, where, hint
+
+
+class Ctx:
+    """Per-node execution context: the array module, the mode, and what a node remembers.
+
+    An executor makes one Ctx per graph node and hands it to that node's `forward` and,
+    later, its `backward`. Ops never import numpy or cupy: they use `ctx.xp`.
+
+    Parameters
+    ----------
+    xp : module
+        `numpy` or `cupy`; every array an op makes comes from it.
+    training : bool
+        Training mode: dropout and gaussian_noise are active and batchnorm uses batch
+        statistics (and updates its running ones). In eval mode they are identities or
+        use the running statistics.
+    rng : Generator, optional
+        An `xp.random` Generator for dropout masks, noise and `normal`; by default
+        `xp.random.default_rng()`.
+    buffers : dict, optional
+        Persistent per-node state that outlives a step (batchnorm's `running_mean` and
+        `running_var`). Ops create their entries on first use; an executor keeps the dict
+        across steps and may checkpoint it.
+    batch : int, optional
+        The batch size; only source ops (`normal`), which have no input to read it from,
+        need it.
+    dtype : str
+        The float dtype source ops make (inputs set it for every other op).
+
+    `saved` is what forward keeps for backward: arrays under the names the op's `keeps`
+    declares (a reference to a parameter counts), plus small Python values such as input
+    shapes. Forward writes it with `ctx.save(name=array, ...)`; the planner may free the
+    arrays once backward has run. Saved arrays and inputs must not be changed in place.
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from netdsl.ops import OPS
+    >>> ctx = Ctx(np, training=True, rng=np.random.default_rng(0))
+    >>> y = OPS["relu"]().forward(ctx, np.array([[-1.0, 2.0]]))
+    >>> OPS["relu"]().backward(ctx, np.ones_like(y))
+    ((array([[0., 1.]]),), {})
+    """
+
+    def __init__(self, xp, training: bool = False, rng=None, buffers: dict | None = None,
+                 batch: int | None = None, dtype: str = "float32"):
+        self.xp = xp
+        self.training = training
+        self.rng = xp.random.default_rng() if rng is None else rng
+        self.saved: dict[str, Any] = {}
+        self.buffers: dict[str, Any] = {} if buffers is None else buffers
+        self.batch = batch
+        self.dtype = dtype
+
+    def save(self, **values) -> None:
+        """Keep arrays (named as in the op's `keeps`) and shapes for backward."""
+        self.saved.update(values)
 
 
 @dataclass(frozen=True)
@@ -44,7 +101,9 @@ class Op:
     arity: ClassVar[int | tuple[int, int | None]] = 1
     args: ClassVar[tuple[Arg, ...]] = ()
     elementwise: ClassVar[bool] = False
-    # which tensors backward keeps, e.g. ("y",) for relu: the planner reads it for lifetimes
+    # which tensors backward keeps, e.g. ("y",) for relu: the planner reads it for lifetimes.
+    # Names are inputs as the shape rule names them, "y" the output (unless an input is y),
+    # parameters by name, or arrays forward makes (mask, indices, xhat); see Ctx.saved
     keeps: ClassVar[tuple[str, ...]] = ("x",)
     # ops that see the whole sequence (last, reverse, attention) set this False
     per_step: ClassVar[bool] = True
@@ -68,6 +127,64 @@ class Op:
     def flops(self, y: TensorType, *xs: TensorType) -> int:
         """Forward FLOPs for one example (one step of a sequence); a multiply-add is 2."""
         return y.size
+
+    def init(self, rng, *xs: TensorType) -> dict[str, Any]:
+        """Default parameter values as float32 numpy arrays, one per `params` entry.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+        xs : TensorType
+            The input types, as for `params`.
+
+        Raises
+        ------
+        NotImplementedError
+            When the op has parameters but no init rule.
+        """
+        if self.params(*xs):
+            raise NotImplementedError(f"no init rule for `{self.name}`")
+        return {}
+
+    def forward(self, ctx: Ctx, *xs, **params):
+        """Compute the output for a batch.
+
+        Parameters
+        ----------
+        ctx : Ctx
+            This node's context; forward saves into it what `keeps` declares.
+        xs : arrays
+            The tensor inputs with the batch axis first: dims (C,H,W) arrive as
+            (B,C,H,W), class indices as integer arrays (B, *dims). Whole-sequence ops
+            (`per_step` False) get (B,T,*dims); per-step ops never see a time axis.
+        params : arrays
+            The learned parameters, named as `params` names them, in PyTorch's layout.
+
+        Returns an array (B, *dims) of the output type; a loss returns a 0-d array, the
+        mean over the batch.
+
+        Raises
+        ------
+        NotImplementedError
+            When the op has no forward rule.
+        """
+        raise NotImplementedError(f"no forward rule for `{self.name}`")
+
+    def backward(self, ctx: Ctx, gy):
+        """Gradients of the inputs and parameters, given gy = dL/dy.
+
+        Returns `(input_grads, param_grads)`: a tuple with one entry per tensor input
+        (None where no gradient flows: class inputs, stop_gradient, the `like` of crop)
+        and a dict from parameter name to its gradient. Reads only `ctx.saved`. The arrays
+        may be gy itself or views of it: an executor that accumulates into one copies first.
+        Never called for an output that holds class labels.
+
+        Raises
+        ------
+        NotImplementedError
+            When the op has no gradient rule.
+        """
+        raise NotImplementedError(f"no gradient rule for `{self.name}`")
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.attrs.items())
@@ -125,7 +242,7 @@ def _convert(cls, arg: Arg, value, where):
 
 
 def _usage(cls: type[Op]) -> str:
-    parts = [a.name if a.default is REQUIRED else f"{a.name}={a.default!r}" for a in cls.args]
+    parts = [a.name if a.default is REQUIRED else f"{a.name}={_describe(a.default)}" for a in cls.args]
     return f"usage: {cls.name}({', '.join(parts)})"
 
 
@@ -133,7 +250,12 @@ def _usage(cls: type[Op]) -> str:
 
 
 def _describe(value) -> str:
-    return repr(value) if not isinstance(value, bool) else ("true" if value else "false")
+    """A value as a spec writes it: true, none, 'same', [1, 1]."""
+    if isinstance(value, (bool, type(None))):
+        return {True: "true", False: "false", None: "none"}[value]
+    if isinstance(value, (list, tuple)):
+        return f"[{', '.join(map(_describe, value))}]"
+    return repr(value)
 
 
 def integer(value) -> int:

@@ -8,6 +8,10 @@ from netdsl.ops.base import (
     Arg, ArgError, Op, boolean, choice, expand_to, ints, natural, positive, register,
 )
 from netdsl.ops.common import as_tuple, expect_spatial, fmt
+from netdsl.ops.kernels import (
+    batch_norm, batch_norm_backward, constant, conv_nd, conv_nd_backward, conv_transpose_nd,
+    conv_transpose_nd_backward, fan_in_uniform, settings,
+)
 from netdsl.types import TensorType
 
 
@@ -50,6 +54,7 @@ class _Convolution(Op):
     """What conv and conv_transpose share: argument checks, bias, parameter layout."""
 
     ranks = (2, 3)
+    keeps = ("x", "weight")  # im2col is recomputed from x: cheaper to redo than to keep
 
     def __init__(self, **attrs):
         super().__init__(**attrs)
@@ -65,6 +70,12 @@ class _Convolution(Op):
 
     def bias_params(self) -> dict[str, tuple[int, ...]]:
         return {"bias": (self.channels,)} if self.bias else {}
+
+    def init(self, rng, x):
+        # PyTorch's fan_in is weight.shape[1] times the kernel size, for conv and its transpose
+        shapes = self.params(x)
+        fan_in = math.prod(shapes["weight"][1:])
+        return {name: fan_in_uniform(rng, fan_in, shape) for name, shape in shapes.items()}
 
 
 @register("conv")
@@ -109,6 +120,27 @@ class Conv(_Convolution):
         (k,) = per_dim(self, x, kernel=self.kernel)
         macs = x.dims[0] // self.groups * math.prod(k) * y.size
         return 2 * macs + (y.size if self.bias else 0)
+
+    def windows(self, x, weight):
+        """Stride, (lo, hi) pads and dilation per spatial dim of the batch x."""
+        s, d = settings(self, x.ndim - 2, stride=self.stride, dilation=self.dilation)
+        if self.pad == "same":
+            # as PyTorch: an odd total pad puts the extra cell on the high side
+            total = [di * (k - 1) for di, k in zip(d, weight.shape[2:])]
+            return s, [(t // 2, t - t // 2) for t in total], d
+        (p,) = settings(self, x.ndim - 2, pad=0 if self.pad == "valid" else self.pad)
+        return s, [(pi, pi) for pi in p], d
+
+    def forward(self, ctx, x, weight, bias=None):
+        s, pads, d = self.windows(x, weight)
+        ctx.save(x=x, weight=weight)
+        return conv_nd(ctx.xp, x, weight, bias, s, pads, d, self.groups)
+
+    def backward(self, ctx, gy):
+        x, weight = ctx.saved["x"], ctx.saved["weight"]
+        s, pads, d = self.windows(x, weight)
+        dx, dweight, dbias = conv_nd_backward(ctx.xp, gy, x, weight, s, pads, d, self.groups)
+        return (dx,), {"weight": dweight, **({"bias": dbias} if self.bias else {})}
 
 
 @register("conv1d")
@@ -169,12 +201,30 @@ class ConvTranspose(_Convolution):
         macs = x.size * (self.channels // self.groups) * math.prod(k)
         return 2 * macs + (y.size if self.bias else 0)
 
+    def windows(self, x):
+        return settings(self, x.ndim - 2, stride=self.stride, pad=self.pad,
+                        output_pad=self.output_pad, dilation=self.dilation)
+
+    def forward(self, ctx, x, weight, bias=None):
+        s, p, op, d = self.windows(x)
+        ctx.save(x=x, weight=weight)
+        return conv_transpose_nd(ctx.xp, x, weight, bias, s, p, op, d, self.groups)
+
+    def backward(self, ctx, gy):
+        x, weight = ctx.saved["x"], ctx.saved["weight"]
+        s, p, _, d = self.windows(x)
+        dx, dweight, dbias = conv_transpose_nd_backward(ctx.xp, gy, x, weight, s, p, d,
+                                                        self.groups)
+        return (dx,), {"weight": dweight, **({"bias": dbias} if self.bias else {})}
+
 
 @register("project")
 class Project(Op):
     r"""$y = x$ if shapes agree, else $\mathrm{BN}(W_{1 \times 1} \star_s x)$"""
 
     args = (Arg("channels", positive), Arg("stride", ints(), 1))
+    # the 1x1 conv keeps x, the batchnorm its normalised input and 1/std; none when identity
+    keeps = ("x", "weight", "xhat", "inv_std", "bn_weight")
 
     def is_identity(self, x: TensorType) -> bool:
         return x.dims[0] == self.channels and all(s == 1 for s in as_tuple(self.stride))
@@ -198,3 +248,34 @@ class Project(Op):
         if self.is_identity(x):
             return 0
         return 2 * x.dims[0] * y.size + 2 * y.size  # 1x1 conv, then the batchnorm affine
+
+    def init(self, rng, x):
+        shapes = self.params(x)
+        if not shapes:
+            return {}
+        c = self.channels
+        return {"weight": fan_in_uniform(rng, x.dims[0], shapes["weight"]),
+                "bn_weight": constant((c,), 1.0), "bn_bias": constant((c,), 0.0)}
+
+    def forward(self, ctx, x, weight=None, bn_weight=None, bn_bias=None):
+        if weight is None:  # shapes agree: the identity, no parameters
+            return x
+        (s,) = settings(self, x.ndim - 2, stride=self.stride)
+        z = conv_nd(ctx.xp, x, weight, None, s, [(0, 0)] * len(s), (1,) * len(s), 1)
+        # momentum and eps are PyTorch's BatchNorm defaults; statistics live in ctx.buffers
+        y, xhat, inv_std = batch_norm(ctx, z, bn_weight, bn_bias, 1e-5, 0.1)
+        ctx.save(x=x, weight=weight, xhat=xhat, inv_std=inv_std, bn_weight=bn_weight,
+                 batch_stats=ctx.training)
+        return y
+
+    def backward(self, ctx, gy):
+        saved = ctx.saved
+        if "x" not in saved:
+            return (gy,), {}
+        dz, dgamma, dbeta = batch_norm_backward(gy, saved["xhat"], saved["inv_std"],
+                                                saved["bn_weight"], saved["batch_stats"])
+        x, weight = saved["x"], saved["weight"]
+        (s,) = settings(self, x.ndim - 2, stride=self.stride)
+        dx, dweight, _ = conv_nd_backward(ctx.xp, dz, x, weight, s, [(0, 0)] * len(s),
+                                          (1,) * len(s), 1)
+        return (dx,), {"weight": dweight, "bn_weight": dgamma, "bn_bias": dbeta}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, boolean, optional, positive, register
 from netdsl.ops.common import expect_float
+from netdsl.ops.kernels import fan_in_uniform, scatter_add
 from netdsl.types import TensorType
 
 
@@ -12,6 +13,7 @@ class Dense(Op):
     r"""$y = W x + b$"""
 
     args = (Arg("units", positive), Arg("bias", boolean, True))
+    keeps = ("x", "weight")
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -31,12 +33,31 @@ class Dense(Op):
     def flops(self, y, x) -> int:
         return 2 * x.dims[0] * self.units + (self.units if self.bias else 0)
 
+    def init(self, rng, x):
+        return {name: fan_in_uniform(rng, x.dims[0], shape)
+                for name, shape in self.params(x).items()}
+
+    def forward(self, ctx, x, weight, bias=None):
+        ctx.save(x=x, weight=weight)
+        y = x @ weight.T  # BLAS reads the transpose in place
+        if bias is not None:
+            y += bias
+        return y
+
+    def backward(self, ctx, gy):
+        x, weight = ctx.saved["x"], ctx.saved["weight"]
+        grads = {"weight": gy.T @ x}
+        if self.bias:
+            grads["bias"] = gy.sum(axis=0)
+        return (gy @ weight,), grads
+
 
 @register("embedding")
 class Embedding(Op):
     r"""$y = W_{x}$, row $x$ of a learned $V \times \mathrm{dim}$ table"""
 
     args = (Arg("dim", positive), Arg("vocab", optional(positive), None))
+    keeps = ("x",)  # the indices: the rows to scatter gy back into
 
     def shape(self, x: TensorType) -> TensorType:
         if x.classes is None or x.dtype.startswith("float"):
@@ -56,3 +77,18 @@ class Embedding(Op):
 
     def flops(self, y, x) -> int:
         return 0  # a row copy, no arithmetic
+
+    def init(self, rng, x):
+        (shape,) = self.params(x).values()
+        return {"weight": rng.standard_normal(shape).astype("float32")}  # PyTorch's N(0, 1)
+
+    def forward(self, ctx, x, weight):
+        ctx.save(x=x, weight_shape=weight.shape)
+        return weight[x]
+
+    def backward(self, ctx, gy):
+        xp, x = ctx.xp, ctx.saved["x"]
+        dweight = xp.zeros(ctx.saved["weight_shape"], dtype=gy.dtype)
+        # a word seen twice in the batch gets both rows of gy
+        scatter_add(xp, dweight, x.reshape(-1), gy.reshape(-1, self.dim))
+        return (None,), {"weight": dweight}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, number, numbers, optional, register
 from netdsl.ops.common import expect_float, fmt, is_float
+from netdsl.ops.kernels import scalar, sigmoid
 from netdsl.types import TensorType
 
 SCALAR = TensorType(())
@@ -27,7 +28,7 @@ class _Loss(Op):
 class Mse(_Loss):
     r"""$L = \frac{1}{N} \sum_i (p_i - t_i)^2$"""
 
-    keeps = ("pred", "target")
+    keeps = ("diff",)  # p - t: one array instead of both inputs
 
     def shape(self, pred: TensorType, target: TensorType) -> TensorType:
         expect_float(self, pred)
@@ -35,13 +36,23 @@ class Mse(_Loss):
         self.same_dims(pred, target, "pred and target")
         return SCALAR
 
+    def forward(self, ctx, pred, target):
+        diff = pred - target
+        ctx.save(diff=diff)
+        return scalar(ctx.xp, (diff * diff).mean())  # over the batch and every element
+
+    def backward(self, ctx, gy):
+        diff = ctx.saved["diff"]
+        g = diff * (2 * gy / diff.size)
+        return (g, -g), {}
+
 
 @register("cross_entropy")
 class CrossEntropy(_Loss):
     r"""$L = -w_y \log \mathrm{softmax}(z)_y$, per position for pixel-wise logits"""
 
     args = (Arg("weights", optional(numbers), None),)
-    keeps = ("logits", "y")
+    keeps = ("probs", "y")  # softmax(logits) and the labels: dlogits = probs - onehot(y)
 
     def shape(self, logits: TensorType, y: TensorType) -> TensorType:
         expect_float(self, logits)
@@ -74,6 +85,31 @@ class CrossEntropy(_Loss):
     def flops(self, y, logits, target) -> int:
         return 5 * logits.size  # a log-softmax, then a pick per position
 
+    def forward(self, ctx, logits, y):
+        """Logits (B, C, *S) and labels (B, *S): the mean over batch and positions, or with
+        class weights the weighted mean sum(w_y * nll) / sum(w_y), as PyTorch's."""
+        xp = ctx.xp
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        probs = xp.exp(shifted)
+        total = probs.sum(axis=1, keepdims=True)
+        probs /= total
+        picked = xp.take_along_axis(shifted, y[:, None], axis=1) - xp.log(total)  # log p_y
+        ctx.save(probs=probs, y=y)
+        return scalar(xp, -(picked * self.scale(xp, y, logits.dtype)).sum())
+
+    def scale(self, xp, y, dtype):
+        """Each position's share of the loss: 1/N, or w_y / sum(w_y) (B, 1, *S)."""
+        if self.weights is None:
+            return 1 / y.size
+        w = xp.asarray(self.weights, dtype=dtype)[y[:, None]]
+        return w / w.sum()
+
+    def backward(self, ctx, gy):
+        xp, probs, y = ctx.xp, ctx.saved["probs"], ctx.saved["y"]
+        classes = xp.arange(probs.shape[1]).reshape((1, -1) + (1,) * (probs.ndim - 2))
+        dlogits = (probs - (classes == y[:, None])) * (self.scale(xp, y, probs.dtype) * gy)
+        return (dlogits, None), {}
+
 
 @register("sigmoid_cross_entropy")
 class SigmoidCrossEntropy(_Loss):
@@ -100,6 +136,23 @@ class SigmoidCrossEntropy(_Loss):
     def flops(self, y, logits, *target) -> int:
         return 5 * logits.size
 
+    def forward(self, ctx, logits, target=None):
+        xp = ctx.xp
+        t = self.label if target is None else target
+        # max(z, 0) - z t + log(1 + e^-|z|): no overflow for any z
+        loss = xp.maximum(logits, 0) - logits * t + xp.log1p(xp.exp(-xp.abs(logits)))
+        ctx.save(logits=logits, target=target)
+        return scalar(xp, loss.mean())
+
+    def backward(self, ctx, gy):
+        logits, target = ctx.saved["logits"], ctx.saved["target"]
+        scale = gy / logits.size
+        t = self.label if target is None else target
+        dlogits = (sigmoid(ctx.xp, logits) - t) * scale
+        if target is None:
+            return (dlogits,), {}
+        return (dlogits, logits * -scale), {}
+
 
 @register("kl_gaussian")
 class KlGaussian(_Loss):
@@ -115,6 +168,16 @@ class KlGaussian(_Loss):
 
     def flops(self, y, mu, logvar) -> int:
         return 5 * mu.size
+
+    def forward(self, ctx, mu, logvar):
+        ctx.save(mu=mu, logvar=logvar)
+        terms = 1 + logvar - mu * mu - ctx.xp.exp(logvar)
+        return scalar(ctx.xp, terms.sum() * (-0.5 / mu.shape[0]))  # summed per example
+
+    def backward(self, ctx, gy):
+        mu, logvar = ctx.saved["mu"], ctx.saved["logvar"]
+        scale = gy / mu.shape[0]
+        return (mu * scale, (ctx.xp.exp(logvar) - 1) * (0.5 * scale)), {}
 
 
 @register("hinge")
@@ -134,3 +197,14 @@ class Hinge(_Loss):
                 "declare `target y : class(2)`",
             )
         return SCALAR
+
+    def forward(self, ctx, score, y):
+        sign = (2 * y - 1).astype(score.dtype).reshape(score.shape)  # class 0/1 -> -1/+1
+        ctx.save(score=score, y=y)
+        return scalar(ctx.xp, ctx.xp.maximum(self.margin - score * sign, 0).mean())
+
+    def backward(self, ctx, gy):
+        score, y = ctx.saved["score"], ctx.saved["y"]
+        sign = (2 * y - 1).astype(score.dtype).reshape(score.shape)
+        active = self.margin - score * sign > 0
+        return (active * sign * (-gy / score.shape[0]), None), {}

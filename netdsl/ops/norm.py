@@ -4,6 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, number, probability, register
 from netdsl.ops.common import Pointwise, expect_float
+from netdsl.ops.kernels import batch_norm, batch_norm_backward, constant
 from netdsl.types import TensorType
 
 
@@ -26,6 +27,7 @@ class BatchNorm(Op):
     r"""$y = \gamma_c (x - \mu_c) / \sqrt{\sigma_c^2 + \epsilon} + \beta_c$ over batch and space"""
 
     args = (Arg("eps", nonnegative, 1e-5), Arg("momentum", fraction, 0.1))
+    keeps = ("xhat", "inv_std", "weight")  # xhat replaces x; inv_std is one per channel
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -40,12 +42,28 @@ class BatchNorm(Op):
     def flops(self, y, x) -> int:
         return 4 * y.size  # statistics, then subtract, scale and shift
 
+    def init(self, rng, x):
+        return {"weight": constant(x.dims[:1], 1.0), "bias": constant(x.dims[:1], 0.0)}
+
+    def forward(self, ctx, x, weight, bias):
+        # running_mean and running_var live in ctx.buffers, made on first use
+        y, xhat, inv_std = batch_norm(ctx, x, weight, bias, self.eps, self.momentum)
+        ctx.save(xhat=xhat, inv_std=inv_std, weight=weight, batch_stats=ctx.training)
+        return y
+
+    def backward(self, ctx, gy):
+        saved = ctx.saved
+        dx, dweight, dbias = batch_norm_backward(gy, saved["xhat"], saved["inv_std"],
+                                                 saved["weight"], saved["batch_stats"])
+        return (dx,), {"weight": dweight, "bias": dbias}
+
 
 @register("layernorm")
 class LayerNorm(Op):
     r"""$y = \gamma (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta$ over the last dim"""
 
     args = (Arg("eps", nonnegative, 1e-5),)
+    keeps = ("xhat", "inv_std", "weight")
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -59,6 +77,24 @@ class LayerNorm(Op):
     def flops(self, y, x) -> int:
         return 5 * y.size  # mean, variance, subtract, scale and shift
 
+    def init(self, rng, x):
+        return {"weight": constant(x.dims[-1:], 1.0), "bias": constant(x.dims[-1:], 0.0)}
+
+    def forward(self, ctx, x, weight, bias):
+        centred = x - x.mean(axis=-1, keepdims=True)
+        inv_std = 1 / ctx.xp.sqrt((centred * centred).mean(axis=-1, keepdims=True) + self.eps)
+        xhat = centred * inv_std
+        ctx.save(xhat=xhat, inv_std=inv_std, weight=weight)
+        return xhat * weight + bias
+
+    def backward(self, ctx, gy):
+        xhat, inv_std, weight = ctx.saved["xhat"], ctx.saved["inv_std"], ctx.saved["weight"]
+        rows = tuple(range(gy.ndim - 1))
+        g = gy * weight
+        dx = inv_std * (g - g.mean(axis=-1, keepdims=True)
+                        - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+        return (dx,), {"weight": (gy * xhat).sum(axis=rows), "bias": gy.sum(axis=rows)}
+
 
 @register("dropout")
 class Dropout(Pointwise):
@@ -68,6 +104,19 @@ class Dropout(Pointwise):
     keeps = ("mask",)  # backward needs the sampled mask, neither x nor y
     cost = 2
 
+    def forward(self, ctx, x):
+        if not ctx.training or self.p == 0:
+            return x
+        # inverted dropout: the mask holds 0 or 1/(1-p), so eval needs no rescaling
+        mask = (ctx.rng.random(x.shape, dtype=x.dtype) >= self.p).astype(x.dtype)
+        mask *= 1 / (1 - self.p)
+        ctx.save(mask=mask)
+        return x * mask
+
+    def backward(self, ctx, gy):
+        mask = ctx.saved.get("mask")
+        return (gy if mask is None else gy * mask,), {}
+
 
 @register("gaussian_noise")
 class GaussianNoise(Pointwise):
@@ -75,3 +124,11 @@ class GaussianNoise(Pointwise):
 
     args = (Arg("std", nonnegative),)
     keeps = ()  # the gradient passes through unchanged
+
+    def forward(self, ctx, x):
+        if not ctx.training or self.std == 0:
+            return x
+        return x + self.std * ctx.rng.standard_normal(x.shape, dtype=x.dtype)
+
+    def backward(self, ctx, gy):
+        return (gy,), {}

@@ -7,6 +7,9 @@ from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, boolean, choice, ints, natural, optional, register
 from netdsl.ops.common import expect_float, expect_spatial, fmt
 from netdsl.ops.conv import check_output, per_dim
+from netdsl.ops.kernels import (
+    crop_spatial, offsets, pad_spatial, plane_index, pool_pads, scatter_add, settings,
+)
 from netdsl.types import TensorType
 
 
@@ -48,10 +51,55 @@ class _Pool(Op):
         (k, _, _) = self.windows(x)
         return math.prod(k) * y.size  # one compare or add per window element
 
+    def geometry(self, shape):
+        """Kernel, stride, pad and output size per spatial dim, for a batch of `shape`."""
+        stride = self.kernel if self.stride is None else self.stride
+        k, s, p = settings(self, len(shape) - 2, kernel=self.kernel, stride=stride,
+                           pad=self.pad)
+        out = tuple(pooled_size(n, *w, self.ceil) for n, *w in zip(shape[2:], k, s, p))
+        return k, s, p, out
+
 
 @register("maxpool")
 class MaxPool(_Pool):
     r"""$y_{c,i} = \max_{j \in \mathrm{window}(i)} x_{c,j}$"""
+
+    # the argmax of each window as a flat (int32) index into its input plane, the values
+    # PyTorch's return_indices gives; a maxunpool of this output borrows them
+    keeps = ("indices",)
+
+    def forward(self, ctx, x):
+        xp = ctx.xp
+        spatial = x.shape[2:]
+        k, s, p, out = self.geometry(x.shape)
+        step = [math.prod(spatial[i + 1:]) for i in range(len(k))]  # row-major plane strides
+        xpad = pad_spatial(xp, x, pool_pads(spatial, k, s, p, out), value=-xp.inf)
+        y = where = None
+        for _, offset, index in offsets(k, s, (1,) * len(k), out):
+            cell = xpad[index]
+            if y is None:
+                y, where = cell.copy(), xp.zeros(cell.shape, dtype=xp.int32)
+                continue
+            at = sum(o * st for o, st in zip(offset, step))  # this offset, in plane cells
+            better = cell > y  # strictly: the first maximum in a window wins, as in PyTorch
+            where -= better * (where - at)  # arithmetic: a masked write is several times slower
+            xp.maximum(y, cell, out=y)
+        for i, (si, pi, m) in enumerate(zip(s, p, out)):  # add each window's first cell
+            start = (xp.arange(m, dtype=xp.int32) * si - pi) * step[i]
+            where += start.reshape((-1,) + (1,) * (len(k) - 1 - i))
+        ctx.save(indices=where, x_shape=x.shape)
+        return y
+
+    def backward(self, ctx, gy):
+        xp, shape, indices = ctx.xp, ctx.saved["x_shape"], ctx.saved["indices"]
+        k, s, _, _ = self.geometry(shape)
+        dx = xp.zeros(math.prod(shape), dtype=gy.dtype)
+        at = plane_index(xp, indices, math.prod(shape[2:])).reshape(-1)
+        if all(si >= ki for si, ki in zip(s, k)):
+            dx[at] = gy.reshape(-1)  # windows do not overlap: every index is distinct
+        else:
+            scatter_add(xp, dx, at, gy.reshape(-1))
+        return (dx.reshape(shape),), {}
 
 
 @register("avgpool")
@@ -59,6 +107,47 @@ class AvgPool(_Pool):
     r"""$y_{c,i} = \frac{1}{|w|} \sum_{j \in \mathrm{window}(i)} x_{c,j}$"""
 
     keeps = ()  # the gradient spreads evenly: only shapes are needed
+
+    def divisor(self, xp, spatial, k, s, p, out, dtype):
+        """Cells per window, padding included (PyTorch's count_include_pad), except the part
+        of a ceil-mode window that hangs past the padding: a number, or one per window."""
+        if all((m - 1) * si + ki <= n + 2 * pi for n, ki, si, pi, m in zip(spatial, k, s, p, out)):
+            return math.prod(k)
+        count = 1
+        for i, (n, ki, si, pi, m) in enumerate(zip(spatial, k, s, p, out)):
+            start = xp.arange(m, dtype=dtype) * si - pi
+            cells = xp.minimum(start + ki, n + pi) - start
+            count = count * cells.reshape((-1,) + (1,) * (len(k) - 1 - i))
+        return count
+
+    def forward(self, ctx, x):
+        xp = ctx.xp
+        k, s, p, out = self.geometry(x.shape)
+        xpad = pad_spatial(xp, x, pool_pads(x.shape[2:], k, s, p, out))
+        y = None
+        for _, _, index in offsets(k, s, (1,) * len(k), out):
+            if y is None:
+                y = xpad[index].copy()
+            else:
+                y += xpad[index]
+        y /= self.divisor(xp, x.shape[2:], k, s, p, out, x.dtype)
+        ctx.save(x_shape=x.shape)
+        return y
+
+    def backward(self, ctx, gy):
+        xp, shape = ctx.xp, ctx.saved["x_shape"]
+        k, s, p, out = self.geometry(shape)
+        pads = pool_pads(shape[2:], k, s, p, out)
+        g = gy / self.divisor(xp, shape[2:], k, s, p, out, gy.dtype)
+        dx = xp.zeros(shape[:2] + tuple(n + lo + hi for n, (lo, hi) in zip(shape[2:], pads)),
+                      dtype=gy.dtype)
+        disjoint = all(si >= ki for si, ki in zip(s, k))
+        for _, _, index in offsets(k, s, (1,) * len(k), out):
+            if disjoint:
+                dx[index] = g  # each cell lies in one window at most: no read-add
+            else:
+                dx[index] += g
+        return (crop_spatial(dx, pads, shape[2:]),), {}
 
 
 class _GlobalPool(Op):
@@ -73,6 +162,11 @@ class _GlobalPool(Op):
     def flops(self, y, x) -> int:
         return x.size
 
+    @staticmethod
+    def planes(x):
+        """x (B, C, *S) as (B, C, S): each channel's cells in one row."""
+        return x.reshape(x.shape[:2] + (-1,))
+
 
 @register("global_avgpool", "gap")
 class GlobalAvgPool(_GlobalPool):
@@ -80,10 +174,35 @@ class GlobalAvgPool(_GlobalPool):
 
     keeps = ()
 
+    def forward(self, ctx, x):
+        ctx.save(x_shape=x.shape)
+        return self.planes(x).mean(axis=-1)
+
+    def backward(self, ctx, gy):
+        shape = ctx.saved["x_shape"]
+        dx = ctx.xp.empty(shape, dtype=gy.dtype)
+        self.planes(dx)[...] = (gy / math.prod(shape[2:]))[..., None]
+        return (dx,), {}
+
 
 @register("global_maxpool")
 class GlobalMaxPool(_GlobalPool):
     r"""$y_c = \max_{s \in S} x_{c,s}$"""
+
+    keeps = ("indices",)  # the argmax cell of each channel
+
+    def forward(self, ctx, x):
+        xp, planes = ctx.xp, self.planes(x)
+        indices = planes.argmax(axis=-1)
+        ctx.save(indices=indices, x_shape=x.shape)
+        return xp.take_along_axis(planes, indices[..., None], axis=-1)[..., 0]
+
+    def backward(self, ctx, gy):
+        xp, shape = ctx.xp, ctx.saved["x_shape"]
+        dx = xp.zeros(math.prod(shape), dtype=gy.dtype)
+        dx[plane_index(xp, ctx.saved["indices"], math.prod(shape[2:])).reshape(-1)] = \
+            gy.reshape(-1)
+        return (dx.reshape(shape),), {}
 
 
 @register("maxunpool")
@@ -92,7 +211,9 @@ class MaxUnpool(Op):
 
     arity = 2
     args = _Pool.args[:3]
-    keeps = ("pooled",)  # the maxpool's argmax travels with its output
+    keeps = ("indices",)  # borrowed from the maxpool, see forward
+    # forward's `indices` keyword is the saved "indices" of the node that made input `pooled`
+    borrows = {"indices": ("pooled", "indices")}
 
     def shape(self, x: TensorType, pooled: TensorType) -> TensorType:
         expect_spatial(self, x)
@@ -111,6 +232,28 @@ class MaxUnpool(Op):
     def flops(self, y, x, pooled) -> int:
         return 0  # a scatter
 
+    def forward(self, ctx, x, pooled, indices):
+        """Scatter x to where the maxpool that made `pooled` found its maxima.
+
+        `indices` is that maxpool node's `ctx.saved["indices"]` (flat indices into each
+        input plane, as PyTorch's return_indices); the executor hands it over as a keyword,
+        as `borrows` declares. In eval mode too, it must keep the maxpool's saved indices
+        alive until this forward has run. `pooled` itself is not read.
+        """
+        xp = ctx.xp
+        stride = self.kernel if self.stride is None else self.stride
+        k, s, p = settings(self, x.ndim - 2, kernel=self.kernel, stride=stride, pad=self.pad)
+        out = tuple((n - 1) * si - 2 * pi + ki for n, ki, si, pi in zip(x.shape[2:], k, s, p))
+        y = xp.zeros(x.shape[:2] + out, dtype=x.dtype)
+        y.reshape(-1)[plane_index(xp, indices, math.prod(out)).reshape(-1)] = x.reshape(-1)
+        ctx.save(indices=indices)
+        return y
+
+    def backward(self, ctx, gy):
+        xp, indices = ctx.xp, ctx.saved["indices"]
+        at = plane_index(xp, indices, math.prod(gy.shape[2:]))
+        return (gy.reshape(-1)[at.reshape(-1)].reshape(indices.shape), None), {}
+
 
 @register("upsample")
 class Upsample(Op):
@@ -118,6 +261,31 @@ class Upsample(Op):
 
     args = (Arg("scale", ints(), 2), Arg("mode", choice("nearest", "bed_of_nails"), "nearest"))
     keeps = ()
+
+    def nails(self, ndim: int):
+        """Scale per spatial dim, and the index of each block's top-left cell."""
+        (s,) = settings(self, ndim - 2, scale=self.scale)
+        return s, (slice(None), slice(None)) + tuple(slice(None, None, si) for si in s)
+
+    def forward(self, ctx, x):
+        xp = ctx.xp
+        s, top_left = self.nails(x.ndim)
+        out = x.shape[:2] + tuple(n * si for n, si in zip(x.shape[2:], s))
+        if self.mode == "bed_of_nails":
+            y = xp.zeros(out, dtype=x.dtype)
+            y[top_left] = x
+            return y
+        # each cell becomes a block: (B, C, n1, 1, n2, 1) broadcast to (B, C, n1, s1, n2, s2)
+        single = x.shape[:2] + tuple(d for n in x.shape[2:] for d in (n, 1))
+        blocks = x.shape[:2] + tuple(d for n, si in zip(x.shape[2:], s) for d in (n, si))
+        return xp.broadcast_to(x.reshape(single), blocks).reshape(out)  # one copy
+
+    def backward(self, ctx, gy):
+        s, top_left = self.nails(gy.ndim)
+        if self.mode == "bed_of_nails":
+            return (gy[top_left],), {}
+        blocks = gy.shape[:2] + tuple(d for n, si in zip(gy.shape[2:], s) for d in (n // si, si))
+        return (gy.reshape(blocks).sum(axis=tuple(range(3, len(blocks), 2))),), {}
 
     def shape(self, x: TensorType) -> TensorType:
         expect_spatial(self, x)

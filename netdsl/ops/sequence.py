@@ -17,6 +17,12 @@ class _WholeSequence(Op):
     def flops(self, y, x) -> int:
         return 0
 
+    def step_grad(self, ctx, gy, step: int):
+        """The gradient of a (B, T, *dims) input when only `step` reached the output."""
+        dx = ctx.xp.zeros(ctx.saved["x_shape"], dtype=gy.dtype)
+        dx[:, step] = gy
+        return (dx,), {}
+
 
 @register("last")
 class Last(_WholeSequence):
@@ -25,6 +31,13 @@ class Last(_WholeSequence):
     def shape(self, x: TensorType) -> TensorType:
         self.expect_seq(x)
         return x.step()
+
+    def forward(self, ctx, x):
+        ctx.save(x_shape=x.shape)
+        return x[:, -1]
+
+    def backward(self, ctx, gy):
+        return self.step_grad(ctx, gy, -1)
 
 
 @register("first")
@@ -35,6 +48,13 @@ class First(_WholeSequence):
         self.expect_seq(x)
         return x.step()
 
+    def forward(self, ctx, x):
+        ctx.save(x_shape=x.shape)
+        return x[:, 0]
+
+    def backward(self, ctx, gy):
+        return self.step_grad(ctx, gy, 0)
+
 
 @register("reverse")
 class Reverse(_WholeSequence):
@@ -43,3 +63,9 @@ class Reverse(_WholeSequence):
     def shape(self, x: TensorType) -> TensorType:
         self.expect_seq(x)
         return x
+
+    def forward(self, ctx, x):
+        return x[:, ::-1]  # a view
+
+    def backward(self, ctx, gy):
+        return (gy[:, ::-1],), {}

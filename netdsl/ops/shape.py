@@ -1,6 +1,7 @@
 """Ops that move elements without arithmetic: flatten, reshape, concat, split, crop."""
 from __future__ import annotations
 
+import itertools
 import math
 
 from netdsl.errors import ShapeError
@@ -24,11 +25,20 @@ def normal_axis(op: Op, axis: int, x: TensorType) -> int:
     return axis % x.rank
 
 
+def array_axis(axis: int, ndim: int) -> int:
+    """A per-example axis as an axis of the batched array (the batch axis comes first)."""
+    return axis % (ndim - 1) + 1
+
+
 class _Movement(Op):
     keeps = ()  # backward only rearranges the gradient
 
     def flops(self, y, *xs) -> int:
         return 0
+
+    def backward(self, ctx, gy):
+        # flatten and reshape: back to the input's shape (a view when gy is contiguous)
+        return (gy.reshape(ctx.saved["x_shape"]),), {}
 
 
 @register("flatten")
@@ -37,6 +47,10 @@ class Flatten(_Movement):
 
     def shape(self, x: TensorType) -> TensorType:
         return x.with_dims((x.size,))
+
+    def forward(self, ctx, x):
+        ctx.save(x_shape=x.shape)
+        return x.reshape(x.shape[0], -1)
 
 
 @register("reshape")
@@ -54,6 +68,10 @@ class Reshape(_Movement):
                 f"{'are not a multiple of' if -1 in self.dims else 'vs'} {known}"
             )
         return x.with_dims(x.size // known if d == -1 else d for d in self.dims)
+
+    def forward(self, ctx, x):
+        ctx.save(x_shape=x.shape)
+        return x.reshape((x.shape[0],) + self.dims)
 
 
 @register("concat")
@@ -86,6 +104,16 @@ class Concat(_Movement):
         total = sum(x.dims[axis] for x in xs)
         return first.with_dims(first.dims[:axis] + (total,) + first.dims[axis + 1:])
 
+    def forward(self, ctx, *xs):
+        axis = array_axis(self.axis, xs[0].ndim)
+        ctx.save(sizes=[x.shape[axis] for x in xs])
+        return ctx.xp.concatenate(xs, axis=axis)
+
+    def backward(self, ctx, gy):
+        axis = array_axis(self.axis, gy.ndim)
+        bounds = list(itertools.accumulate(ctx.saved["sizes"]))[:-1]
+        return tuple(ctx.xp.split(gy, bounds, axis=axis)), {}
+
 
 @register("split")
 class Split(_Movement):
@@ -108,6 +136,23 @@ class Split(_Movement):
             )
         return x.with_dims(x.dims[:axis] + (n // self.parts,) + x.dims[axis + 1:])
 
+    def chunk(self, shape) -> tuple:
+        """The index of chunk `index` in a batch of `shape`."""
+        axis = array_axis(self.axis, len(shape))
+        size = shape[axis] // self.parts
+        return (slice(None),) * axis + (slice(self.index * size, (self.index + 1) * size),)
+
+    def forward(self, ctx, x):
+        ctx.save(x_shape=x.shape)
+        return x[self.chunk(x.shape)]  # a view
+
+    def backward(self, ctx, gy):
+        # the other chunks' gradients come through their own split nodes; the executor sums
+        shape = ctx.saved["x_shape"]
+        dx = ctx.xp.zeros(shape, dtype=gy.dtype)
+        dx[self.chunk(shape)] = gy
+        return (dx,), {}
+
 
 @register("crop")
 class Crop(_Movement):
@@ -128,3 +173,19 @@ class Crop(_Movement):
                     "crop the larger tensor to the smaller: crop(big, small)",
                 )
         return x.with_dims(x.dims[:1] + like.dims[1:])
+
+    @staticmethod
+    def window(shape, like_shape) -> tuple:
+        """The centred index: (n - m) // 2 cells off the low side of each spatial dim."""
+        return (slice(None), slice(None)) + tuple(
+            slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(shape[2:], like_shape[2:]))
+
+    def forward(self, ctx, x, like):
+        index = self.window(x.shape, like.shape)
+        ctx.save(x_shape=x.shape, index=index)
+        return x[index]  # a view
+
+    def backward(self, ctx, gy):
+        dx = ctx.xp.zeros(ctx.saved["x_shape"], dtype=gy.dtype)
+        dx[ctx.saved["index"]] = gy
+        return (dx, None), {}  # like gives only its size

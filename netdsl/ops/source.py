@@ -18,3 +18,10 @@ class Normal(Op):
 
     def flops(self, y) -> int:
         return y.size  # one draw per element
+
+    def forward(self, ctx):
+        # no input to take the batch size from: the executor sets ctx.batch
+        return ctx.rng.standard_normal((ctx.batch, *self.dims), dtype=ctx.dtype)
+
+    def backward(self, ctx, gy):
+        return (), {}
