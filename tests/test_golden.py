@@ -7,6 +7,7 @@ import pytest
 from conftest import ROOT, SPECS
 from netdsl.driver import check_file
 from netdsl.emit import format_shapes
+from netdsl.shapes import verify_shapes
 
 GOLDEN = os.path.join(ROOT, "tests", "golden")
 SPEC_FILES = sorted(glob.glob(os.path.join(SPECS, "*.net")))
@@ -14,7 +15,9 @@ SPEC_FILES = sorted(glob.glob(os.path.join(SPECS, "*.net")))
 
 @pytest.mark.parametrize("path", SPEC_FILES, ids=lambda p: os.path.basename(p)[:-4])
 def test_emit_shapes_matches_golden(path, update_golden):
-    text = format_shapes(check_file(path).graph) + "\n"
+    graph = check_file(path).graph
+    verify_shapes(graph)  # the invariant cost, drawing and execution rely on
+    text = format_shapes(graph) + "\n"
     golden = os.path.join(GOLDEN, os.path.basename(path)[:-4] + ".shapes")
     if update_golden:
         os.makedirs(GOLDEN, exist_ok=True)
