@@ -1,4 +1,4 @@
-"""`netc`: check, compile, draw and format .net specs."""
+"""`netc`: check, compile, draw, format, train and evaluate .net specs."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    root = _Parser(prog="netc", description="Check, compile, draw and format .net network specs.")
+    root = _Parser(prog="netc", description="Check, compile, draw, format and train .net network specs.")
     from netdsl import __version__
 
     root.add_argument("--version", action="version", version=f"netc {__version__}")
@@ -49,11 +49,65 @@ def _parser() -> argparse.ArgumentParser:
                       help="draw blocks below DEPTH (default 1: every block) as single boxes")
     draw.add_argument("--unroll", type=_positive, metavar="T", help="draw a recurrence unrolled over T steps")
 
+    run = sub.add_parser("run", help="train a spec (bundled data unless --data)",
+                         description="Train a spec. Without --data it trains on data that ships "
+                                     "with the install (digits, MNIST) or on generated data, and "
+                                     "says which. Checkpoints go to --checkpoint (runs/NAME).")
+    _data_flags(run)
+    run.add_argument("--epochs", type=_positive, help="epochs (the spec's train clause, else 10)")
+    run.add_argument("--batch", type=_positive, help="batch size (train clause, else 32)")
+    run.add_argument("--lr", type=_positive_float, help="learning rate (train clause)")
+    run.add_argument("--seed", type=_natural, help="random seed: same seed, same numbers (0)")
+    run.add_argument("--steps", type=_positive, help="stop after this many optimiser steps")
+    run.add_argument("--val", type=_fraction, help="fraction held out for validation (0.1)")
+    run.add_argument("--init", choices=("auto", "torch", "he", "xavier", "fan_in"),
+                     help="parameter initialisation (auto: He before ReLU, Xavier before tanh)")
+    run.add_argument("--normalize", action="store_true", help="standardise inputs per feature")
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+                     help="also checkpoint during an epoch this often (30)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")
+    for name, helptext in (("eval", "losses and accuracy of a trained spec"),
+                           ("predict", "outputs of a trained spec for --data")):
+        cmd = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:]
+                             + ", from the checkpoint that `netc run` wrote.")
+        _data_flags(cmd)
+        if name == "predict":
+            cmd.add_argument("-o", "--output", metavar="FILE", help="write .npz or .csv")
+
     fmt = sub.add_parser("fmt", help="print the canonical form of a spec",
                          description="Print the canonical form of a spec (comments kept).")
     fmt.add_argument("spec", metavar="SPEC")
     fmt.add_argument("-w", "--write", action="store_true", help="rewrite the file in place (atomically)")
     return root
+
+
+def _data_flags(cmd) -> None:
+    cmd.add_argument("spec", metavar="SPEC")
+    cmd.add_argument("--data", metavar="FILE", help=".npz or .csv with the spec's inputs and targets")
+    cmd.add_argument("--examples", type=_positive, metavar="N", help="use at most N examples")
+    cmd.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder (runs/NAME)")
+    cmd.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where to run (cpu)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -167,7 +221,26 @@ def _fmt(args) -> int:
     return 0
 
 
-COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt}
+def _run(args) -> int:
+    from netdsl import runner
+
+    return runner.run(args)
+
+
+def _eval(args) -> int:
+    from netdsl import runner
+
+    return runner.evaluate(args)
+
+
+def _predict(args) -> int:
+    from netdsl import runner
+
+    return runner.predict(args)
+
+
+COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "run": _run,
+            "eval": _eval, "predict": _predict}
 
 if __name__ == "__main__":
     sys.exit(main())

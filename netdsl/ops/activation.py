@@ -31,9 +31,10 @@ class Tanh(Pointwise):
 
     keeps = ("y",)  # dy/dx = 1 - y^2
     cost = 4
+    inplace = True
 
     def forward(self, ctx, x):
-        y = ctx.xp.tanh(x)
+        y = ctx.xp.tanh(x, out=ctx.out)
         ctx.save(y=y)
         return y
 
@@ -47,9 +48,10 @@ class Relu(Pointwise):
     r"""$y = \max(0, x)$"""
 
     keeps = ("y",)  # the mask y > 0 is all backward needs
+    inplace = True
 
     def forward(self, ctx, x):
-        y = ctx.xp.maximum(x, 0)
+        y = ctx.xp.maximum(x, 0, out=ctx.out)
         ctx.save(y=y)
         return y
 

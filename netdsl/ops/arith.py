@@ -19,6 +19,14 @@ def broadcast(a: tuple[int, ...], b: tuple[int, ...], hint: str | None = None):
     return tuple(max(m, n) for m, n in zip(pa, pb))
 
 
+def _fits(out, a, b):
+    """`out` when the broadcast result has its shape (a smaller `a` cannot hold a + b)."""
+    if out is None or out.shape != a.shape or b.ndim > a.ndim or \
+            any(m != n and m != 1 for m, n in zip(b.shape[::-1], a.shape[::-1])):
+        return None
+    return out
+
+
 class _Binary(Op):
     """y = a (op) b element by element, broadcasting like NumPy over per-example dims."""
 
@@ -53,8 +61,10 @@ class Add(_Binary):
         "project(x, channels, stride) or a 1x1 conv"
     )
 
+    inplace = True
+
     def apply(self, ctx, a, b):
-        return a + b
+        return ctx.xp.add(a, b, out=_fits(ctx.out, a, b))
 
     def grads(self, ctx, gy):
         return gy, gy
@@ -66,8 +76,10 @@ class Sub(_Binary):
 
     keeps = ()
 
+    inplace = True
+
     def apply(self, ctx, a, b):
-        return a - b
+        return ctx.xp.subtract(a, b, out=_fits(ctx.out, a, b))
 
     def grads(self, ctx, gy):
         return gy, -gy
@@ -111,8 +123,13 @@ class Scale(Pointwise):
     keeps = ()  # the gradient is factor * gy
     cost = 2
 
+    inplace = True
+
     def forward(self, ctx, x):
-        return x * self.factor + self.shift
+        y = ctx.xp.multiply(x, self.factor, out=ctx.out)
+        if self.shift:
+            y += self.shift
+        return y
 
     def backward(self, ctx, gy):
         return (gy * self.factor,), {}

@@ -72,6 +72,9 @@ class Ctx:
         self.buffers: dict[str, Any] = {} if buffers is None else buffers
         self.batch = batch
         self.dtype = dtype
+        # set by an executor for an op with `inplace`: forward may write its result here
+        # (the storage of its first input, which nothing reads afterwards)
+        self.out = None
 
     def save(self, **values) -> None:
         """Keep arrays (named as in the op's `keeps`) and shapes for backward."""
@@ -111,6 +114,8 @@ class Op:
     is_loss: ClassVar[bool] = False
     # `a, b = split(z, 2)`: expansion makes one node per output and binds its `index`
     multi_output: ClassVar[bool] = False
+    # forward honours ctx.out: it may write its result over its first input (fusion)
+    inplace: ClassVar[bool] = False
 
     def __init__(self, **attrs):
         self.attrs = attrs

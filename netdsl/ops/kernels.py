@@ -15,7 +15,8 @@ from netdsl.ops.base import expand_to
 from netdsl.ops.common import as_tuple
 
 __all__ = [
-    "settings", "pad_spatial", "crop_spatial", "window_view", "offsets", "im2col", "col2im",
+    "settings", "pad_spatial", "crop_spatial", "offsets", "Windows", "batch_chunks", "im2col",
+    "col2im",
     "conv_nd", "conv_nd_backward", "conv_transpose_nd", "conv_transpose_nd_backward",
     "pool_pads", "plane_index", "batch_norm", "batch_norm_backward", "sigmoid", "align",
     "unbroadcast", "scatter_add", "fan_in_uniform", "constant", "scalar",
@@ -59,18 +60,6 @@ def crop_spatial(x, pads, spatial):
     return x[crop_index(pads, spatial)]
 
 
-def window_view(xp, x, kernel, stride, dilation, out):
-    """Every window of x (B, C, *S) as a view (B, C, *out, *kernel): no copy.
-
-    The caller guarantees the windows fit: (out - 1) * stride + dilation * (kernel - 1) < S.
-    """
-    n = len(kernel)
-    step = x.strides[2:]
-    strides = (x.strides[:2] + tuple(step[i] * stride[i] for i in range(n))
-               + tuple(step[i] * dilation[i] for i in range(n)))
-    return xp.lib.stride_tricks.as_strided(x, x.shape[:2] + tuple(out) + tuple(kernel), strides)
-
-
 def offsets(kernel, stride, dilation, out):
     """(number, offset, index) per kernel offset, in row-major order; the index picks, from
     a padded (B, C, *S) array, the cell under that offset of every window: a strided slice."""
@@ -80,116 +69,281 @@ def offsets(kernel, stride, dilation, out):
         yield number, offset, (slice(None), slice(None)) + index
 
 
-def im2col(xp, x, kernel, stride, dilation, out):
-    """Columns of x (B, C, *S) laid out (C, *kernel, B, *out), contiguous: one copy.
+class Windows:
+    """The windows a kernel slides over a padded batch (B, C, *padded), and where they lie.
 
-    Reshaped to (C * K, B * P) it is the right operand of the convolution GEMM; the
-    innermost axis runs along the input's rows, so the copy streams.
+    Every window has a grid position; `cell` gives, for one kernel offset, the cell under
+    it at every grid position (a view), `columns` the cells under all offsets at once (the
+    im2col view), and `valid` the output positions among the grid's.
+
+    With stride 1 the grid is flat: every cell of a padded plane from the first window's
+    first cell to the last window's, in row-major order, `span` cells. The cells under an
+    offset are then one contiguous run of each plane shifted by the offset, so im2col
+    copies, and col2im and pooling read and add, a few long runs instead of one short run
+    per output row, which costs NumPy more than the arithmetic does. The grid positions
+    past the end of an output row (k - 1 per row, where a window would wrap around into
+    the next row) hold values nobody reads; gradients put there are zeros. Where those
+    would be too many (tiny planes, big kernels), and for other strides, the grid is the
+    output itself: one position per window.
+
+    `out` (one window per stride step when not given) may ask for fewer windows, as a
+    transposed convolution does when output_pad leaves a last window with no input.
     """
-    n = len(kernel)
-    view = window_view(xp, x, kernel, stride, dilation, out)
-    order = (1, *range(2 + n, 2 + 2 * n), 0, *range(2, 2 + n))
-    return xp.ascontiguousarray(view.transpose(order))
+
+    def __init__(self, spatial, kernel, stride, dilation, pads, out=None):
+        self.kernel, self.stride, self.dilation = tuple(kernel), tuple(stride), tuple(dilation)
+        self.pads = [tuple(p) for p in pads]
+        self.spatial = tuple(spatial)
+        self.padded = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pads))
+        if out is None:
+            out = ((n - d * (k - 1) - 1) // s + 1
+                   for n, k, s, d in zip(self.padded, kernel, stride, dilation))
+        self.out = tuple(out)
+        # row-major steps of a padded plane, in cells
+        self.pitch = tuple(math.prod(self.padded[i + 1:]) for i in range(len(self.padded)))
+        self.span = sum((m - 1) * p for m, p in zip(self.out, self.pitch)) + 1
+        self.flat = all(s == 1 for s in stride) and self.span <= 2 * math.prod(self.out)
+        self.grid = (self.span,) if self.flat else self.out
+        # no gaps: the grid holds the output, row-major, and nothing else
+        self.dense = math.prod(self.grid) == math.prod(self.out)
+        self.is_padded = any(lo or hi for lo, hi in self.pads)
+        # a 1x1 kernel at stride 1 over the whole unpadded input: the columns are the input
+        self.pointwise = (not self.is_padded and self.flat and self.out == self.padded
+                          and all(k == 1 for k in kernel))
+
+    @property
+    def size(self) -> int:
+        """Grid positions per plane."""
+        return math.prod(self.grid)
+
+    def offsets(self):
+        """The kernel offsets, in row-major order (im2col's order of the window cells)."""
+        return itertools.product(*map(range, self.kernel))
+
+    def shift(self, offset) -> int:
+        """Where the cell under `offset` lies from a window's first cell, in plane cells."""
+        return sum(o * d * p for o, d, p in zip(offset, self.dilation, self.pitch))
+
+    def cell(self, xpad, offset):
+        """(B, C, *grid): the cell under `offset` at every grid position, a view of xpad."""
+        if self.flat:
+            start = self.shift(offset)
+            return xpad.reshape(xpad.shape[:2] + (-1,))[:, :, start:start + self.span]
+        index = tuple(slice(o * d, o * d + s * (m - 1) + 1, s)
+                      for o, s, d, m in zip(offset, self.stride, self.dilation, self.out))
+        return xpad[(slice(None), slice(None)) + index]
+
+    def columns(self, xp, xpad):
+        """(B, C, *kernel, *grid): every window's cells at every grid position, a view."""
+        step = xpad.strides[2:]
+        kernel = tuple(st * d for st, d in zip(step, self.dilation))
+        if self.flat:
+            grid = (xpad.strides[-1],)
+        else:
+            grid = tuple(st * s for st, s in zip(step, self.stride))
+        return xp.lib.stride_tricks.as_strided(
+            xpad, xpad.shape[:2] + self.kernel + self.grid, xpad.strides[:2] + kernel + grid)
+
+    def valid(self, xp, a):
+        """(B, O, *out): the output positions of a grid-laid array a (B, O, *grid), a view."""
+        if self.dense:
+            return a.reshape(a.shape[:2] + self.out)
+        strides = tuple(p * a.strides[-1] for p in self.pitch)
+        return xp.lib.stride_tricks.as_strided(a, a.shape[:2] + self.out, a.strides[:2] + strides)
+
+    def padder(self, xp, chunk: int, channels: int, dtype):
+        """pad(x) -> the padded x (n, C, *padded) for n <= chunk examples, written into one
+        buffer whose border is zeroed once; x itself when there is no padding."""
+        if not self.is_padded:
+            return lambda x: x
+        buffer = xp.zeros((chunk, channels) + self.padded, dtype=dtype)
+        inner = crop_index(self.pads, self.spatial)
+
+        def pad(x):
+            target = buffer[:len(x)]
+            target[inner] = x
+            return target
+
+        return pad
 
 
-def col2im(xp, cols, spatial, kernel, stride, dilation, out):
-    """Sum columns (C, *kernel, B, *out) back into a zero array (C, B, *spatial).
+# ---- convolution: im2col and a batched GEMM, over chunks of the batch
 
-    Channels stay first, as in the columns, so each of the K strided adds reads and writes
-    runs along the same axes; the caller moves the batch axis first in one copy.
+# On the host a chunk of the batch is convolved at a time, its im2col columns about this
+# many bytes: they are still in the cache when the GEMM reads them (and col2im adds
+# them), and the whole batch's columns, k*k times the input, are never held at once
+CHUNK_BYTES = 2 << 20
+
+
+def batch_chunks(xp, batch: int, per_example: int) -> list[slice]:
+    """Slices of the batch of about CHUNK_BYTES / per_example examples each, as even as
+    possible; on a GPU (xp not NumPy) one slice: it wants few, large kernels."""
+    if xp is not np:
+        return [slice(0, batch)]
+    count = -(-batch // max(1, CHUNK_BYTES // max(per_example, 1)))
+    size = -(-batch // count)
+    return [slice(b, min(b + size, batch)) for b in range(0, batch, size)]
+
+
+def im2col(xp, xpad, win: Windows, out):
+    """Columns (n, C * K, grid size) of the padded chunk xpad, copied into out (which may
+    be longer: only its first n rows are written), or xpad itself where it already is."""
+    n, c = xpad.shape[:2]
+    if win.pointwise:
+        return xpad.reshape(n, c, win.size)
+    cols = out[:n]
+    cols.reshape((n, c) + win.kernel + win.grid)[...] = win.columns(xp, xpad)
+    return cols
+
+
+def col2im(win: Windows, cols, dxpad):
+    """Add the columns (n, C, *kernel, *grid) into dxpad (n, C, *padded): K strided adds,
+    one per kernel offset, over all the windows at once."""
+    for offset in win.offsets():
+        win.cell(dxpad, offset)[...] += cols[(slice(None), slice(None)) + offset]
+
+
+def conv_nd(xp, x, weight, bias, stride, pads, dilation, groups, out=None):
+    """Cross-correlate x (B, C, *S) with weight (O, C/G, *k); pads are (lo, hi) per dim.
+
+    Each chunk of the batch is im2col'd, then multiplied by the weight matrix example by
+    example (a batched matmul), which gives (n, O, *grid) already batch-first: no transpose
+    of the output, and for dense grids the GEMM writes straight into y.
     """
-    x = xp.zeros(cols.shape[:1] + cols.shape[1 + len(kernel):2 + len(kernel)] + tuple(spatial),
-                 dtype=cols.dtype)
-    for _, offset, index in offsets(kernel, stride, dilation, out):
-        x[index] += cols[(slice(None),) + offset]
-    return x
+    win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads, out)
+    x = xp.ascontiguousarray(x)
+    (b, c), o = x.shape[:2], weight.shape[0]
+    dtype = xp.result_type(x.dtype, weight.dtype)
+    w = weight.reshape(groups, o // groups, -1)  # (G, O/G, C/G * K)
+    depth = c * math.prod(win.kernel)
+    chunks = batch_chunks(xp, b, depth * win.size * x.itemsize)
+    chunk = chunks[0].stop
+    pad = win.padder(xp, chunk, c, x.dtype)
+    cols = None if win.pointwise else xp.empty((chunk, depth, win.size), dtype=x.dtype)
+    grid = None if win.dense else xp.empty((chunk, o, win.size), dtype=dtype)
+    y = xp.empty((b, o) + win.out, dtype=dtype)
+    bias = None if bias is None else bias.reshape((1, o) + (1,) * len(win.out))
+    for part in chunks:
+        n = part.stop - part.start
+        x_cols = im2col(xp, pad(x[part]), win, cols)
+        z = y[part].reshape(n, o, win.size) if win.dense else grid[:n]
+        xp.matmul(w, x_cols.reshape(n, groups, -1, win.size),
+                  out=z.reshape(n, groups, o // groups, win.size))
+        if not win.dense:  # the output positions out of the grid, adding the bias on the way
+            if bias is None:
+                y[part] = win.valid(xp, z)
+            else:
+                xp.add(win.valid(xp, z), bias, out=y[part])
+        elif bias is not None:
+            y[part] += bias  # while the chunk is in the cache
+    return y
 
 
-def _to_batch_first(xp, y, bias, shape):
-    """(O, B, *out) -> a contiguous (B, O, *out), adding the bias in the same pass."""
-    n = y.ndim - 2
-    moved = y.transpose(1, 0, *range(2, 2 + n))
-    result = xp.empty(shape, dtype=y.dtype)
-    if bias is None:
-        result[...] = moved
-    else:
-        xp.add(moved, bias.reshape((1, -1) + (1,) * n), out=result)
-    return result
+def _conv_grads(xp, gy, x, weight, win: Windows, groups, x_shape, want_dx=True,
+                want_dweight=True):
+    """(dx, dweight) of a convolution y = conv(x, weight) through `win`, from gy; either
+    may be skipped (None). x is only read for dweight; x_shape gives dx's shape.
 
-
-def _groups_of(xp, x, groups):
-    """x (B, C, *S) as (G, C/G, B*P): channels leading, for a grouped GEMM."""
-    b, c = x.shape[:2]
-    n = x.ndim - 2
-    moved = xp.ascontiguousarray(x.transpose(1, 0, *range(2, 2 + n)))
-    return moved.reshape(groups, c // groups, b * math.prod(x.shape[2:]))
-
-
-# ---- convolution: im2col and one GEMM per group
-
-
-def conv_nd(xp, x, weight, bias, stride, pads, dilation, groups):
-    """Cross-correlate x (B, C, *S) with weight (O, C/G, *k); pads are (lo, hi) per dim."""
-    kernel = weight.shape[2:]
-    xpad = pad_spatial(xp, x, pads)
-    out = tuple((n - d * (k - 1) - 1) // s + 1
-                for n, k, s, d in zip(xpad.shape[2:], kernel, stride, dilation))
-    b, o = x.shape[0], weight.shape[0]
-    cols = im2col(xp, xpad, kernel, stride, dilation, out)
-    cols = cols.reshape(groups, -1, b * math.prod(out))
-    y = xp.matmul(weight.reshape(groups, o // groups, -1), cols)  # (G, O/G, B*P)
-    return _to_batch_first(xp, y.reshape((o, b) + out), bias, (b, o) + out)
+    Per chunk: the columns again (recomputing them is cheaper than keeping them), dweight
+    += gy @ cols^T example by example, then the column gradients weight^T @ gy into the
+    same buffer, added back onto the (padded) input by col2im.
+    """
+    gy = xp.ascontiguousarray(gy)
+    (b, c), o = x_shape[:2], weight.shape[0]
+    dtype = xp.result_type(gy.dtype, weight.dtype, *(() if x is None else (x.dtype,)))
+    w = weight.reshape(groups, o // groups, -1)
+    depth = c * math.prod(win.kernel)
+    shape = (groups, -1, win.size)  # per example, grouped: (G, rows / G, grid size)
+    chunks = batch_chunks(xp, b, depth * win.size * dtype.itemsize)
+    chunk = chunks[0].stop
+    if x is not None:
+        x = xp.ascontiguousarray(x)
+        pad = win.padder(xp, chunk, c, x.dtype)
+    cols = None if win.pointwise else xp.empty((chunk, depth, win.size), dtype=dtype)
+    # gy on the grid, zero at the positions that are no output: they add nothing
+    grid = None if win.dense else xp.zeros((chunk, o, win.size), dtype=dtype)
+    dx = dweight = None
+    if want_dx:
+        # col2im adds into zeros: the padded chunk's own, or dx itself where unpadded
+        dx = xp.empty(x_shape, dtype=dtype) if win.is_padded or win.pointwise \
+            else xp.zeros(x_shape, dtype=dtype)
+        dxpad = xp.empty((chunk, c) + win.padded, dtype=dtype) if win.is_padded else None
+    for part in chunks:
+        n = part.stop - part.start
+        if win.dense:
+            g = gy[part].reshape(n, o, win.size)
+        else:
+            g = grid[:n]
+            win.valid(xp, g)[...] = gy[part]
+        g = g.reshape((n,) + shape)
+        if want_dweight:
+            x_cols = im2col(xp, pad(x[part]), win, cols).reshape((n,) + shape)
+            part_dw = xp.matmul(g, x_cols.swapaxes(-1, -2)).sum(axis=0)  # (G, O/G, C/G * K)
+            if dweight is None:
+                dweight = part_dw
+            else:
+                dweight += part_dw
+        if not want_dx:
+            continue
+        if win.pointwise:  # the column gradients are dx
+            xp.matmul(w.swapaxes(-1, -2), g, out=dx[part].reshape((n,) + shape))
+            continue
+        dcols = xp.matmul(w.swapaxes(-1, -2), g, out=cols[:n].reshape((n,) + shape))
+        dcols = dcols.reshape((n, c) + win.kernel + win.grid)
+        if win.is_padded:
+            target = dxpad[:n]
+            target.fill(0)
+            col2im(win, dcols, target)
+            dx[part] = target[crop_index(win.pads, win.spatial)]
+        else:
+            col2im(win, dcols, dx[part])
+    if dweight is not None:
+        dweight = dweight.reshape(weight.shape)
+    return dx, dweight
 
 
 def conv_nd_backward(xp, gy, x, weight, stride, pads, dilation, groups):
     """Gradients (dx, dweight, dbias) of conv_nd; im2col is recomputed from x."""
-    kernel, out = weight.shape[2:], gy.shape[2:]
-    b, c = x.shape[:2]
-    xpad = pad_spatial(xp, x, pads)
-    cols = im2col(xp, xpad, kernel, stride, dilation, out)
-    cols = cols.reshape(groups, -1, b * math.prod(out))
-    gmat = _groups_of(xp, gy, groups)  # (G, O/G, B*P)
-    w = weight.reshape(groups, weight.shape[0] // groups, -1)
-    dweight = xp.matmul(gmat, cols.transpose(0, 2, 1)).reshape(weight.shape)
-    dcols = xp.matmul(w.transpose(0, 2, 1), gmat)  # (G, C/G * K, B*P)
-    dxpad = col2im(xp, dcols.reshape((c,) + kernel + (b,) + out), xpad.shape[2:], kernel,
-                   stride, dilation, out)
-    dx = _to_batch_first(xp, crop_spatial(dxpad, pads, x.shape[2:]), None, x.shape)
+    win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads)
+    dx, dweight = _conv_grads(xp, gy, x, weight, win, groups, x.shape)
     dbias = gy.sum(axis=(0, *range(2, gy.ndim)))
     return dx, dweight, dbias
 
 
-def conv_transpose_nd(xp, x, weight, bias, stride, pad, output_pad, dilation, groups):
-    """The transpose of conv_nd: x (B, C, *S) scattered through weight (C, O/G, *k)."""
+def _transposed(weight, x, stride, pad, output_pad, dilation):
+    """The windows of the convolution whose input gradient conv_transpose_nd is: over
+    its output (B, O, *out), padded by pad, one window per cell of x (B, C, *S)."""
     kernel, spatial = weight.shape[2:], x.shape[2:]
-    b = x.shape[0]
-    o = weight.shape[1] * groups
-    xmat = _groups_of(xp, x, groups)  # (G, C/G, B*S)
-    w = weight.reshape(groups, weight.shape[0] // groups, -1)
-    cols = xp.matmul(w.transpose(0, 2, 1), xmat)  # (G, O/G * K, B*S)
-    # the full scatter, plus output_pad zeros on the high side, before cropping pad
-    canvas = tuple((n - 1) * s + d * (k - 1) + 1 + op
-                   for n, k, s, d, op in zip(spatial, kernel, stride, dilation, output_pad))
-    full = col2im(xp, cols.reshape((o,) + kernel + (b,) + spatial), canvas, kernel, stride,
-                  dilation, spatial)  # (O, B, *canvas)
-    out = tuple(n - 2 * p for n, p in zip(canvas, pad))
-    y = crop_spatial(full, [(p, p) for p in pad], out)
-    return _to_batch_first(xp, y, bias, (b, o) + out)
+    out = tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1
+                for n, k, s, p, op, d in zip(spatial, kernel, stride, pad, output_pad, dilation))
+    # output_pad may leave room for one more window than x has cells: out= keeps S
+    return Windows(out, kernel, stride, dilation, [(p, p) for p in pad], out=spatial)
+
+
+def conv_transpose_nd(xp, x, weight, bias, stride, pad, output_pad, dilation, groups):
+    """The transpose of conv_nd: x (B, C, *S) scattered through weight (C, O/G, *k).
+
+    It is the input gradient of the convolution from (B, O, *out) to (B, C, *S) with this
+    weight, at gy = x.
+    """
+    win = _transposed(weight, x, stride, pad, output_pad, dilation)
+    b, o = x.shape[0], weight.shape[1] * groups
+    y, _ = _conv_grads(xp, x, None, weight, win, groups, (b, o) + win.spatial,
+                       want_dweight=False)
+    if bias is not None:
+        y += bias.reshape((1, o) + (1,) * len(win.spatial))
+    return y
 
 
 def conv_transpose_nd_backward(xp, gy, x, weight, stride, pad, dilation, groups):
-    """Gradients (dx, dweight, dbias) of conv_transpose_nd: a convolution of gy."""
-    kernel, spatial = weight.shape[2:], x.shape[2:]
-    b, c = x.shape[:2]
-    gpad = pad_spatial(xp, gy, [(p, p) for p in pad])
-    cols = im2col(xp, gpad, kernel, stride, dilation, spatial)
-    cols = cols.reshape(groups, -1, b * math.prod(spatial))  # (G, O/G * K, B*S)
-    w = weight.reshape(groups, c // groups, -1)
-    dx = xp.matmul(w, cols)  # (G, C/G, B*S)
-    dx = _to_batch_first(xp, dx.reshape((c, b) + spatial), None, x.shape)
-    dweight = xp.matmul(_groups_of(xp, x, groups), cols.transpose(0, 2, 1))
+    """Gradients (dx, dweight, dbias) of conv_transpose_nd: that convolution, run forward
+    on gy for dx, and its weight gradient with gy as input and x as output gradient."""
+    win = Windows(gy.shape[2:], weight.shape[2:], stride, dilation, [(p, p) for p in pad],
+                  out=x.shape[2:])
+    dx = conv_nd(xp, gy, weight, None, stride, win.pads, dilation, groups, out=x.shape[2:])
+    _, dweight = _conv_grads(xp, x, gy, weight, win, groups, gy.shape, want_dx=False)
     dbias = gy.sum(axis=(0, *range(2, gy.ndim)))
-    return dx, dweight.reshape(weight.shape), dbias
+    return dx, dweight, dbias
 
 
 # ---- pooling

@@ -103,6 +103,7 @@ class Dropout(Pointwise):
     args = (Arg("p", probability, 0.5),)
     keeps = ("mask",)  # backward needs the sampled mask, neither x nor y
     cost = 2
+    inplace = True
 
     def forward(self, ctx, x):
         if not ctx.training or self.p == 0:
@@ -111,7 +112,7 @@ class Dropout(Pointwise):
         mask = (ctx.rng.random(x.shape, dtype=x.dtype) >= self.p).astype(x.dtype)
         mask *= 1 / (1 - self.p)
         ctx.save(mask=mask)
-        return x * mask
+        return ctx.xp.multiply(x, mask, out=ctx.out)
 
     def backward(self, ctx, gy):
         mask = ctx.saved.get("mask")

@@ -1,0 +1,241 @@
+"""`netc run`, `netc eval` and `netc predict`: a checked spec, data, and the runtime."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from netdsl.errors import SpecError
+
+__all__ = ["run", "evaluate", "predict", "array_module"]
+
+
+def array_module(device: str):
+    """numpy for the CPU; cupy for the GPU, or a SpecError saying what is missing."""
+    if device == "cpu":
+        return np
+    try:
+        import cupy
+        if not cupy.cuda.is_available():
+            raise RuntimeError("no CUDA device is visible")
+    except Exception as exc:  # ImportError, or a CUDA runtime that cannot start
+        raise SpecError(f"--device gpu needs CuPy and an NVIDIA GPU ({exc})", None,
+                        "install the extra with `pip install netdsl[gpu]`, or use --device cpu") \
+            from None
+    return cupy
+
+
+class RichReporter:
+    """A progress bar per epoch and one line of metrics when it ends."""
+
+    def __init__(self, console: Console, quiet: bool = False):
+        self.console, self.quiet = console, quiet
+        self.progress = None
+
+    def start(self, description, settings, epochs, steps):
+        self.epochs = epochs
+        if description:
+            self.console.print(f"data: {description}")
+        opt = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in settings.optimizer_settings.items())
+        self.console.print(f"training: {settings.optimizer}({opt}), batch {settings.batch}, "
+                           f"{epochs} epochs of {steps} steps, seed {settings.seed}")
+
+    def step(self, epoch, done, total, metrics):
+        if self.quiet or not self.console.is_terminal:
+            return
+        if self.progress is None:
+            self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+                                     TextColumn("{task.completed}/{task.total}"),
+                                     TextColumn("{task.fields[metrics]}"), TimeRemainingColumn(),
+                                     console=self.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("", total=total, epoch="", metrics="")
+        text = "  ".join(_fmt(k, v) for k, v in metrics.items())
+        self.progress.update(self.task, completed=done, total=total,
+                             epoch=f"{epoch + 1}/{self.epochs}", metrics=text)
+
+    def epoch(self, record):
+        self._close()
+        self.console.print("  ".join(_fmt(k, v) for k, v in record.items()), soft_wrap=True)
+
+    def stopped(self, reason):
+        self._close()
+        self.console.print(reason)
+
+    def should_stop(self):
+        return False
+
+    def _close(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _fmt(key: str, value) -> str:
+    if key == "epoch":
+        return f"epoch {value}"
+    if "accuracy" in key:
+        return f"{key} {100 * value:.2f}%"
+    if key == "samples/s":
+        return f"{value:,.0f} samples/s"
+    if isinstance(value, float):
+        return f"{key} {value:.4g}"
+    return f"{key} {value}"
+
+
+def _prepare(args):
+    """Check the spec and resolve its settings with the flags."""
+    from netdsl.driver import check_file
+    from netdsl.runtime.plan import build_plan
+    from netdsl.runtime.settings import resolve_settings
+
+    net = check_file(args.spec)
+    plan = build_plan(net.graph)
+    overrides = {key: getattr(args, key, None) for key in
+                 ("epochs", "batch", "lr", "seed", "steps", "init", "val")}
+    if getattr(args, "normalize", False):
+        overrides["normalize"] = True
+    settings = resolve_settings(net.graph.graph["train"], overrides)
+    return net, plan, settings
+
+
+def _folder(args, net) -> str:
+    return args.checkpoint or os.path.join("runs", net.name)
+
+
+def run(args) -> int:
+    """Train a spec; checkpoints go to --checkpoint (default runs/NAME)."""
+    from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError
+    from netdsl.runtime.data import load_data, normalize
+    from netdsl.runtime.train import Trainer
+
+    console = Console(stderr=False, highlight=False)
+    net, plan, settings = _prepare(args)
+    xp = array_module(args.device)
+    data = load_data(net.graph, args.data, settings.seed, args.examples)
+    train, val = data.split(settings.val, settings.seed)
+    norm = None
+    if settings.normalize and data.normalize:
+        norm, (train, val) = normalize(train, val)
+    folder = _folder(args, net)
+    trainer = Trainer(plan, settings, folder, args.checkpoint_every, xp,
+                      RichReporter(console, args.quiet))
+    trainer.extra_arrays = {f"normalize/{k}": v for k, v in (norm.state_dict() if norm else {}).items()}
+    path = os.path.join(folder, CHECKPOINT)
+    if args.resume:
+        try:
+            trainer.restore(folder)
+        except CheckpointError as exc:
+            raise SpecError(str(exc), None, "run without --resume to start over") from None
+        console.print(f"resuming from {path} at epoch {trainer.position.epoch + 1}, "
+                      f"step {trainer.position.iteration}")
+    elif os.path.exists(path):
+        shutil.copyfile(path, os.path.join(folder, "previous.npz"))
+        console.print(f"starting over; the earlier checkpoint is kept as "
+                      f"{os.path.join(folder, 'previous.npz')}")
+    console.print(f"{net.name}: {net.param_count():,} parameters, checkpoints in {folder}/")
+    trainer.fit(train, val if len(val) else None, data.description)
+    console.print(f"saved {path}")
+    return 0
+
+
+def _trained(args):
+    """A checked spec with the parameters of its checkpoint."""
+    from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint
+    from netdsl.runtime.data import Normalizer
+    from netdsl.runtime.train import Trainer
+
+    net, plan, settings = _prepare(args)
+    folder = _folder(args, net)
+    trainer = Trainer(plan, settings, None, xp=array_module(args.device))
+    try:
+        trainer.restore(folder)
+        arrays, _ = load_checkpoint(folder)
+    except CheckpointError as exc:
+        raise SpecError(str(exc), None, f"train it first: netc run {args.spec}") from None
+    stats = {k[len("normalize/"):]: v for k, v in arrays.items() if k.startswith("normalize/")}
+    return net, plan, settings, trainer, Normalizer.from_state(stats) if stats else None
+
+
+def evaluate(args) -> int:
+    """Losses and accuracy of a trained spec on --data (default: the held-out split)."""
+    from netdsl.runtime.data import load_data
+
+    net, plan, settings, trainer, norm = _trained(args)
+    data = load_data(net.graph, args.data, settings.seed, args.examples)
+    if args.data is None:
+        _, data = data.split(settings.val, settings.seed)
+    if norm:
+        data = norm.apply(data)
+    metrics = trainer.evaluate(data)
+    print(f"{len(data):,} examples: " + "  ".join(_fmt(k, v) for k, v in metrics.items()))
+    return 0
+
+
+def predict(args) -> int:
+    """The network's outputs for --data, written to -o (npz or csv) or printed."""
+    from netdsl.atomic import write_bytes, write_text
+    from netdsl.runtime.data import load_data
+
+    net, plan, settings, trainer, norm = _trained(args)
+    data = load_data(net.graph, args.data, settings.seed, args.examples)
+    if norm:
+        data = norm.apply(data)
+    outputs = _outputs(plan)
+    to_host = getattr(trainer.xp, "asnumpy", np.asarray)
+    parts = {name: [] for name in outputs}
+    for batch in data.batches(256, None):
+        out = trainer.executor.forward(batch, False, set(outputs.values()), losses=False)
+        for name, node in outputs.items():
+            parts[name].append(to_host(out[node]))
+    results = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    classes = {name: r.argmax(axis=1) for name, r in results.items() if name in _class_outputs(plan)}
+    if args.output is None:
+        for name, values in (classes or results).items():
+            print(f"{name}: {np.array2string(values[:20], threshold=40)}"
+                  + (f" ... ({len(values):,} in all)" if len(values) > 20 else ""))
+        return 0
+    if args.output.endswith(".npz"):
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **results, **{f"{k}_class": v for k, v in classes.items()})
+        write_bytes(args.output, buffer.getvalue())
+    elif args.output.endswith(".csv"):
+        columns, names = [], []
+        for name, values in results.items():
+            flat = values.reshape(len(values), -1)
+            columns.append(flat)
+            names += [f"{name}{i}" for i in range(flat.shape[1])] if flat.shape[1] > 1 else [name]
+        for name, values in classes.items():
+            columns.append(values.reshape(-1, 1))
+            names.append(f"{name}_class")
+        table = np.concatenate(columns, axis=1)
+        lines = [",".join(names)] + [",".join(f"{v:.6g}" for v in row) for row in table]
+        write_text(args.output, "\n".join(lines) + "\n")
+    else:
+        raise SpecError(f"cannot write predictions to {args.output}", None,
+                        "name an .npz or .csv file")
+    print(f"wrote {len(data):,} predictions to {args.output}")
+    return 0
+
+
+def _outputs(plan) -> dict[str, str]:
+    """What a prediction reports: the value each loss scores (logits, reconstructions)."""
+    outputs = {}
+    for name, node in plan.losses.items():
+        step = plan.step_of(node)
+        source = step.inputs[0] if step.inputs else node
+        if plan.graph.nodes[source]["kind"] == "op":
+            outputs[source] = source
+    return outputs
+
+
+def _class_outputs(plan) -> set[str]:
+    return {plan.step_of(n).inputs[0] for n in plan.losses.values()
+            if plan.step_of(n).op.name == "cross_entropy"}

@@ -1,0 +1,182 @@
+"""The executor: runs a plan's training and evaluation steps on an array module.
+
+Parameters, and their gradients, live in one flat vector each (the parameters
+of a layer are views into it), so the optimiser updates the whole network in a
+handful of vector operations and a checkpoint is one array. Forward values are
+dropped as soon as no later step reads them (memory.forward_frees); what
+backward needs stays in each node's saved arrays until that node's backward has
+run. The elementwise followers of a fused chain (runtime.fuse) write their result
+over their predecessor's output. The same class runs NumPy and CuPy: `xp` is the
+only difference.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netdsl.ops.base import Ctx
+from netdsl.runtime.fuse import fuse
+from netdsl.runtime.memory import forward_frees
+from netdsl.runtime.plan import Backward, Plan
+
+__all__ = ["Executor", "NonFinite"]
+
+
+class NonFinite(Exception):
+    """A NaN or Inf appeared: `node` made it, in the forward or the backward pass."""
+
+    def __init__(self, node: str, phase: str):
+        super().__init__(f"{phase} of {node} produced NaN or Inf")
+        self.node, self.phase = node, phase
+
+
+class Executor:
+    """Parameters, running statistics and per-node contexts of one network.
+
+    Parameters
+    ----------
+    plan : Plan
+    params : dict
+        Parameter key -> initial array (runtime.init.initial_params).
+    seed : int
+        Seeds dropout masks, noise and `normal` sources.
+    xp : module
+        numpy or cupy.
+    """
+
+    def __init__(self, plan: Plan, params: dict, seed: int = 0, xp=np, dtype: str = "float32"):
+        self.plan, self.xp, self.dtype = plan, xp, dtype
+        self.offsets: dict[str, tuple[int, int]] = {}
+        start = 0
+        for key, param in plan.params.items():
+            self.offsets[key] = (start, start + param.size)
+            start += param.size
+        self.flat_params = xp.zeros(start, dtype=dtype)
+        self.flat_grads = xp.zeros(start, dtype=dtype)
+        self.params = self._views(self.flat_params)
+        self.grads = self._views(self.flat_grads)
+        for key, value in params.items():
+            self.params[key][...] = xp.asarray(value, dtype=dtype)
+        self.rng = xp.random.default_rng(seed)
+        self.buffers: dict[str, dict] = {step.node: {} for step in plan.steps}
+        self.ctxs: dict[str, Ctx] = {}
+        self._schedules: dict[frozenset, tuple] = {}  # kept values -> (steps, frees)
+
+    def _views(self, flat) -> dict:
+        return {key: flat[a:b].reshape(self.plan.params[key].shape)
+                for key, (a, b) in self.offsets.items()}
+
+    def param_slice(self, keys) -> slice:
+        """The part of the flat vectors holding `keys`, which must be contiguous."""
+        spans = sorted(self.offsets[k] for k in keys)
+        if any(a != b for (_, a), (b, _) in zip(spans, spans[1:])):
+            raise ValueError("parameters are not contiguous in the flat layout")
+        return slice(spans[0][0], spans[-1][1]) if spans else slice(0, 0)
+
+    # ---- forward
+
+    def forward(self, batch: dict, training: bool, keep=(), check_finite: bool = False,
+                losses: bool = True) -> dict:
+        """Run the forward steps; return the loss values and the values named in `keep`.
+
+        In training mode each node keeps what its backward needs (until `backward`).
+        With `losses` False only what `keep` needs runs, so targets may be absent.
+        With `check_finite`, the first node whose output holds NaN or Inf raises NonFinite.
+        """
+        xp, plan = self.xp, self.plan
+        keep = frozenset(keep) | (frozenset(plan.losses.values()) if losses else frozenset())
+        if keep not in self._schedules:
+            steps = plan.steps_for(keep)
+            chained = {node for group in fuse(plan, set(keep)) for node in group.nodes[1:]}
+            self._schedules[keep] = (steps, forward_frees(steps, set(keep)),
+                                     [s.node in chained for s in steps])
+        steps, frees, in_place = self._schedules[keep]
+        size = len(next(iter(batch.values())))
+        values = {name: self._as_input(batch[name], name) for name in plan.inputs if name in batch}
+        ctxs = self.ctxs = {}
+        for step, free, chained in zip(steps, frees, in_place):
+            ctx = ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node],
+                                        size, self.dtype)
+            xs = [values[s] for s in step.inputs]
+            if chained:  # a fused chain's follower writes over its predecessor's output
+                ctx.out = xs[0]
+            kwargs = {name: self.params[key] for name, key in step.params.items()}
+            for kw, (node, saved) in step.borrows.items():
+                kwargs[kw] = ctxs[node].saved[saved]
+            y = step.op.forward(ctx, *xs, **kwargs)
+            if check_finite and y.dtype.kind == "f" and not bool(xp.isfinite(y).all()):
+                raise NonFinite(step.node, "forward")
+            values[step.node] = y
+            for name in free:
+                del values[name]
+        return {name: values[name] for name in keep}
+
+    def _as_input(self, array, name):
+        dtype = "int64" if self.plan.inputs[name].classes is not None else self.dtype
+        return self.xp.asarray(array, dtype=dtype)
+
+    # ---- backward
+
+    def backward(self, backward: Backward, check_finite: bool = False) -> None:
+        """Fill `grads` for `backward.params` from the last training forward.
+
+        Gradients of a value are summed where it forks. A contribution is stored as
+        given (it may alias another value's gradient) and copied before the first sum.
+        """
+        xp, plan = self.xp, self.plan
+        dtype = plan.types[backward.seeds[0]].dtype
+        value_grads = {seed: xp.ones((), dtype=dtype) for seed in backward.seeds}
+        owned: set[str] = set()
+        written: set[str] = set()
+        for node in backward.order:
+            gy = value_grads.pop(node, None)
+            if gy is None:
+                continue  # no loss depends on it through a differentiable path
+            step = plan.step_of(node)
+            ctx = self.ctxs[node]
+            input_grads, param_grads = step.op.backward(ctx, gy)
+            ctx.saved.clear()
+            for target, grad in zip(backward.grad_inputs[node], input_grads):
+                if target is None or grad is None:
+                    continue
+                if check_finite and not bool(xp.isfinite(grad).all()):
+                    raise NonFinite(node, "backward")
+                if target not in value_grads:
+                    value_grads[target] = grad
+                elif target in owned:
+                    value_grads[target] += grad
+                else:
+                    value_grads[target] = value_grads[target] + grad
+                    owned.add(target)
+            for name, grad in param_grads.items():
+                key = step.params[name]
+                if key in written:
+                    self.grads[key] += grad
+                else:
+                    self.grads[key][...] = grad
+                    written.add(key)
+        for key in backward.params:
+            if key not in written:
+                self.grads[key][...] = 0
+
+    # ---- state
+
+    def state_dict(self) -> dict:
+        """Parameters, running statistics and the random state, as host arrays."""
+        to_host = getattr(self.xp, "asnumpy", np.asarray)
+        buffers = {f"{node}:{name}": to_host(value)
+                   for node, entries in self.buffers.items() for name, value in entries.items()}
+        return {"params": to_host(self.flat_params).copy(), "buffers": buffers,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        xp = self.xp
+        if state["params"].shape != self.flat_params.shape:
+            raise ValueError(f"checkpoint holds {state['params'].size} parameters but the "
+                             f"network has {self.flat_params.size}")
+        self.flat_params[...] = xp.asarray(state["params"])
+        for entries in self.buffers.values():
+            entries.clear()
+        for name, value in state["buffers"].items():
+            node, _, key = name.rpartition(":")
+            self.buffers.setdefault(node, {})[key] = xp.asarray(value)
+        self.rng.bit_generator.state = state["rng"]

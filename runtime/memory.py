@@ -1,0 +1,156 @@
+"""Pass 7, memory: buffer lifetimes over a training step, and the memory plan.
+
+A training step is a timeline: the forward steps, then the backward steps of
+autodiff's schedule. Every tensor gets an interval on it:
+
+- a forward value lives from its step to its last forward reader, or to the
+  backward step of a reader that keeps it (an op's `keeps` names its inputs, `y`
+  its output, and arrays of its own such as dropout's mask);
+- a value's gradient lives from the first backward step that contributes to it
+  to the backward step of its node.
+
+Buffers whose intervals do not overlap share memory: a first-fit assignment of
+intervals to slots gives the planned peak. The executors follow the same
+lifetimes (they drop each array at the end of its interval), so the plan is what
+a step holds, give or take the allocator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netdsl.runtime.plan import Backward, Plan, Step, input_names
+
+__all__ = ["Buffer", "MemoryPlan", "plan_memory", "forward_frees"]
+
+_BYTES = {"float32": 4, "float64": 8, "int64": 8, "int32": 4}
+# saved arrays no bigger than a channel vector, or parameters the plan counts apart
+_SMALL = {"inv_std", "weight", "bias", "bn_weight", "weight_shape", "x_shape", "sizes"}
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One array of a step: `kind` is value, saved or grad; alive over [start, end]."""
+
+    name: str
+    kind: str
+    bytes: int
+    start: int
+    end: int
+
+
+@dataclass
+class MemoryPlan:
+    """Lifetimes, their assignment to shared slots, and the totals `netc compile` reports."""
+
+    batch: int
+    buffers: list[Buffer]
+    slots: list[int]              # bytes of each shared slot
+    assignment: dict[str, int]    # buffer name -> slot
+    param_bytes: int
+    optimizer_bytes: int
+
+    @property
+    def activation_peak(self) -> int:
+        """Most bytes alive at one time: values, saved arrays and gradients."""
+        ends = max((b.end for b in self.buffers), default=0)
+        live = [0] * (ends + 2)
+        for b in self.buffers:
+            for t in range(b.start, b.end + 1):
+                live[t] += b.bytes
+        return max(live, default=0)
+
+    @property
+    def slot_bytes(self) -> int:
+        return sum(self.slots)
+
+    @property
+    def unshared_bytes(self) -> int:
+        return sum(b.bytes for b in self.buffers)
+
+    @property
+    def peak(self) -> int:
+        """Planned peak of a training step: shared slots, parameters, gradients, optimiser state."""
+        return self.slot_bytes + 2 * self.param_bytes + self.optimizer_bytes
+
+
+def _bytes(plan: Plan, node: str, batch: int) -> int:
+    t = plan.types[node]
+    return t.size * batch * _BYTES.get(t.dtype, 4)
+
+
+def plan_memory(plan: Plan, backward: Backward, batch: int, optimizer_slots: int = 1) -> MemoryPlan:
+    """Lifetimes and slots for one training step at `batch`.
+
+    `optimizer_slots` is how many parameter-sized arrays the optimiser keeps
+    (momentum 1, Adam 2).
+    """
+    n = len(plan.steps)
+    at = {step.node: i for i, step in enumerate(plan.steps)}
+    back_at = {node: n + j for j, node in enumerate(backward.order)}
+    end = dict.fromkeys(plan.inputs, 0)
+    buffers: list[Buffer] = []
+    for i, step in enumerate(plan.steps):
+        end.setdefault(step.node, i)
+        names = input_names(type(step.op))
+        bwd = back_at.get(step.node, i)
+        for source, name in zip(step.inputs, names):
+            kept = name in step.op.keeps and step.node in back_at
+            end[source] = max(end[source], bwd if kept else i)
+        if "y" in step.op.keeps and "y" not in names:
+            end[step.node] = max(end[step.node], bwd)
+        for extra in step.op.keeps:
+            if extra not in names and extra != "y" and extra not in _SMALL \
+                    and extra not in step.params and step.node in back_at:
+                buffers.append(Buffer(f"{step.node}:{extra}", "saved",
+                                      _bytes(plan, step.inputs[0] if step.inputs else step.node,
+                                             batch), i, bwd))
+    for name, last in end.items():
+        start = at.get(name, 0)
+        buffers.append(Buffer(name, "value", _bytes(plan, name, batch), start, last))
+    for node in backward.order:
+        sources = [s for s in backward.grad_inputs[node] if s is not None]
+        for source in sources:
+            first = back_at[node]
+            grad = f"d{source}"
+            if source in back_at and all(b.name != grad for b in buffers):
+                buffers.append(Buffer(grad, "grad", _bytes(plan, source, batch), first,
+                                      back_at[source]))
+    slots, assignment = _first_fit(buffers)
+    params = sum(p.size for p in plan.params.values()) * 4
+    return MemoryPlan(batch, buffers, slots, assignment, params, optimizer_slots * params)
+
+
+def _first_fit(buffers: list[Buffer]) -> tuple[list[int], dict[str, int]]:
+    """Give each buffer a slot free over its lifetime, largest first; a slot grows to fit."""
+    slots: list[int] = []
+    busy: list[list[tuple[int, int]]] = []
+    assignment = {}
+    for b in sorted(buffers, key=lambda b: (-b.bytes, b.start)):
+        for index, intervals in enumerate(busy):
+            if all(b.end < s or b.start > e for s, e in intervals):
+                break
+        else:
+            index = len(slots)
+            slots.append(0)
+            busy.append([])
+        busy[index].append((b.start, b.end))
+        slots[index] = max(slots[index], b.bytes)
+        assignment[b.name] = index
+    return slots, assignment
+
+
+def forward_frees(steps: list[Step], keep: set[str]) -> list[list[str]]:
+    """Per forward step, the values no later step reads (the executor drops them).
+
+    Values an op keeps for backward are held by that op's saved arrays, not here, so
+    training and evaluation free the same names; `keep` (losses, metrics) is never freed.
+    """
+    last = {}
+    for i, step in enumerate(steps):
+        for source in step.inputs:
+            last[source] = i
+    frees: list[list[str]] = [[] for _ in steps]
+    for name, i in last.items():
+        if name not in keep:
+            frees[i].append(name)
+    return frees

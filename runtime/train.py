@@ -1,0 +1,387 @@
+"""The training loop: phases of optimiser steps over shuffled batches, validation,
+schedules, early stopping, checkpoints that resume exactly, and NaN detection.
+
+A step runs forward, autodiff's backward for the phase's losses, the L1/L2
+penalties, gradient clipping and the optimiser update of the phase's parameters.
+Most networks have one phase (every loss, every parameter). A GAN (`gan_k`, two
+losses, one of them reaching only some of the other's parameters) has two: k
+discriminator steps on the discriminator's loss and parameters, then one
+generator step on the generator's loss and the parameters only it reaches.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from netdsl.errors import SpecError
+from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from netdsl.runtime.data import Dataset
+from netdsl.runtime.execute import Executor, NonFinite
+from netdsl.runtime.init import initial_params
+from netdsl.runtime.optim import clip_grad_norm, make_optimizer, penalize
+from netdsl.runtime.plan import Plan
+from netdsl.runtime.schedule import make_schedule
+from netdsl.runtime.settings import TrainSettings
+
+__all__ = ["Phase", "Trainer", "Reporter", "metric_nodes", "TrainingDiverged"]
+
+
+class TrainingDiverged(SpecError):
+    """The loss became NaN or Inf; located at the node that first produced it."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Optimiser steps on some losses and parameters, `repeat` times per cycle."""
+
+    name: str
+    losses: tuple[str, ...]
+    params: tuple[str, ...]
+    repeat: int = 1
+
+
+class Reporter:
+    """Receives progress; the command line and the terminal UI draw it."""
+
+    def start(self, description: str, settings: TrainSettings, epochs: int, steps: int) -> None:
+        pass
+
+    def step(self, epoch: int, done: int, total: int, metrics: dict) -> None:
+        pass
+
+    def epoch(self, record: dict) -> None:
+        pass
+
+    def stopped(self, reason: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        """The terminal UI's stop button; the loop checkpoints and returns."""
+        return False
+
+
+def metric_nodes(plan: Plan) -> dict[str, tuple[str, str, str]]:
+    """Loss name -> (kind, prediction node, target node) for losses with an accuracy."""
+    found = {}
+    for name, node in plan.losses.items():
+        step = plan.step_of(node)
+        if len(step.inputs) != 2 or plan.graph.nodes[step.inputs[1]]["kind"] != "target":
+            continue
+        kind = {"cross_entropy": "class", "sigmoid_cross_entropy": "binary",
+                "hinge": "sign"}.get(step.op.name)
+        if kind:
+            found[name] = (kind, step.inputs[0], step.inputs[1])
+    return found
+
+
+def correct(kind: str, prediction, target) -> int:
+    """How many predictions are right (per position for pixel-wise labels)."""
+    if kind == "class":
+        return int((prediction.argmax(axis=1) == target).sum())
+    if kind == "binary":
+        return int(((prediction > 0) == (target > 0.5)).sum())
+    return int(((prediction > 0) == (target > 0)).sum())
+
+
+def phases(plan: Plan, settings: TrainSettings) -> list[Phase]:
+    """One phase for most networks; a discriminator and a generator phase for a GAN."""
+    everything = Phase("train", tuple(plan.losses), tuple(plan.backward().params))
+    if settings.gan_k is None:
+        return [everything]
+    if len(plan.losses) != 2:
+        raise SpecError(f"gan_k needs two losses (the discriminator's and the generator's), "
+                        f"but the spec has {len(plan.losses)}", None,
+                        "write `loss d: ...` and `loss g: ...`")
+    reach = {name: set(plan.backward((name,)).params) for name in plan.losses}
+    (a, pa), (b, pb) = reach.items()
+    if pa < pb or pb < pa:
+        disc, gen = (a, b) if pa < pb else (b, a)
+    else:
+        raise SpecError("gan_k: one loss must reach only the discriminator's parameters "
+                        "(the other reaches the generator's too)", None,
+                        "stop the discriminator's loss at the generator: stop_gradient(fake) -> D")
+    gen_only = tuple(k for k in plan.params if k in reach[gen] - reach[disc])
+    disc_params = tuple(k for k in plan.params if k in reach[disc])
+    return [Phase("discriminator", (disc,), disc_params, settings.gan_k),
+            Phase("generator", (gen,), gen_only, 1)]
+
+
+@dataclass
+class _Position:
+    """Where a run is: the epoch, batches done in it, optimiser steps, and the history."""
+
+    epoch: int = 0
+    batch: int = 0
+    iteration: int = 0
+    history: list = field(default_factory=list)   # per epoch records
+    losses: list = field(default_factory=list)    # per step losses
+    best: float | None = None
+    bad_epochs: int = 0
+
+
+class Trainer:
+    """Trains a plan on a dataset with the given settings.
+
+    Parameters
+    ----------
+    plan : Plan
+    settings : TrainSettings
+    checkpoint : str, optional
+        A folder; the run state is written there atomically each epoch and every
+        `checkpoint_every` seconds, and `resume` continues from it.
+    xp : module
+        numpy, or cupy for `--device gpu`.
+    """
+
+    def __init__(self, plan: Plan, settings: TrainSettings, checkpoint: str | None = None,
+                 checkpoint_every: float = 30.0, xp=np, reporter: Reporter | None = None):
+        self.plan, self.settings, self.xp = plan, settings, xp
+        self.folder, self.every = checkpoint, checkpoint_every
+        self.reporter = reporter or Reporter()
+        self.phases = phases(plan, settings)
+        order = [k for phase in self.phases for k in phase.params]
+        order += [k for k in plan.params if k not in order]
+        params = initial_params(plan, settings.init, settings.seed)
+        self.executor = Executor(plan, {k: params[k] for k in order}, settings.seed, xp)
+        self._lay_out(order)
+        self.optimizers = []
+        for phase in self.phases:
+            part = self.executor.param_slice(phase.params)
+            self.optimizers.append((part, make_optimizer(
+                settings.optimizer, settings.optimizer_settings, self.executor.flat_params[part])))
+        # the first loss with an accuracy is the one reported
+        self.metric = next(iter(metric_nodes(plan).values()), None)
+        self.position = _Position()
+        self.best_params = None
+        self._schedule_state = None
+        self.extra_arrays: dict[str, np.ndarray] = {}  # stored with checkpoints (normalisation)
+
+    def _lay_out(self, order: list[str]) -> None:
+        """Put each phase's parameters next to each other in the flat vectors."""
+        ex = self.executor
+        values = {k: ex.params[k].copy() for k in order}
+        start = 0
+        for key in order:
+            size = self.plan.params[key].size
+            ex.offsets[key] = (start, start + size)
+            start += size
+        ex.params, ex.grads = ex._views(ex.flat_params), ex._views(ex.flat_grads)
+        for key, value in values.items():
+            ex.params[key][...] = value
+
+    # ---- the loop
+
+    def fit(self, train: Dataset, val: Dataset | None, description: str = "") -> list[dict]:
+        """Train for the configured epochs (or steps); return the per-epoch history."""
+        # a NaN is caught and located by _diagnose; NumPy's warnings would only repeat it
+        with np.errstate(all="ignore"):
+            return self._fit(train, val, description)
+
+    def _fit(self, train: Dataset, val: Dataset | None, description: str) -> list[dict]:
+        s, pos = self.settings, self.position
+        steps_per_epoch = max(1, math.ceil(len(train) / s.batch))
+        self.schedule = make_schedule(s.schedule, self.optimizers[0][1].lr, s.epochs,
+                                      steps_per_epoch)
+        if self._schedule_state is not None:
+            self.schedule.load_state_dict(self._schedule_state)
+        self.reporter.start(description, s, s.epochs, steps_per_epoch)
+        last_save = time.monotonic()
+        while pos.epoch < s.epochs:
+            # each epoch's order comes from (seed, epoch) alone, so a resumed run repeats it
+            shuffler = np.random.default_rng((s.seed, pos.epoch)) if s.shuffle else None
+            batches = train.batches(s.batch, shuffler)
+            sums = {"samples": 0, "correct": 0, "positions": 0}
+            started = time.perf_counter()
+            for index, batch in enumerate(batches):
+                if index < pos.batch:
+                    continue  # resumed mid-epoch: these were done before the checkpoint
+                losses = self._step(batch, steps_per_epoch, sums)
+                pos.batch, pos.iteration = index + 1, pos.iteration + 1
+                pos.losses.append(losses)
+                rate = sums["samples"] / max(time.perf_counter() - started, 1e-9)
+                self.reporter.step(pos.epoch, pos.batch, steps_per_epoch,
+                                   {**losses, **self._accuracy(sums), "samples/s": rate})
+                if self._out_of_steps() or self.reporter.should_stop():
+                    self._save()
+                    self.reporter.stopped("stopped at step %d" % pos.iteration)
+                    return pos.history
+                if self.folder and time.monotonic() - last_save > self.every:
+                    self._save()
+                    last_save = time.monotonic()
+            record = self._end_epoch(train, val, sums, time.perf_counter() - started)
+            self.reporter.epoch(record)
+            stop = self._early_stop(record)
+            self._save()
+            last_save = time.monotonic()
+            if stop:
+                self.reporter.stopped(stop)
+                break
+        return pos.history
+
+    def _out_of_steps(self) -> bool:
+        return self.settings.steps is not None and self.position.iteration >= self.settings.steps
+
+    def _step(self, batch: dict, steps_per_epoch: int, sums: dict) -> dict:
+        """One cycle of the phases on one batch; the loss values it saw."""
+        s, ex, pos = self.settings, self.executor, self.position
+        lr = self.schedule.lr(pos.epoch, pos.iteration)
+        keep = {self.metric[1]} if self.metric else set()
+        seen: dict[str, float] = {}
+        for phase, (part, optimizer) in zip(self.phases, self.optimizers):
+            for _ in range(phase.repeat):
+                before = ex.rng.bit_generator.state
+                out = ex.forward(batch, True, keep)
+                values = {name: float(out[self.plan.losses[name]]) for name in self.plan.losses}
+                if not all(math.isfinite(values[name]) for name in phase.losses):
+                    self._diagnose(batch, before, phase)
+                ex.backward(self.plan.backward(phase.losses, phase.params))
+                grads = ex.flat_grads[part]
+                if s.l1 or s.l2:
+                    penalize(ex.flat_params[part], grads, s.l1, s.l2)
+                if s.clip:
+                    clip_grad_norm(grads, s.clip)
+                optimizer.step(grads, lr)
+                seen.update(values)
+        size = len(next(iter(batch.values())))
+        sums["samples"] += size
+        self._count(sums, out, batch)
+        for name, value in seen.items():
+            sums[name] = sums.get(name, 0.0) + value * size
+        return seen
+
+    def _count(self, sums: dict, out: dict, batch: dict) -> None:
+        if self.metric:
+            kind, prediction, target = self.metric
+            sums["correct"] += correct(kind, out[prediction], batch[target])
+            sums["positions"] += batch[target].size
+
+    def _accuracy(self, sums: dict) -> dict:
+        return {"accuracy": sums["correct"] / sums["positions"]} if sums["positions"] else {}
+
+    def _diagnose(self, batch: dict, rng_state: dict, phase: Phase):
+        """Replay the step checking every node, and raise at the first that made NaN or Inf."""
+        ex = self.executor
+        ex.rng.bit_generator.state = rng_state
+        where = None
+        try:
+            ex.forward(batch, True, check_finite=True)
+            ex.backward(self.plan.backward(phase.losses, phase.params), check_finite=True)
+        except NonFinite as exc:
+            where = exc
+        step = self.position.iteration + 1
+        if where is None:
+            raise TrainingDiverged(f"the loss became NaN or Inf at step {step}", None,
+                                   "lower the learning rate, or clip gradients (clip=1.0)")
+        data = self.plan.graph.nodes[where.node]
+        raise TrainingDiverged(
+            f"the loss became NaN or Inf at step {step}: the {where.phase} pass of "
+            f"'{where.node}' ({data['op'].name}) produced it first", data["span"],
+            "lower the learning rate, clip gradients (clip=1.0) or normalise the inputs")
+
+    def evaluate(self, data: Dataset, batch: int | None = None) -> dict:
+        """Mean losses and accuracy over a dataset in evaluation mode."""
+        sums = {"samples": 0, "correct": 0, "positions": 0}
+        keep = {self.metric[1]} if self.metric else set()
+        for part in data.batches(batch or max(self.settings.batch, 256), None):
+            out = self.executor.forward(part, False, keep)
+            size = len(next(iter(part.values())))
+            sums["samples"] += size
+            for name, node in self.plan.losses.items():
+                sums[name] = sums.get(name, 0.0) + float(out[node]) * size
+            self._count(sums, out, part)
+        result = {name: sums[name] / sums["samples"] for name in self.plan.losses}
+        result["loss"] = sum(result[name] for name in self.plan.losses)
+        return {**result, **self._accuracy(sums)}
+
+    def _end_epoch(self, train: Dataset, val: Dataset | None, sums: dict, seconds: float) -> dict:
+        pos = self.position
+        record = {"epoch": pos.epoch + 1}
+        done = max(sums["samples"], 1)
+        for name in self.plan.losses:
+            if name in sums:
+                record[name] = sums[name] / done
+        record["loss"] = sum(record.get(name, 0.0) for name in self.plan.losses)
+        record.update(self._accuracy(sums))
+        if val is not None and len(val):
+            record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
+        record["samples/s"] = sums["samples"] / max(seconds, 1e-9)
+        record["lr"] = self.schedule.lr(pos.epoch, max(pos.iteration - 1, 0))
+        self.schedule.end_epoch(record.get("val_loss"))
+        pos.history.append(record)
+        pos.epoch, pos.batch = pos.epoch + 1, 0
+        return record
+
+    def _early_stop(self, record: dict) -> str | None:
+        rule = self.settings.early_stop
+        if rule is None:
+            return None
+        metric = rule.get("metric", "loss")
+        value = record.get(f"val_{metric}")
+        if value is None:
+            return None
+        score = -value if metric == "accuracy" else value
+        pos = self.position
+        if pos.best is None or score < pos.best:
+            pos.best, pos.bad_epochs = score, 0
+            self.best_params = self.executor.flat_params.copy()
+            return None
+        pos.bad_epochs += 1
+        if pos.bad_epochs < int(rule.get("patience", 5)):
+            return None
+        self.executor.flat_params[...] = self.best_params
+        return (f"early stop: validation {metric} has not improved for {pos.bad_epochs} "
+                f"epochs; keeping the parameters of its best epoch")
+
+    # ---- checkpoints
+
+    def state(self) -> tuple[dict, dict]:
+        """The arrays and the document that make a checkpoint."""
+        ex, pos = self.executor.state_dict(), self.position
+        arrays = {"params": ex["params"], **self.extra_arrays}
+        arrays.update({f"buffer/{k}": v for k, v in ex["buffers"].items()})
+        for index, (_, optimizer) in enumerate(self.optimizers):
+            for key, value in optimizer.state_dict().items():
+                arrays[f"optimizer{index}/{key}"] = np.asarray(value)
+        if self.best_params is not None:
+            arrays["best_params"] = np.asarray(getattr(self.xp, "asnumpy", np.asarray)(
+                self.best_params))
+        meta = {"layout": [[k, list(self.plan.params[k].shape), *self.executor.offsets[k]]
+                           for k in self.plan.params],
+                "rng": ex["rng"],
+                "schedule": self.schedule.state_dict() if hasattr(self, "schedule") else None,
+                "position": vars(pos)}
+        return arrays, meta
+
+    def _save(self) -> None:
+        if self.folder:
+            save_checkpoint(self.folder, *self.state())
+
+    def restore(self, folder: str) -> None:
+        """Continue from the checkpoint in `folder`.
+
+        Raises
+        ------
+        CheckpointError
+            When it is missing, unreadable or made by a different network.
+        """
+        arrays, meta = load_checkpoint(folder)
+        layout = [[k, list(self.plan.params[k].shape), *self.executor.offsets[k]]
+                  for k in self.plan.params]
+        if meta["layout"] != layout:
+            raise CheckpointError(f"the checkpoint in {folder} was made by a different "
+                                  "network (its parameters differ from this spec's)")
+        buffers = {k[len("buffer/"):]: v for k, v in arrays.items() if k.startswith("buffer/")}
+        self.executor.load_state_dict({"params": arrays["params"], "buffers": buffers,
+                                       "rng": meta["rng"]})
+        for index, (_, optimizer) in enumerate(self.optimizers):
+            prefix = f"optimizer{index}/"
+            state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            state = {k: (v.item() if v.ndim == 0 else v) for k, v in state.items()}
+            optimizer.load_state_dict(state)
+        if "best_params" in arrays:
+            self.best_params = self.xp.asarray(arrays["best_params"])
+        self.position = _Position(**meta["position"])
+        self._schedule_state = meta["schedule"]
