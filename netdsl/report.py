@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from netdsl.cost import cost_rows
 
-__all__ = ["format_cost_table", "human"]
+__all__ = ["format_cost_table", "format_training_memory", "human"]
 
 
 def human(value: float, unit: str = "") -> str:
@@ -41,3 +41,27 @@ def format_cost_table(net, batch: int = 1) -> str:
     rule = "  ".join("-" * w for w in widths)
     title = f"{net.name}: batch {batch}" + (", per time step" if seq else "")
     return "\n".join([title, line(header), rule, *map(line, body), rule, line(total)])
+
+
+def format_training_memory(net, batch: int) -> str | None:
+    """One line: the planned peak memory of a training step, or None if it cannot train."""
+    from netdsl.errors import SpecError
+    from netdsl.runtime.memory import plan_memory
+    from netdsl.runtime.plan import build_plan
+    from netdsl.runtime.settings import resolve_settings
+
+    try:
+        plan = build_plan(net.graph)
+        settings = resolve_settings(net.graph.graph["train"])
+    except SpecError:
+        return None  # recurrent, or no loss: the table above is all there is
+    # momentum and Adagrad keep one parameter-sized array, Adam two, plain SGD none
+    opt = settings.optimizer_settings
+    slots = {"adam": 2, "adagrad": 1, "rmsprop": 1 + bool(opt.get("momentum"))}.get(
+        settings.optimizer, int(bool(opt.get("momentum"))))
+    memory = plan_memory(plan, plan.backward(), batch, slots)
+    return (f"training step at batch {batch}: planned peak {human(memory.peak, 'B')} = "
+            f"activations {human(memory.slot_bytes, 'B')} in {len(memory.slots)} shared buffers "
+            f"(unshared {human(memory.unshared_bytes, 'B')}) + parameters and gradients "
+            f"{human(2 * memory.param_bytes, 'B')} + optimiser state "
+            f"{human(memory.optimizer_bytes, 'B')}")

@@ -53,7 +53,9 @@ def evaluate_train(stmt: ast.Train, scalar: Callable[[Any], Any]) -> dict[str, A
                 raise SpecError(f"unknown training setting '{key}'", item.span,
                                 suggest(key, SETTINGS) or f"settings: {', '.join(sorted(SETTINGS))}")
             value = item.value
-            if isinstance(value, ast.Call):
+            if key == "init" and isinstance(value, ast.Name):
+                value = value.id  # init=he reads as the scheme's name
+            elif isinstance(value, ast.Call):
                 value = _call(value, scalar, CALLS.get(value.name, set()))
             else:
                 value = scalar(value)

@@ -133,6 +133,7 @@ class Executor:
                 continue  # no loss depends on it through a differentiable path
             step = plan.step_of(node)
             ctx = self.ctxs[node]
+            ctx.needs_input_grad = tuple(t is not None for t in backward.grad_inputs[node])
             input_grads, param_grads = step.op.backward(ctx, gy)
             ctx.saved.clear()
             for target, grad in zip(backward.grad_inputs[node], input_grads):

@@ -40,13 +40,15 @@ class TestCompile:
         lines = result.stdout.splitlines()
         assert lines[0] == "mlp: batch 32"
         assert any(line.startswith("logits") and "2,570" in line for line in lines)
-        assert "19,210" in lines[-1] and "6 nodes" in lines[-1]
+        assert "19,210" in lines[-2] and "6 nodes" in lines[-2]
+        assert lines[-1].startswith("training step at batch 32: planned peak")
 
     @pytest.mark.parametrize("stage, expected", [
         ("ast", "Assign targets=('logits',)"),
         ("expanded", "logits = dense(relu1; units=10"),
         ("graph", "logits [dense] -> loss"),
         ("shapes", "logits: [10] = dense(relu1"),
+        ("plan", "dense1 (dense) -> relu1 (relu)"),
     ])
     def test_emit(self, mlp, stage, expected):
         result = run_netc("compile", mlp, "--emit", stage)

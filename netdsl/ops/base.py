@@ -75,6 +75,13 @@ class Ctx:
         # set by an executor for an op with `inplace`: forward may write its result here
         # (the storage of its first input, which nothing reads afterwards)
         self.out = None
+        # set by an executor before backward: which inputs need a gradient (None: all),
+        # so an op may skip work nobody reads (the input gradient of a first layer)
+        self.needs_input_grad: tuple[bool, ...] | None = None
+
+    def needs(self, index: int) -> bool:
+        """Whether backward must compute the gradient of input `index`."""
+        return self.needs_input_grad is None or self.needs_input_grad[index]
 
     def save(self, **values) -> None:
         """Keep arrays (named as in the op's `keeps`) and shapes for backward."""

@@ -49,7 +49,7 @@ class Dense(Op):
         grads = {"weight": gy.T @ x}
         if self.bias:
             grads["bias"] = gy.sum(axis=0)
-        return (gy @ weight,), grads
+        return (gy @ weight if ctx.needs(0) else None,), grads
 
 
 @register("embedding")
