@@ -1,23 +1,23 @@
 """Numeric helpers the op families share: padding, windows, im2col/col2im, normalisation.
 
 Everything here takes the array module `xp` first and works on batched arrays laid out
-(B, C, *spatial), so NumPy and CuPy run the same code. No Python loop runs over the
-batch or over pixels: only over kernel offsets (kh * kw iterations at most).
+(B, C, *spatial), so NumPy and CuPy run the same code. No Python loop runs over pixels:
+only over kernel offsets (kh * kw iterations at most) and, on the host, over a few
+chunks of the batch.
 """
 from __future__ import annotations
 
 import itertools
 import math
 
-import numpy as np  # parameter init only, on the host; kernels use xp
+import numpy as np  # parameter init, and telling the host apart; kernels use xp
 
 from netdsl.ops.base import expand_to
 from netdsl.ops.common import as_tuple
 
 __all__ = [
     "settings", "pad_spatial", "crop_spatial", "offsets", "Windows", "batch_chunks", "im2col",
-    "col2im",
-    "conv_nd", "conv_nd_backward", "conv_transpose_nd", "conv_transpose_nd_backward",
+    "col2im", "conv_nd", "conv_nd_backward", "conv_transpose_nd", "conv_transpose_nd_backward",
     "pool_pads", "plane_index", "batch_norm", "batch_norm_backward", "sigmoid", "align",
     "unbroadcast", "scatter_add", "fan_in_uniform", "constant", "scalar",
 ]
@@ -133,6 +133,22 @@ class Windows:
                       for o, s, d, m in zip(offset, self.stride, self.dilation, self.out))
         return xpad[(slice(None), slice(None)) + index]
 
+    def run(self, xpad, offset):
+        """Flat grids only: the cell under `offset` at every grid position of every plane
+        of xpad, as one contiguous 1-D view. The planes follow one another, so between two
+        planes' grids lie the positions whose windows would straddle both: gaps too."""
+        length = (xpad.shape[0] * xpad.shape[1] - 1) * math.prod(self.padded) + self.span
+        start = self.shift(offset)
+        return xpad.reshape(-1)[start:start + length]
+
+    def valid_run(self, xp, a, batch):
+        """(B, C, *out) for batch = (B, C): the output positions of a run-laid array a
+        (laid out as `run` gives), a view."""
+        step = a.strides[-1]
+        plane = math.prod(self.padded) * step
+        strides = (batch[1] * plane, plane) + tuple(p * step for p in self.pitch)
+        return xp.lib.stride_tricks.as_strided(a, tuple(batch) + self.out, strides)
+
     def columns(self, xp, xpad):
         """(B, C, *kernel, *grid): every window's cells at every grid position, a view."""
         step = xpad.strides[2:]
@@ -167,12 +183,12 @@ class Windows:
         return pad
 
 
-# ---- convolution: im2col and a batched GEMM, over chunks of the batch
+# ---- convolution: im2col and one GEMM per chunk of the batch
 
 # On the host a chunk of the batch is convolved at a time, its im2col columns about this
 # many bytes: they are still in the cache when the GEMM reads them (and col2im adds
 # them), and the whole batch's columns, k*k times the input, are never held at once
-CHUNK_BYTES = 2 << 20
+CHUNK_BYTES = 4 << 20
 
 
 def batch_chunks(xp, batch: int, per_example: int) -> list[slice]:
@@ -185,163 +201,205 @@ def batch_chunks(xp, batch: int, per_example: int) -> list[slice]:
     return [slice(b, min(b + size, batch)) for b in range(0, batch, size)]
 
 
-def im2col(xp, xpad, win: Windows, out):
-    """Columns (n, C * K, grid size) of the padded chunk xpad, copied into out (which may
-    be longer: only its first n rows are written), or xpad itself where it already is."""
-    n, c = xpad.shape[:2]
-    if win.pointwise:
-        return xpad.reshape(n, c, win.size)
-    cols = out[:n]
-    cols.reshape((n, c) + win.kernel + win.grid)[...] = win.columns(xp, xpad)
+def _part(buffer, shape):
+    """The start of a flat buffer as a contiguous array of `shape`, a view: one buffer
+    serves every chunk, the last, smaller one too."""
+    return buffer[:math.prod(shape)].reshape(shape)
+
+
+def im2col(xp, xpad, win: Windows, cols):
+    """Copy the columns of a padded chunk xpad (n, C, *padded) into cols, laid out
+    (C, *kernel, n, *grid): a row per window cell, holding that cell at every grid
+    position of every example, so that one GEMM covers the chunk. The copy runs along
+    the grid's rows (whole planes on a flat grid)."""
+    k = len(win.kernel)
+    view = win.columns(xp, xpad)  # (n, C, *kernel, *grid)
+    cols[...] = view.transpose((1, *range(2, 2 + k), 0, *range(2 + k, view.ndim)))
     return cols
 
 
 def col2im(win: Windows, cols, dxpad):
-    """Add the columns (n, C, *kernel, *grid) into dxpad (n, C, *padded): K strided adds,
-    one per kernel offset, over all the windows at once."""
+    """Add columns laid out as im2col's (C, *kernel, n, *grid) into dxpad (n, C, *padded):
+    one add per kernel offset, over all the windows at once."""
     for offset in win.offsets():
-        win.cell(dxpad, offset)[...] += cols[(slice(None), slice(None)) + offset]
+        win.cell(dxpad, offset)[...] += cols[(slice(None),) + offset].swapaxes(0, 1)
 
 
 def conv_nd(xp, x, weight, bias, stride, pads, dilation, groups, out=None):
-    """Cross-correlate x (B, C, *S) with weight (O, C/G, *k); pads are (lo, hi) per dim.
+    """Cross-correlate x (B, C, *S) with weight (O, C/G, *k); pads are (lo, hi) per dim,
+    `out` the windows per dim (all that fit when not given).
 
-    Each chunk of the batch is im2col'd, then multiplied by the weight matrix example by
-    example (a batched matmul), which gives (n, O, *grid) already batch-first: no transpose
-    of the output, and for dense grids the GEMM writes straight into y.
+    Per chunk of the batch: pad, im2col, one GEMM (G, O/G, C/G * K) @ (G, C/G * K, n * grid)
+    whose many columns keep BLAS busy, and one copy of its result (O, n, *grid) to y
+    (n, O, *out) that also drops the grid's gaps and adds the bias. A 1x1 kernel over
+    the whole input needs no columns: a GEMM per example writes y directly.
     """
     win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads, out)
     x = xp.ascontiguousarray(x)
     (b, c), o = x.shape[:2], weight.shape[0]
     dtype = xp.result_type(x.dtype, weight.dtype)
     w = weight.reshape(groups, o // groups, -1)  # (G, O/G, C/G * K)
-    depth = c * math.prod(win.kernel)
-    chunks = batch_chunks(xp, b, depth * win.size * x.itemsize)
-    chunk = chunks[0].stop
-    pad = win.padder(xp, chunk, c, x.dtype)
-    cols = None if win.pointwise else xp.empty((chunk, depth, win.size), dtype=x.dtype)
-    grid = None if win.dense else xp.empty((chunk, o, win.size), dtype=dtype)
     y = xp.empty((b, o) + win.out, dtype=dtype)
     bias = None if bias is None else bias.reshape((1, o) + (1,) * len(win.out))
+    if win.pointwise:
+        xp.matmul(w, x.reshape(b, groups, c // groups, -1),
+                  out=y.reshape(b, groups, o // groups, -1))
+        if bias is not None:
+            y += bias
+        return y
+    depth = c * math.prod(win.kernel)
+    chunks = batch_chunks(xp, b, depth * win.size * x.itemsize)
+    size = chunks[0].stop
+    pad = win.padder(xp, size, c, x.dtype)
+    cols = xp.empty(depth * size * win.size, dtype=x.dtype)
+    z = xp.empty(o * size * win.size, dtype=dtype)
     for part in chunks:
         n = part.stop - part.start
-        x_cols = im2col(xp, pad(x[part]), win, cols)
-        z = y[part].reshape(n, o, win.size) if win.dense else grid[:n]
-        xp.matmul(w, x_cols.reshape(n, groups, -1, win.size),
-                  out=z.reshape(n, groups, o // groups, win.size))
-        if not win.dense:  # the output positions out of the grid, adding the bias on the way
-            if bias is None:
-                y[part] = win.valid(xp, z)
-            else:
-                xp.add(win.valid(xp, z), bias, out=y[part])
-        elif bias is not None:
-            y[part] += bias  # while the chunk is in the cache
+        x_cols = im2col(xp, pad(x[part]), win, _part(cols, (c, *win.kernel, n, *win.grid)))
+        z_n = _part(z, (o, n, *win.grid))
+        xp.matmul(w, x_cols.reshape(groups, depth // groups, -1),
+                  out=z_n.reshape(groups, o // groups, -1))
+        z_n = win.valid(xp, z_n).swapaxes(0, 1)  # (n, O, *out)
+        if bias is None:
+            y[part] = z_n
+        else:
+            xp.add(z_n, bias, out=y[part])
     return y
 
 
-def _conv_grads(xp, gy, x, weight, win: Windows, groups, x_shape, want_dx=True,
-                want_dweight=True):
-    """(dx, dweight) of a convolution y = conv(x, weight) through `win`, from gy; either
-    may be skipped (None). x is only read for dweight; x_shape gives dx's shape.
+def _grid_gradient(xp, gy, win: Windows, o: int, buffer):
+    """gy (B, O, *out) -> a function of a chunk giving gy[chunk] laid out like the GEMM's
+    result (O, n, *grid), in `buffer`; zero in the grid's gaps, so they add nothing."""
+    zeroed = None
 
-    Per chunk: the columns again (recomputing them is cheaper than keeping them), dweight
-    += gy @ cols^T example by example, then the column gradients weight^T @ gy into the
-    same buffer, added back onto the (padded) input by col2im.
-    """
-    gy = xp.ascontiguousarray(gy)
-    (b, c), o = x_shape[:2], weight.shape[0]
-    dtype = xp.result_type(gy.dtype, weight.dtype, *(() if x is None else (x.dtype,)))
-    w = weight.reshape(groups, o // groups, -1)
+    def grid(part):
+        nonlocal zeroed
+        n = part.stop - part.start
+        g = _part(buffer, (o, n, *win.grid))
+        if not win.dense and zeroed != n:  # the gaps, once per chunk size
+            g.fill(0)
+            zeroed = n
+        win.valid(xp, g)[...] = gy[part].swapaxes(0, 1)
+        return g
+
+    return grid
+
+
+def _weight_grad(xp, gy, x, weight, win: Windows, groups):
+    """dweight of y = conv(x, weight) through `win`: per chunk, the columns of x again
+    (recomputing them is cheaper than keeping them) and one GEMM gy @ cols^T."""
+    (b, c), o = x.shape[:2], weight.shape[0]
+    dtype = xp.result_type(gy.dtype, x.dtype, weight.dtype)
+    if win.pointwise:  # x is its own columns: a GEMM per example, summed
+        g = gy.reshape(b, groups, o // groups, -1)
+        cols = x.reshape(b, groups, c // groups, -1).swapaxes(-1, -2)
+        return xp.matmul(g, cols).sum(axis=0).reshape(weight.shape)
     depth = c * math.prod(win.kernel)
-    shape = (groups, -1, win.size)  # per example, grouped: (G, rows / G, grid size)
-    chunks = batch_chunks(xp, b, depth * win.size * dtype.itemsize)
-    chunk = chunks[0].stop
-    if x is not None:
-        x = xp.ascontiguousarray(x)
-        pad = win.padder(xp, chunk, c, x.dtype)
-    cols = None if win.pointwise else xp.empty((chunk, depth, win.size), dtype=dtype)
-    # gy on the grid, zero at the positions that are no output: they add nothing
-    grid = None if win.dense else xp.zeros((chunk, o, win.size), dtype=dtype)
-    dx = dweight = None
-    if want_dx:
-        # col2im adds into zeros: the padded chunk's own, or dx itself where unpadded
-        dx = xp.empty(x_shape, dtype=dtype) if win.is_padded or win.pointwise \
-            else xp.zeros(x_shape, dtype=dtype)
-        dxpad = xp.empty((chunk, c) + win.padded, dtype=dtype) if win.is_padded else None
+    chunks = batch_chunks(xp, b, depth * win.size * x.itemsize)
+    size = chunks[0].stop
+    pad = win.padder(xp, size, c, x.dtype)
+    cols = xp.empty(depth * size * win.size, dtype=x.dtype)
+    grid = _grid_gradient(xp, gy, win, o, xp.empty(o * size * win.size, dtype=dtype))
+    dweight = None
     for part in chunks:
         n = part.stop - part.start
-        if win.dense:
-            g = gy[part].reshape(n, o, win.size)
+        x_cols = im2col(xp, pad(x[part]), win, _part(cols, (c, *win.kernel, n, *win.grid)))
+        g = grid(part).reshape(groups, o // groups, -1)
+        part_dw = xp.matmul(g, x_cols.reshape(groups, depth // groups, -1).swapaxes(-1, -2))
+        if dweight is None:
+            dweight = part_dw
         else:
-            g = grid[:n]
-            win.valid(xp, g)[...] = gy[part]
-        g = g.reshape((n,) + shape)
-        if want_dweight:
-            x_cols = im2col(xp, pad(x[part]), win, cols).reshape((n,) + shape)
-            part_dw = xp.matmul(g, x_cols.swapaxes(-1, -2)).sum(axis=0)  # (G, O/G, C/G * K)
-            if dweight is None:
-                dweight = part_dw
-            else:
-                dweight += part_dw
-        if not want_dx:
-            continue
-        if win.pointwise:  # the column gradients are dx
-            xp.matmul(w.swapaxes(-1, -2), g, out=dx[part].reshape((n,) + shape))
-            continue
-        dcols = xp.matmul(w.swapaxes(-1, -2), g, out=cols[:n].reshape((n,) + shape))
-        dcols = dcols.reshape((n, c) + win.kernel + win.grid)
+            dweight += part_dw
+    return dweight.reshape(weight.shape)
+
+
+# x channels (per group) from which dx is computed as a convolution, see _input_grad
+MIN_GRAD_CONV_CHANNELS = 16
+
+
+def _input_grad(xp, gy, weight, win: Windows, groups, x_shape):
+    """dx (x_shape) of y = conv(x, weight) through `win`.
+
+    At stride 1 that is a convolution of gy, padded so that every cell of x gets a
+    window, with the kernel flipped and its in and out channels swapped: im2col and
+    GEMM again, whose copies cost NumPy far less than col2im's strided adds. Its GEMM
+    has a row per channel of x, though: with few of them (a network's first layers)
+    BLAS runs slowly, and col2im is faster. So there, at other strides, and for pads
+    past the kernel's reach, col2im adds the column gradients weight^T @ gy back onto
+    each padded chunk.
+    """
+    n_dims = len(win.kernel)
+    reach = [d * (k - 1) for d, k in zip(win.dilation, win.kernel)]
+    pads = [(r - lo, n - m + lo)
+            for r, (lo, _), n, m in zip(reach, win.pads, win.spatial, gy.shape[2:])]
+    as_conv = (all(s == 1 for s in win.stride) and min(min(p) for p in pads) >= 0
+               and weight.shape[1] >= MIN_GRAD_CONV_CHANNELS)
+    if as_conv:
+        o, cg = weight.shape[:2]
+        flipped = weight.reshape(groups, o // groups, cg, *win.kernel).swapaxes(1, 2)
+        flipped = flipped.reshape(groups * cg, o // groups, *win.kernel)
+        flipped = flipped[(slice(None), slice(None)) + (slice(None, None, -1),) * n_dims]
+        return conv_nd(xp, gy, flipped, None, (1,) * n_dims, pads, win.dilation, groups,
+                       out=win.spatial)
+    (b, c), o = x_shape[:2], weight.shape[0]
+    dtype = xp.result_type(gy.dtype, weight.dtype)
+    depth = c * math.prod(win.kernel)
+    chunks = batch_chunks(xp, b, depth * win.size * dtype.itemsize)
+    size = chunks[0].stop
+    cols = xp.empty(depth * size * win.size, dtype=dtype)
+    grid = _grid_gradient(xp, gy, win, o, xp.empty(o * size * win.size, dtype=dtype))
+    w = weight.reshape(groups, o // groups, -1).swapaxes(-1, -2)  # (G, C/G * K, O/G)
+    dx = xp.empty(x_shape, dtype=dtype)
+    dxpad = xp.empty((size, c) + win.padded, dtype=dtype) if win.is_padded else None
+    for part in chunks:
+        n = part.stop - part.start
+        dcols = _part(cols, (c, *win.kernel, n, *win.grid))
+        xp.matmul(w, grid(part).reshape(groups, o // groups, -1),
+                  out=dcols.reshape(groups, depth // groups, -1))
+        target = dxpad[:n] if win.is_padded else dx[part]
+        target.fill(0)
+        col2im(win, dcols, target)
         if win.is_padded:
-            target = dxpad[:n]
-            target.fill(0)
-            col2im(win, dcols, target)
             dx[part] = target[crop_index(win.pads, win.spatial)]
-        else:
-            col2im(win, dcols, dx[part])
-    if dweight is not None:
-        dweight = dweight.reshape(weight.shape)
-    return dx, dweight
+    return dx
 
 
 def conv_nd_backward(xp, gy, x, weight, stride, pads, dilation, groups):
-    """Gradients (dx, dweight, dbias) of conv_nd; im2col is recomputed from x."""
+    """Gradients (dx, dweight, dbias) of conv_nd."""
     win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads)
-    dx, dweight = _conv_grads(xp, gy, x, weight, win, groups, x.shape)
+    gy, x = xp.ascontiguousarray(gy), xp.ascontiguousarray(x)
+    dx = _input_grad(xp, gy, weight, win, groups, x.shape)
+    dweight = _weight_grad(xp, gy, x, weight, win, groups)
     dbias = gy.sum(axis=(0, *range(2, gy.ndim)))
     return dx, dweight, dbias
-
-
-def _transposed(weight, x, stride, pad, output_pad, dilation):
-    """The windows of the convolution whose input gradient conv_transpose_nd is: over
-    its output (B, O, *out), padded by pad, one window per cell of x (B, C, *S)."""
-    kernel, spatial = weight.shape[2:], x.shape[2:]
-    out = tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1
-                for n, k, s, p, op, d in zip(spatial, kernel, stride, pad, output_pad, dilation))
-    # output_pad may leave room for one more window than x has cells: out= keeps S
-    return Windows(out, kernel, stride, dilation, [(p, p) for p in pad], out=spatial)
 
 
 def conv_transpose_nd(xp, x, weight, bias, stride, pad, output_pad, dilation, groups):
     """The transpose of conv_nd: x (B, C, *S) scattered through weight (C, O/G, *k).
 
-    It is the input gradient of the convolution from (B, O, *out) to (B, C, *S) with this
-    weight, at gy = x.
+    It is the input gradient, at gy = x, of the convolution from (B, O, *out) to
+    (B, C, *S) with this weight: padded by pad, one window per cell of x (output_pad may
+    leave room for one more, which that convolution does not have).
     """
-    win = _transposed(weight, x, stride, pad, output_pad, dilation)
+    kernel, spatial = weight.shape[2:], x.shape[2:]
+    out = tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1
+                for n, k, s, p, op, d in zip(spatial, kernel, stride, pad, output_pad, dilation))
+    win = Windows(out, kernel, stride, dilation, [(p, p) for p in pad], out=spatial)
     b, o = x.shape[0], weight.shape[1] * groups
-    y, _ = _conv_grads(xp, x, None, weight, win, groups, (b, o) + win.spatial,
-                       want_dweight=False)
+    y = _input_grad(xp, xp.ascontiguousarray(x), weight, win, groups, (b, o) + out)
     if bias is not None:
-        y += bias.reshape((1, o) + (1,) * len(win.spatial))
+        y += bias.reshape((1, o) + (1,) * len(out))
     return y
 
 
 def conv_transpose_nd_backward(xp, gy, x, weight, stride, pad, dilation, groups):
-    """Gradients (dx, dweight, dbias) of conv_transpose_nd: that convolution, run forward
+    """Gradients (dx, dweight, dbias) of conv_transpose_nd: that convolution run forward
     on gy for dx, and its weight gradient with gy as input and x as output gradient."""
-    win = Windows(gy.shape[2:], weight.shape[2:], stride, dilation, [(p, p) for p in pad],
-                  out=x.shape[2:])
-    dx = conv_nd(xp, gy, weight, None, stride, win.pads, dilation, groups, out=x.shape[2:])
-    _, dweight = _conv_grads(xp, x, gy, weight, win, groups, gy.shape, want_dx=False)
+    pads = [(p, p) for p in pad]
+    gy, x = xp.ascontiguousarray(gy), xp.ascontiguousarray(x)
+    win = Windows(gy.shape[2:], weight.shape[2:], stride, dilation, pads, out=x.shape[2:])
+    dx = conv_nd(xp, gy, weight, None, stride, pads, dilation, groups, out=x.shape[2:])
+    dweight = _weight_grad(xp, x, gy, weight, win, groups)
     dbias = gy.sum(axis=(0, *range(2, gy.ndim)))
     return dx, dweight, dbias
 

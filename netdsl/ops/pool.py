@@ -8,7 +8,7 @@ from netdsl.ops.base import Arg, Op, boolean, choice, ints, natural, optional, r
 from netdsl.ops.common import expect_float, expect_spatial, fmt
 from netdsl.ops.conv import check_output, per_dim
 from netdsl.ops.kernels import (
-    crop_spatial, offsets, pad_spatial, plane_index, pool_pads, scatter_add, settings,
+    Windows, crop_spatial, offsets, pad_spatial, plane_index, pool_pads, scatter_add, settings,
 )
 from netdsl.types import TensorType
 
@@ -60,6 +60,40 @@ class _Pool(Op):
         return k, s, p, out
 
 
+def window_max(xp, win: Windows, xpad):
+    """The maximum of each window of xpad (B, C, *padded), and the number of the kernel
+    offset (row-major) where it first occurs, both (B, C, *out).
+
+    One pass per kernel offset over all windows at once: on a flat grid (stride 1) over
+    one contiguous run of the whole batch, which NumPy loops over fastest. The offset
+    numbers are tracked in the narrowest unsigned type, and chosen by arithmetic rather
+    than a masked write (several times slower in NumPy): number += better * (n - number)
+    wraps around to n exactly where better is set.
+    """
+    if win.flat:
+        cells = (win.run(xpad, offset) for offset in win.offsets())
+    else:
+        cells = (win.cell(xpad, offset) for offset in win.offsets())
+    y = next(cells).copy()  # C order
+    count = math.prod(win.kernel)
+    number = xp.zeros(y.shape, dtype=xp.uint8 if count <= 256 else xp.uint32)
+    better = xp.empty(y.shape, dtype=bool)
+    # multiplying by a bool array casts it first; a same-sized unsigned view of it does not
+    mask = better.view(xp.uint8) if number.dtype == xp.uint8 else better
+    change = xp.empty_like(number)
+    for n, cell in enumerate(cells, 1):
+        xp.greater(cell, y, out=better)  # strictly: the first maximum wins, as in PyTorch
+        xp.maximum(y, cell, out=y)
+        xp.subtract(n, number, out=change)
+        change *= mask
+        number += change
+    if win.flat:  # the output positions out of the run
+        batch = xpad.shape[:2]
+        y = xp.ascontiguousarray(win.valid_run(xp, y, batch))
+        number = win.valid_run(xp, number, batch)
+    return y, number
+
+
 @register("maxpool")
 class MaxPool(_Pool):
     r"""$y_{c,i} = \max_{j \in \mathrm{window}(i)} x_{c,j}$"""
@@ -72,22 +106,20 @@ class MaxPool(_Pool):
         xp = ctx.xp
         spatial = x.shape[2:]
         k, s, p, out = self.geometry(x.shape)
+        pads = pool_pads(spatial, k, s, p, out)
+        win = Windows(spatial, k, s, (1,) * len(k), pads, out)
+        xpad = pad_spatial(xp, xp.ascontiguousarray(x), pads, value=-xp.inf)
+        y, number = window_max(xp, win, xpad)
+        # the offset's flat index in the plane, plus each window's first cell's
         step = [math.prod(spatial[i + 1:]) for i in range(len(k))]  # row-major plane strides
-        xpad = pad_spatial(xp, x, pool_pads(spatial, k, s, p, out), value=-xp.inf)
-        y = where = None
-        for _, offset, index in offsets(k, s, (1,) * len(k), out):
-            cell = xpad[index]
-            if y is None:
-                y, where = cell.copy(), xp.zeros(cell.shape, dtype=xp.int32)
-                continue
-            at = sum(o * st for o, st in zip(offset, step))  # this offset, in plane cells
-            better = cell > y  # strictly: the first maximum in a window wins, as in PyTorch
-            where -= better * (where - at)  # arithmetic: a masked write is several times slower
-            xp.maximum(y, cell, out=y)
-        for i, (si, pi, m) in enumerate(zip(s, p, out)):  # add each window's first cell
+        table = [sum(o * st for o, st in zip(offset, step)) for offset in win.offsets()]
+        indices = xp.take(xp.asarray(table, dtype=xp.int32), number)
+        first = 0
+        for i, (si, pi, m) in enumerate(zip(s, p, out)):
             start = (xp.arange(m, dtype=xp.int32) * si - pi) * step[i]
-            where += start.reshape((-1,) + (1,) * (len(k) - 1 - i))
-        ctx.save(indices=where, x_shape=x.shape)
+            first = first + start.reshape((-1,) + (1,) * (len(k) - 1 - i))
+        indices += first  # an out-shaped grid, broadcast over batch and channels
+        ctx.save(indices=indices, x_shape=x.shape)
         return y
 
     def backward(self, ctx, gy):
