@@ -1,16 +1,32 @@
 """How fast the NumPy convolution and max-pooling ops run next to PyTorch on the CPU.
 
-    python benchmarks/op_speed.py [--repeats 7] [--threads 2] [--only lenet]
+    python benchmarks/op_speed.py [--repeats 7] [--threads 2] [--only lenet] [--settle 0.3]
 
 One row per layer of the training workloads (LeNet-5 at batch 64, ResNet-20 at batch
 32, an Inception module at batch 16), float32. Each repeat times netdsl and PyTorch
-back to back (forward alone, then forward and backward), so load changes hit both; the
-table shows medians and the ratio netdsl / torch (below 1: netdsl is faster). Forward
-runs in training mode on both sides: max-pooling records its argmax, as training needs.
+one after the other (forward alone, then forward and backward), so load changes hit
+both; the table shows medians and the ratio netdsl / torch (below 1: netdsl is faster).
+Forward runs in training mode on both sides: max-pooling records its argmax, as
+training needs.
+
+OpenBLAS (NumPy's) and OpenMP (PyTorch's) worker threads spin for a while after each
+call before they sleep; a side timed straight after the other shares the cores with
+those spinning threads and ran up to twice as slowly on a 2-core machine. So before
+each timed block the benchmark pauses (--settle seconds) and makes one untimed call.
+For single-threaded figures run OPENBLAS_NUM_THREADS=1 python benchmarks/op_speed.py
+--threads 1. A full run takes about three minutes.
+
+Both sides also share glibc's malloc, whose mmap threshold follows the sizes freed so
+far: after one side's large frees the other side's buffers of a few MiB may come from
+fresh mmaps, page-faulting on every call (PyTorch's 1x1 convolution measured twice as
+slow that way). The benchmark fixes the threshold at glibc's largest (32 MiB) first, so
+neither side's history changes the other's allocations.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import platform
 import statistics
 import time
@@ -21,6 +37,7 @@ import torch.nn.functional as F
 
 from netdsl.ops import OPS, bind
 from netdsl.ops.base import Ctx
+from netdsl.types import floats
 
 # (workload, layer, op, positional args, keyword args, input shape (B, C, H, W))
 LAYERS = [
@@ -62,8 +79,6 @@ class Layer:
     """One layer, set up on both sides with the same input, parameters and output gradient."""
 
     def __init__(self, name, args, kwargs, shape, rng):
-        from netdsl.types import floats
-
         self.op = bind(OPS[name], list(args), dict(kwargs))
         per_example = floats(*shape[1:])
         self.params = self.op.init(rng, per_example)
@@ -100,14 +115,38 @@ def seconds(fn, backward: bool, number: int) -> float:
     return (time.perf_counter() - start) / number
 
 
-def calls_for(fn, backward: bool, budget: float = 0.02) -> int:
+def calls_for(fn, backward: bool, budget: float = 0.05) -> int:
     """Calls per timing so that one timing lasts about `budget` seconds."""
     fn(backward)  # warm up: allocator, BLAS threads
     once = seconds(fn, backward, 1)
     return max(1, int(budget / max(once, 1e-6)))
 
 
-def bench(layer: Layer, repeats: int) -> dict[str, float]:
+def fix_malloc() -> str:
+    """Fix glibc's mmap and trim thresholds (else they adapt to the allocations so far)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "malloc as is"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters, from malloc.h
+    if libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 64 << 20):
+        return "malloc mmap threshold 32 MiB"
+    return "malloc as is"
+
+
+def blas_threads() -> str:
+    """NumPy's BLAS library and its thread count, where threadpoolctl can tell."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "BLAS, threads unknown"
+    for pool in threadpool_info():
+        if pool["user_api"] == "blas":
+            return f"{pool['internal_api']}, {pool['num_threads']} threads"
+    return "BLAS, threads unknown"
+
+
+def bench(layer: Layer, repeats: int, settle: float) -> dict[str, float]:
     """Median seconds per call: netdsl and torch, forward and forward+backward, interleaved."""
     runs = {key: [] for key in ("ours_f", "theirs_f", "ours_fb", "theirs_fb")}
     numbers = {(side, bw): calls_for(getattr(layer, side), bw)
@@ -115,8 +154,10 @@ def bench(layer: Layer, repeats: int) -> dict[str, float]:
     for _ in range(repeats):
         for bw, tag in ((False, "f"), (True, "fb")):
             for side in ("ours", "theirs"):
-                runs[f"{side}_{tag}"].append(
-                    seconds(getattr(layer, side), bw, numbers[side, bw]))
+                fn = getattr(layer, side)
+                time.sleep(settle)  # the other side's worker threads stop spinning
+                fn(bw)
+                runs[f"{side}_{tag}"].append(seconds(fn, bw, numbers[side, bw]))
     return {key: statistics.median(times) for key, times in runs.items()}
 
 
@@ -125,18 +166,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--only", help="one workload: lenet, resnet or inception")
+    parser.add_argument("--settle", type=float, default=0.3,
+                        help="pause before each timed block, seconds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    malloc = fix_malloc()
     rng = np.random.default_rng(0)
-    print(f"# {platform.processor() or platform.machine()}, NumPy {np.__version__}, "
-          f"torch {torch.__version__} ({args.threads} threads), medians of {args.repeats}")
+    print(f"# {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs), "
+          f"NumPy {np.__version__} ({blas_threads()}), torch {torch.__version__} "
+          f"({args.threads} threads), float32, {malloc}, medians of {args.repeats}")
     print("| workload | layer | fwd ms | torch | ratio | fwd+bwd ms | torch | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     ratios = []
     for workload, label, name, pos, kw, shape in LAYERS:
         if args.only and workload != args.only:
             continue
-        t = bench(Layer(name, pos, kw, shape, rng), args.repeats)
+        t = bench(Layer(name, pos, kw, shape, rng), args.repeats, args.settle)
         rf, rfb = t["ours_f"] / t["theirs_f"], t["ours_fb"] / t["theirs_fb"]
         ratios.append((rf, rfb))
         print(f"| {workload} | {label} | {t['ours_f'] * 1e3:.2f} | {t['theirs_f'] * 1e3:.2f} | "

@@ -72,19 +72,20 @@ def offsets(kernel, stride, dilation, out):
 class Windows:
     """The windows a kernel slides over a padded batch (B, C, *padded), and where they lie.
 
-    Every window has a grid position; `cell` gives, for one kernel offset, the cell under
-    it at every grid position (a view), `columns` the cells under all offsets at once (the
-    im2col view), and `valid` the output positions among the grid's.
+    Every window has a grid position. `cell` gives, for one kernel offset, the cell under
+    it at every grid position; `columns` the cells under all offsets at once (the im2col
+    view); `run` an offset's cells in the whole batch as one 1-D stretch; `valid` and
+    `valid_run` the output positions among the grid's or the run's. All are views.
 
+    NumPy pays per contiguous stretch that an operation loops over (a strided add over
+    short rows costs several times a contiguous one), so the layouts keep stretches long.
     With stride 1 the grid is flat: every cell of a padded plane from the first window's
-    first cell to the last window's, in row-major order, `span` cells. The cells under an
-    offset are then one contiguous run of each plane shifted by the offset, so im2col
-    copies, and col2im and pooling read and add, a few long runs instead of one short run
-    per output row, which costs NumPy more than the arithmetic does. The grid positions
-    past the end of an output row (k - 1 per row, where a window would wrap around into
-    the next row) hold values nobody reads; gradients put there are zeros. Where those
-    would be too many (tiny planes, big kernels), and for other strides, the grid is the
-    output itself: one position per window.
+    first cell to the last window's, in row-major order, `span` cells, and the cells
+    under an offset are one contiguous stretch of each plane, shifted by the offset. The
+    grid positions past the end of an output row (k - 1 per row, where a window would
+    wrap around into the next row) hold values nobody reads; gradients put there are
+    zeros. Where those would be too many (tiny planes, big kernels), and for other
+    strides, the grid is the output itself: one position per window.
 
     `out` (one window per stride step when not given) may ask for fewer windows, as a
     transposed convolution does when output_pad leaves a last window with no input.
@@ -134,10 +135,13 @@ class Windows:
         return xpad[(slice(None), slice(None)) + index]
 
     def run(self, xpad, offset):
-        """Flat grids only: the cell under `offset` at every grid position of every plane
-        of xpad, as one contiguous 1-D view. The planes follow one another, so between two
-        planes' grids lie the positions whose windows would straddle both: gaps too."""
-        length = (xpad.shape[0] * xpad.shape[1] - 1) * math.prod(self.padded) + self.span
+        """The cell under `offset` of every window in xpad, with everything between, as
+        one contiguous 1-D view: from the first plane's first window to the last plane's
+        last window. Each plane's windows lie in it as on the grid (a flat grid is a
+        plane's run); the cells between them are gaps, and between two planes lie the
+        positions whose windows would straddle both: gaps too."""
+        last = sum((m - 1) * s * p for m, s, p in zip(self.out, self.stride, self.pitch))
+        length = (xpad.shape[0] * xpad.shape[1] - 1) * math.prod(self.padded) + last + 1
         start = self.shift(offset)
         return xpad.reshape(-1)[start:start + length]
 
@@ -218,11 +222,21 @@ def im2col(xp, xpad, win: Windows, cols):
     return cols
 
 
-def col2im(win: Windows, cols, dxpad):
-    """Add columns laid out as im2col's (C, *kernel, n, *grid) into dxpad (n, C, *padded):
-    one add per kernel offset, over all the windows at once."""
+def col2im(win: Windows, cols, dxpad, spread):
+    """Add columns laid out as im2col's (C, *kernel, n, *grid) into dxpad (n, C, *padded),
+    with `spread`, zeros shaped like dxpad, as scratch: one add per kernel offset, over
+    all the windows at once.
+
+    A strided add costs NumPy per row, much more than a strided copy does, so each
+    offset's columns are copied to where the windows' first cells lie in `spread`
+    (whose other cells stay zero), and then one contiguous run of it (Windows.run) is
+    added to the run of dxpad that the offset shifts it to.
+    """
+    first = (0,) * len(win.kernel)
+    head, source = win.cell(spread, first), win.run(spread, first)
     for offset in win.offsets():
-        win.cell(dxpad, offset)[...] += cols[(slice(None),) + offset].swapaxes(0, 1)
+        head[...] = cols[(slice(None),) + offset].swapaxes(0, 1)
+        win.run(dxpad, offset)[...] += source
 
 
 def conv_nd(xp, x, weight, bias, stride, pads, dilation, groups, out=None):
@@ -351,6 +365,7 @@ def _input_grad(xp, gy, weight, win: Windows, groups, x_shape):
     w = weight.reshape(groups, o // groups, -1).swapaxes(-1, -2)  # (G, C/G * K, O/G)
     dx = xp.empty(x_shape, dtype=dtype)
     dxpad = xp.empty((size, c) + win.padded, dtype=dtype) if win.is_padded else None
+    spread = xp.zeros((size, c) + win.padded, dtype=dtype)
     for part in chunks:
         n = part.stop - part.start
         dcols = _part(cols, (c, *win.kernel, n, *win.grid))
@@ -358,7 +373,7 @@ def _input_grad(xp, gy, weight, win: Windows, groups, x_shape):
                   out=dcols.reshape(groups, depth // groups, -1))
         target = dxpad[:n] if win.is_padded else dx[part]
         target.fill(0)
-        col2im(win, dcols, target)
+        col2im(win, dcols, target, spread[:n])
         if win.is_padded:
             dx[part] = target[crop_index(win.pads, win.spatial)]
     return dx

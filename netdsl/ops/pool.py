@@ -94,6 +94,25 @@ def window_max(xp, win: Windows, xpad):
     return y, number
 
 
+def offset_index(xp, number, kernel, step):
+    """The flat plane index (int32) of the kernel offset numbered `number` in row-major
+    order, for a plane with row-major strides `step`.
+
+    number = sum of o_i * below_i over the offset's coordinates o_i, with below_i the
+    kernel cells after dim i, and the index is the sum of o_i * step_i: number plus
+    o_i * (step_i - below_i). Arithmetic on the narrow numbers, where a table lookup
+    would first widen all of them to 64-bit indices.
+    """
+    index = number.astype(xp.int32)
+    for i in range(len(kernel) - 1):
+        below = math.prod(kernel[i + 1:])
+        o = number // below
+        if i:
+            o %= kernel[i]
+        index += xp.multiply(o, step[i] - below, dtype=xp.int32)
+    return index
+
+
 @register("maxpool")
 class MaxPool(_Pool):
     r"""$y_{c,i} = \max_{j \in \mathrm{window}(i)} x_{c,j}$"""
@@ -110,10 +129,10 @@ class MaxPool(_Pool):
         win = Windows(spatial, k, s, (1,) * len(k), pads, out)
         xpad = pad_spatial(xp, xp.ascontiguousarray(x), pads, value=-xp.inf)
         y, number = window_max(xp, win, xpad)
+        del xpad  # the padded copy, if any: freed before the indices are made
         # the offset's flat index in the plane, plus each window's first cell's
         step = [math.prod(spatial[i + 1:]) for i in range(len(k))]  # row-major plane strides
-        table = [sum(o * st for o, st in zip(offset, step)) for offset in win.offsets()]
-        indices = xp.take(xp.asarray(table, dtype=xp.int32), number)
+        indices = offset_index(xp, number, k, step)
         first = 0
         for i, (si, pi, m) in enumerate(zip(s, p, out)):
             start = (xp.arange(m, dtype=xp.int32) * si - pi) * step[i]
