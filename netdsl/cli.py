@@ -90,24 +90,22 @@ def _data_flags(cmd) -> None:
     cmd.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where to run (cpu)")
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str, accept, wanted: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, lambda v: v > 0, "a positive number")
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return value
+    return _number(text, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
 
 
 def _positive(text: str) -> int:

@@ -41,13 +41,18 @@ class Executor:
         Seeds dropout masks, noise and `normal` sources.
     xp : module
         numpy or cupy.
+    order : list of str, optional
+        Parameter keys in the order of the flat vectors (default: the plan's).
     """
 
-    def __init__(self, plan: Plan, params: dict, seed: int = 0, xp=np, dtype: str = "float32"):
+    def __init__(self, plan: Plan, params: dict, seed: int = 0, xp=np, dtype: str = "float32",
+                 order=None):
         self.plan, self.xp, self.dtype = plan, xp, dtype
         self.offsets: dict[str, tuple[int, int]] = {}
         start = 0
-        for key, param in plan.params.items():
+        # `order` lays the flat vectors out (a GAN keeps each player's parameters together)
+        for key in order or plan.params:
+            param = plan.params[key]
             self.offsets[key] = (start, start + param.size)
             start += param.size
         self.flat_params = xp.zeros(start, dtype=dtype)

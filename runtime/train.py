@@ -145,8 +145,7 @@ class Trainer:
         order = [k for phase in self.phases for k in phase.params]
         order += [k for k in plan.params if k not in order]
         params = initial_params(plan, settings.init, settings.seed)
-        self.executor = Executor(plan, {k: params[k] for k in order}, settings.seed, xp)
-        self._lay_out(order)
+        self.executor = Executor(plan, params, settings.seed, xp, order=order)
         self.optimizers = []
         for phase in self.phases:
             part = self.executor.param_slice(phase.params)
@@ -158,19 +157,6 @@ class Trainer:
         self.best_params = None
         self._schedule_state = None
         self.extra_arrays: dict[str, np.ndarray] = {}  # stored with checkpoints (normalisation)
-
-    def _lay_out(self, order: list[str]) -> None:
-        """Put each phase's parameters next to each other in the flat vectors."""
-        ex = self.executor
-        values = {k: ex.params[k].copy() for k in order}
-        start = 0
-        for key in order:
-            size = self.plan.params[key].size
-            ex.offsets[key] = (start, start + size)
-            start += size
-        ex.params, ex.grads = ex._views(ex.flat_params), ex._views(ex.flat_grads)
-        for key, value in values.items():
-            ex.params[key][...] = value
 
     # ---- the loop
 

@@ -273,7 +273,6 @@ class TestCommandLine:
         (["--epochs", "0"], "at least 1"),
     ])
     def test_bad_input_is_one_clear_line(self, flags, message, tmp_path):
-        pytest.importorskip("numpy")
         if flags[:2] == ["--device", "gpu"]:
             try:
                 import cupy
