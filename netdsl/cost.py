@@ -9,7 +9,7 @@ import networkx as nx
 from netdsl.graph import block_path, forward_view
 from netdsl.shapes import input_types
 
-__all__ = ["Row", "cost_rows", "param_count", "node_params"]
+__all__ = ["Row", "cost_rows", "param_count", "node_params", "first_state_node"]
 
 _BYTES = {"float32": 4, "int64": 8}
 
@@ -32,14 +32,14 @@ def node_params(graph: nx.DiGraph, node: str) -> dict[str, tuple[int, ...]]:
     data = graph.nodes[node]
     if data["kind"] == "state":
         state = data["state"]
-        first = _first_state_node(graph, state)
+        first = first_state_node(graph, state)
         return {"init": state.type.dims} if state.init == "learned" and first == node else {}
     if data["kind"] != "op" or data.get("shares"):
         return {}
     return data["op"].params(*(t.step() for t in input_types(graph, node)))
 
 
-def _first_state_node(graph: nx.DiGraph, state) -> str:
+def first_state_node(graph: nx.DiGraph, state) -> str:
     # h[t-1] and h[t-2] delay one state: its learned initial value counts once
     return min(n for n, d in graph.nodes(data=True) if d.get("state") is state)
 

@@ -45,6 +45,9 @@ def initial_params(plan: Plan, scheme: str = "auto", seed: int = 0) -> dict[str,
         if rule != "torch" and step.op.name in _WEIGHTED:
             values = _scaled(rng, rule, values, step)
         params.update({key: values[name] for name, key in own.items()})
+    for state in plan.states.values():
+        if state.param is not None:  # a learned initial state starts at zero, as a fixed one would
+            params[state.param] = np.zeros(plan.params[state.param].shape, dtype=np.float32)
     return {key: params[key] for key in plan.params}
 
 

@@ -17,14 +17,14 @@ from functools import lru_cache
 
 import networkx as nx
 
-from netdsl.cost import node_params
+from netdsl.cost import first_state_node, node_params
 from netdsl.errors import SpecError
 from netdsl.graph import forward_view
 from netdsl.ops.base import Op
 from netdsl.shapes import input_types
 from netdsl.types import TensorType
 
-__all__ = ["Param", "Step", "Backward", "Plan", "build_plan", "input_names"]
+__all__ = ["Param", "Step", "State", "Loop", "Backward", "Plan", "build_plan", "input_names"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,33 @@ class Step:
 
 
 @dataclass(frozen=True)
+class State:
+    """A state node `h[t-k]`: the value of `source` k steps back, or `init` before the start.
+
+    `init` is "zeros", "learned" (the parameter `param`) or a number.
+    """
+
+    node: str
+    source: str
+    delay: int
+    init: object
+    param: str | None
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A recurrence: the ops that run once per time step, in step order, and their states.
+
+    Everything else of a sequence network runs once over all steps at a time; a loop's
+    members are exactly the ops on a cycle through a delay (or between two such cycles).
+    """
+
+    name: str
+    steps: tuple[Step, ...]
+    states: tuple[State, ...]
+
+
+@dataclass(frozen=True)
 class Backward:
     """Autodiff's schedule for one set of losses.
 
@@ -86,6 +113,13 @@ class Plan:
     params: dict[str, Param]            # in a fixed order: the flat parameter layout
     losses: dict[str, str]              # loss name -> node
     types: dict[str, TensorType]
+    states: dict[str, State] = field(default_factory=dict)
+    loops: list[Loop] = field(default_factory=list)
+
+    @property
+    def sequential(self) -> bool:
+        """Whether any value has a time axis (the sequence executor runs it)."""
+        return any(t.seq for t in self.types.values())
 
     def step_of(self, node: str) -> Step:
         return self._by_node()[node]
@@ -122,14 +156,8 @@ def build_plan(graph: nx.DiGraph) -> Plan:
     Raises
     ------
     SpecError
-        For what cannot run: recurrent states, which need unrolling over time.
+        For a spec with no loss, or a whole-sequence op inside a recurrence.
     """
-    for node, data in graph.nodes(data=True):
-        if data["kind"] == "state":
-            raise SpecError(
-                f"'{data['state'].name}' is a recurrent state; training recurrent networks "
-                "needs unrolling over time, which `netc run` does not do",
-                data["state"].span, "netc check, compile and draw accept it")
     losses = dict(graph.graph["losses"])
     if not losses:
         raise SpecError("the spec has no loss, so there is nothing to train", None,
@@ -137,18 +165,20 @@ def build_plan(graph: nx.DiGraph) -> Plan:
     needed = set(losses.values())
     for node in losses.values():
         needed |= nx.ancestors(graph, node)
-    order = [n for n in nx.topological_sort(forward_view(graph)) if n in needed]
+    order = _schedule(graph.subgraph(needed))
     inputs = {n: graph.nodes[n]["type"] for n in order
               if graph.nodes[n]["kind"] in ("input", "target")}
     params: dict[str, Param] = {}
-    steps = []
+    steps, states = [], {}
     for node in order:
         data = graph.nodes[node]
+        for name, shape in node_params(graph, node).items():
+            params[f"{node}.{name}"] = Param(f"{node}.{name}", node, name, tuple(shape))
+        if data["kind"] == "state":
+            states[node] = _state(graph, node)
         if data["kind"] != "op":
             continue
         owner = data.get("shares") or node
-        for name, shape in node_params(graph, node).items():
-            params[f"{node}.{name}"] = Param(f"{node}.{name}", node, name, tuple(shape))
         op = data["op"]
         sources = tuple(source for source, _ in data["inputs"])
         names = input_names(type(op))
@@ -158,7 +188,51 @@ def build_plan(graph: nx.DiGraph) -> Plan:
         keys = {name: f"{owner}.{name}" for name in op.params(*types)}
         steps.append(Step(node, op, sources, types, keys, borrows))
     types = {n: graph.nodes[n]["type"] for n in order}
-    return Plan(graph, inputs, steps, params, losses, types)
+    loops = _loops(graph.subgraph(needed), steps, states)
+    return Plan(graph, inputs, steps, params, losses, types, states, loops)
+
+
+def _schedule(graph: nx.DiGraph) -> list[str]:
+    """A topological order of one step in which each recurrence's nodes are contiguous.
+
+    The strongly connected components of the graph with its delay edges are the
+    recurrences; ordering the components first lets an executor run each one as a
+    loop over time, and everything between them once for all steps.
+    """
+    step_order = {n: i for i, n in enumerate(nx.topological_sort(forward_view(graph)))}
+    components = nx.condensation(graph)
+    order = []
+    for component in nx.lexicographical_topological_sort(
+            components, key=lambda c: min(step_order[n] for n in components.nodes[c]["members"])):
+        order += sorted(components.nodes[component]["members"], key=step_order.__getitem__)
+    return order
+
+
+def _state(graph: nx.DiGraph, node: str) -> State:
+    data = graph.nodes[node]
+    (source, delay), = data["inputs"]
+    first = first_state_node(graph, data["state"])  # holds the learned initial value
+    param = f"{first}.init" if data["state"].init == "learned" else None
+    return State(node, source, delay, data["state"].init, param)
+
+
+def _loops(graph: nx.DiGraph, steps: list[Step], states: dict[str, State]) -> list[Loop]:
+    by_node = {s.node: s for s in steps}
+    loops = []
+    for component in nx.strongly_connected_components(graph):
+        if len(component) == 1:
+            continue
+        members = [s for s in steps if s.node in component]
+        for step in members:
+            if not step.op.per_step:
+                data = graph.nodes[step.node]
+                raise SpecError(f"'{step.op.name}' sees the whole sequence, so it cannot be part "
+                                "of a recurrence, which runs one step at a time", data["span"],
+                                "apply it before or after the recurrent layer")
+        loop_states = tuple(states[n] for n in sorted(component) if n in states)
+        loops.append(Loop(members[0].node, tuple(members), loop_states))
+    loops.sort(key=lambda loop: steps.index(by_node[loop.steps[0].node]))
+    return loops
 
 
 @lru_cache(maxsize=None)
@@ -174,24 +248,41 @@ def _autodiff(plan: Plan, losses: tuple[str, ...], only: tuple[str, ...] | None)
     if unknown:
         raise KeyError(f"no loss named {unknown[0]!r}")
     wanted = set(plan.params if only is None else only)
-    # a value needs a gradient when a trained parameter reaches it through ops that pass one
-    reaches: dict[str, bool] = {}
-    for step in plan.steps:
-        owns = any(key in wanted for key in step.params.values())
-        passes = step.op.name != "stop_gradient" and any(reaches.get(s) for s in step.inputs)
-        reaches[step.node] = owns or passes
+    reaches = _reaching(plan, wanted)
     seeds = tuple(plan.losses[name] for name in losses)
-    # walk back from the losses: a node gets a gradient when a node that has one passes it
+    # walk back from the losses: a node gets a gradient when a node that has one passes it;
+    # a state passes it on to its source, which an earlier pass visited, so repeat until stable
     receives = set(seeds)
-    order, grad_inputs = [], {}
-    for step in reversed(plan.steps):
-        if step.node not in receives or not reaches[step.node]:
-            continue
-        order.append(step.node)
-        grad_inputs[step.node] = tuple(
-            source if reaches.get(source) and step.op.name != "stop_gradient" else None
-            for source in step.inputs)
-        receives.update(s for s in grad_inputs[step.node] if s is not None)
-    trained = tuple(key for key in plan.params if key in wanted and any(
-        key in plan.step_of(node).params.values() for node in order))
+    while True:
+        order, grad_inputs = [], {}
+        for step in reversed(plan.steps):
+            if step.node not in receives or not reaches[step.node]:
+                continue
+            order.append(step.node)
+            grad_inputs[step.node] = tuple(
+                source if reaches.get(source) and step.op.name != "stop_gradient" else None
+                for source in step.inputs)
+            receives.update(s for s in grad_inputs[step.node] if s is not None)
+        delayed = {state.source for node, state in plan.states.items() if node in receives}
+        if delayed <= receives:
+            break
+        receives |= delayed
+    trained = tuple(key for key in plan.params if key in wanted and (
+        any(key in plan.step_of(node).params.values() for node in order)
+        or any(state.param == key for node, state in plan.states.items() if node in receives)))
     return Backward(losses, seeds, tuple(order), grad_inputs, trained)
+
+
+def _reaching(plan: Plan, wanted: set[str]) -> dict[str, bool]:
+    """Whether a trained parameter reaches each value through ops that pass a gradient."""
+    reaches: dict[str, bool] = {}
+    while True:
+        before = dict(reaches)
+        for node, state in plan.states.items():
+            reaches[node] = state.param in wanted or reaches.get(state.source, False)
+        for step in plan.steps:
+            owns = any(key in wanted for key in step.params.values())
+            passes = step.op.name != "stop_gradient" and any(reaches.get(s) for s in step.inputs)
+            reaches[step.node] = owns or passes
+        if reaches == before:
+            return reaches

@@ -23,10 +23,39 @@ from netdsl.runtime.execute import Executor, NonFinite
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import clip_grad_norm, make_optimizer, penalize
 from netdsl.runtime.plan import Plan
+from netdsl.runtime.recur import SequenceExecutor
 from netdsl.runtime.schedule import make_schedule
 from netdsl.runtime.settings import TrainSettings
 
 __all__ = ["Phase", "Trainer", "Reporter", "metric_nodes", "TrainingDiverged"]
+
+
+def truncation(plan: Plan) -> tuple[int, int] | None:
+    """Truncated BPTT's (k1, k2) from the train clause's `bptt(...)`, or None for full BPTT.
+
+    k1 steps run forward per chunk (an optimiser step each, the states carried to the
+    next chunk without a gradient); a state's gradient flows back k2 <= k1 steps.
+    """
+    setting = plan.graph.graph["train"].get("bptt")
+    if setting is None or not plan.loops:
+        return None
+    values = setting[1]
+    k1 = values.get("k1", values.get("truncate"))
+    k2 = values.get("k2", values.get("truncate", k1))
+    if k1 is None:
+        return None
+    for name, value in (("k1", k1), ("k2", k2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecError(f"bptt {name} must be a whole number of steps, at least 1, got {value!r}",
+                            None, "for example: train adam(lr=1e-3), bptt(truncate=20)")
+    if k2 > k1:
+        raise SpecError(f"bptt k2={k2} reaches further back than a chunk of k1={k1} steps",
+                        None, "use k2 <= k1")
+    whole = [s.op.name for s in plan.steps if not s.op.per_step]
+    if whole:
+        raise SpecError(f"truncated BPTT cuts sequences into chunks, but '{whole[0]}' needs the "
+                        "whole sequence", None, "train with full BPTT: remove bptt(...)")
+    return k1, k2
 
 
 class TrainingDiverged(SpecError):
@@ -64,7 +93,11 @@ class Reporter:
 
 
 def metric_nodes(plan: Plan) -> dict[str, tuple[str, str, str]]:
-    """Loss name -> (kind, prediction node, target node) for losses with an accuracy."""
+    """Loss name -> (kind, prediction node, target node) for losses with an accuracy.
+
+    The kind is "class", "class_seq" (a class per step: the scores' class axis is 2),
+    "binary" or "sign".
+    """
     found = {}
     for name, node in plan.losses.items():
         step = plan.step_of(node)
@@ -72,6 +105,8 @@ def metric_nodes(plan: Plan) -> dict[str, tuple[str, str, str]]:
             continue
         kind = {"cross_entropy": "class", "sigmoid_cross_entropy": "binary",
                 "hinge": "sign"}.get(step.op.name)
+        if kind == "class" and plan.types[step.inputs[0]].seq:
+            kind = "class_seq"
         if kind:
             found[name] = (kind, step.inputs[0], step.inputs[1])
     return found
@@ -79,8 +114,8 @@ def metric_nodes(plan: Plan) -> dict[str, tuple[str, str, str]]:
 
 def correct(kind: str, prediction, target) -> int:
     """How many predictions are right (per position for pixel-wise labels)."""
-    if kind == "class":
-        return int((prediction.argmax(axis=1) == target).sum())
+    if kind in ("class", "class_seq"):
+        return int((prediction.argmax(axis=2 if kind == "class_seq" else 1) == target).sum())
     if kind == "binary":
         return int(((prediction > 0) == (target > 0.5)).sum())
     return int(((prediction > 0) == (target > 0)).sum())
@@ -145,7 +180,11 @@ class Trainer:
         order = [k for phase in self.phases for k in phase.params]
         order += [k for k in plan.params if k not in order]
         params = initial_params(plan, settings.init, settings.seed)
-        self.executor = Executor(plan, params, settings.seed, xp, order=order)
+        runs = SequenceExecutor if plan.sequential else Executor
+        self.executor = runs(plan, params, settings.seed, xp, order=order)
+        self.truncation = truncation(plan)
+        if self.truncation and self.truncation[1] < self.truncation[0]:
+            self.executor.reach = self.truncation[1]
         self.optimizers = []
         for phase in self.phases:
             part = self.executor.param_slice(phase.params)
@@ -211,18 +250,49 @@ class Trainer:
         return self.settings.steps is not None and self.position.iteration >= self.settings.steps
 
     def _step(self, batch: dict, steps_per_epoch: int, sums: dict) -> dict:
-        """One cycle of the phases on one batch; the loss values it saw."""
-        s, ex, pos = self.settings, self.executor, self.position
+        """One cycle of the phases on one batch (on each chunk of it, under truncated
+        BPTT); the mean loss values it saw."""
+        pos = self.position
         lr = self.schedule.lr(pos.epoch, pos.iteration)
+        seen: dict[str, list[float]] = {}
+        carry = None
+        for chunk in self._chunks(batch):
+            out, values = self._update(chunk, lr, carry)
+            carry = getattr(self.executor, "carry", None)
+            self._count(sums, out, chunk)
+            for name, value in values.items():
+                seen.setdefault(name, []).append(value)
+        size = len(next(iter(batch.values())))
+        sums["samples"] += size
+        means = {name: sum(v) / len(v) for name, v in seen.items()}
+        for name, value in means.items():
+            sums[name] = sums.get(name, 0.0) + value * size
+        return means
+
+    def _chunks(self, batch: dict):
+        """The batch, or under truncated BPTT its consecutive pieces of k1 steps."""
+        if self.truncation is None:
+            yield batch
+            return
+        k1 = self.truncation[0]
+        timed = [n for n in batch if self.plan.types[n].seq]
+        length = batch[timed[0]].shape[1]
+        for start in range(0, length, k1):
+            yield {n: a[:, start:start + k1] if n in timed else a for n, a in batch.items()}
+
+    def _update(self, batch: dict, lr: float, carry) -> tuple[dict, dict]:
+        """Forward, backward and the optimiser step of every phase on one batch."""
+        s, ex = self.settings, self.executor
         keep = {self.metric[1]} if self.metric else set()
+        extra = {} if carry is None else {"carry": carry}
         seen: dict[str, float] = {}
         for phase, (part, optimizer) in zip(self.phases, self.optimizers):
             for _ in range(phase.repeat):
                 before = ex.rng.bit_generator.state
-                out = ex.forward(batch, True, keep)
+                out = ex.forward(batch, True, keep, **extra)
                 values = {name: float(out[self.plan.losses[name]]) for name in self.plan.losses}
                 if not all(math.isfinite(values[name]) for name in phase.losses):
-                    self._diagnose(batch, before, phase)
+                    self._diagnose(batch, before, phase, extra)
                 ex.backward(self.plan.backward(phase.losses, phase.params))
                 grads = ex.flat_grads[part]
                 if s.l1 or s.l2:
@@ -231,12 +301,7 @@ class Trainer:
                     clip_grad_norm(grads, s.clip)
                 optimizer.step(grads, lr)
                 seen.update(values)
-        size = len(next(iter(batch.values())))
-        sums["samples"] += size
-        self._count(sums, out, batch)
-        for name, value in seen.items():
-            sums[name] = sums.get(name, 0.0) + value * size
-        return seen
+        return out, seen
 
     def _count(self, sums: dict, out: dict, batch: dict) -> None:
         if self.metric:
@@ -247,13 +312,13 @@ class Trainer:
     def _accuracy(self, sums: dict) -> dict:
         return {"accuracy": sums["correct"] / sums["positions"]} if sums["positions"] else {}
 
-    def _diagnose(self, batch: dict, rng_state: dict, phase: Phase):
+    def _diagnose(self, batch: dict, rng_state: dict, phase: Phase, extra: dict):
         """Replay the step checking every node, and raise at the first that made NaN or Inf."""
         ex = self.executor
         ex.rng.bit_generator.state = rng_state
         where = None
         try:
-            ex.forward(batch, True, check_finite=True)
+            ex.forward(batch, True, check_finite=True, **extra)
             ex.backward(self.plan.backward(phase.losses, phase.params), check_finite=True)
         except NonFinite as exc:
             where = exc

@@ -110,11 +110,6 @@ class TestFiniteDifferences:
 
 
 class TestPlan:
-    def test_a_recurrent_spec_is_refused_with_its_location(self):
-        with pytest.raises(Exception) as info:
-            build_plan(check_file(os.path.join(SPECS, "elman.net")).graph)
-        assert "recurrent" in info.value.message and info.value.span is not None
-
     def test_stop_gradient_cuts_the_generator_from_the_discriminator_loss(self):
         plan = small("gan")
         d_params = set(plan.backward(("d",)).params)

@@ -168,7 +168,7 @@ class Op:
         xs : arrays
             The tensor inputs with the batch axis first: dims (C,H,W) arrive as
             (B,C,H,W), class indices as integer arrays (B, *dims). Whole-sequence ops
-            (`per_step` False) get (B,T,*dims); per-step ops never see a time axis.
+            (`per_step` False) get (T,B,*dims), time-major; per-step ops never see a time axis.
         params : arrays
             The learned parameters, named as `params` names them, in PyTorch's layout.
 

@@ -1,4 +1,4 @@
-"""Whole-sequence ops: they see every time step of a seq at once."""
+"""Whole-sequence ops: they see every time step of a seq at once, time-major (T, B, *dims)."""
 from __future__ import annotations
 
 from netdsl.errors import ShapeError
@@ -18,9 +18,9 @@ class _WholeSequence(Op):
         return 0
 
     def step_grad(self, ctx, gy, step: int):
-        """The gradient of a (B, T, *dims) input when only `step` reached the output."""
+        """The gradient of a (T, B, *dims) input when only `step` reached the output."""
         dx = ctx.xp.zeros(ctx.saved["x_shape"], dtype=gy.dtype)
-        dx[:, step] = gy
+        dx[step] = gy
         return (dx,), {}
 
 
@@ -34,7 +34,7 @@ class Last(_WholeSequence):
 
     def forward(self, ctx, x):
         ctx.save(x_shape=x.shape)
-        return x[:, -1]
+        return x[-1]
 
     def backward(self, ctx, gy):
         return self.step_grad(ctx, gy, -1)
@@ -50,7 +50,7 @@ class First(_WholeSequence):
 
     def forward(self, ctx, x):
         ctx.save(x_shape=x.shape)
-        return x[:, 0]
+        return x[0]
 
     def backward(self, ctx, gy):
         return self.step_grad(ctx, gy, 0)
@@ -65,7 +65,7 @@ class Reverse(_WholeSequence):
         return x
 
     def forward(self, ctx, x):
-        return x[:, ::-1]  # a view
+        return x[::-1]  # a view
 
     def backward(self, ctx, gy):
-        return (gy[:, ::-1],), {}
+        return (gy[::-1],), {}

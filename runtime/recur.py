@@ -1,0 +1,312 @@
+"""The sequence executor: a plan whose values have a time axis, with backpropagation through time.
+
+A sequence value is held time-major, (T, B, *dims), so step t of it is one
+contiguous (B, *dims) block. What does not depend on a recurrent state runs once
+for all steps: a per-step op folds time into the batch, (T*B, *dims), so the input
+projections W x_t of every step are one GEMM and their weight gradients another.
+Only a recurrence (plan.Loop) runs step by step: its ops, compiled into the plan
+once, are replayed T times, and its backward walks the steps in reverse, carrying
+each state's gradient to the step it was read from (BPTT). Truncated BPTT runs a
+long sequence in chunks: `carry` hands the last states of one chunk to the next,
+without a gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from netdsl.ops.base import Ctx
+from netdsl.runtime.execute import Executor, NonFinite
+from netdsl.runtime.plan import Backward, Loop, Plan, State, Step
+
+__all__ = ["SequenceExecutor"]
+
+# where a loop member's input comes from at step t
+_MEMBER, _STATE, _SEQ, _WHOLE = range(4)
+
+
+@dataclass(frozen=True)
+class _LoopRun:
+    """A loop compiled for one set of kept values: input routes and the members to store."""
+
+    loop: Loop
+    routes: tuple[tuple[tuple[int, object], ...], ...]  # per step, per input: (kind, ref)
+    stored: tuple[str, ...]   # members whose value at every step is kept as a (T, B, ...) array
+    depth: dict               # state source -> the most steps back any state reads it
+
+
+class SequenceExecutor(Executor):
+    """Runs sequence networks; the same parameters, buffers and state as Executor.
+
+    After a forward pass `carry` holds, per state source, its values at the last steps
+    (as many as the longest delay reads), ready to start the next chunk of a sequence.
+    """
+
+    def __init__(self, plan: Plan, params: dict, seed: int = 0, xp=np, dtype: str = "float32",
+                 order=None):
+        super().__init__(plan, params, seed, xp, dtype, order)
+        self._loop_of = {s.node: loop for loop in plan.loops for s in loop.steps}
+        # values with a time axis; a loss over a sequence is one number all the same
+        losses = set(plan.losses.values())
+        self._timed = {n for n, t in plan.types.items() if t.seq and n not in losses}
+        self._segments: dict[frozenset, list] = {}
+        self._last: list = []  # the segments the last forward ran, which backward reverses
+        self.carry: dict | None = None
+        # truncated BPTT's k2: a state's gradient reaches only the chunk's last `reach` steps
+        self.reach: int | None = None
+
+    # ---- forward
+
+    def forward(self, batch: dict, training: bool, keep=(), check_finite: bool = False,
+                losses: bool = True, carry: dict | None = None) -> dict:
+        """Run the network over whole sequences; see Executor.forward.
+
+        `batch` arrays are batch-major, (B, T, ...) for sequences, and so are the kept
+        values returned. `carry` (a previous forward's `self.carry`) replaces the states'
+        initial values, as truncated BPTT's next chunk does.
+        """
+        plan = self.plan
+        keep = frozenset(keep) | (frozenset(plan.losses.values()) if losses else frozenset())
+        segments = self._last = self._segments_for(keep)
+        values = {name: self._time_major(batch[name], name) for name in plan.inputs if name in batch}
+        self.time, self.size = self._extent(values)
+        self.ctxs, self._carried = {}, carry is not None
+        self.carry = {}
+        for segment in segments:
+            if isinstance(segment, _LoopRun):
+                self._forward_loop(segment, values, training, carry or {}, check_finite)
+            else:
+                values[segment.node] = self._forward_step(segment, values, training, check_finite)
+        return {name: self._batch_major(values[name], name) for name in keep}
+
+    def _segments_for(self, keep: frozenset) -> list:
+        if keep not in self._segments:
+            segments, seen = [], set()
+            steps = self.plan.steps_for(keep)
+            for step in steps:
+                loop = self._loop_of.get(step.node)
+                if loop is None:
+                    segments.append(step)
+                elif loop.name not in seen:
+                    seen.add(loop.name)
+                    segments.append(self._compile_loop(loop, steps, keep))
+            self._segments[keep] = segments
+        return self._segments[keep]
+
+    def _compile_loop(self, loop: Loop, steps: list[Step], keep: frozenset) -> _LoopRun:
+        members = {s.node for s in loop.steps}
+        states = {s.node: s for s in loop.states}
+        routes = []
+        for step in loop.steps:
+            route = []
+            for source in step.inputs:
+                if source in members:
+                    route.append((_MEMBER, source))
+                elif source in states:
+                    route.append((_STATE, states[source]))
+                else:
+                    route.append((_SEQ if source in self._timed else _WHOLE, source))
+            routes.append(tuple(route))
+        read_outside = {s for step in steps if step.node not in members for s in step.inputs}
+        sources = {s.source for s in loop.states}
+        stored = tuple(s.node for s in loop.steps
+                       if s.node in read_outside or s.node in sources or s.node in keep)
+        depth: dict[str, int] = {}
+        for state in loop.states:
+            depth[state.source] = max(depth.get(state.source, 0), state.delay)
+        return _LoopRun(loop, tuple(routes), stored, depth)
+
+    def _forward_step(self, step: Step, values: dict, training: bool, check_finite: bool):
+        """An op outside any recurrence: per-step ops see time folded into the batch."""
+        xp, timed = self.xp, self._timed
+        xs = [values[s] for s in step.inputs]
+        folded = step.op.per_step and any(s in timed for s in step.inputs)
+        if folded:
+            xs = [self._fold(x, s in timed) for x, s in zip(xs, step.inputs)]
+        batch = self.time * self.size if folded else self.size
+        ctx = self.ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node], batch,
+                                         self.dtype)
+        kwargs = {name: self.params[key] for name, key in step.params.items()}
+        for kw, (node, saved) in step.borrows.items():
+            kwargs[kw] = self.ctxs[node].saved[saved]
+        y = step.op.forward(ctx, *xs, **kwargs)
+        if folded and step.node in timed:
+            y = y.reshape((self.time, self.size) + y.shape[1:])
+        self._check(check_finite, y, step.node, "forward")
+        return y
+
+    def _forward_loop(self, run: _LoopRun, values: dict, training: bool, carry: dict,
+                      check_finite: bool) -> None:
+        xp, T, B = self.xp, self.time, self.size
+        stored = {node: xp.empty((T, B) + self.plan.types[node].dims, dtype=self.dtype)
+                  for node in run.stored}
+        ctxs = {step.node: [] for step in run.loop.steps}
+        initial = {state.node: self._initial(state, carry) for state in run.loop.states}
+        params = [{name: self.params[key] for name, key in step.params.items()}
+                  for step in run.loop.steps]
+        for t in range(T):
+            here = {}
+            for step, route, kwargs in zip(run.loop.steps, run.routes, params):
+                xs = []
+                for kind, ref in route:
+                    if kind == _MEMBER:
+                        xs.append(here[ref])
+                    elif kind == _STATE:
+                        back = t - ref.delay
+                        xs.append(stored[ref.source][back] if back >= 0
+                                  else initial[ref.node][back])
+                    elif kind == _SEQ:
+                        xs.append(values[ref][t])
+                    else:
+                        xs.append(values[ref])
+                ctx = Ctx(xp, training, self.rng, self.buffers[step.node], B, self.dtype)
+                y = here[step.node] = step.op.forward(ctx, *xs, **kwargs)
+                self._check(check_finite, y, step.node, "forward")
+                ctxs[step.node].append(ctx)
+                if step.node in stored:
+                    stored[step.node][t] = y
+        values.update(stored)
+        self.ctxs.update(ctxs)
+        for source, depth in run.depth.items():
+            self.carry[source] = stored[source][max(T - depth, 0):] if T >= depth else None
+
+    def _initial(self, state: State, carry: dict):
+        """The values a state reads before step 0, indexed -delay..-1 (from the end)."""
+        xp, dims = self.xp, self.plan.types[state.source].dims
+        carried = carry.get(state.source)
+        if carried is not None:
+            return carried
+        if state.init == "learned":
+            one = xp.broadcast_to(self.params[state.param], (self.size,) + dims)
+        else:
+            value = 0.0 if state.init == "zeros" else float(state.init)
+            one = xp.full((self.size,) + dims, value, dtype=self.dtype)
+        return xp.broadcast_to(one, (state.delay,) + one.shape)
+
+    # ---- backward
+
+    def backward(self, backward: Backward, check_finite: bool = False) -> None:
+        """Fill `grads` for `backward.params` from the last training forward (BPTT)."""
+        xp = self.xp
+        self.flat_grads[...] = 0
+        grads = {seed: xp.ones((), dtype=self.dtype) for seed in backward.seeds}
+        wanted = set(backward.order)
+        for segment in reversed(self._last):
+            if isinstance(segment, _LoopRun):
+                self._backward_loop(segment, grads, backward, wanted, check_finite)
+                continue
+            gy = grads.pop(segment.node, None)
+            if gy is None or segment.node not in wanted:
+                continue
+            self._backward_step(segment, gy, grads, backward, check_finite)
+
+    def _backward_step(self, step: Step, gy, grads: dict, backward: Backward, check_finite: bool):
+        timed = self._timed
+        ctx = self.ctxs[step.node]
+        targets = backward.grad_inputs[step.node]
+        folded = step.op.per_step and any(s in timed for s in step.inputs)
+        if folded and step.node in timed:
+            gy = gy.reshape((-1,) + gy.shape[2:])
+        ctx.needs_input_grad = tuple(t is not None for t in targets)
+        input_grads, param_grads = step.op.backward(ctx, gy)
+        ctx.saved.clear()
+        for source, target, grad in zip(step.inputs, targets, input_grads):
+            if target is None or grad is None:
+                continue
+            if folded:
+                grad = grad.reshape((self.time, self.size) + grad.shape[1:])
+                if source not in timed:  # a per-sequence value broadcast over the steps
+                    grad = grad.sum(axis=0)
+            self._check(check_finite, grad, step.node, "backward")
+            _accumulate(grads, target, grad)
+        self._add_param_grads(step, param_grads)
+
+    def _backward_loop(self, run: _LoopRun, grads: dict, backward: Backward, wanted: set,
+                       check_finite: bool) -> None:
+        xp, T = self.xp, self.time
+        steps = [(step, route) for step, route in zip(run.loop.steps, run.routes)
+                 if step.node in wanted]
+        outside = {step.node: grads.pop(step.node) for step, _ in steps if step.node in grads}
+        delayed = {source: xp.zeros((T, self.size) + self.plan.types[source].dims, self.dtype)
+                   for source in run.depth}
+        seq_grads: dict = {}
+        init_grads: dict = {}
+        cut = 0 if self.reach is None else T - self.reach
+        for t in reversed(range(T)):
+            here: dict = {}
+            for step, route in reversed(steps):
+                gy = here.pop(step.node, None)
+                for extra in (outside.get(step.node), delayed.get(step.node)):
+                    if extra is not None:
+                        gy = extra[t] if gy is None else gy + extra[t]
+                if gy is None:
+                    continue
+                ctx = self.ctxs[step.node][t]
+                targets = backward.grad_inputs[step.node]
+                ctx.needs_input_grad = tuple(x is not None for x in targets)
+                input_grads, param_grads = step.op.backward(ctx, gy)
+                ctx.saved.clear()
+                for (kind, ref), target, grad in zip(route, targets, input_grads):
+                    if target is None or grad is None:
+                        continue
+                    self._check(check_finite, grad, step.node, "backward")
+                    if kind == _MEMBER:
+                        _accumulate(here, ref, grad)
+                    elif kind == _STATE:
+                        back = t - ref.delay
+                        if back >= cut:
+                            delayed[ref.source][back] += grad
+                        elif back < 0 and cut <= 0 and ref.param is not None and not self._carried:
+                            _accumulate(init_grads, ref.param, grad.sum(axis=0))
+                    elif kind == _SEQ:
+                        if ref not in seq_grads:
+                            seq_grads[ref] = xp.zeros((T,) + grad.shape, dtype=self.dtype)
+                        seq_grads[ref][t] += grad
+                    else:
+                        _accumulate(grads, ref, grad)
+                self._add_param_grads(step, param_grads)
+        for ref, grad in seq_grads.items():
+            _accumulate(grads, ref, grad)
+        for key, grad in init_grads.items():
+            self.grads[key] += grad
+
+    def _add_param_grads(self, step: Step, param_grads: dict) -> None:
+        for name, grad in param_grads.items():
+            self.grads[step.params[name]] += grad
+
+    # ---- layout
+
+    def _time_major(self, array, name: str):
+        x = self._as_input(array, name)
+        return self.xp.ascontiguousarray(x.swapaxes(0, 1)) if name in self._timed else x
+
+    def _batch_major(self, value, name: str):
+        return value.swapaxes(0, 1) if name in self._timed else value
+
+    def _extent(self, values: dict) -> tuple[int, int]:
+        """(T, B) of a batch: the steps of its sequences and the examples."""
+        time = size = None
+        for name, value in values.items():
+            if name in self._timed:
+                time, size = value.shape[:2]
+                break
+            size = len(value)
+        if time is None:
+            raise ValueError("a sequence network needs at least one sequence input")
+        return int(time), int(size)
+
+    def _fold(self, x, seq: bool):
+        """(T, B, ...) -> (T*B, ...); a per-sequence (B, ...) value is repeated at every step."""
+        if not seq:
+            x = self.xp.broadcast_to(x, (self.time,) + x.shape)
+        return x.reshape((-1,) + x.shape[2:])
+
+    def _check(self, check_finite: bool, array, node: str, phase: str) -> None:
+        if check_finite and array.dtype.kind == "f" and not bool(self.xp.isfinite(array).all()):
+            raise NonFinite(node, phase)
+
+
+def _accumulate(grads: dict, target: str, grad) -> None:
+    """Sum a gradient contribution into `grads`, never writing into an op's returned array."""
+    grads[target] = grad if target not in grads else grads[target] + grad
