@@ -1,0 +1,150 @@
+"""Recurrent networks: loops in the plan, BPTT against finite differences, and training."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from netdsl.driver import check_file, check_text
+from netdsl.errors import SpecError
+from netdsl.runtime.init import initial_params
+from netdsl.runtime.plan import build_plan
+from netdsl.runtime.recur import SequenceExecutor
+
+SPECS = os.path.join(os.path.dirname(__file__), "..", "specs")
+
+
+def network(body: str, target: str = "seq class(3)", inputs: str = "input x : seq[4]") -> str:
+    return f"import rnn\n{inputs}\ntarget y : {target}\n{body}\nloss cross_entropy(logits, y)\n"
+
+
+def random_batch(plan, steps: int = 5, size: int = 3, seed: int = 1) -> dict:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, t in plan.inputs.items():
+        shape = (size,) + ((steps,) if t.seq else ()) + t.dims
+        out[name] = (rng.integers(0, t.classes, shape) if t.classes is not None
+                     else rng.standard_normal(shape))
+    return out
+
+
+def worst_gradient_error(plan, steps: int = 5, per_param: int = 8) -> float:
+    """The largest gap between BPTT's gradient and central differences, in units of the
+    tolerance 1e-8 + 1e-6 |numeric| (so below 1 passes)."""
+    rng = np.random.default_rng(0)
+    params = {k: v.astype(np.float64) + 0.3 * rng.standard_normal(v.shape)
+              for k, v in initial_params(plan, "auto", 0).items()}
+    ex = SequenceExecutor(plan, params, dtype="float64")
+    data = random_batch(plan, steps)
+    loss = plan.losses["loss"]
+
+    def value() -> float:
+        return float(ex.forward(data, True)[loss])
+
+    value()
+    ex.backward(plan.backward())
+    worst = 0.0
+    for key in plan.backward().params:
+        p, g = ex.params[key], ex.grads[key].copy()
+        for index in list(np.ndindex(p.shape))[:per_param]:
+            old = p[index]
+            p[index] = old + 1e-6
+            up = value()
+            p[index] = old - 1e-6
+            down = value()
+            p[index] = old
+            numeric = (up - down) / 2e-6
+            worst = max(worst, abs(numeric - g[index]) / (1e-8 + 1e-6 * abs(numeric)))
+    return worst
+
+
+@pytest.mark.parametrize("cell", ["jordan(5, 3)", "scrn(5, 4)", "gru(5)", "elman(5)", "lstm(5)"])
+def test_stdlib_cells_agree_with_finite_differences(cell):
+    plan = build_plan(check_text(network(f"logits = x -> {cell} -> dense(3)")).graph)
+    assert worst_gradient_error(plan) < 1
+
+
+def test_learned_constant_and_two_step_states_agree_with_finite_differences():
+    body = """state h : [5] = learned, c : [5] = 0.5
+h = tanh(dense(x, 5) + dense(h[t-1], 5, bias=false) + dense(h[t-2], 5, bias=false) + c[t-1])
+c = sigmoid(dense(h, 5))
+logits = concat(h, c) -> dense(3)"""
+    plan = build_plan(check_text(network(body)).graph)
+    assert any(s.delay == 2 for s in plan.states.values())
+    assert "h[t-1].init" in plan.backward().params
+    assert worst_gradient_error(plan, steps=6) < 1
+
+
+def test_stacked_bidirectional_and_many_to_one_agree_with_finite_differences():
+    body = """f = x -> elman(4)
+b = x -> reverse -> gru(4) -> reverse
+logits = concat(f, b) -> lstm(4) -> last -> dense(3)"""
+    plan = build_plan(check_text(network(body, target="class(3)")).graph)
+    assert len(plan.loops) == 3
+    assert worst_gradient_error(plan) < 1
+
+
+def test_a_per_sequence_value_read_at_every_step_agrees_with_finite_differences():
+    body = """state h : [4]
+summary = x -> last -> dense(4)
+h = tanh(dense(x, 4) + dense(h[t-1], 4) + summary)
+logits = h -> dense(3)"""
+    plan = build_plan(check_text(network(body)).graph)
+    assert worst_gradient_error(plan) < 1
+
+
+def test_input_projections_run_outside_the_loop():
+    plan = build_plan(check_file(os.path.join(SPECS, "elman.net")).graph)
+    (loop,) = plan.loops
+    members = [s.node for s in loop.steps]
+    assert "dense1" not in members and "logits" not in members  # W x_t and the read-out
+    assert members == ["dense2", "add1", "h"]
+
+
+def test_a_whole_sequence_op_inside_a_recurrence_is_refused_with_its_location():
+    body = """state h : [4]
+h = reverse(tanh(dense(x, 4) + dense(h[t-1], 4)))
+logits = h -> dense(3)"""
+    with pytest.raises(SpecError) as info:
+        build_plan(check_text(network(body)).graph)
+    assert "whole sequence" in info.value.message and info.value.span.line == 5
+
+
+def test_truncated_bptt_takes_one_optimiser_step_per_chunk():
+    from netdsl.runtime.data import load_data
+    from netdsl.runtime.settings import resolve_settings
+    from netdsl.runtime.train import Trainer
+
+    text = network("logits = x -> elman(8) -> dense(3)") + "train sgd(lr=0.1), bptt(truncate=4)\n"
+    net = check_text(text)
+    plan = build_plan(net.graph)
+    trainer = Trainer(plan, resolve_settings(net.graph.graph["train"], {"epochs": 1}))
+    data = load_data(net.graph, seed=0, examples=64, steps=10)
+    trainer.fit(data, None)
+    assert trainer.truncation == (4, 4)
+    # 58 training examples: two batches, each in three chunks of 4, 4 and 2 steps
+    assert trainer.optimizers[0][1].state_dict()["step"] == 2 * 3
+    assert all(np.isfinite(v) for v in trainer.position.losses[-1].values())
+
+
+def test_truncated_bptt_refuses_a_whole_sequence_op():
+    from netdsl.runtime.train import truncation
+
+    text = network("logits = x -> elman(4) -> last -> dense(3)", target="class(3)")
+    plan = build_plan(check_text(text + "train adam(lr=1e-3), bptt(truncate=5)\n").graph)
+    with pytest.raises(SpecError, match="whole sequence"):
+        truncation(plan)
+
+
+def test_netc_run_trains_the_elman_spec_and_accuracy_rises(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "netdsl.cli", "run", os.path.join(SPECS, "elman.net"),
+         "--epochs", "4", "--examples", "512", "--checkpoint", str(tmp_path / "run"), "--quiet"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    accuracies = [float(line.split("val_accuracy")[1].split("%")[0])
+                  for line in result.stdout.splitlines() if "val_accuracy" in line]
+    assert len(accuracies) == 4 and accuracies[-1] > accuracies[0]
