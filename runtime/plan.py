@@ -46,8 +46,10 @@ class Step:
     """One forward step: run `op` on the values `inputs` with the parameters `params`.
 
     `params` maps the op's parameter names to Param keys (a shared layer names its
-    first use's keys). `borrows` maps a forward keyword to the node whose saved array
-    it receives (maxunpool reads its maxpool's argmax indices).
+    first use's keys); `slices` maps a parameter name to the part of its key's array
+    the op reads, where it reads only a part (runtime.hoist's column blocks). `borrows`
+    maps a forward keyword to the node whose saved array it receives (maxunpool reads
+    its maxpool's argmax indices).
     """
 
     node: str
@@ -56,6 +58,7 @@ class Step:
     input_types: tuple[TensorType, ...]
     params: dict[str, str]
     borrows: dict[str, tuple[str, str]] = field(default_factory=dict)
+    slices: dict[str, tuple] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,9 +135,14 @@ class Plan:
     def steps_for(self, nodes) -> list[Step]:
         """The forward steps that the values `nodes` depend on, in order."""
         needed = set(nodes)
-        for node in nodes:
-            needed |= nx.ancestors(self.graph, node)
-        return [s for s in self.steps if s.node in needed]
+        while True:  # a state needs its source, which comes later: repeat until stable
+            before = len(needed)
+            for step in reversed(self.steps):
+                if step.node in needed:
+                    needed.update(step.inputs)
+            needed |= {state.source for node, state in self.states.items() if node in needed}
+            if len(needed) == before:
+                return [s for s in self.steps if s.node in needed]
 
     def backward(self, losses: tuple[str, ...] | None = None,
                  params: tuple[str, ...] | None = None) -> Backward:

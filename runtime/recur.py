@@ -18,6 +18,7 @@ import numpy as np
 
 from netdsl.ops.base import Ctx
 from netdsl.runtime.execute import Executor, NonFinite
+from netdsl.runtime.hoist import hoist
 from netdsl.runtime.plan import Backward, Loop, Plan, State, Step
 
 __all__ = ["SequenceExecutor"]
@@ -39,13 +40,16 @@ class _LoopRun:
 class SequenceExecutor(Executor):
     """Runs sequence networks; the same parameters, buffers and state as Executor.
 
-    After a forward pass `carry` holds, per state source, its values at the last steps
-    (as many as the longest delay reads), ready to start the next chunk of a sequence.
+    It runs the hoisted plan (runtime.hoist); `backward` takes the Backward of the plan
+    it was given, which has the same losses and parameters. After a forward pass `carry`
+    holds, per state source, its values at the last steps (as many as the longest delay
+    reads), ready to start the next chunk of a sequence.
     """
 
     def __init__(self, plan: Plan, params: dict, seed: int = 0, xp=np, dtype: str = "float32",
                  order=None):
-        super().__init__(plan, params, seed, xp, dtype, order)
+        super().__init__(hoist(plan), params, seed, xp, dtype, order)
+        plan = self.plan
         self._loop_of = {s.node: loop for loop in plan.loops for s in loop.steps}
         # values with a time axis; a loss over a sequence is one number all the same
         losses = set(plan.losses.values())
@@ -127,7 +131,7 @@ class SequenceExecutor(Executor):
         batch = self.time * self.size if folded else self.size
         ctx = self.ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node], batch,
                                          self.dtype)
-        kwargs = {name: self.params[key] for name, key in step.params.items()}
+        kwargs = self._param_args(step)
         for kw, (node, saved) in step.borrows.items():
             kwargs[kw] = self.ctxs[node].saved[saved]
         y = step.op.forward(ctx, *xs, **kwargs)
@@ -143,8 +147,7 @@ class SequenceExecutor(Executor):
                   for node in run.stored}
         ctxs = {step.node: [] for step in run.loop.steps}
         initial = {state.node: self._initial(state, carry) for state in run.loop.states}
-        params = [{name: self.params[key] for name, key in step.params.items()}
-                  for step in run.loop.steps]
+        params = [self._param_args(step) for step in run.loop.steps]
         for t in range(T):
             here = {}
             for step, route, kwargs in zip(run.loop.steps, run.routes, params):
@@ -189,6 +192,7 @@ class SequenceExecutor(Executor):
     def backward(self, backward: Backward, check_finite: bool = False) -> None:
         """Fill `grads` for `backward.params` from the last training forward (BPTT)."""
         xp = self.xp
+        backward = self.plan.backward(backward.losses, backward.params)  # of the hoisted plan
         self.flat_grads[...] = 0
         grads = {seed: xp.ones((), dtype=self.dtype) for seed in backward.seeds}
         wanted = set(backward.order)
@@ -230,21 +234,42 @@ class SequenceExecutor(Executor):
         outside = {step.node: grads.pop(step.node) for step, _ in steps if step.node in grads}
         delayed = {source: xp.zeros((T, self.size) + self.plan.types[source].dims, self.dtype)
                    for source in run.depth}
+        # per step: gradient arrays added from outside the step, and whether backward
+        # leaves its parameter gradients to one call over all steps stacked
+        extras = {step.node: [a for a in (outside.get(step.node), delayed.get(step.node))
+                              if a is not None] for step, _ in steps}
+        stacked = {step.node: _Stack(step, T) for step, _ in steps
+                   if step.op.stackable and step.params}
         seq_grads: dict = {}
         init_grads: dict = {}
         cut = 0 if self.reach is None else T - self.reach
         for t in reversed(range(T)):
             here: dict = {}
+            mine: set = set()  # gradients in `here` that this loop allocated and may add into
             for step, route in reversed(steps):
                 gy = here.pop(step.node, None)
-                for extra in (outside.get(step.node), delayed.get(step.node)):
-                    if extra is not None:
-                        gy = extra[t] if gy is None else gy + extra[t]
+                for extra in extras[step.node]:
+                    gy = extra[t] if gy is None else gy + extra[t]
                 if gy is None:
                     continue
                 ctx = self.ctxs[step.node][t]
                 targets = backward.grad_inputs[step.node]
+                if step.op.name == "split" and route[0][0] == _MEMBER and targets[0] is not None:
+                    # the chunks' gradients fill one array instead of one zero array each
+                    ref = route[0][1]
+                    if ref not in mine:
+                        base = xp.zeros(ctx.saved["x_shape"], dtype=self.dtype)
+                        if ref in here:
+                            base += here[ref]
+                        here[ref] = base
+                        mine.add(ref)
+                    here[ref][step.op.chunk(here[ref].shape)] += gy
+                    continue
                 ctx.needs_input_grad = tuple(x is not None for x in targets)
+                stack = stacked.get(step.node)
+                if stack is not None:
+                    ctx.needs_param_grads = False
+                    stack.add(t, ctx, gy)
                 input_grads, param_grads = step.op.backward(ctx, gy)
                 ctx.saved.clear()
                 for (kind, ref), target, grad in zip(route, targets, input_grads):
@@ -252,7 +277,10 @@ class SequenceExecutor(Executor):
                         continue
                     self._check(check_finite, grad, step.node, "backward")
                     if kind == _MEMBER:
-                        _accumulate(here, ref, grad)
+                        if ref in mine:
+                            here[ref] += grad
+                        else:
+                            _accumulate(here, ref, grad)
                     elif kind == _STATE:
                         back = t - ref.delay
                         if back >= cut:
@@ -266,14 +294,26 @@ class SequenceExecutor(Executor):
                     else:
                         _accumulate(grads, ref, grad)
                 self._add_param_grads(step, param_grads)
+        for node, stack in stacked.items():
+            self._add_param_grads(stack.step, stack.param_grads(xp, self._param_args(stack.step)))
         for ref, grad in seq_grads.items():
             _accumulate(grads, ref, grad)
         for key, grad in init_grads.items():
             self.grads[key] += grad
 
+    def _param_args(self, step: Step) -> dict:
+        args = {name: self.params[key] for name, key in step.params.items()}
+        for name, index in step.slices.items():
+            args[name] = args[name][index]
+        return args
+
     def _add_param_grads(self, step: Step, param_grads: dict) -> None:
         for name, grad in param_grads.items():
-            self.grads[step.params[name]] += grad
+            index = step.slices.get(name)
+            if index is None:
+                self.grads[step.params[name]] += grad
+            else:
+                self.grads[step.params[name]][index] += grad
 
     # ---- layout
 
@@ -305,6 +345,37 @@ class SequenceExecutor(Executor):
     def _check(self, check_finite: bool, array, node: str, phase: str) -> None:
         if check_finite and array.dtype.kind == "f" and not bool(self.xp.isfinite(array).all()):
             raise NonFinite(node, phase)
+
+
+class _Stack:
+    """A stackable op's saved inputs and output gradients over the steps of a loop, so
+    that its parameter gradients come from one backward call over T*B rows."""
+
+    def __init__(self, step: Step, steps: int):
+        self.step, self.steps = step, steps
+        self.saved: dict = {}
+        self.gy = None
+
+    def add(self, t: int, ctx: Ctx, gy) -> None:
+        xp = ctx.xp
+        if self.gy is None:
+            self.gy = xp.zeros((self.steps,) + gy.shape, dtype=gy.dtype)
+            self.names = [n for n in self.step.op.keeps if n not in self.step.params]
+            self.saved = {n: xp.zeros((self.steps,) + ctx.saved[n].shape, ctx.saved[n].dtype)
+                          for n in self.names}
+        self.gy[t] = gy
+        for name in self.names:
+            self.saved[name][t] = ctx.saved[name]
+
+    def param_grads(self, xp, params: dict) -> dict:
+        if self.gy is None:
+            return {}
+        ctx = Ctx(xp)
+        ctx.saved = {n: a.reshape((-1,) + a.shape[2:]) for n, a in self.saved.items()}
+        ctx.saved.update({n: params[n] for n in self.step.op.keeps if n in params})
+        ctx.needs_input_grad = (False,) * len(self.step.inputs)
+        _, grads = self.step.op.backward(ctx, self.gy.reshape((-1,) + self.gy.shape[2:]))
+        return grads
 
 
 def _accumulate(grads: dict, target: str, grad) -> None:

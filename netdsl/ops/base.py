@@ -78,6 +78,8 @@ class Ctx:
         # set by an executor before backward: which inputs need a gradient (None: all),
         # so an op may skip work nobody reads (the input gradient of a first layer)
         self.needs_input_grad: tuple[bool, ...] | None = None
+        # False when an executor computes the parameter gradients later (Op.stackable)
+        self.needs_param_grads = True
 
     def needs(self, index: int) -> bool:
         """Whether backward must compute the gradient of input `index`."""
@@ -123,6 +125,10 @@ class Op:
     multi_output: ClassVar[bool] = False
     # forward honours ctx.out: it may write its result over its first input (fusion)
     inplace: ClassVar[bool] = False
+    # backward honours ctx.needs_param_grads, and its parameter gradients are sums over
+    # the batch rows of its saved `keeps` (named after its inputs and parameters): a loop
+    # may then skip them per step and run backward once over all steps stacked
+    stackable: ClassVar[bool] = False
 
     def __init__(self, **attrs):
         self.attrs = attrs

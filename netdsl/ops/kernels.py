@@ -494,9 +494,12 @@ def batch_norm_backward(gy, xhat, inv_std, weight, batch_stats: bool):
 
 
 def sigmoid(xp, x):
-    """1 / (1 + e^-x) without overflow: e^-|x| is at most 1."""
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1, e) / (1 + e)
+    """1 / (1 + e^-x) as (1 + tanh(x/2)) / 2: one transcendental pass, no overflow."""
+    y = xp.multiply(x, 0.5)
+    xp.tanh(y, out=y)
+    y *= 0.5
+    y += 0.5
+    return y
 
 
 def align(x, rank: int):

@@ -14,6 +14,7 @@ class Dense(Op):
 
     args = (Arg("units", positive), Arg("bias", boolean, True))
     keeps = ("x", "weight")
+    stackable = True
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -46,8 +47,8 @@ class Dense(Op):
 
     def backward(self, ctx, gy):
         x, weight = ctx.saved["x"], ctx.saved["weight"]
-        grads = {"weight": gy.T @ x}
-        if self.bias:
+        grads = {"weight": gy.T @ x} if ctx.needs_param_grads else {}
+        if self.bias and ctx.needs_param_grads:
             grads["bias"] = gy.sum(axis=0)
         return (gy @ weight if ctx.needs(0) else None,), grads
 

@@ -69,3 +69,21 @@ class Reverse(_WholeSequence):
 
     def backward(self, ctx, gy):
         return (gy[::-1],), {}
+
+
+@register("mean")
+class Mean(_WholeSequence):
+    r"""$y = \frac{1}{T} \sum_t x_t$"""
+
+    def shape(self, x: TensorType) -> TensorType:
+        self.expect_seq(x)
+        return x.step()
+
+    def forward(self, ctx, x):
+        ctx.save(x_shape=x.shape)
+        return x.mean(axis=0)
+
+    def backward(self, ctx, gy):
+        shape = ctx.saved["x_shape"]
+        # every step contributed 1/T of the mean
+        return (ctx.xp.broadcast_to(gy / shape[0], shape),), {}
