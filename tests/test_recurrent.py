@@ -148,3 +148,21 @@ def test_netc_run_trains_the_elman_spec_and_accuracy_rises(tmp_path):
     accuracies = [float(line.split("val_accuracy")[1].split("%")[0])
                   for line in result.stdout.splitlines() if "val_accuracy" in line]
     assert len(accuracies) == 4 and accuracies[-1] > accuracies[0]
+
+
+def test_hoisting_takes_the_input_projection_out_of_the_lstm_loop():
+    from netdsl.runtime.hoist import hoist
+
+    plan = hoist(build_plan(check_text(network("logits = x -> lstm(5) -> dense(3)")).graph))
+    (loop,) = plan.loops
+    inside = [s.op.name for s in loop.steps]
+    assert "concat" not in inside and inside.count("dense") == 1  # only W_h h[t-1] per step
+    hoisted = [s for s in plan.steps if s.slices and s not in loop.steps]
+    assert [s.inputs for s in hoisted] == [("x",)]
+    assert set(plan.params) == {"lstm1/z.weight", "lstm1/z.bias", "logits.weight", "logits.bias"}
+
+
+def test_mean_over_time_agrees_with_finite_differences():
+    body = "logits = x -> dense(5) -> tanh -> mean -> dense(3)"
+    plan = build_plan(check_text(network(body, target="class(3)")).graph)
+    assert worst_gradient_error(plan) < 1
