@@ -15,7 +15,7 @@ from netdsl.errors import Span, SpecError, SpecErrors, closest, errors_of, sugge
 from netdsl.ops import OPS
 from netdsl.ops.base import ArgError, Op, bind
 from netdsl.program import Frame, NodeDef, Program, StateDef
-from netdsl.train_clause import evaluate_train
+from netdsl.train_clause import clause_spans, evaluate_train
 from netdsl.types import TensorType
 
 __all__ = ["expand", "Loader"]
@@ -110,6 +110,7 @@ class _Expander:
         self.nodes: dict[str, NodeDef] = {}
         self.losses: dict[str, str] = {}
         self.train: dict[str, Any] = {}
+        self.train_spans: dict[str, Span] = {}
         self.errors: list[SpecError] = []
         self.consumed: set[str] = set()  # nodes that are some node's input
         self.blocks: dict[str, ast.Block] = {}
@@ -135,7 +136,7 @@ class _Expander:
                                              "declare an input and some layers: see docs/language.md"))
         SpecErrors.collect(self.errors)
         name = self.module.network_name or _stem(self.module.file)
-        return Program(name, self.nodes, self.losses, self.train, self.module.file)
+        return Program(name, self.nodes, self.losses, self.train, self.module.file, self.train_spans)
 
     def _collect_blocks(self, module: ast.Module, seen: set[str]) -> None:
         seen.add(module.file)
@@ -229,6 +230,7 @@ class _Expander:
                 raise SpecError("a train clause belongs at the top level, not in a block", stmt.span)
             if self.train:
                 raise SpecError("the spec has two train clauses", stmt.span, "merge them into one")
+            self.train_spans = clause_spans(stmt)
             self.train = evaluate_train(stmt, lambda e: self._scalar(e, scope))
         elif isinstance(stmt, ast.Share):
             if stmt.call.name not in self.blocks and stmt.call.name not in OPS:

@@ -64,3 +64,4 @@ class Program:
     losses: dict[str, str]  # loss name -> node id
     train: dict[str, Any]
     file: str
+    train_spans: dict[str, Span] = field(default_factory=dict)  # see train_clause.clause_spans

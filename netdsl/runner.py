@@ -90,7 +90,8 @@ def _fmt(key: str, value) -> str:
 
 def _prepare(args):
     """Check the spec and resolve its settings with the flags."""
-    from netdsl.driver import check_file
+    from netdsl.driver import CheckFailed, check_file
+    from netdsl.errors import SpecErrors, errors_of
     from netdsl.runtime.plan import build_plan
     from netdsl.runtime.settings import resolve_settings
 
@@ -100,7 +101,10 @@ def _prepare(args):
                  ("epochs", "batch", "lr", "seed", "steps", "init", "val")}
     if getattr(args, "normalize", False):
         overrides["normalize"] = True
-    settings = resolve_settings(net.graph.graph["train"], overrides)
+    try:
+        settings = resolve_settings(net.graph.graph["train"], overrides, net.program.train_spans)
+    except (SpecError, SpecErrors) as exc:  # with the spec's text, to show the line
+        raise CheckFailed(errors_of(exc), net.sources) from None
     return net, plan, settings
 
 
@@ -183,10 +187,11 @@ def predict(args) -> int:
     from netdsl.runtime.data import load_data
 
     net, plan, settings, trainer, norm = _trained(args)
-    data = load_data(net.graph, args.data, settings.seed, args.examples)
+    outputs = _outputs(plan)
+    data = load_data(net.graph, args.data, settings.seed, args.examples,
+                     only=_fields_needed(plan, outputs.values()))
     if norm:
         data = norm.apply(data)
-    outputs = _outputs(plan)
     to_host = getattr(trainer.xp, "asnumpy", np.asarray)
     parts = {name: [] for name in outputs}
     for batch in data.batches(256, None):
@@ -234,6 +239,17 @@ def _outputs(plan) -> dict[str, str]:
         if plan.graph.nodes[source]["kind"] == "op":
             outputs[source] = source
     return outputs
+
+
+def _fields_needed(plan, outputs) -> list[str]:
+    """The inputs (and targets, rarely) that the outputs are computed from: what a data
+    file for predictions must hold."""
+    import networkx as nx
+
+    from netdsl.runtime.data import data_fields
+
+    needed = set().union(*(nx.ancestors(plan.graph, node) for node in outputs))
+    return [f.name for f in data_fields(plan.graph) if f.name in needed]
 
 
 def _class_outputs(plan) -> set[str]:

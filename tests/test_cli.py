@@ -64,3 +64,62 @@ class TestHelp:
     def test_help_everywhere(self, command):
         result = run_netc(*command, "--help")
         assert result.returncode == 0 and "usage: netc" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(spec, checkpoint folder, a folder for data) of the MLP after one training step."""
+    folder = tmp_path_factory.mktemp("predict")
+    spec = folder / "mlp.net"
+    spec.write_text(MLP)
+    result = run_netc("run", str(spec), "--steps", "1", "--quiet",
+                      "--checkpoint", str(folder / "run"))
+    assert result.returncode == 0, result.stderr
+    return str(spec), str(folder / "run"), folder
+
+
+class TestPredict:
+    """`netc predict` reads only what the outputs need: a file without targets will do."""
+
+    def predict(self, trained, data, *more):
+        spec, checkpoint, _ = trained
+        return run_netc("predict", spec, "--checkpoint", checkpoint, "--data", str(data), *more)
+
+    def test_npz_of_inputs_alone(self, trained):
+        import numpy as np
+
+        data, out = trained[2] / "x.npz", trained[2] / "pred.npz"
+        np.savez(data, x=np.random.default_rng(0).random((5, 64)))
+        result = self.predict(trained, data, "-o", str(out))
+        assert result.returncode == 0, result.stderr
+        assert "wrote 5 predictions" in result.stdout
+        with np.load(out) as saved:
+            assert saved["logits"].shape == (5, 10) and saved["logits_class"].shape == (5,)
+
+    def test_csv_of_input_columns_alone(self, trained):
+        data = trained[2] / "x.csv"
+        data.write_text(",".join(f"x{i}" for i in range(64)) + "\n"
+                        + "\n".join(",".join(["0.25"] * 64) for _ in range(3)) + "\n")
+        result = self.predict(trained, data)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("logits: [")
+
+    def test_a_missing_input_is_one_clear_line(self, trained):
+        import numpy as np
+
+        data = trained[2] / "labels.npz"
+        np.savez(data, y=np.zeros(3, np.int64))
+        result = self.predict(trained, data)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.splitlines()[0] == (
+            f"error: {data} has no array named x: it has y; the data must hold x (input [64]); "
+            "y may be left out")
+
+    def test_eval_still_needs_the_targets(self, trained):
+        import numpy as np
+
+        spec, checkpoint, folder = trained
+        data = folder / "x_only.npz"
+        np.savez(data, x=np.zeros((3, 64)))
+        result = run_netc("eval", spec, "--checkpoint", checkpoint, "--data", str(data))
+        assert result.returncode == 1 and "has no array named y" in result.stderr

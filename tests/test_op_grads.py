@@ -399,6 +399,15 @@ CASES = [
          ref=on_x(lambda z: F.binary_cross_entropy_with_logits(z, torch.ones_like(z)))),
     case("sigmoid_cross_entropy", label=0, inputs=[floats(2, 2)],
          ref=on_x(lambda z: F.binary_cross_entropy_with_logits(z, torch.zeros_like(z)))),
+    # reduction='sum': the total over an example's elements, averaged over the batch
+    case("mse", reduction="sum", inputs=[floats(2, 3), floats(2, 3)],
+         ref=lambda xs, p, aux: F.mse_loss(*xs, reduction="sum") / B),
+    case("sigmoid_cross_entropy", reduction="sum", inputs=[floats(6), floats(6)],
+         draw=probabilities,
+         ref=lambda xs, p, aux: F.binary_cross_entropy_with_logits(*xs, reduction="sum") / B),
+    case("sigmoid_cross_entropy", label=1, reduction="sum", inputs=[floats(2, 2)],
+         ref=on_x(lambda z: F.binary_cross_entropy_with_logits(
+             z, torch.ones_like(z), reduction="sum") / B)),
     case("kl_gaussian", inputs=[floats(4), floats(4)], ref=kl_ref),
     case("hinge", inputs=[floats(1), classes(2)], ref=hinge_ref(1.0), kink=hinge_kink(1.0)),
     case("hinge", margin=0, inputs=[floats(1), classes(2)], ref=hinge_ref(0.0),

@@ -8,6 +8,7 @@ torchvision itself is not a dependency: the torchvision layouts are rebuilt here
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["MODELS", "param_count", "PUBLISHED"]
@@ -64,6 +65,8 @@ def conv_autoencoder() -> nn.Module:
 
 
 class VAE(nn.Module):
+    """Kingma & Welling's MNIST VAE; `losses` is the negative ELBO per example, in two terms."""
+
     def __init__(self):
         super().__init__()
         self.hidden = nn.Linear(784, 400)
@@ -78,6 +81,16 @@ class VAE(nn.Module):
         mu, logvar = self.mu(h), self.logvar(h)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         return self.decoder(z), mu, logvar
+
+    def losses(self, x, eps):
+        """Reconstruction cross-entropy summed over the pixels and KL divergence summed over
+        the latent dimensions, each averaged over the batch; `eps` is the N(0, I) sample."""
+        h = torch.relu(self.hidden(x))
+        mu, logvar = self.mu(h), self.logvar(h)
+        logits = self.decoder[:-1](mu + torch.exp(0.5 * logvar) * eps)  # the loss applies the sigmoid
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
+        kl = -0.5 * torch.sum(1 + logvar - mu * mu - torch.exp(logvar)) / len(x)
+        return {"recon": recon, "kl": kl}
 
 
 class GAN(nn.Module):

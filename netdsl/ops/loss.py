@@ -1,13 +1,19 @@
-"""Losses: each reduces its inputs to one number per example, averaged over the batch."""
+"""Losses: each reduces its inputs to one number per example, averaged over the batch.
+
+mse and sigmoid_cross_entropy take `reduction`: 'mean' (the default) averages over every
+element of an example as well, like PyTorch's default; 'sum' adds the elements up, so the
+loss is a per-example total (a log-likelihood, as in a VAE's evidence lower bound).
+"""
 from __future__ import annotations
 
 from netdsl.errors import ShapeError
-from netdsl.ops.base import Arg, Op, number, numbers, optional, register
+from netdsl.ops.base import Arg, Op, choice, number, numbers, optional, register
 from netdsl.ops.common import expect_float, fmt, is_float
 from netdsl.ops.kernels import scalar, sigmoid
 from netdsl.types import TensorType
 
 SCALAR = TensorType(())
+REDUCTION = Arg("reduction", choice("mean", "sum"), "mean")
 
 
 class _Loss(Op):
@@ -23,11 +29,17 @@ class _Loss(Op):
     def flops(self, y, x, *rest) -> int:
         return 3 * x.size
 
+    def divisor(self, x) -> int:
+        """What the summed elementwise losses of a batch `x` are divided by: every element
+        ('mean'), or the examples only ('sum': the total per example, averaged)."""
+        return x.size if self.reduction == "mean" else x.shape[0]
+
 
 @register("mse")
 class Mse(_Loss):
-    r"""$L = \frac{1}{N} \sum_i (p_i - t_i)^2$"""
+    r"""$L = \frac{1}{N} \sum_i (p_i - t_i)^2$, or $\sum_i$ with reduction='sum'"""
 
+    args = (REDUCTION,)
     keeps = ("diff",)  # p - t: one array instead of both inputs
 
     def shape(self, pred: TensorType, target: TensorType) -> TensorType:
@@ -39,11 +51,11 @@ class Mse(_Loss):
     def forward(self, ctx, pred, target):
         diff = pred - target
         ctx.save(diff=diff)
-        return scalar(ctx.xp, (diff * diff).mean())  # over the batch and every element
+        return scalar(ctx.xp, (diff * diff).sum() / self.divisor(diff))
 
     def backward(self, ctx, gy):
         diff = ctx.saved["diff"]
-        g = diff * (2 * gy / diff.size)
+        g = diff * (2 * gy / self.divisor(diff))
         return (g, -g), {}
 
 
@@ -116,7 +128,7 @@ class SigmoidCrossEntropy(_Loss):
     r"""$L = -\sum_i t_i \log \sigma(z_i) + (1 - t_i) \log (1 - \sigma(z_i))$"""
 
     arity = (1, 2)
-    args = (Arg("label", optional(number), None),)
+    args = (Arg("label", optional(number), None), REDUCTION)
     keeps = ("logits", "target")
 
     def shape(self, logits: TensorType, target: TensorType | None = None) -> TensorType:
@@ -142,11 +154,11 @@ class SigmoidCrossEntropy(_Loss):
         # max(z, 0) - z t + log(1 + e^-|z|): no overflow for any z
         loss = xp.maximum(logits, 0) - logits * t + xp.log1p(xp.exp(-xp.abs(logits)))
         ctx.save(logits=logits, target=target)
-        return scalar(xp, loss.mean())
+        return scalar(xp, loss.sum() / self.divisor(logits))
 
     def backward(self, ctx, gy):
         logits, target = ctx.saved["logits"], ctx.saved["target"]
-        scale = gy / logits.size
+        scale = gy / self.divisor(logits)
         t = self.label if target is None else target
         dlogits = (sigmoid(ctx.xp, logits) - t) * scale
         if target is None:
