@@ -79,13 +79,21 @@ def _parser() -> argparse.ArgumentParser:
                          description="Print the canonical form of a spec (comments kept).")
     fmt.add_argument("spec", metavar="SPEC")
     fmt.add_argument("-w", "--write", action="store_true", help="rewrite the file in place (atomically)")
+
+    tui = sub.add_parser("tui", help="the terminal builder: edit, draw, inspect and train a spec",
+                         description="Open the terminal builder on SPEC (a new spec when SPEC "
+                                     "does not exist yet, or an untitled one without SPEC).")
+    tui.add_argument("spec", nargs="?", metavar="SPEC")
     return root
 
 
 def _data_flags(cmd) -> None:
     cmd.add_argument("spec", metavar="SPEC")
-    cmd.add_argument("--data", metavar="FILE", help=".npz or .csv with the spec's inputs and targets")
+    cmd.add_argument("--data", metavar="FILE", help=".npz or .csv with the spec's inputs and "
+                     "targets, or a bundled dataset: parity, adding, text, skipgram, cbow")
     cmd.add_argument("--examples", type=_positive, metavar="N", help="use at most N examples")
+    cmd.add_argument("--length", type=_positive, metavar="T",
+                     help="time steps of generated or named sequence data (default 20)")
     cmd.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder (runs/NAME)")
     cmd.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where to run (cpu)")
 

@@ -108,6 +108,16 @@ def _prepare(args):
     return net, plan, settings
 
 
+def _source(args, settings) -> str | None:
+    """--data, else the train clause's data='NAME', else None: bundled or generated."""
+    return args.data or settings.data
+
+
+def _length(args) -> dict:
+    """Time steps of generated and named sequence data, when --length gives them."""
+    return {"steps": args.length} if getattr(args, "length", None) else {}
+
+
 def _folder(args, net) -> str:
     return args.checkpoint or os.path.join("runs", net.name)
 
@@ -121,7 +131,8 @@ def run(args) -> int:
     console = Console(stderr=False, highlight=False)
     net, plan, settings = _prepare(args)
     xp = array_module(args.device)
-    data = load_data(net.graph, args.data, settings.seed, args.examples)
+    data = load_data(net.graph, _source(args, settings), settings.seed, args.examples,
+                     **_length(args))
     train, val = data.split(settings.val, settings.seed)
     norm = None
     if settings.normalize and data.normalize:
@@ -171,7 +182,8 @@ def evaluate(args) -> int:
     from netdsl.runtime.data import load_data
 
     net, plan, settings, trainer, norm = _trained(args)
-    data = load_data(net.graph, args.data, settings.seed, args.examples)
+    data = load_data(net.graph, _source(args, settings), settings.seed, args.examples,
+                     **_length(args))
     if args.data is None:
         _, data = data.split(settings.val, settings.seed)
     if norm:
@@ -188,8 +200,8 @@ def predict(args) -> int:
 
     net, plan, settings, trainer, norm = _trained(args)
     outputs = _outputs(plan)
-    data = load_data(net.graph, args.data, settings.seed, args.examples,
-                     only=_fields_needed(plan, outputs.values()))
+    data = load_data(net.graph, _source(args, settings), settings.seed, args.examples,
+                     only=_fields_needed(plan, outputs.values()), **_length(args))
     if norm:
         data = norm.apply(data)
     to_host = getattr(trainer.xp, "asnumpy", np.asarray)

@@ -24,7 +24,7 @@ CALLS: dict[str, set[str]] = {
 }
 SETTINGS = {
     "batch", "epochs", "schedule", "l1", "l2", "clip", "early_stop", "seed", "val", "shuffle",
-    "normalize", "init", "gan_k", "bptt", "steps", "pixels",
+    "normalize", "init", "gan_k", "bptt", "steps", "pixels", "data",
 }
 # settings whose value is a call, and the calls each accepts
 CALL_VALUED = {

@@ -38,6 +38,7 @@ import networkx as nx
 import numpy as np
 
 from netdsl.errors import SpecError
+from netdsl.runtime.sequences import SEQUENCE_DATA, sequence_data
 from netdsl.types import TensorType
 
 __all__ = ["DataError", "Field", "Dataset", "Normalizer", "data_fields", "load_data",
@@ -240,7 +241,7 @@ def normalize(train: Dataset, *others: Dataset) -> tuple[Normalizer, list[Datase
 
 
 def load_data(graph, path: str | None = None, seed: int = 0, examples: int | None = None,
-              *, steps: int = SEQ_STEPS, only=None) -> Dataset:
+              *, steps: int | None = None, only=None) -> Dataset:
     """The data a checked spec reads: from `path` (.npz or .csv), else bundled or generated.
 
     `seed` fixes generated data and the choice of examples when `examples` caps how many
@@ -250,10 +251,14 @@ def load_data(graph, path: str | None = None, seed: int = 0, examples: int | Non
     """
     graph = _graph_of(graph)
     fields = data_fields(graph)
+    named_steps, steps = steps, steps or SEQ_STEPS  # a named dataset has its own default
     if examples is not None and examples < 1:
         raise DataError(f"the number of examples must be at least 1, got {examples}")
     wanted = fields if only is None else [f for f in fields if f.name in set(only)]
-    if path is not None:
+    if path is not None and path in SEQUENCE_DATA and not os.path.exists(path):
+        data = _named(path, fields, seed, examples, named_steps)
+        data.arrays = {f.name: data.arrays[f.name] for f in wanted}
+    elif path is not None:
         data = _load_file(path, wanted, fields)
     else:
         data = _load_bundled(fields, graph) or _generate(fields, graph, seed, examples, steps)
@@ -261,6 +266,32 @@ def load_data(graph, path: str | None = None, seed: int = 0, examples: int | Non
     data.normalize = tuple(n for n in _normalizable(graph, fields) if n in data.arrays)
     data.seq = tuple(f.name for f in wanted if f.type.seq)
     return _cap(data, examples, seed)
+
+
+def _named(name: str, fields: list[Field], seed: int, examples: int | None,
+           steps: int | None) -> Dataset:
+    """A named bundled dataset (runtime.sequences), its one input and one target matched
+    to the spec's by role and checked against their declared types."""
+    arrays, description = sequence_data(name, seed, examples, steps)
+    roles = [(f, "input") for f in fields if f.kind == "input"] + \
+            [(f, "target") for f in fields if f.kind == "target"]
+    if [role for _, role in roles] != ["input", "target"]:
+        raise DataError(f"the '{name}' data has one input and one target, but the spec declares "
+                        f"{_describe_fields(fields)}", "declare one input and one target")
+    out = {}
+    for f, role in roles:
+        a = arrays[role]
+        per_example = (a.shape[1:2] if f.type.seq else ()) + f.type.dims
+        classes = int(a.max()) + 1 if a.dtype.kind == "i" else None
+        fits = (a.shape[1:] == per_example and (classes is None) == (not f.is_class)
+                and (classes is None or classes <= f.type.classes))
+        if not fits:
+            kind = f"class labels up to {classes - 1}" if classes else "numbers"
+            raise DataError(f"the '{name}' data gives each example an {role} of shape "
+                            f"{list(a.shape[1:])} ({kind}), but the spec declares {f}",
+                            f"declare {f.name} to match, as the specs/ demos of '{name}' do")
+        out[f.name] = a
+    return Dataset(out, description)
 
 
 def _cap(data: Dataset, examples: int | None, seed: int) -> Dataset:

@@ -42,6 +42,8 @@ class TrainSettings:
     gan_k: int | None = None            # discriminator steps per generator step
     steps: int | None = None            # stop after this many optimiser steps
     pixels: tuple = (0.0, 1.0)          # the range bundled images are scaled to
+    data: str | None = None             # a named bundled dataset (runtime.sequences)
+    bptt: tuple | None = None           # truncated BPTT's (k1, k2); None: full BPTT
 
 
 # ---------------------------------------------------------------------------------------
@@ -108,8 +110,6 @@ def resolve_settings(clause: dict[str, Any], overrides: dict[str, Any] | None = 
         if key == "optimizer":
             name, kwargs = value
             values["optimizer"], values["optimizer_settings"] = name, dict(kwargs)
-        elif key == "bptt":
-            continue  # recurrence settings; feed-forward training ignores them
         else:
             values[key] = value
     for key, value in overrides.items():
@@ -143,6 +143,8 @@ def _checked(values: dict[str, Any], places: dict[str, _Place]) -> dict[str, Any
                 out[key] = _schedule(value, place, places, errors)
             elif key == "early_stop":
                 out[key] = _early_stop(value, place, places, errors)
+            elif key == "bptt":
+                out[key] = _bptt(value, places)
         except SpecError as exc:
             errors.append(exc)
     SpecErrors.collect(errors)
@@ -196,6 +198,37 @@ def _init(value, place: _Place) -> str:
     return value
 
 
+def _data(value, place: _Place) -> str:
+    from netdsl.runtime.sequences import SEQUENCE_DATA
+
+    if value not in SEQUENCE_DATA:
+        near = suggest(value, SEQUENCE_DATA) if isinstance(value, str) else None
+        raise place.error(f"{place.name} must name a bundled dataset, one of "
+                          f"{', '.join(SEQUENCE_DATA)}, got {_text(value)}",
+                          near or place.example("'parity'"))
+    return value
+
+
+def _bptt(value, places: dict[str, _Place]) -> tuple[int, int] | None:
+    """bptt(truncate=k) or bptt(k1=.., k2=..) as (k1, k2): chunks of k1 steps, each state's
+    gradient reaching k2 <= k1 steps back."""
+    _, keywords = value
+    for key, number in keywords.items():
+        if not (_is_whole(number) and number >= 1):
+            place = _keyword_place(places, "bptt", key)
+            raise place.error(f"{place.name} must be a whole number of steps, at least 1, got "
+                              f"{_text(number)}", place.example("20"))
+    k1 = keywords.get("k1", keywords.get("truncate"))
+    if k1 is None:
+        return None
+    k2 = keywords.get("k2", keywords.get("truncate", k1))
+    if k2 > k1:
+        place = _keyword_place(places, "bptt", "k2")
+        raise place.error(f"bptt k2={k2:g} reaches further back than a chunk of k1={k1:g} steps",
+                          "use k2 <= k1 (bptt(truncate=k) sets both)")
+    return int(k1), int(k2)
+
+
 def _pixels(value, place: _Place) -> tuple[float, float]:
     ok = (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_number, value))
           and value[0] < value[1])
@@ -221,6 +254,7 @@ _RULES: dict[str, Callable[[Any, _Place], Any]] = {
     "normalize": _rule(lambda v: isinstance(v, bool), "true or false", "true"),
     "init": _init,
     "pixels": _pixels,
+    "data": _data,
 }
 
 

@@ -30,32 +30,20 @@ from netdsl.runtime.settings import TrainSettings
 __all__ = ["Phase", "Trainer", "Reporter", "metric_nodes", "TrainingDiverged"]
 
 
-def truncation(plan: Plan) -> tuple[int, int] | None:
-    """Truncated BPTT's (k1, k2) from the train clause's `bptt(...)`, or None for full BPTT.
+def truncation(plan: Plan, settings: TrainSettings) -> tuple[int, int] | None:
+    """Truncated BPTT's (k1, k2) for a network with a recurrence, or None for full BPTT.
 
     k1 steps run forward per chunk (an optimiser step each, the states carried to the
     next chunk without a gradient); a state's gradient flows back k2 <= k1 steps.
     """
-    setting = plan.graph.graph["train"].get("bptt")
-    if setting is None or not plan.loops:
+    if settings.bptt is None or not plan.loops:
         return None
-    values = setting[1]
-    k1 = values.get("k1", values.get("truncate"))
-    k2 = values.get("k2", values.get("truncate", k1))
-    if k1 is None:
-        return None
-    for name, value in (("k1", k1), ("k2", k2)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SpecError(f"bptt {name} must be a whole number of steps, at least 1, got {value!r}",
-                            None, "for example: train adam(lr=1e-3), bptt(truncate=20)")
-    if k2 > k1:
-        raise SpecError(f"bptt k2={k2} reaches further back than a chunk of k1={k1} steps",
-                        None, "use k2 <= k1")
-    whole = [s.op.name for s in plan.steps if not s.op.per_step]
+    whole = [s for s in plan.steps if not s.op.per_step]
     if whole:
-        raise SpecError(f"truncated BPTT cuts sequences into chunks, but '{whole[0]}' needs the "
-                        "whole sequence", None, "train with full BPTT: remove bptt(...)")
-    return k1, k2
+        raise SpecError(f"truncated BPTT cuts sequences into chunks, but '{whole[0].op.name}' "
+                        "needs the whole sequence", plan.graph.nodes[whole[0].node]["span"],
+                        "train with full BPTT: remove bptt(...) from the train clause")
+    return settings.bptt
 
 
 class TrainingDiverged(SpecError):
@@ -116,6 +104,7 @@ def correct(kind: str, prediction, target) -> int:
     """How many predictions are right (per position for pixel-wise labels)."""
     if kind in ("class", "class_seq"):
         return int((prediction.argmax(axis=2 if kind == "class_seq" else 1) == target).sum())
+    prediction = prediction.reshape(target.shape)  # a [1] score against a label per example
     if kind == "binary":
         return int(((prediction > 0) == (target > 0.5)).sum())
     return int(((prediction > 0) == (target > 0)).sum())
@@ -182,7 +171,7 @@ class Trainer:
         params = initial_params(plan, settings.init, settings.seed)
         runs = SequenceExecutor if plan.sequential else Executor
         self.executor = runs(plan, params, settings.seed, xp, order=order)
-        self.truncation = truncation(plan)
+        self.truncation = truncation(plan, settings)
         if self.truncation and self.truncation[1] < self.truncation[0]:
             self.executor.reach = self.truncation[1]
         self.optimizers = []

@@ -131,12 +131,14 @@ def test_truncated_bptt_takes_one_optimiser_step_per_chunk():
 
 
 def test_truncated_bptt_refuses_a_whole_sequence_op():
+    from netdsl.runtime.settings import resolve_settings
     from netdsl.runtime.train import truncation
 
     text = network("logits = x -> elman(4) -> last -> dense(3)", target="class(3)")
-    plan = build_plan(check_text(text + "train adam(lr=1e-3), bptt(truncate=5)\n").graph)
-    with pytest.raises(SpecError, match="whole sequence"):
-        truncation(plan)
+    net = check_text(text + "train adam(lr=1e-3), bptt(truncate=5)\n")
+    with pytest.raises(SpecError, match="whole sequence") as info:
+        truncation(build_plan(net.graph), resolve_settings(net.graph.graph["train"]))
+    assert info.value.span.line == 4
 
 
 def test_netc_run_trains_the_elman_spec_and_accuracy_rises(tmp_path):
@@ -166,3 +168,18 @@ def test_mean_over_time_agrees_with_finite_differences():
     body = "logits = x -> dense(5) -> tanh -> mean -> dense(3)"
     plan = build_plan(check_text(network(body, target="class(3)")).graph)
     assert worst_gradient_error(plan) < 1
+
+
+def test_the_parity_demo_learns_and_generalises_to_longer_strings(tmp_path):
+    folder = str(tmp_path / "parity")
+    netc = [sys.executable, "-m", "netdsl.cli"]
+    spec = os.path.join(SPECS, "parity.net")
+    trained = subprocess.run(netc + ["run", spec, "--epochs", "8", "--checkpoint", folder,
+                                     "--quiet"], capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert "parity of the bits so far" in " ".join(trained.stdout.split())  # rich wraps lines
+    longer = subprocess.run(netc + ["eval", spec, "--checkpoint", folder, "--length", "60"],
+                            capture_output=True, text=True, timeout=300)
+    assert longer.returncode == 0, longer.stderr
+    accuracy = float(longer.stdout.split("accuracy")[1].split("%")[0])
+    assert accuracy > 95, longer.stdout

@@ -54,12 +54,22 @@ def scrn_cell(d: int, n: int, s: int) -> int:
     return dense(d, s, False) + dense(s, n, False) + dense(d, n, False) + dense(n, n, False)
 
 
-# recurrent specs: cells, readout and learned initial states (a learned state is a parameter)
+# sequence and word specs: cells, readout and learned initial states (a learned state is a
+# parameter)
 RECURRENT = {
     "elman": elman_cell(16, 64) + dense(64, 16) + 64,
     "lstm": lstm_cell(16, 64) + dense(64, 16) + 64,
     "lstm_classifier": lstm_cell(32, 128) + dense(128, 10),
     "bidirectional_rnn": 2 * gru_cell(16, 64) + 2 * gru_cell(128, 64) + dense(128, 16),
+    "parity": gru_cell(1, 16) + dense(16, 2),
+    "jordan": jordan_cell(1, 16, 4) + dense(4, 2),
+    "adding": lstm_cell(2, 32) + dense(32, 1),
+    "gru": gru_cell(2, 32) + dense(32, 1),
+    "char_lm": 96 * 32 + lstm_cell(32, 128) + dense(128, 96),
+    "scrn": 96 * 32 + scrn_cell(32, 128, 32) + dense(128 + 32, 96),
+    # word2vec: an embedding table and a softmax over the vocabulary
+    "skipgram": 2000 * 64 + dense(64, 2000),
+    "cbow": 2000 * 64 + dense(64, 2000),
 }
 
 

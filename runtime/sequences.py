@@ -1,0 +1,134 @@
+"""Named sequence datasets for the recurrent demos: `--data NAME` or the train clause's
+`data='NAME'`.
+
+* `parity`: random bit strings and, at every step, the parity of the bits so far
+  (Minsky and Papert's problem; an RNN that carries one bit generalises to any length).
+* `adding`: Hochreiter and Schmidhuber's adding problem: pairs (value, marker), and the
+  sum of the two marked values.
+* `text`: characters of the Python documentation that every Python install carries
+  (`pydoc_data.topics`, about 465,000 characters), with the next character at every step.
+* `skipgram` and `cbow`: word2vec pairs from the same text: a word and one word of its
+  context, or a context window and its middle word.
+
+Each is generated from the seed, so the same seed gives the same data. The network's
+inputs and targets are matched by role (the first input, the first target), and their
+declared types must fit the data; a mismatch says what the data holds.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import re
+
+import numpy as np
+
+__all__ = ["SEQUENCE_DATA", "sequence_data", "text_alphabet", "encode_text", "decode_text"]
+
+# printable ASCII and the newline: 96 classes; anything else reads as '?'
+ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
+VOCABULARY = 2000   # the most frequent words, then one class for every other word
+WINDOW = 2          # words on each side of the middle word
+
+
+def text_alphabet() -> str:
+    return ALPHABET
+
+
+@functools.lru_cache(maxsize=1)
+def corpus() -> str:
+    from pydoc_data.topics import topics
+    return "".join(topics[key] for key in sorted(topics))
+
+
+def encode_text(text: str) -> np.ndarray:
+    index = {c: i for i, c in enumerate(ALPHABET)}
+    unknown = index["?"]
+    return np.fromiter((index.get(c, unknown) for c in text), dtype=np.int64, count=len(text))
+
+
+def decode_text(codes) -> str:
+    return "".join(ALPHABET[int(c)] for c in codes)
+
+
+def parity(rng, examples: int, steps: int) -> tuple[dict, str]:
+    bits = rng.integers(0, 2, (examples, steps))
+    running = np.cumsum(bits, axis=1) % 2
+    return ({"input": bits[..., None].astype(np.float32), "target": running.astype(np.int64)},
+            f"{{count}} random bit strings of {steps} bits; the target at each step is the "
+            "parity of the bits so far")
+
+
+def adding(rng, examples: int, steps: int) -> tuple[dict, str]:
+    values = rng.uniform(0, 1, (examples, steps)).astype(np.float32)
+    markers = np.zeros((examples, steps), dtype=np.float32)
+    half = max(steps // 2, 1)
+    first = rng.integers(0, half, examples)
+    second = rng.integers(half, steps, examples) if steps > 1 else first
+    rows = np.arange(examples)
+    markers[rows, first] = markers[rows, second] = 1
+    total = (values * markers).sum(axis=1, keepdims=True)
+    return ({"input": np.stack([values, markers], axis=-1), "target": total},
+            f"the adding problem: {{count}} sequences of {steps} (value, marker) pairs; "
+            "the target is the sum of the two marked values")
+
+
+def text(rng, examples: int, steps: int) -> tuple[dict, str]:
+    codes = encode_text(corpus())
+    starts = rng.integers(0, len(codes) - steps - 1, examples)
+    windows = starts[:, None] + np.arange(steps + 1)
+    chunks = codes[windows]
+    return ({"input": chunks[:, :-1], "target": chunks[:, 1:]},
+            f"{{count}} passages of {steps} characters of the Python documentation "
+            f"(pydoc_data.topics, {len(codes):,} characters, {len(ALPHABET)} classes: printable "
+            "ASCII and newline); the target is the next character")
+
+
+@functools.lru_cache(maxsize=1)
+def words() -> tuple[np.ndarray, tuple[str, ...]]:
+    """The corpus as word classes: the VOCABULARY - 1 most frequent words, then 'other'."""
+    tokens = re.findall(r"[a-z]+", corpus().lower())
+    common = [w for w, _ in collections.Counter(tokens).most_common(VOCABULARY - 1)]
+    index = {w: i for i, w in enumerate(common)}
+    other = len(common)
+    return (np.fromiter((index.get(w, other) for w in tokens), dtype=np.int64, count=len(tokens)),
+            tuple(common) + ("<other>",))
+
+
+def skipgram(rng, examples: int, steps: int) -> tuple[dict, str]:
+    codes, vocab = words()
+    middle = rng.integers(WINDOW, len(codes) - WINDOW, examples)
+    offsets = rng.choice([o for o in range(-WINDOW, WINDOW + 1) if o], examples)
+    return ({"input": codes[middle], "target": codes[middle + offsets]},
+            f"{{count}} skip-gram pairs from the words of the Python documentation "
+            f"({len(codes):,} words, the {len(vocab) - 1} most frequent and one class for the "
+            f"rest): a word, and a word at most {WINDOW} away")
+
+
+def cbow(rng, examples: int, steps: int) -> tuple[dict, str]:
+    codes, vocab = words()
+    middle = rng.integers(WINDOW, len(codes) - WINDOW, examples)
+    offsets = np.array([o for o in range(-WINDOW, WINDOW + 1) if o])
+    return ({"input": codes[middle[:, None] + offsets], "target": codes[middle]},
+            f"{{count}} continuous bag-of-words windows from the words of the Python "
+            f"documentation ({len(vocab)} classes): the {2 * WINDOW} words around a middle "
+            "word, and that word")
+
+
+# name -> (generator, examples, steps): enough examples to learn from, steps that train fast
+SEQUENCE_DATA = {
+    "parity": (parity, 1024, 20),
+    "adding": (adding, 10_000, 30),
+    "text": (text, 4_000, 100),
+    "skipgram": (skipgram, 100_000, 1),
+    "cbow": (cbow, 100_000, 1),
+}
+
+
+def sequence_data(name: str, seed: int, examples: int | None = None,
+                  steps: int | None = None) -> tuple[dict, str]:
+    """({"input": array, "target": array}, description) of a named dataset, with its own
+    number of examples and steps unless given; the description says {count} where the
+    number of examples goes."""
+    make, default_examples, default_steps = SEQUENCE_DATA[name]
+    return make(np.random.default_rng([seed, 7]), examples or default_examples,
+                steps or default_steps)
