@@ -145,3 +145,24 @@ def test_truncated_bptt_matches_pytorch_chunk_by_chunk(name, k1, k2):
         assert float(out["loss"]) == pytest.approx(loss.item(), rel=1e-10)
         assert_same_grads(pair.ex.grads, pair.torch_grads(loss))
         state = _detach(state)
+
+
+def test_cbow_matches_pytorch():
+    """specs/cbow.net at a 50-word vocabulary: embedding, mean over the context, softmax."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "specs" / "cbow.net").read_text()
+    plan = build_plan(check_text(text.replace("2000", "50")).graph)
+    values = initial_params(plan, "torch", seed=2)
+    ex = SequenceExecutor(plan, values, dtype="float64")
+    rng = np.random.default_rng(0)
+    data = {"context": rng.integers(0, 50, (B, 4)), "word": rng.integers(0, 50, B)}
+    leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in values.items()}
+    vectors = leaves["embedding1.weight"][torch.from_numpy(data["context"])].mean(dim=1)
+    scores = vectors @ leaves["scores.weight"].T + leaves["scores.bias"]
+    loss = torch.nn.functional.cross_entropy(scores, torch.from_numpy(data["word"]))
+    out = ex.forward(data, True)
+    ex.backward(plan.backward())
+    assert float(out["loss"]) == pytest.approx(loss.item(), rel=1e-10)
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    assert_same_grads(ex.grads, {k: g.numpy() for k, g in zip(leaves, grads)})

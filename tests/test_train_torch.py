@@ -35,7 +35,9 @@ from netdsl.runtime.optim import make_optimizer  # noqa: E402
 from netdsl.runtime.plan import Plan, build_plan  # noqa: E402
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
-RECURRENT = {"elman", "lstm", "lstm_classifier", "bidirectional_rnn"}
+# specs with a time axis: tests/test_recurrent_torch.py compares them
+SEQUENCE = {"elman", "lstm", "lstm_classifier", "bidirectional_rnn", "parity", "jordan", "adding",
+            "gru", "char_lm", "scrn", "cbow"}
 NOISE_OPS = ("normal", "gaussian_noise")  # sources whose draws the twin must be given
 
 # float64 on both sides: what is left is summation order, far below these
@@ -264,6 +266,8 @@ VARIANTS = {
     "vae": Variant(vae_losses, MODELS["vae"]),
     # each loss on its own: d must not reach G (stop_gradient), g reaches both
     "gan": Variant(gan_losses, MODELS["gan"], order=ranked("D/"), groups=(("d",), ("g",))),
+    "skipgram": Variant(classify, MODELS["skipgram"], batch=4,
+                        edits=(("word", "x"), ("context", "y"), ("2000", "50"))),
 }
 FEED_FORWARD = sorted(VARIANTS)
 
@@ -366,7 +370,7 @@ def running_stats(plan: Plan, ex: Executor, model: nn.Module, pairs) -> list[tup
 
 def test_every_feed_forward_spec_is_compared():
     names = {p.stem for p in SPECS.glob("*.net")}
-    assert set(FEED_FORWARD) == names - RECURRENT
+    assert set(FEED_FORWARD) == names - SEQUENCE
 
 
 @pytest.mark.parametrize("name", FEED_FORWARD)
