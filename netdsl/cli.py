@@ -9,7 +9,7 @@ from netdsl.errors import SpecError, SpecErrors, render
 
 __all__ = ["main"]
 
-EMIT_STAGES = ("ast", "expanded", "graph", "shapes", "plan")
+EMIT_STAGES = ("ast", "expanded", "graph", "shapes", "plan", "unrolled")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("spec", metavar="SPEC")
     comp.add_argument("--emit", choices=EMIT_STAGES, help="print a pipeline stage instead of the table")
     comp.add_argument("--batch", type=_positive, default=1, help="batch size for FLOPs and memory (1)")
+    comp.add_argument("--unroll", type=_steps, metavar="T", help="steps for --emit unrolled (3)")
 
     draw = sub.add_parser("draw", help="draw the network with Graphviz (svg, png, pdf, dot)",
                           description="Draw the network. Blocks are clusters; shapes label the edges.")
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="output file; its extension picks the format: .svg .png .pdf .dot")
     draw.add_argument("--collapse", nargs="?", const=1, type=_natural, default=0, metavar="DEPTH",
                       help="draw blocks below DEPTH (default 1: every block) as single boxes")
-    draw.add_argument("--unroll", type=_positive, metavar="T", help="draw a recurrence unrolled over T steps")
+    draw.add_argument("--unroll", type=_steps, metavar="T", help="draw a recurrence unrolled over T steps")
 
     run = sub.add_parser("run", help="train a spec (bundled data unless --data)",
                          description="Train a spec. Without --data it trains on data that ships "
@@ -123,6 +124,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _steps(text: str) -> int:
+    """--unroll T: time steps, a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps of at least 1 "
+                                         f"(for example --unroll 3), got {text!r}")
+    return value
+
+
 def _natural(text: str) -> int:
     try:
         value = int(text)
@@ -180,7 +193,11 @@ def _check(args) -> int:
 def _compile(args) -> int:
     from netdsl import emit
     from netdsl.driver import check_file
+    from netdsl.unroll import unroll
 
+    if args.unroll is not None and args.emit != "unrolled":
+        raise SpecError("--unroll goes with --emit unrolled", None,
+                        f"netc compile {args.spec} --emit unrolled --unroll {args.unroll}")
     net = check_file(args.spec)
     if args.emit:
         text = {
@@ -189,6 +206,7 @@ def _compile(args) -> int:
             "graph": lambda: emit.format_graph(net.graph),
             "shapes": lambda: emit.format_shapes(net.graph),
             "plan": lambda: emit.format_plan(net.graph, args.batch),
+            "unrolled": lambda: emit.format_unrolled(unroll(net.graph, args.unroll or 3)),
         }[args.emit]()
         print(text)
         return 0
@@ -249,8 +267,14 @@ def _predict(args) -> int:
     return runner.predict(args)
 
 
+def _tui(args) -> int:
+    from netdsl.tui import main as tui_main  # imported here: Textual loads only for this command
+
+    return tui_main(args.spec)
+
+
 COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "run": _run,
-            "eval": _eval, "predict": _predict}
+            "eval": _eval, "predict": _predict, "tui": _tui}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ import os
 import re
 import secrets
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import accumulate
 
 import graphviz
@@ -17,6 +17,7 @@ import networkx as nx
 
 from netdsl.errors import SpecError
 from netdsl.ops.base import REQUIRED
+from netdsl.unroll import INIT_KIND, unroll as unroll_steps
 
 __all__ = ["to_dot", "render", "FORMATS", "INSTALL_HINT"]
 
@@ -38,6 +39,9 @@ node_styles = {
 join_labels = {"add": "+", "sub": "−", "mul": "×", "div": "÷", "concat": "concat", "crop": "crop"}
 _RECURRENT = {"color": "#7a3db8", "fontcolor": "#7a3db8"}
 _CLUSTER = {"style": "rounded,dashed", "color": "#999999", "fontsize": "10", "labeljust": "l"}
+# unrolled, each layer's copies share one fill, so shared weights show across the steps
+_WEIGHT_FILLS = ("#e2f0cb", "#cde7f0", "#fff1c1", "#dfe7fd", "#fde2e4", "#d7f2e3", "#fce1c8",
+                 "#eaeaea")
 
 
 @dataclass
@@ -46,9 +50,7 @@ class _Drawn:
 
     attrs: dict
     path: tuple = ()          # ((cluster key, label), ...), outermost first
-    seq: bool = False         # a per-step value: copied once per step when unrolled
-    op: str | None = None     # the op's name
-    state: object = None      # the StateDef of a state node
+    step: int | None = None   # unrolled: the time step it belongs to (0: an initial value)
 
 
 @dataclass
@@ -56,9 +58,8 @@ class _Edge:
     u: str
     v: str
     delay: int
-    state: str | None = None                   # a recurrent edge: the state node it feeds
+    recurrent: bool = False                    # carries a state from one step to the next
     types: list = field(default_factory=list)  # the tensors it carries
-    init: object = None                        # the StateDef of that state
 
 
 def to_dot(graph: nx.DiGraph, *, collapse: bool | int = False, unroll: int | None = None
@@ -71,13 +72,14 @@ def to_dot(graph: nx.DiGraph, *, collapse: bool | int = False, unroll: int | Non
     collapse : False draws every block instance as a cluster of its layers; True draws
         each top-level instance as one box, and consecutive instances of one `x N` stage
         as one "basic x 3" box; an int n keeps n-1 levels of clusters and collapses level n.
-    unroll : draw this many time steps side by side; values are suffixed `@t`, and each
-        state's initial value is an init node.
+    unroll : draw this many time steps side by side (`netdsl.unroll` names the copies
+        `h@1` .. `h@T` and a state's initial value `h@0`); each layer's copies share a
+        fill colour, as they share their weights.
 
     Raises
     ------
     SpecError
-        When `collapse` is negative, `unroll` is below 1, or there is no sequence to unroll.
+        When `collapse` is negative, `unroll` is below 1, or there is no state to unroll.
 
     Example
     -------
@@ -85,14 +87,9 @@ def to_dot(graph: nx.DiGraph, *, collapse: bool | int = False, unroll: int | Non
     """
     if int(collapse) < 0:
         raise SpecError(f"collapse depth must be 0 or more, got {collapse}")
-    nodes, edges = _view(graph, int(collapse), unroll is not None)
     if unroll is not None:
-        if unroll < 1:
-            raise SpecError(f"--unroll needs at least one step, got {unroll}")
-        if not any(d.seq for d in nodes.values()):
-            raise SpecError(f"nothing to unroll: network {graph.graph['name']} has no sequences",
-                            None, "--unroll draws recurrent and sequence networks step by step")
-        nodes, edges = _unroll(nodes, edges, unroll)
+        graph = unroll_steps(graph, unroll)
+    nodes, edges = _view(graph, int(collapse), unroll is not None)
     return _emit(graph.graph["name"], nodes, edges, unroll)
 
 
@@ -103,40 +100,40 @@ def _view(graph: nx.DiGraph, depth: int, steps: bool) -> tuple[dict[str, _Drawn]
     boxes = _boxes(graph, depth) if depth else {}
     drawn_as = {n: boxes[n][0] if n in boxes else n for n in graph}
     nodes: dict[str, _Drawn] = {}
-    seq = {n: bool(getattr(t, "seq", False)) for n, t in graph.nodes(data="type")}
     for node, data in graph.nodes(data=True):
+        step = data.get("step")
         if node not in boxes:
-            nodes[node] = _Drawn(_node_attrs(graph, node), _path(data["scope"]), seq[node],
-                                 data["op"] and data["op"].name, data["state"])
+            nodes[node] = _Drawn(_node_attrs(graph, node), _path(data["scope"], step), step)
         elif drawn_as[node] not in nodes:
             nodes[drawn_as[node]] = _Drawn(_box_attrs(graph, boxes[node], drawn_as, steps),
-                                           _path(data["scope"][:depth - 1]),
-                                           any(seq[m] for m in boxes[node][3]))
+                                           _path(data["scope"][:depth - 1], step), step)
     edges: dict[tuple, _Edge] = {}
     for u, v, data in graph.edges(data=True):
         key = (drawn_as[u], drawn_as[v], data["delay"], v if data["delay"] else None)
         if key[0] == key[1] and not data["delay"]:
             continue  # inside one collapsed box
-        init = graph.nodes[v]["state"] if data["delay"] else None
-        edges.setdefault(key, _Edge(*key, init=init)).types.append(graph.nodes[u]["type"])
+        recurrent = bool(data["delay"]) or graph.nodes[u]["kind"] == INIT_KIND
+        edges.setdefault(key, _Edge(*key[:3], recurrent)).types.append(graph.nodes[u]["type"])
     return nodes, list(edges.values())
 
 
 def _boxes(graph: nx.DiGraph, depth: int) -> dict[str, tuple]:
     """Each node inside a block instance at `depth` -> its box (id, block, instance names,
-    members); consecutive instances made by one `x N` stage share a box."""
+    members); consecutive instances made by one `x N` stage share a box. Unrolled, each
+    step has its own boxes, `[cell1]@2`, and initial values stay outside them."""
     by_path, boxes, previous = {}, {}, None
     for node, data in graph.nodes(data=True):  # definition order
-        scope = data["scope"]
-        if len(scope) < depth:
+        scope, step = data["scope"], data.get("step")
+        if len(scope) < depth or data["kind"] == INIT_KIND:
             previous = None
             continue
-        path, frame = tuple(f.name for f in scope[:depth]), scope[depth - 1]
+        path, frame = (step, *(f.name for f in scope[:depth])), scope[depth - 1]
         if path not in by_path:
             joins = (previous and frame.repeat and previous[1].repeat == frame.repeat
                      and previous[0][:-1] == path[:-1])
+            at = f"@{step}" if step is not None else ""
             by_path[path] = by_path[previous[0]] if joins else (
-                "[" + "/".join(path) + "]", frame.block, [], [])
+                "[" + "/".join(path[1:]) + "]" + at, frame.block, [], [])
             by_path[path][2].append(frame.name)
         previous = (path, frame)
         boxes[node] = by_path[path]
@@ -144,32 +141,51 @@ def _boxes(graph: nx.DiGraph, depth: int) -> dict[str, tuple]:
     return boxes
 
 
-def _path(frames) -> tuple:
+def _path(frames, step: int | None = None) -> tuple:
+    """The clusters a node sits in; unrolled, a step's cluster holds its block instances."""
+    if step == 0:
+        return ()  # an initial value belongs to no step
+    at = f"@{step}" if step is not None else ""
     keys = accumulate((f.name for f in frames), lambda a, b: f"{a}/{b}")
-    return tuple((key, f"{f.name} : {f.block}") for key, f in zip(keys, frames))
+    blocks = tuple((key + at, f"{f.name} : {f.block}") for key, f in zip(keys, frames))
+    return blocks if step is None else ((f"t{step}", f"t = {step}"), *blocks)
 
 
 def _node_attrs(graph: nx.DiGraph, node: str) -> dict:
     data = graph.nodes[node]
     kind, op = data["kind"], data["op"]
-    losses = {n: name for name, n in graph.graph["losses"].items()}
+    name = data.get("origin", node)  # unrolled copies are drawn as the node they copy
+    losses = {n: loss for loss, n in graph.graph["losses"].items()}
     tip = {"tooltip": f"{node}  {data['span']}" if data["span"] else node}
     if kind in ("input", "target"):
-        return {**node_styles[kind], **tip, "label": _lines(f"{kind} {node}")}
+        return {**node_styles[kind], **tip, "label": _lines(f"{kind} {name}")}
+    if kind == INIT_KIND:
+        tip = {"tooltip": f"{node}: the initial value of state {data['state'].name}  {data['span']}"}
+        return {**node_styles["state"], **tip, "label": _lines(f"{node} = {data['state'].init}")}
     if kind == "state":
-        init = f"state = {data['state'].init}"
-        return {**node_styles["state"], **tip, "label": _lines(node, init)}
-    if node in losses:
-        name = "loss" if losses[node] == "loss" else f"loss {losses[node]}"
-        return {**node_styles["loss"], **tip, "label": _lines(name, _call(op))}
-    local = node.rsplit("/", 1)[-1]
+        init = [] if "step" in data else [f"state = {data['state'].init}"]  # unrolled: its h@0
+        return {**node_styles["state"], **tip, "label": _lines(name, *init)}
+    if name in losses:
+        title = "loss" if losses[name] == "loss" else f"loss {losses[name]}"
+        return {**node_styles["loss"], **tip, "label": _lines(title, _call(op))}
+    local = name.rsplit("/", 1)[-1]
     made_up = re.fullmatch(re.escape(op.name) + r"\d+", local)  # a name the expander chose
     if op.name in join_labels:
         named = {} if made_up else {"xlabel": graphviz.escape(local)}
         return {**node_styles["join"], **tip, **named, "label": join_labels[op.name]}
     shares = [f"shares {data['shares']}"] if data.get("shares") else []
-    return {**node_styles["op"], **tip,
+    return {**node_styles["op"], **tip, **_weight_style(graph, node),
             "label": _lines(_call(op) if made_up else f"{local} = {_call(op)}", *shares)}
+
+
+def _weight_style(graph: nx.DiGraph, node: str) -> dict:
+    """Unrolled: one fill per set of weights, and a tooltip naming whose weights a copy uses."""
+    owner = graph.nodes[node].get("params")
+    if owner is None:
+        return {}
+    fill = _WEIGHT_FILLS[list(graph.graph["weights"]).index(owner) % len(_WEIGHT_FILLS)]
+    tip = f"{node}: the weights of {owner}, the same at every step  {graph.nodes[node]['span']}"
+    return {"fillcolor": fill, "tooltip": tip}
 
 
 def _box_attrs(graph: nx.DiGraph, box: tuple, drawn_as: dict, steps: bool) -> dict:
@@ -179,7 +195,9 @@ def _box_attrs(graph: nx.DiGraph, box: tuple, drawn_as: dict, steps: bool) -> di
     shapes = ", ".join(dict.fromkeys(str(t.step() if steps else t) for t in types))
     title = ([f"{block} x {len(names)}", f"{names[0]} .. {names[-1]}"] if len(names) > 1
              else [f"{names[0]} : {block}"])
-    return {**node_styles["block"], "label": _lines(*title, shapes), "tooltip": box_id}
+    shared = steps and any(graph.nodes[m].get("params") for m in members)
+    tip = f"{box_id}: the same weights at every step" if shared else box_id
+    return {**node_styles["block"], "label": _lines(*title, shapes), "tooltip": tip}
 
 
 def _call(op) -> str:
@@ -206,55 +224,6 @@ def _lines(*lines: str) -> str:
     return r"\n".join(graphviz.escape(line) for line in lines)
 
 
-# ---- unrolling: one copy of the step graph per time step
-
-
-def _unroll(nodes: dict[str, _Drawn], edges: list[_Edge], steps: int):
-    def at(node, t):
-        return node if t is None or not nodes[node].seq else f"{node}@{t}"
-
-    out: dict[str, _Drawn] = {}
-    for node, d in nodes.items():
-        if d.state is not None:
-            continue  # a state at step t is the value it delays, from step t-k
-        for t in range(steps) if d.seq else [None]:
-            step = ((f"t{t}", f"t = {t}"), *((f"{k}@{t}", label) for k, label in d.path))
-            out[at(node, t)] = replace(d, path=step) if d.seq else d
-    result = []
-    for edge in _bypass_states(edges, {n for n, d in nodes.items() if d.state is not None}):
-        if edge.delay:
-            result += _delayed_copies(edge, out, at, steps)
-            continue
-        for s, t in _step_pairs(nodes[edge.u], nodes[edge.v], steps):
-            result.append(replace(edge, u=at(edge.u, s), v=at(edge.v, t)))
-    return out, list({(e.u, e.v): e for e in result}.values())
-
-
-def _bypass_states(edges: list[_Edge], states: set) -> list[_Edge]:
-    """Replace value -> state -> consumer by one delayed edge value -> consumer."""
-    feeds = {e.v: e for e in edges if e.v in states}
-    kept = [e for e in edges if e.u not in states and e.v not in states]
-    return kept + [replace(feeds[e.u], v=e.v, types=e.types) for e in edges if e.u in states]
-
-
-def _step_pairs(u: _Drawn, v: _Drawn, steps: int) -> list[tuple]:
-    """(source step, target step) pairs of a forward edge; None where a side is not per step."""
-    if v.seq:
-        return [(steps - 1 - t if v.op == "reverse" else t, t) for t in range(steps)]
-    reads = {"last": [steps - 1], "first": [0]}.get(v.op, range(steps))
-    return [(s, None) for s in reads] if u.seq else [(None, None)]
-
-
-def _delayed_copies(edge: _Edge, out: dict, at, steps: int) -> list[_Edge]:
-    """Step t reads step t-k, or the state's initial value (an init node) while t < k."""
-    init = f"{edge.state}@init"
-    if init not in out:
-        label = _lines(f"{edge.init.name}0: {edge.init.init}")
-        out[init] = _Drawn({**node_styles["state"], "label": label, "tooltip": init})
-    return [replace(edge, u=at(edge.u, t - edge.delay), v=at(edge.v, t)) if t >= edge.delay
-            else replace(edge, u=init, v=at(edge.v, t), delay=0) for t in range(steps)]
-
-
 # ---- emitting DOT
 
 
@@ -269,11 +238,12 @@ def _emit(name: str, nodes: dict[str, _Drawn], edges: list[_Edge], steps: int | 
     styled = (_edge_style(edge, steps is not None, *layers) for edge in edges)
     for tail, head, attrs in {(t, h, a["label"]): (t, h, a) for t, h, a in styled}.values():
         dot.edge(tail, head, **attrs)  # one loop per box, however many states it holds
-    if steps is not None:  # steps left to right: an invisible anchor fans out to them in order
-        first = next(n for n in nodes if n.endswith("@0"))[:-2]
-        dot.node("@steps", shape="point", style="invis", ordering="out")
-        for t in range(steps):
-            dot.edge("@steps", f"{first}@{t}", style="invis")
+    if steps is not None:  # steps left to right: one node's copies in a row, chained in order
+        first = next(n for n, d in nodes.items() if d.step == 1).rpartition("@")[0]
+        with dot.subgraph() as row:
+            row.attr(rank="same")
+            for t in range(1, steps):
+                row.edge(f"{first}@{t}", f"{first}@{t + 1}", style="invis")
     return dot
 
 
@@ -304,7 +274,7 @@ def _layers(edges: list[_Edge]) -> tuple[dict, dict]:
 def _edge_style(edge: _Edge, unrolled: bool, layer: dict, fanout: dict) -> tuple[str, str, dict]:
     """(tail, head, attributes) of an edge, laid out by how many layers it spans."""
     shapes = ", ".join(dict.fromkeys(str(t.step() if unrolled else t) for t in edge.types))
-    attrs = {**_RECURRENT, "label": shapes} if edge.state else {"label": shapes}
+    attrs = {**_RECURRENT, "label": shapes} if edge.recurrent else {"label": shapes}
     span = layer.get(edge.v, 0) - layer.get(edge.u, 0)
     if edge.delay and not unrolled:  # drawn back to the state it feeds
         return edge.u, edge.v, {**attrs, "style": "dashed", "constraint": "false",

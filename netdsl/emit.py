@@ -9,7 +9,8 @@ from netdsl import ast
 from netdsl.graph import forward_view
 from netdsl.program import Program
 
-__all__ = ["format_ast", "format_program", "format_graph", "format_shapes", "format_plan"]
+__all__ = ["format_ast", "format_program", "format_graph", "format_shapes", "format_plan",
+           "format_unrolled"]
 
 
 def format_ast(module: ast.Module) -> str:
@@ -78,6 +79,42 @@ def format_graph(graph: nx.DiGraph) -> str:
     return "\n".join(lines)
 
 
+def format_unrolled(dag: nx.DiGraph) -> str:
+    """An unrolled graph (`netdsl.unroll`) as `--emit graph` prints one, step by step,
+    then each set of weights once, with the copies that share it."""
+    from netdsl.unroll import INIT_KIND, sort_key
+
+    def key(node):
+        return sort_key(dag, node)
+
+    steps = dag.graph["steps"]
+    lines = [f"unrolled {dag.graph['name']} over {steps} step{'s' if steps > 1 else ''}: "
+             f"{dag.number_of_nodes()} nodes, {dag.number_of_edges()} edges"]
+    for node in nx.lexicographical_topological_sort(dag, key=key):
+        data = dag.nodes[node]
+        succ = [v if not dag.edges[node, v]["delay"] else f"{v} (delay {dag.edges[node, v]['delay']})"
+                for v in sorted(dag.successors(node), key=key)]
+        kind = (f"{INIT_KIND} {data['state'].init}" if data["kind"] == INIT_KIND
+                else data["op"].name if data["op"] else data["kind"])
+        lines.append(f"{node} [{kind}] {data['type']} -> {', '.join(succ) or '(output)'}")
+    return "\n".join(lines + _shared_weights(dag, key))
+
+
+def _shared_weights(dag: nx.DiGraph, key) -> list[str]:
+    """`weights dense2 (weight [64,64]): dense2@1, dense2@2, dense2@3`: each owner once."""
+    users: dict[str, list[str]] = {owner: [] for owner in dag.graph["weights"]}
+    for node in sorted(dag, key=key):
+        owner = dag.nodes[node]["params"]
+        if owner is not None:
+            users[owner].append(node)
+    lines = []
+    for owner, nodes in users.items():
+        shapes = ", ".join(f"{name} [{','.join(map(str, shape))}]"
+                           for name, shape in dag.graph["weights"][owner].items())
+        lines.append(f"weights {owner} ({shapes}): {', '.join(nodes)}")
+    return lines
+
+
 def format_shapes(graph: nx.DiGraph) -> str:
     """JAX-style typed lines: `conv1: [16,32,32] = conv(x; channels=16, ...)`."""
     lines = []
@@ -93,6 +130,31 @@ def format_shapes(graph: nx.DiGraph) -> str:
     return "\n".join(lines)
 
 
+def _format_sequence_plan(plan) -> str:
+    """A sequence network's step: what runs once over all time steps, and each loop."""
+    from netdsl.runtime.hoist import hoist
+
+    plan = hoist(plan)
+    in_loop = {s.node: loop for loop in plan.loops for s in loop.steps}
+    lines = [f"forward ({len(plan.steps)} steps; a loop runs once per time step, the rest once "
+             "for all steps)"]
+    shown = set()
+    for step in plan.steps:
+        loop = in_loop.get(step.node)
+        if loop is None:
+            part = " [columns of the weight]" if step.slices else ""
+            lines.append(f"  {step.node} ({step.op.name}){part}")
+        elif loop.name not in shown:
+            shown.add(loop.name)
+            states = ", ".join(f"{s.node} <- {s.source}" for s in loop.states)
+            lines.append(f"  loop over t ({states}):")
+            lines += [f"    {s.node} ({s.op.name})" for s in loop.steps]
+    backward = plan.backward()
+    lines.append(f"backward through time ({len(backward.order)} steps, losses "
+                 f"{', '.join(backward.losses)}); gradients of the states flow to step t-k")
+    return "\n".join(lines)
+
+
 def format_plan(graph: nx.DiGraph, batch: int) -> str:
     """The training step: fused forward chains, autodiff's backward order, buffer slots."""
     from netdsl.report import human
@@ -101,6 +163,8 @@ def format_plan(graph: nx.DiGraph, batch: int) -> str:
     from netdsl.runtime.plan import build_plan
 
     plan = build_plan(graph)
+    if plan.sequential:
+        return _format_sequence_plan(plan)
     backward = plan.backward()
     memory = plan_memory(plan, backward, batch)
     lines = [f"forward ({len(plan.steps)} steps; a chain runs its followers in place)"]

@@ -54,7 +54,9 @@ def format_training_memory(net, batch: int) -> str | None:
         plan = build_plan(net.graph)
         settings = resolve_settings(net.graph.graph["train"])
     except SpecError:
-        return None  # recurrent, or no loss: the table above is all there is
+        return None  # no loss, or a bad train clause: the table above is all there is
+    if plan.sequential:
+        return None  # buffer planning covers feed-forward steps; sequences run in a loop
     # momentum and Adagrad keep one parameter-sized array, Adam two, plain SGD none
     opt = settings.optimizer_settings
     slots = {"adam": 2, "adagrad": 1, "rmsprop": 1 + bool(opt.get("momentum"))}.get(

@@ -201,33 +201,50 @@ class TestRecurrence:
     def test_unroll_draws_one_copy_per_step(self, elman):
         dot = to_dot(elman, unroll=3)
         assert dot.source.count('label="dense(64, bias=false)"') == 3
-        assert {f"h@{t}" for t in range(3)} <= set(re.findall(r'"(h@\d+)"', dot.source))
-        assert "h@3" not in dot.source and "h[t-1]@1" not in dot.source
-        assert sorted(c for c in clusters(dot)) == ["t0", "t1", "t2"]
+        assert {f"h@{t}" for t in range(1, 4)} <= set(re.findall(r'"(h@\d+)"', dot.source))
+        assert "h@4" not in dot.source and '"h[t-1]@2"' in dot.source
+        assert sorted(c for c in clusters(dot)) == ["t1", "t2", "t3"]
 
     def test_unrolled_recurrence_links_consecutive_steps(self, elman):
         flow = edges(to_dot(elman, unroll=3))
-        assert ("h@0", "dense2@1") in flow and ("h@1", "dense2@2") in flow
-        assert ("h@0", "dense2@0") not in flow and ("h@2", "dense2@0") not in flow
-        assert 'label="[64]"' in flow[("h@0", "dense2@1")]  # one step's shape, not seq[64]
+        assert ("h@1", "h[t-1]@2") in flow and ("h@2", "h[t-1]@3") in flow
+        assert ("h[t-1]@2", "dense2@2") in flow
+        assert not any(u == "h@3" and v.startswith("h[t-1]") for u, v in flow)
+        assert 'label="[64]"' in flow[("h@1", "h[t-1]@2")]  # one step's shape, not seq[64]
+        assert "#7a3db8" in flow[("h@1", "h[t-1]@2")]
 
     def test_initial_state_feeds_the_first_step(self, elman):
         dot = to_dot(elman, unroll=3)
-        assert "h0: learned" in node_attrs(dot, "h[t-1]@init")
-        assert ("h[t-1]@init", "dense2@0") in edges(dot)
+        assert 'label="h@0 = learned"' in node_attrs(dot, "h@0")
+        assert ("h@0", "h[t-1]@1") in edges(dot)
+        assert not any(u == "h@0" and v != "h[t-1]@1" for u, v in edges(dot))
+
+    def test_copies_of_a_layer_share_a_fill_and_say_whose_weights(self, elman):
+        dot = to_dot(elman, unroll=3)
+        fill = {n: re.search(r'fillcolor="([^"]+)"', node_attrs(dot, n)).group(1)
+                for n in ("dense1@1", "dense1@3", "dense2@1", "dense2@2", "dense2@3")}
+        assert fill["dense2@1"] == fill["dense2@2"] == fill["dense2@3"]
+        assert fill["dense1@1"] == fill["dense1@3"] != fill["dense2@1"]
+        assert "the weights of dense2, the same at every step" in node_attrs(dot, "dense2@3")
+
+    def test_loss_over_the_sequence_is_drawn_once(self, elman):
+        flow = edges(to_dot(elman, unroll=3))
+        assert sorted(u for u, v in flow if v == "loss" and u.startswith("dense3")) == [
+            "dense3@1", "dense3@2", "dense3@3"]
 
     def test_collapsed_cell_unrolls_with_every_initial_state(self):
         dot = to_dot(check_text(CELLS, "cells.net").graph, collapse=True, unroll=3)
         flow = edges(dot)
-        assert ("[cell1]@0", "[cell1]@1") in flow and ("[cell1]@1", "[cell1]@2") in flow
-        assert "h0: learned" in node_attrs(dot, "cell1/h[t-1]@init")
-        assert "c0: zeros" in node_attrs(dot, "cell1/c[t-1]@init")
-        assert {("cell1/h[t-1]@init", "[cell1]@0"), ("cell1/c[t-1]@init", "[cell1]@0")} <= set(flow)
-        assert 'label="cell1 : cell\\n[8]"' in node_attrs(dot, "[cell1]@0")
+        assert ("[cell1]@1", "[cell1]@2") in flow and ("[cell1]@2", "[cell1]@3") in flow
+        assert 'label="cell1/h@0 = learned"' in node_attrs(dot, "cell1/h@0")
+        assert 'label="cell1/c@0 = zeros"' in node_attrs(dot, "cell1/c@0")
+        assert {("cell1/h@0", "[cell1]@1"), ("cell1/c@0", "[cell1]@1")} <= set(flow)
+        assert 'label="cell1 : cell\\n[8]"' in node_attrs(dot, "[cell1]@1")
+        assert "the same weights at every step" in node_attrs(dot, "[cell1]@2")
 
     def test_last_reads_only_the_last_step(self):
         flow = edges(to_dot(check_text(CELLS, "cells.net").graph, collapse=True, unroll=3))
-        assert [u for u, v in flow if v == "last1"] == ["[cell1]@2"]
+        assert [u for u, v in flow if v == "last1"] == ["[cell1]@3"]
         assert ("last1", "logits") in flow
 
     def test_collapsed_cell_loops_back_once(self):
@@ -239,13 +256,14 @@ class TestRecurrence:
     def test_steps_are_laid_out_left_to_right(self, elman):
         plain = subprocess.run(["dot", "-Tplain"], input=to_dot(elman, unroll=4).source,
                                capture_output=True, text=True, timeout=60).stdout
-        x = {m[0]: float(m[1]) for m in re.findall(r'^node "?(h@\d)"? (\S+)', plain, re.M)}
-        assert sorted(x, key=x.get) == ["h@0", "h@1", "h@2", "h@3"]
+        x = {m[0]: float(m[1]) for m in re.findall(r'^node "?(h@[1-9])"? (\S+)', plain, re.M)}
+        assert sorted(x, key=x.get) == ["h@1", "h@2", "h@3", "h@4"]
 
-    def test_unroll_needs_a_sequence(self, res, elman):
-        with pytest.raises(SpecError, match="nothing to unroll"):
+    def test_unroll_needs_a_state(self, res, elman):
+        with pytest.raises(SpecError, match="no recurrent state") as info:
             to_dot(res, unroll=2)
-        with pytest.raises(SpecError, match="at least one step"):
+        assert "state h" in info.value.hint
+        with pytest.raises(SpecError, match="at least 1"):
             to_dot(elman, unroll=0)
 
 

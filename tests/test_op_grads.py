@@ -17,7 +17,7 @@ from netdsl.ops import OPS, bind
 from netdsl.ops.base import Ctx, Op
 from netdsl.types import TensorType, classes, floats
 
-B, T = 3, 3  # batch, and steps for whole-sequence ops
+B, T = 3, 4  # batch, and steps for whole-sequence ops (which see time first: (T, B, ...))
 EPS = 1e-6  # central-difference step; inputs stay 10 * EPS away from kinks
 SCALAR = TensorType(())
 
@@ -413,10 +413,11 @@ CASES = [
     case("hinge", margin=0, inputs=[floats(1), classes(2)], ref=hinge_ref(0.0),
          kink=hinge_kink(0.0)),
     # whole sequences
-    case("last", inputs=[floats(4, seq=True)], ref=on_x(lambda x: x[:, -1])),
-    case("first", inputs=[floats(2, 2, seq=True)], ref=on_x(lambda x: x[:, 0])),
-    case("reverse", inputs=[floats(3, seq=True)], ref=on_x(lambda x: x.flip(1))),
-    case("reverse", inputs=[classes(50, seq=True)], ref=on_x(lambda x: x.flip(1))),
+    case("last", inputs=[floats(4, seq=True)], ref=on_x(lambda x: x[-1])),
+    case("first", inputs=[floats(2, 2, seq=True)], ref=on_x(lambda x: x[0])),
+    case("mean", inputs=[floats(3, seq=True)], ref=on_x(lambda x: x.mean(0))),
+    case("reverse", inputs=[floats(3, seq=True)], ref=on_x(lambda x: x.flip(0))),
+    case("reverse", inputs=[classes(50, seq=True)], ref=on_x(lambda x: x.flip(0))),
 ]
 
 PARAMS = [pytest.param(c, id=c.id, marks=c.marks) for c in CASES]
@@ -441,8 +442,8 @@ class Run:
         self.seed = seed
 
     def shape_of(self, t: TensorType) -> tuple:
-        steps = (T,) if t.seq and not self.op.per_step else ()
-        return (B, *steps, *t.dims)
+        lead = (T, B) if t.seq and not self.op.per_step else (B,)
+        return (*lead, *t.dims)
 
     def draw(self, rng):
         """Inputs away from kinks: resampled until the case's kink distance allows a step."""
@@ -534,8 +535,8 @@ class TestAgainstTorch:
         ctx, y = run.forward()
         expected, _, _ = run.torch_twin(ctx)
         assert isinstance(y, xp.ndarray)
-        steps = (T,) if run.out_type.seq and not run.op.per_step else ()
-        shape = () if run.op.is_loss else (B, *steps, *run.out_type.dims)
+        lead = (T, B) if run.out_type.seq and not run.op.per_step else (B,)
+        shape = () if run.op.is_loss else (*lead, *run.out_type.dims)
         assert y.shape == shape
         close(y, expected.detach().numpy())
 
