@@ -58,9 +58,21 @@ def _node_type(graph: nx.DiGraph, node: str, data) -> TensorType | None:
     op = data["op"]
     if not op.per_step:
         return op.shape(*inputs)
-    seq = any(t.seq for t in inputs)
-    result = op.shape(*(t.step() for t in inputs))
+    whole = whole_positions(op)
+    seq = any(t.seq for i, t in enumerate(inputs) if i not in whole)
+    result = op.shape(*(t if i in whole else t.step() for i, t in enumerate(inputs)))
     return replace(result, seq=True) if seq else result
+
+
+def whole_positions(op) -> frozenset[int]:
+    """The argument positions of the inputs a per-step op reads as whole sequences."""
+    if not op.whole:
+        return frozenset()
+    import inspect
+
+    names = [p.name for p in inspect.signature(op.shape).parameters.values()
+             if p.kind is not p.VAR_POSITIONAL]
+    return frozenset(i for i, name in enumerate(names) if name in op.whole)
 
 
 def _check_states(graph: nx.DiGraph) -> list[SpecError]:

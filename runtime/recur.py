@@ -20,6 +20,7 @@ from netdsl.ops.base import Ctx
 from netdsl.runtime.execute import Executor, NonFinite
 from netdsl.runtime.hoist import hoist
 from netdsl.runtime.plan import Backward, Loop, Plan, State, Step
+from netdsl.shapes import whole_positions
 
 __all__ = ["SequenceExecutor"]
 
@@ -54,6 +55,9 @@ class SequenceExecutor(Executor):
         # values with a time axis; a loss over a sequence is one number all the same
         losses = set(plan.losses.values())
         self._timed = {n for n, t in plan.types.items() if t.seq and n not in losses}
+        # per step, the input positions read as whole sequences (attention's memory)
+        self._whole = {s.node: whole_positions(s.op) for s in plan.steps}
+        self._time: dict[str, int] = {}  # node or loop -> the steps it ran over
         self._segments: dict[frozenset, list] = {}
         self._last: list = []  # the segments the last forward ran, which backward reverses
         self.carry: dict | None = None
@@ -74,7 +78,8 @@ class SequenceExecutor(Executor):
         keep = frozenset(keep) | (frozenset(plan.losses.values()) if losses else frozenset())
         segments = self._last = self._segments_for(keep)
         values = {name: self._time_major(batch[name], name) for name in plan.inputs if name in batch}
-        self.time, self.size = self._extent(values)
+        self.size = self._extent(values)
+        self._time = {}
         self.ctxs, self._carried = {}, carry is not None
         self.carry = {}
         for segment in segments:
@@ -104,8 +109,10 @@ class SequenceExecutor(Executor):
         routes = []
         for step in loop.steps:
             route = []
-            for source in step.inputs:
-                if source in members:
+            for position, source in enumerate(step.inputs):
+                if position in self._whole[step.node]:
+                    route.append((_WHOLE, source))  # the whole sequence at every step
+                elif source in members:
                     route.append((_MEMBER, source))
                 elif source in states:
                     route.append((_STATE, states[source]))
@@ -123,12 +130,16 @@ class SequenceExecutor(Executor):
 
     def _forward_step(self, step: Step, values: dict, training: bool, check_finite: bool):
         """An op outside any recurrence: per-step ops see time folded into the batch."""
-        xp, timed = self.xp, self._timed
+        xp, timed, whole = self.xp, self._timed, self._whole[step.node]
         xs = [values[s] for s in step.inputs]
-        folded = step.op.per_step and any(s in timed for s in step.inputs)
+        steps = [x.shape[0] for i, (x, s) in enumerate(zip(xs, step.inputs))
+                 if s in timed and i not in whole]
+        folded = step.op.per_step and bool(steps)
         if folded:
-            xs = [self._fold(x, s in timed) for x, s in zip(xs, step.inputs)]
-        batch = self.time * self.size if folded else self.size
+            T = self._time[step.node] = steps[0]
+            xs = [x if i in whole else self._fold(x, s in timed, T)
+                  for i, (x, s) in enumerate(zip(xs, step.inputs))]
+        batch = T * self.size if folded else self.size
         ctx = self.ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node], batch,
                                          self.dtype)
         kwargs = self._param_args(step)
@@ -136,13 +147,14 @@ class SequenceExecutor(Executor):
             kwargs[kw] = self.ctxs[node].saved[saved]
         y = step.op.forward(ctx, *xs, **kwargs)
         if folded and step.node in timed:
-            y = y.reshape((self.time, self.size) + y.shape[1:])
+            y = y.reshape((T, self.size) + y.shape[1:])
         self._check(check_finite, y, step.node, "forward")
         return y
 
     def _forward_loop(self, run: _LoopRun, values: dict, training: bool, carry: dict,
                       check_finite: bool) -> None:
-        xp, T, B = self.xp, self.time, self.size
+        xp, B = self.xp, self.size
+        T = self._time[run.loop.name] = self._loop_length(run, values)
         stored = {node: xp.empty((T, B) + self.plan.types[node].dims, dtype=self.dtype)
                   for node in run.stored}
         ctxs = {step.node: [] for step in run.loop.steps}
@@ -206,20 +218,20 @@ class SequenceExecutor(Executor):
             self._backward_step(segment, gy, grads, backward, check_finite)
 
     def _backward_step(self, step: Step, gy, grads: dict, backward: Backward, check_finite: bool):
-        timed = self._timed
+        timed, whole = self._timed, self._whole[step.node]
         ctx = self.ctxs[step.node]
         targets = backward.grad_inputs[step.node]
-        folded = step.op.per_step and any(s in timed for s in step.inputs)
+        folded = step.node in self._time
         if folded and step.node in timed:
             gy = gy.reshape((-1,) + gy.shape[2:])
         ctx.needs_input_grad = tuple(t is not None for t in targets)
         input_grads, param_grads = step.op.backward(ctx, gy)
         ctx.saved.clear()
-        for source, target, grad in zip(step.inputs, targets, input_grads):
+        for position, (source, target, grad) in enumerate(zip(step.inputs, targets, input_grads)):
             if target is None or grad is None:
                 continue
-            if folded:
-                grad = grad.reshape((self.time, self.size) + grad.shape[1:])
+            if folded and position not in whole:
+                grad = grad.reshape((self._time[step.node], self.size) + grad.shape[1:])
                 if source not in timed:  # a per-sequence value broadcast over the steps
                     grad = grad.sum(axis=0)
             self._check(check_finite, grad, step.node, "backward")
@@ -228,7 +240,7 @@ class SequenceExecutor(Executor):
 
     def _backward_loop(self, run: _LoopRun, grads: dict, backward: Backward, wanted: set,
                        check_finite: bool) -> None:
-        xp, T = self.xp, self.time
+        xp, T = self.xp, self._time[run.loop.name]
         steps = [(step, route) for step, route in zip(run.loop.steps, run.routes)
                  if step.node in wanted]
         outside = {step.node: grads.pop(step.node) for step, _ in steps if step.node in grads}
@@ -324,22 +336,25 @@ class SequenceExecutor(Executor):
     def _batch_major(self, value, name: str):
         return value.swapaxes(0, 1) if name in self._timed else value
 
-    def _extent(self, values: dict) -> tuple[int, int]:
-        """(T, B) of a batch: the steps of its sequences and the examples."""
-        time = size = None
+    def _extent(self, values: dict) -> int:
+        """The number of examples in a batch (sequences of one batch may differ in length)."""
         for name, value in values.items():
-            if name in self._timed:
-                time, size = value.shape[:2]
-                break
-            size = len(value)
-        if time is None:
-            raise ValueError("a sequence network needs at least one sequence input")
-        return int(time), int(size)
+            return int(value.shape[1] if name in self._timed else value.shape[0])
+        raise ValueError("a batch needs at least one input")
 
-    def _fold(self, x, seq: bool):
+    def _loop_length(self, run: _LoopRun, values: dict) -> int:
+        """A recurrence runs for as many steps as the sequences it reads have."""
+        for route in run.routes:
+            for kind, ref in route:
+                if kind == _SEQ:
+                    return int(values[ref].shape[0])
+        raise ValueError(f"the recurrence at {run.loop.name} reads no sequence, so nothing "
+                         "says how many steps it runs")
+
+    def _fold(self, x, seq: bool, steps: int):
         """(T, B, ...) -> (T*B, ...); a per-sequence (B, ...) value is repeated at every step."""
         if not seq:
-            x = self.xp.broadcast_to(x, (self.time,) + x.shape)
+            x = self.xp.broadcast_to(x, (steps,) + x.shape)
         return x.reshape((-1,) + x.shape[2:])
 
     def _check(self, check_finite: bool, array, node: str, phase: str) -> None:

@@ -38,7 +38,7 @@ def truncation(plan: Plan, settings: TrainSettings) -> tuple[int, int] | None:
     """
     if settings.bptt is None or not plan.loops:
         return None
-    whole = [s for s in plan.steps if not s.op.per_step]
+    whole = [s for s in plan.steps if not s.op.per_step or s.op.whole]
     if whole:
         raise SpecError(f"truncated BPTT cuts sequences into chunks, but '{whole[0].op.name}' "
                         "needs the whole sequence", plan.graph.nodes[whole[0].node]["span"],

@@ -88,6 +88,18 @@ def case(name, *args, inputs, ref, **options) -> Case:
     return Case(name, args, kwargs, inputs, ref, **options)
 
 
+def dot_attention(q, m):
+    """q (B, d) over memory m (T, B, d), scaled by sqrt(d)."""
+    weights = torch.softmax(torch.einsum("bd,tbd->bt", q, m) / q.shape[-1] ** 0.5, dim=1)
+    return torch.einsum("bt,tbd->bd", weights, m)
+
+
+def additive_attention(q, m, p):
+    hidden = torch.tanh(q @ p["query_weight"].T + m @ p["memory_weight"].T)  # (T, B, u)
+    weights = torch.softmax(hidden @ p["score"], dim=0)                      # (T, B)
+    return torch.einsum("tb,tbd->bd", weights, m)
+
+
 def on_x(fn):
     """A twin that reads only the first input."""
     return lambda xs, p, aux: fn(xs[0])
@@ -413,6 +425,9 @@ CASES = [
     case("hinge", margin=0, inputs=[floats(1), classes(2)], ref=hinge_ref(0.0),
          kink=hinge_kink(0.0)),
     # whole sequences
+    case("attention", inputs=[floats(4), floats(4, seq=True)], ref=lambda xs, p, aux: dot_attention(*xs)),
+    case("additive_attention", 5, inputs=[floats(3), floats(4, seq=True)],
+         ref=lambda xs, p, aux: additive_attention(*xs, p)),
     case("last", inputs=[floats(4, seq=True)], ref=on_x(lambda x: x[-1])),
     case("first", inputs=[floats(2, 2, seq=True)], ref=on_x(lambda x: x[0])),
     case("mean", inputs=[floats(3, seq=True)], ref=on_x(lambda x: x.mean(0))),
@@ -442,7 +457,7 @@ class Run:
         self.seed = seed
 
     def shape_of(self, t: TensorType) -> tuple:
-        lead = (T, B) if t.seq and not self.op.per_step else (B,)
+        lead = (T, B) if t.seq else (B,)  # whole sequences arrive time-major
         return (*lead, *t.dims)
 
     def draw(self, rng):
@@ -764,3 +779,39 @@ class TestAtScale:
         yt.backward(torch.tensor(gy))
         close(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
         close(grads["weight"], wt.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+class TestHostSlabs:
+    """On the host, conv, batchnorm and max-pooling split their work over threads (one
+    slab of the batch or of the channels each): the same results as in one piece."""
+
+    CALLS = [
+        (("conv", 8, 3), {"pad": 1}, (6, 5, 9, 9)),
+        (("conv", 8, 3), {"stride": 2, "pad": 1}, (6, 5, 9, 9)),
+        (("conv", 20, 3), {"pad": 1}, (6, 18, 7, 7)),      # dx as a convolution
+        (("conv", 8, 1), {}, (6, 5, 9, 9)),                # pointwise
+        (("batchnorm",), {}, (6, 5, 4, 4)),
+        (("maxpool", 3), {"stride": 1, "pad": 1}, (6, 5, 9, 9)),
+        (("maxpool", 2), {}, (6, 5, 9, 9)),
+    ]
+
+    @staticmethod
+    def run(call, kwargs, shape, threads, monkeypatch):
+        from netdsl.ops import kernels
+
+        monkeypatch.setattr(kernels, "host_threads", lambda: threads)
+        monkeypatch.setattr(kernels, "MIN_SPLIT_BYTES", 0)
+        rng = np.random.default_rng(0)
+        op = make(*call, **kwargs)
+        params = op.init(rng, floats(*shape[1:]))
+        x = rng.standard_normal(shape).astype(np.float32)
+        ctx = Ctx(np, training=True)
+        y = op.forward(ctx, x, **params)
+        (dx,), grads = op.backward(ctx, rng.standard_normal(y.shape).astype(np.float32))
+        return [y, dx, *grads.values()]
+
+    @pytest.mark.parametrize("call, kwargs, shape", CALLS)
+    def test_slabs_match_one_piece(self, call, kwargs, shape, monkeypatch):
+        whole = self.run(call, kwargs, shape, 1, monkeypatch)
+        for ours, theirs in zip(self.run(call, kwargs, shape, 4, monkeypatch), whole):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)  # sum order

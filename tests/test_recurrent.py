@@ -183,3 +183,34 @@ def test_the_parity_demo_learns_and_generalises_to_longer_strings(tmp_path):
     assert longer.returncode == 0, longer.stderr
     accuracy = float(longer.stdout.split("accuracy")[1].split("%")[0])
     assert accuracy > 95, longer.stdout
+
+
+ATTENDING = """enc = x -> elman(5)
+state s : [5]
+context = attention(s[t-1], enc)
+s = tanh(dense(concat(x, context), 5) + dense(s[t-1], 5))
+read = additive_attention(s, enc, 7)
+logits = concat(s, read) -> dense(3)"""
+
+
+def test_attention_inside_and_outside_a_recurrence_agrees_with_finite_differences():
+    plan = build_plan(check_text(network(ATTENDING)).graph)
+    assert len(plan.loops) == 2  # the encoder, and the decoder that attends over it
+    assert worst_gradient_error(plan, per_param=12) < 1
+
+
+def test_a_decoder_may_run_for_another_number_of_steps_than_its_memory():
+    body = """input target_in : seq[2]
+enc = x -> elman(5)
+state s : [5]
+s = tanh(dense(concat(target_in, attention(s[t-1], enc)), 5))
+logits = s -> dense(3)"""
+    plan = build_plan(check_text(network(body)).graph)
+    ex = SequenceExecutor(plan, initial_params(plan, "auto", 0))
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.standard_normal((2, 7, 4)), "target_in": rng.standard_normal((2, 3, 2)),
+             "y": rng.integers(0, 3, (2, 3))}
+    out = ex.forward(batch, True, keep={"logits"})
+    ex.backward(plan.backward())
+    assert out["logits"].shape == (2, 3, 3)
+    assert np.isfinite(ex.flat_grads).all() and ex.grads["elman1/dense1.weight"].any()

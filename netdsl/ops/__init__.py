@@ -2,6 +2,7 @@
 from netdsl.ops import (  # noqa: F401  imported for their @register side effects
     activation,
     arith,
+    attention,
     conv,
     linear,
     loss,

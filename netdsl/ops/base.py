@@ -117,8 +117,11 @@ class Op:
     # Names are inputs as the shape rule names them, "y" the output (unless an input is y),
     # parameters by name, or arrays forward makes (mask, indices, xhat); see Ctx.saved
     keeps: ClassVar[tuple[str, ...]] = ("x",)
-    # ops that see the whole sequence (last, reverse, attention) set this False
+    # ops that see the whole sequence (last, reverse) set this False
     per_step: ClassVar[bool] = True
+    # inputs of a per-step op that it reads as whole sequences, time-major (attention's
+    # memory): they do not make the result a sequence, and a recurrence passes them whole
+    whole: ClassVar[tuple[str, ...]] = ()
     # losses reduce to one number per batch; the graph treats them as outputs
     is_loss: ClassVar[bool] = False
     # `a, b = split(z, 2)`: expansion makes one node per output and binds its `index`

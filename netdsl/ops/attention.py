@@ -1,0 +1,160 @@
+"""Attention: a query reads a weighted average of a whole sequence (the memory).
+
+Both ops run per step for the query and see the memory whole: `memory` is listed in
+`whole`, so inside a recurrence (a decoder) each step's query attends over every step
+of the memory (the encoder's outputs), and outside one every query step does. The
+memory arrives time-major, (S, B, d); the query as (R*B, d), R query steps of the
+same B sequences (R = 1 inside a loop), and the result has the query's rows.
+"""
+from __future__ import annotations
+
+import math
+
+from netdsl.errors import ShapeError
+from netdsl.ops.base import Arg, Op, positive, register
+from netdsl.ops.common import expect_float
+from netdsl.ops.kernels import fan_in_uniform
+from netdsl.types import TensorType
+
+
+def _softmax_last(xp, s):
+    e = xp.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _softmax_grad(a, ga):
+    """d(loss)/d(scores) from d(loss)/d(weights) for weights a = softmax(scores)."""
+    return a * (ga - (a * ga).sum(axis=-1, keepdims=True))
+
+
+class _Attention(Op):
+    arity = 2
+    whole = ("memory",)
+
+    def check(self, query: TensorType, memory: TensorType) -> None:
+        expect_float(self, query)
+        expect_float(self, memory)
+        if not memory.seq:
+            raise ShapeError(f"{self.name} attends over a sequence, but its memory is {memory}",
+                             "pass the sequence to attend over, e.g. the encoder's outputs")
+        if query.rank != 1 or memory.rank != 1:
+            raise ShapeError(f"{self.name} expects vectors, got query {query.step()} and memory "
+                             f"{memory.step()}")
+
+    @staticmethod
+    def rows(query, memory):
+        """The query as (R, B, dq): R query steps of the memory's B sequences."""
+        return query.reshape(-1, memory.shape[1], query.shape[-1])
+
+    def read(self, ctx, weights, memory):
+        """sum_s weights[r, b, s] memory[s, b, :], and (B, S, d) memory for backward."""
+        by_batch = memory.transpose(1, 0, 2)                 # (B, S, d)
+        out = ctx.xp.matmul(weights.transpose(1, 0, 2), by_batch)  # (B, R, d)
+        return out.transpose(1, 0, 2), by_batch
+
+    def read_grads(self, ctx, g, weights, by_batch):
+        """Gradients of the weighted read: for the weights (R, B, S) and the memory (S, B, d)."""
+        xp = ctx.xp
+        g_b = g.transpose(1, 0, 2)                           # (B, R, d)
+        d_weights = xp.matmul(g_b, by_batch.transpose(0, 2, 1)).transpose(1, 0, 2)
+        d_memory = xp.matmul(weights.transpose(1, 2, 0), g_b).transpose(1, 0, 2)
+        return d_weights, d_memory
+
+
+@register("attention")
+class DotAttention(_Attention):
+    r"""$y = \sum_s \alpha_s m_s$, $\alpha = \mathrm{softmax}_s(q \cdot m_s / \sqrt{d})$"""
+
+    keeps = ("q", "weights", "by_batch")  # the query's rows, the weights, the memory by batch
+
+    def shape(self, query: TensorType, memory: TensorType) -> TensorType:
+        self.check(query, memory)
+        if query.dims != memory.dims:
+            raise ShapeError(f"attention compares the query with each memory step, so their "
+                             f"sizes must agree: query {query.step()}, memory {memory.step()}",
+                             "project one first, e.g. dense(n) on the query, or use "
+                             "additive_attention(query, memory, units)")
+        return query.step()
+
+    def flops(self, y, query, memory) -> int:
+        return 4 * query.size  # per memory step: a dot product and a weighted add
+
+    def forward(self, ctx, query, memory):
+        xp, scale = ctx.xp, 1 / math.sqrt(query.shape[-1])
+        q = self.rows(query, memory)                         # (R, B, d)
+        m_b = memory.transpose(1, 0, 2)                      # (B, S, d)
+        scores = xp.matmul(q.transpose(1, 0, 2), m_b.transpose(0, 2, 1)) * scale  # (B, R, S)
+        weights = _softmax_last(xp, scores).transpose(1, 0, 2)  # (R, B, S)
+        out, by_batch = self.read(ctx, weights, memory)
+        ctx.save(q=q, weights=weights, by_batch=by_batch, scale=scale, query_shape=query.shape)
+        return out.reshape(query.shape)
+
+    def backward(self, ctx, gy):
+        xp, s = ctx.xp, ctx.saved
+        g = gy.reshape(s["q"].shape)
+        d_weights, d_memory = self.read_grads(ctx, g, s["weights"], s["by_batch"])
+        d_scores = _softmax_grad(s["weights"], d_weights) * s["scale"]  # (R, B, S)
+        dq = xp.matmul(d_scores.transpose(1, 0, 2), s["by_batch"]).transpose(1, 0, 2)
+        d_memory = d_memory + xp.matmul(d_scores.transpose(1, 2, 0),
+                                        s["q"].transpose(1, 0, 2)).transpose(1, 0, 2)
+        return (dq.reshape(s["query_shape"]), d_memory), {}
+
+
+@register("additive_attention")
+class AdditiveAttention(_Attention):
+    r"""$y = \sum_s \alpha_s m_s$, $\alpha = \mathrm{softmax}_s(v^\top \tanh(W q + U m_s))$
+
+    Bahdanau, Cho & Bengio (2015), "Neural machine translation by jointly learning to
+    align and translate", ICLR: the alignment model is a one-layer network of `units`.
+    """
+
+    args = (Arg("units", positive),)
+    keeps = ("q", "memory", "hidden", "weights", "by_batch", "query_weight", "memory_weight",
+             "score")
+
+    def shape(self, query: TensorType, memory: TensorType) -> TensorType:
+        self.check(query, memory)
+        return memory.step()
+
+    def params(self, query, memory):
+        return {"query_weight": (self.units, query.dims[0]),
+                "memory_weight": (self.units, memory.dims[0]), "score": (self.units,)}
+
+    def init(self, rng, query, memory):
+        return {"query_weight": fan_in_uniform(rng, query.dims[0], (self.units, query.dims[0])),
+                "memory_weight": fan_in_uniform(rng, memory.dims[0], (self.units, memory.dims[0])),
+                "score": fan_in_uniform(rng, self.units, (self.units,))}
+
+    def flops(self, y, query, memory) -> int:
+        return 2 * self.units * (query.size + memory.size) + 4 * self.units + 2 * memory.size
+
+    def forward(self, ctx, query, memory, query_weight, memory_weight, score):
+        xp = ctx.xp
+        q = self.rows(query, memory)                         # (R, B, dq)
+        wq = q @ query_weight.T                              # (R, B, u)
+        um = memory @ memory_weight.T                        # (S, B, u)
+        hidden = xp.tanh(wq[:, :, None, :] + um.transpose(1, 0, 2)[None])  # (R, B, S, u)
+        weights = _softmax_last(xp, hidden @ score)          # (R, B, S)
+        out, by_batch = self.read(ctx, weights, memory)
+        ctx.save(q=q, memory=memory, hidden=hidden, weights=weights, by_batch=by_batch,
+                 query_weight=query_weight, memory_weight=memory_weight, score=score,
+                 query_shape=query.shape)
+        return out.reshape(query.shape[:-1] + (memory.shape[-1],))
+
+    def backward(self, ctx, gy):
+        s = ctx.saved
+        q, hidden, weights = s["q"], s["hidden"], s["weights"]
+        g = gy.reshape(q.shape[:2] + (gy.shape[-1],))
+        d_weights, d_memory = self.read_grads(ctx, g, weights, s["by_batch"])
+        d_scores = _softmax_grad(weights, d_weights)         # (R, B, S)
+        d_score = (d_scores[..., None] * hidden).sum(axis=(0, 1, 2))
+        d_pre = d_scores[..., None] * s["score"] * (1 - hidden * hidden)  # (R, B, S, u)
+        d_wq = d_pre.sum(axis=2)                             # (R, B, u)
+        d_um = d_pre.sum(axis=0).transpose(1, 0, 2)          # (S, B, u)
+        u = d_wq.shape[-1]
+        grads = {"query_weight": d_wq.reshape(-1, u).T @ q.reshape(-1, q.shape[-1]),
+                 "memory_weight": d_um.reshape(-1, u).T @ s["memory"].reshape(-1, s["memory"].shape[-1]),
+                 "score": d_score}
+        dq = (d_wq @ s["query_weight"]).reshape(s["query_shape"])
+        d_memory = d_memory + d_um @ s["memory_weight"]
+        return (dq, d_memory), grads
