@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         _data_flags(cmd)
         if name == "predict":
             cmd.add_argument("-o", "--output", metavar="FILE", help="write .npz or .csv")
+            cmd.add_argument("--generate", metavar="INPUT",
+                             help="decode: feed the network's own guesses into INPUT step by step "
+                                  "(a decoder's target_in, a language model's text)")
+            cmd.add_argument("--prompt", metavar="TEXT", help="text to continue (with --generate)")
+            cmd.add_argument("--temperature", type=_nonnegative, default=0.0, metavar="T",
+                             help="sample from softmax(scores / T); 0, the default, is greedy")
 
     fmt = sub.add_parser("fmt", help="print the canonical form of a spec",
                          description="Print the canonical form of a spec (comments kept).")
@@ -111,6 +117,10 @@ def _number(text: str, accept, wanted: str) -> float:
 
 def _positive_float(text: str) -> float:
     return _number(text, lambda v: v > 0, "a positive number")
+
+
+def _nonnegative(text: str) -> float:
+    return _number(text, lambda v: v >= 0, "a number >= 0")
 
 
 def _fraction(text: str) -> float:

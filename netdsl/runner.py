@@ -199,6 +199,8 @@ def predict(args) -> int:
     from netdsl.runtime.data import load_data
 
     net, plan, settings, trainer, norm = _trained(args)
+    if args.generate:
+        return _generate(args, net, plan, settings, trainer)
     outputs = _outputs(plan)
     data = load_data(net.graph, _source(args, settings), settings.seed, args.examples,
                      only=_fields_needed(plan, outputs.values()), **_length(args))
@@ -211,7 +213,8 @@ def predict(args) -> int:
         for name, node in outputs.items():
             parts[name].append(to_host(out[node]))
     results = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-    classes = {name: r.argmax(axis=1) for name, r in results.items() if name in _class_outputs(plan)}
+    classes = {name: r.argmax(axis=2 if plan.types[name].seq else 1)
+               for name, r in results.items() if name in _class_outputs(plan)}
     if args.output is None:
         for name, values in (classes or results).items():
             print(f"{name}: {np.array2string(values[:20], threshold=40)}"
@@ -239,6 +242,41 @@ def predict(args) -> int:
         raise SpecError(f"cannot write predictions to {args.output}", None,
                         "name an .npz or .csv file")
     print(f"wrote {len(data):,} predictions to {args.output}")
+    return 0
+
+
+def _generate(args, net, plan, settings, trainer) -> int:
+    """`predict --generate INPUT`: the network writes INPUT itself, step by step."""
+    from netdsl.runtime.data import load_data
+    from netdsl.runtime.generate import fed_scores, generate
+    from netdsl.runtime.sequences import ALPHABET, decode_text, encode_text
+
+    fed_scores(plan, args.generate)  # a clear error before any data is read
+    as_text = _source(args, settings) == "text"
+    others = [n for n in _fields_needed(plan, [fed_scores(plan, args.generate)])
+              if n != args.generate and plan.graph.nodes[n]["kind"] == "input"]
+    batch, steps = {}, args.length or 200
+    if others:  # a decoder's other inputs (the source sentence) come from the data
+        data = load_data(net.graph, _source(args, settings), settings.seed, args.examples or 5,
+                         only=others + [args.generate], **_length(args))
+        batch = {n: data.arrays[n] for n in others}
+        steps = args.length or data.arrays[args.generate].shape[1]
+    prompt = ()
+    if args.prompt:
+        bad = sorted(set(args.prompt) - set(ALPHABET)) if as_text else []
+        if not as_text or bad:
+            raise SpecError("--prompt gives the text a model of the bundled text starts from"
+                            + (f"; it has characters outside printable ASCII: {bad}" if bad else ""),
+                            None, "for example --prompt 'def '")
+        prompt = encode_text(args.prompt)
+    tokens = generate(trainer.executor, plan, batch, args.generate, steps, prompt,
+                      args.temperature, np.random.default_rng(settings.seed))
+    for i, row in enumerate(tokens):
+        if as_text:
+            print(args.prompt + decode_text(row))
+        else:
+            source = "  ".join(f"{n} {np.array2string(batch[n][i])}" for n in others)
+            print((source + "  ->  " if source else "") + np.array2string(row))
     return 0
 
 

@@ -31,6 +31,7 @@ import importlib.util
 import math
 import os
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -270,17 +271,18 @@ def load_data(graph, path: str | None = None, seed: int = 0, examples: int | Non
 
 def _named(name: str, fields: list[Field], seed: int, examples: int | None,
            steps: int | None) -> Dataset:
-    """A named bundled dataset (runtime.sequences), its one input and one target matched
-    to the spec's by role and checked against their declared types."""
-    arrays, description = sequence_data(name, seed, examples, steps)
-    roles = [(f, "input") for f in fields if f.kind == "input"] + \
-            [(f, "target") for f in fields if f.kind == "target"]
-    if [role for _, role in roles] != ["input", "target"]:
-        raise DataError(f"the '{name}' data has one input and one target, but the spec declares "
-                        f"{_describe_fields(fields)}", "declare one input and one target")
+    """A named bundled dataset (runtime.sequences), its inputs and targets matched to the
+    spec's in declaration order and checked against their declared types."""
+    inputs, targets, description = sequence_data(name, seed, examples, steps)
+    pairs = [(f, a, "input") for f, a in zip([f for f in fields if f.kind == "input"], inputs)]
+    pairs += [(f, a, "target") for f, a in zip([f for f in fields if f.kind == "target"], targets)]
+    declared = Counter(f.kind for f in fields)
+    if (declared["input"], declared["target"]) != (len(inputs), len(targets)):
+        raise DataError(f"the '{name}' data has {len(inputs)} input(s) and {len(targets)} "
+                        f"target(s), but the spec declares {_describe_fields(fields)}",
+                        f"declare them as the specs/ demos of '{name}' do")
     out = {}
-    for f, role in roles:
-        a = arrays[role]
+    for f, a, role in pairs:
         per_example = (a.shape[1:2] if f.type.seq else ()) + f.type.dims
         classes = int(a.max()) + 1 if a.dtype.kind == "i" else None
         fits = (a.shape[1:] == per_example and (classes is None) == (not f.is_class)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from netdsl.ops.base import OPS
+from netdsl.ops.base import OPS, bind
 from netdsl.runtime.plan import Loop, Plan, Step
 
 __all__ = ["hoist"]
@@ -86,7 +86,7 @@ def _rewrite(plan: Plan, dense: Step, loop: Loop, types: dict) -> tuple[list[Ste
         with_bias = bias is not None and not partials
         node = f"{dense.node}/{source}"
         params = {"weight": weight, **({"bias": bias} if with_bias else {})}
-        outside.append(Step(node, OPS["dense"](units=units, bias=with_bias), (source,),
+        outside.append(Step(node, bind(OPS["dense"], [units], {"bias": with_bias}), (source,),
                             (concat.input_types[i],), params,
                             slices={"weight": (slice(None), columns[i])}))
         types[node] = replace(out_type, seq=plan.types[source].seq)
@@ -94,24 +94,25 @@ def _rewrite(plan: Plan, dense: Step, loop: Loop, types: dict) -> tuple[list[Ste
     while len(partials) > 1:  # several outside parts: their projections add up outside
         a, b = partials.pop(0), partials.pop(0)
         node = f"{dense.node}/{a.rsplit('/', 1)[-1]}+{b.rsplit('/', 1)[-1]}"
-        outside.append(Step(node, OPS["add"](), (a, b), (out_type.step(), out_type.step()), {}))
+        outside.append(Step(node, bind(OPS["add"], [], {}), (a, b),
+                            (out_type.step(), out_type.step()), {}))
         types[node] = replace(out_type, seq=types[a].seq or types[b].seq)
         partials.insert(0, node)
     inside = []
     sources = tuple(concat.inputs[i] for i in inside_parts)
     if len(sources) > 1:  # several state parts: one concat of them, one product
         node = f"{dense.node}/state"
-        inside.append(Step(node, OPS["concat"](), sources,
+        inside.append(Step(node, bind(OPS["concat"], [], {}), sources,
                            tuple(concat.input_types[i] for i in inside_parts), {}))
         width = sum(concat.input_types[i].dims[0] for i in inside_parts)
         types[node] = replace(out_type, dims=(width,))
         sources = (node,)
     block = slice(columns[inside_parts[0]].start, columns[inside_parts[-1]].stop)
     product = f"{dense.node}/recurrent"
-    inside.append(Step(product, OPS["dense"](units=units, bias=False), sources,
+    inside.append(Step(product, bind(OPS["dense"], [units], {"bias": False}), sources,
                        (types[sources[0]].step(),), {"weight": weight},
                        slices={"weight": (slice(None), block)}))
     types[product] = out_type
-    inside.append(Step(dense.node, OPS["add"](), (partials[0], product),
+    inside.append(Step(dense.node, bind(OPS["add"], [], {}), (partials[0], product),
                        (out_type.step(), out_type.step()), {}))
     return outside, inside

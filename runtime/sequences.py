@@ -9,10 +9,12 @@
   (`pydoc_data.topics`, about 465,000 characters), with the next character at every step.
 * `skipgram` and `cbow`: word2vec pairs from the same text: a word and one word of its
   context, or a context window and its middle word.
+* `reverse`: a toy translation for sequence-to-sequence networks: a sequence of words,
+  the target shifted right as the decoder's input, and the reversed sequence.
 
 Each is generated from the seed, so the same seed gives the same data. The network's
-inputs and targets are matched by role (the first input, the first target), and their
-declared types must fit the data; a mismatch says what the data holds.
+inputs and targets are matched in declaration order, and their declared types must fit
+the data; a mismatch says what the data holds.
 """
 from __future__ import annotations
 
@@ -22,16 +24,13 @@ import re
 
 import numpy as np
 
-__all__ = ["SEQUENCE_DATA", "sequence_data", "text_alphabet", "encode_text", "decode_text"]
+__all__ = ["SEQUENCE_DATA", "sequence_data", "encode_text", "decode_text", "ALPHABET"]
 
 # printable ASCII and the newline: 96 classes; anything else reads as '?'
 ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
 VOCABULARY = 2000   # the most frequent words, then one class for every other word
 WINDOW = 2          # words on each side of the middle word
-
-
-def text_alphabet() -> str:
-    return ALPHABET
+TOKENS = 12         # the reversal task's vocabulary, the start symbol 0 included
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,15 +49,15 @@ def decode_text(codes) -> str:
     return "".join(ALPHABET[int(c)] for c in codes)
 
 
-def parity(rng, examples: int, steps: int) -> tuple[dict, str]:
+def parity(rng, examples: int, steps: int) -> tuple[tuple, tuple, str]:
     bits = rng.integers(0, 2, (examples, steps))
     running = np.cumsum(bits, axis=1) % 2
-    return ({"input": bits[..., None].astype(np.float32), "target": running.astype(np.int64)},
+    return ((bits[..., None].astype(np.float32),), (running.astype(np.int64),),
             f"{{count}} random bit strings of {steps} bits; the target at each step is the "
             "parity of the bits so far")
 
 
-def adding(rng, examples: int, steps: int) -> tuple[dict, str]:
+def adding(rng, examples: int, steps: int) -> tuple[tuple, tuple, str]:
     values = rng.uniform(0, 1, (examples, steps)).astype(np.float32)
     markers = np.zeros((examples, steps), dtype=np.float32)
     half = max(steps // 2, 1)
@@ -67,17 +66,17 @@ def adding(rng, examples: int, steps: int) -> tuple[dict, str]:
     rows = np.arange(examples)
     markers[rows, first] = markers[rows, second] = 1
     total = (values * markers).sum(axis=1, keepdims=True)
-    return ({"input": np.stack([values, markers], axis=-1), "target": total},
+    return ((np.stack([values, markers], axis=-1),), (total,),
             f"the adding problem: {{count}} sequences of {steps} (value, marker) pairs; "
             "the target is the sum of the two marked values")
 
 
-def text(rng, examples: int, steps: int) -> tuple[dict, str]:
+def text(rng, examples: int, steps: int) -> tuple[tuple, tuple, str]:
     codes = encode_text(corpus())
     starts = rng.integers(0, len(codes) - steps - 1, examples)
     windows = starts[:, None] + np.arange(steps + 1)
     chunks = codes[windows]
-    return ({"input": chunks[:, :-1], "target": chunks[:, 1:]},
+    return ((chunks[:, :-1],), (chunks[:, 1:],),
             f"{{count}} passages of {steps} characters of the Python documentation "
             f"(pydoc_data.topics, {len(codes):,} characters, {len(ALPHABET)} classes: printable "
             "ASCII and newline); the target is the next character")
@@ -94,41 +93,55 @@ def words() -> tuple[np.ndarray, tuple[str, ...]]:
             tuple(common) + ("<other>",))
 
 
-def skipgram(rng, examples: int, steps: int) -> tuple[dict, str]:
+def skipgram(rng, examples: int, steps: int) -> tuple[tuple, tuple, str]:
     codes, vocab = words()
     middle = rng.integers(WINDOW, len(codes) - WINDOW, examples)
     offsets = rng.choice([o for o in range(-WINDOW, WINDOW + 1) if o], examples)
-    return ({"input": codes[middle], "target": codes[middle + offsets]},
+    return ((codes[middle],), (codes[middle + offsets],),
             f"{{count}} skip-gram pairs from the words of the Python documentation "
             f"({len(codes):,} words, the {len(vocab) - 1} most frequent and one class for the "
             f"rest): a word, and a word at most {WINDOW} away")
 
 
-def cbow(rng, examples: int, steps: int) -> tuple[dict, str]:
+def cbow(rng, examples: int, steps: int) -> tuple[tuple, tuple, str]:
     codes, vocab = words()
     middle = rng.integers(WINDOW, len(codes) - WINDOW, examples)
     offsets = np.array([o for o in range(-WINDOW, WINDOW + 1) if o])
-    return ({"input": codes[middle[:, None] + offsets], "target": codes[middle]},
+    return ((codes[middle[:, None] + offsets],), (codes[middle],),
             f"{{count}} continuous bag-of-words windows from the words of the Python "
             f"documentation ({len(vocab)} classes): the {2 * WINDOW} words around a middle "
             "word, and that word")
 
 
 # name -> (generator, examples, steps): enough examples to learn from, steps that train fast
+def reverse(rng, examples: int, steps: int) -> tuple[tuple, tuple, str]:
+    """A toy translation: the source words in reverse order. The decoder reads the target
+    shifted one step right, starting from class 0 (teacher forcing)."""
+    source = rng.integers(1, TOKENS, (examples, steps))
+    target = source[:, ::-1]
+    shifted = np.concatenate([np.zeros((examples, 1), dtype=target.dtype), target[:, :-1]], axis=1)
+    return ((source, shifted), (np.ascontiguousarray(target),),
+            f"{{count}} sequences of {steps} words from {TOKENS - 1} (classes 1..{TOKENS - 1}; 0 "
+            "starts the target), to be translated into their reverse; the decoder reads the "
+            "target shifted right (teacher forcing)")
+
+
 SEQUENCE_DATA = {
     "parity": (parity, 1024, 20),
     "adding": (adding, 10_000, 30),
     "text": (text, 4_000, 100),
     "skipgram": (skipgram, 100_000, 1),
     "cbow": (cbow, 100_000, 1),
+    "reverse": (reverse, 10_000, 8),
 }
 
 
 def sequence_data(name: str, seed: int, examples: int | None = None,
-                  steps: int | None = None) -> tuple[dict, str]:
-    """({"input": array, "target": array}, description) of a named dataset, with its own
-    number of examples and steps unless given; the description says {count} where the
-    number of examples goes."""
+                  steps: int | None = None) -> tuple[tuple, tuple, str]:
+    """(input arrays, target arrays, description) of a named dataset, with its own number
+    of examples and steps unless given; the inputs and targets are matched to the spec's
+    in declaration order, and the description says {count} where the number of examples
+    goes."""
     make, default_examples, default_steps = SEQUENCE_DATA[name]
     return make(np.random.default_rng([seed, 7]), examples or default_examples,
                 steps or default_steps)

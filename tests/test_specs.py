@@ -67,6 +67,9 @@ RECURRENT = {
     "gru": gru_cell(2, 32) + dense(32, 1),
     "char_lm": 96 * 32 + lstm_cell(32, 128) + dense(128, 96),
     "scrn": 96 * 32 + scrn_cell(32, 128, 32) + dense(128 + 32, 96),
+    # two embeddings, a bidirectional GRU encoder, additive attention, a GRU decoder
+    "seq2seq": 2 * 12 * 16 + 2 * gru_cell(16, 32) + (32 * 32 + 64 * 32 + 32)
+    + dense(16 + 64 + 32, 64) + dense(16 + 64, 32) + dense(32, 32, False) + dense(32 + 64, 12),
     # word2vec: an embedding table and a softmax over the vocabulary
     "skipgram": 2000 * 64 + dense(64, 2000),
     "cbow": 2000 * 64 + dense(64, 2000),

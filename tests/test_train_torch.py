@@ -37,7 +37,7 @@ from netdsl.runtime.plan import Plan, build_plan  # noqa: E402
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 # specs with a time axis: tests/test_recurrent_torch.py compares them
 SEQUENCE = {"elman", "lstm", "lstm_classifier", "bidirectional_rnn", "parity", "jordan", "adding",
-            "gru", "char_lm", "scrn", "cbow"}
+            "gru", "char_lm", "scrn", "cbow", "seq2seq"}
 NOISE_OPS = ("normal", "gaussian_noise")  # sources whose draws the twin must be given
 
 # float64 on both sides: what is left is summation order, far below these
