@@ -689,16 +689,44 @@ def _load_file(path: str, fields: list[Field], declared: list[Field] | None = No
         raise DataError(f"{path} is a directory, not a data file",
                         f"name a file inside it; data files are {FORMATS}")
     ext = os.path.splitext(path)[1].lower()
+    lengths = {}
     if ext == ".npz":
         raw, place = _read_npz(path, fields, others), _array_place(path)
+        lengths = _read_lengths(path, fields)
     elif ext == ".csv":
         raw, place = _read_csv(path, fields, others)
     else:
         kind = f"{ext} files" if ext else "files without an extension"
         raise DataError(f"{path}: cannot read {kind} as data", f"use {FORMATS}")
     arrays = _check_arrays(path, raw, fields, place)
+    arrays.update(_checked_lengths(path, lengths, arrays))
+    padded = f"; padded sequences, with {', '.join(lengths)}" if lengths else ""
     return Dataset(arrays, f"data from {os.path.basename(path)}: {COUNT} examples of "
-                           f"{_describe_fields(fields)}")
+                           f"{_describe_fields(fields)}{padded}")
+
+
+def _read_lengths(path: str, fields: list[Field]) -> dict[str, np.ndarray]:
+    """`NAME.lengths` arrays of an .npz: how many steps of each padded sequence are real."""
+    with np.load(path, allow_pickle=False) as archive:
+        return {f"{f.name}.lengths": archive[f"{f.name}.lengths"] for f in fields
+                if f.type.seq and f"{f.name}.lengths" in archive.files}
+
+
+def _checked_lengths(path: str, lengths: dict, arrays: dict) -> dict[str, np.ndarray]:
+    checked = {}
+    for key, a in lengths.items():
+        name = key[:-len(".lengths")]
+        examples, steps = arrays[name].shape[:2]
+        hint = (f"save one whole number per example, from 1 to the {steps} steps of {name}: "
+                f"np.savez(..., **{{'{key}': lengths}})")
+        if a.shape != (examples,) or a.dtype.kind not in "iu":
+            raise DataError(f"{path}: {key} must hold one whole number per example of {name} "
+                            f"({examples}), but it is {a.dtype} of shape {list(a.shape)}", hint)
+        if a.min() < 1 or a.max() > steps:
+            raise DataError(f"{path}: {key} must lie in 1..{steps} (the steps of {name}), but "
+                            f"it holds {int(a.min())}..{int(a.max())}", hint)
+        checked[key] = a.astype(np.int64)
+    return checked
 
 
 def _savez_hint(path: str, fields: list[Field]) -> str:

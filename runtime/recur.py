@@ -80,6 +80,11 @@ class SequenceExecutor(Executor):
         values = {name: self._time_major(batch[name], name) for name in plan.inputs if name in batch}
         self.size = self._extent(values)
         self._time = {}
+        # valid steps per example, per sequence value: from `NAME.lengths` in the batch,
+        # passed on to what is computed from it; absent when every sequence is full
+        self._lengths = {name: self.xp.asarray(batch[f"{name}.lengths"])
+                         for name in values if f"{name}.lengths" in batch}
+        self._valid, self._loop_mask = {}, {}  # loss -> its real rows; loop -> (T, B) mask
         self.ctxs, self._carried = {}, carry is not None
         self.carry = {}
         for segment in segments:
@@ -139,13 +144,22 @@ class SequenceExecutor(Executor):
             T = self._time[step.node] = steps[0]
             xs = [x if i in whole else self._fold(x, s in timed, T)
                   for i, (x, s) in enumerate(zip(xs, step.inputs))]
-        batch = T * self.size if folded else self.size
+        lengths = self._lengths_of(step)
+        valid = None
+        if folded and lengths is not None and step.op.is_loss:
+            # a loss averages over the real steps only: padded rows are left out
+            valid = self._valid[step.node] = self._mask(lengths, T).reshape(-1)
+            xs = [x[valid] for x in xs]
+        batch = len(xs[0]) if folded else self.size
         ctx = self.ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node], batch,
                                          self.dtype)
+        ctx.lengths = lengths if not step.op.per_step else None
         kwargs = self._param_args(step)
         for kw, (node, saved) in step.borrows.items():
             kwargs[kw] = self.ctxs[node].saved[saved]
         y = step.op.forward(ctx, *xs, **kwargs)
+        if lengths is not None and step.node in timed:
+            self._lengths[step.node] = lengths
         if folded and step.node in timed:
             y = y.reshape((T, self.size) + y.shape[1:])
         self._check(check_finite, y, step.node, "forward")
@@ -155,6 +169,9 @@ class SequenceExecutor(Executor):
                       check_finite: bool) -> None:
         xp, B = self.xp, self.size
         T = self._time[run.loop.name] = self._loop_length(run, values)
+        lengths = self._loop_lengths(run)
+        mask = None if lengths is None else self._mask(lengths, T)  # (T, B)
+        holds = set(run.depth)  # a state's source keeps its value past a sequence's end
         stored = {node: xp.empty((T, B) + self.plan.types[node].dims, dtype=self.dtype)
                   for node in run.stored}
         ctxs = {step.node: [] for step in run.loop.steps}
@@ -176,13 +193,19 @@ class SequenceExecutor(Executor):
                     else:
                         xs.append(values[ref])
                 ctx = Ctx(xp, training, self.rng, self.buffers[step.node], B, self.dtype)
-                y = here[step.node] = step.op.forward(ctx, *xs, **kwargs)
+                y = step.op.forward(ctx, *xs, **kwargs)
+                if mask is not None and t > 0 and step.node in holds:
+                    y = xp.where(_column(mask[t], y.ndim), y, stored[step.node][t - 1])
+                here[step.node] = y
                 self._check(check_finite, y, step.node, "forward")
                 ctxs[step.node].append(ctx)
                 if step.node in stored:
                     stored[step.node][t] = y
         values.update(stored)
         self.ctxs.update(ctxs)
+        if lengths is not None:
+            self._lengths.update({node: lengths for node in stored})
+            self._loop_mask[run.loop.name] = mask
         for source, depth in run.depth.items():
             self.carry[source] = stored[source][max(T - depth, 0):] if T >= depth else None
 
@@ -227,9 +250,14 @@ class SequenceExecutor(Executor):
         ctx.needs_input_grad = tuple(t is not None for t in targets)
         input_grads, param_grads = step.op.backward(ctx, gy)
         ctx.saved.clear()
+        valid = self._valid.get(step.node)
         for position, (source, target, grad) in enumerate(zip(step.inputs, targets, input_grads)):
             if target is None or grad is None:
                 continue
+            if valid is not None:  # padded rows had no say in the loss: zero gradient
+                full = self.xp.zeros(valid.shape + grad.shape[1:], dtype=grad.dtype)
+                full[valid] = grad
+                grad = full
             if folded and position not in whole:
                 grad = grad.reshape((self._time[step.node], self.size) + grad.shape[1:])
                 if source not in timed:  # a per-sequence value broadcast over the steps
@@ -255,6 +283,7 @@ class SequenceExecutor(Executor):
         seq_grads: dict = {}
         init_grads: dict = {}
         cut = 0 if self.reach is None else T - self.reach
+        mask = self._loop_mask.get(run.loop.name)
         for t in reversed(range(T)):
             here: dict = {}
             mine: set = set()  # gradients in `here` that this loop allocated and may add into
@@ -264,6 +293,11 @@ class SequenceExecutor(Executor):
                     gy = extra[t] if gy is None else gy + extra[t]
                 if gy is None:
                     continue
+                if mask is not None and t > 0 and step.node in delayed:
+                    # past a sequence's end the state was held: its gradient goes to step t-1
+                    keep = _column(mask[t], gy.ndim)
+                    delayed[step.node][t - 1] += xp.where(keep, 0, gy)
+                    gy = xp.where(keep, gy, 0)
                 ctx = self.ctxs[step.node][t]
                 targets = backward.grad_inputs[step.node]
                 if step.op.name == "split" and route[0][0] == _MEMBER and targets[0] is not None:
@@ -342,6 +376,24 @@ class SequenceExecutor(Executor):
             return int(value.shape[1] if name in self._timed else value.shape[0])
         raise ValueError("a batch needs at least one input")
 
+    def _lengths_of(self, step: Step):
+        """Valid steps per example of the sequence a step reads (None: all are valid)."""
+        for position, source in enumerate(step.inputs):
+            if source in self._lengths and position not in self._whole[step.node]:
+                return self._lengths[source]
+        return None
+
+    def _loop_lengths(self, run: _LoopRun):
+        for route in run.routes:
+            for kind, ref in route:
+                if kind == _SEQ and ref in self._lengths:
+                    return self._lengths[ref]
+        return None
+
+    def _mask(self, lengths, steps: int):
+        """(T, B): whether step t of example b is real, not padding."""
+        return self.xp.arange(steps)[:, None] < lengths[None, :]
+
     def _loop_length(self, run: _LoopRun, values: dict) -> int:
         """A recurrence runs for as many steps as the sequences it reads have."""
         for route in run.routes:
@@ -391,6 +443,11 @@ class _Stack:
         ctx.needs_input_grad = (False,) * len(self.step.inputs)
         _, grads = self.step.op.backward(ctx, self.gy.reshape((-1,) + self.gy.shape[2:]))
         return grads
+
+
+def _column(mask, ndim: int):
+    """A (B,) mask shaped to broadcast over a (B, ...) value."""
+    return mask.reshape(mask.shape + (1,) * (ndim - 1))
 
 
 def _accumulate(grads: dict, target: str, grad) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from netdsl.errors import SpecError
 from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from netdsl.runtime.data import Dataset
+from netdsl.runtime.data import Dataset, DataError
 from netdsl.runtime.execute import Executor, NonFinite
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import clip_grad_norm, make_optimizer, penalize
@@ -264,7 +264,11 @@ class Trainer:
             yield batch
             return
         k1 = self.truncation[0]
-        timed = [n for n in batch if self.plan.types[n].seq]
+        if any(n.endswith(".lengths") for n in batch):
+            raise DataError("truncated BPTT cuts every sequence into chunks of the same steps, "
+                            "so it cannot train on padded sequences of different lengths",
+                            "remove bptt(...) from the train clause, or pad nothing")
+        timed = [n for n in batch if n in self.plan.types and self.plan.types[n].seq]
         length = batch[timed[0]].shape[1]
         for start in range(0, length, k1):
             yield {n: a[:, start:start + k1] if n in timed else a for n, a in batch.items()}
@@ -293,10 +297,18 @@ class Trainer:
         return out, seen
 
     def _count(self, sums: dict, out: dict, batch: dict) -> None:
-        if self.metric:
-            kind, prediction, target = self.metric
-            sums["correct"] += correct(kind, out[prediction], batch[target])
-            sums["positions"] += batch[target].size
+        if not self.metric:
+            return
+        kind, prediction, target = self.metric
+        lengths = [a for n, a in batch.items() if n.endswith(".lengths")]
+        if kind == "class_seq" and lengths:  # a padded batch: count the real steps only
+            real = np.arange(batch[target].shape[1])[None, :] < np.asarray(lengths[0])[:, None]
+            hits = out[prediction].argmax(axis=2) == batch[target]
+            sums["correct"] += int((hits & real).sum())
+            sums["positions"] += int(real.sum())
+            return
+        sums["correct"] += correct(kind, out[prediction], batch[target])
+        sums["positions"] += batch[target].size
 
     def _accuracy(self, sums: dict) -> dict:
         return {"accuracy": sums["correct"] / sums["positions"]} if sums["positions"] else {}

@@ -264,3 +264,58 @@ def test_seq2seq_with_attention_learns_to_reverse_and_decodes_greedily(tmp_path)
         right += sum(a == b for a, b in zip(words[::-1], guess))
         total += len(words)
     assert total == 20 * 8 and right / total > 0.8, decoded.stdout
+
+
+# ---- padded batches of sequences of different lengths
+
+@pytest.mark.parametrize("body, target", [
+    ("logits = x -> lstm(5) -> dense(3)", "seq class(3)"),
+    ("logits = concat(x -> gru(4), x -> reverse -> elman(4) -> reverse) -> last -> dense(3)",
+     "class(3)"),
+    ("logits = x -> elman(4) -> mean -> dense(3)", "class(3)"),
+], ids=["many_to_many", "bidirectional_last", "mean"])
+def test_a_padded_batch_equals_its_sequences_run_one_by_one(body, target):
+    """Loss and gradients of a padded batch are those of each sequence alone, at its own
+    length, averaged as the loss averages (over real steps, or over examples)."""
+    plan = build_plan(check_text(network(body, target=target)).graph)
+    rng = np.random.default_rng(0)
+    params = {k: v.astype(np.float64) + 0.2 * rng.standard_normal(v.shape)
+              for k, v in initial_params(plan, "auto", 0).items()}
+    ex = SequenceExecutor(plan, params, dtype="float64")
+    lengths = np.array([5, 2, 4])
+    per_step = plan.types["y"].seq
+    x = rng.standard_normal((3, 5, 4))
+    y = rng.integers(0, 3, (3, 5) if per_step else 3)
+    padded = {"x": x, "x.lengths": lengths, "y": y, "y.lengths": lengths}
+    loss = float(ex.forward(padded, True)["loss"])
+    ex.backward(plan.backward())
+    grads = ex.flat_grads.copy()
+    weights = lengths / lengths.sum() if per_step else np.full(3, 1 / 3)
+    expected_loss, expected_grads = 0.0, np.zeros_like(grads)
+    for b, (n, w) in enumerate(zip(lengths, weights)):
+        alone = {"x": x[b:b + 1, :n], "y": y[b:b + 1, :n] if per_step else y[b:b + 1]}
+        expected_loss += w * float(ex.forward(alone, True)["loss"])
+        ex.backward(plan.backward())
+        expected_grads += w * ex.flat_grads
+    assert loss == pytest.approx(expected_loss, rel=1e-12)
+    np.testing.assert_allclose(grads, expected_grads, rtol=1e-9, atol=1e-12)
+
+
+def test_netc_run_trains_on_padded_sequences_from_a_file(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 9, 32)).astype(np.float32)
+    lengths = rng.integers(2, 10, 120)
+    x[np.arange(9)[None, :] >= lengths[:, None]] = 0
+    y = (x[..., 0].sum(axis=1) > 0).astype(np.int64)
+    np.savez(tmp_path / "padded.npz", x=x, y=y, **{"x.lengths": lengths})
+    np.savez(tmp_path / "bad.npz", x=x, y=y, **{"x.lengths": lengths + 9})
+    netc = [sys.executable, "-m", "netdsl.cli", "run", os.path.join(SPECS, "lstm_classifier.net"),
+            "--epochs", "1", "--checkpoint", str(tmp_path / "run"), "--quiet", "--data"]
+    good = subprocess.run(netc + [str(tmp_path / "padded.npz")], capture_output=True, text=True,
+                          timeout=300)
+    assert good.returncode == 0, good.stderr
+    assert "padded sequences, with x.lengths" in " ".join(good.stdout.split())
+    bad = subprocess.run(netc + [str(tmp_path / "bad.npz")], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 1 and "x.lengths must lie in 1..9" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -80,6 +80,9 @@ class Ctx:
         self.needs_input_grad: tuple[bool, ...] | None = None
         # False when an executor computes the parameter gradients later (Op.stackable)
         self.needs_param_grads = True
+        # for a whole-sequence op: each example's number of real steps, when a batch pads
+        # sequences of different lengths (None: every step is real)
+        self.lengths = None
 
     def needs(self, index: int) -> bool:
         """Whether backward must compute the gradient of input `index`."""
