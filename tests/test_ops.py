@@ -108,6 +108,9 @@ SHAPE_CASES = [
     ("last", (), {}, [floats(64, seq=True)], floats(64)),
     ("first", (), {}, [floats(64, seq=True)], floats(64)),
     ("reverse", (), {}, [classes(50, seq=True)], classes(50, seq=True)),
+    ("mean", (), {}, [floats(64, seq=True)], floats(64)),
+    ("attention", (), {}, [floats(32), floats(32, seq=True)], floats(32)),
+    ("additive_attention", (16,), {}, [floats(8), floats(32, seq=True)], floats(32)),
 ]
 
 
@@ -542,3 +545,16 @@ class TestSequence:
 
     def test_first_of_word_indices_is_one_index(self):
         assert make("first").shape(classes(100, seq=True)) == classes(100)
+
+    def test_attention_needs_a_sequence_to_attend_over(self):
+        assert "its memory is [32]" in raises("attention", [floats(32), floats(32)]).message
+
+    def test_dot_attention_needs_matching_sizes(self):
+        message = raises("attention", [floats(16), floats(32, seq=True)]).message
+        assert "sizes must agree: query [16], memory [32]" in message
+
+    def test_attention_reads_its_memory_whole(self):
+        from netdsl.shapes import whole_positions
+
+        assert whole_positions(make("attention")) == {1}
+        assert OPS["attention"].per_step and OPS["additive_attention"].whole == ("memory",)

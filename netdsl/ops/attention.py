@@ -102,11 +102,10 @@ class DotAttention(_Attention):
 
 @register("additive_attention")
 class AdditiveAttention(_Attention):
-    r"""$y = \sum_s \alpha_s m_s$, $\alpha = \mathrm{softmax}_s(v^\top \tanh(W q + U m_s))$
+    r"""$y = \sum_s \alpha_s m_s$, $\alpha = \mathrm{softmax}_s(v^\top \tanh(W q + U m_s))$"""
 
-    Bahdanau, Cho & Bengio (2015), "Neural machine translation by jointly learning to
-    align and translate", ICLR: the alignment model is a one-layer network of `units`.
-    """
+    # Bahdanau, Cho & Bengio (2015), "Neural machine translation by jointly learning to
+    # align and translate", ICLR: the alignment model is a one-layer network of `units`
 
     args = (Arg("units", positive),)
     keeps = ("q", "memory", "hidden", "weights", "by_batch", "query_weight", "memory_weight",
