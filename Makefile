@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test setup setup-test graphviz bench clean
+.PHONY: run test setup setup-test graphviz tmux bench clean
 
 run: setup graphviz
 	$(BIN)/netc check specs/*.net
@@ -12,7 +12,7 @@ run: setup graphviz
 	$(BIN)/netc draw specs/mlp.net -o out/mlp.svg
 	$(BIN)/netc run specs/mlp.net --checkpoint out/mlp
 
-test: setup-test graphviz
+test: setup-test graphviz tmux
 	$(BIN)/pytest -q
 
 bench: setup-test
@@ -35,6 +35,10 @@ setup-test: $(BIN)/python
 # Graphviz's `dot` renders svg/png/pdf; .dot output never needs it.
 graphviz:
 	@command -v dot >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq graphviz; }
+
+# the terminal builder's end-to-end test drives `netc tui` inside tmux
+tmux:
+	@command -v tmux >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq tmux; }
 
 clean:
 	rm -rf $(VENV) out runs build *.egg-info

@@ -1,0 +1,351 @@
+"""The builder driven through Textual's Pilot, as a user would: keys in, screen out."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from tui_screen import screen_text  # noqa: E402
+
+from netdsl.driver import check_file  # noqa: E402
+from netdsl.tui.app import NetApp  # noqa: E402
+from netdsl.tui.files import Recovery  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = (140, 42)
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(autouse=True)
+def state(tmp_path, monkeypatch):
+    """Recovery files go to a fresh folder for each test."""
+    monkeypatch.setenv("NETDSL_STATE", str(tmp_path / "state"))
+
+
+@pytest.fixture
+def spec(tmp_path):
+    """A copy of specs/mlp.net to edit."""
+    path = tmp_path / "mlp.net"
+    shutil.copy(os.path.join(ROOT, "specs", "mlp.net"), path)
+    return str(path)
+
+
+async def settle(pilot, rounds: int = 3) -> None:
+    """Let debounced checks start and every worker finish."""
+    for _ in range(rounds):
+        await pilot.pause(0.35)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
+
+def status(app) -> str:
+    return str(app.builder.query_one("#status").render())
+
+
+class TestEditor:
+    async def test_typed_error_is_marked_with_its_message(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            editor = app.builder.editor
+            editor.move_cursor((6, 32))  # after `relu` in `-> relu -> dense(10)`
+            await pilot.press("backspace", "backspace", "backspace", "backspace", *"rleu")
+            await settle(pilot)
+            assert [d.row for d in editor.diagnostics] == [6]
+            assert "unknown layer 'rleu'" in status(app) and "did you mean 'relu'" in status(app)
+            assert "●" in screen_text(app)  # the gutter marks the line
+            await pilot.press("backspace", "backspace", "backspace", "backspace", *"relu")
+            await settle(pilot)
+            assert editor.diagnostics == () and status(app).startswith("ok: mlp")
+
+    async def test_highlighting_comes_from_the_lexer(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            styles = {name for _, _, name in app.builder.editor._highlights[5]}
+            assert {"function", "operator", "number", "variable"} <= styles
+
+    async def test_cursor_in_text_selects_its_node(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.builder.editor.move_cursor((5, 30))  # inside `relu` of line 6
+            await settle(pilot, 1)
+            assert app.builder.graph_view.selected == "relu1"
+            assert "op      relu" in screen_text(app)
+
+
+class TestGraph:
+    async def test_selecting_a_node_selects_its_source(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("tab", "down")
+            await settle(pilot, 1)
+            assert app.builder.graph_view.selected == "dense1"
+            editor = app.builder.editor
+            assert editor.selected_text == "dense(256)"
+
+    async def test_collapse_and_expand_a_block(self):
+        app = NetApp(os.path.join(ROOT, "specs", "resnet20.net"))
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            view = app.builder.graph_view
+            view.focus()
+            view.select("stage1/basic1/conv1")
+            await pilot.press("c")
+            await settle(pilot)
+            assert "[stage1/basic1]" in view.picture.rects
+            view.select("[stage1/basic1]")
+            await pilot.press("enter")
+            await settle(pilot)
+            assert "[stage1/basic1]" not in view.picture.rects
+            await pilot.press("C")
+            await settle(pilot)
+            assert {"[stage1]", "[stage2]", "[stage3]"} <= set(view.picture.rects)
+
+    async def test_large_network_scrolls_and_jumps(self):
+        app = NetApp(os.path.join(ROOT, "specs", "densenet121.net"))
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            view = app.builder.graph_view
+            assert view.picture.height > 1000
+            await pilot.press("ctrl+g", *"dense_block4/conv16", "enter")
+            await settle(pilot, 1)
+            assert view.selected == "dense_block4/conv16"
+            rect = view.picture.rects[view.selected]
+            assert view.scroll_offset.y <= rect.y < view.scroll_offset.y + view.size.height
+            await pilot.press("f7")  # the overview
+            await settle(pilot)
+            assert view.picture.height < 1000
+
+    async def test_inspector_shows_costs(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.builder.graph_view.focus()
+            app.builder.graph_view.select("dense1")
+            await settle(pilot, 1)
+            text = screen_text(app)
+            assert "params  16,640" in text and "units=256" in text and "output  [256]" in text
+            assert "9 nodes, 85,002 params" in text  # the network's totals
+
+
+class TestVisualEdits:
+    async def test_insert_then_undo_and_redo(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            original = app.builder.editor.text
+            app.builder.graph_view.focus()
+            app.builder.graph_view.select("relu1")
+            await pilot.press("i", *"dense", "enter")
+            await settle(pilot, 1)
+            await pilot.press(*"32", "enter")  # the form's first field: units
+            await settle(pilot)
+            text = app.builder.editor.text
+            assert "-> relu -> dense(32) -> dropout(0.2)" in text
+            assert text.replace(" -> dense(32)", "", 1) == original
+            await pilot.press("ctrl+z")
+            assert app.builder.editor.text == original
+            await pilot.press("ctrl+y")
+            assert app.builder.editor.text == text
+
+    async def test_form_rejects_a_bad_value_and_stays_open(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.builder.graph_view.focus()
+            app.builder.graph_view.select("relu1")
+            await pilot.press("i", *"dense", "enter")
+            await settle(pilot, 1)
+            await pilot.press(*"0", "enter")  # zero units does not check
+            await settle(pilot)
+            assert type(app.screen).__name__ == "LayerForm"
+            assert "would not check" in str(app.screen.query_one("#form-error").render())
+            await pilot.press("escape")
+            assert "dense(0)" not in app.builder.editor.text
+
+    async def test_delete_rewires_or_explains(self, spec):
+        app = NetApp(os.path.join(ROOT, "specs", "resnet20.net"))
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            before = app.builder.editor.text
+            view = app.builder.graph_view
+            view.focus()
+            view.select("stage1/basic1/add1")
+            await pilot.press("d")
+            await settle(pilot)
+            assert app.builder.editor.text == before and "branches" in status(app)
+            view.select("relu1")
+            await pilot.press("d")
+            await settle(pilot)
+            assert "-> batchnorm   # [16, 32, 32]" in app.builder.editor.text
+            assert status(app).startswith("deleted relu1")
+
+    async def test_delete_that_breaks_shapes_is_refused(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            before = app.builder.editor.text
+            app.builder.graph_view.focus()
+            app.builder.graph_view.select("logits")
+            await pilot.press("d")  # cross_entropy needs 10 classes, not 256 values
+            await settle(pilot)
+            assert app.builder.editor.text == before and "would not check" in status(app)
+
+    async def test_edit_arguments(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.builder.graph_view.focus()
+            app.builder.graph_view.select("dropout1")
+            await pilot.press("e")
+            await settle(pilot, 1)
+            await pilot.press("end", "ctrl+u", *"0.3", "enter")  # clear the field, type 0.3
+            await settle(pilot)
+            assert "-> dropout(p=0.3)\n" in app.builder.editor.text
+            assert type(app.screen).__name__ == "BuilderScreen"  # the form closed
+
+    async def test_add_skip_connection(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            view = app.builder.graph_view
+            view.focus()
+            view.select("dense1")
+            await pilot.press("s")  # dense1 has no name: explained
+            await settle(pilot, 1)
+            view.select("relu1")
+            await pilot.press("s")
+            await settle(pilot)
+            assert "name it first" in status(app)
+
+
+class TestFiles:
+    async def test_save_writes_atomically_and_clears_dirty(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.builder.editor.move_cursor((0, 0))
+            await pilot.press(*"# edited", "enter")
+            assert app.builder.dirty and app.title.endswith("*")
+            await pilot.press("ctrl+s")
+            assert not app.builder.dirty
+            assert open(spec).read().startswith("# edited\n")
+            check_file(spec)
+
+    async def test_save_as_and_bad_folder(self, spec, tmp_path):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("f2", "ctrl+u", *str(tmp_path / "missing" / "x.net"), "enter")
+            await settle(pilot, 1)
+            assert "not saved" in status(app) and app.builder.path == spec
+            target = str(tmp_path / "copy.net")
+            await pilot.press("f2", "ctrl+u", *target, "enter")
+            await settle(pilot, 1)
+            assert app.builder.path == target and os.path.exists(target)
+
+    async def test_quit_with_unsaved_changes_asks(self, spec):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press(*"# x", "enter")
+            await pilot.press("ctrl+q")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "Choice"
+            await pilot.press("escape")
+            assert app.is_running and app.builder.dirty
+            await pilot.press("ctrl+q")
+            await pilot.click("#discard")
+            await pilot.pause()
+        assert open(spec).read() == open(os.path.join(ROOT, "specs", "mlp.net")).read()
+
+    async def test_autosave_is_offered_after_a_crash(self, spec, monkeypatch):
+        monkeypatch.setattr("netdsl.tui.screens.builder.AUTOSAVE_DELAY", 0.1)
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press(*"# unsaved", "enter")
+            await settle(pilot)
+            assert Recovery(spec).read()[0].startswith("# unsaved")
+        # the app ended without saving or quitting: as after a crash
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert type(app.screen).__name__ == "Choice"
+            await pilot.click("#recover")
+            await settle(pilot)
+            assert app.builder.editor.text.startswith("# unsaved") and app.builder.dirty
+
+    async def test_open_reports_a_bad_file(self, spec, tmp_path):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.builder.open_file(str(tmp_path / "nothing.net"))
+            assert "cannot open" in status(app) and "no such file" in status(app)
+            app.builder.open_file(os.path.join(ROOT, "specs", "elman.net"))
+            await settle(pilot)
+            assert status(app).startswith("ok: elman")
+
+
+class TestRunPanel:
+    async def test_train_shows_progress_and_stops(self, spec):
+        app = NetApp(spec, train_examples=600, train_epochs=10_000)  # runs until stopped
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("f5")
+            screen = app.screen
+            for _ in range(100):
+                await pilot.pause(0.1)
+                if screen.query_one("#loss-plot").values:
+                    break
+            assert screen.query_one("#loss-plot").values
+            await pilot.click("#stop")
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert not screen.running and "stopped" in str(screen.query_one("#status").render())
+            await pilot.press("escape")
+            assert type(app.screen).__name__ == "BuilderScreen"
+
+    async def test_export_dot(self, spec, tmp_path):
+        app = NetApp(spec)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            target = str(tmp_path / "mlp.dot")
+            await pilot.press("f6", "ctrl+u", *target, "enter")
+            await settle(pilot)
+            assert open(target).read().startswith("digraph")
+            assert f"wrote {target}" in status(app)
+
+
+class TestSnapshots:
+    async def test_main_screen(self, spec, update_golden, monkeypatch):
+        from test_tui_units import compare_snapshot
+
+        monkeypatch.chdir(os.path.dirname(spec))  # a relative path: the same picture anywhere
+        app = NetApp("mlp.net")
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.builder.graph_view.focus()
+            app.builder.graph_view.select("dense1")
+            await settle(pilot, 1)
+            text = screen_text(app)
+            compare_snapshot("main_screen.txt", text, update_golden)
+
+    async def test_error_screen(self, spec, update_golden, monkeypatch):
+        from test_tui_units import compare_snapshot
+
+        monkeypatch.chdir(os.path.dirname(spec))
+        app = NetApp("mlp.net")
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            app.builder.editor.move_cursor((6, 32))
+            await pilot.press("backspace", "backspace", "backspace", "backspace", *"rleu")
+            await settle(pilot)
+            text = screen_text(app)
+            compare_snapshot("error_screen.txt", text, update_golden)

@@ -1,0 +1,250 @@
+"""Draw a laid-out view graph as rows of box-drawing characters, once per check.
+
+The picture is sparse (a dict of cells per row) so a 2,000-layer network costs
+memory in proportion to what is drawn, and the widget renders only the rows and
+columns on screen. Lines are merged per cell from direction bits, so a fork reads
+as ┬ and a join as ┴, and crossings as ┼.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from netdsl.tui.graph_layout import (DUMMY, ViewBox, ViewGraph, assign_layers, order_layers,
+                                     place_columns, view_graph)
+
+__all__ = ["Picture", "Rect", "draw_graph"]
+
+UP, DOWN, LEFT, RIGHT = 1, 2, 4, 8
+LINES = {
+    UP | DOWN: "│", LEFT | RIGHT: "─", DOWN | RIGHT: "╭", DOWN | LEFT: "╮", UP | RIGHT: "╰",
+    UP | LEFT: "╯", UP | DOWN | RIGHT: "├", UP | DOWN | LEFT: "┤", LEFT | RIGHT | DOWN: "┬",
+    LEFT | RIGHT | UP: "┴", UP | DOWN | LEFT | RIGHT: "┼", UP: "│", DOWN: "│", LEFT: "─",
+    RIGHT: "─",
+}
+# border characters by box kind: (top-left, top, top-right, side, bottom-left, bottom-right)
+BORDERS = {
+    "block": "╔═╗║╚╝", "state": "╭┄╮┆╰╯", "loss": "┏━┓┃┗┛",
+}
+ROUNDED = "╭─╮│╰╯"
+
+
+@dataclass(frozen=True)
+class Rect:
+    """Where a box was drawn: columns x..x+width-1, rows y..y+height-1."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    def contains(self, x: int, y: int) -> bool:
+        return self.x <= x < self.x + self.width and self.y <= y < self.y + self.height
+
+
+@dataclass
+class Picture:
+    """The drawing: cells per row, styled spans per row, and where each box is."""
+
+    width: int = 0
+    height: int = 0
+    cells: list[dict[int, str]] = field(default_factory=list)
+    # per row: (x0, x1, style, box id) for boxes, labels and recurrent lines
+    spans: list[list[tuple[int, int, str, str | None]]] = field(default_factory=list)
+    rects: dict[str, Rect] = field(default_factory=dict)
+    boxes: dict[str, ViewBox] = field(default_factory=dict)
+    box_of: dict[str, str] = field(default_factory=dict)
+    layers: list[list[str]] = field(default_factory=list)
+
+    def row_text(self, y: int, x0: int = 0, x1: int | None = None) -> str:
+        """The characters of row y between columns x0 and x1."""
+        row = self.cells[y] if 0 <= y < self.height else {}
+        return "".join(row.get(x, " ") for x in range(x0, self.width if x1 is None else x1))
+
+    def text(self) -> str:
+        """The whole picture as plain text (tests and snapshots)."""
+        return "\n".join(self.row_text(y).rstrip() for y in range(self.height))
+
+    def box_at(self, x: int, y: int) -> str | None:
+        for x0, x1, _, box in self.spans[y] if 0 <= y < self.height else ():
+            if box is not None and x0 <= x < x1 and box in self.rects:
+                return box
+        return None
+
+
+class _Canvas:
+    def __init__(self):
+        self.cells: dict[int, dict[int, str]] = {}
+        self.bits: dict[tuple[int, int], int] = {}
+        self.spans: dict[int, list] = {}
+        self.width = 0
+
+    def put(self, x: int, y: int, text: str, style: str | None = None, box: str | None = None):
+        row = self.cells.setdefault(y, {})
+        for i, char in enumerate(text):
+            row[x + i] = char
+        self.width = max(self.width, x + len(text))
+        if style:
+            self.spans.setdefault(y, []).append((x, x + len(text), style, box))
+
+    def line(self, x0: int, y0: int, x1: int, y1: int):
+        """An axis-aligned segment, merged with the lines already there."""
+        if x0 == x1:
+            top, bottom = sorted((y0, y1))
+            for y in range(top, bottom + 1):
+                self.bits[(x0, y)] = self.bits.get((x0, y), 0) | (
+                    (UP if y > top else 0) | (DOWN if y < bottom else 0))
+        else:
+            left, right = sorted((x0, x1))
+            for x in range(left, right + 1):
+                self.bits[(x, y0)] = self.bits.get((x, y0), 0) | (
+                    (LEFT if x > left else 0) | (RIGHT if x < right else 0))
+
+    def flush_lines(self):
+        for (x, y), bits in self.bits.items():
+            if bits and x not in self.cells.get(y, {}):
+                self.put(x, y, LINES[bits])
+        self.bits.clear()
+
+
+def draw_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
+               compact: bool = False) -> Picture:
+    """Lay out and draw a typed graph.
+
+    Parameters
+    ----------
+    graph : a checked graph (`check_text(...).graph`).
+    collapsed : block instance paths ('stage1', 'stage1/basic2') drawn as one box each.
+    compact : one-row boxes with op names only and no shapes: the overview zoom.
+    """
+    view = view_graph(graph, collapsed, compact)
+    pad = 2 if compact else 4  # border and a space each side
+    for box in view.boxes.values():
+        box.width = 1 if box.kind == DUMMY else len(box.label) + pad
+    layers = assign_layers(view)
+    order_layers(view, layers)
+    width = place_columns(view, layers, gap=2 if compact else 3)
+    canvas, rects = _Canvas(), {}
+    box_height = 1 if compact else 3
+    preds: dict[str, list[str]] = {n: [] for n in view.boxes}
+    for u, v in view.edges:
+        preds[v].append(u)
+    y = 0
+    for i, layer in enumerate(layers):
+        for node in layer:
+            box = view.boxes[node]
+            if box.kind == DUMMY:
+                canvas.line(box.x, y, box.x, y + box_height - 1)
+                canvas.line(box.x, y - 1, box.x, y + box_height)  # joins the gaps either side
+            else:
+                rects[node] = Rect(box.x, y, box.width, box_height)
+                _draw_box(canvas, box, y, compact)
+        y += box_height
+        if i + 1 < len(layers):
+            y = _draw_gap(canvas, view, layer, layers[i + 1], y, compact)
+    canvas.flush_lines()
+    y = _draw_delayed(canvas, view, rects, width, y)
+    height = max(y, max(canvas.cells, default=-1) + 1)
+    return Picture(max(width, canvas.width), height,
+                   [canvas.cells.get(r, {}) for r in range(height)],
+                   [canvas.spans.get(r, []) for r in range(height)],
+                   rects, view.boxes, view.box_of, layers)
+
+
+def _draw_box(canvas: _Canvas, box: ViewBox, y: int, compact: bool) -> None:
+    style = f"box.{box.kind}"
+    if compact:
+        canvas.put(box.x, y, f"[{box.label}]", style, box.id)
+        return
+    tl, top, tr, side, bl, br = BORDERS.get(box.kind, ROUNDED)
+    inner = box.width - 2
+    canvas.put(box.x, y, tl + top * inner + tr, style, box.id)
+    canvas.put(box.x, y + 1, side + f" {box.label} ".ljust(inner) + side, style, box.id)
+    canvas.put(box.x, y + 2, bl + top * inner + br, style, box.id)
+
+
+def _centre(box: ViewBox) -> int:
+    return box.x + box.width // 2
+
+
+def _draw_gap(canvas: _Canvas, view: ViewGraph, upper: list[str], lower: list[str], y: int,
+              compact: bool) -> int:
+    """Edges from one layer to the next; returns the row where the next layer starts."""
+    boxes = view.boxes
+    in_upper = set(upper)
+    by_source: dict[str, list[str]] = {}
+    for u, v in view.edges:
+        if u in in_upper:
+            by_source.setdefault(u, []).append(v)
+    # one track (row) per source whose edges bend; sources whose spans overlap get different ones
+    spans = []
+    for u, targets in by_source.items():
+        xs = [_centre(boxes[u])] + [_centre(boxes[v]) for v in targets]
+        if min(xs) != max(xs):
+            spans.append((min(xs), max(xs), u))
+    tracks: list[int] = []  # right end of what each track holds
+    track_of = {}
+    for left, right, u in sorted(spans):
+        for t, end in enumerate(tracks):
+            if end < left - 1:
+                tracks[t] = right
+                track_of[u] = t
+                break
+        else:
+            tracks.append(right)
+            track_of[u] = len(tracks) - 1
+    label_rows = 0 if compact else 1
+    first_track = y + label_rows
+    arrow_row = first_track + len(tracks)
+    stems = sorted(_centre(boxes[u]) for u in by_source)
+    for u, targets in by_source.items():
+        sx = _centre(boxes[u])
+        real_source = boxes[u].kind != DUMMY
+        if real_source and not compact:
+            canvas.put(sx, y - 1, "┬", f"box.{boxes[u].kind}", u)  # on the bottom border
+            room = next((x for x in stems if x > sx), 10**9) - sx - 3
+            if boxes[u].shape and room > 2:  # the shape beside the stem, cut before the next
+                shape = boxes[u].shape
+                canvas.put(sx + 2, y, shape if len(shape) <= room else shape[:room - 1] + "…",
+                           "shape", None)
+        bend = first_track + track_of[u] if u in track_of else None
+        for v in targets:
+            tx = _centre(boxes[v])
+            if bend is None:
+                canvas.line(sx, y - (0 if real_source else 1), sx, arrow_row)
+            else:
+                canvas.line(sx, y - (0 if real_source else 1), sx, bend)
+                canvas.line(sx, bend, tx, bend)
+                canvas.line(tx, bend, tx, arrow_row)
+    for v in lower:
+        if boxes[v].kind != DUMMY and any(v in targets for targets in by_source.values()):
+            canvas.put(_centre(boxes[v]), arrow_row, "▼" if not compact else "↓", "arrow", None)
+    return arrow_row + 1
+
+
+def _draw_delayed(canvas: _Canvas, view: ViewGraph, rects: dict[str, Rect], width: int,
+                  bottom: int) -> int:
+    """Recurrent edges: dashed, up the right margin, from the value back to its state."""
+    for k, (u, v, delay) in enumerate(view.delayed):
+        if u not in rects or v not in rects:
+            continue
+        su, sv = rects[u], rects[v]
+        margin = width + 3 + 4 * k
+        yu, yv = su.y + su.height // 2, sv.y + sv.height // 2
+        occupied = canvas.cells
+        for x in range(su.x + su.width, margin):
+            if x not in occupied.get(yu, {}):
+                canvas.put(x, yu, "╌", "recurrent", None)
+        for x in range(sv.x + sv.width + 1, margin):
+            if x not in occupied.get(yv, {}):
+                canvas.put(x, yv, "╌", "recurrent", None)
+        canvas.put(sv.x + sv.width, yv, "◀", "recurrent", None)
+        top, low = sorted((yu, yv))
+        for y in range(top + 1, low):
+            canvas.put(margin, y, "┆", "recurrent", None)
+        canvas.put(margin, yu, "╯" if yu > yv else "╮", "recurrent", None)
+        canvas.put(margin, yv, "╮" if yu > yv else "╯", "recurrent", None)
+        label = f"t-{delay}"
+        canvas.put(margin + 1, (top + low) // 2, label, "recurrent", None)
+    return bottom

@@ -1,0 +1,1 @@
+"""Screens of the builder: the builder itself, dialogs and the run panel."""

@@ -1,0 +1,106 @@
+"""The run panel: trains the current spec in a worker thread with a live plot and a stop button."""
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, ProgressBar, RichLog
+
+from netdsl.errors import SpecError
+from netdsl.tui.training import EpochDone, PostingReporter, Progress, RunStarted, RunStopped, \
+    train_network
+from netdsl.tui.widgets.loss_plot import LossPlot
+
+__all__ = ["TrainScreen"]
+
+
+class TrainScreen(ModalScreen[None]):
+    """Trains `graph` once; Stop asks the loop to end after the current step."""
+
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("s", "stop", "Stop")]
+
+    class Event(Message):
+        """A report from the training thread."""
+
+        def __init__(self, event: object):
+            super().__init__()
+            self.event = event
+
+    def __init__(self, graph, epochs: int | None = None, examples: int | None = None):
+        super().__init__()
+        self.graph, self.epochs, self.examples = graph, epochs, examples
+        self.reporter = PostingReporter(lambda event: self.post_message(self.Event(event)))
+        self.running = False
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog train"):
+            yield Label(f"Training {self.graph.graph['name']}", classes="question", id="title")
+            yield Label("starting...", id="status")
+            yield ProgressBar(id="progress", show_eta=True)
+            with Horizontal(classes="plots"):
+                yield LossPlot("loss", id="loss-plot")
+                yield LossPlot("accuracy", colour="#98c379", percent=True, id="accuracy-plot")
+            yield RichLog(id="log", max_lines=500)
+            with Horizontal(classes="buttons"):
+                yield Button("Stop", id="stop", variant="error")
+                yield Button("Close", id="close")
+
+    def on_mount(self) -> None:
+        self.running = True
+        self.train()
+
+    @work(thread=True, exclusive=True, group="train")
+    def train(self) -> None:
+        try:
+            train_network(self.graph, self.reporter, self.epochs, self.examples)
+            self.post_message(self.Event(RunStopped("finished")))
+        except SpecError as exc:
+            self.post_message(self.Event(RunStopped(f"cannot train: {exc}"
+                                                    + (f" ({exc.hint})" if exc.hint else ""))))
+        except Exception as exc:  # shown, not raised: the builder must survive a failed run
+            self.post_message(self.Event(RunStopped(f"training failed: {exc!r}")))
+
+    def on_train_screen_event(self, message: "TrainScreen.Event") -> None:
+        event = message.event
+        status = self.query_one("#status", Label)
+        log = self.query_one("#log", RichLog)
+        if isinstance(event, RunStarted):
+            self.query_one("#progress", ProgressBar).update(total=event.steps, progress=0)
+            log.write(f"data: {event.description}" if event.description else "data: bundled")
+            log.write(f"{event.epochs} epochs of {event.steps} steps")
+        elif isinstance(event, Progress):
+            self.query_one("#progress", ProgressBar).update(total=event.total, progress=event.done)
+            loss = event.metrics.get("loss")
+            if loss is None:  # named losses: plot their sum
+                loss = sum(v for k, v in event.metrics.items()
+                           if k not in ("accuracy", "samples/s") and isinstance(v, float))
+            self.query_one("#loss-plot", LossPlot).add(loss)
+            if "accuracy" in event.metrics:
+                self.query_one("#accuracy-plot", LossPlot).add(event.metrics["accuracy"])
+            status.update(f"epoch {event.epoch + 1}  step {event.done}/{event.total}  "
+                          f"loss {loss:.4g}")
+        elif isinstance(event, EpochDone):
+            log.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in event.record.items()))
+        elif isinstance(event, RunStopped):
+            if self.running:
+                self.running = False
+                status.update(event.reason)
+                log.write(event.reason)
+                self.query_one("#stop", Button).disabled = True
+
+    def action_stop(self) -> None:
+        self.reporter.stop_requested.set()
+
+    def action_close(self) -> None:
+        self.reporter.stop_requested.set()
+        self.dismiss(None)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "stop":
+            self.action_stop()
+        else:
+            self.action_close()

@@ -1,0 +1,1 @@
+"""Widgets of the builder: spec editor, graph view, inspector and loss plot."""
