@@ -52,10 +52,12 @@ class AskPath(ModalScreen[str | None]):
         self.dismiss(event.value.strip() or None)
 
 
-class JumpTo(ModalScreen[str | None]):
-    """Finds a node by (part of) its name; dismisses with the node's id."""
+class _Finder(ModalScreen[str | None]):
+    """Picks one of `names` by typing part of it; dismisses with the name, or None."""
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    question = placeholder = list_id = ""
+    shown = 200  # the list stays short however many names there are
 
     def __init__(self, names: list[str]):
         super().__init__()
@@ -63,59 +65,46 @@ class JumpTo(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label("Jump to node", classes="question")
-            yield Input(placeholder="name, e.g. stage2/basic1/conv1", id="query")
-            yield OptionList(*self.names[:200], id="matches")
+            yield Label(self.question, classes="question")
+            yield Input(placeholder=self.placeholder, id="query")
+            yield OptionList(*self._matches("")[:self.shown], id=self.list_id)
+
+    def _matches(self, query: str) -> list[str]:
+        raise NotImplementedError
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        matches = self.query_one("#matches", OptionList)
-        matches.clear_options()
-        matches.add_options(self._matches(event.value)[:200])
+        options = self.query_one(f"#{self.list_id}", OptionList)
+        options.clear_options()
+        options.add_options(self._matches(event.value)[:self.shown])
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        found = self._matches(event.value)
+        self.dismiss(found[0] if found else None)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(str(event.option.prompt))
+
+
+class JumpTo(_Finder):
+    """Finds a node by (part of) its name; dismisses with the node's id."""
+
+    question, placeholder, list_id = "Jump to node", "name, e.g. stage2/basic1/conv1", "matches"
 
     def _matches(self, query: str) -> list[str]:
         query = query.strip().lower()
         exact = [n for n in self.names if n.lower() == query]
         return exact + [n for n in self.names if query in n.lower() and n not in exact]
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        found = self._matches(event.value)
-        self.dismiss(found[0] if found else None)
 
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        self.dismiss(str(event.option.prompt))
-
-
-class PickLayer(ModalScreen[str | None]):
+class PickLayer(_Finder):
     """Chooses a layer (an op or a block of the spec) by typing part of its name."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
-
-    def __init__(self, names: list[str]):
-        super().__init__()
-        self.names = names
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Label("Insert which layer?", classes="question")
-            yield Input(placeholder="e.g. relu, dense, conv", id="query")
-            yield OptionList(*self.names, id="layers")
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        layers = self.query_one("#layers", OptionList)
-        layers.clear_options()
-        layers.add_options(self._matches(event.value))
+    question, placeholder, list_id = "Insert which layer?", "e.g. relu, dense, conv", "layers"
 
     def _matches(self, query: str) -> list[str]:
         query = query.strip().lower()
         return sorted((n for n in self.names if query in n.lower()),
                       key=lambda n: (not n.startswith(query), n))
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        found = self._matches(event.value)
-        self.dismiss(found[0] if found else None)
-
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        self.dismiss(str(event.option.prompt))
 
 
 class LayerForm(ModalScreen[dict | None]):
