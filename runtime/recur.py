@@ -8,7 +8,9 @@ Only a recurrence (plan.Loop) runs step by step: its ops, compiled into the plan
 once, are replayed T times, and its backward walks the steps in reverse, carrying
 each state's gradient to the step it was read from (BPTT). Truncated BPTT runs a
 long sequence in chunks: `carry` hands the last states of one chunk to the next,
-without a gradient.
+without a gradient. A batch may pad sequences of different lengths (`NAME.lengths`):
+a state then holds its value past its sequence's end, a loss leaves the padded rows
+out, and whole-sequence ops read `ctx.lengths`.
 """
 from __future__ import annotations
 
