@@ -9,23 +9,15 @@ both; the table shows medians and the ratio netdsl / torch (below 1: netdsl is f
 Forward runs in training mode on both sides: max-pooling records its argmax, as
 training needs.
 
-OpenBLAS (NumPy's) and OpenMP (PyTorch's) worker threads spin for a while after each
-call before they sleep; a side timed straight after the other shares the cores with
-those spinning threads and ran up to twice as slowly on a 2-core machine. So before
-each timed block the benchmark pauses (--settle seconds) and makes one untimed call.
-For single-threaded figures run OPENBLAS_NUM_THREADS=1 python benchmarks/op_speed.py
---threads 1. A full run takes about three minutes.
-
-Both sides also share glibc's malloc, whose mmap threshold follows the sizes freed so
-far: after one side's large frees the other side's buffers of a few MiB may come from
-fresh mmaps, page-faulting on every call (PyTorch's 1x1 convolution measured twice as
-slow that way). The benchmark fixes the threshold at glibc's largest (32 MiB) first, so
-neither side's history changes the other's allocations.
+Both sides run on the same number of threads, and the benchmark isolates them from
+each other as benchmarks/isolation.py describes: a pause (--settle seconds) and one
+untimed call before each timed block, and glibc's malloc thresholds fixed first.
+For single-threaded figures run python benchmarks/op_speed.py --threads 1. A full run
+takes about three minutes.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import platform
 import statistics
@@ -38,6 +30,8 @@ import torch.nn.functional as F
 from netdsl.ops import OPS, bind
 from netdsl.ops.base import Ctx
 from netdsl.types import floats
+
+from isolation import blas_pool, fix_malloc, limit_blas, settle
 
 # (workload, layer, op, positional args, keyword args, input shape (B, C, H, W))
 LAYERS = [
@@ -122,31 +116,7 @@ def calls_for(fn, backward: bool, budget: float = 0.05) -> int:
     return max(1, int(budget / max(once, 1e-6)))
 
 
-def fix_malloc() -> str:
-    """Fix glibc's mmap and trim thresholds (else they adapt to the allocations so far)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return "malloc as is"
-    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters, from malloc.h
-    if libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 64 << 20):
-        return "malloc mmap threshold 32 MiB"
-    return "malloc as is"
-
-
-def blas_threads() -> str:
-    """NumPy's BLAS library and its thread count, where threadpoolctl can tell."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "BLAS, threads unknown"
-    for pool in threadpool_info():
-        if pool["user_api"] == "blas":
-            return f"{pool['internal_api']}, {pool['num_threads']} threads"
-    return "BLAS, threads unknown"
-
-
-def bench(layer: Layer, repeats: int, settle: float) -> dict[str, float]:
+def bench(layer: Layer, repeats: int, settle_s: float) -> dict[str, float]:
     """Median seconds per call: netdsl and torch, forward and forward+backward, interleaved."""
     runs = {key: [] for key in ("ours_f", "theirs_f", "ours_fb", "theirs_fb")}
     numbers = {(side, bw): calls_for(getattr(layer, side), bw)
@@ -155,8 +125,7 @@ def bench(layer: Layer, repeats: int, settle: float) -> dict[str, float]:
         for bw, tag in ((False, "f"), (True, "fb")):
             for side in ("ours", "theirs"):
                 fn = getattr(layer, side)
-                time.sleep(settle)  # the other side's worker threads stop spinning
-                fn(bw)
+                settle(lambda: fn(bw), settle_s)
                 runs[f"{side}_{tag}"].append(seconds(fn, bw, numbers[side, bw]))
     return {key: statistics.median(times) for key, times in runs.items()}
 
@@ -170,10 +139,12 @@ def main() -> None:
                         help="pause before each timed block, seconds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    limiter = limit_blas(args.threads)  # noqa: F841 (kept for the run)
     malloc = fix_malloc()
     rng = np.random.default_rng(0)
+    blas, blas_threads = blas_pool()
     print(f"# {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs), "
-          f"NumPy {np.__version__} ({blas_threads()}), torch {torch.__version__} "
+          f"NumPy {np.__version__} ({blas}, {blas_threads} threads), torch {torch.__version__} "
           f"({args.threads} threads), float32, {malloc}, medians of {args.repeats}")
     print("| workload | layer | fwd ms | torch | ratio | fwd+bwd ms | torch | ratio |")
     print("|---|---|---|---|---|---|---|---|")

@@ -14,7 +14,11 @@ softmax cross-entropy and SGD with momentum 0.9 at lr 0.01. One training step:
 
 Timing. Both sides are warmed up (5 steps each). Then, per repeat, N steps of one
 framework are timed one by one, then N steps of the other; which goes first
-alternates between repeats, so load changes on a shared machine hit both. Each
+alternates between repeats, so load changes on a shared machine hit both. Both run on
+the same number of threads (--threads; NumPy's BLAS is limited to it too), and they
+are isolated from each other as benchmarks/isolation.py describes: before each timed
+block a pause (--settle seconds, for the other side's spinning worker threads) and
+one untimed step, and glibc's malloc thresholds are fixed before anything runs. Each
 repeat gives each side the median of its step times and a ratio netdsl samples/s
 over torch samples/s (above 1: netdsl is faster). The table shows medians over the
 repeats of the per-repeat medians, and the ratio's median and range. N is the
@@ -68,6 +72,8 @@ from netdsl.runtime.execute import Executor
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import make_optimizer
 from netdsl.runtime.plan import Plan, build_plan
+
+from isolation import blas_pool, fix_malloc, limit_blas, settle
 
 SPECS = Path(__file__).resolve().parent / "specs"
 LR, MOMENTUM, SEED = 0.01, 0.9, 0
@@ -233,9 +239,12 @@ def new_torch_model(workload: Workload) -> nn.Module:
 # ---- measuring
 
 
-def timed_steps(step: Callable[[], float], n: int) -> tuple[list[float], list[float]]:
-    """Seconds and loss of each of `n` steps."""
+def timed_steps(step: Callable[[], float], n: int,
+                settle_s: float = 0.0) -> tuple[list[float], list[float]]:
+    """Seconds and loss of each of `n` steps, after a pause and one untimed step."""
     gc.collect()
+    if settle_s:
+        settle(step, settle_s)
     seconds, losses = [], []
     for _ in range(n):
         start = time.perf_counter()
@@ -285,7 +294,8 @@ def torch_peak_bytes(workload: Workload, batch) -> int:
     return peak
 
 
-def run_workload(workload: Workload, repeats: int, steps: int | None, budget: float) -> dict:
+def run_workload(workload: Workload, repeats: int, steps: int | None, budget: float,
+                 settle_s: float) -> dict:
     x, y, source = make_batch(workload)
     plan = build_plan(check_file(str(SPECS / workload.spec)).graph)
     params = initial_params(plan, "he", seed=SEED)
@@ -306,7 +316,7 @@ def run_workload(workload: Workload, repeats: int, steps: int | None, budget: fl
     runs = {name: {"seconds": [], "losses": []} for name in sides}
     for r in range(repeats):
         for name in (("netdsl", "torch") if r % 2 == 0 else ("torch", "netdsl")):
-            seconds, losses = timed_steps(sides[name].step, steps)
+            seconds, losses = timed_steps(sides[name].step, steps, settle_s)
             runs[name]["seconds"].append(seconds)
             runs[name]["losses"].append(losses)
     del sides
@@ -347,25 +357,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def blas_threads() -> tuple[str, int]:
-    """NumPy's BLAS library and its thread count."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "BLAS", os.cpu_count() or 1
-    for pool in threadpool_info():
-        if pool["user_api"] == "blas":
-            return pool["internal_api"], pool["num_threads"]
-    return "BLAS", os.cpu_count() or 1
-
-
-def header(threads: int, repeats: int) -> dict:
-    blas, blas_n = blas_threads()
+def header(threads: int, repeats: int, malloc: str) -> dict:
+    blas, blas_n = blas_pool()
     return {"date": datetime.date.today().isoformat(), "cpu": cpu_model(),
             "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "blas": blas, "blas_threads": blas_n,
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "threads_requested": threads, "repeats": repeats,
+            "threads_requested": threads, "repeats": repeats, "malloc": malloc,
             "load_average_start": os.getloadavg()[0]}
 
 
@@ -374,7 +372,7 @@ def print_report(env: dict, results: list[dict], elapsed: float) -> None:
     print()
     print(f"{env['cpu']}, {env['cores']} cores; Python {env['python']}; NumPy {env['numpy']} "
           f"({env['blas']}, {env['blas_threads']} threads); torch {env['torch']} "
-          f"({env['torch_threads']} threads); {env['repeats']} interleaved repeats, "
+          f"({env['torch_threads']} threads); {env['malloc']}; {env['repeats']} interleaved repeats, "
           f"medians of per-repeat medians; ratio = netdsl samples/s / torch samples/s; "
           f"load average {env['load_average_start']:.1f} at the start, "
           f"{env['load_average_end']:.1f} at the end")
@@ -411,7 +409,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=30.0,
                         help="seconds of timed steps per workload, both sides (default 30)")
     parser.add_argument("--threads", type=int,
-                        help="torch.set_num_threads (default: NumPy's BLAS thread count)")
+                        help="threads of both torch and NumPy's BLAS (default: BLAS's count)")
+    parser.add_argument("--settle", type=float, default=0.3,
+                        help="pause before each timed block, seconds (default 0.3)")
     parser.add_argument("--json", type=Path, help="write the raw numbers to this file")
     args = parser.parse_args()
     if args.repeats < 1 or (args.steps is not None and args.steps < 1):
@@ -425,14 +425,17 @@ def main() -> None:
                          f"choose from {', '.join(w.id for w in WORKLOADS)}")
         chosen = [w for w in WORKLOADS if w.id in wanted]
 
-    threads = args.threads or blas_threads()[1]
+    malloc = fix_malloc()
+    threads = args.threads or blas_pool()[1] or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    env = header(threads, args.repeats)
+    limiter = limit_blas(threads)  # noqa: F841 (kept for the run)
+    env = header(threads, args.repeats, malloc)
     start = time.perf_counter()
     results = []
     for workload in chosen:
         began = time.perf_counter()
-        results.append(run_workload(workload, args.repeats, args.steps, args.budget))
+        results.append(run_workload(workload, args.repeats, args.steps, args.budget,
+                                    args.settle))
         print(f"{workload.id}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
     elapsed = time.perf_counter() - start
     env["load_average_end"] = os.getloadavg()[0]

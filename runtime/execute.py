@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from netdsl.ops.base import Ctx
+from netdsl.ops.kernels import one_blas_thread
 from netdsl.runtime.fuse import fuse
 from netdsl.runtime.memory import forward_frees
 from netdsl.runtime.plan import Backward, Plan
@@ -64,6 +65,7 @@ class Executor:
         self.rng = xp.random.default_rng(seed)
         self.buffers: dict[str, dict] = {step.node: {} for step in plan.steps}
         self.ctxs: dict[str, Ctx] = {}
+        self._split = False  # whether the last forward ran ops that split (host_split)
         self._schedules: dict[frozenset, tuple] = {}  # kept values -> (steps, frees)
 
     def _views(self, flat) -> dict:
@@ -95,24 +97,26 @@ class Executor:
             self._schedules[keep] = (steps, forward_frees(steps, set(keep)),
                                      [s.node in chained for s in steps])
         steps, frees, in_place = self._schedules[keep]
+        self._split = any(getattr(s.op, "host_split", False) for s in steps)
         size = len(next(iter(batch.values())))
         values = {name: self._as_input(batch[name], name) for name in plan.inputs if name in batch}
         ctxs = self.ctxs = {}
-        for step, free, chained in zip(steps, frees, in_place):
-            ctx = ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node],
-                                        size, self.dtype)
-            xs = [values[s] for s in step.inputs]
-            if chained:  # a fused chain's follower writes over its predecessor's output
-                ctx.out = xs[0]
-            kwargs = {name: self.params[key] for name, key in step.params.items()}
-            for kw, (node, saved) in step.borrows.items():
-                kwargs[kw] = ctxs[node].saved[saved]
-            y = step.op.forward(ctx, *xs, **kwargs)
-            if check_finite and y.dtype.kind == "f" and not bool(xp.isfinite(y).all()):
-                raise NonFinite(step.node, "forward")
-            values[step.node] = y
-            for name in free:
-                del values[name]
+        with one_blas_thread(xp, self._split):
+            for step, free, chained in zip(steps, frees, in_place):
+                ctx = ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node],
+                                            size, self.dtype)
+                xs = [values[s] for s in step.inputs]
+                if chained:  # a fused chain's follower writes over its predecessor's output
+                    ctx.out = xs[0]
+                kwargs = {name: self.params[key] for name, key in step.params.items()}
+                for kw, (node, saved) in step.borrows.items():
+                    kwargs[kw] = ctxs[node].saved[saved]
+                y = step.op.forward(ctx, *xs, **kwargs)
+                if check_finite and y.dtype.kind == "f" and not bool(xp.isfinite(y).all()):
+                    raise NonFinite(step.node, "forward")
+                values[step.node] = y
+                for name in free:
+                    del values[name]
         return {name: values[name] for name in keep}
 
     def _as_input(self, array, name):
@@ -132,37 +136,53 @@ class Executor:
         value_grads = {seed: xp.ones((), dtype=self.dtype) for seed in backward.seeds}
         owned: set[str] = set()
         written: set[str] = set()
-        for node in backward.order:
-            gy = value_grads.pop(node, None)
-            if gy is None:
-                continue  # no loss depends on it through a differentiable path
-            step = plan.step_of(node)
-            ctx = self.ctxs[node]
-            ctx.needs_input_grad = tuple(t is not None for t in backward.grad_inputs[node])
-            input_grads, param_grads = step.op.backward(ctx, gy)
-            ctx.saved.clear()
-            for target, grad in zip(backward.grad_inputs[node], input_grads):
-                if target is None or grad is None:
-                    continue
-                if check_finite and not bool(xp.isfinite(grad).all()):
-                    raise NonFinite(node, "backward")
-                if target not in value_grads:
-                    value_grads[target] = grad
-                elif target in owned:
-                    value_grads[target] += grad
-                else:
-                    value_grads[target] = value_grads[target] + grad
-                    owned.add(target)
-            for name, grad in param_grads.items():
-                key = step.params[name]
-                if key in written:
-                    self.grads[key] += grad
-                else:
-                    self.grads[key][...] = grad
-                    written.add(key)
+        with one_blas_thread(xp, self._split):
+            for node in backward.order:
+                gy = value_grads.pop(node, None)
+                if gy is None:
+                    continue  # no loss depends on it through a differentiable path
+                step = plan.step_of(node)
+                ctx = self.ctxs[node]
+                targets = backward.grad_inputs[node]
+                ctx.needs_input_grad = tuple(t is not None for t in targets)
+                input_grads, param_grads = step.op.backward(ctx, gy)
+                ctx.saved.clear()
+                self._store_input_grads(node, backward.grad_inputs[node], input_grads,
+                                        value_grads, owned, check_finite)
+                self._store_param_grads(step, param_grads, written)
+                # the parameter gradients are copied and the input gradients stored: drop them
+                # now, not when the next node's backward returns
+                del input_grads, param_grads
         for key in backward.params:
             if key not in written:
                 self.grads[key][...] = 0
+
+    def _store_input_grads(self, node: str, targets, input_grads, value_grads: dict,
+                           owned: set, check_finite: bool) -> None:
+        """Keep each input gradient as its value's gradient, or add it to the one there."""
+        for target, grad in zip(targets, input_grads):
+            if target is None or grad is None:
+                continue
+            if check_finite and not bool(self.xp.isfinite(grad).all()):
+                raise NonFinite(node, "backward")
+            if target not in value_grads:
+                value_grads[target] = grad
+            elif target in owned:
+                value_grads[target] += grad
+            else:
+                value_grads[target] = value_grads[target] + grad
+                owned.add(target)
+
+    def _store_param_grads(self, step, param_grads: dict, written: set) -> None:
+        """Copy (or add, for a shared parameter's later uses) a node's parameter gradients
+        into the flat gradient vector."""
+        for name, grad in param_grads.items():
+            key = step.params[name]
+            if key in written:
+                self.grads[key] += grad
+            else:
+                self.grads[key][...] = grad
+                written.add(key)
 
     # ---- state
 

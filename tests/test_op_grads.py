@@ -782,8 +782,8 @@ class TestAtScale:
 
 
 class TestHostSlabs:
-    """On the host, conv, batchnorm and max-pooling split their work over threads (one
-    slab of the batch or of the channels each): the same results as in one piece."""
+    """On the host, conv, batchnorm, max-pooling and relu split their work over threads
+    (one slab of the batch or of the channels each): the same results as in one piece."""
 
     CALLS = [
         (("conv", 8, 3), {"pad": 1}, (6, 5, 9, 9)),
@@ -793,6 +793,7 @@ class TestHostSlabs:
         (("batchnorm",), {}, (6, 5, 4, 4)),
         (("maxpool", 3), {"stride": 1, "pad": 1}, (6, 5, 9, 9)),
         (("maxpool", 2), {}, (6, 5, 9, 9)),
+        (("relu",), {}, (6, 5, 4, 4)),
     ]
 
     @staticmethod

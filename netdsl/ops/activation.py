@@ -4,7 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, integer, number, positive, register
 from netdsl.ops.common import Pointwise, expect_float
-from netdsl.ops.kernels import constant, sigmoid
+from netdsl.ops.kernels import constant, sigmoid, split_pointwise
 from netdsl.types import TensorType
 
 
@@ -51,12 +51,18 @@ class Relu(Pointwise):
     inplace = True
 
     def forward(self, ctx, x):
-        y = ctx.xp.maximum(x, 0, out=ctx.out)
+        xp = ctx.xp
+        out = xp.empty(x.shape, dtype=x.dtype) if ctx.out is None else ctx.out
+        y = split_pointwise(xp, lambda x, out: xp.maximum(x, 0, out=out), out, x)
         ctx.save(y=y)
         return y
 
     def backward(self, ctx, gy):
-        return (gy * (ctx.saved["y"] > 0),), {}
+        xp, y = ctx.xp, ctx.saved["y"]
+        dx = xp.empty(y.shape, dtype=xp.result_type(gy.dtype, y.dtype))
+        gy = gy if gy.shape == y.shape else xp.broadcast_to(gy, y.shape)
+        return (split_pointwise(xp, lambda g, y, out: xp.multiply(g, y > 0, out=out), dx,
+                                gy, y),), {}
 
 
 @register("leaky_relu")

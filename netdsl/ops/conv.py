@@ -55,6 +55,7 @@ class _Convolution(Op):
 
     ranks = (2, 3)
     keeps = ("x", "weight")  # im2col is recomputed from x: cheaper to redo than to keep
+    host_split = True  # see kernels.one_blas_thread
 
     def __init__(self, **attrs):
         super().__init__(**attrs)
@@ -139,7 +140,8 @@ class Conv(_Convolution):
     def backward(self, ctx, gy):
         x, weight = ctx.saved["x"], ctx.saved["weight"]
         s, pads, d = self.windows(x, weight)
-        dx, dweight, dbias = conv_nd_backward(ctx.xp, gy, x, weight, s, pads, d, self.groups)
+        dx, dweight, dbias = conv_nd_backward(ctx.xp, gy, x, weight, s, pads, d, self.groups,
+                                              ctx.needs(0))
         return (dx,), {"weight": dweight, **({"bias": dbias} if self.bias else {})}
 
 
@@ -225,6 +227,7 @@ class Project(Op):
     args = (Arg("channels", positive), Arg("stride", ints(), 1))
     # the 1x1 conv keeps x, the batchnorm its normalised input and 1/std; none when identity
     keeps = ("x", "weight", "xhat", "inv_std", "bn_weight")
+    host_split = True
 
     def is_identity(self, x: TensorType) -> bool:
         return x.dims[0] == self.channels and all(s == 1 for s in as_tuple(self.stride))
@@ -272,10 +275,10 @@ class Project(Op):
         saved = ctx.saved
         if "x" not in saved:
             return (gy,), {}
-        dz, dgamma, dbeta = batch_norm_backward(gy, saved["xhat"], saved["inv_std"],
+        dz, dgamma, dbeta = batch_norm_backward(ctx.xp, gy, saved["xhat"], saved["inv_std"],
                                                 saved["bn_weight"], saved["batch_stats"])
         x, weight = saved["x"], saved["weight"]
         (s,) = settings(self, x.ndim - 2, stride=self.stride)
         dx, dweight, _ = conv_nd_backward(ctx.xp, dz, x, weight, s, [(0, 0)] * len(s),
-                                          (1,) * len(s), 1)
+                                          (1,) * len(s), 1, ctx.needs(0))
         return (dx,), {"weight": dweight, "bn_weight": dgamma, "bn_bias": dbeta}

@@ -7,8 +7,12 @@ chunks of the batch.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np  # parameter init, and telling the host apart; kernels use xp
 
@@ -16,8 +20,9 @@ from netdsl.ops.base import expand_to
 from netdsl.ops.common import as_tuple
 
 __all__ = [
-    "settings", "pad_spatial", "crop_spatial", "offsets", "Windows", "batch_chunks", "im2col",
-    "col2im", "conv_nd", "conv_nd_backward", "conv_transpose_nd", "conv_transpose_nd_backward",
+    "settings", "pad_spatial", "crop_spatial", "offsets", "Windows", "host_slabs",
+    "host_map", "one_blas_thread", "split_pointwise", "batch_chunks", "im2col", "col2im",
+    "conv_nd", "conv_nd_backward", "conv_transpose_nd", "conv_transpose_nd_backward",
     "pool_pads", "plane_index", "batch_norm", "batch_norm_backward", "sigmoid", "align",
     "unbroadcast", "scatter_add", "fan_in_uniform", "constant", "scalar",
 ]
@@ -89,9 +94,16 @@ class Windows:
 
     `out` (one window per stride step when not given) may ask for fewer windows, as a
     transposed convolution does when output_pad leaves a last window with no input.
+
+    With `compact` (for a batch that `padder` pads), a flat grid whose rows are padded
+    at least as much on the left as on the right shares those pads: each row of the
+    padded plane holds the left pad and the row, and the windows at a row's end reach
+    into the next row's left pad, zeros as well. That takes (hi of the last dim) cells a
+    row off the grid's gaps: 18% of a 3x3 convolution's columns over 8x8 planes were
+    gaps, 10% are now.
     """
 
-    def __init__(self, spatial, kernel, stride, dilation, pads, out=None):
+    def __init__(self, spatial, kernel, stride, dilation, pads, out=None, compact=False):
         self.kernel, self.stride, self.dilation = tuple(kernel), tuple(stride), tuple(dilation)
         self.pads = [tuple(p) for p in pads]
         self.spatial = tuple(spatial)
@@ -100,6 +112,12 @@ class Windows:
             out = ((n - d * (k - 1) - 1) // s + 1
                    for n, k, s, d in zip(self.padded, kernel, stride, dilation))
         self.out = tuple(out)
+        # where the input lies in a padded plane
+        self.inner = crop_index(self.pads, self.spatial)
+        if compact and self._shares_row_pads():
+            lo = self.pads[-1][0]
+            # a row more at the end holds the last row's right pad
+            self.padded = self.padded[:-2] + (self.padded[-2] + 1, self.spatial[-1] + lo)
         # row-major steps of a padded plane, in cells
         self.pitch = tuple(math.prod(self.padded[i + 1:]) for i in range(len(self.padded)))
         self.span = sum((m - 1) * p for m, p in zip(self.out, self.pitch)) + 1
@@ -111,6 +129,12 @@ class Windows:
         # a 1x1 kernel at stride 1 over the whole unpadded input: the columns are the input
         self.pointwise = (not self.is_padded and self.flat and self.out == self.padded
                           and all(k == 1 for k in kernel))
+
+    def _shares_row_pads(self) -> bool:
+        """Whether the windows' overhang past a row's end fits in the next row's left pad."""
+        lo, hi = self.pads[-1]
+        return (len(self.spatial) >= 2 and all(s == 1 for s in self.stride)
+                and 0 < hi <= lo)
 
     @property
     def size(self) -> int:
@@ -177,30 +201,166 @@ class Windows:
         if not self.is_padded:
             return lambda x: x
         buffer = xp.zeros((chunk, channels) + self.padded, dtype=dtype)
-        inner = crop_index(self.pads, self.spatial)
 
         def pad(x):
             target = buffer[:len(x)]
-            target[inner] = x
+            target[self.inner] = x
             return target
 
         return pad
 
 
+# ---- host threads
+
+# NumPy runs an op on one core and BLAS spreads only a GEMM over the others, so the
+# copies around a GEMM (padding, im2col, the output's layout) stay serial; and BLAS's
+# threads spin waiting for each other while another process holds a core. On the host
+# an op may instead split its batch into one slab per core and run the slabs on Python
+# threads (NumPy releases the GIL in copies, ufuncs and GEMMs), each with a one-thread
+# BLAS meanwhile.
+
+_pool = None     # the worker threads, made on first use
+_blas = None     # threadpoolctl's controllers of the loaded BLAS libraries
+_running = threading.Lock()  # held while slabs run: a split inside a slab runs serially
+_slabs_running = 1  # how many slabs run at once now: they share the chunk budget
+
+
+def _blas_controllers() -> tuple:
+    """threadpoolctl's handles on the loaded BLAS libraries (none without threadpoolctl)."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas = ()
+        else:
+            _blas = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _blas
+
+
+# bytes an op must touch before splitting it pays for the threads' hand-over
+MIN_SPLIT_BYTES = 1 << 20
+
+_step_threads = None  # inside one_blas_thread(): the threads BLAS had, which ops split over
+
+
+def host_threads() -> int:
+    """The threads an op may split over: those BLAS may use (1 without threadpoolctl)."""
+    if _step_threads is not None:
+        return _step_threads
+    return max((c.num_threads for c in _blas_controllers()), default=1)
+
+
+@contextlib.contextmanager
+def one_blas_thread(xp, active: bool = True):
+    """Run a stretch of ops (an executor's pass) with BLAS on one thread, the ops
+    splitting their work over the threads BLAS had instead; a no-op unless `active`.
+    An executor makes it active where an op splits its work (its class sets
+    `host_split`): BLAS's own threads did worse there, since a GEMM of a few MFLOP waits
+    for all of them and they spin on after it. With another process on a core,
+    ResNet-20's step took a quarter longer than on one thread, and switching BLAS's
+    threads for each op that splits cost as much."""
+    global _step_threads
+    controllers = _blas_controllers() if xp is np and active else ()
+    if _step_threads is not None or not controllers:
+        yield
+        return
+    blas_threads = [c.num_threads for c in controllers]
+    for c in controllers:
+        c.set_num_threads(1)
+    _step_threads = max(blas_threads)
+    try:
+        yield
+    finally:
+        _step_threads = None
+        for c, n in zip(controllers, blas_threads):
+            c.set_num_threads(n)
+
+
+# slabs per thread: a thread that finishes early takes the next slab, so one whose core
+# another process holds delays the op by a small slab at most
+SLABS_PER_THREAD = 2
+
+
+def host_slabs(xp, total: int, size: int = MIN_SPLIT_BYTES) -> list[slice]:
+    """range(total) in even, contiguous slices, SLABS_PER_THREAD per thread BLAS may use,
+    for an op over `size` bytes; a single slice on a GPU, without threadpoolctl, for
+    small ops, or inside another split."""
+    if xp is not np or size < MIN_SPLIT_BYTES or _running.locked():
+        return [slice(0, total)]
+    threads = host_threads()
+    count = max(1, min(SLABS_PER_THREAD * threads if threads > 1 else 1, total))
+    bounds = [total * i // count for i in range(count + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+
+
+def host_map(xp, fn, total: int, size: int = MIN_SPLIT_BYTES) -> list:
+    """[fn(slab) for slab in host_slabs(xp, total, size)], on all threads at once: each
+    takes the next slab nobody has started until none is left."""
+    global _pool, _slabs_running
+    slabs = host_slabs(xp, total, size)
+    if len(slabs) == 1:
+        return [fn(slabs[0])]
+    with _running:
+        threads = min(host_threads(), len(slabs))
+        _slabs_running = threads
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+        # inside one_blas_thread() BLAS runs on one thread already
+        controllers = _blas_controllers() if _step_threads is None else ()
+        blas_threads = [c.num_threads for c in controllers]
+        for c in controllers:
+            c.set_num_threads(1)
+        results = [None] * len(slabs)
+        claim = itertools.count()  # next() is atomic under the GIL
+
+        def work():
+            while (i := next(claim)) < len(slabs):
+                results[i] = fn(slabs[i])
+
+        futures = []
+        try:
+            futures = [_pool.submit(work) for _ in range(threads - 1)]
+            work()
+            for future in futures:
+                future.result()
+            return results
+        finally:
+            wait(futures)
+            _slabs_running = 1
+            for c, n in zip(controllers, blas_threads):
+                c.set_num_threads(n)
+
+
+def split_pointwise(xp, fn, out, *arrays):
+    """fn(*slabs, out=out slab) over slabs of the batch axis of `out` and `arrays`
+    (all shaped alike): a large elementwise op on every core. Returns out."""
+    if len(host_slabs(xp, len(out), out.nbytes)) == 1:
+        return fn(*arrays, out=out)
+    host_map(xp, lambda part: fn(*(a[part] for a in arrays), out=out[part]), len(out),
+             out.nbytes)
+    return out
+
+
 # ---- convolution: im2col and one GEMM per chunk of the batch
 
-# On the host a chunk of the batch is convolved at a time, its im2col columns about this
-# many bytes: they are still in the cache when the GEMM reads them (and col2im adds
-# them), and the whole batch's columns, k*k times the input, are never held at once
+# On the host each thread convolves a chunk of its slab at a time, the im2col columns
+# of the chunks of all threads about this many bytes (one example at least): they are
+# in the cache when the GEMM reads them (and col2im adds them), and the whole batch's
+# columns, k*k times the input, are never held at once. Each chunk costs Python calls
+# (col2im makes two per kernel offset) and a GEMM of fewer columns: the layers of
+# LeNet-5 and ResNet-20 ran 10-40% slower with 1 MiB chunks, not faster with 8 or 16.
 CHUNK_BYTES = 4 << 20
 
 
-def batch_chunks(xp, batch: int, per_example: int) -> list[slice]:
-    """Slices of the batch of about CHUNK_BYTES / per_example examples each, as even as
-    possible; on a GPU (xp not NumPy) one slice: it wants few, large kernels."""
+def batch_chunks(xp, batch: int, per_example: int, budget: int | None = None) -> list[slice]:
+    """Slices of the batch of about budget / per_example examples each, as even as
+    possible; on a GPU (xp not NumPy) one slice: it wants few, large kernels. The budget
+    is by default CHUNK_BYTES shared by the slabs running at once."""
     if xp is not np:
         return [slice(0, batch)]
-    count = -(-batch // max(1, CHUNK_BYTES // max(per_example, 1)))
+    budget = CHUNK_BYTES // _slabs_running if budget is None else budget
+    count = -(-batch // max(1, budget // max(per_example, 1)))
     size = -(-batch // count)
     return [slice(b, min(b + size, batch)) for b in range(0, batch, size)]
 
@@ -246,27 +406,47 @@ def conv_nd(xp, x, weight, bias, stride, pads, dilation, groups, out=None):
     Per chunk of the batch: pad, im2col, one GEMM (G, O/G, C/G * K) @ (G, C/G * K, n * grid)
     whose many columns keep BLAS busy, and one copy of its result (O, n, *grid) to y
     (n, O, *out) that also drops the grid's gaps and adds the bias. A 1x1 kernel over
-    the whole input needs no columns: a GEMM per example writes y directly.
+    the whole input needs no columns: a GEMM per example writes y directly. On the host
+    each core convolves a slab of the batch (host_map).
     """
-    win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads, out)
+    win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads, out, compact=True)
     x = xp.ascontiguousarray(x)
-    (b, c), o = x.shape[:2], weight.shape[0]
+    b, o = x.shape[0], weight.shape[0]
     dtype = xp.result_type(x.dtype, weight.dtype)
-    w = weight.reshape(groups, o // groups, -1)  # (G, O/G, C/G * K)
     y = xp.empty((b, o) + win.out, dtype=dtype)
     bias = None if bias is None else bias.reshape((1, o) + (1,) * len(win.out))
-    if win.pointwise:
-        xp.matmul(w, x.reshape(b, groups, c // groups, -1),
-                  out=y.reshape(b, groups, o // groups, -1))
-        if bias is not None:
-            y += bias
-        return y
+    convolve = _slab_convolution(xp, x, weight, win, groups)
+    work = x.nbytes * math.prod(win.kernel)  # the im2col columns
+    host_map(xp, lambda part: convolve(x[part], bias, y[part]), b, work)
+    return y
+
+
+def _slab_convolution(xp, x, weight, win: Windows, groups):
+    """convolve(x slab, bias, y slab), which writes conv_nd of the slab into y."""
+    o = weight.shape[0]
+    w = weight.reshape(groups, o // groups, -1)  # (G, O/G, C/G * K)
+    convolve = _pointwise_slab if win.pointwise else _windowed_slab
+    return lambda x, bias, y: convolve(xp, x, w, bias, win, groups, y)
+
+
+def _pointwise_slab(xp, x, w, bias, win: Windows, groups, y):
+    """y = conv_nd(x) for a 1x1 kernel over the whole input: x is its own columns."""
+    (b, c), o = x.shape[:2], y.shape[1]
+    xp.matmul(w, x.reshape(b, groups, c // groups, -1),
+              out=y.reshape(b, groups, o // groups, -1))
+    if bias is not None:
+        y += bias
+
+
+def _windowed_slab(xp, x, w, bias, win: Windows, groups, y):
+    """y = conv_nd(x) for a slab of the batch, a cache-sized chunk at a time."""
+    (b, c), o = x.shape[:2], y.shape[1]
     depth = c * math.prod(win.kernel)
     chunks = batch_chunks(xp, b, depth * win.size * x.itemsize)
     size = chunks[0].stop
     pad = win.padder(xp, size, c, x.dtype)
     cols = xp.empty(depth * size * win.size, dtype=x.dtype)
-    z = xp.empty(o * size * win.size, dtype=dtype)
+    z = xp.empty(o * size * win.size, dtype=y.dtype)
     for part in chunks:
         n = part.stop - part.start
         x_cols = im2col(xp, pad(x[part]), win, _part(cols, (c, *win.kernel, n, *win.grid)))
@@ -278,7 +458,6 @@ def conv_nd(xp, x, weight, bias, stride, pads, dilation, groups, out=None):
             y[part] = z_n
         else:
             xp.add(z_n, bias, out=y[part])
-    return y
 
 
 def _grid_gradient(xp, gy, win: Windows, o: int, buffer):
@@ -300,8 +479,20 @@ def _grid_gradient(xp, gy, win: Windows, o: int, buffer):
 
 
 def _weight_grad(xp, gy, x, weight, win: Windows, groups):
-    """dweight of y = conv(x, weight) through `win`: per chunk, the columns of x again
-    (recomputing them is cheaper than keeping them) and one GEMM gy @ cols^T."""
+    """dweight of y = conv(x, weight) through `win`: each slab's sum, added up."""
+    def slab(part):
+        return _weight_grad_slab(xp, gy[part], x[part], weight, win, groups)
+
+    partials = host_map(xp, slab, x.shape[0], x.nbytes * math.prod(win.kernel))
+    dweight = partials[0]
+    for partial in partials[1:]:
+        dweight += partial
+    return dweight
+
+
+def _weight_grad_slab(xp, gy, x, weight, win: Windows, groups):
+    """dweight from a slab of the batch: per chunk, the columns of x again (recomputing
+    them is cheaper than keeping them) and one GEMM gy @ cols^T."""
     (b, c), o = x.shape[:2], weight.shape[0]
     dtype = xp.result_type(gy.dtype, x.dtype, weight.dtype)
     if win.pointwise:  # x is its own columns: a GEMM per example, summed
@@ -327,43 +518,67 @@ def _weight_grad(xp, gy, x, weight, win: Windows, groups):
     return dweight.reshape(weight.shape)
 
 
-# x channels (per group) from which dx is computed as a convolution, see _input_grad
+# x channels (per group) from which dx is computed as a convolution, see
+# _input_grad_by_conv
 MIN_GRAD_CONV_CHANNELS = 16
 
 
-def _input_grad(xp, gy, weight, win: Windows, groups, x_shape):
-    """dx (x_shape) of y = conv(x, weight) through `win`.
+def _input_grad_by_conv(weight, win: Windows, groups, gy_spatial):
+    """(flipped weight (C, O/G, *k), its Windows over gy) when dx of
+    y = conv(x, weight) through `win` is a convolution of gy; else None.
 
-    At stride 1 that is a convolution of gy, padded so that every cell of x gets a
-    window, with the kernel flipped and its in and out channels swapped: im2col and
-    GEMM again, whose copies cost NumPy far less than col2im's strided adds. Its GEMM
-    has a row per channel of x, though: with few of them (a network's first layers)
-    BLAS runs slowly, and col2im is faster. So there, at other strides, and for pads
-    past the kernel's reach, col2im adds the column gradients weight^T @ gy back onto
-    each padded chunk.
+    At stride 1 dx is that convolution: gy padded so that every cell of x gets a window,
+    the kernel flipped and its in and out channels swapped. im2col and GEMM again, whose
+    copies cost NumPy far less than col2im's strided adds. Its GEMM has a row per
+    channel of x, though: with few of them (a network's first layers) BLAS runs slowly,
+    and col2im is faster. So there, at other strides, and for pads past the kernel's
+    reach, col2im adds the column gradients weight^T @ gy back onto each padded chunk.
     """
     n_dims = len(win.kernel)
     reach = [d * (k - 1) for d, k in zip(win.dilation, win.kernel)]
     pads = [(r - lo, n - m + lo)
-            for r, (lo, _), n, m in zip(reach, win.pads, win.spatial, gy.shape[2:])]
-    as_conv = (all(s == 1 for s in win.stride) and min(min(p) for p in pads) >= 0
-               and weight.shape[1] >= MIN_GRAD_CONV_CHANNELS)
-    if as_conv:
-        o, cg = weight.shape[:2]
-        flipped = weight.reshape(groups, o // groups, cg, *win.kernel).swapaxes(1, 2)
-        flipped = flipped.reshape(groups * cg, o // groups, *win.kernel)
-        flipped = flipped[(slice(None), slice(None)) + (slice(None, None, -1),) * n_dims]
-        return conv_nd(xp, gy, flipped, None, (1,) * n_dims, pads, win.dilation, groups,
-                       out=win.spatial)
-    (b, c), o = x_shape[:2], weight.shape[0]
-    dtype = xp.result_type(gy.dtype, weight.dtype)
+            for r, (lo, _), n, m in zip(reach, win.pads, win.spatial, gy_spatial)]
+    if not (all(s == 1 for s in win.stride) and min(min(p) for p in pads) >= 0
+            and weight.shape[1] >= MIN_GRAD_CONV_CHANNELS):
+        return None
+    o, cg = weight.shape[:2]
+    flipped = weight.reshape(groups, o // groups, cg, *win.kernel).swapaxes(1, 2)
+    flipped = flipped[(slice(None),) * 3 + (slice(None, None, -1),) * n_dims]
+    flipped = flipped.reshape(groups * cg, o // groups, *win.kernel)  # one copy
+    return flipped, Windows(gy_spatial, win.kernel, (1,) * n_dims, win.dilation, pads,
+                            out=win.spatial, compact=True)
+
+
+def _input_grad_slab(xp, gy, weight, win: Windows, groups, by_conv, dx):
+    """dx of a slab of the batch, as _input_grad_by_conv chose."""
+    if by_conv is None:
+        _col2im_slab(xp, gy, weight, win, groups, dx)
+        return
+    flipped, gy_win = by_conv
+    _slab_convolution(xp, gy, flipped, gy_win, groups)(gy, None, dx)
+
+
+def _input_grad(xp, gy, weight, win: Windows, groups, x_shape):
+    """dx (x_shape) of y = conv(x, weight) through `win`, a slab per core."""
+    by_conv = _input_grad_by_conv(weight, win, groups, gy.shape[2:])
+    dx = xp.empty(x_shape, dtype=xp.result_type(gy.dtype, weight.dtype))
+    host_map(xp, lambda part: _input_grad_slab(xp, gy[part], weight, win, groups, by_conv,
+                                               dx[part]),
+             x_shape[0], dx.nbytes * math.prod(win.kernel))
+    return dx
+
+
+def _col2im_slab(xp, gy, weight, win: Windows, groups, dx):
+    """dx of a slab of the batch: per chunk, the column gradients weight^T @ gy, added
+    back onto the padded chunk by col2im."""
+    (b, c), o = dx.shape[:2], weight.shape[0]
+    dtype = dx.dtype
     depth = c * math.prod(win.kernel)
     chunks = batch_chunks(xp, b, depth * win.size * dtype.itemsize)
     size = chunks[0].stop
     cols = xp.empty(depth * size * win.size, dtype=dtype)
     grid = _grid_gradient(xp, gy, win, o, xp.empty(o * size * win.size, dtype=dtype))
     w = weight.reshape(groups, o // groups, -1).swapaxes(-1, -2)  # (G, C/G * K, O/G)
-    dx = xp.empty(x_shape, dtype=dtype)
     dxpad = xp.empty((size, c) + win.padded, dtype=dtype) if win.is_padded else None
     spread = xp.zeros((size, c) + win.padded, dtype=dtype)
     for part in chunks:
@@ -375,17 +590,31 @@ def _input_grad(xp, gy, weight, win: Windows, groups, x_shape):
         target.fill(0)
         col2im(win, dcols, target, spread[:n])
         if win.is_padded:
-            dx[part] = target[crop_index(win.pads, win.spatial)]
-    return dx
+            dx[part] = target[win.inner]
 
 
-def conv_nd_backward(xp, gy, x, weight, stride, pads, dilation, groups):
-    """Gradients (dx, dweight, dbias) of conv_nd."""
-    win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads)
+def conv_nd_backward(xp, gy, x, weight, stride, pads, dilation, groups, need_dx=True):
+    """Gradients (dx, dweight, dbias) of conv_nd; dx is None unless `need_dx` (a first
+    layer's input needs none). On the host each core takes a slab of the batch: its dx,
+    and its sums for dweight and dbias, which are added up."""
+    win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads, compact=True)
     gy, x = xp.ascontiguousarray(gy), xp.ascontiguousarray(x)
-    dx = _input_grad(xp, gy, weight, win, groups, x.shape)
-    dweight = _weight_grad(xp, gy, x, weight, win, groups)
-    dbias = gy.sum(axis=(0, *range(2, gy.ndim)))
+    (b, o), dtype = gy.shape[:2], xp.result_type(gy.dtype, weight.dtype)
+    by_conv = _input_grad_by_conv(weight, win, groups, gy.shape[2:]) if need_dx else None
+    dx = xp.empty(x.shape, dtype=dtype) if need_dx else None
+    planes = gy.reshape(b, o, -1)
+
+    def slab(part):
+        if need_dx:
+            _input_grad_slab(xp, gy[part], weight, win, groups, by_conv, dx[part])
+        return (_weight_grad_slab(xp, gy[part], x[part], weight, win, groups),
+                _channel_sums(xp, planes[part]))
+
+    partials = host_map(xp, slab, b, 2 * x.nbytes * math.prod(win.kernel))
+    dweight, dbias = partials[0]
+    for more_dweight, more_dbias in partials[1:]:
+        dweight += more_dweight
+        dbias += more_dbias
     return dx, dweight, dbias
 
 
@@ -438,56 +667,94 @@ def plane_index(xp, indices, plane: int):
 # ---- normalisation
 
 
+def _channel_sums(xp, x):
+    """Per-channel sums of x (B, C, N) in one pass: a GEMV per example (a reduction over
+    axes 0 and 2 runs several times slower)."""
+    return xp.matmul(x, xp.ones(x.shape[2], dtype=x.dtype)).sum(axis=0)
+
+
+def _channel_dots(xp, a, b):
+    """Per-channel sums of a * b, both (B, C, N), in one pass and without the product."""
+    return xp.matmul(a[:, :, None, :], b[:, :, :, None]).reshape(a.shape[:2]).sum(axis=0)
+
+
+def _per_channel(v):
+    """A (C,) vector broadcast against (B, C, N)."""
+    return v.reshape(-1, 1)
+
+
 def batch_norm(ctx, x, weight, bias, eps, momentum):
     """Normalise x (B, C, *S) per channel; returns y, xhat and inv_std (1, C, 1...).
 
-    Training uses the batch statistics (biased variance) and folds them into the running
-    ones in `ctx.buffers` with PyTorch's momentum and unbiased variance; eval uses the
-    running statistics, which start as zeros and ones.
+    Training uses the batch statistics (biased variance, from the centred values) and
+    folds them into the running ones in `ctx.buffers` with PyTorch's momentum and
+    unbiased variance; eval uses the running statistics, which start as zeros and ones.
+    On the host each core normalises a slab of the channels.
     """
     xp = ctx.xp
-    axes = (0, *range(2, x.ndim))
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    channels = x.shape[1]
+    b, channels = x.shape[:2]
     buffers = ctx.buffers
     if "running_mean" not in buffers:
         buffers["running_mean"] = xp.zeros(channels, dtype=x.dtype)
         buffers["running_var"] = xp.ones(channels, dtype=x.dtype)
+    x3 = xp.ascontiguousarray(x).reshape(b, channels, -1)
+    n = b * x3.shape[2]
+    xhat, y = xp.empty_like(x3), xp.empty_like(x3)
+    mean = xp.empty(channels, dtype=x.dtype)
+    var = xp.empty(channels, dtype=x.dtype)
+    running_mean, running_var = buffers["running_mean"], buffers["running_var"]
+
+    def normalise(part):
+        centred = xhat[:, part]
+        if ctx.training:
+            mean[part] = _channel_sums(xp, x3[:, part]) / n
+            xp.subtract(x3[:, part], _per_channel(mean[part]), out=centred)
+            var[part] = _channel_dots(xp, centred, centred) / n
+        else:
+            xp.subtract(x3[:, part], _per_channel(running_mean[part]), out=centred)
+            var[part] = running_var[part]
+        centred *= _per_channel(1 / xp.sqrt(var[part] + eps))
+        xp.multiply(centred, _per_channel(weight[part]), out=y[:, part])
+        y[:, part] += _per_channel(bias[part])
+
+    host_map(xp, normalise, channels, x3.nbytes)
     if ctx.training:
-        mean = x.mean(axis=axes, keepdims=True)
-        xhat = x - mean  # centred now, normalised in place below
-        var = (xhat * xhat).mean(axis=axes, keepdims=True)
-        n = x.size // channels
-        unbiased = var.reshape(channels) * (n / max(n - 1, 1))
-        buffers["running_mean"] = (1 - momentum) * buffers["running_mean"] \
-            + momentum * mean.reshape(channels)
-        buffers["running_var"] = (1 - momentum) * buffers["running_var"] + momentum * unbiased
-    else:
-        xhat = x - buffers["running_mean"].reshape(shape)
-        var = buffers["running_var"].reshape(shape)
-    inv_std = 1 / xp.sqrt(var + eps)
-    xhat *= inv_std
-    y = xhat * weight.reshape(shape)
-    y += bias.reshape(shape)
-    return y, xhat, inv_std
+        unbiased = var * (n / max(n - 1, 1))
+        buffers["running_mean"] = (1 - momentum) * running_mean + momentum * mean
+        buffers["running_var"] = (1 - momentum) * running_var + momentum * unbiased
+    inv_std = (1 / xp.sqrt(var + eps)).reshape((1, -1) + (1,) * (x.ndim - 2))
+    return y.reshape(x.shape), xhat.reshape(x.shape), inv_std
 
 
-def batch_norm_backward(gy, xhat, inv_std, weight, batch_stats: bool):
-    """Gradients (dx, dweight, dbias) of batch_norm; batch statistics couple the batch."""
-    axes = (0, *range(2, gy.ndim))
-    shape = (1, -1) + (1,) * (gy.ndim - 2)
-    dbias = gy.sum(axis=axes)
-    dweight = (gy * xhat).sum(axis=axes)
-    scale = weight.reshape(shape) * inv_std
-    if not batch_stats:
-        return gy * scale, dweight, dbias
-    # dx = scale * (gy - mean(gy) - xhat * mean(gy * xhat)), in place after one allocation
-    n = gy.size // gy.shape[1]
-    dx = xhat * (dweight.reshape(shape) / -n)
-    dx += gy
-    dx -= dbias.reshape(shape) / n
-    dx *= scale
-    return dx, dweight, dbias
+def batch_norm_backward(xp, gy, xhat, inv_std, weight, batch_stats: bool):
+    """Gradients (dx, dweight, dbias) of batch_norm; batch statistics couple the batch.
+
+    dx = scale * (gy - mean(gy) - xhat * mean(gy * xhat)), per slab of the channels: two
+    reading passes for the sums, then four over dx, which is written once.
+    """
+    b, channels = gy.shape[:2]
+    g3 = xp.ascontiguousarray(gy).reshape(b, channels, -1)
+    h3 = xhat.reshape(b, channels, -1)
+    n = b * g3.shape[2]
+    dx = xp.empty(g3.shape, dtype=xp.result_type(gy.dtype, xhat.dtype))
+    dweight = xp.empty(channels, dtype=dx.dtype)
+    dbias = xp.empty(channels, dtype=dx.dtype)
+    scale = weight * inv_std.reshape(channels)
+
+    def differentiate(part):
+        g, h, d = g3[:, part], h3[:, part], dx[:, part]
+        dbias[part] = _channel_sums(xp, g)
+        dweight[part] = _channel_dots(xp, g, h)
+        if not batch_stats:
+            xp.multiply(g, _per_channel(scale[part]), out=d)
+            return
+        xp.multiply(h, _per_channel(dweight[part] / -n), out=d)
+        d += g
+        d -= _per_channel(dbias[part] / n)
+        d *= _per_channel(scale[part])
+
+    host_map(xp, differentiate, channels, g3.nbytes)
+    return dx.reshape(gy.shape), dweight, dbias
 
 
 # ---- pointwise and broadcasting

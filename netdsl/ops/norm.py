@@ -28,6 +28,7 @@ class BatchNorm(Op):
 
     args = (Arg("eps", nonnegative, 1e-5), Arg("momentum", fraction, 0.1))
     keeps = ("xhat", "inv_std", "weight")  # xhat replaces x; inv_std is one per channel
+    host_split = True  # see kernels.one_blas_thread
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -53,7 +54,7 @@ class BatchNorm(Op):
 
     def backward(self, ctx, gy):
         saved = ctx.saved
-        dx, dweight, dbias = batch_norm_backward(gy, saved["xhat"], saved["inv_std"],
+        dx, dweight, dbias = batch_norm_backward(ctx.xp, gy, saved["xhat"], saved["inv_std"],
                                                  saved["weight"], saved["batch_stats"])
         return (dx,), {"weight": dweight, "bias": dbias}
 

@@ -8,7 +8,8 @@ from netdsl.ops.base import Arg, Op, boolean, choice, ints, natural, optional, r
 from netdsl.ops.common import expect_float, expect_spatial, fmt
 from netdsl.ops.conv import check_output, per_dim
 from netdsl.ops.kernels import (
-    Windows, crop_spatial, offsets, pad_spatial, plane_index, pool_pads, scatter_add, settings,
+    Windows, batch_chunks, crop_spatial, host_map, offsets, pad_spatial, plane_index, pool_pads,
+    scatter_add, settings,
 )
 from netdsl.types import TensorType
 
@@ -94,6 +95,73 @@ def window_max(xp, win: Windows, xpad):
     return y, number
 
 
+# planes that separable_max reduces at a time: its temporaries stay in the core's cache
+POOL_CHUNK_BYTES = 1 << 20
+
+
+def separable_max(xp, win: Windows, xpad):
+    """window_max for stride 1 (a flat grid), one spatial dim at a time: the maximum over
+    each row of a window, then over those row maxima down each column, 2 (k - 1) steps
+    for a k x k window instead of k * k - 1, on a few planes at a time.
+
+    Each pass reduces the k cells a dim's kernel offsets shift to, over a contiguous run
+    of the planes. Picking the first maximum along each dim in turn picks the first in
+    row-major order, as window_max does; the offset's number is carried along: a pass
+    adds o * (the kernel cells after its dim) to the number found at the winning cell o.
+    On the host each core reduces a slab of the planes.
+    """
+    planes = xpad.shape[0] * xpad.shape[1]
+    area = math.prod(win.padded)
+    flat = xpad.reshape(planes * area)
+    y = xp.empty((planes,) + win.out, dtype=xpad.dtype)
+    count = math.prod(win.kernel)
+    number = xp.empty(y.shape, dtype=xp.uint8 if count <= 256 else xp.uint32)
+
+    def reduce(slab):
+        for part in batch_chunks(xp, slab.stop - slab.start, area * xpad.itemsize,
+                                 POOL_CHUNK_BYTES):
+            part = slice(slab.start + part.start, slab.start + part.stop)
+            run = flat[part.start * area:part.stop * area]
+            best, numbers = _separable_run(xp, win, run, number.dtype)
+            n = part.stop - part.start
+            y[part] = win.valid_run(xp, best, (1, n))[0]
+            number[part] = win.valid_run(xp, numbers, (1, n))[0]
+
+    host_map(xp, reduce, planes, xpad.nbytes)
+    batch = xpad.shape[:2]
+    return y.reshape(batch + win.out), number.reshape(batch + win.out)
+
+
+def _separable_run(xp, win: Windows, run, dtype):
+    """The maxima and offset numbers of the windows in a run of whole padded planes, laid
+    out as the run (a window's result at its first cell)."""
+    best, numbers = run, None
+    for dim in reversed(range(len(win.kernel))):
+        k, pitch = win.kernel[dim], win.pitch[dim]
+        below = math.prod(win.kernel[dim + 1:])
+        length = len(best) - (k - 1) * pitch
+        shifted = [slice(o * pitch, o * pitch + length) for o in range(k)]
+        y = best[shifted[0]].copy()
+        number = xp.zeros(length, dtype) if numbers is None else numbers[shifted[0]].copy()
+        better = xp.empty(length, dtype=bool)
+        # multiplying by a bool array casts it first; a same-sized unsigned view does not
+        mask = better.view(xp.uint8) if dtype == xp.uint8 else better
+        change = xp.empty(length, dtype)
+        for o in range(1, k):
+            cell = best[shifted[o]]
+            xp.greater(cell, y, out=better)  # strictly: the first maximum wins
+            xp.maximum(y, cell, out=y)
+            if numbers is None:
+                xp.subtract(o * below, number, out=change)
+            else:
+                xp.add(numbers[shifted[o]], o * below, out=change)
+                change -= number
+            change *= mask  # number += better * (candidate - number), wrapping around
+            number += change
+        best, numbers = y, number
+    return best, numbers
+
+
 def offset_index(xp, number, kernel, step):
     """The flat plane index (int32) of the kernel offset numbered `number` in row-major
     order, for a plane with row-major strides `step`.
@@ -120,6 +188,7 @@ class MaxPool(_Pool):
     # the argmax of each window as a flat (int32) index into its input plane, the values
     # PyTorch's return_indices gives; a maxunpool of this output borrows them
     keeps = ("indices",)
+    host_split = True  # see kernels.one_blas_thread
 
     def forward(self, ctx, x):
         xp = ctx.xp
@@ -128,29 +197,39 @@ class MaxPool(_Pool):
         pads = pool_pads(spatial, k, s, p, out)
         win = Windows(spatial, k, s, (1,) * len(k), pads, out)
         xpad = pad_spatial(xp, xp.ascontiguousarray(x), pads, value=-xp.inf)
-        y, number = window_max(xp, win, xpad)
+        y, number = (separable_max if win.flat else window_max)(xp, win, xpad)
         del xpad  # the padded copy, if any: freed before the indices are made
         # the offset's flat index in the plane, plus each window's first cell's
         step = [math.prod(spatial[i + 1:]) for i in range(len(k))]  # row-major plane strides
-        indices = offset_index(xp, number, k, step)
         first = 0
         for i, (si, pi, m) in enumerate(zip(s, p, out)):
             start = (xp.arange(m, dtype=xp.int32) * si - pi) * step[i]
             first = first + start.reshape((-1,) + (1,) * (len(k) - 1 - i))
-        indices += first  # an out-shaped grid, broadcast over batch and channels
+        indices = xp.empty(number.shape, dtype=xp.int32)
+
+        def index(part):  # first is an out-shaped grid, broadcast over batch and channels
+            xp.add(offset_index(xp, number[part], k, step), first, out=indices[part])
+
+        host_map(xp, index, len(indices), indices.nbytes)
         ctx.save(indices=indices, x_shape=x.shape)
         return y
 
     def backward(self, ctx, gy):
         xp, shape, indices = ctx.xp, ctx.saved["x_shape"], ctx.saved["indices"]
         k, s, _, _ = self.geometry(shape)
-        dx = xp.zeros(math.prod(shape), dtype=gy.dtype)
-        at = plane_index(xp, indices, math.prod(shape[2:])).reshape(-1)
-        if all(si >= ki for si, ki in zip(s, k)):
-            dx[at] = gy.reshape(-1)  # windows do not overlap: every index is distinct
-        else:
-            scatter_add(xp, dx, at, gy.reshape(-1))
-        return (dx.reshape(shape),), {}
+        dx = xp.zeros(shape, dtype=gy.dtype)
+        disjoint = all(si >= ki for si, ki in zip(s, k))
+
+        def scatter(part):  # the examples of a slab: planes of their own
+            target = dx[part].reshape(-1)
+            at = plane_index(xp, indices[part], math.prod(shape[2:])).reshape(-1)
+            if disjoint:
+                target[at] = gy[part].reshape(-1)  # every index is distinct
+            else:
+                scatter_add(xp, target, at, gy[part].reshape(-1))
+
+        host_map(xp, scatter, shape[0], dx.nbytes)
+        return (dx,), {}
 
 
 @register("avgpool")
