@@ -280,6 +280,8 @@ class SequenceExecutor(Executor):
         # leaves its parameter gradients to one call over all steps stacked
         extras = {step.node: [a for a in (outside.get(step.node), delayed.get(step.node))
                               if a is not None] for step, _ in steps}
+        needs = {step.node: tuple(x is not None for x in backward.grad_inputs[step.node])
+                 for step, _ in steps}
         stacked = {step.node: _Stack(step, T) for step, _ in steps
                    if step.op.stackable and step.params}
         seq_grads: dict = {}
@@ -313,7 +315,7 @@ class SequenceExecutor(Executor):
                         mine.add(ref)
                     here[ref][step.op.chunk(here[ref].shape)] += gy
                     continue
-                ctx.needs_input_grad = tuple(x is not None for x in targets)
+                ctx.needs_input_grad = needs[step.node]
                 stack = stacked.get(step.node)
                 if stack is not None:
                     ctx.needs_param_grads = False

@@ -772,11 +772,15 @@ def sigmoid(xp, x):
 def align(x, rank: int):
     """x (B, *dims) with ones inserted after the batch axis up to `rank` axes, so NumPy's
     broadcasting aligns per-example dims at the right, as the shape rule does."""
+    if x.ndim == rank:
+        return x
     return x.reshape(x.shape[:1] + (1,) * (rank - x.ndim) + x.shape[1:])
 
 
 def unbroadcast(g, shape):
     """Sum a gradient g down to an input's `shape` after `align` and broadcasting."""
+    if g.shape == shape:
+        return g  # nothing was broadcast: the common case, kept cheap for recurrences
     aligned = shape[:1] + (1,) * (g.ndim - len(shape)) + tuple(shape[1:])
     axes = tuple(i for i, (m, n) in enumerate(zip(aligned, g.shape)) if m == 1 and n != 1)
     if axes:
