@@ -61,7 +61,9 @@ def worst_gradient_error(plan, steps: int = 5, per_param: int = 8) -> float:
     return worst
 
 
-@pytest.mark.parametrize("cell", ["jordan(5, 3)", "scrn(5, 4)", "gru(5)", "elman(5)", "lstm(5)"])
+@pytest.mark.parametrize("cell", ["jordan(5, 3)", "scrn(5, 4)", "gru(5)", "elman(5)", "lstm(5)",
+                                  "gru_reset_after(5)", "bi_lstm(3) -> bi_gru(2)",
+                                  "bi_elman(3) x 2"])
 def test_stdlib_cells_agree_with_finite_differences(cell):
     plan = build_plan(check_text(network(f"logits = x -> {cell} -> dense(3)")).graph)
     assert worst_gradient_error(plan) < 1
