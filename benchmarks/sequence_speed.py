@@ -118,20 +118,15 @@ def peak_bytes_ours(w: Workload, batch: dict) -> int:
 
 
 def peak_bytes_theirs(w: Workload, batch: dict) -> int:
-    from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    from train_speed import allocator_peak, quiet_stderr
+
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         trainer = Theirs(w, batch)
         for _ in range(2):
             trainer.step()
-    peak, pending = 0, list(prof.profiler.kineto_results.experimental_event_tree())
-    while pending:
-        event = pending.pop()
-        if event.typed[0] == _EventType.Allocation:
-            peak = max(peak, event.extra_fields.total_allocated)
-        pending.extend(event.children)
-    return peak
+    return allocator_peak(prof)
 
 
 def compile_seconds() -> float:

@@ -285,6 +285,11 @@ def torch_peak_bytes(workload: Workload, batch) -> int:
         trainer = TorchTrainer(new_torch_model(workload), batch)
         for _ in range(2):
             trainer.step()
+    return allocator_peak(prof)
+
+
+def allocator_peak(prof) -> int:
+    """The largest running total of the CPU allocator in a memory profile."""
     peak, pending = 0, list(prof.profiler.kineto_results.experimental_event_tree())
     while pending:
         event = pending.pop()
