@@ -13,6 +13,7 @@ import networkx as nx
 
 from netdsl.errors import ShapeError, SpecError, SpecErrors
 from netdsl.graph import block_path, forward_view
+from netdsl.ops.base import input_names
 from netdsl.types import TensorType
 
 __all__ = ["infer_shapes", "input_types", "verify_shapes"]
@@ -68,11 +69,7 @@ def whole_positions(op) -> frozenset[int]:
     """The argument positions of the inputs a per-step op reads as whole sequences."""
     if not op.whole:
         return frozenset()
-    import inspect
-
-    names = [p.name for p in inspect.signature(op.shape).parameters.values()
-             if p.kind is not p.VAR_POSITIONAL]
-    return frozenset(i for i, name in enumerate(names) if name in op.whole)
+    return frozenset(i for i, name in enumerate(input_names(type(op))) if name in op.whole)
 
 
 def _check_states(graph: nx.DiGraph) -> list[SpecError]:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from netdsl.runtime.plan import Plan, input_names
+from netdsl.ops.base import input_names
+from netdsl.runtime.plan import Plan
 
 __all__ = ["Group", "fuse", "FRESH"]
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from netdsl.runtime.plan import Backward, Plan, Step, input_names
+from netdsl.ops.base import input_names
+from netdsl.runtime.plan import Backward, Plan, Step
 
 __all__ = ["Buffer", "MemoryPlan", "plan_memory", "forward_frees"]
 

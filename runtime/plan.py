@@ -10,21 +10,19 @@ the CuPy executor all run it.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import networkx as nx
 
 from netdsl.cost import first_state_node, node_params
 from netdsl.errors import SpecError
 from netdsl.graph import forward_view
-from netdsl.ops.base import Op
+from netdsl.ops.base import Op, input_names
 from netdsl.shapes import input_types
 from netdsl.types import TensorType
 
-__all__ = ["Param", "Step", "State", "Loop", "Backward", "Plan", "build_plan", "input_names"]
+__all__ = ["Param", "Step", "State", "Loop", "Backward", "Plan", "build_plan"]
 
 
 @dataclass(frozen=True)
@@ -241,14 +239,6 @@ def _loops(graph: nx.DiGraph, steps: list[Step], states: dict[str, State]) -> li
         loops.append(Loop(members[0].node, tuple(members), loop_states))
     loops.sort(key=lambda loop: steps.index(by_node[loop.steps[0].node]))
     return loops
-
-
-@lru_cache(maxsize=None)
-def input_names(op: type[Op]) -> tuple[str, ...]:
-    """The names an op's shape rule gives its tensor inputs (what `keeps` refers to)."""
-    signature = inspect.signature(op.shape)
-    return tuple(p.name for p in signature.parameters.values()
-                 if p.name != "self" and p.kind is not p.VAR_POSITIONAL)
 
 
 def _autodiff(plan: Plan, losses: tuple[str, ...], only: tuple[str, ...] | None) -> Backward:

@@ -1,13 +1,15 @@
 """The op contract and its registry: an op is defined once and found by its spec name."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, ClassVar
 
 from netdsl.errors import ShapeError, suggest
 from netdsl.types import TensorType
 
-__all__ = ["Op", "Arg", "Ctx", "OPS", "register", "ArgError", "REQUIRED", "bind"]
+__all__ = ["Op", "Arg", "Ctx", "OPS", "register", "ArgError", "REQUIRED", "bind", "input_names"]
 
 OPS: dict[str, type["Op"]] = {}
 REQUIRED = object()
@@ -213,6 +215,15 @@ class Op:
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.attrs.items())
         return f"{self.name}({inner})"
+
+
+@lru_cache(maxsize=None)
+def input_names(op: type["Op"]) -> tuple[str, ...]:
+    """The names an op's shape rule gives its tensor inputs (what `keeps` and `whole`
+    refer to)."""
+    signature = inspect.signature(op.shape)
+    return tuple(p.name for p in signature.parameters.values()
+                 if p.name != "self" and p.kind is not p.VAR_POSITIONAL)
 
 
 def register(name: str, *aliases: str):
