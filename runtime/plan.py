@@ -19,7 +19,7 @@ from netdsl.cost import first_state_node, node_params
 from netdsl.errors import SpecError
 from netdsl.graph import forward_view
 from netdsl.ops.base import Op, input_names
-from netdsl.shapes import input_types
+from netdsl.shapes import input_types, whole_positions
 from netdsl.types import TensorType
 
 __all__ = ["Param", "Step", "State", "Loop", "Backward", "Plan", "build_plan"]
@@ -236,9 +236,25 @@ def _loops(graph: nx.DiGraph, steps: list[Step], states: dict[str, State]) -> li
                                 "of a recurrence, which runs one step at a time", data["span"],
                                 "apply it before or after the recurrent layer")
         loop_states = tuple(states[n] for n in sorted(component) if n in states)
+        if not _reads_a_sequence(graph, members, component):
+            decl = graph.nodes[loop_states[0].node]["state"]
+            raise SpecError(f"the recurrence of state '{decl.name}' reads no sequence, so nothing "
+                            "says how many steps it runs", decl.span,
+                            "give it a sequence input at every step, e.g. `input x : seq[4]`")
         loops.append(Loop(members[0].node, tuple(members), loop_states))
     loops.sort(key=lambda loop: steps.index(by_node[loop.steps[0].node]))
     return loops
+
+
+def _reads_a_sequence(graph: nx.DiGraph, members: list[Step], component: set) -> bool:
+    """Whether a loop reads, step by step, a sequence computed outside it: its length is
+    the loop's number of steps."""
+    for step in members:
+        whole = whole_positions(step.op)
+        for position, source in enumerate(step.inputs):
+            if source not in component and position not in whole and graph.nodes[source]["type"].seq:
+                return True
+    return False
 
 
 def _autodiff(plan: Plan, losses: tuple[str, ...], only: tuple[str, ...] | None) -> Backward:

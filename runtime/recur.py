@@ -406,8 +406,7 @@ class SequenceExecutor(Executor):
             for kind, ref in route:
                 if kind == _SEQ:
                     return int(values[ref].shape[0])
-        raise ValueError(f"the recurrence at {run.loop.name} reads no sequence, so nothing "
-                         "says how many steps it runs")
+        raise AssertionError(f"{run.loop.name}: plan.build_plan lets no loop without a sequence")
 
     def _fold(self, x, seq: bool, steps: int):
         """(T, B, ...) -> (T*B, ...); a per-sequence (B, ...) value is repeated at every step."""

@@ -321,3 +321,16 @@ def test_netc_run_trains_on_padded_sequences_from_a_file(tmp_path):
                          timeout=300)
     assert bad.returncode == 1 and "x.lengths must lie in 1..9" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_recurrence_that_reads_no_sequence_is_refused_at_its_state():
+    text = """input x : [4]
+target y : seq class(3)
+state h : [4]
+h = tanh(dense(x, 4) + dense(h[t-1], 4))
+logits = h -> dense(3)
+loss cross_entropy(logits, y)
+"""
+    with pytest.raises(SpecError, match="reads no sequence") as info:
+        build_plan(check_text(text).graph)
+    assert info.value.span.line == 3
