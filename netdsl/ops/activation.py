@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from netdsl.errors import ShapeError
+from netdsl.ops import expr as E
 from netdsl.ops.base import Arg, Op, integer, number, positive, register
 from netdsl.ops.common import Pointwise, expect_float
 from netdsl.ops.kernels import constant, sigmoid, split_pointwise
@@ -24,6 +25,12 @@ class Sigmoid(Pointwise):
         y = ctx.saved["y"]
         return (gy * y * (1 - y),), {}
 
+    def formula(self, x):
+        return E.sigmoid(x)
+
+    def derivative(self, gy, y, x):
+        return (gy * y * (1 - y),)
+
 
 @register("tanh")
 class Tanh(Pointwise):
@@ -41,6 +48,12 @@ class Tanh(Pointwise):
     def backward(self, ctx, gy):
         y = ctx.saved["y"]
         return (gy * (1 - y * y),), {}
+
+    def formula(self, x):
+        return E.tanh(x)
+
+    def derivative(self, gy, y, x):
+        return (gy * (1 - y * y),)
 
 
 @register("relu")
@@ -64,6 +77,12 @@ class Relu(Pointwise):
         return (split_pointwise(xp, lambda g, y, out: xp.multiply(g, y > 0, out=out), dx,
                                 gy, y),), {}
 
+    def formula(self, x):
+        return E.where(x < 0, 0, x)  # NaN passes, as NumPy's maximum lets it
+
+    def derivative(self, gy, y, x):
+        return (E.where(y > 0, gy, 0),)
+
 
 @register("leaky_relu")
 class LeakyRelu(Pointwise):
@@ -80,6 +99,12 @@ class LeakyRelu(Pointwise):
     def backward(self, ctx, gy):
         x = ctx.saved["x"]
         return (ctx.xp.where(x > 0, gy, gy * self.slope),), {}
+
+    def formula(self, x):
+        return E.where(x > 0, x, x * self.slope)
+
+    def derivative(self, gy, y, x):
+        return (E.where(x > 0, gy, gy * self.slope),)
 
 
 @register("prelu")
@@ -143,6 +168,12 @@ class Elu(Pointwise):
         xp, x = ctx.xp, ctx.saved["x"]
         return (xp.where(x > 0, gy, gy * self.alpha * xp.exp(xp.minimum(x, 0))),), {}
 
+    def formula(self, x):
+        return E.where(x > 0, x, self.alpha * E.expm1(E.minimum(x, 0)))
+
+    def derivative(self, gy, y, x):
+        return (E.where(x > 0, gy, gy * self.alpha * E.exp(E.minimum(x, 0))),)
+
 
 @register("softplus")
 class Softplus(Pointwise):
@@ -157,6 +188,12 @@ class Softplus(Pointwise):
 
     def backward(self, ctx, gy):
         return (gy * sigmoid(ctx.xp, ctx.saved["x"]),), {}
+
+    def formula(self, x):
+        return E.softplus(x)
+
+    def derivative(self, gy, y, x):
+        return (gy * E.sigmoid(x),)
 
 
 class _PassThrough(Pointwise):
@@ -179,6 +216,12 @@ class _PassThrough(Pointwise):
 class Identity(_PassThrough):
     r"""$y = x$"""
 
+    def formula(self, x):
+        return x
+
+    def derivative(self, gy, y, x):
+        return (gy,)
+
 
 @register("exp")
 class Exp(Pointwise):
@@ -194,6 +237,12 @@ class Exp(Pointwise):
     def backward(self, ctx, gy):
         return (gy * ctx.saved["y"],), {}
 
+    def formula(self, x):
+        return E.exp(x)
+
+    def derivative(self, gy, y, x):
+        return (gy * y,)
+
 
 @register("log")
 class Log(Pointwise):
@@ -207,6 +256,12 @@ class Log(Pointwise):
 
     def backward(self, ctx, gy):
         return (gy / ctx.saved["x"],), {}
+
+    def formula(self, x):
+        return E.log(x)
+
+    def derivative(self, gy, y, x):
+        return (gy / x,)
 
 
 @register("stop_gradient")

@@ -69,6 +69,12 @@ class Add(_Binary):
     def grads(self, ctx, gy):
         return gy, gy
 
+    def formula(self, a, b):
+        return a + b
+
+    def derivative(self, gy, y, a, b):
+        return gy, gy
+
 
 @register("sub")
 class Sub(_Binary):
@@ -82,6 +88,12 @@ class Sub(_Binary):
         return ctx.xp.subtract(a, b, out=_fits(ctx.out, a, b))
 
     def grads(self, ctx, gy):
+        return gy, -gy
+
+    def formula(self, a, b):
+        return a - b
+
+    def derivative(self, gy, y, a, b):
         return gy, -gy
 
 
@@ -98,6 +110,12 @@ class Mul(_Binary):
     def grads(self, ctx, gy):
         return gy * ctx.saved["b"], gy * ctx.saved["a"]
 
+    def formula(self, a, b):
+        return a * b
+
+    def derivative(self, gy, y, a, b):
+        return gy * b, gy * a
+
 
 @register("div")
 class Div(_Binary):
@@ -113,6 +131,12 @@ class Div(_Binary):
     def grads(self, ctx, gy):
         da = gy / ctx.saved["b"]
         return da, -da * ctx.saved["y"]
+
+    def formula(self, a, b):
+        return a / b
+
+    def derivative(self, gy, y, a, b):
+        return gy / b, -(gy / b) * y
 
 
 @register("scale")
@@ -133,3 +157,9 @@ class Scale(Pointwise):
 
     def backward(self, ctx, gy):
         return (gy * self.factor,), {}
+
+    def formula(self, x):
+        return self.factor * x + self.shift
+
+    def derivative(self, gy, y, x):
+        return (gy * self.factor,)

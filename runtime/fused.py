@@ -1,0 +1,148 @@
+"""The GPU executor: the plan's elementwise chains as generated kernels.
+
+`kernel_plan` rewrites a plan: each run of elementwise ops with formulas inside a
+fused chain (runtime.fuse), such as the bias-free tail `add -> relu` of a residual
+block or `sigmoid` alone, becomes one step whose op launches one kernel forward and
+one backward (runtime.kernelgen). Everything else runs as in the NumPy executor, on
+CuPy arrays: products and convolutions through cuBLAS. The rewritten step takes the
+name of the chain's last op, so the values a loss or a metric reads keep their names.
+
+A run qualifies when all its inputs have the shape of its output (no broadcasting:
+the kernel indexes every array alike) and none of its intermediate values is asked
+for (`keep`); the plan is rewritten once per set of values asked for.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from netdsl.ops.base import Op
+from netdsl.runtime.execute import Executor
+from netdsl.runtime.fuse import fuse
+from netdsl.runtime.kernelgen import Chain, chain_backward, chain_forward, fusable
+from netdsl.runtime.launch import kernels_for
+from netdsl.runtime.plan import Backward, Plan, Step
+
+__all__ = ["FusedExecutor", "FusedChain", "kernel_plan", "chains"]
+
+
+class FusedChain(Op):
+    """Several elementwise ops as one step: one kernel forward, one backward.
+
+    Keeps its inputs for backward, which recomputes the intermediate values in
+    registers instead of storing them.
+    """
+
+    name = "fused"
+    keeps = ()
+
+    def __init__(self, chain: Chain, nodes: tuple[str, ...]):
+        super().__init__()
+        self.chain, self.nodes = chain, nodes
+        self.program = chain_forward(chain)
+        self._backward: dict[tuple[bool, ...], object] = {}
+
+    def forward(self, ctx, *xs):
+        if ctx.training:
+            ctx.save(xs=xs)
+        run = kernels_for(ctx.xp, ctx.dtype)
+        return run(self.program, {f"x{j}": x for j, x in enumerate(xs)})["y"]
+
+    def backward(self, ctx, gy):
+        xs = ctx.saved["xs"]
+        needs = tuple(ctx.needs(j) for j in range(len(xs)))
+        if not any(needs):
+            return (None,) * len(xs), {}
+        if needs not in self._backward:
+            self._backward[needs] = chain_backward(self.chain, needs)
+        arrays = {f"x{j}": x for j, x in enumerate(xs)}
+        arrays["gy"] = gy
+        grads = kernels_for(ctx.xp, ctx.dtype)(self._backward[needs], arrays)
+        return tuple(grads.get(f"dx{j}") for j in range(len(xs))), {}
+
+
+def chains(plan: Plan, outputs: set[str]) -> list[list[Step]]:
+    """The runs of steps that become one kernel each, in schedule order."""
+    runs = []
+    for group in fuse(plan, outputs):
+        run: list[Step] = []
+        for node in group.nodes:
+            step = plan.step_of(node)
+            if _qualifies(plan, step) and (not run or step.inputs[0] == run[-1].node):
+                run.append(step)
+                continue
+            if run:
+                runs.append(run)
+            run = [step] if _qualifies(plan, step) else []
+        if run:
+            runs.append(run)
+    return runs
+
+
+def _qualifies(plan: Plan, step: Step) -> bool:
+    out = plan.types[step.node]
+    return fusable(step.op) and not step.params and all(
+        plan.types[s].dims == out.dims and plan.types[s].classes is None for s in step.inputs)
+
+
+def kernel_plan(plan: Plan, outputs: set[str]) -> Plan:
+    """`plan` with each run of `chains` replaced by one FusedChain step."""
+    replaced: dict[str, Step] = {}   # last node of a run -> its fused step
+    inside: set[str] = set()
+    for run in chains(plan, outputs):
+        replaced[run[-1].node] = _fused_step(run)
+        inside.update(s.node for s in run)
+    steps = [replaced.get(s.node, s) for s in plan.steps
+             if s.node in replaced or s.node not in inside]
+    rewritten = replace(plan, steps=steps)
+    rewritten.__dict__.pop("_steps_by_node", None)
+    rewritten.__dict__.pop("_backward_cache", None)
+    return rewritten
+
+
+def _fused_step(run: list[Step]) -> Step:
+    sources: list[str] = []   # the run's inputs from outside it, each once
+    types = []
+    wiring = []
+    for m, step in enumerate(run):
+        wires = []
+        for source, t in zip(step.inputs, step.input_types):
+            if m and source == run[m - 1].node:
+                wires.append(-1)
+                continue
+            if source not in sources:
+                sources.append(source)
+                types.append(t)
+            wires.append(sources.index(source))
+        wiring.append(tuple(wires))
+    chain = Chain(tuple(s.op for s in run), tuple(wiring), len(sources))
+    nodes = tuple(s.node for s in run)
+    return Step(run[-1].node, FusedChain(chain, nodes), tuple(sources), tuple(types), {})
+
+
+class FusedExecutor(Executor):
+    """The executor of `Executor`, over a plan whose elementwise chains are kernels.
+
+    With `xp` CuPy the chains are generated CUDA kernels; with NumPy they are the same
+    programs evaluated by NumPy, so this class's logic is tested without a GPU.
+    """
+
+    def __init__(self, plan: Plan, params: dict, seed: int = 0, xp=np, dtype: str = "float32",
+                 order=None):
+        super().__init__(plan, params, seed, xp, dtype, order)
+        self.source_plan = plan
+        self._plans: dict[frozenset, Plan] = {}
+
+    def forward(self, batch: dict, training: bool, keep=(), check_finite: bool = False,
+                losses: bool = True) -> dict:
+        source = self.source_plan
+        outputs = frozenset(keep) | (frozenset(source.losses.values()) if losses else frozenset())
+        if outputs not in self._plans:
+            self._plans[outputs] = kernel_plan(source, set(outputs))
+        self.plan = self._plans[outputs]
+        return super().forward(batch, training, keep, check_finite, losses)
+
+    def backward(self, backward: Backward, check_finite: bool = False) -> None:
+        # the schedule of the plan the last forward ran, for the same losses and parameters
+        super().backward(self.plan.backward(backward.losses, backward.params), check_finite)

@@ -1,0 +1,85 @@
+"""Running kernel programs: one generated CUDA kernel under CuPy, NumPy elsewhere.
+
+`kernels_for(xp, dtype)` gives the runner of an array module. Under CuPy a program
+becomes the source `kernelgen.cuda_source` writes, compiled once per source by NVRTC
+(CuPy caches the binary on disk as well) and launched on the current stream; nothing
+waits for the GPU. Under NumPy the same program is evaluated expression by
+expression, which is slow but exact, so the fused executor's logic is tested on the
+CPU.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from netdsl.runtime.kernelgen import Program, cuda_source, evaluate_program
+
+__all__ = ["Kernels", "kernels_for", "THREADS", "MAX_BLOCKS"]
+
+THREADS = 256
+# a grid-stride loop covers any n: more blocks than the GPU holds at once gain nothing
+MAX_BLOCKS = 65536
+
+
+class Kernels:
+    """Runs programs on arrays of one module and dtype; counts its launches."""
+
+    def __init__(self, xp, dtype: str):
+        self.xp, self.dtype = xp, dtype
+        self.launches = 0
+        self.on_gpu = xp is not np
+
+    def __call__(self, program: Program, arrays: dict, scalars: dict | None = None) -> dict:
+        """The program's written arrays by name. Arrays given under a written name are
+        updated in place; the others are new. Every array read must have one shape
+        (after broadcasting): the kernel indexes them all alike."""
+        scalars = scalars or {}
+        self.launches += 1
+        if not self.on_gpu:
+            return evaluate_program(program, arrays, scalars, self.xp, self.dtype)
+        return self._launch(program, arrays, scalars)
+
+    def _launch(self, program: Program, arrays: dict, scalars: dict) -> dict:
+        xp, dtype = self.xp, np.dtype(self.dtype)
+        shape = np.broadcast_shapes(*(arrays[name].shape for name in program.arrays
+                                      if name in arrays))
+        args, results = [], {}
+        for name in program.arrays:
+            array = arrays.get(name)
+            if array is None:
+                array = xp.empty(shape, dtype=dtype)
+            elif name in program.outputs:
+                if array.shape != shape or not array.flags.c_contiguous:
+                    raise ValueError(f"{program.name}: the in-place array {name} must be "
+                                     f"contiguous and of shape {shape}")
+            else:
+                array = xp.ascontiguousarray(xp.broadcast_to(array, shape), dtype=dtype)
+            args.append(array)
+            if name in program.outputs:
+                results[name] = array
+        size = int(np.prod(shape))
+        if size:
+            args += [dtype.type(scalars[name]) for name in program.scalars]
+            args.append(np.int64(size))
+            blocks = min(-(-size // THREADS), MAX_BLOCKS)
+            _compiled(cuda_source(program, self.dtype), program.name)((blocks,), (THREADS,),
+                                                                    tuple(args))
+        return results
+
+
+@lru_cache(maxsize=None)
+def _compiled(source: str, name: str):
+    import cupy
+    return cupy.RawKernel(source, name)
+
+
+_RUNNERS: dict = {}
+
+
+def kernels_for(xp, dtype: str) -> Kernels:
+    """The one runner per array module and dtype (its launch count is shared)."""
+    key = (xp.__name__, str(dtype))
+    if key not in _RUNNERS:
+        _RUNNERS[key] = Kernels(xp, str(dtype))
+    return _RUNNERS[key]

@@ -1,0 +1,79 @@
+"""The GPU executor's plan and logic on the CPU: FusedExecutor runs each elementwise
+chain as one generated program (evaluated by NumPy here, a CUDA kernel under CuPy)
+and must give the NumPy executor's losses, gradients and running statistics."""
+import numpy as np
+import pytest
+
+from netdsl.driver import check_text
+from netdsl.runtime.execute import Executor
+from netdsl.runtime.fused import FusedExecutor, kernel_plan
+from netdsl.runtime.init import initial_params
+from netdsl.runtime.launch import kernels_for
+from netdsl.runtime.plan import build_plan
+from test_runtime import KNOTTY
+from test_train_torch import FEED_FORWARD, VARIANTS, random_batch, spec_plan
+
+
+def _pair(plan, seed=0):
+    params = initial_params(plan, "torch", seed=seed)
+    return (Executor(plan, params, seed=seed, dtype="float64"),
+            FusedExecutor(plan, params, seed=seed, dtype="float64"))
+
+
+def _step(ex, plan, batch, losses=None):
+    out = ex.forward(batch, training=True)
+    ex.backward(plan.backward(losses))
+    return {k: float(v) for k, v in out.items()}, ex.flat_grads.copy()
+
+
+@pytest.mark.parametrize("name", FEED_FORWARD + ["knotty"])
+def test_fused_step_equals_the_numpy_executor(name):
+    if name == "knotty":
+        plan, batch_size = build_plan(check_text(KNOTTY).graph), 3
+    else:
+        plan, batch_size = spec_plan(name, VARIANTS[name].edits), VARIANTS[name].batch
+    batch = random_batch(plan, batch_size, np.random.default_rng(0))
+    plain, fused = _pair(plan)
+    for _ in range(2):   # the second step sees updated running statistics
+        ours, our_grads = _step(fused, plan, batch)
+        theirs, their_grads = _step(plain, plan, batch)
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
+        np.testing.assert_allclose(our_grads, their_grads, rtol=1e-10, atol=1e-12)
+        plain.flat_params -= 0.01 * their_grads
+        fused.flat_params -= 0.01 * our_grads
+    for node, buffers in plain.buffers.items():
+        for key, value in buffers.items():
+            np.testing.assert_allclose(fused.buffers[node][key], value, rtol=1e-12)
+    evaluation = [ex.forward(batch, training=False) for ex in (plain, fused)]
+    for key, value in evaluation[0].items():
+        assert float(evaluation[1][key]) == pytest.approx(float(value), rel=1e-12)
+
+
+def test_a_chain_is_one_launch_each_way():
+    """mlp: dense -> relu twice; each relu is one kernel forward and one backward."""
+    plan = spec_plan("mlp")
+    batch = random_batch(plan, 4, np.random.default_rng(0))
+    _, fused = _pair(plan)
+    run = kernels_for(np, "float64")
+    before = run.launches
+    fused.forward(batch, training=True)
+    assert run.launches - before == 2
+    fused.backward(plan.backward())
+    assert run.launches - before == 4
+
+
+def test_a_value_asked_for_stays_out_of_kernels():
+    """Asking for a chain's inner value (the add before ResNet's relu) splits the chain."""
+    plan = spec_plan("resnet20")
+    inner = next(s.node for s in plan.steps if s.op.name == "add")
+    fused_runs = [s.op.nodes for s in kernel_plan(plan, set(plan.losses.values())).steps
+                  if s.op.name == "fused"]
+    assert any(inner in nodes and len(nodes) == 2 for nodes in fused_runs)
+    split = kernel_plan(plan, {inner, *plan.losses.values()})
+    assert all(inner not in s.op.nodes[:-1] for s in split.steps if s.op.name == "fused")
+    batch = random_batch(plan, 2, np.random.default_rng(1))
+    plain, fused = _pair(plan)
+    ours = fused.forward(batch, training=True, keep=[inner])[inner]
+    np.testing.assert_allclose(ours, plain.forward(batch, training=True, keep=[inner])[inner])
