@@ -9,7 +9,7 @@ from netdsl.errors import SpecError, SpecErrors, render
 
 __all__ = ["main"]
 
-EMIT_STAGES = ("ast", "expanded", "graph", "shapes", "plan", "unrolled")
+EMIT_STAGES = ("ast", "expanded", "graph", "shapes", "plan", "unrolled", "kernels")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -217,6 +217,7 @@ def _compile(args) -> int:
             "shapes": lambda: emit.format_shapes(net.graph),
             "plan": lambda: emit.format_plan(net.graph, args.batch),
             "unrolled": lambda: emit.format_unrolled(unroll(net.graph, args.unroll or 3)),
+            "kernels": lambda: emit.format_kernels(net.graph, *_optimizer(net)),
         }[args.emit]()
         print(text)
         return 0
@@ -227,6 +228,19 @@ def _compile(args) -> int:
     if memory:
         print(memory)
     return 0
+
+
+def _optimizer(net) -> tuple[str, dict]:
+    """The optimiser the spec's train clause resolves to, and its settings."""
+    from netdsl.driver import CheckFailed
+    from netdsl.errors import SpecErrors, errors_of
+    from netdsl.runtime.settings import resolve_settings
+
+    try:
+        settings = resolve_settings(net.graph.graph["train"], {}, net.program.train_spans)
+    except (SpecError, SpecErrors) as exc:
+        raise CheckFailed(errors_of(exc), net.sources) from None
+    return settings.optimizer, settings.optimizer_settings
 
 
 def _draw(args) -> int:

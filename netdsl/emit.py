@@ -10,7 +10,7 @@ from netdsl.graph import forward_view
 from netdsl.program import Program
 
 __all__ = ["format_ast", "format_program", "format_graph", "format_shapes", "format_plan",
-           "format_unrolled"]
+           "format_kernels", "format_unrolled"]
 
 
 def format_ast(module: ast.Module) -> str:
@@ -153,6 +153,40 @@ def _format_sequence_plan(plan) -> str:
     lines.append(f"backward through time ({len(backward.order)} steps, losses "
                  f"{', '.join(backward.losses)}); gradients of the states flow to step t-k")
     return "\n".join(lines)
+
+
+def format_kernels(graph: nx.DiGraph, optimizer: str, settings: dict) -> str:
+    """The CUDA kernels `--device gpu` generates for a spec: each fused chain's forward
+    and backward (for the gradients training needs), and the optimiser's update."""
+    import numpy as np
+
+    from netdsl.runtime.fused import kernel_plan
+    from netdsl.runtime.kernelgen import chain_backward, chain_forward, cuda_source, update_program
+    from netdsl.runtime.optim import make_optimizer
+    from netdsl.runtime.plan import build_plan
+
+    plan = build_plan(graph)
+    if plan.sequential:
+        return "// a sequence network runs its ops one by one on the GPU: no generated kernels"
+    fused = kernel_plan(plan, set(plan.losses.values()))
+    backward = fused.backward()
+    users: dict[str, list[str]] = {}   # each distinct kernel, once, with the chains it runs
+    for step in fused.steps:
+        if step.op.name != "fused":
+            continue
+        chain = step.op.chain
+        programs = [chain_forward(chain)]
+        if step.node in backward.grad_inputs:
+            needs = tuple(t is not None for t in backward.grad_inputs[step.node])
+            programs.append(chain_backward(chain, needs))
+        for program in programs:
+            users.setdefault(cuda_source(program), []).append(" -> ".join(step.op.nodes))
+    parts = [f"// {len(names)} use{'s' if len(names) > 1 else ''}: {', '.join(names)}\n{source}"
+             for source, names in users.items()]
+    rule = make_optimizer(optimizer, settings, np.zeros(1, np.float32))
+    parts.append(f"// {optimizer} over all parameters\n" +
+                 cuda_source(update_program(rule.rule, tuple(rule.state))))
+    return "\n".join(parts).rstrip("\n")
 
 
 def format_plan(graph: nx.DiGraph, batch: int) -> str:

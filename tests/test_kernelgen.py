@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, run_netc
 from netdsl.driver import check_file
 from netdsl.ops import OPS
 from netdsl.ops.base import Ctx, bind
@@ -254,3 +254,14 @@ def test_specs_fuse_the_chains_they_have():
     names = [tuple(s.op.name for s in run) for run in runs]
     assert names.count(("add", "relu")) == 9
     assert all(fusable(s.op) for run in runs for s in run)
+
+
+def test_netc_compile_emits_each_kernel_once(nvrtc):
+    result = run_netc("compile", os.path.join(SPECS, "resnet20.net"), "--emit", "kernels")
+    assert result.returncode == 0, result.stderr
+    sources = result.stdout.split("\n// ")
+    assert len(sources) == 5   # relu and add -> relu, each both ways, and the update
+    assert "9 uses: stage1/basic1/add1 -> stage1/basic1/relu2" in sources[2]
+    assert "// sgd over all parameters" in "\n// " + sources[-1]
+    for source in sources:
+        compile_ptx(nvrtc, source.split("\n", 1)[1])
