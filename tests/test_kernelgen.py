@@ -22,6 +22,7 @@ from netdsl.runtime.kernelgen import (Chain, chain_backward, chain_forward, cuda
                                       evaluate_program, fusable, update_program, update_scalars)
 from netdsl.runtime.optim import OPTIMIZERS
 from netdsl.runtime.plan import build_plan
+from cpu_cuda import HostKernels
 from nvrtc import compile_ptx, library
 
 GOLDEN = os.path.join(ROOT, "tests", "golden_kernels")
@@ -265,3 +266,39 @@ def test_netc_compile_emits_each_kernel_once(nvrtc):
     assert "// sgd over all parameters" in "\n// " + sources[-1]
     for source in sources:
         compile_ptx(nvrtc, source.split("\n", 1)[1])
+
+
+# ---- the kernels' own source, run on the host
+
+
+@pytest.fixture(scope="module")
+def host():
+    sources = [cuda_source(p) for p in PATTERNS.values()]
+    return HostKernels(sources + list(_spec_programs()))
+
+
+def _run_on_host(host, program, arrays, scalars):
+    source = cuda_source(program)
+    size = next(iter(arrays.values())).size
+    given = {name: arrays[name].copy() for name in arrays}
+    buffers = [given.get(name, np.empty(size, np.float32)) for name in program.arrays]
+    host.run(source, *buffers, *(scalars[s] for s in program.scalars), size)
+    return dict(zip(program.arrays, buffers))
+
+
+@pytest.mark.parametrize("label", sorted(PATTERNS))
+def test_kernel_source_computes_its_program(host, label):
+    """The CUDA text itself (precedence, literals, conditionals), compiled for the host,
+    against the program evaluated by NumPy, in float32."""
+    program = PATTERNS[label]
+    rng = np.random.default_rng(5)
+    arrays = {name: (np.abs(rng.standard_normal(64)) + 0.1).astype(np.float32)
+              for name in program.reads}
+    if "x0" in arrays and "log" not in label:
+        arrays["x0"] = rng.standard_normal(64).astype(np.float32)   # both signs
+    scalars = {"lr": 0.05, "c1": 0.19, "c2": 0.0447}
+    ours = _run_on_host(host, program, arrays, scalars)
+    expected = evaluate_program(program, {k: v.copy() for k, v in arrays.items()}, scalars, np,
+                                "float32")
+    for name, value in expected.items():
+        np.testing.assert_allclose(ours[name], value, rtol=2e-6, atol=1e-7, err_msg=name)

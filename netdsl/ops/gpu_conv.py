@@ -1,0 +1,155 @@
+"""Convolution on the GPU: one im2col kernel, cuBLAS, one col2im kernel.
+
+CuPy 14 has no cuDNN, and the host path's im2col (a copy per kernel offset) would
+be k*k launches on a GPU. Here the columns of a whole batch come from one kernel,
+the product is one batched GEMM whose result is already (B, O, H', W'), and the
+input gradient gathers each pixel's column entries in one kernel, without atomics.
+Convolutions of rank 1 run as rank 2 with a height of one.
+
+The kernels are grid-stride loops over every output element, like the generated
+elementwise kernels, so the same source also runs on the CPU in the tests.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = ["IM2COL", "COL2IM", "conv_source", "conv2d", "conv2d_backward", "supported"]
+
+_SIZES = ("B", "C", "H", "W", "KH", "KW", "OH", "OW", "SH", "SW", "PH", "PW", "DH", "DW")
+
+IM2COL = """
+    // i indexes cols (B, C, KH, KW, OH, OW): one column entry per thread
+    long long r = i;
+    const long long ow = r % OW; r /= OW;
+    const long long oh = r % OH; r /= OH;
+    const long long kw = r % KW; r /= KW;
+    const long long kh = r % KH; r /= KH;
+    const long long c = r % C;
+    const long long b = r / C;
+    const long long h = oh * SH - PH + kh * DH;
+    const long long w = ow * SW - PW + kw * DW;
+    out[i] = (h >= 0 && h < H && w >= 0 && w < W) ? in[((b * C + c) * H + h) * W + w] : (T)0;
+"""
+
+COL2IM = """
+    // i indexes x (B, C, H, W): the sum of the column entries that read this pixel
+    long long r = i;
+    const long long w = r % W; r /= W;
+    const long long h = r % H; r /= H;
+    const long long c = r % C;
+    const long long b = r / C;
+    T sum = 0;
+    for (long long kh = 0; kh < KH; ++kh) {
+        const long long th = h + PH - kh * DH;
+        if (th < 0 || th % SH != 0 || th / SH >= OH) continue;
+        for (long long kw = 0; kw < KW; ++kw) {
+            const long long tw = w + PW - kw * DW;
+            if (tw < 0 || tw % SW != 0 || tw / SW >= OW) continue;
+            sum += in[((((b * C + c) * KH + kh) * KW + kw) * OH + th / SH) * OW + tw / SW];
+        }
+    }
+    out[i] = sum;
+"""
+
+
+def conv_source(name: str, body: str, ctype: str) -> str:
+    """A kernel `name`(in, out, sizes..., n) running `body` for each i < n."""
+    sizes = ", ".join(f"const long long {s}" for s in _SIZES)
+    return (f'extern "C" __global__ void {name}(const {ctype}* __restrict__ in, '
+            f"{ctype}* __restrict__ out, {sizes}, const long long n) {{\n"
+            f"    typedef {ctype} T;\n"
+            "    const long long stride = (long long)blockDim.x * gridDim.x;\n"
+            "    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;"
+            " i += stride) {"
+            f"{body}    }}\n}}\n")
+
+
+def supported(x, weight, groups: int) -> bool:
+    """Ranks 1 and 2 without groups (the others take the generic path)."""
+    return groups == 1 and x.ndim in (3, 4)
+
+
+@lru_cache(maxsize=None)
+def _kernel(name: str, ctype: str):
+    import cupy
+    return cupy.RawKernel(conv_source(name, IM2COL if name == "im2col" else COL2IM, ctype), name)
+
+
+_CTYPES = {"float32": "float", "float64": "double"}
+_THREADS, _MAX_BLOCKS = 256, 65536
+
+
+def _launch(name: str, source, out, sizes: dict) -> None:
+    n = out.size
+    if n == 0:
+        return
+    kernel = _kernel(name, _CTYPES[str(out.dtype)])
+    args = (source, out, *(np.int64(sizes[s]) for s in _SIZES), np.int64(n))
+    kernel((min(-(-n // _THREADS), _MAX_BLOCKS),), (_THREADS,), args)
+
+
+def _as_2d(x, weight, stride, pads, dilation):
+    """Rank-1 arguments as rank 2 with a height of one."""
+    if x.ndim == 4:
+        return x, weight, stride, pads, dilation
+    return (x[:, :, None, :], weight[:, :, None, :], (1, *stride), [(0, 0), *pads],
+            (1, *dilation))
+
+
+def _sizes(x, weight, stride, pads, dilation) -> dict:
+    (b, c, h, w), (kh, kw) = x.shape, weight.shape[2:]
+    (sh, sw), (dh, dw) = stride, dilation
+    oh = (h + sum(pads[0]) - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + sum(pads[1]) - dw * (kw - 1) - 1) // sw + 1
+    return dict(B=b, C=c, H=h, W=w, KH=kh, KW=kw, OH=oh, OW=ow, SH=sh, SW=sw,
+                PH=pads[0][0], PW=pads[1][0], DH=dh, DW=dw)
+
+
+def _pointwise(s: dict) -> bool:
+    """A 1x1 kernel with stride 1 and no padding: the input is its own columns."""
+    return (s["KH"], s["KW"], s["SH"], s["SW"], s["OH"], s["OW"]) == (1, 1, 1, 1, s["H"], s["W"])
+
+
+def _columns(xp, x, s: dict):
+    """(B, C*KH*KW, OH*OW)."""
+    if _pointwise(s):
+        return x.reshape(s["B"], s["C"], s["H"] * s["W"])
+    cols = xp.empty((s["B"], s["C"] * s["KH"] * s["KW"], s["OH"] * s["OW"]), dtype=x.dtype)
+    _launch("im2col", xp.ascontiguousarray(x), cols, s)
+    return cols
+
+
+def conv2d(xp, x, weight, bias, stride, pads, dilation):
+    """y (B, O, *out) of a cross-correlation, as kernels.conv_nd computes it."""
+    rank = x.ndim - 2
+    x, weight, stride, pads, dilation = _as_2d(x, weight, stride, pads, dilation)
+    s = _sizes(x, weight, stride, pads, dilation)
+    o = weight.shape[0]
+    y = xp.matmul(weight.reshape(o, -1), _columns(xp, x, s))   # (B, O, OH*OW)
+    if bias is not None:
+        y += bias.reshape(1, o, 1)
+    return y.reshape((s["B"], o) + ((s["OH"], s["OW"]) if rank == 2 else (s["OW"],)))
+
+
+def conv2d_backward(xp, gy, x, weight, stride, pads, dilation, need_dx=True):
+    """(dx, dweight, dbias) of conv2d; the columns are made again, not kept."""
+    shape, wshape = x.shape, weight.shape
+    x, weight, stride, pads, dilation = _as_2d(x, weight, stride, pads, dilation)
+    s = _sizes(x, weight, stride, pads, dilation)
+    o = weight.shape[0]
+    grid = xp.ascontiguousarray(gy).reshape(s["B"], o, s["OH"] * s["OW"])
+    cols = _columns(xp, x, s)
+    dweight = xp.matmul(grid, cols.transpose(0, 2, 1)).sum(axis=0).reshape(wshape)
+    dbias = grid.sum(axis=(0, 2))
+    dx = None
+    if need_dx:
+        dcols = xp.matmul(weight.reshape(o, -1).T, grid)          # (B, C*KH*KW, OH*OW)
+        if _pointwise(s):
+            dx = dcols.reshape(shape)
+        else:
+            dx = xp.empty(x.shape, dtype=dcols.dtype)
+            _launch("col2im", dcols, dx, s)
+            dx = dx.reshape(shape)
+    return dx, dweight, dbias

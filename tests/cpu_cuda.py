@@ -1,0 +1,62 @@
+"""Run generated CUDA kernels on the CPU: the tests' check that they compute the right thing.
+
+Every kernel netdsl generates is a grid-stride loop, so one thread of one block
+covers all its elements. Compiled as C++ with g++ under a header that supplies
+CUDA's names (one block of one thread), the exact kernel source runs on the host
+and its results can be compared with NumPy's.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import subprocess
+import tempfile
+
+import numpy as np
+
+__all__ = ["HostKernels"]
+
+HEADER = """
+#include <cmath>
+using namespace std;
+struct host_dim3 { unsigned x, y, z; };
+static const host_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0};
+static const host_dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+#define __global__
+"""
+
+_SCALARS = {"float": ctypes.c_float, "double": ctypes.c_double, "long long": ctypes.c_longlong}
+
+
+class HostKernels:
+    """CUDA kernel sources built into one host library; `run(source, *args)` calls one."""
+
+    def __init__(self, sources):
+        self.names = {}
+        units = [HEADER]
+        for index, source in enumerate(dict.fromkeys(sources)):
+            name = re.search(r"void (\w+)\(", source).group(1)
+            self.names[source] = f"k{index}"
+            units.append(source.replace(f"void {name}(", f"void k{index}(", 1))
+        self.folder = tempfile.mkdtemp(prefix="netdsl-host-kernels-")
+        code = os.path.join(self.folder, "kernels.cpp")
+        with open(code, "w") as handle:
+            handle.write("\n".join(units))
+        library = os.path.join(self.folder, "kernels.so")
+        subprocess.run(["g++", "-O1", "-shared", "-fPIC", "-o", library, code], check=True,
+                       capture_output=True, text=True)
+        self.library = ctypes.CDLL(library)
+
+    def run(self, source: str, *args) -> None:
+        """Call the kernel of `source` with arrays (by pointer) and scalars, in its
+        parameter order; scalars take the C type the signature gives them."""
+        types = re.findall(r"const (float|double|long long) \w+[,)]", source)
+        converted, scalar = [], iter(types)
+        for arg in args:
+            if isinstance(arg, np.ndarray):
+                assert arg.flags.c_contiguous
+                converted.append(ctypes.c_void_p(arg.ctypes.data))
+            else:
+                converted.append(_SCALARS[next(scalar)](arg))
+        getattr(self.library, self.names[source])(*converted)

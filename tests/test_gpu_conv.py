@@ -1,0 +1,61 @@
+"""The GPU's convolution (ops.gpu_conv) on the host: its im2col and col2im kernels,
+compiled from their CUDA source for the CPU, and its GEMMs in NumPy, against the
+host convolution (ops.kernels) forward and backward, and their PTX through NVRTC."""
+import numpy as np
+import pytest
+
+from cpu_cuda import HostKernels
+from netdsl.ops import gpu_conv
+from netdsl.ops.kernels import conv_nd, conv_nd_backward
+from nvrtc import compile_ptx, library
+
+CASES = {
+    "3x3 pad 1": ((2, 3, 7, 6), (4, 3, 3, 3), (1, 1), [(1, 1), (1, 1)], (1, 1)),
+    "5x5 stride 2, uneven pads": ((2, 2, 9, 8), (3, 2, 5, 5), (2, 2), [(2, 1), (0, 2)], (1, 1)),
+    "dilation 2, stride 3": ((1, 2, 11, 10), (2, 2, 3, 2), (3, 2), [(1, 1), (0, 0)], (2, 2)),
+    "1x1": ((3, 5, 4, 4), (6, 5, 1, 1), (1, 1), [(0, 0), (0, 0)], (1, 1)),
+    "1x1 stride 2": ((2, 3, 5, 5), (2, 3, 1, 1), (2, 2), [(0, 0), (0, 0)], (1, 1)),
+    "rank 1": ((2, 3, 12), (4, 3, 3), (2,), [(1, 2)], (1,)),
+}
+
+
+@pytest.fixture
+def on_host(monkeypatch):
+    """gpu_conv with its kernels compiled for the host (double precision)."""
+    host = HostKernels([gpu_conv.conv_source(name, body, "double")
+                        for name, body in (("im2col", gpu_conv.IM2COL),
+                                           ("col2im", gpu_conv.COL2IM))])
+    sources = {name: gpu_conv.conv_source(name, body, "double")
+               for name, body in (("im2col", gpu_conv.IM2COL), ("col2im", gpu_conv.COL2IM))}
+
+    def launch(name, source, out, sizes):
+        host.run(sources[name], np.ascontiguousarray(source), out,
+                 *(sizes[s] for s in gpu_conv._SIZES), out.size)
+
+    monkeypatch.setattr(gpu_conv, "_launch", launch)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gpu_convolution_equals_the_host_one(on_host, case):
+    x_shape, w_shape, stride, pads, dilation = CASES[case]
+    rng = np.random.default_rng(0)
+    x, weight = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    bias = rng.standard_normal(w_shape[0])
+    expected = conv_nd(np, x, weight, bias, stride, pads, dilation, 1)
+    y = gpu_conv.conv2d(np, x, weight, bias, stride, pads, dilation)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    gy = rng.standard_normal(y.shape)
+    theirs = conv_nd_backward(np, gy, x, weight, stride, pads, dilation, 1)
+    ours = gpu_conv.conv2d_backward(np, gy, x, weight, stride, pads, dilation)
+    for name, a, b in zip(("dx", "dweight", "dbias"), ours, theirs):
+        assert a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11, err_msg=name)
+    assert gpu_conv.conv2d_backward(np, gy, x, weight, stride, pads, dilation, False)[0] is None
+
+
+@pytest.mark.parametrize("ctype", ["float", "double"])
+def test_convolution_kernels_compile_to_ptx(ctype):
+    lib = library()
+    assert lib is not None, "NVRTC is missing: pip install -e '.[test]' installs it"
+    for name, body in (("im2col", gpu_conv.IM2COL), ("col2im", gpu_conv.COL2IM)):
+        assert f".entry {name}(" in compile_ptx(lib, gpu_conv.conv_source(name, body, ctype))
