@@ -20,12 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from netdsl.ops.base import Op
+from netdsl.ops.gpu import CTYPES, grid_kernel
 from netdsl.ops.expr import Const, Expr, Var, cuda, evaluate, names, sqrt
 
 __all__ = ["Program", "Chain", "fusable", "chain_forward", "chain_backward", "update_program",
-           "update_scalars", "cuda_source", "evaluate_program", "CTYPES"]
+           "update_scalars", "cuda_source", "evaluate_program"]
 
-CTYPES = {"float32": "float", "float64": "double"}
 
 
 @dataclass(frozen=True)
@@ -193,25 +193,18 @@ def update_scalars(rule, step: int, lr: float) -> dict[str, float]:
 
 # ---- rendering and evaluation
 
-_THREADS = 256
-
-
 def cuda_source(program: Program, dtype: str = "float32") -> str:
-    """One `extern "C"` kernel named after the program: a grid-stride loop over n."""
+    """One `extern "C"` kernel named after the program, in the frame of ops.gpu."""
     t = CTYPES[dtype]
     written = set(program.outputs)
     params = [f"{'' if a in written else 'const '}{t}* __restrict__ a_{a}"
               for a in program.arrays]
-    params += [f"const {t} {s}" for s in program.scalars] + ["const long long n"]
-    lines = [f'extern "C" __global__ void {program.name}({", ".join(params)}) {{',
-             "    const long long stride = (long long)blockDim.x * gridDim.x;",
-             "    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;"
-             " i += stride) {"]
+    params += [f"const {t} {s}" for s in program.scalars]
+    lines = [""]
     lines += [f"        const {t} {a} = a_{a}[i];" for a in program.reads]
     lines += [f"        const {t} {name} = {cuda(e, t)};" for name, e in program.lets]
     lines += [f"        a_{name}[i] = {cuda(e, t)};" for name, e in program.writes]
-    lines += ["    }", "}", ""]
-    return "\n".join(lines)
+    return grid_kernel(program.name, ", ".join(params), "\n".join(lines) + "\n", t)
 
 
 def evaluate_program(program: Program, arrays: dict, scalars: dict, xp, dtype: str) -> dict:

@@ -9,17 +9,12 @@ CPU.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
+from netdsl.ops.gpu import launch
 from netdsl.runtime.kernelgen import Program, cuda_source, evaluate_program
 
-__all__ = ["Kernels", "kernels_for", "THREADS", "MAX_BLOCKS"]
-
-THREADS = 256
-# a grid-stride loop covers any n: more blocks than the GPU holds at once gain nothing
-MAX_BLOCKS = 65536
+__all__ = ["Kernels", "kernels_for"]
 
 
 class Kernels:
@@ -58,20 +53,9 @@ class Kernels:
             args.append(array)
             if name in program.outputs:
                 results[name] = array
-        size = int(np.prod(shape))
-        if size:
-            args += [dtype.type(scalars[name]) for name in program.scalars]
-            args.append(np.int64(size))
-            blocks = min(-(-size // THREADS), MAX_BLOCKS)
-            _compiled(cuda_source(program, self.dtype), program.name)((blocks,), (THREADS,),
-                                                                    tuple(args))
+        args += [dtype.type(scalars[name]) for name in program.scalars]
+        launch(cuda_source(program, self.dtype), program.name, int(np.prod(shape)), tuple(args))
         return results
-
-
-@lru_cache(maxsize=None)
-def _compiled(source: str, name: str):
-    import cupy
-    return cupy.RawKernel(source, name)
 
 
 _RUNNERS: dict = {}

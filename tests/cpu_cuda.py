@@ -24,6 +24,7 @@ struct host_dim3 { unsigned x, y, z; };
 static const host_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0};
 static const host_dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
 #define __global__
+template <typename T> T atomicAdd(T* address, T value) { T old = *address; *address += value; return old; }
 """
 
 _SCALARS = {"float": ctypes.c_float, "double": ctypes.c_double, "long long": ctypes.c_longlong}

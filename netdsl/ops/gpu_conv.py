@@ -11,9 +11,7 @@ elementwise kernels, so the same source also runs on the CPU in the tests.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
-import numpy as np
+from netdsl.ops.gpu import CTYPES, grid_kernel, launch
 
 __all__ = ["IM2COL", "COL2IM", "conv_source", "conv2d", "conv2d_backward", "supported"]
 
@@ -57,13 +55,8 @@ COL2IM = """
 def conv_source(name: str, body: str, ctype: str) -> str:
     """A kernel `name`(in, out, sizes..., n) running `body` for each i < n."""
     sizes = ", ".join(f"const long long {s}" for s in _SIZES)
-    return (f'extern "C" __global__ void {name}(const {ctype}* __restrict__ in, '
-            f"{ctype}* __restrict__ out, {sizes}, const long long n) {{\n"
-            f"    typedef {ctype} T;\n"
-            "    const long long stride = (long long)blockDim.x * gridDim.x;\n"
-            "    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;"
-            " i += stride) {"
-            f"{body}    }}\n}}\n")
+    return grid_kernel(name, f"const {ctype}* __restrict__ in, {ctype}* __restrict__ out, {sizes}",
+                       body, ctype)
 
 
 def supported(x, weight, groups: int) -> bool:
@@ -71,23 +64,10 @@ def supported(x, weight, groups: int) -> bool:
     return groups == 1 and x.ndim in (3, 4)
 
 
-@lru_cache(maxsize=None)
-def _kernel(name: str, ctype: str):
-    import cupy
-    return cupy.RawKernel(conv_source(name, IM2COL if name == "im2col" else COL2IM, ctype), name)
-
-
-_CTYPES = {"float32": "float", "float64": "double"}
-_THREADS, _MAX_BLOCKS = 256, 65536
-
-
 def _launch(name: str, source, out, sizes: dict) -> None:
-    n = out.size
-    if n == 0:
-        return
-    kernel = _kernel(name, _CTYPES[str(out.dtype)])
-    args = (source, out, *(np.int64(sizes[s]) for s in _SIZES), np.int64(n))
-    kernel((min(-(-n // _THREADS), _MAX_BLOCKS),), (_THREADS,), args)
+    body = IM2COL if name == "im2col" else COL2IM
+    launch(conv_source(name, body, CTYPES[str(out.dtype)]), name, out.size,
+           (source, out, *(sizes[s] for s in _SIZES)))
 
 
 def _as_2d(x, weight, stride, pads, dilation):

@@ -1,4 +1,5 @@
 extern "C" __global__ void update(float* __restrict__ a_params, const float* __restrict__ a_grads, float* __restrict__ a_first_moment, float* __restrict__ a_second_moment, const float c1, const float c2, const float lr, const long long n) {
+    typedef float T;
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         const float params = a_params[i];

@@ -1,0 +1,43 @@
+"""The frame of netdsl's hand-written GPU kernels: one grid-stride loop over n.
+
+A kernel's body computes element i of its output; the frame makes i cover all n
+however many blocks run. One block of one thread therefore computes everything,
+which is how the tests run these kernels' own source on the CPU (tests/cpu_cuda.py).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = ["grid_kernel", "launch", "CTYPES"]
+
+CTYPES = {"float32": "float", "float64": "double"}
+THREADS = 256
+# a grid-stride loop covers any n: more blocks than the GPU holds at once gain nothing
+MAX_BLOCKS = 65536
+
+
+def grid_kernel(name: str, params: str, body: str, ctype: str) -> str:
+    """`extern "C"` kernel `name`(params, n) running `body` for each i < n, with T the
+    element type."""
+    return (f'extern "C" __global__ void {name}({params}, const long long n) {{\n'
+            f"    typedef {ctype} T;\n"
+            "    const long long stride = (long long)blockDim.x * gridDim.x;\n"
+            "    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;"
+            " i += stride) {"
+            f"{body}    }}\n}}\n")
+
+
+@lru_cache(maxsize=None)
+def _compiled(source: str, name: str):
+    import cupy
+    return cupy.RawKernel(source, name)
+
+
+def launch(source: str, name: str, n: int, args: tuple) -> None:
+    """Run a grid kernel over n elements; sizes in `args` go as 64-bit integers."""
+    if n == 0:
+        return
+    args = tuple(np.int64(a) if isinstance(a, int) else a for a in args) + (np.int64(n),)
+    _compiled(source, name)((min(-(-n // THREADS), MAX_BLOCKS),), (THREADS,), args)

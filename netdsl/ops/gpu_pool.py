@@ -1,0 +1,89 @@
+"""Max-pooling on the GPU: one kernel forward (the max and its index), one backward.
+
+The host path pads, reduces separably and computes indices in several passes,
+each a launch on a GPU. Here each output element scans its window once and keeps
+the first maximum's flat index in its plane (PyTorch's return_indices; a NaN wins,
+as in PyTorch). Backward adds each output's gradient at its index with atomicAdd,
+since overlapping windows may pick one cell twice. Rank 1 runs as rank 2 with a
+height of one.
+"""
+from __future__ import annotations
+
+from netdsl.ops.gpu import CTYPES, grid_kernel, launch
+
+__all__ = ["MAXPOOL", "MAXPOOL_BACKWARD", "pool_source", "maxpool", "maxpool_backward"]
+
+_SIZES = ("H", "W", "KH", "KW", "OH", "OW", "SH", "SW", "PH", "PW")
+
+MAXPOOL = """
+    // i indexes y (planes, OH, OW)
+    const long long ow = i % OW;
+    const long long oh = (i / OW) % OH;
+    const T* plane = x + (i / (OW * OH)) * H * W;
+    T best = 0;
+    int arg = -1;  // no cell seen yet (every window holds one: pads are at most half of it)
+    for (long long kh = 0; kh < KH; ++kh) {
+        const long long h = oh * SH - PH + kh;
+        if (h < 0 || h >= H) continue;
+        for (long long kw = 0; kw < KW; ++kw) {
+            const long long w = ow * SW - PW + kw;
+            if (w < 0 || w >= W) continue;
+            const T v = plane[h * W + w];
+            if (arg < 0 || v > best || v != v) {
+                best = v;
+                arg = (int)(h * W + w);
+            }
+        }
+    }
+    y[i] = best;
+    index[i] = arg;
+"""
+
+MAXPOOL_BACKWARD = """
+    // i indexes gy (planes, OH, OW); dx starts at zero
+    atomicAdd(dx + (i / (OW * OH)) * H * W + index[i], gy[i]);
+"""
+
+
+def pool_source(name: str, ctype: str) -> str:
+    sizes = ", ".join(f"const long long {s}" for s in _SIZES)
+    if name == "maxpool":
+        params = f"const {ctype}* __restrict__ x, {ctype}* __restrict__ y, int* __restrict__ index"
+        body = MAXPOOL
+    else:
+        params = (f"const {ctype}* __restrict__ gy, const int* __restrict__ index, "
+                  f"{ctype}* __restrict__ dx")
+        body = MAXPOOL_BACKWARD
+    return grid_kernel(name, f"{params}, {sizes}", body, ctype)
+
+
+def _sizes(shape, kernel, stride, pad, out) -> dict:
+    """The geometry as rank 2 (a rank-1 pooling has a height of one)."""
+    if len(shape) == 3:
+        shape, kernel, stride, pad, out = ((*shape[:2], 1, shape[2]), (1, *kernel),
+                                           (1, *stride), (0, *pad), (1, *out))
+    return dict(H=shape[2], W=shape[3], KH=kernel[0], KW=kernel[1], OH=out[0], OW=out[1],
+                SH=stride[0], SW=stride[1], PH=pad[0], PW=pad[1])
+
+
+def _launch(name: str, arrays: tuple, n: int, sizes: dict, dtype) -> None:
+    launch(pool_source(name, CTYPES[str(dtype)]), name, n,
+           (*arrays, *(sizes[s] for s in _SIZES)))
+
+
+def maxpool(xp, x, kernel, stride, pad, out):
+    """(y, indices) of a max-pooling with windows `kernel`, `stride`, `pad` per dim."""
+    x = xp.ascontiguousarray(x)
+    y = xp.empty(x.shape[:2] + tuple(out), dtype=x.dtype)
+    indices = xp.empty(y.shape, dtype=xp.int32)
+    _launch("maxpool", (x, y, indices), y.size, _sizes(x.shape, kernel, stride, pad, out),
+            x.dtype)
+    return y, indices
+
+
+def maxpool_backward(xp, gy, indices, x_shape, kernel, stride, pad):
+    dx = xp.zeros(x_shape, dtype=gy.dtype)
+    sizes = _sizes(x_shape, kernel, stride, pad, gy.shape[2:])
+    _launch("maxpool_backward", (xp.ascontiguousarray(gy), indices, dx), gy.size, sizes,
+            gy.dtype)
+    return dx

@@ -1,0 +1,55 @@
+"""The GPU's max-pooling (ops.gpu_pool) on the host: its kernels, compiled from their
+CUDA source for the CPU, against the maxpool op on NumPy, and their PTX through NVRTC."""
+import numpy as np
+import pytest
+
+from cpu_cuda import HostKernels
+from netdsl.ops import OPS, gpu_pool
+from netdsl.ops.base import Ctx, bind
+from nvrtc import compile_ptx, library
+
+CASES = {   # input shape, maxpool's arguments
+    "2x2": ((2, 3, 8, 6), {"kernel": 2}),
+    "3x3 stride 2 pad 1, overlapping": ((2, 2, 9, 7), {"kernel": 3, "stride": 2, "pad": 1}),
+    "3x3 stride 1 pad 1": ((1, 3, 5, 5), {"kernel": 3, "stride": 1, "pad": 1}),
+    "ceil mode": ((2, 2, 7, 7), {"kernel": 2, "ceil": True}),
+    "rank 1": ((2, 3, 11), {"kernel": 3, "stride": 2, "pad": 1}),
+}
+
+
+@pytest.fixture
+def on_host(monkeypatch):
+    sources = {name: gpu_pool.pool_source(name, "double")
+               for name in ("maxpool", "maxpool_backward")}
+    host = HostKernels(list(sources.values()))
+
+    def launch(name, arrays, n, sizes, dtype):
+        host.run(sources[name], *arrays, *(sizes[s] for s in gpu_pool._SIZES), n)
+
+    monkeypatch.setattr(gpu_pool, "_launch", launch)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gpu_maxpool_equals_the_op(on_host, case):
+    shape, attrs = CASES[case]
+    op = bind(OPS["maxpool"], [], attrs)
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, shape).astype(np.float64)   # many ties: the first one wins
+    ctx = Ctx(np, training=True)
+    y = op.forward(ctx, x)
+    kernel, stride, pad, out = op.geometry(x.shape)
+    ours, indices = gpu_pool.maxpool(np, x, kernel, stride, pad, out)
+    np.testing.assert_array_equal(ours, y)
+    np.testing.assert_array_equal(indices, ctx.saved["indices"])
+    gy = rng.standard_normal(y.shape)
+    (dx,), _ = op.backward(ctx, gy)
+    np.testing.assert_allclose(gpu_pool.maxpool_backward(np, gy, indices, x.shape, kernel,
+                                                         stride, pad), dx, rtol=1e-14)
+
+
+@pytest.mark.parametrize("ctype", ["float", "double"])
+def test_pooling_kernels_compile_to_ptx(ctype):
+    lib = library()
+    assert lib is not None, "NVRTC is missing: pip install -e '.[test]' installs it"
+    for name in ("maxpool", "maxpool_backward"):
+        assert f".entry {name}(" in compile_ptx(lib, gpu_pool.pool_source(name, ctype))
