@@ -1,7 +1,8 @@
 """Run generated CUDA kernels on the CPU: the tests' check that they compute the right thing.
 
-Every kernel netdsl generates is a grid-stride loop, so one thread of one block
-covers all its elements. Compiled as C++ with g++ under a header that supplies
+Every elementwise kernel netdsl generates is a grid-stride loop, so one thread of one
+block covers all its elements; a kernel of one block per channel runs block by block,
+its shared-memory reduction over a block of one thread. Compiled as C++ with g++ under a header that supplies
 CUDA's names (one block of one thread), the exact kernel source runs on the host
 and its results can be compared with NumPy's.
 """
@@ -21,13 +22,17 @@ HEADER = """
 #include <cmath>
 using namespace std;
 struct host_dim3 { unsigned x, y, z; };
-static const host_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0};
-static const host_dim3 blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+static host_dim3 blockIdx = {0, 0, 0};
+static const host_dim3 threadIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+extern "C" void host_block(unsigned index) { blockIdx.x = index; }
 #define __global__
+#define __shared__ static
+#define __syncthreads()
 template <typename T> T atomicAdd(T* address, T value) { T old = *address; *address += value; return old; }
 """
 
-_SCALARS = {"float": ctypes.c_float, "double": ctypes.c_double, "long long": ctypes.c_longlong}
+_SCALARS = {"float": ctypes.c_float, "double": ctypes.c_double, "long long": ctypes.c_longlong,
+            "int": ctypes.c_int}
 
 
 class HostKernels:
@@ -52,7 +57,7 @@ class HostKernels:
     def run(self, source: str, *args) -> None:
         """Call the kernel of `source` with arrays (by pointer) and scalars, in its
         parameter order; scalars take the C type the signature gives them."""
-        types = re.findall(r"const (float|double|long long) \w+[,)]", source)
+        types = re.findall(r"const (float|double|long long|int) \w+[,)]", source)
         converted, scalar = [], iter(types)
         for arg in args:
             if isinstance(arg, np.ndarray):
@@ -61,3 +66,10 @@ class HostKernels:
             else:
                 converted.append(_SCALARS[next(scalar)](arg))
         getattr(self.library, self.names[source])(*converted)
+
+    def run_blocks(self, source: str, blocks: int, *args) -> None:
+        """Call a kernel of one block per item (a channel) for each block in turn."""
+        for index in range(blocks):
+            self.library.host_block(index)
+            self.run(source, *args)
+        self.library.host_block(0)

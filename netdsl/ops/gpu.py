@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["grid_kernel", "launch", "CTYPES"]
+__all__ = ["grid_kernel", "launch", "launch_blocks", "CTYPES", "THREADS"]
 
 CTYPES = {"float32": "float", "float64": "double"}
 THREADS = 256
@@ -35,9 +35,21 @@ def _compiled(source: str, name: str):
     return cupy.RawKernel(source, name)
 
 
+def _typed(args) -> tuple:
+    # CuPy passes a Python int as a 64-bit integer already; spelled out, as the kernels
+    # declare their sizes `long long`
+    return tuple(np.int64(a) if isinstance(a, int) else a for a in args)
+
+
 def launch(source: str, name: str, n: int, args: tuple) -> None:
     """Run a grid kernel over n elements; sizes in `args` go as 64-bit integers."""
     if n == 0:
         return
-    args = tuple(np.int64(a) if isinstance(a, int) else a for a in args) + (np.int64(n),)
-    _compiled(source, name)((min(-(-n // THREADS), MAX_BLOCKS),), (THREADS,), args)
+    _compiled(source, name)((min(-(-n // THREADS), MAX_BLOCKS),), (THREADS,),
+                            _typed(args) + (np.int64(n),))
+
+
+def launch_blocks(source: str, name: str, blocks: int, args: tuple) -> None:
+    """Run a kernel of one block of THREADS per item (a channel): no grid-stride loop."""
+    if blocks:
+        _compiled(source, name)((blocks,), (THREADS,), _typed(args))

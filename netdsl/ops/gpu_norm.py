@@ -1,0 +1,177 @@
+"""Batch normalisation on the GPU: two kernels forward, two backward.
+
+The array-module path makes a dozen launches per batchnorm on a GPU (sums, centring,
+squares, scalings, the running statistics). Here, for x viewed as (B, C, N):
+
+- forward: one block per channel sums x - x0 and its square (x0, the channel's first
+  value, keeps the one-pass variance accurate), and writes the mean, the variance,
+  1/std and the updated running statistics; then one elementwise kernel writes xhat
+  and y. In eval mode only the elementwise kernel runs, on the running statistics.
+- backward: one block per channel sums gy and gy * xhat (the bias and weight
+  gradients); then one elementwise kernel writes dx.
+
+The per-channel kernels reduce in shared memory over a block of ops.gpu.THREADS. With
+one thread and the blocks run one by one, which is how the tests run this source on the
+CPU, the same code is a plain loop.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netdsl.ops.gpu import CTYPES, THREADS, grid_kernel, launch, launch_blocks
+
+__all__ = ["STATISTICS", "NORMALISE", "SUMS", "INPUT_GRAD", "norm_source", "batch_norm",
+           "batch_norm_backward"]
+
+# one block per channel c; n = B * N values; the running statistics are updated in place
+STATISTICS = """
+    const long long c = blockIdx.x;
+    const long long n = B * N;
+    const T shift = x[c * N];
+    T sum = 0, squares = 0;
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const T d = x[((j / N) * C + c) * N + j % N] - shift;
+        sum += d;
+        squares += d * d;
+    }
+    __shared__ T partial[2 * 256];
+    partial[threadIdx.x] = sum;
+    partial[blockDim.x + threadIdx.x] = squares;
+    __syncthreads();
+    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) {
+            partial[threadIdx.x] += partial[threadIdx.x + half];
+            partial[blockDim.x + threadIdx.x] += partial[blockDim.x + threadIdx.x + half];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const T centred = partial[0] / n;
+        const T var = partial[blockDim.x] / n - centred * centred;
+        mean[c] = shift + centred;
+        inv_std[c] = (T)1 / sqrt((var > 0 ? var : (T)0) + eps);
+        running_mean[c] = ((T)1 - momentum) * running_mean[c] + momentum * (shift + centred);
+        running_var[c] = ((T)1 - momentum) * running_var[c]
+                         + momentum * (var > 0 ? var : (T)0) * n / (n > 1 ? n - 1 : 1);
+    }
+"""
+
+# i indexes (B, C, N)
+NORMALISE = """
+    const long long c = (i / N) % C;
+    const T h = (x[i] - mean[c]) * inv_std[c];
+    xhat[i] = h;
+    y[i] = h * weight[c] + bias[c];
+"""
+
+SUMS = """
+    const long long c = blockIdx.x;
+    const long long n = B * N;
+    T g_sum = 0, gh_sum = 0;
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const long long at = ((j / N) * C + c) * N + j % N;
+        g_sum += gy[at];
+        gh_sum += gy[at] * xhat[at];
+    }
+    __shared__ T partial[2 * 256];
+    partial[threadIdx.x] = g_sum;
+    partial[blockDim.x + threadIdx.x] = gh_sum;
+    __syncthreads();
+    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) {
+            partial[threadIdx.x] += partial[threadIdx.x + half];
+            partial[blockDim.x + threadIdx.x] += partial[blockDim.x + threadIdx.x + half];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        dbias[c] = partial[0];
+        dweight[c] = partial[blockDim.x];
+    }
+"""
+
+# i indexes (B, C, N); with batch statistics the mean terms couple the batch
+INPUT_GRAD = """
+    const long long c = (i / N) % C;
+    const T scale = weight[c] * inv_std[c];
+    dx[i] = batch ? scale * (gy[i] - (dbias[c] + xhat[i] * dweight[c]) / (T)(B * N))
+                  : scale * gy[i];
+"""
+
+_PARAMS = {
+    "bn_statistics": ("const T* __restrict__ x, T* __restrict__ mean, T* __restrict__ inv_std, "
+                      "T* __restrict__ running_mean, T* __restrict__ running_var, const T eps, "
+                      "const T momentum, const long long B, const long long C, "
+                      "const long long N", STATISTICS),
+    "bn_normalise": ("const T* __restrict__ x, const T* __restrict__ mean, "
+                     "const T* __restrict__ inv_std, const T* __restrict__ weight, "
+                     "const T* __restrict__ bias, T* __restrict__ xhat, T* __restrict__ y, "
+                     "const long long C, const long long N", NORMALISE),
+    "bn_sums": ("const T* __restrict__ gy, const T* __restrict__ xhat, "
+                "T* __restrict__ dbias, T* __restrict__ dweight, const long long B, "
+                "const long long C, const long long N", SUMS),
+    "bn_input_grad": ("const T* __restrict__ gy, const T* __restrict__ xhat, "
+                      "const T* __restrict__ weight, const T* __restrict__ inv_std, "
+                      "const T* __restrict__ dbias, const T* __restrict__ dweight, "
+                      "T* __restrict__ dx, const int batch, const long long B, "
+                      "const long long C, const long long N", INPUT_GRAD),
+}
+# the per-channel kernels run one block of THREADS (256, the size of `partial`) per
+# channel, not a grid over n elements
+PER_CHANNEL = {"bn_statistics", "bn_sums"}
+
+
+def norm_source(name: str, ctype: str) -> str:
+    params, body = _PARAMS[name]
+    params = params.replace("T*", f"{ctype}*").replace("const T ", f"const {ctype} ")
+    if name in PER_CHANNEL:
+        return (f'extern "C" __global__ void {name}({params}) {{\n'
+                f"    typedef {ctype} T;{body}}}\n")
+    return grid_kernel(name, params, body, ctype)
+
+
+def _launch(name: str, args: tuple, n: int, dtype) -> None:
+    """n: the elements of an elementwise kernel, or the channels of a per-channel one."""
+    source = norm_source(name, CTYPES[str(dtype)])
+    (launch_blocks if name in PER_CHANNEL else launch)(source, name, n, args)
+
+
+def batch_norm(ctx, x, weight, bias, eps, momentum):
+    """As kernels.batch_norm: y, xhat and inv_std (1, C, 1...); the running statistics in
+    ctx.buffers are updated in training."""
+    xp = ctx.xp
+    b, channels = x.shape[:2]
+    buffers = ctx.buffers
+    if "running_mean" not in buffers:
+        buffers["running_mean"] = xp.zeros(channels, dtype=x.dtype)
+        buffers["running_var"] = xp.ones(channels, dtype=x.dtype)
+    x = xp.ascontiguousarray(x)
+    n = x.size // (b * channels)
+    dtype = x.dtype.type
+    if ctx.training:
+        mean = xp.empty(channels, dtype=x.dtype)
+        inv_std = xp.empty(channels, dtype=x.dtype)
+        _launch("bn_statistics", (x, mean, inv_std, buffers["running_mean"],
+                                  buffers["running_var"], dtype(eps), dtype(momentum), b,
+                                  channels, n), channels, x.dtype)
+    else:
+        mean = buffers["running_mean"]
+        inv_std = 1 / xp.sqrt(buffers["running_var"] + eps)
+    xhat, y = xp.empty_like(x), xp.empty_like(x)
+    _launch("bn_normalise", (x, mean, inv_std, weight, bias, xhat, y, channels, n), x.size,
+            x.dtype)
+    return y, xhat, inv_std.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def batch_norm_backward(xp, gy, xhat, inv_std, weight, batch_stats: bool):
+    """As kernels.batch_norm_backward: (dx, dweight, dbias)."""
+    b, channels = gy.shape[:2]
+    gy = xp.ascontiguousarray(gy)
+    n = gy.size // (b * channels)
+    dbias = xp.empty(channels, dtype=gy.dtype)
+    dweight = xp.empty(channels, dtype=gy.dtype)
+    _launch("bn_sums", (gy, xhat, dbias, dweight, b, channels, n), channels, gy.dtype)
+    dx = xp.empty_like(gy)
+    _launch("bn_input_grad", (gy, xhat, weight, inv_std.reshape(channels), dbias, dweight, dx,
+                              np.int32(batch_stats), b, channels, n), gy.size, gy.dtype)
+    return dx, dweight, dbias

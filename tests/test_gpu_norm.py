@@ -1,0 +1,59 @@
+"""The GPU's batch normalisation (ops.gpu_norm) on the host: its kernels, compiled from
+their CUDA source for the CPU, against kernels.batch_norm on NumPy, and their PTX."""
+import numpy as np
+import pytest
+
+from cpu_cuda import HostKernels
+from netdsl.ops import gpu_norm
+from netdsl.ops.base import Ctx
+from netdsl.ops.kernels import batch_norm, batch_norm_backward
+from nvrtc import compile_ptx, library
+
+NAMES = ("bn_statistics", "bn_normalise", "bn_sums", "bn_input_grad")
+
+
+@pytest.fixture
+def on_host(monkeypatch):
+    sources = {name: gpu_norm.norm_source(name, "double") for name in NAMES}
+    host = HostKernels(list(sources.values()))
+
+    def launch(name, args, n, dtype):
+        if name in gpu_norm.PER_CHANNEL:
+            host.run_blocks(sources[name], n, *args)
+        else:
+            host.run(sources[name], *args, n)
+
+    monkeypatch.setattr(gpu_norm, "_launch", launch)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (7, 2), (1, 4, 9)], ids=str)
+def test_gpu_batch_norm_equals_the_host_one(on_host, shape):
+    rng = np.random.default_rng(0)
+    weight, bias = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+    ours, theirs = Ctx(np, training=True), Ctx(np, training=True)
+    for step in range(2):   # the second step starts from updated running statistics
+        x = rng.standard_normal(shape) * 3 + 10   # an offset the variance must not lose
+        forward = gpu_norm.batch_norm(ours, x, weight, bias, 1e-5, 0.1)
+        expected = batch_norm(theirs, x, weight, bias, 1e-5, 0.1)
+        for name, a, b in zip(("y", "xhat", "inv_std"), forward, expected):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=name)
+        for key in ("running_mean", "running_var"):
+            np.testing.assert_allclose(ours.buffers[key], theirs.buffers[key], rtol=1e-12)
+    gy = rng.standard_normal(shape)
+    _, xhat, inv_std = forward
+    for batch_stats in (True, False):
+        got = gpu_norm.batch_norm_backward(np, gy, xhat, inv_std, weight, batch_stats)
+        wanted = batch_norm_backward(np, gy, xhat, inv_std, weight, batch_stats)
+        for name, a, b in zip(("dx", "dweight", "dbias"), got, wanted):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=name)
+    ours.training = theirs.training = False
+    np.testing.assert_allclose(gpu_norm.batch_norm(ours, x, weight, bias, 1e-5, 0.1)[0],
+                               batch_norm(theirs, x, weight, bias, 1e-5, 0.1)[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("ctype", ["float", "double"])
+def test_batch_norm_kernels_compile_to_ptx(ctype):
+    lib = library()
+    assert lib is not None, "NVRTC is missing: pip install -e '.[test]' installs it"
+    for name in NAMES:
+        assert f".entry {name}(" in compile_ptx(lib, gpu_norm.norm_source(name, ctype))
