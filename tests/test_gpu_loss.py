@@ -1,0 +1,43 @@
+"""The GPU's softmax cross-entropy (ops.gpu_loss) on the host: its kernels, compiled
+from their CUDA source for the CPU, against the cross_entropy op on NumPy, and PTX."""
+import numpy as np
+import pytest
+
+from cpu_cuda import HostKernels
+from netdsl.ops import OPS, gpu_loss
+from netdsl.ops.base import Ctx, bind
+from nvrtc import compile_ptx, library
+
+NAMES = ("ce_rows", "ce_gradient")
+
+
+@pytest.fixture
+def on_host(monkeypatch):
+    sources = {name: gpu_loss.loss_source(name, "double") for name in NAMES}
+    host = HostKernels(list(sources.values()))
+    monkeypatch.setattr(gpu_loss, "_launch",
+                        lambda name, args, n, dtype: host.run(sources[name], *args, n))
+
+
+@pytest.mark.parametrize("shape", [(5, 10), (3, 4, 2, 3), (2, 1)], ids=str)
+def test_gpu_cross_entropy_equals_the_op(on_host, shape):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(shape) * 4
+    labels = rng.integers(0, shape[1], (shape[0], *shape[2:]))
+    op, ctx = bind(OPS["cross_entropy"], [], {}), Ctx(np, training=True)
+    expected = op.forward(ctx, logits, labels)
+    loss, probs = gpu_loss.cross_entropy(np, logits, labels)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-12)
+    np.testing.assert_allclose(probs, ctx.saved["probs"], rtol=1e-12)
+    gy = np.asarray(0.7)
+    (dlogits, _), _ = op.backward(ctx, gy)
+    np.testing.assert_allclose(gpu_loss.cross_entropy_backward(np, gy, probs, labels), dlogits,
+                               rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("ctype", ["float", "double"])
+def test_loss_kernels_compile_to_ptx(ctype):
+    lib = library()
+    assert lib is not None, "NVRTC is missing: pip install -e '.[test]' installs it"
+    for name in NAMES:
+        assert f".entry {name}(" in compile_ptx(lib, gpu_loss.loss_source(name, ctype))
