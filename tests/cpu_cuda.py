@@ -1,10 +1,10 @@
-"""Run generated CUDA kernels on the CPU: the tests' check that they compute the right thing.
+"""Run netdsl's CUDA kernels on the CPU: the tests' check that they compute the right thing.
 
-Every elementwise kernel netdsl generates is a grid-stride loop, so one thread of one
-block covers all its elements; a kernel of one block per channel runs block by block,
-its shared-memory reduction over a block of one thread. Compiled as C++ with g++ under a header that supplies
-CUDA's names (one block of one thread), the exact kernel source runs on the host
-and its results can be compared with NumPy's.
+Every elementwise kernel netdsl has is a grid-stride loop, so one thread of one block
+covers all its elements; a kernel of one block per channel runs block by block, its
+shared-memory reduction over a block of one thread. Compiled as C++ with g++ under a
+header that supplies CUDA's names, the exact kernel source runs on the host and its
+results can be compared with NumPy's.
 """
 from __future__ import annotations
 
@@ -28,7 +28,11 @@ extern "C" void host_block(unsigned index) { blockIdx.x = index; }
 #define __global__
 #define __shared__ static
 #define __syncthreads()
-template <typename T> T atomicAdd(T* address, T value) { T old = *address; *address += value; return old; }
+template <typename T> T atomicAdd(T* address, T value) {
+    T old = *address;
+    *address += value;
+    return old;
+}
 """
 
 _SCALARS = {"float": ctypes.c_float, "double": ctypes.c_double, "long long": ctypes.c_longlong,
