@@ -7,19 +7,83 @@ dropped as soon as no later step reads them (memory.forward_frees); what
 backward needs stays in each node's saved arrays until that node's backward has
 run. The elementwise followers of a fused chain (runtime.fuse) write their result
 over their predecessor's output. The same class runs NumPy and CuPy: `xp` is the
-only difference.
+only difference, and the random generator (`CountedRng` off the host, whose state
+CuPy keeps on the device where a checkpoint cannot read it).
 """
 from __future__ import annotations
+
+import json
+import zlib
 
 import numpy as np
 
 from netdsl.ops.base import Ctx
-from netdsl.ops.kernels import one_blas_thread
+from netdsl.ops.kernels import on_host, one_blas_thread, to_host
 from netdsl.runtime.fuse import fuse
 from netdsl.runtime.memory import forward_frees
 from netdsl.runtime.plan import Backward, Plan
 
-__all__ = ["Executor", "NonFinite"]
+__all__ = ["Executor", "NonFinite", "CountedRng"]
+
+
+class CountedRng:
+    """A random generator whose state is two host numbers, (seed, count).
+
+    NumPy's generator state can be read and restored (a checkpoint stores it); CuPy's
+    lives in device memory, and its Generator exposes none. So on a device each forward
+    pass draws from a stream of its own: `advance` (an executor calls it as a pass starts)
+    counts the passes, and the pass draws from the generator seeded with
+    SeedSequence([seed, count]), made on its first draw (passes without dropout, noise or
+    `normal` make none). Reading or setting `state` never touches the device, so the
+    training loop may take it every step and a resumed run draws what the whole run
+    drew. Draws are CuPy's Philox4x32-10 (cheap to seed: no skip-ahead per thread) where
+    `xp.random` has it, else `xp.random.default_rng`.
+    """
+
+    def __init__(self, xp, seed: int = 0):
+        self.xp, self.seed, self.count = xp, int(seed), 0
+        self._generator = None
+
+    def advance(self) -> None:
+        """Start the next pass's stream."""
+        self.count += 1
+        self._generator = None
+
+    @property
+    def state(self) -> dict:
+        """{"seed": int, "count": int}: a JSON document, as a checkpoint stores it."""
+        return {"seed": self.seed, "count": self.count}
+
+    @state.setter
+    def state(self, value: dict) -> None:
+        if isinstance(value, dict) and set(value) == {"seed", "count"}:
+            self.seed, self.count = int(value["seed"]), int(value["count"])
+        else:  # another generator's state (a checkpoint written on the CPU): a stream from it
+            text = json.dumps(value, sort_keys=True, default=str)
+            self.seed, self.count = zlib.crc32(text.encode()), 0
+        self._generator = None
+
+    def generator(self):
+        """The generator of the current pass's stream."""
+        if self._generator is None:
+            sequence = np.random.SeedSequence([self.seed, self.count])
+            random = self.xp.random
+            if hasattr(random, "Philox4x3210"):
+                self._generator = random.Generator(random.Philox4x3210(sequence))
+            else:
+                self._generator = random.default_rng(sequence)
+        return self._generator
+
+    def random(self, size=None, dtype="float64"):
+        return self.generator().random(size, dtype=dtype)
+
+    def standard_normal(self, size=None, dtype="float64"):
+        return self.generator().standard_normal(size, dtype=dtype)
+
+    def __getattr__(self, name):  # the generator's other distributions
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.generator(), name)
 
 
 class NonFinite(Exception):
@@ -39,7 +103,8 @@ class Executor:
     params : dict
         Parameter key -> initial array (runtime.init.initial_params).
     seed : int
-        Seeds dropout masks, noise and `normal` sources.
+        Seeds dropout masks, noise and `normal` sources: a NumPy Generator on the host, a
+        CountedRng elsewhere (see `rng_state`).
     xp : module
         numpy or cupy.
     order : list of str, optional
@@ -62,7 +127,7 @@ class Executor:
         self.grads = self._views(self.flat_grads)
         for key, value in params.items():
             self.params[key][...] = xp.asarray(value, dtype=dtype)
-        self.rng = xp.random.default_rng(seed)
+        self.rng = xp.random.default_rng(seed) if on_host(xp) else CountedRng(xp, seed)
         self.buffers: dict[str, dict] = {step.node: {} for step in plan.steps}
         self.ctxs: dict[str, Ctx] = {}
         self._split = False  # whether the last forward ran ops that split (host_split)
@@ -90,6 +155,7 @@ class Executor:
         With `check_finite`, the first node whose output holds NaN or Inf raises NonFinite.
         """
         xp, plan = self.xp, self.plan
+        self._begin_pass()
         keep = frozenset(keep) | (frozenset(plan.losses.values()) if losses else frozenset())
         if keep not in self._schedules:
             steps = plan.steps_for(keep)
@@ -118,6 +184,11 @@ class Executor:
                 for name in free:
                     del values[name]
         return {name: values[name] for name in keep}
+
+    def _begin_pass(self) -> None:
+        """A forward pass starts: off the host it draws from a stream of its own."""
+        if isinstance(self.rng, CountedRng):
+            self.rng.advance()
 
     def _as_input(self, array, name):
         dtype = "int64" if self.plan.inputs[name].classes is not None else self.dtype
@@ -186,13 +257,31 @@ class Executor:
 
     # ---- state
 
+    def rng_state(self) -> dict:
+        """The random state as a JSON document, read on the host: NumPy's bit generator
+        state, or a CountedRng's (seed, count)."""
+        if isinstance(self.rng, CountedRng):
+            return self.rng.state
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore what `rng_state` returned (a state of the other kind, from a checkpoint
+        written on the other device, seeds a generator of this kind from it)."""
+        if isinstance(self.rng, CountedRng):
+            self.rng.state = state
+        elif isinstance(state, dict) and set(state) == {"seed", "count"}:
+            self.rng = np.random.default_rng(np.random.SeedSequence([int(state["seed"]),
+                                                                     int(state["count"])]))
+        else:
+            self.rng.bit_generator.state = state
+
     def state_dict(self) -> dict:
         """Parameters, running statistics and the random state, as host arrays."""
-        to_host = getattr(self.xp, "asnumpy", np.asarray)
-        buffers = {f"{node}:{name}": to_host(value)
+        xp = self.xp
+        buffers = {f"{node}:{name}": to_host(xp, value)
                    for node, entries in self.buffers.items() for name, value in entries.items()}
-        return {"params": to_host(self.flat_params).copy(), "buffers": buffers,
-                "rng": self.rng.bit_generator.state}
+        return {"params": to_host(xp, self.flat_params).copy(), "buffers": buffers,
+                "rng": self.rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
         xp = self.xp
@@ -205,4 +294,4 @@ class Executor:
         for name, value in state["buffers"].items():
             node, _, key = name.rpartition(":")
             self.buffers.setdefault(node, {})[key] = xp.asarray(value)
-        self.rng.bit_generator.state = state["rng"]
+        self.set_rng_state(state["rng"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from netdsl.errors import SpecError
+from netdsl.ops.kernels import to_host
 from netdsl.runtime.plan import Plan
 
 __all__ = ["fed_scores", "generate"]
@@ -52,11 +53,11 @@ def generate(executor, plan: Plan, batch: dict, feed: str, steps: int, prompt=()
     size = len(next(iter(batch.values()))) if batch else 1
     start = np.asarray(list(prompt) or [0], dtype=np.int64)
     tokens = np.tile(start, (size, 1))
-    to_host = getattr(executor.xp, "asnumpy", np.asarray)
     rng = rng or np.random.default_rng(0)
     for _ in range(steps):
         out = executor.forward({**batch, feed: tokens}, False, {scores}, losses=False)
-        last = to_host(out[scores])[:, -1].astype(np.float64)       # (B, classes)
+        # the last position's scores, read back (the host picks the next token)
+        last = to_host(executor.xp, out[scores][:, -1]).astype(np.float64)  # (B, classes)
         if temperature > 0:
             weights = np.exp((last - last.max(axis=1, keepdims=True)) / temperature)
             weights /= weights.sum(axis=1, keepdims=True)

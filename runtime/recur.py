@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from netdsl.ops.base import Ctx
+from netdsl.ops.kernels import to_host
 from netdsl.runtime.execute import Executor, NonFinite
 from netdsl.runtime.hoist import hoist
 from netdsl.runtime.plan import Backward, Loop, Plan, State, Step
@@ -77,15 +78,20 @@ class SequenceExecutor(Executor):
         initial values, as truncated BPTT's next chunk does.
         """
         plan = self.plan
+        self._begin_pass()
         keep = frozenset(keep) | (frozenset(plan.losses.values()) if losses else frozenset())
         segments = self._last = self._segments_for(keep)
         values = {name: self._time_major(batch[name], name) for name in plan.inputs if name in batch}
         self.size = self._extent(values)
         self._time = {}
         # valid steps per example, per sequence value: from `NAME.lengths` in the batch,
-        # passed on to what is computed from it; absent when every sequence is full
-        self._lengths = {name: self.xp.asarray(batch[f"{name}.lengths"])
-                         for name in values if f"{name}.lengths" in batch}
+        # passed on to what is computed from it; absent when every sequence is full. The
+        # host keeps a copy, from which the rows a loss keeps are found without reading
+        # the device
+        self._host_lengths = {name: to_host(self.xp, batch[f"{name}.lengths"])
+                              for name in values if f"{name}.lengths" in batch}
+        self._lengths = {name: self.xp.asarray(lengths)
+                         for name, lengths in self._host_lengths.items()}
         self._valid, self._loop_mask = {}, {}  # loss -> its real rows; loop -> (T, B) mask
         self.ctxs, self._carried = {}, carry is not None
         self.carry = {}
@@ -146,11 +152,16 @@ class SequenceExecutor(Executor):
             T = self._time[step.node] = steps[0]
             xs = [x if i in whole else self._fold(x, s in timed, T)
                   for i, (x, s) in enumerate(zip(xs, step.inputs))]
-        lengths = self._lengths_of(step)
-        valid = None
+        source = self._lengths_of(step)
+        lengths = None if source is None else self._lengths[source]
         if folded and lengths is not None and step.op.is_loss:
-            # a loss averages over the real steps only: padded rows are left out
-            valid = self._valid[step.node] = self._mask(lengths, T).reshape(-1)
+            # a loss averages over the real steps only: padded rows are left out. Their
+            # indices come from the host's lengths: a boolean mask would make the device
+            # count them before it could index, and the host wait for that count
+            host = self._host_lengths[source]
+            rows = np.flatnonzero((np.arange(T)[:, None] < host[None, :]).reshape(-1))
+            valid = xp.asarray(rows)
+            self._valid[step.node] = (valid, T * len(host))
             xs = [x[valid] for x in xs]
         batch = len(xs[0]) if folded else self.size
         ctx = self.ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node], batch,
@@ -162,6 +173,7 @@ class SequenceExecutor(Executor):
         y = step.op.forward(ctx, *xs, **kwargs)
         if lengths is not None and step.node in timed:
             self._lengths[step.node] = lengths
+            self._host_lengths[step.node] = self._host_lengths[source]
         if folded and step.node in timed:
             y = y.reshape((T, self.size) + y.shape[1:])
         self._check(check_finite, y, step.node, "forward")
@@ -206,7 +218,9 @@ class SequenceExecutor(Executor):
         values.update(stored)
         self.ctxs.update(ctxs)
         if lengths is not None:
+            host = self._host_lengths[self._loop_lengths(run, source=True)]
             self._lengths.update({node: lengths for node in stored})
+            self._host_lengths.update({node: host for node in stored})
             self._loop_mask[run.loop.name] = mask
         for source, depth in run.depth.items():
             self.carry[source] = stored[source][max(T - depth, 0):] if T >= depth else None
@@ -257,8 +271,9 @@ class SequenceExecutor(Executor):
             if target is None or grad is None:
                 continue
             if valid is not None:  # padded rows had no say in the loss: zero gradient
-                full = self.xp.zeros(valid.shape + grad.shape[1:], dtype=grad.dtype)
-                full[valid] = grad
+                rows, total = valid
+                full = self.xp.zeros((total,) + grad.shape[1:], dtype=grad.dtype)
+                full[rows] = grad
                 grad = full
             if folded and position not in whole:
                 grad = grad.reshape((self._time[step.node], self.size) + grad.shape[1:])
@@ -299,9 +314,11 @@ class SequenceExecutor(Executor):
                     continue
                 if mask is not None and t > 0 and step.node in delayed:
                     # past a sequence's end the state was held: its gradient goes to step t-1
-                    keep = _column(mask[t], gy.ndim)
-                    delayed[step.node][t - 1] += xp.where(keep, 0, gy)
-                    gy = xp.where(keep, gy, 0)
+                    # (a zero of gy's own dtype: no promotion, whatever an array module's
+                    # rule for a Python scalar)
+                    keep, zero = _column(mask[t], gy.ndim), gy.dtype.type(0)
+                    delayed[step.node][t - 1] += xp.where(keep, zero, gy)
+                    gy = xp.where(keep, gy, zero)
                 ctx = self.ctxs[step.node][t]
                 targets = backward.grad_inputs[step.node]
                 if step.op.name == "split" and route[0][0] == _MEMBER and targets[0] is not None:
@@ -382,18 +399,21 @@ class SequenceExecutor(Executor):
             return int(value.shape[1] if name in self._timed else value.shape[0])
         raise ValueError("a batch needs at least one input")
 
-    def _lengths_of(self, step: Step):
-        """Valid steps per example of the sequence a step reads (None: all are valid)."""
+    def _lengths_of(self, step: Step) -> str | None:
+        """The sequence a step reads whose valid steps per example are known (None: all
+        are valid); its lengths are `_lengths[name]`, on the host `_host_lengths[name]`."""
         for position, source in enumerate(step.inputs):
             if source in self._lengths and position not in self._whole[step.node]:
-                return self._lengths[source]
+                return source
         return None
 
-    def _loop_lengths(self, run: _LoopRun):
+    def _loop_lengths(self, run: _LoopRun, source: bool = False):
+        """The valid steps per example of the sequences a loop reads (None: all are
+        valid), or with `source` the name of the sequence they are known for."""
         for route in run.routes:
             for kind, ref in route:
                 if kind == _SEQ and ref in self._lengths:
-                    return self._lengths[ref]
+                    return ref if source else self._lengths[ref]
         return None
 
     def _mask(self, lengths, steps: int):

@@ -38,8 +38,10 @@ class Ctx:
         statistics (and updates its running ones). In eval mode they are identities or
         use the running statistics.
     rng : Generator, optional
-        An `xp.random` Generator for dropout masks, noise and `normal`; by default
-        `xp.random.default_rng()`.
+        An `xp.random` Generator for dropout masks, noise and `normal` (ops call only
+        `random` and `standard_normal`, with `dtype`, which CuPy's Generator has too); by
+        default `xp.random.default_rng()`, made on first use (on a GPU making one launches
+        a kernel, and most contexts never draw).
     buffers : dict, optional
         Persistent per-node state that outlives a step (batchnorm's `running_mean` and
         `running_var`). Ops create their entries on first use; an executor keeps the dict
@@ -69,7 +71,7 @@ class Ctx:
                  batch: int | None = None, dtype: str = "float32"):
         self.xp = xp
         self.training = training
-        self.rng = xp.random.default_rng() if rng is None else rng
+        self._rng = rng
         self.saved: dict[str, Any] = {}
         self.buffers: dict[str, Any] = {} if buffers is None else buffers
         self.batch = batch
@@ -85,6 +87,17 @@ class Ctx:
         # for a whole-sequence op: each example's number of real steps, when a batch pads
         # sequences of different lengths (None: every step is real)
         self.lengths = None
+
+    @property
+    def rng(self):
+        """The random generator; `xp.random.default_rng()` unless one was given."""
+        if self._rng is None:
+            self._rng = self.xp.random.default_rng()
+        return self._rng
+
+    @rng.setter
+    def rng(self, value) -> None:
+        self._rng = value
 
     def needs(self, index: int) -> bool:
         """Whether backward must compute the gradient of input `index`."""

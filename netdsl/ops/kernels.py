@@ -24,7 +24,8 @@ __all__ = [
     "host_map", "one_blas_thread", "split_pointwise", "batch_chunks", "im2col", "col2im",
     "conv_nd", "conv_nd_backward", "conv_transpose_nd", "conv_transpose_nd_backward",
     "pool_pads", "plane_index", "batch_norm", "batch_norm_backward", "sigmoid", "align",
-    "unbroadcast", "scatter_add", "fan_in_uniform", "constant", "scalar",
+    "unbroadcast", "scatter_add", "fan_in_uniform", "constant", "scalar", "on_host",
+    "to_host", "read_scalars",
 ]
 
 
@@ -36,6 +37,34 @@ def settings(op, rank: int, **values) -> list[tuple[int, ...]]:
 def scalar(xp, value):
     """A 0-d array (NumPy reductions give scalars; the loss contract wants arrays)."""
     return xp.asarray(value)
+
+
+# ---- host and device
+
+
+def on_host(xp) -> bool:
+    """Whether arrays of `xp` live in host memory, where reading one costs nothing (NumPy),
+    rather than on a device, where reading one waits for the device (CuPy)."""
+    return xp is np
+
+
+def to_host(xp, a):
+    """An array of `xp` as a NumPy array: copied from the device (`xp.asnumpy`, CuPy's
+    `.get()`), or `a` itself on the host. `np.asarray` of a CuPy array raises."""
+    if isinstance(a, np.ndarray):
+        return a
+    asnumpy = getattr(xp, "asnumpy", None)
+    return np.asarray(a) if asnumpy is None else asnumpy(a)
+
+
+def read_scalars(xp, values) -> list[float]:
+    """Python floats of many 0-d arrays (losses, counts): on a device in one transfer, so
+    the host waits for the device once rather than once per value."""
+    values = list(values)
+    if on_host(xp) or not values:
+        return [float(v) for v in values]
+    stacked = xp.stack([xp.asarray(v, dtype=xp.float64).reshape(()) for v in values])
+    return [float(v) for v in to_host(xp, stacked)]
 
 
 # ---- padding and windows
@@ -352,14 +381,22 @@ def split_pointwise(xp, fn, out, *arrays):
 # LeNet-5 and ResNet-20 ran 10-40% slower with 1 MiB chunks, not faster with 8 or 16.
 CHUNK_BYTES = 4 << 20
 
+# On a GPU, which wants few, large kernels, a chunk is the whole batch unless its
+# columns would pass this: those of a batch of large images (VGG-16's first layers: 3.7
+# GB at batch 32) would otherwise take much of the device's memory, and a few chunks
+# of 1 GiB keep every kernel large.
+DEVICE_CHUNK_BYTES = 1 << 30
+
 
 def batch_chunks(xp, batch: int, per_example: int, budget: int | None = None) -> list[slice]:
     """Slices of the batch of about budget / per_example examples each, as even as
-    possible; on a GPU (xp not NumPy) one slice: it wants few, large kernels. The budget
-    is by default CHUNK_BYTES shared by the slabs running at once."""
+    possible. The budget is by default CHUNK_BYTES shared by the slabs running at once;
+    on a GPU (xp not NumPy) it is DEVICE_CHUNK_BYTES, whatever the caller's (a host
+    budget is sized for a core's cache)."""
     if xp is not np:
-        return [slice(0, batch)]
-    budget = CHUNK_BYTES // _slabs_running if budget is None else budget
+        budget = DEVICE_CHUNK_BYTES
+    else:
+        budget = CHUNK_BYTES // _slabs_running if budget is None else budget
     count = -(-batch // max(1, budget // max(per_example, 1)))
     size = -(-batch // count)
     return [slice(b, min(b + size, batch)) for b in range(0, batch, size)]
@@ -668,13 +705,19 @@ def plane_index(xp, indices, plane: int):
 
 
 def _channel_sums(xp, x):
-    """Per-channel sums of x (B, C, N) in one pass: a GEMV per example (a reduction over
-    axes 0 and 2 runs several times slower)."""
+    """Per-channel sums of x (B, C, N) in one pass: on the host a GEMV per example (NumPy's
+    reduction over axes 0 and 2 runs several times slower); on a GPU the reduction, which
+    is one kernel there (a GEMV per example would be a batch of 1-row GEMMs)."""
+    if not on_host(xp):
+        return x.sum(axis=(0, 2))
     return xp.matmul(x, xp.ones(x.shape[2], dtype=x.dtype)).sum(axis=0)
 
 
 def _channel_dots(xp, a, b):
-    """Per-channel sums of a * b, both (B, C, N), in one pass and without the product."""
+    """Per-channel sums of a * b, both (B, C, N), in one pass and without the product (on
+    the host; a GPU makes the product and reduces it, two kernels)."""
+    if not on_host(xp):
+        return (a * b).sum(axis=(0, 2))
     return xp.matmul(a[:, :, None, :], b[:, :, :, None]).reshape(a.shape[:2]).sum(axis=0)
 
 
@@ -789,8 +832,17 @@ def unbroadcast(g, shape):
 
 
 def scatter_add(xp, target, index, values):
-    """target[index] += values, with repeated indices adding up (CuPy has ufunc.at too)."""
-    xp.add.at(target, index, values)
+    """target[index] += values, with repeated indices adding up: NumPy's and CuPy's
+    `add.at` (CuPy's adds atomically, so on a GPU the order of the additions, and the
+    last bits of a sum of repeated indices, may differ between runs); `cupyx.scatter_add`
+    where an older CuPy has no `add.at`."""
+    at = getattr(xp.add, "at", None)
+    if at is None:
+        import cupyx
+
+        cupyx.scatter_add(target, index, values)
+    else:
+        at(target, index, values)
     return target
 
 
