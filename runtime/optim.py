@@ -318,13 +318,21 @@ def penalize(params, grads, l1: float, l2: float) -> None:
         grads += tmp
 
 
-def clip_grad_norm(grads, max_norm: float) -> float:
+def clip_grad_norm(grads, max_norm: float):
     """Scale grads in place so their 2-norm is at most max_norm; return the norm before.
 
     As torch.nn.utils.clip_grad_norm_: the scale is max_norm / (norm + 1e-6), capped at 1.
+    The norm is a float for NumPy. For CuPy it stays on the device, a 0-d array, and so
+    does the scale (grads are multiplied by it, 1 or less): reading the norm back would
+    make every training step wait for the GPU.
     """
     max_norm = check_number("clip", "max_norm", max_norm, lambda x: x > 0, "> 0")
-    norm = float(_array_module(grads).linalg.norm(grads))
+    xp = _array_module(grads)
+    if xp is not numpy:
+        norm = xp.linalg.norm(grads)
+        grads *= xp.minimum(max_norm / (norm + 1e-6), 1.0)
+        return norm
+    norm = float(xp.linalg.norm(grads))
     scale = max_norm / (norm + 1e-6)
     if scale < 1:
         grads *= scale

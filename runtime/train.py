@@ -7,6 +7,15 @@ Most networks have one phase (every loss, every parameter). A GAN (`gan_k`, two
 losses, one of them reaching only some of the other's parameters) has two: k
 discriminator steps on the discriminator's loss and parameters, then one
 generator step on the generator's loss and the parameters only it reaches.
+
+On a GPU (any array module but NumPy) a step never waits for the device: its loss
+values and accuracy counts stay there, and the loop reads them back together every
+READ_EVERY steps, at the end of an epoch, when it stops and before a checkpoint. A
+NaN or Inf is then found at such a read, some steps late. To name the node that made
+it, as the CPU does, the loop keeps a copy of the training state (parameters, running
+statistics, optimiser state, random state) as it was after the last read, on the
+device: the diagnosis goes back to it and reruns the steps since, checking each, up
+to the one whose loss was not finite.
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from netdsl.errors import SpecError
+from netdsl.ops.kernels import on_host, read_scalars, to_host
 from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from netdsl.runtime.data import Dataset, DataError
 from netdsl.runtime.execute import Executor, NonFinite
@@ -27,7 +37,11 @@ from netdsl.runtime.recur import SequenceExecutor
 from netdsl.runtime.schedule import make_schedule
 from netdsl.runtime.settings import TrainSettings
 
-__all__ = ["Phase", "Trainer", "Reporter", "metric_nodes", "TrainingDiverged"]
+__all__ = ["Phase", "Trainer", "Reporter", "metric_nodes", "TrainingDiverged", "READ_EVERY"]
+
+# on a GPU, the steps between reads of the losses and accuracy counts (each read waits
+# for the device to finish what it was given); the progress display refreshes at each
+READ_EVERY = 20
 
 
 def truncation(plan: Plan, settings: TrainSettings) -> tuple[int, int] | None:
@@ -102,12 +116,17 @@ def metric_nodes(plan: Plan) -> dict[str, tuple[str, str, str]]:
 
 def correct(kind: str, prediction, target) -> int:
     """How many predictions are right (per position for pixel-wise labels)."""
+    return int(hits(kind, prediction, target))
+
+
+def hits(kind: str, prediction, target):
+    """`correct` as a 0-d array of the predictions' array module (read nothing back)."""
     if kind in ("class", "class_seq"):
-        return int((prediction.argmax(axis=2 if kind == "class_seq" else 1) == target).sum())
+        return (prediction.argmax(axis=2 if kind == "class_seq" else 1) == target).sum()
     prediction = prediction.reshape(target.shape)  # a [1] score against a label per example
     if kind == "binary":
-        return int(((prediction > 0) == (target > 0.5)).sum())
-    return int(((prediction > 0) == (target > 0)).sum())
+        return ((prediction > 0) == (target > 0.5)).sum()
+    return ((prediction > 0) == (target > 0)).sum()
 
 
 def phases(plan: Plan, settings: TrainSettings) -> list[Phase]:
@@ -146,6 +165,18 @@ class _Position:
     bad_epochs: int = 0
 
 
+@dataclass
+class _Unread:
+    """A step's (or an evaluation batch's) numbers still on the device, read back later."""
+
+    iteration: int
+    size: int = 0
+    batch: dict | None = None                    # the step's batch (host arrays), to rerun it
+    values: dict = field(default_factory=dict)   # loss name -> 0-d arrays, one per chunk
+    checks: list = field(default_factory=list)   # (phase, its losses' 0-d arrays) per update
+    correct: list = field(default_factory=list)  # 0-d counts of right predictions
+
+
 class Trainer:
     """Trains a plan on a dataset with the given settings.
 
@@ -157,7 +188,8 @@ class Trainer:
         A folder; the run state is written there atomically each epoch and every
         `checkpoint_every` seconds, and `resume` continues from it.
     xp : module
-        numpy, or cupy for `--device gpu`.
+        numpy, or cupy for `--device gpu`: then steps do not wait for the device, and
+        losses are read back every READ_EVERY steps (see the module's docstring).
     """
 
     def __init__(self, plan: Plan, settings: TrainSettings, checkpoint: str | None = None,
@@ -185,6 +217,12 @@ class Trainer:
         self.best_params = None
         self._schedule_state = None
         self.extra_arrays: dict[str, np.ndarray] = {}  # stored with checkpoints (normalisation)
+        # off the host, steps leave their numbers on the device until _read
+        self.deferred = not on_host(xp)
+        self._unread: list[_Unread] = []
+        self._sums: dict = {}          # the running epoch's sums, which _read adds to
+        self._last_losses: dict = {}   # the mean losses of the last step read
+        self._since = None             # the training state before the first unread step
 
     # ---- the loop
 
@@ -207,24 +245,29 @@ class Trainer:
             # each epoch's order comes from (seed, epoch) alone, so a resumed run repeats it
             shuffler = np.random.default_rng((s.seed, pos.epoch)) if s.shuffle else None
             batches = train.batches(s.batch, shuffler)
-            sums = {"samples": 0, "correct": 0, "positions": 0}
+            sums = self._sums = {"samples": 0, "correct": 0, "positions": 0}
             started = time.perf_counter()
             for index, batch in enumerate(batches):
                 if index < pos.batch:
                     continue  # resumed mid-epoch: these were done before the checkpoint
                 losses = self._step(batch, steps_per_epoch, sums)
                 pos.batch, pos.iteration = index + 1, pos.iteration + 1
-                pos.losses.append(losses)
-                rate = sums["samples"] / max(time.perf_counter() - started, 1e-9)
-                self.reporter.step(pos.epoch, pos.batch, steps_per_epoch,
-                                   {**losses, **self._accuracy(sums), "samples/s": rate})
-                if self._out_of_steps() or self.reporter.should_stop():
+                if self.deferred:  # read (and report) every READ_EVERY steps
+                    stop = self._out_of_steps() or self.reporter.should_stop()
+                    if stop or pos.batch == steps_per_epoch or len(self._unread) >= READ_EVERY:
+                        self._report(self._read(), sums, started, steps_per_epoch)
+                else:
+                    pos.losses.append(losses)
+                    self._report(losses, sums, started, steps_per_epoch)
+                    stop = self._out_of_steps() or self.reporter.should_stop()
+                if stop:
                     self._save()
                     self.reporter.stopped("stopped at step %d" % pos.iteration)
                     return pos.history
                 if self.folder and time.monotonic() - last_save > self.every:
                     self._save()
                     last_save = time.monotonic()
+            self._read()
             record = self._end_epoch(train, val, sums, time.perf_counter() - started)
             self.reporter.epoch(record)
             stop = self._early_stop(record)
@@ -235,24 +278,43 @@ class Trainer:
                 break
         return pos.history
 
+    def _report(self, losses: dict, sums: dict, started: float, steps_per_epoch: int) -> None:
+        pos = self.position
+        rate = sums["samples"] / max(time.perf_counter() - started, 1e-9)
+        self.reporter.step(pos.epoch, pos.batch, steps_per_epoch,
+                           {**losses, **self._accuracy(sums), "samples/s": rate})
+
     def _out_of_steps(self) -> bool:
         return self.settings.steps is not None and self.position.iteration >= self.settings.steps
 
-    def _step(self, batch: dict, steps_per_epoch: int, sums: dict) -> dict:
+    def _step(self, batch: dict, steps_per_epoch: int, sums: dict,
+              check: bool = False) -> dict | None:
         """One cycle of the phases on one batch (on each chunk of it, under truncated
-        BPTT); the mean loss values it saw."""
+        BPTT); the mean loss values it saw, or None off the host, where they wait in
+        `_unread` for `_read`. With `check` (a diagnosis rerunning it) a non-finite loss
+        stops training at once, on the device too."""
         pos = self.position
         lr = self.schedule.lr(pos.epoch, pos.iteration)
-        seen: dict[str, list[float]] = {}
+        seen: dict[str, list] = {}
         carry = None
+        record = None
+        if self.deferred and not check:
+            if not self._unread:  # the first step since a read: keep the state it starts from
+                self._since = self._snapshot()
+            record = _Unread(pos.iteration + 1, batch=batch)
         for chunk in self._chunks(batch):
-            out, values = self._update(chunk, lr, carry)
+            out, values = self._update(chunk, lr, carry, record)
             carry = getattr(self.executor, "carry", None)
-            self._count(sums, out, chunk)
+            if not check:
+                self._count(sums, out, chunk, record)
             for name, value in values.items():
                 seen.setdefault(name, []).append(value)
         size = len(next(iter(batch.values())))
         sums["samples"] += size
+        if record is not None:
+            record.size, record.values = size, seen
+            self._unread.append(record)
+            return None
         means = {name: sum(v) / len(v) for name, v in seen.items()}
         for name, value in means.items():
             sums[name] = sums.get(name, 0.0) + value * size
@@ -273,19 +335,27 @@ class Trainer:
         for start in range(0, length, k1):
             yield {n: a[:, start:start + k1] if n in timed else a for n, a in batch.items()}
 
-    def _update(self, batch: dict, lr: float, carry) -> tuple[dict, dict]:
-        """Forward, backward and the optimiser step of every phase on one batch."""
+    def _update(self, batch: dict, lr: float, carry, record: _Unread | None = None
+                ) -> tuple[dict, dict]:
+        """Forward, backward and the optimiser step of every phase on one batch. On the
+        host a non-finite loss stops training at once; off it, `record` keeps the losses
+        (0-d device arrays) for `_read` to check."""
         s, ex = self.settings, self.executor
         keep = {self.metric[1]} if self.metric else set()
         extra = {} if carry is None else {"carry": carry}
-        seen: dict[str, float] = {}
+        seen: dict = {}
         for phase, (part, optimizer) in zip(self.phases, self.optimizers):
             for _ in range(phase.repeat):
-                before = ex.rng.bit_generator.state
+                before = ex.rng_state()
                 out = ex.forward(batch, True, keep, **extra)
-                values = {name: float(out[self.plan.losses[name]]) for name in self.plan.losses}
-                if not all(math.isfinite(values[name]) for name in phase.losses):
-                    self._diagnose(batch, before, phase, extra)
+                if record is None:
+                    values = {name: float(out[self.plan.losses[name]])
+                              for name in self.plan.losses}
+                    if not all(math.isfinite(values[name]) for name in phase.losses):
+                        self._diagnose(batch, before, phase, extra)
+                else:
+                    values = {name: out[self.plan.losses[name]] for name in self.plan.losses}
+                    record.checks.append((phase, [values[name] for name in phase.losses]))
                 ex.backward(self.plan.backward(phase.losses, phase.params))
                 grads = ex.flat_grads[part]
                 if s.l1 or s.l2:
@@ -296,33 +366,86 @@ class Trainer:
                 seen.update(values)
         return out, seen
 
-    def _count(self, sums: dict, out: dict, batch: dict) -> None:
+    def _count(self, sums: dict, out: dict, batch: dict, record: _Unread | None = None) -> None:
+        """Add a batch's right predictions and positions to `sums`; off the host the
+        count (a 0-d device array) goes to `record` instead, for `_read`."""
         if not self.metric:
             return
         kind, prediction, target = self.metric
+        labels = batch[target]
         lengths = [a for n, a in batch.items() if n.endswith(".lengths")]
         if kind == "class_seq" and lengths:  # a padded batch: count the real steps only
-            real = np.arange(batch[target].shape[1])[None, :] < np.asarray(lengths[0])[:, None]
-            hits = out[prediction].argmax(axis=2) == batch[target]
-            sums["correct"] += int((hits & real).sum())
+            real = np.arange(labels.shape[1])[None, :] < np.asarray(lengths[0])[:, None]
+            if record is None:
+                right = out[prediction].argmax(axis=2) == labels
+                sums["correct"] += int((right & real).sum())
+            else:
+                xp = self.xp
+                right = out[prediction].argmax(axis=2) == xp.asarray(labels)
+                record.correct.append((right & xp.asarray(real)).sum())
             sums["positions"] += int(real.sum())
             return
-        sums["correct"] += correct(kind, out[prediction], batch[target])
-        sums["positions"] += batch[target].size
+        if record is None:
+            sums["correct"] += correct(kind, out[prediction], labels)
+        else:
+            record.correct.append(hits(kind, out[prediction], self.xp.asarray(labels)))
+        sums["positions"] += labels.size
+
+    def _fetch(self, records: list[_Unread]) -> list[tuple[dict, list, int]]:
+        """Per record, its loss values (name -> floats), its checks ((phase, floats) per
+        update) and its count of right predictions, read from the device in one transfer."""
+        arrays: list = []
+        slots: dict[int, int] = {}
+
+        def slot(array) -> int:
+            if id(array) not in slots:  # a loss value is also a check: read once
+                slots[id(array)] = len(arrays)
+                arrays.append(array)
+            return slots[id(array)]
+
+        layout = [({name: [slot(v) for v in values] for name, values in r.values.items()},
+                   [(phase, [slot(v) for v in values]) for phase, values in r.checks],
+                   [slot(c) for c in r.correct]) for r in records]
+        host = read_scalars(self.xp, arrays)
+        return [({name: [host[i] for i in at] for name, at in values.items()},
+                 [(phase, [host[i] for i in at]) for phase, at in checks],
+                 sum(int(host[i]) for i in correct)) for values, checks, correct in layout]
+
+    def _read(self) -> dict:
+        """Off the host: read the steps' numbers left on the device, in one transfer, add
+        them to the epoch's sums and the per-step losses as the host's loop would have,
+        and stop at the first non-finite loss. Returns the last step's mean losses."""
+        if not self._unread:
+            return self._last_losses
+        records, self._unread = self._unread, []
+        pos, sums = self.position, self._sums
+        for index, (record, (values, checks, right)) in enumerate(
+                zip(records, self._fetch(records))):
+            if not all(math.isfinite(v) for _, losses in checks for v in losses):
+                self._rerun(records[:index + 1])
+            means = {name: sum(v) / len(v) for name, v in values.items()}
+            for name, value in means.items():
+                sums[name] = sums.get(name, 0.0) + value * record.size
+            sums["correct"] += right
+            pos.losses.append(means)
+            self._last_losses = means
+        return self._last_losses
 
     def _accuracy(self, sums: dict) -> dict:
         return {"accuracy": sums["correct"] / sums["positions"]} if sums["positions"] else {}
 
-    def _diagnose(self, batch: dict, rng_state: dict, phase: Phase, extra: dict):
-        """Replay the step checking every node, and raise at the first that made NaN or Inf."""
+    def _diagnose(self, batch: dict | None, rng_state: dict, phase: Phase, extra: dict):
+        """Replay the step checking every node, and raise at the first that made NaN or Inf
+        (without a batch, raise saying only which step it was)."""
         ex = self.executor
-        ex.rng.bit_generator.state = rng_state
         where = None
-        try:
-            ex.forward(batch, True, check_finite=True, **extra)
-            ex.backward(self.plan.backward(phase.losses, phase.params), check_finite=True)
-        except NonFinite as exc:
-            where = exc
+        if batch is not None:
+            ex.set_rng_state(rng_state)
+            try:
+                ex.forward(batch, True, check_finite=True, **extra)
+                ex.backward(self.plan.backward(phase.losses, phase.params), check_finite=True)
+            except NonFinite as exc:
+                where = exc
         step = self.position.iteration + 1
         if where is None:
             raise TrainingDiverged(f"the loss became NaN or Inf at step {step}", None,
@@ -333,17 +456,59 @@ class Trainer:
             f"'{where.node}' ({data['op'].name}) produced it first", data["span"],
             "lower the learning rate, clip gradients (clip=1.0) or normalise the inputs")
 
+    def _snapshot(self) -> dict:
+        """Off the host: a copy, on the device, of what a step changes (parameters,
+        running statistics, optimiser state, random state, the step count)."""
+        ex = self.executor
+        return {"params": ex.flat_params.copy(),
+                "buffers": {node: {k: v.copy() for k, v in entries.items()}
+                            for node, entries in ex.buffers.items()},
+                "optimizers": [optimizer.state_dict() for _, optimizer in self.optimizers],
+                "rng": ex.rng_state(), "iteration": self.position.iteration}
+
+    def _rerun(self, records: list[_Unread]) -> None:
+        """Diagnose a non-finite loss found in the last of `records`, read late: go back
+        to the state before the first of them and rerun them, checking each update as
+        the host's loop does, which raises at the one that made it, naming the node."""
+        ex, pos, since = self.executor, self.position, self._since
+        ex.flat_params[...] = since["params"]
+        for node, entries in ex.buffers.items():
+            entries.clear()
+            entries.update({k: v.copy() for k, v in since["buffers"].get(node, {}).items()})
+        for (_, optimizer), state in zip(self.optimizers, since["optimizers"]):
+            optimizer.load_state_dict(dict(state))
+        ex.set_rng_state(since["rng"])
+        pos.iteration = since["iteration"]
+        scratch = {"samples": 0, "correct": 0, "positions": 0}
+        for record in records:
+            self._step(record.batch, 0, scratch, check=True)  # raises at the bad update
+            pos.iteration += 1
+        # the rerun stayed finite (a GPU's atomic adds may round differently): say which step
+        pos.iteration = records[-1].iteration - 1
+        self._diagnose(None, {}, self.phases[0], {})
+
     def evaluate(self, data: Dataset, batch: int | None = None) -> dict:
         """Mean losses and accuracy over a dataset in evaluation mode."""
         sums = {"samples": 0, "correct": 0, "positions": 0}
         keep = {self.metric[1]} if self.metric else set()
+        records = []  # off the host: each batch's numbers, read back once at the end
         for part in data.batches(batch or max(self.settings.batch, 256), None):
             out = self.executor.forward(part, False, keep)
             size = len(next(iter(part.values())))
             sums["samples"] += size
+            if self.deferred:
+                record = _Unread(0, size, values={name: [out[node]] for name, node
+                                                  in self.plan.losses.items()})
+                self._count(sums, out, part, record)
+                records.append(record)
+                continue
             for name, node in self.plan.losses.items():
                 sums[name] = sums.get(name, 0.0) + float(out[node]) * size
             self._count(sums, out, part)
+        for record, (values, _, right) in zip(records, self._fetch(records)):
+            for name, (value,) in values.items():
+                sums[name] = sums.get(name, 0.0) + value * record.size
+            sums["correct"] += right
         result = {name: sums[name] / sums["samples"] for name in self.plan.losses}
         result["loss"] = sum(result[name] for name in self.plan.losses)
         return {**result, **self._accuracy(sums)}
@@ -390,16 +555,17 @@ class Trainer:
     # ---- checkpoints
 
     def state(self) -> tuple[dict, dict]:
-        """The arrays and the document that make a checkpoint."""
-        ex, pos = self.executor.state_dict(), self.position
+        """The arrays and the document that make a checkpoint (off the host, the steps'
+        numbers are read back first: the document holds every step's losses)."""
+        self._read()
+        ex, pos, xp = self.executor.state_dict(), self.position, self.xp
         arrays = {"params": ex["params"], **self.extra_arrays}
         arrays.update({f"buffer/{k}": v for k, v in ex["buffers"].items()})
         for index, (_, optimizer) in enumerate(self.optimizers):
             for key, value in optimizer.state_dict().items():
-                arrays[f"optimizer{index}/{key}"] = np.asarray(value)
+                arrays[f"optimizer{index}/{key}"] = np.asarray(to_host(xp, value))
         if self.best_params is not None:
-            arrays["best_params"] = np.asarray(getattr(self.xp, "asnumpy", np.asarray)(
-                self.best_params))
+            arrays["best_params"] = np.asarray(to_host(xp, self.best_params))
         meta = {"layout": [[k, list(self.plan.params[k].shape), *self.executor.offsets[k]]
                            for k in self.plan.params],
                 "rng": ex["rng"],
