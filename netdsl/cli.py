@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                          description="Open the terminal builder on SPEC (a new spec when SPEC "
                                      "does not exist yet, or an untitled one without SPEC).")
     tui.add_argument("spec", nargs="?", metavar="SPEC")
+    tui.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                     help="where its runs train (cpu)")
     return root
 
 
@@ -294,7 +296,7 @@ def _predict(args) -> int:
 def _tui(args) -> int:
     from netdsl.tui import main as tui_main  # imported here: Textual loads only for this command
 
-    return tui_main(args.spec)
+    return tui_main(args.spec, args.device)
 
 
 COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "run": _run,

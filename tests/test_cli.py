@@ -55,7 +55,7 @@ class TestCompile:
         assert result.returncode == 0 and expected in result.stdout
 
     def test_bad_flag_exit_one(self, mlp):
-        result = run_netc("compile", mlp, "--emit", "kernels")
+        result = run_netc("compile", mlp, "--emit", "bytecode")
         assert result.returncode == 1 and "invalid choice" in result.stderr
 
 

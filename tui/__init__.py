@@ -4,15 +4,20 @@ from __future__ import annotations
 __all__ = ["main"]
 
 
-def main(path: str | None = None) -> int:
+def main(path: str | None = None, device: str = "cpu") -> int:
     """Run the builder on `path` (a new spec when it does not exist); returns an exit code.
+    With `device` "gpu" its runs train with CuPy, which must work before the builder opens.
 
     Raises
     ------
     SpecError
-        When `path` exists but cannot be read as a spec.
+        When `path` exists but cannot be read as a spec, or the GPU cannot be used.
     """
+    if device != "cpu":
+        from netdsl.runner import array_module
+
+        array_module(device)  # one clear line now, not a failed run later
     from netdsl.tui.app import NetApp
 
-    NetApp(path).run()
+    NetApp(path, device=device).run()
     return 0

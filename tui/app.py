@@ -22,6 +22,7 @@ class NetApp(App):
     path : the spec to edit; a path that does not exist yet starts a new spec there.
     train_examples, train_epochs : override the spec's data size and epochs when training
         from the UI (tests keep runs short, or long enough to stop).
+    device : "cpu", or "gpu" to train with CuPy (`netc tui --device gpu`).
 
     Raises
     ------
@@ -34,10 +35,11 @@ class NetApp(App):
     BINDINGS = [Binding("ctrl+q", "quit_safely", "Quit", priority=True)]
 
     def __init__(self, path: str | None = None, train_examples: int | None = None,
-                 train_epochs: int | None = None):
+                 train_epochs: int | None = None, device: str = "cpu"):
         super().__init__()
         self.path = path
         self.train_examples, self.train_epochs = train_examples, train_epochs
+        self.device = device
         self.text = load_spec(path) if path is not None and _exists(path) else NEW_SPEC
 
     @property

@@ -11,8 +11,6 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from netdsl.runtime.train import Reporter, Trainer
 
 __all__ = ["Progress", "EpochDone", "RunStopped", "RunStarted", "PostingReporter", "train_network"]
@@ -74,23 +72,27 @@ class PostingReporter(Reporter):
 
 
 def train_network(graph, reporter: PostingReporter, epochs: int | None = None,
-                  examples: int | None = None) -> list[dict]:
-    """Train a checked graph on its bundled data; returns the per-epoch history.
+                  examples: int | None = None, device: str = "cpu") -> list[dict]:
+    """Train a checked graph on its bundled data, on the CPU or (`device` "gpu") with
+    CuPy; returns the per-epoch history.
 
     Raises
     ------
     SpecError
-        When the network cannot train (no loss, a bad train clause, no data).
+        When the network cannot train (no loss, a bad train clause, no data), or the
+        GPU cannot be used (netdsl.runner.array_module).
     """
+    from netdsl.runner import array_module
     from netdsl.runtime.data import load_data, normalize
     from netdsl.runtime.plan import build_plan
     from netdsl.runtime.settings import resolve_settings
 
+    xp = array_module(device)
     plan = build_plan(graph)
     settings = resolve_settings(graph.graph["train"], {"epochs": epochs} if epochs else {})
     data = load_data(graph, settings.data, settings.seed, examples)
     train, val = data.split(settings.val, settings.seed)
     if settings.normalize and data.normalize:
         _, (train, val) = normalize(train, val)
-    trainer = Trainer(plan, settings, None, xp=np, reporter=reporter)
+    trainer = Trainer(plan, settings, None, xp=xp, reporter=reporter)
     return trainer.fit(train, val if len(val) else None, data.description)

@@ -552,7 +552,8 @@ class BuilderScreen(Screen):
             return
         self.app.push_screen(TrainScreen(self.result.network.graph,
                                          epochs=getattr(self.app, "train_epochs", None),
-                                         examples=getattr(self.app, "train_examples", None)))
+                                         examples=getattr(self.app, "train_examples", None),
+                                         device=getattr(self.app, "device", "cpu")))
 
     def action_export(self) -> None:
         if self.good is None:

@@ -29,9 +29,10 @@ class TrainScreen(ModalScreen[None]):
             super().__init__()
             self.event = event
 
-    def __init__(self, graph, epochs: int | None = None, examples: int | None = None):
+    def __init__(self, graph, epochs: int | None = None, examples: int | None = None,
+                 device: str = "cpu"):
         super().__init__()
-        self.graph, self.epochs, self.examples = graph, epochs, examples
+        self.graph, self.epochs, self.examples, self.device = graph, epochs, examples, device
         self.reporter = PostingReporter(lambda event: self.post_message(self.Event(event)))
         self.running = False
 
@@ -55,7 +56,7 @@ class TrainScreen(ModalScreen[None]):
     @work(thread=True, exclusive=True, group="train")
     def train(self) -> None:
         try:
-            train_network(self.graph, self.reporter, self.epochs, self.examples)
+            train_network(self.graph, self.reporter, self.epochs, self.examples, self.device)
             self.post_message(self.Event(RunStopped("finished")))
         except SpecError as exc:
             self.post_message(self.Event(RunStopped(f"cannot train: {exc}"
