@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdsl.ops.gpu import launch
+from netdsl.ops.gpu import launch, on_gpu
 from netdsl.runtime.kernelgen import Program, cuda_source, evaluate_program
 
 __all__ = ["Kernels", "kernels_for"]
@@ -23,7 +23,7 @@ class Kernels:
     def __init__(self, xp, dtype: str):
         self.xp, self.dtype = xp, dtype
         self.launches = 0
-        self.on_gpu = xp is not np
+        self.on_gpu = on_gpu(xp)
 
     def __call__(self, program: Program, arrays: dict, scalars: dict | None = None) -> dict:
         """The program's written arrays by name. Arrays given under a written name are

@@ -16,6 +16,10 @@ from typing import Any, Callable
 
 import numpy
 
+from netdsl.ops.gpu import on_gpu
+from netdsl.runtime.kernelgen import update_program, update_scalars
+from netdsl.runtime.launch import kernels_for
+
 __all__ = ["Rule", "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "OPTIMIZERS",
            "make_optimizer", "penalize", "clip_grad_norm", "check_number", "check_integer"]
 
@@ -159,12 +163,23 @@ class Optimizer:
                              f"params {self.params.shape}")
         _nonnegative(self.name, "lr", lr)
         self.t += 1
+        if on_gpu(self.xp):   # the whole update as one generated kernel
+            self._update_kernel(grads, lr)
+            return
         if self.rule.weight_decay:
             self.xp.multiply(self.params, self.rule.weight_decay, out=self._scratch)
             grads += self._scratch
         u = self._momentum(self._precondition(grads))
         self.xp.multiply(u, lr, out=grads)  # u may be the momentum buffer: scale a copy
         self.params -= grads
+
+    def _update_kernel(self, grads, lr: float) -> None:
+        """The step of `Rule` over every parameter in one launch (grads is left as is)."""
+        if not hasattr(self, "_program"):
+            self._program = update_program(self.rule, tuple(self.state))
+        run = kernels_for(self.xp, str(self.params.dtype))
+        run(self._program, {"params": self.params, "grads": grads, **self.state},
+            update_scalars(self.rule, self.t, lr))
 
     def _precondition(self, g):
         """Write u = m' / (sqrt(v') + eps) over g and return it."""

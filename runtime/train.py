@@ -30,6 +30,7 @@ from netdsl.ops.kernels import on_host, read_scalars, to_host
 from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from netdsl.runtime.data import Dataset, DataError
 from netdsl.runtime.execute import Executor, NonFinite
+from netdsl.runtime.fused import FusedExecutor
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import clip_grad_norm, make_optimizer, penalize
 from netdsl.runtime.plan import Plan
@@ -201,7 +202,8 @@ class Trainer:
         order = [k for phase in self.phases for k in phase.params]
         order += [k for k in plan.params if k not in order]
         params = initial_params(plan, settings.init, settings.seed)
-        runs = SequenceExecutor if plan.sequential else Executor
+        # off the host, elementwise chains run as generated kernels (runtime.fused)
+        runs = SequenceExecutor if plan.sequential else Executor if on_host(xp) else FusedExecutor
         self.executor = runs(plan, params, settings.seed, xp, order=order)
         self.truncation = truncation(plan, settings)
         if self.truncation and self.truncation[1] < self.truncation[0]:

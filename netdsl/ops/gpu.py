@@ -10,12 +10,18 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["grid_kernel", "launch", "launch_blocks", "CTYPES", "THREADS"]
+__all__ = ["on_gpu", "grid_kernel", "launch", "launch_blocks", "CTYPES", "THREADS"]
 
 CTYPES = {"float32": "float", "float64": "double"}
 THREADS = 256
 # a grid-stride loop covers any n: more blocks than the GPU holds at once gain nothing
 MAX_BLOCKS = 65536
+
+
+def on_gpu(xp) -> bool:
+    """Whether `xp` is CuPy, whose arrays these kernels run on (any other module, NumPy or
+    a stand-in for CuPy in the tests, takes the array-module path)."""
+    return getattr(xp, "__name__", None) == "cupy"
 
 
 def grid_kernel(name: str, params: str, body: str, ctype: str) -> str:

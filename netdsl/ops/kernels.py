@@ -16,8 +16,10 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np  # parameter init, and telling the host apart; kernels use xp
 
+from netdsl.ops import gpu_conv, gpu_norm
 from netdsl.ops.base import expand_to
 from netdsl.ops.common import as_tuple
+from netdsl.ops.gpu import on_gpu
 
 __all__ = [
     "settings", "pad_spatial", "crop_spatial", "offsets", "Windows", "host_slabs",
@@ -446,6 +448,8 @@ def conv_nd(xp, x, weight, bias, stride, pads, dilation, groups, out=None):
     the whole input needs no columns: a GEMM per example writes y directly. On the host
     each core convolves a slab of the batch (host_map).
     """
+    if on_gpu(xp) and out is None and gpu_conv.supported(x, weight, groups):
+        return gpu_conv.conv2d(xp, x, weight, bias, stride, pads, dilation)
     win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads, out, compact=True)
     x = xp.ascontiguousarray(x)
     b, o = x.shape[0], weight.shape[0]
@@ -634,6 +638,8 @@ def conv_nd_backward(xp, gy, x, weight, stride, pads, dilation, groups, need_dx=
     """Gradients (dx, dweight, dbias) of conv_nd; dx is None unless `need_dx` (a first
     layer's input needs none). On the host each core takes a slab of the batch: its dx,
     and its sums for dweight and dbias, which are added up."""
+    if on_gpu(xp) and gpu_conv.supported(x, weight, groups):
+        return gpu_conv.conv2d_backward(xp, gy, x, weight, stride, pads, dilation, need_dx)
     win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads, compact=True)
     gy, x = xp.ascontiguousarray(gy), xp.ascontiguousarray(x)
     (b, o), dtype = gy.shape[:2], xp.result_type(gy.dtype, weight.dtype)
@@ -735,6 +741,8 @@ def batch_norm(ctx, x, weight, bias, eps, momentum):
     On the host each core normalises a slab of the channels.
     """
     xp = ctx.xp
+    if on_gpu(xp):
+        return gpu_norm.batch_norm(ctx, x, weight, bias, eps, momentum)
     b, channels = x.shape[:2]
     buffers = ctx.buffers
     if "running_mean" not in buffers:
@@ -775,6 +783,8 @@ def batch_norm_backward(xp, gy, xhat, inv_std, weight, batch_stats: bool):
     dx = scale * (gy - mean(gy) - xhat * mean(gy * xhat)), per slab of the channels: two
     reading passes for the sums, then four over dx, which is written once.
     """
+    if on_gpu(xp):
+        return gpu_norm.batch_norm_backward(xp, gy, xhat, inv_std, weight, batch_stats)
     b, channels = gy.shape[:2]
     g3 = xp.ascontiguousarray(gy).reshape(b, channels, -1)
     h3 = xhat.reshape(b, channels, -1)

@@ -7,8 +7,10 @@ loss is a per-example total (a log-likelihood, as in a VAE's evidence lower boun
 from __future__ import annotations
 
 from netdsl.errors import ShapeError
+from netdsl.ops import gpu_loss
 from netdsl.ops.base import Arg, Op, choice, number, numbers, optional, register
 from netdsl.ops.common import expect_float, fmt, is_float
+from netdsl.ops.gpu import on_gpu
 from netdsl.ops.kernels import scalar, sigmoid
 from netdsl.types import TensorType
 
@@ -101,6 +103,10 @@ class CrossEntropy(_Loss):
         """Logits (B, C, *S) and labels (B, *S): the mean over batch and positions, or with
         class weights the weighted mean sum(w_y * nll) / sum(w_y), as PyTorch's."""
         xp = ctx.xp
+        if on_gpu(xp) and self.weights is None:  # one kernel per row, and a sum
+            loss, probs = gpu_loss.cross_entropy(xp, logits, y)
+            ctx.save(probs=probs, y=y)
+            return loss
         shifted = logits - logits.max(axis=1, keepdims=True)
         probs = xp.exp(shifted)
         total = probs.sum(axis=1, keepdims=True)
@@ -118,6 +124,8 @@ class CrossEntropy(_Loss):
 
     def backward(self, ctx, gy):
         xp, probs, y = ctx.xp, ctx.saved["probs"], ctx.saved["y"]
+        if on_gpu(xp) and self.weights is None:
+            return (gpu_loss.cross_entropy_backward(xp, gy, probs, y), None), {}
         classes = xp.arange(probs.shape[1]).reshape((1, -1) + (1,) * (probs.ndim - 2))
         dlogits = (probs - (classes == y[:, None])) * (self.scale(xp, y, probs.dtype) * gy)
         return (dlogits, None), {}

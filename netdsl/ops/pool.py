@@ -4,9 +4,11 @@ from __future__ import annotations
 import math
 
 from netdsl.errors import ShapeError
+from netdsl.ops import gpu_pool
 from netdsl.ops.base import Arg, Op, boolean, choice, ints, natural, optional, register
 from netdsl.ops.common import expect_float, expect_spatial, fmt
 from netdsl.ops.conv import check_output, per_dim
+from netdsl.ops.gpu import on_gpu
 from netdsl.ops.kernels import (
     Windows, batch_chunks, crop_spatial, host_map, offsets, pad_spatial, plane_index, pool_pads,
     scatter_add, settings,
@@ -194,6 +196,10 @@ class MaxPool(_Pool):
         xp = ctx.xp
         spatial = x.shape[2:]
         k, s, p, out = self.geometry(x.shape)
+        if on_gpu(xp) and len(k) <= 2:  # one kernel: the maxima and their indices
+            y, indices = gpu_pool.maxpool(xp, x, k, s, p, out)
+            ctx.save(indices=indices, x_shape=x.shape)
+            return y
         pads = pool_pads(spatial, k, s, p, out)
         win = Windows(spatial, k, s, (1,) * len(k), pads, out)
         xpad = pad_spatial(xp, xp.ascontiguousarray(x), pads, value=-xp.inf)
@@ -216,7 +222,9 @@ class MaxPool(_Pool):
 
     def backward(self, ctx, gy):
         xp, shape, indices = ctx.xp, ctx.saved["x_shape"], ctx.saved["indices"]
-        k, s, _, _ = self.geometry(shape)
+        k, s, p, _ = self.geometry(shape)
+        if on_gpu(xp) and len(k) <= 2:
+            return (gpu_pool.maxpool_backward(xp, gy, indices, shape, k, s, p),), {}
         dx = xp.zeros(shape, dtype=gy.dtype)
         disjoint = all(si >= ki for si, ki in zip(s, k))
 

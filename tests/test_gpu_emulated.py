@@ -1,0 +1,120 @@
+"""The GPU path end to end on the CPU: every kernel netdsl launches, run from its CUDA
+source compiled for the host.
+
+A stand-in for CuPy (NumPy under the module name "cupy") sends the executors down
+their GPU path: FusedExecutor with generated elementwise kernels, the convolution,
+max-pooling, batchnorm and cross-entropy kernels, the one-kernel optimiser update, and
+the training loop that reads the device every few steps. Each kernel CuPy would
+compile with NVRTC is compiled with g++ instead (tests/cpu_cuda.py) and launched on
+the host. The results must equal the NumPy executor's. What this cannot check is the
+GPU itself: CuPy's own functions, the speed, and the parallel execution of the
+kernels (their threads write disjoint elements, or add atomically).
+"""
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from cpu_cuda import HostKernels
+from netdsl.driver import check_text
+from netdsl.ops import gpu
+from netdsl.runtime.execute import Executor
+from netdsl.runtime.fused import FusedExecutor
+from netdsl.runtime.init import initial_params
+from netdsl.runtime.optim import make_optimizer
+from netdsl.runtime.plan import build_plan
+from test_runtime import KNOTTY
+from test_train_torch import VARIANTS, random_batch, spec_plan
+
+
+def _stand_in():
+    module = types.ModuleType("cupy")
+    module.__getattr__ = lambda name: getattr(np, name)
+    return module
+
+
+@pytest.fixture(scope="module")
+def launched():
+    """The sources launched, by kernel name (the test below checks the GPU path ran)."""
+    return {}
+
+
+@pytest.fixture
+def device(monkeypatch, launched):
+    """(the CuPy stand-in), with every kernel launch run on the host."""
+    built = {}
+
+    def compiled(source, name):
+        if source not in built:
+            built[source] = HostKernels([source])
+        host = built[source]
+        launched.setdefault(name, set()).add(source)
+        grid_stride = "gridDim.x;" in source
+
+        def kernel(grid, block, args):
+            if grid_stride:   # one host thread covers every element
+                host.run(source, *args)
+            else:             # one block per channel, in turn
+                host.run_blocks(source, grid[0], *args)
+        return kernel
+
+    monkeypatch.setattr(gpu, "_compiled", compiled)
+    return _stand_in()
+
+
+CASES = ["mlp", "lenet5", "resnet20", "googlenet", "vae", "knotty"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gpu_training_step_equals_the_host(device, name):
+    if name == "knotty":
+        plan, size = build_plan(check_text(KNOTTY).graph), 3
+    else:
+        plan, size = spec_plan(name, VARIANTS[name].edits), VARIANTS[name].batch
+    batch = random_batch(plan, max(size, 2), np.random.default_rng(0))
+    params = initial_params(plan, "torch", seed=0)
+    host = Executor(plan, params, seed=0, dtype="float64")
+    emulated = FusedExecutor(plan, params, seed=0, xp=device, dtype="float64")
+    # SGD: Adam would magnify the last bits of a gradient near zero into a whole step
+    optimizers = [make_optimizer("sgd", {"lr": 0.01, "momentum": 0.9}, ex.flat_params, ex.xp)
+                  for ex in (host, emulated)]
+    noise = [s.node for s in plan.steps if s.op.name in ("normal", "gaussian_noise", "dropout")]
+    for _ in range(2):
+        losses = []
+        for ex, optimizer in zip((host, emulated), optimizers):
+            out = ex.forward(batch, training=True, keep=noise)
+            losses.append({k: float(out[v]) for k, v in plan.losses.items()})
+            ex.backward(plan.backward())
+            optimizer.step(ex.flat_grads.copy(), 0.01)
+        if noise:   # different generators: compare only that both ran
+            continue
+        for key, value in losses[0].items():
+            assert losses[1][key] == pytest.approx(value, rel=1e-10), key
+        np.testing.assert_allclose(emulated.flat_grads, host.flat_grads, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(emulated.flat_params, host.flat_params, rtol=1e-9,
+                                   atol=1e-12)
+
+
+def test_the_gpu_path_launched_every_kind_of_kernel(launched):
+    """Run after the steps above: each hand-written kernel and generated programs ran."""
+    if not launched:
+        pytest.skip("runs after test_gpu_training_step_equals_the_host")
+    for name in ("im2col", "col2im", "maxpool", "maxpool_backward", "bn_statistics",
+                 "bn_normalise", "bn_sums", "bn_input_grad", "ce_rows", "ce_gradient",
+                 "update", "relu_forward", "relu_backward_1", "add_relu_forward"):
+        assert name in launched, name
+
+
+def test_training_on_the_gpu_path_gives_the_host_losses(device):
+    """Trainer off the host: FusedExecutor, the update kernel and deferred reads, float32."""
+    from test_cupy_compat import _trainer
+
+    host, train, val = _trainer("lenet5", np, epochs=1, steps=12, batch=16)
+    host.fit(train, val)
+    emulated, train, val = _trainer("lenet5", device, epochs=1, steps=12, batch=16)
+    emulated.fit(train, val)
+    assert isinstance(emulated.executor, FusedExecutor)
+    for ours, theirs in zip(emulated.position.losses, host.position.losses, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+    assert emulated.evaluate(val)["accuracy"] == pytest.approx(host.evaluate(val)["accuracy"])
