@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, SPECS, run_netc
 from netdsl.driver import check_file
-from netdsl.ops import OPS
+from netdsl.ops import OPS, gpu_conv, gpu_loss, gpu_norm, gpu_pool
 from netdsl.ops.base import Ctx, bind
 from netdsl.ops.expr import Var, evaluate
 from netdsl.runtime.fused import chains, kernel_plan
@@ -241,6 +241,13 @@ def test_every_kernel_compiles_to_ptx(nvrtc):
         ptx = compile_ptx(nvrtc, source, f"{name}.cu")
         entry = source.split("void ", 1)[1].split("(", 1)[0]
         assert f".entry {entry}(" in ptx, name
+
+
+@pytest.mark.parametrize("ctype", ["float", "double"])
+def test_every_hand_written_kernel_compiles_to_ptx(nvrtc, ctype):
+    for module in (gpu_conv, gpu_pool, gpu_norm, gpu_loss):
+        for name, source in module.sources(ctype).items():
+            assert f".entry {name}(" in compile_ptx(nvrtc, source, f"{name}.cu"), name
 
 
 def test_a_broken_kernel_is_reported_by_nvrtc(nvrtc):

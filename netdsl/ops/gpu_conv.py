@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from netdsl.ops.gpu import CTYPES, grid_kernel, launch
 
-__all__ = ["IM2COL", "COL2IM", "conv_source", "conv2d", "conv2d_backward", "supported"]
+__all__ = ["sources", "IM2COL", "COL2IM", "conv_source", "conv2d", "conv2d_backward", "supported"]
 
 _SIZES = ("B", "C", "H", "W", "KH", "KW", "OH", "OW", "SH", "SW", "PH", "PW", "DH", "DW")
 
@@ -57,6 +57,12 @@ def conv_source(name: str, body: str, ctype: str) -> str:
     sizes = ", ".join(f"const long long {s}" for s in _SIZES)
     return grid_kernel(name, f"const {ctype}* __restrict__ in, {ctype}* __restrict__ out, {sizes}",
                        body, ctype)
+
+
+def sources(ctype: str) -> dict[str, str]:
+    """Every kernel of this module, by name."""
+    return {"im2col": conv_source("im2col", IM2COL, ctype),
+            "col2im": conv_source("col2im", COL2IM, ctype)}
 
 
 def supported(x, weight, groups: int) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from netdsl.ops.gpu import CTYPES, grid_kernel, launch
 
-__all__ = ["ROWS", "GRADIENT", "loss_source", "cross_entropy", "cross_entropy_backward"]
+__all__ = ["sources", "ROWS", "GRADIENT", "loss_source", "cross_entropy", "cross_entropy_backward"]
 
 # i indexes the rows (B, S); a row's classes lie S apart
 ROWS = """
@@ -43,6 +43,11 @@ def loss_source(name: str, ctype: str) -> str:
                   f"const {t}* __restrict__ gy, {t}* __restrict__ dlogits, const {t} scale")
         body = GRADIENT
     return grid_kernel(name, f"{params}, const long long C, const long long S", body, t)
+
+
+def sources(ctype: str) -> dict[str, str]:
+    """Every kernel of this module, by name."""
+    return {name: loss_source(name, ctype) for name in ("ce_rows", "ce_gradient")}
 
 
 def _launch(name: str, args: tuple, n: int, dtype) -> None:

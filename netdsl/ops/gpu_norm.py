@@ -18,25 +18,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdsl.ops.gpu import CTYPES, THREADS, grid_kernel, launch, launch_blocks
+from netdsl.ops.gpu import CTYPES, grid_kernel, launch, launch_blocks
 
-__all__ = ["STATISTICS", "NORMALISE", "SUMS", "INPUT_GRAD", "norm_source", "batch_norm",
+__all__ = ["sources", "STATISTICS", "NORMALISE", "SUMS", "INPUT_GRAD", "norm_source", "batch_norm",
            "batch_norm_backward"]
 
-# one block per channel c; n = B * N values; the running statistics are updated in place
-STATISTICS = """
-    const long long c = blockIdx.x;
-    const long long n = B * N;
-    const T shift = x[c * N];
-    T sum = 0, squares = 0;
-    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
-        const T d = x[((j / N) * C + c) * N + j % N] - shift;
-        sum += d;
-        squares += d * d;
-    }
+# a block's two partial sums, `a` and `b`, added up over its threads in shared memory:
+# partial[0] and partial[blockDim.x] hold the totals (a block has at most 256 threads)
+_BLOCK_SUMS = """
     __shared__ T partial[2 * 256];
-    partial[threadIdx.x] = sum;
-    partial[blockDim.x + threadIdx.x] = squares;
+    partial[threadIdx.x] = a;
+    partial[blockDim.x + threadIdx.x] = b;
     __syncthreads();
     for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
         if (threadIdx.x < half) {
@@ -45,6 +37,20 @@ STATISTICS = """
         }
         __syncthreads();
     }
+"""
+
+# one block per channel c; n = B * N values; the running statistics are updated in place
+STATISTICS = """
+    const long long c = blockIdx.x;
+    const long long n = B * N;
+    const T shift = x[c * N];
+    T a = 0, b = 0;  // the sums of x - shift and of its square
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const T d = x[((j / N) * C + c) * N + j % N] - shift;
+        a += d;
+        b += d * d;
+    }
+""" + _BLOCK_SUMS + """
     if (threadIdx.x == 0) {
         const T centred = partial[0] / n;
         const T var = partial[blockDim.x] / n - centred * centred;
@@ -67,23 +73,13 @@ NORMALISE = """
 SUMS = """
     const long long c = blockIdx.x;
     const long long n = B * N;
-    T g_sum = 0, gh_sum = 0;
+    T a = 0, b = 0;  // the sums of gy and of gy * xhat
     for (long long j = threadIdx.x; j < n; j += blockDim.x) {
         const long long at = ((j / N) * C + c) * N + j % N;
-        g_sum += gy[at];
-        gh_sum += gy[at] * xhat[at];
+        a += gy[at];
+        b += gy[at] * xhat[at];
     }
-    __shared__ T partial[2 * 256];
-    partial[threadIdx.x] = g_sum;
-    partial[blockDim.x + threadIdx.x] = gh_sum;
-    __syncthreads();
-    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) {
-            partial[threadIdx.x] += partial[threadIdx.x + half];
-            partial[blockDim.x + threadIdx.x] += partial[blockDim.x + threadIdx.x + half];
-        }
-        __syncthreads();
-    }
+""" + _BLOCK_SUMS + """
     if (threadIdx.x == 0) {
         dbias[c] = partial[0];
         dweight[c] = partial[blockDim.x];
@@ -128,6 +124,11 @@ def norm_source(name: str, ctype: str) -> str:
         return (f'extern "C" __global__ void {name}({params}) {{\n'
                 f"    typedef {ctype} T;{body}}}\n")
     return grid_kernel(name, params, body, ctype)
+
+
+def sources(ctype: str) -> dict[str, str]:
+    """Every kernel of this module, by name."""
+    return {name: norm_source(name, ctype) for name in _PARAMS}
 
 
 def _launch(name: str, args: tuple, n: int, dtype) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from netdsl.ops.gpu import CTYPES, grid_kernel, launch
 
-__all__ = ["MAXPOOL", "MAXPOOL_BACKWARD", "pool_source", "maxpool", "maxpool_backward"]
+__all__ = ["sources", "MAXPOOL", "MAXPOOL_BACKWARD", "pool_source", "maxpool", "maxpool_backward"]
 
 _SIZES = ("H", "W", "KH", "KW", "OH", "OW", "SH", "SW", "PH", "PW")
 
@@ -55,6 +55,11 @@ def pool_source(name: str, ctype: str) -> str:
                   f"{ctype}* __restrict__ dx")
         body = MAXPOOL_BACKWARD
     return grid_kernel(name, f"{params}, {sizes}", body, ctype)
+
+
+def sources(ctype: str) -> dict[str, str]:
+    """Every kernel of this module, by name."""
+    return {name: pool_source(name, ctype) for name in ("maxpool", "maxpool_backward")}
 
 
 def _sizes(shape, kernel, stride, pad, out) -> dict:
