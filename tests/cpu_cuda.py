@@ -13,10 +13,11 @@ import os
 import re
 import subprocess
 import tempfile
+import types
 
 import numpy as np
 
-__all__ = ["HostKernels"]
+__all__ = ["HostKernels", "stand_in_cupy", "launch_on_host"]
 
 HEADER = """
 #include <cmath>
@@ -77,3 +78,36 @@ class HostKernels:
             self.library.host_block(index)
             self.run(source, *args)
         self.library.host_block(0)
+
+
+def stand_in_cupy():
+    """NumPy under the module name "cupy": the executors and ops take their GPU path."""
+    module = types.ModuleType("cupy")
+    module.__getattr__ = lambda name: getattr(np, name)
+    module.asnumpy = np.asarray
+    return module
+
+
+def launch_on_host(monkeypatch, launched: dict | None = None) -> None:
+    """Make every kernel launch of netdsl.ops.gpu run its source on the host; the sources
+    launched are recorded in `launched` by kernel name."""
+    from netdsl.ops import gpu
+
+    built = {}
+
+    def compiled(source, name):
+        if source not in built:
+            built[source] = HostKernels([source])
+        host = built[source]
+        if launched is not None:
+            launched.setdefault(name, set()).add(source)
+        grid_stride = "gridDim.x;" in source
+
+        def kernel(grid, block, args):
+            if grid_stride:   # one host thread covers every element
+                host.run(source, *args)
+            else:             # one block per channel, in turn
+                host.run_blocks(source, grid[0], *args)
+        return kernel
+
+    monkeypatch.setattr(gpu, "_compiled", compiled)

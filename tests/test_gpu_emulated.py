@@ -10,15 +10,11 @@ the host. The results must equal the NumPy executor's. What this cannot check is
 GPU itself: CuPy's own functions, the speed, and the parallel execution of the
 kernels (their threads write disjoint elements, or add atomically).
 """
-import sys
-import types
-
 import numpy as np
 import pytest
 
-from cpu_cuda import HostKernels
+from cpu_cuda import launch_on_host, stand_in_cupy
 from netdsl.driver import check_text
-from netdsl.ops import gpu
 from netdsl.runtime.execute import Executor
 from netdsl.runtime.fused import FusedExecutor
 from netdsl.runtime.init import initial_params
@@ -28,39 +24,17 @@ from test_runtime import KNOTTY
 from test_train_torch import VARIANTS, random_batch, spec_plan
 
 
-def _stand_in():
-    module = types.ModuleType("cupy")
-    module.__getattr__ = lambda name: getattr(np, name)
-    return module
-
-
 @pytest.fixture(scope="module")
 def launched():
-    """The sources launched, by kernel name (the test below checks the GPU path ran)."""
+    """The sources launched, by kernel name (the last test checks the GPU path ran)."""
     return {}
 
 
 @pytest.fixture
 def device(monkeypatch, launched):
-    """(the CuPy stand-in), with every kernel launch run on the host."""
-    built = {}
-
-    def compiled(source, name):
-        if source not in built:
-            built[source] = HostKernels([source])
-        host = built[source]
-        launched.setdefault(name, set()).add(source)
-        grid_stride = "gridDim.x;" in source
-
-        def kernel(grid, block, args):
-            if grid_stride:   # one host thread covers every element
-                host.run(source, *args)
-            else:             # one block per channel, in turn
-                host.run_blocks(source, grid[0], *args)
-        return kernel
-
-    monkeypatch.setattr(gpu, "_compiled", compiled)
-    return _stand_in()
+    """The CuPy stand-in, with every kernel launch run on the host."""
+    launch_on_host(monkeypatch, launched)
+    return stand_in_cupy()
 
 
 CASES = ["mlp", "lenet5", "resnet20", "googlenet", "vae", "knotty"]
@@ -118,3 +92,20 @@ def test_training_on_the_gpu_path_gives_the_host_losses(device):
     for ours, theirs in zip(emulated.position.losses, host.position.losses, strict=True):
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
     assert emulated.evaluate(val)["accuracy"] == pytest.approx(host.evaluate(val)["accuracy"])
+
+
+def test_the_gpu_suite_passes_on_the_emulated_path():
+    """tests/test_gpu.py, which skips without a GPU, run on the emulated GPU path: its
+    every op and spec against NumPy, so the suite itself is checked before a GPU runs it."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "NETDSL_GPU_TEST_XP": "emulated"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/test_gpu.py"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout

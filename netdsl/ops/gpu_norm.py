@@ -24,9 +24,12 @@ __all__ = ["sources", "STATISTICS", "NORMALISE", "SUMS", "INPUT_GRAD", "norm_sou
            "batch_norm_backward"]
 
 # a block's two partial sums, `a` and `b`, added up over its threads in shared memory:
-# partial[0] and partial[blockDim.x] hold the totals (a block has at most 256 threads)
+# partial[0] and partial[blockDim.x] hold the totals (a block has at most 256 threads).
+# They add in double: a thread sums B * N / 256 values (1024 for ResNet-20's first
+# layers at batch 256), too many for float32 without losing the variance's last digits
+# and batchnorm's gradient, which subtracts a mean from each value
 _BLOCK_SUMS = """
-    __shared__ T partial[2 * 256];
+    __shared__ double partial[2 * 256];
     partial[threadIdx.x] = a;
     partial[blockDim.x + threadIdx.x] = b;
     __syncthreads();
@@ -44,7 +47,7 @@ STATISTICS = """
     const long long c = blockIdx.x;
     const long long n = B * N;
     const T shift = x[c * N];
-    T a = 0, b = 0;  // the sums of x - shift and of its square
+    double a = 0, b = 0;  // the sums of x - shift and of its square
     for (long long j = threadIdx.x; j < n; j += blockDim.x) {
         const T d = x[((j / N) * C + c) * N + j % N] - shift;
         a += d;
@@ -52,8 +55,8 @@ STATISTICS = """
     }
 """ + _BLOCK_SUMS + """
     if (threadIdx.x == 0) {
-        const T centred = partial[0] / n;
-        const T var = partial[blockDim.x] / n - centred * centred;
+        const T centred = (T)(partial[0] / n);
+        const T var = (T)(partial[blockDim.x] / n - partial[0] / n * (partial[0] / n));
         mean[c] = shift + centred;
         inv_std[c] = (T)1 / sqrt((var > 0 ? var : (T)0) + eps);
         running_mean[c] = ((T)1 - momentum) * running_mean[c] + momentum * (shift + centred);
@@ -73,7 +76,7 @@ NORMALISE = """
 SUMS = """
     const long long c = blockIdx.x;
     const long long n = B * N;
-    T a = 0, b = 0;  // the sums of gy and of gy * xhat
+    double a = 0, b = 0;  // the sums of gy and of gy * xhat
     for (long long j = threadIdx.x; j < n; j += blockDim.x) {
         const long long at = ((j / N) * C + c) * N + j % N;
         a += gy[at];
@@ -81,8 +84,8 @@ SUMS = """
     }
 """ + _BLOCK_SUMS + """
     if (threadIdx.x == 0) {
-        dbias[c] = partial[0];
-        dweight[c] = partial[blockDim.x];
+        dbias[c] = (T)partial[0];
+        dweight[c] = (T)partial[blockDim.x];
     }
 """
 
