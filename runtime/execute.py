@@ -216,6 +216,9 @@ class Executor:
                 ctx = self.ctxs[node]
                 targets = backward.grad_inputs[node]
                 ctx.needs_input_grad = tuple(t is not None for t in targets)
+                # a parameter's first gradient may be written straight into its storage
+                ctx.grad_out = {name: self.grads[key] for name, key in step.params.items()
+                                if key not in written and name not in step.slices}
                 input_grads, param_grads = step.op.backward(ctx, gy)
                 ctx.saved.clear()
                 self._store_input_grads(node, backward.grad_inputs[node], input_grads,
@@ -246,14 +249,15 @@ class Executor:
 
     def _store_param_grads(self, step, param_grads: dict, written: set) -> None:
         """Copy (or add, for a shared parameter's later uses) a node's parameter gradients
-        into the flat gradient vector."""
+        into the flat gradient vector; one the op wrote there already (Ctx.grad_out) is
+        only marked written."""
         for name, grad in param_grads.items():
             key = step.params[name]
             if key in written:
                 self.grads[key] += grad
-            else:
+            elif grad is not self.grads[key]:
                 self.grads[key][...] = grad
-                written.add(key)
+            written.add(key)
 
     # ---- state
 

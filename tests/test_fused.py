@@ -77,3 +77,20 @@ def test_a_value_asked_for_stays_out_of_kernels():
     plain, fused = _pair(plan)
     ours = fused.forward(batch, training=True, keep=[inner])[inner]
     np.testing.assert_allclose(ours, plain.forward(batch, training=True, keep=[inner])[inner])
+
+
+def test_dense_gradients_are_written_into_the_flat_vector():
+    """Ctx.grad_out: a dense layer's weight and bias gradients land in the executor's
+    flat gradient storage itself, with no temporary to copy from."""
+    from netdsl.ops import OPS
+    from netdsl.ops.base import Ctx, bind
+
+    dense = bind(OPS["dense"], [3], {})
+    ctx = Ctx(np, training=True)
+    x, weight, bias = np.ones((4, 2)), np.ones((3, 2)), np.zeros(3)
+    dense.forward(ctx, x, weight, bias)
+    storage = {"weight": np.empty((3, 2)), "bias": np.empty(3)}
+    ctx.grad_out = dict(storage)
+    _, grads = dense.backward(ctx, np.ones((4, 3)))
+    assert grads["weight"] is storage["weight"] and grads["bias"] is storage["bias"]
+    np.testing.assert_array_equal(storage["weight"], np.full((3, 2), 4.0))

@@ -87,6 +87,10 @@ class Ctx:
         # for a whole-sequence op: each example's number of real steps, when a batch pads
         # sequences of different lengths (None: every step is real)
         self.lengths = None
+        # set by an executor before backward: where a parameter's gradient is stored (a
+        # view of the flat gradient vector). An op may write it there (`out=`) and return
+        # that very array, which saves a temporary and a copy; or return a new one
+        self.grad_out: dict[str, Any] = {}
 
     @property
     def rng(self):

@@ -46,10 +46,12 @@ class Dense(Op):
         return y
 
     def backward(self, ctx, gy):
-        x, weight = ctx.saved["x"], ctx.saved["weight"]
-        grads = {"weight": gy.T @ x} if ctx.needs_param_grads else {}
+        xp, x, weight = ctx.xp, ctx.saved["x"], ctx.saved["weight"]
+        out = ctx.grad_out
+        grads = {"weight": xp.matmul(gy.T, x, out=out.get("weight"))} \
+            if ctx.needs_param_grads else {}
         if self.bias and ctx.needs_param_grads:
-            grads["bias"] = gy.sum(axis=0)
+            grads["bias"] = gy.sum(axis=0, out=out.get("bias"))
         return (gy @ weight if ctx.needs(0) else None,), grads
 
 
