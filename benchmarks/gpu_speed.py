@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_speed.py [--only W1,W3] [--repeats 3] [--steps N] [--json FILE]
                                    [--device gpu|cpu] [--batch-scale F] [--no-compile]
-                                   [--compile-limit S] [--executor auto|fused|plain] [--tf32]
+                                   [--compile-limit S] [--executor fused|plain] [--tf32]
                                    [--cudnn-benchmark] [--no-profile] [--warmup N]
 
 The six reference workloads of shared/workloads/README.md at their GPU batch sizes
@@ -10,7 +10,8 @@ The six reference workloads of shared/workloads/README.md at their GPU batch siz
 workload from seed 0 (W1: the scikit-learn digits scaled to [0, 1], repeated to fill the
 batch; the others synthetic). netdsl runs the specs in benchmarks/specs/ on CuPy: the
 feed-forward ones with netdsl.runtime.fused.FusedExecutor (fused elementwise chains as
-generated CUDA kernels), W4 and W5 with SequenceExecutor. PyTorch runs the twins that
+generated CUDA kernels), W4 and W5 with SequenceExecutor (fused too, inside the
+recurrence at every time step), as training on a GPU runs them. PyTorch runs the twins that
 train_speed.py (W1-W3, W6) and sequence_speed.py (W4, W5: nn.LSTM / nn.RNN and a Linear
 read-out) define, on the same device, eagerly and, unless --no-compile, through
 torch.compile(model) (the optimiser stays eager). Initialisation, losses and optimisers
@@ -78,6 +79,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import json
 import os
@@ -108,6 +110,7 @@ from isolation import blas_pool, limit_blas  # noqa: E402
 from netdsl.driver import check_file  # noqa: E402
 from netdsl.errors import SpecError  # noqa: E402
 from netdsl.runtime.execute import Executor  # noqa: E402
+from netdsl.runtime.fused import FusedExecutor  # noqa: E402
 from netdsl.runtime.init import initial_params  # noqa: E402
 from netdsl.runtime.optim import make_optimizer  # noqa: E402
 from netdsl.runtime.plan import Plan, build_plan  # noqa: E402
@@ -205,26 +208,15 @@ def plan_of(job: Job) -> Plan:
     return build_plan(check_file(str(SPECS / job.spec)).graph)
 
 
-def executor_class(plan: Plan, choice: str) -> tuple[type, str]:
-    """The netdsl executor for `plan` and its name in the report.
-
-    A recurrent plan runs on SequenceExecutor. Otherwise FusedExecutor is the first
-    choice; with --executor auto and no netdsl.runtime.fused to import (the fused GPU
-    executor not written yet, or broken), the plain Executor runs in its place and the
-    report's executor column says so. --executor plain always runs the plain Executor.
-    """
+def executor_class(plan: Plan, choice: str) -> tuple[Callable, str]:
+    """The netdsl executor for `plan` and its name in the report: FusedExecutor, or for a
+    recurrent plan SequenceExecutor with fused chains, as training on a GPU runs them;
+    --executor plain runs them without generated kernels (Executor, SequenceExecutor)."""
+    fused = choice != "plain"
     if plan.sequential:
-        return SequenceExecutor, "SequenceExecutor"
-    if choice == "plain":
-        return Executor, "Executor"
-    try:
-        from netdsl.runtime.fused import FusedExecutor
-    except ImportError as exc:
-        if choice == "fused":
-            raise SystemExit(f"--executor fused: netdsl.runtime.fused does not import ({exc})")
-        # fallback: measure the plain Executor rather than nothing
-        return Executor, f"Executor (FusedExecutor not importable: {exc})"
-    return FusedExecutor, "FusedExecutor"
+        return (functools.partial(SequenceExecutor, fused=fused),
+                "SequenceExecutor" + (" (fused)" if fused else ""))
+    return (FusedExecutor, "FusedExecutor") if fused else (Executor, "Executor")
 
 
 # ---- the device: array module, synchronisation, clocks
@@ -737,9 +729,9 @@ def parse(argv=None) -> argparse.Namespace:
                         help="leave torch.compile out")
     parser.add_argument("--compile-limit", type=float, default=300.0,
                         help="seconds torch.compile may take per workload (default 300)")
-    parser.add_argument("--executor", choices=("auto", "fused", "plain"), default="auto",
-                        help="netdsl's feed-forward executor: FusedExecutor, falling back to "
-                             "Executor (auto), FusedExecutor or nothing, or Executor")
+    parser.add_argument("--executor", choices=("fused", "plain"), default="fused",
+                        help="netdsl with generated kernels for its elementwise chains "
+                             "(fused, as training on a GPU runs) or without (plain)")
     parser.add_argument("--tf32", action="store_true",
                         help="let both sides use TF32 for float32 GEMMs and convolutions")
     parser.add_argument("--cudnn-benchmark", action="store_true",

@@ -157,17 +157,19 @@ def _format_sequence_plan(plan) -> str:
 
 def format_kernels(graph: nx.DiGraph, optimizer: str, settings: dict) -> str:
     """The CUDA kernels `--device gpu` generates for a spec: each fused chain's forward
-    and backward (for the gradients training needs), and the optimiser's update."""
+    and backward (for the gradients training needs; inside a recurrence they run at
+    every time step), and the optimiser's update."""
     import numpy as np
 
     from netdsl.runtime.fused import kernel_plan
+    from netdsl.runtime.hoist import hoist
     from netdsl.runtime.kernelgen import chain_backward, chain_forward, cuda_source, update_program
     from netdsl.runtime.optim import make_optimizer
     from netdsl.runtime.plan import build_plan
 
     plan = build_plan(graph)
-    if plan.sequential:
-        return "// a sequence network runs its ops one by one on the GPU: no generated kernels"
+    if plan.sequential:  # the plan the sequence executor runs
+        plan = hoist(plan)
     fused = kernel_plan(plan, set(plan.losses.values()))
     backward = fused.backward()
     users: dict[str, list[str]] = {}   # each distinct kernel, once, with the chains it runs

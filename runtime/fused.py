@@ -9,7 +9,10 @@ name of the chain's last op, so the values a loss or a metric reads keep their n
 
 A run qualifies when all its inputs have the shape of its output (no broadcasting:
 the kernel indexes every array alike) and none of its intermediate values is asked
-for (`keep`); the plan is rewritten once per set of values asked for.
+for (`keep`) or read by a recurrent state; the plan is rewritten once per set of
+values asked for. A run lies wholly inside one recurrence or wholly outside: the
+sequence executor replays a loop's steps, the fused ones among them, once per time
+step.
 """
 from __future__ import annotations
 
@@ -64,12 +67,17 @@ class FusedChain(Op):
 
 def chains(plan: Plan, outputs: set[str]) -> list[list[Step]]:
     """The runs of steps that become one kernel each, in schedule order."""
+    # a state reads its source from the step before: the source must stay a value
+    outputs = set(outputs) | {state.source for state in plan.states.values()}
+    loop_of = {s.node: loop.name for loop in plan.loops for s in loop.steps}
     runs = []
     for group in fuse(plan, outputs):
         run: list[Step] = []
         for node in group.nodes:
             step = plan.step_of(node)
-            if _qualifies(plan, step) and (not run or step.inputs[0] == run[-1].node):
+            if _qualifies(plan, step) and (not run or (
+                    step.inputs[0] == run[-1].node
+                    and loop_of.get(node) == loop_of.get(run[-1].node))):
                 run.append(step)
                 continue
             if run:
@@ -93,9 +101,12 @@ def kernel_plan(plan: Plan, outputs: set[str]) -> Plan:
     for run in chains(plan, outputs):
         replaced[run[-1].node] = _fused_step(run)
         inside.update(s.node for s in run)
-    steps = [replaced.get(s.node, s) for s in plan.steps
-             if s.node in replaced or s.node not in inside]
-    rewritten = replace(plan, steps=steps)
+    def rewrite(steps):
+        return [replaced.get(s.node, s) for s in steps
+                if s.node in replaced or s.node not in inside]
+
+    loops = [replace(loop, steps=tuple(rewrite(loop.steps))) for loop in plan.loops]
+    rewritten = replace(plan, steps=rewrite(plan.steps), loops=loops)
     rewritten.__dict__.pop("_steps_by_node", None)
     rewritten.__dict__.pop("_backward_cache", None)
     return rewritten

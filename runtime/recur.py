@@ -21,6 +21,7 @@ import numpy as np
 from netdsl.ops.base import Ctx
 from netdsl.ops.kernels import to_host
 from netdsl.runtime.execute import Executor, NonFinite
+from netdsl.runtime.fused import kernel_plan
 from netdsl.runtime.hoist import hoist
 from netdsl.runtime.plan import Backward, Loop, Plan, State, Step
 from netdsl.shapes import whole_positions
@@ -51,15 +52,16 @@ class SequenceExecutor(Executor):
     """
 
     def __init__(self, plan: Plan, params: dict, seed: int = 0, xp=np, dtype: str = "float32",
-                 order=None):
+                 order=None, fused: bool = False):
         super().__init__(hoist(plan), params, seed, xp, dtype, order)
-        plan = self.plan
-        self._loop_of = {s.node: loop for loop in plan.loops for s in loop.steps}
+        # with `fused`, elementwise chains run as generated kernels (runtime.fused), inside
+        # loops too; the plan is rewritten per set of values asked for, from this one
+        self.fused, self.hoisted = fused, self.plan
+        self._views: dict[frozenset, tuple] = {}
         # values with a time axis; a loss over a sequence is one number all the same
         losses = set(plan.losses.values())
-        self._timed = {n for n, t in plan.types.items() if t.seq and n not in losses}
-        # per step, the input positions read as whole sequences (attention's memory)
-        self._whole = {s.node: whole_positions(s.op) for s in plan.steps}
+        self._timed = {n for n, t in self.plan.types.items() if t.seq and n not in losses}
+        self._view(self.plan)
         self._time: dict[str, int] = {}  # node or loop -> the steps it ran over
         self._segments: dict[frozenset, list] = {}
         self._last: list = []  # the segments the last forward ran, which backward reverses
@@ -77,9 +79,14 @@ class SequenceExecutor(Executor):
         values returned. `carry` (a previous forward's `self.carry`) replaces the states'
         initial values, as truncated BPTT's next chunk does.
         """
-        plan = self.plan
         self._begin_pass()
-        keep = frozenset(keep) | (frozenset(plan.losses.values()) if losses else frozenset())
+        keep = frozenset(keep) | (frozenset(self.hoisted.losses.values()) if losses
+                                  else frozenset())
+        if self.fused:
+            if keep not in self._views:
+                self._views[keep] = kernel_plan(self.hoisted, set(keep))
+            self._view(self._views[keep])
+        plan = self.plan
         segments = self._last = self._segments_for(keep)
         values = {name: self._time_major(batch[name], name) for name in plan.inputs if name in batch}
         self.size = self._extent(values)
@@ -101,6 +108,13 @@ class SequenceExecutor(Executor):
             else:
                 values[segment.node] = self._forward_step(segment, values, training, check_finite)
         return {name: self._batch_major(values[name], name) for name in keep}
+
+    def _view(self, plan: Plan) -> None:
+        """Run `plan` (the hoisted plan, or its rewrite with fused kernels)."""
+        self.plan = plan
+        self._loop_of = {s.node: loop for loop in plan.loops for s in loop.steps}
+        # per step, the input positions read as whole sequences (attention's memory)
+        self._whole = {s.node: whole_positions(s.op) for s in plan.steps}
 
     def _segments_for(self, keep: frozenset) -> list:
         if keep not in self._segments:

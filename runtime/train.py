@@ -203,8 +203,12 @@ class Trainer:
         order += [k for k in plan.params if k not in order]
         params = initial_params(plan, settings.init, settings.seed)
         # off the host, elementwise chains run as generated kernels (runtime.fused)
-        runs = SequenceExecutor if plan.sequential else Executor if on_host(xp) else FusedExecutor
-        self.executor = runs(plan, params, settings.seed, xp, order=order)
+        if plan.sequential:
+            self.executor = SequenceExecutor(plan, params, settings.seed, xp, order=order,
+                                             fused=not on_host(xp))
+        else:
+            runs = Executor if on_host(xp) else FusedExecutor
+            self.executor = runs(plan, params, settings.seed, xp, order=order)
         self.truncation = truncation(plan, settings)
         if self.truncation and self.truncation[1] < self.truncation[0]:
             self.executor.reach = self.truncation[1]

@@ -94,3 +94,37 @@ def test_dense_gradients_are_written_into_the_flat_vector():
     _, grads = dense.backward(ctx, np.ones((4, 3)))
     assert grads["weight"] is storage["weight"] and grads["bias"] is storage["bias"]
     np.testing.assert_array_equal(storage["weight"], np.full((3, 2), 4.0))
+
+
+SEQUENCE_SPECS = ["elman", "lstm", "gru", "jordan", "scrn", "bidirectional_rnn", "seq2seq",
+                  "lstm_classifier", "char_lm"]
+
+
+@pytest.mark.parametrize("name", SEQUENCE_SPECS)
+def test_fused_sequence_step_equals_the_plain_one(name):
+    """Chains inside recurrences (an Elman cell's add -> tanh) run as one program per
+    time step; the loop's states stay values. Losses and gradients as without fusion."""
+    from conftest import SPECS
+    from netdsl.driver import check_file
+    from netdsl.runtime.recur import SequenceExecutor
+
+    plan = build_plan(check_file(f"{SPECS}/{name}.net").graph)
+    rng = np.random.default_rng(0)
+    batch = {}
+    for key, t in plan.inputs.items():
+        shape = (3, 5, *t.dims) if t.seq else (3, *t.dims)
+        batch[key] = (rng.integers(0, t.classes, shape) if t.classes is not None
+                      else rng.standard_normal(shape))
+    params = initial_params(plan, "torch", seed=0)
+    plain = SequenceExecutor(plan, params, seed=0, dtype="float64")
+    fused = SequenceExecutor(plan, params, seed=0, dtype="float64", fused=True)
+    results = []
+    for ex in (plain, fused):
+        out = ex.forward(batch, training=True)
+        ex.backward(plan.backward())
+        results.append(({k: float(v) for k, v in out.items()}, ex.flat_grads.copy()))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-12)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
+    in_loops = [s for loop in fused.plan.loops for s in loop.steps if s.op.name == "fused"]
+    if name == "elman":
+        assert [s.op.chain.name for s in in_loops] == ["add_tanh"]

@@ -235,7 +235,7 @@ def small_batch(plan: Plan, size: int, rng) -> dict[str, np.ndarray]:
 
 def gpu_executor(plan: Plan, params: dict):
     if plan.sequential:
-        return SequenceExecutor(plan, params, 0, xp=gpu)
+        return SequenceExecutor(plan, params, 0, xp=gpu, fused=True)  # as Trainer makes it
     from netdsl.runtime.fused import FusedExecutor
 
     return FusedExecutor(plan, params, 0, xp=gpu)

@@ -68,9 +68,8 @@ def test_smoke_run_times_and_losses(smoke, side):
 
 def test_smoke_run_uses_the_gpu_executors_classes(smoke):
     by_id = {w["id"]: w["executor"] for w in smoke["workloads"]}
-    assert by_id["W4"] == by_id["W5"] == "SequenceExecutor"
-    # FusedExecutor where it imports; the report names the fallback otherwise
-    assert all(by_id[i].startswith(("FusedExecutor", "Executor")) for i in ("W1", "W2", "W3", "W6"))
+    assert by_id["W4"] == by_id["W5"] == "SequenceExecutor (fused)"
+    assert all(by_id[i] == "FusedExecutor" for i in ("W1", "W2", "W3", "W6"))
 
 
 def test_gpu_batch_sizes_are_the_workloads():

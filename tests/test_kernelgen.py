@@ -18,6 +18,7 @@ from netdsl.ops import OPS, gpu_conv, gpu_loss, gpu_norm, gpu_pool
 from netdsl.ops.base import Ctx, bind
 from netdsl.ops.expr import Var, evaluate
 from netdsl.runtime.fused import chains, kernel_plan
+from netdsl.runtime.hoist import hoist
 from netdsl.runtime.kernelgen import (Chain, chain_backward, chain_forward, cuda_source,
                                       evaluate_program, fusable, update_program, update_scalars)
 from netdsl.runtime.optim import OPTIMIZERS
@@ -214,8 +215,8 @@ def _spec_programs():
     programs = {}
     for path in sorted(os.listdir(SPECS)):
         plan = build_plan(check_file(os.path.join(SPECS, path)).graph)
-        if plan.sequential:
-            continue
+        if plan.sequential:   # the plan the sequence executor runs
+            plan = hoist(plan)
         fused = kernel_plan(plan, set(plan.losses.values()))
         for step in fused.steps:
             if step.op.name == "fused":
