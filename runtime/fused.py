@@ -1,8 +1,8 @@
 """The GPU executor: the plan's elementwise chains as generated kernels.
 
-`kernel_plan` rewrites a plan: each run of elementwise ops with formulas inside a
-fused chain (runtime.fuse), such as the bias-free tail `add -> relu` of a residual
-block or `sigmoid` alone, becomes one step whose op launches one kernel forward and
+`kernel_plan` rewrites a plan: each run of elementwise ops with formulas whose
+values nothing else reads, such as the tail `add -> relu` of a residual block or
+`sigmoid` alone, becomes one step whose op launches one kernel forward and
 one backward (runtime.kernelgen). Everything else runs as in the NumPy executor, on
 CuPy arrays: products and convolutions through cuBLAS. The rewritten step takes the
 name of the chain's last op, so the values a loss or a metric reads keep their names.
@@ -22,7 +22,6 @@ import numpy as np
 
 from netdsl.ops.base import Op
 from netdsl.runtime.execute import Executor
-from netdsl.runtime.fuse import fuse
 from netdsl.runtime.kernelgen import Chain, chain_backward, chain_forward, fusable
 from netdsl.runtime.launch import kernels_for
 from netdsl.runtime.plan import Backward, Plan, Step
@@ -66,25 +65,34 @@ class FusedChain(Op):
 
 
 def chains(plan: Plan, outputs: set[str]) -> list[list[Step]]:
-    """The runs of steps that become one kernel each, in schedule order."""
+    """The runs of steps that become one kernel each, in order of their last steps.
+
+    A qualifying step extends the run that ends at one of its inputs when nothing else
+    reads that value: not another step, a loss, a caller (`outputs`) or a recurrent
+    state. Unlike the host's in-place chains (runtime.fuse), any input position may
+    continue a run, and what the members keep for backward does not matter: the
+    kernel keeps the run's inputs and recomputes the rest.
+    """
     # a state reads its source from the step before: the source must stay a value
     outputs = set(outputs) | {state.source for state in plan.states.values()}
     loop_of = {s.node: loop.name for loop in plan.loops for s in loop.steps}
-    runs = []
-    for group in fuse(plan, outputs):
-        run: list[Step] = []
-        for node in group.nodes:
-            step = plan.step_of(node)
-            if _qualifies(plan, step) and (not run or (
-                    step.inputs[0] == run[-1].node
-                    and loop_of.get(node) == loop_of.get(run[-1].node))):
-                run.append(step)
-                continue
-            if run:
-                runs.append(run)
-            run = [step] if _qualifies(plan, step) else []
-        if run:
+    readers: dict[str, int] = {}
+    for step in plan.steps:
+        for source in step.inputs:
+            readers[source] = readers.get(source, 0) + 1
+    runs: list[list[Step]] = []
+    ending: dict[str, list[Step]] = {}   # the last node of a run -> the run
+    for step in plan.steps:
+        if not _qualifies(plan, step):
+            continue
+        run = next((ending.pop(source) for source in step.inputs
+                    if source in ending and readers[source] == 1 and source not in outputs
+                    and loop_of.get(source) == loop_of.get(step.node)), None)
+        if run is None:
+            run = []
             runs.append(run)
+        run.append(step)
+        ending[step.node] = run
     return runs
 
 
