@@ -4,7 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops import expr as E
 from netdsl.ops.base import Arg, Op, integer, number, positive, register
-from netdsl.ops.common import Pointwise, expect_float
+from netdsl.ops.common import Pointwise, expect_float, formula_grads, formula_value
 from netdsl.ops.kernels import constant, sigmoid, split_pointwise
 from netdsl.types import TensorType
 
@@ -22,8 +22,7 @@ class Sigmoid(Pointwise):
         return y
 
     def backward(self, ctx, gy):
-        y = ctx.saved["y"]
-        return (gy * y * (1 - y),), {}
+        return formula_grads(self, ctx, gy), {}
 
     def formula(self, x):
         return E.sigmoid(x)
@@ -46,8 +45,7 @@ class Tanh(Pointwise):
         return y
 
     def backward(self, ctx, gy):
-        y = ctx.saved["y"]
-        return (gy * (1 - y * y),), {}
+        return formula_grads(self, ctx, gy), {}
 
     def formula(self, x):
         return E.tanh(x)
@@ -94,11 +92,10 @@ class LeakyRelu(Pointwise):
 
     def forward(self, ctx, x):
         ctx.save(x=x)
-        return ctx.xp.where(x > 0, x, x * self.slope)
+        return formula_value(self, ctx, x)
 
     def backward(self, ctx, gy):
-        x = ctx.saved["x"]
-        return (ctx.xp.where(x > 0, gy, gy * self.slope),), {}
+        return formula_grads(self, ctx, gy), {}
 
     def formula(self, x):
         return E.where(x > 0, x, x * self.slope)
@@ -159,16 +156,14 @@ class Elu(Pointwise):
     cost = 3
 
     def forward(self, ctx, x):
-        xp = ctx.xp
         ctx.save(x=x)
-        # expm1 of min(x, 0): accurate near 0, and no overflow on the branch not taken
-        return xp.where(x > 0, x, self.alpha * xp.expm1(xp.minimum(x, 0)))
+        return formula_value(self, ctx, x)
 
     def backward(self, ctx, gy):
-        xp, x = ctx.xp, ctx.saved["x"]
-        return (xp.where(x > 0, gy, gy * self.alpha * xp.exp(xp.minimum(x, 0))),), {}
+        return formula_grads(self, ctx, gy), {}
 
     def formula(self, x):
+        # expm1 of min(x, 0): accurate near 0, and no overflow on the branch not taken
         return E.where(x > 0, x, self.alpha * E.expm1(E.minimum(x, 0)))
 
     def derivative(self, gy, y, x):
@@ -187,7 +182,7 @@ class Softplus(Pointwise):
         return ctx.xp.logaddexp(0, x)
 
     def backward(self, ctx, gy):
-        return (gy * sigmoid(ctx.xp, ctx.saved["x"]),), {}
+        return formula_grads(self, ctx, gy), {}
 
     def formula(self, x):
         return E.softplus(x)
@@ -235,7 +230,7 @@ class Exp(Pointwise):
         return y
 
     def backward(self, ctx, gy):
-        return (gy * ctx.saved["y"],), {}
+        return formula_grads(self, ctx, gy), {}
 
     def formula(self, x):
         return E.exp(x)
@@ -252,10 +247,10 @@ class Log(Pointwise):
 
     def forward(self, ctx, x):
         ctx.save(x=x)
-        return ctx.xp.log(x)
+        return formula_value(self, ctx, x)
 
     def backward(self, ctx, gy):
-        return (gy / ctx.saved["x"],), {}
+        return formula_grads(self, ctx, gy), {}
 
     def formula(self, x):
         return E.log(x)

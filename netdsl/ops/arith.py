@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, number, register
-from netdsl.ops.common import Pointwise, expect_float, fmt
+from netdsl.ops.common import Pointwise, expect_float, fmt, formula_grads
 from netdsl.ops.kernels import align, unbroadcast
 from netdsl.types import TensorType
 
@@ -47,7 +47,7 @@ class _Binary(Op):
         return self.apply(ctx, align(a, rank), align(b, rank))
 
     def backward(self, ctx, gy):
-        da, db = self.grads(ctx, gy)
+        da, db = formula_grads(self, ctx, gy)
         return (unbroadcast(da, ctx.saved["a_shape"]), unbroadcast(db, ctx.saved["b_shape"])), {}
 
 
@@ -65,9 +65,6 @@ class Add(_Binary):
 
     def apply(self, ctx, a, b):
         return ctx.xp.add(a, b, out=_fits(ctx.out, a, b))
-
-    def grads(self, ctx, gy):
-        return gy, gy
 
     def formula(self, a, b):
         return a + b
@@ -87,9 +84,6 @@ class Sub(_Binary):
     def apply(self, ctx, a, b):
         return ctx.xp.subtract(a, b, out=_fits(ctx.out, a, b))
 
-    def grads(self, ctx, gy):
-        return gy, -gy
-
     def formula(self, a, b):
         return a - b
 
@@ -106,9 +100,6 @@ class Mul(_Binary):
     def apply(self, ctx, a, b):
         ctx.save(a=a, b=b)
         return a * b
-
-    def grads(self, ctx, gy):
-        return gy * ctx.saved["b"], gy * ctx.saved["a"]
 
     def formula(self, a, b):
         return a * b
@@ -127,10 +118,6 @@ class Div(_Binary):
         y = a / b
         ctx.save(b=b, y=y)
         return y
-
-    def grads(self, ctx, gy):
-        da = gy / ctx.saved["b"]
-        return da, -da * ctx.saved["y"]
 
     def formula(self, a, b):
         return a / b
@@ -156,7 +143,7 @@ class Scale(Pointwise):
         return y
 
     def backward(self, ctx, gy):
-        return (gy * self.factor,), {}
+        return formula_grads(self, ctx, gy), {}
 
     def formula(self, x):
         return self.factor * x + self.shift

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from netdsl.errors import ShapeError
-from netdsl.ops.base import Op
+from netdsl.ops.base import Op, input_names
+from netdsl.ops.expr import Var, evaluate
 from netdsl.types import TensorType
 
 LAYOUTS = {2: "[C,L]", 3: "[C,H,W]"}
@@ -49,3 +50,20 @@ class Pointwise(Op):
 
     def flops(self, y, *xs) -> int:
         return self.cost * y.size
+
+
+def formula_value(op: Op, ctx, *xs):
+    """The op's forward formula (ops.expr) evaluated on arrays: where an elementwise op's
+    value is written once, for the host and the GPU's generated kernels alike."""
+    names = input_names(type(op))
+    env = dict(zip(names, xs))
+    return evaluate(op.formula(*(Var(n) for n in names)), env, ctx.xp, xs[0].dtype)
+
+
+def formula_grads(op: Op, ctx, gy) -> tuple:
+    """The op's derivative formulas evaluated on gy and what forward saved (its `keeps`,
+    under the names the formulas read: y, and the inputs' names)."""
+    names = input_names(type(op))
+    exprs = op.derivative(Var("gy"), Var("y"), *(Var(n) for n in names))
+    env = {"gy": gy, **ctx.saved}
+    return tuple(None if e is None else evaluate(e, env, ctx.xp, gy.dtype) for e in exprs)
