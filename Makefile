@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN     = $(VENV)/bin
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test setup setup-test graphviz tmux bench clean
+.PHONY: run test setup setup-test graphviz tmux cxx bench clean
 
 run: setup graphviz
 	$(BIN)/netc check specs/*.net
@@ -12,7 +12,7 @@ run: setup graphviz
 	$(BIN)/netc draw specs/mlp.net -o out/mlp.svg
 	$(BIN)/netc run specs/mlp.net --checkpoint out/mlp
 
-test: setup-test graphviz tmux
+test: setup-test graphviz tmux cxx
 	$(BIN)/pytest -q
 
 bench: setup-test
@@ -40,6 +40,10 @@ graphviz:
 # the terminal builder's end-to-end test drives `netc tui` inside tmux
 tmux:
 	@command -v tmux >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq tmux; }
+
+# the GPU kernels' tests compile their CUDA source as C++ and run it on the CPU
+cxx:
+	@command -v g++ >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq g++; }
 
 clean:
 	rm -rf $(VENV) out runs build *.egg-info
