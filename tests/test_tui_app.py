@@ -1,6 +1,7 @@
 """The builder driven through Textual's Pilot, as a user would: keys in, screen out."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -41,15 +42,22 @@ async def settle(pilot, rounds: int = 3) -> None:
         await pilot.pause()
 
 
+@contextlib.asynccontextmanager
+async def opened(path: str, **options):
+    """The builder open on `path` in a headless terminal, settled: (app, pilot)."""
+    app = NetApp(path, **options)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        yield app, pilot
+
+
 def status(app) -> str:
     return str(app.builder.query_one("#status").render())
 
 
 class TestEditor:
     async def test_typed_error_is_marked_with_its_message(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             editor = app.builder.editor
             editor.move_cursor((6, 32))  # after `relu` in `-> relu -> dense(10)`
             await pilot.press("backspace", "backspace", "backspace", "backspace", *"rleu")
@@ -62,16 +70,12 @@ class TestEditor:
             assert editor.diagnostics == () and status(app).startswith("ok: mlp")
 
     async def test_highlighting_comes_from_the_lexer(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             styles = {name for _, _, name in app.builder.editor._highlights[5]}
             assert {"function", "operator", "number", "variable"} <= styles
 
     async def test_cursor_in_text_selects_its_node(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             app.builder.editor.move_cursor((5, 30))  # inside `relu` of line 6
             await settle(pilot, 1)
             assert app.builder.graph_view.selected == "relu1"
@@ -80,9 +84,7 @@ class TestEditor:
 
 class TestGraph:
     async def test_selecting_a_node_selects_its_source(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             await pilot.press("tab", "down")
             await settle(pilot, 1)
             assert app.builder.graph_view.selected == "dense1"
@@ -90,9 +92,7 @@ class TestGraph:
             assert editor.selected_text == "dense(256)"
 
     async def test_collapse_and_expand_a_block(self):
-        app = NetApp(os.path.join(ROOT, "specs", "resnet20.net"))
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
             view = app.builder.graph_view
             view.focus()
             view.select("stage1/basic1/conv1")
@@ -108,9 +108,7 @@ class TestGraph:
             assert {"[stage1]", "[stage2]", "[stage3]"} <= set(view.picture.rects)
 
     async def test_large_network_scrolls_and_jumps(self):
-        app = NetApp(os.path.join(ROOT, "specs", "densenet121.net"))
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(os.path.join(ROOT, "specs", "densenet121.net")) as (app, pilot):
             view = app.builder.graph_view
             assert view.picture.height > 1000
             await pilot.press("ctrl+g", *"dense_block4/conv16", "enter")
@@ -123,9 +121,7 @@ class TestGraph:
             assert view.picture.height < 1000
 
     async def test_inspector_shows_costs(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             app.builder.graph_view.focus()
             app.builder.graph_view.select("dense1")
             await settle(pilot, 1)
@@ -136,9 +132,7 @@ class TestGraph:
 
 class TestVisualEdits:
     async def test_insert_then_undo_and_redo(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             original = app.builder.editor.text
             app.builder.graph_view.focus()
             app.builder.graph_view.select("relu1")
@@ -155,9 +149,7 @@ class TestVisualEdits:
             assert app.builder.editor.text == text
 
     async def test_form_rejects_a_bad_value_and_stays_open(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             app.builder.graph_view.focus()
             app.builder.graph_view.select("relu1")
             await pilot.press("i", *"dense", "enter")
@@ -170,9 +162,7 @@ class TestVisualEdits:
             assert "dense(0)" not in app.builder.editor.text
 
     async def test_delete_rewires_or_explains(self, spec):
-        app = NetApp(os.path.join(ROOT, "specs", "resnet20.net"))
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
             before = app.builder.editor.text
             view = app.builder.graph_view
             view.focus()
@@ -187,9 +177,7 @@ class TestVisualEdits:
             assert status(app).startswith("deleted relu1")
 
     async def test_delete_that_breaks_shapes_is_refused(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             before = app.builder.editor.text
             app.builder.graph_view.focus()
             app.builder.graph_view.select("logits")
@@ -198,9 +186,7 @@ class TestVisualEdits:
             assert app.builder.editor.text == before and "would not check" in status(app)
 
     async def test_edit_arguments(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             app.builder.graph_view.focus()
             app.builder.graph_view.select("dropout1")
             await pilot.press("e")
@@ -211,9 +197,7 @@ class TestVisualEdits:
             assert type(app.screen).__name__ == "BuilderScreen"  # the form closed
 
     async def test_add_skip_connection(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             view = app.builder.graph_view
             view.focus()
             view.select("dense1")
@@ -227,9 +211,7 @@ class TestVisualEdits:
 
 class TestFiles:
     async def test_save_writes_atomically_and_clears_dirty(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             app.builder.editor.move_cursor((0, 0))
             await pilot.press(*"# edited", "enter")
             assert app.builder.dirty and app.title.endswith("*")
@@ -239,9 +221,7 @@ class TestFiles:
             check_file(spec)
 
     async def test_save_as_and_bad_folder(self, spec, tmp_path):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             await pilot.press("f2", "ctrl+u", *str(tmp_path / "missing" / "x.net"), "enter")
             await settle(pilot, 1)
             assert "not saved" in status(app) and app.builder.path == spec
@@ -251,9 +231,7 @@ class TestFiles:
             assert app.builder.path == target and os.path.exists(target)
 
     async def test_quit_with_unsaved_changes_asks(self, spec):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             await pilot.press(*"# x", "enter")
             await pilot.press("ctrl+q")
             await pilot.pause()
@@ -267,25 +245,19 @@ class TestFiles:
 
     async def test_autosave_is_offered_after_a_crash(self, spec, monkeypatch):
         monkeypatch.setattr("netdsl.tui.screens.builder.AUTOSAVE_DELAY", 0.1)
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             await pilot.press(*"# unsaved", "enter")
             await settle(pilot)
             assert Recovery(spec).read()[0].startswith("# unsaved")
         # the app ended without saving or quitting: as after a crash
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             assert type(app.screen).__name__ == "Choice"
             await pilot.click("#recover")
             await settle(pilot)
             assert app.builder.editor.text.startswith("# unsaved") and app.builder.dirty
 
     async def test_open_reports_a_bad_file(self, spec, tmp_path):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             app.builder.open_file(str(tmp_path / "nothing.net"))
             assert "cannot open" in status(app) and "no such file" in status(app)
             app.builder.open_file(os.path.join(ROOT, "specs", "elman.net"))
@@ -295,9 +267,8 @@ class TestFiles:
 
 class TestRunPanel:
     async def test_train_shows_progress_and_stops(self, spec):
-        app = NetApp(spec, train_examples=600, train_epochs=10_000)  # runs until stopped
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        # runs until stopped
+        async with opened(spec, train_examples=600, train_epochs=10_000) as (app, pilot):
             await pilot.press("f5")
             screen = app.screen
             for _ in range(100):
@@ -313,9 +284,7 @@ class TestRunPanel:
             assert type(app.screen).__name__ == "BuilderScreen"
 
     async def test_export_dot(self, spec, tmp_path):
-        app = NetApp(spec)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened(spec) as (app, pilot):
             target = str(tmp_path / "mlp.dot")
             await pilot.press("f6", "ctrl+u", *target, "enter")
             await settle(pilot)
@@ -328,9 +297,7 @@ class TestSnapshots:
         from test_tui_units import compare_snapshot
 
         monkeypatch.chdir(os.path.dirname(spec))  # a relative path: the same picture anywhere
-        app = NetApp("mlp.net")
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened("mlp.net") as (app, pilot):
             app.builder.graph_view.focus()
             app.builder.graph_view.select("dense1")
             await settle(pilot, 1)
@@ -341,9 +308,7 @@ class TestSnapshots:
         from test_tui_units import compare_snapshot
 
         monkeypatch.chdir(os.path.dirname(spec))
-        app = NetApp("mlp.net")
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
+        async with opened("mlp.net") as (app, pilot):
             app.builder.editor.move_cursor((6, 32))
             await pilot.press("backspace", "backspace", "backspace", "backspace", *"rleu")
             await settle(pilot)
