@@ -32,3 +32,12 @@ def pytest_addoption(parser):
 @pytest.fixture
 def update_golden(request) -> bool:
     return request.config.getoption("--update-golden")
+
+
+@pytest.fixture
+def kernels_on_host(monkeypatch):
+    """Every GPU kernel launched runs its CUDA source compiled for the host
+    (tests/cpu_cuda.py), so the GPU ops run on NumPy arrays."""
+    from cpu_cuda import launch_on_host
+
+    launch_on_host(monkeypatch)

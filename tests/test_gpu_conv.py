@@ -4,7 +4,6 @@ host convolution (ops.kernels) forward and backward."""
 import numpy as np
 import pytest
 
-from cpu_cuda import HostKernels
 from netdsl.ops import gpu_conv
 from netdsl.ops.kernels import conv_nd, conv_nd_backward
 
@@ -18,24 +17,8 @@ CASES = {
 }
 
 
-@pytest.fixture
-def on_host(monkeypatch):
-    """gpu_conv with its kernels compiled for the host (double precision)."""
-    host = HostKernels([gpu_conv.conv_source(name, body, "double")
-                        for name, body in (("im2col", gpu_conv.IM2COL),
-                                           ("col2im", gpu_conv.COL2IM))])
-    sources = {name: gpu_conv.conv_source(name, body, "double")
-               for name, body in (("im2col", gpu_conv.IM2COL), ("col2im", gpu_conv.COL2IM))}
-
-    def launch(name, source, out, sizes):
-        host.run(sources[name], np.ascontiguousarray(source), out,
-                 *(sizes[s] for s in gpu_conv._SIZES), out.size)
-
-    monkeypatch.setattr(gpu_conv, "_launch", launch)
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_gpu_convolution_equals_the_host_one(on_host, case):
+def test_gpu_convolution_equals_the_host_one(kernels_on_host, case):
     x_shape, w_shape, stride, pads, dilation = CASES[case]
     rng = np.random.default_rng(0)
     x, weight = rng.standard_normal(x_shape), rng.standard_normal(w_shape)

@@ -3,23 +3,12 @@ from their CUDA source for the CPU, against the cross_entropy op on NumPy."""
 import numpy as np
 import pytest
 
-from cpu_cuda import HostKernels
 from netdsl.ops import OPS, gpu_loss
 from netdsl.ops.base import Ctx, bind
 
-NAMES = ("ce_rows", "ce_gradient")
-
-
-@pytest.fixture
-def on_host(monkeypatch):
-    sources = {name: gpu_loss.loss_source(name, "double") for name in NAMES}
-    host = HostKernels(list(sources.values()))
-    monkeypatch.setattr(gpu_loss, "_launch",
-                        lambda name, args, n, dtype: host.run(sources[name], *args, n))
-
 
 @pytest.mark.parametrize("shape", [(5, 10), (3, 4, 2, 3), (2, 1)], ids=str)
-def test_gpu_cross_entropy_equals_the_op(on_host, shape):
+def test_gpu_cross_entropy_equals_the_op(kernels_on_host, shape):
     rng = np.random.default_rng(0)
     logits = rng.standard_normal(shape) * 4
     labels = rng.integers(0, shape[1], (shape[0], *shape[2:]))

@@ -3,30 +3,13 @@ their CUDA source for the CPU, against kernels.batch_norm on NumPy."""
 import numpy as np
 import pytest
 
-from cpu_cuda import HostKernels
 from netdsl.ops import gpu_norm
 from netdsl.ops.base import Ctx
 from netdsl.ops.kernels import batch_norm, batch_norm_backward
 
-NAMES = ("bn_statistics", "bn_normalise", "bn_sums", "bn_input_grad")
-
-
-@pytest.fixture
-def on_host(monkeypatch):
-    sources = {name: gpu_norm.norm_source(name, "double") for name in NAMES}
-    host = HostKernels(list(sources.values()))
-
-    def launch(name, args, n, dtype):
-        if name in gpu_norm.PER_CHANNEL:
-            host.run_blocks(sources[name], n, *args)
-        else:
-            host.run(sources[name], *args, n)
-
-    monkeypatch.setattr(gpu_norm, "_launch", launch)
-
 
 @pytest.mark.parametrize("shape", [(4, 3, 5, 6), (7, 2), (1, 4, 9)], ids=str)
-def test_gpu_batch_norm_equals_the_host_one(on_host, shape):
+def test_gpu_batch_norm_equals_the_host_one(kernels_on_host, shape):
     rng = np.random.default_rng(0)
     weight, bias = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
     ours, theirs = Ctx(np, training=True), Ctx(np, training=True)

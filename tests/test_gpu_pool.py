@@ -3,7 +3,6 @@ CUDA source for the CPU, against the maxpool op on NumPy."""
 import numpy as np
 import pytest
 
-from cpu_cuda import HostKernels
 from netdsl.ops import OPS, gpu_pool
 from netdsl.ops.base import Ctx, bind
 
@@ -16,20 +15,8 @@ CASES = {   # input shape, maxpool's arguments
 }
 
 
-@pytest.fixture
-def on_host(monkeypatch):
-    sources = {name: gpu_pool.pool_source(name, "double")
-               for name in ("maxpool", "maxpool_backward")}
-    host = HostKernels(list(sources.values()))
-
-    def launch(name, arrays, n, sizes, dtype):
-        host.run(sources[name], *arrays, *(sizes[s] for s in gpu_pool._SIZES), n)
-
-    monkeypatch.setattr(gpu_pool, "_launch", launch)
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_gpu_maxpool_equals_the_op(on_host, case):
+def test_gpu_maxpool_equals_the_op(kernels_on_host, case):
     shape, attrs = CASES[case]
     op = bind(OPS["maxpool"], [], attrs)
     rng = np.random.default_rng(0)

@@ -6,11 +6,13 @@ which is how the tests run these kernels' own source on the CPU (tests/cpu_cuda.
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["on_gpu", "grid_kernel", "launch", "launch_blocks", "CTYPES", "THREADS"]
+__all__ = ["on_gpu", "grid_kernel", "Kernel", "launch", "CTYPES", "THREADS"]
 
 CTYPES = {"float32": "float", "float64": "double"}
 THREADS = 256
@@ -35,6 +37,40 @@ def grid_kernel(name: str, params: str, body: str, ctype: str) -> str:
             f"{body}    }}\n}}\n")
 
 
+@dataclass(frozen=True)
+class Kernel:
+    """A hand-written kernel: its parameters and body, written with T for the element
+    type. A grid kernel's body computes element i < n; a `per_block` kernel runs one
+    block of THREADS per item (a channel), its body indexing by blockIdx and threadIdx."""
+
+    name: str
+    params: str
+    body: str
+    per_block: bool = False
+
+    def source(self, ctype: str) -> str:
+        return _source(self, ctype)
+
+    def __call__(self, n: int, args: tuple, dtype) -> None:
+        """Launch over n elements, or over n blocks; the element type is `dtype`'s."""
+        source = self.source(CTYPES[str(dtype)])
+        if not n:
+            return
+        if self.per_block:
+            _compiled(source, self.name)((n,), (THREADS,), _typed(args))
+        else:
+            launch(source, self.name, n, args)
+
+
+@lru_cache(maxsize=None)
+def _source(kernel: Kernel, ctype: str) -> str:
+    params = re.sub(r"\bT\b", ctype, kernel.params)
+    if kernel.per_block:
+        return (f'extern "C" __global__ void {kernel.name}({params}) {{\n'
+                f"    typedef {ctype} T;{kernel.body}}}\n")
+    return grid_kernel(kernel.name, params, kernel.body, ctype)
+
+
 @lru_cache(maxsize=None)
 def _compiled(source: str, name: str):
     import cupy
@@ -48,14 +84,9 @@ def _typed(args) -> tuple:
 
 
 def launch(source: str, name: str, n: int, args: tuple) -> None:
-    """Run a grid kernel over n elements; sizes in `args` go as 64-bit integers."""
+    """Run a grid kernel's source over n elements; sizes in `args` go as 64-bit integers."""
     if n == 0:
         return
     _compiled(source, name)((min(-(-n // THREADS), MAX_BLOCKS),), (THREADS,),
                             _typed(args) + (np.int64(n),))
 
-
-def launch_blocks(source: str, name: str, blocks: int, args: tuple) -> None:
-    """Run a kernel of one block of THREADS per item (a channel): no grid-stride loop."""
-    if blocks:
-        _compiled(source, name)((blocks,), (THREADS,), _typed(args))

@@ -11,13 +11,15 @@ elementwise kernels, so the same source also runs on the CPU in the tests.
 """
 from __future__ import annotations
 
-from netdsl.ops.gpu import CTYPES, grid_kernel, launch
+from netdsl.ops.gpu import Kernel
 
-__all__ = ["sources", "IM2COL", "COL2IM", "conv_source", "conv2d", "conv2d_backward", "supported"]
+__all__ = ["KERNELS", "IM2COL", "COL2IM", "conv2d", "conv2d_backward", "supported"]
 
 _SIZES = ("B", "C", "H", "W", "KH", "KW", "OH", "OW", "SH", "SW", "PH", "PW", "DH", "DW")
+_PARAMS = ("const T* __restrict__ in, T* __restrict__ out, "
+           + ", ".join(f"const long long {s}" for s in _SIZES))
 
-IM2COL = """
+IM2COL = Kernel("im2col", _PARAMS, """
     // i indexes cols (B, C, KH, KW, OH, OW): one column entry per thread
     long long r = i;
     const long long ow = r % OW; r /= OW;
@@ -29,9 +31,9 @@ IM2COL = """
     const long long h = oh * SH - PH + kh * DH;
     const long long w = ow * SW - PW + kw * DW;
     out[i] = (h >= 0 && h < H && w >= 0 && w < W) ? in[((b * C + c) * H + h) * W + w] : (T)0;
-"""
+""")
 
-COL2IM = """
+COL2IM = Kernel("col2im", _PARAMS, """
     // i indexes x (B, C, H, W): the sum of the column entries that read this pixel
     long long r = i;
     const long long w = r % W; r /= W;
@@ -49,20 +51,9 @@ COL2IM = """
         }
     }
     out[i] = sum;
-"""
+""")
 
-
-def conv_source(name: str, body: str, ctype: str) -> str:
-    """A kernel `name`(in, out, sizes..., n) running `body` for each i < n."""
-    sizes = ", ".join(f"const long long {s}" for s in _SIZES)
-    return grid_kernel(name, f"const {ctype}* __restrict__ in, {ctype}* __restrict__ out, {sizes}",
-                       body, ctype)
-
-
-def sources(ctype: str) -> dict[str, str]:
-    """Every kernel of this module, by name."""
-    return {"im2col": conv_source("im2col", IM2COL, ctype),
-            "col2im": conv_source("col2im", COL2IM, ctype)}
+KERNELS = (IM2COL, COL2IM)
 
 
 def supported(x, weight, groups: int) -> bool:
@@ -70,10 +61,9 @@ def supported(x, weight, groups: int) -> bool:
     return groups == 1 and x.ndim in (3, 4)
 
 
-def _launch(name: str, source, out, sizes: dict) -> None:
-    body = IM2COL if name == "im2col" else COL2IM
-    launch(conv_source(name, body, CTYPES[str(out.dtype)]), name, out.size,
-           (source, out, *(sizes[s] for s in _SIZES)))
+def _launch(kernel: Kernel, source, out, sizes: dict) -> None:
+    """`kernel` from `source` to `out`, one thread per element of `out`."""
+    kernel(out.size, (source, out, *(sizes[s] for s in _SIZES)), out.dtype)
 
 
 def _as_2d(x, weight, stride, pads, dilation):
@@ -103,7 +93,7 @@ def _columns(xp, x, s: dict):
     if _pointwise(s):
         return x.reshape(s["B"], s["C"], s["H"] * s["W"])
     cols = xp.empty((s["B"], s["C"] * s["KH"] * s["KW"], s["OH"] * s["OW"]), dtype=x.dtype)
-    _launch("im2col", xp.ascontiguousarray(x), cols, s)
+    _launch(IM2COL, xp.ascontiguousarray(x), cols, s)
     return cols
 
 
@@ -136,6 +126,6 @@ def conv2d_backward(xp, gy, x, weight, stride, pads, dilation, need_dx=True):
             dx = dcols.reshape(shape)
         else:
             dx = xp.empty(x.shape, dtype=dcols.dtype)
-            _launch("col2im", dcols, dx, s)
+            _launch(COL2IM, dcols, dx, s)
             dx = dx.reshape(shape)
     return dx, dweight, dbias

@@ -8,12 +8,15 @@ on the device, so nothing waits for the GPU. Class weights take the generic path
 """
 from __future__ import annotations
 
-from netdsl.ops.gpu import CTYPES, grid_kernel, launch
+from netdsl.ops.gpu import Kernel
 
-__all__ = ["sources", "ROWS", "GRADIENT", "loss_source", "cross_entropy", "cross_entropy_backward"]
+__all__ = ["KERNELS", "ROWS", "GRADIENT", "cross_entropy", "cross_entropy_backward"]
+
+_LAYOUT = "const long long C, const long long S"
 
 # i indexes the rows (B, S); a row's classes lie S apart
-ROWS = """
+ROWS = Kernel("ce_rows", "const T* __restrict__ logits, const long long* __restrict__ labels, "
+              f"T* __restrict__ probs, T* __restrict__ shares, const T scale, {_LAYOUT}", """
     const T* z = logits + (i / S) * C * S + i % S;
     T* p = probs + (i / S) * C * S + i % S;
     T top = z[0];
@@ -22,36 +25,18 @@ ROWS = """
     for (long long c = 0; c < C; ++c) total += exp(z[c * S] - top);
     for (long long c = 0; c < C; ++c) p[c * S] = exp(z[c * S] - top) / total;
     shares[i] = (top + log(total) - z[labels[i] * S]) * scale;
-"""
+""")
 
 # i indexes the logits (B, C, S)
-GRADIENT = """
+GRADIENT = Kernel("ce_gradient", "const T* __restrict__ probs, const long long* __restrict__ "
+                  f"labels, const T* __restrict__ gy, T* __restrict__ dlogits, const T scale, "
+                  f"{_LAYOUT}", """
     const long long c = (i / S) % C;
     const long long row = (i / (C * S)) * S + i % S;
     dlogits[i] = (probs[i] - (labels[row] == c ? (T)1 : (T)0)) * gy[0] * scale;
-"""
+""")
 
-
-def loss_source(name: str, ctype: str) -> str:
-    t = ctype
-    if name == "ce_rows":
-        params = (f"const {t}* __restrict__ logits, const long long* __restrict__ labels, "
-                  f"{t}* __restrict__ probs, {t}* __restrict__ shares, const {t} scale")
-        body = ROWS
-    else:
-        params = (f"const {t}* __restrict__ probs, const long long* __restrict__ labels, "
-                  f"const {t}* __restrict__ gy, {t}* __restrict__ dlogits, const {t} scale")
-        body = GRADIENT
-    return grid_kernel(name, f"{params}, const long long C, const long long S", body, t)
-
-
-def sources(ctype: str) -> dict[str, str]:
-    """Every kernel of this module, by name."""
-    return {name: loss_source(name, ctype) for name in ("ce_rows", "ce_gradient")}
-
-
-def _launch(name: str, args: tuple, n: int, dtype) -> None:
-    launch(loss_source(name, CTYPES[str(dtype)]), name, n, args)
+KERNELS = (ROWS, GRADIENT)
 
 
 def cross_entropy(xp, logits, labels):
@@ -63,7 +48,7 @@ def cross_entropy(xp, logits, labels):
     probs = xp.empty_like(logits)
     shares = xp.empty(labels.shape, dtype=logits.dtype)
     scale = logits.dtype.type(1 / labels.size)
-    _launch("ce_rows", (logits, labels, probs, shares, scale, c, s), labels.size, logits.dtype)
+    ROWS(labels.size, (logits, labels, probs, shares, scale, c, s), logits.dtype)
     return xp.asarray(shares.sum()), probs   # 0-d, as the other losses return
 
 
@@ -73,6 +58,6 @@ def cross_entropy_backward(xp, gy, probs, labels):
     dlogits = xp.empty_like(probs)
     gy = xp.asarray(gy, dtype=probs.dtype).reshape(1)
     scale = probs.dtype.type(1 / labels.size)
-    _launch("ce_gradient", (probs, xp.ascontiguousarray(labels, dtype=xp.int64), gy, dlogits,
-                            scale, c, s), probs.size, probs.dtype)
+    GRADIENT(probs.size, (probs, xp.ascontiguousarray(labels, dtype=xp.int64), gy, dlogits,
+                          scale, c, s), probs.dtype)
     return dlogits

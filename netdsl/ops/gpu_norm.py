@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdsl.ops.gpu import CTYPES, grid_kernel, launch, launch_blocks
+from netdsl.ops.gpu import Kernel
 
-__all__ = ["sources", "STATISTICS", "NORMALISE", "SUMS", "INPUT_GRAD", "norm_source", "batch_norm",
+__all__ = ["KERNELS", "STATISTICS", "NORMALISE", "SUMS", "INPUT_GRAD", "batch_norm",
            "batch_norm_backward"]
 
 # a block's two partial sums, `a` and `b`, added up over its threads in shared memory:
@@ -43,7 +43,10 @@ _BLOCK_SUMS = """
 """
 
 # one block per channel c; n = B * N values; the running statistics are updated in place
-STATISTICS = """
+STATISTICS = Kernel("bn_statistics", "const T* __restrict__ x, T* __restrict__ mean, "
+                    "T* __restrict__ inv_std, T* __restrict__ running_mean, "
+                    "T* __restrict__ running_var, const T eps, const T momentum, "
+                    "const long long B, const long long C, const long long N", """
     const long long c = blockIdx.x;
     const long long n = B * N;
     const T shift = x[c * N];
@@ -63,17 +66,22 @@ STATISTICS = """
         running_var[c] = ((T)1 - momentum) * running_var[c]
                          + momentum * (var > 0 ? var : (T)0) * n / (n > 1 ? n - 1 : 1);
     }
-"""
+""", per_block=True)
 
 # i indexes (B, C, N)
-NORMALISE = """
+NORMALISE = Kernel("bn_normalise", "const T* __restrict__ x, const T* __restrict__ mean, "
+                   "const T* __restrict__ inv_std, const T* __restrict__ weight, "
+                   "const T* __restrict__ bias, T* __restrict__ xhat, T* __restrict__ y, "
+                   "const long long C, const long long N", """
     const long long c = (i / N) % C;
     const T h = (x[i] - mean[c]) * inv_std[c];
     xhat[i] = h;
     y[i] = h * weight[c] + bias[c];
-"""
+""")
 
-SUMS = """
+SUMS = Kernel("bn_sums", "const T* __restrict__ gy, const T* __restrict__ xhat, "
+              "T* __restrict__ dbias, T* __restrict__ dweight, const long long B, "
+              "const long long C, const long long N", """
     const long long c = blockIdx.x;
     const long long n = B * N;
     double a = 0, b = 0;  // the sums of gy and of gy * xhat
@@ -87,57 +95,23 @@ SUMS = """
         dbias[c] = (T)partial[0];
         dweight[c] = (T)partial[blockDim.x];
     }
-"""
+""", per_block=True)
 
 # i indexes (B, C, N); with batch statistics the mean terms couple the batch
-INPUT_GRAD = """
+INPUT_GRAD = Kernel("bn_input_grad", "const T* __restrict__ gy, const T* __restrict__ xhat, "
+                    "const T* __restrict__ weight, const T* __restrict__ inv_std, "
+                    "const T* __restrict__ dbias, const T* __restrict__ dweight, "
+                    "T* __restrict__ dx, const int batch, const long long B, "
+                    "const long long C, const long long N", """
     const long long c = (i / N) % C;
     const T scale = weight[c] * inv_std[c];
     dx[i] = batch ? scale * (gy[i] - (dbias[c] + xhat[i] * dweight[c]) / (T)(B * N))
                   : scale * gy[i];
-"""
+""")
 
-_PARAMS = {
-    "bn_statistics": ("const T* __restrict__ x, T* __restrict__ mean, T* __restrict__ inv_std, "
-                      "T* __restrict__ running_mean, T* __restrict__ running_var, const T eps, "
-                      "const T momentum, const long long B, const long long C, "
-                      "const long long N", STATISTICS),
-    "bn_normalise": ("const T* __restrict__ x, const T* __restrict__ mean, "
-                     "const T* __restrict__ inv_std, const T* __restrict__ weight, "
-                     "const T* __restrict__ bias, T* __restrict__ xhat, T* __restrict__ y, "
-                     "const long long C, const long long N", NORMALISE),
-    "bn_sums": ("const T* __restrict__ gy, const T* __restrict__ xhat, "
-                "T* __restrict__ dbias, T* __restrict__ dweight, const long long B, "
-                "const long long C, const long long N", SUMS),
-    "bn_input_grad": ("const T* __restrict__ gy, const T* __restrict__ xhat, "
-                      "const T* __restrict__ weight, const T* __restrict__ inv_std, "
-                      "const T* __restrict__ dbias, const T* __restrict__ dweight, "
-                      "T* __restrict__ dx, const int batch, const long long B, "
-                      "const long long C, const long long N", INPUT_GRAD),
-}
-# the per-channel kernels run one block of THREADS (256, the size of `partial`) per
-# channel, not a grid over n elements
-PER_CHANNEL = {"bn_statistics", "bn_sums"}
-
-
-def norm_source(name: str, ctype: str) -> str:
-    params, body = _PARAMS[name]
-    params = params.replace("T*", f"{ctype}*").replace("const T ", f"const {ctype} ")
-    if name in PER_CHANNEL:
-        return (f'extern "C" __global__ void {name}({params}) {{\n'
-                f"    typedef {ctype} T;{body}}}\n")
-    return grid_kernel(name, params, body, ctype)
-
-
-def sources(ctype: str) -> dict[str, str]:
-    """Every kernel of this module, by name."""
-    return {name: norm_source(name, ctype) for name in _PARAMS}
-
-
-def _launch(name: str, args: tuple, n: int, dtype) -> None:
-    """n: the elements of an elementwise kernel, or the channels of a per-channel one."""
-    source = norm_source(name, CTYPES[str(dtype)])
-    (launch_blocks if name in PER_CHANNEL else launch)(source, name, n, args)
+# the per-channel kernels (per_block) run one block of ops.gpu.THREADS, 256, the size of
+# `partial`, per channel
+KERNELS = (STATISTICS, NORMALISE, SUMS, INPUT_GRAD)
 
 
 def batch_norm(ctx, x, weight, bias, eps, momentum):
@@ -155,15 +129,13 @@ def batch_norm(ctx, x, weight, bias, eps, momentum):
     if ctx.training:
         mean = xp.empty(channels, dtype=x.dtype)
         inv_std = xp.empty(channels, dtype=x.dtype)
-        _launch("bn_statistics", (x, mean, inv_std, buffers["running_mean"],
-                                  buffers["running_var"], dtype(eps), dtype(momentum), b,
-                                  channels, n), channels, x.dtype)
+        STATISTICS(channels, (x, mean, inv_std, buffers["running_mean"], buffers["running_var"],
+                              dtype(eps), dtype(momentum), b, channels, n), x.dtype)
     else:
         mean = buffers["running_mean"]
         inv_std = 1 / xp.sqrt(buffers["running_var"] + eps)
     xhat, y = xp.empty_like(x), xp.empty_like(x)
-    _launch("bn_normalise", (x, mean, inv_std, weight, bias, xhat, y, channels, n), x.size,
-            x.dtype)
+    NORMALISE(x.size, (x, mean, inv_std, weight, bias, xhat, y, channels, n), x.dtype)
     return y, xhat, inv_std.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
@@ -174,8 +146,8 @@ def batch_norm_backward(xp, gy, xhat, inv_std, weight, batch_stats: bool):
     n = gy.size // (b * channels)
     dbias = xp.empty(channels, dtype=gy.dtype)
     dweight = xp.empty(channels, dtype=gy.dtype)
-    _launch("bn_sums", (gy, xhat, dbias, dweight, b, channels, n), channels, gy.dtype)
+    SUMS(channels, (gy, xhat, dbias, dweight, b, channels, n), gy.dtype)
     dx = xp.empty_like(gy)
-    _launch("bn_input_grad", (gy, xhat, weight, inv_std.reshape(channels), dbias, dweight, dx,
-                              np.int32(batch_stats), b, channels, n), gy.size, gy.dtype)
+    INPUT_GRAD(gy.size, (gy, xhat, weight, inv_std.reshape(channels), dbias, dweight, dx,
+                         np.int32(batch_stats), b, channels, n), gy.dtype)
     return dx, dweight, dbias

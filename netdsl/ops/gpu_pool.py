@@ -9,13 +9,15 @@ height of one.
 """
 from __future__ import annotations
 
-from netdsl.ops.gpu import CTYPES, grid_kernel, launch
+from netdsl.ops.gpu import Kernel
 
-__all__ = ["sources", "MAXPOOL", "MAXPOOL_BACKWARD", "pool_source", "maxpool", "maxpool_backward"]
+__all__ = ["KERNELS", "MAXPOOL", "MAXPOOL_BACKWARD", "maxpool", "maxpool_backward"]
 
 _SIZES = ("H", "W", "KH", "KW", "OH", "OW", "SH", "SW", "PH", "PW")
+_GEOMETRY = ", ".join(f"const long long {s}" for s in _SIZES)
 
-MAXPOOL = """
+MAXPOOL = Kernel("maxpool", "const T* __restrict__ x, T* __restrict__ y, "
+                 f"int* __restrict__ index, {_GEOMETRY}", """
     // i indexes y (planes, OH, OW)
     const long long ow = i % OW;
     const long long oh = (i / OW) % OH;
@@ -37,29 +39,15 @@ MAXPOOL = """
     }
     y[i] = best;
     index[i] = arg;
-"""
+""")
 
-MAXPOOL_BACKWARD = """
+MAXPOOL_BACKWARD = Kernel("maxpool_backward", "const T* __restrict__ gy, "
+                          f"const int* __restrict__ index, T* __restrict__ dx, {_GEOMETRY}", """
     // i indexes gy (planes, OH, OW); dx starts at zero
     atomicAdd(dx + (i / (OW * OH)) * H * W + index[i], gy[i]);
-"""
+""")
 
-
-def pool_source(name: str, ctype: str) -> str:
-    sizes = ", ".join(f"const long long {s}" for s in _SIZES)
-    if name == "maxpool":
-        params = f"const {ctype}* __restrict__ x, {ctype}* __restrict__ y, int* __restrict__ index"
-        body = MAXPOOL
-    else:
-        params = (f"const {ctype}* __restrict__ gy, const int* __restrict__ index, "
-                  f"{ctype}* __restrict__ dx")
-        body = MAXPOOL_BACKWARD
-    return grid_kernel(name, f"{params}, {sizes}", body, ctype)
-
-
-def sources(ctype: str) -> dict[str, str]:
-    """Every kernel of this module, by name."""
-    return {name: pool_source(name, ctype) for name in ("maxpool", "maxpool_backward")}
+KERNELS = (MAXPOOL, MAXPOOL_BACKWARD)
 
 
 def _sizes(shape, kernel, stride, pad, out) -> dict:
@@ -71,9 +59,8 @@ def _sizes(shape, kernel, stride, pad, out) -> dict:
                 SH=stride[0], SW=stride[1], PH=pad[0], PW=pad[1])
 
 
-def _launch(name: str, arrays: tuple, n: int, sizes: dict, dtype) -> None:
-    launch(pool_source(name, CTYPES[str(dtype)]), name, n,
-           (*arrays, *(sizes[s] for s in _SIZES)))
+def _launch(kernel: Kernel, arrays: tuple, n: int, sizes: dict, dtype) -> None:
+    kernel(n, (*arrays, *(sizes[s] for s in _SIZES)), dtype)
 
 
 def maxpool(xp, x, kernel, stride, pad, out):
@@ -81,7 +68,7 @@ def maxpool(xp, x, kernel, stride, pad, out):
     x = xp.ascontiguousarray(x)
     y = xp.empty(x.shape[:2] + tuple(out), dtype=x.dtype)
     indices = xp.empty(y.shape, dtype=xp.int32)
-    _launch("maxpool", (x, y, indices), y.size, _sizes(x.shape, kernel, stride, pad, out),
+    _launch(MAXPOOL, (x, y, indices), y.size, _sizes(x.shape, kernel, stride, pad, out),
             x.dtype)
     return y, indices
 
@@ -89,6 +76,6 @@ def maxpool(xp, x, kernel, stride, pad, out):
 def maxpool_backward(xp, gy, indices, x_shape, kernel, stride, pad):
     dx = xp.zeros(x_shape, dtype=gy.dtype)
     sizes = _sizes(x_shape, kernel, stride, pad, gy.shape[2:])
-    _launch("maxpool_backward", (xp.ascontiguousarray(gy), indices, dx), gy.size, sizes,
+    _launch(MAXPOOL_BACKWARD, (xp.ascontiguousarray(gy), indices, dx), gy.size, sizes,
             gy.dtype)
     return dx
