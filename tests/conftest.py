@@ -29,6 +29,17 @@ def pytest_addoption(parser):
                      help="rewrite tests/golden/ from the current output instead of comparing")
 
 
+def assert_golden(path: str, text: str, update: bool) -> None:
+    """`text` equals the golden file at `path`; with --update-golden it is written first."""
+    if update:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    assert os.path.exists(path), f"no golden file {path}: run pytest --update-golden"
+    with open(path, encoding="utf-8") as handle:
+        assert text == handle.read(), f"{path} changed; rerun with --update-golden if intended"
+
+
 @pytest.fixture
 def update_golden(request) -> bool:
     return request.config.getoption("--update-golden")

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, assert_golden
 from netdsl.driver import check_file
 from netdsl.emit import format_shapes
 from netdsl.shapes import verify_shapes
@@ -18,14 +18,8 @@ def test_emit_shapes_matches_golden(path, update_golden):
     graph = check_file(path).graph
     verify_shapes(graph)  # the invariant cost, drawing and execution rely on
     text = format_shapes(graph) + "\n"
-    golden = os.path.join(GOLDEN, os.path.basename(path)[:-4] + ".shapes")
-    if update_golden:
-        os.makedirs(GOLDEN, exist_ok=True)
-        with open(golden, "w") as handle:
-            handle.write(text)
-    assert os.path.exists(golden), f"no golden file for {path}: run pytest --update-golden"
-    with open(golden) as handle:
-        assert text == handle.read()
+    assert_golden(os.path.join(GOLDEN, os.path.basename(path)[:-4] + ".shapes"), text,
+                  update_golden)
 
 
 def test_every_golden_file_has_a_spec():

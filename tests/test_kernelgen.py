@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, SPECS, run_netc
+from conftest import ROOT, SPECS, assert_golden, run_netc
 from netdsl.driver import check_file
 from netdsl.ops import OPS, gpu_conv, gpu_loss, gpu_norm, gpu_pool
 from netdsl.ops.base import Ctx, bind
@@ -135,15 +135,8 @@ PATTERNS = _patterns()
 
 @pytest.mark.parametrize("label", sorted(PATTERNS))
 def test_kernel_source_matches_golden(label, update_golden):
-    source = cuda_source(PATTERNS[label])
-    path = os.path.join(GOLDEN, f"{label}.cu")
-    if update_golden:
-        os.makedirs(GOLDEN, exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(source)
-    assert os.path.exists(path), f"no golden file {path}: run pytest --update-golden"
-    with open(path) as handle:
-        assert source == handle.read()
+    assert_golden(os.path.join(GOLDEN, f"{label}.cu"), cuda_source(PATTERNS[label]),
+                  update_golden)
 
 
 def test_every_golden_kernel_has_a_pattern():

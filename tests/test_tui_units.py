@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from conftest import ROOT, assert_golden
 from netdsl.driver import check_text
 from netdsl.errors import SpecError
 from netdsl.tui import edits
@@ -12,7 +13,6 @@ from netdsl.tui.files import Recovery, load_spec, save_spec
 from netdsl.tui.graph_canvas import draw_graph
 from netdsl.tui.highlight import highlight_line
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MLP = open(os.path.join(ROOT, "specs", "mlp.net")).read()
 RESNET20 = open(os.path.join(ROOT, "specs", "resnet20.net")).read()
 SNAPSHOTS = os.path.join(ROOT, "tests", "tui_snapshots")
@@ -27,13 +27,7 @@ def styles(line: str, blocks=frozenset()) -> dict[str, str]:
 
 
 def compare_snapshot(name: str, text: str, update: bool) -> None:
-    path = os.path.join(SNAPSHOTS, name)
-    if update or not os.path.exists(path):
-        os.makedirs(SNAPSHOTS, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-    with open(path, encoding="utf-8") as handle:
-        assert text == handle.read(), f"{name} changed; rerun with --update-golden if intended"
+    assert_golden(os.path.join(SNAPSHOTS, name), text, update)
 
 
 class TestHighlight:

@@ -8,7 +8,7 @@ import time
 import networkx as nx
 import pytest
 
-from conftest import ROOT, SPECS, run_netc
+from conftest import ROOT, SPECS, assert_golden, run_netc
 from netdsl.driver import check_file, check_text
 from netdsl.emit import format_unrolled
 from netdsl.errors import SpecError
@@ -203,13 +203,7 @@ class TestEmit:
 
     def test_golden_elman(self, elman, update_golden):
         text = format_unrolled(unroll(elman, 3)) + "\n"
-        golden = os.path.join(GOLDEN, "elman.unroll")
-        if update_golden:
-            with open(golden, "w") as handle:
-                handle.write(text)
-        assert os.path.exists(golden), "no golden file: run pytest --update-golden"
-        with open(golden) as handle:
-            assert text == handle.read()
+        assert_golden(os.path.join(GOLDEN, "elman.unroll"), text, update_golden)
 
 
 ELMAN = os.path.join("specs", "elman.net")
