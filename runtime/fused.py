@@ -23,7 +23,7 @@ import numpy as np
 from netdsl.ops.base import Op
 from netdsl.runtime.execute import Executor
 from netdsl.runtime.kernelgen import Chain, chain_backward, chain_forward, fusable
-from netdsl.runtime.launch import kernels_for
+from netdsl.runtime.launch import runner_for
 from netdsl.runtime.plan import Backward, Plan, Step
 
 __all__ = ["FusedExecutor", "FusedChain", "kernel_plan", "chains"]
@@ -48,7 +48,7 @@ class FusedChain(Op):
     def forward(self, ctx, *xs):
         if ctx.training:
             ctx.save(xs=xs)
-        run = kernels_for(ctx.xp, ctx.dtype)
+        run = runner_for(ctx.xp, ctx.dtype)
         return run(self.program, {f"x{j}": x for j, x in enumerate(xs)})["y"]
 
     def backward(self, ctx, gy):
@@ -60,7 +60,7 @@ class FusedChain(Op):
             self._backward[needs] = chain_backward(self.chain, needs)
         arrays = {f"x{j}": x for j, x in enumerate(xs)}
         arrays["gy"] = gy
-        grads = kernels_for(ctx.xp, ctx.dtype)(self._backward[needs], arrays)
+        grads = runner_for(ctx.xp, ctx.dtype)(self._backward[needs], arrays)
         return tuple(grads.get(f"dx{j}") for j in range(len(xs))), {}
 
 

@@ -1,6 +1,6 @@
 """Running kernel programs: one generated CUDA kernel under CuPy, NumPy elsewhere.
 
-`kernels_for(xp, dtype)` gives the runner of an array module. Under CuPy a program
+`runner_for(xp, dtype)` gives the runner of an array module. Under CuPy a program
 becomes the source `kernelgen.cuda_source` writes, compiled once per source by NVRTC
 (CuPy caches the binary on disk as well) and launched on the current stream; nothing
 waits for the GPU. Under NumPy the same program is evaluated expression by
@@ -14,10 +14,10 @@ import numpy as np
 from netdsl.ops.gpu import launch, on_gpu
 from netdsl.runtime.kernelgen import Program, cuda_source, evaluate_program
 
-__all__ = ["Kernels", "kernels_for"]
+__all__ = ["ProgramRunner", "runner_for"]
 
 
-class Kernels:
+class ProgramRunner:
     """Runs programs on arrays of one module and dtype; counts its launches."""
 
     def __init__(self, xp, dtype: str):
@@ -61,9 +61,9 @@ class Kernels:
 _RUNNERS: dict = {}
 
 
-def kernels_for(xp, dtype: str) -> Kernels:
+def runner_for(xp, dtype: str) -> ProgramRunner:
     """The one runner per array module and dtype (its launch count is shared)."""
     key = (xp.__name__, str(dtype))
     if key not in _RUNNERS:
-        _RUNNERS[key] = Kernels(xp, str(dtype))
+        _RUNNERS[key] = ProgramRunner(xp, str(dtype))
     return _RUNNERS[key]

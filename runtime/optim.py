@@ -18,7 +18,7 @@ import numpy
 
 from netdsl.ops.gpu import on_gpu
 from netdsl.runtime.kernelgen import update_program, update_scalars
-from netdsl.runtime.launch import kernels_for
+from netdsl.runtime.launch import runner_for
 
 __all__ = ["Rule", "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "OPTIMIZERS",
            "make_optimizer", "penalize", "clip_grad_norm", "check_number", "check_integer"]
@@ -177,7 +177,7 @@ class Optimizer:
         """The step of `Rule` over every parameter in one launch (grads is left as is)."""
         if not hasattr(self, "_program"):
             self._program = update_program(self.rule, tuple(self.state))
-        run = kernels_for(self.xp, str(self.params.dtype))
+        run = runner_for(self.xp, str(self.params.dtype))
         run(self._program, {"params": self.params, "grads": grads, **self.state},
             update_scalars(self.rule, self.t, lr))
 

@@ -8,7 +8,7 @@ from netdsl.driver import check_text
 from netdsl.runtime.execute import Executor
 from netdsl.runtime.fused import FusedExecutor, kernel_plan
 from netdsl.runtime.init import initial_params
-from netdsl.runtime.launch import kernels_for
+from netdsl.runtime.launch import runner_for
 from netdsl.runtime.plan import build_plan
 from test_runtime import KNOTTY
 from test_train_torch import FEED_FORWARD, VARIANTS, random_batch, spec_plan
@@ -56,7 +56,7 @@ def test_a_chain_is_one_launch_each_way():
     plan = spec_plan("mlp")
     batch = random_batch(plan, 4, np.random.default_rng(0))
     _, fused = _pair(plan)
-    run = kernels_for(np, "float64")
+    run = runner_for(np, "float64")
     before = run.launches
     fused.forward(batch, training=True)
     assert run.launches - before == 2

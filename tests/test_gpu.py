@@ -494,10 +494,10 @@ def test_resnet_block_tails_run_as_one_kernel_each():
     """The fused executor's launch counter goes up once per fused step and forward, and
     CUPTI counts, per fused step, one kernel for all its members: the plain Executor
     launches len(members) - 1 more."""
-    from netdsl.runtime.launch import kernels_for
+    from netdsl.runtime.launch import runner_for
 
     fused_ex, plain_ex, batch = resnet20_case()
-    runner = kernels_for(gpu, "float32")
+    runner = runner_for(gpu, "float32")
     before = runner.launches
     fused_ex.forward(batch, False)
     assert runner.launches - before == len(fused_chains(fused_ex))
