@@ -35,8 +35,6 @@ node_styles = {
     "join": {"shape": "circle", "style": "filled", "fillcolor": "#ffffff", "fontsize": "10",
              "width": "0.3", "height": "0.3", "margin": "0.02"},
 }
-# joins are drawn small, with a symbol instead of a call
-join_labels = {"add": "+", "sub": "−", "mul": "×", "div": "÷", "concat": "concat", "crop": "crop"}
 _RECURRENT = {"color": "#7a3db8", "fontcolor": "#7a3db8"}
 _CLUSTER = {"style": "rounded,dashed", "color": "#999999", "fontsize": "10", "labeljust": "l"}
 # unrolled, each layer's copies share one fill, so shared weights show across the steps
@@ -170,9 +168,9 @@ def _node_attrs(graph: nx.DiGraph, node: str) -> dict:
         return {**node_styles["loss"], **tip, "label": _lines(title, _call(op))}
     local = name.rsplit("/", 1)[-1]
     made_up = re.fullmatch(re.escape(op.name) + r"\d+", local)  # a name the expander chose
-    if op.name in join_labels:
+    if op.join is not None:  # joins are drawn small, with a symbol instead of a call
         named = {} if made_up else {"xlabel": graphviz.escape(local)}
-        return {**node_styles["join"], **tip, **named, "label": join_labels[op.name]}
+        return {**node_styles["join"], **tip, **named, "label": op.join}
     shares = [f"shares {data['shares']}"] if data.get("shares") else []
     return {**node_styles["op"], **tip, **_weight_style(graph, node),
             "label": _lines(_call(op) if made_up else f"{local} = {_call(op)}", *shares)}

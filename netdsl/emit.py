@@ -161,7 +161,7 @@ def format_kernels(graph: nx.DiGraph, optimizer: str, settings: dict) -> str:
     every time step), and the optimiser's update."""
     import numpy as np
 
-    from netdsl.runtime.fused import kernel_plan
+    from netdsl.runtime.fused import FusedChain, kernel_plan
     from netdsl.runtime.hoist import hoist
     from netdsl.runtime.kernelgen import chain_backward, chain_forward, cuda_source, update_program
     from netdsl.runtime.optim import make_optimizer
@@ -174,7 +174,7 @@ def format_kernels(graph: nx.DiGraph, optimizer: str, settings: dict) -> str:
     backward = fused.backward()
     users: dict[str, list[str]] = {}   # each distinct kernel, once, with the chains it runs
     for step in fused.steps:
-        if step.op.name != "fused":
+        if not isinstance(step.op, FusedChain):
             continue
         chain = step.op.chain
         programs = [chain_forward(chain)]

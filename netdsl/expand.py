@@ -24,7 +24,8 @@ __all__ = ["expand", "Loader"]
 Loader = Callable[[str, bool, str, Any], ast.Module]
 CONSTANTS = {"true": True, "false": False, "none": None}
 _SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-_TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+# `a + b` of two tensors: the op that declares the operator
+_TENSOR_OPS = {op.operator: name for name, op in OPS.items() if op.operator is not None}
 
 
 class Value:

@@ -337,4 +337,4 @@ def _fields_needed(plan, outputs) -> list[str]:
 
 def _class_outputs(plan) -> set[str]:
     return {plan.step_of(n).inputs[0] for n in plan.losses.values()
-            if plan.step_of(n).op.name == "cross_entropy"}
+            if plan.step_of(n).op.accuracy == "class"}

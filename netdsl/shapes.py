@@ -13,7 +13,7 @@ import networkx as nx
 
 from netdsl.errors import ShapeError, SpecError, SpecErrors
 from netdsl.graph import block_path, forward_view
-from netdsl.ops.base import input_names
+from netdsl.ops.base import positions
 from netdsl.types import TensorType
 
 __all__ = ["infer_shapes", "input_types", "verify_shapes"]
@@ -67,9 +67,7 @@ def _node_type(graph: nx.DiGraph, node: str, data) -> TensorType | None:
 
 def whole_positions(op) -> frozenset[int]:
     """The argument positions of the inputs a per-step op reads as whole sequences."""
-    if not op.whole:
-        return frozenset()
-    return frozenset(i for i, name in enumerate(input_names(type(op))) if name in op.whole)
+    return positions(op, op.whole)
 
 
 def _check_states(graph: nx.DiGraph) -> list[SpecError]:

@@ -152,9 +152,8 @@ class _Reads:
 
     def __init__(self, graph: nx.DiGraph, node: str, timed: set[str], steps: int,
                  init: str | None):
-        op = graph.nodes[node]["op"]
         self.node, self.timed, self.steps, self.init = node, timed, steps, init
-        self.op = op.name if op is not None else None
+        self.op = graph.nodes[node]["op"]
         self.inputs = [(u, data["delay"], data["ports"]) for u, _, data in graph.in_edges(node, data=True)]
 
     def edges_into(self, step: int | None):
@@ -175,6 +174,6 @@ class _Reads:
         """The steps of `source` read at `step` (None: its only copy)."""
         if source not in self.timed:
             return [None]
-        if step is not None:
-            return [self.steps + 1 - step if self.op == "reverse" else step]
-        return {"last": [self.steps], "first": [1]}.get(self.op, list(range(1, self.steps + 1)))
+        if self.op is None:  # a state's read of its value is handled by _sources
+            return [step] if step is not None else list(range(1, self.steps + 1))
+        return self.op.time_steps(step, self.steps)

@@ -19,15 +19,7 @@ from dataclasses import dataclass
 from netdsl.ops.base import input_names
 from netdsl.runtime.plan import Plan
 
-__all__ = ["Group", "fuse", "FRESH"]
-
-# ops whose output is a new array, never a view of an input or a parameter, so a
-# reader may overwrite it (flatten, split or crop return views; dropout in eval mode
-# returns its input)
-FRESH = frozenset({"dense", "conv", "conv1d", "conv2d", "conv_transpose", "deconv", "project",
-                   "batchnorm", "layernorm", "add", "sub", "mul", "div", "concat", "maxpool",
-                   "avgpool", "global_avgpool", "relu", "tanh", "sigmoid", "leaky_relu", "elu",
-                   "softplus", "exp", "scale"})
+__all__ = ["Group", "fuse"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +64,7 @@ def _joins(plan: Plan, step, source: str, readers: dict, outputs: set) -> bool:
     if source in outputs or len(readers.get(source, ())) != 1 or step.inputs.count(source) != 1:
         return False
     producer = plan.step_of(source)
-    if producer.op.name not in FRESH:
+    if not producer.op.fresh:  # a view of another value must not be overwritten
         return False
     # nobody may keep the value: not its producer (as "y") and not this reader (as an input)
     first_name = input_names(type(step.op))[0]

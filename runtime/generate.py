@@ -19,8 +19,9 @@ __all__ = ["fed_scores", "generate"]
 
 
 def fed_scores(plan: Plan, feed: str) -> str:
-    """The scores whose classes are fed back into the input `feed`: the first
-    cross-entropy whose scores depend on `feed` and whose target has feed's classes."""
+    """The scores whose classes are fed back into the input `feed`: the first loss that
+    judges class scores (cross-entropy) whose scores depend on `feed` and whose target
+    has feed's classes."""
     t = plan.inputs.get(feed)
     if t is None or plan.graph.nodes[feed]["kind"] != "input":
         inputs = [n for n in plan.inputs if plan.graph.nodes[n]["kind"] == "input"]
@@ -31,7 +32,7 @@ def fed_scores(plan: Plan, feed: str) -> str:
                         None, "generate into a `seq class(N)` input, e.g. a decoder's target_in")
     for node in plan.losses.values():
         step = plan.step_of(node)
-        if step.op.name != "cross_entropy":
+        if step.op.accuracy != "class":
             continue
         scores, target = step.inputs[:2]
         if plan.types[target] == t and _reads(plan, scores, feed):

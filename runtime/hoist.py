@@ -49,11 +49,11 @@ def hoist(plan: Plan) -> Plan:
 
 def _splittable(step: Step, loop: Loop, readers: dict, types: dict) -> bool:
     """A loop's dense reading a concat (of vectors) that only it reads, with an outside part."""
-    if step.op.name != "dense" or step.slices:
+    if not step.op.column_linear or step.slices:
         return False
     members = {s.node: s for s in loop.steps}
     concat = members.get(step.inputs[0])
-    if concat is None or concat.op.name != "concat" or readers.get(concat.node) != 1:
+    if concat is None or not concat.op.concatenates or readers.get(concat.node) != 1:
         return False
     if any(len(t.dims) != 1 for t in concat.input_types):
         return False

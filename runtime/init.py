@@ -16,12 +16,6 @@ from netdsl.runtime.plan import Plan
 __all__ = ["SCHEMES", "initial_params"]
 
 SCHEMES = ("auto", "torch", "he", "xavier", "fan_in")
-# activations that pick the scheme of the layer feeding them, through shape-only ops
-_RELU_LIKE = {"relu", "leaky_relu", "prelu", "elu"}
-_SQUASHING = {"tanh", "sigmoid", "softplus"}
-_TRANSPARENT = {"batchnorm", "layernorm", "dropout", "flatten", "reshape", "maxpool",
-                "avgpool", "global_avgpool", "gaussian_noise", "identity"}
-_WEIGHTED = {"dense", "conv", "conv1d", "conv2d", "conv_transpose", "deconv"}
 
 
 def initial_params(plan: Plan, scheme: str = "auto", seed: int = 0) -> dict[str, np.ndarray]:
@@ -42,8 +36,9 @@ def initial_params(plan: Plan, scheme: str = "auto", seed: int = 0) -> dict[str,
             continue  # no parameters, or a shared layer whose first use made them
         values = step.op.init(rng, *step.input_types)
         rule = _scheme_for(plan, step) if scheme == "auto" else scheme
-        if rule != "torch" and step.op.name in _WEIGHTED:
-            values = _scaled(rng, rule, values, step)
+        fans = step.op.fans(values["weight"].shape) if "weight" in values else None
+        if rule != "torch" and fans is not None:
+            values = _scaled(rng, rule, values, fans)
         params.update({key: values[name] for name, key in own.items()})
     for state in plan.states.values():
         if state.param is not None:  # a learned initial state starts at zero, as a fixed one would
@@ -60,22 +55,18 @@ def _scheme_for(plan: Plan, step) -> str:
             return "torch"
         node = readers[0]
         op = graph.nodes[node]["op"]
-        name = op.name if op is not None else ""
-        if name in _RELU_LIKE:
-            return "he"
-        if name in _SQUASHING:
-            return "xavier"
-        if name not in _TRANSPARENT:
+        if op is None:
+            return "torch"
+        if op.init_scheme is not None:
+            return op.init_scheme
+        if not op.init_transparent:
             return "torch"
 
 
-def _scaled(rng, rule: str, values: dict, step) -> dict:
+def _scaled(rng, rule: str, values: dict, fans: tuple[int, int]) -> dict:
     """Replace the weight by a scheme's draw and zero the bias."""
     weight = values["weight"]
-    receptive = math.prod(weight.shape[2:])
-    fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
-    if step.op.name in ("conv_transpose", "deconv"):  # weight is (in, out, k...)
-        fan_in, fan_out = fan_out, fan_in
+    fan_in, fan_out = fans
     if rule == "he":
         new = rng.standard_normal(weight.shape) * math.sqrt(2 / fan_in)
     elif rule == "xavier":

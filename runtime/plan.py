@@ -18,7 +18,7 @@ import networkx as nx
 from netdsl.cost import first_state_node, node_params
 from netdsl.errors import SpecError
 from netdsl.graph import forward_view
-from netdsl.ops.base import Op, input_names
+from netdsl.ops.base import Op, input_names, positions
 from netdsl.shapes import input_types, whole_positions
 from netdsl.types import TensorType
 
@@ -273,9 +273,10 @@ def _autodiff(plan: Plan, losses: tuple[str, ...], only: tuple[str, ...] | None)
             if step.node not in receives or not reaches[step.node]:
                 continue
             order.append(step.node)
+            blocked = positions(step.op, step.op.nondifferentiable)
             grad_inputs[step.node] = tuple(
-                source if reaches.get(source) and step.op.name != "stop_gradient" else None
-                for source in step.inputs)
+                source if reaches.get(source) and i not in blocked else None
+                for i, source in enumerate(step.inputs))
             receives.update(s for s in grad_inputs[step.node] if s is not None)
         delayed = {state.source for node, state in plan.states.items() if node in receives}
         if delayed <= receives:
@@ -296,7 +297,8 @@ def _reaching(plan: Plan, wanted: set[str]) -> dict[str, bool]:
             reaches[node] = state.param in wanted or reaches.get(state.source, False)
         for step in plan.steps:
             owns = any(key in wanted for key in step.params.values())
-            passes = step.op.name != "stop_gradient" and any(reaches.get(s) for s in step.inputs)
+            blocked = positions(step.op, step.op.nondifferentiable)
+            passes = any(reaches.get(s) for i, s in enumerate(step.inputs) if i not in blocked)
             reaches[step.node] = owns or passes
         if reaches == before:
             return reaches

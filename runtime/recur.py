@@ -335,16 +335,17 @@ class SequenceExecutor(Executor):
                     gy = xp.where(keep, gy, zero)
                 ctx = self.ctxs[step.node][t]
                 targets = backward.grad_inputs[step.node]
-                if step.op.name == "split" and route[0][0] == _MEMBER and targets[0] is not None:
+                region = step.op.grad_region(ctx)
+                if region is not None and route[0][0] == _MEMBER and targets[0] is not None:
                     # the chunks' gradients fill one array instead of one zero array each
                     ref = route[0][1]
                     if ref not in mine:
-                        base = xp.zeros(ctx.saved["x_shape"], dtype=self.dtype)
+                        base = xp.zeros(region[0], dtype=self.dtype)
                         if ref in here:
                             base += here[ref]
                         here[ref] = base
                         mine.add(ref)
-                    here[ref][step.op.chunk(here[ref].shape)] += gy
+                    here[ref][region[1]] += gy
                     continue
                 ctx.needs_input_grad = needs[step.node]
                 stack = stacked.get(step.node)

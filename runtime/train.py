@@ -106,8 +106,7 @@ def metric_nodes(plan: Plan) -> dict[str, tuple[str, str, str]]:
         step = plan.step_of(node)
         if len(step.inputs) != 2 or plan.graph.nodes[step.inputs[1]]["kind"] != "target":
             continue
-        kind = {"cross_entropy": "class", "sigmoid_cross_entropy": "binary",
-                "hinge": "sign"}.get(step.op.name)
+        kind = step.op.accuracy
         if kind == "class" and plan.types[step.inputs[0]].seq:
             kind = "class_seq"
         if kind:

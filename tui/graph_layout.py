@@ -22,7 +22,6 @@ __all__ = ["ViewBox", "ViewGraph", "view_graph", "assign_layers", "order_layers"
            "block_paths", "box_label"]
 
 DUMMY = "dummy"
-JOIN_SYMBOLS = {"add": "+", "sub": "−", "mul": "×", "div": "÷"}
 MAX_LABEL = 36
 
 
@@ -82,8 +81,8 @@ def box_label(graph: nx.DiGraph, node: str, compact: bool = False) -> tuple[str,
     if node in losses:
         name = "loss" if losses[node] == "loss" else f"loss {losses[node]}"
         return "loss", name if compact else f"{name}: {op.name}"
-    if op.name in JOIN_SYMBOLS:
-        return "join", JOIN_SYMBOLS[op.name]
+    if op.operator is not None:  # arithmetic joins are drawn as their symbol
+        return "join", op.join
     made_up = re.fullmatch(re.escape(op.name) + r"\d+", local)  # a name the expander chose
     text = op.name if compact else call_text(op)
     return "op", _clip(text if made_up or compact else f"{local} = {text}")

@@ -15,6 +15,8 @@ class Sigmoid(Pointwise):
 
     keeps = ("y",)  # dy/dx = y (1 - y)
     cost = 4
+    fresh = True
+    init_scheme = "xavier"
 
     def forward(self, ctx, x):
         y = sigmoid(ctx.xp, x)
@@ -38,6 +40,8 @@ class Tanh(Pointwise):
     keeps = ("y",)  # dy/dx = 1 - y^2
     cost = 4
     inplace = True
+    fresh = True
+    init_scheme = "xavier"
 
     def forward(self, ctx, x):
         y = ctx.xp.tanh(x, out=ctx.out)
@@ -60,6 +64,8 @@ class Relu(Pointwise):
 
     keeps = ("y",)  # the mask y > 0 is all backward needs
     inplace = True
+    fresh = True
+    init_scheme = "he"
 
     def forward(self, ctx, x):
         xp = ctx.xp
@@ -89,6 +95,8 @@ class LeakyRelu(Pointwise):
     args = (Arg("slope", number, 0.01),)
     keeps = ("x",)  # the sign of x, not of y: a negative slope flips y
     cost = 2
+    fresh = True
+    init_scheme = "he"
 
     def forward(self, ctx, x):
         ctx.save(x=x)
@@ -111,6 +119,7 @@ class Prelu(Pointwise):
     args = (Arg("channels", positive, 1),)
     keeps = ("x", "weight")
     cost = 2
+    init_scheme = "he"
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -154,6 +163,8 @@ class Elu(Pointwise):
     args = (Arg("alpha", number, 1.0),)
     keeps = ("x",)
     cost = 3
+    fresh = True
+    init_scheme = "he"
 
     def forward(self, ctx, x):
         ctx.save(x=x)
@@ -176,6 +187,8 @@ class Softplus(Pointwise):
 
     keeps = ("x",)  # dy/dx = sigmoid(x)
     cost = 3
+    fresh = True
+    init_scheme = "xavier"
 
     def forward(self, ctx, x):
         ctx.save(x=x)
@@ -211,6 +224,8 @@ class _PassThrough(Pointwise):
 class Identity(_PassThrough):
     r"""$y = x$"""
 
+    init_transparent = True
+
     def formula(self, x):
         return x
 
@@ -223,6 +238,7 @@ class Exp(Pointwise):
     r"""$y = e^x$"""
 
     keeps = ("y",)  # dy/dx = y
+    fresh = True
 
     def forward(self, ctx, x):
         y = ctx.xp.exp(x)
@@ -262,6 +278,8 @@ class Log(Pointwise):
 @register("stop_gradient")
 class StopGradient(_PassThrough):
     r"""$y = x$, $\partial y / \partial x = 0$"""
+
+    nondifferentiable = ("x",)
 
     def backward(self, ctx, gy):
         return (None,), {}

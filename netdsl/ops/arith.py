@@ -62,6 +62,8 @@ class Add(_Binary):
     )
 
     inplace = True
+    fresh = True
+    operator, join = "+", "+"
 
     def apply(self, ctx, a, b):
         return ctx.xp.add(a, b, out=_fits(ctx.out, a, b))
@@ -80,6 +82,8 @@ class Sub(_Binary):
     keeps = ()
 
     inplace = True
+    fresh = True
+    operator, join = "-", "−"
 
     def apply(self, ctx, a, b):
         return ctx.xp.subtract(a, b, out=_fits(ctx.out, a, b))
@@ -96,6 +100,8 @@ class Mul(_Binary):
     r"""$y = a \cdot b$"""
 
     keeps = ("a", "b")
+    fresh = True
+    operator, join = "*", "×"
 
     def apply(self, ctx, a, b):
         ctx.save(a=a, b=b)
@@ -113,6 +119,8 @@ class Div(_Binary):
     r"""$y = a / b$"""
 
     keeps = ("b", "y")  # da = gy / b, db = -gy * y / b
+    fresh = True
+    operator, join = "/", "÷"
 
     def apply(self, ctx, a, b):
         y = a / b
@@ -133,8 +141,8 @@ class Scale(Pointwise):
     args = (Arg("factor", number, 1.0), Arg("shift", number, 0.0))
     keeps = ()  # the gradient is factor * gy
     cost = 2
-
     inplace = True
+    fresh = True
 
     def forward(self, ctx, x):
         y = ctx.xp.multiply(x, self.factor, out=ctx.out)

@@ -9,7 +9,8 @@ from typing import Any, Callable, ClassVar
 from netdsl.errors import ShapeError, suggest
 from netdsl.types import TensorType
 
-__all__ = ["Op", "Arg", "Ctx", "OPS", "register", "ArgError", "REQUIRED", "bind", "input_names"]
+__all__ = ["Op", "Arg", "Ctx", "OPS", "register", "ArgError", "REQUIRED", "bind", "input_names",
+           "positions"]
 
 OPS: dict[str, type["Op"]] = {}
 REQUIRED = object()
@@ -91,6 +92,8 @@ class Ctx:
         # view of the flat gradient vector). An op may write it there (`out=`) and return
         # that very array, which saves a temporary and a copy; or return a new one
         self.grad_out: dict[str, Any] = {}
+        # the step's Op.geometry, set by an executor; an op called alone derives it itself
+        self.geometry = None
 
     @property
     def rng(self):
@@ -154,6 +157,29 @@ class Op:
     # the batch rows of its saved `keeps` (named after its inputs and parameters): a loop
     # may then skip them per step and run backward once over all steps stacked
     stackable: ClassVar[bool] = False
+    # forward returns a new array, never a view of an input or a parameter, so a reader may
+    # overwrite it (flatten, split and crop return views; dropout in eval mode returns x)
+    fresh: ClassVar[bool] = False
+    # inputs, by name, that no gradient flows back through (stop_gradient's x, crop's like)
+    nondifferentiable: ClassVar[tuple[str, ...]] = ()
+    # an activation: the initialisation `init=auto` gives the layer feeding it ("he" before
+    # ReLU-like units, "xavier" before squashing ones)
+    init_scheme: ClassVar[str | None] = None
+    # between a layer and its activation, `init=auto` looks through this op (batchnorm,
+    # dropout, pooling, reshaping): it changes neither the kind nor the scale of the units
+    init_transparent: ClassVar[bool] = False
+    # the infix operator that writes this op in a spec (`a + b`), and the label a drawing
+    # gives it when it draws the op as a small join of its inputs
+    operator: ClassVar[str | None] = None
+    join: ClassVar[str | None] = None
+    # a loss whose first input are scores a prediction reads: how they are judged right
+    # ("class": the argmax is the label; "binary": positive means 1; "sign")
+    accuracy: ClassVar[str | None] = None
+    # y = x W^T (+ b) of a vector x: W may be split into blocks of input columns, each
+    # applied to its part of x (hoisting takes the parts known before a loop out of it)
+    column_linear: ClassVar[bool] = False
+    # y = [x_1; x_2; ...]: the inputs laid end to end (of vectors: blocks of columns)
+    concatenates: ClassVar[bool] = False
 
     def __init__(self, **attrs):
         self.attrs = attrs
@@ -170,6 +196,30 @@ class Op:
     def flops(self, y: TensorType, *xs: TensorType) -> int:
         """Forward FLOPs for one example (one step of a sequence); a multiply-add is 2."""
         return y.size
+
+    def fans(self, weight: tuple[int, ...]) -> tuple[int, int] | None:
+        """(fan_in, fan_out) of a weight of this shape, for the initialisation schemes that
+        scale by them (He, Xavier, 1/sqrt(n)); None where no scheme rescales the op's
+        parameters."""
+        return None
+
+    def geometry(self, *xs: TensorType):
+        """What forward and backward derive from the input types alone (a convolution's
+        padding and output size): computed once per step by the planner and given to
+        them as `ctx.geometry`; None for most ops."""
+        return None
+
+    def time_steps(self, step: int | None, steps: int) -> list[int]:
+        """The time steps (1..steps) of a sequence input that the output at `step` reads
+        (None: an output without a time axis), as an unrolled drawing links them: step t
+        itself for a per-step op, and every step for an output without a time axis."""
+        return [step] if step is not None else list(range(1, steps + 1))
+
+    def grad_region(self, ctx):
+        """For an op whose input gradient is a zero array with gy in one region (split's
+        chunk): (the input's shape, the region's index), so that an executor may add gy
+        into a gradient it holds already instead of making a zero array; else None."""
+        return None
 
     def init(self, rng, *xs: TensorType) -> dict[str, Any]:
         """Default parameter values as float32 numpy arrays, one per `params` entry.
@@ -241,6 +291,14 @@ def input_names(op: type["Op"]) -> tuple[str, ...]:
     signature = inspect.signature(op.shape)
     return tuple(p.name for p in signature.parameters.values()
                  if p.name != "self" and p.kind is not p.VAR_POSITIONAL)
+
+
+def positions(op: Op, names: tuple[str, ...]) -> frozenset[int]:
+    """The argument positions of the inputs called `names` by the op's shape rule (its
+    `whole` or `nondifferentiable` inputs)."""
+    if not names:
+        return frozenset()
+    return frozenset(i for i, name in enumerate(input_names(type(op))) if name in names)
 
 
 def register(name: str, *aliases: str):

@@ -56,6 +56,7 @@ class _Convolution(Op):
     ranks = (2, 3)
     keeps = ("x", "weight")  # im2col is recomputed from x: cheaper to redo than to keep
     host_split = True  # see kernels.one_blas_thread
+    fresh = True
 
     def __init__(self, **attrs):
         super().__init__(**attrs)
@@ -68,6 +69,11 @@ class _Convolution(Op):
     def check_input(self, x: TensorType) -> None:
         expect_spatial(self, x, self.ranks, "did you mean dense?" if x.rank == 1 else None)
         check_groups(self, x.dims[0], "input")
+
+    def fans(self, weight):
+        # weight (out, in / groups, *kernel): each output sees in * kernel cells
+        receptive = math.prod(weight[2:])
+        return weight[1] * receptive, weight[0] * receptive
 
     def bias_params(self) -> dict[str, tuple[int, ...]]:
         return {"bias": (self.channels,)} if self.bias else {}
@@ -202,6 +208,10 @@ class ConvTranspose(_Convolution):
         (k,) = per_dim(self, x, kernel=self.kernel)
         macs = x.size * (self.channels // self.groups) * math.prod(k)
         return 2 * macs + (y.size if self.bias else 0)
+
+    def fans(self, weight):
+        fan_in, fan_out = super().fans(weight)  # weight (in, out / groups, *kernel)
+        return fan_out, fan_in
 
     def windows(self, x):
         return settings(self, x.ndim - 2, stride=self.stride, pad=self.pad,

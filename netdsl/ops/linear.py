@@ -15,6 +15,8 @@ class Dense(Op):
     args = (Arg("units", positive), Arg("bias", boolean, True))
     keeps = ("x", "weight")
     stackable = True
+    fresh = True
+    column_linear = True
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -33,6 +35,9 @@ class Dense(Op):
 
     def flops(self, y, x) -> int:
         return 2 * x.dims[0] * self.units + (self.units if self.bias else 0)
+
+    def fans(self, weight):
+        return weight[1], weight[0]
 
     def init(self, rng, x):
         return {name: fan_in_uniform(rng, x.dims[0], shape)

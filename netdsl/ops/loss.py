@@ -67,6 +67,7 @@ class CrossEntropy(_Loss):
 
     args = (Arg("weights", optional(numbers), None),)
     keeps = ("probs", "y")  # softmax(logits) and the labels: dlogits = probs - onehot(y)
+    accuracy = "class"
 
     def shape(self, logits: TensorType, y: TensorType) -> TensorType:
         expect_float(self, logits)
@@ -138,6 +139,7 @@ class SigmoidCrossEntropy(_Loss):
     arity = (1, 2)
     args = (Arg("label", optional(number), None), REDUCTION)
     keeps = ("logits", "target")
+    accuracy = "binary"
 
     def shape(self, logits: TensorType, target: TensorType | None = None) -> TensorType:
         expect_float(self, logits)
@@ -206,6 +208,7 @@ class Hinge(_Loss):
 
     args = (Arg("margin", number, 1.0),)
     keeps = ("score", "y")
+    accuracy = "sign"
 
     def shape(self, score: TensorType, y: TensorType) -> TensorType:
         expect_float(self, score)

@@ -29,6 +29,8 @@ class BatchNorm(Op):
     args = (Arg("eps", nonnegative, 1e-5), Arg("momentum", fraction, 0.1))
     keeps = ("xhat", "inv_std", "weight")  # xhat replaces x; inv_std is one per channel
     host_split = True  # see kernels.one_blas_thread
+    fresh = True
+    init_transparent = True
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -65,6 +67,8 @@ class LayerNorm(Op):
 
     args = (Arg("eps", nonnegative, 1e-5),)
     keeps = ("xhat", "inv_std", "weight")
+    fresh = True
+    init_transparent = True
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -105,6 +109,7 @@ class Dropout(Pointwise):
     keeps = ("mask",)  # backward needs the sampled mask, neither x nor y
     cost = 2
     inplace = True
+    init_transparent = True
 
     def forward(self, ctx, x):
         if not ctx.training or self.p == 0:
@@ -126,6 +131,7 @@ class GaussianNoise(Pointwise):
 
     args = (Arg("std", nonnegative),)
     keeps = ()  # the gradient passes through unchanged
+    init_transparent = True
 
     def forward(self, ctx, x):
         if not ctx.training or self.std == 0:

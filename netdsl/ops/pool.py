@@ -28,6 +28,9 @@ def pooled_size(n: int, k: int, s: int, p: int, ceil: bool) -> int:
 class _Pool(Op):
     """A k-window reduction slid with a stride over [C,L] or [C,H,W]."""
 
+    fresh = True
+    init_transparent = True
+
     args = (
         Arg("kernel", ints()),
         Arg("stride", optional(ints()), None),
@@ -311,6 +314,8 @@ class GlobalAvgPool(_GlobalPool):
     r"""$y_c = \frac{1}{|S|} \sum_{s \in S} x_{c,s}$"""
 
     keeps = ()
+    fresh = True
+    init_transparent = True
 
     def forward(self, ctx, x):
         ctx.save(x_shape=x.shape)

@@ -35,6 +35,9 @@ class Last(_WholeSequence):
         self.expect_seq(x)
         return x.step()
 
+    def time_steps(self, step, steps):
+        return [steps]
+
     def forward(self, ctx, x):
         # a padded batch: each example's last real step
         last = x.shape[0] - 1 if ctx.lengths is None else ctx.lengths - 1
@@ -53,6 +56,9 @@ class First(_WholeSequence):
         self.expect_seq(x)
         return x.step()
 
+    def time_steps(self, step, steps):
+        return [1]
+
     def forward(self, ctx, x):
         ctx.save(x_shape=x.shape)
         return x[0]
@@ -70,6 +76,9 @@ class Reverse(_WholeSequence):
     def shape(self, x: TensorType) -> TensorType:
         self.expect_seq(x)
         return x
+
+    def time_steps(self, step, steps):
+        return [steps + 1 - step]
 
     def forward(self, ctx, x):
         if ctx.lengths is None:

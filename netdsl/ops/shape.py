@@ -80,6 +80,10 @@ class Concat(_Movement):
 
     arity = (1, None)
     args = (Arg("axis", integer, 0),)
+    fresh = True
+    init_transparent = False
+    concatenates = True
+    join = "concat"
 
     def shape(self, *xs: TensorType) -> TensorType:
         first = xs[0]
@@ -121,6 +125,7 @@ class Split(_Movement):
 
     args = (Arg("parts", positive), Arg("axis", integer, 0), Arg("index", natural, 0))
     multi_output = True
+    init_transparent = False
 
     def __init__(self, **attrs):
         super().__init__(**attrs)
@@ -146,6 +151,9 @@ class Split(_Movement):
         ctx.save(x_shape=x.shape)
         return x[self.chunk(x.shape)]  # a view
 
+    def grad_region(self, ctx):
+        return ctx.saved["x_shape"], self.chunk(ctx.saved["x_shape"])
+
     def backward(self, ctx, gy):
         # the other chunks' gradients come through their own split nodes; the executor sums
         shape = ctx.saved["x_shape"]
@@ -159,6 +167,9 @@ class Crop(_Movement):
     r"""$y = x$ centre-cropped to the spatial size of `like`"""
 
     arity = 2
+    nondifferentiable = ("like",)  # only its size is read
+    init_transparent = False
+    join = "crop"
 
     def shape(self, x: TensorType, like: TensorType) -> TensorType:
         if x.rank != like.rank or x.rank < 2:
