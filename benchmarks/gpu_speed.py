@@ -8,10 +8,10 @@
 The six reference workloads of shared/workloads/README.md at their GPU batch sizes
 (W1 4096, W2 1024, W3 256, W4 256, W5 256, W6 128), float32, one fixed batch per
 workload from seed 0 (W1: the scikit-learn digits scaled to [0, 1], repeated to fill the
-batch; the others synthetic). netdsl runs the specs in benchmarks/specs/ on CuPy: the
-feed-forward ones with netdsl.runtime.fused.FusedExecutor (fused elementwise chains as
-generated CUDA kernels), W4 and W5 with SequenceExecutor (fused too, inside the
-recurrence at every time step), as training on a GPU runs them. PyTorch runs the twins that
+batch; the others synthetic). netdsl runs the specs in benchmarks/specs/ on CuPy,
+lowered for the cuda target (elementwise runs as generated CUDA kernels, inside the
+recurrences of W4 and W5 at every time step), as training on a GPU runs them. PyTorch
+runs the twins that
 train_speed.py (W1-W3, W6) and sequence_speed.py (W4, W5: nn.LSTM / nn.RNN and a Linear
 read-out) define, on the same device, eagerly and, unless --no-compile, through
 torch.compile(model) (the optimiser stays eager). Initialisation, losses and optimisers
@@ -79,7 +79,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import functools
 import gc
 import json
 import os
@@ -109,12 +108,10 @@ import train_speed  # noqa: E402  the W1-W3/W6 workloads, their batches and torc
 from isolation import blas_pool, limit_blas  # noqa: E402
 from netdsl.driver import check_file  # noqa: E402
 from netdsl.errors import SpecError  # noqa: E402
+from netdsl.lower import Lowered, lower  # noqa: E402
 from netdsl.runtime.execute import Executor  # noqa: E402
-from netdsl.runtime.fused import FusedExecutor  # noqa: E402
 from netdsl.runtime.init import initial_params  # noqa: E402
 from netdsl.runtime.optim import make_optimizer  # noqa: E402
-from netdsl.runtime.plan import Plan, build_plan  # noqa: E402
-from netdsl.runtime.recur import SequenceExecutor  # noqa: E402
 
 SPECS = HERE / "specs"
 SEED = 0
@@ -204,19 +201,12 @@ def torch_model(job: Job) -> nn.Module:
     return train_speed.new_torch_model(job.source)
 
 
-def plan_of(job: Job) -> Plan:
-    return build_plan(check_file(str(SPECS / job.spec)).graph)
-
-
-def executor_class(plan: Plan, choice: str) -> tuple[Callable, str]:
-    """The netdsl executor for `plan` and its name in the report: FusedExecutor, or for a
-    recurrent plan SequenceExecutor with fused chains, as training on a GPU runs them;
-    --executor plain runs them without generated kernels (Executor, SequenceExecutor)."""
-    fused = choice != "plain"
-    if plan.sequential:
-        return (functools.partial(SequenceExecutor, fused=fused),
-                "SequenceExecutor" + (" (fused)" if fused else ""))
-    return (FusedExecutor, "FusedExecutor") if fused else (Executor, "Executor")
+def lowered_of(job: Job, choice: str) -> tuple[Lowered, str]:
+    """The workload's spec lowered as training on a GPU lowers it (the cuda target: its
+    elementwise runs as generated kernels), or with --executor plain for the host target
+    (no generated kernels); and how the report names it."""
+    target = "host" if choice == "plain" else "cuda"
+    return lower(check_file(str(SPECS / job.spec)), target), f"Executor ({target} target)"
 
 
 # ---- the device: array module, synchronisation, clocks
@@ -276,14 +266,13 @@ class Device:
 class NetdslSide:
     clock = "cupy"
 
-    def __init__(self, job: Job, plan: Plan, params: dict, batch: dict, device: Device,
-                 executor: type):
+    def __init__(self, job: Job, lowered: Lowered, params: dict, batch: dict, device: Device):
         xp = self.xp = device.xp
-        self.executor = executor(plan, params, seed=SEED, xp=xp)
+        self.executor = Executor(lowered, params, seed=SEED, xp=xp)
         self.optimizer = make_optimizer(job.optimizer, dict(job.settings),
                                         self.executor.flat_params)
-        self.backward = plan.backward()
-        [self.loss_node] = plan.losses.values()
+        self.backward = lowered.backward()
+        [self.loss_node] = lowered.plan.losses.values()
         self.lr = job.lr
         self.batch = batch  # already device arrays of the executor's dtypes
 
@@ -324,10 +313,10 @@ class TorchSide:
         return handle.item()
 
 
-def netdsl_side(job: Job, plan: Plan, params: dict, host_batch: dict, device: Device,
-                executor: type) -> NetdslSide:
+def netdsl_side(job: Job, lowered: Lowered, params: dict, host_batch: dict,
+                device: Device) -> NetdslSide:
     batch = {k: device.xp.asarray(v) for k, v in host_batch.items()}
-    return NetdslSide(job, plan, params, batch, device, executor)
+    return NetdslSide(job, lowered, params, batch, device)
 
 
 def torch_batch(host_batch: dict, device: Device) -> dict:
@@ -500,11 +489,11 @@ def choose_steps(warmups: dict, repeats: int, budget: float) -> int:
 def run_workload(job: Job, device: Device, args) -> tuple[dict, dict]:
     """Time the sides of one workload; returns the result and what pass two needs."""
     host, source = make_batch(job)
-    plan = plan_of(job)
-    params = initial_params(plan, job.init, seed=SEED)
-    executor, executor_name = executor_class(plan, args.executor)
+    lowered, executor_name = lowered_of(job, args.executor)
+    plan = lowered.plan
+    params = initial_params(lowered.built, job.init, seed=SEED)
     tbatch = torch_batch(host, device)
-    sides = {"netdsl": netdsl_side(job, plan, params, host, device, executor),
+    sides = {"netdsl": netdsl_side(job, lowered, params, host, device),
              "torch": torch_side(job, device, tbatch)}
     counts = {"netdsl": sum(p.size for p in plan.params.values()),
               "torch": sum(p.numel() for p in sides["torch"].model.parameters())}
@@ -568,7 +557,7 @@ def run_workload(job: Job, device: Device, args) -> tuple[dict, dict]:
             result["ratio" if other == "torch" else "ratio_compiled"] = {
                 "per_repeat": ratios, "median": statistics.median(ratios),
                 "min": min(ratios), "max": max(ratios)}
-    later = {"job": job, "plan": plan, "params": params, "host": host, "executor": executor,
+    later = {"job": job, "lowered": lowered, "params": params, "host": host,
              "compiled": sides.get("compiled")}
     del sides
     gc.collect()
@@ -584,9 +573,8 @@ def profile_workload(result: dict, later: dict, device: Device) -> None:
         for key in ("kernels", "memcpy", "memset"):
             result[name][f"{key}_per_step"] = counts[key]
 
-    side, peak = netdsl_peak(lambda: netdsl_side(job, later["plan"], later["params"],
-                                                 later["host"], device, later["executor"]),
-                             device)
+    side, peak = netdsl_peak(lambda: netdsl_side(job, later["lowered"], later["params"],
+                                                 later["host"], device), device)
     result["netdsl"]["peak_bytes"] = peak
     launches("netdsl", side)
     del side

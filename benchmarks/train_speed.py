@@ -68,10 +68,10 @@ from torch._C._profiler import _EventType  # the event kinds of the profiler's e
 from torch.profiler import ProfilerActivity, profile
 
 from netdsl.driver import check_file
+from netdsl.lower import Lowered, lower
 from netdsl.runtime.execute import Executor
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import make_optimizer
-from netdsl.runtime.plan import Plan, build_plan
 
 from isolation import blas_pool, fix_malloc, limit_blas, settle
 
@@ -200,13 +200,13 @@ def make_batch(workload: Workload) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 class NetdslTrainer:
-    def __init__(self, plan: Plan, params: dict, batch: tuple[np.ndarray, np.ndarray]):
-        self.plan = plan
-        self.executor = Executor(plan, params, seed=SEED)
+    def __init__(self, lowered: Lowered, params: dict, batch: tuple[np.ndarray, np.ndarray]):
+        self.plan = lowered.plan
+        self.executor = Executor(lowered, params, seed=SEED)
         self.optimizer = make_optimizer("sgd", {"lr": LR, "momentum": MOMENTUM},
                                         self.executor.flat_params)
-        self.backward = plan.backward()
-        [self.loss_node] = plan.losses.values()
+        self.backward = lowered.backward()
+        [self.loss_node] = self.plan.losses.values()
         self.batch = {"x": batch[0], "y": batch[1]}
 
     def step(self) -> float:
@@ -253,11 +253,11 @@ def timed_steps(step: Callable[[], float], n: int,
     return seconds, losses
 
 
-def netdsl_peak_bytes(plan: Plan, params: dict, batch) -> int:
+def netdsl_peak_bytes(lowered: Lowered, params: dict, batch) -> int:
     """Peak bytes traced by tracemalloc while building the executor and training 2 steps."""
     tracemalloc.start()
     try:
-        trainer = NetdslTrainer(plan, params, batch)
+        trainer = NetdslTrainer(lowered, params, batch)
         for _ in range(2):
             trainer.step()
         return tracemalloc.get_traced_memory()[1]
@@ -302,10 +302,11 @@ def allocator_peak(prof) -> int:
 def run_workload(workload: Workload, repeats: int, steps: int | None, budget: float,
                  settle_s: float) -> dict:
     x, y, source = make_batch(workload)
-    plan = build_plan(check_file(str(SPECS / workload.spec)).graph)
-    params = initial_params(plan, "he", seed=SEED)
+    lowered = lower(check_file(str(SPECS / workload.spec)))
+    plan = lowered.plan
+    params = initial_params(lowered.built, "he", seed=SEED)
     torch_batch = (torch.from_numpy(x), torch.from_numpy(y))
-    sides = {"netdsl": NetdslTrainer(plan, params, (x, y)),
+    sides = {"netdsl": NetdslTrainer(lowered, params, (x, y)),
              "torch": TorchTrainer(new_torch_model(workload), torch_batch)}
     counts = {"netdsl": sum(param.size for param in plan.params.values()),
               "torch": sum(p.numel() for p in sides["torch"].model.parameters())}
@@ -343,7 +344,7 @@ def run_workload(workload: Workload, repeats: int, steps: int | None, budget: fl
                                     result["torch"]["repeat_medians_s"])]
     result["ratio"] = {"per_repeat": ratios, "median": statistics.median(ratios),
                        "min": min(ratios), "max": max(ratios)}
-    result["netdsl"]["peak_bytes"] = netdsl_peak_bytes(plan, params, (x, y))
+    result["netdsl"]["peak_bytes"] = netdsl_peak_bytes(lowered, params, (x, y))
     result["torch"]["peak_bytes"] = torch_peak_bytes(workload, torch_batch)
     return result
 

@@ -6,10 +6,13 @@ import os
 import sys
 
 from netdsl.errors import SpecError, SpecErrors, render
+from netdsl.lower.pipeline import PASSES, TARGETS
 
 __all__ = ["main"]
 
-EMIT_STAGES = ("ast", "expanded", "graph", "shapes", "plan", "unrolled", "kernels")
+# the front end's stages, then the back end's passes (netdsl.lower.PASSES), then views
+EMIT_STAGES = ("ast", "expanded", "graph", "shapes", *(name for name, _ in PASSES), "plan",
+               "unrolled", "kernels")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--emit", choices=EMIT_STAGES, help="print a pipeline stage instead of the table")
     comp.add_argument("--batch", type=_positive, default=1, help="batch size for FLOPs and memory (1)")
     comp.add_argument("--unroll", type=_steps, metavar="T", help="steps for --emit unrolled (3)")
+    comp.add_argument("--target", choices=tuple(TARGETS), default="host",
+                      help="what the back end's passes lower for: host (NumPy) or cuda (generated kernels)")
 
     draw = sub.add_parser("draw", help="draw the network with Graphviz (svg, png, pdf, dot)",
                           description="Draw the network. Blocks are clusters; shapes label the edges.")
@@ -205,21 +210,25 @@ def _check(args) -> int:
 def _compile(args) -> int:
     from netdsl import emit
     from netdsl.driver import check_file
+    from netdsl.lower import lower, printers
     from netdsl.unroll import unroll
 
     if args.unroll is not None and args.emit != "unrolled":
         raise SpecError("--unroll goes with --emit unrolled", None,
                         f"netc compile {args.spec} --emit unrolled --unroll {args.unroll}")
     net = check_file(args.spec)
+    if args.emit in dict(PASSES):
+        print(printers.format_pass(lower(net, args.target), args.emit, args.batch))
+        return 0
     if args.emit:
         text = {
             "ast": lambda: emit.format_ast(net.module),
             "expanded": lambda: emit.format_program(net.program),
             "graph": lambda: emit.format_graph(net.graph),
             "shapes": lambda: emit.format_shapes(net.graph),
-            "plan": lambda: emit.format_plan(net.graph, args.batch),
+            "plan": lambda: printers.format_plan(lower(net.graph), args.batch),
             "unrolled": lambda: emit.format_unrolled(unroll(net.graph, args.unroll or 3)),
-            "kernels": lambda: emit.format_kernels(net.graph, *_optimizer(net)),
+            "kernels": lambda: printers.format_kernels(lower(net.graph, "cuda"), *_optimizer(net)),
         }[args.emit]()
         print(text)
         return 0
@@ -232,17 +241,23 @@ def _compile(args) -> int:
     return 0
 
 
-def _optimizer(net) -> tuple[str, dict]:
-    """The optimiser the spec's train clause resolves to, and its settings."""
+def _optimizer(net) -> tuple:
+    """The update rule of the optimiser the spec's train clause resolves to, the arrays it
+    keeps, and its name."""
+    import numpy as np
+
     from netdsl.driver import CheckFailed
     from netdsl.errors import SpecErrors, errors_of
+    from netdsl.runtime.optim import make_optimizer
     from netdsl.runtime.settings import resolve_settings
 
     try:
         settings = resolve_settings(net.graph.graph["train"], {}, net.program.train_spans)
     except (SpecError, SpecErrors) as exc:
         raise CheckFailed(errors_of(exc), net.sources) from None
-    return settings.optimizer, settings.optimizer_settings
+    rule = make_optimizer(settings.optimizer, settings.optimizer_settings,
+                          np.zeros(1, np.float32))
+    return rule.rule, tuple(rule.state), settings.optimizer
 
 
 def _draw(args) -> int:

@@ -9,8 +9,7 @@ from netdsl import ast
 from netdsl.graph import forward_view
 from netdsl.program import Program
 
-__all__ = ["format_ast", "format_program", "format_graph", "format_shapes", "format_plan",
-           "format_kernels", "format_unrolled"]
+__all__ = ["format_ast", "format_program", "format_graph", "format_shapes", "format_unrolled"]
 
 
 def format_ast(module: ast.Module) -> str:
@@ -127,97 +126,4 @@ def format_shapes(graph: nx.DiGraph) -> str:
         lines.append(f"{node}: {data['type']} = {rhs}")
     for name, node in graph.graph["losses"].items():
         lines.append(f"loss {name} = {node}")
-    return "\n".join(lines)
-
-
-def _format_sequence_plan(plan) -> str:
-    """A sequence network's step: what runs once over all time steps, and each loop."""
-    from netdsl.runtime.hoist import hoist
-
-    plan = hoist(plan)
-    in_loop = {s.node: loop for loop in plan.loops for s in loop.steps}
-    lines = [f"forward ({len(plan.steps)} steps; a loop runs once per time step, the rest once "
-             "for all steps)"]
-    shown = set()
-    for step in plan.steps:
-        loop = in_loop.get(step.node)
-        if loop is None:
-            part = " [columns of the weight]" if step.slices else ""
-            lines.append(f"  {step.node} ({step.op.name}){part}")
-        elif loop.name not in shown:
-            shown.add(loop.name)
-            states = ", ".join(f"{s.node} <- {s.source}" for s in loop.states)
-            lines.append(f"  loop over t ({states}):")
-            lines += [f"    {s.node} ({s.op.name})" for s in loop.steps]
-    backward = plan.backward()
-    lines.append(f"backward through time ({len(backward.order)} steps, losses "
-                 f"{', '.join(backward.losses)}); gradients of the states flow to step t-k")
-    return "\n".join(lines)
-
-
-def format_kernels(graph: nx.DiGraph, optimizer: str, settings: dict) -> str:
-    """The CUDA kernels `--device gpu` generates for a spec: each fused chain's forward
-    and backward (for the gradients training needs; inside a recurrence they run at
-    every time step), and the optimiser's update."""
-    import numpy as np
-
-    from netdsl.runtime.fused import FusedChain, kernel_plan
-    from netdsl.runtime.hoist import hoist
-    from netdsl.runtime.kernelgen import chain_backward, chain_forward, cuda_source, update_program
-    from netdsl.runtime.optim import make_optimizer
-    from netdsl.runtime.plan import build_plan
-
-    plan = build_plan(graph)
-    if plan.sequential:  # the plan the sequence executor runs
-        plan = hoist(plan)
-    fused = kernel_plan(plan, set(plan.losses.values()))
-    backward = fused.backward()
-    users: dict[str, list[str]] = {}   # each distinct kernel, once, with the chains it runs
-    for step in fused.steps:
-        if not isinstance(step.op, FusedChain):
-            continue
-        chain = step.op.chain
-        programs = [chain_forward(chain)]
-        if step.node in backward.grad_inputs:
-            needs = tuple(t is not None for t in backward.grad_inputs[step.node])
-            programs.append(chain_backward(chain, needs))
-        for program in programs:
-            users.setdefault(cuda_source(program), []).append(" -> ".join(step.op.nodes))
-    parts = [f"// {len(names)} use{'s' if len(names) > 1 else ''}: {', '.join(names)}\n{source}"
-             for source, names in users.items()]
-    rule = make_optimizer(optimizer, settings, np.zeros(1, np.float32))
-    parts.append(f"// {optimizer} over all parameters\n" +
-                 cuda_source(update_program(rule.rule, tuple(rule.state))))
-    return "\n".join(parts).rstrip("\n")
-
-
-def format_plan(graph: nx.DiGraph, batch: int) -> str:
-    """The training step: fused forward chains, autodiff's backward order, buffer slots."""
-    from netdsl.report import human
-    from netdsl.runtime.fuse import fuse
-    from netdsl.runtime.memory import plan_memory
-    from netdsl.runtime.plan import build_plan
-
-    plan = build_plan(graph)
-    if plan.sequential:
-        return _format_sequence_plan(plan)
-    backward = plan.backward()
-    memory = plan_memory(plan, backward, batch)
-    lines = [f"forward ({len(plan.steps)} steps; a chain runs its followers in place)"]
-    for group in fuse(plan):
-        ops = " -> ".join(f"{n} ({plan.step_of(n).op.name})" for n in group.nodes)
-        lines.append(f"  {ops}")
-    lines.append(f"backward ({len(backward.order)} steps, losses {', '.join(backward.losses)})")
-    for node in backward.order:
-        sources = [s for s in backward.grad_inputs[node] if s is not None]
-        params = sorted(k.rpartition(".")[2] for k, p in plan.step_of(node).params.items()
-                        if p in backward.params)
-        grads = ", ".join([f"d{s}" for s in sources] + [f"d{p}" for p in params])
-        lines.append(f"  {node}" + (f" -> {grads}" if grads else ""))
-    lines.append(f"memory at batch {batch}: {len(memory.buffers)} buffers in "
-                 f"{len(memory.slots)} slots, {human(memory.slot_bytes, 'B')} "
-                 f"(unshared {human(memory.unshared_bytes, 'B')})")
-    for b in sorted(memory.buffers, key=lambda b: (b.start, b.name)):
-        lines.append(f"  slot {memory.assignment[b.name]:>3}  {b.kind:<6} {b.name:<40} "
-                     f"{human(b.bytes, 'B'):>10}  steps {b.start}..{b.end}")
     return "\n".join(lines)

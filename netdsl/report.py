@@ -46,22 +46,21 @@ def format_cost_table(net, batch: int = 1) -> str:
 def format_training_memory(net, batch: int) -> str | None:
     """One line: the planned peak memory of a training step, or None if it cannot train."""
     from netdsl.errors import SpecError
-    from netdsl.runtime.memory import plan_memory
-    from netdsl.runtime.plan import build_plan
+    from netdsl.lower import lower
     from netdsl.runtime.settings import resolve_settings
 
     try:
-        plan = build_plan(net.graph)
+        lowered = lower(net.graph)
         settings = resolve_settings(net.graph.graph["train"])
     except SpecError:
         return None  # no loss, or a bad train clause: the table above is all there is
-    if plan.sequential:
+    if lowered.memory is None:
         return None  # buffer planning covers feed-forward steps; sequences run in a loop
     # momentum and Adagrad keep one parameter-sized array, Adam two, plain SGD none
     opt = settings.optimizer_settings
     slots = {"adam": 2, "adagrad": 1, "rmsprop": 1 + bool(opt.get("momentum"))}.get(
         settings.optimizer, int(bool(opt.get("momentum"))))
-    memory = plan_memory(plan, plan.backward(), batch, slots)
+    memory = lowered.memory.at(batch, slots)
     return (f"training step at batch {batch}: planned peak {human(memory.peak, 'B')} = "
             f"activations {human(memory.slot_bytes, 'B')} in {len(memory.slots)} shared buffers "
             f"(unshared {human(memory.unshared_bytes, 'B')}) + parameters and gradients "

@@ -124,11 +124,11 @@ def _prepare(args):
     """Check the spec and resolve its settings with the flags."""
     from netdsl.driver import CheckFailed, check_file
     from netdsl.errors import SpecErrors, errors_of
-    from netdsl.runtime.plan import build_plan
+    from netdsl.lower import lower
     from netdsl.runtime.settings import resolve_settings
 
     net = check_file(args.spec)
-    plan = build_plan(net.graph)
+    lowered = lower(net.graph, "cuda" if getattr(args, "device", "cpu") == "gpu" else "host")
     overrides = {key: getattr(args, key, None) for key in
                  ("epochs", "batch", "lr", "seed", "steps", "init", "val")}
     if getattr(args, "normalize", False):
@@ -137,7 +137,7 @@ def _prepare(args):
         settings = resolve_settings(net.graph.graph["train"], overrides, net.program.train_spans)
     except (SpecError, SpecErrors) as exc:  # with the spec's text, to show the line
         raise CheckFailed(errors_of(exc), net.sources) from None
-    return net, plan, settings
+    return net, lowered, settings
 
 
 def _source(args, settings) -> str | None:
@@ -161,7 +161,8 @@ def run(args) -> int:
     from netdsl.runtime.train import Trainer
 
     console = Console(stderr=False, highlight=False)
-    net, plan, settings = _prepare(args)
+    net, lowered, settings = _prepare(args)
+    plan = lowered.plan
     xp = array_module(args.device)
     data = load_data(net.graph, _source(args, settings), settings.seed, args.examples,
                      **_length(args))
@@ -170,7 +171,7 @@ def run(args) -> int:
     if settings.normalize and data.normalize:
         norm, (train, val) = normalize(train, val)
     folder = _folder(args, net)
-    trainer = Trainer(plan, settings, folder, args.checkpoint_every, xp,
+    trainer = Trainer(lowered, settings, folder, args.checkpoint_every, xp,
                       RichReporter(console, args.quiet))
     trainer.extra_arrays = {f"normalize/{k}": v for k, v in (norm.state_dict() if norm else {}).items()}
     path = os.path.join(folder, CHECKPOINT)
@@ -197,9 +198,10 @@ def _trained(args):
     from netdsl.runtime.data import Normalizer
     from netdsl.runtime.train import Trainer
 
-    net, plan, settings = _prepare(args)
+    net, lowered, settings = _prepare(args)
+    plan = lowered.plan
     folder = _folder(args, net)
-    trainer = Trainer(plan, settings, None, xp=array_module(args.device))
+    trainer = Trainer(lowered, settings, None, xp=array_module(args.device))
     try:
         trainer.restore(folder)
         arrays, _ = load_checkpoint(folder)
@@ -238,7 +240,7 @@ def predict(args) -> int:
                      only=_fields_needed(plan, outputs.values()), **_length(args))
     if norm:
         data = norm.apply(data)
-    from netdsl.ops.kernels import to_host
+    from netdsl.runtime.host import to_host
 
     parts = {name: [] for name in outputs}
     for batch in data.batches(256, None):

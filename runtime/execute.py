@@ -1,89 +1,38 @@
-"""The executor: runs a plan's training and evaluation steps on an array module.
+"""The executor: runs a lowered plan's training and evaluation passes on an array module.
 
-Parameters, and their gradients, live in one flat vector each (the parameters
-of a layer are views into it), so the optimiser updates the whole network in a
-handful of vector operations and a checkpoint is one array. Forward values are
-dropped as soon as no later step reads them (memory.forward_frees); what
-backward needs stays in each node's saved arrays until that node's backward has
-run. The elementwise followers of a fused chain (runtime.fuse) write their result
-over their predecessor's output. The same class runs NumPy and CuPy: `xp` is the
-only difference, and the random generator (`CountedRng` off the host, whose state
-CuPy keeps on the device where a checkpoint cannot read it).
+One walker runs every network: a pass is the schedule's segments in order, each either
+straight-line steps or a loop over time steps (runtime.loops), and backward walks them
+in reverse. A feed-forward network is one straight segment.
+
+Parameters, and their gradients, live in one flat vector each (the parameters of a
+layer are views into it), so the optimiser updates the whole network in a handful of
+vector operations and a checkpoint is one array. A value is dropped after the last step
+that reads it; what backward needs stays in each step's saved arrays until its backward
+has run. A host chain's followers (`Step.in_place`) write over their predecessor's
+output; a fused step of the cuda target is one generated kernel each way.
+
+Values with a time axis are held time-major, (T, B, *dims). Outside a loop a per-step
+op folds time into the batch, (T*B, *dims), so the input projections of every step are
+one GEMM. A batch may pad sequences of different lengths (`NAME.lengths`): a loss then
+leaves the padded rows out and whole-sequence ops read `ctx.lengths`.
+
+The same class runs NumPy and CuPy: `xp` is the difference, with the random generator
+(`CountedRng` off the host, whose state CuPy keeps on the device).
 """
 from __future__ import annotations
 
-import json
-import zlib
-
 import numpy as np
 
+from netdsl.lower import Backward, Lowered, Step
+from netdsl.lower.schedule import LoopSegment
 from netdsl.ops.base import Ctx
-from netdsl.ops.kernels import on_host, one_blas_thread, to_host
-from netdsl.runtime.fuse import fuse
-from netdsl.runtime.memory import forward_frees
-from netdsl.runtime.plan import Backward, Plan
+from netdsl.runtime import cuda  # noqa: F401  registers the GPU's routines for CuPy
+from netdsl.runtime.host import on_host, one_blas_thread, to_host
+from netdsl.runtime.loops import add_grad, backward_loop, forward_loop
+from netdsl.runtime.rng import CountedRng
+from netdsl.shapes import whole_positions
 
-__all__ = ["Executor", "NonFinite", "CountedRng"]
-
-
-class CountedRng:
-    """A random generator whose state is two host numbers, (seed, count).
-
-    NumPy's generator state can be read and restored (a checkpoint stores it); CuPy's
-    lives in device memory, and its Generator exposes none. So on a device each forward
-    pass draws from a stream of its own: `advance` (an executor calls it as a pass starts)
-    counts the passes, and the pass draws from the generator seeded with
-    SeedSequence([seed, count]), made on its first draw (passes without dropout, noise or
-    `normal` make none). Reading or setting `state` never touches the device, so the
-    training loop may take it every step and a resumed run draws what the whole run
-    drew. Draws are CuPy's Philox4x32-10 (cheap to seed: no skip-ahead per thread) where
-    `xp.random` has it, else `xp.random.default_rng`.
-    """
-
-    def __init__(self, xp, seed: int = 0):
-        self.xp, self.seed, self.count = xp, int(seed), 0
-        self._generator = None
-
-    def advance(self) -> None:
-        """Start the next pass's stream."""
-        self.count += 1
-        self._generator = None
-
-    @property
-    def state(self) -> dict:
-        """{"seed": int, "count": int}: a JSON document, as a checkpoint stores it."""
-        return {"seed": self.seed, "count": self.count}
-
-    @state.setter
-    def state(self, value: dict) -> None:
-        if isinstance(value, dict) and set(value) == {"seed", "count"}:
-            self.seed, self.count = int(value["seed"]), int(value["count"])
-        else:  # another generator's state (a checkpoint written on the CPU): a stream from it
-            text = json.dumps(value, sort_keys=True, default=str)
-            self.seed, self.count = zlib.crc32(text.encode()), 0
-        self._generator = None
-
-    def generator(self):
-        """The generator of the current pass's stream."""
-        if self._generator is None:
-            sequence = np.random.SeedSequence([self.seed, self.count])
-            random = self.xp.random
-            if hasattr(random, "Philox4x3210"):
-                self._generator = random.Generator(random.Philox4x3210(sequence))
-            else:
-                self._generator = random.default_rng(sequence)
-        return self._generator
-
-    def random(self, size=None, dtype="float64"):
-        return self.generator().random(size, dtype=dtype)
-
-    def standard_normal(self, size=None, dtype="float64"):
-        return self.generator().standard_normal(size, dtype=dtype)
-
-    def __getattr__(self, name):  # the generator's other distributions
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.generator(), name)
+__all__ = ["Executor", "NonFinite"]
 
 
 class NonFinite(Exception):
@@ -95,11 +44,11 @@ class NonFinite(Exception):
 
 
 class Executor:
-    """Parameters, running statistics and per-node contexts of one network.
+    """Parameters, running statistics and per-step contexts of one lowered network.
 
     Parameters
     ----------
-    plan : Plan
+    lowered : Lowered
     params : dict
         Parameter key -> initial array (runtime.init.initial_params).
     seed : int
@@ -109,11 +58,16 @@ class Executor:
         numpy or cupy.
     order : list of str, optional
         Parameter keys in the order of the flat vectors (default: the plan's).
+
+    After a forward pass `carry` holds, per state source, its values at the last steps
+    (as many as the longest delay reads), ready to start the next chunk of a sequence;
+    `reach` limits how far back a state's gradient flows (truncated BPTT's k2).
     """
 
-    def __init__(self, plan: Plan, params: dict, seed: int = 0, xp=np, dtype: str = "float32",
-                 order=None):
-        self.plan, self.xp, self.dtype = plan, xp, dtype
+    def __init__(self, lowered: Lowered, params: dict, seed: int = 0, xp=np,
+                 dtype: str = "float32", order=None):
+        self.lowered, self.plan, self.xp, self.dtype = lowered, lowered.plan, xp, dtype
+        plan = self.plan
         self.offsets: dict[str, tuple[int, int]] = {}
         start = 0
         # `order` lays the flat vectors out (a GAN keeps each player's parameters together)
@@ -129,9 +83,16 @@ class Executor:
             self.params[key][...] = xp.asarray(value, dtype=dtype)
         self.rng = xp.random.default_rng(seed) if on_host(xp) else CountedRng(xp, seed)
         self.buffers: dict[str, dict] = {step.node: {} for step in plan.steps}
-        self.ctxs: dict[str, Ctx] = {}
-        self._split = False  # whether the last forward ran ops that split (host_split)
-        self._schedules: dict[frozenset, tuple] = {}  # kept values -> (steps, frees)
+        self.ctxs: dict = {}
+        # values with a time axis; a loss over a sequence is one number all the same
+        losses = set(plan.losses.values())
+        self.timed = {n for n, t in plan.types.items() if t.seq and n not in losses}
+        # per step, the input positions read as whole sequences (attention's memory)
+        self.whole = {s.node: whole_positions(s.op) for s in plan.steps}
+        self.carry: dict | None = None
+        self.reach: int | None = None
+        self._last = None      # the schedule the last forward ran, which backward reverses
+        self._written: set[str] = set()
 
     def _views(self, flat) -> dict:
         return {key: flat[a:b].reshape(self.plan.params[key].shape)
@@ -147,117 +108,226 @@ class Executor:
     # ---- forward
 
     def forward(self, batch: dict, training: bool, keep=(), check_finite: bool = False,
-                losses: bool = True) -> dict:
-        """Run the forward steps; return the loss values and the values named in `keep`.
+                losses: bool = True, carry: dict | None = None) -> dict:
+        """Run a pass; return the loss values and the values named in `keep`.
 
-        In training mode each node keeps what its backward needs (until `backward`).
-        With `losses` False only what `keep` needs runs, so targets may be absent.
-        With `check_finite`, the first node whose output holds NaN or Inf raises NonFinite.
+        `batch` arrays are batch-major, (B, T, ...) for sequences, and so are the values
+        returned. In training mode each step keeps what its backward needs (until
+        `backward`). With `losses` False only what `keep` needs runs, so targets may be
+        absent. With `check_finite`, the first step whose output holds NaN or Inf raises
+        NonFinite. `carry` (a previous pass's `self.carry`) replaces the states' initial
+        values, as truncated BPTT's next chunk does.
         """
         xp, plan = self.xp, self.plan
         self._begin_pass()
-        keep = frozenset(keep) | (frozenset(plan.losses.values()) if losses else frozenset())
-        if keep not in self._schedules:
-            steps = plan.steps_for(keep)
-            chained = {node for group in fuse(plan, set(keep)) for node in group.nodes[1:]}
-            self._schedules[keep] = (steps, forward_frees(steps, set(keep)),
-                                     [s.node in chained for s in steps])
-        steps, frees, in_place = self._schedules[keep]
-        self._split = any(getattr(s.op, "host_split", False) for s in steps)
-        size = len(next(iter(batch.values())))
-        values = {name: self._as_input(batch[name], name) for name in plan.inputs if name in batch}
-        ctxs = self.ctxs = {}
-        with one_blas_thread(xp, self._split):
-            for step, free, chained in zip(steps, frees, in_place):
-                ctx = ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node],
-                                            size, self.dtype)
-                xs = [values[s] for s in step.inputs]
-                if chained:  # a fused chain's follower writes over its predecessor's output
-                    ctx.out = xs[0]
-                kwargs = {name: self.params[key] for name, key in step.params.items()}
-                for kw, (node, saved) in step.borrows.items():
-                    kwargs[kw] = ctxs[node].saved[saved]
-                y = step.op.forward(ctx, *xs, **kwargs)
-                if check_finite and y.dtype.kind == "f" and not bool(xp.isfinite(y).all()):
-                    raise NonFinite(step.node, "forward")
-                values[step.node] = y
-                for name in free:
-                    del values[name]
-        return {name: values[name] for name in keep}
+        schedule = self._last = self.lowered.schedule_for(keep, losses)
+        values = {name: self._time_major(batch[name], name) for name in plan.inputs
+                  if name in batch}
+        self.size = self._extent(values)
+        self.time: dict[str, int] = {}  # folded step or loop -> the time steps it ran over
+        # valid steps per example, per sequence value: from `NAME.lengths` in the batch,
+        # passed on to what is computed from it; absent when every sequence is full. The
+        # host keeps a copy, from which the rows a loss keeps are found without reading
+        # the device
+        self.host_lengths = {name: to_host(xp, batch[f"{name}.lengths"])
+                             for name in values if f"{name}.lengths" in batch}
+        self.lengths = {name: xp.asarray(host) for name, host in self.host_lengths.items()}
+        self.valid, self.loop_masks = {}, {}  # loss -> its real rows; loop -> (T, B) mask
+        self.ctxs, self.carried, self.carry = {}, carry is not None, {}
+        split = any(step.op.host_split for step in schedule.steps)
+        with one_blas_thread(xp, split):
+            for segment in schedule.segments:
+                if isinstance(segment, LoopSegment):
+                    forward_loop(self, segment, values, training, carry or {}, check_finite)
+                    for name in segment.frees:
+                        del values[name]
+                    continue
+                for step, frees in zip(segment.steps, segment.frees):
+                    values[step.node] = self._forward_step(step, values, training,
+                                                           check_finite)
+                    for name in frees:
+                        del values[name]
+        return {name: self._batch_major(values[name], name) for name in schedule.outputs}
 
     def _begin_pass(self) -> None:
         """A forward pass starts: off the host it draws from a stream of its own."""
         if isinstance(self.rng, CountedRng):
             self.rng.advance()
 
-    def _as_input(self, array, name):
-        dtype = "int64" if self.plan.inputs[name].classes is not None else self.dtype
-        return self.xp.asarray(array, dtype=dtype)
+    def context(self, step: Step, training: bool, batch: int) -> Ctx:
+        """A fresh context for one run of `step`."""
+        ctx = Ctx(self.xp, training, self.rng, self.buffers[step.node], batch, self.dtype)
+        ctx.geometry = step.geometry
+        return ctx
+
+    def _forward_step(self, step: Step, values: dict, training: bool, check_finite: bool):
+        """A step outside any loop: a per-step op reading sequences sees time folded into
+        the batch."""
+        xp, timed, whole = self.xp, self.timed, self.whole[step.node]
+        xs = [values[s] for s in step.inputs]
+        steps = [x.shape[0] for i, (x, s) in enumerate(zip(xs, step.inputs))
+                 if s in timed and i not in whole]
+        folded = step.op.per_step and bool(steps)
+        if folded:
+            T = self.time[step.node] = steps[0]
+            xs = [x if i in whole else self._fold(x, s in timed, T)
+                  for i, (x, s) in enumerate(zip(xs, step.inputs))]
+        source = self._lengths_of(step)
+        lengths = None if source is None else self.lengths[source]
+        if folded and lengths is not None and step.op.is_loss:
+            # a loss averages over the real steps only: padded rows are left out. Their
+            # indices come from the host's lengths: a boolean mask would make the device
+            # count them before it could index, and the host wait for that count
+            host = self.host_lengths[source]
+            rows = np.flatnonzero((np.arange(T)[:, None] < host[None, :]).reshape(-1))
+            valid = xp.asarray(rows)
+            self.valid[step.node] = (valid, T * len(host))
+            xs = [x[valid] for x in xs]
+        ctx = self.ctxs[step.node] = self.context(step, training,
+                                                  len(xs[0]) if folded else self.size)
+        ctx.lengths = lengths if not step.op.per_step else None
+        if step.in_place:  # a chain's follower writes over its predecessor's output
+            ctx.out = xs[0]
+        kwargs = self.param_args(step)
+        for kw, (node, saved) in step.borrows.items():
+            kwargs[kw] = self.ctxs[node].saved[saved]
+        y = step.op.forward(ctx, *xs, **kwargs)
+        if lengths is not None and step.node in timed:
+            self.lengths[step.node] = lengths
+            self.host_lengths[step.node] = self.host_lengths[source]
+        if folded and step.node in timed:
+            y = y.reshape((T, self.size) + y.shape[1:])
+        self.check(check_finite, y, step.node, "forward")
+        return y
+
+    def param_args(self, step: Step) -> dict:
+        """The step's parameters by the op's names; a column block as a contiguous copy."""
+        args = {name: self.params[key] for name, key in step.params.items()}
+        for name, index in step.slices.items():
+            # NumPy's matmul leaves BLAS for a column block of a matrix (60x slower
+            # here), and a step's copy is cheap next to T products
+            args[name] = self.xp.ascontiguousarray(args[name][index])
+        return args
 
     # ---- backward
 
-    def backward(self, backward: Backward, check_finite: bool = False) -> None:
-        """Fill `grads` for `backward.params` from the last training forward.
+    def backward(self, backward: Backward | None = None, check_finite: bool = False) -> None:
+        """Fill `grads` for `backward.params` (default: every loss, every parameter) from
+        the last training forward, through time where there are loops (BPTT).
 
         Gradients of a value are summed where it forks. A contribution is stored as
         given (it may alias another value's gradient) and copied before the first sum.
         """
-        xp, plan = self.xp, self.plan
+        xp = self.xp
+        backward = backward or self.lowered.backward()
         # dL/dL = 1 in the executor's precision: losses scale it by Python numbers
-        value_grads = {seed: xp.ones((), dtype=self.dtype) for seed in backward.seeds}
+        grads = {seed: xp.ones((), dtype=self.dtype) for seed in backward.seeds}
         owned: set[str] = set()
-        written: set[str] = set()
-        with one_blas_thread(xp, self._split):
-            for node in backward.order:
-                gy = value_grads.pop(node, None)
-                if gy is None:
-                    continue  # no loss depends on it through a differentiable path
-                step = plan.step_of(node)
-                ctx = self.ctxs[node]
-                targets = backward.grad_inputs[node]
-                ctx.needs_input_grad = tuple(t is not None for t in targets)
-                # a parameter's first gradient may be written straight into its storage
-                ctx.grad_out = {name: self.grads[key] for name, key in step.params.items()
-                                if key not in written and name not in step.slices}
-                input_grads, param_grads = step.op.backward(ctx, gy)
-                ctx.saved.clear()
-                self._store_input_grads(node, backward.grad_inputs[node], input_grads,
-                                        value_grads, owned, check_finite)
-                self._store_param_grads(step, param_grads, written)
-                # the parameter gradients are copied and the input gradients stored: drop them
-                # now, not when the next node's backward returns
-                del input_grads, param_grads
+        self._written = set()
+        wanted = set(backward.order)
+        split = any(step.op.host_split for step in self._last.steps)
+        with one_blas_thread(xp, split):
+            for segment in reversed(self._last.segments):
+                if isinstance(segment, LoopSegment):
+                    backward_loop(self, segment, grads, owned, backward, wanted, check_finite)
+                    continue
+                for step in reversed(segment.steps):
+                    gy = grads.pop(step.node, None)
+                    if gy is None or step.node not in wanted:
+                        continue  # no loss depends on it through a differentiable path
+                    self._backward_step(step, gy, grads, owned, backward, check_finite)
         for key in backward.params:
-            if key not in written:
+            if key not in self._written:
                 self.grads[key][...] = 0
 
-    def _store_input_grads(self, node: str, targets, input_grads, value_grads: dict,
-                           owned: set, check_finite: bool) -> None:
-        """Keep each input gradient as its value's gradient, or add it to the one there."""
-        for target, grad in zip(targets, input_grads):
+    def _backward_step(self, step: Step, gy, grads: dict, owned: set, backward: Backward,
+                       check_finite: bool) -> None:
+        timed, whole = self.timed, self.whole[step.node]
+        ctx = self.ctxs[step.node]
+        targets = backward.grad_inputs[step.node]
+        folded = step.node in self.time
+        if folded and step.node in timed:
+            gy = gy.reshape((-1,) + gy.shape[2:])
+        ctx.needs_input_grad = tuple(t is not None for t in targets)
+        # a parameter's first gradient may be written straight into its storage
+        ctx.grad_out = {name: self.grads[key] for name, key in step.params.items()
+                        if key not in self._written and name not in step.slices}
+        input_grads, param_grads = step.op.backward(ctx, gy)
+        ctx.saved.clear()
+        valid = self.valid.get(step.node)
+        for position, (source, target, grad) in enumerate(zip(step.inputs, targets, input_grads)):
             if target is None or grad is None:
                 continue
-            if check_finite and not bool(self.xp.isfinite(grad).all()):
-                raise NonFinite(node, "backward")
-            if target not in value_grads:
-                value_grads[target] = grad
-            elif target in owned:
-                value_grads[target] += grad
-            else:
-                value_grads[target] = value_grads[target] + grad
-                owned.add(target)
+            if valid is not None:  # padded rows had no say in the loss: zero gradient
+                rows, total = valid
+                full = self.xp.zeros((total,) + grad.shape[1:], dtype=grad.dtype)
+                full[rows] = grad
+                grad = full
+            if folded and position not in whole:
+                grad = grad.reshape((self.time[step.node], self.size) + grad.shape[1:])
+                if source not in timed:  # a per-sequence value broadcast over the steps
+                    grad = grad.sum(axis=0)
+            self.check(check_finite, grad, step.node, "backward")
+            add_grad(grads, owned, target, grad)
+        self.store_param_grads(step, param_grads)
 
-    def _store_param_grads(self, step, param_grads: dict, written: set) -> None:
-        """Copy (or add, for a shared parameter's later uses) a node's parameter gradients
-        into the flat gradient vector; one the op wrote there already (Ctx.grad_out) is
-        only marked written."""
+    def store_param_grads(self, step: Step, param_grads: dict) -> None:
+        """Write (or add, for a parameter already written this pass) a step's parameter
+        gradients into the flat gradient vector; one the op wrote there itself
+        (Ctx.grad_out) is only marked written. A column block adds into its part."""
         for name, grad in param_grads.items():
-            key = step.params[name]
-            if key in written:
-                self.grads[key] += grad
-            elif grad is not self.grads[key]:
-                self.grads[key][...] = grad
-            written.add(key)
+            self.store_param_grad(step.params[name], grad, step.slices.get(name))
+
+    def store_param_grad(self, key: str, grad, index=None) -> None:
+        target = self.grads[key]
+        if key in self._written:
+            if index is None:
+                target += grad
+            else:
+                target[index] += grad
+            return
+        self._written.add(key)
+        if index is not None:
+            target[...] = 0
+            target[index] = grad
+        elif grad is not target:
+            target[...] = grad
+
+    # ---- layout
+
+    def _time_major(self, array, name: str):
+        dtype = "int64" if self.plan.inputs[name].classes is not None else self.dtype
+        x = self.xp.asarray(array, dtype=dtype)
+        return self.xp.ascontiguousarray(x.swapaxes(0, 1)) if name in self.timed else x
+
+    def _batch_major(self, value, name: str):
+        return value.swapaxes(0, 1) if name in self.timed else value
+
+    def _extent(self, values: dict) -> int:
+        """The number of examples in a batch (sequences of one batch may differ in length)."""
+        for name, value in values.items():
+            return int(value.shape[1] if name in self.timed else value.shape[0])
+        raise ValueError("a batch needs at least one input")
+
+    def _lengths_of(self, step: Step) -> str | None:
+        """The sequence a step reads whose valid steps per example are known (None: all
+        are valid); its lengths are `lengths[name]`, on the host `host_lengths[name]`."""
+        if not self.lengths:
+            return None
+        for position, source in enumerate(step.inputs):
+            if source in self.lengths and position not in self.whole[step.node]:
+                return source
+        return None
+
+    def _fold(self, x, seq: bool, steps: int):
+        """(T, B, ...) -> (T*B, ...); a per-sequence (B, ...) value is repeated at every step."""
+        if not seq:
+            x = self.xp.broadcast_to(x, (steps,) + x.shape)
+        return x.reshape((-1,) + x.shape[2:])
+
+    def check(self, check_finite: bool, array, node: str, phase: str) -> None:
+        if check_finite and array.dtype.kind == "f" and not bool(self.xp.isfinite(array).all()):
+            raise NonFinite(node, phase)
 
     # ---- state
 
@@ -299,3 +369,4 @@ class Executor:
             node, _, key = name.rpartition(":")
             self.buffers.setdefault(node, {})[key] = xp.asarray(value)
         self.set_rng_state(state["rng"])
+

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from netdsl.errors import SpecError
-from netdsl.ops.kernels import to_host
-from netdsl.runtime.plan import Plan
+from netdsl.runtime.host import to_host
+from netdsl.lower.plan import Plan
 
 __all__ = ["fed_scores", "generate"]
 

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from netdsl.runtime.plan import Plan
+from netdsl.lower.plan import Plan
 
 __all__ = ["SCHEMES", "initial_params"]
 

@@ -16,9 +16,8 @@ from typing import Any, Callable
 
 import numpy
 
-from netdsl.ops.gpu import on_gpu
-from netdsl.runtime.kernelgen import update_program, update_scalars
-from netdsl.runtime.launch import runner_for
+from netdsl.lower.codegen import run_program, update_program, update_scalars
+from netdsl.runtime.cuda.launch import on_gpu
 
 __all__ = ["Rule", "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "OPTIMIZERS",
            "make_optimizer", "penalize", "clip_grad_norm", "check_number", "check_integer"]
@@ -177,9 +176,8 @@ class Optimizer:
         """The step of `Rule` over every parameter in one launch (grads is left as is)."""
         if not hasattr(self, "_program"):
             self._program = update_program(self.rule, tuple(self.state))
-        run = runner_for(self.xp, str(self.params.dtype))
-        run(self._program, {"params": self.params, "grads": grads, **self.state},
-            update_scalars(self.rule, self.t, lr))
+        run_program(self.xp, self._program, {"params": self.params, "grads": grads, **self.state},
+                    update_scalars(self.rule, self.t, lr), str(self.params.dtype))
 
     def _precondition(self, g):
         """Write u = m' / (sqrt(v') + eps) over g and return it."""

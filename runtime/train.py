@@ -26,15 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from netdsl.errors import SpecError
-from netdsl.ops.kernels import on_host, read_scalars, to_host
+from netdsl.lower import Lowered, Plan
 from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from netdsl.runtime.data import Dataset, DataError
 from netdsl.runtime.execute import Executor, NonFinite
-from netdsl.runtime.fused import FusedExecutor
+from netdsl.runtime.host import on_host, read_scalars, to_host
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import clip_grad_norm, make_optimizer, penalize
-from netdsl.runtime.plan import Plan
-from netdsl.runtime.recur import SequenceExecutor
 from netdsl.runtime.schedule import make_schedule
 from netdsl.runtime.settings import TrainSettings
 
@@ -129,16 +127,17 @@ def hits(kind: str, prediction, target):
     return ((prediction > 0) == (target > 0)).sum()
 
 
-def phases(plan: Plan, settings: TrainSettings) -> list[Phase]:
+def phases(lowered: Lowered, settings: TrainSettings) -> list[Phase]:
     """One phase for most networks; a discriminator and a generator phase for a GAN."""
-    everything = Phase("train", tuple(plan.losses), tuple(plan.backward().params))
+    plan = lowered.plan
+    everything = Phase("train", tuple(plan.losses), tuple(lowered.backward().params))
     if settings.gan_k is None:
         return [everything]
     if len(plan.losses) != 2:
         raise SpecError(f"gan_k needs two losses (the discriminator's and the generator's), "
                         f"but the spec has {len(plan.losses)}", None,
                         "write `loss d: ...` and `loss g: ...`")
-    reach = {name: set(plan.backward((name,)).params) for name in plan.losses}
+    reach = {name: set(lowered.backward((name,)).params) for name in plan.losses}
     (a, pa), (b, pb) = reach.items()
     if pa < pb or pb < pa:
         disc, gen = (a, b) if pa < pb else (b, a)
@@ -178,11 +177,12 @@ class _Unread:
 
 
 class Trainer:
-    """Trains a plan on a dataset with the given settings.
+    """Trains a lowered network on a dataset with the given settings.
 
     Parameters
     ----------
-    plan : Plan
+    lowered : Lowered
+        Lowered for the device `xp` is (target "host" for NumPy, "cuda" for CuPy).
     settings : TrainSettings
     checkpoint : str, optional
         A folder; the run state is written there atomically each epoch and every
@@ -192,22 +192,17 @@ class Trainer:
         losses are read back every READ_EVERY steps (see the module's docstring).
     """
 
-    def __init__(self, plan: Plan, settings: TrainSettings, checkpoint: str | None = None,
+    def __init__(self, lowered: Lowered, settings: TrainSettings, checkpoint: str | None = None,
                  checkpoint_every: float = 30.0, xp=np, reporter: Reporter | None = None):
-        self.plan, self.settings, self.xp = plan, settings, xp
+        self.lowered, self.plan, self.settings, self.xp = lowered, lowered.plan, settings, xp
+        plan = self.plan
         self.folder, self.every = checkpoint, checkpoint_every
         self.reporter = reporter or Reporter()
-        self.phases = phases(plan, settings)
+        self.phases = phases(lowered, settings)
         order = [k for phase in self.phases for k in phase.params]
         order += [k for k in plan.params if k not in order]
-        params = initial_params(plan, settings.init, settings.seed)
-        # off the host, elementwise chains run as generated kernels (runtime.fused)
-        if plan.sequential:
-            self.executor = SequenceExecutor(plan, params, settings.seed, xp, order=order,
-                                             fused=not on_host(xp))
-        else:
-            runs = Executor if on_host(xp) else FusedExecutor
-            self.executor = runs(plan, params, settings.seed, xp, order=order)
+        params = initial_params(lowered.built, settings.init, settings.seed)
+        self.executor = Executor(lowered, params, settings.seed, xp, order=order)
         self.truncation = truncation(plan, settings)
         if self.truncation and self.truncation[1] < self.truncation[0]:
             self.executor.reach = self.truncation[1]
@@ -361,7 +356,7 @@ class Trainer:
                 else:
                     values = {name: out[self.plan.losses[name]] for name in self.plan.losses}
                     record.checks.append((phase, [values[name] for name in phase.losses]))
-                ex.backward(self.plan.backward(phase.losses, phase.params))
+                ex.backward(self.lowered.backward(phase.losses, phase.params))
                 grads = ex.flat_grads[part]
                 if s.l1 or s.l2:
                     penalize(ex.flat_params[part], grads, s.l1, s.l2)
@@ -448,17 +443,19 @@ class Trainer:
             ex.set_rng_state(rng_state)
             try:
                 ex.forward(batch, True, check_finite=True, **extra)
-                ex.backward(self.plan.backward(phase.losses, phase.params), check_finite=True)
+                ex.backward(self.lowered.backward(phase.losses, phase.params),
+                            check_finite=True)
             except NonFinite as exc:
                 where = exc
         step = self.position.iteration + 1
         if where is None:
             raise TrainingDiverged(f"the loss became NaN or Inf at step {step}", None,
                                    "lower the learning rate, or clip gradients (clip=1.0)")
-        data = self.plan.graph.nodes[where.node]
+        node = self.plan.step_of(where.node).origin or where.node
+        data = self.plan.graph.nodes[node]
         raise TrainingDiverged(
             f"the loss became NaN or Inf at step {step}: the {where.phase} pass of "
-            f"'{where.node}' ({data['op'].name}) produced it first", data["span"],
+            f"'{node}' ({data['op'].name}) produced it first", data["span"],
             "lower the learning rate, clip gradients (clip=1.0) or normalise the inputs")
 
     def _snapshot(self) -> dict:

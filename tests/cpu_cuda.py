@@ -89,9 +89,9 @@ def stand_in_cupy():
 
 
 def launch_on_host(monkeypatch, launched: dict | None = None) -> None:
-    """Make every kernel launch of netdsl.ops.gpu run its source on the host; the sources
-    launched are recorded in `launched` by kernel name."""
-    from netdsl.ops import gpu
+    """Make every kernel launch of netdsl.runtime.cuda run its source on the host; the
+    sources launched are recorded in `launched` by kernel name."""
+    from netdsl.runtime.cuda import launch as gpu
 
     built = {}
 

@@ -19,10 +19,10 @@ from conftest import SPECS, run_netc
 from netdsl.driver import check_file, check_text
 from netdsl.errors import SpecError
 from netdsl.runtime.data import Dataset, load_data
-from netdsl.runtime.execute import CountedRng, Executor
+from netdsl.lower import lower
+from netdsl.runtime.execute import Executor
 from netdsl.runtime.init import initial_params
-from netdsl.runtime.plan import build_plan
-from netdsl.runtime.recur import SequenceExecutor
+from netdsl.runtime.rng import CountedRng
 from netdsl.runtime.settings import resolve_settings
 from netdsl.runtime.train import READ_EVERY, Reporter, Trainer, TrainingDiverged
 
@@ -149,7 +149,7 @@ def test_the_shim_has_cupy_s_names_and_no_others():
 # ---- the executors
 
 def _spec(name):
-    return build_plan(check_file(os.path.join(SPECS, f"{name}.net")).graph)
+    return lower(check_file(os.path.join(SPECS, f"{name}.net")))
 
 
 def _batch(plan, size, steps=None, seed=0):
@@ -162,25 +162,26 @@ def _batch(plan, size, steps=None, seed=0):
     return batch
 
 
-def _pass(plan, xp, batch, runs=Executor, seed=3):
+def _pass(lowered, xp, batch, seed=3):
     """Loss values and flat gradients of one training pass, in float64; the random
     draws (dropout) come from the same CountedRng stream for either module."""
-    params = {k: v.astype(np.float64) for k, v in initial_params(plan, "auto", 0).items()}
-    ex = runs(plan, params, seed, xp, dtype="float64")
+    params = {k: v.astype(np.float64)
+              for k, v in initial_params(lowered.built, "auto", 0).items()}
+    ex = Executor(lowered, params, seed, xp, dtype="float64")
     ex.rng = CountedRng(strict_xp, seed)
     out = ex.forward(batch, True)
-    ex.backward(plan.backward())
-    losses = {name: float(out[node]) for name, node in plan.losses.items()}
+    ex.backward()
+    losses = {name: float(out[node]) for name, node in lowered.plan.losses.items()}
     return losses, np.asarray(ex.flat_grads).copy()
 
 
 @pytest.mark.parametrize("name, size", [("mlp", 5), ("lenet5", 3), ("resnet20", 2),
                                         ("gan", 4)])
 def test_a_training_pass_runs_on_the_strict_namespace_as_on_numpy(name, size):
-    plan = _spec(name)
-    batch = _batch(plan, size)
-    (host_losses, host_grads), (losses, grads) = (_pass(plan, np, batch),
-                                                  _pass(plan, strict_xp, batch))
+    lowered = _spec(name)
+    batch = _batch(lowered.plan, size)
+    (host_losses, host_grads), (losses, grads) = (_pass(lowered, np, batch),
+                                                  _pass(lowered, strict_xp, batch))
     assert losses == pytest.approx(host_losses, rel=1e-10)
     np.testing.assert_allclose(grads, host_grads, rtol=1e-8, atol=1e-12)
 
@@ -188,19 +189,20 @@ def test_a_training_pass_runs_on_the_strict_namespace_as_on_numpy(name, size):
 @pytest.mark.parametrize("name, lengths", [("lstm", None), ("lstm", [6, 2, 4]),
                                            ("lstm_classifier", [6, 2, 4])])
 def test_a_sequence_pass_runs_on_the_strict_namespace_as_on_numpy(name, lengths):
-    plan = _spec(name)
-    batch = _batch(plan, 3, steps=6)
+    lowered = _spec(name)
+    batch = _batch(lowered.plan, 3, steps=6)
     if lengths is not None:  # a padded batch: the loss keeps the real rows only
-        for key in [k for k in batch if plan.types[k].seq]:
+        for key in [k for k in batch if lowered.plan.types[k].seq]:
             batch[f"{key}.lengths"] = np.array(lengths)
-    host = _pass(plan, np, batch, SequenceExecutor)
-    strict = _pass(plan, strict_xp, batch, SequenceExecutor)
+    host = _pass(lowered, np, batch)
+    strict = _pass(lowered, strict_xp, batch)
     assert strict[0] == pytest.approx(host[0], rel=1e-10)
     np.testing.assert_allclose(strict[1], host[1], rtol=1e-8, atol=1e-12)
 
 
 def test_counted_rng_state_is_two_numbers_and_restores_the_draws():
-    ex = Executor(_spec("mlp"), initial_params(_spec("mlp"), "auto", 0), 5, strict_xp)
+    mlp = _spec("mlp")
+    ex = Executor(mlp, initial_params(mlp.built, "auto", 0), 5, strict_xp)
     batch = _batch(ex.plan, 4)
     ex.forward(batch, True)
     state = ex.rng_state()
@@ -209,7 +211,7 @@ def test_counted_rng_state_is_two_numbers_and_restores_the_draws():
     ex.set_rng_state(state)
     assert float(ex.forward(batch, True)["loss"]) == float(first)  # the same dropout mask
     # a NumPy executor restores a CountedRng state too (and the other way round)
-    host = Executor(ex.plan, initial_params(ex.plan, "auto", 0), 5, np)
+    host = Executor(mlp, initial_params(mlp.built, "auto", 0), 5, np)
     host.load_state_dict(ex.state_dict())
     ex.load_state_dict(host.state_dict())
     assert set(ex.rng_state()) == {"seed", "count"}
@@ -227,11 +229,16 @@ class _Counting(Reporter):
 
 def _trainer(name, xp, folder=None, **overrides):
     net = check_file(os.path.join(SPECS, f"{name}.net"))
-    plan = build_plan(net.graph)
     settings = resolve_settings(net.graph.graph["train"], overrides)
     data = load_data(net.graph, None, settings.seed)
     train, val = data.split(settings.val, settings.seed)
-    return Trainer(plan, settings, folder, xp=xp, reporter=_Counting()), train, val
+    return (Trainer(_lowered(net, xp), settings, folder, xp=xp, reporter=_Counting()),
+            train, val)
+
+
+def _lowered(net, xp):
+    """Lowered as netc run lowers it for the device: the cuda target off the host."""
+    return lower(net, "host" if xp is np else "cuda")
 
 
 def test_deferred_reads_give_the_host_s_numbers_and_report_every_few_steps():
@@ -268,14 +275,15 @@ def test_deferred_resume_gives_the_same_losses(tmp_path):
 def test_deferred_training_on_padded_sequences_counts_the_real_steps():
     text = ("import rnn\ninput x : seq[4]\ntarget y : seq class(3)\n"
             "logits = x -> lstm(5) -> dense(3)\nloss cross_entropy(logits, y)\n")
-    plan = build_plan(check_text(text, "p.net").graph)
+    net = check_text(text, "p.net")
     rng = np.random.default_rng(0)
     data = Dataset({"x": rng.standard_normal((24, 6, 4)).astype(np.float32),
                     "y": rng.integers(0, 3, (24, 6)), "x.lengths": rng.integers(2, 7, 24)},
                    "padded")
     runs = []
     for xp in (np, strict_xp):
-        trainer = Trainer(plan, resolve_settings({}, {"epochs": 2, "batch": 8}), xp=xp)
+        trainer = Trainer(_lowered(net, xp), resolve_settings({}, {"epochs": 2, "batch": 8}),
+                          xp=xp)
         runs.append(trainer.fit(data, data))
     for host, strict in zip(*runs):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -285,11 +293,12 @@ def test_deferred_training_on_padded_sequences_counts_the_real_steps():
 def test_a_deferred_nan_stops_training_with_a_located_message():
     text = ("network n\ninput x : [4]\ntarget y : class(2)\n"
             "h = x -> dense(4) -> log\nloss cross_entropy(h -> dense(2), y)\n")
-    plan = build_plan(check_text(text, "n.net").graph)
+    net = check_text(text, "n.net")
     rng = np.random.default_rng(0)
     data = Dataset({"x": rng.standard_normal((64, 4)).astype(np.float32),
                     "y": rng.integers(0, 2, 64)}, "test data")
-    trainer = Trainer(plan, resolve_settings({}, {"epochs": 1, "batch": 32}), xp=strict_xp)
+    trainer = Trainer(_lowered(net, strict_xp), resolve_settings({}, {"epochs": 1, "batch": 32}),
+                      xp=strict_xp)
     with pytest.raises(TrainingDiverged) as info:
         trainer.fit(data, None)
     # read back at step 2, it is located at step 1, by rerunning from the state before it
@@ -301,14 +310,14 @@ def test_a_deferred_nan_stops_training_with_a_located_message():
 def test_a_deferred_nan_read_late_is_located_at_its_step():
     """Too high a learning rate makes the loss overflow some steps in, between two reads:
     the diagnosis reruns the steps since the last read and says what the host says."""
-    plan = build_plan(check_text("network d\ninput x : [4]\ntarget t : [1]\n"
-                                 "p = x -> dense(1)\nloss mse(p, t)\n", "d.net").graph)
+    net = check_text("network d\ninput x : [4]\ntarget t : [1]\n"
+                     "p = x -> dense(1)\nloss mse(p, t)\n", "d.net")
     x = np.random.default_rng(0).standard_normal((640, 4)).astype(np.float32)
     data = Dataset({"x": x, "t": x.sum(axis=1, keepdims=True)}, "sums")
     errors = []
     for xp in (np, strict_xp):
-        trainer = Trainer(plan, resolve_settings({}, {"epochs": 1, "batch": 16, "lr": 2.0}),
-                          xp=xp)
+        trainer = Trainer(_lowered(net, xp),
+                          resolve_settings({}, {"epochs": 1, "batch": 16, "lr": 2.0}), xp=xp)
         with pytest.raises(TrainingDiverged) as info:
             trainer.fit(data, None)
         errors.append((info.value.message, info.value.span.line))

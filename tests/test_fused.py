@@ -5,38 +5,43 @@ import numpy as np
 import pytest
 
 from netdsl.driver import check_text
+from netdsl.lower import codegen, lower
+from netdsl.lower.fuse import FusedChain
 from netdsl.runtime.execute import Executor
-from netdsl.runtime.fused import FusedExecutor, kernel_plan
 from netdsl.runtime.init import initial_params
-from netdsl.runtime.launch import runner_for
-from netdsl.runtime.plan import build_plan
 from test_runtime import KNOTTY
-from test_train_torch import FEED_FORWARD, VARIANTS, random_batch, spec_plan
+from test_train_torch import FEED_FORWARD, VARIANTS, random_batch, spec_lowered
 
 
-def _pair(plan, seed=0):
-    params = initial_params(plan, "torch", seed=seed)
-    return (Executor(plan, params, seed=seed, dtype="float64"),
-            FusedExecutor(plan, params, seed=seed, dtype="float64"))
+def _pair(name_or_text, edits=(), seed=0, outputs=()):
+    """The host and the cuda lowering of one network, with executors on the same
+    parameters (the cuda target's programs evaluated by NumPy)."""
+    graph = (check_text(KNOTTY).graph if name_or_text == "knotty"
+             else spec_lowered(name_or_text, edits).graph)
+    host, cuda = lower(graph, outputs=outputs), lower(graph, "cuda", outputs=outputs)
+    params = initial_params(host.built, "torch", seed=seed)
+    return (Executor(host, params, seed=seed, dtype="float64"),
+            Executor(cuda, params, seed=seed, dtype="float64"))
 
 
-def _step(ex, plan, batch, losses=None):
+def _step(ex, batch):
     out = ex.forward(batch, training=True)
-    ex.backward(plan.backward(losses))
+    ex.backward()
     return {k: float(v) for k, v in out.items()}, ex.flat_grads.copy()
+
+
+def _fused(ex) -> list[FusedChain]:
+    return [s.op for s in ex.plan.steps if isinstance(s.op, FusedChain)]
 
 
 @pytest.mark.parametrize("name", FEED_FORWARD + ["knotty"])
 def test_fused_step_equals_the_numpy_executor(name):
-    if name == "knotty":
-        plan, batch_size = build_plan(check_text(KNOTTY).graph), 3
-    else:
-        plan, batch_size = spec_plan(name, VARIANTS[name].edits), VARIANTS[name].batch
-    batch = random_batch(plan, batch_size, np.random.default_rng(0))
-    plain, fused = _pair(plan)
+    edits, size = ((), 3) if name == "knotty" else (VARIANTS[name].edits, VARIANTS[name].batch)
+    plain, fused = _pair(name, edits)
+    batch = random_batch(plain.plan, size, np.random.default_rng(0))
     for _ in range(2):   # the second step sees updated running statistics
-        ours, our_grads = _step(fused, plan, batch)
-        theirs, their_grads = _step(plain, plan, batch)
+        ours, our_grads = _step(fused, batch)
+        theirs, their_grads = _step(plain, batch)
         assert ours.keys() == theirs.keys()
         for key in ours:
             assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
@@ -53,28 +58,25 @@ def test_fused_step_equals_the_numpy_executor(name):
 
 def test_a_chain_is_one_launch_each_way():
     """mlp: dense -> relu twice; each relu is one kernel forward and one backward."""
-    plan = spec_plan("mlp")
-    batch = random_batch(plan, 4, np.random.default_rng(0))
-    _, fused = _pair(plan)
-    run = runner_for(np, "float64")
-    before = run.launches
+    _, fused = _pair("mlp")
+    batch = random_batch(fused.plan, 4, np.random.default_rng(0))
+    before = codegen.launches["float64"]
     fused.forward(batch, training=True)
-    assert run.launches - before == 2
-    fused.backward(plan.backward())
-    assert run.launches - before == 4
+    assert codegen.launches["float64"] - before == 2
+    fused.backward()
+    assert codegen.launches["float64"] - before == 4
 
 
 def test_a_value_asked_for_stays_out_of_kernels():
     """Asking for a chain's inner value (the add before ResNet's relu) splits the chain."""
-    plan = spec_plan("resnet20")
-    inner = next(s.node for s in plan.steps if s.op.name == "add")
-    fused_runs = [s.op.nodes for s in kernel_plan(plan, set(plan.losses.values())).steps
-                  if s.op.name == "fused"]
-    assert any(inner in nodes and len(nodes) == 2 for nodes in fused_runs)
-    split = kernel_plan(plan, {inner, *plan.losses.values()})
-    assert all(inner not in s.op.nodes[:-1] for s in split.steps if s.op.name == "fused")
-    batch = random_batch(plan, 2, np.random.default_rng(1))
-    plain, fused = _pair(plan)
+    _, whole = _pair("resnet20")
+    inner = next(s.node for s in whole.lowered.built.steps if s.op.name == "add")
+    assert any(inner in op.nodes and len(op.nodes) == 2 for op in _fused(whole))
+    with pytest.raises(ValueError, match="not an output"):
+        whole.forward(random_batch(whole.plan, 2, np.random.default_rng(1)), True, keep=[inner])
+    plain, fused = _pair("resnet20", outputs=[inner])
+    assert all(inner not in op.nodes[:-1] for op in _fused(fused))
+    batch = random_batch(plain.plan, 2, np.random.default_rng(1))
     ours = fused.forward(batch, training=True, keep=[inner])[inner]
     np.testing.assert_allclose(ours, plain.forward(batch, training=True, keep=[inner])[inner])
 
@@ -106,22 +108,23 @@ def test_fused_sequence_step_equals_the_plain_one(name):
     time step; the loop's states stay values. Losses and gradients as without fusion."""
     from conftest import SPECS
     from netdsl.driver import check_file
-    from netdsl.runtime.recur import SequenceExecutor
 
-    plan = build_plan(check_file(f"{SPECS}/{name}.net").graph)
+    net = check_file(f"{SPECS}/{name}.net")
+    host, cuda = lower(net), lower(net, "cuda")
+    plan = host.plan
     rng = np.random.default_rng(0)
     batch = {}
     for key, t in plan.inputs.items():
         shape = (3, 5, *t.dims) if t.seq else (3, *t.dims)
         batch[key] = (rng.integers(0, t.classes, shape) if t.classes is not None
                       else rng.standard_normal(shape))
-    params = initial_params(plan, "torch", seed=0)
-    plain = SequenceExecutor(plan, params, seed=0, dtype="float64")
-    fused = SequenceExecutor(plan, params, seed=0, dtype="float64", fused=True)
+    params = initial_params(host.built, "torch", seed=0)
+    plain = Executor(host, params, seed=0, dtype="float64")
+    fused = Executor(cuda, params, seed=0, dtype="float64")
     results = []
     for ex in (plain, fused):
         out = ex.forward(batch, training=True)
-        ex.backward(plan.backward())
+        ex.backward()
         results.append(({k: float(v) for k, v in out.items()}, ex.flat_grads.copy()))
     assert results[1][0] == pytest.approx(results[0][0], rel=1e-12)
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)

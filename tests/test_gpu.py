@@ -9,22 +9,22 @@ Skipped at collection, with the reason, unless CuPy imports and sees a CUDA devi
   is not NumPy's;
 - every spec in specs/ at a small size (the variants of test_train_torch.py; sequence
   specs at 3 examples of 5 steps): the same losses, parameter gradients and batchnorm
-  statistics after one training step with the GPU executor (FusedExecutor, or
-  SequenceExecutor for plans with a time axis) as with the NumPy executor, from the
-  same parameters, both fed the same noise;
+  statistics after one training step of the spec lowered for the cuda target (its
+  elementwise runs as generated kernels) as of it lowered for the host on NumPy, from
+  the same parameters, both fed the same noise;
 - Trainer(xp=cupy) on specs/mlp.net: the validation accuracy of the CPU run within one
   percentage point, with the same dropout masks, and a run with CuPy's own generator
   learns;
 - fusion: a chain of elementwise ops (add -> scale -> relu after two dense layers, and
   the add -> relu tail of each ResNet-20 block) runs as one kernel launch, counted by
-  CUPTI through torch.profiler and by the fused executor's launch counter.
+  CUPTI through torch.profiler and by the count of programs launched.
 
 On a machine with a GPU: `pip install -e '.[gpu,test]'`, then
 `pytest tests/test_gpu.py`.
 
 NETDSL_GPU_TEST_XP=numpy runs this file with NumPy standing in for CuPy: nothing is
-then checked about a GPU, but the tests' own logic (and the fused executor's NumPy
-path) runs on the CPU. NETDSL_GPU_TEST_XP=emulated runs the GPU path itself, each
+then checked about a GPU, but the tests' own logic (and the cuda target's programs,
+evaluated by NumPy) runs on the CPU. NETDSL_GPU_TEST_XP=emulated runs the GPU path itself, each
 kernel compiled for the host. The kernel-counting tests skip in both modes.
 """
 from __future__ import annotations
@@ -79,11 +79,11 @@ torch = pytest.importorskip("torch")
 import test_op_grads as op_cases  # noqa: E402  the op cases and their runner
 import test_train_torch as small_specs  # noqa: E402  specs shrunk to test sizes
 from netdsl.driver import check_file, check_text  # noqa: E402
+from netdsl.lower import Lowered, Plan, codegen, lower  # noqa: E402
+from netdsl.lower.fuse import FusedChain  # noqa: E402
 from netdsl.runtime.data import load_data, normalize  # noqa: E402
 from netdsl.runtime.execute import Executor  # noqa: E402
 from netdsl.runtime.init import initial_params  # noqa: E402
-from netdsl.runtime.plan import Plan, build_plan  # noqa: E402
-from netdsl.runtime.recur import SequenceExecutor  # noqa: E402
 from netdsl.runtime.settings import resolve_settings  # noqa: E402
 from netdsl.runtime.train import Trainer  # noqa: E402
 
@@ -213,12 +213,13 @@ class HostRandom:
         return self.xp.asarray(self.rng.standard_normal(size, dtype=np.dtype(dtype)))
 
 
-def small_plan(name: str) -> tuple[Plan, int]:
-    """The spec's plan at test size (dropout's p set to 0), and its batch size."""
+def small_spec(name: str, target: str) -> tuple[Lowered, int]:
+    """The spec at test size (dropout's p set to 0) lowered for `target`, and its batch
+    size."""
     if name in small_specs.VARIANTS:
         variant = small_specs.VARIANTS[name]
-        return small_specs.spec_plan(name, variant.edits), variant.batch
-    return small_specs.spec_plan(name), SEQ_BATCH
+        return small_specs.spec_lowered(name, variant.edits, target), variant.batch
+    return small_specs.spec_lowered(name, (), target), SEQ_BATCH
 
 
 def small_batch(plan: Plan, size: int, rng) -> dict[str, np.ndarray]:
@@ -233,22 +234,10 @@ def small_batch(plan: Plan, size: int, rng) -> dict[str, np.ndarray]:
     return batch
 
 
-def gpu_executor(plan: Plan, params: dict):
-    if plan.sequential:
-        return SequenceExecutor(plan, params, 0, xp=gpu, fused=True)  # as Trainer makes it
-    from netdsl.runtime.fused import FusedExecutor
-
-    return FusedExecutor(plan, params, 0, xp=gpu)
-
-
-def cpu_executor(plan: Plan, params: dict):
-    return (SequenceExecutor if plan.sequential else Executor)(plan, params, 0, xp=np)
-
-
-def one_step(ex, plan: Plan, batch: dict) -> dict:
+def one_step(ex, batch: dict) -> dict:
     ex.rng = HostRandom(ex.xp, 0)
     out = ex.forward(batch, True)
-    ex.backward(plan.backward())
+    ex.backward()
     synchronize()
     return out
 
@@ -270,15 +259,15 @@ def test_spec_step_matches_numpy(name):
     two examples of 1x1 pixels in a deep ResNet or DenseNet) float32 itself is off by
     several percent on the CPU too, so the GPU's float32 error may be up to ten times
     the CPU's, or SPEC_GRAD_ATOL, whichever is larger."""
-    plan_cpu, size = small_plan(name)
-    plan_gpu, _ = small_plan(name)
-    params = initial_params(plan_cpu, "torch", seed=0)
+    host_spec, size = small_spec(name, "host")
+    cuda_spec, _ = small_spec(name, "cuda")
+    plan_cpu = host_spec.plan
+    params = initial_params(host_spec.built, "torch", seed=0)
     batch = small_batch(plan_cpu, size, np.random.default_rng(0))
-    cpu, dev = cpu_executor(plan_cpu, params), gpu_executor(plan_gpu, params)
-    exact = (SequenceExecutor if plan_cpu.sequential else Executor)(plan_cpu, params, 0,
-                                                                   dtype="float64")
-    out_cpu, out_gpu = one_step(cpu, plan_cpu, batch), one_step(dev, plan_gpu, batch)
-    one_step(exact, plan_cpu, batch)
+    cpu, dev = Executor(host_spec, params, 0, xp=np), Executor(cuda_spec, params, 0, xp=gpu)
+    exact = Executor(host_spec, params, 0, dtype="float64")
+    out_cpu, out_gpu = one_step(cpu, batch), one_step(dev, batch)
+    one_step(exact, batch)
 
     failures = []
     for loss, node in plan_cpu.losses.items():
@@ -304,8 +293,8 @@ def test_spec_step_matches_numpy(name):
                 failures.append(f"{node} {stat}: missing on the GPU")
             elif not np.allclose(host(ours), host(value), rtol=SPEC_GRAD_RTOL, atol=1e-5):
                 failures.append(f"{node} {stat}: {differences(host(ours), host(value))}")
-    assert not failures, (f"{name} ({type(dev).__name__} against {type(cpu).__name__}), "
-                          f"{len(failures)} differences:\n  " + "\n  ".join(failures[:25]))
+    assert not failures, (f"{name} (cuda target against host), {len(failures)} differences:"
+                          "\n  " + "\n  ".join(failures[:25]))
     print(f"{name}: largest gradient difference {worst[0]:.2g} of the largest entry ({worst[1]})")
 
 
@@ -347,14 +336,14 @@ def train_mlp(xp, epochs: int, same_masks: bool) -> list[dict]:
     settings and split); with `same_masks`, dropout draws from HostRandom."""
     pytest.importorskip("sklearn", reason="the bundled 8x8 digits come with scikit-learn")
     net = check_file(str(SPECS / "mlp.net"))
-    plan = build_plan(net.graph)
+    lowered = lower(net, "host" if xp is np else "cuda")  # as netc run lowers for --device
     settings = resolve_settings(net.graph.graph["train"], {"epochs": epochs},
                                 net.program.train_spans)
     data = load_data(net.graph, settings.data, settings.seed)
     train, val = data.split(settings.val, settings.seed)
     if settings.normalize and data.normalize:
         _, (train, val) = normalize(train, val)
-    trainer = Trainer(plan, settings, None, xp=xp)
+    trainer = Trainer(lowered, settings, None, xp=xp)
     if same_masks:
         trainer.executor.rng = HostRandom(xp, settings.seed)
     history = trainer.fit(train, val)
@@ -419,25 +408,22 @@ def cuda_kernels(run, repeats: int = 2) -> Counter:
 
 def fusion_case(tail: str, fused: bool):
     """An executor for FUSION_SPEC with `tail` and a training step to count."""
-    plan = build_plan(check_text(FUSION_SPEC.format(tail=tail)).graph)
-    params = initial_params(plan, "auto", seed=0)
-    ex = gpu_executor(plan, params) if fused else Executor(plan, params, 0, xp=gpu)
+    lowered = lower(check_text(FUSION_SPEC.format(tail=tail)), "cuda" if fused else "host")
+    params = initial_params(lowered.built, "auto", seed=0)
+    ex = Executor(lowered, params, 0, xp=gpu)
     batch = {"x": gpu.asarray(np.random.default_rng(0).random((8, 32), dtype=np.float32)),
              "y": gpu.asarray(np.arange(8) % 4)}
-    backward = plan.backward()
 
     def step():
         ex.forward(batch, True)
-        ex.backward(backward)
+        ex.backward()
 
     return ex, step
 
 
-def fused_chains(ex) -> list[tuple[str, ...]]:
-    """The member nodes of each fused step of the plan the executor last ran."""
-    from netdsl.runtime.fused import FusedChain
-
-    return [step.op.nodes for step in ex.plan.steps if isinstance(step.op, FusedChain)]
+def fused_chains(ex) -> list[FusedChain]:
+    """The fused steps' ops of the plan the executor runs."""
+    return [step.op for step in ex.plan.steps if isinstance(step.op, FusedChain)]
 
 
 def test_elementwise_chain_is_one_fused_step():
@@ -445,7 +431,7 @@ def test_elementwise_chain_is_one_fused_step():
     add -> scale -> relu after two dense layers is one fused step of the executor's plan."""
     ex, step = fusion_case("-> scale(2, 1) -> relu", fused=True)
     step()
-    assert fused_chains(ex) == [("add1", "scale1", "h")]
+    assert [op.nodes for op in fused_chains(ex)] == [("add1", "scale1", "h")]
 
 
 @needs_cupti
@@ -472,20 +458,20 @@ def test_a_longer_chain_launches_no_more_kernels():
 
 def resnet20_case():
     """ResNet-20 at test size: a fused and a plain executor on the GPU, and a batch."""
-    plan, size = small_plan("resnet20")
-    params = initial_params(plan, "torch", seed=0)
+    host_spec, size = small_spec("resnet20", "host")
+    params = initial_params(host_spec.built, "torch", seed=0)
     batch = {k: gpu.asarray(v) for k, v in
-             small_batch(plan, size, np.random.default_rng(0)).items()}
-    fused = gpu_executor(small_plan("resnet20")[0], params)
+             small_batch(host_spec.plan, size, np.random.default_rng(0)).items()}
+    fused = Executor(small_spec("resnet20", "cuda")[0], params, 0, xp=gpu)
     fused.forward(batch, False)
-    return fused, Executor(plan, params, 0, xp=gpu), batch
+    return fused, Executor(host_spec, params, 0, xp=gpu), batch
 
 
 def test_resnet_block_tails_are_fused_steps():
     """Each of the 9 blocks of ResNet-20 ends in add -> relu (after conv -> batchnorm,
     which keep their own kernels): one fused step each."""
     fused, _, _ = resnet20_case()
-    ops = [[fused.source_plan.step_of(n).op.name for n in nodes] for nodes in fused_chains(fused)]
+    ops = [[op.name for op in chain.chain.ops] for chain in fused_chains(fused)]
     assert ops.count(["add", "relu"]) == 9, f"3 stages x 3 blocks; fused steps: {ops}"
 
 
@@ -494,17 +480,14 @@ def test_resnet_block_tails_run_as_one_kernel_each():
     """The fused executor's launch counter goes up once per fused step and forward, and
     CUPTI counts, per fused step, one kernel for all its members: the plain Executor
     launches len(members) - 1 more."""
-    from netdsl.runtime.launch import runner_for
-
     fused_ex, plain_ex, batch = resnet20_case()
-    runner = runner_for(gpu, "float32")
-    before = runner.launches
+    before = codegen.launches["float32"]
     fused_ex.forward(batch, False)
-    assert runner.launches - before == len(fused_chains(fused_ex))
+    assert codegen.launches["float32"] - before == len(fused_chains(fused_ex))
 
     fused = cuda_kernels(lambda: fused_ex.forward(batch, False))
     plain = cuda_kernels(lambda: plain_ex.forward(batch, False))
-    saved = sum(len(nodes) - 1 for nodes in fused_chains(fused_ex))
+    saved = sum(len(op.nodes) - 1 for op in fused_chains(fused_ex))
     assert sum(plain.values()) - sum(fused.values()) == saved, (
         f"plain {sum(plain.values()):g} kernels, fused {sum(fused.values()):g}, expected "
         f"{saved} fewer; only in plain: {dict(plain - fused)}; only in fused: "

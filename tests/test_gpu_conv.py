@@ -1,11 +1,11 @@
-"""The GPU's convolution (ops.gpu_conv) on the host: its im2col and col2im kernels,
+"""The GPU's convolution (runtime.cuda.conv) on the host: its im2col and col2im kernels,
 compiled from their CUDA source for the CPU, and its GEMMs in NumPy, against the
-host convolution (ops.kernels) forward and backward."""
+host convolution (ops.convolve) forward and backward."""
 import numpy as np
 import pytest
 
-from netdsl.ops import gpu_conv
-from netdsl.ops.kernels import conv_nd, conv_nd_backward
+from netdsl.ops.convolve import conv_nd, conv_nd_backward
+from netdsl.runtime.cuda import conv as gpu_conv
 
 CASES = {
     "3x3 pad 1": ((2, 3, 7, 6), (4, 3, 3, 3), (1, 1), [(1, 1), (1, 1)], (1, 1)),

@@ -2,7 +2,7 @@
 source compiled for the host.
 
 A stand-in for CuPy (NumPy under the module name "cupy") sends the executors down
-their GPU path: FusedExecutor with generated elementwise kernels, the convolution,
+their GPU path: the cuda target's generated elementwise kernels, the convolution,
 max-pooling, batchnorm and cross-entropy kernels, the one-kernel optimiser update, and
 the training loop that reads the device every few steps. Each kernel CuPy would
 compile with NVRTC is compiled with g++ instead (tests/cpu_cuda.py) and launched on
@@ -15,13 +15,13 @@ import pytest
 
 from cpu_cuda import launch_on_host, stand_in_cupy
 from netdsl.driver import check_text
+from netdsl.lower import lower
+from netdsl.lower.fuse import FusedChain
 from netdsl.runtime.execute import Executor
-from netdsl.runtime.fused import FusedExecutor
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import make_optimizer
-from netdsl.runtime.plan import build_plan
 from test_runtime import KNOTTY
-from test_train_torch import VARIANTS, random_batch, spec_plan
+from test_train_torch import VARIANTS, random_batch, spec_lowered
 
 
 @pytest.fixture
@@ -52,23 +52,26 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gpu_training_step_equals_the_host(device, launched, name):
     if name == "knotty":
-        plan, size = build_plan(check_text(KNOTTY).graph), 3
+        graph, size = check_text(KNOTTY).graph, 3
     else:
-        plan, size = spec_plan(name, VARIANTS[name].edits), VARIANTS[name].batch
+        graph, size = spec_lowered(name, VARIANTS[name].edits).graph, VARIANTS[name].batch
+    noise = [n for n, op in graph.nodes(data="op")
+             if op is not None and op.name in ("normal", "gaussian_noise", "dropout")]
+    host_spec, cuda_spec = lower(graph, outputs=noise), lower(graph, "cuda", outputs=noise)
+    plan = host_spec.plan
     batch = random_batch(plan, max(size, 2), np.random.default_rng(0))
-    params = initial_params(plan, "torch", seed=0)
-    host = Executor(plan, params, seed=0, dtype="float64")
-    emulated = FusedExecutor(plan, params, seed=0, xp=device, dtype="float64")
+    params = initial_params(host_spec.built, "torch", seed=0)
+    host = Executor(host_spec, params, seed=0, dtype="float64")
+    emulated = Executor(cuda_spec, params, seed=0, xp=device, dtype="float64")
     # SGD: Adam would magnify the last bits of a gradient near zero into a whole step
     optimizers = [make_optimizer("sgd", {"lr": 0.01, "momentum": 0.9}, ex.flat_params, ex.xp)
                   for ex in (host, emulated)]
-    noise = [s.node for s in plan.steps if s.op.name in ("normal", "gaussian_noise", "dropout")]
     for _ in range(2):
         losses = []
         for ex, optimizer in zip((host, emulated), optimizers):
             out = ex.forward(batch, training=True, keep=noise)
             losses.append({k: float(out[v]) for k, v in plan.losses.items()})
-            ex.backward(plan.backward())
+            ex.backward()
             optimizer.step(ex.flat_grads.copy(), 0.01)
         if noise:   # different generators: compare only that both ran
             continue
@@ -81,14 +84,15 @@ def test_gpu_training_step_equals_the_host(device, launched, name):
 
 
 def test_training_on_the_gpu_path_gives_the_host_losses(device):
-    """Trainer off the host: FusedExecutor, the update kernel and deferred reads, float32."""
+    """Trainer off the host: generated kernels, the update kernel and deferred reads,
+    float32."""
     from test_cupy_compat import _trainer
 
     host, train, val = _trainer("lenet5", np, epochs=1, steps=12, batch=16)
     host.fit(train, val)
     emulated, train, val = _trainer("lenet5", device, epochs=1, steps=12, batch=16)
     emulated.fit(train, val)
-    assert isinstance(emulated.executor, FusedExecutor)
+    assert any(isinstance(s.op, FusedChain) for s in emulated.plan.steps)
     for ours, theirs in zip(emulated.position.losses, host.position.losses, strict=True):
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
     assert emulated.evaluate(val)["accuracy"] == pytest.approx(host.evaluate(val)["accuracy"])

@@ -1,10 +1,11 @@
-"""The GPU's softmax cross-entropy (ops.gpu_loss) on the host: its kernels, compiled
+"""The GPU's softmax cross-entropy (runtime.cuda.loss) on the host: its kernels, compiled
 from their CUDA source for the CPU, against the cross_entropy op on NumPy."""
 import numpy as np
 import pytest
 
-from netdsl.ops import OPS, gpu_loss
+from netdsl.ops import OPS
 from netdsl.ops.base import Ctx, bind
+from netdsl.runtime.cuda import loss as gpu_loss
 
 
 @pytest.mark.parametrize("shape", [(5, 10), (3, 4, 2, 3), (2, 1)], ids=str)

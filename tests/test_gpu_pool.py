@@ -1,10 +1,11 @@
-"""The GPU's max-pooling (ops.gpu_pool) on the host: its kernels, compiled from their
+"""The GPU's max-pooling (runtime.cuda.pool) on the host: its kernels, compiled from their
 CUDA source for the CPU, against the maxpool op on NumPy."""
 import numpy as np
 import pytest
 
-from netdsl.ops import OPS, gpu_pool
+from netdsl.ops import OPS
 from netdsl.ops.base import Ctx, bind
+from netdsl.runtime.cuda import pool as gpu_pool
 
 CASES = {   # input shape, maxpool's arguments
     "2x2": ((2, 3, 8, 6), {"kernel": 2}),
@@ -23,7 +24,7 @@ def test_gpu_maxpool_equals_the_op(kernels_on_host, case):
     x = rng.integers(-3, 4, shape).astype(np.float64)   # many ties: the first one wins
     ctx = Ctx(np, training=True)
     y = op.forward(ctx, x)
-    kernel, stride, pad, out = op.geometry(x.shape)
+    kernel, stride, pad, out = op.window_settings(x.shape)
     ours, indices = gpu_pool.maxpool(np, x, kernel, stride, pad, out)
     np.testing.assert_array_equal(ours, y)
     np.testing.assert_array_equal(indices, ctx.saved["indices"])

@@ -14,15 +14,16 @@ import pytest
 
 from conftest import ROOT, SPECS, assert_golden, run_netc
 from netdsl.driver import check_file
-from netdsl.ops import OPS, gpu_conv, gpu_loss, gpu_norm, gpu_pool
+from netdsl.lower import lower
+from netdsl.lower.codegen import (Chain, chain_backward, chain_forward, cuda_source,
+                                  evaluate_program, fusable, update_program, update_scalars)
+from netdsl.lower.fuse import FusedChain
+from netdsl.ops import OPS
 from netdsl.ops.base import Ctx, bind
 from netdsl.ops.expr import Var, evaluate
-from netdsl.runtime.fused import chains, kernel_plan
-from netdsl.runtime.hoist import hoist
-from netdsl.runtime.kernelgen import (Chain, chain_backward, chain_forward, cuda_source,
-                                      evaluate_program, fusable, update_program, update_scalars)
+from netdsl.runtime.cuda import conv as gpu_conv, loss as gpu_loss, norm as gpu_norm
+from netdsl.runtime.cuda import pool as gpu_pool
 from netdsl.runtime.optim import OPTIMIZERS
-from netdsl.runtime.plan import build_plan
 from cpu_cuda import HostKernels
 from nvrtc import compile_ptx, library
 
@@ -207,12 +208,9 @@ def _spec_programs():
     the backward with every input needing a gradient)."""
     programs = {}
     for path in sorted(os.listdir(SPECS)):
-        plan = build_plan(check_file(os.path.join(SPECS, path)).graph)
-        if plan.sequential:   # the plan the sequence executor runs
-            plan = hoist(plan)
-        fused = kernel_plan(plan, set(plan.losses.values()))
+        fused = lower(check_file(os.path.join(SPECS, path)), "cuda").plan
         for step in fused.steps:
-            if step.op.name == "fused":
+            if isinstance(step.op, FusedChain):
                 chain = step.op.chain
                 for program in (chain_forward(chain),
                                 chain_backward(chain, (True,) * chain.inputs)):
@@ -252,11 +250,11 @@ def test_a_broken_kernel_is_reported_by_nvrtc(nvrtc):
 
 def test_specs_fuse_the_chains_they_have():
     """ResNet's add -> relu is one kernel; every fused run is elementwise ops only."""
-    plan = build_plan(check_file(os.path.join(SPECS, "resnet20.net")).graph)
-    runs = chains(plan, set(plan.losses.values()))
-    names = [tuple(s.op.name for s in run) for run in runs]
+    plan = lower(check_file(os.path.join(SPECS, "resnet20.net")), "cuda").plan
+    runs = [s.op.chain.ops for s in plan.steps if isinstance(s.op, FusedChain)]
+    names = [tuple(op.name for op in run) for run in runs]
     assert names.count(("add", "relu")) == 9
-    assert all(fusable(s.op) for run in runs for s in run)
+    assert all(fusable(op) for run in runs for op in run)
 
 
 def test_netc_compile_emits_each_kernel_once(nvrtc):

@@ -798,10 +798,10 @@ class TestHostSlabs:
 
     @staticmethod
     def run(call, kwargs, shape, threads, monkeypatch):
-        from netdsl.ops import kernels
+        from netdsl.runtime import host  # importing it lends the ops its threads
 
-        monkeypatch.setattr(kernels, "host_threads", lambda: threads)
-        monkeypatch.setattr(kernels, "MIN_SPLIT_BYTES", 0)
+        monkeypatch.setattr(host, "host_threads", lambda: threads)
+        monkeypatch.setattr(host, "MIN_SPLIT_BYTES", 0)
         rng = np.random.default_rng(0)
         op = make(*call, **kwargs)
         params = op.init(rng, floats(*shape[1:]))

@@ -10,9 +10,9 @@ import pytest
 
 from netdsl.driver import check_file, check_text
 from netdsl.errors import SpecError
+from netdsl.lower import lower
+from netdsl.runtime.execute import Executor
 from netdsl.runtime.init import initial_params
-from netdsl.runtime.plan import build_plan
-from netdsl.runtime.recur import SequenceExecutor
 
 SPECS = os.path.join(os.path.dirname(__file__), "..", "specs")
 
@@ -31,13 +31,14 @@ def random_batch(plan, steps: int = 5, size: int = 3, seed: int = 1) -> dict:
     return out
 
 
-def worst_gradient_error(plan, steps: int = 5, per_param: int = 8) -> float:
+def worst_gradient_error(lowered, steps: int = 5, per_param: int = 8) -> float:
     """The largest gap between BPTT's gradient and central differences, in units of the
     tolerance 1e-8 + 1e-6 |numeric| (so below 1 passes)."""
     rng = np.random.default_rng(0)
+    plan = lowered.plan
     params = {k: v.astype(np.float64) + 0.3 * rng.standard_normal(v.shape)
-              for k, v in initial_params(plan, "auto", 0).items()}
-    ex = SequenceExecutor(plan, params, dtype="float64")
+              for k, v in initial_params(lowered.built, "auto", 0).items()}
+    ex = Executor(lowered, params, dtype="float64")
     data = random_batch(plan, steps)
     loss = plan.losses["loss"]
 
@@ -45,9 +46,9 @@ def worst_gradient_error(plan, steps: int = 5, per_param: int = 8) -> float:
         return float(ex.forward(data, True)[loss])
 
     value()
-    ex.backward(plan.backward())
+    ex.backward()
     worst = 0.0
-    for key in plan.backward().params:
+    for key in lowered.backward().params:
         p, g = ex.params[key], ex.grads[key].copy()
         for index in list(np.ndindex(p.shape))[:per_param]:
             old = p[index]
@@ -65,8 +66,8 @@ def worst_gradient_error(plan, steps: int = 5, per_param: int = 8) -> float:
                                   "gru_reset_after(5)", "bi_lstm(3) -> bi_gru(2)",
                                   "bi_elman(3) x 2"])
 def test_stdlib_cells_agree_with_finite_differences(cell):
-    plan = build_plan(check_text(network(f"logits = x -> {cell} -> dense(3)")).graph)
-    assert worst_gradient_error(plan) < 1
+    lowered = lower(check_text(network(f"logits = x -> {cell} -> dense(3)")))
+    assert worst_gradient_error(lowered) < 1
 
 
 def test_learned_constant_and_two_step_states_agree_with_finite_differences():
@@ -74,19 +75,21 @@ def test_learned_constant_and_two_step_states_agree_with_finite_differences():
 h = tanh(dense(x, 5) + dense(h[t-1], 5, bias=false) + dense(h[t-2], 5, bias=false) + c[t-1])
 c = sigmoid(dense(h, 5))
 logits = concat(h, c) -> dense(3)"""
-    plan = build_plan(check_text(network(body)).graph)
+    lowered = lower(check_text(network(body)))
+    plan = lowered.plan
     assert any(s.delay == 2 for s in plan.states.values())
-    assert "h[t-1].init" in plan.backward().params
-    assert worst_gradient_error(plan, steps=6) < 1
+    assert "h[t-1].init" in lowered.backward().params
+    assert worst_gradient_error(lowered, steps=6) < 1
 
 
 def test_stacked_bidirectional_and_many_to_one_agree_with_finite_differences():
     body = """f = x -> elman(4)
 b = x -> reverse -> gru(4) -> reverse
 logits = concat(f, b) -> lstm(4) -> last -> dense(3)"""
-    plan = build_plan(check_text(network(body, target="class(3)")).graph)
+    lowered = lower(check_text(network(body, target="class(3)")))
+    plan = lowered.plan
     assert len(plan.loops) == 3
-    assert worst_gradient_error(plan) < 1
+    assert worst_gradient_error(lowered) < 1
 
 
 def test_a_per_sequence_value_read_at_every_step_agrees_with_finite_differences():
@@ -94,12 +97,13 @@ def test_a_per_sequence_value_read_at_every_step_agrees_with_finite_differences(
 summary = x -> last -> dense(4)
 h = tanh(dense(x, 4) + dense(h[t-1], 4) + summary)
 logits = h -> dense(3)"""
-    plan = build_plan(check_text(network(body)).graph)
-    assert worst_gradient_error(plan) < 1
+    lowered = lower(check_text(network(body)))
+    assert worst_gradient_error(lowered) < 1
 
 
 def test_input_projections_run_outside_the_loop():
-    plan = build_plan(check_file(os.path.join(SPECS, "elman.net")).graph)
+    lowered = lower(check_file(os.path.join(SPECS, "elman.net")))
+    plan = lowered.plan
     (loop,) = plan.loops
     members = [s.node for s in loop.steps]
     assert "dense1" not in members and "logits" not in members  # W x_t and the read-out
@@ -111,7 +115,7 @@ def test_a_whole_sequence_op_inside_a_recurrence_is_refused_with_its_location():
 h = reverse(tanh(dense(x, 4) + dense(h[t-1], 4)))
 logits = h -> dense(3)"""
     with pytest.raises(SpecError) as info:
-        build_plan(check_text(network(body)).graph)
+        lower(check_text(network(body)))
     assert "whole sequence" in info.value.message and info.value.span.line == 5
 
 
@@ -122,8 +126,8 @@ def test_truncated_bptt_takes_one_optimiser_step_per_chunk():
 
     text = network("logits = x -> elman(8) -> dense(3)") + "train sgd(lr=0.1), bptt(truncate=4)\n"
     net = check_text(text)
-    plan = build_plan(net.graph)
-    trainer = Trainer(plan, resolve_settings(net.graph.graph["train"], {"epochs": 1}))
+    lowered = lower(net)
+    trainer = Trainer(lowered, resolve_settings(net.graph.graph["train"], {"epochs": 1}))
     data = load_data(net.graph, seed=0, examples=64, steps=10)
     trainer.fit(data, None)
     assert trainer.truncation == (4, 4)
@@ -139,7 +143,7 @@ def test_truncated_bptt_refuses_a_whole_sequence_op():
     text = network("logits = x -> elman(4) -> last -> dense(3)", target="class(3)")
     net = check_text(text + "train adam(lr=1e-3), bptt(truncate=5)\n")
     with pytest.raises(SpecError, match="whole sequence") as info:
-        truncation(build_plan(net.graph), resolve_settings(net.graph.graph["train"]))
+        truncation(lower(net).plan, resolve_settings(net.graph.graph["train"]))
     assert info.value.span.line == 4
 
 
@@ -155,9 +159,7 @@ def test_netc_run_trains_the_elman_spec_and_accuracy_rises(tmp_path):
 
 
 def test_hoisting_takes_the_input_projection_out_of_the_lstm_loop():
-    from netdsl.runtime.hoist import hoist
-
-    plan = hoist(build_plan(check_text(network("logits = x -> lstm(5) -> dense(3)")).graph))
+    plan = lower(check_text(network("logits = x -> lstm(5) -> dense(3)"))).plan
     (loop,) = plan.loops
     inside = [s.op.name for s in loop.steps]
     assert "concat" not in inside and inside.count("dense") == 1  # only W_h h[t-1] per step
@@ -168,8 +170,8 @@ def test_hoisting_takes_the_input_projection_out_of_the_lstm_loop():
 
 def test_mean_over_time_agrees_with_finite_differences():
     body = "logits = x -> dense(5) -> tanh -> mean -> dense(3)"
-    plan = build_plan(check_text(network(body, target="class(3)")).graph)
-    assert worst_gradient_error(plan) < 1
+    lowered = lower(check_text(network(body, target="class(3)")))
+    assert worst_gradient_error(lowered) < 1
 
 
 def test_the_parity_demo_learns_and_generalises_to_longer_strings(tmp_path):
@@ -196,9 +198,10 @@ logits = concat(s, read) -> dense(3)"""
 
 
 def test_attention_inside_and_outside_a_recurrence_agrees_with_finite_differences():
-    plan = build_plan(check_text(network(ATTENDING)).graph)
+    lowered = lower(check_text(network(ATTENDING)))
+    plan = lowered.plan
     assert len(plan.loops) == 2  # the encoder, and the decoder that attends over it
-    assert worst_gradient_error(plan, per_param=12) < 1
+    assert worst_gradient_error(lowered, per_param=12) < 1
 
 
 def test_a_decoder_may_run_for_another_number_of_steps_than_its_memory():
@@ -207,13 +210,13 @@ enc = x -> elman(5)
 state s : [5]
 s = tanh(dense(concat(target_in, attention(s[t-1], enc)), 5))
 logits = s -> dense(3)"""
-    plan = build_plan(check_text(network(body)).graph)
-    ex = SequenceExecutor(plan, initial_params(plan, "auto", 0))
+    lowered = lower(check_text(network(body)))
+    ex = Executor(lowered, initial_params(lowered.built, "auto", 0))
     rng = np.random.default_rng(0)
     batch = {"x": rng.standard_normal((2, 7, 4)), "target_in": rng.standard_normal((2, 3, 2)),
              "y": rng.integers(0, 3, (2, 3))}
     out = ex.forward(batch, True, keep={"logits"})
-    ex.backward(plan.backward())
+    ex.backward()
     assert out["logits"].shape == (2, 3, 3)
     assert np.isfinite(ex.flat_grads).all() and ex.grads["elman1/dense1.weight"].any()
 
@@ -224,8 +227,10 @@ logits = s -> dense(3)"""
 def test_greedy_decoding_picks_the_best_class_of_the_prefix_it_wrote():
     from netdsl.runtime.generate import generate
 
-    plan = build_plan(check_file(os.path.join(SPECS, "seq2seq.net")).graph)
-    ex = SequenceExecutor(plan, initial_params(plan, "auto", 0))
+    lowered = lower(check_file(os.path.join(SPECS, "seq2seq.net")))
+
+    plan = lowered.plan
+    ex = Executor(lowered, initial_params(lowered.built, "auto", 0))
     source = np.random.default_rng(0).integers(1, 12, (3, 5))
     tokens = generate(ex, plan, {"source": source}, "target_in", steps=6)
     assert tokens.shape == (3, 6)
@@ -237,10 +242,10 @@ def test_greedy_decoding_picks_the_best_class_of_the_prefix_it_wrote():
 def test_generate_names_what_it_needs_when_the_input_cannot_be_fed():
     from netdsl.runtime.generate import fed_scores
 
-    parity = build_plan(check_file(os.path.join(SPECS, "parity.net")).graph)
+    parity = lower(check_file(os.path.join(SPECS, "parity.net"))).plan
     with pytest.raises(SpecError, match="feeds classes back"):
         fed_scores(parity, "bits")
-    seq2seq = build_plan(check_file(os.path.join(SPECS, "seq2seq.net")).graph)
+    seq2seq = lower(check_file(os.path.join(SPECS, "seq2seq.net"))).plan
     with pytest.raises(SpecError, match="not an input"):
         fed_scores(seq2seq, "target")
     assert fed_scores(seq2seq, "target_in") == "logits"
@@ -279,25 +284,26 @@ def test_seq2seq_with_attention_learns_to_reverse_and_decodes_greedily(tmp_path)
 def test_a_padded_batch_equals_its_sequences_run_one_by_one(body, target):
     """Loss and gradients of a padded batch are those of each sequence alone, at its own
     length, averaged as the loss averages (over real steps, or over examples)."""
-    plan = build_plan(check_text(network(body, target=target)).graph)
+    lowered = lower(check_text(network(body, target=target)))
+    plan = lowered.plan
     rng = np.random.default_rng(0)
     params = {k: v.astype(np.float64) + 0.2 * rng.standard_normal(v.shape)
-              for k, v in initial_params(plan, "auto", 0).items()}
-    ex = SequenceExecutor(plan, params, dtype="float64")
+              for k, v in initial_params(lowered.built, "auto", 0).items()}
+    ex = Executor(lowered, params, dtype="float64")
     lengths = np.array([5, 2, 4])
     per_step = plan.types["y"].seq
     x = rng.standard_normal((3, 5, 4))
     y = rng.integers(0, 3, (3, 5) if per_step else 3)
     padded = {"x": x, "x.lengths": lengths, "y": y, "y.lengths": lengths}
     loss = float(ex.forward(padded, True)["loss"])
-    ex.backward(plan.backward())
+    ex.backward()
     grads = ex.flat_grads.copy()
     weights = lengths / lengths.sum() if per_step else np.full(3, 1 / 3)
     expected_loss, expected_grads = 0.0, np.zeros_like(grads)
     for b, (n, w) in enumerate(zip(lengths, weights)):
         alone = {"x": x[b:b + 1, :n], "y": y[b:b + 1, :n] if per_step else y[b:b + 1]}
         expected_loss += w * float(ex.forward(alone, True)["loss"])
-        ex.backward(plan.backward())
+        ex.backward()
         expected_grads += w * ex.flat_grads
     assert loss == pytest.approx(expected_loss, rel=1e-12)
     np.testing.assert_allclose(grads, expected_grads, rtol=1e-9, atol=1e-12)
@@ -332,5 +338,5 @@ logits = h -> dense(3)
 loss cross_entropy(logits, y)
 """
     with pytest.raises(SpecError, match="reads no sequence") as info:
-        build_plan(check_text(text).graph)
+        lower(check_text(text))
     assert info.value.span.line == 3

@@ -16,9 +16,9 @@ torch = pytest.importorskip("torch")
 from torch.func import functional_call  # noqa: E402
 
 from netdsl.driver import check_text  # noqa: E402
+from netdsl.lower import lower  # noqa: E402
+from netdsl.runtime.execute import Executor  # noqa: E402
 from netdsl.runtime.init import initial_params  # noqa: E402
-from netdsl.runtime.plan import build_plan  # noqa: E402
-from netdsl.runtime.recur import SequenceExecutor  # noqa: E402
 
 IN, HIDDEN, CLASSES, B, T = 5, 6, 4, 3, 7
 
@@ -79,9 +79,9 @@ class Pair:
         cell, module, self.weights = CELLS[name]
         self.rnn = module(IN, HIDDEN, batch_first=True).double()
         self.many_to_one = many_to_one
-        self.plan = build_plan(check_text(spec(cell, many_to_one)).graph)
-        values = initial_params(self.plan, "torch", seed=1)
-        self.ex = SequenceExecutor(self.plan, values, dtype="float64")
+        self.lowered = lower(check_text(spec(cell, many_to_one)))
+        values = initial_params(self.lowered.built, "torch", seed=1)
+        self.ex = Executor(self.lowered, values, dtype="float64")
         self.leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
                        for k, v in values.items()}
 
@@ -123,7 +123,7 @@ def test_full_bptt_matches_pytorch(name, many_to_one):
     data = batch(many_to_one)
     loss, _ = pair.torch_loss(data["x"], data["y"])
     out = pair.ex.forward(data, True)
-    pair.ex.backward(pair.plan.backward())
+    pair.ex.backward()
     assert float(out["loss"]) == pytest.approx(loss.item(), rel=1e-10)
     assert_same_grads(pair.ex.grads, pair.torch_grads(loss))
 
@@ -140,7 +140,7 @@ def test_truncated_bptt_matches_pytorch_chunk_by_chunk(name, k1, k2):
         loss, state = pair.torch_loss(chunk["x"], chunk["y"], state,
                                       cut=chunk["x"].shape[1] - k2)
         out = pair.ex.forward(chunk, True, carry=carry)
-        pair.ex.backward(pair.plan.backward())
+        pair.ex.backward()
         carry = pair.ex.carry
         assert float(out["loss"]) == pytest.approx(loss.item(), rel=1e-10)
         assert_same_grads(pair.ex.grads, pair.torch_grads(loss))
@@ -152,9 +152,9 @@ def test_cbow_matches_pytorch():
     from pathlib import Path
 
     text = (Path(__file__).resolve().parent.parent / "specs" / "cbow.net").read_text()
-    plan = build_plan(check_text(text.replace("2000", "50")).graph)
-    values = initial_params(plan, "torch", seed=2)
-    ex = SequenceExecutor(plan, values, dtype="float64")
+    lowered = lower(check_text(text.replace("2000", "50")))
+    values = initial_params(lowered.built, "torch", seed=2)
+    ex = Executor(lowered, values, dtype="float64")
     rng = np.random.default_rng(0)
     data = {"context": rng.integers(0, 50, (B, 4)), "word": rng.integers(0, 50, B)}
     leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in values.items()}
@@ -162,7 +162,7 @@ def test_cbow_matches_pytorch():
     scores = vectors @ leaves["scores.weight"].T + leaves["scores.bias"]
     loss = torch.nn.functional.cross_entropy(scores, torch.from_numpy(data["word"]))
     out = ex.forward(data, True)
-    ex.backward(plan.backward())
+    ex.backward()
     assert float(out["loss"]) == pytest.approx(loss.item(), rel=1e-10)
     grads = torch.autograd.grad(loss, list(leaves.values()))
     assert_same_grads(ex.grads, {k: g.numpy() for k, g in zip(leaves, grads)})

@@ -11,12 +11,11 @@ import pytest
 
 from conftest import ROOT, SPECS, run_netc
 from netdsl.driver import check_file, check_text
+from netdsl.lower import lower
+from netdsl.lower.printers import host_chains
 from netdsl.runtime.execute import Executor
-from netdsl.runtime.fuse import fuse
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.interpret import interpret
-from netdsl.runtime.memory import plan_memory
-from netdsl.runtime.plan import build_plan
 from netdsl.runtime.settings import resolve_settings
 from netdsl.runtime.train import Trainer, TrainingDiverged, phases
 
@@ -52,8 +51,8 @@ def batch_for(plan, size=4, seed=0, dtype="float64"):
     return batch
 
 
-def small(name):
-    return build_plan(check_file(os.path.join(SPECS, f"{name}.net")).graph)
+def small(name, **options):
+    return lower(check_file(os.path.join(SPECS, f"{name}.net")), **options)
 
 
 class TestAgainstTheInterpreter:
@@ -61,32 +60,34 @@ class TestAgainstTheInterpreter:
 
     @pytest.mark.parametrize("name", SMALL_SPECS)
     def test_same_losses_and_gradients(self, name):
-        plan = small(name)
+        lowered = small(name)
+        plan = lowered.built
         params = initial_params(plan, "auto", 0)
         batch = batch_for(plan, dtype="float32")
-        ex = Executor(plan, params, seed=3)
+        ex = Executor(lowered, params, seed=3)
         out = ex.forward(batch, True)
-        ex.backward(plan.backward())
+        ex.backward()
         values, grads = interpret(plan, params, batch, rng=np.random.default_rng(3))
         for node in plan.losses.values():
             assert float(out[node]) == pytest.approx(float(values[node]), rel=1e-6)
-        assert set(grads) == set(plan.backward().params)
+        assert set(grads) == set(lowered.backward().params)
         for key, grad in grads.items():
             np.testing.assert_allclose(ex.grads[key], grad, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 class TestFiniteDifferences:
     def test_every_parameter_of_a_knotty_graph(self):
-        plan = build_plan(check_text(KNOTTY).graph)
+        lowered = lower(check_text(KNOTTY))
+        plan = lowered.plan
         params = {k: v.astype(np.float64) for k, v in initial_params(plan, "auto", 1).items()}
         batch = batch_for(plan, size=3, seed=2)
-        ex = Executor(plan, params, seed=0, dtype="float64")
+        ex = Executor(lowered, params, seed=0, dtype="float64")
 
         def loss():
             return float(ex.forward(batch, True)[plan.losses["loss"]])
 
         loss()
-        ex.backward(plan.backward())
+        ex.backward()
         rng = np.random.default_rng(5)
         for key in plan.params:
             view = ex.params[key].reshape(-1)
@@ -102,7 +103,7 @@ class TestFiniteDifferences:
                 assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8), key
 
     def test_the_shared_layer_sums_both_uses(self):
-        plan = build_plan(check_text(KNOTTY).graph)
+        plan = lower(check_text(KNOTTY)).plan
         shared = [k for k in plan.params if k.startswith("D.")]
         assert shared == ["D.weight", "D.bias"]
         users = [s.node for s in plan.steps if s.params.get("weight") == "D.weight"]
@@ -111,33 +112,34 @@ class TestFiniteDifferences:
 
 class TestPlan:
     def test_stop_gradient_cuts_the_generator_from_the_discriminator_loss(self):
-        plan = small("gan")
-        d_params = set(plan.backward(("d",)).params)
-        g_params = set(plan.backward(("g",)).params)
+        lowered = small("gan")
+        d_params = set(lowered.backward(("d",)).params)
+        g_params = set(lowered.backward(("g",)).params)
         assert d_params < g_params
         assert all(k.startswith("D/") for k in d_params)
 
     def test_gan_phases(self):
-        plan = small("gan")
-        settings = resolve_settings(plan.graph.graph["train"], {"gan_k": 2})
-        disc, gen = phases(plan, settings)
+        lowered = small("gan")
+        settings = resolve_settings(lowered.graph.graph["train"], {"gan_k": 2})
+        disc, gen = phases(lowered, settings)
         assert (disc.losses, disc.repeat, gen.losses, gen.repeat) == (("d",), 2, ("g",), 1)
         assert set(disc.params).isdisjoint(gen.params)
         assert all(k.startswith("G/") for k in gen.params)
 
     def test_fusion_chains_follow_their_producer(self):
-        plan = small("resnet20")
-        chains = [g.nodes for g in fuse(plan) if len(g.nodes) > 1]
-        assert ("stage1/basic1/y", "stage1/basic1/add1", "stage1/basic1/relu2") in chains
+        plan = small("resnet20").plan
+        chains = [nodes for nodes in host_chains(plan) if len(nodes) > 1]
+        assert ["stage1/basic1/y", "stage1/basic1/add1", "stage1/basic1/relu2"] in chains
         # relu keeps its output for backward, so nothing may run over it in place
         for nodes in chains:
             assert all(plan.step_of(n).op.inplace for n in nodes[1:])
-        covered = [n for g in fuse(plan) for n in g.nodes]
+        covered = [n for nodes in host_chains(plan) for n in nodes]
         assert covered == [s.node for s in plan.steps]
 
     def test_memory_plan_shares_buffers(self):
-        plan = small("resnet20")
-        memory = plan_memory(plan, plan.backward(), batch=32, optimizer_slots=1)
+        lowered = small("resnet20")
+        plan = lowered.plan
+        memory = lowered.memory.at(32, optimizer_slots=1)
         assert memory.slot_bytes < memory.unshared_bytes
         assert memory.activation_peak <= memory.slot_bytes
         biggest = max(b.bytes for b in memory.buffers)
@@ -149,11 +151,10 @@ def trainer_for(name, **overrides):
     from netdsl.runtime.data import load_data
 
     net = check_file(os.path.join(SPECS, f"{name}.net"))
-    plan = build_plan(net.graph)
     settings = resolve_settings(net.graph.graph["train"], overrides)
     data = load_data(net.graph, None, settings.seed)
     train, val = data.split(settings.val, settings.seed)
-    return Trainer(plan, settings), train, val
+    return Trainer(lower(net), settings), train, val
 
 
 class TestTraining:
@@ -186,13 +187,12 @@ class TestTraining:
         text = ("network n\ninput x : [4]\ntarget y : class(2)\n"
                 "h = x -> dense(4) -> log\nloss cross_entropy(h -> dense(2), y)\n")
         net = check_text(text, "n.net")
-        plan = build_plan(net.graph)
         from netdsl.runtime.data import Dataset
 
         rng = np.random.default_rng(0)
         data = Dataset({"x": rng.standard_normal((64, 4)).astype(np.float32),
                         "y": rng.integers(0, 2, 64)}, "test data")
-        trainer = Trainer(plan, resolve_settings({}, {"epochs": 1}))
+        trainer = Trainer(lower(net), resolve_settings({}, {"epochs": 1}))
         with pytest.raises(TrainingDiverged) as info:
             trainer.fit(data, None)
         assert "'h' (log)" in info.value.message and info.value.span.line == 4

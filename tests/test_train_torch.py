@@ -32,7 +32,7 @@ from netdsl.driver import check_text  # noqa: E402
 from netdsl.runtime.execute import Executor  # noqa: E402
 from netdsl.runtime.init import initial_params  # noqa: E402
 from netdsl.runtime.optim import make_optimizer  # noqa: E402
-from netdsl.runtime.plan import Plan, build_plan  # noqa: E402
+from netdsl.lower import Lowered, Plan, lower  # noqa: E402
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 # specs with a time axis: tests/test_recurrent_torch.py compares them
@@ -275,17 +275,21 @@ FEED_FORWARD = sorted(VARIANTS)
 # ---- helpers
 
 
-def spec_plan(name: str, edits=()) -> Plan:
-    """The plan of specs/NAME.net after `edits`, with every dropout's p set to 0."""
+def spec_lowered(name: str, edits=(), target: str = "host") -> Lowered:
+    """specs/NAME.net after `edits`, with every dropout's p set to 0, lowered for `target`;
+    the draws of noise sources are outputs, which a twin is given."""
     text = (SPECS / f"{name}.net").read_text()
     for old, new in edits:
         assert old in text, f"{name}.net no longer contains {old!r}"
         text = text.replace(old, new)
-    plan = build_plan(check_text(text, f"{name}.net").graph)
-    for step in plan.steps:
-        if step.op.name == "dropout":
-            step.op.p = 0.0  # this plan's own op instance: the identity, as in the twin
-    return plan
+    net = check_text(text, f"{name}.net")
+    noise = []
+    for node, op in net.graph.nodes(data="op"):
+        if op is not None and op.name == "dropout":
+            op.p = 0.0  # this network's own op instance: the identity, as in the twin
+        elif op is not None and op.name in NOISE_OPS:
+            noise.append(node)
+    return lower(net, target, outputs=noise)
 
 
 def twin(build: Callable[[], nn.Module]) -> nn.Module:
@@ -379,8 +383,10 @@ def test_step_matches_torch(name):
     training step equal those of the twin with the same weights, batch and noise."""
     variant = VARIANTS[name]
     rng = np.random.default_rng(0)
-    plan = spec_plan(name, variant.edits)
-    ex = Executor(plan, initial_params(plan, "torch", seed=0), seed=0, dtype="float64")
+    lowered = spec_lowered(name, variant.edits)
+    plan = lowered.plan
+    ex = Executor(lowered, initial_params(lowered.built, "torch", seed=0), seed=0,
+                  dtype="float64")
     jitter_constants(ex, rng)
     model = twin(variant.twin)
     pairs = paired(plan, model, variant.order)
@@ -409,7 +415,7 @@ def test_step_matches_torch(name):
                                                rtol=1e-9, atol=1e-12,
                                                err_msg=f"{name}: {node} {stat}")
 
-        backward = plan.backward(group)
+        backward = lowered.backward(group)
         ex.backward(backward)
         sum(theirs[loss] for loss in backward.losses).backward()
         trained = set(backward.params)
@@ -428,8 +434,10 @@ def test_step_matches_torch(name):
 def test_mlp_training_matches_torch():
     """Ten SGD steps with momentum on mlp.net give the loss curve and weights torch gives."""
     lr, momentum, steps, size = 0.01, 0.9, 10, 16
-    plan = spec_plan("mlp")
-    ex = Executor(plan, initial_params(plan, "torch", seed=0), seed=0, dtype="float64")
+    lowered = spec_lowered("mlp")
+    plan = lowered.plan
+    ex = Executor(lowered, initial_params(lowered.built, "torch", seed=0), seed=0,
+                  dtype="float64")
     model = twin(torch_models.mlp)
     pairs = paired(plan, model)
     params = dict(model.named_parameters())
@@ -444,7 +452,7 @@ def test_mlp_training_matches_torch():
         batch = random_batch(plan, size, rng)
         out = ex.forward(batch, training=True)
         ours.append(float(out[plan.losses["loss"]]))
-        ex.backward(plan.backward())
+        ex.backward()
         opt.step(ex.flat_grads, lr)
 
         torch_opt.zero_grad()

@@ -84,15 +84,15 @@ def train_network(graph, reporter: PostingReporter, epochs: int | None = None,
     """
     from netdsl.runner import array_module
     from netdsl.runtime.data import load_data, normalize
-    from netdsl.runtime.plan import build_plan
+    from netdsl.lower import lower
     from netdsl.runtime.settings import resolve_settings
 
     xp = array_module(device)
-    plan = build_plan(graph)
+    lowered = lower(graph, "cuda" if device == "gpu" else "host")
     settings = resolve_settings(graph.graph["train"], {"epochs": epochs} if epochs else {})
     data = load_data(graph, settings.data, settings.seed, examples)
     train, val = data.split(settings.val, settings.seed)
     if settings.normalize and data.normalize:
         _, (train, val) = normalize(train, val)
-    trainer = Trainer(plan, settings, None, xp=xp, reporter=reporter)
+    trainer = Trainer(lowered, settings, None, xp=xp, reporter=reporter)
     return trainer.fit(train, val if len(val) else None, data.description)

@@ -5,7 +5,8 @@ from netdsl.errors import ShapeError
 from netdsl.ops import expr as E
 from netdsl.ops.base import Arg, Op, integer, number, positive, register
 from netdsl.ops.common import Pointwise, expect_float, formula_grads, formula_value
-from netdsl.ops.kernels import constant, sigmoid, split_pointwise
+from netdsl.ops.numeric import constant, sigmoid
+from netdsl.ops.parallel import split_pointwise
 from netdsl.types import TensorType
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, number, register
 from netdsl.ops.common import Pointwise, expect_float, fmt, formula_grads
-from netdsl.ops.kernels import align, unbroadcast
+from netdsl.ops.numeric import align, unbroadcast
 from netdsl.types import TensorType
 
 

@@ -13,7 +13,7 @@ import math
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, positive, register
 from netdsl.ops.common import expect_float
-from netdsl.ops.kernels import fan_in_uniform
+from netdsl.ops.numeric import fan_in_uniform
 from netdsl.types import TensorType
 
 

@@ -153,6 +153,9 @@ class Op:
     multi_output: ClassVar[bool] = False
     # forward honours ctx.out: it may write its result over its first input (fusion)
     inplace: ClassVar[bool] = False
+    # forward splits its work over the host's threads (ops.parallel): an executor runs a
+    # pass with such ops with BLAS on one thread (runtime.host.one_blas_thread)
+    host_split: ClassVar[bool] = False
     # backward honours ctx.needs_param_grads, and its parameter gradients are sums over
     # the batch rows of its saved `keeps` (named after its inputs and parameters): a loop
     # may then skip them per step and run backward once over all steps stacked

@@ -8,10 +8,11 @@ from netdsl.ops.base import (
     Arg, ArgError, Op, boolean, choice, expand_to, ints, natural, positive, register,
 )
 from netdsl.ops.common import as_tuple, expect_spatial, fmt
-from netdsl.ops.kernels import (
-    batch_norm, batch_norm_backward, constant, conv_nd, conv_nd_backward, conv_transpose_nd,
-    conv_transpose_nd_backward, fan_in_uniform, settings,
+from netdsl.ops.convolve import (
+    conv_nd, conv_nd_backward, conv_transpose_nd, conv_transpose_nd_backward,
 )
+from netdsl.ops.numeric import batch_norm, batch_norm_backward, constant, fan_in_uniform
+from netdsl.ops.windows import settings
 from netdsl.types import TensorType
 
 
@@ -55,7 +56,7 @@ class _Convolution(Op):
 
     ranks = (2, 3)
     keeps = ("x", "weight")  # im2col is recomputed from x: cheaper to redo than to keep
-    host_split = True  # see kernels.one_blas_thread
+    host_split = True  # see runtime.host.one_blas_thread
     fresh = True
 
     def __init__(self, **attrs):
@@ -276,7 +277,8 @@ class Project(Op):
         (s,) = settings(self, x.ndim - 2, stride=self.stride)
         z = conv_nd(ctx.xp, x, weight, None, s, [(0, 0)] * len(s), (1,) * len(s), 1)
         # momentum and eps are PyTorch's BatchNorm defaults; statistics live in ctx.buffers
-        y, xhat, inv_std = batch_norm(ctx, z, bn_weight, bn_bias, 1e-5, 0.1)
+        y, xhat, inv_std = batch_norm(ctx.xp, z, bn_weight, bn_bias, 1e-5, 0.1, ctx.buffers,
+                                      ctx.training)
         ctx.save(x=x, weight=weight, xhat=xhat, inv_std=inv_std, bn_weight=bn_weight,
                  batch_stats=ctx.training)
         return y

@@ -4,7 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, boolean, optional, positive, register
 from netdsl.ops.common import expect_float
-from netdsl.ops.kernels import fan_in_uniform, scatter_add
+from netdsl.ops.numeric import fan_in_uniform, scatter_add
 from netdsl.types import TensorType
 
 

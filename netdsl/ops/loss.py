@@ -7,11 +7,10 @@ loss is a per-example total (a log-likelihood, as in a VAE's evidence lower boun
 from __future__ import annotations
 
 from netdsl.errors import ShapeError
-from netdsl.ops import gpu_loss
 from netdsl.ops.base import Arg, Op, choice, number, numbers, optional, register
 from netdsl.ops.common import expect_float, fmt, is_float
-from netdsl.ops.gpu import on_gpu
-from netdsl.ops.kernels import scalar, sigmoid
+from netdsl.ops.numeric import scalar, sigmoid
+from netdsl.ops.routines import overridable
 from netdsl.types import TensorType
 
 SCALAR = TensorType(())
@@ -103,33 +102,40 @@ class CrossEntropy(_Loss):
     def forward(self, ctx, logits, y):
         """Logits (B, C, *S) and labels (B, *S): the mean over batch and positions, or with
         class weights the weighted mean sum(w_y * nll) / sum(w_y), as PyTorch's."""
-        xp = ctx.xp
-        if on_gpu(xp) and self.weights is None:  # one kernel per row, and a sum
-            loss, probs = gpu_loss.cross_entropy(xp, logits, y)
-            ctx.save(probs=probs, y=y)
-            return loss
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        probs = xp.exp(shifted)
-        total = probs.sum(axis=1, keepdims=True)
-        probs /= total
-        picked = xp.take_along_axis(shifted, y[:, None], axis=1) - xp.log(total)  # log p_y
+        loss, probs = softmax_cross_entropy(ctx.xp, logits, y, self.weights)
         ctx.save(probs=probs, y=y)
-        return scalar(xp, -(picked * self.scale(xp, y, logits.dtype)).sum())
-
-    def scale(self, xp, y, dtype):
-        """Each position's share of the loss: 1/N, or w_y / sum(w_y) (B, 1, *S)."""
-        if self.weights is None:
-            return 1 / y.size
-        w = xp.asarray(self.weights, dtype=dtype)[y[:, None]]
-        return w / w.sum()
+        return loss
 
     def backward(self, ctx, gy):
-        xp, probs, y = ctx.xp, ctx.saved["probs"], ctx.saved["y"]
-        if on_gpu(xp) and self.weights is None:
-            return (gpu_loss.cross_entropy_backward(xp, gy, probs, y), None), {}
-        classes = xp.arange(probs.shape[1]).reshape((1, -1) + (1,) * (probs.ndim - 2))
-        dlogits = (probs - (classes == y[:, None])) * (self.scale(xp, y, probs.dtype) * gy)
-        return (dlogits, None), {}
+        probs, y = ctx.saved["probs"], ctx.saved["y"]
+        return (softmax_cross_entropy_backward(ctx.xp, gy, probs, y, self.weights), None), {}
+
+
+def _share(xp, y, weights, dtype):
+    """Each position's share of the loss: 1/N, or w_y / sum(w_y) (B, 1, *S)."""
+    if weights is None:
+        return 1 / y.size
+    w = xp.asarray(weights, dtype=dtype)[y[:, None]]
+    return w / w.sum()
+
+
+@overridable
+def softmax_cross_entropy(xp, logits, y, weights=None):
+    """(loss as a 0-d array, probs): the mean of -log softmax(logits)_y over positions
+    (weighted by the label's class weight, when given)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = xp.exp(shifted)
+    total = probs.sum(axis=1, keepdims=True)
+    probs /= total
+    picked = xp.take_along_axis(shifted, y[:, None], axis=1) - xp.log(total)  # log p_y
+    return scalar(xp, -(picked * _share(xp, y, weights, logits.dtype)).sum()), probs
+
+
+@overridable
+def softmax_cross_entropy_backward(xp, gy, probs, y, weights=None):
+    """dlogits = (probs - onehot(y)) * share * gy."""
+    classes = xp.arange(probs.shape[1]).reshape((1, -1) + (1,) * (probs.ndim - 2))
+    return (probs - (classes == y[:, None])) * (_share(xp, y, weights, probs.dtype) * gy)
 
 
 @register("sigmoid_cross_entropy")

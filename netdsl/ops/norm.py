@@ -4,7 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, number, probability, register
 from netdsl.ops.common import Pointwise, expect_float
-from netdsl.ops.kernels import batch_norm, batch_norm_backward, constant
+from netdsl.ops.numeric import batch_norm, batch_norm_backward, constant
 from netdsl.types import TensorType
 
 
@@ -28,7 +28,7 @@ class BatchNorm(Op):
 
     args = (Arg("eps", nonnegative, 1e-5), Arg("momentum", fraction, 0.1))
     keeps = ("xhat", "inv_std", "weight")  # xhat replaces x; inv_std is one per channel
-    host_split = True  # see kernels.one_blas_thread
+    host_split = True  # see runtime.host.one_blas_thread
     fresh = True
     init_transparent = True
 
@@ -50,7 +50,8 @@ class BatchNorm(Op):
 
     def forward(self, ctx, x, weight, bias):
         # running_mean and running_var live in ctx.buffers, made on first use
-        y, xhat, inv_std = batch_norm(ctx, x, weight, bias, self.eps, self.momentum)
+        y, xhat, inv_std = batch_norm(ctx.xp, x, weight, bias, self.eps, self.momentum,
+                                      ctx.buffers, ctx.training)
         ctx.save(xhat=xhat, inv_std=inv_std, weight=weight, batch_stats=ctx.training)
         return y
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 import math
 
 from netdsl.errors import ShapeError
-from netdsl.ops import gpu_pool
 from netdsl.ops.base import Arg, Op, boolean, choice, ints, natural, optional, register
 from netdsl.ops.common import expect_float, expect_spatial, fmt
 from netdsl.ops.conv import check_output, per_dim
-from netdsl.ops.gpu import on_gpu
-from netdsl.ops.kernels import (
-    Windows, batch_chunks, crop_spatial, host_map, offsets, pad_spatial, plane_index, pool_pads,
-    scatter_add, settings,
+from netdsl.ops.numeric import scatter_add
+from netdsl.ops.parallel import batch_chunks, slab_map
+from netdsl.ops.routines import overridable
+from netdsl.ops.windows import (
+    Windows, crop_spatial, offsets, pad_spatial, plane_index, pool_pads, settings,
 )
 from netdsl.types import TensorType
 
@@ -57,7 +57,7 @@ class _Pool(Op):
         (k, _, _) = self.windows(x)
         return math.prod(k) * y.size  # one compare or add per window element
 
-    def geometry(self, shape):
+    def window_settings(self, shape):
         """Kernel, stride, pad and output size per spatial dim, for a batch of `shape`."""
         stride = self.kernel if self.stride is None else self.stride
         k, s, p = settings(self, len(shape) - 2, kernel=self.kernel, stride=stride,
@@ -132,7 +132,7 @@ def separable_max(xp, win: Windows, xpad):
             y[part] = win.valid_run(xp, best, (1, n))[0]
             number[part] = win.valid_run(xp, numbers, (1, n))[0]
 
-    host_map(xp, reduce, planes, xpad.nbytes)
+    slab_map(xp, reduce, planes, xpad.nbytes)
     batch = xpad.shape[:2]
     return y.reshape(batch + win.out), number.reshape(batch + win.out)
 
@@ -193,54 +193,61 @@ class MaxPool(_Pool):
     # the argmax of each window as a flat (int32) index into its input plane, the values
     # PyTorch's return_indices gives; a maxunpool of this output borrows them
     keeps = ("indices",)
-    host_split = True  # see kernels.one_blas_thread
+    host_split = True  # see runtime.host.one_blas_thread
 
     def forward(self, ctx, x):
-        xp = ctx.xp
-        spatial = x.shape[2:]
-        k, s, p, out = self.geometry(x.shape)
-        if on_gpu(xp) and len(k) <= 2:  # one kernel: the maxima and their indices
-            y, indices = gpu_pool.maxpool(xp, x, k, s, p, out)
-            ctx.save(indices=indices, x_shape=x.shape)
-            return y
-        pads = pool_pads(spatial, k, s, p, out)
-        win = Windows(spatial, k, s, (1,) * len(k), pads, out)
-        xpad = pad_spatial(xp, xp.ascontiguousarray(x), pads, value=-xp.inf)
-        y, number = (separable_max if win.flat else window_max)(xp, win, xpad)
-        del xpad  # the padded copy, if any: freed before the indices are made
-        # the offset's flat index in the plane, plus each window's first cell's
-        step = [math.prod(spatial[i + 1:]) for i in range(len(k))]  # row-major plane strides
-        first = 0
-        for i, (si, pi, m) in enumerate(zip(s, p, out)):
-            start = (xp.arange(m, dtype=xp.int32) * si - pi) * step[i]
-            first = first + start.reshape((-1,) + (1,) * (len(k) - 1 - i))
-        indices = xp.empty(number.shape, dtype=xp.int32)
-
-        def index(part):  # first is an out-shaped grid, broadcast over batch and channels
-            xp.add(offset_index(xp, number[part], k, step), first, out=indices[part])
-
-        host_map(xp, index, len(indices), indices.nbytes)
+        k, s, p, out = self.window_settings(x.shape)
+        y, indices = max_pool(ctx.xp, x, k, s, p, out)
         ctx.save(indices=indices, x_shape=x.shape)
         return y
 
     def backward(self, ctx, gy):
-        xp, shape, indices = ctx.xp, ctx.saved["x_shape"], ctx.saved["indices"]
-        k, s, p, _ = self.geometry(shape)
-        if on_gpu(xp) and len(k) <= 2:
-            return (gpu_pool.maxpool_backward(xp, gy, indices, shape, k, s, p),), {}
-        dx = xp.zeros(shape, dtype=gy.dtype)
-        disjoint = all(si >= ki for si, ki in zip(s, k))
+        shape = ctx.saved["x_shape"]
+        k, s, p, _ = self.window_settings(shape)
+        return (max_pool_backward(ctx.xp, gy, ctx.saved["indices"], shape, k, s, p),), {}
 
-        def scatter(part):  # the examples of a slab: planes of their own
-            target = dx[part].reshape(-1)
-            at = plane_index(xp, indices[part], math.prod(shape[2:])).reshape(-1)
-            if disjoint:
-                target[at] = gy[part].reshape(-1)  # every index is distinct
-            else:
-                scatter_add(xp, target, at, gy[part].reshape(-1))
 
-        host_map(xp, scatter, shape[0], dx.nbytes)
-        return (dx,), {}
+@overridable
+def max_pool(xp, x, k, s, p, out):
+    """(y, indices): the maxima of the windows (kernel k, stride s, pad p per dim, `out`
+    windows) and the flat index of each one's first maximum in its input plane."""
+    spatial = x.shape[2:]
+    pads = pool_pads(spatial, k, s, p, out)
+    win = Windows(spatial, k, s, (1,) * len(k), pads, out)
+    xpad = pad_spatial(xp, xp.ascontiguousarray(x), pads, value=-xp.inf)
+    y, number = (separable_max if win.flat else window_max)(xp, win, xpad)
+    del xpad  # the padded copy, if any: freed before the indices are made
+    # the offset's flat index in the plane, plus each window's first cell's
+    step = [math.prod(spatial[i + 1:]) for i in range(len(k))]  # row-major plane strides
+    first = 0
+    for i, (si, pi, m) in enumerate(zip(s, p, out)):
+        start = (xp.arange(m, dtype=xp.int32) * si - pi) * step[i]
+        first = first + start.reshape((-1,) + (1,) * (len(k) - 1 - i))
+    indices = xp.empty(number.shape, dtype=xp.int32)
+
+    def index(part):  # first is an out-shaped grid, broadcast over batch and channels
+        xp.add(offset_index(xp, number[part], k, step), first, out=indices[part])
+
+    slab_map(xp, index, len(indices), indices.nbytes)
+    return y, indices
+
+
+@overridable
+def max_pool_backward(xp, gy, indices, shape, k, s, p):
+    """dx of max_pool: each output's gradient added at its maximum's index."""
+    dx = xp.zeros(shape, dtype=gy.dtype)
+    disjoint = all(si >= ki for si, ki in zip(s, k))
+
+    def scatter(part):  # the examples of a slab: planes of their own
+        target = dx[part].reshape(-1)
+        at = plane_index(xp, indices[part], math.prod(shape[2:])).reshape(-1)
+        if disjoint:
+            target[at] = gy[part].reshape(-1)  # every index is distinct
+        else:
+            scatter_add(xp, target, at, gy[part].reshape(-1))
+
+    slab_map(xp, scatter, shape[0], dx.nbytes)
+    return dx
 
 
 @register("avgpool")
@@ -263,7 +270,7 @@ class AvgPool(_Pool):
 
     def forward(self, ctx, x):
         xp = ctx.xp
-        k, s, p, out = self.geometry(x.shape)
+        k, s, p, out = self.window_settings(x.shape)
         xpad = pad_spatial(xp, x, pool_pads(x.shape[2:], k, s, p, out))
         y = None
         for _, _, index in offsets(k, s, (1,) * len(k), out):
@@ -277,7 +284,7 @@ class AvgPool(_Pool):
 
     def backward(self, ctx, gy):
         xp, shape = ctx.xp, ctx.saved["x_shape"]
-        k, s, p, out = self.geometry(shape)
+        k, s, p, out = self.window_settings(shape)
         pads = pool_pads(shape[2:], k, s, p, out)
         g = gy / self.divisor(xp, shape[2:], k, s, p, out, gy.dtype)
         dx = xp.zeros(shape[:2] + tuple(n + lo + hi for n, (lo, hi) in zip(shape[2:], pads)),

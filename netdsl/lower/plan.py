@@ -1,28 +1,28 @@
-"""Pass 6, plan: the schedule of a training step over named values.
+"""Lowering pass 1, build_plan: a checked graph as a list of steps over named values.
 
-A checked graph becomes a list of forward steps (one per node a loss or an output
-needs, in topological order), the learned parameters in a fixed order, and, per
-set of losses, the backward schedule that autodiff derives from each op's
-gradient rule: the nodes to differentiate in reverse order and the values whose
-gradients are summed where the graph forks (residual, dense and shared uses).
-The plan is backend-neutral: the reference interpreter, the NumPy executor and
-the CuPy executor all run it.
+A checked graph becomes a list of forward steps (one per node a loss needs, in
+topological order, each recurrence's steps together), its recurrences as loops with
+their states, and the learned parameters in a fixed order: the flat layout that
+executors and checkpoints share. Each step carries what its op derives from the input
+types alone (`Step.geometry`), computed here once. The later passes rewrite this plan
+(netdsl.lower.pipeline); every executor runs their result.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import networkx as nx
 
 from netdsl.cost import first_state_node, node_params
 from netdsl.errors import SpecError
 from netdsl.graph import forward_view
-from netdsl.ops.base import Op, input_names, positions
+from netdsl.ops.base import Op, input_names
 from netdsl.shapes import input_types, whole_positions
 from netdsl.types import TensorType
 
-__all__ = ["Param", "Step", "State", "Loop", "Backward", "Plan", "build_plan"]
+__all__ = ["Param", "Step", "State", "Loop", "Plan", "build_plan"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,10 @@ class Step:
     first use's keys); `slices` maps a parameter name to the part of its key's array
     the op reads, where it reads only a part (runtime.hoist's column blocks). `borrows`
     maps a forward keyword to the node whose saved array it receives (maxunpool reads
-    its maxpool's argmax indices).
+    its maxpool's argmax indices). `geometry` is the op's `Op.geometry` of the input
+    types; `in_place` marks a follower of a host chain (netdsl.lower.fuse), whose
+    forward writes its result over its first input. `origin` names the graph node a
+    step computes a part of, when it is not its own (hoisting splits a dense in parts).
     """
 
     node: str
@@ -57,6 +60,9 @@ class Step:
     params: dict[str, str]
     borrows: dict[str, tuple[str, str]] = field(default_factory=dict)
     slices: dict[str, tuple] = field(default_factory=dict)
+    geometry: object = None
+    in_place: bool = False
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,27 +92,9 @@ class Loop:
     states: tuple[State, ...]
 
 
-@dataclass(frozen=True)
-class Backward:
-    """Autodiff's schedule for one set of losses.
-
-    `order` lists the nodes whose backward runs, in reverse topological order;
-    `seeds` are the loss nodes that start with dL/dL = 1; `grad_inputs[node]` lists,
-    per input position, the value whose gradient that input receives, or None where
-    no gradient is needed (labels, constants, values no parameter reaches).
-    `params` are the keys that receive gradients.
-    """
-
-    losses: tuple[str, ...]
-    seeds: tuple[str, ...]
-    order: tuple[str, ...]
-    grad_inputs: dict[str, tuple[str | None, ...]]
-    params: tuple[str, ...]
-
-
 @dataclass
 class Plan:
-    """A network ready to execute: forward steps, parameters, and autodiff per loss set."""
+    """A network as steps: forward steps in order, their loops and states, the parameters."""
 
     graph: nx.DiGraph
     inputs: dict[str, TensorType]       # input and target nodes the step reads
@@ -119,16 +107,16 @@ class Plan:
 
     @property
     def sequential(self) -> bool:
-        """Whether any value has a time axis (the sequence executor runs it)."""
+        """Whether any value has a time axis (executors hold such values time-major)."""
         return any(t.seq for t in self.types.values())
 
     def step_of(self, node: str) -> Step:
-        return self._by_node()[node]
+        return self.by_node[node]
 
-    def _by_node(self) -> dict[str, Step]:
-        if not hasattr(self, "_steps_by_node"):
-            self._steps_by_node = {s.node: s for s in self.steps}
-        return self._steps_by_node
+    @cached_property
+    def by_node(self) -> dict[str, Step]:
+        """Each step by the node it computes (the steps never change once a plan is made)."""
+        return {s.node: s for s in self.steps}
 
     def steps_for(self, nodes) -> list[Step]:
         """The forward steps that the values `nodes` depend on, in order."""
@@ -141,19 +129,6 @@ class Plan:
             needed |= {state.source for node, state in self.states.items() if node in needed}
             if len(needed) == before:
                 return [s for s in self.steps if s.node in needed]
-
-    def backward(self, losses: tuple[str, ...] | None = None,
-                 params: tuple[str, ...] | None = None) -> Backward:
-        """The backward schedule for the named losses (default all), summed.
-
-        `params` restricts which parameters receive gradients (a GAN's generator step
-        must not differentiate into the discriminator's weights it also passes).
-        """
-        key = (tuple(self.losses) if losses is None else tuple(losses), params)
-        cache = self.__dict__.setdefault("_backward_cache", {})
-        if key not in cache:
-            cache[key] = _autodiff(self, *key)
-        return cache[key]
 
 
 def build_plan(graph: nx.DiGraph) -> Plan:
@@ -192,7 +167,7 @@ def build_plan(graph: nx.DiGraph) -> Plan:
                    for kw, (arg, saved) in getattr(op, "borrows", {}).items()}
         types = tuple(t.step() for t in input_types(graph, node))
         keys = {name: f"{owner}.{name}" for name in op.params(*types)}
-        steps.append(Step(node, op, sources, types, keys, borrows))
+        steps.append(Step(node, op, sources, types, keys, borrows, geometry=op.geometry(*types)))
     types = {n: graph.nodes[n]["type"] for n in order}
     loops = _loops(graph.subgraph(needed), steps, states)
     return Plan(graph, inputs, steps, params, losses, types, states, loops)
@@ -255,50 +230,3 @@ def _reads_a_sequence(graph: nx.DiGraph, members: list[Step], component: set) ->
             if source not in component and position not in whole and graph.nodes[source]["type"].seq:
                 return True
     return False
-
-
-def _autodiff(plan: Plan, losses: tuple[str, ...], only: tuple[str, ...] | None) -> Backward:
-    unknown = [name for name in losses if name not in plan.losses]
-    if unknown:
-        raise KeyError(f"no loss named {unknown[0]!r}")
-    wanted = set(plan.params if only is None else only)
-    reaches = _reaching(plan, wanted)
-    seeds = tuple(plan.losses[name] for name in losses)
-    # walk back from the losses: a node gets a gradient when a node that has one passes it;
-    # a state passes it on to its source, which an earlier pass visited, so repeat until stable
-    receives = set(seeds)
-    while True:
-        order, grad_inputs = [], {}
-        for step in reversed(plan.steps):
-            if step.node not in receives or not reaches[step.node]:
-                continue
-            order.append(step.node)
-            blocked = positions(step.op, step.op.nondifferentiable)
-            grad_inputs[step.node] = tuple(
-                source if reaches.get(source) and i not in blocked else None
-                for i, source in enumerate(step.inputs))
-            receives.update(s for s in grad_inputs[step.node] if s is not None)
-        delayed = {state.source for node, state in plan.states.items() if node in receives}
-        if delayed <= receives:
-            break
-        receives |= delayed
-    trained = tuple(key for key in plan.params if key in wanted and (
-        any(key in plan.step_of(node).params.values() for node in order)
-        or any(state.param == key for node, state in plan.states.items() if node in receives)))
-    return Backward(losses, seeds, tuple(order), grad_inputs, trained)
-
-
-def _reaching(plan: Plan, wanted: set[str]) -> dict[str, bool]:
-    """Whether a trained parameter reaches each value through ops that pass a gradient."""
-    reaches: dict[str, bool] = {}
-    while True:
-        before = dict(reaches)
-        for node, state in plan.states.items():
-            reaches[node] = state.param in wanted or reaches.get(state.source, False)
-        for step in plan.steps:
-            owns = any(key in wanted for key in step.params.values())
-            blocked = positions(step.op, step.op.nondifferentiable)
-            passes = any(reaches.get(s) for i, s in enumerate(step.inputs) if i not in blocked)
-            reaches[step.node] = owns or passes
-        if reaches == before:
-            return reaches

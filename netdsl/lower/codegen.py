@@ -1,4 +1,5 @@
-"""Elementwise kernel programs: fused chains and the optimiser update, as CUDA source.
+"""Lowering pass, codegen: elementwise programs for fused chains and the optimiser
+update, as CUDA source.
 
 A `Program` is what one elementwise kernel does at each index i: read some arrays at
 i, compute named scalars, write arrays at i. Its expressions come from the ops'
@@ -13,19 +14,24 @@ The backward recomputes rather than storing intermediates: a chain keeps only it
 inputs, and one kernel reads them once. `cuda_source` renders a program as one
 CUDA C kernel (a grid-stride loop over n contiguous elements); `evaluate_program`
 runs the same expressions with NumPy, which is how the tests check a program
-against the ops it fuses.
+against the ops it fuses. `run_program` runs one: evaluated so on the host, and as the
+one kernel under CuPy (netdsl.runtime.cuda provides it).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
+from netdsl.lower.cuda import CTYPES, grid_kernel
 from netdsl.ops.base import Op
-from netdsl.ops.gpu import CTYPES, grid_kernel
 from netdsl.ops.expr import Const, Expr, Var, cuda, evaluate, names, sqrt
+from netdsl.ops.routines import overridable
 
 __all__ = ["Program", "Chain", "fusable", "chain_forward", "chain_backward", "update_program",
-           "update_scalars", "cuda_source", "evaluate_program"]
+           "update_scalars", "cuda_source", "evaluate_program", "run_program", "launches"]
 
+# programs run so far, per dtype (on a device, each is one kernel launch)
+launches: Counter = Counter()
 
 
 @dataclass(frozen=True)
@@ -194,7 +200,7 @@ def update_scalars(rule, step: int, lr: float) -> dict[str, float]:
 # ---- rendering and evaluation
 
 def cuda_source(program: Program, dtype: str = "float32") -> str:
-    """One `extern "C"` kernel named after the program, in the frame of ops.gpu."""
+    """One `extern "C"` kernel named after the program, in the frame of lower.cuda."""
     t = CTYPES[dtype]
     written = set(program.outputs)
     params = [f"{'' if a in written else 'const '}{t}* __restrict__ a_{a}"
@@ -225,3 +231,14 @@ def evaluate_program(program: Program, arrays: dict, scalars: dict, xp, dtype: s
             arrays[name][...] = value
             results[name] = arrays[name]
     return results
+
+
+@overridable
+def run_program(xp, program: Program, arrays: dict, scalars: dict | None = None,
+                dtype: str = "float32") -> dict:
+    """The program's written arrays by name. Arrays given under a written name are updated
+    in place; the others are new. Every array read must have one shape (after
+    broadcasting): a kernel indexes them all alike. Here the program is evaluated with
+    `xp`, slowly but exactly; a runtime may run it as one kernel."""
+    launches[str(dtype)] += 1
+    return evaluate_program(program, arrays, scalars or {}, xp, dtype)

@@ -4,11 +4,14 @@ For logits (B, C, *S) and labels (B, *S), each position's row of C logits is
 normalised by one thread: the max, the sum of exponentials, the probabilities (kept
 for backward) and the position's share of the loss, -log p_y / (B * S). A reduction
 sums the shares. Backward writes (p - onehot(y)) * gy / (B * S) in one pass, gy read
-on the device, so nothing waits for the GPU. Class weights take the generic path.
+on the device, so nothing waits for the GPU. Class weights take the generic path. This
+module provides ops.loss's softmax cross-entropy for CuPy.
 """
 from __future__ import annotations
 
-from netdsl.ops.gpu import Kernel
+from netdsl.lower.cuda import Kernel
+from netdsl.ops import loss
+from netdsl.runtime.cuda.launch import launch
 
 __all__ = ["KERNELS", "ROWS", "GRADIENT", "cross_entropy", "cross_entropy_backward"]
 
@@ -48,7 +51,7 @@ def cross_entropy(xp, logits, labels):
     probs = xp.empty_like(logits)
     shares = xp.empty(labels.shape, dtype=logits.dtype)
     scale = logits.dtype.type(1 / labels.size)
-    ROWS(labels.size, (logits, labels, probs, shares, scale, c, s), logits.dtype)
+    launch(ROWS, labels.size, (logits, labels, probs, shares, scale, c, s), logits.dtype)
     return xp.asarray(shares.sum()), probs   # 0-d, as the other losses return
 
 
@@ -58,6 +61,16 @@ def cross_entropy_backward(xp, gy, probs, labels):
     dlogits = xp.empty_like(probs)
     gy = xp.asarray(gy, dtype=probs.dtype).reshape(1)
     scale = probs.dtype.type(1 / labels.size)
-    GRADIENT(probs.size, (probs, xp.ascontiguousarray(labels, dtype=xp.int64), gy, dlogits,
-                          scale, c, s), probs.dtype)
+    launch(GRADIENT, probs.size, (probs, xp.ascontiguousarray(labels, dtype=xp.int64), gy,
+                                  dlogits, scale, c, s), probs.dtype)
     return dlogits
+
+
+@loss.softmax_cross_entropy.provide("cupy")
+def _softmax_cross_entropy(xp, logits, y, weights=None):
+    return cross_entropy(xp, logits, y) if weights is None else NotImplemented
+
+
+@loss.softmax_cross_entropy_backward.provide("cupy")
+def _softmax_cross_entropy_backward(xp, gy, probs, y, weights=None):
+    return cross_entropy_backward(xp, gy, probs, y) if weights is None else NotImplemented

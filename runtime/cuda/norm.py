@@ -10,15 +10,18 @@ squares, scalings, the running statistics). Here, for x viewed as (B, C, N):
 - backward: one block per channel sums gy and gy * xhat (the bias and weight
   gradients); then one elementwise kernel writes dx.
 
-The per-channel kernels reduce in shared memory over a block of ops.gpu.THREADS. With
-one thread and the blocks run one by one, which is how the tests run this source on the
-CPU, the same code is a plain loop.
+The per-channel kernels reduce in shared memory over a block of lower.cuda.THREADS.
+With one thread and the blocks run one by one, which is how the tests run this source
+on the CPU, the same code is a plain loop. This module provides ops.numeric's
+`batch_norm` and `batch_norm_backward` for CuPy.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from netdsl.ops.gpu import Kernel
+from netdsl.lower.cuda import Kernel
+from netdsl.ops import numeric
+from netdsl.runtime.cuda.launch import launch
 
 __all__ = ["KERNELS", "STATISTICS", "NORMALISE", "SUMS", "INPUT_GRAD", "batch_norm",
            "batch_norm_backward"]
@@ -109,45 +112,46 @@ INPUT_GRAD = Kernel("bn_input_grad", "const T* __restrict__ gy, const T* __restr
                   : scale * gy[i];
 """)
 
-# the per-channel kernels (per_block) run one block of ops.gpu.THREADS, 256, the size of
+# the per-channel kernels (per_block) run one block of lower.cuda.THREADS, 256, the size of
 # `partial`, per channel
 KERNELS = (STATISTICS, NORMALISE, SUMS, INPUT_GRAD)
 
 
-def batch_norm(ctx, x, weight, bias, eps, momentum):
-    """As kernels.batch_norm: y, xhat and inv_std (1, C, 1...); the running statistics in
-    ctx.buffers are updated in training."""
-    xp = ctx.xp
+@numeric.batch_norm.provide("cupy")
+def batch_norm(xp, x, weight, bias, eps, momentum, buffers: dict, training: bool):
+    """As ops.numeric.batch_norm: y, xhat and inv_std (1, C, 1...); the running
+    statistics in `buffers` are updated in training."""
     b, channels = x.shape[:2]
-    buffers = ctx.buffers
     if "running_mean" not in buffers:
         buffers["running_mean"] = xp.zeros(channels, dtype=x.dtype)
         buffers["running_var"] = xp.ones(channels, dtype=x.dtype)
     x = xp.ascontiguousarray(x)
     n = x.size // (b * channels)
     dtype = x.dtype.type
-    if ctx.training:
+    if training:
         mean = xp.empty(channels, dtype=x.dtype)
         inv_std = xp.empty(channels, dtype=x.dtype)
-        STATISTICS(channels, (x, mean, inv_std, buffers["running_mean"], buffers["running_var"],
-                              dtype(eps), dtype(momentum), b, channels, n), x.dtype)
+        launch(STATISTICS, channels, (x, mean, inv_std, buffers["running_mean"],
+                                      buffers["running_var"], dtype(eps), dtype(momentum), b,
+                                      channels, n), x.dtype)
     else:
         mean = buffers["running_mean"]
         inv_std = 1 / xp.sqrt(buffers["running_var"] + eps)
     xhat, y = xp.empty_like(x), xp.empty_like(x)
-    NORMALISE(x.size, (x, mean, inv_std, weight, bias, xhat, y, channels, n), x.dtype)
+    launch(NORMALISE, x.size, (x, mean, inv_std, weight, bias, xhat, y, channels, n), x.dtype)
     return y, xhat, inv_std.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
+@numeric.batch_norm_backward.provide("cupy")
 def batch_norm_backward(xp, gy, xhat, inv_std, weight, batch_stats: bool):
-    """As kernels.batch_norm_backward: (dx, dweight, dbias)."""
+    """As ops.numeric.batch_norm_backward: (dx, dweight, dbias)."""
     b, channels = gy.shape[:2]
     gy = xp.ascontiguousarray(gy)
     n = gy.size // (b * channels)
     dbias = xp.empty(channels, dtype=gy.dtype)
     dweight = xp.empty(channels, dtype=gy.dtype)
-    SUMS(channels, (gy, xhat, dbias, dweight, b, channels, n), gy.dtype)
+    launch(SUMS, channels, (gy, xhat, dbias, dweight, b, channels, n), gy.dtype)
     dx = xp.empty_like(gy)
-    INPUT_GRAD(gy.size, (gy, xhat, weight, inv_std.reshape(channels), dbias, dweight, dx,
-                         np.int32(batch_stats), b, channels, n), gy.dtype)
+    launch(INPUT_GRAD, gy.size, (gy, xhat, weight, inv_std.reshape(channels), dbias, dweight,
+                                 dx, np.int32(batch_stats), b, channels, n), gy.dtype)
     return dx, dweight, dbias

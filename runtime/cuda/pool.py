@@ -5,11 +5,14 @@ each a launch on a GPU. Here each output element scans its window once and keeps
 the first maximum's flat index in its plane (PyTorch's return_indices; a NaN wins,
 as in PyTorch). Backward adds each output's gradient at its index with atomicAdd,
 since overlapping windows may pick one cell twice. Rank 1 runs as rank 2 with a
-height of one.
+height of one. This module provides ops.pool's `max_pool` and `max_pool_backward` for
+CuPy, for ranks 1 and 2.
 """
 from __future__ import annotations
 
-from netdsl.ops.gpu import Kernel
+from netdsl.lower.cuda import Kernel
+from netdsl.ops import pool
+from netdsl.runtime.cuda.launch import launch
 
 __all__ = ["KERNELS", "MAXPOOL", "MAXPOOL_BACKWARD", "maxpool", "maxpool_backward"]
 
@@ -60,7 +63,7 @@ def _sizes(shape, kernel, stride, pad, out) -> dict:
 
 
 def _launch(kernel: Kernel, arrays: tuple, n: int, sizes: dict, dtype) -> None:
-    kernel(n, (*arrays, *(sizes[s] for s in _SIZES)), dtype)
+    launch(kernel, n, (*arrays, *(sizes[s] for s in _SIZES)), dtype)
 
 
 def maxpool(xp, x, kernel, stride, pad, out):
@@ -79,3 +82,13 @@ def maxpool_backward(xp, gy, indices, x_shape, kernel, stride, pad):
     _launch(MAXPOOL_BACKWARD, (xp.ascontiguousarray(gy), indices, dx), gy.size, sizes,
             gy.dtype)
     return dx
+
+
+@pool.max_pool.provide("cupy")
+def _max_pool(xp, x, k, s, p, out):
+    return maxpool(xp, x, k, s, p, out) if len(k) <= 2 else NotImplemented
+
+
+@pool.max_pool_backward.provide("cupy")
+def _max_pool_backward(xp, gy, indices, shape, k, s, p):
+    return maxpool_backward(xp, gy, indices, shape, k, s, p) if len(k) <= 2 else NotImplemented

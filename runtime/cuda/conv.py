@@ -7,11 +7,14 @@ input gradient gathers each pixel's column entries in one kernel, without atomic
 Convolutions of rank 1 run as rank 2 with a height of one.
 
 The kernels are grid-stride loops over every output element, like the generated
-elementwise kernels, so the same source also runs on the CPU in the tests.
+elementwise kernels, so the same source also runs on the CPU in the tests. This module
+provides ops.convolve's `conv_nd` and `conv_nd_backward` for CuPy.
 """
 from __future__ import annotations
 
-from netdsl.ops.gpu import Kernel
+from netdsl.lower.cuda import Kernel
+from netdsl.ops import convolve
+from netdsl.runtime.cuda.launch import launch
 
 __all__ = ["KERNELS", "IM2COL", "COL2IM", "conv2d", "conv2d_backward", "supported"]
 
@@ -63,7 +66,7 @@ def supported(x, weight, groups: int) -> bool:
 
 def _launch(kernel: Kernel, source, out, sizes: dict) -> None:
     """`kernel` from `source` to `out`, one thread per element of `out`."""
-    kernel(out.size, (source, out, *(sizes[s] for s in _SIZES)), out.dtype)
+    launch(kernel, out.size, (source, out, *(sizes[s] for s in _SIZES)), out.dtype)
 
 
 def _as_2d(x, weight, stride, pads, dilation):
@@ -98,7 +101,7 @@ def _columns(xp, x, s: dict):
 
 
 def conv2d(xp, x, weight, bias, stride, pads, dilation):
-    """y (B, O, *out) of a cross-correlation, as kernels.conv_nd computes it."""
+    """y (B, O, *out) of a cross-correlation, as ops.convolve.conv_nd computes it."""
     rank = x.ndim - 2
     x, weight, stride, pads, dilation = _as_2d(x, weight, stride, pads, dilation)
     s = _sizes(x, weight, stride, pads, dilation)
@@ -129,3 +132,17 @@ def conv2d_backward(xp, gy, x, weight, stride, pads, dilation, need_dx=True):
             _launch(COL2IM, dcols, dx, s)
             dx = dx.reshape(shape)
     return dx, dweight, dbias
+
+
+@convolve.conv_nd.provide("cupy")
+def _conv_nd(xp, x, weight, bias, stride, pads, dilation, groups, out=None):
+    if out is not None or not supported(x, weight, groups):
+        return NotImplemented
+    return conv2d(xp, x, weight, bias, stride, pads, dilation)
+
+
+@convolve.conv_nd_backward.provide("cupy")
+def _conv_nd_backward(xp, gy, x, weight, stride, pads, dilation, groups, need_dx=True):
+    if not supported(x, weight, groups):
+        return NotImplemented
+    return conv2d_backward(xp, gy, x, weight, stride, pads, dilation, need_dx)

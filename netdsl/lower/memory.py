@@ -1,4 +1,4 @@
-"""Pass 7, memory: buffer lifetimes over a training step, and the memory plan.
+"""Lowering pass, plan_memory: buffer lifetimes over a training step, and the memory plan.
 
 A training step is a timeline: the forward steps, then the backward steps of
 autodiff's schedule. Every tensor gets an interval on it:
@@ -16,12 +16,13 @@ a step holds, give or take the allocator.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from netdsl.lower.autodiff import Backward
+from netdsl.lower.plan import Plan
 from netdsl.ops.base import input_names
-from netdsl.runtime.plan import Backward, Plan, Step
 
-__all__ = ["Buffer", "MemoryPlan", "plan_memory", "forward_frees"]
+__all__ = ["Buffer", "MemoryPlan", "plan_memory"]
 
 _BYTES = {"float32": 4, "float64": 8, "int64": 8, "int32": 4}
 # saved arrays no bigger than a channel vector, or parameters the plan counts apart
@@ -73,14 +74,24 @@ class MemoryPlan:
         """Planned peak of a training step: shared slots, parameters, gradients, optimiser state."""
         return self.slot_bytes + 2 * self.param_bytes + self.optimizer_bytes
 
+    def at(self, batch: int, optimizer_slots: int = 0) -> "MemoryPlan":
+        """This plan, made for batch 1, at `batch` and with an optimiser that keeps
+        `optimizer_slots` parameter-sized arrays. Every buffer grows by the same factor, so
+        the first fit by size gives each the same slot."""
+        scale = batch // self.batch
+        buffers = [replace(b, bytes=b.bytes * scale) for b in self.buffers]
+        return MemoryPlan(batch, buffers, [s * scale for s in self.slots], self.assignment,
+                          self.param_bytes, optimizer_slots * self.param_bytes)
+
 
 def _bytes(plan: Plan, node: str, batch: int) -> int:
     t = plan.types[node]
     return t.size * batch * _BYTES.get(t.dtype, 4)
 
 
-def plan_memory(plan: Plan, backward: Backward, batch: int, optimizer_slots: int = 1) -> MemoryPlan:
-    """Lifetimes and slots for one training step at `batch`.
+def plan_memory(plan: Plan, backward: Backward, batch: int = 1,
+                optimizer_slots: int = 0) -> MemoryPlan:
+    """Lifetimes and slots for one training step at `batch` (`MemoryPlan.at` scales it).
 
     `optimizer_slots` is how many parameter-sized arrays the optimiser keeps
     (momentum 1, Adam 2).
@@ -138,20 +149,3 @@ def _first_fit(buffers: list[Buffer]) -> tuple[list[int], dict[str, int]]:
         slots[index] = max(slots[index], b.bytes)
         assignment[b.name] = index
     return slots, assignment
-
-
-def forward_frees(steps: list[Step], keep: set[str]) -> list[list[str]]:
-    """Per forward step, the values no later step reads (the executor drops them).
-
-    Values an op keeps for backward are held by that op's saved arrays, not here, so
-    training and evaluation free the same names; `keep` (losses, metrics) is never freed.
-    """
-    last = {}
-    for i, step in enumerate(steps):
-        for source in step.inputs:
-            last[source] = i
-    frees: list[list[str]] = [[] for _ in steps]
-    for name, i in last.items():
-        if name not in keep:
-            frees[i].append(name)
-    return frees

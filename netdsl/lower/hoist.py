@@ -1,4 +1,4 @@
-"""Hoisting: take the input projections out of a recurrence.
+"""Lowering pass, hoist: take the input projections out of a recurrence.
 
 An LSTM or GRU computes W [x_t, h_{t-1}] + b at every step. Only the h part
 depends on the state: split by columns, W [x, h] = W_x x + W_h h, so W_x x_t + b
@@ -12,14 +12,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from netdsl.ops.base import OPS, bind
-from netdsl.runtime.plan import Loop, Plan, Step
+from netdsl.lower.plan import Loop, Plan, Step
+from netdsl.ops.arith import Add
+from netdsl.ops.base import bind
 
 __all__ = ["hoist"]
 
 
 def hoist(plan: Plan) -> Plan:
-    """A plan in which each loop's dense-over-concat with outside inputs is split."""
+    """A plan in which each loop's linear map of a concatenation with outside inputs is
+    split (a plan without loops is returned as it is)."""
+    if not plan.loops:
+        return plan
     steps = list(plan.steps)
     loops, types = [], dict(plan.types)
     readers: dict[str, int] = {}
@@ -41,14 +45,12 @@ def hoist(plan: Plan) -> Plan:
             first = steps.index(members[0]) if members[0] in steps else at
             steps[first:first] = outside
         loops.append(Loop(loop.name, tuple(members), loop.states))
-    hoisted = replace(plan, steps=steps, loops=loops, types=types)
-    hoisted.__dict__.pop("_steps_by_node", None)
-    hoisted.__dict__.pop("_backward_cache", None)
-    return hoisted
+    return replace(plan, steps=steps, loops=loops, types=types)
 
 
 def _splittable(step: Step, loop: Loop, readers: dict, types: dict) -> bool:
-    """A loop's dense reading a concat (of vectors) that only it reads, with an outside part."""
+    """A loop's column-linear step (dense) reading a concatenation of vectors that only it
+    reads, with an outside part."""
     if not step.op.column_linear or step.slices:
         return False
     members = {s.node: s for s in loop.steps}
@@ -72,7 +74,6 @@ def _rewrite(plan: Plan, dense: Step, loop: Loop, types: dict) -> tuple[list[Ste
     product and the add that gives the dense's value under its own name)."""
     concat = next(s for s in loop.steps if s.node == dense.inputs[0])
     weight, bias = dense.params["weight"], dense.params.get("bias")
-    units = dense.op.units
     columns, start = [], 0
     for t in concat.input_types:
         columns.append(slice(start, start + t.dims[0]))
@@ -86,33 +87,39 @@ def _rewrite(plan: Plan, dense: Step, loop: Loop, types: dict) -> tuple[list[Ste
         with_bias = bias is not None and not partials
         node = f"{dense.node}/{source}"
         params = {"weight": weight, **({"bias": bias} if with_bias else {})}
-        outside.append(Step(node, bind(OPS["dense"], [units], {"bias": with_bias}), (source,),
+        outside.append(Step(node, _with_bias(dense, with_bias), (source,),
                             (concat.input_types[i],), params,
-                            slices={"weight": (slice(None), columns[i])}))
+                            slices={"weight": (slice(None), columns[i])}, origin=dense.node))
         types[node] = replace(out_type, seq=plan.types[source].seq)
         partials.append(node)
     while len(partials) > 1:  # several outside parts: their projections add up outside
         a, b = partials.pop(0), partials.pop(0)
         node = f"{dense.node}/{a.rsplit('/', 1)[-1]}+{b.rsplit('/', 1)[-1]}"
-        outside.append(Step(node, bind(OPS["add"], [], {}), (a, b),
-                            (out_type.step(), out_type.step()), {}))
+        outside.append(Step(node, Add(), (a, b), (out_type.step(), out_type.step()), {},
+                            origin=dense.node))
         types[node] = replace(out_type, seq=types[a].seq or types[b].seq)
         partials.insert(0, node)
     inside = []
     sources = tuple(concat.inputs[i] for i in inside_parts)
     if len(sources) > 1:  # several state parts: one concat of them, one product
         node = f"{dense.node}/state"
-        inside.append(Step(node, bind(OPS["concat"], [], {}), sources,
-                           tuple(concat.input_types[i] for i in inside_parts), {}))
+        inside.append(Step(node, concat.op, sources,
+                           tuple(concat.input_types[i] for i in inside_parts), {},
+                           origin=concat.node))
         width = sum(concat.input_types[i].dims[0] for i in inside_parts)
         types[node] = replace(out_type, dims=(width,))
         sources = (node,)
     block = slice(columns[inside_parts[0]].start, columns[inside_parts[-1]].stop)
     product = f"{dense.node}/recurrent"
-    inside.append(Step(product, bind(OPS["dense"], [units], {"bias": False}), sources,
+    inside.append(Step(product, _with_bias(dense, False), sources,
                        (types[sources[0]].step(),), {"weight": weight},
-                       slices={"weight": (slice(None), block)}))
+                       slices={"weight": (slice(None), block)}, origin=dense.node))
     types[product] = out_type
-    inside.append(Step(dense.node, bind(OPS["add"], [], {}), (partials[0], product),
+    inside.append(Step(dense.node, Add(), (partials[0], product),
                        (out_type.step(), out_type.step()), {}))
     return outside, inside
+
+
+def _with_bias(step: Step, bias: bool):
+    """The step's column-linear op with or without its bias, its other attributes kept."""
+    return bind(type(step.op), [], {**step.op.attrs, "bias": bias})

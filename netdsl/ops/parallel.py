@@ -1,0 +1,67 @@
+"""How an op's host work spreads over threads: slabs of the batch, with threads the
+runtime lends.
+
+NumPy runs an op on one core and BLAS spreads only a GEMM over the others, so the
+copies around a GEMM (padding, im2col, the output's layout) stay serial. An op may
+instead split its batch (or its channels) into slabs and map a function over them,
+which the runtime runs on its threads (netdsl.runtime.host provides `slabs`,
+`slab_map` and `chunk_budget` for NumPy). Without a runtime, as when an op is called
+alone, the whole batch is one slab.
+"""
+from __future__ import annotations
+
+from netdsl.ops.routines import overridable
+
+__all__ = ["MIN_SPLIT_BYTES", "CHUNK_BYTES", "slabs", "slab_map", "chunk_budget",
+           "split_pointwise", "batch_chunks"]
+
+# bytes an op must touch before splitting it pays for the threads' hand-over
+MIN_SPLIT_BYTES = 1 << 20
+
+# On the host each thread convolves a chunk of its slab at a time, the im2col columns
+# of the chunks of all threads about this many bytes (one example at least): they are
+# in the cache when the GEMM reads them (and col2im adds them), and the whole batch's
+# columns, k*k times the input, are never held at once. Each chunk costs Python calls
+# (col2im makes two per kernel offset) and a GEMM of fewer columns: the layers of
+# LeNet-5 and ResNet-20 ran 10-40% slower with 1 MiB chunks, not faster with 8 or 16.
+CHUNK_BYTES = 4 << 20
+
+
+@overridable
+def slabs(xp, total: int, size: int = MIN_SPLIT_BYTES) -> list[slice]:
+    """range(total) as the slices an op over `size` bytes splits into: one slice, unless
+    a runtime lends threads."""
+    return [slice(0, total)]
+
+
+@overridable
+def slab_map(xp, fn, total: int, size: int = MIN_SPLIT_BYTES) -> list:
+    """[fn(slab) for slab in slabs(xp, total, size)], on the runtime's threads if it
+    lends any."""
+    return [fn(slice(0, total))]
+
+
+@overridable
+def chunk_budget(xp, budget: int | None = None) -> int:
+    """The bytes of one chunk of a slab's work: `budget`, by default CHUNK_BYTES (a
+    runtime shares it among the slabs running at once, or sizes it for its device)."""
+    return CHUNK_BYTES if budget is None else budget
+
+
+def split_pointwise(xp, fn, out, *arrays):
+    """fn(*slabs, out=out slab) over slabs of the batch axis of `out` and `arrays`
+    (all shaped alike): a large elementwise op on every core. Returns out."""
+    if len(slabs(xp, len(out), out.nbytes)) == 1:
+        return fn(*arrays, out=out)
+    slab_map(xp, lambda part: fn(*(a[part] for a in arrays), out=out[part]), len(out),
+             out.nbytes)
+    return out
+
+
+def batch_chunks(xp, batch: int, per_example: int, budget: int | None = None) -> list[slice]:
+    """Slices of the batch of about chunk_budget / per_example examples each, as even as
+    possible."""
+    budget = chunk_budget(xp, budget)
+    count = -(-batch // max(1, budget // max(per_example, 1)))
+    size = -(-batch // count)
+    return [slice(b, min(b + size, batch)) for b in range(0, batch, size)]

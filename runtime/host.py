@@ -1,0 +1,166 @@
+"""The host: its threads, which ops split their work over, and control of BLAS's own.
+
+NumPy runs an op on one core and BLAS spreads only a GEMM over the others, and BLAS's
+threads spin waiting for each other while another process holds a core. So on the
+host an op splits its batch into slabs (ops.parallel) and this module runs them on
+Python threads (NumPy releases the GIL in copies, ufuncs and GEMMs), each with a
+one-thread BLAS meanwhile. Importing it lends the threads: it provides ops.parallel's
+routines for NumPy.
+
+Also here: telling host arrays from device ones, and reading device values back.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from netdsl.ops import parallel
+from netdsl.ops.parallel import CHUNK_BYTES, MIN_SPLIT_BYTES
+
+__all__ = ["on_host", "to_host", "read_scalars", "host_threads", "one_blas_thread",
+           "SLABS_PER_THREAD"]
+
+# slabs per thread: a thread that finishes early takes the next slab, so one whose core
+# another process holds delays the op by a small slab at most
+SLABS_PER_THREAD = 2
+
+_pool = None     # the worker threads, made on first use
+_blas = None     # threadpoolctl's controllers of the loaded BLAS libraries
+_running = threading.Lock()  # held while slabs run: a split inside a slab runs serially
+_slabs_running = 1  # how many slabs run at once now: they share the chunk budget
+_step_threads = None  # inside one_blas_thread(): the threads BLAS had, which ops split over
+
+
+# ---- host and device
+
+
+def on_host(xp) -> bool:
+    """Whether arrays of `xp` live in host memory, where reading one costs nothing (NumPy),
+    rather than on a device, where reading one waits for the device (CuPy)."""
+    return xp is np
+
+
+def to_host(xp, a):
+    """An array of `xp` as a NumPy array: copied from the device (`xp.asnumpy`, CuPy's
+    `.get()`), or `a` itself on the host. `np.asarray` of a CuPy array raises."""
+    if isinstance(a, np.ndarray):
+        return a
+    asnumpy = getattr(xp, "asnumpy", None)
+    return np.asarray(a) if asnumpy is None else asnumpy(a)
+
+
+def read_scalars(xp, values) -> list[float]:
+    """Python floats of many 0-d arrays (losses, counts): on a device in one transfer, so
+    the host waits for the device once rather than once per value."""
+    values = list(values)
+    if on_host(xp) or not values:
+        return [float(v) for v in values]
+    stacked = xp.stack([xp.asarray(v, dtype=xp.float64).reshape(()) for v in values])
+    return [float(v) for v in to_host(xp, stacked)]
+
+
+# ---- threads
+
+
+def _blas_controllers() -> tuple:
+    """threadpoolctl's handles on the loaded BLAS libraries."""
+    global _blas
+    if _blas is None:
+        _blas = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _blas
+
+
+def host_threads() -> int:
+    """The threads an op may split over: those BLAS may use."""
+    if _step_threads is not None:
+        return _step_threads
+    return max((c.num_threads for c in _blas_controllers()), default=1)
+
+
+@contextlib.contextmanager
+def one_blas_thread(xp, active: bool = True):
+    """Run a stretch of ops (an executor's pass) with BLAS on one thread, the ops
+    splitting their work over the threads BLAS had instead; a no-op unless `active`.
+    An executor makes it active where an op splits its work (its class sets
+    `host_split`): BLAS's own threads did worse there, since a GEMM of a few MFLOP waits
+    for all of them and they spin on after it. With another process on a core,
+    ResNet-20's step took a quarter longer than on one thread, and switching BLAS's
+    threads for each op that splits cost as much."""
+    global _step_threads
+    controllers = _blas_controllers() if xp is np and active else ()
+    if _step_threads is not None or not controllers:
+        yield
+        return
+    blas_threads = [c.num_threads for c in controllers]
+    for c in controllers:
+        c.set_num_threads(1)
+    _step_threads = max(blas_threads)
+    try:
+        yield
+    finally:
+        _step_threads = None
+        for c, n in zip(controllers, blas_threads):
+            c.set_num_threads(n)
+
+
+@parallel.slabs.provide("numpy")
+def _slabs(xp, total: int, size: int = MIN_SPLIT_BYTES) -> list[slice]:
+    """range(total) in even, contiguous slices, SLABS_PER_THREAD per thread BLAS may use;
+    a single slice for small ops, or inside another split."""
+    if size < MIN_SPLIT_BYTES or _running.locked():
+        return [slice(0, total)]
+    threads = host_threads()
+    count = max(1, min(SLABS_PER_THREAD * threads if threads > 1 else 1, total))
+    bounds = [total * i // count for i in range(count + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+
+
+@parallel.slab_map.provide("numpy")
+def _slab_map(xp, fn, total: int, size: int = MIN_SPLIT_BYTES) -> list:
+    """[fn(slab) for slab in slabs], on all threads at once: each takes the next slab
+    nobody has started until none is left."""
+    global _pool, _slabs_running
+    slabs = _slabs(xp, total, size)
+    if len(slabs) == 1:
+        return [fn(slabs[0])]
+    with _running:
+        threads = min(host_threads(), len(slabs))
+        _slabs_running = threads
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+        # inside one_blas_thread() BLAS runs on one thread already
+        controllers = _blas_controllers() if _step_threads is None else ()
+        blas_threads = [c.num_threads for c in controllers]
+        for c in controllers:
+            c.set_num_threads(1)
+        results = [None] * len(slabs)
+        claim = itertools.count()  # next() is atomic under the GIL
+
+        def work():
+            while (i := next(claim)) < len(slabs):
+                results[i] = fn(slabs[i])
+
+        futures = []
+        try:
+            futures = [_pool.submit(work) for _ in range(threads - 1)]
+            work()
+            for future in futures:
+                future.result()
+            return results
+        finally:
+            wait(futures)
+            _slabs_running = 1
+            for c, n in zip(controllers, blas_threads):
+                c.set_num_threads(n)
+
+
+@parallel.chunk_budget.provide("numpy")
+def _chunk_budget(xp, budget: int | None = None) -> int:
+    """CHUNK_BYTES shared by the slabs running at once, unless a budget is given."""
+    return CHUNK_BYTES // _slabs_running if budget is None else budget
