@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from netdsl.ops.convolve import conv_nd, conv_nd_backward
+from netdsl.ops.windows import Geometry
 from netdsl.runtime.cuda import conv as gpu_conv
 
 CASES = {
@@ -23,14 +24,30 @@ def test_gpu_convolution_equals_the_host_one(kernels_on_host, case):
     rng = np.random.default_rng(0)
     x, weight = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     bias = rng.standard_normal(w_shape[0])
-    expected = conv_nd(np, x, weight, bias, stride, pads, dilation, 1)
-    y = gpu_conv.conv2d(np, x, weight, bias, stride, pads, dilation)
+    g = Geometry.of(x_shape[2:], w_shape[2:], stride, dilation, pads)
+    expected = conv_nd(np, x, weight, bias, g, 1)
+    y = gpu_conv.conv2d(np, x, weight, bias, g)
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
     gy = rng.standard_normal(y.shape)
-    theirs = conv_nd_backward(np, gy, x, weight, stride, pads, dilation, 1)
-    ours = gpu_conv.conv2d_backward(np, gy, x, weight, stride, pads, dilation)
+    theirs = conv_nd_backward(np, gy, x, weight, g, 1)
+    ours = gpu_conv.conv2d_backward(np, gy, x, weight, g)
     for name, a, b in zip(("dx", "dweight", "dbias"), ours, theirs):
         assert a.shape == b.shape, name
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11, err_msg=name)
-    assert gpu_conv.conv2d_backward(np, gy, x, weight, stride, pads, dilation, False)[0] is None
+    assert gpu_conv.conv2d_backward(np, gy, x, weight, g, False)[0] is None
+
+
+def test_gpu_convolution_runs_fewer_windows_than_fit(kernels_on_host):
+    """A transposed convolution's backward convolves with fewer windows than fit (those
+    that read x): the kernels take the geometry's count."""
+    rng = np.random.default_rng(1)
+    x, weight = rng.standard_normal((2, 3, 8, 9)), rng.standard_normal((4, 3, 3, 3))
+    g = Geometry.of((8, 9), (3, 3), (2, 2), (1, 1), [(1, 1), (1, 1)], out=(3, 4))
+    y = gpu_conv.conv2d(np, x, weight, None, g)
+    assert y.shape == (2, 4, 3, 4)
+    np.testing.assert_allclose(y, conv_nd(np, x, weight, None, g, 1), rtol=1e-12)
+    gy = rng.standard_normal(y.shape)
+    for a, b in zip(gpu_conv.conv2d_backward(np, gy, x, weight, g),
+                    conv_nd_backward(np, gy, x, weight, g, 1)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
 

@@ -6,6 +6,7 @@ import pytest
 from netdsl.ops import OPS
 from netdsl.ops.base import Ctx, bind
 from netdsl.runtime.cuda import pool as gpu_pool
+from netdsl.types import floats
 
 CASES = {   # input shape, maxpool's arguments
     "2x2": ((2, 3, 8, 6), {"kernel": 2}),
@@ -24,7 +25,8 @@ def test_gpu_maxpool_equals_the_op(kernels_on_host, case):
     x = rng.integers(-3, 4, shape).astype(np.float64)   # many ties: the first one wins
     ctx = Ctx(np, training=True)
     y = op.forward(ctx, x)
-    kernel, stride, pad, out = op.window_settings(x.shape)
+    g = op.geometry(floats(*shape[1:]))
+    kernel, stride, pad, out = g.kernel, g.stride, g.lows, g.out
     ours, indices = gpu_pool.maxpool(np, x, kernel, stride, pad, out)
     np.testing.assert_array_equal(ours, y)
     np.testing.assert_array_equal(indices, ctx.saved["indices"])

@@ -154,3 +154,16 @@ def test_schedule_frees_a_value_after_its_last_reader():
     freed = [name for names in segment.frees for name in names]
     assert "x" in freed and "logits" not in freed and "loss" not in freed
     assert schedule(lowered.plan, {"loss"}).outputs == frozenset({"loss"})
+
+
+def test_a_convolutions_geometry_is_made_once_and_read_by_the_step():
+    """The planner stores the op's geometry on the step; its windows are the output size
+    the shape rule gave, and the executor hands it to forward."""
+    lowered = lower(network("lenet5"))
+    for step in lowered.plan.steps:
+        if step.op.name in ("conv", "maxpool"):
+            assert step.geometry.out == lowered.plan.types[step.node].dims[1:], step.node
+    ex = Executor(lowered, initial_params(lowered.built, "auto", 0))
+    ex.forward(oracle_batch(lowered.plan), True)
+    conv = next(s for s in lowered.plan.steps if s.op.name == "conv")
+    assert ex.ctxs[conv.node].saved["geometry"] is conv.geometry

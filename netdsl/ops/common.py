@@ -52,6 +52,14 @@ class Pointwise(Op):
         return self.cost * y.size
 
 
+def geometry_of(op: Op, ctx, x):
+    """The step's geometry (Ctx.geometry, made by the planner), or, for an op called
+    alone, the op's own for the example shape of the batch x."""
+    if ctx.geometry is not None:
+        return ctx.geometry
+    return op.geometry(TensorType(tuple(x.shape[1:])))
+
+
 def formula_value(op: Op, ctx, *xs):
     """The op's forward formula (ops.expr) evaluated on arrays: where an elementwise op's
     value is written once, for the host and the GPU's generated kernels alike."""

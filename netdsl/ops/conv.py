@@ -7,12 +7,12 @@ from netdsl.errors import ShapeError
 from netdsl.ops.base import (
     Arg, ArgError, Op, boolean, choice, expand_to, ints, natural, positive, register,
 )
-from netdsl.ops.common import as_tuple, expect_spatial, fmt
+from netdsl.ops.common import as_tuple, expect_spatial, fmt, geometry_of
 from netdsl.ops.convolve import (
     conv_nd, conv_nd_backward, conv_transpose_nd, conv_transpose_nd_backward,
 )
 from netdsl.ops.numeric import batch_norm, batch_norm_backward, constant, fan_in_uniform
-from netdsl.ops.windows import settings
+from netdsl.ops.windows import Geometry
 from netdsl.types import TensorType
 
 
@@ -21,11 +21,6 @@ def padding(value):
     if isinstance(value, str):
         return choice("same", "valid")(value)
     return ints(natural)(value)
-
-
-def conv_size(n: int, k: int, s: int, p: int, d: int) -> int:
-    """Output length of a strided, dilated window sliding over n + 2p positions."""
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def per_dim(op: Op, x: TensorType, **settings) -> list[tuple[int, ...]]:
@@ -112,13 +107,21 @@ class Conv(_Convolution):
 
     def shape(self, x: TensorType) -> TensorType:
         self.check_input(x)
+        g = self.geometry(x)
+        check_output(self, x, g.out, kernel=g.kernel, stride=g.stride, pad=g.lows,
+                     dilation=g.dilation)
+        return x.with_dims((self.channels, *g.out))
+
+    def geometry(self, x: TensorType) -> Geometry:
         k, s, d = per_dim(self, x, kernel=self.kernel, stride=self.stride, dilation=self.dilation)
         if self.pad == "same":
-            return x.with_dims((self.channels, *x.dims[1:]))
-        (p,) = per_dim(self, x, pad=0 if self.pad == "valid" else self.pad)
-        out = tuple(map(conv_size, x.dims[1:], k, s, p, d))
-        check_output(self, x, out, kernel=k, stride=s, pad=p, dilation=d)
-        return x.with_dims((self.channels, *out))
+            # as PyTorch: an odd total pad puts the extra cell on the high side
+            total = [di * (ki - 1) for di, ki in zip(d, k)]
+            pads = [(t // 2, t - t // 2) for t in total]
+        else:
+            (p,) = per_dim(self, x, pad=0 if self.pad == "valid" else self.pad)
+            pads = [(pi, pi) for pi in p]
+        return Geometry.of(x.dims[1:], k, s, d, pads)
 
     def params(self, x):
         (k,) = per_dim(self, x, kernel=self.kernel)
@@ -129,26 +132,14 @@ class Conv(_Convolution):
         macs = x.dims[0] // self.groups * math.prod(k) * y.size
         return 2 * macs + (y.size if self.bias else 0)
 
-    def windows(self, x, weight):
-        """Stride, (lo, hi) pads and dilation per spatial dim of the batch x."""
-        s, d = settings(self, x.ndim - 2, stride=self.stride, dilation=self.dilation)
-        if self.pad == "same":
-            # as PyTorch: an odd total pad puts the extra cell on the high side
-            total = [di * (k - 1) for di, k in zip(d, weight.shape[2:])]
-            return s, [(t // 2, t - t // 2) for t in total], d
-        (p,) = settings(self, x.ndim - 2, pad=0 if self.pad == "valid" else self.pad)
-        return s, [(pi, pi) for pi in p], d
-
     def forward(self, ctx, x, weight, bias=None):
-        s, pads, d = self.windows(x, weight)
-        ctx.save(x=x, weight=weight)
-        return conv_nd(ctx.xp, x, weight, bias, s, pads, d, self.groups)
+        ctx.save(x=x, weight=weight, geometry=geometry_of(self, ctx, x))
+        return conv_nd(ctx.xp, x, weight, bias, ctx.saved["geometry"], self.groups)
 
     def backward(self, ctx, gy):
         x, weight = ctx.saved["x"], ctx.saved["weight"]
-        s, pads, d = self.windows(x, weight)
-        dx, dweight, dbias = conv_nd_backward(ctx.xp, gy, x, weight, s, pads, d, self.groups,
-                                              ctx.needs(0))
+        dx, dweight, dbias = conv_nd_backward(ctx.xp, gy, x, weight, ctx.saved["geometry"],
+                                              self.groups, ctx.needs(0))
         return (dx,), {"weight": dweight, **({"bias": dbias} if self.bias else {})}
 
 
@@ -183,22 +174,30 @@ class ConvTranspose(_Convolution):
 
     def shape(self, x: TensorType) -> TensorType:
         self.check_input(x)
-        k, s, p, op, d = per_dim(
-            self, x, kernel=self.kernel, stride=self.stride, pad=self.pad,
-            output_pad=self.output_pad, dilation=self.dilation,
-        )
+        _, s, _, op, d = self.settings(x)
         # output_pad only picks among sizes that stride or dilation left ambiguous
         if any(o >= si and o >= di for o, si, di in zip(op, s, d)):
             raise ShapeError(
                 f"{self.name} output_pad {fmt(op)} must be smaller than stride {fmt(s)} "
                 f"or dilation {fmt(d)}"
             )
-        out = tuple(
-            (n - 1) * si - 2 * pi + di * (ki - 1) + oi + 1
-            for n, ki, si, pi, oi, di in zip(x.dims[1:], k, s, p, op, d)
-        )
-        check_output(self, x, out, kernel=k, stride=s, pad=p, dilation=d)
-        return x.with_dims((self.channels, *out))
+        g = self.geometry(x)
+        check_output(self, x, g.spatial, kernel=g.kernel, stride=g.stride, pad=g.lows,
+                     dilation=g.dilation)
+        return x.with_dims((self.channels, *g.spatial))
+
+    def settings(self, x: TensorType):
+        """Kernel, stride, pad, output_pad and dilation per spatial dim."""
+        return per_dim(self, x, kernel=self.kernel, stride=self.stride, pad=self.pad,
+                       output_pad=self.output_pad, dilation=self.dilation)
+
+    def geometry(self, x: TensorType) -> Geometry:
+        """The convolution this op transposes, from its output y back to x: its windows
+        run over y, one per cell of x."""
+        k, s, p, op, d = self.settings(x)
+        y = tuple((n - 1) * si - 2 * pi + di * (ki - 1) + oi + 1
+                  for n, ki, si, pi, oi, di in zip(x.dims[1:], k, s, p, op, d))
+        return Geometry.of(y, k, s, d, [(pi, pi) for pi in p], out=x.dims[1:])
 
     def params(self, x):
         (k,) = per_dim(self, x, kernel=self.kernel)
@@ -214,20 +213,14 @@ class ConvTranspose(_Convolution):
         fan_in, fan_out = super().fans(weight)  # weight (in, out / groups, *kernel)
         return fan_out, fan_in
 
-    def windows(self, x):
-        return settings(self, x.ndim - 2, stride=self.stride, pad=self.pad,
-                        output_pad=self.output_pad, dilation=self.dilation)
-
     def forward(self, ctx, x, weight, bias=None):
-        s, p, op, d = self.windows(x)
-        ctx.save(x=x, weight=weight)
-        return conv_transpose_nd(ctx.xp, x, weight, bias, s, p, op, d, self.groups)
+        ctx.save(x=x, weight=weight, geometry=geometry_of(self, ctx, x))
+        return conv_transpose_nd(ctx.xp, x, weight, bias, ctx.saved["geometry"], self.groups)
 
     def backward(self, ctx, gy):
         x, weight = ctx.saved["x"], ctx.saved["weight"]
-        s, p, _, d = self.windows(x)
-        dx, dweight, dbias = conv_transpose_nd_backward(ctx.xp, gy, x, weight, s, p, d,
-                                                        self.groups)
+        dx, dweight, dbias = conv_transpose_nd_backward(ctx.xp, gy, x, weight,
+                                                        ctx.saved["geometry"], self.groups)
         return (dx,), {"weight": dweight, **({"bias": dbias} if self.bias else {})}
 
 
@@ -247,9 +240,15 @@ class Project(Op):
         expect_spatial(self, x)
         if self.is_identity(x):
             return x
+        return x.with_dims((self.channels, *self.geometry(x).out))
+
+    def geometry(self, x: TensorType) -> Geometry | None:
+        """The 1x1 convolution's, when the shapes differ."""
+        if self.is_identity(x):
+            return None
         (s,) = per_dim(self, x, stride=self.stride)
-        out = tuple(conv_size(n, 1, si, 0, 1) for n, si in zip(x.dims[1:], s))
-        return x.with_dims((self.channels, *out))
+        ones = (1,) * len(s)
+        return Geometry.of(x.dims[1:], ones, s, ones, [(0, 0)] * len(s))
 
     def params(self, x):
         if self.is_identity(x):
@@ -274,13 +273,13 @@ class Project(Op):
     def forward(self, ctx, x, weight=None, bn_weight=None, bn_bias=None):
         if weight is None:  # shapes agree: the identity, no parameters
             return x
-        (s,) = settings(self, x.ndim - 2, stride=self.stride)
-        z = conv_nd(ctx.xp, x, weight, None, s, [(0, 0)] * len(s), (1,) * len(s), 1)
+        geometry = geometry_of(self, ctx, x)
+        z = conv_nd(ctx.xp, x, weight, None, geometry, 1)
         # momentum and eps are PyTorch's BatchNorm defaults; statistics live in ctx.buffers
         y, xhat, inv_std = batch_norm(ctx.xp, z, bn_weight, bn_bias, 1e-5, 0.1, ctx.buffers,
                                       ctx.training)
         ctx.save(x=x, weight=weight, xhat=xhat, inv_std=inv_std, bn_weight=bn_weight,
-                 batch_stats=ctx.training)
+                 batch_stats=ctx.training, geometry=geometry)
         return y
 
     def backward(self, ctx, gy):
@@ -290,7 +289,6 @@ class Project(Op):
         dz, dgamma, dbeta = batch_norm_backward(ctx.xp, gy, saved["xhat"], saved["inv_std"],
                                                 saved["bn_weight"], saved["batch_stats"])
         x, weight = saved["x"], saved["weight"]
-        (s,) = settings(self, x.ndim - 2, stride=self.stride)
-        dx, dweight, _ = conv_nd_backward(ctx.xp, dz, x, weight, s, [(0, 0)] * len(s),
-                                          (1,) * len(s), 1, ctx.needs(0))
+        dx, dweight, _ = conv_nd_backward(ctx.xp, dz, x, weight, saved["geometry"], 1,
+                                          ctx.needs(0))
         return (dx,), {"weight": dweight, "bn_weight": dgamma, "bn_bias": dbeta}

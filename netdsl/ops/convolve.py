@@ -13,7 +13,7 @@ import math
 from netdsl.ops.numeric import channel_sums
 from netdsl.ops.parallel import batch_chunks, slab_map
 from netdsl.ops.routines import overridable
-from netdsl.ops.windows import Windows
+from netdsl.ops.windows import Geometry, Windows
 
 __all__ = ["im2col", "col2im", "conv_nd", "conv_nd_backward", "conv_transpose_nd",
            "conv_transpose_nd_backward"]
@@ -54,9 +54,9 @@ def col2im(win: Windows, cols, dxpad, spread):
 
 
 @overridable
-def conv_nd(xp, x, weight, bias, stride, pads, dilation, groups, out=None):
-    """Cross-correlate x (B, C, *S) with weight (O, C/G, *k); pads are (lo, hi) per dim,
-    `out` the windows per dim (all that fit when not given).
+def conv_nd(xp, x, weight, bias, geometry: Geometry, groups: int):
+    """Cross-correlate x (B, C, *S) with weight (O, C/G, *k) through the windows of
+    `geometry` (its stride, (lo, hi) pads, dilation and windows per dim).
 
     Per chunk of the batch: pad, im2col, one GEMM (G, O/G, C/G * K) @ (G, C/G * K, n * grid)
     whose many columns keep BLAS busy, and one copy of its result (O, n, *grid) to y
@@ -64,7 +64,7 @@ def conv_nd(xp, x, weight, bias, stride, pads, dilation, groups, out=None):
     the whole input needs no columns: a GEMM per example writes y directly. On the host
     each core convolves a slab of the batch (ops.parallel).
     """
-    win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads, out, compact=True)
+    win = Windows.of(geometry, compact=True)
     x = xp.ascontiguousarray(x)
     b, o = x.shape[0], weight.shape[0]
     dtype = xp.result_type(x.dtype, weight.dtype)
@@ -249,11 +249,11 @@ def _col2im_slab(xp, gy, weight, win: Windows, groups, dx):
 
 
 @overridable
-def conv_nd_backward(xp, gy, x, weight, stride, pads, dilation, groups, need_dx=True):
+def conv_nd_backward(xp, gy, x, weight, geometry: Geometry, groups: int, need_dx=True):
     """Gradients (dx, dweight, dbias) of conv_nd; dx is None unless `need_dx` (a first
     layer's input needs none). On the host each core takes a slab of the batch: its dx,
     and its sums for dweight and dbias, which are added up."""
-    win = Windows(x.shape[2:], weight.shape[2:], stride, dilation, pads, compact=True)
+    win = Windows.of(geometry, compact=True)
     gy, x = xp.ascontiguousarray(gy), xp.ascontiguousarray(x)
     (b, o), dtype = gy.shape[:2], xp.result_type(gy.dtype, weight.dtype)
     by_conv = _input_grad_by_conv(weight, win, groups, gy.shape[2:]) if need_dx else None
@@ -274,31 +274,27 @@ def conv_nd_backward(xp, gy, x, weight, stride, pads, dilation, groups, need_dx=
     return dx, dweight, dbias
 
 
-def conv_transpose_nd(xp, x, weight, bias, stride, pad, output_pad, dilation, groups):
+def conv_transpose_nd(xp, x, weight, bias, geometry: Geometry, groups: int):
     """The transpose of conv_nd: x (B, C, *S) scattered through weight (C, O/G, *k).
 
-    It is the input gradient, at gy = x, of the convolution from (B, O, *out) to
-    (B, C, *S) with this weight: padded by pad, one window per cell of x (output_pad may
+    It is the input gradient, at gy = x, of the convolution of `geometry`, from
+    (B, O, *geometry.spatial) to (B, C, *S): one window per cell of x (output_pad may
     leave room for one more, which that convolution does not have).
     """
-    kernel, spatial = weight.shape[2:], x.shape[2:]
-    out = tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1
-                for n, k, s, p, op, d in zip(spatial, kernel, stride, pad, output_pad, dilation))
-    win = Windows(out, kernel, stride, dilation, [(p, p) for p in pad], out=spatial)
+    win = Windows.of(geometry)
     b, o = x.shape[0], weight.shape[1] * groups
-    y = _input_grad(xp, xp.ascontiguousarray(x), weight, win, groups, (b, o) + out)
+    y = _input_grad(xp, xp.ascontiguousarray(x), weight, win, groups,
+                    (b, o) + geometry.spatial)
     if bias is not None:
-        y += bias.reshape((1, o) + (1,) * len(out))
+        y += bias.reshape((1, o) + (1,) * len(geometry.spatial))
     return y
 
 
-def conv_transpose_nd_backward(xp, gy, x, weight, stride, pad, dilation, groups):
+def conv_transpose_nd_backward(xp, gy, x, weight, geometry: Geometry, groups: int):
     """Gradients (dx, dweight, dbias) of conv_transpose_nd: that convolution run forward
     on gy for dx, and its weight gradient with gy as input and x as output gradient."""
-    pads = [(p, p) for p in pad]
     gy, x = xp.ascontiguousarray(gy), xp.ascontiguousarray(x)
-    win = Windows(gy.shape[2:], weight.shape[2:], stride, dilation, pads, out=x.shape[2:])
-    dx = conv_nd(xp, gy, weight, None, stride, pads, dilation, groups, out=x.shape[2:])
-    dweight = _weight_grad(xp, x, gy, weight, win, groups)
+    dx = conv_nd(xp, gy, weight, None, geometry, groups)
+    dweight = _weight_grad(xp, x, gy, weight, Windows.of(geometry), groups)
     dbias = gy.sum(axis=(0, *range(2, gy.ndim)))
     return dx, dweight, dbias

@@ -5,13 +5,13 @@ import math
 
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, boolean, choice, ints, natural, optional, register
-from netdsl.ops.common import expect_float, expect_spatial, fmt
+from netdsl.ops.common import expect_float, expect_spatial, fmt, geometry_of
 from netdsl.ops.conv import check_output, per_dim
 from netdsl.ops.numeric import scatter_add
 from netdsl.ops.parallel import batch_chunks, slab_map
 from netdsl.ops.routines import overridable
 from netdsl.ops.windows import (
-    Windows, crop_spatial, offsets, pad_spatial, plane_index, pool_pads, settings,
+    Geometry, Windows, crop_spatial, offsets, pad_spatial, plane_index, pool_pads, settings,
 )
 from netdsl.types import TensorType
 
@@ -49,21 +49,22 @@ class _Pool(Op):
         # PyTorch's limit: a window must never lie wholly in the padding
         if any(pi > ki // 2 for pi, ki in zip(p, k)):
             raise ShapeError(f"{self.name} pad {fmt(p)} is more than half the kernel {fmt(k)}")
-        out = tuple(map(pooled_size, x.dims[1:], k, s, p, [self.ceil] * len(k)))
+        out = self.geometry(x).out
         check_output(self, x, out, kernel=k, stride=s, pad=p)
         return x.with_dims((x.dims[0], *out))
+
+    def geometry(self, x: TensorType) -> Geometry:
+        """The windows (PyTorch's count, in ceil mode too) and the padding they need: pad,
+        and on the high side more where a ceil-mode window hangs past the end."""
+        k, s, p = self.windows(x)
+        out = tuple(map(pooled_size, x.dims[1:], k, s, p, [self.ceil] * len(k)))
+        return Geometry.of(x.dims[1:], k, s, (1,) * len(k),
+                           pool_pads(x.dims[1:], k, s, p, out), out)
 
     def flops(self, y, x) -> int:
         (k, _, _) = self.windows(x)
         return math.prod(k) * y.size  # one compare or add per window element
 
-    def window_settings(self, shape):
-        """Kernel, stride, pad and output size per spatial dim, for a batch of `shape`."""
-        stride = self.kernel if self.stride is None else self.stride
-        k, s, p = settings(self, len(shape) - 2, kernel=self.kernel, stride=stride,
-                           pad=self.pad)
-        out = tuple(pooled_size(n, *w, self.ceil) for n, *w in zip(shape[2:], k, s, p))
-        return k, s, p, out
 
 
 def window_max(xp, win: Windows, xpad):
@@ -196,24 +197,25 @@ class MaxPool(_Pool):
     host_split = True  # see runtime.host.one_blas_thread
 
     def forward(self, ctx, x):
-        k, s, p, out = self.window_settings(x.shape)
-        y, indices = max_pool(ctx.xp, x, k, s, p, out)
-        ctx.save(indices=indices, x_shape=x.shape)
+        geometry = geometry_of(self, ctx, x)
+        y, indices = max_pool(ctx.xp, x, geometry)
+        ctx.save(indices=indices, x_shape=x.shape, geometry=geometry)
         return y
 
     def backward(self, ctx, gy):
-        shape = ctx.saved["x_shape"]
-        k, s, p, _ = self.window_settings(shape)
-        return (max_pool_backward(ctx.xp, gy, ctx.saved["indices"], shape, k, s, p),), {}
+        saved = ctx.saved
+        return (max_pool_backward(ctx.xp, gy, saved["indices"], saved["x_shape"],
+                                  saved["geometry"]),), {}
 
 
 @overridable
-def max_pool(xp, x, k, s, p, out):
-    """(y, indices): the maxima of the windows (kernel k, stride s, pad p per dim, `out`
-    windows) and the flat index of each one's first maximum in its input plane."""
+def max_pool(xp, x, geometry: Geometry):
+    """(y, indices): the maxima of the geometry's windows and the flat index of each one's
+    first maximum in its input plane."""
     spatial = x.shape[2:]
-    pads = pool_pads(spatial, k, s, p, out)
-    win = Windows(spatial, k, s, (1,) * len(k), pads, out)
+    k, s, p, out = geometry.kernel, geometry.stride, geometry.lows, geometry.out
+    win = Windows.of(geometry)
+    pads = geometry.pads
     xpad = pad_spatial(xp, xp.ascontiguousarray(x), pads, value=-xp.inf)
     y, number = (separable_max if win.flat else window_max)(xp, win, xpad)
     del xpad  # the padded copy, if any: freed before the indices are made
@@ -233,10 +235,10 @@ def max_pool(xp, x, k, s, p, out):
 
 
 @overridable
-def max_pool_backward(xp, gy, indices, shape, k, s, p):
+def max_pool_backward(xp, gy, indices, shape, geometry: Geometry):
     """dx of max_pool: each output's gradient added at its maximum's index."""
     dx = xp.zeros(shape, dtype=gy.dtype)
-    disjoint = all(si >= ki for si, ki in zip(s, k))
+    disjoint = all(si >= ki for si, ki in zip(geometry.stride, geometry.kernel))
 
     def scatter(part):  # the examples of a slab: planes of their own
         target = dx[part].reshape(-1)
@@ -269,9 +271,9 @@ class AvgPool(_Pool):
         return count
 
     def forward(self, ctx, x):
-        xp = ctx.xp
-        k, s, p, out = self.window_settings(x.shape)
-        xpad = pad_spatial(xp, x, pool_pads(x.shape[2:], k, s, p, out))
+        xp, geometry = ctx.xp, geometry_of(self, ctx, x)
+        k, s, p, out = geometry.kernel, geometry.stride, geometry.lows, geometry.out
+        xpad = pad_spatial(xp, x, geometry.pads)
         y = None
         for _, _, index in offsets(k, s, (1,) * len(k), out):
             if y is None:
@@ -279,13 +281,13 @@ class AvgPool(_Pool):
             else:
                 y += xpad[index]
         y /= self.divisor(xp, x.shape[2:], k, s, p, out, x.dtype)
-        ctx.save(x_shape=x.shape)
+        ctx.save(x_shape=x.shape, geometry=geometry)
         return y
 
     def backward(self, ctx, gy):
-        xp, shape = ctx.xp, ctx.saved["x_shape"]
-        k, s, p, out = self.window_settings(shape)
-        pads = pool_pads(shape[2:], k, s, p, out)
+        xp, shape, geometry = ctx.xp, ctx.saved["x_shape"], ctx.saved["geometry"]
+        k, s, p, out = geometry.kernel, geometry.stride, geometry.lows, geometry.out
+        pads = geometry.pads
         g = gy / self.divisor(xp, shape[2:], k, s, p, out, gy.dtype)
         dx = xp.zeros(shape[:2] + tuple(n + lo + hi for n, (lo, hi) in zip(shape[2:], pads)),
                       dtype=gy.dtype)

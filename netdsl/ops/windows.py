@@ -8,17 +8,59 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 from netdsl.ops.base import expand_to
 from netdsl.ops.common import as_tuple
 
-__all__ = ["settings", "pad_spatial", "crop_index", "crop_spatial", "offsets", "Windows",
-           "pool_pads", "plane_index"]
+__all__ = ["settings", "window_count", "Geometry", "pad_spatial", "crop_index", "crop_spatial",
+           "offsets", "Windows", "pool_pads", "plane_index"]
 
 
 def settings(op, rank: int, **values) -> list[tuple[int, ...]]:
     """Per-dimension settings (kernel 3 -> (3, 3)) for `rank` spatial dims."""
     return [expand_to(as_tuple(v), rank, f"{op.name} {name}") for name, v in values.items()]
+
+
+def window_count(n: int, k: int, s: int, lo: int, hi: int, d: int = 1) -> int:
+    """How many windows of k cells, d apart, fit stride s apart over n cells padded by lo
+    and hi: a convolution's output length."""
+    return (n + lo + hi - d * (k - 1) - 1) // s + 1
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a kernel's windows lie over one example's spatial dims: per dim the input's
+    size, the kernel, stride, dilation and (lo, hi) padding, and the windows that run
+    (`out`: all that fit, unless an op asks for fewer or more, as a transposed
+    convolution's output_pad or pooling's ceil mode do).
+
+    An op's shape rule makes it from the input type (Op.geometry), the planner stores it
+    on the step, and forward, backward and a GPU's kernels read it: the output size is
+    computed once, here.
+    """
+
+    spatial: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pads: tuple[tuple[int, int], ...]
+    out: tuple[int, ...]
+
+    @classmethod
+    def of(cls, spatial, kernel, stride, dilation, pads, out=None) -> "Geometry":
+        """The geometry with `out` all the windows that fit, unless given."""
+        pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+        if out is None:
+            out = tuple(window_count(n, k, s, lo, hi, d)
+                        for n, k, s, d, (lo, hi) in zip(spatial, kernel, stride, dilation, pads))
+        return cls(tuple(spatial), tuple(kernel), tuple(stride), tuple(dilation), pads,
+                   tuple(out))
+
+    @property
+    def lows(self) -> tuple[int, ...]:
+        """The padding before each dim (pooling's `pad`; its hi may grow in ceil mode)."""
+        return tuple(lo for lo, _ in self.pads)
 
 
 def pad_spatial(xp, x, pads, value=0):
@@ -89,8 +131,8 @@ class Windows:
         self.spatial = tuple(spatial)
         self.padded = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pads))
         if out is None:
-            out = ((n - d * (k - 1) - 1) // s + 1
-                   for n, k, s, d in zip(self.padded, kernel, stride, dilation))
+            out = (window_count(n, k, s, lo, hi, d)
+                   for n, k, s, d, (lo, hi) in zip(spatial, kernel, stride, dilation, pads))
         self.out = tuple(out)
         # where the input lies in a padded plane
         self.inner = crop_index(self.pads, self.spatial)
@@ -109,6 +151,12 @@ class Windows:
         # a 1x1 kernel at stride 1 over the whole unpadded input: the columns are the input
         self.pointwise = (not self.is_padded and self.flat and self.out == self.padded
                           and all(k == 1 for k in kernel))
+
+    @classmethod
+    def of(cls, geometry: Geometry, compact: bool = False) -> "Windows":
+        """The windows of a geometry over a batch."""
+        return cls(geometry.spatial, geometry.kernel, geometry.stride, geometry.dilation,
+                   geometry.pads, geometry.out, compact)
 
     def _shares_row_pads(self) -> bool:
         """Whether the windows' overhang past a row's end fits in the next row's left pad."""

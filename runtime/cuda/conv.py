@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from netdsl.lower.cuda import Kernel
 from netdsl.ops import convolve
+from netdsl.ops.windows import Geometry
 from netdsl.runtime.cuda.launch import launch
 
 __all__ = ["KERNELS", "IM2COL", "COL2IM", "conv2d", "conv2d_backward", "supported"]
@@ -69,21 +70,22 @@ def _launch(kernel: Kernel, source, out, sizes: dict) -> None:
     launch(kernel, out.size, (source, out, *(sizes[s] for s in _SIZES)), out.dtype)
 
 
-def _as_2d(x, weight, stride, pads, dilation):
+def _as_2d(x, weight, g: Geometry):
     """Rank-1 arguments as rank 2 with a height of one."""
     if x.ndim == 4:
-        return x, weight, stride, pads, dilation
-    return (x[:, :, None, :], weight[:, :, None, :], (1, *stride), [(0, 0), *pads],
-            (1, *dilation))
+        return x, weight, g
+    return (x[:, :, None, :], weight[:, :, None, :],
+            Geometry((1, *g.spatial), (1, *g.kernel), (1, *g.stride), (1, *g.dilation),
+                     ((0, 0), *g.pads), (1, *g.out)))
 
 
-def _sizes(x, weight, stride, pads, dilation) -> dict:
-    (b, c, h, w), (kh, kw) = x.shape, weight.shape[2:]
-    (sh, sw), (dh, dw) = stride, dilation
-    oh = (h + sum(pads[0]) - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + sum(pads[1]) - dw * (kw - 1) - 1) // sw + 1
+def _sizes(x, g: Geometry) -> dict:
+    """The kernels' sizes: the batch's, and the geometry's (its windows, `out`, included:
+    fewer than fit when a transposed convolution asks for them)."""
+    (b, c, h, w), (kh, kw), (oh, ow) = x.shape, g.kernel, g.out
+    (sh, sw), (dh, dw), (ph, pw) = g.stride, g.dilation, g.lows
     return dict(B=b, C=c, H=h, W=w, KH=kh, KW=kw, OH=oh, OW=ow, SH=sh, SW=sw,
-                PH=pads[0][0], PW=pads[1][0], DH=dh, DW=dw)
+                PH=ph, PW=pw, DH=dh, DW=dw)
 
 
 def _pointwise(s: dict) -> bool:
@@ -100,11 +102,11 @@ def _columns(xp, x, s: dict):
     return cols
 
 
-def conv2d(xp, x, weight, bias, stride, pads, dilation):
+def conv2d(xp, x, weight, bias, geometry: Geometry):
     """y (B, O, *out) of a cross-correlation, as ops.convolve.conv_nd computes it."""
     rank = x.ndim - 2
-    x, weight, stride, pads, dilation = _as_2d(x, weight, stride, pads, dilation)
-    s = _sizes(x, weight, stride, pads, dilation)
+    x, weight, geometry = _as_2d(x, weight, geometry)
+    s = _sizes(x, geometry)
     o = weight.shape[0]
     y = xp.matmul(weight.reshape(o, -1), _columns(xp, x, s))   # (B, O, OH*OW)
     if bias is not None:
@@ -112,11 +114,11 @@ def conv2d(xp, x, weight, bias, stride, pads, dilation):
     return y.reshape((s["B"], o) + ((s["OH"], s["OW"]) if rank == 2 else (s["OW"],)))
 
 
-def conv2d_backward(xp, gy, x, weight, stride, pads, dilation, need_dx=True):
+def conv2d_backward(xp, gy, x, weight, geometry: Geometry, need_dx=True):
     """(dx, dweight, dbias) of conv2d; the columns are made again, not kept."""
     shape, wshape = x.shape, weight.shape
-    x, weight, stride, pads, dilation = _as_2d(x, weight, stride, pads, dilation)
-    s = _sizes(x, weight, stride, pads, dilation)
+    x, weight, geometry = _as_2d(x, weight, geometry)
+    s = _sizes(x, geometry)
     o = weight.shape[0]
     grid = xp.ascontiguousarray(gy).reshape(s["B"], o, s["OH"] * s["OW"])
     cols = _columns(xp, x, s)
@@ -135,14 +137,14 @@ def conv2d_backward(xp, gy, x, weight, stride, pads, dilation, need_dx=True):
 
 
 @convolve.conv_nd.provide("cupy")
-def _conv_nd(xp, x, weight, bias, stride, pads, dilation, groups, out=None):
-    if out is not None or not supported(x, weight, groups):
+def _conv_nd(xp, x, weight, bias, geometry, groups):
+    if not supported(x, weight, groups):
         return NotImplemented
-    return conv2d(xp, x, weight, bias, stride, pads, dilation)
+    return conv2d(xp, x, weight, bias, geometry)
 
 
 @convolve.conv_nd_backward.provide("cupy")
-def _conv_nd_backward(xp, gy, x, weight, stride, pads, dilation, groups, need_dx=True):
+def _conv_nd_backward(xp, gy, x, weight, geometry, groups, need_dx=True):
     if not supported(x, weight, groups):
         return NotImplemented
-    return conv2d_backward(xp, gy, x, weight, stride, pads, dilation, need_dx)
+    return conv2d_backward(xp, gy, x, weight, geometry, need_dx)

@@ -85,10 +85,14 @@ def maxpool_backward(xp, gy, indices, x_shape, kernel, stride, pad):
 
 
 @pool.max_pool.provide("cupy")
-def _max_pool(xp, x, k, s, p, out):
-    return maxpool(xp, x, k, s, p, out) if len(k) <= 2 else NotImplemented
+def _max_pool(xp, x, g):
+    if len(g.kernel) > 2:
+        return NotImplemented
+    return maxpool(xp, x, g.kernel, g.stride, g.lows, g.out)
 
 
 @pool.max_pool_backward.provide("cupy")
-def _max_pool_backward(xp, gy, indices, shape, k, s, p):
-    return maxpool_backward(xp, gy, indices, shape, k, s, p) if len(k) <= 2 else NotImplemented
+def _max_pool_backward(xp, gy, indices, shape, g):
+    if len(g.kernel) > 2:
+        return NotImplemented
+    return maxpool_backward(xp, gy, indices, shape, g.kernel, g.stride, g.lows)
