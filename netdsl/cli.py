@@ -244,20 +244,17 @@ def _compile(args) -> int:
 def _optimizer(net) -> tuple:
     """The update rule of the optimiser the spec's train clause resolves to, the arrays it
     keeps, and its name."""
-    import numpy as np
-
     from netdsl.driver import CheckFailed
     from netdsl.errors import SpecErrors, errors_of
-    from netdsl.runtime.optim import make_optimizer
-    from netdsl.runtime.settings import resolve_settings
+    from netdsl.optimizers import configure
+    from netdsl.settings import resolve_settings
 
     try:
         settings = resolve_settings(net.graph.graph["train"], {}, net.program.train_spans)
     except (SpecError, SpecErrors) as exc:
         raise CheckFailed(errors_of(exc), net.sources) from None
-    rule = make_optimizer(settings.optimizer, settings.optimizer_settings,
-                          np.zeros(1, np.float32))
-    return rule.rule, tuple(rule.state), settings.optimizer
+    _, rule = configure(settings.optimizer, settings.optimizer_settings)
+    return rule, rule.state, settings.optimizer
 
 
 def _draw(args) -> int:

@@ -47,7 +47,7 @@ def format_training_memory(net, batch: int) -> str | None:
     """One line: the planned peak memory of a training step, or None if it cannot train."""
     from netdsl.errors import SpecError
     from netdsl.lower import lower
-    from netdsl.runtime.settings import resolve_settings
+    from netdsl.settings import resolve_settings
 
     try:
         lowered = lower(net.graph)

@@ -125,7 +125,7 @@ def _prepare(args):
     from netdsl.driver import CheckFailed, check_file
     from netdsl.errors import SpecErrors, errors_of
     from netdsl.lower import lower
-    from netdsl.runtime.settings import resolve_settings
+    from netdsl.settings import resolve_settings
 
     net = check_file(args.spec)
     lowered = lower(net.graph, "cuda" if getattr(args, "device", "cpu") == "gpu" else "host")

@@ -5,21 +5,16 @@ from typing import Any, Callable
 
 from netdsl import ast
 from netdsl.errors import Span, SpecError, suggest
+from netdsl.optimizers import OPTIMIZERS as DEFINITIONS
+from netdsl.schedules import SCHEDULES
+from netdsl.settings import check_clause
 
 # optimiser -> the settings it accepts
-OPTIMIZERS: dict[str, set[str]] = {
-    "sgd": {"lr", "momentum", "nesterov", "weight_decay"},
-    "adagrad": {"lr", "eps", "weight_decay"},
-    "rmsprop": {"lr", "alpha", "eps", "momentum", "weight_decay"},
-    "adam": {"lr", "beta1", "beta2", "eps", "weight_decay"},
-}
+OPTIMIZERS: dict[str, set[str]] = {name: set(d.defaults) for name, d in DEFINITIONS.items()}
 # call-valued items and settings: name -> accepted keywords
 CALLS: dict[str, set[str]] = {
     "bptt": {"truncate", "k1", "k2"},
-    "step": {"every", "gamma"},
-    "linear": {"to", "epochs"},
-    "to_zero": set(),
-    "plateau": {"factor", "patience"},
+    **{name: set(s.keywords) for name, s in SCHEDULES.items() if name != "constant"},
     "early_stop": {"patience", "metric"},
 }
 SETTINGS = {
@@ -28,7 +23,7 @@ SETTINGS = {
 }
 # settings whose value is a call, and the calls each accepts
 CALL_VALUED = {
-    "schedule": ("step", "linear", "to_zero", "plateau"),
+    "schedule": tuple(name for name in SCHEDULES if name != "constant"),
     "early_stop": ("early_stop",),
     "bptt": ("bptt",),
 }
@@ -98,8 +93,6 @@ def evaluate_train(stmt: ast.Train, scalar: Callable[[Any], Any]) -> dict[str, A
         if key in settings:
             raise SpecError(f"'{key}' is set twice in the train clause", item.span)
         settings[key] = value
-    from netdsl.runtime.settings import check_clause  # the value rules live with the runtime
-
     check_clause(settings, clause_spans(stmt))
     return settings
 

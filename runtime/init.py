@@ -12,10 +12,9 @@ import math
 import numpy as np
 
 from netdsl.lower.plan import Plan
+from netdsl.settings import INIT_SCHEMES
 
-__all__ = ["SCHEMES", "initial_params"]
-
-SCHEMES = ("auto", "torch", "he", "xavier", "fan_in")
+__all__ = ["initial_params"]
 
 
 def initial_params(plan: Plan, scheme: str = "auto", seed: int = 0) -> dict[str, np.ndarray]:
@@ -26,8 +25,9 @@ def initial_params(plan: Plan, scheme: str = "auto", seed: int = 0) -> dict[str,
     ValueError
         For an unknown scheme.
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown init scheme '{scheme}'; choose one of {', '.join(SCHEMES)}")
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown init scheme '{scheme}'; choose one of "
+                         f"{', '.join(INIT_SCHEMES)}")
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
     for step in plan.steps:

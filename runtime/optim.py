@@ -1,149 +1,56 @@
 """Optimisers over one flat parameter vector, plus gradient penalties and clipping.
 
 The executor keeps every parameter of a network as a view into one flat array, so an
-update is a handful of whole-vector calls with `out=` and no loop over parameters.
-The code is written against `xp`, the array module of the parameters (numpy or cupy).
-
-Every optimiser is a configuration of one general elementwise rule (`Rule`); the
-settings and their meaning are those of torch.optim, whose results they reproduce.
+update is a handful of whole-vector calls with `out=` and no loop over parameters, or
+on a GPU one generated kernel. The code is written against `xp`, the array module of
+the parameters (numpy or cupy); what each optimiser computes, its `Rule`, comes from
+netdsl.optimizers.
 """
 from __future__ import annotations
 
 import math
-import numbers
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy
 
 from netdsl.lower.codegen import run_program, update_program, update_scalars
+from netdsl.optimizers import check_integer, check_number, configure, nonnegative
 from netdsl.runtime.cuda.launch import on_gpu
 
-__all__ = ["Rule", "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "OPTIMIZERS",
-           "make_optimizer", "penalize", "clip_grad_norm", "check_number", "check_integer"]
+__all__ = ["Optimizer", "make_optimizer", "penalize", "clip_grad_norm"]
 
 
 def _array_module(x):
     """numpy, or cupy for a cupy array; cupy is imported only when one is passed."""
     if type(x).__module__.split(".")[0] == "cupy":
-        import cupy
+        import cupy  # a CuPy array came: CuPy is there
         return cupy
     return numpy
 
 
-def check_number(where: str, key: str, value: Any, test: Callable[[float], bool],
-                 expected: str) -> float:
-    """`value` as a float if it is a finite real number passing `test`, else ValueError.
-
-    The message names the setting: "adam: beta1 must be in [0, 1), got 1.5".
-    """
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (ok and math.isfinite(value) and test(float(value))):
-        raise ValueError(f"{where}: {key} must be {expected}, got {value!r}")
-    return float(value)
-
-
-def check_integer(where: str, key: str, value: Any, low: int) -> int:
-    """`value` as an int if it is a whole number >= low (2.0 counts), else ValueError."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (ok and math.isfinite(value) and value == int(value) and value >= low):
-        raise ValueError(f"{where}: {key} must be a whole number >= {low}, got {value!r}")
-    return int(value)
-
-
-def _nonnegative(where, key, value):
-    return check_number(where, key, value, lambda x: x >= 0, ">= 0")
-
-
-def _fraction(where, key, value):
-    return check_number(where, key, value, lambda x: 0 <= x < 1, "in [0, 1)")
-
-
-def _flag(where, key, value):
-    if value not in (True, False):  # also admits 0 and 1
-        raise ValueError(f"{where}: {key} must be true or false, got {value!r}")
-    return bool(value)
-
-
-# how each setting is checked; every optimiser setting appears here
-_CHECKS = {"lr": _nonnegative, "momentum": _nonnegative, "weight_decay": _nonnegative,
-           "eps": _nonnegative, "alpha": _fraction, "beta1": _fraction, "beta2": _fraction,
-           "nesterov": _flag}
-
-
-@dataclass(frozen=True)
-class Rule:
-    """The general elementwise update; each optimiser below is a configuration of it.
-
-    With g the gradient, p the parameters, t the step count from 1 and lr the
-    (scheduled) learning rate, one step is
-
-        g <- g + weight_decay * p                  L2 weight decay
-        m <- beta1 * m + (1 - beta1) * g           first moment, if beta1 > 0 (else m = g)
-        v <- rho * v + square_weight * g^2         second moment, if rho is not None
-        u <- m' / (sqrt(v') + eps)                 u = m' without a second moment
-        b <- momentum * b + u                      heavy-ball momentum, if momentum > 0,
-        u <- u + momentum * b  (nesterov)  or  b     applied to the preconditioned step
-        p <- p - lr * u
-
-    where m' = m / (1 - beta1^t) and v' = v / (1 - rho^t) with `bias_correction`, else
-    m' = m and v' = v. Stages that are switched off keep no state.
-    """
-
-    weight_decay: float = 0.0
-    beta1: float = 0.0
-    rho: float | None = None
-    square_weight: float = 1.0
-    bias_correction: bool = False
-    eps: float = 0.0
-    momentum: float = 0.0
-    nesterov: bool = False
-
-
 class Optimizer:
-    """Updates a flat float vector `params` in place by its subclass's `Rule`.
+    """Updates a flat float vector `params` in place by the `Rule` of the optimiser `name`
+    (netdsl.optimizers) with `settings`.
 
-    A subclass sets `name`, `defaults` (each setting with its default) and
-    `configure(**settings) -> Rule`. `settings["lr"]` is the base learning rate, kept
-    as `self.lr` for the schedule; `step` takes the current one. State is allocated
-    once, here, with `xp.zeros_like(params)`.
+    `settings["lr"]` is the base learning rate, kept as `self.lr` for the schedule; `step`
+    takes the current one. State is allocated once, here, with `xp.zeros_like(params)`.
     """
 
-    name = "optimizer"
-    defaults: dict[str, Any] = {}
-
-    def __init__(self, params, xp=None, **settings):
+    def __init__(self, name: str, params, settings: dict[str, Any], xp=None):
         if params.ndim != 1 or params.dtype.kind != "f":
-            raise ValueError(f"{self.name}: params must be one flat float vector, "
+            raise ValueError(f"{name}: params must be one flat float vector, "
                              f"got shape {params.shape} and dtype {params.dtype}")
+        self.name = name
         self.xp = xp or _array_module(params)
         self.params = params
-        self.settings = self._checked(settings)
+        self.settings, self.rule = configure(name, settings)
         self.lr = self.settings["lr"]
-        self.rule = self.configure(**{k: v for k, v in self.settings.items() if k != "lr"})
         self.t = 0
         self.state = self._allocate()
 
-    def configure(self, **settings) -> Rule:
-        raise NotImplementedError(f"{type(self).__name__} does not configure a Rule")
-
-    def _checked(self, given: dict) -> dict:
-        unknown = sorted(set(given) - set(self.defaults))
-        if unknown:
-            raise ValueError(f"{self.name} has no setting '{unknown[0]}'; "
-                             f"settings: {', '.join(self.defaults)}")
-        settings = {**self.defaults, **given}
-        return {key: _CHECKS[key](self.name, key, value) for key, value in settings.items()}
-
     def _allocate(self) -> dict:
         rule, zeros = self.rule, lambda: self.xp.zeros_like(self.params)
-        state = {}
-        if rule.beta1:
-            state["first_moment"] = zeros()
-        if rule.rho is not None:
-            state["second_moment"] = zeros()
-        if rule.momentum:
-            state["momentum_buffer"] = zeros()
+        state = {name: zeros() for name in rule.state}
         # scratch for weight_decay * p, the denominator and nesterov's momentum * b,
         # which cannot all be computed in the gradient's own storage
         needs_scratch = rule.weight_decay or rule.rho is not None or rule.nesterov
@@ -160,7 +67,7 @@ class Optimizer:
         if grads.shape != self.params.shape:
             raise ValueError(f"{self.name}: grads have shape {grads.shape}, "
                              f"params {self.params.shape}")
-        _nonnegative(self.name, "lr", lr)
+        nonnegative(self.name, "lr", lr)
         self.t += 1
         if on_gpu(self.xp):   # the whole update as one generated kernel
             self._update_kernel(grads, lr)
@@ -243,71 +150,10 @@ class Optimizer:
         return f"{type(self).__name__}({settings})"
 
 
-class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum, as torch.optim.SGD (dampening 0).
-
-    Nesterov momentum (Sutskever et al. 2013) takes PyTorch's form u = g + momentum * b.
-    """
-
-    name = "sgd"
-    defaults = {"lr": 1e-3, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
-
-    def configure(self, momentum, nesterov, weight_decay) -> Rule:
-        if nesterov and not momentum:
-            raise ValueError("sgd: nesterov=true needs momentum > 0")
-        return Rule(weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
-
-
-class Adagrad(Optimizer):
-    """Adagrad (Duchi, Hazan & Singer 2011): divide by the root of the summed squares.
-
-    As torch.optim.Adagrad with initial_accumulator_value=0 and lr_decay=0.
-    """
-
-    name = "adagrad"
-    defaults = {"lr": 1e-2, "eps": 1e-10, "weight_decay": 0.0}
-
-    def configure(self, eps, weight_decay) -> Rule:
-        return Rule(weight_decay=weight_decay, rho=1.0, square_weight=1.0, eps=eps)
-
-
-class RMSprop(Optimizer):
-    """RMSprop (Tieleman & Hinton 2012): divide by the root of a moving mean of squares.
-
-    As torch.optim.RMSprop, non-centred; momentum acts on the divided step.
-    """
-
-    name = "rmsprop"
-    defaults = {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "weight_decay": 0.0}
-
-    def configure(self, alpha, eps, momentum, weight_decay) -> Rule:
-        return Rule(weight_decay=weight_decay, rho=alpha, square_weight=1 - alpha, eps=eps,
-                    momentum=momentum)
-
-
-class Adam(Optimizer):
-    """Adam (Kingma & Ba 2015, "Adam: A Method for Stochastic Optimization", ICLR).
-
-    Bias-corrected moving means of the gradient and its square; as torch.optim.Adam,
-    with weight_decay added to the gradient (L2, not AdamW's decoupled decay).
-    """
-
-    name = "adam"
-    defaults = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
-
-    def configure(self, beta1, beta2, eps, weight_decay) -> Rule:
-        return Rule(weight_decay=weight_decay, beta1=beta1, rho=beta2, square_weight=1 - beta2,
-                    bias_correction=True, eps=eps)
-
-
-OPTIMIZERS: dict[str, type[Optimizer]] = {cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adam)}
-
-
 def make_optimizer(name: str, settings: dict[str, Any], params, xp=None) -> Optimizer:
-    """The optimiser a train clause names, e.g. ("sgd", {"lr": 0.1, "momentum": 0.9})."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer '{name}'; known: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, xp=xp, **settings)
+    """The optimiser a train clause names, e.g. ("sgd", {"lr": 0.1, "momentum": 0.9}),
+    over the flat vector `params`."""
+    return Optimizer(name, params, settings, xp)
 
 
 def penalize(params, grads, l1: float, l2: float) -> None:
@@ -316,8 +162,8 @@ def penalize(params, grads, l1: float, l2: float) -> None:
     The L2 term is halved so that its gradient is l2 * p, the convention of
     weight_decay (and of torch); the L1 term adds l1 * sign(p), which is 0 at p = 0.
     """
-    l1 = _nonnegative("penalize", "l1", l1)
-    l2 = _nonnegative("penalize", "l2", l2)
+    l1 = nonnegative("penalize", "l1", l1)
+    l2 = nonnegative("penalize", "l2", l2)
     if not (l1 or l2):
         return
     xp = _array_module(params)

@@ -33,8 +33,8 @@ from netdsl.runtime.execute import Executor, NonFinite
 from netdsl.runtime.host import on_host, read_scalars, to_host
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import clip_grad_norm, make_optimizer, penalize
-from netdsl.runtime.schedule import make_schedule
-from netdsl.runtime.settings import TrainSettings
+from netdsl.schedules import make_schedule
+from netdsl.settings import TrainSettings
 
 __all__ = ["Phase", "Trainer", "Reporter", "metric_nodes", "TrainingDiverged", "READ_EVERY"]
 

@@ -23,7 +23,7 @@ from netdsl.lower import lower
 from netdsl.runtime.execute import Executor
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.rng import CountedRng
-from netdsl.runtime.settings import resolve_settings
+from netdsl.settings import resolve_settings
 from netdsl.runtime.train import READ_EVERY, Reporter, Trainer, TrainingDiverged
 
 # dir(cupy) of cupy-cuda13x 14.2.0 (public names NumPy has too), and of its submodules

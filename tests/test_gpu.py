@@ -84,7 +84,7 @@ from netdsl.lower.fuse import FusedChain  # noqa: E402
 from netdsl.runtime.data import load_data, normalize  # noqa: E402
 from netdsl.runtime.execute import Executor  # noqa: E402
 from netdsl.runtime.init import initial_params  # noqa: E402
-from netdsl.runtime.settings import resolve_settings  # noqa: E402
+from netdsl.settings import resolve_settings  # noqa: E402
 from netdsl.runtime.train import Trainer  # noqa: E402
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"

@@ -23,7 +23,7 @@ from netdsl.ops.base import Ctx, bind
 from netdsl.ops.expr import Var, evaluate
 from netdsl.runtime.cuda import conv as gpu_conv, loss as gpu_loss, norm as gpu_norm
 from netdsl.runtime.cuda import pool as gpu_pool
-from netdsl.runtime.optim import OPTIMIZERS
+from netdsl.runtime.optim import make_optimizer
 from cpu_cuda import HostKernels
 from nvrtc import compile_ptx, library
 
@@ -115,7 +115,7 @@ def _patterns():
     programs[partial.name] = partial
     for label, settings in OPTIMIZER_CONFIGS.items():
         name, values = settings
-        optimizer = OPTIMIZERS[name](np.zeros(4, np.float32), **values)
+        optimizer = make_optimizer(name, values, np.zeros(4, np.float32))
         programs[f"update_{label}"] = update_program(optimizer.rule, tuple(optimizer.state))
     return programs
 
@@ -186,7 +186,7 @@ def test_update_program_equals_the_optimizer(label):
     name, settings = OPTIMIZER_CONFIGS[label]
     rng = np.random.default_rng(7)
     params = rng.standard_normal(50)
-    optimizer = OPTIMIZERS[name](params.copy(), **settings)
+    optimizer = make_optimizer(name, settings, params.copy())
     program = update_program(optimizer.rule, tuple(optimizer.state))
     ours = {"params": params.copy(), **{k: np.zeros(50) for k in optimizer.state}}
     for step in range(1, 5):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from netdsl.runtime.optim import OPTIMIZERS, clip_grad_norm, make_optimizer, penalize
-from netdsl.runtime.schedule import SCHEDULES, make_schedule
+from netdsl.optimizers import OPTIMIZERS
+from netdsl.runtime.optim import clip_grad_norm, make_optimizer, penalize
+from netdsl.schedules import SCHEDULES, make_schedule
 from netdsl.train_clause import CALLS
 from netdsl.train_clause import OPTIMIZERS as CLAUSE_OPTIMIZERS
 

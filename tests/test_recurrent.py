@@ -121,7 +121,7 @@ logits = h -> dense(3)"""
 
 def test_truncated_bptt_takes_one_optimiser_step_per_chunk():
     from netdsl.runtime.data import load_data
-    from netdsl.runtime.settings import resolve_settings
+    from netdsl.settings import resolve_settings
     from netdsl.runtime.train import Trainer
 
     text = network("logits = x -> elman(8) -> dense(3)") + "train sgd(lr=0.1), bptt(truncate=4)\n"
@@ -137,7 +137,7 @@ def test_truncated_bptt_takes_one_optimiser_step_per_chunk():
 
 
 def test_truncated_bptt_refuses_a_whole_sequence_op():
-    from netdsl.runtime.settings import resolve_settings
+    from netdsl.settings import resolve_settings
     from netdsl.runtime.train import truncation
 
     text = network("logits = x -> elman(4) -> last -> dense(3)", target="class(3)")

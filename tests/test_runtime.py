@@ -16,7 +16,7 @@ from netdsl.lower.printers import host_chains
 from netdsl.runtime.execute import Executor
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.interpret import interpret
-from netdsl.runtime.settings import resolve_settings
+from netdsl.settings import resolve_settings
 from netdsl.runtime.train import Trainer, TrainingDiverged, phases
 
 SMALL_SPECS = ["perceptron", "logistic_regression", "mlp", "autoencoder", "conv_autoencoder",

@@ -5,7 +5,7 @@ import pytest
 from conftest import run_netc
 from netdsl.driver import CheckFailed, check_text
 from netdsl.errors import SpecError, SpecErrors, errors_of
-from netdsl.runtime.settings import TrainSettings, resolve_settings
+from netdsl.settings import TrainSettings, resolve_settings
 
 HEAD = """\
 network t
@@ -243,3 +243,20 @@ def test_several_bad_values_are_raised_together():
 
 def test_defaults():
     assert resolve_settings({}) == TrainSettings()
+
+
+def test_the_language_names_every_bundled_dataset_and_init_scheme_the_runtime_has():
+    """data='NAME' and init= are checked by the front end, which names the datasets and
+    schemes; the runtime must have exactly those."""
+    import numpy as np
+
+    from netdsl.lower import lower
+    from netdsl.runtime import data
+    from netdsl.runtime.init import initial_params
+    from netdsl.settings import BUNDLED_DATA, INIT_SCHEMES
+
+    assert set(BUNDLED_DATA) == set(data.SEQUENCE_DATA)
+    plan = lower(check_text("input x : [3]\ntarget y : class(2)\n"
+                            "loss cross_entropy(x -> dense(2), y)\n")).built
+    for scheme in INIT_SCHEMES:
+        assert np.isfinite(initial_params(plan, scheme)["dense1.weight"]).all()

@@ -85,7 +85,7 @@ def train_network(graph, reporter: PostingReporter, epochs: int | None = None,
     from netdsl.runner import array_module
     from netdsl.runtime.data import load_data, normalize
     from netdsl.lower import lower
-    from netdsl.runtime.settings import resolve_settings
+    from netdsl.settings import resolve_settings
 
     xp = array_module(device)
     lowered = lower(graph, "cuda" if device == "gpu" else "host")

@@ -130,14 +130,15 @@ class Lowered:
         return self._schedules[wanted]
 
 
-def scored_values(plan: Plan) -> set[str]:
-    """The values the losses score (logits, reconstructions): what training measures and
-    a prediction reports."""
-    scored = set()
+def scored_values(plan: Plan) -> list[str]:
+    """The values the losses score (logits, reconstructions), in the losses' order: what
+    training measures and a prediction reports."""
+    scored = []
     for node in plan.losses.values():
         step = plan.step_of(node)
-        if step.inputs and plan.graph.nodes[step.inputs[0]]["kind"] == "op":
-            scored.add(step.inputs[0])
+        source = step.inputs[0] if step.inputs else None
+        if source and plan.graph.nodes[source]["kind"] == "op" and source not in scored:
+            scored.append(source)
     return scored
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from netdsl.runtime.optim import check_integer, check_number
+from netdsl.optimizers import check_integer, check_number
 
 __all__ = ["Schedule", "StepDecay", "Linear", "ToZero", "Plateau", "SCHEDULES", "make_schedule"]
 

@@ -12,8 +12,16 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 from netdsl.errors import Span, SpecError, SpecErrors, suggest
+from netdsl.optimizers import OPTIMIZERS, configure
+from netdsl.schedules import SCHEDULES, make_schedule
 
-__all__ = ["TrainSettings", "resolve_settings", "check_clause", "FLAGS"]
+__all__ = ["TrainSettings", "resolve_settings", "check_clause", "FLAGS", "INIT_SCHEMES",
+           "BUNDLED_DATA"]
+
+# initialisation schemes (netdsl.runtime.init): auto picks one per layer by its activation
+INIT_SCHEMES = ("auto", "torch", "he", "xavier", "fan_in")
+# the named datasets that ship with the install (netdsl.runtime.data), for data='NAME'
+BUNDLED_DATA = ("parity", "adding", "text", "skipgram", "cbow", "reverse")
 
 # the command-line flag of each setting that has one
 FLAGS = {name: f"--{name}" for name in ("epochs", "batch", "lr", "seed", "steps", "init", "val",
@@ -42,7 +50,7 @@ class TrainSettings:
     gan_k: int | None = None            # discriminator steps per generator step
     steps: int | None = None            # stop after this many optimiser steps
     pixels: tuple = (0.0, 1.0)          # the range bundled images are scaled to
-    data: str | None = None             # a named bundled dataset (runtime.sequences)
+    data: str | None = None             # a named bundled dataset (BUNDLED_DATA)
     bptt: tuple | None = None           # truncated BPTT's (k1, k2); None: full BPTT
 
 
@@ -189,22 +197,19 @@ def _text(value) -> str:
 
 
 def _init(value, place: _Place) -> str:
-    from netdsl.runtime.init import SCHEMES
-
-    if value not in SCHEMES:
-        near = suggest(value, SCHEMES) if isinstance(value, str) else None
-        raise place.error(f"{place.name} must be one of {', '.join(SCHEMES)}, got {_text(value)}",
+    if value not in INIT_SCHEMES:
+        near = suggest(value, INIT_SCHEMES) if isinstance(value, str) else None
+        raise place.error(f"{place.name} must be one of {', '.join(INIT_SCHEMES)}, got "
+                          f"{_text(value)}",
                           near or place.example("he"))
     return value
 
 
 def _data(value, place: _Place) -> str:
-    from netdsl.runtime.sequences import SEQUENCE_DATA
-
-    if value not in SEQUENCE_DATA:
-        near = suggest(value, SEQUENCE_DATA) if isinstance(value, str) else None
+    if value not in BUNDLED_DATA:
+        near = suggest(value, BUNDLED_DATA) if isinstance(value, str) else None
         raise place.error(f"{place.name} must name a bundled dataset, one of "
-                          f"{', '.join(SEQUENCE_DATA)}, got {_text(value)}",
+                          f"{', '.join(BUNDLED_DATA)}, got {_text(value)}",
                           near or place.example("'parity'"))
     return value
 
@@ -271,8 +276,6 @@ def _keyword_place(places: dict[str, _Place], call_key: str, keyword: str) -> _P
 def _optimizer(name: str, settings: dict, places: dict[str, _Place],
                errors: list[SpecError]) -> dict:
     """The optimiser's settings, each checked by the optimiser itself, then together."""
-    from netdsl.runtime.optim import OPTIMIZERS
-
     call = places.get("optimizer", _Place("optimizer"))
     if name not in OPTIMIZERS:
         errors.append(call.error(f"unknown optimiser '{name}'", suggest(name, OPTIMIZERS)
@@ -305,12 +308,8 @@ def _optimizer(name: str, settings: dict, places: dict[str, _Place],
 def _optimizer_problem(name: str, settings: dict) -> str | None:
     """What the optimiser says is wrong with `settings` ("adam: beta1 must be in [0, 1),
     got 1.5"), or None."""
-    import numpy as np
-
-    from netdsl.runtime.optim import make_optimizer
-
     try:
-        make_optimizer(name, settings, np.zeros(1))
+        configure(name, settings)
     except ValueError as exc:
         return str(exc)
     return None
@@ -318,8 +317,6 @@ def _optimizer_problem(name: str, settings: dict) -> str | None:
 
 def _schedule(value, place: _Place, places: dict[str, _Place], errors: list[SpecError]):
     """A (name, keywords) schedule whose keywords the schedule accepts."""
-    from netdsl.runtime.schedule import SCHEDULES, make_schedule
-
     if value is None:
         return None
     if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict)):
