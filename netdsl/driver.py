@@ -8,7 +8,8 @@ from importlib import resources
 import networkx as nx
 
 from netdsl import ast
-from netdsl.errors import SpecError, SpecErrors, errors_of
+from netdsl.cost import param_count
+from netdsl.errors import SpecError, SpecErrors, errors_of, suggest
 from netdsl.expand import expand
 from netdsl.graph import build_graph
 from netdsl.parse import parse
@@ -43,8 +44,6 @@ class Network:
 
     def param_count(self) -> int:
         """Learned parameters; a shared instance counts once."""
-        from netdsl.cost import param_count
-
         return param_count(self.graph)
 
 
@@ -94,8 +93,6 @@ class _Loader:
             path = f"<stdlib>/{target}.net"
             stdlib = resources.files("netdsl.stdlib")
             if not stdlib.joinpath(f"{target}.net").is_file():
-                from netdsl.errors import suggest
-
                 names = [p.name[:-4] for p in stdlib.iterdir() if p.name.endswith(".net")]
                 raise SpecError(f"no standard library module '{target}'", span,
                                 suggest(target, names) or f"available: {', '.join(sorted(names))}")

@@ -8,6 +8,7 @@ import networkx as nx
 from netdsl import ast
 from netdsl.graph import forward_view
 from netdsl.program import Program
+from netdsl.unroll import INIT_KIND, sort_key
 
 __all__ = ["format_ast", "format_program", "format_graph", "format_shapes", "format_unrolled"]
 
@@ -81,8 +82,6 @@ def format_graph(graph: nx.DiGraph) -> str:
 def format_unrolled(dag: nx.DiGraph) -> str:
     """An unrolled graph (`netdsl.unroll`) as `--emit graph` prints one, step by step,
     then each set of weights once, with the copies that share it."""
-    from netdsl.unroll import INIT_KIND, sort_key
-
     def key(node):
         return sort_key(dag, node)
 

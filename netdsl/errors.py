@@ -1,6 +1,7 @@
 """Located errors for people: a span in a spec, a message, a hint."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 __all__ = ["Span", "SpecError", "SpecErrors", "ShapeError", "render", "errors_of", "closest",
@@ -95,8 +96,6 @@ def render(error: SpecError, sources: dict[str, str] | None = None) -> str:
 
 def closest(word: str, choices) -> str | None:
     """The one of `choices` a misspelt `word` most likely meant, if any is close."""
-    import difflib
-
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return close[0] if close else None
 

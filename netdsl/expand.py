@@ -6,6 +6,7 @@ made it and the block path it sits in (stage2/basic1/conv2).
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -751,6 +752,4 @@ def _block_usage(block: ast.Block) -> str:
 
 
 def _stem(path: str) -> str:
-    import os
-
     return os.path.splitext(os.path.basename(path))[0] or "network"

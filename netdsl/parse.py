@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import math
 import re
-from functools import lru_cache
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Token, Transformer, v_args
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -16,44 +15,10 @@ from lark.exceptions import (
 
 from netdsl import ast
 from netdsl.errors import Span, SpecError
+from netdsl.lark_parser import parser
+from netdsl.syntax_errors import CATALOGUE, classify
 
 __all__ = ["parse", "parser"]
-
-_OPENING = {"LPAR", "LSQB"}
-_CLOSING = {"RPAR", "RSQB"}
-
-
-class _BracketNewlines:
-    """Post-lexer: newlines inside ( ) and [ ] do not end a statement."""
-
-    always_accept = ("_NL",)
-
-    def process(self, stream):
-        depth = 0
-        for token in stream:
-            if token.type in _OPENING:
-                depth += 1
-            elif token.type in _CLOSING:
-                depth = max(0, depth - 1)
-            elif token.type == "_NL" and depth:
-                continue
-            yield token
-
-
-@lru_cache(maxsize=None)
-def parser() -> Lark:
-    """The LALR parser, built once from the packaged grammar."""
-    return Lark.open_from_package(
-        "netdsl.grammar",
-        "netdsl.lark",
-        parser="lalr",
-        lexer="contextual",
-        postlex=_BracketNewlines(),
-        propagate_positions=True,
-        maybe_placeholders=False,
-        cache=True,  # the grammar analysis is stored in the temp folder after the first run
-    )
-
 
 def parse(text: str, file: str = "<spec>") -> ast.Module:
     """Parse the text of a .net file.
@@ -357,8 +322,6 @@ def _lexemes(lines: list[str], line: int, col: int) -> list[tuple[str, int, int]
 
 
 def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecError:
-    from netdsl.syntax_errors import classify
-
     lines = _lines(text)
     token = exc.token if isinstance(exc, UnexpectedToken) else None
     kind = token.type if token is not None else None
@@ -451,8 +414,6 @@ def _misplaced(lexemes, lines, file, line, col, kind) -> SpecError | None:
 
 def _dangling_arrow(lexemes, lines, file, line) -> SpecError | None:
     """A line ending in '->' followed by a new statement instead of a layer."""
-    from netdsl.syntax_errors import CATALOGUE
-
     earlier = [piece for piece in lexemes if piece[1] < line]
     if (not earlier or earlier[-1][0] != "->" or line > len(lines)
             or not _STATEMENT.match(lines[line - 1])):

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 from netdsl.cost import cost_rows
+from netdsl.errors import SpecError
+from netdsl.lower import lower
+from netdsl.optimizers import configure
+from netdsl.settings import resolve_settings
 
 __all__ = ["format_cost_table", "format_training_memory", "human"]
 
@@ -45,10 +49,6 @@ def format_cost_table(net, batch: int = 1) -> str:
 
 def format_training_memory(net, batch: int) -> str | None:
     """One line: the planned peak memory of a training step, or None if it cannot train."""
-    from netdsl.errors import SpecError
-    from netdsl.lower import lower
-    from netdsl.settings import resolve_settings
-
     try:
         lowered = lower(net.graph)
         settings = resolve_settings(net.graph.graph["train"])
@@ -56,11 +56,9 @@ def format_training_memory(net, batch: int) -> str | None:
         return None  # no loss, or a bad train clause: the table above is all there is
     if lowered.memory is None:
         return None  # buffer planning covers feed-forward steps; sequences run in a loop
-    # momentum and Adagrad keep one parameter-sized array, Adam two, plain SGD none
-    opt = settings.optimizer_settings
-    slots = {"adam": 2, "adagrad": 1, "rmsprop": 1 + bool(opt.get("momentum"))}.get(
-        settings.optimizer, int(bool(opt.get("momentum"))))
-    memory = lowered.memory.at(batch, slots)
+    # the optimiser's state: momentum and Adagrad keep one parameter-sized array, Adam two
+    _, rule = configure(settings.optimizer, settings.optimizer_settings)
+    memory = lowered.memory.at(batch, len(rule.state))
     return (f"training step at batch {batch}: planned peak {human(memory.peak, 'B')} = "
             f"activations {human(memory.slot_bytes, 'B')} in {len(memory.slots)} shared buffers "
             f"(unshared {human(memory.unshared_bytes, 'B')}) + parameters and gradients "

@@ -8,6 +8,8 @@ from functools import lru_cache
 
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
+from netdsl.lark_parser import parser
+
 # label -> (message, hint, snippets that fail the same way)
 CATALOGUE: dict[str, tuple[str, str | None, list[str]]] = {
     "missing value": (
@@ -77,8 +79,6 @@ def _key(exc: UnexpectedInput):
 @lru_cache(maxsize=None)
 def _failure(snippet: str):
     """How a snippet fails to parse, as `_key` describes it (None if it parses)."""
-    from netdsl.parse import parser
-
     try:
         parser().parse(snippet)
     except UnexpectedInput as exc:
