@@ -42,7 +42,7 @@ class TrainSettings:
     gan_k: int | None = None            # discriminator steps per generator step
     steps: int | None = None            # stop after this many optimiser steps
     pixels: tuple = (0.0, 1.0)          # the range bundled images are scaled to
-    data: str | None = None             # a named bundled dataset (runtime.sequences)
+    data: str | None = None             # a named bundled dataset (runtime.data.sequences)
     bptt: tuple | None = None           # truncated BPTT's (k1, k2); None: full BPTT
 
 
@@ -199,7 +199,7 @@ def _init(value, place: _Place) -> str:
 
 
 def _data(value, place: _Place) -> str:
-    from netdsl.runtime.sequences import SEQUENCE_DATA
+    from netdsl.runtime.data.sequences import SEQUENCE_DATA
 
     if value not in SEQUENCE_DATA:
         near = suggest(value, SEQUENCE_DATA) if isinstance(value, str) else None

@@ -1,6 +1,6 @@
 """`load_data`: which data a checked spec gets, and what every loaded Dataset carries.
 
-A named sequence task (`--data parity`, see runtime.sequences) or a user's file when
+A named sequence task (`--data parity`, see sequences) or a user's file when
 one is named, else the bundled images when the spec reads them, else generated data.
 Whatever the source, the result names the inputs that normalisation may rescale and the
 sequences, and holds at most `examples` examples.
@@ -8,7 +8,6 @@ sequences, and holds at most `examples` examples.
 from __future__ import annotations
 
 import os
-from collections import Counter
 
 import networkx as nx
 import numpy as np
@@ -18,7 +17,7 @@ from netdsl.runtime.data.dataset import (COUNT, DataError, Dataset, Field, data_
                                          describe_fields, graph_of)
 from netdsl.runtime.data.files import load_file
 from netdsl.runtime.data.generated import SEQ_STEPS, generate
-from netdsl.runtime.sequences import SEQUENCE_DATA, sequence_data
+from netdsl.runtime.data.sequences import SEQUENCE_DATA, load_named
 
 __all__ = ["load_data"]
 
@@ -39,7 +38,7 @@ def load_data(graph, path: str | None = None, seed: int = 0, examples: int | Non
         raise DataError(f"the number of examples must be at least 1, got {examples}")
     wanted = fields if only is None else [f for f in fields if f.name in set(only)]
     if path is not None and path in SEQUENCE_DATA and not os.path.exists(path):
-        data = _named(path, fields, seed, examples, named_steps)
+        data = load_named(path, fields, seed, examples, named_steps)
         data.arrays = {f.name: data.arrays[f.name] for f in wanted}
     elif path is not None:
         data = load_file(path, wanted, fields)
@@ -49,33 +48,6 @@ def load_data(graph, path: str | None = None, seed: int = 0, examples: int | Non
     data.normalize = tuple(n for n in _normalizable(graph, fields) if n in data.arrays)
     data.seq = tuple(f.name for f in wanted if f.type.seq)
     return _cap(data, examples, seed)
-
-
-def _named(name: str, fields: list[Field], seed: int, examples: int | None,
-           steps: int | None) -> Dataset:
-    """A named bundled dataset (runtime.sequences), its inputs and targets matched to the
-    spec's in declaration order and checked against their declared types."""
-    inputs, targets, description = sequence_data(name, seed, examples, steps)
-    pairs = [(f, a, "input") for f, a in zip([f for f in fields if f.kind == "input"], inputs)]
-    pairs += [(f, a, "target") for f, a in zip([f for f in fields if f.kind == "target"], targets)]
-    declared = Counter(f.kind for f in fields)
-    if (declared["input"], declared["target"]) != (len(inputs), len(targets)):
-        raise DataError(f"the '{name}' data has {len(inputs)} input(s) and {len(targets)} "
-                        f"target(s), but the spec declares {describe_fields(fields)}",
-                        f"declare them as the specs/ demos of '{name}' do")
-    out = {}
-    for f, a, role in pairs:
-        per_example = (a.shape[1:2] if f.type.seq else ()) + f.type.dims
-        classes = int(a.max()) + 1 if a.dtype.kind == "i" else None
-        fits = (a.shape[1:] == per_example and (classes is None) == (not f.is_class)
-                and (classes is None or classes <= f.type.classes))
-        if not fits:
-            kind = f"class labels up to {classes - 1}" if classes else "numbers"
-            raise DataError(f"the '{name}' data gives each example an {role} of shape "
-                            f"{list(a.shape[1:])} ({kind}), but the spec declares {f}",
-                            f"declare {f.name} to match, as the specs/ demos of '{name}' do")
-        out[f.name] = a
-    return Dataset(out, description)
 
 
 def _cap(data: Dataset, examples: int | None, seed: int) -> Dataset:
