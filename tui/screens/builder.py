@@ -19,10 +19,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TextArea
 
+from netdsl import edits
 from netdsl.driver import CheckFailed, Network, check_text
 from netdsl.errors import SpecError, render
 from netdsl.ops import OPS
-from netdsl.tui import edits
 from netdsl.tui.files import NEW_SPEC, Recovery, load_spec, save_spec
 from netdsl.tui.graph_canvas import Picture, draw_graph
 from netdsl.tui.graph_layout import block_paths
