@@ -13,8 +13,7 @@ import networkx as nx
 import numpy as np
 
 from netdsl.runtime.data.bundled import load_bundled
-from netdsl.runtime.data.dataset import (COUNT, DataError, Dataset, Field, data_fields,
-                                         describe_fields, graph_of)
+from netdsl.runtime.data.dataset import COUNT, DataError, Dataset, Field, data_fields, graph_of
 from netdsl.runtime.data.files import load_file
 from netdsl.runtime.data.generated import SEQ_STEPS, generate
 from netdsl.runtime.data.sequences import SEQUENCE_DATA, load_named
