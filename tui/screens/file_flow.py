@@ -1,12 +1,14 @@
-"""The builder's files: open, save, save as, and the recovery copy of unsaved changes.
+"""The builder's files: open, save, save as, quitting with unsaved changes, and the
+recovery copy of those changes.
 
 A change of the text restarts a timer; when it runs out the unsaved text is copied to
-the spec's recovery file (netdsl.tui.files.Recovery), which a save or an opened file
-clears.
+the spec's recovery file (netdsl.tui.files.Recovery), which a save, an opened file or a
+clean quit clears. A recovery file found at start-up is offered back.
 """
 from __future__ import annotations
 
 import os
+import time
 
 from netdsl.errors import SpecError
 from netdsl.tui.files import Recovery, load_spec, save_spec
@@ -19,7 +21,7 @@ AUTOSAVE_DELAY = 3.0   # seconds after a change before the recovery copy is writ
 
 class FileFlow:
     """The file actions of BuilderScreen, which mixes this in: they use its path, editor,
-    title, status line and check."""
+    title, status line and check. The app's quit key and start-up call them too."""
 
     def autosave_later(self) -> None:
         """Write the recovery copy AUTOSAVE_DELAY seconds from now, unless the text changes."""
@@ -91,3 +93,50 @@ class FileFlow:
         self.graph_view.selected = None
         self._update_title()
         self.start_check()
+
+    def offer_recovery(self) -> None:
+        """Offer back the unsaved changes that a session which ended without saving kept."""
+        recovery = Recovery(self.path)
+        recovered = recovery.read()
+        if recovered is None:
+            return
+        text, when = recovered
+        if text == self.initial_text:
+            recovery.clear()
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
+
+        def answered(choice: str) -> None:
+            if choice == "recover":
+                self.editor.load_text(text)  # unsaved until the user saves
+                self.start_check()
+                self._update_title()
+                self.status(f"recovered unsaved changes from {stamp}; ctrl+s saves them")
+            elif choice == "discard":
+                recovery.clear()
+
+        self.app.push_screen(Choice(f"Unsaved changes to {self.path or 'an untitled spec'} were "
+                                    f"kept from {stamp} (the editor did not close cleanly). "
+                                    "Recover them?",
+                                    [("recover", "Recover"), ("discard", "Discard"),
+                                     ("cancel", "Decide later")]), answered)
+
+    def quit_safely(self) -> None:
+        """Quit the app; with unsaved changes, first ask whether to save them."""
+        if not self.dirty:
+            Recovery(self.path).clear()
+            self.app.exit()
+            return
+
+        def answered(choice: str) -> None:
+            if choice == "save":
+                self.action_save()
+                if not self.dirty:
+                    self.app.exit()
+            elif choice == "discard":
+                Recovery(self.path).clear()
+                self.app.exit()
+
+        self.app.push_screen(Choice(f"{self.file_name} has unsaved changes.",
+                                    [("save", "Save and quit"), ("discard", "Quit without saving"),
+                                     ("cancel", "Keep editing")]), answered)
