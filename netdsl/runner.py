@@ -284,7 +284,7 @@ def _generate(args, net, plan, settings, trainer) -> int:
     """`predict --generate INPUT`: the network writes INPUT itself, step by step."""
     from netdsl.runtime.data import load_data
     from netdsl.runtime.generate import fed_scores, generate
-    from netdsl.runtime.sequences import ALPHABET, decode_text, encode_text
+    from netdsl.runtime.data.sequences import ALPHABET, decode_text, encode_text
 
     fed_scores(plan, args.generate)  # a clear error before any data is read
     as_text = _source(args, settings) == "text"

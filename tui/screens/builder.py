@@ -5,6 +5,10 @@ worker thread; the check's result (errors, or the network, its costs and its
 drawing) comes back as a `Checked` message and is ignored if the text changed
 again meanwhile. Visual edits are text edits: they go through the editor, so
 its undo history covers them, and they are applied only if the spec still checks.
+
+The screen keeps the layout, the keys, the checking, the selection shared by text and
+graph, and the graph view; the visual edits are in edit_flow.py and the file actions
+in file_flow.py, mixed into the screen.
 """
 from __future__ import annotations
 
@@ -19,69 +23,28 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TextArea
 
-from netdsl.driver import CheckFailed, Network, check_text
-from netdsl.errors import SpecError, render
-from netdsl.ops import OPS
-from netdsl.tui import edits
-from netdsl.tui.files import NEW_SPEC, Recovery, load_spec, save_spec
+from netdsl import edits
+from netdsl.errors import SpecError
+from netdsl.tui.checking import CheckResult, check_and_draw
 from netdsl.tui.graph_canvas import Picture, draw_graph
 from netdsl.tui.graph_layout import block_paths
-from netdsl.tui.screens.dialogs import AskPath, Choice, JumpTo, LayerForm, PickLayer
+from netdsl.tui.screens.dialogs import AskPath, JumpTo
+from netdsl.tui.screens.edit_flow import EditFlow
+from netdsl.tui.screens.file_flow import FileFlow
 from netdsl.tui.widgets.graph_view import GraphView
 from netdsl.tui.widgets.inspector import Inspector
-from netdsl.tui.widgets.spec_editor import Diagnostic, SpecEditor
+from netdsl.tui.widgets.spec_editor import SpecEditor
 
 __all__ = ["BuilderScreen"]
 
 CHECK_DELAY = 0.3      # seconds of quiet typing before a check
-AUTOSAVE_DELAY = 3.0   # seconds after a change before the recovery copy is written
 
 
-@dataclass
-class CheckResult:
-    """What one check of the text found: a network with its costs and drawing, or errors."""
-
-    text: str
-    network: Network | None = None
-    costs: dict | None = None
-    picture: Picture | None = None
-    errors: list[Diagnostic] | None = None
-    first_error: str = ""
-
-
-def check_and_draw(text: str, file: str, collapsed: frozenset[str], compact: bool) -> CheckResult:
-    """Check `text`; on success also cost and draw it (all of this runs off the UI thread)."""
-    from netdsl.cost import cost_rows
-
-    try:
-        network = check_text(text, file)
-    except CheckFailed as exc:
-        return CheckResult(text, errors=_diagnostics(exc, file),
-                           first_error=render(exc.errors[0], exc.sources))
-    except Exception as exc:  # a checker bug must not take the editor down with it
-        return CheckResult(text, errors=[Diagnostic(0, 0, 0, 0, f"internal error: {exc!r}")],
-                           first_error=f"internal error: {exc!r}")
-    costs = {row.node: row for row in cost_rows(network.graph)}
-    return CheckResult(text, network, costs, draw_graph(network.graph, collapsed, compact))
-
-
-def _diagnostics(exc: CheckFailed, file: str) -> list[Diagnostic]:
-    found = []
-    for error in exc.errors:
-        message = error.message + (f" (hint: {error.hint})" if error.hint else "")
-        span = error.span
-        if span is None or span.file != file:  # unreadable import, or an error in one
-            where = f"{span}: " if span else ""
-            found.append(Diagnostic(0, 0, 0, 0, where + message))
-        else:
-            found.append(Diagnostic(span.line - 1, span.col - 1, span.end_line - 1, span.end_col,
-                                    message))
-    return found
-
-
-class BuilderScreen(Screen):
+class BuilderScreen(EditFlow, FileFlow, Screen):
     """Edit a spec as text or as a graph; see docs/tui.md for the keys."""
 
+    # every key, the mixed-in flows' too: Textual collects BINDINGS only from the classes
+    # of its own widgets and screens, not from mixins
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", priority=True),
         Binding("f2", "save_as", "Save as", priority=True),
@@ -108,12 +71,6 @@ class BuilderScreen(Screen):
         generation: int
         result: CheckResult
 
-    @dataclass
-    class EditChecked(Message):
-        edit: edits.TextEdit
-        result: CheckResult
-        form: LayerForm | None
-
     def __init__(self, path: str | None, text: str):
         super().__init__()
         self.path = path
@@ -124,7 +81,7 @@ class BuilderScreen(Screen):
         self.good: CheckResult | None = None    # the last check that succeeded
         self.collapsed: frozenset[str] = frozenset()
         self.compact = False
-        self.skip_source: str | None = None
+        self.skip_source: str | None = None  # the first node of a skip being added
         self.summary = ""  # what the last visual edit did, shown with the next check
         self._check_timer = None
         self._autosave_timer = None
@@ -178,9 +135,7 @@ class BuilderScreen(Screen):
         if self._check_timer is not None:
             self._check_timer.stop()
         self._check_timer = self.set_timer(CHECK_DELAY, self.start_check)
-        if self._autosave_timer is not None:
-            self._autosave_timer.stop()
-        self._autosave_timer = self.set_timer(AUTOSAVE_DELAY, self.autosave)
+        self.autosave_later()
 
     def start_check(self) -> None:
         self.generation += 1
@@ -214,10 +169,6 @@ class BuilderScreen(Screen):
             self.status(f"{count} error{'s' * (count > 1)}; the graph shows the last good check"
                         f" — {result.errors[0].message}")
             self._show_error_at_cursor()
-
-    def autosave(self) -> None:
-        if self.dirty:
-            Recovery(self.path).write(self.editor.text)
 
     # ---- text <-> graph selection
 
@@ -346,201 +297,6 @@ class BuilderScreen(Screen):
                 self.graph_view.select(box)
 
         self.app.push_screen(JumpTo(names), chosen)
-
-    # ---- visual edits
-
-    def _selected_node(self) -> str | None:
-        """The graph node of the selection (a collapsed block: its output node)."""
-        good, box = self.good, self.graph_view.selected
-        if good is None or box is None or good.text != self.editor.text:
-            self.status("select a node in the graph first (the text must check)"
-                        if good is None or box is None else "wait for the check to finish")
-            return None
-        members = good.picture.boxes[box].members
-        graph = good.network.graph
-        outputs = [m for m in members if any(good.picture.box_of[s] != box
-                                             for s in graph.successors(m))]
-        return (outputs or list(members))[-1]
-
-    def _propose(self, make, form: LayerForm | None = None) -> None:
-        """Compute an edit; check its result in a worker and apply it only if it checks."""
-        node = self._selected_node()
-        if node is None:
-            return
-        text, graph = self.editor.text, self.good.network.graph
-        try:
-            edit = make(text, graph, node)
-        except (edits.EditRefused, SpecError) as exc:
-            self._refuse(str(exc), form)
-            return
-        self.trial_check(edit, text, form)
-
-    def _refuse(self, message: str, form: LayerForm | None) -> None:
-        if form is not None:
-            form.show_error(message)
-        else:
-            self.status(f"not done: {message}")
-            self.app.notify(message, title="Edit not done", severity="warning")
-
-    @work(thread=True, exclusive=True, group="edit")
-    def trial_check(self, edit: edits.TextEdit, text: str, form: LayerForm | None) -> None:
-        result = check_and_draw(edit.apply(text), self.file_name, self.collapsed, self.compact)
-        self.post_message(self.EditChecked(edit, result, form))
-
-    def on_builder_screen_edit_checked(self, message: "BuilderScreen.EditChecked") -> None:
-        edit, result, form = message.edit, message.result, message.form
-        if result.network is None:
-            self._refuse(f"the spec would not check: {result.errors[0].message}", form)
-            return
-        if form is not None:
-            form.dismiss(None)
-        self.summary = edit.summary
-        self.apply_edit(edit)
-        self.status(edit.summary)
-
-    def apply_edit(self, edit: edits.TextEdit) -> None:
-        """Replace the edit's range in the editor as one undoable step."""
-        editor = self.editor
-        document = editor.document
-        start = document.get_location_from_index(edit.start)
-        end = document.get_location_from_index(edit.end)
-        editor.history.checkpoint()
-        editor.replace(edit.text, start, end, maintain_selection_offset=False)
-        editor.history.checkpoint()
-
-    def action_insert(self) -> None:
-        if self._selected_node() is None:
-            return
-        module_blocks = sorted(self.good.network.module.blocks)
-        names = sorted(n for n in OPS if not OPS[n].is_loss) + module_blocks
-
-        def picked(name: str | None) -> None:
-            if name is None:
-                return
-            fields = edits.layer_fields(name, self.good.network.module if self.good else None)
-            if not fields:
-                self._propose(lambda t, g, n: edits.insert_after(t, g, n, name))
-                return
-            form = LayerForm(f"Insert {name} after {self._selected_node()}", fields)
-            form.submitted = lambda values: self._insert_from_form(name, fields, values, form)
-            self.app.push_screen(form)
-
-        self.app.push_screen(PickLayer(names), picked)
-
-    def _insert_from_form(self, name, fields, values, form) -> None:
-        try:
-            call = edits.layer_call(name, values, [f.name for f in fields],
-                                    {f.name for f in fields if f.default is None})
-        except edits.EditRefused as exc:
-            form.show_error(str(exc))
-            return
-        self._propose(lambda t, g, n: edits.insert_after(t, g, n, call), form)
-
-    def action_delete(self) -> None:
-        self._propose(edits.delete_node)
-
-    def action_edit_arguments(self) -> None:
-        node = self._selected_node()
-        if node is None:
-            return
-        try:
-            name, fields = edits.argument_fields(self.editor.text, self.good.network.graph, node)
-        except (edits.EditRefused, SpecError) as exc:
-            self._refuse(str(exc), None)
-            return
-        form = LayerForm(f"Arguments of {node} ({name})", fields)
-        form.submitted = lambda values: self._propose(
-            lambda t, g, n: edits.set_arguments(t, g, n, values), form)
-        self.app.push_screen(form)
-
-    def action_skip(self) -> None:
-        node = self._selected_node()
-        if node is None:
-            return
-        if self.skip_source is None:
-            self.skip_source = node
-            self.graph_view.marked = self.graph_view.selected
-            self.status(f"skip from {node}: select the node to add it to and press s "
-                        "(Escape cancels)")
-            return
-        source, self.skip_source = self.skip_source, None
-        self.graph_view.marked = None
-        self._propose(lambda t, g, n: edits.add_skip(t, g, source, n))
-
-    def action_cancel_skip(self) -> None:
-        if self.skip_source is not None:
-            self.skip_source = None
-            self.graph_view.marked = None
-            self.status("skip cancelled")
-
-    def action_undo(self) -> None:
-        self.editor.undo()
-
-    def action_redo(self) -> None:
-        self.editor.redo()
-
-    # ---- files
-
-    def action_save(self) -> None:
-        if self.path is None:
-            self.action_save_as()
-        else:
-            self.save_to(self.path)
-
-    def save_to(self, path: str) -> bool:
-        text = self.editor.text
-        try:
-            save_spec(path, text)
-        except SpecError as exc:
-            self.status(f"not saved: {exc}")
-            self.app.notify(str(exc), title="Not saved", severity="error")
-            return False
-        if path != self.path:
-            Recovery(self.path).clear()
-        self.path, self.saved_text = path, text
-        Recovery(path).clear()
-        self._update_title()
-        self.status(f"saved {path}")
-        return True
-
-    def action_save_as(self) -> None:
-        def chosen(path: str | None) -> None:
-            if path:
-                self.save_to(path)
-
-        self.app.push_screen(AskPath("Save as", self.path or "untitled.net"), chosen)
-
-    def action_open(self) -> None:
-        def chosen(path: str | None) -> None:
-            if path:
-                self.open_file(path)
-
-        def answered(choice: str) -> None:
-            if choice == "discard":
-                self.app.push_screen(AskPath("Open spec", os.path.dirname(self.path or "") or "."),
-                                     chosen)
-
-        if self.dirty:
-            self.app.push_screen(Choice(f"{self.file_name} has unsaved changes.",
-                                        [("cancel", "Keep editing"), ("discard", "Discard them")]),
-                                 answered)
-        else:
-            answered("discard")
-
-    def open_file(self, path: str) -> None:
-        try:
-            text = load_spec(path)
-        except SpecError as exc:
-            self.status(f"cannot open: {exc}")
-            self.app.notify(str(exc), title="Cannot open", severity="error")
-            return
-        Recovery(self.path).clear()
-        self.path, self.saved_text = path, text
-        self.editor.load_text(text)
-        self.collapsed = frozenset()
-        self.graph_view.selected = None
-        self._update_title()
-        self.start_check()
 
     # ---- run and export
 

@@ -7,7 +7,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 
-from netdsl.tui.edits import Field, check_syntax
+from netdsl.edits import Field, check_syntax
 
 __all__ = ["Choice", "AskPath", "JumpTo", "LayerForm", "PickLayer"]
 

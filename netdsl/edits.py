@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import networkx as nx
 
 from netdsl import ast
+from netdsl.draw import _literal
 from netdsl.errors import Span, SpecError
+from netdsl.fmt import expr as expr_text
 from netdsl.ops import OPS
 from netdsl.ops.base import REQUIRED
 from netdsl.parse import parse
@@ -240,14 +242,10 @@ def _op_fields(name: str, module: ast.Module | None) -> tuple[list[Field], bool]
     """The arguments a layer or block takes, and whether it is a block."""
     blocks = module.blocks if module is not None else {}
     if name in blocks:
-        from netdsl.fmt import expr as expr_text
-
         return [Field(p.name, "", None if p.default is None else expr_text(p.default))
                 for p in blocks[name].params], True
     if name not in OPS:
         raise EditRefused(f"unknown layer '{name}'")
-    from netdsl.draw import _literal
-
     return [Field(a.name, "", None if a.default is REQUIRED else _literal(a.default))
             for a in OPS[name].args], False
 

@@ -24,7 +24,10 @@ import re
 
 import numpy as np
 
-__all__ = ["SEQUENCE_DATA", "sequence_data", "encode_text", "decode_text", "ALPHABET"]
+from netdsl.runtime.data.dataset import DataError, Dataset, Field, describe_fields
+
+__all__ = ["SEQUENCE_DATA", "sequence_data", "load_named", "encode_text", "decode_text",
+           "ALPHABET"]
 
 # printable ASCII and the newline: 96 classes; anything else reads as '?'
 ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
@@ -35,6 +38,7 @@ TOKENS = 12         # the reversal task's vocabulary, the start symbol 0 include
 
 @functools.lru_cache(maxsize=1)
 def corpus() -> str:
+    # 750 kB of source that only the text tasks read
     from pydoc_data.topics import topics
     return "".join(topics[key] for key in sorted(topics))
 
@@ -145,3 +149,30 @@ def sequence_data(name: str, seed: int, examples: int | None = None,
     make, default_examples, default_steps = SEQUENCE_DATA[name]
     return make(np.random.default_rng([seed, 7]), examples or default_examples,
                 steps or default_steps)
+
+
+def load_named(name: str, fields: list[Field], seed: int, examples: int | None,
+               steps: int | None) -> Dataset:
+    """A named bundled dataset, its inputs and targets matched to the spec's in declaration
+    order and checked against their declared types."""
+    inputs, targets, description = sequence_data(name, seed, examples, steps)
+    pairs = [(f, a, "input") for f, a in zip([f for f in fields if f.kind == "input"], inputs)]
+    pairs += [(f, a, "target") for f, a in zip([f for f in fields if f.kind == "target"], targets)]
+    declared = collections.Counter(f.kind for f in fields)
+    if (declared["input"], declared["target"]) != (len(inputs), len(targets)):
+        raise DataError(f"the '{name}' data has {len(inputs)} input(s) and {len(targets)} "
+                        f"target(s), but the spec declares {describe_fields(fields)}",
+                        f"declare them as the specs/ demos of '{name}' do")
+    out = {}
+    for f, a, role in pairs:
+        per_example = (a.shape[1:2] if f.type.seq else ()) + f.type.dims
+        classes = int(a.max()) + 1 if a.dtype.kind == "i" else None
+        fits = (a.shape[1:] == per_example and (classes is None) == (not f.is_class)
+                and (classes is None or classes <= f.type.classes))
+        if not fits:
+            kind = f"class labels up to {classes - 1}" if classes else "numbers"
+            raise DataError(f"the '{name}' data gives each example an {role} of shape "
+                            f"{list(a.shape[1:])} ({kind}), but the spec declares {f}",
+                            f"declare {f.name} to match, as the specs/ demos of '{name}' do")
+        out[f.name] = a
+    return Dataset(out, description)

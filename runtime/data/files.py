@@ -1,0 +1,283 @@
+"""A user's data file: an .npz archive or a .csv table, read for the inputs and targets a
+spec declares.
+
+Every problem (a missing array or column, a header that names nothing the spec reads,
+a cell that is not a number) becomes a `DataError` that names the file, and the line and
+column or the array, and says how to fix it. The arrays read are then checked against
+the declared types (see `checks`).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import zipfile
+
+import numpy as np
+
+from netdsl.runtime.data.checks import check_arrays
+from netdsl.runtime.data.dataset import COUNT, DataError, Dataset, Field, describe_fields
+
+__all__ = ["load_file", "FORMATS"]
+
+FORMATS = ".npz (one array per input and target, named like them) or .csv (with a header row)"
+
+
+def load_file(path: str, fields: list[Field], declared: list[Field] | None = None) -> Dataset:
+    """A Dataset of `fields` from a user's .npz or .csv file, checked against the declared
+    types. `declared` lists all the spec's inputs and targets: in a .csv file, columns
+    named for one that is not read are not taken for the input."""
+    declared = fields if declared is None else declared
+    others = [f for f in declared if f not in fields]
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such data file", f"check the path; data files are {FORMATS}")
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a directory, not a data file",
+                        f"name a file inside it; data files are {FORMATS}")
+    ext = os.path.splitext(path)[1].lower()
+    lengths = {}
+    if ext == ".npz":
+        raw, place = _read_npz(path, fields, others), _array_place(path)
+        lengths = _read_lengths(path, fields)
+    elif ext == ".csv":
+        raw, place = _read_csv(path, fields, others)
+    else:
+        kind = f"{ext} files" if ext else "files without an extension"
+        raise DataError(f"{path}: cannot read {kind} as data", f"use {FORMATS}")
+    arrays = check_arrays(path, raw, fields, place)
+    arrays.update(_checked_lengths(path, lengths, arrays))
+    padded = f"; padded sequences, with {', '.join(lengths)}" if lengths else ""
+    return Dataset(arrays, f"data from {os.path.basename(path)}: {COUNT} examples of "
+                           f"{describe_fields(fields)}{padded}")
+
+
+def _read_lengths(path: str, fields: list[Field]) -> dict[str, np.ndarray]:
+    """`NAME.lengths` arrays of an .npz: how many steps of each padded sequence are real."""
+    with np.load(path, allow_pickle=False) as archive:
+        return {f"{f.name}.lengths": archive[f"{f.name}.lengths"] for f in fields
+                if f.type.seq and f"{f.name}.lengths" in archive.files}
+
+
+def _checked_lengths(path: str, lengths: dict, arrays: dict) -> dict[str, np.ndarray]:
+    checked = {}
+    for key, a in lengths.items():
+        name = key[:-len(".lengths")]
+        examples, steps = arrays[name].shape[:2]
+        hint = (f"save one whole number per example, from 1 to the {steps} steps of {name}: "
+                f"np.savez(..., **{{'{key}': lengths}})")
+        if a.shape != (examples,) or a.dtype.kind not in "iu":
+            raise DataError(f"{path}: {key} must hold one whole number per example of {name} "
+                            f"({examples}), but it is {a.dtype} of shape {list(a.shape)}", hint)
+        if a.min() < 1 or a.max() > steps:
+            raise DataError(f"{path}: {key} must lie in 1..{steps} (the steps of {name}), but "
+                            f"it holds {int(a.min())}..{int(a.max())}", hint)
+        checked[key] = a.astype(np.int64)
+    return checked
+
+
+def _savez_hint(path: str, fields: list[Field]) -> str:
+    names = ", ".join(f"{f.name}=..." for f in fields)
+    return f"write it with numpy: np.savez({os.path.basename(path)!r}, {names})"
+
+
+def _read_npz(path: str, fields: list[Field], others: list[Field] = ()
+              ) -> dict[str, np.ndarray]:
+    """The arrays of `fields` from an .npz archive; extra arrays are ignored (`others`,
+    the spec's arrays that are not read, are named in messages as optional)."""
+    hint = _savez_hint(path, fields)
+    try:
+        archive = np.load(path, allow_pickle=False)  # never run code from a data file
+    except EOFError:
+        raise DataError(f"{path} is empty", hint) from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({_reason(exc)})", hint) from None
+    except (ValueError, zipfile.BadZipFile):
+        # numpy's own message here is about pickles, which would only mislead
+        raise DataError(f"{path} is not an .npz archive", hint) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: not an .npz archive but a single .npy array", hint)
+    with archive:
+        missing = [f.name for f in fields if f.name not in archive.files]
+        if missing:
+            has = ", ".join(archive.files) or "no arrays"
+            raise DataError(f"{path} has no array named {', '.join(missing)}: it has {has}; "
+                            f"{_needs(fields, others)}", hint)
+        arrays = {}
+        for f in fields:
+            try:
+                arrays[f.name] = archive[f.name]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise DataError(f"{path}: cannot read array {f.name} ({_reason(exc)})",
+                                "save numeric arrays (not Python objects) with np.savez") from None
+    return arrays
+
+
+def _needs(fields: list[Field], others: list[Field]) -> str:
+    """What the data must hold, in words: `the spec reads x (input [64]), y (...)`."""
+    wants = ", ".join(f"{f.name} ({f.kind} {f.type})" for f in fields)
+    if not others:
+        return f"the spec reads {wants}"
+    return f"the data must hold {wants}; {', '.join(f.name for f in others)} may be left out"
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _read_csv(path: str, fields: list[Field], others: list[Field] = ()):
+    """The columns of each of `fields` as (N, k) float arrays, and a function that names
+    the line and column of a value (see `_array_place`). Columns named for `others` are
+    skipped."""
+    sequences = [f for f in fields if f.type.seq]
+    if sequences:
+        raise DataError(f"{path}: {sequences[0]} is a sequence, which a .csv file cannot hold",
+                        "save sequences in an .npz file, as arrays of shape "
+                        "(examples, steps, ...)")
+    header, rows, lines = _csv_rows(path, fields)
+    columns = _csv_columns(path, header, fields, others)
+    table = _csv_numbers(path, header, rows, lines)
+
+    def place(name: str, i: int, j: int, shape: tuple[int, ...]) -> str:
+        column = columns[name][j]
+        return f"{path}, line {lines[i]}, column {column + 1} ({header[column]})"
+
+    return {name: table[:, cols] for name, cols in columns.items()}, place
+
+
+def _array_place(path: str):
+    """A function naming value j of example i of an array, e.g. `data.npz: x[3, 0, 7]`.
+
+    Its arguments are the array's name, i, j (counted in the flattened example) and the
+    shape of one example.
+    """
+
+    def place(name: str, i: int, j: int, shape: tuple[int, ...]) -> str:
+        index = (i,) + tuple(int(k) for k in np.unravel_index(j, shape)) if shape else (i,)
+        return f"{path}: {name}[{', '.join(map(str, index))}]"
+
+    return place
+
+
+def _header_example(fields: list[Field]) -> str:
+    names = [f.name if f.type.size == 1 else f"{f.name}0,...,{f.name}{f.type.size - 1}"
+             for f in fields]
+    return ",".join(names)
+
+
+def _csv_rows(path: str, fields: list[Field]) -> tuple[list[str], list[list[str]], list[int]]:
+    """The header, the data rows (blank lines skipped) and the line each row is on."""
+    header, rows, lines = None, [], []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if header is None:
+                    header = [cell.strip() for cell in row]
+                else:
+                    rows.append(row)
+                    lines.append(reader.line_num)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file", "a .csv file holds comma-separated numbers "
+                        "under a header row") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}, line {reader.line_num}: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({_reason(exc)})") from None
+    example = f"add a first line that names the columns, e.g. {_header_example(fields)}"
+    if header is None:
+        raise DataError(f"{path} is empty", example)
+    if all(_is_number(cell) for cell in header):
+        raise DataError(f"{path} has no header row: its first line holds numbers", example)
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header names column {repeated[0]!r} more than once",
+                        "give every column its own name")
+    if not rows:
+        raise DataError(f"{path} has a header row but no data", "add one line per example")
+    for row, line in zip(rows, lines):
+        if len(row) != len(header):
+            raise DataError(f"{path}, line {line}: {len(row)} values, but the header names "
+                            f"{len(header)} columns", "give every line one value per column")
+    return header, rows, lines
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_columns(path: str, header: list[str], fields: list[Field],
+                 others: list[Field] = ()) -> dict[str, list[int]]:
+    """Which columns hold each of `fields`.
+
+    A field is a column named like it (one value per example) or columns name0, name1, ...
+    in order; a spec's only input may instead take all the columns the others leave.
+    Columns named for `others` (fields a file may hold that are not read) are never taken.
+    """
+    index = {name: j for j, name in enumerate(header)}
+    skipped = {index[name] for f in others
+               for name in [f.name, *(f"{f.name}{i}" for i in range(f.type.size))]
+               if name in index}
+    columns, unnamed = {}, []
+    for f in fields:
+        found = _named_columns(path, f, index)
+        if found is None:
+            unnamed.append(f)
+        else:
+            columns[f.name] = found
+    only_input = sum(f.kind == "input" for f in [*fields, *others]) == 1
+    for f in unnamed:
+        if f.kind != "input" or not only_input:
+            raise DataError(f"{path} has no column{'s' if f.type.size > 1 else ''} for "
+                            f"the {f.kind} {f}", f"name the columns like this: "
+                            f"{_header_example(fields)}")
+        used = skipped | {j for cols in columns.values() for j in cols}
+        rest = [j for j in range(len(header)) if j not in used]
+        if len(rest) != f.type.size:
+            besides = f" besides {', '.join(c for c in columns)}" if columns else ""
+            raise DataError(f"{path}: the input {f} needs {f.type.size} values per example, "
+                            f"but the file has {len(rest)} columns{besides}",
+                            f"name the columns like this: {_header_example(fields)}")
+        columns[f.name] = rest
+    return columns
+
+
+def _named_columns(path: str, f: Field, index: dict[str, int]) -> list[int] | None:
+    """The columns named for `f`, or None when none are."""
+    size = f.type.size
+    if f.name in index:
+        if size == 1:
+            return [index[f.name]]
+        raise DataError(f"{path}: column {f.name} holds one value per example, but {f} needs "
+                        f"{size}", f"name {size} columns {f.name}0 to {f.name}{size - 1}")
+    numbered = [f"{f.name}{i}" for i in range(size)]
+    present = [name for name in numbered if name in index]
+    if len(present) == size:
+        return [index[name] for name in numbered]
+    if present:
+        missing = [name for name in numbered if name not in index]
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DataError(f"{path}: {f} needs columns {f.name}0 to {f.name}{size - 1}, but "
+                        f"{', '.join(missing[:3])}{more} are missing",
+                        f"{f} holds {size} values per example, one column each")
+    return None
+
+
+def _csv_numbers(path: str, header: list[str], rows: list[list[str]],
+                 lines: list[int]) -> np.ndarray:
+    """The cells as floats, or a DataError naming the first cell that is not a number."""
+    try:
+        return np.array(rows, dtype=np.float64)
+    except ValueError:
+        pass
+    for row, line in zip(rows, lines):
+        for j, cell in enumerate(row):
+            if not _is_number(cell):
+                what = f"{cell.strip()!r} is not a number" if cell.strip() else "empty cell"
+                raise DataError(f"{path}, line {line}, column {j + 1} ({header[j]}): {what}",
+                                "apart from the header row, every cell must be a number")
+    return np.array([[float(cell) for cell in row] for row in rows], dtype=np.float64)
