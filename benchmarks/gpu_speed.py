@@ -225,7 +225,7 @@ class Device:
     def __init__(self, kind: str):
         self.kind = kind
         if kind == "gpu":
-            from netdsl.runner import array_module
+            from netdsl.runtime.device import array_module
 
             # cupy, or a SpecError saying what is missing
             self.cupy = self.xp = array_module("gpu")

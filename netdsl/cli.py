@@ -5,8 +5,18 @@ import argparse
 import os
 import sys
 
-from netdsl.errors import SpecError, SpecErrors, render
+from netdsl import __version__, emit
+from netdsl.atomic import write_text
+from netdsl.driver import CheckFailed, check_file, read_spec
+from netdsl.errors import SpecError, SpecErrors, errors_of, render
+from netdsl.fmt import format_text
+from netdsl.lower import lower, printers
 from netdsl.lower.pipeline import PASSES, TARGETS
+from netdsl.optimizers import configure
+from netdsl.report import format_cost_table, format_training_memory
+from netdsl.runtime.device import DEVICES
+from netdsl.settings import resolve_settings
+from netdsl.unroll import unroll
 
 __all__ = ["main"]
 
@@ -26,8 +36,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     root = _Parser(prog="netc", description="Check, compile, draw, format and train .net network specs.")
-    from netdsl import __version__
-
     root.add_argument("--version", action="version", version=f"netc {__version__}")
     sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -96,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                          description="Open the terminal builder on SPEC (a new spec when SPEC "
                                      "does not exist yet, or an untitled one without SPEC).")
     tui.add_argument("spec", nargs="?", metavar="SPEC")
-    tui.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+    tui.add_argument("--device", choices=tuple(DEVICES), default="cpu",
                      help="where its runs train (cpu)")
     return root
 
@@ -109,7 +117,7 @@ def _data_flags(cmd) -> None:
     cmd.add_argument("--length", type=_positive, metavar="T",
                      help="time steps of generated or named sequence data (default 20)")
     cmd.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder (runs/NAME)")
-    cmd.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where to run (cpu)")
+    cmd.add_argument("--device", choices=tuple(DEVICES), default="cpu", help="where to run (cpu)")
 
 
 def _number(text: str, accept, wanted: str) -> float:
@@ -166,7 +174,6 @@ def _natural(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run netc; returns the exit code (0 ok, 1 for any error in a spec, file or flag)."""
     args = _parser().parse_args(argv)
-    from netdsl.driver import CheckFailed
 
     try:
         return COMMANDS[args.command](args)
@@ -193,8 +200,6 @@ def _report(errors, sources) -> None:
 
 
 def _check(args) -> int:
-    from netdsl.driver import CheckFailed, check_file
-
     failed = 0
     for path in args.specs:
         try:
@@ -208,11 +213,6 @@ def _check(args) -> int:
 
 
 def _compile(args) -> int:
-    from netdsl import emit
-    from netdsl.driver import check_file
-    from netdsl.lower import lower, printers
-    from netdsl.unroll import unroll
-
     if args.unroll is not None and args.emit != "unrolled":
         raise SpecError("--unroll goes with --emit unrolled", None,
                         f"netc compile {args.spec} --emit unrolled --unroll {args.unroll}")
@@ -228,12 +228,11 @@ def _compile(args) -> int:
             "shapes": lambda: emit.format_shapes(net.graph),
             "plan": lambda: printers.format_plan(lower(net.graph), args.batch),
             "unrolled": lambda: emit.format_unrolled(unroll(net.graph, args.unroll or 3)),
-            "kernels": lambda: printers.format_kernels(lower(net.graph, "cuda"), *_optimizer(net)),
+            "kernels": lambda: printers.format_kernels(lower(net.graph, "cuda"),
+                                                       *_optimizer(net)),
         }[args.emit]()
         print(text)
         return 0
-    from netdsl.report import format_cost_table, format_training_memory
-
     print(format_cost_table(net, args.batch))
     memory = format_training_memory(net, args.batch)
     if memory:
@@ -244,11 +243,6 @@ def _compile(args) -> int:
 def _optimizer(net) -> tuple:
     """The update rule of the optimiser the spec's train clause resolves to, the arrays it
     keeps, and its name."""
-    from netdsl.driver import CheckFailed
-    from netdsl.errors import SpecErrors, errors_of
-    from netdsl.optimizers import configure
-    from netdsl.settings import resolve_settings
-
     try:
         settings = resolve_settings(net.graph.graph["train"], {}, net.program.train_spans)
     except (SpecError, SpecErrors) as exc:
@@ -258,8 +252,7 @@ def _optimizer(net) -> tuple:
 
 
 def _draw(args) -> int:
-    from netdsl import draw
-    from netdsl.driver import check_file
+    from netdsl import draw  # Graphviz loads for this command alone
 
     net = check_file(args.spec)
     fmt = os.path.splitext(args.output)[1].lstrip(".").lower()
@@ -269,10 +262,6 @@ def _draw(args) -> int:
 
 
 def _fmt(args) -> int:
-    from netdsl.driver import read_spec
-    from netdsl.fmt import format_text
-    from netdsl.atomic import write_text
-
     text = read_spec(args.spec)
     try:
         pretty = format_text(text, args.spec)
@@ -287,32 +276,25 @@ def _fmt(args) -> int:
     return 0
 
 
-def _run(args) -> int:
-    from netdsl import runner
-
-    return runner.run(args)
-
-
-def _eval(args) -> int:
-    from netdsl import runner
-
-    return runner.evaluate(args)
-
-
-def _predict(args) -> int:
-    from netdsl import runner
-
-    return runner.predict(args)
-
-
 def _tui(args) -> int:
     from netdsl.tui import main as tui_main  # imported here: Textual loads only for this command
 
     return tui_main(args.spec, args.device)
 
 
-COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "run": _run,
-            "eval": _eval, "predict": _predict, "tui": _tui}
+def _training(command: str):
+    """A command of app.commands, loaded when it runs: the runtime loads for training and
+    its results, never for checking, compiling or drawing."""
+    def run(args) -> int:
+        from netdsl.app import commands  # the runtime, for run, eval and predict alone
+
+        return getattr(commands, command)(args)
+    return run
+
+
+COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt,
+            "run": _training("run"), "eval": _training("evaluate"),
+            "predict": _training("predict"), "tui": _tui}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -360,7 +360,7 @@ def _fake_cupy(monkeypatch, available=True, arange=None):
 
 
 def test_array_module_says_when_cupy_sees_no_device(monkeypatch):
-    from netdsl.runner import array_module
+    from netdsl.runtime.device import array_module
 
     _fake_cupy(monkeypatch, available=False)
     with pytest.raises(SpecError, match="CuPy sees no CUDA device") as info:
@@ -369,7 +369,7 @@ def test_array_module_says_when_cupy_sees_no_device(monkeypatch):
 
 
 def test_array_module_says_when_the_first_allocation_fails(monkeypatch):
-    from netdsl.runner import array_module
+    from netdsl.runtime.device import array_module
 
     class CUDARuntimeError(RuntimeError):
         pass
@@ -386,7 +386,7 @@ def test_array_module_says_when_the_first_allocation_fails(monkeypatch):
 
 
 def test_array_module_says_when_cupy_is_missing(monkeypatch):
-    from netdsl.runner import array_module
+    from netdsl.runtime.device import array_module
 
     monkeypatch.setitem(sys.modules, "cupy", None)
     with pytest.raises(SpecError, match="CuPy is not installed"):

@@ -251,11 +251,11 @@ def test_the_language_names_every_bundled_dataset_and_init_scheme_the_runtime_ha
     import numpy as np
 
     from netdsl.lower import lower
-    from netdsl.runtime import data
+    from netdsl.runtime.data.sequences import SEQUENCE_DATA
     from netdsl.runtime.init import initial_params
     from netdsl.settings import BUNDLED_DATA, INIT_SCHEMES
 
-    assert set(BUNDLED_DATA) == set(data.SEQUENCE_DATA)
+    assert set(BUNDLED_DATA) == set(SEQUENCE_DATA)
     plan = lower(check_text("input x : [3]\ntarget y : class(2)\n"
                             "loss cross_entropy(x -> dense(2), y)\n")).built
     for scheme in INIT_SCHEMES:

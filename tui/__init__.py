@@ -1,6 +1,9 @@
 """The terminal network builder (`netc tui`): spec text, graph and inspector on one screen."""
 from __future__ import annotations
 
+from netdsl.runtime.device import array_module
+from netdsl.tui.app import NetApp
+
 __all__ = ["main"]
 
 
@@ -14,10 +17,6 @@ def main(path: str | None = None, device: str = "cpu") -> int:
         When `path` exists but cannot be read as a spec, or the GPU cannot be used.
     """
     if device != "cpu":
-        from netdsl.runner import array_module
-
         array_module(device)  # one clear line now, not a failed run later
-    from netdsl.tui.app import NetApp
-
     NetApp(path, device=device).run()
     return 0

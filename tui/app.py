@@ -1,6 +1,8 @@
 """`netc tui`: the terminal network builder. Wiring only; the work is in screens/ and widgets/."""
 from __future__ import annotations
 
+import os
+
 from textual.app import App
 from textual.binding import Binding
 
@@ -37,7 +39,7 @@ class NetApp(App):
         self.path = path
         self.train_examples, self.train_epochs = train_examples, train_epochs
         self.device = device
-        self.text = load_spec(path) if path is not None and _exists(path) else NEW_SPEC
+        self.text = load_spec(path) if path is not None and os.path.exists(path) else NEW_SPEC
 
     @property
     def builder(self) -> BuilderScreen:
@@ -51,8 +53,3 @@ class NetApp(App):
     def action_quit_safely(self) -> None:
         self._builder.quit_safely()
 
-
-def _exists(path: str) -> bool:
-    import os
-
-    return os.path.exists(path)

@@ -1,17 +1,21 @@
-"""Training from the builder: the runtime's Trainer with a Reporter that forwards progress.
+"""Training from the builder: a run prepared as `netc run` prepares one, with a Reporter
+that forwards progress.
 
-`train_network` is the same sequence as `netc run` (plan, settings, bundled data,
-validation split, normalisation) without checkpoints: a run from the builder is a
-quick look at whether the network learns. It blocks, so the run panel calls it
-from a worker thread; every report goes to `post`, which must be thread-safe.
+`train_network` is the same session as `netc run` (netdsl.app.session: settings, the
+lowering for the device, bundled data, validation split, normalisation) without
+checkpoints: a run from the builder is a quick look at whether the network learns. It
+blocks, so the run panel calls it from a worker thread; every report goes to `post`,
+which must be thread-safe.
 """
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
-from netdsl.runtime.train import Reporter, Trainer
+from netdsl.app.session import prepare
+from netdsl.runtime.train import Reporter
 
 __all__ = ["Progress", "EpochDone", "RunStopped", "RunStarted", "PostingReporter", "train_network"]
 
@@ -54,8 +58,6 @@ class PostingReporter(Reporter):
         self.post(RunStarted(description, epochs, steps))
 
     def step(self, epoch, done, total, metrics):
-        import time
-
         now = time.monotonic()
         if now - self._last >= self.every or done == total:
             self._last = now
@@ -71,28 +73,19 @@ class PostingReporter(Reporter):
         return self.stop_requested.is_set()
 
 
-def train_network(graph, reporter: PostingReporter, epochs: int | None = None,
+def train_network(network, reporter: PostingReporter, epochs: int | None = None,
                   examples: int | None = None, device: str = "cpu") -> list[dict]:
-    """Train a checked graph on its bundled data, on the CPU or (`device` "gpu") with
-    CuPy; returns the per-epoch history.
+    """Train a checked network (or its graph) on its bundled data, on the CPU or
+    (`device` "gpu") with CuPy; returns the per-epoch history.
 
     Raises
     ------
     SpecError
         When the network cannot train (no loss, a bad train clause, no data), or the
-        GPU cannot be used (netdsl.runner.array_module).
+        GPU cannot be used (netdsl.runtime.device.array_module).
     """
-    from netdsl.runner import array_module
-    from netdsl.runtime.data import load_data, normalize
-    from netdsl.lower import lower
-    from netdsl.settings import resolve_settings
-
-    xp = array_module(device)
-    lowered = lower(graph, "cuda" if device == "gpu" else "host")
-    settings = resolve_settings(graph.graph["train"], {"epochs": epochs} if epochs else {})
-    data = load_data(graph, settings.data, settings.seed, examples)
-    train, val = data.split(settings.val, settings.seed)
-    if settings.normalize and data.normalize:
-        _, (train, val) = normalize(train, val)
-    trainer = Trainer(lowered, settings, None, xp=xp, reporter=reporter)
+    session = prepare(network, {"epochs": epochs}, device)
+    data = session.load_data(examples=examples)
+    train, val = session.split(data)
+    trainer = session.trainer(reporter=reporter)
     return trainer.fit(train, val if len(val) else None, data.description)

@@ -31,6 +31,7 @@ from netdsl.tui.graph_layout import block_paths
 from netdsl.tui.screens.dialogs import AskPath, JumpTo
 from netdsl.tui.screens.edit_flow import EditFlow
 from netdsl.tui.screens.file_flow import FileFlow
+from netdsl.tui.screens.train import TrainScreen
 from netdsl.tui.widgets.graph_view import GraphView
 from netdsl.tui.widgets.inspector import Inspector
 from netdsl.tui.widgets.spec_editor import SpecEditor
@@ -301,12 +302,10 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
     # ---- run and export
 
     def action_train(self) -> None:
-        from netdsl.tui.screens.train import TrainScreen
-
         if self.result is None or self.result.network is None:
             self.status("the spec must check before it can train")
             return
-        self.app.push_screen(TrainScreen(self.result.network.graph,
+        self.app.push_screen(TrainScreen(self.result.network,
                                          epochs=getattr(self.app, "train_epochs", None),
                                          examples=getattr(self.app, "train_examples", None),
                                          device=getattr(self.app, "device", "cpu")))
@@ -325,7 +324,7 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
 
     @work(thread=True, group="export")
     def export(self, graph, path: str, collapsed: frozenset[str]) -> None:
-        from netdsl.draw import render as draw
+        from netdsl.draw import render as draw  # Graphviz loads when a diagram is exported
 
         try:
             draw(graph, path, collapse=bool(collapsed))

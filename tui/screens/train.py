@@ -29,16 +29,17 @@ class TrainScreen(ModalScreen[None]):
             super().__init__()
             self.event = event
 
-    def __init__(self, graph, epochs: int | None = None, examples: int | None = None,
+    def __init__(self, network, epochs: int | None = None, examples: int | None = None,
                  device: str = "cpu"):
         super().__init__()
-        self.graph, self.epochs, self.examples, self.device = graph, epochs, examples, device
+        self.network, self.epochs, self.examples = network, epochs, examples
+        self.device = device
         self.reporter = PostingReporter(lambda event: self.post_message(self.Event(event)))
         self.running = False
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog train"):
-            yield Label(f"Training {self.graph.graph['name']}", classes="question", id="title")
+            yield Label(f"Training {self.network.name}", classes="question", id="title")
             yield Label("starting...", id="status")
             yield ProgressBar(id="progress", show_eta=True)
             with Horizontal(classes="plots"):
@@ -56,7 +57,7 @@ class TrainScreen(ModalScreen[None]):
     @work(thread=True, exclusive=True, group="train")
     def train(self) -> None:
         try:
-            train_network(self.graph, self.reporter, self.epochs, self.examples, self.device)
+            train_network(self.network, self.reporter, self.epochs, self.examples, self.device)
             self.post_message(self.Event(RunStopped("finished")))
         except SpecError as exc:
             self.post_message(self.Event(RunStopped(f"cannot train: {exc}"

@@ -1,0 +1,185 @@
+"""`netc run`, `netc eval` and `netc predict`: a session (app.session) and what each does."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+
+import networkx as nx
+import numpy as np
+from rich.console import Console
+
+from netdsl.app.progress import RichReporter, metric_text
+from netdsl.app.session import Session, prepare
+from netdsl.atomic import write_bytes, write_text
+from netdsl.cost import param_count
+from netdsl.driver import check_file
+from netdsl.errors import SpecError
+from netdsl.lower import scored_values
+from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError
+from netdsl.runtime.data import data_fields
+from netdsl.runtime.data.sequences import ALPHABET, decode_text, encode_text
+from netdsl.runtime.generate import fed_scores, generate
+from netdsl.runtime.host import to_host
+
+__all__ = ["run", "evaluate", "predict"]
+
+# the flags of `netc run` that override the train clause
+OVERRIDES = ("epochs", "batch", "lr", "seed", "steps", "init", "val")
+
+
+def _session(args) -> Session:
+    """The spec of the command line, its settings with the flags, on --device."""
+    overrides = {key: getattr(args, key, None) for key in OVERRIDES}
+    if getattr(args, "normalize", False):
+        overrides["normalize"] = True
+    return prepare(check_file(args.spec), overrides, args.device)
+
+
+def _data(args, session: Session, only=None, examples=None):
+    return session.load_data(args.data, examples or args.examples,
+                             getattr(args, "length", None), only)
+
+
+def _folder(args, session: Session) -> str:
+    return args.checkpoint or os.path.join("runs", session.name)
+
+
+def run(args) -> int:
+    """Train a spec; checkpoints go to --checkpoint (default runs/NAME)."""
+    console = Console(stderr=False, highlight=False)
+    session = _session(args)
+    data = _data(args, session)
+    train, val = session.split(data)
+    folder = _folder(args, session)
+    trainer = session.trainer(folder, args.checkpoint_every, RichReporter(console, args.quiet))
+    path = os.path.join(folder, CHECKPOINT)
+    if args.resume:
+        try:
+            trainer.restore(folder)
+        except CheckpointError as exc:
+            raise SpecError(str(exc), None, "run without --resume to start over") from None
+        console.print(f"resuming from {path} at epoch {trainer.position.epoch + 1}, "
+                      f"step {trainer.position.iteration}")
+    elif os.path.exists(path):
+        shutil.copyfile(path, os.path.join(folder, "previous.npz"))
+        console.print(f"starting over; the earlier checkpoint is kept as "
+                      f"{os.path.join(folder, 'previous.npz')}")
+    console.print(f"{session.name}: {param_count(session.graph):,} parameters, "
+                  f"checkpoints in {folder}/")
+    trainer.fit(train, val if len(val) else None, data.description)
+    console.print(f"saved {path}")
+    return 0
+
+
+def _trained(args):
+    """The session of the spec and a trainer holding its checkpoint."""
+    session = _session(args)
+    trainer = session.trained(_folder(args, session), f"train it first: netc run {args.spec}")
+    return session, trainer
+
+
+def evaluate(args) -> int:
+    """Losses and accuracy of a trained spec on --data (default: the held-out split)."""
+    session, trainer = _trained(args)
+    data = _data(args, session)
+    if args.data is None:
+        _, data = data.split(session.settings.val, session.settings.seed)
+    if session.normalizer:
+        data = session.normalizer.apply(data)
+    metrics = trainer.evaluate(data)
+    print(f"{len(data):,} examples: " + "  ".join(metric_text(k, v) for k, v in metrics.items()))
+    return 0
+
+
+def predict(args) -> int:
+    """The network's outputs for --data, written to -o (npz or csv) or printed."""
+    session, trainer = _trained(args)
+    if args.generate:
+        return _generate(args, session, trainer)
+    plan = session.lowered.plan
+    outputs = scored_values(plan)
+    data = _data(args, session, only=_fields_needed(plan, outputs))
+    if session.normalizer:
+        data = session.normalizer.apply(data)
+    parts = {name: [] for name in outputs}
+    for batch in data.batches(256, None):
+        out = trainer.executor.forward(batch, False, set(outputs), losses=False)
+        for name in outputs:
+            parts[name].append(to_host(trainer.xp, out[name]))
+    results = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    classes = {name: r.argmax(axis=2 if plan.types[name].seq else 1)
+               for name, r in results.items() if name in _class_outputs(plan)}
+    if args.output is None:
+        for name, values in (classes or results).items():
+            print(f"{name}: {np.array2string(values[:20], threshold=40)}"
+                  + (f" ... ({len(values):,} in all)" if len(values) > 20 else ""))
+        return 0
+    _write_predictions(args.output, results, classes)
+    print(f"wrote {len(data):,} predictions to {args.output}")
+    return 0
+
+
+def _write_predictions(path: str, results: dict, classes: dict) -> None:
+    """The outputs (and their argmax classes) as .npz arrays or .csv columns, atomically."""
+    if path.endswith(".npz"):
+        buffer = io.BytesIO()
+        np.savez(buffer, **results, **{f"{k}_class": v for k, v in classes.items()})
+        write_bytes(path, buffer.getvalue())
+    elif path.endswith(".csv"):
+        columns, names = [], []
+        for name, values in results.items():
+            flat = values.reshape(len(values), -1)
+            columns.append(flat)
+            names += [f"{name}{i}" for i in range(flat.shape[1])] if flat.shape[1] > 1 else [name]
+        for name, values in classes.items():
+            columns.append(values.reshape(-1, 1))
+            names.append(f"{name}_class")
+        table = np.concatenate(columns, axis=1)
+        lines = [",".join(names)] + [",".join(f"{v:.6g}" for v in row) for row in table]
+        write_text(path, "\n".join(lines) + "\n")
+    else:
+        raise SpecError(f"cannot write predictions to {path}", None, "name an .npz or .csv file")
+
+
+def _generate(args, session: Session, trainer) -> int:
+    """`predict --generate INPUT`: the network writes INPUT itself, step by step."""
+    plan, settings = session.lowered.plan, session.settings
+    scores = fed_scores(plan, args.generate)  # a clear error before any data is read
+    as_text = (args.data or settings.data) == "text"
+    others = [n for n in _fields_needed(plan, [scores])
+              if n != args.generate and plan.graph.nodes[n]["kind"] == "input"]
+    batch, steps = {}, args.length or 200
+    if others:  # a decoder's other inputs (the source sentence) come from the data
+        data = _data(args, session, only=others + [args.generate], examples=args.examples or 5)
+        batch = {n: data.arrays[n] for n in others}
+        steps = args.length or data.arrays[args.generate].shape[1]
+    prompt = ()
+    if args.prompt:
+        bad = sorted(set(args.prompt) - set(ALPHABET)) if as_text else []
+        if not as_text or bad:
+            raise SpecError("--prompt gives the text a model of the bundled text starts from"
+                            + (f"; it has characters outside printable ASCII: {bad}" if bad else ""),
+                            None, "for example --prompt 'def '")
+        prompt = encode_text(args.prompt)
+    tokens = generate(trainer.executor, plan, batch, args.generate, steps, prompt,
+                      args.temperature, np.random.default_rng(settings.seed))
+    for i, row in enumerate(tokens):
+        if as_text:
+            print(args.prompt + decode_text(row))
+        else:
+            source = "  ".join(f"{n} {np.array2string(batch[n][i])}" for n in others)
+            print((source + "  ->  " if source else "") + np.array2string(row))
+    return 0
+
+
+def _fields_needed(plan, outputs) -> list[str]:
+    """The inputs (and targets, rarely) that the outputs are computed from: what a data
+    file for predictions must hold."""
+    needed = set().union(*(nx.ancestors(plan.graph, node) for node in outputs))
+    return [f.name for f in data_fields(plan.graph) if f.name in needed]
+
+
+def _class_outputs(plan) -> set[str]:
+    return {plan.step_of(n).inputs[0] for n in plan.losses.values()
+            if plan.step_of(n).op.accuracy == "class"}
