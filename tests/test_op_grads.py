@@ -286,6 +286,7 @@ CASES = [
     case("elu", alpha=0.5, inputs=[floats(7)], ref=on_x(lambda x: F.elu(x, 0.5)),
          kink=abs_min(0)),
     case("softplus", inputs=[floats(7)], ref=on_x(F.softplus)),
+    case("gelu", inputs=[floats(3, 4)], ref=on_x(lambda x: F.gelu(x, approximate="tanh"))),
     case("softmax", inputs=[floats(10)], ref=on_x(lambda x: F.softmax(x, -1))),
     case("softmax", 0, inputs=[floats(4, 3)], ref=on_x(lambda x: F.softmax(x, 1))),
     case("log_softmax", axis=0, inputs=[floats(5, 3)], ref=on_x(lambda x: F.log_softmax(x, 1))),

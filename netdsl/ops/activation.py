@@ -1,6 +1,8 @@
 """Activations and other pointwise maps: y has x's type."""
 from __future__ import annotations
 
+import math
+
 from netdsl.errors import ShapeError
 from netdsl.ops import expr as E
 from netdsl.ops.base import Arg, Op, integer, number, positive, register
@@ -203,6 +205,34 @@ class Softplus(Pointwise):
 
     def derivative(self, gy, y, x):
         return (gy * E.sigmoid(x),)
+
+
+@register("gelu")
+class Gelu(Pointwise):
+    r"""$y = \frac{x}{2} (1 + \tanh(\sqrt{2/\pi}\,(x + 0.044715 x^3)))$, GELU's tanh form"""
+
+    keeps = ("x",)
+    cost = 8
+    fresh = True
+    init_scheme = "he"
+
+    def forward(self, ctx, x):
+        ctx.save(x=x)
+        return formula_value(self, ctx, x)
+
+    def backward(self, ctx, gy):
+        return formula_grads(self, ctx, gy), {}
+
+    def formula(self, x):
+        return 0.5 * x * (1 + E.tanh(_GELU_SCALE * (x + 0.044715 * x * x * x)))
+
+    def derivative(self, gy, y, x):
+        t = E.tanh(_GELU_SCALE * (x + 0.044715 * x * x * x))
+        slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_SCALE * (1 + 0.134145 * x * x)
+        return (gy * slope,)
+
+
+_GELU_SCALE = math.sqrt(2 / math.pi)
 
 
 class _PassThrough(Pointwise):
