@@ -196,22 +196,18 @@ def _text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _init(value, place: _Place) -> str:
-    if value not in INIT_SCHEMES:
-        near = suggest(value, INIT_SCHEMES) if isinstance(value, str) else None
-        raise place.error(f"{place.name} must be one of {', '.join(INIT_SCHEMES)}, got "
-                          f"{_text(value)}",
-                          near or place.example("he"))
-    return value
+def _one_of(names: tuple[str, ...], what: str, example: str):
+    """A check that the value is one of `names`, suggesting the closest otherwise; the
+    message says the value must `what` one of them."""
 
+    def check(value, place: _Place) -> str:
+        if value not in names:
+            near = suggest(value, names) if isinstance(value, str) else None
+            raise place.error(f"{place.name} must {what} one of {', '.join(names)}, got "
+                              f"{_text(value)}", near or place.example(example))
+        return value
 
-def _data(value, place: _Place) -> str:
-    if value not in BUNDLED_DATA:
-        near = suggest(value, BUNDLED_DATA) if isinstance(value, str) else None
-        raise place.error(f"{place.name} must name a bundled dataset, one of "
-                          f"{', '.join(BUNDLED_DATA)}, got {_text(value)}",
-                          near or place.example("'parity'"))
-    return value
+    return check
 
 
 def _bptt(value, places: dict[str, _Place]) -> tuple[int, int] | None:
@@ -257,9 +253,9 @@ _RULES: dict[str, Callable[[Any, _Place], Any]] = {
     "val": _rule(lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)", "0.1"),
     "shuffle": _rule(lambda v: isinstance(v, bool), "true or false", "true"),
     "normalize": _rule(lambda v: isinstance(v, bool), "true or false", "true"),
-    "init": _init,
+    "init": _one_of(INIT_SCHEMES, "be", "he"),
     "pixels": _pixels,
-    "data": _data,
+    "data": _one_of(BUNDLED_DATA, "name a bundled dataset,", "'parity'"),
 }
 
 

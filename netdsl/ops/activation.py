@@ -6,7 +6,7 @@ import math
 from netdsl.errors import ShapeError
 from netdsl.ops import expr as E
 from netdsl.ops.base import Arg, Op, integer, number, positive, register
-from netdsl.ops.common import Pointwise, expect_float, formula_grads, formula_value
+from netdsl.ops.common import FromFormula, Pointwise, expect_float, formula_grads
 from netdsl.ops.numeric import constant, sigmoid
 from netdsl.ops.parallel import split_pointwise
 from netdsl.types import TensorType
@@ -92,21 +92,13 @@ class Relu(Pointwise):
 
 
 @register("leaky_relu")
-class LeakyRelu(Pointwise):
+class LeakyRelu(FromFormula):
     r"""$y = x$ if $x > 0$ else $\mathrm{slope} \cdot x$"""
 
     args = (Arg("slope", number, 0.01),)
-    keeps = ("x",)  # the sign of x, not of y: a negative slope flips y
+    # keeps x (FromFormula): its sign, not y's, since a negative slope flips y
     cost = 2
-    fresh = True
     init_scheme = "he"
-
-    def forward(self, ctx, x):
-        ctx.save(x=x)
-        return formula_value(self, ctx, x)
-
-    def backward(self, ctx, gy):
-        return formula_grads(self, ctx, gy), {}
 
     def formula(self, x):
         return E.where(x > 0, x, x * self.slope)
@@ -160,21 +152,12 @@ class Prelu(Pointwise):
 
 
 @register("elu")
-class Elu(Pointwise):
+class Elu(FromFormula):
     r"""$y = x$ if $x > 0$ else $\alpha (e^x - 1)$"""
 
     args = (Arg("alpha", number, 1.0),)
-    keeps = ("x",)
     cost = 3
-    fresh = True
     init_scheme = "he"
-
-    def forward(self, ctx, x):
-        ctx.save(x=x)
-        return formula_value(self, ctx, x)
-
-    def backward(self, ctx, gy):
-        return formula_grads(self, ctx, gy), {}
 
     def formula(self, x):
         # expm1 of min(x, 0): accurate near 0, and no overflow on the branch not taken
@@ -208,20 +191,11 @@ class Softplus(Pointwise):
 
 
 @register("gelu")
-class Gelu(Pointwise):
+class Gelu(FromFormula):
     r"""$y = \frac{x}{2} (1 + \tanh(\sqrt{2/\pi}\,(x + 0.044715 x^3)))$, GELU's tanh form"""
 
-    keeps = ("x",)
     cost = 8
-    fresh = True
     init_scheme = "he"
-
-    def forward(self, ctx, x):
-        ctx.save(x=x)
-        return formula_value(self, ctx, x)
-
-    def backward(self, ctx, gy):
-        return formula_grads(self, ctx, gy), {}
 
     def formula(self, x):
         return 0.5 * x * (1 + E.tanh(_GELU_SCALE * (x + 0.044715 * x * x * x)))
@@ -287,17 +261,10 @@ class Exp(Pointwise):
 
 
 @register("log")
-class Log(Pointwise):
+class Log(FromFormula):
     r"""$y = \ln x$"""
 
-    keeps = ("x",)  # dy/dx = 1 / x
-
-    def forward(self, ctx, x):
-        ctx.save(x=x)
-        return formula_value(self, ctx, x)
-
-    def backward(self, ctx, gy):
-        return formula_grads(self, ctx, gy), {}
+    # keeps x (FromFormula): dy/dx = 1 / x
 
     def formula(self, x):
         return E.log(x)

@@ -52,6 +52,21 @@ class Pointwise(Op):
         return self.cost * y.size
 
 
+class FromFormula(Pointwise):
+    """A pointwise op computed from its formulas (`formula`, `derivative`) on the host as
+    in the GPU's kernels: forward keeps x, the input its derivative reads."""
+
+    keeps = ("x",)
+    fresh = True
+
+    def forward(self, ctx, x):
+        ctx.save(x=x)
+        return formula_value(self, ctx, x)
+
+    def backward(self, ctx, gy):
+        return formula_grads(self, ctx, gy), {}
+
+
 def geometry_of(op: Op, ctx, x):
     """The step's geometry (Ctx.geometry, made by the planner), or, for an op called
     alone, the op's own for the example shape of the batch x."""
