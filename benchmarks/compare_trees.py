@@ -1,6 +1,7 @@
 """The CPU training benchmarks of two checkouts, interleaved: is a change slower?
 
-    python benchmarks/compare_trees.py --base DIR [--rounds 3] [--repeats 3] [--json FILE]
+    python benchmarks/compare_trees.py --base DIR [--rounds 3] [--repeats 3] [--only W1,W5]
+                                       [--json FILE]
 
 DIR is another checkout of netdsl (an earlier commit) with its own virtual environment
 in DIR/.venv. Each round runs `train_speed.py` and `sequence_speed.py` of one checkout,
@@ -34,16 +35,23 @@ def run(tree: Path, script: str, args: list[str]) -> dict:
         return json.loads(out.read_text())
 
 
-def figures(tree: Path, repeats: int) -> dict[str, tuple[float, float]]:
+# the workloads of each script
+SCRIPTS = {"train_speed.py": ("W1", "W2", "W3", "W6"), "sequence_speed.py": ("W4", "W5")}
+
+
+def figures(tree: Path, repeats: int, only: set[str]) -> dict[str, tuple[float, float]]:
     """Workload -> (ratio, netdsl ms per step) of one round of both scripts."""
     found = {}
-    train = run(tree, "train_speed.py", ["--repeats", str(repeats)])
-    for w in train["workloads"]:
-        found[w["id"]] = (w["ratio"]["median"],
-                          statistics.median(w["netdsl"]["repeat_medians_s"]) * 1e3)
-    sequence = run(tree, "sequence_speed.py", ["--repeats", str(repeats)])
-    for w in sequence["results"]:
-        found[w["id"]] = (w["ratio"], w["netdsl_ms"])
+    train = [w for w in SCRIPTS["train_speed.py"] if w in only]
+    if train:
+        result = run(tree, "train_speed.py", ["--repeats", str(repeats), "--only", ",".join(train)])
+        for w in result["workloads"]:
+            found[w["id"]] = (w["ratio"]["median"],
+                              statistics.median(w["netdsl"]["repeat_medians_s"]) * 1e3)
+    for w in (w for w in SCRIPTS["sequence_speed.py"] if w in only):
+        result = run(tree, "sequence_speed.py", ["--repeats", str(repeats), "--only", w])
+        for r in result["results"]:
+            found[r["id"]] = (r["ratio"], r["netdsl_ms"])
     return found
 
 
@@ -52,6 +60,7 @@ def main() -> int:
     parser.add_argument("--base", type=Path, required=True, help="the earlier checkout")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="repeats per script run")
+    parser.add_argument("--only", default="W1,W2,W3,W4,W5,W6", help="workloads, e.g. W1,W5")
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     args = parser.parse_args()
     trees = {"base": args.base.resolve(), "new": HERE}
@@ -59,7 +68,8 @@ def main() -> int:
     load = os.getloadavg()[0]
     for r in range(args.rounds):
         for name in (("new", "base") if r % 2 == 0 else ("base", "new")):
-            runs[name].append(figures(trees[name], args.repeats))
+            runs[name].append(figures(trees[name], args.repeats,
+                                      {w.strip().upper() for w in args.only.split(",")}))
             print(f"round {r + 1}: {name} done", file=sys.stderr)
     workloads = sorted(runs["new"][0])
     print(f"load average {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; "

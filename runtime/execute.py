@@ -93,6 +93,7 @@ class Executor:
         self.reach: int | None = None
         self._last = None      # the schedule the last forward ran, which backward reverses
         self._written: set[str] = set()
+        self._param_args: dict[str, dict] = {}  # step -> its parameters' views, by name
 
     def _views(self, flat) -> dict:
         return {key: flat[a:b].reshape(self.plan.params[key].shape)
@@ -134,8 +135,7 @@ class Executor:
         self.lengths = {name: xp.asarray(host) for name, host in self.host_lengths.items()}
         self.valid, self.loop_masks = {}, {}  # loss -> its real rows; loop -> (T, B) mask
         self.ctxs, self.carried, self.carry = {}, carry is not None, {}
-        split = any(step.op.host_split for step in schedule.steps)
-        with one_blas_thread(xp, split):
+        with one_blas_thread(xp, schedule.host_split):
             for segment in schedule.segments:
                 if isinstance(segment, LoopSegment):
                     forward_loop(self, segment, values, training, carry or {}, check_finite)
@@ -154,25 +154,19 @@ class Executor:
         if isinstance(self.rng, CountedRng):
             self.rng.advance()
 
-    def context(self, step: Step, training: bool, batch: int) -> Ctx:
-        """A fresh context for one run of `step`."""
-        ctx = Ctx(self.xp, training, self.rng, self.buffers[step.node], batch, self.dtype)
-        ctx.geometry = step.geometry
-        return ctx
-
     def _forward_step(self, step: Step, values: dict, training: bool, check_finite: bool):
         """A step outside any loop: a per-step op reading sequences sees time folded into
         the batch."""
         xp, timed, whole = self.xp, self.timed, self.whole[step.node]
         xs = [values[s] for s in step.inputs]
         steps = [x.shape[0] for i, (x, s) in enumerate(zip(xs, step.inputs))
-                 if s in timed and i not in whole]
+                 if s in timed and i not in whole] if timed else ()
         folded = step.op.per_step and bool(steps)
         if folded:
             T = self.time[step.node] = steps[0]
             xs = [x if i in whole else self._fold(x, s in timed, T)
                   for i, (x, s) in enumerate(zip(xs, step.inputs))]
-        source = self._lengths_of(step)
+        source = self._lengths_of(step) if self.lengths else None
         lengths = None if source is None else self.lengths[source]
         if folded and lengths is not None and step.op.is_loss:
             # a loss averages over the real steps only: padded rows are left out. Their
@@ -183,25 +177,38 @@ class Executor:
             valid = xp.asarray(rows)
             self.valid[step.node] = (valid, T * len(host))
             xs = [x[valid] for x in xs]
-        ctx = self.ctxs[step.node] = self.context(step, training,
-                                                  len(xs[0]) if folded else self.size)
-        ctx.lengths = lengths if not step.op.per_step else None
+        ctx = self.ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node],
+                                         len(xs[0]) if folded else self.size, self.dtype)
+        ctx.geometry = step.geometry
+        if lengths is not None and not step.op.per_step:
+            ctx.lengths = lengths
         if step.in_place:  # a chain's follower writes over its predecessor's output
             ctx.out = xs[0]
         kwargs = self.param_args(step)
-        for kw, (node, saved) in step.borrows.items():
-            kwargs[kw] = self.ctxs[node].saved[saved]
+        if step.borrows:
+            kwargs = dict(kwargs)
+            for kw, (node, saved) in step.borrows.items():
+                kwargs[kw] = self.ctxs[node].saved[saved]
         y = step.op.forward(ctx, *xs, **kwargs)
         if lengths is not None and step.node in timed:
             self.lengths[step.node] = lengths
             self.host_lengths[step.node] = self.host_lengths[source]
         if folded and step.node in timed:
             y = y.reshape((T, self.size) + y.shape[1:])
-        self.check(check_finite, y, step.node, "forward")
+        if check_finite:
+            self.check(check_finite, y, step.node, "forward")
         return y
 
     def param_args(self, step: Step) -> dict:
-        """The step's parameters by the op's names; a column block as a contiguous copy."""
+        """The step's parameters by the op's names (views of the flat vector, made once);
+        a column block as a contiguous copy, made at every call. Callers must not change
+        the dict."""
+        if not step.slices:
+            args = self._param_args.get(step.node)
+            if args is None:
+                args = self._param_args[step.node] = {
+                    name: self.params[key] for name, key in step.params.items()}
+            return args
         args = {name: self.params[key] for name, key in step.params.items()}
         for name, index in step.slices.items():
             # NumPy's matmul leaves BLAS for a column block of a matrix (60x slower
@@ -225,8 +232,7 @@ class Executor:
         owned: set[str] = set()
         self._written = set()
         wanted = set(backward.order)
-        split = any(step.op.host_split for step in self._last.steps)
-        with one_blas_thread(xp, split):
+        with one_blas_thread(xp, self._last.host_split):
             for segment in reversed(self._last.segments):
                 if isinstance(segment, LoopSegment):
                     backward_loop(self, segment, grads, owned, backward, wanted, check_finite)
@@ -267,7 +273,8 @@ class Executor:
                 grad = grad.reshape((self.time[step.node], self.size) + grad.shape[1:])
                 if source not in timed:  # a per-sequence value broadcast over the steps
                     grad = grad.sum(axis=0)
-            self.check(check_finite, grad, step.node, "backward")
+            if check_finite:
+                self.check(check_finite, grad, step.node, "backward")
             add_grad(grads, owned, target, grad)
         self.store_param_grads(step, param_grads)
 

@@ -44,31 +44,36 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
               for node in segment.stored}
     ctxs = {step.node: [] for step in segment.steps}
     initial = {state.node: _initial(ex, state, carry) for state in segment.loop.states}
-    params = [ex.param_args(step) for step in segment.steps]
+    # what each member needs at every step, looked up once
+    members = [(step, route, ex.param_args(step), ex.buffers[step.node], ctxs[step.node])
+               for step, route in zip(segment.steps, segment.routes)]
+    rng, dtype = ex.rng, ex.dtype
     for t in range(T):
         here = {}
-        for step, route, kwargs in zip(segment.steps, segment.routes, params):
+        for step, route, kwargs, buffers, made in members:
             xs = []
-            for r in route:
-                if r.kind == MEMBER:
-                    xs.append(here[r.ref])
-                elif r.kind == STATE:
-                    back = t - r.ref.delay
-                    xs.append(stored[r.ref.source][back] if back >= 0
-                              else initial[r.ref.node][back])
-                elif r.kind == SEQ:
-                    xs.append(values[r.ref][t])
+            for kind, ref in route:
+                if kind == MEMBER:
+                    xs.append(here[ref])
+                elif kind == STATE:
+                    back = t - ref.delay
+                    xs.append(stored[ref.source][back] if back >= 0
+                              else initial[ref.node][back])
+                elif kind == SEQ:
+                    xs.append(values[ref][t])
                 else:
-                    xs.append(values[r.ref])
-            ctx = ex.context(step, training, B)
+                    xs.append(values[ref])
+            ctx = Ctx(xp, training, rng, buffers, B, dtype)
+            ctx.geometry = step.geometry
             if step.in_place:
                 ctx.out = xs[0]
             y = step.op.forward(ctx, *xs, **kwargs)
             if mask is not None and t > 0 and step.node in holds:
                 y = xp.where(_column(mask[t], y.ndim), y, stored[step.node][t - 1])
             here[step.node] = y
-            ex.check(check_finite, y, step.node, "forward")
-            ctxs[step.node].append(ctx)
+            if check_finite:
+                ex.check(check_finite, y, step.node, "forward")
+            made.append(ctx)
             if step.node in stored:
                 stored[step.node][t] = y
     values.update(stored)
@@ -179,24 +184,25 @@ def backward_loop(ex, segment: LoopSegment, grads: dict, owned: set, backward: B
                 stack.add(t, ctx, gy)
             input_grads, param_grads = step.op.backward(ctx, gy)
             ctx.saved.clear()
-            for r, target, grad in zip(route, targets, input_grads):
+            for (kind, ref), target, grad in zip(route, targets, input_grads):
                 if target is None or grad is None:
                     continue
-                ex.check(check_finite, grad, step.node, "backward")
-                if r.kind == MEMBER:
-                    add_grad(here, mine, r.ref, grad)
-                elif r.kind == STATE:
-                    back = t - r.ref.delay
+                if check_finite:
+                    ex.check(check_finite, grad, step.node, "backward")
+                if kind == MEMBER:
+                    add_grad(here, mine, ref, grad)
+                elif kind == STATE:
+                    back = t - ref.delay
                     if back >= cut:
-                        delayed[r.ref.source][back] += grad
-                    elif back < 0 and cut <= 0 and r.ref.param is not None and not ex.carried:
-                        add_grad(init_grads, init_owned, r.ref.param, grad.sum(axis=0))
-                elif r.kind == SEQ:
-                    if r.ref not in seq_grads:
-                        seq_grads[r.ref] = xp.zeros((T,) + grad.shape, dtype=ex.dtype)
-                    seq_grads[r.ref][t] += grad
+                        delayed[ref.source][back] += grad
+                    elif back < 0 and cut <= 0 and ref.param is not None and not ex.carried:
+                        add_grad(init_grads, init_owned, ref.param, grad.sum(axis=0))
+                elif kind == SEQ:
+                    if ref not in seq_grads:
+                        seq_grads[ref] = xp.zeros((T,) + grad.shape, dtype=ex.dtype)
+                    seq_grads[ref][t] += grad
                 else:
-                    add_grad(grads, owned, r.ref, grad)
+                    add_grad(grads, owned, ref, grad)
             ex.store_param_grads(step, param_grads)
     for stack in stacked.values():
         ex.store_param_grads(stack.step, stack.param_grads(xp, ex.param_args(stack.step)))

@@ -18,6 +18,8 @@ evaluation free the same values.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
 
 from netdsl.lower.plan import Loop, Plan, State, Step
 from netdsl.shapes import whole_positions
@@ -36,9 +38,9 @@ class Segment:
     frees: tuple[tuple[str, ...], ...]
 
 
-@dataclass(frozen=True)
-class Route:
-    """Where an input comes from at step t: `ref` is a node, or for a state its State."""
+class Route(NamedTuple):
+    """Where an input comes from at step t: `ref` is a node, or for a state its State (a
+    tuple: a loop unpacks it at every member of every step)."""
 
     kind: str
     ref: object
@@ -67,9 +69,14 @@ class Schedule:
     segments: tuple[Segment | LoopSegment, ...]
     outputs: frozenset[str]
 
-    @property
+    @cached_property
     def steps(self) -> list[Step]:
         return [step for segment in self.segments for step in segment.steps]
+
+    @cached_property
+    def host_split(self) -> bool:
+        """Whether an op of the pass splits its work over the host's threads."""
+        return any(step.op.host_split for step in self.steps)
 
 
 def schedule(plan: Plan, outputs) -> Schedule:

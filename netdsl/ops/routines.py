@@ -23,12 +23,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-__all__ = ["overridable", "module_name"]
-
-
-def module_name(xp) -> str:
-    """The name implementations are provided under: 'numpy', 'cupy'."""
-    return getattr(xp, "__name__", type(xp).__name__)
+__all__ = ["overridable"]
 
 
 def overridable(generic: Callable) -> Callable:
@@ -38,7 +33,7 @@ def overridable(generic: Callable) -> Callable:
 
     @functools.wraps(generic)
     def routine(xp, *args, **kwargs):
-        own = provided.get(module_name(xp))
+        own = provided.get(getattr(xp, "__name__", None))
         if own is not None:
             result = own(xp, *args, **kwargs)
             if result is not NotImplemented:
