@@ -178,6 +178,9 @@ class Op:
     # a loss whose first input are scores a prediction reads: how they are judged right
     # ("class": the argmax is the label; "binary": positive means 1; "sign")
     accuracy: ClassVar[str | None] = None
+    # a loss whose float target must lie in a range (sigmoid cross-entropy's
+    # probabilities): generated and bundled data scale their targets into it
+    target_range: ClassVar[tuple[float, float] | None] = None
     # y = x W^T (+ b) of a vector x: W may be split into blocks of input columns, each
     # applied to its part of x (hoisting takes the parts known before a loop out of it)
     column_linear: ClassVar[bool] = False

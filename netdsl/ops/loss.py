@@ -146,6 +146,7 @@ class SigmoidCrossEntropy(_Loss):
     args = (Arg("label", optional(number), None), REDUCTION)
     keeps = ("logits", "target")
     accuracy = "binary"
+    target_range = (0.0, 1.0)
 
     def shape(self, logits: TensorType, target: TensorType | None = None) -> TensorType:
         expect_float(self, logits)

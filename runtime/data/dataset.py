@@ -68,9 +68,9 @@ def graph_of(graph) -> nx.DiGraph:
 
 
 def read_as_probability(graph: nx.DiGraph, name: str) -> bool:
-    """Whether a sigmoid_cross_entropy loss reads the target `name`."""
-    # sigmoid_cross_entropy wants targets in [0, 1]; tanh would give it negative ones
-    return any(getattr(graph.nodes[s].get("op"), "name", None) == "sigmoid_cross_entropy"
+    """Whether a loss that wants targets in [0, 1] (sigmoid cross-entropy's) reads the
+    target `name`: tanh would give it negative ones."""
+    return any(getattr(graph.nodes[s].get("op"), "target_range", None) == (0.0, 1.0)
                for s in graph.successors(name))
 
 
