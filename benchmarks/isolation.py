@@ -10,11 +10,26 @@ far: after one side's large frees the other side's buffers of a few MiB may come
 fresh mmaps, page-faulting on every call (PyTorch's 1x1 convolution measured twice as
 slow that way). `fix_malloc` fixes the threshold at glibc's largest (32 MiB), so
 neither side's history changes the other's allocations.
+
+A busy machine is the other trap: PyTorch's threads lose far more than NumPy's when
+another process holds a core, so a loaded run flatters netdsl. `load_average` is
+recorded before and after every workload, `warn_if_busy` says so on stderr when it
+passes QUIET, and `keep_results` files every run's raw numbers under
+benchmarks/results/ so a figure can always be traced to its repeats and its load.
 """
 from __future__ import annotations
 
 import ctypes
+import datetime
+import json
+import os
+import sys
 import time
+from pathlib import Path
+
+# the 1-minute load average above which a run is not a quiet-machine figure
+QUIET = 0.5
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def fix_malloc() -> str:
@@ -55,3 +70,35 @@ def settle(call, seconds: float) -> None:
     """Let the other side's worker threads go to sleep, then warm this side up once."""
     time.sleep(seconds)
     call()
+
+
+def load_average() -> float:
+    """The 1-minute load average (0.0 where the system does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def warn_if_busy(when: str) -> float:
+    """The load average now; a warning on stderr when it is above QUIET."""
+    load = load_average()
+    if load > QUIET:
+        print(f"warning: load average {load:.2f} {when} (above {QUIET}): another process is "
+              "using the cores, and the ratios will flatter netdsl", file=sys.stderr)
+    return load
+
+
+def keep_results(script: str, data: dict, also: Path | None = None) -> Path:
+    """Write a run's raw numbers as JSON under benchmarks/results/ (and to `also`); the
+    path written. Written to a temporary name and renamed, so a killed run leaves no
+    half file."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
+    text = json.dumps(data, indent=1)
+    RESULTS.mkdir(exist_ok=True)
+    paths = [RESULTS / f"{stamp}-{script}.json"] + ([Path(also)] if also else [])
+    for path in paths:
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    return paths[0]

@@ -12,7 +12,6 @@ LSTM spec (check and plan), which does not depend on the sequence length.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from isolation import blas_pool, fix_malloc, limit_blas, settle
+from isolation import (blas_pool, fix_malloc, keep_results, limit_blas, load_average, settle,
+                       warn_if_busy)
 from netdsl.driver import check_file, check_text
 from netdsl.lower import lower
 from netdsl.runtime.execute import Executor
@@ -153,6 +153,7 @@ def run(w: Workload, repeats: int, steps: int) -> dict:
     return {"id": w.id, "title": w.title, "batch": w.batch, "steps": w.steps,
             "netdsl_ms": statistics.median(ours_ms), "torch_ms": statistics.median(theirs_ms),
             "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "per_repeat": {"ratio": ratios, "netdsl_ms": ours_ms, "torch_ms": theirs_ms},
             "netdsl_samples_s": w.batch / statistics.median(ours_ms) * 1e3,
             "torch_samples_s": w.batch / statistics.median(theirs_ms) * 1e3,
             "netdsl_peak_mib": peak_bytes_ours(w, batch) / 2**20,
@@ -177,15 +178,19 @@ def main(argv=None) -> int:
     for w in WORKLOADS:
         if args.only and w.id != args.only:
             continue
+        load = warn_if_busy(f"before {w.id}")
         r = run(w, args.repeats, args.steps)
+        r["load_average"] = {"before": load, "after": load_average()}
         results.append(r)
         print(f"{r['id']} {r['title']}: netdsl {r['netdsl_ms']:.1f} ms, torch {r['torch_ms']:.1f} ms"
               f" per step; ratio {r['ratio']:.2f} [{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]; "
-              f"peak {r['netdsl_peak_mib']:.1f} vs {r['torch_peak_mib']:.1f} MiB")
+              f"peak {r['netdsl_peak_mib']:.1f} vs {r['torch_peak_mib']:.1f} MiB; "
+              f"load {load:.2f} before, {r['load_average']['after']:.2f} after")
     seconds = compile_seconds()
     print(f"compile an LSTM spec (any sequence length, T=1000 included): {seconds * 1e3:.0f} ms")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "compile_s": seconds}, indent=1))
+    kept = keep_results("sequence_speed", {"results": results, "compile_s": seconds},
+                        also=args.json)
+    print(f"raw numbers: {kept}")
     return 0
 
 

@@ -50,7 +50,6 @@ import argparse
 import contextlib
 import datetime
 import gc
-import json
 import os
 import platform
 import statistics
@@ -73,7 +72,8 @@ from netdsl.runtime.execute import Executor
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import make_optimizer
 
-from isolation import blas_pool, fix_malloc, limit_blas, settle
+from isolation import (blas_pool, fix_malloc, keep_results, limit_blas, load_average, settle,
+                       warn_if_busy)
 
 SPECS = Path(__file__).resolve().parent / "specs"
 LR, MOMENTUM, SEED = 0.01, 0.9, 0
@@ -370,7 +370,7 @@ def header(threads: int, repeats: int, malloc: str) -> dict:
             "numpy": np.__version__, "blas": blas, "blas_threads": blas_n,
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "threads_requested": threads, "repeats": repeats, "malloc": malloc,
-            "load_average_start": os.getloadavg()[0]}
+            "load_average_start": warn_if_busy("at the start")}
 
 
 def print_report(env: dict, results: list[dict], elapsed: float) -> None:
@@ -384,15 +384,16 @@ def print_report(env: dict, results: list[dict], elapsed: float) -> None:
           f"{env['load_average_end']:.1f} at the end")
     print()
     print("| workload | batch | netdsl ms/step | torch ms/step | netdsl samples/s "
-          "| torch samples/s | ratio median [min–max] | peak MiB netdsl / torch |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| torch samples/s | ratio median [min–max] | peak MiB netdsl / torch | load before / after |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         ours, theirs, ratio = r["netdsl"], r["torch"], r["ratio"]
         print(f"| {r['id']} {r['title']} | {r['batch']} | {ours['median_s'] * 1e3:.2f} "
               f"| {theirs['median_s'] * 1e3:.2f} | {ours['samples_per_s']:,.0f} "
               f"| {theirs['samples_per_s']:,.0f} | {ratio['median']:.2f} "
               f"[{ratio['min']:.2f}–{ratio['max']:.2f}] "
-              f"| {ours['peak_bytes'] / MIB:.1f} / {theirs['peak_bytes'] / MIB:.1f} |")
+              f"| {ours['peak_bytes'] / MIB:.1f} / {theirs['peak_bytes'] / MIB:.1f} "
+              f"| {r['load_average']['before']:.2f} / {r['load_average']['after']:.2f} |")
     print()
     print("| workload | data | timed steps | netdsl loss first → last | torch loss first → last |")
     print("|---|---|---|---|---|")
@@ -439,16 +440,17 @@ def main() -> None:
     start = time.perf_counter()
     results = []
     for workload in chosen:
-        began = time.perf_counter()
+        began, load = time.perf_counter(), warn_if_busy(f"before {workload.id}")
         results.append(run_workload(workload, args.repeats, args.steps, args.budget,
                                     args.settle))
+        results[-1]["load_average"] = {"before": load, "after": load_average()}
         print(f"{workload.id}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
     elapsed = time.perf_counter() - start
-    env["load_average_end"] = os.getloadavg()[0]
+    env["load_average_end"] = warn_if_busy("at the end")
     print_report(env, results, elapsed)
-    if args.json:
-        args.json.write_text(json.dumps({"env": env, "elapsed_s": elapsed, "workloads": results},
-                                        indent=1))
+    kept = keep_results("train_speed", {"env": env, "elapsed_s": elapsed, "workloads": results},
+                        also=args.json)
+    print(f"Raw numbers: {kept}")
 
 
 if __name__ == "__main__":
