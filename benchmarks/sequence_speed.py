@@ -63,8 +63,8 @@ def make_batch(w: Workload) -> dict:
 
 
 class Ours:
-    def __init__(self, w: Workload, batch: dict):
-        lowered = lower(check_file(str(SPECS / w.spec)))
+    def __init__(self, w: Workload, batch: dict, target: str = "host"):
+        lowered = lower(check_file(str(SPECS / w.spec)), target)
         self.plan = lowered.plan
         self.ex = Executor(lowered, initial_params(lowered.built, "auto", 0))
         self.optimizer = make_optimizer("adam", {"lr": LR}, self.ex.flat_params)
@@ -140,9 +140,9 @@ def compile_seconds() -> float:
     return time.perf_counter() - start
 
 
-def run(w: Workload, repeats: int, steps: int) -> dict:
+def run(w: Workload, repeats: int, steps: int, target: str = "host") -> dict:
     batch = make_batch(w)
-    ours, theirs = Ours(w, batch), Theirs(w, batch)
+    ours, theirs = Ours(w, batch, target), Theirs(w, batch)
     ratios, ours_ms, theirs_ms = [], [], []
     for _ in range(repeats):
         a = seconds_per_step(ours, steps)
@@ -167,6 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", help="W4 or W5")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--target", choices=("host", "native"), default="host",
+                        help="netdsl's CPU target: host (NumPy calls) or native (generated C)")
     args = parser.parse_args(argv)
     malloc = fix_malloc()
     torch.set_num_threads(args.threads)
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
         if args.only and w.id != args.only:
             continue
         load = warn_if_busy(f"before {w.id}")
-        r = run(w, args.repeats, args.steps)
+        r = run(w, args.repeats, args.steps, args.target)
         r["load_average"] = {"before": load, "after": load_average()}
         results.append(r)
         print(f"{r['id']} {r['title']}: netdsl {r['netdsl_ms']:.1f} ms, torch {r['torch_ms']:.1f} ms"
@@ -188,7 +190,8 @@ def main(argv=None) -> int:
               f"load {load:.2f} before, {r['load_average']['after']:.2f} after")
     seconds = compile_seconds()
     print(f"compile an LSTM spec (any sequence length, T=1000 included): {seconds * 1e3:.0f} ms")
-    kept = keep_results("sequence_speed", {"results": results, "compile_s": seconds},
+    kept = keep_results("sequence_speed", {"target": args.target, "results": results,
+                                           "compile_s": seconds},
                         also=args.json)
     print(f"raw numbers: {kept}")
     return 0

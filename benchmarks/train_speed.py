@@ -300,9 +300,9 @@ def allocator_peak(prof) -> int:
 
 
 def run_workload(workload: Workload, repeats: int, steps: int | None, budget: float,
-                 settle_s: float) -> dict:
+                 settle_s: float, target: str = "host") -> dict:
     x, y, source = make_batch(workload)
-    lowered = lower(check_file(str(SPECS / workload.spec)))
+    lowered = lower(check_file(str(SPECS / workload.spec)), target)
     plan = lowered.plan
     params = initial_params(lowered.built, "he", seed=SEED)
     torch_batch = (torch.from_numpy(x), torch.from_numpy(y))
@@ -374,7 +374,8 @@ def header(threads: int, repeats: int, malloc: str) -> dict:
 
 
 def print_report(env: dict, results: list[dict], elapsed: float) -> None:
-    print(f"# Training step, netdsl (NumPy) vs PyTorch eager, CPU float32, {env['date']}")
+    print(f"# Training step, netdsl ({env['target']} target) vs PyTorch eager, CPU float32, "
+          f"{env['date']}")
     print()
     print(f"{env['cpu']}, {env['cores']} cores; Python {env['python']}; NumPy {env['numpy']} "
           f"({env['blas']}, {env['blas_threads']} threads); torch {env['torch']} "
@@ -420,6 +421,8 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=0.3,
                         help="pause before each timed block, seconds (default 0.3)")
     parser.add_argument("--json", type=Path, help="write the raw numbers to this file")
+    parser.add_argument("--target", choices=("host", "native"), default="host",
+                        help="netdsl's CPU target: host (NumPy calls) or native (generated C)")
     args = parser.parse_args()
     if args.repeats < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--repeats and --steps must be positive")
@@ -437,12 +440,13 @@ def main() -> None:
     torch.set_num_threads(threads)
     limiter = limit_blas(threads)  # noqa: F841 (kept for the run)
     env = header(threads, args.repeats, malloc)
+    env["target"] = args.target
     start = time.perf_counter()
     results = []
     for workload in chosen:
         began, load = time.perf_counter(), warn_if_busy(f"before {workload.id}")
         results.append(run_workload(workload, args.repeats, args.steps, args.budget,
-                                    args.settle))
+                                    args.settle, args.target))
         results[-1]["load_average"] = {"before": load, "after": load_average()}
         print(f"{workload.id}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
     elapsed = time.perf_counter() - start

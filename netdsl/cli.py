@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--batch", type=_positive, default=1, help="batch size for FLOPs and memory (1)")
     comp.add_argument("--unroll", type=_steps, metavar="T", help="steps for --emit unrolled (3)")
     comp.add_argument("--target", choices=tuple(TARGETS), default="host",
-                      help="what the back end's passes lower for: host (NumPy) or cuda (generated kernels)")
+                      help="what the back end's passes lower for: host (NumPy), native (generated C, "
+                           "compiled here) or cuda (generated kernels)")
 
     draw = sub.add_parser("draw", help="draw the network with Graphviz (svg, png, pdf, dot)",
                           description="Draw the network. Blocks are clusters; shapes label the edges.")
@@ -118,6 +119,8 @@ def _data_flags(cmd) -> None:
                      help="time steps of generated or named sequence data (default 20)")
     cmd.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder (runs/NAME)")
     cmd.add_argument("--device", choices=tuple(DEVICES), default="cpu", help="where to run (cpu)")
+    cmd.add_argument("--native", action="store_true",
+                     help="on the CPU, run elementwise chains as C compiled here (cached)")
 
 
 def _number(text: str, accept, wanted: str) -> float:
@@ -237,6 +240,11 @@ def _compile(args) -> int:
     memory = format_training_memory(net, args.batch)
     if memory:
         print(memory)
+    if args.target == "native":
+        from netdsl.runtime import native  # the C compiler's wrapper, for this target alone
+
+        lowered = lower(net, "native")
+        print(native.build_report([p for made in lowered.kernels.values() for p in made]))
     return 0
 
 

@@ -27,6 +27,7 @@ from netdsl.lower import Backward, Lowered, Step
 from netdsl.lower.schedule import LoopSegment
 from netdsl.ops.base import Ctx
 from netdsl.runtime import cuda  # noqa: F401  registers the GPU's routines for CuPy
+from netdsl.runtime import native
 from netdsl.runtime.host import on_host, one_blas_thread, to_host
 from netdsl.runtime.loops import add_grad, backward_loop, forward_loop
 from netdsl.runtime.rng import CountedRng
@@ -94,6 +95,8 @@ class Executor:
         self._last = None      # the schedule the last forward ran, which backward reverses
         self._written: set[str] = set()
         self._param_args: dict[str, dict] = {}  # step -> its parameters' views, by name
+        if lowered.target.name == "native":   # raises NativeUnavailable without a compiler
+            native.prepare([p for made in lowered.kernels.values() for p in made], dtype)
 
     def _views(self, flat) -> dict:
         return {key: flat[a:b].reshape(self.plan.params[key].shape)

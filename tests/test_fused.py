@@ -1,6 +1,7 @@
-"""The GPU executor's plan and logic on the CPU: FusedExecutor runs each elementwise
-chain as one generated program (evaluated by NumPy here, a CUDA kernel under CuPy)
-and must give the NumPy executor's losses, gradients and running statistics."""
+"""The generated kernels' plan and logic on the CPU: a lowering for the cuda or the
+native target runs each elementwise chain as one generated program (evaluated by NumPy
+for cuda here, a CUDA kernel under CuPy; compiled C for native) and must give the NumPy
+executor's losses, gradients and running statistics."""
 import numpy as np
 import pytest
 
@@ -13,15 +14,15 @@ from test_runtime import KNOTTY
 from test_train_torch import FEED_FORWARD, VARIANTS, random_batch, spec_lowered
 
 
-def _pair(name_or_text, edits=(), seed=0, outputs=()):
-    """The host and the cuda lowering of one network, with executors on the same
-    parameters (the cuda target's programs evaluated by NumPy)."""
+def _pair(name_or_text, edits=(), seed=0, outputs=(), target="cuda"):
+    """The host lowering of one network and its lowering for a target of generated
+    kernels, with executors on the same parameters."""
     graph = (check_text(KNOTTY).graph if name_or_text == "knotty"
              else spec_lowered(name_or_text, edits).graph)
-    host, cuda = lower(graph, outputs=outputs), lower(graph, "cuda", outputs=outputs)
+    host, kernels = lower(graph, outputs=outputs), lower(graph, target, outputs=outputs)
     params = initial_params(host.built, "torch", seed=seed)
     return (Executor(host, params, seed=seed, dtype="float64"),
-            Executor(cuda, params, seed=seed, dtype="float64"))
+            Executor(kernels, params, seed=seed, dtype="float64"))
 
 
 def _step(ex, batch):
@@ -34,10 +35,11 @@ def _fused(ex) -> list[FusedChain]:
     return [s.op for s in ex.plan.steps if isinstance(s.op, FusedChain)]
 
 
+@pytest.mark.parametrize("target", ["cuda", "native"])
 @pytest.mark.parametrize("name", FEED_FORWARD + ["knotty"])
-def test_fused_step_equals_the_numpy_executor(name):
+def test_fused_step_equals_the_numpy_executor(name, target):
     edits, size = ((), 3) if name == "knotty" else (VARIANTS[name].edits, VARIANTS[name].batch)
-    plain, fused = _pair(name, edits)
+    plain, fused = _pair(name, edits, target=target)
     batch = random_batch(plain.plan, size, np.random.default_rng(0))
     for _ in range(2):   # the second step sees updated running statistics
         ours, our_grads = _step(fused, batch)
@@ -102,15 +104,16 @@ SEQUENCE_SPECS = ["elman", "lstm", "gru", "jordan", "scrn", "bidirectional_rnn",
                   "lstm_classifier", "char_lm"]
 
 
+@pytest.mark.parametrize("target", ["cuda", "native"])
 @pytest.mark.parametrize("name", SEQUENCE_SPECS)
-def test_fused_sequence_step_equals_the_plain_one(name):
+def test_fused_sequence_step_equals_the_plain_one(name, target):
     """Chains inside recurrences (an Elman cell's add -> tanh) run as one program per
     time step; the loop's states stay values. Losses and gradients as without fusion."""
     from conftest import SPECS
     from netdsl.driver import check_file
 
     net = check_file(f"{SPECS}/{name}.net")
-    host, cuda = lower(net), lower(net, "cuda")
+    host, kernels = lower(net), lower(net, target)
     plan = host.plan
     rng = np.random.default_rng(0)
     batch = {}
@@ -120,7 +123,7 @@ def test_fused_sequence_step_equals_the_plain_one(name):
                       else rng.standard_normal(shape))
     params = initial_params(host.built, "torch", seed=0)
     plain = Executor(host, params, seed=0, dtype="float64")
-    fused = Executor(cuda, params, seed=0, dtype="float64")
+    fused = Executor(kernels, params, seed=0, dtype="float64")
     results = []
     for ex in (plain, fused):
         out = ex.forward(batch, training=True)

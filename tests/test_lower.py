@@ -34,7 +34,7 @@ def network(name):
 RECURRENT = [name for name in SPEC_NAMES if lower(network(name)).plan.sequential]
 
 
-@pytest.mark.parametrize("target", ["host", "cuda"])
+@pytest.mark.parametrize("target", ["host", "native", "cuda"])
 @pytest.mark.parametrize("name", SPEC_NAMES)
 def test_every_pass_keeps_the_invariants(name, target):
     lowered = lower(network(name), target, verify=True)
@@ -107,7 +107,7 @@ def oracle_batch(plan, size=3, steps=5, seed=0) -> dict:
     return batch
 
 
-@pytest.mark.parametrize("target", ["host", "cuda"])
+@pytest.mark.parametrize("target", ["host", "native", "cuda"])
 @pytest.mark.parametrize("name", RECURRENT)
 def test_the_interpreter_is_the_bptt_oracle(name, target):
     """Every recurrent spec: the executor's loss and gradients (hoisted, fused, folded

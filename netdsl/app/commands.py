@@ -33,7 +33,7 @@ def _session(args) -> Session:
     overrides = {key: getattr(args, key, None) for key in OVERRIDES}
     if getattr(args, "normalize", False):
         overrides["normalize"] = True
-    return prepare(check_file(args.spec), overrides, args.device)
+    return prepare(check_file(args.spec), overrides, args.device, args.native)
 
 
 def _data(args, session: Session, only=None, examples=None):

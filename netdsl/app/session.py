@@ -7,6 +7,7 @@ them: the spec and its train clause, the device, the data, the checkpoint.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ import networkx as nx
 from netdsl.driver import CheckFailed, Network
 from netdsl.errors import SpecError, SpecErrors, errors_of
 from netdsl.lower import Lowered, lower
+from netdsl.runtime import native
 from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint
 from netdsl.runtime.data import Dataset, Normalizer, load_data, normalize
 from netdsl.runtime.device import array_module, target_of
@@ -84,10 +86,24 @@ class Session:
         return trainer
 
 
+def _native(graph: nx.DiGraph):
+    """The native lowering, its kernels compiled (or loaded from the cache); None, after a
+    warning on stderr, where they cannot be."""
+    lowered = lower(graph, "native")
+    try:   # training runs in float32
+        native.prepare([p for made in lowered.kernels.values() for p in made], "float32")
+    except native.NativeUnavailable as exc:
+        print(f"warning: --native: {exc}; running the NumPy path", file=sys.stderr)
+        return None
+    return lowered
+
+
 def prepare(network: Network | nx.DiGraph, overrides: dict | None = None,
-            device: str = "cpu") -> Session:
+            device: str = "cpu", native: bool = False) -> Session:
     """The session of a checked network (or its graph), with `overrides` (flags, None for
-    those not given) applied to its train clause, on `device` ("cpu" or "gpu").
+    those not given) applied to its train clause, on `device` ("cpu" or "gpu"). With
+    `native` on the CPU its fused chains run as compiled C (the native target); without a
+    working C compiler a warning says why and the NumPy path runs.
 
     Raises
     ------
@@ -99,7 +115,8 @@ def prepare(network: Network | nx.DiGraph, overrides: dict | None = None,
     graph = network if isinstance(network, nx.DiGraph) else network.graph
     spans = network.program.train_spans if isinstance(network, Network) else {}
     sources = network.sources if isinstance(network, Network) else {}
-    lowered = lower(graph, target_of(device))
+    lowered = _native(graph) if native and device == "cpu" else None
+    lowered = lowered or lower(graph, target_of(device))
     try:
         settings = resolve_settings(graph.graph["train"], overrides or {}, spans)
     except (SpecError, SpecErrors) as exc:  # with the spec's text, to show the line

@@ -1,5 +1,5 @@
 """Lowering pass, codegen: elementwise programs for fused chains and the optimiser
-update, as CUDA source.
+update, rendered as CUDA source here and as C by lower.native.
 
 A `Program` is what one elementwise kernel does at each index i: read some arrays at
 i, compute named scalars, write arrays at i. Its expressions come from the ops'
@@ -14,8 +14,9 @@ The backward recomputes rather than storing intermediates: a chain keeps only it
 inputs, and one kernel reads them once. `cuda_source` renders a program as one
 CUDA C kernel (a grid-stride loop over n contiguous elements); `evaluate_program`
 runs the same expressions with NumPy, which is how the tests check a program
-against the ops it fuses. `run_program` runs one: evaluated so on the host, and as the
-one kernel under CuPy (netdsl.runtime.cuda provides it).
+against the ops it fuses. `run_program` runs one: evaluated so on the host, as compiled
+C for a native lowering (netdsl.runtime.native provides it), and as the one kernel
+under CuPy (netdsl.runtime.cuda provides it).
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ __all__ = ["Target", "TARGETS", "Lowered", "lower", "PASSES", "scored_values"]
 @dataclass(frozen=True)
 class Target:
     """Where a lowered plan runs: how its elementwise runs fuse, and whether it generates
-    CUDA kernels for them."""
+    kernels for them (CUDA on the GPU, C on the CPU: netdsl.lower.native)."""
 
     name: str
     fusion: str          # "in_place" (host NumPy) or "kernels" (generated kernels)
@@ -41,6 +41,7 @@ class Target:
 
 TARGETS = {
     "host": Target("host", "in_place"),
+    "native": Target("native", "kernels", kernels=True),
     "cuda": Target("cuda", "kernels", kernels=True),
 }
 
@@ -48,11 +49,11 @@ TARGETS = {
 PASSES = (
     ("build_plan", "one step per node, recurrences as loops, the flat parameter layout"),
     ("hoist", "input projections out of loops: one GEMM over all time steps"),
-    ("fuse", "elementwise runs in place (host) or as one generated kernel (cuda)"),
+    ("fuse", "elementwise runs in place (host) or as one generated kernel (native, cuda)"),
     ("autodiff", "the backward schedule of the steps that run"),
     ("schedule", "straight segments and loops, and when each value is freed"),
     ("plan_memory", "buffer lifetimes of a training step and their shared slots"),
-    ("codegen", "the target's generated code: one CUDA kernel per fused run and way"),
+    ("codegen", "the target's generated code: one kernel per fused run and way"),
 )
 
 
@@ -148,7 +149,7 @@ def lower(network, target: str = "host", outputs=None, verify: bool | None = Non
     Parameters
     ----------
     target : str
-        "host" or "cuda" (TARGETS).
+        "host", "native" or "cuda" (TARGETS).
     outputs : iterable of str, optional
         Values that passes may be asked for besides the losses and the values they
         score (which they may always be asked for).

@@ -1,10 +1,11 @@
-"""Scalar expressions: an elementwise op's formula, written once, read two ways.
+"""Scalar expressions: an elementwise op's formula, written once, read three ways.
 
 An elementwise op states its forward value and its input gradients as expressions
 over named scalars (`Op.formula`, `Op.derivative`). The GPU executor renders the
-expressions of a fused chain as the body of one CUDA kernel (`cuda`); the tests
-evaluate the same expressions with NumPy (`evaluate`) against the op's own forward
-and backward, so the kernel computes what the op does.
+expressions of a fused chain as the body of one CUDA kernel (`cuda`), the native CPU
+target as the body of one C loop (`c`); the tests evaluate the same expressions with
+NumPy (`evaluate`) against the op's own forward and backward, so the kernels compute
+what the op does.
 
     >>> x = Var("x")
     >>> cuda(where(x > 0, x, x * 0.01), "float")
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 __all__ = ["Expr", "Var", "Const", "Call", "where", "exp", "expm1", "log", "log1p", "tanh",
            "sqrt", "maximum", "minimum", "absolute", "sigmoid", "softplus", "as_expr",
-           "evaluate", "cuda", "names"]
+           "evaluate", "cuda", "c", "names", "functions_used"]
 
 
 class Expr:
@@ -147,18 +148,39 @@ _FUNCTIONS = {"exp": "exp", "expm1": "expm1", "log": "log", "log1p": "log1p", "t
 
 def cuda(expr: Expr, ctype: str) -> str:
     """`expr` as a CUDA C expression over scalars of `ctype` ("float" or "double")."""
+    return _render(expr, ctype, _FUNCTIONS)
+
+
+# C's math library names the float version of each function with an f
+_FLOAT_FUNCTIONS = {fn: name + "f" for fn, name in _FUNCTIONS.items()}
+
+
+def c(expr: Expr, ctype: str) -> str:
+    """`expr` as a C99 expression over scalars of `ctype` ("float" or "double")."""
+    return _render(expr, ctype, _FLOAT_FUNCTIONS if ctype == "float" else _FUNCTIONS)
+
+
+def _render(expr: Expr, ctype: str, functions: dict[str, str]) -> str:
     if isinstance(expr, Var):
         return expr.name
     if isinstance(expr, Const):
         return _literal(expr.value, ctype)
-    args = [cuda(a, ctype) for a in expr.args]
+    args = [_render(a, ctype, functions) for a in expr.args]
     if expr.fn in _INFIX:
         return f"({args[0]} {_INFIX[expr.fn]} {args[1]})"
     if expr.fn == "neg":
         return f"(-{args[0]})"
     if expr.fn == "where":
         return f"({args[0]} ? {args[1]} : {args[2]})"
-    return f"{_FUNCTIONS[expr.fn]}({', '.join(args)})"
+    return f"{functions[expr.fn]}({', '.join(args)})"
+
+
+def functions_used(expr: Expr) -> set[str]:
+    """The math functions `expr` calls (keys of _FUNCTIONS)."""
+    if not isinstance(expr, Call):
+        return set()
+    own = {expr.fn} if expr.fn in _FUNCTIONS else set()
+    return own.union(*(functions_used(a) for a in expr.args))
 
 
 def _literal(value: float, ctype: str) -> str:

@@ -1,0 +1,105 @@
+"""The native CPU target: codegen's programs compiled to C and called on NumPy arrays.
+
+`prepare(lowered, dtype)` builds one library holding every program of a lowering
+(netdsl.lower.native renders it; build compiles and caches it) and registers each
+program with its function. `codegen.run_program` on NumPy arrays then calls the
+function of a registered program, with the GIL released while it runs; any other
+program is evaluated with NumPy, as before. A large array is split into slabs that
+the host's threads run at once. Without a working compiler `prepare`
+raises NativeUnavailable, and the caller runs the NumPy path.
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+
+import numpy as np
+
+from netdsl.lower import codegen
+from netdsl.lower.codegen import Program, run_program
+from netdsl.lower.native import c_module, function_name
+from netdsl.ops import parallel
+from netdsl.runtime.native.toolchain import NativeUnavailable, build, builds, cache_dir
+
+__all__ = ["prepare", "build_report", "NativeUnavailable"]
+
+# (id of a program, dtype) -> (the program, kept so its id stays its own; its function)
+_functions: dict[tuple[int, str], tuple[Program, object]] = {}
+
+
+def prepare(programs: list[Program], dtype: str) -> int:
+    """Compile `programs` for `dtype` (or load them from the cache) and run them natively
+    from now on; how many there are.
+
+    Raises
+    ------
+    NativeUnavailable
+        No compiler, or one that fails on the source.
+    """
+    if not programs:
+        return 0
+    try:
+        library = build(c_module(programs, dtype))
+    except NativeUnavailable:
+        # a C library without vector math: the same loops, one element at a time
+        library = build(c_module(programs, dtype, vector_math=False))
+    for index, program in enumerate(programs):
+        function = getattr(library, function_name(index))
+        function.restype = None
+        function.argtypes = ([ctypes.c_void_p] * len(program.arrays)
+                             + [ctypes.c_double] * len(program.scalars) + [ctypes.c_longlong])
+        _functions[(id(program), str(dtype))] = (program, function)
+    return len(programs)
+
+
+def build_report(programs: list[Program], dtype: str = "float32") -> str:
+    """One line for `netc compile --target native`: how many kernels, and whether they
+    were compiled (in how long) or loaded from the cache; or why the NumPy path runs."""
+    done = len(builds)
+    began = time.perf_counter()
+    try:
+        count = prepare(programs, dtype)
+    except NativeUnavailable as exc:
+        return f"native kernels: none, {exc}; training runs the NumPy path"
+    seconds = time.perf_counter() - began
+    compiled = sum(s for _, s in builds[done:])
+    how = (f"compiled in {compiled:.2f} s" if len(builds) > done
+           else f"loaded from the cache in {seconds:.2f} s")
+    return f"native kernels: {count} ({dtype}), {how}; cache {cache_dir()}"
+
+
+@run_program.provide("numpy")
+def _run_native(xp, program: Program, arrays: dict, scalars: dict | None = None,
+                dtype: str = "float32"):
+    entry = _functions.get((id(program), str(dtype)))
+    if entry is None:
+        return NotImplemented
+    codegen.launches[str(dtype)] += 1
+    dtype = np.dtype(dtype)
+    given = [arrays[name] for name in program.arrays if name in arrays]
+    shape = given[0].shape
+    if any(a.shape != shape for a in given):
+        shape = np.broadcast_shapes(*(a.shape for a in given))
+    pointers, results, kept = [], {}, []
+    for name in program.arrays:
+        array = arrays.get(name)
+        if array is None:
+            array = np.empty(shape, dtype=dtype)
+        elif name in program.outputs:
+            if array.shape != shape or not array.flags.c_contiguous or array.dtype != dtype:
+                raise ValueError(f"{program.name}: the in-place array {name} must be "
+                                 f"contiguous {dtype} of shape {shape}")
+        elif array.shape != shape or not array.flags.c_contiguous or array.dtype != dtype:
+            array = np.ascontiguousarray(np.broadcast_to(array, shape), dtype=dtype)
+        kept.append(array)   # a converted copy must live until the call returns
+        pointers.append(array.ctypes.data)
+        if name in program.outputs:
+            results[name] = array
+    values = [float(scalars[name]) for name in program.scalars] if program.scalars else []
+    total, function, size = int(np.prod(shape)), entry[1], dtype.itemsize
+
+    def run(part: slice) -> None:   # ctypes lets go of the GIL: slabs run at once
+        function(*(p + part.start * size for p in pointers), *values, part.stop - part.start)
+
+    parallel.slab_map(np, run, total, total * size * len(pointers))
+    return results

@@ -1,0 +1,13 @@
+#include <math.h>
+
+/* mul_scale_backward_1 */
+void netdsl_kernel0(const float* restrict a_x0, const float* restrict a_gy, float* restrict a_dx0, const long long n) {
+    #pragma omp simd
+    for (long long i = 0; i < n; i++) {
+        const float x0 = a_x0[i];
+        const float gy = a_gy[i];
+        const float g0 = (gy * 0.5f);
+        const float w_dx0 = ((g0 * x0) + (g0 * x0));
+        a_dx0[i] = w_dx0;
+    }
+}

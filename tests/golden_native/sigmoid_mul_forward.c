@@ -1,0 +1,16 @@
+#include <math.h>
+
+__attribute__((simd("notinbranch"))) float tanhf(float);
+
+/* sigmoid_mul_forward */
+void netdsl_kernel0(const float* restrict a_x0, const float* restrict a_x1, float* restrict a_y, const long long n) {
+    #pragma omp simd
+    for (long long i = 0; i < n; i++) {
+        const float x0 = a_x0[i];
+        const float x1 = a_x1[i];
+        const float v0 = ((0.5f * tanhf((0.5f * x0))) + 0.5f);
+        const float v1 = (v0 * x1);
+        const float w_y = v1;
+        a_y[i] = w_y;
+    }
+}

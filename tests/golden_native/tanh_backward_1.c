@@ -1,0 +1,15 @@
+#include <math.h>
+
+__attribute__((simd("notinbranch"))) float tanhf(float);
+
+/* tanh_backward_1 */
+void netdsl_kernel0(const float* restrict a_x0, const float* restrict a_gy, float* restrict a_dx0, const long long n) {
+    #pragma omp simd
+    for (long long i = 0; i < n; i++) {
+        const float x0 = a_x0[i];
+        const float gy = a_gy[i];
+        const float v0 = tanhf(x0);
+        const float w_dx0 = (gy * (1.0f - (v0 * v0)));
+        a_dx0[i] = w_dx0;
+    }
+}

@@ -1,0 +1,18 @@
+#include <math.h>
+
+/* update */
+void netdsl_kernel0(float* restrict a_params, const float* restrict a_grads, float* restrict a_momentum_buffer, const double s_lr, const long long n) {
+    const float lr = (float)s_lr;
+    #pragma omp simd
+    for (long long i = 0; i < n; i++) {
+        const float params = a_params[i];
+        const float grads = a_grads[i];
+        const float momentum_buffer = a_momentum_buffer[i];
+        const float gd = (grads + (0.001f * params));
+        const float b = ((0.9f * momentum_buffer) + gd);
+        const float w_momentum_buffer = b;
+        const float w_params = (params - (lr * (gd + (0.9f * b))));
+        a_momentum_buffer[i] = w_momentum_buffer;
+        a_params[i] = w_params;
+    }
+}

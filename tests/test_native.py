@@ -1,0 +1,147 @@
+"""The native CPU target: codegen's programs compiled to C.
+
+- every fused pattern's C source equals its golden file (tests/golden_native/, update
+  with --update-golden), with and without the vector math declarations;
+- every pattern, chains and optimiser updates alike, computes what NumPy's evaluation
+  of the same program does, in float32 and float64, in place where it updates, and over
+  slabs on the host's threads when the arrays are large;
+- the library is cached on disk: a second build loads it, nothing half-written is left;
+- without a compiler the target says so in one line, and netc falls back to NumPy.
+(The native target's training steps equal the host's on every spec in test_fused and
+test_lower.)
+"""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SPECS, assert_golden, run_netc
+from netdsl.lower.codegen import evaluate_program, run_program
+from netdsl.lower.native import c_module
+from netdsl.runtime import native
+from netdsl.runtime.native import toolchain as native_build
+from test_kernelgen import PATTERNS
+
+GOLDEN = os.path.join(ROOT, "tests", "golden_native")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh kernel cache, and no library loaded from an earlier build."""
+    monkeypatch.setenv("NETDSL_CACHE", str(tmp_path))
+    native_build.build.cache_clear()
+    yield tmp_path / "native"
+    native_build.build.cache_clear()
+
+
+@pytest.mark.parametrize("label", sorted(PATTERNS))
+def test_c_source_matches_golden(label, update_golden):
+    assert_golden(os.path.join(GOLDEN, f"{label}.c"), c_module([PATTERNS[label]], "float32"),
+                  update_golden)
+
+
+def test_every_golden_source_has_a_pattern():
+    stale = sorted(set(f[:-2] for f in os.listdir(GOLDEN)) - set(PATTERNS))
+    assert not stale, f"golden sources without a pattern: {stale}"
+
+
+def test_without_vector_math_the_functions_are_not_declared_simd():
+    program = PATTERNS["tanh_forward"]
+    assert 'simd("notinbranch"))) float tanhf(float)' in c_module([program], "float32")
+    plain = c_module([program], "float32", vector_math=False)
+    assert "simd(" not in plain and "tanhf(x0)" in plain
+    assert "double tanh(double)" in c_module([program], "float64")
+
+
+def _arrays(program, shape, dtype, rng):
+    arrays = {name: rng.uniform(0.5, 1.5, shape).astype(dtype) for name in program.reads}
+    for name in program.outputs:   # an update's moments are read and written in place
+        if name in arrays:
+            arrays[name] = np.ascontiguousarray(arrays[name])
+    return arrays
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_pattern_computes_what_numpy_does(dtype, cache):
+    programs = [PATTERNS[label] for label in sorted(PATTERNS)]
+    assert native.prepare(programs, dtype) == len(programs)
+    rng = np.random.default_rng(0)
+    scalars = {"lr": 0.1, "c1": 0.19, "c2": 0.7}
+    for program in programs:
+        arrays = _arrays(program, (7, 5), dtype, rng)
+        expected = evaluate_program(program, {k: v.copy() for k, v in arrays.items()},
+                                    scalars, np, dtype)
+        got = run_program(np, program, arrays, scalars, dtype)
+        assert set(got) == set(program.outputs)
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], value, rtol=2e-6 if dtype == "float32"
+                                       else 1e-13, err_msg=f"{program.name}: {name}")
+            if name in arrays:
+                assert got[name] is arrays[name], "an update writes in place"
+
+
+def test_large_arrays_run_in_slabs_on_the_host_threads(cache):
+    program = PATTERNS["add_relu_forward"]
+    native.prepare([program], "float32")
+    rng = np.random.default_rng(1)
+    x0, x1 = (rng.standard_normal((64, 9000)).astype(np.float32) for _ in range(2))
+    got = run_program(np, program, {"x0": x0, "x1": x1}, dtype="float32")["y"]
+    np.testing.assert_array_equal(got, np.maximum(x0 + x1, 0))
+
+
+def test_broadcast_and_strided_inputs_are_made_contiguous(cache):
+    program = PATTERNS["mul_forward"]
+    native.prepare([program], "float64")
+    a = np.arange(12.0).reshape(3, 4)
+    got = run_program(np, program, {"x0": a.T, "x1": np.float64(2.0) * np.ones((4, 1))},
+                      dtype="float64")["y"]
+    np.testing.assert_array_equal(got, a.T * 2)
+
+
+def test_a_program_not_prepared_is_evaluated_by_numpy(cache):
+    program = PATTERNS["exp_forward"]
+    native._functions.pop((id(program), "float16"), None)
+    x = np.array([0.0, 1.0], dtype=np.float16)
+    got = run_program(np, program, {"x0": x}, dtype="float16")["y"]
+    np.testing.assert_array_equal(got, np.exp(x))
+
+
+def test_the_library_is_cached_on_disk(cache):
+    source = c_module([PATTERNS["relu_forward"]], "float32")
+    before = len(native_build.builds)
+    native_build.build(source)
+    assert len(native_build.builds) == before + 1
+    (library,) = cache.iterdir()
+    assert library.suffix == ".so", "the build's temporary files are gone"
+    native_build.build.cache_clear()      # as a new process would
+    native_build.build(source)
+    assert len(native_build.builds) == before + 1, "loaded, not compiled again"
+
+
+def test_without_a_compiler_the_target_says_why(cache, monkeypatch):
+    monkeypatch.setenv("NETDSL_NATIVE", "0")
+    with pytest.raises(native.NativeUnavailable, match="no C compiler"):
+        native.prepare([PATTERNS["relu_forward"]], "float32")
+
+
+def test_a_compiler_error_is_one_line(cache, monkeypatch, tmp_path):
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'error: out of cheese' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    with pytest.raises(native.NativeUnavailable, match="failed on the generated kernels: "
+                                                       "error: out of cheese"):
+        native_build.build(c_module([PATTERNS["relu_forward"]], "float32"))
+
+
+def test_netc_compile_reports_the_native_build(cache):
+    result = run_netc("compile", os.path.join(SPECS, "lstm.net"), "--target", "native")
+    assert result.returncode == 0, result.stderr
+    assert "native kernels:" in result.stdout
+
+
+def test_netc_compile_without_a_compiler_falls_back(cache, monkeypatch):
+    monkeypatch.setenv("NETDSL_NATIVE", "0")
+    result = run_netc("compile", os.path.join(SPECS, "lstm.net"), "--target", "native")
+    assert result.returncode == 0, result.stderr
+    assert "no C compiler found" in result.stdout + result.stderr
