@@ -132,3 +132,165 @@ def test_per_worker_batchnorm_differs_from_one_process():
     can tell them apart."""
     plain, workers = one_process("resnet20"), one_process_as_workers("resnet20")
     assert not np.allclose(plain[0]["losses"], workers[0]["losses"], rtol=1e-6)
+
+
+# ---- the command line
+
+W1 = os.path.join(ROOT, "benchmarks", "specs", "w1_mlp.net")
+# runs netc with mpi4py unimportable, as where it is not installed
+NO_MPI4PY = ("import sys; sys.modules['mpi4py'] = None; from netdsl.cli import main; "
+             "sys.exit(main(sys.argv[1:]))")
+
+
+def netc(*args: str, code: str | None = None, env: dict | None = None, timeout: float = 300,
+         background: bool = False):
+    """`netc ARGS` in a subprocess (started as root is allowed to start mpirun)."""
+    code = code or "import sys; from netdsl.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", code, *args]
+    env = {**os.environ, **(env or {})}
+    if background:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def losses(folder) -> list[float]:
+    from netdsl.runtime.checkpoint import load_checkpoint
+
+    return [step["loss"] for step in load_checkpoint(str(folder))[1]["position"]["losses"]]
+
+
+def position(folder) -> dict | None:
+    from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(str(folder))[1]["position"]
+    except (CheckpointError, ValueError):
+        return None
+
+
+def worker_pid(rank: int, marker: str, deadline: float = 120) -> int:
+    """The pid of the worker of `rank` whose command line holds `marker`."""
+    import time
+
+    stop = time.monotonic() + deadline
+    while time.monotonic() < stop:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    if marker.encode() not in handle.read():
+                        continue
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    if f"OMPI_COMM_WORLD_RANK={rank}\0".encode() in handle.read():
+                        return int(pid)
+            except OSError:
+                continue
+        time.sleep(0.05)
+    raise AssertionError(f"no worker of rank {rank} appeared")
+
+
+def wait_for(folder, epoch: int, batch: int, proc, deadline: float = 180) -> None:
+    import time
+
+    stop = time.monotonic() + deadline
+    while time.monotonic() < stop and proc.poll() is None:
+        at = position(folder)
+        if at and (at["epoch"], at["batch"]) >= (epoch, batch):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the run did not reach epoch {epoch + 1}, batch {batch}")
+
+
+@needs_mpi
+class TestCommandLine:
+    FLAGS = ("--epochs", "3", "--checkpoint-every", "0", "--quiet", "--seed", "4")
+
+    def test_a_killed_worker_stops_the_others_and_resume_continues_the_curve(self, tmp_path):
+        import signal
+
+        whole = tmp_path / "whole"
+        result = netc("run", W1, "--workers", "2", "--checkpoint", str(whole), *self.FLAGS)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.count("epoch 3 ") == 1, "rank 0 alone prints"
+        assert "2 workers (MPI), 64 examples each" in result.stdout
+        killed = tmp_path / "killed"
+        proc = netc("run", W1, "--workers", "2", "--checkpoint", str(killed), *self.FLAGS,
+                    background=True)
+        victim = worker_pid(1, str(killed))
+        wait_for(killed, 1, 3, proc)
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1
+        assert "worker rank 1 was killed (SIGKILL)" in err and "--resume" in err, err
+        assert "Traceback" not in err and "prterun" not in err, err
+        stopped = position(killed)
+        assert stopped is not None and stopped["epoch"] < 3, "the checkpoint is intact"
+        for workers in ("1", "2"):
+            again = tmp_path / f"resumed{workers}"
+            shutil.copytree(killed, again)
+            result = netc("run", W1, "--workers", workers, "--checkpoint", str(again),
+                          *self.FLAGS, "--resume")
+            assert result.returncode == 0, result.stderr
+            assert "resuming" in result.stdout
+            if workers == "2":  # the same workers: the same numbers
+                assert losses(again) == losses(whole)
+            else:               # one process sums in another order: float32's rounding
+                np.testing.assert_allclose(losses(again), losses(whole), rtol=1e-5)
+
+    def test_a_worker_that_hangs_is_named_after_the_timeout(self, tmp_path):
+        import signal
+
+        folder = tmp_path / "hung"
+        proc = netc("run", W1, "--workers", "2", "--checkpoint", str(folder), "--epochs", "200",
+                    "--checkpoint-every", "0", "--quiet", "--timeout", "3", background=True)
+        victim = worker_pid(1, str(folder))
+        try:
+            wait_for(folder, 0, 2, proc)
+            os.kill(victim, signal.SIGSTOP)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert proc.returncode == 1
+        assert "no answer from worker rank 1 for 3 s" in err and "intact" in err, err
+        assert position(folder) is not None
+
+    def test_workers_with_different_spec_files_are_refused(self, tmp_path):
+        for rank, width in enumerate((256, 128)):
+            os.makedirs(tmp_path / f"d{rank}")
+            with open(W1) as source, open(tmp_path / f"d{rank}" / "spec.net", "w") as copy:
+                copy.write(source.read().replace("dense(256)", f"dense({width})"))
+        command = [sys.executable, "-m", "netdsl.cli", "run", "spec.net", "--steps", "1"]
+        env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+        runner = shutil.which("mpirun", path=os.path.dirname(sys.executable))
+        result = subprocess.run([runner, "--bind-to", "none",
+                                 "--wdir", str(tmp_path / "d0"), "-np", "1", *command, ":",
+                                 "--wdir", str(tmp_path / "d1"), "-np", "1", *command],
+                                env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0
+        assert result.stderr.count("worker rank 1 read a different spec.net than rank 0") == 1
+        assert "Traceback" not in result.stderr
+
+    def test_a_batch_smaller_than_the_workers_is_one_clear_line(self, tmp_path):
+        result = netc("run", W1, "--workers", "2", "--batch", "1", "--checkpoint",
+                      str(tmp_path / "run"))
+        assert result.returncode == 1
+        assert result.stderr.count("a batch of 1 cannot be shared by 2 workers") == 1
+        assert "Traceback" not in result.stderr and "prterun" not in result.stderr
+
+
+def test_without_mpi4py_one_clear_line(tmp_path):
+    result = netc("run", W1, "--workers", "2", code=NO_MPI4PY)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--workers 2 needs mpi4py" in result.stderr and "netdsl[mpi]" in result.stderr
+    # a worker that mpirun started
+    started = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}
+    result = netc("run", W1, "--checkpoint", str(tmp_path / "r"), code=NO_MPI4PY, env=started)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "started as 2 processes, but mpi4py is not installed" in result.stderr
+    result = netc("run", W1, "--checkpoint", str(tmp_path / "r"), code=NO_MPI4PY,
+                  env={**started, "OMPI_COMM_WORLD_RANK": "1"})
+    assert result.returncode == 1 and result.stderr == "", "rank 0 alone says it"

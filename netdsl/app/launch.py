@@ -9,7 +9,6 @@ checkpoint is intact.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -84,9 +83,11 @@ def launch_workers(args, folder: str) -> int:
     SpecError
         When mpi4py or mpirun is missing.
     """
-    if importlib.util.find_spec("mpi4py") is None:
+    try:
+        import mpi4py  # noqa: F401  the mpi extra, checked here; MPI starts in the workers
+    except ImportError:
         raise SpecError(f"--workers {args.workers} needs mpi4py, which is not installed",
-                        None, MPI_HELP)
+                        None, MPI_HELP) from None
     mpirun = _mpirun()
     if mpirun is None:
         raise SpecError(f"--workers {args.workers} needs MPI's mpirun, which was not found",
