@@ -63,16 +63,30 @@ class NcclCommunicator(Communicator):
         self.stream = cupy.cuda.Stream(non_blocking=True)
 
     def start_sum(self, array) -> Pending:
+        kind, pointer = self._type(array), self.address(array)
         cuda = self.cupy.cuda
         written = cuda.Event(disable_timing=True)
         written.record(cuda.get_current_stream())
         self.stream.wait_event(written)
-        pointer = array.data.ptr
-        self.comm.allReduce(pointer, pointer, array.size, self.types[np.dtype(array.dtype)],
+        self.comm.allReduce(pointer, pointer, array.size, kind,
                             self.nccl.NCCL_SUM, self.stream.ptr)
         done = cuda.Event(disable_timing=True)
         done.record(self.stream)
         return _DevicePending(self.cupy, done, array)
+
+    def _type(self, array) -> int:
+        kind = self.types.get(np.dtype(array.dtype))
+        if kind is None or not array.flags.c_contiguous:
+            raise ValueError(f"NCCL sums contiguous float32, float64 or int64 arrays here, "
+                             f"not a {'' if array.flags.c_contiguous else 'strided '}"
+                             f"{array.dtype} array")
+        return kind
+
+    @staticmethod
+    def address(array) -> int:
+        """Where a CuPy array's data lies on the device (tests on the CPU, with NumPy
+        arrays standing in, give theirs)."""
+        return array.data.ptr
 
     def sum_host(self, array: np.ndarray) -> np.ndarray:
         return self.host.sum(array)

@@ -59,7 +59,7 @@ class Replicas:
                                         parallel.bucket_bytes)
                         for phase in phases] if self.size > 1 else []
         self.sync_bn = settings.sync_bn and self.size > 1
-        self.batchnorm = SynchronisedBatchNorm(self.comm) if self.sync_bn else None
+        self.batchnorm = SynchronisedBatchNorm(self.comm, self.xp) if self.sync_bn else None
         self.weight = 1.0
 
     @property

@@ -8,7 +8,8 @@ input gradient needs. The parameter gradients it returns stay the worker's own, 
 the gradient buckets sum those.
 
 This is the runtime providing ops.numeric's `batch_norm` and `batch_norm_backward`
-(an `@overridable` routine) for NumPy and CuPy while the training loop runs; in eval
+(an `@overridable` routine) for the training loop's array module (NumPy or CuPy) while
+it runs; in eval
 mode, and while `paused` (a diagnosis replaying one worker's step), the implementation
 that was there before runs. The op itself knows nothing of it.
 """
@@ -22,30 +23,29 @@ from netdsl.runtime.distributed import Communicator
 
 __all__ = ["SynchronisedBatchNorm"]
 
-_MODULES = ("numpy", "cupy")
-
-
 def _column(v):
     """A (C,) vector broadcast against (B, C, N)."""
     return v.reshape(-1, 1)
 
 
 class SynchronisedBatchNorm:
-    """A context in which batchnorm's training statistics are summed over `comm`."""
+    """A context in which batchnorm's training statistics of arrays of `xp` are summed
+    over `comm`."""
 
-    def __init__(self, comm: Communicator):
+    def __init__(self, comm: Communicator, xp):
         self.comm = comm
+        # routines find their provider by the array module's name
+        self.module = xp.__name__
         self.active = True
         self._before: dict = {}
 
     def __enter__(self):
         for routine, mine in ((numeric.batch_norm, self._forward),
                               (numeric.batch_norm_backward, self._backward)):
-            for module in _MODULES:
-                # the routine's table of providers: ours in front, theirs kept to restore
-                before = routine.provided.get(module)
-                self._before[(routine, module)] = before
-                routine.provided[module] = self._providing(routine, before, mine)
+            # the routine's table of providers: ours in front, theirs kept to restore
+            before = routine.provided.get(self.module)
+            self._before[(routine, self.module)] = before
+            routine.provided[self.module] = self._providing(routine, before, mine)
         return self
 
     def __exit__(self, *exc) -> None:
