@@ -58,9 +58,9 @@ def workers_ran(tmp_path_factory):
 def one_process(name: str) -> list[dict]:
     """The case trained by one process on whole global batches (the same results for
     every rank)."""
-    lowered, settings, data = build(name)
+    lowered, settings, train, val = build(name)
     trainer = Trainer(lowered, settings, dtype="float64")
-    trainer.fit(data, None)
+    trainer.fit(train, val)
     return [results(trainer)] * WORKERS
 
 
@@ -68,7 +68,8 @@ def one_process_as_workers(name: str) -> list[dict]:
     """The case trained by one process that does each worker's part of a global batch in
     turn, with that worker's random stream and batchnorm statistics, sums their gradients
     weighted by their shares and makes one update: what the workers compute, without MPI."""
-    lowered, settings, data = build(name)
+    lowered, settings, data, val = build(name)
+    assert val is None, "the reference makes no epoch records"
     trainer = Trainer(lowered, settings, dtype="float64")
     ex, plan = trainer.executor, trainer.plan
     states = [np.random.default_rng(rank_seed(settings.seed, r)).bit_generator.state
@@ -118,6 +119,8 @@ def test_two_workers_train_as_one_process(workers_ran, name):
         np.testing.assert_allclose(mine["losses"], theirs["losses"], rtol=RTOL)
         np.testing.assert_allclose(mine["params"], theirs["params"], rtol=RTOL, atol=1e-13)
         np.testing.assert_allclose(mine["history"], theirs["history"], rtol=RTOL)
+        if CASES[name].val:  # validation sums reduced over the workers' parts
+            assert np.isfinite(mine["history"][:, 2:]).all()
         buffers = sorted(k for k in theirs if k.startswith("buffer/"))
         assert buffers == sorted(k for k in mine if k.startswith("buffer/"))
         for key in buffers:
