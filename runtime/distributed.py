@@ -97,11 +97,13 @@ DONE = Pending()
 
 
 class Communicator:
-    """The processes of a run: `rank` of `size`, `local_rank` on this host."""
+    """The processes of a run: `rank` of `size`, `local_rank` of `local_size` on this
+    host."""
 
     rank = 0
     size = 1
     local_rank = 0
+    local_size = 1
     name = "one process"
 
     def sum(self, array):
@@ -187,7 +189,7 @@ class MpiCommunicator(Communicator):
         self.comm, self.mpi, self.timeout = comm, mpi, timeout
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         node = comm.Split_type(mpi.COMM_TYPE_SHARED)
-        self.local_rank = node.Get_rank()
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
         # where each rank runs, to tell which one died when a wait runs out
         self.peers = comm.allgather((socket.gethostname(), os.getpid()))

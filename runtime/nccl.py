@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from netdsl.runtime.distributed import Communicator, MpiCommunicator, Pending
+from netdsl.runtime.distributed import (Communicator, DistributedError, MpiCommunicator,
+                                        Pending)
 
 __all__ = ["NcclCommunicator", "use_local_gpu"]
 
 
 def use_local_gpu(comm: Communicator) -> None:
     """Make the GPU of this worker's rank on its host the current device (nothing when
-    CuPy is absent: `--device gpu` then reports that itself)."""
+    CuPy is absent: `--device gpu` then reports that itself).
+
+    Raises
+    ------
+    DistributedError
+        When this host runs more workers than it has GPUs: NCCL refuses two on one.
+    """
     if comm.size == 1:
         return
     try:
@@ -28,8 +35,14 @@ def use_local_gpu(comm: Communicator) -> None:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception:  # noqa: BLE001  no CuPy or no CUDA: runtime.device says which
         return
-    if count:
-        cupy.cuda.Device(comm.local_rank % count).use()
+    if not count:
+        return
+    if comm.local_size > count:
+        raise DistributedError(
+            f"{comm.local_size} workers share this machine's {count} GPU"
+            f"{'s' * (count > 1)}: NCCL needs a GPU per worker",
+            f"start at most {count} worker{'s' * (count > 1)} per machine with --device gpu")
+    cupy.cuda.Device(comm.local_rank).use()
 
 
 class _DevicePending(Pending):
@@ -54,7 +67,8 @@ class NcclCommunicator(Communicator):
         if nccl is None:
             from cupy.cuda import nccl  # CuPy's NCCL bindings, for GPU workers alone
         self.host, self.cupy, self.nccl = host, cupy, nccl
-        self.rank, self.size, self.local_rank = host.rank, host.size, host.local_rank
+        self.rank, self.size = host.rank, host.size
+        self.local_rank, self.local_size = host.local_rank, host.local_size
         self.types = {np.dtype(np.float32): nccl.NCCL_FLOAT32,
                       np.dtype(np.float64): nccl.NCCL_FLOAT64,
                       np.dtype(np.int64): nccl.NCCL_INT64}

@@ -16,7 +16,7 @@ import pytest
 
 from distributed_cases import CASES
 from nccl_fakes import FakeNccl, fake_nccl
-from netdsl.runtime.distributed import SingleProcess
+from netdsl.runtime.distributed import DistributedError, SingleProcess
 from netdsl.runtime.nccl import NcclCommunicator, use_local_gpu
 from test_distributed import HERE, RTOL, mpirun, needs_mpi, one_process
 
@@ -94,11 +94,14 @@ def test_each_worker_takes_the_gpu_of_its_rank_on_its_host(monkeypatch):
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 2),
         Device=lambda n: types.SimpleNamespace(use=lambda: used.append(n))))
     monkeypatch.setitem(sys.modules, "cupy", cupy)
-    worker = types.SimpleNamespace(size=4, local_rank=3)
+    worker = types.SimpleNamespace(size=4, local_rank=1, local_size=2)
     use_local_gpu(worker)
     assert used == [1]
-    use_local_gpu(types.SimpleNamespace(size=1, local_rank=0))
+    use_local_gpu(types.SimpleNamespace(size=1, local_rank=0, local_size=1))
     assert used == [1], "one process keeps the device it has"
+    with pytest.raises(DistributedError, match="3 workers share this machine's 2 GPUs"):
+        use_local_gpu(types.SimpleNamespace(size=6, local_rank=2, local_size=3))
+    assert used == [1]
     monkeypatch.setitem(sys.modules, "cupy", None)  # no CuPy: --device gpu says so later
     use_local_gpu(worker)
 

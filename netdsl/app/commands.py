@@ -23,7 +23,7 @@ from netdsl.runtime.data import data_fields
 from netdsl.runtime.data.sequences import ALPHABET, decode_text, encode_text
 from netdsl.runtime.generate import fed_scores, generate
 from netdsl.runtime.host import on_host, to_host
-from netdsl.runtime.nccl import NcclCommunicator, use_local_gpu
+from netdsl.runtime.nccl import NcclCommunicator
 from netdsl.runtime.replicas import DataParallel
 from netdsl.runtime.train import Reporter
 
@@ -58,7 +58,7 @@ def run(args) -> int:
     comm = workers.join(args)
     console = Console(stderr=False, highlight=False, quiet=comm.rank != 0)
     if args.device == "gpu":
-        use_local_gpu(comm)  # before the first allocation
+        workers.take_local_gpu(comm)  # before the first allocation
 
     def ready():
         session = _session(args)

@@ -25,8 +25,9 @@ from netdsl.driver import CheckFailed
 from netdsl.errors import SpecError, SpecErrors, render
 from netdsl.runtime.distributed import (DEFAULT_TIMEOUT, Communicator, DistributedError,
                                         WorkerLost, connect, launched_rank)
+from netdsl.runtime.nccl import use_local_gpu
 
-__all__ = ["join", "prepared", "training", "data_digest"]
+__all__ = ["join", "take_local_gpu", "prepared", "training", "data_digest"]
 
 
 def join(args) -> Communicator:
@@ -36,6 +37,17 @@ def join(args) -> Communicator:
         return connect(getattr(args, "timeout", None) or DEFAULT_TIMEOUT)
     except DistributedError:
         if launched_rank() != 0:
+            raise SystemExit(1) from None
+        raise
+
+
+def take_local_gpu(comm: Communicator) -> None:
+    """Drive the GPU of this worker's rank on its machine (runtime.nccl.use_local_gpu);
+    when there are too few, rank 0 alone says so and the others exit 1."""
+    try:
+        use_local_gpu(comm)
+    except DistributedError:
+        if comm.rank != 0:
             raise SystemExit(1) from None
         raise
 
