@@ -297,3 +297,37 @@ def test_without_mpi4py_one_clear_line(tmp_path):
     result = netc("run", W1, "--checkpoint", str(tmp_path / "r"), code=NO_MPI4PY,
                   env={**started, "OMPI_COMM_WORLD_RANK": "1"})
     assert result.returncode == 1 and result.stderr == "", "rank 0 alone says it"
+
+
+# ---- the benchmark and the scaling model
+
+@needs_mpi
+def test_the_parallel_benchmark_runs_and_reports_what_it_measured(tmp_path):
+    out = tmp_path / "speed.json"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "parallel_speed.py"),
+                             "--only", "W1", "--quick", "--cores", "2", "--json", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| W1 MLP 64-256-256-10 | 128 | 0.32 MiB |" in result.stdout
+    import json
+
+    [w1] = json.loads(out.read_text())["results"]
+    assert w1["params"] == 85002
+    assert set(w1["samples_per_s"]) == {"1 process", "2 workers", "2 workers, no overlap"}
+    assert all(rate > 0 for rate in w1["samples_per_s"].values())
+    assert w1["allreduce_ms"] > 0 and w1["hidden"] is not None
+
+
+def test_the_scaling_model_prints_the_tables_of_the_docs():
+    """docs/distributed.md holds the model's tables as it prints them."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scaling_model.py")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(os.path.join(ROOT, "docs", "distributed.md")) as handle:
+        docs = handle.read()
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| W") or
+            line[:3] in ("| 8", "| 6", "| 5")]
+    assert len(rows) >= 6 + 12 + 6 + 3
+    for row in rows:
+        cells = row.split(" | ", 1)[1]  # the docs' headers are worded for reading
+        assert cells in docs, row
