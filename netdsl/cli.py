@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                      help="also checkpoint during an epoch this often (30)")
     run.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")
+    run.add_argument("--workers", type=_positive, metavar="N",
+                     help="train data-parallel in N processes on this machine (starts mpirun; "
+                          "across machines run mpirun -np N netc run ... yourself)")
+    run.add_argument("--no-overlap", action="store_true",
+                     help="data-parallel: sum the gradients after backward, not during it")
+    run.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                     help="data-parallel: how long a worker waits for the others before it "
+                          "stops (300)")
     for name, helptext in (("eval", "losses and accuracy of a trained spec"),
                            ("predict", "outputs of a trained spec for --data")):
         cmd = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:]
@@ -177,6 +185,7 @@ def _natural(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run netc; returns the exit code (0 ok, 1 for any error in a spec, file or flag)."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers passes on
 
     try:
         return COMMANDS[args.command](args)

@@ -52,6 +52,7 @@ class TrainSettings:
     pixels: tuple = (0.0, 1.0)          # the range bundled images are scaled to
     data: str | None = None             # a named bundled dataset (BUNDLED_DATA)
     bptt: tuple | None = None           # truncated BPTT's (k1, k2); None: full BPTT
+    sync_bn: bool = False               # data-parallel: batchnorm over the global batch
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,6 +254,7 @@ _RULES: dict[str, Callable[[Any, _Place], Any]] = {
     "val": _rule(lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)", "0.1"),
     "shuffle": _rule(lambda v: isinstance(v, bool), "true or false", "true"),
     "normalize": _rule(lambda v: isinstance(v, bool), "true or false", "true"),
+    "sync_bn": _rule(lambda v: isinstance(v, bool), "true or false", "true"),
     "init": _one_of(INIT_SCHEMES, "be", "he"),
     "pixels": _pixels,
     "data": _one_of(BUNDLED_DATA, "name a bundled dataset,", "'parity'"),

@@ -19,7 +19,7 @@ CALLS: dict[str, set[str]] = {
 }
 SETTINGS = {
     "batch", "epochs", "schedule", "l1", "l2", "clip", "early_stop", "seed", "val", "shuffle",
-    "normalize", "init", "gan_k", "bptt", "steps", "pixels", "data",
+    "normalize", "init", "gan_k", "bptt", "steps", "pixels", "data", "sync_bn",
 }
 # settings whose value is a call, and the calls each accepts
 CALL_VALUED = {

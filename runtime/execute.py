@@ -221,15 +221,21 @@ class Executor:
 
     # ---- backward
 
-    def backward(self, backward: Backward | None = None, check_finite: bool = False) -> None:
+    def backward(self, backward: Backward | None = None, check_finite: bool = False,
+                 hook=None) -> None:
         """Fill `grads` for `backward.params` (default: every loss, every parameter) from
         the last training forward, through time where there are loops (BPTT).
 
         Gradients of a value are summed where it forks. A contribution is stored as
         given (it may alias another value's gradient) and copied before the first sum.
+        `hook` (data-parallel training's runtime.buckets.GradientBuckets) hears of each
+        step and loop whose backward has run, so that it can send the gradients that are
+        final while the rest of backward runs.
         """
         xp = self.xp
         backward = backward or self.lowered.backward()
+        if hook is not None:
+            hook.begin(self._last, backward)
         # dL/dL = 1 in the executor's precision: losses scale it by Python numbers
         grads = {seed: xp.ones((), dtype=self.dtype) for seed in backward.seeds}
         owned: set[str] = set()
@@ -239,15 +245,25 @@ class Executor:
             for segment in reversed(self._last.segments):
                 if isinstance(segment, LoopSegment):
                     backward_loop(self, segment, grads, owned, backward, wanted, check_finite)
+                    if hook is not None:
+                        hook.loop_done(segment)
                     continue
                 for step in reversed(segment.steps):
                     gy = grads.pop(step.node, None)
                     if gy is None or step.node not in wanted:
                         continue  # no loss depends on it through a differentiable path
                     self._backward_step(step, gy, grads, owned, backward, check_finite)
+                    if hook is not None:
+                        hook.step_done(step)
         for key in backward.params:
             if key not in self._written:
                 self.grads[key][...] = 0
+        if hook is not None:
+            hook.end()
+
+    def grad_written(self, key: str) -> bool:
+        """Whether the backward pass running (or last run) has written `key`'s gradient."""
+        return key in self._written
 
     def _backward_step(self, step: Step, gy, grads: dict, owned: set, backward: Backward,
                        check_finite: bool) -> None:

@@ -28,11 +28,13 @@ import numpy as np
 from netdsl.errors import SpecError
 from netdsl.lower import Lowered, Plan
 from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from netdsl.runtime.data import Dataset, DataError
+from netdsl.runtime.distributed import rank_seed
+from netdsl.runtime.data import Dataset, DataError, steps_per_epoch
 from netdsl.runtime.execute import Executor, NonFinite
 from netdsl.runtime.host import on_host, read_scalars, to_host
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import clip_grad_norm, make_optimizer, penalize
+from netdsl.runtime.replicas import DataParallel, Replicas
 from netdsl.schedules import make_schedule
 from netdsl.settings import TrainSettings
 
@@ -169,7 +171,7 @@ class _Unread:
     """A step's (or an evaluation batch's) numbers still on the device, read back later."""
 
     iteration: int
-    size: int = 0
+    size: int = 0                                # the examples of the (global) batch
     batch: dict | None = None                    # the step's batch (host arrays), to rerun it
     values: dict = field(default_factory=dict)   # loss name -> 0-d arrays, one per chunk
     checks: list = field(default_factory=list)   # (phase, its losses' 0-d arrays) per update
@@ -190,10 +192,17 @@ class Trainer:
     xp : module
         numpy, or cupy for `--device gpu`: then steps do not wait for the device, and
         losses are read back every READ_EVERY steps (see the module's docstring).
+    parallel : DataParallel, optional
+        Train as one of several data-parallel workers (runtime.replicas): on this
+        worker's part of every global batch, with the gradients summed over them.
+        Rank 0 alone writes checkpoints.
+    dtype : str
+        The parameters' and activations' float type.
     """
 
     def __init__(self, lowered: Lowered, settings: TrainSettings, checkpoint: str | None = None,
-                 checkpoint_every: float = 30.0, xp=np, reporter: Reporter | None = None):
+                 checkpoint_every: float = 30.0, xp=np, reporter: Reporter | None = None,
+                 parallel: DataParallel | None = None, dtype: str = "float32"):
         self.lowered, self.plan, self.settings, self.xp = lowered, lowered.plan, settings, xp
         plan = self.plan
         self.folder, self.every = checkpoint, checkpoint_every
@@ -202,7 +211,9 @@ class Trainer:
         order = [k for phase in self.phases for k in phase.params]
         order += [k for k in plan.params if k not in order]
         params = initial_params(lowered.built, settings.init, settings.seed)
-        self.executor = Executor(lowered, params, settings.seed, xp, order=order)
+        rank = parallel.comm.rank if parallel else 0
+        self.executor = Executor(lowered, params, rank_seed(settings.seed, rank), xp, dtype,
+                                 order=order)
         self.truncation = truncation(plan, settings)
         if self.truncation and self.truncation[1] < self.truncation[0]:
             self.executor.reach = self.truncation[1]
@@ -211,6 +222,7 @@ class Trainer:
             part = self.executor.param_slice(phase.params)
             self.optimizers.append((part, make_optimizer(
                 settings.optimizer, settings.optimizer_settings, self.executor.flat_params[part])))
+        self.replicas = Replicas(parallel, self.executor, self.phases, settings)
         # the first loss with an accuracy is the one reported
         self.metric = next(iter(metric_nodes(plan).values()), None)
         self.position = _Position()
@@ -229,42 +241,42 @@ class Trainer:
     def fit(self, train: Dataset, val: Dataset | None, description: str = "") -> list[dict]:
         """Train for the configured epochs (or steps); return the per-epoch history."""
         # a NaN is caught and located by _diagnose; NumPy's warnings would only repeat it
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), self.replicas.training():
             return self._fit(train, val, description)
 
     def _fit(self, train: Dataset, val: Dataset | None, description: str) -> list[dict]:
-        s, pos = self.settings, self.position
-        steps_per_epoch = max(1, math.ceil(len(train) / s.batch))
-        self.schedule = make_schedule(s.schedule, self.optimizers[0][1].lr, s.epochs,
-                                      steps_per_epoch)
+        s, pos, replicas = self.settings, self.position, self.replicas
+        steps = steps_per_epoch(len(train), s.batch, replicas.size)
+        self.schedule = make_schedule(s.schedule, self.optimizers[0][1].lr, s.epochs, steps)
         if self._schedule_state is not None:
             self.schedule.load_state_dict(self._schedule_state)
-        self.reporter.start(description, s, s.epochs, steps_per_epoch)
+        self.reporter.start(description, s, s.epochs, steps)
         last_save = time.monotonic()
         while pos.epoch < s.epochs:
             # each epoch's order comes from (seed, epoch) alone, so a resumed run repeats it
+            # (and so does a run on another number of workers)
             shuffler = np.random.default_rng((s.seed, pos.epoch)) if s.shuffle else None
-            batches = train.batches(s.batch, shuffler)
+            batches = replicas.shards(train, s.batch, shuffler)
             sums = self._sums = {"samples": 0, "correct": 0, "positions": 0}
             started = time.perf_counter()
-            for index, batch in enumerate(batches):
+            for index, (batch, total) in enumerate(batches):
                 if index < pos.batch:
                     continue  # resumed mid-epoch: these were done before the checkpoint
-                losses = self._step(batch, steps_per_epoch, sums)
+                losses = self._step(batch, steps, sums, total=total)
                 pos.batch, pos.iteration = index + 1, pos.iteration + 1
                 if self.deferred:  # read (and report) every READ_EVERY steps
                     stop = self._out_of_steps() or self.reporter.should_stop()
-                    if stop or pos.batch == steps_per_epoch or len(self._unread) >= READ_EVERY:
-                        self._report(self._read(), sums, started, steps_per_epoch)
+                    if stop or pos.batch == steps or len(self._unread) >= READ_EVERY:
+                        self._report(self._read(), sums, started, steps)
                 else:
                     pos.losses.append(losses)
-                    self._report(losses, sums, started, steps_per_epoch)
+                    self._report(losses, sums, started, steps)
                     stop = self._out_of_steps() or self.reporter.should_stop()
                 if stop:
                     self._save()
                     self.reporter.stopped("stopped at step %d" % pos.iteration)
                     return pos.history
-                if self.folder and time.monotonic() - last_save > self.every:
+                if self.folder and replicas.agree(time.monotonic() - last_save > self.every):
                     self._save()
                     last_save = time.monotonic()
             self._read()
@@ -287,13 +299,17 @@ class Trainer:
     def _out_of_steps(self) -> bool:
         return self.settings.steps is not None and self.position.iteration >= self.settings.steps
 
-    def _step(self, batch: dict, steps_per_epoch: int, sums: dict,
-              check: bool = False) -> dict | None:
+    def _step(self, batch: dict, steps_per_epoch: int, sums: dict, check: bool = False,
+              total: int | None = None) -> dict | None:
         """One cycle of the phases on one batch (on each chunk of it, under truncated
         BPTT); the mean loss values it saw, or None off the host, where they wait in
         `_unread` for `_read`. With `check` (a diagnosis rerunning it) a non-finite loss
-        stops training at once, on the device too."""
+        stops training at once, on the device too. A data-parallel worker's `batch` is
+        its part of a global batch of `total` examples."""
         pos = self.position
+        size = len(next(iter(batch.values())))
+        total = total or size
+        self.replicas.begin_batch(size, total)
         lr = self.schedule.lr(pos.epoch, pos.iteration)
         seen: dict[str, list] = {}
         carry = None
@@ -301,7 +317,7 @@ class Trainer:
         if self.deferred and not check:
             if not self._unread:  # the first step since a read: keep the state it starts from
                 self._since = self._snapshot()
-            record = _Unread(pos.iteration + 1, batch=batch)
+            record = _Unread(pos.iteration + 1, total, batch=batch)
         for chunk in self._chunks(batch):
             out, values = self._update(chunk, lr, carry, record)
             carry = getattr(self.executor, "carry", None)
@@ -309,15 +325,14 @@ class Trainer:
                 self._count(sums, out, chunk, record)
             for name, value in values.items():
                 seen.setdefault(name, []).append(value)
-        size = len(next(iter(batch.values())))
-        sums["samples"] += size
+        sums["samples"] += total
         if record is not None:
-            record.size, record.values = size, seen
+            record.values = seen
             self._unread.append(record)
             return None
         means = {name: sum(v) / len(v) for name, v in seen.items()}
         for name, value in means.items():
-            sums[name] = sums.get(name, 0.0) + value * size
+            sums[name] = sums.get(name, 0.0) + value * total
         return means
 
     def _chunks(self, batch: dict):
@@ -340,23 +355,25 @@ class Trainer:
         """Forward, backward and the optimiser step of every phase on one batch. On the
         host a non-finite loss stops training at once; off it, `record` keeps the losses
         (0-d device arrays) for `_read` to check."""
-        s, ex = self.settings, self.executor
+        s, ex, replicas = self.settings, self.executor, self.replicas
         keep = {self.metric[1]} if self.metric else set()
         extra = {} if carry is None else {"carry": carry}
         seen: dict = {}
-        for phase, (part, optimizer) in zip(self.phases, self.optimizers):
+        for index, (phase, (part, optimizer)) in enumerate(zip(self.phases, self.optimizers)):
             for _ in range(phase.repeat):
                 before = ex.rng_state()
                 out = ex.forward(batch, True, keep, **extra)
+                # the global batch's losses: every worker sees the same NaN
+                values = replicas.mean({name: out[node] for name, node in self.plan.losses.items()})
                 if record is None:
-                    values = {name: float(out[self.plan.losses[name]])
-                              for name in self.plan.losses}
+                    values = {name: float(value) for name, value in values.items()}
                     if not all(math.isfinite(values[name]) for name in phase.losses):
                         self._diagnose(batch, before, phase, extra)
                 else:
-                    values = {name: out[self.plan.losses[name]] for name in self.plan.losses}
                     record.checks.append((phase, [values[name] for name in phase.losses]))
-                ex.backward(self.lowered.backward(phase.losses, phase.params))
+                ex.backward(self.lowered.backward(phase.losses, phase.params),
+                            hook=replicas.hook(index))
+                replicas.finish(index)
                 grads = ex.flat_grads[part]
                 if s.l1 or s.l2:
                     penalize(ex.flat_params[part], grads, s.l1, s.l2)
@@ -436,26 +453,31 @@ class Trainer:
 
     def _diagnose(self, batch: dict | None, rng_state: dict, phase: Phase, extra: dict):
         """Replay the step checking every node, and raise at the first that made NaN or Inf
-        (without a batch, raise saying only which step it was)."""
+        (without a batch, raise saying only which step it was). Data-parallel workers
+        each replay their own part and raise the same error: the first worker's find."""
         ex = self.executor
         where = None
         if batch is not None:
             ex.set_rng_state(rng_state)
             try:
-                ex.forward(batch, True, check_finite=True, **extra)
-                ex.backward(self.lowered.backward(phase.losses, phase.params),
-                            check_finite=True)
+                with self.replicas.paused():
+                    ex.forward(batch, True, check_finite=True, **extra)
+                    ex.backward(self.lowered.backward(phase.losses, phase.params),
+                                check_finite=True)
             except NonFinite as exc:
-                where = exc
+                where = (exc.node, exc.phase)
+        found = self.replicas.first_found(where)
         step = self.position.iteration + 1
-        if where is None:
+        if found is None:
             raise TrainingDiverged(f"the loss became NaN or Inf at step {step}", None,
                                    "lower the learning rate, or clip gradients (clip=1.0)")
-        node = self.plan.step_of(where.node).origin or where.node
+        rank, made, pass_ = found
+        node = self.plan.step_of(made).origin or made
         data = self.plan.graph.nodes[node]
+        on = f" on worker rank {rank}'s examples" if self.replicas.size > 1 else ""
         raise TrainingDiverged(
-            f"the loss became NaN or Inf at step {step}: the {where.phase} pass of "
-            f"'{node}' ({data['op'].name}) produced it first", data["span"],
+            f"the loss became NaN or Inf at step {step}: the {pass_} pass of "
+            f"'{node}' ({data['op'].name}) produced it first{on}", data["span"],
             "lower the learning rate, clip gradients (clip=1.0) or normalise the inputs")
 
     def _snapshot(self) -> dict:
@@ -483,17 +505,21 @@ class Trainer:
         pos.iteration = since["iteration"]
         scratch = {"samples": 0, "correct": 0, "positions": 0}
         for record in records:
-            self._step(record.batch, 0, scratch, check=True)  # raises at the bad update
+            # raises at the bad update
+            self._step(record.batch, 0, scratch, check=True, total=record.size)
             pos.iteration += 1
         # the rerun stayed finite (a GPU's atomic adds may round differently): say which step
         pos.iteration = records[-1].iteration - 1
         self._diagnose(None, {}, self.phases[0], {})
 
     def evaluate(self, data: Dataset, batch: int | None = None) -> dict:
-        """Mean losses and accuracy over a dataset in evaluation mode."""
-        sums = {"samples": 0, "correct": 0, "positions": 0}
+        """Mean losses and accuracy over a dataset in evaluation mode (data-parallel
+        workers each evaluate a part of it and sum what they found)."""
+        sums = {"samples": 0, "correct": 0, "positions": 0,
+                **{name: 0.0 for name in self.plan.losses}}
         keep = {self.metric[1]} if self.metric else set()
         records = []  # off the host: each batch's numbers, read back once at the end
+        data = self.replicas.part(data)
         for part in data.batches(batch or max(self.settings.batch, 256), None):
             out = self.executor.forward(part, False, keep)
             size = len(next(iter(part.values())))
@@ -511,6 +537,7 @@ class Trainer:
             for name, (value,) in values.items():
                 sums[name] = sums.get(name, 0.0) + value * record.size
             sums["correct"] += right
+        sums = self.replicas.total(sums)
         result = {name: sums[name] / sums["samples"] for name in self.plan.losses}
         result["loss"] = sum(result[name] for name in self.plan.losses)
         return {**result, **self._accuracy(sums)}
@@ -523,7 +550,11 @@ class Trainer:
             if name in sums:
                 record[name] = sums[name] / done
         record["loss"] = sum(record.get(name, 0.0) for name in self.plan.losses)
-        record.update(self._accuracy(sums))
+        # a worker counted its own examples' right predictions
+        record.update(self._accuracy(self.replicas.total(
+            {"correct": sums["correct"], "positions": sums["positions"]})))
+        self.replicas.average_buffers()
+        self.replicas.check_same(self.executor.flat_params)
         if val is not None and len(val):
             record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
         record["samples/s"] = sums["samples"] / max(seconds, 1e-9)
@@ -562,7 +593,8 @@ class Trainer:
         self._read()
         ex, pos, xp = self.executor.state_dict(), self.position, self.xp
         arrays = {"params": ex["params"], **self.extra_arrays}
-        arrays.update({f"buffer/{k}": v for k, v in ex["buffers"].items()})
+        buffers = self.replicas.average(ex["buffers"], host=True)
+        arrays.update({f"buffer/{k}": v for k, v in buffers.items()})
         for index, (_, optimizer) in enumerate(self.optimizers):
             for key, value in optimizer.state_dict().items():
                 arrays[f"optimizer{index}/{key}"] = np.asarray(to_host(xp, value))
@@ -573,11 +605,17 @@ class Trainer:
                 "rng": ex["rng"],
                 "schedule": self.schedule.state_dict() if hasattr(self, "schedule") else None,
                 "position": vars(pos)}
+        rngs = self.replicas.gather_rngs(ex["rng"])
+        if rngs is not None:
+            meta["workers"] = {"count": len(rngs), "rng": rngs}
         return arrays, meta
 
     def _save(self) -> None:
+        """Checkpoint: every data-parallel worker takes part, rank 0 writes."""
         if self.folder:
-            save_checkpoint(self.folder, *self.state())
+            arrays, meta = self.state()
+            if self.replicas.rank == 0:
+                save_checkpoint(self.folder, arrays, meta)
 
     def restore(self, folder: str) -> None:
         """Continue from the checkpoint in `folder`.
@@ -587,7 +625,7 @@ class Trainer:
         CheckpointError
             When it is missing, unreadable or made by a different network.
         """
-        arrays, meta = load_checkpoint(folder)
+        arrays, meta = self.replicas.load(load_checkpoint, folder)
         layout = [[k, list(self.plan.params[k].shape), *self.executor.offsets[k]]
                   for k in self.plan.params]
         if meta["layout"] != layout:
@@ -595,7 +633,7 @@ class Trainer:
                                   "network (its parameters differ from this spec's)")
         buffers = {k[len("buffer/"):]: v for k, v in arrays.items() if k.startswith("buffer/")}
         self.executor.load_state_dict({"params": arrays["params"], "buffers": buffers,
-                                       "rng": meta["rng"]})
+                                       "rng": self.replicas.resumed_rng(meta, self.settings.seed)})
         for index, (_, optimizer) in enumerate(self.optimizers):
             prefix = f"optimizer{index}/"
             state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}

@@ -9,6 +9,8 @@ import networkx as nx
 import numpy as np
 from rich.console import Console
 
+from netdsl.app import workers
+from netdsl.app.launch import launch_workers
 from netdsl.app.progress import RichReporter, metric_text
 from netdsl.app.session import Session, prepare
 from netdsl.atomic import write_bytes, write_text
@@ -20,7 +22,10 @@ from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError
 from netdsl.runtime.data import data_fields
 from netdsl.runtime.data.sequences import ALPHABET, decode_text, encode_text
 from netdsl.runtime.generate import fed_scores, generate
-from netdsl.runtime.host import to_host
+from netdsl.runtime.host import on_host, to_host
+from netdsl.runtime.nccl import NcclCommunicator
+from netdsl.runtime.replicas import DataParallel
+from netdsl.runtime.train import Reporter
 
 __all__ = ["run", "evaluate", "predict"]
 
@@ -41,41 +46,71 @@ def _data(args, session: Session, only=None, examples=None):
                              getattr(args, "length", None), only)
 
 
-def _folder(args, session: Session) -> str:
-    return args.checkpoint or os.path.join("runs", session.name)
+def _folder(args, name: str) -> str:
+    return args.checkpoint or os.path.join("runs", name)
 
 
 def run(args) -> int:
-    """Train a spec; checkpoints go to --checkpoint (default runs/NAME)."""
-    console = Console(stderr=False, highlight=False)
-    session = _session(args)
-    data = _data(args, session)
-    train, val = session.split(data)
-    folder = _folder(args, session)
-    trainer = session.trainer(folder, args.checkpoint_every, RichReporter(console, args.quiet))
+    """Train a spec; checkpoints go to --checkpoint (default runs/NAME). With --workers N,
+    or started by mpirun or srun, as data-parallel workers (app.workers)."""
+    if (getattr(args, "workers", None) or 1) > 1:
+        return launch_workers(args, _folder(args, check_file(args.spec).graph.graph["name"]))
+    comm = workers.join(args)
+    console = Console(stderr=False, highlight=False, quiet=comm.rank != 0)
+    if args.device == "gpu":
+        workers.take_local_gpu(comm)  # before the first allocation
+
+    def ready():
+        session = _session(args)
+        data = _data(args, session)
+        return (session, data), workers.data_digest(data)
+
+    session, data = workers.prepared(comm, args, ready)
+    folder = _folder(args, session.name)
     path = os.path.join(folder, CHECKPOINT)
-    if args.resume:
-        try:
-            trainer.restore(folder)
-        except CheckpointError as exc:
-            raise SpecError(str(exc), None, "run without --resume to start over") from None
-        console.print(f"resuming from {path} at epoch {trainer.position.epoch + 1}, "
-                      f"step {trainer.position.iteration}")
-    elif os.path.exists(path):
-        shutil.copyfile(path, os.path.join(folder, "previous.npz"))
-        console.print(f"starting over; the earlier checkpoint is kept as "
-                      f"{os.path.join(folder, 'previous.npz')}")
-    console.print(f"{session.name}: {param_count(session.graph):,} parameters, "
-                  f"checkpoints in {folder}/")
-    trainer.fit(train, val if len(val) else None, data.description)
+    with workers.training(comm, folder):
+        if comm.size > 1 and not on_host(session.xp):
+            comm = NcclCommunicator(comm, session.xp)
+        train, val = session.split(data)
+        reporter = RichReporter(console, args.quiet) if comm.rank == 0 else Reporter()
+        parallel = DataParallel(comm, overlap=not args.no_overlap) if comm.size > 1 else None
+        trainer = session.trainer(folder, args.checkpoint_every, reporter, parallel)
+        if args.resume:
+            try:
+                trainer.restore(folder)
+            except CheckpointError as exc:
+                raise SpecError(str(exc), None, "run without --resume to start over") from None
+            console.print(f"resuming from {path} at epoch {trainer.position.epoch + 1}, "
+                          f"step {trainer.position.iteration}")
+        elif os.path.exists(path) and comm.rank == 0:
+            shutil.copyfile(path, os.path.join(folder, "previous.npz"))
+            console.print(f"starting over; the earlier checkpoint is kept as "
+                          f"{os.path.join(folder, 'previous.npz')}")
+        console.print(f"{session.name}: {param_count(session.graph):,} parameters, "
+                      f"checkpoints in {folder}/" + _shared_out(comm, trainer, len(train)))
+        trainer.fit(train, val if len(val) else None, data.description)
     console.print(f"saved {path}")
     return 0
+
+
+def _shared_out(comm, trainer, examples: int) -> str:
+    """How the workers share each batch, for the first line (nothing for one process)."""
+    if comm.size == 1:
+        return ""
+    batch, n = trainer.settings.batch, comm.size
+    each = f"{batch // n + 1} or {batch // n}" if batch % n else f"{batch // n}"
+    text = f"\n{n} workers ({comm.name}), {each} examples each of every batch of {batch}"
+    rest = examples % batch
+    if 0 < rest < n:
+        text += (f"; the epoch's last batch of {rest} example{'s' * (rest > 1)} is left out: "
+                 "fewer than the workers")
+    return text
 
 
 def _trained(args):
     """The session of the spec and a trainer holding its checkpoint."""
     session = _session(args)
-    trainer = session.trained(_folder(args, session), f"train it first: netc run {args.spec}")
+    trainer = session.trained(_folder(args, session.name), f"train it first: netc run {args.spec}")
     return session, trainer
 
 

@@ -20,6 +20,7 @@ from netdsl.runtime import native
 from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint
 from netdsl.runtime.data import Dataset, Normalizer, load_data, normalize
 from netdsl.runtime.device import array_module, target_of
+from netdsl.runtime.replicas import DataParallel
 from netdsl.runtime.train import Reporter, Trainer
 from netdsl.settings import TrainSettings, resolve_settings
 
@@ -60,9 +61,12 @@ class Session:
         return train, val
 
     def trainer(self, folder: str | None = None, every: float = 30.0,
-                reporter: Reporter | None = None) -> Trainer:
-        """A trainer from the initial parameters; its checkpoints hold the normaliser."""
-        trainer = Trainer(self.lowered, self.settings, folder, every, self.xp, reporter)
+                reporter: Reporter | None = None, parallel: DataParallel | None = None
+                ) -> Trainer:
+        """A trainer from the initial parameters (as one of `parallel`'s data-parallel
+        workers, if given); its checkpoints hold the normaliser."""
+        trainer = Trainer(self.lowered, self.settings, folder, every, self.xp, reporter,
+                          parallel)
         state = self.normalizer.state_dict() if self.normalizer else {}
         trainer.extra_arrays = {f"{NORMALIZE}{k}": v for k, v in state.items()}
         return trainer

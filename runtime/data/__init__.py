@@ -28,9 +28,9 @@ The modules, by kind of data: `dataset` (Dataset, Normalizer and what the loader
 user's file), and the named sequence tasks.
 """
 from netdsl.runtime.data.dataset import (DataError, Dataset, Field, Normalizer, data_fields,
-                                         normalize)
+                                         normalize, steps_per_epoch)
 from netdsl.runtime.data.generated import DEFAULT_EXAMPLES, MAX_ARRAY_BYTES, SEQ_STEPS
 from netdsl.runtime.data.load import load_data
 
 __all__ = ["DataError", "Field", "Dataset", "Normalizer", "data_fields", "load_data",
-           "normalize", "DEFAULT_EXAMPLES", "SEQ_STEPS", "MAX_ARRAY_BYTES"]
+           "normalize", "steps_per_epoch", "DEFAULT_EXAMPLES", "SEQ_STEPS", "MAX_ARRAY_BYTES"]

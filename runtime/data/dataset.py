@@ -22,7 +22,7 @@ from netdsl.errors import SpecError
 from netdsl.types import TensorType
 
 __all__ = ["DataError", "Field", "Dataset", "Normalizer", "data_fields", "normalize", "graph_of",
-           "read_as_probability", "describe_fields", "COUNT"]
+           "read_as_probability", "describe_fields", "steps_per_epoch", "COUNT"]
 
 COUNT = "{count}"  # the number of examples, in a loader's description
 
@@ -149,6 +149,42 @@ class Dataset:
         for start in range(0, n, batch):
             idx = order[start:start + batch]
             yield {name: a[idx] for name, a in self.arrays.items()}
+
+    def shards(self, batch: int, rng: np.random.Generator | None, rank: int, workers: int
+               ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """`batches` as one of `workers` data-parallel workers: per global batch (the
+        examples `batches` gives, in its order), this worker's contiguous part of it and
+        the global batch's size. Parts differ in size by one at most. A global batch with
+        fewer examples than workers (an epoch's last can be) is left out: a worker
+        without examples would have no gradient to give.
+        """
+        if workers == 1:
+            for part in self.batches(batch, rng):
+                yield part, len(next(iter(part.values())))
+            return
+        n = len(self)
+        order = np.arange(n) if rng is None else rng.permutation(n)
+        for start in range(0, n, batch):
+            idx = order[start:start + batch]
+            if len(idx) < workers:
+                return
+            mine = np.array_split(idx, workers)[rank]
+            if rng is None:  # in order: views, as `batches` gives
+                mine = slice(int(mine[0]), int(mine[-1]) + 1)
+            yield {name: a[mine] for name, a in self.arrays.items()}, len(idx)
+
+    def part(self, rank: int, workers: int) -> "Dataset":
+        """The contiguous part of the examples that worker `rank` of `workers` evaluates
+        (sizes differ by one at most; a part may be empty)."""
+        bounds = [len(self) * i // workers for i in range(workers + 1)]
+        lo, hi = bounds[rank], bounds[rank + 1]
+        return self._with({n: a[lo:hi] for n, a in self.arrays.items()})
+
+
+def steps_per_epoch(examples: int, batch: int, workers: int = 1) -> int:
+    """The global batches of an epoch that `Dataset.shards` gives (at least 1)."""
+    full, rest = divmod(examples, batch)
+    return max(1, full + (rest >= workers if rest else 0))
 
 
 # ---------------------------------------------------------------------------------------
