@@ -89,16 +89,19 @@ def warn_if_busy(when: str) -> float:
     return load
 
 
-def keep_results(script: str, data: dict, also: Path | None = None) -> Path:
-    """Write a run's raw numbers as JSON under benchmarks/results/ (and to `also`); the
-    path written. Written to a temporary name and renamed, so a killed run leaves no
-    half file."""
+def keep_results(script: str, data: dict, also: Path | None = None,
+                 keep: bool = True) -> Path | None:
+    """Write a run's raw numbers as JSON under benchmarks/results/ (unless `keep` is
+    false: a smoke run is not a figure) and to `also`; the path kept. Each file is
+    written to a temporary name and renamed, so a killed run leaves no half file."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
     text = json.dumps(data, indent=1)
-    RESULTS.mkdir(exist_ok=True)
-    paths = [RESULTS / f"{stamp}-{script}.json"] + ([Path(also)] if also else [])
+    paths = [Path(also)] if also else []
+    if keep:
+        RESULTS.mkdir(exist_ok=True)
+        paths.insert(0, RESULTS / f"{stamp}-{script}.json")
     for path in paths:
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text(text)
         os.replace(temporary, path)
-    return paths[0]
+    return paths[0] if keep else None

@@ -48,6 +48,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from isolation import keep_results, warn_if_busy
+
 SPECS = Path(__file__).resolve().parent / "specs"
 SEED = 0
 
@@ -121,15 +123,6 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _load() -> str:
-    """The 1-minute load average, to be recorded with the figures."""
-    try:
-        with open("/proc/loadavg") as handle:
-            return handle.read().split()[0]
-    except OSError:  # not on Linux
-        return "?"
 
 
 def run_once(workload: Workload, workers: int, overlap: bool, cores: int, args) -> dict:
@@ -229,15 +222,18 @@ def main() -> None:
     unknown = sorted(set(wanted) - {w.id for w in WORKLOADS})
     if unknown:
         parser.error(f"unknown workload {', '.join(unknown)}: choose from W1, W3, W6")
-    load_before = _load()
+    load_before = warn_if_busy("before the run")
     results = [measure(w, args.cores, args) for w in WORKLOADS if w.id in wanted]
+    load_after = warn_if_busy("after the run")
     print(f"{datetime.date.today()}, {platform.machine()}, {args.cores} cores, Python "
-          f"{platform.python_version()}, load average {load_before} before the run")
+          f"{platform.python_version()}, load average {load_before:.2f} before the run, "
+          f"{load_after:.2f} after")
     print(table(results, args.cores))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"cores": args.cores, "load_before": load_before, "results": results},
-                      handle, indent=1)
+    kept = keep_results("parallel_speed", {"cores": args.cores, "load_before": load_before,
+                                           "load_after": load_after, "results": results},
+                        also=args.json, keep=not args.quick)
+    if kept:
+        print(f"raw numbers: {kept}")
 
 
 if __name__ == "__main__":
