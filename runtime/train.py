@@ -221,7 +221,8 @@ class Trainer:
         for phase in self.phases:
             part = self.executor.param_slice(phase.params)
             self.optimizers.append((part, make_optimizer(
-                settings.optimizer, settings.optimizer_settings, self.executor.flat_params[part])))
+                settings.optimizer, settings.optimizer_settings, self.executor.flat_params[part],
+                native=lowered.target.name == "native")))
         self.replicas = Replicas(parallel, self.executor, self.phases, settings)
         # the first loss with an accuracy is the one reported
         self.metric = next(iter(metric_nodes(plan).values()), None)

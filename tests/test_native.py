@@ -20,7 +20,8 @@ from netdsl.lower.codegen import evaluate_program, run_program
 from netdsl.lower.native import c_module
 from netdsl.runtime import native
 from netdsl.runtime.native import toolchain as native_build
-from test_kernelgen import PATTERNS
+from netdsl.runtime.optim import make_optimizer
+from test_kernelgen import OPTIMIZER_CONFIGS, PATTERNS
 
 GOLDEN = os.path.join(ROOT, "tests", "golden_native")
 
@@ -78,6 +79,22 @@ def test_every_pattern_computes_what_numpy_does(dtype, cache):
                                        else 1e-13, err_msg=f"{program.name}: {name}")
             if name in arrays:
                 assert got[name] is arrays[name], "an update writes in place"
+
+
+@pytest.mark.parametrize("label", sorted(OPTIMIZER_CONFIGS))
+def test_the_native_optimiser_updates_as_numpy_does(label, cache):
+    name, settings = OPTIMIZER_CONFIGS[label]
+    rng = np.random.default_rng(2)
+    start = rng.standard_normal(300)
+    ours, theirs = start.copy(), start.copy()
+    compiled = make_optimizer(name, settings, ours, native=True)
+    plain = make_optimizer(name, settings, theirs)
+    assert compiled._native and compiled._scratch is None, "one pass, no scratch vector"
+    for _ in range(4):
+        grads = rng.standard_normal(300)
+        compiled.step(grads.copy(), 0.05)
+        plain.step(grads.copy(), 0.05)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
 def test_large_arrays_run_in_slabs_on_the_host_threads(cache):
