@@ -28,6 +28,7 @@ from netdsl.lower.schedule import LoopSegment
 from netdsl.ops.base import Ctx
 from netdsl.runtime import cuda  # noqa: F401  registers the GPU's routines for CuPy
 from netdsl.runtime import native
+from netdsl.runtime.native.loops import CompiledLoops
 from netdsl.runtime.host import on_host, one_blas_thread, to_host
 from netdsl.runtime.loops import add_grad, backward_loop, forward_loop
 from netdsl.runtime.rng import CountedRng
@@ -95,8 +96,11 @@ class Executor:
         self._last = None      # the schedule the last forward ran, which backward reverses
         self._written: set[str] = set()
         self._param_args: dict[str, dict] = {}  # step -> its parameters' views, by name
+        self.compiled_loops = None
         if lowered.target.name == "native":   # raises NativeUnavailable without a compiler
             native.prepare([p for made in lowered.kernels.values() for p in made], dtype)
+            if plan.loops and on_host(xp):
+                self.compiled_loops = CompiledLoops(self)
 
     def _views(self, flat) -> dict:
         return {key: flat[a:b].reshape(self.plan.params[key].shape)
@@ -141,7 +145,11 @@ class Executor:
         with one_blas_thread(xp, schedule.host_split):
             for segment in schedule.segments:
                 if isinstance(segment, LoopSegment):
-                    forward_loop(self, segment, values, training, carry or {}, check_finite)
+                    compiled = self.compiled_loops
+                    if not (compiled and compiled.forward(segment, values, carry or {},
+                                                          check_finite)):
+                        forward_loop(self, segment, values, training, carry or {},
+                                     check_finite)
                     for name in segment.frees:
                         del values[name]
                     continue
@@ -244,7 +252,11 @@ class Executor:
         with one_blas_thread(xp, self._last.host_split):
             for segment in reversed(self._last.segments):
                 if isinstance(segment, LoopSegment):
-                    backward_loop(self, segment, grads, owned, backward, wanted, check_finite)
+                    compiled = self.compiled_loops
+                    if not (compiled and compiled.backward(segment, grads, owned, backward,
+                                                           wanted)):
+                        backward_loop(self, segment, grads, owned, backward, wanted,
+                                      check_finite)
                     if hook is not None:
                         hook.loop_done(segment)
                     continue

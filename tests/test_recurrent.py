@@ -62,20 +62,22 @@ def worst_gradient_error(lowered, steps: int = 5, per_param: int = 8) -> float:
     return worst
 
 
+@pytest.mark.parametrize("target", ["host", "native"])
 @pytest.mark.parametrize("cell", ["jordan(5, 3)", "scrn(5, 4)", "gru(5)", "elman(5)", "lstm(5)",
                                   "gru_reset_after(5)", "bi_lstm(3) -> bi_gru(2)",
                                   "bi_elman(3) x 2"])
-def test_stdlib_cells_agree_with_finite_differences(cell):
-    lowered = lower(check_text(network(f"logits = x -> {cell} -> dense(3)")))
+def test_stdlib_cells_agree_with_finite_differences(cell, target):
+    lowered = lower(check_text(network(f"logits = x -> {cell} -> dense(3)")), target)
     assert worst_gradient_error(lowered) < 1
 
 
-def test_learned_constant_and_two_step_states_agree_with_finite_differences():
+@pytest.mark.parametrize("target", ["host", "native"])
+def test_learned_constant_and_two_step_states_agree_with_finite_differences(target):
     body = """state h : [5] = learned, c : [5] = 0.5
 h = tanh(dense(x, 5) + dense(h[t-1], 5, bias=false) + dense(h[t-2], 5, bias=false) + c[t-1])
 c = sigmoid(dense(h, 5))
 logits = concat(h, c) -> dense(3)"""
-    lowered = lower(check_text(network(body)))
+    lowered = lower(check_text(network(body)), target)
     plan = lowered.plan
     assert any(s.delay == 2 for s in plan.states.values())
     assert "h[t-1].init" in lowered.backward().params

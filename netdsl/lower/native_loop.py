@@ -1,0 +1,271 @@
+"""C source for a whole recurrence: one function runs every time step forward, one BPTT.
+
+The host's loop calls a few NumPy functions per member per time step, and at an
+Elman cell's or an LSTM's sizes (a few thousand numbers per step) the calls cost more
+than the arithmetic. For the native target a loop whose members are dense layers on one
+input, fused elementwise chains and splits of a feature axis, over vectors (rank-1
+features), becomes two C functions: the recurrent GEMMs call the BLAS that NumPy ships
+with (its address passed in), the chains are loops over each step's rows.
+
+Arrays cross the call as one table of pointers (`slots`): per member with storage its
+(T, B, width) values, the sequences read, each state's initial values (delay, B,
+width), the parameters; then, for backward, the members' gradients, the sequences'
+and the initial values'. A split is a view of its parent:
+(parent, column offset, the parent's row stride), and so is its gradient. Only text is
+made here; netdsl.runtime.native.loops compiles, feeds and calls it, and computes the
+dense layers' weight gradients after the loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netdsl.lower.cuda import CTYPES
+from netdsl.lower.fuse import FusedChain
+from netdsl.lower.plan import State
+from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
+from netdsl.ops.expr import c, functions_used
+from netdsl.lower.native import VECTOR_MATH
+
+__all__ = ["LoopKernel", "loop_kernel"]
+
+# CBLAS's enumerations
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+
+@dataclass(frozen=True)
+class LoopKernel:
+    """One loop's C source (functions `loop_forward` and `loop_backward`) and its slots.
+
+    `storage`: members whose values the functions write, (T, B, width) each; `seqs`:
+    sequences read, (T, B, width); `states`: each state's initial values; `params`:
+    (step node, parameter name) pairs; `widths`: every member's and input's width.
+    `needs`: per member, the inputs backward differentiates (None: not differentiated).
+    """
+
+    source: str
+    storage: tuple[str, ...]
+    seqs: tuple[str, ...]
+    states: tuple[State, ...]
+    params: tuple[tuple[str, str], ...]
+    widths: dict
+    needs: tuple
+
+
+def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
+                index_type: str, gemm: str) -> LoopKernel | None:
+    """The kernel of `segment`, or None when a member is of a kind it does not cover.
+
+    `needs[node]` are the member's differentiated inputs (absent: backward skips it);
+    `index_type` is the BLAS's integer ("long long" for ILP64) and `gemm` its name for
+    the message of a comment only.
+    """
+    widths = {}
+    for step, route in zip(segment.steps, segment.routes):
+        for r in route:
+            if r.kind not in (MEMBER, SEQ, STATE):
+                return None
+        for name in (step.node, *(_ref_node(r) for r in route)):
+            dims = types[name].dims
+            if len(dims) != 1 or types[name].classes is not None:
+                return None
+            widths[name] = dims[0]
+        if not _covered(step):
+            return None
+    splits = {step.node: step for step in segment.steps if step.op.name == "split"}
+    if any(node in segment.stored for node in splits) or any(
+            r.ref.source in splits for route in segment.routes for r in route if r.kind == STATE):
+        return None
+    storage = tuple(s.node for s in segment.steps if s.node not in splits)
+    seqs = tuple(dict.fromkeys(r.ref for route in segment.routes for r in route
+                               if r.kind == SEQ))
+    states = tuple(segment.loop.states)
+    params = tuple((s.node, name) for s in segment.steps for name in s.params)
+    needed = tuple((s.node, needs.get(s.node)) for s in segment.steps)
+    writer = _Writer(segment, widths, splits, storage, seqs, states, params, dtype)
+    source = writer.module(needs, index_type, gemm)
+    return LoopKernel(source, storage, seqs, states, params, widths, needed)
+
+
+def _ref_node(route) -> str:
+    return route.ref.source if route.kind == STATE else route.ref
+
+
+def _covered(step) -> bool:
+    op = step.op
+    if isinstance(op, FusedChain):
+        return True
+    if op.name == "dense":
+        return len(step.inputs) == 1
+    if op.name == "split":
+        return op.axis in (0, -1)
+    return False
+
+
+class _Writer:
+    """The C text of one loop, with each value's place at time t."""
+
+    def __init__(self, segment, widths, splits, storage, seqs, states, params, dtype):
+        self.segment, self.widths, self.splits = segment, widths, splits
+        self.t = CTYPES[dtype]
+        self.slot = {}
+        for name in storage:
+            self.slot[("value", name)] = len(self.slot)
+        for name in seqs:
+            self.slot[("seq", name)] = len(self.slot)
+        for state in states:
+            self.slot[("init", state.node)] = len(self.slot)
+        for key in params:
+            self.slot[("param", key)] = len(self.slot)
+        for name in storage:
+            self.slot[("grad", name)] = len(self.slot)
+        for name in seqs:
+            self.slot[("seq_grad", name)] = len(self.slot)
+        for state in states:
+            self.slot[("init_grad", state.node)] = len(self.slot)
+        self.dense_w = {}
+
+    def array(self, kind: str, key) -> str:
+        return f"(({self.t}*)a[{self.slot[(kind, key)]}])"
+
+    # a value's (or a gradient's) place at time t: (pointer, row stride)
+    def member(self, node: str, grad: bool, t: str = "t") -> tuple[str, str]:
+        if node in self.splits:
+            op = self.splits[node].op
+            parent = self.splits[node].inputs[0]
+            pointer, stride = self.member(parent, grad, t)
+            width = self.widths[node]
+            return f"({pointer} + {op.index * width})", stride
+        w = self.widths[node]
+        return f"({self.array('grad' if grad else 'value', node)} + ({t})*B*{w})", str(w)
+
+    def source_of(self, route, grad: bool) -> tuple[str, str]:
+        """An input's place at time t, by its route."""
+        if route.kind == MEMBER:
+            return self.member(route.ref, grad)
+        if route.kind == SEQ:
+            w = self.widths[route.ref]
+            kind = "seq_grad" if grad else "seq"
+            return f"({self.array(kind, route.ref)} + t*B*{w})", str(w)
+        state = route.ref
+        w = self.widths[state.source]
+        earlier, _ = self.member(state.source, grad, f"t - {state.delay}")
+        initial = f"({self.array('init_grad' if grad else 'init', state.node)} + t*B*{w})"
+        return f"(t >= {state.delay} ? {earlier} : {initial})", str(w)
+
+    def module(self, needs: dict, index_type: str, gemm: str) -> str:
+        t = self.t
+        used = set()
+        for step in self.segment.steps:
+            if isinstance(step.op, FusedChain):
+                programs = [step.op.program]
+                if needs.get(step.node) is not None and any(needs[step.node]):
+                    programs.append(step.op.backward_program(needs[step.node]))
+                for p in programs:
+                    used |= set().union(*(functions_used(e) for _, e in (*p.lets, *p.writes)))
+        suffix = "f" if t == "float" else ""
+        lines = ["#include <math.h>", ""]
+        lines += [f'__attribute__((simd("notinbranch"))) {t} {fn}{suffix}({t});'
+                  for fn in VECTOR_MATH if fn in used]
+        lines += [f"/* {gemm}: CBLAS's ?gemm */",
+                  f"typedef {index_type} I;",
+                  f"typedef void (*gemm_t)(int, int, int, I, I, I, {t}, const {t}*, I, "
+                  f"const {t}*, I, {t}, {t}*, I);", ""]
+        lines.append(self.forward())
+        lines.append(self.backward(needs))
+        return "\n".join(lines)
+
+    def forward(self) -> str:
+        body = []
+        for step, route in zip(self.segment.steps, self.segment.routes):
+            op = step.op
+            if op.name == "split":
+                continue
+            y, ldy = self.member(step.node, False)
+            if op.name == "dense":
+                x, ldx = self.source_of(route[0], False)
+                body += self._dense_forward(step, route, x, ldx, y, ldy)
+            else:
+                inputs = [self.source_of(r, False) for r in route]
+                arrays = {f"x{j}": p for j, p in enumerate(inputs)}
+                arrays["y"] = (y, ldy)
+                body += self._elementwise(op.program, arrays, self.widths[step.node],
+                                          accumulate=False)
+        return self._function("loop_forward", body)
+
+    def backward(self, needs: dict) -> str:
+        body = []
+        for step, route in reversed(list(zip(self.segment.steps, self.segment.routes))):
+            wanted = needs.get(step.node)
+            op = step.op
+            if wanted is None or op.name == "split":
+                continue  # a split's gradient is a view of its parent's
+            gy, ldgy = self.member(step.node, True)
+            if op.name == "dense":
+                body += self._dense_backward(step, route, wanted, gy, ldgy)
+            elif any(wanted):
+                arrays = {f"x{j}": self.source_of(r, False) for j, r in enumerate(route)}
+                arrays["gy"] = (gy, ldgy)
+                for j, r in enumerate(route):
+                    if wanted[j]:
+                        arrays[f"dx{j}"] = self.source_of(r, True)
+                body += self._elementwise(op.backward_program(wanted), arrays,
+                                          self.widths[step.node], accumulate=True)
+        return self._function("loop_backward", body, reverse=True)
+
+    def _function(self, name: str, body: list[str], reverse: bool = False) -> str:
+        loop = ("for (long long t = T - 1; t >= 0; t--) {" if reverse
+                else "for (long long t = 0; t < T; t++) {")
+        inner = "\n".join("        " + line for line in body)
+        return (f"void {name}(gemm_t gemm, const long long T, const long long B, "
+                f"void* const* a) {{\n    {loop}\n{inner}\n    }}\n}}\n")
+
+    def _param(self, step, name: str) -> str:
+        return self.array("param", (step.node, name))
+
+    def _dense_forward(self, step, route, x, ldx, y, ldy) -> list[str]:
+        units, inputs = self.widths[step.node], self.widths[_ref_node(route[0])]
+        w = self._param(step, "weight")
+        lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {TRANS}, B, {units}, {inputs}, 1, {x}, {ldx}, "
+                 f"{w}, {inputs}, 0, {y}, {ldy});"]
+        if "bias" in step.params:
+            b = self._param(step, "bias")
+            lines += [f"{{ {self.t}* y = {y}; const {self.t}* b = {b};",
+                      f"  for (long long r = 0; r < B; r++) for (long long c = 0; c < {units};"
+                      f" c++) y[r*{ldy} + c] += b[c]; }}"]
+        return lines
+
+    def _dense_backward(self, step, route, wanted, gy, ldgy) -> list[str]:
+        """The input's gradient; the weights' come after the loop, from one GEMM over
+        every step's rows (runtime.native.loops), which BLAS runs far faster than T
+        small ones."""
+        if not wanted[0]:
+            return []
+        units, inputs = self.widths[step.node], self.widths[_ref_node(route[0])]
+        w = self._param(step, "weight")
+        gx, ldgx = self.source_of(route[0], True)
+        return [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, {inputs}, {units}, 1, "
+                f"{gy}, {ldgy}, {w}, {inputs}, 1, {gx}, {ldgx});"]
+
+    def _elementwise(self, program, arrays: dict, width: int, accumulate: bool) -> list[str]:
+        """The program over B rows of `width`: reads and writes at each array's stride; a
+        write adds into its array with `accumulate` (gradients)."""
+        t = self.t
+        lines = ["{"]
+        for name in dict.fromkeys((*program.reads, *program.outputs)):
+            if name in arrays:
+                pointer, stride = arrays[name]
+                const = "" if name in program.outputs else "const "
+                lines.append(f"  {const}{t}* restrict p_{name} = {pointer}; "
+                             f"const long long s_{name} = {stride};")
+        lines.append("  for (long long r = 0; r < B; r++) {")
+        lines.append("    #pragma omp simd")
+        lines.append(f"    for (long long i = 0; i < {width}; i++) {{")
+        lines += [f"      const {t} {n} = p_{n}[r*s_{n} + i];" for n in program.reads]
+        lines += [f"      const {t} {n} = {c(e, t)};" for n, e in program.lets]
+        for n, e in program.writes:
+            if n not in arrays:
+                continue
+            op = "+=" if accumulate else "="
+            lines.append(f"      p_{n}[r*s_{n} + i] {op} {c(e, t)};")
+        lines += ["    }", "  }", "}"]
+        return lines

@@ -1,0 +1,204 @@
+"""Recurrences as compiled loops: one C call runs every time step, one runs BPTT.
+
+`CompiledLoops` stands beside runtime.loops for an executor of the native target. A
+loop that netdsl.lower.native_loop covers runs through its generated functions: the
+values of every member with storage are (T, B, width) arrays written by the forward
+call and read back by the backward one; what crosses the loop's edges (the sequences it
+reads, the stored members later steps read, the gradients of both, the parameters' and
+the initial states' gradients) is exchanged with the executor exactly as the loop
+interpreted step by step does. A padded batch, truncated BPTT's reach, a finiteness
+check, or a loop the generator does not cover runs the interpreted loop instead.
+"""
+from __future__ import annotations
+
+import ctypes
+from collections import Counter
+
+import numpy as np
+
+from netdsl.lower.native_loop import LoopKernel, loop_kernel
+from netdsl.lower.schedule import SEQ, STATE, LoopSegment
+from netdsl.runtime.loops import add_grad
+from netdsl.runtime.native.blas import gemm
+from netdsl.runtime.native.toolchain import NativeUnavailable, build
+
+__all__ = ["CompiledLoops"]
+
+_SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p]
+
+
+class _Run:
+    """What a compiled forward leaves for its backward."""
+
+    def __init__(self, kernel, functions, storage, seqs, initials, params):
+        self.kernel, self.functions = kernel, functions
+        self.storage, self.seqs, self.initials, self.params = storage, seqs, initials, params
+
+
+class CompiledLoops:
+    """The compiled loops of one executor (numpy, the native target)."""
+
+    def __init__(self, ex):
+        self.ex = ex
+        self.address, integer, self.symbol = gemm(ex.dtype)
+        self.integer = integer
+        self._made: dict = {}    # (loop, needs) -> (kernel, forward, backward) or None
+        self.runs: dict[str, _Run] = {}
+        self.calls: Counter = Counter()   # compiled passes run, "forward" and "backward"
+        self.splits = {s.node: s for loop in ex.plan.loops for s in loop.steps
+                       if s.op.name == "split"}
+
+    def _compiled(self, segment: LoopSegment, needs: dict):
+        key = (segment.loop.name, tuple(sorted(needs.items())))
+        if key not in self._made:
+            kernel = loop_kernel(segment, self.ex.plan.types, self.ex.dtype, needs,
+                                 self.integer, self.symbol)
+            made = None
+            if kernel is not None:
+                try:
+                    library = build(kernel.source)
+                except NativeUnavailable:
+                    library = None
+                if library is not None:
+                    functions = []
+                    for name in ("loop_forward", "loop_backward"):
+                        function = getattr(library, name)
+                        function.restype, function.argtypes = None, _SIGNATURE
+                        functions.append(function)
+                    made = (kernel, *functions)
+            self._made[key] = made
+        return self._made[key]
+
+    def forward(self, segment: LoopSegment, values: dict, carry: dict,
+                check_finite: bool) -> bool:
+        """Run the loop compiled, if it can be; whether it ran."""
+        ex = self.ex
+        self.runs.pop(segment.loop.name, None)
+        if check_finite or ex.lengths and any(
+                r.ref in ex.lengths for route in segment.routes for r in route):
+            return False
+        needs = self._needs(segment)
+        made = self._compiled(segment, needs)
+        if made is None or not made[0].seqs:
+            return False
+        kernel, forward, _ = made
+        B, dtype = ex.size, ex.dtype
+        T = ex.time[segment.loop.name] = int(values[kernel.seqs[0]].shape[0])
+        storage = {n: np.empty((T, B, kernel.widths[n]), dtype) for n in kernel.storage}
+        seqs = {n: np.ascontiguousarray(values[n], dtype=dtype) for n in kernel.seqs}
+        initials = {s.node: self._initial(s, carry) for s in kernel.states}
+        params = {}
+        for node, name in kernel.params:
+            step = segment.loop.steps[[s.node for s in segment.steps].index(node)]
+            params[(node, name)] = np.ascontiguousarray(ex.param_args(step)[name], dtype=dtype)
+        run = _Run(kernel, made, storage, seqs, initials, params)
+        forward(self.address, T, B, self._table(run, {}))
+        self.calls["forward"] += 1
+        values.update({n: storage[n] for n in segment.stored})
+        for source, depth in segment.depth.items():
+            ex.carry[source] = storage[source][max(T - depth, 0):] if T >= depth else None
+        self.runs[segment.loop.name] = run
+        return True
+
+    def _needs(self, segment: LoopSegment) -> dict:
+        """Per member, the inputs the default backward differentiates (the loop's kernel is
+        made for one such set; another backward compiles its own)."""
+        backward = self.ex.lowered.backward()
+        return {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
+                for s in segment.steps if s.node in backward.grad_inputs}
+
+    def _initial(self, state, carry: dict):
+        ex = self.ex
+        dims = ex.plan.types[state.source].dims
+        carried = carry.get(state.source)
+        if carried is not None:
+            return np.ascontiguousarray(carried, dtype=ex.dtype)
+        if state.init == "learned":
+            one = np.broadcast_to(ex.params[state.param], (ex.size,) + dims)
+        else:
+            value = 0.0 if state.init == "zeros" else float(state.init)
+            one = np.full((ex.size,) + dims, value, dtype=ex.dtype)
+        return np.ascontiguousarray(np.broadcast_to(one, (state.delay,) + one.shape),
+                                    dtype=ex.dtype)
+
+    def _table(self, run: _Run, grads: dict):
+        """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""
+        k = run.kernel
+        arrays = ([run.storage[n] for n in k.storage] + [run.seqs[n] for n in k.seqs]
+                  + [run.initials[s.node] for s in k.states] + [run.params[p] for p in k.params])
+        if grads:
+            arrays += ([grads["value"][n] for n in k.storage] + [grads["seq"][n] for n in k.seqs]
+                       + [grads["init"][s.node] for s in k.states])
+        run.keep = arrays   # alive while the call runs
+        return (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays))
+
+    def backward(self, segment: LoopSegment, grads: dict, owned: set, backward,
+                 wanted: set) -> bool:
+        """BPTT through a loop the compiled forward ran; whether it ran here."""
+        ex = self.ex
+        run = self.runs.get(segment.loop.name)
+        if run is None or ex.reach is not None:
+            return False
+        needs = {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
+                 for s in segment.steps if s.node in wanted and s.node in backward.grad_inputs}
+        made = self._compiled(segment, needs)
+        if made is None:
+            return False
+        kernel, _, backward_call = made
+        T, B, dtype = ex.time[segment.loop.name], ex.size, ex.dtype
+        value_grads = {}
+        for n in kernel.storage:
+            outside = grads.pop(n, None) if n in wanted else None
+            value_grads[n] = (np.zeros((T, B, kernel.widths[n]), dtype) if outside is None
+                              else np.array(outside, dtype=dtype, order="C"))
+        slots = {"value": value_grads,
+                 "seq": {n: np.zeros((T, B, kernel.widths[n]), dtype) for n in kernel.seqs},
+                 "init": {s.node: np.zeros_like(run.initials[s.node]) for s in kernel.states}}
+        run.kernel = kernel
+        backward_call(self.address, T, B, self._table(run, slots))
+        self.calls["backward"] += 1
+        self._deliver(segment, run, slots, grads, owned, backward, wanted)
+        self.runs.pop(segment.loop.name, None)
+        return True
+
+    def _deliver(self, segment, run: _Run, slots, grads, owned, backward, wanted):
+        """The gradients that leave the loop, as the interpreted loop hands them over, and
+        the dense layers' weight gradients: one GEMM over all T*B rows each."""
+        ex, kernel = self.ex, run.kernel
+        read = {r.ref for step, route in zip(segment.steps, segment.routes)
+                if step.node in wanted for r, target in zip(route, backward.grad_inputs[step.node])
+                if target is not None and r.kind == SEQ}
+        for n in kernel.seqs:
+            if n in read:
+                add_grad(grads, owned, n, slots["seq"][n])
+        for step, route in zip(segment.steps, segment.routes):
+            if step.node in wanted and step.params:
+                gy = slots["value"][step.node]
+                gy = gy.reshape(-1, gy.shape[-1])
+                x = self._series(route[0], run)
+                param_grads = {"weight": gy.T @ x.reshape(-1, x.shape[-1])}
+                if "bias" in step.params:
+                    param_grads["bias"] = gy.sum(axis=0)
+                ex.store_param_grads(step, param_grads)
+        if ex.carried:
+            return
+        for state in kernel.states:
+            if state.param is not None:
+                ex.store_param_grad(state.param, slots["init"][state.node].sum(axis=(0, 1)))
+
+    def _series(self, route, run: _Run):
+        """An input's values at every step, (T, B, width)."""
+        if route.kind == SEQ:
+            return run.seqs[route.ref]
+        if route.kind == STATE:
+            state = route.ref
+            values = run.storage[state.source]
+            T = len(values)
+            head = run.initials[state.node][:min(state.delay, T)]
+            return np.concatenate([head, values[:max(T - state.delay, 0)]])
+        node, begin = route.ref, 0
+        while node not in run.storage:   # a split: a block of its parent's columns
+            step = self.splits[node]
+            begin += step.op.index * run.kernel.widths[node]
+            node = step.inputs[0]
+        return run.storage[node][..., begin:begin + run.kernel.widths[route.ref]]
