@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 from netdsl.lower.cuda import CTYPES
 from netdsl.lower.fuse import FusedChain
+from netdsl.lower.native import VECTOR_MATH
 from netdsl.lower.plan import State
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
 from netdsl.ops.expr import c, functions_used
-from netdsl.lower.native import VECTOR_MATH
 
 __all__ = ["LoopKernel", "loop_kernel"]
 
