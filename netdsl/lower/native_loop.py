@@ -40,6 +40,9 @@ class LoopKernel:
     sequences read, (T, B, width); `states`: each state's initial values; `params`:
     (step node, parameter name) pairs; `widths`: every member's and input's width.
     `needs`: per member, the inputs backward differentiates (None: not differentiated).
+    A member's values are kept for every step only if they are `kept` (read after the
+    loop, by a later step as a state, or by backward); the others, and the gradients not
+    in `summed` (received from later steps, read after the loop), take one step's room.
     """
 
     source: str
@@ -49,6 +52,12 @@ class LoopKernel:
     params: tuple[tuple[str, str], ...]
     widths: dict
     needs: tuple
+    kept: frozenset
+    summed: frozenset
+
+    def rows(self, node: str, steps: int, grad: bool = False) -> int:
+        """How many steps of `node`'s values (or gradients) its array holds."""
+        return steps if node in (self.summed if grad else self.kept) else 1
 
 
 def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
@@ -81,9 +90,38 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     states = tuple(segment.loop.states)
     params = tuple((s.node, name) for s in segment.steps for name in s.params)
     needed = tuple((s.node, needs.get(s.node)) for s in segment.steps)
-    writer = _Writer(segment, widths, splits, storage, seqs, states, params, dtype)
+    kept, summed = _lifetimes(segment, splits)
+    writer = _Writer(segment, widths, splits, storage, seqs, states, params, dtype, kept,
+                     summed)
     source = writer.module(needs, index_type, gemm)
-    return LoopKernel(source, storage, seqs, states, params, widths, needed)
+    return LoopKernel(source, storage, seqs, states, params, widths, needed, kept, summed)
+
+
+def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset]:
+    """(members whose values every step keeps, members whose gradients every step keeps).
+
+    Values: those read after the loop or as a state, and those backward reads: a chain's
+    inputs its gradient formulas use, a dense layer's input (its weight gradient is one
+    GEMM after the loop). The same for every backward, so that one forward serves all.
+    Gradients: a state's (later steps add into earlier ones), a stored member's (they
+    arrive from after the loop), a dense layer's output's (the weight gradient's GEMM).
+    """
+    sources = {state.source for state in segment.loop.states}
+    kept, summed = set(segment.stored) | sources, set(segment.stored) | sources
+    for step, route in zip(segment.steps, segment.routes):
+        if isinstance(step.op, FusedChain):
+            program = step.op.backward_program((True,) * len(route))
+            read = [r for j, r in enumerate(route) if f"x{j}" in program.reads]
+        elif step.op.name == "dense":
+            read, _ = [route[0]], summed.add(step.node)
+        else:
+            read = []
+        kept |= {r.ref for r in read if r.kind == MEMBER}
+    for node in list(kept):        # a split's values are its parent's
+        while node in splits:
+            node = splits[node].inputs[0]
+            kept.add(node)
+    return frozenset(kept - set(splits)), frozenset(summed)
 
 
 def _ref_node(route) -> str:
@@ -104,8 +142,11 @@ def _covered(step) -> bool:
 class _Writer:
     """The C text of one loop, with each value's place at time t."""
 
-    def __init__(self, segment, widths, splits, storage, seqs, states, params, dtype):
+    def __init__(self, segment, widths, splits, storage, seqs, states, params, dtype, kept,
+                 summed):
         self.segment, self.widths, self.splits = segment, widths, splits
+        self.kept, self.summed = kept, summed
+        self.scratch = [n for n in storage if n not in summed]   # zeroed at every step
         self.t = CTYPES[dtype]
         self.slot = {}
         for name in storage:
@@ -136,7 +177,10 @@ class _Writer:
             width = self.widths[node]
             return f"({pointer} + {op.index * width})", stride
         w = self.widths[node]
-        return f"({self.array('grad' if grad else 'value', node)} + ({t})*B*{w})", str(w)
+        array = self.array('grad' if grad else 'value', node)
+        if node not in (self.summed if grad else self.kept):
+            return array, str(w)    # one step's room
+        return f"({array} + ({t})*B*{w})", str(w)
 
     def source_of(self, route, grad: bool) -> tuple[str, str]:
         """An input's place at time t, by its route."""
@@ -163,7 +207,7 @@ class _Writer:
                 for p in programs:
                     used |= set().union(*(functions_used(e) for _, e in (*p.lets, *p.writes)))
         suffix = "f" if t == "float" else ""
-        lines = ["#include <math.h>", ""]
+        lines = ["#include <math.h>", "#include <string.h>", ""]
         lines += [f'__attribute__((simd("notinbranch"))) {t} {fn}{suffix}({t});'
                   for fn in VECTOR_MATH if fn in used]
         lines += [f"/* {gemm}: CBLAS's ?gemm */",
@@ -210,7 +254,10 @@ class _Writer:
                         arrays[f"dx{j}"] = self.source_of(r, True)
                 body += self._elementwise(op.backward_program(wanted), arrays,
                                           self.widths[step.node], accumulate=True)
-        return self._function("loop_backward", body, reverse=True)
+        # the gradients that live for one step start from zero at every step
+        clear = [f"memset({self.array('grad', n)}, 0, B*{self.widths[n]}*sizeof({self.t}));"
+                 for n in self.scratch]
+        return self._function("loop_backward", clear + body, reverse=True)
 
     def _function(self, name: str, body: list[str], reverse: bool = False) -> str:
         loop = ("for (long long t = T - 1; t >= 0; t--) {" if reverse

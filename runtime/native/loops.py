@@ -84,7 +84,8 @@ class CompiledLoops:
         kernel, forward, _ = made
         B, dtype = ex.size, ex.dtype
         T = ex.time[segment.loop.name] = int(values[kernel.seqs[0]].shape[0])
-        storage = {n: np.empty((T, B, kernel.widths[n]), dtype) for n in kernel.storage}
+        storage = {n: np.empty((kernel.rows(n, T), B, kernel.widths[n]), dtype)
+                   for n in kernel.storage}
         seqs = {n: np.ascontiguousarray(values[n], dtype=dtype) for n in kernel.seqs}
         initials = {s.node: self._initial(s, carry) for s in kernel.states}
         params = {}
@@ -149,7 +150,8 @@ class CompiledLoops:
         value_grads = {}
         for n in kernel.storage:
             outside = grads.pop(n, None) if n in wanted else None
-            value_grads[n] = (np.zeros((T, B, kernel.widths[n]), dtype) if outside is None
+            value_grads[n] = (np.zeros((kernel.rows(n, T, grad=True), B, kernel.widths[n]),
+                                       dtype) if outside is None
                               else np.array(outside, dtype=dtype, order="C"))
         slots = {"value": value_grads,
                  "seq": {n: np.zeros((T, B, kernel.widths[n]), dtype) for n in kernel.seqs},

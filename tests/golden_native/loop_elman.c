@@ -1,4 +1,5 @@
 #include <math.h>
+#include <string.h>
 
 __attribute__((simd("notinbranch"))) float tanhf(float);
 /* scipy_cblas_sgemm64_: CBLAS's ?gemm */

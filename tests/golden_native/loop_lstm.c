@@ -1,4 +1,5 @@
 #include <math.h>
+#include <string.h>
 
 __attribute__((simd("notinbranch"))) float tanhf(float);
 /* scipy_cblas_sgemm64_: CBLAS's ?gemm */
@@ -7,10 +8,10 @@ typedef void (*gemm_t)(int, int, int, I, I, I, float, const float*, I, const flo
 
 void loop_forward(gemm_t gemm, const long long T, const long long B, void* const* a) {
     for (long long t = 0; t < T; t++) {
-        gemm(101, 111, 112, B, 256, 64, 1, (t >= 1 ? (((float*)a[6]) + (t - 1)*B*64) : (((float*)a[9]) + t*B*64)), 64, ((float*)a[10]), 64, 0, (((float*)a[0]) + (t)*B*256), 256);
+        gemm(101, 111, 112, B, 256, 64, 1, (t >= 1 ? (((float*)a[6]) + (t - 1)*B*64) : (((float*)a[9]) + t*B*64)), 64, ((float*)a[10]), 64, 0, ((float*)a[0]), 256);
         {
           const float* restrict p_x0 = (((float*)a[7]) + t*B*256); const long long s_x0 = 256;
-          const float* restrict p_x1 = (((float*)a[0]) + (t)*B*256); const long long s_x1 = 256;
+          const float* restrict p_x1 = ((float*)a[0]); const long long s_x1 = 256;
           float* restrict p_y = (((float*)a[1]) + (t)*B*256); const long long s_y = 256;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
@@ -37,7 +38,7 @@ void loop_forward(gemm_t gemm, const long long T, const long long B, void* const
         {
           const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 0); const long long s_x0 = 256;
           const float* restrict p_x1 = (((float*)a[2]) + (t)*B*64); const long long s_x1 = 64;
-          float* restrict p_y = (((float*)a[3]) + (t)*B*64); const long long s_y = 64;
+          float* restrict p_y = ((float*)a[3]); const long long s_y = 64;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
@@ -52,7 +53,7 @@ void loop_forward(gemm_t gemm, const long long T, const long long B, void* const
         {
           const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 64); const long long s_x0 = 256;
           const float* restrict p_x1 = (t >= 1 ? (((float*)a[4]) + (t - 1)*B*64) : (((float*)a[8]) + t*B*64)); const long long s_x1 = 64;
-          const float* restrict p_x2 = (((float*)a[3]) + (t)*B*64); const long long s_x2 = 64;
+          const float* restrict p_x2 = ((float*)a[3]); const long long s_x2 = 64;
           float* restrict p_y = (((float*)a[4]) + (t)*B*64); const long long s_y = 64;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
@@ -99,12 +100,16 @@ void loop_forward(gemm_t gemm, const long long T, const long long B, void* const
 
 void loop_backward(gemm_t gemm, const long long T, const long long B, void* const* a) {
     for (long long t = T - 1; t >= 0; t--) {
+        memset(((float*)a[12]), 0, B*256*sizeof(float));
+        memset(((float*)a[13]), 0, B*64*sizeof(float));
+        memset(((float*)a[14]), 0, B*64*sizeof(float));
+        memset(((float*)a[16]), 0, B*64*sizeof(float));
         {
           const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 192); const long long s_x0 = 256;
           const float* restrict p_x1 = (((float*)a[5]) + (t)*B*64); const long long s_x1 = 64;
           const float* restrict p_gy = (((float*)a[17]) + (t)*B*64); const long long s_gy = 64;
-          float* restrict p_dx0 = ((((float*)a[12]) + (t)*B*256) + 192); const long long s_dx0 = 256;
-          float* restrict p_dx1 = (((float*)a[16]) + (t)*B*64); const long long s_dx1 = 64;
+          float* restrict p_dx0 = (((float*)a[12]) + 192); const long long s_dx0 = 256;
+          float* restrict p_dx1 = ((float*)a[16]); const long long s_dx1 = 64;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
@@ -120,7 +125,7 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
         }
         {
           const float* restrict p_x0 = (((float*)a[4]) + (t)*B*64); const long long s_x0 = 64;
-          const float* restrict p_gy = (((float*)a[16]) + (t)*B*64); const long long s_gy = 64;
+          const float* restrict p_gy = ((float*)a[16]); const long long s_gy = 64;
           float* restrict p_dx0 = (((float*)a[15]) + (t)*B*64); const long long s_dx0 = 64;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
@@ -136,9 +141,9 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
           const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 64); const long long s_x0 = 256;
           const float* restrict p_x1 = (t >= 1 ? (((float*)a[4]) + (t - 1)*B*64) : (((float*)a[8]) + t*B*64)); const long long s_x1 = 64;
           const float* restrict p_gy = (((float*)a[15]) + (t)*B*64); const long long s_gy = 64;
-          float* restrict p_dx0 = ((((float*)a[12]) + (t)*B*256) + 64); const long long s_dx0 = 256;
+          float* restrict p_dx0 = (((float*)a[12]) + 64); const long long s_dx0 = 256;
           float* restrict p_dx1 = (t >= 1 ? (((float*)a[15]) + (t - 1)*B*64) : (((float*)a[19]) + t*B*64)); const long long s_dx1 = 64;
-          float* restrict p_dx2 = (((float*)a[14]) + (t)*B*64); const long long s_dx2 = 64;
+          float* restrict p_dx2 = ((float*)a[14]); const long long s_dx2 = 64;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
@@ -157,9 +162,9 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
         {
           const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 0); const long long s_x0 = 256;
           const float* restrict p_x1 = (((float*)a[2]) + (t)*B*64); const long long s_x1 = 64;
-          const float* restrict p_gy = (((float*)a[14]) + (t)*B*64); const long long s_gy = 64;
-          float* restrict p_dx0 = ((((float*)a[12]) + (t)*B*256) + 0); const long long s_dx0 = 256;
-          float* restrict p_dx1 = (((float*)a[13]) + (t)*B*64); const long long s_dx1 = 64;
+          const float* restrict p_gy = ((float*)a[14]); const long long s_gy = 64;
+          float* restrict p_dx0 = (((float*)a[12]) + 0); const long long s_dx0 = 256;
+          float* restrict p_dx1 = ((float*)a[13]); const long long s_dx1 = 64;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
@@ -175,8 +180,8 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
         }
         {
           const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 128); const long long s_x0 = 256;
-          const float* restrict p_gy = (((float*)a[13]) + (t)*B*64); const long long s_gy = 64;
-          float* restrict p_dx0 = ((((float*)a[12]) + (t)*B*256) + 128); const long long s_dx0 = 256;
+          const float* restrict p_gy = ((float*)a[13]); const long long s_gy = 64;
+          float* restrict p_dx0 = (((float*)a[12]) + 128); const long long s_dx0 = 256;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
@@ -188,7 +193,7 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
           }
         }
         {
-          const float* restrict p_gy = (((float*)a[12]) + (t)*B*256); const long long s_gy = 256;
+          const float* restrict p_gy = ((float*)a[12]); const long long s_gy = 256;
           float* restrict p_dx0 = (((float*)a[18]) + t*B*256); const long long s_dx0 = 256;
           float* restrict p_dx1 = (((float*)a[11]) + (t)*B*256); const long long s_dx1 = 256;
           for (long long r = 0; r < B; r++) {
