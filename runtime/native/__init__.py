@@ -68,6 +68,9 @@ def build_report(programs: list[Program], dtype: str = "float32") -> str:
     return f"native kernels: {count} ({dtype}), {how}; cache {cache_dir()}"
 
 
+_DTYPES = {"float32": np.dtype("float32"), "float64": np.dtype("float64")}
+
+
 @run_program.provide("numpy")
 def _run_native(xp, program: Program, arrays: dict, scalars: dict | None = None,
                 dtype: str = "float32"):
@@ -75,7 +78,7 @@ def _run_native(xp, program: Program, arrays: dict, scalars: dict | None = None,
     if entry is None:
         return NotImplemented
     codegen.launches[str(dtype)] += 1
-    dtype = np.dtype(dtype)
+    dtype = _DTYPES[dtype] if dtype in _DTYPES else np.dtype(dtype)
     given = [arrays[name] for name in program.arrays if name in arrays]
     shape = given[0].shape
     if any(a.shape != shape for a in given):
@@ -97,6 +100,9 @@ def _run_native(xp, program: Program, arrays: dict, scalars: dict | None = None,
             results[name] = array
     values = [float(scalars[name]) for name in program.scalars] if program.scalars else []
     total, function, size = int(np.prod(shape)), entry[1], dtype.itemsize
+    if total * size * len(pointers) < parallel.MIN_SPLIT_BYTES:
+        function(*pointers, *values, total)   # too small for threads to pay
+        return results
 
     def run(part: slice) -> None:   # ctypes lets go of the GIL: slabs run at once
         function(*(p + part.start * size for p in pointers), *values, part.stop - part.start)
