@@ -24,6 +24,7 @@ from netdsl.lower.fuse import FusedChain
 from netdsl.lower.native import VECTOR_MATH
 from netdsl.lower.plan import State
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
+from netdsl.ops.base import Op
 from netdsl.ops.expr import c, functions_used
 
 __all__ = ["LoopKernel", "loop_kernel"]
@@ -54,6 +55,7 @@ class LoopKernel:
     needs: tuple
     kept: frozenset
     summed: frozenset
+    views: dict        # a column block's node -> (its parent, the block's first column)
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
         """How many steps of `node`'s values (or gradients) its array holds."""
@@ -80,7 +82,11 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
             widths[name] = dims[0]
         if not _covered(step):
             return None
-    splits = {step.node: step for step in segment.steps if step.op.name == "split"}
+    # a column block of a member: (the member, the block's first column)
+    splits = {step.node: (step.inputs[0], step.op.column_block(widths[step.inputs[0]]))
+              for step in segment.steps if _is_view(step)}
+    if any(first is None for _, first in splits.values()):
+        return None
     if any(node in segment.stored for node in splits) or any(
             r.ref.source in splits for route in segment.routes for r in route if r.kind == STATE):
         return None
@@ -94,7 +100,8 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     writer = _Writer(segment, widths, splits, storage, seqs, states, params, dtype, kept,
                      summed)
     source = writer.module(needs, index_type, gemm)
-    return LoopKernel(source, storage, seqs, states, params, widths, needed, kept, summed)
+    return LoopKernel(source, storage, seqs, states, params, widths, needed, kept, summed,
+                      splits)
 
 
 def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset]:
@@ -109,17 +116,17 @@ def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset
     sources = {state.source for state in segment.loop.states}
     kept, summed = set(segment.stored) | sources, set(segment.stored) | sources
     for step, route in zip(segment.steps, segment.routes):
+        read = []
         if isinstance(step.op, FusedChain):
             program = step.op.backward_program((True,) * len(route))
             read = [r for j, r in enumerate(route) if f"x{j}" in program.reads]
-        elif step.op.name == "dense":
-            read, _ = [route[0]], summed.add(step.node)
-        else:
-            read = []
+        elif step.op.column_linear:
+            read = [route[0]]
+            summed.add(step.node)
         kept |= {r.ref for r in read if r.kind == MEMBER}
-    for node in list(kept):        # a split's values are its parent's
+    for node in list(kept):        # a block's values are its parent's
         while node in splits:
-            node = splits[node].inputs[0]
+            node = splits[node][0]
             kept.add(node)
     return frozenset(kept - set(splits)), frozenset(summed)
 
@@ -129,14 +136,14 @@ def _ref_node(route) -> str:
 
 
 def _covered(step) -> bool:
-    op = step.op
-    if isinstance(op, FusedChain):
+    """A fused chain, a linear map of one vector (a GEMM per step), or a column block."""
+    if isinstance(step.op, FusedChain):
         return True
-    if op.name == "dense":
-        return len(step.inputs) == 1
-    if op.name == "split":
-        return op.axis in (0, -1)
-    return False
+    return (step.op.column_linear and len(step.inputs) == 1) or _is_view(step)
+
+
+def _is_view(step) -> bool:
+    return len(step.inputs) == 1 and type(step.op).column_block is not Op.column_block
 
 
 class _Writer:
@@ -163,7 +170,6 @@ class _Writer:
             self.slot[("seq_grad", name)] = len(self.slot)
         for state in states:
             self.slot[("init_grad", state.node)] = len(self.slot)
-        self.dense_w = {}
 
     def array(self, kind: str, key) -> str:
         return f"(({self.t}*)a[{self.slot[(kind, key)]}])"
@@ -171,11 +177,9 @@ class _Writer:
     # a value's (or a gradient's) place at time t: (pointer, row stride)
     def member(self, node: str, grad: bool, t: str = "t") -> tuple[str, str]:
         if node in self.splits:
-            op = self.splits[node].op
-            parent = self.splits[node].inputs[0]
+            parent, first = self.splits[node]
             pointer, stride = self.member(parent, grad, t)
-            width = self.widths[node]
-            return f"({pointer} + {op.index * width})", stride
+            return f"({pointer} + {first})", stride
         w = self.widths[node]
         array = self.array('grad' if grad else 'value', node)
         if node not in (self.summed if grad else self.kept):
@@ -222,10 +226,10 @@ class _Writer:
         body = []
         for step, route in zip(self.segment.steps, self.segment.routes):
             op = step.op
-            if op.name == "split":
+            if step.node in self.splits:
                 continue
             y, ldy = self.member(step.node, False)
-            if op.name == "dense":
+            if op.column_linear:
                 x, ldx = self.source_of(route[0], False)
                 body += self._dense_forward(step, route, x, ldx, y, ldy)
             else:
@@ -241,10 +245,10 @@ class _Writer:
         for step, route in reversed(list(zip(self.segment.steps, self.segment.routes))):
             wanted = needs.get(step.node)
             op = step.op
-            if wanted is None or op.name == "split":
-                continue  # a split's gradient is a view of its parent's
+            if wanted is None or step.node in self.splits:
+                continue  # a block's gradient is a view of its parent's
             gy, ldgy = self.member(step.node, True)
-            if op.name == "dense":
+            if op.column_linear:
                 body += self._dense_backward(step, route, wanted, gy, ldgy)
             elif any(wanted):
                 arrays = {f"x{j}": self.source_of(r, False) for j, r in enumerate(route)}

@@ -227,6 +227,12 @@ class Op:
         into a gradient it holds already instead of making a zero array; else None."""
         return None
 
+    def column_block(self, width: int) -> int | None:
+        """For an op whose output is a block of its vector input's columns (a split's
+        chunk) taken from an input `width` wide: the block's first column, so that a
+        generated loop reads it in place; else None."""
+        return None
+
     def init(self, rng, *xs: TensorType) -> dict[str, Any]:
         """Default parameter values as float32 numpy arrays, one per `params` entry.
 

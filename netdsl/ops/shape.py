@@ -154,6 +154,9 @@ class Split(_Movement):
     def grad_region(self, ctx):
         return ctx.saved["x_shape"], self.chunk(ctx.saved["x_shape"])
 
+    def column_block(self, width: int) -> int | None:
+        return self.index * (width // self.parts) if self.axis in (0, -1) else None
+
     def backward(self, ctx, gy):
         # the other chunks' gradients come through their own split nodes; the executor sums
         shape = ctx.saved["x_shape"]

@@ -45,8 +45,6 @@ class CompiledLoops:
         self._made: dict = {}    # (loop, needs) -> (kernel, forward, backward) or None
         self.runs: dict[str, _Run] = {}
         self.calls: Counter = Counter()   # compiled passes run, "forward" and "backward"
-        self.splits = {s.node: s for loop in ex.plan.loops for s in loop.steps
-                       if s.op.name == "split"}
 
     def _compiled(self, segment: LoopSegment, needs: dict):
         key = (segment.loop.name, tuple(sorted(needs.items())))
@@ -199,8 +197,7 @@ class CompiledLoops:
             head = run.initials[state.node][:min(state.delay, T)]
             return np.concatenate([head, values[:max(T - state.delay, 0)]])
         node, begin = route.ref, 0
-        while node not in run.storage:   # a split: a block of its parent's columns
-            step = self.splits[node]
-            begin += step.op.index * run.kernel.widths[node]
-            node = step.inputs[0]
+        while node not in run.storage:   # a block of its parent's columns
+            node, first = run.kernel.views[node]
+            begin += first
         return run.storage[node][..., begin:begin + run.kernel.widths[route.ref]]
