@@ -16,7 +16,7 @@ from netdsl.lower import Backward, State, Step
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
 from netdsl.ops.base import Ctx
 
-__all__ = ["forward_loop", "backward_loop", "add_grad"]
+__all__ = ["forward_loop", "backward_loop", "add_grad", "initial_values"]
 
 
 def add_grad(grads: dict, owned: set, target: str, grad) -> None:
@@ -43,7 +43,7 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
     stored = {node: xp.empty((T, B) + ex.plan.types[node].dims, dtype=ex.dtype)
               for node in segment.stored}
     ctxs = {step.node: [] for step in segment.steps}
-    initial = {state.node: _initial(ex, state, carry) for state in segment.loop.states}
+    initial = {state.node: initial_values(ex, state, carry) for state in segment.loop.states}
     # what each member needs at every step, looked up once
     members = [(step, route, ex.param_args(step), ex.buffers[step.node], ctxs[step.node])
                for step, route in zip(segment.steps, segment.routes)]
@@ -87,7 +87,7 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
         ex.carry[source] = stored[source][max(T - depth, 0):] if T >= depth else None
 
 
-def _initial(ex, state: State, carry: dict):
+def initial_values(ex, state: State, carry: dict):
     """The values a state reads before step 0, indexed -delay..-1 (from the end)."""
     xp, dims = ex.xp, ex.plan.types[state.source].dims
     carried = carry.get(state.source)

@@ -249,3 +249,14 @@ def test_loop_source_matches_golden(name, update_golden):
     kernel = loop_kernel(segment, lowered.plan.types, "float32", needs, "long long",
                          "scipy_cblas_sgemm64_")
     assert_golden(os.path.join(GOLDEN, f"loop_{name}.c"), kernel.source, update_golden)
+
+
+def test_truncated_reach_runs_the_interpreted_loop():
+    host, native_ex = _recurrent_pair("elman")
+    batch = _sequence_batch(host.plan)
+    for ex in (host, native_ex):
+        ex.reach = 2
+        ex.forward(batch, True)
+        ex.backward()
+    assert not native_ex.compiled_loops.calls
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)

@@ -93,6 +93,8 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     storage = tuple(s.node for s in segment.steps if s.node not in splits)
     seqs = tuple(dict.fromkeys(r.ref for route in segment.routes for r in route
                                if r.kind == SEQ))
+    if not seqs:    # the sequence read gives the loop its length
+        return None
     states = tuple(segment.loop.states)
     params = tuple((s.node, name) for s in segment.steps for name in s.params)
     needed = tuple((s.node, needs.get(s.node)) for s in segment.steps)

@@ -18,7 +18,7 @@ import numpy as np
 
 from netdsl.lower.native_loop import LoopKernel, loop_kernel
 from netdsl.lower.schedule import SEQ, STATE, LoopSegment
-from netdsl.runtime.loops import add_grad
+from netdsl.runtime.loops import add_grad, initial_values
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
@@ -72,12 +72,11 @@ class CompiledLoops:
         """Run the loop compiled, if it can be; whether it ran."""
         ex = self.ex
         self.runs.pop(segment.loop.name, None)
-        if check_finite or ex.lengths and any(
+        if check_finite or ex.reach is not None or ex.lengths and any(
                 r.ref in ex.lengths for route in segment.routes for r in route):
             return False
-        needs = self._needs(segment)
-        made = self._compiled(segment, needs)
-        if made is None or not made[0].seqs:
+        made = self._compiled(segment, self._needs(segment))
+        if made is None:
             return False
         kernel, forward, _ = made
         B, dtype = ex.size, ex.dtype
@@ -85,11 +84,11 @@ class CompiledLoops:
         storage = {n: np.empty((kernel.rows(n, T), B, kernel.widths[n]), dtype)
                    for n in kernel.storage}
         seqs = {n: np.ascontiguousarray(values[n], dtype=dtype) for n in kernel.seqs}
-        initials = {s.node: self._initial(s, carry) for s in kernel.states}
-        params = {}
-        for node, name in kernel.params:
-            step = segment.loop.steps[[s.node for s in segment.steps].index(node)]
-            params[(node, name)] = np.ascontiguousarray(ex.param_args(step)[name], dtype=dtype)
+        initials = {s.node: np.ascontiguousarray(initial_values(ex, s, carry), dtype=dtype)
+                    for s in kernel.states}
+        by_node = {s.node: s for s in segment.steps}
+        params = {(node, name): np.ascontiguousarray(ex.param_args(by_node[node])[name], dtype)
+                  for node, name in kernel.params}
         run = _Run(kernel, made, storage, seqs, initials, params)
         forward(self.address, T, B, self._table(run, {}))
         self.calls["forward"] += 1
@@ -105,20 +104,6 @@ class CompiledLoops:
         backward = self.ex.lowered.backward()
         return {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
                 for s in segment.steps if s.node in backward.grad_inputs}
-
-    def _initial(self, state, carry: dict):
-        ex = self.ex
-        dims = ex.plan.types[state.source].dims
-        carried = carry.get(state.source)
-        if carried is not None:
-            return np.ascontiguousarray(carried, dtype=ex.dtype)
-        if state.init == "learned":
-            one = np.broadcast_to(ex.params[state.param], (ex.size,) + dims)
-        else:
-            value = 0.0 if state.init == "zeros" else float(state.init)
-            one = np.full((ex.size,) + dims, value, dtype=ex.dtype)
-        return np.ascontiguousarray(np.broadcast_to(one, (state.delay,) + one.shape),
-                                    dtype=ex.dtype)
 
     def _table(self, run: _Run, grads: dict):
         """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""
@@ -136,13 +121,13 @@ class CompiledLoops:
         """BPTT through a loop the compiled forward ran; whether it ran here."""
         ex = self.ex
         run = self.runs.get(segment.loop.name)
-        if run is None or ex.reach is not None:
+        if run is None:
             return False
         needs = {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
                  for s in segment.steps if s.node in wanted and s.node in backward.grad_inputs}
         made = self._compiled(segment, needs)
-        if made is None:
-            return False
+        if made is None:   # the forward's loop compiled: only the compiler can fail here
+            raise NativeUnavailable(f"{segment.loop.name}: its backward did not compile")
         kernel, _, backward_call = made
         T, B, dtype = ex.time[segment.loop.name], ex.size, ex.dtype
         value_grads = {}
