@@ -20,6 +20,7 @@ to the one whose loss was not finite.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +28,8 @@ import numpy as np
 
 from netdsl.errors import SpecError
 from netdsl.lower import Lowered, Plan
-from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from netdsl.runtime.checkpoint import (CHECKPOINT, CheckpointError, check_arrays,
+                                       load_checkpoint, save_checkpoint)
 from netdsl.runtime.distributed import rank_seed
 from netdsl.runtime.data import Dataset, DataError, steps_per_epoch
 from netdsl.runtime.execute import Executor, NonFinite
@@ -617,6 +619,22 @@ class Trainer:
             if self.replicas.rank == 0:
                 save_checkpoint(self.folder, arrays, meta)
 
+    def _check_arrays(self, path: str, arrays: dict) -> None:
+        """The checkpoint's arrays are this run's: same names, shapes and types."""
+        params = self.executor.flat_params
+        expected = {name: (params.shape, params.dtype) for name in ("params", "best_params")}
+        for index, (_, optimizer) in enumerate(self.optimizers):
+            for key, value in optimizer.state_dict().items():
+                value = np.asarray(to_host(self.xp, value))
+                expected[f"optimizer{index}/{key}"] = (value.shape, value.dtype)
+        check_arrays(path, arrays, expected, optional=("best_params",))
+        for name, value in arrays.items():
+            node = name[len("buffer/"):].rpartition(":")[0]
+            if name.startswith("buffer/") and (node not in self.executor.buffers
+                                               or value.dtype.kind != "f"):
+                raise CheckpointError(f"{path}: {name} is not a running statistic of this "
+                                      "network")
+
     def restore(self, folder: str) -> None:
         """Continue from the checkpoint in `folder`.
 
@@ -626,20 +644,26 @@ class Trainer:
             When it is missing, unreadable or made by a different network.
         """
         arrays, meta = self.replicas.load(load_checkpoint, folder)
+        path = os.path.join(folder, CHECKPOINT)
         layout = [[k, list(self.plan.params[k].shape), *self.executor.offsets[k]]
                   for k in self.plan.params]
         if meta["layout"] != layout:
             raise CheckpointError(f"the checkpoint in {folder} was made by a different "
                                   "network (its parameters differ from this spec's)")
+        self._check_arrays(path, arrays)
         buffers = {k[len("buffer/"):]: v for k, v in arrays.items() if k.startswith("buffer/")}
-        self.executor.load_state_dict({"params": arrays["params"], "buffers": buffers,
-                                       "rng": self.replicas.resumed_rng(meta, self.settings.seed)})
-        for index, (_, optimizer) in enumerate(self.optimizers):
-            prefix = f"optimizer{index}/"
-            state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            state = {k: (v.item() if v.ndim == 0 else v) for k, v in state.items()}
-            optimizer.load_state_dict(state)
+        try:
+            self.executor.load_state_dict({"params": arrays["params"], "buffers": buffers,
+                                           "rng": self.replicas.resumed_rng(meta,
+                                                                            self.settings.seed)})
+            for index, (_, optimizer) in enumerate(self.optimizers):
+                prefix = f"optimizer{index}/"
+                state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+                state = {k: (v.item() if v.ndim == 0 else v) for k, v in state.items()}
+                optimizer.load_state_dict(state)
+            self.position = _Position(**meta["position"])
+        except (ValueError, TypeError, KeyError) as exc:  # a document edited or damaged
+            raise CheckpointError(f"{path} does not fit this run ({exc})") from None
         if "best_params" in arrays:
             self.best_params = self.xp.asarray(arrays["best_params"])
-        self.position = _Position(**meta["position"])
-        self._schedule_state = meta["schedule"]
+        self._schedule_state = meta.get("schedule")

@@ -1,6 +1,7 @@
 """Damaged, foreign and hostile files, and writes that fail: each is refused with one clear
 message naming the file (exit 1 on the command line, no traceback), or survived."""
 import io
+import json
 import os
 import threading
 import zipfile
@@ -8,9 +9,14 @@ import zipfile
 import numpy as np
 import pytest
 
+from conftest import run_netc
 from netdsl.driver import check_text
+from netdsl.lower import lower
 from netdsl.runtime import npz
-from netdsl.runtime.data import DataError, load_data
+from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError, prepare_folder
+from netdsl.runtime.data import DataError, Dataset, load_data
+from netdsl.runtime.train import Trainer
+from netdsl.settings import resolve_settings
 
 TINY = """\
 network tiny
@@ -20,6 +26,86 @@ logits = x -> dense(3)
 loss cross_entropy(logits, y)
 """
 
+
+def tiny_trainer(folder=None, reporter=None, **settings):
+    settings = resolve_settings({}, {"epochs": 1, "batch": 4, **settings})
+    return Trainer(lower(check_text(TINY, "tiny.net")), settings, folder, 0.0,
+                   reporter=reporter)
+
+
+def tiny_data(n=16):
+    rng = np.random.default_rng(0)
+    return Dataset({"x": rng.standard_normal((n, 4)).astype(np.float32),
+                    "y": rng.integers(0, 3, n)}, "test data")
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A folder holding the checkpoint of the tiny network after one step."""
+    folder = tmp_path / "run"
+    tiny_trainer(str(folder), steps=1).fit(tiny_data(), None)
+    assert (folder / CHECKPOINT).exists()
+    return folder
+
+
+def _rewrite(path, change):
+    """Save the checkpoint at `path` again after `change(arrays)`."""
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    change(arrays)
+    np.savez(path, **arrays)
+
+
+def _meta(arrays, **fields):
+    meta = json.loads(arrays["__meta__"].tobytes())
+    meta.update(fields)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+
+
+DAMAGE = {
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:300]), "is truncated or damaged"),
+    "empty": (lambda p: p.write_bytes(b""), "is empty"),
+    "a .npy": (lambda p: np.save(open(p, "wb"), np.zeros(3)), "a single .npy array"),
+    "no params": (lambda p: _rewrite(p, lambda a: a.pop("params")), "lacks the array params"),
+    "wrong size": (lambda p: _rewrite(p, lambda a: a.update(params=a["params"][:5])),
+                   "params has shape [5] but this network's has [15]"),
+    "int32": (lambda p: _rewrite(p, lambda a: a.update(params=a["params"].astype(np.int32))),
+              "params holds int32 values but this run needs float32"),
+    "pickled": (lambda p: _rewrite(p, lambda a: a.update(params=np.array([None] * 15))),
+                "holds Python objects"),
+    "no layout": (lambda p: _rewrite(p, lambda a: _meta(a, layout=None)), "lacks 'layout'"),
+    "another network": (lambda p: _rewrite(p, lambda a: _meta(a, layout=[["w", [2], 0, 2]])),
+                        "made by a different network"),
+    "bad position": (lambda p: _rewrite(p, lambda a: _meta(a, position={"epoch": 0, "x": 1})),
+                     "does not fit this run"),
+}
+
+
+class TestCheckpointsAreValidated:
+    @pytest.mark.parametrize("damage", DAMAGE)
+    def test_a_damaged_checkpoint_is_refused_naming_it(self, trained, damage):
+        spoil, says = DAMAGE[damage]
+        spoil(trained / CHECKPOINT)
+        with pytest.raises(CheckpointError) as info:
+            tiny_trainer().restore(str(trained))
+        assert says in str(info.value) and str(trained) in str(info.value)
+
+    def test_eval_of_a_truncated_checkpoint_is_one_line(self, trained, tmp_path):
+        spec = tmp_path / "tiny.net"
+        spec.write_text(TINY)
+        DAMAGE["truncated"][0](trained / CHECKPOINT)
+        result = run_netc("eval", str(spec), "--checkpoint", str(trained))
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith(f"error: not a readable checkpoint: "
+                                        f"{trained / CHECKPOINT} is truncated or damaged")
+
+    def test_stale_temporary_files_are_removed_at_the_next_run(self, trained):
+        stale = trained / f".{CHECKPOINT}.k1ll3d_9.tmp"
+        stale.write_bytes(b"half a checkpoint")
+        other = trained / "notes.tmp"
+        other.write_text("not ours")
+        prepare_folder(str(trained))
+        assert not stale.exists() and other.exists() and (trained / CHECKPOINT).exists()
 
 
 class TestDataFiles:

@@ -18,7 +18,7 @@ from netdsl.cost import param_count
 from netdsl.driver import check_file
 from netdsl.errors import SpecError
 from netdsl.lower import scored_values
-from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError
+from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError, prepare_folder
 from netdsl.runtime.data import data_fields
 from netdsl.runtime.data.sequences import ALPHABET, decode_text, encode_text
 from netdsl.runtime.generate import fed_scores, generate
@@ -62,6 +62,8 @@ def run(args) -> int:
 
     def ready():
         session = _session(args)
+        if comm.rank == 0:  # the only writer, checked before the data is read
+            _writable_folder(_folder(args, session.name))
         data = _data(args, session)
         return (session, data), workers.data_digest(data)
 
@@ -91,6 +93,14 @@ def run(args) -> int:
         trainer.fit(train, val if len(val) else None, data.description)
     console.print(f"saved {path}")
     return 0
+
+
+def _writable_folder(folder: str) -> None:
+    """Stale temporary files of killed writes removed, and checkpoints writable there."""
+    try:
+        prepare_folder(folder)
+    except CheckpointError as exc:
+        raise SpecError(str(exc), None, "name a writable folder with --checkpoint DIR") from None
 
 
 def _shared_out(comm, trainer, examples: int) -> str:

@@ -86,7 +86,11 @@ class Session:
         except CheckpointError as exc:
             raise SpecError(str(exc), None, hint) from None
         stats = {k[len(NORMALIZE):]: v for k, v in arrays.items() if k.startswith(NORMALIZE)}
-        self.normalizer = Normalizer.from_state(stats) if stats else None
+        try:
+            self.normalizer = Normalizer.from_state(stats) if stats else None
+        except KeyError as exc:  # a mean without its standard deviation
+            raise SpecError(f"{folder}/checkpoint.npz lacks the normalisation array "
+                            f"{NORMALIZE}{exc.args[0]}", None, hint) from None
         return trainer
 
 
