@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -91,6 +92,10 @@ class Reporter:
 
     def stopped(self, reason: str) -> None:
         pass
+
+    def warning(self, text: str) -> None:
+        """Something the run survives (a checkpoint it could not write), on one line."""
+        print(f"warning: {text}", file=sys.stderr, flush=True)
 
     def should_stop(self) -> bool:
         """The terminal UI's stop button; the loop checkpoints and returns."""
@@ -237,6 +242,7 @@ class Trainer:
         self._sums: dict = {}          # the running epoch's sums, which _read adds to
         self._last_losses: dict = {}   # the mean losses of the last step read
         self._since = None             # the training state before the first unread step
+        self.unsaved: str | None = None  # why the last checkpoint write failed
 
     # ---- the loop
 
@@ -613,11 +619,25 @@ class Trainer:
         return arrays, meta
 
     def _save(self) -> None:
-        """Checkpoint: every data-parallel worker takes part, rank 0 writes."""
+        """Checkpoint: every data-parallel worker takes part, rank 0 writes.
+
+        A write that fails (a full disk) leaves the previous checkpoint as it was (the
+        write is atomic); the run says so and goes on to the next interval, when the
+        write is tried again. `unsaved` says why the last write failed (None after one
+        that succeeded), so that the command can end on an error when the final one does.
+        """
         if self.folder:
             arrays, meta = self.state()
             if self.replicas.rank == 0:
-                save_checkpoint(self.folder, arrays, meta)
+                try:
+                    save_checkpoint(self.folder, arrays, meta)
+                    self.unsaved = None
+                except OSError as exc:
+                    self.unsaved = f"{exc.strerror or exc}"
+                    self.reporter.warning(
+                        f"could not write the checkpoint at step {self.position.iteration} "
+                        f"({self.unsaved}); {os.path.join(self.folder, CHECKPOINT)} keeps "
+                        "the previous one; training goes on and tries again")
 
     def _check_arrays(self, path: str, arrays: dict) -> None:
         """The checkpoint's arrays are this run's: same names, shapes and types."""

@@ -1,5 +1,6 @@
 """Damaged, foreign and hostile files, and writes that fail: each is refused with one clear
 message naming the file (exit 1 on the command line, no traceback), or survived."""
+import errno
 import io
 import json
 import os
@@ -12,10 +13,11 @@ import pytest
 from conftest import run_netc
 from netdsl.driver import check_text
 from netdsl.lower import lower
+from netdsl.runtime import checkpoint as checkpoints
 from netdsl.runtime import npz
 from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError, prepare_folder
 from netdsl.runtime.data import DataError, Dataset, load_data
-from netdsl.runtime.train import Trainer
+from netdsl.runtime.train import Reporter, Trainer
 from netdsl.settings import resolve_settings
 
 TINY = """\
@@ -106,6 +108,63 @@ class TestCheckpointsAreValidated:
         other.write_text("not ours")
         prepare_folder(str(trained))
         assert not stale.exists() and other.exists() and (trained / CHECKPOINT).exists()
+
+
+class RecordingReporter(Reporter):
+    def __init__(self):
+        self.warnings = []
+
+    def warning(self, text):
+        self.warnings.append(text)
+
+
+class TestWrites:
+    def test_a_full_disk_keeps_the_last_checkpoint_and_training_goes_on(self, tmp_path,
+                                                                          monkeypatch):
+        writes, real = [], checkpoints.write_bytes
+
+        def write_then_fill_up(path, data):
+            writes.append(path)
+            if len(writes) > 1:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real(path, data)
+
+        monkeypatch.setattr(checkpoints, "write_bytes", write_then_fill_up)
+        reporter = RecordingReporter()
+        trainer = tiny_trainer(str(tmp_path), reporter, steps=3)
+        trainer.fit(tiny_data(), None)
+        assert trainer.position.iteration == 3 and len(writes) == 3  # each step tried
+        assert len(reporter.warnings) == 2 and trainer.unsaved == os.strerror(errno.ENOSPC)
+        assert all("\n" not in w and "keeps the previous one" in w for w in reporter.warnings)
+        arrays, meta = checkpoints.load_checkpoint(str(tmp_path))
+        assert meta["position"]["iteration"] == 1  # the first write, whole
+
+    def test_an_unwritable_checkpoint_folder_is_refused_before_training(self, tmp_path):
+        spec = tmp_path / "tiny.net"
+        spec.write_text(TINY)
+        (tmp_path / "file").write_text("")
+        folder = tmp_path / "file" / "run"
+        result = run_netc("run", str(spec), "--checkpoint", str(folder), "--steps", "1")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith(f"error: cannot write checkpoints in {folder}")
+        assert "training:" not in result.stdout
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+    def test_a_read_only_folder_is_refused(self, tmp_path):
+        tmp_path.chmod(0o555)
+        try:
+            with pytest.raises(CheckpointError, match="cannot write checkpoints"):
+                prepare_folder(str(tmp_path))
+        finally:
+            tmp_path.chmod(0o755)
+
+    def test_predictions_to_a_missing_folder_are_one_line(self, tmp_path):
+        spec = tmp_path / "tiny.net"
+        spec.write_text(TINY)
+        result = run_netc("predict", str(spec), "-o", "/nonexistent/p.npz")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: cannot write predictions to /nonexistent/p.npz: "
+                                        "the folder /nonexistent does not exist\n")
 
 
 class TestDataFiles:
