@@ -105,8 +105,9 @@ def check_arrays(path: str, arrays: dict[str, np.ndarray],
         if name not in arrays:
             if name in optional:
                 continue
-            raise CheckpointError(f"{path} lacks the array {name}: it is damaged or "
-                                  "was not written by netdsl")
+            why = ("it was written with another optimizer" if name.startswith("optimizer")
+                   else "it is damaged or was not written by netdsl")
+            raise CheckpointError(f"{path} lacks the array {name}: {why}")
         array = arrays[name]
         if tuple(array.shape) != tuple(shape):
             raise CheckpointError(f"{path}: {name} has shape {list(array.shape)} but this "
