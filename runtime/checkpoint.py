@@ -93,6 +93,8 @@ def _meta(path: str, raw: np.ndarray | None) -> dict:
         if not isinstance(meta.get(name), kind):
             raise CheckpointError(f"{path}: its __meta__ document lacks '{name}' "
                                   f"(a JSON {'array' if kind is list else 'object'})")
+    if not isinstance(meta.get("schedule"), (dict, type(None))):
+        raise CheckpointError(f"{path}: its __meta__ document's 'schedule' is not a JSON object")
     return meta
 
 

@@ -257,7 +257,11 @@ class Trainer:
         steps = steps_per_epoch(len(train), s.batch, replicas.size)
         self.schedule = make_schedule(s.schedule, self.optimizers[0][1].lr, s.epochs, steps)
         if self._schedule_state is not None:
-            self.schedule.load_state_dict(self._schedule_state)
+            try:
+                self.schedule.load_state_dict(self._schedule_state)
+            except (ValueError, TypeError, AttributeError) as exc:  # another schedule's state
+                raise SpecError(f"{self._restored_from} does not fit this run ({exc})", None,
+                                "run without --resume to start over") from None
         self.reporter.start(description, s, s.epochs, steps)
         last_save = time.monotonic()
         while pos.epoch < s.epochs:
@@ -686,4 +690,4 @@ class Trainer:
             raise CheckpointError(f"{path} does not fit this run ({exc})") from None
         if "best_params" in arrays:
             self.best_params = self.xp.asarray(arrays["best_params"])
-        self._schedule_state = meta.get("schedule")
+        self._schedule_state, self._restored_from = meta.get("schedule"), path

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import run_netc
 from netdsl.driver import check_text
+from netdsl.errors import SpecError
 from netdsl.lower import lower
 from netdsl.runtime import checkpoint as checkpoints
 from netdsl.runtime import npz
@@ -91,6 +92,14 @@ class TestCheckpointsAreValidated:
         with pytest.raises(CheckpointError) as info:
             tiny_trainer().restore(str(trained))
         assert says in str(info.value) and str(trained) in str(info.value)
+
+    def test_another_schedules_state_is_refused_before_training(self, trained):
+        _rewrite(trained / CHECKPOINT, lambda a: _meta(a, schedule={"best": 1.0}))
+        trainer = tiny_trainer(steps=2)
+        trainer.restore(str(trained))
+        with pytest.raises(SpecError, match="checkpoint.npz does not fit this run"):
+            trainer.fit(tiny_data(), None)
+        assert trainer.position.iteration == 1
 
     def test_eval_of_a_truncated_checkpoint_is_one_line(self, trained, tmp_path):
         spec = tmp_path / "tiny.net"
