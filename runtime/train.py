@@ -659,8 +659,9 @@ class Trainer:
                 raise CheckpointError(f"{path}: {name} is not a running statistic of this "
                                       "network")
 
-    def restore(self, folder: str) -> None:
-        """Continue from the checkpoint in `folder`.
+    def restore(self, folder: str) -> dict[str, np.ndarray]:
+        """Continue from the checkpoint in `folder`; return its arrays (the application's
+        own, such as the input normalisation, are among them).
 
         Raises
         ------
@@ -691,3 +692,4 @@ class Trainer:
         if "best_params" in arrays:
             self.best_params = self.xp.asarray(arrays["best_params"])
         self._schedule_state, self._restored_from = meta.get("schedule"), path
+        return arrays
