@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 
 import numpy as np
 
@@ -26,6 +27,8 @@ __all__ = ["save_checkpoint", "load_checkpoint", "check_arrays", "prepare_folder
 CHECKPOINT = "checkpoint.npz"
 # the JSON document's fields and their types
 META_FIELDS = {"layout": list, "rng": dict, "position": dict}
+# the temporary files of atomic writes before they were named after their target
+LEGACY_TEMP = re.compile(r"\.[a-z0-9_]{8}\.tmp")
 
 
 class CheckpointError(Exception):
@@ -57,6 +60,12 @@ def prepare_folder(folder: str) -> None:
     if why is not None:
         raise CheckpointError(f"cannot write checkpoints in {folder} ({why})")
     remove_stale(path)
+    for name in os.listdir(folder):  # earlier versions named them .XXXXXXXX.tmp
+        if LEGACY_TEMP.fullmatch(name):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass  # gone already; it harms nothing
 
 
 def load_checkpoint(folder: str) -> tuple[dict[str, np.ndarray], dict]:

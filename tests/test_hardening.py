@@ -113,10 +113,13 @@ class TestCheckpointsAreValidated:
     def test_stale_temporary_files_are_removed_at_the_next_run(self, trained):
         stale = trained / f".{CHECKPOINT}.k1ll3d_9.tmp"
         stale.write_bytes(b"half a checkpoint")
+        legacy = trained / ".a1b2c3d_.tmp"  # as earlier versions named them
+        legacy.write_bytes(b"half a checkpoint")
         other = trained / "notes.tmp"
         other.write_text("not ours")
         prepare_folder(str(trained))
-        assert not stale.exists() and other.exists() and (trained / CHECKPOINT).exists()
+        assert not stale.exists() and not legacy.exists()
+        assert other.exists() and (trained / CHECKPOINT).exists()
 
 
 class RecordingReporter(Reporter):
