@@ -20,6 +20,8 @@ to the one whose loss was not finite.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +29,8 @@ import numpy as np
 
 from netdsl.errors import SpecError
 from netdsl.lower import Lowered, Plan
-from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from netdsl.runtime.checkpoint import (CHECKPOINT, CheckpointError, check_arrays,
+                                       load_checkpoint, save_checkpoint)
 from netdsl.runtime.distributed import rank_seed
 from netdsl.runtime.data import Dataset, DataError, steps_per_epoch
 from netdsl.runtime.execute import Executor, NonFinite
@@ -89,6 +92,10 @@ class Reporter:
 
     def stopped(self, reason: str) -> None:
         pass
+
+    def warning(self, text: str) -> None:
+        """Something the run survives (a checkpoint it could not write), on one line."""
+        print(f"warning: {text}", file=sys.stderr, flush=True)
 
     def should_stop(self) -> bool:
         """The terminal UI's stop button; the loop checkpoints and returns."""
@@ -236,6 +243,7 @@ class Trainer:
         self._sums: dict = {}          # the running epoch's sums, which _read adds to
         self._last_losses: dict = {}   # the mean losses of the last step read
         self._since = None             # the training state before the first unread step
+        self.unsaved: str | None = None  # why the last checkpoint write failed
 
     # ---- the loop
 
@@ -250,7 +258,11 @@ class Trainer:
         steps = steps_per_epoch(len(train), s.batch, replicas.size)
         self.schedule = make_schedule(s.schedule, self.optimizers[0][1].lr, s.epochs, steps)
         if self._schedule_state is not None:
-            self.schedule.load_state_dict(self._schedule_state)
+            try:
+                self.schedule.load_state_dict(self._schedule_state)
+            except (ValueError, TypeError, AttributeError) as exc:  # another schedule's state
+                raise SpecError(f"{self._restored_from} does not fit this run ({exc})", None,
+                                "run without --resume to start over") from None
         self.reporter.start(description, s, s.epochs, steps)
         last_save = time.monotonic()
         while pos.epoch < s.epochs:
@@ -612,14 +624,45 @@ class Trainer:
         return arrays, meta
 
     def _save(self) -> None:
-        """Checkpoint: every data-parallel worker takes part, rank 0 writes."""
+        """Checkpoint: every data-parallel worker takes part, rank 0 writes.
+
+        A write that fails (a full disk) leaves the previous checkpoint as it was (the
+        write is atomic); the run says so and goes on to the next interval, when the
+        write is tried again. `unsaved` says why the last write failed (None after one
+        that succeeded), so that the command can end on an error when the final one does.
+        """
         if self.folder:
             arrays, meta = self.state()
             if self.replicas.rank == 0:
-                save_checkpoint(self.folder, arrays, meta)
+                try:
+                    save_checkpoint(self.folder, arrays, meta)
+                    self.unsaved = None
+                except OSError as exc:
+                    self.unsaved = f"{exc.strerror or exc}"
+                    self.reporter.warning(
+                        f"could not write the checkpoint at step {self.position.iteration} "
+                        f"({self.unsaved}); {os.path.join(self.folder, CHECKPOINT)} keeps "
+                        "the previous one; training goes on and tries again")
 
-    def restore(self, folder: str) -> None:
-        """Continue from the checkpoint in `folder`.
+    def _check_arrays(self, path: str, arrays: dict) -> None:
+        """The checkpoint's arrays are this run's: same names, shapes and types."""
+        params = self.executor.flat_params
+        expected = {name: (params.shape, params.dtype) for name in ("params", "best_params")}
+        for index, (_, optimizer) in enumerate(self.optimizers):
+            for key, value in optimizer.state_dict().items():
+                value = np.asarray(to_host(self.xp, value))
+                expected[f"optimizer{index}/{key}"] = (value.shape, value.dtype)
+        check_arrays(path, arrays, expected, optional=("best_params",))
+        for name, value in arrays.items():
+            node = name[len("buffer/"):].rpartition(":")[0]
+            if name.startswith("buffer/") and (node not in self.executor.buffers
+                                               or value.dtype.kind != "f"):
+                raise CheckpointError(f"{path}: {name} is not a running statistic of this "
+                                      "network")
+
+    def restore(self, folder: str) -> dict[str, np.ndarray]:
+        """Continue from the checkpoint in `folder`; return its arrays (the application's
+        own, such as the input normalisation, are among them).
 
         Raises
         ------
@@ -627,20 +670,27 @@ class Trainer:
             When it is missing, unreadable or made by a different network.
         """
         arrays, meta = self.replicas.load(load_checkpoint, folder)
+        path = os.path.join(folder, CHECKPOINT)
         layout = [[k, list(self.plan.params[k].shape), *self.executor.offsets[k]]
                   for k in self.plan.params]
         if meta["layout"] != layout:
             raise CheckpointError(f"the checkpoint in {folder} was made by a different "
                                   "network (its parameters differ from this spec's)")
+        self._check_arrays(path, arrays)
         buffers = {k[len("buffer/"):]: v for k, v in arrays.items() if k.startswith("buffer/")}
-        self.executor.load_state_dict({"params": arrays["params"], "buffers": buffers,
-                                       "rng": self.replicas.resumed_rng(meta, self.settings.seed)})
-        for index, (_, optimizer) in enumerate(self.optimizers):
-            prefix = f"optimizer{index}/"
-            state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            state = {k: (v.item() if v.ndim == 0 else v) for k, v in state.items()}
-            optimizer.load_state_dict(state)
+        try:
+            self.executor.load_state_dict({"params": arrays["params"], "buffers": buffers,
+                                           "rng": self.replicas.resumed_rng(meta,
+                                                                            self.settings.seed)})
+            for index, (_, optimizer) in enumerate(self.optimizers):
+                prefix = f"optimizer{index}/"
+                state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+                state = {k: (v.item() if v.ndim == 0 else v) for k, v in state.items()}
+                optimizer.load_state_dict(state)
+            self.position = _Position(**meta["position"])
+        except (ValueError, TypeError, KeyError) as exc:  # a document edited or damaged
+            raise CheckpointError(f"{path} does not fit this run ({exc})") from None
         if "best_params" in arrays:
             self.best_params = self.xp.asarray(arrays["best_params"])
-        self.position = _Position(**meta["position"])
-        self._schedule_state = meta["schedule"]
+        self._schedule_state, self._restored_from = meta.get("schedule"), path
+        return arrays

@@ -13,12 +13,12 @@ from netdsl.app import workers
 from netdsl.app.launch import launch_workers
 from netdsl.app.progress import RichReporter, metric_text
 from netdsl.app.session import Session, prepare
-from netdsl.atomic import write_bytes, write_text
+from netdsl.atomic import check_writable, write_bytes, write_text
 from netdsl.cost import param_count
 from netdsl.driver import check_file
 from netdsl.errors import SpecError
 from netdsl.lower import scored_values
-from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError
+from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError, prepare_folder
 from netdsl.runtime.data import data_fields
 from netdsl.runtime.data.sequences import ALPHABET, decode_text, encode_text
 from netdsl.runtime.generate import fed_scores, generate
@@ -62,6 +62,8 @@ def run(args) -> int:
 
     def ready():
         session = _session(args)
+        if comm.rank == 0:  # the only writer, checked before the data is read
+            _writable_folder(_folder(args, session.name))
         data = _data(args, session)
         return (session, data), workers.data_digest(data)
 
@@ -83,14 +85,35 @@ def run(args) -> int:
             console.print(f"resuming from {path} at epoch {trainer.position.epoch + 1}, "
                           f"step {trainer.position.iteration}")
         elif os.path.exists(path) and comm.rank == 0:
-            shutil.copyfile(path, os.path.join(folder, "previous.npz"))
+            _keep_previous(path, os.path.join(folder, "previous.npz"))
             console.print(f"starting over; the earlier checkpoint is kept as "
                           f"{os.path.join(folder, 'previous.npz')}")
         console.print(f"{session.name}: {param_count(session.graph):,} parameters, "
                       f"checkpoints in {folder}/" + _shared_out(comm, trainer, len(train)))
         trainer.fit(train, val if len(val) else None, data.description)
+    if trainer.unsaved:
+        raise SpecError(f"could not write the final checkpoint ({trainer.unsaved}); {path} "
+                        "holds the last one written", None,
+                        "free space (or fix the folder) and rerun with --resume")
     console.print(f"saved {path}")
     return 0
+
+
+def _keep_previous(path: str, previous: str) -> None:
+    try:
+        shutil.copyfile(path, previous)
+    except OSError as exc:  # a full disk: better now than after the first epoch
+        raise SpecError(f"could not keep the earlier checkpoint as {previous} "
+                        f"({exc.strerror or exc})", None,
+                        "free space, or rerun with --resume to continue from it") from None
+
+
+def _writable_folder(folder: str) -> None:
+    """Stale temporary files of killed writes removed, and checkpoints writable there."""
+    try:
+        prepare_folder(folder)
+    except CheckpointError as exc:
+        raise SpecError(str(exc), None, "name a writable folder with --checkpoint DIR") from None
 
 
 def _shared_out(comm, trainer, examples: int) -> str:
@@ -129,6 +152,8 @@ def evaluate(args) -> int:
 
 def predict(args) -> int:
     """The network's outputs for --data, written to -o (npz or csv) or printed."""
+    if args.output is not None:
+        _writable_output(args.output)
     session, trainer = _trained(args)
     if args.generate:
         return _generate(args, session, trainer)
@@ -155,8 +180,32 @@ def predict(args) -> int:
     return 0
 
 
+def _writable_output(path: str) -> None:
+    """Refuse -o before any work when its folder does not exist or cannot be written."""
+    hint = "name a file in a folder that exists and is writable"
+    if not path.endswith((".npz", ".csv")):
+        raise SpecError(f"cannot write predictions to {path}", None, "name an .npz or .csv file")
+    if os.path.isdir(path):
+        raise SpecError(f"cannot write predictions to {path}: it is a folder", None, hint)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise SpecError(f"cannot write predictions to {path}: the folder {folder} does not "
+                        "exist", None, hint)
+    why = check_writable(path)
+    if why is not None:
+        raise SpecError(f"cannot write predictions to {path} ({why})", None, hint)
+
+
 def _write_predictions(path: str, results: dict, classes: dict) -> None:
     """The outputs (and their argmax classes) as .npz arrays or .csv columns, atomically."""
+    try:
+        _write_table(path, results, classes)
+    except OSError as exc:  # the disk filled up since the check
+        raise SpecError(f"could not write predictions to {path} ({exc.strerror or exc})",
+                        None, "free space and run it again") from None
+
+
+def _write_table(path: str, results: dict, classes: dict) -> None:
     if path.endswith(".npz"):
         buffer = io.BytesIO()
         np.savez(buffer, **results, **{f"{k}_class": v for k, v in classes.items()})

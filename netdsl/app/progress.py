@@ -47,6 +47,10 @@ class RichReporter(Reporter):
         self._close()
         self.console.print(reason)
 
+    def warning(self, text):
+        self._close()  # the bar would be drawn over the line
+        super().warning(text)
+
     def should_stop(self):
         return False
 

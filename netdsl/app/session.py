@@ -17,7 +17,7 @@ from netdsl.driver import CheckFailed, Network
 from netdsl.errors import SpecError, SpecErrors, errors_of
 from netdsl.lower import Lowered, lower
 from netdsl.runtime import native
-from netdsl.runtime.checkpoint import CheckpointError, load_checkpoint
+from netdsl.runtime.checkpoint import CheckpointError
 from netdsl.runtime.data import Dataset, Normalizer, load_data, normalize
 from netdsl.runtime.device import array_module, target_of
 from netdsl.runtime.replicas import DataParallel
@@ -81,12 +81,15 @@ class Session:
         """
         trainer = Trainer(self.lowered, self.settings, None, xp=self.xp)
         try:
-            trainer.restore(folder)
-            arrays, _ = load_checkpoint(folder)
+            arrays = trainer.restore(folder)
         except CheckpointError as exc:
             raise SpecError(str(exc), None, hint) from None
         stats = {k[len(NORMALIZE):]: v for k, v in arrays.items() if k.startswith(NORMALIZE)}
-        self.normalizer = Normalizer.from_state(stats) if stats else None
+        try:
+            self.normalizer = Normalizer.from_state(stats) if stats else None
+        except KeyError as exc:  # a mean without its standard deviation
+            raise SpecError(f"{folder}/checkpoint.npz lacks the normalisation array "
+                            f"{NORMALIZE}{exc.args[0]}", None, hint) from None
         return trainer
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import csv
 import os
-import zipfile
 
 import numpy as np
 
 from netdsl.runtime.data.checks import check_arrays
 from netdsl.runtime.data.dataset import COUNT, DataError, Dataset, Field, describe_fields
+from netdsl.runtime.npz import ArchiveError, Npz, check_regular_file
 
 __all__ = ["load_file", "FORMATS"]
 
@@ -35,9 +35,13 @@ def load_file(path: str, fields: list[Field], declared: list[Field] | None = Non
                         f"name a file inside it; data files are {FORMATS}")
     ext = os.path.splitext(path)[1].lower()
     lengths = {}
+    try:  # a FIFO would block for ever, /dev/zero never end
+        check_regular_file(path)
+    except ArchiveError as exc:
+        raise DataError(str(exc), f"name a data file: {FORMATS}") from None
     if ext == ".npz":
         raw, place = _read_npz(path, fields, others), _array_place(path)
-        lengths = _read_lengths(path, fields)
+        lengths = {k: raw.pop(k) for k in list(raw) if k.endswith(".lengths")}
     elif ext == ".csv":
         raw, place = _read_csv(path, fields, others)
     else:
@@ -48,13 +52,6 @@ def load_file(path: str, fields: list[Field], declared: list[Field] | None = Non
     padded = f"; padded sequences, with {', '.join(lengths)}" if lengths else ""
     return Dataset(arrays, f"data from {os.path.basename(path)}: {COUNT} examples of "
                            f"{describe_fields(fields)}{padded}")
-
-
-def _read_lengths(path: str, fields: list[Field]) -> dict[str, np.ndarray]:
-    """`NAME.lengths` arrays of an .npz: how many steps of each padded sequence are real."""
-    with np.load(path, allow_pickle=False) as archive:
-        return {f"{f.name}.lengths": archive[f"{f.name}.lengths"] for f in fields
-                if f.type.seq and f"{f.name}.lengths" in archive.files}
 
 
 def _checked_lengths(path: str, lengths: dict, arrays: dict) -> dict[str, np.ndarray]:
@@ -81,34 +78,25 @@ def _savez_hint(path: str, fields: list[Field]) -> str:
 
 def _read_npz(path: str, fields: list[Field], others: list[Field] = ()
               ) -> dict[str, np.ndarray]:
-    """The arrays of `fields` from an .npz archive; extra arrays are ignored (`others`,
-    the spec's arrays that are not read, are named in messages as optional)."""
+    """The arrays of `fields` from an .npz archive, and the `NAME.lengths` of padded
+    sequences (how many steps of each are real); extra arrays are ignored (`others`, the
+    spec's arrays that are not read, are named in messages as optional). Never unpickles,
+    and checks the sizes the members declare against the memory available first."""
     hint = _savez_hint(path, fields)
     try:
-        archive = np.load(path, allow_pickle=False)  # never run code from a data file
-    except EOFError:
-        raise DataError(f"{path} is empty", hint) from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read it ({_reason(exc)})", hint) from None
-    except (ValueError, zipfile.BadZipFile):
-        # numpy's own message here is about pickles, which would only mislead
-        raise DataError(f"{path} is not an .npz archive", hint) from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: not an .npz archive but a single .npy array", hint)
-    with archive:
-        missing = [f.name for f in fields if f.name not in archive.files]
-        if missing:
-            has = ", ".join(archive.files) or "no arrays"
-            raise DataError(f"{path} has no array named {', '.join(missing)}: it has {has}; "
-                            f"{_needs(fields, others)}", hint)
-        arrays = {}
-        for f in fields:
-            try:
-                arrays[f.name] = archive[f.name]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-                raise DataError(f"{path}: cannot read array {f.name} ({_reason(exc)})",
-                                "save numeric arrays (not Python objects) with np.savez") from None
-    return arrays
+        with Npz(path) as archive:
+            missing = [f.name for f in fields if f.name not in archive]
+            if missing:
+                has = ", ".join(archive.names) or "no arrays"
+                raise DataError(f"{path} has no array named {', '.join(missing)}: it has "
+                                f"{has}; {_needs(fields, others)}", hint)
+            names = [f.name for f in fields]
+            names += [f"{f.name}.lengths" for f in fields
+                      if f.type.seq and f"{f.name}.lengths" in archive]
+            archive.check_memory(names)
+            return {name: archive.read(name) for name in names}
+    except ArchiveError as exc:
+        raise DataError(str(exc), hint) from None
 
 
 def _needs(fields: list[Field], others: list[Field]) -> str:
