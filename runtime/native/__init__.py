@@ -1,12 +1,13 @@
 """The native CPU target: codegen's programs compiled to C and called on NumPy arrays.
 
-`prepare(lowered, dtype)` builds one library holding every program of a lowering
-(netdsl.lower.native renders it; build compiles and caches it) and registers each
+`prepare(programs, dtype)` builds one library holding a lowering's programs
+(netdsl.lower.native renders it; toolchain compiles and caches it) and registers each
 program with its function. `codegen.run_program` on NumPy arrays then calls the
 function of a registered program, with the GIL released while it runs; any other
 program is evaluated with NumPy, as before. A large array is split into slabs that
-the host's threads run at once. Without a working compiler `prepare`
-raises NativeUnavailable, and the caller runs the NumPy path.
+the host's threads run at once. Without a working compiler `prepare` raises
+NativeUnavailable, and the caller runs the NumPy path. Recurrences compile whole
+(netdsl.runtime.native.loops).
 """
 from __future__ import annotations
 
