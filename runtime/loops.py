@@ -16,7 +16,8 @@ from netdsl.lower import Backward, State, Step
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
 from netdsl.ops.base import Ctx
 
-__all__ = ["forward_loop", "backward_loop", "add_grad", "initial_values"]
+__all__ = ["forward_loop", "backward_loop", "add_grad", "initial_values", "loop_lengths",
+           "note_lengths"]
 
 
 def add_grad(grads: dict, owned: set, target: str, grad) -> None:
@@ -37,7 +38,7 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
     """Run the loop over every time step; its stored members join `values`."""
     xp, B = ex.xp, ex.size
     T = ex.time[segment.loop.name] = _length(segment, values)
-    lengths, source = _lengths(ex, segment)
+    lengths, source = loop_lengths(ex, segment)
     mask = None if lengths is None else xp.arange(T)[:, None] < lengths[None, :]  # (T, B)
     holds = set(segment.depth)  # a state's source keeps its value past a sequence's end
     stored = {node: xp.empty((T, B) + ex.plan.types[node].dims, dtype=ex.dtype)
@@ -79,10 +80,7 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
     values.update(stored)
     ex.ctxs.update(ctxs)
     if lengths is not None:
-        host = ex.host_lengths[source]
-        ex.lengths.update({node: lengths for node in stored})
-        ex.host_lengths.update({node: host for node in stored})
-        ex.loop_masks[segment.loop.name] = mask
+        note_lengths(ex, segment, stored, source, mask)
     for source, depth in segment.depth.items():
         ex.carry[source] = stored[source][max(T - depth, 0):] if T >= depth else None
 
@@ -110,7 +108,16 @@ def _length(segment: LoopSegment, values: dict) -> int:
     raise AssertionError(f"{segment.loop.name}: build_plan lets no loop without a sequence")
 
 
-def _lengths(ex, segment: LoopSegment):
+def note_lengths(ex, segment: LoopSegment, stored, source: str, mask) -> None:
+    """What a loop over a padded batch tells the rest of the pass: the stored members'
+    lengths are those of the sequence it read, and its (T, B) mask of valid steps."""
+    lengths, host = ex.lengths[source], ex.host_lengths[source]
+    ex.lengths.update({node: lengths for node in stored})
+    ex.host_lengths.update({node: host for node in stored})
+    ex.loop_masks[segment.loop.name] = mask
+
+
+def loop_lengths(ex, segment: LoopSegment):
     """(valid steps per example, the sequence they are known for) of the sequences a loop
     reads; (None, None) when every step is valid."""
     for route in segment.routes:

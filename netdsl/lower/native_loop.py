@@ -63,12 +63,14 @@ class LoopKernel:
 
 
 def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
-                index_type: str, gemm: str) -> LoopKernel | None:
+                index_type: str, gemm: str, padded: bool = False) -> LoopKernel | None:
     """The kernel of `segment`, or None when a member is of a kind it does not cover.
 
     `needs[node]` are the member's differentiated inputs (absent: backward skips it);
     `index_type` is the BLAS's integer ("long long" for ILP64) and `gemm` its name for
-    the message of a comment only.
+    the message of a comment only. A `padded` kernel takes each sequence's length (a
+    slot after the parameters): past its end a state holds its last value, and its
+    gradient there flows on to the step before, as runtime.loops does.
     """
     widths = {}
     for step, route in zip(segment.steps, segment.routes):
@@ -100,7 +102,7 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     needed = tuple((s.node, needs.get(s.node)) for s in segment.steps)
     kept, summed = _lifetimes(segment, splits)
     writer = _Writer(segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                     summed)
+                     summed, padded)
     source = writer.module(needs, index_type, gemm)
     return LoopKernel(source, storage, seqs, states, params, widths, needed, kept, summed,
                       splits)
@@ -152,7 +154,7 @@ class _Writer:
     """The C text of one loop, with each value's place at time t."""
 
     def __init__(self, segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                 summed):
+                 summed, padded):
         self.segment, self.widths, self.splits = segment, widths, splits
         self.kept, self.summed = kept, summed
         self.scratch = [n for n in storage if n not in summed]   # zeroed at every step
@@ -166,6 +168,9 @@ class _Writer:
             self.slot[("init", state.node)] = len(self.slot)
         for key in params:
             self.slot[("param", key)] = len(self.slot)
+        self.padded = padded
+        if padded:
+            self.slot[("lengths", None)] = len(self.slot)
         for name in storage:
             self.slot[("grad", name)] = len(self.slot)
         for name in seqs:
@@ -240,7 +245,26 @@ class _Writer:
                 arrays["y"] = (y, ldy)
                 body += self._elementwise(op.program, arrays, self.widths[step.node],
                                           accumulate=False)
+            if self.padded and step.node in self.segment.depth:
+                body += self._hold(step.node)
         return self._function("loop_forward", body)
+
+    def _hold(self, node: str) -> list[str]:
+        """Past a sequence's end a state keeps its value of the step before."""
+        w, now = self.widths[node], self.member(node, False)[0]
+        before = self.member(node, False, "t - 1")[0]
+        return [f"if (t > 0) for (long long r = 0; r < B; r++) if (t >= "
+                f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
+                f"    memcpy({now} + r*{w}, {before} + r*{w}, {w}*sizeof({self.t}));"]
+
+    def _pass_back(self, node: str) -> list[str]:
+        """A held state's gradient past a sequence's end goes whole to the step before."""
+        w, now = self.widths[node], self.member(node, True)[0]
+        before = self.member(node, True, "t - 1")[0]
+        return [f"if (t > 0) for (long long r = 0; r < B; r++) if (t >= "
+                f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
+                f"    for (long long i = 0; i < {w}; i++) {{ {before}[r*{w} + i] += "
+                f"{now}[r*{w} + i]; {now}[r*{w} + i] = 0; }}"]
 
     def backward(self, needs: dict) -> str:
         body = []
@@ -249,6 +273,8 @@ class _Writer:
             op = step.op
             if wanted is None or step.node in self.splits:
                 continue  # a block's gradient is a view of its parent's
+            if self.padded and step.node in self.segment.depth:
+                body += self._pass_back(step.node)
             gy, ldgy = self.member(step.node, True)
             if op.column_linear:
                 body += self._dense_backward(step, route, wanted, gy, ldgy)

@@ -6,8 +6,9 @@ values of every member with storage are (T, B, width) arrays written by the forw
 call and read back by the backward one; what crosses the loop's edges (the sequences it
 reads, the stored members later steps read, the gradients of both, the parameters' and
 the initial states' gradients) is exchanged with the executor exactly as the loop
-interpreted step by step does. A padded batch, truncated BPTT's reach, a finiteness
-check, or a loop the generator does not cover runs the interpreted loop instead.
+interpreted step by step does, a padded batch's lengths included. Truncated BPTT's
+reach, a finiteness check, or a loop the generator does not cover runs the interpreted
+loop instead.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from netdsl.lower.native_loop import LoopKernel, loop_kernel
 from netdsl.lower.schedule import SEQ, STATE, LoopSegment
-from netdsl.runtime.loops import add_grad, initial_values
+from netdsl.runtime.loops import add_grad, initial_values, loop_lengths, note_lengths
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
@@ -33,6 +34,7 @@ class _Run:
     def __init__(self, kernel, functions, storage, seqs, initials, params):
         self.kernel, self.functions = kernel, functions
         self.storage, self.seqs, self.initials, self.params = storage, seqs, initials, params
+        self.lengths = None   # each sequence's steps, in a padded batch
 
 
 class CompiledLoops:
@@ -46,11 +48,11 @@ class CompiledLoops:
         self.runs: dict[str, _Run] = {}
         self.calls: Counter = Counter()   # compiled passes run, "forward" and "backward"
 
-    def _compiled(self, segment: LoopSegment, needs: dict):
-        key = (segment.loop.name, tuple(sorted(needs.items())))
+    def _compiled(self, segment: LoopSegment, needs: dict, padded: bool):
+        key = (segment.loop.name, tuple(sorted(needs.items())), padded)
         if key not in self._made:
             kernel = loop_kernel(segment, self.ex.plan.types, self.ex.dtype, needs,
-                                 self.integer, self.symbol)
+                                 self.integer, self.symbol, padded)
             made = None
             if kernel is not None:
                 try:
@@ -72,10 +74,10 @@ class CompiledLoops:
         """Run the loop compiled, if it can be; whether it ran."""
         ex = self.ex
         self.runs.pop(segment.loop.name, None)
-        if check_finite or ex.reach is not None or ex.lengths and any(
-                r.ref in ex.lengths for route in segment.routes for r in route):
+        if check_finite or ex.reach is not None:
             return False
-        made = self._compiled(segment, self._needs(segment))
+        lengths, source = loop_lengths(ex, segment)
+        made = self._compiled(segment, self._needs(segment), lengths is not None)
         if made is None:
             return False
         kernel, forward, _ = made
@@ -90,9 +92,14 @@ class CompiledLoops:
         params = {(node, name): np.ascontiguousarray(ex.param_args(by_node[node])[name], dtype)
                   for node, name in kernel.params}
         run = _Run(kernel, made, storage, seqs, initials, params)
+        if lengths is not None:
+            run.lengths = np.ascontiguousarray(ex.host_lengths[source], dtype=np.int64)
         forward(self.address, T, B, self._table(run, {}))
         self.calls["forward"] += 1
         values.update({n: storage[n] for n in segment.stored})
+        if lengths is not None:
+            mask = np.arange(T)[:, None] < lengths[None, :]
+            note_lengths(ex, segment, {n: storage[n] for n in segment.stored}, source, mask)
         for source, depth in segment.depth.items():
             ex.carry[source] = storage[source][max(T - depth, 0):] if T >= depth else None
         self.runs[segment.loop.name] = run
@@ -109,7 +116,8 @@ class CompiledLoops:
         """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""
         k = run.kernel
         arrays = ([run.storage[n] for n in k.storage] + [run.seqs[n] for n in k.seqs]
-                  + [run.initials[s.node] for s in k.states] + [run.params[p] for p in k.params])
+                  + [run.initials[s.node] for s in k.states] + [run.params[p] for p in k.params]
+                  + ([run.lengths] if run.lengths is not None else []))
         if grads:
             arrays += ([grads["value"][n] for n in k.storage] + [grads["seq"][n] for n in k.seqs]
                        + [grads["init"][s.node] for s in k.states])
@@ -125,7 +133,7 @@ class CompiledLoops:
             return False
         needs = {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
                  for s in segment.steps if s.node in wanted and s.node in backward.grad_inputs}
-        made = self._compiled(segment, needs)
+        made = self._compiled(segment, needs, run.lengths is not None)
         if made is None:   # the forward's loop compiled: only the compiler can fail here
             raise NativeUnavailable(f"{segment.loop.name}: its backward did not compile")
         kernel, _, backward_call = made
