@@ -253,7 +253,7 @@ def _compile(args) -> int:
         from netdsl.runtime import native  # the C compiler's wrapper, for this target alone
 
         lowered = lower(net, "native")
-        print(native.build_report([p for made in lowered.kernels.values() for p in made]))
+        print(native.build_report(lowered))
     return 0
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from netdsl.lower import codegen
 from netdsl.lower.codegen import Program, run_program
 from netdsl.lower.native import c_module, function_name
+from netdsl.lower.schedule import LoopSegment
 from netdsl.ops import parallel
 from netdsl.runtime.native.toolchain import NativeUnavailable, build, builds, cache_dir
 
@@ -53,20 +54,27 @@ def prepare(programs: list[Program], dtype: str) -> int:
     return len(programs)
 
 
-def build_report(programs: list[Program], dtype: str = "float32") -> str:
-    """One line for `netc compile --target native`: how many kernels, and whether they
-    were compiled (in how long) or loaded from the cache; or why the NumPy path runs."""
+def build_report(lowered, dtype: str = "float32") -> str:
+    """One line for `netc compile --target native`: how many kernels and compiled loops,
+    and whether they were compiled (in how long) or loaded from the cache; or why the
+    NumPy path runs."""
+    from netdsl.runtime.native.loops import compile_loop, default_needs  # it imports this package
+
     done = len(builds)
     began = time.perf_counter()
     try:
-        count = prepare(programs, dtype)
+        count = prepare([p for made in lowered.kernels.values() for p in made], dtype)
     except NativeUnavailable as exc:
         return f"native kernels: none, {exc}; training runs the NumPy path"
+    segments = [s for s in lowered.schedule.segments if isinstance(s, LoopSegment)]
+    loops = sum(compile_loop(s, lowered.plan.types, dtype, default_needs(lowered, s))
+                is not None for s in segments)
     seconds = time.perf_counter() - began
     compiled = sum(s for _, s in builds[done:])
     how = (f"compiled in {compiled:.2f} s" if len(builds) > done
            else f"loaded from the cache in {seconds:.2f} s")
-    return f"native kernels: {count} ({dtype}), {how}; cache {cache_dir()}"
+    looped = f", {loops} of {len(segments)} loops whole" if segments else ""
+    return f"native kernels: {count} ({dtype}){looped}, {how}; cache {cache_dir()}"
 
 
 _DTYPES = {"float32": np.dtype("float32"), "float64": np.dtype("float64")}

@@ -23,7 +23,7 @@ from netdsl.runtime.loops import add_grad, initial_values, loop_lengths, note_le
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
-__all__ = ["CompiledLoops"]
+__all__ = ["CompiledLoops", "compile_loop", "default_needs"]
 
 _SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p]
 
@@ -37,13 +37,40 @@ class _Run:
         self.lengths = None   # each sequence's steps, in a padded batch
 
 
+def default_needs(lowered, segment: LoopSegment) -> dict:
+    """Per member, the inputs the default backward differentiates (a loop's kernel is
+    made for one such set; another backward compiles its own)."""
+    backward = lowered.backward()
+    return {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
+            for s in segment.steps if s.node in backward.grad_inputs}
+
+
+def compile_loop(segment: LoopSegment, types: dict, dtype: str, needs: dict,
+                 padded: bool = False):
+    """(kernel, forward function, backward function) of a loop, or None when the
+    generator does not cover it or the compiler fails on it."""
+    _, integer, symbol = gemm(dtype)
+    kernel = loop_kernel(segment, types, dtype, needs, integer, symbol, padded)
+    if kernel is None:
+        return None
+    try:
+        library = build(kernel.source)
+    except NativeUnavailable:
+        return None
+    functions = []
+    for name in ("loop_forward", "loop_backward"):
+        function = getattr(library, name)
+        function.restype, function.argtypes = None, _SIGNATURE
+        functions.append(function)
+    return (kernel, *functions)
+
+
 class CompiledLoops:
     """The compiled loops of one executor (numpy, the native target)."""
 
     def __init__(self, ex):
         self.ex = ex
-        self.address, integer, self.symbol = gemm(ex.dtype)
-        self.integer = integer
+        self.address = gemm(ex.dtype)[0]
         self._made: dict = {}    # (loop, needs) -> (kernel, forward, backward) or None
         self.runs: dict[str, _Run] = {}
         self.calls: Counter = Counter()   # compiled passes run, "forward" and "backward"
@@ -51,22 +78,8 @@ class CompiledLoops:
     def _compiled(self, segment: LoopSegment, needs: dict, padded: bool):
         key = (segment.loop.name, tuple(sorted(needs.items())), padded)
         if key not in self._made:
-            kernel = loop_kernel(segment, self.ex.plan.types, self.ex.dtype, needs,
-                                 self.integer, self.symbol, padded)
-            made = None
-            if kernel is not None:
-                try:
-                    library = build(kernel.source)
-                except NativeUnavailable:
-                    library = None
-                if library is not None:
-                    functions = []
-                    for name in ("loop_forward", "loop_backward"):
-                        function = getattr(library, name)
-                        function.restype, function.argtypes = None, _SIGNATURE
-                        functions.append(function)
-                    made = (kernel, *functions)
-            self._made[key] = made
+            self._made[key] = compile_loop(segment, self.ex.plan.types, self.ex.dtype, needs,
+                                           padded)
         return self._made[key]
 
     def forward(self, segment: LoopSegment, values: dict, carry: dict,
@@ -77,7 +90,7 @@ class CompiledLoops:
         if check_finite or ex.reach is not None:
             return False
         lengths, source = loop_lengths(ex, segment)
-        made = self._compiled(segment, self._needs(segment), lengths is not None)
+        made = self._compiled(segment, default_needs(ex.lowered, segment), lengths is not None)
         if made is None:
             return False
         kernel, forward, _ = made
@@ -104,13 +117,6 @@ class CompiledLoops:
             ex.carry[source] = storage[source][max(T - depth, 0):] if T >= depth else None
         self.runs[segment.loop.name] = run
         return True
-
-    def _needs(self, segment: LoopSegment) -> dict:
-        """Per member, the inputs the default backward differentiates (the loop's kernel is
-        made for one such set; another backward compiles its own)."""
-        backward = self.ex.lowered.backward()
-        return {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
-                for s in segment.steps if s.node in backward.grad_inputs}
 
     def _table(self, run: _Run, grads: dict):
         """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""
