@@ -138,7 +138,9 @@ class _Expander:
                                              "declare an input and some layers: see docs/language.md"))
         SpecErrors.collect(self.errors)
         name = self.module.network_name or _stem(self.module.file)
-        return Program(name, self.nodes, self.losses, self.train, self.module.file, self.train_spans)
+        names = {key: b.value.node for key, b in top.env.items() if isinstance(b.value, Value)}
+        return Program(name, self.nodes, self.losses, self.train, self.module.file,
+                       self.train_spans, names)
 
     def _collect_blocks(self, module: ast.Module, seen: set[str]) -> None:
         seen.add(module.file)

@@ -23,7 +23,7 @@ def build_graph(program: Program) -> nx.DiGraph:
         When a cycle has no delay on it, naming the nodes on the cycle.
     """
     graph = nx.DiGraph(name=program.name, losses=dict(program.losses), train=dict(program.train),
-                       file=program.file)
+                       file=program.file, names=dict(program.names))
     for node in program.nodes.values():
         graph.add_node(node.id, kind=node.kind, op=node.op, span=node.span, scope=node.scope,
                        declared=node.type, state=node.state, shares=node.shares,

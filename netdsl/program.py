@@ -65,3 +65,6 @@ class Program:
     train: dict[str, Any]
     file: str
     train_spans: dict[str, Span] = field(default_factory=dict)  # see train_clause.clause_spans
+    # the tensors the spec names at its top level (`logits`, `fake`) -> the node computing
+    # each: a name need not be its node's id (`fake = normal(100) -> G` is G's last node)
+    names: dict[str, str] = field(default_factory=dict)
