@@ -35,6 +35,12 @@ class Sigmoid(Pointwise):
     def derivative(self, gy, y, x):
         return (gy * y * (1 - y),)
 
+    def onnx(self, g, step, inputs, params):
+        return g.node("Sigmoid", inputs)
+
+    def torch(self, t, step, inputs):
+        return f"torch.sigmoid({inputs[0]})"
+
 
 @register("tanh")
 class Tanh(Pointwise):
@@ -59,6 +65,12 @@ class Tanh(Pointwise):
 
     def derivative(self, gy, y, x):
         return (gy * (1 - y * y),)
+
+    def onnx(self, g, step, inputs, params):
+        return g.node("Tanh", inputs)
+
+    def torch(self, t, step, inputs):
+        return f"torch.tanh({inputs[0]})"
 
 
 @register("relu")
@@ -90,6 +102,12 @@ class Relu(Pointwise):
     def derivative(self, gy, y, x):
         return (E.where(y > 0, gy, 0),)
 
+    def onnx(self, g, step, inputs, params):
+        return g.node("Relu", inputs)
+
+    def torch(self, t, step, inputs):
+        return f"torch.relu({inputs[0]})"
+
 
 @register("leaky_relu")
 class LeakyRelu(FromFormula):
@@ -105,6 +123,12 @@ class LeakyRelu(FromFormula):
 
     def derivative(self, gy, y, x):
         return (E.where(x > 0, gy, gy * self.slope),)
+
+    def onnx(self, g, step, inputs, params):
+        return g.node("LeakyRelu", inputs, alpha=self.slope)
+
+    def torch(self, t, step, inputs):
+        return f"F.leaky_relu({inputs[0]}, {self.slope!r})"
 
 
 @register("prelu")
@@ -150,6 +174,14 @@ class Prelu(Pointwise):
             dweight = negative.sum().reshape(1)
         return (dx,), {"weight": dweight}
 
+    def onnx(self, g, step, inputs, params):
+        rank = step.input_types[0].rank + 1
+        slopes = g.per_channel(params["weight"], rank) if self.channels > 1 else params["weight"]
+        return g.node("PRelu", [inputs[0], slopes])
+
+    def torch(self, t, step, inputs):
+        return f"{t.layer(step, f'nn.PReLU({self.channels}, init=0.25)')}({inputs[0]})"
+
 
 @register("elu")
 class Elu(FromFormula):
@@ -165,6 +197,12 @@ class Elu(FromFormula):
 
     def derivative(self, gy, y, x):
         return (E.where(x > 0, gy, gy * self.alpha * E.exp(E.minimum(x, 0))),)
+
+    def onnx(self, g, step, inputs, params):
+        return g.node("Elu", inputs, alpha=self.alpha)
+
+    def torch(self, t, step, inputs):
+        return f"F.elu({inputs[0]}, {self.alpha!r})"
 
 
 @register("softplus")
@@ -189,6 +227,11 @@ class Softplus(Pointwise):
     def derivative(self, gy, y, x):
         return (gy * E.sigmoid(x),)
 
+    # ONNX: its formula, finite for every x (ONNX's Softplus may overflow)
+
+    def torch(self, t, step, inputs):
+        return f"F.softplus({inputs[0]})"
+
 
 @register("gelu")
 class Gelu(FromFormula):
@@ -204,6 +247,11 @@ class Gelu(FromFormula):
         t = E.tanh(_GELU_SCALE * (x + 0.044715 * x * x * x))
         slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_SCALE * (1 + 0.134145 * x * x)
         return (gy * slope,)
+
+    # ONNX: its formula (opset 17 has no Gelu)
+
+    def torch(self, t, step, inputs):
+        return f'F.gelu({inputs[0]}, approximate="tanh")'
 
 
 _GELU_SCALE = math.sqrt(2 / math.pi)
@@ -223,6 +271,12 @@ class _PassThrough(Pointwise):
 
     def backward(self, ctx, gy):
         return (gy,), {}
+
+    def onnx(self, g, step, inputs, params):
+        return inputs[0]
+
+    def torch(self, t, step, inputs):
+        return inputs[0]
 
 
 @register("identity")
@@ -259,6 +313,12 @@ class Exp(Pointwise):
     def derivative(self, gy, y, x):
         return (gy * y,)
 
+    def onnx(self, g, step, inputs, params):
+        return g.node("Exp", inputs)
+
+    def torch(self, t, step, inputs):
+        return f"torch.exp({inputs[0]})"
+
 
 @register("log")
 class Log(FromFormula):
@@ -272,6 +332,12 @@ class Log(FromFormula):
     def derivative(self, gy, y, x):
         return (gy / x,)
 
+    def onnx(self, g, step, inputs, params):
+        return g.node("Log", inputs)
+
+    def torch(self, t, step, inputs):
+        return f"torch.log({inputs[0]})"
+
 
 @register("stop_gradient")
 class StopGradient(_PassThrough):
@@ -281,6 +347,9 @@ class StopGradient(_PassThrough):
 
     def backward(self, ctx, gy):
         return (None,), {}
+
+    def torch(self, t, step, inputs):
+        return f"{inputs[0]}.detach()"
 
 
 class _Normalised(Op):
@@ -315,6 +384,12 @@ class Softmax(_Normalised):
         ctx.save(y=y)
         return y
 
+    def onnx(self, g, step, inputs, params):
+        return g.node("Softmax", inputs, axis=self.array_axis())
+
+    def torch(self, t, step, inputs):
+        return f"torch.softmax({inputs[0]}, {self.array_axis()})"
+
     def backward(self, ctx, gy):
         y = ctx.saved["y"]
         gyy = gy * y
@@ -331,6 +406,12 @@ class LogSoftmax(_Normalised):
         y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
         ctx.save(y=y)
         return y
+
+    def onnx(self, g, step, inputs, params):
+        return g.node("LogSoftmax", inputs, axis=self.array_axis())
+
+    def torch(self, t, step, inputs):
+        return f"torch.log_softmax({inputs[0]}, {self.array_axis()})"
 
     def backward(self, ctx, gy):
         y = ctx.saved["y"]

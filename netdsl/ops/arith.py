@@ -4,6 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, number, register
 from netdsl.ops.common import Pointwise, expect_float, fmt, formula_grads
+from netdsl.ops.expr import Var
 from netdsl.ops.numeric import align, unbroadcast
 from netdsl.types import TensorType
 
@@ -49,6 +50,16 @@ class _Binary(Op):
     def backward(self, ctx, gy):
         da, db = formula_grads(self, ctx, gy)
         return (unbroadcast(da, ctx.saved["a_shape"]), unbroadcast(db, ctx.saved["b_shape"])), {}
+
+    def onnx(self, g, step, inputs, params):
+        ranks = [x.rank + 1 for x in step.input_types]
+        aligned = [g.align(x, rank, max(ranks)) for x, rank in zip(inputs, ranks)]
+        return g.formula(self.formula(Var("a"), Var("b")), dict(zip("ab", aligned)))
+
+    def torch(self, t, step, inputs):
+        ranks = [x.rank + 1 for x in step.input_types]
+        aligned = [t.align(x, rank, max(ranks)) for x, rank in zip(inputs, ranks)]
+        return t.formula(self.formula(Var("a"), Var("b")), dict(zip("ab", aligned)))
 
 
 @register("add")
@@ -158,3 +169,10 @@ class Scale(Pointwise):
 
     def derivative(self, gy, y, x):
         return (gy * self.factor,)
+
+    def onnx(self, g, step, inputs, params):
+        y = g.node("Mul", [inputs[0], g.const(self.factor)])
+        return g.node("Add", [y, g.const(self.shift)]) if self.shift else y
+
+    def torch(self, t, step, inputs):
+        return f"{self.factor!r} * {inputs[0]}" + (f" + {self.shift!r}" if self.shift else "")

@@ -99,6 +99,16 @@ class DotAttention(_Attention):
                                         s["q"].transpose(1, 0, 2)).transpose(1, 0, 2)
         return (dq.reshape(s["query_shape"]), d_memory), {}
 
+    def onnx(self, g, step, inputs, params):
+        (query, memory), d = inputs, step.input_types[0].dims[0]
+        q = query_rows(g, query, memory, d)
+        scores = g.node("MatMul", [q, g.node("Transpose", [memory], perm=[0, 2, 1])])
+        scores = g.node("Mul", [scores, g.const(1 / math.sqrt(d))])
+        return weighted_read(g, g.node("Softmax", [scores], axis=-1), memory, d)
+
+    def torch(self, t, step, inputs):
+        return f"{t.helper('dot_attention', DOT_ATTENTION)}({', '.join(inputs)})"
+
 
 @register("additive_attention")
 class AdditiveAttention(_Attention):
@@ -157,3 +167,63 @@ class AdditiveAttention(_Attention):
         dq = (d_wq @ s["query_weight"]).reshape(s["query_shape"])
         d_memory = d_memory + d_um @ s["memory_weight"]
         return (dq, d_memory), grads
+
+    def onnx(self, g, step, inputs, params):
+        (query, memory), (dq, dm) = inputs, (t.dims[0] for t in step.input_types)
+        q = query_rows(g, query, memory, dq)
+        wq = g.node("MatMul", [q, g.node("Transpose", [params["query_weight"]])])
+        um = g.node("MatMul", [memory, g.node("Transpose", [params["memory_weight"]])])
+        hidden = g.node("Tanh", [g.node("Add", [g.node("Unsqueeze", [wq, g.ints([2])]),
+                                                g.node("Unsqueeze", [um, g.ints([1])])])])
+        scores = g.node("MatMul", [hidden, params["score"]])              # (B, R, S)
+        return weighted_read(g, g.node("Softmax", [scores], axis=-1), memory, dm)
+
+    def torch(self, t, step, inputs):
+        (dq, dm) = (x.dims[0] for x in step.input_types)
+        layer = t.layer(step, f"AdditiveAttention({dq}, {dm}, {self.units})",
+                        helper=("AdditiveAttention", ADDITIVE_ATTENTION))
+        return f"{layer}({', '.join(inputs)})"
+
+
+def query_rows(g, query: str, memory: str, d: int) -> str:
+    """ONNX: the query rows (B*R, d) as (B, R, d), R query steps of the memory's B
+    sequences (R = 1 inside a loop). Rows fold batch and time example by example."""
+    shape = g.node("Concat", [g.rows(memory), g.ints([-1, d])], axis=0)
+    return g.node("Reshape", [query, shape])
+
+
+def weighted_read(g, weights: str, memory: str, d: int) -> str:
+    """ONNX: sum_s weights[b, r, s] memory[b, s, :], as rows (B*R, d)."""
+    return g.node("Reshape", [g.node("MatMul", [weights, memory]), g.ints([-1, d])])
+
+
+# the generated PyTorch module's versions: the memory is (B, S, d), the query's rows fold
+# batch and time example by example
+DOT_ATTENTION = '''
+def dot_attention(query, memory):
+    """Each query row reads the memory's steps weighted by softmax_s(q . m_s / sqrt(d))."""
+    q = query.reshape(memory.shape[0], -1, query.shape[-1])             # (B, R, d)
+    scores = q @ memory.transpose(1, 2) * (1 / math.sqrt(q.shape[-1]))  # (B, R, S)
+    return (torch.softmax(scores, -1) @ memory).reshape(-1, memory.shape[-1])
+'''
+
+ADDITIVE_ATTENTION = '''
+class AdditiveAttention(nn.Module):
+    """Bahdanau's attention: the memory's steps weighted by softmax_s(v . tanh(W q + U m_s))."""
+
+    def __init__(self, query, memory, units):
+        super().__init__()
+        self.query_weight = nn.Parameter(torch.empty(units, query))
+        self.memory_weight = nn.Parameter(torch.empty(units, memory))
+        self.score = nn.Parameter(torch.empty(units))
+        for weight in (self.query_weight, self.memory_weight):
+            nn.init.uniform_(weight, -weight.shape[1] ** -0.5, weight.shape[1] ** -0.5)
+        nn.init.uniform_(self.score, -units ** -0.5, units ** -0.5)
+
+    def forward(self, query, memory):
+        q = query.reshape(memory.shape[0], -1, query.shape[-1])             # (B, R, dq)
+        hidden = torch.tanh((q @ self.query_weight.T)[:, :, None]
+                            + (memory @ self.memory_weight.T)[:, None])     # (B, R, S, u)
+        weights = torch.softmax(hidden @ self.score, -1)                     # (B, R, S)
+        return (weights @ memory).reshape(-1, memory.shape[-1])
+'''

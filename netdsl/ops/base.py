@@ -10,7 +10,7 @@ from netdsl.errors import ShapeError, suggest
 from netdsl.types import TensorType
 
 __all__ = ["Op", "Arg", "Ctx", "OPS", "register", "ArgError", "REQUIRED", "bind", "input_names",
-           "positions"]
+           "positions", "NoLowering"]
 
 OPS: dict[str, type["Op"]] = {}
 REQUIRED = object()
@@ -115,6 +115,14 @@ class Ctx:
         self.saved.update(values)
 
 
+class NoLowering(Exception):
+    """An op has no lowering to an export format; `nearest` names what comes closest there."""
+
+    def __init__(self, op: "Op", format: str, nearest: str | None = None):
+        super().__init__(f"{op.name} has no {format} lowering")
+        self.op, self.format, self.nearest = op, format, nearest
+
+
 @dataclass(frozen=True)
 class Arg:
     """One attribute of an op: its name, a converter that validates it, and a default."""
@@ -197,6 +205,12 @@ class Op:
 
     def params(self, *xs: TensorType) -> dict[str, tuple[int, ...]]:
         """Shapes of the learned parameters, in PyTorch's layout, given the input types."""
+        return {}
+
+    def buffers(self, *xs: TensorType) -> dict[str, Any]:
+        """What forward keeps in `ctx.buffers` across steps, unlearned, with the values it
+        starts from (batchnorm's running statistics): exporters write it beside the
+        parameters, and an untrained network exports these."""
         return {}
 
     def flops(self, y: TensorType, *xs: TensorType) -> int:
@@ -290,6 +304,36 @@ class Op:
             When the op has no gradient rule.
         """
         raise NotImplementedError(f"no gradient rule for `{self.name}`")
+
+    def onnx(self, g, step, inputs: list[str], params: dict[str, str]) -> str:
+        """Emit this op as ONNX nodes through the builder `g` (netdsl.export.onnx.Builder);
+        return the name of the value it computes.
+
+        `step` is the plan's Step (its input types, per step, and geometry); `inputs` the
+        names of the input values and `params` those of the parameters, by parameter name.
+        Values are laid out as forward sees them: the batch (or, for a sequence outside a
+        recurrence, batch and time folded into one axis) first, then the per-example dims;
+        inputs listed in `whole` arrive as (B, T, *dims).
+
+        Raises
+        ------
+        NoLowering
+            When ONNX has no counterpart (naming the nearest one).
+        """
+        raise NoLowering(self, "ONNX")
+
+    def torch(self, t, step, inputs: list[str]) -> str:
+        """This op as PyTorch code, through the writer `t` (netdsl.export.torch.Writer):
+        return a Python expression of the input expressions `inputs`, laid out as for
+        `onnx`. A layer with parameters is a submodule declared with `t.layer`, whose
+        parameters have the names `params` gives them.
+
+        Raises
+        ------
+        NoLowering
+            When PyTorch has no counterpart (naming the nearest one).
+        """
+        raise NoLowering(self, "PyTorch")
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.attrs.items())

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from netdsl.errors import ShapeError
-from netdsl.ops.base import Op, input_names
+from netdsl.ops.base import NoLowering, Op, input_names
 from netdsl.ops.expr import Var, evaluate
 from netdsl.types import TensorType
 
@@ -50,6 +50,20 @@ class Pointwise(Op):
 
     def flops(self, y, *xs) -> int:
         return self.cost * y.size
+
+    def onnx(self, g, step, inputs, params):
+        return g.formula(*self.formula_of(inputs, "ONNX"))
+
+    def torch(self, t, step, inputs):
+        return t.formula(*self.formula_of(inputs, "PyTorch"))
+
+    def formula_of(self, inputs, format: str):
+        """(the forward formula, the values its variables name): how an exporter writes
+        an elementwise op that has no counterpart of its own there."""
+        if not hasattr(self, "formula"):
+            raise NoLowering(self, format)
+        names = input_names(type(self))
+        return self.formula(*(Var(n) for n in names)), dict(zip(names, inputs))
 
 
 class FromFormula(Pointwise):

@@ -11,6 +11,7 @@ from netdsl.ops.common import as_tuple, expect_spatial, fmt, geometry_of
 from netdsl.ops.convolve import (
     conv_nd, conv_nd_backward, conv_transpose_nd, conv_transpose_nd_backward,
 )
+from netdsl.ops.norm import running_statistics
 from netdsl.ops.numeric import batch_norm, batch_norm_backward, constant, fan_in_uniform
 from netdsl.ops.windows import Geometry
 from netdsl.types import TensorType
@@ -80,6 +81,18 @@ class _Convolution(Op):
         fan_in = math.prod(shapes["weight"][1:])
         return {name: fan_in_uniform(rng, fan_in, shape) for name, shape in shapes.items()}
 
+    def torch_layer(self, t, step, kind: str, **settings) -> str:
+        """The nn layer of this convolution (`kind` Conv or ConvTranspose); settings that
+        are torch's defaults are left out."""
+        x = step.input_types[0]
+        (k,) = per_dim(self, x, kernel=self.kernel)
+        defaults = {"stride": 1, "padding": 0, "output_padding": 0, "dilation": 1}
+        given = {name: None if value == (defaults[name],) * len(k) else value
+                 for name, value in settings.items()}
+        return t.layer(step, t.call(f"nn.{kind}{x.rank - 1}d", x.dims[0], self.channels, k,
+                                    **given, groups=self.groups if self.groups > 1 else None,
+                                    bias=None if self.bias else False))
+
 
 @register("conv")
 class Conv(_Convolution):
@@ -141,6 +154,19 @@ class Conv(_Convolution):
         dx, dweight, dbias = conv_nd_backward(ctx.xp, gy, x, weight, ctx.saved["geometry"],
                                               self.groups, ctx.needs(0))
         return (dx,), {"weight": dweight, **({"bias": dbias} if self.bias else {})}
+
+    def onnx(self, g, step, inputs, params):
+        geo = step.geometry
+        return g.node("Conv", [inputs[0], *params.values()], kernel_shape=geo.kernel,
+                      strides=geo.stride, dilations=geo.dilation, pads=g.pads(geo),
+                      group=self.groups)
+
+    def torch(self, t, step, inputs):
+        geo = step.geometry
+        padding = "same" if self.pad == "same" else geo.lows
+        layer = self.torch_layer(t, step, "Conv", stride=geo.stride, padding=padding,
+                                 dilation=geo.dilation)
+        return f"{layer}({inputs[0]})"
 
 
 @register("conv1d")
@@ -223,6 +249,17 @@ class ConvTranspose(_Convolution):
                                                         ctx.saved["geometry"], self.groups)
         return (dx,), {"weight": dweight, **({"bias": dbias} if self.bias else {})}
 
+    def onnx(self, g, step, inputs, params):
+        k, s, p, op, d = self.settings(step.input_types[0])
+        return g.node("ConvTranspose", [inputs[0], *params.values()], kernel_shape=k,
+                      strides=s, pads=p + p, output_padding=op, dilations=d, group=self.groups)
+
+    def torch(self, t, step, inputs):
+        _, s, p, op, d = self.settings(step.input_types[0])
+        layer = self.torch_layer(t, step, "ConvTranspose", stride=s, padding=p,
+                                 output_padding=op, dilation=d)
+        return f"{layer}({inputs[0]})"
+
 
 @register("project")
 class Project(Op):
@@ -262,6 +299,9 @@ class Project(Op):
             return 0
         return 2 * x.dims[0] * y.size + 2 * y.size  # 1x1 conv, then the batchnorm affine
 
+    def buffers(self, x):
+        return {} if self.is_identity(x) else running_statistics(self.channels)
+
     def init(self, rng, x):
         shapes = self.params(x)
         if not shapes:
@@ -292,3 +332,46 @@ class Project(Op):
         dx, dweight, _ = conv_nd_backward(ctx.xp, dz, x, weight, saved["geometry"], 1,
                                           ctx.needs(0))
         return (dx,), {"weight": dweight, "bn_weight": dgamma, "bn_bias": dbeta}
+
+    def onnx(self, g, step, inputs, params):
+        x = step.input_types[0]
+        if self.is_identity(x):
+            return inputs[0]
+        geo = step.geometry
+        z = g.node("Conv", [inputs[0], params["weight"]], kernel_shape=geo.kernel,
+                   strides=geo.stride)
+        # momentum and eps are batchnorm's defaults, as forward has them
+        return g.batch_norm(z, params["bn_weight"], params["bn_bias"],
+                            g.buffer(step, "running_mean"), g.buffer(step, "running_var"),
+                            1e-5, x.rank + 1)
+
+    def torch(self, t, step, inputs):
+        x = step.input_types[0]
+        if self.is_identity(x):
+            return inputs[0]
+        layer = t.layer(step, f"Projection({x.dims[0]}, {self.channels}, "
+                              f"{step.geometry.stride!r})", helper=("Projection", PROJECTION))
+        return f"{layer}({inputs[0]})"
+
+
+# the generated PyTorch module's projection: its parameters are named as project's
+PROJECTION = '''
+class Projection(nn.Module):
+    """A block's shortcut where its shape changes: a strided 1x1 convolution, then batchnorm."""
+
+    def __init__(self, channels_in, channels, stride):
+        super().__init__()
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(channels, channels_in, *(1 for _ in stride)))
+        self.bn_weight = nn.Parameter(torch.ones(channels))
+        self.bn_bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x):
+        conv = F.conv1d if len(self.stride) == 1 else F.conv2d
+        z = conv(x, self.weight, stride=self.stride)
+        return F.batch_norm(z, self.running_mean, self.running_var, self.bn_weight,
+                            self.bn_bias, self.training, 0.1, 1e-5)
+'''

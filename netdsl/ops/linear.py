@@ -59,6 +59,14 @@ class Dense(Op):
             grads["bias"] = gy.sum(axis=0, out=out.get("bias"))
         return (gy @ weight if ctx.needs(0) else None,), grads
 
+    def onnx(self, g, step, inputs, params):
+        return g.node("Gemm", [inputs[0], *params.values()], transB=1)
+
+    def torch(self, t, step, inputs):
+        n = step.input_types[0].dims[0]
+        layer = t.layer(step, t.call("nn.Linear", n, self.units, bias=None if self.bias else False))
+        return f"{layer}({inputs[0]})"
+
 
 @register("embedding")
 class Embedding(Op):
@@ -100,3 +108,10 @@ class Embedding(Op):
         # a word seen twice in the batch gets both rows of gy
         scatter_add(xp, dweight, x.reshape(-1), gy.reshape(-1, self.dim))
         return (None,), {"weight": dweight}
+
+    def onnx(self, g, step, inputs, params):
+        return g.node("Gather", [params["weight"], inputs[0]], axis=0)
+
+    def torch(self, t, step, inputs):
+        (vocab, dim), = self.params(*step.input_types).values()
+        return f"{t.layer(step, f'nn.Embedding({vocab}, {dim})')}({inputs[0]})"

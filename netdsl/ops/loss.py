@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, choice, number, numbers, optional, register
+from netdsl.ops import expr as E
 from netdsl.ops.common import expect_float, fmt, is_float
+from netdsl.ops.expr import Var
 from netdsl.ops.numeric import scalar, sigmoid
 from netdsl.ops.routines import overridable
 from netdsl.types import TensorType
@@ -35,6 +37,12 @@ class _Loss(Op):
         ('mean'), or the examples only ('sum': the total per example, averaged)."""
         return x.size if self.reduction == "mean" else x.shape[0]
 
+    def onnx_reduce(self, g, terms: str, x: str) -> str:
+        """ONNX: the elementwise losses `terms` of a batch `x` reduced as `divisor` says."""
+        if self.reduction == "mean":
+            return g.node("ReduceMean", [terms], keepdims=0)
+        return g.node("Div", [g.node("ReduceSum", [terms], keepdims=0), g.count(x)])
+
 
 @register("mse")
 class Mse(_Loss):
@@ -58,6 +66,16 @@ class Mse(_Loss):
         diff = ctx.saved["diff"]
         g = diff * (2 * gy / self.divisor(diff))
         return (g, -g), {}
+
+    def onnx(self, g, step, inputs, params):
+        diff = g.node("Sub", inputs)
+        return self.onnx_reduce(g, g.node("Mul", [diff, diff]), inputs[0])
+
+    def torch(self, t, step, inputs):
+        pred, target = inputs
+        if self.reduction == "mean":
+            return f"F.mse_loss({pred}, {target})"
+        return f'F.mse_loss({pred}, {target}, reduction="sum") / {pred}.shape[0]'
 
 
 @register("cross_entropy")
@@ -109,6 +127,15 @@ class CrossEntropy(_Loss):
     def backward(self, ctx, gy):
         probs, y = ctx.saved["probs"], ctx.saved["y"]
         return (softmax_cross_entropy_backward(ctx.xp, gy, probs, y, self.weights), None), {}
+
+    def onnx(self, g, step, inputs, params):
+        weights = [] if self.weights is None else [g.const(self.weights)]
+        return g.node("SoftmaxCrossEntropyLoss", [*inputs, *weights], reduction="mean")
+
+    def torch(self, t, step, inputs):
+        logits, y = inputs
+        weights = "" if self.weights is None else f", weight={logits}.new_tensor({list(self.weights)})"
+        return f"F.cross_entropy({logits}, {y}{weights})"
 
 
 def _share(xp, y, weights, dtype):
@@ -182,6 +209,20 @@ class SigmoidCrossEntropy(_Loss):
             return (dlogits,), {}
         return (dlogits, logits * -scale), {}
 
+    def onnx(self, g, step, inputs, params):
+        z, t = Var("z"), Var("t")
+        terms = E.maximum(z, 0) - z * t + E.log1p(E.exp(-E.absolute(z)))
+        target = inputs[1] if len(inputs) > 1 else g.const(self.label)
+        return self.onnx_reduce(g, g.formula(terms, {"z": inputs[0], "t": target}), inputs[0])
+
+    def torch(self, t, step, inputs):
+        z = inputs[0]
+        target = inputs[1] if len(inputs) > 1 else f"torch.full_like({z}, {self.label!r})"
+        if self.reduction == "mean":
+            return f"F.binary_cross_entropy_with_logits({z}, {target})"
+        return (f'F.binary_cross_entropy_with_logits({z}, {target}, reduction="sum") '
+                f"/ {z}.shape[0]")
+
 
 @register("kl_gaussian")
 class KlGaussian(_Loss):
@@ -207,6 +248,16 @@ class KlGaussian(_Loss):
         mu, logvar = ctx.saved["mu"], ctx.saved["logvar"]
         scale = gy / mu.shape[0]
         return (mu * scale, (ctx.xp.exp(logvar) - 1) * (0.5 * scale)), {}
+
+    def onnx(self, g, step, inputs, params):
+        mu, v = Var("mu"), Var("v")
+        terms = g.formula(1 + v - mu * mu - E.exp(v), dict(zip(("mu", "v"), inputs)))
+        total = g.node("Mul", [g.node("ReduceSum", [terms], keepdims=0), g.const(-0.5)])
+        return g.node("Div", [total, g.count(inputs[0])])
+
+    def torch(self, t, step, inputs):
+        mu, v = inputs
+        return f"-0.5 * (1 + {v} - {mu} * {mu} - torch.exp({v})).sum() / {mu}.shape[0]"
 
 
 @register("hinge")
@@ -238,3 +289,15 @@ class Hinge(_Loss):
         sign = (2 * y - 1).astype(score.dtype).reshape(score.shape)
         active = self.margin - score * sign > 0
         return (active * sign * (-gy / score.shape[0]), None), {}
+
+    def onnx(self, g, step, inputs, params):
+        score, y = inputs
+        sign = g.node("Cast", [y], to=g.float_type)
+        sign = g.node("Unsqueeze", [g.formula(2 * Var("y") - 1, {"y": sign}), g.ints([1])])
+        margins = g.formula(self.margin - Var("s") * Var("t"), {"s": score, "t": sign})
+        return g.node("ReduceMean", [g.node("Relu", [margins])], keepdims=0)
+
+    def torch(self, t, step, inputs):
+        score, y = inputs
+        sign = f"(2 * {y} - 1).to({score}.dtype).reshape({score}.shape)"
+        return f"torch.clamp({self.margin!r} - {score} * {sign}, min=0).mean()"

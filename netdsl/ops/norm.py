@@ -48,6 +48,9 @@ class BatchNorm(Op):
     def init(self, rng, x):
         return {"weight": constant(x.dims[:1], 1.0), "bias": constant(x.dims[:1], 0.0)}
 
+    def buffers(self, x):
+        return running_statistics(x.dims[0])
+
     def forward(self, ctx, x, weight, bias):
         # running_mean and running_var live in ctx.buffers, made on first use
         y, xhat, inv_std = batch_norm(ctx.xp, x, weight, bias, self.eps, self.momentum,
@@ -60,6 +63,24 @@ class BatchNorm(Op):
         dx, dweight, dbias = batch_norm_backward(ctx.xp, gy, saved["xhat"], saved["inv_std"],
                                                  saved["weight"], saved["batch_stats"])
         return (dx,), {"weight": dweight, "bias": dbias}
+
+    def onnx(self, g, step, inputs, params):
+        return g.batch_norm(inputs[0], params["weight"], params["bias"],
+                            g.buffer(step, "running_mean"), g.buffer(step, "running_var"),
+                            self.eps, step.input_types[0].rank + 1)
+
+    def torch(self, t, step, inputs):
+        x = step.input_types[0]
+        kind = {1: "1d", 2: "1d", 3: "2d", 4: "3d"}[x.rank]
+        layer = t.layer(step, f"nn.BatchNorm{kind}({x.dims[0]}, eps={self.eps!r}, "
+                              f"momentum={self.momentum!r})",
+                        state={"num_batches_tracked": 0})
+        return f"{layer}({inputs[0]})"
+
+
+def running_statistics(channels: int) -> dict:
+    """Batchnorm's running mean and variance as they start (ops.numeric.batch_norm)."""
+    return {"running_mean": constant((channels,), 0.0), "running_var": constant((channels,), 1.0)}
 
 
 @register("layernorm")
@@ -101,6 +122,14 @@ class LayerNorm(Op):
                         - xhat * (g * xhat).mean(axis=-1, keepdims=True))
         return (dx,), {"weight": (gy * xhat).sum(axis=rows), "bias": gy.sum(axis=rows)}
 
+    def onnx(self, g, step, inputs, params):
+        return g.node("LayerNormalization", [inputs[0], params["weight"], params["bias"]],
+                      axis=-1, epsilon=self.eps)
+
+    def torch(self, t, step, inputs):
+        n = step.input_types[0].dims[-1]
+        return f"{t.layer(step, f'nn.LayerNorm({n}, eps={self.eps!r})')}({inputs[0]})"
+
 
 @register("dropout")
 class Dropout(Pointwise):
@@ -125,6 +154,14 @@ class Dropout(Pointwise):
         mask = ctx.saved.get("mask")
         return (gy if mask is None else gy * mask,), {}
 
+    def onnx(self, g, step, inputs, params):
+        if not g.training or self.p == 0:
+            return inputs[0]
+        return g.node("Dropout", [inputs[0], g.const(self.p), g.const(True)])
+
+    def torch(self, t, step, inputs):
+        return f"F.dropout({inputs[0]}, {self.p!r}, self.training)"
+
 
 @register("gaussian_noise")
 class GaussianNoise(Pointwise):
@@ -141,3 +178,13 @@ class GaussianNoise(Pointwise):
 
     def backward(self, ctx, gy):
         return (gy,), {}
+
+    def onnx(self, g, step, inputs, params):
+        if not g.training or self.std == 0:
+            return inputs[0]
+        noise = g.node("RandomNormalLike", inputs, scale=self.std)
+        return g.node("Add", [inputs[0], noise])
+
+    def torch(self, t, step, inputs):
+        x = inputs[0]
+        return f"{x} + {self.std!r} * torch.randn_like({x}) if self.training else {x}"

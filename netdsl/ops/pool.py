@@ -4,7 +4,9 @@ from __future__ import annotations
 import math
 
 from netdsl.errors import ShapeError
-from netdsl.ops.base import Arg, Op, boolean, choice, ints, natural, optional, register
+from netdsl.ops.base import (
+    Arg, NoLowering, Op, boolean, choice, ints, natural, optional, register,
+)
 from netdsl.ops.common import expect_float, expect_spatial, fmt, geometry_of
 from netdsl.ops.conv import check_output, per_dim
 from netdsl.ops.numeric import scatter_add
@@ -64,6 +66,21 @@ class _Pool(Op):
     def flops(self, y, x) -> int:
         (k, _, _) = self.windows(x)
         return math.prod(k) * y.size  # one compare or add per window element
+
+    def onnx_pool(self, g, step, x: str, op_type: str, **attrs) -> str:
+        """ONNX: the pool over the geometry's windows, padded as it says (a ceil-mode
+        window's overhang as padding on the high side)."""
+        geo = step.geometry
+        return g.node(op_type, [x], kernel_shape=geo.kernel, strides=geo.stride,
+                      pads=g.pads(geo), **attrs)
+
+    def torch_pool(self, t, step, x: str, function: str, **extra) -> str:
+        """PyTorch: F.max_pool2d and its kin, whose windows this op's are."""
+        shape = step.input_types[0]
+        k, s, p = self.windows(shape)
+        return t.call(f"F.{function}{shape.rank - 1}d", x, k, stride=None if s == k else s,
+                      padding=p if any(p) else None, ceil_mode=True if self.ceil else None,
+                      **extra)
 
 
 
@@ -207,6 +224,12 @@ class MaxPool(_Pool):
         return (max_pool_backward(ctx.xp, gy, saved["indices"], saved["x_shape"],
                                   saved["geometry"]),), {}
 
+    def onnx(self, g, step, inputs, params):
+        return self.onnx_pool(g, step, inputs[0], "MaxPool")
+
+    def torch(self, t, step, inputs):
+        return self.torch_pool(t, step, inputs[0], "max_pool")
+
 
 @overridable
 def max_pool(xp, x, geometry: Geometry):
@@ -299,6 +322,20 @@ class AvgPool(_Pool):
                 dx[index] += g
         return (crop_spatial(dx, pads, shape[2:]),), {}
 
+    def onnx(self, g, step, inputs, params):
+        # every cell of the padded windows counted, then the windows that overhang the
+        # padding (ceil mode) divided by their own count instead, as forward does
+        y = self.onnx_pool(g, step, inputs[0], "AveragePool", count_include_pad=1)
+        geo = step.geometry
+        cells = self.divisor(g.xp, geo.spatial, geo.kernel, geo.stride, geo.lows, geo.out,
+                             g.dtype)
+        if getattr(cells, "ndim", 0) == 0:
+            return y
+        return g.node("Mul", [y, g.const(math.prod(geo.kernel) / cells)])
+
+    def torch(self, t, step, inputs):
+        return self.torch_pool(t, step, inputs[0], "avg_pool")  # counts padding, as forward
+
 
 class _GlobalPool(Op):
     """Reduce every spatial position of each channel to one number."""
@@ -336,6 +373,13 @@ class GlobalAvgPool(_GlobalPool):
         self.planes(dx)[...] = (gy / math.prod(shape[2:]))[..., None]
         return (dx,), {}
 
+    def onnx(self, g, step, inputs, params):
+        axes = list(range(2, step.input_types[0].rank + 1))
+        return g.node("ReduceMean", inputs, axes=axes, keepdims=0)
+
+    def torch(self, t, step, inputs):
+        return f"{inputs[0]}.flatten(2).mean(-1)"
+
 
 @register("global_maxpool")
 class GlobalMaxPool(_GlobalPool):
@@ -355,6 +399,13 @@ class GlobalMaxPool(_GlobalPool):
         dx[plane_index(xp, ctx.saved["indices"], math.prod(shape[2:])).reshape(-1)] = \
             gy.reshape(-1)
         return (dx.reshape(shape),), {}
+
+    def onnx(self, g, step, inputs, params):
+        axes = list(range(2, step.input_types[0].rank + 1))
+        return g.node("ReduceMax", inputs, axes=axes, keepdims=0)
+
+    def torch(self, t, step, inputs):
+        return f"{inputs[0]}.flatten(2).amax(-1)"
 
 
 @register("maxunpool")
@@ -406,6 +457,14 @@ class MaxUnpool(Op):
         at = plane_index(xp, indices, math.prod(gy.shape[2:]))
         return (gy.reshape(-1)[at.reshape(-1)].reshape(indices.shape), None), {}
 
+    def onnx(self, g, step, inputs, params):
+        raise NoLowering(self, "ONNX", "MaxUnpool, given the indices a MaxPool with two "
+                                       "outputs returns")
+
+    def torch(self, t, step, inputs):
+        raise NoLowering(self, "PyTorch", "nn.MaxUnpool2d, given the indices of "
+                                          "nn.MaxPool2d(return_indices=True)")
+
 
 @register("upsample")
 class Upsample(Op):
@@ -446,3 +505,37 @@ class Upsample(Op):
 
     def flops(self, y, x) -> int:
         return 0  # copies only
+
+    def onnx(self, g, step, inputs, params):
+        # each cell gets a unit axis after it, which the scale fills (nearest: copies of
+        # it; bed of nails: zeros after it), and the pairs of axes are merged again
+        x = step.input_types[0]
+        (s,) = per_dim(self, x, scale=self.scale)
+        spaced = [d for n in x.dims[1:] for d in (n, 1)]
+        cells = g.node("Reshape", [inputs[0], g.ints([-1, x.dims[0], *spaced])])
+        if self.mode == "nearest":
+            blocks = g.node("Expand", [cells, g.ints([1, 1, *(d for si in s for d in (1, si))])])
+        else:
+            after = [0, 0, *(d for si in s for d in (0, si - 1))]
+            blocks = g.node("Pad", [cells, g.ints([0] * len(after) + after)])
+        out = self.shape(x).dims
+        return g.node("Reshape", [blocks, g.ints([-1, *out])])
+
+    def torch(self, t, step, inputs):
+        (s,) = per_dim(self, step.input_types[0], scale=self.scale)
+        if self.mode == "bed_of_nails":
+            return f"{t.helper('bed_of_nails', BED_OF_NAILS)}({inputs[0]}, {s!r})"
+        y = inputs[0]
+        for axis, si in enumerate(s, 2):
+            y = f"{y}.repeat_interleave({si}, {axis})"
+        return y
+
+
+# the generated PyTorch module's bed-of-nails upsampling
+BED_OF_NAILS = '''
+def bed_of_nails(x, scale):
+    """Each cell at the first corner of a block of zeros `scale` cells wide."""
+    y = x.new_zeros(*x.shape[:2], *(n * s for n, s in zip(x.shape[2:], scale)))
+    y[(slice(None), slice(None), *(slice(None, None, s) for s in scale))] = x
+    return y
+'''

@@ -47,6 +47,13 @@ class Last(_WholeSequence):
     def backward(self, ctx, gy):
         return self.step_grad(ctx, gy, ctx.saved["last"])
 
+    # exported models read whole sequences: every step is real
+    def onnx(self, g, step, inputs, params):
+        return g.node("Gather", [inputs[0], g.const(-1)], axis=1)
+
+    def torch(self, t, step, inputs):
+        return f"{inputs[0]}[:, -1]"
+
 
 @register("first")
 class First(_WholeSequence):
@@ -65,6 +72,12 @@ class First(_WholeSequence):
 
     def backward(self, ctx, gy):
         return self.step_grad(ctx, gy, 0)
+
+    def onnx(self, g, step, inputs, params):
+        return g.node("Gather", [inputs[0], g.const(0)], axis=1)
+
+    def torch(self, t, step, inputs):
+        return f"{inputs[0]}[:, 0]"
 
 
 @register("reverse")
@@ -91,6 +104,13 @@ class Reverse(_WholeSequence):
             return (gy[::-1],), {}
         # reversing the real steps and keeping the padding in place is its own inverse
         return (gy[ctx.saved["order"], ctx.xp.arange(gy.shape[1])],), {}
+
+    def onnx(self, g, step, inputs, params):
+        return g.node("Slice", [inputs[0], g.ints([-1]), g.ints([-2 ** 63]), g.ints([1]),
+                                g.ints([-1])])
+
+    def torch(self, t, step, inputs):
+        return f"{inputs[0]}.flip(1)"
 
     @staticmethod
     def order(xp, lengths, steps: int):
@@ -126,3 +146,9 @@ class Mean(_WholeSequence):
             return (ctx.saved["weights"] * gy,), {}
         # every step contributed 1/T of the mean
         return (ctx.xp.broadcast_to(gy / shape[0], shape),), {}
+
+    def onnx(self, g, step, inputs, params):
+        return g.node("ReduceMean", inputs, axes=[1], keepdims=0)
+
+    def torch(self, t, step, inputs):
+        return f"{inputs[0]}.mean(1)"

@@ -52,6 +52,12 @@ class Flatten(_Movement):
         ctx.save(x_shape=x.shape)
         return x.reshape(x.shape[0], -1)
 
+    def onnx(self, g, step, inputs, params):
+        return g.node("Flatten", inputs, axis=1)
+
+    def torch(self, t, step, inputs):
+        return f"{inputs[0]}.flatten(1)"
+
 
 @register("reshape")
 class Reshape(_Movement):
@@ -72,6 +78,14 @@ class Reshape(_Movement):
     def forward(self, ctx, x):
         ctx.save(x_shape=x.shape)
         return x.reshape((x.shape[0],) + self.dims)
+
+    def onnx(self, g, step, inputs, params):
+        dims = self.shape(step.input_types[0]).dims
+        return g.node("Reshape", [inputs[0], g.ints([-1, *dims])])
+
+    def torch(self, t, step, inputs):
+        dims = self.shape(step.input_types[0]).dims
+        return f"{inputs[0]}.reshape(-1, {', '.join(map(str, dims))})"
 
 
 @register("concat")
@@ -117,6 +131,14 @@ class Concat(_Movement):
         axis = array_axis(self.axis, gy.ndim)
         bounds = list(itertools.accumulate(ctx.saved["sizes"]))[:-1]
         return tuple(ctx.xp.split(gy, bounds, axis=axis)), {}
+
+    def onnx(self, g, step, inputs, params):
+        rank = step.input_types[0].rank + 1
+        return g.node("Concat", inputs, axis=array_axis(self.axis, rank))
+
+    def torch(self, t, step, inputs):
+        rank = step.input_types[0].rank + 1
+        return f"torch.cat([{', '.join(inputs)}], {array_axis(self.axis, rank)})"
 
 
 @register("split")
@@ -164,6 +186,12 @@ class Split(_Movement):
         dx[self.chunk(shape)] = gy
         return (dx,), {}
 
+    def onnx(self, g, step, inputs, params):
+        return slice_onnx(g, inputs[0], self.chunk((1, *step.input_types[0].dims)))
+
+    def torch(self, t, step, inputs):
+        return slice_torch(inputs[0], self.chunk((1, *step.input_types[0].dims)))
+
 
 @register("crop")
 class Crop(_Movement):
@@ -203,3 +231,26 @@ class Crop(_Movement):
         dx = ctx.xp.zeros(ctx.saved["x_shape"], dtype=gy.dtype)
         dx[ctx.saved["index"]] = gy
         return (dx, None), {}  # like gives only its size
+
+    def onnx(self, g, step, inputs, params):
+        x, like = ((1, *t.dims) for t in step.input_types)
+        return slice_onnx(g, inputs[0], self.window(x, like))
+
+    def torch(self, t, step, inputs):
+        x, like = ((1, *t.dims) for t in step.input_types)
+        return slice_torch(inputs[0], self.window(x, like))
+
+
+def slice_onnx(g, x: str, index: tuple) -> str:
+    """ONNX: x[index], an index of slices (steps of 1) along the axes after the batch."""
+    axes = [i for i, part in enumerate(index) if part != slice(None)]
+    return g.node("Slice", [x, g.ints(index[i].start for i in axes),
+                            g.ints(index[i].stop for i in axes), g.ints(axes)])
+
+
+def slice_torch(x: str, index: tuple) -> str:
+    """PyTorch: x[index] as Python writes it, `x[:, :, 2:30, 2:30]`."""
+    parts = [":" if part == slice(None) else f"{part.start}:{part.stop}" for part in index]
+    while parts[-1] == ":":
+        parts.pop()
+    return f"{x}[{', '.join(parts)}]"
