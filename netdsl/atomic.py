@@ -21,13 +21,21 @@ def write_bytes(path: str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        if os.path.exists(path):
-            os.chmod(tmp, os.stat(path).st_mode & 0o777)
+        # mkstemp makes the file private: keep the mode of the file replaced, else give
+        # the one a plain open() would under the user's umask
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path)
+                 else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading it means setting it: set it back at once
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str, text: str) -> None:
