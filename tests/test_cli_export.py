@@ -1,0 +1,143 @@
+"""`netc export` and `netc run --init-from` as a user runs them: files, warnings, errors."""
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import run_netc
+
+MLP = """\
+network mlp
+input  x : [64]
+target y : class(10)
+logits = x -> dense(32) -> relu -> dense(10)
+loss cross_entropy(logits, y)
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(spec, checkpoint folder, a folder for files) of the MLP after 60 training steps."""
+    folder = tmp_path_factory.mktemp("export")
+    spec = folder / "mlp.net"
+    spec.write_text(MLP)
+    result = run_netc("run", str(spec), "--steps", "60", "--lr", "0.3", "--quiet",
+                      "--checkpoint", str(folder / "run"))
+    assert result.returncode == 0, result.stderr
+    return str(spec), str(folder / "run"), folder
+
+
+def export(trained, to, name, *more):
+    spec, checkpoint, folder = trained
+    path = str(folder / name)
+    return run_netc("export", spec, "--to", to, "-o", path, "--checkpoint", checkpoint,
+                    *more), path
+
+
+def test_onnx_reproduces_netdsls_predictions_and_accuracy(trained):
+    from sklearn.datasets import load_digits
+
+    spec, checkpoint, folder = trained
+    result, path = export(trained, "onnx", "mlp.onnx")
+    assert result.returncode == 0, result.stderr
+    assert f"the weights of {checkpoint}/checkpoint.npz" in result.stdout
+    assert "warning" not in result.stderr
+    x, y = load_digits(return_X_y=True)
+    x = x / 16  # the pixels scaled to [0, 1], as the bundled data trained on them
+    np.savez(folder / "digits.npz", x=x[:300])
+    predicted = run_netc("predict", spec, "--checkpoint", checkpoint,
+                         "--data", str(folder / "digits.npz"), "-o", str(folder / "pred.npz"))
+    assert predicted.returncode == 0, predicted.stderr
+    (logits,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x[:300].astype(np.float32)})
+    with np.load(folder / "pred.npz") as netdsl:
+        np.testing.assert_allclose(logits, netdsl["logits"], rtol=1e-4, atol=1e-5)
+        assert (logits.argmax(1) == netdsl["logits_class"]).all()
+        accuracy = (netdsl["logits_class"] == y[:300]).mean()
+    assert accuracy > 0.5  # trained: the comparison is of a network that learned
+    assert (logits.argmax(1) == y[:300]).mean() == accuracy
+
+
+def test_safetensors_holds_the_checkpoints_weights_by_name(trained):
+    result, path = export(trained, "safetensors", "mlp.safetensors")
+    assert result.returncode == 0, result.stderr
+    tensors = load_file(path)
+    assert sorted(tensors) == ["dense1.bias", "dense1.weight", "logits.bias", "logits.weight"]
+    assert tensors["dense1.weight"].shape == (32, 64)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
+    from safetensors import safe_open
+
+    with safe_open(path, "np") as f:
+        meta = f.metadata()
+    assert meta["spec"] == "mlp" and len(meta["spec_sha256"]) == 64
+
+
+def test_torch_writes_a_module_and_its_state_dict(trained):
+    result, path = export(trained, "torch", "mlp_torch")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(path)) == ["model.py", "model.safetensors"]
+    source = open(os.path.join(path, "model.py")).read()
+    assert "nn.Linear(64, 32)" in source and "mlp.net:4" in source
+
+
+def test_init_from_starts_training_from_the_file(trained):
+    spec, _, folder = trained
+    result, path = export(trained, "safetensors", "start.safetensors")
+    assert result.returncode == 0, result.stderr
+    run = run_netc("run", spec, "--steps", "1", "--quiet", "--lr", "1e-12",
+                   "--init-from", path, "--checkpoint", str(folder / "again"))
+    assert run.returncode == 0, run.stderr
+    again = run_netc("export", spec, "--to", "safetensors", "-o", str(folder / "again.st"),
+                     "--checkpoint", str(folder / "again"))
+    assert again.returncode == 0, again.stderr
+    before, after = load_file(path), load_file(str(folder / "again.st"))
+    for name in before:
+        np.testing.assert_allclose(after[name], before[name], atol=1e-6)
+
+
+def test_init_from_lists_what_does_not_fit(trained):
+    spec, _, folder = trained
+    result, path = export(trained, "safetensors", "fit.safetensors")
+    other = folder / "wider.net"
+    other.write_text(MLP.replace("dense(32)", "dense(48)").replace("dense(10)", "dense(10) -> relu"))
+    run = run_netc("run", str(other), "--steps", "1", "--init-from", path,
+                   "--checkpoint", str(folder / "wider"))
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert "shapes differ: dense1.weight (32, 64) (the network's: (48, 64))" in run.stderr
+
+
+def test_without_a_checkpoint_the_initial_weights_with_a_warning(tmp_path):
+    spec = tmp_path / "mlp.net"
+    spec.write_text(MLP)
+    result = run_netc("export", str(spec), "--to", "onnx", cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "warning: no checkpoint in runs/mlp/" in result.stderr
+    assert (tmp_path / "mlp.onnx").exists()
+
+
+def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
+    spec = tmp_path / "mlp.net"
+    spec.write_text(MLP)
+    result = run_netc("export", str(spec), "--to", "onnx", "--checkpoint", str(tmp_path / "no"),
+                      cwd=str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "there is no checkpoint there" in result.stderr.splitlines()[0]
+    assert not (tmp_path / "mlp.onnx").exists()
+
+
+@pytest.mark.parametrize("to", ["onnx", "torch"])
+def test_an_op_without_a_counterpart_writes_nothing(tmp_path, to):
+    spec = tmp_path / "unpool.net"
+    spec.write_text("network unpool\ninput x : [1, 8, 8]\ntarget y : [1, 8, 8]\n"
+                    "p = x -> maxpool(2)\nz = maxunpool(p, p, 2)\nloss mse(z, y)\n")
+    result = run_netc("export", str(spec), "--to", to, "-o", str(tmp_path / "out"),
+                      cwd=str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"{spec}:5:") and "has no" in line for line in lines)
+    assert any("MaxUnpool" in line for line in lines)
+    assert not (tmp_path / "out").exists()
