@@ -33,8 +33,7 @@ def test_onnxruntime_gives_netdsls_outputs(path):
     assert graph_inputs == list(case.view.inputs)
     assert [o.name for o in model.graph.output] == list(case.view.outputs)
     assert all(i.type.tensor_type.shape.dim[0].dim_param == "batch" for i in model.graph.input)
-    feed = case.inputs(batch=1 if case.view.type(next(iter(case.view.inputs.values()))).size
-                       > 100_000 else 2)
+    feed = case.inputs(batch=1 if case.big() else 2)
     got = session(model).run(None, feed)
     expected = case.forward(feed)
     for (name, want), value in zip(expected.items(), got):
@@ -93,3 +92,15 @@ def test_an_op_without_a_counterpart_is_named_at_its_line():
         to_onnx(select(graph), {})
     assert "has no ONNX lowering" in error.value.message
     assert error.value.span.line == 5 and "MaxUnpool" in error.value.hint
+
+
+def test_the_training_graph_normalises_by_the_batchs_statistics():
+    case = Case(next(p for p in SPECS if p.endswith("resnet20.net")))
+    model = to_onnx(case.view, case.params, case.buffers, training=True)
+    onnx.checker.check_model(model, full_check=True)
+    assert not any("running" in t.name for t in model.graph.initializer)
+    feed = case.inputs(batch=4)
+    (got,) = session(model).run(None, feed)
+    out = case.executor(feed).forward(case.batch(feed), True, {"logits"}, losses=False)
+    np.testing.assert_allclose(got, out["logits"], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, case.forward(feed)["logits"], rtol=1e-2)

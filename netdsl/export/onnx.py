@@ -351,8 +351,28 @@ def to_onnx(view: View, params: dict, buffers: dict | None = None, *, training: 
                               producer_name="netdsl", doc_string=_describe(view, training))
     model.ir_version = 8  # opset 17's: what runtimes of its time read
     helper.set_model_props(model, metadata or {})
+    _drop_unused(model.graph)
     _infer_shapes(model)
     return model
+
+
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    """Leave out the initializers no node reads: the running statistics of the training
+    graph, whose batchnorms use the batch's."""
+    used = set()
+
+    def visit(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            used.update(node.input)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+
+    visit(graph)
+    kept = [t for t in graph.initializer if t.name in used]
+    if len(kept) < len(graph.initializer):
+        graph.ClearField("initializer")
+        graph.initializer.extend(kept)
 
 
 def _infer_shapes(model: onnx.ModelProto) -> None:
