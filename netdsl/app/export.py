@@ -28,7 +28,7 @@ def export(args) -> int:
     net = check_file(args.spec)
     view = select(net.graph, args.output)
     session = prepare(net)
-    params, buffers, origin = _weights(args, session)
+    params, buffers, origin, warning = _weights(args, session)
     metadata = spec_metadata(view.name, read_spec(args.spec))
     path = args.o or _default_path(view.name, args.to)
     if args.to == "onnx":
@@ -40,17 +40,19 @@ def export(args) -> int:
         tensors = network_tensors(session.lowered.plan, params, buffers)
         write_bytes(path, encode(tensors, metadata))
         wrote = f"{path} ({len(tensors)} tensors)"
+    if warning:  # after the export: an error in it is what to fix first
+        sys.stderr.write(f"warning: {warning}\n")
     print(f"wrote {wrote}, with {origin}")
     return 0
 
 
-def _weights(args, session) -> tuple[dict, dict, str]:
-    """The parameters (by key) and buffers (node -> name -> array) to export, and where
-    they come from: the checkpoint, else the initial ones (with a warning)."""
+def _weights(args, session) -> tuple[dict, dict, str, str | None]:
+    """The parameters (by key) and buffers (node -> name -> array) to export, where they
+    come from (the checkpoint, else the initial ones), and a warning for the user."""
     folder = args.checkpoint or os.path.join("runs", session.name)
     if args.checkpoint is None and not os.path.isfile(os.path.join(folder, CHECKPOINT)):
-        sys.stderr.write(f"warning: no checkpoint in {folder}/: exporting the initial "
-                         f"weights (train first with: netc run {args.spec})\n")
+        warning = (f"no checkpoint in {folder}/: exported the initial weights (train "
+                   f"first with: netc run {args.spec})")
         trainer = session.trainer()
         origin = "the initial weights"
     else:
@@ -61,14 +63,14 @@ def _weights(args, session) -> tuple[dict, dict, str]:
         trainer = session.trained(folder, f"train it again: netc run {args.spec} "
                                           f"--checkpoint {folder}")
         origin = f"the weights of {os.path.join(folder, CHECKPOINT)}"
-        if session.normalizer is not None:
-            sys.stderr.write("warning: the checkpoint standardises the inputs (--normalize); "
-                             "the exported model expects them standardised\n")
+        warning = None if session.normalizer is None else (
+            "the checkpoint standardises the inputs (--normalize): the exported model "
+            "expects them standardised")
     ex = trainer.executor
     params = {key: to_host(ex.xp, value) for key, value in ex.params.items()}
     buffers = {node: {name: to_host(ex.xp, v) for name, v in entries.items()}
                for node, entries in ex.buffers.items() if entries}
-    return params, buffers, origin
+    return params, buffers, origin, warning
 
 
 def _default_path(name: str, to: str) -> str:
@@ -84,6 +86,10 @@ def _onnx(view, params, buffers, args, metadata, path) -> str:
                         "pip install 'netdsl[export]'") from None
     model = to_onnx(view, params, buffers, training=args.train_graph, batch=args.batch,
                     metadata=metadata)
+    if model.ByteSize() >= 2**31:  # protobuf's limit on one message
+        raise SpecError(f"the ONNX model would be {model.ByteSize() / 2**30:.1f} GiB; one "
+                        "ONNX file holds at most 2 GiB", None,
+                        "export --to safetensors for the weights, or --to torch")
     data = model.SerializeToString()
     write_bytes(path, data)
     return f"{path} (opset {model.opset_import[0].version}, {len(data) / 1e6:.1f} MB)"
