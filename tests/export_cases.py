@@ -37,12 +37,12 @@ class Case:
     ones), its lowering, initial parameters and random running statistics (so that
     batchnorm's inference form is tested with statistics that are not 0 and 1)."""
 
-    def __init__(self, path: str, outputs=None, seed: int = 0):
+    def __init__(self, path: str, outputs=None, seed: int = 0, params=None):
         self.net = check_file(path)
         self.name = self.net.name
         self.view = select(self.net.graph, outputs or OUTPUTS.get(self.name))
         self.lowered = lower(self.net.graph, outputs=list(self.view.outputs.values()))
-        self.params = initial_params(self.lowered.built, "auto", seed)
+        self.params = params or initial_params(self.lowered.built, "auto", seed)
         rng = np.random.default_rng(seed)
         self.buffers = {}
         for step in self.lowered.plan.steps:
@@ -52,6 +52,21 @@ class Case:
                 self.buffers[step.node] = {
                     "running_mean": rng.normal(0, 0.1, channels).astype(np.float32),
                     "running_var": rng.uniform(0.5, 2, channels).astype(np.float32)}
+
+    def with_losses(self) -> "Case":
+        """The same network and weights, its losses output after the other outputs."""
+        case = Case.__new__(Case)
+        case.__dict__.update(self.__dict__)
+        case.view = select(self.net.graph, [*self.view.outputs, *self.losses()])
+        case.lowered = lower(self.net.graph, outputs=list(case.view.outputs.values()))
+        return case
+
+    def losses(self) -> list[str]:
+        return list(self.net.graph.graph["losses"])
+
+    def big(self) -> bool:
+        """Whether an example is an image of ImageNet's size (tested one at a time)."""
+        return any(self.view.type(node).size > 100_000 for node in self.view.inputs.values())
 
     def inputs(self, batch: int = 2, steps: int = 3, dtype=np.float32, seed: int = 0) -> dict:
         """Random values for the view's inputs, by their exported names."""
