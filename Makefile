@@ -18,6 +18,7 @@ test: setup-test graphviz tmux cxx
 bench: setup-test
 	$(BIN)/python benchmarks/compile_speed.py
 	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/export_speed.py
 	cd benchmarks && ../$(BIN)/python sequence_speed.py
 
 $(BIN)/python:
