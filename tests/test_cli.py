@@ -60,7 +60,8 @@ class TestCompile:
 
 
 class TestHelp:
-    @pytest.mark.parametrize("command", [[], ["check"], ["compile"], ["draw"], ["fmt"]])
+    @pytest.mark.parametrize("command", [[], ["check"], ["compile"], ["draw"], ["fmt"],
+                                         ["export"]])
     def test_help_everywhere(self, command):
         result = run_netc(*command, "--help")
         assert result.returncode == 0 and "usage: netc" in result.stdout

@@ -4,7 +4,9 @@ import os
 import numpy as np
 import onnxruntime as ort
 import pytest
+from safetensors import safe_open
 from safetensors.numpy import load_file
+from sklearn.datasets import load_digits
 
 from conftest import run_netc
 
@@ -37,8 +39,6 @@ def export(trained, to, name, *more):
 
 
 def test_onnx_reproduces_netdsls_predictions_and_accuracy(trained):
-    from sklearn.datasets import load_digits
-
     spec, checkpoint, folder = trained
     result, path = export(trained, "onnx", "mlp.onnx")
     assert result.returncode == 0, result.stderr
@@ -69,8 +69,6 @@ def test_safetensors_holds_the_checkpoints_weights_by_name(trained):
     mask = os.umask(0)
     os.umask(mask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
-    from safetensors import safe_open
-
     with safe_open(path, "np") as f:
         meta = f.metadata()
     assert meta["spec"] == "mlp" and len(meta["spec_sha256"]) == 64
