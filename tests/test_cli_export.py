@@ -139,3 +139,13 @@ def test_an_op_without_a_counterpart_writes_nothing(tmp_path, to):
     assert any(line.startswith(f"{spec}:5:") and "has no" in line for line in lines)
     assert any("MaxUnpool" in line for line in lines)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_place_that_cannot_be_written_is_one_clear_error(tmp_path):
+    spec = tmp_path / "mlp.net"
+    spec.write_text(MLP)
+    (tmp_path / "file").write_text("")
+    result = run_netc("export", str(spec), "--to", "onnx", "-o", str(tmp_path / "file" / "x.onnx"),
+                      cwd=str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: cannot write {tmp_path / 'file' / 'x.onnx'}")

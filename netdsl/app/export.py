@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from netdsl.app.session import prepare
-from netdsl.atomic import write_bytes, write_text
+from netdsl.atomic import check_writable, write_bytes, write_text
 from netdsl.driver import check_file, read_spec
 from netdsl.errors import SpecError
 from netdsl.export import select
@@ -31,6 +31,11 @@ def export(args) -> int:
     params, buffers, origin, warning = _weights(args, session)
     metadata = spec_metadata(view.name, read_spec(args.spec))
     path = args.o or _default_path(view.name, args.to)
+    # before any work: a path that cannot be written is found in a moment (for the torch
+    # folder, the folder it goes in: nothing is made before the export succeeds)
+    why = check_writable(path)
+    if why is not None:
+        raise SpecError(f"cannot write {path} ({why})", None, "name another place with -o")
     if args.to == "onnx":
         wrote = _onnx(view, params, buffers, args, metadata, path)
     elif args.to == "torch":
