@@ -19,12 +19,11 @@ from netdsl.export.weights import encode, network_tensors, spec_metadata
 from netdsl.runtime.checkpoint import CHECKPOINT
 from netdsl.runtime.host import to_host
 
-__all__ = ["export", "FORMATS"]
-
-FORMATS = ("onnx", "torch", "safetensors")
+__all__ = ["export"]
 
 
 def export(args) -> int:
+    """Write SPEC's network as --to says, to -o (NAME.onnx, NAME_torch/, NAME.safetensors)."""
     net = check_file(args.spec)
     view = select(net.graph, args.output)
     session = prepare(net)
