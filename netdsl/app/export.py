@@ -26,7 +26,7 @@ def export(args) -> int:
     """Write SPEC's network as --to says, to -o (NAME.onnx, NAME_torch/, NAME.safetensors)."""
     net = check_file(args.spec)
     view = select(net.graph, args.output)
-    session = prepare(net)
+    session = prepare(net, native=False)   # nothing trains: no C to compile
     params, buffers, origin, warning = _weights(args, session)
     metadata = spec_metadata(view.name, read_spec(args.spec))
     path = args.o or _default_path(view.name, args.to)
