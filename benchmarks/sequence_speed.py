@@ -107,10 +107,10 @@ def seconds_per_step(trainer, steps: int) -> float:
     return statistics.median(times)
 
 
-def peak_bytes_ours(w: Workload, batch: dict) -> int:
+def peak_bytes_ours(w: Workload, batch: dict, target: str = "host") -> int:
     tracemalloc.start()
     try:
-        trainer = Ours(w, batch)
+        trainer = Ours(w, batch, target)
         for _ in range(2):
             trainer.step()
         return tracemalloc.get_traced_memory()[1]
@@ -156,7 +156,7 @@ def run(w: Workload, repeats: int, steps: int, target: str = "host") -> dict:
             "per_repeat": {"ratio": ratios, "netdsl_ms": ours_ms, "torch_ms": theirs_ms},
             "netdsl_samples_s": w.batch / statistics.median(ours_ms) * 1e3,
             "torch_samples_s": w.batch / statistics.median(theirs_ms) * 1e3,
-            "netdsl_peak_mib": peak_bytes_ours(w, batch) / 2**20,
+            "netdsl_peak_mib": peak_bytes_ours(w, batch, target) / 2**20,
             "torch_peak_mib": peak_bytes_theirs(w, batch) / 2**20}
 
 
