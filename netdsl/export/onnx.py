@@ -63,24 +63,14 @@ class Builder:
 
     def fresh(self, base: str) -> str:
         """A value name not used yet anywhere in the model: `base`, else `base:2`, ..."""
-        name, n = base, 1
-        while name in self._values:
-            n += 1
-            name = f"{base}:{n}"
-        self._values.add(name)
-        return name
+        return _unique(base, self._values)
 
     def reserve(self, name: str) -> None:
         self._values.add(name)
 
     def node_name(self, op_type: str) -> str:
         base = self._scope if self._scope not in self._node_names else f"{self._scope}/{op_type}"
-        name, n = base, 1
-        while name in self._node_names:
-            n += 1
-            name = f"{base}:{n}"
-        self._node_names.add(name)
-        return name
+        return _unique(base, self._node_names)
 
     def begin(self, scope: str) -> int:
         """Name the nodes that follow after `scope`; returns where they start."""
@@ -406,3 +396,12 @@ def _describe(view: View, training: bool) -> str:
     graph = "training graph" if training else "inference graph"
     return f"{view.name} ({graph}): {inputs} -> {outputs}"
 
+
+def _unique(base: str, taken: set) -> str:
+    """`base`, else `base:2`, `base:3`, ...: the first not in `taken`, which it joins."""
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}:{n}"
+    taken.add(name)
+    return name
