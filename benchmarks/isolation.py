@@ -19,7 +19,6 @@ benchmarks/results/ so a figure can always be traced to its repeats and its load
 """
 from __future__ import annotations
 
-import ctypes
 import datetime
 import json
 import os
@@ -27,21 +26,17 @@ import sys
 import time
 from pathlib import Path
 
+from netdsl.runtime.host import steady_allocations
+
 # the 1-minute load average above which a run is not a quiet-machine figure
 QUIET = 0.5
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def fix_malloc() -> str:
-    """Fix glibc's mmap and trim thresholds (else they adapt to the allocations so far)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return "malloc as is"
-    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters, from malloc.h
-    if libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 64 << 20):
-        return "malloc mmap threshold 32 MiB"
-    return "malloc as is"
+    """Fix glibc's mmap and trim thresholds (else they adapt to the allocations so far),
+    as `netc run` does for itself."""
+    return "malloc mmap threshold 32 MiB" if steady_allocations() else "malloc as is"
 
 
 def blas_pool() -> tuple[str, int | None]:

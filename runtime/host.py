@@ -7,11 +7,14 @@ Python threads (NumPy releases the GIL in copies, ufuncs and GEMMs), each with a
 one-thread BLAS meanwhile. Importing it lends the threads: it provides ops.parallel's
 routines for NumPy.
 
-Also here: telling host arrays from device ones, and reading device values back.
+Also here: telling host arrays from device ones, reading device values back, and
+keeping glibc from returning a step's large buffers to the system only to fault them
+in again at the next step.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import threading
@@ -24,7 +27,7 @@ from netdsl.ops import parallel
 from netdsl.ops.parallel import CHUNK_BYTES, MIN_SPLIT_BYTES
 
 __all__ = ["on_host", "to_host", "read_scalars", "host_threads", "one_blas_thread",
-           "SLABS_PER_THREAD"]
+           "steady_allocations", "SLABS_PER_THREAD"]
 
 # slabs per thread: a thread that finishes early takes the next slab, so one whose core
 # another process holds delays the op by a small slab at most
@@ -35,6 +38,26 @@ _blas = None     # threadpoolctl's controllers of the loaded BLAS libraries
 _running = threading.Lock()  # held while slabs run: a split inside a slab runs serially
 _slabs_running = 1  # how many slabs run at once now: they share the chunk budget
 _step_threads = None  # inside one_blas_thread(): the threads BLAS had, which ops split over
+
+
+# ---- allocations
+
+
+def steady_allocations() -> bool:
+    """Serve buffers below 32 MiB from the heap and keep up to 64 MiB of freed memory.
+
+    glibc's malloc maps a large buffer afresh and unmaps it when freed, so a training
+    step that makes the same arrays every step pays a page fault per 4 KiB of each (a
+    tenth of an LSTM's step); its adaptive threshold also makes one run's speed depend on
+    what was freed before. Fixed thresholds make every step reuse the last one's memory.
+    Returns whether they were set (glibc only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt's parameters, from malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
+                and libc.mallopt(m_trim_threshold, 64 << 20))
 
 
 # ---- host and device

@@ -20,6 +20,7 @@ from netdsl.runtime import native
 from netdsl.runtime.checkpoint import CheckpointError
 from netdsl.runtime.data import Dataset, Normalizer, load_data, normalize
 from netdsl.runtime.device import array_module, target_of
+from netdsl.runtime.host import steady_allocations
 from netdsl.runtime.replicas import DataParallel
 from netdsl.runtime.train import Reporter, Trainer
 from netdsl.settings import TrainSettings, resolve_settings
@@ -127,6 +128,7 @@ def prepare(network: Network | nx.DiGraph, overrides: dict | None = None,
         When the network cannot train (no loss) or the device cannot be used.
     """
     graph = network if isinstance(network, nx.DiGraph) else network.graph
+    steady_allocations()   # every step reuses the memory of the last
     spans = network.program.train_spans if isinstance(network, Network) else {}
     sources = network.sources if isinstance(network, Network) else {}
     on_cpu = device == "cpu" and native is not False
