@@ -41,14 +41,16 @@ NETWORKS = {"25 Gbit/s": (25e9 / 8, 10e-6), "100 Gbit/s": (100e9 / 8, 2e-6)}
 WORKERS = (8, 64, 512)
 BACKWARD_SHARE = 2 / 3                 # of a step, during which sums can run
 
-# id: (spec, CPU batch, netdsl ms/step on 2 threads at that batch, GPU batch)
+# id: (spec, CPU batch, netdsl ms/step on 2 threads at that batch, GPU batch); the
+# steps of docs/benchmarks.md of 2026-12-04 on the target `netc run` picks: the host's
+# for the feed-forward workloads, the native one (compiled loops) for W4 and W5
 WORKLOADS = {
-    "W1": ("w1_mlp.net", 128, 1.40, 4096),
-    "W2": ("w2_lenet5.net", 64, 15.3, 1024),
-    "W3": ("w3_resnet20.net", 32, 267.0, 256),
-    "W4": ("w4_lstm.net", 32, 31.2, 256),
-    "W5": ("w5_elman.net", 32, 10.1, 256),
-    "W6": ("w6_inception.net", 16, 537.0, 128),
+    "W1": ("w1_mlp.net", 128, 0.71, 4096),
+    "W2": ("w2_lenet5.net", 64, 10.6, 1024),
+    "W3": ("w3_resnet20.net", 32, 188.1, 256),
+    "W4": ("w4_lstm.net", 32, 10.8, 256),
+    "W5": ("w5_elman.net", 32, 2.7, 256),
+    "W6": ("w6_inception.net", 16, 317.1, 128),
 }
 
 
