@@ -22,6 +22,7 @@ several; mpi4py is imported only then.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import sys
 import time
@@ -199,12 +200,26 @@ class MpiCommunicator(Communicator):
         return _MpiPending(self, request, array, "a sum")
 
     def gather(self, value) -> list:
-        self._meet("a gather")
-        return self.comm.allgather(value)
+        """Every rank's `value`, pickled and sent by non-blocking collectives, so that the
+        deadline holds in every wait (a peer that stops between two blocking calls would
+        hang this one)."""
+        data = np.frombuffer(pickle.dumps(value), dtype=np.uint8)
+        sizes = np.zeros(self.size, dtype=np.int64)
+        self.wait(self.comm.Iallgather(np.array([data.size], dtype=np.int64), sizes), "a gather")
+        received = np.empty(int(sizes.sum()), dtype=np.uint8)
+        self.wait(self.comm.Iallgatherv(data, [received, sizes]), "a gather")
+        ends = np.cumsum(sizes)
+        return [pickle.loads(received[end - size:end].tobytes())
+                for size, end in zip(sizes, ends)]
 
     def broadcast(self, value):
-        self._meet("a broadcast")
-        return self.comm.bcast(value, root=0)
+        """Rank 0's `value` on every rank, with the deadline in every wait (see gather)."""
+        data = np.frombuffer(pickle.dumps(value), dtype=np.uint8)
+        size = np.array([data.size], dtype=np.int64)
+        self.wait(self.comm.Ibcast(size, root=0), "a broadcast")
+        buffer = data.copy() if self.rank == 0 else np.empty(int(size[0]), dtype=np.uint8)
+        self.wait(self.comm.Ibcast(buffer, root=0), "a broadcast")
+        return value if self.rank == 0 else pickle.loads(buffer.tobytes())
 
     def any(self, flag: bool) -> bool:
         votes = np.array([1 if flag else 0], dtype=np.int32)
@@ -215,11 +230,6 @@ class MpiCommunicator(Communicator):
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(code)
-
-    def _meet(self, what: str) -> None:
-        """Wait (with the deadline) until every process has come here: the blocking
-        object collectives that follow then cannot hang on a dead peer."""
-        self.wait(self.comm.Ibarrier(), what)
 
     def wait(self, request, what: str) -> None:
         """Wait for `request`: spin briefly (a sum of a step's gradients takes
