@@ -100,7 +100,10 @@ class Executor:
         if lowered.target.name == "native":   # raises NativeUnavailable without a compiler
             native.prepare([p for made in lowered.kernels.values() for p in made], dtype)
             if plan.loops and on_host(xp):
-                self.compiled_loops = CompiledLoops(self)
+                try:
+                    self.compiled_loops = CompiledLoops(self)
+                except native.NativeUnavailable:  # no CBLAS to call: loops run interpreted
+                    pass
 
     def _views(self, flat) -> dict:
         return {key: flat[a:b].reshape(self.plan.params[key].shape)

@@ -263,3 +263,19 @@ def test_truncated_reach_runs_the_interpreted_loop():
         ex.backward()
     assert not native_ex.compiled_loops.calls
     np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+
+
+def test_without_numpys_cblas_the_loops_run_interpreted(monkeypatch):
+    from netdsl.runtime.native import loops as native_loops
+
+    def no_blas(dtype):
+        raise native.NativeUnavailable("NumPy's BLAS offers no CBLAS gemm to generated loops")
+
+    monkeypatch.setattr(native_loops, "gemm", no_blas)
+    host, native_ex = _recurrent_pair("elman")
+    assert native_ex.compiled_loops is None
+    batch = _sequence_batch(host.plan)
+    for ex in (host, native_ex):
+        ex.forward(batch, True)
+        ex.backward()
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)

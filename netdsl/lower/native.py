@@ -17,7 +17,7 @@ from netdsl.lower.codegen import Program
 from netdsl.lower.cuda import CTYPES
 from netdsl.ops.expr import c, functions_used
 
-__all__ = ["c_module", "function_name"]
+__all__ = ["c_module", "function_name", "simd_declarations"]
 
 # the math functions glibc's libmvec has vector versions of, for x86-64 and AArch64
 VECTOR_MATH = ("exp", "expm1", "log", "log1p", "tanh")
@@ -31,18 +31,22 @@ def function_name(index: int) -> str:
 def c_module(programs: list[Program], dtype: str, vector_math: bool = True) -> str:
     """One C translation unit with a function per program, in order."""
     ctype = CTYPES[dtype]
-    used = set().union(*(functions_used(e) for p in programs
-                         for _, e in (*p.lets, *p.writes))) if programs else set()
-    suffix = "f" if ctype == "float" else ""
     lines = ["#include <math.h>", ""]
-    declared = [fn for fn in VECTOR_MATH if fn in used] if vector_math else []
-    lines += [f'__attribute__((simd("notinbranch"))) {ctype} {fn}{suffix}({ctype});'
-              for fn in declared]
+    declared = simd_declarations(programs, ctype) if vector_math else []
+    lines += declared
     if declared:
         lines.append("")
     for index, program in enumerate(programs):
         lines.append(_function(program, function_name(index), ctype))
     return "\n".join(lines)
+
+
+def simd_declarations(programs: list[Program], ctype: str) -> list[str]:
+    """The `simd` declarations of the vector math functions `programs` call."""
+    used = set().union(*(functions_used(e) for p in programs for _, e in (*p.lets, *p.writes)))
+    suffix = "f" if ctype == "float" else ""
+    return [f'__attribute__((simd("notinbranch"))) {ctype} {fn}{suffix}({ctype});'
+            for fn in VECTOR_MATH if fn in used]
 
 
 def _function(program: Program, name: str, ctype: str) -> str:

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 from netdsl.lower.cuda import CTYPES
 from netdsl.lower.fuse import FusedChain
-from netdsl.lower.native import VECTOR_MATH
+from netdsl.lower.native import simd_declarations
 from netdsl.lower.plan import State
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
 from netdsl.ops.base import Op
-from netdsl.ops.expr import c, functions_used
+from netdsl.ops.expr import c
 
 __all__ = ["LoopKernel", "loop_kernel"]
 
@@ -40,7 +40,6 @@ class LoopKernel:
     `storage`: members whose values the functions write, (T, B, width) each; `seqs`:
     sequences read, (T, B, width); `states`: each state's initial values; `params`:
     (step node, parameter name) pairs; `widths`: every member's and input's width.
-    `needs`: per member, the inputs backward differentiates (None: not differentiated).
     A member's values are kept for every step only if they are `kept` (read after the
     loop, by a later step as a state, or by backward); the others, and the gradients not
     in `summed` (received from later steps, read after the loop), take one step's room.
@@ -52,7 +51,6 @@ class LoopKernel:
     states: tuple[State, ...]
     params: tuple[tuple[str, str], ...]
     widths: dict
-    needs: tuple
     kept: frozenset
     summed: frozenset
     views: dict        # a column block's node -> (its parent, the block's first column)
@@ -99,13 +97,11 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
         return None
     states = tuple(segment.loop.states)
     params = tuple((s.node, name) for s in segment.steps for name in s.params)
-    needed = tuple((s.node, needs.get(s.node)) for s in segment.steps)
     kept, summed = _lifetimes(segment, splits)
     writer = _Writer(segment, widths, splits, storage, seqs, states, params, dtype, kept,
                      summed, padded)
     source = writer.module(needs, index_type, gemm)
-    return LoopKernel(source, storage, seqs, states, params, widths, needed, kept, summed,
-                      splits)
+    return LoopKernel(source, storage, seqs, states, params, widths, kept, summed, splits)
 
 
 def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset]:
@@ -209,18 +205,14 @@ class _Writer:
 
     def module(self, needs: dict, index_type: str, gemm: str) -> str:
         t = self.t
-        used = set()
+        programs = []
         for step in self.segment.steps:
             if isinstance(step.op, FusedChain):
-                programs = [step.op.program]
+                programs.append(step.op.program)
                 if needs.get(step.node) is not None and any(needs[step.node]):
                     programs.append(step.op.backward_program(needs[step.node]))
-                for p in programs:
-                    used |= set().union(*(functions_used(e) for _, e in (*p.lets, *p.writes)))
-        suffix = "f" if t == "float" else ""
         lines = ["#include <math.h>", "#include <string.h>", ""]
-        lines += [f'__attribute__((simd("notinbranch"))) {t} {fn}{suffix}({t});'
-                  for fn in VECTOR_MATH if fn in used]
+        lines += simd_declarations(programs, t)
         lines += [f"/* {gemm}: CBLAS's ?gemm */",
                   f"typedef {index_type} I;",
                   f"typedef void (*gemm_t)(int, int, int, I, I, I, {t}, const {t}*, I, "

@@ -31,8 +31,8 @@ _SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_vo
 class _Run:
     """What a compiled forward leaves for its backward."""
 
-    def __init__(self, kernel, functions, storage, seqs, initials, params):
-        self.kernel, self.functions = kernel, functions
+    def __init__(self, kernel, storage, seqs, initials, params):
+        self.kernel = kernel
         self.storage, self.seqs, self.initials, self.params = storage, seqs, initials, params
         self.lengths = None   # each sequence's steps, in a padded batch
 
@@ -104,7 +104,7 @@ class CompiledLoops:
         by_node = {s.node: s for s in segment.steps}
         params = {(node, name): np.ascontiguousarray(ex.param_args(by_node[node])[name], dtype)
                   for node, name in kernel.params}
-        run = _Run(kernel, made, storage, seqs, initials, params)
+        run = _Run(kernel, storage, seqs, initials, params)
         if lengths is not None:
             run.lengths = np.ascontiguousarray(ex.host_lengths[source], dtype=np.int64)
         forward(self.address, T, B, self._table(run, {}))
