@@ -25,6 +25,7 @@ from netdsl.vocabulary import CONSTANTS, keywords, layer_arguments, layer_names,
 __all__ = ["Place", "Diagnostic", "Completion", "SpecIndex", "file_of"]
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+_QUOTED_OR_COMMENT = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|#[^\n]*")
 _STDLIB = "<stdlib>/"
 MAX_LISTED = 8  # instances listed in a hover; the rest are counted
 
@@ -369,6 +370,7 @@ def _layer_doc(name: str) -> str:
 def _open_call(text: str) -> tuple[str, set[str]] | None:
     """The callee of the innermost parenthesis still open at the end of `text`, with the
     keyword arguments it already has; None outside any call."""
+    text = _QUOTED_OR_COMMENT.sub(lambda m: " " * len(m.group()), text)  # their ( ) do not count
     depth, index = 0, len(text) - 1
     while index >= 0:
         char = text[index]

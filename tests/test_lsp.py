@@ -242,6 +242,9 @@ def test_completion_works_while_the_text_does_not_parse(tmp_path):
     assert index.diagnostics()  # it does not parse
     labels = [c.label for c in index.completions(5, len("h = x -> widen("))]
     assert labels[0] == "n"
+    # a parenthesis in a comment or a string opens no call
+    commented = SpecIndex(good + "# widen(\nstate h : [4], ", path, before)
+    assert all(c.kind != "argument" for c in commented.completions(6, len("state h : [4], ")))
 
 
 def test_netc_lsp_without_pygls_says_what_to_install(tmp_path):
