@@ -22,9 +22,11 @@ __all__ = ["NetdslServer", "serve", "CHECK_DELAY"]
 CHECK_DELAY = 0.2  # seconds without a keystroke before the text is checked
 
 _KINDS = {"layer": lsp.CompletionItemKind.Function, "block": lsp.CompletionItemKind.Class,
+          "optimizer": lsp.CompletionItemKind.Function,
           "argument": lsp.CompletionItemKind.Property, "keyword": lsp.CompletionItemKind.Keyword,
           "constant": lsp.CompletionItemKind.Constant}
-_ORDER = {"argument": "0", "layer": "1", "block": "2", "constant": "3", "keyword": "4"}
+_ORDER = {"argument": "0", "optimizer": "1", "layer": "1", "block": "2", "constant": "3",
+          "keyword": "4"}
 
 
 class NetdslServer(LanguageServer):

@@ -20,7 +20,16 @@ from netdsl.highlight import block_names
 from netdsl.ops import OPS
 from netdsl.parse import parse
 from netdsl.report import human
-from netdsl.vocabulary import CONSTANTS, keywords, layer_arguments, layer_names, usage
+from netdsl.optimizers import OPTIMIZERS
+from netdsl.vocabulary import (
+    CONSTANTS,
+    keywords,
+    layer_arguments,
+    layer_names,
+    optimizer_names,
+    optimizer_usage,
+    usage,
+)
 
 __all__ = ["Place", "Diagnostic", "Completion", "SpecIndex", "file_of"]
 
@@ -51,7 +60,7 @@ class Diagnostic:
 @dataclass(frozen=True)
 class Completion:
     label: str
-    kind: str  # "layer", "block", "argument", "keyword" or "constant"
+    kind: str  # "layer", "block", "optimizer", "argument", "keyword" or "constant"
     detail: str
     insert: str
 
@@ -305,7 +314,8 @@ class SpecIndex:
 
     def completions(self, line: int, col: int) -> list[Completion]:
         """What may be typed at the cursor: a call's keyword arguments inside its
-        parentheses, layer and block names, constants, and keywords at a line's start."""
+        parentheses, layer and block names (optimisers in a train clause), constants, and
+        keywords at a line's start."""
         text = self.lines[line][:col] if 0 <= line < len(self.lines) else ""
         word = re.search(r"[A-Za-z_0-9]*$", text).group()
         before = "\n".join(self.lines[:line] + [text[:len(text) - len(word)]])
@@ -316,6 +326,8 @@ class SpecIndex:
             items += self._arguments(name, given)
         if text[:len(text) - len(word)].strip() == "":  # a statement starts here
             items += [Completion(k, "keyword", "keyword", k) for k in keywords()]
+        if re.match(r"\s*train\b", self.lines[line]):  # a train clause calls an optimiser
+            items += [Completion(n, "optimizer", optimizer_usage(n), n) for n in optimizer_names()]
         items += [Completion(n, "layer", usage(n), n) for n in layer_names()]
         blocks = dict(self.blocks)
         for name in sorted(block_names(self.text) - set(blocks)):
@@ -332,6 +344,8 @@ class SpecIndex:
         elif name in self.blocks:
             names = [p.name for p in self.blocks[name].params]
             detail = _signature(self.blocks[name])
+        elif name in OPTIMIZERS:
+            names, detail = list(OPTIMIZERS[name].defaults), optimizer_usage(name)
         else:
             return []
         return [Completion(n, "argument", detail, f"{n}=") for n in names if n not in given]

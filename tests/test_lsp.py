@@ -257,3 +257,13 @@ def test_netc_lsp_without_pygls_says_what_to_install(tmp_path):
                             text=True, env=env, timeout=120)
     assert result.returncode == 1
     assert "pip install 'netdsl[lsp]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_completion_in_a_train_clause(tmp_path):
+    text = "input x : [4]\ntrain adam(b"
+    index = SpecIndex(text, str(tmp_path / "t.net"))
+    arguments = index.completions(1, len("train adam(b"))
+    assert [c.label for c in arguments if c.kind == "argument"] == ["beta1", "beta2"]
+    assert arguments[0].detail.startswith("adam(lr=0.001, beta1=0.9")
+    optimizers = [c.label for c in index.completions(1, len("train ")) if c.kind == "optimizer"]
+    assert optimizers == ["adagrad", "adam", "rmsprop", "sgd"]
