@@ -245,7 +245,12 @@ class SpecIndex:
                     instances.setdefault(path, []).append(node)
         if not instances:
             return None
-        lines = [f"**block {word}**" + (f" `{_signature(self.blocks[word])}`" if word in self.blocks else ""), ""]
+        shared = {i.name: i.call.name for i in self.module.items if isinstance(i, ast.Share)}
+        if word in shared:
+            lines = [f"**{word}**: the one shared instance of block `{shared[word]}`", ""]
+        else:
+            lines = [f"**block {word}**" + (f" `{_signature(self.blocks[word])}`"
+                                            if word in self.blocks else ""), ""]
         for path, members in list(instances.items())[:MAX_LISTED]:
             inside = set(members)
             outputs = [n for n in members if any(s not in inside for s in graph.successors(n))]

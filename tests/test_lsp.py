@@ -2,6 +2,7 @@
 subprocess and talks to it over stdio, as an editor does."""
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -267,3 +268,22 @@ def test_completion_in_a_train_clause(tmp_path):
     assert arguments[0].detail.startswith("adam(lr=0.001, beta1=0.9")
     optimizers = [c.label for c in index.completions(1, len("train ")) if c.kind == "optimizer"]
     assert optimizers == ["adagrad", "adam", "rmsprop", "sgd"]
+
+
+@pytest.mark.parametrize("name", ["gan.net", "seq2seq.net", "lstm.net"])
+def test_every_word_of_a_spec_has_answers_or_none(name):
+    """Hover, definition and completion at every word of specs with shared instances,
+    states and attention: no exception, and hover finds the shared discriminator."""
+    path = os.path.join(ROOT, "specs", name)
+    with open(path) as handle:
+        text = handle.read()
+    index = SpecIndex(text, path)
+    assert index.diagnostics() == []
+    for number, line in enumerate(text.split("\n")):
+        for word in re.finditer(r"\w+", line):
+            index.hover(number, word.start())
+            index.definition(number, word.start())
+            index.completions(number, word.end())
+    if name == "gan.net":
+        number, line = next((n, l) for n, l in enumerate(text.split("\n")) if "-> D" in l)
+        assert "shared instance of block `discriminator`" in index.hover(number, line.index("-> D") + 3)
