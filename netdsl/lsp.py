@@ -91,11 +91,17 @@ def did_close(ls: NetdslServer, params: lsp.DidCloseTextDocumentParams) -> None:
 
 @server.feature(lsp.TEXT_DOCUMENT_HOVER)
 def hover(ls: NetdslServer, params: lsp.HoverParams) -> lsp.Hover | None:
-    line, col = _position(ls, params.text_document.uri, params.position)
-    text = ls.index(params.text_document.uri).hover(line, col)
+    uri = params.text_document.uri
+    line, col = _position(ls, uri, params.position)
+    index = ls.index(uri)
+    text = index.hover(line, col)
     if text is None:
         return None
-    return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=text))
+    document = ls.workspace.get_text_document(uri)
+    where = document.position_codec.range_to_client_units(
+        document.lines, _range(index.word_place(line, col)))
+    return lsp.Hover(contents=lsp.MarkupContent(kind=lsp.MarkupKind.Markdown, value=text),
+                     range=where)
 
 
 @server.feature(lsp.TEXT_DOCUMENT_DEFINITION)

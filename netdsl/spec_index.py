@@ -260,6 +260,7 @@ class SpecIndex:
             lines.append(f"- `{path}`: output `{shapes}`, {len(members)} nodes, "
                          f"parameters {params:,}, {_mult_adds(flops)}")
         lines += _more(len(instances))
+        lines += ["", _per(any(graph.nodes[n]["type"].seq for m in instances.values() for n in m))]
         return "\n".join(lines)
 
     def _hover_value(self, word: str, line: int) -> str | None:
@@ -289,10 +290,7 @@ class SpecIndex:
             lines.append(f"- `{node}` ({row.op}): output `{row.type}`, {params}, "
                          f"{_mult_adds(row.flops)}")
         lines += _more(len(nodes))
-        seq = any(graph.nodes[n]["type"].seq for n in nodes)
-        lines.append("")
-        lines.append("per example" + (" and time step" if seq else "")
-                     + "; a multiply-add counts as 2 FLOPs")
+        lines += ["", _per(any(graph.nodes[n]["type"].seq for n in nodes))]
         return "\n".join(lines)
 
     def _block_doc(self, block: ast.Block) -> str:
@@ -306,6 +304,11 @@ class SpecIndex:
             if block.span.line - 1 <= line <= block.span.end_line - 1:
                 return block
         return None
+
+    def word_place(self, line: int, col: int) -> Place | None:
+        """The name under the cursor, which a hover is about."""
+        found = self._word_at(line, col)
+        return Place(self.path, line, found[1], line, found[2]) if found else None
 
     def _word_at(self, line: int, col: int) -> tuple[str, int, int] | None:
         if not 0 <= line < len(self.lines):
@@ -371,6 +374,10 @@ def _mult_adds(flops: int) -> str:
     # cost.py counts FLOPs, a multiply-add as 2 (and a bias add or an activation as 1):
     # half of them is about the multiply-adds torchinfo reports
     return f"mult-adds ≈{human(flops / 2)} ({human(flops)} FLOPs)"
+
+
+def _per(seq: bool) -> str:
+    return "per example" + (" and time step" if seq else "") + "; a multiply-add counts as 2 FLOPs"
 
 
 def _more(count: int) -> list[str]:

@@ -162,6 +162,9 @@ def test_hover_on_a_layer_shows_its_shape_parameters_and_mult_adds(answers):
 def test_hover_on_a_block_call_sums_its_instance(answers):
     text = answers["hover_block"].contents.value
     assert "block widen" in text and "widen(n, act_slope=...)" in text
+    start = position_of(MAIN, "widen")
+    assert answers["hover_block"].range == lsp.Range(
+        start, lsp.Position(line=start.line, character=start.character + len("widen")))
     assert "output `[16]`" in text and "parameters 144" in text  # 8*16 + 16
 
 
