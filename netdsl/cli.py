@@ -335,9 +335,10 @@ def _lsp(args) -> int:
     try:
         from netdsl.lsp import serve  # pygls, an optional extra, loads for this command alone
     except ModuleNotFoundError as exc:
-        if exc.name not in ("pygls", "lsprotocol"):
+        package = (exc.name or "").split(".")[0]
+        if package not in ("pygls", "lsprotocol"):
             raise
-        raise SpecError(f"netc lsp needs the {exc.name} package, which is not installed", None,
+        raise SpecError(f"netc lsp needs the {package} package, which is not installed", None,
                         "pip install 'netdsl[lsp]'") from None
     return serve()
 
