@@ -289,6 +289,7 @@ class Executor:
         if folded and step.node in timed:
             gy = gy.reshape((-1,) + gy.shape[2:])
         ctx.needs_input_grad = tuple(t is not None for t in targets)
+        ctx.gy_owned = step.node in owned   # popped from `grads`: nobody else reads it
         # a parameter's first gradient may be written straight into its storage
         ctx.grad_out = {name: self.grads[key] for name, key in step.params.items()
                         if key not in self._written and name not in step.slices}

@@ -162,3 +162,21 @@ def test_a_chain_whose_gradients_follow_from_its_output_keeps_only_that(name):
         ours = codegen.evaluate_program(program, {"y": y, "gy": gy}, {}, np, "float64")
         for key, value in plain.items():
             np.testing.assert_allclose(ours[key], value, rtol=1e-12)
+
+
+def test_relu_backward_overwrites_a_gradient_the_executor_owns():
+    """Ctx.gy_owned: relu's input gradient is written over gy when the executor made gy
+    and nobody reads it afterwards; otherwise gy is left alone."""
+    from netdsl.ops import OPS
+    from netdsl.ops.base import Ctx, bind
+
+    relu = bind(OPS["relu"], [], {})
+    for owned in (False, True):
+        ctx = Ctx(np, training=True)
+        relu.forward(ctx, np.array([[-1.0, 2.0, 3.0]]))
+        gy = np.array([[5.0, 6.0, 7.0]])
+        ctx.gy_owned = owned
+        (dx,), _ = relu.backward(ctx, gy)
+        np.testing.assert_array_equal(dx, [[0.0, 6.0, 7.0]])
+        assert (dx is gy) == owned
+        np.testing.assert_array_equal(gy, [[0.0, 6.0, 7.0]] if owned else [[5.0, 6.0, 7.0]])

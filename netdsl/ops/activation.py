@@ -80,6 +80,7 @@ class Relu(Pointwise):
     keeps = ("y",)  # the mask y > 0 is all backward needs
     inplace = True
     fresh = True
+    fresh_grads = True   # a new array, or gy when it is the executor's to overwrite
     init_scheme = "he"
 
     def forward(self, ctx, x):
@@ -91,7 +92,11 @@ class Relu(Pointwise):
 
     def backward(self, ctx, gy):
         xp, y = ctx.xp, ctx.saved["y"]
-        dx = xp.empty(y.shape, dtype=xp.result_type(gy.dtype, y.dtype))
+        dtype = xp.result_type(gy.dtype, y.dtype)
+        if ctx.gy_owned and gy.shape == y.shape and gy.dtype == dtype:
+            dx = gy   # the mask applied in place: no second array of the layer's size
+        else:
+            dx = xp.empty(y.shape, dtype=dtype)
         gy = gy if gy.shape == y.shape else xp.broadcast_to(gy, y.shape)
         return (split_pointwise(xp, lambda g, y, out: xp.multiply(g, y > 0, out=out), dx,
                                 gy, y),), {}

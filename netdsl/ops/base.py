@@ -94,6 +94,9 @@ class Ctx:
         self.grad_out: dict[str, Any] = {}
         # the step's Op.geometry, set by an executor; an op called alone derives it itself
         self.geometry = None
+        # set by an executor before backward: gy is an array of this pass's own that
+        # nothing reads afterwards, so an op may write its input's gradient over it
+        self.gy_owned = False
 
     @property
     def rng(self):
