@@ -127,6 +127,10 @@ def _parser() -> argparse.ArgumentParser:
                              "default: what the losses score)")
     export.add_argument("--train-graph", action="store_true",
                         help="ONNX: the training graph (dropout and noise on, batch statistics)")
+    export.add_argument("--native-rnn", action="store_true",
+                        help="ONNX: the standard library's lstm, gru_reset_after and elman "
+                             "cells as ONNX's LSTM, GRU and RNN ops (other recurrences stay "
+                             "Scans)")
 
     fmt = sub.add_parser("fmt", help="print the canonical form of a spec",
                          description="Print the canonical form of a spec (comments kept).")

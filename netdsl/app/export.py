@@ -88,6 +88,13 @@ def _onnx(view, params, buffers, args, metadata, path) -> str:
     except ImportError:
         raise SpecError("exporting to ONNX needs the onnx package", None,
                         "pip install 'netdsl[export]'") from None
+    if args.native_rnn:
+        from netdsl.export.cells import native_cells  # for this flag alone
+        view, kept = native_cells(view)
+        if kept:
+            sys.stderr.write(f"note: --native-rnn: {len(kept)} recurrence(s) stay Scans (of "
+                             f"{'; of '.join(kept)}): only the standard library's lstm, "
+                             "gru_reset_after and elman cells have native ops\n")
     model = to_onnx(view, params, buffers, training=args.train_graph, batch=args.batch,
                     metadata=metadata)
     if model.ByteSize() >= 2**31:  # protobuf's limit on one message

@@ -2,7 +2,8 @@
 
 Every op emits its own nodes (`Op.onnx`, beside its shape rule) through the `Builder`
 here; the walk (netdsl.export.walk) lays values out as they read them, and a
-recurrence becomes a Scan (netdsl.export.scan). The model states its opset, keeps the
+recurrence becomes a Scan (netdsl.export.scan), or a standard library cell ONNX's own
+LSTM, GRU or RNN when the view says so (netdsl.export.cells, netdsl.export.rnn). The model states its opset, keeps the
 batch (and time) dims symbolic and named, takes its input and output names from the
 spec, names each node after its block path (`stage2/basic1/conv1`) and each
 initializer as the safetensors export does (`stage2.basic1.conv1.weight`), and has
@@ -15,8 +16,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from netdsl.export.naming import param_name, tensor_name
+from netdsl.export.rnn import emit_cell
 from netdsl.export.scan import emit_scan
-from netdsl.export.view import LoopParts, View, owner
+from netdsl.export.view import Cell, LoopParts, View, owner
 from netdsl.export.walk import FOLDED, SEQ, STEP, Walker
 from netdsl.lower.plan import Step
 from netdsl.ops.expr import Call, Const, Var
@@ -313,6 +315,9 @@ class OnnxWalker(Walker):
 
     def loop(self, part: LoopParts) -> None:
         emit_scan(self, part)
+
+    def cell(self, cell: Cell) -> None:
+        emit_cell(self, cell)
 
 
 def to_onnx(view: View, params: dict, buffers: dict | None = None, *, training: bool = False,
