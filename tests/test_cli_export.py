@@ -149,3 +149,43 @@ def test_a_place_that_cannot_be_written_is_one_clear_error(tmp_path):
                       cwd=str(tmp_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: cannot write {tmp_path / 'file' / 'x.onnx'}")
+
+
+def test_torch_replaces_an_exported_folder_whole_under_the_umask(trained):
+    _, _, folder = trained
+    result, path = export(trained, "torch", "replaced")
+    assert result.returncode == 0, result.stderr
+    os.makedirs(os.path.join(path, "__pycache__"))  # what importing model.py leaves
+    old = os.stat(os.path.join(path, "model.py")).st_ino
+    mask = os.umask(0o027)  # the subprocess inherits it
+    try:
+        again, _ = export(trained, "torch", "replaced")
+    finally:
+        os.umask(mask)
+    assert again.returncode == 0, again.stderr
+    assert sorted(os.listdir(path)) == ["model.py", "model.safetensors"]
+    assert os.stat(os.path.join(path, "model.py")).st_ino != old
+    assert os.stat(path).st_mode & 0o777 == 0o750
+    assert os.stat(os.path.join(path, "model.safetensors")).st_mode & 0o777 == 0o640
+    assert not [n for n in os.listdir(folder) if n.startswith(".replaced.")]  # no temporaries
+
+
+def test_torch_never_deletes_a_folder_holding_other_things(trained):
+    _, _, folder = trained
+    (folder / "mine").mkdir()
+    (folder / "mine" / "notes.txt").write_text("keep me")
+    result, path = export(trained, "torch", "mine")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "notes.txt" in result.stderr.splitlines()[0]
+    assert os.listdir(path) == ["notes.txt"]
+
+
+def test_a_folder_write_that_fails_leaves_the_old_folder(tmp_path):
+    from netdsl.atomic import write_folder
+
+    target = tmp_path / "out"
+    write_folder(str(target), {"a": b"1", "b": b"2"})
+    with pytest.raises(FileNotFoundError):  # the second file cannot be made
+        write_folder(str(target), {"a": b"new", "missing/b": b"2"})
+    assert sorted(os.listdir(target)) == ["a", "b"] and (target / "a").read_bytes() == b"1"
+    assert os.listdir(tmp_path) == ["out"]

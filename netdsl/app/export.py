@@ -1,7 +1,8 @@
 """`netc export`: a network with its trained weights, as ONNX, PyTorch or safetensors.
 
 The weights are the checkpoint's that `netc run` wrote (runs/NAME, or --checkpoint),
-else the initial ones, with a warning. Every file is written atomically.
+else the initial ones, with a warning. Every file is written atomically, the torch
+folder as a whole.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import numpy as np
 
 from netdsl.app.session import prepare
-from netdsl.atomic import check_writable, write_bytes, write_text
+from netdsl.atomic import check_writable, write_bytes, write_folder
 from netdsl.driver import check_file, read_spec
 from netdsl.errors import SpecError
 from netdsl.export import select
@@ -125,9 +126,14 @@ def _torch(view, params, buffers, sources, description, metadata, folder) -> str
                 state[name] = step.op.buffers(*step.input_types)[source[2]]
         else:
             state[name] = source[1]
-    os.makedirs(folder, exist_ok=True)
-    write_bytes(os.path.join(folder, "model.safetensors"),
-                encode({k: np.asarray(v) for k, v in state.items()}, metadata))
-    write_text(os.path.join(folder, "model.py"), module.source)
+    files = {"model.py": module.source.encode("utf-8"),
+             "model.safetensors": encode({k: np.asarray(v) for k, v in state.items()},
+                                         metadata)}
+    try:  # the folder made whole beside, then renamed into place
+        write_folder(folder, files, replaces={"__pycache__"})
+    except FileExistsError as exc:
+        raise SpecError(f"cannot write {folder}: {exc}, which --to torch would delete in "
+                        "replacing the folder", None,
+                        "name a new folder (or one an export wrote) with -o") from None
     return f"{folder}/model.py and {folder}/model.safetensors"
 
