@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--init-from", metavar="FILE.safetensors",
                      help="start from these weights (netc export --to safetensors): fine-tuning, "
                           "or a spec whose tensors have the same names and shapes")
+    run.add_argument("--init-partial", action="store_true",
+                     help="with --init-from: load the tensors whose names and shapes fit, "
+                          "leave the others initial, and list both (a network with a new head)")
     run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                      help="also checkpoint during an epoch this often (30)")
     run.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")

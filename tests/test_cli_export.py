@@ -189,3 +189,27 @@ def test_a_folder_write_that_fails_leaves_the_old_folder(tmp_path):
         write_folder(str(target), {"a": b"new", "missing/b": b"2"}, replaces={"b"})
     assert sorted(os.listdir(target)) == ["a", "b"] and (target / "a").read_bytes() == b"1"
     assert os.listdir(tmp_path) == ["out"]
+
+
+def test_init_partial_loads_what_fits_and_says_so(trained):
+    spec, _, folder = trained
+    result, path = export(trained, "safetensors", "base.safetensors")
+    assert result.returncode == 0, result.stderr
+    headed = folder / "headed.net"  # a new hidden layer and head on the same first layer
+    headed.write_text(MLP.replace("dense(10)", "dense(16) -> relu -> dense(10)"))
+    run = run_netc("run", str(headed), "--steps", "1", "--quiet", "--lr", "1e-12",
+                   "--init-from", path, "--init-partial", "--checkpoint", str(folder / "headed"))
+    assert run.returncode == 0, run.stderr
+    assert "loaded 3 tensors from" in run.stdout  # logits.bias (10,) fits the new head too
+    assert "dense1.weight, dense1.bias, logits.bias" in run.stdout
+    assert "left at their initial values: dense2.weight, dense2.bias, logits.weight" in run.stdout
+    after = run_netc("export", str(headed), "--to", "safetensors", "-o", str(folder / "h.st"),
+                     "--checkpoint", str(folder / "headed"))
+    assert after.returncode == 0, after.stderr
+    before, loaded = load_file(path), load_file(str(folder / "h.st"))
+    np.testing.assert_allclose(loaded["dense1.weight"], before["dense1.weight"], atol=1e-6)
+    np.testing.assert_allclose(loaded["logits.bias"], before["logits.bias"], atol=1e-6)
+    assert loaded["logits.weight"].shape == (10, 16)
+    strict = run_netc("run", str(headed), "--steps", "1", "--init-from", path,
+                      "--checkpoint", str(folder / "strict"))
+    assert strict.returncode == 1 and "--init-partial" in strict.stderr
