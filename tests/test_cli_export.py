@@ -2,10 +2,13 @@
 import os
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.numpy import load_file
+from safetensors.torch import load_file as torch_load
 from sklearn.datasets import load_digits
 
 from conftest import run_netc
@@ -213,3 +216,43 @@ def test_init_partial_loads_what_fits_and_says_so(trained):
     strict = run_netc("run", str(headed), "--steps", "1", "--init-from", path,
                       "--checkpoint", str(folder / "strict"))
     assert strict.returncode == 1 and "--init-partial" in strict.stderr
+
+
+def test_a_normalising_spec_exports_its_normalisation(tmp_path):
+    spec = tmp_path / "norm.net"
+    spec.write_text(MLP + "train sgd(lr=0.1), normalize=true\n")
+    run = run_netc("run", str(spec), "--steps", "30", "--quiet", "--checkpoint",
+                   str(tmp_path / "run"))
+    assert run.returncode == 0, run.stderr
+    x = load_digits(return_X_y=True)[0][:100] / 16  # raw data, as netc predict takes it
+    np.savez(tmp_path / "raw.npz", x=x)
+    predicted = run_netc("predict", str(spec), "--checkpoint", str(tmp_path / "run"),
+                         "--data", str(tmp_path / "raw.npz"), "-o", str(tmp_path / "pred.npz"))
+    assert predicted.returncode == 0, predicted.stderr
+    with np.load(tmp_path / "pred.npz") as netdsl:
+        want = netdsl["logits"]
+    for to in ("onnx", "torch", "safetensors"):
+        result = run_netc("export", str(spec), "--to", to, "-o", str(tmp_path / f"out_{to}"),
+                          "--checkpoint", str(tmp_path / "run"))
+        assert result.returncode == 0, result.stderr
+        assert "it standardises x as training did" in result.stdout
+    model = onnx.load(str(tmp_path / "out_onnx"))
+    assert [n.op_type for n in model.graph.node][:2] == ["Sub", "Div"]
+    (logits,) = ort.InferenceSession(str(tmp_path / "out_onnx"),
+                                     providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.astype(np.float32)})
+    np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-5)
+    namespace = {}
+    exec(open(tmp_path / "out_torch" / "model.py").read(), namespace)
+    module = namespace["Model"]()
+    module.load_state_dict(torch_load(str(tmp_path / "out_torch" / "model.safetensors")))
+    with torch.no_grad():
+        got = module.eval()(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    tensors = load_file(str(tmp_path / "out_safetensors"))
+    assert tensors["normalize.x.mean"].shape == (64,) and "normalize.x.std" in tensors
+    # the module loads the safetensors export as its state_dict, and --init-from reads it
+    module.load_state_dict(torch_load(str(tmp_path / "out_safetensors")))
+    again = run_netc("run", str(spec), "--steps", "1", "--quiet", "--init-from",
+                     str(tmp_path / "out_safetensors"), "--checkpoint", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr

@@ -16,11 +16,11 @@ from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from netdsl.errors import SpecError
-from netdsl.export.naming import param_name, tensor_name
+from netdsl.export.naming import NORMALIZE, component, param_name, tensor_name
 from netdsl.lower.plan import Plan
 
 __all__ = ["tensor_sources", "network_tensors", "encode", "decode", "Fit", "fit", "match",
-           "spec_metadata"]
+           "spec_metadata", "normalize_tensors"]
 
 
 def spec_metadata(name: str, text: str) -> dict[str, str]:
@@ -53,6 +53,16 @@ def network_tensors(plan: Plan, params: dict, buffers: dict) -> dict[str, np.nda
             step = plan.step_of(node)
             value = step.op.buffers(*step.input_types)[buffer]
         tensors[name] = np.asarray(value)
+    return tensors
+
+
+def normalize_tensors(normalize: dict) -> dict[str, np.ndarray]:
+    """The statistics a model standardises its inputs by (input name -> (mean, std)) as
+    tensors, named as the exported module keeps them: `normalize.x.mean`, `.std`."""
+    tensors = {}
+    for name, (mean, std) in normalize.items():
+        prefix = NORMALIZE + component(name)
+        tensors[f"{prefix}.mean"], tensors[f"{prefix}.std"] = np.asarray(mean), np.asarray(std)
     return tensors
 
 
@@ -107,9 +117,11 @@ def fit(plan: Plan, tensors: dict[str, np.ndarray]) -> Fit:
             if name in tensors and tuple(tensors[name].shape) == shapes[name]]
     differ = {name: (tuple(tensors[name].shape), shapes[name]) for name in sources
               if name in tensors and tuple(tensors[name].shape) != shapes[name]}
+    # the data's statistics (normalize.*) are no network's: a run fits its own
     return Fit({sources[name]: tensors[name] for name in fits}, fits,
                [name for name in sources if name not in tensors],
-               [name for name in tensors if name not in sources], differ)
+               [name for name in tensors if name not in sources
+                and not name.startswith(NORMALIZE)], differ)
 
 
 def match(plan: Plan, tensors: dict[str, np.ndarray], path: str,
