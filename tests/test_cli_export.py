@@ -256,3 +256,28 @@ def test_a_normalising_spec_exports_its_normalisation(tmp_path):
     again = run_netc("run", str(spec), "--steps", "1", "--quiet", "--init-from",
                      str(tmp_path / "out_safetensors"), "--checkpoint", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr
+
+
+MIXED = """\
+network mixed
+import rnn
+input  x : seq[3]
+target y : seq class(4)
+state  s : [4]
+h = x -> gru_reset_after(5) -> elman(6)
+s = tanh(dense(concat(h, s[t-1]), 4))
+loss cross_entropy(s, y)
+"""
+
+
+def test_native_rnn_writes_the_cells_natively_and_says_which_stay_scans(tmp_path):
+    spec = tmp_path / "mixed.net"
+    spec.write_text(MIXED)
+    result = run_netc("export", str(spec), "--to", "onnx", "--native-rnn", "-o",
+                      str(tmp_path / "mixed.onnx"), cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "--native-rnn" in line]
+    assert notes == ["note: --native-rnn: 1 recurrence(s) stay Scans (of s): only the standard "
+                     "library's lstm, gru_reset_after and elman cells have native ops"]
+    types = [n.op_type for n in onnx.load(str(tmp_path / "mixed.onnx")).graph.node]
+    assert types.count("GRU") == 1 and types.count("RNN") == 1 and types.count("Scan") == 1
