@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--init-from", metavar="FILE.safetensors",
                      help="start from these weights (netc export --to safetensors): fine-tuning, "
                           "or a spec whose tensors have the same names and shapes")
+    run.add_argument("--init-partial", action="store_true",
+                     help="with --init-from: load the tensors whose names and shapes fit, "
+                          "leave the others initial, and list both (a network with a new head)")
     run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                      help="also checkpoint during an epoch this often (30)")
     run.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")
@@ -127,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
                              "default: what the losses score)")
     export.add_argument("--train-graph", action="store_true",
                         help="ONNX: the training graph (dropout and noise on, batch statistics)")
+    export.add_argument("--native-rnn", action="store_true",
+                        help="ONNX: the standard library's lstm, gru_reset_after and elman "
+                             "cells as ONNX's LSTM, GRU and RNN ops (other recurrences stay "
+                             "Scans)")
 
     fmt = sub.add_parser("fmt", help="print the canonical form of a spec",
                          description="Print the canonical form of a spec (comments kept).")

@@ -654,7 +654,7 @@ class _Expander:
             if self.depth > 64:
                 raise SpecError(f"blocks are nested more than 64 deep at '{block.name}'", call.span)
             name = instance or scope.fresh(block.name, self.nodes)[len(scope.prefix):]
-            frame = Frame(name, block.name, call.span, repeat)
+            frame = Frame(name, block.name, call.span, repeat, block.span.file)
             inner = _Scope(f"{scope.prefix}{name}/", scope.frames + (frame,), inputs=list(tensors),
                            share=share)
             self._bind_params(block, inner, scalars, keywords, call, scope)

@@ -16,13 +16,16 @@ class Frame:
     """One level of block nesting: the instance `basic2` of block `basic`.
 
     `repeat` identifies the `x N` stage that made the instance (instances of one
-    repetition share it), so a drawing can collapse them into one box.
+    repetition share it), so a drawing can collapse them into one box. `origin` is the
+    file the block is defined in (`<stdlib>/rnn.net` for the standard library's cells),
+    so an exporter can tell a library block from a spec's own of the same name.
     """
 
     name: str
     block: str
     span: Span
     repeat: str | None = None
+    origin: str | None = None
 
 
 @dataclass(frozen=True)

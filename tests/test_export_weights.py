@@ -4,7 +4,8 @@ import pytest
 
 from netdsl.driver import check_text
 from netdsl.errors import SpecError
-from netdsl.export.weights import decode, encode, match, network_tensors, spec_metadata
+from netdsl.export.weights import (decode, encode, match, network_tensors, spec_metadata,
+                                   tensor_sources)
 from netdsl.lower.plan import build_plan
 
 NET = """\
@@ -50,7 +51,7 @@ def test_names_follow_the_blocks_and_hold_the_running_statistics(plan):
 def test_a_file_read_back_gives_every_tensor_its_place(plan):
     named = tensors(plan)
     data = encode(named, spec_metadata("small", NET))
-    placed = match(plan, decode(data, "small.safetensors"), "small.safetensors")
+    placed = match(plan, decode(data, "small.safetensors"), "small.safetensors").loaded
     assert (placed[("buffer", "unit2/batchnorm1", "running_mean")] == 0.5).all()
     key = next(k for k in plan.params if k.startswith("logits"))
     np.testing.assert_array_equal(placed[("param", key)], named["logits." + key.split(".")[-1]])
@@ -72,3 +73,24 @@ def test_what_does_not_fit_is_listed(plan):
 def test_a_file_that_is_not_safetensors():
     with pytest.raises(SpecError, match="not a readable safetensors file"):
         decode(b"not a safetensors file", "bad.safetensors")
+
+
+def test_partly_fitting_tensors_load_with_partial(plan):
+    named = tensors(plan)
+    named["logits.weight"] = np.zeros((3, 2), np.float32)  # a new head
+    del named["logits.bias"]
+    named["old_head.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(SpecError) as error:
+        match(plan, named, "other.safetensors")
+    assert "--init-partial" in error.value.hint
+    found = match(plan, named, "other.safetensors", partial=True)
+    assert "logits.weight" not in found.names and "logits.bias" in found.missing
+    assert "unit1.conv1.weight" in found.names and found.unknown == ["old_head.weight"]
+    assert found.differ["logits.weight"][0] == (3, 2)
+    assert len(found.loaded) == len(tensor_sources(plan)) - 2
+    assert all(key[0] in ("param", "buffer") for key in found.loaded)
+
+
+def test_partial_needs_one_that_fits(plan):
+    with pytest.raises(SpecError, match="none of its tensors fits"):
+        match(plan, {"other.weight": np.zeros(2, np.float32)}, "x.safetensors", partial=True)

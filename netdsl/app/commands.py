@@ -81,8 +81,11 @@ def run(args) -> int:
         if args.resume and args.init_from:
             raise SpecError("--resume continues from the checkpoint, --init-from starts from "
                             "a file: give one of them", None, None)
+        if args.init_partial and not args.init_from:
+            raise SpecError("--init-partial loads what fits of the file --init-from names: "
+                            "there is none", None, "add --init-from FILE.safetensors")
         if args.init_from:
-            _init_from(trainer, args.init_from)
+            _init_from(trainer, args.init_from, args.init_partial, console)
             console.print(f"starting from the weights in {args.init_from}")
         if args.resume:
             try:
@@ -137,19 +140,30 @@ def _shared_out(comm, trainer, examples: int) -> str:
     return text
 
 
-def _init_from(trainer, path: str) -> None:
-    """Set the trainer's parameters and buffers to those of a safetensors file."""
+def _init_from(trainer, path: str, partial: bool, console) -> None:
+    """Set the trainer's parameters and buffers to those of a safetensors file (with
+    `partial`, those that fit, saying which did and which did not)."""
     if not os.path.isfile(path):
         raise SpecError(f"--init-from {path}: no such file", None,
                         "write one with: netc export SPEC --to safetensors")
     with open(path, "rb") as handle:
         tensors = decode(handle.read(), path)
     ex = trainer.executor
-    for source, value in match(trainer.plan, tensors, path).items():
+    found = match(trainer.plan, tensors, path, partial)
+    for source, value in found.loaded.items():
         if source[0] == "param":
             ex.params[source[1]][...] = ex.xp.asarray(value, dtype=ex.dtype)
         else:
             ex.buffers.setdefault(source[1], {})[source[2]] = ex.xp.asarray(value, dtype=ex.dtype)
+    if partial:
+        console.print(f"loaded {len(found.names)} tensors from {path}: "
+                      f"{', '.join(found.names)}", soft_wrap=True, markup=False)  # names unbroken
+        left = [*found.missing, *found.differ]
+        if left:
+            console.print(f"left at their initial values: {', '.join(left)}", soft_wrap=True,
+                          markup=False)
+        for problem in found.problems():
+            console.print(f"  {problem}", soft_wrap=True, markup=False)
 
 
 def _trained(args):

@@ -1,7 +1,8 @@
 """`netc export`: a network with its trained weights, as ONNX, PyTorch or safetensors.
 
 The weights are the checkpoint's that `netc run` wrote (runs/NAME, or --checkpoint),
-else the initial ones, with a warning. Every file is written atomically.
+else the initial ones, with a warning. Every file is written atomically, the torch
+folder as a whole.
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import sys
 import numpy as np
 
 from netdsl.app.session import prepare
-from netdsl.atomic import check_writable, write_bytes, write_text
+from netdsl.atomic import check_writable, write_bytes, write_folder
 from netdsl.driver import check_file, read_spec
 from netdsl.errors import SpecError
 from netdsl.export import select
-from netdsl.export.weights import encode, network_tensors, spec_metadata
+from netdsl.export.weights import encode, network_tensors, normalize_tensors, spec_metadata
 from netdsl.runtime.checkpoint import CHECKPOINT
 from netdsl.runtime.host import to_host
 
@@ -28,6 +29,9 @@ def export(args) -> int:
     view = select(net.graph, args.output)
     session = prepare(net, native=False)   # nothing trains: no C to compile
     params, buffers, origin, warning = _weights(args, session)
+    # the statistics training standardised the inputs by: the exported model applies them
+    normalize = {name: stats for name, stats in session.normalizer.stats.items()
+                 if name in view.inputs} if session.normalizer else {}
     metadata = spec_metadata(view.name, read_spec(args.spec))
     path = args.o or _default_path(view.name, args.to)
     # before any work: a path that cannot be written is found in a moment (for the torch
@@ -36,17 +40,19 @@ def export(args) -> int:
     if why is not None:
         raise SpecError(f"cannot write {path} ({why})", None, "name another place with -o")
     if args.to == "onnx":
-        wrote = _onnx(view, params, buffers, args, metadata, path)
+        wrote = _onnx(view, params, buffers, args, metadata, path, normalize)
     elif args.to == "torch":
         wrote = _torch(view, params, buffers, net.sources, f" from {args.spec}", metadata,
-                       path)
+                       path, normalize)
     else:
         tensors = network_tensors(session.lowered.plan, params, buffers)
+        tensors.update(normalize_tensors(normalize))
         write_bytes(path, encode(tensors, metadata))
         wrote = f"{path} ({len(tensors)} tensors)"
     if warning:  # after the export: an error in it is what to fix first
         sys.stderr.write(f"warning: {warning}\n")
-    print(f"wrote {wrote}, with {origin}")
+    print(f"wrote {wrote}, with {origin}" + (
+        f"; it standardises {', '.join(normalize)} as training did" if normalize else ""))
     return 0
 
 
@@ -67,9 +73,7 @@ def _weights(args, session) -> tuple[dict, dict, str, str | None]:
         trainer = session.trained(folder, f"train it again: netc run {args.spec} "
                                           f"--checkpoint {folder}")
         origin = f"the weights of {os.path.join(folder, CHECKPOINT)}"
-        warning = None if session.normalizer is None else (
-            "the checkpoint standardises the inputs (--normalize): the exported model "
-            "expects them standardised")
+        warning = None
     ex = trainer.executor
     params = {key: to_host(ex.xp, value) for key, value in ex.params.items()}
     buffers = {node: {name: to_host(ex.xp, v) for name, v in entries.items()}
@@ -82,14 +86,21 @@ def _default_path(name: str, to: str) -> str:
             "safetensors": f"{name}.safetensors"}[to]
 
 
-def _onnx(view, params, buffers, args, metadata, path) -> str:
+def _onnx(view, params, buffers, args, metadata, path, normalize) -> str:
     try:
         from netdsl.export.onnx import to_onnx  # the onnx package, for this format alone
     except ImportError:
         raise SpecError("exporting to ONNX needs the onnx package", None,
                         "pip install 'netdsl[export]'") from None
+    if args.native_rnn:
+        from netdsl.export.cells import native_cells  # for this flag alone
+        view, kept = native_cells(view)
+        if kept:
+            sys.stderr.write(f"note: --native-rnn: {len(kept)} recurrence(s) stay Scans (of "
+                             f"{'; of '.join(kept)}): only the standard library's lstm, "
+                             "gru_reset_after and elman cells have native ops\n")
     model = to_onnx(view, params, buffers, training=args.train_graph, batch=args.batch,
-                    metadata=metadata)
+                    metadata=metadata, normalize=normalize)
     if model.ByteSize() >= 2**31:  # protobuf's limit on one message
         raise SpecError(f"the ONNX model would be {model.ByteSize() / 2**30:.1f} GiB; one "
                         "ONNX file holds at most 2 GiB", None,
@@ -99,14 +110,14 @@ def _onnx(view, params, buffers, args, metadata, path) -> str:
     return f"{path} (opset {model.opset_import[0].version}, {len(data) / 1e6:.1f} MB)"
 
 
-def _torch(view, params, buffers, sources, description, metadata, folder) -> str:
+def _torch(view, params, buffers, sources, description, metadata, folder, normalize) -> str:
     """model.py and model.safetensors, its state_dict, in `folder`."""
     from netdsl.export.torch import to_torch  # generates code: for this format alone
 
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise SpecError(f"{folder} is a file; --to torch writes a folder", None,
                         "name a folder with -o")
-    module = to_torch(view, sources, description)
+    module = to_torch(view, sources, description, normalize)
     state = {}
     for name, source in module.state.items():
         if source[0] == "param":
@@ -118,9 +129,14 @@ def _torch(view, params, buffers, sources, description, metadata, folder) -> str
                 state[name] = step.op.buffers(*step.input_types)[source[2]]
         else:
             state[name] = source[1]
-    os.makedirs(folder, exist_ok=True)
-    write_bytes(os.path.join(folder, "model.safetensors"),
-                encode({k: np.asarray(v) for k, v in state.items()}, metadata))
-    write_text(os.path.join(folder, "model.py"), module.source)
+    files = {"model.py": module.source.encode("utf-8"),
+             "model.safetensors": encode({k: np.asarray(v) for k, v in state.items()},
+                                         metadata)}
+    try:  # the folder made whole beside, then renamed into place
+        write_folder(folder, files, replaces={"__pycache__"})
+    except FileExistsError as exc:
+        raise SpecError(f"cannot write {folder}: {exc}, which --to torch would delete in "
+                        "replacing the folder", None,
+                        "name a new folder (or one an export wrote) with -o") from None
     return f"{folder}/model.py and {folder}/model.safetensors"
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 import keyword
 import re
 
-__all__ = ["component", "module_path", "tensor_name", "param_name", "identifier"]
+__all__ = ["component", "module_path", "tensor_name", "param_name", "identifier", "NORMALIZE"]
+
+# where an exported model keeps the statistics its inputs are standardised by
+# (`normalize.x.mean`, `normalize.x.std`), when training standardised them
+NORMALIZE = "normalize."
 
 # attributes of torch.nn.Module: a submodule of one of these names would hide it
 RESERVED = frozenset((

@@ -2,7 +2,8 @@
 
 Every op emits its own nodes (`Op.onnx`, beside its shape rule) through the `Builder`
 here; the walk (netdsl.export.walk) lays values out as they read them, and a
-recurrence becomes a Scan (netdsl.export.scan). The model states its opset, keeps the
+recurrence becomes a Scan (netdsl.export.scan), or a standard library cell ONNX's own
+LSTM, GRU or RNN when the view says so (netdsl.export.cells, netdsl.export.rnn). The model states its opset, keeps the
 batch (and time) dims symbolic and named, takes its input and output names from the
 spec, names each node after its block path (`stage2/basic1/conv1`) and each
 initializer as the safetensors export does (`stage2.basic1.conv1.weight`), and has
@@ -14,9 +15,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from netdsl.export.naming import param_name, tensor_name
+from netdsl.export.naming import NORMALIZE, param_name, tensor_name
+from netdsl.export.rnn import emit_cell
 from netdsl.export.scan import emit_scan
-from netdsl.export.view import LoopParts, View, owner
+from netdsl.export.view import Cell, LoopParts, View, owner
 from netdsl.export.walk import FOLDED, SEQ, STEP, Walker
 from netdsl.lower.plan import Step
 from netdsl.ops.expr import Call, Const, Var
@@ -202,9 +204,11 @@ class OnnxWalker(Walker):
 
     format = "ONNX"
 
-    def __init__(self, view: View, g: Builder, params: dict, batch: int | None = None):
+    def __init__(self, view: View, g: Builder, params: dict, batch: int | None = None,
+                 normalize: dict | None = None):
         super().__init__(view)
         self.g, self.params, self.batch = g, params, batch
+        self.normalize = normalize or {}
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._steps: dict[str, str] = {}       # a (B, T) value -> Shape(value)[0:2]
@@ -247,7 +251,17 @@ class OnnxWalker(Walker):
         self.inputs.append(self.value_info(name, node, SEQ if t.seq else STEP))
         if self.view.graph.nodes[node]["kind"] == "op":
             self.g.feeds[node] = name
-        return name
+        if name not in self.normalize:
+            return name
+        # standardised as training saw it: the model takes the raw data, as netc predict
+        g = self.g
+        mean, std = self.normalize[name]
+        start = g.begin(f"normalize/{name}")
+        centred = g.node("Sub", [name, g.tensor(f"{NORMALIZE}{name}.mean", mean)])
+        out = g.node("Div", [centred, g.tensor(f"{NORMALIZE}{name}.std", std)])
+        out = g.rename(start, out, g.fresh(f"{name}/normalized"))
+        self.annotate(out, node, SEQ if t.seq else STEP)
+        return out
 
     def finish(self, outputs: dict[str, str]) -> None:
         for name, handle in outputs.items():
@@ -314,15 +328,21 @@ class OnnxWalker(Walker):
     def loop(self, part: LoopParts) -> None:
         emit_scan(self, part)
 
+    def cell(self, cell: Cell) -> None:
+        emit_cell(self, cell)
+
 
 def to_onnx(view: View, params: dict, buffers: dict | None = None, *, training: bool = False,
             batch: int | None = None, dtype: str = "float32",
-            metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+            metadata: dict[str, str] | None = None,
+            normalize: dict | None = None) -> onnx.ModelProto:
     """The ONNX model of a view with the parameter arrays `params` (by key) and the
     buffers `buffers` (node -> name -> array; those missing start as the op says).
 
     `training` writes the training graph; `batch` fixes the batch size (else a symbolic
-    `batch` dim). The model has passed ONNX's shape inference, in strict mode.
+    `batch` dim); `normalize` maps an input's name to the (mean, std) its data was
+    standardised by in training, which the model's first nodes apply. The model has
+    passed ONNX's shape inference, in strict mode.
 
     Raises
     ------
@@ -331,7 +351,7 @@ def to_onnx(view: View, params: dict, buffers: dict | None = None, *, training: 
     """
     g = Builder(dtype, training)
     g.buffers = buffers or {}
-    walker = OnnxWalker(view, g, params, batch)
+    walker = OnnxWalker(view, g, params, batch, normalize)
     walker.run()
     value_info = [v for name, v in g.value_info.items() if name not in
                   {o.name for o in walker.outputs} | {i.name for i in walker.inputs}]

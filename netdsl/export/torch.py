@@ -15,7 +15,10 @@ from __future__ import annotations
 import keyword
 from dataclasses import dataclass, field
 
-from netdsl.export.naming import component, identifier, module_path, param_name, tensor_name
+import numpy as np
+
+from netdsl.export.naming import (NORMALIZE, component, identifier, module_path, param_name,
+                                  tensor_name)
 from netdsl.export.view import LoopParts, View, owner
 from netdsl.export.walk import FOLDED, SEQ, STEP, Walker
 from netdsl.lower.plan import Step
@@ -31,7 +34,20 @@ _CALLS = {"exp": "torch.exp", "expm1": "torch.expm1", "log": "torch.log",
           "abs": "torch.abs", "where": "torch.where", "max": "torch.maximum",
           "min": "torch.minimum"}
 # names the generated forward uses for itself
-_TAKEN = {"self", "torch", "nn", "F", "math", "range", "len", "Block", "Model"}
+_TAKEN = {"self", "torch", "nn", "F", "math", "range", "len", "Block", "Model", "Normalize"}
+
+_NORMALIZE = '''
+class Normalize(nn.Module):
+    """(x - mean) / std per feature: the statistics training standardised the data by."""
+
+    def __init__(self, *dims):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dims))
+        self.register_buffer("std", torch.ones(dims))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+'''
 
 
 @dataclass
@@ -121,9 +137,11 @@ class TorchWalker(Walker):
 
     format = "PyTorch"
 
-    def __init__(self, view: View, w: Writer, sources: dict[str, str]):
+    def __init__(self, view: View, w: Writer, sources: dict[str, str],
+                 normalize: dict | None = None):
         super().__init__(view)
         self.w, self.sources = w, sources
+        self.normalize = normalize or {}
         self.args: list[str] = []
         self.returned: list[str] = []
         self._locals = set(_TAKEN)
@@ -160,6 +178,19 @@ class TorchWalker(Walker):
         self.args.append(arg)
         if self.view.graph.nodes[node]["kind"] == "op":
             self.w.feeds[node] = arg
+        if name not in self.normalize:
+            return arg
+        # standardised as training saw it: the module takes the raw data, as netc predict
+        mean, std = self.normalize[name]
+        path = ("normalize", component(name))
+        self.w.helper("Normalize", _NORMALIZE)
+        self.w.layers[path] = f"Normalize({', '.join(map(str, np.shape(mean)))})"
+        prefix = NORMALIZE + component(name)
+        self.w.state[f"{prefix}.mean"], self.w.state[f"{prefix}.std"] = \
+            ("value", mean), ("value", std)
+        if not self.w.lines:
+            self.write("# the inputs standardised as in training (train: normalize)")
+        self.write(f"{arg} = self.{'.'.join(path)}({arg})")
         return arg
 
     def finish(self, outputs: dict[str, str]) -> None:
@@ -279,8 +310,10 @@ class TorchWalker(Walker):
 
 
 def to_torch(view: View, sources: dict[str, str] | None = None,
-             description: str = "") -> TorchModule:
-    """The generated `model.py` of a view, and its state_dict layout.
+             description: str = "", normalize: dict | None = None) -> TorchModule:
+    """The generated `model.py` of a view, and its state_dict layout. `normalize` maps an
+    input's name to the (mean, std) its data was standardised by in training: the
+    module's buffers `normalize.NAME.mean` and `.std`, applied first.
 
     Raises
     ------
@@ -288,7 +321,7 @@ def to_torch(view: View, sources: dict[str, str] | None = None,
         For an op with no PyTorch lowering, at its line in the spec.
     """
     w = Writer()
-    walker = TorchWalker(view, w, sources or {})
+    walker = TorchWalker(view, w, sources or {}, normalize)
     walker.run()
     return TorchModule(_module_source(view, w, walker, description), w.state)
 

@@ -18,7 +18,7 @@ from netdsl.lower.plan import Loop, Plan, State, Step, build_plan
 from netdsl.shapes import whole_positions
 from netdsl.types import TensorType
 
-__all__ = ["View", "LoopParts", "select", "default_outputs", "owner"]
+__all__ = ["View", "LoopParts", "Cell", "select", "default_outputs", "owner"]
 
 
 def owner(step: Step) -> str:
@@ -49,13 +49,33 @@ class LoopParts:
         return {step.node for step in self.loop.steps}
 
 
+@dataclass(frozen=True)
+class Cell:
+    """A standard library recurrent cell that a format writes as one native op.
+
+    `kind` is the block (`lstm`, `gru_reset_after`, `elman`); `instance` its block
+    path; `part` its recurrence and `outside` the instance's steps that run before it
+    (the input projection of elman and the GRU's candidate); `x` the sequence it reads
+    and `h` the state it gives at every step. `weights` maps each role of the cell's
+    dense layers (`gates`, `input`, `recurrent`) to its step.
+    """
+
+    kind: str
+    instance: str
+    part: LoopParts
+    outside: tuple[Step, ...]
+    x: str
+    h: str
+    weights: dict[str, Step]
+
+
 @dataclass
 class View:
     """The part of a network an export writes.
 
     `outputs` and `inputs` map the exported names to nodes, in order (the spec's inputs
     and targets, then the sources fed as inputs); `schedule` holds the steps outside any
-    loop and the loops, in the order they run; `time` names the time axis of each
+    loop and the loops (or the cells a format writes natively), in the order they run; `time` names the time axis of each
     sequence input.
     """
 
@@ -63,7 +83,7 @@ class View:
     plan: Plan
     outputs: dict[str, str]
     inputs: dict[str, str]
-    schedule: list[Step | LoopParts]
+    schedule: list[Step | LoopParts | Cell]
     time: dict[str, str]
 
     @property
@@ -81,8 +101,11 @@ class View:
         return _exported_name(self.graph, node, losses=False)
 
     def steps(self):
-        """Every step, the loops' members in their place."""
+        """Every step, the loops' members (and a cell's) in their place."""
         for item in self.schedule:
+            if isinstance(item, Cell):
+                yield from item.outside
+                item = item.part
             yield from item.loop.steps if isinstance(item, LoopParts) else (item,)
 
     def params(self) -> list[str]:
@@ -93,7 +116,8 @@ class View:
         return [key for key in self.plan.params if key in used]
 
     def loops(self) -> list[LoopParts]:
-        return [item for item in self.schedule if isinstance(item, LoopParts)]
+        return [item.part if isinstance(item, Cell) else item for item in self.schedule
+                if isinstance(item, (LoopParts, Cell))]
 
 
 def select(graph: nx.DiGraph, outputs: list[str] | None = None) -> View:

@@ -17,7 +17,7 @@ feeds.
 from __future__ import annotations
 
 from netdsl.errors import SpecError
-from netdsl.export.view import LoopParts, View
+from netdsl.export.view import Cell, LoopParts, View
 from netdsl.lower.plan import Step
 from netdsl.ops.base import NoLowering
 from netdsl.shapes import whole_positions
@@ -57,6 +57,8 @@ class Walker:
         for item in self.view.schedule:
             if isinstance(item, LoopParts):
                 self.loop(item)
+            elif isinstance(item, Cell):
+                self.cell(item)
             else:
                 self.outside(item)
         self.finish({name: self.get(node, SEQ if self.is_seq(node) else STEP)
@@ -158,4 +160,7 @@ class Walker:
         raise NotImplementedError
 
     def loop(self, part: LoopParts) -> None:
+        raise NotImplementedError
+
+    def cell(self, cell: Cell) -> None:
         raise NotImplementedError

@@ -179,6 +179,9 @@ class Op:
     fresh_grads: ClassVar[bool] = False
     # inputs, by name, that no gradient flows back through (stop_gradient's x, crop's like)
     nondifferentiable: ClassVar[tuple[str, ...]] = ()
+    # for each export format ("ONNX", "PyTorch") the op has no lowering to, the format's
+    # nearest counterpart: the error at the op's line names it
+    nearest: ClassVar[dict[str, str]] = {}
     # an activation: the initialisation `init=auto` gives the layer feeding it ("he" before
     # ReLU-like units, "xavier" before squashing ones)
     init_scheme: ClassVar[str | None] = None
@@ -324,9 +327,9 @@ class Op:
         Raises
         ------
         NoLowering
-            When ONNX has no counterpart (naming the nearest one).
+            When ONNX has no counterpart (naming the nearest one, `nearest`).
         """
-        raise NoLowering(self, "ONNX")
+        raise NoLowering(self, "ONNX", self.nearest.get("ONNX"))
 
     def torch(self, t, step, inputs: list[str]) -> str:
         """This op as PyTorch code, through the writer `t` (netdsl.export.torch.Writer):
@@ -337,9 +340,9 @@ class Op:
         Raises
         ------
         NoLowering
-            When PyTorch has no counterpart (naming the nearest one).
+            When PyTorch has no counterpart (naming the nearest one, `nearest`).
         """
-        raise NoLowering(self, "PyTorch")
+        raise NoLowering(self, "PyTorch", self.nearest.get("PyTorch"))
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.attrs.items())

@@ -61,7 +61,7 @@ class Pointwise(Op):
         """(the forward formula, the values its variables name): how an exporter writes
         an elementwise op that has no counterpart of its own there."""
         if not hasattr(self, "formula"):
-            raise NoLowering(self, format)
+            raise NoLowering(self, format, self.nearest.get(format))
         names = input_names(type(self))
         return self.formula(*(Var(n) for n in names)), dict(zip(names, inputs))
 

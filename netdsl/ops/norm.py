@@ -71,10 +71,14 @@ class BatchNorm(Op):
 
     def torch(self, t, step, inputs):
         x = step.input_types[0]
-        kind = {1: "1d", 2: "1d", 3: "2d", 4: "3d"}[x.rank]
+        # torch's layers stop at 3 spatial dims; past them BatchNorm1d over the spatial
+        # dims flattened into one normalises the same cells per channel
+        kind = {1: "1d", 2: "1d", 3: "2d", 4: "3d"}.get(x.rank, "1d")
         layer = t.layer(step, f"nn.BatchNorm{kind}({x.dims[0]}, eps={self.eps!r}, "
                               f"momentum={self.momentum!r})",
                         state={"num_batches_tracked": 0})
+        if x.rank > 4:
+            return f"{layer}({inputs[0]}.flatten(2)).view_as({inputs[0]})"
         return f"{layer}({inputs[0]})"
 
 

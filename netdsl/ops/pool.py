@@ -5,7 +5,7 @@ import math
 
 from netdsl.errors import ShapeError
 from netdsl.ops.base import (
-    Arg, NoLowering, Op, boolean, choice, ints, natural, optional, register,
+    Arg, Op, boolean, choice, ints, natural, optional, register,
 )
 from netdsl.ops.common import expect_float, expect_spatial, fmt, geometry_of
 from netdsl.ops.conv import check_output, per_dim
@@ -417,6 +417,10 @@ class MaxUnpool(Op):
     keeps = ("indices",)  # borrowed from the maxpool, see forward
     # forward's `indices` keyword is the saved "indices" of the node that made input `pooled`
     borrows = {"indices": ("pooled", "indices")}
+    # the exporters write no maxpool with its indices: what a user would write instead
+    nearest = {"ONNX": "MaxUnpool, given the indices a MaxPool with two outputs returns",
+               "PyTorch": "nn.MaxUnpool2d, given the indices of "
+                          "nn.MaxPool2d(return_indices=True)"}
 
     def shape(self, x: TensorType, pooled: TensorType) -> TensorType:
         expect_spatial(self, x)
@@ -457,13 +461,6 @@ class MaxUnpool(Op):
         at = plane_index(xp, indices, math.prod(gy.shape[2:]))
         return (gy.reshape(-1)[at.reshape(-1)].reshape(indices.shape), None), {}
 
-    def onnx(self, g, step, inputs, params):
-        raise NoLowering(self, "ONNX", "MaxUnpool, given the indices a MaxPool with two "
-                                       "outputs returns")
-
-    def torch(self, t, step, inputs):
-        raise NoLowering(self, "PyTorch", "nn.MaxUnpool2d, given the indices of "
-                                          "nn.MaxPool2d(return_indices=True)")
 
 
 @register("upsample")
