@@ -146,6 +146,7 @@ class Assign:
     targets: tuple[str, ...]
     value: Expr
     span: Span
+    target_spans: tuple[Span, ...] = ()  # where each name is written, for carets under it
 
 
 @dataclass(frozen=True)

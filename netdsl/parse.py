@@ -141,7 +141,9 @@ class _ToAst(Transformer):
 
     # ---- statements
     def assign(self, meta, *parts):
-        return ast.Assign(tuple(map(str, parts[:-1])), parts[-1], self._s(meta))
+        names = parts[:-1]
+        return ast.Assign(tuple(map(str, names)), parts[-1], self._s(meta),
+                          tuple(self._tok(name) for name in names))
 
     def loss_stmt(self, meta, *parts):
         name = str(parts[0]) if len(parts) == 2 else None

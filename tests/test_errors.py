@@ -5,6 +5,10 @@ names what it expects in its header:
 
     # expect: LINE:COL: a substring of the message
     # hint: LINE:COL: a substring of the hint
+    # note: LINE:COL: NOTE_LINE:NOTE_COL: a substring of a note of the error at LINE:COL
+
+An error inside a block body carries one note per call on the way in, innermost first;
+`note:` lines list them in that order.
 
 The set of reported places must equal the expected set: a missing report is a bug, and so
 is an extra one (usually a mistake reported twice, or a consequence of it).
@@ -26,8 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ERRORS = os.path.join(ROOT, "tests", "errors")
 FILES = sorted(glob.glob(os.path.join(ERRORS, "*.net")))
 HEADER = re.compile(r"^#\s*(expect|hint):\s*(\d+):(\d+):\s*(.+?)\s*$", re.M)
+NOTE = re.compile(r"^#\s*note:\s*(\d+):(\d+):\s*(\d+):(\d+):\s*(.+?)\s*$", re.M)
 # files that cannot carry a header
-ELSEWHERE = {"empty.net": {"expect": [(1, 1, "the spec defines no network")], "hint": []}}
+ELSEWHERE = {"empty.net": {"expect": [(1, 1, "the spec defines no network")], "hint": [], "note": []}}
 # a sample run through the command line, one per kind of mistake
 CLI_SAMPLE = ["syntax_unclosed_paren.net", "syntax_stray_brace.net", "unknown_layer.net",
               "missing_argument.net", "shape_conv_on_vector.net", "state_without_delay.net",
@@ -40,9 +45,11 @@ def expectations(path: str) -> dict[str, list[tuple[int, int, str]]]:
         return ELSEWHERE[name]
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
-    found = {"expect": [], "hint": []}
+    found = {"expect": [], "hint": [], "note": []}
     for kind, line, col, words in HEADER.findall(text):
         found[kind].append((int(line), int(col), words))
+    for line, col, note_line, note_col, words in NOTE.findall(text):
+        found["note"].append((int(line), int(col), int(note_line), int(note_col), words))
     return found
 
 
@@ -86,6 +93,32 @@ class TestErrorSpecs:
             assert any(words in h for h in hints), (words, hints)
 
     @pytest.mark.parametrize("path", FILES, ids=ids(FILES))
+    def test_call_site_notes(self, path):
+        """The notes of each error with expected notes are exactly those, innermost call first."""
+        failed = failures(path)
+        expected: dict[tuple[int, int], list] = {}
+        for line, col, note_line, note_col, words in expectations(path)["note"]:
+            expected.setdefault((line, col), []).append((note_line, note_col, words))
+        for error in failed.errors:
+            wanted = expected.get((error.span.line, error.span.col))
+            if wanted is None:
+                continue
+            got = [(where.line, where.col, text) for text, where in error.notes]
+            assert [(l, c) for l, c, _ in got] == [(l, c) for l, c, _ in wanted], got
+            for (_, _, text), (_, _, words) in zip(got, wanted):
+                assert words in text, (words, text)
+            assert all(where.file == path for _, where in error.notes)
+
+    @pytest.mark.parametrize("path", FILES, ids=ids(FILES))
+    def test_internal_names_only_with_a_location(self, path):
+        """Instance names made by expansion (basic2, stage1/basic1) appear only with a note."""
+        failed = failures(path)
+        for error in failed.errors:
+            if error.notes:
+                continue
+            assert not re.search(r"\b[a-z_]+[0-9]+/", error.message + (error.hint or "")), error.message
+
+    @pytest.mark.parametrize("path", FILES, ids=ids(FILES))
     def test_rendered_with_line_and_caret(self, path):
         failed = failures(path)
         with open(path, encoding="utf-8") as handle:
@@ -99,6 +132,8 @@ class TestErrorSpecs:
             assert set(caret.strip()) == {"^"}
             # the caret sits under the column the error names
             assert caret.index("^") - shown[1].index("| ") - 2 == error.span.col - 1
+            notes = [row for row in shown[3:] if row.startswith("  note: ")]
+            assert notes == [f"  note: {text} at {where}" for text, where in error.notes]
 
 
 class TestCommandLine:

@@ -28,7 +28,7 @@ def strip_spans(node):
         fields = tuple(
             (f.name, strip_spans(getattr(node, f.name)))
             for f in dataclasses.fields(node)
-            if not f.name.endswith("span")
+            if not f.name.endswith(("span", "spans"))
         )
         kind = type(node.value).__name__ if isinstance(node, ast.Number) else ""
         return (type(node).__name__, kind, fields)

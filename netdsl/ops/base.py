@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar
 from netdsl.errors import ShapeError, suggest
 from netdsl.types import TensorType
 
-__all__ = ["Op", "Arg", "Ctx", "OPS", "register", "ArgError", "REQUIRED", "bind", "input_names",
+__all__ = ["Op", "Arg", "Ctx", "OPS", "register", "ArgError", "REQUIRED", "bind", "describe", "input_names",
            "positions", "NoLowering"]
 
 OPS: dict[str, type["Op"]] = {}
@@ -415,13 +415,16 @@ def _usage(cls: type[Op]) -> str:
 # ---- argument converters: each raises ValueError("expects ..., got ...")
 
 
-def _describe(value) -> str:
+def describe(value) -> str:
     """A value as a spec writes it: true, none, 'same', [1, 1]."""
     if isinstance(value, (bool, type(None))):
         return {True: "true", False: "false", None: "none"}[value]
     if isinstance(value, (list, tuple)):
-        return f"[{', '.join(map(_describe, value))}]"
+        return f"[{', '.join(map(describe, value))}]"
     return repr(value)
+
+
+_describe = describe
 
 
 def integer(value) -> int:
