@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from importlib import resources
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -170,6 +171,9 @@ class _Expander:
         try:
             imported = self.load(item.target, item.is_path, module.file, item.span)
         except SpecError as exc:
+            module_name = _stdlib_meant(item)
+            if module_name is not None and isinstance(exc, SpecError):
+                exc.hint = f"'{module_name}' is a standard library module: write import {module_name}"
             self.errors.extend(errors_of(exc))
             self.failed_imports.append(item.target)
             return
@@ -226,9 +230,10 @@ class _Expander:
                 raise SpecError(
                     f"{len(stmt.targets)} names but the value gives {len(values)}", stmt.span)
             spans = stmt.target_spans or (stmt.span,) * len(stmt.targets)
-            for name, val, span in zip(stmt.targets, values, spans):
+            for name, span in zip(stmt.targets, spans):
                 if name in CONSTANTS:
                     raise SpecError(f"'{name}' is a constant and cannot be assigned", span)
+            for name, val, span in zip(stmt.targets, values, spans):
                 if len(stmt.targets) == 1 and isinstance(val, Value) and not isinstance(val, _Poison):
                     val = self._rename(val, scope, name)
                 self._bind(scope, name, val, span)
@@ -763,6 +768,16 @@ class _Expander:
             raise SpecError("a shape needs at least one dimension", type_.span, "for example [64]")
         dtype = "int64" if classes is not None else "float32"
         return TensorType(tuple(dims), dtype, classes, type_.seq)
+
+
+def _stdlib_meant(item: ast.Import) -> str | None:
+    """The standard library module a quoted import that failed names: import "rnn.net"."""
+    if not item.is_path:
+        return None
+    stem = os.path.splitext(os.path.basename(item.target))[0]
+    # which modules ship is a fact of the installed package, not of any spec
+    modules = {p.name[:-4] for p in resources.files("netdsl.stdlib").iterdir() if p.name.endswith(".net")}
+    return closest(stem, modules) if stem.lower() in {m.lower() for m in modules} else None
 
 
 def _definitions(body):

@@ -14,7 +14,7 @@ from lark.exceptions import (
 )
 
 from netdsl import ast
-from netdsl.errors import Span, SpecError
+from netdsl.errors import Span, SpecError, closest
 from netdsl.lark_parser import parser
 from netdsl.syntax_errors import CATALOGUE, classify
 
@@ -251,6 +251,9 @@ _STATEMENT = re.compile(
 _TOP_LEVEL = {"input": "an input", "target": "a target", "import": "an import",
               "network": "the network name", "block": "a block"}
 _QUOTES = ("'''", "'\"'")
+# the words that start a statement; the grammar's other words (x, seq, class) come later in one
+KEYWORDS = ("import", "network", "input", "target", "state", "block", "in", "out", "loss", "train",
+            "for", "share")
 _CHARACTERS_HINT = ("a spec is written with names, numbers, quoted strings, "
                     "-> ( ) [ ] { } , : = + - * / and # comments")
 
@@ -338,6 +341,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecError:
     found = _found(exc, text)
     lexemes = _lexemes(lines, line, col)
     located = (_unclosed(lexemes, lines, file, line, col, kind, found, _expected(exc))
+               or _misspelt_keyword(exc, lexemes, lines, file, line)
                or _misplaced(lexemes, lines, file, line, col, kind)
                or _dangling_arrow(lexemes, lines, file, line)
                or _bad_number(lines, file, line, col, kind))
@@ -392,6 +396,28 @@ def _unclosed(lexemes, lines, file, line, col, kind, found, expected) -> SpecErr
                      f"column {open_col}")
 
 
+def _misspelt_keyword(exc, lexemes, lines, file, line) -> SpecError | None:
+    """A statement that starts with a word and goes on as no assignment does: `blok b(c) {`.
+
+    The parser only notices at the second word; the mistake is the first.
+    """
+    expected = set(getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ())
+    on_line = [piece for piece in lexemes if piece[1] == line]
+    if not expected <= {"COMMA", "EQUAL"} or len(on_line) != 1:
+        return None
+    word, _, col = on_line[0]
+    if not re.fullmatch(r"[A-Za-z_]\w*", word) or word in KEYWORDS:
+        return None
+    span = Span(file, line, col, line, col + len(word) - 1)
+    meant = closest(word, KEYWORDS)
+    if meant is None:
+        return SpecError(f"a statement cannot start with '{word}' followed by "
+                         f"{_found(exc, chr(10).join(lines))}", span,
+                         f"name a value with `{word} = ...`, or start with a keyword: "
+                         + ", ".join(KEYWORDS))
+    return SpecError(f"unknown keyword '{word}'", span, f"did you mean '{meant}'?")
+
+
 def _misplaced(lexemes, lines, file, line, col, kind) -> SpecError | None:
     """A '}' with no block open, `in` or `out` outside a block, a top-level line inside one."""
     depth = sum((p == "{") - (p == "}") for p, at_line, _ in lexemes if at_line < line)
@@ -418,11 +444,12 @@ def _dangling_arrow(lexemes, lines, file, line) -> SpecError | None:
     """A line ending in '->' followed by a new statement instead of a layer."""
     earlier = [piece for piece in lexemes if piece[1] < line]
     if (not earlier or earlier[-1][0] != "->" or line > len(lines)
-            or not _STATEMENT.match(lines[line - 1])):
+            or not (_STATEMENT.match(lines[line - 1]) or lines[line - 1].lstrip().startswith("}"))):
         return None
     _, at_line, at_col = earlier[-1]
     message, hint, _ = CATALOGUE["dangling arrow"]
-    return SpecError(message.replace("{found}", f"a new statement on line {line}"),
+    what = "the end of the block" if lines[line - 1].lstrip().startswith("}") else "a new statement"
+    return SpecError(message.replace("{found}", f"{what} on line {line}"),
                      Span(file, at_line, at_col, at_line, at_col + 1), hint)
 
 

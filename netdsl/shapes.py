@@ -36,7 +36,7 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
             data["type"] = _node_type(graph, node, data)
         except ShapeError as exc:
             data["type"] = None
-            errors.append(SpecError(exc.message, data["span"], exc.hint or _same_count_hint(graph, node),
+            errors.append(SpecError(exc.message, data["span"], _same_count_hint(graph, node) or exc.hint,
                                     call_notes(data["scope"], data["span"])))
     errors += _check_states(graph) + _check_losses(graph) + _check_shared(graph)
     SpecErrors.collect(errors)

@@ -211,6 +211,11 @@ class TestCommandLine:
 
 
 LABELLED = [(label, snippet) for label, (_, _, snippets) in CATALOGUE.items() for snippet in snippets]
+# the statements that may also stand in a block body or a loop
+IN_BODIES = [(label, snippet, where) for label, snippet in LABELLED
+             if label in ("missing value", "dangling arrow", "arguments without parentheses",
+                          "trailing comma") and snippet.startswith("y = ")
+             for where in ("block", "loop") + (("out", "loss") if snippet.count("\n") == 1 else ())]
 # what may come before a snippet: the parser's state must not depend on it
 PREFIXES = ["", "network n\n", "network n\ninput a : [3]\ntarget b : [3]\n\n"]
 
@@ -223,6 +228,20 @@ class TestCatalogue:
         with pytest.raises(SpecError) as info:
             parse(prefix + snippet, "bad.net")
         assert info.value.message.startswith(message.split("{found}")[0]), info.value.message
+
+    @pytest.mark.parametrize("label, snippet, where", IN_BODIES,
+                             ids=[f"{l}:{s!r}:{w}" for l, s, w in IN_BODIES])
+    def test_a_statement_reads_the_same_in_a_body(self, label, snippet, where):
+        """A mistake in a block body, a loop, or the value of `out` or `loss` gets its label."""
+        indented = "".join(f"  {line}\n" for line in snippet.splitlines())
+        value = snippet[len("y = "):].strip()
+        text = {"block": f"block b(n) {{\n  in x\n{indented}  out x\n}}\n",
+                "loop": f"input x : [3]\nfor i in 1..2 {{\n{indented}}}\n",
+                "out": f"block b(n) {{\n  in x\n  out {value}\n}}\n",
+                "loss": f"input x : [3]\nloss {value}\n"}[where]
+        with pytest.raises(SpecError) as info:
+            parse(text, "bad.net")
+        assert info.value.message.startswith(CATALOGUE[label][0].split("{found}")[0]), info.value.message
 
     @pytest.mark.parametrize("label", sorted(CATALOGUE))
     def test_each_label_says_what_it_found(self, label):
