@@ -22,7 +22,7 @@ from netdsl.program import Frame, NodeDef, Program, StateDef, call_notes
 from netdsl.train_clause import clause_spans, evaluate_train
 from netdsl.types import TensorType
 
-__all__ = ["expand", "Loader"]
+__all__ = ["expand", "Loader", "IndependentErrors"]
 
 # load(target, is_path, importing_file, span) -> the imported module
 Loader = Callable[[str, bool, str, Any], ast.Module]
@@ -99,11 +99,22 @@ class _Scope:
                 return candidate
 
 
+class IndependentErrors(SpecErrors):
+    """Errors that leave the program whole (a bad train setting, an unused value, a second
+    network header): later passes can still run on `program` and report their own."""
+
+    def __init__(self, errors: list[SpecError], program: Program):
+        super().__init__(errors)
+        self.program = program
+
+
 def expand(module: ast.Module, load: Loader | None = None) -> Program:
     """Inline every block, repetition and loop of a parsed spec.
 
     Raises
     ------
+    IndependentErrors
+        When every error leaves the program whole; it carries the program.
     SpecError, SpecErrors
         For unknown names and layers, bad arguments, misuse of blocks and states.
     """
@@ -119,6 +130,7 @@ class _Expander:
         self.train: dict[str, Any] = {}
         self.train_spans: dict[str, Span] = {}
         self.errors: list[SpecError] = []
+        self.independent: list[SpecError] = []  # errors after which the program is still whole
         self.consumed: set[str] = set()  # nodes that are some node's input
         self.blocks: dict[str, ast.Block] = {}
         self.depth = 0
@@ -127,6 +139,11 @@ class _Expander:
     # ---- driver
     def run(self) -> Program:
         self._collect_blocks(self.module, set())
+        headers = [i for i in self.module.items if isinstance(i, ast.NetworkDecl)]
+        for header in headers[1:]:
+            self.independent.append(SpecError(
+                f"a second network header: this file already names its network '{headers[0].name}'",
+                header.span, f"a spec describes one network; the first header is at {headers[0].span}"))
         top = _Scope("", ())
         body = [i for i in self.module.items if not isinstance(i, (ast.Import, ast.NetworkDecl, ast.Block))]
         self._exec_body(body, top)
@@ -141,11 +158,15 @@ class _Expander:
             else:
                 self.errors.append(SpecError("the spec defines no network", span,
                                              "declare an input and some layers: see docs/language.md"))
-        SpecErrors.collect(self.errors)
+        if self.errors:
+            SpecErrors.collect(self.errors + self.independent)
         name = self.module.network_name or _stem(self.module.file)
         names = {key: b.value.node for key, b in top.env.items() if isinstance(b.value, Value)}
-        return Program(name, self.nodes, self.losses, self.train, self.module.file,
-                       self.train_spans, names)
+        program = Program(name, self.nodes, self.losses, self.train, self.module.file,
+                          self.train_spans, names)
+        if self.independent:
+            raise IndependentErrors(self.independent, program)
+        return program
 
     def _collect_blocks(self, module: ast.Module, seen: set[str]) -> None:
         seen.add(module.file)
@@ -195,15 +216,16 @@ class _Expander:
             try:
                 self._exec(stmt, scope)
             except (SpecError, SpecErrors) as exc:
-                self._report(errors_of(exc), scope)
+                # the train clause defines nothing that later statements or passes read
+                self._report(errors_of(exc), scope, independent=isinstance(stmt, ast.Train))
                 self._after_failure(stmt, scope)
 
-    def _report(self, errors: list[SpecError], scope: _Scope) -> None:
+    def _report(self, errors: list[SpecError], scope: _Scope, independent: bool = False) -> None:
         """Keep errors; one inside a block body notes the calls that led to it."""
         for error in errors:
             if scope.frames and not error.notes:
                 error.notes = call_notes(scope.frames, error.span)
-            self.errors.append(error)
+            (self.independent if independent else self.errors).append(error)
 
     def _after_failure(self, stmt, scope: _Scope) -> None:
         """Keep one mistake from causing more reports: poison what the statement defines."""
@@ -340,8 +362,8 @@ class _Expander:
         scope.env[name] = binding
         scope.history.append(binding)
 
-    def _report_one(self, scope: _Scope, error: SpecError) -> None:
-        self._report([error], scope)
+    def _report_one(self, scope: _Scope, error: SpecError, independent: bool = False) -> None:
+        self._report([error], scope, independent)
 
     def _finish_scope(self, scope: _Scope) -> None:
         for name, slot in scope.states.items():
@@ -352,7 +374,8 @@ class _Expander:
                 continue
             if not slot.delayed and not slot.misused:
                 self._report_one(scope, SpecError(f"state '{name}' is never read as {name}[t-1]",
-                                             slot.decl.span, "declare it as a plain value instead"))
+                                             slot.decl.span, "declare it as a plain value instead"),
+                                 independent=True)
             binding.used = True
             if isinstance(binding.value, _Poison) or not isinstance(binding.value, Value):
                 continue
@@ -363,7 +386,7 @@ class _Expander:
                 kind = self.nodes[binding.value.node].kind
                 what = {"input": "input", "target": "target"}.get(kind, "value")
                 self._report_one(scope, SpecError(f"{what} '{binding.name}' is never used", binding.span,
-                                             "use it, or delete it"))
+                                             "use it, or delete it"), independent=True)
 
     # ---- expressions
     def _eval(self, expr, scope: _Scope, want: int = 1):

@@ -17,7 +17,7 @@ from netdsl.ops.base import positions
 from netdsl.program import call_notes
 from netdsl.types import TensorType
 
-__all__ = ["infer_shapes", "input_types", "verify_shapes"]
+__all__ = ["infer_shapes", "typed_graph", "input_types", "verify_shapes"]
 
 
 def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
@@ -28,6 +28,14 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
     SpecError, SpecErrors
         Every shape mismatch, with the span of the layer and what it expected.
     """
+    graph, errors = typed_graph(graph)
+    SpecErrors.collect(errors)
+    return graph
+
+
+def typed_graph(graph: nx.DiGraph) -> tuple[nx.DiGraph, list[SpecError]]:
+    """A copy of `graph` with types where they can be inferred (None elsewhere), and the
+    errors, so that passes after this one can still report theirs."""
     graph = graph.copy()
     errors: list[SpecError] = []
     for node in nx.topological_sort(forward_view(graph)):
@@ -39,8 +47,7 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
             errors.append(SpecError(exc.message, data["span"], _same_count_hint(graph, node) or exc.hint,
                                     call_notes(data["scope"], data["span"])))
     errors += _check_states(graph) + _check_losses(graph) + _check_shared(graph)
-    SpecErrors.collect(errors)
-    return graph
+    return graph, errors
 
 
 def input_types(graph: nx.DiGraph, node: str) -> list[TensorType | None]:
