@@ -204,7 +204,7 @@ class _ToAst(Transformer):
         if abs(value) > _LARGEST:
             raise SpecError(f"the number {text[:20]}{'...' if len(text) > 20 else ''} is too large",
                             self._tok(token), "numbers in a spec are sizes and rates, below 2**63")
-        return ast.Number(value, self._tok(token))
+        return ast.Number(value, self._tok(token), text)
 
     def string(self, meta, token):
         return ast.String(str(token)[1:-1], self._tok(token))
