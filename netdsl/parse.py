@@ -353,6 +353,8 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecError:
                              span, "strings are written on one line: pad='same'")
         return SpecError(f"unexpected character {found}", span, _CHARACTERS_HINT)
     message, hint = classify(exc, found)
+    if hint is None and kind in ("NAME", "REPEAT"):
+        hint = _keyword_meant(exc, str(token))
     if message is None:
         message = f"unexpected {found}"
         expected = _expected(exc)
@@ -360,6 +362,17 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecError:
             listed = _either(expected) if len(expected) <= 6 else ", ".join(expected[:4]) + ", ..."
             message += f"; expected {listed}"
     return SpecError(message, span, hint)
+
+
+def _keyword_meant(exc: UnexpectedInput, word: str) -> str | None:
+    """'did you mean' a word the parser would have taken here: `clas(10)`, `X 2`."""
+    words = []
+    for name in getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ():
+        pattern = parser().get_terminal(name).pattern if _has_terminal(name) else None
+        if pattern is not None and pattern.type == "str" and pattern.value.isalpha():
+            words.append(pattern.value)
+    meant = closest(word, words)
+    return f"did you mean '{meant}'?" if meant and meant != word else None
 
 
 def _unclosed(lexemes, lines, file, line, col, kind, found, expected) -> SpecError | None:

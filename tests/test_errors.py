@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from netdsl.driver import CheckFailed, check_file
+from netdsl.driver import CheckFailed, check_file, check_text
 from netdsl.errors import SpecError, render
 from netdsl.parse import parse
 from netdsl.syntax_errors import CATALOGUE
@@ -288,3 +288,25 @@ class TestSyntaxLocations:
     def test_carriage_returns_and_form_feeds_keep_lines(self):
         error = self.error("input x : [3]\r\n\x0c\r\ny = x ->\r\n")
         assert error.span.line == 3
+
+
+class TestCallSiteNotes:
+    def test_an_error_inside_a_stdlib_block_notes_the_call_in_the_spec(self, tmp_path):
+        spec = tmp_path / "std.net"
+        spec.write_text("import rnn\ninput x : seq[4]\ntarget y : class(2)\n"
+                        "logits = x -> lstm(2.5) -> last -> dense(2)\nloss cross_entropy(logits, y)\n")
+        (error,) = failures(str(spec)).errors
+        assert error.span.file == "<stdlib>/rnn.net" and "a dimension must be a whole number" in error.message
+        (note, where), = error.notes
+        assert note == "in lstm(2.5)" and (where.file, where.line, where.col) == (str(spec), 4, 15)
+
+    def test_each_repetition_is_named_with_its_stage(self):
+        text = ("input x : [3, 8, 8]\ntarget y : class(2)\nblock down(c) {\n  in x\n"
+                "  out x -> conv(c, 3, stride=2, pad=1) -> maxpool(2)\n}\n"
+                "h = x -> down(4) x 3\nloss cross_entropy(h -> flatten -> dense(2), y)\n")
+        with pytest.raises(CheckFailed) as info:
+            check_text(text, "r.net")
+        (error,) = info.value.errors
+        assert error.notes[0][0] == "in down(4), the 2nd repetition of 'down(4) x 3'"
+        rendered = render(error, info.value.sources)
+        assert "  note: in down(4), the 2nd repetition of 'down(4) x 3' at r.net:7:10" in rendered
