@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from importlib import resources
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Callable
 
 from netdsl import ast
 from netdsl.errors import Span, SpecError, SpecErrors, closest, errors_of, suggest
-from netdsl.ops import OPS
-from netdsl.ops.base import ArgError, Op, bind
 from netdsl.fmt import expr as source_text
-from netdsl.ops.base import describe
+from netdsl.ops import OPS
+from netdsl.ops.base import ArgError, Op, bind, describe
 from netdsl.program import Frame, NodeDef, Program, StateDef, call_notes
 from netdsl.train_clause import clause_spans, evaluate_train
 from netdsl.types import TensorType
@@ -193,7 +192,7 @@ class _Expander:
             imported = self.load(item.target, item.is_path, module.file, item.span)
         except SpecError as exc:
             module_name = _stdlib_meant(item)
-            if module_name is not None and isinstance(exc, SpecError):
+            if module_name is not None:
                 exc.hint = f"'{module_name}' is a standard library module: write import {module_name}"
             self.errors.extend(errors_of(exc))
             self.failed_imports.append(item.target)
