@@ -10,6 +10,7 @@ import re
 import pytest
 
 from netdsl.cli import main
+from netdsl.fmt import WIDTH, format_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = open(os.path.join(ROOT, "docs", "language.md"), encoding="utf-8").read()
@@ -51,3 +52,11 @@ def test_each_shown_error_of_a_spec(shown, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, err = check(capsys, path)
     assert code == 1 and err.rstrip("\n").split("\n") == [head, source, *rest]
+
+
+def test_the_formatting_example_is_canonical():
+    section = DOC.split("## Formatting\n")[1].split("\n## ")[0]
+    example = re.search(r"\n\n((?:    .*\n)+)", section).group(1)
+    text = "".join(line[4:] + "\n" for line in example.rstrip("\n").split("\n"))
+    assert len(text.split("\n")[0]) > 0 and format_text(text) == text
+    assert max(map(len, text.split("\n"))) <= WIDTH
