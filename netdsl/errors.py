@@ -5,7 +5,7 @@ import difflib
 from dataclasses import dataclass
 
 __all__ = ["Span", "SpecError", "SpecErrors", "ShapeError", "render", "errors_of", "closest",
-           "suggest"]
+           "suggest", "leading"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,12 @@ class Span:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
+
+
+def leading(span: Span, word: str) -> Span:
+    """The part of `span` its first `word` covers: the name of `name=value`, for a caret
+    under the name alone."""
+    return Span(span.file, span.line, span.col, span.line, span.col + len(word) - 1)
 
 
 class SpecError(Exception):

@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any, Callable
 
 from netdsl import ast
-from netdsl.errors import Span, SpecError, SpecErrors, closest, errors_of, suggest
+from netdsl.errors import Span, SpecError, SpecErrors, closest, errors_of, leading, suggest
 from netdsl.fmt import expr as source_text
 from netdsl.ops import OPS
 from netdsl.ops.base import ArgError, Op, bind, describe
@@ -658,6 +658,8 @@ class _Expander:
                 span = scalars[exc.where][1]
             elif isinstance(exc.where, str) and exc.where in keywords:
                 span = keywords[exc.where][1]
+                if exc.where not in {a.name for a in cls.args}:  # an unknown keyword: the name is wrong
+                    span = leading(span, exc.where)
             else:
                 span = call.span
             raise SpecError(exc.message, span, exc.hint) from None
@@ -741,7 +743,7 @@ class _Expander:
         given = {p.name: value for p, (value, _) in zip(block.params, scalars)}
         for key, (value, span) in keywords.items():
             if key not in names:
-                raise SpecError(f"block '{block.name}' has no parameter '{key}'", span,
+                raise SpecError(f"block '{block.name}' has no parameter '{key}'", leading(span, key),
                                 suggest(key, names) or f"usage: {_block_usage(block)}")
             if key in given:
                 raise SpecError(f"parameter '{key}' is given twice", span)

@@ -310,3 +310,20 @@ class TestCallSiteNotes:
         assert error.notes[0][0] == "in down(4), the 2nd repetition of 'down(4) x 3'"
         rendered = render(error, info.value.sources)
         assert "  note: in down(4), the 2nd repetition of 'down(4) x 3' at r.net:7:10" in rendered
+
+
+class TestCarets:
+    """The caret sits under the offending name, and only under it."""
+
+    @pytest.mark.parametrize("name, under", [("unknown_keyword_capitalised.net", "Stride"),
+                                             ("block_parameter_misspelt.net", "hiden"),
+                                             ("train_schedule_setting_misspelt.net", "Every"),
+                                             ("multi_target_unused.net", "g"),
+                                             ("multi_target_constant.net", "true"),
+                                             ("syntax_misspelt_network.net", "netwrok")])
+    def test_under_the_name(self, name, under):
+        path = os.path.join(ERRORS, name)
+        failed = failures(path)
+        (error,) = failed.errors
+        line = failed.sources[path].split("\n")[error.span.line - 1]
+        assert line[error.span.col - 1:error.span.end_col] == under
