@@ -13,6 +13,7 @@ run: setup graphviz
 	$(BIN)/netc run specs/mlp.net --checkpoint out/mlp
 
 test: setup-test graphviz tmux cxx
+	$(BIN)/netc fmt --check specs/*.net netdsl/stdlib/*.net
 	$(BIN)/pytest -q
 
 bench: setup-test

@@ -13,6 +13,7 @@ from netdsl.errors import Span
 class Number:
     value: int | float
     span: Span
+    text: str | None = field(default=None, compare=False)  # as written: `fmt` keeps 1e-4 as 1e-4
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class Assign:
     targets: tuple[str, ...]
     value: Expr
     span: Span
+    target_spans: tuple[Span, ...] = ()  # where each name is written, for carets under it
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 
@@ -135,10 +136,15 @@ def _parser() -> argparse.ArgumentParser:
                              "cells as ONNX's LSTM, GRU and RNN ops (other recurrences stay "
                              "Scans)")
 
-    fmt = sub.add_parser("fmt", help="print the canonical form of a spec",
-                         description="Print the canonical form of a spec (comments kept).")
-    fmt.add_argument("spec", metavar="SPEC")
-    fmt.add_argument("-w", "--write", action="store_true", help="rewrite the file in place (atomically)")
+    fmt = sub.add_parser("fmt", help="print the canonical form of specs",
+                         description="Print the canonical form of each SPEC (comments kept), "
+                                     "or check or rewrite it.")
+    fmt.add_argument("specs", nargs="+", metavar="SPEC")
+    how = fmt.add_mutually_exclusive_group()
+    how.add_argument("-w", "--write", action="store_true", help="rewrite the files in place (atomically)")
+    how.add_argument("--check", action="store_true",
+                     help="print nothing for canonical files; for the others a diff, and exit 1")
+    how.add_argument("--diff", action="store_true", help="print what formatting would change, as a diff")
 
     tui = sub.add_parser("tui", help="the terminal builder: edit, draw, inspect and train a spec",
                          description="Open the terminal builder on SPEC (a new spec when SPEC "
@@ -318,18 +324,28 @@ def _draw(args) -> int:
 
 
 def _fmt(args) -> int:
-    text = read_spec(args.spec)
-    try:
-        pretty = format_text(text, args.spec)
-    except SpecError as exc:
-        _report([exc], {args.spec: text})
-        return 1
-    if args.write:
-        if pretty != text:
-            write_text(args.spec, pretty)
-    else:
-        sys.stdout.write(pretty)
-    return 0
+    status = 0
+    for path in args.specs:
+        try:
+            text = read_spec(path)
+            pretty = format_text(text, path)
+        except SpecError as exc:
+            _report([exc], {path: text} if exc.span else {})
+            status = 1
+            continue
+        if args.write:
+            if pretty != text:
+                write_text(path, pretty)
+        elif args.check or args.diff:
+            changes = "".join(difflib.unified_diff(text.splitlines(True), pretty.splitlines(True),
+                                                   f"{path} (as it is)", f"{path} (formatted)"))
+            sys.stdout.write(changes)
+            if args.check and changes:
+                sys.stderr.write(f"{path}: not in canonical form; `netc fmt -w {path}` rewrites it\n")
+                status = 1
+        else:
+            sys.stdout.write(pretty)
+    return status
 
 
 def _tui(args) -> int:

@@ -10,11 +10,12 @@ import networkx as nx
 from netdsl import ast
 from netdsl.cost import param_count
 from netdsl.errors import SpecError, SpecErrors, errors_of, suggest
-from netdsl.expand import expand
+from netdsl.expand import IndependentErrors, expand
 from netdsl.graph import build_graph
 from netdsl.parse import parse
 from netdsl.program import Program
-from netdsl.shapes import infer_shapes
+from netdsl.recurrences import check_recurrences
+from netdsl.shapes import typed_graph
 
 __all__ = ["Network", "check_file", "check_text", "read_spec", "CheckFailed"]
 
@@ -114,18 +115,29 @@ def check_text(text: str, file: str = "<spec>") -> Network:
         With every error found and the sources to render them.
     """
     sources = {file: text}
+    errors: list[SpecError] = []  # those that let the later passes run, reported together
     try:
         module = parse(text, file)                      # text -> AST with spans
-        program = expand(module, _Loader(sources))      # blocks, repeats, loops inlined
+        try:
+            program = expand(module, _Loader(sources))  # blocks, repeats, loops inlined
+        except IndependentErrors as exc:                # the program is whole all the same
+            program, errors = exc.program, list(exc.errors)
         graph = build_graph(program)                    # networkx graph; cycles need a delay
-        graph = infer_shapes(graph)                     # every edge typed, or located errors
+        graph, found = typed_graph(graph)               # every edge typed, or located errors
+        errors += found + check_recurrences(graph, program.train_spans)  # loops over time
+        SpecErrors.collect(errors)
     except (SpecError, SpecErrors) as exc:
-        raise CheckFailed(errors_of(exc), sources) from None
+        raise CheckFailed(_unique(errors + errors_of(exc)), sources) from None
     except RecursionError:  # parse bounds expression depth; this is a chain of blocks too long
         error = SpecError(f"{file}: blocks call blocks too deeply to check", None,
                           "flatten some of the blocks into their callers")
         raise CheckFailed([error], sources) from None
     return Network(module, program, graph, sources)
+
+
+def _unique(errors: list[SpecError]) -> list[SpecError]:
+    """One error per place and message (an error of an earlier pass may be raised again)."""
+    return list({(e.span, e.message): e for e in reversed(errors)}.values())[::-1]
 
 
 def check_file(path: str) -> Network:

@@ -5,7 +5,7 @@ import difflib
 from dataclasses import dataclass
 
 __all__ = ["Span", "SpecError", "SpecErrors", "ShapeError", "render", "errors_of", "closest",
-           "suggest"]
+           "suggest", "leading"]
 
 
 @dataclass(frozen=True)
@@ -22,14 +22,26 @@ class Span:
         return f"{self.file}:{self.line}:{self.col}"
 
 
-class SpecError(Exception):
-    """An error in a spec, a data file or a flag, shown to the user without a traceback."""
+def leading(span: Span, word: str) -> Span:
+    """The part of `span` its first `word` covers: the name of `name=value`, for a caret
+    under the name alone."""
+    return Span(span.file, span.line, span.col, span.line, span.col + len(word) - 1)
 
-    def __init__(self, message: str, span: Span | None = None, hint: str | None = None):
+
+class SpecError(Exception):
+    """An error in a spec, a data file or a flag, shown to the user without a traceback.
+
+    `notes` are (text, span) pairs shown under the error: for a mistake inside a block,
+    each call on the way in, innermost first ("in basic(32, stride=2) at net.net:16:14").
+    """
+
+    def __init__(self, message: str, span: Span | None = None, hint: str | None = None,
+                 notes: tuple[tuple[str, Span], ...] = ()):
         super().__init__(message)
         self.message = message
         self.span = span
         self.hint = hint
+        self.notes = tuple(notes)
 
     def __str__(self) -> str:
         where = f"{self.span}: " if self.span else ""
@@ -89,15 +101,26 @@ def render(error: SpecError, sources: dict[str, str] | None = None) -> str:
             gutter = f"{span.line:>4} | "
             lines.append(gutter + line)
             lines.append(" " * (len(gutter) + span.col - 1) + "^" * max(1, width))
+    for text, where in getattr(error, "notes", ()):
+        lines.append(f"  note: {text} at {where}")
     if error.hint:
         lines.append(f"  hint: {error.hint}")
     return "\n".join(lines)
 
 
 def closest(word: str, choices) -> str | None:
-    """The one of `choices` a misspelt `word` most likely meant, if any is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return close[0] if close else None
+    """The one of `choices` a misspelt `word` most likely meant, if any is close.
+
+    Case is ignored (`ReLU` means `relu`, `Conv2D` means `conv2d`); a choice that differs
+    from the word only in case wins over any other.
+    """
+    lowered: dict[str, str] = {}
+    for choice in choices:
+        lowered.setdefault(choice.lower(), choice)
+    if word.lower() in lowered:
+        return lowered[word.lower()]
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
 
 
 def suggest(word: str, choices) -> str | None:

@@ -9,17 +9,19 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Callable
 
 from netdsl import ast
-from netdsl.errors import Span, SpecError, SpecErrors, closest, errors_of, suggest
+from netdsl.errors import Span, SpecError, SpecErrors, closest, errors_of, leading, suggest
+from netdsl.fmt import expr as source_text
 from netdsl.ops import OPS
-from netdsl.ops.base import ArgError, Op, bind
-from netdsl.program import Frame, NodeDef, Program, StateDef
+from netdsl.ops.base import ArgError, Op, bind, describe
+from netdsl.program import Frame, NodeDef, Program, StateDef, call_notes
 from netdsl.train_clause import clause_spans, evaluate_train
 from netdsl.types import TensorType
 
-__all__ = ["expand", "Loader"]
+__all__ = ["expand", "Loader", "IndependentErrors"]
 
 # load(target, is_path, importing_file, span) -> the imported module
 Loader = Callable[[str, bool, str, Any], ast.Module]
@@ -85,6 +87,8 @@ class _Scope:
     inputs: list[Value] | None = None  # tensors a block call passes to its `in`
     outputs: list[Value] | None = None
     share: tuple[_Shared, str] | None = None  # inside a shared instance: (it, path within it)
+    defined: dict[str, Span] = field(default_factory=dict)  # where each name of the body is defined
+    used_early: set[str] = field(default_factory=set)  # used before its definition (reported)
 
     def fresh(self, base: str, taken) -> str:
         while True:
@@ -94,11 +98,22 @@ class _Scope:
                 return candidate
 
 
+class IndependentErrors(SpecErrors):
+    """Errors that leave the program whole (a bad train setting, an unused value, a second
+    network header): later passes can still run on `program` and report their own."""
+
+    def __init__(self, errors: list[SpecError], program: Program):
+        super().__init__(errors)
+        self.program = program
+
+
 def expand(module: ast.Module, load: Loader | None = None) -> Program:
     """Inline every block, repetition and loop of a parsed spec.
 
     Raises
     ------
+    IndependentErrors
+        When every error leaves the program whole; it carries the program.
     SpecError, SpecErrors
         For unknown names and layers, bad arguments, misuse of blocks and states.
     """
@@ -114,6 +129,7 @@ class _Expander:
         self.train: dict[str, Any] = {}
         self.train_spans: dict[str, Span] = {}
         self.errors: list[SpecError] = []
+        self.independent: list[SpecError] = []  # errors after which the program is still whole
         self.consumed: set[str] = set()  # nodes that are some node's input
         self.blocks: dict[str, ast.Block] = {}
         self.depth = 0
@@ -122,6 +138,11 @@ class _Expander:
     # ---- driver
     def run(self) -> Program:
         self._collect_blocks(self.module, set())
+        headers = [i for i in self.module.items if isinstance(i, ast.NetworkDecl)]
+        for header in headers[1:]:
+            self.independent.append(SpecError(
+                f"a second network header: this file already names its network '{headers[0].name}'",
+                header.span, f"a spec describes one network; the first header is at {headers[0].span}"))
         top = _Scope("", ())
         body = [i for i in self.module.items if not isinstance(i, (ast.Import, ast.NetworkDecl, ast.Block))]
         self._exec_body(body, top)
@@ -136,11 +157,15 @@ class _Expander:
             else:
                 self.errors.append(SpecError("the spec defines no network", span,
                                              "declare an input and some layers: see docs/language.md"))
-        SpecErrors.collect(self.errors)
+        if self.errors:
+            SpecErrors.collect(self.errors + self.independent)
         name = self.module.network_name or _stem(self.module.file)
         names = {key: b.value.node for key, b in top.env.items() if isinstance(b.value, Value)}
-        return Program(name, self.nodes, self.losses, self.train, self.module.file,
-                       self.train_spans, names)
+        program = Program(name, self.nodes, self.losses, self.train, self.module.file,
+                          self.train_spans, names)
+        if self.independent:
+            raise IndependentErrors(self.independent, program)
+        return program
 
     def _collect_blocks(self, module: ast.Module, seen: set[str]) -> None:
         seen.add(module.file)
@@ -166,6 +191,9 @@ class _Expander:
         try:
             imported = self.load(item.target, item.is_path, module.file, item.span)
         except SpecError as exc:
+            module_name = _stdlib_meant(item)
+            if module_name is not None:
+                exc.hint = f"'{module_name}' is a standard library module: write import {module_name}"
             self.errors.extend(errors_of(exc))
             self.failed_imports.append(item.target)
             return
@@ -181,12 +209,22 @@ class _Expander:
 
     # ---- statements
     def _exec_body(self, body, scope: _Scope) -> None:
+        for name, span in _definitions(body):  # so a name used too early can say where it comes
+            scope.defined.setdefault(name, span)
         for stmt in body:
             try:
                 self._exec(stmt, scope)
             except (SpecError, SpecErrors) as exc:
-                self.errors.extend(errors_of(exc))
+                # the train clause defines nothing that later statements or passes read
+                self._report(errors_of(exc), scope, independent=isinstance(stmt, ast.Train))
                 self._after_failure(stmt, scope)
+
+    def _report(self, errors: list[SpecError], scope: _Scope, independent: bool = False) -> None:
+        """Keep errors; one inside a block body notes the calls that led to it."""
+        for error in errors:
+            if scope.frames and not error.notes:
+                error.notes = call_notes(scope.frames, error.span)
+            (self.independent if independent else self.errors).append(error)
 
     def _after_failure(self, stmt, scope: _Scope) -> None:
         """Keep one mistake from causing more reports: poison what the statement defines."""
@@ -212,12 +250,14 @@ class _Expander:
             if len(values) != len(stmt.targets):
                 raise SpecError(
                     f"{len(stmt.targets)} names but the value gives {len(values)}", stmt.span)
-            for name, val in zip(stmt.targets, values):
+            spans = stmt.target_spans or (stmt.span,) * len(stmt.targets)
+            for name, span in zip(stmt.targets, spans):
                 if name in CONSTANTS:
-                    raise SpecError(f"'{name}' is a constant and cannot be assigned", stmt.span)
+                    raise SpecError(f"'{name}' is a constant and cannot be assigned", span)
+            for name, val, span in zip(stmt.targets, values, spans):
                 if len(stmt.targets) == 1 and isinstance(val, Value) and not isinstance(val, _Poison):
                     val = self._rename(val, scope, name)
-                self._bind(scope, name, val, stmt.span)
+                self._bind(scope, name, val, span)
         elif isinstance(stmt, ast.IODecl):
             self._declare_io(stmt, scope)
         elif isinstance(stmt, ast.StateDecl):
@@ -289,7 +329,8 @@ class _Expander:
         self.losses[name] = self._rename(value, scope, name).node
 
     def _for(self, stmt: ast.For, scope: _Scope) -> None:
-        start, stop = self._whole(stmt.start, scope), self._whole(stmt.stop, scope)
+        start = self._whole(stmt.start, scope, "the loop bound")
+        stop = self._whole(stmt.stop, scope, "the loop bound")
         if stop - start > 100_000:
             raise SpecError(f"a loop of {stop - start + 1} iterations is too long", stmt.span)
         saved = scope.env.get(stmt.var)
@@ -316,20 +357,24 @@ class _Expander:
             self._bind(scope, name, value, stmt.span, used=True)
 
     def _bind(self, scope: _Scope, name: str, value, span, used: bool = False) -> None:
-        binding = _Binding(name, value, span, used)
+        binding = _Binding(name, value, span, used or name in scope.used_early)
         scope.env[name] = binding
         scope.history.append(binding)
+
+    def _report_one(self, scope: _Scope, error: SpecError, independent: bool = False) -> None:
+        self._report([error], scope, independent)
 
     def _finish_scope(self, scope: _Scope) -> None:
         for name, slot in scope.states.items():
             binding = scope.env.get(name)
             if binding is None:
-                self.errors.append(SpecError(f"state '{name}' is never assigned", slot.decl.span,
+                self._report_one(scope, SpecError(f"state '{name}' is never assigned", slot.decl.span,
                                              f"give its value for this step: {name} = ..."))
                 continue
             if not slot.delayed and not slot.misused:
-                self.errors.append(SpecError(f"state '{name}' is never read as {name}[t-1]",
-                                             slot.decl.span, "declare it as a plain value instead"))
+                self._report_one(scope, SpecError(f"state '{name}' is never read as {name}[t-1]",
+                                             slot.decl.span, "declare it as a plain value instead"),
+                                 independent=True)
             binding.used = True
             if isinstance(binding.value, _Poison) or not isinstance(binding.value, Value):
                 continue
@@ -339,8 +384,8 @@ class _Expander:
             if not binding.used and isinstance(binding.value, Value) and not isinstance(binding.value, _Poison):
                 kind = self.nodes[binding.value.node].kind
                 what = {"input": "input", "target": "target"}.get(kind, "value")
-                self.errors.append(SpecError(f"{what} '{binding.name}' is never used", binding.span,
-                                             "use it, or delete it"))
+                self._report_one(scope, SpecError(f"{what} '{binding.name}' is never used", binding.span,
+                                             "use it, or delete it"), independent=True)
 
     # ---- expressions
     def _eval(self, expr, scope: _Scope, want: int = 1):
@@ -385,22 +430,32 @@ class _Expander:
         if name.id in OPS or name.id in self.blocks:
             raise SpecError(f"'{name.id}' is a layer, not a value", name.span,
                             f"apply it to a value: x -> {name.id}")
+        later = scope.defined.get(name.id)
+        if later is not None and (later.line, later.col) > (name.span.line, name.span.col):
+            scope.used_early.add(name.id)  # its definition is not also reported as unused
+            raise SpecError(f"'{name.id}' is defined later, at line {later.line}", name.span,
+                            f"statements run in order: move this use below line {later.line}, "
+                            f"or define '{name.id}' before it")
         known = [n for n in scope.env] + list(scope.states) + list(CONSTANTS)
         meant = closest(name.id, known)
         if meant in scope.env:  # the value meant is used, if misspelt
             scope.env[meant].used = True
         raise SpecError(f"undefined name '{name.id}'", name.span, suggest(name.id, known))
 
-    def _scalar(self, expr, scope: _Scope):
+    def _scalar(self, expr, scope: _Scope, what: str = "a number"):
+        """A number or setting; `what` names it in errors: "the repeat count"."""
         value = self._eval(expr, scope)
         if isinstance(value, Value):
-            raise SpecError("a tensor is used where a number is needed", expr.span)
+            used = "a tensor is used where a number is needed" if what == "a number" else \
+                f"{what} must be a number, not a tensor"
+            raise SpecError(used, expr.span)
         return value
 
-    def _whole(self, expr, scope: _Scope) -> int:
-        value = self._scalar(expr, scope)
+    def _whole(self, expr, scope: _Scope, what: str) -> int:
+        value = self._scalar(expr, scope, what)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-            raise SpecError(f"expected a whole number, got {value!r}", expr.span)
+            raise SpecError(f"{what} must be a whole number, got {describe(value)}", expr.span,
+                            _whole_hint(expr))
         return int(value)
 
     @staticmethod
@@ -459,20 +514,21 @@ class _Expander:
         value = self._eval(expr.source, scope)
         for index, stage in enumerate(expr.stages):
             last = index == len(expr.stages) - 1
-            count = 1 if stage.repeat is None else self._whole(stage.repeat, scope)
+            count = 1 if stage.repeat is None else self._whole(stage.repeat, scope, "the repeat count")
             if count < 0:  # x 0 skips the stage, so `x (n - 1)` works for n = 1
-                raise SpecError(f"a stage cannot repeat a negative number of times, got x {count}",
+                raise SpecError(f"the repeat count must be 0 or more, got x {count}",
                                 stage.repeat.span)
             if count > 10_000:
                 raise SpecError(f"a stage repeated {count} times is too many", stage.repeat.span,
                                 "repeat a stage at most 10000 times")
             repeat = f"{scope.prefix}{stage.call.name}@{stage.span.line}:{stage.span.col}" if count > 1 else None
-            for _ in range(count):
+            for index in range(count):
                 if isinstance(value, tuple):
                     raise SpecError(f"'{stage.call.name}' receives {len(value)} values; a pipeline "
                                     "carries one", stage.span, "name the values: a, b = ...")
+                which = f", the {_ordinal(index + 1)} repetition of '{_stage_text(stage)}'" if count > 1 else ""
                 value = self._call(stage.call, scope, self._tensor(value, expr.source),
-                                   want if last else 1, repeat)
+                                   want if last else 1, repeat, which)
         return value
 
     def _delayed(self, expr: ast.Delayed, scope: _Scope) -> Value:
@@ -496,7 +552,8 @@ class _Expander:
         return Value(node)
 
     # ---- calls: layers, blocks and shared instances
-    def _call(self, call: ast.Call, scope: _Scope, piped: Value | None, want: int, repeat=None):
+    def _call(self, call: ast.Call, scope: _Scope, piped: Value | None, want: int, repeat=None,
+              which: str = ""):
         tensors, scalars, keywords = self._arguments(call, scope, piped)
         if any(isinstance(t, _Poison) for t in tensors):
             self._check_poisoned(call, scalars, keywords, scope)
@@ -510,7 +567,8 @@ class _Expander:
                                 "other arguments")
             return self._use_shared(shared, tensors, call, scope, want)
         if call.name in self.blocks:
-            return self._inline(self.blocks[call.name], tensors, scalars, keywords, call, scope, want, repeat)
+            return self._inline(self.blocks[call.name], tensors, scalars, keywords, call, scope, want,
+                                repeat, which=which)
         if call.name in OPS:
             return self._apply_op(call, tensors, scalars, keywords, scope, want)
         raise self._unknown_layer(call, scope)
@@ -600,6 +658,8 @@ class _Expander:
                 span = scalars[exc.where][1]
             elif isinstance(exc.where, str) and exc.where in keywords:
                 span = keywords[exc.where][1]
+                if exc.where not in {a.name for a in cls.args}:  # an unknown keyword: the name is wrong
+                    span = leading(span, exc.where)
             else:
                 span = call.span
             raise SpecError(exc.message, span, exc.hint) from None
@@ -643,7 +703,7 @@ class _Expander:
         return Value(target)
 
     def _inline(self, block: ast.Block, tensors, scalars, keywords, call, scope, want, repeat=None,
-                instance: str | None = None, share=None):
+                instance: str | None = None, share=None, which: str = ""):
         self.depth += 1
         try:
             chain = [frame.block for frame in scope.frames]
@@ -654,7 +714,8 @@ class _Expander:
             if self.depth > 64:
                 raise SpecError(f"blocks are nested more than 64 deep at '{block.name}'", call.span)
             name = instance or scope.fresh(block.name, self.nodes)[len(scope.prefix):]
-            frame = Frame(name, block.name, call.span, repeat, block.span.file)
+            frame = Frame(name, block.name, call.span, repeat, block.span.file,
+                          _call_text(block.name, scalars, keywords) + which)
             inner = _Scope(f"{scope.prefix}{name}/", scope.frames + (frame,), inputs=list(tensors),
                            share=share)
             self._bind_params(block, inner, scalars, keywords, call, scope)
@@ -682,7 +743,7 @@ class _Expander:
         given = {p.name: value for p, (value, _) in zip(block.params, scalars)}
         for key, (value, span) in keywords.items():
             if key not in names:
-                raise SpecError(f"block '{block.name}' has no parameter '{key}'", span,
+                raise SpecError(f"block '{block.name}' has no parameter '{key}'", leading(span, key),
                                 suggest(key, names) or f"usage: {_block_usage(block)}")
             if key in given:
                 raise SpecError(f"parameter '{key}' is given twice", span)
@@ -691,7 +752,7 @@ class _Expander:
             if param.name in given:
                 value = given[param.name]
             elif param.default is not None:
-                value = self._scalar(param.default, inner)
+                value = self._scalar(param.default, inner, f"the default of '{param.name}'")
             else:
                 raise SpecError(f"block '{block.name}' needs parameter '{param.name}'", call.span,
                                 f"usage: {_block_usage(block)}")
@@ -718,19 +779,42 @@ class _Expander:
     def _type(self, type_: ast.TypeExpr, scope: _Scope) -> TensorType:
         dims = []
         for dim in type_.dims:
-            value = self._whole(dim, scope)
+            value = self._whole(dim, scope, "a dimension")
             if value < 1:
                 raise SpecError(f"a dimension must be at least 1, got {value}", dim.span)
             dims.append(value)
         classes = None
         if type_.classes is not None:
-            classes = self._whole(type_.classes, scope)
+            classes = self._whole(type_.classes, scope, "the number of classes")
             if classes < 2:
                 raise SpecError(f"class(n) needs at least 2 classes, got {classes}", type_.classes.span)
         elif not dims:
             raise SpecError("a shape needs at least one dimension", type_.span, "for example [64]")
         dtype = "int64" if classes is not None else "float32"
         return TensorType(tuple(dims), dtype, classes, type_.seq)
+
+
+def _stdlib_meant(item: ast.Import) -> str | None:
+    """The standard library module a quoted import that failed names: import "rnn.net"."""
+    if not item.is_path:
+        return None
+    stem = os.path.splitext(os.path.basename(item.target))[0]
+    # which modules ship is a fact of the installed package, not of any spec
+    modules = {p.name[:-4] for p in resources.files("netdsl.stdlib").iterdir() if p.name.endswith(".net")}
+    return closest(stem, modules) if stem.lower() in {m.lower() for m in modules} else None
+
+
+def _definitions(body):
+    """(name, span) of each name a body's statements define, loops' bodies included."""
+    for stmt in body:
+        if isinstance(stmt, ast.Assign):
+            yield from zip(stmt.targets, stmt.target_spans or (stmt.span,) * len(stmt.targets))
+        elif isinstance(stmt, ast.IODecl) or isinstance(stmt, ast.Share):
+            yield stmt.name, stmt.span
+        elif isinstance(stmt, ast.StateDecl):
+            yield from ((item.name, item.span) for item in stmt.items)
+        elif isinstance(stmt, ast.For):
+            yield from _definitions(stmt.body)
 
 
 def _names_in(node) -> set[str]:
@@ -746,6 +830,29 @@ def _names_in(node) -> set[str]:
         elif hasattr(item, "__dataclass_fields__"):
             stack.extend(getattr(item, f) for f in item.__dataclass_fields__ if f != "span")
     return found
+
+
+def _call_text(name: str, scalars, keywords) -> str:
+    """A block call with its arguments' values: basic(32, stride=2)."""
+    args = [describe(v) for v, _ in scalars] + [f"{k}={describe(v)}" for k, (v, _) in keywords.items()]
+    return f"{name}({', '.join(args)})"
+
+
+def _stage_text(stage: ast.Stage) -> str:
+    text = source_text(stage.call)
+    return text if stage.repeat is None else f"{text} x {source_text(stage.repeat)}"
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _whole_hint(expr) -> str | None:
+    """Where a computed count came from: `n / 2` gives a fraction when n is odd."""
+    if isinstance(expr, ast.BinOp) and expr.op == "/":
+        return "a division gives a fraction unless it is exact; check the values divided"
+    return None
 
 
 def _block_usage(block: ast.Block) -> str:

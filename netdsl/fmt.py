@@ -5,22 +5,29 @@ The layout, in brief:
 - two spaces of indentation inside blocks and for-loops;
 - one space around `=`, `->` and binary operators and after commas; `name=value`
   keyword arguments, train settings and parameter defaults without spaces;
-- `input`, `target` and `state` padded to six columns: `input  x : [64]`;
-- ints as written, floats in Python's shortest round-tripping form with a plain
-  exponent (`1e-3` prints as `0.001`, `1e-05` as `1e-5`), strings in single quotes
-  (double quotes only for a string holding a single quote);
+- `input`, `target` and top-level `state` padded to six columns: `input  x : [64]`
+  (`state h` in a block, where there is nothing to line up with);
+- numbers as written (`1e-4` stays `1e-4`; a number made without source text, floats
+  in Python's shortest round-tripping form), strings in single quotes (double quotes
+  only for a string holding a single quote);
 - bare layer names in stages (`x -> relu`), repeats as `-> basic(64) x 3`, with the
   count in parentheses unless it is an atom (a name, number, call, ...);
 - parentheses only where precedence needs them;
-- a pipeline statement on one line when it fits in 88 columns and its comments sit
-  on one line; otherwise broken before each `->`, aligned under the first `->`, or
-  indented four more than the statement when that alignment would not fit;
-- calls never break inside their parentheses;
+- a pipeline statement on one line when it fits in 88 columns and the source has it
+  on one line; otherwise broken before `->`s, aligned under the first `->` (or
+  indented four more than the statement when that alignment would not fit): a row
+  ends where the source's did (a comment, or a break the author chose, as between
+  conv-batchnorm-relu groups) and where 88 columns are full, so `# [64, 56, 56]`
+  stays after the stage it describes;
+- a call too long for its line breaks between arguments, aligned after its `(`, each
+  row filled (one argument a row when one is a pipeline, as in googlenet's
+  inception); a long train clause breaks inside its first call whose break makes
+  every row fit;
 - at most one blank line in a row, kept where the source had one; a blank line
   around every top-level block;
 - full-line comments stay on their own line before what follows them; a trailing
-  comment stays at the end of its line; those of one statement line up two spaces
-  after the longest line that holds one. A printed line keeps the last comment
+  comment stays at the end of its line; those of consecutive lines line up two
+  spaces after the longest of those lines. A printed line keeps the last comment
   that falls on it; any others move, in order, onto their own lines above the
   statement (a call broken over lines with a comment on each, for example).
 
@@ -59,7 +66,24 @@ def format_module(module: ast.Module) -> str:
     """The canonical text of a parsed spec, its comments included."""
     printer = _Printer(module.comments)
     printer.body(module.items, "", math.inf, top=True)
-    return "\n".join(printer.lines) + "\n" if printer.lines else ""
+    lines = _aligned(printer.lines)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _aligned(lines: list[tuple[str, str | None]]) -> list[str]:
+    """The printed lines, the trailing comments of each run of consecutive lines that
+    hold one lined up two spaces after the run's longest code."""
+    out: list[str] = []
+    run: list[tuple[str, str]] = []
+    for code, comment in [*lines, ("", None)]:
+        if comment is not None:
+            run.append((code, comment))
+            continue
+        column = max((len(c) for c, _ in run), default=0) + 2
+        out += [c.ljust(column) + text for c, text in run]
+        run = []
+        out.append(code)
+    return out[:-1]
 
 
 # ---- expressions
@@ -80,6 +104,8 @@ def _precedence(e: ast.Expr) -> int:
 
 
 def _number(n: ast.Number) -> str:
+    if n.text:  # as the author wrote it: 1e-4 stays 1e-4
+        return n.text
     if isinstance(n.value, int):
         return str(n.value)
     mantissa, e, exponent = repr(n.value).partition("e")
@@ -185,27 +211,111 @@ def _header(stmt: ast.Block | ast.For) -> str:
 # ---- layout: rows of text, each with the nodes whose source lines map onto it
 
 
-def _broken(indent: str, head: str, p: ast.Pipeline) -> list[tuple[str, list]]:
+def _breaks(nodes: list, comments: list[ast.Comment]) -> set[int]:
+    """The nodes a row must end after: each is followed, in the source, by a comment that
+    stays at the end of its line, or by a line break the author chose."""
+    forced = {i for i, (a, b) in enumerate(zip(nodes, nodes[1:])) if b.span.line > a.span.end_line}
+    for c in comments:
+        before = [i for i, node in enumerate(nodes) if node.span.line <= c.span.line]
+        if before and before[-1] < len(nodes) - 1:
+            forced.add(before[-1])
+    return forced
+
+
+def _filled(first: str, pad: str, parts: list[str], nodes: list, forced: set[int]):
+    """Stages packed onto rows up to the width, each continuation row starting `pad -> `."""
+    rows = [(first + parts[0], nodes[:1])]
+    for i, (part, node) in enumerate(zip(parts[1:], nodes[1:]), 1):
+        text, held = rows[-1]
+        if i - 1 in forced or len(f"{text} -> {part}") > WIDTH:
+            rows.append((f"{pad}-> {part}", [node]))
+        else:
+            rows[-1] = (f"{text} -> {part}", held + [node])
+    return rows
+
+
+def _broken(indent: str, head: str, p: ast.Pipeline, forced: set[int]) -> list[tuple[str, list]]:
+    """A pipeline broken before arrows, aligned under its first arrow, or indented four
+    more than the statement when that alignment would not fit."""
     parts, nodes = _pipeline_parts(p), [p.source, *p.stages]
-    first = indent + head + parts[0] + " "
-    aligned = [(f"{first}-> {parts[1]}", nodes[:2])]
-    pad = " " * len(first)
-    aligned += [(f"{pad}-> {part}", [node]) for part, node in zip(parts[2:], nodes[2:])]
+    aligned = _filled(indent + head, " " * len(indent + head + parts[0] + " "), parts, nodes, forced)
     if max(len(text) for text, _ in aligned) <= WIDTH:
         return aligned
-    deep = indent + " " * 4
-    rows = [(indent + head + parts[0], nodes[:1])]
-    return rows + [(f"{deep}-> {part}", [node]) for part, node in zip(parts[1:], nodes[1:])]
+    rows = _filled(indent + head, indent + " " * 4, parts, nodes, forced | set(range(len(nodes))))
+    out = []
+    for (text, held), stage in zip(rows, [None, *p.stages]):
+        if len(text) <= WIDTH or stage is None or stage.repeat is not None:
+            out.append((text, held))
+        else:  # a stage too long alone: its call breaks between arguments
+            out += _fit(text[:len(text) - len(_stage(stage))], stage.call, "", held)
+    return out
+
+
+def _fit(prefix: str, e: ast.Expr, suffix: str, nodes: list) -> list[tuple[str, list]]:
+    """`prefix + e + suffix` as rows: a call too long for one breaks between arguments,
+    aligned after its '(', filling each row (one argument a row when two or more are
+    pipelines, as in googlenet's inception); a pipeline argument breaks as a pipeline."""
+    flat = prefix + expr(e) + suffix
+    if isinstance(e, ast.Pipeline):
+        forced = _breaks([e.source, *e.stages], [])
+        if len(flat) <= WIDTH and not forced:
+            return [(flat, nodes)]
+        indent = prefix[:len(prefix) - len(prefix.lstrip())]
+        rows = _broken(indent, prefix[len(indent):], e, forced)
+        (first, held), (last, _) = rows[0], rows[-1]
+        rows[0] = (first, nodes + held)
+        return rows[:-1] + [(rows[-1][0] + suffix, rows[-1][1])] if len(rows) > 1 else [(last + suffix, nodes + held)]
+    if len(flat) <= WIDTH or not isinstance(e, ast.Call) or not e.args:
+        return [(flat, nodes)]
+    start = prefix + e.name + "("
+    pad = " " * len(start)
+    one_a_row = sum(isinstance(a.value, ast.Pipeline) for a in e.args) > 1
+    rows: list[tuple[str, list]] = []
+    text, held = start, list(nodes)
+    for i, a in enumerate(e.args):
+        tail = ")" + suffix if i == len(e.args) - 1 else ","
+        keyword = "" if a.name is None else f"{a.name}="
+        here = text + ("" if text == start else " ") + keyword
+        fits_here = _fit(here, a.value, tail, held + [a])
+        if text == start or (not one_a_row and len(fits_here[0][0]) <= WIDTH):
+            *done, (text, held) = fits_here
+        else:
+            rows.append((text, held))
+            *done, (text, held) = _fit(pad + keyword, a.value, tail, [a])
+        rows += done
+    return rows + [(text, held)]
+
+
+def _train_rows(indent: str, stmt: ast.Train) -> list[tuple[str, list]]:
+    """A train clause too long for one line breaks inside the first call whose break makes
+    every row fit (its items are not in parentheses, so only a call's arguments can break)."""
+    texts = list(map(_setting, stmt.items))
+    first = None
+    for i, item in enumerate(stmt.items):
+        if not isinstance(item.value, ast.Call) or not item.value.args:
+            continue
+        prefix = indent + "train " + "".join(t + ", " for t in texts[:i]) + (f"{item.name}=" if item.name else "")
+        suffix = "".join(", " + t for t in texts[i + 1:])
+        rows = _fit(prefix, item.value, suffix, [stmt])
+        if all(len(text) <= WIDTH for text, _ in rows):
+            return rows
+        first = first or rows
+    return first or [(indent + _LINES[ast.Train](stmt), [stmt])]
 
 
 def _rows(indent: str, stmt, comments: list[ast.Comment]) -> list[tuple[str, list]]:
     head, value = _split(stmt)
+    if isinstance(stmt, ast.StateDecl) and indent:  # no input or target in a block to line up with
+        head = "state " + head[len("state  "):]
     flat = [(indent + head + ("" if value is None else expr(value)), [stmt])]
-    if not isinstance(value, ast.Pipeline):
+    if isinstance(stmt, ast.Train) and len(flat[0][0]) > WIDTH:
+        return _train_rows(indent, stmt)
+    if isinstance(value, ast.Pipeline):
+        forced = _breaks([value.source, *value.stages], comments)
+        return flat if len(flat[0][0]) <= WIDTH and not forced else _broken(indent, head, value, forced)
+    if value is None or len(flat[0][0]) <= WIDTH:
         return flat
-    broken = _broken(indent, head, value)
-    fits = len(flat[0][0]) <= WIDTH and len(_place(broken, comments)[0]) <= 1
-    return flat if fits else broken
+    return _fit(indent + head, value, "", [stmt])
 
 
 def _place(rows, comments: list[ast.Comment]) -> tuple[dict[int, ast.Comment], list[ast.Comment]]:
@@ -221,13 +331,10 @@ def _place(rows, comments: list[ast.Comment]) -> tuple[dict[int, ast.Comment], l
     return trailing, [c for c in comments if trailing[row_of[id(c)]] is not c]
 
 
-def _with_comments(rows, trailing: dict[int, ast.Comment]) -> list[str]:
-    # the statement's trailing comments line up, two spaces after the longest line holding one
-    column = max((len(rows[i][0]) for i in trailing), default=0) + 2
-    return [
-        text.ljust(column) + trailing[i].text.rstrip() if i in trailing else text
-        for i, (text, _) in enumerate(rows)
-    ]
+def _with_comments(rows, trailing: dict[int, ast.Comment]) -> list[tuple[str, str | None]]:
+    """Each row's text and its trailing comment (lined up later, see `_aligned`)."""
+    return [(text, trailing[i].text.rstrip() if i in trailing else None)
+            for i, (text, _) in enumerate(rows)]
 
 
 class _Printer:
@@ -236,7 +343,7 @@ class _Printer:
     def __init__(self, comments: tuple[ast.Comment, ...]):
         self.comments = sorted(comments, key=lambda c: (c.span.line, c.span.col))
         self.next = 0
-        self.lines: list[str] = []
+        self.lines: list[tuple[str, str | None]] = []  # code, and its trailing comment
         self.prev: int | None = None  # source line the last printed element ended on
 
     def take(self, stop: float) -> list[ast.Comment]:
@@ -248,11 +355,11 @@ class _Printer:
 
     def blank(self, line: int, force: bool = False) -> None:
         if self.prev is not None and (force or line > self.prev + 1):
-            self.lines.append("")
+            self.lines.append(("", None))
 
     def comment(self, c: ast.Comment, indent: str, force: bool = False) -> None:
         self.blank(c.span.line, force)
-        self.lines.append(indent + c.text.rstrip())
+        self.lines.append((indent + c.text.rstrip(), None))
         self.prev = c.span.end_line
 
     def body(self, stmts, indent: str, limit: float, top: bool = False) -> None:
@@ -277,7 +384,7 @@ class _Printer:
         inner = self.take(min(stmt.span.end_line + 1, limit))
         rows = _rows(indent, stmt, inner)
         trailing, moved = _place(rows, inner)
-        self.lines.extend(indent + c.text.rstrip() for c in moved)
+        self.lines.extend((indent + c.text.rstrip(), None) for c in moved)
         self.lines.extend(_with_comments(rows, trailing))
 
     def compound(self, stmt: ast.Block | ast.For, indent: str, limit: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import networkx as nx
 
 from netdsl.errors import SpecError
-from netdsl.program import Program
+from netdsl.program import Program, call_notes
 
 __all__ = ["build_graph", "verify_graph", "forward_view", "block_path"]
 
@@ -63,4 +63,5 @@ def verify_graph(graph: nx.DiGraph) -> None:
     names = [u for u, _ in cycle]
     span = graph.nodes[names[0]]["span"]
     raise SpecError(f"a cycle without a delay: {' -> '.join(names + names[:1])}", span,
-                    "a value may depend on its own past only through a state, as h[t-1]")
+                    "a value may depend on its own past only through a state, as h[t-1]",
+                    call_notes(graph.nodes[names[0]]["scope"], span))

@@ -14,7 +14,7 @@ from lark.exceptions import (
 )
 
 from netdsl import ast
-from netdsl.errors import Span, SpecError
+from netdsl.errors import Span, SpecError, closest
 from netdsl.lark_parser import parser
 from netdsl.syntax_errors import CATALOGUE, classify
 
@@ -141,7 +141,9 @@ class _ToAst(Transformer):
 
     # ---- statements
     def assign(self, meta, *parts):
-        return ast.Assign(tuple(map(str, parts[:-1])), parts[-1], self._s(meta))
+        names = parts[:-1]
+        return ast.Assign(tuple(map(str, names)), parts[-1], self._s(meta),
+                          tuple(self._tok(name) for name in names))
 
     def loss_stmt(self, meta, *parts):
         name = str(parts[0]) if len(parts) == 2 else None
@@ -202,7 +204,7 @@ class _ToAst(Transformer):
         if abs(value) > _LARGEST:
             raise SpecError(f"the number {text[:20]}{'...' if len(text) > 20 else ''} is too large",
                             self._tok(token), "numbers in a spec are sizes and rates, below 2**63")
-        return ast.Number(value, self._tok(token))
+        return ast.Number(value, self._tok(token), text)
 
     def string(self, meta, token):
         return ast.String(str(token)[1:-1], self._tok(token))
@@ -249,6 +251,9 @@ _STATEMENT = re.compile(
 _TOP_LEVEL = {"input": "an input", "target": "a target", "import": "an import",
               "network": "the network name", "block": "a block"}
 _QUOTES = ("'''", "'\"'")
+# the words that start a statement; the grammar's other words (x, seq, class) come later in one
+KEYWORDS = ("import", "network", "input", "target", "state", "block", "in", "out", "loss", "train",
+            "for", "share")
 _CHARACTERS_HINT = ("a spec is written with names, numbers, quoted strings, "
                     "-> ( ) [ ] { } , : = + - * / and # comments")
 
@@ -336,6 +341,7 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecError:
     found = _found(exc, text)
     lexemes = _lexemes(lines, line, col)
     located = (_unclosed(lexemes, lines, file, line, col, kind, found, _expected(exc))
+               or _misspelt_keyword(exc, lexemes, lines, file, line)
                or _misplaced(lexemes, lines, file, line, col, kind)
                or _dangling_arrow(lexemes, lines, file, line)
                or _bad_number(lines, file, line, col, kind))
@@ -347,6 +353,8 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecError:
                              span, "strings are written on one line: pad='same'")
         return SpecError(f"unexpected character {found}", span, _CHARACTERS_HINT)
     message, hint = classify(exc, found)
+    if hint is None and kind in ("NAME", "REPEAT"):
+        hint = _keyword_meant(exc, str(token))
     if message is None:
         message = f"unexpected {found}"
         expected = _expected(exc)
@@ -354,6 +362,17 @@ def _syntax_error(exc: UnexpectedInput, text: str, file: str) -> SpecError:
             listed = _either(expected) if len(expected) <= 6 else ", ".join(expected[:4]) + ", ..."
             message += f"; expected {listed}"
     return SpecError(message, span, hint)
+
+
+def _keyword_meant(exc: UnexpectedInput, word: str) -> str | None:
+    """'did you mean' a word the parser would have taken here: `clas(10)`, `X 2`."""
+    words = []
+    for name in getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ():
+        pattern = parser().get_terminal(name).pattern if _has_terminal(name) else None
+        if pattern is not None and pattern.type == "str" and pattern.value.isalpha():
+            words.append(pattern.value)
+    meant = closest(word, words)
+    return f"did you mean '{meant}'?" if meant and meant != word else None
 
 
 def _unclosed(lexemes, lines, file, line, col, kind, found, expected) -> SpecError | None:
@@ -390,6 +409,28 @@ def _unclosed(lexemes, lines, file, line, col, kind, found, expected) -> SpecErr
                      f"column {open_col}")
 
 
+def _misspelt_keyword(exc, lexemes, lines, file, line) -> SpecError | None:
+    """A statement that starts with a word and goes on as no assignment does: `blok b(c) {`.
+
+    The parser only notices at the second word; the mistake is the first.
+    """
+    expected = set(getattr(exc, "accepts", None) or getattr(exc, "expected", None) or ())
+    on_line = [piece for piece in lexemes if piece[1] == line]
+    if not expected <= {"COMMA", "EQUAL"} or len(on_line) != 1:
+        return None
+    word, _, col = on_line[0]
+    if not re.fullmatch(r"[A-Za-z_]\w*", word) or word in KEYWORDS:
+        return None
+    span = Span(file, line, col, line, col + len(word) - 1)
+    meant = closest(word, KEYWORDS)
+    if meant is None:
+        return SpecError(f"a statement cannot start with '{word}' followed by "
+                         f"{_found(exc, chr(10).join(lines))}", span,
+                         f"name a value with `{word} = ...`, or start with a keyword: "
+                         + ", ".join(KEYWORDS))
+    return SpecError(f"unknown keyword '{word}'", span, f"did you mean '{meant}'?")
+
+
 def _misplaced(lexemes, lines, file, line, col, kind) -> SpecError | None:
     """A '}' with no block open, `in` or `out` outside a block, a top-level line inside one."""
     depth = sum((p == "{") - (p == "}") for p, at_line, _ in lexemes if at_line < line)
@@ -416,11 +457,12 @@ def _dangling_arrow(lexemes, lines, file, line) -> SpecError | None:
     """A line ending in '->' followed by a new statement instead of a layer."""
     earlier = [piece for piece in lexemes if piece[1] < line]
     if (not earlier or earlier[-1][0] != "->" or line > len(lines)
-            or not _STATEMENT.match(lines[line - 1])):
+            or not (_STATEMENT.match(lines[line - 1]) or lines[line - 1].lstrip().startswith("}"))):
         return None
     _, at_line, at_col = earlier[-1]
     message, hint, _ = CATALOGUE["dangling arrow"]
-    return SpecError(message.replace("{found}", f"a new statement on line {line}"),
+    what = "the end of the block" if lines[line - 1].lstrip().startswith("}") else "a new statement"
+    return SpecError(message.replace("{found}", f"{what} on line {line}"),
                      Span(file, at_line, at_col, at_line, at_col + 1), hint)
 
 

@@ -8,7 +8,7 @@ from netdsl.errors import Span
 from netdsl.ops.base import Op
 from netdsl.types import TensorType
 
-__all__ = ["Frame", "NodeDef", "StateDef", "Program"]
+__all__ = ["Frame", "NodeDef", "StateDef", "Program", "call_notes"]
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,9 @@ class Frame:
     `repeat` identifies the `x N` stage that made the instance (instances of one
     repetition share it), so a drawing can collapse them into one box. `origin` is the
     file the block is defined in (`<stdlib>/rnn.net` for the standard library's cells),
-    so an exporter can tell a library block from a spec's own of the same name.
+    so an exporter can tell a library block from a spec's own of the same name. `call`
+    is the call as errors name it, with its arguments' values and which repetition it
+    is: "basic(32, stride=2), the 2nd repetition of 'basic(32) x 3'".
     """
 
     name: str
@@ -26,6 +28,16 @@ class Frame:
     span: Span
     repeat: str | None = None
     origin: str | None = None
+    call: str = ""
+
+
+def call_notes(frames: tuple[Frame, ...], span: Span | None = None) -> tuple[tuple[str, Span], ...]:
+    """The calls that led into a block body, innermost first, as notes for an error at `span`.
+
+    A call the error already points at is not repeated as a note.
+    """
+    notes = tuple((f"in {frame.call or frame.block}", frame.span) for frame in reversed(frames))
+    return notes[1:] if notes and notes[0][1] == span else notes
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,12 @@ from dataclasses import replace
 import networkx as nx
 
 from netdsl.errors import ShapeError, SpecError, SpecErrors
-from netdsl.graph import block_path, forward_view
+from netdsl.graph import forward_view
 from netdsl.ops.base import positions
+from netdsl.program import call_notes
 from netdsl.types import TensorType
 
-__all__ = ["infer_shapes", "input_types", "verify_shapes"]
+__all__ = ["infer_shapes", "typed_graph", "input_types", "verify_shapes"]
 
 
 def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
@@ -27,6 +28,14 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
     SpecError, SpecErrors
         Every shape mismatch, with the span of the layer and what it expected.
     """
+    graph, errors = typed_graph(graph)
+    SpecErrors.collect(errors)
+    return graph
+
+
+def typed_graph(graph: nx.DiGraph) -> tuple[nx.DiGraph, list[SpecError]]:
+    """A copy of `graph` with types where they can be inferred (None elsewhere), and the
+    errors, so that passes after this one can still report theirs."""
     graph = graph.copy()
     errors: list[SpecError] = []
     for node in nx.topological_sort(forward_view(graph)):
@@ -35,12 +44,10 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
             data["type"] = _node_type(graph, node, data)
         except ShapeError as exc:
             data["type"] = None
-            path = block_path(graph, node)
-            hint = exc.hint if not path else f"{exc.hint + '; ' if exc.hint else ''}in block {path}"
-            errors.append(SpecError(exc.message, data["span"], hint))
+            errors.append(SpecError(exc.message, data["span"], _same_count_hint(graph, node) or exc.hint,
+                                    call_notes(data["scope"], data["span"])))
     errors += _check_states(graph) + _check_losses(graph) + _check_shared(graph)
-    SpecErrors.collect(errors)
-    return graph
+    return graph, errors
 
 
 def input_types(graph: nx.DiGraph, node: str) -> list[TensorType | None]:
@@ -65,6 +72,25 @@ def _node_type(graph: nx.DiGraph, node: str, data) -> TensorType | None:
     return replace(result, seq=True) if seq else result
 
 
+def _same_count_hint(graph: nx.DiGraph, node: str) -> str | None:
+    """Inputs that hold the same number of elements in different shapes: a reshape is missing."""
+    types = [t for t in input_types(graph, node) if t is not None]
+    for a in types:
+        for b in types:
+            if a.dims != b.dims and _count(a) == _count(b):
+                return (f"{a.step()} and {b.step()} hold the same number of elements: reshape one "
+                        f"to the other's shape (x -> reshape({', '.join(map(str, b.dims))})) or "
+                        "flatten both")
+    return None
+
+
+def _count(t: TensorType) -> int:
+    count = 1
+    for dim in t.dims:
+        count *= dim
+    return count
+
+
 def whole_positions(op) -> frozenset[int]:
     """The argument positions of the inputs a per-step op reads as whole sequences."""
     return positions(op, op.whole)
@@ -79,10 +105,13 @@ def _check_states(graph: nx.DiGraph) -> list[SpecError]:
         got = graph.nodes[value].get("type")
         want = data["declared"]
         if got is not None and (got.dims != want.dims or got.dtype != want.dtype):
+            reshape = (f"; the value holds as many elements: -> reshape({', '.join(map(str, want.dims))})"
+                       if got.dims != want.dims and _count(got) == _count(want) else "")
             errors.append(SpecError(
                 f"state '{data['state'].name}' is declared {want.step()} but its new value is "
                 f"{got.step()}", graph.nodes[value]["span"],
-                f"change the declaration at {data['state'].span} or the value"))
+                f"change the declaration at {data['state'].span} or the value{reshape}",
+                call_notes(graph.nodes[value]["scope"], graph.nodes[value]["span"])))
     return errors
 
 
@@ -108,13 +137,21 @@ def _check_shared(graph: nx.DiGraph) -> list[SpecError]:
         theirs = graph.nodes[owner]["op"].params(*(t.step() for t in input_types(graph, owner)))
         if mine != theirs:
             here, first = (", ".join(map(str, input_types(graph, n))) for n in (node, owner))
-            path = block_path(graph, node)
             errors.append(SpecError(
-                f"shared layer '{re.sub(r'[.][0-9]+(?=/|$)', '', node)}' gets {here} here "
-                f"but {first} at its first use",
-                data["span"], f"one set of weights serves every use; the first is at "
-                f"{graph.nodes[owner]['span']}{f', in block {path}' if path else ''}"))
+                f"shared layer '{_shared_name(graph, node)}' gets {here} here but {first} at its "
+                "first use", data["span"],
+                f"one set of weights serves every use; the first is at {graph.nodes[owner]['span']}",
+                call_notes(data["scope"], data["span"])))
     return errors
+
+
+def _shared_name(graph: nx.DiGraph, node: str) -> str:
+    """The name a spec gives a shared layer: `E`, or `se/dense1` for a layer of a shared block;
+    the block instances around it are named by the error's notes."""
+    outer = [frame.name for frame in graph.nodes[node]["scope"]]
+    local = node.split("/")[len(outer):] if node.split("/")[:len(outer)] == outer else node.split("/")
+    shared = [f.name for f in graph.nodes[node]["scope"] if re.fullmatch(r".+[.][0-9]+", f.name)]
+    return re.sub(r"[.][0-9]+(?=/|$)", "", "/".join(local)) if not shared else shared[-1].split(".")[0]
 
 
 def verify_shapes(graph: nx.DiGraph) -> None:

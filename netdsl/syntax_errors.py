@@ -1,6 +1,9 @@
 """A labelled catalogue of malformed snippets; `classify` names a syntax error by example.
 
 A message may hold `{found}`: what the parser met instead (a token, end of line or file).
+Statements inside a block body or a loop go through other parser states than the same
+statements at the top level; each snippet is also tried there (see `_contexts`), so a
+mistake reads the same wherever it is written.
 """
 from __future__ import annotations
 
@@ -49,9 +52,29 @@ CATALOGUE: dict[str, tuple[str, str | None, list[str]]] = {
         "a ',' must be followed by another argument, but found {found}",
         "remove the trailing ','",
         ["y = dense(x, 10,)\n", "y = x -> conv(8, 3, )\n", "y = x -> dense(4,)\n", "y = relu(x,)\n",
-         "input x : [3, 32,]\n", "input x : [3,]\n"],
+         "input x : [3, 32,]\n", "input x : [3,]\n", "train sgd(lr=0.1,)\n",
+         "train adam(lr=0.1), schedule=step(every=3,)\n"],
+    ),
+    "line ends after a comma": (
+        "the statement ends after ',': expected another item but found {found}",
+        "a statement continues on the next line only inside ( ) or [ ], after a trailing '\\', "
+        "or when the next line starts with ->",
+        ["train sgd(lr=0.1),\n", "train sgd(lr=0.1), epochs=3,\n", "state h : [4],\n",
+         "block b(n) {\n in x\n out x,\n}\n", "block b(n) {\n in x,\n out x\n}\n"],
+    ),
+    "train arguments without parentheses": (
+        "an optimiser's or schedule's settings go in parentheses, but found {found}",
+        "write `train sgd(lr=0.1, momentum=0.9), epochs=10`",
+        ["train sgd lr=0.1\n", "train sgd 0.1\n", "train adam\n"],
+    ),
+    "train settings without commas": (
+        "the settings of a train clause are separated by ',', but found {found}",
+        "write `train adam(lr=1e-3), epochs=10, batch=64`",
+        ["train sgd(lr=0.1) epochs=3\n", "train epochs=3 batch=4\n", "train epochs=3 sgd(lr=0.1)\n"],
     ),
 }
+# labels whose snippets are statements that may also stand in a block body or a loop
+_IN_BODIES = ("missing value", "dangling arrow", "arguments without parentheses", "trailing comma")
 
 
 def classify(exc: UnexpectedInput, found: str) -> tuple[str | None, str | None]:
@@ -65,9 +88,20 @@ def classify(exc: UnexpectedInput, found: str) -> tuple[str | None, str | None]:
         return None, None
     key = _key(exc)
     for label, (message, hint, snippets) in CATALOGUE.items():
-        if any(_failure(snippet) == key for snippet in snippets):
+        if any(_failure(variant) == key for snippet in snippets for variant in _contexts(label, snippet)):
             return message.replace("{found}", found), hint
     return None, None
+
+
+def _contexts(label: str, snippet: str) -> tuple[str, ...]:
+    """The snippet where it is written, inside a block body and a loop when it may stand
+    there, and its value after `out` and `loss` as well as after `y =`."""
+    if label not in _IN_BODIES or snippet.startswith(("input", "target", "state")):
+        return (snippet,)
+    variants = [snippet]
+    if snippet.startswith("y = "):
+        variants += [f"loss {snippet[4:]}", f"block b(n) {{\n in x\n out {snippet[4:]}}}\n"]
+    return (*variants, f"block b(n) {{\n in x\n {snippet}}}\n", f"for i in 1..2 {{\n {snippet}}}\n")
 
 
 def _key(exc: UnexpectedInput):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from netdsl import ast
-from netdsl.errors import Span, SpecError, suggest
+from netdsl.errors import Span, SpecError, leading, suggest
 from netdsl.optimizers import OPTIMIZERS as DEFINITIONS
 from netdsl.schedules import SCHEDULES
 from netdsl.settings import check_clause
@@ -117,7 +117,7 @@ def _call(call: ast.Call, scalar, accepted: set[str]):
             raise SpecError(f"{call.name} takes keyword arguments only", arg.span,
                             f"for example {call.name}({', '.join(f'{k}=...' for k in sorted(accepted)[:2])})")
         if arg.name not in accepted:
-            raise SpecError(f"{call.name} has no setting '{arg.name}'", arg.span,
+            raise SpecError(f"{call.name} has no setting '{arg.name}'", leading(arg.span, arg.name),
                             suggest(arg.name, accepted) or f"accepted: {', '.join(sorted(accepted))}")
         keywords[arg.name] = scalar(arg.value)
     return (call.name, keywords)

@@ -5,6 +5,10 @@ names what it expects in its header:
 
     # expect: LINE:COL: a substring of the message
     # hint: LINE:COL: a substring of the hint
+    # note: LINE:COL: NOTE_LINE:NOTE_COL: a substring of a note of the error at LINE:COL
+
+An error inside a block body carries one note per call on the way in, innermost first;
+`note:` lines list them in that order.
 
 The set of reported places must equal the expected set: a missing report is a bug, and so
 is an extra one (usually a mistake reported twice, or a consequence of it).
@@ -17,7 +21,7 @@ import sys
 
 import pytest
 
-from netdsl.driver import CheckFailed, check_file
+from netdsl.driver import CheckFailed, check_file, check_text
 from netdsl.errors import SpecError, render
 from netdsl.parse import parse
 from netdsl.syntax_errors import CATALOGUE
@@ -26,8 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ERRORS = os.path.join(ROOT, "tests", "errors")
 FILES = sorted(glob.glob(os.path.join(ERRORS, "*.net")))
 HEADER = re.compile(r"^#\s*(expect|hint):\s*(\d+):(\d+):\s*(.+?)\s*$", re.M)
+NOTE = re.compile(r"^#\s*note:\s*(\d+):(\d+):\s*(\d+):(\d+):\s*(.+?)\s*$", re.M)
 # files that cannot carry a header
-ELSEWHERE = {"empty.net": {"expect": [(1, 1, "the spec defines no network")], "hint": []}}
+ELSEWHERE = {"empty.net": {"expect": [(1, 1, "the spec defines no network")], "hint": [], "note": []}}
 # a sample run through the command line, one per kind of mistake
 CLI_SAMPLE = ["syntax_unclosed_paren.net", "syntax_stray_brace.net", "unknown_layer.net",
               "missing_argument.net", "shape_conv_on_vector.net", "state_without_delay.net",
@@ -40,9 +45,11 @@ def expectations(path: str) -> dict[str, list[tuple[int, int, str]]]:
         return ELSEWHERE[name]
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
-    found = {"expect": [], "hint": []}
+    found = {"expect": [], "hint": [], "note": []}
     for kind, line, col, words in HEADER.findall(text):
         found[kind].append((int(line), int(col), words))
+    for line, col, note_line, note_col, words in NOTE.findall(text):
+        found["note"].append((int(line), int(col), int(note_line), int(note_col), words))
     return found
 
 
@@ -86,6 +93,32 @@ class TestErrorSpecs:
             assert any(words in h for h in hints), (words, hints)
 
     @pytest.mark.parametrize("path", FILES, ids=ids(FILES))
+    def test_call_site_notes(self, path):
+        """The notes of each error with expected notes are exactly those, innermost call first."""
+        failed = failures(path)
+        expected: dict[tuple[int, int], list] = {}
+        for line, col, note_line, note_col, words in expectations(path)["note"]:
+            expected.setdefault((line, col), []).append((note_line, note_col, words))
+        for error in failed.errors:
+            wanted = expected.get((error.span.line, error.span.col))
+            if wanted is None:
+                continue
+            got = [(where.line, where.col, text) for text, where in error.notes]
+            assert [(l, c) for l, c, _ in got] == [(l, c) for l, c, _ in wanted], got
+            for (_, _, text), (_, _, words) in zip(got, wanted):
+                assert words in text, (words, text)
+            assert all(where.file == path for _, where in error.notes)
+
+    @pytest.mark.parametrize("path", FILES, ids=ids(FILES))
+    def test_internal_names_only_with_a_location(self, path):
+        """Instance names made by expansion (basic2, stage1/basic1) appear only with a note."""
+        failed = failures(path)
+        for error in failed.errors:
+            if error.notes:
+                continue
+            assert not re.search(r"\b[a-z_]+[0-9]+/", error.message + (error.hint or "")), error.message
+
+    @pytest.mark.parametrize("path", FILES, ids=ids(FILES))
     def test_rendered_with_line_and_caret(self, path):
         failed = failures(path)
         with open(path, encoding="utf-8") as handle:
@@ -99,6 +132,8 @@ class TestErrorSpecs:
             assert set(caret.strip()) == {"^"}
             # the caret sits under the column the error names
             assert caret.index("^") - shown[1].index("| ") - 2 == error.span.col - 1
+            notes = [row for row in shown[3:] if row.startswith("  note: ")]
+            assert notes == [f"  note: {text} at {where}" for text, where in error.notes]
 
 
 class TestCommandLine:
@@ -176,6 +211,11 @@ class TestCommandLine:
 
 
 LABELLED = [(label, snippet) for label, (_, _, snippets) in CATALOGUE.items() for snippet in snippets]
+# the statements that may also stand in a block body or a loop
+IN_BODIES = [(label, snippet, where) for label, snippet in LABELLED
+             if label in ("missing value", "dangling arrow", "arguments without parentheses",
+                          "trailing comma") and snippet.startswith("y = ")
+             for where in ("block", "loop") + (("out", "loss") if snippet.count("\n") == 1 else ())]
 # what may come before a snippet: the parser's state must not depend on it
 PREFIXES = ["", "network n\n", "network n\ninput a : [3]\ntarget b : [3]\n\n"]
 
@@ -188,6 +228,20 @@ class TestCatalogue:
         with pytest.raises(SpecError) as info:
             parse(prefix + snippet, "bad.net")
         assert info.value.message.startswith(message.split("{found}")[0]), info.value.message
+
+    @pytest.mark.parametrize("label, snippet, where", IN_BODIES,
+                             ids=[f"{l}:{s!r}:{w}" for l, s, w in IN_BODIES])
+    def test_a_statement_reads_the_same_in_a_body(self, label, snippet, where):
+        """A mistake in a block body, a loop, or the value of `out` or `loss` gets its label."""
+        indented = "".join(f"  {line}\n" for line in snippet.splitlines())
+        value = snippet[len("y = "):].strip()
+        text = {"block": f"block b(n) {{\n  in x\n{indented}  out x\n}}\n",
+                "loop": f"input x : [3]\nfor i in 1..2 {{\n{indented}}}\n",
+                "out": f"block b(n) {{\n  in x\n  out {value}\n}}\n",
+                "loss": f"input x : [3]\nloss {value}\n"}[where]
+        with pytest.raises(SpecError) as info:
+            parse(text, "bad.net")
+        assert info.value.message.startswith(CATALOGUE[label][0].split("{found}")[0]), info.value.message
 
     @pytest.mark.parametrize("label", sorted(CATALOGUE))
     def test_each_label_says_what_it_found(self, label):
@@ -234,3 +288,42 @@ class TestSyntaxLocations:
     def test_carriage_returns_and_form_feeds_keep_lines(self):
         error = self.error("input x : [3]\r\n\x0c\r\ny = x ->\r\n")
         assert error.span.line == 3
+
+
+class TestCallSiteNotes:
+    def test_an_error_inside_a_stdlib_block_notes_the_call_in_the_spec(self, tmp_path):
+        spec = tmp_path / "std.net"
+        spec.write_text("import rnn\ninput x : seq[4]\ntarget y : class(2)\n"
+                        "logits = x -> lstm(2.5) -> last -> dense(2)\nloss cross_entropy(logits, y)\n")
+        (error,) = failures(str(spec)).errors
+        assert error.span.file == "<stdlib>/rnn.net" and "a dimension must be a whole number" in error.message
+        (note, where), = error.notes
+        assert note == "in lstm(2.5)" and (where.file, where.line, where.col) == (str(spec), 4, 15)
+
+    def test_each_repetition_is_named_with_its_stage(self):
+        text = ("input x : [3, 8, 8]\ntarget y : class(2)\nblock down(c) {\n  in x\n"
+                "  out x -> conv(c, 3, stride=2, pad=1) -> maxpool(2)\n}\n"
+                "h = x -> down(4) x 3\nloss cross_entropy(h -> flatten -> dense(2), y)\n")
+        with pytest.raises(CheckFailed) as info:
+            check_text(text, "r.net")
+        (error,) = info.value.errors
+        assert error.notes[0][0] == "in down(4), the 2nd repetition of 'down(4) x 3'"
+        rendered = render(error, info.value.sources)
+        assert "  note: in down(4), the 2nd repetition of 'down(4) x 3' at r.net:7:10" in rendered
+
+
+class TestCarets:
+    """The caret sits under the offending name, and only under it."""
+
+    @pytest.mark.parametrize("name, under", [("unknown_keyword_capitalised.net", "Stride"),
+                                             ("block_parameter_misspelt.net", "hiden"),
+                                             ("train_schedule_setting_misspelt.net", "Every"),
+                                             ("multi_target_unused.net", "g"),
+                                             ("multi_target_constant.net", "true"),
+                                             ("syntax_misspelt_network.net", "netwrok")])
+    def test_under_the_name(self, name, under):
+        path = os.path.join(ERRORS, name)
+        failed = failures(path)
+        (error,) = failed.errors
+        line = failed.sources[path].split("\n")[error.span.line - 1]
+        assert line[error.span.col - 1:error.span.end_col] == under

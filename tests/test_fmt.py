@@ -15,9 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netdsl import ast
+from netdsl.driver import CheckFailed, check_text
 from netdsl.errors import SpecError
 from netdsl.fmt import WIDTH, format_module, format_text
 from netdsl.parse import parse
+from test_errors import netc
+from test_fuzz import SNIPPETS, mutated_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +31,7 @@ def strip_spans(node):
         fields = tuple(
             (f.name, strip_spans(getattr(node, f.name)))
             for f in dataclasses.fields(node)
-            if not f.name.endswith("span")
+            if not f.name.endswith(("span", "spans"))
         )
         kind = type(node.value).__name__ if isinstance(node, ast.Number) else ""
         return (type(node).__name__, kind, fields)
@@ -87,9 +90,10 @@ class TestLayout:
             input  x : [64]
             target y : class(10)
 
-            logits = x -> dense(256) -> relu -> dropout(0.2) -> dense(256) -> relu -> dense(10)
+            logits = x -> dense(256) -> relu -> dropout(0.2)
+                       -> dense(256) -> relu -> dense(10)
             loss cross_entropy(logits, y)
-            train sgd(lr=0.1, momentum=0.9), batch=128, epochs=20
+            train sgd(lr=0.1, momentum=.9), batch=128, epochs=20
         """)
 
     def test_block_with_for_loop_and_comments(self):
@@ -185,17 +189,14 @@ class TestLayout:
 
 
 class TestPipelines:
-    def test_long_pipeline_breaks_aligned_under_the_first_arrow(self):
+    def test_long_pipeline_fills_rows_aligned_under_the_first_arrow(self):
         source = (
             "features = x -> conv(64, 7, stride=2, pad=3, bias=false) -> batchnorm -> relu"
             " -> maxpool(3, stride=2, pad=1) -> stage(64, 2) x 3\n"
         )
         assert fmt(source) == expect("""
-            features = x -> conv(64, 7, stride=2, pad=3, bias=false)
-                         -> batchnorm
-                         -> relu
-                         -> maxpool(3, stride=2, pad=1)
-                         -> stage(64, 2) x 3
+            features = x -> conv(64, 7, stride=2, pad=3, bias=false) -> batchnorm -> relu
+                         -> maxpool(3, stride=2, pad=1) -> stage(64, 2) x 3
         """)
 
     def test_too_deep_pipeline_indents_four(self):
@@ -213,18 +214,41 @@ class TestPipelines:
             }
         """)
 
-    def test_short_pipeline_joins_one_line(self):
-        assert fmt("y = x -> dense(10)\n      -> relu\n") == "y = x -> dense(10) -> relu\n"
+    def test_a_break_the_author_chose_stays(self):
+        assert fmt("y = x -> dense(10)\n  -> relu -> f\n") == "y = x -> dense(10)\n      -> relu -> f\n"
+        assert fmt("y = x -> dense(10) ->\n relu\n") == "y = x -> dense(10)\n      -> relu\n"
 
-    def test_comments_on_several_lines_keep_the_break_and_align(self):
+    def test_comments_end_their_rows_and_align(self):
         source = """\
             y = x -> conv(8, 3) -> relu  # [8, 30, 30]
-                  -> maxpool(2)  # [8, 15, 15]
+                  -> maxpool(2) -> dense(4)  # [8, 15, 15]
+              -> relu -> dense(3)
         """
         assert fmt(source) == expect("""
-            y = x -> conv(8, 3)
-                  -> relu        # [8, 30, 30]
-                  -> maxpool(2)  # [8, 15, 15]
+            y = x -> conv(8, 3) -> relu      # [8, 30, 30]
+                  -> maxpool(2) -> dense(4)  # [8, 15, 15]
+                  -> relu -> dense(3)
+        """)
+
+    def test_consecutive_statements_align_their_comments(self):
+        source = "a = x -> relu # one\nlonger_name = a -> relu  # two\n\nb = a # three\n"
+        assert fmt(source) == expect("""
+            a = x -> relu            # one
+            longer_name = a -> relu  # two
+
+            b = a  # three
+        """)
+
+    def test_a_pipeline_inside_a_call_breaks_under_its_own_arrow(self):
+        source = ("    x = concat(x, x -> batchnorm -> relu -> conv(bn_size * k, 1, bias=false)\n"
+                  "     -> batchnorm -> relu -> conv(k, 3, pad=1, bias=false))\n")
+        assert fmt(f"block b(k, bn_size) {{\n  in x\n{source}  out x\n}}\n") == expect("""
+            block b(k, bn_size) {
+              in x
+              x = concat(x, x -> batchnorm -> relu -> conv(bn_size * k, 1, bias=false)
+                              -> batchnorm -> relu -> conv(k, 3, pad=1, bias=false))
+              out x
+            }
         """)
 
     def test_fits_at_exactly_the_width(self):
@@ -283,13 +307,13 @@ class TestExpressions:
         "source, expected",
         [
             ("0.001", "0.001"),
-            ("1e-3", "0.001"),
-            ("1e-05", "1e-5"),
-            ("1E3", "1000.0"),
-            ("2.50", "2.5"),
-            (".25", "0.25"),
+            ("1e-3", "1e-3"),
+            ("1e-05", "1e-05"),
+            ("1E3", "1E3"),
+            ("2.50", "2.50"),
+            (".25", ".25"),
             ("1e16", "1e16"),
-            ("007", "7"),
+            ("007", "007"),
         ],
     )
     def test_numbers(self, source, expected):
@@ -336,10 +360,38 @@ class TestStatements:
             "loss cross_entropy(logits, y)\nloss aux1: 0.3 * cross_entropy(aux, y)\n"
         )
 
+    def test_long_call_breaks_between_arguments_after_its_paren(self):
+        source = ("y = some_block(x, first_setting=64, second_setting=128, third_setting=256, "
+                  "fourth_setting=512, fifth=1)\n")
+        assert fmt(source) == expect("""
+            y = some_block(x, first_setting=64, second_setting=128, third_setting=256,
+                           fourth_setting=512, fifth=1)
+        """)
+
+    def test_pipelines_as_arguments_take_a_row_each(self):
+        source = ("  out concat(x -> conv(c1, 1) -> relu, x -> conv(c3r, 1) -> relu -> conv(c3, 3, pad=1) "
+                  "-> relu, x -> maxpool(3, stride=1, pad=1) -> conv(pp, 1) -> relu)\n")
+        assert fmt(f"block b(c1, c3r, c3, pp) {{\n  in x\n{source}}}\n") == expect("""
+            block b(c1, c3r, c3, pp) {
+              in x
+              out concat(x -> conv(c1, 1) -> relu,
+                         x -> conv(c3r, 1) -> relu -> conv(c3, 3, pad=1) -> relu,
+                         x -> maxpool(3, stride=1, pad=1) -> conv(pp, 1) -> relu)
+            }
+        """)
+
+    def test_a_long_train_clause_breaks_inside_its_first_call_that_makes_it_fit(self):
+        source = ("train sgd(lr=0.1, momentum=0.9, weight_decay=1e-4), batch=256, epochs=90, "
+                  "schedule=step(every=30, gamma=0.1)\n")
+        assert fmt(source) == expect("""
+            train sgd(lr=0.1, momentum=0.9,
+                      weight_decay=1e-4), batch=256, epochs=90, schedule=step(every=30, gamma=0.1)
+        """)
+
     def test_train_clause(self):
         source = "train adam( lr=2e-4,beta1 = 0.5 ),bptt(truncate = 20), batch=64 ,epochs= 100\n"
         assert fmt(source) == (
-            "train adam(lr=0.0002, beta1=0.5), bptt(truncate=20), batch=64, epochs=100\n"
+            "train adam(lr=2e-4, beta1=0.5), bptt(truncate=20), batch=64, epochs=100\n"
         )
 
     def test_imports(self):
@@ -370,14 +422,86 @@ def _spec_files() -> list[Path]:
     return specs + sorted((ROOT / "netdsl" / "stdlib").glob("*.net"))
 
 
+def graph_of(text: str) -> tuple:
+    """What a checked spec computes, spans aside: nodes, their ops, types and inputs."""
+    graph = check_text(text, "spec.net").graph
+    nodes = tuple((n, d["kind"], repr(d["op"]), d["type"], d["inputs"], d["shares"])
+                  for n, d in graph.nodes(data=True))
+    return nodes, tuple(graph.edges(data=True)), tuple(sorted(graph.graph["losses"].items())), \
+        repr(graph.graph["train"])
+
+
 @pytest.mark.parametrize("path", _spec_files(), ids=lambda p: p.name)
-def test_every_spec_is_canonical_after_one_pass(path: Path):
+def test_every_spec_is_canonical_and_keeps_its_graph(path: Path):
     text = path.read_text()
-    try:
-        parse(text, str(path))
-    except SpecError as exc:
-        pytest.skip(f"{path.name} does not parse: {exc}")
+    assert format_text(text) == text, f"run `netc fmt -w {path.relative_to(ROOT)}`"
     assert_canonical(text)
+    if path.parent.name == "specs":
+        assert graph_of(format_text(text.replace("\n\n", "\n"))) == graph_of(text)
+
+
+def test_fmt_check_passes_on_the_repository_specs():
+    """What CI runs: `netc fmt --check specs/*.net netdsl/stdlib/*.net`."""
+    result = netc("fmt", "--check", *map(str, _spec_files()))
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+
+
+class TestCommandLine:
+    def test_check_names_a_file_not_canonical_shows_the_diff_and_exits_1(self, tmp_path):
+        good, bad = tmp_path / "good.net", tmp_path / "bad.net"
+        good.write_text("y = x -> relu\n")
+        bad.write_text("y=x->relu\n")
+        result = netc("fmt", "--check", str(good), str(bad))
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert f"{bad}: not in canonical form" in result.stderr and str(good) not in result.stderr
+        assert "-y=x->relu\n+y = x -> relu\n" in result.stdout
+        assert bad.read_text() == "y=x->relu\n"  # --check never writes
+
+    def test_diff_shows_the_change_and_exits_0(self, tmp_path):
+        spec = tmp_path / "a.net"
+        spec.write_text("train adam(lr=1e-4),epochs=3\n")
+        result = netc("fmt", "--diff", str(spec))
+        assert result.returncode == 0
+        assert "+train adam(lr=1e-4), epochs=3\n" in result.stdout and "(formatted)" in result.stdout
+
+    def test_write_rewrites_every_file(self, tmp_path):
+        paths = [tmp_path / "a.net", tmp_path / "b.net"]
+        for path in paths:
+            path.write_text("y=x->relu\n")
+        assert netc("fmt", "-w", *map(str, paths)).returncode == 0
+        assert [p.read_text() for p in paths] == ["y = x -> relu\n"] * 2
+
+    def test_a_file_that_does_not_parse_is_reported_and_the_rest_formatted(self, tmp_path):
+        bad, good = tmp_path / "bad.net", tmp_path / "good.net"
+        bad.write_text("y = x ->\n")
+        good.write_text("y=x\n")
+        result = netc("fmt", str(bad), str(good))
+        assert result.returncode == 1 and f"{bad}:1:9: error:" in result.stderr
+        assert result.stdout == "y = x\n"
+
+
+# ---- the fuzz corpus: real specs mutated, and the snippets of tests/test_fuzz.py
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_spec())
+def test_mutated_specs_format_idempotently_and_keep_their_graph(text: str):
+    try:
+        before = graph_of(text)
+    except CheckFailed:
+        before = None
+    try:
+        parse(text)
+    except SpecError:
+        return  # nothing to format
+    formatted = assert_canonical(text)
+    if before is not None:
+        assert graph_of(formatted) == before
+
+
+@pytest.mark.parametrize("text", SNIPPETS)
+def test_fuzz_snippets_keep_their_graph(text: str):
+    assert graph_of(assert_canonical(text)) == graph_of(text)
 
 
 # ---- random specs

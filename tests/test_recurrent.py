@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from netdsl.driver import check_file, check_text
+from netdsl.driver import CheckFailed, check_file, check_text
 from netdsl.errors import SpecError
 from netdsl.lower import lower
 from netdsl.runtime.execute import Executor
@@ -116,9 +116,28 @@ def test_a_whole_sequence_op_inside_a_recurrence_is_refused_with_its_location():
     body = """state h : [4]
 h = reverse(tanh(dense(x, 4) + dense(h[t-1], 4)))
 logits = h -> dense(3)"""
-    with pytest.raises(SpecError) as info:
-        lower(check_text(network(body)))
-    assert "whole sequence" in info.value.message and info.value.span.line == 5
+    with pytest.raises(CheckFailed) as info:
+        check_text(network(body))
+    (error,) = info.value.errors
+    assert "whole sequence" in error.message and error.span.line == 5
+
+
+def test_lowering_refuses_a_whole_sequence_op_inside_a_recurrence_it_is_given_unchecked():
+    from netdsl.expand import expand
+    from netdsl.graph import build_graph
+    from netdsl.lower.plan import build_plan
+    from netdsl.parse import parse
+    from netdsl.shapes import typed_graph
+
+    body = """state h : [4]
+h = reverse(tanh(dense(x, 4) + dense(h[t-1], 4)))
+logits = h -> dense(3)"""
+    text = network(body).replace("import rnn", "# the cells of rnn are not used")
+    graph, errors = typed_graph(build_graph(expand(parse(text))))
+    assert not errors
+    with pytest.raises(SpecError, match="whole sequence") as info:
+        build_plan(graph)
+    assert info.value.span.line == 5
 
 
 def test_truncated_bptt_takes_one_optimiser_step_per_chunk():
@@ -138,15 +157,13 @@ def test_truncated_bptt_takes_one_optimiser_step_per_chunk():
     assert all(np.isfinite(v) for v in trainer.position.losses[-1].values())
 
 
-def test_truncated_bptt_refuses_a_whole_sequence_op():
-    from netdsl.settings import resolve_settings
-    from netdsl.runtime.train import truncation
-
+def test_truncated_bptt_refuses_a_whole_sequence_op_at_check():
     text = network("logits = x -> elman(4) -> last -> dense(3)", target="class(3)")
-    net = check_text(text + "train adam(lr=1e-3), bptt(truncate=5)\n")
-    with pytest.raises(SpecError, match="whole sequence") as info:
-        truncation(lower(net).plan, resolve_settings(net.graph.graph["train"]))
-    assert info.value.span.line == 4
+    with pytest.raises(CheckFailed) as info:
+        check_text(text + "train adam(lr=1e-3), bptt(truncate=5)\n")
+    (error,) = info.value.errors
+    assert "whole sequence" in error.message and error.span.line == 4
+    assert "remove bptt(...) from the train clause at <spec>:6:22" in error.hint
 
 
 def test_netc_run_trains_the_elman_spec_and_accuracy_rises(tmp_path):
@@ -332,6 +349,7 @@ def test_netc_run_trains_on_padded_sequences_from_a_file(tmp_path):
 
 
 def test_a_recurrence_that_reads_no_sequence_is_refused_at_its_state():
+    """`netc check` refuses it, as lowering would."""
     text = """input x : [4]
 target y : seq class(3)
 state h : [4]
@@ -339,6 +357,7 @@ h = tanh(dense(x, 4) + dense(h[t-1], 4))
 logits = h -> dense(3)
 loss cross_entropy(logits, y)
 """
-    with pytest.raises(SpecError, match="reads no sequence") as info:
-        lower(check_text(text))
-    assert info.value.span.line == 3
+    with pytest.raises(CheckFailed) as info:
+        check_text(text)
+    (error,) = info.value.errors
+    assert "reads no sequence" in error.message and error.span.line == 3

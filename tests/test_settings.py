@@ -54,7 +54,7 @@ CASES = [
     ("adagrad(eps=-1)", "eps=-1", "adagrad: eps must be >= 0, got -1", "adagrad(eps=1e-10)"),
     ("rmsprop(alpha=1)", "alpha=1", "rmsprop: alpha must be in [0, 1), got 1",
      "rmsprop(alpha=0.99)"),
-    ("adam(momentum=0.9)", "momentum=0.9", "adam has no setting 'momentum'", "accepted: beta1"),
+    ("adam(momentum=0.9)", "momentum", "adam has no setting 'momentum'", "accepted: beta1"),
     # plain settings
     ("sgd(lr=0.1), batch=0", "batch=0",
      "training setting 'batch' must be a whole number of at least 1, got 0", "batch=32"),
@@ -109,7 +109,7 @@ CASES = [
      "step: every must be a whole number >= 1, got 0", "step(every=30)"),
     ("sgd(lr=0.1), schedule=step(gamma=-0.1)", "gamma=-0.1", "step: gamma must be > 0, got -0.1",
      "step(gamma=0.1)"),
-    ("sgd(lr=0.1), schedule=step(evry=2)", "evry=2", "step has no setting 'evry'",
+    ("sgd(lr=0.1), schedule=step(evry=2)", "evry", "step has no setting 'evry'",
      "did you mean 'every'?"),
     ("sgd(lr=0.1), schedule=linear(to=-1)", "to=-1", "linear: to must be >= 0, got -1", None),
     ("sgd(lr=0.1), schedule=linear(epochs=0)", "epochs=0",

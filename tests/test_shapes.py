@@ -76,11 +76,14 @@ class TestShapeErrors:
         lines = sorted(e.span.line for e in self.errors(check, text))
         assert lines == [3, 4]
 
-    def test_error_in_block_names_the_instance(self, check):
+    def test_error_in_block_notes_the_call(self, check):
         text = ("input x : [3, 8, 8]\ntarget t : [4]\nblock b() {\n  in x\n  out x -> dense(4)\n}\n"
                 "loss mse(x -> b, t)\n")
         (error,) = self.errors(check, text)
-        assert error.span.line == 5 and "b1" in error.hint
+        assert error.span.line == 5
+        (note, where), = error.notes
+        assert note == "in b()" and (where.line, where.col) == (7, 15)
+        assert "b1" not in error.message + (error.hint or "")
 
     def test_state_shape_mismatch(self, check):
         text = ELMAN.replace("state  h : [64]", "state  h : [32]")

@@ -173,7 +173,7 @@ class TestVisualEdits:
             view.select("relu1")
             await pilot.press("d")
             await settle(pilot)
-            assert "-> batchnorm   # [16, 32, 32]" in app.builder.editor.text
+            assert "-> batchnorm  # [16, 32, 32]" in app.builder.editor.text
             assert status(app).startswith("deleted relu1")
 
     async def test_delete_that_breaks_shapes_is_refused(self, spec):

@@ -16,10 +16,11 @@ from functools import cached_property
 import networkx as nx
 
 from netdsl.cost import first_state_node, node_params
-from netdsl.errors import SpecError
+from netdsl.errors import SpecError, SpecErrors
 from netdsl.graph import forward_view
+from netdsl.recurrences import recurrence_errors
 from netdsl.ops.base import Op, input_names
-from netdsl.shapes import input_types, whole_positions
+from netdsl.shapes import input_types
 from netdsl.types import TensorType
 
 __all__ = ["Param", "Step", "State", "Loop", "Plan", "build_plan"]
@@ -137,7 +138,7 @@ def build_plan(graph: nx.DiGraph) -> Plan:
     Raises
     ------
     SpecError
-        For a spec with no loss, or a whole-sequence op inside a recurrence.
+        For a spec with no loss, or a recurrence that cannot run as a loop over time.
     """
     losses = dict(graph.graph["losses"])
     if not losses:
@@ -146,6 +147,8 @@ def build_plan(graph: nx.DiGraph) -> Plan:
     needed = set(losses.values())
     for node in losses.values():
         needed |= nx.ancestors(graph, node)
+    # `netc check` reports these first (netdsl.recurrences); a graph built otherwise meets them here
+    SpecErrors.collect(recurrence_errors(graph.subgraph(needed)))
     order = _schedule(graph.subgraph(needed))
     inputs = {n: graph.nodes[n]["type"] for n in order
               if graph.nodes[n]["kind"] in ("input", "target")}
@@ -204,29 +207,7 @@ def _loops(graph: nx.DiGraph, steps: list[Step], states: dict[str, State]) -> li
         if len(component) == 1:
             continue
         members = [s for s in steps if s.node in component]
-        for step in members:
-            if not step.op.per_step:
-                data = graph.nodes[step.node]
-                raise SpecError(f"'{step.op.name}' sees the whole sequence, so it cannot be part "
-                                "of a recurrence, which runs one step at a time", data["span"],
-                                "apply it before or after the recurrent layer")
         loop_states = tuple(states[n] for n in sorted(component) if n in states)
-        if not _reads_a_sequence(graph, members, component):
-            decl = graph.nodes[loop_states[0].node]["state"]
-            raise SpecError(f"the recurrence of state '{decl.name}' reads no sequence, so nothing "
-                            "says how many steps it runs", decl.span,
-                            "give it a sequence input at every step, e.g. `input x : seq[4]`")
         loops.append(Loop(members[0].node, tuple(members), loop_states))
     loops.sort(key=lambda loop: steps.index(by_node[loop.steps[0].node]))
     return loops
-
-
-def _reads_a_sequence(graph: nx.DiGraph, members: list[Step], component: set) -> bool:
-    """Whether a loop reads, step by step, a sequence computed outside it: its length is
-    the loop's number of steps."""
-    for step in members:
-        whole = whole_positions(step.op)
-        for position, source in enumerate(step.inputs):
-            if source not in component and position not in whole and graph.nodes[source]["type"].seq:
-                return True
-    return False

@@ -9,8 +9,8 @@ from typing import Any, Callable, ClassVar
 from netdsl.errors import ShapeError, suggest
 from netdsl.types import TensorType
 
-__all__ = ["Op", "Arg", "Ctx", "OPS", "register", "ArgError", "REQUIRED", "bind", "input_names",
-           "positions", "NoLowering"]
+__all__ = ["Op", "Arg", "Ctx", "OPS", "register", "ArgError", "REQUIRED", "bind", "describe",
+           "input_names", "positions", "NoLowering"]
 
 OPS: dict[str, type["Op"]] = {}
 REQUIRED = object()
@@ -417,25 +417,25 @@ def _convert(cls, arg: Arg, value, where):
 
 
 def _usage(cls: type[Op]) -> str:
-    parts = [a.name if a.default is REQUIRED else f"{a.name}={_describe(a.default)}" for a in cls.args]
+    parts = [a.name if a.default is REQUIRED else f"{a.name}={describe(a.default)}" for a in cls.args]
     return f"usage: {cls.name}({', '.join(parts)})"
 
 
 # ---- argument converters: each raises ValueError("expects ..., got ...")
 
 
-def _describe(value) -> str:
+def describe(value) -> str:
     """A value as a spec writes it: true, none, 'same', [1, 1]."""
     if isinstance(value, (bool, type(None))):
         return {True: "true", False: "false", None: "none"}[value]
     if isinstance(value, (list, tuple)):
-        return f"[{', '.join(map(_describe, value))}]"
+        return f"[{', '.join(map(describe, value))}]"
     return repr(value)
 
 
 def integer(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise ValueError(f"expects a whole number, got {_describe(value)}")
+        raise ValueError(f"expects a whole number, got {describe(value)}")
     return int(value)
 
 
@@ -455,7 +455,7 @@ def natural(value) -> int:
 
 def number(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expects a number, got {_describe(value)}")
+        raise ValueError(f"expects a number, got {describe(value)}")
     return float(value)
 
 
@@ -468,7 +468,7 @@ def probability(value) -> float:
 
 def boolean(value) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expects true or false, got {_describe(value)}")
+        raise ValueError(f"expects true or false, got {describe(value)}")
     return value
 
 
@@ -486,7 +486,7 @@ def ints(convert=positive):
 
 def numbers(value) -> tuple[float, ...]:
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"expects a list of numbers, got {_describe(value)}")
+        raise ValueError(f"expects a list of numbers, got {describe(value)}")
     return tuple(number(v) for v in value)
 
 
@@ -494,7 +494,7 @@ def choice(*options: str):
     def check(value) -> str:
         if value not in options:
             listed = ", ".join(f"'{o}'" for o in options)
-            raise ValueError(f"expects one of {listed}, got {_describe(value)}")
+            raise ValueError(f"expects one of {listed}, got {describe(value)}")
         return value
 
     return check

@@ -1,0 +1,94 @@
+"""Pass 5, recurrences: what a typed graph must satisfy to run as loops over time.
+
+A recurrence is a strongly connected component of the graph with its delay edges: it
+runs one step at a time, so it cannot hold an op that sees the whole sequence, and it
+must read a sequence step by step, whose length sets its number of steps. Training
+settings add their own demands (truncated BPTT cuts sequences; gan_k needs two losses).
+These are checked here, with located errors, so `netc check` refuses what `netc run`
+would; lowering (netdsl.lower.plan) relies on them.
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from netdsl.errors import SpecError
+from netdsl.program import call_notes
+from netdsl.shapes import whole_positions
+
+__all__ = ["check_recurrences", "recurrence_errors", "recurrences"]
+
+
+def recurrences(graph: nx.DiGraph) -> list[set[str]]:
+    """The node sets of the graph's recurrences (components of more than one node)."""
+    return [c for c in nx.strongly_connected_components(graph) if len(c) > 1]
+
+
+def recurrence_errors(graph: nx.DiGraph) -> list[SpecError]:
+    """Every recurrence that cannot run as a loop over time, located."""
+    errors = []
+    for component in recurrences(graph):
+        ops = [n for n in component if graph.nodes[n]["kind"] == "op"]
+        for node in sorted(ops, key=lambda n: _place(graph, n)):
+            data = graph.nodes[node]
+            if not data["op"].per_step:
+                errors.append(SpecError(
+                    f"'{data['op'].name}' sees the whole sequence, so it cannot be part of a "
+                    "recurrence, which runs one step at a time", data["span"],
+                    "apply it before or after the recurrent layer",
+                    call_notes(data["scope"], data["span"])))
+        if not _reads_a_sequence(graph, ops, component):
+            states = sorted((n for n in component if graph.nodes[n]["kind"] == "state"),
+                            key=lambda n: _place(graph, n))
+            decl = graph.nodes[states[0]]["state"]
+            errors.append(SpecError(
+                f"the recurrence of state '{decl.name}' reads no sequence, so nothing says how "
+                "many steps it runs", decl.span,
+                "give it a sequence input at every step, e.g. `input x : seq[4]`",
+                call_notes(graph.nodes[states[0]]["scope"], decl.span)))
+    return errors
+
+
+def check_recurrences(graph: nx.DiGraph, train_spans=None) -> list[SpecError]:
+    """The recurrences' errors, and those of the train clause's demands on the graph.
+
+    `train_spans` (`Program.train_spans`) locates the settings named in errors.
+    """
+    errors = recurrence_errors(graph)
+    train, spans = graph.graph.get("train") or {}, train_spans or {}
+    if "bptt" in train and recurrences(graph):
+        whole = sorted((n for n, d in graph.nodes(data=True)
+                        if d["kind"] == "op" and (not d["op"].per_step or d["op"].whole)),
+                       key=lambda n: _place(graph, n))
+        if whole:
+            data = graph.nodes[whole[0]]
+            errors.append(SpecError(
+                f"truncated BPTT cuts sequences into chunks, but '{data['op'].name}' needs the "
+                "whole sequence", data["span"],
+                "train with full BPTT: remove bptt(...) from the train clause"
+                + (f" at {spans['bptt']}" if "bptt" in spans else ""),
+                call_notes(data["scope"], data["span"])))
+    losses = graph.graph.get("losses") or {}
+    if "gan_k" in train and len(losses) != 2:
+        errors.append(SpecError(
+            f"gan_k needs two losses (the discriminator's and the generator's), but the spec has "
+            f"{len(losses)}", spans.get("gan_k"), "write `loss d: ...` and `loss g: ...`"))
+    return errors
+
+
+def _place(graph: nx.DiGraph, node: str):
+    span = graph.nodes[node]["span"]
+    return (span.file, span.line, span.col, node) if span else ("", 0, 0, node)
+
+
+def _reads_a_sequence(graph: nx.DiGraph, ops: list[str], component: set) -> bool:
+    """Whether a loop reads, step by step, a sequence computed outside it: its length is
+    the loop's number of steps."""
+    for node in ops:
+        whole = whole_positions(graph.nodes[node]["op"])
+        for position, (source, _) in enumerate(graph.nodes[node]["inputs"]):
+            if source in component or position in whole:
+                continue
+            source_type = graph.nodes[source].get("type")
+            if source_type is None or source_type.seq:  # an unknown type was reported already
+                return True
+    return False
