@@ -95,7 +95,8 @@ def format_loop_memory(net, batch: int, steps: int = REPORT_STEPS, target: str =
                                                                          backward))
         full = memory.stored(steps, batch)
         spans = memory.stored(steps, batch, every=every)
-        lines.append(f"recurrence {segment.loop.name}: BPTT over {steps} steps at batch {batch} "
+        states = ", ".join(state.node for state in segment.loop.states)
+        lines.append(f"recurrence of {states}: BPTT over {steps} steps at batch {batch} "
                      f"keeps {human(full, 'B')} of states and saved values "
                      f"({human(memory.kept * batch * 4, 'B')} a step); with "
                      f"bptt(checkpoint={every}){chosen}: {human(spans, 'B')}")
