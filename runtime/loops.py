@@ -5,7 +5,9 @@ routes of its schedule (lower.schedule). Backward walks the steps in reverse, ca
 each state's gradient to the step it was read from. Truncated BPTT runs a long sequence
 in chunks: the executor's `carry` hands the last states of one chunk to the next,
 without a gradient, and `reach` stops a state's gradient that many steps back. In a
-padded batch a state holds its value past its sequence's end.
+padded batch a state holds its value past its sequence's end. Under the executor's
+`checkpoint` a training pass runs the loop in spans, keeping only their states, and
+backward recomputes each span before its BPTT (runtime.recompute).
 
 These functions run inside an `Executor` pass and use its parameters, buffers,
 contexts and gradient bookkeeping.
@@ -59,7 +61,7 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
         run_steps(ex, segment, training, values, 0, T, stored, initial, mask, {}, ctxs,
                   check_finite)
         ex.ctxs.update(ctxs)
-        tail = {source: stored[source][max(T - depth, 0):] for source, depth in
+        tail = {node: stored[node][max(T - depth, 0):] for node, depth in
                 segment.depth.items()}
     values.update(stored)
     if lengths is not None:

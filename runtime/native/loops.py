@@ -6,9 +6,11 @@ values of every member with storage are (T, B, width) arrays written by the forw
 call and read back by the backward one; what crosses the loop's edges (the sequences it
 reads, the stored members later steps read, the gradients of both, the parameters' and
 the initial states' gradients) is exchanged with the executor exactly as the loop
-interpreted step by step does, a padded batch's lengths included. Truncated BPTT's
-reach, a finiteness check, or a loop the generator does not cover runs the interpreted
-loop instead.
+interpreted step by step does, a padded batch's lengths included. Checkpointed
+(bptt(checkpoint=k), runtime.recompute), the same two functions run on spans of k
+steps: forward on each in turn, then, last span first, forward again from its
+checkpoint and backward. Truncated BPTT's reach, a finiteness check, or a loop the
+generator does not cover runs the interpreted loop instead.
 """
 from __future__ import annotations
 
