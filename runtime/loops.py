@@ -14,9 +14,11 @@ contexts and gradient bookkeeping.
 """
 from __future__ import annotations
 
+from netdsl.errors import SpecError
 from netdsl.lower import Backward, State, Step
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
 from netdsl.ops.base import Ctx
+from netdsl.runtime.host import on_host
 from netdsl.runtime.recompute import (Checkpoints, Handback, advance_tail, loop_inputs,
                                       span_initials, span_rows, spans, value_before)
 
@@ -124,6 +126,7 @@ def _forward_spans(ex, segment: LoopSegment, values: dict, T: int, initial: dict
     states' initial values are kept for backward (`ex.recompute`). Returns (the members
     read after the loop, the state sources' last rows)."""
     xp, B = ex.xp, ex.size
+    _check_replayable(ex, segment)
     after = [n for n in segment.stored if n not in segment.frees]
     dims = {n: ex.plan.types[n].dims for n in segment.stored}
     whole = {n: xp.empty((T, B) + dims[n], dtype=ex.dtype) for n in after}
@@ -141,6 +144,19 @@ def _forward_spans(ex, segment: LoopSegment, values: dict, T: int, initial: dict
         tail = advance_tail(xp, tail, stored, segment.depth)
     ex.recompute[segment.loop.name] = saved
     return whole, tail
+
+
+def _check_replayable(ex, segment: LoopSegment) -> None:
+    """A recomputed span draws its masks again from the state the generator had: NumPy's
+    can be restored, a GPU's counted stream only at a pass's start."""
+    if on_host(ex.xp):
+        return
+    for step in segment.steps:
+        if step.op.draws:
+            raise SpecError(f"bptt(checkpoint=...) recomputes the recurrence, but on the GPU "
+                            f"'{step.op.name}' inside it would draw other random numbers",
+                            ex.plan.graph.nodes.get(step.node, {}).get("span"),
+                            "train on the CPU, or remove checkpoint from bptt(...)")
 
 
 def _span_arrays(whole: dict, scratch: dict, start: int, stop: int) -> dict:

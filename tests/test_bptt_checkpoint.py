@@ -187,6 +187,26 @@ def test_dropout_inside_the_recurrence_draws_the_same_masks_again():
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-12, atol=1e-15)
 
 
+def test_on_the_gpu_a_draw_inside_a_checkpointed_recurrence_is_refused_at_its_op():
+    """A GPU's random stream cannot be rewound to a span's start: the recomputation would
+    draw other masks, so the pass stops, naming the op."""
+    from types import SimpleNamespace
+
+    from netdsl.errors import SpecError
+    from netdsl.runtime import loops
+
+    body = ("state h : [5]\nh = tanh(dense(concat(x, h[t-1] -> dropout(0.4)), 5))\n"
+            "logits = h -> dense(3)")
+    lowered = lower(check_text(_spec("sgd(lr=0.1), bptt(checkpoint=2)", body)))
+    ex = Executor(lowered, initial_params(lowered.built, "torch", seed=0))
+    (segment,) = [s for s in lowered.schedule.segments if isinstance(s, LoopSegment)]
+    loops._check_replayable(ex, segment)   # NumPy's generator is restored: allowed
+    ex.xp = SimpleNamespace()              # any array module but NumPy's is a device's
+    with pytest.raises(SpecError, match="'dropout' inside it would draw other random") as info:
+        loops._check_replayable(ex, segment)
+    assert info.value.span.line == 5
+
+
 # ---- memory
 
 @pytest.mark.parametrize("target", ["host", "native"])
