@@ -221,7 +221,7 @@ def _bptt(value, places: dict[str, _Place]) -> tuple[tuple[int, int] | None, int
         if not (_is_whole(number) and number >= 1):
             place = _keyword_place(places, "bptt", key)
             raise place.error(f"{place.name} must be a whole number of steps, at least 1, got "
-                              f"{_text(number)}", place.example("20"))
+                              f"{_text(number)}", place.example("20", f"bptt({key}=20)"))
     checkpoint = keywords.get("checkpoint")
     checkpoint = None if checkpoint is None else int(checkpoint)
     k1 = keywords.get("k1", keywords.get("truncate"))
