@@ -14,7 +14,8 @@ from netdsl.fmt import format_text
 from netdsl.lower import lower, printers
 from netdsl.lower.pipeline import PASSES, TARGETS
 from netdsl.optimizers import configure
-from netdsl.report import format_cost_table, format_training_memory
+from netdsl.report import (REPORT_STEPS, format_cost_table, format_loop_memory,
+                           format_training_memory)
 from netdsl.runtime.device import DEVICES
 from netdsl.settings import resolve_settings
 from netdsl.unroll import unroll
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--emit", choices=EMIT_STAGES, help="print a pipeline stage instead of the table")
     comp.add_argument("--batch", type=_positive, default=1, help="batch size for FLOPs and memory (1)")
     comp.add_argument("--unroll", type=_steps, metavar="T", help="steps for --emit unrolled (3)")
+    comp.add_argument("--steps", type=_sequence_length, metavar="T", default=REPORT_STEPS,
+                      help="sequence length a recurrence's stored states are reported at "
+                           f"({REPORT_STEPS})")
     comp.add_argument("--target", choices=tuple(TARGETS), default="host",
                       help="what the back end's passes lower for: host (NumPy), native (generated C, "
                            "compiled here) or cuda (generated kernels)")
@@ -205,7 +209,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _steps(text: str) -> int:
+def _steps(text: str, example: str = "--unroll 3") -> int:
     """--unroll T: time steps, a whole number of at least 1."""
     try:
         value = int(text)
@@ -213,8 +217,13 @@ def _steps(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of steps of at least 1 "
-                                         f"(for example --unroll 3), got {text!r}")
+                                         f"(for example {example}), got {text!r}")
     return value
+
+
+def _sequence_length(text: str) -> int:
+    """compile --steps T: the sequence length a recurrence's stored states are reported at."""
+    return _steps(text, f"--steps {REPORT_STEPS}")
 
 
 def _natural(text: str) -> int:
@@ -294,6 +303,8 @@ def _compile(args) -> int:
     memory = format_training_memory(net, args.batch)
     if memory:
         print(memory)
+    for line in format_loop_memory(net, args.batch, args.steps, args.target):
+        print(line)
     if args.target == "native":
         from netdsl.runtime import native  # the C compiler's wrapper, for this target alone
 

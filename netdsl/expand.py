@@ -157,6 +157,7 @@ class _Expander:
             else:
                 self.errors.append(SpecError("the spec defines no network", span,
                                              "declare an input and some layers: see docs/language.md"))
+        self._check_checkpointing()
         if self.errors:
             SpecErrors.collect(self.errors + self.independent)
         name = self.module.network_name or _stem(self.module.file)
@@ -166,6 +167,17 @@ class _Expander:
         if self.independent:
             raise IndependentErrors(self.independent, program)
         return program
+
+    def _check_checkpointing(self) -> None:
+        """bptt(checkpoint=k) keeps a recurrence's states: a spec without one is told so."""
+        bptt = (self.train or {}).get("bptt")
+        if bptt is None or "checkpoint" not in bptt[1]:
+            return
+        if not any(node.kind == "state" for node in self.nodes.values()):
+            span = self.train_spans.get("bptt.checkpoint") or self.train_spans.get("bptt")
+            self.independent.append(SpecError(  # the network itself is whole
+                "bptt(checkpoint=...) keeps a recurrence's states, but the spec has no state",
+                span, "remove bptt(...) from the train clause, or add a recurrence"))
 
     def _collect_blocks(self, module: ast.Module, seen: set[str]) -> None:
         seen.add(module.file)

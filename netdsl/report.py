@@ -4,10 +4,16 @@ from __future__ import annotations
 from netdsl.cost import cost_rows
 from netdsl.errors import SpecError
 from netdsl.lower import lower
+from netdsl.lower.loop_memory import loop_memory
+from netdsl.lower.native_loop import loop_kernel
+from netdsl.lower.schedule import LoopSegment
 from netdsl.optimizers import configure
 from netdsl.settings import resolve_settings
 
-__all__ = ["format_cost_table", "format_training_memory", "human"]
+__all__ = ["format_cost_table", "format_training_memory", "format_loop_memory", "human"]
+
+# the sequence length `netc compile` reports a recurrence's stored states at, unless told
+REPORT_STEPS = 1000
 
 
 def human(value: float, unit: str = "") -> str:
@@ -64,3 +70,44 @@ def format_training_memory(net, batch: int) -> str | None:
             f"(unshared {human(memory.unshared_bytes, 'B')}) + parameters and gradients "
             f"{human(2 * memory.param_bytes, 'B')} + optimiser state "
             f"{human(memory.optimizer_bytes, 'B')}")
+
+
+def format_loop_memory(net, batch: int, steps: int = REPORT_STEPS, target: str = "host"
+                       ) -> list[str]:
+    """Per recurrence, one line: what a training step's forward keeps for BPTT over `steps`
+    steps (float32), without checkpointing and with the spec's bptt(checkpoint=k) (k near
+    the square root of `steps` when the spec sets none). Nothing for a spec that cannot
+    train or has no recurrence."""
+    try:
+        lowered = lower(net.graph, target)
+        settings = resolve_settings(net.graph.graph["train"])
+    except SpecError:
+        return []
+    segments = [s for s in lowered.schedule.segments if isinstance(s, LoopSegment)]
+    if not segments:
+        return []
+    every = settings.checkpoint or max(1, round(steps ** 0.5))
+    chosen = "" if settings.checkpoint else ", say"
+    backward = lowered.backward()
+    lines = []
+    for segment in segments:
+        memory = loop_memory(segment, lowered.plan.types, _compiled_kept(lowered, segment,
+                                                                         backward))
+        full = memory.stored(steps, batch)
+        spans = memory.stored(steps, batch, every=every)
+        states = ", ".join(state.node for state in segment.loop.states)
+        lines.append(f"recurrence of {states}: BPTT over {steps} steps at batch {batch} "
+                     f"keeps {human(full, 'B')} of states and saved values "
+                     f"({human(memory.kept * batch * 4, 'B')} a step); with "
+                     f"bptt(checkpoint={every}){chosen}: {human(spans, 'B')}")
+    return lines
+
+
+def _compiled_kept(lowered, segment, backward):
+    """The members a compiled loop keeps at every step, or None (the NumPy loop's ops say)."""
+    if lowered.target.name != "native":
+        return None
+    needs = {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
+             for s in segment.steps if s.node in backward.grad_inputs}
+    kernel = loop_kernel(segment, lowered.plan.types, "float32", needs, "long long", "gemm")
+    return None if kernel is None else kernel.kept

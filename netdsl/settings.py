@@ -52,6 +52,7 @@ class TrainSettings:
     pixels: tuple = (0.0, 1.0)          # the range bundled images are scaled to
     data: str | None = None             # a named bundled dataset (BUNDLED_DATA)
     bptt: tuple | None = None           # truncated BPTT's (k1, k2); None: full BPTT
+    checkpoint: int | None = None       # BPTT keeps a loop's states every this many steps
     sync_bn: bool = False               # data-parallel: batchnorm over the global batch
 
 
@@ -153,7 +154,7 @@ def _checked(values: dict[str, Any], places: dict[str, _Place]) -> dict[str, Any
             elif key == "early_stop":
                 out[key] = _early_stop(value, place, places, errors)
             elif key == "bptt":
-                out[key] = _bptt(value, places)
+                out[key], out["checkpoint"] = _bptt(value, places)
         except SpecError as exc:
             errors.append(exc)
     SpecErrors.collect(errors)
@@ -211,24 +212,31 @@ def _one_of(names: tuple[str, ...], what: str, example: str):
     return check
 
 
-def _bptt(value, places: dict[str, _Place]) -> tuple[int, int] | None:
+def _bptt(value, places: dict[str, _Place]) -> tuple[tuple[int, int] | None, int | None]:
     """bptt(truncate=k) or bptt(k1=.., k2=..) as (k1, k2): chunks of k1 steps, each state's
-    gradient reaching k2 <= k1 steps back."""
+    gradient reaching k2 <= k1 steps back; and bptt(checkpoint=k): every k-th step's states
+    kept, the steps between recomputed in backward. ((k1, k2) or None, k or None)."""
     _, keywords = value
     for key, number in keywords.items():
         if not (_is_whole(number) and number >= 1):
             place = _keyword_place(places, "bptt", key)
             raise place.error(f"{place.name} must be a whole number of steps, at least 1, got "
-                              f"{_text(number)}", place.example("20"))
+                              f"{_text(number)}", place.example("20", f"bptt({key}=20)"))
+    checkpoint = keywords.get("checkpoint")
+    checkpoint = None if checkpoint is None else int(checkpoint)
     k1 = keywords.get("k1", keywords.get("truncate"))
     if k1 is None:
-        return None
+        if "k2" in keywords:
+            place = _keyword_place(places, "bptt", "k2")
+            raise place.error("bptt k2 needs the chunk it reaches back in",
+                              "give k1 too: bptt(k1=40, k2=20)")
+        return None, checkpoint
     k2 = keywords.get("k2", keywords.get("truncate", k1))
     if k2 > k1:
         place = _keyword_place(places, "bptt", "k2")
         raise place.error(f"bptt k2={k2:g} reaches further back than a chunk of k1={k1:g} steps",
                           "use k2 <= k1 (bptt(truncate=k) sets both)")
-    return int(k1), int(k2)
+    return (int(k1), int(k2)), checkpoint
 
 
 def _pixels(value, place: _Place) -> tuple[float, float]:

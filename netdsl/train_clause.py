@@ -13,7 +13,7 @@ from netdsl.settings import check_clause
 OPTIMIZERS: dict[str, set[str]] = {name: set(d.defaults) for name, d in DEFINITIONS.items()}
 # call-valued items and settings: name -> accepted keywords
 CALLS: dict[str, set[str]] = {
-    "bptt": {"truncate", "k1", "k2"},
+    "bptt": {"truncate", "k1", "k2", "checkpoint"},
     **{name: set(s.keywords) for name, s in SCHEDULES.items() if name != "constant"},
     "early_stop": {"patience", "metric"},
 }

@@ -93,6 +93,10 @@ class Executor:
         self.whole = {s.node: whole_positions(s.op) for s in plan.steps}
         self.carry: dict | None = None
         self.reach: int | None = None
+        # bptt(checkpoint=k): a training pass keeps a loop's states every k steps, and
+        # backward recomputes the steps between (runtime.recompute); loop -> what it kept
+        self.checkpoint: int | None = None
+        self.recompute: dict = {}
         self._last = None      # the schedule the last forward ran, which backward reverses
         self._written: set[str] = set()
         self._param_args: dict[str, dict] = {}  # step -> its parameters' views, by name
@@ -145,16 +149,17 @@ class Executor:
         self.lengths = {name: xp.asarray(host) for name, host in self.host_lengths.items()}
         self.valid, self.loop_masks = {}, {}  # loss -> its real rows; loop -> (T, B) mask
         self.ctxs, self.carried, self.carry = {}, carry is not None, {}
+        self.recompute = {}
         with one_blas_thread(xp, schedule.host_split):
             for segment in schedule.segments:
                 if isinstance(segment, LoopSegment):
                     compiled = self.compiled_loops
                     if not (compiled and compiled.forward(segment, values, carry or {},
-                                                          check_finite)):
+                                                          check_finite, training)):
                         forward_loop(self, segment, values, training, carry or {},
                                      check_finite)
                     for name in segment.frees:
-                        del values[name]
+                        values.pop(name, None)  # checkpointed, a state source is not kept
                     continue
                 for step, frees in zip(segment.steps, segment.frees):
                     values[step.node] = self._forward_step(step, values, training,

@@ -5,16 +5,22 @@ routes of its schedule (lower.schedule). Backward walks the steps in reverse, ca
 each state's gradient to the step it was read from. Truncated BPTT runs a long sequence
 in chunks: the executor's `carry` hands the last states of one chunk to the next,
 without a gradient, and `reach` stops a state's gradient that many steps back. In a
-padded batch a state holds its value past its sequence's end.
+padded batch a state holds its value past its sequence's end. Under the executor's
+`checkpoint` a training pass runs the loop in spans, keeping only their states, and
+backward recomputes each span before its BPTT (runtime.recompute).
 
 These functions run inside an `Executor` pass and use its parameters, buffers,
 contexts and gradient bookkeeping.
 """
 from __future__ import annotations
 
+from netdsl.errors import SpecError
 from netdsl.lower import Backward, State, Step
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
 from netdsl.ops.base import Ctx
+from netdsl.runtime.host import on_host
+from netdsl.runtime.recompute import (Checkpoints, Handback, advance_tail, loop_inputs,
+                                      span_initials, span_rows, spans, value_before)
 
 __all__ = ["forward_loop", "backward_loop", "add_grad", "initial_values", "loop_lengths",
            "note_lengths"]
@@ -38,21 +44,50 @@ def add_grad(grads: dict, owned: set, target: str, grad, fresh: bool = False) ->
 
 def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: dict,
                  check_finite: bool) -> None:
-    """Run the loop over every time step; its stored members join `values`."""
+    """Run the loop over every time step; its stored members join `values`. Under
+    `ex.checkpoint` a training pass keeps the states of every k-th step instead of what
+    each step's backward reads (runtime.recompute)."""
     xp, B = ex.xp, ex.size
     T = ex.time[segment.loop.name] = _length(segment, values)
     lengths, source = loop_lengths(ex, segment)
     mask = None if lengths is None else xp.arange(T)[:, None] < lengths[None, :]  # (T, B)
-    holds = set(segment.depth)  # a state's source keeps its value past a sequence's end
-    stored = {node: xp.empty((T, B) + ex.plan.types[node].dims, dtype=ex.dtype)
-              for node in segment.stored}
-    ctxs = {step.node: [] for step in segment.steps}
     initial = {state.node: initial_values(ex, state, carry) for state in segment.loop.states}
+    every = ex.checkpoint if training else None
+    if every is not None and every < T:
+        stored, tail = _forward_spans(ex, segment, values, T, initial, mask, every,
+                                      check_finite)
+    else:
+        stored = {node: xp.empty((T, B) + ex.plan.types[node].dims, dtype=ex.dtype)
+                  for node in segment.stored}
+        ctxs = {step.node: [] for step in segment.steps}
+        run_steps(ex, segment, training, values, 0, T, stored, initial, mask, {}, ctxs,
+                  check_finite)
+        ex.ctxs.update(ctxs)
+        tail = {node: stored[node][max(T - depth, 0):] for node, depth in
+                segment.depth.items()}
+    values.update(stored)
+    if lengths is not None:
+        note_lengths(ex, segment, stored, source, mask)
+    for source, depth in segment.depth.items():
+        ex.carry[source] = tail[source] if T >= depth else None
+
+
+def run_steps(ex, segment: LoopSegment, training: bool, values: dict, start: int, stop: int,
+              stored: dict, initial: dict, mask, before: dict, ctxs: dict | None,
+              check_finite: bool, origin: int = 0) -> None:
+    """Steps [start, stop) of the loop: `stored` and each state's `initial` values are
+    those of this span (row 0 is step `start`), `values` the loop's inputs, a sequence's
+    row 0 being step `origin`; `before` holds each state source's value at step start - 1
+    (for a padded sequence that has ended). Each step's contexts join `ctxs` (None: they
+    are dropped)."""
+    xp, B, dtype, rng = ex.xp, ex.size, ex.dtype, ex.rng
+    holds = set(segment.depth)  # a state's source keeps its value past a sequence's end
     # what each member needs at every step, looked up once
-    members = [(step, route, ex.param_args(step), ex.buffers[step.node], ctxs[step.node])
+    members = [(step, route, ex.param_args(step), ex.buffers[step.node],
+                None if ctxs is None else ctxs[step.node])
                for step, route in zip(segment.steps, segment.routes)]
-    rng, dtype = ex.rng, ex.dtype
-    for t in range(T):
+    for t in range(stop - start):
+        now = start + t
         here = {}
         for step, route, kwargs, buffers, made in members:
             xs = []
@@ -64,7 +99,7 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
                     xs.append(stored[ref.source][back] if back >= 0
                               else initial[ref.node][back])
                 elif kind == SEQ:
-                    xs.append(values[ref][t])
+                    xs.append(values[ref][now - origin])
                 else:
                     xs.append(values[ref])
             ctx = Ctx(xp, training, rng, buffers, B, dtype)
@@ -72,20 +107,87 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
             if step.in_place:
                 ctx.out = xs[0]
             y = step.op.forward(ctx, *xs, **kwargs)
-            if mask is not None and t > 0 and step.node in holds:
-                y = xp.where(_column(mask[t], y.ndim), y, stored[step.node][t - 1])
+            if mask is not None and step.node in holds and (t > 0 or step.node in before):
+                last = stored[step.node][t - 1] if t > 0 else before[step.node]
+                y = xp.where(_column(mask[now], y.ndim), y, last)
             here[step.node] = y
             if check_finite:
                 ex.check(check_finite, y, step.node, "forward")
-            made.append(ctx)
+            if made is not None:
+                made.append(ctx)
             if step.node in stored:
                 stored[step.node][t] = y
-    values.update(stored)
-    ex.ctxs.update(ctxs)
-    if lengths is not None:
-        note_lengths(ex, segment, stored, source, mask)
-    for source, depth in segment.depth.items():
-        ex.carry[source] = stored[source][max(T - depth, 0):] if T >= depth else None
+
+
+def _forward_spans(ex, segment: LoopSegment, values: dict, T: int, initial: dict, mask,
+                   every: int, check_finite: bool) -> tuple[dict, dict]:
+    """The checkpointed forward: spans of `every` steps whose contexts are dropped. The
+    members read after the loop are kept whole, the others for one span; per span the
+    states' initial values are kept for backward (`ex.recompute`). Returns (the members
+    read after the loop, the state sources' last rows)."""
+    xp, B = ex.xp, ex.size
+    _check_replayable(ex, segment)
+    after = [n for n in segment.stored if n not in segment.frees]
+    dims = {n: ex.plan.types[n].dims for n in segment.stored}
+    whole = {n: xp.empty((T, B) + dims[n], dtype=ex.dtype) for n in after}
+    scratch = {n: xp.empty((every, B) + dims[n], dtype=ex.dtype)
+               for n in segment.stored if n not in whole}
+    saved = Checkpoints(inputs=loop_inputs(ex, segment, values), mask=mask)
+    tail: dict = {}
+    states = segment.loop.states
+    for start, stop in spans(T, every):
+        initials = span_initials(xp, states, initial, tail, start)
+        stored = _span_arrays(whole, scratch, start, stop)
+        saved.spans.append((start, stop, initials, ex.rng_state()))
+        run_steps(ex, segment, True, values, start, stop, stored, initials, mask,
+                  value_before(states, initials, start), None, check_finite)
+        tail = advance_tail(xp, tail, stored, segment.depth)
+    ex.recompute[segment.loop.name] = saved
+    return whole, tail
+
+
+def _check_replayable(ex, segment: LoopSegment) -> None:
+    """A recomputed span draws its masks again from the state the generator had: NumPy's
+    can be restored, a GPU's counted stream only at a pass's start."""
+    if on_host(ex.xp):
+        return
+    for step in segment.steps:
+        if step.op.draws:
+            raise SpecError(f"bptt(checkpoint=...) recomputes the recurrence, but on the GPU "
+                            f"'{step.op.name}' inside it would draw other random numbers",
+                            ex.plan.graph.nodes.get(step.node, {}).get("span"),
+                            "train on the CPU, or remove checkpoint from bptt(...)")
+
+
+def _span_arrays(whole: dict, scratch: dict, start: int, stop: int) -> dict:
+    """A span's rows of the members: views of the whole arrays, or of scratch room."""
+    return {**{n: a[start:stop] for n, a in whole.items()},
+            **{n: a[:stop - start] for n, a in scratch.items()}}
+
+
+def _recompute_span(ex, segment: LoopSegment, saved: Checkpoints, start: int, stop: int,
+                    initials: dict, rng_state) -> dict:
+    """A span's forward again, from its checkpoint, with the random draws it made the
+    first time and without counting statistics twice: the contexts its backward reads."""
+    xp, B = ex.xp, ex.size
+    stored = {n: xp.empty((stop - start, B) + ex.plan.types[n].dims, dtype=ex.dtype)
+              for n in segment.stored}
+    ctxs = {step.node: [] for step in segment.steps}
+    resume, kept = ex.rng_state(), dict(ex.buffers)
+    ex.set_rng_state(rng_state)
+    # running statistics (batchnorm in a step) were updated by the first forward
+    for step in segment.steps:
+        ex.buffers[step.node] = {k: xp.array(v, copy=True) for k, v in kept[step.node].items()}
+    seqs = {r.ref for route in segment.routes for r in route if r.kind == SEQ}
+    inputs = {ref: span_rows(value, start, stop) if ref in seqs else value
+              for ref, value in saved.inputs.items()}
+    try:
+        run_steps(ex, segment, True, inputs, start, stop, stored, initials, saved.mask,
+                  value_before(segment.loop.states, initials, start), ctxs, False, start)
+    finally:
+        ex.buffers.update(kept)
+        ex.set_rng_state(resume)
+    return ctxs
 
 
 def initial_values(ex, state: State, carry: dict):
@@ -137,89 +239,137 @@ def _column(mask, ndim: int):
 
 def backward_loop(ex, segment: LoopSegment, grads: dict, owned: set, backward: Backward,
                   wanted: set, check_finite: bool) -> None:
-    """BPTT through the loop: gradients of the values it read join `grads`."""
-    xp, T = ex.xp, ex.time[segment.loop.name]
+    """BPTT through the loop: gradients of the values it read join `grads`. After a
+    checkpointed forward each span is recomputed, then differentiated, last span first."""
+    T = ex.time[segment.loop.name]
     steps = [(step, route) for step, route in zip(segment.steps, segment.routes)
              if step.node in wanted]
+    bptt = _Bptt(ex, segment, steps, backward, check_finite, T, grads, owned)
     outside = {step.node: grads.pop(step.node) for step, _ in steps if step.node in grads}
-    delayed = {source: xp.zeros((T, ex.size) + ex.plan.types[source].dims, ex.dtype)
-               for source in segment.depth}
-    # per step: gradient arrays added from outside the step, and whether backward
-    # leaves its parameter gradients to one call over all steps stacked
-    extras = {step.node: [a for a in (outside.get(step.node), delayed.get(step.node))
-                          if a is not None] for step, _ in steps}
-    needs = {step.node: tuple(x is not None for x in backward.grad_inputs[step.node])
-             for step, _ in steps}
-    stacked = {step.node: _Stack(step, T) for step, _ in steps
-               if step.op.stackable and step.params}
-    seq_grads: dict = {}
-    init_grads: dict = {}
-    init_owned: set = set()
-    cut = 0 if ex.reach is None else T - ex.reach
-    mask = ex.loop_masks.get(segment.loop.name)
-    for t in reversed(range(T)):
-        here: dict = {}
-        mine: set = set()  # gradients in `here` that this loop allocated and may add into
-        for step, route in reversed(steps):
-            gy = here.pop(step.node, None)
-            for extra in extras[step.node]:
-                gy = extra[t] if gy is None else gy + extra[t]
-            if gy is None:
-                continue
-            if mask is not None and t > 0 and step.node in delayed:
-                # past a sequence's end the state was held: its gradient goes to step t-1
-                # (a zero of gy's own dtype: no promotion, whatever an array module's rule
-                # for a Python scalar)
-                keep, zero = _column(mask[t], gy.ndim), gy.dtype.type(0)
-                delayed[step.node][t - 1] += xp.where(keep, zero, gy)
-                gy = xp.where(keep, gy, zero)
-            ctx = ex.ctxs[step.node][t]
-            targets = backward.grad_inputs[step.node]
-            region = step.op.grad_region(ctx)
-            if region is not None and route[0].kind == MEMBER and targets[0] is not None:
-                # the chunks' gradients fill one array instead of one zero array each
-                ref = route[0].ref
-                if ref not in mine:
-                    base = xp.zeros(region[0], dtype=ex.dtype)
-                    if ref in here:
-                        base += here[ref]
-                    here[ref] = base
-                    mine.add(ref)
-                here[ref][region[1]] += gy
-                continue
-            ctx.needs_input_grad = needs[step.node]
-            stack = stacked.get(step.node)
-            if stack is not None:
-                ctx.needs_param_grads = False
-                stack.add(t, ctx, gy)
-            input_grads, param_grads = step.op.backward(ctx, gy)
-            ctx.saved.clear()
-            for (kind, ref), target, grad in zip(route, targets, input_grads):
-                if target is None or grad is None:
-                    continue
-                if check_finite:
-                    ex.check(check_finite, grad, step.node, "backward")
-                if kind == MEMBER:
-                    add_grad(here, mine, ref, grad)
-                elif kind == STATE:
-                    back = t - ref.delay
-                    if back >= cut:
-                        delayed[ref.source][back] += grad
-                    elif back < 0 and cut <= 0 and ref.param is not None and not ex.carried:
-                        add_grad(init_grads, init_owned, ref.param, grad.sum(axis=0))
-                elif kind == SEQ:
-                    if ref not in seq_grads:
-                        seq_grads[ref] = xp.zeros((T,) + grad.shape, dtype=ex.dtype)
-                    seq_grads[ref][t] += grad
-                else:
-                    add_grad(grads, owned, ref, grad)
-            ex.store_param_grads(step, param_grads)
-    for stack in stacked.values():
-        ex.store_param_grads(stack.step, stack.param_grads(xp, ex.param_args(stack.step)))
-    for ref, grad in seq_grads.items():
+    saved = ex.recompute.pop(segment.loop.name, None)
+    if saved is None:
+        bptt.span(0, T, ex.ctxs, outside, ex.loop_masks.get(segment.loop.name), None)
+    else:
+        handback = Handback()
+        for start, stop, initials, rng_state in reversed(saved.spans):
+            ctxs = _recompute_span(ex, segment, saved, start, stop, initials, rng_state)
+            bptt.span(start, stop, ctxs, {n: g[start:stop] for n, g in outside.items()},
+                      saved.mask, handback)
+    for ref, grad in bptt.seq_grads.items():
         add_grad(grads, owned, ref, grad)
-    for key, grad in init_grads.items():
+    for key, grad in bptt.init_grads.items():
         ex.store_param_grad(key, grad)
+
+
+class _Bptt:
+    """BPTT over the spans of one loop, last span first: what the spans share, and the
+    gradients of the sequences read and of learned initial states, summed over them."""
+
+    def __init__(self, ex, segment: LoopSegment, steps, backward: Backward, check_finite: bool,
+                 T: int, grads: dict, owned: set):
+        self.ex, self.segment, self.steps, self.backward = ex, segment, steps, backward
+        self.grads, self.owned = grads, owned   # the pass's: whole values read get theirs
+        self.check_finite, self.T = check_finite, T
+        self.needs = {step.node: tuple(x is not None for x in backward.grad_inputs[step.node])
+                      for step, _ in steps}
+        self.seq_grads: dict = {}
+        self.init_grads: dict = {}
+        self.init_owned: set = set()
+        self.cut = 0 if ex.reach is None else T - ex.reach
+
+    def span(self, start: int, stop: int, ctxs: dict, outside: dict, mask,
+             handback: Handback | None) -> None:
+        """BPTT over steps [start, stop), whose contexts are `ctxs` (row 0 is step
+        `start`) and whose stored members' gradients from after the loop are `outside`.
+        A gradient of a value computed before `start` goes to `handback` (None: the span
+        starts at step 0)."""
+        ex, segment, backward, steps = self.ex, self.segment, self.backward, self.steps
+        xp, n, cut = ex.xp, stop - start, self.cut
+        delayed = {source: xp.zeros((n, ex.size) + ex.plan.types[source].dims, ex.dtype)
+                   for source in segment.depth}
+        if handback is not None:
+            for source, rows in delayed.items():
+                for row, grad in handback.take(source, start, stop):
+                    rows[row] += grad
+        # per step: gradient arrays added from outside the step, and whether backward
+        # leaves its parameter gradients to one call over all steps stacked
+        extras = {step.node: [a for a in (outside.get(step.node), delayed.get(step.node))
+                              if a is not None] for step, _ in steps}
+        stacked = {step.node: _Stack(step, n) for step, _ in steps
+                   if step.op.stackable and step.params}
+        for t in reversed(range(n)):
+            now = start + t
+            here: dict = {}
+            mine: set = set()  # gradients in `here` that this loop allocated and may add into
+            for step, route in reversed(steps):
+                gy = here.pop(step.node, None)
+                for extra in extras[step.node]:
+                    gy = extra[t] if gy is None else gy + extra[t]
+                if gy is None:
+                    continue
+                if mask is not None and now > 0 and step.node in delayed:
+                    # past a sequence's end the state was held: its gradient goes to step t-1
+                    # (a zero of gy's own dtype: no promotion, whatever an array module's
+                    # rule for a Python scalar)
+                    keep, zero = _column(mask[now], gy.ndim), gy.dtype.type(0)
+                    held = xp.where(keep, zero, gy)
+                    if t > 0:
+                        delayed[step.node][t - 1] += held
+                    else:
+                        handback.give(step.node, now - 1, held)
+                    gy = xp.where(keep, gy, zero)
+                ctx = ctxs[step.node][t]
+                targets = backward.grad_inputs[step.node]
+                region = step.op.grad_region(ctx)
+                if region is not None and route[0].kind == MEMBER and targets[0] is not None:
+                    # the chunks' gradients fill one array instead of one zero array each
+                    ref = route[0].ref
+                    if ref not in mine:
+                        base = xp.zeros(region[0], dtype=ex.dtype)
+                        if ref in here:
+                            base += here[ref]
+                        here[ref] = base
+                        mine.add(ref)
+                    here[ref][region[1]] += gy
+                    continue
+                ctx.needs_input_grad = self.needs[step.node]
+                stack = stacked.get(step.node)
+                if stack is not None:
+                    ctx.needs_param_grads = False
+                    stack.add(t, ctx, gy)
+                input_grads, param_grads = step.op.backward(ctx, gy)
+                ctx.saved.clear()
+                for (kind, ref), target, grad in zip(route, targets, input_grads):
+                    if target is None or grad is None:
+                        continue
+                    if self.check_finite:
+                        ex.check(self.check_finite, grad, step.node, "backward")
+                    if kind == MEMBER:
+                        add_grad(here, mine, ref, grad)
+                    elif kind == STATE:
+                        self._to_state(ref, now - ref.delay, grad, delayed, start, handback)
+                    elif kind == SEQ:
+                        if ref not in self.seq_grads:
+                            self.seq_grads[ref] = xp.zeros((self.T,) + grad.shape,
+                                                           dtype=ex.dtype)
+                        self.seq_grads[ref][now] += grad
+                    else:
+                        add_grad(self.grads, self.owned, ref, grad)
+                ex.store_param_grads(step, param_grads)
+        for stack in stacked.values():
+            ex.store_param_grads(stack.step, stack.param_grads(xp, ex.param_args(stack.step)))
+
+    def _to_state(self, state: State, back: int, grad, delayed: dict, start: int,
+                  handback: Handback | None) -> None:
+        """A state's gradient, read at step back + delay: to its source's value at step
+        `back` (in this span, or an earlier one's), or to a learned initial value."""
+        if back >= 0 and back >= self.cut:
+            if back >= start:
+                delayed[state.source][back - start] += grad
+            else:
+                handback.give(state.source, back, grad)
+        elif back < 0 and self.cut <= 0 and state.param is not None and not self.ex.carried:
+            add_grad(self.init_grads, self.init_owned, state.param, grad.sum(axis=0))
 
 
 class _Stack:

@@ -224,6 +224,7 @@ class Trainer:
         self.truncation = truncation(plan, settings)
         if self.truncation and self.truncation[1] < self.truncation[0]:
             self.executor.reach = self.truncation[1]
+        self.executor.checkpoint = settings.checkpoint if plan.loops else None
         self.optimizers = []
         for phase in self.phases:
             part = self.executor.param_slice(phase.params)

@@ -3,8 +3,9 @@
 PyTorch's modules run on weights expressed in netdsl's parameters (torch.func's
 functional_call), so autograd gives the gradient of each netdsl parameter
 directly. Everything is float64: losses agree to 1e-10 and gradients to rtol 1e-8,
-for full BPTT over whole sequences and for truncated BPTT in chunks whose states
-are carried over without a gradient.
+for full BPTT over whole sequences (also checkpointed: bptt(checkpoint=k), on the
+NumPy loop and the compiled one) and for truncated BPTT in chunks whose states are
+carried over without a gradient.
 """
 from __future__ import annotations
 
@@ -75,11 +76,11 @@ CELLS = {
 class Pair:
     """One network in netdsl and in PyTorch, on the same netdsl parameters."""
 
-    def __init__(self, name: str, many_to_one: bool = False):
+    def __init__(self, name: str, many_to_one: bool = False, target: str = "host"):
         cell, module, self.weights = CELLS[name]
         self.rnn = module(IN, HIDDEN, batch_first=True).double()
         self.many_to_one = many_to_one
-        self.lowered = lower(check_text(spec(cell, many_to_one)))
+        self.lowered = lower(check_text(spec(cell, many_to_one)), target)
         values = initial_params(self.lowered.built, "torch", seed=1)
         self.ex = Executor(self.lowered, values, dtype="float64")
         self.leaves = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True)
@@ -126,6 +127,22 @@ def test_full_bptt_matches_pytorch(name, many_to_one):
     pair.ex.backward()
     assert float(out["loss"]) == pytest.approx(loss.item(), rel=1e-10)
     assert_same_grads(pair.ex.grads, pair.torch_grads(loss))
+
+
+@pytest.mark.parametrize("target", ["host", "native"])
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_checkpointed_bptt_matches_pytorch(name, target):
+    """bptt(checkpoint=3): spans of 3, 3 and 1 steps, each recomputed in backward."""
+    pair = Pair(name, target=target)
+    pair.ex.checkpoint = 3
+    data = batch()
+    loss, _ = pair.torch_loss(data["x"], data["y"])
+    out = pair.ex.forward(data, True)
+    pair.ex.backward()
+    assert float(out["loss"]) == pytest.approx(loss.item(), rel=1e-10)
+    assert_same_grads(pair.ex.grads, pair.torch_grads(loss))
+    if target == "native":
+        assert pair.ex.compiled_loops.calls == {"forward": 1, "backward": 1}
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))

@@ -26,7 +26,7 @@ __all__ = ["Buffer", "MemoryPlan", "plan_memory"]
 
 _BYTES = {"float32": 4, "float64": 8, "int64": 8, "int32": 4}
 # saved arrays no bigger than a channel vector, or parameters the plan counts apart
-_SMALL = {"inv_std", "weight", "bias", "bn_weight", "weight_shape", "x_shape", "sizes"}
+SMALL_SAVED = {"inv_std", "weight", "bias", "bn_weight", "weight_shape", "x_shape", "sizes"}
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def plan_memory(plan: Plan, backward: Backward, batch: int = 1,
         if "y" in step.op.keeps and "y" not in names:
             end[step.node] = max(end[step.node], bwd)
         for extra in step.op.keeps:
-            if extra not in names and extra != "y" and extra not in _SMALL \
+            if extra not in names and extra != "y" and extra not in SMALL_SAVED \
                     and extra not in step.params and step.node in back_at:
                 buffers.append(Buffer(f"{step.node}:{extra}", "saved",
                                       _bytes(plan, step.inputs[0] if step.inputs else step.node,

@@ -68,7 +68,9 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     `index_type` is the BLAS's integer ("long long" for ILP64) and `gemm` its name for
     the message of a comment only. A `padded` kernel takes each sequence's length (a
     slot after the parameters): past its end a state holds its last value, and its
-    gradient there flows on to the step before, as runtime.loops does.
+    gradient there flows on to the step before, as runtime.loops does (a length of 0 or
+    less holds the initial value from step 0 on: a checkpointed span's lengths count from
+    its first step).
     """
     widths = {}
     for step, route in zip(segment.steps, segment.routes):
@@ -258,21 +260,31 @@ class _Writer:
         return step.op.backward_program(needs, output=step.node in self.from_output)
 
     def _hold(self, node: str) -> list[str]:
-        """Past a sequence's end a state keeps its value of the step before."""
+        """Past a sequence's end a state keeps its value of the step before: at step 0 (a
+        checkpointed span's first, whose lengths count from it) its initial value."""
         w, now = self.widths[node], self.member(node, False)[0]
-        before = self.member(node, False, "t - 1")[0]
-        return [f"if (t > 0) for (long long r = 0; r < B; r++) if (t >= "
+        before = self._before(node, False)
+        return [f"for (long long r = 0; r < B; r++) if (t >= "
                 f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
                 f"    memcpy({now} + r*{w}, {before} + r*{w}, {w}*sizeof({self.t}));"]
 
     def _pass_back(self, node: str) -> list[str]:
         """A held state's gradient past a sequence's end goes whole to the step before."""
         w, now = self.widths[node], self.member(node, True)[0]
-        before = self.member(node, True, "t - 1")[0]
-        return [f"if (t > 0) for (long long r = 0; r < B; r++) if (t >= "
+        before = self._before(node, True)
+        return [f"for (long long r = 0; r < B; r++) if (t >= "
                 f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
                 f"    for (long long i = 0; i < {w}; i++) {{ {before}[r*{w} + i] += "
                 f"{now}[r*{w} + i]; {now}[r*{w} + i] = 0; }}"]
+
+    def _before(self, node: str, grad: bool) -> str:
+        """The place of `node`'s value (or gradient) at step t - 1: before step 0 the last
+        initial value of a state that reads it."""
+        earlier = self.member(node, grad, "t - 1")[0]
+        state = next(s for s in self.segment.loop.states if s.source == node)
+        kind = "init_grad" if grad else "init"
+        initial = f"({self.array(kind, state.node)} + {state.delay - 1}*B*{self.widths[node]})"
+        return f"(t > 0 ? {earlier} : {initial})"
 
     def backward(self, needs: dict) -> str:
         body = []

@@ -203,6 +203,9 @@ class Op:
     column_linear: ClassVar[bool] = False
     # y = [x_1; x_2; ...]: the inputs laid end to end (of vectors: blocks of columns)
     concatenates: ClassVar[bool] = False
+    # forward draws from ctx.rng in training (masks, noise, samples): a recomputation
+    # must replay the draws (bptt(checkpoint=k) restores the generator's state)
+    draws: ClassVar[bool] = False
 
     def __init__(self, **attrs):
         self.attrs = attrs

@@ -139,6 +139,7 @@ class LayerNorm(Op):
 class Dropout(Pointwise):
     r"""$y = m \odot x / (1 - p)$, $m_i \sim \mathrm{Bernoulli}(1 - p)$ in training; else $y = x$"""
 
+    draws = True
     args = (Arg("p", probability, 0.5),)
     keeps = ("mask",)  # backward needs the sampled mask, neither x nor y
     cost = 2
@@ -171,6 +172,7 @@ class Dropout(Pointwise):
 class GaussianNoise(Pointwise):
     r"""$y = x + \epsilon$, $\epsilon \sim N(0, \mathrm{std}^2)$ in training; else $y = x$"""
 
+    draws = True
     args = (Arg("std", nonnegative),)
     keeps = ()  # the gradient passes through unchanged
     init_transparent = True

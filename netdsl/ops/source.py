@@ -9,6 +9,7 @@ from netdsl.types import TensorType
 class Normal(Op):
     r"""$y \sim N(0, I)$ with per-example dims `dims`"""
 
+    draws = True
     arity = 0
     args = (Arg("dims", ints()),)
     keeps = ()

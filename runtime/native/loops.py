@@ -6,9 +6,11 @@ values of every member with storage are (T, B, width) arrays written by the forw
 call and read back by the backward one; what crosses the loop's edges (the sequences it
 reads, the stored members later steps read, the gradients of both, the parameters' and
 the initial states' gradients) is exchanged with the executor exactly as the loop
-interpreted step by step does, a padded batch's lengths included. Truncated BPTT's
-reach, a finiteness check, or a loop the generator does not cover runs the interpreted
-loop instead.
+interpreted step by step does, a padded batch's lengths included. Checkpointed
+(bptt(checkpoint=k), runtime.recompute), the same two functions run on spans of k
+steps: forward on each in turn, then, last span first, forward again from its
+checkpoint and backward. Truncated BPTT's reach, a finiteness check, or a loop the
+generator does not cover runs the interpreted loop instead.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from netdsl.lower.native_loop import LoopKernel, loop_kernel
 from netdsl.lower.schedule import SEQ, STATE, LoopSegment
 from netdsl.runtime.loops import add_grad, initial_values, loop_lengths, note_lengths
 from netdsl.runtime.native.blas import gemm
+from netdsl.runtime.recompute import (Handback, advance_tail, loop_inputs, span_initials,
+                                      span_rows, spans)
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["CompiledLoops", "compile_loop", "default_needs"]
@@ -29,12 +33,24 @@ _SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_vo
 
 
 class _Run:
-    """What a compiled forward leaves for its backward."""
+    """What a compiled forward (of the whole loop, or of a span) leaves for its backward."""
 
     def __init__(self, kernel, storage, seqs, initials, params):
         self.kernel = kernel
         self.storage, self.seqs, self.initials, self.params = storage, seqs, initials, params
-        self.lengths = None   # each sequence's steps, in a padded batch
+        self.lengths = None        # each sequence's steps, in a padded batch, as the kernel reads
+        self.host_lengths = None   # the same from the loop's step 0 (checkpointed runs)
+        self.spans = None          # checkpointed: (start, stop, initial values) per span
+        self.inputs = None         # checkpointed: the sequences read (runtime.recompute)
+
+
+def _span_lengths(lengths, start: int):
+    """The lengths a kernel run from step `start` reads: counted from it (at least 1 from
+    step 0, where no sequence is empty: the interpreted loop holds nothing at step 0)."""
+    if lengths is None:
+        return None
+    counted = np.asarray(lengths, dtype=np.int64) - start
+    return np.ascontiguousarray(np.maximum(counted, 1) if start == 0 else counted)
 
 
 def default_needs(lowered, segment: LoopSegment) -> dict:
@@ -83,8 +99,9 @@ class CompiledLoops:
         return self._made[key]
 
     def forward(self, segment: LoopSegment, values: dict, carry: dict,
-                check_finite: bool) -> bool:
-        """Run the loop compiled, if it can be; whether it ran."""
+                check_finite: bool, training: bool = True) -> bool:
+        """Run the loop compiled, if it can be; whether it ran. Under the executor's
+        `checkpoint` a training pass runs it in spans (runtime.recompute)."""
         ex = self.ex
         self.runs.pop(segment.loop.name, None)
         if check_finite or ex.reach is not None:
@@ -96,27 +113,62 @@ class CompiledLoops:
         kernel, forward, _ = made
         B, dtype = ex.size, ex.dtype
         T = ex.time[segment.loop.name] = int(values[kernel.seqs[0]].shape[0])
-        storage = {n: np.empty((kernel.rows(n, T), B, kernel.widths[n]), dtype)
-                   for n in kernel.storage}
         seqs = {n: np.ascontiguousarray(values[n], dtype=dtype) for n in kernel.seqs}
         initials = {s.node: np.ascontiguousarray(initial_values(ex, s, carry), dtype=dtype)
                     for s in kernel.states}
         by_node = {s.node: s for s in segment.steps}
         params = {(node, name): np.ascontiguousarray(ex.param_args(by_node[node])[name], dtype)
                   for node, name in kernel.params}
-        run = _Run(kernel, storage, seqs, initials, params)
-        if lengths is not None:
-            run.lengths = np.ascontiguousarray(ex.host_lengths[source], dtype=np.int64)
-        forward(self.address, T, B, self._table(run, {}))
+        host_lengths = None if lengths is None else np.asarray(ex.host_lengths[source])
+        every = ex.checkpoint if training else None
+        if every is not None and every < T:
+            storage, tail, run = self._forward_spans(segment, kernel, forward, seqs, initials,
+                                                     params, host_lengths, T, every)
+        else:
+            storage = {n: np.empty((kernel.rows(n, T), B, kernel.widths[n]), dtype)
+                       for n in kernel.storage}
+            run = _Run(kernel, storage, seqs, initials, params)
+            run.lengths, run.host_lengths = _span_lengths(host_lengths, 0), host_lengths
+            forward(self.address, T, B, self._table(run, {}))
+            tail = {source: storage[source][max(T - depth, 0):]
+                    for source, depth in segment.depth.items()}
         self.calls["forward"] += 1
-        values.update({n: storage[n] for n in segment.stored})
+        made_here = {n: storage[n] for n in segment.stored if n in storage}
+        values.update(made_here)
         if lengths is not None:
             mask = np.arange(T)[:, None] < lengths[None, :]
-            note_lengths(ex, segment, {n: storage[n] for n in segment.stored}, source, mask)
+            note_lengths(ex, segment, made_here, source, mask)
         for source, depth in segment.depth.items():
-            ex.carry[source] = storage[source][max(T - depth, 0):] if T >= depth else None
+            ex.carry[source] = tail[source] if T >= depth else None
         self.runs[segment.loop.name] = run
         return True
+
+    def _forward_spans(self, segment, kernel, forward, seqs, initials, params, lengths, T,
+                       every):
+        """The checkpointed forward: the kernel run on spans of `every` steps, the members
+        read after the loop written whole, the others into one span's room; what each
+        span starts from kept for backward. (those members, the sources' last rows, the
+        run)."""
+        B, dtype = self.ex.size, self.ex.dtype
+        after = [n for n in segment.stored if n not in segment.frees]
+        whole = {n: np.empty((T, B, kernel.widths[n]), dtype) for n in after}
+        scratch = {n: np.empty((kernel.rows(n, every), B, kernel.widths[n]), dtype)
+                   for n in kernel.storage if n not in whole}
+        run = _Run(kernel, None, None, initials, params)
+        run.spans, run.host_lengths, tail = [], lengths, {}
+        run.inputs = loop_inputs(self.ex, segment, seqs)
+        for start, stop in spans(T, every):
+            begin = {s.node: np.ascontiguousarray(v) for s, v in zip(kernel.states, span_initials(
+                np, kernel.states, initials, tail, start).values())}
+            part = _Run(kernel, {**{n: a[start:stop] for n, a in whole.items()},
+                                 **{n: a[:kernel.rows(n, stop - start)]
+                                    for n, a in scratch.items()}},
+                        {n: a[start:stop] for n, a in seqs.items()}, begin, params)
+            part.lengths = _span_lengths(lengths, start)
+            forward(self.address, stop - start, B, self._table(part, {}))
+            run.spans.append((start, stop, begin))
+            tail = advance_tail(np, tail, part.storage, segment.depth)
+        return whole, tail, run
 
     def _table(self, run: _Run, grads: dict):
         """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""
@@ -134,58 +186,105 @@ class CompiledLoops:
                  wanted: set) -> bool:
         """BPTT through a loop the compiled forward ran; whether it ran here."""
         ex = self.ex
-        run = self.runs.get(segment.loop.name)
+        run = self.runs.pop(segment.loop.name, None)
         if run is None:
             return False
         needs = {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
                  for s in segment.steps if s.node in wanted and s.node in backward.grad_inputs}
-        made = self._compiled(segment, needs, run.lengths is not None)
+        made = self._compiled(segment, needs, run.host_lengths is not None)
         if made is None:   # the forward's loop compiled: only the compiler can fail here
             raise NativeUnavailable(f"{segment.loop.name}: its backward did not compile")
-        kernel, _, backward_call = made
+        kernel, forward, backward_call = made
         T, B, dtype = ex.time[segment.loop.name], ex.size, ex.dtype
-        value_grads = {}
-        for n in kernel.storage:
-            outside = grads.pop(n, None) if n in wanted else None
-            shape = (kernel.rows(n, T, grad=True), B, kernel.widths[n])
-            if outside is None:
-                value_grads[n] = np.zeros(shape, dtype)
-            elif n in owned and _writable(outside, shape, dtype):
-                value_grads[n] = outside    # this pass made it: the kernel adds into it
-            else:
-                value_grads[n] = np.array(outside, dtype=dtype, order="C")
-        slots = {"value": value_grads,
-                 "seq": {n: np.zeros((T, B, kernel.widths[n]), dtype) for n in kernel.seqs},
-                 "init": {s.node: np.zeros_like(run.initials[s.node]) for s in kernel.states}}
-        run.kernel = kernel
-        backward_call(self.address, T, B, self._table(run, slots))
+        outside = {n: grads.pop(n) for n in kernel.storage if n in wanted and n in grads}
+        seq_grads = {n: np.zeros((T, B, kernel.widths[n]), dtype) for n in kernel.seqs}
+        init_grads = {s.node: np.zeros_like(run.initials[s.node]) for s in kernel.states}
+        if run.spans is None:
+            spans_run = [(0, T, run, None)]
+        else:   # last span first, each recomputed from its checkpoint
+            spans_run = ((start, stop, self._recompute(kernel, forward, run, start, stop, begin),
+                          begin) for start, stop, begin in reversed(run.spans))
+        handback = Handback()
+        for start, stop, part, begin in spans_run:
+            n = stop - start
+            value_grads = {m: self._value_grad(kernel, m, n, outside, owned, start, stop,
+                                               handback) for m in kernel.storage}
+            slots = {"value": value_grads,
+                     "seq": {m: seq_grads[m][start:stop] for m in kernel.seqs},
+                     "init": {s.node: (init_grads[s.node] if start == 0
+                                       else np.zeros_like(begin[s.node])) for s in kernel.states}}
+            part.kernel = kernel
+            backward_call(self.address, n, B, self._table(part, slots))
+            self._weight_grads(segment, part, slots, wanted)
+            if start > 0:   # what reaches before the span: to the values it was read from
+                for s in kernel.states:
+                    for row, grad in enumerate(slots["init"][s.node]):
+                        step = start - s.delay + row
+                        if step >= 0:
+                            handback.give(s.source, step, grad)
+                        else:
+                            init_grads[s.node][step + s.delay] += grad
         self.calls["backward"] += 1
-        self._deliver(segment, run, slots, grads, owned, backward, wanted)
-        self.runs.pop(segment.loop.name, None)
+        self._deliver(segment, kernel, seq_grads, init_grads, grads, owned, backward, wanted)
         return True
 
-    def _deliver(self, segment, run: _Run, slots, grads, owned, backward, wanted):
-        """The gradients that leave the loop, as the interpreted loop hands them over, and
-        the dense layers' weight gradients: one GEMM over all T*B rows each."""
-        ex, kernel = self.ex, run.kernel
-        read = {r.ref for step, route in zip(segment.steps, segment.routes)
-                if step.node in wanted for r, target in zip(route, backward.grad_inputs[step.node])
-                if target is not None and r.kind == SEQ}
-        for n in kernel.seqs:
-            if n in read:
-                add_grad(grads, owned, n, slots["seq"][n], fresh=True)
+    def _value_grad(self, kernel, node: str, n: int, outside: dict, owned: set, start: int,
+                    stop: int, handback: Handback):
+        """A member's gradient array for a run of n steps from `start`: what came from
+        after the loop (taken as it is, when this pass made it and the run is the whole
+        loop: the kernel adds into it) and from later spans, else zeros."""
+        ex = self.ex
+        shape = (kernel.rows(node, n, grad=True), ex.size, kernel.widths[node])
+        given = outside.get(node)
+        pending = handback.take(node, start, stop)
+        if given is not None and n == len(given) and not pending:
+            if node in owned and _writable(given, shape, ex.dtype):
+                return given
+            return np.array(given, dtype=ex.dtype, order="C")
+        rows = np.zeros(shape, ex.dtype)
+        if given is not None:
+            rows += given[start:stop]
+        for row, grad in pending:
+            rows[row] += grad
+        return rows
+
+    def _recompute(self, kernel, forward, run: _Run, start: int, stop: int, begin: dict) -> _Run:
+        """A span's forward again, from its checkpoint, into room of its own."""
+        B, dtype, n = self.ex.size, self.ex.dtype, stop - start
+        storage = {m: np.empty((kernel.rows(m, n), B, kernel.widths[m]), dtype)
+                   for m in kernel.storage}
+        seqs = {m: np.ascontiguousarray(span_rows(run.inputs[m], start, stop), dtype)
+                for m in kernel.seqs}
+        part = _Run(kernel, storage, seqs, begin, run.params)
+        part.lengths = _span_lengths(run.host_lengths, start)
+        forward(self.address, n, B, self._table(part, {}))
+        return part
+
+    def _weight_grads(self, segment, run: _Run, slots, wanted) -> None:
+        """The dense layers' weight gradients over a run's steps: one GEMM over all of
+        their rows each."""
         for step, route in zip(segment.steps, segment.routes):
             if step.node in wanted and step.params:
                 gy = slots["value"][step.node]
                 param_grads = {"weight": self._weight_grad(gy, route[0], run)}
                 if "bias" in step.params:
                     param_grads["bias"] = gy.reshape(-1, gy.shape[-1]).sum(axis=0)
-                ex.store_param_grads(step, param_grads)
+                self.ex.store_param_grads(step, param_grads)
+
+    def _deliver(self, segment, kernel, seq_grads, init_grads, grads, owned, backward, wanted):
+        """The gradients that leave the loop, as the interpreted loop hands them over."""
+        ex = self.ex
+        read = {r.ref for step, route in zip(segment.steps, segment.routes)
+                if step.node in wanted for r, target in zip(route, backward.grad_inputs[step.node])
+                if target is not None and r.kind == SEQ}
+        for n in kernel.seqs:
+            if n in read:
+                add_grad(grads, owned, n, seq_grads[n], fresh=True)
         if ex.carried:
             return
         for state in kernel.states:
             if state.param is not None:
-                ex.store_param_grad(state.param, slots["init"][state.node].sum(axis=(0, 1)))
+                ex.store_param_grad(state.param, init_grads[state.node].sum(axis=(0, 1)))
 
     def _weight_grad(self, gy, route, run: _Run):
         """A dense layer's weight gradient over every step: gy (T, B, units) against its
