@@ -46,12 +46,13 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
     ctxs = {step.node: [] for step in segment.steps}
     initial = {state.node: initial_values(ex, state, carry) for state in segment.loop.states}
     # what each member needs at every step, looked up once
-    members = [(step, route, ex.param_args(step), ex.buffers[step.node], ctxs[step.node])
+    members = [(step, route, ex.param_args(step), ex.buffers[step.node], ctxs[step.node],
+                ex.whole_lengths(step) if ex.lengths else None)
                for step, route in zip(segment.steps, segment.routes)]
     rng, dtype = ex.rng, ex.dtype
     for t in range(T):
         here = {}
-        for step, route, kwargs, buffers, made in members:
+        for step, route, kwargs, buffers, made, whole_lengths in members:
             xs = []
             for kind, ref in route:
                 if kind == MEMBER:
@@ -66,6 +67,7 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
                     xs.append(values[ref])
             ctx = Ctx(xp, training, rng, buffers, B, dtype)
             ctx.geometry = step.geometry
+            ctx.lengths = whole_lengths  # attention's memory: its padded steps stay unread
             if step.in_place:
                 ctx.out = xs[0]
             y = step.op.forward(ctx, *xs, **kwargs)

@@ -5,6 +5,10 @@ Both ops run per step for the query and see the memory whole: `memory` is listed
 of the memory (the encoder's outputs), and outside one every query step does. The
 memory arrives time-major, (S, B, d); the query as (R*B, d), R query steps of the
 same B sequences (R = 1 inside a loop), and the result has the query's rows.
+
+In a padded batch (`NAME.lengths`) an executor gives the memory's lengths as
+`ctx.lengths`: no query reads a memory step past its sequence's end, so an example's
+result does not depend on the padding that shares its batch.
 """
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ from netdsl.ops.numeric import fan_in_uniform
 from netdsl.types import TensorType
 
 
-def _softmax_last(xp, s):
+def _softmax_last(xp, s, mask=None):
+    """Softmax over the last axis; where `mask` is False a weight is exactly 0."""
+    if mask is not None:
+        s = xp.where(mask, s, -xp.inf)
     e = xp.exp(s - s.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
@@ -45,6 +52,14 @@ class _Attention(Op):
     def rows(query, memory):
         """The query as (R, B, dq): R query steps of the memory's B sequences."""
         return query.reshape(-1, memory.shape[1], query.shape[-1])
+
+    @staticmethod
+    def visible(ctx, steps: int):
+        """Which of the memory's `steps` each sequence's query may read, (1, B, S) to
+        broadcast over (R, B, S) weights; None when every step is real."""
+        if ctx.lengths is None:
+            return None
+        return (ctx.xp.arange(steps)[None, :] < ctx.lengths[:, None])[None]
 
     def read(self, ctx, weights, memory):
         """sum_s weights[r, b, s] memory[s, b, :], and (B, S, d) memory for backward."""
@@ -84,7 +99,8 @@ class DotAttention(_Attention):
         q = self.rows(query, memory)                         # (R, B, d)
         m_b = memory.transpose(1, 0, 2)                      # (B, S, d)
         scores = xp.matmul(q.transpose(1, 0, 2), m_b.transpose(0, 2, 1)) * scale  # (B, R, S)
-        weights = _softmax_last(xp, scores).transpose(1, 0, 2)  # (R, B, S)
+        weights = _softmax_last(xp, scores.transpose(1, 0, 2),
+                                self.visible(ctx, memory.shape[0]))  # (R, B, S)
         out, by_batch = self.read(ctx, weights, memory)
         ctx.save(q=q, weights=weights, by_batch=by_batch, scale=scale, query_shape=query.shape)
         return out.reshape(query.shape)
@@ -143,7 +159,7 @@ class AdditiveAttention(_Attention):
         wq = q @ query_weight.T                              # (R, B, u)
         um = memory @ memory_weight.T                        # (S, B, u)
         hidden = xp.tanh(wq[:, :, None, :] + um.transpose(1, 0, 2)[None])  # (R, B, S, u)
-        weights = _softmax_last(xp, hidden @ score)          # (R, B, S)
+        weights = _softmax_last(xp, hidden @ score, self.visible(ctx, memory.shape[0]))  # (R, B, S)
         out, by_batch = self.read(ctx, weights, memory)
         ctx.save(q=q, memory=memory, hidden=hidden, weights=weights, by_batch=by_batch,
                  query_weight=query_weight, memory_weight=memory_weight, score=score,

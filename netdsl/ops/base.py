@@ -86,7 +86,8 @@ class Ctx:
         # False when an executor computes the parameter gradients later (Op.stackable)
         self.needs_param_grads = True
         # for a whole-sequence op: each example's number of real steps, when a batch pads
-        # sequences of different lengths (None: every step is real)
+        # sequences of different lengths (None: every step is real); for an op reading
+        # inputs whole (`Op.whole`, attention's memory), those of its whole input
         self.lengths = None
         # set by an executor before backward: where a parameter's gradient is stored (a
         # view of the flat gradient vector). An op may write it there (`out=`) and return
