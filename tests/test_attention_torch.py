@@ -6,6 +6,9 @@ of autograd), so outputs agree to 1e-10 and gradients to rtol 1e-8.
 """
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -48,7 +51,7 @@ def test_dot_attention_never_reads_a_padded_key():
     rng = np.random.default_rng(0)
     query, memory = rng.standard_normal((R * B, D)), rng.standard_normal((S, B, D))
     gy = rng.standard_normal((R * B, D))
-    y, (dq, dm), _ = run_op(OPS["attention"](), [query, memory], lengths=LENGTHS, gy=gy)
+    y, (dq, dm), _ = run_op(OPS["attention"](causal=False), [query, memory], lengths=LENGTHS, gy=gy)
     q, m = tensor(query), tensor(memory)
     qb = q.reshape(R, B, D).transpose(0, 1)                  # (B, R, D)
     mb = m.transpose(0, 1)                                   # (B, S, D)
@@ -128,3 +131,161 @@ def test_a_padded_example_reads_the_same_with_any_padding_beside_it():
     for key, grad in grads_a.items():
         np.testing.assert_allclose(2 * grads_ab[key] - grads_b[key], grad, rtol=1e-7,
                                    atol=1e-12, err_msg=key)
+
+
+# ---- separate keys and values, and the causal mask
+
+
+def _sdpa(query, keys, values, lengths=None, causal=False):
+    """PyTorch's scaled_dot_product_attention on netdsl's layouts: query rows (R*B, d),
+    keys and values time-major (S, B, *)."""
+    steps, batch = keys.shape[0], keys.shape[1]
+    qb = query.reshape(-1, batch, query.shape[-1]).transpose(0, 1)
+    mask = None
+    if lengths is not None:
+        mask = ~key_padding(lengths, steps)[:, None, :]
+    if causal:
+        rows = qb.shape[1]
+        earlier = torch.ones(rows, steps, dtype=torch.bool).tril()
+        mask = earlier if mask is None else mask & earlier
+    out = F.scaled_dot_product_attention(qb, keys.transpose(0, 1), values.transpose(0, 1),
+                                         attn_mask=mask)
+    return out.transpose(0, 1).reshape(-1, values.shape[-1])
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("padded", [False, True], ids=["whole", "padded"])
+def test_attention_with_keys_and_values_matches_pytorch(causal, padded):
+    rng = np.random.default_rng(4)
+    query = rng.standard_normal((S * B, D))    # a query sequence as long as the keys
+    keys, values = rng.standard_normal((S, B, D)), rng.standard_normal((S, B, 3))
+    gy = rng.standard_normal((S * B, 3))
+    lengths = LENGTHS if padded else None
+    op = OPS["attention"](causal=causal)
+    y, (dq, dk, dv), _ = run_op(op, [query, keys, values], lengths=lengths, gy=gy)
+    leaves = [tensor(a) for a in (query, keys, values)]
+    theirs = _sdpa(*leaves, lengths, causal)
+    np.testing.assert_allclose(y, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for ours, their in zip((dq, dk, dv), torch.autograd.grad(theirs, leaves,
+                                                             torch.from_numpy(gy))):
+        np.testing.assert_allclose(ours, their.numpy(), rtol=1e-8, atol=1e-12)
+
+
+def test_causal_attention_gradients_match_finite_differences():
+    rng = np.random.default_rng(5)
+    inputs = [rng.standard_normal((3 * 2, 4)), rng.standard_normal((3, 2, 4)),
+              rng.standard_normal((3, 2, 2))]
+    gy = rng.standard_normal((3 * 2, 2))
+    op = OPS["attention"](causal=True)
+    _, grads, _ = run_op(op, inputs, gy=gy)
+
+    def objective() -> float:
+        return float((op.forward(Ctx(np), *inputs) * gy).sum())
+
+    for x, grad in zip(inputs, grads):
+        numeric = np.zeros_like(x)
+        for index in np.ndindex(x.shape):
+            old = x[index]
+            x[index] = old + 1e-6
+            up = objective()
+            x[index] = old - 1e-6
+            numeric[index] = (up - objective()) / 2e-6
+            x[index] = old
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+CAUSAL = """input x : seq[4]
+target y : seq class(3)
+h = x -> dense(4)
+logits = attention(h, h, x -> dense(6), causal=true) -> dense(3)
+loss cross_entropy(logits, y)
+"""
+
+
+def test_a_causal_step_reads_no_later_step():
+    """Changing step 4 of a sequence leaves the causal self-attention's steps 1..3 alone."""
+    lowered = lower(check_text(CAUSAL))
+    ex = Executor(lowered, initial_params(lowered.built, "torch", seed=0), dtype="float64")
+    x = np.random.default_rng(6).standard_normal((2, 5, 4))
+    changed = x.copy()
+    changed[:, 3] += 1
+    before = ex.forward({"x": x}, False, keep={"logits"}, losses=False)["logits"]
+    after = ex.forward({"x": changed}, False, keep={"logits"}, losses=False)["logits"]
+    np.testing.assert_array_equal(before[:, :3], after[:, :3])
+    assert not np.allclose(before[:, 3:], after[:, 3:])
+
+
+def test_a_causal_mask_inside_a_recurrence_is_refused_with_its_place():
+    from netdsl.errors import SpecError
+
+    text = """import rnn
+input x : seq[4]
+target y : seq class(3)
+enc = x -> elman(4)
+state s : [4]
+s = tanh(dense(concat(x, attention(s[t-1], enc, causal=true)), 4))
+logits = s -> dense(3)
+loss cross_entropy(logits, y)
+"""
+    with pytest.raises(SpecError, match="inside a recurrence each step's query is alone") as err:
+        lower(check_text(text))
+    assert err.value.span.line == 6
+
+
+def test_every_example_of_the_attention_docs_checks():
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "language.md")).read()
+    section = doc.split("\n## Attention\n")[1]
+    examples = re.findall(r"```net\n(.*?)```", section, re.S)
+    assert examples
+    for text in examples:
+        assert lower(check_text(text)).plan.losses
+
+
+# ---- exports: ONNX (onnxruntime) and PyTorch give netdsl's outputs
+
+
+def exported_outputs(text: str, tmp_path):
+    """netdsl's eval-mode outputs of a spec, its ONNX model's under onnxruntime and its
+    generated PyTorch module's (run here, on the same weights in float64)."""
+    import importlib.util
+
+    import onnxruntime as ort
+    from export_cases import Case
+    from netdsl.export.onnx import to_onnx
+    from netdsl.export.torch import to_torch
+
+    path = tmp_path / "spec.net"
+    path.write_text(text)
+    case = Case(str(path))
+    feed = case.inputs(batch=2, steps=4, dtype=np.float64)
+    want = case.forward(feed, "float64")
+    model = to_onnx(case.view, case.params, case.buffers)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {k: v.astype(np.float32) if v.dtype == np.float64 else v
+                                  for k, v in feed.items()})
+    module = to_torch(case.view, case.net.sources)
+    (tmp_path / "model.py").write_text(module.source)
+    spec = importlib.util.spec_from_file_location("exported_model", tmp_path / "model.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    net = loaded.Model()
+    net.load_state_dict({name: torch.tensor(np.asarray(case.params[source[1]]))
+                         for name, source in module.state.items() if source[0] == "param"},
+                        strict=False)
+    with torch.no_grad():
+        torch_out = net.double().eval()(*(torch.from_numpy(v) for v in feed.values()))
+    torch_out = torch_out if isinstance(torch_out, tuple) else (torch_out,)
+    return want, onnx_out, [t.numpy() for t in torch_out]
+
+
+def assert_exports_agree(text: str, tmp_path) -> None:
+    want, onnx_out, torch_out = exported_outputs(text, tmp_path)
+    for (name, expected), got_onnx, got_torch in zip(want.items(), onnx_out, torch_out):
+        np.testing.assert_allclose(got_onnx, expected, rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(got_torch, expected, rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+def test_keys_values_and_the_causal_mask_export(tmp_path):
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "language.md")).read()
+    assert_exports_agree(re.findall(r"```net\n(.*?)```", doc.split("\n## Attention\n")[1],
+                                    re.S)[0], tmp_path)

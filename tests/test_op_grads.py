@@ -88,10 +88,10 @@ def case(name, *args, inputs, ref, **options) -> Case:
     return Case(name, args, kwargs, inputs, ref, **options)
 
 
-def dot_attention(q, m):
-    """q (B, d) over memory m (T, B, d), scaled by sqrt(d)."""
+def dot_attention(q, m, v=None):
+    """q (B, d) over keys m (T, B, d) and values v (T, B, dv), scaled by sqrt(d)."""
     weights = torch.softmax(torch.einsum("bd,tbd->bt", q, m) / q.shape[-1] ** 0.5, dim=1)
-    return torch.einsum("bt,tbd->bd", weights, m)
+    return torch.einsum("bt,tbd->bd", weights, m if v is None else v)
 
 
 def additive_attention(q, m, p):
@@ -430,6 +430,8 @@ CASES = [
          kink=hinge_kink(0.0)),
     # whole sequences
     case("attention", inputs=[floats(4), floats(4, seq=True)], ref=lambda xs, p, aux: dot_attention(*xs)),
+    case("attention", inputs=[floats(4), floats(4, seq=True), floats(3, seq=True)],
+         ref=lambda xs, p, aux: dot_attention(*xs)),
     case("additive_attention", 5, inputs=[floats(3), floats(4, seq=True)],
          ref=lambda xs, p, aux: additive_attention(*xs, p)),
     case("last", inputs=[floats(4, seq=True)], ref=on_x(lambda x: x[-1])),

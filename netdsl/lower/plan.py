@@ -210,6 +210,11 @@ def _loops(graph: nx.DiGraph, steps: list[Step], states: dict[str, State]) -> li
                 raise SpecError(f"'{step.op.name}' sees the whole sequence, so it cannot be part "
                                 "of a recurrence, which runs one step at a time", data["span"],
                                 "apply it before or after the recurrent layer")
+            reason = step.op.in_recurrence()
+            if reason is not None:
+                raise SpecError(f"'{step.op.name}' cannot be part of a recurrence: {reason}",
+                                graph.nodes[step.node]["span"],
+                                "apply it before or after the recurrent layer")
         loop_states = tuple(states[n] for n in sorted(component) if n in states)
         if not _reads_a_sequence(graph, members, component):
             decl = graph.nodes[loop_states[0].node]["state"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from netdsl.errors import ShapeError
-from netdsl.ops.base import Arg, Op, positive, register
+from netdsl.ops.base import Arg, Op, boolean, positive, register
 from netdsl.ops.common import expect_float
 from netdsl.ops.numeric import fan_in_uniform
 from netdsl.types import TensorType
@@ -78,52 +78,84 @@ class _Attention(Op):
 
 @register("attention")
 class DotAttention(_Attention):
-    r"""$y = \sum_s \alpha_s m_s$, $\alpha = \mathrm{softmax}_s(q \cdot m_s / \sqrt{d})$"""
+    r"""$y = \sum_s \alpha_s v_s$, $\alpha = \mathrm{softmax}_s(q \cdot k_s / \sqrt{d})$"""
 
-    keeps = ("q", "weights", "by_batch")  # the query's rows, the weights, the memory by batch
+    # Vaswani et al. (2017), "Attention is all you need", NeurIPS: scaled dot-product
+    # attention. `attention(q, memory)` reads the memory as both keys and values;
+    # `attention(q, keys, values)` reads them apart. With `causal` the query's step r
+    # (of a sequence read outside a recurrence) reads keys 1..r only.
+    arity = (2, 3)
+    args = (Arg("causal", boolean, False),)
+    whole = ("memory", "value")
+    keeps = ("q", "weights", "keys", "values")  # the query's rows, the weights, both by batch
 
-    def shape(self, query: TensorType, memory: TensorType) -> TensorType:
+    def shape(self, query: TensorType, memory: TensorType,
+              value: TensorType | None = None) -> TensorType:
         self.check(query, memory)
+        if value is not None:
+            self.check(query, value)
         if query.dims != memory.dims:
-            raise ShapeError(f"attention compares the query with each memory step, so their "
-                             f"sizes must agree: query {query.step()}, memory {memory.step()}",
+            raise ShapeError(f"attention compares the query with each key, so their sizes "
+                             f"must agree: query {query.step()}, keys {memory.step()}",
                              "project one first, e.g. dense(n) on the query, or use "
                              "additive_attention(query, memory, units)")
-        return query.step()
+        return (memory if value is None else value).step()
 
-    def flops(self, y, query, memory) -> int:
-        return 4 * query.size  # per memory step: a dot product and a weighted add
+    def in_recurrence(self) -> str | None:
+        if self.causal:
+            return ("a causal mask orders a query sequence's steps against the keys', but "
+                    "inside a recurrence each step's query is alone")
+        return None
 
-    def forward(self, ctx, query, memory):
+    def flops(self, y, query, memory, value=None) -> int:
+        return 2 * query.size + 2 * y.size  # per key: a dot product and a weighted add
+
+    def forward(self, ctx, query, memory, value=None):
         xp, scale = ctx.xp, 1 / math.sqrt(query.shape[-1])
         q = self.rows(query, memory)                         # (R, B, d)
-        m_b = memory.transpose(1, 0, 2)                      # (B, S, d)
-        scores = xp.matmul(q.transpose(1, 0, 2), m_b.transpose(0, 2, 1)) * scale  # (B, R, S)
+        keys = memory.transpose(1, 0, 2)                     # (B, S, d)
+        scores = xp.matmul(q.transpose(1, 0, 2), keys.transpose(0, 2, 1)) * scale  # (B, R, S)
         weights = _softmax_last(xp, scores.transpose(1, 0, 2),
-                                self.visible(ctx, memory.shape[0]))  # (R, B, S)
-        out, by_batch = self.read(ctx, weights, memory)
-        ctx.save(q=q, weights=weights, by_batch=by_batch, scale=scale, query_shape=query.shape)
-        return out.reshape(query.shape)
+                                self.mask(ctx, q.shape[0], memory.shape[0]))  # (R, B, S)
+        out, values = self.read(ctx, weights, memory if value is None else value)
+        ctx.save(q=q, weights=weights, keys=keys, values=values, scale=scale,
+                 query_shape=query.shape, apart=value is not None)
+        return out.reshape(query.shape[:-1] + (out.shape[-1],))
+
+    def mask(self, ctx, rows: int, steps: int):
+        """Which keys each query row reads, to broadcast over (R, B, S); None: all."""
+        visible = self.visible(ctx, steps)
+        if not self.causal:
+            return visible
+        xp = ctx.xp
+        earlier = xp.arange(steps)[None, None, :] <= xp.arange(rows)[:, None, None]  # (R, 1, S)
+        return earlier if visible is None else earlier & visible
 
     def backward(self, ctx, gy):
         xp, s = ctx.xp, ctx.saved
-        g = gy.reshape(s["q"].shape)
-        d_weights, d_memory = self.read_grads(ctx, g, s["weights"], s["by_batch"])
+        q, keys = s["q"], s["keys"]
+        g = gy.reshape(q.shape[:2] + (gy.shape[-1],))
+        d_weights, d_value = self.read_grads(ctx, g, s["weights"], s["values"])
         d_scores = _softmax_grad(s["weights"], d_weights) * s["scale"]  # (R, B, S)
-        dq = xp.matmul(d_scores.transpose(1, 0, 2), s["by_batch"]).transpose(1, 0, 2)
-        d_memory = d_memory + xp.matmul(d_scores.transpose(1, 2, 0),
-                                        s["q"].transpose(1, 0, 2)).transpose(1, 0, 2)
-        return (dq.reshape(s["query_shape"]), d_memory), {}
+        dq = xp.matmul(d_scores.transpose(1, 0, 2), keys).transpose(1, 0, 2)
+        d_keys = xp.matmul(d_scores.transpose(1, 2, 0), q.transpose(1, 0, 2)).transpose(1, 0, 2)
+        if s["apart"]:
+            return (dq.reshape(s["query_shape"]), d_keys, d_value), {}
+        return (dq.reshape(s["query_shape"]), d_keys + d_value), {}
 
     def onnx(self, g, step, inputs, params):
-        (query, memory), d = inputs, step.input_types[0].dims[0]
-        q = query_rows(g, query, memory, d)
-        scores = g.node("MatMul", [q, g.node("Transpose", [memory], perm=[0, 2, 1])])
-        scores = g.node("Mul", [scores, g.const(1 / math.sqrt(d))])
-        return weighted_read(g, g.node("Softmax", [scores], axis=-1), memory, d)
+        query, keys, values = inputs[0], inputs[1], inputs[-1]
+        d, dv = step.input_types[0].dims[0], step.input_types[-1].dims[0]
+        q = query_rows(g, query, keys, d)
+        scores = g.node("MatMul", [q, g.node("Transpose", [keys], perm=[0, 2, 1])])
+        scores = g.node("Mul", [scores, g.const(1 / math.sqrt(d))])       # (B, R, S)
+        if self.causal:
+            scores = causal_scores(g, scores)
+        return weighted_read(g, g.node("Softmax", [scores], axis=-1), values, dv)
 
     def torch(self, t, step, inputs):
-        return f"{t.helper('dot_attention', DOT_ATTENTION)}({', '.join(inputs)})"
+        causal = ", causal=True" if self.causal else ""
+        return f"{t.helper('dot_attention', DOT_ATTENTION)}({', '.join(inputs)}{causal})"
 
 
 @register("additive_attention")
@@ -208,6 +240,13 @@ def query_rows(g, query: str, memory: str, d: int) -> str:
     return g.node("Reshape", [query, shape])
 
 
+def causal_scores(g, scores: str) -> str:
+    """ONNX: (B, R, S) scores with -inf where key s comes after query step r."""
+    ones = g.node("Expand", [g.const(1), g.node("Shape", [scores], start=1)])  # (R, S)
+    later = g.node("Equal", [g.node("Trilu", [ones], upper=0), g.const(0)])
+    return g.node("Where", [later, g.const(float("-inf")), scores])
+
+
 def weighted_read(g, weights: str, memory: str, d: int) -> str:
     """ONNX: sum_s weights[b, r, s] memory[b, s, :], as rows (B*R, d)."""
     return g.node("Reshape", [g.node("MatMul", [weights, memory]), g.ints([-1, d])])
@@ -216,11 +255,16 @@ def weighted_read(g, weights: str, memory: str, d: int) -> str:
 # the generated PyTorch module's versions: the memory is (B, S, d), the query's rows fold
 # batch and time example by example
 DOT_ATTENTION = '''
-def dot_attention(query, memory):
-    """Each query row reads the memory's steps weighted by softmax_s(q . m_s / sqrt(d))."""
-    q = query.reshape(memory.shape[0], -1, query.shape[-1])             # (B, R, d)
-    scores = q @ memory.transpose(1, 2) * (1 / math.sqrt(q.shape[-1]))  # (B, R, S)
-    return (torch.softmax(scores, -1) @ memory).reshape(-1, memory.shape[-1])
+def dot_attention(query, keys, values=None, causal=False):
+    """Each query row reads the values weighted by softmax_s(q . k_s / sqrt(d)); with
+    `causal`, query step r reads keys 1..r only."""
+    values = keys if values is None else values
+    q = query.reshape(keys.shape[0], -1, query.shape[-1])               # (B, R, d)
+    scores = q @ keys.transpose(1, 2) * (1 / math.sqrt(q.shape[-1]))    # (B, R, S)
+    if causal:
+        later = torch.ones(scores.shape[1:], dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(later, float("-inf"))
+    return (torch.softmax(scores, -1) @ values).reshape(-1, values.shape[-1])
 '''
 
 ADDITIVE_ATTENTION = '''

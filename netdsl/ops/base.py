@@ -236,6 +236,11 @@ class Op:
         itself for a per-step op, and every step for an output without a time axis."""
         return [step] if step is not None else list(range(1, steps + 1))
 
+    def in_recurrence(self) -> str | None:
+        """Why this op, as called, cannot run one step at a time inside a recurrence (a
+        causal mask orders a whole query sequence); None where it can."""
+        return None
+
     def grad_region(self, ctx):
         """For an op whose input gradient is a zero array with gy in one region (split's
         chunk): (the input's shape, the region's index), so that an executor may add gy
