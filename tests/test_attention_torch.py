@@ -233,10 +233,8 @@ loss cross_entropy(logits, y)
 
 
 def test_every_example_of_the_attention_docs_checks():
-    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "language.md")).read()
-    section = doc.split("\n## Attention\n")[1]
-    examples = re.findall(r"```net\n(.*?)```", section, re.S)
-    assert examples
+    examples = doc_examples()
+    assert len(examples) >= 2
     for text in examples:
         assert lower(check_text(text)).plan.losses
 
@@ -285,7 +283,103 @@ def assert_exports_agree(text: str, tmp_path) -> None:
         np.testing.assert_allclose(got_torch, expected, rtol=1e-8, atol=1e-12, err_msg=name)
 
 
-def test_keys_values_and_the_causal_mask_export(tmp_path):
+def doc_examples() -> list[str]:
     doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "language.md")).read()
-    assert_exports_agree(re.findall(r"```net\n(.*?)```", doc.split("\n## Attention\n")[1],
-                                    re.S)[0], tmp_path)
+    return re.findall(r"```net\n(.*?)```", doc.split("\n## Attention\n")[1], re.S)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["attention", "multihead"])
+def test_the_documented_examples_export(index, tmp_path):
+    assert_exports_agree(doc_examples()[index], tmp_path)
+
+
+# ---- multi-head attention: torch.nn.MultiheadAttention with copied weights
+
+MHA_NAMES = ("query_weight", "query_bias", "key_weight", "key_bias", "value_weight",
+             "value_bias", "out_weight", "out_bias")
+
+
+def mha_module(params: dict, d: int, heads: int, kdim: int, vdim: int):
+    """torch.nn.MultiheadAttention (batch_first) on netdsl's multihead_attention weights."""
+    mha = torch.nn.MultiheadAttention(d, heads, batch_first=True, kdim=kdim, vdim=vdim,
+                                      dtype=torch.float64)
+    with torch.no_grad():
+        if mha._qkv_same_embed_dim:
+            mha.in_proj_weight.copy_(torch.cat([torch.from_numpy(params[f"{n}_weight"])
+                                                for n in ("query", "key", "value")]))
+        else:
+            for n, name in (("q", "query"), ("k", "key"), ("v", "value")):
+                getattr(mha, f"{n}_proj_weight").copy_(torch.from_numpy(params[f"{name}_weight"]))
+        mha.in_proj_bias.copy_(torch.cat([torch.from_numpy(params[f"{n}_bias"])
+                                          for n in ("query", "key", "value")]))
+        mha.out_proj.weight.copy_(torch.from_numpy(params["out_weight"]))
+        mha.out_proj.bias.copy_(torch.from_numpy(params["out_bias"]))
+    return mha
+
+
+def mha_grads(mha) -> dict:
+    """The module's parameter gradients under netdsl's names."""
+    d = mha.embed_dim
+    if mha._qkv_same_embed_dim:
+        q, k, v = mha.in_proj_weight.grad.split(d)
+    else:
+        q, k, v = (getattr(mha, f"{n}_proj_weight").grad for n in "qkv")
+    bq, bk, bv = mha.in_proj_bias.grad.split(d)
+    return dict(zip(MHA_NAMES, (q, bq, k, bk, v, bv, mha.out_proj.weight.grad,
+                                mha.out_proj.bias.grad)))
+
+
+@pytest.mark.parametrize("apart", [False, True], ids=["memory", "keys_values"])
+@pytest.mark.parametrize("padded", [False, True], ids=["whole", "padded"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_multihead_attention_matches_torchs_module(apart, padded, causal):
+    from netdsl.types import TensorType
+
+    rng = np.random.default_rng(7)
+    d, heads, dk, dv = 6, 3, (4 if apart else 6), (5 if apart else 6)
+    rows = S if causal else R
+    op = OPS["multihead_attention"](heads=heads, causal=causal)
+    query = rng.standard_normal((rows * B, d))
+    keys, values = rng.standard_normal((S, B, dk)), rng.standard_normal((S, B, dv))
+    types = [TensorType((d,)), TensorType((dk,), seq=True)] + (
+        [TensorType((dv,), seq=True)] if apart else [])
+    params = {k: v.astype(np.float64) + 0.1 * rng.standard_normal(v.shape)
+              for k, v in op.init(rng, *types).items()}
+    inputs = [query, keys] + ([values] if apart else [])
+    gy = rng.standard_normal((rows * B, d))
+    lengths = LENGTHS if padded else None
+    y, grads, param_grads = run_op(op, inputs, params, lengths, gy)
+
+    mha = mha_module(params, d, heads, dk, dk if not apart else dv)
+    q = tensor(query)
+    k = tensor(keys)
+    v = tensor(values) if apart else k
+    qb = q.reshape(rows, B, d).transpose(0, 1)
+    mask = torch.ones(rows, S, dtype=torch.bool).triu(1) if causal else None
+    out, _ = mha(qb, k.transpose(0, 1), v.transpose(0, 1), need_weights=False,
+                 key_padding_mask=key_padding(LENGTHS) if padded else None, attn_mask=mask)
+    out = out.transpose(0, 1).reshape(rows * B, d)
+    np.testing.assert_allclose(y, out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    leaves = [q, k] + ([v] if apart else [])
+    theirs = torch.autograd.grad(out, leaves, torch.from_numpy(gy), retain_graph=True)
+    for ours, their in zip(grads, theirs):
+        np.testing.assert_allclose(ours, their.numpy(), rtol=1e-8, atol=1e-12)
+    out.backward(torch.from_numpy(gy))
+    for name, their in mha_grads(mha).items():
+        np.testing.assert_allclose(param_grads[name], their.numpy(), rtol=1e-8, atol=1e-12,
+                                   err_msg=name)
+
+
+def test_heads_must_divide_the_query_said_at_the_call():
+    from netdsl.driver import CheckFailed
+
+    with pytest.raises(CheckFailed) as failed:
+        check_text("""input x : seq[6]
+target y : seq class(2)
+logits = multihead_attention(x, x, heads=4) -> dense(2)
+loss cross_entropy(logits, y)
+""")
+    (error,) = failed.value.errors
+    assert str(error) == ("<spec>:3:10: multihead_attention splits the query's 6 features "
+                          "into 4 heads, which does not divide them")
+    assert "pick heads that divide 6" in error.hint

@@ -100,6 +100,17 @@ def additive_attention(q, m, p):
     return torch.einsum("tb,tbd->bd", weights, m)
 
 
+def multihead_attention(q, m, p, heads, v=None):
+    """torch's functional multi-head attention: q (B, d) over m (T, B, dk), values v."""
+    out, _ = F.multi_head_attention_forward(
+        q[None], m, m if v is None else v, q.shape[-1], heads, None,
+        torch.cat([p["query_bias"], p["key_bias"], p["value_bias"]]), None, None, False, 0.0,
+        p["out_weight"], p["out_bias"], need_weights=False, use_separate_proj_weight=True,
+        q_proj_weight=p["query_weight"], k_proj_weight=p["key_weight"],
+        v_proj_weight=p["value_weight"])
+    return out[0]
+
+
 def on_x(fn):
     """A twin that reads only the first input."""
     return lambda xs, p, aux: fn(xs[0])
@@ -432,6 +443,10 @@ CASES = [
     case("attention", inputs=[floats(4), floats(4, seq=True)], ref=lambda xs, p, aux: dot_attention(*xs)),
     case("attention", inputs=[floats(4), floats(4, seq=True), floats(3, seq=True)],
          ref=lambda xs, p, aux: dot_attention(*xs)),
+    case("multihead_attention", 2, inputs=[floats(4), floats(3, seq=True)],
+         ref=lambda xs, p, aux: multihead_attention(*xs, p, 2)),
+    case("multihead_attention", 2, inputs=[floats(4), floats(3, seq=True), floats(5, seq=True)],
+         ref=lambda xs, p, aux: multihead_attention(xs[0], xs[1], p, 2, xs[2])),
     case("additive_attention", 5, inputs=[floats(3), floats(4, seq=True)],
          ref=lambda xs, p, aux: additive_attention(*xs, p)),
     case("last", inputs=[floats(4, seq=True)], ref=on_x(lambda x: x[-1])),

@@ -111,6 +111,7 @@ SHAPE_CASES = [
     ("mean", (), {}, [floats(64, seq=True)], floats(64)),
     ("attention", (), {}, [floats(32), floats(32, seq=True)], floats(32)),
     ("additive_attention", (16,), {}, [floats(8), floats(32, seq=True)], floats(32)),
+    ("multihead_attention", (4,), {}, [floats(8), floats(32, seq=True)], floats(8)),
 ]
 
 
