@@ -234,7 +234,7 @@ loss cross_entropy(logits, y)
 
 def test_every_example_of_the_attention_docs_checks():
     examples = doc_examples()
-    assert len(examples) >= 2
+    assert len(examples) >= 3
     for text in examples:
         assert lower(check_text(text)).plan.losses
 
@@ -288,7 +288,7 @@ def doc_examples() -> list[str]:
     return re.findall(r"```net\n(.*?)```", doc.split("\n## Attention\n")[1], re.S)
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["attention", "multihead"])
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["attention", "multihead", "transformer"])
 def test_the_documented_examples_export(index, tmp_path):
     assert_exports_agree(doc_examples()[index], tmp_path)
 
@@ -383,3 +383,63 @@ loss cross_entropy(logits, y)
     assert str(error) == ("<spec>:3:10: multihead_attention splits the query's 6 features "
                           "into 4 heads, which does not divide them")
     assert "pick heads that divide 6" in error.hint
+
+
+# ---- the stdlib's transformer_encoder: torch.nn.TransformerEncoderLayer, post-norm
+
+ENCODER = """import transformer
+input  x : seq[8]
+target r : seq[8]
+h = x -> transformer_encoder(8, 2, 16, p=0)
+loss mse(h, r)
+"""
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["whole", "padded"])
+def test_transformer_encoder_matches_torchs_layer(padded):
+    lowered = lower(check_text(ENCODER))
+    rng = np.random.default_rng(8)
+    params = {k: v.astype(np.float64) + 0.1 * rng.standard_normal(v.shape)
+              for k, v in initial_params(lowered.built, "torch", seed=3).items()}
+    ex = Executor(lowered, params, dtype="float64")
+    x, r = rng.standard_normal((B, S, 8)), rng.standard_normal((B, S, 8))
+    batch = {"x": x, "r": r} | ({"x.lengths": LENGTHS} if padded else {})
+    out = ex.forward(batch, True)
+    ex.backward()
+
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True,
+                                             dtype=torch.float64)
+    p = {k.split("/")[1]: v for k, v in params.items()}
+    mha = "multihead_attention1."
+    copied = {"self_attn.in_proj_weight": np.concatenate(
+                  [p[f"{mha}{n}_weight"] for n in ("query", "key", "value")]),
+              "self_attn.in_proj_bias": np.concatenate(
+                  [p[f"{mha}{n}_bias"] for n in ("query", "key", "value")]),
+              "self_attn.out_proj.weight": p[f"{mha}out_weight"],
+              "self_attn.out_proj.bias": p[f"{mha}out_bias"],
+              "linear1.weight": p["dense1.weight"], "linear1.bias": p["dense1.bias"],
+              "linear2.weight": p["dense2.weight"], "linear2.bias": p["dense2.bias"],
+              "norm1.weight": p["a.weight"], "norm1.bias": p["a.bias"],
+              "norm2.weight": p["layernorm2.weight"], "norm2.bias": p["layernorm2.bias"]}
+    layer.load_state_dict({k: torch.from_numpy(v) for k, v in copied.items()})
+    layer.train()  # the reference path, not the fast path of inference
+    mask = key_padding(LENGTHS) if padded else None
+    h = layer(torch.from_numpy(x), src_key_padding_mask=mask)
+    real = ~mask if padded else torch.ones(B, S, dtype=torch.bool)
+    loss = ((h - torch.from_numpy(r)) ** 2).mean(-1)[real].mean()
+    assert float(out["loss"]) == pytest.approx(loss.item(), rel=1e-10)
+    loss.backward()
+    grads = {k: v.grad.numpy() for k, v in layer.named_parameters()}
+    for name, key in [("self_attn.out_proj.weight", f"{mha}out_weight"),
+                      ("linear1.weight", "dense1.weight"), ("linear2.bias", "dense2.bias"),
+                      ("norm1.weight", "a.weight"), ("norm2.bias", "layernorm2.bias")]:
+        np.testing.assert_allclose(ex.grads[f"transformer_encoder1/{key}"], grads[name],
+                                   rtol=1e-8, atol=1e-12, err_msg=name)
+    d = 8
+    for i, n in enumerate(("query", "key", "value")):
+        np.testing.assert_allclose(ex.grads[f"transformer_encoder1/{mha}{n}_weight"],
+                                   grads["self_attn.in_proj_weight"][i * d:(i + 1) * d],
+                                   rtol=1e-8, atol=1e-12, err_msg=n)
+        np.testing.assert_allclose(ex.grads[f"transformer_encoder1/{mha}{n}_bias"],
+                                   grads["self_attn.in_proj_bias"][i * d:(i + 1) * d],
+                                   rtol=1e-8, atol=1e-12, err_msg=n)
