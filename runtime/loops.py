@@ -44,7 +44,8 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
     stored = {node: xp.empty((T, B) + ex.plan.types[node].dims, dtype=ex.dtype)
               for node in segment.stored}
     ctxs = {step.node: [] for step in segment.steps}
-    initial = {state.node: initial_values(ex, state, carry) for state in segment.loop.states}
+    initial = {state.node: initial_values(ex, state, carry, values)
+               for state in segment.loop.states}
     # what each member needs at every step, looked up once
     members = [(step, route, ex.param_args(step), ex.buffers[step.node], ctxs[step.node],
                 ex.whole_lengths(step) if ex.lengths else None)
@@ -87,13 +88,15 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
         ex.carry[source] = stored[source][max(T - depth, 0):] if T >= depth else None
 
 
-def initial_values(ex, state: State, carry: dict):
+def initial_values(ex, state: State, carry: dict, values: dict):
     """The values a state reads before step 0, indexed -delay..-1 (from the end)."""
     xp, dims = ex.xp, ex.plan.types[state.source].dims
     carried = carry.get(state.source)
     if carried is not None:
         return carried
-    if state.init == "learned":
+    if state.start is not None:  # a value of this pass: `= last(encoded)`
+        one = values[state.start]
+    elif state.init == "learned":
         one = xp.broadcast_to(ex.params[state.param], (ex.size,) + dims)
     else:
         value = 0.0 if state.init == "zeros" else float(state.init)
@@ -206,6 +209,8 @@ def backward_loop(ex, segment: LoopSegment, grads: dict, owned: set, backward: B
                         delayed[ref.source][back] += grad
                     elif back < 0 and cut <= 0 and ref.param is not None and not ex.carried:
                         add_grad(init_grads, init_owned, ref.param, grad.sum(axis=0))
+                    elif back < 0 and cut <= 0 and ref.start is not None and not ex.carried:
+                        add_grad(grads, owned, ref.start, grad)  # into what it started from
                 elif kind == SEQ:
                     if ref not in seq_grads:
                         seq_grads[ref] = xp.zeros((T,) + grad.shape, dtype=ex.dtype)

@@ -99,7 +99,8 @@ class CompiledLoops:
         storage = {n: np.empty((kernel.rows(n, T), B, kernel.widths[n]), dtype)
                    for n in kernel.storage}
         seqs = {n: np.ascontiguousarray(values[n], dtype=dtype) for n in kernel.seqs}
-        initials = {s.node: np.ascontiguousarray(initial_values(ex, s, carry), dtype=dtype)
+        initials = {s.node: np.ascontiguousarray(initial_values(ex, s, carry, values),
+                                                 dtype=dtype)
                     for s in kernel.states}
         by_node = {s.node: s for s in segment.steps}
         params = {(node, name): np.ascontiguousarray(ex.param_args(by_node[node])[name], dtype)
@@ -184,6 +185,8 @@ class CompiledLoops:
         for state in kernel.states:
             if state.param is not None:
                 ex.store_param_grad(state.param, slots["init"][state.node].sum(axis=(0, 1)))
+            elif state.start is not None and state.start in wanted:  # `= last(encoded)`
+                add_grad(grads, owned, state.start, slots["init"][state.node].sum(axis=0))
 
     def _series(self, route, run: _Run):
         """An input's values at every step, (T, B, width)."""
