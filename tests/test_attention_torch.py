@@ -95,9 +95,10 @@ ATTENDING = """import rnn
 input x : seq[4]
 target y : class(3)
 enc = x -> elman(5)
-mixed = attention(enc, enc)
+mixed = attention(enc, enc) + multihead_attention(enc, enc, heads=5)
 state s : [5]
-reads = concat(attention(s[t-1], enc), additive_attention(s[t-1], mixed, 6))
+reads = concat(attention(s[t-1], enc), additive_attention(s[t-1], mixed, 6),
+               multihead_attention(s[t-1], enc, heads=5))
 s = tanh(dense(concat(x, reads), 5) + dense(s[t-1], 5))
 logits = s -> last -> dense(3)
 loss cross_entropy(logits, y)
@@ -111,7 +112,7 @@ def _pass(ex, batch: dict):
 
 
 def test_a_padded_example_reads_the_same_with_any_padding_beside_it():
-    """Attention inside and outside a recurrence: example A (3 steps) alone, and padded
+    """The three attentions inside and outside a recurrence: example A (3 steps) alone, and padded
     to 6 steps beside example B. The batch loss is the mean of the two, so A's
     gradient is twice the batch's less B's alone."""
     lowered = lower(check_text(ATTENDING), outputs={"logits", "mixed"})

@@ -1,10 +1,11 @@
 """Attention: a query reads a weighted average of a whole sequence (the memory).
 
-Both ops run per step for the query and see the memory whole: `memory` is listed in
-`whole`, so inside a recurrence (a decoder) each step's query attends over every step
-of the memory (the encoder's outputs), and outside one every query step does. The
-memory arrives time-major, (S, B, d); the query as (R*B, d), R query steps of the
-same B sequences (R = 1 inside a loop), and the result has the query's rows.
+Every op here runs per step for the query and sees the memory (or the keys and the
+values) whole: they are listed in `whole`, so inside a recurrence (a decoder) each
+step's query attends over every step of the memory (the encoder's outputs), and
+outside one every query step does. The memory arrives time-major, (S, B, d); the
+query as (R*B, d), R query steps of the same B sequences (R = 1 inside a loop), and
+the result has the query's rows. With `causal` query row r reads keys 1..r only.
 
 In a padded batch (`NAME.lengths`) an executor gives the memory's lengths as
 `ctx.lengths`: no query reads a memory step past its sequence's end, so an example's
