@@ -17,7 +17,7 @@ from netdsl.errors import Span, SpecError, SpecErrors, closest, errors_of, leadi
 from netdsl.fmt import expr as source_text
 from netdsl.ops import OPS
 from netdsl.ops.base import ArgError, Op, bind, describe
-from netdsl.program import Frame, NodeDef, Program, StateDef, call_notes
+from netdsl.program import Frame, NodeDef, Program, StartFrom, StateDef, call_notes
 from netdsl.train_clause import clause_spans, evaluate_train
 from netdsl.types import TensorType
 
@@ -63,6 +63,7 @@ class _StateSlot:
     decl: StateDef
     delayed: dict[int, str] = field(default_factory=dict)  # delay -> state node id
     misused: bool = False  # already reported: used without a delay
+    start: str | None = None  # the node of the value it starts from (StartFrom)
 
 
 @dataclass
@@ -276,9 +277,10 @@ class _Expander:
             for item in stmt.items:
                 if item.name in scope.states or item.name in scope.env:
                     raise SpecError(f"'{item.name}' is already defined", item.span)
-                init = self._state_init(item, scope)
+                init, start = self._state_init(item, scope)
                 scope.states[item.name] = _StateSlot(
-                    StateDef(item.name, self._type(item.type, scope), init, item.span))
+                    StateDef(item.name, self._type(item.type, scope), init, item.span),
+                    start=start)
         elif isinstance(stmt, ast.Loss):
             self._loss(stmt, scope)
         elif isinstance(stmt, ast.Train):
@@ -318,15 +320,19 @@ class _Expander:
         self._bind(scope, stmt.name, Value(stmt.name), stmt.span)
 
     def _state_init(self, item: ast.StateItem, scope: _Scope):
+        """(the initial value, the node of a tensor it starts from or None)."""
         if item.init is None:
-            return "zeros"
+            return "zeros", None
         if isinstance(item.init, ast.Name) and item.init.id in ("zeros", "learned"):
-            return item.init.id
-        value = self._scalar(item.init, scope)
+            return item.init.id, None
+        value = self._eval(item.init, scope)
+        if isinstance(value, Value) and not isinstance(value, _Poison):
+            return StartFrom(source_text(item.init)), value.node  # a decoder's encoder state
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError("a state starts as zeros, learned, or a number", item.init.span,
-                            f"for example: state {item.name} : [64] = learned")
-        return float(value)
+            raise SpecError("a state starts as zeros, learned, a number or a tensor",
+                            item.init.span, f"for example: state {item.name} : [64] = learned, "
+                            f"or = last(encoded)")
+        return float(value), None
 
     def _loss(self, stmt: ast.Loss, scope: _Scope) -> None:
         if scope.frames:
@@ -391,7 +397,8 @@ class _Expander:
             if isinstance(binding.value, _Poison) or not isinstance(binding.value, Value):
                 continue
             for delay, node in slot.delayed.items():
-                self.nodes[node].inputs = [(binding.value.node, delay)]
+                start = [(slot.start, 0)] if slot.start is not None else []
+                self.nodes[node].inputs = [(binding.value.node, delay)] + start
         for binding in scope.history:
             if not binding.used and isinstance(binding.value, Value) and not isinstance(binding.value, _Poison):
                 kind = self.nodes[binding.value.node].kind

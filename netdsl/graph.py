@@ -9,7 +9,7 @@ from __future__ import annotations
 import networkx as nx
 
 from netdsl.errors import SpecError
-from netdsl.program import Program, call_notes
+from netdsl.program import Program, StartFrom, call_notes
 
 __all__ = ["build_graph", "verify_graph", "forward_view", "block_path"]
 
@@ -54,7 +54,8 @@ def verify_graph(graph: nx.DiGraph) -> None:
         for source, _ in data["inputs"]:
             if source not in graph:
                 raise SpecError(f"internal: {node} reads the missing node {source}", data["span"])
-        if data["kind"] == "state" and len(data["inputs"]) != 1:
+        if data["kind"] == "state" and len(data["inputs"]) != 1 + (
+                isinstance(data["state"].init, StartFrom)):
             raise SpecError(f"internal: state node {node} has {len(data['inputs'])} inputs", data["span"])
     try:
         cycle = nx.find_cycle(forward_view(graph))

@@ -8,7 +8,7 @@ from netdsl.errors import Span
 from netdsl.ops.base import Op
 from netdsl.types import TensorType
 
-__all__ = ["Frame", "NodeDef", "StateDef", "Program", "call_notes"]
+__all__ = ["Frame", "NodeDef", "StateDef", "StartFrom", "Program", "call_notes"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,24 @@ def call_notes(frames: tuple[Frame, ...], span: Span | None = None) -> tuple[tup
 
 
 @dataclass(frozen=True)
+class StartFrom:
+    """A state's initial value computed by the network (`state s : [n] = last(encoded)`):
+    `text` is the expression as the spec writes it; each of the state's nodes reads the
+    value as its second input."""
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
 class StateDef:
     """A declared recurrent state: its step type, initial value and declaration span."""
 
     name: str
     type: TensorType
-    init: Any  # "zeros", "learned" or a number
+    init: Any  # "zeros", "learned", a number or a StartFrom
     span: Span
 
 
@@ -55,7 +67,8 @@ class NodeDef:
     """One node of the graph to be.
 
     kind is "input", "target", "state" or "op". `inputs` are (node id, delay) pairs
-    in argument order; a state node has one input, the value it delays. `shares`
+    in argument order; a state node has one input, the value it delays, and a second,
+    the value it starts from, when its declaration gives one (StartFrom). `shares`
     names the node whose parameters this one reuses (`share` instances).
     """
 

@@ -36,6 +36,13 @@ def recurrence_errors(graph: nx.DiGraph) -> list[SpecError]:
                     "recurrence, which runs one step at a time", data["span"],
                     "apply it before or after the recurrent layer",
                     call_notes(data["scope"], data["span"])))
+                continue
+            reason = data["op"].in_recurrence()
+            if reason is not None:
+                errors.append(SpecError(
+                    f"'{data['op'].name}' cannot be part of a recurrence: {reason}",
+                    data["span"], "apply it before or after the recurrent layer",
+                    call_notes(data["scope"], data["span"])))
         if not _reads_a_sequence(graph, ops, component):
             states = sorted((n for n in component if graph.nodes[n]["kind"] == "state"),
                             key=lambda n: _place(graph, n))

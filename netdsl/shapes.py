@@ -101,9 +101,11 @@ def _check_states(graph: nx.DiGraph) -> list[SpecError]:
     for node, data in graph.nodes(data=True):
         if data["kind"] != "state":
             continue
-        (value, _), = data["inputs"]
+        (value, _), *start = data["inputs"]
         got = graph.nodes[value].get("type")
         want = data["declared"]
+        if start:
+            errors += _check_start(graph, data, start[0][0])
         if got is not None and (got.dims != want.dims or got.dtype != want.dtype):
             reshape = (f"; the value holds as many elements: -> reshape({', '.join(map(str, want.dims))})"
                        if got.dims != want.dims and _count(got) == _count(want) else "")
@@ -113,6 +115,21 @@ def _check_states(graph: nx.DiGraph) -> list[SpecError]:
                 f"change the declaration at {data['state'].span} or the value{reshape}",
                 call_notes(graph.nodes[value]["scope"], graph.nodes[value]["span"])))
     return errors
+
+
+def _check_start(graph: nx.DiGraph, data, start: str) -> list[SpecError]:
+    """A state that starts from a tensor: one value per example, of the state's shape."""
+    got, want, decl = graph.nodes[start].get("type"), data["declared"], data["state"]
+    if got is None or (not got.seq and got.dims == want.dims and got.dtype == want.dtype):
+        return []
+    if got.seq:
+        return [SpecError(f"state '{decl.name}' starts from one value per example, but "
+                          f"'{decl.init}' is the sequence {got}", decl.span,
+                          f"take one step of it, e.g. = last({decl.init})")]
+    return [SpecError(f"state '{decl.name}' is declared {want.step()} but starts from "
+                      f"'{decl.init}', which is {got}", decl.span,
+                      f"project it to the state's size, e.g. = dense({decl.init}, "
+                      f"{want.dims[0] if want.dims else 1})")]
 
 
 def _check_losses(graph: nx.DiGraph) -> list[SpecError]:

@@ -118,6 +118,8 @@ def _add_initial_values(dag: nx.DiGraph, graph: nx.DiGraph, order: dict) -> dict
                          scope=data["scope"], state=state, shares=None, type=state.type.step(),
                          origin=owner, step=0, order=order[owner],
                          params=owner if state.init == "learned" else None)
+        for start, _ in data["inputs"][1:]:  # `= last(encoded)`: h@0 is that value
+            dag.add_edge(start, inits[node], ports=[0], delay=0)
     return inits
 
 
@@ -154,7 +156,9 @@ class _Reads:
                  init: str | None):
         self.node, self.timed, self.steps, self.init = node, timed, steps, init
         self.op = graph.nodes[node]["op"]
-        self.inputs = [(u, data["delay"], data["ports"]) for u, _, data in graph.in_edges(node, data=True)]
+        # a state's copies read its source's past; the value it starts from feeds its h@0
+        self.inputs = [(u, data["delay"], data["ports"]) for u, _, data in graph.in_edges(node, data=True)
+                       if init is None or data["delay"]]
 
     def edges_into(self, step: int | None):
         target = _name(self.node, step, self.timed)

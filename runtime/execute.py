@@ -201,6 +201,8 @@ class Executor:
         ctx.geometry = step.geometry
         if lengths is not None and not step.op.per_step:
             ctx.lengths = lengths
+        elif whole and self.lengths:  # attention's memory: its padded steps stay unread
+            ctx.lengths = self.whole_lengths(step)
         if step.in_place:  # a chain's follower writes over its predecessor's output
             ctx.out = xs[0]
         kwargs = self.param_args(step)
@@ -364,6 +366,15 @@ class Executor:
         for position, source in enumerate(step.inputs):
             if source in self.lengths and position not in self.whole[step.node]:
                 return source
+        return None
+
+    def whole_lengths(self, step: Step):
+        """The valid steps per example of the sequence a step reads whole (attention's
+        memory), or None when all are valid."""
+        for position in sorted(self.whole[step.node]):
+            source = step.inputs[position]
+            if source in self.lengths:
+                return self.lengths[source]
         return None
 
     def _fold(self, x, seq: bool, steps: int):

@@ -98,6 +98,8 @@ class _Run:
             back = t - state.delay
             if back >= 0:
                 return (state.source, back)
+            if state.start is not None:  # a value of this pass: its gradient reaches it
+                return (state.start, None)
             key = (state.node, "initial")
             if key not in self.values:
                 self.values[key] = self.initial(state)

@@ -51,7 +51,8 @@ def forward_loop(ex, segment: LoopSegment, values: dict, training: bool, carry: 
     T = ex.time[segment.loop.name] = _length(segment, values)
     lengths, source = loop_lengths(ex, segment)
     mask = None if lengths is None else xp.arange(T)[:, None] < lengths[None, :]  # (T, B)
-    initial = {state.node: initial_values(ex, state, carry) for state in segment.loop.states}
+    initial = {state.node: initial_values(ex, state, carry, values)
+               for state in segment.loop.states}
     every = ex.checkpoint if training else None
     if every is not None and every < T:
         stored, tail = _forward_spans(ex, segment, values, T, initial, mask, every,
@@ -84,12 +85,13 @@ def run_steps(ex, segment: LoopSegment, training: bool, values: dict, start: int
     holds = set(segment.depth)  # a state's source keeps its value past a sequence's end
     # what each member needs at every step, looked up once
     members = [(step, route, ex.param_args(step), ex.buffers[step.node],
-                None if ctxs is None else ctxs[step.node])
+                None if ctxs is None else ctxs[step.node],
+                ex.whole_lengths(step) if ex.lengths else None)
                for step, route in zip(segment.steps, segment.routes)]
     for t in range(stop - start):
         now = start + t
         here = {}
-        for step, route, kwargs, buffers, made in members:
+        for step, route, kwargs, buffers, made, whole_lengths in members:
             xs = []
             for kind, ref in route:
                 if kind == MEMBER:
@@ -104,6 +106,7 @@ def run_steps(ex, segment: LoopSegment, training: bool, values: dict, start: int
                     xs.append(values[ref])
             ctx = Ctx(xp, training, rng, buffers, B, dtype)
             ctx.geometry = step.geometry
+            ctx.lengths = whole_lengths  # attention's memory: its padded steps stay unread
             if step.in_place:
                 ctx.out = xs[0]
             y = step.op.forward(ctx, *xs, **kwargs)
@@ -190,13 +193,15 @@ def _recompute_span(ex, segment: LoopSegment, saved: Checkpoints, start: int, st
     return ctxs
 
 
-def initial_values(ex, state: State, carry: dict):
+def initial_values(ex, state: State, carry: dict, values: dict):
     """The values a state reads before step 0, indexed -delay..-1 (from the end)."""
     xp, dims = ex.xp, ex.plan.types[state.source].dims
     carried = carry.get(state.source)
     if carried is not None:
         return carried
-    if state.init == "learned":
+    if state.start is not None:  # a value of this pass: `= last(encoded)`
+        one = values[state.start]
+    elif state.init == "learned":
         one = xp.broadcast_to(ex.params[state.param], (ex.size,) + dims)
     else:
         value = 0.0 if state.init == "zeros" else float(state.init)
@@ -362,7 +367,8 @@ class _Bptt:
     def _to_state(self, state: State, back: int, grad, delayed: dict, start: int,
                   handback: Handback | None) -> None:
         """A state's gradient, read at step back + delay: to its source's value at step
-        `back` (in this span, or an earlier one's), or to a learned initial value."""
+        `back` (in this span, or an earlier one's), or to a learned initial value, or to
+        the value it started from."""
         if back >= 0 and back >= self.cut:
             if back >= start:
                 delayed[state.source][back - start] += grad
@@ -370,6 +376,8 @@ class _Bptt:
                 handback.give(state.source, back, grad)
         elif back < 0 and self.cut <= 0 and state.param is not None and not self.ex.carried:
             add_grad(self.init_grads, self.init_owned, state.param, grad.sum(axis=0))
+        elif back < 0 and self.cut <= 0 and state.start is not None and not self.ex.carried:
+            add_grad(self.grads, self.owned, state.start, grad)  # into what it started from
 
 
 class _Stack:

@@ -88,16 +88,27 @@ def case(name, *args, inputs, ref, **options) -> Case:
     return Case(name, args, kwargs, inputs, ref, **options)
 
 
-def dot_attention(q, m):
-    """q (B, d) over memory m (T, B, d), scaled by sqrt(d)."""
+def dot_attention(q, m, v=None):
+    """q (B, d) over keys m (T, B, d) and values v (T, B, dv), scaled by sqrt(d)."""
     weights = torch.softmax(torch.einsum("bd,tbd->bt", q, m) / q.shape[-1] ** 0.5, dim=1)
-    return torch.einsum("bt,tbd->bd", weights, m)
+    return torch.einsum("bt,tbd->bd", weights, m if v is None else v)
 
 
 def additive_attention(q, m, p):
     hidden = torch.tanh(q @ p["query_weight"].T + m @ p["memory_weight"].T)  # (T, B, u)
     weights = torch.softmax(hidden @ p["score"], dim=0)                      # (T, B)
     return torch.einsum("tb,tbd->bd", weights, m)
+
+
+def multihead_attention(q, m, p, heads, v=None):
+    """torch's functional multi-head attention: q (B, d) over m (T, B, dk), values v."""
+    out, _ = F.multi_head_attention_forward(
+        q[None], m, m if v is None else v, q.shape[-1], heads, None,
+        torch.cat([p["query_bias"], p["key_bias"], p["value_bias"]]), None, None, False, 0.0,
+        p["out_weight"], p["out_bias"], need_weights=False, use_separate_proj_weight=True,
+        q_proj_weight=p["query_weight"], k_proj_weight=p["key_weight"],
+        v_proj_weight=p["value_weight"])
+    return out[0]
 
 
 def on_x(fn):
@@ -430,6 +441,12 @@ CASES = [
          kink=hinge_kink(0.0)),
     # whole sequences
     case("attention", inputs=[floats(4), floats(4, seq=True)], ref=lambda xs, p, aux: dot_attention(*xs)),
+    case("attention", inputs=[floats(4), floats(4, seq=True), floats(3, seq=True)],
+         ref=lambda xs, p, aux: dot_attention(*xs)),
+    case("multihead_attention", 2, inputs=[floats(4), floats(3, seq=True)],
+         ref=lambda xs, p, aux: multihead_attention(*xs, p, 2)),
+    case("multihead_attention", 2, inputs=[floats(4), floats(3, seq=True), floats(5, seq=True)],
+         ref=lambda xs, p, aux: multihead_attention(xs[0], xs[1], p, 2, xs[2])),
     case("additive_attention", 5, inputs=[floats(3), floats(4, seq=True)],
          ref=lambda xs, p, aux: additive_attention(*xs, p)),
     case("last", inputs=[floats(4, seq=True)], ref=on_x(lambda x: x[-1])),

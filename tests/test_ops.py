@@ -111,6 +111,7 @@ SHAPE_CASES = [
     ("mean", (), {}, [floats(64, seq=True)], floats(64)),
     ("attention", (), {}, [floats(32), floats(32, seq=True)], floats(32)),
     ("additive_attention", (16,), {}, [floats(8), floats(32, seq=True)], floats(32)),
+    ("multihead_attention", (4,), {}, [floats(8), floats(32, seq=True)], floats(8)),
 ]
 
 
@@ -550,10 +551,16 @@ class TestSequence:
 
     def test_dot_attention_needs_matching_sizes(self):
         message = raises("attention", [floats(16), floats(32, seq=True)]).message
-        assert "sizes must agree: query [16], memory [32]" in message
+        assert "sizes must agree: query [16], keys [32]" in message
 
-    def test_attention_reads_its_memory_whole(self):
+    def test_attention_with_separate_values_gives_the_values_size(self):
+        out = make("attention").shape(floats(16), floats(16, seq=True), floats(7, seq=True))
+        assert out == floats(7)
+        assert "its memory is [7]" in raises("attention", [floats(16), floats(16, seq=True),
+                                                           floats(7)]).message
+
+    def test_attention_reads_its_keys_and_values_whole(self):
         from netdsl.shapes import whole_positions
 
-        assert whole_positions(make("attention")) == {1}
+        assert whole_positions(make("attention")) == {1, 2}
         assert OPS["attention"].per_step and OPS["additive_attention"].whole == ("memory",)

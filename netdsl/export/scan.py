@@ -97,8 +97,8 @@ def _body_outputs(w, outputs: list[tuple[str, str]]) -> list:
 
 
 def _initial_states(w, part: LoopParts, sequence: str) -> list[str]:
-    """The values the carried states start from, (B, *dims) each: zeros, a number, or
-    the learned initial value repeated over the batch."""
+    """The values the carried states start from, (B, *dims) each: zeros, a number, the
+    learned initial value repeated over the batch, or a value computed before the loop."""
     g = w.g
     values = []
     for source, depth in part.delays.items():
@@ -106,7 +106,9 @@ def _initial_states(w, part: LoopParts, sequence: str) -> list[str]:
         dims = w.view.type(source).dims
         g.begin(f"{state.node}/initial")
         shape = g.node("Concat", [g.rows(sequence), g.ints(dims)], axis=0)
-        if state.init == "learned":
+        if state.start is not None:
+            value = w.get(state.start, STEP)
+        elif state.init == "learned":
             value = g.node("Expand", [g.param(state.param, w.params[state.param]), shape])
         else:
             fill = 0.0 if state.init == "zeros" else float(state.init)

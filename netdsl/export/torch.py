@@ -287,6 +287,8 @@ class TorchWalker(Walker):
         """A state's value before the first step, (B, *dims)."""
         dims = ", ".join(map(str, self.view.type(source).dims))
         rows = f"{first}.shape[0]"
+        if state.start is not None:  # `= last(encoded)`: a value computed before the loop
+            return self.get(state.start, STEP)
         if state.init == "learned":
             path = ".".join(module_path(state.node))
             self.w.state[param_name(state.param)] = ("param", state.param)

@@ -70,6 +70,8 @@ def autodiff(plan: Plan, losses: tuple[str, ...] | None = None,
                 for i, source in enumerate(step.inputs))
             receives.update(s for s in grad_inputs[step.node] if s is not None)
         delayed = {state.source for node, state in plan.states.items() if node in receives}
+        delayed |= {state.start for node, state in plan.states.items()  # `= last(encoded)`
+                    if node in receives and reaches.get(state.start)}
         if delayed <= receives:
             break
         receives |= delayed
@@ -85,7 +87,8 @@ def _reaching(plan: Plan, wanted: set[str]) -> dict[str, bool]:
     while True:
         before = dict(reaches)
         for node, state in plan.states.items():
-            reaches[node] = state.param in wanted or reaches.get(state.source, False)
+            reaches[node] = (state.param in wanted or reaches.get(state.source, False)
+                             or reaches.get(state.start, False))
         for step in plan.steps:
             owns = any(key in wanted for key in step.params.values())
             blocked = positions(step.op, step.op.nondifferentiable)

@@ -43,8 +43,10 @@ def runs(plan: Plan, outputs, starts: Callable, continues: Callable) -> list[lis
     """Greedy fold over the steps in order: a step joins the run ending at the first of
     its inputs through which `continues(plan, producer, step, position)` allows it, else
     starts a run of its own when `starts(plan, step)` allows."""
-    # a state reads its source from the step before: the source must stay a value
-    kept = set(outputs) | set(plan.losses.values()) | {s.source for s in plan.states.values()}
+    # a state reads its source from the step before, and may start from a value computed
+    # before its loop: both must stay values
+    kept = (set(outputs) | set(plan.losses.values()) | {s.source for s in plan.states.values()}
+            | {s.start for s in plan.states.values() if s.start is not None})
     loop_of = {s.node: loop.name for loop in plan.loops for s in loop.steps}
     readers: dict[str, int] = {}
     for step in plan.steps:

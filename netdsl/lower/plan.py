@@ -70,7 +70,8 @@ class Step:
 class State:
     """A state node `h[t-k]`: the value of `source` k steps back, or `init` before the start.
 
-    `init` is "zeros", "learned" (the parameter `param`) or a number.
+    `init` is "zeros", "learned" (the parameter `param`), a number, or a StartFrom: the
+    value `start` (B, *dims), computed before the loop, which its gradient reaches.
     """
 
     node: str
@@ -78,6 +79,7 @@ class State:
     delay: int
     init: object
     param: str | None
+    start: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class Plan:
                 if step.node in needed:
                     needed.update(step.inputs)
             needed |= {state.source for node, state in self.states.items() if node in needed}
+            needed |= {state.start for node, state in self.states.items()
+                       if node in needed and state.start is not None}
             if len(needed) == before:
                 return [s for s in self.steps if s.node in needed]
 
@@ -194,10 +198,11 @@ def _schedule(graph: nx.DiGraph) -> list[str]:
 
 def _state(graph: nx.DiGraph, node: str) -> State:
     data = graph.nodes[node]
-    (source, delay), = data["inputs"]
+    (source, delay), *start = data["inputs"]
     first = first_state_node(graph, data["state"])  # holds the learned initial value
     param = f"{first}.init" if data["state"].init == "learned" else None
-    return State(node, source, delay, data["state"].init, param)
+    return State(node, source, delay, data["state"].init, param,
+                 start[0][0] if start else None)
 
 
 def _loops(graph: nx.DiGraph, steps: list[Step], states: dict[str, State]) -> list[Loop]:

@@ -110,7 +110,8 @@ def _reads(group) -> list[set[str]]:
     if not isinstance(group, Loop):
         return [set(step.inputs) for step in group]
     inside = {s.node for s in group.steps} | {s.node for s in group.states}
-    return [{source for step in group.steps for source in step.inputs} - inside]
+    starts = {s.start for s in group.states if s.start is not None}
+    return [({source for step in group.steps for source in step.inputs} | starts) - inside]
 
 
 def _last_readers(groups) -> dict[str, tuple[int, int]]:

@@ -90,7 +90,8 @@ def _frees_dead(plan: Plan, schedule: Schedule) -> None:
     freed: set[str] = set()
     for segment in schedule.segments:
         if isinstance(segment, LoopSegment):
-            reads = [{r.ref for route in segment.routes for r in route if isinstance(r.ref, str)}]
+            reads = [{r.ref for route in segment.routes for r in route if isinstance(r.ref, str)}
+                     | {s.start for s in segment.loop.states if s.start is not None}]
             frees = [segment.frees]
         else:
             reads = [set(step.inputs) for step in segment.steps]

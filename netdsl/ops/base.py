@@ -86,7 +86,8 @@ class Ctx:
         # False when an executor computes the parameter gradients later (Op.stackable)
         self.needs_param_grads = True
         # for a whole-sequence op: each example's number of real steps, when a batch pads
-        # sequences of different lengths (None: every step is real)
+        # sequences of different lengths (None: every step is real); for an op reading
+        # inputs whole (`Op.whole`, attention's memory), those of its whole input
         self.lengths = None
         # set by an executor before backward: where a parameter's gradient is stored (a
         # view of the flat gradient vector). An op may write it there (`out=`) and return
@@ -246,6 +247,11 @@ class Op:
         (None: an output without a time axis), as an unrolled drawing links them: step t
         itself for a per-step op, and every step for an output without a time axis."""
         return [step] if step is not None else list(range(1, steps + 1))
+
+    def in_recurrence(self) -> str | None:
+        """Why this op, as called, cannot run one step at a time inside a recurrence (a
+        causal mask orders a whole query sequence); None where it can."""
+        return None
 
     def grad_region(self, ctx):
         """For an op whose input gradient is a zero array with gy in one region (split's

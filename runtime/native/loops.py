@@ -114,7 +114,8 @@ class CompiledLoops:
         B, dtype = ex.size, ex.dtype
         T = ex.time[segment.loop.name] = int(values[kernel.seqs[0]].shape[0])
         seqs = {n: np.ascontiguousarray(values[n], dtype=dtype) for n in kernel.seqs}
-        initials = {s.node: np.ascontiguousarray(initial_values(ex, s, carry), dtype=dtype)
+        initials = {s.node: np.ascontiguousarray(initial_values(ex, s, carry, values),
+                                                 dtype=dtype)
                     for s in kernel.states}
         by_node = {s.node: s for s in segment.steps}
         params = {(node, name): np.ascontiguousarray(ex.param_args(by_node[node])[name], dtype)
@@ -285,6 +286,8 @@ class CompiledLoops:
         for state in kernel.states:
             if state.param is not None:
                 ex.store_param_grad(state.param, init_grads[state.node].sum(axis=(0, 1)))
+            elif state.start is not None and state.start in wanted:  # `= last(encoded)`
+                add_grad(grads, owned, state.start, init_grads[state.node].sum(axis=0))
 
     def _weight_grad(self, gy, route, run: _Run):
         """A dense layer's weight gradient over every step: gy (T, B, units) against its
