@@ -217,7 +217,8 @@ def test_a_causal_step_reads_no_later_step():
 
 
 def test_a_causal_mask_inside_a_recurrence_is_refused_with_its_place():
-    from netdsl.errors import SpecError
+    """netc check refuses it, as netc run would."""
+    from netdsl.driver import CheckFailed
 
     text = """import rnn
 input x : seq[4]
@@ -228,9 +229,11 @@ s = tanh(dense(concat(x, attention(s[t-1], enc, causal=true)), 4))
 logits = s -> dense(3)
 loss cross_entropy(logits, y)
 """
-    with pytest.raises(SpecError, match="inside a recurrence each step's query is alone") as err:
-        lower(check_text(text))
-    assert err.value.span.line == 6
+    with pytest.raises(CheckFailed) as err:
+        check_text(text)
+    [error] = err.value.errors
+    assert "inside a recurrence each step's query is alone" in error.message
+    assert error.span.line == 6
 
 
 def test_every_example_of_the_attention_docs_checks():
@@ -286,7 +289,8 @@ def assert_exports_agree(text: str, tmp_path) -> None:
 
 def doc_examples() -> list[str]:
     doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "language.md")).read()
-    return re.findall(r"```net\n(.*?)```", doc.split("\n## Attention\n")[1], re.S)
+    section = doc.split("\n## Attention\n")[1].split("\n## ")[0]
+    return re.findall(r"```net\n(.*?)```", section, re.S)
 
 
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["attention", "multihead", "transformer"])
