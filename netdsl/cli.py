@@ -128,6 +128,15 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--train-graph", action="store_true",
                         help="ONNX: the training graph (dropout and noise on, batch statistics)")
 
+    imp = sub.add_parser(
+        "import", help="an ONNX model as a .net spec and its weights (NAME.safetensors)",
+        description="Translate an ONNX model into a readable spec, NAME.net, with repeated "
+                    "structure folded into blocks, and its weights into NAME.safetensors (the "
+                    "names netc export and --init-from use). Unsupported operators are all "
+                    "listed, and nothing is written.")
+    imp.add_argument("model", metavar="MODEL.onnx")
+    imp.add_argument("-o", metavar="NAME.net", help="the spec to write (default: MODEL.net)")
+
     fmt = sub.add_parser("fmt", help="print the canonical form of a spec",
                          description="Print the canonical form of a spec (comments kept).")
     fmt.add_argument("spec", metavar="SPEC")
@@ -341,7 +350,13 @@ def _export(args) -> int:
     return export(args)
 
 
-COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "export": _export,
+def _import(args) -> int:
+    from netdsl.app.importer import import_onnx  # the onnx package, for import alone
+
+    return import_onnx(args)
+
+
+COMMANDS = {"import": _import, "check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "export": _export,
             "run": _training("run"), "eval": _training("evaluate"),
             "predict": _training("predict"), "tui": _tui}
 

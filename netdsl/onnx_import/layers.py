@@ -1,0 +1,45 @@
+"""What translation makes: netdsl layers over named values, with their weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Layer", "Network"]
+
+
+@dataclass
+class Layer:
+    """One netdsl op applied to values: `op(args)` of `inputs`, computing `output`.
+
+    `params` and `buffers` hold its weights in netdsl's (PyTorch's) layout, under the
+    names the op's `params` and `buffers` give them; `origin` is the ONNX node's name.
+    """
+
+    op: str
+    args: dict
+    inputs: list[str]
+    output: str
+    origin: str
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Network:
+    """The translated model: its inputs (name -> per-example dims), layers in an order
+    that computes every input before it is read, its outputs (value names) and each
+    value's per-example dims."""
+
+    name: str
+    inputs: dict[str, tuple[int, ...]]
+    layers: list[Layer]
+    outputs: list[str]
+    dims: dict[str, tuple[int, ...]]
+
+    def consumers(self) -> dict[str, list[Layer]]:
+        readers: dict[str, list[Layer]] = {}
+        for layer in self.layers:
+            for name in layer.inputs:
+                readers.setdefault(name, []).append(layer)
+        return readers
