@@ -49,8 +49,9 @@ def read_model(path: str) -> onnx.ModelProto:
         raise SpecError(f"{path} is not an ONNX model: it holds no graph", None,
                         "is the file truncated, or another format (a .pt, a .safetensors)?")
     _load_external(model, path)
+    skeleton = _skeleton(model)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(skeleton)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise SpecError(f"{path} is not a valid ONNX model: {_first_line(exc)}", None,
                         "onnx.checker.check_model says what is wrong with it") from None
@@ -60,11 +61,48 @@ def read_model(path: str) -> onnx.ModelProto:
                         f"{MAX_OPSET}", None,
                         f"convert it: onnx.version_converter.convert_version(model, {MAX_OPSET})")
     try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=True, data_prop=True)
     except Exception as exc:  # onnx raises its own InferenceError and RuntimeErrors
         raise SpecError(f"{path}: ONNX shape inference fails: {_first_line(exc)}", None,
                         "the model is inconsistent; check it with onnx.checker "
                         "(full_check=True)") from None
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    return model
+
+
+# weights larger than this are left out of the copy the checker and shape inference read
+# (both serialise the model: a copy of VGG's 550 MB); shape arithmetic is never this big
+_SMALL = 4096
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its large weights turned into typed graph inputs of their shapes."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(onnx.ModelProto(ir_version=model.ir_version,
+                                      opset_import=model.opset_import,
+                                      producer_name=model.producer_name))
+    graph = skeleton.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    declared = {i.name for i in model.graph.input}
+    for tensor in model.graph.initializer:
+        if _elements(tensor) <= _SMALL:
+            graph.initializer.append(tensor)
+        elif tensor.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(
+                tensor.name, tensor.data_type, list(tensor.dims)))
+    return skeleton
+
+
+def _elements(tensor: onnx.TensorProto) -> int:
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    return count
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -61,6 +61,7 @@ class _Translator:
         self.folded, self.model, self.path, self.name = folded, model, path, name
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.values: dict[str, str] = {}          # ONNX value name -> netdsl value
+        self.layout: dict[str, tuple] = {}        # ONNX value name -> ONNX's per-example dims
         self.dims: dict[str, tuple] = {}          # netdsl value -> its per-example dims
         self.onnx_dims: dict[str, tuple] = {}     # netdsl value -> ONNX's per-example dims
         self.layers: list[Layer] = []
@@ -95,8 +96,8 @@ class _Translator:
                               f"this one is {onnx.TensorProto.DataType.Name(elem).lower()})")
                 continue
             value = self._fresh()
-            self.values[info.name] = value
             self.dims[value] = self.onnx_dims[value] = tuple(shape[1:])
+            self.bind(info.name, value)
             inputs[value] = tuple(shape[1:])
         for node in self.folded.nodes:
             self.node = node
@@ -131,7 +132,7 @@ class _Translator:
                 self._problem("output", info.name, "an output computed from the input "
                               "(this one is a constant)")
             elif info.name in self.values:
-                outputs.append(self._as_onnx(self.values[info.name]))
+                outputs.append(self.tensor(info.name))
         self._raise()
         return Network(self.name, inputs, self.layers, outputs, dict(self.dims))
 
@@ -143,14 +144,13 @@ class _Translator:
         for (op_type, need), nodes in self.problems.items():
             where = ", ".join(f"'{n}'" for n in nodes[:3])
             more = f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
-            what = "input" if op_type in ("input", "output") else "node"
+            what = op_type if op_type in ("input", "output") else "node"
             label = op_type if what == "node" else ""
             errors.append(SpecError(
                 f"{self.path}: {label + ' ' if label else ''}{what}{'s' * (len(nodes) > 1)} "
-                f"{where}{more}: netdsl has no counterpart",
-                None, f"netdsl would need {need}"))
-            if op_type == "output":
-                errors[-1].message = errors[-1].message.replace("input", "output")
+                f"{where}{more}: netdsl would need {need}", None,
+                "edit the model before export, or see docs/onnx.md for what netc import "
+                "supports"))
         SpecErrors.collect(errors)
 
     # ---- values
@@ -172,7 +172,7 @@ class _Translator:
         if name in self.folded.constants:
             raise Unsupported("a constant tensor as an operand (netdsl's layers read "
                               "constants only as their weights)")
-        return self._as_onnx(self.values[name])
+        return self.view(self.values[name], self.layout[name])
 
     def raw(self, name: str) -> str:
         """The netdsl value as it is (global_avgpool's [C] where ONNX has [C,1,1])."""
@@ -180,11 +180,6 @@ class _Translator:
             raise Unsupported("a constant tensor as an operand (netdsl's layers read "
                               "constants only as their weights)")
         return self.values[name]
-
-    def _as_onnx(self, value: str) -> str:
-        if self.dims[value] == self.onnx_dims[value]:
-            return value
-        return self.view(value, self.onnx_dims[value])
 
     def view(self, value: str, dims: tuple) -> str:
         """`value` with per-example dims `dims` (the same elements): itself, flatten or a
@@ -218,8 +213,11 @@ class _Translator:
         self.onnx_dims[value] = tuple(onnx_dims if onnx_dims is not None else dims)
         return value
 
-    def bind(self, output: str, value: str) -> None:
+    def bind(self, output: str, value: str, dims: tuple | None = None) -> None:
+        """The ONNX value `output` is the netdsl value `value`, which has ONNX's dims
+        `dims` (the value's own ONNX layout unless given)."""
         self.values[output] = value
+        self.layout[output] = tuple(dims) if dims is not None else self.onnx_dims[value]
 
     def used(self, name: str) -> bool:
         return bool(name) and self.readers.get(name, 0) > 0
@@ -261,7 +259,7 @@ def _symmetric(node, attrs, rank: int) -> list[int]:
 
 
 def _spatial(t, x: str, what: str) -> tuple:
-    dims = t.onnx_dims[x]
+    dims = t.dims[x]
     if len(dims) not in (2, 3):
         raise Unsupported(f"{what} over [C,L] or [C,H,W] (this input is {list(dims)})")
     return dims
@@ -310,7 +308,7 @@ def _batchnorm(t: _Translator, node, attrs) -> None:
     args = {"eps": _float(attrs.get("epsilon", 1e-5)),
             "momentum": round(1 - float(attrs.get("momentum", 0.9)), 6)}
     t.bind(node.output[0], t.emit(
-        "batchnorm", args, [x], t.onnx_dims[x],
+        "batchnorm", args, [x], t.dims[x],
         {"weight": scale.astype(np.float32), "bias": shift.astype(np.float32)},
         {"running_mean": mean.astype(np.float32), "running_var": var.astype(np.float32)}))
 
@@ -320,7 +318,7 @@ def _unary(op: str, **fixed):
         x = t.raw(node.input[0])
         args = {key: _float(attrs.get(onnx_key, default))
                 for key, (onnx_key, default) in fixed.items()}
-        t.bind(node.output[0], t.emit(op, args, [x], t.dims[x], onnx_dims=t.onnx_dims[x]))
+        t.bind(node.output[0], t.emit(op, args, [x], t.dims[x]), t.layout[node.input[0]])
     return apply
 
 
@@ -331,13 +329,13 @@ def _alias(t: _Translator, node, attrs) -> None:
     if len(node.input) > 2 and node.input[2] and t.is_const(node.input[2]) and \
             bool(t.const(node.input[2])):
         raise Unsupported("training_mode off (an exported inference graph)")
-    t.bind(node.output[0], t.raw(node.input[0]))
+    t.bind(node.output[0], t.raw(node.input[0]), t.layout[node.input[0]])
 
 
 def _softmax(op: str):
     def apply(t: _Translator, node, attrs) -> None:
         x = t.tensor(node.input[0])
-        rank = len(t.onnx_dims[x]) + 1
+        rank = len(t.dims[x]) + 1
         axis = attrs.get("axis", -1 if t.opset >= 13 else 1)
         axis = axis + rank if axis < 0 else axis
         if t.opset < 13 and axis != rank - 1:
@@ -345,7 +343,7 @@ def _softmax(op: str):
                               "axis from `axis` on); the last axis only")
         if axis == 0:
             raise Unsupported("a softmax within each example, not across the batch")
-        t.bind(node.output[0], t.emit(op, {"axis": axis - 1 - (rank - 1)}, [x], t.onnx_dims[x]))
+        t.bind(node.output[0], t.emit(op, {"axis": axis - 1 - (rank - 1)}, [x], t.dims[x]))
     return apply
 
 
@@ -381,7 +379,7 @@ def _pool(op: str):
 def _global_pool(op: str):
     def apply(t: _Translator, node, attrs) -> None:
         x = t.tensor(node.input[0])
-        dims = t.onnx_dims[x]
+        dims = t.dims[x]
         if len(dims) < 2:
             raise Unsupported("an input with spatial dims [C, ...]")
         t.bind(node.output[0], t.emit(op, {}, [x], dims[:1],
@@ -394,17 +392,17 @@ def _view(t: _Translator, node, attrs) -> None:
     as the batch axis stays first and alone."""
     source = node.input[0]
     value = t.raw(source)
-    size = math.prod(t.onnx_dims[value])
+    size = math.prod(t.layout[source])
     shape_out = t.folded.shapes.get(node.output[0])
     if shape_out is not None and all(d is not None for d in shape_out[1:]):
         dims = tuple(shape_out[1:])
     elif node.op_type == "Reshape" and t.is_const(node.input[1]):
-        dims = _reshaped(t.onnx_dims[value], [int(d) for d in t.const(node.input[1])])
+        dims = _reshaped(t.layout[source], [int(d) for d in t.const(node.input[1])])
     else:
         raise Unsupported("a target shape that shape inference can tell")
     if math.prod(dims) != size:
         raise Unsupported("a reshape that keeps the batch axis first and alone")
-    t.bind(node.output[0], t.view(value, dims))
+    t.bind(node.output[0], t.view(value, dims), dims)
 
 
 def _reshaped(dims: tuple, target: list[int]) -> tuple:
@@ -421,9 +419,9 @@ def _reshaped(dims: tuple, target: list[int]) -> tuple:
 
 
 def _dense_weights(t: _Translator, x: str, weight: np.ndarray, bias, node) -> None:
-    if len(t.onnx_dims[x]) != 1:
+    if len(t.dims[x]) != 1:
         raise Unsupported("a product of [batch, N] rows (netdsl's dense reads vectors; "
-                          f"this input is [batch, {', '.join(map(str, t.onnx_dims[x]))}])")
+                          f"this input is [batch, {', '.join(map(str, t.dims[x]))}])")
     units = int(weight.shape[0])
     params = {"weight": weight.astype(np.float32)}
     if bias is not None:
@@ -461,7 +459,7 @@ def _arith(t: _Translator, node, attrs) -> None:
     kind = node.op_type
     if not t.is_const(a) and not t.is_const(b):
         x, y = t.tensor(a), t.tensor(b)
-        if len(t.onnx_dims[x]) != len(t.onnx_dims[y]):
+        if len(t.dims[x]) != len(t.dims[y]):
             raise Unsupported("operands of the same rank (netdsl broadcasts within an "
                               "example, ONNX across the batch axis too)")
         dims = t.out_shape(node)
@@ -480,7 +478,7 @@ def _arith(t: _Translator, node, attrs) -> None:
             raise Unsupported("a number divided by a tensor (netdsl's scale multiplies and shifts)")
         x = t.raw(value_name)
         t.bind(node.output[0], t.emit("scale", {"factor": factor, "shift": shift}, [x],
-                                      t.dims[x], onnx_dims=t.onnx_dims[x]))
+                                      t.dims[x]), t.layout[value_name])
         return
     x = t.raw(value_name)
     producer = next((layer for layer in reversed(t.layers) if layer.output == x), None)
@@ -489,7 +487,7 @@ def _arith(t: _Translator, node, attrs) -> None:
             constant.size == producer.args["units"] and constant.shape[-1] == constant.size:
         producer.args["bias"] = True
         producer.params["bias"] = constant.reshape(-1).astype(np.float32)
-        t.bind(node.output[0], x)  # MatMul + Add: one dense with its bias
+        t.bind(node.output[0], x, t.layout[value_name])  # MatMul + Add: one dense with its bias
         return
     raise Unsupported("a constant tensor operand other than a dense layer's bias (netdsl "
                       "has constants as weights and scale's numbers only)")
@@ -505,12 +503,12 @@ def _sum(t: _Translator, node, attrs) -> None:
 
 def _concat(t: _Translator, node, attrs) -> None:
     values = [t.tensor(name) for name in node.input]
-    rank = len(t.onnx_dims[values[0]]) + 1
+    rank = len(t.dims[values[0]]) + 1
     axis = attrs["axis"] + rank if attrs["axis"] < 0 else attrs["axis"]
     if axis == 0:
         raise Unsupported("a concatenation within examples, not along the batch")
     if len(values) == 1:
-        t.bind(node.output[0], values[0])
+        t.bind(node.output[0], values[0], t.dims[values[0]])
         return
     t.bind(node.output[0], t.emit("concat", {"axis": axis - 1}, values, t.out_shape(node)))
 
@@ -518,12 +516,12 @@ def _concat(t: _Translator, node, attrs) -> None:
 def _prelu(t: _Translator, node, attrs) -> None:
     x = t.tensor(node.input[0])
     slope = np.asarray(t.const(node.input[1], "a constant slope"))
-    channels = t.onnx_dims[x][0] if t.onnx_dims[x] else 1
+    channels = t.dims[x][0] if t.dims[x] else 1
     if slope.size not in (1, channels) or (slope.size > 1 and
                                           slope.reshape(-1).shape[0] != slope.shape[0]
                                           and slope.shape[-1] != 1 and slope.ndim > 1):
         raise Unsupported("one slope, or one per channel (dim 0)")
-    t.bind(node.output[0], t.emit("prelu", {"channels": int(slope.size)}, [x], t.onnx_dims[x],
+    t.bind(node.output[0], t.emit("prelu", {"channels": int(slope.size)}, [x], t.dims[x],
                                   {"weight": slope.reshape(-1).astype(np.float32)}))
 
 

@@ -1,0 +1,162 @@
+"""netc import: torchvision's image networks, exported by torch's TorchScript exporter,
+import into specs that check, hold torchvision's parameter counts, and compute what
+onnxruntime computes on the original model; bad models are clear errors."""
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import torchvision_models
+from netdsl.cli import main
+from netdsl.driver import check_file
+from netdsl.export.weights import decode, match
+from netdsl.fmt import format_text
+from netdsl.lower.plan import build_plan
+from onnx_import_cases import export, netdsl_outputs, onnxruntime_outputs, randomise_statistics
+
+# torchvision's published parameter counts; the input is the smallest the export allows
+# (VGG's and AlexNet's adaptive pools export only where they are the identity: 224x224)
+MODELS = {
+    "resnet18": (11_689_512, 64),
+    "resnet50": (25_557_032, 64),
+    "densenet121": (7_978_856, 64),
+    "alexnet": (61_100_840, 224),
+    "vgg16": (138_357_544, 224),
+}
+
+
+def imported(tmp_path, name: str, data: bytes, capsys=None) -> str:
+    """`netc import` of the model bytes; the spec's path."""
+    model = tmp_path / f"{name}.onnx"
+    model.write_bytes(data)
+    spec = str(tmp_path / f"{name}.net")
+    assert main(["import", str(model), "-o", spec]) == 0
+    return spec
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_torchvision_networks_import_and_match_onnxruntime(tmp_path, name):
+    published, size = MODELS[name]
+    torch.manual_seed(0)
+    model = randomise_statistics(getattr(torchvision_models, name)())
+    assert sum(p.numel() for p in model.parameters()) == published
+    data = export(model, 1, 3, size, size)
+    spec = imported(tmp_path, name, data)
+    net = check_file(spec)
+    assert net.param_count() == published
+    text = open(spec).read()
+    assert format_text(text) == text  # fmt's canonical form: import -> fmt is stable
+    with open(spec[:-4] + ".safetensors", "rb") as handle:
+        tensors = decode(handle.read(), spec)
+    match(build_plan(net.graph), tensors, spec)  # what --init-from reads: every name fits
+    batch = 1 if size > 100 else 2
+    x = np.random.default_rng(1).standard_normal((batch, 3, size, size)).astype(np.float32)
+    (want,) = onnxruntime_outputs(data, {"x": x})
+    (got,) = netdsl_outputs(text, tensors, [x])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_an_mlp_with_matmul_add_softmax_and_reshape(tmp_path):
+    class MLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(48, 20) * 0.2)
+            self.b = torch.nn.Parameter(torch.randn(20))
+            self.out = torch.nn.Linear(20, 5)
+
+        def forward(self, x):
+            h = torch.tanh(x.view(x.size(0), -1) @ self.w + self.b)
+            return torch.softmax(self.out(torch.nn.functional.leaky_relu(h, 0.2)), -1)
+
+    data = export(MLP(), 1, 3, 4, 4)
+    spec = imported(tmp_path, "mlp", data)
+    text = open(spec).read()
+    assert "dense(20)" in text and "softmax" in text and "reshape" not in text
+    assert "Shape" not in text and "gather" not in text
+    with open(spec[:-4] + ".safetensors", "rb") as handle:
+        tensors = decode(handle.read(), spec)
+    x = np.random.default_rng(0).standard_normal((3, 3, 4, 4)).astype(np.float32)
+    (want,) = onnxruntime_outputs(data, {"x": x})
+    (got,) = netdsl_outputs(text, tensors, [x])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+# ---- errors
+
+
+def _model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _info(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def test_every_unsupported_node_is_listed_once_per_kind_and_nothing_written(tmp_path, capsys):
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv_odd", pads=[0, 0, 1, 1]),
+        helper.make_node("Transpose", ["c"], ["t"], name="swap1", perm=[0, 1, 3, 2]),
+        helper.make_node("Transpose", ["t"], ["t2"], name="swap2", perm=[0, 1, 3, 2]),
+        helper.make_node("Relu", ["t2"], ["r"], name="relu"),
+        helper.make_node("Hardmax", ["r"], ["y"], name="pick", axis=-1),
+    ]
+    model = _model(nodes, [_info("x", ["batch", 3, 8, 8])], [_info("y", ["batch", 4, "h", "w"])], [weight])
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, path)
+    assert main(["import", str(path), "-o", str(tmp_path / "bad.net")]) == 1
+    err = capsys.readouterr().err
+    assert "Conv node 'conv_odd'" in err and "same padding at both ends" in err
+    assert "Transpose nodes 'swap1', 'swap2'" in err
+    assert "Hardmax node 'pick'" in err
+    assert "3 errors" in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == ["bad.onnx"]
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"", "is empty"),
+    (b"this is not a model at all\n" * 4, "is not an ONNX model"),
+    (None, "is not an ONNX model"),                    # a truncated export
+])
+def test_bad_files_are_one_clear_error(tmp_path, capsys, content, says):
+    if content is None:
+        data = export(torchvision_models.BasicBlock(4, 4), 1, 4, 8, 8)
+        content = data[: len(data) // 2]
+    path = tmp_path / "m.onnx"
+    path.write_bytes(content)
+    assert main(["import", str(path), "-o", str(tmp_path / "m.net")]) == 1
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert os.listdir(tmp_path) == ["m.onnx"]
+
+
+def test_a_missing_file_and_a_directory(tmp_path, capsys):
+    assert main(["import", str(tmp_path / "none.onnx")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert main(["import", str(tmp_path)]) == 1
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_external_data_is_read_from_beside_the_model(tmp_path, capsys):
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((16, 32)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(np.zeros(16, np.float32), "b")
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)]
+    model = _model(nodes, [_info("x", ["batch", 32])], [_info("y", ["batch", 16])],
+                   [weight, bias])
+    path = tmp_path / "big.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="big.weights", size_threshold=0)
+    assert main(["import", str(path), "-o", str(tmp_path / "big.net")]) == 0
+    with open(tmp_path / "big.safetensors", "rb") as handle:
+        tensors = decode(handle.read(), "big")
+    np.testing.assert_array_equal(tensors["logits.weight"], numpy_helper.to_array(weight))
+    capsys.readouterr()
+    os.remove(tmp_path / "big.weights")
+    assert main(["import", str(path), "-o", str(tmp_path / "again.net")]) == 1
+    err = capsys.readouterr().err
+    assert "external file 'big.weights'" in err and "not beside the model" in err
