@@ -3,7 +3,9 @@ netdsl's forward pass over an imported spec with its weights."""
 import io
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 import torch
 
 from netdsl.driver import check_text
@@ -12,10 +14,18 @@ from netdsl.lower import lower
 from netdsl.runtime.execute import Executor
 
 
-def export(model: torch.nn.Module, *shape, path=None, names=("x",), dynamic=True, **kw) -> bytes:
+def export(model: torch.nn.Module, *shape, path=None, names=("x",), dynamic=True,
+           attach=False, **kw) -> bytes:
     """The ONNX bytes of `model` in eval mode as torch's TorchScript exporter writes them,
-    batchnorm kept apart from the convolutions (TrainingMode.PRESERVE of an eval model)."""
+    batchnorm kept apart from the convolutions (TrainingMode.PRESERVE of an eval model).
+
+    `attach`: the exporter writes the graph alone (export_params=False, its weights as
+    graph inputs named after the state_dict) and the weights are attached as its
+    initializers here, which is what export_params=True writes for a model the exporter
+    folds nothing in, several times faster for VGG's 550 MB."""
     model.eval()
+    if attach:
+        kw["export_params"] = False
     args = tuple(torch.randn(*s) for s in shape) if isinstance(shape[0], tuple) \
         else (torch.randn(*shape),)
     buffer = io.BytesIO()
@@ -23,6 +33,15 @@ def export(model: torch.nn.Module, *shape, path=None, names=("x",), dynamic=True
     torch.onnx.export(model, args, buffer, dynamo=False, input_names=list(names),
                       dynamic_axes=axes, training=torch.onnx.TrainingMode.PRESERVE, **kw)
     data = buffer.getvalue()
+    if attach:
+        proto = onnx.load_model_from_string(data)
+        state = model.state_dict()
+        weights = [i for i in proto.graph.input if i.name in state]
+        for info in weights:
+            proto.graph.input.remove(info)
+            proto.graph.initializer.append(
+                numpy_helper.from_array(state[info.name].detach().numpy(), info.name))
+        data = proto.SerializeToString()
     if path is not None:
         with open(path, "wb") as handle:
             handle.write(data)

@@ -37,18 +37,51 @@ def imported(tmp_path, name: str, data: bytes, capsys=None) -> str:
     return spec
 
 
+def test_resnet18_reads_as_blocks_stages_and_repeats(tmp_path):
+    torch.manual_seed(0)
+    spec = imported(tmp_path, "resnet18", export(torchvision_models.resnet18(), 1, 3, 32, 32))
+    text = open(spec).read()
+    body = [line for line in text.splitlines() if line.strip()]
+    here = os.path.dirname(os.path.abspath(__file__))
+    ours = [line for line in open(os.path.join(here, "..", "specs", "resnet18.net"))
+            if line.strip()]
+    assert len(body) <= 2 * len(ours)
+    assert "block residual(c) {" in text and "block residual_down(c) {" in text
+    assert "-> residual(64) x 2" in text
+    assert text.count("-> stage(") == 3
+    assert "conv(c, 3, stride=2, pad=1, bias=false)" in text  # Conv, BN, Relu stay apart
+    assert "downsample = x -> conv(c, 1, stride=2, bias=false) -> batchnorm" in text
+
+
+def test_densenet_concatenations_chain_into_a_repeated_unit(tmp_path):
+    torch.manual_seed(0)
+    model = torchvision_models.DenseNet(8, (3, 5), 16, num_classes=10)
+    data = export(randomise_statistics(model), 1, 3, 16, 16)
+    spec = imported(tmp_path, "dense", data)
+    text = open(spec).read()
+    assert "out concat(x, conv2)" in text and "dense_unit x 3" in text
+    assert "dense_unit x 5" in text
+    with open(spec[:-4] + ".safetensors", "rb") as handle:
+        tensors = decode(handle.read(), spec)
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    (want,) = onnxruntime_outputs(data, {"x": x})
+    (got,) = netdsl_outputs(text, tensors, [x])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_torchvision_networks_import_and_match_onnxruntime(tmp_path, name):
     published, size = MODELS[name]
     torch.manual_seed(0)
     model = randomise_statistics(getattr(torchvision_models, name)())
     assert sum(p.numel() for p in model.parameters()) == published
-    data = export(model, 1, 3, size, size)
+    data = export(model, 1, 3, size, size, attach=size > 100)
     spec = imported(tmp_path, name, data)
     net = check_file(spec)
     assert net.param_count() == published
     text = open(spec).read()
     assert format_text(text) == text  # fmt's canonical form: import -> fmt is stable
+    assert "Shape" not in text and "gather" not in text
     with open(spec[:-4] + ".safetensors", "rb") as handle:
         tensors = decode(handle.read(), spec)
     match(build_plan(net.graph), tensors, spec)  # what --init-from reads: every name fits

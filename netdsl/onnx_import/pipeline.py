@@ -14,7 +14,8 @@ from netdsl.onnx_import.layers import Network
 from netdsl.onnx_import.names import name_weights
 from netdsl.onnx_import.read import read_model
 from netdsl.onnx_import.translate import translate
-from netdsl.onnx_import.write import write_spec
+from netdsl.onnx_import.structure import recover
+from netdsl.onnx_import.write import scored, write_spec
 
 __all__ = ["Imported", "import_model"]
 
@@ -43,6 +44,9 @@ def import_model(path: str, name: str | None = None) -> Imported:
     folded = fold(model)                           # shape arithmetic and constants evaluated
     net = translate(folded, model, path, name)     # netdsl layers with their weights
     header = f"# imported by netc import from {os.path.basename(path)}\n"
+    structured = _structured(net, header)         # blocks and repeats, when it is one path
+    if structured is not None:
+        return structured
     text, names = write_spec(net, header=header)   # pipelines in fmt's canonical form
     try:
         checked = check_text(text, f"{name}.net")
@@ -51,6 +55,26 @@ def import_model(path: str, name: str | None = None) -> Imported:
                         f"{exc.errors[0].message}", None, "please report this with the model"
                         ) from None
     return Imported(text, name_weights(checked, net, names), net)
+
+
+def _structured(net: Network, header: str) -> Imported | None:
+    """The spec with blocks and repeats, if the network is one path and the result
+    checks and matches every layer; else None, and the flat spec is written."""
+    output = "logits" if scored(net, net.outputs[0]) else "output"
+    structured = recover(net, "x", output)
+    if structured is None:
+        return None
+    lines = []
+    for block in structured.blocks:
+        lines += [f"block {block.name}({', '.join(block.params)}) {{",
+                  *("  " + line for line in block.body), "}", ""]
+    names = {next(iter(net.inputs)): "x", net.outputs[0]: output}
+    try:
+        text, names = write_spec(net, lines + structured.lines, names, header)
+        checked = check_text(text, f"{net.name}.net")
+        return Imported(text, name_weights(checked, net, names), net)
+    except (CheckFailed, SpecError):
+        return None
 
 
 def _network_name(stem: str) -> str:

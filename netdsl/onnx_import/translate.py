@@ -369,6 +369,10 @@ def _pool(op: str):
         if any(d != 1 for d in attrs.get("dilations", [1] * rank)):
             raise Unsupported("dilations of 1 (netdsl's pooling windows are dense)")
         strides = attrs.get("strides", [1] * rank)
+        if all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(pads):
+            # one cell per window: the identity (an adaptive pool to the size it has)
+            t.bind(node.output[0], t.raw(node.input[0]), t.layout[node.input[0]])
+            return
         args = {"kernel": _compact(kernel),   # netdsl's stride is the kernel unless given
                 "stride": None if list(strides) == list(kernel) else _compact(strides),
                 "pad": _compact(pads), "ceil": bool(attrs.get("ceil_mode", 0))}

@@ -28,6 +28,8 @@ def value_text(value) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(float(f"{value:.7g}"))  # weights are float32: 7 digits say it all
+    if isinstance(value, str) and type(value) is not str:
+        return str(value)  # a block parameter (structure.Param): its name
     if isinstance(value, str):
         return f"'{value}'"
     if isinstance(value, (list, tuple)):
