@@ -6,18 +6,19 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from netdsl.driver import CheckFailed, check_text
 from netdsl.errors import SpecError
 from netdsl.onnx_import.fold import fold
 from netdsl.onnx_import.layers import Network
 from netdsl.onnx_import.names import name_weights
-from netdsl.onnx_import.read import read_model
+from netdsl.onnx_import.read import prepare, read_model
 from netdsl.onnx_import.translate import translate
 from netdsl.onnx_import.structure import recover
 from netdsl.onnx_import.write import scored, write_spec
 
-__all__ = ["Imported", "import_model"]
+__all__ = ["Imported", "import_model", "import_proto"]
 
 
 @dataclass
@@ -40,7 +41,12 @@ def import_model(path: str, name: str | None = None) -> Imported:
         attribute (all of them, one error per kind).
     """
     name = _network_name(name or os.path.splitext(os.path.basename(path))[0])
-    model = read_model(path)                       # checked, shapes inferred
+    return import_proto(read_model(path), path, name)
+
+
+def import_proto(model: onnx.ModelProto, path: str, name: str) -> Imported:
+    """`import_model` of a model already loaded; `path` names it in errors."""
+    model = prepare(model, path)                   # checked, shapes inferred
     folded = fold(model)                           # shape arithmetic and constants evaluated
     net = translate(folded, model, path, name)     # netdsl layers with their weights
     header = f"# imported by netc import from {os.path.basename(path)}\n"

@@ -13,10 +13,11 @@ from google.protobuf.message import DecodeError
 
 from netdsl.errors import SpecError
 
-__all__ = ["read_model", "MAX_OPSET"]
+__all__ = ["read_model", "prepare", "MAX_OPSET"]
 
-# the newest default-domain opset whose operators this importer knows
-MAX_OPSET = 23
+# the newest default-domain opset whose operators this importer knows (opsets 24 and 25
+# add element types, none of the semantics of the operators it translates)
+MAX_OPSET = 25
 
 
 def read_model(path: str) -> onnx.ModelProto:
@@ -49,6 +50,18 @@ def read_model(path: str) -> onnx.ModelProto:
         raise SpecError(f"{path} is not an ONNX model: it holds no graph", None,
                         "is the file truncated, or another format (a .pt, a .safetensors)?")
     _load_external(model, path)
+    return prepare(model, path)
+
+
+def prepare(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
+    """A loaded model checked, with the shapes of its values inferred; `path` names it in
+    errors.
+
+    Raises
+    ------
+    SpecError
+        For a model that fails ONNX's checker or shape inference, or a newer opset.
+    """
     skeleton = _skeleton(model)
     try:
         onnx.checker.check_model(skeleton)

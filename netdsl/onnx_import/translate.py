@@ -86,9 +86,13 @@ class _Translator:
                 continue
             shape = self.folded.shapes.get(info.name)
             elem = info.type.tensor_type.elem_type
-            if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]):
+            if shape is None or any(d is None for d in shape[1:]):
                 self._problem("input", info.name, "an input of known shape [batch, ...] with "
                               "fixed dims after the batch")
+                continue
+            if len(shape) < 2:
+                self._problem("input", info.name, "inputs of rank 2 or more: a batch of "
+                              f"examples of at least one dim (this one is {list(shape)})")
                 continue
             if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
                             onnx.TensorProto.FLOAT16):
@@ -108,7 +112,7 @@ class _Translator:
                               "a netdsl layer for this operator (see docs/onnx.md for those "
                               "netc import knows)")
                 continue
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            attrs = {a.name: _plain(onnx.helper.get_attribute_value(a)) for a in node.attribute}
             bad = [key for key in attrs if key not in rule.attrs or
                    (rule.attrs[key] is not None and _plain(attrs[key]) not in rule.attrs[key])]
             if bad:
@@ -293,9 +297,9 @@ def _conv(t: _Translator, node, attrs) -> None:
             "stride": _compact(strides), "pad": pads,
             "dilation": _compact(attrs.get("dilations", [1] * rank)),
             "groups": int(attrs.get("group", 1)), "bias": bias is not None}
-    params = {"weight": weight.astype(np.float32)}
+    params = {"weight": weight.astype(np.float32, copy=False)}
     if bias is not None:
-        params["bias"] = bias.astype(np.float32)
+        params["bias"] = bias.astype(np.float32, copy=False)
     t.bind(node.output[0], t.emit("conv", args, [x], t.out_shape(node), params))
 
 
@@ -309,8 +313,8 @@ def _batchnorm(t: _Translator, node, attrs) -> None:
             "momentum": round(1 - float(attrs.get("momentum", 0.9)), 6)}
     t.bind(node.output[0], t.emit(
         "batchnorm", args, [x], t.dims[x],
-        {"weight": scale.astype(np.float32), "bias": shift.astype(np.float32)},
-        {"running_mean": mean.astype(np.float32), "running_var": var.astype(np.float32)}))
+        {"weight": scale.astype(np.float32, copy=False), "bias": shift.astype(np.float32, copy=False)},
+        {"running_mean": mean.astype(np.float32, copy=False), "running_var": var.astype(np.float32, copy=False)}))
 
 
 def _unary(op: str, **fixed):
@@ -357,10 +361,18 @@ def _pool(op: str):
         rank = len(dims) - 1
         kernel = attrs["kernel_shape"]
         pad_mode = attrs.get("auto_pad", "NOTSET")
-        pads = _symmetric(node, attrs, rank) if pad_mode == "NOTSET" else [0] * rank
-        if pad_mode not in ("NOTSET", "VALID"):
-            raise Unsupported("explicit pads or auto_pad=VALID (netdsl's pooling pads "
-                              "symmetrically)")
+        if pad_mode == "NOTSET":
+            pads = _symmetric(node, attrs, rank)
+        elif pad_mode == "VALID":
+            pads = [0] * rank
+        else:  # SAME_*: the padding that keeps ceil(n / stride) windows, when it is even
+            strides = attrs.get("strides", [1] * rank)
+            totals = [max((-(-n // s) - 1) * s + k - n, 0)
+                      for n, s, k in zip(dims[1:], strides, kernel)]
+            if any(total % 2 for total in totals):
+                raise Unsupported(f"auto_pad={pad_mode} with an even total padding (netdsl's "
+                                  "pooling pads both ends alike)")
+            pads = [total // 2 for total in totals]
         if any(p > k // 2 for p, k in zip(pads, kernel)):
             raise Unsupported("pads of at most half the kernel (PyTorch's and netdsl's limit)")
         if op == "avgpool" and any(pads) and not attrs.get("count_include_pad", 0):
@@ -427,9 +439,9 @@ def _dense_weights(t: _Translator, x: str, weight: np.ndarray, bias, node) -> No
         raise Unsupported("a product of [batch, N] rows (netdsl's dense reads vectors; "
                           f"this input is [batch, {', '.join(map(str, t.dims[x]))}])")
     units = int(weight.shape[0])
-    params = {"weight": weight.astype(np.float32)}
+    params = {"weight": weight.astype(np.float32, copy=False)}
     if bias is not None:
-        params["bias"] = bias.astype(np.float32)
+        params["bias"] = bias.astype(np.float32, copy=False)
     t.bind(node.output[0], t.emit("dense", {"units": units, "bias": bias is not None},
                                   [x], (units,), params))
 
@@ -437,7 +449,9 @@ def _dense_weights(t: _Translator, x: str, weight: np.ndarray, bias, node) -> No
 def _gemm(t: _Translator, node, attrs) -> None:
     x = t.tensor(node.input[0])
     b = t.const(node.input[1], "constant weights as B")
-    weight = (b if attrs.get("transB", 0) else b.T) * attrs.get("alpha", 1.0)
+    weight = b if attrs.get("transB", 0) else b.T
+    if attrs.get("alpha", 1.0) != 1.0:
+        weight = weight * attrs["alpha"]
     bias = None
     if len(node.input) > 2 and node.input[2]:
         c = np.asarray(t.const(node.input[2], "a constant C")) * attrs.get("beta", 1.0)
@@ -490,7 +504,7 @@ def _arith(t: _Translator, node, attrs) -> None:
             not producer.args["bias"] and t.readers.get(value_name, 0) == 1 and \
             constant.size == producer.args["units"] and constant.shape[-1] == constant.size:
         producer.args["bias"] = True
-        producer.params["bias"] = constant.reshape(-1).astype(np.float32)
+        producer.params["bias"] = constant.reshape(-1).astype(np.float32, copy=False)
         t.bind(node.output[0], x, t.layout[value_name])  # MatMul + Add: one dense with its bias
         return
     raise Unsupported("a constant tensor operand other than a dense layer's bias (netdsl "
@@ -526,7 +540,7 @@ def _prelu(t: _Translator, node, attrs) -> None:
                                           and slope.shape[-1] != 1 and slope.ndim > 1):
         raise Unsupported("one slope, or one per channel (dim 0)")
     t.bind(node.output[0], t.emit("prelu", {"channels": int(slope.size)}, [x], t.dims[x],
-                                  {"weight": slope.reshape(-1).astype(np.float32)}))
+                                  {"weight": slope.reshape(-1).astype(np.float32, copy=False)}))
 
 
 def _gelu(t: _Translator, node, attrs) -> None:
@@ -537,7 +551,7 @@ def _gelu(t: _Translator, node, attrs) -> None:
 
 _ANY = None
 _POOL_ATTRS = {"kernel_shape": _ANY, "strides": _ANY, "pads": _ANY, "ceil_mode": _ANY,
-               "auto_pad": ("NOTSET", "VALID"), "dilations": _ANY, "storage_order": (0,)}
+               "auto_pad": _ANY, "dilations": _ANY, "storage_order": (0,)}
 
 RULES: dict[str, Rule] = {
     "Conv": Rule(_conv, {"kernel_shape": _ANY, "strides": _ANY, "pads": _ANY, "dilations": _ANY,
