@@ -18,6 +18,7 @@ def export(model: torch.nn.Module, *shape, path=None, names=("x",), dynamic=True
            attach=False, **kw) -> bytes:
     """The ONNX bytes of `model` in eval mode as torch's TorchScript exporter writes them,
     batchnorm kept apart from the convolutions (TrainingMode.PRESERVE of an eval model).
+    `dynamic`: the batch axis symbolic (True), or torch's dynamic_axes.
 
     `attach`: the exporter writes the graph alone (export_params=False, its weights as
     graph inputs named after the state_dict) and the weights are attached as its

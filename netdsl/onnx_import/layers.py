@@ -5,7 +5,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Layer", "Network"]
+__all__ = ["Layer", "Network", "Unsupported", "CELLS"]
+
+# the standard library's recurrent cells (netdsl/stdlib/rnn.net) a layer may be: a block
+# call, not an op, its weights those of the dense layers inside it by their local names
+CELLS = frozenset(("lstm", "gru", "gru_reset_after", "elman"))
+
+
+class Unsupported(Exception):
+    """A node netdsl cannot express; `need` says what netdsl would need for it."""
+
+    def __init__(self, need: str):
+        super().__init__(need)
+        self.need = need
 
 
 @dataclass
@@ -29,13 +41,14 @@ class Layer:
 class Network:
     """The translated model: its inputs (name -> per-example dims), layers in an order
     that computes every input before it is read, its outputs (value names) and each
-    value's per-example dims."""
+    value's per-example dims (per step, for a sequence)."""
 
     name: str
     inputs: dict[str, tuple[int, ...]]
     layers: list[Layer]
     outputs: list[str]
     dims: dict[str, tuple[int, ...]]
+    sequences: set[str] = field(default_factory=set)  # values with a time axis
 
     def consumers(self) -> dict[str, list[Layer]]:
         readers: dict[str, list[Layer]] = {}

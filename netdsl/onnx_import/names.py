@@ -14,7 +14,7 @@ from netdsl.driver import Network as Checked
 from netdsl.errors import SpecError
 from netdsl.export.weights import tensor_sources
 from netdsl.lower.plan import build_plan
-from netdsl.onnx_import.layers import Layer, Network
+from netdsl.onnx_import.layers import CELLS, Layer, Network
 from netdsl.onnx_import.write import value_text
 
 __all__ = ["name_weights", "match_layers"]
@@ -34,7 +34,17 @@ def match_layers(checked: Checked, net: Network, names: dict[str, str]) -> dict[
     for layer in net.layers:
         free.setdefault((layer.op, tuple(layer.inputs)), []).append(layer)
     matched = {}
+    cells = iter([layer for layer in net.layers if layer.op in CELLS])
+    instances: dict[str, Layer] = {}
     for node in checked.program.nodes.values():
+        depth = next((i for i, f in enumerate(node.scope) if f.block in CELLS), None)
+        if depth is not None:  # inside a stdlib cell: the cells come in the layers' order
+            path = "/".join(f.name for f in node.scope[:depth + 1])
+            if path not in instances:
+                instances[path] = next(cells)
+            matched[node.id] = instances[path]
+            value_of[node.id] = instances[path].output
+            continue
         if node.kind != "op" or node.op.is_loss:
             continue
         inputs = tuple(value_of.get(source) for source, _ in node.inputs)
@@ -68,7 +78,12 @@ def name_weights(checked: Checked, net: Network, names: dict[str, str]) -> dict[
     for name, source in tensor_sources(plan).items():
         if source[0] == "param":
             param = plan.params[source[1]]
-            tensors[name] = layers[param.node].params[param.name]
+            layer = layers[param.node]
+            if layer.op in CELLS:  # by the dense layer's name inside the cell
+                key = f"{param.node.rsplit('/', 1)[-1]}.{param.name}"
+                tensors[name] = layer.params[key]
+            else:
+                tensors[name] = layer.params[param.name]
         else:
             tensors[name] = layers[source[1]].buffers[source[2]]
     return tensors

@@ -19,7 +19,9 @@ import re
 from dataclasses import dataclass, field
 
 from netdsl.onnx_import.layers import Layer, Network
-from netdsl.onnx_import.write import KEYWORDS, Names, call_text, pipeline_text, value_text
+from netdsl.onnx_import.write import (
+    KEYWORDS, Names, call_text, operator, pipeline_text, value_text,
+)
 from netdsl.ops import OPS
 
 __all__ = ["recover", "Structured"]
@@ -151,7 +153,8 @@ def _absorb_activations(segments: list[list[Layer]]) -> list[list[Layer]]:
     for segment in segments:
         layer = segment[0]
         if merged and len(merged[-1]) > 1 and len(segment) == 1 and not layer.args and \
-                OPS[layer.op].init_scheme is not None and len(layer.inputs) == 1:
+                layer.op in OPS and OPS[layer.op].init_scheme is not None and \
+                len(layer.inputs) == 1:
             merged[-1] = merged[-1] + segment
         else:
             merged.append(segment)
@@ -218,7 +221,7 @@ def _body_lines(layers: list[Layer]) -> list[str]:
     for layer in layers:
         first = layer.inputs[0] if layer.inputs else None
         if first in inside and readers.get(first) == 1 and first in chain_of and \
-                chain_of[first][-1].output == first and OPS[layer.op].operator is None:
+                chain_of[first][-1].output == first and operator(layer.op) is None:
             chain = chain_of.pop(first)
             chain.append(layer)
         else:

@@ -22,17 +22,10 @@ import onnx
 
 from netdsl.errors import SpecError, SpecErrors
 from netdsl.onnx_import.fold import BATCH, Folded
-from netdsl.onnx_import.layers import Layer, Network
+from netdsl.onnx_import.layers import Layer, Network, Unsupported
+from netdsl.onnx_import.recurrent import RECURRENT, is_recurrent
 
 __all__ = ["translate", "RULES", "Unsupported"]
-
-
-class Unsupported(Exception):
-    """A node netdsl cannot express; `need` says what netdsl would need for it."""
-
-    def __init__(self, need: str):
-        super().__init__(need)
-        self.need = need
 
 
 @dataclass(frozen=True)
@@ -62,6 +55,11 @@ class _Translator:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.values: dict[str, str] = {}          # ONNX value name -> netdsl value
         self.layout: dict[str, tuple] = {}        # ONNX value name -> ONNX's per-example dims
+        # ONNX value name -> the order of its axes where it is not [batch, (time,) dims...]:
+        # "B" the batch, "T" time, "D" an RNN's directions, numbers the value's own dims
+        self.axes: dict[str, tuple] = {}
+        self.seq: set[str] = set()                # netdsl values with a time axis
+        self.stacks: dict[str, list[str]] = {}    # a Concat of RNN states -> its parts
         self.dims: dict[str, tuple] = {}          # netdsl value -> its per-example dims
         self.onnx_dims: dict[str, tuple] = {}     # netdsl value -> ONNX's per-example dims
         self.layers: list[Layer] = []
@@ -81,11 +79,19 @@ class _Translator:
     def run(self) -> Network:
         inputs = {}
         initialised = set(self.folded.constants)
+        recurrent = any(is_recurrent(node) for node in self.folded.nodes)
         for info in self.model.graph.input:
             if info.name in initialised:
                 continue
             shape = self.folded.shapes.get(info.name)
             elem = info.type.tensor_type.elem_type
+            if recurrent and len(shape) == 3:  # [batch, time, features]: a sequence
+                value = self._fresh()
+                self.dims[value] = self.onnx_dims[value] = tuple(shape[2:])
+                self.seq.add(value)
+                self.bind(info.name, value)
+                inputs[value] = tuple(shape[2:])
+                continue
             if shape is None or any(d is None for d in shape[1:]):
                 self._problem("input", info.name, "an input of known shape [batch, ...] with "
                               "fixed dims after the batch")
@@ -136,9 +142,13 @@ class _Translator:
                 self._problem("output", info.name, "an output computed from the input "
                               "(this one is a constant)")
             elif info.name in self.values:
-                outputs.append(self.tensor(info.name))
+                try:
+                    outputs.append(self.tensor(info.name))
+                except Unsupported as exc:
+                    self._problem("output", info.name, exc.need)
         self._raise()
-        return Network(self.name, inputs, self.layers, outputs, dict(self.dims))
+        return Network(self.name, inputs, _live(self.layers, outputs), outputs, dict(self.dims),
+                       set(self.seq))
 
     def _problem(self, op_type: str, node: str, need: str) -> None:
         self.problems.setdefault((op_type, need), []).append(node or "(unnamed)")
@@ -176,6 +186,10 @@ class _Translator:
         if name in self.folded.constants:
             raise Unsupported("a constant tensor as an operand (netdsl's layers read "
                               "constants only as their weights)")
+        if name in self.axes:
+            raise Unsupported("values laid out [batch, time, ...] (this one is "
+                              f"{_axes_text(self.axes[name])}; netdsl's sequences are "
+                              "batch-major)")
         return self.view(self.values[name], self.layout[name])
 
     def raw(self, name: str) -> str:
@@ -183,6 +197,10 @@ class _Translator:
         if name in self.folded.constants:
             raise Unsupported("a constant tensor as an operand (netdsl's layers read "
                               "constants only as their weights)")
+        if name in self.axes:
+            raise Unsupported("values laid out [batch, time, ...] (this one is "
+                              f"{_axes_text(self.axes[name])}; netdsl's sequences are "
+                              "batch-major)")
         return self.values[name]
 
     def view(self, value: str, dims: tuple) -> str:
@@ -213,6 +231,8 @@ class _Translator:
         value = self._fresh()
         self.layers.append(Layer(op, args, list(inputs), value, self.node.name if self.node
                                  else "", dict(params or {}), dict(buffers or {})))
+        if any(i in self.seq for i in inputs) and op not in ("last", "first"):
+            self.seq.add(value)  # a per-step op over a sequence gives a sequence
         self.dims[value] = tuple(dims)
         self.onnx_dims[value] = tuple(onnx_dims if onnx_dims is not None else dims)
         return value
@@ -227,11 +247,26 @@ class _Translator:
         return bool(name) and self.readers.get(name, 0) > 0
 
     def out_shape(self, node) -> tuple:
-        """ONNX's per-example dims of the node's first output, from shape inference."""
+        """ONNX's per-example dims of the node's first output, from shape inference (per
+        step, when it reads a sequence)."""
         shape = self.folded.shapes.get(node.output[0])
-        if shape is None or any(d is None for d in shape[1:]):
+        timed = any(self.values.get(name) in self.seq for name in node.input if name)
+        skip = 2 if timed else 1
+        if shape is None or any(d is None for d in shape[skip:]):
             raise Unsupported("an output whose shape shape inference can tell")
-        return tuple(shape[1:])
+        return tuple(shape[skip:])
+
+
+def _live(layers: list[Layer], outputs: list[str]) -> list[Layer]:
+    """The layers an output depends on (PyTorch's h_n of every layer of a stack, of which
+    the classifier reads the last, leaves the others' unread)."""
+    needed = set(outputs)
+    kept = []
+    for layer in reversed(layers):
+        if layer.output in needed:
+            kept.append(layer)
+            needed.update(layer.inputs)
+    return kept[::-1]
 
 
 def _plain(value):
@@ -407,7 +442,13 @@ def _view(t: _Translator, node, attrs) -> None:
     """Flatten, Reshape, Squeeze, Unsqueeze: the same elements with other dims, as long
     as the batch axis stays first and alone."""
     source = node.input[0]
+    if source in t.axes:
+        _relaid(t, node, source)
+        return
     value = t.raw(source)
+    if value in t.seq:
+        raise Unsupported("a reshape of one step's values (netdsl reshapes no sequence "
+                          "as a whole)")
     size = math.prod(t.layout[source])
     shape_out = t.folded.shapes.get(node.output[0])
     if shape_out is not None and all(d is not None for d in shape_out[1:]):
@@ -419,6 +460,84 @@ def _view(t: _Translator, node, attrs) -> None:
     if math.prod(dims) != size:
         raise Unsupported("a reshape that keeps the batch axis first and alone")
     t.bind(node.output[0], t.view(value, dims), dims)
+
+
+def _relaid(t: _Translator, node, source: str) -> None:
+    """Squeeze of an RNN's directions axis: the same value, one axis fewer."""
+    axes = t.axes[source]
+    if node.op_type != "Squeeze":
+        raise Unsupported("a squeeze of the directions axis of an RNN's output")
+    drop = node.input[1] if len(node.input) > 1 and node.input[1] else None
+    dropped = [int(a) for a in (t.const(drop) if drop else node_attr(node, "axes", []))]
+    dropped = [a + len(axes) if a < 0 else a for a in dropped]
+    if not dropped or any(axes[a] != "D" for a in dropped):
+        raise Unsupported("a squeeze of the directions axis of an RNN's output")
+    _relabel(t, node.output[0], source, tuple(a for i, a in enumerate(axes) if i not in dropped))
+
+
+def _relabel(t: _Translator, output: str, source: str, axes: tuple) -> None:
+    """Bind `output` to the value of `source` with its axes in the order `axes`."""
+    t.values[output] = t.values[source]
+    t.layout[output] = t.layout[source]
+    seq = t.values[source] in t.seq
+    if axes != (("B", "T") if seq else ("B",)) + tuple(range(len(t.layout[source]))):
+        t.axes[output] = axes
+
+
+def node_attr(node, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _transpose(t: _Translator, node, attrs) -> None:
+    source = node.input[0]
+    value = t.raw(source) if source not in t.axes else t.values[source]
+    seq = value in t.seq
+    axes = t.axes.get(source, (("B", "T") if seq else ("B",)) + tuple(range(len(t.layout[source]))))
+    perm = attrs.get("perm", tuple(reversed(range(len(axes)))))
+    moved = tuple(axes[p] for p in perm)
+    if not seq and source not in t.axes and moved != axes:
+        raise Unsupported("a transpose of the time axis of a sequence only (netdsl keeps "
+                          "each example's dims in order)")
+    if any(isinstance(a, int) for a in moved) and \
+            [a for a in moved if isinstance(a, int)] != sorted(a for a in moved if isinstance(a, int)):
+        raise Unsupported("a transpose that keeps each step's dims in order")
+    _relabel(t, node.output[0], source, moved)
+
+
+def _gather(t: _Translator, node, attrs) -> None:
+    """One step of a sequence (`last`, `first`) or the one direction of an RNN's state."""
+    source = node.input[0]
+    if source not in t.values:
+        raise Unsupported("a gather from a value computed from the input")
+    value = t.values[source]
+    seq = value in t.seq
+    axes = t.axes.get(source, (("B", "T") if seq else ("B",)) + tuple(range(len(t.layout[source]))))
+    index = np.asarray(t.const(node.input[1], "a constant index"))
+    axis = attrs.get("axis", 0)
+    axis = axis + len(axes) if axis < 0 else axis
+    if index.ndim != 0:
+        raise Unsupported("one index (a step or a direction)")
+    kept = tuple(a for i, a in enumerate(axes) if i != axis)
+    if axes[axis] == "D":
+        if source in t.stacks:  # one layer's state of several stacked along D
+            source = t.stacks[source][int(index)]
+        _relabel(t, node.output[0], source, kept)
+        return
+    if axes[axis] != "T" or int(index) not in (0, -1):
+        raise Unsupported("the first or last step of a sequence (netdsl's first, last)")
+    out = t.emit("last" if int(index) == -1 else "first", {}, [value], t.dims[value])
+    t.values[node.output[0]] = out
+    t.layout[node.output[0]] = t.dims[value]
+    if kept != ("B",) + tuple(range(len(t.dims[value]))):
+        t.axes[node.output[0]] = kept
+
+
+def _axes_text(axes: tuple) -> str:
+    names = {"B": "batch", "T": "time", "D": "directions"}
+    return "[" + ", ".join(names.get(a, "dim") for a in axes) + "]"
 
 
 def _reshaped(dims: tuple, target: list[int]) -> tuple:
@@ -520,6 +639,16 @@ def _sum(t: _Translator, node, attrs) -> None:
 
 
 def _concat(t: _Translator, node, attrs) -> None:
+    stacked = [t.axes.get(name) for name in node.input]
+    if all(axes is not None and "D" in axes for axes in stacked) and \
+            len(set(stacked)) == 1 and stacked[0][attrs["axis"]] == "D":
+        # the final states of stacked RNN layers (PyTorch's h_n): kept apart, as a
+        # Gather reads one of them
+        t.stacks[node.output[0]] = list(node.input)
+        t.axes[node.output[0]] = stacked[0]
+        t.values[node.output[0]] = t.values[node.input[-1]]
+        t.layout[node.output[0]] = t.layout[node.input[-1]]
+        return
     values = [t.tensor(name) for name in node.input]
     rank = len(t.dims[values[0]]) + 1
     axis = attrs["axis"] + rank if attrs["axis"] < 0 else attrs["axis"]
@@ -589,4 +718,7 @@ RULES: dict[str, Rule] = {
     "Concat": Rule(_concat, {"axis": _ANY}),
     "Dropout": Rule(_alias, {"seed": _ANY, "ratio": _ANY, "is_test": _ANY}),
     "Identity": Rule(_alias),
+    "Transpose": Rule(_transpose, {"perm": _ANY}),
+    "Gather": Rule(_gather, {"axis": _ANY}),
+    **{op: Rule(apply, attrs) for op, (apply, attrs) in RECURRENT.items()},
 }

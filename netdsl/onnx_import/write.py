@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from netdsl.fmt import format_text
-from netdsl.onnx_import.layers import Layer, Network
+from netdsl.onnx_import.layers import CELLS, Layer, Network
 from netdsl.ops import OPS
 from netdsl.ops.base import REQUIRED
 
@@ -41,6 +41,8 @@ def call_text(op: str, args: dict, tensors: list[str] = ()) -> str:
     """`op(tensors, required..., key=value)`: settings equal to their defaults left out;
     a bare name when nothing is left."""
     parts = list(tensors)
+    if op not in OPS:  # a stdlib cell: its settings in order
+        return f"{op}({', '.join(parts + [value_text(v) for v in args.values()])})"
     positional = True
     for arg in OPS[op].args:
         if arg.name not in args:
@@ -99,7 +101,7 @@ def chains(net: Network) -> list[list[Layer]]:
     for layer in net.layers:
         first = layer.inputs[0] if layer.inputs else None
         joins = (first in made and first in chain_of and len(readers.get(first, [])) == 1
-                 and first not in outputs and OPS[layer.op].operator is None
+                 and first not in outputs and operator(layer.op) is None
                  and chain_of[first][-1].output == first)
         if joins:
             chain = chain_of.pop(first)
@@ -114,9 +116,9 @@ def chains(net: Network) -> list[list[Layer]]:
 def pipeline_text(chain: list[Layer], names: dict[str, str]) -> str:
     head = chain[0]
     tensors = [names[i] for i in head.inputs]
-    operator = OPS[head.op].operator
-    if operator is not None:
-        text = f" {operator} ".join(tensors)
+    infix = operator(head.op)
+    if infix is not None:
+        text = f" {infix} ".join(tensors)
     elif len(tensors) == 1:
         text = f"{tensors[0]} -> {call_text(head.op, head.args)}"
     else:
@@ -124,6 +126,11 @@ def pipeline_text(chain: list[Layer], names: dict[str, str]) -> str:
     for layer in chain[1:]:
         text += " -> " + call_text(layer.op, layer.args, [names[i] for i in layer.inputs[1:]])
     return text
+
+
+def operator(op: str) -> str | None:
+    """The infix operator that writes an op (`+` for add), if any."""
+    return OPS[op].operator if op in OPS else None
 
 
 def scored(net: Network, value: str) -> bool:
@@ -139,18 +146,23 @@ def write_spec(net: Network, lines: list[str] | None = None, names: dict | None 
     the values it names. `lines` and `names`, when given, are statements and value
     names a structure pass already wrote (blocks, calls)."""
     text = [f"network {net.name}"]
+    if any(layer.op in CELLS for layer in net.layers):
+        text.append("import rnn")
     names = dict(names or {})
     taken = Names(names.values())
     for value, dims in net.inputs.items():
         if value not in names:
             names[value] = taken.make("x" if "x" not in taken.taken else "input")
-        text.append(f"input  {names[value]} : {value_text(list(dims))}")
+        seq = "seq" if value in net.sequences else ""
+        text.append(f"input  {names[value]} : {seq}{value_text(list(dims))}")
     targets = []
     for i, value in enumerate(net.outputs):
         target = taken.make("y")
         klass = scored(net, value)
         dims = net.dims[value]
-        text.append(f"target {target} : " + (f"class({dims[0]})" if klass else value_text(list(dims))))
+        seq = "seq " if value in net.sequences else ""
+        text.append(f"target {target} : {seq}" + (f"class({dims[0]})" if klass
+                                                   else value_text(list(dims))))
         targets.append((target, klass))
     text.append("")
     text.extend(lines if lines is not None else _statements(net, names, taken))
