@@ -24,6 +24,7 @@ from netdsl.errors import SpecError, SpecErrors
 from netdsl.onnx_import.fold import BATCH, Folded
 from netdsl.onnx_import.layers import Layer, Network, Unsupported
 from netdsl.onnx_import.recurrent import RECURRENT, is_recurrent
+from netdsl.ops.pool import pooled_size
 
 __all__ = ["translate", "RULES", "Unsupported"]
 
@@ -338,6 +339,25 @@ def _conv(t: _Translator, node, attrs) -> None:
     t.bind(node.output[0], t.emit("conv", args, [x], t.out_shape(node), params))
 
 
+def _conv_transpose(t: _Translator, node, attrs) -> None:
+    x = t.tensor(node.input[0])
+    weight = t.const(node.input[1], "constant weights")
+    bias = t.const(node.input[2], "a constant bias") if len(node.input) > 2 and node.input[2] else None
+    dims = _spatial(t, x, "a transposed convolution")
+    rank = len(dims) - 1
+    groups = int(attrs.get("group", 1))
+    args = {"channels": int(weight.shape[1]) * groups, "kernel": _compact(weight.shape[2:]),
+            "stride": _compact(attrs.get("strides", [1] * rank)),
+            "pad": _compact(_symmetric(node, attrs, rank)),
+            "output_pad": _compact(attrs.get("output_padding", [0] * rank)),
+            "dilation": _compact(attrs.get("dilations", [1] * rank)),
+            "groups": groups, "bias": bias is not None}
+    params = {"weight": weight.astype(np.float32, copy=False)}
+    if bias is not None:
+        params["bias"] = bias.astype(np.float32, copy=False)
+    t.bind(node.output[0], t.emit("conv_transpose", args, [x], t.out_shape(node), params))
+
+
 def _batchnorm(t: _Translator, node, attrs) -> None:
     if any(t.used(name) for name in node.output[1:]):
         raise Unsupported("inference mode only (the running statistics it outputs in "
@@ -396,7 +416,12 @@ def _pool(op: str):
         rank = len(dims) - 1
         kernel = attrs["kernel_shape"]
         pad_mode = attrs.get("auto_pad", "NOTSET")
-        if pad_mode == "NOTSET":
+        ceil = bool(attrs.get("ceil_mode", 0))
+        uneven = _max_pool_pads(attrs, rank, dims, t.out_shape(node)) \
+            if pad_mode == "NOTSET" and op == "maxpool" and not ceil else None
+        if uneven is not None:
+            pads, ceil = uneven
+        elif pad_mode == "NOTSET":
             pads = _symmetric(node, attrs, rank)
         elif pad_mode == "VALID":
             pads = [0] * rank
@@ -422,8 +447,45 @@ def _pool(op: str):
             return
         args = {"kernel": _compact(kernel),   # netdsl's stride is the kernel unless given
                 "stride": None if list(strides) == list(kernel) else _compact(strides),
-                "pad": _compact(pads), "ceil": bool(attrs.get("ceil_mode", 0))}
+                "pad": _compact(pads), "ceil": ceil}
         t.bind(node.output[0], t.emit(op, args, [x], t.out_shape(node)))
+    return apply
+
+
+def _max_pool_pads(attrs, rank: int, dims: tuple, out: tuple) -> tuple | None:
+    """(pad, ceil) of netdsl's maxpool with the windows of pads that differ at the two
+    ends (netdsl's export of a ceil-mode pool writes its overhang so): the windows start
+    where the begin pads say, and padded cells never win a max; None if no setting gives
+    the model's output size."""
+    pads = list(attrs.get("pads", [0] * (2 * rank)))
+    begins = pads[:rank]
+    if begins == pads[rank:]:
+        return None
+    kernel, strides = attrs["kernel_shape"], attrs.get("strides", [1] * rank)
+    for ceil in (False, True):
+        if all(pooled_size(n, k, s, p, ceil) == m
+               for n, k, s, p, m in zip(dims[1:], kernel, strides, begins, out[1:])):
+            return begins, ceil
+    return None
+
+
+def _reduce(op: str):
+    """ReduceMean, ReduceMax over every spatial axis: global pooling."""
+    def apply(t: _Translator, node, attrs) -> None:
+        x = t.tensor(node.input[0])
+        dims = t.dims[x]
+        if len(node.input) > 1 and node.input[1]:
+            axes = [int(a) for a in t.const(node.input[1], "constant axes")]
+        else:
+            axes = list(attrs.get("axes", ()))
+        rank = len(dims) + 1
+        axes = sorted(a + rank if a < 0 else a for a in axes)
+        if len(dims) < 2 or axes != list(range(2, rank)):
+            raise Unsupported("a reduction over every spatial axis [C, ...] -> [C] (netdsl's "
+                              "global pooling)")
+        keep = attrs.get("keepdims", 1)
+        t.bind(node.output[0], t.emit(op, {}, [x], dims[:1]),
+               (dims[0],) + (1,) * (len(dims) - 1) if keep else dims[:1])
     return apply
 
 
@@ -686,6 +748,10 @@ RULES: dict[str, Rule] = {
     "Conv": Rule(_conv, {"kernel_shape": _ANY, "strides": _ANY, "pads": _ANY, "dilations": _ANY,
                          "group": _ANY, "auto_pad": ("NOTSET", "VALID", "SAME_UPPER",
                                                      "SAME_LOWER")}),
+    "ConvTranspose": Rule(_conv_transpose, {"kernel_shape": _ANY, "strides": _ANY, "pads": _ANY,
+                                            "dilations": _ANY, "group": _ANY,
+                                            "output_padding": _ANY,
+                                            "auto_pad": ("NOTSET", "VALID")}),
     "BatchNormalization": Rule(_batchnorm, {"epsilon": _ANY, "momentum": _ANY,
                                             "training_mode": (0,)}),
     "Relu": Rule(_unary("relu")),
@@ -704,6 +770,10 @@ RULES: dict[str, Rule] = {
     "AveragePool": Rule(_pool("avgpool"), {**_POOL_ATTRS, "count_include_pad": _ANY}),
     "GlobalAveragePool": Rule(_global_pool("global_avgpool")),
     "GlobalMaxPool": Rule(_global_pool("global_maxpool")),
+    "ReduceMean": Rule(_reduce("global_avgpool"), {"axes": _ANY, "keepdims": _ANY,
+                                                   "noop_with_empty_axes": (0,)}),
+    "ReduceMax": Rule(_reduce("global_maxpool"), {"axes": _ANY, "keepdims": _ANY,
+                                                  "noop_with_empty_axes": (0,)}),
     "Flatten": Rule(_view, {"axis": _ANY}),
     "Reshape": Rule(_view, {"allowzero": _ANY}),
     "Squeeze": Rule(_view, {"axes": _ANY}),

@@ -136,7 +136,7 @@ def operator(op: str) -> str | None:
 def scored(net: Network, value: str) -> bool:
     """Whether an output looks like class scores: a vector not already normalised."""
     producer = next((l for l in net.layers if l.output == value), None)
-    return len(net.dims[value]) == 1 and producer is not None and \
+    return len(net.dims[value]) == 1 and net.dims[value][0] >= 2 and producer is not None and \
         producer.op not in ("softmax", "log_softmax", "sigmoid")
 
 
@@ -172,10 +172,26 @@ def write_spec(net: Network, lines: list[str] | None = None, names: dict | None 
     return format_text(header + "\n".join(text) + "\n"), names
 
 
+def _in_order(pipelines: list[list[Layer]]) -> list[list[Layer]]:
+    """The pipelines ordered so that each comes after those it reads (a pipeline may read
+    a value of one that starts later than it)."""
+    made = {layer.output: i for i, chain in enumerate(pipelines) for layer in chain}
+    needs = [{made[name] for layer in chain for name in layer.inputs
+              if name in made and made[name] != i} for i, chain in enumerate(pipelines)]
+    done, order = set(), []
+    while len(order) < len(pipelines):
+        for i, chain in enumerate(pipelines):
+            if i not in done and needs[i] <= done:
+                done.add(i)
+                order.append(chain)
+                break
+    return order
+
+
 def _statements(net: Network, names: dict, taken: Names) -> list[str]:
     lines = []
     outputs = set(net.outputs)
-    for chain in chains(net):
+    for chain in _in_order(chains(net)):
         last = chain[-1]
         base = "logits" if last.output in outputs and scored(net, last.output) and \
             len(outputs) == 1 else identifier(last.origin, last.op)
