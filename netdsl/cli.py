@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:]
                              + ", from the checkpoint that `netc run` wrote.")
         _data_flags(cmd)
+        cmd.add_argument("--init-from", metavar="FILE.safetensors",
+                         help="these weights instead of the checkpoint (netc export --to "
+                              "safetensors, or netc import's NAME.safetensors)")
         if name == "predict":
             cmd.add_argument("-o", "--output", metavar="FILE", help="write .npz or .csv")
             cmd.add_argument("--generate", metavar="INPUT",

@@ -194,3 +194,23 @@ def test_external_data_is_read_from_beside_the_model(tmp_path, capsys):
     assert main(["import", str(path), "-o", str(tmp_path / "again.net")]) == 1
     err = capsys.readouterr().err
     assert "external file 'big.weights'" in err and "not beside the model" in err
+
+
+def test_eval_and_predict_use_the_imported_weights(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 5))
+    data = export(randomise_statistics(model), 1, 3, 8, 8)
+    spec = imported(tmp_path, "small", data)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=rng.integers(0, 5, 6))
+    weights = spec[:-4] + ".safetensors"
+    out = tmp_path / "predictions.npz"
+    assert main(["predict", spec, "--data", str(tmp_path / "data.npz"), "--init-from", weights,
+                 "-o", str(out)]) == 0
+    (want,) = onnxruntime_outputs(data, {"x": x})
+    np.testing.assert_allclose(np.load(out)["logits"], want, rtol=1e-4, atol=1e-5)
+    capsys.readouterr()
+    assert main(["eval", spec, "--data", str(tmp_path / "data.npz"), "--init-from", weights]) == 0
+    assert "6 examples" in capsys.readouterr().out
