@@ -138,7 +138,8 @@ def test_every_unsupported_node_is_listed_once_per_kind_and_nothing_written(tmp_
         helper.make_node("Relu", ["t2"], ["r"], name="relu"),
         helper.make_node("Hardmax", ["r"], ["y"], name="pick", axis=-1),
     ]
-    model = _model(nodes, [_info("x", ["batch", 3, 8, 8])], [_info("y", ["batch", 4, "h", "w"])], [weight])
+    model = _model(nodes, [_info("x", ["batch", 3, 8, 8])], [_info("y", ["batch", 4, "h", "w"])],
+                   [weight])
     path = tmp_path / "bad.onnx"
     onnx.save(model, path)
     assert main(["import", str(path), "-o", str(tmp_path / "bad.net")]) == 1

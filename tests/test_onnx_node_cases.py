@@ -17,7 +17,8 @@ from onnx_import_cases import netdsl_outputs
 
 # the operands that are weights: an exported model holds them as initializers, a node
 # case feeds them as inputs
-WEIGHTS = {"Conv": (1, 2), "BatchNormalization": (1, 2, 3, 4), "Gemm": (1, 2), "MatMul": (1,),
+WEIGHTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "ReduceMean": (1,), "ReduceMax": (1,),
+           "BatchNormalization": (1, 2, 3, 4), "Gemm": (1, 2), "MatMul": (1,),
            "PRelu": (1,), "Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Dropout": (1, 2),
            "LSTM": (1, 2, 3, 4, 5, 6, 7), "GRU": (1, 2, 3, 4, 5), "RNN": (1, 2, 3, 4, 5)}
 
