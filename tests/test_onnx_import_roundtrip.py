@@ -32,7 +32,7 @@ def reexport(text: str, tensors: dict) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet5", "resnet20", "nin", "autoencoder",
-                                  "logistic_regression"])
+                                  "logistic_regression", "googlenet"])
 def test_export_import_export_gives_the_same_outputs(name):
     case = Case(os.path.join(ROOT, "specs", f"{name}.net"))
     first = to_onnx(case.view, case.params, case.buffers)

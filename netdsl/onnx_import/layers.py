@@ -35,6 +35,9 @@ class Layer:
     origin: str
     params: dict[str, np.ndarray] = field(default_factory=dict)
     buffers: dict[str, np.ndarray] = field(default_factory=dict)
+    # where the spec writes it among the layers of its block (or of the network): of two
+    # alike layers reading the same values, the one written first
+    rank: int = 0
 
 
 @dataclass

@@ -50,8 +50,9 @@ def match_layers(checked: Checked, net: Network, names: dict[str, str]) -> dict[
         inputs = tuple(value_of.get(source) for source, _ in node.inputs)
         candidates = free.get((node.op.name, inputs), [])
         settings = {k: _setting(v) for k, v in node.op.attrs.items()}
-        pick = next((c for c in candidates if all(
-            settings.get(k) == _setting(v) for k, v in c.args.items() if k in settings)), None)
+        alike = [c for c in candidates if all(
+            settings.get(k) == _setting(v) for k, v in c.args.items() if k in settings)]
+        pick = min(alike, key=lambda c: c.rank) if alike else None
         if pick is None:
             raise SpecError(f"internal: the written spec's node {node.id} ({node.op.name}) "
                             "matches no imported layer", None,

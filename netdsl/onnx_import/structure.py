@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from netdsl.onnx_import.layers import Layer, Network
 from netdsl.onnx_import.write import (
-    KEYWORDS, Names, call_text, operator, pipeline_text, value_text,
+    KEYWORDS, Names, call_text, in_order, operator, pipeline_text, value_text,
 )
 from netdsl.ops import OPS
 
@@ -164,8 +164,8 @@ def _absorb_activations(segments: list[list[Layer]]) -> list[list[Layer]]:
 def _wiring(segment: list[Layer]) -> tuple:
     """What makes two segments the same block: ops, setting names and wiring."""
     index = {layer.output: i for i, layer in enumerate(segment)}
-    return tuple((layer.op, tuple(sorted(layer.args)), tuple(index.get(n, -1) for n in layer.inputs))
-                 for layer in segment)
+    return tuple((layer.op, tuple(sorted(layer.args)),
+                  tuple(index.get(n, -1) for n in layer.inputs)) for layer in segment)
 
 
 def _segment_unit(segment, layers, blocks, names, structured) -> Unit:
@@ -203,15 +203,19 @@ def _finish_segment_block(block: Block) -> None:
             place[where] = Param(name)
     body = [Layer(layer.op, {k: place.get((i, k), v) for k, v in layer.args.items()},
                   layer.inputs, layer.output, layer.origin) for i, layer in enumerate(members[0])]
-    block.body = ["in x", *_body_lines(body)]
+    lines, order = _body_lines(body)
+    block.body = ["in x", *lines]
+    for member in members:
+        for position, i in enumerate(order):
+            member[i].rank = position
     block.calls = [{name: member[group[0][0]].args[group[0][1]]
                     for name, group in zip(block.params, columns.values())}
                    for member in members]
 
 
-def _body_lines(layers: list[Layer]) -> list[str]:
-    """A segment's layers as pipelines inside a block: its entry is `x`, its last value
-    the block's `out`."""
+def _body_lines(layers: list[Layer]) -> tuple[list[str], list[int]]:
+    """A segment's layers as pipelines inside a block (its entry is `x`, its last value
+    the block's `out`), and the order the lines write the layers in (their indices)."""
     inside = {layer.output for layer in layers}
     readers: dict[str, int] = {}
     for layer in layers:
@@ -232,15 +236,18 @@ def _body_lines(layers: list[Layer]) -> list[str]:
     names = {entry: "x"}
     local = Names(KEYWORDS | set(OPS) | {"x"})
     lines = []
+    chains = in_order(chains)
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    order = [index[id(layer)] for chain in chains for layer in chain]
     for chain in chains:
         text = pipeline_text(chain, names)
-        if chain is chains[-1]:
+        if chain[-1] is layers[-1]:  # the segment's value: what the block gives
             lines.append(f"out {text}")
         else:
             last = chain[-1]
             names[last.output] = local.make(_local_name(last))
             lines.append(f"{names[last.output]} = {text}")
-    return lines
+    return lines, order
 
 
 def _local_name(layer: Layer) -> str:
@@ -267,8 +274,8 @@ def _segment_block(segment, layers, wiring, names) -> Block:
 
 def _unit_text(unit: Unit) -> str:
     if unit.block:
-        text = f"{unit.name}({', '.join(value_text(v) if not isinstance(v, Param) else v for v in unit.args.values())})" \
-            if unit.args else unit.name
+        args = ", ".join(value_text(v) for v in unit.args.values())
+        text = f"{unit.name}({args})" if unit.args else unit.name
     else:
         text = call_text(unit.name, unit.args)
     if isinstance(unit.count, Param):

@@ -278,6 +278,17 @@ def _plain(value):
     return value
 
 
+def _f32(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.float32, copy=False)
+
+
+def _optional_const(t, node, index: int, what: str):
+    """The constant operand `index`, or None when the node leaves it out."""
+    if len(node.input) > index and node.input[index]:
+        return t.const(node.input[index], what)
+    return None
+
+
 def _float(value) -> float:
     """An attribute's float (stored as float32) as the number it was written as."""
     return float(f"{float(value):.7g}")
@@ -310,7 +321,7 @@ def _spatial(t, x: str, what: str) -> tuple:
 def _conv(t: _Translator, node, attrs) -> None:
     x = t.tensor(node.input[0])
     weight = t.const(node.input[1], "constant weights")
-    bias = t.const(node.input[2], "a constant bias") if len(node.input) > 2 and node.input[2] else None
+    bias = _optional_const(t, node, 2, "a constant bias")
     dims = _spatial(t, x, "a convolution")
     rank = len(dims) - 1
     kernel = weight.shape[2:]
@@ -342,7 +353,7 @@ def _conv(t: _Translator, node, attrs) -> None:
 def _conv_transpose(t: _Translator, node, attrs) -> None:
     x = t.tensor(node.input[0])
     weight = t.const(node.input[1], "constant weights")
-    bias = t.const(node.input[2], "a constant bias") if len(node.input) > 2 and node.input[2] else None
+    bias = _optional_const(t, node, 2, "a constant bias")
     dims = _spatial(t, x, "a transposed convolution")
     rank = len(dims) - 1
     groups = int(attrs.get("group", 1))
@@ -368,8 +379,8 @@ def _batchnorm(t: _Translator, node, attrs) -> None:
             "momentum": round(1 - float(attrs.get("momentum", 0.9)), 6)}
     t.bind(node.output[0], t.emit(
         "batchnorm", args, [x], t.dims[x],
-        {"weight": scale.astype(np.float32, copy=False), "bias": shift.astype(np.float32, copy=False)},
-        {"running_mean": mean.astype(np.float32, copy=False), "running_var": var.astype(np.float32, copy=False)}))
+        {"weight": _f32(scale), "bias": _f32(shift)},
+        {"running_mean": _f32(mean), "running_var": _f32(var)}))
 
 
 def _unary(op: str, **fixed):
@@ -563,8 +574,8 @@ def _transpose(t: _Translator, node, attrs) -> None:
     if not seq and source not in t.axes and moved != axes:
         raise Unsupported("a transpose of the time axis of a sequence only (netdsl keeps "
                           "each example's dims in order)")
-    if any(isinstance(a, int) for a in moved) and \
-            [a for a in moved if isinstance(a, int)] != sorted(a for a in moved if isinstance(a, int)):
+    own = [a for a in moved if isinstance(a, int)]
+    if own != sorted(own):
         raise Unsupported("a transpose that keeps each step's dims in order")
     _relabel(t, node.output[0], source, moved)
 
@@ -672,7 +683,8 @@ def _arith(t: _Translator, node, attrs) -> None:
         factor, shift = {("Add", True): (1.0, c), ("Add", False): (1.0, c),
                          ("Sub", True): (1.0, -c), ("Sub", False): (-1.0, c),
                          ("Mul", True): (c, 0.0), ("Mul", False): (c, 0.0),
-                         ("Div", True): (1 / c if c else math.inf, 0.0)}.get((kind, left), (None, None))
+                         ("Div", True): (1 / c if c else math.inf, 0.0),
+                         }.get((kind, left), (None, None))
         if factor is None:
             raise Unsupported("a number divided by a tensor (netdsl's scale multiplies and shifts)")
         x = t.raw(value_name)

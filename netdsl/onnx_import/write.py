@@ -15,7 +15,7 @@ from netdsl.onnx_import.layers import CELLS, Layer, Network
 from netdsl.ops import OPS
 from netdsl.ops.base import REQUIRED
 
-__all__ = ["write_spec", "call_text", "value_text", "identifier"]
+__all__ = ["write_spec", "call_text", "value_text", "identifier", "in_order", "operator"]
 
 KEYWORDS = frozenset(("network", "input", "target", "state", "import", "block", "in", "out",
                       "for", "share", "loss", "train", "true", "false", "none", "seq", "class",
@@ -172,7 +172,7 @@ def write_spec(net: Network, lines: list[str] | None = None, names: dict | None 
     return format_text(header + "\n".join(text) + "\n"), names
 
 
-def _in_order(pipelines: list[list[Layer]]) -> list[list[Layer]]:
+def in_order(pipelines: list[list[Layer]]) -> list[list[Layer]]:
     """The pipelines ordered so that each comes after those it reads (a pipeline may read
     a value of one that starts later than it)."""
     made = {layer.output: i for i, chain in enumerate(pipelines) for layer in chain}
@@ -191,7 +191,10 @@ def _in_order(pipelines: list[list[Layer]]) -> list[list[Layer]]:
 def _statements(net: Network, names: dict, taken: Names) -> list[str]:
     lines = []
     outputs = set(net.outputs)
-    for chain in _in_order(chains(net)):
+    rank = 0
+    for chain in in_order(chains(net)):
+        for layer in chain:
+            layer.rank, rank = rank, rank + 1
         last = chain[-1]
         base = "logits" if last.output in outputs and scored(net, last.output) and \
             len(outputs) == 1 else identifier(last.origin, last.op)
