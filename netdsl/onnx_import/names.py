@@ -28,7 +28,6 @@ def match_layers(checked: Checked, net: Network, names: dict[str, str]) -> dict[
     SpecError
         When the spec's graph is not the translated one (a bug of the writer).
     """
-    graph = checked.graph
     value_of = {names[v]: v for v in net.inputs}   # netdsl node -> translated value
     free: dict[tuple, list[Layer]] = {}
     for layer in net.layers:
@@ -60,7 +59,6 @@ def match_layers(checked: Checked, net: Network, names: dict[str, str]) -> dict[
         candidates.remove(pick)
         matched[node.id] = pick
         value_of[node.id] = pick.output
-    del graph
     return matched
 
 

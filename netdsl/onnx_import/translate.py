@@ -26,7 +26,7 @@ from netdsl.onnx_import.layers import Layer, Network, Unsupported
 from netdsl.onnx_import.recurrent import RECURRENT, is_recurrent
 from netdsl.ops.pool import pooled_size
 
-__all__ = ["translate", "RULES", "Unsupported"]
+__all__ = ["translate", "RULES", "Rule"]
 
 
 @dataclass(frozen=True)
@@ -215,15 +215,6 @@ class _Translator:
             op, args = ("flatten", {}) if len(dims) == 1 else ("reshape", {"dims": list(dims)})
             self.views[key] = self.emit(op, args, [value], dims)
         return self.views[key]
-
-    def onnx_shape(self, name: str) -> tuple:
-        """The per-example dims of an ONNX value (the batch left out)."""
-        if name in self.values:
-            return self.onnx_dims[self.values[name]]
-        shape = self.folded.shapes.get(name)
-        if shape is None or any(d is None for d in shape[1:]):
-            raise Unsupported("a value whose shape shape inference can tell")
-        return tuple(shape[1:])
 
     def emit(self, op: str, args: dict, inputs: list[str], dims: tuple,
              params=None, buffers=None, onnx_dims=None) -> str:
