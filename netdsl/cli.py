@@ -354,8 +354,11 @@ def _export(args) -> int:
 
 
 def _import(args) -> int:
-    from netdsl.app.importer import import_onnx  # the onnx package, for import alone
-
+    try:
+        from netdsl.app.importer import import_onnx  # the onnx package, for import alone
+    except ImportError:
+        raise SpecError("netc import needs the onnx package", None,
+                        "pip install 'netdsl[export]'") from None
     return import_onnx(args)
 
 
