@@ -264,9 +264,11 @@ def _local_name(layer: Layer) -> str:
 
 
 def _segment_block(segment, layers, wiring, names) -> Block:
-    ops = {layer.op for layer in segment}
+    ops = [OPS[layer.op] for layer in segment if layer.op in OPS]
     strided = any(layer.args.get("stride") not in (None, 1) for layer in segment)
-    base = "residual" if "add" in ops else "dense_unit" if "concat" in ops else \
+    # a sum with the entry is a residual unit, a concatenation with it a dense one
+    base = "residual" if any(op.operator == "+" for op in ops) else \
+        "dense_unit" if any(op.concatenates for op in ops) else \
         "_".join(dict.fromkeys(layer.op for layer in segment[:2]))
     base += "_down" if strided else ""
     return Block(names.make(base), [], [])

@@ -24,6 +24,7 @@ from netdsl.errors import SpecError, SpecErrors
 from netdsl.onnx_import.fold import BATCH, Folded
 from netdsl.onnx_import.layers import Layer, Network, Unsupported
 from netdsl.onnx_import.recurrent import RECURRENT, is_recurrent
+from netdsl.ops import OPS
 from netdsl.ops.pool import pooled_size
 
 __all__ = ["translate", "RULES", "Rule"]
@@ -223,8 +224,8 @@ class _Translator:
         value = self._fresh()
         self.layers.append(Layer(op, args, list(inputs), value, self.node.name if self.node
                                  else "", dict(params or {}), dict(buffers or {})))
-        if any(i in self.seq for i in inputs) and op not in ("last", "first"):
-            self.seq.add(value)  # a per-step op over a sequence gives a sequence
+        if any(i in self.seq for i in inputs) and (op not in OPS or OPS[op].per_step):
+            self.seq.add(value)  # a per-step op (or a cell) over a sequence gives one
         self.dims[value] = tuple(dims)
         self.onnx_dims[value] = tuple(onnx_dims if onnx_dims is not None else dims)
         return value
