@@ -41,6 +41,19 @@ def _with_weights(case) -> tuple[onnx.ModelProto, list[np.ndarray]]:
     return model, rest
 
 
+def _batch_major(array, axes):
+    """An array ONNX lays out with `axes` (a time-major sequence, an RNN's output with its
+    directions axis) as netdsl holds it: batch, time, then its dims."""
+    array = np.asarray(array)
+    if axes is None:
+        return array
+    order = [axes.index(a) for a in ("B", "T") if a in axes]
+    order += [i for i, a in enumerate(axes) if isinstance(a, int)]
+    directions = [i for i, a in enumerate(axes) if a == "D"]
+    moved = np.transpose(array, order + directions)
+    return moved.reshape(moved.shape[:len(order)])
+
+
 def _outcome(case) -> tuple[str, str]:
     """("pass" | "fail" | "out of scope", why)."""
     model, feed = _with_weights(case)
@@ -53,6 +66,11 @@ def _outcome(case) -> tuple[str, str]:
             return "fail", message
         return "out of scope", message.split(": ", 2)[-1]
     _, expected = case.data_sets[0]
+    net = imported.network
+    feed = [_batch_major(x, net.layouts.get(value))
+            for x, value in zip(feed, net.inputs)]
+    expected = [_batch_major(y, net.layouts.get(value))
+                for y, value in zip(expected, net.outputs)]
     try:
         got = netdsl_outputs(imported.text, imported.tensors,
                              [np.asarray(x, np.float32) for x in feed])

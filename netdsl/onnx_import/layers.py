@@ -52,6 +52,10 @@ class Network:
     outputs: list[str]
     dims: dict[str, tuple[int, ...]]
     sequences: set[str] = field(default_factory=set)  # values with a time axis
+    # the inputs and outputs ONNX lays out otherwise than netdsl's [batch, (time,) dims]:
+    # their axes in ONNX's order ("B" batch, "T" time, "D" an RNN's one direction, numbers
+    # the dims), e.g. ("T", "B", 0) for a time-major sequence
+    layouts: dict[str, tuple] = field(default_factory=dict)
 
     def consumers(self) -> dict[str, list[Layer]]:
         readers: dict[str, list[Layer]] = {}

@@ -18,7 +18,7 @@ import numpy as np
 
 from netdsl.onnx_import.layers import Unsupported
 
-__all__ = ["RECURRENT", "is_recurrent"]
+__all__ = ["RECURRENT", "is_recurrent", "node_layout"]
 
 _ANY = None
 

@@ -23,7 +23,7 @@ import onnx
 from netdsl.errors import SpecError, SpecErrors
 from netdsl.onnx_import.fold import BATCH, Folded
 from netdsl.onnx_import.layers import Layer, Network, Unsupported
-from netdsl.onnx_import.recurrent import RECURRENT, is_recurrent
+from netdsl.onnx_import.recurrent import RECURRENT, is_recurrent, node_layout
 from netdsl.ops import OPS
 from netdsl.ops.pool import pooled_size
 
@@ -62,6 +62,7 @@ class _Translator:
         self.axes: dict[str, tuple] = {}
         self.seq: set[str] = set()                # netdsl values with a time axis
         self.stacks: dict[str, list[str]] = {}    # a Concat of RNN states -> its parts
+        self.laid_out: dict[str, tuple] = {}      # netdsl input or output -> ONNX's axes
         self.dims: dict[str, tuple] = {}          # netdsl value -> its per-example dims
         self.onnx_dims: dict[str, tuple] = {}     # netdsl value -> ONNX's per-example dims
         self.layers: list[Layer] = []
@@ -87,11 +88,16 @@ class _Translator:
                 continue
             shape = self.folded.shapes.get(info.name)
             elem = info.type.tensor_type.elem_type
-            if recurrent and len(shape) == 3:  # [batch, time, features]: a sequence
+            if recurrent and shape is not None and len(shape) == 3 and shape[2] is not None:
+                # a sequence: [batch, time, features], or [time, batch, features] where an
+                # RNN node reads it as it is (netdsl's input is batch-major all the same)
                 value = self._fresh()
                 self.dims[value] = self.onnx_dims[value] = tuple(shape[2:])
                 self.seq.add(value)
                 self.bind(info.name, value)
+                if any(is_recurrent(n) and n.input[0] == info.name and node_layout(n) == 0
+                       for n in self.folded.nodes):
+                    self.axes[info.name] = self.laid_out[value] = ("T", "B", 0)
                 inputs[value] = tuple(shape[2:])
                 continue
             if shape is None or any(d is None for d in shape[1:]):
@@ -143,6 +149,11 @@ class _Translator:
             if info.name in self.folded.constants:
                 self._problem("output", info.name, "an output computed from the input "
                               "(this one is a constant)")
+            elif info.name in self.axes and info.name not in self.stacks:
+                # an RNN's output as ONNX lays it out, time-major or with its one direction:
+                # netdsl's value holds the same numbers batch-major
+                outputs.append(self.values[info.name])
+                self.laid_out[self.values[info.name]] = self.axes[info.name]
             elif info.name in self.values:
                 try:
                     outputs.append(self.tensor(info.name))
@@ -150,7 +161,7 @@ class _Translator:
                     self._problem("output", info.name, exc.need)
         self._raise()
         return Network(self.name, inputs, _live(self.layers, outputs), outputs, dict(self.dims),
-                       set(self.seq))
+                       set(self.seq), dict(self.laid_out))
 
     def _problem(self, op_type: str, node: str, need: str) -> None:
         self.problems.setdefault((op_type, need), []).append(node or "(unnamed)")
