@@ -33,14 +33,14 @@ def match_layers(checked: Checked, net: Network, names: dict[str, str]) -> dict[
     for layer in net.layers:
         free.setdefault((layer.op, tuple(layer.inputs)), []).append(layer)
     matched = {}
-    cells = iter([layer for layer in net.layers if layer.op in CELLS])
+    nodes = checked.program.nodes
     instances: dict[str, Layer] = {}
-    for node in checked.program.nodes.values():
+    for node in nodes.values():
         depth = next((i for i, f in enumerate(node.scope) if f.block in CELLS), None)
-        if depth is not None:  # inside a stdlib cell: the cells come in the layers' order
+        if depth is not None:  # inside a stdlib cell: the cell layer reading its input
             path = "/".join(f.name for f in node.scope[:depth + 1])
             if path not in instances:
-                instances[path] = next(cells)
+                instances[path] = _cell(nodes, path, node.scope[depth].block, value_of, free)
             matched[node.id] = instances[path]
             value_of[node.id] = instances[path].output
             continue
@@ -60,6 +60,21 @@ def match_layers(checked: Checked, net: Network, names: dict[str, str]) -> dict[
         matched[node.id] = pick
         value_of[node.id] = pick.output
     return matched
+
+
+def _cell(nodes, path: str, block: str, value_of: dict, free: dict) -> Layer:
+    """The translated cell that the instance `path` of a stdlib cell is: the one of its
+    kind reading the value the instance reads from outside."""
+    inside = path + "/"
+    outer = next(source for node in nodes.values() if node.id.startswith(inside)
+                 for source, _ in node.inputs if not source.startswith(inside))
+    candidates = free.get((block, (value_of.get(outer),)), [])
+    if not candidates:
+        raise SpecError(f"internal: the written spec's cell {path} ({block}) matches no "
+                        "imported layer", None, "please report this with the model")
+    pick = min(candidates, key=lambda c: c.rank)
+    candidates.remove(pick)
+    return pick
 
 
 def _setting(value) -> str:
