@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:]
                              + ", from the checkpoint that `netc run` wrote.")
         _data_flags(cmd)
+        cmd.add_argument("--init-from", metavar="FILE.safetensors",
+                         help="these weights instead of the checkpoint (netc export --to "
+                              "safetensors, or netc import's NAME.safetensors)")
         if name == "predict":
             cmd.add_argument("-o", "--output", metavar="FILE", help="write .npz or .csv")
             cmd.add_argument("--generate", metavar="INPUT",
@@ -149,6 +152,15 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--check", action="store_true",
                      help="print nothing for canonical files; for the others a diff, and exit 1")
     how.add_argument("--diff", action="store_true", help="print what formatting would change, as a diff")
+
+    imp = sub.add_parser(
+        "import", help="an ONNX model as a .net spec and its weights (NAME.safetensors)",
+        description="Translate an ONNX model into a readable spec, NAME.net, with repeated "
+                    "structure folded into blocks, and its weights into NAME.safetensors (the "
+                    "names netc export and --init-from use). Unsupported operators are all "
+                    "listed, and nothing is written.")
+    imp.add_argument("model", metavar="MODEL.onnx")
+    imp.add_argument("-o", metavar="NAME.net", help="the spec to write (default: MODEL.net)")
 
     tui = sub.add_parser("tui", help="the terminal builder: edit, draw, inspect and train a spec",
                          description="Open the terminal builder on SPEC (a new spec when SPEC "
@@ -393,7 +405,17 @@ def _export(args) -> int:
     return export(args)
 
 
-COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "export": _export,
+def _import(args) -> int:
+    try:
+        from netdsl.app.importer import import_onnx  # the onnx package, for import alone
+    except ImportError:
+        raise SpecError("netc import needs the onnx package", None,
+                        "pip install 'netdsl[export]'") from None
+    return import_onnx(args)
+
+
+COMMANDS = {"import": _import, "check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt,
+            "export": _export,
             "run": _training("run"), "eval": _training("evaluate"),
             "predict": _training("predict"), "tui": _tui, "lsp": _lsp}
 

@@ -167,8 +167,13 @@ def _init_from(trainer, path: str, partial: bool, console) -> None:
 
 
 def _trained(args):
-    """The session of the spec and a trainer holding its checkpoint."""
+    """The session of the spec and a trainer holding its checkpoint, or the weights of
+    --init-from (a file of netc export's or netc import's) instead."""
     session = _session(args)
+    if getattr(args, "init_from", None):
+        trainer = session.trainer()
+        _init_from(trainer, args.init_from)
+        return session, trainer
     trainer = session.trained(_folder(args, session.name), f"train it first: netc run {args.spec}")
     return session, trainer
 

@@ -1,0 +1,125 @@
+"""LSTM, GRU and RNN nodes as the standard library's cells (netdsl/stdlib/rnn.net).
+
+ONNX's recurrent operators read a sequence time-major, [time, batch, features] (or
+batch-major with layout=1), and give every step's state [time, directions, batch, n]
+and the last one [directions, batch, n]. A forward cell with ONNX's default activations
+and zero initial states is netdsl's `lstm(n)`, `gru(n)` (Cho et al.'s, ONNX's
+linear_before_reset=0), `gru_reset_after(n)` (PyTorch's, linear_before_reset=1) or
+`elman(n)`; its weights are regrouped for the cell's dense layers:
+
+    lstm      z = dense(concat(x, h), 4n), gates i, f, g, o (ONNX's order: i, o, f, c)
+    gru       gates = dense(concat(x, h), 2n) for z, r (netdsl's z is ONNX's 1 - z, so
+              its rows are negated), then the candidate's input and recurrent parts
+    elman     dense(x, n) + dense(h, n, bias=false)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from netdsl.onnx_import.layers import Unsupported
+
+__all__ = ["RECURRENT", "is_recurrent", "node_layout"]
+
+_ANY = None
+
+
+def is_recurrent(node) -> bool:
+    return node.op_type in RECURRENT and node.domain in ("", "ai.onnx")
+
+
+def _operands(t, node, gates: int):
+    """The input sequence's netdsl value and the weights W, R, Wb, Rb of one direction."""
+    if any(t.used(name) for name in node.output[2:]) and node.op_type == "LSTM":
+        raise Unsupported("the outputs Y and Y_h alone (netdsl's lstm gives no cell state)")
+    source = node.input[0]
+    if source not in t.values:
+        raise Unsupported("a sequence computed from the input")
+    value = t.values[source]
+    if value not in t.seq:
+        raise Unsupported("a sequence input [batch, time, features]")
+    layout = node_layout(node)
+    want = ("T", "B", 0) if layout == 0 else ("B", "T", 0)
+    have = t.axes.get(source, ("B", "T", 0))
+    if have != want:
+        raise Unsupported("the sequence in the order its layout attribute says")
+    w = t.const(node.input[1], "constant weights")[0]
+    r = t.const(node.input[2], "constant weights")[0]
+    hidden = r.shape[-1]
+    if len(node.input) > 3 and node.input[3]:
+        b = t.const(node.input[3], "a constant bias")[0]
+    else:
+        b = np.zeros(2 * gates * hidden, np.float32)
+    if len(node.input) > 4 and node.input[4]:
+        raise Unsupported("no sequence_lens (netdsl's sequences carry their own lengths)")
+    for i in range(5, len(node.input)):
+        if node.input[i] and np.any(t.const(node.input[i], "constant zero initial states")):
+            raise Unsupported("zero initial states and no peepholes (a stdlib cell)")
+    return value, w, r, b[:gates * hidden], b[gates * hidden:], hidden, layout
+
+
+def node_layout(node) -> int:
+    return next((a.i for a in node.attribute if a.name == "layout"), 0)
+
+
+def _finish(t, node, value, cell: str, hidden: int, params: dict, layout: int) -> None:
+    params = {name: np.asarray(p, np.float32) for name, p in params.items()}
+    out = t.emit(cell, {"n": hidden}, [value], (hidden,), params)
+    t.values[node.output[0]] = out
+    t.layout[node.output[0]] = (hidden,)
+    t.axes[node.output[0]] = ("T", "D", "B", 0) if layout == 0 else ("B", "T", "D", 0)
+    if len(node.output) > 1 and t.used(node.output[1]):
+        last = t.emit("last", {}, [out], (hidden,))
+        t.values[node.output[1]] = last
+        t.layout[node.output[1]] = (hidden,)
+        t.axes[node.output[1]] = ("D", "B", 0) if layout == 0 else ("B", "D", 0)
+
+
+def _check(attrs, activations: tuple) -> None:
+    if attrs.get("direction", "forward") != "forward":
+        raise Unsupported("direction='forward' (a bidirectional or reversed cell is "
+                          "netdsl's bi_lstm or reverse -> lstm -> reverse, written by hand)")
+    given = tuple(a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", ()))
+    if given and given != activations:
+        raise Unsupported(f"the activations {', '.join(activations)} (those of the stdlib cell)")
+
+
+def _lstm(t, node, attrs) -> None:
+    _check(attrs, ("Sigmoid", "Tanh", "Tanh"))
+    value, w, r, wb, rb, n, layout = _operands(t, node, 4)
+    order = [0, 2, 3, 1]  # ONNX's i, o, f, c as netdsl's i, f, g, o
+    regroup = (lambda m: m.reshape(4, n, -1)[order].reshape(4 * n, -1))
+    weight = np.concatenate([regroup(w), regroup(r)], axis=1)
+    bias = regroup((wb + rb)[:, None])[:, 0]
+    _finish(t, node, value, "lstm", n, {"z.weight": weight, "z.bias": bias}, layout)
+
+
+def _gru(t, node, attrs) -> None:
+    _check(attrs, ("Sigmoid", "Tanh"))
+    value, w, r, wb, rb, n, layout = _operands(t, node, 3)
+    flip = np.concatenate([-np.ones(n), np.ones(n)])[:, None]   # netdsl's z is 1 - ONNX's
+    gates = np.concatenate([w[:2 * n], r[:2 * n]], axis=1) * flip
+    gate_bias = (wb[:2 * n] + rb[:2 * n]) * flip[:, 0]
+    params = {"dense1.weight": gates, "dense1.bias": gate_bias, "dense2.weight": w[2 * n:]}
+    if attrs.get("linear_before_reset", 0):
+        cell = "gru_reset_after"
+        params.update({"dense2.bias": wb[2 * n:], "dense3.weight": r[2 * n:],
+                       "dense3.bias": rb[2 * n:]})
+    else:
+        cell = "gru"
+        params.update({"dense2.bias": wb[2 * n:] + rb[2 * n:], "dense3.weight": r[2 * n:]})
+    _finish(t, node, value, cell, n, params, layout)
+
+
+def _rnn(t, node, attrs) -> None:
+    _check(attrs, ("Tanh",))
+    value, w, r, wb, rb, n, layout = _operands(t, node, 1)
+    params = {"dense1.weight": w, "dense1.bias": wb + rb, "dense2.weight": r}
+    _finish(t, node, value, "elman", n, params, layout)
+
+
+_COMMON = {"hidden_size": _ANY, "direction": _ANY, "activations": _ANY, "layout": _ANY}
+RECURRENT = {
+    "LSTM": (_lstm, {**_COMMON, "input_forget": (0,)}),
+    "GRU": (_gru, {**_COMMON, "linear_before_reset": _ANY}),
+    "RNN": (_rnn, _COMMON),
+}

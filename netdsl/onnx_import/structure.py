@@ -1,0 +1,383 @@
+"""Recovering repeated structure: a flat list of layers as blocks, calls and repeats.
+
+A network with one input and one output is a sequence of single-entry, single-exit
+segments: the values every path from the input to the output passes through cut it.
+A segment of several layers (a residual unit, a dense layer) becomes a block; segments
+of the same wiring and ops share one block, the settings in which they differ (channel
+counts, strides) its parameters. Then, over the sequence of calls:
+
+- consecutive identical calls fold into a repeat, `-> residual(64) x 2`;
+- a run of calls that recurs (a stage: a strided unit, then plain ones) becomes a block
+  of its own, whose calls differ in their settings and repeat counts only;
+
+until nothing recurs. The layers stay those translation made: only the text changes, so
+the weights follow them whatever the blocks (netdsl.onnx_import.names matches them).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from netdsl.onnx_import.layers import Layer, Network
+from netdsl.onnx_import.write import (
+    KEYWORDS, Names, call_text, in_order, operator, pipeline_text, value_text,
+)
+from netdsl.ops import OPS
+
+__all__ = ["recover", "Structured"]
+
+# what a parameter is called after the setting it stands for
+PARAM_NAMES = {"channels": "c", "units": "units", "stride": "stride", "kernel": "k",
+               "pad": "pad", "count": "n", "groups": "groups", "dilation": "dilation"}
+
+
+class Param(str):
+    """A block parameter standing for a setting: written as its name."""
+
+
+@dataclass
+class Unit:
+    """One stage of a sequence: a layer or a block call (`name(args)`), `count` times."""
+
+    name: str
+    args: dict
+    count: int = 1
+    block: bool = False
+
+    def key(self) -> tuple:
+        return (self.name, tuple(self.args), self.block)
+
+    def settings(self) -> dict:
+        return {**self.args, "count": self.count}
+
+
+@dataclass
+class Block:
+    """A block to write: its parameters and body lines; for a segment's block, the
+    segments it stands for and each one's call arguments."""
+
+    name: str
+    params: list[str]
+    body: list[str]
+    members: list = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Structured:
+    """The statements of a structured spec: blocks, then the network's one pipeline."""
+
+    blocks: list[Block] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+
+def recover(net: Network, input_name: str, output_name: str) -> Structured | None:
+    """The network's statements with blocks and repeats; None when it is no single path
+    (several inputs or outputs), which the flat writer then writes."""
+    if len(net.inputs) != 1 or len(net.outputs) != 1 or not net.layers:
+        return None
+    layers = _chain_concats(net.layers)
+    entry = next(iter(net.inputs))
+    segments = _segments(layers, entry, net.outputs[0])
+    if segments is None:
+        return None
+    segments = _absorb_activations(segments)
+    structured = Structured()
+    blocks: dict[tuple, Block] = {}
+    names = Names(KEYWORDS | set(OPS) | {input_name, output_name})
+    units = [_segment_unit(seg, layers, blocks, names, structured) for seg in segments]
+    for block in blocks.values():
+        _finish_segment_block(block)
+    units = [Unit(u.name, u.args["_block"].calls[u.args["_segment"]], 1, True) if u.block else u
+             for u in units]
+    units = _repeats(units)
+    while True:
+        pattern = _best_pattern(units)
+        if pattern is None:
+            break
+        units = _fold(units, *pattern, names, structured)
+        units = _repeats(units)
+    stages = " -> ".join(_unit_text(u) for u in units)
+    structured.lines.append(f"{output_name} = {input_name} -> {stages}")
+    return structured
+
+
+def _chain_concats(layers: list[Layer]) -> list[Layer]:
+    """concat(a, b, c) after concat(a, b) as concat(ab, c): DenseNet's layers each
+    concatenate all earlier features; chained, each layer reads its predecessor's."""
+    made: dict[tuple, str] = {}
+    result = []
+    for layer in layers:
+        if layer.op == "concat":
+            inputs = list(layer.inputs)
+            for cut in range(len(inputs) - 1, 1, -1):
+                prefix = (layer.args.get("axis", 0), tuple(inputs[:cut]))
+                if prefix in made:
+                    inputs = [made[prefix], *inputs[cut:]]
+                    break
+            made[(layer.args.get("axis", 0), tuple(layer.inputs))] = layer.output
+            layer = Layer(layer.op, layer.args, inputs, layer.output, layer.origin,
+                          layer.params, layer.buffers)
+        result.append(layer)
+    layers[:] = result
+    return result
+
+
+def _segments(layers: list[Layer], entry: str, output: str) -> list[list[Layer]] | None:
+    """The layers cut at the values every path passes through, or None."""
+    if layers[-1].output != output:
+        return None
+    position = {entry: 0, **{layer.output: i + 1 for i, layer in enumerate(layers)}}
+    reach = [0] * (len(layers) + 1)
+    for i, layer in enumerate(layers):
+        for name in layer.inputs:
+            if name not in position:
+                return None
+            reach[position[name]] = max(reach[position[name]], i + 1)
+    segments, current, furthest = [], [], 0
+    for i, layer in enumerate(layers):
+        furthest = max(furthest, reach[i])
+        current.append(layer)
+        if furthest <= i + 1:  # nothing read before this value is read after it
+            segments.append(current)
+            current = []
+    if current:
+        return None
+    return segments
+
+
+def _absorb_activations(segments: list[list[Layer]]) -> list[list[Layer]]:
+    """An activation right after a segment of several layers ends that segment: a
+    residual unit's last relu is part of the unit."""
+    merged: list[list[Layer]] = []
+    for segment in segments:
+        layer = segment[0]
+        if merged and len(merged[-1]) > 1 and len(segment) == 1 and not layer.args and \
+                layer.op in OPS and OPS[layer.op].init_scheme is not None and \
+                len(layer.inputs) == 1:
+            merged[-1] = merged[-1] + segment
+        else:
+            merged.append(segment)
+    return merged
+
+
+def _wiring(segment: list[Layer]) -> tuple:
+    """What makes two segments the same block: ops, setting names and wiring."""
+    index = {layer.output: i for i, layer in enumerate(segment)}
+    return tuple((layer.op, tuple(sorted(layer.args)),
+                  tuple(index.get(n, -1) for n in layer.inputs)) for layer in segment)
+
+
+def _segment_unit(segment, layers, blocks, names, structured) -> Unit:
+    if len(segment) == 1 and segment[0].inputs and len(segment[0].inputs) == 1:
+        return Unit(segment[0].op, dict(segment[0].args))
+    wiring = _wiring(segment)
+    if wiring not in blocks:
+        blocks[wiring] = _segment_block(segment, layers, wiring, names)
+        structured.blocks.append(blocks[wiring])
+    block = blocks[wiring]
+    block.members.append(segment)
+    return Unit(block.name, {"_segment": len(block.members) - 1, "_block": block}, block=True)
+
+
+def _finish_segment_block(block: Block) -> None:
+    """A segment block's parameters (the settings its members differ in), body, and the
+    arguments of each member's call."""
+    members = block.members
+    columns: dict[tuple, list[tuple]] = {}
+    for i, layer in enumerate(members[0]):
+        for key in layer.args:
+            column = tuple(repr(_plain(m[i].args[key])) for m in members)
+            if len(set(column)) > 1:
+                columns.setdefault(column, []).append((i, key))
+    place, taken = {}, set()
+    for group in columns.values():
+        base = PARAM_NAMES.get(group[0][1], re.sub(r"\W", "", group[0][1])[:8] or "p")
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}{n}"
+        taken.add(name)
+        block.params.append(name)
+        for where in group:
+            place[where] = Param(name)
+    body = [Layer(layer.op, {k: place.get((i, k), v) for k, v in layer.args.items()},
+                  layer.inputs, layer.output, layer.origin) for i, layer in enumerate(members[0])]
+    lines, order = _body_lines(body)
+    block.body = ["in x", *lines]
+    for member in members:
+        for position, i in enumerate(order):
+            member[i].rank = position
+    block.calls = [{name: member[group[0][0]].args[group[0][1]]
+                    for name, group in zip(block.params, columns.values())}
+                   for member in members]
+
+
+def _body_lines(layers: list[Layer]) -> tuple[list[str], list[int]]:
+    """A segment's layers as pipelines inside a block (its entry is `x`, its last value
+    the block's `out`), and the order the lines write the layers in (their indices)."""
+    inside = {layer.output for layer in layers}
+    readers: dict[str, int] = {}
+    for layer in layers:
+        for name in layer.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    chains, chain_of = [], {}
+    for layer in layers:
+        first = layer.inputs[0] if layer.inputs else None
+        if first in inside and readers.get(first) == 1 and first in chain_of and \
+                chain_of[first][-1].output == first and operator(layer.op) is None:
+            chain = chain_of.pop(first)
+            chain.append(layer)
+        else:
+            chain = [layer]
+            chains.append(chain)
+        chain_of[layer.output] = chain
+    entry = next(name for layer in layers for name in layer.inputs if name not in inside)
+    names = {entry: "x"}
+    local = Names(KEYWORDS | set(OPS) | {"x"})
+    lines = []
+    chains = in_order(chains)
+    index = {id(layer): i for i, layer in enumerate(layers)}
+    order = [index[id(layer)] for chain in chains for layer in chain]
+    for chain in chains:
+        text = pipeline_text(chain, names)
+        if chain[-1] is layers[-1]:  # the segment's value: what the block gives
+            lines.append(f"out {text}")
+        else:
+            last = chain[-1]
+            names[last.output] = local.make(_local_name(last))
+            lines.append(f"{names[last.output]} = {text}")
+    return lines, order
+
+
+def _local_name(layer: Layer) -> str:
+    """A value's name inside a block: the last part of its ONNX node's module path."""
+    parts = [p for p in layer.origin.split("/") if p]
+    if len(parts) > 1:
+        parts = parts[:-1]
+    last = parts[-1] if parts else ""
+    last = re.sub(r"(\.\d+)+$", "", last)   # downsample.1 -> downsample
+    name = re.sub(r"\W+", "_", last.split(".")[-1]).strip("_").lower()
+    if not name or name[0].isdigit() or name in OPS or name in KEYWORDS:
+        name = layer.op + "_out"
+    return name
+
+
+def _segment_block(segment, layers, wiring, names) -> Block:
+    ops = [OPS[layer.op] for layer in segment if layer.op in OPS]
+    strided = any(layer.args.get("stride") not in (None, 1) for layer in segment)
+    # a sum with the entry is a residual unit, a concatenation with it a dense one
+    base = "residual" if any(op.operator == "+" for op in ops) else \
+        "dense_unit" if any(op.concatenates for op in ops) else \
+        "_".join(dict.fromkeys(layer.op for layer in segment[:2]))
+    base += "_down" if strided else ""
+    return Block(names.make(base), [], [])
+
+
+def _unit_text(unit: Unit) -> str:
+    if unit.block:
+        args = ", ".join(value_text(v) for v in unit.args.values())
+        text = f"{unit.name}({args})" if unit.args else unit.name
+    else:
+        text = call_text(unit.name, unit.args)
+    if isinstance(unit.count, Param):
+        return f"{text} x {unit.count}"
+    return f"{text} x {unit.count}" if unit.count != 1 else text
+
+
+def _repeats(units: list[Unit]) -> list[Unit]:
+    out: list[Unit] = []
+    for unit in units:
+        prev = out[-1] if out else None
+        if prev is not None and prev.key() == unit.key() and prev.args == unit.args and \
+                not isinstance(prev.count, Param) and not isinstance(unit.count, Param):
+            prev.count += unit.count
+        else:
+            out.append(Unit(unit.name, dict(unit.args), unit.count, unit.block))
+    return out
+
+
+def _best_pattern(units: list[Unit]):
+    """(length, starts) of the run of stages worth a block, or None."""
+    best, best_score = None, None
+    for length in range(2, len(units) // 2 + 1):
+        seen: dict[tuple, list[int]] = {}
+        for start in range(len(units) - length + 1):
+            key = tuple(u.key() for u in units[start:start + length])
+            starts = seen.setdefault(key, [])
+            if not starts or start >= starts[-1] + length:
+                starts.append(start)
+        for key, starts in seen.items():
+            occurrences = len(starts)
+            if occurrences < 2:
+                continue
+            # lines saved: each occurrence becomes one call, the block costs its own
+            saved = occurrences * (length - 1) - (length + 3)
+            plain = not any(u.block for u in units[starts[0]:starts[0] + length])
+            if saved <= 0 and (occurrences < 3 or plain):
+                continue  # a run of blocks recurring 3 times is a stage even so
+            params = len(_columns([units[s:s + length] for s in starts])[1])
+            if plain and params > 2:
+                continue  # a block of bare layers differing in everything: no clearer
+            score = (saved, -params, -starts[0])
+            if best_score is None or score > best_score:
+                best, best_score = (length, starts), score
+    return best
+
+
+def _columns(runs: list[list[Unit]]):
+    """The settings of several runs of units: those equal in all (constants) and the
+    distinct columns of those that differ (parameters)."""
+    keys = [(i, k) for i, u in enumerate(runs[0]) for k in u.settings()]
+    constants, varying = {}, {}
+    for i, k in keys:
+        column = tuple(_plain(run[i].settings()[k]) for run in runs)
+        if len(set(map(repr, column))) == 1:
+            constants[(i, k)] = runs[0][i].settings()[k]
+        else:
+            varying.setdefault(tuple(map(repr, column)), []).append((i, k))
+    return constants, list(varying.values())
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _fold(units, length, starts, names, structured) -> list[Unit]:
+    runs = [units[s:s + length] for s in starts]
+    constants, varying = _columns(runs)
+    params, taken = [], set()
+    place = {}
+    for group in varying:
+        i, k = group[0]
+        base = PARAM_NAMES.get(k, re.sub(r"\W", "", k)[:8] or "p")
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}{n}"
+        taken.add(name)
+        params.append(name)
+        for where in group:
+            place[where] = Param(name)
+    block = Block(names.make("stage"), params, [])
+    stages = []
+    for i, unit in enumerate(runs[0]):
+        settings = {k: place.get((i, k), constants.get((i, k))) for k in unit.settings()}
+        count = settings.pop("count")
+        stages.append(_unit_text(Unit(unit.name, settings, count, unit.block)))
+    block.body = ["in x", "out x -> " + " -> ".join(stages)]
+    structured.blocks.append(block)
+    folded, i = [], 0
+    while i < len(units):
+        if i in starts:
+            run = units[i:i + length]
+            args = {}
+            for group, name in zip(varying, params):
+                j, k = group[0]
+                args[name] = run[j].settings()[k]
+            folded.append(Unit(block.name, args, 1, True))
+            i += length
+        else:
+            folded.append(units[i])
+            i += 1
+    return folded

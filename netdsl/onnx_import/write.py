@@ -1,0 +1,203 @@
+"""Writing the spec: the layers as pipelines, named after the ONNX nodes, in fmt's form.
+
+A layer whose output only the next layer reads continues that layer's pipeline, so
+`Conv -> BatchNormalization -> Relu` reads as one line. A pipeline is named after the
+module path of its last ONNX node (`/layer1/layer1.0/relu_1/Relu` -> `layer1_0_relu_1`).
+The network's outputs are scored by a loss, as every spec's are: cross_entropy against
+a class target for a vector of scores, else mse against a target of their shape.
+"""
+from __future__ import annotations
+
+import re
+
+from netdsl.fmt import format_text
+from netdsl.onnx_import.layers import CELLS, Layer, Network
+from netdsl.ops import OPS
+from netdsl.ops.base import REQUIRED
+
+__all__ = ["write_spec", "call_text", "value_text", "identifier", "in_order", "operator"]
+
+KEYWORDS = frozenset(("network", "input", "target", "state", "import", "block", "in", "out",
+                      "for", "share", "loss", "train", "true", "false", "none", "seq", "class",
+                      "learned", "zeros", "x"))
+
+
+def value_text(value) -> str:
+    """A setting as a spec writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(float(f"{value:.7g}"))  # weights are float32: 7 digits say it all
+    if isinstance(value, str) and type(value) is not str:
+        return str(value)  # a block parameter (structure.Param): its name
+    if isinstance(value, str):
+        return f"'{value}'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(value_text(v) for v in value) + "]"
+    return str(value)
+
+
+def call_text(op: str, args: dict, tensors: list[str] = ()) -> str:
+    """`op(tensors, required..., key=value)`: settings equal to their defaults left out;
+    a bare name when nothing is left."""
+    parts = list(tensors)
+    if op not in OPS:  # a stdlib cell: its settings in order
+        return f"{op}({', '.join(parts + [value_text(v) for v in args.values()])})"
+    positional = True
+    for arg in OPS[op].args:
+        if arg.name not in args:
+            positional = False
+            continue
+        value = args[arg.name]
+        if arg.default is REQUIRED and positional:
+            parts.append(value_text(value))
+        elif arg.default is REQUIRED or value != arg.default:
+            positional = False
+            parts.append(f"{arg.name}={value_text(value)}")
+    return f"{op}({', '.join(parts)})" if parts else op
+
+
+def identifier(origin: str, fallback: str) -> str:
+    """A value name from an ONNX node name: its module path, the op type left out."""
+    parts = [p for p in re.split(r"[/:]", origin) if p]
+    if len(parts) > 1 and re.fullmatch(r"[A-Z][A-Za-z0-9]*(_\d+)?", parts[-1]):
+        parts = parts[:-1]
+    kept = [p for i, p in enumerate(parts)
+            if not (i + 1 < len(parts) and parts[i + 1].startswith(p + "."))]
+    name = re.sub(r"\W+", "_", "_".join(kept)).strip("_").lower()
+    name = re.sub(r"_+", "_", name)
+    if not name or len(name) > 40:
+        name = fallback
+    if name[0].isdigit():
+        name = "n" + name
+    if name in OPS or name in KEYWORDS:
+        name += "_out"
+    return name
+
+
+class Names:
+    """Unique names for values, from the ONNX nodes that make them."""
+
+    def __init__(self, taken=()):
+        self.taken = set(taken)
+
+    def make(self, base: str) -> str:
+        name, n = base, 1
+        while name in self.taken:
+            n += 1
+            name = f"{base}_{n}"
+        self.taken.add(name)
+        return name
+
+
+def chains(net: Network) -> list[list[Layer]]:
+    """The layers cut into pipelines: a layer joins the pipeline of its first input when
+    nothing else reads that input and it is no output of the network."""
+    readers = net.consumers()
+    outputs = set(net.outputs)
+    made = {layer.output: layer for layer in net.layers}
+    chain_of: dict[str, list[Layer]] = {}
+    result = []
+    for layer in net.layers:
+        first = layer.inputs[0] if layer.inputs else None
+        joins = (first in made and first in chain_of and len(readers.get(first, [])) == 1
+                 and first not in outputs and operator(layer.op) is None
+                 and chain_of[first][-1].output == first)
+        if joins:
+            chain = chain_of.pop(first)
+            chain.append(layer)
+        else:
+            chain = [layer]
+            result.append(chain)
+        chain_of[layer.output] = chain
+    return result
+
+
+def pipeline_text(chain: list[Layer], names: dict[str, str]) -> str:
+    head = chain[0]
+    tensors = [names[i] for i in head.inputs]
+    infix = operator(head.op)
+    if infix is not None:
+        text = f" {infix} ".join(tensors)
+    elif len(tensors) == 1:
+        text = f"{tensors[0]} -> {call_text(head.op, head.args)}"
+    else:
+        text = call_text(head.op, head.args, tensors)
+    for layer in chain[1:]:
+        text += " -> " + call_text(layer.op, layer.args, [names[i] for i in layer.inputs[1:]])
+    return text
+
+
+def operator(op: str) -> str | None:
+    """The infix operator that writes an op (`+` for add), if any."""
+    return OPS[op].operator if op in OPS else None
+
+
+def scored(net: Network, value: str) -> bool:
+    """Whether an output looks like class scores: a vector not already normalised."""
+    producer = next((l for l in net.layers if l.output == value), None)
+    return len(net.dims[value]) == 1 and net.dims[value][0] >= 2 and producer is not None and \
+        producer.op not in ("softmax", "log_softmax", "sigmoid")
+
+
+def write_spec(net: Network, lines: list[str] | None = None, names: dict | None = None,
+               header: str = "") -> tuple[str, dict[str, str]]:
+    """The spec of `net` in fmt's canonical form, and the names it gives the inputs and
+    the values it names. `lines` and `names`, when given, are statements and value
+    names a structure pass already wrote (blocks, calls)."""
+    text = [f"network {net.name}"]
+    if any(layer.op in CELLS for layer in net.layers):
+        text.append("import rnn")
+    names = dict(names or {})
+    taken = Names(names.values())
+    for value, dims in net.inputs.items():
+        if value not in names:
+            names[value] = taken.make("x" if "x" not in taken.taken else "input")
+        seq = "seq" if value in net.sequences else ""
+        text.append(f"input  {names[value]} : {seq}{value_text(list(dims))}")
+    targets = []
+    for i, value in enumerate(net.outputs):
+        target = taken.make("y")
+        klass = scored(net, value)
+        dims = net.dims[value]
+        seq = "seq " if value in net.sequences else ""
+        text.append(f"target {target} : {seq}" + (f"class({dims[0]})" if klass
+                                                   else value_text(list(dims))))
+        targets.append((target, klass))
+    text.append("")
+    text.extend(lines if lines is not None else _statements(net, names, taken))
+    for value, (target, klass) in zip(net.outputs, targets):
+        kind = "cross_entropy" if klass else "mse"
+        text.append(f"loss {kind}({names[value]}, {target})")
+    return format_text(header + "\n".join(text) + "\n"), names
+
+
+def in_order(pipelines: list[list[Layer]]) -> list[list[Layer]]:
+    """The pipelines ordered so that each comes after those it reads (a pipeline may read
+    a value of one that starts later than it)."""
+    made = {layer.output: i for i, chain in enumerate(pipelines) for layer in chain}
+    needs = [{made[name] for layer in chain for name in layer.inputs
+              if name in made and made[name] != i} for i, chain in enumerate(pipelines)]
+    done, order = set(), []
+    while len(order) < len(pipelines):
+        for i, chain in enumerate(pipelines):
+            if i not in done and needs[i] <= done:
+                done.add(i)
+                order.append(chain)
+                break
+    return order
+
+
+def _statements(net: Network, names: dict, taken: Names) -> list[str]:
+    lines = []
+    outputs = set(net.outputs)
+    rank = 0
+    for chain in in_order(chains(net)):
+        for layer in chain:
+            layer.rank, rank = rank, rank + 1
+        last = chain[-1]
+        base = "logits" if last.output in outputs and scored(net, last.output) and \
+            len(outputs) == 1 else identifier(last.origin, last.op)
+        names[last.output] = taken.make(base)
+        lines.append(f"{names[last.output]} = {pipeline_text(chain, names)}")
+    return lines
