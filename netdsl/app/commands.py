@@ -140,7 +140,7 @@ def _shared_out(comm, trainer, examples: int) -> str:
     return text
 
 
-def _init_from(trainer, path: str, partial: bool, console) -> None:
+def _init_from(trainer, path: str, partial: bool = False, console=None) -> None:
     """Set the trainer's parameters and buffers to those of a safetensors file (with
     `partial`, those that fit, saying which did and which did not)."""
     if not os.path.isfile(path):
