@@ -8,7 +8,7 @@ import sys
 from netdsl import __version__, emit
 from netdsl.atomic import write_text
 from netdsl.driver import CheckFailed, check_file, read_spec
-from netdsl.errors import SpecError, SpecErrors, errors_of, render
+from netdsl.errors import SpecError, SpecErrors, UsageError, errors_of, render
 from netdsl.fmt import format_text
 from netdsl.lower import lower, printers
 from netdsl.lower.pipeline import PASSES, TARGETS
@@ -139,6 +139,20 @@ def _parser() -> argparse.ArgumentParser:
     tui.add_argument("spec", nargs="?", metavar="SPEC")
     tui.add_argument("--device", choices=tuple(DEVICES), default="cpu",
                      help="where its runs train (cpu)")
+
+    runs = sub.add_parser("runs", help="list recorded runs with their best metrics",
+                          description="List the runs recorded in DIR (runs/): spec, epochs, "
+                                      "steps and the best loss and accuracy of each.")
+    runs.add_argument("folder", nargs="?", default="runs", metavar="DIR",
+                      help="folder of runs, or one run's folder (runs)")
+    runs.add_argument("--json", action="store_true", help="a JSON array instead of the table")
+
+    plot = sub.add_parser("plot", help="loss and accuracy curves of runs",
+                          description="Draw the loss and accuracy curves of one or more runs "
+                                      "(runs/NAME or a folder): to a file with -o (matplotlib, "
+                                      "the plot extra), else as a chart in the terminal.")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run name or folder")
+    plot.add_argument("-o", "--output", metavar="FILE", help=".png, .svg or .pdf")
     return root
 
 
@@ -219,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         _report(exc.errors, exc.sources)
     except SpecErrors as exc:
         _report(exc.errors, {})
+    except UsageError as exc:
+        _report([exc], {})
+        return 2
     except SpecError as exc:
         _report([exc], {})
     except BrokenPipeError:  # `netc compile ... | head`
@@ -335,6 +352,19 @@ def _training(command: str):
     return run
 
 
+def _runs(args) -> int:
+    from netdsl.app.runs import runs_command  # the application's record readers, for this command
+    from netdsl.app.terminal import console  # rich's console, for this command's table
+
+    return runs_command(args, console())
+
+
+def _plot(args) -> int:
+    from netdsl.app.plot import plot_command  # matplotlib, when asked for, loads in there
+
+    return plot_command(args)
+
+
 def _export(args) -> int:
     from netdsl.app.export import export  # the runtime and the formats' packages, for export alone
 
@@ -343,7 +373,7 @@ def _export(args) -> int:
 
 COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "export": _export,
             "run": _training("run"), "eval": _training("evaluate"),
-            "predict": _training("predict"), "tui": _tui}
+            "predict": _training("predict"), "tui": _tui, "runs": _runs, "plot": _plot}
 
 if __name__ == "__main__":
     sys.exit(main())

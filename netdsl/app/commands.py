@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import shutil
 
 import networkx as nx
@@ -12,6 +13,7 @@ from rich.console import Console
 from netdsl.app import workers
 from netdsl.app.launch import launch_workers
 from netdsl.app.progress import RichReporter, metric_text
+from netdsl.app.record import RecordingReporter
 from netdsl.app.session import Session, prepare
 from netdsl.atomic import check_writable, write_bytes, write_text
 from netdsl.cost import param_count
@@ -34,12 +36,13 @@ __all__ = ["run", "evaluate", "predict"]
 OVERRIDES = ("epochs", "batch", "lr", "seed", "steps", "init", "val")
 
 
-def _session(args) -> Session:
-    """The spec of the command line, its settings with the flags, on --device."""
+def _session(args, network=None) -> Session:
+    """The spec of the command line (checked, unless `network` is it), its settings with
+    the flags, on --device."""
     overrides = {key: getattr(args, key, None) for key in OVERRIDES}
     if getattr(args, "normalize", False):
         overrides["normalize"] = True
-    return prepare(check_file(args.spec), overrides, args.device, args.native)
+    return prepare(network or check_file(args.spec), overrides, args.device, args.native)
 
 
 def _data(args, session: Session, only=None, examples=None):
@@ -62,13 +65,14 @@ def run(args) -> int:
         workers.take_local_gpu(comm)  # before the first allocation
 
     def ready():
-        session = _session(args)
+        network = check_file(args.spec)
+        session = _session(args, network)
         if comm.rank == 0:  # the only writer, checked before the data is read
             _writable_folder(_folder(args, session.name))
         data = _data(args, session)
-        return (session, data), workers.data_digest(data)
+        return (network, session, data), workers.data_digest(data)
 
-    session, data = workers.prepared(comm, args, ready)
+    network, session, data = workers.prepared(comm, args, ready)
     folder = _folder(args, session.name)
     path = os.path.join(folder, CHECKPOINT)
     with workers.training(comm, folder):
@@ -95,8 +99,13 @@ def run(args) -> int:
             _keep_previous(path, os.path.join(folder, "previous.npz"))
             console.print(f"starting over; the earlier checkpoint is kept as "
                           f"{os.path.join(folder, 'previous.npz')}")
+        if comm.rank == 0:  # the run record: spec, settings, metrics.jsonl (app.record)
+            RecordingReporter(trainer, folder, network, args.spec,
+                              trainer.position.iteration if args.resume else None,
+                              "netc " + shlex.join(args.argv), args.device)
         console.print(f"{session.name}: {param_count(session.graph):,} parameters, "
-                      f"checkpoints in {folder}/" + _shared_out(comm, trainer, len(train)))
+                      f"run record and checkpoints in {folder}/"
+                      + _shared_out(comm, trainer, len(train)))
         trainer.fit(train, val if len(val) else None, data.description)
     if trainer.unsaved:
         raise SpecError(f"could not write the final checkpoint ({trainer.unsaved}); {path} "

@@ -308,7 +308,8 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
         self.app.push_screen(TrainScreen(self.result.network,
                                          epochs=getattr(self.app, "train_epochs", None),
                                          examples=getattr(self.app, "train_examples", None),
-                                         device=getattr(self.app, "device", "cpu")))
+                                         device=getattr(self.app, "device", "cpu"),
+                                         spec=self.file_name))
 
     def action_export(self) -> None:
         if self.good is None:
