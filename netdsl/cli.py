@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 from netdsl import __version__, emit
 from netdsl.atomic import write_text
+from netdsl.completion import SHELLS, completion_script
 from netdsl.driver import CheckFailed, check_file, read_spec
 from netdsl.errors import SpecError, SpecErrors, UsageError, errors_of, render
 from netdsl.fmt import format_text
 from netdsl.lower import lower, printers
 from netdsl.lower.pipeline import PASSES, TARGETS
 from netdsl.optimizers import configure
-from netdsl.report import format_cost_table, format_training_memory
+from netdsl.report import cost_json, format_cost_table, format_totals, format_training_memory
 from netdsl.runtime.device import DEVICES
 from netdsl.settings import resolve_settings
 from netdsl.unroll import unroll
@@ -26,12 +28,18 @@ EMIT_STAGES = ("ast", "expanded", "graph", "shapes", *(name for name, _ in PASSE
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line and exits 1, not 2."""
+    """argparse that reports a bad flag in one line after the usage, exit code 2."""
 
     def error(self, message):
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(1)
+        sys.exit(2)
+
+
+def _output_flags(cmd, quiet: str) -> None:
+    """--quiet and --json, for the commands whose results a script reads."""
+    cmd.add_argument("-q", "--quiet", action="store_true", help=quiet)
+    cmd.add_argument("--json", action="store_true", help="results as JSON on stdout")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                            description="Parse and shape-check each spec. Prints located errors and "
                                        "exits 1 if any spec has an error.")
     check.add_argument("specs", nargs="+", metavar="SPEC", help=".net file(s) to check")
+    _output_flags(check, "print errors alone: nothing when every spec checks")
 
     comp = sub.add_parser("compile", help="per-node table: op, shape, parameters, FLOPs, memory",
                           description="Print what each node costs, or any pipeline stage with --emit.")
@@ -54,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--target", choices=tuple(TARGETS), default="host",
                       help="what the back end's passes lower for: host (NumPy), native (generated C, "
                            "compiled here) or cuda (generated kernels)")
+    _output_flags(comp, "the totals alone, not a line per node")
 
     draw = sub.add_parser("draw", help="draw the network with Graphviz (svg, png, pdf, dot)",
                           description="Draw the network. Blocks are clusters; shapes label the edges.")
@@ -98,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:]
                              + ", from the checkpoint that `netc run` wrote.")
         _data_flags(cmd)
+        _output_flags(cmd, "no notices on stderr (predict -o: no 'wrote' line)")
         if name == "predict":
             cmd.add_argument("-o", "--output", metavar="FILE", help="write .npz or .csv")
             cmd.add_argument("--generate", metavar="INPUT",
@@ -153,6 +164,14 @@ def _parser() -> argparse.ArgumentParser:
                                       "the plot extra), else as a chart in the terminal.")
     plot.add_argument("runs", nargs="+", metavar="RUN", help="run name or folder")
     plot.add_argument("-o", "--output", metavar="FILE", help=".png, .svg or .pdf")
+
+    completion = sub.add_parser("completion", help="print a shell completion script",
+                                description="Print the completion script of SHELL: "
+                                            "eval \"$(netc completion bash)\" in ~/.bashrc; "
+                                            "netc completion zsh > ~/.zfunc/_netc; netc "
+                                            "completion fish > ~/.config/fish/completions/"
+                                            "netc.fish.")
+    completion.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
     return root
 
 
@@ -255,21 +274,39 @@ def _report(errors, sources) -> None:
 
 
 def _check(args) -> int:
-    failed = 0
+    failed, results = 0, []
     for path in args.specs:
         try:
             net = check_file(path)
         except CheckFailed as exc:
-            _report(exc.errors, exc.sources)
+            if args.json:
+                results.append({"spec": path, "ok": False,
+                                "errors": [_error_json(e) for e in exc.errors]})
+            else:
+                _report(exc.errors, exc.sources)
             failed += 1
             continue
-        print(f"{path}: ok ({net.graph.number_of_nodes()} nodes, {net.param_count():,} parameters)")
+        nodes, params = net.graph.number_of_nodes(), net.param_count()
+        if args.json:
+            results.append({"spec": path, "ok": True, "name": net.name, "nodes": nodes,
+                            "parameters": params})
+        elif not args.quiet:
+            print(f"{path}: ok ({nodes} nodes, {params:,} parameters)")
+    if args.json:
+        print(json.dumps(results, indent=2))
     return 1 if failed else 0
+
+
+def _error_json(error: SpecError) -> dict:
+    """An error as `netc check --json` gives it: its place (where known), message, hint."""
+    span = error.span
+    place = {"file": span.file, "line": span.line, "col": span.col} if span else {}
+    return {**place, "message": error.message, "hint": error.hint}
 
 
 def _compile(args) -> int:
     if args.unroll is not None and args.emit != "unrolled":
-        raise SpecError("--unroll goes with --emit unrolled", None,
+        raise UsageError("--unroll goes with --emit unrolled", None,
                         f"netc compile {args.spec} --emit unrolled --unroll {args.unroll}")
     net = check_file(args.spec)
     if args.emit in dict(PASSES):
@@ -288,9 +325,12 @@ def _compile(args) -> int:
         }[args.emit]()
         print(text)
         return 0
-    print(format_cost_table(net, args.batch))
+    if args.json:
+        print(json.dumps(cost_json(net, args.batch), indent=2))
+        return 0
+    print(format_totals(net, args.batch) if args.quiet else format_cost_table(net, args.batch))
     memory = format_training_memory(net, args.batch)
-    if memory:
+    if memory and not args.quiet:
         print(memory)
     if args.target == "native":
         from netdsl.runtime import native  # the C compiler's wrapper, for this target alone
@@ -316,8 +356,9 @@ def _draw(args) -> int:
 
     net = check_file(args.spec)
     fmt = os.path.splitext(args.output)[1].lstrip(".").lower()
-    draw.render(net.graph, args.output, fmt, collapse=args.collapse, unroll=args.unroll)
-    print(f"wrote {args.output}")
+    draw.render(net.graph, args.output, fmt, collapse=args.collapse, unroll=args.unroll,
+                warn=lambda text: print(f"warning: {text}", file=sys.stderr))
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
@@ -352,6 +393,11 @@ def _training(command: str):
     return run
 
 
+def _completion(args) -> int:
+    sys.stdout.write(completion_script(_parser(), args.shell))
+    return 0
+
+
 def _runs(args) -> int:
     from netdsl.app.runs import runs_command  # the application's record readers, for this command
     from netdsl.app.terminal import console  # rich's console, for this command's table
@@ -373,7 +419,8 @@ def _export(args) -> int:
 
 COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "export": _export,
             "run": _training("run"), "eval": _training("evaluate"),
-            "predict": _training("predict"), "tui": _tui, "runs": _runs, "plot": _plot}
+            "predict": _training("predict"), "tui": _tui, "runs": _runs, "plot": _plot,
+            "completion": _completion}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,7 @@ from netdsl.lower import lower
 from netdsl.optimizers import configure
 from netdsl.settings import resolve_settings
 
-__all__ = ["format_cost_table", "format_training_memory", "human"]
+__all__ = ["format_cost_table", "format_totals", "cost_json", "format_training_memory", "human"]
 
 
 def human(value: float, unit: str = "") -> str:
@@ -45,6 +45,26 @@ def format_cost_table(net, batch: int = 1) -> str:
     rule = "  ".join("-" * w for w in widths)
     title = f"{net.name}: batch {batch}" + (", per time step" if seq else "")
     return "\n".join([title, line(header), rule, *map(line, body), rule, line(total)])
+
+
+def format_totals(net, batch: int = 1) -> str:
+    """One line: the network's nodes, parameters, FLOPs and activation memory."""
+    rows = cost_rows(net.graph, batch)
+    return (f"{net.name}: batch {batch}, {len(rows)} nodes, "
+            f"{sum(r.params for r in rows):,} parameters, "
+            f"{human(sum(r.flops for r in rows))} FLOPs, "
+            f"{human(sum(r.memory for r in rows), 'B')} activations")
+
+
+def cost_json(net, batch: int = 1) -> dict:
+    """The table as data: a dict per node and the totals (numbers, not text)."""
+    rows = cost_rows(net.graph, batch)
+    nodes = [{"node": r.node, "path": r.path, "op": r.op, "output": r.type, "params": r.params,
+              "flops": r.flops, "memory": r.memory} for r in rows]
+    total = {key: sum(n[key] for n in nodes) for key in ("params", "flops", "memory")}
+    return {"name": net.name, "batch": batch,
+            "per_step": any(net.graph.nodes[r.node]["type"].seq for r in rows),
+            "nodes": nodes, "total": total}
 
 
 def format_training_memory(net, batch: int) -> str | None:

@@ -327,9 +327,10 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
     def export(self, graph, path: str, collapsed: frozenset[str]) -> None:
         from netdsl.draw import render as draw  # Graphviz loads when a diagram is exported
 
+        warnings = []
         try:
-            draw(graph, path, collapse=bool(collapsed))
-            message = f"wrote {path}"
+            draw(graph, path, collapse=bool(collapsed), warn=warnings.append)
+            message = f"wrote {path}" + (f"; {warnings[0]}" if warnings else "")
         except SpecError as exc:
             message = f"not exported: {exc}" + (f" ({exc.hint})" if exc.hint else "")
         self.app.call_from_thread(self.status, message)
