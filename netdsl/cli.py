@@ -9,13 +9,15 @@ import sys
 from netdsl import __version__, emit
 from netdsl.atomic import write_text
 from netdsl.completion import SHELLS, completion_script
+from netdsl.diff import diff_json, format_diff
 from netdsl.driver import CheckFailed, check_file, read_spec
 from netdsl.errors import SpecError, SpecErrors, UsageError, errors_of, render
 from netdsl.fmt import format_text
 from netdsl.lower import lower, printers
 from netdsl.lower.pipeline import PASSES, TARGETS
 from netdsl.optimizers import configure
-from netdsl.report import cost_json, format_cost_table, format_totals, format_training_memory
+from netdsl.report import (cost_json, format_cost_table, format_totals, format_training_memory,
+                           trained_params)
 from netdsl.runtime.device import DEVICES
 from netdsl.settings import resolve_settings
 from netdsl.unroll import unroll
@@ -54,11 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("specs", nargs="+", metavar="SPEC", help=".net file(s) to check")
     _output_flags(check, "print errors alone: nothing when every spec checks")
 
-    comp = sub.add_parser("compile", help="per-node table: op, shape, parameters, FLOPs, memory",
+    comp = sub.add_parser("compile", help="per-node table: op, inputs, shape, parameters, mult-adds, memory",
                           description="Print what each node costs, or any pipeline stage with --emit.")
     comp.add_argument("spec", metavar="SPEC")
     comp.add_argument("--emit", choices=EMIT_STAGES, help="print a pipeline stage instead of the table")
     comp.add_argument("--batch", type=_positive, default=1, help="batch size for FLOPs and memory (1)")
+    comp.add_argument("--depth", type=_positive, metavar="N",
+                      help="one row per block N levels deep (1: the network's own blocks), "
+                           "as torchinfo's depth")
     comp.add_argument("--unroll", type=_steps, metavar="T", help="steps for --emit unrolled (3)")
     comp.add_argument("--target", choices=tuple(TARGETS), default="host",
                       help="what the back end's passes lower for: host (NumPy), native (generated C, "
@@ -164,6 +169,16 @@ def _parser() -> argparse.ArgumentParser:
                                       "the plot extra), else as a chart in the terminal.")
     plot.add_argument("runs", nargs="+", metavar="RUN", help="run name or folder")
     plot.add_argument("-o", "--output", metavar="FILE", help=".png, .svg or .pdf")
+
+    diff = sub.add_parser("diff", help="what changed between two specs, by block path",
+                          description="Compare two specs: parameters, mult-adds and memory, "
+                                      "then each node (or, with --depth, block) added, removed "
+                                      "or changed in op, output shape, parameters or mult-adds.")
+    diff.add_argument("specs", nargs=2, metavar="SPEC", help="the two .net files, old then new")
+    diff.add_argument("--batch", type=_positive, default=1, help="batch size for the costs (1)")
+    diff.add_argument("--depth", type=_positive, metavar="N",
+                      help="compare blocks N levels deep as wholes")
+    diff.add_argument("--json", action="store_true", help="the differences as JSON")
 
     completion = sub.add_parser("completion", help="print a shell completion script",
                                 description="Print the completion script of SHELL: "
@@ -325,10 +340,12 @@ def _compile(args) -> int:
         }[args.emit]()
         print(text)
         return 0
+    trained = trained_params(net)
     if args.json:
-        print(json.dumps(cost_json(net, args.batch), indent=2))
+        print(json.dumps(cost_json(net, args.batch, args.depth, trained), indent=2))
         return 0
-    print(format_totals(net, args.batch) if args.quiet else format_cost_table(net, args.batch))
+    print(format_totals(net, args.batch, trained) if args.quiet
+          else format_cost_table(net, args.batch, args.depth, trained))
     memory = format_training_memory(net, args.batch)
     if memory and not args.quiet:
         print(memory)
@@ -393,6 +410,15 @@ def _training(command: str):
     return run
 
 
+def _diff(args) -> int:
+    first, second = (check_file(path) for path in args.specs)
+    if args.json:
+        print(json.dumps(diff_json(first, second, args.batch, args.depth), indent=2))
+    else:
+        print(format_diff(first, second, tuple(args.specs), args.batch, args.depth))
+    return 0
+
+
 def _completion(args) -> int:
     sys.stdout.write(completion_script(_parser(), args.shell))
     return 0
@@ -420,7 +446,7 @@ def _export(args) -> int:
 COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "export": _export,
             "run": _training("run"), "eval": _training("evaluate"),
             "predict": _training("predict"), "tui": _tui, "runs": _runs, "plot": _plot,
-            "completion": _completion}
+            "completion": _completion, "diff": _diff}
 
 if __name__ == "__main__":
     sys.exit(main())

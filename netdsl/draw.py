@@ -17,7 +17,7 @@ import networkx as nx
 
 from netdsl.atomic import write_bytes
 from netdsl.errors import SpecError, UsageError
-from netdsl.ops.base import REQUIRED
+from netdsl.spelling import call as _call
 from netdsl.unroll import INIT_KIND, unroll as unroll_steps
 
 __all__ = ["to_dot", "render", "FORMATS", "INSTALL_HINT"]
@@ -197,26 +197,6 @@ def _box_attrs(graph: nx.DiGraph, box: tuple, drawn_as: dict, steps: bool) -> di
     shared = steps and any(graph.nodes[m].get("params") for m in members)
     tip = f"{box_id}: the same weights at every step" if shared else box_id
     return {**node_styles["block"], "label": _lines(*title, shapes), "tooltip": tip}
-
-
-def _call(op) -> str:
-    """An op as a spec writes it, defaults left out: conv(16, 3, pad=1, bias=false)."""
-    parts = []
-    for arg in type(op).args:
-        value = op.attrs.get(arg.name, arg.default)
-        if arg.default is REQUIRED:
-            parts.append(_literal(value))
-        elif _literal(value) != _literal(arg.default):  # 1 and (1,) read the same
-            parts.append(f"{arg.name}={_literal(value)}")
-    return f"{op.name}({', '.join(parts)})" if parts else op.name
-
-
-def _literal(value) -> str:
-    if isinstance(value, (tuple, list)):
-        return _literal(value[0]) if len(value) == 1 else f"[{', '.join(map(_literal, value))}]"
-    if isinstance(value, bool) or value is None:
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else repr(value)
 
 
 def _lines(*lines: str) -> str:

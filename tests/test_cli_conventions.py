@@ -62,12 +62,13 @@ def test_check_quiet_and_json(tmp_path):
 def test_compile_quiet_and_json():
     quiet = run_netc("compile", MLP, "--quiet", "--batch", "4")
     assert quiet.returncode == 0
-    assert quiet.stdout.startswith("mlp: batch 4, 9 nodes, 85,002 parameters, ")
-    assert len(quiet.stdout.splitlines()) == 1
+    assert quiet.stdout == ("mlp: batch 4, 9 nodes, 85,002 parameters (0 non-trainable), "
+                            "340.01K mult-adds (680.02K FLOPs), 21.2 KiB activations\n")
     result = run_netc("compile", MLP, "--json")
     table = json.loads(result.stdout)
     assert table["name"] == "mlp" and table["total"]["params"] == 85002
-    assert sum(n["params"] for n in table["nodes"]) == 85002
+    assert sum(n["params"] for n in table["rows"]) == 85002
+    assert [n["inputs"] for n in table["rows"] if n["node"] == "loss"] == [["logits", "y"]]
 
 
 def test_eval_and_predict_json(trained):
