@@ -148,3 +148,31 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_tensorboard_event_files_hold_the_same_numbers(runs):
+    pytest.importorskip("tensorboardX")
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    folder = runs / "runs" / "whole"
+    scalars = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):  # TFRecord: length, its CRC, the event, its CRC
+            (size,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + size])
+            at += 16 + size
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    lines = metrics(folder)
+    steps = {e["step"]: e for e in lines if e["kind"] == "step"}
+    epochs = {e["step"]: e for e in lines if e["kind"] == "epoch"}
+    assert sorted(scalars["train/loss"]) == sorted(steps)
+    for step, entry in steps.items():
+        assert scalars["train/loss"][step] == pytest.approx(entry["loss"], rel=1e-6)
+        assert scalars["train/grad_norm"][step] == pytest.approx(entry["grad_norm"], rel=1e-6)
+    for step, entry in epochs.items():
+        assert scalars["val/accuracy"][step] == pytest.approx(entry["val_accuracy"], rel=1e-6)
+        assert scalars["epoch/loss"][step] == pytest.approx(entry["loss"], rel=1e-6)

@@ -6,6 +6,8 @@
     metrics.jsonl   one JSON object per line: {"kind": "step", ...} every Trainer.log_every
                     steps and {"kind": "epoch", ...} at the end of every epoch
     checkpoint.npz  written by the trainer (runtime.checkpoint)
+    events.out.tfevents.*  the same numbers for TensorBoard, where tensorboardX (the
+                    `tensorboard` extra) is installed: `tensorboard --logdir runs`
 
 Lines are appended one write each and flushed, so a reader (`netc runs`, `netc plot`, a
 `tail -f`) sees whole lines; a kill can cut only the last, which readers skip. A resumed
@@ -64,6 +66,18 @@ def read_run(folder: str) -> dict:
     return run if isinstance(run, dict) else {}
 
 
+def _event_writer(folder: str, resumed_at: int | None):
+    """A TensorBoard event writer for `folder`, or None without tensorboardX. A resumed
+    run's writer asks TensorBoard to drop the events after the checkpoint's step, as
+    metrics.jsonl drops its lines."""
+    try:
+        from tensorboardX import SummaryWriter  # the tensorboard extra, optional
+    except ImportError:
+        return None
+    purge = {"purge_step": resumed_at + 1} if resumed_at is not None else {}
+    return SummaryWriter(logdir=folder, flush_secs=10, **purge)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -96,11 +110,13 @@ class RecordingReporter(Reporter):
         self.inner, self.trainer, self.folder = trainer.reporter, trainer, folder
         self.network, self.spec = network, spec
         self.resumed_at, self.command, self.device = resumed_at, command, device
+        self.events = None  # a tensorboardX SummaryWriter, when the extra is installed
         trainer.reporter = self
 
     def start(self, description, settings, epochs, steps):
         self._write_run(description)
         self._prepare_metrics()
+        self.events = _event_writer(self.folder, self.resumed_at)
         self.inner.start(description, settings, epochs, steps)
 
     def _write_run(self, description: str) -> None:
@@ -144,16 +160,39 @@ class RecordingReporter(Reporter):
 
     def log(self, entry):
         self._append({"kind": "step", **entry})
+        self._scalars("train", entry, entry["step"])
         self.inner.log(entry)
 
     def epoch(self, record):
-        self._append({"kind": "epoch", "step": self.trainer.position.iteration, **record})
+        step = self.trainer.position.iteration
+        self._append({"kind": "epoch", "step": step, **record})
+        self._scalars("epoch", record, step)
+        if self.events is not None:
+            self.events.flush()
         self.inner.epoch(record)
+
+    def _scalars(self, group: str, entry: dict, step: int) -> None:
+        """TensorBoard's scalars: train/loss, epoch/accuracy, val/loss (val_ numbers under
+        val/ whatever the group), lr, samples_per_s, grad_norm."""
+        if self.events is None:
+            return
+        for key, value in entry.items():
+            if key in ("step", "epoch") or not isinstance(value, (int, float)):
+                continue
+            if key.startswith("val_"):
+                tag = f"val/{key[4:]}"
+            elif key in ("lr", "grad_norm", "samples/s"):
+                tag = f"{group}/{key.replace('/', '_per_')}"
+            else:
+                tag = f"{group}/{key}"
+            self.events.add_scalar(tag, value, step)
 
     def step(self, epoch, done, total, metrics):
         self.inner.step(epoch, done, total, metrics)
 
     def stopped(self, reason):
+        if self.events is not None:
+            self.events.flush()
         self.inner.stopped(reason)
 
     def warning(self, text):
