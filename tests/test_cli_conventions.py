@@ -39,6 +39,7 @@ def test_run_prints_results_on_stdout_notices_on_stderr_whole_lines(trained):
     (["compile", MLP, "--unroll", "2"], 2, "--unroll goes with --emit unrolled"),
     (["draw", MLP, "-o", "mlp.gif"], 2, "unknown format 'gif'"),
     (["predict", MLP, "-o", "out.txt"], 2, "name an .npz or .csv file"),
+    (["predict", MLP, "--prompt", "def "], 2, "--prompt is the text --generate continues"),
     (["check", os.path.join("tests", "errors", "unknown_layer.net")], 1, "unknown layer"),
 ])
 def test_usage_errors_exit_2_spec_errors_1(args, code, words, tmp_path):
@@ -131,3 +132,16 @@ def test_bash_completion_completes_commands_flags_and_choices(tmp_path):
     for shell, line in (("zsh", "'plot:loss and accuracy curves of runs'"),
                         ("fish", "-n '__fish_seen_subcommand_from check' -l json")):
         assert line in run_netc("completion", shell).stdout
+
+
+def test_consoles_off_a_terminal_never_wrap_and_honour_no_color(monkeypatch):
+    import io
+
+    from netdsl.app import terminal
+
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    out = terminal.console()
+    assert out.width == terminal.WIDE and out.soft_wrap and out.no_color
+    out.print("x" * 300, style="red")
+    assert out.file.getvalue() == "x" * 300 + "\n"

@@ -192,6 +192,9 @@ def predict(args) -> int:
     """The network's outputs for --data, written to -o (npz or csv) or printed."""
     if args.output is not None:
         _writable_output(args.output)
+    if args.prompt is not None and not args.generate:
+        raise UsageError("--prompt is the text --generate continues", None,
+                         f"netc predict {args.spec} --generate INPUT --prompt ...")
     if args.generate and args.json:
         raise UsageError("--json gives the outputs of a forward pass; --generate prints "
                          "what it decodes", None, "leave out one of them")
