@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("specs", nargs="+", metavar="SPEC", help=".net file(s) to check")
     _output_flags(check, "print errors alone: nothing when every spec checks")
 
-    comp = sub.add_parser("compile", help="per-node table: op, inputs, shape, parameters, mult-adds, memory",
+    comp = sub.add_parser("compile",
+                          help="per-node table: op, inputs, shape, parameters, mult-adds, memory",
                           description="Print what each node costs, or any pipeline stage with --emit.")
     comp.add_argument("spec", metavar="SPEC")
     comp.add_argument("--emit", choices=EMIT_STAGES, help="print a pipeline stage instead of the table")
@@ -257,7 +258,8 @@ def _natural(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run netc; returns the exit code (0 ok, 1 for any error in a spec, file or flag)."""
+    """Run netc; returns the exit code (0 ok, 1 for an error in a spec, a data file or a
+    checkpoint, 2 for a command line that cannot work)."""
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers passes on
 

@@ -250,6 +250,7 @@ class Trainer:
         self._since = None             # the training state before the first unread step
         self._grad_sq = 0.0            # the last step's squared gradient norm, before clipping
         self.log_every = 10            # steps between Reporter.log entries
+        self._logged = 0               # the step of the last entry (fit starts it afresh)
         self.unsaved: str | None = None  # why the last checkpoint write failed
 
     # ---- the loop

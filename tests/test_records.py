@@ -176,3 +176,28 @@ def test_tensorboard_event_files_hold_the_same_numbers(runs):
     for step, entry in epochs.items():
         assert scalars["val/accuracy"][step] == pytest.approx(entry["val_accuracy"], rel=1e-6)
         assert scalars["epoch/loss"][step] == pytest.approx(entry["loss"], rel=1e-6)
+
+
+def test_resuming_an_edited_spec_says_so(tmp_path, check):
+    from types import SimpleNamespace
+
+    from netdsl.app.record import RecordingReporter
+    from netdsl.runtime.train import Reporter
+    from netdsl.settings import TrainSettings
+
+    warnings = []
+
+    class Keep(Reporter):
+        def warning(self, text):
+            warnings.append(text)
+
+    text = open(MLP).read()
+    folder = str(tmp_path / "run")
+    for spec_text, resumed_at in ((text, None), (text.replace("0.2", "0.3"), 5)):
+        trainer = SimpleNamespace(reporter=Keep(), settings=TrainSettings(),
+                                  position=SimpleNamespace(iteration=0))
+        RecordingReporter(trainer, folder, check(spec_text, "mlp.net"), "mlp.net",
+                          resumed_at).start("data", TrainSettings(), 1, 1)
+    assert warnings == [f"mlp.net has changed since this run started; {folder}/spec.net now "
+                        "holds the new text"]
+    assert open(os.path.join(folder, "spec.net")).read() == text.replace("0.2", "0.3")

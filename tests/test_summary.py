@@ -64,7 +64,8 @@ def test_resnet20_reports_torchinfos_40_81m():
     total = json.loads(result.stdout)["total"]
     assert total["mult_adds"] == 40_814_762 and total["flops"] == 2 * 40_814_762
     assert total["params"] == total["trainable"] == 272_474 and total["non_trainable"] == 0
-    assert total["buffers"] == 1_568  # mean and variance of 784 channels: 19 batchnorms, 2 projections
+    # a mean and a variance for each of 784 channels: 19 batchnorms, 2 projections
+    assert total["buffers"] == 1_568
 
 
 def test_depth_rolls_blocks_up(check):

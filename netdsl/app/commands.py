@@ -87,7 +87,7 @@ def run(args) -> int:
         trainer = session.trainer(folder, args.checkpoint_every, reporter, parallel)
         if args.resume and args.init_from:
             raise UsageError("--resume continues from the checkpoint, --init-from starts from "
-                            "a file: give one of them", None, None)
+                             "a file: give one of them", None, None)
         if args.init_from:
             _init_from(trainer, args.init_from)
             console.print(f"starting from the weights in {args.init_from}")
@@ -294,8 +294,8 @@ def _generate(args, session: Session, trainer) -> int:
         bad = sorted(set(args.prompt) - set(ALPHABET)) if as_text else []
         if not as_text or bad:
             raise UsageError("--prompt gives the text a model of the bundled text starts from"
-                            + (f"; it has characters outside printable ASCII: {bad}" if bad else ""),
-                            None, "for example --prompt 'def '")
+                             + (f"; it has characters outside printable ASCII: {bad}" if bad
+                                else ""), None, "for example --prompt 'def '")
         prompt = encode_text(args.prompt)
     tokens = generate(trainer.executor, plan, batch, args.generate, steps, prompt,
                       args.temperature, np.random.default_rng(settings.seed))

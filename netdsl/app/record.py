@@ -138,6 +138,9 @@ class RecordingReporter(Reporter):
             "resumed": earlier.get("resumed", []) + ([_now()] if earlier else []),
             "netdsl": __version__,
         }
+        if earlier.get("sha256") not in (None, run["sha256"]):
+            self.inner.warning(f"{self.spec} has changed since this run started; "
+                               f"{os.path.join(self.folder, SPEC_COPY)} now holds the new text")
         os.makedirs(self.folder, exist_ok=True)
         write_text(os.path.join(self.folder, SPEC_COPY), text)
         write_text(os.path.join(self.folder, RUN), json.dumps(run, indent=2) + "\n")
