@@ -67,15 +67,16 @@ def read_run(folder: str) -> dict:
 
 
 def _event_writer(folder: str, resumed_at: int | None):
-    """A TensorBoard event writer for `folder`, or None without tensorboardX. A resumed
-    run's writer asks TensorBoard to drop the events after the checkpoint's step, as
-    metrics.jsonl drops its lines."""
+    """A TensorBoard event writer for `folder`, or None without tensorboardX. It asks
+    TensorBoard to drop the events of earlier writers from the first step it writes: a
+    resumed run's after the checkpoint's step (as metrics.jsonl drops its lines), a run
+    that starts over all of them."""
     try:
         from tensorboardX import SummaryWriter  # the tensorboard extra, optional
     except ImportError:
         return None
-    purge = {"purge_step": resumed_at + 1} if resumed_at is not None else {}
-    return SummaryWriter(logdir=folder, flush_secs=10, **purge)
+    first = 0 if resumed_at is None else resumed_at + 1
+    return SummaryWriter(logdir=folder, flush_secs=10, purge_step=first)
 
 
 def _now() -> str:
