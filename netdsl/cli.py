@@ -188,6 +188,12 @@ def _parser() -> argparse.ArgumentParser:
                                             "completion fish > ~/.config/fish/completions/"
                                             "netc.fish.")
     completion.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
+
+    sub.add_parser("lsp", help="the language server editors start: errors as you type, hover, "
+                               "go to definition, completion",
+                   description="Serve the Language Server Protocol over stdin and stdout for "
+                               "an editor (needs the lsp extra: pip install 'netdsl[lsp]'). "
+                               "See docs/editors.md.")
     return root
 
 
@@ -402,6 +408,18 @@ def _tui(args) -> int:
     return tui_main(args.spec, args.device)
 
 
+def _lsp(args) -> int:
+    try:
+        from netdsl.lsp import serve  # pygls, an optional extra, loads for this command alone
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").split(".")[0]
+        if package not in ("pygls", "lsprotocol"):
+            raise
+        raise SpecError(f"netc lsp needs the {package} package, which is not installed", None,
+                        "pip install 'netdsl[lsp]'") from None
+    return serve()
+
+
 def _training(command: str):
     """A command of app.commands, loaded when it runs: the runtime loads for training and
     its results, never for checking, compiling or drawing."""
@@ -448,7 +466,8 @@ def _export(args) -> int:
 COMMANDS = {"check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt, "export": _export,
             "run": _training("run"), "eval": _training("evaluate"),
             "predict": _training("predict"), "tui": _tui, "runs": _runs, "plot": _plot,
-            "completion": _completion, "diff": _diff}
+            "completion": _completion, "diff": _diff,
+            "lsp": _lsp}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -309,7 +309,7 @@ class Executor:
                     grad = grad.sum(axis=0)
             if check_finite:
                 self.check(check_finite, grad, step.node, "backward")
-            add_grad(grads, owned, target, grad)
+            add_grad(grads, owned, target, grad, step.op.fresh_grads)
         self.store_param_grads(step, param_grads)
 
     def store_param_grads(self, step: Step, param_grads: dict) -> None:

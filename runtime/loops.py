@@ -20,12 +20,15 @@ __all__ = ["forward_loop", "backward_loop", "add_grad", "initial_values", "loop_
            "note_lengths"]
 
 
-def add_grad(grads: dict, owned: set, target: str, grad) -> None:
+def add_grad(grads: dict, owned: set, target: str, grad, fresh: bool = False) -> None:
     """Keep a gradient contribution as its value's gradient, or add it to the one there:
     into it when this pass made that array (`owned`), else into a new one (an op's
-    returned gradient may alias another value's)."""
+    returned gradient may alias another value's). A `fresh` contribution is an array
+    nothing else holds: kept, it is owned."""
     if target not in grads:
         grads[target] = grad
+        if fresh:
+            owned.add(target)
     elif target in owned:
         grads[target] += grad
     else:

@@ -134,3 +134,31 @@ def test_fused_sequence_step_equals_the_plain_one(name, target):
     in_loops = [s for loop in fused.plan.loops for s in loop.steps if s.op.name == "fused"]
     if name == "elman":
         assert [s.op.chain.name for s in in_loops] == ["add_tanh"]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "elman", "lstm"])
+def test_a_chain_whose_gradients_follow_from_its_output_keeps_only_that(name):
+    """relu(x + skip) and tanh(a + b) keep their output for backward, one array in place
+    of their two inputs; lstm's sigmoid(i) * g needs its inputs. Both forms of a
+    backward give the same gradients."""
+    chains = [s.op for s in spec_lowered(name, target="native").plan.steps
+              if isinstance(s.op, FusedChain)]
+    assert any(op.from_output for op in chains)
+    assert all(op.from_output for op in chains) == (name != "lstm")
+    rng = np.random.default_rng(3)
+    for op in chains:
+        every = (True,) * op.chain.inputs
+        inputs = {f"x{j}": rng.standard_normal(5) for j in range(op.chain.inputs)}
+        y = codegen.evaluate_program(op.program, inputs, {}, np, "float64")["y"]
+        gy = rng.standard_normal(5)
+        plain = codegen.evaluate_program(op.backward_program(every, output=False),
+                                         {**inputs, "gy": gy}, {}, np, "float64")
+        if not op.from_output:
+            assert op.keeps == ()
+            continue
+        assert op.keeps == ("y",)
+        program = op.backward_program(every)
+        assert set(program.reads) <= {"y", "gy"}
+        ours = codegen.evaluate_program(program, {"y": y, "gy": gy}, {}, np, "float64")
+        for key, value in plain.items():
+            np.testing.assert_allclose(ours[key], value, rtol=1e-12)

@@ -279,3 +279,20 @@ def test_without_numpys_cblas_the_loops_run_interpreted(monkeypatch):
         ex.forward(batch, True)
         ex.backward()
     np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+
+
+def test_an_elman_loop_keeps_one_step_of_its_recurrent_product():
+    """tanh(W x + U h[t-1])'s gradient follows from h, which the loop keeps anyway: the
+    product U h[t-1] takes one step's room, not T steps'."""
+    from netdsl.driver import check_file
+    from netdsl.lower import lower
+    from netdsl.lower.schedule import LoopSegment
+    from netdsl.runtime.native.loops import compile_loop, default_needs
+
+    lowered = lower(check_file(os.path.join(SPECS, "elman.net")), "native")
+    [segment] = [s for s in lowered.schedule.segments if isinstance(s, LoopSegment)]
+    kernel, _, _ = compile_loop(segment, lowered.plan.types, "float32",
+                                default_needs(lowered, segment))
+    product = next(s.node for s in segment.steps if s.op.name == "dense")
+    assert kernel.rows(product, 100) == 1
+    assert all(kernel.rows(node, 100) == 100 for node in segment.stored)

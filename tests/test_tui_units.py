@@ -11,7 +11,7 @@ from netdsl.driver import check_text
 from netdsl.errors import SpecError
 from netdsl.tui.files import Recovery, load_spec, save_spec
 from netdsl.tui.graph_canvas import draw_graph
-from netdsl.tui.highlight import highlight_line
+from netdsl.highlight import highlight_line
 
 MLP = open(os.path.join(ROOT, "specs", "mlp.net")).read()
 RESNET20 = open(os.path.join(ROOT, "specs", "resnet20.net")).read()

@@ -11,7 +11,10 @@ formulas (ops.expr), so the program for a chain of ops is their composition:
   twice.
 
 The backward recomputes rather than storing intermediates: a chain keeps only its
-inputs, and one kernel reads them once. `cuda_source` renders a program as one
+inputs, and one kernel reads them once. Where the gradient needs no value but the
+chain's output (`tanh(a + b)`, `relu(x + skip)`: the last op's derivative is stated
+in its output, the others' in nothing), the chain keeps its output instead
+(`from_output`): one array, often kept anyway, in place of several. `cuda_source` renders a program as one
 CUDA C kernel (a grid-stride loop over n contiguous elements); `evaluate_program`
 runs the same expressions with NumPy, which is how the tests check a program
 against the ops it fuses. `run_program` runs one: evaluated so on the host, as compiled
@@ -28,7 +31,8 @@ from netdsl.ops.base import Op
 from netdsl.ops.expr import Const, Expr, Var, cuda, evaluate, names, sqrt
 from netdsl.ops.routines import overridable
 
-__all__ = ["Program", "Chain", "fusable", "chain_forward", "chain_backward", "update_program",
+__all__ = ["Program", "Chain", "fusable", "chain_forward", "chain_backward", "from_output",
+           "update_program",
            "update_scalars", "cuda_source", "evaluate_program", "run_program", "launches"]
 
 # programs run so far, per dtype (on a device, each is one kernel launch)
@@ -106,14 +110,17 @@ def chain_forward(chain: Chain) -> Program:
     return Program(f"{chain.name}_forward", _reads(lets, writes, inputs), tuple(lets), writes)
 
 
-def chain_backward(chain: Chain, needs: tuple[bool, ...]) -> Program:
-    """x0, x1, ..., gy -> dx_j for each input j with needs[j]."""
+def chain_backward(chain: Chain, needs: tuple[bool, ...], output: bool = False) -> Program:
+    """x0, x1, ..., gy -> dx_j for each input j with needs[j]; with `output` the last
+    member's value is read as the chain's output y instead of recomputed."""
     lets = _recompute(chain)
+    last = len(chain.ops) - 1
     grad: Expr = Var("gy")
     parts: dict[int, list[Expr]] = {j: [] for j in range(chain.inputs) if needs[j]}
     for m in reversed(range(len(chain.ops))):
         op, wires = chain.ops[m], chain.wiring[m]
-        grads = op.derivative(grad, Var(f"v{m}"), *_arguments(wires, m))
+        value = Var("y") if output and m == last else Var(f"v{m}")
+        grads = op.derivative(grad, value, *_arguments(wires, m))
         for w, g in zip(wires, grads):
             if g is None:
                 continue
@@ -123,10 +130,16 @@ def chain_backward(chain: Chain, needs: tuple[bool, ...]) -> Program:
             elif w in parts:
                 parts[w].append(g)
     writes = tuple((f"dx{j}", _sum(terms)) for j, terms in parts.items())
-    candidates = [f"x{j}" for j in range(chain.inputs)] + ["gy"]
+    candidates = [f"x{j}" for j in range(chain.inputs)] + ["gy"] + (["y"] if output else [])
     lets = _live(lets, writes)
-    tag = "".join("1" if n else "0" for n in needs)
+    tag = "".join("1" if n else "0" for n in needs) + ("_y" if output else "")
     return Program(f"{chain.name}_backward_{tag}", _reads(lets, writes, candidates), lets, writes)
+
+
+def from_output(chain: Chain) -> bool:
+    """Whether every gradient of the chain follows from gy and its output alone."""
+    every = chain_backward(chain, (True,) * chain.inputs, output=True)
+    return set(every.reads) <= {"gy", "y"}
 
 
 def _sum(terms: list[Expr]) -> Expr:

@@ -14,7 +14,8 @@ a run, and what a run becomes:
   (ops.expr) and read arrays of their own shape, at any input position. It becomes one
   `FusedChain` step, one generated kernel each way, named after its last step so the
   values a loss or a metric reads keep their names. Its backward recomputes the
-  intermediate values in registers: it keeps only the run's inputs.
+  intermediate values in registers: it keeps only the run's inputs, or only its
+  output where the gradients need nothing else (codegen.from_output).
 
 The backward of a run is its steps in reverse (host), or one kernel (cuda).
 """
@@ -23,7 +24,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, NamedTuple
 
-from netdsl.lower.codegen import Chain, chain_backward, chain_forward, fusable, run_program
+from netdsl.lower.codegen import (Chain, chain_backward, chain_forward, from_output, fusable,
+                                  run_program)
 from netdsl.lower.plan import Plan, Step
 from netdsl.ops.base import Op, input_names
 
@@ -108,40 +110,50 @@ class FusedChain(Op):
     """Several elementwise ops as one step: one kernel forward, one backward.
 
     Keeps its inputs for backward, which recomputes the intermediate values in
-    registers instead of storing them.
+    registers instead of storing them; or, where the gradients follow from the output
+    alone (`keeps == ("y",)`), its output.
     """
 
     name = "fused"
-    keeps = ()
     fresh = True
 
     def __init__(self, chain: Chain, nodes: tuple[str, ...]):
         super().__init__()
         self.chain, self.nodes = chain, nodes
         self.program = chain_forward(chain)
+        self.keeps = ("y",) if from_output(chain) else ()
         self._backward: dict[tuple[bool, ...], object] = {}
 
-    def backward_program(self, needs: tuple[bool, ...]):
-        """The backward program for the inputs that need a gradient, made once."""
-        if needs not in self._backward:
-            self._backward[needs] = chain_backward(self.chain, needs)
-        return self._backward[needs]
+    @property
+    def from_output(self) -> bool:
+        return bool(self.keeps)
+
+    def backward_program(self, needs: tuple[bool, ...], output: bool | None = None):
+        """The backward program for the inputs that need a gradient, made once: from the
+        output, or from the inputs (`output` False; default: the chain's own choice)."""
+        output = self.from_output if output is None else output and self.from_output
+        if (needs, output) not in self._backward:
+            self._backward[needs, output] = chain_backward(self.chain, needs, output)
+        return self._backward[needs, output]
 
     def forward(self, ctx, *xs):
-        if ctx.training:
-            ctx.save(xs=xs)
         arrays = {f"x{j}": x for j, x in enumerate(xs)}
-        return run_program(ctx.xp, self.program, arrays, dtype=ctx.dtype)["y"]
+        y = run_program(ctx.xp, self.program, arrays, dtype=ctx.dtype)["y"]
+        if ctx.training:
+            ctx.save(**({"y": y} if self.from_output else {"xs": xs}))
+        return y
 
     def backward(self, ctx, gy):
-        xs = ctx.saved["xs"]
-        needs = tuple(ctx.needs(j) for j in range(len(xs)))
+        saved = ctx.saved
+        count = self.chain.inputs
+        needs = tuple(ctx.needs(j) for j in range(count))
         if not any(needs):
-            return (None,) * len(xs), {}
-        arrays = {f"x{j}": x for j, x in enumerate(xs)}
+            return (None,) * count, {}
+        arrays = ({"y": saved["y"]} if self.from_output
+                  else {f"x{j}": x for j, x in enumerate(saved["xs"])})
         arrays["gy"] = gy
         grads = run_program(ctx.xp, self.backward_program(needs), arrays, dtype=ctx.dtype)
-        return tuple(grads.get(f"dx{j}") for j in range(len(xs))), {}
+        return tuple(grads.get(f"dx{j}") for j in range(count)), {}
 
 
 def _has_formulas(plan: Plan, step: Step) -> bool:

@@ -97,38 +97,51 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
         return None
     states = tuple(segment.loop.states)
     params = tuple((s.node, name) for s in segment.steps for name in s.params)
-    kept, summed = _lifetimes(segment, splits)
+    kept, summed, from_output = _lifetimes(segment, splits)
     writer = _Writer(segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                     summed, padded)
+                     summed, from_output, padded)
     source = writer.module(needs, index_type, gemm)
     return LoopKernel(source, storage, seqs, states, params, widths, kept, summed, splits)
 
 
-def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset]:
-    """(members whose values every step keeps, members whose gradients every step keeps).
+def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset, frozenset]:
+    """(members whose values every step keeps, members whose gradients every step keeps,
+    the chains whose backward reads their output rather than their inputs).
 
     Values: those read after the loop or as a state, and those backward reads: a chain's
-    inputs its gradient formulas use, a dense layer's input (its weight gradient is one
-    GEMM after the loop). The same for every backward, so that one forward serves all.
+    inputs or output, a dense layer's input (its weight gradient is one GEMM after the
+    loop). The same for every backward, so that one forward serves all. A chain whose
+    gradients follow from its output reads the output when that costs no more rows than
+    its inputs would (it is kept anyway, or the inputs are not).
     Gradients: a state's (later steps add into earlier ones), a stored member's (they
     arrive from after the loop), a dense layer's output's (the weight gradient's GEMM).
     """
-    sources = {state.source for state in segment.loop.states}
-    kept, summed = set(segment.stored) | sources, set(segment.stored) | sources
-    for step, route in zip(segment.steps, segment.routes):
-        read = []
-        if isinstance(step.op, FusedChain):
-            program = step.op.backward_program((True,) * len(route))
-            read = [r for j, r in enumerate(route) if f"x{j}" in program.reads]
-        elif step.op.column_linear:
-            read = [route[0]]
-            summed.add(step.node)
-        kept |= {r.ref for r in read if r.kind == MEMBER}
-    for node in list(kept):        # a block's values are its parent's
+    def parent(node):
         while node in splits:
             node = splits[node][0]
-            kept.add(node)
-    return frozenset(kept - set(splits)), frozenset(summed)
+        return node
+
+    sources = {state.source for state in segment.loop.states}
+    kept, summed = set(segment.stored) | sources, set(segment.stored) | sources
+    chains = []
+    for step, route in zip(segment.steps, segment.routes):
+        if isinstance(step.op, FusedChain):
+            chains.append((step, route))
+        elif step.op.column_linear:
+            summed.add(step.node)
+            if route[0].kind == MEMBER:
+                kept.add(parent(route[0].ref))
+    from_output = set()
+    for step, route in chains:
+        program = step.op.backward_program((True,) * len(route), output=False)
+        inputs = {parent(r.ref) for j, r in enumerate(route)
+                  if f"x{j}" in program.reads and r.kind == MEMBER}
+        if step.op.from_output and (step.node in kept or inputs - kept):
+            from_output.add(step.node)
+            kept.add(step.node)
+        else:
+            kept |= inputs
+    return frozenset(kept - set(splits)), frozenset(summed), frozenset(from_output)
 
 
 def _ref_node(route) -> str:
@@ -150,9 +163,9 @@ class _Writer:
     """The C text of one loop, with each value's place at time t."""
 
     def __init__(self, segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                 summed, padded):
+                 summed, from_output, padded):
         self.segment, self.widths, self.splits = segment, widths, splits
-        self.kept, self.summed = kept, summed
+        self.kept, self.summed, self.from_output = kept, summed, from_output
         self.scratch = [n for n in storage if n not in summed]   # zeroed at every step
         self.t = CTYPES[dtype]
         self.slot = {}
@@ -210,7 +223,7 @@ class _Writer:
             if isinstance(step.op, FusedChain):
                 programs.append(step.op.program)
                 if needs.get(step.node) is not None and any(needs[step.node]):
-                    programs.append(step.op.backward_program(needs[step.node]))
+                    programs.append(self._backward_program(step, needs[step.node]))
         lines = ["#include <math.h>", "#include <string.h>", ""]
         lines += simd_declarations(programs, t)
         lines += [f"/* {gemm}: CBLAS's ?gemm */",
@@ -240,6 +253,9 @@ class _Writer:
             if self.padded and step.node in self.segment.depth:
                 body += self._hold(step.node)
         return self._function("loop_forward", body)
+
+    def _backward_program(self, step, needs: tuple[bool, ...]):
+        return step.op.backward_program(needs, output=step.node in self.from_output)
 
     def _hold(self, node: str) -> list[str]:
         """Past a sequence's end a state keeps its value of the step before."""
@@ -272,11 +288,12 @@ class _Writer:
                 body += self._dense_backward(step, route, wanted, gy, ldgy)
             elif any(wanted):
                 arrays = {f"x{j}": self.source_of(r, False) for j, r in enumerate(route)}
+                arrays["y"] = self.member(step.node, False)
                 arrays["gy"] = (gy, ldgy)
                 for j, r in enumerate(route):
                     if wanted[j]:
                         arrays[f"dx{j}"] = self.source_of(r, True)
-                body += self._elementwise(op.backward_program(wanted), arrays,
+                body += self._elementwise(self._backward_program(step, wanted), arrays,
                                           self.widths[step.node], accumulate=True)
         # the gradients that live for one step start from zero at every step
         clear = [f"memset({self.array('grad', n)}, 0, B*{self.widths[n]}*sizeof({self.t}));"

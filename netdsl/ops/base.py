@@ -172,6 +172,9 @@ class Op:
     # forward returns a new array, never a view of an input or a parameter, so a reader may
     # overwrite it (flatten, split and crop return views; dropout in eval mode returns x)
     fresh: ClassVar[bool] = False
+    # backward returns new arrays as its inputs' gradients, never gy or a view of it, so
+    # the executor may add later contributions into them
+    fresh_grads: ClassVar[bool] = False
     # inputs, by name, that no gradient flows back through (stop_gradient's x, crop's like)
     nondifferentiable: ClassVar[tuple[str, ...]] = ()
     # an activation: the initialisation `init=auto` gives the layer feeding it ("he" before

@@ -16,6 +16,7 @@ class Dense(Op):
     keeps = ("x", "weight")
     stackable = True
     fresh = True
+    fresh_grads = True
     column_linear = True
 
     def shape(self, x: TensorType) -> TensorType:

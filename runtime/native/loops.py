@@ -147,9 +147,13 @@ class CompiledLoops:
         value_grads = {}
         for n in kernel.storage:
             outside = grads.pop(n, None) if n in wanted else None
-            value_grads[n] = (np.zeros((kernel.rows(n, T, grad=True), B, kernel.widths[n]),
-                                       dtype) if outside is None
-                              else np.array(outside, dtype=dtype, order="C"))
+            shape = (kernel.rows(n, T, grad=True), B, kernel.widths[n])
+            if outside is None:
+                value_grads[n] = np.zeros(shape, dtype)
+            elif n in owned and _writable(outside, shape, dtype):
+                value_grads[n] = outside    # this pass made it: the kernel adds into it
+            else:
+                value_grads[n] = np.array(outside, dtype=dtype, order="C")
         slots = {"value": value_grads,
                  "seq": {n: np.zeros((T, B, kernel.widths[n]), dtype) for n in kernel.seqs},
                  "init": {s.node: np.zeros_like(run.initials[s.node]) for s in kernel.states}}
@@ -169,15 +173,13 @@ class CompiledLoops:
                 if target is not None and r.kind == SEQ}
         for n in kernel.seqs:
             if n in read:
-                add_grad(grads, owned, n, slots["seq"][n])
+                add_grad(grads, owned, n, slots["seq"][n], fresh=True)
         for step, route in zip(segment.steps, segment.routes):
             if step.node in wanted and step.params:
                 gy = slots["value"][step.node]
-                gy = gy.reshape(-1, gy.shape[-1])
-                x = self._series(route[0], run)
-                param_grads = {"weight": gy.T @ x.reshape(-1, x.shape[-1])}
+                param_grads = {"weight": self._weight_grad(gy, route[0], run)}
                 if "bias" in step.params:
-                    param_grads["bias"] = gy.sum(axis=0)
+                    param_grads["bias"] = gy.reshape(-1, gy.shape[-1]).sum(axis=0)
                 ex.store_param_grads(step, param_grads)
         if ex.carried:
             return
@@ -185,18 +187,35 @@ class CompiledLoops:
             if state.param is not None:
                 ex.store_param_grad(state.param, slots["init"][state.node].sum(axis=(0, 1)))
 
+    def _weight_grad(self, gy, route, run: _Run):
+        """A dense layer's weight gradient over every step: gy (T, B, units) against its
+        input's values at each step. A state's values are its source's, shifted by the
+        delay, with the initial values first: two GEMMs, no shifted copy."""
+        def product(g, x):
+            return g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+
+        if route.kind != STATE:
+            return product(gy, self._series(route, run))
+        state = route.ref
+        values = run.storage[state.source]
+        d = min(state.delay, len(values))
+        grad = product(gy[:d], run.initials[state.node][:d])
+        if d < len(values):
+            grad += product(gy[d:], values[:len(values) - d])
+        return grad
+
     def _series(self, route, run: _Run):
-        """An input's values at every step, (T, B, width)."""
+        """A sequence's or a member's values at every step, (T, B, width)."""
         if route.kind == SEQ:
             return run.seqs[route.ref]
-        if route.kind == STATE:
-            state = route.ref
-            values = run.storage[state.source]
-            T = len(values)
-            head = run.initials[state.node][:min(state.delay, T)]
-            return np.concatenate([head, values[:max(T - state.delay, 0)]])
         node, begin = route.ref, 0
         while node not in run.storage:   # a block of its parent's columns
             node, first = run.kernel.views[node]
             begin += first
         return run.storage[node][..., begin:begin + run.kernel.widths[route.ref]]
+
+
+def _writable(array, shape: tuple, dtype) -> bool:
+    """Whether a kernel may take `array` as its C-ordered `shape` of `dtype` as it is."""
+    return (array.shape == shape and array.dtype == np.dtype(dtype)
+            and array.flags.c_contiguous and array.flags.writeable)

@@ -179,16 +179,15 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
           }
         }
         {
-          const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 128); const long long s_x0 = 256;
           const float* restrict p_gy = ((float*)a[13]); const long long s_gy = 64;
+          const float* restrict p_y = (((float*)a[2]) + (t)*B*64); const long long s_y = 64;
           float* restrict p_dx0 = (((float*)a[12]) + 128); const long long s_dx0 = 256;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
-              const float x0 = p_x0[r*s_x0 + i];
               const float gy = p_gy[r*s_gy + i];
-              const float v0 = tanhf(x0);
-              p_dx0[r*s_dx0 + i] += (gy * (1.0f - (v0 * v0)));
+              const float y = p_y[r*s_y + i];
+              p_dx0[r*s_dx0 + i] += (gy * (1.0f - (y * y)));
             }
           }
         }

@@ -1,6 +1,6 @@
 """The spec text: a TextArea with .net highlighting and the checker's errors marked.
 
-Highlights come from `netdsl.tui.highlight` (the Lark lexer) instead of a
+Highlights come from `netdsl.highlight` (the Lark lexer) instead of a
 tree-sitter query: this fills TextArea's internal highlight map, which is why
 Textual is pinned to one minor version.
 """
@@ -14,7 +14,7 @@ from textual.strip import Strip
 from textual.widgets import TextArea
 from textual.widgets.text_area import TextAreaTheme
 
-from netdsl.tui.highlight import highlight_line
+from netdsl.highlight import highlight_line
 
 __all__ = ["SpecEditor", "Diagnostic", "SPEC_THEME"]
 

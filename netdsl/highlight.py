@@ -1,4 +1,5 @@
-"""Syntax highlighting for .net text, from the Lark lexer's own terminals.
+"""Syntax highlighting for .net text, from the Lark lexer's own terminals: the TUI's
+editor and the Pygments lexer (netdsl.pygments_lexer) both colour with it.
 
 Each line is lexed on its own, so a broken line never spoils the colours of the
 others and a keystroke re-lexes one line (results are cached by line text). A
@@ -6,15 +7,18 @@ character the lexer rejects is marked and lexing resumes after it.
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
+from importlib import resources
 from typing import NamedTuple
 
 from lark.exceptions import UnexpectedCharacters
 
+from netdsl.lark_parser import parser
 from netdsl.ops import OPS
-from netdsl.parse import parser
+from netdsl.vocabulary import CONSTANTS, keyword_terminals
 
-__all__ = ["Token", "highlight_line", "highlight_text", "STYLE_NAMES"]
+__all__ = ["Token", "highlight_line", "highlight_text", "block_names", "STYLE_NAMES"]
 
 # highlight name of each terminal; keywords are found from the grammar itself
 _TERMINAL_STYLES = {
@@ -25,7 +29,6 @@ _TERMINAL_STYLES = {
     "LSQB": "punctuation.bracket", "RSQB": "punctuation.bracket",
     "LBRACE": "punctuation.bracket", "RBRACE": "punctuation.bracket",
 }
-_CONSTANTS = {"true", "false", "none", "learned", "zeros"}
 STYLE_NAMES = ("comment", "string", "number", "operator", "punctuation", "punctuation.bracket",
                "keyword", "function", "type", "constant", "variable", "error")
 
@@ -38,27 +41,38 @@ class Token(NamedTuple):
     style: str
 
 
-@lru_cache(maxsize=1)
-def _keywords() -> frozenset[str]:
-    """Terminals whose pattern is a fixed word: `network`, `input`, `block`, `seq`, ..."""
-    return frozenset(t.name for t in parser().terminals
-                     if t.pattern.type == "str" and t.pattern.value.isalpha() and t.name != "REPEAT")
-
-
 def _raw_tokens(line: str) -> list[tuple[str, int, int]]:
     """(terminal, start, end) of each token of one line; a rejected character is 'ERROR'."""
-    tokens, offset = [], 0
+    # lexed with its newline, so that a `\\` continuing the line is the lexer's, not an error
+    text, tokens, offset = line + "\n", [], 0
     while offset < len(line):
         try:
-            for tok in parser().lex(line[offset:], dont_ignore=True):
+            for tok in parser().lex(text[offset:], dont_ignore=True):
                 start = offset + tok.column - 1
-                tokens.append((tok.type, start, start + len(tok.value)))
+                if start < len(line):
+                    tokens.append((tok.type, start, min(len(line), start + len(tok.value))))
             break
         except UnexpectedCharacters as exc:  # tokens before it were already kept
             bad = offset + exc.pos_in_stream
             tokens.append(("ERROR", bad, bad + 1))
             offset = bad + 1
     return tokens
+
+
+def block_names(text: str) -> frozenset[str]:
+    """Names a spec calls as blocks, found without parsing it (the text may be broken):
+    its own blocks and shared instances, and the blocks of the standard library modules
+    it imports."""
+    names = set(_DEFINED.findall(text))
+    for module in _STDLIB_IMPORT.findall(text):
+        source = resources.files("netdsl.stdlib").joinpath(f"{module}.net")
+        if source.is_file():
+            names.update(_DEFINED.findall(source.read_text()))
+    return frozenset(names)
+
+
+_DEFINED = re.compile(r"^[ \t]*(?:block|share)[ \t]+([A-Za-z_][A-Za-z_0-9]*)", re.M)
+_STDLIB_IMPORT = re.compile(r"^[ \t]*import[ \t]+([A-Za-z_][A-Za-z_0-9]*)", re.M)
 
 
 @lru_cache(maxsize=8192)
@@ -84,14 +98,14 @@ def _style(kind: str, word: str, before, after, blocks) -> str | None:
         return _TERMINAL_STYLES[kind]
     if kind == "ERROR":
         return "error"
-    if kind in _keywords():
+    if kind in keyword_terminals():
         return "keyword"
     if kind == "REPEAT":
         # `x` repeats a stage only right after one (`-> basic(64) x 3`); elsewhere it is a name
         return "keyword" if before in ("RPAR", "NAME") and after in ("NUMBER", "NAME", "LPAR") \
             else "variable"
     if kind == "NAME":
-        if word in _CONSTANTS:
+        if word in CONSTANTS:
             return "constant"
         if word in blocks:
             return "type"
