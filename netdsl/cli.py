@@ -3,19 +3,22 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import sys
 
 from netdsl import __version__, emit
 from netdsl.atomic import write_text
+from netdsl.completion import SHELLS, completion_script
+from netdsl.diff import diff_json, format_diff
 from netdsl.driver import CheckFailed, check_file, read_spec
-from netdsl.errors import SpecError, SpecErrors, errors_of, render
+from netdsl.errors import SpecError, SpecErrors, UsageError, errors_of, render
 from netdsl.fmt import format_text
 from netdsl.lower import lower, printers
 from netdsl.lower.pipeline import PASSES, TARGETS
 from netdsl.optimizers import configure
-from netdsl.report import (REPORT_STEPS, format_cost_table, format_loop_memory,
-                           format_training_memory)
+from netdsl.report import (REPORT_STEPS, cost_json, format_cost_table, format_loop_memory,
+                           format_totals, format_training_memory, trained_params)
 from netdsl.runtime.device import DEVICES
 from netdsl.settings import resolve_settings
 from netdsl.unroll import unroll
@@ -28,12 +31,18 @@ EMIT_STAGES = ("ast", "expanded", "graph", "shapes", *(name for name, _ in PASSE
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line and exits 1, not 2."""
+    """argparse that reports a bad flag in one line after the usage, exit code 2."""
 
     def error(self, message):
         self.print_usage(sys.stderr)
         sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(1)
+        sys.exit(2)
+
+
+def _output_flags(cmd, quiet: str) -> None:
+    """--quiet and --json, for the commands whose results a script reads."""
+    cmd.add_argument("-q", "--quiet", action="store_true", help=quiet)
+    cmd.add_argument("--json", action="store_true", help="results as JSON on stdout")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,12 +55,17 @@ def _parser() -> argparse.ArgumentParser:
                            description="Parse and shape-check each spec. Prints located errors and "
                                        "exits 1 if any spec has an error.")
     check.add_argument("specs", nargs="+", metavar="SPEC", help=".net file(s) to check")
+    _output_flags(check, "print errors alone: nothing when every spec checks")
 
-    comp = sub.add_parser("compile", help="per-node table: op, shape, parameters, FLOPs, memory",
+    comp = sub.add_parser("compile",
+                          help="per-node table: op, inputs, shape, parameters, mult-adds, memory",
                           description="Print what each node costs, or any pipeline stage with --emit.")
     comp.add_argument("spec", metavar="SPEC")
     comp.add_argument("--emit", choices=EMIT_STAGES, help="print a pipeline stage instead of the table")
     comp.add_argument("--batch", type=_positive, default=1, help="batch size for FLOPs and memory (1)")
+    comp.add_argument("--depth", type=_positive, metavar="N",
+                      help="one row per block N levels deep (1: the network's own blocks), "
+                           "as torchinfo's depth")
     comp.add_argument("--unroll", type=_steps, metavar="T", help="steps for --emit unrolled (3)")
     comp.add_argument("--steps", type=_sequence_length, metavar="T", default=REPORT_STEPS,
                       help="sequence length a recurrence's stored states are reported at "
@@ -59,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--target", choices=tuple(TARGETS), default="host",
                       help="what the back end's passes lower for: host (NumPy), native (generated C, "
                            "compiled here) or cuda (generated kernels)")
+    _output_flags(comp, "the totals alone, not a line per node")
 
     draw = sub.add_parser("draw", help="draw the network with Graphviz (svg, png, pdf, dot)",
                           description="Draw the network. Blocks are clusters; shapes label the edges.")
@@ -109,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--init-from", metavar="FILE.safetensors",
                          help="these weights instead of the checkpoint (netc export --to "
                               "safetensors, or netc import's NAME.safetensors)")
+        _output_flags(cmd, "no notices on stderr (predict -o: no 'wrote' line)")
         if name == "predict":
             cmd.add_argument("-o", "--output", metavar="FILE", help="write .npz or .csv")
             cmd.add_argument("--generate", metavar="INPUT",
@@ -168,6 +184,38 @@ def _parser() -> argparse.ArgumentParser:
     tui.add_argument("spec", nargs="?", metavar="SPEC")
     tui.add_argument("--device", choices=tuple(DEVICES), default="cpu",
                      help="where its runs train (cpu)")
+
+    runs = sub.add_parser("runs", help="list recorded runs with their best metrics",
+                          description="List the runs recorded in DIR (runs/): spec, epochs, "
+                                      "steps and the best loss and accuracy of each.")
+    runs.add_argument("folder", nargs="?", default="runs", metavar="DIR",
+                      help="folder of runs, or one run's folder (runs)")
+    runs.add_argument("--json", action="store_true", help="a JSON array instead of the table")
+
+    plot = sub.add_parser("plot", help="loss and accuracy curves of runs",
+                          description="Draw the loss and accuracy curves of one or more runs "
+                                      "(runs/NAME or a folder): to a file with -o (matplotlib, "
+                                      "the plot extra), else as a chart in the terminal.")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run name or folder")
+    plot.add_argument("-o", "--output", metavar="FILE", help=".png, .svg or .pdf")
+
+    diff = sub.add_parser("diff", help="what changed between two specs, by block path",
+                          description="Compare two specs: parameters, mult-adds and memory, "
+                                      "then each node (or, with --depth, block) added, removed "
+                                      "or changed in op, output shape, parameters or mult-adds.")
+    diff.add_argument("specs", nargs=2, metavar="SPEC", help="the two .net files, old then new")
+    diff.add_argument("--batch", type=_positive, default=1, help="batch size for the costs (1)")
+    diff.add_argument("--depth", type=_positive, metavar="N",
+                      help="compare blocks N levels deep as wholes")
+    diff.add_argument("--json", action="store_true", help="the differences as JSON")
+
+    completion = sub.add_parser("completion", help="print a shell completion script",
+                                description="Print the completion script of SHELL: "
+                                            "eval \"$(netc completion bash)\" in ~/.bashrc; "
+                                            "netc completion zsh > ~/.zfunc/_netc; netc "
+                                            "completion fish > ~/.config/fish/completions/"
+                                            "netc.fish.")
+    completion.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
 
     sub.add_parser("lsp", help="the language server editors start: errors as you type, hover, "
                                "go to definition, completion",
@@ -249,7 +297,8 @@ def _natural(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run netc; returns the exit code (0 ok, 1 for any error in a spec, file or flag)."""
+    """Run netc; returns the exit code (0 ok, 1 for an error in a spec, a data file or a
+    checkpoint, 2 for a command line that cannot work)."""
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers passes on
 
@@ -259,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         _report(exc.errors, exc.sources)
     except SpecErrors as exc:
         _report(exc.errors, {})
+    except UsageError as exc:
+        _report([exc], {})
+        return 2
     except SpecError as exc:
         _report([exc], {})
     except BrokenPipeError:  # `netc compile ... | head`
@@ -278,21 +330,39 @@ def _report(errors, sources) -> None:
 
 
 def _check(args) -> int:
-    failed = 0
+    failed, results = 0, []
     for path in args.specs:
         try:
             net = check_file(path)
         except CheckFailed as exc:
-            _report(exc.errors, exc.sources)
+            if args.json:
+                results.append({"spec": path, "ok": False,
+                                "errors": [_error_json(e) for e in exc.errors]})
+            else:
+                _report(exc.errors, exc.sources)
             failed += 1
             continue
-        print(f"{path}: ok ({net.graph.number_of_nodes()} nodes, {net.param_count():,} parameters)")
+        nodes, params = net.graph.number_of_nodes(), net.param_count()
+        if args.json:
+            results.append({"spec": path, "ok": True, "name": net.name, "nodes": nodes,
+                            "parameters": params})
+        elif not args.quiet:
+            print(f"{path}: ok ({nodes} nodes, {params:,} parameters)")
+    if args.json:
+        print(json.dumps(results, indent=2))
     return 1 if failed else 0
+
+
+def _error_json(error: SpecError) -> dict:
+    """An error as `netc check --json` gives it: its place (where known), message, hint."""
+    span = error.span
+    place = {"file": span.file, "line": span.line, "col": span.col} if span else {}
+    return {**place, "message": error.message, "hint": error.hint}
 
 
 def _compile(args) -> int:
     if args.unroll is not None and args.emit != "unrolled":
-        raise SpecError("--unroll goes with --emit unrolled", None,
+        raise UsageError("--unroll goes with --emit unrolled", None,
                         f"netc compile {args.spec} --emit unrolled --unroll {args.unroll}")
     net = check_file(args.spec)
     if args.emit in dict(PASSES):
@@ -311,11 +381,17 @@ def _compile(args) -> int:
         }[args.emit]()
         print(text)
         return 0
-    print(format_cost_table(net, args.batch))
+    trained = trained_params(net)
+    if args.json:
+        print(json.dumps(cost_json(net, args.batch, args.depth, trained), indent=2))
+        return 0
+    print(format_totals(net, args.batch, trained) if args.quiet
+          else format_cost_table(net, args.batch, args.depth, trained))
     memory = format_training_memory(net, args.batch)
-    if memory:
+    if memory and not args.quiet:
         print(memory)
-    for line in format_loop_memory(net, args.batch, args.steps, args.target):
+    for line in [] if args.quiet else format_loop_memory(net, args.batch, args.steps,
+                                                         args.target):
         print(line)
     if args.target == "native":
         from netdsl.runtime import native  # the C compiler's wrapper, for this target alone
@@ -341,8 +417,9 @@ def _draw(args) -> int:
 
     net = check_file(args.spec)
     fmt = os.path.splitext(args.output)[1].lstrip(".").lower()
-    draw.render(net.graph, args.output, fmt, collapse=args.collapse, unroll=args.unroll)
-    print(f"wrote {args.output}")
+    draw.render(net.graph, args.output, fmt, collapse=args.collapse, unroll=args.unroll,
+                warn=lambda text: print(f"warning: {text}", file=sys.stderr))
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
@@ -399,6 +476,33 @@ def _training(command: str):
     return run
 
 
+def _diff(args) -> int:
+    first, second = (check_file(path) for path in args.specs)
+    if args.json:
+        print(json.dumps(diff_json(first, second, args.batch, args.depth), indent=2))
+    else:
+        print(format_diff(first, second, tuple(args.specs), args.batch, args.depth))
+    return 0
+
+
+def _completion(args) -> int:
+    sys.stdout.write(completion_script(_parser(), args.shell))
+    return 0
+
+
+def _runs(args) -> int:
+    from netdsl.app.runs import runs_command  # the application's record readers, for this command
+    from netdsl.app.terminal import console  # rich's console, for this command's table
+
+    return runs_command(args, console())
+
+
+def _plot(args) -> int:
+    from netdsl.app.plot import plot_command  # matplotlib, when asked for, loads in there
+
+    return plot_command(args)
+
+
 def _export(args) -> int:
     from netdsl.app.export import export  # the runtime and the formats' packages, for export alone
 
@@ -417,7 +521,9 @@ def _import(args) -> int:
 COMMANDS = {"import": _import, "check": _check, "compile": _compile, "draw": _draw, "fmt": _fmt,
             "export": _export,
             "run": _training("run"), "eval": _training("evaluate"),
-            "predict": _training("predict"), "tui": _tui, "lsp": _lsp}
+            "predict": _training("predict"), "tui": _tui, "runs": _runs, "plot": _plot,
+            "completion": _completion, "diff": _diff,
+            "lsp": _lsp}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,5 @@
-"""What a checked network costs: parameters, FLOPs and activation memory per node."""
+"""What a checked network costs: parameters, buffers, mult-adds, FLOPs and activation
+memory per node, and the same rolled up to blocks (`roll_up`)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ import networkx as nx
 from netdsl.graph import block_path, forward_view
 from netdsl.shapes import input_types
 
-__all__ = ["Row", "cost_rows", "param_count", "node_params", "first_state_node"]
+__all__ = ["Row", "cost_rows", "roll_up", "param_count", "node_params", "first_state_node"]
 
 _BYTES = {"float32": 4, "int64": 8}
 
@@ -25,6 +26,10 @@ class Row:
     params: int
     flops: int
     memory: int  # bytes of the node's output for the batch
+    mult_adds: int = 0            # as torchinfo counts them (Op.mult_adds), for the batch
+    buffers: int = 0              # values kept unlearned (batchnorm's running statistics)
+    inputs: tuple[str, ...] = ()  # where its inputs come from (`h@t-1`: a delayed state)
+    param_names: tuple[str, ...] = ()  # its parameters' keys, `node.weight`
 
 
 def node_params(graph: nx.DiGraph, node: str) -> dict[str, tuple[int, ...]]:
@@ -50,15 +55,49 @@ def cost_rows(graph: nx.DiGraph, batch: int = 1) -> list[Row]:
     for node in nx.topological_sort(forward_view(graph)):
         data = graph.nodes[node]
         out = data["type"]
-        params = sum(math.prod(shape) for shape in node_params(graph, node).values())
-        flops = 0
+        owned = node_params(graph, node)
+        params = sum(math.prod(shape) for shape in owned.values())
+        flops = mult_adds = buffers = 0
         if data["kind"] == "op":
             inputs = [t.step() for t in input_types(graph, node)]
             flops = data["op"].flops(out.step(), *inputs) * batch
+            if not data.get("shares"):  # shared weights: counted where they are owned
+                mult_adds = data["op"].mult_adds(out.step(), *inputs) * batch
+                buffers = sum(math.prod(getattr(v, "shape", ())) for v in
+                              data["op"].buffers(*inputs).values())
         op = data["op"].name if data["op"] is not None else data["kind"]
         memory = out.size * _BYTES.get(out.dtype, 4) * batch
-        rows.append(Row(node, block_path(graph, node), op, str(out), params, flops, memory))
+        sources = tuple(src if delay == 0 else f"{src}@t-{delay}"
+                        for src, delay in data["inputs"])
+        rows.append(Row(node, block_path(graph, node), op, str(out), params, flops, memory,
+                        mult_adds, buffers, sources, tuple(f"{node}.{k}" for k in owned)))
     return rows
+
+
+def roll_up(graph: nx.DiGraph, rows: list[Row], depth: int) -> list[Row]:
+    """`rows` with the blocks nested `depth` deep (1: the network's own blocks) each
+    made one row, as torchinfo's depth does: named by the block's path, its op the
+    block's name, its output the last of its nodes', its inputs those from outside it,
+    its costs the sums of its nodes'."""
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        scope = graph.nodes[row.node]["scope"]
+        key = "/".join(f.name for f in scope[:depth]) if len(scope) >= depth else row.node
+        groups.setdefault(key, []).append(row)
+    rolled = []
+    for key, members in groups.items():
+        if len(members) == 1 and members[0].node == key:
+            rolled.append(members[0])
+            continue
+        frame = graph.nodes[members[0].node]["scope"][depth - 1]
+        inside = {r.node for r in members}
+        outside = tuple(dict.fromkeys(s for r in members for s in r.inputs
+                                      if s.partition("@")[0] not in inside))
+        rolled.append(Row(key, "/".join(key.split("/")[:-1]), frame.block, members[-1].type,
+                          *(sum(getattr(r, f) for r in members)
+                            for f in ("params", "flops", "memory", "mult_adds", "buffers")),
+                          outside, tuple(n for r in members for n in r.param_names)))
+    return rolled
 
 
 def param_count(graph: nx.DiGraph) -> int:

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from itertools import accumulate
 
 import graphviz
 import networkx as nx
 
-from netdsl.errors import SpecError
-from netdsl.ops.base import REQUIRED
+from netdsl.atomic import write_bytes
+from netdsl.errors import SpecError, UsageError
+from netdsl.spelling import call as _call
 from netdsl.unroll import INIT_KIND, unroll as unroll_steps
 
 __all__ = ["to_dot", "render", "FORMATS", "INSTALL_HINT"]
@@ -198,26 +199,6 @@ def _box_attrs(graph: nx.DiGraph, box: tuple, drawn_as: dict, steps: bool) -> di
     return {**node_styles["block"], "label": _lines(*title, shapes), "tooltip": tip}
 
 
-def _call(op) -> str:
-    """An op as a spec writes it, defaults left out: conv(16, 3, pad=1, bias=false)."""
-    parts = []
-    for arg in type(op).args:
-        value = op.attrs.get(arg.name, arg.default)
-        if arg.default is REQUIRED:
-            parts.append(_literal(value))
-        elif _literal(value) != _literal(arg.default):  # 1 and (1,) read the same
-            parts.append(f"{arg.name}={_literal(value)}")
-    return f"{op.name}({', '.join(parts)})" if parts else op.name
-
-
-def _literal(value) -> str:
-    if isinstance(value, (tuple, list)):
-        return _literal(value[0]) if len(value) == 1 else f"[{', '.join(map(_literal, value))}]"
-    if isinstance(value, bool) or value is None:
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else repr(value)
-
-
 def _lines(*lines: str) -> str:
     return r"\n".join(graphviz.escape(line) for line in lines)
 
@@ -289,50 +270,56 @@ def _edge_style(edge: _Edge, unrolled: bool, layer: dict, fanout: dict) -> tuple
 # ---- writing files
 
 
-def render(graph: nx.DiGraph, path: str, fmt: str | None = None, **options) -> str:
+# Graphviz's cairo renderer shrinks a bitmap larger than it can make (32767 pixels a side)
+# and says so on stderr: "Scaling by 0.0852 to fit"
+_SCALED = re.compile(r"[Ss]caling by ([0-9.]+)")
+RASTER = ("png",)
+
+
+def render(graph: nx.DiGraph, path: str, fmt: str | None = None, warn=None, **options) -> str:
     """Draw `graph` into the file `path`, atomically; `fmt` defaults to its extension.
 
-    `options` are those of `to_dot`. DOT text needs no Graphviz install. Returns `path`.
+    `options` are those of `to_dot`. DOT text needs no Graphviz install. `warn(text)` is
+    told when Graphviz shrank a bitmap to fit its size limit (its labels unreadable).
+    Returns `path`.
 
     Raises
     ------
+    UsageError
+        For a format other than svg, png, pdf or dot.
     SpecError
-        For a format other than svg, png, pdf or dot; for svg, png or pdf when Graphviz's
-        `dot` program is not installed; when the file cannot be written.
+        For svg, png or pdf when Graphviz's `dot` program is not installed; when the
+        file cannot be written.
     """
     fmt = (fmt or os.path.splitext(path)[1].lstrip(".")).lower()
     if fmt not in FORMATS:
-        raise SpecError(f"cannot draw '{path}': unknown format '{fmt}'", None,
-                        "use one of " + ", ".join(f".{f}" for f in FORMATS))
+        raise UsageError(f"cannot draw '{path}': unknown format '{fmt}'", None,
+                         "use one of " + ", ".join(f".{f}" for f in FORMATS))
     dot = to_dot(graph, **options)
-    _write_atomic(path, dot.source.encode() if fmt == "dot" else _pipe(dot, fmt, path))
+    data = dot.source.encode() if fmt == "dot" else _pipe(dot, fmt, path, warn)
+    try:
+        write_bytes(path, data)
+    except OSError as exc:
+        raise SpecError(f"cannot write {path}: {exc.strerror}", None,
+                        "check that its folder exists and is writable") from None
     return path
 
 
-def _pipe(dot: graphviz.Digraph, fmt: str, path: str) -> bytes:
-    try:
-        if shutil.which("dot") is None:
-            raise graphviz.ExecutableNotFound(["dot"])
-        return dot.pipe(format=fmt, quiet=True)
-    except graphviz.ExecutableNotFound:
+def _pipe(dot: graphviz.Digraph, fmt: str, path: str, warn) -> bytes:
+    """Graphviz's rendering of `dot` as `fmt`; a shrunken bitmap is told to `warn`."""
+    program = shutil.which("dot")
+    if program is None:
         raise SpecError(f"cannot draw {path}: Graphviz's `dot` program is not installed",
-                        None, INSTALL_HINT) from None
-    except graphviz.CalledProcessError as exc:
-        raise SpecError(f"Graphviz failed to draw {path}: {(exc.stderr or b'').decode()}",
-                        None, "write -o file.dot to see the DOT text") from None
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write a temporary file in the same folder, then rename it over `path`."""
-    folder, name = os.path.split(os.path.abspath(path))
-    temp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        # os.open, not mkstemp: the drawing gets the umask's mode, not 0600
-        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as out:
-            out.write(data)
-        os.replace(temp, path)
-    except OSError as exc:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise SpecError(f"cannot write {path}: {exc.strerror}", None,
-                        "check that its folder exists and is writable") from None
+                        None, INSTALL_HINT)
+    done = subprocess.run([program, f"-T{fmt}"], input=dot.source.encode(),
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        raise SpecError(f"Graphviz failed to draw {path}: {done.stderr.decode().strip()}",
+                        None, "write -o file.dot to see the DOT text")
+    scaled = _SCALED.search(done.stderr.decode(errors="replace"))
+    if scaled and fmt in RASTER and warn is not None:
+        stem = os.path.splitext(path)[0]
+        warn(f"{path}: the network is too large for a {fmt.upper()} image, so Graphviz "
+             f"shrank it to {float(scaled[1]):.0%}, too small to read its labels; draw "
+             f"it as {stem}.svg, or with --collapse (blocks as single boxes)")
+    return done.stdout

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from netdsl import ast
-from netdsl.draw import _literal
+from netdsl.spelling import literal as _literal
 from netdsl.errors import Span, SpecError
 from netdsl.fmt import expr as expr_text
 from netdsl.ops import OPS

@@ -1,4 +1,5 @@
-"""Printers for `netc compile --emit STAGE`: one node per line, with its shape."""
+"""Printers for `netc compile --emit STAGE`: one node per line, with its shape, in the
+language's own syntax (netdsl.spelling): `conv1 = x -> conv(16, 3, pad=1, bias=false)`."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +9,7 @@ import networkx as nx
 from netdsl import ast
 from netdsl.graph import forward_view
 from netdsl.program import Program
+from netdsl.spelling import inputs_call, literal, train_clause
 from netdsl.unroll import INIT_KIND, sort_key
 
 __all__ = ["format_ast", "format_program", "format_graph", "format_shapes", "format_unrolled"]
@@ -23,7 +25,7 @@ def format_ast(module: ast.Module) -> str:
             fields = [f for f in dataclasses.fields(value) if f.name not in ("span", "name_span", "file")]
             simple = {f.name: getattr(value, f.name) for f in fields if _is_leaf(getattr(value, f.name))}
             where = f"  @{value.span.line}:{value.span.col}" if hasattr(value, "span") else ""
-            inner = " ".join(f"{k}={v!r}" for k, v in simple.items() if v not in (None, (), ""))
+            inner = " ".join(f"{k}={_leaf(v)}" for k, v in simple.items() if v not in (None, (), ""))
             lines.append(f"{pad}{type(value).__name__} {inner}".rstrip() + where)
             for f in fields:
                 child = getattr(value, f.name)
@@ -38,33 +40,47 @@ def format_ast(module: ast.Module) -> str:
     return "\n".join(lines)
 
 
+def _leaf(value) -> str:
+    """A syntax tree's value as the language writes it: names bare, numbers and flags as
+    literals (true, [3, 3]), text quoted."""
+    if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)
+    if isinstance(value, str) and value.isidentifier():  # a name, a keyword
+        return value
+    return literal(value)
+
+
 def _is_leaf(value) -> bool:
     return not dataclasses.is_dataclass(value) and not (
         isinstance(value, tuple) and any(dataclasses.is_dataclass(v) for v in value))
 
 
-def _inputs(pairs) -> str:
-    return ", ".join(src if delay == 0 else f"{src}@t-{delay}" for src, delay in pairs)
+def _sources(pairs) -> list[str]:
+    """Inputs as a spec names them: `h[t-1]` for the value of h one step back."""
+    return [src if delay == 0 else f"{src}[t-{delay}]" for src, delay in pairs]
+
+
+def _declaration(kind: str, name: str, type_, state=None) -> str:
+    """`input x : [64]`, `state h : [64] = learned`."""
+    init = f" = {state.init}" if state is not None and state.init else ""
+    return f"{kind} {state.name if state is not None else name} : {type_}{init}"
 
 
 def format_program(program: Program) -> str:
-    """The expanded program: `id = op(inputs; attrs)` in definition order."""
+    """The expanded program in definition order: a declaration per input, target and
+    state, `id = inputs -> op(arguments)` per op (block paths in the ids), the losses
+    and the train clause."""
     lines = [f"network {program.name}"]
     for node in program.nodes.values():
         if node.kind == "op":
-            shares = f"  shares {node.shares}" if node.shares else ""
-            lines.append(f"{node.id} = {node.op.name}({_inputs(node.inputs)}{_attrs(node.op)}){shares}")
+            shares = f"  # shares the weights of {node.shares}" if node.shares else ""
+            lines.append(f"{node.id} = {inputs_call(node.op, _sources(node.inputs))}{shares}")
         else:
-            lines.append(f"{node.id} = {node.kind} {node.type}" + (
-                f" <- {_inputs(node.inputs)}" if node.inputs else ""))
-    lines += [f"loss {name} = {node}" for name, node in program.losses.items()]
+            lines.append(_declaration(node.kind, node.id, node.type, node.state))
+    lines += [f"loss {name}: {node}" for name, node in program.losses.items()]
     if program.train:
-        lines.append("train " + ", ".join(f"{k}={v}" for k, v in program.train.items()))
+        lines.append(train_clause(program.train))
     return "\n".join(lines)
-
-
-def _attrs(op) -> str:
-    return "".join(f"; {k}={v!r}" for k, v in op.attrs.items()) if op.attrs else ""
 
 
 def format_graph(graph: nx.DiGraph) -> str:
@@ -114,15 +130,16 @@ def _shared_weights(dag: nx.DiGraph, key) -> list[str]:
 
 
 def format_shapes(graph: nx.DiGraph) -> str:
-    """JAX-style typed lines: `conv1: [16,32,32] = conv(x; channels=16, ...)`."""
+    """JAX-style typed lines: `conv1: [16,32,32] = x -> conv(16, 3, pad=1, bias=false)`."""
     lines = []
     for node in nx.topological_sort(forward_view(graph)):
         data = graph.nodes[node]
         if data["kind"] == "op":
-            rhs = f"{data['op'].name}({_inputs(data['inputs'])}{_attrs(data['op'])})"
+            rhs = inputs_call(data["op"], _sources(data["inputs"]))
         else:
-            rhs = data["kind"] + (f" <- {_inputs(data['inputs'])}" if data["inputs"] else "")
+            state = data.get("state")
+            rhs = data["kind"] + (f" (initially {state.init})" if state is not None else "")
         lines.append(f"{node}: {data['type']} = {rhs}")
     for name, node in graph.graph["losses"].items():
-        lines.append(f"loss {name} = {node}")
+        lines.append(f"loss {name}: {node}")
     return "\n".join(lines)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-__all__ = ["Span", "SpecError", "SpecErrors", "ShapeError", "render", "errors_of", "closest",
-           "suggest", "leading"]
+__all__ = ["Span", "SpecError", "UsageError", "SpecErrors", "ShapeError", "render", "errors_of",
+           "closest", "suggest", "leading"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,11 @@ class SpecError(Exception):
     def __str__(self) -> str:
         where = f"{self.span}: " if self.span else ""
         return f"{where}{self.message}"
+
+
+class UsageError(SpecError):
+    """A command line that asks for something impossible (flags that do not go together,
+    an output format netc cannot write): exit code 2, as argparse's own errors."""
 
 
 class SpecErrors(Exception):

@@ -256,9 +256,9 @@ class SpecIndex:
             outputs = [n for n in members if any(s not in inside for s in graph.successors(n))]
             shapes = ", ".join(str(graph.nodes[n]["type"]) for n in outputs) or "none"
             params = sum(self._rows[n].params for n in members)
-            flops = sum(self._rows[n].flops for n in members)
+            mult_adds = sum(self._rows[n].mult_adds for n in members)
             lines.append(f"- `{path}`: output `{shapes}`, {len(members)} nodes, "
-                         f"parameters {params:,}, {_mult_adds(flops)}")
+                         f"parameters {params:,}, {_mult_adds(mult_adds)}")
         lines += _more(len(instances))
         lines += ["", _per(any(graph.nodes[n]["type"].seq for m in instances.values() for n in m))]
         return "\n".join(lines)
@@ -288,7 +288,7 @@ class SpecIndex:
             params = f"parameters {row.params:,}" + (f" ({owned})" if owned else "") \
                 + (f", shared with `{shares}`" if shares else "")
             lines.append(f"- `{node}` ({row.op}): output `{row.type}`, {params}, "
-                         f"{_mult_adds(row.flops)}")
+                         f"{_mult_adds(row.mult_adds)}")
         lines += _more(len(nodes))
         lines += ["", _per(any(graph.nodes[n]["type"].seq for n in nodes))]
         return "\n".join(lines)
@@ -370,10 +370,9 @@ def _starts_at(span: Span | None, path: str, at: tuple[int, int]) -> bool:
     return span is not None and span.file == path and (span.line, span.col) == at
 
 
-def _mult_adds(flops: int) -> str:
-    # cost.py counts FLOPs, a multiply-add as 2 (and a bias add or an activation as 1):
-    # half of them is about the multiply-adds torchinfo reports
-    return f"mult-adds ≈{human(flops / 2)} ({human(flops)} FLOPs)"
+def _mult_adds(mult_adds: int) -> str:
+    # counted as torchinfo and `netc compile` count them (Op.mult_adds); FLOPs are twice
+    return f"mult-adds {human(mult_adds)} ({human(2 * mult_adds)} FLOPs)"
 
 
 def _per(seq: bool) -> str:

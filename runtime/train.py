@@ -101,6 +101,11 @@ class Reporter:
         """The terminal UI's stop button; the loop checkpoints and returns."""
         return False
 
+    def log(self, entry: dict) -> None:
+        """Every `Trainer.log_every` steps: the step, its epoch, its losses, the epoch's
+        accuracy so far, the learning rate, samples/s and the gradient norm (a run
+        record writes it to metrics.jsonl)."""
+
 
 def metric_nodes(plan: Plan) -> dict[str, tuple[str, str, str]]:
     """Loss name -> (kind, prediction node, target node) for losses with an accuracy.
@@ -244,6 +249,9 @@ class Trainer:
         self._sums: dict = {}          # the running epoch's sums, which _read adds to
         self._last_losses: dict = {}   # the mean losses of the last step read
         self._since = None             # the training state before the first unread step
+        self._grad_sq = 0.0            # the last step's squared gradient norm, before clipping
+        self.log_every = 10            # steps between Reporter.log entries
+        self._logged = 0               # the step of the last entry (fit starts it afresh)
         self.unsaved: str | None = None  # why the last checkpoint write failed
 
     # ---- the loop
@@ -266,12 +274,14 @@ class Trainer:
                                 "run without --resume to start over") from None
         self.reporter.start(description, s, s.epochs, steps)
         last_save = time.monotonic()
+        self._logged = pos.iteration
         while pos.epoch < s.epochs:
             # each epoch's order comes from (seed, epoch) alone, so a resumed run repeats it
             # (and so does a run on another number of workers)
             shuffler = np.random.default_rng((s.seed, pos.epoch)) if s.shuffle else None
             batches = replicas.shards(train, s.batch, shuffler)
-            sums = self._sums = {"samples": 0, "correct": 0, "positions": 0}
+            sums = self._sums = {"samples": 0, "correct": 0, "positions": 0,
+                                 "grad_norm": 0.0, "grad_steps": 0}
             started = time.perf_counter()
             for index, (batch, total) in enumerate(batches):
                 if index < pos.batch:
@@ -305,10 +315,20 @@ class Trainer:
         return pos.history
 
     def _report(self, losses: dict, sums: dict, started: float, steps_per_epoch: int) -> None:
+        """Progress after a step (off the host, after a read: the last step read), and a
+        log entry whenever the run has passed a multiple of `log_every` steps."""
         pos = self.position
         rate = sums["samples"] / max(time.perf_counter() - started, 1e-9)
-        self.reporter.step(pos.epoch, pos.batch, steps_per_epoch,
-                           {**losses, **self._accuracy(sums), "samples/s": rate})
+        metrics = {**losses, **self._accuracy(sums), "samples/s": rate}
+        self.reporter.step(pos.epoch, pos.batch, steps_per_epoch, metrics)
+        norm = math.sqrt(float(self._grad_sq))  # off the host, just read back: no wait
+        sums["grad_norm"] += norm
+        sums["grad_steps"] += 1
+        if pos.iteration // self.log_every > self._logged // self.log_every:
+            self._logged = pos.iteration
+            self.reporter.log({"step": pos.iteration, "epoch": pos.epoch + 1, **metrics,
+                               "lr": self.schedule.lr(pos.epoch, max(pos.iteration - 1, 0)),
+                               "grad_norm": norm})
 
     def _out_of_steps(self) -> bool:
         return self.settings.steps is not None and self.position.iteration >= self.settings.steps
@@ -373,6 +393,7 @@ class Trainer:
         keep = {self.metric[1]} if self.metric else set()
         extra = {} if carry is None else {"carry": carry}
         seen: dict = {}
+        self._grad_sq = 0.0
         for index, (phase, (part, optimizer)) in enumerate(zip(self.phases, self.optimizers)):
             for _ in range(phase.repeat):
                 before = ex.rng_state()
@@ -389,6 +410,7 @@ class Trainer:
                             hook=replicas.hook(index))
                 replicas.finish(index)
                 grads = ex.flat_grads[part]
+                self._grad_sq = self._grad_sq + grads @ grads  # a 0-d array off the host
                 if s.l1 or s.l2:
                     penalize(ex.flat_params[part], grads, s.l1, s.l2)
                 if s.clip:
@@ -572,6 +594,8 @@ class Trainer:
         if val is not None and len(val):
             record.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
         record["samples/s"] = sums["samples"] / max(seconds, 1e-9)
+        if sums.get("grad_steps"):  # the mean of the steps' (off the host: the reads') norms
+            record["grad_norm"] = sums["grad_norm"] / sums["grad_steps"]
         record["lr"] = self.schedule.lr(pos.epoch, max(pos.iteration - 1, 0))
         self.schedule.end_epoch(record.get("val_loss"))
         pos.history.append(record)

@@ -216,7 +216,7 @@ class TestCommandLine:
         result = netc("run", W1, "--workers", "2", "--checkpoint", str(whole), *self.FLAGS)
         assert result.returncode == 0, result.stderr
         assert result.stdout.count("epoch 3 ") == 1, "rank 0 alone prints"
-        assert "2 workers (MPI), 64 examples each" in result.stdout
+        assert "2 workers (MPI), 64 examples each" in result.stderr
         killed = tmp_path / "killed"
         proc = netc("run", W1, "--workers", "2", "--checkpoint", str(killed), *self.FLAGS,
                     background=True)
@@ -235,7 +235,7 @@ class TestCommandLine:
             result = netc("run", W1, "--workers", workers, "--checkpoint", str(again),
                           *self.FLAGS, "--resume")
             assert result.returncode == 0, result.stderr
-            assert "resuming" in result.stdout
+            assert "resuming" in result.stderr
             if workers == "2":  # the same workers: the same numbers
                 assert losses(again) == losses(whole)
             else:               # one process sums in another order: float32's rounding

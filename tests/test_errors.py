@@ -195,12 +195,12 @@ class TestCommandLine:
 
     def test_bad_flag(self):
         result = netc("compile", "specs/mlp.net", "--batch", "zero")
-        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "--batch" in result.stderr and "'zero'" in result.stderr
 
     def test_unknown_command(self):
         result = netc("chek", "specs/mlp.net")
-        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "chek" in result.stderr
 
     def test_compile_of_a_bad_spec(self):

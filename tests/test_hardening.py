@@ -159,7 +159,7 @@ class TestWrites:
         result = run_netc("run", str(spec), "--checkpoint", str(folder), "--steps", "1")
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.startswith(f"error: cannot write checkpoints in {folder}")
-        assert "training:" not in result.stdout
+        assert "training:" not in result.stdout + result.stderr
 
     @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
     def test_a_read_only_folder_is_refused(self, tmp_path):

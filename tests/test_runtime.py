@@ -221,7 +221,7 @@ class TestCheckpoints:
         assert stopped["epoch"] < 3, "the run finished before it could be killed"
         result = run_netc("run", spec, "--checkpoint", str(killed), *flags, "--resume")
         assert result.returncode == 0, result.stderr
-        assert "resuming" in result.stdout
+        assert "resuming" in result.stderr
         assert _position(killed)["losses"] == _position(whole)["losses"]
         assert _position(killed)["history"][-1]["val_loss"] == \
             pytest.approx(_position(whole)["history"][-1]["val_loss"], rel=1e-6)
@@ -250,7 +250,7 @@ class TestCommandLine:
         spec = os.path.join(SPECS, "mlp.net")
         result = run_netc("run", spec, "--checkpoint", folder, "--epochs", "2")
         assert result.returncode == 0, result.stderr
-        assert "scikit-learn digits" in result.stdout and "val_accuracy" in result.stdout
+        assert "scikit-learn digits" in result.stderr and "val_accuracy" in result.stdout
         result = run_netc("eval", spec, "--checkpoint", folder)
         assert result.returncode == 0 and "accuracy" in result.stdout
         out = str(tmp_path / "pred.npz")
@@ -260,14 +260,14 @@ class TestCommandLine:
             assert saved["logits"].shape == (1797, 10)
             assert saved["logits_class"].shape == (1797,)
 
-    @pytest.mark.parametrize("flags, message", [
-        (["--data", "missing.npz"], "missing.npz"),
-        (["--device", "gpu"], "--device gpu needs CuPy"),
-        (["--resume", "--checkpoint", "nowhere"], "no checkpoint to resume from"),
-        (["--lr", "-1"], "expected a positive number"),
-        (["--epochs", "0"], "at least 1"),
+    @pytest.mark.parametrize("flags, message, code", [
+        (["--data", "missing.npz"], "missing.npz", 1),
+        (["--device", "gpu"], "--device gpu needs CuPy", 1),
+        (["--resume", "--checkpoint", "nowhere"], "no checkpoint to resume from", 1),
+        (["--lr", "-1"], "expected a positive number", 2),   # usage errors: exit 2
+        (["--epochs", "0"], "at least 1", 2),
     ])
-    def test_bad_input_is_one_clear_line(self, flags, message, tmp_path):
+    def test_bad_input_is_one_clear_line(self, flags, message, code, tmp_path):
         if flags[:2] == ["--device", "gpu"]:
             try:
                 import cupy
@@ -276,7 +276,7 @@ class TestCommandLine:
             except Exception:
                 pass
         result = run_netc("run", os.path.join(SPECS, "mlp.net"), *flags, cwd=str(tmp_path))
-        assert result.returncode == 1
+        assert result.returncode == code
         assert message in result.stderr and "Traceback" not in result.stderr
 
     def test_eval_before_training_says_what_to_do(self, tmp_path):

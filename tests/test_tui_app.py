@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -266,8 +267,9 @@ class TestFiles:
 
 
 class TestRunPanel:
-    async def test_train_shows_progress_and_stops(self, spec):
-        # runs until stopped
+    async def test_train_shows_progress_and_stops(self, spec, tmp_path, monkeypatch):
+        # runs until stopped, and leaves its record and checkpoint in runs/NAME as netc run does
+        monkeypatch.chdir(tmp_path)
         async with opened(spec, train_examples=600, train_epochs=10_000) as (app, pilot):
             await pilot.press("f5")
             screen = app.screen
@@ -280,6 +282,11 @@ class TestRunPanel:
             await app.workers.wait_for_complete()
             await pilot.pause()
             assert not screen.running and "stopped" in str(screen.query_one("#status").render())
+            record = tmp_path / "runs" / "mlp"
+            assert (record / "checkpoint.npz").is_file()
+            assert (record / "spec.net").read_text() == open(spec).read()
+            assert json.loads((record / "run.json").read_text())["spec"] == spec
+            assert (record / "metrics.jsonl").is_file()
             await pilot.press("escape")
             assert type(app.screen).__name__ == "BuilderScreen"
 

@@ -210,8 +210,9 @@ ELMAN = os.path.join("specs", "elman.net")
 MLP = os.path.join("specs", "mlp.net")
 
 
-def assert_one_clear_error(result, *words):
-    assert result.returncode == 1
+def assert_one_clear_error(result, *words, code=1):
+    """Exit `code` (1 for the spec, 2 for the command line) and one clear message."""
+    assert result.returncode == code
     assert "Traceback" not in result.stderr
     assert all(word in result.stderr for word in words), result.stderr
 
@@ -232,7 +233,7 @@ class TestCompileCli:
     @pytest.mark.parametrize("steps", ["0", "-2", "x", "1.5"])
     def test_bad_step_count(self, steps):
         result = run_netc("compile", ELMAN, "--emit", "unrolled", "--unroll", steps)
-        assert_one_clear_error(result, "--unroll", "at least 1", "--unroll 3")
+        assert_one_clear_error(result, "--unroll", "at least 1", "--unroll 3", code=2)
 
     def test_spec_without_state(self):
         result = run_netc("compile", MLP, "--emit", "unrolled")
@@ -240,7 +241,7 @@ class TestCompileCli:
 
     def test_unroll_without_emit_unrolled(self):
         result = run_netc("compile", ELMAN, "--unroll", "2")
-        assert_one_clear_error(result, "--unroll goes with --emit unrolled")
+        assert_one_clear_error(result, "--unroll goes with --emit unrolled", code=2)
 
 
 class TestDrawCli:
@@ -263,7 +264,7 @@ class TestDrawCli:
     def test_bad_step_count(self, tmp_path, steps):
         out = tmp_path / "elman.dot"
         result = run_netc("draw", ELMAN, "--unroll", steps, "-o", str(out))
-        assert_one_clear_error(result, "--unroll", "at least 1")
+        assert_one_clear_error(result, "--unroll", "at least 1", code=2)
         assert not out.exists()
 
     def test_spec_without_state(self, tmp_path):

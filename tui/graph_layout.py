@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from netdsl.draw import _call as call_text  # one spelling of a layer for both drawings
+from netdsl.spelling import call as call_text  # one spelling of a layer for both drawings
 
 __all__ = ["ViewBox", "ViewGraph", "view_graph", "assign_layers", "order_layers", "place_columns",
            "block_paths", "box_label"]

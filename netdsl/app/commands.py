@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import shlex
 import shutil
+import sys
 
 import networkx as nx
 import numpy as np
-from rich.console import Console
 
 from netdsl.app import workers
 from netdsl.app.launch import launch_workers
 from netdsl.app.progress import RichReporter, metric_text
+from netdsl.app.record import RecordingReporter
+from netdsl.app.terminal import console as terminal
 from netdsl.app.session import Session, prepare
 from netdsl.atomic import check_writable, write_bytes, write_text
 from netdsl.cost import param_count
 from netdsl.driver import check_file
-from netdsl.errors import SpecError
+from netdsl.errors import SpecError, UsageError
 from netdsl.export.weights import decode, match
 from netdsl.lower import scored_values
 from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError, prepare_folder
@@ -34,12 +38,13 @@ __all__ = ["run", "evaluate", "predict"]
 OVERRIDES = ("epochs", "batch", "lr", "seed", "steps", "init", "val")
 
 
-def _session(args) -> Session:
-    """The spec of the command line, its settings with the flags, on --device."""
+def _session(args, network=None) -> Session:
+    """The spec of the command line (checked, unless `network` is it), its settings with
+    the flags, on --device."""
     overrides = {key: getattr(args, key, None) for key in OVERRIDES}
     if getattr(args, "normalize", False):
         overrides["normalize"] = True
-    return prepare(check_file(args.spec), overrides, args.device, args.native)
+    return prepare(network or check_file(args.spec), overrides, args.device, args.native)
 
 
 def _data(args, session: Session, only=None, examples=None):
@@ -57,33 +62,35 @@ def run(args) -> int:
     if (getattr(args, "workers", None) or 1) > 1:
         return launch_workers(args, _folder(args, check_file(args.spec).graph.graph["name"]))
     comm = workers.join(args)
-    console = Console(stderr=False, highlight=False, quiet=comm.rank != 0)
+    out = terminal(quiet=comm.rank != 0)           # the epoch lines
+    console = terminal(stderr=True, quiet=comm.rank != 0)  # progress and notices
     if args.device == "gpu":
         workers.take_local_gpu(comm)  # before the first allocation
 
     def ready():
-        session = _session(args)
+        network = check_file(args.spec)
+        session = _session(args, network)
         if comm.rank == 0:  # the only writer, checked before the data is read
             _writable_folder(_folder(args, session.name))
         data = _data(args, session)
-        return (session, data), workers.data_digest(data)
+        return (network, session, data), workers.data_digest(data)
 
-    session, data = workers.prepared(comm, args, ready)
+    network, session, data = workers.prepared(comm, args, ready)
     folder = _folder(args, session.name)
     path = os.path.join(folder, CHECKPOINT)
     with workers.training(comm, folder):
         if comm.size > 1 and not on_host(session.xp):
             comm = NcclCommunicator(comm, session.xp)
         train, val = session.split(data)
-        reporter = RichReporter(console, args.quiet) if comm.rank == 0 else Reporter()
+        reporter = RichReporter(out, console, args.quiet) if comm.rank == 0 else Reporter()
         parallel = DataParallel(comm, overlap=not args.no_overlap) if comm.size > 1 else None
         trainer = session.trainer(folder, args.checkpoint_every, reporter, parallel)
         if args.resume and args.init_from:
-            raise SpecError("--resume continues from the checkpoint, --init-from starts from "
-                            "a file: give one of them", None, None)
+            raise UsageError("--resume continues from the checkpoint, --init-from starts from "
+                             "a file: give one of them", None, None)
         if args.init_partial and not args.init_from:
-            raise SpecError("--init-partial loads what fits of the file --init-from names: "
-                            "there is none", None, "add --init-from FILE.safetensors")
+            raise UsageError("--init-partial loads what fits of the file --init-from names: "
+                             "there is none", None, "add --init-from FILE.safetensors")
         if args.init_from:
             _init_from(trainer, args.init_from, args.init_partial, console)
             console.print(f"starting from the weights in {args.init_from}")
@@ -98,8 +105,13 @@ def run(args) -> int:
             _keep_previous(path, os.path.join(folder, "previous.npz"))
             console.print(f"starting over; the earlier checkpoint is kept as "
                           f"{os.path.join(folder, 'previous.npz')}")
+        if comm.rank == 0:  # the run record: spec, settings, metrics.jsonl (app.record)
+            RecordingReporter(trainer, folder, network, args.spec,
+                              trainer.position.iteration if args.resume else None,
+                              "netc " + shlex.join(args.argv), args.device)
         console.print(f"{session.name}: {param_count(session.graph):,} parameters, "
-                      f"checkpoints in {folder}/" + _shared_out(comm, trainer, len(train)))
+                      f"run record and checkpoints in {folder}/"
+                      + _shared_out(comm, trainer, len(train)))
         trainer.fit(train, val if len(val) else None, data.description)
     if trainer.unsaved:
         raise SpecError(f"could not write the final checkpoint ({trainer.unsaved}); {path} "
@@ -187,7 +199,11 @@ def evaluate(args) -> int:
     if session.normalizer:
         data = session.normalizer.apply(data)
     metrics = trainer.evaluate(data)
-    print(f"{len(data):,} examples: " + "  ".join(metric_text(k, v) for k, v in metrics.items()))
+    if args.json:
+        print(json.dumps({"examples": len(data), **metrics}))
+    else:
+        print(f"{len(data):,} examples: "
+              + "  ".join(metric_text(k, v) for k, v in metrics.items()))
     return 0
 
 
@@ -195,6 +211,12 @@ def predict(args) -> int:
     """The network's outputs for --data, written to -o (npz or csv) or printed."""
     if args.output is not None:
         _writable_output(args.output)
+    if args.prompt is not None and not args.generate:
+        raise UsageError("--prompt is the text --generate continues", None,
+                         f"netc predict {args.spec} --generate INPUT --prompt ...")
+    if args.generate and args.json:
+        raise UsageError("--json gives the outputs of a forward pass; --generate prints "
+                         "what it decodes", None, "leave out one of them")
     session, trainer = _trained(args)
     if args.generate:
         return _generate(args, session, trainer)
@@ -211,13 +233,20 @@ def predict(args) -> int:
     results = {name: np.concatenate(chunks) for name, chunks in parts.items()}
     classes = {name: r.argmax(axis=2 if plan.types[name].seq else 1)
                for name, r in results.items() if name in _class_outputs(plan)}
+    if args.output is None and args.json:
+        print(json.dumps({**{name: v.tolist() for name, v in results.items()},
+                          **{f"{name}_class": v.tolist() for name, v in classes.items()}}))
+        return 0
     if args.output is None:
         for name, values in (classes or results).items():
             print(f"{name}: {np.array2string(values[:20], threshold=40)}"
                   + (f" ... ({len(values):,} in all)" if len(values) > 20 else ""))
         return 0
     _write_predictions(args.output, results, classes)
-    print(f"wrote {len(data):,} predictions to {args.output}")
+    if args.json:
+        print(json.dumps({"wrote": args.output, "examples": len(data)}))
+    elif not args.quiet:
+        print(f"wrote {len(data):,} predictions to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -225,7 +254,7 @@ def _writable_output(path: str) -> None:
     """Refuse -o before any work when its folder does not exist or cannot be written."""
     hint = "name a file in a folder that exists and is writable"
     if not path.endswith((".npz", ".csv")):
-        raise SpecError(f"cannot write predictions to {path}", None, "name an .npz or .csv file")
+        raise UsageError(f"cannot write predictions to {path}", None, "name an .npz or .csv file")
     if os.path.isdir(path):
         raise SpecError(f"cannot write predictions to {path}: it is a folder", None, hint)
     folder = os.path.dirname(os.path.abspath(path))
@@ -283,9 +312,9 @@ def _generate(args, session: Session, trainer) -> int:
     if args.prompt:
         bad = sorted(set(args.prompt) - set(ALPHABET)) if as_text else []
         if not as_text or bad:
-            raise SpecError("--prompt gives the text a model of the bundled text starts from"
-                            + (f"; it has characters outside printable ASCII: {bad}" if bad else ""),
-                            None, "for example --prompt 'def '")
+            raise UsageError("--prompt gives the text a model of the bundled text starts from"
+                             + (f"; it has characters outside printable ASCII: {bad}" if bad
+                                else ""), None, "for example --prompt 'def '")
         prompt = encode_text(args.prompt)
     tokens = generate(trainer.executor, plan, batch, args.generate, steps, prompt,
                       args.temperature, np.random.default_rng(settings.seed))

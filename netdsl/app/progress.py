@@ -1,4 +1,8 @@
-"""Training progress on a terminal: a progress bar per epoch and a line per epoch."""
+"""Training progress on a terminal: a progress bar per epoch and a line per epoch.
+
+The epoch lines are the run's results and go to stdout; the bar, what the data and the
+settings are, and why a run stopped are progress, on stderr (app.terminal).
+"""
 from __future__ import annotations
 
 from rich.console import Console
@@ -10,10 +14,11 @@ __all__ = ["RichReporter", "metric_text"]
 
 
 class RichReporter(Reporter):
-    """A progress bar per epoch and one line of metrics when it ends."""
+    """A progress bar per epoch (on `err`, a terminal's) and one line of metrics when it
+    ends (on `out`)."""
 
-    def __init__(self, console: Console, quiet: bool = False):
-        self.console, self.quiet = console, quiet
+    def __init__(self, out: Console, err: Console, quiet: bool = False):
+        self.out, self.console, self.quiet = out, err, quiet
         self.progress = None
 
     def start(self, description, settings, epochs, steps):
@@ -41,7 +46,7 @@ class RichReporter(Reporter):
 
     def epoch(self, record):
         self._close()
-        self.console.print("  ".join(metric_text(k, v) for k, v in record.items()), soft_wrap=True)
+        self.out.print("  ".join(metric_text(k, v) for k, v in record.items()), soft_wrap=True)
 
     def stopped(self, reason):
         self._close()

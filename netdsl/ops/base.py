@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, ClassVar
@@ -229,6 +230,13 @@ class Op:
     def flops(self, y: TensorType, *xs: TensorType) -> int:
         """Forward FLOPs for one example (one step of a sequence); a multiply-add is 2."""
         return y.size
+
+    def mult_adds(self, y: TensorType, *xs: TensorType) -> int:
+        """Multiply-adds for one example (one step), as torchinfo counts them: each
+        parameter once (a dense layer's weights and bias, a batchnorm's scale and shift);
+        ops without parameters count none. Ops that apply their weights at every output
+        position (convolutions) count them once per position. FLOPs are twice this."""
+        return sum(math.prod(shape) for shape in self.params(*xs).values())
 
     def fans(self, weight: tuple[int, ...]) -> tuple[int, int] | None:
         """(fan_in, fan_out) of a weight of this shape, for the initialisation schemes that

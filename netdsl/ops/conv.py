@@ -55,6 +55,10 @@ class _Convolution(Op):
     host_split = True  # see runtime.host.one_blas_thread
     fresh = True
 
+    def mult_adds(self, y, x) -> int:
+        # torchinfo: the weights and bias once per output position (channels aside)
+        return super().mult_adds(y, x) * math.prod(y.dims[1:])
+
     def __init__(self, **attrs):
         super().__init__(**attrs)
         if self.channels % self.groups:
@@ -298,6 +302,13 @@ class Project(Op):
         if self.is_identity(x):
             return 0
         return 2 * x.dims[0] * y.size + 2 * y.size  # 1x1 conv, then the batchnorm affine
+
+    def mult_adds(self, y, x) -> int:
+        # as torchinfo counts a Conv2d(1x1) then a BatchNorm2d: the conv's weights at every
+        # output position, the batchnorm's scale and shift once
+        if self.is_identity(x):
+            return 0
+        return self.channels * x.dims[0] * math.prod(y.dims[1:]) + 2 * self.channels
 
     def buffers(self, x):
         return {} if self.is_identity(x) else running_statistics(self.channels)

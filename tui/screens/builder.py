@@ -308,7 +308,8 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
         self.app.push_screen(TrainScreen(self.result.network,
                                          epochs=getattr(self.app, "train_epochs", None),
                                          examples=getattr(self.app, "train_examples", None),
-                                         device=getattr(self.app, "device", "cpu")))
+                                         device=getattr(self.app, "device", "cpu"),
+                                         spec=self.file_name))
 
     def action_export(self) -> None:
         if self.good is None:
@@ -326,9 +327,10 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
     def export(self, graph, path: str, collapsed: frozenset[str]) -> None:
         from netdsl.draw import render as draw  # Graphviz loads when a diagram is exported
 
+        warnings = []
         try:
-            draw(graph, path, collapse=bool(collapsed))
-            message = f"wrote {path}"
+            draw(graph, path, collapse=bool(collapsed), warn=warnings.append)
+            message = f"wrote {path}" + (f"; {warnings[0]}" if warnings else "")
         except SpecError as exc:
             message = f"not exported: {exc}" + (f" ({exc.hint})" if exc.hint else "")
         self.app.call_from_thread(self.status, message)

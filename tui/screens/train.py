@@ -1,6 +1,8 @@
 """The run panel: trains the current spec in a worker thread with a live plot and a stop button."""
 from __future__ import annotations
 
+import os
+
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -30,10 +32,10 @@ class TrainScreen(ModalScreen[None]):
             self.event = event
 
     def __init__(self, network, epochs: int | None = None, examples: int | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", spec: str = ""):
         super().__init__()
         self.network, self.epochs, self.examples = network, epochs, examples
-        self.device = device
+        self.device, self.spec = device, spec
         self.reporter = PostingReporter(lambda event: self.post_message(self.Event(event)))
         self.running = False
 
@@ -57,7 +59,8 @@ class TrainScreen(ModalScreen[None]):
     @work(thread=True, exclusive=True, group="train")
     def train(self) -> None:
         try:
-            train_network(self.network, self.reporter, self.epochs, self.examples, self.device)
+            train_network(self.network, self.reporter, self.epochs, self.examples, self.device,
+                          os.path.join("runs", self.network.name), self.spec)
             self.post_message(self.Event(RunStopped("finished")))
         except SpecError as exc:
             self.post_message(self.Event(RunStopped(f"cannot train: {exc}"
@@ -73,6 +76,8 @@ class TrainScreen(ModalScreen[None]):
             self.query_one("#progress", ProgressBar).update(total=event.steps, progress=0)
             log.write(f"data: {event.description}" if event.description else "data: bundled")
             log.write(f"{event.epochs} epochs of {event.steps} steps")
+            if event.folder:
+                log.write(f"run record and checkpoints in {event.folder}/")
         elif isinstance(event, Progress):
             self.query_one("#progress", ProgressBar).update(total=event.total, progress=event.done)
             loss = event.metrics.get("loss")
