@@ -203,9 +203,9 @@ def test_init_partial_loads_what_fits_and_says_so(trained):
     run = run_netc("run", str(headed), "--steps", "1", "--quiet", "--lr", "1e-12",
                    "--init-from", path, "--init-partial", "--checkpoint", str(folder / "headed"))
     assert run.returncode == 0, run.stderr
-    assert "loaded 3 tensors from" in run.stdout  # logits.bias (10,) fits the new head too
-    assert "dense1.weight, dense1.bias, logits.bias" in run.stdout
-    assert "left at their initial values: dense2.weight, dense2.bias, logits.weight" in run.stdout
+    assert "loaded 3 tensors from" in run.stderr  # logits.bias (10,) fits the new head too
+    assert "dense1.weight, dense1.bias, logits.bias" in run.stderr
+    assert "left at their initial values: dense2.weight, dense2.bias, logits.weight" in run.stderr
     after = run_netc("export", str(headed), "--to", "safetensors", "-o", str(folder / "h.st"),
                      "--checkpoint", str(folder / "headed"))
     assert after.returncode == 0, after.stderr

@@ -206,9 +206,12 @@ def test_an_error_in_an_imported_file_is_shown_at_the_import(answers):
     (error,) = answers["imported_error"]
     assert error.range.start.line == 0  # the import line
     assert "frobnicate" in error.message
-    (related,) = error.related_information
-    assert Path(to_fs_path(related.location.uri)).name == "broken.net"
-    assert related.location.range.start.line == 2
+    # where in the imported file, then the call that led there (a note)
+    where, call = error.related_information
+    assert Path(to_fs_path(where.location.uri)).name == "broken.net"
+    assert where.location.range.start.line == 2
+    assert call.message.startswith("in oops(3)")
+    assert Path(to_fs_path(call.location.uri)).name == "broken_import.net"
 
 
 # ---- the index behind the server, without the protocol
