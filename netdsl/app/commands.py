@@ -39,7 +39,7 @@ def _session(args) -> Session:
     overrides = {key: getattr(args, key, None) for key in OVERRIDES}
     if getattr(args, "normalize", False):
         overrides["normalize"] = True
-    return prepare(check_file(args.spec), overrides, args.device, args.native)
+    return prepare(check_file(args.spec, args.import_path), overrides, args.device, args.native)
 
 
 def _data(args, session: Session, only=None, examples=None):
@@ -55,7 +55,8 @@ def run(args) -> int:
     """Train a spec; checkpoints go to --checkpoint (default runs/NAME). With --workers N,
     or started by mpirun or srun, as data-parallel workers (app.workers)."""
     if (getattr(args, "workers", None) or 1) > 1:
-        return launch_workers(args, _folder(args, check_file(args.spec).graph.graph["name"]))
+        name = check_file(args.spec, args.import_path).graph.graph["name"]
+        return launch_workers(args, _folder(args, name))
     comm = workers.join(args)
     console = Console(stderr=False, highlight=False, quiet=comm.rank != 0)
     if args.device == "gpu":
