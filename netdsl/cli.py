@@ -157,6 +157,9 @@ def _import_flag(cmd) -> None:
 def _data_flags(cmd) -> None:
     cmd.add_argument("spec", metavar="SPEC")
     _import_flag(cmd)
+    cmd.add_argument("--force", action="store_true",
+                     help="run even when the planned peak memory exceeds what this process "
+                          "has available (refused by default, with the largest batch that fits)")
     cmd.add_argument("--data", metavar="FILE", help=".npz or .csv with the spec's inputs and "
                      "targets, or a bundled dataset: parity, adding, text, skipgram, cbow")
     cmd.add_argument("--examples", type=_positive, metavar="N", help="use at most N examples")

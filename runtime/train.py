@@ -221,6 +221,7 @@ class Trainer:
         rank = parallel.comm.rank if parallel else 0
         self.executor = Executor(lowered, params, rank_seed(settings.seed, rank), xp, dtype,
                                  order=order)
+        del params  # copied into the executor's flat vector: not held beside the optimiser's
         self.truncation = truncation(plan, settings)
         if self.truncation and self.truncation[1] < self.truncation[0]:
             self.executor.reach = self.truncation[1]

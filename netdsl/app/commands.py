@@ -11,6 +11,8 @@ from rich.console import Console
 
 from netdsl.app import workers
 from netdsl.app.launch import launch_workers
+from netdsl.app.memory_check import (check_memory, fitting_batch, forward_estimate,
+                                     training_estimate)
 from netdsl.app.progress import RichReporter, metric_text
 from netdsl.app.session import Session, prepare
 from netdsl.atomic import check_writable, write_bytes, write_text
@@ -64,6 +66,7 @@ def run(args) -> int:
 
     def ready():
         session = _session(args)
+        check_memory(training_estimate(session.lowered, session.settings), args.force)
         if comm.rank == 0:  # the only writer, checked before the data is read
             _writable_folder(_folder(args, session.name))
         data = _data(args, session)
@@ -153,22 +156,26 @@ def _init_from(trainer, path: str) -> None:
             ex.buffers.setdefault(source[1], {})[source[2]] = ex.xp.asarray(value, dtype=ex.dtype)
 
 
-def _trained(args):
-    """The session of the spec and a trainer holding its checkpoint."""
+def _trained(args, batch: int | None = None):
+    """The session of the spec, a trainer holding its checkpoint, and the batch to run
+    forward at: `batch` (else the evaluation's), smaller where that would not fit in
+    memory; a network whose parameters alone do not fit is refused before any is made."""
     session = _session(args)
+    estimate = forward_estimate(session.lowered, batch or max(session.settings.batch, 256))
+    batch = fitting_batch(estimate, args.force)
     trainer = session.trained(_folder(args, session.name), f"train it first: netc run {args.spec}")
-    return session, trainer
+    return session, trainer, batch
 
 
 def evaluate(args) -> int:
     """Losses and accuracy of a trained spec on --data (default: the held-out split)."""
-    session, trainer = _trained(args)
+    session, trainer, batch = _trained(args)
     data = _data(args, session)
     if args.data is None:
         _, data = data.split(session.settings.val, session.settings.seed)
     if session.normalizer:
         data = session.normalizer.apply(data)
-    metrics = trainer.evaluate(data)
+    metrics = trainer.evaluate(data, batch)
     print(f"{len(data):,} examples: " + "  ".join(metric_text(k, v) for k, v in metrics.items()))
     return 0
 
@@ -177,7 +184,7 @@ def predict(args) -> int:
     """The network's outputs for --data, written to -o (npz or csv) or printed."""
     if args.output is not None:
         _writable_output(args.output)
-    session, trainer = _trained(args)
+    session, trainer, batch = _trained(args, 256)
     if args.generate:
         return _generate(args, session, trainer)
     plan = session.lowered.plan
@@ -186,8 +193,8 @@ def predict(args) -> int:
     if session.normalizer:
         data = session.normalizer.apply(data)
     parts = {name: [] for name in outputs}
-    for batch in data.batches(256, None):
-        out = trainer.executor.forward(batch, False, set(outputs), losses=False)
+    for part in data.batches(batch, None):
+        out = trainer.executor.forward(part, False, set(outputs), losses=False)
         for name in outputs:
             parts[name].append(to_host(trainer.xp, out[name]))
     results = {name: np.concatenate(chunks) for name, chunks in parts.items()}
