@@ -12,7 +12,7 @@ from dataclasses import replace
 import networkx as nx
 
 from netdsl.errors import ShapeError, SpecError, SpecErrors
-from netdsl.graph import block_path, forward_view
+from netdsl.graph import block_path, forward_order
 from netdsl.ops.base import positions
 from netdsl.types import TensorType
 
@@ -29,7 +29,7 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
     """
     graph = graph.copy()
     errors: list[SpecError] = []
-    for node in nx.topological_sort(forward_view(graph)):
+    for node in forward_order(graph):
         data = graph.nodes[node]
         try:
             data["type"] = _node_type(graph, node, data)
