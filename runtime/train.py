@@ -171,6 +171,12 @@ class _Position:
     losses: list = field(default_factory=list)    # per step losses
     best: float | None = None
     bad_epochs: int = 0
+    sums: dict | None = None  # mid-epoch: the epoch's running sums, so a resume reports the same
+
+
+def _plain(value):
+    """A NumPy scalar as the Python number it is, which a checkpoint's JSON can hold."""
+    return value.item() if hasattr(value, "item") else value
 
 
 @dataclass
@@ -271,7 +277,9 @@ class Trainer:
             # (and so does a run on another number of workers)
             shuffler = np.random.default_rng((s.seed, pos.epoch)) if s.shuffle else None
             batches = replicas.shards(train, s.batch, shuffler)
-            sums = self._sums = {"samples": 0, "correct": 0, "positions": 0}
+            resumed = pos.batch and pos.sums  # mid-epoch: the sums of its first batches
+            sums = self._sums = dict(pos.sums) if resumed else {"samples": 0, "correct": 0,
+                                                                 "positions": 0}
             started = time.perf_counter()
             for index, (batch, total) in enumerate(batches):
                 if index < pos.batch:
@@ -606,6 +614,7 @@ class Trainer:
         numbers are read back first: the document holds every step's losses)."""
         self._read()
         ex, pos, xp = self.executor.state_dict(), self.position, self.xp
+        pos.sums = {k: _plain(v) for k, v in self._sums.items()} if pos.batch else None
         arrays = {"params": ex["params"], **self.extra_arrays}
         buffers = self.replicas.average(ex["buffers"], host=True)
         arrays.update({f"buffer/{k}": v for k, v in buffers.items()})
