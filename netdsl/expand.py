@@ -810,8 +810,7 @@ def _size(body, sizes: dict[int, int]) -> int:
         stack = list(body)
         while stack:
             item = stack.pop()
-            if isinstance(item, (ast.Call, ast.BinOp, ast.Neg)) or hasattr(item, "span") and \
-                    type(item).__name__ in _STATEMENTS:
+            if isinstance(item, _COUNTED):
                 found += 1
             if isinstance(item, tuple):
                 stack.extend(item)
@@ -821,7 +820,9 @@ def _size(body, sizes: dict[int, int]) -> int:
     return found
 
 
-_STATEMENTS = {"IODecl", "StateDecl", "Assign", "Loss", "Train", "Share", "For", "In", "Out"}
+# what `_size` counts: statements, and the expressions that make a node
+_COUNTED = (ast.IODecl, ast.StateDecl, ast.Assign, ast.Loss, ast.Train, ast.Share, ast.For,
+            ast.In, ast.Out, ast.Call, ast.BinOp, ast.Neg)
 
 
 def _names_in(node) -> set[str]:
