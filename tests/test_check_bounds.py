@@ -162,5 +162,6 @@ def test_checking_runs_without_the_cyclic_collector():
         check_text(text, "g.net")
     finally:
         gc.callbacks.remove(count)
-    # 266 collections, 2 of them over everything, before; now one at most, on the way in
-    assert len(collections) <= 1 and 2 not in collections and gc.isenabled()
+    # 266 collections, 2 of them over everything, before; now a young one or two at most,
+    # on the way in or out
+    assert len(collections) <= 3 and 2 not in collections and gc.isenabled()
