@@ -2,7 +2,7 @@
 run prints: the checkpoint keeps the epoch's running sums."""
 import re
 
-from conftest import run_netc
+from netdsl import cli
 
 SPEC = """\
 network tiny
@@ -20,19 +20,19 @@ def epoch_lines(output: str) -> list[str]:
             if line.startswith("epoch ")]
 
 
-def test_a_resumed_epoch_prints_what_an_uninterrupted_one_does(tmp_path):
+def test_a_resumed_epoch_prints_what_an_uninterrupted_one_does(tmp_path, capsys):
     spec = tmp_path / "tiny.net"
     spec.write_text(SPEC)
-    whole = run_netc("run", str(spec), "--quiet", "--examples", "400",
-                     "--checkpoint", str(tmp_path / "whole"))
-    assert whole.returncode == 0, whole.stderr
-    stopped = run_netc("run", str(spec), "--quiet", "--examples", "400", "--steps", "17",
-                       "--checkpoint", str(tmp_path / "parts"))  # epoch 2, its 6th step
-    assert stopped.returncode == 0, stopped.stderr
-    resumed = run_netc("run", str(spec), "--quiet", "--examples", "400", "--resume",
-                       "--checkpoint", str(tmp_path / "parts"))
-    assert resumed.returncode == 0, resumed.stderr
-    assert "at epoch 2" in resumed.stdout
-    expected = epoch_lines(whole.stdout)
+    common = [str(spec), "--quiet", "--examples", "400", "--no-native"]
+
+    def run(*flags: str) -> str:
+        assert cli.main(["run", *common, *flags]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    whole = run("--checkpoint", str(tmp_path / "whole"))
+    stopped = run("--steps", "17", "--checkpoint", str(tmp_path / "parts"))  # epoch 2, step 6
+    resumed = run("--resume", "--checkpoint", str(tmp_path / "parts"))
+    assert "at epoch 2" in resumed
+    expected = epoch_lines(whole)
     assert len(expected) == 2 and "accuracy" in expected[1]
-    assert epoch_lines(stopped.stdout) + epoch_lines(resumed.stdout) == expected
+    assert epoch_lines(stopped) + epoch_lines(resumed) == expected
