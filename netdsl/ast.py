@@ -40,6 +40,7 @@ class BinOp:
     left: "Expr"
     right: "Expr"
     span: Span
+    regrouped: bool = False  # a part of a long sum, grouped by the parser: a + (b + c) is a + b + c
 
 
 @dataclass(frozen=True)

@@ -56,11 +56,13 @@ def _parser() -> argparse.ArgumentParser:
                                        "exits 1 if any spec has an error.")
     check.add_argument("specs", nargs="+", metavar="SPEC", help=".net file(s) to check")
     _output_flags(check, "print errors alone: nothing when every spec checks")
+    _import_flag(check)
 
     comp = sub.add_parser("compile",
                           help="per-node table: op, inputs, shape, parameters, mult-adds, memory",
                           description="Print what each node costs, or any pipeline stage with --emit.")
     comp.add_argument("spec", metavar="SPEC")
+    _import_flag(comp)
     comp.add_argument("--emit", choices=EMIT_STAGES, help="print a pipeline stage instead of the table")
     comp.add_argument("--batch", type=_positive, default=1, help="batch size for FLOPs and memory (1)")
     comp.add_argument("--depth", type=_positive, metavar="N",
@@ -78,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     draw = sub.add_parser("draw", help="draw the network with Graphviz (svg, png, pdf, dot)",
                           description="Draw the network. Blocks are clusters; shapes label the edges.")
     draw.add_argument("spec", metavar="SPEC")
+    _import_flag(draw)
     draw.add_argument("-o", "--output", required=True, metavar="FILE",
                       help="output file; its extension picks the format: .svg .png .pdf .dot")
     draw.add_argument("--collapse", nargs="?", const=1, type=_natural, default=0, metavar="DEPTH",
@@ -142,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
                     "model.safetensors), or its tensors as safetensors. The inference graph "
                     "unless --train-graph: dropout off, batchnorm on its running statistics.")
     export.add_argument("spec", metavar="SPEC")
+    _import_flag(export)
     export.add_argument("--to", required=True, choices=("onnx", "torch", "safetensors"),
                         help="the format")
     export.add_argument("-o", metavar="PATH",
@@ -182,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
                          description="Open the terminal builder on SPEC (a new spec when SPEC "
                                      "does not exist yet, or an untitled one without SPEC).")
     tui.add_argument("spec", nargs="?", metavar="SPEC")
+    _import_flag(tui)
     tui.add_argument("--device", choices=tuple(DEVICES), default="cpu",
                      help="where its runs train (cpu)")
 
@@ -208,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--depth", type=_positive, metavar="N",
                       help="compare blocks N levels deep as wholes")
     diff.add_argument("--json", action="store_true", help="the differences as JSON")
+    _import_flag(diff)
 
     completion = sub.add_parser("completion", help="print a shell completion script",
                                 description="Print the completion script of SHELL: "
@@ -225,8 +231,19 @@ def _parser() -> argparse.ArgumentParser:
     return root
 
 
+def _import_flag(cmd) -> None:
+    cmd.add_argument("--import-path", action="append", default=[], metavar="DIR",
+                     help="a folder quoted imports may also read (repeatable); by default "
+                          "only the spec's own folder tree, the standard library and "
+                          "NETDSL_IMPORT_PATH's folders")
+
+
 def _data_flags(cmd) -> None:
     cmd.add_argument("spec", metavar="SPEC")
+    _import_flag(cmd)
+    cmd.add_argument("--force", action="store_true",
+                     help="run even when the planned peak memory exceeds what this process "
+                          "has available (refused by default, with the largest batch that fits)")
     cmd.add_argument("--data", metavar="FILE", help=".npz or .csv with the spec's inputs and "
                      "targets, or a bundled dataset: parity, adding, text, skipgram, cbow")
     cmd.add_argument("--examples", type=_positive, metavar="N", help="use at most N examples")
@@ -333,7 +350,7 @@ def _check(args) -> int:
     failed, results = 0, []
     for path in args.specs:
         try:
-            net = check_file(path)
+            net = check_file(path, args.import_path)
         except CheckFailed as exc:
             if args.json:
                 results.append({"spec": path, "ok": False,
@@ -364,7 +381,7 @@ def _compile(args) -> int:
     if args.unroll is not None and args.emit != "unrolled":
         raise UsageError("--unroll goes with --emit unrolled", None,
                         f"netc compile {args.spec} --emit unrolled --unroll {args.unroll}")
-    net = check_file(args.spec)
+    net = check_file(args.spec, args.import_path)
     if args.emit in dict(PASSES):
         print(printers.format_pass(lower(net, args.target), args.emit, args.batch))
         return 0
@@ -415,7 +432,7 @@ def _optimizer(net) -> tuple:
 def _draw(args) -> int:
     from netdsl import draw  # Graphviz loads for this command alone
 
-    net = check_file(args.spec)
+    net = check_file(args.spec, args.import_path)
     fmt = os.path.splitext(args.output)[1].lstrip(".").lower()
     draw.render(net.graph, args.output, fmt, collapse=args.collapse, unroll=args.unroll,
                 warn=lambda text: print(f"warning: {text}", file=sys.stderr))
@@ -451,7 +468,7 @@ def _fmt(args) -> int:
 def _tui(args) -> int:
     from netdsl.tui import main as tui_main  # imported here: Textual loads only for this command
 
-    return tui_main(args.spec, args.device)
+    return tui_main(args.spec, args.device, args.import_path)
 
 
 def _lsp(args) -> int:
@@ -477,7 +494,7 @@ def _training(command: str):
 
 
 def _diff(args) -> int:
-    first, second = (check_file(path) for path in args.specs)
+    first, second = (check_file(path, args.import_path) for path in args.specs)
     if args.json:
         print(json.dumps(diff_json(first, second, args.batch, args.depth), indent=2))
     else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 
 __all__ = ["Span", "SpecError", "UsageError", "SpecErrors", "ShapeError", "render", "errors_of",
@@ -99,9 +100,9 @@ def render(error: SpecError, sources: dict[str, str] | None = None) -> str:
     span = error.span
     text = (sources or {}).get(span.file) if span else None
     if text is not None:
-        source_lines = [line.rstrip("\r") for line in text.split("\n")]
+        source_lines = _lines(text)
         if 1 <= span.line <= len(source_lines):
-            line = source_lines[span.line - 1].expandtabs(1)
+            line = source_lines[span.line - 1].rstrip("\r").expandtabs(1)
             width = span.end_col - span.col + 1 if span.end_line == span.line else len(line) - span.col + 1
             gutter = f"{span.line:>4} | "
             lines.append(gutter + line)
@@ -111,6 +112,13 @@ def render(error: SpecError, sources: dict[str, str] | None = None) -> str:
     if error.hint:
         lines.append(f"  hint: {error.hint}")
     return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=8)
+def _lines(text: str) -> list[str]:
+    """A source's lines, split once for all the errors shown in it (a string keeps its
+    hash, so finding the text again costs nothing)."""
+    return text.split("\n")
 
 
 def closest(word: str, choices) -> str | None:

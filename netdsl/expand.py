@@ -6,8 +6,10 @@ made it and the block path it sits in (stage2/basic1/conv2).
 """
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable
@@ -26,6 +28,12 @@ __all__ = ["expand", "Loader", "IndependentErrors"]
 # load(target, is_path, importing_file, span) -> the imported module
 Loader = Callable[[str, bool, str, Any], ast.Module]
 CONSTANTS = {"true": True, "false": False, "none": None}
+# the most a spec may expand to, in statements run and nodes made once loops, repeats
+# and blocks multiply out: checking stays fast however the multiplications are nested
+EXPANSION_BUDGET = 1_000_000
+# undefined names given a "did you mean": each guess compares with every name in scope,
+# so a spec of thousands of undefined names gets its errors without guesses past these
+MISSPELLINGS_GUESSED = 100
 _SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 # `a + b` of two tensors: the op that declares the operator
 _TENSOR_OPS = {op.operator: name for name, op in OPS.items() if op.operator is not None}
@@ -38,6 +46,10 @@ class Value:
 
     def __init__(self, node: str):
         self.node = node
+
+
+class _OverBudget(SpecError):
+    """The expansion would pass the budget: it stops at once, not statement by statement."""
 
 
 class _Poison(Value):
@@ -132,6 +144,12 @@ class _Expander:
         self.errors: list[SpecError] = []
         self.independent: list[SpecError] = []  # errors after which the program is still whole
         self.consumed: set[str] = set()  # nodes that are some node's input
+        self.named: set[str] = set()     # nodes renamed for the name a statement gave them
+        self.guesses_left = MISSPELLINGS_GUESSED
+        self.work = 0  # statements run and nodes made: the budget spent
+        # the loops and repeats running: [rounds, what, where, rounds left with this one]
+        self.factors: list[list] = []
+        self.sizes: dict[int, int] = {}  # a body's static size, by id
         self.blocks: dict[str, ast.Block] = {}
         self.depth = 0
         self.failed_imports: list[str] = []
@@ -146,7 +164,11 @@ class _Expander:
                 header.span, f"a spec describes one network; the first header is at {headers[0].span}"))
         top = _Scope("", ())
         body = [i for i in self.module.items if not isinstance(i, (ast.Import, ast.NetworkDecl, ast.Block))]
-        self._exec_body(body, top)
+        try:
+            self._exec_body(body, top)
+        except _OverBudget as exc:
+            self.errors.append(exc)
+            SpecErrors.collect(self.errors)
         self._finish_scope(top)
         if not self.errors and not self.losses and not self.nodes:
             # an empty file (or one of only comments) is pointed at its first line
@@ -225,8 +247,13 @@ class _Expander:
         for name, span in _definitions(body):  # so a name used too early can say where it comes
             scope.defined.setdefault(name, span)
         for stmt in body:
+            self.work += 1
+            if self.work > EXPANSION_BUDGET:
+                raise self._over_budget(self.work, stmt.span)
             try:
                 self._exec(stmt, scope)
+            except _OverBudget:
+                raise
             except (SpecError, SpecErrors) as exc:
                 # the train clause defines nothing that later statements or passes read
                 self._report(errors_of(exc), scope, independent=isinstance(stmt, ast.Train))
@@ -268,8 +295,9 @@ class _Expander:
                 if name in CONSTANTS:
                     raise SpecError(f"'{name}' is a constant and cannot be assigned", span)
             for name, val, span in zip(stmt.targets, values, spans):
-                if len(stmt.targets) == 1 and isinstance(val, Value) and not isinstance(val, _Poison):
-                    val = self._rename(val, scope, name)
+                if len(stmt.targets) == 1 and isinstance(val, Value) and \
+                        not isinstance(val, _Poison) and val.node not in self.named:
+                    val = self._rename(val, scope, name)  # not `h = v`: v keeps its node
                 self._bind(scope, name, val, span)
         elif isinstance(stmt, ast.IODecl):
             self._declare_io(stmt, scope)
@@ -352,13 +380,42 @@ class _Expander:
         if stop - start > 100_000:
             raise SpecError(f"a loop of {stop - start + 1} iterations is too long", stmt.span)
         saved = scope.env.get(stmt.var)
-        for i in range(start, stop + 1):
-            scope.env[stmt.var] = _Binding(stmt.var, i, stmt.span, used=True)
-            self._exec_body(stmt.body, scope)
+        with self._multiplied(max(stop - start + 1, 0), _size(stmt.body, self.sizes),
+                              f"for {stmt.var}", stmt.span) as factor:
+            for i in range(start, stop + 1):
+                factor[3] = stop + 1 - i
+                scope.env[stmt.var] = _Binding(stmt.var, i, stmt.span, used=True)
+                self._exec_body(stmt.body, scope)
         if saved is None:
             scope.env.pop(stmt.var, None)
         else:
             scope.env[stmt.var] = saved
+
+    @contextmanager
+    def _multiplied(self, count: int, size: int, what: str, span: Span):
+        """Run a loop or repeat of `count` rounds of a body of `size` statements and layers
+        (at least), once the product with the loops and repeats around it is known to fit
+        in the budget."""
+        factor = [count, what, span, count]
+        self.factors.append(factor)
+        try:
+            planned = self.work + math.prod(f[3] for f in self.factors) * max(size, 1)
+            if count > 1 and planned > EXPANSION_BUDGET:
+                raise self._over_budget(planned, span, size)
+            yield factor
+        finally:
+            self.factors.pop()
+
+    def _over_budget(self, planned: int, span: Span, size: int = 1) -> _OverBudget:
+        """The error for an expansion past the budget, with the product that reaches it."""
+        factors = [f"{n:,} ({what}, {where})" for n, what, where, _ in self.factors if n > 1]
+        if size > 1:
+            factors.append(f"{size:,} (statements and layers in each round)")
+        product = f": {' x '.join(factors)}" if factors else ""
+        return _OverBudget(
+            f"the spec expands to at least {planned:,} statements and layers, more than the "
+            f"{EXPANSION_BUDGET:,} a spec may have{product}", span,
+            "make these loops or repeats shorter, or nest fewer of them")
 
     def _bind_ins(self, stmt: ast.In, scope: _Scope) -> None:
         if scope.inputs is None:
@@ -455,11 +512,15 @@ class _Expander:
             raise SpecError(f"'{name.id}' is defined later, at line {later.line}", name.span,
                             f"statements run in order: move this use below line {later.line}, "
                             f"or define '{name.id}' before it")
-        known = [n for n in scope.env] + list(scope.states) + list(CONSTANTS)
-        meant = closest(name.id, known)
+        known = [*scope.env, *scope.states, *CONSTANTS]
+        meant = None
+        if self.guesses_left > 0:  # each guess reads every name: not for thousands of errors
+            self.guesses_left -= 1
+            meant = closest(name.id, known)
         if meant in scope.env:  # the value meant is used, if misspelt
             scope.env[meant].used = True
-        raise SpecError(f"undefined name '{name.id}'", name.span, suggest(name.id, known))
+        raise SpecError(f"undefined name '{name.id}'", name.span,
+                        f"did you mean '{meant}'?" if meant else None)
 
     def _scalar(self, expr, scope: _Scope, what: str = "a number"):
         """A number or setting; `what` names it in errors: "the repeat count"."""
@@ -541,13 +602,20 @@ class _Expander:
                 raise SpecError(f"a stage repeated {count} times is too many", stage.repeat.span,
                                 "repeat a stage at most 10000 times")
             repeat = f"{scope.prefix}{stage.call.name}@{stage.span.line}:{stage.span.col}" if count > 1 else None
-            for index in range(count):
-                if isinstance(value, tuple):
-                    raise SpecError(f"'{stage.call.name}' receives {len(value)} values; a pipeline "
-                                    "carries one", stage.span, "name the values: a, b = ...")
-                which = f", the {_ordinal(index + 1)} repetition of '{_stage_text(stage)}'" if count > 1 else ""
-                value = self._call(stage.call, scope, self._tensor(value, expr.source),
-                                   want if last else 1, repeat, which)
+            block = self.blocks.get(stage.call.name)
+            size = 1 if block is None else _size(block.body, self.sizes)
+            with self._multiplied(count, size, f"{stage.call.name} x {count}",
+                                  stage.repeat.span if stage.repeat else stage.span) as factor:
+                for done in range(count):
+                    factor[3] = count - done
+                    if isinstance(value, tuple):
+                        raise SpecError(f"'{stage.call.name}' receives {len(value)} values; a "
+                                        "pipeline carries one", stage.span,
+                                        "name the values: a, b = ...")
+                    which = (f", the {_ordinal(done + 1)} repetition of '{_stage_text(stage)}'"
+                             if count > 1 else "")
+                    value = self._call(stage.call, scope, self._tensor(value, expr.source),
+                                       want if last else 1, repeat, which)
         return value
 
     def _delayed(self, expr: ast.Delayed, scope: _Scope) -> Value:
@@ -700,6 +768,7 @@ class _Expander:
             local = node_id[len(path):]
             shares = shared.owners.setdefault(local, node_id)
             shares = None if shares == node_id else shares
+        self.work += 1
         self.nodes[node_id] = NodeDef(node_id, "op", span, scope.frames, op=op,
                                       inputs=[(t.node, 0) for t in tensors], shares=shares)
         self.consumed.update(t.node for t in tensors)
@@ -719,6 +788,7 @@ class _Expander:
         del self.nodes[value.node]
         node.id = target
         self.nodes[target] = node
+        self.named.add(target)
         return Value(target)
 
     def _inline(self, block: ast.Block, tensors, scalars, keywords, call, scope, want, repeat=None,
@@ -834,6 +904,30 @@ def _definitions(body):
             yield from ((item.name, item.span) for item in stmt.items)
         elif isinstance(stmt, ast.For):
             yield from _definitions(stmt.body)
+
+
+def _size(body, sizes: dict[int, int]) -> int:
+    """The statements and layer calls written in a body (a nested loop's body once): the
+    least one run of it costs."""
+    found = sizes.get(id(body))
+    if found is None:
+        found = 0
+        stack = list(body)
+        while stack:
+            item = stack.pop()
+            if isinstance(item, _COUNTED):
+                found += 1
+            if isinstance(item, tuple):
+                stack.extend(item)
+            elif hasattr(item, "__dataclass_fields__"):
+                stack.extend(getattr(item, f) for f in item.__dataclass_fields__ if f != "span")
+        sizes[id(body)] = found
+    return found
+
+
+# what `_size` counts: statements, and the expressions that make a node
+_COUNTED = (ast.IODecl, ast.StateDecl, ast.Assign, ast.Loss, ast.Train, ast.Share, ast.For,
+            ast.In, ast.Out, ast.Call, ast.BinOp, ast.Neg)
 
 
 def _names_in(node) -> set[str]:

@@ -118,7 +118,8 @@ def _quote(text: str) -> str:
 
 def _binop(e: ast.BinOp) -> str:
     level = _PRECEDENCE[e.op]  # left-associative: a parenthesised right operand stays so
-    return f"{expr(e.left, level)} {e.op} {expr(e.right, level + 1)}"
+    regrouped = isinstance(e.right, ast.BinOp) and e.right.regrouped  # a long sum, as written
+    return f"{expr(e.left, level)} {e.op} {expr(e.right, level if regrouped else level + 1)}"
 
 
 def _call(c: ast.Call) -> str:

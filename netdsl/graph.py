@@ -11,7 +11,7 @@ import networkx as nx
 from netdsl.errors import SpecError
 from netdsl.program import Program, StartFrom, call_notes
 
-__all__ = ["build_graph", "verify_graph", "forward_view", "block_path"]
+__all__ = ["build_graph", "verify_graph", "forward_view", "forward_order", "block_path"]
 
 
 def build_graph(program: Program) -> nx.DiGraph:
@@ -43,6 +43,50 @@ def forward_view(graph: nx.DiGraph) -> nx.DiGraph:
     return nx.subgraph_view(graph, filter_edge=lambda u, v: graph.edges[u, v]["delay"] == 0)
 
 
+def forward_order(graph: nx.DiGraph) -> list[str]:
+    """The nodes in an order where every node follows its inputs of the same step (edges
+    without a delay): one pass over the graph however many delays it has.
+
+    Raises
+    ------
+    SpecError
+        When a cycle has no delay on it, naming the nodes on the cycle.
+    """
+    waiting = {node: 0 for node in graph}
+    readers: dict[str, list[str]] = {node: [] for node in graph}
+    for source, target, delay in graph.edges(data="delay"):
+        if not delay:
+            waiting[target] += 1
+            readers[source].append(target)
+    order = [node for node, count in waiting.items() if count == 0]
+    for node in order:  # grows as nodes become ready
+        for reader in readers[node]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                order.append(reader)
+    if len(order) < len(waiting):
+        _cycle_error(graph, {node for node, count in waiting.items() if count > 0})
+    return order
+
+
+def _cycle_error(graph: nx.DiGraph, stuck: set[str]) -> None:
+    """Walk back from a node left waiting, along inputs left waiting too (each waits on
+    one at least), until a node comes round again: that loop is a cycle without a delay."""
+    node = next(node for node in graph if node in stuck)
+    seen: dict[str, int] = {}
+    path: list[str] = []
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(source for source, _, delay in graph.in_edges(node, data="delay")
+                    if not delay and source in stuck)
+    names = path[seen[node]:][::-1]
+    span = graph.nodes[names[0]]["span"]
+    raise SpecError(f"a cycle without a delay: {' -> '.join(names + names[:1])}", span,
+                    "a value may depend on its own past only through a state, as h[t-1]",
+                    call_notes(graph.nodes[names[0]]["scope"], span))
+
+
 def block_path(graph: nx.DiGraph, node: str) -> str:
     """The block instances a node sits in, outermost first: 'stage2/basic1'."""
     return "/".join(frame.name for frame in graph.nodes[node]["scope"])
@@ -57,12 +101,4 @@ def verify_graph(graph: nx.DiGraph) -> None:
         if data["kind"] == "state" and len(data["inputs"]) != 1 + (
                 isinstance(data["state"].init, StartFrom)):
             raise SpecError(f"internal: state node {node} has {len(data['inputs'])} inputs", data["span"])
-    try:
-        cycle = nx.find_cycle(forward_view(graph))
-    except nx.NetworkXNoCycle:
-        return
-    names = [u for u, _ in cycle]
-    span = graph.nodes[names[0]]["span"]
-    raise SpecError(f"a cycle without a delay: {' -> '.join(names + names[:1])}", span,
-                    "a value may depend on its own past only through a state, as h[t-1]",
-                    call_notes(graph.nodes[names[0]]["scope"], span))
+    forward_order(graph)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 import re
 
-from lark import Token, Transformer, v_args
+from lark import Token, Transformer, Tree, v_args
+from lark.tree import Meta
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -32,6 +33,7 @@ def parse(text: str, file: str = "<spec>") -> ast.Module:
         tree = parser().parse(text if text.endswith("\n") else text + "\n")
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, file) from None
+    _balance_sums(tree)
     for item in tree.children:
         if _depth(item) > _DEEPEST:  # building (and later expanding) it would exhaust the stack
             raise SpecError(f"this statement nests more than {_DEEPEST} levels deep",
@@ -47,6 +49,57 @@ def parse(text: str, file: str = "<spec>") -> ast.Module:
 _LARGEST = 2**63
 # real specs nest about ten levels; a hundred leaves the passes' recursion ample room
 _DEEPEST = 100
+
+
+# a sum of more terms than this is grouped as a balanced tree: a + b + c + d as
+# (a + b) + (c + d), the same sum, nested log2(terms) deep instead of one level per term
+_LONG_SUM = 16
+
+
+def _balance_sums(tree) -> None:
+    """Regroup every long chain a + b + ... (the grammar nests it one level per term) in
+    place, so a sum of 10,000 terms is as shallow as one of 14 levels."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, Tree):
+            continue
+        terms = _sum_terms(node)
+        if len(terms) > _LONG_SUM:
+            node.children = _balanced(terms[:len(terms) // 2], node.children[1],
+                                      terms[len(terms) // 2:]).children
+            stack.extend(terms)
+        else:
+            stack.extend(node.children)
+
+
+def _sum_terms(node) -> list:
+    """The terms of a chain of `+` whose last sum is `node` (one term when it is no sum)."""
+    terms = []
+    while isinstance(node, Tree) and node.data == "binop" and node.children[1] == "+":
+        terms.append(node.children[2])
+        node = node.children[0]
+    terms.append(node)
+    return terms[::-1]
+
+
+def _balanced(left: list, plus: Token, right: list) -> Tree:
+    """The sum of `left` and `right`, each half summed the same way."""
+    halves = [t if len(t) == 1 else _balanced(t[:len(t) // 2], plus, t[len(t) // 2:])
+              for t in (left, right)]
+    halves = [h[0] if isinstance(h, list) else h for h in halves]
+    meta = Meta()
+    first, last = _edges(halves[0])[0], _edges(halves[1])[1]
+    meta.line, meta.column, meta.start_pos = first
+    meta.end_line, meta.end_column, meta.end_pos = last
+    meta.empty, meta.regrouped = False, True
+    return Tree("binop", [halves[0], plus, halves[1]], meta)
+
+
+def _edges(item) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Where a subtree or token starts and ends: (line, column, offset) each."""
+    m = item.meta if isinstance(item, Tree) else item
+    return (m.line, m.column, m.start_pos), (m.end_line, m.end_column, m.end_pos)
 
 
 def _depth(tree) -> int:
@@ -190,7 +243,7 @@ class _ToAst(Transformer):
         return ast.Arg(str(name), value, self._s(meta))
 
     def binop(self, meta, left, op, right):
-        return ast.BinOp(str(op), left, right, self._s(meta))
+        return ast.BinOp(str(op), left, right, self._s(meta), getattr(meta, "regrouped", False))
 
     def neg(self, meta, operand):
         return ast.Neg(operand, self._s(meta))

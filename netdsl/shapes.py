@@ -12,7 +12,7 @@ from dataclasses import replace
 import networkx as nx
 
 from netdsl.errors import ShapeError, SpecError, SpecErrors
-from netdsl.graph import forward_view
+from netdsl.graph import forward_order
 from netdsl.ops.base import positions
 from netdsl.program import call_notes
 from netdsl.types import TensorType
@@ -38,7 +38,7 @@ def typed_graph(graph: nx.DiGraph) -> tuple[nx.DiGraph, list[SpecError]]:
     errors, so that passes after this one can still report theirs."""
     graph = graph.copy()
     errors: list[SpecError] = []
-    for node in nx.topological_sort(forward_view(graph)):
+    for node in forward_order(graph):
         data = graph.nodes[node]
         try:
             data["type"] = _node_type(graph, node, data)

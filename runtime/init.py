@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from netdsl.lower.plan import Plan
+from netdsl.ops.numeric import draw_float32
 from netdsl.settings import INIT_SCHEMES
 
 __all__ = ["initial_params"]
@@ -67,15 +68,15 @@ def _scaled(rng, rule: str, values: dict, fans: tuple[int, int]) -> dict:
     """Replace the weight by a scheme's draw and zero the bias."""
     weight = values["weight"]
     fan_in, fan_out = fans
-    if rule == "he":
-        new = rng.standard_normal(weight.shape) * math.sqrt(2 / fan_in)
-    elif rule == "xavier":
-        bound = math.sqrt(6 / (fan_in + fan_out))
-        new = rng.uniform(-bound, bound, weight.shape)
-    else:  # fan_in: uniform with variance 1/(3 n), the 1/sqrt(n) rule
-        bound = 1 / math.sqrt(fan_in)
-        new = rng.uniform(-bound, bound, weight.shape)
-    values = dict(values, weight=new.astype(np.float32))
+    scale = math.sqrt(2 / fan_in)
+    # xavier, and fan_in: uniform with variance 1/(3 n), the 1/sqrt(n) rule
+    bound = math.sqrt(6 / (fan_in + fan_out)) if rule == "xavier" else 1 / math.sqrt(fan_in)
+
+    def draw(n: int):
+        return rng.standard_normal(n) * scale if rule == "he" else rng.uniform(-bound, bound, n)
+
+    # over the op's own draw, which nothing else holds: one weight-sized array at a time
+    values = dict(values, weight=draw_float32(draw, weight.shape, weight))
     if "bias" in values:
         values["bias"] = np.zeros_like(values["bias"])
     return values

@@ -176,6 +176,12 @@ class _Position:
     losses: list = field(default_factory=list)    # per step losses
     best: float | None = None
     bad_epochs: int = 0
+    sums: dict | None = None  # mid-epoch: the epoch's running sums, so a resume reports the same
+
+
+def _plain(value):
+    """A NumPy scalar as the Python number it is, which a checkpoint's JSON can hold."""
+    return value.item() if hasattr(value, "item") else value
 
 
 @dataclass
@@ -226,6 +232,7 @@ class Trainer:
         rank = parallel.comm.rank if parallel else 0
         self.executor = Executor(lowered, params, rank_seed(settings.seed, rank), xp, dtype,
                                  order=order)
+        del params  # copied into the executor's flat vector: not held beside the optimiser's
         self.truncation = truncation(plan, settings)
         if self.truncation and self.truncation[1] < self.truncation[0]:
             self.executor.reach = self.truncation[1]
@@ -280,8 +287,11 @@ class Trainer:
             # (and so does a run on another number of workers)
             shuffler = np.random.default_rng((s.seed, pos.epoch)) if s.shuffle else None
             batches = replicas.shards(train, s.batch, shuffler)
+            resumed = pos.batch and pos.sums  # mid-epoch: the sums of its first batches
             sums = self._sums = {"samples": 0, "correct": 0, "positions": 0,
                                  "grad_norm": 0.0, "grad_steps": 0}
+            if resumed:
+                sums.update(pos.sums)
             started = time.perf_counter()
             for index, (batch, total) in enumerate(batches):
                 if index < pos.batch:
@@ -630,6 +640,7 @@ class Trainer:
         numbers are read back first: the document holds every step's losses)."""
         self._read()
         ex, pos, xp = self.executor.state_dict(), self.position, self.xp
+        pos.sums = {k: _plain(v) for k, v in self._sums.items()} if pos.batch else None
         arrays = {"params": ex["params"], **self.extra_arrays}
         buffers = self.replicas.average(ex["buffers"], host=True)
         arrays.update({f"buffer/{k}": v for k, v in buffers.items()})

@@ -257,6 +257,28 @@ class TestFiles:
             await settle(pilot)
             assert app.builder.editor.text.startswith("# unsaved") and app.builder.dirty
 
+    async def test_typing_without_a_pause_is_kept_every_second(self, spec):
+        """A kill loses at most the last second of typing: the copy was written only once
+        typing had paused for 3 s, so steady typing was never kept."""
+        async with opened(spec) as (app, pilot):
+            for key in "# kept while typing":
+                await pilot.press(key if key != " " else "space")
+                await pilot.pause(0.15)
+            kept = Recovery(spec).read()
+            assert kept is not None, "nothing kept while typing"
+            typed = len(os.path.commonprefix([kept[0], "# kept while typing"]))
+            assert typed >= 8 and kept[0][typed:] == open(spec).read(), kept[0][:40]
+
+    async def test_the_recovery_question_wraps_at_200_columns(self, spec, monkeypatch):
+        Recovery(spec).write("# unsaved\n" + open(spec).read())
+        app = NetApp(spec)
+        async with app.run_test(size=(200, 50)) as pilot:
+            await settle(pilot)
+            assert type(app.screen).__name__ == "Choice"
+            inside = [line.split("█")[1].strip() for line in screen_text(app).splitlines()
+                      if line.count("█") >= 2]  # the dialog's lines, within its border
+            assert "(the editor did not close cleanly). Recover them?" in " ".join(inside)
+
     async def test_open_reports_a_bad_file(self, spec, tmp_path):
         async with opened(spec) as (app, pilot):
             app.builder.open_file(str(tmp_path / "nothing.net"))

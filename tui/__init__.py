@@ -7,7 +7,7 @@ from netdsl.tui.app import NetApp
 __all__ = ["main"]
 
 
-def main(path: str | None = None, device: str = "cpu") -> int:
+def main(path: str | None = None, device: str = "cpu", import_path=()) -> int:
     """Run the builder on `path` (a new spec when it does not exist); returns an exit code.
     With `device` "gpu" its runs train with CuPy, which must work before the builder opens.
 
@@ -18,5 +18,5 @@ def main(path: str | None = None, device: str = "cpu") -> int:
     """
     if device != "cpu":
         array_module(device)  # one clear line now, not a failed run later
-    NetApp(path, device=device).run()
+    NetApp(path, device=device, import_path=import_path).run()
     return 0

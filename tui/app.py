@@ -22,6 +22,7 @@ class NetApp(App):
     train_examples, train_epochs : override the spec's data size and epochs when training
         from the UI (tests keep runs short, or long enough to stop).
     device : "cpu", or "gpu" to train with CuPy (`netc tui --device gpu`).
+    import_path : folders quoted imports may read besides the spec's own (`--import-path`).
 
     Raises
     ------
@@ -34,11 +35,12 @@ class NetApp(App):
     BINDINGS = [Binding("ctrl+q", "quit_safely", "Quit", priority=True)]
 
     def __init__(self, path: str | None = None, train_examples: int | None = None,
-                 train_epochs: int | None = None, device: str = "cpu"):
+                 train_epochs: int | None = None, device: str = "cpu", import_path=()):
         super().__init__()
         self.path = path
         self.train_examples, self.train_epochs = train_examples, train_epochs
         self.device = device
+        self.import_path = tuple(import_path)
         self.text = load_spec(path) if path is not None and os.path.exists(path) else NEW_SPEC
 
     @property
@@ -46,7 +48,7 @@ class NetApp(App):
         return self._builder
 
     def on_mount(self) -> None:
-        self._builder = BuilderScreen(self.path, self.text)
+        self._builder = BuilderScreen(self.path, self.text, self.import_path)
         self.push_screen(self._builder)
         self._builder.offer_recovery()
 

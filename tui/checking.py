@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from netdsl.cost import cost_rows
 from netdsl.driver import CheckFailed, Network, check_text
 from netdsl.errors import render
+from netdsl.imports import spec_name
 from netdsl.tui.graph_canvas import Picture, draw_graph
 from netdsl.tui.widgets.spec_editor import Diagnostic
 
@@ -28,10 +29,14 @@ class CheckResult:
     first_error: str = ""
 
 
-def check_and_draw(text: str, file: str, collapsed: frozenset[str], compact: bool) -> CheckResult:
-    """Check `text`; on success also cost and draw it (all of this runs off the UI thread)."""
+def check_and_draw(text: str, file: str, collapsed: frozenset[str], compact: bool,
+                   import_path=()) -> CheckResult:
+    """Check `text` as `file`, its imports confined as `netc check` confines them (to the
+    file's folder tree and `import_path`); on success also cost and draw it (all of this
+    runs off the UI thread)."""
+    file = spec_name(file)
     try:
-        network = check_text(text, file)
+        network = check_text(text, file, import_path)
     except CheckFailed as exc:
         return CheckResult(text, errors=_diagnostics(exc, file),
                            first_error=render(exc.errors[0], exc.sources))

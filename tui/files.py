@@ -1,7 +1,7 @@
 """Spec files for the builder: reading with clear errors, atomic saves, crash recovery.
 
-While a buffer has unsaved changes it is copied every few seconds to a recovery
-file (one per spec path, in the user's state folder); a clean save or quit
+While a buffer has unsaved changes it is copied, at most a second after each change, to
+a recovery file (one per spec path, in the user's state folder); a clean save or quit
 removes it, so a recovery file found at start-up means the last session ended
 without saving, and the builder offers it back.
 """

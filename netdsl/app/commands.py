@@ -13,6 +13,8 @@ import numpy as np
 
 from netdsl.app import workers
 from netdsl.app.launch import launch_workers
+from netdsl.app.memory_check import (check_memory, fitting_batch, forward_estimate,
+                                     training_estimate)
 from netdsl.app.progress import RichReporter, metric_text
 from netdsl.app.record import RecordingReporter
 from netdsl.app.terminal import console as terminal
@@ -44,7 +46,8 @@ def _session(args, network=None) -> Session:
     overrides = {key: getattr(args, key, None) for key in OVERRIDES}
     if getattr(args, "normalize", False):
         overrides["normalize"] = True
-    return prepare(network or check_file(args.spec), overrides, args.device, args.native)
+    return prepare(network or check_file(args.spec, args.import_path), overrides, args.device,
+                   args.native)
 
 
 def _data(args, session: Session, only=None, examples=None):
@@ -60,7 +63,8 @@ def run(args) -> int:
     """Train a spec; checkpoints go to --checkpoint (default runs/NAME). With --workers N,
     or started by mpirun or srun, as data-parallel workers (app.workers)."""
     if (getattr(args, "workers", None) or 1) > 1:
-        return launch_workers(args, _folder(args, check_file(args.spec).graph.graph["name"]))
+        name = check_file(args.spec, args.import_path).graph.graph["name"]
+        return launch_workers(args, _folder(args, name))
     comm = workers.join(args)
     out = terminal(quiet=comm.rank != 0)           # the epoch lines
     console = terminal(stderr=True, quiet=comm.rank != 0)  # progress and notices
@@ -68,8 +72,9 @@ def run(args) -> int:
         workers.take_local_gpu(comm)  # before the first allocation
 
     def ready():
-        network = check_file(args.spec)
+        network = check_file(args.spec, args.import_path)
         session = _session(args, network)
+        check_memory(training_estimate(session.lowered, session.settings), args.force)
         if comm.rank == 0:  # the only writer, checked before the data is read
             _writable_folder(_folder(args, session.name))
         data = _data(args, session)
@@ -178,27 +183,31 @@ def _init_from(trainer, path: str, partial: bool = False, console=None) -> None:
             console.print(f"  {problem}", soft_wrap=True, markup=False)
 
 
-def _trained(args):
-    """The session of the spec and a trainer holding its checkpoint, or the weights of
-    --init-from (a file of netc export's or netc import's) instead."""
+def _trained(args, batch: int | None = None):
+    """The session of the spec, a trainer holding its checkpoint (or the weights of
+    --init-from, a file of netc export's or netc import's), and the batch to run forward
+    at: `batch` (else the evaluation's), smaller where that would not fit in memory; a
+    network whose parameters alone do not fit is refused before any is made."""
     session = _session(args)
+    estimate = forward_estimate(session.lowered, batch or max(session.settings.batch, 256))
+    batch = fitting_batch(estimate, args.force)
     if getattr(args, "init_from", None):
         trainer = session.trainer()
         _init_from(trainer, args.init_from)
-        return session, trainer
+        return session, trainer, batch
     trainer = session.trained(_folder(args, session.name), f"train it first: netc run {args.spec}")
-    return session, trainer
+    return session, trainer, batch
 
 
 def evaluate(args) -> int:
     """Losses and accuracy of a trained spec on --data (default: the held-out split)."""
-    session, trainer = _trained(args)
+    session, trainer, batch = _trained(args)
     data = _data(args, session)
     if args.data is None:
         _, data = data.split(session.settings.val, session.settings.seed)
     if session.normalizer:
         data = session.normalizer.apply(data)
-    metrics = trainer.evaluate(data)
+    metrics = trainer.evaluate(data, batch)
     if args.json:
         print(json.dumps({"examples": len(data), **metrics}))
     else:
@@ -217,7 +226,7 @@ def predict(args) -> int:
     if args.generate and args.json:
         raise UsageError("--json gives the outputs of a forward pass; --generate prints "
                          "what it decodes", None, "leave out one of them")
-    session, trainer = _trained(args)
+    session, trainer, batch = _trained(args, 256)
     if args.generate:
         return _generate(args, session, trainer)
     plan = session.lowered.plan
@@ -226,8 +235,8 @@ def predict(args) -> int:
     if session.normalizer:
         data = session.normalizer.apply(data)
     parts = {name: [] for name in outputs}
-    for batch in data.batches(256, None):
-        out = trainer.executor.forward(batch, False, set(outputs), losses=False)
+    for part in data.batches(batch, None):
+        out = trainer.executor.forward(part, False, set(outputs), losses=False)
         for name in outputs:
             parts[name].append(to_host(trainer.xp, out[name]))
     results = {name: np.concatenate(chunks) for name, chunks in parts.items()}

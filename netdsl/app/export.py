@@ -25,7 +25,7 @@ __all__ = ["export"]
 
 def export(args) -> int:
     """Write SPEC's network as --to says, to -o (NAME.onnx, NAME_torch/, NAME.safetensors)."""
-    net = check_file(args.spec)
+    net = check_file(args.spec, args.import_path)
     view = select(net.graph, args.output)
     session = prepare(net, native=False)   # nothing trains: no C to compile
     params, buffers, origin, warning = _weights(args, session)

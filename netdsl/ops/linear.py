@@ -4,7 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, boolean, optional, positive, register
 from netdsl.ops.common import expect_float
-from netdsl.ops.numeric import fan_in_uniform, scatter_add
+from netdsl.ops.numeric import draw_float32, fan_in_uniform, scatter_add
 from netdsl.types import TensorType
 
 
@@ -97,7 +97,7 @@ class Embedding(Op):
 
     def init(self, rng, x):
         (shape,) = self.params(x).values()
-        return {"weight": rng.standard_normal(shape).astype("float32")}  # PyTorch's N(0, 1)
+        return {"weight": draw_float32(rng.standard_normal, shape)}  # PyTorch's N(0, 1)
 
     def forward(self, ctx, x, weight):
         ctx.save(x=x, weight_shape=weight.shape)

@@ -164,10 +164,29 @@ def scatter_add(xp, target, index, values):
 # ---- initialisation (NumPy: parameters are made once, on the host)
 
 
+# numbers drawn in float64 at a time (2 MiB): a float32 parameter is the only full-size
+# array an initialisation makes
+DRAW_CHUNK = 1 << 18
+
+
+def draw_float32(draw, shape, out: np.ndarray | None = None) -> np.ndarray:
+    """A float32 array of `shape` (`out` itself where it is a contiguous float32 array of
+    that shape) filled by `draw(n)` (a generator's float64 draw of n numbers, perhaps
+    scaled) a chunk at a time. A generator draws element after element, so the values are
+    those of one draw of the whole, rounded, without its float64 copy."""
+    if out is None or out.shape != tuple(shape) or out.dtype != np.float32 \
+            or not (out.flags.c_contiguous and out.flags.writeable):
+        out = np.empty(shape, dtype=np.float32)
+    flat = out.reshape(-1)  # a view: out is contiguous
+    for start in range(0, flat.size, DRAW_CHUNK):
+        flat[start:start + DRAW_CHUNK] = draw(min(DRAW_CHUNK, flat.size - start))
+    return out
+
+
 def fan_in_uniform(rng, fan_in: int, shape):
     """PyTorch's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform, a=sqrt(5))."""
     bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
-    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    return draw_float32(lambda n: rng.uniform(-bound, bound, size=n), tuple(shape))
 
 
 def constant(shape, value: float):

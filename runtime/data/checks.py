@@ -13,7 +13,7 @@ import numpy as np
 
 from netdsl.runtime.data.dataset import DataError, Field
 
-__all__ = ["check_arrays"]
+__all__ = ["check_arrays", "first_bad"]
 
 
 def check_arrays(path: str, raw: dict[str, np.ndarray], fields: list[Field],
@@ -77,11 +77,11 @@ def _check_values(f: Field, a: np.ndarray, place) -> np.ndarray:
     if f.is_class:
         return _check_labels(f, a, place)
     if a.dtype.kind == "f":
-        _first_bad(f, a, ~np.isfinite(a), place, "is not a finite number",
+        first_bad(f, a, ~np.isfinite(a), place, "is not a finite number",
                    "remove those examples or fill in the missing values")
     with np.errstate(over="ignore"):  # overflow is reported just below, with the example
-        out = a.astype(np.float32)
-    _first_bad(f, a, ~np.isfinite(out), place, "is too large for float32", "rescale the data")
+        out = a.astype(np.float32, copy=False)  # read as float32 already: no second copy
+    first_bad(f, a, ~np.isfinite(out), place, "is too large for float32", "rescale the data")
     return out
 
 
@@ -89,17 +89,17 @@ def _check_labels(f: Field, a: np.ndarray, place) -> np.ndarray:
     """Class labels as int64: whole numbers in [0, classes)."""
     top = f.type.classes - 1
     if a.dtype.kind == "f":
-        _first_bad(f, a, ~np.isfinite(a) | (a != np.round(a)), place,
+        first_bad(f, a, ~np.isfinite(a) | (a != np.round(a)), place,
                    f"is not a whole number, but {f} holds class labels",
                    f"labels are class numbers 0 to {top}")
     from_one = a.size and a.min() == 1 and a.max() == top + 1
-    _first_bad(f, a, (a < 0) | (a > top), place, f"is outside 0 to {top}, the classes of {f}",
+    first_bad(f, a, (a < 0) | (a > top), place, f"is outside 0 to {top}, the classes of {f}",
                "number the classes from 0: subtract 1 from every label" if from_one
                else f"labels are class numbers 0 to {top}")
     return a.astype(np.int64)
 
 
-def _first_bad(f: Field, a: np.ndarray, bad: np.ndarray, place, what: str, hint: str) -> None:
+def first_bad(f: Field, a: np.ndarray, bad: np.ndarray, place, what: str, hint: str) -> None:
     """A DataError naming the first bad value, where `bad` holds, and where it is."""
     bad = bad.reshape(len(bad), -1)
     rows = np.flatnonzero(bad.any(axis=1))

@@ -8,18 +8,23 @@ the declared types (see `checks`).
 """
 from __future__ import annotations
 
+import bisect
 import csv
+import itertools
 import os
+from collections import Counter
 
 import numpy as np
 
-from netdsl.runtime.data.checks import check_arrays
+from netdsl.runtime.data.checks import check_arrays, first_bad
 from netdsl.runtime.data.dataset import COUNT, DataError, Dataset, Field, describe_fields
 from netdsl.runtime.npz import ArchiveError, Npz, check_regular_file
 
 __all__ = ["load_file", "FORMATS"]
 
 FORMATS = ".npz (one array per input and target, named like them) or .csv (with a header row)"
+# cells of a .csv file parsed at a time: their text is all a read holds besides the arrays
+CSV_CHUNK_CELLS = 1 << 15
 
 
 def load_file(path: str, fields: list[Field], declared: list[Field] | None = None) -> Dataset:
@@ -112,23 +117,36 @@ def _reason(exc: BaseException) -> str:
 
 
 def _read_csv(path: str, fields: list[Field], others: list[Field] = ()):
-    """The columns of each of `fields` as (N, k) float arrays, and a function that names
-    the line and column of a value (see `_array_place`). Columns named for `others` are
-    skipped."""
+    """The columns of each of `fields` as (N, k) arrays (float32, class labels float64),
+    and a function that names the line and column of a value (see `_array_place`).
+    Columns named for `others` are skipped. The rows are parsed a chunk at a time into
+    arrays made once, so a read holds little more than the arrays it returns."""
     sequences = [f for f in fields if f.type.seq]
     if sequences:
         raise DataError(f"{path}: {sequences[0]} is a sequence, which a .csv file cannot hold",
                         "save sequences in an .npz file, as arrays of shape "
                         "(examples, steps, ...)")
-    header, rows, lines = _csv_rows(path, fields)
-    columns = _csv_columns(path, header, fields, others)
-    table = _csv_numbers(path, header, rows, lines)
-
-    def place(name: str, i: int, j: int, shape: tuple[int, ...]) -> str:
-        column = columns[name][j]
-        return f"{path}, line {lines[i]}, column {column + 1} ({header[column]})"
-
-    return {name: table[:, cols] for name, cols in columns.items()}, place
+    reader = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            rows = ((row, reader.line_num) for row in reader if any(c.strip() for c in row))
+            header = _csv_header(path, next(rows, (None, 0))[0], fields)
+            first = next(rows, None)
+            if first is None:
+                raise DataError(f"{path} has a header row but no data",
+                                "add one line per example")
+            columns = _csv_columns(path, header, fields, others)
+            table = _CsvTable(path, header, fields, columns, _row_bound(path))
+            table.read(itertools.chain([first], rows))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file", "a .csv file holds comma-separated numbers "
+                        "under a header row") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}, line {reader.line_num}: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({_reason(exc)})") from None
+    return table.arrays, table.place
 
 
 def _array_place(path: str):
@@ -151,43 +169,104 @@ def _header_example(fields: list[Field]) -> str:
     return ",".join(names)
 
 
-def _csv_rows(path: str, fields: list[Field]) -> tuple[list[str], list[list[str]], list[int]]:
-    """The header, the data rows (blank lines skipped) and the line each row is on."""
-    header, rows, lines = None, [], []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            for row in reader:
-                if not any(cell.strip() for cell in row):
-                    continue
-                if header is None:
-                    header = [cell.strip() for cell in row]
-                else:
-                    rows.append(row)
-                    lines.append(reader.line_num)
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a text file", "a .csv file holds comma-separated numbers "
-                        "under a header row") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}, line {reader.line_num}: {exc}") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read it ({_reason(exc)})") from None
+def _csv_header(path: str, header: list[str] | None, fields: list[Field]) -> list[str]:
+    """The header row's names, once it is known to name every column once."""
     example = f"add a first line that names the columns, e.g. {_header_example(fields)}"
     if header is None:
         raise DataError(f"{path} is empty", example)
+    header = [cell.strip() for cell in header]
     if all(_is_number(cell) for cell in header):
         raise DataError(f"{path} has no header row: its first line holds numbers", example)
-    repeated = sorted({name for name in header if header.count(name) > 1})
+    repeated = sorted(name for name, n in Counter(header).items() if n > 1)
     if repeated:
         raise DataError(f"{path}: the header names column {repeated[0]!r} more than once",
                         "give every column its own name")
-    if not rows:
-        raise DataError(f"{path} has a header row but no data", "add one line per example")
-    for row, line in zip(rows, lines):
-        if len(row) != len(header):
-            raise DataError(f"{path}, line {line}: {len(row)} values, but the header names "
-                            f"{len(header)} columns", "give every line one value per column")
-    return header, rows, lines
+    return header
+
+
+def _row_bound(path: str) -> int:
+    """At least the rows of the file: its line breaks (counted in binary, at disk speed),
+    plus one. Arrays this long cost only the pages written: the rest are never touched."""
+    breaks = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            breaks += block.count(b"\n")
+    return breaks + 1
+
+
+class _Lines:
+    """The line of each data row, kept as the runs of consecutive lines (a blank line or a
+    quoted line break starts a new run), not one number per row."""
+
+    def __init__(self):
+        self.rows: list[int] = []   # the first row of each run
+        self.lines: list[int] = []  # and its line
+
+    def add(self, row: int, line: int) -> None:
+        if not self.rows or line != self[row - 1] + 1:
+            self.rows.append(row)
+            self.lines.append(line)
+
+    def __getitem__(self, row: int) -> int:
+        run = bisect.bisect_right(self.rows, row) - 1
+        return self.lines[run] + row - self.rows[run]
+
+
+class _CsvTable:
+    """The arrays of a .csv file's fields, filled a chunk of rows at a time."""
+
+    def __init__(self, path: str, header: list[str], fields: list[Field],
+                 columns: dict[str, list[int]], bound: int):
+        self.path, self.header, self.columns = path, header, columns
+        self.fields = [f for f in fields if f.name in columns]
+        # class labels stay float64 until checked as whole numbers; values go to float32
+        self.arrays = {f.name: np.empty((bound, len(columns[f.name])),
+                                        np.float64 if f.is_class else np.float32)
+                       for f in self.fields}
+        self.lines = _Lines()
+        self.count = 0
+
+    def place(self, name: str, i: int, j: int, shape: tuple[int, ...]) -> str:
+        column = self.columns[name][j]
+        return f"{self.path}, line {self.lines[i]}, column {column + 1} ({self.header[column]})"
+
+    def read(self, rows) -> None:
+        width = len(self.header)
+        per_chunk = max(1, CSV_CHUNK_CELLS // width)
+        chunk, lines = [], []
+        for row, line in rows:
+            if len(row) != width:
+                raise DataError(f"{self.path}, line {line}: {len(row)} values, but the header "
+                                f"names {width} columns", "give every line one value per column")
+            chunk.append(row)
+            lines.append(line)
+            if len(chunk) == per_chunk:
+                self._store(chunk, lines)
+                chunk, lines = [], []
+        if chunk:
+            self._store(chunk, lines)
+        for a in self.arrays.values():  # shrinking in place gives the untouched pages back
+            a.resize((self.count, a.shape[1]), refcheck=False)
+
+    def _store(self, chunk: list[list[str]], lines: list[int]) -> None:
+        start, end = self.count, self.count + len(chunk)
+        for a in self.arrays.values():
+            if end > len(a):  # more rows than line breaks: cannot happen, but never overrun
+                a.resize((max(end, len(a) * 3 // 2), a.shape[1]), refcheck=False)
+        for i, line in enumerate(lines):
+            self.lines.add(start + i, line)
+        table = _csv_numbers(self.path, self.header, chunk, lines)
+        for f in self.fields:
+            part = table[:, self.columns[f.name]]
+            if not f.is_class:
+                with np.errstate(over="ignore"):
+                    small = part.astype(np.float32)
+                first_bad(f, part, np.isfinite(part) & ~np.isfinite(small),
+                          lambda name, i, j, shape: self.place(name, start + i, j, shape),
+                          "is too large for float32", "rescale the data")
+                part = small
+            self.arrays[f.name][start:end] = part
+        self.count = end
 
 
 def _is_number(text: str) -> bool:

@@ -25,6 +25,7 @@ from textual.widgets import Footer, Static, TextArea
 
 from netdsl import edits
 from netdsl.errors import SpecError
+from netdsl.imports import spec_name
 from netdsl.tui.checking import CheckResult, check_and_draw
 from netdsl.tui.graph_canvas import Picture, draw_graph
 from netdsl.tui.graph_layout import block_paths
@@ -72,9 +73,10 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
         generation: int
         result: CheckResult
 
-    def __init__(self, path: str | None, text: str):
+    def __init__(self, path: str | None, text: str, import_path=()):
         super().__init__()
         self.path = path
+        self.import_path = tuple(import_path)  # folders imports may read besides the spec's
         self.saved_text = text
         self.initial_text = text
         self.generation = 0
@@ -116,7 +118,7 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
 
     @property
     def file_name(self) -> str:
-        return self.path or "untitled.net"
+        return spec_name(self.path or "untitled.net")  # the name checking gives its spans
 
     def on_mount(self) -> None:
         self.editor.focus()
@@ -144,7 +146,7 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
 
     @work(thread=True, exclusive=True, group="check")
     def check(self, text: str, generation: int, collapsed: frozenset[str], compact: bool) -> None:
-        result = check_and_draw(text, self.file_name, collapsed, compact)
+        result = check_and_draw(text, self.file_name, collapsed, compact, self.import_path)
         self.post_message(self.Checked(generation, result))
 
     def on_builder_screen_checked(self, message: "BuilderScreen.Checked") -> None:

@@ -67,7 +67,8 @@ class EditFlow:
 
     @work(thread=True, exclusive=True, group="edit")
     def trial_check(self, edit: edits.TextEdit, text: str, form: LayerForm | None) -> None:
-        result = check_and_draw(edit.apply(text), self.file_name, self.collapsed, self.compact)
+        result = check_and_draw(edit.apply(text), self.file_name, self.collapsed, self.compact,
+                                self.import_path)
         self.post_message(self.EditChecked(edit, result, form))
 
     def on_builder_screen_edit_checked(self, message: "EditFlow.EditChecked") -> None:

@@ -16,7 +16,8 @@ from netdsl.tui.screens.dialogs import AskPath, Choice
 
 __all__ = ["FileFlow", "AUTOSAVE_DELAY"]
 
-AUTOSAVE_DELAY = 3.0   # seconds after a change before the recovery copy is written
+# the longest a change waits for its recovery copy: all the typing a kill can lose
+AUTOSAVE_DELAY = 1.0
 
 
 class FileFlow:
@@ -24,12 +25,13 @@ class FileFlow:
     title, status line and check. The app's quit key and start-up call them too."""
 
     def autosave_later(self) -> None:
-        """Write the recovery copy AUTOSAVE_DELAY seconds from now, unless the text changes."""
-        if self._autosave_timer is not None:
-            self._autosave_timer.stop()
-        self._autosave_timer = self.set_timer(AUTOSAVE_DELAY, self.autosave)
+        """Write the recovery copy AUTOSAVE_DELAY seconds from now, unless a write is due
+        already: typing without a pause is kept every AUTOSAVE_DELAY seconds."""
+        if self._autosave_timer is None:
+            self._autosave_timer = self.set_timer(AUTOSAVE_DELAY, self.autosave)
 
     def autosave(self) -> None:
+        self._autosave_timer = None
         if self.dirty:
             Recovery(self.path).write(self.editor.text)
 

@@ -1,0 +1,144 @@
+"""How long `netc check` takes on big and hostile specs: each one a fresh process, as a
+user (or the builder's check-as-you-type) would meet it.
+
+    python benchmarks/check_speed.py [--only NAME,...] [--timeout 120] [--json FILE]
+
+Specs, generated:
+
+- valid_100k: a valid spec of 100,000 lines (chains of layers, blocks, loops, states);
+- errors_10k: 10,000 lines full of errors (undefined names, unknown layers, bad arguments);
+- delays_4000: one state read at 4,000 distinct delays h[t-1] .. h[t-4000];
+- sum_10000: one sum of 10,000 terms;
+- nested_for: an empty `for` of 100,000 steps inside another (refused by the budget);
+- nested_blocks: a block repeated 1,000 times inside a block repeated 1,000 times (refused).
+
+Prints one row per spec: seconds, exit code, the peak memory of the process, and the
+first line netc printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def valid_100k(lines: int = 100_000) -> str:
+    """Blocks, a loop and a state up front, then a long chain of assignments."""
+    head = [
+        "network big",
+        "input x : [16]",
+        "target y : class(4)",
+        "state h : [16]",
+        "block pair(n) {",
+        "  in a",
+        "  b = a -> dense(n) -> relu",
+        "  out b + a",
+        "}",
+        "v0 = x + h[t-1]",
+        "for i in 1..8 {",
+        "  v0 = v0 -> pair(16)",
+        "}",
+    ]
+    body = [f"v{i} = v{i - 1} -> dense(16) -> relu" if i % 3 else f"v{i} = pair(v{i - 1}, 16)"
+            for i in range(1, lines - len(head) - 3)]
+    last = len(body)
+    tail = [f"h = v{last}", f"loss cross_entropy(v{last} -> dense(4), y)",
+            "train adam(lr=1e-3), batch=32, epochs=1"]
+    return "\n".join(head + body + tail) + "\n"
+
+
+def errors_10k(lines: int = 10_000) -> str:
+    """Every line a mistake of one of four kinds, each on its own names."""
+    out = ["input x : [8]", "target y : class(2)"]
+    kinds = (lambda i: f"a{i} = undefined{i} -> dense(4)",
+             lambda i: f"b{i} = x -> dnese{i}(4)",
+             lambda i: f"c{i} = x -> dense(-{i})",
+             lambda i: f"d{i} = x -> dense(4, 5, 6, 7)")
+    out += [kinds[i % 4](i) for i in range(lines - 3)]
+    out.append("loss cross_entropy(x -> dense(2), y)")
+    return "\n".join(out) + "\n"
+
+
+def delays_4000(n: int = 4000) -> str:
+    terms = " + ".join(f"h[t-{k}]" for k in range(1, n + 1))
+    return (f"input x : seq[4]\ntarget y : [4]\nstate h : [4]\nh = x + {terms}\n"
+            "loss mse(h -> last, y)\n")
+
+
+def sum_10000(n: int = 10_000) -> str:
+    terms = " + ".join(["x"] * n)
+    return f"input x : [4]\ntarget y : [4]\ns = {terms}\nloss mse(s, y)\n"
+
+
+def nested_for(n: int = 100_000) -> str:
+    return (f"input x : [4]\ntarget y : [4]\nfor i in 1..{n} {{\n  for j in 1..{n} {{\n  }}\n}}\n"
+            "loss mse(x, y)\n")
+
+
+def nested_blocks(n: int = 1000) -> str:
+    return ("input x : [4]\ntarget y : [4]\n"
+            "block inner(k) {\n  in a\n  b = a -> dense(k)\n  out b\n}\n"
+            f"block outer(k) {{\n  in a\n  b = a -> inner(k) x {n}\n  out b\n}}\n"
+            f"z = x -> outer(4) x {n}\nloss mse(z, y)\n")
+
+
+SPECS = {f.__name__: f for f in (valid_100k, errors_10k, delays_4000, sum_10000, nested_for,
+                                 nested_blocks)}
+
+
+def time_check(path: str, timeout: float) -> dict:
+    """`netc check PATH` in a fresh process: seconds, exit code, peak RSS, first line."""
+    code = ("import resource, sys\nfrom netdsl.cli import main\ntry:\n    rc = main(sys.argv[1:])\n"
+            "finally:\n    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "    sys.stderr.write(f'\\nPEAK {peak}\\n')\nsys.exit(rc)\n")
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-c", code, "check", path], capture_output=True,
+                              text=True, timeout=timeout, cwd=HERE)
+    except subprocess.TimeoutExpired:
+        return {"seconds": None, "rc": None, "peak_mib": None, "first": f"over {timeout:.0f} s"}
+    seconds = time.perf_counter() - start
+    peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK ")]
+    text = (done.stdout + done.stderr).strip().splitlines()
+    return {"seconds": round(seconds, 2), "rc": done.returncode,
+            "peak_mib": round(int(peak[-1].split()[1]) / 1024) if peak else None,
+            "first": text[0][:110] if text else ""}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated spec names")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(SPECS)
+    load = os.getloadavg()[0]
+    print(f"netc check, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, load average {load:.1f} at the start")
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in names:
+            path = os.path.join(folder, f"{name}.net")
+            text = SPECS[name]()
+            Path(path).write_text(text)
+            row = time_check(path, args.timeout)
+            row["lines"] = text.count("\n")
+            rows[name] = row
+            print(f"{name:14} {row['lines']:>7} lines  {row['seconds']!s:>7} s  rc {row['rc']}  "
+                  f"peak {row['peak_mib']} MiB  {row['first']}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"load_average": load, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # a runaway case fails, not the machine
+    main()

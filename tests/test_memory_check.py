@@ -1,0 +1,156 @@
+"""Memory checked before allocating: the planned peak of a run, in the dtype runs use,
+against the memory the process may take; a refusal gives the estimate and the largest
+batch that fits, before a single parameter is made."""
+import io
+import resource
+import subprocess
+import sys
+import time
+import tracemalloc
+from contextlib import redirect_stderr
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from netdsl import cli
+from netdsl.app import memory_check
+from netdsl.app.memory_check import check_memory, fitting_batch, forward_estimate, training_estimate
+from netdsl.app.session import prepare
+from netdsl.driver import check_text
+from netdsl.errors import SpecError
+from netdsl.lower import lower
+from netdsl.ops import numeric
+from netdsl.ops.numeric import draw_float32
+from netdsl.runtime.data import Dataset
+from netdsl.runtime.init import initial_params
+
+WIDE = """\
+network wide
+input  x : [256]
+target y : class(10)
+logits = x -> dense(1024) -> relu -> dense(1024) -> relu -> dense(10)
+loss cross_entropy(logits, y)
+train OPTIMIZER, batch=BATCH, epochs=1
+"""
+
+# 600 million parameters: 2.2 GiB of float32 to draw, more than the limit below allows
+BIG = """\
+network big
+input  x : [64]
+target y : class(10)
+logits = x -> dense(8000000) -> relu -> dense(10)
+loss cross_entropy(logits, y)
+"""
+
+
+def wide(optimizer="sgd(lr=0.01)", batch=64):
+    text = WIDE.replace("OPTIMIZER", optimizer).replace("BATCH", str(batch))
+    return prepare(check_text(text, "wide.net"), {"steps": 2}, native=False)
+
+
+@pytest.mark.parametrize("optimizer,batch", [
+    ("sgd(lr=0.01)", 1024),
+    ("adam(lr=0.001)", 64),
+    ("sgd(lr=0.01, momentum=0.9, nesterov=true)", 256),
+])
+def test_the_estimate_is_what_a_run_takes(optimizer, batch):
+    """Measured by tracemalloc over making a trainer and two steps (NumPy reports its
+    arrays to it): the planned peak is what was allocated, give or take the batches' copies
+    of the data (a few percent) and the first-fit sharing of buffers (over by up to 20%)."""
+    session = wide(optimizer, batch)
+    estimate = training_estimate(session.lowered, session.settings)
+    rng = np.random.default_rng(0)
+    data = Dataset({"x": rng.standard_normal((2 * batch, 256)).astype(np.float32),
+                    "y": rng.integers(0, 10, 2 * batch)}, "test data")
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        session.trainer(None).fit(data, None)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert 0.97 * peak <= estimate.peak <= 1.2 * peak, (peak, estimate)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_drawing_in_chunks_gives_the_numbers_of_one_draw(monkeypatch, scale):
+    monkeypatch.setattr(numeric, "DRAW_CHUNK", 7)
+    shape = (5, 9)
+    whole = (np.random.default_rng(4).standard_normal(shape) * scale).astype(np.float32)
+    rng = np.random.default_rng(4)
+    chunked = draw_float32(lambda n: rng.standard_normal(n) * scale, shape)
+    assert chunked.dtype == np.float32 and np.array_equal(chunked, whole)
+    whole = np.random.default_rng(5).uniform(-scale, scale, shape).astype(np.float32)
+    rng = np.random.default_rng(5)
+    assert np.array_equal(draw_float32(lambda n: rng.uniform(-scale, scale, n), shape), whole)
+
+
+def test_initialisation_holds_no_float64_copy():
+    """One 16 MiB float32 weight: drawing it once in float64 alone would take 32 MiB more."""
+    text = WIDE.replace("dense(1024) -> relu -> dense(1024)", "dense(16384)") \
+        .replace("OPTIMIZER", "sgd(lr=0.1)").replace("BATCH", "1")
+    plan = lower(check_text(text, "w.net").graph).built
+    for scheme in ("auto", "xavier", "torch"):
+        tracemalloc.start()
+        try:
+            params = initial_params(plan, scheme, 0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        made = sum(p.nbytes for p in params.values())
+        assert all(p.dtype == np.float32 for p in params.values())
+        assert peak < 1.4 * made, (scheme, peak / made)
+
+
+def test_the_largest_batch_that_fits():
+    estimate = training_estimate(wide().lowered, wide().settings)
+    room = estimate.fixed + 10 * estimate.per_example + estimate.per_example // 2
+    with pytest.raises(SpecError) as refused:
+        check_memory(estimate, room=room)
+    assert "largest batch that fits is 10: pass --batch 10" in refused.value.hint
+    assert "--force" in refused.value.hint
+    check_memory(estimate, force=True, room=room)
+    # evaluation and prediction run at the largest batch that fits instead
+    forward = forward_estimate(wide().lowered, 256)
+    assert fitting_batch(forward, room=forward.fixed + 3 * forward.per_example) == 3
+    assert fitting_batch(forward, room=forward.peak) == 256
+    with pytest.raises(SpecError) as refused:
+        fitting_batch(forward, room=forward.fixed)
+    assert "even one example does not fit" in refused.value.hint
+
+
+def test_netc_run_refuses_under_a_small_limit_and_force_overrides(tmp_path, monkeypatch):
+    spec = tmp_path / "wide.net"
+    spec.write_text(WIDE.replace("OPTIMIZER", "sgd(lr=0.01)").replace("BATCH", "32"))
+    estimate = training_estimate(wide(batch=32).lowered, wide(batch=32).settings)
+    room = estimate.fixed + 20 * estimate.per_example
+    monkeypatch.setattr(memory_check, "available_bytes", lambda: room)
+    args = ["run", str(spec), "--steps", "1", "--quiet", "--checkpoint", str(tmp_path / "run")]
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        assert cli.main(args) == 1
+    assert "not enough memory" in stderr.getvalue() and "pass --batch 20" in stderr.getvalue()
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+    assert cli.main(args + ["--batch", "20"]) == 0
+    assert cli.main(args + ["--force"]) == 0
+
+
+def test_a_huge_layer_is_refused_at_once_without_allocating(tmp_path):
+    """Under a 3 GiB address-space limit, dense(8000000) (planned 9.6 GiB) is refused in
+    seconds; had it allocated, NumPy would have failed with a traceback."""
+    spec = tmp_path / "big.net"
+    spec.write_text(BIG)
+    limit = 3 << 30
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "netdsl.cli", "run", str(spec), "--checkpoint",
+                           str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120, preexec_fn=limited)
+    assert time.monotonic() - started < 30
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "not enough memory" in done.stderr and "GiB" in done.stderr
+    assert "make the network smaller" in done.stderr
