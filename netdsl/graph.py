@@ -30,6 +30,8 @@ def build_graph(program: Program) -> nx.DiGraph:
                        inputs=tuple(node.inputs))
     for node in program.nodes.values():
         for port, (source, delay) in enumerate(node.inputs):
+            if source not in graph:   # an edge would add it bare, without its data
+                raise SpecError(f"internal: {node.id} reads the missing node {source}", node.span)
             if graph.has_edge(source, node.id):
                 graph.edges[source, node.id]["ports"].append(port)
             else:

@@ -124,6 +124,16 @@ def test_naming_a_named_value_keeps_both_names_usable():
     assert check_text(text, "k.net").graph.number_of_nodes() == 7
 
 
+def test_a_second_name_for_a_states_source_leaves_the_state_its_source():
+    """`logits = h` after `h = tanh(...)`, h a state: the state's h[t-1] still reads h
+    (a mutated elman.net of the reliability run ended in a KeyError)."""
+    text = ("input x : seq[4]\ntarget y : seq class(8)\nstate h : [8]\n"
+            "h = tanh(dense(x, 8) + dense(h[t-1], 8))\nlogits = h\n"
+            "loss cross_entropy(logits, y)\n")
+    graph = check_text(text, "alias.net").graph
+    assert "h" in graph and "logits" not in graph
+
+
 def test_thousands_of_undefined_names_get_errors_without_guesses():
     lines = "\n".join(f"a{i} = undefined{i} -> dense(4)" for i in range(3000))
     text = f"input x : [4]\ntarget y : [4]\n{lines}\nloss mse(x, y)\n"
