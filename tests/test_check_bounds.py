@@ -119,7 +119,7 @@ def test_a_cycle_without_a_delay_is_named():
 
 def test_naming_a_named_value_keeps_both_names_usable():
     """`h = v` took the node from v, and a later use of v crashed the checker."""
-    text = ("input x : [4]\ntarget y : class(4)\nstate h : [4]\nv0 = x + h[t-1]\n"
+    text = ("input x : seq[4]\ntarget y : seq class(4)\nstate h : [4]\nv0 = x + h[t-1]\n"
             "v1 = v0 -> relu\nh = v1\nloss cross_entropy(v1 -> dense(4), y)\n")
     assert check_text(text, "k.net").graph.number_of_nodes() == 7
 
