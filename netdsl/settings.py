@@ -154,7 +154,7 @@ def _checked(values: dict[str, Any], places: dict[str, _Place]) -> dict[str, Any
             elif key == "early_stop":
                 out[key] = _early_stop(value, place, places, errors)
             elif key == "bptt":
-                out[key], out["checkpoint"] = _bptt(value, places)
+                out[key], out["checkpoint"] = _bptt(value, place, places)
         except SpecError as exc:
             errors.append(exc)
     SpecErrors.collect(errors)
@@ -212,10 +212,14 @@ def _one_of(names: tuple[str, ...], what: str, example: str):
     return check
 
 
-def _bptt(value, places: dict[str, _Place]) -> tuple[tuple[int, int] | None, int | None]:
+def _bptt(value, place: _Place, places: dict[str, _Place]
+          ) -> tuple[tuple[int, int] | None, int | None]:
     """bptt(truncate=k) or bptt(k1=.., k2=..) as (k1, k2): chunks of k1 steps, each state's
     gradient reaching k2 <= k1 steps back; and bptt(checkpoint=k): every k-th step's states
     kept, the steps between recomputed in backward. ((k1, k2) or None, k or None)."""
+    if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict)):
+        raise place.error(f"bptt takes its settings as a call, got {_text(value)}",
+                          "for example bptt(truncate=20), or bptt(checkpoint=20)")
     _, keywords = value
     for key, number in keywords.items():
         if not (_is_whole(number) and number >= 1):

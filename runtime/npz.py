@@ -105,7 +105,8 @@ class Npz:
             if "allow_pickle" in str(exc):
                 raise ArchiveError(f"{place}: it holds Python objects, not numbers") from None
             raise ArchiveError(f"{place}: it is damaged ({exc})") from None
-        except (EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+        except (EOFError, OSError, zipfile.BadZipFile, zlib.error,
+                NotImplementedError, RuntimeError) as exc:  # a damaged method or flag bits
             raise ArchiveError(f"{place}: it is truncated or damaged ({exc})") from None
         except MemoryError:  # a header that declares more than its data holds
             raise ArchiveError(f"{place}: it declares a shape too large to allocate") from None

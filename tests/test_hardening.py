@@ -65,8 +65,20 @@ def _meta(arrays, **fields):
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
 
 
+def _unknown_compression(path):
+    """Every member marked as compressed by a method no reader knows (99)."""
+    data = bytearray(path.read_bytes())
+    for magic, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        at = data.find(magic)
+        while at >= 0:
+            data[at + offset:at + offset + 2] = (99).to_bytes(2, "little")
+            at = data.find(magic, at + 4)
+    path.write_bytes(bytes(data))
+
+
 DAMAGE = {
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[:300]), "is truncated or damaged"),
+    "unknown compression": (_unknown_compression, "is truncated or damaged"),
     "empty": (lambda p: p.write_bytes(b""), "is empty"),
     "a .npy": (lambda p: np.save(open(p, "wb"), np.zeros(3)), "a single .npy array"),
     "no params": (lambda p: _rewrite(p, lambda a: a.pop("params")), "lacks the array params"),

@@ -260,3 +260,10 @@ def test_the_language_names_every_bundled_dataset_and_init_scheme_the_runtime_ha
                             "loss cross_entropy(x -> dense(2), y)\n")).built
     for scheme in INIT_SCHEMES:
         assert np.isfinite(initial_params(plan, scheme)["dense1.weight"]).all()
+
+
+def test_bptt_given_a_value_instead_of_a_call_is_located():
+    """`bptt='text'` (a mutated char_lm.net of the reliability run) raised a ValueError."""
+    [error] = clause_errors("adam(lr=1e-3), bptt='text'")
+    assert error.message == "bptt takes its settings as a call, got 'text'"
+    assert error.span.col == column("adam(lr=1e-3), bptt='text'", "bptt='text'")
