@@ -196,14 +196,7 @@ class _Translator:
 
     def tensor(self, name: str) -> str:
         """The netdsl value of an ONNX value computed from the input, laid out as ONNX's."""
-        if name in self.folded.constants:
-            raise Unsupported("a constant tensor as an operand (netdsl's layers read "
-                              "constants only as their weights)")
-        if name in self.axes:
-            raise Unsupported("values laid out [batch, time, ...] (this one is "
-                              f"{_axes_text(self.axes[name])}; netdsl's sequences are "
-                              "batch-major)")
-        return self.view(self.values[name], self.layout[name])
+        return self.view(self.raw(name), self.layout[name])
 
     def raw(self, name: str) -> str:
         """The netdsl value as it is (global_avgpool's [C] where ONNX has [C,1,1])."""
