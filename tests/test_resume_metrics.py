@@ -27,7 +27,8 @@ def test_a_resumed_epoch_prints_what_an_uninterrupted_one_does(tmp_path, capsys)
 
     def run(*flags: str) -> str:
         assert cli.main(["run", *common, *flags]) == 0, capsys.readouterr().err
-        return capsys.readouterr().out
+        printed = capsys.readouterr()   # epoch lines on stdout, notices on stderr
+        return printed.out + printed.err
 
     whole = run("--checkpoint", str(tmp_path / "whole"))
     stopped = run("--steps", "17", "--checkpoint", str(tmp_path / "parts"))  # epoch 2, step 6
