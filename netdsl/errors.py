@@ -111,7 +111,8 @@ def render(error: SpecError, sources: dict[str, str] | None = None) -> str:
         lines.append(f"  note: {text} at {where}")
     if error.hint:
         lines.append(f"  hint: {error.hint}")
-    return "\n".join(lines)
+    # a lone surrogate (text pasted into the builder) cannot be written to a stream: escaped
+    return "\n".join(lines).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @functools.lru_cache(maxsize=8)

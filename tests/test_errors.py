@@ -329,3 +329,15 @@ class TestCarets:
         (error,) = failed.errors
         line = failed.sources[path].split("\n")[error.span.line - 1]
         assert line[error.span.col - 1:error.span.end_col] == under
+
+
+def test_a_lone_surrogate_renders_as_an_escape():
+    """Text with a lone surrogate (pasted into the builder) renders to a string every
+    stream can write, instead of failing with UnicodeEncodeError."""
+    from netdsl.driver import CheckFailed, check_text
+
+    with pytest.raises(CheckFailed) as caught:
+        check_text("input x : [4]\nh = x -> dense(3) -> \ud800\n", "s.net")
+    shown = "\n".join(render(e, caught.value.sources) for e in caught.value.errors)
+    assert "\\ud800" in shown
+    shown.encode("utf-8")   # raised UnicodeEncodeError before
