@@ -28,6 +28,8 @@ __all__ = ["expand", "Loader", "IndependentErrors"]
 # load(target, is_path, importing_file, span) -> the imported module
 Loader = Callable[[str, bool, str, Any], ast.Module]
 CONSTANTS = {"true": True, "false": False, "none": None}
+# the name that throws a value away: `a, _ = split(x, 2)`
+DISCARD = "_"
 # the most a spec may expand to, in statements run and nodes made once loops, repeats
 # and blocks multiply out: checking stays fast however the multiplications are nested
 EXPANSION_BUDGET = 1_000_000
@@ -295,6 +297,8 @@ class _Expander:
                 if name in CONSTANTS:
                     raise SpecError(f"'{name}' is a constant and cannot be assigned", span)
             for name, val, span in zip(stmt.targets, values, spans):
+                if name == DISCARD:
+                    continue  # `a, _ = split(x, 2)`: the value is not wanted
                 if len(stmt.targets) == 1 and isinstance(val, Value) and \
                         not isinstance(val, _Poison) and val.node not in self.named:
                     val = self._rename(val, scope, name)  # not `h = v`: v keeps its node
@@ -506,6 +510,9 @@ class _Expander:
         if name.id in OPS or name.id in self.blocks:
             raise SpecError(f"'{name.id}' is a layer, not a value", name.span,
                             f"apply it to a value: x -> {name.id}")
+        if name.id == DISCARD:
+            raise SpecError("'_' discards a value: it cannot be read", name.span,
+                            "give the value a name to use it")
         later = scope.defined.get(name.id)
         if later is not None and (later.line, later.col) > (name.span.line, name.span.col):
             scope.used_early.add(name.id)  # its definition is not also reported as unused

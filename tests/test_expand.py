@@ -151,3 +151,32 @@ class TestImports:
         (error,) = info.value.errors
         assert error.span.file.endswith("b.net") and error.span.line == 3
         assert error.span.file in info.value.sources
+
+
+class TestDiscard:
+    """`_` throws a value away: a split's or a block's output nobody needs."""
+
+    SPLIT = ("input x : [4]\ntarget y : class(2)\na, _ = split(x, 2)\n"
+             "b, _ = split(x, 2)\nloss cross_entropy(a + b -> dense(2), y)\n")
+
+    def test_discarded_outputs_are_not_reported_unused(self):
+        from netdsl.driver import check_text
+
+        net = check_text(self.SPLIT, "d.net")
+        assert "_" not in net.graph
+
+    def test_a_block_output_can_be_discarded(self):
+        from netdsl.driver import check_text
+
+        text = ("input x : [4]\ntarget y : class(2)\n"
+                "block halves() {\n  in x\n  a, b = split(x, 2)\n  out a, b\n}\n"
+                "first, _ = halves(x)\nloss cross_entropy(first -> dense(2), y)\n")
+        check_text(text, "b.net")
+
+    def test_reading_the_discard_is_an_error_at_it(self):
+        text = self.SPLIT.replace("a + b", "a + _")
+        with pytest.raises(CheckFailed) as caught:
+            from netdsl.driver import check_text
+            check_text(text, "d.net")
+        [error] = [e for e in caught.value.errors if "discards" in e.message]
+        assert (error.span.line, error.span.col) == (5, 24)
