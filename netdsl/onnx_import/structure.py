@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from netdsl.onnx_import.layers import Layer, Network
 from netdsl.onnx_import.write import (
-    KEYWORDS, Names, call_text, in_order, operator, pipeline_text, value_text,
+    KEYWORDS, Names, call_text, in_order, pipeline_text, pipelines, value_text,
 )
 from netdsl.ops import OPS
 
@@ -221,17 +221,7 @@ def _body_lines(layers: list[Layer]) -> tuple[list[str], list[int]]:
     for layer in layers:
         for name in layer.inputs:
             readers[name] = readers.get(name, 0) + 1
-    chains, chain_of = [], {}
-    for layer in layers:
-        first = layer.inputs[0] if layer.inputs else None
-        if first in inside and readers.get(first) == 1 and first in chain_of and \
-                chain_of[first][-1].output == first and operator(layer.op) is None:
-            chain = chain_of.pop(first)
-            chain.append(layer)
-        else:
-            chain = [layer]
-            chains.append(chain)
-        chain_of[layer.output] = chain
+    chains = pipelines(layers, lambda first: first in inside and readers.get(first) == 1)
     entry = next(name for layer in layers for name in layer.inputs if name not in inside)
     names = {entry: "x"}
     local = Names(KEYWORDS | set(OPS) | {"x"})

@@ -95,15 +95,20 @@ def chains(net: Network) -> list[list[Layer]]:
     nothing else reads that input and it is no output of the network."""
     readers = net.consumers()
     outputs = set(net.outputs)
-    made = {layer.output: layer for layer in net.layers}
+    made = {layer.output for layer in net.layers}
+    return pipelines(net.layers, lambda first: first in made and first not in outputs
+                     and len(readers.get(first, [])) == 1)
+
+
+def pipelines(layers: list[Layer], may_join) -> list[list[Layer]]:
+    """`layers` in order, cut into pipelines: a layer written as a call (no operator)
+    continues the pipeline that ends at its first input when `may_join(that input)`."""
     chain_of: dict[str, list[Layer]] = {}
     result = []
-    for layer in net.layers:
+    for layer in layers:
         first = layer.inputs[0] if layer.inputs else None
-        joins = (first in made and first in chain_of and len(readers.get(first, [])) == 1
-                 and first not in outputs and operator(layer.op) is None
-                 and chain_of[first][-1].output == first)
-        if joins:
+        if (first in chain_of and chain_of[first][-1].output == first
+                and operator(layer.op) is None and may_join(first)):
             chain = chain_of.pop(first)
             chain.append(layer)
         else:
