@@ -13,7 +13,7 @@ from netdsl.export.onnx import to_onnx
 from netdsl.export.torch import to_torch
 from netdsl.ops.base import OPS, Op
 from netdsl.ops.common import Pointwise
-from test_export_onnx import session
+from test_export_onnx import UNPOOL, session
 
 FORMATS = {"ONNX": "onnx", "PyTorch": "torch"}
 
@@ -32,16 +32,6 @@ def test_every_op_without_a_lowering_names_the_nearest(fmt):
     missing = {name for name, cls in OPS.items() if not lowered(cls, FORMATS[fmt])}
     assert "maxunpool" in missing  # the walk finds what it is meant to
     assert [name for name in missing if not OPS[name].nearest.get(fmt)] == []
-
-
-UNPOOL = """\
-network unpooled
-input x : [1, 8, 8]
-target y : [1, 8, 8]
-p = x -> maxpool(2)
-z = maxunpool(p, p, 2)
-loss mse(z, y)
-"""
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
