@@ -121,6 +121,44 @@ class TestGraph:
             await settle(pilot)
             assert view.picture.height < 1000
 
+    async def test_vi_keys_move_as_the_arrows_do(self, spec):
+        async with opened(spec) as (app, pilot):
+            view = app.builder.graph_view
+            view.focus()
+            view.select("dense1")
+            await pilot.press("j")
+            assert view.selected == "relu1"
+            await pilot.press("j", "j", "j", "j")
+            assert view.selected == "logits"
+            await pilot.press("l")  # the target beside it
+            assert view.selected == "y"
+            await pilot.press("h", "k")
+            assert view.selected == "relu2"
+
+    async def test_question_mark_lists_every_key(self, spec):
+        from textual.binding import Binding
+
+        from netdsl.tui.screens.builder import BuilderScreen
+        from netdsl.tui.widgets.graph_view import GraphView
+
+        async with opened(spec) as (app, pilot):
+            app.builder.graph_view.focus()
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "HelpScreen"
+            listed = {(key.description, key.action) for key in app.screen.keys}
+            for cls in (BuilderScreen, GraphView):  # a new binding is listed without a change here
+                for binding in Binding.make_bindings(cls.BINDINGS):
+                    assert (binding.description, binding.action) in listed, binding
+            text = screen_text(app)
+            assert "↓ / j" in text and "Insert after" in text and "^p" in text
+            await pilot.press("escape")
+            assert type(app.screen).__name__ == "BuilderScreen"
+            app.builder.editor.focus()
+            await pilot.press("f1")  # works from the text too, where ? is typed
+            await pilot.pause()
+            assert type(app.screen).__name__ == "HelpScreen"
+
     async def test_inspector_shows_costs(self, spec):
         async with opened(spec) as (app, pilot):
             app.builder.graph_view.focus()

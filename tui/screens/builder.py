@@ -29,9 +29,11 @@ from netdsl.imports import spec_name
 from netdsl.tui.checking import CheckResult, check_and_draw
 from netdsl.tui.graph_canvas import Picture, draw_graph
 from netdsl.tui.graph_layout import block_paths
+from netdsl.tui.keys import Key, key_table
 from netdsl.tui.screens.dialogs import AskPath, JumpTo
 from netdsl.tui.screens.edit_flow import EditFlow
 from netdsl.tui.screens.file_flow import FileFlow
+from netdsl.tui.screens.help import HelpScreen
 from netdsl.tui.screens.train import TrainScreen
 from netdsl.tui.widgets.graph_view import GraphView
 from netdsl.tui.widgets.inspector import Inspector
@@ -65,7 +67,9 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
         Binding("E", "expand_all", "Expand all", show=False),
         Binding("ctrl+g", "jump", "Go to node", priority=True),
         Binding("slash", "jump", "Go to node", show=False),
-        Binding("escape", "cancel_skip", "Cancel", show=False),
+        Binding("escape", "cancel_skip", "Cancel skip", show=False),
+        Binding("f1", "help", "Keys", priority=True, show=False),
+        Binding("question_mark", "help", "Keys", show=False),
     ]
 
     @dataclass
@@ -300,6 +304,16 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
                 self.graph_view.select(box)
 
         self.app.push_screen(JumpTo(names), chosen)
+
+    # ---- keys
+
+    def keys(self) -> list[Key]:
+        """Every key of the builder, from the bindings Textual dispatches."""
+        return key_table(self.app, [("everywhere", self.app), ("graph", self),
+                                    ("graph", self.graph_view)])
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen(self.keys()))
 
     # ---- run and export
 

@@ -36,10 +36,11 @@ class GraphView(ScrollView, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("up", "move('up')", "Up", show=False),
-        Binding("down", "move('down')", "Down", show=False),
-        Binding("left", "move('left')", "Left", show=False),
-        Binding("right", "move('right')", "Right", show=False),
+        # vi's keys as well as the arrows
+        Binding("up,k", "move('up')", "Up", show=False),
+        Binding("down,j", "move('down')", "Down", show=False),
+        Binding("left,h", "move('left')", "Left", show=False),
+        Binding("right,l", "move('right')", "Right", show=False),
         Binding("enter", "toggle_block", "Collapse/expand", show=False),
     ]
 
