@@ -159,6 +159,56 @@ class TestGraph:
             await pilot.pause()
             assert type(app.screen).__name__ == "HelpScreen"
 
+    async def palette(self, pilot, query: str) -> list[str]:
+        """Open the command palette, type `query`; the titles it offers, best first."""
+        from textual.command import CommandList
+
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*query)
+        for _ in range(20):  # the palette searches in the background
+            await pilot.pause(0.1)
+            options = pilot.app.screen.query_one(CommandList).options
+            if options:
+                break
+        return [str(o.prompt).split("\n")[0] for o in options]
+
+    async def test_palette_finds_nodes_fuzzily_and_selects_them(self):
+        async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
+            found = await self.palette(pilot, "s2b3conv2")  # stage2/basic3/conv2, not a substring
+            assert found[0].startswith("stage2/basic3/conv2  conv"), found[:3]
+            await pilot.press("enter")
+            await settle(pilot, 1)
+            assert app.builder.graph_view.selected == "stage2/basic3/conv2"
+            assert app.builder.graph_view.has_focus
+            found = await self.palette(pilot, "batchnorm")  # by op
+            assert any(t.startswith("stage1/basic1/batchnorm1  batchnorm") for t in found)
+
+    async def test_palette_runs_every_action(self, spec):
+        from netdsl.tui.commands import action_commands
+
+        async with opened(spec) as (app, pilot):
+            titles = [title for title, _, _ in action_commands(app.builder.keys())]
+            for wanted in ("Save", "Save as", "Open", "Train", "Export", "Insert after", "Delete",
+                           "Edit", "Skip from/to", "Collapse", "Collapse all", "Expand all",
+                           "Go to node", "Keys", "Undo", "Redo", "Zoom", "Quit"):
+                assert wanted in titles
+            app.builder.graph_view.focus()
+            app.builder.graph_view.select("relu1")
+            found = await self.palette(pilot, "insrt")
+            assert found[0] == "Insert after"
+            await pilot.press("enter")
+            await settle(pilot, 1)
+            assert type(app.screen).__name__ == "PickLayer"
+            await pilot.press("escape")
+            app.builder.editor.focus()
+            await pilot.press(*"# x", "enter")  # unsaved: Quit from the palette asks first
+            found = await self.palette(pilot, "quit")
+            assert found[0] == "Quit"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "Choice"
+
     async def test_inspector_shows_costs(self, spec):
         async with opened(spec) as (app, pilot):
             app.builder.graph_view.focus()

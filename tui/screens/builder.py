@@ -298,12 +298,17 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
         names = list(self.good.network.graph.nodes)
 
         def chosen(node: str | None) -> None:
-            if node is not None and self.good is not None:
-                box = self.good.picture.box_of.get(node, node)
-                self.graph_view.focus()
-                self.graph_view.select(box)
+            if node is not None:
+                self.go_to(node)
 
         self.app.push_screen(JumpTo(names), chosen)
+
+    def go_to(self, node: str) -> None:
+        """Select a node (a collapsed block's box when it is inside one) in the graph."""
+        if self.good is not None:
+            box = self.good.picture.box_of.get(node, node)
+            self.graph_view.focus()
+            self.graph_view.select(box)
 
     # ---- keys
 
