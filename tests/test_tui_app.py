@@ -108,6 +108,44 @@ class TestGraph:
             await settle(pilot)
             assert {"[stage1]", "[stage2]", "[stage3]"} <= set(view.picture.rects)
 
+    async def test_selection_survives_collapse_and_expand(self):
+        async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
+            view = app.builder.graph_view
+            view.focus()
+            view.select("stage1/basic2/conv2")
+            await pilot.press("c")
+            await settle(pilot)
+            assert view.selected == "[stage1/basic2]"  # the block's box
+            assert "basic(c)" in app.builder.editor.selected_text  # and its call in the text
+            await pilot.press("enter")
+            await settle(pilot)
+            assert view.selected == "stage1/basic2/conv2"  # back on the node inside
+            await pilot.press("C")
+            await settle(pilot)
+            assert view.selected == "[stage1]"
+            await pilot.press("E")
+            await settle(pilot)
+            assert view.selected == "stage1/basic2/conv2"
+            view.select("x")  # collapsed with the selection outside: expanding selects
+            await pilot.press("C")  # the block's first node
+            await settle(pilot)
+            assert view.selected == "x"
+            view.select("[stage3]")
+            await pilot.press("enter")
+            await settle(pilot)
+            assert view.selected == "stage3/basic1/conv1"
+
+    async def test_slash_search_is_fuzzy(self):
+        async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
+            app.builder.graph_view.focus()
+            await pilot.press("slash", *"s3b2bn1")
+            await pilot.pause()
+            options = app.screen.query_one("#matches")
+            assert str(options.get_option_at_index(0).prompt) == "stage3/basic2/batchnorm1"
+            await pilot.press("enter")
+            await settle(pilot, 1)
+            assert app.builder.graph_view.selected == "stage3/basic2/batchnorm1"
+
     async def test_large_network_scrolls_and_jumps(self):
         async with opened(os.path.join(ROOT, "specs", "densenet121.net")) as (app, pilot):
             view = app.builder.graph_view

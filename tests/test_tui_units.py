@@ -165,6 +165,16 @@ class TestEdits:
         assert edits.check_syntax("3") is None and edits.check_syntax("3 +") is not None
 
 
+class TestFuzzy:
+    def test_letters_in_order_match_and_an_exact_name_comes_first(self):
+        from netdsl.tui.screens.dialogs import fuzzy_matches
+
+        names = ["stage1/basic1/conv1", "stage1/basic1/conv2", "conv", "stage2/basic1/conv1"]
+        assert fuzzy_matches("s2b1c1", names) == ["stage2/basic1/conv1"]
+        assert fuzzy_matches("conv", names)[0] == "conv"
+        assert fuzzy_matches("zz", names) == [] and fuzzy_matches(" ", names) == names
+
+
 class TestFiles:
     def test_save_is_atomic_and_readable(self, tmp_path):
         path = tmp_path / "a.net"

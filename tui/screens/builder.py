@@ -87,6 +87,8 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
         self.result: CheckResult | None = None  # the last check of the current text
         self.good: CheckResult | None = None    # the last check that succeeded
         self.collapsed: frozenset[str] = frozenset()
+        # a collapsed block's box -> the node selected inside it, selected again on expanding
+        self.selected_inside: dict[str, str] = {}
         self.compact = False
         self.skip_source: str | None = None  # the first node of a skip being added
         self.summary = ""  # what the last visual edit did, shown with the next check
@@ -251,9 +253,35 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
 
     def _show_picture(self, good: CheckResult, picture: Picture) -> None:
         if good is self.good:
+            box = self._carried_selection(good.picture, picture)
             good.picture = picture
             self.graph_view.show(picture)
+            if box is not None:
+                self.graph_view.select(box)
             self._show_inspector()
+
+    def _node_of(self, picture: Picture, box: str) -> str:
+        """The graph node a box stands for: a collapsed block's node selected when it was
+        collapsed, or its first node."""
+        if box in self.selected_inside:
+            return self.selected_inside[box]
+        members = picture.boxes[box].members if box in picture.boxes else ()
+        return members[0] if members else box
+
+    def _carried_selection(self, old: Picture, new: Picture) -> str | None:
+        """The box of the new drawing that holds what was selected in the old one: a
+        collapsed block's box, or, expanded, the node that was selected inside it."""
+        box = self.graph_view.selected
+        if box is None or box in new.rects:
+            return box
+        node = self._node_of(old, box)
+        found = new.box_of.get(node)
+        for path, drawn in new.boxes.items():  # remember the node inside each block collapsed
+            if path.startswith("[") and node in drawn.members:
+                self.selected_inside[path] = node
+            elif path not in old.rects:  # collapsed now with the selection elsewhere
+                self.selected_inside.pop(path, None)
+        return found
 
     def on_graph_view_toggle_block(self, message: GraphView.ToggleBlock) -> None:
         self.action_collapse()
@@ -266,7 +294,6 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
             return
         if box.startswith("["):
             self.collapsed = self.collapsed - {box[1:-1]}
-            self.graph_view.selected = None
         else:
             scope = good.network.graph.nodes[box]["scope"]
             if not scope:
@@ -274,9 +301,8 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
                 return
             path = "/".join(f.name for f in scope)
             self.collapsed = self.collapsed | {path}
-            self.graph_view.selected = None
             self.status(f"collapsed {path}; Enter or c on its box expands it")
-        self._relayout()
+        self._relayout()  # the selection follows: the block's box, or back inside it
 
     def action_collapse_all(self) -> None:
         if self.good is not None:
