@@ -108,6 +108,19 @@ class TestGraph:
             await settle(pilot)
             assert {"[stage1]", "[stage2]", "[stage3]"} <= set(view.picture.rects)
 
+    async def test_expanded_blocks_are_framed(self):
+        async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
+            view = app.builder.graph_view
+            view.focus()
+            view.select("stage1/basic1/conv1")
+            await settle(pilot, 1)
+            assert "╮ ╮ stage1 : s" in screen_text(app)  # two brackets, the outer's label
+            view.select("stage1/basic1/conv1")
+            await pilot.press("C")  # collapsed blocks have no frame, their box says it
+            await settle(pilot)
+            assert "stage1 : stage(16, 3)" not in view.picture.text()
+            assert "▸ stage1 : stage" in screen_text(app)
+
     async def test_selection_survives_collapse_and_expand(self):
         async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
             view = app.builder.graph_view

@@ -78,6 +78,27 @@ class TestLayout:
         assert not any(n.startswith("stage1/") for n in picture.rects)
         assert len(picture.boxes["[stage1]"].members) == 24  # three basic blocks of eight nodes
 
+    def test_expanded_blocks_are_framed_with_their_calls(self):
+        picture = draw_graph(graph_of(RESNET20, "r.net"), frozenset({"stage2/basic2"}))
+        text = picture.text()
+        for label in ("stage1 : stage(16, 3)", "stage1/basic1 : basic(16, 1)",
+                      "stage2 : stage(32, 3, stride=2)", "stage3/basic3 : basic(64)"):
+            assert text.count(label) == 1, label
+        assert "stage2/basic2 :" not in text  # collapsed: its box says what it is
+        lines = text.splitlines()
+        for path in ("stage1/basic2", "stage2"):
+            boxes = [picture.rects[b] for b in picture.boxes if b in picture.rects and (
+                b.startswith(path + "/") or b == f"[{path}]")]
+            top, bottom = min(r.y for r in boxes), max(r.y + r.height - 1 for r in boxes)
+            right = max(r.x + r.width for r in boxes)
+            x = lines[top].index("╮", right)  # right of everything drawn on the frame's rows
+            assert lines[bottom][x] == "╯" and all(lines[y][x] == "│" for y in range(top + 1, bottom))
+            assert f"{path} :" in lines[top] + lines[top + 1]  # the outer frame's label first
+        first = picture.rects["stage1/basic1/conv1"]
+        row = lines[first.y][first.x + first.width:]
+        assert row.count("╮") == 3 and "stage1 : stage" in row  # the project box's, two frames'
+        assert "[stage2/basic2]" in picture.rects
+
     def test_recurrent_edge_is_marked(self):
         text = draw_graph(graph_of(open(os.path.join(ROOT, "specs", "elman.net")).read())).text()
         assert "h[t-1] ⟲ h" in text and "t-1" in text and "┆" in text

@@ -145,11 +145,46 @@ def draw_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
             y = _draw_gap(canvas, view, layer, layers[i + 1], y, compact)
     canvas.flush_lines()
     y = _draw_delayed(canvas, view, rects, width, y)
+    _draw_frames(canvas, view, rects)
     height = max(y, max(canvas.cells, default=-1) + 1)
     return Picture(max(width, canvas.width), height,
                    [canvas.cells.get(r, {}) for r in range(height)],
                    [canvas.spans.get(r, []) for r in range(height)],
                    rects, view.boxes, view.box_of, layers)
+
+
+def _draw_frames(canvas: _Canvas, view: ViewGraph, rects: dict[str, Rect]) -> None:
+    """A bracket right of each expanded block instance, from its first box's row to its
+    last one's, just clear of what is drawn on those rows; a nested block's bracket right
+    of its parent's. The label (path and call) follows the brackets on the frame's first
+    row, or on the next row when an enclosing frame's label is there."""
+    spans = {}
+    for path, (label, inside) in view.frames.items():  # outer frames first
+        drawn = [rects[b] for b in inside if b in rects]
+        if drawn:
+            spans[path] = (min(r.y for r in drawn), max(r.y + r.height - 1 for r in drawn), label)
+    right = {y: max(row, default=-1) for y, row in canvas.cells.items()}
+    column: dict[str, int] = {}
+    for path, (top, bottom, _) in spans.items():
+        parent = path.rsplit("/", 1)[0] if "/" in path else None
+        while parent is not None and parent not in column:  # a collapsed parent: none drawn
+            parent = parent.rsplit("/", 1)[0] if "/" in parent else None
+        column[path] = max([2 + right.get(y, -1) for y in range(top, bottom + 1)]
+                           + ([column[parent] + 2] if parent else []))
+        x = column[path]
+        if top == bottom:
+            canvas.put(x, top, "]", "frame", None)
+            continue
+        canvas.put(x, top, "╮", "frame", None)
+        for y in range(top + 1, bottom):
+            canvas.put(x, y, "│", "frame", None)
+        canvas.put(x, bottom, "╯", "frame", None)
+    taken: set[int] = set()
+    for path, (top, bottom, label) in spans.items():
+        row = next(y for y in range(top, top + len(spans) + 1) if y not in taken)
+        taken.add(row)
+        x = 2 + max(column[p] for p, (t, b, _) in spans.items() if t <= row <= b)
+        canvas.put(x, row, label, "frame", None)
 
 
 def _draw_box(canvas: _Canvas, box: ViewBox, y: int, compact: bool) -> None:

@@ -19,7 +19,7 @@ import networkx as nx
 from netdsl.spelling import call as call_text  # one spelling of a layer for both drawings
 
 __all__ = ["ViewBox", "ViewGraph", "view_graph", "assign_layers", "order_layers", "place_columns",
-           "block_paths", "box_label"]
+           "block_paths", "box_label", "frame_label"]
 
 DUMMY = "dummy"
 MAX_LABEL = 36
@@ -47,6 +47,8 @@ class ViewGraph:
     edges: list[tuple[str, str]]
     delayed: list[tuple[str, str, int]] = field(default_factory=list)
     box_of: dict[str, str] = field(default_factory=dict)  # graph node -> box id
+    # expanded block instance path -> its frame's label and the boxes inside it, outer first
+    frames: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
 
 def block_paths(graph: nx.DiGraph) -> dict[str, str]:
@@ -56,6 +58,12 @@ def block_paths(graph: nx.DiGraph) -> dict[str, str]:
         for depth in range(1, len(scope) + 1):
             paths.setdefault("/".join(f.name for f in scope[:depth]), scope[depth - 1].block)
     return paths
+
+
+def frame_label(path: str, frame) -> str:
+    """A block instance as its frame names it: its path and its call with the values
+    (`stage2/basic1 : basic(32, stride=2)`), without the repetition note errors give."""
+    return f"{path} : {frame.call.split(', the ', 1)[0] or frame.block}"
 
 
 def _collapsed_path(scope, collapsed: frozenset[str]) -> str | None:
@@ -99,6 +107,7 @@ def view_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
     boxes: dict[str, ViewBox] = {}
     box_of: dict[str, str] = {}
     members: dict[str, list[str]] = {}
+    frames: dict[str, tuple[str, list[str]]] = {}
     for node, data in graph.nodes(data=True):  # definition order
         path = _collapsed_path(data["scope"], collapsed)
         if path is None:
@@ -112,6 +121,13 @@ def view_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
             if box_id not in boxes:
                 name = path.rsplit("/", 1)[-1]
                 boxes[box_id] = ViewBox(box_id, "block", f"▸ {name} : {paths[path]}")
+        scope = data["scope"]
+        for depth in range(1, len(scope) + 1):  # the expanded blocks around the box
+            inside = "/".join(f.name for f in scope[:depth])
+            if inside == path:
+                break
+            frames.setdefault(inside, (frame_label(inside, scope[depth - 1]), []))[1] \
+                .append(box_of[node])
     edges: dict[tuple[str, str], None] = {}
     delayed: dict[tuple[str, str], int] = {}
     for u, v, data in graph.edges(data=True):
@@ -127,7 +143,10 @@ def view_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
         box.shape = ", ".join(dict.fromkeys(_shape(graph, n) for n in outputs or nodes[-1:]))
         if not compact:
             box.label = _clip(f"{box.label}  ({len(nodes)} nodes)")
-    return ViewGraph(boxes, list(edges), [(a, b, k) for (a, b), k in delayed.items()], box_of)
+    return ViewGraph(boxes, list(edges), [(a, b, k) for (a, b), k in delayed.items()], box_of,
+                     {path: (label, list(dict.fromkeys(inside)))
+                      for path, (label, inside) in sorted(frames.items(),
+                                                          key=lambda f: f[0].count("/"))})
 
 
 def _shape(graph: nx.DiGraph, node: str) -> str:
