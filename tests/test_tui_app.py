@@ -121,6 +121,15 @@ class TestGraph:
             assert "stage1 : stage(16, 3)" not in view.picture.text()
             assert "▸ stage1 : stage" in screen_text(app)
 
+    async def test_lstm_gates_are_drawn_apart(self):
+        async with opened(os.path.join(ROOT, "specs", "lstm.net")) as (app, pilot):
+            view = app.builder.graph_view
+            view.focus()
+            view.select("mul1")
+            await settle(pilot, 1)
+            text = screen_text(app)
+            assert text.count("▼▼") >= 2 and "┼" not in text  # the two ×, each fed twice
+
     async def test_selection_survives_collapse_and_expand(self):
         async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
             view = app.builder.graph_view

@@ -99,6 +99,33 @@ class TestLayout:
         assert row.count("╮") == 3 and "stage1 : stage" in row  # the project box's, two frames'
         assert "[stage2/basic2]" in picture.rects
 
+    def arrows_into(self, picture, box: str) -> int:
+        r = picture.rects[box]
+        return picture.row_text(r.y - 1, r.x, r.x + r.width).count("▼")
+
+    def test_a_value_read_twice_is_two_lines(self):
+        text = ("input x : [4]\ntarget y : class(4)\nh = x -> dense(4)\nk = h -> relu -> relu\n"
+                "z = concat(h, k, h) -> dense(4)\nw = z * z\nloss cross_entropy(w, y)\n")
+        picture = draw_graph(graph_of(text))
+        assert self.arrows_into(picture, "w") == 2  # z * z: two arrows, not one
+        assert self.arrows_into(picture, "concat1") == 3
+        # h's two edges into concat pass the relus on lines (dummy boxes) of their own
+        for layer in picture.layers:
+            lanes = {picture.boxes[b].x for b in layer if b.startswith("h→")}
+            assert len(lanes) in (0, 2)
+
+    def test_lstm_gate_edges_stay_apart(self):
+        graph = graph_of(open(os.path.join(ROOT, "specs", "lstm.net")).read())
+        picture = draw_graph(graph)
+        joins = [b for b in picture.boxes.values() if b.kind == "join"]
+        assert len(joins) == 4
+        for box in joins:  # every input of × and + arrives on its own line
+            assert self.arrows_into(picture, box.id) == len(graph.nodes[box.id]["inputs"]) == 2
+        text = picture.text()
+        assert "┼" not in text  # the cell's line crossing the gates' passes under, not a joint
+        crossing = next(line for line in text.splitlines() if "╯" in line and "│╭" in line)
+        assert crossing.count("│") >= 4  # c[t-1]'s edge to the first × crosses three gates
+
     def test_recurrent_edge_is_marked(self):
         text = draw_graph(graph_of(open(os.path.join(ROOT, "specs", "elman.net")).read())).text()
         assert "h[t-1] ⟲ h" in text and "t-1" in text and "┆" in text

@@ -23,6 +23,7 @@ LINES = {
     LEFT | RIGHT | UP: "┴", UP | DOWN | LEFT | RIGHT: "┼", UP: "│", DOWN: "│", LEFT: "─",
     RIGHT: "─",
 }
+CROSSING = "│"  # a line across passing under one going down: not ┼, which reads as a joint
 # border characters by box kind: (top-left, top, top-right, side, bottom-left, bottom-right)
 BORDERS = {
     "block": "╔═╗║╚╝", "state": "╭┄╮┆╰╯", "loss": "┏━┓┃┗┛",
@@ -88,24 +89,39 @@ class _Canvas:
         if style:
             self.spans.setdefault(y, []).append((x, x + len(text), style, box))
 
-    def line(self, x0: int, y0: int, x1: int, y1: int):
-        """An axis-aligned segment, merged with the lines already there."""
+    def line(self, x0: int, y0: int, x1: int, y1: int, owner: str | None = None):
+        """An axis-aligned segment, merged with the lines already there. `owner` is the
+        edge's source: lines of one source join (a fork), lines of two only cross."""
         if x0 == x1:
             top, bottom = sorted((y0, y1))
             for y in range(top, bottom + 1):
-                self.bits[(x0, y)] = self.bits.get((x0, y), 0) | (
-                    (UP if y > top else 0) | (DOWN if y < bottom else 0))
+                self._add(x0, y, (UP if y > top else 0) | (DOWN if y < bottom else 0), owner)
         else:
             left, right = sorted((x0, x1))
             for x in range(left, right + 1):
-                self.bits[(x, y0)] = self.bits.get((x, y0), 0) | (
-                    (LEFT if x > left else 0) | (RIGHT if x < right else 0))
+                self._add(x, y0, (LEFT if x > left else 0) | (RIGHT if x < right else 0), owner)
+
+    def _add(self, x: int, y: int, bits: int, owner: str | None) -> None:
+        owners = self.bits.setdefault((x, y), {})
+        owners[owner] = owners.get(owner, 0) | bits
 
     def flush_lines(self):
-        for (x, y), bits in self.bits.items():
+        for (x, y), owners in self.bits.items():
+            bits = 0
+            for part in owners.values():
+                bits |= part
             if bits and x not in self.cells.get(y, {}):
-                self.put(x, y, LINES[bits])
+                self.put(x, y, CROSSING if _crossing(owners) else LINES[bits])
         self.bits.clear()
+
+
+def _crossing(owners: dict) -> bool:
+    """Whether lines of different sources only cross in a cell, one across, one down:
+    drawn as the vertical passing over, so it does not read as a fork or a join."""
+    across = any(b & (LEFT | RIGHT) and not b & (UP | DOWN) for b in owners.values())
+    down = any(b & (UP | DOWN) and not b & (LEFT | RIGHT) for b in owners.values())
+    return len(owners) > 1 and across and down and not any(
+        b & (LEFT | RIGHT) and b & (UP | DOWN) for b in owners.values())
 
 
 def draw_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
@@ -203,19 +219,43 @@ def _centre(box: ViewBox) -> int:
     return box.x + box.width // 2
 
 
+def _slots(box: ViewBox, count: int) -> list[int]:
+    """The columns where `count` edges arrive on a box, left to right: the centre for one;
+    for more, the first at the centre (under the input the box sits below) and the others
+    beside it, spread over the whole top when they do not fit, so no two share a line."""
+    centre = _centre(box)
+    if count <= 1 or box.kind == DUMMY:
+        return [centre] * count
+    left, right = box.x + 1, box.x + box.width - 2  # inside the corners
+    step = 2 if centre + 2 * (count - 1) <= right else 1
+    if centre + step * (count - 1) <= right:
+        return [centre + step * k for k in range(count)]
+    return [left + round(k * (right - left) / (count - 1)) for k in range(count)]
+
+
 def _draw_gap(canvas: _Canvas, view: ViewGraph, upper: list[str], lower: list[str], y: int,
               compact: bool) -> int:
-    """Edges from one layer to the next; returns the row where the next layer starts."""
+    """Edges from one layer to the next; returns the row where the next layer starts.
+
+    Each edge into a box arrives in a column of its own (`_slots`), its sources taken
+    left to right, so two inputs of a join, or one value read twice, stay two lines.
+    """
     boxes = view.boxes
     in_upper = set(upper)
-    by_source: dict[str, list[str]] = {}
+    arriving: dict[str, list[str]] = {}
     for u, v in view.edges:
         if u in in_upper:
-            by_source.setdefault(u, []).append(v)
+            arriving.setdefault(v, []).append(u)
+    by_source: dict[str, list[int]] = {}  # source -> the columns its edges arrive at
+    for v, sources in arriving.items():
+        sources = sorted(sources, key=lambda u: _centre(boxes[u]))  # stable: a pair stays
+        for u, x in zip(sources, _slots(boxes[v], len(sources))):
+            by_source.setdefault(u, []).append(x)
+    by_source = {u: by_source[u] for u in upper if u in by_source}  # the layer's order
     # one track (row) per source whose edges bend; sources whose spans overlap get different ones
     spans = []
     for u, targets in by_source.items():
-        xs = [_centre(boxes[u])] + [_centre(boxes[v]) for v in targets]
+        xs = [_centre(boxes[u])] + targets
         if min(xs) != max(xs):
             spans.append((min(xs), max(xs), u))
     tracks: list[int] = []  # right end of what each track holds
@@ -244,17 +284,18 @@ def _draw_gap(canvas: _Canvas, view: ViewGraph, upper: list[str], lower: list[st
                 canvas.put(sx + 2, y, shape if len(shape) <= room else shape[:room - 1] + "…",
                            "shape", None)
         bend = first_track + track_of[u] if u in track_of else None
-        for v in targets:
-            tx = _centre(boxes[v])
+        for tx in targets:
             if bend is None:
-                canvas.line(sx, y - (0 if real_source else 1), sx, arrow_row)
+                canvas.line(sx, y - (0 if real_source else 1), sx, arrow_row, u)
             else:
-                canvas.line(sx, y - (0 if real_source else 1), sx, bend)
-                canvas.line(sx, bend, tx, bend)
-                canvas.line(tx, bend, tx, arrow_row)
+                canvas.line(sx, y - (0 if real_source else 1), sx, bend, u)
+                canvas.line(sx, bend, tx, bend, u)
+                canvas.line(tx, bend, tx, arrow_row, u)
     for v in lower:
-        if boxes[v].kind != DUMMY and any(v in targets for targets in by_source.values()):
-            canvas.put(_centre(boxes[v]), arrow_row, "▼" if not compact else "↓", "arrow", None)
+        if boxes[v].kind != DUMMY and v in arriving:
+            for x in sorted(set(x for targets in by_source.values() for x in targets)
+                            & set(_slots(boxes[v], len(arriving[v])))):
+                canvas.put(x, arrow_row, "▼" if not compact else "↓", "arrow", None)
     return arrow_row + 1
 
 

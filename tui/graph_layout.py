@@ -12,6 +12,7 @@ straight and centres forks and joins over their branches.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -41,7 +42,8 @@ class ViewBox:
 
 @dataclass
 class ViewGraph:
-    """Boxes, forward edges between them, and the delayed (recurrent) edges apart."""
+    """Boxes, forward edges between them (a pair twice when a node reads one value twice),
+    and the delayed (recurrent) edges apart."""
 
     boxes: dict[str, ViewBox]
     edges: list[tuple[str, str]]
@@ -128,14 +130,17 @@ def view_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
                 break
             frames.setdefault(inside, (frame_label(inside, scope[depth - 1]), []))[1] \
                 .append(box_of[node])
-    edges: dict[tuple[str, str], None] = {}
+    # one edge per input a node reads (`x * x` reads x twice: two edges, drawn apart), one
+    # per source into a collapsed block's box
+    edges: dict[tuple, None] = {}
     delayed: dict[tuple[str, str], int] = {}
     for u, v, data in graph.edges(data=True):
         a, b = box_of[u], box_of[v]
         if data["delay"]:
             delayed.setdefault((a, b), data["delay"])
         elif a != b:
-            edges[(a, b)] = None
+            for port in data["ports"] if b == v else (None,):
+                edges[(a, b, port)] = None
     for box_id, nodes in members.items():
         box = boxes[box_id]
         box.members = tuple(nodes)
@@ -143,7 +148,7 @@ def view_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
         box.shape = ", ".join(dict.fromkeys(_shape(graph, n) for n in outputs or nodes[-1:]))
         if not compact:
             box.label = _clip(f"{box.label}  ({len(nodes)} nodes)")
-    return ViewGraph(boxes, list(edges), [(a, b, k) for (a, b), k in delayed.items()], box_of,
+    return ViewGraph(boxes, [(a, b) for a, b, _ in edges], [(a, b, k) for (a, b), k in delayed.items()], box_of,
                      {path: (label, list(dict.fromkeys(inside)))
                       for path, (label, inside) in sorted(frames.items(),
                                                           key=lambda f: f[0].count("/"))})
@@ -172,15 +177,17 @@ def assign_layers(view: ViewGraph) -> list[list[str]]:
         if dag.in_degree(node) == 0 and dag.out_degree(node):
             layer[node] = max(layer[node], min(layer[s] for s in dag.successors(node)) - 1)
     edges = []
-    for u, v in dag.edges:
-        chain = [u]
-        for step in range(layer[u] + 1, layer[v]):
-            dummy = f"{u}→{v}#{step}"
-            view.boxes[dummy] = ViewBox(dummy, DUMMY, shape=view.boxes[u].shape)
-            layer[dummy] = step
-            chain.append(dummy)
-        chain.append(v)
-        edges += list(zip(chain, chain[1:]))
+    times = Counter(view.edges)
+    for u, v in dag.edges:  # without the edge that closed a cycle
+        for lane in range(times[(u, v)]):  # a second edge of a pair: dummies of its own
+            chain = [u]
+            for step in range(layer[u] + 1, layer[v]):
+                dummy = f"{u}→{v}#{step}" + (f"~{lane}" if lane else "")
+                view.boxes[dummy] = ViewBox(dummy, DUMMY, shape=view.boxes[u].shape)
+                layer[dummy] = step
+                chain.append(dummy)
+            chain.append(v)
+            edges += list(zip(chain, chain[1:]))
     view.edges = edges
     layers: list[list[str]] = [[] for _ in range(max(layer.values(), default=-1) + 1)]
     for node in view.boxes:  # definition order is the first guess at the order
