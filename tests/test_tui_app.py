@@ -35,6 +35,29 @@ def spec(tmp_path):
     return str(path)
 
 
+SHARED = """network twice
+input x : [8]
+target y : class(4)
+
+block mlp(n) {
+  in x
+  out x -> dense(n) -> relu
+}
+
+h = x -> mlp(16) -> mlp(16)
+logits = h -> dense(4)
+loss cross_entropy(logits, y)
+"""
+
+
+@pytest.fixture
+def shared(tmp_path):
+    """A spec that calls one block twice."""
+    path = tmp_path / "twice.net"
+    path.write_text(SHARED)
+    return str(path)
+
+
 async def settle(pilot, rounds: int = 3) -> None:
     """Let debounced checks start and every worker finish."""
     for _ in range(rounds):
@@ -317,6 +340,8 @@ class TestVisualEdits:
             view.focus()
             view.select("stage1/basic1/add1")
             await pilot.press("d")
+            await pilot.pause()
+            await pilot.click("#block")  # a shared block: asked which to change
             await settle(pilot)
             assert app.builder.editor.text == before and "branches" in status(app)
             view.select("relu1")
@@ -324,6 +349,49 @@ class TestVisualEdits:
             await settle(pilot)
             assert "-> batchnorm  # [16, 32, 32]" in app.builder.editor.text
             assert status(app).startswith("deleted relu1")
+
+    async def test_edit_in_a_shared_block_changes_the_block(self, shared):
+        async with opened(shared) as (app, pilot):
+            before = app.builder.editor.text
+            view = app.builder.graph_view
+            view.focus()
+            view.select("mlp1/relu1")
+            await pilot.press("d")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "Choice"
+            question = str(app.screen.query_one(".question").render())
+            assert "block mlp, which the network uses 2 times" in question and "mlp_2" in question
+            await pilot.click("#block")
+            await settle(pilot)
+            text = app.builder.editor.text
+            assert text == before.replace("out x -> dense(n) -> relu", "out x -> dense(n)")
+            assert status(app).startswith("deleted mlp1/relu1 — ok")
+            assert "relu" not in " ".join(app.builder.good.network.graph.nodes)  # both instances
+
+    async def test_edit_in_a_shared_block_only_for_this_call(self, shared):
+        async with opened(shared) as (app, pilot):
+            before = app.builder.editor.text
+            view = app.builder.graph_view
+            view.focus()
+            view.select("mlp2/dense1")
+            await pilot.press("e")
+            await pilot.pause()
+            await pilot.click("#call")
+            await settle(pilot, 1)
+            assert type(app.screen).__name__ == "LayerForm"
+            await pilot.press("ctrl+u", *"32", "enter")  # units: n -> 32
+            await settle(pilot)
+            text = app.builder.editor.text
+            assert "block mlp_2(n) {\n  in x\n  out x -> dense(32) -> relu\n}" in text
+            assert "h = x -> mlp(16) -> mlp_2(16)" in text
+            assert text.count("out x -> dense(n) -> relu") == 1  # the block itself unchanged
+            assert "a copy of mlp for this call only" in status(app) and "— ok" in status(app)
+            nodes = app.builder.good.network.graph.nodes
+            assert str(nodes["mlp1/dense1"]["type"]) == "[16]"  # the first call keeps mlp
+            assert [str(nodes[n]["type"]) for n in nodes if n.endswith("dense1") and
+                    n.startswith("mlp_2")] == ["[32]"]
+            await pilot.press("ctrl+z")  # one undo takes back the copy and the call together
+            assert app.builder.editor.text == before
 
     async def test_delete_that_breaks_shapes_is_refused(self, spec):
         async with opened(spec) as (app, pilot):

@@ -202,6 +202,33 @@ class TestEdits:
         with pytest.raises(edits.EditRefused, match="name it first"):
             edits.add_skip(MLP, graph_of(MLP), "relu1", "relu2")
 
+    def test_block_use_counts_instances_of_the_block_and_of_the_call(self):
+        graph = graph_of(RESNET20, "r.net")
+        use = edits.block_use(RESNET20, graph, "stage2/basic3/relu1")
+        assert (use.block, use.instances, use.call_instances, use.copy) == ("basic", 9, 6, "basic_2")
+        assert use.call.line == 28  # `out y -> basic(c) x (n - 1)` in stage
+        assert edits.block_use(RESNET20, graph, "relu1") is None  # not in a block
+        assert edits.block_use(MLP, graph_of(MLP), "relu1") is None
+
+    def test_only_this_call_edits_a_copy_and_still_checks(self):
+        graph = graph_of(RESNET20, "r.net")
+        node = "stage1/basic1/relu1"  # made by `basic(c, stride)`, the first of each stage
+        edit = edits.only_this_call(RESNET20, graph, node,
+                                    edits.insert_after(RESNET20, graph, node, "dropout(0.1)"))
+        after = edit.apply(RESNET20)
+        assert after.count("block basic(c, stride=1) {") == 1
+        assert "block basic_2(c, stride=1) {\n  in x\n  y = x -> conv(c, 3, stride=stride, pad=1, " \
+               "bias=false) -> batchnorm -> relu -> dropout(0.1)\n" in after
+        assert "  y = x -> basic_2(c, stride)\n  out y -> basic(c) x (n - 1)" in after
+        checked = check_text(after, "r.net").graph
+        dropouts = [n for n in checked if n.endswith("/dropout1")]
+        assert len(dropouts) == 3  # one per stage: the instances that call makes
+
+    def test_only_this_call_refuses_a_node_outside_blocks(self):
+        graph = graph_of(MLP)
+        with pytest.raises(edits.EditRefused, match="not written in a block"):
+            edits.only_this_call(MLP, graph, "relu1", edits.delete_node(MLP, graph, "relu1"))
+
     def test_layer_call_text(self):
         assert edits.layer_call("conv", {"channels": "64", "kernel": "3", "pad": "1"},
                                 ["channels", "kernel", "stride", "pad"], {"channels", "kernel"}) \
