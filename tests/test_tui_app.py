@@ -528,6 +528,34 @@ class TestRunPanel:
             await pilot.press("escape")
             assert type(app.screen).__name__ == "BuilderScreen"
 
+    async def test_validation_curves_cli_units_and_whole_log_lines(self, spec, tmp_path,
+                                                                   monkeypatch):
+        import re
+
+        monkeypatch.chdir(tmp_path)
+        async with opened(spec, train_examples=400, train_epochs=3) as (app, pilot):
+            await pilot.press("f5")
+            screen = app.screen
+            for _ in range(300):
+                await pilot.pause(0.1)
+                if not screen.running:
+                    break
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            loss, accuracy = screen.query_one("#loss-plot"), screen.query_one("#accuracy-plot")
+            assert len(loss.validation) == len(accuracy.validation) == 3  # one per epoch
+            assert [step for step, _ in loss.validation] == sorted(s for s, _ in loss.validation)
+            assert loss.validation[-1][0] == loss.steps[-1]  # at the end of the last epoch
+            record = json.loads((tmp_path / "runs" / "mlp" / "metrics.jsonl").read_text()
+                                .splitlines()[-1])
+            assert accuracy.validation[-1][1] == pytest.approx(record["val_accuracy"])
+            text = screen_text(app)
+            # the plots' title, as netc run prints it: 52.63%, not 0.5263
+            assert f"validation {100 * record['val_accuracy']:.2f}%" in text
+            assert not re.search(r"accuracy 0\.\d", text)
+            # the epoch line, longer than the panel, is wrapped, not cut: its end is there
+            assert re.search(r"val_accuracy \d+\.\d\d%", text) and "lr 0.1" in text
+
     async def test_export_dot(self, spec, tmp_path):
         async with opened(spec) as (app, pilot):
             target = str(tmp_path / "mlp.dot")
