@@ -99,6 +99,15 @@ class TestLayout:
         assert row.count("╮") == 3 and "stage1 : stage" in row  # the project box's, two frames'
         assert "[stage2/basic2]" in picture.rects
 
+    def test_one_row_frames_in_the_overview_keep_every_label(self):
+        text = ("input x : [8]\ntarget y : class(4)\nblock one(n) {\n  in x\n  out dense(x, n)\n}\n"
+                "block two(n) {\n  in x\n  out x -> one(n)\n}\n"
+                "h = x -> two(8) -> one(8) -> one(8)\nloss cross_entropy(h -> dense(4), y)\n")
+        drawn = draw_graph(graph_of(text), compact=True).text()
+        for label in ("two1 : two(8)", "two1/one1 : one(8)", "one1 : one(8)", "one2 : one(8)"):
+            assert label in drawn
+        assert "[dense] ] ] two1" in drawn  # one row, two nested frames: a bracket each
+
     def arrows_into(self, picture, box: str) -> int:
         r = picture.rects[box]
         return picture.row_text(r.y - 1, r.x, r.x + r.width).count("▼")

@@ -55,10 +55,11 @@ class NetApp(App):
         self._builder.offer_recovery()
 
     def get_system_commands(self, screen):
-        """The palette's actions: the builder's keys, and Textual's own (theme, keys,
-        screenshot) except its Quit, which would not ask about unsaved changes."""
+        """The palette's actions: the builder's keys, and Textual's own (theme, screenshot)
+        but its Quit, which would not ask about unsaved changes, and its Keys, which the
+        builder's (the help screen) replaces."""
         for command in super().get_system_commands(screen):
-            if command.title != "Quit":
+            if command.title not in ("Quit", "Keys"):
                 yield command
         if isinstance(screen, BuilderScreen):
             for title, help, callback in action_commands(screen.keys()):

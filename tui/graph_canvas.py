@@ -199,7 +199,7 @@ def _draw_frames(canvas: _Canvas, view: ViewGraph, rects: dict[str, Rect]) -> No
     for path, (top, bottom, label) in spans.items():
         row = next(y for y in range(top, top + len(spans) + 1) if y not in taken)
         taken.add(row)
-        x = 2 + max(column[p] for p, (t, b, _) in spans.items() if t <= row <= b)
+        x = 2 + max([column[path]] + [column[p] for p, (t, b, _) in spans.items() if t <= row <= b])
         canvas.put(x, row, label, "frame", None)
 
 

@@ -157,12 +157,17 @@ class EditFlow:
         self._propose(lambda t, g, n: edits.insert_after(t, g, n, call), form, scope)
 
     def action_delete(self) -> None:
+        node = self._selected_node()
+        if node is None:
+            return
+        try:  # a deletion the text cannot express is refused before asking where
+            edits.delete_node(self.editor.text, self.good.network.graph, node)
+        except (edits.EditRefused, SpecError) as exc:
+            self._refuse(str(exc), None)
+            return
         self._in_which_scope(lambda scope: self._propose(edits.delete_node, scope=scope))
 
     def action_edit_arguments(self) -> None:
-        self._in_which_scope(self._edit_arguments)
-
-    def _edit_arguments(self, scope: str | None) -> None:
         node = self._selected_node()
         if node is None:
             return
@@ -171,10 +176,14 @@ class EditFlow:
         except (edits.EditRefused, SpecError) as exc:
             self._refuse(str(exc), None)
             return
-        form = LayerForm(f"Arguments of {node} ({name})", fields)
-        form.submitted = lambda values: self._propose(
-            lambda t, g, n: edits.set_arguments(t, g, n, values), form, scope)
-        self.app.push_screen(form)
+
+        def edit_in(scope: str | None) -> None:
+            form = LayerForm(f"Arguments of {node} ({name})", fields)
+            form.submitted = lambda values: self._propose(
+                lambda t, g, n: edits.set_arguments(t, g, n, values), form, scope)
+            self.app.push_screen(form)
+
+        self._in_which_scope(edit_in)
 
     def action_skip(self) -> None:
         node = self._selected_node()
