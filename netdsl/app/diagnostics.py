@@ -140,6 +140,10 @@ def diagnostics_table(data: dict) -> Table:
     return table
 
 
+def _every(steps: int) -> str:
+    return "every step" if steps == 1 else f"every {steps} steps"
+
+
 def diagnose_command(args, console) -> int:
     """`netc diagnose RUN`: the last recorded diagnostics of each node and the warnings,
     as a table (or --json)."""
@@ -151,7 +155,7 @@ def diagnose_command(args, console) -> int:
         return 0
     console.print(f"{name}: step {data['step']}"
                   + (f" (epoch {data['epoch']})" if data["epoch"] else "")
-                  + (f", recorded every {data['every']} steps" if data["every"] else ""))
+                  + (f", recorded {_every(data['every'])}" if data["every"] else ""))
     console.print(diagnostics_table(data))
     for warning in data["warnings"]:
         console.print(f"warning at step {warning['step']}: {warning['message']}",
