@@ -3,6 +3,7 @@ PyTorch on the same weights, `netc run --diagnose`'s record and warnings, and
 `netc diagnose`."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,6 +146,22 @@ def test_a_recurrence_is_recorded_over_all_its_time_steps(native):
                                                                rel=1e-4)
 
 
+def test_recording_changes_nothing_in_training():
+    rng = np.random.default_rng(2)
+    arrays = {"x": rng.normal(size=(48, 6)).astype(np.float32), "y": rng.integers(0, 3, 48)}
+    trained = []
+    for every in (None, 2):
+        session = prepare(check_text(FEED_FORWARD, "t.net"), native=False)
+        trainer = session.trainer()
+        reports = []
+        if every:
+            trainer.probe = Probe(trainer.plan, every, lambda *report: reports.append(report))
+        trainer.fit(Dataset(arrays, "test"), None)
+        trained.append(trainer.executor.flat_params.copy())
+        assert [r[0] for r in reports] == ([2] if every else [])  # of 3 steps, the 2nd
+    assert np.array_equal(*trained)
+
+
 # ---- netc run --diagnose and its warnings
 
 def spec(tmp_path, name: str, chain: str, train: str = "sgd(lr=0.01)") -> str:
@@ -203,9 +220,15 @@ def netc(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_a_healthy_network_warns_about_nothing(tmp_path, capsys):
-    folder = str(tmp_path / "mlp")
-    result = diagnosed(MLP, folder, "--batch", "32")
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory):
+    """mlp.net trained one epoch with every step recorded: (the process, its folder)."""
+    folder = str(tmp_path_factory.mktemp("diagnose") / "mlp")
+    return diagnosed(MLP, folder, "--batch", "32"), folder
+
+
+def test_a_healthy_network_warns_about_nothing(healthy, capsys):
+    result, folder = healthy
     assert warnings_of(result.stderr) == [] and "warning" not in result.stderr
     code, out, _ = netc(capsys, "diagnose", folder)
     assert code == 0
@@ -227,6 +250,36 @@ def test_a_healthy_network_warns_about_nothing(tmp_path, capsys):
     with pytest.raises(ValueError, match="no diagnostic named"):
         node_metric(folder, "loss")
     assert set(METRICS) >= {"dead", "grad_norm", "update_ratio"}
+
+
+def test_tensorboard_gets_the_numbers_and_activation_histograms(healthy):
+    pytest.importorskip("tensorboardX")
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    _, folder = healthy
+    scalars, histograms = {}, {}
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):  # TFRecord: length, its CRC, the event, its CRC
+            (size,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + size])
+            at += 16 + size
+            for value in event.summary.value:
+                if value.HasField("histo"):
+                    histograms.setdefault(value.tag, {})[event.step] = value.histo
+                else:
+                    scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    record = [json.loads(line) for line in open(os.path.join(folder, "diagnostics.jsonl"))]
+    first = record[1]["nodes"]
+    assert scalars["diagnostics/relu1/dead"][1] == pytest.approx(first["relu1"]["dead"])
+    assert scalars["diagnostics/dense1/update_ratio"][1] == pytest.approx(
+        first["dense1"]["update_ratio"], rel=1e-6)
+    histogram = histograms["activations/relu1"][1]
+    assert histogram.num == 32 * 256 and sum(histogram.bucket) == histogram.num
+    assert histogram.sum == pytest.approx(first["relu1"]["mean"] * 32 * 256, rel=1e-5)
+    assert histogram.min == 0 and len(histogram.bucket) == 30
 
 
 def test_update_ratio_matches_the_checkpoints_before_and_after_a_step(tmp_path):
