@@ -97,14 +97,14 @@ class Reporter:
         """Something the run survives (a checkpoint it could not write), on one line."""
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
+    def should_stop(self) -> bool:
+        """The terminal UI's stop button; the loop checkpoints and returns."""
+        return False
+
     def diagnosis(self, where: str, text: str, hint: str) -> None:
         """A warning about a node (`netc run --diagnose`) at `where`, its file:line:col in
         the spec, laid out as the checker's errors are."""
         print(f"{where}: warning: {text}\n  hint: {hint}", file=sys.stderr, flush=True)
-
-    def should_stop(self) -> bool:
-        """The terminal UI's stop button; the loop checkpoints and returns."""
-        return False
 
     def log(self, entry: dict) -> None:
         """Every `Trainer.log_every` steps: the step, its epoch, its losses, the epoch's
@@ -249,6 +249,7 @@ class Trainer:
                 settings.optimizer, settings.optimizer_settings, self.executor.flat_params[part],
                 native=lowered.target.name == "native")))
         self.replicas = Replicas(parallel, self.executor, self.phases, settings)
+        self.probe = None  # runtime.diagnostics.Probe: per-node statistics every N steps
         # the first loss with an accuracy is the one reported
         self.metric = next(iter(metric_nodes(plan).values()), None)
         self.position = _Position()
@@ -265,7 +266,6 @@ class Trainer:
         self.log_every = 10            # steps between Reporter.log entries
         self._logged = 0               # the step of the last entry (fit starts it afresh)
         self.unsaved: str | None = None  # why the last checkpoint write failed
-        self.probe = None  # runtime.diagnostics.Probe: per-node statistics every N steps
 
     # ---- the loop
 
