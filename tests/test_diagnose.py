@@ -322,3 +322,16 @@ def test_a_run_without_diagnostics_says_to_rerun_with_them(tmp_path, capsys):
     # in a subprocess too: no traceback, the exit code a script sees
     result = run_netc("diagnose", folder)
     assert result.returncode == 1 and "Traceback" not in result.stderr
+
+
+def test_a_resumed_run_keeps_its_record_and_does_not_warn_again(tmp_path):
+    path = spec(tmp_path, "dead", "dense(32) -> scale(1.0, shift=-100.0) -> relu -> dense(4)")
+    folder = str(tmp_path / "run")
+    first = diagnosed(path, folder, "--steps", "4")
+    assert len([w for w in warnings_of(first.stderr) if "dead units" in w]) == 1
+    resumed = diagnosed(path, folder, "--steps", "7", "--resume")
+    assert warnings_of(resumed.stderr) == []  # said before the checkpoint: not again
+    record = [json.loads(line) for line in open(os.path.join(folder, "diagnostics.jsonl"))]
+    assert [e["kind"] for e in record].count("nodes") == 1
+    assert [e["step"] for e in record if e["kind"] == "step"] == list(range(1, 8))
+    assert [e["node"] for e in record if e.get("warning") == "dead"] == ["relu1"]
