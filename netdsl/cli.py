@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                      help="also checkpoint during an epoch this often (30)")
     run.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")
-    run.add_argument("--diagnose", nargs="?", const=50, type=_positive, metavar="N",
+    run.add_argument("--diagnose", nargs="?", const=50, type=_every, metavar="N",
                      help="every N steps (50) record each node's activations, dead units, "
                           "gradient and update/weight ratio in the run record, and warn "
                           "about vanishing or exploding gradients, dead or saturated units "
@@ -298,6 +298,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
+
+
+def _every(text: str) -> int:
+    """--diagnose N: steps between records; a spec's name there means the flag came first."""
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of steps of at least 1, got {text!r} (N is optional: "
+            "put --diagnose after the spec, netc run SPEC --diagnose)") from None
 
 
 def _steps(text: str, example: str = "--unroll 3") -> int:

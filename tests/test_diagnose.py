@@ -335,3 +335,14 @@ def test_a_resumed_run_keeps_its_record_and_does_not_warn_again(tmp_path):
     assert [e["kind"] for e in record].count("nodes") == 1
     assert [e["step"] for e in record if e["kind"] == "step"] == list(range(1, 8))
     assert [e["node"] for e in record if e.get("warning") == "dead"] == ["relu1"]
+
+
+def test_diagnose_before_the_spec_is_a_usage_error_that_says_where_it_goes(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "--diagnose", MLP])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.endswith("put --diagnose after the spec, netc run SPEC --diagnose)")
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", MLP, "--diagnose", "0"])
+    assert stopped.value.code == 2
