@@ -32,6 +32,7 @@ from netdsl.tui.graph_layout import block_paths
 from netdsl.tui.screens.dialogs import AskPath, JumpTo
 from netdsl.tui.screens.edit_flow import EditFlow
 from netdsl.tui.screens.file_flow import FileFlow
+from netdsl.tui.screens.tint_flow import TintFlow
 from netdsl.tui.screens.train import TrainScreen
 from netdsl.tui.widgets.graph_view import GraphView
 from netdsl.tui.widgets.inspector import Inspector
@@ -42,7 +43,7 @@ __all__ = ["BuilderScreen"]
 CHECK_DELAY = 0.3      # seconds of quiet typing before a check
 
 
-class BuilderScreen(EditFlow, FileFlow, Screen):
+class BuilderScreen(EditFlow, FileFlow, TintFlow, Screen):
     """Edit a spec as text or as a graph; see docs/tui.md for the keys."""
 
     # every key, the mixed-in flows' too: Textual collects BINDINGS only from the classes
@@ -66,6 +67,7 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
         Binding("ctrl+g", "jump", "Go to node", priority=True),
         Binding("slash", "jump", "Go to node", show=False),
         Binding("escape", "cancel_skip", "Cancel", show=False),
+        Binding("m", "colour_by", "Colour by diagnostics", show=False),
     ]
 
     @dataclass

@@ -59,6 +59,7 @@ class GraphView(ScrollView, can_focus=True):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.picture: Picture | None = None
+        self.tint: dict[str, Style] = {}  # node -> its colour by a diagnostic (tui.tint)
 
     def show(self, picture: Picture) -> None:
         """Display a new drawing, keeping the selection when its box is still there."""
@@ -98,6 +99,8 @@ class GraphView(ScrollView, can_focus=True):
         styles = [LINE] * len(text)
         for x0, x1, name, box in picture.spans[row]:
             style = STYLES.get(name, LINE)
+            if box in self.tint and name.startswith("box."):
+                style = self.tint[box]
             if box is not None and box == self.selected:
                 style = style + SELECTED
             elif box is not None and box == self.marked:
