@@ -111,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                      help="also checkpoint during an epoch this often (30)")
     run.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")
+    run.add_argument("--diagnose", nargs="?", const=50, type=_every, metavar="N",
+                     help="every N steps (50) record each node's activations, dead units, "
+                          "gradient and update/weight ratio in the run record, and warn "
+                          "about vanishing or exploding gradients, dead or saturated units "
+                          "(netc diagnose RUN shows them)")
     run.add_argument("--workers", type=_positive, metavar="N",
                      help="train data-parallel in N processes on this machine (starts mpirun; "
                           "across machines run mpirun -np N netc run ... yourself)")
@@ -196,6 +201,15 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("folder", nargs="?", default="runs", metavar="DIR",
                       help="folder of runs, or one run's folder (runs)")
     runs.add_argument("--json", action="store_true", help="a JSON array instead of the table")
+
+    diagnose = sub.add_parser(
+        "diagnose", help="per-node diagnostics of a run trained with --diagnose",
+        description="Show the last recorded diagnostics of each node of RUN (runs/NAME or a "
+                    "folder), trained with netc run --diagnose: its line in the spec, "
+                    "activation mean and std, dead and saturated units, gradient norms, "
+                    "update/weight ratio, and the warnings given.")
+    diagnose.add_argument("run", metavar="RUN", help="run name or folder")
+    diagnose.add_argument("--json", action="store_true", help="the same as JSON")
 
     plot = sub.add_parser("plot", help="loss and accuracy curves of runs",
                           description="Draw the loss and accuracy curves of one or more runs "
@@ -284,6 +298,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
+
+
+def _every(text: str) -> int:
+    """--diagnose N: steps between records; a spec's name there means the flag came first."""
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of steps of at least 1, got {text!r} (N is optional: "
+            "put --diagnose after the spec, netc run SPEC --diagnose)") from None
 
 
 def _steps(text: str, example: str = "--unroll 3") -> int:
@@ -514,6 +538,13 @@ def _runs(args) -> int:
     return runs_command(args, console())
 
 
+def _diagnose(args) -> int:
+    from netdsl.app.diagnostics import diagnose_command  # the record's reader, for this command
+    from netdsl.app.terminal import console  # rich's console, for this command's table
+
+    return diagnose_command(args, console())
+
+
 def _plot(args) -> int:
     from netdsl.app.plot import plot_command  # matplotlib, when asked for, loads in there
 
@@ -539,6 +570,7 @@ COMMANDS = {"import": _import, "check": _check, "compile": _compile, "draw": _dr
             "export": _export,
             "run": _training("run"), "eval": _training("evaluate"),
             "predict": _training("predict"), "tui": _tui, "runs": _runs, "plot": _plot,
+            "diagnose": _diagnose,
             "completion": _completion, "diff": _diff,
             "lsp": _lsp}
 

@@ -100,6 +100,9 @@ class Executor:
         self._last = None      # the schedule the last forward ran, which backward reverses
         self._written: set[str] = set()
         self._param_args: dict[str, dict] = {}  # step -> its parameters' views, by name
+        # during a step `netc run --diagnose` records: the runtime.diagnostics.Probe shown
+        # each node's value and gradient as they are made (None otherwise: no cost)
+        self.observer = None
         self.compiled_loops = None
         if lowered.target.name == "native":   # raises NativeUnavailable without a compiler
             native.prepare([p for made in lowered.kernels.values() for p in made], dtype)
@@ -157,13 +160,19 @@ class Executor:
                     if not (compiled and compiled.forward(segment, values, carry or {},
                                                           check_finite, training)):
                         forward_loop(self, segment, values, training, carry or {},
-                                     check_finite)
+                                     check_finite)  # shows the observer every time step
+                    elif self.observer is not None:  # compiled: what it keeps, all steps
+                        for name in segment.stored:
+                            if name in values:
+                                self.observer.value(name, values[name])
                     for name in segment.frees:
                         values.pop(name, None)  # checkpointed, a state source is not kept
                     continue
                 for step, frees in zip(segment.steps, segment.frees):
                     values[step.node] = self._forward_step(step, values, training,
                                                            check_finite)
+                    if self.observer is not None:
+                        self.observer.value(step.node, values[step.node])
                     for name in frees:
                         del values[name]
         return {name: self._batch_major(values[name], name) for name in schedule.outputs}
@@ -274,6 +283,8 @@ class Executor:
                     gy = grads.pop(step.node, None)
                     if gy is None or step.node not in wanted:
                         continue  # no loss depends on it through a differentiable path
+                    if self.observer is not None:
+                        self.observer.gradient(step.node, gy)
                     self._backward_step(step, gy, grads, owned, backward, check_finite)
                     if hook is not None:
                         hook.step_done(step)

@@ -82,6 +82,7 @@ def run_steps(ex, segment: LoopSegment, training: bool, values: dict, start: int
     (for a padded sequence that has ended). Each step's contexts join `ctxs` (None: they
     are dropped)."""
     xp, B, dtype, rng = ex.xp, ex.size, ex.dtype, ex.rng
+    observer = ex.observer  # runtime.diagnostics: sees each member's value at every step
     holds = set(segment.depth)  # a state's source keeps its value past a sequence's end
     # what each member needs at every step, looked up once
     members = [(step, route, ex.param_args(step), ex.buffers[step.node],
@@ -114,6 +115,8 @@ def run_steps(ex, segment: LoopSegment, training: bool, values: dict, start: int
                 last = stored[step.node][t - 1] if t > 0 else before[step.node]
                 y = xp.where(_column(mask[now], y.ndim), y, last)
             here[step.node] = y
+            if observer is not None:
+                observer.value(step.node, y)
             if check_finite:
                 ex.check(check_finite, y, step.node, "forward")
             if made is not None:
@@ -178,6 +181,7 @@ def _recompute_span(ex, segment: LoopSegment, saved: Checkpoints, start: int, st
     ctxs = {step.node: [] for step in segment.steps}
     resume, kept = ex.rng_state(), dict(ex.buffers)
     ex.set_rng_state(rng_state)
+    observer, ex.observer = ex.observer, None  # the first forward showed it these values
     # running statistics (batchnorm in a step) were updated by the first forward
     for step in segment.steps:
         ex.buffers[step.node] = {k: xp.array(v, copy=True) for k, v in kept[step.node].items()}
@@ -190,6 +194,7 @@ def _recompute_span(ex, segment: LoopSegment, saved: Checkpoints, start: int, st
     finally:
         ex.buffers.update(kept)
         ex.set_rng_state(resume)
+        ex.observer = observer
     return ctxs
 
 
@@ -323,6 +328,8 @@ class _Bptt:
                     else:
                         handback.give(step.node, now - 1, held)
                     gy = xp.where(keep, gy, zero)
+                if ex.observer is not None:  # runtime.diagnostics: this step's share
+                    ex.observer.gradient(step.node, gy)
                 ctx = ctxs[step.node][t]
                 targets = backward.grad_inputs[step.node]
                 region = step.op.grad_region(ctx)

@@ -101,6 +101,11 @@ class Reporter:
         """The terminal UI's stop button; the loop checkpoints and returns."""
         return False
 
+    def diagnosis(self, where: str, text: str, hint: str) -> None:
+        """A warning about a node (`netc run --diagnose`) at `where`, its file:line:col in
+        the spec, laid out as the checker's errors are."""
+        print(f"{where}: warning: {text}\n  hint: {hint}", file=sys.stderr, flush=True)
+
     def log(self, entry: dict) -> None:
         """Every `Trainer.log_every` steps: the step, its epoch, its losses, the epoch's
         accuracy so far, the learning rate, samples/s and the gradient norm (a run
@@ -244,6 +249,7 @@ class Trainer:
                 settings.optimizer, settings.optimizer_settings, self.executor.flat_params[part],
                 native=lowered.target.name == "native")))
         self.replicas = Replicas(parallel, self.executor, self.phases, settings)
+        self.probe = None  # runtime.diagnostics.Probe: per-node statistics every N steps
         # the first loss with an accuracy is the one reported
         self.metric = next(iter(metric_nodes(plan).values()), None)
         self.position = _Position()
@@ -362,13 +368,23 @@ class Trainer:
             if not self._unread:  # the first step since a read: keep the state it starts from
                 self._since = self._snapshot()
             record = _Unread(pos.iteration + 1, total, batch=batch)
-        for chunk in self._chunks(batch):
-            out, values = self._update(chunk, lr, carry, record)
-            carry = getattr(self.executor, "carry", None)
-            if not check:
-                self._count(sums, out, chunk, record)
-            for name, value in values.items():
-                seen.setdefault(name, []).append(value)
+        probe = self.probe
+        if probe is not None and not check and probe.due(pos.iteration + 1):
+            probe.begin(self.executor)
+        else:
+            probe = None
+        try:
+            for chunk in self._chunks(batch):
+                out, values = self._update(chunk, lr, carry, record)
+                carry = getattr(self.executor, "carry", None)
+                if not check:
+                    self._count(sums, out, chunk, record)
+                for name, value in values.items():
+                    seen.setdefault(name, []).append(value)
+        finally:
+            self.executor.observer = None
+        if probe is not None:
+            probe.finish(self.executor, pos.iteration + 1, pos.epoch + 1)
         sums["samples"] += total
         if record is not None:
             record.values = seen
@@ -419,6 +435,8 @@ class Trainer:
                 ex.backward(self.lowered.backward(phase.losses, phase.params),
                             hook=replicas.hook(index))
                 replicas.finish(index)
+                if ex.observer is not None:  # a step --diagnose records
+                    ex.observer.parameters(ex, phase.params)
                 grads = ex.flat_grads[part]
                 self._grad_sq = self._grad_sq + grads @ grads  # a 0-d array off the host
                 if s.l1 or s.l2:

@@ -85,6 +85,16 @@ def test_eval_and_predict_json(trained):
                                        for row in outputs["logits"]]
 
 
+def test_export_says_what_it_wrote_on_stderr(trained, tmp_path):
+    _, folder = trained
+    out = tmp_path / "mlp.safetensors"
+    result = run_netc("export", MLP, "--to", "safetensors", "-o", str(out),
+                      "--checkpoint", folder)
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and result.stdout == ""
+    assert result.stderr.startswith(f"wrote {out} (")
+
+
 def test_files_are_written_under_the_umask(tmp_path):
     from netdsl.atomic import write_text
 

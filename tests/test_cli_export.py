@@ -45,7 +45,8 @@ def test_onnx_reproduces_netdsls_predictions_and_accuracy(trained):
     spec, checkpoint, folder = trained
     result, path = export(trained, "onnx", "mlp.onnx")
     assert result.returncode == 0, result.stderr
-    assert f"the weights of {checkpoint}/checkpoint.npz" in result.stdout
+    assert f"the weights of {checkpoint}/checkpoint.npz" in result.stderr
+    assert result.stdout == ""  # the "wrote" line is a notice
     assert "warning" not in result.stderr
     x, y = load_digits(return_X_y=True)
     x = x / 16  # the pixels scaled to [0, 1], as the bundled data trained on them
@@ -235,7 +236,7 @@ def test_a_normalising_spec_exports_its_normalisation(tmp_path):
         result = run_netc("export", str(spec), "--to", to, "-o", str(tmp_path / f"out_{to}"),
                           "--checkpoint", str(tmp_path / "run"))
         assert result.returncode == 0, result.stderr
-        assert "it standardises x as training did" in result.stdout
+        assert "it standardises x as training did" in result.stderr
     model = onnx.load(str(tmp_path / "out_onnx"))
     assert [n.op_type for n in model.graph.node][:2] == ["Sub", "Div"]
     (logits,) = ort.InferenceSession(str(tmp_path / "out_onnx"),

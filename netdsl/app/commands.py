@@ -12,6 +12,7 @@ import networkx as nx
 import numpy as np
 
 from netdsl.app import workers
+from netdsl.app.diagnose import DiagnosticsRecorder
 from netdsl.app.launch import launch_workers
 from netdsl.app.memory_check import (check_memory, fitting_batch, forward_estimate,
                                      training_estimate)
@@ -110,10 +111,12 @@ def run(args) -> int:
             _keep_previous(path, os.path.join(folder, "previous.npz"))
             console.print(f"starting over; the earlier checkpoint is kept as "
                           f"{os.path.join(folder, 'previous.npz')}")
+        resumed_at = trainer.position.iteration if args.resume else None
         if comm.rank == 0:  # the run record: spec, settings, metrics.jsonl (app.record)
-            RecordingReporter(trainer, folder, network, args.spec,
-                              trainer.position.iteration if args.resume else None,
-                              "netc " + shlex.join(args.argv), args.device)
+            record = RecordingReporter(trainer, folder, network, args.spec, resumed_at,
+                                       "netc " + shlex.join(args.argv), args.device)
+            if args.diagnose:  # per-node statistics of rank 0's part of the batches
+                DiagnosticsRecorder(trainer, folder, args.diagnose, record, resumed_at)
         console.print(f"{session.name}: {param_count(session.graph):,} parameters, "
                       f"run record and checkpoints in {folder}/"
                       + _shared_out(comm, trainer, len(train)))

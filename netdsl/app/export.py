@@ -51,8 +51,10 @@ def export(args) -> int:
         wrote = f"{path} ({len(tensors)} tensors)"
     if warning:  # after the export: an error in it is what to fix first
         sys.stderr.write(f"warning: {warning}\n")
+    # a notice, as every command's "wrote": stdout stays for results
     print(f"wrote {wrote}, with {origin}" + (
-        f"; it standardises {', '.join(normalize)} as training did" if normalize else ""))
+        f"; it standardises {', '.join(normalize)} as training did" if normalize else ""),
+          file=sys.stderr)
     return 0
 
 

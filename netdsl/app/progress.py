@@ -56,6 +56,10 @@ class RichReporter(Reporter):
         self._close()  # the bar would be drawn over the line
         super().warning(text)
 
+    def diagnosis(self, where, text, hint):
+        self._close()
+        super().diagnosis(where, text, hint)
+
     def should_stop(self):
         return False
 

@@ -36,10 +36,10 @@ def spec_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_metrics(folder: str) -> list[dict]:
-    """The lines of folder/metrics.jsonl as dicts ([] without one); a line cut by a kill,
-    or not JSON, is skipped."""
-    path = os.path.join(folder, METRICS)
+def read_metrics(folder: str, name: str = METRICS) -> list[dict]:
+    """The lines of folder/metrics.jsonl (or another JSON-lines file of the record, `name`)
+    as dicts ([] without one); a line cut by a kill, or not JSON, is skipped."""
+    path = os.path.join(folder, name)
     try:
         with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
@@ -201,6 +201,9 @@ class RecordingReporter(Reporter):
 
     def warning(self, text):
         self.inner.warning(text)
+
+    def diagnosis(self, where, text, hint):
+        self.inner.diagnosis(where, text, hint)
 
     def should_stop(self):
         return self.inner.should_stop()

@@ -20,6 +20,7 @@ class Sigmoid(Pointwise):
     cost = 4
     fresh = True
     init_scheme = "xavier"
+    asymptotes = (0.0, 1.0)
 
     def forward(self, ctx, x):
         y = sigmoid(ctx.xp, x)
@@ -51,6 +52,7 @@ class Tanh(Pointwise):
     inplace = True
     fresh = True
     init_scheme = "xavier"
+    asymptotes = (-1.0, 1.0)
 
     def forward(self, ctx, x):
         y = ctx.xp.tanh(x, out=ctx.out)
@@ -82,6 +84,7 @@ class Relu(Pointwise):
     fresh = True
     fresh_grads = True   # a new array, or gy when it is the executor's to overwrite
     init_scheme = "he"
+    dead_value = 0.0     # no gradient flows through a unit at 0
 
     def forward(self, ctx, x):
         xp = ctx.xp

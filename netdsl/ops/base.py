@@ -205,6 +205,11 @@ class Op:
     column_linear: ClassVar[bool] = False
     # y = [x_1; x_2; ...]: the inputs laid end to end (of vectors: blocks of columns)
     concatenates: ClassVar[bool] = False
+    # what `netc run --diagnose` reads in the op's output: the value a unit gives when it is
+    # off (ReLU's 0), which counts it dead when every example of a batch gets it; and a
+    # squashing op's asymptotes (sigmoid's 0 and 1), near which its outputs are saturated
+    dead_value: ClassVar[float | None] = None
+    asymptotes: ClassVar[tuple[float, float] | None] = None
     # forward draws from ctx.rng in training (masks, noise, samples): a recomputation
     # must replay the draws (bptt(checkpoint=k) restores the generator's state)
     draws: ClassVar[bool] = False

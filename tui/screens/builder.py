@@ -34,6 +34,7 @@ from netdsl.tui.screens.dialogs import AskPath, JumpTo
 from netdsl.tui.screens.edit_flow import EditFlow
 from netdsl.tui.screens.file_flow import FileFlow
 from netdsl.tui.screens.help import HelpScreen
+from netdsl.tui.screens.tint_flow import TintFlow
 from netdsl.tui.screens.train import TrainScreen
 from netdsl.tui.widgets.graph_view import GraphView
 from netdsl.tui.widgets.inspector import Inspector
@@ -44,7 +45,7 @@ __all__ = ["BuilderScreen"]
 CHECK_DELAY = 0.3      # seconds of quiet typing before a check
 
 
-class BuilderScreen(EditFlow, FileFlow, Screen):
+class BuilderScreen(EditFlow, FileFlow, TintFlow, Screen):
     """Edit a spec as text or as a graph; see docs/tui.md for the keys."""
 
     # every key, the mixed-in flows' too: Textual collects BINDINGS only from the classes
@@ -70,6 +71,7 @@ class BuilderScreen(EditFlow, FileFlow, Screen):
         Binding("escape", "cancel_skip", "Cancel skip", show=False),
         Binding("f1", "help", "Keys", priority=True, show=False),
         Binding("question_mark", "help", "Keys", show=False),
+        Binding("m", "colour_by", "Colour by diagnostics", show=False),
     ]
 
     @dataclass

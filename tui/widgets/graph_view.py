@@ -61,6 +61,7 @@ class GraphView(ScrollView, can_focus=True):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.picture: Picture | None = None
+        self.tint: dict[str, Style] = {}  # node -> its colour by a diagnostic (tui.tint)
 
     def show(self, picture: Picture) -> None:
         """Display a new drawing, keeping the selection when its box is still there."""
@@ -111,8 +112,11 @@ class GraphView(ScrollView, can_focus=True):
 
     def style_of(self, name: str, box: str | None) -> Style:
         """The one place a drawn piece gets its style: by what it is (`name`, a key of
-        STYLES), then, for a box, whether it is selected or marked as a skip's source."""
+        STYLES) or a box's colour by a diagnostic (`tint`), then, for a box, whether it
+        is selected or marked as a skip's source."""
         style = STYLES.get(name, LINE)
+        if box in self.tint and name.startswith("box."):
+            style = self.tint[box]
         if box is not None and box == self.selected:
             style = style + SELECTED
         elif box is not None and box == self.marked:
