@@ -180,6 +180,16 @@ class TestGraph:
             await settle(pilot)
             assert view.selected == "stage3/basic1/conv1"
 
+    async def test_zoom_while_typing_leaves_the_text_cursor(self, spec):
+        async with opened(spec) as (app, pilot):
+            editor = app.builder.editor
+            editor.move_cursor((5, 30))  # in `relu`: the graph selects relu1
+            await settle(pilot, 1)
+            await pilot.press("f7")
+            await settle(pilot)
+            assert app.builder.graph_view.selected == "relu1"
+            assert editor.selection.start == editor.selection.end == (5, 30)  # nothing to type over
+
     async def test_slash_search_is_fuzzy(self):
         async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
             app.builder.graph_view.focus()

@@ -255,10 +255,11 @@ class BuilderScreen(EditFlow, FileFlow, TintFlow, Screen):
 
     def _show_picture(self, good: CheckResult, picture: Picture) -> None:
         if good is self.good:
+            before = self.graph_view.selected
             box = self._carried_selection(good.picture, picture)
             good.picture = picture
             self.graph_view.show(picture)
-            if box is not None:
+            if box is not None and box != before:  # the same box: the text keeps its selection
                 self.graph_view.select(box)
             self._show_inspector()
 
