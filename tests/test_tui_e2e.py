@@ -47,8 +47,8 @@ def test_error_fix_insert_save_check(tmp_path):
     session = f"netc-tui-{os.getpid()}"
     env = f"NETDSL_STATE={tmp_path / 'state'} TERM=xterm-256color"
     if os.environ.get("PYTHONPATH"):  # a checkout run in place: its code, from tmp_path too
-        paths = os.pathsep.join(os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep))
-        env += f" PYTHONPATH={paths}"
+        paths = os.environ["PYTHONPATH"].split(os.pathsep)
+        env += f" PYTHONPATH={os.pathsep.join(os.path.abspath(p) for p in paths)}"
     tmux("new-session", "-d", "-s", session, "-x", "140", "-y", "40",
          f"cd {tmp_path} && env {env} {NETC} tui mine.net")
     try:

@@ -92,7 +92,8 @@ class TestLayout:
             top, bottom = min(r.y for r in boxes), max(r.y + r.height - 1 for r in boxes)
             right = max(r.x + r.width for r in boxes)
             x = lines[top].index("╮", right)  # right of everything drawn on the frame's rows
-            assert lines[bottom][x] == "╯" and all(lines[y][x] == "│" for y in range(top + 1, bottom))
+            assert lines[bottom][x] == "╯"
+            assert all(lines[y][x] == "│" for y in range(top + 1, bottom))
             assert f"{path} :" in lines[top] + lines[top + 1]  # the outer frame's label first
         first = picture.rects["stage1/basic1/conv1"]
         row = lines[first.y][first.x + first.width:]
@@ -214,7 +215,8 @@ class TestEdits:
     def test_block_use_counts_instances_of_the_block_and_of_the_call(self):
         graph = graph_of(RESNET20, "r.net")
         use = edits.block_use(RESNET20, graph, "stage2/basic3/relu1")
-        assert (use.block, use.instances, use.call_instances, use.copy) == ("basic", 9, 6, "basic_2")
+        assert (use.block, use.instances, use.call_instances, use.copy) == \
+            ("basic", 9, 6, "basic_2")
         assert use.call.line == 28  # `out y -> basic(c) x (n - 1)` in stage
         assert edits.block_use(RESNET20, graph, "relu1") is None  # not in a block
         assert edits.block_use(MLP, graph_of(MLP), "relu1") is None
@@ -226,8 +228,8 @@ class TestEdits:
                                     edits.insert_after(RESNET20, graph, node, "dropout(0.1)"))
         after = edit.apply(RESNET20)
         assert after.count("block basic(c, stride=1) {") == 1
-        assert "block basic_2(c, stride=1) {\n  in x\n  y = x -> conv(c, 3, stride=stride, pad=1, " \
-               "bias=false) -> batchnorm -> relu -> dropout(0.1)\n" in after
+        assert "block basic_2(c, stride=1) {\n  in x\n  y = x -> conv(c, 3, stride=stride, " \
+               "pad=1, bias=false) -> batchnorm -> relu -> dropout(0.1)\n" in after
         assert "  y = x -> basic_2(c, stride)\n  out y -> basic(c) x (n - 1)" in after
         checked = check_text(after, "r.net").graph
         dropouts = [n for n in checked if n.endswith("/dropout1")]

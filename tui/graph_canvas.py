@@ -178,7 +178,8 @@ def _draw_frames(canvas: _Canvas, view: ViewGraph, rects: dict[str, Rect]) -> No
     for path, (label, inside) in view.frames.items():  # outer frames first
         drawn = [rects[b] for b in inside if b in rects]
         if drawn:
-            spans[path] = (min(r.y for r in drawn), max(r.y + r.height - 1 for r in drawn), label)
+            spans[path] = (min(r.y for r in drawn), max(r.y + r.height - 1 for r in drawn),
+                           label)
     right = {y: max(row, default=-1) for y, row in canvas.cells.items()}
     column: dict[str, int] = {}
     for path, (top, bottom, _) in spans.items():
@@ -199,7 +200,8 @@ def _draw_frames(canvas: _Canvas, view: ViewGraph, rects: dict[str, Rect]) -> No
     for path, (top, bottom, label) in spans.items():
         row = next(y for y in range(top, top + len(spans) + 1) if y not in taken)
         taken.add(row)
-        x = 2 + max([column[path]] + [column[p] for p, (t, b, _) in spans.items() if t <= row <= b])
+        covering = [column[p] for p, (t, b, _) in spans.items() if t <= row <= b]
+        x = 2 + max([column[path], *covering])
         canvas.put(x, row, label, "frame", None)
 
 

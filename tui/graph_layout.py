@@ -148,10 +148,11 @@ def view_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
         box.shape = ", ".join(dict.fromkeys(_shape(graph, n) for n in outputs or nodes[-1:]))
         if not compact:
             box.label = _clip(f"{box.label}  ({len(nodes)} nodes)")
-    return ViewGraph(boxes, [(a, b) for a, b, _ in edges], [(a, b, k) for (a, b), k in delayed.items()], box_of,
+    outer_first = sorted(frames.items(), key=lambda f: f[0].count("/"))
+    return ViewGraph(boxes, [(a, b) for a, b, _ in edges],
+                     [(a, b, k) for (a, b), k in delayed.items()], box_of,
                      {path: (label, list(dict.fromkeys(inside)))
-                      for path, (label, inside) in sorted(frames.items(),
-                                                          key=lambda f: f[0].count("/"))})
+                      for path, (label, inside) in outer_first})
 
 
 def _shape(graph: nx.DiGraph, node: str) -> str:
