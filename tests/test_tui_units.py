@@ -111,7 +111,8 @@ class TestLayout:
 
     def arrows_into(self, picture, box: str) -> int:
         r = picture.rects[box]
-        return picture.row_text(r.y - 1, r.x, r.x + r.width).count("▼")
+        above = picture.row_text(r.y - 1, r.x, r.x + r.width)
+        return above.count("▼") + above.count("↓")
 
     def test_a_value_read_twice_is_two_lines(self):
         text = ("input x : [4]\ntarget y : class(4)\nh = x -> dense(4)\nk = h -> relu -> relu\n"
@@ -135,6 +136,12 @@ class TestLayout:
         assert "┼" not in text  # the cell's line crossing the gates' passes under, not a joint
         crossing = next(line for line in text.splitlines() if "╯" in line and "│╭" in line)
         assert crossing.count("│") >= 4  # c[t-1]'s edge to the first × crosses three gates
+        overview = draw_graph(graph, compact=True)
+        for box in joins:  # the overview's `[×]` too
+            assert self.arrows_into(overview, box.id) == 2
+        for split in ("split1", "split2", "split3", "split4"):  # stems before any bend
+            r = overview.rects[split]
+            assert overview.row_text(r.y + 1)[r.x + r.width // 2] == "│"
 
     def test_recurrent_edge_is_marked(self):
         text = draw_graph(graph_of(open(os.path.join(ROOT, "specs", "elman.net")).read())).text()

@@ -221,14 +221,15 @@ def _centre(box: ViewBox) -> int:
     return box.x + box.width // 2
 
 
-def _slots(box: ViewBox, count: int) -> list[int]:
+def _slots(box: ViewBox, count: int, compact: bool) -> list[int]:
     """The columns where `count` edges arrive on a box, left to right: the centre for one;
     for more, the first at the centre (under the input the box sits below) and the others
     beside it, spread over the whole top when they do not fit, so no two share a line."""
     centre = _centre(box)
     if count <= 1 or box.kind == DUMMY:
         return [centre] * count
-    left, right = box.x + 1, box.x + box.width - 2  # inside the corners
+    # inside the corners; the overview's boxes have none, `[×]` takes arrows on its brackets
+    left, right = (box.x, box.x + box.width - 1) if compact else (box.x + 1, box.x + box.width - 2)
     step = 2 if centre + 2 * (count - 1) <= right else 1
     if centre + step * (count - 1) <= right:
         return [centre + step * k for k in range(count)]
@@ -251,7 +252,7 @@ def _draw_gap(canvas: _Canvas, view: ViewGraph, upper: list[str], lower: list[st
     by_source: dict[str, list[int]] = {}  # source -> the columns its edges arrive at
     for v, sources in arriving.items():
         sources = sorted(sources, key=lambda u: _centre(boxes[u]))  # stable: a pair stays
-        for u, x in zip(sources, _slots(boxes[v], len(sources))):
+        for u, x in zip(sources, _slots(boxes[v], len(sources), compact)):
             by_source.setdefault(u, []).append(x)
     by_source = {u: by_source[u] for u in upper if u in by_source}  # the layer's order
     # one track (row) per source whose edges bend; sources whose spans overlap get different ones
@@ -271,7 +272,9 @@ def _draw_gap(canvas: _Canvas, view: ViewGraph, upper: list[str], lower: list[st
         else:
             tracks.append(right)
             track_of[u] = len(tracks) - 1
-    label_rows = 0 if compact else 1
+    # a row for the shapes; in the overview, a row for the stems above any track, or a
+    # bend would start level with the box and lose its stem
+    label_rows = 0 if compact and not tracks else 1
     first_track = y + label_rows
     arrow_row = first_track + len(tracks)
     stems = sorted(_centre(boxes[u]) for u in by_source)
@@ -296,7 +299,7 @@ def _draw_gap(canvas: _Canvas, view: ViewGraph, upper: list[str], lower: list[st
     for v in lower:
         if boxes[v].kind != DUMMY and v in arriving:
             for x in sorted(set(x for targets in by_source.values() for x in targets)
-                            & set(_slots(boxes[v], len(arriving[v])))):
+                            & set(_slots(boxes[v], len(arriving[v]), compact))):
                 canvas.put(x, arrow_row, "▼" if not compact else "↓", "arrow", None)
     return arrow_row + 1
 
