@@ -139,9 +139,9 @@ class TestLayout:
         overview = draw_graph(graph, compact=True)
         for box in joins:  # the overview's `[×]` too
             assert self.arrows_into(overview, box.id) == 2
-        for split in ("split1", "split2", "split3", "split4"):  # stems before any bend
+        for split in ("split1", "split2", "split3", "split4"):  # a bend turns up into its box
             r = overview.rects[split]
-            assert overview.row_text(r.y + 1)[r.x + r.width // 2] == "│"
+            assert overview.row_text(r.y + 1)[r.x + r.width // 2] in "│╰╯├┤┴"
 
     def test_recurrent_edge_is_marked(self):
         text = draw_graph(graph_of(open(os.path.join(ROOT, "specs", "elman.net")).read())).text()

@@ -272,9 +272,7 @@ def _draw_gap(canvas: _Canvas, view: ViewGraph, upper: list[str], lower: list[st
         else:
             tracks.append(right)
             track_of[u] = len(tracks) - 1
-    # a row for the shapes; in the overview, a row for the stems above any track, or a
-    # bend would start level with the box and lose its stem
-    label_rows = 0 if compact and not tracks else 1
+    label_rows = 0 if compact else 1
     first_track = y + label_rows
     arrow_row = first_track + len(tracks)
     stems = sorted(_centre(boxes[u]) for u in by_source)
@@ -289,11 +287,14 @@ def _draw_gap(canvas: _Canvas, view: ViewGraph, upper: list[str], lower: list[st
                 canvas.put(sx + 2, y, shape if len(shape) <= room else shape[:room - 1] + "…",
                            "shape", None)
         bend = first_track + track_of[u] if u in track_of else None
+        # from the bottom border's ┬; a dummy's line, or an overview box, has none: from
+        # the row above, so a bend on the first row still turns up into its source
+        top = y if real_source and not compact else y - 1
         for tx in targets:
             if bend is None:
-                canvas.line(sx, y - (0 if real_source else 1), sx, arrow_row, u)
+                canvas.line(sx, top, sx, arrow_row, u)
             else:
-                canvas.line(sx, y - (0 if real_source else 1), sx, bend, u)
+                canvas.line(sx, top, sx, bend, u)
                 canvas.line(sx, bend, tx, bend, u)
                 canvas.line(tx, bend, tx, arrow_row, u)
     for v in lower:
