@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
                           "leave the others initial, and list both (a network with a new head)")
     run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                      help="also checkpoint during an epoch this often (30)")
+    run.add_argument("--on-write-error", choices=("continue", "stop"), default="continue",
+                     help="when a checkpoint cannot be written (a full disk): continue "
+                          "training and try again at the next interval (the default), or "
+                          "stop with exit code 1, the previous checkpoint kept for --resume")
     run.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")
     run.add_argument("--workers", type=_positive, metavar="N",
                      help="train data-parallel in N processes on this machine (starts mpirun; "

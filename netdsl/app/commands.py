@@ -90,6 +90,7 @@ def run(args) -> int:
         reporter = RichReporter(out, console, args.quiet) if comm.rank == 0 else Reporter()
         parallel = DataParallel(comm, overlap=not args.no_overlap) if comm.size > 1 else None
         trainer = session.trainer(folder, args.checkpoint_every, reporter, parallel)
+        trainer.on_write_error = args.on_write_error
         if args.resume and args.init_from:
             raise UsageError("--resume continues from the checkpoint, --init-from starts from "
                              "a file: give one of them", None, None)
