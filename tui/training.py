@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from netdsl.app.memory_check import FOR_BUILDER, check_training
 from netdsl.app.record import RecordingReporter
 from netdsl.app.session import prepare
 from netdsl.errors import SpecError
@@ -93,12 +94,16 @@ def train_network(network, reporter: PostingReporter, epochs: int | None = None,
     ------
     SpecError
         When the network cannot train (no loss, a bad train clause, no data), the GPU
-        cannot be used (netdsl.runtime.device.array_module), or `folder` cannot be written.
+        cannot be used (netdsl.runtime.device.array_module), `folder` cannot be written,
+        or the run would not fit in memory (checked as `netc run` checks it, before a
+        parameter is made; the builder has no --force).
     """
     session = prepare(network, {"epochs": epochs}, device)
+    check_training(session.lowered, session.settings, advice=FOR_BUILDER)
     if folder is not None:
         _start_folder(folder)
     data = session.load_data(examples=examples)
+    check_training(session.lowered, session.settings, data, advice=FOR_BUILDER)
     train, val = session.split(data)
     trainer = session.trainer(folder, reporter=reporter)
     if folder is not None:

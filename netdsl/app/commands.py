@@ -13,8 +13,7 @@ import numpy as np
 
 from netdsl.app import workers
 from netdsl.app.launch import launch_workers
-from netdsl.app.memory_check import (check_memory, fitting_batch, forward_estimate,
-                                     training_estimate)
+from netdsl.app.memory_check import check_training, fitting_batch, forward_estimate
 from netdsl.app.progress import RichReporter, metric_text
 from netdsl.app.record import RecordingReporter
 from netdsl.app.terminal import console as terminal
@@ -74,10 +73,12 @@ def run(args) -> int:
     def ready():
         network = check_file(args.spec, args.import_path)
         session = _session(args, network)
-        check_memory(training_estimate(session.lowered, session.settings), args.force)
+        check_training(session.lowered, session.settings, force=args.force)
         if comm.rank == 0:  # the only writer, checked before the data is read
             _writable_folder(_folder(args, session.name))
         data = _data(args, session)
+        # a recurrent network's activations, at its data's length
+        check_training(session.lowered, session.settings, data, args.force)
         return (network, session, data), workers.data_digest(data)
 
     network, session, data = workers.prepared(comm, args, ready)
