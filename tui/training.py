@@ -24,7 +24,8 @@ from netdsl.errors import SpecError
 from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError, prepare_folder
 from netdsl.runtime.train import Reporter
 
-__all__ = ["Progress", "EpochDone", "RunStopped", "RunStarted", "PostingReporter", "train_network"]
+__all__ = ["Progress", "EpochDone", "RunStopped", "RunStarted", "RunWarning", "PostingReporter",
+           "train_network"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class RunStopped:
     reason: str
 
 
+@dataclass(frozen=True)
+class RunWarning:
+    text: str   # something the run survives: a checkpoint it could not write
+
+
 class PostingReporter(Reporter):
     """Turns the Trainer's calls into events for `post`; `stop` asks the loop to end."""
 
@@ -77,6 +83,9 @@ class PostingReporter(Reporter):
 
     def stopped(self, reason):
         self.post(RunStopped(reason))
+
+    def warning(self, text):
+        self.post(RunWarning(text))  # to the panel's log: stderr would draw over the screen
 
     def should_stop(self) -> bool:
         return self.stop_requested.is_set()
