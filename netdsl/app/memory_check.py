@@ -80,8 +80,9 @@ def _sequence_bytes(lowered: Lowered, settings: TrainSettings, steps: int) -> in
     values made outside the loops. Backward, beside what forward kept: the gradients of
     the outside values and of the loops' outputs over every step, and within the span of
     steps it differentiates at a time (all of them, or k) gradients as large as what a
-    step keeps. An estimate, not a plan of every array: the NumPy loop's bookkeeping adds
-    up to 10-20% for an LSTM (tests/test_memory_check.py), more for a narrow Elman cell."""
+    step keeps. An estimate, not a plan of every array: with the loop's own bookkeeping a
+    step takes 10-25% more for an LSTM (tests/test_memory_check.py), up to twice it for
+    a narrow Elman cell."""
     if settings.bptt is not None:
         steps = min(steps, settings.bptt[0])  # a chunk runs forward and back at a time
     every = settings.checkpoint
