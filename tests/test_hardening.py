@@ -215,6 +215,31 @@ class TestWrites:
             trainer.fit(tiny_data(), None)
         assert not (tmp_path / CHECKPOINT).exists()
 
+    def test_metrics_lines_that_cannot_be_written_are_one_warning(self, tmp_path, monkeypatch,
+                                                                  capsys):
+        import builtins
+
+        from netdsl.app import record
+
+        def full_for_appends(path, mode="r", *args, **kwargs):
+            if mode == "a":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return builtins.open(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(record, "open", full_for_appends, raising=False)
+        spec = tmp_path / "tiny.net"
+        spec.write_text(TINY)
+        folder = tmp_path / "run"
+        assert cli.main(["run", str(spec), "--checkpoint", str(folder), "--steps", "25",
+                         "--quiet"]) == 0
+        warnings = [line for line in capsys.readouterr().err.splitlines()
+                    if line.startswith("warning:")]
+        assert warnings == [f"warning: could not append to {folder / 'metrics.jsonl'} "
+                            f"({os.strerror(errno.ENOSPC)}); training goes on, its lines are "
+                            "missing until one can be written"]
+        _, meta = checkpoints.load_checkpoint(str(folder))
+        assert meta["position"]["iteration"] == 25
+
     def test_an_unwritable_checkpoint_folder_is_refused_before_training(self, tmp_path):
         spec = tmp_path / "tiny.net"
         spec.write_text(TINY)
