@@ -25,7 +25,11 @@ __all__ = ["write_text", "write_bytes", "write_folder", "remove_stale", "check_w
 # says (a pid is reused; another machine's pids cannot be asked): a live write touches
 # its file with every block it writes
 STALE_AFTER = 300.0
-_TEMP = re.compile(r"\..+\.netdsl-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[a-z0-9_]{8}\.tmp")
+_TEMP = re.compile(r"\.(?P<name>.+)\.netdsl-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[a-z0-9_]{8}"
+                   r"(?P<aside>\.old)?\.tmp")
+# the end of the name of a folder `write_folder` set aside for the moment it swaps in the
+# new one: a killed write may leave it as the only copy, which `remove_stale` puts back
+ASIDE = ".old.tmp"
 # earlier versions' names, without a writer: `.NAME.XXXXXXXX.tmp`, matched per target
 _LEGACY = "[a-z0-9_]" * 8
 
@@ -71,13 +75,13 @@ def write_folder(path: str, files: dict[str, bytes], replaces=frozenset()) -> No
     FileExistsError
         When `path` is a file, or a folder holding other things (its first few named).
     """
+    remove_stale(path)  # first: it may put back a folder a killed write had set aside
     if os.path.exists(path) and not os.path.isdir(path):
         raise FileExistsError(f"{path} is a file")
     others = _others(path, set(files) | set(replaces))
     if others:
         raise FileExistsError(f"{path} holds {', '.join(others[:3])}"
                               + (f" and {len(others) - 3} more" if len(others) > 3 else ""))
-    remove_stale(path)
     folder = os.path.dirname(os.path.abspath(path))
     tmp = tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=folder)
     try:
@@ -90,7 +94,7 @@ def write_folder(path: str, files: dict[str, bytes], replaces=frozenset()) -> No
         if os.path.isdir(path):
             # out of the way, then the new one in: rename cannot swap two folders, so
             # `path` is missing for the moment between the two renames
-            old = tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=folder)
+            old = tempfile.mkdtemp(prefix=_prefix(path), suffix=ASIDE, dir=folder)
             os.rename(path, old)  # onto the empty folder made for it
             try:
                 os.rename(tmp, path)
@@ -132,7 +136,8 @@ def remove_stale(path: str, now: float | None = None) -> list[str]:
     target: the file of a killed `netc draw` goes at the next write there); return their
     paths. A temporary file is stale when its writer was a process of this machine that
     has ended, or when nothing touched it for STALE_AFTER seconds. Earlier versions'
-    temporary files of `path` itself (named without their writer) are stale too."""
+    temporary files of `path` itself (named without their writer) are stale too. A
+    folder `write_folder` set aside, whose target a kill left missing, is put back."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         names = os.listdir(folder)
@@ -148,6 +153,13 @@ def remove_stale(path: str, now: float | None = None) -> list[str]:
             continue
         if not found and not legacy.fullmatch(name):
             continue
+        target = os.path.join(folder, found["name"]) if found else None
+        if found and found["aside"] and not os.path.lexists(target):
+            try:  # killed between its two renames: the old folder back, as if never begun
+                os.rename(stale, target)
+                continue
+            except OSError:
+                pass  # taken since: it goes as a stale one
         try:
             if os.path.isdir(stale) and not os.path.islink(stale):
                 shutil.rmtree(stale)  # a folder write's (write_folder)

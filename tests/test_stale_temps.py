@@ -95,6 +95,22 @@ def test_a_killed_write_leaves_a_file_of_the_pattern(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["y.txt"]
 
 
+def test_a_folder_set_aside_by_a_killed_write_is_put_back(tmp_path, dead_pid):
+    """Killed between write_folder's two renames: the old folder is set aside, the new one
+    complete but not renamed in. The next write there leaves the old folder as it was."""
+    atomic.write_folder(str(tmp_path / "m_torch"), {"model.py": b"old"})
+    stem = f".m_torch.netdsl-{atomic._host()}-{dead_pid}-"
+    (tmp_path / "m_torch").rename(tmp_path / f"{stem}a1b2c3d4{atomic.ASIDE}")
+    (tmp_path / f"{stem}e5f6g7h8.tmp").mkdir()
+    (tmp_path / f"{stem}e5f6g7h8.tmp" / "model.py").write_text("new")
+    write_text(str(tmp_path / "notes.txt"), "")
+    assert sorted(os.listdir(tmp_path)) == ["m_torch", "notes.txt"]
+    assert (tmp_path / "m_torch" / "model.py").read_text() == "old"
+    atomic.write_folder(str(tmp_path / "m_torch"), {"model.py": b"newer"})
+    assert sorted(os.listdir(tmp_path)) == ["m_torch", "notes.txt"]
+    assert (tmp_path / "m_torch" / "model.py").read_text() == "newer"
+
+
 @pytest.fixture
 def spec(tmp_path):
     path = tmp_path / "tiny.net"
