@@ -13,7 +13,7 @@ from textual.widgets import Button, Label, ProgressBar, RichLog
 
 from netdsl.errors import SpecError
 from netdsl.tui.training import EpochDone, PostingReporter, Progress, RunStarted, RunStopped, \
-    train_network
+    RunWarning, train_network
 from netdsl.tui.widgets.loss_plot import LossPlot
 
 __all__ = ["TrainScreen"]
@@ -92,6 +92,8 @@ class TrainScreen(ModalScreen[None]):
         elif isinstance(event, EpochDone):
             log.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                 for k, v in event.record.items()))
+        elif isinstance(event, RunWarning):
+            log.write(f"warning: {event.text}")
         elif isinstance(event, RunStopped):
             if self.running:
                 self.running = False
