@@ -154,6 +154,8 @@ _EXPRESSIONS = {
     ast.Call: _call,
     ast.Pipeline: lambda p: " -> ".join(_pipeline_parts(p)),
     ast.Delayed: lambda d: f"{d.name}[t-{d.delay}]",
+    ast.Dimension: lambda d: f"{d.tensor.id}.{d.name}",
+    ast.Index: lambda i: f"{expr(i.value)}[{expr(i.index)}]",
 }
 
 # ---- statements
