@@ -10,6 +10,7 @@ import math
 import os
 from collections import Counter
 from contextlib import contextmanager
+from itertools import islice
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable
@@ -299,13 +300,22 @@ class _Expander:
             for name, span in zip(stmt.targets, spans):
                 if name in CONSTANTS:
                     raise SpecError(f"'{name}' is a constant and cannot be assigned", span)
+            # a node given twice (a block's `out x, x`) keeps its id: renamed, the other
+            # value would name a node no longer there
+            given = Counter(v.node for v in values if isinstance(v, Value))
+            newest = len(values) > 1 and set(given) == set(islice(reversed(self.nodes), len(given)))
+            named = []
             for name, val, span in zip(stmt.targets, values, spans):
-                if name == DISCARD:
-                    continue  # `a, _ = split(x, 2)`: the value is not wanted
-                if len(stmt.targets) == 1 and isinstance(val, Value) and \
-                        not isinstance(val, _Poison) and val.node not in self.named:
-                    val = self._rename(val, scope, name)  # not `h = v`: v keeps its node
-                self._bind(scope, name, val, span)
+                if name != DISCARD and isinstance(val, Value) and not isinstance(val, _Poison) \
+                        and val.node not in self.named and given[val.node] == 1:
+                    # `i, f, g, o = split(z, 4)` makes nodes i, f, g, o; `h = v`: v keeps its node
+                    val = self._rename(val, scope, name)
+                named.append(val)
+                if name != DISCARD:  # `a, _ = split(x, 2)`: the value is not wanted
+                    self._bind(scope, name, val, span)
+            if newest:  # a renamed node moved last: keep the split's order, discards included
+                for val in named:
+                    self.nodes[val.node] = self.nodes.pop(val.node)
         elif isinstance(stmt, ast.IODecl):
             self._declare_io(stmt, scope)
         elif isinstance(stmt, ast.StateDecl):

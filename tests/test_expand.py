@@ -182,6 +182,39 @@ class TestDiscard:
         assert (error.span.line, error.span.col) == (5, 24)
 
 
+class TestNamesBecomeIds:
+    """The names a statement gives become its nodes' ids, in compile, draw and the TUI."""
+
+    def test_each_output_of_a_split_takes_its_name(self):
+        text = ("import rnn\ninput x : seq[4]\ntarget y : class(3)\n"
+                "h = x -> lstm(8) -> last -> dense(9)\na, _, c = split(h, 3)\n"
+                "logits = concat(c, a) -> dense(3)\nloss cross_entropy(logits, y)\n")
+        from netdsl.driver import check_text
+        nodes = check_text(text, "t.net").program.nodes
+        splits = [i for i, node in nodes.items() if node.op is not None and node.op.name == "split"]
+        # lstm's `i, f, g, o = split(z, 4)`, then the top level's: the discarded output
+        # keeps a made-up id, the others are named, in the split's order
+        assert splits == ["lstm1/i", "lstm1/f", "lstm1/g", "lstm1/o", "a", "split2", "c"]
+        assert [nodes[i].op.index for i in splits[4:]] == [0, 1, 2]
+
+    def test_ids_stay_unique_and_instances_keep_their_prefix(self):
+        text = ("input x : [4]\ntarget y : class(2)\n"
+                "block halves() {\n  in x\n  a, b = split(x, 2)\n  out a + b\n}\n"
+                "a, b = split(x -> halves -> dense(4) -> halves -> dense(4), 2)\n"
+                "loss cross_entropy(concat(a, b) -> dense(2), y)\n")
+        ids = list(program(text).nodes)
+        assert {"halves1/a", "halves1/b", "halves2/a", "halves2/b", "a", "b"} <= set(ids)
+        assert len(ids) == len(set(ids))
+
+    def test_a_node_given_twice_keeps_its_id(self):
+        text = ("input x : [4]\ntarget y : class(2)\n"
+                "block twice() {\n  in x\n  out x, x\n}\n"
+                "p, q = x -> dense(4) -> twice\nloss cross_entropy(p + q -> dense(2), y)\n")
+        nodes = program(text).nodes
+        assert "dense1" in nodes and "p" not in nodes and "q" not in nodes
+        assert nodes["add1"].inputs == [("dense1", 0), ("dense1", 0)]
+
+
 def _layers(text):
     """Each node's op and attributes, by id: what two spellings of a network must share."""
     return {node_id: (node.kind, node.op and (node.op.name, node.op.attrs), node.inputs)
