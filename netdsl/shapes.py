@@ -77,6 +77,9 @@ def node_type(kind: str, declared: TensorType | None, op, inputs: list[TensorTyp
         return None  # an input already failed and was reported
     if not op.per_step:
         return op.shape(*inputs)
+    refused = op.over_time(tuple(t.seq for t in inputs))
+    if refused is not None:
+        raise ShapeError(*refused)
     whole = whole_positions(op)
     seq = any(t.seq for i, t in enumerate(inputs) if i not in whole)
     result = op.shape(*(t if i in whole else t.step() for i, t in enumerate(inputs)))
