@@ -8,7 +8,7 @@ from __future__ import annotations
 from netdsl.errors import Span, SpecError, suggest
 from netdsl.types import TensorType
 
-__all__ = ["SHAPE", "NAMES", "dimension", "shape_of", "item"]
+__all__ = ["SHAPE", "NAMES", "CLASSES", "dimension", "shape_of", "item"]
 
 # the built-in function that gives a tensor's dimensions as a list: shape(x)[0]
 SHAPE = "shape"
