@@ -10,13 +10,14 @@ import math
 import os
 from collections import Counter
 from contextlib import contextmanager
-from itertools import islice
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import islice
 from typing import Any, Callable
 
 from netdsl import ast, dims
-from netdsl.errors import ShapeError, Span, SpecError, SpecErrors, closest, errors_of, leading, suggest
+from netdsl.errors import (ShapeError, Span, SpecError, SpecErrors, closest, errors_of, leading,
+                           suggest)
 from netdsl.fmt import expr as source_text
 from netdsl.ops import OPS
 from netdsl.ops.base import ArgError, Op, bind, describe
@@ -149,7 +150,7 @@ class _Expander:
         self.independent: list[SpecError] = []  # errors after which the program is still whole
         self.consumed: set[str] = set()  # nodes that are some node's input
         self.named: set[str] = set()     # nodes renamed for the name a statement gave them
-        self.types: dict[str, TensorType] = {}  # nodes' types, inferred when a spec reads a dimension
+        self.types: dict[str, TensorType] = {}  # inferred when a spec reads a dimension
         self.guesses_left = MISSPELLINGS_GUESSED
         self.work = 0  # statements run and nodes made: the budget spent
         # the loops and repeats running: [rounds, what, where, rounds left with this one]
@@ -515,10 +516,11 @@ class _Expander:
     def _tensor_type(self, expr: ast.Dimension | ast.Call, scope: _Scope) -> TensorType:
         """The type of the tensor `x.channels` or `shape(x)` reads, as the shapes pass
         will infer it."""
+        args = getattr(expr, "args", ())
         if isinstance(expr, ast.Dimension):
             name = expr.tensor
-        elif len(expr.args) == 1 and expr.args[0].name is None and isinstance(expr.args[0].value, ast.Name):
-            name = expr.args[0].value
+        elif len(args) == 1 and args[0].name is None and isinstance(args[0].value, ast.Name):
+            name = args[0].value
         else:
             raise SpecError(f"{dims.SHAPE} takes one named tensor", expr.span,
                             f"name the tensor first: y = ..., then {dims.SHAPE}(y)[0]")
@@ -544,8 +546,8 @@ class _Expander:
                 continue
             pending.pop()
             try:
-                self.types[node.id] = node_type(node.kind, node.type, node.op,
-                                                [self.types.get(source) for source, _ in node.inputs])
+                inputs = [self.types.get(source) for source, _ in node.inputs]
+                self.types[node.id] = node_type(node.kind, node.type, node.op, inputs)
             except ShapeError as exc:  # the error the shapes pass would report, found sooner
                 raise SpecError(exc.message, node.span, exc.hint, call_notes(node.scope, node.span)
                                 + ((f"reading {reading}", span),)) from None

@@ -327,7 +327,8 @@ def _operator_rows(prefix: str, e: ast.BinOp, suffix: str, nodes: list) -> list[
     for i, (op, term) in enumerate(terms):
         tail = suffix if i == len(terms) - 1 else ""
         lead = f"{op} " if op else ""
-        fits_here = placed(text + ("" if text == prefix else " ") + lead, op, term, tail, held + [term])
+        here = text + ("" if text == prefix else " ") + lead
+        fits_here = placed(here, op, term, tail, held + [term])
         if text == prefix or (len(fits_here) == 1 and len(fits_here[0][0]) <= WIDTH):
             *done, (text, held) = fits_here
         else:  # an operand breaks only when a row of its own is too short for it

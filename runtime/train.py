@@ -146,7 +146,7 @@ def phases(lowered: Lowered, settings: TrainSettings) -> list[Phase]:
     everything = Phase("train", tuple(plan.losses), tuple(lowered.backward().params))
     if settings.gan_k is None:
         return [everything]
-    SpecErrors.collect(training_errors(plan.graph, truncated=False, gan_k=True))  # as for truncation
+    SpecErrors.collect(training_errors(plan.graph, truncated=False, gan_k=True))  # see truncation
     reach = {name: set(lowered.backward((name,)).params) for name in plan.losses}
     (a, pa), (b, pb) = reach.items()
     if pa < pb or pb < pa:

@@ -113,7 +113,7 @@ class DotAttention(_Attention):
         return (memory if value is None else value).step()
 
     def over_time(self, sequences: tuple[bool, ...]) -> tuple[str, str] | None:
-        if self.causal and not sequences[0]:  # one query row: the mask would hide all keys but the first
+        if self.causal and not sequences[0]:  # one query row: the mask would show it one key
             heads = f"heads={self.heads}, " if getattr(self, "heads", None) else ""
             return ("causal=true lets a query sequence's step t read keys 1..t, but this "
                     "query is not a sequence: one vector per example",
