@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from netdsl.errors import SpecError
+from netdsl.errors import SpecError, SpecErrors
 from netdsl.lower import Lowered, Plan
+from netdsl.recurrences import training_errors
 from netdsl.runtime.checkpoint import (CHECKPOINT, CheckpointError, check_arrays,
                                        load_checkpoint, save_checkpoint)
 from netdsl.runtime.distributed import rank_seed
@@ -56,11 +57,9 @@ def truncation(plan: Plan, settings: TrainSettings) -> tuple[int, int] | None:
     """
     if settings.bptt is None or not plan.loops:
         return None
-    whole = [s for s in plan.steps if not s.op.per_step or s.op.whole]
-    if whole:
-        raise SpecError(f"truncated BPTT cuts sequences into chunks, but '{whole[0].op.name}' "
-                        "needs the whole sequence", plan.graph.nodes[whole[0].node]["span"],
-                        "train with full BPTT: remove bptt(...) from the train clause")
+    # `netc check` asked this of the train clause; settings given otherwise (the Python
+    # API) meet the same check here
+    SpecErrors.collect(training_errors(plan.graph, truncated=True, gan_k=False))
     return settings.bptt
 
 
@@ -152,10 +151,7 @@ def phases(lowered: Lowered, settings: TrainSettings) -> list[Phase]:
     everything = Phase("train", tuple(plan.losses), tuple(lowered.backward().params))
     if settings.gan_k is None:
         return [everything]
-    if len(plan.losses) != 2:
-        raise SpecError(f"gan_k needs two losses (the discriminator's and the generator's), "
-                        f"but the spec has {len(plan.losses)}", None,
-                        "write `loss d: ...` and `loss g: ...`")
+    SpecErrors.collect(training_errors(plan.graph, truncated=False, gan_k=True))  # see truncation
     reach = {name: set(lowered.backward((name,)).params) for name in plan.losses}
     (a, pa), (b, pb) = reach.items()
     if pa < pb or pb < pa:

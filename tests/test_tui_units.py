@@ -150,6 +150,16 @@ class TestEdits:
         after = edits.add_skip(MLP, graph_of(MLP), "x", "relu1").apply(MLP)
         assert "logits = (x -> dense(256) -> relu) + x -> dropout(0.2)" in after
 
+    def test_skip_from_an_output_of_a_split_uses_its_name(self):
+        text = ("input x : [8]\ntarget y : class(2)\nh = x -> dense(8)\na, b = split(h, 2)\n"
+                "z = concat(a, a) -> dense(4) -> relu\nlogits = concat(z, b) -> dense(2)\n"
+                "loss cross_entropy(logits, y)\n")
+        graph = graph_of(text)
+        assert {"a", "b"} <= set(graph)  # the names are the nodes' ids
+        after = edits.add_skip(text, graph, "b", "z").apply(text)
+        assert "z = (concat(a, a) -> dense(4) -> relu) + b\n" in after
+        check_text(after, "t.net")
+
     def test_skip_from_an_unnamed_value_explains(self):
         with pytest.raises(edits.EditRefused, match="name it first"):
             edits.add_skip(MLP, graph_of(MLP), "relu1", "relu2")
