@@ -93,7 +93,26 @@ class Delayed:
     span: Span
 
 
-Expr = Union[Number, String, Name, ListExpr, BinOp, Neg, Call, Pipeline, Delayed]
+@dataclass(frozen=True)
+class Dimension:
+    """A dimension of a tensor's type, read by its name: `x.channels`."""
+
+    tensor: Name
+    name: str
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class Index:
+    """An item of a list a call gives: `shape(x)[0]`."""
+
+    value: "Expr"
+    index: "Expr"
+    span: Span
+
+
+Expr = Union[Number, String, Name, ListExpr, BinOp, Neg, Call, Pipeline, Delayed, Dimension, Index]
 
 # ---- declarations and statements
 

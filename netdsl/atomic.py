@@ -1,22 +1,48 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one.
 
-The temporary file is `.NAME.XXXXXXXX.tmp` beside NAME; a write killed before its rename
-leaves one behind, which `remove_stale` deletes at the next run. A folder of files
-(`write_folder`) is made whole as such a temporary folder, then renamed into place.
+The temporary file is `.NAME.netdsl-HOST-PID-XXXXXXXX.tmp` beside NAME (HOST a short hash
+of the machine's name, PID the writer's process). A write killed before its rename leaves
+one behind; every write removes those of its folder that are stale (`remove_stale`): whose
+writer, on this machine, is gone, or that nothing has touched for STALE_AFTER seconds. The
+temporary file of a write still going on, in this process or another, is left alone. A
+folder of files (`write_folder`) is made whole as such a temporary folder, then renamed
+into place.
 """
 from __future__ import annotations
 
-import glob
+import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 
-__all__ = ["write_text", "write_bytes", "write_folder", "remove_stale", "check_writable"]
+__all__ = ["write_text", "write_bytes", "write_folder", "remove_stale", "check_writable",
+           "STALE_AFTER"]
+
+# a temporary file untouched this long is a killed write's whatever its writer's pid
+# says (a pid is reused; another machine's pids cannot be asked): a live write touches
+# its file with every block it writes
+STALE_AFTER = 300.0
+_TEMP = re.compile(r"\.(?P<name>.+)\.netdsl-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[a-z0-9_]{8}"
+                   r"(?P<aside>\.old)?\.tmp")
+# the end of the name of a folder `write_folder` set aside for the moment it swaps in the
+# new one: a killed write may leave it as the only copy, which `remove_stale` puts back
+ASIDE = ".old.tmp"
+# earlier versions' names, without a writer: `.NAME.XXXXXXXX.tmp`, matched per target
+_LEGACY = "[a-z0-9_]" * 8
+
+
+def _host() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    """Write `data` to `path` through a temporary file in the same folder and a rename
+    (after removing the stale temporary files of killed writes there)."""
     folder = os.path.dirname(os.path.abspath(path))
+    remove_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -49,13 +75,13 @@ def write_folder(path: str, files: dict[str, bytes], replaces=frozenset()) -> No
     FileExistsError
         When `path` is a file, or a folder holding other things (its first few named).
     """
+    remove_stale(path)  # first: it may put back a folder a killed write had set aside
     if os.path.exists(path) and not os.path.isdir(path):
         raise FileExistsError(f"{path} is a file")
     others = _others(path, set(files) | set(replaces))
     if others:
         raise FileExistsError(f"{path} holds {', '.join(others[:3])}"
                               + (f" and {len(others) - 3} more" if len(others) > 3 else ""))
-    remove_stale(path)
     folder = os.path.dirname(os.path.abspath(path))
     tmp = tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=folder)
     try:
@@ -68,7 +94,7 @@ def write_folder(path: str, files: dict[str, bytes], replaces=frozenset()) -> No
         if os.path.isdir(path):
             # out of the way, then the new one in: rename cannot swap two folders, so
             # `path` is missing for the moment between the two renames
-            old = tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=folder)
+            old = tempfile.mkdtemp(prefix=_prefix(path), suffix=ASIDE, dir=folder)
             os.rename(path, old)  # onto the empty folder made for it
             try:
                 os.rename(tmp, path)
@@ -101,16 +127,39 @@ def write_text(path: str, text: str) -> None:
 
 
 def _prefix(path: str) -> str:
-    return f".{os.path.basename(path)}."
+    """The start of a temporary name for `path`: its name, this machine and this process."""
+    return f".{os.path.basename(path)}.netdsl-{_host()}-{os.getpid()}-"
 
 
-def remove_stale(path: str) -> list[str]:
-    """Delete the temporary files that killed writes of `path` left; return their paths.
-    Only one process writes a given path at a time (a run owns its checkpoint folder)."""
+def remove_stale(path: str, now: float | None = None) -> list[str]:
+    """Delete the temporary files that killed writes left in `path`'s folder (of any
+    target: the file of a killed `netc draw` goes at the next write there); return their
+    paths. A temporary file is stale when its writer was a process of this machine that
+    has ended, or when nothing touched it for STALE_AFTER seconds. Earlier versions'
+    temporary files of `path` itself (named without their writer) are stale too. A
+    folder `write_folder` set aside, whose target a kill left missing, is put back."""
     folder = os.path.dirname(os.path.abspath(path))
-    pattern = os.path.join(glob.escape(folder), glob.escape(_prefix(path)) + "*.tmp")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []  # no folder yet: nothing left in it; an unreadable one: the write says
+    now = time.time() if now is None else now
+    legacy = re.compile(re.escape(f".{os.path.basename(path)}.") + _LEGACY + r"\.tmp")
     removed = []
-    for stale in glob.glob(pattern):
+    for name in names:
+        found = _TEMP.fullmatch(name)
+        stale = os.path.join(folder, name)
+        if found and not _abandoned(stale, found, now):
+            continue
+        if not found and not legacy.fullmatch(name):
+            continue
+        target = os.path.join(folder, found["name"]) if found else None
+        if found and found["aside"] and not os.path.lexists(target):
+            try:  # killed between its two renames: the old folder back, as if never begun
+                os.rename(stale, target)
+                continue
+            except OSError:
+                pass  # taken since: it goes as a stale one
         try:
             if os.path.isdir(stale) and not os.path.islink(stale):
                 shutil.rmtree(stale)  # a folder write's (write_folder)
@@ -120,6 +169,31 @@ def remove_stale(path: str) -> list[str]:
         except OSError:
             pass  # gone already, or not ours to delete: it harms nothing
     return removed
+
+
+def _abandoned(temp: str, found: re.Match, now: float) -> bool:
+    """Whether the temporary file `temp` (its name matched) is no write's any more."""
+    try:
+        touched = os.lstat(temp).st_mtime
+        if os.path.isdir(temp) and not os.path.islink(temp):  # its files, as they are written
+            touched = max([touched] + [os.lstat(os.path.join(temp, f)).st_mtime
+                                       for f in os.listdir(temp)])
+    except OSError:
+        return False  # gone already: its writer renamed it
+    if now - touched > STALE_AFTER:
+        return True
+    return found["host"] == _host() and not _running(int(found["pid"]))
+
+
+def _running(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)  # signal 0: delivers nothing, only checks
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:
+        return True  # another user's (PermissionError), or cannot tell: keep its file
+    return True
 
 
 def check_writable(path: str) -> str | None:

@@ -14,6 +14,7 @@ from netdsl.diff import diff_json, format_diff
 from netdsl.driver import CheckFailed, check_file, read_spec
 from netdsl.errors import SpecError, SpecErrors, UsageError, errors_of, render
 from netdsl.fmt import format_text
+from netdsl.imports import ENV_VAR, not_a_folder, unusable_env_folders
 from netdsl.lower import lower, printers
 from netdsl.lower.pipeline import PASSES, TARGETS
 from netdsl.optimizers import configure
@@ -110,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
                           "leave the others initial, and list both (a network with a new head)")
     run.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                      help="also checkpoint during an epoch this often (30)")
+    run.add_argument("--on-write-error", choices=("continue", "stop"), default="continue",
+                     help="when a checkpoint cannot be written (a full disk): continue "
+                          "training and try again at the next interval (the default), or "
+                          "stop with exit code 1, the previous checkpoint kept for --resume")
     run.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch")
     run.add_argument("--diagnose", nargs="?", const=50, type=_every, metavar="N",
                      help="every N steps (50) record each node's activations, dead units, "
@@ -247,9 +252,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def _import_flag(cmd) -> None:
     cmd.add_argument("--import-path", action="append", default=[], metavar="DIR",
+                     type=_import_folder,
                      help="a folder quoted imports may also read (repeatable); by default "
                           "only the spec's own folder tree, the standard library and "
                           "NETDSL_IMPORT_PATH's folders")
+
+
+def _import_folder(text: str) -> str:
+    """--import-path DIR: a folder that exists (a mistyped one would only make imports
+    fail later, with no word about the flag)."""
+    why = not_a_folder(text)
+    if why is not None:
+        raise argparse.ArgumentTypeError(why)
+    return text
 
 
 def _data_flags(cmd) -> None:
@@ -342,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint, 2 for a command line that cannot work)."""
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers passes on
+    if hasattr(args, "import_path"):  # a command that reads specs
+        for why in unusable_env_folders():
+            sys.stderr.write(f"warning: {ENV_VAR}: {why}; imports cannot read from it\n")
 
     try:
         return COMMANDS[args.command](args)

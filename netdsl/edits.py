@@ -333,10 +333,14 @@ def _name_in_scope(text: str, graph: nx.DiGraph, source: str, target: str, site:
         own = find_site(parse(text, graph.graph["file"]), scope[len(outer)].span)
     elif data["kind"] == "op":
         own, _ = _site(text, graph, source)
-    if own is not None:  # named only as the whole value of a one-name assignment
+    if own is not None:  # named as the whole value of an assignment, or one of its outputs
         last = own.pipeline is None or own.index == len(own.pipeline.stages) - 1
-        name = own.assign.targets[0] if own.assign and len(own.assign.targets) == 1 and last \
-            else None
+        targets = own.assign.targets if own.assign and last else ()
+        multi = len(scope) == len(outer) and data["kind"] == "op" and data["op"].multi_output
+        if len(targets) == 1 or (multi and len(targets) > 1):
+            name = targets[data["op"].index if multi else 0]  # `a, b = split(h, 2)`: b is output 1
+        else:
+            name = None
     declared = set()
     for statement in site.body:
         if isinstance(statement, ast.Assign):

@@ -12,14 +12,17 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import islice
 from typing import Any, Callable
 
-from netdsl import ast
-from netdsl.errors import Span, SpecError, SpecErrors, closest, errors_of, leading, suggest
+from netdsl import ast, dims
+from netdsl.errors import (ShapeError, Span, SpecError, SpecErrors, closest, errors_of, leading,
+                           suggest)
 from netdsl.fmt import expr as source_text
 from netdsl.ops import OPS
 from netdsl.ops.base import ArgError, Op, bind, describe
 from netdsl.program import Frame, NodeDef, Program, StartFrom, StateDef, call_notes
+from netdsl.shapes import node_type
 from netdsl.train_clause import clause_spans, evaluate_train
 from netdsl.types import TensorType
 
@@ -147,6 +150,7 @@ class _Expander:
         self.independent: list[SpecError] = []  # errors after which the program is still whole
         self.consumed: set[str] = set()  # nodes that are some node's input
         self.named: set[str] = set()     # nodes renamed for the name a statement gave them
+        self.types: dict[str, TensorType] = {}  # inferred when a spec reads a dimension
         self.guesses_left = MISSPELLINGS_GUESSED
         self.work = 0  # statements run and nodes made: the budget spent
         # the loops and repeats running: [rounds, what, where, rounds left with this one]
@@ -216,9 +220,10 @@ class _Expander:
                         f"block '{item.name}' is defined twice", item.span,
                         f"the other definition is at {earlier.span}"))
                 self.blocks[item.name] = item
-                if item.name in OPS:
+                if item.name in OPS or item.name == dims.SHAPE:
+                    what = "function" if item.name == dims.SHAPE else "layer"
                     self.errors.append(SpecError(
-                        f"block '{item.name}' has the name of a built-in layer", item.span,
+                        f"block '{item.name}' has the name of a built-in {what}", item.span,
                         "rename the block"))
 
     def _import(self, item: ast.Import, module: ast.Module, seen: set[str]) -> None:
@@ -296,13 +301,22 @@ class _Expander:
             for name, span in zip(stmt.targets, spans):
                 if name in CONSTANTS:
                     raise SpecError(f"'{name}' is a constant and cannot be assigned", span)
+            # a node given twice (a block's `out x, x`) keeps its id: renamed, the other
+            # value would name a node no longer there
+            given = Counter(v.node for v in values if isinstance(v, Value))
+            newest = len(values) > 1 and set(given) == set(islice(reversed(self.nodes), len(given)))
+            named = []
             for name, val, span in zip(stmt.targets, values, spans):
-                if name == DISCARD:
-                    continue  # `a, _ = split(x, 2)`: the value is not wanted
-                if len(stmt.targets) == 1 and isinstance(val, Value) and \
-                        not isinstance(val, _Poison) and val.node not in self.named:
-                    val = self._rename(val, scope, name)  # not `h = v`: v keeps its node
-                self._bind(scope, name, val, span)
+                if name != DISCARD and isinstance(val, Value) and not isinstance(val, _Poison) \
+                        and val.node not in self.named and given[val.node] == 1:
+                    # `i, f, g, o = split(z, 4)` makes nodes i, f, g, o; `h = v`: v keeps its node
+                    val = self._rename(val, scope, name)
+                named.append(val)
+                if name != DISCARD:  # `a, _ = split(x, 2)`: the value is not wanted
+                    self._bind(scope, name, val, span)
+            if newest:  # a renamed node moved last: keep the split's order, discards included
+                for val in named:
+                    self.nodes[val.node] = self.nodes.pop(val.node)
         elif isinstance(stmt, ast.IODecl):
             self._declare_io(stmt, scope)
         elif isinstance(stmt, ast.StateDecl):
@@ -484,13 +498,70 @@ class _Expander:
             return -self._number(operand, expr.operand)
         if isinstance(expr, ast.BinOp):
             return self._binop(expr, scope)
+        if isinstance(expr, ast.Call) and expr.name == dims.SHAPE:
+            return dims.shape_of(self._tensor_type(expr, scope))
         if isinstance(expr, ast.Call):
             return self._call(expr, scope, None, want)
+        if isinstance(expr, ast.Dimension):
+            return dims.dimension(self._tensor_type(expr, scope), expr.tensor.id, expr.name,
+                                  expr.span, expr.name_span)
+        if isinstance(expr, ast.Index):
+            return self._index(expr, scope)
         if isinstance(expr, ast.Pipeline):
             return self._pipeline(expr, scope, want)
         if isinstance(expr, ast.Delayed):
             return self._delayed(expr, scope)
         raise SpecError(f"cannot evaluate {type(expr).__name__}", getattr(expr, "span", None))
+
+    def _tensor_type(self, expr: ast.Dimension | ast.Call, scope: _Scope) -> TensorType:
+        """The type of the tensor `x.channels` or `shape(x)` reads, as the shapes pass
+        will infer it."""
+        args = getattr(expr, "args", ())
+        if isinstance(expr, ast.Dimension):
+            name = expr.tensor
+        elif len(args) == 1 and args[0].name is None and isinstance(args[0].value, ast.Name):
+            name = args[0].value
+        else:
+            raise SpecError(f"{dims.SHAPE} takes one named tensor", expr.span,
+                            f"name the tensor first: y = ..., then {dims.SHAPE}(y)[0]")
+        value = self._lookup(name, scope)
+        if isinstance(value, _Poison):
+            raise SpecErrors([])  # the statement that defines it failed, and was reported
+        if not isinstance(value, Value):
+            raise SpecError(f"'{name.id}' is {describe(value)}, not a tensor: only a tensor has "
+                            "dimensions", name.span)
+        return self._type_of(value.node, expr.span, source_text(expr))
+
+    def _type_of(self, node_id: str, span: Span, reading: str) -> TensorType:
+        """The type of a node made so far, and of those it reads, inferred once each."""
+        pending = [node_id]
+        while pending:
+            node = self.nodes[pending[-1]]
+            if node.id in self.types:
+                pending.pop()
+                continue
+            unknown = [source for source, _ in node.inputs if source not in self.types]
+            if node.kind == "op" and unknown:
+                pending.extend(unknown)
+                continue
+            pending.pop()
+            try:
+                inputs = [self.types.get(source) for source, _ in node.inputs]
+                self.types[node.id] = node_type(node.kind, node.type, node.op, inputs)
+            except ShapeError as exc:  # the error the shapes pass would report, found sooner
+                raise SpecError(exc.message, node.span, exc.hint, call_notes(node.scope, node.span)
+                                + ((f"reading {reading}", span),)) from None
+        return self.types[node_id]
+
+    def _index(self, expr: ast.Index, scope: _Scope):
+        """`shape(x)[i]`: an item of a list, from 0 (or from -1 at the end)."""
+        values = self._eval(expr.value, scope)
+        if not isinstance(values, list):
+            raise SpecError(f"[i] reads an item of a list, but {source_text(expr.value)} is "
+                            f"{'a tensor' if isinstance(values, Value) else describe(values)}",
+                            expr.span, f"for example {dims.SHAPE}(x)[0]")
+        index = self._whole(expr.index, scope, "the index")
+        return dims.item(values, index, source_text(expr.value), expr.index.span)
 
     def _lookup(self, name: ast.Name, scope: _Scope):
         binding = scope.env.get(name.id)
@@ -793,6 +864,8 @@ class _Expander:
             scope.counters["=" + name] += 1
             target = f"{scope.prefix}{name}_{scope.counters['=' + name] + 1}"
         del self.nodes[value.node]
+        if value.node in self.types:
+            self.types[target] = self.types.pop(value.node)
         node.id = target
         self.nodes[target] = node
         self.named.add(target)
@@ -866,6 +939,7 @@ class _Expander:
                                 want, instance=instance, share=share)
         value = self._apply_op(shared.call, tensors, scalars, keywords, scope, want)
         node = self.nodes.pop(value.node)
+        self.types.pop(value.node, None)
         node.id, node.span = f"{scope.prefix}{instance}", call.span  # located where it is used
         first = shared.owners.setdefault("", node.id)
         node.shares = None if first == node.id else first

@@ -23,6 +23,10 @@ The layout, in brief:
   row filled (one argument a row when one is a pipeline, as in googlenet's
   inception); a long train clause breaks inside its first call whose break makes
   every row fit;
+- arithmetic too long for its line breaks before its loosest operators, rows filled
+  and aligned under the first operand, inside the call that holds it or, for a
+  statement's own value, inside a pair of parentheses added around it (a line breaks
+  only within brackets);
 - at most one blank line in a row, kept where the source had one; a blank line
   around every top-level block;
 - full-line comments stay on their own line before what follows them; a trailing
@@ -154,6 +158,8 @@ _EXPRESSIONS = {
     ast.Call: _call,
     ast.Pipeline: lambda p: " -> ".join(_pipeline_parts(p)),
     ast.Delayed: lambda d: f"{d.name}[t-{d.delay}]",
+    ast.Dimension: lambda d: f"{d.tensor.id}.{d.name}",
+    ast.Index: lambda i: f"{expr(i.value)}[{expr(i.index)}]",
 }
 
 # ---- statements
@@ -266,6 +272,8 @@ def _fit(prefix: str, e: ast.Expr, suffix: str, nodes: list) -> list[tuple[str, 
         (first, held), (last, _) = rows[0], rows[-1]
         rows[0] = (first, nodes + held)
         return rows[:-1] + [(rows[-1][0] + suffix, rows[-1][1])] if len(rows) > 1 else [(last + suffix, nodes + held)]
+    if isinstance(e, ast.BinOp) and len(flat) > WIDTH:
+        return _operator_rows(prefix, e, suffix, nodes)
     if len(flat) <= WIDTH or not isinstance(e, ast.Call) or not e.args:
         return [(flat, nodes)]
     start = prefix + e.name + "("
@@ -283,6 +291,49 @@ def _fit(prefix: str, e: ast.Expr, suffix: str, nodes: list) -> list[tuple[str, 
         else:
             rows.append((text, held))
             *done, (text, held) = _fit(pad + keyword, a.value, tail, [a])
+        rows += done
+    return rows + [(text, held)]
+
+
+def _terms(e: ast.BinOp, level: int) -> list[tuple[str, ast.Expr]]:
+    """The operands of a chain of operators of one precedence, each with the operator
+    before it: a + b - c as ('', a), ('+', b), ('-', c); a long sum the parser grouped
+    as a tree is one chain, as `_binop` prints it."""
+    left, right = e.left, e.right
+    chained = isinstance(left, ast.BinOp) and _PRECEDENCE[left.op] == level
+    terms = _terms(left, level) if chained else [("", left)]
+    if isinstance(right, ast.BinOp) and right.regrouped and _PRECEDENCE[right.op] == level:
+        (_, first), *rest = _terms(right, level)
+        return terms + [(e.op, first)] + rest
+    return terms + [(e.op, right)]
+
+
+def _operator_rows(prefix: str, e: ast.BinOp, suffix: str, nodes: list) -> list[tuple[str, list]]:
+    """An arithmetic expression too long for its line (inside parentheses, where a line
+    may break): broken before its loosest operators, each row filled up to the width and
+    aligned under the first operand; an operand too long alone breaks in its turn."""
+    level = _PRECEDENCE[e.op]
+    terms = _terms(e, level)
+    pad = " " * len(prefix)
+    rows: list[tuple[str, list]] = []
+    text, held = prefix, list(nodes)
+
+    def placed(start: str, op: str, term, tail: str, holding: list):
+        need = level + 1 if op else level  # right operands bind tighter, as `_binop` prints them
+        if _precedence(term) < need:  # parenthesised: kept whole
+            return [(start + expr(term, need) + tail, holding)]
+        return _fit(start, term, tail, holding)
+
+    for i, (op, term) in enumerate(terms):
+        tail = suffix if i == len(terms) - 1 else ""
+        lead = f"{op} " if op else ""
+        here = text + ("" if text == prefix else " ") + lead
+        fits_here = placed(here, op, term, tail, held + [term])
+        if text == prefix or (len(fits_here) == 1 and len(fits_here[0][0]) <= WIDTH):
+            *done, (text, held) = fits_here
+        else:  # an operand breaks only when a row of its own is too short for it
+            rows.append((text, held))
+            *done, (text, held) = placed(pad + lead, op, term, tail, [term])
         rows += done
     return rows + [(text, held)]
 
@@ -316,6 +367,8 @@ def _rows(indent: str, stmt, comments: list[ast.Comment]) -> list[tuple[str, lis
         return flat if len(flat[0][0]) <= WIDTH and not forced else _broken(indent, head, value, forced)
     if value is None or len(flat[0][0]) <= WIDTH:
         return flat
+    if isinstance(value, ast.BinOp):  # a line breaks only inside parentheses: it gets a pair
+        return _operator_rows(indent + head + "(", value, ")", [stmt])
     return _fit(indent + head, value, "", [stmt])
 
 

@@ -7,7 +7,8 @@ import os
 
 from netdsl.errors import Span, SpecError
 
-__all__ = ["ENV_VAR", "import_roots", "resolve_import", "spec_name", "is_path_name"]
+__all__ = ["ENV_VAR", "import_roots", "resolve_import", "spec_name", "is_path_name",
+           "not_a_folder", "unusable_env_folders"]
 
 ENV_VAR = "NETDSL_IMPORT_PATH"
 
@@ -23,11 +24,29 @@ def spec_name(file: str) -> str:
     return os.path.normpath(file) if is_path_name(file) else file
 
 
+def not_a_folder(path: str) -> str | None:
+    """Why `path` cannot widen where imports read (it does not exist, or is a file), or
+    None for a folder."""
+    if os.path.isdir(path):
+        return None
+    return f"{path} is a file, not a folder" if os.path.exists(path) else \
+        f"no such folder: {path}"
+
+
+def unusable_env_folders() -> list[str]:
+    """Why each of NETDSL_IMPORT_PATH's entries that is not a folder cannot be read from."""
+    return [why for why in map(not_a_folder, _env_folders()) if why is not None]
+
+
+def _env_folders() -> list[str]:
+    return [folder for folder in os.environ.get(ENV_VAR, "").split(os.pathsep) if folder]
+
+
 def import_roots(spec_file: str, extra=()) -> tuple[str, ...]:
     """The folders imports may read from: the spec's own folder (the working folder for a
     spec without a file), then `extra`, then NETDSL_IMPORT_PATH's folders; real paths."""
     base = os.path.dirname(os.path.abspath(spec_file)) if is_path_name(spec_file) else os.getcwd()
-    from_env = [folder for folder in os.environ.get(ENV_VAR, "").split(os.pathsep) if folder]
+    from_env = _env_folders()
     return tuple(dict.fromkeys(os.path.realpath(folder) for folder in (base, *extra, *from_env)))
 
 

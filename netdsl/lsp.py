@@ -24,9 +24,9 @@ CHECK_DELAY = 0.2  # seconds without a keystroke before the text is checked
 _KINDS = {"layer": lsp.CompletionItemKind.Function, "block": lsp.CompletionItemKind.Class,
           "optimizer": lsp.CompletionItemKind.Function,
           "argument": lsp.CompletionItemKind.Property, "keyword": lsp.CompletionItemKind.Keyword,
-          "constant": lsp.CompletionItemKind.Constant}
-_ORDER = {"argument": "0", "optimizer": "1", "layer": "1", "block": "2", "constant": "3",
-          "keyword": "4"}
+          "constant": lsp.CompletionItemKind.Constant, "dimension": lsp.CompletionItemKind.Field}
+_ORDER = {"argument": "0", "dimension": "0", "optimizer": "1", "layer": "1", "block": "2",
+          "constant": "3", "keyword": "4"}
 
 
 class NetdslServer(LanguageServer):

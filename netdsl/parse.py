@@ -265,6 +265,13 @@ class _ToAst(Transformer):
     def name(self, meta, token):
         return ast.Name(str(token), self._tok(token))
 
+    def dimension(self, meta, tensor, name):
+        return ast.Dimension(ast.Name(str(tensor), self._tok(tensor)), str(name), self._s(meta),
+                             self._tok(name))
+
+    def index(self, meta, value, index):
+        return ast.Index(value, index, self._s(meta))
+
     def list(self, meta, *items):
         return ast.ListExpr(items, self._s(meta))
 

@@ -5,7 +5,8 @@ runs one step at a time, so it cannot hold an op that sees the whole sequence, a
 must read a sequence step by step, whose length sets its number of steps. Training
 settings add their own demands (truncated BPTT cuts sequences; gan_k needs two losses).
 These are checked here, with located errors, so `netc check` refuses what `netc run`
-would; lowering (netdsl.lower.plan) relies on them.
+would; lowering (netdsl.lower.plan) and the trainer (runtime.train) ask the same
+functions, for a graph or settings that did not come through `netc check`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from netdsl.errors import SpecError
 from netdsl.program import call_notes
 from netdsl.shapes import whole_positions
 
-__all__ = ["check_recurrences", "recurrence_errors", "recurrences"]
+__all__ = ["check_recurrences", "recurrence_errors", "recurrences", "training_errors"]
 
 
 def recurrences(graph: nx.DiGraph) -> list[set[str]]:
@@ -60,9 +61,21 @@ def check_recurrences(graph: nx.DiGraph, train_spans=None) -> list[SpecError]:
 
     `train_spans` (`Program.train_spans`) locates the settings named in errors.
     """
-    errors = recurrence_errors(graph)
-    train, spans = graph.graph.get("train") or {}, train_spans or {}
-    if "bptt" in train and recurrences(graph):
+    train = graph.graph.get("train") or {}
+    bptt = train.get("bptt")
+    truncated = bptt is not None and bool({"truncate", "k1", "k2"} & set(bptt[1]))
+    return recurrence_errors(graph) + training_errors(graph, truncated, "gan_k" in train,
+                                                      train_spans)
+
+
+def training_errors(graph: nx.DiGraph, truncated: bool, gan_k: bool, spans=None
+                    ) -> list[SpecError]:
+    """What training settings demand of the graph: truncated BPTT (`truncated`), no op
+    that needs the whole sequence beside a recurrence; `gan_k`, two losses. `netc check`
+    asks it of the train clause, and a trainer of the settings it is given (which the
+    Python API may set apart from any spec)."""
+    errors, spans = [], spans or {}
+    if truncated and recurrences(graph):
         whole = sorted((n for n, d in graph.nodes(data=True)
                         if d["kind"] == "op" and (not d["op"].per_step or d["op"].whole)),
                        key=lambda n: _place(graph, n))
@@ -75,7 +88,7 @@ def check_recurrences(graph: nx.DiGraph, train_spans=None) -> list[SpecError]:
                 + (f" at {spans['bptt']}" if "bptt" in spans else ""),
                 call_notes(data["scope"], data["span"])))
     losses = graph.graph.get("losses") or {}
-    if "gan_k" in train and len(losses) != 2:
+    if gan_k and len(losses) != 2:
         errors.append(SpecError(
             f"gan_k needs two losses (the discriminator's and the generator's), but the spec has "
             f"{len(losses)}", spans.get("gan_k"), "write `loss d: ...` and `loss g: ...`"))

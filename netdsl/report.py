@@ -4,9 +4,7 @@ from __future__ import annotations
 from netdsl.cost import cost_rows, roll_up
 from netdsl.errors import SpecError
 from netdsl.lower import lower
-from netdsl.lower.loop_memory import loop_memory
-from netdsl.lower.native_loop import loop_kernel
-from netdsl.lower.schedule import LoopSegment
+from netdsl.lower.loop_memory import recurrence_figures
 from netdsl.optimizers import configure
 from netdsl.settings import resolve_settings
 
@@ -169,16 +167,10 @@ def format_loop_memory(net, batch: int, steps: int = REPORT_STEPS, target: str =
         settings = resolve_settings(net.graph.graph["train"])
     except SpecError:
         return []
-    segments = [s for s in lowered.schedule.segments if isinstance(s, LoopSegment)]
-    if not segments:
-        return []
     every = settings.checkpoint or max(1, round(steps ** 0.5))
     chosen = "" if settings.checkpoint else ", say"
-    backward = lowered.backward()
     lines = []
-    for segment in segments:
-        memory = loop_memory(segment, lowered.plan.types, _compiled_kept(lowered, segment,
-                                                                         backward))
+    for segment, memory in recurrence_figures(lowered):
         full = memory.stored(steps, batch)
         spans = memory.stored(steps, batch, every=every)
         states = ", ".join(state.node for state in segment.loop.states)
@@ -187,13 +179,3 @@ def format_loop_memory(net, batch: int, steps: int = REPORT_STEPS, target: str =
                      f"({human(memory.kept * batch * 4, 'B')} a step); with "
                      f"bptt(checkpoint={every}){chosen}: {human(spans, 'B')}")
     return lines
-
-
-def _compiled_kept(lowered, segment, backward):
-    """The members a compiled loop keeps at every step, or None (the NumPy loop's ops say)."""
-    if lowered.target.name != "native":
-        return None
-    needs = {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
-             for s in segment.steps if s.node in backward.grad_inputs}
-    kernel = loop_kernel(segment, lowered.plan.types, "float32", needs, "long long", "gemm")
-    return None if kernel is None else kernel.kept

@@ -17,7 +17,7 @@ from netdsl.ops.base import positions
 from netdsl.program import call_notes
 from netdsl.types import TensorType
 
-__all__ = ["infer_shapes", "typed_graph", "input_types", "verify_shapes"]
+__all__ = ["infer_shapes", "typed_graph", "input_types", "node_type", "verify_shapes"]
 
 
 def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
@@ -56,16 +56,30 @@ def input_types(graph: nx.DiGraph, node: str) -> list[TensorType | None]:
 
 
 def _node_type(graph: nx.DiGraph, node: str, data) -> TensorType | None:
-    if data["kind"] in ("input", "target"):
-        return data["declared"]
-    if data["kind"] == "state":
-        return replace(data["declared"], seq=True)
-    inputs = input_types(graph, node)
+    return node_type(data["kind"], data["declared"], data["op"], input_types(graph, node))
+
+
+def node_type(kind: str, declared: TensorType | None, op, inputs: list[TensorType | None]
+              ) -> TensorType | None:
+    """The type of one node from its inputs' types (None when one of them failed);
+    expansion asks it too, to read a tensor's dimensions (`x.channels`).
+
+    Raises
+    ------
+    ShapeError
+        When the op does not take inputs of these types.
+    """
+    if kind in ("input", "target"):
+        return declared
+    if kind == "state":
+        return replace(declared, seq=True)
     if any(t is None for t in inputs):
         return None  # an input already failed and was reported
-    op = data["op"]
     if not op.per_step:
         return op.shape(*inputs)
+    refused = op.over_time(tuple(t.seq for t in inputs))
+    if refused is not None:
+        raise ShapeError(*refused)
     whole = whole_positions(op)
     seq = any(t.seq for i, t in enumerate(inputs) if i not in whole)
     result = op.shape(*(t if i in whole else t.step() for i, t in enumerate(inputs)))

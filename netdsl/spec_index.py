@@ -14,6 +14,7 @@ from importlib import resources
 
 from netdsl import ast
 from netdsl.cost import cost_rows, node_params
+from netdsl.dims import CLASSES, NAMES
 from netdsl.driver import CheckFailed, Network, check_text
 from netdsl.errors import Span, SpecError
 from netdsl.highlight import block_names
@@ -60,7 +61,7 @@ class Diagnostic:
 @dataclass(frozen=True)
 class Completion:
     label: str
-    kind: str  # "layer", "block", "optimizer", "argument", "keyword" or "constant"
+    kind: str  # "layer", "block", "optimizer", "argument", "keyword", "constant" or "dimension"
     detail: str
     insert: str
 
@@ -328,6 +329,9 @@ class SpecIndex:
         word = re.search(r"[A-Za-z_0-9]*$", text).group()
         before = "\n".join(self.lines[:line] + [text[:len(text) - len(word)]])
         items: list[Completion] = []
+        if re.search(r"(?<![\w.])[A-Za-z_]\w*\.$", text[:len(text) - len(word)]):  # x.channels
+            return [Completion(n, "dimension", f"a dimension of a tensor: x.{n}", n)
+                    for n in (*NAMES, CLASSES) if n.startswith(word.lower())]
         call = _open_call(before)
         if call is not None and before.rstrip().endswith(("(", ",")):
             name, given = call

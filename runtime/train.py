@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from netdsl.errors import SpecError
+from netdsl.errors import SpecError, SpecErrors
 from netdsl.lower import Lowered, Plan
+from netdsl.recurrences import training_errors
 from netdsl.runtime.checkpoint import (CHECKPOINT, CheckpointError, check_arrays,
                                        load_checkpoint, save_checkpoint)
 from netdsl.runtime.distributed import rank_seed
@@ -56,11 +57,9 @@ def truncation(plan: Plan, settings: TrainSettings) -> tuple[int, int] | None:
     """
     if settings.bptt is None or not plan.loops:
         return None
-    whole = [s for s in plan.steps if not s.op.per_step or s.op.whole]
-    if whole:
-        raise SpecError(f"truncated BPTT cuts sequences into chunks, but '{whole[0].op.name}' "
-                        "needs the whole sequence", plan.graph.nodes[whole[0].node]["span"],
-                        "train with full BPTT: remove bptt(...) from the train clause")
+    # `netc check` asked this of the train clause; settings given otherwise (the Python
+    # API) meet the same check here
+    SpecErrors.collect(training_errors(plan.graph, truncated=True, gan_k=False))
     return settings.bptt
 
 
@@ -152,10 +151,7 @@ def phases(lowered: Lowered, settings: TrainSettings) -> list[Phase]:
     everything = Phase("train", tuple(plan.losses), tuple(lowered.backward().params))
     if settings.gan_k is None:
         return [everything]
-    if len(plan.losses) != 2:
-        raise SpecError(f"gan_k needs two losses (the discriminator's and the generator's), "
-                        f"but the spec has {len(plan.losses)}", None,
-                        "write `loss d: ...` and `loss g: ...`")
+    SpecErrors.collect(training_errors(plan.graph, truncated=False, gan_k=True))  # see truncation
     reach = {name: set(lowered.backward((name,)).params) for name in plan.losses}
     (a, pa), (b, pb) = reach.items()
     if pa < pb or pb < pa:
@@ -266,6 +262,10 @@ class Trainer:
         self.log_every = 10            # steps between Reporter.log entries
         self._logged = 0               # the step of the last entry (fit starts it afresh)
         self.unsaved: str | None = None  # why the last checkpoint write failed
+        self.saved_at: int | None = None  # the step the checkpoint on disk holds, of this run
+        # what a failed checkpoint write does: "continue" to the next interval, or "stop"
+        # the run, leaving the previous checkpoint to resume from
+        self.on_write_error = "continue"
 
     # ---- the loop
 
@@ -681,22 +681,44 @@ class Trainer:
         """Checkpoint: every data-parallel worker takes part, rank 0 writes.
 
         A write that fails (a full disk) leaves the previous checkpoint as it was (the
-        write is atomic); the run says so and goes on to the next interval, when the
-        write is tried again. `unsaved` says why the last write failed (None after one
-        that succeeded), so that the command can end on an error when the final one does.
+        write is atomic). With `on_write_error` "continue" the run says so and goes on to
+        the next interval, when the write is tried again; `unsaved` says why the last
+        write failed (None after one that succeeded), so that the command can end on an
+        error when the final one does. With "stop" the run ends there, every worker
+        together, raising a SpecError that names the step the checkpoint holds.
         """
-        if self.folder:
-            arrays, meta = self.state()
-            if self.replicas.rank == 0:
-                try:
-                    save_checkpoint(self.folder, arrays, meta)
-                    self.unsaved = None
-                except OSError as exc:
-                    self.unsaved = f"{exc.strerror or exc}"
-                    self.reporter.warning(
-                        f"could not write the checkpoint at step {self.position.iteration} "
-                        f"({self.unsaved}); {os.path.join(self.folder, CHECKPOINT)} keeps "
-                        "the previous one; training goes on and tries again")
+        if not self.folder:
+            return
+        arrays, meta = self.state()
+        if self.replicas.rank == 0:
+            try:
+                save_checkpoint(self.folder, arrays, meta)
+                self.unsaved, self.saved_at = None, self.position.iteration
+            except OSError as exc:
+                self.unsaved = f"{exc.strerror or exc}"
+        stop = self.on_write_error == "stop"
+        # rank 0 alone wrote: the others learn from it whether to stop (a collective call,
+        # made by every worker, which all run with the same flags)
+        if stop and self.replicas.agree(self.unsaved is not None):
+            raise self._stopped_unsaved()
+        if self.unsaved is not None and not stop:
+            self.reporter.warning(
+                f"could not write the checkpoint at step {self.position.iteration} "
+                f"({self.unsaved}); {os.path.join(self.folder, CHECKPOINT)} keeps "
+                "the previous one; training goes on and tries again")
+
+    def _stopped_unsaved(self) -> SpecError:
+        """The error that ends a run whose checkpoint write failed (on_write_error "stop")."""
+        path = os.path.join(self.folder, CHECKPOINT)
+        said = f" ({self.unsaved})" if self.unsaved else ""
+        failed = (f"could not write the checkpoint at step {self.position.iteration}{said}; "
+                  "training stopped (--on-write-error stop)")
+        if self.saved_at is None:
+            return SpecError(f"{failed}; no checkpoint of this run was written", None,
+                             "free space (or fix the folder) and run it again")
+        return SpecError(f"{failed}; {path} holds step {self.saved_at}", None,
+                         f"free space (or fix the folder), then run the same command with "
+                         f"--resume to continue from step {self.saved_at}")
 
     def _check_arrays(self, path: str, arrays: dict) -> None:
         """The checkpoint's arrays are this run's: same names, shapes and types."""
@@ -747,4 +769,5 @@ class Trainer:
         if "best_params" in arrays:
             self.best_params = self.xp.asarray(arrays["best_params"])
         self._schedule_state, self._restored_from = meta.get("schedule"), path
+        self.saved_at = self.position.iteration
         return arrays

@@ -236,6 +236,24 @@ loss cross_entropy(logits, y)
     assert error.span.line == 6
 
 
+def test_a_causal_mask_on_a_query_that_is_not_a_sequence_is_refused():
+    """One query vector per example has no steps to order: causal=true would let it read
+    the first key alone, so it is an error at the call."""
+    from netdsl.driver import CheckFailed
+
+    text = """input x : seq[5]
+target y : class(3)
+h = x -> dense(4)
+logits = attention(h -> mean, h, causal=true) -> dense(3)
+loss cross_entropy(logits, y)
+"""
+    with pytest.raises(CheckFailed) as err:
+        check_text(text)
+    [error] = err.value.errors
+    assert "this query is not a sequence" in error.message and error.span.line == 4
+    check_text(text.replace(", causal=true", ""))  # without the mask it reads every key
+
+
 def test_every_example_of_the_attention_docs_checks():
     examples = doc_examples()
     assert len(examples) >= 3

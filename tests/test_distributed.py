@@ -277,6 +277,36 @@ class TestCommandLine:
         assert result.stderr.count("worker rank 1 read a different spec.net than rank 0") == 1
         assert "Traceback" not in result.stderr
 
+    def test_a_failed_checkpoint_write_stops_every_worker_and_resume_continues(self,
+                                                                                 tmp_path):
+        """--on-write-error stop: rank 0's third write meets a full disk; both workers end
+        (mpirun's exit code is not 0), rank 0 alone says which step the checkpoint holds."""
+        full_after_two = (
+            "import errno, os, sys\n"
+            "from netdsl.runtime import checkpoint\n"
+            "real, writes = checkpoint.write_bytes, []\n"
+            "def write(path, data):\n"
+            "    writes.append(path)\n"
+            "    if len(writes) > 2:\n"
+            "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+            "    real(path, data)\n"
+            "checkpoint.write_bytes = write\n"
+            "from netdsl.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+        folder = tmp_path / "run"
+        flags = ("run", W1, "--checkpoint", str(folder), *self.FLAGS)
+        result = mpirun(sys.executable, "-c", full_after_two, *flags, "--on-write-error",
+                        "stop", cwd=ROOT)
+        assert result.returncode != 0
+        said = "error: could not write the checkpoint at step 3 (No space left on device)"
+        assert result.stderr.count(said) == 1, result.stderr
+        assert f"{folder / 'checkpoint.npz'} holds step 2" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert position(folder)["iteration"] == 2
+        result = netc(*flags, "--resume", "--steps", "4")  # one process resumes it too
+        assert result.returncode == 0, result.stderr
+        assert "at epoch 1, step 2" in result.stderr and position(folder)["iteration"] == 4
+
     def test_a_batch_smaller_than_the_workers_is_one_clear_line(self, tmp_path):
         result = netc("run", W1, "--workers", "2", "--batch", "1", "--checkpoint",
                       str(tmp_path / "run"))

@@ -57,9 +57,11 @@ def test_each_shown_error_of_a_spec(shown, tmp_path, monkeypatch, capsys):
     assert code == 1 and err.rstrip("\n").split("\n") == [head, source, *rest]
 
 
-def test_the_formatting_example_is_canonical():
+def test_the_formatting_examples_are_canonical():
     section = DOC.split("## Formatting\n")[1].split("\n## ")[0]
-    example = re.search(r"\n\n((?:    .*\n)+)", section).group(1)
-    text = "".join(line[4:] + "\n" for line in example.rstrip("\n").split("\n"))
-    assert len(text.split("\n")[0]) > 0 and format_text(text) == text
-    assert max(map(len, text.split("\n"))) <= WIDTH
+    examples = re.findall(r"\n\n((?:    .*\n)+)", section)
+    assert len(examples) == 2
+    for example in examples:
+        text = "".join(line[4:] + "\n" for line in example.rstrip("\n").split("\n"))
+        assert len(text.split("\n")[0]) > 0 and format_text(text) == text
+        assert max(map(len, text.split("\n"))) <= WIDTH

@@ -180,3 +180,137 @@ class TestDiscard:
             check_text(text, "d.net")
         [error] = [e for e in caught.value.errors if "discards" in e.message]
         assert (error.span.line, error.span.col) == (5, 24)
+
+
+class TestNamesBecomeIds:
+    """The names a statement gives become its nodes' ids, in compile, draw and the TUI."""
+
+    def test_each_output_of_a_split_takes_its_name(self):
+        text = ("import rnn\ninput x : seq[4]\ntarget y : class(3)\n"
+                "h = x -> lstm(8) -> last -> dense(9)\na, _, c = split(h, 3)\n"
+                "logits = concat(c, a) -> dense(3)\nloss cross_entropy(logits, y)\n")
+        from netdsl.driver import check_text
+        nodes = check_text(text, "t.net").program.nodes
+        splits = [i for i, node in nodes.items() if node.op is not None and node.op.name == "split"]
+        # lstm's `i, f, g, o = split(z, 4)`, then the top level's: the discarded output
+        # keeps a made-up id, the others are named, in the split's order
+        assert splits == ["lstm1/i", "lstm1/f", "lstm1/g", "lstm1/o", "a", "split2", "c"]
+        assert [nodes[i].op.index for i in splits[4:]] == [0, 1, 2]
+
+    def test_ids_stay_unique_and_instances_keep_their_prefix(self):
+        text = ("input x : [4]\ntarget y : class(2)\n"
+                "block halves() {\n  in x\n  a, b = split(x, 2)\n  out a + b\n}\n"
+                "a, b = split(x -> halves -> dense(4) -> halves -> dense(4), 2)\n"
+                "loss cross_entropy(concat(a, b) -> dense(2), y)\n")
+        ids = list(program(text).nodes)
+        assert {"halves1/a", "halves1/b", "halves2/a", "halves2/b", "a", "b"} <= set(ids)
+        assert len(ids) == len(set(ids))
+
+    def test_a_node_given_twice_keeps_its_id(self):
+        text = ("input x : [4]\ntarget y : class(2)\n"
+                "block twice() {\n  in x\n  out x, x\n}\n"
+                "p, q = x -> dense(4) -> twice\nloss cross_entropy(p + q -> dense(2), y)\n")
+        nodes = program(text).nodes
+        assert "dense1" in nodes and "p" not in nodes and "q" not in nodes
+        assert nodes["add1"].inputs == [("dense1", 0), ("dense1", 0)]
+
+
+def _layers(text):
+    """Each node's op and attributes, by id: what two spellings of a network must share."""
+    return {node_id: (node.kind, node.op and (node.op.name, node.op.attrs), node.inputs)
+            for node_id, node in program(text).nodes.items()}
+
+
+class TestDimensions:
+    """`x.channels`, `x.features`, ..., and `shape(x)[i]` read a tensor's dimensions."""
+
+    def test_a_block_reads_its_input_channels(self):
+        by_hand = RESNET
+        read = RESNET.replace("project(x, c, stride)", "project(x, shape(y)[0], stride)") \
+                     .replace("conv(c, 3, pad=1, bias=false)", "conv(x.channels * stride, 3, pad=1, bias=false)")
+        # stage 1 keeps 16 channels (stride 1); stage 2 doubles them to 32 at stride 2
+        assert _layers(read) == _layers(by_hand)
+
+    def test_each_named_dimension(self):
+        text = """\
+input v : [5]
+input s : [3, 7]
+input i : [2, 9, 11]
+input w : seq class(40)
+target y : class(4)
+a = concat(v -> dense(v.features), s -> flatten -> dense(s.channels + s.length),
+           i -> flatten -> dense(i.channels * i.height * i.width))
+b = w -> embedding(w.classes) -> last
+logits = concat(a, b) -> dense(y.classes)
+loss cross_entropy(logits, y)
+"""
+        nodes = program(text).nodes
+        units = sorted(n.op.units for n in nodes.values() if n.op is not None and n.op.name == "dense")
+        assert units == [4, 5, 10, 198]
+        assert next(n for n in nodes.values() if n.op is not None and n.op.name == "embedding").op.dim == 40
+
+    def test_shape_indices_and_repeat_counts(self):
+        text = """\
+input x : [3, 8, 8]
+target y : class(10)
+h = x -> conv(4, 3, pad=1) -> relu x shape(x)[-1] -> global_avgpool
+logits = h -> dense(shape(h)[0] + y.classes) -> dense(10)
+loss cross_entropy(logits, y)
+"""
+        nodes = program(text).nodes
+        assert sum(n.op is not None and n.op.name == "relu" for n in nodes.values()) == 8
+        assert nodes["dense1"].op.units == 14
+
+    def test_a_rebound_name_reads_its_latest_value(self):
+        text = """\
+input x : [3, 8, 8]
+target y : class(10)
+block grow(n, k) {
+  in x
+  for i in 1..n { x = concat(x, x -> conv(k, 3, pad=1)) }
+  out x -> conv(x.channels / 2, 1)
+}
+logits = x -> grow(3, 5) -> global_avgpool -> dense(10)
+loss cross_entropy(logits, y)
+"""
+        convs = [n.op.channels for n in program(text).nodes.values()
+                 if n.op is not None and n.op.name == "conv"]
+        assert convs == [5, 5, 5, (3 + 3 * 5) // 2]
+
+    def test_a_sequence_is_read_per_step(self):
+        text = """\
+import rnn
+input x : seq[6]
+target y : class(3)
+h = x -> gru(2 * x.features) -> last
+logits = h -> dense(y.classes)
+loss cross_entropy(logits, y)
+"""
+        from netdsl.driver import check_text
+        net = check_text(text, "t.net")
+        assert net.graph.nodes["h"]["type"].dims == (12,)
+
+    def test_formatting_keeps_the_spelling(self):
+        from netdsl.fmt import format_text
+        line = "h = x -> conv(x.channels / 2, shape(x)[-1]) x shape(y)[0]\n"
+        assert format_text(line) == line
+
+    def test_shape_is_not_a_block_name(self):
+        from netdsl.errors import SpecErrors
+        with pytest.raises(SpecErrors) as info:
+            program("input x : [4]\nblock shape() {\n  in x\n  out x\n}\n")
+        assert "block 'shape' has the name of a built-in function" in [e.message for e in info.value.errors]
+
+
+def test_the_documented_dimensions_example():
+    """docs/language.md's example checks, and its comments say what the network computes."""
+    import os
+    import re
+    from netdsl.driver import check_text
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "language.md")).read()
+    section = doc.split("### Reading a tensor's dimensions")[1]
+    example = re.search(r"```net\n(network widths\n.*?)```", section, re.S).group(1)
+    graph = check_text(example, "widths.net").graph
+    assert graph.nodes[graph.graph["names"]["h"]]["type"].dims == (16, 8, 8)
+    assert [graph.nodes[n]["op"].units for n in graph if graph.nodes[n]["kind"] == "op"
+            and graph.nodes[n]["op"].name == "dense"] == [1024, 10]

@@ -368,6 +368,42 @@ class TestStatements:
                            fourth_setting=512, fifth=1)
         """)
 
+    def test_long_arithmetic_breaks_before_its_operators_inside_the_call(self):
+        source = ("  h = sigmoid(dense(context, n, bias=false) + dense(x, n, bias=false) + "
+                  "dense(h[t-1], n, bias=false))\n")
+        assert fmt(f"block scrn(n) {{\n  in x\n{source}  out h\n}}\n") == expect("""
+            block scrn(n) {
+              in x
+              h = sigmoid(dense(context, n, bias=false) + dense(x, n, bias=false)
+                          + dense(h[t-1], n, bias=false))
+              out h
+            }
+        """)
+
+    def test_long_arithmetic_of_a_statement_gets_parentheses_to_break_in(self):
+        source = ("loss d: sigmoid_cross_entropy(x -> D, label=1) + "
+                  "sigmoid_cross_entropy(stop_gradient(fake) -> D, label=0)\n")
+        assert fmt(source) == expect("""
+            loss d: (sigmoid_cross_entropy(x -> D, label=1)
+                     + sigmoid_cross_entropy(stop_gradient(fake) -> D, label=0))
+        """)
+
+    def test_long_arithmetic_keeps_its_parentheses_and_breaks_only_its_loosest_operators(self):
+        source = ("y = first_long_value_name * second_long_value_name - (third_long_value_name "
+                  "+ fourth_long_value_name) * 2 - fifth_long_value_name / sixth_long_value_name\n")
+        assert fmt(source) == expect("""
+            y = (first_long_value_name * second_long_value_name
+                 - (third_long_value_name + fourth_long_value_name) * 2
+                 - fifth_long_value_name / sixth_long_value_name)
+        """)
+
+    def test_a_long_sum_fills_each_row(self):
+        source = "s = " + " + ".join(f"term_{i}" for i in range(40)) + "\n"
+        rows = fmt(source).splitlines()
+        assert len(rows) > 3 and all(len(row) <= WIDTH for row in rows)
+        assert all(row.startswith("     + ") for row in rows[1:])
+        assert all(len(row) + len(" + term_00") > WIDTH for row in rows[:-1])
+
     def test_pipelines_as_arguments_take_a_row_each(self):
         source = ("  out concat(x -> conv(c1, 1) -> relu, x -> conv(c3r, 1) -> relu -> conv(c3, 3, pad=1) "
                   "-> relu, x -> maxpool(3, stride=1, pad=1) -> conv(pp, 1) -> relu)\n")
@@ -520,7 +556,8 @@ REPEATS = st.sampled_from(["", " x 3", " x n", " x (n - 1)", " x(2*k)"])
 COMMENTS = st.text(alphabet="abcxyz019 ,.:-#'\"[]()", max_size=20).map(lambda t: "#" + t)
 # an expression's text, and whether it is an atom (safe anywhere without parentheses)
 ATOMS = st.one_of(
-    NAMES, NUMBERS, st.just("'same'"), st.just("h[t-1]"), st.builds("{}[t - 2]".format, NAMES)
+    NAMES, NUMBERS, st.just("'same'"), st.just("h[t-1]"), st.builds("{}[t - 2]".format, NAMES),
+    st.builds("{}.channels".format, NAMES), st.builds("shape({})[{}]".format, NAMES, NAMES)
 ).map(lambda text: (text, True))
 
 
@@ -589,3 +626,26 @@ def _spec(draw):
 @given(_spec())
 def test_random_specs_are_canonical_after_one_pass(text: str):
     assert_canonical(text)
+
+
+LONG_OPERANDS = st.sampled_from(["dense(context, n, bias=false)", "alpha * context[t-1]",
+                                 "(1 - alpha)", "some_rather_long_name", "x.channels",
+                                 "shape(h)[0]", "(a + b)", "tanh(g)", "-w", "f(a -> relu)"])
+
+
+@st.composite
+def _long_arithmetic(draw):
+    terms = draw(st.lists(LONG_OPERANDS, min_size=4, max_size=14))
+    ops = draw(st.lists(st.sampled_from(["+", "-", "*", "/"]), min_size=len(terms) - 1,
+                        max_size=len(terms) - 1))
+    value = terms[0] + "".join(f" {op} {term}" for op, term in zip(ops, terms[1:]))
+    head = draw(st.sampled_from(["y = {}\n", "loss {}\n", "block b() {{\n  out sigmoid({})\n}}\n",
+                                 "z = f({}, k=3)\n"]))
+    return head.format(value)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_long_arithmetic())
+def test_long_arithmetic_is_canonical_and_fits(text: str):
+    once = assert_canonical(text)
+    assert all(len(row) <= WIDTH for row in once.splitlines()), once

@@ -72,7 +72,9 @@ HUGE = "9" * 5000  # past Python's int() digit limit
 TOKENS = (["->", "(", ")", "[", "]", "{", "}", "=", ":", ",", "+", "-", "*", "/", "..", "x", "#",
            "\n", "'same'", '"rnn"', "h[t-1]", "h[t-2]", "h[t-0]", f"h[t-{HUGE}]", "t", "0", "1", "2",
            "3", "64", "-1", "0.5", "1e-3", "1.2.3", "99999999999999999999", HUGE, "a", "b", "h", "y",
-           "z", "rnn", "sgd", "adam", "lr", "batch", "epochs", "pad", "stride"] + KEYWORDS + LAYERS)
+           "z", "rnn", "sgd", "adam", "lr", "batch", "epochs", "pad", "stride", ".", "channels",
+           "shape", "x.channels", "y.classes", "h.features", "shape(x)[0]", "shape(h)[-1]",
+           "shape(3)[9]"] + KEYWORDS + LAYERS)
 NUMBERS = ["0", "-1", "1", "2", "0.5", "1.5", "7", "99999999999", "1e30", "1e300", "4096" * 5, HUGE]
 # a spec split into pieces; joining them gives the text back
 PIECE = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"|#[^\n]*|->|\d+(?:\.\d+)?(?:e-?\d+)?|\w+|\s+|.", re.S)

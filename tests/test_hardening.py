@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import run_netc
+from netdsl import cli
 from netdsl.driver import check_text
 from netdsl.errors import SpecError
 from netdsl.lower import lower
@@ -142,26 +143,102 @@ class RecordingReporter(Reporter):
         self.warnings.append(text)
 
 
+def _fill_up_after(count):
+    """A checkpoint writer whose disk is full after `count` writes; it lists its calls."""
+    real = checkpoints.write_bytes
+
+    def write(path, data):
+        write.calls.append(path)
+        if len(write.calls) > count:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, data)
+
+    write.calls = []
+    return write
+
+
 class TestWrites:
     def test_a_full_disk_keeps_the_last_checkpoint_and_training_goes_on(self, tmp_path,
                                                                           monkeypatch):
-        writes, real = [], checkpoints.write_bytes
-
-        def write_then_fill_up(path, data):
-            writes.append(path)
-            if len(writes) > 1:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            real(path, data)
-
-        monkeypatch.setattr(checkpoints, "write_bytes", write_then_fill_up)
+        write = _fill_up_after(1)
+        monkeypatch.setattr(checkpoints, "write_bytes", write)
         reporter = RecordingReporter()
         trainer = tiny_trainer(str(tmp_path), reporter, steps=3)
         trainer.fit(tiny_data(), None)
-        assert trainer.position.iteration == 3 and len(writes) == 3  # each step tried
+        assert trainer.position.iteration == 3 and len(write.calls) == 3  # each step tried
         assert len(reporter.warnings) == 2 and trainer.unsaved == os.strerror(errno.ENOSPC)
         assert all("\n" not in w and "keeps the previous one" in w for w in reporter.warnings)
         arrays, meta = checkpoints.load_checkpoint(str(tmp_path))
         assert meta["position"]["iteration"] == 1  # the first write, whole
+
+    def test_stop_on_a_failed_write_ends_the_run_with_the_last_checkpoint(self, tmp_path,
+                                                                        monkeypatch):
+        monkeypatch.setattr(checkpoints, "write_bytes", _fill_up_after(1))
+        trainer = tiny_trainer(str(tmp_path), RecordingReporter(), steps=3)
+        trainer.on_write_error = "stop"
+        with pytest.raises(SpecError) as info:
+            trainer.fit(tiny_data(), None)
+        assert trainer.position.iteration == 2  # the second write failed: no third step
+        assert info.value.message == (
+            f"could not write the checkpoint at step 2 ({os.strerror(errno.ENOSPC)}); "
+            f"training stopped (--on-write-error stop); {tmp_path / CHECKPOINT} holds step 1")
+        assert "--resume to continue from step 1" in info.value.hint
+        assert trainer.reporter.warnings == []  # the error says it all
+        _, meta = checkpoints.load_checkpoint(str(tmp_path))
+        assert meta["position"]["iteration"] == 1
+
+    def test_netc_run_stops_on_a_failed_write_and_resume_continues(self, tmp_path,
+                                                                   monkeypatch, capsys):
+        spec = tmp_path / "tiny.net"
+        spec.write_text(TINY)
+        folder = tmp_path / "run"
+        argv = ["run", str(spec), "--checkpoint", str(folder), "--steps", "4", "--quiet",
+                "--checkpoint-every", "0", "--on-write-error", "stop"]
+        real = checkpoints.write_bytes
+        monkeypatch.setattr(checkpoints, "write_bytes", _fill_up_after(2))
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"error: could not write the checkpoint at step 3 ({os.strerror(errno.ENOSPC)})" \
+            in err and "Traceback" not in err and "warning" not in err
+        assert f"{folder / CHECKPOINT} holds step 2\n" in err
+        monkeypatch.setattr(checkpoints, "write_bytes", real)  # space freed
+        assert cli.main(argv + ["--resume"]) == 0
+        assert f"resuming from {folder / CHECKPOINT} at epoch 1, step 2" in capsys.readouterr().err
+        _, meta = checkpoints.load_checkpoint(str(folder))
+        assert meta["position"]["iteration"] == 4
+
+    def test_stop_before_any_checkpoint_of_the_run_says_so(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(checkpoints, "write_bytes", _fill_up_after(0))
+        trainer = tiny_trainer(str(tmp_path), steps=3)
+        trainer.on_write_error = "stop"
+        with pytest.raises(SpecError, match="no checkpoint of this run was written"):
+            trainer.fit(tiny_data(), None)
+        assert not (tmp_path / CHECKPOINT).exists()
+
+    def test_metrics_lines_that_cannot_be_written_are_one_warning(self, tmp_path, monkeypatch,
+                                                                  capsys):
+        import builtins
+
+        from netdsl.app import record
+
+        def full_for_appends(path, mode="r", *args, **kwargs):
+            if mode == "a":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return builtins.open(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(record, "open", full_for_appends, raising=False)
+        spec = tmp_path / "tiny.net"
+        spec.write_text(TINY)
+        folder = tmp_path / "run"
+        assert cli.main(["run", str(spec), "--checkpoint", str(folder), "--steps", "25",
+                         "--quiet"]) == 0
+        warnings = [line for line in capsys.readouterr().err.splitlines()
+                    if line.startswith("warning:")]
+        assert warnings == [f"warning: could not append to {folder / 'metrics.jsonl'} "
+                            f"({os.strerror(errno.ENOSPC)}); training goes on, its lines are "
+                            "missing until one can be written"]
+        _, meta = checkpoints.load_checkpoint(str(folder))
+        assert meta["position"]["iteration"] == 25
 
     def test_an_unwritable_checkpoint_folder_is_refused_before_training(self, tmp_path):
         spec = tmp_path / "tiny.net"

@@ -5,6 +5,7 @@ import os
 import pytest
 
 from conftest import run_netc
+from netdsl import cli
 from netdsl.driver import CheckFailed, check_file, check_text
 from netdsl.imports import ENV_VAR
 from netdsl.tui.checking import check_and_draw
@@ -111,3 +112,30 @@ def test_the_builder_confines_imports_as_check_does(tree):
     # an untitled spec imports from the working folder's tree, like <spec> text
     with pytest.raises(CheckFailed):
         check_text(spec("/etc/hostname.net"), "<spec>")
+
+
+@pytest.mark.parametrize("kind", ["missing", "a file"])
+def test_an_import_path_that_is_not_a_folder_is_a_usage_error(tree, kind, capsys):
+    project, outside = tree
+    (project / "a.net").write_text(spec("lib.net"))
+    given = str(outside / "nothing") if kind == "missing" else str(outside / "passwd")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["check", str(project / "a.net"), "--import-path", given])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    why = f"no such folder: {given}" if kind == "missing" else f"{given} is a file, not a folder"
+    assert last == f"netc check: error: argument --import-path: {why}"
+
+
+def test_environment_entries_that_are_not_folders_are_warned_about(tree, monkeypatch, capsys):
+    project, outside = tree
+    (project / "a.net").write_text(spec("lib.net"))
+    monkeypatch.setenv(ENV_VAR, os.pathsep.join([str(outside / "nothing"), str(outside),
+                                                 str(outside / "passwd")]))
+    assert cli.main(["check", str(project / "a.net")]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {ENV_VAR}: no such folder: {outside / 'nothing'}; imports cannot read from it",
+        f"warning: {ENV_VAR}: {outside / 'passwd'} is a file, not a folder; imports cannot "
+        "read from it"]
+    assert cli.main(["runs", str(project)]) == 0  # a command that reads no spec: no word
+    assert "warning" not in capsys.readouterr().err

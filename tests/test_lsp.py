@@ -290,3 +290,15 @@ def test_every_word_of_a_spec_has_answers_or_none(name):
     if name == "gan.net":
         number, line = next((n, l) for n, l in enumerate(text.split("\n")) if "-> D" in l)
         assert "shared instance of block `discriminator`" in index.hover(number, line.index("-> D") + 3)
+
+
+def test_completion_after_a_tensor_name_and_a_dot_offers_its_dimensions(tmp_path):
+    text = "input x : [3, 8, 8]\nh = x -> conv(x.ch"
+    index = SpecIndex(text, str(tmp_path / "d.net"))
+    [item] = index.completions(1, len("h = x -> conv(x.ch"))
+    assert (item.label, item.kind) == ("channels", "dimension")
+    labels = [c.label for c in index.completions(1, len("h = x -> conv(x."))]
+    assert labels == ["features", "channels", "length", "height", "width", "classes"]
+    # a loop's range is no dimension
+    loop = SpecIndex("for i in 1..", str(tmp_path / "l.net"))
+    assert all(c.kind != "dimension" for c in loop.completions(0, len("for i in 1..")))

@@ -23,7 +23,9 @@ from netdsl.lower import lower
 from netdsl.ops import numeric
 from netdsl.ops.numeric import draw_float32
 from netdsl.runtime.data import Dataset
+from netdsl.runtime import train
 from netdsl.runtime.init import initial_params
+from netdsl.tui.training import PostingReporter, train_network
 
 WIDE = """\
 network wide
@@ -154,3 +156,87 @@ def test_a_huge_layer_is_refused_at_once_without_allocating(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "not enough memory" in done.stderr and "GiB" in done.stderr
     assert "make the network smaller" in done.stderr
+
+
+LSTM = """\
+network long
+import rnn
+input  x : seq[16]
+target y : seq class(16)
+logits = x -> lstm(64) -> dense(16)
+loss cross_entropy(logits, y)
+train sgd(lr=0.01), batch=BATCH, epochs=1
+"""
+
+
+def long_lstm(batch=32, clause=""):
+    text = LSTM.replace("BATCH", str(batch)).replace("epochs=1", "epochs=1" + clause)
+    return prepare(check_text(text, "long.net"), {"steps": 2}, native=False)
+
+
+def test_a_recurrent_estimate_is_what_bptt_over_the_sequence_takes():
+    """Measured as the feed-forward estimate is: a trainer and two steps, at 50 steps.
+    The estimate counts what the lowering plans (what BPTT keeps, the sequence values
+    outside the loop, their gradients): the NumPy loop's bookkeeping is on top."""
+    session, steps = long_lstm(), 50
+    estimate = training_estimate(session.lowered, session.settings, steps)
+    assert estimate.what == "training step over 50 time steps"
+    rng = np.random.default_rng(0)
+    data = Dataset({"x": rng.standard_normal((64, steps, 16)).astype(np.float32),
+                    "y": rng.integers(0, 16, (64, steps))}, "test data")
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        session.trainer(None).fit(data, None)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert 0.8 * peak <= estimate.peak <= 1.2 * peak, (peak, estimate)
+    # twice the steps, twice the activations; truncated BPTT plans the chunk it runs
+    assert training_estimate(session.lowered, session.settings, 2 * steps).per_example \
+        == 2 * estimate.per_example
+    chunked = long_lstm(clause=", bptt(truncate=10)")
+    assert training_estimate(chunked.lowered, chunked.settings, steps).per_example \
+        == training_estimate(session.lowered, session.settings, 10).per_example
+    # checkpointing keeps less
+    spans = long_lstm(clause=", bptt(checkpoint=7)")
+    assert training_estimate(spans.lowered, spans.settings, steps).per_example \
+        < 0.7 * estimate.per_example
+
+
+def test_netc_run_refuses_an_lstm_on_long_sequences_before_allocating(tmp_path, monkeypatch):
+    spec = tmp_path / "long.net"
+    spec.write_text(LSTM.replace("BATCH", "64"))
+    estimate = training_estimate(long_lstm(64).lowered, long_lstm(64).settings, 400)
+    monkeypatch.setattr(memory_check, "available_bytes",
+                        lambda: estimate.fixed + 10 * estimate.per_example)
+    monkeypatch.setattr(train.Trainer, "__init__",
+                        lambda *a, **k: pytest.fail("parameters made before the check"))
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        assert cli.main(["run", str(spec), "--no-native", "--length", "400", "--examples",
+                         "64", "--checkpoint", str(tmp_path / "run")]) == 1
+    said = stderr.getvalue()
+    assert said.startswith("error: not enough memory: the training step over 400 time steps "
+                           "at batch 64 plans a peak of "), said
+    assert "the largest batch that fits is 10: pass --batch 10, or pass --force" in said
+
+
+def test_the_builder_runs_the_same_check_and_says_what_to_change(tmp_path, monkeypatch):
+    """The builder's run (F5) is refused as `netc run` is, before a parameter is made,
+    with advice that fits it: the train clause's batch, no --force."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train.Trainer, "__init__",
+                        lambda *a, **k: pytest.fail("parameters made before the check"))
+    for text, steps in ((WIDE.replace("OPTIMIZER", "sgd(lr=0.01)").replace("BATCH", "32"),
+                         None), (LSTM.replace("BATCH", "64"), 20)):
+        network = check_text(text, "n.net")
+        session = prepare(network, {"epochs": 1})  # as the builder prepares it
+        estimate = training_estimate(session.lowered, session.settings, steps)
+        monkeypatch.setattr(memory_check, "available_bytes",
+                            lambda: estimate.fixed + 3 * estimate.per_example)
+        with pytest.raises(SpecError) as refused:
+            train_network(network, PostingReporter(lambda event: None), 1, 64)
+        assert refused.value.message.startswith(f"not enough memory: the {estimate.what} at")
+        assert refused.value.hint == ("the largest batch that fits is 3: set batch=3 in the "
+                                      "train clause")

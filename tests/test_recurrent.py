@@ -166,6 +166,31 @@ def test_truncated_bptt_refuses_a_whole_sequence_op_at_check():
     assert "remove bptt(...) from the train clause at <spec>:6:22" in error.hint
 
 
+def test_checkpointing_alone_does_not_truncate_so_whole_sequence_ops_check():
+    """bptt(checkpoint=k) keeps full BPTT: `last` after the recurrence is fine."""
+    text = network("logits = x -> elman(4) -> last -> dense(3)", target="class(3)")
+    check_text(text + "train adam(lr=1e-3), bptt(checkpoint=5)\n")
+
+
+def test_the_trainer_checks_settings_given_apart_from_the_spec():
+    """The Python API may give a trainer settings the train clause did not have: it
+    makes netc check's own check of them (netdsl.recurrences.training_errors)."""
+    from dataclasses import replace
+
+    from netdsl.settings import resolve_settings
+    from netdsl.runtime.train import Trainer
+
+    net = check_text(network("logits = x -> elman(4) -> last -> dense(3)", target="class(3)"))
+    settings = resolve_settings(net.graph.graph["train"], {})
+    with pytest.raises(SpecError, match="truncated BPTT cuts sequences into chunks, but 'last' "
+                                        "needs the whole sequence") as info:
+        Trainer(lower(net), replace(settings, bptt=(5, 5)))
+    assert info.value.span.line == 4
+    with pytest.raises(SpecError, match="gan_k needs two losses .* but the spec has 1"):
+        Trainer(lower(net), replace(settings, gan_k=2))
+    Trainer(lower(net), replace(settings, checkpoint=5))  # full BPTT: nothing to refuse
+
+
 def test_netc_run_trains_the_elman_spec_and_accuracy_rises(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "netdsl.cli", "run", os.path.join(SPECS, "elman.net"),

@@ -568,6 +568,44 @@ class TestRunPanel:
             # the epoch line, longer than the panel, is wrapped, not cut: its end is there
             assert re.search(r"val_accuracy \d+\.\d\d%", text) and "lr 0.1" in text
 
+    async def test_a_run_that_would_not_fit_is_refused_in_the_panel(self, spec, tmp_path,
+                                                                   monkeypatch):
+        # the check of `netc run`, before a parameter is made; told in the panel's log
+        from netdsl.app import memory_check
+
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(memory_check, "available_bytes", lambda: 1 << 20)
+        async with opened(spec) as (app, pilot):
+            await pilot.press("f5")
+            screen = app.screen
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert not screen.running
+            log = [" ".join(s.text for s in line) for line in screen.query_one("#log").lines]
+            said = " ".join(" ".join(log).split())  # the log wraps long lines
+            assert "cannot train: not enough memory: the training step at batch 128" in said
+            assert "1.0 MiB available (the largest batch that fits is 4: set batch=4 in the " \
+                "train clause)" in said and "--force" not in said
+            assert not (tmp_path / "runs").exists()  # refused before its folder was made
+
+    async def test_a_checkpoint_that_cannot_be_written_is_told_in_the_log(self, spec, tmp_path,
+                                                                         monkeypatch):
+        from netdsl.runtime import checkpoint
+
+        def full(path, data):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(checkpoint, "write_bytes", full)
+        async with opened(spec, train_examples=64, train_epochs=1) as (app, pilot):
+            await pilot.press("f5")
+            screen = app.screen
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            log = [" ".join(s.text for s in line) for line in screen.query_one("#log").lines]
+            assert any(line.startswith("warning: could not write the checkpoint at step 1 "
+                                       "(No space left on device)") for line in log), log
+
     async def test_export_dot(self, spec, tmp_path):
         async with opened(spec) as (app, pilot):
             target = str(tmp_path / "mlp.dot")

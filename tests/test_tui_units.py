@@ -139,7 +139,7 @@ class TestLayout:
         overview = draw_graph(graph, compact=True)
         for box in joins:  # the overview's `[×]` too
             assert self.arrows_into(overview, box.id) == 2
-        for split in ("split1", "split2", "split3", "split4"):  # a bend turns up into its box
+        for split in "ifgo":  # the gates, split's outputs: a bend turns up into its box
             r = overview.rects[split]
             assert overview.row_text(r.y + 1)[r.x + r.width // 2] in "│╰╯├┤┴"
 
@@ -214,6 +214,16 @@ class TestEdits:
     def test_skip_connection_adds_a_named_value(self):
         after = edits.add_skip(MLP, graph_of(MLP), "x", "relu1").apply(MLP)
         assert "logits = (x -> dense(256) -> relu) + x -> dropout(0.2)" in after
+
+    def test_skip_from_an_output_of_a_split_uses_its_name(self):
+        text = ("input x : [8]\ntarget y : class(2)\nh = x -> dense(8)\na, b = split(h, 2)\n"
+                "z = concat(a, a) -> dense(4) -> relu\nlogits = concat(z, b) -> dense(2)\n"
+                "loss cross_entropy(logits, y)\n")
+        graph = graph_of(text)
+        assert {"a", "b"} <= set(graph)  # the names are the nodes' ids
+        after = edits.add_skip(text, graph, "b", "z").apply(text)
+        assert "z = (concat(a, a) -> dense(4) -> relu) + b\n" in after
+        check_text(after, "t.net")
 
     def test_skip_from_an_unnamed_value_explains(self):
         with pytest.raises(edits.EditRefused, match="name it first"):

@@ -272,3 +272,13 @@ class TestDrawCli:
         result = run_netc("draw", MLP, "--unroll", "3", "-o", str(out))
         assert_one_clear_error(result, "nothing to unroll", "leave out the unrolling")
         assert not out.exists()
+
+
+def test_the_names_of_a_split_are_the_unrolled_nodes_at_every_step():
+    """specs/lstm.net's `i, f, g, o = split(z, 4)`: nodes i@t, f@t, g@t, o@t, in that
+    order, at each step."""
+    lstm = check_file(os.path.join(SPECS, "lstm.net")).graph
+    lines = format_unrolled(unroll(lstm, 3)).splitlines()
+    for step in (1, 2, 3):
+        gates = [line.split(" ")[0] for line in lines if f"@{step} [split]" in line]
+        assert gates == [f"{gate}@{step}" for gate in "ifgo"]

@@ -17,13 +17,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from netdsl.app.memory_check import FOR_BUILDER, check_training
 from netdsl.app.record import RecordingReporter
 from netdsl.app.session import prepare
 from netdsl.errors import SpecError
 from netdsl.runtime.checkpoint import CHECKPOINT, CheckpointError, prepare_folder
 from netdsl.runtime.train import Reporter
 
-__all__ = ["Progress", "EpochDone", "RunStopped", "RunStarted", "PostingReporter", "train_network"]
+__all__ = ["Progress", "EpochDone", "RunStopped", "RunStarted", "RunWarning", "PostingReporter",
+           "train_network"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,11 @@ class RunStopped:
     reason: str
 
 
+@dataclass(frozen=True)
+class RunWarning:
+    text: str   # something the run survives: a checkpoint it could not write
+
+
 class PostingReporter(Reporter):
     """Turns the Trainer's calls into events for `post`; `stop` asks the loop to end."""
 
@@ -77,6 +84,9 @@ class PostingReporter(Reporter):
     def stopped(self, reason):
         self.post(RunStopped(reason))
 
+    def warning(self, text):
+        self.post(RunWarning(text))  # to the panel's log: stderr would draw over the screen
+
     def should_stop(self) -> bool:
         return self.stop_requested.is_set()
 
@@ -93,12 +103,16 @@ def train_network(network, reporter: PostingReporter, epochs: int | None = None,
     ------
     SpecError
         When the network cannot train (no loss, a bad train clause, no data), the GPU
-        cannot be used (netdsl.runtime.device.array_module), or `folder` cannot be written.
+        cannot be used (netdsl.runtime.device.array_module), `folder` cannot be written,
+        or the run would not fit in memory (checked as `netc run` checks it, before a
+        parameter is made; the builder has no --force).
     """
     session = prepare(network, {"epochs": epochs}, device)
+    check_training(session.lowered, session.settings, advice=FOR_BUILDER)
     if folder is not None:
         _start_folder(folder)
     data = session.load_data(examples=examples)
+    check_training(session.lowered, session.settings, data, advice=FOR_BUILDER)
     train, val = session.split(data)
     trainer = session.trainer(folder, reporter=reporter)
     if folder is not None:

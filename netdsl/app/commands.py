@@ -14,8 +14,7 @@ import numpy as np
 from netdsl.app import workers
 from netdsl.app.diagnose import DiagnosticsRecorder
 from netdsl.app.launch import launch_workers
-from netdsl.app.memory_check import (check_memory, fitting_batch, forward_estimate,
-                                     training_estimate)
+from netdsl.app.memory_check import check_training, fitting_batch, forward_estimate
 from netdsl.app.progress import RichReporter, metric_text
 from netdsl.app.record import RecordingReporter
 from netdsl.app.terminal import console as terminal
@@ -75,10 +74,12 @@ def run(args) -> int:
     def ready():
         network = check_file(args.spec, args.import_path)
         session = _session(args, network)
-        check_memory(training_estimate(session.lowered, session.settings), args.force)
+        check_training(session.lowered, session.settings, force=args.force)
         if comm.rank == 0:  # the only writer, checked before the data is read
             _writable_folder(_folder(args, session.name))
         data = _data(args, session)
+        # a recurrent network's activations, at its data's length
+        check_training(session.lowered, session.settings, data, args.force)
         return (network, session, data), workers.data_digest(data)
 
     network, session, data = workers.prepared(comm, args, ready)
@@ -91,6 +92,7 @@ def run(args) -> int:
         reporter = RichReporter(out, console, args.quiet) if comm.rank == 0 else Reporter()
         parallel = DataParallel(comm, overlap=not args.no_overlap) if comm.size > 1 else None
         trainer = session.trainer(folder, args.checkpoint_every, reporter, parallel)
+        trainer.on_write_error = args.on_write_error
         if args.resume and args.init_from:
             raise UsageError("--resume continues from the checkpoint, --init-from starts from "
                              "a file: give one of them", None, None)

@@ -1,24 +1,33 @@
-"""Memory checked before allocating: `netc run`, `eval` and `predict` compare the planned
-peak of what they will do (in float32, the dtype runs use) with the memory this process
-may still take, and refuse, with the estimate and the largest batch that fits, before a
-single parameter is made. `--force` runs anyway."""
+"""Memory checked before allocating: `netc run`, `eval`, `predict` and the builder's runs
+compare the planned peak of what they will do (in float32, the dtype runs use) with the
+memory this process may still take, and refuse, with the estimate and the largest batch
+that fits, before a single parameter is made. `--force` runs anyway.
+
+A network with a time axis is planned at its data's length: what BPTT keeps over the
+sequence (netdsl.lower.loop_memory) and the sequence values made outside the loops, and
+their gradients beside them in backward."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from netdsl.errors import SpecError
 from netdsl.lower import Lowered
+from netdsl.lower.loop_memory import outside_sequence_numbers, recurrence_figures
 from netdsl.lower.memory import MemoryPlan
 from netdsl.optimizers import configure
 from netdsl.report import human
 from netdsl.runtime.memory import available_bytes
 from netdsl.settings import TrainSettings
 
-__all__ = ["Estimate", "training_estimate", "forward_estimate", "check_memory", "fitting_batch"]
+__all__ = ["Estimate", "training_estimate", "forward_estimate", "check_memory", "fitting_batch",
+           "check_training", "sequence_length", "FOR_NETC", "FOR_BUILDER"]
 
 # while a trainer starts it holds the drawn parameters beside the flat parameter and
 # gradient arrays they are copied into (and drops them before the optimiser's arrays)
 STARTING_COPIES = 3
+# how a refusal tells the user to change the batch and to run anyway (None: cannot)
+FOR_NETC = ("pass --batch {batch}", "pass --force to run anyway")
+FOR_BUILDER = ("set batch={batch} in the train clause", None)
 
 
 @dataclass(frozen=True)
@@ -42,20 +51,60 @@ class Estimate:
         return self.batch if self.per_example == 0 else (room - self.fixed) // self.per_example
 
 
-def training_estimate(lowered: Lowered, settings: TrainSettings) -> Estimate:
+def training_estimate(lowered: Lowered, settings: TrainSettings, steps: int | None = None
+                      ) -> Estimate:
     """A training step at the settings' batch: the shared activation buffers, and what is
     sized like the parameters: the parameters, their gradients, the optimiser's state and
     scratch, and the best epoch's parameters under early stopping. A network with a time
-    axis has no buffer plan (its length is the data's): there only the latter counts."""
+    axis has no buffer plan (its length is the data's): its activations are planned over
+    `steps` time steps (see the module's docstring); without them only what is sized like
+    the parameters counts."""
     _, rule = configure(settings.optimizer, settings.optimizer_settings)
     scratch = bool(rule.weight_decay or rule.rho is not None or rule.nesterov)
     copies = 2 + len(rule.state) + scratch + (settings.early_stop is not None)
     fixed = max(copies, STARTING_COPIES) * _param_bytes(lowered)
     memory = lowered.memory
-    if memory is None:
+    if memory is None and steps is None:
         return Estimate(settings.batch, fixed, 0,
                         "parameters, gradients and optimiser state of a training run")
+    if memory is None:
+        return Estimate(settings.batch, fixed, _sequence_bytes(lowered, settings, steps),
+                        f"training step over {steps:,} time steps")
     return Estimate(settings.batch, fixed, memory.slot_bytes // memory.batch, "training step")
+
+
+def _sequence_bytes(lowered: Lowered, settings: TrainSettings, steps: int) -> int:
+    """Per example, a training step's activations over `steps` time steps (a chunk of
+    them under truncated BPTT), in float32. Forward: what the loops keep for BPTT (under
+    bptt(checkpoint=k), every k-th step's states and the loops' outputs) and the sequence
+    values made outside the loops. Backward, beside what forward kept: the gradients of
+    the outside values and of the loops' outputs over every step, and within the span of
+    steps it differentiates at a time (all of them, or k) gradients as large as what a
+    step keeps. An estimate, not a plan of every array: with the loop's own bookkeeping a
+    step takes 10-25% more for an LSTM (tests/test_memory_check.py), up to twice it for
+    a narrow Elman cell."""
+    if settings.bptt is not None:
+        steps = min(steps, settings.bptt[0])  # a chunk runs forward and back at a time
+    every = settings.checkpoint
+    span = steps if every is None else min(every, steps)
+    # a sequence value outside the loops (one a loop reads is dropped after it), or in
+    # backward its gradient
+    numbers = outside_sequence_numbers(lowered) * steps
+    for _, memory in recurrence_figures(lowered):
+        numbers += (memory.stored(steps, 1, 1, every) + memory.read_after * steps
+                    + memory.kept * span)
+    return 4 * numbers
+
+
+def sequence_length(lowered: Lowered, data) -> int | None:
+    """The time steps of a runtime Dataset's sequences (the longest) for a network with a
+    time axis; None for one without."""
+    if lowered.memory is not None:
+        return None
+    types = lowered.plan.types
+    lengths = [array.shape[1] for name, array in data.arrays.items()
+               if name in types and types[name].seq and array.ndim > 1]
+    return max(lengths, default=None)
 
 
 def forward_estimate(lowered: Lowered, batch: int) -> Estimate:
@@ -81,9 +130,24 @@ def _forward_peak(memory: MemoryPlan) -> int:
     return max(live, default=0)
 
 
-def check_memory(estimate: Estimate, force: bool = False, room: int | None = None) -> None:
+def check_training(lowered: Lowered, settings: TrainSettings, data=None, force: bool = False,
+                   advice: tuple[str, str | None] = FOR_NETC) -> None:
+    """Refuse a training run that would not fit (see `check_memory`), in two checks made
+    before a parameter is made: without `data` (before it is read), the planned peak of a
+    feed-forward step, or what is sized like a recurrent network's parameters; with the
+    runtime Dataset `data`, a recurrent network's step at the length of its sequences
+    (nothing more to check for a feed-forward network)."""
+    steps = None if data is None else sequence_length(lowered, data)
+    if data is not None and steps is None:
+        return
+    check_memory(training_estimate(lowered, settings, steps), force, advice=advice)
+
+
+def check_memory(estimate: Estimate, force: bool = False, room: int | None = None,
+                 advice: tuple[str, str | None] = FOR_NETC) -> None:
     """Refuse a run whose planned peak exceeds the memory available to the process
-    (`room`, else `runtime.memory.available_bytes`), unless `force`.
+    (`room`, else `runtime.memory.available_bytes`), unless `force`. `advice` says how
+    to change the batch and how to run anyway (FOR_NETC, FOR_BUILDER).
 
     Raises
     ------
@@ -94,17 +158,24 @@ def check_memory(estimate: Estimate, force: bool = False, room: int | None = Non
     if force or room is None or estimate.peak <= room:
         return
     fits = estimate.largest_batch(room)
+    batch_advice, force_advice = advice
     if fits == 0:
         fix = (f"even one example does not fit: the parameters alone plan "
                f"{human(estimate.fixed, 'B')}; make the network smaller")
+        if estimate.per_example and estimate.fixed <= room:
+            fix = (f"even one example does not fit: the {estimate.what} plans "
+                   f"{human(estimate.per_example, 'B')} for each; train on shorter "
+                   "sequences, or add bptt(truncate=k) or bptt(checkpoint=k) to the train "
+                   "clause")
     elif fits < estimate.batch:
-        fix = f"the largest batch that fits is {fits:,}: pass --batch {fits}"
+        fix = (f"the largest batch that fits is {fits:,}: "
+               + batch_advice.format(batch=fits))
     else:
         fix = "free memory"
     raise SpecError(
         f"not enough memory: the {estimate.what} at batch {estimate.batch:,} plans a peak of "
         f"{human(estimate.peak, 'B')}, and this process has {human(room, 'B')} available",
-        None, f"{fix}, or pass --force to run anyway")
+        None, f"{fix}, or {force_advice}" if force_advice else fix)
 
 
 def fitting_batch(estimate: Estimate, force: bool = False, room: int | None = None) -> int:

@@ -12,7 +12,8 @@
 Lines are appended one write each and flushed, so a reader (`netc runs`, `netc plot`, a
 `tail -f`) sees whole lines; a kill can cut only the last, which readers skip. A resumed
 run first drops the lines logged after its checkpoint's step, so that the file reads as
-one run that was never interrupted.
+one run that was never interrupted. A line that cannot be written (a full disk) is left
+out with a warning, once until a line is written again: the run goes on.
 """
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ class RecordingReporter(Reporter):
         self.network, self.spec = network, spec
         self.resumed_at, self.command, self.device = resumed_at, command, device
         self.events = None  # a tensorboardX SummaryWriter, when the extra is installed
+        self.unwritten = False  # whether the last metrics line could not be written
         trainer.reporter = self
 
     def start(self, description, settings, epochs, steps):
@@ -159,8 +161,18 @@ class RecordingReporter(Reporter):
     def _append(self, entry: dict) -> None:
         # one write of a whole line, in append mode: readers never see half of one
         line = json.dumps(entry, default=float) + "\n"
-        with open(os.path.join(self.folder, METRICS), "a", encoding="utf-8") as handle:
-            handle.write(line)
+        path = os.path.join(self.folder, METRICS)
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+        except OSError as exc:  # a full disk: the metrics matter less than the training
+            if not self.unwritten:
+                self.inner.warning(f"could not append to {path} ({exc.strerror or exc}); "
+                                   "training goes on, its lines are missing until one "
+                                   "can be written")
+            self.unwritten = True
+            return
+        self.unwritten = False
 
     def log(self, entry):
         self._append({"kind": "step", **entry})

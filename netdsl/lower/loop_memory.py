@@ -9,6 +9,9 @@ steps of everything (runtime.recompute). The sequences a loop reads are its inpu
 counted by whoever made them, so neither figure holds them.
 
 The figures are numbers per example; `LoopMemory.stored` turns them into bytes.
+`recurrence_figures` gives them for every loop of a lowering (a compiled loop keeps what
+its kernel keeps), and `outside_sequence_numbers` the sequence values the steps outside
+the loops make (an input projection hoisted out of a recurrence, a per-step output layer).
 """
 from __future__ import annotations
 
@@ -17,9 +20,10 @@ from dataclasses import dataclass
 
 from netdsl.lower.schedule import MEMBER, STATE, LoopSegment
 from netdsl.lower.memory import SMALL_SAVED
+from netdsl.lower.native_loop import loop_kernel
 from netdsl.ops.base import input_names
 
-__all__ = ["LoopMemory", "loop_memory"]
+__all__ = ["LoopMemory", "loop_memory", "recurrence_figures", "outside_sequence_numbers"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,30 @@ def _kept_by_ops(segment: LoopSegment, types: dict) -> dict[str, int]:
                     and name not in SMALL_SAVED:
                 kept[f"{step.node}:{name}"] = types[step.node].size
     return kept
+
+
+def recurrence_figures(lowered) -> list[tuple[LoopSegment, LoopMemory]]:
+    """Each loop of `lowered`'s (a pipeline.Lowered) training pass with its figures."""
+    backward = lowered.backward()
+    return [(segment, loop_memory(segment, lowered.plan.types,
+                                  _compiled_kept(lowered, segment, backward)))
+            for segment in lowered.schedule.segments if isinstance(segment, LoopSegment)]
+
+
+def outside_sequence_numbers(lowered) -> int:
+    """Per example and time step, the numbers of the sequence values that the steps
+    outside the loops of `lowered`'s training pass make."""
+    types = lowered.plan.types
+    return sum(types[step.node].size for segment in lowered.schedule.segments
+               if not isinstance(segment, LoopSegment)
+               for step in segment.steps if types[step.node].seq)
+
+
+def _compiled_kept(lowered, segment: LoopSegment, backward) -> frozenset | None:
+    """The members a compiled loop keeps at every step, or None (the NumPy loop's ops say)."""
+    if lowered.target.name != "native":
+        return None
+    needs = {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
+             for s in segment.steps if s.node in backward.grad_inputs}
+    kernel = loop_kernel(segment, lowered.plan.types, "float32", needs, "long long", "gemm")
+    return None if kernel is None else kernel.kept

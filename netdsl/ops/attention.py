@@ -112,6 +112,15 @@ class DotAttention(_Attention):
                              "additive_attention(query, memory, units)")
         return (memory if value is None else value).step()
 
+    def over_time(self, sequences: tuple[bool, ...]) -> tuple[str, str] | None:
+        if self.causal and not sequences[0]:  # one query row: the mask would show it one key
+            heads = f"heads={self.heads}, " if getattr(self, "heads", None) else ""
+            return ("causal=true lets a query sequence's step t read keys 1..t, but this "
+                    "query is not a sequence: one vector per example",
+                    "drop causal=true to read every key, or attend from the sequence itself, "
+                    f"as self-attention does: {self.name}(h, h, {heads}causal=true)")
+        return None
+
     def in_recurrence(self) -> str | None:
         if self.causal:
             return ("a causal mask orders a query sequence's steps against the keys', but "
@@ -262,6 +271,7 @@ class MultiheadAttention(_Attention):
                              "first, e.g. dense(n)")
         return query.step()
 
+    over_time = DotAttention.over_time
     in_recurrence = DotAttention.in_recurrence
 
     def params(self, query, memory, value=None):

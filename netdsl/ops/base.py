@@ -261,6 +261,12 @@ class Op:
         itself for a per-step op, and every step for an output without a time axis."""
         return [step] if step is not None else list(range(1, steps + 1))
 
+    def over_time(self, sequences: tuple[bool, ...]) -> tuple[str, str] | None:
+        """Why this op, as called, cannot take its inputs with (True) or without (False)
+        a time axis as they come, and a hint; None where it can (a causal mask needs a
+        query sequence). The shapes pass asks it, for per-step ops."""
+        return None
+
     def in_recurrence(self) -> str | None:
         """Why this op, as called, cannot run one step at a time inside a recurrence (a
         causal mask orders a whole query sequence); None where it can."""

@@ -14,7 +14,7 @@ from textual.widgets import Button, Label, ProgressBar, RichLog
 from netdsl.app.progress import metric_text
 from netdsl.errors import SpecError
 from netdsl.tui.training import EpochDone, PostingReporter, Progress, RunStarted, RunStopped, \
-    train_network
+    RunWarning, train_network
 from netdsl.tui.widgets.loss_plot import LossPlot
 
 __all__ = ["TrainScreen"]
@@ -102,6 +102,8 @@ class TrainScreen(ModalScreen[None]):
                 if isinstance(record.get(key), float):
                     self.query_one(plot, LossPlot).add_validation(record[key], self.step)
             log.write("  ".join(metric_text(k, v) for k, v in record.items()))
+        elif isinstance(event, RunWarning):
+            log.write(f"warning: {event.text}")
         elif isinstance(event, RunStopped):
             if self.running:
                 self.running = False
