@@ -608,6 +608,10 @@ class _Expander:
             if count > 10_000:
                 raise SpecError(f"a stage repeated {count} times is too many", stage.repeat.span,
                                 "repeat a stage at most 10000 times")
+            if count == 1:  # one round multiplies nothing: no factor for the budget to weigh
+                value = self._call(stage.call, scope, self._piped(value, stage, expr),
+                                   want if last else 1)
+                continue
             repeat = f"{scope.prefix}{stage.call.name}@{stage.span.line}:{stage.span.col}" if count > 1 else None
             block = self.blocks.get(stage.call.name)
             size = 1 if block is None else _size(block.body, self.sizes)
@@ -615,15 +619,17 @@ class _Expander:
                                   stage.repeat.span if stage.repeat else stage.span) as factor:
                 for done in range(count):
                     factor[3] = count - done
-                    if isinstance(value, tuple):
-                        raise SpecError(f"'{stage.call.name}' receives {len(value)} values; a "
-                                        "pipeline carries one", stage.span,
-                                        "name the values: a, b = ...")
-                    which = (f", the {_ordinal(done + 1)} repetition of '{_stage_text(stage)}'"
-                             if count > 1 else "")
-                    value = self._call(stage.call, scope, self._tensor(value, expr.source),
+                    which = f", the {_ordinal(done + 1)} repetition of '{_stage_text(stage)}'"
+                    value = self._call(stage.call, scope, self._piped(value, stage, expr),
                                        want if last else 1, repeat, which)
         return value
+
+    def _piped(self, value, stage: ast.Stage, expr: ast.Pipeline) -> Value:
+        """The one tensor a pipeline carries into a stage."""
+        if isinstance(value, tuple):
+            raise SpecError(f"'{stage.call.name}' receives {len(value)} values; a "
+                            "pipeline carries one", stage.span, "name the values: a, b = ...")
+        return self._tensor(value, expr.source)
 
     def _delayed(self, expr: ast.Delayed, scope: _Scope) -> Value:
         slot = scope.states.get(expr.name)

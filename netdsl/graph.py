@@ -54,12 +54,13 @@ def forward_order(graph: nx.DiGraph) -> list[str]:
     SpecError
         When a cycle has no delay on it, naming the nodes on the cycle.
     """
-    waiting = {node: 0 for node in graph}
-    readers: dict[str, list[str]] = {node: [] for node in graph}
-    for source, target, delay in graph.edges(data="delay"):
-        if not delay:
+    waiting = dict.fromkeys(graph, 0)
+    readers: dict[str, list[str]] = {}
+    for source, targets in graph.adjacency():  # plain dicts: no edge view per edge
+        readers[source] = same_step = [target for target, data in targets.items()
+                                       if not data["delay"]]
+        for target in same_step:
             waiting[target] += 1
-            readers[source].append(target)
     order = [node for node, count in waiting.items() if count == 0]
     for node in order:  # grows as nodes become ready
         for reader in readers[node]:

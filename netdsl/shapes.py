@@ -7,8 +7,6 @@ input failed is skipped, so independent mistakes are all reported in one run.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
-
 import networkx as nx
 
 from netdsl.errors import ShapeError, SpecError, SpecErrors
@@ -59,7 +57,7 @@ def _node_type(graph: nx.DiGraph, node: str, data) -> TensorType | None:
     if data["kind"] in ("input", "target"):
         return data["declared"]
     if data["kind"] == "state":
-        return replace(data["declared"], seq=True)
+        return data["declared"].with_seq()
     inputs = input_types(graph, node)
     if any(t is None for t in inputs):
         return None  # an input already failed and was reported
@@ -69,7 +67,7 @@ def _node_type(graph: nx.DiGraph, node: str, data) -> TensorType | None:
     whole = whole_positions(op)
     seq = any(t.seq for i, t in enumerate(inputs) if i not in whole)
     result = op.shape(*(t if i in whole else t.step() for i, t in enumerate(inputs)))
-    return replace(result, seq=True) if seq else result
+    return result.with_seq() if seq else result
 
 
 def _same_count_hint(graph: nx.DiGraph, node: str) -> str | None:
