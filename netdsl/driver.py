@@ -152,7 +152,7 @@ def check_text(text: str, file: str = "<spec>", import_path=()) -> Network:
             except IndependentErrors as exc:            # the program is whole all the same
                 program, errors = exc.program, list(exc.errors)
             graph = build_graph(program)                # networkx graph; cycles need a delay
-            graph, found = typed_graph(graph)           # every edge typed, or located errors
+            graph, found = typed_graph(graph, copy=False)  # every edge typed, or located errors
             errors += found + check_recurrences(graph, program.train_spans)  # loops over time
             SpecErrors.collect(errors)
         except (SpecError, SpecErrors) as exc:

@@ -31,15 +31,18 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
     return graph
 
 
-def typed_graph(graph: nx.DiGraph) -> tuple[nx.DiGraph, list[SpecError]]:
+def typed_graph(graph: nx.DiGraph, copy: bool = True) -> tuple[nx.DiGraph, list[SpecError]]:
     """A copy of `graph` with types where they can be inferred (None elsewhere), and the
-    errors, so that passes after this one can still report theirs."""
-    graph = graph.copy()
+    errors, so that passes after this one can still report theirs. `copy=False` types
+    `graph` itself, for a caller that keeps no untyped graph (copying a big one costs as
+    much as typing it)."""
+    graph = graph.copy() if copy else graph
     errors: list[SpecError] = []
+    attrs = dict(graph.nodes(data=True))  # each node's data, found without a view per lookup
     for node in forward_order(graph):
-        data = graph.nodes[node]
+        data = attrs[node]
         try:
-            data["type"] = _node_type(graph, node, data)
+            data["type"] = _node_type(attrs, data)
         except ShapeError as exc:
             data["type"] = None
             errors.append(SpecError(exc.message, data["span"], _same_count_hint(graph, node) or exc.hint,
@@ -53,17 +56,23 @@ def input_types(graph: nx.DiGraph, node: str) -> list[TensorType | None]:
     return [graph.nodes[source].get("type") for source, _ in graph.nodes[node]["inputs"]]
 
 
-def _node_type(graph: nx.DiGraph, node: str, data) -> TensorType | None:
-    if data["kind"] in ("input", "target"):
+def _node_type(attrs: dict, data) -> TensorType | None:
+    """The type of a node, its inputs' types known: `attrs` maps nodes to their data."""
+    kind = data["kind"]
+    if kind == "input" or kind == "target":
         return data["declared"]
-    if data["kind"] == "state":
+    if kind == "state":
         return data["declared"].with_seq()
-    inputs = input_types(graph, node)
-    if any(t is None for t in inputs):
+    inputs = [attrs[source].get("type") for source, _ in data["inputs"]]
+    if None in inputs:
         return None  # an input already failed and was reported
     op = data["op"]
     if not op.per_step:
         return op.shape(*inputs)
+    if not op.whole:  # every input read step by step, the common case
+        seq = any(t.seq for t in inputs)
+        result = op.shape(*(t.step() for t in inputs))
+        return result.with_seq() if seq else result
     whole = whole_positions(op)
     seq = any(t.seq for i, t in enumerate(inputs) if i not in whole)
     result = op.shape(*(t if i in whole else t.step() for i, t in enumerate(inputs)))
