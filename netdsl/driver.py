@@ -20,7 +20,8 @@ from netdsl.program import Program
 from netdsl.recurrences import check_recurrences
 from netdsl.shapes import typed_graph
 
-__all__ = ["Network", "check_file", "check_text", "read_spec", "CheckFailed"]
+__all__ = ["Network", "check_file", "check_text", "read_spec", "CheckFailed",
+           "cycle_collection_paused"]
 
 MAX_SPEC_BYTES = 10 * 1024 * 1024
 
@@ -114,7 +115,7 @@ class _Loader:
 
 
 @contextmanager
-def _cycle_collection_paused():
+def cycle_collection_paused():
     """The passes make hundreds of thousands of objects that live until the check ends,
     and no garbage cycles worth collecting: Python's cyclic collector, run over all of
     them again and again, made checking grow faster than the spec (30,000 lines: 30 s
@@ -143,7 +144,7 @@ def check_text(text: str, file: str = "<spec>", import_path=()) -> Network:
     sources = {file: text}
     errors: list[SpecError] = []  # those that let the later passes run, reported together
     loader = _Loader(sources, import_roots(file, import_path))
-    with _cycle_collection_paused():
+    with cycle_collection_paused():
         try:
             module = parse(text, file)                  # text -> AST with spans
             loader.add(module)

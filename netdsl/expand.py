@@ -33,8 +33,9 @@ DISCARD = "_"
 # the most a spec may expand to, in statements run and nodes made once loops, repeats
 # and blocks multiply out: checking stays fast however the multiplications are nested
 EXPANSION_BUDGET = 1_000_000
-# undefined names given a "did you mean": each guess compares with every name in scope,
-# so a spec of thousands of undefined names gets its errors without guesses past these
+# undefined names and unknown layers given a "did you mean": each guess compares with
+# every name in scope (or every layer), so a spec of thousands of them gets its errors
+# without guesses past these
 MISSPELLINGS_GUESSED = 100
 _SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 # `a + b` of two tensors: the op that declares the operator
@@ -692,7 +693,11 @@ class _Expander:
         if self.failed_imports:  # it may live in the module that failed to load: stop, report nothing
             return SpecErrors([])
         known = list(OPS) + list(self.blocks) + list(scope.shared)
-        hint = suggest(call.name, known) or "see the list of layers in docs/language.md"
+        guess = None
+        if self.guesses_left > 0:  # as for names: a guess compares with every layer
+            self.guesses_left -= 1
+            guess = suggest(call.name, known)
+        hint = guess or "see the list of layers in docs/language.md"
         return SpecError(f"unknown layer '{call.name}'", call.name_span or call.span, hint)
 
     def _arguments(self, call: ast.Call, scope: _Scope, piped: Value | None):
