@@ -157,12 +157,21 @@ def check_text(text: str, file: str = "<spec>", import_path=()) -> Network:
             errors += found + check_recurrences(graph, program.train_spans)  # loops over time
             SpecErrors.collect(errors)
         except (SpecError, SpecErrors) as exc:
-            raise CheckFailed(_unique(errors + errors_of(exc)), sources) from None
+            raise CheckFailed(_detached(_unique(errors + errors_of(exc))), sources) from None
         except RecursionError:  # parse bounds expression depth; this is a chain of blocks too long
             error = SpecError(f"{file}: blocks call blocks too deeply to check", None,
                               "flatten some of the blocks into their callers")
             raise CheckFailed([error], sources) from None
     return Network(module, program, graph, sources)
+
+
+def _detached(errors: list[SpecError]) -> list[SpecError]:
+    """The errors without the tracebacks and exceptions they were raised with: those hold
+    the frames of the passes, and so all they made, in cycles that only the collector
+    frees; an error is shown by its message and place alone."""
+    for error in errors:
+        error.__traceback__ = error.__context__ = None
+    return errors
 
 
 def _unique(errors: list[SpecError]) -> list[SpecError]:

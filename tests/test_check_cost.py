@@ -1,10 +1,14 @@
-"""Checking grows linearly with the spec: counted, not timed. The work of `netc check`
+"""What checking costs, counted rather than timed.
+
+Checking grows linearly with the spec. The work of `netc check`
 (every pass, the parameter count of a valid spec, the rendering of every error of a bad
 one) is measured as the number of Python function calls, on the benchmark's specs at n
 and 2n lines; a pass that went quadratic would make twice the spec cost four times the
 calls."""
+import gc
 import os
 import sys
+import weakref
 
 import pytest
 
@@ -55,3 +59,24 @@ def test_parameters_counted_in_one_pass_as_node_by_node():
     assert net.param_count() == sum(sum(__import__("math").prod(s) for s in
                                         node_params(net.graph, n).values()) for n in net.graph)
     assert net.param_count() == 4 + (4 * 4 + 4)  # the learned start once, the dense layer
+
+
+@pytest.mark.parametrize("make", [check_speed.valid_100k, check_speed.errors_10k],
+                         ids=["valid", "errors"])
+def test_what_a_check_made_is_freed_without_the_collector(make):
+    """netc check keeps the collector off until a spec's results are dropped; reference
+    counting alone must free them, errors included, or checking many specs would pile
+    up memory."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            made = check_text(make(200), "f.net")
+            kept = [weakref.ref(made.graph), weakref.ref(made.module)]
+        except CheckFailed as failed:
+            kept = [weakref.ref(failed.errors[0]), weakref.ref(failed.errors[-1])]
+        made = failed = None  # noqa: F841  dropped, as the command drops them
+        assert all(ref() is None for ref in kept)
+    finally:
+        if enabled:
+            gc.enable()
