@@ -1,13 +1,13 @@
 """The quick path of parsing: a recursive-descent reading of grammar/netdsl.lark that
-builds exactly the AST the Lark path of netdsl.parse builds, spans included, five to ten
-times faster (Lark's lexer alone took longer than this whole parser).
+builds exactly the AST the Lark path of netdsl.parse builds, spans included, about five
+times faster on a big spec (Lark's lexer alone takes about as long as this whole parser).
 
 It reads the well-formed specs people write and nothing else: at anything unusual (a
-syntax error, a keyword used as a name, a number out of range, a statement nested deep)
-it gives up with `NotHandled`, and parse.py reads the text again with Lark, whose errors
-netdsl.syntax_errors describes. So the language and its messages have one definition,
-the grammar; tests/test_parse.py compares the two paths on every spec of the project and
-on fuzzed text.
+syntax error, a keyword at the start of a statement it cannot start, a number out of
+range, a statement nested deep) it gives up with `NotHandled`, and parse.py reads the text
+again with Lark, whose errors netdsl.syntax_errors describes. So the language and its
+messages have one definition, the grammar; tests/test_quick_parse.py compares the two
+paths on every spec of the project and on fuzzed text.
 """
 from __future__ import annotations
 
