@@ -32,10 +32,10 @@ HERE = Path(__file__).resolve().parent.parent
 
 
 def valid_100k(lines: int = 100_000) -> str:
-    """Blocks, a loop and a state up front, then a long chain of assignments."""
+    """Blocks, a loop and a state over a sequence up front, then a long chain of assignments."""
     head = [
         "network big",
-        "input x : [16]",
+        "input x : seq[16]",  # the state h runs over its steps
         "target y : class(4)",
         "state h : [16]",
         "block pair(n) {",

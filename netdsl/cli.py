@@ -11,7 +11,7 @@ from netdsl import __version__, emit
 from netdsl.atomic import write_text
 from netdsl.completion import SHELLS, completion_script
 from netdsl.diff import diff_json, format_diff
-from netdsl.driver import CheckFailed, check_file, read_spec
+from netdsl.driver import CheckFailed, check_file, cycle_collection_paused, read_spec
 from netdsl.errors import SpecError, SpecErrors, UsageError, errors_of, render
 from netdsl.fmt import format_text
 from netdsl.imports import ENV_VAR, not_a_folder, unusable_env_folders
@@ -389,6 +389,14 @@ def _report(errors, sources) -> None:
 
 
 def _check(args) -> int:
+    # what a check makes is freed by reference counting once its spec is reported; with
+    # the collector back on before that, its first pass would walk all of it (a second
+    # or more for a big spec) and free nothing
+    with cycle_collection_paused():
+        return _check_specs(args)
+
+
+def _check_specs(args) -> int:
     failed, results = 0, []
     for path in args.specs:
         try:

@@ -34,14 +34,20 @@ class Row:
 
 def node_params(graph: nx.DiGraph, node: str) -> dict[str, tuple[int, ...]]:
     """Shapes of the parameters a node owns (none when it shares another node's)."""
-    data = graph.nodes[node]
+    return _owned(node, graph.nodes[node], lambda source: graph.nodes[source].get("type"),
+                  lambda state: first_state_node(graph, state))
+
+
+def _owned(node: str, data, type_of, first_of) -> dict[str, tuple[int, ...]]:
+    """node_params, given how to find a node's type and a state's first node."""
     if data["kind"] == "state":
         state = data["state"]
-        first = first_state_node(graph, state)
-        return {"init": state.type.dims} if state.init == "learned" and first == node else {}
+        if state.init != "learned":  # only a learned start is a parameter
+            return {}
+        return {"init": state.type.dims} if first_of(state) == node else {}
     if data["kind"] != "op" or data.get("shares"):
         return {}
-    return data["op"].params(*(t.step() for t in input_types(graph, node)))
+    return data["op"].params(*(type_of(source).step() for source, _ in data["inputs"]))
 
 
 def first_state_node(graph: nx.DiGraph, state) -> str:
@@ -101,5 +107,19 @@ def roll_up(graph: nx.DiGraph, rows: list[Row], depth: int) -> list[Row]:
 
 
 def param_count(graph: nx.DiGraph) -> int:
-    """Total learned parameters of a checked graph."""
-    return sum(math.prod(s) for n in graph for s in node_params(graph, n).values())
+    """Total learned parameters of a checked graph: one pass over its nodes, each state's
+    first node found once (not once per delay)."""
+    attrs = dict(graph.nodes(data=True))
+    firsts: dict[int, str] = {}
+    for node, data in attrs.items():
+        state = data.get("state")
+        if state is not None:
+            firsts[id(state)] = min(firsts.get(id(state), node), node)
+    def type_of(source):
+        return attrs[source].get("type")
+
+    def first_of(state):
+        return firsts[id(state)]
+
+    return sum(math.prod(shape) for node, data in attrs.items()
+               for shape in _owned(node, data, type_of, first_of).values())

@@ -20,7 +20,8 @@ from netdsl.program import Program
 from netdsl.recurrences import check_recurrences
 from netdsl.shapes import typed_graph
 
-__all__ = ["Network", "check_file", "check_text", "read_spec", "CheckFailed"]
+__all__ = ["Network", "check_file", "check_text", "read_spec", "CheckFailed",
+           "cycle_collection_paused"]
 
 MAX_SPEC_BYTES = 10 * 1024 * 1024
 
@@ -114,7 +115,7 @@ class _Loader:
 
 
 @contextmanager
-def _cycle_collection_paused():
+def cycle_collection_paused():
     """The passes make hundreds of thousands of objects that live until the check ends,
     and no garbage cycles worth collecting: Python's cyclic collector, run over all of
     them again and again, made checking grow faster than the spec (30,000 lines: 30 s
@@ -143,7 +144,7 @@ def check_text(text: str, file: str = "<spec>", import_path=()) -> Network:
     sources = {file: text}
     errors: list[SpecError] = []  # those that let the later passes run, reported together
     loader = _Loader(sources, import_roots(file, import_path))
-    with _cycle_collection_paused():
+    with cycle_collection_paused():
         try:
             module = parse(text, file)                  # text -> AST with spans
             loader.add(module)
@@ -152,16 +153,25 @@ def check_text(text: str, file: str = "<spec>", import_path=()) -> Network:
             except IndependentErrors as exc:            # the program is whole all the same
                 program, errors = exc.program, list(exc.errors)
             graph = build_graph(program)                # networkx graph; cycles need a delay
-            graph, found = typed_graph(graph)           # every edge typed, or located errors
+            graph, found = typed_graph(graph, copy=False)  # every edge typed, or located errors
             errors += found + check_recurrences(graph, program.train_spans)  # loops over time
             SpecErrors.collect(errors)
         except (SpecError, SpecErrors) as exc:
-            raise CheckFailed(_unique(errors + errors_of(exc)), sources) from None
+            raise CheckFailed(_detached(_unique(errors + errors_of(exc))), sources) from None
         except RecursionError:  # parse bounds expression depth; this is a chain of blocks too long
             error = SpecError(f"{file}: blocks call blocks too deeply to check", None,
                               "flatten some of the blocks into their callers")
             raise CheckFailed([error], sources) from None
     return Network(module, program, graph, sources)
+
+
+def _detached(errors: list[SpecError]) -> list[SpecError]:
+    """The errors without the tracebacks and exceptions they were raised with: those hold
+    the frames of the passes, and so all they made, in cycles that only the collector
+    frees; an error is shown by its message and place alone."""
+    for error in errors:
+        error.__traceback__ = error.__context__ = None
+    return errors
 
 
 def _unique(errors: list[SpecError]) -> list[SpecError]:

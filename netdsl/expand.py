@@ -36,8 +36,9 @@ DISCARD = "_"
 # the most a spec may expand to, in statements run and nodes made once loops, repeats
 # and blocks multiply out: checking stays fast however the multiplications are nested
 EXPANSION_BUDGET = 1_000_000
-# undefined names given a "did you mean": each guess compares with every name in scope,
-# so a spec of thousands of undefined names gets its errors without guesses past these
+# undefined names and unknown layers given a "did you mean": each guess compares with
+# every name in scope (or every layer), so a spec of thousands of them gets its errors
+# without guesses past these
 MISSPELLINGS_GUESSED = 100
 _SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 # `a + b` of two tensors: the op that declares the operator
@@ -679,6 +680,10 @@ class _Expander:
             if count > 10_000:
                 raise SpecError(f"a stage repeated {count} times is too many", stage.repeat.span,
                                 "repeat a stage at most 10000 times")
+            if count == 1:  # one round multiplies nothing: no factor for the budget to weigh
+                value = self._call(stage.call, scope, self._piped(value, stage, expr),
+                                   want if last else 1)
+                continue
             repeat = f"{scope.prefix}{stage.call.name}@{stage.span.line}:{stage.span.col}" if count > 1 else None
             block = self.blocks.get(stage.call.name)
             size = 1 if block is None else _size(block.body, self.sizes)
@@ -686,15 +691,17 @@ class _Expander:
                                   stage.repeat.span if stage.repeat else stage.span) as factor:
                 for done in range(count):
                     factor[3] = count - done
-                    if isinstance(value, tuple):
-                        raise SpecError(f"'{stage.call.name}' receives {len(value)} values; a "
-                                        "pipeline carries one", stage.span,
-                                        "name the values: a, b = ...")
-                    which = (f", the {_ordinal(done + 1)} repetition of '{_stage_text(stage)}'"
-                             if count > 1 else "")
-                    value = self._call(stage.call, scope, self._tensor(value, expr.source),
+                    which = f", the {_ordinal(done + 1)} repetition of '{_stage_text(stage)}'"
+                    value = self._call(stage.call, scope, self._piped(value, stage, expr),
                                        want if last else 1, repeat, which)
         return value
+
+    def _piped(self, value, stage: ast.Stage, expr: ast.Pipeline) -> Value:
+        """The one tensor a pipeline carries into a stage."""
+        if isinstance(value, tuple):
+            raise SpecError(f"'{stage.call.name}' receives {len(value)} values; a "
+                            "pipeline carries one", stage.span, "name the values: a, b = ...")
+        return self._tensor(value, expr.source)
 
     def _delayed(self, expr: ast.Delayed, scope: _Scope) -> Value:
         slot = scope.states.get(expr.name)
@@ -757,7 +764,11 @@ class _Expander:
         if self.failed_imports:  # it may live in the module that failed to load: stop, report nothing
             return SpecErrors([])
         known = list(OPS) + list(self.blocks) + list(scope.shared)
-        hint = suggest(call.name, known) or "see the list of layers in docs/language.md"
+        guess = None
+        if self.guesses_left > 0:  # as for names: a guess compares with every layer
+            self.guesses_left -= 1
+            guess = suggest(call.name, known)
+        hint = guess or "see the list of layers in docs/language.md"
         return SpecError(f"unknown layer '{call.name}'", call.name_span or call.span, hint)
 
     def _arguments(self, call: ast.Call, scope: _Scope, piped: Value | None):

@@ -24,18 +24,22 @@ def build_graph(program: Program) -> nx.DiGraph:
     """
     graph = nx.DiGraph(name=program.name, losses=dict(program.losses), train=dict(program.train),
                        file=program.file, names=dict(program.names))
-    for node in program.nodes.values():
-        graph.add_node(node.id, kind=node.kind, op=node.op, span=node.span, scope=node.scope,
-                       declared=node.type, state=node.state, shares=node.shares,
-                       inputs=tuple(node.inputs))
+    graph.add_nodes_from((node.id, {"kind": node.kind, "op": node.op, "span": node.span,
+                                    "scope": node.scope, "declared": node.type,
+                                    "state": node.state, "shares": node.shares,
+                                    "inputs": tuple(node.inputs)})
+                         for node in program.nodes.values())
+    edges: dict[tuple[str, str], dict] = {}  # gathered first: one bulk insertion
     for node in program.nodes.values():
         for port, (source, delay) in enumerate(node.inputs):
-            if source not in graph:   # an edge would add it bare, without its data
+            if source not in program.nodes:  # an edge would add it bare, without its data
                 raise SpecError(f"internal: {node.id} reads the missing node {source}", node.span)
-            if graph.has_edge(source, node.id):
-                graph.edges[source, node.id]["ports"].append(port)
+            edge = edges.get((source, node.id))
+            if edge is None:
+                edges[source, node.id] = {"delay": delay, "ports": [port]}
             else:
-                graph.add_edge(source, node.id, delay=delay, ports=[port])
+                edge["ports"].append(port)
+    graph.add_edges_from((source, target, data) for (source, target), data in edges.items())
     verify_graph(graph)
     return graph
 
@@ -54,12 +58,13 @@ def forward_order(graph: nx.DiGraph) -> list[str]:
     SpecError
         When a cycle has no delay on it, naming the nodes on the cycle.
     """
-    waiting = {node: 0 for node in graph}
-    readers: dict[str, list[str]] = {node: [] for node in graph}
-    for source, target, delay in graph.edges(data="delay"):
-        if not delay:
+    waiting = dict.fromkeys(graph, 0)
+    readers: dict[str, list[str]] = {}
+    for source, targets in graph.adjacency():  # plain dicts: no edge view per edge
+        readers[source] = same_step = [target for target, data in targets.items()
+                                       if not data["delay"]]
+        for target in same_step:
             waiting[target] += 1
-            readers[source].append(target)
     order = [node for node, count in waiting.items() if count == 0]
     for node in order:  # grows as nodes become ready
         for reader in readers[node]:

@@ -16,6 +16,7 @@ from lark.exceptions import (
 
 from netdsl import ast
 from netdsl.errors import Span, SpecError, closest
+from netdsl.fast_parse import NotHandled, parse_quickly
 from netdsl.lark_parser import parser
 from netdsl.syntax_errors import CATALOGUE, classify
 
@@ -29,6 +30,17 @@ def parse(text: str, file: str = "<spec>") -> ast.Module:
     SpecError
         At the first syntax error, located, with what was expected.
     """
+    source = text if text.endswith("\n") else text + "\n"
+    try:
+        items = parse_quickly(source, file)
+    except NotHandled:  # a mistake or a rare construct: Lark reads it and says what is wrong
+        items = parse_with_lark(text, file)
+    return ast.Module(file, items, tuple(_comments(text, file)))
+
+
+def parse_with_lark(text: str, file: str = "<spec>") -> tuple:
+    """The items of a module, read by Lark's parser of the grammar: the definition of the
+    language and the source of every syntax error's message."""
     try:
         tree = parser().parse(text if text.endswith("\n") else text + "\n")
     except UnexpectedInput as exc:
@@ -39,10 +51,9 @@ def parse(text: str, file: str = "<spec>") -> ast.Module:
             raise SpecError(f"this statement nests more than {_DEEPEST} levels deep",
                             _span(file, item.meta), "split it into named steps: a = ..., b = a -> ...")
     try:
-        module = _ToAst(file).transform(tree)
+        return _ToAst(file).transform(tree)
     except VisitError as exc:  # a SpecError raised while building a node
         raise exc.orig_exc from None
-    return ast.Module(file, module, tuple(_comments(text, file)))
 
 
 # numbers beyond this are typing mistakes; bounding them keeps later arithmetic exact and finite

@@ -29,21 +29,23 @@ def recurrence_errors(graph: nx.DiGraph) -> list[SpecError]:
     errors = []
     for component in recurrences(graph):
         ops = [n for n in component if graph.nodes[n]["kind"] == "op"]
-        for node in sorted(ops, key=lambda n: _place(graph, n)):
+        refused = []  # (place, error), put in source order once found: a loop may hold every node
+        for node in ops:
             data = graph.nodes[node]
             if not data["op"].per_step:
-                errors.append(SpecError(
+                refused.append((_place(graph, node), SpecError(
                     f"'{data['op'].name}' sees the whole sequence, so it cannot be part of a "
                     "recurrence, which runs one step at a time", data["span"],
                     "apply it before or after the recurrent layer",
-                    call_notes(data["scope"], data["span"])))
+                    call_notes(data["scope"], data["span"]))))
                 continue
             reason = data["op"].in_recurrence()
             if reason is not None:
-                errors.append(SpecError(
+                refused.append((_place(graph, node), SpecError(
                     f"'{data['op'].name}' cannot be part of a recurrence: {reason}",
                     data["span"], "apply it before or after the recurrent layer",
-                    call_notes(data["scope"], data["span"])))
+                    call_notes(data["scope"], data["span"]))))
+        errors += [error for _, error in sorted(refused, key=lambda pair: pair[0])]
         if not _reads_a_sequence(graph, ops, component):
             states = sorted((n for n in component if graph.nodes[n]["kind"] == "state"),
                             key=lambda n: _place(graph, n))

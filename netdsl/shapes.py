@@ -7,8 +7,6 @@ input failed is skipped, so independent mistakes are all reported in one run.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
-
 import networkx as nx
 
 from netdsl.errors import ShapeError, SpecError, SpecErrors
@@ -33,15 +31,18 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
     return graph
 
 
-def typed_graph(graph: nx.DiGraph) -> tuple[nx.DiGraph, list[SpecError]]:
+def typed_graph(graph: nx.DiGraph, copy: bool = True) -> tuple[nx.DiGraph, list[SpecError]]:
     """A copy of `graph` with types where they can be inferred (None elsewhere), and the
-    errors, so that passes after this one can still report theirs."""
-    graph = graph.copy()
+    errors, so that passes after this one can still report theirs. `copy=False` types
+    `graph` itself, for a caller that keeps no untyped graph (copying a big one costs as
+    much as typing it)."""
+    graph = graph.copy() if copy else graph
     errors: list[SpecError] = []
+    attrs = dict(graph.nodes(data=True))  # each node's data, found without a view per lookup
     for node in forward_order(graph):
-        data = graph.nodes[node]
+        data = attrs[node]
         try:
-            data["type"] = _node_type(graph, node, data)
+            data["type"] = _node_type(attrs, data)
         except ShapeError as exc:
             data["type"] = None
             errors.append(SpecError(exc.message, data["span"], _same_count_hint(graph, node) or exc.hint,
@@ -55,8 +56,10 @@ def input_types(graph: nx.DiGraph, node: str) -> list[TensorType | None]:
     return [graph.nodes[source].get("type") for source, _ in graph.nodes[node]["inputs"]]
 
 
-def _node_type(graph: nx.DiGraph, node: str, data) -> TensorType | None:
-    return node_type(data["kind"], data["declared"], data["op"], input_types(graph, node))
+def _node_type(attrs: dict, data) -> TensorType | None:
+    """The type of a node, its inputs' types known: `attrs` maps nodes to their data."""
+    inputs = [attrs[source].get("type") for source, _ in data["inputs"]]
+    return node_type(data["kind"], data["declared"], data["op"], inputs)
 
 
 def node_type(kind: str, declared: TensorType | None, op, inputs: list[TensorType | None]
@@ -69,21 +72,25 @@ def node_type(kind: str, declared: TensorType | None, op, inputs: list[TensorTyp
     ShapeError
         When the op does not take inputs of these types.
     """
-    if kind in ("input", "target"):
+    if kind == "input" or kind == "target":
         return declared
     if kind == "state":
-        return replace(declared, seq=True)
-    if any(t is None for t in inputs):
+        return declared.with_seq()
+    if None in inputs:
         return None  # an input already failed and was reported
     if not op.per_step:
         return op.shape(*inputs)
     refused = op.over_time(tuple(t.seq for t in inputs))
     if refused is not None:
         raise ShapeError(*refused)
+    if not op.whole:  # every input read step by step, the common case
+        seq = any(t.seq for t in inputs)
+        result = op.shape(*(t.step() for t in inputs))
+        return result.with_seq() if seq else result
     whole = whole_positions(op)
     seq = any(t.seq for i, t in enumerate(inputs) if i not in whole)
     result = op.shape(*(t if i in whole else t.step() for i, t in enumerate(inputs)))
-    return replace(result, seq=True) if seq else result
+    return result.with_seq() if seq else result
 
 
 def _same_count_hint(graph: nx.DiGraph, node: str) -> str | None:

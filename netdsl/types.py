@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,19 @@ class TensorType:
     def rank(self) -> int:
         return len(self.dims)
 
+    # built directly rather than through dataclasses.replace, which costs several times
+    # more: the shape pass makes one or two for every node of a graph
+
     def with_dims(self, dims) -> "TensorType":
-        return replace(self, dims=tuple(dims))
+        return TensorType(tuple(dims), self.dtype, self.classes, self.seq)
 
     def step(self) -> "TensorType":
         """The type of one time step."""
-        return replace(self, seq=False)
+        return self if not self.seq else TensorType(self.dims, self.dtype, self.classes, False)
+
+    def with_seq(self) -> "TensorType":
+        """The type of a sequence of this type's steps."""
+        return self if self.seq else TensorType(self.dims, self.dtype, self.classes, True)
 
     def __str__(self) -> str:
         dims = "[" + ",".join(map(str, self.dims)) + "]"

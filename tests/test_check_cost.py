@@ -1,0 +1,82 @@
+"""What checking costs, counted rather than timed.
+
+Checking grows linearly with the spec. The work of `netc check`
+(every pass, the parameter count of a valid spec, the rendering of every error of a bad
+one) is measured as the number of Python function calls, on the benchmark's specs at n
+and 2n lines; a pass that went quadratic would make twice the spec cost four times the
+calls."""
+import gc
+import os
+import sys
+import weakref
+
+import pytest
+
+from netdsl.cost import node_params
+from netdsl.driver import CheckFailed, check_text
+from netdsl.errors import render
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import check_speed  # noqa: E402  the generators of the big specs
+
+
+def calls_to_check(text: str) -> int:
+    """Python function calls made checking `text` as `netc check` does."""
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        try:
+            check_text(text, "n.net").param_count()
+        except CheckFailed as failed:
+            for error in failed.errors:
+                render(error, failed.sources)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest.mark.parametrize("make, n", [(check_speed.valid_100k, 300), (check_speed.errors_10k, 200),
+                                     (check_speed.delays_4000, 100), (check_speed.sum_10000, 400)],
+                         ids=["valid", "errors", "delays", "sum"])
+def test_twice_the_spec_costs_about_twice_the_work(make, n):
+    calls_to_check(make(n))  # lazy imports and caches filled once, not counted
+    small, large = calls_to_check(make(n)), calls_to_check(make(2 * n))
+    assert large < 2.3 * small, (small, large)
+
+
+def test_parameters_counted_in_one_pass_as_node_by_node():
+    """param_count finds each state's first node once; it agrees with node_params."""
+    text = ("input x : seq[4]\ntarget y : [4]\nstate h : [4] = learned, c : [4] = 0.5\n"
+            "h = x + dense(h[t-1], 4) + h[t-2] + h[t-3]\nc = h + c[t-1]\n"
+            "loss mse(c -> last, y)\n")
+    net = check_text(text, "p.net")
+    assert net.param_count() == sum(sum(__import__("math").prod(s) for s in
+                                        node_params(net.graph, n).values()) for n in net.graph)
+    assert net.param_count() == 4 + (4 * 4 + 4)  # the learned start once, the dense layer
+
+
+@pytest.mark.parametrize("make", [check_speed.valid_100k, check_speed.errors_10k],
+                         ids=["valid", "errors"])
+def test_what_a_check_made_is_freed_without_the_collector(make):
+    """netc check keeps the collector off until a spec's results are dropped; reference
+    counting alone must free them, errors included, or checking many specs would pile
+    up memory."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            made = check_text(make(200), "f.net")
+            kept = [weakref.ref(made.graph), weakref.ref(made.module)]
+        except CheckFailed as failed:
+            kept = [weakref.ref(failed.errors[0]), weakref.ref(failed.errors[-1])]
+        made = failed = None  # noqa: F841  dropped, as the command drops them
+        assert all(ref() is None for ref in kept)
+    finally:
+        if enabled:
+            gc.enable()

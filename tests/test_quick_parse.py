@@ -1,0 +1,125 @@
+"""The quick parser (netdsl/fast_parse.py) against Lark's: whatever text the quick one
+reads, it builds the very AST Lark's path builds, spans and number texts included; what
+it leaves to Lark is only slower, never different."""
+import glob
+import os
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netdsl.errors import SpecError
+from netdsl.fast_parse import NotHandled, parse_quickly
+from netdsl.parse import parse, parse_with_lark
+from test_fuzz import FUZZ, SOURCES, mutated_spec, token_soup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import check_speed  # noqa: E402  the generators of the big specs, at small sizes here
+
+FILE = "same.net"
+
+
+def quick(text: str):
+    """The quick parser's items, or None where it leaves the text to Lark."""
+    try:
+        return parse_quickly(text if text.endswith("\n") else text + "\n", FILE)
+    except NotHandled:
+        return None
+
+
+def lark(text: str):
+    """Lark's items, or the message of its SpecError."""
+    try:
+        return parse_with_lark(text, FILE)
+    except SpecError as exc:
+        return f"error: {exc}"
+
+
+def assert_same(text: str) -> bool:
+    """The quick parser agrees with Lark's wherever it answers; True when it answered."""
+    mine = quick(text)
+    if mine is not None:
+        assert repr(mine) == repr(lark(text))
+    return mine is not None
+
+
+def project_specs():
+    patterns = ("specs/*.net", "netdsl/stdlib/*.net", "tests/**/*.net", "docs/**/*.net")
+    return sorted({path for pattern in patterns
+                   for path in glob.glob(os.path.join(ROOT, pattern), recursive=True)})
+
+
+@pytest.mark.parametrize("path", project_specs(), ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_spec_of_the_project_reads_the_same(path):
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    answered = assert_same(text)
+    if isinstance(lark(text), tuple) and "/errors/" not in path:
+        assert answered, "a valid spec of the project should take the quick path"
+
+
+@pytest.mark.parametrize("text", [
+    check_speed.valid_100k(300), check_speed.errors_10k(200), check_speed.delays_4000(40),
+    check_speed.sum_10000(500), check_speed.nested_for(), check_speed.nested_blocks()],
+    ids=["valid", "errors", "delays", "sum", "nested_for", "nested_blocks"])
+def test_the_benchmark_specs_take_the_quick_path(text):
+    assert assert_same(text)
+
+
+@pytest.mark.parametrize("text", [
+    "target target : class(2)\ninput input : [4]\nblock b(out, in) {\n  in seq\n  out seq\n}\n",
+    "y = x -> dense(4) x 2 -> relu x n -> x\n",
+    "s = a + b - c + d\nt = -a * (b + c) / -2\n",
+    "s = " + " + ".join(f"v{i}" for i in range(40)) + "\n",
+    "y = concat(a,\n   b, [1,\n 2])\n  -> relu\nz = y ->\n   relu\n",
+    "a = b \\\n  -> relu   # comment\r\nb = 'same' # x\r\n",
+    "state h : [n], c : seq class(3)[2] = learned\nloss aux: 0.3 * f(h[t-12], k=-1e-3, j=.5)\n",
+    "train sgd(lr=0.1), batch=1, epochs=2\nshare D = dense(1)\nshare E = relu\nimport rnn\n"
+    'import "a/b.net"\nnetwork n\nfor i in 1..n { x = x -> relu }\nfor j in 2 .. 3 {\n}\n',
+    "y = " + "(" * 150 + "x" + ")" * 150 + "\n",
+    "y = x -> conv(x.channels * 2, 3) -> dense(shape(x)[-1] + y . classes)\nn = shape(x)[\n0]\n",
+], ids=["keywords as names", "repeats", "operators", "long sum", "newlines in brackets",
+        "continuation and CRLF", "states and delays", "statements", "deep brackets",
+        "dimensions and indices"])
+def test_constructs_take_the_quick_path(text):
+    assert assert_same(text)
+
+
+@pytest.mark.parametrize("text", [
+    "s = (" + " + ".join(["a"] * 10) + ") + " + " + ".join(["b"] * 10) + "\n",  # one balanced sum
+    "s = " + " + ".join(["a"] * 20) + " - b\n",
+    "s = " + " + ".join(["(a)"] * 20) + "\n",
+    "y = " + "f(" * 120 + "x" + ")" * 120 + "\n",
+    "y = " + " * ".join(["x"] * 120) + "\n",
+    "out = x\n", "y = x -> f(a=1, 2)\n", "u = h[s-1]\n", "u = h[t-0]\n", "n = 99999999999999999999\n",
+    "y = 3x\n", "y = x ->\n", "y = ï\n", "n = x.5\n", "n = x.\n",
+], ids=["sum through brackets", "long sum and minus", "bracketed terms", "deep calls",
+        "long product", "keyword at the top", "positional after keyword", "index not t",
+        "delay 0", "huge number", "glued number", "dangling arrow", "odd character",
+        "dimension by number", "dimension without name"])
+def test_rare_or_wrong_text_is_left_to_lark(text):
+    assert quick(text) is None
+    try:  # and parse gives Lark's answer: the module, or its located error
+        assert repr(parse(text, FILE).items) == repr(lark(text))
+    except SpecError as exc:
+        assert f"error: {exc}" == lark(text)
+
+
+@FUZZ
+@given(mutated_spec())
+def test_mutated_specs_read_the_same(text):
+    assert_same(text)
+
+
+@FUZZ
+@given(token_soup())
+def test_token_soups_read_the_same(text):
+    assert_same(text)
+
+
+@FUZZ
+@given(st.sampled_from(SOURCES), st.data())
+def test_truncated_specs_read_the_same(text, data):
+    assert_same(text[:data.draw(st.integers(0, len(text)))])
