@@ -23,7 +23,8 @@ from netdsl.ops.base import REQUIRED
 from netdsl.parse import parse
 
 __all__ = ["TextEdit", "EditRefused", "Site", "find_site", "insert_after", "delete_node",
-           "argument_fields", "set_arguments", "add_skip", "layer_call", "Field"]
+           "argument_fields", "set_arguments", "add_skip", "layer_call", "Field", "BlockUse",
+           "block_use", "only_this_call"]
 
 
 class EditRefused(Exception):
@@ -352,6 +353,80 @@ def _name_in_scope(text: str, graph: nx.DiGraph, source: str, target: str, site:
         return name
     raise EditRefused(f"'{source}' has no name where '{target}' is written; name it first "
                       f"(split its pipeline: a = ...) and select that value")
+
+
+# ---- an edit inside a block: every instance, or only one call's
+
+
+@dataclass(frozen=True)
+class BlockUse:
+    """The block a node is written in, and how the network uses it."""
+
+    block: str
+    instances: int        # instances of the block in the network
+    call: Span            # the call that made the node's instance
+    call_instances: int   # instances that call makes (a repeat `x n`, a call in a shared block)
+    copy: str             # the name a copy for that call alone would get: basic_2
+
+
+def block_use(text: str, graph: nx.DiGraph, node: str) -> BlockUse | None:
+    """How the block whose body (in this file) holds `node` is used; None when the node is
+    not written in a block of this file, so an edit of it changes that place only."""
+    data = graph.nodes[node]
+    file, scope = graph.graph["file"], data["scope"]
+    if not scope or data["span"] is None or data["span"].file != file:
+        return None
+    frame = scope[-1]
+    if frame.span.file != file:
+        return None
+    instances, by_call = set(), set()
+    for _, other in graph.nodes(data="scope"):
+        for depth, f in enumerate(other):
+            if f.block == frame.block:
+                path = tuple(g.name for g in other[:depth + 1])
+                instances.add(path)
+                if f.span == frame.span:
+                    by_call.add(path)
+    module = parse(text, file)
+    taken = set(module.blocks) | set(OPS)
+    copy = next(f"{frame.block}_{k}" for k in range(2, 10**6) if f"{frame.block}_{k}" not in taken)
+    return BlockUse(frame.block, len(instances), frame.span, len(by_call), copy)
+
+
+def only_this_call(text: str, graph: nx.DiGraph, node: str, edit: TextEdit) -> TextEdit:
+    """`edit` (of a node in a block's body) made to a copy of the block instead, under a
+    new name that only the node's call uses: one TextEdit that renames the call and writes
+    the edited copy after the block.
+
+    Raises
+    ------
+    EditRefused
+        When the node is not in a block of this file, or the edit reaches outside the block.
+    """
+    use = block_use(text, graph, node)
+    if use is None:
+        raise EditRefused(f"'{node}' is not written in a block of this file")
+    where = _Text(text)
+    block = parse(text, graph.graph["file"]).blocks[use.block]
+    start, end = where.start(block.span), where.end(block.span)
+    if not start <= edit.start <= edit.end <= end:
+        raise EditRefused(f"the edit reaches outside block {use.block}; make it in the text")
+    edited = text[start:edit.start] + edit.text + text[edit.end:end]
+    header = re.match(r"block\s+" + re.escape(use.block) + r"\b", edited)
+    call = where.start(use.call)
+    if header is None or text[call:call + len(use.block)] != use.block:
+        raise EditRefused(f"cannot find the name of block {use.block} to copy it; "
+                          "copy it in the text")
+    copy = "\n\nblock " + use.copy + edited[header.end():]
+    rename = (call, call + len(use.block))
+    if call > end:  # the call after the block: copy, then what lies between, then the call
+        replaced = copy + text[end:call] + use.copy
+        first, last = end, rename[1]
+    else:
+        replaced = use.copy + text[rename[1]:end] + copy
+        first, last = call, end
+    return TextEdit(first, last, replaced,
+                    f"{edit.summary} in {use.copy}, a copy of {use.block} for this call only")
 
 
 def check_syntax(value: str) -> str | None:

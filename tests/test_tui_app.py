@@ -35,6 +35,29 @@ def spec(tmp_path):
     return str(path)
 
 
+SHARED = """network twice
+input x : [8]
+target y : class(4)
+
+block mlp(n) {
+  in x
+  out x -> dense(n) -> relu
+}
+
+h = x -> mlp(16) -> mlp(16)
+logits = h -> dense(4)
+loss cross_entropy(logits, y)
+"""
+
+
+@pytest.fixture
+def shared(tmp_path):
+    """A spec that calls one block twice."""
+    path = tmp_path / "twice.net"
+    path.write_text(SHARED)
+    return str(path)
+
+
 async def settle(pilot, rounds: int = 3) -> None:
     """Let debounced checks start and every worker finish."""
     for _ in range(rounds):
@@ -108,6 +131,76 @@ class TestGraph:
             await settle(pilot)
             assert {"[stage1]", "[stage2]", "[stage3]"} <= set(view.picture.rects)
 
+    async def test_expanded_blocks_are_framed(self):
+        async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
+            view = app.builder.graph_view
+            view.focus()
+            view.select("stage1/basic1/conv1")
+            await settle(pilot, 1)
+            assert "╮ ╮ stage1 : s" in screen_text(app)  # two brackets, the outer's label
+            view.select("stage1/basic1/conv1")
+            await pilot.press("C")  # collapsed blocks have no frame, their box says it
+            await settle(pilot)
+            assert "stage1 : stage(16, 3)" not in view.picture.text()
+            assert "▸ stage1 : stage" in screen_text(app)
+
+    async def test_lstm_gates_are_drawn_apart(self):
+        async with opened(os.path.join(ROOT, "specs", "lstm.net")) as (app, pilot):
+            view = app.builder.graph_view
+            view.focus()
+            view.select("mul1")
+            await settle(pilot, 1)
+            text = screen_text(app)
+            assert text.count("▼▼") >= 2 and "┼" not in text  # the two ×, each fed twice
+
+    async def test_selection_survives_collapse_and_expand(self):
+        async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
+            view = app.builder.graph_view
+            view.focus()
+            view.select("stage1/basic2/conv2")
+            await pilot.press("c")
+            await settle(pilot)
+            assert view.selected == "[stage1/basic2]"  # the block's box
+            assert "basic(c)" in app.builder.editor.selected_text  # and its call in the text
+            await pilot.press("enter")
+            await settle(pilot)
+            assert view.selected == "stage1/basic2/conv2"  # back on the node inside
+            await pilot.press("C")
+            await settle(pilot)
+            assert view.selected == "[stage1]"
+            await pilot.press("E")
+            await settle(pilot)
+            assert view.selected == "stage1/basic2/conv2"
+            view.select("x")  # collapsed with the selection outside: expanding selects
+            await pilot.press("C")  # the block's first node
+            await settle(pilot)
+            assert view.selected == "x"
+            view.select("[stage3]")
+            await pilot.press("enter")
+            await settle(pilot)
+            assert view.selected == "stage3/basic1/conv1"
+
+    async def test_zoom_while_typing_leaves_the_text_cursor(self, spec):
+        async with opened(spec) as (app, pilot):
+            editor = app.builder.editor
+            editor.move_cursor((5, 30))  # in `relu`: the graph selects relu1
+            await settle(pilot, 1)
+            await pilot.press("f7")
+            await settle(pilot)
+            assert app.builder.graph_view.selected == "relu1"
+            assert editor.selection.start == editor.selection.end == (5, 30)  # nothing to type over
+
+    async def test_slash_search_is_fuzzy(self):
+        async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
+            app.builder.graph_view.focus()
+            await pilot.press("slash", *"s3b2bn1")
+            await pilot.pause()
+            options = app.screen.query_one("#matches")
+            assert str(options.get_option_at_index(0).prompt) == "stage3/basic2/batchnorm1"
+            await pilot.press("enter")
+            await settle(pilot, 1)
+            assert app.builder.graph_view.selected == "stage3/basic2/batchnorm1"
+
     async def test_large_network_scrolls_and_jumps(self):
         async with opened(os.path.join(ROOT, "specs", "densenet121.net")) as (app, pilot):
             view = app.builder.graph_view
@@ -120,6 +213,98 @@ class TestGraph:
             await pilot.press("f7")  # the overview
             await settle(pilot)
             assert view.picture.height < 1000
+
+    async def test_vi_keys_move_as_the_arrows_do(self, spec):
+        async with opened(spec) as (app, pilot):
+            view = app.builder.graph_view
+            view.focus()
+            view.select("dense1")
+            await pilot.press("j")
+            assert view.selected == "relu1"
+            await pilot.press("j", "j", "j", "j")
+            assert view.selected == "logits"
+            await pilot.press("l")  # the target beside it
+            assert view.selected == "y"
+            await pilot.press("h", "k")
+            assert view.selected == "relu2"
+
+    async def test_question_mark_lists_every_key(self, spec):
+        from textual.binding import Binding
+
+        from netdsl.tui.screens.builder import BuilderScreen
+        from netdsl.tui.widgets.graph_view import GraphView
+
+        async with opened(spec) as (app, pilot):
+            app.builder.graph_view.focus()
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "HelpScreen"
+            listed = {(key.description, key.action) for key in app.screen.keys}
+            for cls in (BuilderScreen, GraphView):  # a new binding is listed without a change here
+                for binding in Binding.make_bindings(cls.BINDINGS):
+                    assert (binding.description, binding.action) in listed, binding
+            text = screen_text(app)
+            assert "↓ / j" in text and "Insert after" in text and "^p" in text
+            await pilot.press("escape")
+            assert type(app.screen).__name__ == "BuilderScreen"
+            app.builder.editor.focus()
+            app.builder.editor.move_cursor((0, 0))
+            await pilot.press("question_mark")  # in the text, ? is typed (a comment may hold one)
+            assert app.builder.editor.text.startswith("?#") and type(app.screen).__name__ \
+                == "BuilderScreen"
+            await pilot.press("f1")  # the keys from the text
+            await pilot.pause()
+            assert type(app.screen).__name__ == "HelpScreen"
+
+    async def palette(self, pilot, query: str) -> list[str]:
+        """Open the command palette, type `query`; the titles it offers, best first."""
+        from textual.command import CommandList
+
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*query)
+        for _ in range(20):  # the palette searches in the background
+            await pilot.pause(0.1)
+            options = pilot.app.screen.query_one(CommandList).options
+            if options:
+                break
+        return [str(o.prompt).split("\n")[0] for o in options]
+
+    async def test_palette_finds_nodes_fuzzily_and_selects_them(self):
+        async with opened(os.path.join(ROOT, "specs", "resnet20.net")) as (app, pilot):
+            found = await self.palette(pilot, "s2b3conv2")  # stage2/basic3/conv2, not a substring
+            assert found[0].startswith("stage2/basic3/conv2  conv"), found[:3]
+            await pilot.press("enter")
+            await settle(pilot, 1)
+            assert app.builder.graph_view.selected == "stage2/basic3/conv2"
+            assert app.builder.graph_view.has_focus
+            found = await self.palette(pilot, "batchnorm")  # by op
+            assert any(t.startswith("stage1/basic1/batchnorm1  batchnorm") for t in found)
+
+    async def test_palette_runs_every_action(self, spec):
+        from netdsl.tui.commands import action_commands
+
+        async with opened(spec) as (app, pilot):
+            titles = [title for title, _, _ in action_commands(app.builder.keys())]
+            for wanted in ("Save", "Save as", "Open", "Train", "Export", "Insert after", "Delete",
+                           "Edit", "Skip from/to", "Collapse", "Collapse all", "Expand all",
+                           "Go to node", "Keys", "Undo", "Redo", "Zoom", "Quit"):
+                assert wanted in titles
+            app.builder.graph_view.focus()
+            app.builder.graph_view.select("relu1")
+            found = await self.palette(pilot, "insrt")
+            assert found[0] == "Insert after"
+            await pilot.press("enter")
+            await settle(pilot, 1)
+            assert type(app.screen).__name__ == "PickLayer"
+            await pilot.press("escape")
+            app.builder.editor.focus()
+            await pilot.press(*"# x", "enter")  # unsaved: Quit from the palette asks first
+            found = await self.palette(pilot, "quit")
+            assert found[0] == "Quit"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "Choice"
 
     async def test_inspector_shows_costs(self, spec):
         async with opened(spec) as (app, pilot):
@@ -168,7 +353,7 @@ class TestVisualEdits:
             view = app.builder.graph_view
             view.focus()
             view.select("stage1/basic1/add1")
-            await pilot.press("d")
+            await pilot.press("d")  # in a shared block, but refused before any question
             await settle(pilot)
             assert app.builder.editor.text == before and "branches" in status(app)
             view.select("relu1")
@@ -176,6 +361,49 @@ class TestVisualEdits:
             await settle(pilot)
             assert "-> batchnorm  # [16, 32, 32]" in app.builder.editor.text
             assert status(app).startswith("deleted relu1")
+
+    async def test_edit_in_a_shared_block_changes_the_block(self, shared):
+        async with opened(shared) as (app, pilot):
+            before = app.builder.editor.text
+            view = app.builder.graph_view
+            view.focus()
+            view.select("mlp1/relu1")
+            await pilot.press("d")
+            await pilot.pause()
+            assert type(app.screen).__name__ == "Choice"
+            question = str(app.screen.query_one(".question").render())
+            assert "block mlp, which the network uses 2 times" in question and "mlp_2" in question
+            await pilot.click("#block")
+            await settle(pilot)
+            text = app.builder.editor.text
+            assert text == before.replace("out x -> dense(n) -> relu", "out x -> dense(n)")
+            assert status(app).startswith("deleted mlp1/relu1 — ok")
+            assert "relu" not in " ".join(app.builder.good.network.graph.nodes)  # both instances
+
+    async def test_edit_in_a_shared_block_only_for_this_call(self, shared):
+        async with opened(shared) as (app, pilot):
+            before = app.builder.editor.text
+            view = app.builder.graph_view
+            view.focus()
+            view.select("mlp2/dense1")
+            await pilot.press("e")
+            await pilot.pause()
+            await pilot.click("#call")
+            await settle(pilot, 1)
+            assert type(app.screen).__name__ == "LayerForm"
+            await pilot.press("ctrl+u", *"32", "enter")  # units: n -> 32
+            await settle(pilot)
+            text = app.builder.editor.text
+            assert "block mlp_2(n) {\n  in x\n  out x -> dense(32) -> relu\n}" in text
+            assert "h = x -> mlp(16) -> mlp_2(16)" in text
+            assert text.count("out x -> dense(n) -> relu") == 1  # the block itself unchanged
+            assert "a copy of mlp for this call only" in status(app) and "— ok" in status(app)
+            nodes = app.builder.good.network.graph.nodes
+            assert str(nodes["mlp1/dense1"]["type"]) == "[16]"  # the first call keeps mlp
+            assert [str(nodes[n]["type"]) for n in nodes if n.endswith("dense1") and
+                    n.startswith("mlp_2")] == ["[32]"]
+            await pilot.press("ctrl+z")  # one undo takes back the copy and the call together
+            assert app.builder.editor.text == before
 
     async def test_delete_that_breaks_shapes_is_refused(self, spec):
         async with opened(spec) as (app, pilot):
@@ -312,6 +540,34 @@ class TestRunPanel:
             await pilot.press("escape")
             assert type(app.screen).__name__ == "BuilderScreen"
 
+    async def test_validation_curves_cli_units_and_whole_log_lines(self, spec, tmp_path,
+                                                                   monkeypatch):
+        import re
+
+        monkeypatch.chdir(tmp_path)
+        async with opened(spec, train_examples=400, train_epochs=3) as (app, pilot):
+            await pilot.press("f5")
+            screen = app.screen
+            for _ in range(300):
+                await pilot.pause(0.1)
+                if not screen.running:
+                    break
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            loss, accuracy = screen.query_one("#loss-plot"), screen.query_one("#accuracy-plot")
+            assert len(loss.validation) == len(accuracy.validation) == 3  # one per epoch
+            assert [step for step, _ in loss.validation] == sorted(s for s, _ in loss.validation)
+            assert loss.validation[-1][0] == loss.steps[-1]  # at the end of the last epoch
+            record = json.loads((tmp_path / "runs" / "mlp" / "metrics.jsonl").read_text()
+                                .splitlines()[-1])
+            assert accuracy.validation[-1][1] == pytest.approx(record["val_accuracy"])
+            text = screen_text(app)
+            # the plots' title, as netc run prints it: 52.63%, not 0.5263
+            assert f"validation {100 * record['val_accuracy']:.2f}%" in text
+            assert not re.search(r"accuracy 0\.\d", text)
+            # the epoch line, longer than the panel, is wrapped, not cut: its end is there
+            assert re.search(r"val_accuracy \d+\.\d\d%", text) and "lr 0.1" in text
+
     async def test_a_run_that_would_not_fit_is_refused_in_the_panel(self, spec, tmp_path,
                                                                    monkeypatch):
         # the check of `netc run`, before a parameter is made; told in the panel's log
@@ -326,7 +582,7 @@ class TestRunPanel:
             await pilot.pause()
             assert not screen.running
             log = [" ".join(s.text for s in line) for line in screen.query_one("#log").lines]
-            said = " ".join(log)
+            said = " ".join(" ".join(log).split())  # the log wraps long lines
             assert "cannot train: not enough memory: the training step at batch 128" in said
             assert "1.0 MiB available (the largest batch that fits is 4: set batch=4 in the " \
                 "train clause)" in said and "--force" not in said

@@ -1,4 +1,5 @@
-"""The real `netc tui` in tmux, as a new user meets it: an error, its fix, a layer, a save."""
+"""The real `netc tui` in tmux, as a new user meets it: an error, its fix, the keys (`?`),
+a node found with the palette, a move with vi's k, a layer, a save."""
 from __future__ import annotations
 
 import os
@@ -45,6 +46,9 @@ def test_error_fix_insert_save_check(tmp_path):
                     "logits = x -> dense(10)\nloss cross_entropy(logits, y)\n")
     session = f"netc-tui-{os.getpid()}"
     env = f"NETDSL_STATE={tmp_path / 'state'} TERM=xterm-256color"
+    if os.environ.get("PYTHONPATH"):  # a checkout run in place: its code, from tmp_path too
+        paths = os.environ["PYTHONPATH"].split(os.pathsep)
+        env += f" PYTHONPATH={os.pathsep.join(os.path.abspath(p) for p in paths)}"
     tmux("new-session", "-d", "-s", session, "-x", "140", "-y", "40",
          f"cd {tmp_path} && env {env} {NETC} tui mine.net")
     try:
@@ -67,6 +71,19 @@ def test_error_fix_insert_save_check(tmp_path):
         wait_for(session, "node    logits")  # the node the text cursor was in
         time.sleep(0.3)
         tmux("send-keys", "-t", session, "Up")
+        wait_for(session, "node    dense1")  # the graph has the keys now
+        tmux("send-keys", "-t", session, "-l", "?")  # the keys, listed from the bindings
+        wait_for(session, "Keys (escape closes")
+        wait_for(session, "Insert after")
+        tmux("send-keys", "-t", session, "Escape")
+        time.sleep(0.3)
+        tmux("send-keys", "-t", session, "C-p")  # the palette finds a node by its op
+        time.sleep(0.5)
+        tmux("send-keys", "-t", session, "-l", "relu")
+        wait_for(session, "logits  relu")
+        tmux("send-keys", "-t", session, "Enter")
+        wait_for(session, "node    logits")
+        tmux("send-keys", "-t", session, "-l", "k")  # up, as vi moves
         wait_for(session, "node    dense1")
         tmux("send-keys", "-t", session, "i")
         wait_for(session, "Insert which layer?")

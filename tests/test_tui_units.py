@@ -78,6 +78,71 @@ class TestLayout:
         assert not any(n.startswith("stage1/") for n in picture.rects)
         assert len(picture.boxes["[stage1]"].members) == 24  # three basic blocks of eight nodes
 
+    def test_expanded_blocks_are_framed_with_their_calls(self):
+        picture = draw_graph(graph_of(RESNET20, "r.net"), frozenset({"stage2/basic2"}))
+        text = picture.text()
+        for label in ("stage1 : stage(16, 3)", "stage1/basic1 : basic(16, 1)",
+                      "stage2 : stage(32, 3, stride=2)", "stage3/basic3 : basic(64)"):
+            assert text.count(label) == 1, label
+        assert "stage2/basic2 :" not in text  # collapsed: its box says what it is
+        lines = text.splitlines()
+        for path in ("stage1/basic2", "stage2"):
+            boxes = [picture.rects[b] for b in picture.boxes if b in picture.rects and (
+                b.startswith(path + "/") or b == f"[{path}]")]
+            top, bottom = min(r.y for r in boxes), max(r.y + r.height - 1 for r in boxes)
+            right = max(r.x + r.width for r in boxes)
+            x = lines[top].index("╮", right)  # right of everything drawn on the frame's rows
+            assert lines[bottom][x] == "╯"
+            assert all(lines[y][x] == "│" for y in range(top + 1, bottom))
+            assert f"{path} :" in lines[top] + lines[top + 1]  # the outer frame's label first
+        first = picture.rects["stage1/basic1/conv1"]
+        row = lines[first.y][first.x + first.width:]
+        assert row.count("╮") == 3 and "stage1 : stage" in row  # the project box's, two frames'
+        assert "[stage2/basic2]" in picture.rects
+
+    def test_one_row_frames_in_the_overview_keep_every_label(self):
+        text = ("input x : [8]\ntarget y : class(4)\nblock one(n) {\n  in x\n  out dense(x, n)\n}\n"
+                "block two(n) {\n  in x\n  out x -> one(n)\n}\n"
+                "h = x -> two(8) -> one(8) -> one(8)\nloss cross_entropy(h -> dense(4), y)\n")
+        drawn = draw_graph(graph_of(text), compact=True).text()
+        for label in ("two1 : two(8)", "two1/one1 : one(8)", "one1 : one(8)", "one2 : one(8)"):
+            assert label in drawn
+        assert "[dense] ] ] two1" in drawn  # one row, two nested frames: a bracket each
+
+    def arrows_into(self, picture, box: str) -> int:
+        r = picture.rects[box]
+        above = picture.row_text(r.y - 1, r.x, r.x + r.width)
+        return above.count("▼") + above.count("↓")
+
+    def test_a_value_read_twice_is_two_lines(self):
+        text = ("input x : [4]\ntarget y : class(4)\nh = x -> dense(4)\nk = h -> relu -> relu\n"
+                "z = concat(h, k, h) -> dense(4)\nw = z * z\nloss cross_entropy(w, y)\n")
+        picture = draw_graph(graph_of(text))
+        assert self.arrows_into(picture, "w") == 2  # z * z: two arrows, not one
+        assert self.arrows_into(picture, "concat1") == 3
+        # h's two edges into concat pass the relus on lines (dummy boxes) of their own
+        for layer in picture.layers:
+            lanes = {picture.boxes[b].x for b in layer if b.startswith("h→")}
+            assert len(lanes) in (0, 2)
+
+    def test_lstm_gate_edges_stay_apart(self):
+        graph = graph_of(open(os.path.join(ROOT, "specs", "lstm.net")).read())
+        picture = draw_graph(graph)
+        joins = [b for b in picture.boxes.values() if b.kind == "join"]
+        assert len(joins) == 4
+        for box in joins:  # every input of × and + arrives on its own line
+            assert self.arrows_into(picture, box.id) == len(graph.nodes[box.id]["inputs"]) == 2
+        text = picture.text()
+        assert "┼" not in text  # the cell's line crossing the gates' passes under, not a joint
+        crossing = next(line for line in text.splitlines() if "╯" in line and "│╭" in line)
+        assert crossing.count("│") >= 4  # c[t-1]'s edge to the first × crosses three gates
+        overview = draw_graph(graph, compact=True)
+        for box in joins:  # the overview's `[×]` too
+            assert self.arrows_into(overview, box.id) == 2
+        for split in "ifgo":  # the gates, split's outputs: a bend turns up into its box
+            r = overview.rects[split]
+            assert overview.row_text(r.y + 1)[r.x + r.width // 2] in "│╰╯├┤┴"
+
     def test_recurrent_edge_is_marked(self):
         text = draw_graph(graph_of(open(os.path.join(ROOT, "specs", "elman.net")).read())).text()
         assert "h[t-1] ⟲ h" in text and "t-1" in text and "┆" in text
@@ -164,6 +229,34 @@ class TestEdits:
         with pytest.raises(edits.EditRefused, match="name it first"):
             edits.add_skip(MLP, graph_of(MLP), "relu1", "relu2")
 
+    def test_block_use_counts_instances_of_the_block_and_of_the_call(self):
+        graph = graph_of(RESNET20, "r.net")
+        use = edits.block_use(RESNET20, graph, "stage2/basic3/relu1")
+        assert (use.block, use.instances, use.call_instances, use.copy) == \
+            ("basic", 9, 6, "basic_2")
+        assert use.call.line == 28  # `out y -> basic(c) x (n - 1)` in stage
+        assert edits.block_use(RESNET20, graph, "relu1") is None  # not in a block
+        assert edits.block_use(MLP, graph_of(MLP), "relu1") is None
+
+    def test_only_this_call_edits_a_copy_and_still_checks(self):
+        graph = graph_of(RESNET20, "r.net")
+        node = "stage1/basic1/relu1"  # made by `basic(c, stride)`, the first of each stage
+        edit = edits.only_this_call(RESNET20, graph, node,
+                                    edits.insert_after(RESNET20, graph, node, "dropout(0.1)"))
+        after = edit.apply(RESNET20)
+        assert after.count("block basic(c, stride=1) {") == 1
+        assert "block basic_2(c, stride=1) {\n  in x\n  y = x -> conv(c, 3, stride=stride, " \
+               "pad=1, bias=false) -> batchnorm -> relu -> dropout(0.1)\n" in after
+        assert "  y = x -> basic_2(c, stride)\n  out y -> basic(c) x (n - 1)" in after
+        checked = check_text(after, "r.net").graph
+        dropouts = [n for n in checked if n.endswith("/dropout1")]
+        assert len(dropouts) == 3  # one per stage: the instances that call makes
+
+    def test_only_this_call_refuses_a_node_outside_blocks(self):
+        graph = graph_of(MLP)
+        with pytest.raises(edits.EditRefused, match="not written in a block"):
+            edits.only_this_call(MLP, graph, "relu1", edits.delete_node(MLP, graph, "relu1"))
+
     def test_layer_call_text(self):
         assert edits.layer_call("conv", {"channels": "64", "kernel": "3", "pad": "1"},
                                 ["channels", "kernel", "stride", "pad"], {"channels", "kernel"}) \
@@ -173,6 +266,16 @@ class TestEdits:
 
     def test_check_syntax_of_an_argument(self):
         assert edits.check_syntax("3") is None and edits.check_syntax("3 +") is not None
+
+
+class TestFuzzy:
+    def test_letters_in_order_match_and_an_exact_name_comes_first(self):
+        from netdsl.tui.screens.dialogs import fuzzy_matches
+
+        names = ["stage1/basic1/conv1", "stage1/basic1/conv2", "conv", "stage2/basic1/conv1"]
+        assert fuzzy_matches("s2b1c1", names) == ["stage2/basic1/conv1"]
+        assert fuzzy_matches("conv", names)[0] == "conv"
+        assert fuzzy_matches("zz", names) == [] and fuzzy_matches(" ", names) == names
 
 
 class TestFiles:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
 
 from netdsl.errors import SpecError
+from netdsl.tui.commands import NodeCommands, action_commands
 from netdsl.tui.files import NEW_SPEC, load_spec
 from netdsl.tui.screens.builder import BuilderScreen
 
@@ -33,6 +34,7 @@ class NetApp(App):
     CSS_PATH = "netdsl.tcss"
     TITLE = "netc tui"
     BINDINGS = [Binding("ctrl+q", "quit_safely", "Quit", priority=True)]
+    COMMANDS = App.COMMANDS | {NodeCommands}
 
     def __init__(self, path: str | None = None, train_examples: int | None = None,
                  train_epochs: int | None = None, device: str = "cpu", import_path=()):
@@ -51,6 +53,17 @@ class NetApp(App):
         self._builder = BuilderScreen(self.path, self.text, self.import_path)
         self.push_screen(self._builder)
         self._builder.offer_recovery()
+
+    def get_system_commands(self, screen):
+        """The palette's actions: the builder's keys, and Textual's own (theme, screenshot)
+        but its Quit, which would not ask about unsaved changes, and its Keys, which the
+        builder's (the help screen) replaces."""
+        for command in super().get_system_commands(screen):
+            if command.title not in ("Quit", "Keys"):
+                yield command
+        if isinstance(screen, BuilderScreen):
+            for title, help, callback in action_commands(screen.keys()):
+                yield SystemCommand(title, help, callback)
 
     def action_quit_safely(self) -> None:
         self._builder.quit_safely()

@@ -23,6 +23,7 @@ LINES = {
     LEFT | RIGHT | UP: "┴", UP | DOWN | LEFT | RIGHT: "┼", UP: "│", DOWN: "│", LEFT: "─",
     RIGHT: "─",
 }
+CROSSING = "│"  # a line across passing under one going down: not ┼, which reads as a joint
 # border characters by box kind: (top-left, top, top-right, side, bottom-left, bottom-right)
 BORDERS = {
     "block": "╔═╗║╚╝", "state": "╭┄╮┆╰╯", "loss": "┏━┓┃┗┛",
@@ -88,24 +89,39 @@ class _Canvas:
         if style:
             self.spans.setdefault(y, []).append((x, x + len(text), style, box))
 
-    def line(self, x0: int, y0: int, x1: int, y1: int):
-        """An axis-aligned segment, merged with the lines already there."""
+    def line(self, x0: int, y0: int, x1: int, y1: int, owner: str | None = None):
+        """An axis-aligned segment, merged with the lines already there. `owner` is the
+        edge's source: lines of one source join (a fork), lines of two only cross."""
         if x0 == x1:
             top, bottom = sorted((y0, y1))
             for y in range(top, bottom + 1):
-                self.bits[(x0, y)] = self.bits.get((x0, y), 0) | (
-                    (UP if y > top else 0) | (DOWN if y < bottom else 0))
+                self._add(x0, y, (UP if y > top else 0) | (DOWN if y < bottom else 0), owner)
         else:
             left, right = sorted((x0, x1))
             for x in range(left, right + 1):
-                self.bits[(x, y0)] = self.bits.get((x, y0), 0) | (
-                    (LEFT if x > left else 0) | (RIGHT if x < right else 0))
+                self._add(x, y0, (LEFT if x > left else 0) | (RIGHT if x < right else 0), owner)
+
+    def _add(self, x: int, y: int, bits: int, owner: str | None) -> None:
+        owners = self.bits.setdefault((x, y), {})
+        owners[owner] = owners.get(owner, 0) | bits
 
     def flush_lines(self):
-        for (x, y), bits in self.bits.items():
+        for (x, y), owners in self.bits.items():
+            bits = 0
+            for part in owners.values():
+                bits |= part
             if bits and x not in self.cells.get(y, {}):
-                self.put(x, y, LINES[bits])
+                self.put(x, y, CROSSING if _crossing(owners) else LINES[bits])
         self.bits.clear()
+
+
+def _crossing(owners: dict) -> bool:
+    """Whether lines of different sources only cross in a cell, one across, one down:
+    drawn as the vertical passing over, so it does not read as a fork or a join."""
+    across = any(b & (LEFT | RIGHT) and not b & (UP | DOWN) for b in owners.values())
+    down = any(b & (UP | DOWN) and not b & (LEFT | RIGHT) for b in owners.values())
+    return len(owners) > 1 and across and down and not any(
+        b & (LEFT | RIGHT) and b & (UP | DOWN) for b in owners.values())
 
 
 def draw_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
@@ -145,11 +161,48 @@ def draw_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
             y = _draw_gap(canvas, view, layer, layers[i + 1], y, compact)
     canvas.flush_lines()
     y = _draw_delayed(canvas, view, rects, width, y)
+    _draw_frames(canvas, view, rects)
     height = max(y, max(canvas.cells, default=-1) + 1)
     return Picture(max(width, canvas.width), height,
                    [canvas.cells.get(r, {}) for r in range(height)],
                    [canvas.spans.get(r, []) for r in range(height)],
                    rects, view.boxes, view.box_of, layers)
+
+
+def _draw_frames(canvas: _Canvas, view: ViewGraph, rects: dict[str, Rect]) -> None:
+    """A bracket right of each expanded block instance, from its first box's row to its
+    last one's, just clear of what is drawn on those rows; a nested block's bracket right
+    of its parent's. The label (path and call) follows the brackets on the frame's first
+    row, or on the next row when an enclosing frame's label is there."""
+    spans = {}
+    for path, (label, inside) in view.frames.items():  # outer frames first
+        drawn = [rects[b] for b in inside if b in rects]
+        if drawn:
+            spans[path] = (min(r.y for r in drawn), max(r.y + r.height - 1 for r in drawn),
+                           label)
+    right = {y: max(row, default=-1) for y, row in canvas.cells.items()}
+    column: dict[str, int] = {}
+    for path, (top, bottom, _) in spans.items():
+        parent = path.rsplit("/", 1)[0] if "/" in path else None
+        while parent is not None and parent not in column:  # a collapsed parent: none drawn
+            parent = parent.rsplit("/", 1)[0] if "/" in parent else None
+        column[path] = max([2 + right.get(y, -1) for y in range(top, bottom + 1)]
+                           + ([column[parent] + 2] if parent else []))
+        x = column[path]
+        if top == bottom:
+            canvas.put(x, top, "]", "frame", None)
+            continue
+        canvas.put(x, top, "╮", "frame", None)
+        for y in range(top + 1, bottom):
+            canvas.put(x, y, "│", "frame", None)
+        canvas.put(x, bottom, "╯", "frame", None)
+    taken: set[int] = set()
+    for path, (top, bottom, label) in spans.items():
+        row = next(y for y in range(top, top + len(spans) + 1) if y not in taken)
+        taken.add(row)
+        covering = [column[p] for p, (t, b, _) in spans.items() if t <= row <= b]
+        x = 2 + max([column[path], *covering])
+        canvas.put(x, row, label, "frame", None)
 
 
 def _draw_box(canvas: _Canvas, box: ViewBox, y: int, compact: bool) -> None:
@@ -168,19 +221,44 @@ def _centre(box: ViewBox) -> int:
     return box.x + box.width // 2
 
 
+def _slots(box: ViewBox, count: int, compact: bool) -> list[int]:
+    """The columns where `count` edges arrive on a box, left to right: the centre for one;
+    for more, the first at the centre (under the input the box sits below) and the others
+    beside it, spread over the whole top when they do not fit, so no two share a line."""
+    centre = _centre(box)
+    if count <= 1 or box.kind == DUMMY:
+        return [centre] * count
+    # inside the corners; the overview's boxes have none, `[×]` takes arrows on its brackets
+    left, right = (box.x, box.x + box.width - 1) if compact else (box.x + 1, box.x + box.width - 2)
+    step = 2 if centre + 2 * (count - 1) <= right else 1
+    if centre + step * (count - 1) <= right:
+        return [centre + step * k for k in range(count)]
+    return [left + round(k * (right - left) / (count - 1)) for k in range(count)]
+
+
 def _draw_gap(canvas: _Canvas, view: ViewGraph, upper: list[str], lower: list[str], y: int,
               compact: bool) -> int:
-    """Edges from one layer to the next; returns the row where the next layer starts."""
+    """Edges from one layer to the next; returns the row where the next layer starts.
+
+    Each edge into a box arrives in a column of its own (`_slots`), its sources taken
+    left to right, so two inputs of a join, or one value read twice, stay two lines.
+    """
     boxes = view.boxes
     in_upper = set(upper)
-    by_source: dict[str, list[str]] = {}
+    arriving: dict[str, list[str]] = {}
     for u, v in view.edges:
         if u in in_upper:
-            by_source.setdefault(u, []).append(v)
+            arriving.setdefault(v, []).append(u)
+    by_source: dict[str, list[int]] = {}  # source -> the columns its edges arrive at
+    for v, sources in arriving.items():
+        sources = sorted(sources, key=lambda u: _centre(boxes[u]))  # stable: a pair stays
+        for u, x in zip(sources, _slots(boxes[v], len(sources), compact)):
+            by_source.setdefault(u, []).append(x)
+    by_source = {u: by_source[u] for u in upper if u in by_source}  # the layer's order
     # one track (row) per source whose edges bend; sources whose spans overlap get different ones
     spans = []
     for u, targets in by_source.items():
-        xs = [_centre(boxes[u])] + [_centre(boxes[v]) for v in targets]
+        xs = [_centre(boxes[u])] + targets
         if min(xs) != max(xs):
             spans.append((min(xs), max(xs), u))
     tracks: list[int] = []  # right end of what each track holds
@@ -209,17 +287,21 @@ def _draw_gap(canvas: _Canvas, view: ViewGraph, upper: list[str], lower: list[st
                 canvas.put(sx + 2, y, shape if len(shape) <= room else shape[:room - 1] + "…",
                            "shape", None)
         bend = first_track + track_of[u] if u in track_of else None
-        for v in targets:
-            tx = _centre(boxes[v])
+        # from the bottom border's ┬; a dummy's line, or an overview box, has none: from
+        # the row above, so a bend on the first row still turns up into its source
+        top = y if real_source and not compact else y - 1
+        for tx in targets:
             if bend is None:
-                canvas.line(sx, y - (0 if real_source else 1), sx, arrow_row)
+                canvas.line(sx, top, sx, arrow_row, u)
             else:
-                canvas.line(sx, y - (0 if real_source else 1), sx, bend)
-                canvas.line(sx, bend, tx, bend)
-                canvas.line(tx, bend, tx, arrow_row)
+                canvas.line(sx, top, sx, bend, u)
+                canvas.line(sx, bend, tx, bend, u)
+                canvas.line(tx, bend, tx, arrow_row, u)
     for v in lower:
-        if boxes[v].kind != DUMMY and any(v in targets for targets in by_source.values()):
-            canvas.put(_centre(boxes[v]), arrow_row, "▼" if not compact else "↓", "arrow", None)
+        if boxes[v].kind != DUMMY and v in arriving:
+            for x in sorted(set(x for targets in by_source.values() for x in targets)
+                            & set(_slots(boxes[v], len(arriving[v]), compact))):
+                canvas.put(x, arrow_row, "▼" if not compact else "↓", "arrow", None)
     return arrow_row + 1
 
 

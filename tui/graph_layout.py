@@ -12,6 +12,7 @@ straight and centres forks and joins over their branches.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -19,7 +20,7 @@ import networkx as nx
 from netdsl.spelling import call as call_text  # one spelling of a layer for both drawings
 
 __all__ = ["ViewBox", "ViewGraph", "view_graph", "assign_layers", "order_layers", "place_columns",
-           "block_paths", "box_label"]
+           "block_paths", "box_label", "frame_label"]
 
 DUMMY = "dummy"
 MAX_LABEL = 36
@@ -41,12 +42,15 @@ class ViewBox:
 
 @dataclass
 class ViewGraph:
-    """Boxes, forward edges between them, and the delayed (recurrent) edges apart."""
+    """Boxes, forward edges between them (a pair twice when a node reads one value twice),
+    and the delayed (recurrent) edges apart."""
 
     boxes: dict[str, ViewBox]
     edges: list[tuple[str, str]]
     delayed: list[tuple[str, str, int]] = field(default_factory=list)
     box_of: dict[str, str] = field(default_factory=dict)  # graph node -> box id
+    # expanded block instance path -> its frame's label and the boxes inside it, outer first
+    frames: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
 
 
 def block_paths(graph: nx.DiGraph) -> dict[str, str]:
@@ -56,6 +60,12 @@ def block_paths(graph: nx.DiGraph) -> dict[str, str]:
         for depth in range(1, len(scope) + 1):
             paths.setdefault("/".join(f.name for f in scope[:depth]), scope[depth - 1].block)
     return paths
+
+
+def frame_label(path: str, frame) -> str:
+    """A block instance as its frame names it: its path and its call with the values
+    (`stage2/basic1 : basic(32, stride=2)`), without the repetition note errors give."""
+    return f"{path} : {frame.call.split(', the ', 1)[0] or frame.block}"
 
 
 def _collapsed_path(scope, collapsed: frozenset[str]) -> str | None:
@@ -99,6 +109,7 @@ def view_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
     boxes: dict[str, ViewBox] = {}
     box_of: dict[str, str] = {}
     members: dict[str, list[str]] = {}
+    frames: dict[str, tuple[str, list[str]]] = {}
     for node, data in graph.nodes(data=True):  # definition order
         path = _collapsed_path(data["scope"], collapsed)
         if path is None:
@@ -112,14 +123,24 @@ def view_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
             if box_id not in boxes:
                 name = path.rsplit("/", 1)[-1]
                 boxes[box_id] = ViewBox(box_id, "block", f"▸ {name} : {paths[path]}")
-    edges: dict[tuple[str, str], None] = {}
+        scope = data["scope"]
+        for depth in range(1, len(scope) + 1):  # the expanded blocks around the box
+            inside = "/".join(f.name for f in scope[:depth])
+            if inside == path:
+                break
+            frames.setdefault(inside, (frame_label(inside, scope[depth - 1]), []))[1] \
+                .append(box_of[node])
+    # one edge per input a node reads (`x * x` reads x twice: two edges, drawn apart), one
+    # per source into a collapsed block's box
+    edges: dict[tuple, None] = {}
     delayed: dict[tuple[str, str], int] = {}
     for u, v, data in graph.edges(data=True):
         a, b = box_of[u], box_of[v]
         if data["delay"]:
             delayed.setdefault((a, b), data["delay"])
         elif a != b:
-            edges[(a, b)] = None
+            for port in data["ports"] if b == v else (None,):
+                edges[(a, b, port)] = None
     for box_id, nodes in members.items():
         box = boxes[box_id]
         box.members = tuple(nodes)
@@ -127,7 +148,11 @@ def view_graph(graph: nx.DiGraph, collapsed: frozenset[str] = frozenset(),
         box.shape = ", ".join(dict.fromkeys(_shape(graph, n) for n in outputs or nodes[-1:]))
         if not compact:
             box.label = _clip(f"{box.label}  ({len(nodes)} nodes)")
-    return ViewGraph(boxes, list(edges), [(a, b, k) for (a, b), k in delayed.items()], box_of)
+    outer_first = sorted(frames.items(), key=lambda f: f[0].count("/"))
+    return ViewGraph(boxes, [(a, b) for a, b, _ in edges],
+                     [(a, b, k) for (a, b), k in delayed.items()], box_of,
+                     {path: (label, list(dict.fromkeys(inside)))
+                      for path, (label, inside) in outer_first})
 
 
 def _shape(graph: nx.DiGraph, node: str) -> str:
@@ -153,15 +178,17 @@ def assign_layers(view: ViewGraph) -> list[list[str]]:
         if dag.in_degree(node) == 0 and dag.out_degree(node):
             layer[node] = max(layer[node], min(layer[s] for s in dag.successors(node)) - 1)
     edges = []
-    for u, v in dag.edges:
-        chain = [u]
-        for step in range(layer[u] + 1, layer[v]):
-            dummy = f"{u}→{v}#{step}"
-            view.boxes[dummy] = ViewBox(dummy, DUMMY, shape=view.boxes[u].shape)
-            layer[dummy] = step
-            chain.append(dummy)
-        chain.append(v)
-        edges += list(zip(chain, chain[1:]))
+    times = Counter(view.edges)
+    for u, v in dag.edges:  # without the edge that closed a cycle
+        for lane in range(times[(u, v)]):  # a second edge of a pair: dummies of its own
+            chain = [u]
+            for step in range(layer[u] + 1, layer[v]):
+                dummy = f"{u}→{v}#{step}" + (f"~{lane}" if lane else "")
+                view.boxes[dummy] = ViewBox(dummy, DUMMY, shape=view.boxes[u].shape)
+                layer[dummy] = step
+                chain.append(dummy)
+            chain.append(v)
+            edges += list(zip(chain, chain[1:]))
     view.edges = edges
     layers: list[list[str]] = [[] for _ in range(max(layer.values(), default=-1) + 1)]
     for node in view.boxes:  # definition order is the first guess at the order

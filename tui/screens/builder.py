@@ -29,9 +29,11 @@ from netdsl.imports import spec_name
 from netdsl.tui.checking import CheckResult, check_and_draw
 from netdsl.tui.graph_canvas import Picture, draw_graph
 from netdsl.tui.graph_layout import block_paths
+from netdsl.tui.keys import Key, key_table
 from netdsl.tui.screens.dialogs import AskPath, JumpTo
 from netdsl.tui.screens.edit_flow import EditFlow
 from netdsl.tui.screens.file_flow import FileFlow
+from netdsl.tui.screens.help import HelpScreen
 from netdsl.tui.screens.tint_flow import TintFlow
 from netdsl.tui.screens.train import TrainScreen
 from netdsl.tui.widgets.graph_view import GraphView
@@ -66,7 +68,9 @@ class BuilderScreen(EditFlow, FileFlow, TintFlow, Screen):
         Binding("E", "expand_all", "Expand all", show=False),
         Binding("ctrl+g", "jump", "Go to node", priority=True),
         Binding("slash", "jump", "Go to node", show=False),
-        Binding("escape", "cancel_skip", "Cancel", show=False),
+        Binding("escape", "cancel_skip", "Cancel skip", show=False),
+        Binding("f1", "help", "Keys", priority=True, show=False),
+        Binding("question_mark", "help", "Keys", show=False),
         Binding("m", "colour_by", "Colour by diagnostics", show=False),
     ]
 
@@ -85,6 +89,8 @@ class BuilderScreen(EditFlow, FileFlow, TintFlow, Screen):
         self.result: CheckResult | None = None  # the last check of the current text
         self.good: CheckResult | None = None    # the last check that succeeded
         self.collapsed: frozenset[str] = frozenset()
+        # a collapsed block's box -> the node selected inside it, selected again on expanding
+        self.selected_inside: dict[str, str] = {}
         self.compact = False
         self.skip_source: str | None = None  # the first node of a skip being added
         self.summary = ""  # what the last visual edit did, shown with the next check
@@ -249,9 +255,36 @@ class BuilderScreen(EditFlow, FileFlow, TintFlow, Screen):
 
     def _show_picture(self, good: CheckResult, picture: Picture) -> None:
         if good is self.good:
+            before = self.graph_view.selected
+            box = self._carried_selection(good.picture, picture)
             good.picture = picture
             self.graph_view.show(picture)
+            if box is not None and box != before:  # the same box: the text keeps its selection
+                self.graph_view.select(box)
             self._show_inspector()
+
+    def _node_of(self, picture: Picture, box: str) -> str:
+        """The graph node a box stands for: a collapsed block's node selected when it was
+        collapsed, or its first node."""
+        if box in self.selected_inside:
+            return self.selected_inside[box]
+        members = picture.boxes[box].members if box in picture.boxes else ()
+        return members[0] if members else box
+
+    def _carried_selection(self, old: Picture, new: Picture) -> str | None:
+        """The box of the new drawing that holds what was selected in the old one: a
+        collapsed block's box, or, expanded, the node that was selected inside it."""
+        box = self.graph_view.selected
+        if box is None or box in new.rects:
+            return box
+        node = self._node_of(old, box)
+        found = new.box_of.get(node)
+        for path, drawn in new.boxes.items():  # remember the node inside each block collapsed
+            if path.startswith("[") and node in drawn.members:
+                self.selected_inside[path] = node
+            elif path not in old.rects:  # collapsed now with the selection elsewhere
+                self.selected_inside.pop(path, None)
+        return found
 
     def on_graph_view_toggle_block(self, message: GraphView.ToggleBlock) -> None:
         self.action_collapse()
@@ -264,7 +297,6 @@ class BuilderScreen(EditFlow, FileFlow, TintFlow, Screen):
             return
         if box.startswith("["):
             self.collapsed = self.collapsed - {box[1:-1]}
-            self.graph_view.selected = None
         else:
             scope = good.network.graph.nodes[box]["scope"]
             if not scope:
@@ -272,9 +304,8 @@ class BuilderScreen(EditFlow, FileFlow, TintFlow, Screen):
                 return
             path = "/".join(f.name for f in scope)
             self.collapsed = self.collapsed | {path}
-            self.graph_view.selected = None
             self.status(f"collapsed {path}; Enter or c on its box expands it")
-        self._relayout()
+        self._relayout()  # the selection follows: the block's box, or back inside it
 
     def action_collapse_all(self) -> None:
         if self.good is not None:
@@ -296,12 +327,27 @@ class BuilderScreen(EditFlow, FileFlow, TintFlow, Screen):
         names = list(self.good.network.graph.nodes)
 
         def chosen(node: str | None) -> None:
-            if node is not None and self.good is not None:
-                box = self.good.picture.box_of.get(node, node)
-                self.graph_view.focus()
-                self.graph_view.select(box)
+            if node is not None:
+                self.go_to(node)
 
         self.app.push_screen(JumpTo(names), chosen)
+
+    def go_to(self, node: str) -> None:
+        """Select a node (a collapsed block's box when it is inside one) in the graph."""
+        if self.good is not None:
+            box = self.good.picture.box_of.get(node, node)
+            self.graph_view.focus()
+            self.graph_view.select(box)
+
+    # ---- keys
+
+    def keys(self) -> list[Key]:
+        """Every key of the builder, from the bindings Textual dispatches."""
+        return key_table(self.app, [("everywhere", self.app), ("graph", self),
+                                    ("graph", self.graph_view)])
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen(self.keys()))
 
     # ---- run and export
 

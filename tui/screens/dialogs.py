@@ -1,15 +1,18 @@
 """Modal dialogs: a question, a path, a node to jump to, and the layer form."""
 from __future__ import annotations
 
+import math
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.fuzzy import Matcher
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 
 from netdsl.edits import Field, check_syntax
 
-__all__ = ["Choice", "AskPath", "JumpTo", "LayerForm", "PickLayer"]
+__all__ = ["Choice", "AskPath", "JumpTo", "LayerForm", "PickLayer", "fuzzy_matches"]
 
 
 class Choice(ModalScreen[str]):
@@ -86,14 +89,26 @@ class _Finder(ModalScreen[str | None]):
 
 
 class JumpTo(_Finder):
-    """Finds a node by (part of) its name; dismisses with the node's id."""
+    """Finds a node by a few letters of its name, in order (`s2b1c1` finds
+    stage2/basic1/conv1), as the command palette does; dismisses with the node's id."""
 
-    question, placeholder, list_id = "Jump to node", "name, e.g. stage2/basic1/conv1", "matches"
+    question, placeholder, list_id = "Jump to node", "name, e.g. stage2/basic1/conv1 or s2b1c1", \
+        "matches"
 
     def _matches(self, query: str) -> list[str]:
-        query = query.strip().lower()
-        exact = [n for n in self.names if n.lower() == query]
-        return exact + [n for n in self.names if query in n.lower() and n not in exact]
+        return fuzzy_matches(query, self.names)
+
+
+def fuzzy_matches(query: str, names: list[str]) -> list[str]:
+    """The names holding the query's letters in order, best first (an exact name before
+    all); ties keep their order in `names`, the graph's definition order."""
+    query = query.strip()
+    if not query:
+        return list(names)
+    matcher = Matcher(query)
+    scored = [(-(math.inf if n.lower() == query.lower() else matcher.match(n)), i, n)
+              for i, n in enumerate(names)]
+    return [n for score, _, n in sorted(scored) if score < 0]
 
 
 class PickLayer(_Finder):

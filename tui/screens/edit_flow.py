@@ -1,5 +1,9 @@
 """The builder's visual edits: insert, delete, edit arguments, add a skip, undo and redo.
 
+An edit of a node written in a block that other calls use too asks first whether to
+change the block (every instance) or only this call (a copy of the block, under a new
+name, that only this call uses).
+
 An edit is computed on the text (netdsl.edits) from the node selected in the graph,
 checked in a worker thread, and applied through the editor only if the spec still
 checks, so the editor's undo history covers it; a refused edit says why in the status
@@ -16,7 +20,7 @@ from netdsl import edits
 from netdsl.errors import SpecError
 from netdsl.ops import OPS
 from netdsl.tui.checking import CheckResult, check_and_draw
-from netdsl.tui.screens.dialogs import LayerForm, PickLayer
+from netdsl.tui.screens.dialogs import Choice, LayerForm, PickLayer
 
 __all__ = ["EditFlow"]
 
@@ -45,14 +49,42 @@ class EditFlow:
                                              for s in graph.successors(m))]
         return (outputs or list(members))[-1]
 
-    def _propose(self, make, form: LayerForm | None = None) -> None:
-        """Compute an edit; check its result in a worker and apply it only if it checks."""
+    def _in_which_scope(self, then) -> None:
+        """Call `then(scope)` once it is known what an edit of the selected node changes:
+        None, its own place; "block", every instance of the block it is written in;
+        "call", a copy of that block for its call alone. The user is asked when the
+        block has instances that other calls make; cancelling does nothing."""
+        node = self._selected_node()
+        if node is None:
+            return
+        try:
+            use = edits.block_use(self.editor.text, self.good.network.graph, node)
+        except SpecError:
+            use = None
+        if use is None or use.instances <= use.call_instances:
+            then(None)
+            return
+        many = f", which makes {use.call_instances} of them" if use.call_instances > 1 else ""
+        question = (f"'{node}' is written in block {use.block}, which the network uses "
+                    f"{use.instances} times. Change the block (every instance), or only "
+                    f"this call (line {use.call.line}{many}): a copy of the block named "
+                    f"{use.copy} that only this call uses?")
+        self.app.push_screen(
+            Choice(question, [("block", f"Block ({use.instances})"), ("call", "This call"),
+                              ("cancel", "Cancel")]),
+            lambda chosen: then(chosen) if chosen in ("block", "call") else None)
+
+    def _propose(self, make, form: LayerForm | None = None, scope: str | None = None) -> None:
+        """Compute an edit; check its result in a worker and apply it only if it checks.
+        With `scope` "call", the edit goes to a copy of the node's block for its call."""
         node = self._selected_node()
         if node is None:
             return
         text, graph = self.editor.text, self.good.network.graph
         try:
             edit = make(text, graph, node)
+            if scope == "call":
+                edit = edits.only_this_call(text, graph, node, edit)
         except (edits.EditRefused, SpecError) as exc:
             self._refuse(str(exc), form)
             return
@@ -93,6 +125,9 @@ class EditFlow:
         editor.history.checkpoint()
 
     def action_insert(self) -> None:
+        self._in_which_scope(self._insert)
+
+    def _insert(self, scope: str | None) -> None:
         if self._selected_node() is None:
             return
         module_blocks = sorted(self.good.network.module.blocks)
@@ -103,25 +138,34 @@ class EditFlow:
                 return
             fields = edits.layer_fields(name, self.good.network.module if self.good else None)
             if not fields:
-                self._propose(lambda t, g, n: edits.insert_after(t, g, n, name))
+                self._propose(lambda t, g, n: edits.insert_after(t, g, n, name), scope=scope)
                 return
             form = LayerForm(f"Insert {name} after {self._selected_node()}", fields)
-            form.submitted = lambda values: self._insert_from_form(name, fields, values, form)
+            form.submitted = lambda values: self._insert_from_form(name, fields, values, form,
+                                                                   scope)
             self.app.push_screen(form)
 
         self.app.push_screen(PickLayer(names), picked)
 
-    def _insert_from_form(self, name, fields, values, form) -> None:
+    def _insert_from_form(self, name, fields, values, form, scope=None) -> None:
         try:
             call = edits.layer_call(name, values, [f.name for f in fields],
                                     {f.name for f in fields if f.default is None})
         except edits.EditRefused as exc:
             form.show_error(str(exc))
             return
-        self._propose(lambda t, g, n: edits.insert_after(t, g, n, call), form)
+        self._propose(lambda t, g, n: edits.insert_after(t, g, n, call), form, scope)
 
     def action_delete(self) -> None:
-        self._propose(edits.delete_node)
+        node = self._selected_node()
+        if node is None:
+            return
+        try:  # a deletion the text cannot express is refused before asking where
+            edits.delete_node(self.editor.text, self.good.network.graph, node)
+        except (edits.EditRefused, SpecError) as exc:
+            self._refuse(str(exc), None)
+            return
+        self._in_which_scope(lambda scope: self._propose(edits.delete_node, scope=scope))
 
     def action_edit_arguments(self) -> None:
         node = self._selected_node()
@@ -132,10 +176,14 @@ class EditFlow:
         except (edits.EditRefused, SpecError) as exc:
             self._refuse(str(exc), None)
             return
-        form = LayerForm(f"Arguments of {node} ({name})", fields)
-        form.submitted = lambda values: self._propose(
-            lambda t, g, n: edits.set_arguments(t, g, n, values), form)
-        self.app.push_screen(form)
+
+        def edit_in(scope: str | None) -> None:
+            form = LayerForm(f"Arguments of {node} ({name})", fields)
+            form.submitted = lambda values: self._propose(
+                lambda t, g, n: edits.set_arguments(t, g, n, values), form, scope)
+            self.app.push_screen(form)
+
+        self._in_which_scope(edit_in)
 
     def action_skip(self) -> None:
         node = self._selected_node()

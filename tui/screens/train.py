@@ -11,6 +11,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, ProgressBar, RichLog
 
+from netdsl.app.progress import metric_text
 from netdsl.errors import SpecError
 from netdsl.tui.training import EpochDone, PostingReporter, Progress, RunStarted, RunStopped, \
     RunWarning, train_network
@@ -38,6 +39,7 @@ class TrainScreen(ModalScreen[None]):
         self.device, self.spec = device, spec
         self.reporter = PostingReporter(lambda event: self.post_message(self.Event(event)))
         self.running = False
+        self.step = 0  # steps done in the whole run: the plots' x axis
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog train"):
@@ -47,7 +49,8 @@ class TrainScreen(ModalScreen[None]):
             with Horizontal(classes="plots"):
                 yield LossPlot("loss", id="loss-plot")
                 yield LossPlot("accuracy", colour="#98c379", percent=True, id="accuracy-plot")
-            yield RichLog(id="log", max_lines=500)
+            # wrapped: an epoch's line is longer than the panel is wide
+            yield RichLog(id="log", max_lines=500, wrap=True, min_width=20)
             with Horizontal(classes="buttons"):
                 yield Button("Stop", id="stop", variant="error")
                 yield Button("Close", id="close")
@@ -80,18 +83,25 @@ class TrainScreen(ModalScreen[None]):
                 log.write(f"run record and checkpoints in {event.folder}/")
         elif isinstance(event, Progress):
             self.query_one("#progress", ProgressBar).update(total=event.total, progress=event.done)
+            self.step = event.epoch * event.total + event.done
             loss = event.metrics.get("loss")
             if loss is None:  # named losses: plot their sum
                 loss = sum(v for k, v in event.metrics.items()
                            if k not in ("accuracy", "samples/s") and isinstance(v, float))
-            self.query_one("#loss-plot", LossPlot).add(loss)
+            self.query_one("#loss-plot", LossPlot).add(loss, self.step)
+            shown = [metric_text("loss", loss)]
             if "accuracy" in event.metrics:
-                self.query_one("#accuracy-plot", LossPlot).add(event.metrics["accuracy"])
+                self.query_one("#accuracy-plot", LossPlot).add(event.metrics["accuracy"],
+                                                               self.step)
+                shown.append(metric_text("accuracy", event.metrics["accuracy"]))
             status.update(f"epoch {event.epoch + 1}  step {event.done}/{event.total}  "
-                          f"loss {loss:.4g}")
+                          + "  ".join(shown))
         elif isinstance(event, EpochDone):
-            log.write("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                for k, v in event.record.items()))
+            record = event.record
+            for key, plot in (("val_loss", "#loss-plot"), ("val_accuracy", "#accuracy-plot")):
+                if isinstance(record.get(key), float):
+                    self.query_one(plot, LossPlot).add_validation(record[key], self.step)
+            log.write("  ".join(metric_text(k, v) for k, v in record.items()))
         elif isinstance(event, RunWarning):
             log.write(f"warning: {event.text}")
         elif isinstance(event, RunStopped):

@@ -22,6 +22,7 @@ STYLES = {
     "box.op": Style(color="#dcdcdc"), "box.join": Style(color="#56b6c2", bold=True),
     "box.block": Style(color="#98c379"), "shape": Style(color="#7f848e", italic=True),
     "arrow": Style(color="#8a8a8a"), "recurrent": Style(color="#c678dd"),
+    "frame": Style(color="#98c379", dim=True),
 }
 LINE = Style(color="#8a8a8a")
 SELECTED = Style(reverse=True, bold=True)
@@ -36,10 +37,11 @@ class GraphView(ScrollView, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("up", "move('up')", "Up", show=False),
-        Binding("down", "move('down')", "Down", show=False),
-        Binding("left", "move('left')", "Left", show=False),
-        Binding("right", "move('right')", "Right", show=False),
+        # vi's keys as well as the arrows
+        Binding("up,k", "move('up')", "Up", show=False),
+        Binding("down,j", "move('down')", "Down", show=False),
+        Binding("left,h", "move('left')", "Left", show=False),
+        Binding("right,l", "move('right')", "Right", show=False),
         Binding("enter", "toggle_block", "Collapse/expand", show=False),
     ]
 
@@ -98,13 +100,7 @@ class GraphView(ScrollView, can_focus=True):
         text = picture.row_text(row, scroll_x, scroll_x + width)
         styles = [LINE] * len(text)
         for x0, x1, name, box in picture.spans[row]:
-            style = STYLES.get(name, LINE)
-            if box in self.tint and name.startswith("box."):
-                style = self.tint[box]
-            if box is not None and box == self.selected:
-                style = style + SELECTED
-            elif box is not None and box == self.marked:
-                style = style + MARKED
+            style = self.style_of(name, box)
             for x in range(max(x0, scroll_x), min(x1, scroll_x + width)):
                 styles[x - scroll_x] = style
         segments, start = [], 0
@@ -113,6 +109,19 @@ class GraphView(ScrollView, can_focus=True):
                 segments.append(Segment(text[start:i], styles[start]))
                 start = i
         return Strip(segments, width)
+
+    def style_of(self, name: str, box: str | None) -> Style:
+        """The one place a drawn piece gets its style: by what it is (`name`, a key of
+        STYLES) or a box's colour by a diagnostic (`tint`), then, for a box, whether it
+        is selected or marked as a skip's source."""
+        style = STYLES.get(name, LINE)
+        if box in self.tint and name.startswith("box."):
+            style = self.tint[box]
+        if box is not None and box == self.selected:
+            style = style + SELECTED
+        elif box is not None and box == self.marked:
+            style = style + MARKED
+        return style
 
     def on_focus(self) -> None:
         if self.selected is None and self.picture is not None and self.picture.rects:
