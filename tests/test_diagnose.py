@@ -315,7 +315,7 @@ def test_a_run_without_diagnostics_says_to_rerun_with_them(tmp_path, capsys):
         code, out, err = netc(capsys, "diagnose", *args)
         assert code == 1 and out == ""
         assert "has no diagnostics: it was trained without --diagnose" in err
-        assert "hint: rerun it with them: netc run SPEC --diagnose" in err
+        assert "hint: rerun it with them: netc run SPEC --diagnose N" in err
         assert len(err.splitlines()) == 2
     code, _, err = netc(capsys, "diagnose", str(tmp_path / "nothing"))
     assert code == 1 and "no run" in err

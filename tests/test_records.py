@@ -201,3 +201,43 @@ def test_resuming_an_edited_spec_says_so(tmp_path, check):
     assert warnings == [f"mlp.net has changed since this run started; {folder}/spec.net now "
                         "holds the new text"]
     assert open(os.path.join(folder, "spec.net")).read() == text.replace("0.2", "0.3")
+
+
+def test_variants_of_one_network_keep_their_own_runs(tmp_path):
+    """Two spec files with one network name: the second trains into runs/mlp-2 instead of
+    replacing the first's run, and --resume and eval find each file's own run."""
+    text = open(MLP).read()
+    (tmp_path / "a.net").write_text(text)
+    (tmp_path / "b.net").write_text(text.replace("dense(256) -> relu -> dense(10)",
+                                                 "dense(32) -> relu -> dense(10)"))
+    common = ("--examples", "200", "--batch", "50", "--quiet")
+    for spec, steps in (("a.net", "2"), ("b.net", "2"), ("b.net", "3")):
+        resume = ("--resume",) if steps == "3" else ()
+        result = run_netc("run", spec, "--steps", steps, *resume, *common, cwd=str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        if not resume and spec == "b.net":
+            assert "runs/mlp holds the run of a.net: this run is recorded in runs/mlp-2" \
+                in result.stderr
+    first, second = tmp_path / "runs" / "mlp", tmp_path / "runs" / "mlp-2"
+    assert json.loads((first / "run.json").read_text())["spec"] == "a.net"
+    assert json.loads((second / "run.json").read_text())["spec"] == "b.net"
+    assert [e["step"] for e in metrics(first) if e["kind"] == "step"] == []  # 2 steps: none logged
+    with np.load(second / "checkpoint.npz") as checkpoint:
+        assert int(checkpoint["optimizer0/step"]) == 3  # b's run resumed in its own folder
+    evaluated = run_netc("eval", "b.net", "--examples", "200", "--quiet", cwd=str(tmp_path))
+    assert evaluated.returncode == 0, evaluated.stderr
+
+
+def test_the_run_folder_of_a_spec(tmp_path, monkeypatch):
+    from netdsl.app.record import run_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert run_folder("n", "a.net", new_run=True) == os.path.join("runs", "n")
+    for folder, spec in (("n", "a.net"), ("n-2", "./b.net")):
+        os.makedirs(os.path.join("runs", folder))
+        (tmp_path / "runs" / folder / "run.json").write_text(json.dumps({"spec": spec}))
+    assert run_folder("n", "./a.net", new_run=True) == os.path.join("runs", "n")
+    assert run_folder("n", "b.net", new_run=False) == os.path.join("runs", "n-2")
+    assert run_folder("n", "c.net", new_run=True) == os.path.join("runs", "n-3")
+    assert run_folder("n", "c.net", new_run=False) == os.path.join("runs", "n")  # none: the default
+    assert run_folder("n", None, new_run=True) == os.path.join("runs", "n")

@@ -16,7 +16,7 @@ from netdsl.app.diagnose import DiagnosticsRecorder
 from netdsl.app.launch import launch_workers
 from netdsl.app.memory_check import check_training, fitting_batch, forward_estimate
 from netdsl.app.progress import RichReporter, metric_text
-from netdsl.app.record import RecordingReporter
+from netdsl.app.record import RecordingReporter, read_run, run_folder
 from netdsl.app.terminal import console as terminal
 from netdsl.app.session import Session, prepare
 from netdsl.atomic import check_writable, write_bytes, write_text
@@ -55,8 +55,10 @@ def _data(args, session: Session, only=None, examples=None):
                              getattr(args, "length", None), only)
 
 
-def _folder(args, name: str) -> str:
-    return args.checkpoint or os.path.join("runs", name)
+def _folder(args, name: str, new_run: bool = False) -> str:
+    """--checkpoint, else the spec's run folder (record.run_folder): a new run's, or the
+    one a reader finds."""
+    return args.checkpoint or run_folder(name, args.spec, new_run)
 
 
 def run(args) -> int:
@@ -64,7 +66,7 @@ def run(args) -> int:
     or started by mpirun or srun, as data-parallel workers (app.workers)."""
     if (getattr(args, "workers", None) or 1) > 1:
         name = check_file(args.spec, args.import_path).graph.graph["name"]
-        return launch_workers(args, _folder(args, name))
+        return launch_workers(args, _folder(args, name, not args.resume))
     comm = workers.join(args)
     out = terminal(quiet=comm.rank != 0)           # the epoch lines
     console = terminal(stderr=True, quiet=comm.rank != 0)  # progress and notices
@@ -76,14 +78,18 @@ def run(args) -> int:
         session = _session(args, network)
         check_training(session.lowered, session.settings, force=args.force)
         if comm.rank == 0:  # the only writer, checked before the data is read
-            _writable_folder(_folder(args, session.name))
+            _writable_folder(_folder(args, session.name, not args.resume))
         data = _data(args, session)
         # a recurrent network's activations, at its data's length
         check_training(session.lowered, session.settings, data, args.force)
         return (network, session, data), workers.data_digest(data)
 
     network, session, data = workers.prepared(comm, args, ready)
-    folder = _folder(args, session.name)
+    folder = _folder(args, session.name, not args.resume)
+    base = os.path.join("runs", session.name)
+    if args.checkpoint is None and folder != base:
+        console.print(f"{base} holds the run of {read_run(base).get('spec')}: this run is "
+                      f"recorded in {folder}")
     path = os.path.join(folder, CHECKPOINT)
     with workers.training(comm, folder):
         if comm.size > 1 and not on_host(session.xp):

@@ -90,12 +90,13 @@ def summary(folder: str, name: str) -> dict:
     """
     entries = read_diagnostics(folder)
     values, steps = last_values(entries)
-    if not values:
-        raise SpecError(f"the run {name} has no diagnostics: it was trained without --diagnose",
-                        None, "rerun it with them: netc run SPEC --diagnose "
-                              f"--checkpoint {folder} (every 50 steps; --diagnose N for "
-                              "every N)")
     places, every = _places(entries)
+    if not values:
+        why = (f"it was trained with --diagnose {every}, but no step it ran was a multiple "
+               f"of {every}" if every else "it was trained without --diagnose")
+        raise SpecError(f"the run {name} has no diagnostics: {why}",
+                        None, "rerun it with them: netc run SPEC --diagnose N "
+                              f"--checkpoint {folder} (every N steps; 50 without N)")
     warnings = [e for e in entries if e.get("kind") == "warning"]
     order = list(places) + [node for node in values if node not in places]
     nodes = []

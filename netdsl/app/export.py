@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 
+from netdsl.app.record import run_folder
 from netdsl.app.session import prepare
 from netdsl.atomic import check_writable, write_bytes, write_folder
 from netdsl.driver import check_file, read_spec
@@ -61,7 +62,7 @@ def export(args) -> int:
 def _weights(args, session) -> tuple[dict, dict, str, str | None]:
     """The parameters (by key) and buffers (node -> name -> array) to export, where they
     come from (the checkpoint, else the initial ones), and a warning for the user."""
-    folder = args.checkpoint or os.path.join("runs", session.name)
+    folder = args.checkpoint or run_folder(session.name, args.spec, new_run=False)
     if args.checkpoint is None and not os.path.isfile(os.path.join(folder, CHECKPOINT)):
         warning = (f"no checkpoint in {folder}/: exported the initial weights (train "
                    f"first with: netc run {args.spec})")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import os
 
@@ -27,7 +28,7 @@ from netdsl import __version__
 from netdsl.atomic import write_text
 from netdsl.runtime.train import Reporter
 
-__all__ = ["RecordingReporter", "read_metrics", "read_run", "spec_hash",
+__all__ = ["RecordingReporter", "read_metrics", "read_run", "run_folder", "spec_hash",
            "METRICS", "RUN", "SPEC_COPY"]
 
 METRICS, RUN, SPEC_COPY = "metrics.jsonl", "run.json", "spec.net"
@@ -65,6 +66,32 @@ def read_run(folder: str) -> dict:
     except (OSError, ValueError):
         return {}
     return run if isinstance(run, dict) else {}
+
+
+def run_folder(name: str, spec: str | None, new_run: bool) -> str:
+    """The run folder of a spec when --checkpoint names none: runs/NAME, unless that folder
+    holds the run of another spec file with the same network name (two variants of one
+    network); then runs/NAME-2, runs/NAME-3, ... So training a variant never replaces
+    another file's run. A new run takes the first folder that is free or holds this spec
+    file's run (a rerun of a file replaces its own run, keeping previous.npz); a reader
+    (--resume, eval, predict, export, the builder's colours) the first that holds this
+    spec file's run, else runs/NAME."""
+    base = os.path.join("runs", name)
+    if spec is None:
+        return base
+    for folder in itertools.chain([base], (f"{base}-{k}" for k in itertools.count(2))):
+        if not os.path.exists(folder):
+            return folder if new_run else base
+        recorded = read_run(folder).get("spec")
+        if recorded is None or _same_file(recorded, spec):
+            return folder
+    raise AssertionError("unreachable: the candidate folders never end")
+
+
+def _same_file(recorded: str, spec: str) -> bool:
+    """Whether a record's spec path (as the user named it, from the folder netc ran in)
+    names `spec`."""
+    return os.path.realpath(recorded) == os.path.realpath(spec)
 
 
 def _event_writer(folder: str, resumed_at: int | None):

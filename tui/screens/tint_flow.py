@@ -2,9 +2,8 @@
 `netc run SPEC --diagnose`): `m` cycles through the numbers recorded, then off."""
 from __future__ import annotations
 
-import os
-
 from netdsl.app.diagnostics import node_metric
+from netdsl.app.record import run_folder
 from netdsl.tui.tint import CYCLE, tint
 
 __all__ = ["TintFlow"]
@@ -21,7 +20,7 @@ class TintFlow:
         if good is None:
             self.status("the spec must check before its run's diagnostics can colour it")
             return
-        folder = os.path.join("runs", good.network.name)
+        folder = run_folder(good.network.name, self.file_name, new_run=False)
         recorded = {metric: values for metric in CYCLE
                     if (values := node_metric(folder, metric))}
         order = [None, *recorded]

@@ -1,8 +1,6 @@
 """The run panel: trains the current spec in a worker thread with a live plot and a stop button."""
 from __future__ import annotations
 
-import os
-
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,6 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Label, ProgressBar, RichLog
 
 from netdsl.app.progress import metric_text
+from netdsl.app.record import run_folder
 from netdsl.errors import SpecError
 from netdsl.tui.training import EpochDone, PostingReporter, Progress, RunStarted, RunStopped, \
     RunWarning, train_network
@@ -63,7 +62,7 @@ class TrainScreen(ModalScreen[None]):
     def train(self) -> None:
         try:
             train_network(self.network, self.reporter, self.epochs, self.examples, self.device,
-                          os.path.join("runs", self.network.name), self.spec)
+                          run_folder(self.network.name, self.spec, new_run=True), self.spec)
             self.post_message(self.Event(RunStopped("finished")))
         except SpecError as exc:
             self.post_message(self.Event(RunStopped(f"cannot train: {exc}"
