@@ -66,6 +66,8 @@ def import_proto(model: onnx.ModelProto, path: str, name: str) -> Imported:
 def _structured(net: Network, header: str) -> Imported | None:
     """The spec with blocks and repeats, if the network is one path and the result
     checks and matches every layer; else None, and the flat spec is written."""
+    if net.states:
+        return None  # a recurrence's statements are written as the loop's assignments
     output = "logits" if scored(net, net.outputs[0]) else "output"
     structured = recover(net, "x", output)
     if structured is None:

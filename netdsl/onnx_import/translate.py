@@ -22,8 +22,9 @@ import onnx
 
 from netdsl.errors import SpecError, SpecErrors
 from netdsl.onnx_import.fold import BATCH, Folded
-from netdsl.onnx_import.layers import Layer, Network, Unsupported
+from netdsl.onnx_import.layers import Layer, Network, State, Unsupported
 from netdsl.onnx_import.recurrent import RECURRENT, is_recurrent, node_layout
+from netdsl.onnx_import.scan import SCAN
 from netdsl.ops import OPS
 from netdsl.ops.pool import pooled_size
 
@@ -67,6 +68,17 @@ class _Translator:
         self.onnx_dims: dict[str, tuple] = {}     # netdsl value -> ONNX's per-example dims
         self.layers: list[Layer] = []
         self.views: dict[tuple, str] = {}         # (value, dims) -> its reshape
+        # ONNX values of a sequence laid out one step per row, [batch (x time), dims...]:
+        # a Scan body's, and a sequence folded for a Gemm as netdsl's export writes it
+        self.stepwise: set[str] = set()
+        # ONNX shape values computed from the input: their entries, "B" the batch, "T"
+        # the time, numbers the fixed dims
+        self.symbolic: dict[str, tuple] = {}
+        # ONNX values of one row per example that only a Scan's initial state may read:
+        # ("fill", number) or ("learned", the row)
+        self.filled: dict[str, tuple] = {}
+        self.states: dict[str, State] = {}        # netdsl value read steps back -> its state
+        self.within = ""                          # the Scan whose body is being translated
         self.problems: dict[tuple[str, str], list[str]] = {}
         self.readers: dict[str, int] = {}
         for node in folded.nodes:
@@ -82,7 +94,8 @@ class _Translator:
     def run(self) -> Network:
         inputs = {}
         initialised = set(self.folded.constants)
-        recurrent = any(is_recurrent(node) for node in self.folded.nodes)
+        recurrent = any(is_recurrent(node) or node.op_type == "Scan"
+                        for node in self.folded.nodes)
         for info in self.model.graph.input:
             if info.name in initialised:
                 continue
@@ -118,32 +131,7 @@ class _Translator:
             self.bind(info.name, value)
             inputs[value] = tuple(shape[1:])
         for node in self.folded.nodes:
-            self.node = node
-            rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-            if rule is None:
-                domain = f" of domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
-                self._problem(node.op_type + domain, node.name,
-                              "a netdsl layer for this operator (see docs/onnx.md for those "
-                              "netc import knows)")
-                continue
-            attrs = {a.name: _plain(onnx.helper.get_attribute_value(a)) for a in node.attribute}
-            bad = [key for key in attrs if key not in rule.attrs or
-                   (rule.attrs[key] is not None and _plain(attrs[key]) not in rule.attrs[key])]
-            if bad:
-                for key in bad:
-                    allowed = rule.attrs.get(key)
-                    why = (f"attribute {key}={_plain(attrs[key])!r} (netdsl follows "
-                           f"{', '.join(map(repr, allowed))})" if allowed else
-                           f"attribute {key}, which netdsl has no counterpart for")
-                    self._problem(node.op_type, node.name, why)
-                continue
-            if any(name and name not in self.values and name not in self.folded.constants
-                   for name in node.input):
-                continue  # an input a reported node would have made
-            try:
-                rule.apply(self, node, attrs)
-            except Unsupported as exc:
-                self._problem(node.op_type, node.name, exc.need)
+            self.translate_node(node)
         outputs = []
         for info in self.model.graph.output:
             if info.name in self.folded.constants:
@@ -160,16 +148,50 @@ class _Translator:
                 except Unsupported as exc:
                     self._problem("output", info.name, exc.need)
         self._raise()
-        return Network(self.name, inputs, _live(self.layers, outputs), outputs, dict(self.dims),
-                       set(self.seq), dict(self.laid_out))
+        layers = _live(self.layers, outputs, self.states)
+        made = {layer.output for layer in layers}
+        states = {read: state for read, state in self.states.items() if state.source in made}
+        return Network(self.name, inputs, layers, outputs, dict(self.dims),
+                       set(self.seq), dict(self.laid_out), states)
+
+    def translate_node(self, node: onnx.NodeProto) -> None:
+        """Translate one node by its rule, or record why netdsl cannot express it."""
+        self.node = node
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is None:
+            domain = f" of domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
+            self._problem(node.op_type + domain, node.name,
+                          "a netdsl layer for this operator (see docs/onnx.md for those "
+                          "netc import knows)")
+            return
+        attrs = {a.name: _plain(onnx.helper.get_attribute_value(a)) for a in node.attribute}
+        bad = [key for key in attrs if key not in rule.attrs or
+               (rule.attrs[key] is not None and _plain(attrs[key]) not in rule.attrs[key])]
+        if bad:
+            for key in bad:
+                allowed = rule.attrs.get(key)
+                why = (f"attribute {key}={_plain(attrs[key])!r} (netdsl follows "
+                       f"{', '.join(map(repr, allowed))})" if allowed else
+                       f"attribute {key}, which netdsl has no counterpart for")
+                self._problem(node.op_type, node.name, why)
+            return
+        known = (self.values, self.folded.constants, self.symbolic, self.filled)
+        if any(name and not any(name in k for k in known) for name in node.input):
+            return  # an input a reported node would have made
+        try:
+            rule.apply(self, node, attrs)
+        except Unsupported as exc:
+            self._problem(node.op_type, node.name, exc.need)
 
     def _problem(self, op_type: str, node: str, need: str) -> None:
-        self.problems.setdefault((op_type, need), []).append(node or "(unnamed)")
+        where = f"'{node or '(unnamed)'}'" + (f" (in the body of Scan '{self.within}')"
+                                              if self.within else "")
+        self.problems.setdefault((op_type, need), []).append(where)
 
     def _raise(self) -> None:
         errors = []
         for (op_type, need), nodes in self.problems.items():
-            where = ", ".join(f"'{n}'" for n in nodes[:3])
+            where = ", ".join(nodes[:3])
             more = f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
             what = op_type if op_type in ("input", "output") else "node"
             label = op_type if what == "node" else ""
@@ -203,6 +225,9 @@ class _Translator:
         if name in self.folded.constants:
             raise Unsupported("a constant tensor as an operand (netdsl's layers read "
                               "constants only as their weights)")
+        if name in self.symbolic or name in self.filled:
+            raise Unsupported("a value of the batch's shape as an operand (netdsl builds "
+                              "shapes itself; a Scan's initial state may be one)")
         if name in self.axes:
             raise Unsupported("values laid out [batch, time, ...] (this one is "
                               f"{_axes_text(self.axes[name])}; netdsl's sequences are "
@@ -234,11 +259,17 @@ class _Translator:
         self.onnx_dims[value] = tuple(onnx_dims if onnx_dims is not None else dims)
         return value
 
-    def bind(self, output: str, value: str, dims: tuple | None = None) -> None:
+    def bind(self, output: str, value: str, dims: tuple | None = None,
+             stepwise: bool | None = None) -> None:
         """The ONNX value `output` is the netdsl value `value`, which has ONNX's dims
-        `dims` (the value's own ONNX layout unless given)."""
+        `dims` (the value's own ONNX layout unless given); laid out one step per row
+        (`stepwise`) when the node's inputs are, unless said."""
         self.values[output] = value
         self.layout[output] = tuple(dims) if dims is not None else self.onnx_dims[value]
+        if stepwise is None:
+            stepwise = self.node is not None and any(n in self.stepwise for n in self.node.input)
+        if stepwise:
+            self.stepwise.add(output)
 
     def used(self, name: str) -> bool:
         return bool(name) and self.readers.get(name, 0) > 0
@@ -247,23 +278,27 @@ class _Translator:
         """ONNX's per-example dims of the node's first output, from shape inference (per
         step, when it reads a sequence)."""
         shape = self.folded.shapes.get(node.output[0])
-        timed = any(self.values.get(name) in self.seq for name in node.input if name)
+        timed = any(self.values.get(name) in self.seq and name not in self.stepwise
+                    for name in node.input if name)
         skip = 2 if timed else 1
         if shape is None or any(d is None for d in shape[skip:]):
             raise Unsupported("an output whose shape shape inference can tell")
         return tuple(shape[skip:])
 
 
-def _live(layers: list[Layer], outputs: list[str]) -> list[Layer]:
+def _live(layers: list[Layer], outputs: list[str], states: dict) -> list[Layer]:
     """The layers an output depends on (PyTorch's h_n of every layer of a stack, of which
-    the classifier reads the last, leaves the others' unread)."""
+    the classifier reads the last, leaves the others' unread), through the states they
+    read too."""
     needed = set(outputs)
-    kept = []
-    for layer in reversed(layers):
-        if layer.output in needed:
-            kept.append(layer)
-            needed.update(layer.inputs)
-    return kept[::-1]
+    while True:
+        count = len(needed)
+        for layer in reversed(layers):
+            if layer.output in needed:
+                needed.update(layer.inputs)
+        needed.update(states[v].source for v in list(needed) if v in states)
+        if len(needed) == count:
+            return [layer for layer in layers if layer.output in needed]
 
 
 def _plain(value):
@@ -515,10 +550,16 @@ def _view(t: _Translator, node, attrs) -> None:
         _relaid(t, node, source)
         return
     value = t.raw(source)
-    if value in t.seq:
-        raise Unsupported("a reshape of one step's values (netdsl reshapes no sequence "
-                          "as a whole)")
     size = math.prod(t.layout[source])
+    target = node.input[1] if node.op_type == "Reshape" else None
+    if value in t.seq and source not in t.stepwise:
+        # netc export's dense over a sequence: [batch, time, F] folded to [batch * time, F]
+        dims = _folded(t, target, size)
+        t.bind(node.output[0], t.view(value, dims), dims, stepwise=True)
+        return
+    if target in t.symbolic:
+        _unfolded(t, node, source, value, t.symbolic[target], size)
+        return
     shape_out = t.folded.shapes.get(node.output[0])
     if shape_out is not None and all(d is not None for d in shape_out[1:]):
         dims = tuple(shape_out[1:])
@@ -529,6 +570,154 @@ def _view(t: _Translator, node, attrs) -> None:
     if math.prod(dims) != size:
         raise Unsupported("a reshape that keeps the batch axis first and alone")
     t.bind(node.output[0], t.view(value, dims), dims)
+
+
+def _folded(t: _Translator, target: str | None, size: int) -> tuple:
+    """The per-step dims of a Reshape of a sequence to [-1, dims...] (one step per row)."""
+    shape = [int(d) for d in t.const(target)] if target and t.is_const(target) else None
+    if shape is None or len(shape) < 2 or shape[0] != -1 or \
+            math.prod(d for d in shape[1:]) != size:
+        raise Unsupported("a reshape of a sequence to one step per row [-1, dims...] (netdsl "
+                          "reshapes no sequence as a whole)")
+    return tuple(shape[1:])
+
+
+def _unfolded(t: _Translator, node, source: str, value: str, target: tuple,
+              size: int) -> None:
+    """A Reshape to a shape computed from the input: the rows of a folded sequence back
+    to [batch, time, dims...], or an example's dims with the batch axis first."""
+    head = ("B", "T") if source in t.stepwise and value in t.seq else ("B",)
+    dims = target[len(head):]
+    if tuple(target[:len(head)]) != head or any(not isinstance(d, int) for d in dims) or \
+            math.prod(dims) != size:
+        raise Unsupported("a reshape that keeps the batch (and time) axes first and alone")
+    t.bind(node.output[0], t.view(value, dims), dims, stepwise=False)
+
+
+def _shape(t: _Translator, node, attrs) -> None:
+    """Shape of a value computed from the input: its entries, symbolic where the batch
+    or the time axis is (a shape operand of a Reshape, ConstantOfShape or Expand)."""
+    source = node.input[0]
+    if source in t.stepwise or source not in t.values:
+        raise Unsupported("the shape of a sequence or an example")
+    seq = t.values[source] in t.seq
+    labels = t.axes.get(source, (("B", "T") if seq else ("B",)) +
+                        tuple(range(len(t.layout[source]))))
+    entries = tuple(t.layout[source][a] if isinstance(a, int) else a for a in labels)
+    if "D" in entries:
+        raise Unsupported("the shape of a value without an RNN's directions axis")
+    t.symbolic[node.output[0]] = entries[attrs.get("start", 0):attrs.get("end", len(entries))]
+
+
+def _entries(t: _Translator, name: str) -> tuple:
+    """A shape operand's entries: symbolic, or a constant's numbers (BATCH as "B")."""
+    if name in t.symbolic:
+        return t.symbolic[name]
+    values = np.asarray(t.const(name, "a shape")).reshape(-1)
+    return tuple("B" if int(v) == BATCH else int(v) for v in values)
+
+
+def _batch_rows(t: _Translator, name: str) -> tuple:
+    """The per-example dims of a shape operand [batch, dims...]."""
+    entries = _entries(t, name)
+    if not entries or entries[0] != "B" or any(not isinstance(d, int) for d in entries[1:]):
+        raise Unsupported("a shape of one row per example [batch, dims...] (a Scan's "
+                          "initial state)")
+    return entries[1:]
+
+
+def _constant_of_shape(t: _Translator, node, attrs) -> None:
+    _batch_rows(t, node.input[0])
+    fill = attrs.get("value")
+    number = float(onnx.numpy_helper.to_array(fill).reshape(-1)[0]) if fill is not None else 0.0
+    t.filled[node.output[0]] = ("fill", number)
+
+
+def _expand(t: _Translator, node, attrs) -> None:
+    """Expand: a learned row repeated over the batch (a Scan's initial state), or the
+    copies of each cell that netc export writes for upsample."""
+    if t.is_const(node.input[0]):
+        dims = _batch_rows(t, node.input[1])
+        row = np.asarray(t.const(node.input[0]), np.float32)
+        t.filled[node.output[0]] = ("learned", np.broadcast_to(row, dims).copy())
+        return
+    _upsampled(t, node, node.input[0], [d for d in _entries(t, node.input[1])])
+
+
+def _upsampled(t: _Translator, node, source: str, shape: list) -> None:
+    """[C, H, 1, W, 1] expanded to [C, H, s, W, s]: each cell of [C, H, W] copied s times
+    along each spatial axis, netdsl's upsample(s) (nearest)."""
+    value = t.raw(source)
+    producer = next((layer for layer in reversed(t.layers) if layer.output == value), None)
+    need = "an expansion of each cell of an image (netdsl's upsample)"
+    if producer is None or producer.op != "reshape" or value in t.seq or \
+            any(not isinstance(d, int) for d in shape):
+        raise Unsupported(need)
+    inner = producer.inputs[0]
+    dims = t.dims[inner]
+    single = t.layout[source]
+    if len(dims) < 2 or single != (dims[0],) + tuple(d for n in dims[1:] for d in (n, 1)):
+        raise Unsupported(need)
+    target = ([1] * (len(single) + 1 - len(shape)) + list(shape))[1:]  # broadcast from the right
+    if len(target) != len(single) or any(d not in (1, n) and n != 1
+                                         for d, n in zip(target, single)):
+        raise Unsupported(need)
+    blocks = tuple(max(d, n) for d, n in zip(target, single))
+    if blocks[0] != dims[0] or blocks[1::2] != tuple(dims[1:]):
+        raise Unsupported(need)
+    scale = blocks[2::2]
+    up = t.emit("upsample", {"scale": _compact(scale)}, [inner],
+                (dims[0],) + tuple(n * s for n, s in zip(dims[1:], scale)))
+    t.bind(node.output[0], up, blocks)
+
+
+def _slice(t: _Translator, node, attrs) -> None:
+    """Slice of one example's dims: an equal chunk along one axis (netdsl's split, as its
+    export writes it), or a centred crop of the spatial dims to those of another value
+    (netdsl's crop)."""
+    source = node.input[0]
+    value = t.raw(source)
+    layout = t.layout[source]
+    lead = 2 if value in t.seq and source not in t.stepwise else 1
+    starts, ends = (np.asarray(t.const(n, "constant bounds")).reshape(-1) for n in node.input[1:3])
+    rank = lead + len(layout)
+    axes = list(np.asarray(t.const(node.input[3])).reshape(-1)) if len(node.input) > 3 \
+        and node.input[3] else list(range(len(starts)))
+    steps = list(np.asarray(t.const(node.input[4])).reshape(-1)) if len(node.input) > 4 \
+        and node.input[4] else [1] * len(starts)
+    window = {}
+    for a, lo, hi, step in zip(axes, starts, ends, steps):
+        a = int(a) + rank if a < 0 else int(a)
+        if a < lead:
+            raise Unsupported("a slice of an example's own dims (not of the batch or time)")
+        n = layout[a - lead]
+        lo, hi = (int(np.clip(b + n if b < 0 else b, 0, n)) for b in (lo, hi))
+        if step != 1:
+            raise Unsupported("a slice with steps of 1")
+        if (lo, hi) != (0, n):
+            window[a - lead] = (lo, hi)
+    if not window:
+        t.bind(node.output[0], value, layout)
+        return
+    x = t.tensor(source)
+    if len(window) == 1:
+        ((axis, (lo, hi)),) = window.items()
+        size, n = hi - lo, layout[axis]
+        if n % size == 0 and lo % size == 0:
+            out = tuple(size if i == axis else d for i, d in enumerate(layout))
+            t.bind(node.output[0], t.emit("split", {"parts": n // size, "axis": axis,
+                                                    "index": lo // size}, [x], out))
+            return
+    out = tuple(hi - lo if i in window else d for i, (d, (lo, hi)) in
+                enumerate(zip(layout, [window.get(i, (0, d)) for i, d in enumerate(layout)])))
+    centred = all(lo == (layout[i] - (hi - lo)) // 2 for i, (lo, hi) in window.items())
+    like = next((v for v, d in t.dims.items() if len(d) == len(out) and d[1:] == out[1:]
+                 and v != x and (v in t.seq) == (x in t.seq) and v not in t.states), None) \
+        if centred and 0 not in window and len(layout) >= 2 else None
+    if like is None:
+        raise Unsupported("an equal chunk of one axis (netdsl's split), or a centred crop "
+                          "of the spatial dims to those of another value (netdsl's crop)")
+    t.bind(node.output[0], t.emit("crop", {}, [x, like], out))
 
 
 def _relaid(t: _Translator, node, source: str) -> None:
@@ -709,6 +898,9 @@ def _sum(t: _Translator, node, attrs) -> None:
 
 
 def _concat(t: _Translator, node, attrs) -> None:
+    if any(name in t.symbolic for name in node.input):
+        t.symbolic[node.output[0]] = sum((_entries(t, name) for name in node.input), ())
+        return
     stacked = [t.axes.get(name) for name in node.input]
     if all(axes is not None and "D" in axes for axes in stacked) and \
             len(set(stacked)) == 1 and stacked[0][attrs["axis"]] == "D":
@@ -798,5 +990,9 @@ RULES: dict[str, Rule] = {
     "Identity": Rule(_alias),
     "Transpose": Rule(_transpose, {"perm": _ANY}),
     "Gather": Rule(_gather, {"axis": _ANY}),
-    **{op: Rule(apply, attrs) for op, (apply, attrs) in RECURRENT.items()},
+    "Shape": Rule(_shape, {"start": _ANY, "end": _ANY}),
+    "ConstantOfShape": Rule(_constant_of_shape, {"value": _ANY}),
+    "Expand": Rule(_expand),
+    "Slice": Rule(_slice),
+    **{op: Rule(apply, attrs) for op, (apply, attrs) in {**RECURRENT, **SCAN}.items()},
 }

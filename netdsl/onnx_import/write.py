@@ -51,7 +51,8 @@ def call_text(op: str, args: dict, tensors: list[str] = ()) -> str:
         value = args[arg.name]
         if arg.default is REQUIRED and positional:
             parts.append(value_text(value))
-        elif arg.default is REQUIRED or value != arg.default:
+        elif arg.default is REQUIRED or value != arg.default or \
+                (OPS[op].multi_output and arg.name == "index"):  # one part, not all of them
             positional = False
             parts.append(f"{arg.name}={value_text(value)}")
     return f"{op}({', '.join(parts)})" if parts else op
@@ -94,7 +95,7 @@ def chains(net: Network) -> list[list[Layer]]:
     """The layers cut into pipelines: a layer joins the pipeline of its first input when
     nothing else reads that input and it is no output of the network."""
     readers = net.consumers()
-    outputs = set(net.outputs)
+    outputs = set(net.outputs) | {state.source for state in net.states.values()}
     made = {layer.output for layer in net.layers}
     return pipelines(net.layers, lambda first: first in made and first not in outputs
                      and len(readers.get(first, [])) == 1)
@@ -169,12 +170,26 @@ def write_spec(net: Network, lines: list[str] | None = None, names: dict | None 
         text.append(f"target {target} : {seq}" + (f"class({dims[0]})" if klass
                                                    else value_text(list(dims))))
         targets.append((target, klass))
+    text.extend(_states(net, names, taken))
     text.append("")
     text.extend(lines if lines is not None else _statements(net, names, taken))
     for value, (target, klass) in zip(net.outputs, targets):
         kind = "cross_entropy" if klass else "mse"
         text.append(f"loss {kind}({names[value]}, {target})")
     return format_text(header + "\n".join(text) + "\n"), names
+
+
+def _states(net: Network, names: dict, taken: Names) -> list[str]:
+    """`state h : [n] = learned` for each value a recurrence reads back; the reads named
+    `h[t-1]`."""
+    lines = []
+    for read, state in net.states.items():
+        if state.source not in names:
+            names[state.source] = taken.make(identifier(state.hint, "h"))
+            init = "" if state.init == "zeros" else f" = {value_text(state.init) if not isinstance(state.init, str) else state.init}"
+            lines.append(f"state  {names[state.source]} : {value_text(list(state.dims))}{init}")
+        names[read] = f"{names[state.source]}[t-{state.delay}]"
+    return lines
 
 
 def in_order(pipelines: list[list[Layer]]) -> list[list[Layer]]:
@@ -203,6 +218,7 @@ def _statements(net: Network, names: dict, taken: Names) -> list[str]:
         last = chain[-1]
         base = "logits" if last.output in outputs and scored(net, last.output) and \
             len(outputs) == 1 else identifier(last.origin, last.op)
-        names[last.output] = taken.make(base)
+        if last.output not in names:  # a state's source is named by its declaration
+            names[last.output] = taken.make(base)
         lines.append(f"{names[last.output]} = {pipeline_text(chain, names)}")
     return lines
