@@ -50,7 +50,7 @@ class State:
     dims: tuple[int, ...]
     init: str | float = "zeros"
     learned: np.ndarray | None = None
-    hint: str = "h"   # the state's name, from the ONNX value carrying it
+    hint: str = "h"   # the state's module path, from the ONNX value carrying it
 
 
 @dataclass

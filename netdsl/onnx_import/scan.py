@@ -51,7 +51,7 @@ def _scan(t, node, attrs) -> None:
                                           in_axes, in_dirs):
         value = _sequence(t, outer, axis)
         if reverse:
-            value = t.emit("reverse", {}, [value], t.dims[value])
+            value = t.reverse(value)
         t.values[info.name], t.layout[info.name] = value, t.layout[outer]
         t.stepwise.add(info.name)
     starts = [_initial(t, name, t.dims[read]) for name, read in zip(node.input[:carried], reads)]
@@ -91,7 +91,7 @@ def _scan(t, node, attrs) -> None:
         if axis not in (0, 1):
             raise Unsupported("scan_output_axes of 0 or 1 (a sequence's time axis)")
         if reverse:
-            value = t.emit("reverse", {}, [value], t.dims[value])
+            value = t.reverse(value)
         t.bind(output, value, t.dims[value], stepwise=False)
         if axis == 0:
             t.axes[output] = ("T", "B") + tuple(range(len(t.dims[value])))
@@ -170,10 +170,8 @@ def _carry(t, body, reads: list[str], sources: list[str], starts: list[tuple]) -
 
 
 def _hint(name: str) -> str:
-    """A state's name from its carried value's: `lstm1/c[t-1]` -> c."""
-    base = re.sub(r"\[.*$", "", name).split("/")[-1]
-    base = re.sub(r"\W+", "_", base).strip("_").lower()
-    return base or "h"
+    """A state's module path from its carried value's: `lstm1/c[t-1]` -> lstm1/c."""
+    return re.sub(r"\[.*$", "", name) or "h"
 
 
 SCAN = {"Scan": (_scan, {"body": _ANY, "num_scan_inputs": _ANY, "scan_input_axes": _ANY,

@@ -259,6 +259,12 @@ class _Translator:
         self.onnx_dims[value] = tuple(onnx_dims if onnx_dims is not None else dims)
         return value
 
+    def reverse(self, value: str) -> str:
+        """`value -> reverse`: the sequence, last step first."""
+        out = self.emit("reverse", {}, [value], self.dims[value])
+        self.seq.add(out)  # a whole-sequence op that gives a sequence
+        return out
+
     def bind(self, output: str, value: str, dims: tuple | None = None,
              stepwise: bool | None = None) -> None:
         """The ONNX value `output` is the netdsl value `value`, which has ONNX's dims
@@ -688,6 +694,10 @@ def _slice(t: _Translator, node, attrs) -> None:
     window = {}
     for a, lo, hi, step in zip(axes, starts, ends, steps):
         a = int(a) + rank if a < 0 else int(a)
+        if lead == 2 and a == 1 and (lo, step) == (-1, -1) and hi <= -2 ** 31 and \
+                len(axes) == 1:  # every step, last first: netdsl's reverse
+            t.bind(node.output[0], t.reverse(value), layout)
+            return
         if a < lead:
             raise Unsupported("a slice of an example's own dims (not of the batch or time)")
         n = layout[a - lead]

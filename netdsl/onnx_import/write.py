@@ -183,9 +183,13 @@ def _states(net: Network, names: dict, taken: Names) -> list[str]:
     """`state h : [n] = learned` for each value a recurrence reads back; the reads named
     `h[t-1]`."""
     lines = []
+    hints = {state.source: state.hint for state in net.states.values()}
+    short = [hint.split("/")[-1] for hint in hints.values()]
     for read, state in net.states.items():
         if state.source not in names:
-            names[state.source] = taken.make(identifier(state.hint, "h"))
+            last = state.hint.split("/")[-1]   # `c`, unless several states are called so
+            hint = last if short.count(last) == 1 else state.hint
+            names[state.source] = taken.make(identifier(hint.replace("/", "_"), "h"))
             init = "" if state.init == "zeros" else f" = {value_text(state.init) if not isinstance(state.init, str) else state.init}"
             lines.append(f"state  {names[state.source]} : {value_text(list(state.dims))}{init}")
         names[read] = f"{names[state.source]}[t-{state.delay}]"
