@@ -20,7 +20,8 @@ from onnx_import_cases import netdsl_outputs
 WEIGHTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "ReduceMean": (1,), "ReduceMax": (1,),
            "BatchNormalization": (1, 2, 3, 4), "Gemm": (1, 2), "MatMul": (1,),
            "PRelu": (1,), "Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Dropout": (1, 2),
-           "LSTM": (1, 2, 3, 4, 5, 6, 7), "GRU": (1, 2, 3, 4, 5), "RNN": (1, 2, 3, 4, 5)}
+           "LSTM": (1, 2, 3, 4, 5, 6, 7), "GRU": (1, 2, 3, 4, 5), "RNN": (1, 2, 3, 4, 5),
+           "Slice": (1, 2, 3, 4), "Expand": (1,)}
 
 
 def _with_weights(case) -> tuple[onnx.ModelProto, list[np.ndarray]]:

@@ -52,7 +52,10 @@ def _operands(t, node, gates: int):
     if len(node.input) > 4 and node.input[4]:
         raise Unsupported("no sequence_lens (netdsl's sequences carry their own lengths)")
     for i in range(5, len(node.input)):
-        if node.input[i] and np.any(t.const(node.input[i], "constant zero initial states")):
+        name = node.input[i]
+        zeros = t.filled.get(name, ("fill", None))[:2] == ("fill", 0.0) or name in \
+            t.folded.constants and not np.any(t.folded.constants[name])
+        if name and not zeros:
             raise Unsupported("zero initial states and no peepholes (a stdlib cell)")
     return value, w, r, b[:gates * hidden], b[gates * hidden:], hidden, layout
 

@@ -121,7 +121,9 @@ def _sequence(t, outer: str, axis: int) -> str:
 def _initial(t, name: str, dims: tuple) -> tuple:
     """(init, learned row) of a carried value that starts from `name`."""
     if name in t.filled:
-        kind, value = t.filled[name]
+        kind, value, shape = t.filled[name]
+        if shape != ("B",) + dims:
+            raise Unsupported(f"an initial value of [batch, {', '.join(map(str, dims))}]")
     elif name in t.folded.constants:
         value = np.asarray(t.folded.constants[name], np.float32)
         if value.shape[-len(dims):] != dims:

@@ -74,8 +74,9 @@ class _Translator:
         # ONNX shape values computed from the input: their entries, "B" the batch, "T"
         # the time, numbers the fixed dims
         self.symbolic: dict[str, tuple] = {}
-        # ONNX values of one row per example that only a Scan's initial state may read:
-        # ("fill", number) or ("learned", the row)
+        # ONNX values of one row per example that only a recurrence's initial state may
+        # read: ("fill", number, shape) or ("learned", the row, shape), "B" in the shape
+        # where the batch is
         self.filled: dict[str, tuple] = {}
         self.states: dict[str, State] = {}        # netdsl value read steps back -> its state
         self.within = ""                          # the Scan whose body is being translated
@@ -142,6 +143,9 @@ class _Translator:
                 # netdsl's value holds the same numbers batch-major
                 outputs.append(self.values[info.name])
                 self.laid_out[self.values[info.name]] = self.axes[info.name]
+            elif info.name in self.symbolic or info.name in self.filled:
+                self._problem("output", info.name, "an output computed from the input's "
+                              "values (this one is its shape, or a constant per example)")
             elif info.name in self.values:
                 try:
                     outputs.append(self.tensor(info.name))
@@ -555,6 +559,9 @@ def _view(t: _Translator, node, attrs) -> None:
     if source in t.axes:
         _relaid(t, node, source)
         return
+    if source in t.symbolic:  # an entry of a shape made a vector of one: the same entries
+        t.symbolic[node.output[0]] = t.symbolic[source]
+        return
     value = t.raw(source)
     size = math.prod(t.layout[source])
     target = node.input[1] if node.op_type == "Reshape" else None
@@ -633,10 +640,15 @@ def _batch_rows(t: _Translator, name: str) -> tuple:
 
 
 def _constant_of_shape(t: _Translator, node, attrs) -> None:
-    _batch_rows(t, node.input[0])
+    """A number over a shape with the batch in it: a Scan's initial state, or an RNN's
+    zero initial states."""
+    entries = _entries(t, node.input[0])
+    if entries.count("B") != 1 or any(not isinstance(d, int) for d in entries if d != "B"):
+        raise Unsupported("a shape with the batch in it and fixed dims (a recurrence's "
+                          "initial state)")
     fill = attrs.get("value")
     number = float(onnx.numpy_helper.to_array(fill).reshape(-1)[0]) if fill is not None else 0.0
-    t.filled[node.output[0]] = ("fill", number)
+    t.filled[node.output[0]] = ("fill", number, entries)
 
 
 def _expand(t: _Translator, node, attrs) -> None:
@@ -645,7 +657,8 @@ def _expand(t: _Translator, node, attrs) -> None:
     if t.is_const(node.input[0]):
         dims = _batch_rows(t, node.input[1])
         row = np.asarray(t.const(node.input[0]), np.float32)
-        t.filled[node.output[0]] = ("learned", np.broadcast_to(row, dims).copy())
+        t.filled[node.output[0]] = ("learned", np.broadcast_to(row, dims).copy(),
+                                    ("B",) + dims)
         return
     _upsampled(t, node, node.input[0], [d for d in _entries(t, node.input[1])])
 
@@ -682,6 +695,9 @@ def _slice(t: _Translator, node, attrs) -> None:
     export writes it), or a centred crop of the spatial dims to those of another value
     (netdsl's crop)."""
     source = node.input[0]
+    if source in t.filled:
+        _sliced_fill(t, node, source)
+        return
     value = t.raw(source)
     layout = t.layout[source]
     lead = 2 if value in t.seq and source not in t.stepwise else 1
@@ -703,7 +719,9 @@ def _slice(t: _Translator, node, attrs) -> None:
         n = layout[a - lead]
         lo, hi = (int(np.clip(b + n if b < 0 else b, 0, n)) for b in (lo, hi))
         if step != 1:
-            raise Unsupported("a slice with steps of 1")
+            raise Unsupported("a slice with steps of 1 (or a sequence's time axis reversed)")
+        if hi <= lo:
+            raise Unsupported("a slice that keeps some of each axis")
         if (lo, hi) != (0, n):
             window[a - lead] = (lo, hi)
     if not window:
@@ -728,6 +746,26 @@ def _slice(t: _Translator, node, attrs) -> None:
         raise Unsupported("an equal chunk of one axis (netdsl's split), or a centred crop "
                           "of the spatial dims to those of another value (netdsl's crop)")
     t.bind(node.output[0], t.emit("crop", {}, [x, like], out))
+
+
+def _sliced_fill(t: _Translator, node, source: str) -> None:
+    """A slice of a number over a shape with the batch in it (one layer's zero initial
+    states of a stack's): the same number over the sliced shape."""
+    kind, number, shape = t.filled[source]
+    if kind != "fill":
+        raise Unsupported("a slice of a value computed from the input")
+    bounds = [np.asarray(t.const(n, "constant bounds")).reshape(-1) for n in node.input[1:3]]
+    axes = np.asarray(t.const(node.input[3])).reshape(-1) if len(node.input) > 3 and \
+        node.input[3] else range(len(bounds[0]))
+    steps = np.asarray(t.const(node.input[4])).reshape(-1) if len(node.input) > 4 and \
+        node.input[4] else [1] * len(bounds[0])
+    sliced = list(shape)
+    for a, lo, hi, step in zip(axes, *bounds, steps):
+        a = int(a) % len(shape)
+        if shape[a] == "B":
+            raise Unsupported("a slice of an example's own dims (not of the batch)")
+        sliced[a] = len(range(*slice(int(lo), int(hi), int(step)).indices(shape[a])))
+    t.filled[node.output[0]] = (kind, number, tuple(sliced))
 
 
 def _relaid(t: _Translator, node, source: str) -> None:
@@ -778,6 +816,10 @@ def _transpose(t: _Translator, node, attrs) -> None:
 def _gather(t: _Translator, node, attrs) -> None:
     """One step of a sequence (`last`, `first`) or the one direction of an RNN's state."""
     source = node.input[0]
+    if source in t.symbolic:  # one entry of a shape (the batch, the time)
+        index = np.asarray(t.const(node.input[1], "a constant index")).reshape(-1)
+        t.symbolic[node.output[0]] = tuple(t.symbolic[source][int(i)] for i in index)
+        return
     if source not in t.values:
         raise Unsupported("a gather from a value computed from the input")
     value = t.values[source]
