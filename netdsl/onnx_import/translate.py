@@ -771,6 +771,9 @@ def _sliced_fill(t: _Translator, node, source: str) -> None:
 def _relaid(t: _Translator, node, source: str) -> None:
     """Squeeze of an RNN's directions axis: the same value, one axis fewer."""
     axes = t.axes[source]
+    if node.op_type == "Reshape":
+        _merged(t, node, source, axes)
+        return
     if node.op_type != "Squeeze":
         raise Unsupported("a squeeze of the directions axis of an RNN's output")
     drop = node.input[1] if len(node.input) > 1 and node.input[1] else None
@@ -779,6 +782,23 @@ def _relaid(t: _Translator, node, source: str) -> None:
     if not dropped or any(axes[a] != "D" for a in dropped):
         raise Unsupported("a squeeze of the directions axis of an RNN's output")
     _relabel(t, node.output[0], source, tuple(a for i, a in enumerate(axes) if i not in dropped))
+
+
+def _merged(t: _Translator, node, source: str, axes: tuple) -> None:
+    """A Reshape that merges a bidirectional RNN's [2, n] per step into one vector
+    (PyTorch's, after moving the directions axis beside the features): the same value,
+    its concatenation of the two directions."""
+    lead = tuple(a for a in axes if not isinstance(a, int))
+    own = [a for a in axes if isinstance(a, int)]
+    target = [int(d) for d in t.const(node.input[1], "a constant target shape")]
+    size = math.prod(t.layout[source])
+    if axes != lead + tuple(own) or own != sorted(own) or len(target) != len(lead) + 1 or \
+            target[-1] not in (-1, size) or "D" in lead:
+        raise Unsupported("a reshape that merges each step's own dims, after the batch "
+                          "and time axes")
+    t.values[node.output[0]] = t.values[source]
+    t.layout[node.output[0]] = (size,)
+    _relabel(t, node.output[0], node.output[0], lead + (0,))
 
 
 def _relabel(t: _Translator, output: str, source: str, axes: tuple) -> None:
