@@ -640,23 +640,30 @@ def _batch_rows(t: _Translator, name: str) -> tuple:
 
 
 def _constant_of_shape(t: _Translator, node, attrs) -> None:
+    fill = attrs.get("value")
+    number = float(onnx.numpy_helper.to_array(fill).reshape(-1)[0]) if fill is not None else 0.0
+    _fill(t, node.output[0], node.input[0], number)
+
+
+def _fill(t: _Translator, output: str, shape: str, number: float) -> None:
     """A number over a shape with the batch in it: a Scan's initial state, or an RNN's
     zero initial states."""
-    entries = _entries(t, node.input[0])
+    entries = _entries(t, shape)
     if entries.count("B") != 1 or any(not isinstance(d, int) for d in entries if d != "B"):
         raise Unsupported("a shape with the batch in it and fixed dims (a recurrence's "
                           "initial state)")
-    fill = attrs.get("value")
-    number = float(onnx.numpy_helper.to_array(fill).reshape(-1)[0]) if fill is not None else 0.0
-    t.filled[node.output[0]] = ("fill", number, entries)
+    t.filled[output] = ("fill", number, entries)
 
 
 def _expand(t: _Translator, node, attrs) -> None:
     """Expand: a learned row repeated over the batch (a Scan's initial state), or the
     copies of each cell that netc export writes for upsample."""
     if t.is_const(node.input[0]):
-        dims = _batch_rows(t, node.input[1])
         row = np.asarray(t.const(node.input[0]), np.float32)
+        if row.size and np.all(row == row.reshape(-1)[0]):  # a number (an RNN's zero states)
+            _fill(t, node.output[0], node.input[1], float(row.reshape(-1)[0]))
+            return
+        dims = _batch_rows(t, node.input[1])
         t.filled[node.output[0]] = ("learned", np.broadcast_to(row, dims).copy(),
                                     ("B",) + dims)
         return
