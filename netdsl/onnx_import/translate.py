@@ -660,7 +660,7 @@ def _expand(t: _Translator, node, attrs) -> None:
     copies of each cell that netc export writes for upsample."""
     if t.is_const(node.input[0]):
         row = np.asarray(t.const(node.input[0]), np.float32)
-        if row.size and np.all(row == row.reshape(-1)[0]):  # a number (an RNN's zero states)
+        if row.size == 1:  # a number (an RNN's zero states); a row is a learned value
             _fill(t, node.output[0], node.input[1], float(row.reshape(-1)[0]))
             return
         dims = _batch_rows(t, node.input[1])
