@@ -34,8 +34,10 @@ def reexport(text: str, tensors: dict) -> onnx.ModelProto:
 @pytest.mark.parametrize("name", [
     "mlp", "lenet5", "resnet20", "nin", "autoencoder", "logistic_regression", "googlenet",
     # recurrences, each a Scan: written out, hand-written, stacked and both ways
-    "elman", "jordan", "lstm", "lstm_classifier", "gru", "parity", "adding",
+    "elman", "jordan", "lstm", "lstm_classifier", "gru", "parity", "adding", "char_lm",
     "bidirectional_rnn",
+    # word indices into an embedding table
+    "skipgram", "cbow",
     # Slice (crop) and Expand (upsample); fcn8s and unet in small below
     "conv_autoencoder"])
 def test_export_import_export_gives_the_same_outputs(name):

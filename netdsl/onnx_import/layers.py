@@ -72,6 +72,7 @@ class Network:
     # the values a recurrence reads steps back (a Scan's carried values), by the name of
     # the value each read is: `h[t-1]` reads the value h one step back
     states: dict[str, State] = field(default_factory=dict)
+    classes: dict[str, int] = field(default_factory=dict)  # inputs of word indices -> V
 
     def consumers(self) -> dict[str, list[Layer]]:
         readers: dict[str, list[Layer]] = {}

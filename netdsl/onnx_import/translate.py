@@ -79,6 +79,7 @@ class _Translator:
         # where the batch is
         self.filled: dict[str, tuple] = {}
         self.states: dict[str, State] = {}        # netdsl value read steps back -> its state
+        self.classes: dict[str, int] = {}         # netdsl input of word indices -> V
         self.within = ""                          # the Scan whose body is being translated
         self.problems: dict[tuple[str, str], list[str]] = {}
         self.readers: dict[str, int] = {}
@@ -102,6 +103,18 @@ class _Translator:
                 continue
             shape = self.folded.shapes.get(info.name)
             elem = info.type.tensor_type.elem_type
+            vocabulary = self._vocabulary(info.name)
+            if vocabulary is not None and shape is not None and len(shape) in (1, 2):
+                # word indices an embedding table reads: `class(V)`, a sequence of them
+                # where the ids are [batch, time]
+                value = self._fresh()
+                self.dims[value] = self.onnx_dims[value] = ()
+                self.classes[value] = vocabulary
+                if len(shape) == 2:
+                    self.seq.add(value)
+                self.bind(info.name, value)
+                inputs[value] = ()
+                continue
             if recurrent and shape is not None and len(shape) == 3 and shape[2] is not None:
                 # a sequence: [batch, time, features], or [time, batch, features] where an
                 # RNN node reads it as it is (netdsl's input is batch-major all the same)
@@ -156,7 +169,21 @@ class _Translator:
         made = {layer.output for layer in layers}
         states = {read: state for read, state in self.states.items() if state.source in made}
         return Network(self.name, inputs, layers, outputs, dict(self.dims),
-                       set(self.seq), dict(self.laid_out), states)
+                       set(self.seq), dict(self.laid_out), states, dict(self.classes))
+
+    def _vocabulary(self, name: str) -> int | None:
+        """The rows of the constant table an integer input indexes (through reshapes), if
+        a Gather reads it so: the input is word indices then."""
+        views = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+        reached = {name}
+        for node in self.folded.nodes:
+            if node.op_type in views and node.input[0] in reached:
+                reached.add(node.output[0])
+            elif node.op_type == "Gather" and len(node.input) > 1 and \
+                    node.input[1] in reached and node.input[0] in self.folded.constants and \
+                    node_attr(node, "axis", 0) == 0:
+                return int(self.folded.constants[node.input[0]].shape[0])
+        return None
 
     def translate_node(self, node: onnx.NodeProto) -> None:
         """Translate one node by its rule, or record why netdsl cannot express it."""
@@ -530,9 +557,14 @@ def _reduce(op: str):
             axes = [int(a) for a in t.const(node.input[1], "constant axes")]
         else:
             axes = list(attrs.get("axes", ()))
-        rank = len(dims) + 1
+        timed = x in t.seq and node.input[0] not in t.stepwise
+        rank = len(dims) + 1 + timed
         axes = sorted(a + rank if a < 0 else a for a in axes)
-        if len(dims) < 2 or axes != list(range(2, rank)):
+        if timed and op == "global_avgpool" and axes == [1] and not attrs.get("keepdims", 1):
+            # the average of a sequence's steps: netdsl's mean
+            t.bind(node.output[0], t.emit("mean", {}, [x], dims))
+            return
+        if timed or len(dims) < 2 or axes != list(range(2, rank)):
             raise Unsupported("a reduction over every spatial axis [C, ...] -> [C] (netdsl's "
                               "global pooling)")
         keep = attrs.get("keepdims", 1)
@@ -588,6 +620,8 @@ def _view(t: _Translator, node, attrs) -> None:
 def _folded(t: _Translator, target: str | None, size: int) -> tuple:
     """The per-step dims of a Reshape of a sequence to [-1, dims...] (one step per row)."""
     shape = [int(d) for d in t.const(target)] if target and t.is_const(target) else None
+    if shape == [-1] and size == 1:  # word indices, one per row
+        return ()
     if shape is None or len(shape) < 2 or shape[0] != -1 or \
             math.prod(d for d in shape[1:]) != size:
         raise Unsupported("a reshape of a sequence to one step per row [-1, dims...] (netdsl "
@@ -847,6 +881,9 @@ def _gather(t: _Translator, node, attrs) -> None:
         index = np.asarray(t.const(node.input[1], "a constant index")).reshape(-1)
         t.symbolic[node.output[0]] = tuple(t.symbolic[source][int(i)] for i in index)
         return
+    if t.is_const(source) and node.input[1] in t.values and attrs.get("axis", 0) == 0:
+        _embedding(t, node, source)
+        return
     if source not in t.values:
         raise Unsupported("a gather from a value computed from the input")
     value = t.values[source]
@@ -870,6 +907,17 @@ def _gather(t: _Translator, node, attrs) -> None:
     t.layout[node.output[0]] = t.dims[value]
     if kept != ("B",) + tuple(range(len(t.dims[value]))):
         t.axes[node.output[0]] = kept
+
+
+def _embedding(t: _Translator, node, table: str) -> None:
+    """Rows of a constant table picked by word indices: netdsl's embedding."""
+    ids = t.values[node.input[1]]
+    weight = np.asarray(t.const(table), np.float32)
+    if ids not in t.classes or t.dims[ids] != () or weight.ndim != 2:
+        raise Unsupported("rows of a 2-d table picked by word indices (an input of "
+                          "class(V), netdsl's embedding)")
+    dim = int(weight.shape[1])
+    t.bind(node.output[0], t.emit("embedding", {"dim": dim}, [ids], (dim,), {"weight": weight}))
 
 
 def _axes_text(axes: tuple) -> str:

@@ -160,7 +160,11 @@ def write_spec(net: Network, lines: list[str] | None = None, names: dict | None 
         if value not in names:
             names[value] = taken.make("x" if "x" not in taken.taken else "input")
         seq = "seq" if value in net.sequences else ""
-        text.append(f"input  {names[value]} : {seq}{value_text(list(dims))}")
+        if value in net.classes:  # word indices
+            kind = f"{seq + ' ' if seq else ''}class({net.classes[value]})"
+        else:
+            kind = f"{seq}{value_text(list(dims))}"
+        text.append(f"input  {names[value]} : {kind}")
     targets = []
     for i, value in enumerate(net.outputs):
         target = taken.make("y")
