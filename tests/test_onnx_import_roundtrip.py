@@ -84,6 +84,46 @@ def test_crops_and_upsamplings_round_trip(name, tmp_path):
     assert ("upsample" in imported.text) == ("upsample" in SMALL[name])
 
 
+TWO_HEADS = """network twoheads
+input  x : [4, 8, 8]
+target y : class(3)
+target z : class(3)
+
+block unit(c) {
+  in x
+  r = x -> conv(c, 3, pad=1) -> relu -> conv(c, 3, pad=1)
+  out x + r -> relu
+}
+
+mid = x -> unit(4) x 2
+aux = mid -> global_avgpool -> dense(3)
+logits = mid -> unit(4) x 2 -> global_avgpool -> dense(3)
+loss cross_entropy(logits, y)
+loss cross_entropy(aux, z)
+"""
+
+
+def test_a_side_output_keeps_the_trunk_s_blocks(tmp_path):
+    """The trunk (the path to the deepest output) is recovered as blocks and repeats, cut
+    where a side branch (an auxiliary head) reads it; the branch reads the cut's name."""
+    path = tmp_path / "twoheads.net"
+    path.write_text(TWO_HEADS)
+    text = _roundtrip(Case(str(path))).text
+    assert "block residual()" in text
+    cut = next(line.split(" = ")[0] for line in text.splitlines()
+               if line.endswith(" = x -> residual x 2"))
+    assert f"logits = {cut} -> residual x 2 -> global_avgpool -> dense(3)" in text
+    assert f"aux = {cut} -> global_avgpool -> dense(3)" in text
+
+
+def test_googlenet_s_auxiliary_heads_leave_its_inception_blocks(tmp_path):
+    case = Case(os.path.join(ROOT, "specs", "googlenet.net"))
+    text = import_proto(to_onnx(case.view, case.params, case.buffers), "googlenet.onnx",
+                        "googlenet").text
+    assert text.count("-> branches(") == 9 and "block branches(" in text
+    assert sum(line.startswith("aux_classifier") for line in text.splitlines()) == 2
+
+
 def _roundtrip(case: Case):
     """export -> import -> export of a spec: the same outputs in onnxruntime both times,
     and netdsl's executor on the imported spec gives them too."""

@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from netdsl.onnx_import.layers import Layer, Network
+from netdsl.onnx_import.layers import CELLS, Layer, Network
 from netdsl.onnx_import.write import (
-    KEYWORDS, Names, call_text, in_order, pipeline_text, pipelines, value_text,
+    KEYWORDS, Names, call_text, identifier, in_order, pipeline_text, pipelines, value_text,
 )
 from netdsl.ops import OPS
 
@@ -65,40 +65,87 @@ class Block:
 
 @dataclass
 class Structured:
-    """The statements of a structured spec: blocks, then the network's one pipeline."""
+    """The statements of a structured spec: blocks, then the trunk's pipelines (one, or
+    one per stretch between the values side branches read), the names given to those
+    values, and the side branches' layers, left to the flat writer."""
 
     blocks: list[Block] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    taps: dict[str, str] = field(default_factory=dict)
+    side: list[Layer] = field(default_factory=list)
+
+
+def trunk_output(net: Network) -> str:
+    """The output the most layers lead to: the trunk's (an auxiliary classifier's head
+    branches off it)."""
+    return max(net.outputs, key=lambda output: len(_ancestors(net.layers, output)))
+
+
+def _ancestors(layers: list[Layer], output: str) -> set[str]:
+    needed = {output}
+    for layer in reversed(layers):
+        if layer.output in needed:
+            needed.update(layer.inputs)
+    return needed
 
 
 def recover(net: Network, input_name: str, output_name: str) -> Structured | None:
-    """The network's statements with blocks and repeats; None when it is no single path
-    (several inputs or outputs), which the flat writer then writes."""
-    if len(net.inputs) != 1 or len(net.outputs) != 1 or not net.layers:
+    """The network's statements with blocks and repeats along the path from its input to
+    `trunk_output` (the layers of other outputs branch off values on it); None when it
+    has several inputs, or its branches read values inside a part with skips across
+    it, which the flat writer then writes."""
+    if len(net.inputs) != 1 or not net.layers:
         return None
-    layers = _chain_concats(net.layers)
+    _chain_concats(net.layers)  # in place: the names pass matches the chained layers
+    main = trunk_output(net)
+    on_trunk = _ancestors(net.layers, main)
+    layers = [layer for layer in net.layers if layer.output in on_trunk]
+    side = [layer for layer in net.layers if layer.output not in on_trunk]
     entry = next(iter(net.inputs))
-    segments = _segments(layers, entry, net.outputs[0])
+    segments = _segments(layers, entry, main) if layers else None
     if segments is None:
         return None
     segments = _absorb_activations(segments)
-    structured = Structured()
+    # the trunk's values that side branches read, or that are outputs themselves
+    tapped = {name for layer in side for name in layer.inputs if name in on_trunk} | \
+        {output for output in net.outputs if output != main and output in on_trunk}
+    ends = [segment[-1].output for segment in segments]
+    if not tapped <= set(ends) | {entry}:
+        return None
+    structured = Structured(side=side)
     blocks: dict[tuple, Block] = {}
     names = Names(KEYWORDS | set(OPS) | {input_name, output_name})
     units = [_segment_unit(seg, layers, blocks, names, structured) for seg in segments]
+    if any(len(block.members) == 1 for block in blocks.values()):
+        # a part with skips across it that occurs once (an FCN's or a U-Net's decoder)
+        # reads better as its named lines than as a block called once
+        return None
     for block in blocks.values():
         _finish_segment_block(block)
     units = [Unit(u.name, u.args["_block"].calls[u.args["_segment"]], 1, True) if u.block else u
              for u in units]
-    units = _repeats(units)
-    while True:
-        pattern = _best_pattern(units)
-        if pattern is None:
-            break
-        units = _fold(units, *pattern, names, structured)
-        units = _repeats(units)
-    stages = " -> ".join(_unit_text(u) for u in units)
-    structured.lines.append(f"{output_name} = {input_name} -> {stages}")
+    # the trunk cut after each value a side branch reads: each stretch one pipeline
+    stretches, start = [], 0
+    for i, end in enumerate(ends):
+        if end in tapped or i == len(ends) - 1:
+            stretches.append((units[start:i + 1], segments[i][-1]))
+            start = i + 1
+    source = input_name
+    structured.taps = {entry: input_name} if entry in tapped else {}
+    for k, (stretch, last) in enumerate(stretches):
+        stretch = _repeats(stretch)
+        while True:
+            pattern = _best_pattern(stretch)
+            if pattern is None:
+                break
+            stretch = _fold(stretch, *pattern, names, structured)
+            stretch = _repeats(stretch)
+        name = output_name if k == len(stretches) - 1 else \
+            names.make(identifier(last.origin, last.op))
+        structured.taps[last.output] = name
+        stages = " -> ".join(_unit_text(u) for u in stretch)
+        structured.lines.append(f"{name} = {source} -> {stages}")
+        source = name
     return structured
 
 
@@ -256,9 +303,15 @@ def _local_name(layer: Layer) -> str:
 def _segment_block(segment, layers, wiring, names) -> Block:
     ops = [OPS[layer.op] for layer in segment if layer.op in OPS]
     strided = any(layer.args.get("stride") not in (None, 1) for layer in segment)
-    # a sum with the entry is a residual unit, a concatenation with it a dense one
+    inside = {layer.output for layer in segment}
+    entry = next(name for layer in segment for name in layer.inputs if name not in inside)
+    joins = [layer for layer in segment if layer.op in OPS and OPS[layer.op].concatenates]
+    # a sum with the entry is a residual unit, a concatenation with it a dense one; a
+    # concatenation of recurrent cells reads both ways, of other paths side by side
     base = "residual" if any(op.operator == "+" for op in ops) else \
-        "dense_unit" if any(op.concatenates for op in ops) else \
+        "dense_unit" if any(entry in layer.inputs for layer in joins) else \
+        "bidirectional" if joins and any(layer.op in CELLS for layer in segment) else \
+        "branches" if joins else \
         "_".join(dict.fromkeys(layer.op for layer in segment[:2]))
     base += "_down" if strided else ""
     return Block(names.make(base), [], [])

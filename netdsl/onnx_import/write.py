@@ -91,13 +91,14 @@ class Names:
         return name
 
 
-def chains(net: Network) -> list[list[Layer]]:
-    """The layers cut into pipelines: a layer joins the pipeline of its first input when
-    nothing else reads that input and it is no output of the network."""
+def chains(net: Network, layers: list[Layer]) -> list[list[Layer]]:
+    """`layers` (the network's, or some of them) cut into pipelines: a layer joins the
+    pipeline of its first input when nothing else reads that input and it is no output
+    of the network."""
     readers = net.consumers()
     outputs = set(net.outputs) | {state.source for state in net.states.values()}
-    made = {layer.output for layer in net.layers}
-    return pipelines(net.layers, lambda first: first in made and first not in outputs
+    made = {layer.output for layer in layers}
+    return pipelines(layers, lambda first: first in made and first not in outputs
                      and len(readers.get(first, [])) == 1)
 
 
@@ -147,10 +148,11 @@ def scored(net: Network, value: str) -> bool:
 
 
 def write_spec(net: Network, lines: list[str] | None = None, names: dict | None = None,
-               header: str = "") -> tuple[str, dict[str, str]]:
+               header: str = "", rest: list[Layer] = ()) -> tuple[str, dict[str, str]]:
     """The spec of `net` in fmt's canonical form, and the names it gives the inputs and
     the values it names. `lines` and `names`, when given, are statements and value
-    names a structure pass already wrote (blocks, calls)."""
+    names a structure pass already wrote (blocks, calls), and `rest` the layers they
+    leave to be written as pipelines (side branches)."""
     text = [f"network {net.name}"]
     if any(layer.op in CELLS for layer in net.layers):
         text.append("import rnn")
@@ -176,7 +178,9 @@ def write_spec(net: Network, lines: list[str] | None = None, names: dict | None 
         targets.append((target, klass))
     text.extend(_states(net, names, taken))
     text.append("")
-    text.extend(lines if lines is not None else _statements(net, names, taken))
+    text.extend(lines if lines is not None else _statements(net, net.layers, names, taken))
+    if rest:
+        text.extend(_statements(net, list(rest), names, taken))
     for value, (target, klass) in zip(net.outputs, targets):
         kind = "cross_entropy" if klass else "mse"
         text.append(f"loss {kind}({names[value]}, {target})")
@@ -216,11 +220,11 @@ def in_order(pipelines: list[list[Layer]]) -> list[list[Layer]]:
     return order
 
 
-def _statements(net: Network, names: dict, taken: Names) -> list[str]:
+def _statements(net: Network, layers: list[Layer], names: dict, taken: Names) -> list[str]:
     lines = []
     outputs = set(net.outputs)
     rank = 0
-    for chain in in_order(chains(net)):
+    for chain in in_order(chains(net, layers)):
         for layer in chain:
             layer.rank, rank = rank, rank + 1
         last = chain[-1]
