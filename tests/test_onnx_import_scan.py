@@ -33,6 +33,22 @@ def test_an_elman_network_reads_as_its_recurrence():
     assert "logits = h -> dense(16)" in text
 
 
+@pytest.mark.parametrize("name", ["elman", "lstm"])
+def test_a_learned_initial_state_keeps_its_value(name):
+    """The learned start (zeros when initialised) set to random values: the imported
+    spec's `h.init` is the exported one, so the first steps agree."""
+    case = Case(os.path.join(ROOT, "specs", f"{name}.net"))
+    start = np.random.default_rng(6).standard_normal(64).astype(np.float32)
+    case.params["h[t-1].init"] = start
+    model = to_onnx(case.view, case.params, case.buffers)
+    imported = import_proto(model, f"{name}.onnx", name)
+    np.testing.assert_array_equal(imported.tensors["h.init"], start)
+    feed = case.inputs(batch=2, steps=3)
+    (want,) = onnxruntime_outputs(model.SerializeToString(), feed)
+    (got,) = netdsl_outputs(imported.text, imported.tensors, list(feed.values()))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_an_lstm_written_out_keeps_its_two_states_and_gates():
     text = _imported("lstm")
     assert "state  c : [64]\n" in text and "state  h : [64] = learned" in text
