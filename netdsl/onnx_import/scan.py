@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import onnx
 
 from netdsl.onnx_import.fold import fold_graph, value_shapes
 from netdsl.onnx_import.layers import State, Unsupported
@@ -65,13 +64,13 @@ def _scan(t, node, attrs) -> None:
             t.readers[name] = t.readers.get(name, 0) + 1
     for info in body.output:
         t.readers[info.name] = t.readers.get(info.name, 0) + 1
-    problems, scan, t.within = len(t.problems), t.node, node.name or "(unnamed)"
+    problems, scan, t.within = _count(t), t.node, node.name or "(unnamed)"
     try:
         for inner in folded.nodes:
             t.translate_node(inner)
     finally:
         t.node, t.within = scan, ""
-    if len(t.problems) > problems:
+    if _count(t) > problems:
         return  # the body's nodes are reported
     made = [t.values.get(info.name) for info in body.output]
     if any(value is None for value in made):
@@ -83,8 +82,8 @@ def _scan(t, node, attrs) -> None:
             if state.delay != 1:
                 raise Unsupported("the final value of a state carried one step, alone")
             t.bind(final, t.emit("last", {}, [state.source], state.dims), stepwise=False)
-    for output, value, axis, reverse in zip(node.output[carried:], made[carried:],
-                                            out_axes, out_dirs):
+    for output, info, value, axis, reverse in zip(node.output[carried:], body.output[carried:],
+                                                  made[carried:], out_axes, out_dirs):
         if value in t.states:
             raise Unsupported("scan outputs computed in the step (a carried value passed "
                               "straight through is a state netdsl reads only in the loop)")
@@ -92,9 +91,14 @@ def _scan(t, node, attrs) -> None:
             raise Unsupported("scan_output_axes of 0 or 1 (a sequence's time axis)")
         if reverse:
             value = t.reverse(value)
-        t.bind(output, value, t.dims[value], stepwise=False)
+        t.bind(output, value, t.layout[info.name], stepwise=False)
         if axis == 0:
-            t.axes[output] = ("T", "B") + tuple(range(len(t.dims[value])))
+            t.axes[output] = ("T", "B") + tuple(range(len(t.layout[info.name])))
+
+
+def _count(t) -> int:
+    """How many nodes the translation has reported so far."""
+    return sum(len(nodes) for nodes in t.problems.values())
 
 
 def _step_dims(shapes: dict, name: str) -> tuple:
