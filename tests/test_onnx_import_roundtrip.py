@@ -116,6 +116,37 @@ def test_a_side_output_keeps_the_trunk_s_blocks(tmp_path):
     assert f"aux = {cut} -> global_avgpool -> dense(3)" in text
 
 
+TWO_INPUTS = """network twoinputs
+input  x : [4, 8, 8]
+input  meta : [5]
+target y : class(3)
+
+block unit(c) {
+  in x
+  r = x -> conv(c, 3, pad=1) -> relu -> conv(c, 3, pad=1)
+  out x + r -> relu
+}
+
+m = meta -> dense(4) -> relu
+logits = x -> unit(4) x 2 -> global_avgpool -> concat(m) -> dense(3)
+loss cross_entropy(logits, y)
+"""
+
+
+def test_a_second_input_joins_the_trunk_s_pipeline(tmp_path):
+    """A branch from another input, read by one layer of the trunk after its trunk
+    input, is written before the trunk, which reads it by name in its pipeline."""
+    path = tmp_path / "twoinputs.net"
+    path.write_text(TWO_INPUTS)
+    text = _roundtrip(Case(str(path))).text
+    assert "input  x2 : [5]" in text
+    branch = next(line.split(" = ")[0] for line in text.splitlines()
+                  if line.endswith(" = x2 -> dense(4) -> relu"))
+    assert f"logits = x -> residual x 2 -> global_avgpool -> concat({branch}) -> dense(3)" \
+        in text
+    assert text.index(f"{branch} = ") < text.index("logits = ")
+
+
 def test_googlenet_s_auxiliary_heads_leave_its_inception_blocks(tmp_path):
     case = Case(os.path.join(ROOT, "specs", "googlenet.net"))
     text = import_proto(to_onnx(case.view, case.params, case.buffers), "googlenet.onnx",

@@ -79,8 +79,8 @@ def _structured(net: Network, header: str) -> Imported | None:
                   *("  " + line for line in block.body), "}", ""]
     names = {next(iter(net.inputs)): "x", **structured.taps}
     try:
-        text, names = write_spec(net, lines + structured.lines, names, header,
-                                 rest=structured.side)
+        text, names = write_spec(net, lines + [structured.feeders] + structured.lines, names,
+                                 header, rest=structured.side)
         checked = check_text(text, f"{net.name}.net")
         return Imported(text, name_weights(checked, net, names), net)
     except (CheckFailed, SpecError):

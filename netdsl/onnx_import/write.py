@@ -151,8 +151,9 @@ def write_spec(net: Network, lines: list[str] | None = None, names: dict | None 
                header: str = "", rest: list[Layer] = ()) -> tuple[str, dict[str, str]]:
     """The spec of `net` in fmt's canonical form, and the names it gives the inputs and
     the values it names. `lines` and `names`, when given, are statements and value
-    names a structure pass already wrote (blocks, calls), and `rest` the layers they
-    leave to be written as pipelines (side branches)."""
+    names a structure pass already wrote (blocks, calls; a list among the lines: layers
+    to write as pipelines there), and `rest` the layers they leave to be written as
+    pipelines after them (side branches)."""
     text = [f"network {net.name}"]
     if any(layer.op in CELLS for layer in net.layers):
         text.append("import rnn")
@@ -178,7 +179,9 @@ def write_spec(net: Network, lines: list[str] | None = None, names: dict | None 
         targets.append((target, klass))
     text.extend(_states(net, names, taken))
     text.append("")
-    text.extend(lines if lines is not None else _statements(net, net.layers, names, taken))
+    for item in lines if lines is not None else [net.layers]:
+        # a line as written, or layers to write as pipelines at this place
+        text.extend(_statements(net, item, names, taken) if isinstance(item, list) else [item])
     if rest:
         text.extend(_statements(net, list(rest), names, taken))
     for value, (target, klass) in zip(net.outputs, targets):
