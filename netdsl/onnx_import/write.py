@@ -201,8 +201,8 @@ def _states(net: Network, names: dict, taken: Names) -> list[str]:
             last = state.hint.split("/")[-1]   # `c`, unless several states are called so
             hint = last if short.count(last) == 1 else state.hint
             names[state.source] = taken.make(identifier(hint.replace("/", "_"), "h"))
-            init = "" if state.init == "zeros" else \
-                f" = {state.init}" if isinstance(state.init, str) else f" = {value_text(state.init)}"
+            init = "" if state.init == "zeros" else f" = {state.init}" \
+                if isinstance(state.init, str) else f" = {value_text(state.init)}"
             lines.append(f"state  {names[state.source]} : {value_text(list(state.dims))}{init}")
         names[read] = f"{names[state.source]}[t-{state.delay}]"
     return lines
