@@ -139,9 +139,9 @@ def test_a_second_input_joins_the_trunk_s_pipeline(tmp_path):
     path = tmp_path / "twoinputs.net"
     path.write_text(TWO_INPUTS)
     text = _roundtrip(Case(str(path))).text
-    assert "input  x2 : [5]" in text
+    assert "input  meta : [5]" in text  # the spec's own names, as ONNX's inputs keep them
     branch = next(line.split(" = ")[0] for line in text.splitlines()
-                  if line.endswith(" = x2 -> dense(4) -> relu"))
+                  if line.endswith(" = meta -> dense(4) -> relu"))
     assert f"logits = x -> residual x 2 -> global_avgpool -> concat({branch}) -> dense(3)" \
         in text
     assert text.index(f"{branch} = ") < text.index("logits = ")

@@ -73,6 +73,7 @@ class Network:
     # the value each read is: `h[t-1]` reads the value h one step back
     states: dict[str, State] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)  # inputs of word indices -> V
+    onnx_names: dict[str, str] = field(default_factory=dict)  # input -> ONNX's name of it
 
     def consumers(self) -> dict[str, list[Layer]]:
         readers: dict[str, list[Layer]] = {}

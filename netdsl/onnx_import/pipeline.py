@@ -16,7 +16,7 @@ from netdsl.onnx_import.names import name_weights
 from netdsl.onnx_import.read import prepare, read_model
 from netdsl.onnx_import.translate import translate
 from netdsl.onnx_import.structure import recover, trunk_output
-from netdsl.onnx_import.write import scored, write_spec
+from netdsl.onnx_import.write import input_names, scored, write_spec
 
 __all__ = ["Imported", "import_model", "import_proto"]
 
@@ -70,14 +70,14 @@ def _structured(net: Network, header: str) -> Imported | None:
         return None  # a recurrence's statements are written as the loop's assignments
     main = trunk_output(net)
     output = "logits" if scored(net, main) else "output"
-    structured = recover(net, "x", output)
+    structured = recover(net, input_names(net), output)
     if structured is None:
         return None
     lines = []
     for block in structured.blocks:
         lines += [f"block {block.name}({', '.join(block.params)}) {{",
                   *("  " + line for line in block.body), "}", ""]
-    names = {next(iter(net.inputs)): "x", **structured.taps}
+    names = dict(structured.taps)
     try:
         text, names = write_spec(net, lines + [structured.feeders] + structured.lines, names,
                                  header, rest=structured.side)

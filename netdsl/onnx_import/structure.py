@@ -101,7 +101,7 @@ def _descendants(layers: list[Layer], value: str) -> set[str]:
     return reached
 
 
-def recover(net: Network, input_name: str, output_name: str) -> Structured | None:
+def recover(net: Network, inputs: dict[str, str], output_name: str) -> Structured | None:
     """The network's statements with blocks and repeats along its trunk: the path from
     an input to `trunk_output`. Layers off it are side branches, which read values
     between two parts of the trunk (an auxiliary head) or which a single layer of the
@@ -141,11 +141,8 @@ def recover(net: Network, input_name: str, output_name: str) -> Structured | Non
         return None
     structured = Structured(side=side, feeders=feeders)
     blocks: dict[tuple, Block] = {}
-    names = Names(KEYWORDS | set(OPS) | {input_name, output_name})
-    outer = {entry: input_name}
-    others = [value for value in net.inputs if value != entry]
-    for n, value in enumerate(others, 2):  # named here, as a join may read them
-        outer[value] = names.make(f"x{n}")
+    names = Names(KEYWORDS | set(OPS) | set(inputs.values()) | {output_name})
+    outer = dict(inputs)  # by their names in the spec, as a join may read them
     for layer in feeders:
         if layer.output in fed:
             outer[layer.output] = names.make(identifier(layer.origin, layer.op))
@@ -175,7 +172,7 @@ def recover(net: Network, input_name: str, output_name: str) -> Structured | Non
         if end in tapped or i == len(ends) - 1:
             stretches.append((units[start:i + 1], segments[i][-1]))
             start = i + 1
-    source = input_name
+    source = inputs[entry]
     structured.taps = {**outer}
     for k, (stretch, last) in enumerate(stretches):
         runs = [[]]

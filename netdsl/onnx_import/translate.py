@@ -168,8 +168,11 @@ class _Translator:
         layers = _live(self.layers, outputs, self.states)
         made = {layer.output for layer in layers}
         states = {read: state for read, state in self.states.items() if state.source in made}
+        onnx_names = {self.values[i.name]: i.name for i in self.model.graph.input
+                      if i.name in self.values and self.values[i.name] in inputs}
         return Network(self.name, inputs, layers, outputs, dict(self.dims),
-                       set(self.seq), dict(self.laid_out), states, dict(self.classes))
+                       set(self.seq), dict(self.laid_out), states, dict(self.classes),
+                       onnx_names)
 
     def _vocabulary(self, name: str) -> int | None:
         """The rows of the constant table an integer input indexes (through reshapes), if

@@ -147,6 +147,19 @@ def scored(net: Network, value: str) -> bool:
         producer.op not in ("softmax", "log_softmax", "sigmoid")
 
 
+def input_names(net: Network) -> dict[str, str]:
+    """Each input's name in the spec: ONNX's where it is a plain name (a spec exported
+    by netc export keeps its own), else x, x2, ..."""
+    taken = Names((KEYWORDS - {"x"}) | set(OPS))  # x: reserved for a block's input only
+    names = {}
+    for n, value in enumerate(net.inputs, 1):
+        given = net.onnx_names.get(value, "")
+        plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,30}", given) and \
+            given not in taken.taken
+        names[value] = taken.make(given if plain else "x" if n == 1 else f"x{n}")
+    return names
+
+
 def write_spec(net: Network, lines: list[str] | None = None, names: dict | None = None,
                header: str = "", rest: list[Layer] = ()) -> tuple[str, dict[str, str]]:
     """The spec of `net` in fmt's canonical form, and the names it gives the inputs and
@@ -157,11 +170,9 @@ def write_spec(net: Network, lines: list[str] | None = None, names: dict | None 
     text = [f"network {net.name}"]
     if any(layer.op in CELLS for layer in net.layers):
         text.append("import rnn")
-    names = dict(names or {})
+    names = {**input_names(net), **(names or {})}
     taken = Names(names.values())
     for value, dims in net.inputs.items():
-        if value not in names:
-            names[value] = taken.make("x" if "x" not in taken.taken else "input")
         seq = "seq" if value in net.sequences else ""
         if value in net.classes:  # word indices
             kind = f"{seq + ' ' if seq else ''}class({net.classes[value]})"
