@@ -125,17 +125,52 @@ def test_a_body_netdsl_cannot_express_is_reported_with_its_scan(tmp_path, capsys
     assert os.listdir(tmp_path) == ["scan.onnx"]
 
 
-def test_a_state_started_from_a_computed_value_is_reported():
+def test_a_state_started_from_a_computed_value_matches_onnxruntime():
     model = _scan_model(_STEP)
     nodes = list(model.graph.node)
-    # the initial state computed from the input: its first step through a Tanh
+    # the initial state computed from the input: its first step, projected
     nodes.insert(0, helper.make_node("Gather", ["x", "first"], ["x0"], axis=1, name="x0"))
     nodes.insert(1, helper.make_node("MatMul", ["x0", "W"], ["h0_in"], name="project"))
     nodes[-1].input[0] = "h0_in"
     model.graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), "first"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    with pytest.raises(SpecError) as info:
-        import_proto(model, "scan.onnx", "scan")
-    assert "Scan node 'loop'" in str(info.value)
-    assert "initial values of zeros, a number or a learned row" in str(info.value)
+    imported = import_proto(model, "scan.onnx", "scan")
+    assert "state  h_prev : [4] = project_out" in imported.text  # `project` is an op
+    assert imported.text.index("project_out = x -> first -> dense(4, bias=false)") < \
+        imported.text.index("state  h_prev")
+    x = np.random.default_rng(7).standard_normal((3, 5, 3)).astype(np.float32)
+    (want,) = onnxruntime_outputs(model.SerializeToString(), {"x": x})
+    (got,) = netdsl_outputs(imported.text, imported.tensors, [x])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+STARTED = """network started
+import rnn
+input  source : seq[3]
+input  target_in : seq[2]
+target target : seq class(4)
+encoded = source -> gru(16)
+state s : [16] = last(encoded)
+s = tanh(dense(target_in, 16) + dense(s[t-1], 16))
+logits = s -> dense(4)
+loss cross_entropy(logits, target)
+"""
+
+
+def test_a_decoder_started_from_its_encoder_round_trips(tmp_path):
+    """docs/language.md's decoder whose state starts from the encoder's last step: the
+    state is declared after the statement of the value it starts from."""
+    path = tmp_path / "started.net"
+    path.write_text(STARTED)
+    case = Case(str(path))
+    model = to_onnx(case.view, case.params, case.buffers)
+    imported = import_proto(model, "started.onnx", "started")
+    lines = imported.text.splitlines()
+    declaration = next(i for i, line in enumerate(lines) if line.startswith("state  s : [16] = "))
+    start = lines[declaration].split(" = ")[1]
+    assert any(line.startswith(f"{start} = h -> last") for line in lines[:declaration])
+    feed = case.inputs(batch=2, steps=4)
+    (want,) = onnxruntime_outputs(model.SerializeToString(), feed)
+    (got,) = netdsl_outputs(imported.text, imported.tensors, list(feed.values()))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -43,7 +43,8 @@ class Layer:
 @dataclass
 class State:
     """A value read `delay` steps back inside a recurrence: `source[t-delay]`, which
-    starts from zeros, a number, or a learned value (`learned`: its initial value)."""
+    starts from zeros, a number, a learned value (`learned`: its initial value) or a
+    value the network computes before the loop (`start`)."""
 
     source: str
     delay: int
@@ -51,6 +52,7 @@ class State:
     init: str | float = "zeros"
     learned: np.ndarray | None = None
     hint: str = "h"   # the state's module path, from the ONNX value carrying it
+    start: str | None = None
 
 
 @dataclass

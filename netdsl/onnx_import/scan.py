@@ -11,8 +11,9 @@ read after the loop. That is netdsl's own form of a recurrence, so a Scan comes 
 with the body's nodes translated by the same rules as the graph's, each scanned
 sequence read step by step, and a body output that passes a carried value on (h[t-1]
 carried as the next step's h[t-2]) a read further back. A carried value starts from
-zeros, a number or a learned row (ConstantOfShape or Expand to [batch, n]); a
-scanned input or output in reverse order is netdsl's `reverse` of the sequence.
+zeros, a number or a learned row (ConstantOfShape or Expand to [batch, n]), or a value
+the network computes before the loop (`state s : [n] = enc`); a scanned input or
+output in reverse order is netdsl's `reverse` of the sequence.
 """
 from __future__ import annotations
 
@@ -139,10 +140,12 @@ def _initial(t, name: str, dims: tuple) -> tuple:
         kind = "fill" if np.all(value == value.reshape(-1)[0]) else "learned"
         if kind == "fill":
             value = float(value.reshape(-1)[0])
+    elif name in t.values and t.values[name] not in t.seq and name not in t.axes and \
+            t.dims[t.values[name]] == dims:
+        return ("start", t.values[name])  # a value computed before the loop
     else:
-        raise Unsupported("initial values of zeros, a number or a learned row (a state "
-                          "started from a computed value is written by hand: "
-                          "`state s : [n] = EXPR`)")
+        raise Unsupported("initial values of zeros, a number, a learned row, or a value "
+                          f"of the state's dims [batch, {', '.join(map(str, dims))}]")
     if kind == "fill":
         return (0.0 if value == 0 else float(value), None)
     row = np.broadcast_to(np.asarray(value, np.float32), dims).copy()
@@ -165,9 +168,11 @@ def _carry(t, body, reads: list[str], sources: list[str], starts: list[tuple]) -
             if t.dims[source] != t.dims[reads[k]]:
                 raise Unsupported("a body that passes on values of the carried values' dims")
             init, learned = starts[k]
+            start = learned if init == "start" else None
             t.states[reads[k]] = State(source, delay, t.dims[reads[k]],
-                                       "zeros" if init == 0.0 else init, learned,
-                                       _hint(body.input[k].name))
+                                       "zeros" if init == 0.0 else init,
+                                       None if start else learned,
+                                       _hint(body.input[k].name), start)
             del pending[k]
             progress = True
         if not progress:

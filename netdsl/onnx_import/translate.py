@@ -337,6 +337,7 @@ def _live(layers: list[Layer], outputs: list[str], states: dict) -> list[Layer]:
             if layer.output in needed:
                 needed.update(layer.inputs)
         needed.update(states[v].source for v in list(needed) if v in states)
+        needed.update(states[v].start for v in list(needed) if v in states and states[v].start)
         if len(needed) == count:
             return [layer for layer in layers if layer.output in needed]
 

@@ -96,7 +96,8 @@ def chains(net: Network, layers: list[Layer]) -> list[list[Layer]]:
     pipeline of its first input when nothing else reads that input and it is no output
     of the network."""
     readers = net.consumers()
-    outputs = set(net.outputs) | {state.source for state in net.states.values()}
+    outputs = set(net.outputs) | {state.source for state in net.states.values()} | \
+        {state.start for state in net.states.values() if state.start}
     made = {layer.output for layer in layers}
     return pipelines(layers, lambda first: first in made and first not in outputs
                      and len(readers.get(first, [])) == 1)
@@ -203,7 +204,8 @@ def write_spec(net: Network, lines: list[str] | None = None, names: dict | None 
 
 def _states(net: Network, names: dict, taken: Names) -> list[str]:
     """`state h : [n] = learned` for each value a recurrence reads back; the reads named
-    `h[t-1]`."""
+    `h[t-1]`. A state started from a value the network computes is declared after that
+    value's statement (`_statements`), unless the value is an input."""
     lines = []
     hints = {state.source: state.hint for state in net.states.values()}
     short = [hint.split("/")[-1] for hint in hints.values()]
@@ -212,19 +214,33 @@ def _states(net: Network, names: dict, taken: Names) -> list[str]:
             last = state.hint.split("/")[-1]   # `c`, unless several states are called so
             hint = last if short.count(last) == 1 else state.hint
             names[state.source] = taken.make(identifier(hint.replace("/", "_"), "h"))
-            init = "" if state.init == "zeros" else f" = {state.init}" \
-                if isinstance(state.init, str) else f" = {value_text(state.init)}"
-            lines.append(f"state  {names[state.source]} : {value_text(list(state.dims))}{init}")
+            if state.start is None or state.start in net.inputs:
+                lines.append(_declaration(state, names))
         names[read] = f"{names[state.source]}[t-{state.delay}]"
     return lines
 
 
-def in_order(pipelines: list[list[Layer]]) -> list[list[Layer]]:
+def _declaration(state, names: dict) -> str:
+    """`state h : [n]`, with ` = learned`, ` = 0.5` or ` = enc` where it does not start
+    from zeros."""
+    if state.start is not None:
+        init = f" = {names[state.start]}"
+    elif state.init == "zeros":
+        init = ""
+    else:
+        init = f" = {state.init if isinstance(state.init, str) else value_text(state.init)}"
+    return f"state  {names[state.source]} : {value_text(list(state.dims))}{init}"
+
+
+def in_order(pipelines: list[list[Layer]], after: dict | None = None) -> list[list[Layer]]:
     """The pipelines ordered so that each comes after those it reads (a pipeline may read
-    a value of one that starts later than it)."""
+    a value of one that starts later than it), and a reader of a value in `after` after
+    the value it names there too (a state's read after the state's start)."""
+    after = after or {}
     made = {layer.output: i for i, chain in enumerate(pipelines) for layer in chain}
-    needs = [{made[name] for layer in chain for name in layer.inputs
-              if name in made and made[name] != i} for i, chain in enumerate(pipelines)]
+    needs = [{made[source] for layer in chain for name in layer.inputs
+              for source in (name, after.get(name))
+              if source in made and made[source] != i} for i, chain in enumerate(pipelines)]
     done, order = set(), []
     while len(order) < len(pipelines):
         for i, chain in enumerate(pipelines):
@@ -239,7 +255,10 @@ def _statements(net: Network, layers: list[Layer], names: dict, taken: Names) ->
     lines = []
     outputs = set(net.outputs)
     rank = 0
-    for chain in in_order(chains(net, layers)):
+    started = {read: state.start for read, state in net.states.items()
+               if state.start is not None and state.start not in net.inputs}
+    declared = set()
+    for chain in in_order(chains(net, layers), started):
         for layer in chain:
             layer.rank, rank = rank, rank + 1
         last = chain[-1]
@@ -248,4 +267,9 @@ def _statements(net: Network, layers: list[Layer], names: dict, taken: Names) ->
         if last.output not in names:  # a state's source is named by its declaration
             names[last.output] = taken.make(base)
         lines.append(f"{names[last.output]} = {pipeline_text(chain, names)}")
+        for read, start in started.items():  # the states this value starts
+            source = net.states[read].source
+            if start == last.output and source not in declared:
+                declared.add(source)
+                lines.append(_declaration(net.states[read], names))
     return lines
