@@ -13,7 +13,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export_cases import ROOT, Case
 from netdsl.cli import main
-from netdsl.errors import SpecError
 from netdsl.export.onnx import to_onnx
 from netdsl.onnx_import.pipeline import import_proto
 from onnx_import_cases import netdsl_outputs, onnxruntime_outputs
