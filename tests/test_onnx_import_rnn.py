@@ -148,7 +148,7 @@ def test_a_pytorch_bidirectional_tagger_imports_as_two_cells_a_layer(cell, layer
     x = np.random.default_rng(2).standard_normal((2, 5, 6)).astype(np.float32)
     text, got, want = _roundtrip(data, x)
     assert "x -> reverse -> " in text and "concat(" in text
-    assert ("x 2" in text) == (layers == 2)
+    assert ("-> bidirectional x 2 ->" in text) == (layers == 2)  # a block per layer
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
