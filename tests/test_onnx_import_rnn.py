@@ -71,23 +71,30 @@ def test_a_pytorch_tagger_scores_every_step(cell):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-def _cell_model(op: str, gates: int, rng, **attrs) -> onnx.ModelProto:
+def _cell_model(op: str, gates: int, rng, directions: int = 1, **attrs) -> onnx.ModelProto:
     """One ONNX recurrent node with random weights and biases, between the transposes
     that make a batch-major sequence time-major and back (onnxruntime runs layout=0
-    alone)."""
+    alone); a bidirectional node's two directions side by side, as PyTorch merges them."""
     n, features = 5, 3
-    weights = {"W": (1, gates * n, features), "R": (1, gates * n, n), "B": (1, 2 * gates * n)}
+    weights = {"W": (directions, gates * n, features), "R": (directions, gates * n, n),
+               "B": (directions, 2 * gates * n)}
     inits = [numpy_helper.from_array(rng.uniform(-0.8, 0.8, shape).astype(np.float32), name)
              for name, shape in weights.items()]
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], name="time_major", perm=[1, 0, 2]),
              helper.make_node(op, ["xt", "W", "R", "B"], ["Y"], hidden_size=n, name="cell",
-                              **attrs),
-             helper.make_node("Squeeze", ["Y", "axis"], ["yt"], name="steps"),
-             helper.make_node("Transpose", ["yt"], ["y"], name="batch_major", perm=[1, 0, 2])]
+                              **attrs)]
+    if directions == 1:
+        nodes.append(helper.make_node("Squeeze", ["Y", "axis"], ["yt"], name="steps"))
+    else:
+        nodes += [helper.make_node("Transpose", ["Y"], ["yd"], name="beside", perm=[0, 2, 1, 3]),
+                  helper.make_node("Reshape", ["yd", "merged"], ["yt"], name="steps")]
+    nodes.append(helper.make_node("Transpose", ["yt"], ["y"], name="batch_major", perm=[1, 0, 2]))
     inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis"))
+    inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), "merged"))
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", n])], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", directions * n])],
+        inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -106,16 +113,56 @@ def test_random_weights_match_onnxruntime(op, gates, attrs, cell):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_a_bidirectional_cell_is_reported():
+@pytest.mark.parametrize("op, gates, attrs, cell", [
+    ("LSTM", 4, {}, "lstm(5)"),
+    ("GRU", 3, {"linear_before_reset": 1}, "gru_reset_after(5)"),
+    ("RNN", 1, {}, "elman(5)"),
+])
+@pytest.mark.parametrize("direction", ["reverse", "bidirectional"])
+def test_reversed_and_bidirectional_cells_match_onnxruntime(op, gates, attrs, cell, direction):
+    rng = np.random.default_rng(3)
+    model = _cell_model(op, gates, rng, 2 if direction == "bidirectional" else 1,
+                        direction=direction, **attrs)
+    x = rng.standard_normal((3, 6, 3)).astype(np.float32)
+    text, got, want = _roundtrip(model.SerializeToString(), x)
+    assert f"x -> reverse -> {cell} -> reverse" in text
+    assert (f"x -> {cell}" in text) == (direction == "bidirectional")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+class BiTagger(torch.nn.Module):
+    def __init__(self, cell, layers):
+        super().__init__()
+        self.rnn = cell(6, 8, num_layers=layers, batch_first=True, bidirectional=True)
+        self.fc = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.fc(y)
+
+
+@pytest.mark.parametrize("cell, layers", [(torch.nn.LSTM, 2), (torch.nn.GRU, 1)])
+def test_a_pytorch_bidirectional_tagger_imports_as_two_cells_a_layer(cell, layers):
+    torch.manual_seed(2)
+    data = export(BiTagger(cell, layers), 1, 5, 6)
+    x = np.random.default_rng(2).standard_normal((2, 5, 6)).astype(np.float32)
+    text, got, want = _roundtrip(data, x)
+    assert "x -> reverse -> " in text and "concat(" in text
+    assert ("-> bidirectional x 2 ->" in text) == (layers == 2)  # a block per layer
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_cell_with_sequence_lengths_is_reported():
     inits = [numpy_helper.from_array(np.zeros(shape, np.float32), name)
-             for name, shape in (("W", (2, 15, 3)), ("R", (2, 15, 5)))]
+             for name, shape in (("W", (1, 15, 3)), ("R", (1, 15, 5)))]
+    inits.append(numpy_helper.from_array(np.array([4, 3], np.int32), "lengths"))
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], name="time_major", perm=[1, 0, 2]),
-             helper.make_node("GRU", ["xt", "W", "R"], ["y"], hidden_size=5, name="both_ways",
-                              direction="bidirectional")]
+             helper.make_node("GRU", ["xt", "W", "R", "", "lengths"], ["y"], hidden_size=5,
+                              name="ragged")]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2, "b", 5])], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 1, "b", 5])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(SpecError) as info:
-        import_proto(model, "bi.onnx", "bi")
-    assert "GRU node 'both_ways'" in str(info.value) and "direction='forward'" in str(info.value)
+        import_proto(model, "ragged.onnx", "ragged")
+    assert "GRU node 'ragged'" in str(info.value) and "sequence_lens" in str(info.value)

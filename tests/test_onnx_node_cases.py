@@ -20,7 +20,8 @@ from onnx_import_cases import netdsl_outputs
 WEIGHTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "ReduceMean": (1,), "ReduceMax": (1,),
            "BatchNormalization": (1, 2, 3, 4), "Gemm": (1, 2), "MatMul": (1,),
            "PRelu": (1,), "Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Dropout": (1, 2),
-           "LSTM": (1, 2, 3, 4, 5, 6, 7), "GRU": (1, 2, 3, 4, 5), "RNN": (1, 2, 3, 4, 5)}
+           "LSTM": (1, 2, 3, 4, 5, 6, 7), "GRU": (1, 2, 3, 4, 5), "RNN": (1, 2, 3, 4, 5),
+           "Slice": (1, 2, 3, 4), "Expand": (1,)}
 
 
 def _with_weights(case) -> tuple[onnx.ModelProto, list[np.ndarray]]:
@@ -41,17 +42,19 @@ def _with_weights(case) -> tuple[onnx.ModelProto, list[np.ndarray]]:
     return model, rest
 
 
-def _batch_major(array, axes):
+def _batch_major(array, axes, dims):
     """An array ONNX lays out with `axes` (a time-major sequence, an RNN's output with its
-    directions axis) as netdsl holds it: batch, time, then its dims."""
+    directions axis) as netdsl holds it: batch, time, then its `dims` (a bidirectional
+    RNN's [2, n] per step is netdsl's concatenation of the two directions)."""
     array = np.asarray(array)
     if axes is None:
         return array
     order = [axes.index(a) for a in ("B", "T") if a in axes]
+    lead = len(order)
     order += [i for i, a in enumerate(axes) if isinstance(a, int)]
     directions = [i for i, a in enumerate(axes) if a == "D"]
     moved = np.transpose(array, order + directions)
-    return moved.reshape(moved.shape[:len(order)])
+    return moved.reshape(moved.shape[:lead] + tuple(dims))
 
 
 def _outcome(case) -> tuple[str, str]:
@@ -67,9 +70,9 @@ def _outcome(case) -> tuple[str, str]:
         return "out of scope", message.split(": ", 2)[-1]
     _, expected = case.data_sets[0]
     net = imported.network
-    feed = [_batch_major(x, net.layouts.get(value))
+    feed = [_batch_major(x, net.layouts.get(value), net.dims[value])
             for x, value in zip(feed, net.inputs)]
-    expected = [_batch_major(y, net.layouts.get(value))
+    expected = [_batch_major(y, net.layouts.get(value), net.dims[value])
                 for y, value in zip(expected, net.outputs)]
     try:
         got = netdsl_outputs(imported.text, imported.tensors,

@@ -15,13 +15,15 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-__all__ = ["fold", "Folded", "BATCH", "value_shapes"]
+__all__ = ["fold", "fold_graph", "Folded", "BATCH", "value_shapes"]
 
 # the batch size as folded shape arithmetic sees it: a prime no real dim is likely to be
 BATCH = 99991
 # operators that draw random numbers: never folded, whatever their inputs
 RANDOM = frozenset(("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                     "Bernoulli", "Multinomial"))
+# operators whose output a shape operand sizes: with the batch in it, a value per example
+BATCHED = frozenset(("ConstantOfShape", "Expand", "Tile"))
 
 
 @dataclass
@@ -46,13 +48,17 @@ def value_shapes(graph: onnx.GraphProto) -> dict[str, tuple]:
 
 
 def fold(model: onnx.ModelProto) -> Folded:
-    graph = model.graph
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    shapes = value_shapes(graph)
-    for name, array in constants.items():
-        shapes[name] = array.shape
+    return fold_graph(model.graph, {}, {}, {o.domain: o.version for o in model.opset_import})
+
+
+def fold_graph(graph: onnx.GraphProto, constants: dict, shapes: dict, opsets: dict) -> Folded:
+    """`graph` folded, reading the `constants` and `shapes` of an enclosing graph (for a
+    Scan's body: the weights it reads from outside by name); the result holds both."""
+    constants = {**constants, **{t.name: numpy_helper.to_array(t) for t in graph.initializer}}
+    shapes = {**shapes, **value_shapes(graph)}
+    for tensor in graph.initializer:
+        shapes[tensor.name] = constants[tensor.name].shape
     outputs = {o.name for o in graph.output}
-    opsets = {o.domain: o.version for o in model.opset_import}
     left = []
     for node in graph.node:
         values = _evaluate(node, constants, shapes, opsets, outputs)
@@ -85,6 +91,9 @@ def _evaluate(node, constants, shapes, opsets, outputs):
         return None
     if not all(name in constants for name in node.input if name):
         return None
+    if node.op_type in BATCHED and any(np.any(np.asarray(constants[name]) == BATCH)
+                                       for name in node.input if name):
+        return None  # a value of one row per example: translated, never a constant
     feeds = {name: constants[name] for name in node.input if name}
     try:
         evaluator = ReferenceEvaluator(_single(node, opsets))

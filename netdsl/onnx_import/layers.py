@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Layer", "Network", "Unsupported", "CELLS"]
+__all__ = ["Layer", "Network", "State", "Unsupported", "CELLS"]
 
 # the standard library's recurrent cells (netdsl/stdlib/rnn.net) a layer may be: a block
 # call, not an op, its weights those of the dense layers inside it by their local names
@@ -41,6 +41,21 @@ class Layer:
 
 
 @dataclass
+class State:
+    """A value read `delay` steps back inside a recurrence: `source[t-delay]`, which
+    starts from zeros, a number, a learned value (`learned`: its initial value) or a
+    value the network computes before the loop (`start`)."""
+
+    source: str
+    delay: int
+    dims: tuple[int, ...]
+    init: str | float = "zeros"
+    learned: np.ndarray | None = None
+    hint: str = "h"   # the state's module path, from the ONNX value carrying it
+    start: str | None = None
+
+
+@dataclass
 class Network:
     """The translated model: its inputs (name -> per-example dims), layers in an order
     that computes every input before it is read, its outputs (value names) and each
@@ -56,6 +71,11 @@ class Network:
     # their axes in ONNX's order ("B" batch, "T" time, "D" an RNN's one direction, numbers
     # the dims), e.g. ("T", "B", 0) for a time-major sequence
     layouts: dict[str, tuple] = field(default_factory=dict)
+    # the values a recurrence reads steps back (a Scan's carried values), by the name of
+    # the value each read is: `h[t-1]` reads the value h one step back
+    states: dict[str, State] = field(default_factory=dict)
+    classes: dict[str, int] = field(default_factory=dict)  # inputs of word indices -> V
+    onnx_names: dict[str, str] = field(default_factory=dict)  # input -> ONNX's name of it
 
     def consumers(self) -> dict[str, list[Layer]]:
         readers: dict[str, list[Layer]] = {}

@@ -28,7 +28,8 @@ def match_layers(checked: Checked, net: Network, names: dict[str, str]) -> dict[
     SpecError
         When the spec's graph is not the translated one (a bug of the writer).
     """
-    value_of = {names[v]: v for v in net.inputs}   # netdsl node -> translated value
+    # netdsl node -> translated value; a state's read is the node `h[t-1]`
+    value_of = {names[v]: v for v in [*net.inputs, *net.states]}
     free: dict[tuple, list[Layer]] = {}
     for layer in net.layers:
         free.setdefault((layer.op, tuple(layer.inputs)), []).append(layer)
@@ -88,10 +89,14 @@ def name_weights(checked: Checked, net: Network, names: dict[str, str]) -> dict[
     """Every tensor of the spec's network by its PyTorch-style name."""
     layers = match_layers(checked, net, names)
     plan = build_plan(checked.graph)
+    learned = {names[read]: state.learned for read, state in net.states.items()}
     tensors = {}
     for name, source in tensor_sources(plan).items():
         if source[0] == "param":
             param = plan.params[source[1]]
+            if param.node in learned:  # a state's learned initial value
+                tensors[name] = learned[param.node]
+                continue
             layer = layers[param.node]
             if layer.op in CELLS:  # by the dense layer's name inside the cell
                 key = f"{param.node.rsplit('/', 1)[-1]}.{param.name}"

@@ -15,8 +15,8 @@ from netdsl.onnx_import.layers import Network
 from netdsl.onnx_import.names import name_weights
 from netdsl.onnx_import.read import prepare, read_model
 from netdsl.onnx_import.translate import translate
-from netdsl.onnx_import.structure import recover
-from netdsl.onnx_import.write import scored, write_spec
+from netdsl.onnx_import.structure import recover, trunk_output
+from netdsl.onnx_import.write import input_names, scored, write_spec
 
 __all__ = ["Imported", "import_model", "import_proto"]
 
@@ -66,17 +66,21 @@ def import_proto(model: onnx.ModelProto, path: str, name: str) -> Imported:
 def _structured(net: Network, header: str) -> Imported | None:
     """The spec with blocks and repeats, if the network is one path and the result
     checks and matches every layer; else None, and the flat spec is written."""
-    output = "logits" if scored(net, net.outputs[0]) else "output"
-    structured = recover(net, "x", output)
+    if net.states:
+        return None  # a recurrence's statements are written as the loop's assignments
+    main = trunk_output(net)
+    output = "logits" if scored(net, main) else "output"
+    structured = recover(net, input_names(net), output)
     if structured is None:
         return None
     lines = []
     for block in structured.blocks:
         lines += [f"block {block.name}({', '.join(block.params)}) {{",
                   *("  " + line for line in block.body), "}", ""]
-    names = {next(iter(net.inputs)): "x", net.outputs[0]: output}
+    names = dict(structured.taps)
     try:
-        text, names = write_spec(net, lines + structured.lines, names, header)
+        text, names = write_spec(net, lines + [structured.feeders] + structured.lines, names,
+                                 header, rest=structured.side)
         checked = check_text(text, f"{net.name}.net")
         return Imported(text, name_weights(checked, net, names), net)
     except (CheckFailed, SpecError):

@@ -81,6 +81,9 @@ def prepare(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
                         "(full_check=True)") from None
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
+    for mine, theirs in zip(model.graph.node, inferred.graph.node):
+        if any(a.type == onnx.AttributeProto.GRAPH for a in mine.attribute):
+            mine.CopyFrom(theirs)  # a Scan's body, with the shapes of its values inferred
     return model
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from netdsl.onnx_import.layers import Layer, Network
+from netdsl.onnx_import.layers import CELLS, Layer, Network
 from netdsl.onnx_import.write import (
-    KEYWORDS, Names, call_text, in_order, pipeline_text, pipelines, value_text,
+    KEYWORDS, Names, call_text, identifier, in_order, pipeline_text, pipelines, value_text,
 )
 from netdsl.ops import OPS
 
@@ -43,9 +43,10 @@ class Unit:
     args: dict
     count: int = 1
     block: bool = False
+    joins: tuple = ()   # names of values from outside the trunk it reads after its input
 
     def key(self) -> tuple:
-        return (self.name, tuple(self.args), self.block)
+        return (self.name, tuple(self.args), self.block, self.joins)
 
     def settings(self) -> dict:
         return {**self.args, "count": self.count}
@@ -65,41 +66,141 @@ class Block:
 
 @dataclass
 class Structured:
-    """The statements of a structured spec: blocks, then the network's one pipeline."""
+    """The statements of a structured spec: blocks, then the trunk's pipelines (one, or
+    one per stretch between the values side branches read and where it reads theirs),
+    the names given to the values where they meet, and the side branches' layers, left
+    to the flat writer: those the trunk reads (`feeders`, written before it) and the
+    others (`side`, after it)."""
 
     blocks: list[Block] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    taps: dict[str, str] = field(default_factory=dict)
+    side: list[Layer] = field(default_factory=list)
+    feeders: list[Layer] = field(default_factory=list)
 
 
-def recover(net: Network, input_name: str, output_name: str) -> Structured | None:
-    """The network's statements with blocks and repeats; None when it is no single path
-    (several inputs or outputs), which the flat writer then writes."""
-    if len(net.inputs) != 1 or len(net.outputs) != 1 or not net.layers:
+def trunk_output(net: Network) -> str:
+    """The output the most layers lead to: the trunk's (an auxiliary classifier's head
+    branches off it)."""
+    return max(net.outputs, key=lambda output: len(_ancestors(net.layers, output)))
+
+
+def _ancestors(layers: list[Layer], output: str) -> set[str]:
+    needed = {output}
+    for layer in reversed(layers):
+        if layer.output in needed:
+            needed.update(layer.inputs)
+    return needed
+
+
+def _descendants(layers: list[Layer], value: str) -> set[str]:
+    reached = {value}
+    for layer in layers:
+        if reached.intersection(layer.inputs):
+            reached.add(layer.output)
+    return reached
+
+
+def recover(net: Network, inputs: dict[str, str], output_name: str) -> Structured | None:
+    """The network's statements with blocks and repeats along its trunk: the path from
+    an input to `trunk_output`. Layers off it are side branches, which read values
+    between two parts of the trunk (an auxiliary head) or which a single layer of the
+    trunk reads after its trunk input (another input's branch, joined by `concat` or
+    `+`). None when a branch meets the trunk inside a part (a residual unit), which the
+    flat writer then writes."""
+    if not net.layers:
         return None
-    layers = _chain_concats(net.layers)
-    entry = next(iter(net.inputs))
-    segments = _segments(layers, entry, net.outputs[0])
+    _chain_concats(net.layers)  # in place: the names pass matches the chained layers
+    main = trunk_output(net)
+    leading = _ancestors(net.layers, main)
+    entry = max((i for i in net.inputs if i in leading),
+                key=lambda i: len(_descendants(net.layers, i) & leading), default=None)
+    if entry is None:
+        return None
+    on_trunk = leading & _descendants(net.layers, entry)
+    layers = [layer for layer in net.layers if layer.output in on_trunk]
+    off = [layer for layer in net.layers if layer.output not in on_trunk]
+    fed = {name for layer in layers for name in layer.inputs if name not in on_trunk}
+    feeding = set().union(*(_ancestors(off, name) for name in fed)) if fed else set()
+    feeders = [layer for layer in off if layer.output in feeding]
+    side = [layer for layer in off if layer.output not in feeding]
+    if any(name in on_trunk for layer in feeders for name in layer.inputs):
+        return None  # a branch that leaves the trunk and comes back (a U-Net's skip)
+    segments = _segments(layers, entry, main, fed) if layers else None
     if segments is None:
         return None
     segments = _absorb_activations(segments)
-    structured = Structured()
+    if any(name in fed for segment in segments if len(segment) > 1
+           for layer in segment for name in layer.inputs):
+        return None  # a branch joins inside a part
+    # the trunk's values that side branches read, or that are outputs themselves
+    tapped = {name for layer in side for name in layer.inputs if name in on_trunk} | \
+        {output for output in net.outputs if output != main and output in on_trunk}
+    ends = [segment[-1].output for segment in segments]
+    if not tapped <= set(ends) | {entry}:
+        return None
+    structured = Structured(side=side, feeders=feeders)
     blocks: dict[tuple, Block] = {}
-    names = Names(KEYWORDS | set(OPS) | {input_name, output_name})
-    units = [_segment_unit(seg, layers, blocks, names, structured) for seg in segments]
+    names = Names(KEYWORDS | set(OPS) | set(inputs.values()) | {output_name})
+    outer = dict(inputs)  # by their names in the spec, as a join may read them
+    for layer in feeders:
+        if layer.output in fed:
+            outer[layer.output] = names.make(identifier(layer.origin, layer.op))
+    units = []
+    for segment in segments:
+        joins = segment[0].inputs[1:] if len(segment) == 1 else []
+        if any(name in fed for name in joins):
+            layer = segment[0]
+            if layer.inputs[0] not in on_trunk:
+                return None  # the trunk's value read first, the branch's after it
+            units.append(Unit(layer.op, dict(layer.args),
+                              joins=tuple(outer[name] for name in joins)))
+        else:
+            units.append(_segment_unit(segment, layers, blocks, names, structured))
+    if any(len(block.members) == 1 for block in blocks.values()):
+        # a part with skips across it that occurs once (an FCN's or a U-Net's decoder)
+        # reads better as its named lines than as a block called once
+        return None
     for block in blocks.values():
         _finish_segment_block(block)
     units = [Unit(u.name, u.args["_block"].calls[u.args["_segment"]], 1, True) if u.block else u
              for u in units]
+    # the trunk cut after each value a side branch reads: each stretch one pipeline, its
+    # repeats and stages folded between the joins (a join is in no repeat)
+    stretches, start = [], 0
+    for i, end in enumerate(ends):
+        if end in tapped or i == len(ends) - 1:
+            stretches.append((units[start:i + 1], segments[i][-1]))
+            start = i + 1
+    source = inputs[entry]
+    structured.taps = {**outer}
+    for k, (stretch, last) in enumerate(stretches):
+        runs = [[]]
+        for unit in stretch:
+            if unit.joins:
+                runs += [[unit], []]
+            else:
+                runs[-1].append(unit)
+        stages = [unit for run in runs for unit in
+                  (run if run and run[0].joins else _folded_run(run, names, structured))]
+        name = output_name if k == len(stretches) - 1 else \
+            names.make(identifier(last.origin, last.op))
+        structured.taps[last.output] = name
+        structured.lines.append(f"{name} = {source} -> "
+                                + " -> ".join(_unit_text(u) for u in stages))
+        source = name
+    return structured
+
+
+def _folded_run(units: list[Unit], names: Names, structured: Structured) -> list[Unit]:
+    """A run of units with identical consecutive ones as repeats and recurring runs of
+    them as stage blocks, until nothing recurs."""
     units = _repeats(units)
     while True:
         pattern = _best_pattern(units)
         if pattern is None:
-            break
-        units = _fold(units, *pattern, names, structured)
-        units = _repeats(units)
-    stages = " -> ".join(_unit_text(u) for u in units)
-    structured.lines.append(f"{output_name} = {input_name} -> {stages}")
-    return structured
+            return units
+        units = _repeats(_fold(units, *pattern, names, structured))
 
 
 def _chain_concats(layers: list[Layer]) -> list[Layer]:
@@ -123,14 +224,18 @@ def _chain_concats(layers: list[Layer]) -> list[Layer]:
     return result
 
 
-def _segments(layers: list[Layer], entry: str, output: str) -> list[list[Layer]] | None:
-    """The layers cut at the values every path passes through, or None."""
+def _segments(layers: list[Layer], entry: str, output: str,
+              outside: set = frozenset()) -> list[list[Layer]] | None:
+    """The layers cut at the values every path from `entry` passes through, or None;
+    the values `outside` the layers (side branches') cut nothing."""
     if layers[-1].output != output:
         return None
     position = {entry: 0, **{layer.output: i + 1 for i, layer in enumerate(layers)}}
     reach = [0] * (len(layers) + 1)
     for i, layer in enumerate(layers):
         for name in layer.inputs:
+            if name in outside:
+                continue
             if name not in position:
                 return None
             reach[position[name]] = max(reach[position[name]], i + 1)
@@ -256,9 +361,15 @@ def _local_name(layer: Layer) -> str:
 def _segment_block(segment, layers, wiring, names) -> Block:
     ops = [OPS[layer.op] for layer in segment if layer.op in OPS]
     strided = any(layer.args.get("stride") not in (None, 1) for layer in segment)
-    # a sum with the entry is a residual unit, a concatenation with it a dense one
+    inside = {layer.output for layer in segment}
+    entry = next(name for layer in segment for name in layer.inputs if name not in inside)
+    joins = [layer for layer in segment if layer.op in OPS and OPS[layer.op].concatenates]
+    # a sum with the entry is a residual unit, a concatenation with it a dense one; a
+    # concatenation of recurrent cells reads both ways, of other paths side by side
     base = "residual" if any(op.operator == "+" for op in ops) else \
-        "dense_unit" if any(op.concatenates for op in ops) else \
+        "dense_unit" if any(entry in layer.inputs for layer in joins) else \
+        "bidirectional" if joins and any(layer.op in CELLS for layer in segment) else \
+        "branches" if joins else \
         "_".join(dict.fromkeys(layer.op for layer in segment[:2]))
     base += "_down" if strided else ""
     return Block(names.make(base), [], [])
@@ -269,7 +380,7 @@ def _unit_text(unit: Unit) -> str:
         args = ", ".join(value_text(v) for v in unit.args.values())
         text = f"{unit.name}({args})" if unit.args else unit.name
     else:
-        text = call_text(unit.name, unit.args)
+        text = call_text(unit.name, unit.args, list(unit.joins))
     if isinstance(unit.count, Param):
         return f"{text} x {unit.count}"
     return f"{text} x {unit.count}" if unit.count != 1 else text

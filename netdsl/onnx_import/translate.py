@@ -22,8 +22,9 @@ import onnx
 
 from netdsl.errors import SpecError, SpecErrors
 from netdsl.onnx_import.fold import BATCH, Folded
-from netdsl.onnx_import.layers import Layer, Network, Unsupported
+from netdsl.onnx_import.layers import Layer, Network, State, Unsupported
 from netdsl.onnx_import.recurrent import RECURRENT, is_recurrent, node_layout
+from netdsl.onnx_import.scan import SCAN
 from netdsl.ops import OPS
 from netdsl.ops.pool import pooled_size
 
@@ -67,6 +68,19 @@ class _Translator:
         self.onnx_dims: dict[str, tuple] = {}     # netdsl value -> ONNX's per-example dims
         self.layers: list[Layer] = []
         self.views: dict[tuple, str] = {}         # (value, dims) -> its reshape
+        # ONNX values of a sequence laid out one step per row, [batch (x time), dims...]:
+        # a Scan body's, and a sequence folded for a Gemm as netdsl's export writes it
+        self.stepwise: set[str] = set()
+        # ONNX shape values computed from the input: their entries, "B" the batch, "T"
+        # the time, numbers the fixed dims
+        self.symbolic: dict[str, tuple] = {}
+        # ONNX values of one row per example that only a recurrence's initial state may
+        # read: ("fill", number, shape) or ("learned", the row, shape), "B" in the shape
+        # where the batch is
+        self.filled: dict[str, tuple] = {}
+        self.states: dict[str, State] = {}        # netdsl value read steps back -> its state
+        self.classes: dict[str, int] = {}         # netdsl input of word indices -> V
+        self.within = ""                          # the Scan whose body is being translated
         self.problems: dict[tuple[str, str], list[str]] = {}
         self.readers: dict[str, int] = {}
         for node in folded.nodes:
@@ -82,12 +96,25 @@ class _Translator:
     def run(self) -> Network:
         inputs = {}
         initialised = set(self.folded.constants)
-        recurrent = any(is_recurrent(node) for node in self.folded.nodes)
+        recurrent = any(is_recurrent(node) or node.op_type == "Scan"
+                        for node in self.folded.nodes)
         for info in self.model.graph.input:
             if info.name in initialised:
                 continue
             shape = self.folded.shapes.get(info.name)
             elem = info.type.tensor_type.elem_type
+            vocabulary = self._vocabulary(info.name)
+            if vocabulary is not None and shape is not None and len(shape) in (1, 2):
+                # word indices an embedding table reads: `class(V)`, a sequence of them
+                # where the ids are [batch, time]
+                value = self._fresh()
+                self.dims[value] = self.onnx_dims[value] = ()
+                self.classes[value] = vocabulary
+                if len(shape) == 2:
+                    self.seq.add(value)
+                self.bind(info.name, value)
+                inputs[value] = ()
+                continue
             if recurrent and shape is not None and len(shape) == 3 and shape[2] is not None:
                 # a sequence: [batch, time, features], or [time, batch, features] where an
                 # RNN node reads it as it is (netdsl's input is batch-major all the same)
@@ -118,32 +145,7 @@ class _Translator:
             self.bind(info.name, value)
             inputs[value] = tuple(shape[1:])
         for node in self.folded.nodes:
-            self.node = node
-            rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-            if rule is None:
-                domain = f" of domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
-                self._problem(node.op_type + domain, node.name,
-                              "a netdsl layer for this operator (see docs/onnx.md for those "
-                              "netc import knows)")
-                continue
-            attrs = {a.name: _plain(onnx.helper.get_attribute_value(a)) for a in node.attribute}
-            bad = [key for key in attrs if key not in rule.attrs or
-                   (rule.attrs[key] is not None and _plain(attrs[key]) not in rule.attrs[key])]
-            if bad:
-                for key in bad:
-                    allowed = rule.attrs.get(key)
-                    why = (f"attribute {key}={_plain(attrs[key])!r} (netdsl follows "
-                           f"{', '.join(map(repr, allowed))})" if allowed else
-                           f"attribute {key}, which netdsl has no counterpart for")
-                    self._problem(node.op_type, node.name, why)
-                continue
-            if any(name and name not in self.values and name not in self.folded.constants
-                   for name in node.input):
-                continue  # an input a reported node would have made
-            try:
-                rule.apply(self, node, attrs)
-            except Unsupported as exc:
-                self._problem(node.op_type, node.name, exc.need)
+            self.translate_node(node)
         outputs = []
         for info in self.model.graph.output:
             if info.name in self.folded.constants:
@@ -154,22 +156,76 @@ class _Translator:
                 # netdsl's value holds the same numbers batch-major
                 outputs.append(self.values[info.name])
                 self.laid_out[self.values[info.name]] = self.axes[info.name]
+            elif info.name in self.symbolic or info.name in self.filled:
+                self._problem("output", info.name, "an output computed from the input's "
+                              "values (this one is its shape, or a constant per example)")
             elif info.name in self.values:
                 try:
                     outputs.append(self.tensor(info.name))
                 except Unsupported as exc:
                     self._problem("output", info.name, exc.need)
         self._raise()
-        return Network(self.name, inputs, _live(self.layers, outputs), outputs, dict(self.dims),
-                       set(self.seq), dict(self.laid_out))
+        layers = _live(self.layers, outputs, self.states)
+        made = {layer.output for layer in layers}
+        states = {read: state for read, state in self.states.items() if state.source in made}
+        onnx_names = {self.values[i.name]: i.name for i in self.model.graph.input
+                      if i.name in self.values and self.values[i.name] in inputs}
+        return Network(self.name, inputs, layers, outputs, dict(self.dims),
+                       set(self.seq), dict(self.laid_out), states, dict(self.classes),
+                       onnx_names)
+
+    def _vocabulary(self, name: str) -> int | None:
+        """The rows of the constant table an integer input indexes (through reshapes), if
+        a Gather reads it so: the input is word indices then."""
+        views = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+        reached = {name}
+        for node in self.folded.nodes:
+            if node.op_type in views and node.input[0] in reached:
+                reached.add(node.output[0])
+            elif node.op_type == "Gather" and len(node.input) > 1 and \
+                    node.input[1] in reached and node.input[0] in self.folded.constants and \
+                    node_attr(node, "axis", 0) == 0:
+                return int(self.folded.constants[node.input[0]].shape[0])
+        return None
+
+    def translate_node(self, node: onnx.NodeProto) -> None:
+        """Translate one node by its rule, or record why netdsl cannot express it."""
+        self.node = node
+        rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if rule is None:
+            domain = f" of domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
+            self._problem(node.op_type + domain, node.name,
+                          "a netdsl layer for this operator (see docs/onnx.md for those "
+                          "netc import knows)")
+            return
+        attrs = {a.name: _plain(onnx.helper.get_attribute_value(a)) for a in node.attribute}
+        bad = [key for key in attrs if key not in rule.attrs or
+               (rule.attrs[key] is not None and _plain(attrs[key]) not in rule.attrs[key])]
+        if bad:
+            for key in bad:
+                allowed = rule.attrs.get(key)
+                why = (f"attribute {key}={_plain(attrs[key])!r} (netdsl follows "
+                       f"{', '.join(map(repr, allowed))})" if allowed else
+                       f"attribute {key}, which netdsl has no counterpart for")
+                self._problem(node.op_type, node.name, why)
+            return
+        known = (self.values, self.folded.constants, self.symbolic, self.filled)
+        if any(name and not any(name in k for k in known) for name in node.input):
+            return  # an input a reported node would have made
+        try:
+            rule.apply(self, node, attrs)
+        except Unsupported as exc:
+            self._problem(node.op_type, node.name, exc.need)
 
     def _problem(self, op_type: str, node: str, need: str) -> None:
-        self.problems.setdefault((op_type, need), []).append(node or "(unnamed)")
+        where = f"'{node or '(unnamed)'}'" + (f" (in the body of Scan '{self.within}')"
+                                              if self.within else "")
+        self.problems.setdefault((op_type, need), []).append(where)
 
     def _raise(self) -> None:
         errors = []
         for (op_type, need), nodes in self.problems.items():
-            where = ", ".join(f"'{n}'" for n in nodes[:3])
+            where = ", ".join(nodes[:3])
             more = f" and {len(nodes) - 3} more" if len(nodes) > 3 else ""
             what = op_type if op_type in ("input", "output") else "node"
             label = op_type if what == "node" else ""
@@ -203,6 +259,9 @@ class _Translator:
         if name in self.folded.constants:
             raise Unsupported("a constant tensor as an operand (netdsl's layers read "
                               "constants only as their weights)")
+        if name in self.symbolic or name in self.filled:
+            raise Unsupported("a value of the batch's shape as an operand (netdsl builds "
+                              "shapes itself; a Scan's initial state may be one)")
         if name in self.axes:
             raise Unsupported("values laid out [batch, time, ...] (this one is "
                               f"{_axes_text(self.axes[name])}; netdsl's sequences are "
@@ -234,11 +293,23 @@ class _Translator:
         self.onnx_dims[value] = tuple(onnx_dims if onnx_dims is not None else dims)
         return value
 
-    def bind(self, output: str, value: str, dims: tuple | None = None) -> None:
+    def reverse(self, value: str) -> str:
+        """`value -> reverse`: the sequence, last step first."""
+        out = self.emit("reverse", {}, [value], self.dims[value])
+        self.seq.add(out)  # a whole-sequence op that gives a sequence
+        return out
+
+    def bind(self, output: str, value: str, dims: tuple | None = None,
+             stepwise: bool | None = None) -> None:
         """The ONNX value `output` is the netdsl value `value`, which has ONNX's dims
-        `dims` (the value's own ONNX layout unless given)."""
+        `dims` (the value's own ONNX layout unless given); laid out one step per row
+        (`stepwise`) when the node's inputs are, unless said."""
         self.values[output] = value
         self.layout[output] = tuple(dims) if dims is not None else self.onnx_dims[value]
+        if stepwise is None:
+            stepwise = self.node is not None and any(n in self.stepwise for n in self.node.input)
+        if stepwise:
+            self.stepwise.add(output)
 
     def used(self, name: str) -> bool:
         return bool(name) and self.readers.get(name, 0) > 0
@@ -247,23 +318,28 @@ class _Translator:
         """ONNX's per-example dims of the node's first output, from shape inference (per
         step, when it reads a sequence)."""
         shape = self.folded.shapes.get(node.output[0])
-        timed = any(self.values.get(name) in self.seq for name in node.input if name)
+        timed = any(self.values.get(name) in self.seq and name not in self.stepwise
+                    for name in node.input if name)
         skip = 2 if timed else 1
         if shape is None or any(d is None for d in shape[skip:]):
             raise Unsupported("an output whose shape shape inference can tell")
         return tuple(shape[skip:])
 
 
-def _live(layers: list[Layer], outputs: list[str]) -> list[Layer]:
+def _live(layers: list[Layer], outputs: list[str], states: dict) -> list[Layer]:
     """The layers an output depends on (PyTorch's h_n of every layer of a stack, of which
-    the classifier reads the last, leaves the others' unread)."""
+    the classifier reads the last, leaves the others' unread), through the states they
+    read too."""
     needed = set(outputs)
-    kept = []
-    for layer in reversed(layers):
-        if layer.output in needed:
-            kept.append(layer)
-            needed.update(layer.inputs)
-    return kept[::-1]
+    while True:
+        count = len(needed)
+        for layer in reversed(layers):
+            if layer.output in needed:
+                needed.update(layer.inputs)
+        needed.update(states[v].source for v in list(needed) if v in states)
+        needed.update(states[v].start for v in list(needed) if v in states and states[v].start)
+        if len(needed) == count:
+            return [layer for layer in layers if layer.output in needed]
 
 
 def _plain(value):
@@ -485,9 +561,14 @@ def _reduce(op: str):
             axes = [int(a) for a in t.const(node.input[1], "constant axes")]
         else:
             axes = list(attrs.get("axes", ()))
-        rank = len(dims) + 1
+        timed = x in t.seq and node.input[0] not in t.stepwise
+        rank = len(dims) + 1 + timed
         axes = sorted(a + rank if a < 0 else a for a in axes)
-        if len(dims) < 2 or axes != list(range(2, rank)):
+        if timed and op == "global_avgpool" and axes == [1] and not attrs.get("keepdims", 1):
+            # the average of a sequence's steps: netdsl's mean
+            t.bind(node.output[0], t.emit("mean", {}, [x], dims))
+            return
+        if timed or len(dims) < 2 or axes != list(range(2, rank)):
             raise Unsupported("a reduction over every spatial axis [C, ...] -> [C] (netdsl's "
                               "global pooling)")
         keep = attrs.get("keepdims", 1)
@@ -514,11 +595,20 @@ def _view(t: _Translator, node, attrs) -> None:
     if source in t.axes:
         _relaid(t, node, source)
         return
+    if source in t.symbolic:  # an entry of a shape made a vector of one: the same entries
+        t.symbolic[node.output[0]] = t.symbolic[source]
+        return
     value = t.raw(source)
-    if value in t.seq:
-        raise Unsupported("a reshape of one step's values (netdsl reshapes no sequence "
-                          "as a whole)")
     size = math.prod(t.layout[source])
+    target = node.input[1] if node.op_type == "Reshape" else None
+    if value in t.seq and source not in t.stepwise:
+        # netc export's dense over a sequence: [batch, time, F] folded to [batch * time, F]
+        dims = _folded(t, target, size)
+        t.bind(node.output[0], t.view(value, dims), dims, stepwise=True)
+        return
+    if target in t.symbolic:
+        _unfolded(t, node, source, value, t.symbolic[target], size)
+        return
     shape_out = t.folded.shapes.get(node.output[0])
     if shape_out is not None and all(d is not None for d in shape_out[1:]):
         dims = tuple(shape_out[1:])
@@ -531,9 +621,204 @@ def _view(t: _Translator, node, attrs) -> None:
     t.bind(node.output[0], t.view(value, dims), dims)
 
 
+def _folded(t: _Translator, target: str | None, size: int) -> tuple:
+    """The per-step dims of a Reshape of a sequence to [-1, dims...] (one step per row)."""
+    shape = [int(d) for d in t.const(target)] if target and t.is_const(target) else None
+    if shape == [-1] and size == 1:  # word indices, one per row
+        return ()
+    if shape is None or len(shape) < 2 or shape[0] != -1 or \
+            math.prod(d for d in shape[1:]) != size:
+        raise Unsupported("a reshape of a sequence to one step per row [-1, dims...] (netdsl "
+                          "reshapes no sequence as a whole)")
+    return tuple(shape[1:])
+
+
+def _unfolded(t: _Translator, node, source: str, value: str, target: tuple,
+              size: int) -> None:
+    """A Reshape to a shape computed from the input: the rows of a folded sequence back
+    to [batch, time, dims...], or an example's dims with the batch axis first."""
+    head = ("B", "T") if source in t.stepwise and value in t.seq else ("B",)
+    dims = target[len(head):]
+    if tuple(target[:len(head)]) != head or any(not isinstance(d, int) for d in dims) or \
+            math.prod(dims) != size:
+        raise Unsupported("a reshape that keeps the batch (and time) axes first and alone")
+    t.bind(node.output[0], t.view(value, dims), dims, stepwise=False)
+
+
+def _shape(t: _Translator, node, attrs) -> None:
+    """Shape of a value computed from the input: its entries, symbolic where the batch
+    or the time axis is (a shape operand of a Reshape, ConstantOfShape or Expand)."""
+    source = node.input[0]
+    if source in t.stepwise or source not in t.values:
+        raise Unsupported("the shape of a sequence or an example")
+    seq = t.values[source] in t.seq
+    labels = t.axes.get(source, (("B", "T") if seq else ("B",)) +
+                        tuple(range(len(t.layout[source]))))
+    entries = tuple(t.layout[source][a] if isinstance(a, int) else a for a in labels)
+    if "D" in entries:
+        raise Unsupported("the shape of a value without an RNN's directions axis")
+    t.symbolic[node.output[0]] = entries[attrs.get("start", 0):attrs.get("end", len(entries))]
+
+
+def _entries(t: _Translator, name: str) -> tuple:
+    """A shape operand's entries: symbolic, or a constant's numbers (BATCH as "B")."""
+    if name in t.symbolic:
+        return t.symbolic[name]
+    values = np.asarray(t.const(name, "a shape")).reshape(-1)
+    return tuple("B" if int(v) == BATCH else int(v) for v in values)
+
+
+def _batch_rows(t: _Translator, name: str) -> tuple:
+    """The per-example dims of a shape operand [batch, dims...]."""
+    entries = _entries(t, name)
+    if not entries or entries[0] != "B" or any(not isinstance(d, int) for d in entries[1:]):
+        raise Unsupported("a shape of one row per example [batch, dims...] (a Scan's "
+                          "initial state)")
+    return entries[1:]
+
+
+def _constant_of_shape(t: _Translator, node, attrs) -> None:
+    fill = attrs.get("value")
+    number = float(onnx.numpy_helper.to_array(fill).reshape(-1)[0]) if fill is not None else 0.0
+    _fill(t, node.output[0], node.input[0], number)
+
+
+def _fill(t: _Translator, output: str, shape: str, number: float) -> None:
+    """A number over a shape with the batch in it: a Scan's initial state, or an RNN's
+    zero initial states."""
+    entries = _entries(t, shape)
+    if entries.count("B") != 1 or any(not isinstance(d, int) for d in entries if d != "B"):
+        raise Unsupported("a shape with the batch in it and fixed dims (a recurrence's "
+                          "initial state)")
+    t.filled[output] = ("fill", number, entries)
+
+
+def _expand(t: _Translator, node, attrs) -> None:
+    """Expand: a learned row repeated over the batch (a Scan's initial state), or the
+    copies of each cell that netc export writes for upsample."""
+    if t.is_const(node.input[0]):
+        row = np.asarray(t.const(node.input[0]), np.float32)
+        if row.size == 1:  # a number (an RNN's zero states); a row is a learned value
+            _fill(t, node.output[0], node.input[1], float(row.reshape(-1)[0]))
+            return
+        dims = _batch_rows(t, node.input[1])
+        t.filled[node.output[0]] = ("learned", np.broadcast_to(row, dims).copy(),
+                                    ("B",) + dims)
+        return
+    _upsampled(t, node, node.input[0], [d for d in _entries(t, node.input[1])])
+
+
+def _upsampled(t: _Translator, node, source: str, shape: list) -> None:
+    """[C, H, 1, W, 1] expanded to [C, H, s, W, s]: each cell of [C, H, W] copied s times
+    along each spatial axis, netdsl's upsample(s) (nearest)."""
+    value = t.raw(source)
+    producer = next((layer for layer in reversed(t.layers) if layer.output == value), None)
+    need = "an expansion of each cell of an image (netdsl's upsample)"
+    if producer is None or producer.op != "reshape" or value in t.seq or \
+            any(not isinstance(d, int) for d in shape):
+        raise Unsupported(need)
+    inner = producer.inputs[0]
+    dims = t.dims[inner]
+    single = t.layout[source]
+    if len(dims) < 2 or single != (dims[0],) + tuple(d for n in dims[1:] for d in (n, 1)):
+        raise Unsupported(need)
+    target = ([1] * (len(single) + 1 - len(shape)) + list(shape))[1:]  # broadcast from the right
+    if len(target) != len(single) or any(d not in (1, n) and n != 1
+                                         for d, n in zip(target, single)):
+        raise Unsupported(need)
+    blocks = tuple(max(d, n) for d, n in zip(target, single))
+    if blocks[0] != dims[0] or blocks[1::2] != tuple(dims[1:]):
+        raise Unsupported(need)
+    scale = blocks[2::2]
+    up = t.emit("upsample", {"scale": _compact(scale)}, [inner],
+                (dims[0],) + tuple(n * s for n, s in zip(dims[1:], scale)))
+    t.bind(node.output[0], up, blocks)
+
+
+def _slice(t: _Translator, node, attrs) -> None:
+    """Slice of one example's dims: an equal chunk along one axis (netdsl's split, as its
+    export writes it), or a centred crop of the spatial dims to those of another value
+    (netdsl's crop)."""
+    source = node.input[0]
+    if source in t.filled:
+        _sliced_fill(t, node, source)
+        return
+    value = t.raw(source)
+    layout = t.layout[source]
+    lead = 2 if value in t.seq and source not in t.stepwise else 1
+    starts, ends = (np.asarray(t.const(n, "constant bounds")).reshape(-1) for n in node.input[1:3])
+    rank = lead + len(layout)
+    axes = list(np.asarray(t.const(node.input[3])).reshape(-1)) if len(node.input) > 3 \
+        and node.input[3] else list(range(len(starts)))
+    steps = list(np.asarray(t.const(node.input[4])).reshape(-1)) if len(node.input) > 4 \
+        and node.input[4] else [1] * len(starts)
+    window = {}
+    for a, lo, hi, step in zip(axes, starts, ends, steps):
+        a = int(a) + rank if a < 0 else int(a)
+        if lead == 2 and a == 1 and (lo, step) == (-1, -1) and hi <= -2 ** 31 and \
+                len(axes) == 1:  # every step, last first: netdsl's reverse
+            t.bind(node.output[0], t.reverse(value), layout)
+            return
+        if a < lead:
+            raise Unsupported("a slice of an example's own dims (not of the batch or time)")
+        n = layout[a - lead]
+        lo, hi = (int(np.clip(b + n if b < 0 else b, 0, n)) for b in (lo, hi))
+        if step != 1:
+            raise Unsupported("a slice with steps of 1 (or a sequence's time axis reversed)")
+        if hi <= lo:
+            raise Unsupported("a slice that keeps some of each axis")
+        if (lo, hi) != (0, n):
+            window[a - lead] = (lo, hi)
+    if not window:
+        t.bind(node.output[0], value, layout)
+        return
+    x = t.tensor(source)
+    if len(window) == 1:
+        ((axis, (lo, hi)),) = window.items()
+        size, n = hi - lo, layout[axis]
+        if n % size == 0 and lo % size == 0:
+            out = tuple(size if i == axis else d for i, d in enumerate(layout))
+            t.bind(node.output[0], t.emit("split", {"parts": n // size, "axis": axis,
+                                                    "index": lo // size}, [x], out))
+            return
+    out = tuple(hi - lo if i in window else d for i, (d, (lo, hi)) in
+                enumerate(zip(layout, [window.get(i, (0, d)) for i, d in enumerate(layout)])))
+    centred = all(lo == (layout[i] - (hi - lo)) // 2 for i, (lo, hi) in window.items())
+    like = next((v for v, d in t.dims.items() if len(d) == len(out) and d[1:] == out[1:]
+                 and v != x and (v in t.seq) == (x in t.seq) and v not in t.states), None) \
+        if centred and 0 not in window and len(layout) >= 2 else None
+    if like is None:
+        raise Unsupported("an equal chunk of one axis (netdsl's split), or a centred crop "
+                          "of the spatial dims to those of another value (netdsl's crop)")
+    t.bind(node.output[0], t.emit("crop", {}, [x, like], out))
+
+
+def _sliced_fill(t: _Translator, node, source: str) -> None:
+    """A slice of a number over a shape with the batch in it (one layer's zero initial
+    states of a stack's): the same number over the sliced shape."""
+    kind, number, shape = t.filled[source]
+    if kind != "fill":
+        raise Unsupported("a slice of a value computed from the input")
+    bounds = [np.asarray(t.const(n, "constant bounds")).reshape(-1) for n in node.input[1:3]]
+    axes = np.asarray(t.const(node.input[3])).reshape(-1) if len(node.input) > 3 and \
+        node.input[3] else range(len(bounds[0]))
+    steps = np.asarray(t.const(node.input[4])).reshape(-1) if len(node.input) > 4 and \
+        node.input[4] else [1] * len(bounds[0])
+    sliced = list(shape)
+    for a, lo, hi, step in zip(axes, *bounds, steps):
+        a = int(a) % len(shape)
+        if shape[a] == "B":
+            raise Unsupported("a slice of an example's own dims (not of the batch)")
+        sliced[a] = len(range(*slice(int(lo), int(hi), int(step)).indices(shape[a])))
+    t.filled[node.output[0]] = (kind, number, tuple(sliced))
+
+
 def _relaid(t: _Translator, node, source: str) -> None:
     """Squeeze of an RNN's directions axis: the same value, one axis fewer."""
     axes = t.axes[source]
+    if node.op_type == "Reshape":
+        _merged(t, node, source, axes)
+        return
     if node.op_type != "Squeeze":
         raise Unsupported("a squeeze of the directions axis of an RNN's output")
     drop = node.input[1] if len(node.input) > 1 and node.input[1] else None
@@ -542,6 +827,23 @@ def _relaid(t: _Translator, node, source: str) -> None:
     if not dropped or any(axes[a] != "D" for a in dropped):
         raise Unsupported("a squeeze of the directions axis of an RNN's output")
     _relabel(t, node.output[0], source, tuple(a for i, a in enumerate(axes) if i not in dropped))
+
+
+def _merged(t: _Translator, node, source: str, axes: tuple) -> None:
+    """A Reshape that merges a bidirectional RNN's [2, n] per step into one vector
+    (PyTorch's, after moving the directions axis beside the features): the same value,
+    its concatenation of the two directions."""
+    lead = tuple(a for a in axes if not isinstance(a, int))
+    own = [a for a in axes if isinstance(a, int)]
+    target = [int(d) for d in t.const(node.input[1], "a constant target shape")]
+    size = math.prod(t.layout[source])
+    if axes != lead + tuple(own) or own != sorted(own) or len(target) != len(lead) + 1 or \
+            target[-1] not in (-1, size) or "D" in lead:
+        raise Unsupported("a reshape that merges each step's own dims, after the batch "
+                          "and time axes")
+    t.values[node.output[0]] = t.values[source]
+    t.layout[node.output[0]] = (size,)
+    _relabel(t, node.output[0], node.output[0], lead + (0,))
 
 
 def _relabel(t: _Translator, output: str, source: str, axes: tuple) -> None:
@@ -579,6 +881,13 @@ def _transpose(t: _Translator, node, attrs) -> None:
 def _gather(t: _Translator, node, attrs) -> None:
     """One step of a sequence (`last`, `first`) or the one direction of an RNN's state."""
     source = node.input[0]
+    if source in t.symbolic:  # one entry of a shape (the batch, the time)
+        index = np.asarray(t.const(node.input[1], "a constant index")).reshape(-1)
+        t.symbolic[node.output[0]] = tuple(t.symbolic[source][int(i)] for i in index)
+        return
+    if t.is_const(source) and node.input[1] in t.values and attrs.get("axis", 0) == 0:
+        _embedding(t, node, source)
+        return
     if source not in t.values:
         raise Unsupported("a gather from a value computed from the input")
     value = t.values[source]
@@ -602,6 +911,17 @@ def _gather(t: _Translator, node, attrs) -> None:
     t.layout[node.output[0]] = t.dims[value]
     if kept != ("B",) + tuple(range(len(t.dims[value]))):
         t.axes[node.output[0]] = kept
+
+
+def _embedding(t: _Translator, node, table: str) -> None:
+    """Rows of a constant table picked by word indices: netdsl's embedding."""
+    ids = t.values[node.input[1]]
+    weight = np.asarray(t.const(table), np.float32)
+    if ids not in t.classes or t.dims[ids] != () or weight.ndim != 2:
+        raise Unsupported("rows of a 2-d table picked by word indices (an input of "
+                          "class(V), netdsl's embedding)")
+    dim = int(weight.shape[1])
+    t.bind(node.output[0], t.emit("embedding", {"dim": dim}, [ids], (dim,), {"weight": weight}))
 
 
 def _axes_text(axes: tuple) -> str:
@@ -709,6 +1029,9 @@ def _sum(t: _Translator, node, attrs) -> None:
 
 
 def _concat(t: _Translator, node, attrs) -> None:
+    if any(name in t.symbolic for name in node.input):
+        t.symbolic[node.output[0]] = sum((_entries(t, name) for name in node.input), ())
+        return
     stacked = [t.axes.get(name) for name in node.input]
     if all(axes is not None and "D" in axes for axes in stacked) and \
             len(set(stacked)) == 1 and stacked[0][attrs["axis"]] == "D":
@@ -798,5 +1121,9 @@ RULES: dict[str, Rule] = {
     "Identity": Rule(_alias),
     "Transpose": Rule(_transpose, {"perm": _ANY}),
     "Gather": Rule(_gather, {"axis": _ANY}),
-    **{op: Rule(apply, attrs) for op, (apply, attrs) in RECURRENT.items()},
+    "Shape": Rule(_shape, {"start": _ANY, "end": _ANY}),
+    "ConstantOfShape": Rule(_constant_of_shape, {"value": _ANY}),
+    "Expand": Rule(_expand),
+    "Slice": Rule(_slice),
+    **{op: Rule(apply, attrs) for op, (apply, attrs) in {**RECURRENT, **SCAN}.items()},
 }

@@ -51,7 +51,8 @@ def call_text(op: str, args: dict, tensors: list[str] = ()) -> str:
         value = args[arg.name]
         if arg.default is REQUIRED and positional:
             parts.append(value_text(value))
-        elif arg.default is REQUIRED or value != arg.default:
+        elif arg.default is REQUIRED or value != arg.default or \
+                (OPS[op].multi_output and arg.name == "index"):  # one part, not all of them
             positional = False
             parts.append(f"{arg.name}={value_text(value)}")
     return f"{op}({', '.join(parts)})" if parts else op
@@ -90,13 +91,15 @@ class Names:
         return name
 
 
-def chains(net: Network) -> list[list[Layer]]:
-    """The layers cut into pipelines: a layer joins the pipeline of its first input when
-    nothing else reads that input and it is no output of the network."""
+def chains(net: Network, layers: list[Layer]) -> list[list[Layer]]:
+    """`layers` (the network's, or some of them) cut into pipelines: a layer joins the
+    pipeline of its first input when nothing else reads that input and it is no output
+    of the network."""
     readers = net.consumers()
-    outputs = set(net.outputs)
-    made = {layer.output for layer in net.layers}
-    return pipelines(net.layers, lambda first: first in made and first not in outputs
+    outputs = set(net.outputs) | {state.source for state in net.states.values()} | \
+        {state.start for state in net.states.values() if state.start}
+    made = {layer.output for layer in layers}
+    return pipelines(layers, lambda first: first in made and first not in outputs
                      and len(readers.get(first, [])) == 1)
 
 
@@ -145,21 +148,38 @@ def scored(net: Network, value: str) -> bool:
         producer.op not in ("softmax", "log_softmax", "sigmoid")
 
 
+def input_names(net: Network) -> dict[str, str]:
+    """Each input's name in the spec: ONNX's where it is a plain name (a spec exported
+    by netc export keeps its own), else x, x2, ..."""
+    taken = Names((KEYWORDS - {"x"}) | set(OPS))  # x: reserved for a block's input only
+    names = {}
+    for n, value in enumerate(net.inputs, 1):
+        given = net.onnx_names.get(value, "")
+        plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,30}", given) and \
+            given not in taken.taken
+        names[value] = taken.make(given if plain else "x" if n == 1 else f"x{n}")
+    return names
+
+
 def write_spec(net: Network, lines: list[str] | None = None, names: dict | None = None,
-               header: str = "") -> tuple[str, dict[str, str]]:
+               header: str = "", rest: list[Layer] = ()) -> tuple[str, dict[str, str]]:
     """The spec of `net` in fmt's canonical form, and the names it gives the inputs and
     the values it names. `lines` and `names`, when given, are statements and value
-    names a structure pass already wrote (blocks, calls)."""
+    names a structure pass already wrote (blocks, calls; a list among the lines: layers
+    to write as pipelines there), and `rest` the layers they leave to be written as
+    pipelines after them (side branches)."""
     text = [f"network {net.name}"]
     if any(layer.op in CELLS for layer in net.layers):
         text.append("import rnn")
-    names = dict(names or {})
+    names = {**input_names(net), **(names or {})}
     taken = Names(names.values())
     for value, dims in net.inputs.items():
-        if value not in names:
-            names[value] = taken.make("x" if "x" not in taken.taken else "input")
         seq = "seq" if value in net.sequences else ""
-        text.append(f"input  {names[value]} : {seq}{value_text(list(dims))}")
+        if value in net.classes:  # word indices
+            kind = f"{seq + ' ' if seq else ''}class({net.classes[value]})"
+        else:
+            kind = f"{seq}{value_text(list(dims))}"
+        text.append(f"input  {names[value]} : {kind}")
     targets = []
     for i, value in enumerate(net.outputs):
         target = taken.make("y")
@@ -169,20 +189,58 @@ def write_spec(net: Network, lines: list[str] | None = None, names: dict | None 
         text.append(f"target {target} : {seq}" + (f"class({dims[0]})" if klass
                                                    else value_text(list(dims))))
         targets.append((target, klass))
+    text.extend(_states(net, names, taken))
     text.append("")
-    text.extend(lines if lines is not None else _statements(net, names, taken))
+    for item in lines if lines is not None else [net.layers]:
+        # a line as written, or layers to write as pipelines at this place
+        text.extend(_statements(net, item, names, taken) if isinstance(item, list) else [item])
+    if rest:
+        text.extend(_statements(net, list(rest), names, taken))
     for value, (target, klass) in zip(net.outputs, targets):
         kind = "cross_entropy" if klass else "mse"
         text.append(f"loss {kind}({names[value]}, {target})")
     return format_text(header + "\n".join(text) + "\n"), names
 
 
-def in_order(pipelines: list[list[Layer]]) -> list[list[Layer]]:
+def _states(net: Network, names: dict, taken: Names) -> list[str]:
+    """`state h : [n] = learned` for each value a recurrence reads back; the reads named
+    `h[t-1]`. A state started from a value the network computes is declared after that
+    value's statement (`_statements`), unless the value is an input."""
+    lines = []
+    hints = {state.source: state.hint for state in net.states.values()}
+    short = [hint.split("/")[-1] for hint in hints.values()]
+    for read, state in net.states.items():
+        if state.source not in names:
+            last = state.hint.split("/")[-1]   # `c`, unless several states are called so
+            hint = last if short.count(last) == 1 else state.hint
+            names[state.source] = taken.make(identifier(hint.replace("/", "_"), "h"))
+            if state.start is None or state.start in net.inputs:
+                lines.append(_declaration(state, names))
+        names[read] = f"{names[state.source]}[t-{state.delay}]"
+    return lines
+
+
+def _declaration(state, names: dict) -> str:
+    """`state h : [n]`, with ` = learned`, ` = 0.5` or ` = enc` where it does not start
+    from zeros."""
+    if state.start is not None:
+        init = f" = {names[state.start]}"
+    elif state.init == "zeros":
+        init = ""
+    else:
+        init = f" = {state.init if isinstance(state.init, str) else value_text(state.init)}"
+    return f"state  {names[state.source]} : {value_text(list(state.dims))}{init}"
+
+
+def in_order(pipelines: list[list[Layer]], after: dict | None = None) -> list[list[Layer]]:
     """The pipelines ordered so that each comes after those it reads (a pipeline may read
-    a value of one that starts later than it)."""
+    a value of one that starts later than it), and a reader of a value in `after` after
+    the value it names there too (a state's read after the state's start)."""
+    after = after or {}
     made = {layer.output: i for i, chain in enumerate(pipelines) for layer in chain}
-    needs = [{made[name] for layer in chain for name in layer.inputs
-              if name in made and made[name] != i} for i, chain in enumerate(pipelines)]
+    needs = [{made[source] for layer in chain for name in layer.inputs
+              for source in (name, after.get(name))
+              if source in made and made[source] != i} for i, chain in enumerate(pipelines)]
     done, order = set(), []
     while len(order) < len(pipelines):
         for i, chain in enumerate(pipelines):
@@ -193,16 +251,25 @@ def in_order(pipelines: list[list[Layer]]) -> list[list[Layer]]:
     return order
 
 
-def _statements(net: Network, names: dict, taken: Names) -> list[str]:
+def _statements(net: Network, layers: list[Layer], names: dict, taken: Names) -> list[str]:
     lines = []
     outputs = set(net.outputs)
     rank = 0
-    for chain in in_order(chains(net)):
+    started = {read: state.start for read, state in net.states.items()
+               if state.start is not None and state.start not in net.inputs}
+    declared = set()
+    for chain in in_order(chains(net, layers), started):
         for layer in chain:
             layer.rank, rank = rank, rank + 1
         last = chain[-1]
         base = "logits" if last.output in outputs and scored(net, last.output) and \
             len(outputs) == 1 else identifier(last.origin, last.op)
-        names[last.output] = taken.make(base)
+        if last.output not in names:  # a state's source is named by its declaration
+            names[last.output] = taken.make(base)
         lines.append(f"{names[last.output]} = {pipeline_text(chain, names)}")
+        for read, start in started.items():  # the states this value starts
+            source = net.states[read].source
+            if start == last.output and source not in declared:
+                declared.add(source)
+                lines.append(_declaration(net.states[read], names))
     return lines
