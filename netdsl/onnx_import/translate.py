@@ -80,7 +80,7 @@ class _Translator:
         self.filled: dict[str, tuple] = {}
         self.states: dict[str, State] = {}        # netdsl value read steps back -> its state
         self.classes: dict[str, int] = {}         # netdsl input of word indices -> V
-        self.within = ""                          # the Scan whose body is being translated
+        self.within = ""                          # the loop whose body is being translated
         self.problems: dict[tuple[str, str], list[str]] = {}
         self.readers: dict[str, int] = {}
         for node in folded.nodes:
@@ -218,7 +218,7 @@ class _Translator:
             self._problem(node.op_type, node.name, exc.need)
 
     def _problem(self, op_type: str, node: str, need: str) -> None:
-        where = f"'{node or '(unnamed)'}'" + (f" (in the body of Scan '{self.within}')"
+        where = f"'{node or '(unnamed)'}'" + (f" (in the body of {self.within})"
                                               if self.within else "")
         self.problems.setdefault((op_type, need), []).append(where)
 
