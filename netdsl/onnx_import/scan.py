@@ -72,15 +72,17 @@ def carried_reads(t, infos, dims: list[tuple]) -> list[str]:
     return reads
 
 
-def translate_body(t, node, body) -> list[str | None] | None:
+def translate_body(t, node, body, skip: set = frozenset()) -> list[str | None] | None:
     """The body's nodes translated in the loop `node`, folded with the graph's
-    constants: the netdsl values of the body's outputs, or None when some node of it is
-    reported (naming the loop it is in)."""
+    constants (those that compute nothing but `skip`, a Loop's condition, left out): the
+    netdsl values of the body's outputs, or None when some node of it is reported
+    (naming the loop it is in)."""
     folded = fold_graph(body, t.folded.constants, t.folded.shapes,
                         {o.domain: o.version for o in t.model.opset_import})
     t.folded.constants.update(folded.constants)
     t.folded.shapes.update(folded.shapes)
-    for inner in folded.nodes:
+    nodes = [inner for inner in folded.nodes if not set(inner.output) <= skip]
+    for inner in nodes:
         for name in inner.input:
             t.readers[name] = t.readers.get(name, 0) + 1
     for info in body.output:
@@ -88,7 +90,7 @@ def translate_body(t, node, body) -> list[str | None] | None:
     problems, outer = _count(t), t.node
     t.within = f"{node.op_type} '{node.name or '(unnamed)'}'"
     try:
-        for inner in folded.nodes:
+        for inner in nodes:
             t.translate_node(inner)
     finally:
         t.node, t.within = outer, ""

@@ -23,6 +23,7 @@ import onnx
 from netdsl.errors import SpecError, SpecErrors
 from netdsl.onnx_import.fold import BATCH, Folded
 from netdsl.onnx_import.layers import Layer, Network, State, Unsupported
+from netdsl.onnx_import.loop import LOOP, read_step, shifted
 from netdsl.onnx_import.recurrent import RECURRENT, is_recurrent, node_layout
 from netdsl.onnx_import.scan import SCAN
 from netdsl.ops import OPS
@@ -81,6 +82,9 @@ class _Translator:
         self.states: dict[str, State] = {}        # netdsl value read steps back -> its state
         self.classes: dict[str, int] = {}         # netdsl input of word indices -> V
         self.within = ""                          # the loop whose body is being translated
+        # ONNX values of a Loop's iteration number, plus a constant: the offset
+        self.iterations: dict[str, int] = {}
+        self.stepped: list[str] = []              # the sequences Loop bodies read a step of
         self.problems: dict[tuple[str, str], list[str]] = {}
         self.readers: dict[str, int] = {}
         for node in folded.nodes:
@@ -96,7 +100,7 @@ class _Translator:
     def run(self) -> Network:
         inputs = {}
         initialised = set(self.folded.constants)
-        recurrent = any(is_recurrent(node) or node.op_type == "Scan"
+        recurrent = any(is_recurrent(node) or node.op_type in ("Scan", "Loop")
                         for node in self.folded.nodes)
         for info in self.model.graph.input:
             if info.name in initialised:
@@ -209,7 +213,8 @@ class _Translator:
                        f"attribute {key}, which netdsl has no counterpart for")
                 self._problem(node.op_type, node.name, why)
             return
-        known = (self.values, self.folded.constants, self.symbolic, self.filled)
+        known = (self.values, self.folded.constants, self.symbolic, self.filled,
+                 self.iterations)
         if any(name and not any(name in k for k in known) for name in node.input):
             return  # an input a reported node would have made
         try:
@@ -259,6 +264,9 @@ class _Translator:
         if name in self.folded.constants:
             raise Unsupported("a constant tensor as an operand (netdsl's layers read "
                               "constants only as their weights)")
+        if name in self.iterations:
+            raise Unsupported("the loop's iteration number as an index of the sequence's "
+                              "step alone (netdsl's steps have no number to compute with)")
         if name in self.symbolic or name in self.filled:
             raise Unsupported("a value of the batch's shape as an operand (netdsl builds "
                               "shapes itself; a Scan's initial state may be one)")
@@ -592,6 +600,9 @@ def _view(t: _Translator, node, attrs) -> None:
     """Flatten, Reshape, Squeeze, Unsqueeze: the same elements with other dims, as long
     as the batch axis stays first and alone."""
     source = node.input[0]
+    if source in t.iterations:  # the iteration number as a vector of one: the same index
+        t.iterations[node.output[0]] = t.iterations[source]
+        return
     if source in t.axes:
         _relaid(t, node, source)
         return
@@ -760,6 +771,8 @@ def _slice(t: _Translator, node, attrs) -> None:
             t.bind(node.output[0], t.reverse(value), layout)
             return
         if a < lead:
+            if (lo, step) == (0, 1) and hi >= 2 ** 31 - 1:
+                continue  # every row (TorchScript's x[:, t] slices the batch whole)
             raise Unsupported("a slice of an example's own dims (not of the batch or time)")
         n = layout[a - lead]
         lo, hi = (int(np.clip(b + n if b < 0 else b, 0, n)) for b in (lo, hi))
@@ -881,6 +894,9 @@ def _transpose(t: _Translator, node, attrs) -> None:
 def _gather(t: _Translator, node, attrs) -> None:
     """One step of a sequence (`last`, `first`) or the one direction of an RNN's state."""
     source = node.input[0]
+    if node.input[1] in t.iterations:  # a Loop's step of the sequence
+        read_step(t, node.output[0], source, attrs.get("axis", 0), t.iterations[node.input[1]])
+        return
     if source in t.symbolic:  # one entry of a shape (the batch, the time)
         index = np.asarray(t.const(node.input[1], "a constant index")).reshape(-1)
         t.symbolic[node.output[0]] = tuple(t.symbolic[source][int(i)] for i in index)
@@ -983,6 +999,9 @@ _OPERATORS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
 def _arith(t: _Translator, node, attrs) -> None:
     a, b = node.input
     kind = node.op_type
+    if a in t.iterations or b in t.iterations:  # an index of a Loop's step
+        t.iterations[node.output[0]] = shifted(t, node)
+        return
     if not t.is_const(a) and not t.is_const(b):
         x, y = t.tensor(a), t.tensor(b)
         if len(t.dims[x]) != len(t.dims[y]):
@@ -1125,5 +1144,5 @@ RULES: dict[str, Rule] = {
     "ConstantOfShape": Rule(_constant_of_shape, {"value": _ANY}),
     "Expand": Rule(_expand),
     "Slice": Rule(_slice),
-    **{op: Rule(apply, attrs) for op, (apply, attrs) in {**RECURRENT, **SCAN}.items()},
+    **{op: Rule(apply, attrs) for op, (apply, attrs) in {**RECURRENT, **SCAN, **LOOP}.items()},
 }

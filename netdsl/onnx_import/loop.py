@@ -1,0 +1,183 @@
+"""A Loop over a sequence's steps as a recurrence: the states and statements of a Scan.
+
+TorchScript's exporter writes a scripted module's `for t in range(x.size(1))` as a
+Loop whose trip count is the time length and whose body reads the step x[:, t]:
+
+    n   = Gather(Shape(x), 1)                          the time length
+    h_n = Loop(n, true, h0) { t, cond, h ->
+        true, tanh(Gemm(Gather(x, t, axis=1)) + MatMul(h, U)) }
+
+which is a Scan in other words, so it comes back as one (netdsl.onnx_import.scan's
+parts): each carried value a state read as h[t-1], the body's nodes the loop's
+statements, a value stacked over the steps (a scan output) a sequence, time-major as
+ONNX stacks it. What a netdsl recurrence is not is refused naming the Loop: a
+condition that can turn false (an early exit), a trip count other than the time
+length, a body that reads another step than its own or the iteration number as a
+value, and a loop inside a loop's body.
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from netdsl.onnx_import.fold import value_shapes
+from netdsl.onnx_import.layers import Unsupported
+from netdsl.onnx_import.scan import (bind_finals, bind_scanned, carried_reads, carry, initial,
+                                     sequence, step_dims, translate_body)
+
+__all__ = ["LOOP", "read_step", "shifted"]
+
+_ANY = None
+
+
+def _loop(t, node, attrs) -> None:
+    body = attrs["body"]
+    if t.within:
+        raise Unsupported("a loop outside any other loop's body (netdsl's recurrences do "
+                          "not nest)")
+    trip, condition = (list(node.input) + ["", ""])[:2]
+    if not trip:
+        raise Unsupported("a trip count, the sequence's length (a loop that runs until its "
+                          "condition turns false has no netdsl form)")
+    if condition and not _true(t, condition):
+        raise Unsupported("a condition that starts true (this loop may run no step)")
+    passed = _condition(body)
+    if not _stays_true(t, body, passed[-1]):
+        raise Unsupported("a condition that stays true (a loop that stops early has no "
+                          "netdsl form: netdsl's recurrences run over every step)")
+    length = _trip_count(t, trip)
+    starts_from = list(node.input[2:])
+    carried = len(starts_from)
+    shapes = value_shapes(body)
+    infos = body.input[2:]
+    reads = carried_reads(t, infos, [_carried_dims(t, shapes, info.name, start)
+                                     for info, start in zip(infos, starts_from)])
+    starts = [initial(t, name, t.dims[read]) for name, read in zip(starts_from, reads)]
+    t.iterations[body.input[0].name] = 0
+    stepped = len(t.stepped)
+    made = translate_body(t, node, body, skip=set(passed))
+    if made is None:
+        return  # the body's nodes are reported
+    if len(t.stepped) == stepped:
+        raise Unsupported("a body that reads a sequence's step at the iteration (a Gather "
+                          "of x at the iteration number along its time axis)")
+    if length != "T":
+        times = _input_lengths(t)
+        if not times or any(time != length for time in times):
+            raise Unsupported("a trip count that is the sequence's length (Shape of its time "
+                              f"axis); this one is {length}, the sequence "
+                              f"{'has ' + str(times[0]) if times else 'has any number of'} "
+                              "steps")
+    carry(t, [info.name for info in infos], reads, made[1:1 + carried], starts)
+    bind_finals(t, node.output[:carried], reads)
+    scanned = len(node.output) - carried
+    bind_scanned(t, node.output[carried:], body.output[1 + carried:], made[1 + carried:],
+                 [0] * scanned, [0] * scanned)   # Loop stacks its outputs time-major
+
+
+def read_step(t, output: str, source: str, axis: int, offset: int, unit: bool = False) -> None:
+    """`output` is the step of the sequence `source` at the iteration (plus `offset`)
+    along `axis`: the loop's own step, x[t], is the sequence itself, step by step; `unit`
+    where the step keeps its time axis of one (a Slice)."""
+    if offset != 0:
+        raise Unsupported("a body that reads the sequence at its own step, x[t] (this one "
+                          f"reads x[t{offset:+d}], another iteration's)")
+    value = sequence(t, source, axis)
+    labels = t.axes.get(source, ("B", "T"))
+    if unit and labels[:2] != ("B", "T"):
+        raise Unsupported("a step of a batch-major sequence [batch, time, ...]")
+    t.values[output] = value
+    t.layout[output] = ((1,) if unit else ()) + tuple(t.layout[source])
+    t.stepwise.add(output)
+    t.stepped.append(source)
+
+
+def shifted(t, node) -> int:
+    """The iteration number plus a constant (Add, Sub): its offset from the iteration."""
+    a, b = node.input
+    if a in t.iterations and t.is_const(b) or b in t.iterations and t.is_const(a) and \
+            node.op_type == "Add":
+        index, constant = (a, b) if a in t.iterations else (b, a)
+        number = np.asarray(t.const(constant)).reshape(-1)
+        if number.size == 1 and np.issubdtype(number.dtype, np.integer):
+            sign = -1 if node.op_type == "Sub" else 1
+            return t.iterations[index] + sign * int(number[0])
+    raise Unsupported("the iteration number as an index of the sequence's step alone "
+                      "(netdsl's steps have no number to compute with)")
+
+
+def _true(t, name: str) -> bool:
+    return t.is_const(name) and bool(np.all(np.asarray(t.const(name))))
+
+
+def _condition(body) -> list[str]:
+    """The body's condition output and the values it passes on unchanged (Identity),
+    back to the one it is: the names a condition that stays true leaves untranslated."""
+    made = {out: node for node in body.node for out in node.output}
+    names = [body.output[0].name]
+    while names[-1] in made and made[names[-1]].op_type == "Identity":
+        names.append(made[names[-1]].input[0])
+    return names
+
+
+def _stays_true(t, body, name: str) -> bool:
+    """Whether the condition the body passes on (`name`) is the one it reads, or true."""
+    made = {out: node for node in body.node for out in node.output}
+    if name == body.input[1].name:
+        return True
+    if name in made:
+        node = made[name]
+        value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"),
+                     None) if node.op_type == "Constant" else None
+        return value is not None and bool(np.all(value))
+    inits = {i.name: numpy_helper.to_array(i) for i in body.initializer}
+    if name in inits:
+        return bool(np.all(inits[name]))
+    return _true(t, name)  # a constant of the graph around the loop
+
+
+def _trip_count(t, name: str):
+    """"T" where the trip count is the time length, else the fixed number it is."""
+    if name in t.symbolic:
+        entries = tuple(t.symbolic[name])
+        if entries == ("T",):
+            return "T"
+        raise Unsupported("a trip count that is the sequence's length (Shape of its time "
+                          "axis)")
+    if not t.is_const(name):
+        raise Unsupported("a trip count that is the sequence's length (Shape of its time "
+                          "axis), not a value computed in the network")
+    return int(np.asarray(t.const(name)).reshape(-1)[0])
+
+
+def _input_lengths(t) -> list:
+    """The time lengths the model's sequence inputs declare (None where symbolic)."""
+    lengths = []
+    for info in t.model.graph.input:
+        value = t.values.get(info.name)
+        shape = t.folded.shapes.get(info.name)
+        if value is None or value not in t.seq or shape is None or len(shape) < 2:
+            continue
+        lengths.append(shape[0] if t.axes.get(info.name, ("B",))[0] == "T" else shape[1])
+    return lengths
+
+
+def _carried_dims(t, shapes: dict, name: str, start: str) -> tuple:
+    """A carried value's per-example dims: the body's, or (where the exporter leaves them
+    symbolic, as TorchScript's does) those of the value it starts from."""
+    try:
+        return step_dims(shapes, name)
+    except Unsupported:
+        pass
+    if start in t.filled:
+        shape = t.filled[start][2]
+        if shape[:1] == ("B",) and all(isinstance(d, int) for d in shape[1:]):
+            return tuple(shape[1:])
+    elif start in t.values and t.values[start] not in t.seq and start not in t.axes:
+        return t.dims[t.values[start]]
+    elif t.is_const(start) and np.ndim(t.const(start)) >= 2:
+        return tuple(np.shape(t.const(start))[1:])
+    raise Unsupported("carried values of known shape [batch, dims...]")
+
+
+LOOP = {"Loop": (_loop, {"body": _ANY})}
