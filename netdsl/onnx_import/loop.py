@@ -25,7 +25,7 @@ from netdsl.onnx_import.layers import Unsupported
 from netdsl.onnx_import.scan import (bind_finals, bind_scanned, carried_reads, carry, initial,
                                      sequence, step_dims, translate_body)
 
-__all__ = ["LOOP", "read_step", "shifted"]
+__all__ = ["LOOP", "read_slice", "read_step", "shifted"]
 
 _ANY = None
 
@@ -90,6 +90,21 @@ def read_step(t, output: str, source: str, axis: int, offset: int, unit: bool = 
     t.layout[output] = ((1,) if unit else ()) + tuple(t.layout[source])
     t.stepwise.add(output)
     t.stepped.append(source)
+
+
+def read_slice(t, node) -> None:
+    """A Slice from the iteration to the next along the time axis: the loop's step, its
+    time axis of one kept."""
+    starts, ends = node.input[1:3]
+    axes = np.asarray(t.const(node.input[3], "constant axes")).reshape(-1) \
+        if len(node.input) > 3 and node.input[3] else np.zeros(1, np.int64)
+    steps = np.asarray(t.const(node.input[4], "constant steps")).reshape(-1) \
+        if len(node.input) > 4 and node.input[4] else np.ones(1, np.int64)
+    if starts not in t.iterations or ends not in t.iterations or axes.size != 1 or \
+            t.iterations[ends] != t.iterations[starts] + 1 or int(steps[0]) != 1:
+        raise Unsupported("a slice of one step along the time axis, from the iteration to "
+                          "the next (x[:, t:t+1])")
+    read_step(t, node.output[0], node.input[0], int(axes[0]), t.iterations[starts], unit=True)
 
 
 def shifted(t, node) -> int:

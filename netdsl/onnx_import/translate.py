@@ -23,7 +23,7 @@ import onnx
 from netdsl.errors import SpecError, SpecErrors
 from netdsl.onnx_import.fold import BATCH, Folded
 from netdsl.onnx_import.layers import Layer, Network, State, Unsupported
-from netdsl.onnx_import.loop import LOOP, read_step, shifted
+from netdsl.onnx_import.loop import LOOP, read_slice, read_step, shifted
 from netdsl.onnx_import.recurrent import RECURRENT, is_recurrent, node_layout
 from netdsl.onnx_import.scan import SCAN
 from netdsl.ops import OPS
@@ -625,11 +625,25 @@ def _view(t: _Translator, node, attrs) -> None:
         dims = tuple(shape_out[1:])
     elif node.op_type == "Reshape" and t.is_const(node.input[1]):
         dims = _reshaped(t.layout[source], [int(d) for d in t.const(node.input[1])])
+    elif node.op_type == "Squeeze":
+        dims = _squeezed(t, node, t.layout[source])
     else:
         raise Unsupported("a target shape that shape inference can tell")
     if math.prod(dims) != size:
         raise Unsupported("a reshape that keeps the batch axis first and alone")
     t.bind(node.output[0], t.view(value, dims), dims)
+
+
+def _squeezed(t: _Translator, node, layout: tuple) -> tuple:
+    """The per-example dims a Squeeze leaves of `layout` (where inference cannot tell
+    them: a Loop's step of a sequence sliced at the iteration)."""
+    drop = node.input[1] if len(node.input) > 1 and node.input[1] else None
+    axes = [int(a) for a in (np.asarray(t.const(drop, "constant axes")).reshape(-1) if drop
+                             else node_attr(node, "axes", []))]
+    axes = [a + len(layout) + 1 if a < 0 else a for a in axes]
+    if not axes or any(a < 1 or a > len(layout) or layout[a - 1] != 1 for a in axes):
+        raise Unsupported("a squeeze of an example's own axes of one")
+    return tuple(d for i, d in enumerate(layout, 1) if i not in axes)
 
 
 def _folded(t: _Translator, target: str | None, size: int) -> tuple:
@@ -753,6 +767,9 @@ def _slice(t: _Translator, node, attrs) -> None:
     source = node.input[0]
     if source in t.filled:
         _sliced_fill(t, node, source)
+        return
+    if any(bound in t.iterations for bound in node.input[1:3]):  # a Loop's step
+        read_slice(t, node)
         return
     value = t.raw(source)
     layout = t.layout[source]
@@ -1007,7 +1024,9 @@ def _arith(t: _Translator, node, attrs) -> None:
         if len(t.dims[x]) != len(t.dims[y]):
             raise Unsupported("operands of the same rank (netdsl broadcasts within an "
                               "example, ONNX across the batch axis too)")
-        dims = t.out_shape(node)
+        # operands alike are their result's shape, which inference may not know (in a
+        # Loop's body); else broadcasting's, inference's
+        dims = t.dims[x] if t.dims[x] == t.dims[y] else t.out_shape(node)
         t.bind(node.output[0], t.emit(_OPERATORS[kind], {}, [x, y], dims))
         return
     if t.is_const(a) and t.is_const(b):
