@@ -159,6 +159,10 @@ REFUSED = {
         dict(trip=3),
         "Loop node 'recurrence': netdsl would need a trip count that is the sequence's "
         "length (Shape of its time axis); this one is 3"),
+    "a trip count other than the fixed time length": (
+        dict(trip=3, time=5),
+        "Loop node 'recurrence': netdsl would need a trip count that is the sequence's "
+        "length (Shape of its time axis); this one is 3, the sequence has 5 steps"),
     "a body that reads the next step": (
         dict(step=[helper.make_node("Add", ["t", "one_step"], ["t_next"], name="ahead"),
                    helper.make_node("Gather", ["x", "t_next"], ["x_t"], axis=1,

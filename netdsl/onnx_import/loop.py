@@ -64,10 +64,9 @@ def _loop(t, node, attrs) -> None:
     if length != "T":
         times = _input_lengths(t)
         if not times or any(time != length for time in times):
+            steps = next((time for time in times if time is not None), "any number of")
             raise Unsupported("a trip count that is the sequence's length (Shape of its time "
-                              f"axis); this one is {length}, the sequence "
-                              f"{'has ' + str(times[0]) if times else 'has any number of'} "
-                              "steps")
+                              f"axis); this one is {length}, the sequence has {steps} steps")
     carry(t, [info.name for info in infos], reads, made[1:1 + carried], starts)
     bind_finals(t, node.output[:carried], reads)
     scanned = len(node.output) - carried
