@@ -119,10 +119,25 @@ class _Elman(torch.nn.Module):
         return self.out(h)
 
 
-def test_a_scripted_pytorch_loop_reads_as_its_recurrence(tmp_path):
+class _ElmanTagger(_Elman):
+    """The same recurrence scoring every step: the steps' states kept in a list."""
+
+    def forward(self, x):
+        h = torch.zeros(x.size(0), 4)
+        states = []
+        for t in range(x.size(1)):
+            h = torch.tanh(self.inp(x[:, t]) + self.rec(h))
+            states.append(h)
+        return self.out(torch.stack(states, 1))
+
+
+@pytest.mark.parametrize("module, scored", [(_Elman, "logits = h -> last -> dense(2)"),
+                                            (_ElmanTagger, "logits = h -> dense(2)")],
+                         ids=["classifier", "tagger"])
+def test_a_scripted_pytorch_loop_reads_as_its_recurrence(tmp_path, module, scored):
     torch.manual_seed(0)
     buffer = io.BytesIO()
-    torch.onnx.export(torch.jit.script(_Elman()), (torch.randn(2, 5, 3),), buffer,
+    torch.onnx.export(torch.jit.script(module()), (torch.randn(2, 5, 3),), buffer,
                       dynamo=False, input_names=["x"],
                       dynamic_axes={"x": {0: "batch", 1: "time"}})
     model = onnx.load_model_from_string(buffer.getvalue())
@@ -132,7 +147,7 @@ def test_a_scripted_pytorch_loop_reads_as_its_recurrence(tmp_path):
     assert "state  h : [4]\n" in text
     assert "rec = h[t-1] -> dense(4, bias=false)" in text
     assert "h = inp + rec -> tanh" in text
-    assert "logits = h -> last -> dense(2)" in text
+    assert scored in text, text
     (tmp_path / "elman.net").write_text(text)
     assert main(["check", str(tmp_path / "elman.net")]) == 0
     x = np.random.default_rng(7).standard_normal((3, 6, 3)).astype(np.float32)

@@ -46,16 +46,22 @@ def _loop(t, node, attrs) -> None:
         raise Unsupported("a condition that stays true (a loop that stops early has no "
                           "netdsl form: netdsl's recurrences run over every step)")
     length = _trip_count(t, trip)
-    starts_from = list(node.input[2:])
-    carried = len(starts_from)
+    carried = len(node.input) - 2
+    # TorchScript's list of each step's value (`outs.append(h)`): a carried sequence,
+    # one value inserted per step, stacked after the loop by ConcatFromSequence
+    lists = {k: _appended(t, node, body, k) for k in range(carried)
+             if body.input[2 + k].type.HasField("sequence_type")}
+    kept = [k for k in range(carried) if k not in lists]
+    starts_from = [node.input[2 + k] for k in kept]
+    infos = [body.input[2 + k] for k in kept]
     shapes = value_shapes(body)
-    infos = body.input[2:]
     reads = carried_reads(t, infos, [_carried_dims(t, shapes, info.name, start)
                                      for info, start in zip(infos, starts_from)])
     starts = [initial(t, name, t.dims[read]) for name, read in zip(starts_from, reads)]
     t.iterations[body.input[0].name] = 0
     stepped = len(t.stepped)
-    made = translate_body(t, node, body, skip=set(passed))
+    made = translate_body(t, node, body, skip=set(passed) |
+                          {body.output[1 + k].name for k in lists})
     if made is None:
         return  # the body's nodes are reported
     if len(t.stepped) == stepped:
@@ -67,11 +73,44 @@ def _loop(t, node, attrs) -> None:
             steps = next((time for time in times if time is not None), "any number of")
             raise Unsupported("a trip count that is the sequence's length (Shape of its time "
                               f"axis); this one is {length}, the sequence has {steps} steps")
-    carry(t, [info.name for info in infos], reads, made[1:1 + carried], starts)
-    bind_finals(t, node.output[:carried], reads)
+    carry(t, [info.name for info in infos], reads, [made[1 + k] for k in kept], starts)
+    bind_finals(t, [node.output[k] for k in kept], reads)
+    for k, appended in lists.items():
+        t.lists[node.output[k]] = appended
     scanned = len(node.output) - carried
-    bind_scanned(t, node.output[carried:], body.output[1 + carried:], made[1 + carried:],
-                 [0] * scanned, [0] * scanned)   # Loop stacks its outputs time-major
+    bind_scanned(t, node.output[carried:], [info.name for info in body.output[1 + carried:]],
+                 made[1 + carried:], [0] * scanned, [0] * scanned)  # stacked time-major
+
+
+def _appended(t, node, body, k: int) -> str:
+    """The body's value a carried list has appended each step: the list must start
+    empty, and the body insert one value at its end and read nothing else of it."""
+    need = ("a carried sequence that starts empty and that each step appends one value "
+            "to (a list of the steps' values), and nothing else reads")
+    within, passed = body.input[2 + k].name, body.output[1 + k].name
+    readers = [node for node in body.node if within in node.input]
+    inserts = [node for node in readers if node.op_type == "SequenceInsert" and
+               node.output[0] == passed and list(node.input[:1]) == [within] and
+               (len(node.input) < 3 or not node.input[2])]
+    start = node.input[2 + k]
+    if len(readers) != 1 or len(inserts) != 1 or not t.is_const(start) or \
+            np.size(t.const(start)) != 0:
+        raise Unsupported(need)
+    return inserts[0].input[1]
+
+
+def _stacked(t, node, attrs) -> None:
+    """ConcatFromSequence of a Loop's list of the steps' values along a new axis: the
+    sequence of that value, [batch, time, ...] along axis 1, time-major along 0."""
+    source = node.input[0]
+    if source not in t.lists or not attrs.get("new_axis", 0):
+        raise Unsupported("the values a Loop's steps appended, stacked along a new axis "
+                          "(new_axis=1)")
+    name = t.lists[source]
+    axis = attrs["axis"]
+    if axis < 0:
+        axis += len(t.layout[name]) + 2
+    bind_scanned(t, [node.output[0]], [name], [t.values.get(name)], [axis], [0])
 
 
 def read_step(t, output: str, source: str, axis: int, offset: int, unit: bool = False) -> None:
@@ -194,4 +233,5 @@ def _carried_dims(t, shapes: dict, name: str, start: str) -> tuple:
     raise Unsupported("carried values of known shape [batch, dims...]")
 
 
-LOOP = {"Loop": (_loop, {"body": _ANY})}
+LOOP = {"Loop": (_loop, {"body": _ANY}),
+        "ConcatFromSequence": (_stacked, {"axis": _ANY, "new_axis": _ANY})}

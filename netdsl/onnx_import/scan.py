@@ -54,8 +54,8 @@ def _scan(t, node, attrs) -> None:
         return  # the body's nodes are reported
     carry(t, [info.name for info in body.input[:carried]], reads, made[:carried], starts)
     bind_finals(t, node.output[:carried], reads)
-    bind_scanned(t, node.output[carried:], body.output[carried:], made[carried:],
-                 out_axes, out_dirs)
+    bind_scanned(t, node.output[carried:], [info.name for info in body.output[carried:]],
+                 made[carried:], out_axes, out_dirs)
 
 
 def carried_reads(t, infos, dims: list[tuple]) -> list[str]:
@@ -110,10 +110,11 @@ def bind_finals(t, outputs, reads: list[str]) -> None:
             t.bind(final, t.emit("last", {}, [state.source], state.dims), stepwise=False)
 
 
-def bind_scanned(t, outputs, infos, made: list[str | None], axes, directions) -> None:
+def bind_scanned(t, outputs, names: list[str], made: list[str | None], axes,
+                 directions) -> None:
     """A loop's outputs stacked over its steps: the sequence of the value each step
-    computes, time-major where `axes` says 0."""
-    for output, info, value, axis, reverse in zip(outputs, infos, made, axes, directions):
+    computes (the body's value `names`), time-major where `axes` says 0."""
+    for output, name, value, axis, reverse in zip(outputs, names, made, axes, directions):
         if value is None:
             raise Unsupported("a body whose outputs are computed from the step's inputs")
         if value in t.states:
@@ -123,9 +124,9 @@ def bind_scanned(t, outputs, infos, made: list[str | None], axes, directions) ->
             raise Unsupported("scan_output_axes of 0 or 1 (a sequence's time axis)")
         if reverse:
             value = t.reverse(value)
-        t.bind(output, value, t.layout[info.name], stepwise=False)
+        t.bind(output, value, t.layout[name], stepwise=False)
         if axis == 0:
-            t.axes[output] = ("T", "B") + tuple(range(len(t.layout[info.name])))
+            t.axes[output] = ("T", "B") + tuple(range(len(t.layout[name])))
 
 
 def _count(t) -> int:

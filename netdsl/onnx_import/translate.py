@@ -85,6 +85,8 @@ class _Translator:
         # ONNX values of a Loop's iteration number, plus a constant: the offset
         self.iterations: dict[str, int] = {}
         self.stepped: list[str] = []              # the sequences Loop bodies read a step of
+        # a Loop's list of the steps' values (an ONNX sequence) -> the body's value appended
+        self.lists: dict[str, str] = {}
         self.problems: dict[tuple[str, str], list[str]] = {}
         self.readers: dict[str, int] = {}
         for node in folded.nodes:
@@ -214,7 +216,7 @@ class _Translator:
                 self._problem(node.op_type, node.name, why)
             return
         known = (self.values, self.folded.constants, self.symbolic, self.filled,
-                 self.iterations)
+                 self.iterations, self.lists)
         if any(name and not any(name in k for k in known) for name in node.input):
             return  # an input a reported node would have made
         try:
