@@ -165,6 +165,11 @@ _INNER = helper.make_graph(
               helper.make_tensor_value_info("v", TensorProto.FLOAT, ["b", 3])],
     [helper.make_tensor_value_info("inner_out", TensorProto.BOOL, []),
      helper.make_tensor_value_info("v_next", TensorProto.FLOAT, ["b", 3])])
+# a scan in the step: relu of each row of x[t]
+_ROWS = helper.make_graph(
+    [helper.make_node("Relu", ["row"], ["row_out"], name="row_relu")], "rows",
+    [helper.make_tensor_value_info("row", TensorProto.FLOAT, [3])],
+    [helper.make_tensor_value_info("row_out", TensorProto.FLOAT, [3])])
 
 REFUSED = {
     "a condition that can turn false": (
@@ -191,6 +196,12 @@ REFUSED = {
                    helper.make_node("Loop", ["limit", "true", "x_raw"], ["x_t"],
                                     name="inner", body=_INNER)]),
         "Loop node 'inner' (in the body of Loop 'recurrence'): netdsl would need a loop "
+        "outside any other loop's body"),
+    "a scan inside the body": (
+        dict(step=[helper.make_node("Gather", ["x", "t"], ["x_raw"], axis=1, name="step"),
+                   helper.make_node("Scan", ["x_raw"], ["x_t"], name="rows", body=_ROWS,
+                                    num_scan_inputs=1)]),
+        "Scan node 'rows' (in the body of Loop 'recurrence'): netdsl would need a loop "
         "outside any other loop's body"),
 }
 

@@ -23,7 +23,7 @@ from onnx import numpy_helper
 from netdsl.onnx_import.fold import value_shapes
 from netdsl.onnx_import.layers import Unsupported
 from netdsl.onnx_import.scan import (bind_finals, bind_scanned, carried_reads, carry, initial,
-                                     sequence, step_dims, translate_body)
+                                     outermost, sequence, step_dims, translate_body)
 
 __all__ = ["LOOP", "read_slice", "read_step", "shifted"]
 
@@ -31,10 +31,8 @@ _ANY = None
 
 
 def _loop(t, node, attrs) -> None:
+    outermost(t)
     body = attrs["body"]
-    if t.within:
-        raise Unsupported("a loop outside any other loop's body (netdsl's recurrences do "
-                          "not nest)")
     trip, condition = (list(node.input) + ["", ""])[:2]
     if not trip:
         raise Unsupported("a trip count, the sequence's length (a loop that runs until its "

@@ -25,12 +25,13 @@ from netdsl.onnx_import.fold import fold_graph, value_shapes
 from netdsl.onnx_import.layers import State, Unsupported
 
 __all__ = ["SCAN", "bind_finals", "bind_scanned", "carried_reads", "carry", "initial",
-           "sequence", "step_dims", "translate_body"]
+           "outermost", "sequence", "step_dims", "translate_body"]
 
 _ANY = None
 
 
 def _scan(t, node, attrs) -> None:
+    outermost(t)
     body = attrs["body"]
     scanned = int(attrs["num_scan_inputs"])
     carried = len(node.input) - scanned
@@ -56,6 +57,14 @@ def _scan(t, node, attrs) -> None:
     bind_finals(t, node.output[:carried], reads)
     bind_scanned(t, node.output[carried:], [info.name for info in body.output[carried:]],
                  made[carried:], out_axes, out_dirs)
+
+
+def outermost(t) -> None:
+    """A loop (Scan, Loop) is not in another loop's body: netdsl's recurrences do not
+    nest."""
+    if t.within:
+        raise Unsupported("a loop outside any other loop's body (netdsl's recurrences do "
+                          "not nest)")
 
 
 def carried_reads(t, infos, dims: list[tuple]) -> list[str]:
