@@ -627,7 +627,7 @@ def _view(t: _Translator, node, attrs) -> None:
         dims = tuple(shape_out[1:])
     elif node.op_type == "Reshape" and t.is_const(node.input[1]):
         dims = _reshaped(t.layout[source], [int(d) for d in t.const(node.input[1])])
-    elif node.op_type == "Squeeze":
+    elif node.op_type in ("Squeeze", "Unsqueeze"):
         dims = _squeezed(t, node, t.layout[source])
     else:
         raise Unsupported("a target shape that shape inference can tell")
@@ -637,11 +637,20 @@ def _view(t: _Translator, node, attrs) -> None:
 
 
 def _squeezed(t: _Translator, node, layout: tuple) -> tuple:
-    """The per-example dims a Squeeze leaves of `layout` (where inference cannot tell
-    them: a Loop's step of a sequence sliced at the iteration)."""
-    drop = node.input[1] if len(node.input) > 1 and node.input[1] else None
-    axes = [int(a) for a in (np.asarray(t.const(drop, "constant axes")).reshape(-1) if drop
+    """The per-example dims a Squeeze leaves of `layout`, or an Unsqueeze gives, where
+    inference cannot tell them (in a Loop's body)."""
+    given = node.input[1] if len(node.input) > 1 and node.input[1] else None
+    axes = [int(a) for a in (np.asarray(t.const(given, "constant axes")).reshape(-1) if given
                              else node_attr(node, "axes", []))]
+    if node.op_type == "Unsqueeze":
+        rank = len(layout) + 1 + len(axes)
+        axes = sorted(a + rank if a < 0 else a for a in axes)
+        if not axes or axes[0] < 1:
+            raise Unsupported("an unsqueeze that keeps the batch axis first and alone")
+        dims = list(layout)
+        for a in axes:
+            dims.insert(a - 1, 1)
+        return tuple(dims)
     axes = [a + len(layout) + 1 if a < 0 else a for a in axes]
     if not axes or any(a < 1 or a > len(layout) or layout[a - 1] != 1 for a in axes):
         raise Unsupported("a squeeze of an example's own axes of one")
