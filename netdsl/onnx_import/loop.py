@@ -146,8 +146,8 @@ def read_slice(t, node) -> None:
 def shifted(t, node) -> int:
     """The iteration number plus a constant (Add, Sub): its offset from the iteration."""
     a, b = node.input
-    if a in t.iterations and t.is_const(b) or b in t.iterations and t.is_const(a) and \
-            node.op_type == "Add":
+    if (a in t.iterations and t.is_const(b)) or \
+            (b in t.iterations and t.is_const(a) and node.op_type == "Add"):  # not c - t
         index, constant = (a, b) if a in t.iterations else (b, a)
         number = np.asarray(t.const(constant)).reshape(-1)
         if number.size == 1 and np.issubdtype(number.dtype, np.integer):
