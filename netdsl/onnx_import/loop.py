@@ -10,10 +10,10 @@ Loop whose trip count is the time length and whose body reads the step x[:, t]:
 which is a Scan in other words, so it comes back as one (netdsl.onnx_import.scan's
 parts): each carried value a state read as h[t-1], the body's nodes the loop's
 statements, a value stacked over the steps (a scan output, or a Python list the steps
-append to, which TorchScript writes as an ONNX sequence) a sequence. What a netdsl recurrence is not is refused naming the Loop: a
-condition that can turn false (an early exit), a trip count other than the time
-length, a body that reads another step than its own or the iteration number as a
-value, and a loop inside a loop's body.
+append to, which TorchScript writes as an ONNX sequence) a sequence. What a netdsl
+recurrence is not is refused naming the Loop: a condition that can turn false (an
+early exit), a trip count other than the time length, a body that reads another step
+than its own or the iteration number as a value, and a loop inside a loop's body.
 """
 from __future__ import annotations
 
