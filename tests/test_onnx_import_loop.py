@@ -14,6 +14,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from netdsl.cli import main
+from netdsl.fmt import format_text
 from netdsl.onnx_import.pipeline import import_proto
 from onnx_import_cases import netdsl_outputs, onnxruntime_outputs
 
@@ -90,6 +91,7 @@ def test_a_loop_built_by_hand_reads_as_its_recurrence(tmp_path, step):
     assert "state  h_prev : [4] = 0.5" in text
     assert "recurrent = h_prev[t-1] -> dense(4, bias=false)" in text
     assert "h_prev = input_out + recurrent -> tanh" in text   # `input` is a keyword
+    assert format_text(text) == text
     x = np.random.default_rng(5).standard_normal((3, 6, 3)).astype(np.float32)
     _matches(model, text, imported.tensors, x)
 
@@ -131,9 +133,22 @@ class _ElmanTagger(_Elman):
         return self.out(torch.stack(states, 1))
 
 
+class _TimeMajor(_Elman):
+    """The steps' states stacked time-major, [time, batch, 4]."""
+
+    def forward(self, x):
+        h = torch.zeros(x.size(0), 4)
+        states = []
+        for t in range(x.size(1)):
+            h = torch.tanh(self.inp(x[:, t]) + self.rec(h))
+            states.append(h)
+        return torch.stack(states, 0)
+
+
 @pytest.mark.parametrize("module, scored", [(_Elman, "logits = h -> last -> dense(2)"),
-                                            (_ElmanTagger, "logits = h -> dense(2)")],
-                         ids=["classifier", "tagger"])
+                                            (_ElmanTagger, "logits = h -> dense(2)"),
+                                            (_TimeMajor, "loss cross_entropy(h, y)")],
+                         ids=["classifier", "tagger", "time-major"])
 def test_a_scripted_pytorch_loop_reads_as_its_recurrence(tmp_path, module, scored):
     torch.manual_seed(0)
     buffer = io.BytesIO()
@@ -153,6 +168,8 @@ def test_a_scripted_pytorch_loop_reads_as_its_recurrence(tmp_path, module, score
     x = np.random.default_rng(7).standard_normal((3, 6, 3)).astype(np.float32)
     (want,) = onnxruntime_outputs(buffer.getvalue(), {"x": x})
     (got,) = netdsl_outputs(text, imported.tensors, [x])
+    if module is _TimeMajor:  # netdsl's sequences are batch-major
+        want = want.transpose(1, 0, 2)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
