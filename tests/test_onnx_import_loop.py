@@ -163,6 +163,7 @@ def test_a_scripted_pytorch_loop_reads_as_its_recurrence(tmp_path, module, score
     assert "rec = h[t-1] -> dense(4, bias=false)" in text
     assert "h = inp + rec -> tanh" in text
     assert scored in text, text
+    assert format_text(text) == text
     (tmp_path / "elman.net").write_text(text)
     assert main(["check", str(tmp_path / "elman.net")]) == 0
     x = np.random.default_rng(7).standard_normal((3, 6, 3)).astype(np.float32)
