@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from netdsl.cli import main
 from netdsl.fmt import format_text
 from netdsl.onnx_import.pipeline import import_proto
-from onnx_import_cases import netdsl_outputs, onnxruntime_outputs
+from onnx_import_cases import netdsl_outputs, onnxruntime_outputs, reexport
 
 # the step read by Gather at the iteration: x[:, t]
 _GATHER = [helper.make_node("Gather", ["x", "t"], ["x_t"], axis=1, name="step")]
@@ -172,6 +172,10 @@ def test_a_scripted_pytorch_loop_reads_as_its_recurrence(tmp_path, module, score
     if module is _TimeMajor:  # netdsl's sequences are batch-major
         want = want.transpose(1, 0, 2)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    # exported again (the loop a Scan now), it gives the same outputs
+    (again,) = onnxruntime_outputs(reexport(text, imported.tensors).SerializeToString(),
+                                   {"x": x})
+    np.testing.assert_allclose(again, want, rtol=1e-4, atol=1e-6)
 
 
 # a loop in the step: x[t] through relu, `limit` times
