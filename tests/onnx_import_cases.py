@@ -9,8 +9,11 @@ from onnx import numpy_helper
 import torch
 
 from netdsl.driver import check_text
+from netdsl.export import select
+from netdsl.export.onnx import to_onnx
 from netdsl.export.weights import tensor_sources
 from netdsl.lower import lower
+from netdsl.lower.plan import build_plan
 from netdsl.runtime.execute import Executor
 
 
@@ -68,6 +71,18 @@ def onnxruntime_outputs(data: bytes, feed: dict) -> list[np.ndarray]:
     options.intra_op_num_threads = 2
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def reexport(text: str, tensors: dict) -> onnx.ModelProto:
+    """netc export of a spec with these weights (by PyTorch-style name)."""
+    net = check_text(text, "imported.net")
+    params, buffers = {}, {}
+    for name, source in tensor_sources(build_plan(net.graph)).items():
+        if source[0] == "param":
+            params[source[1]] = tensors[name]
+        else:
+            buffers.setdefault(source[1], {})[source[2]] = tensors[name]
+    return to_onnx(select(net.graph), params, buffers)
 
 
 def netdsl_outputs(text: str, tensors: dict, feed: list[np.ndarray]) -> list[np.ndarray]:

@@ -10,25 +10,10 @@ import pytest
 from export_cases import ROOT, Case
 from netdsl import edits
 from netdsl.driver import check_text
-from netdsl.export import select
 from netdsl.export.onnx import to_onnx
-from netdsl.export.weights import tensor_sources
 from netdsl.fmt import format_text
-from netdsl.lower.plan import build_plan
 from netdsl.onnx_import.pipeline import import_proto
-from onnx_import_cases import netdsl_outputs, onnxruntime_outputs
-
-
-def reexport(text: str, tensors: dict) -> onnx.ModelProto:
-    """netc export of a spec with these weights (by PyTorch-style name)."""
-    net = check_text(text, "imported.net")
-    params, buffers = {}, {}
-    for name, source in tensor_sources(build_plan(net.graph)).items():
-        if source[0] == "param":
-            params[source[1]] = tensors[name]
-        else:
-            buffers.setdefault(source[1], {})[source[2]] = tensors[name]
-    return to_onnx(select(net.graph), params, buffers)
+from onnx_import_cases import netdsl_outputs, onnxruntime_outputs, reexport
 
 
 @pytest.mark.parametrize("name", [

@@ -13,8 +13,7 @@ from netdsl.driver import check_file
 from netdsl.export.onnx import to_onnx
 from netdsl.export.weights import decode
 from netdsl.tui.app import NetApp
-from onnx_import_cases import onnxruntime_outputs
-from test_onnx_import_roundtrip import reexport
+from onnx_import_cases import onnxruntime_outputs, reexport
 from test_tui_app import SIZE, settle
 
 pytestmark = pytest.mark.asyncio

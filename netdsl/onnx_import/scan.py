@@ -24,12 +24,14 @@ import numpy as np
 from netdsl.onnx_import.fold import fold_graph, value_shapes
 from netdsl.onnx_import.layers import State, Unsupported
 
-__all__ = ["SCAN"]
+__all__ = ["SCAN", "bind_finals", "bind_scanned", "carried_reads", "carry", "initial",
+           "outermost", "sequence", "step_dims", "translate_body"]
 
 _ANY = None
 
 
 def _scan(t, node, attrs) -> None:
+    outermost(t)
     body = attrs["body"]
     scanned = int(attrs["num_scan_inputs"])
     carried = len(node.input) - scanned
@@ -38,53 +40,92 @@ def _scan(t, node, attrs) -> None:
     in_dirs = list(attrs.get("scan_input_directions", [0] * scanned))
     out_dirs = list(attrs.get("scan_output_directions", [0] * len(out_axes)))
     shapes = value_shapes(body)
-    reads = []
-    for info in body.input[:carried]:
-        dims = _step_dims(shapes, info.name)
-        read = t._fresh()
-        t.dims[read] = t.onnx_dims[read] = dims
-        t.seq.add(read)
-        t.values[info.name], t.layout[info.name] = read, dims
-        t.stepwise.add(info.name)
-        reads.append(read)
+    reads = carried_reads(t, body.input[:carried],
+                          [step_dims(shapes, info.name) for info in body.input[:carried]])
     for outer, info, axis, reverse in zip(node.input[carried:], body.input[carried:],
                                           in_axes, in_dirs):
-        value = _sequence(t, outer, axis)
+        value = sequence(t, outer, axis)
         if reverse:
             value = t.reverse(value)
         t.values[info.name], t.layout[info.name] = value, t.layout[outer]
         t.stepwise.add(info.name)
-    starts = [_initial(t, name, t.dims[read]) for name, read in zip(node.input[:carried], reads)]
+    starts = [initial(t, name, t.dims[read]) for name, read in zip(node.input[:carried], reads)]
+    made = translate_body(t, node, body)
+    if made is None:
+        return  # the body's nodes are reported
+    carry(t, [info.name for info in body.input[:carried]], reads, made[:carried], starts)
+    bind_finals(t, node.output[:carried], reads)
+    bind_scanned(t, node.output[carried:], [info.name for info in body.output[carried:]],
+                 made[carried:], out_axes, out_dirs)
 
+
+def outermost(t) -> None:
+    """A loop (Scan, Loop) is not in another loop's body: netdsl's recurrences do not
+    nest."""
+    if t.within:
+        raise Unsupported("a loop outside any other loop's body (netdsl's recurrences do "
+                          "not nest)")
+
+
+def carried_reads(t, infos, dims: list[tuple]) -> list[str]:
+    """A netdsl value for each carried value the body reads (a state, once `carry`
+    says what it reads back), per step."""
+    reads = []
+    for info, step in zip(infos, dims):
+        read = t._fresh()
+        t.dims[read] = t.onnx_dims[read] = step
+        t.seq.add(read)
+        t.values[info.name], t.layout[info.name] = read, step
+        t.stepwise.add(info.name)
+        reads.append(read)
+    return reads
+
+
+def translate_body(t, node, body, skip: set = frozenset()) -> list[str | None] | None:
+    """The body's nodes translated in the loop `node`, folded with the graph's
+    constants (those that compute nothing but `skip`, a Loop's condition, left out): the
+    netdsl values of the body's outputs, or None when some node of it is reported
+    (naming the loop it is in)."""
     folded = fold_graph(body, t.folded.constants, t.folded.shapes,
                         {o.domain: o.version for o in t.model.opset_import})
     t.folded.constants.update(folded.constants)
     t.folded.shapes.update(folded.shapes)
-    for inner in folded.nodes:
+    nodes = [inner for inner in folded.nodes if not set(inner.output) <= skip]
+    for inner in nodes:
         for name in inner.input:
             t.readers[name] = t.readers.get(name, 0) + 1
     for info in body.output:
         t.readers[info.name] = t.readers.get(info.name, 0) + 1
-    problems, scan, t.within = _count(t), t.node, node.name or "(unnamed)"
+    problems, outer = _count(t), t.node
+    t.within = f"{node.op_type} '{node.name or '(unnamed)'}'"
     try:
-        for inner in folded.nodes:
+        for inner in nodes:
             t.translate_node(inner)
     finally:
-        t.node, t.within = scan, ""
+        t.node, t.within = outer, ""
     if _count(t) > problems:
-        return  # the body's nodes are reported
-    made = [t.values.get(info.name) for info in body.output]
-    if any(value is None for value in made):
-        raise Unsupported("a body whose outputs are computed from the step's inputs")
-    _carry(t, body, reads, made[:carried], starts)
-    for k, final in enumerate(node.output[:carried]):
+        return None
+    return [t.values.get(info.name) for info in body.output]
+
+
+def bind_finals(t, outputs, reads: list[str]) -> None:
+    """A loop's final carried values, where the graph reads them: the last step of
+    the value each state reads back."""
+    for k, final in enumerate(outputs):
         if t.used(final):
             state = t.states[reads[k]]
             if state.delay != 1:
                 raise Unsupported("the final value of a state carried one step, alone")
             t.bind(final, t.emit("last", {}, [state.source], state.dims), stepwise=False)
-    for output, info, value, axis, reverse in zip(node.output[carried:], body.output[carried:],
-                                                  made[carried:], out_axes, out_dirs):
+
+
+def bind_scanned(t, outputs, names: list[str], made: list[str | None], axes,
+                 directions) -> None:
+    """A loop's outputs stacked over its steps: the sequence of the value each step
+    computes (the body's value `names`), time-major where `axes` says 0."""
+    for output, name, value, axis, reverse in zip(outputs, names, made, axes, directions):
+        if value is None:
+            raise Unsupported("a body whose outputs are computed from the step's inputs")
         if value in t.states:
             raise Unsupported("scan outputs computed in the step (a carried value passed "
                               "straight through is a state netdsl reads only in the loop)")
@@ -92,9 +133,9 @@ def _scan(t, node, attrs) -> None:
             raise Unsupported("scan_output_axes of 0 or 1 (a sequence's time axis)")
         if reverse:
             value = t.reverse(value)
-        t.bind(output, value, t.layout[info.name], stepwise=False)
+        t.bind(output, value, t.layout[name], stepwise=False)
         if axis == 0:
-            t.axes[output] = ("T", "B") + tuple(range(len(t.layout[info.name])))
+            t.axes[output] = ("T", "B") + tuple(range(len(t.layout[name])))
 
 
 def _count(t) -> int:
@@ -102,14 +143,14 @@ def _count(t) -> int:
     return sum(len(nodes) for nodes in t.problems.values())
 
 
-def _step_dims(shapes: dict, name: str) -> tuple:
+def step_dims(shapes: dict, name: str) -> tuple:
     shape = shapes.get(name)
     if shape is None or len(shape) < 2 or any(d is None for d in shape[1:]):
         raise Unsupported("carried values of known shape [batch, dims...]")
     return tuple(shape[1:])
 
 
-def _sequence(t, outer: str, axis: int) -> str:
+def sequence(t, outer: str, axis: int) -> str:
     """The netdsl sequence a scanned input steps through along `axis`."""
     if outer not in t.values or t.values[outer] not in t.seq or outer in t.stepwise:
         raise Unsupported("scanned inputs that are sequences [batch, time, ...]")
@@ -123,7 +164,7 @@ def _sequence(t, outer: str, axis: int) -> str:
     return t.values[outer]
 
 
-def _initial(t, name: str, dims: tuple) -> tuple:
+def initial(t, name: str, dims: tuple) -> tuple:
     """(init, learned row) of a carried value that starts from `name`."""
     if name in t.filled:
         kind, value, shape = t.filled[name]
@@ -152,9 +193,12 @@ def _initial(t, name: str, dims: tuple) -> tuple:
     return ("learned", row)
 
 
-def _carry(t, body, reads: list[str], sources: list[str], starts: list[tuple]) -> None:
+def carry(t, names: list[str], reads: list[str], sources: list[str | None],
+          starts: list[tuple]) -> None:
     """Each carried value as a state: the value the body passes on, read one step back;
     a carried value passed on from another read is read one step further back."""
+    if any(source is None for source in sources):
+        raise Unsupported("a body whose outputs are computed from the step's inputs")
     pending = dict(enumerate(sources))
     while pending:
         progress = False
@@ -172,7 +216,7 @@ def _carry(t, body, reads: list[str], sources: list[str], starts: list[tuple]) -
             t.states[reads[k]] = State(source, delay, t.dims[reads[k]],
                                        "zeros" if init == 0.0 else init,
                                        None if start else learned,
-                                       _hint(body.input[k].name), start)
+                                       _hint(names[k]), start)
             del pending[k]
             progress = True
         if not progress:
@@ -181,8 +225,9 @@ def _carry(t, body, reads: list[str], sources: list[str], starts: list[tuple]) -
 
 
 def _hint(name: str) -> str:
-    """A state's module path from its carried value's: `lstm1/c[t-1]` -> lstm1/c."""
-    return re.sub(r"\[.*$", "", name) or "h"
+    """A state's module path from its carried value's: `lstm1/c[t-1]` -> lstm1/c, and
+    TorchScript's numbered `h.11` -> h."""
+    return re.sub(r"\[.*$|\.\d+$", "", name) or "h"
 
 
 SCAN = {"Scan": (_scan, {"body": _ANY, "num_scan_inputs": _ANY, "scan_input_axes": _ANY,

@@ -23,6 +23,7 @@ import onnx
 from netdsl.errors import SpecError, SpecErrors
 from netdsl.onnx_import.fold import BATCH, Folded
 from netdsl.onnx_import.layers import Layer, Network, State, Unsupported
+from netdsl.onnx_import.loop import LOOP, read_slice, read_step, shifted
 from netdsl.onnx_import.recurrent import RECURRENT, is_recurrent, node_layout
 from netdsl.onnx_import.scan import SCAN
 from netdsl.ops import OPS
@@ -80,7 +81,12 @@ class _Translator:
         self.filled: dict[str, tuple] = {}
         self.states: dict[str, State] = {}        # netdsl value read steps back -> its state
         self.classes: dict[str, int] = {}         # netdsl input of word indices -> V
-        self.within = ""                          # the Scan whose body is being translated
+        self.within = ""                          # the loop whose body is being translated
+        # ONNX values of a Loop's iteration number, plus a constant: the offset
+        self.iterations: dict[str, int] = {}
+        self.stepped: list[str] = []              # the sequences Loop bodies read a step of
+        # a Loop's list of the steps' values (an ONNX sequence) -> the body's value appended
+        self.lists: dict[str, str] = {}
         self.problems: dict[tuple[str, str], list[str]] = {}
         self.readers: dict[str, int] = {}
         for node in folded.nodes:
@@ -96,7 +102,7 @@ class _Translator:
     def run(self) -> Network:
         inputs = {}
         initialised = set(self.folded.constants)
-        recurrent = any(is_recurrent(node) or node.op_type == "Scan"
+        recurrent = any(is_recurrent(node) or node.op_type in ("Scan", "Loop")
                         for node in self.folded.nodes)
         for info in self.model.graph.input:
             if info.name in initialised:
@@ -209,7 +215,8 @@ class _Translator:
                        f"attribute {key}, which netdsl has no counterpart for")
                 self._problem(node.op_type, node.name, why)
             return
-        known = (self.values, self.folded.constants, self.symbolic, self.filled)
+        known = (self.values, self.folded.constants, self.symbolic, self.filled,
+                 self.iterations, self.lists)
         if any(name and not any(name in k for k in known) for name in node.input):
             return  # an input a reported node would have made
         try:
@@ -218,7 +225,7 @@ class _Translator:
             self._problem(node.op_type, node.name, exc.need)
 
     def _problem(self, op_type: str, node: str, need: str) -> None:
-        where = f"'{node or '(unnamed)'}'" + (f" (in the body of Scan '{self.within}')"
+        where = f"'{node or '(unnamed)'}'" + (f" (in the body of {self.within})"
                                               if self.within else "")
         self.problems.setdefault((op_type, need), []).append(where)
 
@@ -259,6 +266,9 @@ class _Translator:
         if name in self.folded.constants:
             raise Unsupported("a constant tensor as an operand (netdsl's layers read "
                               "constants only as their weights)")
+        if name in self.iterations:
+            raise Unsupported("the loop's iteration number as an index of the sequence's "
+                              "step alone (netdsl's steps have no number to compute with)")
         if name in self.symbolic or name in self.filled:
             raise Unsupported("a value of the batch's shape as an operand (netdsl builds "
                               "shapes itself; a Scan's initial state may be one)")
@@ -592,6 +602,9 @@ def _view(t: _Translator, node, attrs) -> None:
     """Flatten, Reshape, Squeeze, Unsqueeze: the same elements with other dims, as long
     as the batch axis stays first and alone."""
     source = node.input[0]
+    if source in t.iterations:  # the iteration number as a vector of one: the same index
+        t.iterations[node.output[0]] = t.iterations[source]
+        return
     if source in t.axes:
         _relaid(t, node, source)
         return
@@ -614,11 +627,34 @@ def _view(t: _Translator, node, attrs) -> None:
         dims = tuple(shape_out[1:])
     elif node.op_type == "Reshape" and t.is_const(node.input[1]):
         dims = _reshaped(t.layout[source], [int(d) for d in t.const(node.input[1])])
+    elif node.op_type in ("Squeeze", "Unsqueeze"):
+        dims = _squeezed(t, node, t.layout[source])
     else:
         raise Unsupported("a target shape that shape inference can tell")
     if math.prod(dims) != size:
         raise Unsupported("a reshape that keeps the batch axis first and alone")
     t.bind(node.output[0], t.view(value, dims), dims)
+
+
+def _squeezed(t: _Translator, node, layout: tuple) -> tuple:
+    """The per-example dims a Squeeze leaves of `layout`, or an Unsqueeze gives, where
+    inference cannot tell them (in a Loop's body)."""
+    given = node.input[1] if len(node.input) > 1 and node.input[1] else None
+    axes = [int(a) for a in (np.asarray(t.const(given, "constant axes")).reshape(-1) if given
+                             else node_attr(node, "axes", []))]
+    if node.op_type == "Unsqueeze":
+        rank = len(layout) + 1 + len(axes)
+        axes = sorted(a + rank if a < 0 else a for a in axes)
+        if not axes or axes[0] < 1:
+            raise Unsupported("an unsqueeze that keeps the batch axis first and alone")
+        dims = list(layout)
+        for a in axes:
+            dims.insert(a - 1, 1)
+        return tuple(dims)
+    axes = [a + len(layout) + 1 if a < 0 else a for a in axes]
+    if not axes or any(a < 1 or a > len(layout) or layout[a - 1] != 1 for a in axes):
+        raise Unsupported("a squeeze of an example's own axes of one")
+    return tuple(d for i, d in enumerate(layout, 1) if i not in axes)
 
 
 def _folded(t: _Translator, target: str | None, size: int) -> tuple:
@@ -743,6 +779,9 @@ def _slice(t: _Translator, node, attrs) -> None:
     if source in t.filled:
         _sliced_fill(t, node, source)
         return
+    if any(bound in t.iterations for bound in node.input[1:3]):  # a Loop's step
+        read_slice(t, node)
+        return
     value = t.raw(source)
     layout = t.layout[source]
     lead = 2 if value in t.seq and source not in t.stepwise else 1
@@ -760,6 +799,8 @@ def _slice(t: _Translator, node, attrs) -> None:
             t.bind(node.output[0], t.reverse(value), layout)
             return
         if a < lead:
+            if (lo, step) == (0, 1) and hi >= 2 ** 31 - 1:
+                continue  # every row (TorchScript's x[:, t] slices the batch whole)
             raise Unsupported("a slice of an example's own dims (not of the batch or time)")
         n = layout[a - lead]
         lo, hi = (int(np.clip(b + n if b < 0 else b, 0, n)) for b in (lo, hi))
@@ -881,6 +922,9 @@ def _transpose(t: _Translator, node, attrs) -> None:
 def _gather(t: _Translator, node, attrs) -> None:
     """One step of a sequence (`last`, `first`) or the one direction of an RNN's state."""
     source = node.input[0]
+    if node.input[1] in t.iterations:  # a Loop's step of the sequence
+        read_step(t, node.output[0], source, attrs.get("axis", 0), t.iterations[node.input[1]])
+        return
     if source in t.symbolic:  # one entry of a shape (the batch, the time)
         index = np.asarray(t.const(node.input[1], "a constant index")).reshape(-1)
         t.symbolic[node.output[0]] = tuple(t.symbolic[source][int(i)] for i in index)
@@ -983,12 +1027,17 @@ _OPERATORS = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
 def _arith(t: _Translator, node, attrs) -> None:
     a, b = node.input
     kind = node.op_type
+    if a in t.iterations or b in t.iterations:  # an index of a Loop's step
+        t.iterations[node.output[0]] = shifted(t, node)
+        return
     if not t.is_const(a) and not t.is_const(b):
         x, y = t.tensor(a), t.tensor(b)
         if len(t.dims[x]) != len(t.dims[y]):
             raise Unsupported("operands of the same rank (netdsl broadcasts within an "
                               "example, ONNX across the batch axis too)")
-        dims = t.out_shape(node)
+        # operands alike are their result's shape, which inference may not know (in a
+        # Loop's body); else broadcasting's, inference's
+        dims = t.dims[x] if t.dims[x] == t.dims[y] else t.out_shape(node)
         t.bind(node.output[0], t.emit(_OPERATORS[kind], {}, [x, y], dims))
         return
     if t.is_const(a) and t.is_const(b):
@@ -1125,5 +1174,5 @@ RULES: dict[str, Rule] = {
     "ConstantOfShape": Rule(_constant_of_shape, {"value": _ANY}),
     "Expand": Rule(_expand),
     "Slice": Rule(_slice),
-    **{op: Rule(apply, attrs) for op, (apply, attrs) in {**RECURRENT, **SCAN}.items()},
+    **{op: Rule(apply, attrs) for op, (apply, attrs) in {**RECURRENT, **SCAN, **LOOP}.items()},
 }
