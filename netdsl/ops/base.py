@@ -99,6 +99,8 @@ class Ctx:
         # set by an executor before backward: gy is an array of this pass's own that
         # nothing reads afterwards, so an op may write its input's gradient over it
         self.gy_owned = False
+        # set by an executor whose target compiled the op's `Op.programs`: run them
+        self.compiled = False
 
     @property
     def rng(self):
@@ -208,6 +210,10 @@ class Op:
     # forward draws from ctx.rng in training (masks, noise, samples): a recomputation
     # must replay the draws (bptt(checkpoint=k) restores the generator's state)
     draws: ClassVar[bool] = False
+    # per-channel programs (ops.channels) stating the op's work as formulas: a target that
+    # generates code compiles them, and its executor sets Ctx.compiled so that the op runs
+    # them instead of its NumPy code (batchnorm's statistics, normalisation and gradient)
+    programs: ClassVar[tuple] = ()
 
     def __init__(self, **attrs):
         self.attrs = attrs

@@ -11,8 +11,8 @@ from netdsl.ops.common import as_tuple, expect_spatial, fmt, geometry_of
 from netdsl.ops.convolve import (
     conv_nd, conv_nd_backward, conv_transpose_nd, conv_transpose_nd_backward,
 )
-from netdsl.ops.norm import running_statistics
-from netdsl.ops.numeric import batch_norm, batch_norm_backward, constant, fan_in_uniform
+from netdsl.ops.norm import BATCH_NORM, normalise, normalise_backward, running_statistics
+from netdsl.ops.numeric import constant, fan_in_uniform
 from netdsl.ops.windows import Geometry
 from netdsl.types import TensorType
 
@@ -273,6 +273,7 @@ class Project(Op):
     # the 1x1 conv keeps x, the batchnorm its normalised input and 1/std; none when identity
     keeps = ("x", "weight", "xhat", "inv_std", "bn_weight")
     host_split = True
+    programs = BATCH_NORM
 
     def is_identity(self, x: TensorType) -> bool:
         return x.dims[0] == self.channels and all(s == 1 for s in as_tuple(self.stride))
@@ -327,8 +328,7 @@ class Project(Op):
         geometry = geometry_of(self, ctx, x)
         z = conv_nd(ctx.xp, x, weight, None, geometry, 1)
         # momentum and eps are PyTorch's BatchNorm defaults; statistics live in ctx.buffers
-        y, xhat, inv_std = batch_norm(ctx.xp, z, bn_weight, bn_bias, 1e-5, 0.1, ctx.buffers,
-                                      ctx.training)
+        y, xhat, inv_std = normalise(ctx, z, bn_weight, bn_bias, 1e-5, 0.1)
         ctx.save(x=x, weight=weight, xhat=xhat, inv_std=inv_std, bn_weight=bn_weight,
                  batch_stats=ctx.training, geometry=geometry)
         return y
@@ -337,8 +337,8 @@ class Project(Op):
         saved = ctx.saved
         if "x" not in saved:
             return (gy,), {}
-        dz, dgamma, dbeta = batch_norm_backward(ctx.xp, gy, saved["xhat"], saved["inv_std"],
-                                                saved["bn_weight"], saved["batch_stats"])
+        dz, dgamma, dbeta = normalise_backward(ctx, gy, saved["xhat"], saved["inv_std"],
+                                               saved["bn_weight"], saved["batch_stats"])
         x, weight = saved["x"], saved["weight"]
         dx, dweight, _ = conv_nd_backward(ctx.xp, dz, x, weight, saved["geometry"], 1,
                                           ctx.needs(0))

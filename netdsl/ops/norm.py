@@ -1,9 +1,13 @@
 """Normalisation and training-time noise: batchnorm, layernorm, dropout, gaussian_noise."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, number, probability, register
+from netdsl.ops.channels import ChannelProgram, Stage, run_channels
 from netdsl.ops.common import Pointwise, expect_float
+from netdsl.ops.expr import Var, maximum, sqrt
 from netdsl.ops.numeric import batch_norm, batch_norm_backward, constant
 from netdsl.types import TensorType
 
@@ -22,6 +26,95 @@ def fraction(value) -> float:
     return value
 
 
+class BatchNormPrograms(NamedTuple):
+    """Batch normalisation as per-channel programs, each two passes over a channel."""
+
+    train: ChannelProgram     # batch statistics, running statistics, xhat and y
+    eval: ChannelProgram      # the running statistics: xhat and y
+    backward: ChannelProgram  # with batch statistics: dweight, dbias and dx
+    backward_fixed: ChannelProgram  # with the running ones: dx = weight * inv_std * gy
+
+
+def batch_norm_programs() -> BatchNormPrograms:
+    """Batchnorm's formulas, from which the native target generates its kernels.
+
+    They compute what ops.numeric.batch_norm and batch_norm_backward compute with NumPy:
+    mean, then biased variance about it, per channel (sums in double precision),
+    xhat = (x - mean) / sqrt(var + eps), y = weight * xhat + bias, the running statistics
+    folded in with PyTorch's momentum and unbiased variance; backward
+    dx = weight / std * (gy - mean(gy) - xhat * mean(gy * xhat)).
+    """
+    x, gy, xhat = Var("x"), Var("gy"), Var("xhat")
+    weight, bias, inv_std = Var("weight"), Var("bias"), Var("inv_std")
+    running_mean, running_var = Var("running_mean"), Var("running_var")
+    eps, momentum, count = Var("eps"), Var("momentum"), Var("count")
+    mean, var, istd, h = Var("mean"), Var("var"), Var("istd"), Var("h")
+    normalised = (("h", (x - mean) * istd),)
+    outputs = (("xhat", h), ("y", h * weight + bias))
+    train = ChannelProgram(
+        "batchnorm_train", ("x",), ("weight", "bias", "running_mean", "running_var"),
+        ("eps", "momentum"),
+        (Stage((("total", x),), (("mean", Var("total") / count),)),
+         Stage((("squares", (x - mean) * (x - mean)),),
+               (("var", Var("squares") / count), ("istd", 1 / sqrt(var + eps))))),
+        (("inv_std", istd),
+         ("new_running_mean", (1 - momentum) * running_mean + momentum * mean),
+         ("new_running_var", (1 - momentum) * running_var
+          + momentum * var * count / maximum(count - 1, 1))),
+        normalised, outputs)
+    evaluation = ChannelProgram(
+        "batchnorm_eval", ("x",), ("weight", "bias", "running_mean", "running_var"),
+        ("eps",), (Stage((), (("mean", running_mean), ("istd", 1 / sqrt(running_var + eps)))),),
+        (("inv_std", istd),), normalised, outputs)
+    sums = (("sum_g", gy), ("sum_gh", gy * xhat))
+    gradients = (("dbias", Var("sum_g")), ("dweight", Var("sum_gh")))
+    scale = ("scale", weight * inv_std)
+    backward = ChannelProgram(
+        "batchnorm_backward", ("gy", "xhat"), ("weight", "inv_std"), (),
+        (Stage(sums, (scale, ("mean_g", Var("sum_g") / count),
+                      ("mean_gh", Var("sum_gh") / count))),),
+        gradients, (),
+        (("dx", Var("scale") * (gy - Var("mean_g") - xhat * Var("mean_gh"))),))
+    fixed = ChannelProgram(
+        "batchnorm_backward_fixed", ("gy", "xhat"), ("weight", "inv_std"), (),
+        (Stage(sums, (scale,)),), gradients, (), (("dx", Var("scale") * gy),))
+    return BatchNormPrograms(train, evaluation, backward, fixed)
+
+
+BATCH_NORM = batch_norm_programs()
+
+
+def normalise(ctx, x, weight, bias, eps: float, momentum: float):
+    """Batchnorm's forward for an op's ctx: (y, xhat, inv_std). The generated programs
+    where the target compiled them (`ctx.compiled`), else ops.numeric.batch_norm."""
+    if not ctx.compiled:
+        return batch_norm(ctx.xp, x, weight, bias, eps, momentum, ctx.buffers, ctx.training)
+    buffers = ctx.buffers
+    if "running_mean" not in buffers:
+        channels = x.shape[1]
+        buffers["running_mean"] = ctx.xp.zeros(channels, dtype=x.dtype)
+        buffers["running_var"] = ctx.xp.ones(channels, dtype=x.dtype)
+    arrays = {"x": x, "weight": weight, "bias": bias, "running_mean": buffers["running_mean"],
+              "running_var": buffers["running_var"]}
+    program = BATCH_NORM.train if ctx.training else BATCH_NORM.eval
+    made = run_channels(ctx.xp, program, arrays, {"eps": eps, "momentum": momentum},
+                        str(x.dtype))
+    if ctx.training:   # new arrays: a state_dict taken before keeps its values
+        buffers["running_mean"] = made["new_running_mean"]
+        buffers["running_var"] = made["new_running_var"]
+    return made["y"], made["xhat"], made["inv_std"]
+
+
+def normalise_backward(ctx, gy, xhat, inv_std, weight, batch_stats: bool):
+    """Batchnorm's backward for an op's ctx, as `normalise` ran: (dx, dweight, dbias)."""
+    if not ctx.compiled:
+        return batch_norm_backward(ctx.xp, gy, xhat, inv_std, weight, batch_stats)
+    program = BATCH_NORM.backward if batch_stats else BATCH_NORM.backward_fixed
+    arrays = {"gy": gy, "xhat": xhat, "weight": weight, "inv_std": inv_std.reshape(-1)}
+    made = run_channels(ctx.xp, program, arrays, {}, str(xhat.dtype))
+    return made["dx"], made["dweight"], made["dbias"]
+
+
 @register("batchnorm")
 class BatchNorm(Op):
     r"""$y = \gamma_c (x - \mu_c) / \sqrt{\sigma_c^2 + \epsilon} + \beta_c$ over batch and space"""
@@ -31,6 +124,7 @@ class BatchNorm(Op):
     host_split = True  # see runtime.host.one_blas_thread
     fresh = True
     init_transparent = True
+    programs = BATCH_NORM
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -53,15 +147,14 @@ class BatchNorm(Op):
 
     def forward(self, ctx, x, weight, bias):
         # running_mean and running_var live in ctx.buffers, made on first use
-        y, xhat, inv_std = batch_norm(ctx.xp, x, weight, bias, self.eps, self.momentum,
-                                      ctx.buffers, ctx.training)
+        y, xhat, inv_std = normalise(ctx, x, weight, bias, self.eps, self.momentum)
         ctx.save(xhat=xhat, inv_std=inv_std, weight=weight, batch_stats=ctx.training)
         return y
 
     def backward(self, ctx, gy):
         saved = ctx.saved
-        dx, dweight, dbias = batch_norm_backward(ctx.xp, gy, saved["xhat"], saved["inv_std"],
-                                                 saved["weight"], saved["batch_stats"])
+        dx, dweight, dbias = normalise_backward(ctx, gy, saved["xhat"], saved["inv_std"],
+                                                saved["weight"], saved["batch_stats"])
         return (dx,), {"weight": dweight, "bias": dbias}
 
     def onnx(self, g, step, inputs, params):
