@@ -256,6 +256,13 @@ class Op:
         them as `ctx.geometry`; None for most ops."""
         return None
 
+    def scratch(self, *xs: TensorType) -> tuple[int, int]:
+        """Bytes per example of the work arrays a call makes and frees inside it (a
+        convolution's im2col columns), as (what sizes its chunks, what a chunk holds):
+        the op works through the batch in chunks of about ops.parallel.CHUNK_BYTES of the
+        first (one example at least), so the memory plan can bound it. (0, 0): none."""
+        return 0, 0
+
     def time_steps(self, step: int | None, steps: int) -> list[int]:
         """The time steps (1..steps) of a sequence input that the output at `step` reads
         (None: an output without a time axis), as an unrolled drawing links them: step t

@@ -10,6 +10,7 @@ from netdsl.ops.base import (
 from netdsl.ops.common import as_tuple, expect_spatial, fmt, geometry_of
 from netdsl.ops.convolve import (
     conv_nd, conv_nd_backward, conv_transpose_nd, conv_transpose_nd_backward,
+    scratch_per_example,
 )
 from netdsl.ops.norm import BATCH_NORM, normalise, normalise_backward, running_statistics
 from netdsl.ops.numeric import constant, fan_in_uniform
@@ -148,6 +149,9 @@ class Conv(_Convolution):
         (k,) = per_dim(self, x, kernel=self.kernel)
         macs = x.dims[0] // self.groups * math.prod(k) * y.size
         return 2 * macs + (y.size if self.bias else 0)
+
+    def scratch(self, x: TensorType) -> tuple[int, int]:
+        return scratch_per_example(self.geometry(x), x.dims[0], self.channels)
 
     def forward(self, ctx, x, weight, bias=None):
         ctx.save(x=x, weight=weight, geometry=geometry_of(self, ctx, x))
@@ -291,6 +295,11 @@ class Project(Op):
         (s,) = per_dim(self, x, stride=self.stride)
         ones = (1,) * len(s)
         return Geometry.of(x.dims[1:], ones, s, ones, [(0, 0)] * len(s))
+
+    def scratch(self, x: TensorType) -> tuple[int, int]:
+        if self.is_identity(x):
+            return 0, 0
+        return scratch_per_example(self.geometry(x), x.dims[0], self.channels)
 
     def params(self, x):
         if self.is_identity(x):
