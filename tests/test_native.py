@@ -297,3 +297,34 @@ def test_an_elman_loop_keeps_one_step_of_its_recurrent_product():
     product = next(s.node for s in segment.steps if s.op.name == "dense")
     assert kernel.rows(product, 100) == 1
     assert all(kernel.rows(node, 100) == 100 for node in segment.stored)
+
+
+@pytest.mark.parametrize("name", ["lstm", "elman"])
+def test_the_input_projections_gradient_is_the_recurrent_products(name):
+    """x W + h[t-1] U: both terms get the add's gradient, held once, (T, B, width), as
+    the recurrent product's; the projection outside the loop receives that array."""
+    from netdsl.lower.schedule import LoopSegment
+    from netdsl.runtime.native.loops import compile_loop, default_needs
+
+    host, native_ex = _recurrent_pair(name)
+    lowered = native_ex.lowered
+    [segment] = [s for s in lowered.schedule.segments if isinstance(s, LoopSegment)]
+    kernel, _, _ = compile_loop(segment, lowered.plan.types, "float64",
+                                default_needs(lowered, segment))
+    product = next(s.node for s in segment.steps if s.op.name == "dense")
+    assert kernel.aliases == {kernel.seqs[0]: product}
+    batch = _sequence_batch(host.plan)
+    seen = {}
+    deliver = native_ex.compiled_loops._deliver
+
+    def spy(segment, kernel, seq_grads, *rest):
+        seen.update(seq_grads)
+        return deliver(segment, kernel, seq_grads, *rest)
+
+    native_ex.compiled_loops._deliver = spy
+    for ex in (host, native_ex):
+        ex.forward(batch, True)
+        ex.backward()
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+    grad = seen[kernel.seqs[0]]
+    assert grad.shape[0] == 6 and np.abs(grad).max() > 0   # (T, B, width), written

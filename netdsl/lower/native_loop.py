@@ -54,6 +54,10 @@ class LoopKernel:
     kept: frozenset
     summed: frozenset
     views: dict        # a column block's node -> (its parent, the block's first column)
+    # a sequence -> the member whose gradient is the same array: a chain that adds the
+    # two (an LSTM's hoisted input projection and its recurrent product) gives both the
+    # same gradient, so backward writes it once, into one (T, B, width) array
+    aliases: dict = None
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
         """How many steps of `node`'s values (or gradients) its array holds."""
@@ -100,10 +104,43 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     states = tuple(segment.loop.states)
     params = tuple((s.node, name) for s in segment.steps for name in s.params)
     kept, summed, from_output = _lifetimes(segment, splits)
+    aliases = _aliases(segment, splits, summed, from_output, needs)
     writer = _Writer(segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                     summed, from_output, padded)
+                     summed, from_output, padded, aliases)
     source = writer.module(needs, index_type, gemm)
-    return LoopKernel(source, storage, seqs, states, params, widths, kept, summed, splits)
+    return LoopKernel(source, storage, seqs, states, params, widths, kept, summed, splits,
+                      aliases)
+
+
+def _aliases(segment: LoopSegment, splits: dict, summed: frozenset, from_output: frozenset,
+             needs: dict) -> dict:
+    """Sequences whose gradient is a member's, as LoopKernel.aliases: a chain reads both,
+    each nowhere else, and its backward writes the same expression to both (an add's gy).
+    The member's gradient must come from that chain alone: not a value read after the
+    loop or by a state, not a parent of column blocks; and every step keeps it (summed)."""
+    readers: dict = {}
+    for step, route in zip(segment.steps, segment.routes):
+        for r in route:
+            readers[(r.kind, _ref_node(r))] = readers.get((r.kind, _ref_node(r)), 0) + 1
+    outside = (set(segment.stored) | {s.source for s in segment.loop.states}
+               | {parent for parent, _ in splits.values()})
+    aliases = {}
+    for step, route in zip(segment.steps, segment.routes):
+        wanted = needs.get(step.node)
+        if not isinstance(step.op, FusedChain) or wanted is None:
+            continue
+        program = step.op.backward_program(wanted, output=step.node in from_output)
+        written = {n: c(e, "float") for n, e in program.writes}
+        for j, seq in enumerate(route):
+            for k, member in enumerate(route):
+                if (seq.kind == SEQ and member.kind == MEMBER and wanted[j] and wanted[k]
+                        and written.get(f"dx{j}") == written.get(f"dx{k}")
+                        and readers[(SEQ, seq.ref)] == 1 and readers[(MEMBER, member.ref)] == 1
+                        and member.ref in summed and member.ref not in outside
+                        and member.ref not in splits and seq.ref not in aliases
+                        and member.ref not in aliases.values()):
+                    aliases[seq.ref] = member.ref
+    return aliases
 
 
 def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset, frozenset]:
@@ -165,8 +202,9 @@ class _Writer:
     """The C text of one loop, with each value's place at time t."""
 
     def __init__(self, segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                 summed, from_output, padded):
+                 summed, from_output, padded, aliases):
         self.segment, self.widths, self.splits = segment, widths, splits
+        self.aliases = aliases
         self.kept, self.summed, self.from_output = kept, summed, from_output
         self.scratch = [n for n in storage if n not in summed]   # zeroed at every step
         self.t = CTYPES[dtype]
@@ -303,7 +341,8 @@ class _Writer:
                 arrays["y"] = self.member(step.node, False)
                 arrays["gy"] = (gy, ldgy)
                 for j, r in enumerate(route):
-                    if wanted[j]:
+                    # an aliased sequence's gradient is the member's, written once
+                    if wanted[j] and not (r.kind == SEQ and r.ref in self.aliases):
                         arrays[f"dx{j}"] = self.source_of(r, True)
                 body += self._elementwise(self._backward_program(step, wanted), arrays,
                                           self.widths[step.node], accumulate=True)
