@@ -8,6 +8,7 @@ import pytest
 from netdsl.driver import check_text
 from netdsl.lower import codegen, lower
 from netdsl.lower.fuse import FusedChain
+from netdsl.ops.base import Ctx
 from netdsl.runtime.execute import Executor
 from netdsl.runtime.init import initial_params
 from test_runtime import KNOTTY
@@ -165,7 +166,7 @@ def test_a_chain_whose_gradients_follow_from_its_output_keeps_only_that(name):
             assert op.keeps == ()
             continue
         assert op.keeps == ("y",)
-        program = op.backward_program(every)
+        program = op.backward_program(every, merged=False)
         assert set(program.reads) <= {"y", "gy"}
         ours = codegen.evaluate_program(program, {"y": y, "gy": gy}, {}, np, "float64")
         for key, value in plain.items():
@@ -188,3 +189,24 @@ def test_relu_backward_overwrites_a_gradient_the_executor_owns():
         np.testing.assert_array_equal(dx, [[0.0, 6.0, 7.0]])
         assert (dx is gy) == owned
         np.testing.assert_array_equal(gy, [[0.0, 6.0, 7.0]] if owned else [[5.0, 6.0, 7.0]])
+
+
+@pytest.mark.parametrize("target", ["cuda", "native"])
+def test_an_adds_two_gradients_are_written_once(target):
+    """relu(x + skip): both inputs' gradients are where(y > 0, gy, 0); the kernel writes
+    one array and both inputs receive it (the executor copies before it sums)."""
+    [op] = [s.op for s in spec_lowered("resnet20", target=target).plan.steps
+            if isinstance(s.op, FusedChain) and s.op.chain.name == "add_relu"][:1]
+    program = op.backward_program((True, True))
+    assert program.outputs == ("dx0",) and op.shared_grads((True, True)) == {"dx1": "dx0"}
+    every = op.backward_program((True, True), merged=False)
+    assert every.outputs == ("dx0", "dx1")
+    rng = np.random.default_rng(0)
+    x0, x1, gy = (rng.standard_normal((3, 4)) for _ in range(3))
+    ctx = Ctx(np, training=True, dtype="float64")
+    y = op.forward(ctx, x0, x1)
+    ctx.needs_input_grad = (True, True)
+    (dx0, dx1), _ = op.backward(ctx, gy)
+    assert dx0 is dx1
+    np.testing.assert_array_equal(dx0, np.where(np.maximum(x0 + x1, 0) > 0, gy, 0))
+    np.testing.assert_array_equal(y, np.maximum(x0 + x1, 0))

@@ -129,7 +129,8 @@ def _aliases(segment: LoopSegment, splits: dict, summed: frozenset, from_output:
         wanted = needs.get(step.node)
         if not isinstance(step.op, FusedChain) or wanted is None:
             continue
-        program = step.op.backward_program(wanted, output=step.node in from_output)
+        program = step.op.backward_program(wanted, output=step.node in from_output,
+                                           merged=False)
         written = {n: c(e, "float") for n, e in program.writes}
         for j, seq in enumerate(route):
             for k, member in enumerate(route):
@@ -172,7 +173,7 @@ def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset
                 kept.add(parent(route[0].ref))
     from_output = set()
     for step, route in chains:
-        program = step.op.backward_program((True,) * len(route), output=False)
+        program = step.op.backward_program((True,) * len(route), output=False, merged=False)
         inputs = {parent(r.ref) for j, r in enumerate(route)
                   if f"x{j}" in program.reads and r.kind == MEMBER}
         if step.op.from_output and (step.node in kept or inputs - kept):
@@ -295,7 +296,9 @@ class _Writer:
         return self._function("loop_forward", body)
 
     def _backward_program(self, step, needs: tuple[bool, ...]):
-        return step.op.backward_program(needs, output=step.node in self.from_output)
+        # each member's gradient has its own place: every input's is written
+        return step.op.backward_program(needs, output=step.node in self.from_output,
+                                        merged=False)
 
     def _hold(self, node: str) -> list[str]:
         """Past a sequence's end a state keeps its value of the step before: at step 0 (a
