@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT, assert_golden
 from netdsl.lower.native import c_module
 from netdsl.ops.base import Ctx
-from netdsl.ops.channels import evaluate_channels
+from netdsl.ops.channels import run_channels
 from netdsl.ops.norm import BATCH_NORM, normalise, normalise_backward
 from netdsl.ops.numeric import batch_norm, batch_norm_backward
 from netdsl.runtime import host, native  # noqa: F401  host lends the threads slabs run on
@@ -50,7 +50,8 @@ def _inputs(shape, dtype, seed=0):
 
 
 def _numpy_and_ours(shape, dtype, training, compiled):
-    """(NumPy's (y, xhat, inv_std, dx, dweight, dbias, running stats), the programs')."""
+    """(NumPy's (y, mean, inv_std, dx, dweight, dbias, running stats), the programs'):
+    compiled, or (`compiled` False) evaluated by NumPy through ops.channels."""
     x, weight, bias, gy = _inputs(shape, dtype)
     buffers = {"running_mean": np.full(shape[1], 0.5, dtype),
                "running_var": np.full(shape[1], 2.0, dtype)}
@@ -58,16 +59,24 @@ def _numpy_and_ours(shape, dtype, training, compiled):
     y, xhat, inv_std = batch_norm.generic(np, x, weight, bias, 1e-5, 0.1, theirs_buffers,
                                           training)
     dx, dweight, dbias = batch_norm_backward.generic(np, gy, xhat, inv_std, weight, training)
-    theirs = (y, xhat, inv_std.reshape(-1), dx, dweight, dbias,
+    # the mean the kernel keeps: the batch's, or the running one it normalised with
+    mean = (x - xhat / inv_std).reshape(x.shape[0], x.shape[1], -1).mean(axis=(0, 2))
+    theirs = (y, mean, inv_std.reshape(-1), dx, dweight, dbias,
               theirs_buffers["running_mean"], theirs_buffers["running_var"])
     ctx = Ctx(np, training=training, buffers=ours_buffers, dtype=dtype)
     ctx.compiled = True
-    if compiled:
-        native.prepare(list(BATCH_NORM), dtype)
-    y, xhat, inv_std = normalise(ctx, x, weight, bias, 1e-5, 0.1)
-    dx, dweight, dbias = normalise_backward(ctx, gy, xhat, inv_std, weight, training)
-    ours = (y, xhat, inv_std, dx, dweight, dbias, ours_buffers["running_mean"],
-            ours_buffers["running_var"])
+    provider = run_channels.provided.pop("numpy", None)
+    try:
+        if compiled:
+            run_channels.provided["numpy"] = provider
+            native.prepare(list(BATCH_NORM), dtype)
+        y, kept = normalise(ctx, x, weight, bias, 1e-5, 0.1)
+        assert kept["normalised"] is x   # x is kept, xhat made again in backward
+        dx, dweight, dbias = normalise_backward(ctx, gy, kept, weight, training)
+    finally:
+        run_channels.provided["numpy"] = provider
+    ours = (y, kept["mean"], kept["inv_std"], dx, dweight, dbias,
+            ours_buffers["running_mean"], ours_buffers["running_var"])
     return theirs, ours
 
 
@@ -76,24 +85,20 @@ def _numpy_and_ours(shape, dtype, training, compiled):
 @pytest.mark.parametrize("shape", [(5, 3, 4, 6), (7, 4), (2, 3, 5, 1, 3)])
 def test_the_compiled_programs_compute_what_numpy_does(shape, dtype, training, cache):
     theirs, ours = _numpy_and_ours(shape, dtype, training, compiled=True)
-    for name, a, b in zip(("y", "xhat", "inv_std", "dx", "dweight", "dbias", "running_mean",
+    for name, a, b in zip(("y", "mean", "inv_std", "dx", "dweight", "dbias", "running_mean",
                            "running_var"), ours, theirs):
         assert a.dtype == np.dtype(dtype) and a.shape == b.shape, name
         np.testing.assert_allclose(a, b, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype],
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["batch", "running"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_numpy_evaluates_the_same_programs(dtype):
-    theirs, _ = _numpy_and_ours((4, 3, 5, 5), dtype, True, compiled=False)
-    x, weight, bias, gy = _inputs((4, 3, 5, 5), dtype)
-    made = evaluate_channels(BATCH_NORM.train, {
-        "x": x, "weight": weight, "bias": bias, "running_mean": np.full(3, 0.5, dtype),
-        "running_var": np.full(3, 2.0, dtype)}, {"eps": 1e-5, "momentum": 0.1}, np, dtype)
-    for name, index in (("y", 0), ("xhat", 1), ("inv_std", 2), ("new_running_mean", 6),
-                        ("new_running_var", 7)):
-        np.testing.assert_allclose(made[name], theirs[index], rtol=TOLERANCE[dtype],
-                                   atol=TOLERANCE[dtype], err_msg=name)
+def test_numpy_evaluates_the_same_programs(dtype, training):
+    """ctx.compiled with nothing compiled: run_channels evaluates the formulas with NumPy."""
+    theirs, ours = _numpy_and_ours((4, 3, 5, 5), dtype, training, compiled=False)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
 
 
 def test_large_inputs_run_in_channel_slabs_on_the_host_threads(cache, monkeypatch):
@@ -120,8 +125,8 @@ def test_the_compiled_batchnorm_equals_pytorch_in_float64(training, cache):
     buffers = {"running_mean": np.full(4, 0.5), "running_var": np.full(4, 2.0)}
     ctx = Ctx(np, training=training, buffers=buffers, dtype="float64")
     ctx.compiled = True
-    y, xhat, inv_std = normalise(ctx, x, weight, bias, 1e-5, 0.1)
-    dx, dweight, dbias = normalise_backward(ctx, gy, xhat, inv_std, weight, training)
+    y, kept = normalise(ctx, x, weight, bias, 1e-5, 0.1)
+    dx, dweight, dbias = normalise_backward(ctx, gy, kept, weight, training)
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, weight, bias))
     mean, var = torch.full((4,), 0.5, dtype=torch.float64), torch.full((4,), 2.0,
                                                                         dtype=torch.float64)

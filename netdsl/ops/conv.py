@@ -337,17 +337,17 @@ class Project(Op):
         geometry = geometry_of(self, ctx, x)
         z = conv_nd(ctx.xp, x, weight, None, geometry, 1)
         # momentum and eps are PyTorch's BatchNorm defaults; statistics live in ctx.buffers
-        y, xhat, inv_std = normalise(ctx, z, bn_weight, bn_bias, 1e-5, 0.1)
-        ctx.save(x=x, weight=weight, xhat=xhat, inv_std=inv_std, bn_weight=bn_weight,
-                 batch_stats=ctx.training, geometry=geometry)
+        y, kept = normalise(ctx, z, bn_weight, bn_bias, 1e-5, 0.1)
+        ctx.save(**kept, x=x, weight=weight, bn_weight=bn_weight, batch_stats=ctx.training,
+                 geometry=geometry)
         return y
 
     def backward(self, ctx, gy):
         saved = ctx.saved
         if "x" not in saved:
             return (gy,), {}
-        dz, dgamma, dbeta = normalise_backward(ctx, gy, saved["xhat"], saved["inv_std"],
-                                               saved["bn_weight"], saved["batch_stats"])
+        dz, dgamma, dbeta = normalise_backward(ctx, gy, saved, saved["bn_weight"],
+                                               saved["batch_stats"])
         x, weight = saved["x"], saved["weight"]
         dx, dweight, _ = conv_nd_backward(ctx.xp, dz, x, weight, saved["geometry"], 1,
                                           ctx.needs(0))
