@@ -99,13 +99,24 @@ def test_the_native_optimiser_updates_as_numpy_does(label, cache):
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
-def test_large_arrays_run_in_slabs_on_the_host_threads(cache):
+@pytest.mark.parametrize("split", [True, False])
+def test_large_arrays_run_in_slabs_on_the_host_threads(cache, monkeypatch, split):
+    """Above native.SPLIT_BYTES (lowered here, as the arrays stay small) the slabs run on
+    the host's threads; below it one call does the whole array."""
+    from netdsl.ops import parallel  # the seam whose calls the test counts
+    from netdsl.runtime import host  # noqa: F401  lends the threads
+    calls = []
+    real = parallel.slab_map.provided["numpy"]
+    monkeypatch.setitem(parallel.slab_map.provided, "numpy",
+                        lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(native, "SPLIT_BYTES", 1 << 20 if split else 1 << 40)
     program = PATTERNS["add_relu_forward"]
     native.prepare([program], "float32")
     rng = np.random.default_rng(1)
     x0, x1 = (rng.standard_normal((64, 9000)).astype(np.float32) for _ in range(2))
     got = run_program(np, program, {"x0": x0, "x1": x1}, dtype="float32")["y"]
     np.testing.assert_array_equal(got, np.maximum(x0 + x1, 0))
+    assert calls == ([64 * 9000] if split else [])
 
 
 def test_broadcast_and_strided_inputs_are_made_contiguous(cache):

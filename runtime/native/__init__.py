@@ -88,6 +88,13 @@ def build_report(lowered, dtype: str = "float32") -> str:
 
 _DTYPES = {"float32": np.dtype("float32"), "float64": np.dtype("float64")}
 
+# bytes an elementwise program must touch before its slabs run on the host's threads.
+# Handing slabs to Python threads costs about 33 us a call, and a chain over ResNet-20's
+# activations (1-6 MiB) runs in 50-150 us on one core: split, W3's chains took 7.9-8.2
+# ms a step on two threads, unsplit 5.6-6.0 (docs/cpu.md). Above this the work is long
+# enough for the hand-over not to count
+SPLIT_BYTES = 16 << 20
+
 
 @run_program.provide("numpy")
 def _run_native(xp, program: Program, arrays: dict, scalars: dict | None = None,
@@ -118,7 +125,7 @@ def _run_native(xp, program: Program, arrays: dict, scalars: dict | None = None,
             results[name] = array
     values = [float(scalars[name]) for name in program.scalars] if program.scalars else []
     total, function, size = int(np.prod(shape)), entry[1], dtype.itemsize
-    if total * size * len(pointers) < parallel.MIN_SPLIT_BYTES:
+    if total * size * len(pointers) < SPLIT_BYTES:
         function(*pointers, *values, total)   # too small for threads to pay
         return results
 
