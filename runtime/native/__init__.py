@@ -88,11 +88,12 @@ def build_report(lowered, dtype: str = "float32") -> str:
 
 _DTYPES = {"float32": np.dtype("float32"), "float64": np.dtype("float64")}
 
-# bytes an elementwise program must touch before its slabs run on the host's threads.
-# Handing slabs to Python threads costs about 33 us a call, and a chain over ResNet-20's
-# activations (1-6 MiB) runs in 50-150 us on one core: split, W3's chains took 7.9-8.2
-# ms a step on two threads, unsplit 5.6-6.0 (docs/cpu.md). Above this the work is long
-# enough for the hand-over not to count
+# bytes a program must touch before its slabs run on the host's threads. Handing slabs
+# to Python threads costs about 33 us a call, and a chain over ResNet-20's activations
+# (1-6 MiB) runs in 50-150 us on one core: split, W3's chains took 7.9-8.2 ms a step on
+# two threads, unsplit 5.6-6.0; its batchnorms 61-92 ms split, 11-14 unsplit, with
+# another process on a core (docs/cpu.md). Above this the work is long enough for the
+# hand-over not to count
 SPLIT_BYTES = 16 << 20
 
 
@@ -168,5 +169,9 @@ def _run_channels_native(xp, program: ChannelProgram, arrays: dict, scalars: dic
     def run(part: slice) -> None:   # ctypes lets go of the GIL: channel slabs run at once
         function(*pointers, *values, b, c, n, part.start, part.stop)
 
-    parallel.slab_map(np, run, c, first.nbytes * (len(program.reads) + len(program.writes)))
+    size = first.nbytes * (len(program.reads) + len(program.writes))
+    if size < SPLIT_BYTES:
+        run(slice(0, c))
+        return results
+    parallel.slab_map(np, run, c, size)
     return results
