@@ -10,10 +10,10 @@ that lacks the vector versions) the same source still compiles and runs.
 A function's parameters are its arrays (those read, then those only written, as
 `Program.arrays`), its scalars as doubles, and n. An op's per-channel program
 (ops.channels, batchnorm's) is a function over channels c0 .. c1 of arrays viewed as
-(B, C, N): per channel one pass sums its terms (in double, a vectorised reduction), the
-per-channel values follow in double, and a second pass writes the elements; a
-channel's B * N values stay in the cache between the passes for the layers of a
-convolutional network. Its parameters: the elementwise arrays read, the vectors read,
+(B, C, N): per channel a pass per stage sums its terms (in double, a vectorised
+reduction) and computes its per-channel values in double, then a last pass writes the
+elements; a channel's B * N values stay in the cache between the passes for the layers
+of a convolutional network. Its parameters: the elementwise arrays read, the vectors read,
 the vectors written, the elementwise arrays written, the scalars as doubles, then B,
 C, N, c0 and c1. Only text is made here; netdsl.runtime.native compiles, caches and
 calls it.

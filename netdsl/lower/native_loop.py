@@ -57,7 +57,7 @@ class LoopKernel:
     # a sequence -> the member whose gradient is the same array: a chain that adds the
     # two (an LSTM's hoisted input projection and its recurrent product) gives both the
     # same gradient, so backward writes it once, into one (T, B, width) array
-    aliases: dict = None
+    aliases: dict
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
         """How many steps of `node`'s values (or gradients) its array holds."""

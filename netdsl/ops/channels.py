@@ -13,8 +13,8 @@ viewed as (B, C, N), per channel c:
 3. `lets`, then `writes`: per element, from the elements read and the channel's values.
 
 Expressions are ops.expr's, so the native CPU target renders a program as one C
-function of two passes over each channel (netdsl.lower.native) from the formulas an op
-states, and `evaluate_channels` runs the same formulas with NumPy, which is how the
+function, a pass over each channel per stage and one writing pass (netdsl.lower.native),
+from the formulas an op states, and `evaluate_channels` runs the same formulas with NumPy, which is how the
 tests check a program against the op's NumPy code. `run_channels` runs one: evaluated
 so by default, compiled where a runtime provides it (netdsl.runtime.native).
 """

@@ -27,7 +27,8 @@ def fraction(value) -> float:
 
 
 class BatchNormPrograms(NamedTuple):
-    """Batch normalisation as per-channel programs, each two passes over a channel."""
+    """Batch normalisation as per-channel programs (three passes over a channel in
+    training forward, two backward)."""
 
     train: ChannelProgram     # batch statistics, running statistics and y
     eval: ChannelProgram      # y from the running statistics
