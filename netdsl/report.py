@@ -5,6 +5,7 @@ from netdsl.cost import cost_rows, roll_up
 from netdsl.errors import SpecError
 from netdsl.lower import lower
 from netdsl.lower.loop_memory import recurrence_figures
+from netdsl.ops.parallel import CHUNK_BYTES
 from netdsl.optimizers import configure
 from netdsl.settings import resolve_settings
 
@@ -153,7 +154,15 @@ def format_training_memory(net, batch: int) -> str | None:
             f"activations {human(memory.slot_bytes, 'B')} in {len(memory.slots)} shared buffers "
             f"(unshared {human(memory.unshared_bytes, 'B')}) + parameters and gradients "
             f"{human(2 * memory.param_bytes, 'B')} + optimiser state "
-            f"{human(memory.optimizer_bytes, 'B')}")
+            f"{human(memory.optimizer_bytes, 'B')}" + _scratch(memory))
+
+
+def _scratch(memory) -> str:
+    """The convolutions' im2col scratch, when there is any: chunks of about CHUNK_BYTES."""
+    if not memory.scratch_bytes:
+        return ""
+    return (f" + im2col scratch {human(memory.scratch_bytes, 'B')} (chunks of about "
+            f"{human(CHUNK_BYTES, 'B')} of columns, one example's at least)")
 
 
 def format_loop_memory(net, batch: int, steps: int = REPORT_STEPS, target: str = "host"

@@ -104,6 +104,9 @@ class Executor:
         # each node's value and gradient as they are made (None otherwise: no cost)
         self.observer = None
         self.compiled_loops = None
+        # the steps whose ops run their own compiled programs (Op.programs, Ctx.compiled)
+        self.compiled_ops = (frozenset(lowered.kernels) if lowered.target.op_programs
+                             and on_host(xp) else frozenset())
         if lowered.target.name == "native":   # raises NativeUnavailable without a compiler
             native.prepare([p for made in lowered.kernels.values() for p in made], dtype)
             if plan.loops and on_host(xp):
@@ -208,6 +211,7 @@ class Executor:
         ctx = self.ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node],
                                          len(xs[0]) if folded else self.size, self.dtype)
         ctx.geometry = step.geometry
+        ctx.compiled = step.node in self.compiled_ops
         if lengths is not None and not step.op.per_step:
             ctx.lengths = lengths
         elif whole and self.lengths:  # attention's memory: its padded steps stay unread

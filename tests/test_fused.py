@@ -8,6 +8,7 @@ import pytest
 from netdsl.driver import check_text
 from netdsl.lower import codegen, lower
 from netdsl.lower.fuse import FusedChain
+from netdsl.ops.base import Ctx
 from netdsl.runtime.execute import Executor
 from netdsl.runtime.init import initial_params
 from test_runtime import KNOTTY
@@ -47,12 +48,20 @@ def test_fused_step_equals_the_numpy_executor(name, target):
         assert ours.keys() == theirs.keys()
         for key in ours:
             assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
-        np.testing.assert_allclose(our_grads, their_grads, rtol=1e-10, atol=1e-12)
+        # ResNet-50's 53 batchnorms amplify rounding (a batchnorm summed in another
+        # order, with NumPy as much as in C, moves its gradients by 4e-13 of the largest)
+        scale = max(1.0, float(np.abs(their_grads).max()))
+        np.testing.assert_allclose(our_grads, their_grads, rtol=1e-10, atol=1e-12 * scale)
+        # both take the same update: a deep network's second step (ResNet-50's, at batch
+        # 2) would otherwise compare the rounding of the first, amplified
         plain.flat_params -= 0.01 * their_grads
-        fused.flat_params -= 0.01 * our_grads
+        fused.flat_params[...] = plain.flat_params
     for node, buffers in plain.buffers.items():
         for key, value in buffers.items():
-            np.testing.assert_allclose(fused.buffers[node][key], value, rtol=1e-12)
+            # the native target's batchnorm sums in another order: a batch mean near zero
+            # is known to the rounding of its terms
+            np.testing.assert_allclose(fused.buffers[node][key], value, rtol=1e-10,
+                                       atol=1e-14)
     evaluation = [ex.forward(batch, training=False) for ex in (plain, fused)]
     for key, value in evaluation[0].items():
         assert float(evaluation[1][key]) == pytest.approx(float(value), rel=1e-12)
@@ -157,7 +166,7 @@ def test_a_chain_whose_gradients_follow_from_its_output_keeps_only_that(name):
             assert op.keeps == ()
             continue
         assert op.keeps == ("y",)
-        program = op.backward_program(every)
+        program = op.backward_program(every, merged=False)
         assert set(program.reads) <= {"y", "gy"}
         ours = codegen.evaluate_program(program, {"y": y, "gy": gy}, {}, np, "float64")
         for key, value in plain.items():
@@ -180,3 +189,24 @@ def test_relu_backward_overwrites_a_gradient_the_executor_owns():
         np.testing.assert_array_equal(dx, [[0.0, 6.0, 7.0]])
         assert (dx is gy) == owned
         np.testing.assert_array_equal(gy, [[0.0, 6.0, 7.0]] if owned else [[5.0, 6.0, 7.0]])
+
+
+@pytest.mark.parametrize("target", ["cuda", "native"])
+def test_an_adds_two_gradients_are_written_once(target):
+    """relu(x + skip): both inputs' gradients are where(y > 0, gy, 0); the kernel writes
+    one array and both inputs receive it (the executor copies before it sums)."""
+    [op] = [s.op for s in spec_lowered("resnet20", target=target).plan.steps
+            if isinstance(s.op, FusedChain) and s.op.chain.name == "add_relu"][:1]
+    program = op.backward_program((True, True))
+    assert program.outputs == ("dx0",) and op.shared_grads((True, True)) == {"dx1": "dx0"}
+    every = op.backward_program((True, True), merged=False)
+    assert every.outputs == ("dx0", "dx1")
+    rng = np.random.default_rng(0)
+    x0, x1, gy = (rng.standard_normal((3, 4)) for _ in range(3))
+    ctx = Ctx(np, training=True, dtype="float64")
+    y = op.forward(ctx, x0, x1)
+    ctx.needs_input_grad = (True, True)
+    (dx0, dx1), _ = op.backward(ctx, gy)
+    assert dx0 is dx1
+    np.testing.assert_array_equal(dx0, np.where(np.maximum(x0 + x1, 0) > 0, gy, 0))
+    np.testing.assert_array_equal(y, np.maximum(x0 + x1, 0))

@@ -42,7 +42,7 @@ CASES = {
     "mlp": {"relu_forward", "relu_backward_1_y", "ce_rows", "ce_gradient", "update"},
     "lenet5": {"im2col", "col2im", "maxpool", "maxpool_backward"},
     "resnet20": {"bn_statistics", "bn_normalise", "bn_sums", "bn_input_grad",
-                 "add_relu_forward", "add_relu_backward_11_y"},
+                 "add_relu_forward", "add_relu_backward_11_y_merged"},
     "googlenet": {"maxpool", "maxpool_backward", "im2col"},
     "vae": {"scale_exp_mul_add_forward"},
     "knotty": {"im2col", "bn_statistics", "maxpool", "update"},

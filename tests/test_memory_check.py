@@ -11,6 +11,7 @@ from contextlib import redirect_stderr
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from conftest import ROOT
 from netdsl import cli
@@ -22,6 +23,8 @@ from netdsl.errors import SpecError
 from netdsl.lower import lower
 from netdsl.ops import numeric
 from netdsl.ops.numeric import draw_float32
+from netdsl.ops.windows import Windows
+from netdsl.report import format_training_memory, human
 from netdsl.runtime.data import Dataset
 from netdsl.runtime import train
 from netdsl.runtime.init import initial_params
@@ -240,3 +243,37 @@ def test_the_builder_runs_the_same_check_and_says_what_to_change(tmp_path, monke
         assert refused.value.message.startswith(f"not enough memory: the {estimate.what} at")
         assert refused.value.hint == ("the largest batch that fits is 3: set batch=3 in the "
                                       "train clause")
+
+
+def test_the_im2col_scratch_is_planned_and_what_a_convolution_holds():
+    """netc compile's scratch: one chunk of about CHUNK_BYTES of im2col columns (and its
+    GEMM's result), as conv_nd allocates it; tracemalloc sees NumPy's arrays."""
+    from netdsl.ops.convolve import conv_nd  # the op's routine, measured alone
+    from netdsl.ops.parallel import CHUNK_BYTES, chunk_examples
+    text = ("network c\ninput x : [8, 32, 32]\ntarget y : class(4)\n"
+            "z = x -> conv(16, 3, pad=1) -> relu -> global_avgpool -> dense(4)\n"
+            "loss cross_entropy(z, y)\ntrain sgd(lr=0.1), batch=64\n")
+    lowered = lower(check_text(text, "c.net").graph)
+    step = next(s for s in lowered.plan.steps if s.op.name == "conv")
+    sizing, held = step.op.scratch(*step.input_types)
+    assert sizing == 8 * 9 * 4 * Windows.of(step.geometry, compact=True).size
+    memory = lowered.memory.at(64)
+    examples = chunk_examples(64, sizing)
+    assert 1 < examples < 64 and examples * sizing <= CHUNK_BYTES
+    assert memory.scratch_bytes == examples * held
+    assert memory.peak == (memory.slot_bytes + memory.scratch_bytes + 2 * memory.param_bytes
+                           + memory.optimizer_bytes)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 8, 32, 32)).astype(np.float32)
+    weight = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    with threadpool_limits(1):   # one slab: the whole budget is one chunk's
+        tracemalloc.start()
+        try:
+            y = conv_nd(np, x, weight, None, step.geometry, 1)
+            held_at_peak = tracemalloc.get_traced_memory()[1] - y.nbytes
+        finally:
+            tracemalloc.stop()
+    # the padded copy of a chunk's input comes on top: within a fifth
+    assert memory.scratch_bytes <= held_at_peak <= 1.2 * memory.scratch_bytes
+    line = format_training_memory(check_text(text, "c.net"), 64)
+    assert f"+ im2col scratch {human(memory.scratch_bytes, 'B')} (chunks of about" in line

@@ -42,7 +42,8 @@ def test_c_source_matches_golden(label, update_golden):
 
 
 def test_every_golden_source_has_a_pattern():
-    stale = sorted(set(f[:-2] for f in os.listdir(GOLDEN) if not f.startswith("loop_"))
+    stale = sorted(set(f[:-2] for f in os.listdir(GOLDEN)
+                       if not f.startswith(("loop_", "channels_")))
                    - set(PATTERNS))
     assert not stale, f"golden sources without a pattern: {stale}"
 
@@ -98,13 +99,24 @@ def test_the_native_optimiser_updates_as_numpy_does(label, cache):
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
-def test_large_arrays_run_in_slabs_on_the_host_threads(cache):
+@pytest.mark.parametrize("split", [True, False])
+def test_large_arrays_run_in_slabs_on_the_host_threads(cache, monkeypatch, split):
+    """Above native.SPLIT_BYTES (lowered here, as the arrays stay small) the slabs run on
+    the host's threads; below it one call does the whole array."""
+    from netdsl.ops import parallel  # the seam whose calls the test counts
+    from netdsl.runtime import host  # noqa: F401  lends the threads
+    calls = []
+    real = parallel.slab_map.provided["numpy"]
+    monkeypatch.setitem(parallel.slab_map.provided, "numpy",
+                        lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(native, "SPLIT_BYTES", 1 << 20 if split else 1 << 40)
     program = PATTERNS["add_relu_forward"]
     native.prepare([program], "float32")
     rng = np.random.default_rng(1)
     x0, x1 = (rng.standard_normal((64, 9000)).astype(np.float32) for _ in range(2))
     got = run_program(np, program, {"x0": x0, "x1": x1}, dtype="float32")["y"]
     np.testing.assert_array_equal(got, np.maximum(x0 + x1, 0))
+    assert calls == ([64 * 9000] if split else [])
 
 
 def test_broadcast_and_strided_inputs_are_made_contiguous(cache):
@@ -296,3 +308,34 @@ def test_an_elman_loop_keeps_one_step_of_its_recurrent_product():
     product = next(s.node for s in segment.steps if s.op.name == "dense")
     assert kernel.rows(product, 100) == 1
     assert all(kernel.rows(node, 100) == 100 for node in segment.stored)
+
+
+@pytest.mark.parametrize("name", ["lstm", "elman"])
+def test_the_input_projections_gradient_is_the_recurrent_products(name):
+    """x W + h[t-1] U: both terms get the add's gradient, held once, (T, B, width), as
+    the recurrent product's; the projection outside the loop receives that array."""
+    from netdsl.lower.schedule import LoopSegment
+    from netdsl.runtime.native.loops import compile_loop, default_needs
+
+    host, native_ex = _recurrent_pair(name)
+    lowered = native_ex.lowered
+    [segment] = [s for s in lowered.schedule.segments if isinstance(s, LoopSegment)]
+    kernel, _, _ = compile_loop(segment, lowered.plan.types, "float64",
+                                default_needs(lowered, segment))
+    product = next(s.node for s in segment.steps if s.op.name == "dense")
+    assert kernel.aliases == {kernel.seqs[0]: product}
+    batch = _sequence_batch(host.plan)
+    seen = {}
+    deliver = native_ex.compiled_loops._deliver
+
+    def spy(segment, kernel, seq_grads, *rest):
+        seen.update(seq_grads)
+        return deliver(segment, kernel, seq_grads, *rest)
+
+    native_ex.compiled_loops._deliver = spy
+    for ex in (host, native_ex):
+        ex.forward(batch, True)
+        ex.backward()
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+    grad = seen[kernel.seqs[0]]
+    assert grad.shape[0] == 6 and np.abs(grad).max() > 0   # (T, B, width), written

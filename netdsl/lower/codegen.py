@@ -32,6 +32,7 @@ from netdsl.ops.expr import Const, Expr, Var, cuda, evaluate, names, sqrt
 from netdsl.ops.routines import overridable
 
 __all__ = ["Program", "Chain", "fusable", "chain_forward", "chain_backward", "from_output",
+           "merge_writes",
            "update_program",
            "update_scalars", "cuda_source", "evaluate_program", "run_program", "launches"]
 
@@ -134,6 +135,25 @@ def chain_backward(chain: Chain, needs: tuple[bool, ...], output: bool = False) 
     lets = _live(lets, writes)
     tag = "".join("1" if n else "0" for n in needs) + ("_y" if output else "")
     return Program(f"{chain.name}_backward_{tag}", _reads(lets, writes, candidates), lets, writes)
+
+
+def merge_writes(program: Program) -> tuple[Program, dict[str, str]]:
+    """`program` writing each distinct expression once (an add's two input gradients are
+    both gy), and which written array each dropped write equals."""
+    first: dict[str, str] = {}   # an expression's C text -> the array that writes it
+    copies, writes = {}, []
+    for name, e in program.writes:
+        text = cuda(e, "double")
+        if text in first:
+            copies[name] = first[text]
+        else:
+            first[text] = name
+            writes.append((name, e))
+    if not copies:
+        return program, {}
+    lets = _live(program.lets, writes)
+    reads = _reads(lets, writes, program.reads)
+    return Program(program.name + "_merged", reads, lets, tuple(writes), program.scalars), copies
 
 
 def from_output(chain: Chain) -> bool:

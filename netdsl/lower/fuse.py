@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Callable, NamedTuple
 
 from netdsl.lower.codegen import (Chain, chain_backward, chain_forward, from_output, fusable,
-                                  run_program)
+                                  merge_writes, run_program)
 from netdsl.lower.plan import Plan, Step
 from netdsl.ops.base import Op, input_names
 
@@ -124,19 +124,31 @@ class FusedChain(Op):
         self.chain, self.nodes = chain, nodes
         self.program = chain_forward(chain)
         self.keeps = ("y",) if from_output(chain) else ()
-        self._backward: dict[tuple[bool, ...], object] = {}
+        self._backward: dict[tuple, object] = {}
+        self._shared: dict[tuple[bool, ...], dict] = {}
 
     @property
     def from_output(self) -> bool:
         return bool(self.keeps)
 
-    def backward_program(self, needs: tuple[bool, ...], output: bool | None = None):
+    def backward_program(self, needs: tuple[bool, ...], output: bool | None = None,
+                         merged: bool = True):
         """The backward program for the inputs that need a gradient, made once: from the
-        output, or from the inputs (`output` False; default: the chain's own choice)."""
+        output, or from the inputs (`output` False; default: the chain's own choice).
+        `merged`: inputs whose gradients are one formula (an add's two) share one written
+        array (`shared_grads`); else each input's is written (a compiled loop's members
+        each have their own place)."""
         output = self.from_output if output is None else output and self.from_output
-        if (needs, output) not in self._backward:
-            self._backward[needs, output] = chain_backward(self.chain, needs, output)
-        return self._backward[needs, output]
+        key = (needs, output, merged)
+        if key not in self._backward:
+            program = chain_backward(self.chain, needs, output)
+            self._backward[key] = merge_writes(program)[0] if merged else program
+        return self._backward[key]
+
+    def shared_grads(self, needs: tuple[bool, ...]) -> dict[str, str]:
+        """For the merged backward program: each input gradient it does not write -> the
+        one written that equals it."""
+        return merge_writes(chain_backward(self.chain, needs, self.from_output))[1]
 
     def forward(self, ctx, *xs):
         arrays = {f"x{j}": x for j, x in enumerate(xs)}
@@ -155,7 +167,12 @@ class FusedChain(Op):
                   else {f"x{j}": x for j, x in enumerate(saved["xs"])})
         arrays["gy"] = gy
         grads = run_program(ctx.xp, self.backward_program(needs), arrays, dtype=ctx.dtype)
-        return tuple(grads.get(f"dx{j}") for j in range(count)), {}
+        shared = self._shared.get(needs)
+        if shared is None:
+            shared = self._shared[needs] = self.shared_grads(needs)
+        # an input whose gradient another's equals gets that very array (the executor
+        # copies a gradient before it sums into it)
+        return tuple(grads.get(shared.get(f"dx{j}", f"dx{j}")) for j in range(count)), {}
 
 
 def _has_formulas(plan: Plan, step: Step) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from netdsl.lower.autodiff import Backward
 from netdsl.lower.plan import Plan
 from netdsl.ops.base import input_names
+from netdsl.ops.parallel import chunk_examples
 
 __all__ = ["Buffer", "MemoryPlan", "plan_memory"]
 
@@ -50,6 +51,9 @@ class MemoryPlan:
     assignment: dict[str, int]    # buffer name -> slot
     param_bytes: int
     optimizer_bytes: int
+    # per step with work arrays of its own (Op.scratch): bytes per example of what sizes
+    # its chunks, and of what a chunk holds
+    scratch_per_example: tuple[tuple[int, int], ...] = ()
 
     @property
     def activation_peak(self) -> int:
@@ -70,9 +74,18 @@ class MemoryPlan:
         return sum(b.bytes for b in self.buffers)
 
     @property
+    def scratch_bytes(self) -> int:
+        """The largest work array set one step holds at once (im2col columns): a chunk of
+        about CHUNK_BYTES of columns, one example's at least, which the step frees."""
+        return max((chunk_examples(self.batch, sizing) * held
+                    for sizing, held in self.scratch_per_example if held), default=0)
+
+    @property
     def peak(self) -> int:
-        """Planned peak of a training step: shared slots, parameters, gradients, optimiser state."""
-        return self.slot_bytes + 2 * self.param_bytes + self.optimizer_bytes
+        """Planned peak of a training step: shared slots, scratch, parameters, gradients,
+        optimiser state."""
+        return (self.slot_bytes + self.scratch_bytes + 2 * self.param_bytes
+                + self.optimizer_bytes)
 
     def at(self, batch: int, optimizer_slots: int = 0) -> "MemoryPlan":
         """This plan, made for batch 1, at `batch` and with an optimiser that keeps
@@ -81,7 +94,8 @@ class MemoryPlan:
         scale = batch // self.batch
         buffers = [replace(b, bytes=b.bytes * scale) for b in self.buffers]
         return MemoryPlan(batch, buffers, [s * scale for s in self.slots], self.assignment,
-                          self.param_bytes, optimizer_slots * self.param_bytes)
+                          self.param_bytes, optimizer_slots * self.param_bytes,
+                          self.scratch_per_example)
 
 
 def _bytes(plan: Plan, node: str, batch: int) -> int:
@@ -129,7 +143,10 @@ def plan_memory(plan: Plan, backward: Backward, batch: int = 1,
                                       back_at[source]))
     slots, assignment = _first_fit(buffers)
     params = sum(p.size for p in plan.params.values()) * 4
-    return MemoryPlan(batch, buffers, slots, assignment, params, optimizer_slots * params)
+    scratch = tuple(s for s in (step.op.scratch(*step.input_types) for step in plan.steps)
+                    if s[1])
+    return MemoryPlan(batch, buffers, slots, assignment, params, optimizer_slots * params,
+                      scratch)
 
 
 def _first_fit(buffers: list[Buffer]) -> tuple[list[int], dict[str, int]]:

@@ -54,6 +54,10 @@ class LoopKernel:
     kept: frozenset
     summed: frozenset
     views: dict        # a column block's node -> (its parent, the block's first column)
+    # a sequence -> the member whose gradient is the same array: a chain that adds the
+    # two (an LSTM's hoisted input projection and its recurrent product) gives both the
+    # same gradient, so backward writes it once, into one (T, B, width) array
+    aliases: dict
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
         """How many steps of `node`'s values (or gradients) its array holds."""
@@ -100,10 +104,44 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     states = tuple(segment.loop.states)
     params = tuple((s.node, name) for s in segment.steps for name in s.params)
     kept, summed, from_output = _lifetimes(segment, splits)
+    aliases = _aliases(segment, splits, summed, from_output, needs)
     writer = _Writer(segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                     summed, from_output, padded)
+                     summed, from_output, padded, aliases)
     source = writer.module(needs, index_type, gemm)
-    return LoopKernel(source, storage, seqs, states, params, widths, kept, summed, splits)
+    return LoopKernel(source, storage, seqs, states, params, widths, kept, summed, splits,
+                      aliases)
+
+
+def _aliases(segment: LoopSegment, splits: dict, summed: frozenset, from_output: frozenset,
+             needs: dict) -> dict:
+    """Sequences whose gradient is a member's, as LoopKernel.aliases: a chain reads both,
+    each nowhere else, and its backward writes the same expression to both (an add's gy).
+    The member's gradient must come from that chain alone: not a value read after the
+    loop or by a state, not a parent of column blocks; and every step keeps it (summed)."""
+    readers: dict = {}
+    for step, route in zip(segment.steps, segment.routes):
+        for r in route:
+            readers[(r.kind, _ref_node(r))] = readers.get((r.kind, _ref_node(r)), 0) + 1
+    outside = (set(segment.stored) | {s.source for s in segment.loop.states}
+               | {parent for parent, _ in splits.values()})
+    aliases = {}
+    for step, route in zip(segment.steps, segment.routes):
+        wanted = needs.get(step.node)
+        if not isinstance(step.op, FusedChain) or wanted is None:
+            continue
+        program = step.op.backward_program(wanted, output=step.node in from_output,
+                                           merged=False)
+        written = {n: c(e, "float") for n, e in program.writes}
+        for j, seq in enumerate(route):
+            for k, member in enumerate(route):
+                if (seq.kind == SEQ and member.kind == MEMBER and wanted[j] and wanted[k]
+                        and written.get(f"dx{j}") == written.get(f"dx{k}")
+                        and readers[(SEQ, seq.ref)] == 1 and readers[(MEMBER, member.ref)] == 1
+                        and member.ref in summed and member.ref not in outside
+                        and member.ref not in splits and seq.ref not in aliases
+                        and member.ref not in aliases.values()):
+                    aliases[seq.ref] = member.ref
+    return aliases
 
 
 def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset, frozenset]:
@@ -135,7 +173,7 @@ def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset
                 kept.add(parent(route[0].ref))
     from_output = set()
     for step, route in chains:
-        program = step.op.backward_program((True,) * len(route), output=False)
+        program = step.op.backward_program((True,) * len(route), output=False, merged=False)
         inputs = {parent(r.ref) for j, r in enumerate(route)
                   if f"x{j}" in program.reads and r.kind == MEMBER}
         if step.op.from_output and (step.node in kept or inputs - kept):
@@ -165,8 +203,9 @@ class _Writer:
     """The C text of one loop, with each value's place at time t."""
 
     def __init__(self, segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                 summed, from_output, padded):
+                 summed, from_output, padded, aliases):
         self.segment, self.widths, self.splits = segment, widths, splits
+        self.aliases = aliases
         self.kept, self.summed, self.from_output = kept, summed, from_output
         self.scratch = [n for n in storage if n not in summed]   # zeroed at every step
         self.t = CTYPES[dtype]
@@ -257,7 +296,9 @@ class _Writer:
         return self._function("loop_forward", body)
 
     def _backward_program(self, step, needs: tuple[bool, ...]):
-        return step.op.backward_program(needs, output=step.node in self.from_output)
+        # each member's gradient has its own place: every input's is written
+        return step.op.backward_program(needs, output=step.node in self.from_output,
+                                        merged=False)
 
     def _hold(self, node: str) -> list[str]:
         """Past a sequence's end a state keeps its value of the step before: at step 0 (a
@@ -303,7 +344,8 @@ class _Writer:
                 arrays["y"] = self.member(step.node, False)
                 arrays["gy"] = (gy, ldgy)
                 for j, r in enumerate(route):
-                    if wanted[j]:
+                    # an aliased sequence's gradient is the member's, written once
+                    if wanted[j] and not (r.kind == SEQ and r.ref in self.aliases):
                         arrays[f"dx{j}"] = self.source_of(r, True)
                 body += self._elementwise(self._backward_program(step, wanted), arrays,
                                           self.widths[step.node], accumulate=True)

@@ -31,17 +31,20 @@ __all__ = ["Target", "TARGETS", "Lowered", "lower", "PASSES", "scored_values"]
 
 @dataclass(frozen=True)
 class Target:
-    """Where a lowered plan runs: how its elementwise runs fuse, and whether it generates
-    kernels for them (CUDA on the GPU, C on the CPU: netdsl.lower.native)."""
+    """Where a lowered plan runs: how its elementwise runs fuse, whether it generates
+    kernels for them (CUDA on the GPU, C on the CPU: netdsl.lower.native), and whether
+    it compiles the ops' own per-channel programs (`Op.programs`: batchnorm's; the GPU
+    has hand-written kernels for them)."""
 
     name: str
     fusion: str          # "in_place" (host NumPy) or "kernels" (generated kernels)
     kernels: bool = False
+    op_programs: bool = False
 
 
 TARGETS = {
     "host": Target("host", "in_place"),
-    "native": Target("native", "kernels", kernels=True),
+    "native": Target("native", "kernels", kernels=True, op_programs=True),
     "cuda": Target("cuda", "kernels", kernels=True),
 }
 
@@ -180,7 +183,7 @@ def lower(network, target: str = "host", outputs=None, verify: bool | None = Non
     segments = stages["schedule"] = schedule(plan, everything)
     check(plan, segments)
     stages["plan_memory"] = None if plan.sequential else plan_memory(plan, backward)
-    stages["codegen"] = _codegen(plan, backward) if kind.kernels else {}
+    stages["codegen"] = _codegen(plan, backward, kind.op_programs) if kind.kernels else {}
     lowered = Lowered(kind, outputs, stages)
     lowered._schedules[segments.outputs] = segments
     return lowered
@@ -190,12 +193,15 @@ def _unchecked(plan: Plan, segments: Schedule | None = None, before: Plan | None
     pass
 
 
-def _codegen(plan: Plan, backward: Backward) -> dict[str, list[Program]]:
+def _codegen(plan: Plan, backward: Backward, op_programs: bool) -> dict[str, list]:
     """Each fused step's programs: its forward, and its backward for the inputs that
-    training differentiates."""
+    training differentiates; with `op_programs`, those an op states itself (the same
+    objects for every step of an op kind: one compiled function each)."""
     programs = {}
     for step in plan.steps:
-        if isinstance(step.op, FusedChain):
+        if op_programs and step.op.programs and step.params:  # not an identity projection
+            programs[step.node] = list(step.op.programs)
+        elif isinstance(step.op, FusedChain):
             made = [step.op.program]
             if step.node in backward.grad_inputs:
                 needs = tuple(t is not None for t in backward.grad_inputs[step.node])

@@ -10,9 +10,11 @@ from netdsl.lower.autodiff import Backward
 from netdsl.lower.codegen import cuda_source, update_program
 from netdsl.lower.fuse import FusedChain
 from netdsl.lower.memory import MemoryPlan
+from netdsl.lower.native import c_module
 from netdsl.lower.pipeline import Lowered
 from netdsl.lower.plan import Plan
 from netdsl.lower.schedule import LoopSegment, Schedule
+from netdsl.ops.channels import ChannelProgram
 from netdsl.report import human
 
 __all__ = ["format_pass", "format_plan", "format_kernels", "host_chains"]
@@ -105,7 +107,11 @@ def _format_programs(lowered: Lowered) -> str:
     for node, programs in lowered.kernels.items():
         step = lowered.plan.step_of(node)
         for program in programs:
-            users.setdefault(cuda_source(program), []).append(" -> ".join(step.op.nodes))
+            # an op's per-channel program (batchnorm's) exists only as the native C
+            source = (c_module([program], "float32") if isinstance(program, ChannelProgram)
+                      else cuda_source(program))
+            users.setdefault(source, []).append(" -> ".join(getattr(step.op, "nodes",
+                                                                    (node,))))
     return "\n".join(f"// {len(names)} use{'s' if len(names) > 1 else ''}: "
                      f"{', '.join(names)}\n{source}" for source, names in users.items())
 

@@ -99,6 +99,8 @@ class Ctx:
         # set by an executor before backward: gy is an array of this pass's own that
         # nothing reads afterwards, so an op may write its input's gradient over it
         self.gy_owned = False
+        # set by an executor whose target compiled the op's `Op.programs`: run them
+        self.compiled = False
 
     @property
     def rng(self):
@@ -213,6 +215,10 @@ class Op:
     # forward draws from ctx.rng in training (masks, noise, samples): a recomputation
     # must replay the draws (bptt(checkpoint=k) restores the generator's state)
     draws: ClassVar[bool] = False
+    # per-channel programs (ops.channels) stating the op's work as formulas: a target that
+    # generates code compiles them, and its executor sets Ctx.compiled so that the op runs
+    # them instead of its NumPy code (batchnorm's statistics, normalisation and gradient)
+    programs: ClassVar[tuple] = ()
 
     def __init__(self, **attrs):
         self.attrs = attrs
@@ -254,6 +260,13 @@ class Op:
         padding and output size): computed once per step by the planner and given to
         them as `ctx.geometry`; None for most ops."""
         return None
+
+    def scratch(self, *xs: TensorType) -> tuple[int, int]:
+        """Bytes per example of the work arrays a call makes and frees inside it (a
+        convolution's im2col columns), as (what sizes its chunks, what a chunk holds):
+        the op works through the batch in chunks of about ops.parallel.CHUNK_BYTES of the
+        first (one example at least), so the memory plan can bound it. (0, 0): none."""
+        return 0, 0
 
     def time_steps(self, step: int | None, steps: int) -> list[int]:
         """The time steps (1..steps) of a sequence input that the output at `step` reads

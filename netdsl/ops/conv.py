@@ -10,9 +10,10 @@ from netdsl.ops.base import (
 from netdsl.ops.common import as_tuple, expect_spatial, fmt, geometry_of
 from netdsl.ops.convolve import (
     conv_nd, conv_nd_backward, conv_transpose_nd, conv_transpose_nd_backward,
+    scratch_per_example,
 )
-from netdsl.ops.norm import running_statistics
-from netdsl.ops.numeric import batch_norm, batch_norm_backward, constant, fan_in_uniform
+from netdsl.ops.norm import BATCH_NORM, normalise, normalise_backward, running_statistics
+from netdsl.ops.numeric import constant, fan_in_uniform
 from netdsl.ops.windows import Geometry
 from netdsl.types import TensorType
 
@@ -149,6 +150,9 @@ class Conv(_Convolution):
         macs = x.dims[0] // self.groups * math.prod(k) * y.size
         return 2 * macs + (y.size if self.bias else 0)
 
+    def scratch(self, x: TensorType) -> tuple[int, int]:
+        return scratch_per_example(self.geometry(x), x.dims[0], self.channels)
+
     def forward(self, ctx, x, weight, bias=None):
         ctx.save(x=x, weight=weight, geometry=geometry_of(self, ctx, x))
         return conv_nd(ctx.xp, x, weight, bias, ctx.saved["geometry"], self.groups)
@@ -273,6 +277,7 @@ class Project(Op):
     # the 1x1 conv keeps x, the batchnorm its normalised input and 1/std; none when identity
     keeps = ("x", "weight", "xhat", "inv_std", "bn_weight")
     host_split = True
+    programs = BATCH_NORM
 
     def is_identity(self, x: TensorType) -> bool:
         return x.dims[0] == self.channels and all(s == 1 for s in as_tuple(self.stride))
@@ -290,6 +295,11 @@ class Project(Op):
         (s,) = per_dim(self, x, stride=self.stride)
         ones = (1,) * len(s)
         return Geometry.of(x.dims[1:], ones, s, ones, [(0, 0)] * len(s))
+
+    def scratch(self, x: TensorType) -> tuple[int, int]:
+        if self.is_identity(x):
+            return 0, 0
+        return scratch_per_example(self.geometry(x), x.dims[0], self.channels)
 
     def params(self, x):
         if self.is_identity(x):
@@ -327,18 +337,17 @@ class Project(Op):
         geometry = geometry_of(self, ctx, x)
         z = conv_nd(ctx.xp, x, weight, None, geometry, 1)
         # momentum and eps are PyTorch's BatchNorm defaults; statistics live in ctx.buffers
-        y, xhat, inv_std = batch_norm(ctx.xp, z, bn_weight, bn_bias, 1e-5, 0.1, ctx.buffers,
-                                      ctx.training)
-        ctx.save(x=x, weight=weight, xhat=xhat, inv_std=inv_std, bn_weight=bn_weight,
-                 batch_stats=ctx.training, geometry=geometry)
+        y, kept = normalise(ctx, z, bn_weight, bn_bias, 1e-5, 0.1)
+        ctx.save(**kept, x=x, weight=weight, bn_weight=bn_weight, batch_stats=ctx.training,
+                 geometry=geometry)
         return y
 
     def backward(self, ctx, gy):
         saved = ctx.saved
         if "x" not in saved:
             return (gy,), {}
-        dz, dgamma, dbeta = batch_norm_backward(ctx.xp, gy, saved["xhat"], saved["inv_std"],
-                                                saved["bn_weight"], saved["batch_stats"])
+        dz, dgamma, dbeta = normalise_backward(ctx, gy, saved, saved["bn_weight"],
+                                               saved["batch_stats"])
         x, weight = saved["x"], saved["weight"]
         dx, dweight, _ = conv_nd_backward(ctx.xp, dz, x, weight, saved["geometry"], 1,
                                           ctx.needs(0))

@@ -16,7 +16,7 @@ from netdsl.ops.routines import overridable
 from netdsl.ops.windows import Geometry, Windows
 
 __all__ = ["im2col", "col2im", "conv_nd", "conv_nd_backward", "conv_transpose_nd",
-           "conv_transpose_nd_backward"]
+           "conv_transpose_nd_backward", "scratch_per_example"]
 
 
 def _part(buffer, shape):
@@ -74,6 +74,18 @@ def conv_nd(xp, x, weight, bias, geometry: Geometry, groups: int):
     work = x.nbytes * math.prod(win.kernel)  # the im2col columns
     slab_map(xp, lambda part: convolve(x[part], bias, y[part]), b, work)
     return y
+
+
+def scratch_per_example(geometry: Geometry, channels: int, out_channels: int,
+                        itemsize: int = 4) -> tuple[int, int]:
+    """What conv_nd's chunks hold per example, in bytes: (its im2col columns, which size the
+    chunks, ops.parallel.batch_chunks; the columns and the GEMM's result together). (0, 0)
+    for a 1x1 kernel over the whole input, which needs no columns."""
+    win = Windows.of(geometry, compact=True)
+    if win.pointwise:
+        return 0, 0
+    columns = channels * math.prod(win.kernel) * win.size * itemsize
+    return columns, columns + out_channels * win.size * itemsize
 
 
 def _slab_convolution(xp, x, weight, win: Windows, groups):

@@ -1,9 +1,13 @@
 """Normalisation and training-time noise: batchnorm, layernorm, dropout, gaussian_noise."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, number, probability, register
+from netdsl.ops.channels import ChannelProgram, Stage, run_channels
 from netdsl.ops.common import Pointwise, expect_float
+from netdsl.ops.expr import Var, maximum, sqrt
 from netdsl.ops.numeric import batch_norm, batch_norm_backward, constant
 from netdsl.types import TensorType
 
@@ -22,15 +26,122 @@ def fraction(value) -> float:
     return value
 
 
+class BatchNormPrograms(NamedTuple):
+    """Batch normalisation as per-channel programs (three passes over a channel in
+    training forward, two backward)."""
+
+    train: ChannelProgram     # batch statistics, running statistics and y
+    eval: ChannelProgram      # y from the running statistics
+    backward: ChannelProgram  # with batch statistics: dweight, dbias and dx
+    backward_fixed: ChannelProgram  # with the running ones: dx = weight * inv_std * gy
+
+
+def batch_norm_programs() -> BatchNormPrograms:
+    """Batchnorm's formulas, from which the native target generates its kernels.
+
+    They compute what ops.numeric.batch_norm and batch_norm_backward compute with NumPy:
+    mean, then biased variance about it, per channel (sums in double precision),
+    xhat = (x - mean) / sqrt(var + eps), y = weight * xhat + bias, the running statistics
+    folded in with PyTorch's momentum and unbiased variance; backward
+    dx = weight / std * (gy - mean(gy) - xhat * mean(gy * xhat)). Forward writes y alone
+    and keeps x, the mean and 1/std: backward makes xhat again as it reads x, which
+    costs less than writing and reading an xhat array.
+    """
+    x, gy = Var("x"), Var("gy")
+    weight, bias, inv_std = Var("weight"), Var("bias"), Var("inv_std")
+    running_mean, running_var = Var("running_mean"), Var("running_var")
+    eps, momentum, count = Var("eps"), Var("momentum"), Var("count")
+    mean, var, istd, h = Var("mean"), Var("var"), Var("istd"), Var("h")
+    output = (("y", (x - mean) * Var("gain") + bias),)
+    statistics = (("inv_std", istd), ("mean", mean))
+    train = ChannelProgram(
+        "batchnorm_train", ("x",), ("weight", "bias", "running_mean", "running_var"),
+        ("eps", "momentum"),
+        (Stage((("total", x),), (("mean", Var("total") / count),)),
+         Stage((("squares", (x - mean) * (x - mean)),),
+               (("var", Var("squares") / count), ("istd", 1 / sqrt(var + eps)),
+                ("gain", istd * weight)))),
+        (*statistics,
+         ("new_running_mean", (1 - momentum) * running_mean + momentum * mean),
+         ("new_running_var", (1 - momentum) * running_var
+          + momentum * var * count / maximum(count - 1, 1))),
+        (), output)
+    evaluation = ChannelProgram(
+        "batchnorm_eval", ("x",), ("weight", "bias", "running_mean", "running_var"),
+        ("eps",), (Stage((), (("mean", running_mean), ("istd", 1 / sqrt(running_var + eps)),
+                              ("gain", istd * weight))),),
+        statistics, (), output)
+    normalised = (x - mean) * inv_std
+    sums = (("sum_g", gy), ("sum_gh", gy * normalised))
+    gradients = (("dbias", Var("sum_g")), ("dweight", Var("sum_gh")))
+    scale = ("scale", weight * inv_std)
+    backward = ChannelProgram(
+        "batchnorm_backward", ("gy", "x"), ("weight", "inv_std", "mean"), (),
+        (Stage(sums, (scale, ("mean_g", Var("sum_g") / count),
+                      ("mean_gh", Var("sum_gh") / count))),),
+        gradients, (("h", normalised),),
+        (("dx", Var("scale") * (gy - Var("mean_g") - h * Var("mean_gh"))),))
+    fixed = ChannelProgram(
+        "batchnorm_backward_fixed", ("gy", "x"), ("weight", "inv_std", "mean"), (),
+        (Stage(sums, (scale,)),), gradients, (), (("dx", Var("scale") * gy),))
+    return BatchNormPrograms(train, evaluation, backward, fixed)
+
+
+BATCH_NORM = batch_norm_programs()
+
+
+def normalise(ctx, x, weight, bias, eps: float, momentum: float):
+    """Batchnorm's forward for an op's ctx: (y, what its backward reads, for ctx.save).
+    The generated programs where the target compiled them (`ctx.compiled`: x, the mean
+    and 1/std are kept), else ops.numeric.batch_norm (xhat and 1/std)."""
+    # a runtime that provides batch_norm itself (data-parallel training's synchronised
+    # statistics, runtime.sync_bn) keeps it
+    if not ctx.compiled or batch_norm.provided.get(ctx.xp.__name__) is not None:
+        y, xhat, inv_std = batch_norm(ctx.xp, x, weight, bias, eps, momentum, ctx.buffers,
+                                      ctx.training)
+        return y, {"xhat": xhat, "inv_std": inv_std}
+    buffers = ctx.buffers
+    if "running_mean" not in buffers:
+        channels = x.shape[1]
+        buffers["running_mean"] = ctx.xp.zeros(channels, dtype=x.dtype)
+        buffers["running_var"] = ctx.xp.ones(channels, dtype=x.dtype)
+    arrays = {"x": x, "weight": weight, "bias": bias, "running_mean": buffers["running_mean"],
+              "running_var": buffers["running_var"]}
+    program = BATCH_NORM.train if ctx.training else BATCH_NORM.eval
+    made = run_channels(ctx.xp, program, arrays, {"eps": eps, "momentum": momentum},
+                        str(x.dtype))
+    if ctx.training:   # new arrays: a state_dict taken before keeps its values
+        buffers["running_mean"] = made["new_running_mean"]
+        buffers["running_var"] = made["new_running_var"]
+    return made["y"], {"normalised": x, "mean": made["mean"], "inv_std": made["inv_std"]}
+
+
+def normalise_backward(ctx, gy, saved: dict, weight, batch_stats: bool):
+    """Batchnorm's backward for an op's ctx, from what `normalise` kept in `saved`:
+    (dx, dweight, dbias)."""
+    if "normalised" not in saved:
+        return batch_norm_backward(ctx.xp, gy, saved["xhat"], saved["inv_std"], weight,
+                                   batch_stats)
+    program = BATCH_NORM.backward if batch_stats else BATCH_NORM.backward_fixed
+    x = saved["normalised"]
+    arrays = {"gy": gy, "x": x, "weight": weight, "inv_std": saved["inv_std"],
+              "mean": saved["mean"]}
+    made = run_channels(ctx.xp, program, arrays, {}, str(x.dtype))
+    return made["dx"], made["dweight"], made["dbias"]
+
+
 @register("batchnorm")
 class BatchNorm(Op):
     r"""$y = \gamma_c (x - \mu_c) / \sqrt{\sigma_c^2 + \epsilon} + \beta_c$ over batch and space"""
 
     args = (Arg("eps", nonnegative, 1e-5), Arg("momentum", fraction, 0.1))
-    keeps = ("xhat", "inv_std", "weight")  # xhat replaces x; inv_std is one per channel
+    # xhat replaces x (on the native target x itself, and its mean); inv_std is one per
+    # channel
+    keeps = ("xhat", "inv_std", "weight")
     host_split = True  # see runtime.host.one_blas_thread
     fresh = True
     init_transparent = True
+    programs = BATCH_NORM
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -53,15 +164,14 @@ class BatchNorm(Op):
 
     def forward(self, ctx, x, weight, bias):
         # running_mean and running_var live in ctx.buffers, made on first use
-        y, xhat, inv_std = batch_norm(ctx.xp, x, weight, bias, self.eps, self.momentum,
-                                      ctx.buffers, ctx.training)
-        ctx.save(xhat=xhat, inv_std=inv_std, weight=weight, batch_stats=ctx.training)
+        y, kept = normalise(ctx, x, weight, bias, self.eps, self.momentum)
+        ctx.save(**kept, weight=weight, batch_stats=ctx.training)
         return y
 
     def backward(self, ctx, gy):
         saved = ctx.saved
-        dx, dweight, dbias = batch_norm_backward(ctx.xp, gy, saved["xhat"], saved["inv_std"],
-                                                 saved["weight"], saved["batch_stats"])
+        dx, dweight, dbias = normalise_backward(ctx, gy, saved, saved["weight"],
+                                                saved["batch_stats"])
         return (dx,), {"weight": dweight, "bias": dbias}
 
     def onnx(self, g, step, inputs, params):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from netdsl.ops.routines import overridable
 
 __all__ = ["MIN_SPLIT_BYTES", "CHUNK_BYTES", "slabs", "slab_map", "chunk_budget",
-           "split_pointwise", "batch_chunks"]
+           "split_pointwise", "batch_chunks", "chunk_examples"]
 
 # bytes an op must touch before splitting it pays for the threads' hand-over
 MIN_SPLIT_BYTES = 1 << 20
@@ -61,7 +61,12 @@ def split_pointwise(xp, fn, out, *arrays):
 def batch_chunks(xp, batch: int, per_example: int, budget: int | None = None) -> list[slice]:
     """Slices of the batch of about chunk_budget / per_example examples each, as even as
     possible."""
-    budget = chunk_budget(xp, budget)
-    count = -(-batch // max(1, budget // max(per_example, 1)))
-    size = -(-batch // count)
+    size = chunk_examples(batch, per_example, chunk_budget(xp, budget))
     return [slice(b, min(b + size, batch)) for b in range(0, batch, size)]
+
+
+def chunk_examples(batch: int, per_example: int, budget: int = CHUNK_BYTES) -> int:
+    """The examples in batch_chunks' largest chunk: about budget / per_example, one at
+    least, the batch's chunks as even as possible."""
+    count = -(-batch // max(1, budget // max(per_example, 1)))
+    return -(-batch // count)

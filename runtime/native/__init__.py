@@ -5,7 +5,8 @@
 program with its function. `codegen.run_program` on NumPy arrays then calls the
 function of a registered program, with the GIL released while it runs; any other
 program is evaluated with NumPy, as before. A large array is split into slabs that
-the host's threads run at once. Without a working compiler `prepare` raises
+the host's threads run at once. An op's per-channel programs (ops.channels,
+batchnorm's) run the same way through `run_channels`, split into slabs of channels. Without a working compiler `prepare` raises
 NativeUnavailable, and the caller runs the NumPy path. Recurrences compile whole
 (netdsl.runtime.native.loops).
 """
@@ -18,9 +19,10 @@ import numpy as np
 
 from netdsl.lower import codegen
 from netdsl.lower.codegen import Program, run_program
-from netdsl.lower.native import c_module, function_name
+from netdsl.lower.native import c_module, channel_parameters, function_name
 from netdsl.lower.schedule import LoopSegment
 from netdsl.ops import parallel
+from netdsl.ops.channels import ChannelProgram, run_channels
 from netdsl.runtime.native.toolchain import NativeUnavailable, build, builds, cache_dir
 
 __all__ = ["prepare", "build_report", "NativeUnavailable"]
@@ -29,7 +31,7 @@ __all__ = ["prepare", "build_report", "NativeUnavailable"]
 _functions: dict[tuple[int, str], tuple[Program, object]] = {}
 
 
-def prepare(programs: list[Program], dtype: str) -> int:
+def prepare(programs: list, dtype: str) -> int:
     """Compile `programs` for `dtype` (or load them from the cache) and run them natively
     from now on; how many there are.
 
@@ -38,6 +40,7 @@ def prepare(programs: list[Program], dtype: str) -> int:
     NativeUnavailable
         No compiler, or one that fails on the source.
     """
+    programs = list({id(p): p for p in programs}.values())  # an op kind's, once
     if not programs:
         return 0
     try:
@@ -48,8 +51,14 @@ def prepare(programs: list[Program], dtype: str) -> int:
     for index, program in enumerate(programs):
         function = getattr(library, function_name(index))
         function.restype = None
-        function.argtypes = ([ctypes.c_void_p] * len(program.arrays)
-                             + [ctypes.c_double] * len(program.scalars) + [ctypes.c_longlong])
+        if isinstance(program, ChannelProgram):
+            function.argtypes = ([ctypes.c_void_p] * len(channel_parameters(program))
+                                 + [ctypes.c_double] * len(program.scalars)
+                                 + [ctypes.c_longlong] * 5)
+        else:
+            function.argtypes = ([ctypes.c_void_p] * len(program.arrays)
+                                 + [ctypes.c_double] * len(program.scalars)
+                                 + [ctypes.c_longlong])
         _functions[(id(program), str(dtype))] = (program, function)
     return len(programs)
 
@@ -78,6 +87,14 @@ def build_report(lowered, dtype: str = "float32") -> str:
 
 
 _DTYPES = {"float32": np.dtype("float32"), "float64": np.dtype("float64")}
+
+# bytes a program must touch before its slabs run on the host's threads. Handing slabs
+# to Python threads costs about 33 us a call, and a chain over ResNet-20's activations
+# (1-6 MiB) runs in 50-150 us on one core: split, W3's chains took 7.9-8.2 ms a step on
+# two threads, unsplit 5.6-6.0; its batchnorms 61-92 ms split, 11-14 unsplit, with
+# another process on a core (docs/cpu.md). Above this the work is long enough for the
+# hand-over not to count
+SPLIT_BYTES = 16 << 20
 
 
 @run_program.provide("numpy")
@@ -109,7 +126,7 @@ def _run_native(xp, program: Program, arrays: dict, scalars: dict | None = None,
             results[name] = array
     values = [float(scalars[name]) for name in program.scalars] if program.scalars else []
     total, function, size = int(np.prod(shape)), entry[1], dtype.itemsize
-    if total * size * len(pointers) < parallel.MIN_SPLIT_BYTES:
+    if total * size * len(pointers) < SPLIT_BYTES:
         function(*pointers, *values, total)   # too small for threads to pay
         return results
 
@@ -117,4 +134,44 @@ def _run_native(xp, program: Program, arrays: dict, scalars: dict | None = None,
         function(*(p + part.start * size for p in pointers), *values, part.stop - part.start)
 
     parallel.slab_map(np, run, total, total * size * len(pointers))
+    return results
+
+
+@run_channels.provide("numpy")
+def _run_channels_native(xp, program: ChannelProgram, arrays: dict, scalars: dict | None = None,
+                         dtype: str = "float32"):
+    entry = _functions.get((id(program), str(dtype)))
+    if entry is None:
+        return NotImplemented
+    dtype = np.dtype(dtype)
+    first = arrays[program.reads[0]]
+    shape = first.shape
+    b, c = shape[:2]
+    n = first.size // (b * c) if first.size else 0
+    pointers, results, kept = [], {}, []
+    for name in program.reads:
+        array = arrays[name]
+        if array.shape != shape or not array.flags.c_contiguous or array.dtype != dtype:
+            array = np.ascontiguousarray(np.broadcast_to(array, shape), dtype=dtype)
+        kept.append(array)   # a converted copy must live until the call returns
+    for name in program.vectors:
+        kept.append(np.ascontiguousarray(arrays[name], dtype=dtype).reshape(c))
+    for name, _ in program.channel_writes:
+        results[name] = np.empty(c, dtype=dtype)
+        kept.append(results[name])
+    for name, _ in program.writes:
+        results[name] = np.empty(shape, dtype=dtype)
+        kept.append(results[name])
+    pointers = [a.ctypes.data for a in kept]
+    values = [float((scalars or {})[name]) for name in program.scalars]
+    function = entry[1]
+
+    def run(part: slice) -> None:   # ctypes lets go of the GIL: channel slabs run at once
+        function(*pointers, *values, b, c, n, part.start, part.stop)
+
+    size = first.nbytes * (len(program.reads) + len(program.writes))
+    if size < SPLIT_BYTES:
+        run(slice(0, c))
+        return results
+    parallel.slab_map(np, run, c, size)
     return results

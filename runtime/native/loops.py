@@ -199,6 +199,8 @@ class CompiledLoops:
         T, B, dtype = ex.time[segment.loop.name], ex.size, ex.dtype
         outside = {n: grads.pop(n) for n in kernel.storage if n in wanted and n in grads}
         seq_grads = {n: np.zeros((T, B, kernel.widths[n]), dtype) for n in kernel.seqs}
+        # a member whose gradient is a sequence's (LoopKernel.aliases) writes into it
+        aliased = {member: seq_grads[seq] for seq, member in kernel.aliases.items()}
         init_grads = {s.node: np.zeros_like(run.initials[s.node]) for s in kernel.states}
         if run.spans is None:
             spans_run = [(0, T, run, None)]
@@ -208,8 +210,9 @@ class CompiledLoops:
         handback = Handback()
         for start, stop, part, begin in spans_run:
             n = stop - start
-            value_grads = {m: self._value_grad(kernel, m, n, outside, owned, start, stop,
-                                               handback) for m in kernel.storage}
+            value_grads = {m: aliased[m][start:stop] if m in aliased else
+                           self._value_grad(kernel, m, n, outside, owned, start, stop, handback)
+                           for m in kernel.storage}
             slots = {"value": value_grads,
                      "seq": {m: seq_grads[m][start:stop] for m in kernel.seqs},
                      "init": {s.node: (init_grads[s.node] if start == 0

@@ -32,7 +32,6 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
         {
           const float* restrict p_gy = (((float*)a[6]) + (t)*B*64); const long long s_gy = 64;
           const float* restrict p_y = (((float*)a[1]) + (t)*B*64); const long long s_y = 64;
-          float* restrict p_dx0 = (((float*)a[7]) + t*B*64); const long long s_dx0 = 64;
           float* restrict p_dx1 = (((float*)a[5]) + (t)*B*64); const long long s_dx1 = 64;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
@@ -40,7 +39,6 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
               const float gy = p_gy[r*s_gy + i];
               const float y = p_y[r*s_y + i];
               const float g0 = (gy * (1.0f - (y * y)));
-              p_dx0[r*s_dx0 + i] += g0;
               p_dx1[r*s_dx1 + i] += g0;
             }
           }

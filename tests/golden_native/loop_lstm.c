@@ -193,13 +193,11 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
         }
         {
           const float* restrict p_gy = ((float*)a[12]); const long long s_gy = 256;
-          float* restrict p_dx0 = (((float*)a[18]) + t*B*256); const long long s_dx0 = 256;
           float* restrict p_dx1 = (((float*)a[11]) + (t)*B*256); const long long s_dx1 = 256;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 256; i++) {
               const float gy = p_gy[r*s_gy + i];
-              p_dx0[r*s_dx0 + i] += gy;
               p_dx1[r*s_dx1 + i] += gy;
             }
           }
