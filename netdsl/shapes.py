@@ -31,15 +31,16 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
     return graph
 
 
-def typed_graph(graph: nx.DiGraph, copy: bool = True) -> tuple[nx.DiGraph, list[SpecError]]:
+def typed_graph(graph: nx.DiGraph, copy: bool = True, order: list[str] | None = None
+                ) -> tuple[nx.DiGraph, list[SpecError]]:
     """A copy of `graph` with types where they can be inferred (None elsewhere), and the
     errors, so that passes after this one can still report theirs. `copy=False` types
     `graph` itself, for a caller that keeps no untyped graph (copying a big one costs as
-    much as typing it)."""
+    much as typing it); `order` is its forward order where the caller has it already."""
     graph = graph.copy() if copy else graph
     errors: list[SpecError] = []
     attrs = dict(graph.nodes(data=True))  # each node's data, found without a view per lookup
-    for node in forward_order(graph):
+    for node in order if order is not None else forward_order(graph):
         data = attrs[node]
         try:
             data["type"] = _node_type(attrs, data)
