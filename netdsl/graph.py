@@ -30,11 +30,13 @@ def graph_and_order(program: Program) -> tuple[nx.DiGraph, list[str]]:
     take rather than walk the graph for it again."""
     graph = nx.DiGraph(name=program.name, losses=dict(program.losses), train=dict(program.train),
                        file=program.file, names=dict(program.names))
-    graph.add_nodes_from((node.id, {"kind": node.kind, "op": node.op, "span": node.span,
-                                    "scope": node.scope, "declared": node.type,
-                                    "state": node.state, "shares": node.shares,
-                                    "inputs": tuple(node.inputs)})
-                         for node in program.nodes.values())
+    # ids alone take networkx's quick path (a (node, data) pair costs it an exception and
+    # two dict copies a node); the data goes into the dicts it made
+    graph.add_nodes_from(program.nodes)
+    for node, (_, data) in zip(program.nodes.values(), graph.nodes(data=True)):
+        data.update(kind=node.kind, op=node.op, span=node.span, scope=node.scope,
+                    declared=node.type, state=node.state, shares=node.shares,
+                    inputs=tuple(node.inputs))
     edges: dict[tuple[str, str], dict] = {}  # gathered first: one bulk insertion
     for node in program.nodes.values():
         _check_state_inputs(node.id, node.kind, node.state, node.inputs, node.span)
@@ -75,13 +77,17 @@ def _ready_order(graph: nx.DiGraph, nodes, same_step) -> list[str]:
     """`nodes` in forward order, given the edges without a delay (source, target) in the
     graph's order: a node is ready once its inputs of the same step are."""
     waiting = dict.fromkeys(nodes, 0)
-    readers: dict[str, list[str]] = {node: [] for node in waiting}
+    readers: dict[str, list[str]] = {}  # of the nodes read at all
     for source, target in same_step:
-        readers[source].append(target)
+        found = readers.get(source)
+        if found is None:
+            readers[source] = [target]
+        else:
+            found.append(target)
         waiting[target] += 1
     order = [node for node, count in waiting.items() if count == 0]
     for node in order:  # grows as nodes become ready
-        for reader in readers[node]:
+        for reader in readers.get(node, ()):
             waiting[reader] -= 1
             if waiting[reader] == 0:
                 order.append(reader)
