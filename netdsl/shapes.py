@@ -77,17 +77,18 @@ def node_type(kind: str, declared: TensorType | None, op, inputs: list[TensorTyp
         return declared
     if kind == "state":
         return declared.with_seq()
-    if None in inputs:
-        return None  # an input already failed and was reported
+    for t in inputs:  # by identity: `None in inputs` would call TensorType.__eq__ on each
+        if t is None:
+            return None  # an input already failed and was reported
     if not op.per_step:
         return op.shape(*inputs)
-    refused = op.over_time(tuple(t.seq for t in inputs))
+    sequences = tuple([t.seq for t in inputs])  # lists, not generators: one per node
+    refused = op.over_time(sequences)
     if refused is not None:
         raise ShapeError(*refused)
     if not op.whole:  # every input read step by step, the common case
-        seq = any(t.seq for t in inputs)
-        result = op.shape(*(t.step() for t in inputs))
-        return result.with_seq() if seq else result
+        result = op.shape(*[t.step() for t in inputs])
+        return result.with_seq() if any(sequences) else result
     whole = whole_positions(op)
     seq = any(t.seq for i, t in enumerate(inputs) if i not in whole)
     result = op.shape(*(t if i in whole else t.step() for i, t in enumerate(inputs)))
