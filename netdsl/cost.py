@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from netdsl.graph import block_path, forward_view
+from netdsl.ops.base import Op
 from netdsl.shapes import input_types
 
 __all__ = ["Row", "cost_rows", "roll_up", "param_count", "node_params", "first_state_node"]
@@ -47,7 +48,10 @@ def _owned(node: str, data, type_of, first_of) -> dict[str, tuple[int, ...]]:
         return {"init": state.type.dims} if first_of(state) == node else {}
     if data["kind"] != "op" or data.get("shares"):
         return {}
-    return data["op"].params(*(type_of(source).step() for source, _ in data["inputs"]))
+    op = data["op"]
+    if type(op).params is Op.params:  # an op that learns nothing: no input types to look up
+        return {}
+    return op.params(*(type_of(source).step() for source, _ in data["inputs"]))
 
 
 def first_state_node(graph: nx.DiGraph, state) -> str:

@@ -13,7 +13,7 @@ from netdsl import ast
 from netdsl.cost import param_count
 from netdsl.errors import SpecError, SpecErrors, errors_of, suggest
 from netdsl.expand import IndependentErrors, expand
-from netdsl.graph import build_graph
+from netdsl.graph import graph_and_order
 from netdsl.imports import import_roots, is_path_name, resolve_import, spec_name
 from netdsl.parse import parse
 from netdsl.program import Program
@@ -152,8 +152,8 @@ def check_text(text: str, file: str = "<spec>", import_path=()) -> Network:
                 program = expand(module, loader)        # blocks, repeats, loops inlined
             except IndependentErrors as exc:            # the program is whole all the same
                 program, errors = exc.program, list(exc.errors)
-            graph = build_graph(program)                # networkx graph; cycles need a delay
-            graph, found = typed_graph(graph, copy=False)  # every edge typed, or located errors
+            graph, order = graph_and_order(program)     # networkx graph; cycles need a delay
+            graph, found = typed_graph(graph, copy=False, order=order)  # typed, or located errors
             errors += found + check_recurrences(graph, program.train_spans)  # loops over time
             SpecErrors.collect(errors)
         except (SpecError, SpecErrors) as exc:

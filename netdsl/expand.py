@@ -304,8 +304,12 @@ class _Expander:
                     raise SpecError(f"'{name}' is a constant and cannot be assigned", span)
             # a node given twice (a block's `out x, x`) keeps its id: renamed, the other
             # value would name a node no longer there
-            given = Counter(v.node for v in values if isinstance(v, Value))
-            newest = len(values) > 1 and set(given) == set(islice(reversed(self.nodes), len(given)))
+            if len(values) == 1:  # the common case, without a Counter per statement
+                given = {values[0].node: 1} if isinstance(values[0], Value) else {}
+                newest = False
+            else:
+                given = Counter(v.node for v in values if isinstance(v, Value))
+                newest = set(given) == set(islice(reversed(self.nodes), len(given)))
             named = []
             for name, val, span in zip(stmt.targets, values, spans):
                 if name != DISCARD and isinstance(val, Value) and not isinstance(val, _Poison) \
@@ -490,6 +494,8 @@ class _Expander:
             return expr.value
         if isinstance(expr, ast.Name):
             return self._lookup(expr, scope)
+        if isinstance(expr, ast.Pipeline):  # before the rarer kinds: most statements are one
+            return self._pipeline(expr, scope, want)
         if isinstance(expr, ast.ListExpr):
             return [self._scalar(item, scope) for item in expr.items]
         if isinstance(expr, ast.Neg):
@@ -508,8 +514,6 @@ class _Expander:
                                   expr.span, expr.name_span)
         if isinstance(expr, ast.Index):
             return self._index(expr, scope)
-        if isinstance(expr, ast.Pipeline):
-            return self._pipeline(expr, scope, want)
         if isinstance(expr, ast.Delayed):
             return self._delayed(expr, scope)
         raise SpecError(f"cannot evaluate {type(expr).__name__}", getattr(expr, "span", None))
@@ -818,7 +822,10 @@ class _Expander:
                         else f"make {want} parts: {call.name}(x, {want}), or assign {parts} names")
                 raise SpecError(f"{call.name} gives {parts} values but {want} "
                                 f"{'is' if want == 1 else 'are'} used", call.span, hint)
-        indices = range(want) if multi and want > 1 else [None]
+        if not multi or want == 1 and "index" in kw:  # one node, the common case
+            op = self._bind_op(cls, call, scalars, kw, keywords)
+            return self._node(op, tensors, call.span, scope)
+        indices = range(want) if want > 1 else [None]
         values = []
         for index in indices:
             extra = {} if index is None else {"index": index}
@@ -858,9 +865,12 @@ class _Expander:
             shares = shared.owners.setdefault(local, node_id)
             shares = None if shares == node_id else shares
         self.work += 1
-        self.nodes[node_id] = NodeDef(node_id, "op", span, scope.frames, op=op,
-                                      inputs=[(t.node, 0) for t in tensors], shares=shares)
-        self.consumed.update(t.node for t in tensors)
+        inputs = []
+        for tensor in tensors:
+            inputs.append((tensor.node, 0))
+            self.consumed.add(tensor.node)
+        self.nodes[node_id] = NodeDef(node_id, "op", span, scope.frames, op=op, inputs=inputs,
+                                      shares=shares)
         return Value(node_id)
 
     def _rename(self, value: Value, scope: _Scope, name: str) -> Value:

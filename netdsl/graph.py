@@ -11,7 +11,7 @@ import networkx as nx
 from netdsl.errors import SpecError
 from netdsl.program import Program, StartFrom, call_notes
 
-__all__ = ["build_graph", "verify_graph", "forward_view", "forward_order", "block_path"]
+__all__ = ["build_graph", "graph_and_order", "verify_graph", "forward_view", "forward_order", "block_path"]
 
 
 def build_graph(program: Program) -> nx.DiGraph:
@@ -22,15 +22,24 @@ def build_graph(program: Program) -> nx.DiGraph:
     SpecError
         When a cycle has no delay on it, naming the nodes on the cycle.
     """
+    return graph_and_order(program)[0]
+
+
+def graph_and_order(program: Program) -> tuple[nx.DiGraph, list[str]]:
+    """`build_graph`, and the forward order its check found, which the passes after it
+    take rather than walk the graph for it again."""
     graph = nx.DiGraph(name=program.name, losses=dict(program.losses), train=dict(program.train),
                        file=program.file, names=dict(program.names))
-    graph.add_nodes_from((node.id, {"kind": node.kind, "op": node.op, "span": node.span,
-                                    "scope": node.scope, "declared": node.type,
-                                    "state": node.state, "shares": node.shares,
-                                    "inputs": tuple(node.inputs)})
-                         for node in program.nodes.values())
+    # ids alone take networkx's quick path (a (node, data) pair costs it an exception and
+    # two dict copies a node); the data goes into the dicts it made
+    graph.add_nodes_from(program.nodes)
+    for node, (_, data) in zip(program.nodes.values(), graph.nodes(data=True)):
+        data.update(kind=node.kind, op=node.op, span=node.span, scope=node.scope,
+                    declared=node.type, state=node.state, shares=node.shares,
+                    inputs=tuple(node.inputs))
     edges: dict[tuple[str, str], dict] = {}  # gathered first: one bulk insertion
     for node in program.nodes.values():
+        _check_state_inputs(node.id, node.kind, node.state, node.inputs, node.span)
         for port, (source, delay) in enumerate(node.inputs):
             if source not in program.nodes:  # an edge would add it bare, without its data
                 raise SpecError(f"internal: {node.id} reads the missing node {source}", node.span)
@@ -40,8 +49,9 @@ def build_graph(program: Program) -> nx.DiGraph:
             else:
                 edge["ports"].append(port)
     graph.add_edges_from((source, target, data) for (source, target), data in edges.items())
-    verify_graph(graph)
-    return graph
+    # the edges in the order the graph holds them: each source's readers as first read
+    same_step = ((source, target) for (source, target), data in edges.items() if not data["delay"])
+    return graph, _ready_order(graph, program.nodes, same_step)
 
 
 def forward_view(graph: nx.DiGraph) -> nx.DiGraph:
@@ -58,16 +68,26 @@ def forward_order(graph: nx.DiGraph) -> list[str]:
     SpecError
         When a cycle has no delay on it, naming the nodes on the cycle.
     """
-    waiting = dict.fromkeys(graph, 0)
-    readers: dict[str, list[str]] = {}
-    for source, targets in graph.adjacency():  # plain dicts: no edge view per edge
-        readers[source] = same_step = [target for target, data in targets.items()
-                                       if not data["delay"]]
-        for target in same_step:
-            waiting[target] += 1
+    same_step = ((source, target) for source, targets in graph.adjacency()
+                 for target, data in targets.items() if not data["delay"])
+    return _ready_order(graph, graph, same_step)
+
+
+def _ready_order(graph: nx.DiGraph, nodes, same_step) -> list[str]:
+    """`nodes` in forward order, given the edges without a delay (source, target) in the
+    graph's order: a node is ready once its inputs of the same step are."""
+    waiting = dict.fromkeys(nodes, 0)
+    readers: dict[str, list[str]] = {}  # of the nodes read at all
+    for source, target in same_step:
+        found = readers.get(source)
+        if found is None:
+            readers[source] = [target]
+        else:
+            found.append(target)
+        waiting[target] += 1
     order = [node for node, count in waiting.items() if count == 0]
     for node in order:  # grows as nodes become ready
-        for reader in readers[node]:
+        for reader in readers.get(node, ()):
             waiting[reader] -= 1
             if waiting[reader] == 0:
                 order.append(reader)
@@ -105,7 +125,11 @@ def verify_graph(graph: nx.DiGraph) -> None:
         for source, _ in data["inputs"]:
             if source not in graph:
                 raise SpecError(f"internal: {node} reads the missing node {source}", data["span"])
-        if data["kind"] == "state" and len(data["inputs"]) != 1 + (
-                isinstance(data["state"].init, StartFrom)):
-            raise SpecError(f"internal: state node {node} has {len(data['inputs'])} inputs", data["span"])
+        _check_state_inputs(node, data["kind"], data["state"], data["inputs"], data["span"])
     forward_order(graph)
+
+
+def _check_state_inputs(node: str, kind: str, state, inputs, span) -> None:
+    """A state node reads its new value, and the tensor it starts from if it has one."""
+    if kind == "state" and len(inputs) != 1 + isinstance(state.init, StartFrom):
+        raise SpecError(f"internal: state node {node} has {len(inputs)} inputs", span)

@@ -20,18 +20,66 @@ __all__ = ["check_recurrences", "recurrence_errors", "recurrences", "training_er
 
 
 def recurrences(graph: nx.DiGraph) -> list[set[str]]:
-    """The node sets of the graph's recurrences (components of more than one node)."""
-    return [c for c in nx.strongly_connected_components(graph) if len(c) > 1]
+    """The node sets of the graph's recurrences (strongly connected components of more
+    than one node), in the order networkx gives them. Pearce's variant of Tarjan's
+    algorithm, without recursion, over the graph's own adjacency dicts: networkx's version
+    costs several times as much on a big graph, where most nodes are in no loop, and here
+    a node in no loop is never stacked."""
+    readers = dict(graph.adjacency())
+    # rank: while a node is open, the earliest open node it reaches; once its component is
+    # closed, a number above every open rank, so that closed nodes never lower one
+    rank: dict[str, int] = {}
+    opened, closed = 0, len(readers)
+    stack: list[str] = []  # open nodes reaching an earlier open node
+    found = []
+    for root in readers:
+        if root in rank:
+            continue
+        rank[root] = opened = opened + 1
+        walk = [[root, iter(readers[root]), True]]  # node, readers left, heads its component
+        while walk:
+            frame = walk[-1]
+            node, unseen = frame[0], frame[1]
+            for reader in unseen:
+                if reader not in rank:  # go down to it; come back to `unseen` after
+                    rank[reader] = opened = opened + 1
+                    walk.append([reader, iter(readers[reader]), True])
+                    break
+                if rank[reader] < rank[node]:
+                    rank[node] = rank[reader]
+                    frame[2] = False
+            else:
+                walk.pop()
+                if walk and rank[node] < rank[walk[-1][0]]:
+                    rank[walk[-1][0]] = rank[node]
+                    walk[-1][2] = False
+                if not frame[2]:
+                    stack.append(node)
+                    continue
+                closed -= 1
+                opened -= 1
+                component = None
+                while stack and rank[stack[-1]] >= rank[node]:
+                    member = stack.pop()
+                    rank[member] = closed
+                    opened -= 1
+                    component = component or {node}
+                    component.add(member)
+                rank[node] = closed
+                if component:
+                    found.append(component)
+    return found
 
 
 def recurrence_errors(graph: nx.DiGraph) -> list[SpecError]:
     """Every recurrence that cannot run as a loop over time, located."""
     errors = []
+    attrs = dict(graph.nodes(data=True))  # each node's data, found without a view per lookup
     for component in recurrences(graph):
-        ops = [n for n in component if graph.nodes[n]["kind"] == "op"]
+        ops = [n for n in component if attrs[n]["kind"] == "op"]
         refused = []  # (place, error), put in source order once found: a loop may hold every node
         for node in ops:
-            data = graph.nodes[node]
+            data = attrs[node]
             if not data["op"].per_step:
                 refused.append((_place(graph, node), SpecError(
                     f"'{data['op'].name}' sees the whole sequence, so it cannot be part of a "
@@ -46,7 +94,7 @@ def recurrence_errors(graph: nx.DiGraph) -> list[SpecError]:
                     data["span"], "apply it before or after the recurrent layer",
                     call_notes(data["scope"], data["span"]))))
         errors += [error for _, error in sorted(refused, key=lambda pair: pair[0])]
-        if not _reads_a_sequence(graph, ops, component):
+        if not _reads_a_sequence(attrs, ops, component):
             states = sorted((n for n in component if graph.nodes[n]["kind"] == "state"),
                             key=lambda n: _place(graph, n))
             decl = graph.nodes[states[0]]["state"]
@@ -102,15 +150,20 @@ def _place(graph: nx.DiGraph, node: str):
     return (span.file, span.line, span.col, node) if span else ("", 0, 0, node)
 
 
-def _reads_a_sequence(graph: nx.DiGraph, ops: list[str], component: set) -> bool:
+def _reads_a_sequence(attrs: dict, ops: list[str], component: set) -> bool:
     """Whether a loop reads, step by step, a sequence computed outside it: its length is
-    the loop's number of steps."""
+    the loop's number of steps. `attrs` maps nodes to their data."""
     for node in ops:
-        whole = whole_positions(graph.nodes[node]["op"])
-        for position, (source, _) in enumerate(graph.nodes[node]["inputs"]):
-            if source in component or position in whole:
+        data = attrs[node]
+        outside = [(position, source) for position, (source, _) in enumerate(data["inputs"])
+                   if source not in component]
+        if not outside:
+            continue
+        whole = whole_positions(data["op"])
+        for position, source in outside:
+            if position in whole:
                 continue
-            source_type = graph.nodes[source].get("type")
+            source_type = attrs[source].get("type")
             if source_type is None or source_type.seq:  # an unknown type was reported already
                 return True
     return False

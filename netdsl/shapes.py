@@ -31,15 +31,16 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
     return graph
 
 
-def typed_graph(graph: nx.DiGraph, copy: bool = True) -> tuple[nx.DiGraph, list[SpecError]]:
+def typed_graph(graph: nx.DiGraph, copy: bool = True, order: list[str] | None = None
+                ) -> tuple[nx.DiGraph, list[SpecError]]:
     """A copy of `graph` with types where they can be inferred (None elsewhere), and the
     errors, so that passes after this one can still report theirs. `copy=False` types
     `graph` itself, for a caller that keeps no untyped graph (copying a big one costs as
-    much as typing it)."""
+    much as typing it); `order` is its forward order where the caller has it already."""
     graph = graph.copy() if copy else graph
     errors: list[SpecError] = []
     attrs = dict(graph.nodes(data=True))  # each node's data, found without a view per lookup
-    for node in forward_order(graph):
+    for node in order if order is not None else forward_order(graph):
         data = attrs[node]
         try:
             data["type"] = _node_type(attrs, data)
@@ -76,17 +77,18 @@ def node_type(kind: str, declared: TensorType | None, op, inputs: list[TensorTyp
         return declared
     if kind == "state":
         return declared.with_seq()
-    if None in inputs:
-        return None  # an input already failed and was reported
+    for t in inputs:  # by identity: `None in inputs` would call TensorType.__eq__ on each
+        if t is None:
+            return None  # an input already failed and was reported
     if not op.per_step:
         return op.shape(*inputs)
-    refused = op.over_time(tuple(t.seq for t in inputs))
+    sequences = tuple([t.seq for t in inputs])  # lists, not generators: one per node
+    refused = op.over_time(sequences)
     if refused is not None:
         raise ShapeError(*refused)
     if not op.whole:  # every input read step by step, the common case
-        seq = any(t.seq for t in inputs)
-        result = op.shape(*(t.step() for t in inputs))
-        return result.with_seq() if seq else result
+        result = op.shape(*[t.step() for t in inputs])
+        return result.with_seq() if any(sequences) else result
     whole = whole_positions(op)
     seq = any(t.seq for i, t in enumerate(inputs) if i not in whole)
     result = op.shape(*(t if i in whole else t.step() for i, t in enumerate(inputs)))

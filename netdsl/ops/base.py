@@ -423,7 +423,7 @@ def register(name: str, *aliases: str):
 
 def bind(cls: type[Op], positional: list, keyword: dict[str, Any]) -> Op:
     """Match call arguments to an op's schema and convert them; raise ArgError on misuse."""
-    schema = {a.name: a for a in cls.args}
+    schema, defaults = _schema(cls)
     if len(positional) > len(cls.args):
         raise ArgError(
             f"{cls.name} takes at most {len(cls.args)} argument(s) besides its input(s), "
@@ -441,13 +441,41 @@ def bind(cls: type[Op], positional: list, keyword: dict[str, Any]) -> Op:
         if key in values:
             raise ArgError(f"{cls.name}: argument '{key}' given twice", key)
         values[key] = _convert(cls, schema[key], value, key)
-    for arg in cls.args:
-        if arg.name not in values:
-            if arg.default is REQUIRED:
-                raise ArgError(f"{cls.name} needs argument '{arg.name}'", None, _usage(cls))
-            # defaults pass the converter too, so attributes have one canonical form
-            values[arg.name] = arg.default if arg.default is None else arg.convert(arg.default)
+    if len(values) < len(cls.args):
+        for arg in cls.args:
+            if arg.name not in values:
+                if arg.default is REQUIRED:
+                    raise ArgError(f"{cls.name} needs argument '{arg.name}'", None, _usage(cls))
+                default = defaults.get(arg.name, _UNSHARED)
+                # defaults pass the converter too, so attributes have one canonical form
+                values[arg.name] = arg.convert(arg.default) if default is _UNSHARED else default
     return cls(**{arg.name: values[arg.name] for arg in cls.args})
+
+
+_UNSHARED = object()
+_SCHEMAS: dict[type, tuple[dict[str, Arg], dict[str, Any], tuple[Arg, ...]]] = {}
+
+
+def _schema(cls: type[Op]) -> tuple[dict[str, Arg], dict[str, Any]]:
+    """An op's arguments by name, and its converted defaults that every instance may share
+    (the immutable ones), made once per op rather than once per call."""
+    found = _SCHEMAS.get(cls)
+    if found is None or found[2] is not cls.args:  # made anew for a class given other args
+        defaults = {}
+        for arg in cls.args:
+            if arg.default is REQUIRED:
+                continue
+            value = arg.default if arg.default is None else arg.convert(arg.default)
+            if _immutable(value):
+                defaults[arg.name] = value
+        found = _SCHEMAS[cls] = ({a.name: a for a in cls.args}, defaults, cls.args)
+    return found[0], found[1]
+
+
+def _immutable(value) -> bool:
+    if isinstance(value, tuple):
+        return all(map(_immutable, value))
+    return value is None or isinstance(value, (bool, int, float, str, frozenset))
 
 
 def _convert(cls, arg: Arg, value, where):
