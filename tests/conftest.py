@@ -52,3 +52,26 @@ def kernels_on_host(monkeypatch):
     from cpu_cuda import launch_on_host
 
     launch_on_host(monkeypatch)
+
+
+def tensorboard_values(folder) -> tuple[dict, dict]:
+    """The scalars and histograms in a folder's TensorBoard event files, each as
+    {tag: {step: value}} (a histogram's value is its HistogramProto)."""
+    import struct
+    from pathlib import Path
+
+    from tensorboardX.proto import event_pb2  # the tensorboard extra, which tests install
+
+    scalars, histograms = {}, {}
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):  # TFRecord: length, its CRC, the event, its CRC
+            (size,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + size])
+            at += 16 + size
+            for value in event.summary.value:
+                if value.HasField("histo"):
+                    histograms.setdefault(value.tag, {})[event.step] = value.histo
+                else:
+                    scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars, histograms

@@ -3,13 +3,12 @@ PyTorch on the same weights, `netc run --diagnose`'s record and warnings, and
 `netc diagnose`."""
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import SPECS, run_netc
+from conftest import SPECS, run_netc, tensorboard_values
 from netdsl.app.diagnostics import METRICS, node_metric
 from netdsl.app.session import prepare
 from netdsl.cli import main
@@ -257,23 +256,8 @@ def test_a_healthy_network_warns_about_nothing(healthy, capsys):
 
 def test_tensorboard_gets_the_numbers_and_activation_histograms(healthy):
     pytest.importorskip("tensorboardX")
-    import struct
-
-    from tensorboardX.proto import event_pb2
-
     _, folder = healthy
-    scalars, histograms = {}, {}
-    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
-        data, at = path.read_bytes(), 0
-        while at < len(data):  # TFRecord: length, its CRC, the event, its CRC
-            (size,) = struct.unpack("<Q", data[at:at + 8])
-            event = event_pb2.Event.FromString(data[at + 12:at + 12 + size])
-            at += 16 + size
-            for value in event.summary.value:
-                if value.HasField("histo"):
-                    histograms.setdefault(value.tag, {})[event.step] = value.histo
-                else:
-                    scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    scalars, histograms = tensorboard_values(folder)
     record = [json.loads(line) for line in open(os.path.join(folder, "diagnostics.jsonl"))]
     first = record[1]["nodes"]
     assert scalars["diagnostics/relu1/dead"][1] == pytest.approx(first["relu1"]["dead"])

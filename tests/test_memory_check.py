@@ -54,6 +54,18 @@ def wide(optimizer="sgd(lr=0.01)", batch=64):
     return prepare(check_text(text, "wide.net"), {"steps": 2}, native=False)
 
 
+def training_peak(session, data) -> int:
+    """The bytes tracemalloc sees allocated at the peak of making a trainer and fitting
+    `data` (NumPy reports its arrays to it)."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        session.trainer(None).fit(data, None)
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("optimizer,batch", [
     ("sgd(lr=0.01)", 1024),
     ("adam(lr=0.001)", 64),
@@ -68,13 +80,7 @@ def test_the_estimate_is_what_a_run_takes(optimizer, batch):
     rng = np.random.default_rng(0)
     data = Dataset({"x": rng.standard_normal((2 * batch, 256)).astype(np.float32),
                     "y": rng.integers(0, 10, 2 * batch)}, "test data")
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        session.trainer(None).fit(data, None)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    peak = training_peak(session, data)
     assert 0.97 * peak <= estimate.peak <= 1.2 * peak, (peak, estimate)
 
 
@@ -187,13 +193,7 @@ def test_a_recurrent_estimate_is_what_bptt_over_the_sequence_takes():
     rng = np.random.default_rng(0)
     data = Dataset({"x": rng.standard_normal((64, steps, 16)).astype(np.float32),
                     "y": rng.integers(0, 16, (64, steps))}, "test data")
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        session.trainer(None).fit(data, None)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    peak = training_peak(session, data)
     assert 0.8 * peak <= estimate.peak <= 1.2 * peak, (peak, estimate)
     # twice the steps, twice the activations; truncated BPTT plans the chunk it runs
     assert training_estimate(session.lowered, session.settings, 2 * steps).per_example \

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import SPECS, run_netc
+from conftest import SPECS, run_netc, tensorboard_values
 
 MLP = os.path.join(SPECS, "mlp.net")
 STEP_KEYS = {"kind", "step", "epoch", "loss", "accuracy", "samples/s", "lr", "grad_norm"}
@@ -152,20 +152,8 @@ def _umask() -> int:
 
 def test_tensorboard_event_files_hold_the_same_numbers(runs):
     pytest.importorskip("tensorboardX")
-    import struct
-
-    from tensorboardX.proto import event_pb2
-
     folder = runs / "runs" / "whole"
-    scalars = {}
-    for path in sorted(folder.glob("events.out.tfevents.*")):
-        data, at = path.read_bytes(), 0
-        while at < len(data):  # TFRecord: length, its CRC, the event, its CRC
-            (size,) = struct.unpack("<Q", data[at:at + 8])
-            event = event_pb2.Event.FromString(data[at + 12:at + 12 + size])
-            at += 16 + size
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    scalars, _ = tensorboard_values(folder)
     lines = metrics(folder)
     steps = {e["step"]: e for e in lines if e["kind"] == "step"}
     epochs = {e["step"]: e for e in lines if e["kind"] == "epoch"}
