@@ -20,55 +20,8 @@ __all__ = ["check_recurrences", "recurrence_errors", "recurrences", "training_er
 
 
 def recurrences(graph: nx.DiGraph) -> list[set[str]]:
-    """The node sets of the graph's recurrences (strongly connected components of more
-    than one node), in the order networkx gives them. Pearce's variant of Tarjan's
-    algorithm, without recursion, over the graph's own adjacency dicts: networkx's version
-    costs several times as much on a big graph, where most nodes are in no loop, and here
-    a node in no loop is never stacked."""
-    readers = dict(graph.adjacency())
-    # rank: while a node is open, the earliest open node it reaches; once its component is
-    # closed, a number above every open rank, so that closed nodes never lower one
-    rank: dict[str, int] = {}
-    opened, closed = 0, len(readers)
-    stack: list[str] = []  # open nodes reaching an earlier open node
-    found = []
-    for root in readers:
-        if root in rank:
-            continue
-        rank[root] = opened = opened + 1
-        walk = [[root, iter(readers[root]), True]]  # node, readers left, heads its component
-        while walk:
-            frame = walk[-1]
-            node, unseen = frame[0], frame[1]
-            for reader in unseen:
-                if reader not in rank:  # go down to it; come back to `unseen` after
-                    rank[reader] = opened = opened + 1
-                    walk.append([reader, iter(readers[reader]), True])
-                    break
-                if rank[reader] < rank[node]:
-                    rank[node] = rank[reader]
-                    frame[2] = False
-            else:
-                walk.pop()
-                if walk and rank[node] < rank[walk[-1][0]]:
-                    rank[walk[-1][0]] = rank[node]
-                    walk[-1][2] = False
-                if not frame[2]:
-                    stack.append(node)
-                    continue
-                closed -= 1
-                opened -= 1
-                component = None
-                while stack and rank[stack[-1]] >= rank[node]:
-                    member = stack.pop()
-                    rank[member] = closed
-                    opened -= 1
-                    component = component or {node}
-                    component.add(member)
-                rank[node] = closed
-                if component:
-                    found.append(component)
-    return found
+    """The node sets of the graph's recurrences (components of more than one node)."""
+    return [c for c in nx.strongly_connected_components(graph) if len(c) > 1]
 
 
 def recurrence_errors(graph: nx.DiGraph) -> list[SpecError]:
