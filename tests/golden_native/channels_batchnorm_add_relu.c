@@ -120,13 +120,20 @@ void netdsl_kernel2(const float* restrict a_gy, const float* restrict a_x, const
                 const long long i1 = i0 + 256 < N ? i0 + 256 : N;
                 double block_sum_g = 0;
                 double block_sum_gh = 0;
-                #pragma omp simd reduction(+:block_sum_g, block_sum_gh)
+                float term_sum_g[256];
+                float term_sum_gh[256];
+                #pragma omp simd
                 for (long long i = i0; i < i1; i++) {
                     const float gy = row_gy[i];
                     const float x = row_x[i];
                     const float chain_y = row_chain_y[i];
-                    block_sum_g += (double)(((chain_y > 0.0f) ? gy : 0.0f));
-                    block_sum_gh += (double)((((chain_y > 0.0f) ? gy : 0.0f) * ((x - e_mean) * e_inv_std)));
+                    term_sum_g[i - i0] = ((chain_y > 0.0f) ? gy : 0.0f);
+                    term_sum_gh[i - i0] = (((chain_y > 0.0f) ? gy : 0.0f) * ((x - e_mean) * e_inv_std));
+                }
+                #pragma omp simd reduction(+:block_sum_g, block_sum_gh)
+                for (long long i = i0; i < i1; i++) {
+                    block_sum_g += (double)(term_sum_g[i - i0]);
+                    block_sum_gh += (double)(term_sum_gh[i - i0]);
                 }
                 sum_g += block_sum_g;
                 sum_gh += block_sum_gh;
@@ -181,13 +188,20 @@ void netdsl_kernel3(const float* restrict a_gy, const float* restrict a_x, const
                 const long long i1 = i0 + 256 < N ? i0 + 256 : N;
                 double block_sum_g = 0;
                 double block_sum_gh = 0;
-                #pragma omp simd reduction(+:block_sum_g, block_sum_gh)
+                float term_sum_g[256];
+                float term_sum_gh[256];
+                #pragma omp simd
                 for (long long i = i0; i < i1; i++) {
                     const float gy = row_gy[i];
                     const float x = row_x[i];
                     const float chain_y = row_chain_y[i];
-                    block_sum_g += (double)(((chain_y > 0.0f) ? gy : 0.0f));
-                    block_sum_gh += (double)((((chain_y > 0.0f) ? gy : 0.0f) * ((x - e_mean) * e_inv_std)));
+                    term_sum_g[i - i0] = ((chain_y > 0.0f) ? gy : 0.0f);
+                    term_sum_gh[i - i0] = (((chain_y > 0.0f) ? gy : 0.0f) * ((x - e_mean) * e_inv_std));
+                }
+                #pragma omp simd reduction(+:block_sum_g, block_sum_gh)
+                for (long long i = i0; i < i1; i++) {
+                    block_sum_g += (double)(term_sum_g[i - i0]);
+                    block_sum_gh += (double)(term_sum_gh[i - i0]);
                 }
                 sum_g += block_sum_g;
                 sum_gh += block_sum_gh;
