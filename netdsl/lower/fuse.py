@@ -144,7 +144,10 @@ class FusedChain(Op):
         self.program = chain_forward(chain)
         self.keeps = ("y",) if from_output(chain) else ()
         self._backward: dict[tuple, object] = {}
-        self._shared: dict[tuple[bool, ...], dict] = {}
+        # a call over an MLP's activations costs more in Python than in C: the names of
+        # the arrays, and per set of needs the program and its gradients' names, made once
+        self._inputs = tuple(f"x{j}" for j in range(chain.inputs))
+        self._writes: dict[tuple[bool, ...], tuple] = {}
 
     @property
     def from_output(self) -> bool:
@@ -170,28 +173,32 @@ class FusedChain(Op):
         return merge_writes(chain_backward(self.chain, needs, self.from_output))[1]
 
     def forward(self, ctx, *xs):
-        arrays = {f"x{j}": x for j, x in enumerate(xs)}
-        y = run_program(ctx.xp, self.program, arrays, dtype=ctx.dtype)["y"]
+        y = run_program(ctx.xp, self.program, dict(zip(self._inputs, xs)), dtype=ctx.dtype)["y"]
         if ctx.training:
-            ctx.save(**({"y": y} if self.from_output else {"xs": xs}))
+            if self.keeps:
+                ctx.saved["y"] = y
+            else:
+                ctx.saved["xs"] = xs
         return y
 
     def backward(self, ctx, gy):
         saved = ctx.saved
         count = self.chain.inputs
-        needs = tuple(ctx.needs(j) for j in range(count))
+        needs = ctx.needs_input_grad or (True,) * count
         if not any(needs):
             return (None,) * count, {}
-        arrays = ({"y": saved["y"]} if self.from_output
-                  else {f"x{j}": x for j, x in enumerate(saved["xs"])})
+        arrays = {"y": saved["y"]} if self.keeps else dict(zip(self._inputs, saved["xs"]))
         arrays["gy"] = gy
-        grads = run_program(ctx.xp, self.backward_program(needs), arrays, dtype=ctx.dtype)
-        shared = self._shared.get(needs)
-        if shared is None:
-            shared = self._shared[needs] = self.shared_grads(needs)
-        # an input whose gradient another's equals gets that very array (the executor
-        # copies a gradient before it sums into it)
-        return tuple(grads.get(shared.get(f"dx{j}", f"dx{j}")) for j in range(count)), {}
+        writes = self._writes.get(needs)
+        if writes is None:
+            shared = self.shared_grads(needs)
+            # an input whose gradient another's equals gets that very array (the executor
+            # copies a gradient before it sums into it)
+            writes = self._writes[needs] = (self.backward_program(needs), tuple(
+                shared.get(f"dx{j}", f"dx{j}") for j in range(count)))
+        program, names = writes
+        grads = run_program(ctx.xp, program, arrays, dtype=ctx.dtype)
+        return tuple(grads.get(name) for name in names), {}
 
 
 def _has_formulas(plan: Plan, step: Step) -> bool:
