@@ -271,6 +271,7 @@ class ChannelChain(Op):
         super().__init__()
         self.head, self.chain, self.position, self.nodes = head, chain, position, nodes
         self.name = f"{head.name}_{chain.name}"   # the op's work, which it mostly is
+        self.host_split = head.host_split   # its slabs run on the host's threads as the op's
         self.others = tuple(j for j in range(chain.inputs) if j != position)
         self.programs = type(head.programs)(*(absorb(p, chain, position)
                                               for p in head.programs))
