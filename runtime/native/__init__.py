@@ -184,7 +184,7 @@ def _run_channels_native(xp, program: ChannelProgram, arrays: dict, scalars: dic
     entry = _functions.get((id(program), str(dtype)))
     if entry is None:
         return NotImplemented
-    dtype = np.dtype(dtype)
+    dtype = _DTYPES.get(dtype) or np.dtype(dtype)
     first = arrays[program.reads[0]]
     shape = first.shape
     b, c = shape[:2]
@@ -192,18 +192,22 @@ def _run_channels_native(xp, program: ChannelProgram, arrays: dict, scalars: dic
     pointers, results, kept = [], {}, []
     for name in program.reads:
         array = arrays[name]
-        if array.shape != shape or not array.flags.c_contiguous or array.dtype != dtype:
+        if array.shape != shape or array.dtype != dtype or not array.flags.c_contiguous:
             array = np.ascontiguousarray(np.broadcast_to(array, shape), dtype=dtype)
-        kept.append(array)   # a converted copy must live until the call returns
+            kept.append(array)   # a converted copy must live until the call returns
+        pointers.append(_pointer(array))
     for name in program.vectors:
-        kept.append(np.ascontiguousarray(arrays[name], dtype=dtype).reshape(c))
+        array = arrays[name]
+        if array.shape != (c,) or array.dtype != dtype or not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array, dtype=dtype).reshape(c)
+            kept.append(array)
+        pointers.append(_pointer(array))
     for name, _ in program.channel_writes:
-        results[name] = np.empty(c, dtype=dtype)
-        kept.append(results[name])
+        results[name] = array = np.empty(c, dtype=dtype)
+        pointers.append(_pointer(array))
     for name, _ in program.writes:
-        results[name] = np.empty(shape, dtype=dtype)
-        kept.append(results[name])
-    pointers = [_pointer(a) for a in kept]
+        results[name] = array = np.empty(shape, dtype=dtype)
+        pointers.append(_pointer(array))
     values = [float((scalars or {})[name]) for name in program.scalars]
     function = entry[1]
 
