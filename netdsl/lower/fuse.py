@@ -331,8 +331,10 @@ def absorb(program: ChannelProgram, chain: Chain, position: int) -> ChannelProgr
     inputs' gradients too, as `d_chain_x{j}`.
     """
     forward = chain_forward(chain)
-    key = (id(program), position, chain.inputs,
-           tuple(cuda(e, "double") for _, e in forward.lets))
+    backward = chain_backward(chain, (True,) * chain.inputs)
+    key = (id(program), position, chain.inputs,   # the chain's formulas, both ways
+           tuple(cuda(e, "double") for _, e in (*forward.lets, *backward.lets,
+                                               *backward.writes)))
     if key not in _absorbed:
         made = (_absorb_backward(program, chain, position) if "gy" in program.reads
                 else _absorb_forward(program, chain, position))
