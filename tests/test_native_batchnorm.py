@@ -339,3 +339,36 @@ def test_diagnose_sees_a_fused_batchnorms_parameters_not_its_output(cache):
     assert target == "native"
     assert set(stats["batchnorm1"]) == {"param_grad_norm", "update_ratio"}
     assert {"mean", "std", "dead", "grad_norm"} <= set(stats["relu1"])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["batch", "running"])
+def test_a_longer_chain_with_two_other_inputs_runs_as_apart(training, cache):
+    """tanh(bn(x) + a + b): a transcendental in the writing pass and two other inputs,
+    whose gradients the backward writes; compiled, in float64, as the op's NumPy code
+    and the chain run apart."""
+    from netdsl.lower.codegen import Chain
+    from netdsl.lower.fuse import ChannelChain
+    from netdsl.ops import OPS
+    from netdsl.ops.base import bind
+
+    head = bind(OPS["batchnorm"], [], {})
+    add, tanh = bind(OPS["add"], [], {}), bind(OPS["tanh"], [], {})
+    chain = Chain((add, add, tanh), ((0, 1), (-1, 2), (-1,)), 3)
+    fused = ChannelChain(head, chain, 0, ("bn", "add1", "add2", "tanh"))
+    native.prepare(list(fused.programs), "float64")
+    rng = np.random.default_rng(7)
+    shape = (3, 2, 4, 5)
+    x, a, b, gy = (rng.standard_normal(shape) for _ in range(4))
+    weight, bias = rng.uniform(0.5, 1.5, 2), rng.standard_normal(2)
+    results = []
+    for compiled in (True, False):
+        buffers = {"running_mean": np.full(2, 0.5), "running_var": np.full(2, 2.0)}
+        ctx = Ctx(np, training=training, buffers=buffers, dtype="float64")
+        ctx.compiled = compiled
+        y = fused.forward(ctx, x, a, b, weight=weight, bias=bias)
+        ctx.needs_input_grad = (True, True, True)
+        grads, params = fused.backward(ctx, gy)
+        results.append((y, *grads, params["weight"], params["bias"],
+                        buffers["running_mean"], buffers["running_var"]))
+    for ours, theirs in zip(*results):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-13)

@@ -57,7 +57,9 @@ def simd_declarations(programs: list, ctype: str) -> list[str]:
     """The `simd` declarations of the vector math functions `programs` call in their
     elementwise loops."""
     used = set().union(*(functions_used(e) for p in programs
-                         for _, e in (*p.lets, *p.writes, *getattr(p, "sums", ()))))
+                         for _, e in (*p.lets, *p.writes,
+                                      *(s for stage in getattr(p, "stages", ())
+                                        for s in stage.sums))))
     suffix = "f" if ctype == "float" else ""
     return [f'__attribute__((simd("notinbranch"))) {ctype} {fn}{suffix}({ctype});'
             for fn in VECTOR_MATH if fn in used]
