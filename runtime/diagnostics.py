@@ -24,7 +24,8 @@ A recurrence's nodes, on the host, are seen at every time step and their numbers
 over all steps (a unit is dead when it is off at every step of every example). The
 native target runs a loop as one compiled call: the members it keeps whole (state
 sources, values read after the loop) are seen after it, over all steps, without their
-gradients; the others, and the inner nodes of a fused elementwise run, are not seen.
+gradients; the others, the inner nodes of a fused elementwise run, and a batchnorm
+run inside the chain after it (its parameters' numbers are recorded), are not seen.
 """
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ class Executor:
         for key, value in params.items():
             self.params[key][...] = xp.asarray(value, dtype=dtype)
         self.rng = xp.random.default_rng(seed) if on_host(xp) else CountedRng(xp, seed)
-        self.buffers: dict[str, dict] = {step.node: {} for step in plan.steps}
+        self.buffers: dict[str, dict] = {step.buffers_of or step.node: {} for step in plan.steps}
         self.ctxs: dict = {}
         # values with a time axis; a loss over a sequence is one number all the same
         losses = set(plan.losses.values())
@@ -208,7 +208,8 @@ class Executor:
             valid = xp.asarray(rows)
             self.valid[step.node] = (valid, T * len(host))
             xs = [x[valid] for x in xs]
-        ctx = self.ctxs[step.node] = Ctx(xp, training, self.rng, self.buffers[step.node],
+        ctx = self.ctxs[step.node] = Ctx(xp, training, self.rng,
+                                         self.buffers[step.buffers_of or step.node],
                                          len(xs[0]) if folded else self.size, self.dtype)
         ctx.geometry = step.geometry
         ctx.compiled = step.node in self.compiled_ops

@@ -6,7 +6,12 @@ op's formulas (ops.norm.batch_norm_programs), compiled to C.
   batchnorm does, forward (batch and running statistics) and backward, in float32 and
   float64, over one slab or over channel slabs on the host's threads;
 - they equal PyTorch's batch_norm in float64: output, running statistics, gradients;
-- a native executor runs them (test_fused compares whole networks with the host's).
+- a native executor runs them (test_fused compares whole networks with the host's);
+- an elementwise chain after a batchnorm runs inside its programs (lower.fuse.absorb):
+  the C source of `batchnorm -> add -> relu` equals its golden file, and forward and
+  backward, running statistics included, equal PyTorch's in float64 in training and in
+  eval mode, compiled, evaluated by NumPy, and with the op's NumPy code and the chain
+  apart; a value asked for keeps its batchnorm apart.
 """
 import os
 
@@ -24,6 +29,7 @@ from netdsl.runtime import host, native  # noqa: F401  host lends the threads sl
 from netdsl.runtime.native import toolchain as native_build
 
 GOLDEN = os.path.join(ROOT, "tests", "golden_native", "channels_batchnorm.c")
+GOLDEN_ADD_RELU = os.path.join(ROOT, "tests", "golden_native", "channels_batchnorm_add_relu.c")
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
 
 
@@ -144,8 +150,9 @@ def test_a_native_executor_runs_the_compiled_batchnorm(cache):
     from netdsl.lower import lower
     from netdsl.runtime.execute import Executor
     from netdsl.runtime.init import initial_params
+    # no chain after the batchnorm: it runs alone (with one, test_a_chain_after_...)
     text = ("network bn\ninput x : [3, 4, 4]\ntarget y : class(2)\n"
-            "z = x -> batchnorm -> relu -> global_avgpool -> dense(2)\n"
+            "z = x -> batchnorm -> global_avgpool -> relu -> dense(2)\n"
             "loss cross_entropy(z, y)\n")
     graph = check_text(text).graph
     native_lowered, host_lowered = lower(graph, "native"), lower(graph)
@@ -171,3 +178,197 @@ def test_a_native_executor_runs_the_compiled_batchnorm(cache):
     assert calls   # the native executor's batchnorm ran the compiled function
     np.testing.assert_allclose(executors[0].flat_grads, executors[1].flat_grads, rtol=1e-10,
                                atol=1e-13)
+
+
+# ---- a chain after a batchnorm, in its programs
+
+
+def _add_relu(position: int = 0):
+    """batchnorm's op and the fused step of `relu(bn(x) + skip)` (bn's output at the add's
+    input `position`)."""
+    from netdsl.lower.codegen import Chain
+    from netdsl.lower.fuse import ChannelChain
+    from netdsl.ops import OPS
+    from netdsl.ops.base import bind
+
+    head = bind(OPS["batchnorm"], [], {})
+    chain = Chain((bind(OPS["add"], [], {}), bind(OPS["relu"], [], {})), ((0, 1), (-1,)), 2)
+    return head, ChannelChain(head, chain, position, ("bn", "add", "relu"))
+
+
+def _relu():
+    from netdsl.lower.codegen import Chain
+    from netdsl.lower.fuse import ChannelChain
+    from netdsl.ops import OPS
+    from netdsl.ops.base import bind
+
+    head = bind(OPS["batchnorm"], [], {})
+    chain = Chain((bind(OPS["relu"], [], {}),), ((0,),), 1)
+    return head, ChannelChain(head, chain, 0, ("bn", "relu"))
+
+
+def test_batchnorm_add_relu_source_matches_golden(update_golden):
+    _, fused = _add_relu()
+    assert [p.name for p in fused.programs] == [
+        "batchnorm_train_add_relu", "batchnorm_eval_add_relu", "batchnorm_backward_add_relu",
+        "batchnorm_backward_fixed_add_relu"]
+    assert_golden(GOLDEN_ADD_RELU, c_module(list(fused.programs), "float32"), update_golden)
+
+
+def test_one_pattern_is_one_set_of_programs():
+    """Every fused step of one pattern shares its programs: one compiled function each."""
+    assert _add_relu()[1].programs == _add_relu()[1].programs
+    assert _add_relu()[1].programs != _add_relu(1)[1].programs != _relu()[1].programs
+
+
+def _torch_fused(x, weight, bias, skip, gy, training, mean, var):
+    """relu(batch_norm(x) + skip) (skip None: relu alone) in float64 PyTorch: y, and the
+    gradients of x, skip, weight and bias."""
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, weight, bias))
+    z = torch.nn.functional.batch_norm(tx, mean, var, tw, tb, training, 0.1, 1e-5)
+    ts = None if skip is None else torch.tensor(skip, requires_grad=True)
+    ty = torch.relu(z if ts is None else z + ts)
+    ty.backward(torch.tensor(gy))
+    return [ty.detach().numpy(), tx.grad.numpy(), None if ts is None else ts.grad.numpy(),
+            tw.grad.numpy(), tb.grad.numpy()]
+
+
+@pytest.mark.parametrize("way", ["compiled", "evaluated", "apart"])
+@pytest.mark.parametrize("training", [True, False], ids=["batch", "running"])
+@pytest.mark.parametrize("chain", ["add_relu", "add_relu_at_1", "relu"])
+def test_a_chain_after_a_batchnorm_equals_pytorch_in_float64(chain, training, way, cache):
+    """Forward, the gradients of both inputs and of the parameters, and the running
+    statistics, over two steps (the second normalises with the first's statistics in
+    eval mode). `apart`: the op's NumPy code, then the chain (a runtime providing
+    batch_norm itself, as synchronised batchnorm does)."""
+    head, fused = (_relu() if chain == "relu" else _add_relu(int(chain.endswith("1"))))
+    if way == "compiled":
+        native.prepare(list(fused.programs), "float64")
+    rng = np.random.default_rng(5)
+    shape = (4, 3, 5, 6)
+    weight, bias = rng.uniform(0.5, 1.5, 3), rng.standard_normal(3)
+    buffers = {"running_mean": np.full(3, 0.5), "running_var": np.full(3, 2.0)}
+    mean, var = torch.full((3,), 0.5, dtype=torch.float64), torch.full((3,), 2.0,
+                                                                        dtype=torch.float64)
+    provider = run_channels.provided.get("numpy")
+    for _ in range(2):
+        x = rng.standard_normal(shape) * 2 + 1
+        skip, gy = rng.standard_normal(shape), rng.standard_normal(shape)
+        others = () if chain == "relu" else (skip,)
+        ctx = Ctx(np, training=training, buffers=buffers, dtype="float64")
+        ctx.compiled = way != "apart"
+        if way == "evaluated":   # the formulas evaluated by NumPy through ops.channels
+            run_channels.provided.pop("numpy", None)
+        try:
+            y = fused.forward(ctx, x, *others, weight=weight, bias=bias)
+            ctx.needs_input_grad = (True,) * (1 + len(others))
+            grads, params = fused.backward(ctx, gy)
+        finally:
+            run_channels.provided["numpy"] = provider
+        assert ("chain_y" in ctx.saved) == (way != "apart")
+        theirs = _torch_fused(x, weight, bias, None if chain == "relu" else skip, gy,
+                              training, mean, var)
+        ours = [y, grads[0], grads[1] if others else None, params["weight"], params["bias"]]
+        for name, a, b in zip(("y", "dx", "dskip", "dweight", "dbias"), ours, theirs):
+            if b is None:
+                assert len(grads) == 1
+                continue
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13, err_msg=name)
+        np.testing.assert_allclose(buffers["running_mean"], mean.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(buffers["running_var"], var.numpy(), rtol=1e-12)
+
+
+def test_a_chain_after_a_batchnorm_runs_in_its_call(cache):
+    """A native lowering of ResNet-20 runs each batchnorm with the chain after it (relu, or
+    add -> relu) as one step: no batchnorm and no chain of their own remain; its running
+    statistics stay under the batchnorm's name. One compiled call each way."""
+    from netdsl.driver import check_text
+    from netdsl.lower import lower
+    from netdsl.lower.fuse import ChannelChain, FusedChain
+    from netdsl.runtime.execute import Executor
+    from netdsl.runtime.init import initial_params
+    text = ("network bn\ninput x : [3, 4, 4]\ntarget y : class(2)\n"
+            "a = x -> conv(3, 3, pad=1)\n"
+            "z = (a -> conv(3, 3, pad=1) -> batchnorm) + a -> relu -> global_avgpool"
+            " -> dense(2)\nloss cross_entropy(z, y)\n")
+    graph = check_text(text).graph
+    lowered = lower(graph, "native", verify=True)
+    [step] = [s for s in lowered.plan.steps if isinstance(s.op, ChannelChain)]
+    bn = step.op.nodes[0]
+    assert step.buffers_of == bn and len(step.inputs) == 2
+    assert not [s for s in lowered.plan.steps if isinstance(s.op, FusedChain)
+                or s.op.name == "batchnorm"]
+    assert lowered.kernels[step.node] == list(step.op.programs)
+    host = lower(graph)
+    params = initial_params(host.built, "torch", seed=0)
+    ours, theirs = (Executor(low, params, dtype="float64") for low in (lowered, host))
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.standard_normal((5, 3, 4, 4)), "y": rng.integers(0, 2, 5)}
+    calls = []
+    key = (id(step.op.programs.train), "float64")
+    real = native._functions[key]
+    native._functions[key] = (real[0], lambda *a: (calls.append(1), real[1](*a)))
+    try:
+        for ex in (ours, theirs):
+            ex.forward(batch, True)
+            ex.backward()
+    finally:
+        native._functions[key] = real
+    assert calls == [1]
+    np.testing.assert_allclose(ours.flat_grads, theirs.flat_grads, rtol=1e-10, atol=1e-13)
+    assert ours.state_dict()["buffers"].keys() == theirs.state_dict()["buffers"].keys()
+    # a value asked for (the batchnorm's output) stays a value: the chain runs apart
+    kept = lower(graph, "native", outputs=[bn])
+    assert bn in {s.node for s in kept.plan.steps}
+    assert not [s for s in kept.plan.steps if isinstance(s.op, ChannelChain)]
+
+
+def test_diagnose_sees_a_fused_batchnorms_parameters_not_its_output(cache):
+    """`netc run --diagnose` on the native target: a batchnorm run inside its chain's
+    call makes no value of its own, so, like a fused chain's inner nodes, its output's
+    numbers are not recorded; its parameters' gradient norm and update ratio are, and the
+    chain's output's numbers are."""
+    from test_diagnose import one_recorded_step
+    text = ("network probe\ninput x : [2, 3, 3]\ntarget y : class(3)\n"
+            "h = x -> conv(4, 3, pad=1) -> batchnorm -> relu -> global_avgpool -> dense(3)\n"
+            "loss cross_entropy(h, y)\ntrain sgd(lr=0.5), batch=8, epochs=1\n")
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.normal(size=(8, 2, 3, 3)).astype(np.float32),
+              "y": rng.integers(0, 3, size=8)}
+    stats, _, _, target = one_recorded_step(text, True, arrays)
+    assert target == "native"
+    assert set(stats["batchnorm1"]) == {"param_grad_norm", "update_ratio"}
+    assert {"mean", "std", "dead", "grad_norm"} <= set(stats["relu1"])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["batch", "running"])
+def test_a_longer_chain_with_two_other_inputs_runs_as_apart(training, cache):
+    """tanh(bn(x) + a + b): a transcendental in the writing pass and two other inputs,
+    whose gradients the backward writes; compiled, in float64, as the op's NumPy code
+    and the chain run apart."""
+    from netdsl.lower.codegen import Chain
+    from netdsl.lower.fuse import ChannelChain
+    from netdsl.ops import OPS
+    from netdsl.ops.base import bind
+
+    head = bind(OPS["batchnorm"], [], {})
+    add, tanh = bind(OPS["add"], [], {}), bind(OPS["tanh"], [], {})
+    chain = Chain((add, add, tanh), ((0, 1), (-1, 2), (-1,)), 3)
+    fused = ChannelChain(head, chain, 0, ("bn", "add1", "add2", "tanh"))
+    native.prepare(list(fused.programs), "float64")
+    rng = np.random.default_rng(7)
+    shape = (3, 2, 4, 5)
+    x, a, b, gy = (rng.standard_normal(shape) for _ in range(4))
+    weight, bias = rng.uniform(0.5, 1.5, 2), rng.standard_normal(2)
+    results = []
+    for compiled in (True, False):
+        buffers = {"running_mean": np.full(2, 0.5), "running_var": np.full(2, 2.0)}
+        ctx = Ctx(np, training=training, buffers=buffers, dtype="float64")
+        ctx.compiled = compiled
+        y = fused.forward(ctx, x, a, b, weight=weight, bias=bias)
+        ctx.needs_input_grad = (True, True, True)
+        grads, params = fused.backward(ctx, gy)
+        results.append((y, *grads, params["weight"], params["bias"],
+                        buffers["running_mean"], buffers["running_var"]))
+    for ours, theirs in zip(*results):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-13)

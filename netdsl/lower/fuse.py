@@ -16,8 +16,13 @@ a run, and what a run becomes:
   values a loss or a metric reads keep their names. Its backward recomputes the
   intermediate values in registers: it keeps only the run's inputs, or only its
   output where the gradients need nothing else (codegen.from_output).
+- native (`native`): the kernels of cuda, and then a chain whose gradients follow from
+  its output, after an op that states its work as per-channel programs (batchnorm's,
+  ops.channels) and whose output nothing else reads, joins that op: a `ChannelChain`
+  step, whose programs apply the chain in the op's writing pass (y = chain(bn(x))) and
+  its gradient as the op's backward reads gy, so the pair costs the op's passes only.
 
-The backward of a run is its steps in reverse (host), or one kernel (cuda).
+The backward of a run is its steps in reverse (host), or one kernel (cuda, native).
 """
 from __future__ import annotations
 
@@ -27,31 +32,45 @@ from typing import Callable, NamedTuple
 from netdsl.lower.codegen import (Chain, chain_backward, chain_forward, from_output, fusable,
                                   merge_writes, run_program)
 from netdsl.lower.plan import Plan, Step
-from netdsl.ops.base import Op, input_names
+from netdsl.ops.base import Ctx, Op, input_names
+from netdsl.ops.channels import ChannelProgram, Stage
+from netdsl.ops.expr import Var, cuda, substitute
 
-__all__ = ["fuse", "runs", "FusedChain", "Fusion", "FUSIONS"]
+__all__ = ["fuse", "runs", "FusedChain", "ChannelChain", "absorb", "Fusion", "FUSIONS"]
 
 
 def fuse(plan: Plan, fusion: str, outputs=frozenset()) -> Plan:
-    """`plan` with its runs fused the `fusion` way ("in_place" or "kernels"); `outputs` are
-    values read after a pass, which must stay values of their own (losses always do)."""
-    starts, continues, rewrite = FUSIONS[fusion]
-    return rewrite(plan, runs(plan, outputs, starts, continues))
+    """`plan` with its runs fused the `fusion` way ("in_place", "kernels" or "native");
+    `outputs` are values read after a pass, which must stay values of their own (losses
+    always do)."""
+    starts, continues, rewrite, then = FUSIONS[fusion]
+    plan = rewrite(plan, runs(plan, outputs, starts, continues))
+    return then(plan, _kept(plan, outputs)) if then else plan
+
+
+def _kept(plan: Plan, outputs) -> set[str]:
+    """The values that must stay values: outputs, losses, and what states read (a state
+    reads its source from the step before, and may start from a value computed before
+    its loop)."""
+    return (set(outputs) | set(plan.losses.values()) | {s.source for s in plan.states.values()}
+            | {s.start for s in plan.states.values() if s.start is not None})
+
+
+def _readers(plan: Plan) -> dict[str, int]:
+    readers: dict[str, int] = {}
+    for step in plan.steps:
+        for source in step.inputs:
+            readers[source] = readers.get(source, 0) + 1
+    return readers
 
 
 def runs(plan: Plan, outputs, starts: Callable, continues: Callable) -> list[list[Step]]:
     """Greedy fold over the steps in order: a step joins the run ending at the first of
     its inputs through which `continues(plan, producer, step, position)` allows it, else
     starts a run of its own when `starts(plan, step)` allows."""
-    # a state reads its source from the step before, and may start from a value computed
-    # before its loop: both must stay values
-    kept = (set(outputs) | set(plan.losses.values()) | {s.source for s in plan.states.values()}
-            | {s.start for s in plan.states.values() if s.start is not None})
+    kept = _kept(plan, outputs)
     loop_of = {s.node: loop.name for loop in plan.loops for s in loop.steps}
-    readers: dict[str, int] = {}
-    for step in plan.steps:
-        for source in step.inputs:
-            readers[source] = readers.get(source, 0) + 1
+    readers = _readers(plan)
     found: list[list[Step]] = []
     ending: dict[str, list[Step]] = {}   # the last node of a run -> the run
     for step in plan.steps:
@@ -125,7 +144,10 @@ class FusedChain(Op):
         self.program = chain_forward(chain)
         self.keeps = ("y",) if from_output(chain) else ()
         self._backward: dict[tuple, object] = {}
-        self._shared: dict[tuple[bool, ...], dict] = {}
+        # a call over an MLP's activations costs more in Python than in C: the names of
+        # the arrays, and per set of needs the program and its gradients' names, made once
+        self._inputs = tuple(f"x{j}" for j in range(chain.inputs))
+        self._writes: dict[tuple[bool, ...], tuple] = {}
 
     @property
     def from_output(self) -> bool:
@@ -151,28 +173,32 @@ class FusedChain(Op):
         return merge_writes(chain_backward(self.chain, needs, self.from_output))[1]
 
     def forward(self, ctx, *xs):
-        arrays = {f"x{j}": x for j, x in enumerate(xs)}
-        y = run_program(ctx.xp, self.program, arrays, dtype=ctx.dtype)["y"]
+        y = run_program(ctx.xp, self.program, dict(zip(self._inputs, xs)), dtype=ctx.dtype)["y"]
         if ctx.training:
-            ctx.save(**({"y": y} if self.from_output else {"xs": xs}))
+            if self.keeps:
+                ctx.saved["y"] = y
+            else:
+                ctx.saved["xs"] = xs
         return y
 
     def backward(self, ctx, gy):
         saved = ctx.saved
         count = self.chain.inputs
-        needs = tuple(ctx.needs(j) for j in range(count))
+        needs = ctx.needs_input_grad or (True,) * count
         if not any(needs):
             return (None,) * count, {}
-        arrays = ({"y": saved["y"]} if self.from_output
-                  else {f"x{j}": x for j, x in enumerate(saved["xs"])})
+        arrays = {"y": saved["y"]} if self.keeps else dict(zip(self._inputs, saved["xs"]))
         arrays["gy"] = gy
-        grads = run_program(ctx.xp, self.backward_program(needs), arrays, dtype=ctx.dtype)
-        shared = self._shared.get(needs)
-        if shared is None:
-            shared = self._shared[needs] = self.shared_grads(needs)
-        # an input whose gradient another's equals gets that very array (the executor
-        # copies a gradient before it sums into it)
-        return tuple(grads.get(shared.get(f"dx{j}", f"dx{j}")) for j in range(count)), {}
+        writes = self._writes.get(needs)
+        if writes is None:
+            shared = self.shared_grads(needs)
+            # an input whose gradient another's equals gets that very array (the executor
+            # copies a gradient before it sums into it)
+            writes = self._writes[needs] = (self.backward_program(needs), tuple(
+                shared.get(f"dx{j}", f"dx{j}") for j in range(count)))
+        program, names = writes
+        grads = run_program(ctx.xp, program, arrays, dtype=ctx.dtype)
+        return tuple(grads.get(name) for name in names), {}
 
 
 def _has_formulas(plan: Plan, step: Step) -> bool:
@@ -223,16 +249,188 @@ def _fused_step(run: list[Step]) -> Step:
     return Step(run[-1].node, FusedChain(chain, nodes), tuple(sources), tuple(types), {})
 
 
+# ---- native: per-channel programs absorb the chain after them
+
+
+class ChannelChain(Op):
+    """An op stated as per-channel programs (batchnorm) and the elementwise chain after
+    it as one step: the op's programs with the chain absorbed (`absorb`), one call each
+    way. Inputs: the op's, then the chain's others; parameters and buffers the op's.
+
+    Keeps the op's input (and its per-channel numbers) and the chain's output, from which
+    the chain's gradient follows. Where the op does not run its programs (a runtime that
+    provides its NumPy routine, data-parallel training's synchronised batchnorm) the op
+    and the chain run one after the other.
+    """
+
+    name = "fused"
+    fresh = True
+    keeps = ("x", "y")
+
+    def __init__(self, head: Op, chain: Chain, position: int, nodes: tuple[str, ...]):
+        super().__init__()
+        self.head, self.chain, self.position, self.nodes = head, chain, position, nodes
+        self.name = f"{head.name}_{chain.name}"   # the op's work, which it mostly is
+        self.host_split = head.host_split   # its slabs run on the host's threads as the op's
+        self.others = tuple(j for j in range(chain.inputs) if j != position)
+        self.programs = type(head.programs)(*(absorb(p, chain, position)
+                                              for p in head.programs))
+        self.apart = FusedChain(chain, nodes[1:])   # where the op runs its NumPy code
+
+    def shape(self, x, *others):
+        return x   # names the op's input "x" for `keeps`
+
+    def forward(self, ctx, x, *others, **params):
+        if not self.head.programs_run(ctx):
+            z = self.head.forward(ctx, x, **params)
+            # a chain does the same in either mode; in training mode it keeps what its
+            # backward reads, which eval mode's backward (through the op) reads too
+            inner = Ctx(ctx.xp, True, dtype=ctx.dtype)
+            ctx.save(chain_ctx=inner)
+            return self.apart.forward(inner, *self._chain_inputs(z, others))
+        reads = {f"chain_x{j}": v for j, v in zip(self.others, others)}
+        y = self.head.forward_with(ctx, self.programs, x, reads, **params)
+        ctx.save(chain_y=y)
+        return y
+
+    def backward(self, ctx, gy):
+        saved = ctx.saved
+        if "chain_ctx" in saved:
+            inner = saved["chain_ctx"]
+            needs = {j: ctx.needs(k) for k, j in enumerate(self.others, 1)}
+            inner.needs_input_grad = tuple(needs.get(j, True) for j in range(self.chain.inputs))
+            grads, _ = self.apart.backward(inner, gy)
+            (dx,), params = self.head.backward(ctx, grads[self.position])
+            return (dx, *(grads[j] for j in self.others)), params
+        (dx,), params, made = self.head.backward_with(ctx, self.programs, gy,
+                                                      {"chain_y": saved["chain_y"]})
+        return (dx, *(made[f"d_chain_x{j}"] if ctx.needs(k) else None
+                      for k, j in enumerate(self.others, 1))), params
+
+    def _chain_inputs(self, z, others) -> list:
+        inputs = dict(zip(self.others, others))
+        inputs[self.position] = z
+        return [inputs[j] for j in range(self.chain.inputs)]
+
+
+# (id of an op's program, the chain's position and formulas) -> (the program, kept so
+# its id stays its own; the program with the chain absorbed): every step of one pattern
+# gets the same objects, compiled once
+_absorbed: dict[tuple, tuple[ChannelProgram, ChannelProgram]] = {}
+
+
+def absorb(program: ChannelProgram, chain: Chain, position: int) -> ChannelProgram:
+    """`program` with `chain` applied after it, the op's output entering the chain at
+    input `position`; the chain's other inputs j are read as `chain_x{j}`.
+
+    A forward program (it writes the op's output `y`) writes chain(y) as `y` instead, in
+    the same pass. A backward program (it reads the op's output gradient `gy`) reads the
+    chain's output gradient as `gy` and its output as `chain_y`, and uses the chain's
+    gradient with respect to the op's output wherever it read gy: the chain's gradient
+    must follow from its output alone (codegen.from_output). It writes the chain's other
+    inputs' gradients too, as `d_chain_x{j}`.
+    """
+    forward = chain_forward(chain)
+    backward = chain_backward(chain, (True,) * chain.inputs)
+    key = (id(program), position, chain.inputs,   # the chain's formulas, both ways
+           tuple(cuda(e, "double") for _, e in (*forward.lets, *backward.lets,
+                                               *backward.writes)))
+    if key not in _absorbed:
+        made = (_absorb_backward(program, chain, position) if "gy" in program.reads
+                else _absorb_forward(program, chain, position))
+        _absorbed[key] = (program, made)
+    return _absorbed[key][1]
+
+
+def _absorb_forward(program: ChannelProgram, chain: Chain, position: int) -> ChannelProgram:
+    forward = chain_forward(chain)
+    names = {f"x{j}": Var(f"chain_x{j}") for j in range(chain.inputs)}
+    names[f"x{position}"] = Var("head_y")
+    names.update((n, Var(f"chain_{n}")) for n, _ in forward.lets)
+    [output] = [e for n, e in program.writes if n == "y"]
+    lets = (*program.lets, ("head_y", output),
+            *((f"chain_{n}", substitute(e, names)) for n, e in forward.lets))
+    writes = tuple((n, e) for n, e in program.writes if n != "y")
+    writes += (("y", Var(f"chain_{forward.lets[-1][0]}")),)
+    reads = program.reads + tuple(f"chain_x{j}" for j in range(chain.inputs) if j != position)
+    return replace(program, name=f"{program.name}_{chain.name}", reads=reads, lets=lets,
+                   writes=writes)
+
+
+def _absorb_backward(program: ChannelProgram, chain: Chain, position: int) -> ChannelProgram:
+    backward = chain_backward(chain, (True,) * chain.inputs, output=True)
+    if not set(backward.reads) <= {"gy", "y"}:
+        raise ValueError(f"{chain.name}'s gradient needs more than its output")
+    inlined = {"y": Var("chain_y")}   # the chain's lets written into its gradients
+    for n, e in backward.lets:
+        inlined[n] = substitute(e, inlined)
+    grads = {n: substitute(e, inlined) for n, e in backward.writes}
+    into = {"gy": grads[f"dx{position}"]}
+
+    def through(named):
+        return tuple((n, substitute(e, into)) for n, e in named)
+
+    stages = tuple(Stage(through(stage.sums), stage.lets) for stage in program.stages)
+    writes = through(program.writes) + tuple(
+        (f"d_chain_x{j}", grads[f"dx{j}"]) for j in range(chain.inputs) if j != position)
+    return replace(program, name=f"{program.name}_{chain.name}",
+                   reads=program.reads + ("chain_y",), stages=stages,
+                   lets=through(program.lets), writes=writes)
+
+
+def _absorbs(step: Step) -> bool:
+    """Whether a step's op may take the chain after it into its per-channel programs."""
+    return (bool(step.op.programs) and hasattr(step.op, "forward_with") and bool(step.params)
+            and len(step.inputs) == 1 and not step.slices and not step.borrows)
+
+
+def _into_channel_programs(plan: Plan, kept: set[str]) -> Plan:
+    """`plan` with each fused chain whose gradients follow from its output joined to the
+    op with per-channel programs that makes one of its inputs, where nothing else reads
+    that value and neither lies in a loop (a compiled loop runs chains of its own)."""
+    in_loops = {s.node for loop in plan.loops for s in loop.steps}
+    readers = _readers(plan)
+    by_node = {s.node: s for s in plan.steps}
+    joined: dict[str, Step] = {}   # a chain's node -> its step with the op
+    heads: set[str] = set()
+    for step in plan.steps:
+        if not isinstance(step.op, FusedChain) or step.node in in_loops \
+                or not step.op.from_output:
+            continue
+        for position, source in enumerate(step.inputs):
+            head = by_node.get(source)
+            if (head is not None and _absorbs(head) and readers[source] == 1
+                    and source not in kept and source not in in_loops):
+                joined[step.node] = _channel_step(head, step, position)
+                heads.add(source)
+                break
+    if not joined:
+        return plan
+    return replace(plan, steps=[joined.get(s.node, s) for s in plan.steps
+                                if s.node not in heads])
+
+
+def _channel_step(head: Step, chain: Step, position: int) -> Step:
+    others = [j for j in range(len(chain.inputs)) if j != position]
+    op = ChannelChain(head.op, chain.op.chain, position, (head.node, *chain.op.nodes))
+    return Step(chain.node, op, (head.inputs[0], *(chain.inputs[j] for j in others)),
+                (head.input_types[0], *(chain.input_types[j] for j in others)),
+                dict(head.params), geometry=head.geometry, buffers_of=head.node)
+
+
 class Fusion(NamedTuple):
     """A target's way of fusing: which steps start a run, which continue one (through
-    which input), and what the runs make of the plan."""
+    which input), what the runs make of the plan, and what is done after (with the values
+    that must stay values)."""
 
     starts: Callable[[Plan, Step], bool]
     continues: Callable[[Plan, Step, Step, int], bool]
     rewrite: Callable[[Plan, list[list[Step]]], Plan]
+    then: Callable[[Plan, set], Plan] | None = None
 
 
 FUSIONS = {
     "in_place": Fusion(_any_step, _writes_over, _mark_in_place),
     "kernels": Fusion(_has_formulas, _joins_kernel, _as_kernels),
+    "native": Fusion(_has_formulas, _joins_kernel, _as_kernels, _into_channel_programs),
 }

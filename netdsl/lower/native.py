@@ -57,7 +57,9 @@ def simd_declarations(programs: list, ctype: str) -> list[str]:
     """The `simd` declarations of the vector math functions `programs` call in their
     elementwise loops."""
     used = set().union(*(functions_used(e) for p in programs
-                         for _, e in (*p.lets, *p.writes, *getattr(p, "sums", ()))))
+                         for _, e in (*p.lets, *p.writes,
+                                      *(s for stage in getattr(p, "stages", ())
+                                        for s in stage.sums))))
     suffix = "f" if ctype == "float" else ""
     return [f'__attribute__((simd("notinbranch"))) {ctype} {fn}{suffix}({ctype});'
             for fn in VECTOR_MATH if fn in used]
@@ -148,18 +150,35 @@ def _stage(program: ChannelProgram, stage, ctype: str) -> list[str]:
         body.append(f"                const long long i1 = i0 + {SUM_BLOCK} < N ? "
                     f"i0 + {SUM_BLOCK} : N;")
         body += [f"                double block_{n} = 0;" for n in sums]
+        element = frozenset(program.reads)
+        terms = [(n, c(_rename(e, element), ctype)) for n, e in stage.sums]
+        if any(_selects(e) for _, e in stage.sums):
+            # GCC (12) turns `sum += c ? g : 0` into a branch and leaves the loop scalar,
+            # 10-30 times slower (an absorbed relu's gradient, lower.fuse.absorb): the
+            # block's terms are written to the stack by one vectorised loop, then summed
+            body += [f"                {ctype} term_{n}[{SUM_BLOCK}];" for n in sums]
+            body.append("                #pragma omp simd")
+            body.append("                for (long long i = i0; i < i1; i++) {")
+            body += [f"                    const {ctype} {a} = row_{a}[i];" for a in summed]
+            body += [f"                    term_{n}[i - i0] = {term};" for n, term in terms]
+            body.append("                }")
+            terms = [(n, f"term_{n}[i - i0]") for n in sums]
         body.append("                #pragma omp simd reduction(+:"
                     + ", ".join(f"block_{n}" for n in sums) + ")")
         body.append("                for (long long i = i0; i < i1; i++) {")
-        body += [f"                    const {ctype} {a} = row_{a}[i];" for a in summed]
-        element = frozenset(program.reads)
-        body += [f"                    block_{n} += (double)({c(_rename(e, element), ctype)});"
-                 for n, e in stage.sums]
+        if not any(t.startswith("term_") for _, t in terms):
+            body += [f"                    const {ctype} {a} = row_{a}[i];" for a in summed]
+        body += [f"                    block_{n} += (double)({term});" for n, term in terms]
         body.append("                }")
         body += [f"                {n} += block_{n};" for n in sums]
         body += ["            }", "        }"]
     body += [f"        const double {n} = {c(e, 'double')};" for n, e in stage.lets]
     return body
+
+
+def _selects(expr) -> bool:
+    """Whether `expr` chooses between values (ops.expr.where)."""
+    return isinstance(expr, Call) and (expr.fn == "where" or any(map(_selects, expr.args)))
 
 
 def _read(arrays: tuple[str, ...], named) -> list[str]:

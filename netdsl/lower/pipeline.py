@@ -37,14 +37,15 @@ class Target:
     has hand-written kernels for them)."""
 
     name: str
-    fusion: str          # "in_place" (host NumPy) or "kernels" (generated kernels)
+    fusion: str          # "in_place" (host NumPy), "kernels" (generated kernels) or
+    #                      "native" (kernels, and per-channel programs absorb chains)
     kernels: bool = False
     op_programs: bool = False
 
 
 TARGETS = {
     "host": Target("host", "in_place"),
-    "native": Target("native", "kernels", kernels=True, op_programs=True),
+    "native": Target("native", "native", kernels=True, op_programs=True),
     "cuda": Target("cuda", "kernels", kernels=True),
 }
 

@@ -52,6 +52,9 @@ class Step:
     types; `in_place` marks a follower of a host chain (netdsl.lower.fuse), whose
     forward writes its result over its first input. `origin` names the graph node a
     step computes a part of, when it is not its own (hoisting splits a dense in parts).
+    `buffers_of` names the node whose persistent buffers (running statistics) the step
+    holds, when it is not its own: a batchnorm fused with the chain after it keeps its
+    statistics under its own name, so a checkpoint reads the same on every target.
     """
 
     node: str
@@ -64,6 +67,7 @@ class Step:
     geometry: object = None
     in_place: bool = False
     origin: str | None = None
+    buffers_of: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from netdsl.lower.autodiff import Backward
 from netdsl.lower.codegen import cuda_source, update_program
-from netdsl.lower.fuse import FusedChain
+from netdsl.lower.fuse import ChannelChain, FusedChain
 from netdsl.lower.memory import MemoryPlan
 from netdsl.lower.native import c_module
 from netdsl.lower.pipeline import Lowered
@@ -49,7 +49,7 @@ def _format_steps(plan: Plan) -> str:
             marks.append(f"over {step.inputs[0]}")
         if step.slices:
             marks.append("columns of " + ", ".join(step.params[n] for n in step.slices))
-        if isinstance(step.op, FusedChain):
+        if isinstance(step.op, (FusedChain, ChannelChain)):
             marks.append("kernel " + " -> ".join(step.op.nodes))
         op = step.op.name
         note = f"  [{'; '.join(marks)}]" if marks else ""

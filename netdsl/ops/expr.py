@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 __all__ = ["Expr", "Var", "Const", "Call", "where", "exp", "expm1", "log", "log1p", "tanh",
            "sqrt", "maximum", "minimum", "absolute", "sigmoid", "softplus", "as_expr",
-           "evaluate", "cuda", "c", "names", "functions_used"]
+           "evaluate", "cuda", "c", "names", "functions_used", "substitute"]
 
 
 class Expr:
@@ -199,3 +199,12 @@ def names(expr: Expr) -> set[str]:
     if isinstance(expr, Call):
         return set().union(*(names(a) for a in expr.args))
     return set()
+
+
+def substitute(expr: Expr, values: dict[str, Expr]) -> Expr:
+    """`expr` with each variable named in `values` replaced by its expression."""
+    if isinstance(expr, Var):
+        return values.get(expr.name, expr)
+    if isinstance(expr, Call):
+        return Call(expr.fn, tuple(substitute(a, values) for a in expr.args))
+    return expr

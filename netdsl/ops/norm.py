@@ -89,14 +89,26 @@ def batch_norm_programs() -> BatchNormPrograms:
 
 BATCH_NORM = batch_norm_programs()
 
+# an array's dtype -> its name: str(dtype) takes 3-6 us, and batchnorm's calls are many
+_DTYPE_NAMES: dict = {}
 
-def normalise(ctx, x, weight, bias, eps: float, momentum: float):
+
+def _dtype_name(dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
+
+
+def normalise(ctx, x, weight, bias, eps: float, momentum: float, programs=BATCH_NORM,
+              reads: dict | None = None):
     """Batchnorm's forward for an op's ctx: (y, what its backward reads, for ctx.save).
     The generated programs where the target compiled them (`ctx.compiled`: x, the mean
-    and 1/std are kept), else ops.numeric.batch_norm (xhat and 1/std)."""
-    # a runtime that provides batch_norm itself (data-parallel training's synchronised
-    # statistics, runtime.sync_bn) keeps it
-    if not ctx.compiled or batch_norm.provided.get(ctx.xp.__name__) is not None:
+    and 1/std are kept), else ops.numeric.batch_norm (xhat and 1/std). `programs` may be
+    batchnorm's with an elementwise chain after it absorbed (netdsl.lower.fuse), which
+    reads the chain's other inputs from `reads`; those run as programs always (the
+    caller checks `programs_run` first)."""
+    if not programs_run(ctx):
         y, xhat, inv_std = batch_norm(ctx.xp, x, weight, bias, eps, momentum, ctx.buffers,
                                       ctx.training)
         return y, {"xhat": xhat, "inv_std": inv_std}
@@ -106,14 +118,21 @@ def normalise(ctx, x, weight, bias, eps: float, momentum: float):
         buffers["running_mean"] = ctx.xp.zeros(channels, dtype=x.dtype)
         buffers["running_var"] = ctx.xp.ones(channels, dtype=x.dtype)
     arrays = {"x": x, "weight": weight, "bias": bias, "running_mean": buffers["running_mean"],
-              "running_var": buffers["running_var"]}
-    program = BATCH_NORM.train if ctx.training else BATCH_NORM.eval
+              "running_var": buffers["running_var"], **(reads or {})}
+    program = programs.train if ctx.training else programs.eval
     made = run_channels(ctx.xp, program, arrays, {"eps": eps, "momentum": momentum},
-                        str(x.dtype))
+                        _dtype_name(x.dtype))
     if ctx.training:   # new arrays: a state_dict taken before keeps its values
         buffers["running_mean"] = made["new_running_mean"]
         buffers["running_var"] = made["new_running_var"]
     return made["y"], {"normalised": x, "mean": made["mean"], "inv_std": made["inv_std"]}
+
+
+def programs_run(ctx) -> bool:
+    """Whether batchnorm runs as its per-channel programs here: the target compiled them,
+    and no runtime provides batch_norm itself (data-parallel training's synchronised
+    statistics, runtime.sync_bn, keep theirs)."""
+    return ctx.compiled and batch_norm.provided.get(ctx.xp.__name__) is None
 
 
 def normalise_backward(ctx, gy, saved: dict, weight, batch_stats: bool):
@@ -122,12 +141,20 @@ def normalise_backward(ctx, gy, saved: dict, weight, batch_stats: bool):
     if "normalised" not in saved:
         return batch_norm_backward(ctx.xp, gy, saved["xhat"], saved["inv_std"], weight,
                                    batch_stats)
-    program = BATCH_NORM.backward if batch_stats else BATCH_NORM.backward_fixed
+    made = backward_programs(ctx, gy, saved, weight, batch_stats)
+    return made["dx"], made["dweight"], made["dbias"]
+
+
+def backward_programs(ctx, gy, saved: dict, weight, batch_stats: bool, programs=BATCH_NORM,
+                      reads: dict | None = None) -> dict:
+    """Every array batchnorm's backward program wrote, by name (dx, dweight, dbias; an
+    absorbed chain's other inputs' gradients too), from what `normalise` kept with its
+    programs in `saved`."""
+    program = programs.backward if batch_stats else programs.backward_fixed
     x = saved["normalised"]
     arrays = {"gy": gy, "x": x, "weight": weight, "inv_std": saved["inv_std"],
-              "mean": saved["mean"]}
-    made = run_channels(ctx.xp, program, arrays, {}, str(x.dtype))
-    return made["dx"], made["dweight"], made["dbias"]
+              "mean": saved["mean"], **(reads or {})}
+    return run_channels(ctx.xp, program, arrays, {}, _dtype_name(x.dtype))
 
 
 @register("batchnorm")
@@ -163,16 +190,37 @@ class BatchNorm(Op):
         return running_statistics(x.dims[0])
 
     def forward(self, ctx, x, weight, bias):
-        # running_mean and running_var live in ctx.buffers, made on first use
-        y, kept = normalise(ctx, x, weight, bias, self.eps, self.momentum)
-        ctx.save(**kept, weight=weight, batch_stats=ctx.training)
-        return y
+        return self.forward_with(ctx, self.programs, x, {}, weight, bias)
 
     def backward(self, ctx, gy):
         saved = ctx.saved
         dx, dweight, dbias = normalise_backward(ctx, gy, saved, saved["weight"],
                                                 saved["batch_stats"])
         return (dx,), {"weight": dweight, "bias": dbias}
+
+    # an elementwise chain after a batchnorm runs inside its programs (netdsl.lower.fuse
+    # absorbs it): the fused step calls these with the programs that include it
+
+    def programs_run(self, ctx) -> bool:
+        """Whether `forward_with` runs the programs it is given here (else the op's NumPy
+        path, and a fused step runs its chain apart)."""
+        return programs_run(ctx)
+
+    def forward_with(self, ctx, programs, x, reads: dict, weight, bias):
+        """y of `programs` (batchnorm's, or with a chain absorbed: its extra inputs in
+        `reads`)."""
+        # running_mean and running_var live in ctx.buffers, made on first use
+        y, kept = normalise(ctx, x, weight, bias, self.eps, self.momentum, programs, reads)
+        ctx.save(**kept, weight=weight, batch_stats=ctx.training)
+        return y
+
+    def backward_with(self, ctx, programs, gy, reads: dict):
+        """((dx,), parameter gradients, every array the backward program wrote), after
+        `forward_with` ran its programs."""
+        saved = ctx.saved
+        made = backward_programs(ctx, gy, saved, saved["weight"], saved["batch_stats"],
+                                 programs, reads)
+        return (made["dx"],), {"weight": made["dweight"], "bias": made["dbias"]}, made
 
     def onnx(self, g, step, inputs, params):
         return g.batch_norm(inputs[0], params["weight"], params["bias"],
