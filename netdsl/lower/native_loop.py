@@ -39,7 +39,10 @@ class LoopKernel:
 
     `storage`: members whose values the functions write, (T, B, width) each; `seqs`:
     sequences read, (T, B, width); `states`: each state's initial values; `params`:
-    (step node, parameter name) pairs; `widths`: every member's and input's width.
+    (step node, parameter name) pairs; `transposed`: the parameters also passed
+    transposed, (inputs, units), the dense layers' weights, which forward multiplies by
+    without BLAS transposing them (OpenBLAS's sgemm at an LSTM's step takes 1.5 times as
+    long with B transposed); `widths`: every member's and input's width.
     A member's values are kept for every step only if they are `kept` (read after the
     loop, by a later step as a state, or by backward); the others, and the gradients not
     in `summed` (received from later steps, read after the loop), take one step's room.
@@ -50,6 +53,7 @@ class LoopKernel:
     seqs: tuple[str, ...]
     states: tuple[State, ...]
     params: tuple[tuple[str, str], ...]
+    transposed: tuple[tuple[str, str], ...]
     widths: dict
     kept: frozenset
     summed: frozenset
@@ -106,14 +110,15 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
         return None
     states = tuple(segment.loop.states)
     params = tuple((s.node, name) for s in segment.steps for name in s.params)
+    transposed = tuple((s.node, "weight") for s in segment.steps if s.op.column_linear)
     kept, summed, from_output = _lifetimes(segment, splits)
     aliases = _aliases(segment, splits, summed, from_output, needs)
     folds = _folds(segment, splits, kept, summed, aliases)
-    writer = _Writer(segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                     summed, from_output, padded, aliases, folds)
+    writer = _Writer(segment, widths, splits, storage, seqs, states, params, transposed,
+                     dtype, kept, summed, from_output, padded, aliases, folds)
     source = writer.module(needs, index_type, gemm)
-    return LoopKernel(source, storage, seqs, states, params, widths, kept, summed, splits,
-                      aliases, folds)
+    return LoopKernel(source, storage, seqs, states, params, transposed, widths, kept, summed,
+                      splits, aliases, folds)
 
 
 def _readers(segment: LoopSegment) -> dict:
@@ -253,8 +258,8 @@ def _is_view(step) -> bool:
 class _Writer:
     """The C text of one loop, with each value's place at time t."""
 
-    def __init__(self, segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                 summed, from_output, padded, aliases, folds):
+    def __init__(self, segment, widths, splits, storage, seqs, states, params, transposed,
+                 dtype, kept, summed, from_output, padded, aliases, folds):
         self.segment, self.widths, self.splits = segment, widths, splits
         self.aliases, self.folds = aliases, folds
         self.folded_into = {product: chain for chain, product in folds.items()}
@@ -276,6 +281,8 @@ class _Writer:
             self.slot[("init", state.node)] = len(self.slot)
         for key in params:
             self.slot[("param", key)] = len(self.slot)
+        for key in transposed:
+            self.slot[("transposed", key)] = len(self.slot)
         if padded:
             self.slot[("lengths", None)] = len(self.slot)
         for name in storage:
@@ -562,9 +569,9 @@ class _Writer:
 
     def _dense_forward(self, step, route, x, ldx, y, ldy, beta: int = 0) -> list[str]:
         units, inputs = self.widths[step.node], self.widths[_ref_node(route[0])]
-        w = self._param(step, "weight")
-        lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {TRANS}, B, {units}, {inputs}, 1, {x}, {ldx}, "
-                 f"{w}, {inputs}, {beta}, {y}, {ldy});"]
+        w = self.array("transposed", (step.node, "weight"))
+        lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, {units}, {inputs}, 1, {x}, "
+                 f"{ldx}, {w}, {units}, {beta}, {y}, {ldy});"]
         if "bias" in step.params:
             b = self._param(step, "bias")
             lines += [f"{{ {self.t}* y = {y}; const {self.t}* b = {b};",

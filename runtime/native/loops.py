@@ -35,9 +35,10 @@ _SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_vo
 class _Run:
     """What a compiled forward (of the whole loop, or of a span) leaves for its backward."""
 
-    def __init__(self, kernel, storage, seqs, initials, params):
+    def __init__(self, kernel, storage, seqs, initials, params, transposed):
         self.kernel = kernel
         self.storage, self.seqs, self.initials, self.params = storage, seqs, initials, params
+        self.transposed = transposed   # LoopKernel.transposed's copies, made once a pass
         self.lengths = None        # each sequence's steps, in a padded batch, as the kernel reads
         self.host_lengths = None   # the same from the loop's step 0 (checkpointed runs)
         self.spans = None          # checkpointed: (start, stop, initial values) per span
@@ -120,15 +121,17 @@ class CompiledLoops:
         by_node = {s.node: s for s in segment.steps}
         params = {(node, name): np.ascontiguousarray(ex.param_args(by_node[node])[name], dtype)
                   for node, name in kernel.params}
+        transposed = {key: np.ascontiguousarray(params[key].T) for key in kernel.transposed}
         host_lengths = None if lengths is None else np.asarray(ex.host_lengths[source])
         every = ex.checkpoint if training else None
         if every is not None and every < T:
             storage, tail, run = self._forward_spans(segment, kernel, forward, seqs, initials,
-                                                     params, host_lengths, T, every)
+                                                     params, transposed, host_lengths, T,
+                                                     every)
         else:
             storage = {n: np.empty((kernel.rows(n, T), B, kernel.widths[n]), dtype)
                        for n in kernel.storage}
-            run = _Run(kernel, storage, seqs, initials, params)
+            run = _Run(kernel, storage, seqs, initials, params, transposed)
             run.lengths, run.host_lengths = _span_lengths(host_lengths, 0), host_lengths
             forward(self.address, T, B, self._table(run, {}))
             tail = {source: storage[source][max(T - depth, 0):]
@@ -144,8 +147,8 @@ class CompiledLoops:
         self.runs[segment.loop.name] = run
         return True
 
-    def _forward_spans(self, segment, kernel, forward, seqs, initials, params, lengths, T,
-                       every):
+    def _forward_spans(self, segment, kernel, forward, seqs, initials, params, transposed,
+                       lengths, T, every):
         """The checkpointed forward: the kernel run on spans of `every` steps, the members
         read after the loop written whole, the others into one span's room; what each
         span starts from kept for backward. (those members, the sources' last rows, the
@@ -155,7 +158,7 @@ class CompiledLoops:
         whole = {n: np.empty((T, B, kernel.widths[n]), dtype) for n in after}
         scratch = {n: np.empty((kernel.rows(n, every), B, kernel.widths[n]), dtype)
                    for n in kernel.storage if n not in whole}
-        run = _Run(kernel, None, None, initials, params)
+        run = _Run(kernel, None, None, initials, params, transposed)
         run.spans, run.host_lengths, tail = [], lengths, {}
         run.inputs = loop_inputs(self.ex, segment, seqs)
         for start, stop in spans(T, every):
@@ -164,7 +167,7 @@ class CompiledLoops:
             part = _Run(kernel, {**{n: a[start:stop] for n, a in whole.items()},
                                  **{n: a[:kernel.rows(n, stop - start)]
                                     for n, a in scratch.items()}},
-                        {n: a[start:stop] for n, a in seqs.items()}, begin, params)
+                        {n: a[start:stop] for n, a in seqs.items()}, begin, params, transposed)
             part.lengths = _span_lengths(lengths, start)
             forward(self.address, stop - start, B, self._table(part, {}))
             run.spans.append((start, stop, begin))
@@ -176,6 +179,7 @@ class CompiledLoops:
         k = run.kernel
         arrays = ([run.storage[n] for n in k.storage] + [run.seqs[n] for n in k.seqs]
                   + [run.initials[s.node] for s in k.states] + [run.params[p] for p in k.params]
+                  + [run.transposed[p] for p in k.transposed]
                   + ([run.lengths] if run.lengths is not None else []))
         if grads:
             arrays += ([grads["value"][n] for n in k.storage] + [grads["seq"][n] for n in k.seqs]
@@ -259,7 +263,7 @@ class CompiledLoops:
                    for m in kernel.storage}
         seqs = {m: np.ascontiguousarray(span_rows(run.inputs[m], start, stop), dtype)
                 for m in kernel.seqs}
-        part = _Run(kernel, storage, seqs, begin, run.params)
+        part = _Run(kernel, storage, seqs, begin, run.params, run.transposed)
         part.lengths = _span_lengths(run.host_lengths, start)
         forward(self.address, n, B, self._table(part, {}))
         return part

@@ -8,7 +8,7 @@ typedef void (*gemm_t)(int, int, int, I, I, I, float, const float*, I, const flo
 
 void loop_forward(gemm_t gemm, const long long T, const long long B, void* const* a) {
     for (long long t = 0; t < T; t++) {
-        gemm(101, 111, 112, B, 64, 64, 1, (t >= 1 ? (((float*)a[1]) + (t - 1)*B*64) : (((float*)a[3]) + t*B*64)), 64, ((float*)a[4]), 64, 0, ((float*)a[0]), 64);
+        gemm(101, 111, 111, B, 64, 64, 1, (t >= 1 ? (((float*)a[1]) + (t - 1)*B*64) : (((float*)a[3]) + t*B*64)), 64, ((float*)a[5]), 64, 0, ((float*)a[0]), 64);
         {
           const float* restrict p_x0 = (((float*)a[2]) + t*B*64); const long long s_x0 = 64;
           const float* restrict p_x1 = ((float*)a[0]); const long long s_x1 = 64;
@@ -30,9 +30,9 @@ void loop_forward(gemm_t gemm, const long long T, const long long B, void* const
 void loop_backward(gemm_t gemm, const long long T, const long long B, void* const* a) {
     for (long long t = T - 1; t >= 0; t--) {
         {
-          const float* restrict p_gy = (((float*)a[6]) + (t)*B*64); const long long s_gy = 64;
+          const float* restrict p_gy = (((float*)a[7]) + (t)*B*64); const long long s_gy = 64;
           const float* restrict p_y = (((float*)a[1]) + (t)*B*64); const long long s_y = 64;
-          float* restrict p_dx1 = (((float*)a[5]) + (t)*B*64); const long long s_dx1 = 64;
+          float* restrict p_dx1 = (((float*)a[6]) + (t)*B*64); const long long s_dx1 = 64;
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
@@ -43,6 +43,6 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
             }
           }
         }
-        gemm(101, 111, 111, B, 64, 64, 1, (((float*)a[5]) + (t)*B*64), 64, ((float*)a[4]), 64, 1, (t >= 1 ? (((float*)a[6]) + (t - 1)*B*64) : (((float*)a[8]) + t*B*64)), 64);
+        gemm(101, 111, 111, B, 64, 64, 1, (((float*)a[6]) + (t)*B*64), 64, ((float*)a[4]), 64, 1, (t >= 1 ? (((float*)a[7]) + (t - 1)*B*64) : (((float*)a[9]) + t*B*64)), 64);
     }
 }

@@ -9,7 +9,7 @@ typedef void (*gemm_t)(int, int, int, I, I, I, float, const float*, I, const flo
 void loop_forward(gemm_t gemm, const long long T, const long long B, void* const* a) {
     for (long long t = 0; t < T; t++) {
         memcpy((((float*)a[1]) + (t)*B*256), (((float*)a[7]) + t*B*256), B*256*sizeof(float));
-        gemm(101, 111, 112, B, 256, 64, 1, (t >= 1 ? (((float*)a[6]) + (t - 1)*B*64) : (((float*)a[9]) + t*B*64)), 64, ((float*)a[10]), 64, 1, (((float*)a[1]) + (t)*B*256), 256);
+        gemm(101, 111, 111, B, 256, 64, 1, (t >= 1 ? (((float*)a[6]) + (t - 1)*B*64) : (((float*)a[9]) + t*B*64)), 64, ((float*)a[11]), 256, 1, (((float*)a[1]) + (t)*B*256), 256);
         {
           const float* restrict p0 = ((((float*)a[1]) + (t)*B*256) + 128);
           float* restrict p1 = (((float*)a[2]) + (t)*B*64);
@@ -61,18 +61,18 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
         {
           const float* restrict p0 = ((((float*)a[1]) + (t)*B*256) + 192);
           const float* restrict p1 = (((float*)a[5]) + (t)*B*64);
-          const float* restrict p2 = (((float*)a[17]) + (t)*B*64);
-          float* restrict p3 = ((((float*)a[11]) + (t)*B*256) + 192);
+          const float* restrict p2 = (((float*)a[18]) + (t)*B*64);
+          float* restrict p3 = ((((float*)a[12]) + (t)*B*256) + 192);
           const float* restrict p4 = (((float*)a[4]) + (t)*B*64);
           const float* restrict p5 = ((((float*)a[1]) + (t)*B*256) + 64);
           const float* restrict p6 = (t >= 1 ? (((float*)a[4]) + (t - 1)*B*64) : (((float*)a[8]) + t*B*64));
-          const float* restrict p7 = (((float*)a[15]) + (t)*B*64);
-          float* restrict p8 = ((((float*)a[11]) + (t)*B*256) + 64);
-          float* restrict p9 = (t >= 1 ? (((float*)a[15]) + (t - 1)*B*64) : (((float*)a[19]) + t*B*64));
+          const float* restrict p7 = (((float*)a[16]) + (t)*B*64);
+          float* restrict p8 = ((((float*)a[12]) + (t)*B*256) + 64);
+          float* restrict p9 = (t >= 1 ? (((float*)a[16]) + (t - 1)*B*64) : (((float*)a[20]) + t*B*64));
           const float* restrict p10 = ((((float*)a[1]) + (t)*B*256) + 0);
           const float* restrict p11 = (((float*)a[2]) + (t)*B*64);
-          float* restrict p12 = ((((float*)a[11]) + (t)*B*256) + 0);
-          float* restrict p13 = ((((float*)a[11]) + (t)*B*256) + 128);
+          float* restrict p12 = ((((float*)a[12]) + (t)*B*256) + 0);
+          float* restrict p13 = ((((float*)a[12]) + (t)*B*256) + 128);
           for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
@@ -109,6 +109,6 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, void* cons
             }
           }
         }
-        gemm(101, 111, 111, B, 64, 256, 1, (((float*)a[11]) + (t)*B*256), 256, ((float*)a[10]), 64, 1, (t >= 1 ? (((float*)a[17]) + (t - 1)*B*64) : (((float*)a[20]) + t*B*64)), 64);
+        gemm(101, 111, 111, B, 64, 256, 1, (((float*)a[12]) + (t)*B*256), 256, ((float*)a[10]), 64, 1, (t >= 1 ? (((float*)a[18]) + (t - 1)*B*64) : (((float*)a[21]) + t*B*64)), 64);
     }
 }
