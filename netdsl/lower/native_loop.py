@@ -65,9 +65,14 @@ class LoopKernel:
     # a chain that adds a sequence to a recurrent product -> that product: the loop
     # copies the sequence's step into the chain's output and has the GEMM add into it
     folds: dict
+    # ("value" or "grad", member) the functions never touch: a folded add's gradient and
+    # its product's value, what a fused pass holds in registers; their arrays are empty
+    idle: frozenset
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
         """How many steps of `node`'s values (or gradients) its array holds."""
+        if ("grad" if grad else "value", node) in self.idle:
+            return 0
         return steps if node in (self.summed if grad else self.kept) else 1
 
 
@@ -118,7 +123,7 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
                      dtype, kept, summed, from_output, padded, aliases, folds)
     source = writer.module(needs, index_type, gemm)
     return LoopKernel(source, storage, seqs, states, params, transposed, widths, kept, summed,
-                      splits, aliases, folds)
+                      splits, aliases, folds, writer.idle())
 
 
 def _readers(segment: LoopSegment) -> dict:
@@ -322,6 +327,12 @@ class _Writer:
         while node in self.splits:
             node = self.splits[node][0]
         return node
+
+    def idle(self) -> frozenset:
+        """LoopKernel.idle."""
+        values = set(self.folded_into).union(*(self._local_values(u) for u in self.units))
+        grads = set(self.folds).union(*(self._local_grads(u) for u in self.units))
+        return frozenset({("value", n) for n in values} | {("grad", n) for n in grads})
 
     def _local_grads(self, unit: list) -> set:
         """The members of a fused run whose gradients only its own chains make: summed in

@@ -29,6 +29,7 @@ from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["CompiledLoops", "compile_loop", "default_needs"]
 
+_NOTHING = np.empty(0, np.uint8)   # in a slot the function called does not read
 _SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p]
 
 
@@ -134,6 +135,7 @@ class CompiledLoops:
             run = _Run(kernel, storage, seqs, initials, params, transposed)
             run.lengths, run.host_lengths = _span_lengths(host_lengths, 0), host_lengths
             forward(self.address, T, B, self._table(run, {}))
+            run.transposed = None   # backward multiplies by the weights as they are
             tail = {source: storage[source][max(T - depth, 0):]
                     for source, depth in segment.depth.items()}
         self.calls["forward"] += 1
@@ -179,7 +181,8 @@ class CompiledLoops:
         k = run.kernel
         arrays = ([run.storage[n] for n in k.storage] + [run.seqs[n] for n in k.seqs]
                   + [run.initials[s.node] for s in k.states] + [run.params[p] for p in k.params]
-                  + [run.transposed[p] for p in k.transposed]
+                  + [_NOTHING if run.transposed is None else run.transposed[p]
+                     for p in k.transposed]
                   + ([run.lengths] if run.lengths is not None else []))
         if grads:
             arrays += ([grads["value"][n] for n in k.storage] + [grads["seq"][n] for n in k.seqs]
