@@ -358,7 +358,7 @@ def _lstm_kernel(padded: bool = False):
 def _passes(source: str) -> tuple[int, int]:
     """Passes over a step's rows in (loop_forward, loop_backward)."""
     forward, backward = source.split("void loop_backward")
-    return forward.count("for (long long r = 0"), backward.count("for (long long r = 0")
+    return forward.count("for (long long r = r0"), backward.count("for (long long r = r0")
 
 
 def test_an_lstm_step_is_one_pass_over_its_gates_each_way():
@@ -372,7 +372,7 @@ def test_an_lstm_step_is_one_pass_over_its_gates_each_way():
     assert _passes(kernel.source) == (1, 1)
     forward = kernel.source.split("void loop_backward")[0]
     assert forward.count("memcpy(") == 1 and forward.count("gemm(") == 1
-    assert ", 1, (((float*)a[1]) + (t)*B*256), 256);" in forward   # beta 1, into the gates
+    assert ", 1, (((float*)a[1]) + (t)*B*256) + r0*256, 256);" in forward  # beta 1, into the gates
     assert "memset" not in kernel.source
 
 
@@ -408,8 +408,38 @@ def test_the_forward_multiplies_by_a_transposed_copy_made_once_a_pass():
     segment, kernel = _lstm_kernel()
     product = next(s.node for s in segment.steps if s.op.name == "dense")
     assert kernel.transposed == ((product, "weight"),)
-    assert "gemm(101, 111, 111, B, 256, 64, 1" in kernel.source     # no transposition
+    assert "gemm(101, 111, 111, r1 - r0, 256, 64, 1" in kernel.source     # no transposition
     host, native_ex = _recurrent_pair("lstm")
     batch = _sequence_batch(host.plan)
     native_ex.forward(batch, True)
     assert native_ex.compiled_loops.runs["concat1"].transposed is None
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("lengths", [None, [6, 3, 1, 5]])
+def test_threads_run_blocks_of_rows_through_every_step(monkeypatch, threads, lengths):
+    """With BLAS on several threads each thread runs a block of the batch's rows through
+    the whole loop (uneven blocks with three), both ways, as one thread does."""
+    from netdsl.runtime.native import loops as native_loops
+
+    monkeypatch.setattr(native_loops, "host_threads", lambda: threads)
+    monkeypatch.setattr(native_loops, "ROWS_PER_THREAD", 1)
+    blocks = []
+    real = native_loops.CompiledLoops._call
+
+    def spy(self, function, steps, table):
+        def recorded(address, steps, B, first, stop, table):
+            blocks.append((first, stop))
+            function(address, steps, B, first, stop, table)
+        real(self, recorded, steps, table)
+
+    monkeypatch.setattr(native_loops.CompiledLoops, "_call", spy)
+    host, native_ex = _recurrent_pair("lstm")
+    batch = _sequence_batch(host.plan, lengths=lengths)
+    outputs = [ex.forward(batch, True) for ex in (host, native_ex)]
+    for ex in (host, native_ex):
+        ex.backward()
+    rows = {2: [(0, 2), (2, 4)], 3: [(0, 1), (1, 2), (2, 4)]}[threads]   # forward, backward
+    assert sorted(blocks) == sorted(rows * 2)
+    assert float(outputs[1]["loss"]) == pytest.approx(float(outputs[0]["loss"]), rel=1e-12)
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)

@@ -15,13 +15,16 @@ generator does not cover runs the interpreted loop instead.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from netdsl.lower.native_loop import LoopKernel, loop_kernel
 from netdsl.lower.schedule import SEQ, STATE, LoopSegment
 from netdsl.runtime.loops import add_grad, initial_values, loop_lengths, note_lengths
+from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.recompute import (Handback, advance_tail, loop_inputs, span_initials,
                                       span_rows, spans)
@@ -29,8 +32,13 @@ from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["CompiledLoops", "compile_loop", "default_needs"]
 
+# rows of the batch a thread takes at least: a step's GEMM over fewer gains little
+ROWS_PER_THREAD = 16
+_helpers: ThreadPoolExecutor | None = None   # threads that run a loop's other row blocks
+
 _NOTHING = np.empty(0, np.uint8)   # in a slot the function called does not read
-_SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p]
+_SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_longlong,
+              ctypes.c_longlong, ctypes.c_void_p]
 
 
 class _Run:
@@ -134,7 +142,7 @@ class CompiledLoops:
                        for n in kernel.storage}
             run = _Run(kernel, storage, seqs, initials, params, transposed)
             run.lengths, run.host_lengths = _span_lengths(host_lengths, 0), host_lengths
-            forward(self.address, T, B, self._table(run, {}))
+            self._call(forward, T, self._table(run, {}))
             run.transposed = None   # backward multiplies by the weights as they are
             tail = {source: storage[source][max(T - depth, 0):]
                     for source, depth in segment.depth.items()}
@@ -171,10 +179,32 @@ class CompiledLoops:
                                     for n, a in scratch.items()}},
                         {n: a[start:stop] for n, a in seqs.items()}, begin, params, transposed)
             part.lengths = _span_lengths(lengths, start)
-            forward(self.address, stop - start, B, self._table(part, {}))
+            self._call(forward, stop - start, self._table(part, {}))
             run.spans.append((start, stop, begin))
             tail = advance_tail(np, tail, part.storage, segment.depth)
         return whole, tail, run
+
+    def _call(self, function, steps: int, table) -> None:
+        """Run a loop's function over the batch: its rows are independent, so with BLAS
+        on two threads or more each thread runs its own block of rows through every step,
+        BLAS on one thread meanwhile. A step's GEMM is too small for BLAS's threads to
+        pay: they meet at every call, and spin while another process holds a core."""
+        global _helpers
+        B = self.ex.size
+        parts = min(host_threads(), B // ROWS_PER_THREAD)
+        if parts < 2:
+            function(self.address, steps, B, 0, B, table)
+            return
+        bounds = [B * i // parts for i in range(parts + 1)]
+        if _helpers is None:
+            _helpers = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+        with one_blas_thread(np):
+            # ctypes lets go of the GIL while a function runs
+            futures = [_helpers.submit(function, self.address, steps, B, lo, hi, table)
+                       for lo, hi in zip(bounds[1:-1], bounds[2:])]
+            function(self.address, steps, B, bounds[0], bounds[1], table)
+            for future in futures:
+                future.result()
 
     def _table(self, run: _Run, grads: dict):
         """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""
@@ -225,7 +255,7 @@ class CompiledLoops:
                      "init": {s.node: (init_grads[s.node] if start == 0
                                        else np.zeros_like(begin[s.node])) for s in kernel.states}}
             part.kernel = kernel
-            backward_call(self.address, n, B, self._table(part, slots))
+            self._call(backward_call, n, self._table(part, slots))
             self._weight_grads(segment, part, slots, wanted)
             if start > 0:   # what reaches before the span: to the values it was read from
                 for s in kernel.states:
@@ -268,7 +298,7 @@ class CompiledLoops:
                 for m in kernel.seqs}
         part = _Run(kernel, storage, seqs, begin, run.params, run.transposed)
         part.lengths = _span_lengths(run.host_lengths, start)
-        forward(self.address, n, B, self._table(part, {}))
+        self._call(forward, n, self._table(part, {}))
         return part
 
     def _weight_grads(self, segment, run: _Run, slots, wanted) -> None:
