@@ -424,16 +424,8 @@ def test_threads_run_blocks_of_rows_through_every_step(monkeypatch, threads, len
 
     monkeypatch.setattr(native_loops, "host_threads", lambda: threads)
     monkeypatch.setattr(native_loops, "ROWS_PER_THREAD", 1)
-    blocks = []
-    real = native_loops.CompiledLoops._call
-
-    def spy(self, function, steps, table):
-        def recorded(address, steps, B, first, stop, table):
-            blocks.append((first, stop))
-            function(address, steps, B, first, stop, table)
-        real(self, recorded, steps, table)
-
-    monkeypatch.setattr(native_loops.CompiledLoops, "_call", spy)
+    monkeypatch.setattr(native_loops, "BLOCK_MACS", 1)
+    blocks = _blocks_run(monkeypatch)
     host, native_ex = _recurrent_pair("lstm")
     batch = _sequence_batch(host.plan, lengths=lengths)
     outputs = [ex.forward(batch, True) for ex in (host, native_ex)]
@@ -443,3 +435,37 @@ def test_threads_run_blocks_of_rows_through_every_step(monkeypatch, threads, len
     assert sorted(blocks) == sorted(rows * 2)
     assert float(outputs[1]["loss"]) == pytest.approx(float(outputs[0]["loss"]), rel=1e-12)
     np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+
+
+def test_a_loop_whose_steps_are_too_short_for_threads_runs_whole(monkeypatch):
+    """An Elman cell of 64 units, batch 4: 4 x 64 x 64 multiply-adds a step, too few
+    for two threads."""
+    from netdsl.runtime.native import loops as native_loops
+
+    monkeypatch.setattr(native_loops, "host_threads", lambda: 2)
+    monkeypatch.setattr(native_loops, "ROWS_PER_THREAD", 1)
+    blocks = _blocks_run(monkeypatch)
+    host, native_ex = _recurrent_pair("elman")
+    batch = _sequence_batch(host.plan)
+    for ex in (host, native_ex):
+        ex.forward(batch, True)
+        ex.backward()
+    assert blocks == [(0, 4), (0, 4)]
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+
+
+def _blocks_run(monkeypatch) -> list:
+    """The (first, stop) rows of every compiled loop function called from now on."""
+    from netdsl.runtime.native import loops as native_loops
+
+    blocks = []
+    real = native_loops.CompiledLoops._call
+
+    def spy(self, kernel, function, steps, table):
+        def recorded(address, steps, B, first, stop, table):
+            blocks.append((first, stop))
+            function(address, steps, B, first, stop, table)
+        real(self, kernel, recorded, steps, table)
+
+    monkeypatch.setattr(native_loops.CompiledLoops, "_call", spy)
+    return blocks

@@ -34,6 +34,12 @@ __all__ = ["CompiledLoops", "compile_loop", "default_needs"]
 
 # rows of the batch a thread takes at least: a step's GEMM over fewer gains little
 ROWS_PER_THREAD = 16
+# multiply-adds a thread's block of rows must have per step: below, a step is too short
+# for a second thread to pay, and a thread waiting for a core another process holds
+# stalls the loop. With the machine busy (load 6.5-7.5, two threads), W5's training step
+# (Elman, 16 x 64 x 64 a block) took 16-328 ms split against 2.5-304 whole, whose GEMMs
+# OpenBLAS runs on one thread; W4's (LSTM, 16 x 128 x 512) 17-120 ms against 25-388
+BLOCK_MACS = 1 << 18
 _helpers: ThreadPoolExecutor | None = None   # threads that run a loop's other row blocks
 
 _NOTHING = np.empty(0, np.uint8)   # in a slot the function called does not read
@@ -142,7 +148,7 @@ class CompiledLoops:
                        for n in kernel.storage}
             run = _Run(kernel, storage, seqs, initials, params, transposed)
             run.lengths, run.host_lengths = _span_lengths(host_lengths, 0), host_lengths
-            self._call(forward, T, self._table(run, {}))
+            self._call(kernel, forward, T, self._table(run, {}))
             run.transposed = None   # backward multiplies by the weights as they are
             tail = {source: storage[source][max(T - depth, 0):]
                     for source, depth in segment.depth.items()}
@@ -179,19 +185,19 @@ class CompiledLoops:
                                     for n, a in scratch.items()}},
                         {n: a[start:stop] for n, a in seqs.items()}, begin, params, transposed)
             part.lengths = _span_lengths(lengths, start)
-            self._call(forward, stop - start, self._table(part, {}))
+            self._call(kernel, forward, stop - start, self._table(part, {}))
             run.spans.append((start, stop, begin))
             tail = advance_tail(np, tail, part.storage, segment.depth)
         return whole, tail, run
 
-    def _call(self, function, steps: int, table) -> None:
+    def _call(self, kernel: LoopKernel, function, steps: int, table) -> None:
         """Run a loop's function over the batch: its rows are independent, so with BLAS
         on two threads or more each thread runs its own block of rows through every step,
         BLAS on one thread meanwhile. A step's GEMM is too small for BLAS's threads to
         pay: they meet at every call, and spin while another process holds a core."""
         global _helpers
         B = self.ex.size
-        parts = min(host_threads(), B // ROWS_PER_THREAD)
+        parts = min(host_threads(), B // ROWS_PER_THREAD, B * kernel.row_macs // BLOCK_MACS)
         if parts < 2:
             function(self.address, steps, B, 0, B, table)
             return
@@ -255,7 +261,7 @@ class CompiledLoops:
                      "init": {s.node: (init_grads[s.node] if start == 0
                                        else np.zeros_like(begin[s.node])) for s in kernel.states}}
             part.kernel = kernel
-            self._call(backward_call, n, self._table(part, slots))
+            self._call(kernel, backward_call, n, self._table(part, slots))
             self._weight_grads(segment, part, slots, wanted)
             if start > 0:   # what reaches before the span: to the values it was read from
                 for s in kernel.states:
@@ -298,7 +304,7 @@ class CompiledLoops:
                 for m in kernel.seqs}
         part = _Run(kernel, storage, seqs, begin, run.params, run.transposed)
         part.lengths = _span_lengths(run.host_lengths, start)
-        self._call(forward, n, self._table(part, {}))
+        self._call(kernel, forward, n, self._table(part, {}))
         return part
 
     def _weight_grads(self, segment, run: _Run, slots, wanted) -> None:
