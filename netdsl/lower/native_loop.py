@@ -13,8 +13,9 @@ width), the parameters; then, for backward, the members' gradients, the sequence
 and the initial values'. A split is a view of its parent:
 (parent, column offset, the parent's row stride), and so is its gradient. Each function
 runs rows r0 to r1 of the batch through every step (the rows are independent, so
-threads can take a block each). Only text is made here; netdsl.runtime.native.loops compiles, feeds and calls it, and computes the
-dense layers' weight gradients after the loop.
+threads can take a block each). Only text is made here; netdsl.runtime.native.loops
+compiles, feeds and calls it, and computes the dense layers' weight gradients after the
+loop.
 """
 from __future__ import annotations
 
