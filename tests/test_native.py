@@ -339,3 +339,133 @@ def test_the_input_projections_gradient_is_the_recurrent_products(name):
     np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
     grad = seen[kernel.seqs[0]]
     assert grad.shape[0] == 6 and np.abs(grad).max() > 0   # (T, B, width), written
+
+
+def _lstm_kernel(padded: bool = False):
+    from netdsl.driver import check_file
+    from netdsl.lower import lower
+    from netdsl.lower.native_loop import loop_kernel
+    from netdsl.lower.schedule import LoopSegment
+    from netdsl.runtime.native.loops import default_needs
+
+    lowered = lower(check_file(os.path.join(SPECS, "lstm.net")), "native")
+    [segment] = [s for s in lowered.schedule.segments if isinstance(s, LoopSegment)]
+    kernel = loop_kernel(segment, lowered.plan.types, "float32",
+                         default_needs(lowered, segment), "long long", "gemm", padded)
+    return segment, kernel
+
+
+def _passes(source: str) -> tuple[int, int]:
+    """Passes over a step's rows in (loop_forward, loop_backward)."""
+    forward, backward = source.split("void loop_backward")
+    return forward.count("for (long long r = r0"), backward.count("for (long long r = r0")
+
+
+def test_an_lstm_step_is_one_pass_over_its_gates_each_way():
+    """The gate add is the GEMM's (the step's projection copied in, beta = 1) and the
+    five chains after the split are one loop forward and one backward, with no gradient
+    to clear between steps."""
+    segment, kernel = _lstm_kernel()
+    product = next(s.node for s in segment.steps if s.op.name == "dense")
+    [(gates, folded)] = kernel.folds.items()
+    assert folded == product
+    assert _passes(kernel.source) == (1, 1)
+    forward = kernel.source.split("void loop_backward")[0]
+    assert forward.count("memcpy(") == 1 and forward.count("gemm(") == 1
+    assert ", 1, (((float*)a[1]) + (t)*B*256) + r0*256, 256);" in forward  # beta 1, into the gates
+    assert "memset" not in kernel.source
+
+
+def test_what_a_fused_lstm_pass_holds_in_registers_takes_no_room():
+    segment, kernel = _lstm_kernel()
+    product = next(s.node for s in segment.steps if s.op.name == "dense")
+    [gates] = kernel.folds
+    assert kernel.rows(product, 50) == 0 and kernel.rows(gates, 50, grad=True) == 0
+    # the states and what backward reads keep every step; nothing else keeps more than one
+    assert all(kernel.rows(n, 50) == 50 for n in segment.stored)
+    assert kernel.rows(gates, 50) == 50
+    assert {kernel.rows(n, 50) for n in kernel.storage} <= {0, 1, 50}
+    assert len([n for n in kernel.storage if kernel.rows(n, 50, grad=True) == 0]) == 3 + 1
+
+
+def test_a_padded_lstm_holds_its_states_between_passes():
+    """A padded batch's states hold their values past a sequence's end after the chain
+    that makes them: the chains keep a pass each; the add is still the GEMM's."""
+    _, kernel = _lstm_kernel(padded=True)
+    assert kernel.folds and _passes(kernel.source) == (5 + 2, 5 + 2)   # chains, h's and c's holds
+    host, native_ex = _recurrent_pair("lstm")
+    batch = _sequence_batch(host.plan, lengths=[6, 3, 1, 5])
+    for ex in (host, native_ex):
+        ex.forward(batch, True)
+        ex.backward()
+    assert native_ex.compiled_loops.calls == {"forward": 1, "backward": 1}
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+
+
+def test_the_forward_multiplies_by_a_transposed_copy_made_once_a_pass():
+    """OpenBLAS runs the step's GEMM faster on (inputs, units) weights than transposing
+    (units, inputs) ones: the runtime passes a copy, and drops it after forward."""
+    segment, kernel = _lstm_kernel()
+    product = next(s.node for s in segment.steps if s.op.name == "dense")
+    assert kernel.transposed == ((product, "weight"),)
+    assert "gemm(101, 111, 111, r1 - r0, 256, 64, 1" in kernel.source     # no transposition
+    host, native_ex = _recurrent_pair("lstm")
+    batch = _sequence_batch(host.plan)
+    native_ex.forward(batch, True)
+    assert native_ex.compiled_loops.runs["concat1"].transposed is None
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("lengths", [None, [6, 3, 1, 5]])
+def test_threads_run_blocks_of_rows_through_every_step(monkeypatch, threads, lengths):
+    """With BLAS on several threads each thread runs a block of the batch's rows through
+    the whole loop (uneven blocks with three), both ways, as one thread does."""
+    from netdsl.runtime.native import loops as native_loops
+
+    monkeypatch.setattr(native_loops, "host_threads", lambda: threads)
+    monkeypatch.setattr(native_loops, "ROWS_PER_THREAD", 1)
+    monkeypatch.setattr(native_loops, "BLOCK_MACS", 1)
+    blocks = _blocks_run(monkeypatch)
+    host, native_ex = _recurrent_pair("lstm")
+    batch = _sequence_batch(host.plan, lengths=lengths)
+    outputs = [ex.forward(batch, True) for ex in (host, native_ex)]
+    for ex in (host, native_ex):
+        ex.backward()
+    rows = {2: [(0, 2), (2, 4)], 3: [(0, 1), (1, 2), (2, 4)]}[threads]   # forward, backward
+    assert sorted(blocks) == sorted(rows * 2)
+    assert float(outputs[1]["loss"]) == pytest.approx(float(outputs[0]["loss"]), rel=1e-12)
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+
+
+def test_a_loop_whose_steps_are_too_short_for_threads_runs_whole(monkeypatch):
+    """An Elman cell of 64 units, batch 4: 4 x 64 x 64 multiply-adds a step, too few
+    for two threads."""
+    from netdsl.runtime.native import loops as native_loops
+
+    monkeypatch.setattr(native_loops, "host_threads", lambda: 2)
+    monkeypatch.setattr(native_loops, "ROWS_PER_THREAD", 1)
+    blocks = _blocks_run(monkeypatch)
+    host, native_ex = _recurrent_pair("elman")
+    batch = _sequence_batch(host.plan)
+    for ex in (host, native_ex):
+        ex.forward(batch, True)
+        ex.backward()
+    assert blocks == [(0, 4), (0, 4)]
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+
+
+def _blocks_run(monkeypatch) -> list:
+    """The (first, stop) rows of every compiled loop function called from now on."""
+    from netdsl.runtime.native import loops as native_loops
+
+    blocks = []
+    real = native_loops.CompiledLoops._call
+
+    def spy(self, kernel, function, steps, table):
+        def recorded(address, steps, B, first, stop, table):
+            blocks.append((first, stop))
+            function(address, steps, B, first, stop, table)
+        real(self, kernel, recorded, steps, table)
+
+    monkeypatch.setattr(native_loops.CompiledLoops, "_call", spy)
+    return blocks

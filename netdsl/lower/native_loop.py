@@ -11,9 +11,11 @@ Arrays cross the call as one table of pointers (`slots`): per member with storag
 (T, B, width) values, the sequences read, each state's initial values (delay, B,
 width), the parameters; then, for backward, the members' gradients, the sequences'
 and the initial values'. A split is a view of its parent:
-(parent, column offset, the parent's row stride), and so is its gradient. Only text is
-made here; netdsl.runtime.native.loops compiles, feeds and calls it, and computes the
-dense layers' weight gradients after the loop.
+(parent, column offset, the parent's row stride), and so is its gradient. Each function
+runs rows r0 to r1 of the batch through every step (the rows are independent, so
+threads can take a block each). Only text is made here; netdsl.runtime.native.loops
+compiles, feeds and calls it, and computes the dense layers' weight gradients after the
+loop.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from netdsl.lower.native import simd_declarations
 from netdsl.lower.plan import State
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
 from netdsl.ops.base import Op
-from netdsl.ops.expr import c
+from netdsl.ops.expr import Call, Expr, Var, c
 
 __all__ = ["LoopKernel", "loop_kernel"]
 
@@ -39,7 +41,10 @@ class LoopKernel:
 
     `storage`: members whose values the functions write, (T, B, width) each; `seqs`:
     sequences read, (T, B, width); `states`: each state's initial values; `params`:
-    (step node, parameter name) pairs; `widths`: every member's and input's width.
+    (step node, parameter name) pairs; `transposed`: the parameters also passed
+    transposed, (inputs, units), the dense layers' weights, which forward multiplies by
+    without BLAS transposing them (OpenBLAS's sgemm at an LSTM's step takes 1.5 times as
+    long with B transposed); `widths`: every member's and input's width.
     A member's values are kept for every step only if they are `kept` (read after the
     loop, by a later step as a state, or by backward); the others, and the gradients not
     in `summed` (received from later steps, read after the loop), take one step's room.
@@ -50,6 +55,7 @@ class LoopKernel:
     seqs: tuple[str, ...]
     states: tuple[State, ...]
     params: tuple[tuple[str, str], ...]
+    transposed: tuple[tuple[str, str], ...]
     widths: dict
     kept: frozenset
     summed: frozenset
@@ -58,9 +64,19 @@ class LoopKernel:
     # two (an LSTM's hoisted input projection and its recurrent product) gives both the
     # same gradient, so backward writes it once, into one (T, B, width) array
     aliases: dict
+    # a chain that adds a sequence to a recurrent product -> that product: the loop
+    # copies the sequence's step into the chain's output and has the GEMM add into it
+    folds: dict
+    # ("value" or "grad", member) the functions never touch: a folded add's gradient and
+    # its product's value, what a fused pass holds in registers; their arrays are empty
+    idle: frozenset
+    # the multiply-adds of the loop's GEMMs per row of the batch and time step
+    row_macs: int
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
         """How many steps of `node`'s values (or gradients) its array holds."""
+        if ("grad" if grad else "value", node) in self.idle:
+            return 0
         return steps if node in (self.summed if grad else self.kept) else 1
 
 
@@ -103,13 +119,64 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
         return None
     states = tuple(segment.loop.states)
     params = tuple((s.node, name) for s in segment.steps for name in s.params)
+    transposed = tuple((s.node, "weight") for s in segment.steps if s.op.column_linear)
+    row_macs = sum(widths[s.node] * widths[_ref_node(r[0])]
+                   for s, r in zip(segment.steps, segment.routes) if s.op.column_linear)
     kept, summed, from_output = _lifetimes(segment, splits)
     aliases = _aliases(segment, splits, summed, from_output, needs)
-    writer = _Writer(segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                     summed, from_output, padded, aliases)
+    folds = _folds(segment, splits, kept, summed, aliases)
+    writer = _Writer(segment, widths, splits, storage, seqs, states, params, transposed,
+                     dtype, kept, summed, from_output, padded, aliases, folds)
     source = writer.module(needs, index_type, gemm)
-    return LoopKernel(source, storage, seqs, states, params, widths, kept, summed, splits,
-                      aliases)
+    return LoopKernel(source, storage, seqs, states, params, transposed, widths, kept, summed,
+                      splits, aliases, folds, writer.idle(), row_macs)
+
+
+def _readers(segment: LoopSegment) -> dict:
+    """(route kind, node) -> how many inputs of the loop's steps read it that way."""
+    readers: dict = {}
+    for route in segment.routes:
+        for r in route:
+            readers[(r.kind, _ref_node(r))] = readers.get((r.kind, _ref_node(r)), 0) + 1
+    return readers
+
+
+def _sum_of(program) -> tuple[str, str] | None:
+    """The two inputs a program's output is the sum of, if that is all it computes."""
+    (_, expr), = program.writes
+    lets = dict(program.lets)
+    while isinstance(expr, Var) and expr.name in lets:
+        expr = lets[expr.name]
+    if (isinstance(expr, Call) and expr.fn == "add"
+            and all(isinstance(a, Var) and a.name.startswith("x") for a in expr.args)):
+        return tuple(a.name for a in expr.args)
+    return None
+
+
+def _folds(segment: LoopSegment, splits: dict, kept: frozenset, summed: frozenset,
+           aliases: dict) -> dict:
+    """Chains whose add the recurrent GEMM can do (LoopKernel.folds): the chain is the
+    sum of a sequence and a dense layer's output, the two with one gradient (aliased), the
+    product read by that chain alone and its value by nothing, the sum's gradient made in
+    the loop alone (a view's, its blocks'). The sum then needs no pass of its own either
+    way: its values are the sequence's copied and the GEMM's added (beta = 1), and its
+    gradient is the product's, which is the sequence's."""
+    linear = {s.node for s in segment.steps if s.op.column_linear}
+    outside = set(segment.stored) | {s.source for s in segment.loop.states}
+    folds = {}
+    for step, route in zip(segment.steps, segment.routes):
+        terms = _sum_of(step.op.program) if isinstance(step.op, FusedChain) else None
+        if terms is None or terms[0] == terms[1]:
+            continue
+        seq, product = (route[int(name[1:])] for name in terms)
+        if seq.kind != SEQ:
+            seq, product = product, seq
+        if (seq.kind == SEQ and product.kind == MEMBER and product.ref in linear
+                and aliases.get(seq.ref) == product.ref and product.ref not in kept
+                and step.node not in summed and step.node not in outside
+                and step.node not in splits):
+            folds[step.node] = product.ref
+    return folds
 
 
 def _aliases(segment: LoopSegment, splits: dict, summed: frozenset, from_output: frozenset,
@@ -202,12 +269,19 @@ def _is_view(step) -> bool:
 class _Writer:
     """The C text of one loop, with each value's place at time t."""
 
-    def __init__(self, segment, widths, splits, storage, seqs, states, params, dtype, kept,
-                 summed, from_output, padded, aliases):
+    def __init__(self, segment, widths, splits, storage, seqs, states, params, transposed,
+                 dtype, kept, summed, from_output, padded, aliases, folds):
         self.segment, self.widths, self.splits = segment, widths, splits
-        self.aliases = aliases
+        self.aliases, self.folds = aliases, folds
+        self.folded_into = {product: chain for chain, product in folds.items()}
         self.kept, self.summed, self.from_output = kept, summed, from_output
-        self.scratch = [n for n in storage if n not in summed]   # zeroed at every step
+        self.padded = padded
+        self.readers = _readers(segment)
+        self.units = self._units()
+        # gradients that live for one step start from zero at every step, unless nothing
+        # writes them in memory (a fused run's own members sum theirs in registers)
+        self.scratch = [n for n in storage if n not in summed and n not in folds
+                        and not any(n in self._local_grads(u) for u in self.units)]
         self.t = CTYPES[dtype]
         self.slot = {}
         for name in storage:
@@ -218,7 +292,8 @@ class _Writer:
             self.slot[("init", state.node)] = len(self.slot)
         for key in params:
             self.slot[("param", key)] = len(self.slot)
-        self.padded = padded
+        for key in transposed:
+            self.slot[("transposed", key)] = len(self.slot)
         if padded:
             self.slot[("lengths", None)] = len(self.slot)
         for name in storage:
@@ -228,11 +303,77 @@ class _Writer:
         for state in states:
             self.slot[("init_grad", state.node)] = len(self.slot)
 
+    def _units(self) -> list[list]:
+        """The steps as the functions run them, in order: a dense layer alone, or a run of
+        chains of one width as one pass over the step's rows (unpadded: a padded batch
+        holds states between chains). Column blocks and folded adds run nowhere."""
+        units: list[list] = []
+        for step, route in zip(self.segment.steps, self.segment.routes):
+            if step.node in self.splits or step.node in self.folds:
+                continue
+            chain = isinstance(step.op, FusedChain)
+            if chain and units and self._joins(units[-1], step, route):
+                units[-1].append((step, route))
+            else:
+                units.append([(step, route)])
+        return units
+
+    def _joins(self, unit: list, step, route) -> bool:
+        """Whether a chain can run in the pass of `unit`: a run of chains of its width,
+        whose members it reads whole (not a block of one), at step t."""
+        if self.padded or not isinstance(unit[-1][0].op, FusedChain):
+            return False
+        nodes = {s.node for s, _ in unit}
+        if self.widths[unit[0][0].node] != self.widths[step.node]:
+            return False
+        return all(r.kind != MEMBER or r.ref in nodes or self._root(r.ref) not in nodes
+                   for r in route)
+
+    def _root(self, node: str) -> str:
+        while node in self.splits:
+            node = self.splits[node][0]
+        return node
+
+    def idle(self) -> frozenset:
+        """LoopKernel.idle."""
+        values = set(self.folded_into).union(*(self._local_values(u) for u in self.units))
+        grads = set(self.folds).union(*(self._local_grads(u) for u in self.units))
+        return frozenset({("value", n) for n in values} | {("grad", n) for n in grads})
+
+    def _local_grads(self, unit: list) -> set:
+        """The members of a fused run whose gradients only its own chains make: summed in
+        registers, never in memory."""
+        return self._internal(unit, self.summed)
+
+    def _local_values(self, unit: list) -> set:
+        """The members of a fused run whose values only its own chains read, and not
+        backward: kept in registers, never written."""
+        return self._internal(unit, self.kept)
+
+    def _internal(self, unit: list, held: frozenset) -> set:
+        """The members of a run of two chains or more, not `held` for other steps, that
+        no step outside the run reads (not as a state, a column block, after the loop)."""
+        if len(unit) < 2:
+            return set()
+        nodes = {s.node for s, _ in unit}
+        inside: dict = {}
+        for step, route in unit:
+            for r in route:
+                if r.kind == MEMBER and r.ref in nodes:
+                    inside[r.ref] = inside.get(r.ref, 0) + 1
+        parents = {parent for parent, _ in self.splits.values()}
+        return {n for n in nodes if n not in held and n not in parents
+                and n not in self.segment.stored
+                and sum(count for (_, ref), count in self.readers.items() if ref == n)
+                == inside.get(n, 0)}
+
     def array(self, kind: str, key) -> str:
         return f"(({self.t}*)a[{self.slot[(kind, key)]}])"
 
     # a value's (or a gradient's) place at time t: (pointer, row stride)
     def member(self, node: str, grad: bool, t: str = "t") -> tuple[str, str]:
+        if grad and node in self.folds:     # a folded add's gradient is its product's
+            node = self.folds[node]
         if node in self.splits:
             parent, first = self.splits[node]
             pointer, stride = self.member(parent, grad, t)
@@ -277,12 +418,16 @@ class _Writer:
 
     def forward(self) -> str:
         body = []
-        for step, route in zip(self.segment.steps, self.segment.routes):
-            op = step.op
-            if step.node in self.splits:
+        for unit in self.units:
+            if len(unit) > 1:
+                body += self._fused_forward(unit)
                 continue
+            [(step, route)] = unit
+            op = step.op
             y, ldy = self.member(step.node, False)
-            if op.column_linear:
+            if op.column_linear and step.node in self.folded_into:
+                body += self._folded_dense_forward(step, route)
+            elif op.column_linear:
                 x, ldx = self.source_of(route[0], False)
                 body += self._dense_forward(step, route, x, ldx, y, ldy)
             else:
@@ -295,6 +440,41 @@ class _Writer:
                 body += self._hold(step.node)
         return self._function("loop_forward", body)
 
+    def _folded_dense_forward(self, step, route) -> list[str]:
+        """A recurrent product and the sequence its chain adds: the sequence's step copied
+        into the sum's place, then the GEMM adds the product there (beta = 1)."""
+        chain = self.folded_into[step.node]
+        chain_route = next(r for s, r in zip(self.segment.steps, self.segment.routes)
+                           if s.node == chain)
+        seq = next(r for r in chain_route if r.kind == SEQ)
+        y, ldy = self.member(chain, False)
+        x, ldx = self.source_of(route[0], False)
+        copy = (f"memcpy({y} + r0*{ldy}, {self.source_of(seq, False)[0]} + r0*{ldy}, "
+                f"(r1 - r0)*{self.widths[chain]}*sizeof({self.t}));")
+        return [copy] + self._dense_forward(step, route, x, ldx, y, ldy, beta=1)
+
+    def _fused_forward(self, unit: list) -> list[str]:
+        """A run of chains as one pass: each member's value in a register, read from there
+        by the chains after it, written only where another step or backward reads it."""
+        t, places, body = self.t, _Places(self.t), []
+        local = {}
+        skip = self._local_values(unit)
+        for k, (step, route) in enumerate(unit):
+            program = step.op.program
+            for j, r in enumerate(route):
+                if f"x{j}" not in program.reads:
+                    continue
+                value = (local[r.ref] if r.kind == MEMBER and r.ref in local
+                         else places.read(*self.source_of(r, False)))
+                body.append(f"const {t} k{k}_x{j} = {value};")
+            body += [f"const {t} k{k}_{n} = {c(_prefixed(e, k), t)};" for n, e in program.lets]
+            [(_, expr)] = program.writes
+            body.append(f"const {t} k{k}_y = {c(_prefixed(expr, k), t)};")
+            local[step.node] = f"k{k}_y"
+            if step.node not in skip:
+                body.append(f"{places.write(*self.member(step.node, False))} = k{k}_y;")
+        return places.loop(body, self.widths[unit[0][0].node])
+
     def _backward_program(self, step, needs: tuple[bool, ...]):
         # each member's gradient has its own place: every input's is written
         return step.op.backward_program(needs, output=step.node in self.from_output,
@@ -305,7 +485,7 @@ class _Writer:
         checkpointed span's first, whose lengths count from it) its initial value."""
         w, now = self.widths[node], self.member(node, False)[0]
         before = self._before(node, False)
-        return [f"for (long long r = 0; r < B; r++) if (t >= "
+        return [f"for (long long r = r0; r < r1; r++) if (t >= "
                 f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
                 f"    memcpy({now} + r*{w}, {before} + r*{w}, {w}*sizeof({self.t}));"]
 
@@ -313,7 +493,7 @@ class _Writer:
         """A held state's gradient past a sequence's end goes whole to the step before."""
         w, now = self.widths[node], self.member(node, True)[0]
         before = self._before(node, True)
-        return [f"for (long long r = 0; r < B; r++) if (t >= "
+        return [f"for (long long r = r0; r < r1; r++) if (t >= "
                 f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
                 f"    for (long long i = 0; i < {w}; i++) {{ {before}[r*{w} + i] += "
                 f"{now}[r*{w} + i]; {now}[r*{w} + i] = 0; }}"]
@@ -329,11 +509,15 @@ class _Writer:
 
     def backward(self, needs: dict) -> str:
         body = []
-        for step, route in reversed(list(zip(self.segment.steps, self.segment.routes))):
+        for unit in reversed(self.units):
+            if len(unit) > 1:
+                body += self._fused_backward(unit, needs)
+                continue
+            [(step, route)] = unit
             wanted = needs.get(step.node)
             op = step.op
-            if wanted is None or step.node in self.splits:
-                continue  # a block's gradient is a view of its parent's
+            if wanted is None:
+                continue
             if self.padded and step.node in self.segment.depth:
                 body += self._pass_back(step.node)
             gy, ldgy = self.member(step.node, True)
@@ -349,30 +533,68 @@ class _Writer:
                         arrays[f"dx{j}"] = self.source_of(r, True)
                 body += self._elementwise(self._backward_program(step, wanted), arrays,
                                           self.widths[step.node], accumulate=True)
-        # the gradients that live for one step start from zero at every step
-        clear = [f"memset({self.array('grad', n)}, 0, B*{self.widths[n]}*sizeof({self.t}));"
+        clear = [f"memset({self.array('grad', n)} + r0*{self.widths[n]}, 0, "
+                 f"(r1 - r0)*{self.widths[n]}*sizeof({self.t}));"
                  for n in self.scratch]
         return self._function("loop_backward", clear + body, reverse=True)
+
+    def _fused_backward(self, unit: list, needs: dict) -> list[str]:
+        """A run of chains' backward as one pass, last chain first: a member's gradient is
+        what reached its memory (from later steps, other steps, after the loop) plus what
+        the run's later chains gave it in registers."""
+        t, places, body = self.t, _Places(self.t), []
+        nodes = {s.node for s, _ in unit}
+        given: dict = {n: [] for n in nodes}    # a member -> the registers adding into it
+        in_memory = nodes - self._local_grads(unit)
+        for k, (step, route) in reversed(list(enumerate(unit))):
+            wanted = needs.get(step.node)
+            if wanted is None or not any(wanted):
+                continue
+            program = self._backward_program(step, wanted)
+            for name in program.reads:
+                if name == "gy":
+                    terms = ([places.read(*self.member(step.node, True))]
+                             if step.node in in_memory else []) + given[step.node]
+                    value = " + ".join(terms) or _literal_zero(t)
+                elif name == "y":
+                    value = places.read(*self.member(step.node, False))
+                else:
+                    value = places.read(*self.source_of(route[int(name[1:])], False))
+                body.append(f"const {t} k{k}_{name} = {value};")
+            body += [f"const {t} k{k}_{n} = {c(_prefixed(e, k), t)};" for n, e in program.lets]
+            for n, e in program.writes:
+                j = int(n[2:])
+                r = route[j]
+                if not wanted[j] or (r.kind == SEQ and r.ref in self.aliases):
+                    continue   # an aliased sequence's gradient is the member's
+                if r.kind == MEMBER and r.ref in nodes:
+                    body.append(f"const {t} k{k}_{n} = {c(_prefixed(e, k), t)};")
+                    given[r.ref].append(f"k{k}_{n}")
+                else:
+                    body.append(f"{places.write(*self.source_of(r, True))} += "
+                                f"{c(_prefixed(e, k), t)};")
+        return places.loop(body, self.widths[unit[0][0].node])
 
     def _function(self, name: str, body: list[str], reverse: bool = False) -> str:
         loop = ("for (long long t = T - 1; t >= 0; t--) {" if reverse
                 else "for (long long t = 0; t < T; t++) {")
         inner = "\n".join("        " + line for line in body)
         return (f"void {name}(gemm_t gemm, const long long T, const long long B, "
-                f"void* const* a) {{\n    {loop}\n{inner}\n    }}\n}}\n")
+                f"const long long r0, const long long r1, void* const* a) {{\n"
+                f"    {loop}\n{inner}\n    }}\n}}\n")
 
     def _param(self, step, name: str) -> str:
         return self.array("param", (step.node, name))
 
-    def _dense_forward(self, step, route, x, ldx, y, ldy) -> list[str]:
+    def _dense_forward(self, step, route, x, ldx, y, ldy, beta: int = 0) -> list[str]:
         units, inputs = self.widths[step.node], self.widths[_ref_node(route[0])]
-        w = self._param(step, "weight")
-        lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {TRANS}, B, {units}, {inputs}, 1, {x}, {ldx}, "
-                 f"{w}, {inputs}, 0, {y}, {ldy});"]
+        w = self.array("transposed", (step.node, "weight"))
+        lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, r1 - r0, {units}, {inputs}, 1, "
+                 f"{x} + r0*{ldx}, {ldx}, {w}, {units}, {beta}, {y} + r0*{ldy}, {ldy});"]
         if "bias" in step.params:
             b = self._param(step, "bias")
             lines += [f"{{ {self.t}* y = {y}; const {self.t}* b = {b};",
-                      f"  for (long long r = 0; r < B; r++) for (long long c = 0; c < {units};"
+                      f"  for (long long r = r0; r < r1; r++) for (long long c = 0; c < {units};"
                       f" c++) y[r*{ldy} + c] += b[c]; }}"]
         return lines
 
@@ -385,8 +607,8 @@ class _Writer:
         units, inputs = self.widths[step.node], self.widths[_ref_node(route[0])]
         w = self._param(step, "weight")
         gx, ldgx = self.source_of(route[0], True)
-        return [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, {inputs}, {units}, 1, "
-                f"{gy}, {ldgy}, {w}, {inputs}, 1, {gx}, {ldgx});"]
+        return [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, r1 - r0, {inputs}, {units}, 1, "
+                f"{gy} + r0*{ldgy}, {ldgy}, {w}, {inputs}, 1, {gx} + r0*{ldgx}, {ldgx});"]
 
     def _elementwise(self, program, arrays: dict, width: int, accumulate: bool) -> list[str]:
         """The program over B rows of `width`: reads and writes at each array's stride; a
@@ -399,7 +621,7 @@ class _Writer:
                 const = "" if name in program.outputs else "const "
                 lines.append(f"  {const}{t}* restrict p_{name} = {pointer}; "
                              f"const long long s_{name} = {stride};")
-        lines.append("  for (long long r = 0; r < B; r++) {")
+        lines.append("  for (long long r = r0; r < r1; r++) {")
         lines.append("    #pragma omp simd")
         lines.append(f"    for (long long i = 0; i < {width}; i++) {{")
         lines += [f"      const {t} {n} = p_{n}[r*s_{n} + i];" for n in program.reads]
@@ -411,3 +633,46 @@ class _Writer:
             lines.append(f"      p_{n}[r*s_{n} + i] {op} {c(e, t)};")
         lines += ["    }", "  }", "}"]
         return lines
+
+
+class _Places:
+    """The arrays one fused pass reads and writes, a pointer each (one per place, so that
+    `restrict` holds), and the pass's loop over the step's rows."""
+
+    def __init__(self, ctype: str):
+        self.t = ctype
+        self.pointers: dict = {}    # (pointer, row stride) -> (name, written)
+
+    def _name(self, pointer: str, stride: str, written: bool) -> str:
+        name, was = self.pointers.get((pointer, stride), (f"p{len(self.pointers)}", False))
+        self.pointers[(pointer, stride)] = (name, was or written)
+        return f"{name}[r*{stride} + i]"
+
+    def read(self, pointer: str, stride: str) -> str:
+        return self._name(pointer, stride, False)
+
+    def write(self, pointer: str, stride: str) -> str:
+        return self._name(pointer, stride, True)
+
+    def loop(self, body: list[str], width: int) -> list[str]:
+        lines = ["{"]
+        for (pointer, _), (name, written) in self.pointers.items():
+            const = "" if written else "const "
+            lines.append(f"  {const}{self.t}* restrict {name} = {pointer};")
+        lines += ["  for (long long r = r0; r < r1; r++) {", "    #pragma omp simd",
+                  f"    for (long long i = 0; i < {width}; i++) {{"]
+        lines += ["      " + line for line in body]
+        return lines + ["    }", "  }", "}"]
+
+
+def _prefixed(expr: Expr, k: int) -> Expr:
+    """`expr` with each variable named as the k-th chain of a fused pass names it."""
+    if isinstance(expr, Var):
+        return Var(f"k{k}_{expr.name}")
+    if isinstance(expr, Call):
+        return Call(expr.fn, tuple(_prefixed(a, k) for a in expr.args))
+    return expr
+
+
+def _literal_zero(ctype: str) -> str:
+    return "0.0f" if ctype == "float" else "0.0"

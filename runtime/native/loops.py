@@ -15,13 +15,16 @@ generator does not cover runs the interpreted loop instead.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from netdsl.lower.native_loop import LoopKernel, loop_kernel
 from netdsl.lower.schedule import SEQ, STATE, LoopSegment
 from netdsl.runtime.loops import add_grad, initial_values, loop_lengths, note_lengths
+from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.recompute import (Handback, advance_tail, loop_inputs, span_initials,
                                       span_rows, spans)
@@ -29,15 +32,28 @@ from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["CompiledLoops", "compile_loop", "default_needs"]
 
-_SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p]
+# rows of the batch a thread takes at least: a step's GEMM over fewer gains little
+ROWS_PER_THREAD = 16
+# multiply-adds a thread's block of rows must have per step: below, a step is too short
+# for a second thread to pay, and a thread waiting for a core another process holds
+# stalls the loop. With the machine busy (load 6.5-7.5, two threads), W5's training step
+# (Elman, 16 x 64 x 64 a block) took 16-328 ms split against 2.5-304 whole, whose GEMMs
+# OpenBLAS runs on one thread; W4's (LSTM, 16 x 128 x 512) 17-120 ms against 25-388
+BLOCK_MACS = 1 << 18
+_helpers: ThreadPoolExecutor | None = None   # threads that run a loop's other row blocks
+
+_NOTHING = np.empty(0, np.uint8)   # in a slot the function called does not read
+_SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_longlong,
+              ctypes.c_longlong, ctypes.c_void_p]
 
 
 class _Run:
     """What a compiled forward (of the whole loop, or of a span) leaves for its backward."""
 
-    def __init__(self, kernel, storage, seqs, initials, params):
+    def __init__(self, kernel, storage, seqs, initials, params, transposed):
         self.kernel = kernel
         self.storage, self.seqs, self.initials, self.params = storage, seqs, initials, params
+        self.transposed = transposed   # LoopKernel.transposed's copies, made once a pass
         self.lengths = None        # each sequence's steps, in a padded batch, as the kernel reads
         self.host_lengths = None   # the same from the loop's step 0 (checkpointed runs)
         self.spans = None          # checkpointed: (start, stop, initial values) per span
@@ -120,17 +136,20 @@ class CompiledLoops:
         by_node = {s.node: s for s in segment.steps}
         params = {(node, name): np.ascontiguousarray(ex.param_args(by_node[node])[name], dtype)
                   for node, name in kernel.params}
+        transposed = {key: np.ascontiguousarray(params[key].T) for key in kernel.transposed}
         host_lengths = None if lengths is None else np.asarray(ex.host_lengths[source])
         every = ex.checkpoint if training else None
         if every is not None and every < T:
             storage, tail, run = self._forward_spans(segment, kernel, forward, seqs, initials,
-                                                     params, host_lengths, T, every)
+                                                     params, transposed, host_lengths, T,
+                                                     every)
         else:
             storage = {n: np.empty((kernel.rows(n, T), B, kernel.widths[n]), dtype)
                        for n in kernel.storage}
-            run = _Run(kernel, storage, seqs, initials, params)
+            run = _Run(kernel, storage, seqs, initials, params, transposed)
             run.lengths, run.host_lengths = _span_lengths(host_lengths, 0), host_lengths
-            forward(self.address, T, B, self._table(run, {}))
+            self._call(kernel, forward, T, self._table(run, {}))
+            run.transposed = None   # backward multiplies by the weights as they are
             tail = {source: storage[source][max(T - depth, 0):]
                     for source, depth in segment.depth.items()}
         self.calls["forward"] += 1
@@ -144,8 +163,8 @@ class CompiledLoops:
         self.runs[segment.loop.name] = run
         return True
 
-    def _forward_spans(self, segment, kernel, forward, seqs, initials, params, lengths, T,
-                       every):
+    def _forward_spans(self, segment, kernel, forward, seqs, initials, params, transposed,
+                       lengths, T, every):
         """The checkpointed forward: the kernel run on spans of `every` steps, the members
         read after the loop written whole, the others into one span's room; what each
         span starts from kept for backward. (those members, the sources' last rows, the
@@ -155,7 +174,7 @@ class CompiledLoops:
         whole = {n: np.empty((T, B, kernel.widths[n]), dtype) for n in after}
         scratch = {n: np.empty((kernel.rows(n, every), B, kernel.widths[n]), dtype)
                    for n in kernel.storage if n not in whole}
-        run = _Run(kernel, None, None, initials, params)
+        run = _Run(kernel, None, None, initials, params, transposed)
         run.spans, run.host_lengths, tail = [], lengths, {}
         run.inputs = loop_inputs(self.ex, segment, seqs)
         for start, stop in spans(T, every):
@@ -164,18 +183,42 @@ class CompiledLoops:
             part = _Run(kernel, {**{n: a[start:stop] for n, a in whole.items()},
                                  **{n: a[:kernel.rows(n, stop - start)]
                                     for n, a in scratch.items()}},
-                        {n: a[start:stop] for n, a in seqs.items()}, begin, params)
+                        {n: a[start:stop] for n, a in seqs.items()}, begin, params, transposed)
             part.lengths = _span_lengths(lengths, start)
-            forward(self.address, stop - start, B, self._table(part, {}))
+            self._call(kernel, forward, stop - start, self._table(part, {}))
             run.spans.append((start, stop, begin))
             tail = advance_tail(np, tail, part.storage, segment.depth)
         return whole, tail, run
+
+    def _call(self, kernel: LoopKernel, function, steps: int, table) -> None:
+        """Run a loop's function over the batch: its rows are independent, so with BLAS
+        on two threads or more each thread runs its own block of rows through every step,
+        BLAS on one thread meanwhile. A step's GEMM is too small for BLAS's threads to
+        pay: they meet at every call, and spin while another process holds a core."""
+        global _helpers
+        B = self.ex.size
+        parts = min(host_threads(), B // ROWS_PER_THREAD, B * kernel.row_macs // BLOCK_MACS)
+        if parts < 2:
+            function(self.address, steps, B, 0, B, table)
+            return
+        bounds = [B * i // parts for i in range(parts + 1)]
+        if _helpers is None:
+            _helpers = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+        with one_blas_thread(np):
+            # ctypes lets go of the GIL while a function runs
+            futures = [_helpers.submit(function, self.address, steps, B, lo, hi, table)
+                       for lo, hi in zip(bounds[1:-1], bounds[2:])]
+            function(self.address, steps, B, bounds[0], bounds[1], table)
+            for future in futures:
+                future.result()
 
     def _table(self, run: _Run, grads: dict):
         """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""
         k = run.kernel
         arrays = ([run.storage[n] for n in k.storage] + [run.seqs[n] for n in k.seqs]
                   + [run.initials[s.node] for s in k.states] + [run.params[p] for p in k.params]
+                  + [_NOTHING if run.transposed is None else run.transposed[p]
+                     for p in k.transposed]
                   + ([run.lengths] if run.lengths is not None else []))
         if grads:
             arrays += ([grads["value"][n] for n in k.storage] + [grads["seq"][n] for n in k.seqs]
@@ -218,7 +261,7 @@ class CompiledLoops:
                      "init": {s.node: (init_grads[s.node] if start == 0
                                        else np.zeros_like(begin[s.node])) for s in kernel.states}}
             part.kernel = kernel
-            backward_call(self.address, n, B, self._table(part, slots))
+            self._call(kernel, backward_call, n, self._table(part, slots))
             self._weight_grads(segment, part, slots, wanted)
             if start > 0:   # what reaches before the span: to the values it was read from
                 for s in kernel.states:
@@ -259,9 +302,9 @@ class CompiledLoops:
                    for m in kernel.storage}
         seqs = {m: np.ascontiguousarray(span_rows(run.inputs[m], start, stop), dtype)
                 for m in kernel.seqs}
-        part = _Run(kernel, storage, seqs, begin, run.params)
+        part = _Run(kernel, storage, seqs, begin, run.params, run.transposed)
         part.lengths = _span_lengths(run.host_lengths, start)
-        forward(self.address, n, B, self._table(part, {}))
+        self._call(kernel, forward, n, self._table(part, {}))
         return part
 
     def _weight_grads(self, segment, run: _Run, slots, wanted) -> None:

@@ -6,202 +6,109 @@ __attribute__((simd("notinbranch"))) float tanhf(float);
 typedef long long I;
 typedef void (*gemm_t)(int, int, int, I, I, I, float, const float*, I, const float*, I, float, float*, I);
 
-void loop_forward(gemm_t gemm, const long long T, const long long B, void* const* a) {
+void loop_forward(gemm_t gemm, const long long T, const long long B, const long long r0, const long long r1, void* const* a) {
     for (long long t = 0; t < T; t++) {
-        gemm(101, 111, 112, B, 256, 64, 1, (t >= 1 ? (((float*)a[6]) + (t - 1)*B*64) : (((float*)a[9]) + t*B*64)), 64, ((float*)a[10]), 64, 0, ((float*)a[0]), 256);
+        memcpy((((float*)a[1]) + (t)*B*256) + r0*256, (((float*)a[7]) + t*B*256) + r0*256, (r1 - r0)*256*sizeof(float));
+        gemm(101, 111, 111, r1 - r0, 256, 64, 1, (t >= 1 ? (((float*)a[6]) + (t - 1)*B*64) : (((float*)a[9]) + t*B*64)) + r0*64, 64, ((float*)a[11]), 256, 1, (((float*)a[1]) + (t)*B*256) + r0*256, 256);
         {
-          const float* restrict p_x0 = (((float*)a[7]) + t*B*256); const long long s_x0 = 256;
-          const float* restrict p_x1 = ((float*)a[0]); const long long s_x1 = 256;
-          float* restrict p_y = (((float*)a[1]) + (t)*B*256); const long long s_y = 256;
-          for (long long r = 0; r < B; r++) {
-            #pragma omp simd
-            for (long long i = 0; i < 256; i++) {
-              const float x0 = p_x0[r*s_x0 + i];
-              const float x1 = p_x1[r*s_x1 + i];
-              const float v0 = (x0 + x1);
-              p_y[r*s_y + i] = v0;
-            }
-          }
-        }
-        {
-          const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 128); const long long s_x0 = 256;
-          float* restrict p_y = (((float*)a[2]) + (t)*B*64); const long long s_y = 64;
-          for (long long r = 0; r < B; r++) {
+          const float* restrict p0 = ((((float*)a[1]) + (t)*B*256) + 128);
+          float* restrict p1 = (((float*)a[2]) + (t)*B*64);
+          const float* restrict p2 = ((((float*)a[1]) + (t)*B*256) + 0);
+          const float* restrict p3 = ((((float*)a[1]) + (t)*B*256) + 64);
+          const float* restrict p4 = (t >= 1 ? (((float*)a[4]) + (t - 1)*B*64) : (((float*)a[8]) + t*B*64));
+          float* restrict p5 = (((float*)a[4]) + (t)*B*64);
+          float* restrict p6 = (((float*)a[5]) + (t)*B*64);
+          const float* restrict p7 = ((((float*)a[1]) + (t)*B*256) + 192);
+          float* restrict p8 = (((float*)a[6]) + (t)*B*64);
+          for (long long r = r0; r < r1; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
-              const float x0 = p_x0[r*s_x0 + i];
-              const float v0 = tanhf(x0);
-              p_y[r*s_y + i] = v0;
-            }
-          }
-        }
-        {
-          const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 0); const long long s_x0 = 256;
-          const float* restrict p_x1 = (((float*)a[2]) + (t)*B*64); const long long s_x1 = 64;
-          float* restrict p_y = ((float*)a[3]); const long long s_y = 64;
-          for (long long r = 0; r < B; r++) {
-            #pragma omp simd
-            for (long long i = 0; i < 64; i++) {
-              const float x0 = p_x0[r*s_x0 + i];
-              const float x1 = p_x1[r*s_x1 + i];
-              const float v0 = ((0.5f * tanhf((0.5f * x0))) + 0.5f);
-              const float v1 = (v0 * x1);
-              p_y[r*s_y + i] = v1;
-            }
-          }
-        }
-        {
-          const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 64); const long long s_x0 = 256;
-          const float* restrict p_x1 = (t >= 1 ? (((float*)a[4]) + (t - 1)*B*64) : (((float*)a[8]) + t*B*64)); const long long s_x1 = 64;
-          const float* restrict p_x2 = ((float*)a[3]); const long long s_x2 = 64;
-          float* restrict p_y = (((float*)a[4]) + (t)*B*64); const long long s_y = 64;
-          for (long long r = 0; r < B; r++) {
-            #pragma omp simd
-            for (long long i = 0; i < 64; i++) {
-              const float x0 = p_x0[r*s_x0 + i];
-              const float x1 = p_x1[r*s_x1 + i];
-              const float x2 = p_x2[r*s_x2 + i];
-              const float v0 = ((0.5f * tanhf((0.5f * x0))) + 0.5f);
-              const float v1 = (v0 * x1);
-              const float v2 = (v1 + x2);
-              p_y[r*s_y + i] = v2;
-            }
-          }
-        }
-        {
-          const float* restrict p_x0 = (((float*)a[4]) + (t)*B*64); const long long s_x0 = 64;
-          float* restrict p_y = (((float*)a[5]) + (t)*B*64); const long long s_y = 64;
-          for (long long r = 0; r < B; r++) {
-            #pragma omp simd
-            for (long long i = 0; i < 64; i++) {
-              const float x0 = p_x0[r*s_x0 + i];
-              const float v0 = tanhf(x0);
-              p_y[r*s_y + i] = v0;
-            }
-          }
-        }
-        {
-          const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 192); const long long s_x0 = 256;
-          const float* restrict p_x1 = (((float*)a[5]) + (t)*B*64); const long long s_x1 = 64;
-          float* restrict p_y = (((float*)a[6]) + (t)*B*64); const long long s_y = 64;
-          for (long long r = 0; r < B; r++) {
-            #pragma omp simd
-            for (long long i = 0; i < 64; i++) {
-              const float x0 = p_x0[r*s_x0 + i];
-              const float x1 = p_x1[r*s_x1 + i];
-              const float v0 = ((0.5f * tanhf((0.5f * x0))) + 0.5f);
-              const float v1 = (v0 * x1);
-              p_y[r*s_y + i] = v1;
+              const float k0_x0 = p0[r*256 + i];
+              const float k0_v0 = tanhf(k0_x0);
+              const float k0_y = k0_v0;
+              p1[r*64 + i] = k0_y;
+              const float k1_x0 = p2[r*256 + i];
+              const float k1_x1 = k0_y;
+              const float k1_v0 = ((0.5f * tanhf((0.5f * k1_x0))) + 0.5f);
+              const float k1_v1 = (k1_v0 * k1_x1);
+              const float k1_y = k1_v1;
+              const float k2_x0 = p3[r*256 + i];
+              const float k2_x1 = p4[r*64 + i];
+              const float k2_x2 = k1_y;
+              const float k2_v0 = ((0.5f * tanhf((0.5f * k2_x0))) + 0.5f);
+              const float k2_v1 = (k2_v0 * k2_x1);
+              const float k2_v2 = (k2_v1 + k2_x2);
+              const float k2_y = k2_v2;
+              p5[r*64 + i] = k2_y;
+              const float k3_x0 = k2_y;
+              const float k3_v0 = tanhf(k3_x0);
+              const float k3_y = k3_v0;
+              p6[r*64 + i] = k3_y;
+              const float k4_x0 = p7[r*256 + i];
+              const float k4_x1 = k3_y;
+              const float k4_v0 = ((0.5f * tanhf((0.5f * k4_x0))) + 0.5f);
+              const float k4_v1 = (k4_v0 * k4_x1);
+              const float k4_y = k4_v1;
+              p8[r*64 + i] = k4_y;
             }
           }
         }
     }
 }
 
-void loop_backward(gemm_t gemm, const long long T, const long long B, void* const* a) {
+void loop_backward(gemm_t gemm, const long long T, const long long B, const long long r0, const long long r1, void* const* a) {
     for (long long t = T - 1; t >= 0; t--) {
-        memset(((float*)a[12]), 0, B*256*sizeof(float));
-        memset(((float*)a[13]), 0, B*64*sizeof(float));
-        memset(((float*)a[14]), 0, B*64*sizeof(float));
-        memset(((float*)a[16]), 0, B*64*sizeof(float));
         {
-          const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 192); const long long s_x0 = 256;
-          const float* restrict p_x1 = (((float*)a[5]) + (t)*B*64); const long long s_x1 = 64;
-          const float* restrict p_gy = (((float*)a[17]) + (t)*B*64); const long long s_gy = 64;
-          float* restrict p_dx0 = (((float*)a[12]) + 192); const long long s_dx0 = 256;
-          float* restrict p_dx1 = ((float*)a[16]); const long long s_dx1 = 64;
-          for (long long r = 0; r < B; r++) {
+          const float* restrict p0 = ((((float*)a[1]) + (t)*B*256) + 192);
+          const float* restrict p1 = (((float*)a[5]) + (t)*B*64);
+          const float* restrict p2 = (((float*)a[18]) + (t)*B*64);
+          float* restrict p3 = ((((float*)a[12]) + (t)*B*256) + 192);
+          const float* restrict p4 = (((float*)a[4]) + (t)*B*64);
+          const float* restrict p5 = ((((float*)a[1]) + (t)*B*256) + 64);
+          const float* restrict p6 = (t >= 1 ? (((float*)a[4]) + (t - 1)*B*64) : (((float*)a[8]) + t*B*64));
+          const float* restrict p7 = (((float*)a[16]) + (t)*B*64);
+          float* restrict p8 = ((((float*)a[12]) + (t)*B*256) + 64);
+          float* restrict p9 = (t >= 1 ? (((float*)a[16]) + (t - 1)*B*64) : (((float*)a[20]) + t*B*64));
+          const float* restrict p10 = ((((float*)a[1]) + (t)*B*256) + 0);
+          const float* restrict p11 = (((float*)a[2]) + (t)*B*64);
+          float* restrict p12 = ((((float*)a[12]) + (t)*B*256) + 0);
+          float* restrict p13 = ((((float*)a[12]) + (t)*B*256) + 128);
+          for (long long r = r0; r < r1; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
-              const float x0 = p_x0[r*s_x0 + i];
-              const float x1 = p_x1[r*s_x1 + i];
-              const float gy = p_gy[r*s_gy + i];
-              const float v0 = ((0.5f * tanhf((0.5f * x0))) + 0.5f);
-              const float g0 = (gy * x1);
-              p_dx0[r*s_dx0 + i] += ((g0 * v0) * (1.0f - v0));
-              p_dx1[r*s_dx1 + i] += (gy * v0);
+              const float k4_x0 = p0[r*256 + i];
+              const float k4_x1 = p1[r*64 + i];
+              const float k4_gy = p2[r*64 + i];
+              const float k4_v0 = ((0.5f * tanhf((0.5f * k4_x0))) + 0.5f);
+              const float k4_g0 = (k4_gy * k4_x1);
+              p3[r*256 + i] += ((k4_g0 * k4_v0) * (1.0f - k4_v0));
+              const float k4_dx1 = (k4_gy * k4_v0);
+              const float k3_x0 = p4[r*64 + i];
+              const float k3_gy = k4_dx1;
+              const float k3_v0 = tanhf(k3_x0);
+              const float k3_dx0 = (k3_gy * (1.0f - (k3_v0 * k3_v0)));
+              const float k2_x0 = p5[r*256 + i];
+              const float k2_x1 = p6[r*64 + i];
+              const float k2_gy = p7[r*64 + i] + k3_dx0;
+              const float k2_v0 = ((0.5f * tanhf((0.5f * k2_x0))) + 0.5f);
+              const float k2_g1 = k2_gy;
+              const float k2_g0 = (k2_g1 * k2_x1);
+              p8[r*256 + i] += ((k2_g0 * k2_v0) * (1.0f - k2_v0));
+              p9[r*64 + i] += (k2_g1 * k2_v0);
+              const float k2_dx2 = k2_gy;
+              const float k1_x0 = p10[r*256 + i];
+              const float k1_x1 = p11[r*64 + i];
+              const float k1_gy = k2_dx2;
+              const float k1_v0 = ((0.5f * tanhf((0.5f * k1_x0))) + 0.5f);
+              const float k1_g0 = (k1_gy * k1_x1);
+              p12[r*256 + i] += ((k1_g0 * k1_v0) * (1.0f - k1_v0));
+              const float k1_dx1 = (k1_gy * k1_v0);
+              const float k0_gy = k1_dx1;
+              const float k0_y = p11[r*64 + i];
+              p13[r*256 + i] += (k0_gy * (1.0f - (k0_y * k0_y)));
             }
           }
         }
-        {
-          const float* restrict p_x0 = (((float*)a[4]) + (t)*B*64); const long long s_x0 = 64;
-          const float* restrict p_gy = ((float*)a[16]); const long long s_gy = 64;
-          float* restrict p_dx0 = (((float*)a[15]) + (t)*B*64); const long long s_dx0 = 64;
-          for (long long r = 0; r < B; r++) {
-            #pragma omp simd
-            for (long long i = 0; i < 64; i++) {
-              const float x0 = p_x0[r*s_x0 + i];
-              const float gy = p_gy[r*s_gy + i];
-              const float v0 = tanhf(x0);
-              p_dx0[r*s_dx0 + i] += (gy * (1.0f - (v0 * v0)));
-            }
-          }
-        }
-        {
-          const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 64); const long long s_x0 = 256;
-          const float* restrict p_x1 = (t >= 1 ? (((float*)a[4]) + (t - 1)*B*64) : (((float*)a[8]) + t*B*64)); const long long s_x1 = 64;
-          const float* restrict p_gy = (((float*)a[15]) + (t)*B*64); const long long s_gy = 64;
-          float* restrict p_dx0 = (((float*)a[12]) + 64); const long long s_dx0 = 256;
-          float* restrict p_dx1 = (t >= 1 ? (((float*)a[15]) + (t - 1)*B*64) : (((float*)a[19]) + t*B*64)); const long long s_dx1 = 64;
-          float* restrict p_dx2 = ((float*)a[14]); const long long s_dx2 = 64;
-          for (long long r = 0; r < B; r++) {
-            #pragma omp simd
-            for (long long i = 0; i < 64; i++) {
-              const float x0 = p_x0[r*s_x0 + i];
-              const float x1 = p_x1[r*s_x1 + i];
-              const float gy = p_gy[r*s_gy + i];
-              const float v0 = ((0.5f * tanhf((0.5f * x0))) + 0.5f);
-              const float g1 = gy;
-              const float g0 = (g1 * x1);
-              p_dx0[r*s_dx0 + i] += ((g0 * v0) * (1.0f - v0));
-              p_dx1[r*s_dx1 + i] += (g1 * v0);
-              p_dx2[r*s_dx2 + i] += gy;
-            }
-          }
-        }
-        {
-          const float* restrict p_x0 = ((((float*)a[1]) + (t)*B*256) + 0); const long long s_x0 = 256;
-          const float* restrict p_x1 = (((float*)a[2]) + (t)*B*64); const long long s_x1 = 64;
-          const float* restrict p_gy = ((float*)a[14]); const long long s_gy = 64;
-          float* restrict p_dx0 = (((float*)a[12]) + 0); const long long s_dx0 = 256;
-          float* restrict p_dx1 = ((float*)a[13]); const long long s_dx1 = 64;
-          for (long long r = 0; r < B; r++) {
-            #pragma omp simd
-            for (long long i = 0; i < 64; i++) {
-              const float x0 = p_x0[r*s_x0 + i];
-              const float x1 = p_x1[r*s_x1 + i];
-              const float gy = p_gy[r*s_gy + i];
-              const float v0 = ((0.5f * tanhf((0.5f * x0))) + 0.5f);
-              const float g0 = (gy * x1);
-              p_dx0[r*s_dx0 + i] += ((g0 * v0) * (1.0f - v0));
-              p_dx1[r*s_dx1 + i] += (gy * v0);
-            }
-          }
-        }
-        {
-          const float* restrict p_gy = ((float*)a[13]); const long long s_gy = 64;
-          const float* restrict p_y = (((float*)a[2]) + (t)*B*64); const long long s_y = 64;
-          float* restrict p_dx0 = (((float*)a[12]) + 128); const long long s_dx0 = 256;
-          for (long long r = 0; r < B; r++) {
-            #pragma omp simd
-            for (long long i = 0; i < 64; i++) {
-              const float gy = p_gy[r*s_gy + i];
-              const float y = p_y[r*s_y + i];
-              p_dx0[r*s_dx0 + i] += (gy * (1.0f - (y * y)));
-            }
-          }
-        }
-        {
-          const float* restrict p_gy = ((float*)a[12]); const long long s_gy = 256;
-          float* restrict p_dx1 = (((float*)a[11]) + (t)*B*256); const long long s_dx1 = 256;
-          for (long long r = 0; r < B; r++) {
-            #pragma omp simd
-            for (long long i = 0; i < 256; i++) {
-              const float gy = p_gy[r*s_gy + i];
-              p_dx1[r*s_dx1 + i] += gy;
-            }
-          }
-        }
-        gemm(101, 111, 111, B, 64, 256, 1, (((float*)a[11]) + (t)*B*256), 256, ((float*)a[10]), 64, 1, (t >= 1 ? (((float*)a[17]) + (t - 1)*B*64) : (((float*)a[20]) + t*B*64)), 64);
+        gemm(101, 111, 111, r1 - r0, 64, 256, 1, (((float*)a[12]) + (t)*B*256) + r0*256, 256, ((float*)a[10]), 64, 1, (t >= 1 ? (((float*)a[18]) + (t - 1)*B*64) : (((float*)a[21]) + t*B*64)) + r0*64, 64);
     }
 }
