@@ -1,0 +1,314 @@
+"""Convolutions on the native target: compiled C kernels, chosen per layer by timing.
+
+While an executor of the native target runs a pass (`in_use`), ops.convolve's `conv_nd`
+and `conv_nd_backward` for NumPy come here. A 1-D or 2-D convolution without groups,
+in float32 or float64, runs one of:
+
+- forward: `numpy` (ops.convolve's im2col and GEMM), `gemm` (netdsl.lower.native_conv's
+  columns in C and one GEMM per image, written straight into y) or `direct` (no
+  columns; for few input channels);
+- backward: `numpy`, or `gemm` (the columns in C, the weight gradient's GEMM per image
+  summed in place, the input gradient's GEMM and col2im in C).
+
+Which one is timed once per layer shape (and dtype and threads): a few runs of each
+candidate on the real arrays, the fastest kept, in memory and in a JSON file beside the
+compiled kernels (`choices.json`, written atomically; a damaged one is ignored and
+rewritten). Every compiled kernel runs over a slab of the batch, the slabs on the host's
+threads at once (ops.parallel.slab_map; ctypes releases the GIL during the call). Any
+other case (groups, rank 3, mixed dtypes, no compiler) returns NotImplemented, and the
+NumPy code runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ctypes
+import json
+import math
+import time
+from functools import lru_cache
+
+import numpy as np
+
+from netdsl import atomic
+from netdsl.lower.native_conv import FUNCTIONS, GEOMETRY, conv_module
+from netdsl.ops import convolve, parallel
+from netdsl.ops.windows import Geometry
+from netdsl.runtime.host import host_threads
+from netdsl.runtime.native.blas import gemm
+from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir
+
+__all__ = ["in_use", "covered", "forward", "backward", "choose", "choices", "FORWARD",
+           "BACKWARD", "layers", "report", "CHOICES_FILE"]
+
+FORWARD = ("numpy", "gemm", "direct")
+BACKWARD = ("numpy", "gemm")
+CHOICES_FILE = "choices.json"
+
+# runs of each candidate timed when a layer is first seen (the fastest counts): the
+# first run of a kernel also faults its scratch in, which later steps do not pay
+TIMED_RUNS = 3
+
+_active = contextvars.ContextVar("native_convolutions", default=False)
+# key -> {"forward": name, "backward": name}, this process's and the file's
+_choices: dict[str, dict] = {}
+_loaded_from: str | None = None
+# seconds spent timing candidates in this process, for the compile report
+timing_seconds = [0.0]
+
+
+@contextlib.contextmanager
+def in_use(active: bool = True):
+    """Within it, NumPy convolutions run this module's kernels (an executor's pass on the
+    native target); elsewhere, as on the host target, ops.convolve's code."""
+    token = _active.set(active)
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+@lru_cache(maxsize=None)
+def _library(dtype: str):
+    """(the loaded kernels, the GEMM's address) for `dtype`; NativeUnavailable when
+    there is no compiler or no CBLAS."""
+    address, integer, symbol = gemm(dtype)
+    library = build(conv_module(dtype, integer, symbol))
+    p, size = ctypes.c_void_p, [ctypes.c_longlong] * (2 + len(GEOMETRY))
+    for name in FUNCTIONS:
+        function = getattr(library, name)
+        function.restype = None
+        arrays = 7 if name.startswith("conv_backward") else 5
+        function.argtypes = [p] * (1 + arrays) + size
+    return library, address
+
+
+def covered(x, weight, geometry: Geometry, groups: int) -> bool:
+    """Whether the compiled kernels cover this convolution: rank 1 or 2, no groups,
+    float32 or float64 alike."""
+    return (groups == 1 and x.ndim in (3, 4) and x.dtype == weight.dtype
+            and x.dtype in (np.float32, np.float64) and len(geometry.kernel) == x.ndim - 2)
+
+
+def _sizes(x, weight, g: Geometry) -> tuple[int, ...]:
+    """GEOMETRY's values; rank 1 as rank 2 with a height of one."""
+    if x.ndim == 3:
+        g = Geometry((1, *g.spatial), (1, *g.kernel), (1, *g.stride), (1, *g.dilation),
+                     ((0, 0), *g.pads), (1, *g.out))
+    (h, w), (kh, kw), (oh, ow) = g.spatial, g.kernel, g.out
+    (sh, sw), (dh, dw), (ph, pw) = g.stride, g.dilation, g.lows
+    return (x.shape[1], h, w, weight.shape[0], kh, kw, oh, ow, sh, sw, ph, pw, dh, dw)
+
+
+def _direct_fits(g: Geometry) -> bool:
+    """The direct kernel pads an image by the low pads on both sides: every window must
+    lie inside that."""
+    return all(lo >= hi or (m - 1) * s + d * (k - 1) < n + 2 * lo
+               for (lo, hi), m, s, d, k, n in zip(g.pads, g.out, g.stride, g.dilation,
+                                                   g.kernel, g.spatial))
+
+
+def forward(kind: str, x, weight, bias, geometry: Geometry):
+    """y of conv_nd through the compiled kernel `kind` ("gemm" or "direct")."""
+    library, address = _library(str(x.dtype))
+    function = getattr(library, f"conv_forward_{kind}")
+    sizes = _sizes(x, weight, geometry)
+    c, h, w, o, kh, kw, oh, ow, _, _, ph, pw = sizes[:12]
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
+    scratch = (c * kh * kw * oh * ow if kind == "gemm" else c * (h + 2 * ph) * (w + 2 * pw))
+
+    def run(part: slice) -> None:
+        buffer = np.empty(scratch, dtype=x.dtype)
+        function(address, x.ctypes.data, weight.ctypes.data,
+                 None if bias is None else bias.ctypes.data, y.ctypes.data,
+                 buffer.ctypes.data, part.start, part.stop, *sizes)
+
+    parallel.slab_map(np, run, x.shape[0], x.nbytes * kh * kw)
+    return y
+
+
+def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True):
+    """(dx, dweight, dbias) of conv_nd through the compiled kernel: each slab sums its
+    images' weight and bias gradients, and the slabs' sums are added up."""
+    library, address = _library(str(x.dtype))
+    sizes = _sizes(x, weight, geometry)
+    c, o, kh, kw, oh, ow = sizes[0], sizes[3], sizes[4], sizes[5], sizes[6], sizes[7]
+    gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
+
+    def run(part: slice):
+        dweight = np.zeros(weight.shape, dtype=x.dtype)
+        dbias = np.zeros(o, dtype=x.dtype)
+        buffer = np.empty(c * kh * kw * oh * ow, dtype=x.dtype)
+        library.conv_backward_gemm(address, gy.ctypes.data, x.ctypes.data, weight.ctypes.data,
+                                   None if dx is None else dx.ctypes.data, dweight.ctypes.data,
+                                   dbias.ctypes.data, buffer.ctypes.data, part.start,
+                                   part.stop, *sizes)
+        return dweight, dbias
+
+    partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * kh * kw)
+    dweight, dbias = partials[0]
+    for more_dweight, more_dbias in partials[1:]:
+        dweight += more_dweight
+        dbias += more_dbias
+    return dx, dweight, dbias
+
+
+# ---- the choice per layer
+
+
+def _key(x, weight, geometry: Geometry, groups: int) -> str:
+    g = geometry
+    return (f"{x.dtype} x{tuple(x.shape)} w{tuple(weight.shape)} s{g.stride} p{g.pads} "
+            f"d{g.dilation} out{g.out} g{groups} t{host_threads()}")
+
+
+def _path():
+    return cache_dir() / CHOICES_FILE
+
+
+def choices() -> dict[str, dict]:
+    """The choices known: this process's and those on disk (read once per cache folder;
+    a file that does not parse counts as empty, and is rewritten)."""
+    global _loaded_from
+    path = _path()
+    if _loaded_from != str(path):
+        _choices.clear()
+        _loaded_from = str(path)
+        try:
+            stored = json.loads(path.read_text())
+            if isinstance(stored, dict):
+                _choices.update({k: v for k, v in stored.items()
+                                 if isinstance(v, dict)
+                                 and v.get("forward") in FORWARD
+                                 and v.get("backward") in BACKWARD})
+        except (OSError, ValueError):
+            pass
+    return _choices
+
+
+def _save() -> None:
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        atomic.write_text(str(_path()), json.dumps(_choices, indent=1, sort_keys=True))
+    except OSError:
+        pass   # an unwritable cache only costs the timing again next run
+
+
+def _fastest(candidates: dict) -> tuple[str, object]:
+    """(name, result) of the candidate that ran fastest of TIMED_RUNS runs each."""
+    best, result, best_time = None, None, math.inf
+    for name, run in candidates.items():
+        for _ in range(TIMED_RUNS):
+            began = time.perf_counter()
+            out = run()
+            took = time.perf_counter() - began
+            if took < best_time:
+                best, best_time = name, took
+            if best == name:
+                result = out
+    return best, result
+
+
+def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=True):
+    """The layer's choice {"forward": ..., "backward": ...}, timed now on these arrays
+    (and on `gy`, or ones, for backward) unless known. Also returns the forward's y when
+    it was timed here (else None)."""
+    known = choices().get(_key(x, weight, geometry, groups))
+    if known is not None:
+        return known, None
+    began = time.perf_counter()
+    forwards = {"numpy": lambda: convolve.conv_nd.generic(np, x, weight, bias, geometry,
+                                                         groups),
+                "gemm": lambda: forward("gemm", x, weight, bias, geometry)}
+    if _direct_fits(geometry):
+        forwards["direct"] = lambda: forward("direct", x, weight, bias, geometry)
+    kind, y = _fastest(forwards)
+    if gy is None:
+        gy = np.ones((x.shape[0], weight.shape[0], *geometry.out), dtype=x.dtype)
+    backwards = {"numpy": lambda: convolve.conv_nd_backward.generic(np, gy, x, weight,
+                                                                   geometry, groups, need_dx),
+                 "gemm": lambda: backward(gy, x, weight, geometry, need_dx)}
+    back, _ = _fastest(backwards)
+    choice = _choices[_key(x, weight, geometry, groups)] = {"forward": kind, "backward": back}
+    _save()
+    timing_seconds[0] += time.perf_counter() - began
+    return choice, y
+
+
+def layers(lowered) -> list[tuple]:
+    """(name, channels in, weight shape, geometry) of each convolution a lowering's steps
+    run forward without groups (`Op.convolves`)."""
+    found = []
+    for step in lowered.plan.steps:
+        convolution = step.op.convolves(*step.input_types)
+        if convolution is None or convolution[1] != 1:
+            continue
+        x = step.input_types[0]
+        found.append((step.node, x.dims[0], step.op.params(*step.input_types)["weight"],
+                      convolution[0]))
+    return found
+
+
+def report(layers, batch: int, dtype: str = "float32") -> str:
+    """One line for `netc compile --target native`: the choice for each convolution
+    layer ((name, channels in, weight shape, geometry) of each), timed on random arrays
+    at `batch` unless known, and how long the timing took; or why none run compiled."""
+    if not layers:
+        return ""
+    try:
+        _library(dtype)
+    except NativeUnavailable as exc:
+        return f"convolutions: the NumPy path ({exc})"
+    rng = np.random.default_rng(0)
+    spent, counts, named = timing_seconds[0], {}, []
+    for name, channels, weight_shape, geometry in layers:
+        x = rng.standard_normal((batch, channels, *geometry.spatial)).astype(dtype)
+        weight = rng.standard_normal(weight_shape).astype(dtype)
+        if not covered(x, weight, geometry, 1):
+            choice = {"forward": "numpy", "backward": "numpy"}
+        else:
+            choice, _ = choose(x, weight, None, geometry, 1)
+        label = f"{choice['forward']}/{choice['backward']}"
+        counts[label] = counts.get(label, 0) + 1
+        named.append(f"{name} {label}")
+    took = timing_seconds[0] - spent
+    summary = ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
+    how = f"timed in {took:.2f} s" if took else "from the cache"
+    return (f"convolutions (forward/backward, batch {batch}): {summary}; {how}\n  "
+            + "; ".join(named))
+
+
+# ---- the seams
+
+
+@convolve.conv_nd.provide("numpy")
+def _conv_nd(xp, x, weight, bias, geometry, groups):
+    if not _active.get() or not covered(x, weight, geometry, groups):
+        return NotImplemented
+    try:
+        choice, y = choose(x, weight, bias, geometry, groups)
+    except NativeUnavailable:
+        return NotImplemented
+    if y is not None:
+        return y
+    kind = choice["forward"]
+    if kind == "numpy":
+        return NotImplemented
+    return forward(kind, x, weight, bias, geometry)
+
+
+@convolve.conv_nd_backward.provide("numpy")
+def _conv_nd_backward(xp, gy, x, weight, geometry, groups, need_dx=True):
+    if not _active.get() or not covered(x, weight, geometry, groups):
+        return NotImplemented
+    try:
+        choice, _ = choose(x, weight, None, geometry, groups, gy, need_dx)
+    except NativeUnavailable:
+        return NotImplemented
+    if choice["backward"] == "numpy":
+        return NotImplemented
+    return backward(gy, x, weight, geometry, need_dx)
