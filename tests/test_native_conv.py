@@ -112,16 +112,38 @@ def test_kernels_equal_pytorch_and_numpy(case, dtype):
         assert ours.dtype == np.dtype(dtype) and ours.shape == y.shape
         np.testing.assert_allclose(ours, y, rtol=tol["rtol"], atol=tol["atol"] * scale)
         np.testing.assert_allclose(ours, numpy_y, rtol=tol["rtol"], atol=tol["atol"] * scale)
-    ours_dx, ours_dw, ours_db = native_conv.backward(gy, x, w, g)
     theirs = convolve.conv_nd_backward.generic(np, gy, x, w, g, 1)
-    for got, want, numpy_value in zip((ours_dx, ours_dw, ours_db), (dx, dw, db), theirs):
-        size = float(np.abs(want).max()) + 1
-        np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * size)
-        np.testing.assert_allclose(got, numpy_value, rtol=tol["rtol"], atol=tol["atol"] * size)
-    none_dx, only_dw, only_db = native_conv.backward(gy, x, w, g, need_dx=False)
-    assert none_dx is None
-    np.testing.assert_array_equal(only_dw, ours_dw)
-    np.testing.assert_array_equal(only_db, ours_db)
+    backwards = ["gemm"] + (["direct"] if native_conv._input_grad_geometry(g) else [])
+    weight_grad_only = native_conv._direct_fits(g) and "direct" not in backwards
+    for kind in backwards:
+        ours = native_conv.backward(gy, x, w, g, kind=kind)
+        for got, want, numpy_value in zip(ours, (dx, dw, db), theirs):
+            size = float(np.abs(want).max()) + 1
+            np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * size)
+            np.testing.assert_allclose(got, numpy_value, rtol=tol["rtol"],
+                                       atol=tol["atol"] * size)
+        none_dx, only_dw, only_db = native_conv.backward(gy, x, w, g, need_dx=False, kind=kind)
+        assert none_dx is None
+        np.testing.assert_array_equal(only_dw, ours[1])
+        np.testing.assert_array_equal(only_db, ours[2])
+    if weight_grad_only:   # a pad past the kernel's reach: the direct weight gradient alone
+        none_dx, only_dw, only_db = native_conv.backward(gy, x, w, g, need_dx=False,
+                                                         kind="direct")
+        np.testing.assert_allclose(only_dw, dw, rtol=tol["rtol"], atol=tol["atol"] * size)
+        np.testing.assert_allclose(only_db, db, rtol=tol["rtol"], atol=tol["atol"] * size)
+
+
+def test_the_kernels_cover_what_they_claim():
+    """The direct kernels run at stride 1 (any pad, dilation), the GEMM ones everywhere."""
+    stride_2 = Geometry.of((9, 9), (3, 3), (2, 2), (1, 1), [(1, 1)] * 2)
+    padded = Geometry.of((9, 9), (3, 3), (1, 1), (1, 1), [(1, 1)] * 2)
+    past_reach = Geometry.of((9, 9), (1, 1), (1, 1), (1, 1), [(1, 1)] * 2)
+    assert not native_conv._direct_fits(stride_2) and native_conv._direct_fits(padded)
+    assert native_conv._input_grad_geometry(stride_2) is None
+    assert native_conv._input_grad_geometry(past_reach) is None
+    assert native_conv._input_grad_geometry(padded).pads == ((1, 1), (1, 1))
+    assert sum(native_conv._direct_fits(Geometry.of(*c[3:5], c[5], c[7], [(p, p) for p in c[6]]))
+               for c in CASES) >= 7
 
 
 @pytest.fixture
@@ -141,9 +163,11 @@ def test_slabs_on_two_threads_equal_one_slab(two_threads, monkeypatch):
     for kind in ("gemm", "direct"):
         np.testing.assert_allclose(native_conv.forward(kind, x, w, bias, g), y, rtol=1e-12,
                                    atol=1e-12 * float(np.abs(y).max()))
-    ours = native_conv.backward(gy, x, w, g)
-    for got, want in zip(ours, (dx, dw, db)):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * float(np.abs(want).max()))
+    for kind in ("gemm", "direct"):
+        ours = native_conv.backward(gy, x, w, g, kind=kind)
+        for got, want in zip(ours, (dx, dw, db)):
+            np.testing.assert_allclose(got, want, rtol=1e-12,
+                                       atol=1e-12 * float(np.abs(want).max()))
     assert seen and all(len(slabs) == 4 for slabs in seen)   # two slabs per thread
 
 
@@ -240,7 +264,7 @@ def test_compile_reports_the_choice_per_layer(tmp_path):
         else:
             os.environ["NETDSL_CACHE"] = env_cache
     assert first.returncode == 0, first.stderr
-    assert "convolutions (forward/backward, batch 64): 2 " in first.stdout
+    assert "convolutions (forward/backward, batch 64): " in first.stdout
     assert "timed in" in first.stdout and "conv1 " in first.stdout and "conv2 " in first.stdout
     assert "from the cache" in second.stdout
     assert (tmp_path / "native" / native_conv.CHOICES_FILE).exists()

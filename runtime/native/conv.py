@@ -7,8 +7,10 @@ in float32 or float64, runs one of:
 - forward: `numpy` (ops.convolve's im2col and GEMM), `gemm` (netdsl.lower.native_conv's
   columns in C and one GEMM per image, written straight into y) or `direct` (no
   columns; for few input channels);
-- backward: `numpy`, or `gemm` (the columns in C, the weight gradient's GEMM per image
-  summed in place, the input gradient's GEMM and col2im in C).
+- backward: `numpy`, `gemm` (the columns in C, the weight gradient's GEMM per image
+  summed in place, the input gradient's GEMM and col2im in C) or `direct` (at stride 1:
+  the weight gradient without columns, and the input gradient as the direct forward
+  kernel on gy with the weight flipped).
 
 Which one is timed once per layer shape (and dtype and threads): a few runs of each
 candidate on the real arrays, the fastest kept, in memory and in a JSON file beside the
@@ -31,7 +33,8 @@ from functools import lru_cache
 import numpy as np
 
 from netdsl import atomic
-from netdsl.lower.native_conv import FUNCTIONS, GEOMETRY, conv_module
+from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, conv_module, direct_scratch,
+                                      weight_grad_scratch)
 from netdsl.ops import convolve, parallel
 from netdsl.ops.windows import Geometry
 from netdsl.runtime.host import host_threads
@@ -42,7 +45,7 @@ __all__ = ["in_use", "covered", "forward", "backward", "choose", "choices", "FOR
            "BACKWARD", "layers", "report", "CHOICES_FILE"]
 
 FORWARD = ("numpy", "gemm", "direct")
-BACKWARD = ("numpy", "gemm")
+BACKWARD = ("numpy", "gemm", "direct")
 CHOICES_FILE = "choices.json"
 
 # runs of each candidate timed when a layer is first seen (the fastest counts): the
@@ -78,7 +81,7 @@ def _library(dtype: str):
     for name in FUNCTIONS:
         function = getattr(library, name)
         function.restype = None
-        arrays = 7 if name.startswith("conv_backward") else 5
+        arrays = 5 if name.startswith("conv_forward") else 7
         function.argtypes = [p] * (1 + arrays) + size
     return library, address
 
@@ -101,11 +104,8 @@ def _sizes(x, weight, g: Geometry) -> tuple[int, ...]:
 
 
 def _direct_fits(g: Geometry) -> bool:
-    """The direct kernel pads an image by the low pads on both sides: every window must
-    lie inside that."""
-    return all(lo >= hi or (m - 1) * s + d * (k - 1) < n + 2 * lo
-               for (lo, hi), m, s, d, k, n in zip(g.pads, g.out, g.stride, g.dilation,
-                                                   g.kernel, g.spatial))
+    """The direct kernel runs at stride 1, with no negative pads."""
+    return all(s == 1 for s in g.stride) and all(lo >= 0 for lo, _ in g.pads)
 
 
 def forward(kind: str, x, weight, bias, geometry: Geometry):
@@ -113,11 +113,14 @@ def forward(kind: str, x, weight, bias, geometry: Geometry):
     library, address = _library(str(x.dtype))
     function = getattr(library, f"conv_forward_{kind}")
     sizes = _sizes(x, weight, geometry)
-    c, h, w, o, kh, kw, oh, ow, _, _, ph, pw = sizes[:12]
+    c, _, _, o, kh, kw, oh, ow = sizes[:8]
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
-    scratch = (c * kh * kw * oh * ow if kind == "gemm" else c * (h + 2 * ph) * (w + 2 * pw))
+    dh, dw = sizes[12:]
+    scratch = (c * kh * kw * oh * ow if kind == "gemm" else
+               direct_scratch(str(x.dtype), c, o, c * kh * kw, (oh, ow),
+                              (oh + (kh - 1) * dh, ow + (kw - 1) * dw)))
 
     def run(part: slice) -> None:
         buffer = np.empty(scratch, dtype=x.dtype)
@@ -129,24 +132,69 @@ def forward(kind: str, x, weight, bias, geometry: Geometry):
     return y
 
 
-def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True):
-    """(dx, dweight, dbias) of conv_nd through the compiled kernel: each slab sums its
-    images' weight and bias gradients, and the slabs' sums are added up."""
+def _input_grad_geometry(geometry: Geometry) -> Geometry | None:
+    """At stride 1, dx of a convolution is the convolution of gy, padded by the kernel's
+    reach less the pad, with the weight flipped and its channels swapped: its geometry
+    over gy, or None where that pad would be negative (a pad past the kernel's reach)."""
+    g = geometry
+    if any(s != 1 for s in g.stride):
+        return None
+    pads = [(d * (k - 1) - lo, d * (k - 1) - hi)
+            for d, k, (lo, hi) in zip(g.dilation, g.kernel, g.pads)]
+    if any(lo < 0 for lo, _ in pads):
+        return None
+    return Geometry(g.out, g.kernel, g.stride, g.dilation, tuple(pads), g.spatial)
+
+
+def _flipped(weight):
+    """weight (O, C, *k) as (C, O, *k), each kernel turned end to end."""
+    flipped = weight.swapaxes(0, 1)[(slice(None),) * 2 + (slice(None, None, -1),)
+                                    * (weight.ndim - 2)]
+    return np.ascontiguousarray(flipped)
+
+
+def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str = "gemm"):
+    """(dx, dweight, dbias) of conv_nd through the compiled kernels; each slab of the
+    batch sums its images' weight and bias gradients, and the slabs' sums are added up.
+    `kind` "gemm": columns and a GEMM per image for dweight, col2im of the column
+    gradients for dx; "direct" (stride 1): the direct weight gradient, and dx by the
+    direct forward kernel on gy (where its pads are not past the kernel's reach, else
+    as "gemm")."""
+    if kind == "direct" and need_dx and _input_grad_geometry(geometry) is None:
+        kind = "gemm"
     library, address = _library(str(x.dtype))
     sizes = _sizes(x, weight, geometry)
     c, o, kh, kw, oh, ow = sizes[0], sizes[3], sizes[4], sizes[5], sizes[6], sizes[7]
     gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
-    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
+    dx = None
+    if need_dx and kind == "direct":
+        dx = forward("direct", gy, _flipped(weight), None, _input_grad_geometry(geometry))
+    elif need_dx:
+        dx = np.empty(x.shape, dtype=x.dtype)
+    col2im = need_dx and kind == "gemm"
+    if kind == "direct":
+        # the direct weight gradient sums over a chunk of images in one call (the scratch
+        # holds each padded): a small image's few positions would not fill its loops
+        function = library.conv_weight_grad_direct
+        padded = (oh + (kh - 1) * sizes[12], ow + (kw - 1) * sizes[13])
+        per_image = weight_grad_scratch(str(x.dtype), c, o, (oh, ow), padded)
+        scratch = lambda n: weight_grad_scratch(str(x.dtype), c, o, (oh, ow), padded, n)  # noqa: E731
+    else:
+        function, per_image = library.conv_backward_gemm, c * kh * kw * oh * ow
+        scratch = lambda n: per_image  # noqa: E731  one image's columns at a time
 
     def run(part: slice):
         dweight = np.zeros(weight.shape, dtype=x.dtype)
         dbias = np.zeros(o, dtype=x.dtype)
-        buffer = np.empty(c * kh * kw * oh * ow, dtype=x.dtype)
-        library.conv_backward_gemm(address, gy.ctypes.data, x.ctypes.data, weight.ctypes.data,
-                                   None if dx is None else dx.ctypes.data, dweight.ctypes.data,
-                                   dbias.ctypes.data, buffer.ctypes.data, part.start,
-                                   part.stop, *sizes)
+        chunks = ([part] if kind != "direct" else
+                  [slice(part.start + s.start, part.start + s.stop) for s in
+                   parallel.batch_chunks(np, part.stop - part.start, per_image * x.itemsize)])
+        buffer = np.empty(scratch(chunks[0].stop - chunks[0].start), dtype=x.dtype)
+        for chunk in chunks:
+            function(address, gy.ctypes.data, x.ctypes.data, weight.ctypes.data,
+                     dx.ctypes.data if col2im else None, dweight.ctypes.data,
+                     dbias.ctypes.data, buffer.ctypes.data, chunk.start, chunk.stop, *sizes)
         return dweight, dbias
 
     partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * kh * kw)
@@ -232,6 +280,8 @@ def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=Tr
     backwards = {"numpy": lambda: convolve.conv_nd_backward.generic(np, gy, x, weight,
                                                                    geometry, groups, need_dx),
                  "gemm": lambda: backward(gy, x, weight, geometry, need_dx)}
+    if _direct_fits(geometry) and (not need_dx or _input_grad_geometry(geometry)):
+        backwards["direct"] = lambda: backward(gy, x, weight, geometry, need_dx, "direct")
     back, _ = _fastest(backwards)
     choice = _choices[_key(x, weight, geometry, groups)] = {"forward": kind, "backward": back}
     _save()
@@ -309,6 +359,7 @@ def _conv_nd_backward(xp, gy, x, weight, geometry, groups, need_dx=True):
         choice, _ = choose(x, weight, None, geometry, groups, gy, need_dx)
     except NativeUnavailable:
         return NotImplemented
-    if choice["backward"] == "numpy":
+    kind = choice["backward"]
+    if kind == "numpy":
         return NotImplemented
-    return backward(gy, x, weight, geometry, need_dx)
+    return backward(gy, x, weight, geometry, need_dx, kind)

@@ -5,6 +5,15 @@ typedef double T;
 /* scipy_cblas_?gemm64_: CBLAS's ?gemm */
 typedef long long I;
 typedef void (*gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
+/* a vector of 8 elements (GCC's and Clang's vector extension), at any element's address */
+typedef T vec __attribute__((vector_size(8 * sizeof(T)), aligned(sizeof(T))));
+/* a loaded vector stays in a register: GCC would otherwise load it again for each use,
+   and the loads, not the multiplications, would bound the loop */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define IN_REGISTER(v) ((void)0)
+#endif
 
 /* The columns of one image x (C, H, W): row (c, kh, kw) holds, at each output position,
    the cell under that kernel offset, zero in the padding. At stride 1 a row's stretch
@@ -83,61 +92,151 @@ void conv_forward_gemm(gemm_t gemm, const T* restrict x, const T* restrict w,
     }
 }
 
-/* y (B, O, OH, OW) of images b0 .. b1 without columns; scratch holds one padded image
-   (C, H + 2 PH, W + 2 PW): every window lies inside it. */
+/* y (B, O, OH, OW) of images b0 .. b1 at stride 1, without columns. Each image is
+   copied once into P (C, HP, WP), padded so that every window lies inside; read as one
+   flat run per channel, output position p = oh * WP + ow reads P at p + off[i] for
+   the kernel cell i = (c, kh, kw), so a run of positions reads a run of P (positions
+   with ow >= OW are computed and dropped). Per block of 8 output channels and 16
+   positions the sums stay in registers while every cell adds its weights (wt,
+   (K, O) padded to whole blocks) times 16 cells of P; z holds a block's rows until
+   they are copied to y. scratch: P and 16 cells of slack, wt, z. */
 void conv_forward_direct(gemm_t gemm, const T* restrict x, const T* restrict w,
                          const T* restrict bias, T* restrict y, T* restrict scratch,
                          const L b0, const L b1, const L C, const L H, const L W, const L O, const L KH, const L KW, const L OH, const L OW, const L SH, const L SW, const L PH, const L PW, const L DH, const L DW)
 {
-    (void)gemm;
-    const L HP = H + 2 * PH, WP = W + 2 * PW, N = OH * OW;
-    memset(scratch, 0, C * HP * WP * sizeof(T));
+    (void)gemm; (void)SH; (void)SW;
+    const L HP = OH + (KH - 1) * DH, WP = OW + (KW - 1) * DW;
+    const L K = C * KH * KW, OP = (O + 8 - 1) / 8 * 8;
+    const L span = (OH - 1) * WP + OW, SPAN = (span + 16 - 1) / 16 * 16;
+    T* restrict P = scratch;
+    T* restrict wt = P + C * HP * WP + 16;
+    T* restrict z = wt + K * OP;
+    L off[K];
+    memset(P, 0, (C * HP * WP + 16) * sizeof(T));
+    for (L c = 0; c < C; ++c)
+        for (L kh = 0; kh < KH; ++kh)
+            for (L kw = 0; kw < KW; ++kw) {
+                const L i = (c * KH + kh) * KW + kw;
+                off[i] = (c * HP + kh * DH) * WP + kw * DW;
+                for (L o = 0; o < OP; ++o) wt[i * OP + o] = o < O ? w[o * K + i] : 0;
+            }
+    /* the part of each image row inside P: columns w0 .. w1, rows h0 .. h1 */
+    const L w0 = PW < 0 ? -PW : 0, w1 = W < WP - PW ? W : WP - PW;
+    const L h0 = PH < 0 ? -PH : 0, h1 = H < HP - PH ? H : HP - PH;
     for (L b = b0; b < b1; ++b) {
         const T* restrict xb = x + b * C * H * W;
-        for (L c = 0; c < C; ++c)
-            for (L h = 0; h < H; ++h)
-                memcpy(scratch + (c * HP + h + PH) * WP + PW, xb + (c * H + h) * W,
-                       W * sizeof(T));
-        T* restrict yb = y + b * O * N;
-        for (L o0 = 0; o0 < O; o0 += 4) {
-            const L ob = O - o0 < 4 ? O - o0 : 4;
-            for (L oh = 0; oh < OH; ++oh) {
-                T acc[4][OW];
-                for (L j = 0; j < ob; ++j) {
-                    const T start = bias ? bias[o0 + j] : 0;
-                    for (L ow = 0; ow < OW; ++ow) acc[j][ow] = start;
+        if (w1 > w0)
+            for (L c = 0; c < C; ++c)
+                for (L h = h0; h < h1; ++h)
+                    memcpy(P + (c * HP + h + PH) * WP + w0 + PW, xb + (c * H + h) * W + w0,
+                           (w1 - w0) * sizeof(T));
+        T* restrict yb = y + b * O * OH * OW;
+        for (L o0 = 0; o0 < OP; o0 += 8) {
+            for (L p0 = 0; p0 < SPAN; p0 += 16) {
+                T acc[8][16] = {{0}};
+                for (L i = 0; i < K; ++i) {
+                    const T* restrict in = P + off[i] + p0;
+                    const T* restrict k = wt + i * OP + o0;
+                    for (L j = 0; j < 8; ++j)
+                        for (L v = 0; v < 16; ++v) acc[j][v] += k[j] * in[v];
                 }
-                for (L c = 0; c < C; ++c)
-                    for (L kh = 0; kh < KH; ++kh) {
-                        const T* restrict row = scratch + (c * HP + oh * SH + kh * DH) * WP;
-                        for (L kw = 0; kw < KW; ++kw) {
-                            const T* restrict in = row + kw * DW;
-                            if (ob == 4) {
-                                T k[4];
-                                for (L j = 0; j < 4; ++j)
-                                    k[j] = w[(((o0 + j) * C + c) * KH + kh) * KW + kw];
-                                if (SW == 1)
-                                    for (L ow = 0; ow < OW; ++ow) {
-                                        const T v = in[ow];
-                                        for (L j = 0; j < 4; ++j) acc[j][ow] += k[j] * v;
-                                    }
-                                else
-                                    for (L ow = 0; ow < OW; ++ow) {
-                                        const T v = in[ow * SW];
-                                        for (L j = 0; j < 4; ++j) acc[j][ow] += k[j] * v;
-                                    }
-                            } else
-                                for (L j = 0; j < ob; ++j) {
-                                    const T k = w[(((o0 + j) * C + c) * KH + kh) * KW + kw];
-                                    for (L ow = 0; ow < OW; ++ow) acc[j][ow] += k * in[ow * SW];
-                                }
-                        }
-                    }
-                for (L j = 0; j < ob; ++j)
-                    memcpy(yb + ((o0 + j) * OH + oh) * OW, acc[j], OW * sizeof(T));
+                for (L j = 0; j < 8; ++j)
+                    for (L v = 0; v < 16; ++v) z[j * SPAN + p0 + v] = acc[j][v];
+            }
+            for (L j = 0; j < 8 && o0 + j < O; ++j) {
+                const T start = bias ? bias[o0 + j] : 0;
+                for (L oh = 0; oh < OH; ++oh)
+                    for (L ow = 0; ow < OW; ++ow)
+                        yb[((o0 + j) * OH + oh) * OW + ow] = z[j * SPAN + oh * WP + ow] + start;
             }
         }
     }
+}
+
+/* At stride 1, images b0 .. b1's sums into dw (O, C, KH, KW) and db (O), which hold the
+   sums so far, without columns: dw[o][i] is the sum over images and positions p of
+   G[o][p] times P[off[i] + p], with P each image padded as conv_forward_direct pads it
+   and G its gy laid out on the same flat grid (zero where ow >= OW; a NaN or Inf in x
+   there would still reach dw, as it reaches y). Per tile of 4 output channels and
+   4 kernel cells the sums stay in registers over all the images, 8 positions at
+   a time. scratch: P of every image and 8 cells of slack, G of every image. */
+void conv_weight_grad_direct(gemm_t gemm, const T* restrict gy, const T* restrict x,
+                             const T* restrict w, T* restrict dx, T* restrict dw,
+                             T* restrict db, T* restrict scratch, const L b0, const L b1,
+                             const L C, const L H, const L W, const L O, const L KH, const L KW, const L OH, const L OW, const L SH, const L SW, const L PH, const L PW, const L DH, const L DW)
+{
+    (void)gemm; (void)w; (void)dx; (void)SH; (void)SW;
+    const L HP = OH + (KH - 1) * DH, WP = OW + (KW - 1) * DW, NB = b1 - b0;
+    const L K = C * KH * KW, KP = (K + 4 - 1) / 4 * 4;
+    const L OP = (O + 4 - 1) / 4 * 4;
+    const L span = (OH - 1) * WP + OW, SPAN = (span + 8 - 1) / 8 * 8;
+    const L PS = C * HP * WP, GS = OP * SPAN;
+    T* restrict P = scratch;
+    T* restrict G = P + NB * PS + 8;
+    L off[KP];
+    memset(P, 0, (NB * PS + 8) * sizeof(T));
+    memset(G, 0, NB * GS * sizeof(T));
+    for (L i = 0; i < KP; ++i) {
+        const L c = i / (KH * KW), kh = i / KW % KH, kw = i % KW;
+        off[i] = i < K ? (c * HP + kh * DH) * WP + kw * DW : 0;
+    }
+    const L w0 = PW < 0 ? -PW : 0, w1 = W < WP - PW ? W : WP - PW;
+    const L h0 = PH < 0 ? -PH : 0, h1 = H < HP - PH ? H : HP - PH;
+    for (L n = 0; n < NB; ++n) {
+        const T* restrict xb = x + (b0 + n) * C * H * W;
+        if (w1 > w0)
+            for (L c = 0; c < C; ++c)
+                for (L h = h0; h < h1; ++h)
+                    memcpy(P + n * PS + (c * HP + h + PH) * WP + w0 + PW,
+                           xb + (c * H + h) * W + w0, (w1 - w0) * sizeof(T));
+        const T* restrict g = gy + (b0 + n) * O * OH * OW;
+        for (L o = 0; o < O; ++o) {
+            T sum = 0;
+            for (L oh = 0; oh < OH; ++oh)
+                for (L ow = 0; ow < OW; ++ow) {
+                    const T v = g[(o * OH + oh) * OW + ow];
+                    G[n * GS + o * SPAN + oh * WP + ow] = v;
+                    sum += v;
+                }
+            db[o] += sum;
+        }
+    }
+    for (L o0 = 0; o0 < OP; o0 += 4)
+        for (L i0 = 0; i0 < KP; i0 += 4) {
+            vec acc[4][4];
+            _Pragma("GCC unroll 16")
+            for (L j = 0; j < 4; ++j)
+                _Pragma("GCC unroll 16")
+                for (L q = 0; q < 4; ++q) acc[j][q] = (vec){0};
+            for (L n = 0; n < NB; ++n) {
+                const T* restrict gz = G + n * GS + o0 * SPAN;
+                const T* restrict in[4];
+                for (L q = 0; q < 4; ++q) in[q] = P + n * PS + off[i0 + q];
+                for (L p0 = 0; p0 < SPAN; p0 += 8) {
+                    vec g[4], cells[4];
+                    _Pragma("GCC unroll 16")
+                    for (L j = 0; j < 4; ++j) {
+                        g[j] = *(const vec*)(gz + j * SPAN + p0);
+                        IN_REGISTER(g[j]);
+                    }
+                    _Pragma("GCC unroll 16")
+                    for (L q = 0; q < 4; ++q) {
+                        cells[q] = *(const vec*)(in[q] + p0);
+                        IN_REGISTER(cells[q]);
+                    }
+                    _Pragma("GCC unroll 16")
+                    for (L j = 0; j < 4; ++j)
+                        _Pragma("GCC unroll 16")
+                        for (L q = 0; q < 4; ++q) acc[j][q] += g[j] * cells[q];
+                }
+            }
+            for (L j = 0; j < 4 && o0 + j < O; ++j)
+                for (L q = 0; q < 4 && i0 + q < K; ++q) {
+                    T sum = 0;
+                    for (L v = 0; v < 8; ++v) sum += acc[j][q][v];
+                    dw[(o0 + j) * K + i0 + q] += sum;
+                }
+        }
 }
 
 /* Images b0 .. b1's sums into dw (O, C, KH, KW) and db (O), which hold the sums so far;
