@@ -268,3 +268,38 @@ def test_compile_reports_the_choice_per_layer(tmp_path):
     assert "timed in" in first.stdout and "conv1 " in first.stdout and "conv2 " in first.stdout
     assert "from the cache" in second.stdout
     assert (tmp_path / "native" / native_conv.CHOICES_FILE).exists()
+
+
+def test_the_native_executor_runs_the_kernels_and_the_host_does_not(choices_cache,
+                                                                     monkeypatch):
+    """A training step of LeNet-5 (a 1-channel first layer, 5x5 kernels, pad 2 and none)
+    on the native target convolves through this module, with the host's losses and
+    gradients; the host target's executor never comes here."""
+    from netdsl.lower import lower
+    from netdsl.runtime.execute import Executor
+    from netdsl.runtime.init import initial_params
+    from test_train_torch import random_batch, spec_lowered
+
+    graph = spec_lowered("lenet5").graph
+    host_lowered, native_lowered = lower(graph), lower(graph, "native")
+    params = initial_params(host_lowered.built, "torch", seed=0)
+    plain = Executor(host_lowered, params, dtype="float64")
+    native = Executor(native_lowered, params, dtype="float64")
+    # every layer takes the compiled kernels, whatever the timing would choose
+    calls = []
+
+    def always_direct(x, *args, **kwargs):
+        calls.append(x.shape)
+        return {"forward": "direct", "backward": "direct"}, None
+
+    monkeypatch.setattr(native_conv, "choose", always_direct)
+    batch = random_batch(plain.plan, 3, np.random.default_rng(0))
+    losses = []
+    for ex in (plain, native):
+        before = len(calls)
+        losses.append({k: float(v) for k, v in ex.forward(batch, training=True).items()})
+        ex.backward()
+        assert len(calls) - before == (4 if ex is native else 0)   # 2 layers, both ways
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+    np.testing.assert_allclose(native.flat_grads, plain.flat_grads, rtol=1e-10,
+                               atol=1e-12 * float(np.abs(plain.flat_grads).max()))
