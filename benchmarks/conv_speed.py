@@ -1,7 +1,7 @@
 """Single convolution layers: netdsl's NumPy path, the native target's compiled kernels
 and PyTorch, forward and backward, interleaved.
 
-    python benchmarks/conv_speed.py [--threads 1] [--repeats 15] [--batch 32]
+    python benchmarks/conv_speed.py [--threads 1] [--repeats 15] [--batch 32] [--only W3]
 
 The layers are those of W2 (LeNet-5), W3 (ResNet-20) and W6's 3x3 and 5x5 branches,
 float32. Per layer and side: the median of `--repeats` timings, the sides taking turns
@@ -36,10 +36,10 @@ LAYERS = [("W3 16@32", 16, 16, 32, 3, 1, 1), ("W3 32@16", 32, 32, 16, 3, 1, 1),
           ("W6 96->128@28", 96, 128, 28, 3, 1, 1), ("W6 16->32 5x5@28", 16, 32, 28, 5, 1, 2)]
 
 
-def _timed(fn) -> float:
-    began = time.perf_counter()
+def _timed(fn, clock=time.perf_counter) -> float:
+    began = clock()
     fn()
-    return (time.perf_counter() - began) * 1e3
+    return (clock() - began) * 1e3
 
 
 def main(argv=None) -> int:
@@ -47,15 +47,26 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--only", help="layers whose label holds this text, e.g. W3")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the calling thread's CPU time, not the wall clock: on a "
+                             "busy machine it leaves out the time other processes hold the "
+                             "core (one thread only)")
     args = parser.parse_args(argv)
+    if args.cpu_time and args.threads != 1:
+        parser.error("--cpu-time counts one thread's time: use it with --threads 1")
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     limiter = limit_blas(args.threads)  # noqa: F841  (it must stay referenced)
     torch.set_num_threads(args.threads)
     print(f"load average before: {load_average()}; {args.threads} thread(s), batch "
-          f"{args.batch}, median of {args.repeats}, ms")
+          f"{args.batch}, median of {args.repeats}, ms"
+          + (" of the thread's CPU time" if args.cpu_time else ""))
     print(f"{'layer':18} {'np fwd':>7} {'gemm':>6} {'direct':>6} {'torch':>6} | {'np bwd':>7} "
           f"{'gemm':>6} {'direct':>6} {'torch f+b':>9}")
     rng = np.random.default_rng(0)
     for label, c, o, size, k, s, p in LAYERS:
+        if args.only and args.only not in label:
+            continue
         g = Geometry.of((size, size), (k, k), (s, s), (1, 1), [(p, p)] * 2)
         x = rng.standard_normal((args.batch, c, size, size)).astype(np.float32)
         w = rng.standard_normal((o, c, k, k)).astype(np.float32)
@@ -81,7 +92,7 @@ def main(argv=None) -> int:
                 fn()
             for _ in range(args.repeats):
                 for name, fn in sides.items():
-                    times[name].append(_timed(fn))
+                    times[name].append(_timed(fn, clock))
         med = {name: statistics.median(t) for name, t in times.items()}
         cell = lambda name: f"{med[name]:6.2f}" if name in med else "     -"  # noqa: E731
         print(f"{label:18} {med['np fwd']:7.2f} {cell('gemm')} {cell('direct')} "
