@@ -84,8 +84,6 @@ def main(argv=None) -> int:
             "torch f+b": lambda: torch.autograd.grad(F.conv2d(tx, tw, stride=s, padding=p),
                                                      (tx, tw), tgy),
         }
-        if s != 1:
-            del sides["direct"], sides["bwd direct"]
         times = {name: [] for name in sides}
         with one_blas_thread(np):
             for fn in sides.values():

@@ -44,6 +44,8 @@ CASES = [
     (2, 4, 3, (8, 8), (1, 1), (1, 1), (0, 0), (1, 1)),       # 1x1
     (2, 4, 3, (10, 9), (3, 3), (1, 1), (2, 2), (2, 2)),      # dilation 2
     (2, 3, 4, (8, 9), (3, 2), (2, 1), (0, 1), (1, 1)),       # uneven kernel, stride, pad
+    (2, 3, 4, (11, 12), (5, 5), (2, 2), (2, 2), (1, 1)),     # 5x5 at stride 2
+    (2, 4, 5, (13, 11), (3, 3), (3, 2), (1, 0), (2, 1)),     # strides 3 and 2, dilation
     (2, 3, 5, (13,), (3,), (1,), (1,), (1,)),                # rank 1
     (2, 4, 2, (11,), (5,), (2,), (2,), (1,)),                # rank 1, stride 2
 ]
@@ -113,8 +115,7 @@ def test_kernels_equal_pytorch_and_numpy(case, dtype):
         np.testing.assert_allclose(ours, y, rtol=tol["rtol"], atol=tol["atol"] * scale)
         np.testing.assert_allclose(ours, numpy_y, rtol=tol["rtol"], atol=tol["atol"] * scale)
     theirs = convolve.conv_nd_backward.generic(np, gy, x, w, g, 1)
-    backwards = ["gemm"] + (["direct"] if native_conv._input_grad_geometry(g) else [])
-    weight_grad_only = native_conv._direct_fits(g) and "direct" not in backwards
+    backwards = ["gemm", "direct"]
     for kind in backwards:
         ours = native_conv.backward(gy, x, w, g, kind=kind)
         for got, want, numpy_value in zip(ours, (dx, dw, db), theirs):
@@ -126,24 +127,20 @@ def test_kernels_equal_pytorch_and_numpy(case, dtype):
         assert none_dx is None
         np.testing.assert_array_equal(only_dw, ours[1])
         np.testing.assert_array_equal(only_db, ours[2])
-    if weight_grad_only:   # a pad past the kernel's reach: the direct weight gradient alone
-        none_dx, only_dw, only_db = native_conv.backward(gy, x, w, g, need_dx=False,
-                                                         kind="direct")
-        np.testing.assert_allclose(only_dw, dw, rtol=tol["rtol"], atol=tol["atol"] * size)
-        np.testing.assert_allclose(only_db, db, rtol=tol["rtol"], atol=tol["atol"] * size)
 
 
 def test_the_kernels_cover_what_they_claim():
-    """The direct kernels run at stride 1 (any pad, dilation), the GEMM ones everywhere."""
+    """The direct kernels run at any stride and dilation without negative pads; dx by
+    the direct kernel at stride 1 where its pads on gy are not negative."""
     stride_2 = Geometry.of((9, 9), (3, 3), (2, 2), (1, 1), [(1, 1)] * 2)
     padded = Geometry.of((9, 9), (3, 3), (1, 1), (1, 1), [(1, 1)] * 2)
     past_reach = Geometry.of((9, 9), (1, 1), (1, 1), (1, 1), [(1, 1)] * 2)
-    assert not native_conv._direct_fits(stride_2) and native_conv._direct_fits(padded)
+    assert native_conv._direct_fits(stride_2) and native_conv._direct_fits(padded)
     assert native_conv._input_grad_geometry(stride_2) is None
     assert native_conv._input_grad_geometry(past_reach) is None
     assert native_conv._input_grad_geometry(padded).pads == ((1, 1), (1, 1))
-    assert sum(native_conv._direct_fits(Geometry.of(*c[3:5], c[5], c[7], [(p, p) for p in c[6]]))
-               for c in CASES) >= 7
+    assert all(native_conv._direct_fits(Geometry.of(*c[3:5], c[5], c[7], [(p, p) for p in c[6]]))
+               for c in CASES)
 
 
 @pytest.fixture

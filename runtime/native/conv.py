@@ -6,11 +6,11 @@ in float32 or float64, runs one of:
 
 - forward: `numpy` (ops.convolve's im2col and GEMM), `gemm` (netdsl.lower.native_conv's
   columns in C and one GEMM per image, written straight into y) or `direct` (no
-  columns; for few input channels);
+  columns; see lower/native_conv.py);
 - backward: `numpy`, `gemm` (the columns in C, the weight gradient's GEMM per image
-  summed in place, the input gradient's GEMM and col2im in C) or `direct` (at stride 1:
-  the weight gradient without columns, and the input gradient as the direct forward
-  kernel on gy with the weight flipped).
+  summed in place, the input gradient's GEMM and col2im in C) or `direct` (the weight
+  gradient without columns, and at stride 1 the input gradient as the direct forward
+  kernel on gy with the weight flipped; col2im's at other strides).
 
 Which one is timed once per layer shape (and dtype and threads): a few runs of each
 candidate on the real arrays, the fastest kept, in memory and in a JSON file beside the
@@ -104,8 +104,8 @@ def _sizes(x, weight, g: Geometry) -> tuple[int, ...]:
 
 
 def _direct_fits(g: Geometry) -> bool:
-    """The direct kernel runs at stride 1, with no negative pads."""
-    return all(s == 1 for s in g.stride) and all(lo >= 0 for lo, _ in g.pads)
+    """The direct kernels run at any stride and dilation, with no negative pads."""
+    return all(lo >= 0 for lo, _ in g.pads)
 
 
 def forward(kind: str, x, weight, bias, geometry: Geometry):
@@ -117,10 +117,7 @@ def forward(kind: str, x, weight, bias, geometry: Geometry):
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
-    dh, dw = sizes[12:]
-    scratch = (c * kh * kw * oh * ow if kind == "gemm" else
-               direct_scratch(str(x.dtype), c, o, c * kh * kw, (oh, ow),
-                              (oh + (kh - 1) * dh, ow + (kw - 1) * dw)))
+    scratch = (c * kh * kw * oh * ow if kind == "gemm" else direct_scratch(str(x.dtype), sizes))
 
     def run(part: slice) -> None:
         buffer = np.empty(scratch, dtype=x.dtype)
@@ -157,44 +154,47 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
     """(dx, dweight, dbias) of conv_nd through the compiled kernels; each slab of the
     batch sums its images' weight and bias gradients, and the slabs' sums are added up.
     `kind` "gemm": columns and a GEMM per image for dweight, col2im of the column
-    gradients for dx; "direct" (stride 1): the direct weight gradient, and dx by the
-    direct forward kernel on gy (where its pads are not past the kernel's reach, else
-    as "gemm")."""
-    if kind == "direct" and need_dx and _input_grad_geometry(geometry) is None:
-        kind = "gemm"
+    gradients for dx; "direct": the direct weight gradient, and at stride 1 dx by the
+    direct forward kernel on gy (unless its pads would be past the kernel's reach;
+    there, and at other strides, dx by col2im as "gemm")."""
     library, address = _library(str(x.dtype))
     sizes = _sizes(x, weight, geometry)
     c, o, kh, kw, oh, ow = sizes[0], sizes[3], sizes[4], sizes[5], sizes[6], sizes[7]
     gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
+    direct = kind == "direct"
+    dx_direct = need_dx and direct and _input_grad_geometry(geometry) is not None
+    col2im = need_dx and not dx_direct
     dx = None
-    if need_dx and kind == "direct":
+    if dx_direct:
         dx = forward("direct", gy, _flipped(weight), None, _input_grad_geometry(geometry))
     elif need_dx:
         dx = np.empty(x.shape, dtype=x.dtype)
-    col2im = need_dx and kind == "gemm"
-    if kind == "direct":
-        # the direct weight gradient sums over a chunk of images in one call (the scratch
-        # holds each padded): a small image's few positions would not fill its loops
-        function = library.conv_weight_grad_direct
-        padded = (oh + (kh - 1) * sizes[12], ow + (kw - 1) * sizes[13])
-        per_image = weight_grad_scratch(str(x.dtype), c, o, (oh, ow), padded)
-        scratch = lambda n: weight_grad_scratch(str(x.dtype), c, o, (oh, ow), padded, n)  # noqa: E731
-    else:
-        function, per_image = library.conv_backward_gemm, c * kh * kw * oh * ow
-        scratch = lambda n: per_image  # noqa: E731  one image's columns at a time
+    columns = c * kh * kw * oh * ow   # conv_backward_gemm's scratch: an image's columns
+    # the direct weight gradient sums over a chunk of images in one call (its scratch
+    # holds each padded): a small image's few positions would not fill its loops
+    per_image = weight_grad_scratch(str(x.dtype), sizes)
 
     def run(part: slice):
         dweight = np.zeros(weight.shape, dtype=x.dtype)
         dbias = np.zeros(o, dtype=x.dtype)
-        chunks = ([part] if kind != "direct" else
-                  [slice(part.start + s.start, part.start + s.stop) for s in
-                   parallel.batch_chunks(np, part.stop - part.start, per_image * x.itemsize)])
-        buffer = np.empty(scratch(chunks[0].stop - chunks[0].start), dtype=x.dtype)
-        for chunk in chunks:
-            function(address, gy.ctypes.data, x.ctypes.data, weight.ctypes.data,
-                     dx.ctypes.data if col2im else None, dweight.ctypes.data,
-                     dbias.ctypes.data, buffer.ctypes.data, chunk.start, chunk.stop, *sizes)
+        pointers = [gy.ctypes.data, x.ctypes.data, weight.ctypes.data]
+        if direct:
+            n = part.stop - part.start
+            chunks = parallel.batch_chunks(np, n, per_image * x.itemsize)
+            buffer = np.empty(weight_grad_scratch(str(x.dtype), sizes, chunks[0].stop),
+                              dtype=x.dtype)
+            for chunk in chunks:
+                library.conv_weight_grad_direct(
+                    address, *pointers, None, dweight.ctypes.data, dbias.ctypes.data,
+                    buffer.ctypes.data, part.start + chunk.start, part.start + chunk.stop,
+                    *sizes)
+        if col2im or not direct:   # dx by col2im, and dweight by GEMM unless done above
+            buffer = np.empty(columns, dtype=x.dtype)
+            library.conv_backward_gemm(
+                address, *pointers, dx.ctypes.data if col2im else None,
+                None if direct else dweight.ctypes.data, dbias.ctypes.data,
+                buffer.ctypes.data, part.start, part.stop, *sizes)
         return dweight, dbias
 
     partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * kh * kw)
@@ -284,7 +284,7 @@ def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=Tr
     backwards = {"numpy": lambda: convolve.conv_nd_backward.generic(np, gy, x, weight,
                                                                    geometry, groups, need_dx),
                  "gemm": lambda: backward(gy, x, weight, geometry, need_dx)}
-    if _direct_fits(geometry) and (not need_dx or _input_grad_geometry(geometry)):
+    if _direct_fits(geometry):
         backwards["direct"] = lambda: backward(gy, x, weight, geometry, need_dx, "direct")
     back, _ = _fastest(backwards)
     choice = _choices[_key(x, weight, geometry, groups)] = {"forward": kind, "backward": back}

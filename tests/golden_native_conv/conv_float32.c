@@ -76,6 +76,44 @@ static void add_columns(const T* restrict dcols, T* restrict dx, const L C, cons
             }
 }
 
+/* The direct kernels' padded image P: every cell a window reads, (HP, WP) per channel,
+   split by stride into SH * SW phase planes (C, HQ, WQ) each, a cell (hp, wp) in plane
+   (hp % SH, wp % SW) at (hp / SH, wp / SW). Output position p = oh * WQ + ow then reads
+   plane cell p + plane_offset(c, kh, kw) at any stride: a run of positions reads a run
+   of P. At stride 1 there is one plane, the padded image itself. */
+#define PLANES_LAYOUT     const L HP = (OH - 1) * SH + (KH - 1) * DH + 1, WP = (OW - 1) * SW + (KW - 1) * DW + 1;     const L HQ = (HP + SH - 1) / SH, WQ = (WP + SW - 1) / SW, PS = SH * SW * C * HQ * WQ
+
+static L plane_offset(L c, L kh, L kw, const L C, const L HQ, const L WQ, const L SH,
+                      const L SW, const L DH, const L DW)
+{
+    const L h = kh * DH, w = kw * DW;
+    return (((h % SH) * SW + w % SW) * C + c) * HQ * WQ + (h / SH) * WQ + w / SW;
+}
+
+/* Image xb (C, H, W) into P's planes, whose padding is zero already. */
+static void fill_planes(const T* restrict xb, T* restrict P, const L C, const L H, const L W,
+                        const L HP, const L WP, const L HQ, const L WQ, const L SH,
+                        const L SW, const L PH, const L PW)
+{
+    const L w0 = PW < 0 ? -PW : 0, w1 = W < WP - PW ? W : WP - PW;
+    const L h0 = PH < 0 ? -PH : 0, h1 = H < HP - PH ? H : HP - PH;
+    if (w1 <= w0) return;
+    for (L c = 0; c < C; ++c)
+        for (L h = h0; h < h1; ++h) {
+            const L hp = h + PH;
+            const T* restrict in = xb + (c * H + h) * W;
+            T* restrict row = P + (((hp % SH) * SW) * C + c) * HQ * WQ + (hp / SH) * WQ;
+            if (SW == 1)
+                memcpy(row + w0 + PW, in + w0, (w1 - w0) * sizeof(T));
+            else   /* a plane at a time: its cells are every SW-th of the row */
+                for (L rw = 0; rw < SW; ++rw) {
+                    T* restrict out = row + rw * C * HQ * WQ;
+                    L wp = w0 + PW + ((rw - (w0 + PW) % SW) % SW + SW) % SW;
+                    for (L q = wp / SW; wp < w1 + PW; wp += SW, ++q) out[q] = in[wp - PW];
+                }
+        }
+}
+
 /* y (B, O, OH, OW) of images b0 .. b1; scratch holds one image's columns. */
 void conv_forward_gemm(gemm_t gemm, const T* restrict x, const T* restrict w,
                        const T* restrict bias, T* restrict y, T* restrict scratch,
@@ -92,44 +130,34 @@ void conv_forward_gemm(gemm_t gemm, const T* restrict x, const T* restrict w,
     }
 }
 
-/* y (B, O, OH, OW) of images b0 .. b1 at stride 1, without columns. Each image is
-   copied once into P (C, HP, WP), padded so that every window lies inside; read as one
-   flat run per channel, output position p = oh * WP + ow reads P at p + off[i] for
-   the kernel cell i = (c, kh, kw), so a run of positions reads a run of P (positions
-   with ow >= OW are computed and dropped). Per block of 8 output channels and 32
-   positions the sums stay in registers while every cell adds its weights (wt,
-   (K, O) padded to whole blocks) times 32 cells of P; z holds a block's rows until
-   they are copied to y. scratch: P and 32 cells of slack, wt, z. */
+/* y (B, O, OH, OW) of images b0 .. b1 without columns. Each image is copied once into
+   P (above), read as flat runs: per block of 8 output channels and 32 positions the
+   sums stay in registers while every kernel cell i = (c, kh, kw) adds its weights (wt,
+   (K, O) padded to whole blocks) times 32 cells of P from off[i] on (positions with
+   ow >= OW are computed and dropped); z holds a block's rows until they are copied to
+   y. scratch: P and 32 cells of slack, wt, z. */
 void conv_forward_direct(gemm_t gemm, const T* restrict x, const T* restrict w,
                          const T* restrict bias, T* restrict y, T* restrict scratch,
                          const L b0, const L b1, const L C, const L H, const L W, const L O, const L KH, const L KW, const L OH, const L OW, const L SH, const L SW, const L PH, const L PW, const L DH, const L DW)
 {
-    (void)gemm; (void)SH; (void)SW;
-    const L HP = OH + (KH - 1) * DH, WP = OW + (KW - 1) * DW;
+    (void)gemm;
+    PLANES_LAYOUT;
     const L K = C * KH * KW, OP = (O + 8 - 1) / 8 * 8;
-    const L span = (OH - 1) * WP + OW, SPAN = (span + 32 - 1) / 32 * 32;
+    const L span = (OH - 1) * WQ + OW, SPAN = (span + 32 - 1) / 32 * 32;
     T* restrict P = scratch;
-    T* restrict wt = P + C * HP * WP + 32;
+    T* restrict wt = P + PS + 32;
     T* restrict z = wt + K * OP;
     L off[K];
-    memset(P, 0, (C * HP * WP + 32) * sizeof(T));
+    memset(P, 0, (PS + 32) * sizeof(T));
     for (L c = 0; c < C; ++c)
         for (L kh = 0; kh < KH; ++kh)
             for (L kw = 0; kw < KW; ++kw) {
                 const L i = (c * KH + kh) * KW + kw;
-                off[i] = (c * HP + kh * DH) * WP + kw * DW;
+                off[i] = plane_offset(c, kh, kw, C, HQ, WQ, SH, SW, DH, DW);
                 for (L o = 0; o < OP; ++o) wt[i * OP + o] = o < O ? w[o * K + i] : 0;
             }
-    /* the part of each image row inside P: columns w0 .. w1, rows h0 .. h1 */
-    const L w0 = PW < 0 ? -PW : 0, w1 = W < WP - PW ? W : WP - PW;
-    const L h0 = PH < 0 ? -PH : 0, h1 = H < HP - PH ? H : HP - PH;
     for (L b = b0; b < b1; ++b) {
-        const T* restrict xb = x + b * C * H * W;
-        if (w1 > w0)
-            for (L c = 0; c < C; ++c)
-                for (L h = h0; h < h1; ++h)
-                    memcpy(P + (c * HP + h + PH) * WP + w0 + PW, xb + (c * H + h) * W + w0,
-                           (w1 - w0) * sizeof(T));
+        fill_planes(x + b * C * H * W, P, C, H, W, HP, WP, HQ, WQ, SH, SW, PH, PW);
         T* restrict yb = y + b * O * OH * OW;
         for (L o0 = 0; o0 < OP; o0 += 8) {
             for (L p0 = 0; p0 < SPAN; p0 += 32) {
@@ -147,55 +175,48 @@ void conv_forward_direct(gemm_t gemm, const T* restrict x, const T* restrict w,
                 const T start = bias ? bias[o0 + j] : 0;
                 for (L oh = 0; oh < OH; ++oh)
                     for (L ow = 0; ow < OW; ++ow)
-                        yb[((o0 + j) * OH + oh) * OW + ow] = z[j * SPAN + oh * WP + ow] + start;
+                        yb[((o0 + j) * OH + oh) * OW + ow] = z[j * SPAN + oh * WQ + ow] + start;
             }
         }
     }
 }
 
-/* At stride 1, images b0 .. b1's sums into dw (O, C, KH, KW) and db (O), which hold the
-   sums so far, without columns: dw[o][i] is the sum over images and positions p of
-   G[o][p] times P[off[i] + p], with P each image padded as conv_forward_direct pads it
-   and G its gy laid out on the same flat grid (zero where ow >= OW; a NaN or Inf in x
-   there would still reach dw, as it reaches y). Per tile of 4 output channels and
-   4 kernel cells the sums stay in registers over all the images, 16 positions at
-   a time. scratch: P of every image and 16 cells of slack, G of every image. */
+/* Images b0 .. b1's sums into dw (O, C, KH, KW) and db (O), which hold the sums so far,
+   without columns: dw[o][i] is the sum over images and positions p of G[o][p] times
+   P[off[i] + p], with P each image's planes as conv_forward_direct makes them and G its
+   gy laid out on the same flat grid (zero where ow >= OW; a NaN or Inf in x there would
+   still reach dw, as it reaches y). Per tile of 4 output channels and 4 kernel
+   cells the sums stay in registers over all the images, 16 positions at a time.
+   scratch: P of every image and 16 cells of slack, G of every image. */
 void conv_weight_grad_direct(gemm_t gemm, const T* restrict gy, const T* restrict x,
                              const T* restrict w, T* restrict dx, T* restrict dw,
                              T* restrict db, T* restrict scratch, const L b0, const L b1,
                              const L C, const L H, const L W, const L O, const L KH, const L KW, const L OH, const L OW, const L SH, const L SW, const L PH, const L PW, const L DH, const L DW)
 {
-    (void)gemm; (void)w; (void)dx; (void)SH; (void)SW;
-    const L HP = OH + (KH - 1) * DH, WP = OW + (KW - 1) * DW, NB = b1 - b0;
-    const L K = C * KH * KW, KP = (K + 4 - 1) / 4 * 4;
+    (void)gemm; (void)w; (void)dx;
+    PLANES_LAYOUT;
+    const L NB = b1 - b0, K = C * KH * KW, KP = (K + 4 - 1) / 4 * 4;
     const L OP = (O + 4 - 1) / 4 * 4;
-    const L span = (OH - 1) * WP + OW, SPAN = (span + 16 - 1) / 16 * 16;
-    const L PS = C * HP * WP, GS = OP * SPAN;
+    const L span = (OH - 1) * WQ + OW, SPAN = (span + 16 - 1) / 16 * 16;
+    const L GS = OP * SPAN;
     T* restrict P = scratch;
     T* restrict G = P + NB * PS + 16;
     L off[KP];
     memset(P, 0, (NB * PS + 16) * sizeof(T));
     memset(G, 0, NB * GS * sizeof(T));
-    for (L i = 0; i < KP; ++i) {
-        const L c = i / (KH * KW), kh = i / KW % KH, kw = i % KW;
-        off[i] = i < K ? (c * HP + kh * DH) * WP + kw * DW : 0;
-    }
-    const L w0 = PW < 0 ? -PW : 0, w1 = W < WP - PW ? W : WP - PW;
-    const L h0 = PH < 0 ? -PH : 0, h1 = H < HP - PH ? H : HP - PH;
+    for (L i = 0; i < KP; ++i)
+        off[i] = i < K ? plane_offset(i / (KH * KW), i / KW % KH, i % KW, C, HQ, WQ, SH, SW,
+                                      DH, DW) : 0;
     for (L n = 0; n < NB; ++n) {
-        const T* restrict xb = x + (b0 + n) * C * H * W;
-        if (w1 > w0)
-            for (L c = 0; c < C; ++c)
-                for (L h = h0; h < h1; ++h)
-                    memcpy(P + n * PS + (c * HP + h + PH) * WP + w0 + PW,
-                           xb + (c * H + h) * W + w0, (w1 - w0) * sizeof(T));
+        fill_planes(x + (b0 + n) * C * H * W, P + n * PS, C, H, W, HP, WP, HQ, WQ, SH, SW,
+                    PH, PW);
         const T* restrict g = gy + (b0 + n) * O * OH * OW;
         for (L o = 0; o < O; ++o) {
             T sum = 0;
             for (L oh = 0; oh < OH; ++oh)
                 for (L ow = 0; ow < OW; ++ow) {
                     const T v = g[(o * OH + oh) * OW + ow];
-                    G[n * GS + o * SPAN + oh * WP + ow] = v;
+                    G[n * GS + o * SPAN + oh * WQ + ow] = v;
                     sum += v;
                 }
             db[o] += sum;
@@ -239,8 +260,9 @@ void conv_weight_grad_direct(gemm_t gemm, const T* restrict gy, const T* restric
         }
 }
 
-/* Images b0 .. b1's sums into dw (O, C, KH, KW) and db (O), which hold the sums so far;
-   their dx (B, C, H, W) unless dx is NULL. scratch holds one image's columns. */
+/* Images b0 .. b1's sums into dw (O, C, KH, KW) and db (O), which hold the sums so far,
+   unless dw is NULL; their dx (B, C, H, W) unless dx is NULL. scratch holds one image's
+   columns. */
 void conv_backward_gemm(gemm_t gemm, const T* restrict gy, const T* restrict x,
                         const T* restrict w, T* restrict dx, T* restrict dw, T* restrict db,
                         T* restrict scratch, const L b0, const L b1, const L C, const L H, const L W, const L O, const L KH, const L KW, const L OH, const L OW, const L SH, const L SW, const L PH, const L PW, const L DH, const L DW)
@@ -248,13 +270,16 @@ void conv_backward_gemm(gemm_t gemm, const T* restrict gy, const T* restrict x,
     const L N = OH * OW, K = C * KH * KW;
     for (L b = b0; b < b1; ++b) {
         const T* restrict g = gy + b * O * N;
-        for (L o = 0; o < O; ++o) {
-            T sum = 0;
-            for (L i = 0; i < N; ++i) sum += g[o * N + i];
-            db[o] += sum;
+        if (dw) {
+            for (L o = 0; o < O; ++o) {
+                T sum = 0;
+                for (L i = 0; i < N; ++i) sum += g[o * N + i];
+                db[o] += sum;
+            }
+            columns(x + b * C * H * W, scratch, C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW,
+                    DH, DW);
+            gemm(101, 111, 112, O, K, N, 1, g, N, scratch, N, 1, dw, K);
         }
-        columns(x + b * C * H * W, scratch, C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW);
-        gemm(101, 111, 112, O, K, N, 1, g, N, scratch, N, 1, dw, K);
         if (dx) {
             gemm(101, 112, 111, K, N, O, 1, w, K, g, N, 0, scratch, N);
             add_columns(scratch, dx + b * C * H * W, C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW,
