@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, assert_golden, run_netc
-from netdsl.lower.native_conv import conv_module
+from netdsl.lower.native_conv import conv_module, direct_blocks, direct_kernel
 from netdsl.ops import convolve
 from netdsl.ops.windows import Geometry
 from netdsl.runtime import host
@@ -107,10 +107,10 @@ def test_kernels_equal_pytorch_and_numpy(case, dtype):
     y, dx, dw, db = _torch(case, x, w, bias, gy)
     scale = float(np.abs(x).max() * np.abs(w).sum(axis=0).max()) + 1
     tol = _tolerance(dtype)
-    kinds = ["gemm"] + (["direct"] if native_conv._direct_fits(g) else [])
     numpy_y = convolve.conv_nd.generic(np, x, w, bias, g, 1)
-    for kind in kinds:
-        ours = native_conv.forward(kind, x, w, bias, g)
+    kernels = [("gemm", None)] + [("direct", k) for k in direct_blocks(dtype)]
+    for kind, kernel in kernels:
+        ours = native_conv.forward(kind, x, w, bias, g, kernel)
         assert ours.dtype == np.dtype(dtype) and ours.shape == y.shape
         np.testing.assert_allclose(ours, y, rtol=tol["rtol"], atol=tol["atol"] * scale)
         np.testing.assert_allclose(ours, numpy_y, rtol=tol["rtol"], atol=tol["atol"] * scale)
@@ -143,6 +143,18 @@ def test_the_kernels_cover_what_they_claim():
                for c in CASES)
 
 
+def test_small_images_take_the_narrow_direct_kernel():
+    """ResNet's 8x8 planes (78 positions: 96 in blocks of 32) take the narrow kernel, its
+    32x32 and 16x16 ones (1086 and 286 positions) the wide one."""
+    def kernel(size):
+        x = np.empty((1, 4, size, size))
+        g = Geometry.of((size, size), (3, 3), (1, 1), (1, 1), [(1, 1)] * 2)
+        return direct_kernel("float32", native_conv._sizes(x, np.empty((4, 4, 3, 3)), g))
+
+    assert kernel(8) == "conv_forward_direct_narrow"
+    assert kernel(16) == kernel(32) == "conv_forward_direct"
+
+
 @pytest.fixture
 def two_threads(monkeypatch):
     """The host lends two threads, whatever BLAS has here."""
@@ -157,9 +169,9 @@ def test_slabs_on_two_threads_equal_one_slab(two_threads, monkeypatch):
     seen = []
     real = host._slabs
     monkeypatch.setattr(host, "_slabs", lambda *a: seen.append(r := real(*a)) or r)
-    for kind in ("gemm", "direct"):
-        np.testing.assert_allclose(native_conv.forward(kind, x, w, bias, g), y, rtol=1e-12,
-                                   atol=1e-12 * float(np.abs(y).max()))
+    for kind, kernel in [("gemm", None)] + [("direct", k) for k in direct_blocks("float64")]:
+        np.testing.assert_allclose(native_conv.forward(kind, x, w, bias, g, kernel), y,
+                                   rtol=1e-12, atol=1e-12 * float(np.abs(y).max()))
     for kind in ("gemm", "direct"):
         ours = native_conv.backward(gy, x, w, g, kind=kind)
         for got, want in zip(ours, (dx, dw, db)):

@@ -25,13 +25,14 @@ from __future__ import annotations
 from netdsl.lower.cuda import CTYPES
 
 __all__ = ["conv_module", "FUNCTIONS", "OUTPUT_BLOCK", "GEOMETRY", "lanes", "planes",
+           "direct_blocks", "direct_kernel",
            "direct_scratch", "weight_grad_scratch"]
 
 # the geometry arguments every function takes, in order
 GEOMETRY = ("C", "H", "W", "O", "KH", "KW", "OH", "OW", "SH", "SW", "PH", "PW", "DH", "DW")
 
-FUNCTIONS = ("conv_forward_gemm", "conv_forward_direct", "conv_weight_grad_direct",
-             "conv_backward_gemm")
+FUNCTIONS = ("conv_forward_gemm", "conv_forward_direct", "conv_forward_direct_narrow",
+             "conv_weight_grad_direct", "conv_backward_gemm")
 
 # output channels the direct kernel accumulates at once: each row of the padded image it
 # loads is used OUTPUT_BLOCK times, and OUTPUT_BLOCK output rows stay in the cache
@@ -53,14 +54,33 @@ def conv_module(dtype: str, index_type: str, gemm: str) -> str:
     """The C module of the convolution kernels for `dtype`, calling CBLAS's GEMM of the
     integer type `index_type` (named `gemm` in a comment)."""
     t = CTYPES[dtype]
-    return _TEMPLATE.format(T=t, I=index_type, gemm=gemm, SIZES=_SIZES, OB=OUTPUT_BLOCK,
-                            V=lanes(dtype), W=lanes(dtype) // 2, IB=CELL_BLOCK, GB=OUTPUT_BLOCK // 2,
+    direct = "".join(_DIRECT.format(NAME=name, OB=blocks, V=positions, SIZES=_SIZES)
+                     for name, (blocks, positions) in direct_blocks(dtype).items())
+    return _TEMPLATE.format(T=t, I=index_type, gemm=gemm, SIZES=_SIZES, DIRECT=direct,
+                            W=lanes(dtype) // 2, IB=CELL_BLOCK, GB=OUTPUT_BLOCK // 2,
                             RM=ROW_MAJOR, N=NO_TRANS, TR=TRANS)
 
 
 def lanes(dtype: str) -> int:
     """Output positions the direct kernel sums at once: two 64-byte vectors' worth."""
     return 2 * 64 // CTYPE_SIZES[dtype]
+
+
+def direct_blocks(dtype: str) -> dict[str, tuple[int, int]]:
+    """The direct forward kernels: name -> (output channels, positions) summed at once in
+    registers. The narrow one, one vector of positions by twice the channels, wastes
+    fewer positions on a small image (ResNet's 8x8 planes: 78 positions, 96 in blocks of
+    32, 80 in blocks of 16)."""
+    return {"conv_forward_direct": (OUTPUT_BLOCK, lanes(dtype)),
+            "conv_forward_direct_narrow": (2 * OUTPUT_BLOCK, lanes(dtype) // 2)}
+
+
+def direct_kernel(dtype: str, sizes) -> str:
+    """The direct forward kernel for GEOMETRY's values `sizes`: the narrow one where the
+    wide one's blocks would add more than an eighth to the positions."""
+    span = _span(sizes, 1)
+    return ("conv_forward_direct_narrow" if _span(sizes, lanes(dtype)) * 8 > span * 9
+            else "conv_forward_direct")
 
 
 def planes(sizes) -> int:
@@ -78,12 +98,12 @@ def _span(sizes, block: int) -> int:
     return -(-((oh - 1) * wq + ow) // block) * block
 
 
-def direct_scratch(dtype: str, sizes) -> int:
-    """Elements of conv_forward_direct's scratch: P and its slack, the weights (K, O) in
-    whole blocks, and a block's output rows."""
-    c, o, kh, kw, v = sizes[0], sizes[3], sizes[4], sizes[5], lanes(dtype)
-    blocks = -(-o // OUTPUT_BLOCK) * OUTPUT_BLOCK
-    return planes(sizes) + v + c * kh * kw * blocks + OUTPUT_BLOCK * _span(sizes, v)
+def direct_scratch(dtype: str, sizes, kernel: str) -> int:
+    """Elements of a direct forward kernel's scratch: P and its slack, the weights
+    (K, O) in whole blocks, and a block's output rows."""
+    c, o, kh, kw = sizes[0], sizes[3], sizes[4], sizes[5]
+    ob, v = direct_blocks(dtype)[kernel]
+    return planes(sizes) + v + c * kh * kw * -(-o // ob) * ob + ob * _span(sizes, v)
 
 
 def weight_grad_scratch(dtype: str, sizes, images: int = 1) -> int:
@@ -94,6 +114,75 @@ def weight_grad_scratch(dtype: str, sizes, images: int = 1) -> int:
     return images * (planes(sizes) + blocks * _span(sizes, w)) + w
 
 
+_DIRECT = """\
+/* y (B, O, OH, OW) of images b0 .. b1 without columns. Each image is copied once into
+   P (above), read as flat runs: per block of {OB} output channels and {V} positions the
+   sums stay in registers while every kernel cell i = (c, kh, kw) adds its weights (wt,
+   (K, O) padded to whole blocks) times {V} cells of P from off[i] on (positions with
+   ow >= OW are computed and dropped); z holds a block's rows until they are copied to
+   y. scratch: P and {V} cells of slack, wt, z. */
+void {NAME}(gemm_t gemm, const T* restrict x, const T* restrict w,
+                         const T* restrict bias, T* restrict y, T* restrict scratch,
+                         const L b0, const L b1, {SIZES})
+{{
+    (void)gemm;
+    PLANES_LAYOUT;
+    const L K = C * KH * KW, OP = (O + {OB} - 1) / {OB} * {OB};
+    const L span = (OH - 1) * WQ + OW, SPAN = (span + {V} - 1) / {V} * {V};
+    T* restrict P = scratch;
+    T* restrict wt = P + PS + {V};
+    T* restrict z = wt + K * OP;
+    L off[K];
+    memset(P, 0, (PS + {V}) * sizeof(T));
+    for (L c = 0; c < C; ++c)
+        for (L kh = 0; kh < KH; ++kh)
+            for (L kw = 0; kw < KW; ++kw) {{
+                const L i = (c * KH + kh) * KW + kw;
+                off[i] = plane_offset(c, kh, kw, C, HQ, WQ, SH, SW, DH, DW);
+                for (L o = 0; o < OP; ++o) wt[i * OP + o] = o < O ? w[o * K + i] : 0;
+            }}
+    for (L b = b0; b < b1; ++b) {{
+        fill_planes(x + b * C * H * W, P, C, H, W, HP, WP, HQ, WQ, SH, SW, PH, PW);
+        T* restrict yb = y + b * O * OH * OW;
+        for (L o0 = 0; o0 < OP; o0 += {OB}) {{
+            for (L p0 = 0; p0 < SPAN; p0 += {V}) {{
+                vec acc[{OB}][{V} / VL];
+                _Pragma("GCC unroll 16")
+                for (L j = 0; j < {OB}; ++j)
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < {V} / VL; ++u) acc[j][u] = (vec){{0}};
+                for (L i = 0; i < K; ++i) {{
+                    const T* restrict in = P + off[i] + p0;
+                    const T* restrict k = wt + i * OP + o0;
+                    vec cells[{V} / VL];
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < {V} / VL; ++u) {{
+                        cells[u] = *(const vec*)(in + u * VL);
+                        IN_REGISTER(cells[u]);
+                    }}
+                    _Pragma("GCC unroll 16")
+                    for (L j = 0; j < {OB}; ++j)
+                        _Pragma("GCC unroll 4")
+                        for (L u = 0; u < {V} / VL; ++u) acc[j][u] += k[j] * cells[u];
+                }}
+                _Pragma("GCC unroll 16")
+                for (L j = 0; j < {OB}; ++j)
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < {V} / VL; ++u)
+                        *(vec*)(z + j * SPAN + p0 + u * VL) = acc[j][u];
+            }}
+            for (L j = 0; j < {OB} && o0 + j < O; ++j) {{
+                const T start = bias ? bias[o0 + j] : 0;
+                for (L oh = 0; oh < OH; ++oh)
+                    for (L ow = 0; ow < OW; ++ow)
+                        yb[((o0 + j) * OH + oh) * OW + ow] = z[j * SPAN + oh * WQ + ow] + start;
+            }}
+        }}
+    }}
+}}
+
+"""
+
 _TEMPLATE = """\
 #include <string.h>
 
@@ -103,7 +192,8 @@ typedef {T} T;
 typedef {I} I;
 typedef void (*gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
 /* a vector of {W} elements (GCC's and Clang's vector extension), at any element's address */
-typedef T vec __attribute__((vector_size({W} * sizeof(T)), aligned(sizeof(T))));
+enum {{ VL = {W} }};
+typedef T vec __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T))));
 /* a loaded vector stays in a register: GCC would otherwise load it again for each use,
    and the loads, not the multiplications, would bound the loop */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -229,58 +319,7 @@ void conv_forward_gemm(gemm_t gemm, const T* restrict x, const T* restrict w,
     }}
 }}
 
-/* y (B, O, OH, OW) of images b0 .. b1 without columns. Each image is copied once into
-   P (above), read as flat runs: per block of {OB} output channels and {V} positions the
-   sums stay in registers while every kernel cell i = (c, kh, kw) adds its weights (wt,
-   (K, O) padded to whole blocks) times {V} cells of P from off[i] on (positions with
-   ow >= OW are computed and dropped); z holds a block's rows until they are copied to
-   y. scratch: P and {V} cells of slack, wt, z. */
-void conv_forward_direct(gemm_t gemm, const T* restrict x, const T* restrict w,
-                         const T* restrict bias, T* restrict y, T* restrict scratch,
-                         const L b0, const L b1, {SIZES})
-{{
-    (void)gemm;
-    PLANES_LAYOUT;
-    const L K = C * KH * KW, OP = (O + {OB} - 1) / {OB} * {OB};
-    const L span = (OH - 1) * WQ + OW, SPAN = (span + {V} - 1) / {V} * {V};
-    T* restrict P = scratch;
-    T* restrict wt = P + PS + {V};
-    T* restrict z = wt + K * OP;
-    L off[K];
-    memset(P, 0, (PS + {V}) * sizeof(T));
-    for (L c = 0; c < C; ++c)
-        for (L kh = 0; kh < KH; ++kh)
-            for (L kw = 0; kw < KW; ++kw) {{
-                const L i = (c * KH + kh) * KW + kw;
-                off[i] = plane_offset(c, kh, kw, C, HQ, WQ, SH, SW, DH, DW);
-                for (L o = 0; o < OP; ++o) wt[i * OP + o] = o < O ? w[o * K + i] : 0;
-            }}
-    for (L b = b0; b < b1; ++b) {{
-        fill_planes(x + b * C * H * W, P, C, H, W, HP, WP, HQ, WQ, SH, SW, PH, PW);
-        T* restrict yb = y + b * O * OH * OW;
-        for (L o0 = 0; o0 < OP; o0 += {OB}) {{
-            for (L p0 = 0; p0 < SPAN; p0 += {V}) {{
-                T acc[{OB}][{V}] = {{{{0}}}};
-                for (L i = 0; i < K; ++i) {{
-                    const T* restrict in = P + off[i] + p0;
-                    const T* restrict k = wt + i * OP + o0;
-                    for (L j = 0; j < {OB}; ++j)
-                        for (L v = 0; v < {V}; ++v) acc[j][v] += k[j] * in[v];
-                }}
-                for (L j = 0; j < {OB}; ++j)
-                    for (L v = 0; v < {V}; ++v) z[j * SPAN + p0 + v] = acc[j][v];
-            }}
-            for (L j = 0; j < {OB} && o0 + j < O; ++j) {{
-                const T start = bias ? bias[o0 + j] : 0;
-                for (L oh = 0; oh < OH; ++oh)
-                    for (L ow = 0; ow < OW; ++ow)
-                        yb[((o0 + j) * OH + oh) * OW + ow] = z[j * SPAN + oh * WQ + ow] + start;
-            }}
-        }}
-    }}
-}}
-
-/* Images b0 .. b1's sums into dw (O, C, KH, KW) and db (O), which hold the sums so far,
+{DIRECT}/* Images b0 .. b1's sums into dw (O, C, KH, KW) and db (O), which hold the sums so far,
    without columns: dw[o][i] is the sum over images and positions p of G[o][p] times
    P[off[i] + p], with P each image's planes as conv_forward_direct makes them and G its
    gy laid out on the same flat grid (zero where ow >= OW; a NaN or Inf in x there would

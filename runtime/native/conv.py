@@ -33,8 +33,8 @@ from functools import lru_cache
 import numpy as np
 
 from netdsl import atomic
-from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, conv_module, direct_scratch,
-                                      weight_grad_scratch)
+from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, conv_module, direct_kernel,
+                                      direct_scratch, weight_grad_scratch)
 from netdsl.ops import convolve, parallel
 from netdsl.ops.windows import Geometry
 from netdsl.runtime.host import host_threads, one_blas_thread
@@ -108,16 +108,22 @@ def _direct_fits(g: Geometry) -> bool:
     return all(lo >= 0 for lo, _ in g.pads)
 
 
-def forward(kind: str, x, weight, bias, geometry: Geometry):
-    """y of conv_nd through the compiled kernel `kind` ("gemm" or "direct")."""
+def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None = None):
+    """y of conv_nd through the compiled kernel `kind` ("gemm" or "direct"; the direct
+    kernel of lower.native_conv.direct_kernel unless `kernel` names one)."""
     library, address = _library(str(x.dtype))
-    function = getattr(library, f"conv_forward_{kind}")
     sizes = _sizes(x, weight, geometry)
-    c, _, _, o, kh, kw, oh, ow = sizes[:8]
+    dtype = str(x.dtype)
+    if kind == "direct":
+        kernel = kernel or direct_kernel(dtype, sizes)
+        scratch = direct_scratch(dtype, sizes, kernel)
+    else:
+        kernel, scratch = "conv_forward_gemm", math.prod(sizes[i] for i in (0, 4, 5, 6, 7))
+    function = getattr(library, kernel)
+    o, kh, kw = sizes[3], sizes[4], sizes[5]
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
-    scratch = (c * kh * kw * oh * ow if kind == "gemm" else direct_scratch(str(x.dtype), sizes))
 
     def run(part: slice) -> None:
         buffer = np.empty(scratch, dtype=x.dtype)

@@ -6,7 +6,8 @@ typedef float T;
 typedef long long I;
 typedef void (*gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
 /* a vector of 16 elements (GCC's and Clang's vector extension), at any element's address */
-typedef T vec __attribute__((vector_size(16 * sizeof(T)), aligned(sizeof(T))));
+enum { VL = 16 };
+typedef T vec __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T))));
 /* a loaded vector stays in a register: GCC would otherwise load it again for each use,
    and the loads, not the multiplications, would bound the loop */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -161,17 +162,98 @@ void conv_forward_direct(gemm_t gemm, const T* restrict x, const T* restrict w,
         T* restrict yb = y + b * O * OH * OW;
         for (L o0 = 0; o0 < OP; o0 += 8) {
             for (L p0 = 0; p0 < SPAN; p0 += 32) {
-                T acc[8][32] = {{0}};
+                vec acc[8][32 / VL];
+                _Pragma("GCC unroll 16")
+                for (L j = 0; j < 8; ++j)
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < 32 / VL; ++u) acc[j][u] = (vec){0};
                 for (L i = 0; i < K; ++i) {
                     const T* restrict in = P + off[i] + p0;
                     const T* restrict k = wt + i * OP + o0;
+                    vec cells[32 / VL];
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < 32 / VL; ++u) {
+                        cells[u] = *(const vec*)(in + u * VL);
+                        IN_REGISTER(cells[u]);
+                    }
+                    _Pragma("GCC unroll 16")
                     for (L j = 0; j < 8; ++j)
-                        for (L v = 0; v < 32; ++v) acc[j][v] += k[j] * in[v];
+                        _Pragma("GCC unroll 4")
+                        for (L u = 0; u < 32 / VL; ++u) acc[j][u] += k[j] * cells[u];
                 }
+                _Pragma("GCC unroll 16")
                 for (L j = 0; j < 8; ++j)
-                    for (L v = 0; v < 32; ++v) z[j * SPAN + p0 + v] = acc[j][v];
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < 32 / VL; ++u)
+                        *(vec*)(z + j * SPAN + p0 + u * VL) = acc[j][u];
             }
             for (L j = 0; j < 8 && o0 + j < O; ++j) {
+                const T start = bias ? bias[o0 + j] : 0;
+                for (L oh = 0; oh < OH; ++oh)
+                    for (L ow = 0; ow < OW; ++ow)
+                        yb[((o0 + j) * OH + oh) * OW + ow] = z[j * SPAN + oh * WQ + ow] + start;
+            }
+        }
+    }
+}
+
+/* y (B, O, OH, OW) of images b0 .. b1 without columns. Each image is copied once into
+   P (above), read as flat runs: per block of 16 output channels and 16 positions the
+   sums stay in registers while every kernel cell i = (c, kh, kw) adds its weights (wt,
+   (K, O) padded to whole blocks) times 16 cells of P from off[i] on (positions with
+   ow >= OW are computed and dropped); z holds a block's rows until they are copied to
+   y. scratch: P and 16 cells of slack, wt, z. */
+void conv_forward_direct_narrow(gemm_t gemm, const T* restrict x, const T* restrict w,
+                         const T* restrict bias, T* restrict y, T* restrict scratch,
+                         const L b0, const L b1, const L C, const L H, const L W, const L O, const L KH, const L KW, const L OH, const L OW, const L SH, const L SW, const L PH, const L PW, const L DH, const L DW)
+{
+    (void)gemm;
+    PLANES_LAYOUT;
+    const L K = C * KH * KW, OP = (O + 16 - 1) / 16 * 16;
+    const L span = (OH - 1) * WQ + OW, SPAN = (span + 16 - 1) / 16 * 16;
+    T* restrict P = scratch;
+    T* restrict wt = P + PS + 16;
+    T* restrict z = wt + K * OP;
+    L off[K];
+    memset(P, 0, (PS + 16) * sizeof(T));
+    for (L c = 0; c < C; ++c)
+        for (L kh = 0; kh < KH; ++kh)
+            for (L kw = 0; kw < KW; ++kw) {
+                const L i = (c * KH + kh) * KW + kw;
+                off[i] = plane_offset(c, kh, kw, C, HQ, WQ, SH, SW, DH, DW);
+                for (L o = 0; o < OP; ++o) wt[i * OP + o] = o < O ? w[o * K + i] : 0;
+            }
+    for (L b = b0; b < b1; ++b) {
+        fill_planes(x + b * C * H * W, P, C, H, W, HP, WP, HQ, WQ, SH, SW, PH, PW);
+        T* restrict yb = y + b * O * OH * OW;
+        for (L o0 = 0; o0 < OP; o0 += 16) {
+            for (L p0 = 0; p0 < SPAN; p0 += 16) {
+                vec acc[16][16 / VL];
+                _Pragma("GCC unroll 16")
+                for (L j = 0; j < 16; ++j)
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < 16 / VL; ++u) acc[j][u] = (vec){0};
+                for (L i = 0; i < K; ++i) {
+                    const T* restrict in = P + off[i] + p0;
+                    const T* restrict k = wt + i * OP + o0;
+                    vec cells[16 / VL];
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < 16 / VL; ++u) {
+                        cells[u] = *(const vec*)(in + u * VL);
+                        IN_REGISTER(cells[u]);
+                    }
+                    _Pragma("GCC unroll 16")
+                    for (L j = 0; j < 16; ++j)
+                        _Pragma("GCC unroll 4")
+                        for (L u = 0; u < 16 / VL; ++u) acc[j][u] += k[j] * cells[u];
+                }
+                _Pragma("GCC unroll 16")
+                for (L j = 0; j < 16; ++j)
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < 16 / VL; ++u)
+                        *(vec*)(z + j * SPAN + p0 + u * VL) = acc[j][u];
+            }
+            for (L j = 0; j < 16 && o0 + j < O; ++j) {
                 const T start = bias ? bias[o0 + j] : 0;
                 for (L oh = 0; oh < OH; ++oh)
                     for (L ow = 0; ow < OW; ++ow)
