@@ -15,7 +15,8 @@ in float32 or float64, runs one of:
 Which one is timed once per layer shape (and dtype and threads): a few runs of each
 candidate on the real arrays, the fastest kept, in memory and in a JSON file beside the
 compiled kernels (`choices.json`, written atomically; a damaged one is ignored and
-rewritten). Every compiled kernel runs over a slab of the batch, the slabs on the host's
+rewritten; the key holds a hash of the kernels' source, so that new kernels are
+timed again). Every compiled kernel runs over a slab of the batch, the slabs on the host's
 threads at once (ops.parallel.slab_map; ctypes releases the GIL during the call). Any
 other case (groups, rank 3, mixed dtypes, no compiler) returns NotImplemented, and the
 NumPy code runs.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ctypes
+import hashlib
 import json
 import math
 import time
@@ -214,10 +216,17 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
 # ---- the choice per layer
 
 
+@lru_cache(maxsize=None)
+def _kernels_version(dtype: str) -> str:
+    """A hash of the kernels' source: a choice timed on other kernels is timed again."""
+    return hashlib.sha256(conv_module(dtype, "", "").encode()).hexdigest()[:10]
+
+
 def _key(x, weight, geometry: Geometry, groups: int) -> str:
     g = geometry
     return (f"{x.dtype} x{tuple(x.shape)} w{tuple(weight.shape)} s{g.stride} p{g.pads} "
-            f"d{g.dilation} out{g.out} g{groups} t{host_threads()}")
+            f"d{g.dilation} out{g.out} g{groups} t{host_threads()} "
+            f"c{_kernels_version(str(x.dtype))}")
 
 
 def _path():
