@@ -209,6 +209,14 @@ def test_uncovered_cases_fall_back(groups, rank, choices_cache):
     np.testing.assert_array_equal(y, convolve.conv_nd.generic(np, x, w, None, g, groups))
 
 
+def test_arrays_other_than_the_geometry_says_fall_back(choices_cache):
+    g, x, w, _, _ = _seam_problem()
+    assert native_conv.covered(x, w, g, 1)
+    assert not native_conv.covered(x[:, :, :7], w, g, 1)
+    assert not native_conv.covered(x, w[:, :, :2], g, 1)
+    assert not native_conv.covered(x[:, :3], w, g, 1)
+
+
 def test_without_a_compiler_the_numpy_code_runs(choices_cache, monkeypatch):
     g, x, w, bias, gy = _seam_problem()
 

@@ -90,9 +90,12 @@ def _library(dtype: str):
 
 def covered(x, weight, geometry: Geometry, groups: int) -> bool:
     """Whether the compiled kernels cover this convolution: rank 1 or 2, no groups,
-    float32 or float64 alike."""
+    float32 or float64 alike, arrays of the geometry's sizes."""
     return (groups == 1 and x.ndim in (3, 4) and x.dtype == weight.dtype
-            and x.dtype in (np.float32, np.float64) and len(geometry.kernel) == x.ndim - 2)
+            and x.dtype in (np.float32, np.float64) and len(geometry.kernel) == x.ndim - 2
+            and tuple(x.shape[2:]) == tuple(geometry.spatial)   # the kernels read by these
+            and tuple(weight.shape[2:]) == tuple(geometry.kernel)
+            and weight.shape[1] == x.shape[1])
 
 
 def _sizes(x, weight, g: Geometry) -> tuple[int, ...]:
