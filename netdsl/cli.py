@@ -463,9 +463,23 @@ def _compile(args) -> int:
     if args.target == "native":
         from netdsl.runtime import native  # the C compiler's wrapper, for this target alone
 
+        from netdsl.runtime.native import conv as native_conv  # likewise: its convolutions
+
         lowered = lower(net, "native")
         print(native.build_report(lowered))
+        line = native_conv.report(native_conv.layers(lowered), _train_batch(net))
+        if line:
+            print(line)
     return 0
+
+
+def _train_batch(net) -> int:
+    """The batch size training runs at: the train clause's, else the default (32)."""
+    try:
+        return resolve_settings(net.graph.graph.get("train", {}), {},
+                                net.program.train_spans).batch
+    except (SpecError, SpecErrors):
+        return resolve_settings({}).batch
 
 
 def _optimizer(net) -> tuple:

@@ -28,6 +28,7 @@ from netdsl.lower.schedule import LoopSegment
 from netdsl.ops.base import Ctx
 from netdsl.runtime import cuda  # noqa: F401  registers the GPU's routines for CuPy
 from netdsl.runtime import native
+from netdsl.runtime.native import conv as native_conv
 from netdsl.runtime.native.loops import CompiledLoops
 from netdsl.runtime.host import on_host, one_blas_thread, to_host
 from netdsl.runtime.loops import add_grad, backward_loop, forward_loop
@@ -107,6 +108,8 @@ class Executor:
         # the steps whose ops run their own compiled programs (Op.programs, Ctx.compiled)
         self.compiled_ops = (frozenset(lowered.kernels) if lowered.target.op_programs
                              and on_host(xp) else frozenset())
+        # the native target's convolutions: compiled kernels, chosen per layer
+        self.native_conv = lowered.target.name == "native" and on_host(xp)
         if lowered.target.name == "native":   # raises NativeUnavailable without a compiler
             native.prepare([p for made in lowered.kernels.values() for p in made], dtype)
             if plan.loops and on_host(xp):
@@ -156,7 +159,7 @@ class Executor:
         self.valid, self.loop_masks = {}, {}  # loss -> its real rows; loop -> (T, B) mask
         self.ctxs, self.carried, self.carry = {}, carry is not None, {}
         self.recompute = {}
-        with one_blas_thread(xp, schedule.host_split):
+        with one_blas_thread(xp, schedule.host_split), native_conv.in_use(self.native_conv):
             for segment in schedule.segments:
                 if isinstance(segment, LoopSegment):
                     compiled = self.compiled_loops
@@ -273,7 +276,7 @@ class Executor:
         owned: set[str] = set()
         self._written = set()
         wanted = set(backward.order)
-        with one_blas_thread(xp, self._last.host_split):
+        with one_blas_thread(xp, self._last.host_split), native_conv.in_use(self.native_conv):
             for segment in reversed(self._last.segments):
                 if isinstance(segment, LoopSegment):
                     compiled = self.compiled_loops

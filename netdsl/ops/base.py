@@ -268,6 +268,11 @@ class Op:
         first (one example at least), so the memory plan can bound it. (0, 0): none."""
         return 0, 0
 
+    def convolves(self, *xs: TensorType):
+        """(geometry, groups) of the ops.convolve.conv_nd a call runs forward, for a target
+        that chooses a kernel per convolution ahead of training; None: none."""
+        return None
+
     def time_steps(self, step: int | None, steps: int) -> list[int]:
         """The time steps (1..steps) of a sequence input that the output at `step` reads
         (None: an output without a time axis), as an unrolled drawing links them: step t

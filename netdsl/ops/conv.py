@@ -153,6 +153,9 @@ class Conv(_Convolution):
     def scratch(self, x: TensorType) -> tuple[int, int]:
         return scratch_per_example(self.geometry(x), x.dims[0], self.channels)
 
+    def convolves(self, x: TensorType):
+        return self.geometry(x), self.groups
+
     def forward(self, ctx, x, weight, bias=None):
         ctx.save(x=x, weight=weight, geometry=geometry_of(self, ctx, x))
         return conv_nd(ctx.xp, x, weight, bias, ctx.saved["geometry"], self.groups)
@@ -300,6 +303,9 @@ class Project(Op):
         if self.is_identity(x):
             return 0, 0
         return scratch_per_example(self.geometry(x), x.dims[0], self.channels)
+
+    def convolves(self, x: TensorType):
+        return None if self.is_identity(x) else (self.geometry(x), 1)
 
     def params(self, x):
         if self.is_identity(x):

@@ -1,0 +1,428 @@
+"""C source for the native target's 2-D convolutions: one module per dtype.
+
+Sizes are arguments, not constants, so one library serves every layer. Every function
+runs over the images b0 .. b1 of a batch laid out (B, C, H, W), so that the runtime
+can hand each thread a slab of the batch (ctypes releases the GIL during the call).
+Each takes the geometry as C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW.
+
+- `conv_forward_gemm`: per image, its columns (C*KH*KW, OH*OW) in one pass into
+  scratch, then one GEMM W (O, K) @ cols (K, OH*OW) through the BLAS NumPy loaded
+  (its CBLAS ?gemm's address is an argument) whose result is the image's output
+  (O, OH, OW) itself; the bias is added after.
+- `conv_forward_direct`: no columns: each image padded once into scratch, then per
+  block of OB output channels and output row, every (c, kh, kw) adds its weight times
+  a row of the padded image to OB output rows. The innermost loop runs along the output
+  row and is vectorised by the compiler; for few input channels (a first layer's 1 or
+  3) the GEMM's depth K is too small for BLAS to run well and this wins.
+- `conv_backward_gemm`: per image, its columns again, dW (O, K) += gy (O, N) @ cols^T,
+  db += the sums of gy's rows, and (unless dx is NULL) the column gradients
+  W^T (K, O) @ gy (O, N) in the same scratch, added back onto dx (col2im).
+
+Only text is made here; netdsl.runtime.native.conv compiles and calls it.
+"""
+from __future__ import annotations
+
+from netdsl.lower.cuda import CTYPES
+
+__all__ = ["conv_module", "FUNCTIONS", "OUTPUT_BLOCK", "GEOMETRY", "lanes", "planes",
+           "direct_blocks", "direct_kernel",
+           "direct_scratch", "weight_grad_scratch"]
+
+# the geometry arguments every function takes, in order
+GEOMETRY = ("C", "H", "W", "O", "KH", "KW", "OH", "OW", "SH", "SW", "PH", "PW", "DH", "DW")
+
+FUNCTIONS = ("conv_forward_gemm", "conv_forward_direct", "conv_forward_direct_narrow",
+             "conv_weight_grad_direct", "conv_backward_gemm")
+
+# output channels the direct kernel accumulates at once: each row of the padded image it
+# loads is used OUTPUT_BLOCK times, and OUTPUT_BLOCK output rows stay in the cache
+OUTPUT_BLOCK = 8
+
+# kernel cells (and output channels, OUTPUT_BLOCK // 2) the direct weight gradient sums
+# at once, over one vector of positions: 16 vector sums in registers
+CELL_BLOCK = 4
+
+CTYPE_SIZES = {"float32": 4, "float64": 8}
+
+# CBLAS's enums
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+_SIZES = ", ".join(f"const L {name}" for name in GEOMETRY)
+
+
+def conv_module(dtype: str, index_type: str, gemm: str) -> str:
+    """The C module of the convolution kernels for `dtype`, calling CBLAS's GEMM of the
+    integer type `index_type` (named `gemm` in a comment)."""
+    t = CTYPES[dtype]
+    direct = "".join(_DIRECT.format(NAME=name, OB=blocks, V=positions, SIZES=_SIZES)
+                     for name, (blocks, positions) in direct_blocks(dtype).items())
+    return _TEMPLATE.format(T=t, I=index_type, gemm=gemm, SIZES=_SIZES, DIRECT=direct,
+                            W=lanes(dtype) // 2, IB=CELL_BLOCK, GB=OUTPUT_BLOCK // 2,
+                            RM=ROW_MAJOR, N=NO_TRANS, TR=TRANS)
+
+
+def lanes(dtype: str) -> int:
+    """Output positions the direct kernel sums at once: two 64-byte vectors' worth."""
+    return 2 * 64 // CTYPE_SIZES[dtype]
+
+
+def direct_blocks(dtype: str) -> dict[str, tuple[int, int]]:
+    """The direct forward kernels: name -> (output channels, positions) summed at once in
+    registers. The narrow one, one vector of positions by twice the channels, wastes
+    fewer positions on a small image (ResNet's 8x8 planes: 78 positions, 96 in blocks of
+    32, 80 in blocks of 16)."""
+    return {"conv_forward_direct": (OUTPUT_BLOCK, lanes(dtype)),
+            "conv_forward_direct_narrow": (2 * OUTPUT_BLOCK, lanes(dtype) // 2)}
+
+
+def direct_kernel(dtype: str, sizes) -> str:
+    """The direct forward kernel for GEOMETRY's values `sizes`: the narrow one where the
+    wide one's blocks would add more than an eighth to the positions."""
+    span = _span(sizes, 1)
+    return ("conv_forward_direct_narrow" if _span(sizes, lanes(dtype)) * 8 > span * 9
+            else "conv_forward_direct")
+
+
+def planes(sizes) -> int:
+    """Elements of the direct kernels' padded image P (the C source's PLANES_LAYOUT) for
+    GEOMETRY's values `sizes`."""
+    c, _, _, _, kh, kw, oh, ow, sh, sw, _, _, dh, dw = sizes
+    hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+    return sh * sw * c * -(-hp // sh) * -(-wp // sw)
+
+
+def _span(sizes, block: int) -> int:
+    """The flat grid's positions, in whole blocks: (OH - 1) * WQ + OW."""
+    kw, oh, ow, sw, dw = sizes[5], sizes[6], sizes[7], sizes[9], sizes[13]
+    wq = -(-((ow - 1) * sw + (kw - 1) * dw + 1) // sw)
+    return -(-((oh - 1) * wq + ow) // block) * block
+
+
+def direct_scratch(dtype: str, sizes, kernel: str) -> int:
+    """Elements of a direct forward kernel's scratch: P and its slack, the weights
+    (K, O) in whole blocks, and a block's output rows."""
+    c, o, kh, kw = sizes[0], sizes[3], sizes[4], sizes[5]
+    ob, v = direct_blocks(dtype)[kernel]
+    return planes(sizes) + v + c * kh * kw * -(-o // ob) * ob + ob * _span(sizes, v)
+
+
+def weight_grad_scratch(dtype: str, sizes, images: int = 1) -> int:
+    """Elements of conv_weight_grad_direct's scratch for a call over `images` images:
+    their P and its slack, their G (O in whole blocks, span)."""
+    o, w = sizes[3], lanes(dtype) // 2
+    blocks = -(-o // (OUTPUT_BLOCK // 2)) * (OUTPUT_BLOCK // 2)
+    return images * (planes(sizes) + blocks * _span(sizes, w)) + w
+
+
+_DIRECT = """\
+/* y (B, O, OH, OW) of images b0 .. b1 without columns. Each image is copied once into
+   P (above), read as flat runs: per block of {OB} output channels and {V} positions the
+   sums stay in registers while every kernel cell i = (c, kh, kw) adds its weights (wt,
+   (K, O) padded to whole blocks) times {V} cells of P from off[i] on (positions with
+   ow >= OW are computed and dropped); z holds a block's rows until they are copied to
+   y. scratch: P and {V} cells of slack, wt, z. */
+void {NAME}(gemm_t gemm, const T* restrict x, const T* restrict w,
+                         const T* restrict bias, T* restrict y, T* restrict scratch,
+                         const L b0, const L b1, {SIZES})
+{{
+    (void)gemm;
+    PLANES_LAYOUT;
+    const L K = C * KH * KW, OP = (O + {OB} - 1) / {OB} * {OB};
+    const L span = (OH - 1) * WQ + OW, SPAN = (span + {V} - 1) / {V} * {V};
+    T* restrict P = scratch;
+    T* restrict wt = P + PS + {V};
+    T* restrict z = wt + K * OP;
+    L off[K];
+    memset(P, 0, (PS + {V}) * sizeof(T));
+    for (L c = 0; c < C; ++c)
+        for (L kh = 0; kh < KH; ++kh)
+            for (L kw = 0; kw < KW; ++kw) {{
+                const L i = (c * KH + kh) * KW + kw;
+                off[i] = plane_offset(c, kh, kw, C, HQ, WQ, SH, SW, DH, DW);
+                for (L o = 0; o < OP; ++o) wt[i * OP + o] = o < O ? w[o * K + i] : 0;
+            }}
+    for (L b = b0; b < b1; ++b) {{
+        fill_planes(x + b * C * H * W, P, C, H, W, HP, WP, HQ, WQ, SH, SW, PH, PW);
+        T* restrict yb = y + b * O * OH * OW;
+        for (L o0 = 0; o0 < OP; o0 += {OB}) {{
+            for (L p0 = 0; p0 < SPAN; p0 += {V}) {{
+                vec acc[{OB}][{V} / VL];
+                _Pragma("GCC unroll 16")
+                for (L j = 0; j < {OB}; ++j)
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < {V} / VL; ++u) acc[j][u] = (vec){{0}};
+                for (L i = 0; i < K; ++i) {{
+                    const T* restrict in = P + off[i] + p0;
+                    const T* restrict k = wt + i * OP + o0;
+                    vec cells[{V} / VL];
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < {V} / VL; ++u) {{
+                        cells[u] = *(const vec*)(in + u * VL);
+                        IN_REGISTER(cells[u]);
+                    }}
+                    _Pragma("GCC unroll 16")
+                    for (L j = 0; j < {OB}; ++j)
+                        _Pragma("GCC unroll 4")
+                        for (L u = 0; u < {V} / VL; ++u) acc[j][u] += k[j] * cells[u];
+                }}
+                _Pragma("GCC unroll 16")
+                for (L j = 0; j < {OB}; ++j)
+                    _Pragma("GCC unroll 4")
+                    for (L u = 0; u < {V} / VL; ++u)
+                        *(vec*)(z + j * SPAN + p0 + u * VL) = acc[j][u];
+            }}
+            for (L j = 0; j < {OB} && o0 + j < O; ++j) {{
+                const T start = bias ? bias[o0 + j] : 0;
+                for (L oh = 0; oh < OH; ++oh)
+                    for (L ow = 0; ow < OW; ++ow)
+                        yb[((o0 + j) * OH + oh) * OW + ow] = z[j * SPAN + oh * WQ + ow] + start;
+            }}
+        }}
+    }}
+}}
+
+"""
+
+_TEMPLATE = """\
+#include <string.h>
+
+typedef long long L;
+typedef {T} T;
+/* {gemm}: CBLAS's ?gemm */
+typedef {I} I;
+typedef void (*gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
+/* a vector of {W} elements (GCC's and Clang's vector extension), at any element's address */
+enum {{ VL = {W} }};
+typedef T vec __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T))));
+/* a loaded vector stays in a register: GCC would otherwise load it again for each use,
+   and the loads, not the multiplications, would bound the loop */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define IN_REGISTER(v) ((void)0)
+#endif
+
+/* The columns of one image x (C, H, W): row (c, kh, kw) holds, at each output position,
+   the cell under that kernel offset, zero in the padding. At stride 1 a row's stretch
+   inside the image is one copy. */
+static void columns(const T* restrict x, T* restrict cols, {SIZES})
+{{
+    const L N = OH * OW;
+    for (L c = 0; c < C; ++c)
+        for (L kh = 0; kh < KH; ++kh)
+            for (L kw = 0; kw < KW; ++kw) {{
+                T* restrict row = cols + ((c * KH + kh) * KW + kw) * N;
+                const L dw = kw * DW - PW;
+                /* the output columns whose cell lies inside the image: lo <= ow < hi */
+                L lo = dw >= 0 ? 0 : (-dw + SW - 1) / SW;
+                L hi = W - dw > 0 ? (W - dw + SW - 1) / SW : 0;
+                if (hi > OW) hi = OW;
+                if (lo > hi) lo = hi;
+                for (L oh = 0; oh < OH; ++oh) {{
+                    T* restrict out = row + oh * OW;
+                    const L h = oh * SH - PH + kh * DH;
+                    if (h < 0 || h >= H) {{
+                        memset(out, 0, OW * sizeof(T));
+                        continue;
+                    }}
+                    const T* restrict in = x + (c * H + h) * W + dw;
+                    for (L ow = 0; ow < lo; ++ow) out[ow] = 0;
+                    if (SW == 1)
+                        memcpy(out + lo, in + lo, (hi - lo) * sizeof(T));
+                    else
+                        for (L ow = lo; ow < hi; ++ow) out[ow] = in[ow * SW];
+                    for (L ow = hi; ow < OW; ++ow) out[ow] = 0;
+                }}
+            }}
+}}
+
+/* Add the column gradients dcols back onto one image's dx (C, H, W), zeroed first. */
+static void add_columns(const T* restrict dcols, T* restrict dx, {SIZES})
+{{
+    const L N = OH * OW;
+    memset(dx, 0, C * H * W * sizeof(T));
+    for (L c = 0; c < C; ++c)
+        for (L kh = 0; kh < KH; ++kh)
+            for (L kw = 0; kw < KW; ++kw) {{
+                const T* restrict row = dcols + ((c * KH + kh) * KW + kw) * N;
+                const L dw = kw * DW - PW;
+                L lo = dw >= 0 ? 0 : (-dw + SW - 1) / SW;
+                L hi = W - dw > 0 ? (W - dw + SW - 1) / SW : 0;
+                if (hi > OW) hi = OW;
+                if (lo > hi) lo = hi;
+                for (L oh = 0; oh < OH; ++oh) {{
+                    const L h = oh * SH - PH + kh * DH;
+                    if (h < 0 || h >= H) continue;
+                    T* restrict out = dx + (c * H + h) * W + dw;
+                    const T* restrict in = row + oh * OW;
+                    if (SW == 1)
+                        for (L ow = lo; ow < hi; ++ow) out[ow] += in[ow];
+                    else
+                        for (L ow = lo; ow < hi; ++ow) out[ow * SW] += in[ow];
+                }}
+            }}
+}}
+
+/* The direct kernels' padded image P: every cell a window reads, (HP, WP) per channel,
+   split by stride into SH * SW phase planes (C, HQ, WQ) each, a cell (hp, wp) in plane
+   (hp % SH, wp % SW) at (hp / SH, wp / SW). Output position p = oh * WQ + ow then reads
+   plane cell p + plane_offset(c, kh, kw) at any stride: a run of positions reads a run
+   of P. At stride 1 there is one plane, the padded image itself. */
+#define PLANES_LAYOUT \
+    const L HP = (OH - 1) * SH + (KH - 1) * DH + 1, WP = (OW - 1) * SW + (KW - 1) * DW + 1; \
+    const L HQ = (HP + SH - 1) / SH, WQ = (WP + SW - 1) / SW, PS = SH * SW * C * HQ * WQ
+
+static L plane_offset(L c, L kh, L kw, const L C, const L HQ, const L WQ, const L SH,
+                      const L SW, const L DH, const L DW)
+{{
+    const L h = kh * DH, w = kw * DW;
+    return (((h % SH) * SW + w % SW) * C + c) * HQ * WQ + (h / SH) * WQ + w / SW;
+}}
+
+/* Image xb (C, H, W) into P's planes, whose padding is zero already. */
+static void fill_planes(const T* restrict xb, T* restrict P, const L C, const L H, const L W,
+                        const L HP, const L WP, const L HQ, const L WQ, const L SH,
+                        const L SW, const L PH, const L PW)
+{{
+    const L w0 = PW < 0 ? -PW : 0, w1 = W < WP - PW ? W : WP - PW;
+    const L h0 = PH < 0 ? -PH : 0, h1 = H < HP - PH ? H : HP - PH;
+    if (w1 <= w0) return;
+    for (L c = 0; c < C; ++c)
+        for (L h = h0; h < h1; ++h) {{
+            const L hp = h + PH;
+            const T* restrict in = xb + (c * H + h) * W;
+            T* restrict row = P + (((hp % SH) * SW) * C + c) * HQ * WQ + (hp / SH) * WQ;
+            if (SW == 1)
+                memcpy(row + w0 + PW, in + w0, (w1 - w0) * sizeof(T));
+            else   /* a plane at a time: its cells are every SW-th of the row */
+                for (L rw = 0; rw < SW; ++rw) {{
+                    T* restrict out = row + rw * C * HQ * WQ;
+                    L wp = w0 + PW + ((rw - (w0 + PW) % SW) % SW + SW) % SW;
+                    for (L q = wp / SW; wp < w1 + PW; wp += SW, ++q) out[q] = in[wp - PW];
+                }}
+        }}
+}}
+
+/* y (B, O, OH, OW) of images b0 .. b1; scratch holds one image's columns. */
+void conv_forward_gemm(gemm_t gemm, const T* restrict x, const T* restrict w,
+                       const T* restrict bias, T* restrict y, T* restrict scratch,
+                       const L b0, const L b1, {SIZES})
+{{
+    const L N = OH * OW, K = C * KH * KW;
+    for (L b = b0; b < b1; ++b) {{
+        T* restrict yb = y + b * O * N;
+        columns(x + b * C * H * W, scratch, C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW);
+        gemm({RM}, {N}, {N}, O, N, K, 1, w, K, scratch, N, 0, yb, N);
+        if (bias)
+            for (L o = 0; o < O; ++o)
+                for (L i = 0; i < N; ++i) yb[o * N + i] += bias[o];
+    }}
+}}
+
+{DIRECT}/* Images b0 .. b1's sums into dw (O, C, KH, KW) and db (O), which hold the sums so far,
+   without columns: dw[o][i] is the sum over images and positions p of G[o][p] times
+   P[off[i] + p], with P each image's planes as conv_forward_direct makes them and G its
+   gy laid out on the same flat grid (zero where ow >= OW; a NaN or Inf in x there would
+   still reach dw, as it reaches y). Per tile of {GB} output channels and {IB} kernel
+   cells the sums stay in registers over all the images, {W} positions at a time.
+   scratch: P of every image and {W} cells of slack, G of every image. */
+void conv_weight_grad_direct(gemm_t gemm, const T* restrict gy, const T* restrict x,
+                             const T* restrict w, T* restrict dx, T* restrict dw,
+                             T* restrict db, T* restrict scratch, const L b0, const L b1,
+                             {SIZES})
+{{
+    (void)gemm; (void)w; (void)dx;
+    PLANES_LAYOUT;
+    const L NB = b1 - b0, K = C * KH * KW, KP = (K + {IB} - 1) / {IB} * {IB};
+    const L OP = (O + {GB} - 1) / {GB} * {GB};
+    const L span = (OH - 1) * WQ + OW, SPAN = (span + {W} - 1) / {W} * {W};
+    const L GS = OP * SPAN;
+    T* restrict P = scratch;
+    T* restrict G = P + NB * PS + {W};
+    L off[KP];
+    memset(P, 0, (NB * PS + {W}) * sizeof(T));
+    memset(G, 0, NB * GS * sizeof(T));
+    for (L i = 0; i < KP; ++i)
+        off[i] = i < K ? plane_offset(i / (KH * KW), i / KW % KH, i % KW, C, HQ, WQ, SH, SW,
+                                      DH, DW) : 0;
+    for (L n = 0; n < NB; ++n) {{
+        fill_planes(x + (b0 + n) * C * H * W, P + n * PS, C, H, W, HP, WP, HQ, WQ, SH, SW,
+                    PH, PW);
+        const T* restrict g = gy + (b0 + n) * O * OH * OW;
+        for (L o = 0; o < O; ++o) {{
+            T sum = 0;
+            for (L oh = 0; oh < OH; ++oh)
+                for (L ow = 0; ow < OW; ++ow) {{
+                    const T v = g[(o * OH + oh) * OW + ow];
+                    G[n * GS + o * SPAN + oh * WQ + ow] = v;
+                    sum += v;
+                }}
+            db[o] += sum;
+        }}
+    }}
+    for (L o0 = 0; o0 < OP; o0 += {GB})
+        for (L i0 = 0; i0 < KP; i0 += {IB}) {{
+            vec acc[{GB}][{IB}];
+            _Pragma("GCC unroll 16")
+            for (L j = 0; j < {GB}; ++j)
+                _Pragma("GCC unroll 16")
+                for (L q = 0; q < {IB}; ++q) acc[j][q] = (vec){{0}};
+            for (L n = 0; n < NB; ++n) {{
+                const T* restrict gz = G + n * GS + o0 * SPAN;
+                const T* restrict in[{IB}];
+                for (L q = 0; q < {IB}; ++q) in[q] = P + n * PS + off[i0 + q];
+                for (L p0 = 0; p0 < SPAN; p0 += {W}) {{
+                    vec g[{GB}], cells[{IB}];
+                    _Pragma("GCC unroll 16")
+                    for (L j = 0; j < {GB}; ++j) {{
+                        g[j] = *(const vec*)(gz + j * SPAN + p0);
+                        IN_REGISTER(g[j]);
+                    }}
+                    _Pragma("GCC unroll 16")
+                    for (L q = 0; q < {IB}; ++q) {{
+                        cells[q] = *(const vec*)(in[q] + p0);
+                        IN_REGISTER(cells[q]);
+                    }}
+                    _Pragma("GCC unroll 16")
+                    for (L j = 0; j < {GB}; ++j)
+                        _Pragma("GCC unroll 16")
+                        for (L q = 0; q < {IB}; ++q) acc[j][q] += g[j] * cells[q];
+                }}
+            }}
+            for (L j = 0; j < {GB} && o0 + j < O; ++j)
+                for (L q = 0; q < {IB} && i0 + q < K; ++q) {{
+                    T sum = 0;
+                    for (L v = 0; v < {W}; ++v) sum += acc[j][q][v];
+                    dw[(o0 + j) * K + i0 + q] += sum;
+                }}
+        }}
+}}
+
+/* Images b0 .. b1's sums into dw (O, C, KH, KW) and db (O), which hold the sums so far,
+   unless dw is NULL; their dx (B, C, H, W) unless dx is NULL. scratch holds one image's
+   columns. */
+void conv_backward_gemm(gemm_t gemm, const T* restrict gy, const T* restrict x,
+                        const T* restrict w, T* restrict dx, T* restrict dw, T* restrict db,
+                        T* restrict scratch, const L b0, const L b1, {SIZES})
+{{
+    const L N = OH * OW, K = C * KH * KW;
+    for (L b = b0; b < b1; ++b) {{
+        const T* restrict g = gy + b * O * N;
+        if (dw) {{
+            for (L o = 0; o < O; ++o) {{
+                T sum = 0;
+                for (L i = 0; i < N; ++i) sum += g[o * N + i];
+                db[o] += sum;
+            }}
+            columns(x + b * C * H * W, scratch, C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW,
+                    DH, DW);
+            gemm({RM}, {N}, {TR}, O, K, N, 1, g, N, scratch, N, 1, dw, K);
+        }}
+        if (dx) {{
+            gemm({RM}, {TR}, {N}, K, N, O, 1, w, K, g, N, 0, scratch, N);
+            add_columns(scratch, dx + b * C * H * W, C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW,
+                        DH, DW);
+        }}
+    }}
+}}
+"""

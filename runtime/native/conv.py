@@ -1,0 +1,394 @@
+"""Convolutions on the native target: compiled C kernels, chosen per layer by timing.
+
+While an executor of the native target runs a pass (`in_use`), ops.convolve's `conv_nd`
+and `conv_nd_backward` for NumPy come here. A 1-D or 2-D convolution without groups,
+in float32 or float64, runs one of:
+
+- forward: `numpy` (ops.convolve's im2col and GEMM), `gemm` (netdsl.lower.native_conv's
+  columns in C and one GEMM per image, written straight into y) or `direct` (no
+  columns; see lower/native_conv.py);
+- backward: `numpy`, `gemm` (the columns in C, the weight gradient's GEMM per image
+  summed in place, the input gradient's GEMM and col2im in C) or `direct` (the weight
+  gradient without columns, and at stride 1 the input gradient as the direct forward
+  kernel on gy with the weight flipped; col2im's at other strides).
+
+Which one is timed once per layer shape (and dtype and threads): a few runs of each
+candidate on the real arrays, the fastest kept, in memory and in a JSON file beside the
+compiled kernels (`choices.json`, written atomically; a damaged one is ignored and
+rewritten; the key holds a hash of the kernels' source, so that new kernels are
+timed again). Every compiled kernel runs over a slab of the batch, the slabs on the host's
+threads at once (ops.parallel.slab_map; ctypes releases the GIL during the call). Any
+other case (groups, rank 3, mixed dtypes, no compiler) returns NotImplemented, and the
+NumPy code runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ctypes
+import hashlib
+import json
+import math
+import time
+from functools import lru_cache
+
+import numpy as np
+
+from netdsl import atomic
+from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, conv_module, direct_kernel,
+                                      direct_scratch, weight_grad_scratch)
+from netdsl.ops import convolve, parallel
+from netdsl.ops.windows import Geometry
+from netdsl.runtime.host import host_threads, one_blas_thread
+from netdsl.runtime.native.blas import gemm
+from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir
+
+__all__ = ["in_use", "covered", "forward", "backward", "choose", "choices", "FORWARD",
+           "BACKWARD", "layers", "report", "CHOICES_FILE"]
+
+FORWARD = ("numpy", "gemm", "direct")
+BACKWARD = ("numpy", "gemm", "direct")
+CHOICES_FILE = "choices.json"
+
+# runs of each candidate timed when a layer is first seen (the fastest counts): the
+# first run of a kernel also faults its scratch in, which later steps do not pay
+TIMED_RUNS = 3
+
+_active = contextvars.ContextVar("native_convolutions", default=False)
+# key -> {"forward": name, "backward": name}, this process's and the file's
+_choices: dict[str, dict] = {}
+_loaded_from: str | None = None
+# seconds spent timing candidates in this process, for the compile report
+timing_seconds = [0.0]
+
+
+@contextlib.contextmanager
+def in_use(active: bool = True):
+    """Within it, NumPy convolutions run this module's kernels (an executor's pass on the
+    native target); elsewhere, as on the host target, ops.convolve's code."""
+    token = _active.set(active)
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+@lru_cache(maxsize=None)
+def _library(dtype: str):
+    """(the loaded kernels, the GEMM's address) for `dtype`; NativeUnavailable when
+    there is no compiler or no CBLAS."""
+    address, integer, symbol = gemm(dtype)
+    library = build(conv_module(dtype, integer, symbol))
+    p, size = ctypes.c_void_p, [ctypes.c_longlong] * (2 + len(GEOMETRY))
+    for name in FUNCTIONS:
+        function = getattr(library, name)
+        function.restype = None
+        arrays = 5 if name.startswith("conv_forward") else 7
+        function.argtypes = [p] * (1 + arrays) + size
+    return library, address
+
+
+def covered(x, weight, geometry: Geometry, groups: int) -> bool:
+    """Whether the compiled kernels cover this convolution: rank 1 or 2, no groups,
+    float32 or float64 alike, arrays of the geometry's sizes."""
+    return (groups == 1 and x.ndim in (3, 4) and x.dtype == weight.dtype
+            and x.dtype in (np.float32, np.float64) and len(geometry.kernel) == x.ndim - 2
+            and tuple(x.shape[2:]) == tuple(geometry.spatial)   # the kernels read by these
+            and tuple(weight.shape[2:]) == tuple(geometry.kernel)
+            and weight.shape[1] == x.shape[1])
+
+
+def _sizes(x, weight, g: Geometry) -> tuple[int, ...]:
+    """GEOMETRY's values; rank 1 as rank 2 with a height of one."""
+    if x.ndim == 3:
+        g = Geometry((1, *g.spatial), (1, *g.kernel), (1, *g.stride), (1, *g.dilation),
+                     ((0, 0), *g.pads), (1, *g.out))
+    (h, w), (kh, kw), (oh, ow) = g.spatial, g.kernel, g.out
+    (sh, sw), (dh, dw), (ph, pw) = g.stride, g.dilation, g.lows
+    return (x.shape[1], h, w, weight.shape[0], kh, kw, oh, ow, sh, sw, ph, pw, dh, dw)
+
+
+def _direct_fits(g: Geometry) -> bool:
+    """The direct kernels run at any stride and dilation, with no negative pads."""
+    return all(lo >= 0 for lo, _ in g.pads)
+
+
+def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None = None):
+    """y of conv_nd through the compiled kernel `kind` ("gemm" or "direct"; the direct
+    kernel of lower.native_conv.direct_kernel unless `kernel` names one)."""
+    library, address = _library(str(x.dtype))
+    sizes = _sizes(x, weight, geometry)
+    dtype = str(x.dtype)
+    if kind == "direct":
+        kernel = kernel or direct_kernel(dtype, sizes)
+        scratch = direct_scratch(dtype, sizes, kernel)
+    else:
+        kernel, scratch = "conv_forward_gemm", math.prod(sizes[i] for i in (0, 4, 5, 6, 7))
+    function = getattr(library, kernel)
+    o, kh, kw = sizes[3], sizes[4], sizes[5]
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
+
+    def run(part: slice) -> None:
+        buffer = np.empty(scratch, dtype=x.dtype)
+        function(address, x.ctypes.data, weight.ctypes.data,
+                 None if bias is None else bias.ctypes.data, y.ctypes.data,
+                 buffer.ctypes.data, part.start, part.stop, *sizes)
+
+    parallel.slab_map(np, run, x.shape[0], x.nbytes * kh * kw)
+    return y
+
+
+def _input_grad_geometry(geometry: Geometry) -> Geometry | None:
+    """At stride 1, dx of a convolution is the convolution of gy, padded by the kernel's
+    reach less the pad, with the weight flipped and its channels swapped: its geometry
+    over gy, or None where that pad would be negative (a pad past the kernel's reach)."""
+    g = geometry
+    if any(s != 1 for s in g.stride):
+        return None
+    pads = [(d * (k - 1) - lo, d * (k - 1) - hi)
+            for d, k, (lo, hi) in zip(g.dilation, g.kernel, g.pads)]
+    if any(lo < 0 for lo, _ in pads):
+        return None
+    return Geometry(g.out, g.kernel, g.stride, g.dilation, tuple(pads), g.spatial)
+
+
+def _flipped(weight):
+    """weight (O, C, *k) as (C, O, *k), each kernel turned end to end."""
+    flipped = weight.swapaxes(0, 1)[(slice(None),) * 2 + (slice(None, None, -1),)
+                                    * (weight.ndim - 2)]
+    return np.ascontiguousarray(flipped)
+
+
+def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str = "gemm"):
+    """(dx, dweight, dbias) of conv_nd through the compiled kernels; each slab of the
+    batch sums its images' weight and bias gradients, and the slabs' sums are added up.
+    `kind` "gemm": columns and a GEMM per image for dweight, col2im of the column
+    gradients for dx; "direct": the direct weight gradient, and at stride 1 dx by the
+    direct forward kernel on gy (unless its pads would be past the kernel's reach;
+    there, and at other strides, dx by col2im as "gemm")."""
+    library, address = _library(str(x.dtype))
+    sizes = _sizes(x, weight, geometry)
+    c, o, kh, kw, oh, ow = sizes[0], sizes[3], sizes[4], sizes[5], sizes[6], sizes[7]
+    gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    direct = kind == "direct"
+    dx_direct = need_dx and direct and _input_grad_geometry(geometry) is not None
+    col2im = need_dx and not dx_direct
+    dx = None
+    if dx_direct:
+        dx = forward("direct", gy, _flipped(weight), None, _input_grad_geometry(geometry))
+    elif need_dx:
+        dx = np.empty(x.shape, dtype=x.dtype)
+    columns = c * kh * kw * oh * ow   # conv_backward_gemm's scratch: an image's columns
+    # the direct weight gradient sums over a chunk of images in one call (its scratch
+    # holds each padded): a small image's few positions would not fill its loops
+    per_image = weight_grad_scratch(str(x.dtype), sizes)
+
+    def run(part: slice):
+        dweight = np.zeros(weight.shape, dtype=x.dtype)
+        dbias = np.zeros(o, dtype=x.dtype)
+        pointers = [gy.ctypes.data, x.ctypes.data, weight.ctypes.data]
+        if direct:
+            n = part.stop - part.start
+            chunks = parallel.batch_chunks(np, n, per_image * x.itemsize)
+            buffer = np.empty(weight_grad_scratch(str(x.dtype), sizes, chunks[0].stop),
+                              dtype=x.dtype)
+            for chunk in chunks:
+                library.conv_weight_grad_direct(
+                    address, *pointers, None, dweight.ctypes.data, dbias.ctypes.data,
+                    buffer.ctypes.data, part.start + chunk.start, part.start + chunk.stop,
+                    *sizes)
+        if col2im or not direct:   # dx by col2im, and dweight by GEMM unless done above
+            buffer = np.empty(columns, dtype=x.dtype)
+            library.conv_backward_gemm(
+                address, *pointers, dx.ctypes.data if col2im else None,
+                None if direct else dweight.ctypes.data, dbias.ctypes.data,
+                buffer.ctypes.data, part.start, part.stop, *sizes)
+        return dweight, dbias
+
+    partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * kh * kw)
+    dweight, dbias = partials[0]
+    for more_dweight, more_dbias in partials[1:]:
+        dweight += more_dweight
+        dbias += more_dbias
+    return dx, dweight, dbias
+
+
+# ---- the choice per layer
+
+
+@lru_cache(maxsize=None)
+def _kernels_version(dtype: str) -> str:
+    """A hash of the kernels' source: a choice timed on other kernels is timed again."""
+    return hashlib.sha256(conv_module(dtype, "", "").encode()).hexdigest()[:10]
+
+
+def _key(x, weight, geometry: Geometry, groups: int) -> str:
+    g = geometry
+    return (f"{x.dtype} x{tuple(x.shape)} w{tuple(weight.shape)} s{g.stride} p{g.pads} "
+            f"d{g.dilation} out{g.out} g{groups} t{host_threads()} "
+            f"c{_kernels_version(str(x.dtype))}")
+
+
+def _path():
+    return cache_dir() / CHOICES_FILE
+
+
+def choices() -> dict[str, dict]:
+    """The choices known: this process's and those on disk (read once per cache folder;
+    a file that does not parse counts as empty, and is rewritten)."""
+    global _loaded_from
+    path = _path()
+    if _loaded_from != str(path):
+        _choices.clear()
+        _loaded_from = str(path)
+        try:
+            stored = json.loads(path.read_text())
+            if isinstance(stored, dict):
+                _choices.update({k: v for k, v in stored.items()
+                                 if isinstance(v, dict)
+                                 and v.get("forward") in FORWARD
+                                 and v.get("backward") in BACKWARD})
+        except (OSError, ValueError):
+            pass
+    return _choices
+
+
+def _save() -> None:
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        atomic.write_text(str(_path()), json.dumps(_choices, indent=1, sort_keys=True))
+    except OSError:
+        pass   # an unwritable cache only costs the timing again next run
+
+
+def _fastest(candidates: dict) -> tuple[str, object]:
+    """(name, result) of the candidate that ran fastest: TIMED_RUNS rounds, each running
+    every candidate once, the shortest run of each counting. Time is the process's CPU
+    time, all its threads': on a busy machine a run the scheduler pauses is not counted
+    longer (the wall clock misjudged ResNet-20's layers at load 3-4), and the candidates
+    split the batch over the threads alike."""
+    best = {name: math.inf for name in candidates}
+    results = {}
+    for _ in range(TIMED_RUNS):
+        for name, run in candidates.items():
+            began = time.process_time()
+            out = run()
+            took = time.process_time() - began
+            if took < best[name]:
+                best[name], results[name] = took, out
+    name = min(best, key=best.get)
+    return name, results[name]
+
+
+def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=True):
+    """The layer's choice {"forward": ..., "backward": ...}, timed now on these arrays
+    (and on `gy`, or ones, for backward) unless known. Also returns the forward's y when
+    it was timed here (else None)."""
+    known = choices().get(_key(x, weight, geometry, groups))
+    if known is not None:
+        return known, None
+    began = time.perf_counter()
+    forwards = {"numpy": lambda: convolve.conv_nd.generic(np, x, weight, bias, geometry,
+                                                         groups),
+                "gemm": lambda: forward("gemm", x, weight, bias, geometry)}
+    if _direct_fits(geometry):
+        forwards["direct"] = lambda: forward("direct", x, weight, bias, geometry)
+    kind, y = _fastest(forwards)
+    if gy is None:
+        gy = np.ones((x.shape[0], weight.shape[0], *geometry.out), dtype=x.dtype)
+    backwards = {"numpy": lambda: convolve.conv_nd_backward.generic(np, gy, x, weight,
+                                                                   geometry, groups, need_dx),
+                 "gemm": lambda: backward(gy, x, weight, geometry, need_dx)}
+    if _direct_fits(geometry):
+        backwards["direct"] = lambda: backward(gy, x, weight, geometry, need_dx, "direct")
+    back, _ = _fastest(backwards)
+    choice = _choices[_key(x, weight, geometry, groups)] = {"forward": kind, "backward": back}
+    _save()
+    timing_seconds[0] += time.perf_counter() - began
+    return choice, y
+
+
+def layers(lowered) -> list[tuple]:
+    """(name, channels in, weight shape, geometry) of each convolution a lowering's steps
+    run forward without groups (`Op.convolves`)."""
+    found = []
+    for step in lowered.plan.steps:
+        convolution = step.op.convolves(*step.input_types)
+        if convolution is None or convolution[1] != 1:
+            continue
+        x = step.input_types[0]
+        found.append((step.node, x.dims[0], step.op.params(*step.input_types)["weight"],
+                      convolution[0]))
+    return found
+
+
+def report(layers, batch: int, dtype: str = "float32") -> str:
+    """One line for `netc compile --target native`: the choice for each convolution
+    layer ((name, channels in, weight shape, geometry) of each), timed on random arrays
+    at `batch` unless known, and how long the timing took; or why none run compiled."""
+    if not layers:
+        return ""
+    try:
+        _library(dtype)
+    except NativeUnavailable as exc:
+        return f"convolutions: the NumPy path ({exc})"
+    rng = np.random.default_rng(0)
+    spent, counts, named = timing_seconds[0], {}, []
+    with one_blas_thread(np):   # as an executor's pass runs them: the same choices' keys
+        for layer in layers:
+            named.append(_report_layer(layer, batch, dtype, rng, counts))
+    took = timing_seconds[0] - spent
+    summary = ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
+    how = f"timed in {took:.2f} s" if took else "from the cache"
+    return (f"convolutions (forward/backward, batch {batch}): {summary}; {how}\n  "
+            + "; ".join(named))
+
+
+def _report_layer(layer, batch: int, dtype: str, rng, counts: dict) -> str:
+    """`name forward/backward` of one layer, its choice made on random arrays if new."""
+    name, channels, weight_shape, geometry = layer
+    x = rng.standard_normal((batch, channels, *geometry.spatial)).astype(dtype)
+    weight = rng.standard_normal(weight_shape).astype(dtype)
+    if not covered(x, weight, geometry, 1):
+        choice = {"forward": "numpy", "backward": "numpy"}
+    else:
+        choice, _ = choose(x, weight, None, geometry, 1)
+    label = f"{choice['forward']}/{choice['backward']}"
+    counts[label] = counts.get(label, 0) + 1
+    return f"{name} {label}"
+
+
+# ---- the seams
+
+
+@convolve.conv_nd.provide("numpy")
+def _conv_nd(xp, x, weight, bias, geometry, groups):
+    if not _active.get() or not covered(x, weight, geometry, groups):
+        return NotImplemented
+    try:
+        choice, y = choose(x, weight, bias, geometry, groups)
+    except NativeUnavailable:
+        return NotImplemented
+    if y is not None:
+        return y
+    kind = choice["forward"]
+    if kind == "numpy":
+        return NotImplemented
+    return forward(kind, x, weight, bias, geometry)
+
+
+@convolve.conv_nd_backward.provide("numpy")
+def _conv_nd_backward(xp, gy, x, weight, geometry, groups, need_dx=True):
+    if not _active.get() or not covered(x, weight, geometry, groups):
+        return NotImplemented
+    try:
+        choice, _ = choose(x, weight, None, geometry, groups, gy, need_dx)
+    except NativeUnavailable:
+        return NotImplemented
+    kind = choice["backward"]
+    if kind == "numpy":
+        return NotImplemented
+    return backward(gy, x, weight, geometry, need_dx, kind)

@@ -1,0 +1,322 @@
+"""The native target's convolutions (runtime/native/conv.py, lower/native_conv.py):
+
+- the C source equals its golden file (tests/golden_native_conv/, update with
+  --update-golden), for float32 and float64;
+- every compiled kernel (forward by columns and GEMM, forward direct, backward) equals
+  float64 PyTorch (conv2d / conv1d and autograd) and the NumPy path, on strides 1 and 2,
+  pads, 1x1, 3x3 and 5x5 kernels, dilation, few and many channels, odd sizes, batch 1,
+  ranks 1 and 2, in float32 and float64, on one slab and on slabs run by two threads;
+- what the kernels do not cover (groups, rank 3) and everything outside a native pass
+  takes the NumPy code, and so does a machine without a compiler;
+- the choice per layer is timed once, kept in a JSON file written atomically, read
+  back, and a damaged file is ignored and rewritten;
+- `netc compile --target native` reports the choices and the timing.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT, assert_golden, run_netc
+from netdsl.lower.native_conv import conv_module, direct_blocks, direct_kernel
+from netdsl.ops import convolve
+from netdsl.ops.windows import Geometry
+from netdsl.runtime import host
+from netdsl.runtime.native import conv as native_conv
+from netdsl.runtime.native import toolchain
+from netdsl.runtime.native.toolchain import NativeUnavailable
+
+pytestmark = pytest.mark.skipif(toolchain.compiler() is None, reason="no C compiler")
+
+GOLDEN = os.path.join(ROOT, "tests", "golden_native_conv")
+
+# (batch, channels in, out, spatial, kernel, stride, pad, dilation)
+CASES = [
+    (2, 3, 4, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1)),       # few channels, 3x3, pad 1
+    (1, 16, 8, (6, 7), (3, 3), (1, 1), (1, 1), (1, 1)),      # batch 1, odd size
+    (3, 5, 6, (11, 10), (3, 3), (2, 2), (1, 1), (1, 1)),     # stride 2
+    (2, 1, 6, (12, 12), (5, 5), (1, 1), (2, 2), (1, 1)),     # LeNet's first layer
+    (2, 6, 5, (9, 9), (5, 5), (1, 1), (0, 0), (1, 1)),       # 5x5 unpadded
+    (2, 8, 16, (7, 7), (1, 1), (2, 2), (0, 0), (1, 1)),      # a strided 1x1 shortcut
+    (2, 4, 3, (8, 8), (1, 1), (1, 1), (0, 0), (1, 1)),       # 1x1
+    (2, 4, 3, (10, 9), (3, 3), (1, 1), (2, 2), (2, 2)),      # dilation 2
+    (2, 3, 4, (8, 9), (3, 2), (2, 1), (0, 1), (1, 1)),       # uneven kernel, stride, pad
+    (2, 3, 4, (11, 12), (5, 5), (2, 2), (2, 2), (1, 1)),     # 5x5 at stride 2
+    (2, 4, 5, (13, 11), (3, 3), (3, 2), (1, 0), (2, 1)),     # strides 3 and 2, dilation
+    (2, 3, 5, (13,), (3,), (1,), (1,), (1,)),                # rank 1
+    (2, 4, 2, (11,), (5,), (2,), (2,), (1,)),                # rank 1, stride 2
+]
+
+
+def _ids(case):
+    b, c, o, spatial, k, s, p, d = case
+    return f"b{b}c{c}o{o}-{'x'.join(map(str, spatial))}-k{k}s{s}p{p}d{d}"
+
+
+@pytest.fixture(scope="module")
+def choices_cache(tmp_path_factory):
+    """The choice file in a folder of this module's own."""
+    folder = tmp_path_factory.mktemp("conv_cache")
+    old = os.environ.get("NETDSL_CACHE")
+    os.environ["NETDSL_CACHE"] = str(folder)
+    yield folder / "native"
+    if old is None:
+        del os.environ["NETDSL_CACHE"]
+    else:
+        os.environ["NETDSL_CACHE"] = old
+
+
+def _problem(case, dtype, seed=0):
+    b, c, o, spatial, k, s, p, d = case
+    g = Geometry.of(spatial, k, s, d, [(pi, pi) for pi in p])
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((b, c, *spatial)).astype(dtype)
+    w = rng.standard_normal((o, c, *k)).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype)
+    gy = rng.standard_normal((b, o, *g.out)).astype(dtype)
+    return g, x, w, bias, gy
+
+
+def _torch(case, x, w, bias, gy):
+    """PyTorch's y, dx, dweight, dbias in float64."""
+    _, _, _, spatial, _, s, p, d = case
+    conv = F.conv2d if len(spatial) == 2 else F.conv1d
+    tx, tw, tb = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, bias))
+    y = conv(tx, tw, tb, stride=s, padding=p, dilation=d)
+    y.backward(torch.tensor(gy, dtype=torch.float64))
+    return [t.detach().numpy() for t in (y, tx.grad, tw.grad, tb.grad)]
+
+
+def _tolerance(dtype):
+    return dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_source_matches_golden(dtype, update_golden):
+    assert_golden(os.path.join(GOLDEN, f"conv_{dtype}.c"),
+                  conv_module(dtype, "long long", "scipy_cblas_?gemm64_"), update_golden)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_kernels_equal_pytorch_and_numpy(case, dtype):
+    g, x, w, bias, gy = _problem(case, dtype)
+    y, dx, dw, db = _torch(case, x, w, bias, gy)
+    scale = float(np.abs(x).max() * np.abs(w).sum(axis=0).max()) + 1
+    tol = _tolerance(dtype)
+    numpy_y = convolve.conv_nd.generic(np, x, w, bias, g, 1)
+    kernels = [("gemm", None)] + [("direct", k) for k in direct_blocks(dtype)]
+    for kind, kernel in kernels:
+        ours = native_conv.forward(kind, x, w, bias, g, kernel)
+        assert ours.dtype == np.dtype(dtype) and ours.shape == y.shape
+        np.testing.assert_allclose(ours, y, rtol=tol["rtol"], atol=tol["atol"] * scale)
+        np.testing.assert_allclose(ours, numpy_y, rtol=tol["rtol"], atol=tol["atol"] * scale)
+    theirs = convolve.conv_nd_backward.generic(np, gy, x, w, g, 1)
+    backwards = ["gemm", "direct"]
+    for kind in backwards:
+        ours = native_conv.backward(gy, x, w, g, kind=kind)
+        for got, want, numpy_value in zip(ours, (dx, dw, db), theirs):
+            size = float(np.abs(want).max()) + 1
+            np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * size)
+            np.testing.assert_allclose(got, numpy_value, rtol=tol["rtol"],
+                                       atol=tol["atol"] * size)
+        none_dx, only_dw, only_db = native_conv.backward(gy, x, w, g, need_dx=False, kind=kind)
+        assert none_dx is None
+        np.testing.assert_array_equal(only_dw, ours[1])
+        np.testing.assert_array_equal(only_db, ours[2])
+
+
+def test_the_kernels_cover_what_they_claim():
+    """The direct kernels run at any stride and dilation without negative pads; dx by
+    the direct kernel at stride 1 where its pads on gy are not negative."""
+    stride_2 = Geometry.of((9, 9), (3, 3), (2, 2), (1, 1), [(1, 1)] * 2)
+    padded = Geometry.of((9, 9), (3, 3), (1, 1), (1, 1), [(1, 1)] * 2)
+    past_reach = Geometry.of((9, 9), (1, 1), (1, 1), (1, 1), [(1, 1)] * 2)
+    assert native_conv._direct_fits(stride_2) and native_conv._direct_fits(padded)
+    assert native_conv._input_grad_geometry(stride_2) is None
+    assert native_conv._input_grad_geometry(past_reach) is None
+    assert native_conv._input_grad_geometry(padded).pads == ((1, 1), (1, 1))
+    assert all(native_conv._direct_fits(Geometry.of(*c[3:5], c[5], c[7], [(p, p) for p in c[6]]))
+               for c in CASES)
+
+
+def test_small_images_take_the_narrow_direct_kernel():
+    """ResNet's 8x8 planes (78 positions: 96 in blocks of 32) take the narrow kernel, its
+    32x32 and 16x16 ones (1086 and 286 positions) the wide one."""
+    def kernel(size):
+        x = np.empty((1, 4, size, size))
+        g = Geometry.of((size, size), (3, 3), (1, 1), (1, 1), [(1, 1)] * 2)
+        return direct_kernel("float32", native_conv._sizes(x, np.empty((4, 4, 3, 3)), g))
+
+    assert kernel(8) == "conv_forward_direct_narrow"
+    assert kernel(16) == kernel(32) == "conv_forward_direct"
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """The host lends two threads, whatever BLAS has here."""
+    monkeypatch.setattr(host, "host_threads", lambda: 2)
+
+
+def test_slabs_on_two_threads_equal_one_slab(two_threads, monkeypatch):
+    case = (6, 5, 7, (10, 10), (3, 3), (1, 1), (1, 1), (1, 1))
+    g, x, w, bias, gy = _problem(case, "float64", seed=3)
+    y, dx, dw, db = _torch(case, x, w, bias, gy)
+    monkeypatch.setattr(host, "MIN_SPLIT_BYTES", 0)   # these small arrays split too
+    seen = []
+    real = host._slabs
+    monkeypatch.setattr(host, "_slabs", lambda *a: seen.append(r := real(*a)) or r)
+    for kind, kernel in [("gemm", None)] + [("direct", k) for k in direct_blocks("float64")]:
+        np.testing.assert_allclose(native_conv.forward(kind, x, w, bias, g, kernel), y,
+                                   rtol=1e-12, atol=1e-12 * float(np.abs(y).max()))
+    for kind in ("gemm", "direct"):
+        ours = native_conv.backward(gy, x, w, g, kind=kind)
+        for got, want in zip(ours, (dx, dw, db)):
+            np.testing.assert_allclose(got, want, rtol=1e-12,
+                                       atol=1e-12 * float(np.abs(want).max()))
+    assert seen and all(len(slabs) == 4 for slabs in seen)   # two slabs per thread
+
+
+def _seam_problem():
+    case = (2, 4, 6, (8, 8), (3, 3), (1, 1), (1, 1), (1, 1))
+    return _problem(case, "float32", seed=1)
+
+
+def test_outside_a_native_pass_the_numpy_code_runs(choices_cache, monkeypatch):
+    g, x, w, bias, _ = _seam_problem()
+    monkeypatch.setattr(native_conv, "forward", pytest.fail)
+    monkeypatch.setattr(native_conv, "choose", pytest.fail)
+    np.testing.assert_array_equal(convolve.conv_nd(np, x, w, bias, g, 1),
+                                  convolve.conv_nd.generic(np, x, w, bias, g, 1))
+
+
+@pytest.mark.parametrize("groups, rank", [(2, 2), (1, 3)])
+def test_uncovered_cases_fall_back(groups, rank, choices_cache):
+    spatial = (5,) * rank
+    g = Geometry.of(spatial, (3,) * rank, (1,) * rank, (1,) * rank, [(1, 1)] * rank)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, *spatial)).astype("float32")
+    w = rng.standard_normal((6, 4 // groups, *(3,) * rank)).astype("float32")
+    gy = rng.standard_normal((2, 6, *g.out)).astype("float32")
+    assert not native_conv.covered(x, w, g, groups)
+    with native_conv.in_use():
+        assert native_conv._conv_nd(np, x, w, None, g, groups) is NotImplemented
+        assert native_conv._conv_nd_backward(np, gy, x, w, g, groups) is NotImplemented
+        y = convolve.conv_nd(np, x, w, None, g, groups)
+    np.testing.assert_array_equal(y, convolve.conv_nd.generic(np, x, w, None, g, groups))
+
+
+def test_arrays_other_than_the_geometry_says_fall_back(choices_cache):
+    g, x, w, _, _ = _seam_problem()
+    assert native_conv.covered(x, w, g, 1)
+    assert not native_conv.covered(x[:, :, :7], w, g, 1)
+    assert not native_conv.covered(x, w[:, :, :2], g, 1)
+    assert not native_conv.covered(x[:, :3], w, g, 1)
+
+
+def test_without_a_compiler_the_numpy_code_runs(choices_cache, monkeypatch):
+    g, x, w, bias, gy = _seam_problem()
+
+    def unavailable(dtype):
+        raise NativeUnavailable("no C compiler found")
+
+    monkeypatch.setattr(native_conv, "_library", unavailable)
+    monkeypatch.setattr(native_conv, "_choices", {})
+    with native_conv.in_use():
+        y = convolve.conv_nd(np, x, w, bias, g, 1)
+        grads = convolve.conv_nd_backward(np, gy, x, w, g, 1)
+    np.testing.assert_array_equal(y, convolve.conv_nd.generic(np, x, w, bias, g, 1))
+    for got, want in zip(grads, convolve.conv_nd_backward.generic(np, gy, x, w, g, 1)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_choice_is_timed_once_and_kept(choices_cache, monkeypatch):
+    g, x, w, bias, gy = _seam_problem()
+    path = choices_cache / native_conv.CHOICES_FILE
+    with native_conv.in_use():
+        y = convolve.conv_nd(np, x, w, bias, g, 1)
+    stored = json.loads(path.read_text())
+    key = native_conv._key(x, w, g, 1)
+    assert stored[key]["forward"] in native_conv.FORWARD
+    assert stored[key]["backward"] in native_conv.BACKWARD
+    np.testing.assert_allclose(y, convolve.conv_nd.generic(np, x, w, bias, g, 1), rtol=1e-5,
+                               atol=1e-5)
+    # a new process reads it back and times nothing
+    monkeypatch.setattr(native_conv, "_loaded_from", None)
+    monkeypatch.setattr(native_conv, "_fastest", pytest.fail)
+    stored[key] = {"forward": "direct", "backward": "gemm"}
+    path.write_text(json.dumps(stored))
+    calls = []
+    monkeypatch.setattr(native_conv, "forward", lambda kind, *a: calls.append(kind) or y)
+    with native_conv.in_use():
+        convolve.conv_nd(np, x, w, bias, g, 1)
+    assert calls == ["direct"]
+
+
+def test_a_damaged_choice_file_is_ignored_and_rewritten(choices_cache, monkeypatch):
+    g, x, w, bias, _ = _seam_problem()
+    choices_cache.mkdir(parents=True, exist_ok=True)
+    path = choices_cache / native_conv.CHOICES_FILE
+    path.write_text('{"float32 x(2, 4')   # cut off mid-write by another tool
+    monkeypatch.setattr(native_conv, "_loaded_from", None)
+    with native_conv.in_use():
+        y = convolve.conv_nd(np, x, w, bias, g, 1)
+    np.testing.assert_allclose(y, convolve.conv_nd.generic(np, x, w, bias, g, 1), rtol=1e-5,
+                               atol=1e-5)
+    assert native_conv._key(x, w, g, 1) in json.loads(path.read_text())
+
+
+def test_compile_reports_the_choice_per_layer(tmp_path):
+    env_cache = os.environ.get("NETDSL_CACHE")
+    os.environ["NETDSL_CACHE"] = str(tmp_path)
+    try:
+        first = run_netc("compile", "specs/lenet5.net", "--target", "native", "-q")
+        second = run_netc("compile", "specs/lenet5.net", "--target", "native", "-q")
+    finally:
+        if env_cache is None:
+            del os.environ["NETDSL_CACHE"]
+        else:
+            os.environ["NETDSL_CACHE"] = env_cache
+    assert first.returncode == 0, first.stderr
+    assert "convolutions (forward/backward, batch 64): " in first.stdout
+    assert "timed in" in first.stdout and "conv1 " in first.stdout and "conv2 " in first.stdout
+    assert "from the cache" in second.stdout
+    assert (tmp_path / "native" / native_conv.CHOICES_FILE).exists()
+
+
+def test_the_native_executor_runs_the_kernels_and_the_host_does_not(choices_cache,
+                                                                     monkeypatch):
+    """A training step of LeNet-5 (a 1-channel first layer, 5x5 kernels, pad 2 and none)
+    on the native target convolves through this module, with the host's losses and
+    gradients; the host target's executor never comes here."""
+    from netdsl.lower import lower
+    from netdsl.runtime.execute import Executor
+    from netdsl.runtime.init import initial_params
+    from test_train_torch import random_batch, spec_lowered
+
+    graph = spec_lowered("lenet5").graph
+    host_lowered, native_lowered = lower(graph), lower(graph, "native")
+    params = initial_params(host_lowered.built, "torch", seed=0)
+    plain = Executor(host_lowered, params, dtype="float64")
+    native = Executor(native_lowered, params, dtype="float64")
+    # every layer takes the compiled kernels, whatever the timing would choose
+    calls = []
+
+    def always_direct(x, *args, **kwargs):
+        calls.append(x.shape)
+        return {"forward": "direct", "backward": "direct"}, None
+
+    monkeypatch.setattr(native_conv, "choose", always_direct)
+    batch = random_batch(plain.plan, 3, np.random.default_rng(0))
+    losses = []
+    for ex in (plain, native):
+        before = len(calls)
+        losses.append({k: float(v) for k, v in ex.forward(batch, training=True).items()})
+        ex.backward()
+        assert len(calls) - before == (4 if ex is native else 0)   # 2 layers, both ways
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+    np.testing.assert_allclose(native.flat_grads, plain.flat_grads, rtol=1e-10,
+                               atol=1e-12 * float(np.abs(plain.flat_grads).max()))
