@@ -224,6 +224,7 @@ class Executor:
             for kw, (node, saved) in step.borrows.items():
                 kwargs[kw] = self.ctxs[node].saved[saved]
         y = step.op.forward(ctx, *xs, **kwargs)
+        ctx.out = None  # else the context would hold the array after its value is freed
         if lengths is not None and step.node in timed:
             self.lengths[step.node] = lengths
             self.host_lengths[step.node] = self.host_lengths[source]

@@ -84,6 +84,27 @@ def test_the_estimate_is_what_a_run_takes(optimizer, batch):
     assert 0.97 * peak <= estimate.peak <= 1.2 * peak, (peak, estimate)
 
 
+def test_the_plan_holds_a_chain_in_one_buffer_as_the_executor_does():
+    """A host chain's follower writes over its predecessor's output and relu's backward
+    writes its input's gradient over its output's: the plan gives each pair one buffer,
+    and after a step no context holds the array its follower wrote over."""
+    session = wide()
+    plan, memory = session.lowered.plan, session.lowered.memory
+    followers = [step for step in plan.steps if step.in_place]
+    assert [step.op.name for step in followers] == ["relu", "relu"]
+    names = {b.name for b in memory.buffers}
+    for step in followers:
+        assert memory.assignment[step.node] == memory.assignment[step.inputs[0]]
+        assert step.node not in names and f"d{step.node}" in names
+        assert f"d{step.inputs[0]}" not in names  # relu's dx is its dy's buffer
+    trainer = session.trainer(None)
+    rng = np.random.default_rng(0)
+    trainer.fit(Dataset({"x": rng.standard_normal((128, 256)).astype(np.float32),
+                         "y": rng.integers(0, 10, 128)}, "test data"), None)
+    assert trainer.executor.ctxs and all(ctx.out is None
+                                         for ctx in trainer.executor.ctxs.values())
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.3])
 def test_drawing_in_chunks_gives_the_numbers_of_one_draw(monkeypatch, scale):
     monkeypatch.setattr(numeric, "DRAW_CHUNK", 7)

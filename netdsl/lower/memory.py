@@ -9,6 +9,11 @@ autodiff's schedule. Every tensor gets an interval on it:
 - a value's gradient lives from the first backward step that contributes to it
   to the backward step of its node.
 
+Two kinds of arrays are one buffer, as the host executor runs them: a host chain's
+follower (`Step.in_place`) writes its result over its predecessor's output, and an op
+with `Op.grad_over_gy` writes its input's gradient over its output's gradient when that
+is an array of the pass's own (made fresh by its reader's backward, or summed).
+
 Buffers whose intervals do not overlap share memory: a first-fit assignment of
 intervals to slots gives the planned peak. The executors follow the same
 lifetimes (they drop each array at the end of its interval), so the plan is what
@@ -115,15 +120,23 @@ def plan_memory(plan: Plan, backward: Backward, batch: int = 1,
     back_at = {node: n + j for j, node in enumerate(backward.order)}
     end = dict.fromkeys(plan.inputs, 0)
     buffers: list[Buffer] = []
+    # a chain's follower holds its value in the buffer of the chain's first step
+    holder: dict[str, str] = {}
+    size: dict[str, int] = {}
     for i, step in enumerate(plan.steps):
-        end.setdefault(step.node, i)
+        if step.in_place:
+            holder[step.node] = holder.get(step.inputs[0], step.inputs[0])
+        own = holder.get(step.node, step.node)
+        end.setdefault(own, i)
+        size[own] = max(size.get(own, 0), _bytes(plan, step.node, batch))
         names = input_names(type(step.op))
         bwd = back_at.get(step.node, i)
         for source, name in zip(step.inputs, names):
             kept = name in step.op.keeps and step.node in back_at
+            source = holder.get(source, source)
             end[source] = max(end[source], bwd if kept else i)
         if "y" in step.op.keeps and "y" not in names:
-            end[step.node] = max(end[step.node], bwd)
+            end[own] = max(end[own], bwd)
         for extra in step.op.keeps:
             if extra not in names and extra != "y" and extra not in SMALL_SAVED \
                     and extra not in step.params and step.node in back_at:
@@ -132,21 +145,53 @@ def plan_memory(plan: Plan, backward: Backward, batch: int = 1,
                                              batch), i, bwd))
     for name, last in end.items():
         start = at.get(name, 0)
-        buffers.append(Buffer(name, "value", _bytes(plan, name, batch), start, last))
-    for node in backward.order:
-        sources = [s for s in backward.grad_inputs[node] if s is not None]
-        for source in sources:
-            first = back_at[node]
-            grad = f"d{source}"
-            if source in back_at and all(b.name != grad for b in buffers):
-                buffers.append(Buffer(grad, "grad", _bytes(plan, source, batch), first,
-                                      back_at[source]))
+        bytes_ = size.get(name) or _bytes(plan, name, batch)
+        buffers.append(Buffer(name, "value", bytes_, start, last))
+    buffers += _gradients(plan, backward, back_at, batch)
     slots, assignment = _first_fit(buffers)
+    for follower, first in holder.items():
+        assignment[follower] = assignment[first]
     params = sum(p.size for p in plan.params.values()) * 4
     scratch = tuple(s for s in (step.op.scratch(*step.input_types) for step in plan.steps)
                     if s[1])
     return MemoryPlan(batch, buffers, slots, assignment, params, optimizer_slots * params,
                       scratch)
+
+
+def _gradients(plan: Plan, backward: Backward, back_at: dict, batch: int) -> list[Buffer]:
+    """The values' gradients: each lives from its first contribution to its node's
+    backward step, and one an op writes over its output's gradient (`Op.grad_over_gy`)
+    continues that buffer instead of taking one of its own."""
+    readers: dict[str, list[str]] = {}
+    for node in backward.order:
+        for source in backward.grad_inputs[node]:
+            if source is not None and node not in readers.setdefault(source, []):
+                readers[source].append(node)
+    grads: dict[str, list] = {}   # value -> [buffer name, bytes, start, end]
+    for node in backward.order:
+        step = plan.step_of(node)
+        for position, source in enumerate(backward.grad_inputs[node]):
+            if source is None or source not in back_at or source in grads:
+                continue
+            mine = grads.get(node)
+            if (mine is not None and position == 0 and step.op.grad_over_gy
+                    and readers[source] == [node] and _owned(plan, readers.get(node, ()))
+                    and plan.types[source] == plan.types[node]):
+                mine[3] = back_at[source]   # written over dnode, read until source's step
+                grads[source] = mine
+                continue
+            grads[source] = [f"d{source}", _bytes(plan, source, batch), back_at[node],
+                             back_at[source]]
+    unique = {id(g): g for g in grads.values()}
+    return [Buffer(name, "grad", bytes_, start, end)
+            for name, bytes_, start, end in unique.values()]
+
+
+def _owned(plan: Plan, readers) -> bool:
+    """Whether a value's gradient is an array of the pass's own: summed from several
+    contributions, or one that its reader's backward made fresh."""
+    return len(readers) > 1 or (len(readers) == 1
+                                and plan.step_of(readers[0]).op.fresh_grads)
 
 
 def _first_fit(buffers: list[Buffer]) -> tuple[list[int], dict[str, int]]:

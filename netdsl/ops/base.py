@@ -181,6 +181,9 @@ class Op:
     # backward returns new arrays as its inputs' gradients, never gy or a view of it, so
     # the executor may add later contributions into them
     fresh_grads: ClassVar[bool] = False
+    # backward writes its (only) input's gradient over gy when the executor owns gy
+    # (Ctx.gy_owned): the memory plan gives both one buffer
+    grad_over_gy: ClassVar[bool] = False
     # inputs, by name, that no gradient flows back through (stop_gradient's x, crop's like)
     nondifferentiable: ClassVar[tuple[str, ...]] = ()
     # for each export format ("ONNX", "PyTorch") the op has no lowering to, the format's
