@@ -45,6 +45,19 @@ class NonFinite(Exception):
         self.node, self.phase = node, phase
 
 
+class _Call:
+    """What every call of a step passes besides its inputs: its op's forward, whether it
+    runs compiled programs, its parameters by the op's names (None for a column block,
+    copied at each call) and, per parameter gradient the op may write in place, (name,
+    key, view of the flat gradient vector)."""
+
+    __slots__ = ("forward", "compiled", "kwargs", "grad_views")
+
+    def __init__(self, step: Step, compiled: bool, kwargs, grad_views):
+        self.forward, self.compiled = step.op.forward, compiled
+        self.kwargs, self.grad_views = kwargs, grad_views
+
+
 class Executor:
     """Parameters, running statistics and per-step contexts of one lowered network.
 
@@ -100,6 +113,9 @@ class Executor:
         self._last = None      # the schedule the last forward ran, which backward reverses
         self._written: set[str] = set()
         self._param_args: dict[str, dict] = {}  # step -> its parameters' views, by name
+        # per step, what every call of it passes that no pass changes (made on first use)
+        self._calls: dict[str, _Call] = {}
+        self._backwards: dict[int, tuple] = {}  # id(Backward) -> (it, its nodes, its params)
         # during a step `netc run --diagnose` records: the runtime.diagnostics.Probe shown
         # each node's value and gradient as they are made (None otherwise: no cost)
         self.observer = None
@@ -185,9 +201,42 @@ class Executor:
         if isinstance(self.rng, CountedRng):
             self.rng.advance()
 
+    def _call(self, step: Step) -> "_Call":
+        call = self._calls.get(step.node)
+        if call is None:
+            call = self._calls[step.node] = _Call(
+                step, step.node in self.compiled_ops,
+                None if step.slices else self.param_args(step),
+                tuple((name, key, self.grads[key]) for name, key in step.params.items()
+                      if name not in step.slices))
+        return call
+
+    def _plain_step(self, step: Step, values: dict, training: bool, check_finite: bool):
+        """A step of a network without sequences: no folding, no lengths, and what the
+        call needs besides its inputs made once (`_Call`)."""
+        call = self._call(step)
+        ctx = self.ctxs[step.node] = Ctx(self.xp, training, self.rng, self.buffers[step.node],
+                                         self.size, self.dtype)
+        ctx.geometry, ctx.compiled = step.geometry, call.compiled
+        xs = [values[s] for s in step.inputs]
+        if step.in_place:  # a chain's follower writes over its predecessor's output
+            ctx.out = xs[0]
+        kwargs = self.param_args(step) if call.kwargs is None else call.kwargs
+        if step.borrows:
+            kwargs = dict(kwargs)
+            for kw, (node, saved) in step.borrows.items():
+                kwargs[kw] = self.ctxs[node].saved[saved]
+        y = call.forward(ctx, *xs, **kwargs)
+        ctx.out = None  # else the context would hold the array after its value is freed
+        if check_finite:
+            self.check(check_finite, y, step.node, "forward")
+        return y
+
     def _forward_step(self, step: Step, values: dict, training: bool, check_finite: bool):
         """A step outside any loop: a per-step op reading sequences sees time folded into
         the batch."""
+        if not self.timed:
+            return self._plain_step(step, values, training, check_finite)
         xp, timed, whole = self.xp, self.timed, self.whole[step.node]
         xs = [values[s] for s in step.inputs]
         steps = [x.shape[0] for i, (x, s) in enumerate(zip(xs, step.inputs))
@@ -272,7 +321,11 @@ class Executor:
         grads = {seed: xp.ones((), dtype=self.dtype) for seed in backward.seeds}
         owned: set[str] = set()
         self._written = set()
-        wanted = set(backward.order)
+        facts = self._backwards.get(id(backward))
+        if facts is None or facts[0] is not backward:
+            facts = self._backwards[id(backward)] = (backward, frozenset(backward.order),
+                                                     frozenset(backward.params))
+        wanted = facts[1]
         with one_blas_thread(xp, self._last.host_split):
             for segment in reversed(self._last.segments):
                 if isinstance(segment, LoopSegment):
@@ -293,9 +346,8 @@ class Executor:
                     self._backward_step(step, gy, grads, owned, backward, check_finite)
                     if hook is not None:
                         hook.step_done(step)
-        for key in backward.params:
-            if key not in self._written:
-                self.grads[key][...] = 0
+        for key in facts[2] - self._written:
+            self.grads[key][...] = 0
         if hook is not None:
             hook.end()
 
@@ -314,8 +366,9 @@ class Executor:
         ctx.needs_input_grad = tuple(t is not None for t in targets)
         ctx.gy_owned = step.node in owned   # popped from `grads`: nobody else reads it
         # a parameter's first gradient may be written straight into its storage
-        ctx.grad_out = {name: self.grads[key] for name, key in step.params.items()
-                        if key not in self._written and name not in step.slices}
+        written = self._written
+        ctx.grad_out = {name: view for name, key, view in self._call(step).grad_views
+                        if key not in written}
         input_grads, param_grads = step.op.backward(ctx, gy)
         ctx.saved.clear()
         valid = self.valid.get(step.node)
@@ -340,8 +393,13 @@ class Executor:
         """Write (or add, for a parameter already written this pass) a step's parameter
         gradients into the flat gradient vector; one the op wrote there itself
         (Ctx.grad_out) is only marked written. A column block adds into its part."""
+        written, slices = self._written, step.slices
         for name, grad in param_grads.items():
-            self.store_param_grad(step.params[name], grad, step.slices.get(name))
+            key = step.params[name]
+            if grad is self.grads[key] and not slices and key not in written:
+                written.add(key)   # the op wrote it in place (Ctx.grad_out)
+            else:
+                self.store_param_grad(key, grad, slices.get(name))
 
     def store_param_grad(self, key: str, grad, index=None) -> None:
         target = self.grads[key]
