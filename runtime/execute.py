@@ -91,11 +91,12 @@ class Executor:
             self.offsets[key] = (start, start + param.size)
             start += param.size
         self.flat_params = xp.zeros(start, dtype=dtype)
-        self.flat_grads = xp.zeros(start, dtype=dtype)
         self.params = self._views(self.flat_params)
-        self.grads = self._views(self.flat_grads)
         for key, value in params.items():
             self.params[key][...] = xp.asarray(value, dtype=dtype)
+        # the gradient vector is made at its first use: by then a trainer has dropped the
+        # initial values it copied from, which would otherwise be held beside both vectors
+        self._flat_grads = self._grads = None
         self.rng = xp.random.default_rng(seed) if on_host(xp) else CountedRng(xp, seed)
         self.buffers: dict[str, dict] = {step.node: {} for step in plan.steps}
         self.ctxs: dict = {}
@@ -116,6 +117,15 @@ class Executor:
         # per step, what every call of it passes that no pass changes (made on first use)
         self._calls: dict[str, _Call] = {}
         self._backwards: dict[int, tuple] = {}  # id(Backward) -> (it, its nodes, its params)
+        # per batch size, the values the memory plan lodges in the gradient vector: node
+        # -> the view of flat_grads its step writes (netdsl.lower.memory.MemoryPlan.lodge)
+        self._lodgings: dict[int, dict] = {}
+        self._homes: dict = {}
+        # whether a pass may do so: the gradient vector then holds nothing meaningful from
+        # a forward pass until backward writes it. A trainer allows it (it reads gradients
+        # only between backward and the optimiser's step); a caller who runs a forward pass
+        # after backward and reads the gradients then must not
+        self.lodge_values = False
         # during a step `netc run --diagnose` records: the runtime.diagnostics.Probe shown
         # each node's value and gradient as they are made (None otherwise: no cost)
         self.observer = None
@@ -130,6 +140,21 @@ class Executor:
                     self.compiled_loops = CompiledLoops(self)
                 except native.NativeUnavailable:  # no CBLAS to call: loops run interpreted
                     pass
+
+    @property
+    def flat_grads(self):
+        """The gradients of every parameter, one flat vector laid out as `flat_params`."""
+        if self._flat_grads is None:
+            self._flat_grads = self.xp.zeros(self.flat_params.size, dtype=self.dtype)
+            self._grads = self._views(self._flat_grads)
+        return self._flat_grads
+
+    @property
+    def grads(self) -> dict:
+        """Each parameter's gradient: views of `flat_grads`."""
+        if self._grads is None:
+            self.flat_grads
+        return self._grads
 
     def _views(self, flat) -> dict:
         return {key: flat[a:b].reshape(self.plan.params[key].shape)
@@ -161,6 +186,7 @@ class Executor:
         values = {name: self._time_major(batch[name], name) for name in plan.inputs
                   if name in batch}
         self.size = self._extent(values)
+        self._homes = self._lodged(self.size) if self.lodge_values else {}
         self.time: dict[str, int] = {}  # folded step or loop -> the time steps it ran over
         # valid steps per example, per sequence value: from `NAME.lengths` in the batch,
         # passed on to what is computed from it; absent when every sequence is full. The
@@ -196,6 +222,19 @@ class Executor:
                         del values[name]
         return {name: self._batch_major(values[name], name) for name in schedule.outputs}
 
+    def _lodged(self, batch: int) -> dict:
+        """The views of the gradient vector that values live in at `batch`. The memory
+        plan puts a value there only where backward writes every gradient it covers after
+        the value's last use, and never a value a pass returns."""
+        homes = self._lodgings.get(batch)
+        if homes is None:
+            memory, types = self.lowered.memory, self.plan.types
+            at = memory.lodge(batch, self.offsets) if memory is not None and not self.timed else {}
+            homes = self._lodgings[batch] = {
+                node: self.flat_grads[a:a + batch * types[node].size].reshape(
+                    (batch,) + types[node].dims) for node, a in at.items()}
+        return homes
+
     def _begin_pass(self) -> None:
         """A forward pass starts: off the host it draws from a stream of its own."""
         if isinstance(self.rng, CountedRng):
@@ -221,6 +260,8 @@ class Executor:
         xs = [values[s] for s in step.inputs]
         if step.in_place:  # a chain's follower writes over its predecessor's output
             ctx.out = xs[0]
+        elif self._homes:
+            ctx.out = self._homes.get(step.node)  # a value lodged in the gradient vector
         kwargs = self.param_args(step) if call.kwargs is None else call.kwargs
         if step.borrows:
             kwargs = dict(kwargs)

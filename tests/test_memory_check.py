@@ -89,10 +89,11 @@ def test_the_plan_holds_a_chain_in_one_buffer_as_the_executor_does():
     writes its input's gradient over its output's: the plan gives each pair one buffer,
     and after a step no context holds the array its follower wrote over."""
     session = wide()
-    plan, memory = session.lowered.plan, session.lowered.memory
+    plan, memory = session.lowered.plan, session.lowered.memory.at(4096)
     followers = [step for step in plan.steps if step.in_place]
     assert [step.op.name for step in followers] == ["relu", "relu"]
     names = {b.name for b in memory.buffers}
+    assert memory.lodged == {}  # at this batch no value fits in the gradient vector
     for step in followers:
         assert memory.assignment[step.node] == memory.assignment[step.inputs[0]]
         assert step.node not in names and f"d{step.node}" in names
@@ -103,6 +104,48 @@ def test_the_plan_holds_a_chain_in_one_buffer_as_the_executor_does():
                          "y": rng.integers(0, 10, 128)}, "test data"), None)
     assert trainer.executor.ctxs and all(ctx.out is None
                                          for ctx in trainer.executor.ctxs.values())
+
+
+def test_a_value_lives_in_the_gradient_vector_until_backward_writes_there(monkeypatch):
+    """dense2's output (with relu2 over it) is read last by relu2's backward, dense1's by
+    relu1's, and each layer's gradients are written after that: at batch 256 (a value as
+    large as dense1's weight) each lives in its layer's part of the gradient vector, the
+    step allocates nothing for them, and the gradients are what they are when they have
+    arrays of their own, bit for bit."""
+    session = wide(batch=256)
+    memory = session.lowered.memory.at(256)
+    assert memory.lodged == {"dense1": 0, "dense2": 256 * 1024}
+    assert "dense2" not in memory.assignment and "relu1" not in memory.assignment
+    assert memory.lodge(258, _spans(session)) \
+        == {"dense2": 0}  # dense1 fits its layer's part (and bias) up to batch 257
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.standard_normal((256, 256)).astype(np.float32),
+             "y": rng.integers(0, 10, 256)}
+    runs = []
+    for lodging in (True, False):
+        if not lodging:
+            monkeypatch.setattr(type(session.lowered.memory), "lodge", lambda *a: {})
+        ex = session.trainer(None).executor
+        assert ex.lodge_values
+        out = ex.forward(batch, True, keep={"logits"})
+        for relu in ("relu1", "relu2"):  # dense's value, relu written over it
+            assert np.shares_memory(ex.ctxs[relu].saved["y"], ex.flat_grads) == lodging
+        assert not np.shares_memory(out["logits"], ex.flat_grads)  # returned: never there
+        logits = out["logits"].copy()
+        ex.backward()
+        assert np.array_equal(out["logits"], logits)
+        runs.append((float(out["loss"]), ex.flat_grads.copy()))
+    (loss, grads), (plain_loss, plain_grads) = runs
+    assert loss == plain_loss and np.array_equal(grads, plain_grads)
+    assert np.abs(grads).sum() > 0
+
+
+def _spans(session) -> dict:
+    start, spans = 0, {}
+    for key, param in session.lowered.plan.params.items():
+        spans[key] = (start, start + param.size)
+        start += param.size
+    return spans
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.3])

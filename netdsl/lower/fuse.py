@@ -124,6 +124,8 @@ class FusedChain(Op):
         self.chain, self.nodes = chain, nodes
         self.program = chain_forward(chain)
         self.keeps = ("y",) if from_output(chain) else ()
+        # one input, its gradient from the output: written over gy when the executor owns it
+        self.grad_over_gy = chain.inputs == 1 and self.from_output
         self._backward: dict[tuple, object] = {}
         self._shared: dict[tuple[bool, ...], dict] = {}
 
@@ -166,6 +168,9 @@ class FusedChain(Op):
         arrays = ({"y": saved["y"]} if self.from_output
                   else {f"x{j}": x for j, x in enumerate(saved["xs"])})
         arrays["gy"] = gy
+        if self.grad_over_gy and ctx.gy_owned and gy.shape == saved["y"].shape \
+                and gy.dtype == saved["y"].dtype and gy.flags.c_contiguous:
+            arrays["dx0"] = gy   # each element of gy is read before its dx0 is written
         grads = run_program(ctx.xp, self.backward_program(needs), arrays, dtype=ctx.dtype)
         shared = self._shared.get(needs)
         if shared is None:

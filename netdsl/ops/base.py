@@ -168,6 +168,10 @@ class Op:
     multi_output: ClassVar[bool] = False
     # forward honours ctx.out: it may write its result over its first input (fusion)
     inplace: ClassVar[bool] = False
+    # forward writes its result into ctx.out when an executor gives one (an array of the
+    # result's shape and dtype, which no input overlaps): a value may then live in the
+    # memory plan's place for it (netdsl.lower.memory)
+    fills_out: ClassVar[bool] = False
     # forward splits its work over the host's threads (ops.parallel): an executor runs a
     # pass with such ops with BLAS on one thread (runtime.host.one_blas_thread)
     host_split: ClassVar[bool] = False
