@@ -140,6 +140,45 @@ def test_a_value_lives_in_the_gradient_vector_until_backward_writes_there(monkey
     assert np.abs(grads).sum() > 0
 
 
+def test_a_native_chain_writes_its_gradient_over_the_one_it_was_given():
+    """relu as a fused chain of the native target: its input's gradient is written over
+    its output's, which dense's backward made, as the plan holds them; the gradients are
+    the host target's."""
+    from netdsl.runtime.execute import Executor
+    text = WIDE.replace("OPTIMIZER", "sgd(lr=0.1)").replace("BATCH", "16")
+    graph = check_text(text, "w.net").graph
+    rng = np.random.default_rng(1)
+    batch = {"x": rng.standard_normal((16, 256)).astype(np.float32),
+             "y": rng.integers(0, 10, 16)}
+    grads = {}
+    for target in ("native", "host"):
+        lowered = lower(graph, target)
+        ex = Executor(lowered, initial_params(lowered.built, "he", 0))
+        if target == "native":
+            names = {b.name for b in lowered.memory.buffers}
+            assert {"drelu1", "drelu2"} <= names and not {"ddense1", "ddense2"} & names
+            fused = type(lowered.plan.step_of("relu2").op)
+            seen = []
+            backward = fused.backward
+
+            def spy(self, ctx, gy):
+                (dx,), own = backward(self, ctx, gy)
+                seen.append(dx is gy and ctx.gy_owned)
+                return (dx,), own
+            fused.backward = spy
+            try:
+                ex.forward(batch, True)
+                ex.backward()
+            finally:
+                fused.backward = backward
+            assert seen == [True, True]
+        else:
+            ex.forward(batch, True)
+            ex.backward()
+        grads[target] = ex.flat_grads.copy()
+    np.testing.assert_allclose(grads["native"], grads["host"], rtol=1e-4, atol=1e-6)
+
+
 def _spans(session) -> dict:
     start, spans = 0, {}
     for key, param in session.lowered.plan.params.items():
