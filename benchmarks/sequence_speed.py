@@ -71,6 +71,7 @@ class Ours:
         lowered = lowered or lowered_spec(w, target)
         self.plan = lowered.plan
         self.ex = Executor(lowered, initial_params(lowered.built, "auto", 0))
+        self.ex.lodge_values = True  # as runtime.train's Trainer runs it
         self.optimizer = make_optimizer("adam", {"lr": LR}, self.ex.flat_params)
         self.backward, self.batch = lowered.backward(), batch
 

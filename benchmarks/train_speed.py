@@ -203,6 +203,7 @@ class NetdslTrainer:
     def __init__(self, lowered: Lowered, params: dict, batch: tuple[np.ndarray, np.ndarray]):
         self.plan = lowered.plan
         self.executor = Executor(lowered, params, seed=SEED)
+        self.executor.lodge_values = True  # as runtime.train's Trainer runs it
         self.optimizer = make_optimizer("sgd", {"lr": LR, "momentum": MOMENTUM},
                                         self.executor.flat_params)
         self.backward = lowered.backward()

@@ -46,6 +46,19 @@ class NonFinite(Exception):
         self.node, self.phase = node, phase
 
 
+class _Call:
+    """What every call of a step passes besides its inputs: its op's forward, whether it
+    runs compiled programs, its parameters by the op's names (None for a column block,
+    copied at each call) and, per parameter gradient the op may write in place, (name,
+    key, view of the flat gradient vector)."""
+
+    __slots__ = ("forward", "compiled", "kwargs", "grad_views")
+
+    def __init__(self, step: Step, compiled: bool, kwargs, grad_views):
+        self.forward, self.compiled = step.op.forward, compiled
+        self.kwargs, self.grad_views = kwargs, grad_views
+
+
 class Executor:
     """Parameters, running statistics and per-step contexts of one lowered network.
 
@@ -79,11 +92,12 @@ class Executor:
             self.offsets[key] = (start, start + param.size)
             start += param.size
         self.flat_params = xp.zeros(start, dtype=dtype)
-        self.flat_grads = xp.zeros(start, dtype=dtype)
         self.params = self._views(self.flat_params)
-        self.grads = self._views(self.flat_grads)
         for key, value in params.items():
             self.params[key][...] = xp.asarray(value, dtype=dtype)
+        # the gradient vector is made at its first use: by then a trainer has dropped the
+        # initial values it copied from, which would otherwise be held beside both vectors
+        self._flat_grads = self._grads = None
         self.rng = xp.random.default_rng(seed) if on_host(xp) else CountedRng(xp, seed)
         self.buffers: dict[str, dict] = {step.buffers_of or step.node: {} for step in plan.steps}
         self.ctxs: dict = {}
@@ -101,6 +115,18 @@ class Executor:
         self._last = None      # the schedule the last forward ran, which backward reverses
         self._written: set[str] = set()
         self._param_args: dict[str, dict] = {}  # step -> its parameters' views, by name
+        # per step, what every call of it passes that no pass changes (made on first use)
+        self._calls: dict[str, _Call] = {}
+        self._backwards: dict[int, tuple] = {}  # id(Backward) -> (it, its nodes, its params)
+        # per batch size, the values the memory plan lodges in the gradient vector: node
+        # -> the view of flat_grads its step writes (netdsl.lower.memory.MemoryPlan.lodge)
+        self._lodgings: dict[int, dict] = {}
+        self._homes: dict = {}
+        # whether a pass may do so: the gradient vector then holds nothing meaningful from
+        # a forward pass until backward writes it. A trainer allows it (it reads gradients
+        # only between backward and the optimiser's step); a caller who runs a forward pass
+        # after backward and reads the gradients then must not
+        self.lodge_values = False
         # during a step `netc run --diagnose` records: the runtime.diagnostics.Probe shown
         # each node's value and gradient as they are made (None otherwise: no cost)
         self.observer = None
@@ -117,6 +143,21 @@ class Executor:
                     self.compiled_loops = CompiledLoops(self)
                 except native.NativeUnavailable:  # no CBLAS to call: loops run interpreted
                     pass
+
+    @property
+    def flat_grads(self):
+        """The gradients of every parameter, one flat vector laid out as `flat_params`."""
+        if self._flat_grads is None:
+            self._flat_grads = self.xp.zeros(self.flat_params.size, dtype=self.dtype)
+            self._grads = self._views(self._flat_grads)
+        return self._flat_grads
+
+    @property
+    def grads(self) -> dict:
+        """Each parameter's gradient: views of `flat_grads`."""
+        if self._grads is None:
+            self.flat_grads
+        return self._grads
 
     def _views(self, flat) -> dict:
         return {key: flat[a:b].reshape(self.plan.params[key].shape)
@@ -148,6 +189,7 @@ class Executor:
         values = {name: self._time_major(batch[name], name) for name in plan.inputs
                   if name in batch}
         self.size = self._extent(values)
+        self._homes = self._lodged(self.size) if self.lodge_values else {}
         self.time: dict[str, int] = {}  # folded step or loop -> the time steps it ran over
         # valid steps per example, per sequence value: from `NAME.lengths` in the batch,
         # passed on to what is computed from it; absent when every sequence is full. The
@@ -183,14 +225,62 @@ class Executor:
                         del values[name]
         return {name: self._batch_major(values[name], name) for name in schedule.outputs}
 
+    def _lodged(self, batch: int) -> dict:
+        """The views of the gradient vector that values live in at `batch`. The memory
+        plan puts a value there only where backward writes every gradient it covers after
+        the value's last use, and never a value a pass returns."""
+        homes = self._lodgings.get(batch)
+        if homes is None:
+            memory, types = self.lowered.memory, self.plan.types
+            at = memory.lodge(batch, self.offsets) if memory is not None and not self.timed else {}
+            homes = self._lodgings[batch] = {
+                node: self.flat_grads[a:a + batch * types[node].size].reshape(
+                    (batch,) + types[node].dims) for node, a in at.items()}
+        return homes
+
     def _begin_pass(self) -> None:
         """A forward pass starts: off the host it draws from a stream of its own."""
         if isinstance(self.rng, CountedRng):
             self.rng.advance()
 
+    def _call(self, step: Step) -> "_Call":
+        call = self._calls.get(step.node)
+        if call is None:
+            call = self._calls[step.node] = _Call(
+                step, step.node in self.compiled_ops,
+                None if step.slices else self.param_args(step),
+                tuple((name, key, self.grads[key]) for name, key in step.params.items()
+                      if name not in step.slices))
+        return call
+
+    def _plain_step(self, step: Step, values: dict, training: bool, check_finite: bool):
+        """A step of a network without sequences: no folding, no lengths, and what the
+        call needs besides its inputs made once (`_Call`)."""
+        call = self._call(step)
+        ctx = self.ctxs[step.node] = Ctx(self.xp, training, self.rng, self.buffers[step.node],
+                                         self.size, self.dtype)
+        ctx.geometry, ctx.compiled = step.geometry, call.compiled
+        xs = [values[s] for s in step.inputs]
+        if step.in_place:  # a chain's follower writes over its predecessor's output
+            ctx.out = xs[0]
+        elif self._homes:
+            ctx.out = self._homes.get(step.node)  # a value lodged in the gradient vector
+        kwargs = self.param_args(step) if call.kwargs is None else call.kwargs
+        if step.borrows:
+            kwargs = dict(kwargs)
+            for kw, (node, saved) in step.borrows.items():
+                kwargs[kw] = self.ctxs[node].saved[saved]
+        y = call.forward(ctx, *xs, **kwargs)
+        ctx.out = None  # else the context would hold the array after its value is freed
+        if check_finite:
+            self.check(check_finite, y, step.node, "forward")
+        return y
+
     def _forward_step(self, step: Step, values: dict, training: bool, check_finite: bool):
         """A step outside any loop: a per-step op reading sequences sees time folded into
         the batch."""
+        if not self.timed:
+            return self._plain_step(step, values, training, check_finite)
         xp, timed, whole = self.xp, self.timed, self.whole[step.node]
         xs = [values[s] for s in step.inputs]
         steps = [x.shape[0] for i, (x, s) in enumerate(zip(xs, step.inputs))
@@ -228,6 +318,7 @@ class Executor:
             for kw, (node, saved) in step.borrows.items():
                 kwargs[kw] = self.ctxs[node].saved[saved]
         y = step.op.forward(ctx, *xs, **kwargs)
+        ctx.out = None  # else the context would hold the array after its value is freed
         if lengths is not None and step.node in timed:
             self.lengths[step.node] = lengths
             self.host_lengths[step.node] = self.host_lengths[source]
@@ -275,7 +366,11 @@ class Executor:
         grads = {seed: xp.ones((), dtype=self.dtype) for seed in backward.seeds}
         owned: set[str] = set()
         self._written = set()
-        wanted = set(backward.order)
+        facts = self._backwards.get(id(backward))
+        if facts is None or facts[0] is not backward:
+            facts = self._backwards[id(backward)] = (backward, frozenset(backward.order),
+                                                     frozenset(backward.params))
+        wanted = facts[1]
         with one_blas_thread(xp, self._last.host_split), native_conv.in_use(self.native_conv):
             for segment in reversed(self._last.segments):
                 if isinstance(segment, LoopSegment):
@@ -296,9 +391,8 @@ class Executor:
                     self._backward_step(step, gy, grads, owned, backward, check_finite)
                     if hook is not None:
                         hook.step_done(step)
-        for key in backward.params:
-            if key not in self._written:
-                self.grads[key][...] = 0
+        for key in facts[2] - self._written:
+            self.grads[key][...] = 0
         if hook is not None:
             hook.end()
 
@@ -317,8 +411,9 @@ class Executor:
         ctx.needs_input_grad = tuple(t is not None for t in targets)
         ctx.gy_owned = step.node in owned   # popped from `grads`: nobody else reads it
         # a parameter's first gradient may be written straight into its storage
-        ctx.grad_out = {name: self.grads[key] for name, key in step.params.items()
-                        if key not in self._written and name not in step.slices}
+        written = self._written
+        ctx.grad_out = {name: view for name, key, view in self._call(step).grad_views
+                        if key not in written}
         input_grads, param_grads = step.op.backward(ctx, gy)
         ctx.saved.clear()
         valid = self.valid.get(step.node)
@@ -343,8 +438,13 @@ class Executor:
         """Write (or add, for a parameter already written this pass) a step's parameter
         gradients into the flat gradient vector; one the op wrote there itself
         (Ctx.grad_out) is only marked written. A column block adds into its part."""
+        written, slices = self._written, step.slices
         for name, grad in param_grads.items():
-            self.store_param_grad(step.params[name], grad, step.slices.get(name))
+            key = step.params[name]
+            if grad is self.grads[key] and not slices and key not in written:
+                written.add(key)   # the op wrote it in place (Ctx.grad_out)
+            else:
+                self.store_param_grad(key, grad, slices.get(name))
 
     def store_param_grad(self, key: str, grad, index=None) -> None:
         target = self.grads[key]

@@ -111,6 +111,7 @@ def run_steps(ex, segment: LoopSegment, training: bool, values: dict, start: int
             if step.in_place:
                 ctx.out = xs[0]
             y = step.op.forward(ctx, *xs, **kwargs)
+            ctx.out = None  # the context would hold the array after its value is freed
             if mask is not None and step.node in holds and (t > 0 or step.node in before):
                 last = stored[step.node][t - 1] if t > 0 else before[step.node]
                 y = xp.where(_column(mask[now], y.ndim), y, last)

@@ -234,6 +234,9 @@ class Trainer:
         self.executor = Executor(lowered, params, rank_seed(settings.seed, rank), xp, dtype,
                                  order=order)
         del params  # copied into the executor's flat vector: not held beside the optimiser's
+        # gradients are read between backward and the update only: the step's values may
+        # live in the gradient vector until backward writes there
+        self.executor.lodge_values = True
         self.truncation = truncation(plan, settings)
         if self.truncation and self.truncation[1] < self.truncation[0]:
             self.executor.reach = self.truncation[1]

@@ -84,6 +84,109 @@ def test_the_estimate_is_what_a_run_takes(optimizer, batch):
     assert 0.97 * peak <= estimate.peak <= 1.2 * peak, (peak, estimate)
 
 
+def test_the_plan_holds_a_chain_in_one_buffer_as_the_executor_does():
+    """A host chain's follower writes over its predecessor's output and relu's backward
+    writes its input's gradient over its output's: the plan gives each pair one buffer,
+    and after a step no context holds the array its follower wrote over."""
+    session = wide()
+    plan, memory = session.lowered.plan, session.lowered.memory.at(4096)
+    followers = [step for step in plan.steps if step.in_place]
+    assert [step.op.name for step in followers] == ["relu", "relu"]
+    names = {b.name for b in memory.buffers}
+    assert memory.lodged == {}  # at this batch no value fits in the gradient vector
+    for step in followers:
+        assert memory.assignment[step.node] == memory.assignment[step.inputs[0]]
+        assert step.node not in names and f"d{step.node}" in names
+        assert f"d{step.inputs[0]}" not in names  # relu's dx is its dy's buffer
+    trainer = session.trainer(None)
+    rng = np.random.default_rng(0)
+    trainer.fit(Dataset({"x": rng.standard_normal((128, 256)).astype(np.float32),
+                         "y": rng.integers(0, 10, 128)}, "test data"), None)
+    assert trainer.executor.ctxs and all(ctx.out is None
+                                         for ctx in trainer.executor.ctxs.values())
+
+
+def test_a_value_lives_in_the_gradient_vector_until_backward_writes_there(monkeypatch):
+    """dense2's output (with relu2 over it) is read last by relu2's backward, dense1's by
+    relu1's, and each layer's gradients are written after that: at batch 256 (a value as
+    large as dense1's weight) each lives in its layer's part of the gradient vector, the
+    step allocates nothing for them, and the gradients are what they are when they have
+    arrays of their own, bit for bit."""
+    session = wide(batch=256)
+    memory = session.lowered.memory.at(256)
+    assert memory.lodged == {"dense1": 0, "dense2": 256 * 1024}
+    assert "dense2" not in memory.assignment and "relu1" not in memory.assignment
+    assert memory.lodge(258, _spans(session)) \
+        == {"dense2": 0}  # dense1 fits its layer's part (and bias) up to batch 257
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.standard_normal((256, 256)).astype(np.float32),
+             "y": rng.integers(0, 10, 256)}
+    runs = []
+    for lodging in (True, False):
+        if not lodging:
+            monkeypatch.setattr(type(session.lowered.memory), "lodge", lambda *a: {})
+        ex = session.trainer(None).executor
+        assert ex.lodge_values
+        out = ex.forward(batch, True, keep={"logits"})
+        for relu in ("relu1", "relu2"):  # dense's value, relu written over it
+            assert np.shares_memory(ex.ctxs[relu].saved["y"], ex.flat_grads) == lodging
+        assert not np.shares_memory(out["logits"], ex.flat_grads)  # returned: never there
+        logits = out["logits"].copy()
+        ex.backward()
+        assert np.array_equal(out["logits"], logits)
+        runs.append((float(out["loss"]), ex.flat_grads.copy()))
+    (loss, grads), (plain_loss, plain_grads) = runs
+    assert loss == plain_loss and np.array_equal(grads, plain_grads)
+    assert np.abs(grads).sum() > 0
+
+
+def test_a_native_chain_writes_its_gradient_over_the_one_it_was_given():
+    """relu as a fused chain of the native target: its input's gradient is written over
+    its output's, which dense's backward made, as the plan holds them; the gradients are
+    the host target's."""
+    from netdsl.runtime.execute import Executor
+    text = WIDE.replace("OPTIMIZER", "sgd(lr=0.1)").replace("BATCH", "16")
+    graph = check_text(text, "w.net").graph
+    rng = np.random.default_rng(1)
+    batch = {"x": rng.standard_normal((16, 256)).astype(np.float32),
+             "y": rng.integers(0, 10, 16)}
+    grads = {}
+    for target in ("native", "host"):
+        lowered = lower(graph, target)
+        ex = Executor(lowered, initial_params(lowered.built, "he", 0))
+        if target == "native":
+            names = {b.name for b in lowered.memory.buffers}
+            assert {"drelu1", "drelu2"} <= names and not {"ddense1", "ddense2"} & names
+            fused = type(lowered.plan.step_of("relu2").op)
+            seen = []
+            backward = fused.backward
+
+            def spy(self, ctx, gy):
+                (dx,), own = backward(self, ctx, gy)
+                seen.append(dx is gy and ctx.gy_owned)
+                return (dx,), own
+            fused.backward = spy
+            try:
+                ex.forward(batch, True)
+                ex.backward()
+            finally:
+                fused.backward = backward
+            assert seen == [True, True]
+        else:
+            ex.forward(batch, True)
+            ex.backward()
+        grads[target] = ex.flat_grads.copy()
+    np.testing.assert_allclose(grads["native"], grads["host"], rtol=1e-4, atol=1e-6)
+
+
+def _spans(session) -> dict:
+    start, spans = 0, {}
+    for key, param in session.lowered.plan.params.items():
+        spans[key] = (start, start + param.size)
+        start += param.size
+    return spans
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.3])
 def test_drawing_in_chunks_gives_the_numbers_of_one_draw(monkeypatch, scale):
     monkeypatch.setattr(numeric, "DRAW_CHUNK", 7)

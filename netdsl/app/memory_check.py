@@ -22,9 +22,10 @@ from netdsl.settings import TrainSettings
 __all__ = ["Estimate", "training_estimate", "forward_estimate", "check_memory", "fitting_batch",
            "check_training", "sequence_length", "FOR_NETC", "FOR_BUILDER"]
 
-# while a trainer starts it holds the drawn parameters beside the flat parameter and
-# gradient arrays they are copied into (and drops them before the optimiser's arrays)
-STARTING_COPIES = 3
+# while a trainer starts it holds the drawn parameters beside the flat parameter array
+# they are copied into, and drops them before the optimiser's arrays and the gradient
+# vector, which the first pass makes
+STARTING_COPIES = 2
 # how a refusal tells the user to change the batch and to run anyway (None: cannot)
 FOR_NETC = ("pass --batch {batch}", "pass --force to run anyway")
 FOR_BUILDER = ("set batch={batch} in the train clause", None)
@@ -70,6 +71,8 @@ def training_estimate(lowered: Lowered, settings: TrainSettings, steps: int | No
     if memory is None:
         return Estimate(settings.batch, fixed, _sequence_bytes(lowered, settings, steps),
                         f"training step over {steps:,} time steps")
+    # at the batch itself: which values live in the gradient vector depends on it
+    memory = memory.at(settings.batch)
     return Estimate(settings.batch, fixed, memory.slot_bytes // memory.batch, "training step")
 
 

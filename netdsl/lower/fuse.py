@@ -143,6 +143,8 @@ class FusedChain(Op):
         self.chain, self.nodes = chain, nodes
         self.program = chain_forward(chain)
         self.keeps = ("y",) if from_output(chain) else ()
+        # one input, its gradient from the output: written over gy when the executor owns it
+        self.grad_over_gy = chain.inputs == 1 and self.from_output
         self._backward: dict[tuple, object] = {}
         # a call over an MLP's activations costs more in Python than in C: the names of
         # the arrays, and per set of needs the program and its gradients' names, made once
@@ -197,6 +199,9 @@ class FusedChain(Op):
             writes = self._writes[needs] = (self.backward_program(needs), tuple(
                 shared.get(f"dx{j}", f"dx{j}") for j in range(count)))
         program, names = writes
+        if self.grad_over_gy and ctx.gy_owned and gy.shape == saved["y"].shape \
+                and gy.dtype == saved["y"].dtype and gy.flags.c_contiguous:
+            arrays["dx0"] = gy   # each element of gy is read before its dx0 is written
         grads = run_program(ctx.xp, program, arrays, dtype=ctx.dtype)
         return tuple(grads.get(name) for name in names), {}
 

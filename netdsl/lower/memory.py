@@ -9,6 +9,17 @@ autodiff's schedule. Every tensor gets an interval on it:
 - a value's gradient lives from the first backward step that contributes to it
   to the backward step of its node.
 
+Two kinds of arrays are one buffer, as the host executor runs them: a host chain's
+follower (`Step.in_place`) writes its result over its predecessor's output, and an op
+with `Op.grad_over_gy` writes its input's gradient over its output's gradient when that
+is an array of the pass's own (made fresh by its reader's backward, or summed).
+
+The flat gradient vector exists through the whole step, but a parameter's part of it
+holds nothing until backward first writes that gradient. A value whose interval ends
+before then may live there instead (`MemoryPlan.lodge`), as PyTorch's allocator hands
+a freed activation's memory to a gradient made later: the step then allocates nothing
+for it. Its op must write its result where it is told (`Op.fills_out`).
+
 Buffers whose intervals do not overlap share memory: a first-fit assignment of
 intervals to slots gives the planned peak. The executors follow the same
 lifetimes (they drop each array at the end of its interval), so the plan is what
@@ -16,7 +27,7 @@ a step holds, give or take the allocator.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from netdsl.lower.autodiff import Backward
 from netdsl.lower.plan import Plan
@@ -54,6 +65,15 @@ class MemoryPlan:
     # per step with work arrays of its own (Op.scratch): bytes per example of what sizes
     # its chunks, and of what a chunk holds
     scratch_per_example: tuple[tuple[int, int], ...] = ()
+    # values that may live in the gradient vector: name -> elements per example; the step
+    # at which backward first writes each parameter's gradient; the parameters' sizes in
+    # the plan's flat layout
+    lodgeable: dict[str, int] = field(default_factory=dict)
+    written_at: dict[str, int] = field(default_factory=dict)
+    param_sizes: dict[str, int] = field(default_factory=dict)
+    lodged: dict[str, int] = field(default_factory=dict)  # value -> element offset there
+    # a host chain's follower -> the chain's first step, whose buffer it writes over
+    followers: dict[str, str] = field(default_factory=dict)
 
     @property
     def activation_peak(self) -> int:
@@ -89,13 +109,85 @@ class MemoryPlan:
 
     def at(self, batch: int, optimizer_slots: int = 0) -> "MemoryPlan":
         """This plan, made for batch 1, at `batch` and with an optimiser that keeps
-        `optimizer_slots` parameter-sized arrays. Every buffer grows by the same factor, so
-        the first fit by size gives each the same slot."""
+        `optimizer_slots` parameter-sized arrays. Every buffer grows by the same factor;
+        which values fit in the gradient vector depends on the batch."""
         scale = batch // self.batch
         buffers = [replace(b, bytes=b.bytes * scale) for b in self.buffers]
-        return MemoryPlan(batch, buffers, [s * scale for s in self.slots], self.assignment,
-                          self.param_bytes, optimizer_slots * self.param_bytes,
-                          self.scratch_per_example)
+        return _shared(batch, buffers, self.param_bytes, optimizer_slots * self.param_bytes,
+                       self.scratch_per_example, self.lodgeable, self.written_at,
+                       self.param_sizes, self.followers)
+
+    def lodge(self, batch: int, spans: dict[str, tuple[int, int]]) -> dict[str, int]:
+        """Where in a flat gradient vector laid out as `spans` (parameter key -> its
+        [start, stop) in elements) each value that fits at `batch` lives: value -> start.
+        A value goes, largest first, where every parameter it covers gets its gradient
+        after the value's last use, and no value placed there is alive at the same time."""
+        ends = {b.name: (b.start, b.end) for b in self.buffers if b.name in self.lodgeable}
+        never = max(self.written_at.values(), default=0) + 1  # not written by this pass
+        order = sorted((a, b, self.written_at.get(key, never)) for key, (a, b) in spans.items())
+        placed: list[tuple[int, int, int, int]] = []   # (lo, hi, start, end)
+        homes = {}
+        for name in sorted(ends, key=lambda n: (-self.lodgeable[n], n)):
+            start, end = ends[name]
+            need = self.lodgeable[name] * batch
+            busy = sorted((lo, hi) for lo, hi, s, e in placed if s <= end and start <= e)
+            for lo, hi in _stretches(order, end):
+                at = _first_gap(lo, hi, need, busy)
+                if at is not None:
+                    homes[name] = at
+                    placed.append((at, at + need, start, end))
+                    break
+        return homes
+
+
+# a lodged value starts at a multiple of this many elements (64 bytes of float32): the
+# alignment NumPy gives its own arrays' SIMD loops
+ALIGN = 16
+
+
+def _stretches(order: list[tuple[int, int, int]], end: int) -> list[list[int]]:
+    """The longest stretches [lo, hi) of the flat vector whose gradients are all written
+    after step `end`; `order` is (start, stop, written at) per parameter, by start."""
+    stretches: list[list[int]] = []
+    for a, b, written in order:
+        if written <= end:
+            continue
+        if stretches and stretches[-1][1] == a:
+            stretches[-1][1] = b
+        else:
+            stretches.append([a, b])
+    return stretches
+
+
+def _first_gap(lo: int, hi: int, need: int, busy: list[tuple[int, int]]) -> int | None:
+    """The first aligned start in [lo, hi) with `need` elements clear of `busy`."""
+    at = -(-lo // ALIGN) * ALIGN
+    for a, b in busy:
+        if at + need <= a:
+            break
+        if b > at:
+            at = -(-b // ALIGN) * ALIGN
+    return at if at + need <= hi else None
+
+
+def _shared(batch: int, buffers: list[Buffer], param_bytes: int, optimizer_bytes: int,
+            scratch, lodgeable: dict, written_at: dict, param_sizes: dict,
+            followers: dict) -> MemoryPlan:
+    """The plan at `batch`: the values that fit in the gradient vector lodged there, the
+    other buffers in first-fit slots."""
+    memory = MemoryPlan(batch, buffers, [], {}, param_bytes, optimizer_bytes, scratch,
+                        lodgeable, written_at, param_sizes, followers=followers)
+    spans, start = {}, 0
+    for key, size in param_sizes.items():
+        spans[key] = (start, start + size)
+        start += size
+    memory.lodged = memory.lodge(batch, spans)
+    memory.slots, memory.assignment = _first_fit([b for b in buffers
+                                                  if b.name not in memory.lodged])
+    for follower, first in followers.items():  # its first step's slot, unless lodged
+        if first in memory.assignment:
+            memory.assignment[follower] = memory.assignment[first]
+    return memory
 
 
 def _bytes(plan: Plan, node: str, batch: int) -> int:
@@ -104,26 +196,35 @@ def _bytes(plan: Plan, node: str, batch: int) -> int:
 
 
 def plan_memory(plan: Plan, backward: Backward, batch: int = 1,
-                optimizer_slots: int = 0) -> MemoryPlan:
+                optimizer_slots: int = 0, outputs=frozenset()) -> MemoryPlan:
     """Lifetimes and slots for one training step at `batch` (`MemoryPlan.at` scales it).
 
     `optimizer_slots` is how many parameter-sized arrays the optimiser keeps
-    (momentum 1, Adam 2).
+    (momentum 1, Adam 2). `outputs` are values a pass may return, which must outlive it
+    and so never live in the gradient vector.
     """
     n = len(plan.steps)
     at = {step.node: i for i, step in enumerate(plan.steps)}
     back_at = {node: n + j for j, node in enumerate(backward.order)}
     end = dict.fromkeys(plan.inputs, 0)
     buffers: list[Buffer] = []
+    # a chain's follower holds its value in the buffer of the chain's first step
+    holder: dict[str, str] = {}
+    size: dict[str, int] = {}
     for i, step in enumerate(plan.steps):
-        end.setdefault(step.node, i)
+        if step.in_place:
+            holder[step.node] = holder.get(step.inputs[0], step.inputs[0])
+        own = holder.get(step.node, step.node)
+        end.setdefault(own, i)
+        size[own] = max(size.get(own, 0), _bytes(plan, step.node, batch))
         names = input_names(type(step.op))
         bwd = back_at.get(step.node, i)
         for source, name in zip(step.inputs, names):
             kept = name in step.op.keeps and step.node in back_at
+            source = holder.get(source, source)
             end[source] = max(end[source], bwd if kept else i)
         if "y" in step.op.keeps and "y" not in names:
-            end[step.node] = max(end[step.node], bwd)
+            end[own] = max(end[own], bwd)
         for extra in step.op.keeps:
             if extra not in names and extra != "y" and extra not in SMALL_SAVED \
                     and extra not in step.params and step.node in back_at:
@@ -132,21 +233,79 @@ def plan_memory(plan: Plan, backward: Backward, batch: int = 1,
                                              batch), i, bwd))
     for name, last in end.items():
         start = at.get(name, 0)
-        buffers.append(Buffer(name, "value", _bytes(plan, name, batch), start, last))
-    for node in backward.order:
-        sources = [s for s in backward.grad_inputs[node] if s is not None]
-        for source in sources:
-            first = back_at[node]
-            grad = f"d{source}"
-            if source in back_at and all(b.name != grad for b in buffers):
-                buffers.append(Buffer(grad, "grad", _bytes(plan, source, batch), first,
-                                      back_at[source]))
-    slots, assignment = _first_fit(buffers)
+        bytes_ = size.get(name) or _bytes(plan, name, batch)
+        buffers.append(Buffer(name, "value", bytes_, start, last))
+    buffers += _gradients(plan, backward, back_at, batch)
     params = sum(p.size for p in plan.params.values()) * 4
     scratch = tuple(s for s in (step.op.scratch(*step.input_types) for step in plan.steps)
                     if s[1])
-    return MemoryPlan(batch, buffers, slots, assignment, params, optimizer_slots * params,
-                      scratch)
+    return _shared(batch, buffers, params, optimizer_slots * params, scratch,
+                   _lodgeable(plan, holder, size, outputs, batch),
+                   _written_at(plan, backward, back_at),
+                   {key: p.size for key, p in plan.params.items()}, holder)
+
+
+def _lodgeable(plan: Plan, holder: dict, size: dict, outputs, batch: int) -> dict[str, int]:
+    """The values that may live in the gradient vector, with their elements per example:
+    made outside loops by an op that writes where it is told, in the executors' float
+    type, and never returned by a pass. Only a network with one loss: each of a GAN's
+    phases runs a backward of its own, which writes gradients in another order."""
+    if plan.sequential or plan.loops or len(plan.losses) != 1:
+        return {}
+    returned = set(outputs) | set(plan.losses.values())
+    returned |= {holder[n] for n in returned if n in holder}
+    found = {}
+    for step in plan.steps:
+        if (step.node in holder or step.node in returned or not step.op.fills_out
+                or plan.types[step.node].dtype != "float32"):
+            continue
+        found[step.node] = size[step.node] // (batch * _BYTES["float32"])
+    return found
+
+
+def _written_at(plan: Plan, backward: Backward, back_at: dict) -> dict[str, int]:
+    """Per parameter key, the step at which backward first writes its gradient."""
+    written: dict[str, int] = {}
+    for node in backward.order:
+        for key in plan.step_of(node).params.values():
+            written.setdefault(key, back_at[node])
+    return written
+
+
+def _gradients(plan: Plan, backward: Backward, back_at: dict, batch: int) -> list[Buffer]:
+    """The values' gradients: each lives from its first contribution to its node's
+    backward step, and one an op writes over its output's gradient (`Op.grad_over_gy`)
+    continues that buffer instead of taking one of its own."""
+    readers: dict[str, list[str]] = {}
+    for node in backward.order:
+        for source in backward.grad_inputs[node]:
+            if source is not None and node not in readers.setdefault(source, []):
+                readers[source].append(node)
+    grads: dict[str, list] = {}   # value -> [buffer name, bytes, start, end]
+    for node in backward.order:
+        step = plan.step_of(node)
+        for position, source in enumerate(backward.grad_inputs[node]):
+            if source is None or source not in back_at or source in grads:
+                continue
+            mine = grads.get(node)
+            if (mine is not None and position == 0 and step.op.grad_over_gy
+                    and readers[source] == [node] and _owned(plan, readers.get(node, ()))
+                    and plan.types[source] == plan.types[node]):
+                mine[3] = back_at[source]   # written over dnode, read until source's step
+                grads[source] = mine
+                continue
+            grads[source] = [f"d{source}", _bytes(plan, source, batch), back_at[node],
+                             back_at[source]]
+    unique = {id(g): g for g in grads.values()}
+    return [Buffer(name, "grad", bytes_, start, end)
+            for name, bytes_, start, end in unique.values()]
+
+
+def _owned(plan: Plan, readers) -> bool:
+    """Whether a value's gradient is an array of the pass's own: summed from several
+    contributions, or one that its reader's backward made fresh."""
+    return len(readers) > 1 or (len(readers) == 1
+                                and plan.step_of(readers[0]).op.fresh_grads)
 
 
 def _first_fit(buffers: list[Buffer]) -> tuple[list[int], dict[str, int]]:

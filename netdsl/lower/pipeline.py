@@ -183,7 +183,8 @@ def lower(network, target: str = "host", outputs=None, verify: bool | None = Non
     backward = stages["autodiff"] = autodiff(plan)
     segments = stages["schedule"] = schedule(plan, everything)
     check(plan, segments)
-    stages["plan_memory"] = None if plan.sequential else plan_memory(plan, backward)
+    stages["plan_memory"] = (None if plan.sequential
+                             else plan_memory(plan, backward, outputs=everything))
     stages["codegen"] = _codegen(plan, backward, kind.op_programs) if kind.kernels else {}
     lowered = Lowered(kind, outputs, stages)
     lowered._schedules[segments.outputs] = segments

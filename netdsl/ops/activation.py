@@ -83,6 +83,7 @@ class Relu(Pointwise):
     inplace = True
     fresh = True
     fresh_grads = True   # a new array, or gy when it is the executor's to overwrite
+    grad_over_gy = True
     init_scheme = "he"
     dead_value = 0.0     # no gradient flows through a unit at 0
 

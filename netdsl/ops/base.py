@@ -168,6 +168,10 @@ class Op:
     multi_output: ClassVar[bool] = False
     # forward honours ctx.out: it may write its result over its first input (fusion)
     inplace: ClassVar[bool] = False
+    # forward writes its result into ctx.out when an executor gives one (an array of the
+    # result's shape and dtype, which no input overlaps): a value may then live in the
+    # memory plan's place for it (netdsl.lower.memory)
+    fills_out: ClassVar[bool] = False
     # forward splits its work over the host's threads (ops.parallel): an executor runs a
     # pass with such ops with BLAS on one thread (runtime.host.one_blas_thread)
     host_split: ClassVar[bool] = False
@@ -181,6 +185,9 @@ class Op:
     # backward returns new arrays as its inputs' gradients, never gy or a view of it, so
     # the executor may add later contributions into them
     fresh_grads: ClassVar[bool] = False
+    # backward writes its (only) input's gradient over gy when the executor owns gy
+    # (Ctx.gy_owned): the memory plan gives both one buffer
+    grad_over_gy: ClassVar[bool] = False
     # inputs, by name, that no gradient flows back through (stop_gradient's x, crop's like)
     nondifferentiable: ClassVar[tuple[str, ...]] = ()
     # for each export format ("ONNX", "PyTorch") the op has no lowering to, the format's

@@ -18,6 +18,7 @@ class Dense(Op):
     fresh = True
     fresh_grads = True
     column_linear = True
+    fills_out = True
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -46,7 +47,7 @@ class Dense(Op):
 
     def forward(self, ctx, x, weight, bias=None):
         ctx.save(x=x, weight=weight)
-        y = x @ weight.T  # BLAS reads the transpose in place
+        y = ctx.xp.matmul(x, weight.T, out=ctx.out)  # BLAS reads the transpose in place
         if bias is not None:
             y += bias
         return y
