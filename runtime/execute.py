@@ -257,7 +257,8 @@ class Executor:
         """A step of a network without sequences: no folding, no lengths, and what the
         call needs besides its inputs made once (`_Call`)."""
         call = self._call(step)
-        ctx = self.ctxs[step.node] = Ctx(self.xp, training, self.rng, self.buffers[step.node],
+        ctx = self.ctxs[step.node] = Ctx(self.xp, training, self.rng,
+                                         self.buffers[step.buffers_of or step.node],
                                          self.size, self.dtype)
         ctx.geometry, ctx.compiled = step.geometry, call.compiled
         xs = [values[s] for s in step.inputs]
