@@ -157,6 +157,7 @@ class _Expander:
         # the loops and repeats running: [rounds, what, where, rounds left with this one]
         self.factors: list[list] = []
         self.sizes: dict[int, int] = {}  # a body's static size, by id
+        self.definitions: dict[int, dict[str, Span]] = {}  # the names a body defines, by id
         self.blocks: dict[str, ast.Block] = {}
         self.depth = 0
         self.failed_imports: list[str] = []
@@ -252,8 +253,18 @@ class _Expander:
 
     # ---- statements
     def _exec_body(self, body, scope: _Scope) -> None:
-        for name, span in _definitions(body):  # so a name used too early can say where it comes
-            scope.defined.setdefault(name, span)
+        # so a name used too early can say where it comes: found once per body, however
+        # often the body runs (a block called 30,000 times)
+        defined = self.definitions.get(id(body))
+        if defined is None:
+            defined = self.definitions[id(body)] = {}
+            for name, span in _definitions(body):
+                defined.setdefault(name, span)
+        if scope.defined:
+            for name, span in defined.items():
+                scope.defined.setdefault(name, span)
+        else:
+            scope.defined.update(defined)
         for stmt in body:
             self.work += 1
             if self.work > EXPANSION_BUDGET:
@@ -878,7 +889,8 @@ class _Expander:
         node = self.nodes.get(value.node)
         if (node is None or node.kind != "op" or node.scope != scope.frames
                 or node.shares is not None or value.node in self.consumed or scope.share is not None
-                or any(value.node in s.owners.values() for s in scope.shared.values())):
+                or scope.shared and any(value.node in s.owners.values()
+                                        for s in scope.shared.values())):
             return value
         target = f"{scope.prefix}{name}"
         while target in self.nodes:  # a rebound name: x, x_2, x_3

@@ -168,12 +168,12 @@ def _reads_a_sequence(attrs: dict, ops: list[str], component: set) -> bool:
     the loop's number of steps. `attrs` maps nodes to their data."""
     for node in ops:
         data = attrs[node]
-        outside = [(position, source) for position, (source, _) in enumerate(data["inputs"])
-                   if source not in component]
-        if not outside:
-            continue
-        whole = whole_positions(data["op"])
-        for position, source in outside:
+        whole = None  # asked of the op only when it reads from outside: most read within
+        for position, (source, _) in enumerate(data["inputs"]):
+            if source in component:
+                continue
+            if whole is None:
+                whole = whole_positions(data["op"])
             if position in whole:
                 continue
             source_type = attrs[source].get("type")
