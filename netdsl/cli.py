@@ -361,14 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         for why in unusable_env_folders():
             sys.stderr.write(f"warning: {ENV_VAR}: {why}; imports cannot read from it\n")
 
-    code = _command(args)
-    if argv is None and args.command == "check":
-        _end_process(code)
-    return code
-
-
-def _command(args) -> int:
-    """The exit code of the command, its errors reported."""
+    args.ends_process = argv is None  # netc itself, not a caller in Python
     try:
         return COMMANDS[args.command](args)
     except CheckFailed as exc:
@@ -413,17 +406,22 @@ def _check(args) -> int:
     # the collector back on before that, its first pass would walk all of it (a second
     # or more for a big spec) and free nothing
     with cycle_collection_paused():
-        return _check_specs(args)
+        checked: list = []  # the last spec's network, freed here, not in _check_specs
+        code = _check_specs(args, checked)
+        if args.ends_process:  # the process ends with the collector off, freeing nothing
+            _end_process(code)
+        del checked
+    return code
 
 
-def _check_specs(args) -> int:
+def _check_specs(args, checked: list) -> int:
+    """Check and report each spec; `checked` keeps the last network made."""
     failed, results = 0, []
-    args.checked = []  # the last network, kept for the caller to free (or a process to skip)
     for path in args.specs:
-        args.checked.clear()
+        checked.clear()
         try:
             net = check_file(path, args.import_path)
-            args.checked.append(net)
+            checked.append(net)
         except CheckFailed as exc:
             if args.json:
                 results.append({"spec": path, "ok": False,
