@@ -84,10 +84,13 @@ def recurrence_errors(graph: nx.DiGraph, components: list[set[str]] | None = Non
     errors = []
     attrs = dict(graph.nodes(data=True))  # each node's data, found without a view per lookup
     for component in recurrences(graph) if components is None else components:
-        ops = [n for n in component if attrs[n]["kind"] == "op"]
+        ops = []
         refused = []  # (place, error), put in source order once found: a loop may hold every node
-        for node in ops:
+        for node in component:
             data = attrs[node]
+            if data["kind"] != "op":
+                continue
+            ops.append(node)
             if not data["op"].per_step:
                 refused.append((_place(graph, node), SpecError(
                     f"'{data['op'].name}' sees the whole sequence, so it cannot be part of a "
@@ -105,7 +108,7 @@ def recurrence_errors(graph: nx.DiGraph, components: list[set[str]] | None = Non
                     data["span"], "apply it before or after the recurrent layer",
                     call_notes(data["scope"], data["span"]))))
         errors += [error for _, error in sorted(refused, key=lambda pair: pair[0])]
-        if not _reads_a_sequence(attrs, ops, component):
+        if not _reads_a_sequence(graph, attrs, ops, component):
             states = sorted((n for n in component if graph.nodes[n]["kind"] == "state"),
                             key=lambda n: _place(graph, n))
             decl = graph.nodes[states[0]]["state"]
@@ -163,9 +166,18 @@ def _place(graph: nx.DiGraph, node: str):
     return (span.file, span.line, span.col, node) if span else ("", 0, 0, node)
 
 
-def _reads_a_sequence(attrs: dict, ops: list[str], component: set) -> bool:
+def _reads_a_sequence(graph: nx.DiGraph, attrs: dict, ops: list[str], component: set) -> bool:
     """Whether a loop reads, step by step, a sequence computed outside it: its length is
-    the loop's number of steps. `attrs` maps nodes to their data."""
+    the loop's number of steps. `attrs` maps nodes to their data. Its edges from outside
+    are found from the smaller side: the inputs of its ops, or the readers of the nodes
+    outside it (a loop of most of the network reads from a few)."""
+    if 2 * len(component) > len(attrs):
+        return _reads_from_outside(graph, attrs, component)
+    return _reads_from_inside(attrs, ops, component)
+
+
+def _reads_from_inside(attrs: dict, ops: list[str], component: set) -> bool:
+    """`_reads_a_sequence`, from the inputs of the loop's ops."""
     for node in ops:
         data = attrs[node]
         whole = None  # asked of the op only when it reads from outside: most read within
@@ -179,4 +191,21 @@ def _reads_a_sequence(attrs: dict, ops: list[str], component: set) -> bool:
             source_type = attrs[source].get("type")
             if source_type is None or source_type.seq:  # an unknown type was reported already
                 return True
+    return False
+
+
+def _reads_from_outside(graph: nx.DiGraph, attrs: dict, component: set) -> bool:
+    """`_reads_a_sequence`, from the edges of the nodes outside the loop into its ops:
+    each edge holds the argument positions (`ports`) it feeds."""
+    for source, readers in graph.adjacency():
+        if source in component:
+            continue
+        for reader, edge in readers.items():
+            if reader not in component or attrs[reader]["kind"] != "op":
+                continue
+            whole = whole_positions(attrs[reader]["op"])
+            if any(port not in whole for port in edge["ports"]):
+                source_type = attrs[source].get("type")
+                if source_type is None or source_type.seq:  # an unknown type was reported already
+                    return True
     return False
