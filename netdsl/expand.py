@@ -59,7 +59,8 @@ class _OverBudget(SpecError):
 
 
 class _Poison(Value):
-    """The value of an expression that already failed: uses of it report nothing more."""
+    """The value of an expression that already failed: uses of it report nothing more.
+    POISON is its one instance."""
 
     def __init__(self):
         super().__init__("")
@@ -68,7 +69,7 @@ class _Poison(Value):
 POISON = _Poison()
 
 
-@dataclass
+@dataclass(slots=True)  # one per name bound: a big spec has hundreds of thousands
 class _Binding:
     name: str
     value: Any
@@ -742,7 +743,7 @@ class _Expander:
     def _call(self, call: ast.Call, scope: _Scope, piped: Value | None, want: int, repeat=None,
               which: str = ""):
         tensors, scalars, keywords = self._arguments(call, scope, piped)
-        if any(isinstance(t, _Poison) for t in tensors):
+        if POISON in tensors:  # the one _Poison; a Value compares by identity
             self._check_poisoned(call, scalars, keywords, scope)
             return POISON if want == 1 else (POISON,) * want
         shared = scope.shared.get(call.name)
@@ -823,7 +824,7 @@ class _Expander:
         multi = getattr(cls, "multi_output", False)
         if want > 1 and not multi:
             raise SpecError(f"{call.name} gives one value, not {want}", call.span)
-        kw = {k: v for k, (v, _) in keywords.items()}
+        kw = {k: v for k, (v, _) in keywords.items()} if keywords else {}
         if multi and "parts" not in kw and not scalars:
             kw["parts"] = want
         if multi and "index" not in kw:
@@ -859,7 +860,7 @@ class _Expander:
             raise SpecError(exc.message, span, exc.hint) from None
 
     def _op_node(self, name: str, tensors, attrs, span, scope) -> Value:
-        if any(isinstance(t, _Poison) for t in tensors):
+        if POISON in tensors:  # the one _Poison; a Value compares by identity
             return POISON
         try:
             op = bind(OPS[name], [], attrs)
