@@ -1,14 +1,17 @@
-"""The syntax tree of a .net file: frozen dataclasses, each with the span it came from."""
+"""The syntax tree of a .net file: frozen dataclasses, each with the span it came from
+(made quickly: netdsl.frozen)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Union
 
 from netdsl.errors import Span
+from netdsl.frozen import quick_init
 
 # ---- expressions
 
 
+@quick_init
 @dataclass(frozen=True)
 class Number:
     value: int | float
@@ -16,24 +19,28 @@ class Number:
     text: str | None = field(default=None, compare=False)  # as written: `fmt` keeps 1e-4 as 1e-4
 
 
+@quick_init
 @dataclass(frozen=True)
 class String:
     value: str
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Name:
     id: str
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class ListExpr:
     items: tuple["Expr", ...]
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class BinOp:
     op: str  # + - * /
@@ -43,12 +50,14 @@ class BinOp:
     regrouped: bool = False  # a part of a long sum, grouped by the parser: a + (b + c) is a + b + c
 
 
+@quick_init
 @dataclass(frozen=True)
 class Neg:
     operand: "Expr"
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Arg:
     """One argument of a call: positional when `name` is None."""
@@ -58,6 +67,7 @@ class Arg:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Call:
     """A layer, block, shared instance or function applied to arguments: `conv(64, 3, pad=1)`."""
@@ -68,6 +78,7 @@ class Call:
     name_span: Span | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class Stage:
     """One `-> layer` step of a pipeline, repeated `repeat` times (`-> basic(64) x 3`)."""
@@ -77,6 +88,7 @@ class Stage:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Pipeline:
     source: "Expr"
@@ -84,6 +96,7 @@ class Pipeline:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Delayed:
     """A state's value `delay` steps back: `h[t-1]`."""
@@ -93,6 +106,7 @@ class Delayed:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Dimension:
     """A dimension of a tensor's type, read by its name: `x.channels`."""
@@ -103,6 +117,7 @@ class Dimension:
     name_span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Index:
     """An item of a list a call gives: `shape(x)[0]`."""
@@ -117,6 +132,7 @@ Expr = Union[Number, String, Name, ListExpr, BinOp, Neg, Call, Pipeline, Delayed
 # ---- declarations and statements
 
 
+@quick_init
 @dataclass(frozen=True)
 class TypeExpr:
     """`[3, 32, 32]`, `seq[16]`, `class(10)`, `seq class(16)`, `class(2)[388, 388]`."""
@@ -127,6 +143,7 @@ class TypeExpr:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Import:
     target: str  # a stdlib module name or a quoted path
@@ -134,12 +151,14 @@ class Import:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class NetworkDecl:
     name: str
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class IODecl:
     kind: str  # "input" or "target"
@@ -148,6 +167,7 @@ class IODecl:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class StateItem:
     name: str
@@ -156,12 +176,14 @@ class StateItem:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class StateDecl:
     items: tuple[StateItem, ...]
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Assign:
     targets: tuple[str, ...]
@@ -170,6 +192,7 @@ class Assign:
     target_spans: tuple[Span, ...] = ()  # where each name is written, for carets under it
 
 
+@quick_init
 @dataclass(frozen=True)
 class Loss:
     name: str | None
@@ -177,6 +200,7 @@ class Loss:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class TrainSetting:
     """`batch=128` in a train clause; an optimiser or `bptt(...)` is a TrainSetting with name None."""
@@ -186,12 +210,14 @@ class TrainSetting:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Train:
     items: tuple[TrainSetting, ...]
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Share:
     """`share D = discriminator(128)`: one instance whose parameters every use shares."""
@@ -201,6 +227,7 @@ class Share:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class For:
     var: str
@@ -210,18 +237,21 @@ class For:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class In:
     names: tuple[str, ...]
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Out:
     values: tuple[Expr, ...]
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -229,6 +259,7 @@ class Param:
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Block:
     name: str
@@ -241,12 +272,14 @@ class Block:
 Stmt = Union[IODecl, StateDecl, Assign, Loss, Train, Share, For, In, Out]
 
 
+@quick_init
 @dataclass(frozen=True)
 class Comment:
     text: str
     span: Span
 
 
+@quick_init
 @dataclass(frozen=True)
 class Module:
     """A parsed file. `items` keeps source order; comments are kept apart for `netc fmt`."""

@@ -5,10 +5,13 @@ import difflib
 import functools
 from dataclasses import dataclass
 
+from netdsl.frozen import quick_init
+
 __all__ = ["Span", "SpecError", "UsageError", "SpecErrors", "ShapeError", "render", "errors_of",
            "closest", "suggest", "leading"]
 
 
+@quick_init
 @dataclass(frozen=True)
 class Span:
     """A region of a source file; lines and columns count from 1, ends are inclusive."""

@@ -59,7 +59,8 @@ class _OverBudget(SpecError):
 
 
 class _Poison(Value):
-    """The value of an expression that already failed: uses of it report nothing more."""
+    """The value of an expression that already failed: uses of it report nothing more.
+    POISON is its one instance."""
 
     def __init__(self):
         super().__init__("")
@@ -68,7 +69,7 @@ class _Poison(Value):
 POISON = _Poison()
 
 
-@dataclass
+@dataclass(slots=True)  # one per name bound: a big spec has hundreds of thousands
 class _Binding:
     name: str
     value: Any
@@ -157,6 +158,7 @@ class _Expander:
         # the loops and repeats running: [rounds, what, where, rounds left with this one]
         self.factors: list[list] = []
         self.sizes: dict[int, int] = {}  # a body's static size, by id
+        self.definitions: dict[int, dict[str, Span]] = {}  # the names a body defines, by id
         self.blocks: dict[str, ast.Block] = {}
         self.depth = 0
         self.failed_imports: list[str] = []
@@ -252,8 +254,18 @@ class _Expander:
 
     # ---- statements
     def _exec_body(self, body, scope: _Scope) -> None:
-        for name, span in _definitions(body):  # so a name used too early can say where it comes
-            scope.defined.setdefault(name, span)
+        # so a name used too early can say where it comes: found once per body, however
+        # often the body runs (a block called 30,000 times)
+        defined = self.definitions.get(id(body))
+        if defined is None:
+            defined = self.definitions[id(body)] = {}
+            for name, span in _definitions(body):
+                defined.setdefault(name, span)
+        if scope.defined:
+            for name, span in defined.items():
+                scope.defined.setdefault(name, span)
+        else:
+            scope.defined.update(defined)
         for stmt in body:
             self.work += 1
             if self.work > EXPANSION_BUDGET:
@@ -731,7 +743,7 @@ class _Expander:
     def _call(self, call: ast.Call, scope: _Scope, piped: Value | None, want: int, repeat=None,
               which: str = ""):
         tensors, scalars, keywords = self._arguments(call, scope, piped)
-        if any(isinstance(t, _Poison) for t in tensors):
+        if POISON in tensors:  # the one _Poison; a Value compares by identity
             self._check_poisoned(call, scalars, keywords, scope)
             return POISON if want == 1 else (POISON,) * want
         shared = scope.shared.get(call.name)
@@ -812,7 +824,7 @@ class _Expander:
         multi = getattr(cls, "multi_output", False)
         if want > 1 and not multi:
             raise SpecError(f"{call.name} gives one value, not {want}", call.span)
-        kw = {k: v for k, (v, _) in keywords.items()}
+        kw = {k: v for k, (v, _) in keywords.items()} if keywords else {}
         if multi and "parts" not in kw and not scalars:
             kw["parts"] = want
         if multi and "index" not in kw:
@@ -848,7 +860,7 @@ class _Expander:
             raise SpecError(exc.message, span, exc.hint) from None
 
     def _op_node(self, name: str, tensors, attrs, span, scope) -> Value:
-        if any(isinstance(t, _Poison) for t in tensors):
+        if POISON in tensors:  # the one _Poison; a Value compares by identity
             return POISON
         try:
             op = bind(OPS[name], [], attrs)
@@ -878,7 +890,8 @@ class _Expander:
         node = self.nodes.get(value.node)
         if (node is None or node.kind != "op" or node.scope != scope.frames
                 or node.shares is not None or value.node in self.consumed or scope.share is not None
-                or any(value.node in s.owners.values() for s in scope.shared.values())):
+                or scope.shared and any(value.node in s.owners.values()
+                                        for s in scope.shared.values())):
             return value
         target = f"{scope.prefix}{name}"
         while target in self.nodes:  # a rebound name: x, x_2, x_3

@@ -24,16 +24,17 @@ class NotHandled(Exception):
     """Text this parser leaves to Lark: a mistake, or a construct too rare to duplicate."""
 
 
-# one alternative per terminal of the grammar, in the order Lark's lexer tries them
+# one alternative per terminal of the grammar, in the order Lark's lexer tries them; the
+# blanks after a token are matched with it (a third of the matches otherwise)
 _TOKEN = re.compile(r"""
- (?P<skip>[\t \f]+|\\[\t \f]*\r?\n|\#[^\n]*)
+(?:(?P<skip>[\t \f]+|\\[\t \f]*\r?\n|\#[^\n]*)
 |(?P<ARROW>(?:\r?\n[\t ]*)*->[\t ]*(?:\r?\n[\t ]*)*)
 |(?P<NL>(?:\r?\n[\t ]*)+)
 |(?P<NUMBER>\d+\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\.\d+(?:[eE][-+]?\d+)?|\d+)
 |(?P<NAME>[A-Za-z_][A-Za-z_0-9]*)
 |(?P<STRING>'[^'\n]*'|"[^"\n]*")
 |(?P<punct>\.\.?|[()\[\]{},:=+\-*/])
-""", re.X)
+)[\t \f]*""", re.X)
 # a number glued to a letter, a digit or a lone dot (`3x`, `1e`, `1.2.3`) is lexed by
 # rules this parser does not repeat
 _GLUED = re.compile(r"[A-Za-z_0-9]|\.(?!\.)")
@@ -70,7 +71,8 @@ def _tokens(text: str):
     line, line_start, depth, pos = 1, 0, 0, 0
     end = len(text)
     for found in _TOKEN.finditer(text):
-        kind, value, start = found.lastgroup, found.group(), found.start()
+        kind, start = found.lastgroup, found.start()
+        value = found[kind]
         if start != pos:  # a character no terminal starts with
             raise NotHandled
         pos = found.end()
@@ -80,7 +82,7 @@ def _tokens(text: str):
                 depth += 1
             elif value in ")]":
                 depth = max(0, depth - 1)
-        elif kind == "NUMBER" and _GLUED.match(text, pos):
+        elif kind == "NUMBER" and _GLUED.match(text, start + len(value)):
             raise NotHandled
         if kind != "skip" and not (kind == "NL" and depth):
             kinds.append(kind)

@@ -5,12 +5,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netdsl.errors import Span
+from netdsl.frozen import quick_init
 from netdsl.ops.base import Op
 from netdsl.types import TensorType
 
 __all__ = ["Frame", "NodeDef", "StateDef", "StartFrom", "Program", "call_notes"]
 
 
+@quick_init
 @dataclass(frozen=True)
 class Frame:
     """One level of block nesting: the instance `basic2` of block `basic`.
@@ -40,6 +42,7 @@ def call_notes(frames: tuple[Frame, ...], span: Span | None = None) -> tuple[tup
     return notes[1:] if notes and notes[0][1] == span else notes
 
 
+@quick_init
 @dataclass(frozen=True)
 class StartFrom:
     """A state's initial value computed by the network (`state s : [n] = last(encoded)`):
@@ -52,6 +55,7 @@ class StartFrom:
         return self.text
 
 
+@quick_init
 @dataclass(frozen=True)
 class StateDef:
     """A declared recurrent state: its step type, initial value and declaration span."""

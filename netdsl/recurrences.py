@@ -13,6 +13,7 @@ from __future__ import annotations
 import networkx as nx
 
 from netdsl.errors import SpecError
+from netdsl.ops.base import Op
 from netdsl.program import call_notes
 from netdsl.shapes import whole_positions
 
@@ -20,25 +21,85 @@ __all__ = ["check_recurrences", "recurrence_errors", "recurrences", "training_er
 
 
 def recurrences(graph: nx.DiGraph) -> list[set[str]]:
-    """The node sets of the graph's recurrences (components of more than one node)."""
-    return [c for c in nx.strongly_connected_components(graph) if len(c) > 1]
+    """The node sets of the graph's recurrences (strongly connected components of more
+    than one node), in the order networkx's strongly_connected_components gives them.
+
+    Tarjan's search, without recursion, over the nodes numbered in the graph's order and
+    their successors as lists of numbers: networkx's search keeps dicts and sets keyed by
+    the nodes' names, and took twice as long on a graph of 200,000 nodes. Both search
+    from the nodes in the graph's order and their successors in its order, and a component
+    is found when the search leaves its first node, so the order is the same."""
+    nodes = list(graph)
+    number = {node: i for i, node in enumerate(nodes)}
+    successors = [[number[w] for w in targets] for targets in graph._succ.values()]
+    visit = [-1] * len(nodes)   # the order the search reached each node in
+    low = [0] * len(nodes)      # the earliest node of the stack each one reaches
+    on_stack = [False] * len(nodes)
+    stack: list[int] = []
+    found = []
+    reached = 0
+    for root in range(len(nodes)):
+        if visit[root] >= 0:
+            continue
+        visit[root] = low[root] = reached
+        reached += 1
+        stack.append(root)
+        on_stack[root] = True
+        path, pending = [root], [iter(successors[root])]
+        while path:
+            v = path[-1]
+            for w in pending[-1]:
+                if visit[w] < 0:  # deeper: its successors first
+                    visit[w] = low[w] = reached
+                    reached += 1
+                    stack.append(w)
+                    on_stack[w] = True
+                    path.append(w)
+                    pending.append(iter(successors[w]))
+                    break
+                if on_stack[w] and visit[w] < low[v]:
+                    low[v] = visit[w]
+            else:  # every successor seen: leave v
+                path.pop()
+                pending.pop()
+                if low[v] == visit[v]:  # v is its component's first node: the rest lie above it
+                    start = len(stack) - 1
+                    while stack[start] != v:
+                        start -= 1
+                    members = stack[start:]
+                    del stack[start:]
+                    for w in members:
+                        on_stack[w] = False
+                    if len(members) > 1:
+                        found.append({nodes[w] for w in members})
+                elif low[v] < low[path[-1]]:
+                    low[path[-1]] = low[v]
+    return found
 
 
-def recurrence_errors(graph: nx.DiGraph) -> list[SpecError]:
-    """Every recurrence that cannot run as a loop over time, located."""
+def recurrence_errors(graph: nx.DiGraph, components: list[set[str]] | None = None
+                      ) -> list[SpecError]:
+    """Every recurrence that cannot run as a loop over time, located; `components` are
+    the graph's `recurrences`, where the caller has them."""
     errors = []
     attrs = dict(graph.nodes(data=True))  # each node's data, found without a view per lookup
-    for component in recurrences(graph):
-        ops = [n for n in component if attrs[n]["kind"] == "op"]
+    for component in recurrences(graph) if components is None else components:
+        ops = []
         refused = []  # (place, error), put in source order once found: a loop may hold every node
-        for node in ops:
+        for node in component:
             data = attrs[node]
+            if data["kind"] != "op":
+                continue
+            ops.append(node)
             if not data["op"].per_step:
                 refused.append((_place(graph, node), SpecError(
                     f"'{data['op'].name}' sees the whole sequence, so it cannot be part of a "
                     "recurrence, which runs one step at a time", data["span"],
                     "apply it before or after the recurrent layer",
                     call_notes(data["scope"], data["span"]))))
+                continue
+            # the base class's answer is None: an op that keeps it is not asked
+            if type(data["op"]).in_recurrence is Op.in_recurrence:
                 continue
             reason = data["op"].in_recurrence()
             if reason is not None:
@@ -47,7 +108,7 @@ def recurrence_errors(graph: nx.DiGraph) -> list[SpecError]:
                     data["span"], "apply it before or after the recurrent layer",
                     call_notes(data["scope"], data["span"]))))
         errors += [error for _, error in sorted(refused, key=lambda pair: pair[0])]
-        if not _reads_a_sequence(attrs, ops, component):
+        if not _reads_a_sequence(graph, attrs, ops, component):
             states = sorted((n for n in component if graph.nodes[n]["kind"] == "state"),
                             key=lambda n: _place(graph, n))
             decl = graph.nodes[states[0]]["state"]
@@ -67,18 +128,20 @@ def check_recurrences(graph: nx.DiGraph, train_spans=None) -> list[SpecError]:
     train = graph.graph.get("train") or {}
     bptt = train.get("bptt")
     truncated = bptt is not None and bool({"truncate", "k1", "k2"} & set(bptt[1]))
-    return recurrence_errors(graph) + training_errors(graph, truncated, "gan_k" in train,
-                                                      train_spans)
+    components = recurrences(graph)
+    return (recurrence_errors(graph, components)
+            + training_errors(graph, truncated, "gan_k" in train, train_spans, components))
 
 
-def training_errors(graph: nx.DiGraph, truncated: bool, gan_k: bool, spans=None
-                    ) -> list[SpecError]:
+def training_errors(graph: nx.DiGraph, truncated: bool, gan_k: bool, spans=None,
+                    components: list[set[str]] | None = None) -> list[SpecError]:
     """What training settings demand of the graph: truncated BPTT (`truncated`), no op
     that needs the whole sequence beside a recurrence; `gan_k`, two losses. `netc check`
     asks it of the train clause, and a trainer of the settings it is given (which the
-    Python API may set apart from any spec)."""
+    Python API may set apart from any spec). `components`: the graph's `recurrences`,
+    where the caller has them."""
     errors, spans = [], spans or {}
-    if truncated and recurrences(graph):
+    if truncated and (recurrences(graph) if components is None else components):
         whole = sorted((n for n, d in graph.nodes(data=True)
                         if d["kind"] == "op" and (not d["op"].per_step or d["op"].whole)),
                        key=lambda n: _place(graph, n))
@@ -103,20 +166,46 @@ def _place(graph: nx.DiGraph, node: str):
     return (span.file, span.line, span.col, node) if span else ("", 0, 0, node)
 
 
-def _reads_a_sequence(attrs: dict, ops: list[str], component: set) -> bool:
+def _reads_a_sequence(graph: nx.DiGraph, attrs: dict, ops: list[str], component: set) -> bool:
     """Whether a loop reads, step by step, a sequence computed outside it: its length is
-    the loop's number of steps. `attrs` maps nodes to their data."""
+    the loop's number of steps. `attrs` maps nodes to their data. Its edges from outside
+    are found from the smaller side: the inputs of its ops, or the readers of the nodes
+    outside it (a loop of most of the network reads from a few)."""
+    if 2 * len(component) > len(attrs):
+        return _reads_from_outside(graph, attrs, component)
+    return _reads_from_inside(attrs, ops, component)
+
+
+def _reads_from_inside(attrs: dict, ops: list[str], component: set) -> bool:
+    """`_reads_a_sequence`, from the inputs of the loop's ops."""
     for node in ops:
         data = attrs[node]
-        outside = [(position, source) for position, (source, _) in enumerate(data["inputs"])
-                   if source not in component]
-        if not outside:
-            continue
-        whole = whole_positions(data["op"])
-        for position, source in outside:
+        whole = None  # asked of the op only when it reads from outside: most read within
+        for position, (source, _) in enumerate(data["inputs"]):
+            if source in component:
+                continue
+            if whole is None:
+                whole = whole_positions(data["op"])
             if position in whole:
                 continue
             source_type = attrs[source].get("type")
             if source_type is None or source_type.seq:  # an unknown type was reported already
                 return True
+    return False
+
+
+def _reads_from_outside(graph: nx.DiGraph, attrs: dict, component: set) -> bool:
+    """`_reads_a_sequence`, from the edges of the nodes outside the loop into its ops:
+    each edge holds the argument positions (`ports`) it feeds."""
+    for source, readers in graph.adjacency():
+        if source in component:
+            continue
+        for reader, edge in readers.items():
+            if reader not in component or attrs[reader]["kind"] != "op":
+                continue
+            whole = whole_positions(attrs[reader]["op"])
+            if any(port not in whole for port in edge["ports"]):
+                source_type = attrs[source].get("type")
+                if source_type is None or source_type.seq:  # an unknown type was reported already
+                    return True
     return False

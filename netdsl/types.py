@@ -4,7 +4,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from netdsl.frozen import quick_init
 
+
+@quick_init
 @dataclass(frozen=True)
 class TensorType:
     """Shape and dtype of one example; the batch (and time, when `seq`) stay symbolic.

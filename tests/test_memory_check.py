@@ -380,3 +380,60 @@ def test_the_im2col_scratch_is_planned_and_what_a_convolution_holds():
     assert memory.scratch_bytes <= held_at_peak <= 1.2 * memory.scratch_bytes
     line = format_training_memory(check_text(text, "c.net"), 64)
     assert f"+ im2col scratch {human(memory.scratch_bytes, 'B')} (chunks of about" in line
+
+
+def test_a_forward_estimate_over_a_sequence_is_what_evaluation_takes():
+    """The activations of an evaluation at 50 and 200 steps, measured as the training
+    estimate is (tracemalloc sees NumPy's arrays): the loop's bookkeeping is on top."""
+    session = long_lstm(64)
+    trainer = session.trainer(None)
+    rng = np.random.default_rng(0)
+    for steps in (50, 200):
+        estimate = forward_estimate(session.lowered, 64, steps)
+        assert estimate.what == f"forward pass over {steps} time steps"
+        data = Dataset({"x": rng.standard_normal((64, steps, 16)).astype(np.float32),
+                        "y": rng.integers(0, 16, (64, steps))}, "test data")
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            trainer.evaluate(data, 64)
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        planned = estimate.batch * estimate.per_example
+        assert 0.75 * peak <= planned <= 1.2 * peak, (steps, planned, peak)
+
+
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_eval_and_predict_plan_a_recurrent_network_at_its_data_length(tmp_path, monkeypatch,
+                                                                      command):
+    """As `netc run` does: the activations over the data's sequences, not only the
+    parameters. Where a smaller batch fits it runs at that batch; where not even one
+    example fits it is refused with the estimate, exit code 1, before running."""
+    spec, run = tmp_path / "long.net", str(tmp_path / "run")
+    spec.write_text(LSTM.replace("BATCH", "8"))
+    common = [str(spec), "--no-native", "--examples", "16", "--checkpoint", run]
+    assert cli.main(["run", *common, "--steps", "1", "--length", "5", "--quiet"]) == 0
+    estimate = forward_estimate(long_lstm(8).lowered, 256, 400)
+    batches = []
+    original = train.Trainer.evaluate
+    monkeypatch.setattr(train.Trainer, "evaluate",
+                        lambda self, data, batch=None: batches.append(batch)
+                        or original(self, data, batch))
+    monkeypatch.setattr(memory_check, "available_bytes",
+                        lambda: estimate.fixed + 3 * estimate.per_example)
+    args = [command, *common, "--length", "400"]
+    assert cli.main(args) == 0
+    if command == "eval":
+        assert batches == [3]
+    monkeypatch.setattr(memory_check, "available_bytes",
+                        lambda: estimate.fixed + estimate.per_example // 2)
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        assert cli.main(args) == 1
+    said = stderr.getvalue()
+    assert said.startswith("error: not enough memory: the forward pass over 400 time steps "
+                           "at batch "), said
+    assert "even one example does not fit" in said and "shorter sequences" in said
+    assert "Traceback" not in said
+    assert cli.main(args + ["--force"]) == 0

@@ -14,7 +14,8 @@ import numpy as np
 from netdsl.app import workers
 from netdsl.app.diagnose import DiagnosticsRecorder
 from netdsl.app.launch import launch_workers
-from netdsl.app.memory_check import check_training, fitting_batch, forward_estimate
+from netdsl.app.memory_check import (check_training, fitting_batch, forward_estimate,
+                                     sequence_length)
 from netdsl.app.progress import RichReporter, metric_text
 from netdsl.app.record import RecordingReporter, read_run, run_folder
 from netdsl.app.terminal import console as terminal
@@ -210,6 +211,16 @@ def _trained(args, batch: int | None = None):
     return session, trainer, batch
 
 
+def _fitting_sequences(args, session: Session, data, batch: int) -> int:
+    """`batch`, or the largest smaller one whose forward pass over the data's sequences
+    fits (a network with a time axis is planned at its data's length, as `netc run`
+    plans it); refused when not even one example fits."""
+    steps = sequence_length(session.lowered, data)
+    if steps is None:  # no time axis: planned whole before the data was read
+        return batch
+    return fitting_batch(forward_estimate(session.lowered, batch, steps), args.force)
+
+
 def evaluate(args) -> int:
     """Losses and accuracy of a trained spec on --data (default: the held-out split)."""
     session, trainer, batch = _trained(args)
@@ -218,6 +229,7 @@ def evaluate(args) -> int:
         _, data = data.split(session.settings.val, session.settings.seed)
     if session.normalizer:
         data = session.normalizer.apply(data)
+    batch = _fitting_sequences(args, session, data, batch)
     metrics = trainer.evaluate(data, batch)
     if args.json:
         print(json.dumps({"examples": len(data), **metrics}))
@@ -245,6 +257,7 @@ def predict(args) -> int:
     data = _data(args, session, only=_fields_needed(plan, outputs))
     if session.normalizer:
         data = session.normalizer.apply(data)
+    batch = _fitting_sequences(args, session, data, batch)
     parts = {name: [] for name in outputs}
     for part in data.batches(batch, None):
         out = trainer.executor.forward(part, False, set(outputs), losses=False)

@@ -110,13 +110,31 @@ def sequence_length(lowered: Lowered, data) -> int | None:
     return max(lengths, default=None)
 
 
-def forward_estimate(lowered: Lowered, batch: int) -> Estimate:
+def forward_estimate(lowered: Lowered, batch: int, steps: int | None = None) -> Estimate:
     """Evaluation or prediction at `batch`: the parameters as a trainer starts, and the
     forward values, each alive from its step to its last forward reader
-    (an upper bound: a value kept for backward is counted to the end of the forward pass)."""
+    (an upper bound: a value kept for backward is counted to the end of the forward pass).
+    A network with a time axis has no buffer plan: its forward values are planned over
+    `steps` time steps (`sequence_length` of the data); without them only the parameters
+    count."""
+    fixed = STARTING_COPIES * _param_bytes(lowered)
     memory = lowered.memory
+    if memory is None and steps is not None:
+        return Estimate(batch, fixed, _forward_sequence_bytes(lowered, steps),
+                        f"forward pass over {steps:,} time steps")
     per_example = 0 if memory is None else _forward_peak(memory) // memory.batch
-    return Estimate(batch, STARTING_COPIES * _param_bytes(lowered), per_example, "forward pass")
+    return Estimate(batch, fixed, per_example, "forward pass")
+
+
+def _forward_sequence_bytes(lowered: Lowered, steps: int) -> int:
+    """Per example, a forward pass's values over `steps` time steps, in float32: what each
+    loop keeps at every step (its stored members and what its ops save: an evaluation
+    runs the same loop as training, without checkpoints) and the sequence values made
+    outside the loops."""
+    numbers = outside_sequence_numbers(lowered) * steps
+    for _, memory in recurrence_figures(lowered):
+        numbers += memory.kept * steps
+    return 4 * numbers
 
 
 def _param_bytes(lowered: Lowered) -> int:
@@ -166,10 +184,11 @@ def check_memory(estimate: Estimate, force: bool = False, room: int | None = Non
         fix = (f"even one example does not fit: the parameters alone plan "
                f"{human(estimate.fixed, 'B')}; make the network smaller")
         if estimate.per_example and estimate.fixed <= room:
+            shorter = ("train on shorter sequences, or add bptt(truncate=k) or "
+                       "bptt(checkpoint=k) to the train clause" if estimate.what.startswith(
+                           "training") else "give it shorter sequences")
             fix = (f"even one example does not fit: the {estimate.what} plans "
-                   f"{human(estimate.per_example, 'B')} for each; train on shorter "
-                   "sequences, or add bptt(truncate=k) or bptt(checkpoint=k) to the train "
-                   "clause")
+                   f"{human(estimate.per_example, 'B')} for each; {shorter}")
     elif fits < estimate.batch:
         fix = (f"the largest batch that fits is {fits:,}: "
                + batch_advice.format(batch=fits))

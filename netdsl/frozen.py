@@ -1,0 +1,33 @@
+"""Frozen dataclasses made quickly: a big spec's check makes a million spans, syntax
+nodes and types, and the `__init__` dataclasses generates for a frozen class looks up
+`object.__setattr__` again for every field it sets. (Filling the instance's `__dict__`
+directly is quicker still to make, but every later read of a field is slower: Python
+keeps the fields of an instance whose dict was never asked for in a quicker form.)"""
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["quick_init"]
+
+
+def quick_init(cls):
+    """Give the frozen dataclass `cls` an `__init__` with `object.__setattr__` at hand:
+    the same parameters, defaults and result. Every other method dataclasses made
+    (equality, hashing, repr, the frozen __setattr__) stays."""
+    params, lines, defaults = [], [], {}
+    for field in dataclasses.fields(cls):
+        if field.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{field.name}: a default factory is not supported")
+        if field.default is dataclasses.MISSING:
+            params.append(field.name)
+        else:
+            defaults[f"_default_{field.name}"] = field.default
+            params.append(f"{field.name}=_default_{field.name}")
+        lines.append(f"    _set(self, {field.name!r}, {field.name})")
+    source = (f"def __init__(self, {', '.join(params)}, _set=_set):\n" + "\n".join(lines) + "\n")
+    namespace = {**defaults, "_set": object.__setattr__}
+    exec(source, namespace)  # noqa: S102 - the source is made above from field names alone
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init
+    return cls
