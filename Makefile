@@ -18,9 +18,10 @@ test: setup-test graphviz tmux cxx
 
 bench: setup-test
 	$(BIN)/python benchmarks/compile_speed.py
-	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/train_speed.py --target native --repeats 5
 	$(BIN)/python benchmarks/export_speed.py
-	cd benchmarks && ../$(BIN)/python sequence_speed.py
+	cd benchmarks && ../$(BIN)/python sequence_speed.py --target native --repeats 5
+	$(BIN)/python benchmarks/op_profile.py --steps 10
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
