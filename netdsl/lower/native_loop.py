@@ -70,8 +70,6 @@ class LoopKernel:
     # ("value" or "grad", member) the functions never touch: a folded add's gradient and
     # its product's value, what a fused pass holds in registers; their arrays are empty
     idle: frozenset
-    # the multiply-adds of the loop's GEMMs per row of the batch and time step
-    row_macs: int
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
         """How many steps of `node`'s values (or gradients) its array holds."""
@@ -120,8 +118,6 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     states = tuple(segment.loop.states)
     params = tuple((s.node, name) for s in segment.steps for name in s.params)
     transposed = tuple((s.node, "weight") for s in segment.steps if s.op.column_linear)
-    row_macs = sum(widths[s.node] * widths[_ref_node(r[0])]
-                   for s, r in zip(segment.steps, segment.routes) if s.op.column_linear)
     kept, summed, from_output = _lifetimes(segment, splits)
     aliases = _aliases(segment, splits, summed, from_output, needs)
     folds = _folds(segment, splits, kept, summed, aliases)
@@ -129,7 +125,7 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
                      dtype, kept, summed, from_output, padded, aliases, folds)
     source = writer.module(needs, index_type, gemm)
     return LoopKernel(source, storage, seqs, states, params, transposed, widths, kept, summed,
-                      splits, aliases, folds, writer.idle(), row_macs)
+                      splits, aliases, folds, writer.idle())
 
 
 def _readers(segment: LoopSegment) -> dict:

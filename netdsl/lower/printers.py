@@ -95,8 +95,13 @@ def _format_memory(memory: MemoryPlan) -> str:
              f"{len(memory.slots)} slots, {human(memory.slot_bytes, 'B')} "
              f"(unshared {human(memory.unshared_bytes, 'B')})"]
     for b in sorted(memory.buffers, key=lambda b: (b.start, b.name)):
-        lines.append(f"  slot {memory.assignment[b.name]:>3}  {b.kind:<6} {b.name:<40} "
+        slot = memory.assignment.get(b.name)
+        where = "lodged  " if slot is None else f"slot {slot:>3}"
+        lines.append(f"  {where}  {b.kind:<6} {b.name:<40} "
                      f"{human(b.bytes, 'B'):>10}  steps {b.start}..{b.end}")
+    if memory.lodged:
+        lines.append("  (lodged: in the gradient vector, where backward writes later "
+                     "parameters' gradients)")
     return "\n".join(lines)
 
 

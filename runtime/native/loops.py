@@ -15,32 +15,19 @@ generator does not cover runs the interpreted loop instead.
 from __future__ import annotations
 
 import ctypes
-import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from netdsl.lower.native_loop import LoopKernel, loop_kernel
 from netdsl.lower.schedule import SEQ, STATE, LoopSegment
 from netdsl.runtime.loops import add_grad, initial_values, loop_lengths, note_lengths
-from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.recompute import (Handback, advance_tail, loop_inputs, span_initials,
                                       span_rows, spans)
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["CompiledLoops", "compile_loop", "default_needs"]
-
-# rows of the batch a thread takes at least: a step's GEMM over fewer gains little
-ROWS_PER_THREAD = 16
-# multiply-adds a thread's block of rows must have per step: below, a step is too short
-# for a second thread to pay, and a thread waiting for a core another process holds
-# stalls the loop. With the machine busy (load 6.5-7.5, two threads), W5's training step
-# (Elman, 16 x 64 x 64 a block) took 16-328 ms split against 2.5-304 whole, whose GEMMs
-# OpenBLAS runs on one thread; W4's (LSTM, 16 x 128 x 512) 17-120 ms against 25-388
-BLOCK_MACS = 1 << 18
-_helpers: ThreadPoolExecutor | None = None   # threads that run a loop's other row blocks
 
 _NOTHING = np.empty(0, np.uint8)   # in a slot the function called does not read
 _SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_longlong,
@@ -191,26 +178,11 @@ class CompiledLoops:
         return whole, tail, run
 
     def _call(self, kernel: LoopKernel, function, steps: int, table) -> None:
-        """Run a loop's function over the batch: its rows are independent, so with BLAS
-        on two threads or more each thread runs its own block of rows through every step,
-        BLAS on one thread meanwhile. A step's GEMM is too small for BLAS's threads to
-        pay: they meet at every call, and spin while another process holds a core."""
-        global _helpers
-        B = self.ex.size
-        parts = min(host_threads(), B // ROWS_PER_THREAD, B * kernel.row_macs // BLOCK_MACS)
-        if parts < 2:
-            function(self.address, steps, B, 0, B, table)
-            return
-        bounds = [B * i // parts for i in range(parts + 1)]
-        if _helpers is None:
-            _helpers = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
-        with one_blas_thread(np):
-            # ctypes lets go of the GIL while a function runs
-            futures = [_helpers.submit(function, self.address, steps, B, lo, hi, table)
-                       for lo, hi in zip(bounds[1:-1], bounds[2:])]
-            function(self.address, steps, B, bounds[0], bounds[1], table)
-            for future in futures:
-                future.result()
+        """Run a loop's function over the batch's rows. Blocks of rows on threads of their
+        own, BLAS on one thread each, were measured: on a quiet machine W4's step took
+        10.9-11.1 ms split against 8.4-8.5 whole (docs/cpu.md), so a loop runs whole and
+        its GEMMs take BLAS's threads."""
+        function(self.address, steps, self.ex.size, 0, self.ex.size, table)
 
     def _table(self, run: _Run, grads: dict):
         """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""
