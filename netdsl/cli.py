@@ -281,9 +281,9 @@ def _data_flags(cmd) -> None:
     cmd.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder (runs/NAME)")
     cmd.add_argument("--device", choices=tuple(DEVICES), default="cpu", help="where to run (cpu)")
     cmd.add_argument("--native", action=argparse.BooleanOptionalAction, default=None,
-                     help="on the CPU, run elementwise chains and recurrences as C compiled "
-                          "here and cached (default: recurrent specs, where a C compiler "
-                          "works); --no-native: NumPy alone")
+                     help="on the CPU, run elementwise chains, convolutions and recurrences "
+                          "as C compiled here and cached (default: specs with a recurrence or "
+                          "a convolution, where a C compiler works); --no-native: NumPy alone")
 
 
 def _number(text: str, accept, wanted: str) -> float:

@@ -413,3 +413,16 @@ def test_the_forward_multiplies_by_a_transposed_copy_made_once_a_pass():
     batch = _sequence_batch(host.plan)
     native_ex.forward(batch, True)
     assert native_ex.compiled_loops.runs["concat1"].transposed is None
+
+
+@pytest.mark.parametrize("spec, expected", [("mlp.net", "host"), ("lenet5.net", "native"),
+                                            ("elman.net", "native")])
+def test_a_run_takes_the_native_target_for_convolutions_and_recurrences(spec, expected):
+    """Unasked, a network with a convolution or a recurrence is lowered for the native
+    target (where a compiler works, as here); one of dense layers alone stays on the host."""
+    from netdsl.app.session import prepare  # the CLI's session, above the runtime
+    from netdsl.driver import check_file
+
+    network = check_file(os.path.join(SPECS, spec))
+    assert prepare(network).lowered.target.name == expected
+    assert prepare(network, native=False).lowered.target.name == "host"

@@ -96,12 +96,12 @@ class Session:
 
 def _native(graph: nx.DiGraph, asked: bool):
     """The native lowering, its kernels compiled (or loaded from the cache); None where
-    they cannot be, after a warning on stderr if the user `asked` for it. Unasked, only
-    a network with a recurrence runs natively: its loops run 2-3 times faster compiled,
-    where a feed-forward network's chains gain nothing over NumPy in place and keep more
-    memory (docs/cpu.md)."""
+    they cannot be, after a warning on stderr if the user `asked` for it. Unasked, a
+    network with a recurrence or a convolution runs natively: its loops run 2-3 times
+    faster compiled, its convolutions 1.5-2 times (docs/benchmarks.md), where a network
+    of dense layers alone gains little over NumPy in place (docs/cpu.md)."""
     lowered = lower(graph, "native")
-    if not asked and not lowered.plan.loops:
+    if not asked and not (lowered.plan.loops or _convolves(lowered)):
         return None
     try:   # training runs in float32
         native.prepare([p for made in lowered.kernels.values() for p in made], "float32")
@@ -110,6 +110,11 @@ def _native(graph: nx.DiGraph, asked: bool):
             print(f"warning: --native: {exc}; running the NumPy path", file=sys.stderr)
         return None
     return lowered
+
+
+def _convolves(lowered) -> bool:
+    return any(step.op.convolves(*step.input_types) is not None
+               for step in lowered.plan.steps)
 
 
 def prepare(network: Network | nx.DiGraph, overrides: dict | None = None,
