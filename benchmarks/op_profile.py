@@ -106,6 +106,9 @@ def instrument(ex: Executor, optimizer, timer: SelfTimer) -> None:
         op.forward = timer.wrap(op.name, op.forward)
         op.backward = timer.wrap(op.name, op.backward)
         op._profiled = True
+    # the executor keeps each step's bound forward from its first call: made again, they
+    # are the timed ones
+    ex._calls.clear()
     compiled = ex.compiled_loops
     if compiled is not None:
         compiled.forward = timer.wrap("loop", compiled.forward)
