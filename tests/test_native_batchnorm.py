@@ -317,6 +317,12 @@ def test_a_chain_after_a_batchnorm_runs_in_its_call(cache):
     assert calls == [1]
     np.testing.assert_allclose(ours.flat_grads, theirs.flat_grads, rtol=1e-10, atol=1e-13)
     assert ours.state_dict()["buffers"].keys() == theirs.state_dict()["buffers"].keys()
+    # the tensors a checkpoint, --init-from and the exporters name are the host's
+    from netdsl.export.weights import network_tensors, tensor_sources
+    assert tensor_sources(lowered.plan) == tensor_sources(host.plan)
+    mine = network_tensors(lowered.plan, ours.params, ours.buffers)
+    for name, value in network_tensors(host.plan, theirs.params, theirs.buffers).items():
+        np.testing.assert_allclose(mine[name], value, rtol=1e-10, atol=1e-13)
     # a value asked for (the batchnorm's output) stays a value: the chain runs apart
     kept = lower(graph, "native", outputs=[bn])
     assert bn in {s.node for s in kept.plan.steps}

@@ -33,9 +33,9 @@ def tensor_sources(plan: Plan) -> dict[str, tuple]:
     """Each tensor's name -> ("param", key) or ("buffer", node, name), in the plan's order
     (a buffer after the parameters of its node)."""
     sources = {param_name(key): ("param", key) for key in plan.params}
-    for step in plan.steps:
+    for node, step in plan.by_buffers.items():
         for name in step.op.buffers(*step.input_types):
-            sources[tensor_name(step.node, name)] = ("buffer", step.node, name)
+            sources[tensor_name(node, name)] = ("buffer", node, name)
     return sources
 
 
@@ -50,7 +50,7 @@ def network_tensors(plan: Plan, params: dict, buffers: dict) -> dict[str, np.nda
         _, node, buffer = source
         value = buffers.get(node, {}).get(buffer)
         if value is None:
-            step = plan.step_of(node)
+            step = plan.by_buffers[node]
             value = step.op.buffers(*step.input_types)[buffer]
         tensors[name] = np.asarray(value)
     return tensors
@@ -158,5 +158,5 @@ def _first(names: list[str], shown: int = 8) -> str:
 def _shape(plan: Plan, source: tuple) -> tuple[int, ...]:
     if source[0] == "param":
         return tuple(plan.params[source[1]].shape)
-    step = plan.step_of(source[1])
+    step = plan.by_buffers[source[1]]
     return tuple(np.shape(step.op.buffers(*step.input_types)[source[2]]))

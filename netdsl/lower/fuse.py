@@ -285,6 +285,9 @@ class ChannelChain(Op):
     def shape(self, x, *others):
         return x   # names the op's input "x" for `keeps`
 
+    def buffers(self, x, *others):
+        return self.head.buffers(x)
+
     def forward(self, ctx, x, *others, **params):
         if not self.head.programs_run(ctx):
             z = self.head.forward(ctx, x, **params)

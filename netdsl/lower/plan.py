@@ -121,6 +121,12 @@ class Plan:
         return self.by_node[node]
 
     @cached_property
+    def by_buffers(self) -> dict[str, Step]:
+        """The step that keeps each node's buffers (running statistics): its own, or the
+        fused step that runs it (`Step.buffers_of`)."""
+        return {s.buffers_of or s.node: s for s in self.steps}
+
+    @cached_property
     def by_node(self) -> dict[str, Step]:
         """Each step by the node it computes (the steps never change once a plan is made)."""
         return {s.node: s for s in self.steps}
