@@ -14,6 +14,8 @@ def quick_init(cls):
     """Give the frozen dataclass `cls` an `__init__` with `object.__setattr__` at hand:
     the same parameters, defaults and result. Every other method dataclasses made
     (equality, hashing, repr, the frozen __setattr__) stays."""
+    if hasattr(cls, "__post_init__"):   # the generated __init__ would skip it
+        raise TypeError(f"{cls.__name__}: __post_init__ is not supported")
     params, lines, defaults = [], [], {}
     for field in dataclasses.fields(cls):
         if field.default_factory is not dataclasses.MISSING:
