@@ -264,6 +264,10 @@ def test_loop_source_matches_golden(name, update_golden):
     kernel = loop_kernel(segment, lowered.plan.types, "float32", needs, "long long",
                          "scipy_cblas_sgemm64_")
     assert_golden(os.path.join(GOLDEN, f"loop_{name}.c"), kernel.source, update_golden)
+    # each function runs the whole batch: (gemm, T, B, slots), as the runtime calls it
+    for way in ("forward", "backward"):
+        assert (f"void loop_{way}(gemm_t gemm, const long long T, const long long B, "
+                f"void* const* a) {{") in kernel.source
 
 
 def test_truncated_reach_runs_the_interpreted_loop():
@@ -358,7 +362,7 @@ def _lstm_kernel(padded: bool = False):
 def _passes(source: str) -> tuple[int, int]:
     """Passes over a step's rows in (loop_forward, loop_backward)."""
     forward, backward = source.split("void loop_backward")
-    return forward.count("for (long long r = r0"), backward.count("for (long long r = r0")
+    return forward.count("for (long long r = 0; r < B"), backward.count("for (long long r = 0; r < B")
 
 
 def test_an_lstm_step_is_one_pass_over_its_gates_each_way():
@@ -372,7 +376,7 @@ def test_an_lstm_step_is_one_pass_over_its_gates_each_way():
     assert _passes(kernel.source) == (1, 1)
     forward = kernel.source.split("void loop_backward")[0]
     assert forward.count("memcpy(") == 1 and forward.count("gemm(") == 1
-    assert ", 1, (((float*)a[1]) + (t)*B*256) + r0*256, 256);" in forward  # beta 1, into the gates
+    assert ", 1, (((float*)a[1]) + (t)*B*256), 256);" in forward  # beta 1, into the gates
     assert "memset" not in kernel.source
 
 
@@ -408,7 +412,7 @@ def test_the_forward_multiplies_by_a_transposed_copy_made_once_a_pass():
     segment, kernel = _lstm_kernel()
     product = next(s.node for s in segment.steps if s.op.name == "dense")
     assert kernel.transposed == ((product, "weight"),)
-    assert "gemm(101, 111, 111, r1 - r0, 256, 64, 1" in kernel.source     # no transposition
+    assert "gemm(101, 111, 111, B, 256, 64, 1" in kernel.source     # no transposition
     host, native_ex = _recurrent_pair("lstm")
     batch = _sequence_batch(host.plan)
     native_ex.forward(batch, True)

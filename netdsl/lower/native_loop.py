@@ -12,8 +12,8 @@ Arrays cross the call as one table of pointers (`slots`): per member with storag
 width), the parameters; then, for backward, the members' gradients, the sequences'
 and the initial values'. A split is a view of its parent:
 (parent, column offset, the parent's row stride), and so is its gradient. Each function
-runs rows r0 to r1 of the batch through every step (the rows are independent, so
-threads can take a block each). Only text is made here; netdsl.runtime.native.loops
+runs the whole batch through every step (blocks of rows on threads of their own lost to
+BLAS's threads: docs/cpu.md). Only text is made here; netdsl.runtime.native.loops
 compiles, feeds and calls it, and computes the dense layers' weight gradients after the
 loop.
 """
@@ -445,8 +445,8 @@ class _Writer:
         seq = next(r for r in chain_route if r.kind == SEQ)
         y, ldy = self.member(chain, False)
         x, ldx = self.source_of(route[0], False)
-        copy = (f"memcpy({y} + r0*{ldy}, {self.source_of(seq, False)[0]} + r0*{ldy}, "
-                f"(r1 - r0)*{self.widths[chain]}*sizeof({self.t}));")
+        copy = (f"memcpy({y}, {self.source_of(seq, False)[0]}, "
+                f"B*{self.widths[chain]}*sizeof({self.t}));")
         return [copy] + self._dense_forward(step, route, x, ldx, y, ldy, beta=1)
 
     def _fused_forward(self, unit: list) -> list[str]:
@@ -481,7 +481,7 @@ class _Writer:
         checkpointed span's first, whose lengths count from it) its initial value."""
         w, now = self.widths[node], self.member(node, False)[0]
         before = self._before(node, False)
-        return [f"for (long long r = r0; r < r1; r++) if (t >= "
+        return [f"for (long long r = 0; r < B; r++) if (t >= "
                 f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
                 f"    memcpy({now} + r*{w}, {before} + r*{w}, {w}*sizeof({self.t}));"]
 
@@ -489,7 +489,7 @@ class _Writer:
         """A held state's gradient past a sequence's end goes whole to the step before."""
         w, now = self.widths[node], self.member(node, True)[0]
         before = self._before(node, True)
-        return [f"for (long long r = r0; r < r1; r++) if (t >= "
+        return [f"for (long long r = 0; r < B; r++) if (t >= "
                 f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
                 f"    for (long long i = 0; i < {w}; i++) {{ {before}[r*{w} + i] += "
                 f"{now}[r*{w} + i]; {now}[r*{w} + i] = 0; }}"]
@@ -529,8 +529,7 @@ class _Writer:
                         arrays[f"dx{j}"] = self.source_of(r, True)
                 body += self._elementwise(self._backward_program(step, wanted), arrays,
                                           self.widths[step.node], accumulate=True)
-        clear = [f"memset({self.array('grad', n)} + r0*{self.widths[n]}, 0, "
-                 f"(r1 - r0)*{self.widths[n]}*sizeof({self.t}));"
+        clear = [f"memset({self.array('grad', n)}, 0, B*{self.widths[n]}*sizeof({self.t}));"
                  for n in self.scratch]
         return self._function("loop_backward", clear + body, reverse=True)
 
@@ -576,7 +575,7 @@ class _Writer:
                 else "for (long long t = 0; t < T; t++) {")
         inner = "\n".join("        " + line for line in body)
         return (f"void {name}(gemm_t gemm, const long long T, const long long B, "
-                f"const long long r0, const long long r1, void* const* a) {{\n"
+                f"void* const* a) {{\n"
                 f"    {loop}\n{inner}\n    }}\n}}\n")
 
     def _param(self, step, name: str) -> str:
@@ -585,12 +584,12 @@ class _Writer:
     def _dense_forward(self, step, route, x, ldx, y, ldy, beta: int = 0) -> list[str]:
         units, inputs = self.widths[step.node], self.widths[_ref_node(route[0])]
         w = self.array("transposed", (step.node, "weight"))
-        lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, r1 - r0, {units}, {inputs}, 1, "
-                 f"{x} + r0*{ldx}, {ldx}, {w}, {units}, {beta}, {y} + r0*{ldy}, {ldy});"]
+        lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, {units}, {inputs}, 1, "
+                 f"{x}, {ldx}, {w}, {units}, {beta}, {y}, {ldy});"]
         if "bias" in step.params:
             b = self._param(step, "bias")
             lines += [f"{{ {self.t}* y = {y}; const {self.t}* b = {b};",
-                      f"  for (long long r = r0; r < r1; r++) for (long long c = 0; c < {units};"
+                      f"  for (long long r = 0; r < B; r++) for (long long c = 0; c < {units};"
                       f" c++) y[r*{ldy} + c] += b[c]; }}"]
         return lines
 
@@ -603,8 +602,8 @@ class _Writer:
         units, inputs = self.widths[step.node], self.widths[_ref_node(route[0])]
         w = self._param(step, "weight")
         gx, ldgx = self.source_of(route[0], True)
-        return [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, r1 - r0, {inputs}, {units}, 1, "
-                f"{gy} + r0*{ldgy}, {ldgy}, {w}, {inputs}, 1, {gx} + r0*{ldgx}, {ldgx});"]
+        return [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, {inputs}, {units}, 1, "
+                f"{gy}, {ldgy}, {w}, {inputs}, 1, {gx}, {ldgx});"]
 
     def _elementwise(self, program, arrays: dict, width: int, accumulate: bool) -> list[str]:
         """The program over B rows of `width`: reads and writes at each array's stride; a
@@ -617,7 +616,7 @@ class _Writer:
                 const = "" if name in program.outputs else "const "
                 lines.append(f"  {const}{t}* restrict p_{name} = {pointer}; "
                              f"const long long s_{name} = {stride};")
-        lines.append("  for (long long r = r0; r < r1; r++) {")
+        lines.append("  for (long long r = 0; r < B; r++) {")
         lines.append("    #pragma omp simd")
         lines.append(f"    for (long long i = 0; i < {width}; i++) {{")
         lines += [f"      const {t} {n} = p_{n}[r*s_{n} + i];" for n in program.reads]
@@ -655,7 +654,7 @@ class _Places:
         for (pointer, _), (name, written) in self.pointers.items():
             const = "" if written else "const "
             lines.append(f"  {const}{self.t}* restrict {name} = {pointer};")
-        lines += ["  for (long long r = r0; r < r1; r++) {", "    #pragma omp simd",
+        lines += ["  for (long long r = 0; r < B; r++) {", "    #pragma omp simd",
                   f"    for (long long i = 0; i < {width}; i++) {{"]
         lines += ["      " + line for line in body]
         return lines + ["    }", "  }", "}"]

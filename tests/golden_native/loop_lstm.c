@@ -6,10 +6,10 @@ __attribute__((simd("notinbranch"))) float tanhf(float);
 typedef long long I;
 typedef void (*gemm_t)(int, int, int, I, I, I, float, const float*, I, const float*, I, float, float*, I);
 
-void loop_forward(gemm_t gemm, const long long T, const long long B, const long long r0, const long long r1, void* const* a) {
+void loop_forward(gemm_t gemm, const long long T, const long long B, void* const* a) {
     for (long long t = 0; t < T; t++) {
-        memcpy((((float*)a[1]) + (t)*B*256) + r0*256, (((float*)a[7]) + t*B*256) + r0*256, (r1 - r0)*256*sizeof(float));
-        gemm(101, 111, 111, r1 - r0, 256, 64, 1, (t >= 1 ? (((float*)a[6]) + (t - 1)*B*64) : (((float*)a[9]) + t*B*64)) + r0*64, 64, ((float*)a[11]), 256, 1, (((float*)a[1]) + (t)*B*256) + r0*256, 256);
+        memcpy((((float*)a[1]) + (t)*B*256), (((float*)a[7]) + t*B*256), B*256*sizeof(float));
+        gemm(101, 111, 111, B, 256, 64, 1, (t >= 1 ? (((float*)a[6]) + (t - 1)*B*64) : (((float*)a[9]) + t*B*64)), 64, ((float*)a[11]), 256, 1, (((float*)a[1]) + (t)*B*256), 256);
         {
           const float* restrict p0 = ((((float*)a[1]) + (t)*B*256) + 128);
           float* restrict p1 = (((float*)a[2]) + (t)*B*64);
@@ -20,7 +20,7 @@ void loop_forward(gemm_t gemm, const long long T, const long long B, const long 
           float* restrict p6 = (((float*)a[5]) + (t)*B*64);
           const float* restrict p7 = ((((float*)a[1]) + (t)*B*256) + 192);
           float* restrict p8 = (((float*)a[6]) + (t)*B*64);
-          for (long long r = r0; r < r1; r++) {
+          for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
               const float k0_x0 = p0[r*256 + i];
@@ -56,7 +56,7 @@ void loop_forward(gemm_t gemm, const long long T, const long long B, const long 
     }
 }
 
-void loop_backward(gemm_t gemm, const long long T, const long long B, const long long r0, const long long r1, void* const* a) {
+void loop_backward(gemm_t gemm, const long long T, const long long B, void* const* a) {
     for (long long t = T - 1; t >= 0; t--) {
         {
           const float* restrict p0 = ((((float*)a[1]) + (t)*B*256) + 192);
@@ -73,7 +73,7 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, const long
           const float* restrict p11 = (((float*)a[2]) + (t)*B*64);
           float* restrict p12 = ((((float*)a[12]) + (t)*B*256) + 0);
           float* restrict p13 = ((((float*)a[12]) + (t)*B*256) + 128);
-          for (long long r = r0; r < r1; r++) {
+          for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
               const float k4_x0 = p0[r*256 + i];
@@ -109,6 +109,6 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, const long
             }
           }
         }
-        gemm(101, 111, 111, r1 - r0, 64, 256, 1, (((float*)a[12]) + (t)*B*256) + r0*256, 256, ((float*)a[10]), 64, 1, (t >= 1 ? (((float*)a[18]) + (t - 1)*B*64) : (((float*)a[21]) + t*B*64)) + r0*64, 64);
+        gemm(101, 111, 111, B, 64, 256, 1, (((float*)a[12]) + (t)*B*256), 256, ((float*)a[10]), 64, 1, (t >= 1 ? (((float*)a[18]) + (t - 1)*B*64) : (((float*)a[21]) + t*B*64)), 64);
     }
 }
