@@ -430,3 +430,25 @@ def test_a_run_takes_the_native_target_for_convolutions_and_recurrences(spec, ex
     network = check_file(os.path.join(SPECS, spec))
     assert prepare(network).lowered.target.name == expected
     assert prepare(network, native=False).lowered.target.name == "host"
+
+
+def test_the_gradient_last_hands_back_is_added_into_as_it_is():
+    """`last`'s backward makes a new (T, B, width) array: the loop's backward adds into
+    it instead of copying it first."""
+    host, native_ex = _recurrent_pair("lstm_classifier")
+    loops, taken = native_ex.compiled_loops, []
+    value_grad = loops._value_grad
+
+    def spy(kernel, node, n, outside, *rest):
+        grad = value_grad(kernel, node, n, outside, *rest)
+        if node in outside:
+            taken.append(grad is outside[node])
+        return grad
+
+    loops._value_grad = spy
+    batch = _sequence_batch(host.plan)
+    for ex in (host, native_ex):
+        ex.forward(batch, True)
+        ex.backward()
+    assert taken == [True]
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
