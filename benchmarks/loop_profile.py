@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 
-from isolation import limit_blas, load_average
+from isolation import fix_malloc, limit_blas, load_average
 from netdsl.runtime.native.toolchain import build
 import sequence_speed
 
@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args(argv)
+    fix_malloc()   # as sequence_speed.py: no page faults from freed and remapped arrays
     _limiter = limit_blas(args.threads)
     w = next(w for w in sequence_speed.WORKLOADS if w.id == "W4")
     trainer = sequence_speed.Ours(w, sequence_speed.make_batch(w), "native")
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
                                                        table), args.calls))
             rows[f"{label}, GEMM a no-op"].append(cpu_ms(
                 lambda: function(noop, *sizes(function, steps, loops.ex.size), table), args.calls))
-        rows["training step"].append(cpu_ms(trainer.step, 10))
+        rows["training step"].append(statistics.median(cpu_ms(trainer.step, 1)
+                                                       for _ in range(15)))
     print(f"W4 compiled loop, {args.threads} BLAS thread(s), CPU ms per call, median "
           f"[range] of {args.repeats} x {args.calls} calls; load average {load:.2f} -> "
           f"{load_average():.2f}")
