@@ -392,6 +392,20 @@ def test_what_a_fused_lstm_pass_holds_in_registers_takes_no_room():
     assert len([n for n in kernel.storage if kernel.rows(n, 50, grad=True) == 0]) == 3 + 1
 
 
+def test_an_lstm_backward_reads_the_gates_forward_activated():
+    """Forward writes sigmoid(i), sigmoid(f) and sigmoid(o) over i, f and o (read by
+    nothing else) and backward reads them there; tanh(g) and tanh(c) are read as the
+    chains' outputs, which are kept anyway. Backward computes no tanh, and the loop keeps
+    no more than before: per step the gates, tanh(g), c, tanh(c) and h."""
+    segment, kernel = _lstm_kernel()
+    blocks = [s.node for s in segment.steps if s.node in kernel.views]
+    assert len(blocks) == 4 and set(kernel.activated) == set(blocks) - {"g"}
+    forward, backward = kernel.source.split("void loop_backward")
+    assert "tanhf(" not in backward and forward.count("tanhf(") == 1 + 5  # a declaration
+    assert sum(kernel.rows(n, 50) * kernel.widths[n] for n in kernel.storage) == 50 * (
+        4 * 64 + 4 * 64)
+
+
 def test_a_padded_lstm_holds_its_states_between_passes():
     """A padded batch's states hold their values past a sequence's end after the chain
     that makes them: the chains keep a pass each; the add is still the GEMM's."""
