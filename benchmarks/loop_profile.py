@@ -4,8 +4,8 @@ timed alone, in CPU time of this thread (which another process's load changes li
 A training step of W4 on the native target records the calls the loop makes (function,
 steps, table of pointers); each is then called again N times, as it is and with its
 GEMMs replaced by a function that does nothing (what is left: the passes over the
-gates). The rest of a step around the loop (the Python that prepares the call, the
-weight gradients after it) is timed as a training step less the two calls.
+gates). Around the calls, per training step: the Python of the loop's forward and
+backward (arrays, tables, hand-overs) and the weight gradients' GEMMs after the loop.
 
     python benchmarks/loop_profile.py [--threads 1] [--repeats 15] [--calls 200]
 """
@@ -37,6 +37,39 @@ def sizes(function, steps: int, B: int) -> tuple:
     """T and B, and the rows 0..B for functions built before the row range was dropped
     (to compare with older trees)."""
     return (steps, B) if len(function.argtypes) == 4 else (steps, B, 0, B)
+
+
+def around(trainer, loops, steps: int = 15) -> dict:
+    """CPU ms per training step of what runs around the two C calls: the loop's forward
+    and backward in Python (arrays made, tables, hand-overs), and the weight gradients'
+    GEMMs after the backward call; one value per step."""
+    spent: dict = {}
+
+    def timed(label, function):
+        def call(*args, **kwargs):
+            start = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.thread_time() - start
+        return call
+
+    names = ("forward", "backward", "_call", "_weight_grads")
+    for name in names:   # instance attributes over the methods, removed after
+        setattr(loops, name, timed(name, getattr(loops, name)))
+    rows: dict = {"Python around both calls": [], "weight gradients after the loop": []}
+    try:
+        for _ in range(steps):
+            spent.clear()
+            trainer.step()
+            rows["weight gradients after the loop"].append(spent["_weight_grads"] * 1e3)
+            rows["Python around both calls"].append(
+                (spent["forward"] + spent["backward"] - spent["_weight_grads"]
+                 - spent["_call"]) * 1e3)
+    finally:
+        for name in names:
+            delattr(loops, name)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -79,12 +112,13 @@ def main(argv=None) -> int:
         (fwd, t_fwd, table_fwd), (bwd, t_bwd, table_bwd) = recorded
         for label, function, steps, table in (("forward", fwd, t_fwd, table_fwd),
                                               ("backward", bwd, t_bwd, table_bwd)):
-            rows[label].append(cpu_ms(lambda: function(loops.address, *sizes(function, steps, loops.ex.size),
-                                                       table), args.calls))
+            rows[label].append(cpu_ms(lambda: function(
+                loops.address, *sizes(function, steps, loops.ex.size), table), args.calls))
             rows[f"{label}, GEMM a no-op"].append(cpu_ms(
                 lambda: function(noop, *sizes(function, steps, loops.ex.size), table), args.calls))
         rows["training step"].append(statistics.median(cpu_ms(trainer.step, 1)
                                                        for _ in range(15)))
+    rows.update(around(trainer, loops))
     print(f"W4 compiled loop, {args.threads} BLAS thread(s), CPU ms per call, median "
           f"[range] of {args.repeats} x {args.calls} calls; load average {load:.2f} -> "
           f"{load_average():.2f}")
