@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args(argv)
     fix_malloc()   # as sequence_speed.py: no page faults from freed and remapped arrays
-    _limiter = limit_blas(args.threads)
+    limiter = limit_blas(args.threads)  # noqa: F841  kept alive for the whole run
     w = next(w for w in sequence_speed.WORKLOADS if w.id == "W4")
     trainer = sequence_speed.Ours(w, sequence_speed.make_batch(w), "native")
     loops = trainer.ex.compiled_loops

@@ -361,8 +361,9 @@ def _lstm_kernel(padded: bool = False):
 
 def _passes(source: str) -> tuple[int, int]:
     """Passes over a step's rows in (loop_forward, loop_backward)."""
+    loop = "for (long long r = 0; r < B"
     forward, backward = source.split("void loop_backward")
-    return forward.count("for (long long r = 0; r < B"), backward.count("for (long long r = 0; r < B")
+    return forward.count(loop), backward.count(loop)
 
 
 def test_an_lstm_step_is_one_pass_over_its_gates_each_way():

@@ -20,16 +20,15 @@ loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import product
 
+from netdsl.lower.codegen import Program
 from netdsl.lower.cuda import CTYPES
 from netdsl.lower.fuse import FusedChain
 from netdsl.lower.native import simd_declarations
 from netdsl.lower.plan import State
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
 from netdsl.ops.base import Op
-from itertools import product as combinations
-
-from netdsl.lower.codegen import Program
 from netdsl.ops.expr import Call, Expr, Var, c, functions_used, names
 
 __all__ = ["LoopKernel", "loop_kernel"]
@@ -266,7 +265,7 @@ def _only_through(chain: FusedChain, inputs: int, j: int) -> tuple[str, Expr] | 
     (any needs, from its inputs) reads input j, when it computes a math function of x_j
     alone; else None."""
     x, found = f"x{j}", None
-    for needs in combinations((False, True), repeat=inputs):
+    for needs in product((False, True), repeat=inputs):
         if not any(needs):
             continue
         program = chain.backward_program(needs, output=False, merged=False)
@@ -310,6 +309,7 @@ def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset
             summed.add(step.node)
             if route[0].kind == MEMBER:
                 kept.add(parent(route[0].ref))
+
     def choose(base: set, known: set) -> tuple[set, set]:
         kept, from_output = set(base), set()
         for step, route in chains:
