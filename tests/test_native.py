@@ -264,6 +264,10 @@ def test_loop_source_matches_golden(name, update_golden):
     kernel = loop_kernel(segment, lowered.plan.types, "float32", needs, "long long",
                          "scipy_cblas_sgemm64_")
     assert_golden(os.path.join(GOLDEN, f"loop_{name}.c"), kernel.source, update_golden)
+    # each function runs the whole batch: (gemm, T, B, slots), as the runtime calls it
+    for way in ("forward", "backward"):
+        assert (f"void loop_{way}(gemm_t gemm, const long long T, const long long B, "
+                f"void* const* a) {{") in kernel.source
 
 
 def test_truncated_reach_runs_the_interpreted_loop():
@@ -357,8 +361,9 @@ def _lstm_kernel(padded: bool = False):
 
 def _passes(source: str) -> tuple[int, int]:
     """Passes over a step's rows in (loop_forward, loop_backward)."""
+    loop = "for (long long r = 0; r < B"
     forward, backward = source.split("void loop_backward")
-    return forward.count("for (long long r = r0"), backward.count("for (long long r = r0")
+    return forward.count(loop), backward.count(loop)
 
 
 def test_an_lstm_step_is_one_pass_over_its_gates_each_way():
@@ -372,7 +377,7 @@ def test_an_lstm_step_is_one_pass_over_its_gates_each_way():
     assert _passes(kernel.source) == (1, 1)
     forward = kernel.source.split("void loop_backward")[0]
     assert forward.count("memcpy(") == 1 and forward.count("gemm(") == 1
-    assert ", 1, (((float*)a[1]) + (t)*B*256) + r0*256, 256);" in forward  # beta 1, into the gates
+    assert ", 1, (((float*)a[1]) + (t)*B*256), 256);" in forward  # beta 1, into the gates
     assert "memset" not in kernel.source
 
 
@@ -386,6 +391,20 @@ def test_what_a_fused_lstm_pass_holds_in_registers_takes_no_room():
     assert kernel.rows(gates, 50) == 50
     assert {kernel.rows(n, 50) for n in kernel.storage} <= {0, 1, 50}
     assert len([n for n in kernel.storage if kernel.rows(n, 50, grad=True) == 0]) == 3 + 1
+
+
+def test_an_lstm_backward_reads_the_gates_forward_activated():
+    """Forward writes sigmoid(i), sigmoid(f) and sigmoid(o) over i, f and o (read by
+    nothing else) and backward reads them there; tanh(g) and tanh(c) are read as the
+    chains' outputs, which are kept anyway. Backward computes no tanh, and the loop keeps
+    no more than before: per step the gates, tanh(g), c, tanh(c) and h."""
+    segment, kernel = _lstm_kernel()
+    blocks = [s.node for s in segment.steps if s.node in kernel.views]
+    assert len(blocks) == 4 and set(kernel.activated) == set(blocks) - {"g"}
+    forward, backward = kernel.source.split("void loop_backward")
+    assert "tanhf(" not in backward and forward.count("tanhf(") == 1 + 5  # a declaration
+    assert sum(kernel.rows(n, 50) * kernel.widths[n] for n in kernel.storage) == 50 * (
+        4 * 64 + 4 * 64)
 
 
 def test_a_padded_lstm_holds_its_states_between_passes():
@@ -408,7 +427,7 @@ def test_the_forward_multiplies_by_a_transposed_copy_made_once_a_pass():
     segment, kernel = _lstm_kernel()
     product = next(s.node for s in segment.steps if s.op.name == "dense")
     assert kernel.transposed == ((product, "weight"),)
-    assert "gemm(101, 111, 111, r1 - r0, 256, 64, 1" in kernel.source     # no transposition
+    assert "gemm(101, 111, 111, B, 256, 64, 1" in kernel.source     # no transposition
     host, native_ex = _recurrent_pair("lstm")
     batch = _sequence_batch(host.plan)
     native_ex.forward(batch, True)
@@ -426,3 +445,25 @@ def test_a_run_takes_the_native_target_for_convolutions_and_recurrences(spec, ex
     network = check_file(os.path.join(SPECS, spec))
     assert prepare(network).lowered.target.name == expected
     assert prepare(network, native=False).lowered.target.name == "host"
+
+
+def test_the_gradient_last_hands_back_is_added_into_as_it_is():
+    """`last`'s backward makes a new (T, B, width) array: the loop's backward adds into
+    it instead of copying it first."""
+    host, native_ex = _recurrent_pair("lstm_classifier")
+    loops, taken = native_ex.compiled_loops, []
+    value_grad = loops._value_grad
+
+    def spy(kernel, node, n, outside, *rest):
+        grad = value_grad(kernel, node, n, outside, *rest)
+        if node in outside:
+            taken.append(grad is outside[node])
+        return grad
+
+    loops._value_grad = spy
+    batch = _sequence_batch(host.plan)
+    for ex in (host, native_ex):
+        ex.forward(batch, True)
+        ex.backward()
+    assert taken == [True]
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)

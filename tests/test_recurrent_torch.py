@@ -129,6 +129,26 @@ def test_full_bptt_matches_pytorch(name, many_to_one):
     assert_same_grads(pair.ex.grads, pair.torch_grads(loss))
 
 
+@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("many_to_one", [False, True], ids=["many_to_many", "many_to_one"])
+def test_compiled_loops_match_pytorch(name, many_to_one):
+    """The native target's generated loop, full BPTT. An LSTM's forward leaves its
+    gates' sigmoids where their inputs were and its backward reads them there
+    (LoopKernel.activated): no transcendental is computed again."""
+    pair = Pair(name, many_to_one, target="native")
+    data = batch(many_to_one)
+    loss, _ = pair.torch_loss(data["x"], data["y"])
+    out = pair.ex.forward(data, True)
+    pair.ex.backward()
+    assert pair.ex.compiled_loops.calls == {"forward": 1, "backward": 1}
+    assert float(out["loss"]) == pytest.approx(loss.item(), rel=1e-10)
+    assert_same_grads(pair.ex.grads, pair.torch_grads(loss))
+    if name == "lstm":
+        [(kernel, _, _)] = [made for made in pair.ex.compiled_loops._made.values() if made]
+        assert len(kernel.activated) == 3
+        assert "tanh(" not in kernel.source.split("void loop_backward")[1]
+
+
 @pytest.mark.parametrize("target", ["host", "native"])
 @pytest.mark.parametrize("name", sorted(CELLS))
 def test_checkpointed_bptt_matches_pytorch(name, target):

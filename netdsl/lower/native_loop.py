@@ -12,22 +12,24 @@ Arrays cross the call as one table of pointers (`slots`): per member with storag
 width), the parameters; then, for backward, the members' gradients, the sequences'
 and the initial values'. A split is a view of its parent:
 (parent, column offset, the parent's row stride), and so is its gradient. Each function
-runs rows r0 to r1 of the batch through every step (the rows are independent, so
-threads can take a block each). Only text is made here; netdsl.runtime.native.loops
+runs the whole batch through every step (blocks of rows on threads of their own lost to
+BLAS's threads: docs/cpu.md). Only text is made here; netdsl.runtime.native.loops
 compiles, feeds and calls it, and computes the dense layers' weight gradients after the
 loop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import product
 
+from netdsl.lower.codegen import Program
 from netdsl.lower.cuda import CTYPES
 from netdsl.lower.fuse import FusedChain
 from netdsl.lower.native import simd_declarations
 from netdsl.lower.plan import State
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
 from netdsl.ops.base import Op
-from netdsl.ops.expr import Call, Expr, Var, c
+from netdsl.ops.expr import Call, Expr, Var, c, functions_used, names
 
 __all__ = ["LoopKernel", "loop_kernel"]
 
@@ -70,6 +72,11 @@ class LoopKernel:
     # ("value" or "grad", member) the functions never touch: a folded add's gradient and
     # its product's value, what a fused pass holds in registers; their arrays are empty
     idle: frozenset
+    # a member whose array holds, from forward on, the function of it that the chain
+    # reading it applies and whose backward reads it through that alone (an LSTM's gates'
+    # sigmoids): forward writes the function's value over the member's, backward reads it
+    # instead of computing it again; member -> (chain, input index, the function)
+    activated: dict
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
         """How many steps of `node`'s values (or gradients) its array holds."""
@@ -121,11 +128,12 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     kept, summed, from_output = _lifetimes(segment, splits)
     aliases = _aliases(segment, splits, summed, from_output, needs)
     folds = _folds(segment, splits, kept, summed, aliases)
+    activated = _activated(segment, splits, widths, from_output)
     writer = _Writer(segment, widths, splits, storage, seqs, states, params, transposed,
-                     dtype, kept, summed, from_output, padded, aliases, folds)
+                     dtype, kept, summed, from_output, padded, aliases, folds, activated)
     source = writer.module(needs, index_type, gemm)
     return LoopKernel(source, storage, seqs, states, params, transposed, widths, kept, summed,
-                      splits, aliases, folds, writer.idle())
+                      splits, aliases, folds, writer.idle(), activated)
 
 
 def _readers(segment: LoopSegment) -> dict:
@@ -207,6 +215,73 @@ def _aliases(segment: LoopSegment, splits: dict, summed: frozenset, from_output:
     return aliases
 
 
+def _activated(segment: LoopSegment, splits: dict, widths: dict, from_output: frozenset) -> dict:
+    """LoopKernel.activated: a chain's input that its backward, for every set of needs,
+    reads only through one let computing a math function of that input alone (sigmoid's
+    tanh), read by that chain alone and by nothing else in the loop, after it or in
+    backward: not a state's source, stored, the input of a dense layer (its weight
+    gradient), a chain's output read back as such, or the parent of column blocks; a
+    column block the same, its parent read through its blocks alone, which must not
+    overlap. Decided once for every backward, as the lifetimes are: one forward serves
+    all."""
+    readers = _readers(segment)
+    sources = {state.source for state in segment.loop.states}
+    parents = {parent for parent, _ in splits.values()}
+    dense_inputs = {r.ref for step, route in zip(segment.steps, segment.routes)
+                    if step.op.column_linear for r in route if r.kind == MEMBER}
+
+    def private(node: str) -> bool:
+        return (node not in segment.stored and node not in sources and node not in dense_inputs
+                and node not in from_output and readers.get((STATE, node), 0) == 0)
+
+    def blocks_apart(parent: str) -> bool:
+        spans = sorted((first, first + widths[node]) for node, (p, first) in splits.items()
+                       if p == parent)
+        return all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+
+    activated = {}
+    for step, route in zip(segment.steps, segment.routes):
+        if not isinstance(step.op, FusedChain) or step.node in from_output:
+            continue
+        for j, r in enumerate(route):
+            node = r.ref if r.kind == MEMBER else None
+            if (node is None or readers[(MEMBER, node)] != 1 or not private(node)
+                    or node in parents):
+                continue
+            if node in splits:
+                parent = splits[node][0]
+                blocks = sum(1 for p, _ in splits.values() if p == parent)
+                if (parent in splits or readers[(MEMBER, parent)] != blocks
+                        or not private(parent) or not blocks_apart(parent)):
+                    continue
+            let = _only_through(step.op, len(route), j)
+            if let is not None:
+                activated[node] = (step.node, j, let)
+    return activated
+
+
+def _only_through(chain: FusedChain, inputs: int, j: int) -> tuple[str, Expr] | None:
+    """The let (name, expression) through which alone every backward program of `chain`
+    (any needs, from its inputs) reads input j, when it computes a math function of x_j
+    alone; else None."""
+    x, found = f"x{j}", None
+    for needs in product((False, True), repeat=inputs):
+        if not any(needs):
+            continue
+        program = chain.backward_program(needs, output=False, merged=False)
+        if x not in program.reads:
+            continue
+        lets = [(n, e) for n, e in program.lets if x in names(e)]
+        if (len(lets) != 1 or names(lets[0][1]) != {x} or not functions_used(lets[0][1])
+                or any(x in names(e) for _, e in program.writes)):
+            return None
+        if found is not None and (found[0] != lets[0][0]
+                                  or c(found[1], "double") != c(lets[0][1], "double")):
+            return None
+        found = lets[0]
+    return found
+
+
 def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset, frozenset]:
     """(members whose values every step keeps, members whose gradients every step keeps,
     the chains whose backward reads their output rather than their inputs).
@@ -234,17 +309,30 @@ def _lifetimes(segment: LoopSegment, splits: dict) -> tuple[frozenset, frozenset
             summed.add(step.node)
             if route[0].kind == MEMBER:
                 kept.add(parent(route[0].ref))
-    from_output = set()
-    for step, route in chains:
-        program = step.op.backward_program((True,) * len(route), output=False, merged=False)
-        inputs = {parent(r.ref) for j, r in enumerate(route)
-                  if f"x{j}" in program.reads and r.kind == MEMBER}
-        if step.op.from_output and (step.node in kept or inputs - kept):
-            from_output.add(step.node)
-            kept.add(step.node)
-        else:
-            kept |= inputs
-    return frozenset(kept - set(splits)), frozenset(summed), frozenset(from_output)
+
+    def choose(base: set, known: set) -> tuple[set, set]:
+        kept, from_output = set(base), set()
+        for step, route in chains:
+            program = step.op.backward_program((True,) * len(route), output=False,
+                                               merged=False)
+            inputs = {parent(r.ref) for j, r in enumerate(route)
+                      if f"x{j}" in program.reads and r.kind == MEMBER}
+            if step.op.from_output and (step.node in kept or inputs - kept
+                                        or (step.node in known and inputs)):
+                from_output.add(step.node)
+                kept.add(step.node)
+            else:
+                kept |= inputs
+        return kept, from_output
+
+    # a chain whose output a later chain's backward reads anyway (an LSTM's tanh(c), read
+    # by h's) reads that output too, if that keeps no more members: a second choice that
+    # knows what the first kept
+    kept_first, from_output = choose(kept, set())
+    kept_second, from_second = choose(kept, kept_first)
+    if kept_second <= kept_first:
+        kept_first, from_output = kept_second, from_second
+    return frozenset(kept_first - set(splits)), frozenset(summed), frozenset(from_output)
 
 
 def _ref_node(route) -> str:
@@ -266,9 +354,11 @@ class _Writer:
     """The C text of one loop, with each value's place at time t."""
 
     def __init__(self, segment, widths, splits, storage, seqs, states, params, transposed,
-                 dtype, kept, summed, from_output, padded, aliases, folds):
+                 dtype, kept, summed, from_output, padded, aliases, folds, activated):
         self.segment, self.widths, self.splits = segment, widths, splits
         self.aliases, self.folds = aliases, folds
+        # (chain, input index) -> the let whose value forward writes over that input's
+        self.activated = {(chain, j): let for chain, j, let in activated.values()}
         self.folded_into = {product: chain for chain, product in folds.items()}
         self.kept, self.summed, self.from_output = kept, summed, from_output
         self.padded = padded
@@ -430,8 +520,8 @@ class _Writer:
                 inputs = [self.source_of(r, False) for r in route]
                 arrays = {f"x{j}": p for j, p in enumerate(inputs)}
                 arrays["y"] = (y, ldy)
-                body += self._elementwise(op.program, arrays, self.widths[step.node],
-                                          accumulate=False)
+                body += self._elementwise(self._forward_program(step), arrays,
+                                          self.widths[step.node], accumulate=False)
             if self.padded and step.node in self.segment.depth:
                 body += self._hold(step.node)
         return self._function("loop_forward", body)
@@ -445,8 +535,8 @@ class _Writer:
         seq = next(r for r in chain_route if r.kind == SEQ)
         y, ldy = self.member(chain, False)
         x, ldx = self.source_of(route[0], False)
-        copy = (f"memcpy({y} + r0*{ldy}, {self.source_of(seq, False)[0]} + r0*{ldy}, "
-                f"(r1 - r0)*{self.widths[chain]}*sizeof({self.t}));")
+        copy = (f"memcpy({y}, {self.source_of(seq, False)[0]}, "
+                f"B*{self.widths[chain]}*sizeof({self.t}));")
         return [copy] + self._dense_forward(step, route, x, ldx, y, ldy, beta=1)
 
     def _fused_forward(self, unit: list) -> list[str]:
@@ -456,7 +546,7 @@ class _Writer:
         local = {}
         skip = self._local_values(unit)
         for k, (step, route) in enumerate(unit):
-            program = step.op.program
+            program = self._forward_program(step)
             for j, r in enumerate(route):
                 if f"x{j}" not in program.reads:
                     continue
@@ -464,24 +554,45 @@ class _Writer:
                          else places.read(*self.source_of(r, False)))
                 body.append(f"const {t} k{k}_x{j} = {value};")
             body += [f"const {t} k{k}_{n} = {c(_prefixed(e, k), t)};" for n, e in program.lets]
-            [(_, expr)] = program.writes
+            (_, expr), *activations = program.writes
             body.append(f"const {t} k{k}_y = {c(_prefixed(expr, k), t)};")
             local[step.node] = f"k{k}_y"
             if step.node not in skip:
                 body.append(f"{places.write(*self.member(step.node, False))} = k{k}_y;")
+            for n, e in activations:   # over the input it is a function of
+                body.append(f"{places.write(*self.source_of(route[int(n[1:])], False))} = "
+                            f"{c(_prefixed(e, k), t)};")
         return places.loop(body, self.widths[unit[0][0].node])
 
-    def _backward_program(self, step, needs: tuple[bool, ...]):
-        # each member's gradient has its own place: every input's is written
-        return step.op.backward_program(needs, output=step.node in self.from_output,
-                                        merged=False)
+    def _forward_program(self, step) -> Program:
+        """The chain's program, writing after y each LoopKernel.activated input's function
+        (a let of the program's own) over that input."""
+        program = step.op.program
+        writes = [(f"x{j}", _let_value(program, let))
+                  for (chain, j), let in self.activated.items() if chain == step.node]
+        if not writes:
+            return program
+        return Program(program.name, program.reads, program.lets, (*program.writes, *writes))
+
+    def _backward_program(self, step, needs: tuple[bool, ...]) -> Program:
+        """The chain's backward program; each member's gradient has its own place: every
+        input's is written. An activated input's let reads the value forward left in its
+        place instead of computing it."""
+        program = step.op.backward_program(needs, output=step.node in self.from_output,
+                                           merged=False)
+        taken = {let[0]: f"x{j}" for (chain, j), let in self.activated.items()
+                 if chain == step.node and f"x{j}" in program.reads}
+        if not taken:
+            return program
+        lets = tuple((n, Var(taken[n]) if n in taken else e) for n, e in program.lets)
+        return Program(program.name, program.reads, lets, program.writes)
 
     def _hold(self, node: str) -> list[str]:
         """Past a sequence's end a state keeps its value of the step before: at step 0 (a
         checkpointed span's first, whose lengths count from it) its initial value."""
         w, now = self.widths[node], self.member(node, False)[0]
         before = self._before(node, False)
-        return [f"for (long long r = r0; r < r1; r++) if (t >= "
+        return [f"for (long long r = 0; r < B; r++) if (t >= "
                 f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
                 f"    memcpy({now} + r*{w}, {before} + r*{w}, {w}*sizeof({self.t}));"]
 
@@ -489,7 +600,7 @@ class _Writer:
         """A held state's gradient past a sequence's end goes whole to the step before."""
         w, now = self.widths[node], self.member(node, True)[0]
         before = self._before(node, True)
-        return [f"for (long long r = r0; r < r1; r++) if (t >= "
+        return [f"for (long long r = 0; r < B; r++) if (t >= "
                 f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
                 f"    for (long long i = 0; i < {w}; i++) {{ {before}[r*{w} + i] += "
                 f"{now}[r*{w} + i]; {now}[r*{w} + i] = 0; }}"]
@@ -529,8 +640,7 @@ class _Writer:
                         arrays[f"dx{j}"] = self.source_of(r, True)
                 body += self._elementwise(self._backward_program(step, wanted), arrays,
                                           self.widths[step.node], accumulate=True)
-        clear = [f"memset({self.array('grad', n)} + r0*{self.widths[n]}, 0, "
-                 f"(r1 - r0)*{self.widths[n]}*sizeof({self.t}));"
+        clear = [f"memset({self.array('grad', n)}, 0, B*{self.widths[n]}*sizeof({self.t}));"
                  for n in self.scratch]
         return self._function("loop_backward", clear + body, reverse=True)
 
@@ -576,7 +686,7 @@ class _Writer:
                 else "for (long long t = 0; t < T; t++) {")
         inner = "\n".join("        " + line for line in body)
         return (f"void {name}(gemm_t gemm, const long long T, const long long B, "
-                f"const long long r0, const long long r1, void* const* a) {{\n"
+                f"void* const* a) {{\n"
                 f"    {loop}\n{inner}\n    }}\n}}\n")
 
     def _param(self, step, name: str) -> str:
@@ -585,12 +695,12 @@ class _Writer:
     def _dense_forward(self, step, route, x, ldx, y, ldy, beta: int = 0) -> list[str]:
         units, inputs = self.widths[step.node], self.widths[_ref_node(route[0])]
         w = self.array("transposed", (step.node, "weight"))
-        lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, r1 - r0, {units}, {inputs}, 1, "
-                 f"{x} + r0*{ldx}, {ldx}, {w}, {units}, {beta}, {y} + r0*{ldy}, {ldy});"]
+        lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, {units}, {inputs}, 1, "
+                 f"{x}, {ldx}, {w}, {units}, {beta}, {y}, {ldy});"]
         if "bias" in step.params:
             b = self._param(step, "bias")
             lines += [f"{{ {self.t}* y = {y}; const {self.t}* b = {b};",
-                      f"  for (long long r = r0; r < r1; r++) for (long long c = 0; c < {units};"
+                      f"  for (long long r = 0; r < B; r++) for (long long c = 0; c < {units};"
                       f" c++) y[r*{ldy} + c] += b[c]; }}"]
         return lines
 
@@ -603,8 +713,8 @@ class _Writer:
         units, inputs = self.widths[step.node], self.widths[_ref_node(route[0])]
         w = self._param(step, "weight")
         gx, ldgx = self.source_of(route[0], True)
-        return [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, r1 - r0, {inputs}, {units}, 1, "
-                f"{gy} + r0*{ldgy}, {ldgy}, {w}, {inputs}, 1, {gx} + r0*{ldgx}, {ldgx});"]
+        return [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, {inputs}, {units}, 1, "
+                f"{gy}, {ldgy}, {w}, {inputs}, 1, {gx}, {ldgx});"]
 
     def _elementwise(self, program, arrays: dict, width: int, accumulate: bool) -> list[str]:
         """The program over B rows of `width`: reads and writes at each array's stride; a
@@ -617,7 +727,7 @@ class _Writer:
                 const = "" if name in program.outputs else "const "
                 lines.append(f"  {const}{t}* restrict p_{name} = {pointer}; "
                              f"const long long s_{name} = {stride};")
-        lines.append("  for (long long r = r0; r < r1; r++) {")
+        lines.append("  for (long long r = 0; r < B; r++) {")
         lines.append("    #pragma omp simd")
         lines.append(f"    for (long long i = 0; i < {width}; i++) {{")
         lines += [f"      const {t} {n} = p_{n}[r*s_{n} + i];" for n in program.reads]
@@ -655,10 +765,20 @@ class _Places:
         for (pointer, _), (name, written) in self.pointers.items():
             const = "" if written else "const "
             lines.append(f"  {const}{self.t}* restrict {name} = {pointer};")
-        lines += ["  for (long long r = r0; r < r1; r++) {", "    #pragma omp simd",
+        lines += ["  for (long long r = 0; r < B; r++) {", "    #pragma omp simd",
                   f"    for (long long i = 0; i < {width}; i++) {{"]
         lines += ["      " + line for line in body]
         return lines + ["    }", "  }", "}"]
+
+
+def _let_value(program: Program, let: tuple[str, Expr]) -> Expr:
+    """The let's value in `program`: its variable where the program computes the same
+    expression under the same name, else the expression."""
+    name, expr = let
+    same = dict(program.lets).get(name)
+    if same is not None and c(same, "double") == c(expr, "double"):
+        return Var(name)
+    return expr
 
 
 def _prefixed(expr: Expr, k: int) -> Expr:

@@ -29,6 +29,8 @@ class _WholeSequence(Op):
 class Last(_WholeSequence):
     r"""$y = x_T$"""
 
+    fresh_grads = True   # step_grad's zeros: the gradient's reader may add into it
+
     keeps = ("last",)  # each example's last real step, when a batch is padded
 
     def shape(self, x: TensorType) -> TensorType:
@@ -58,6 +60,8 @@ class Last(_WholeSequence):
 @register("first")
 class First(_WholeSequence):
     r"""$y = x_1$"""
+
+    fresh_grads = True   # step_grad's zeros: the gradient's reader may add into it
 
     def shape(self, x: TensorType) -> TensorType:
         self.expect_seq(x)

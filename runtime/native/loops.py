@@ -30,8 +30,7 @@ from netdsl.runtime.native.toolchain import NativeUnavailable, build
 __all__ = ["CompiledLoops", "compile_loop", "default_needs"]
 
 _NOTHING = np.empty(0, np.uint8)   # in a slot the function called does not read
-_SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_longlong,
-              ctypes.c_longlong, ctypes.c_void_p]
+_SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p]
 
 
 class _Run:
@@ -182,7 +181,7 @@ class CompiledLoops:
         own, BLAS on one thread each, were measured: on a quiet machine W4's step took
         10.9-11.1 ms split against 8.4-8.5 whole (docs/cpu.md), so a loop runs whole and
         its GEMMs take BLAS's threads."""
-        function(self.address, steps, self.ex.size, 0, self.ex.size, table)
+        function(self.address, steps, self.ex.size, table)
 
     def _table(self, run: _Run, grads: dict):
         """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""

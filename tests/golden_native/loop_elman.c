@@ -6,14 +6,14 @@ __attribute__((simd("notinbranch"))) float tanhf(float);
 typedef long long I;
 typedef void (*gemm_t)(int, int, int, I, I, I, float, const float*, I, const float*, I, float, float*, I);
 
-void loop_forward(gemm_t gemm, const long long T, const long long B, const long long r0, const long long r1, void* const* a) {
+void loop_forward(gemm_t gemm, const long long T, const long long B, void* const* a) {
     for (long long t = 0; t < T; t++) {
-        gemm(101, 111, 111, r1 - r0, 64, 64, 1, (t >= 1 ? (((float*)a[1]) + (t - 1)*B*64) : (((float*)a[3]) + t*B*64)) + r0*64, 64, ((float*)a[5]), 64, 0, ((float*)a[0]) + r0*64, 64);
+        gemm(101, 111, 111, B, 64, 64, 1, (t >= 1 ? (((float*)a[1]) + (t - 1)*B*64) : (((float*)a[3]) + t*B*64)), 64, ((float*)a[5]), 64, 0, ((float*)a[0]), 64);
         {
           const float* restrict p_x0 = (((float*)a[2]) + t*B*64); const long long s_x0 = 64;
           const float* restrict p_x1 = ((float*)a[0]); const long long s_x1 = 64;
           float* restrict p_y = (((float*)a[1]) + (t)*B*64); const long long s_y = 64;
-          for (long long r = r0; r < r1; r++) {
+          for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
               const float x0 = p_x0[r*s_x0 + i];
@@ -27,13 +27,13 @@ void loop_forward(gemm_t gemm, const long long T, const long long B, const long 
     }
 }
 
-void loop_backward(gemm_t gemm, const long long T, const long long B, const long long r0, const long long r1, void* const* a) {
+void loop_backward(gemm_t gemm, const long long T, const long long B, void* const* a) {
     for (long long t = T - 1; t >= 0; t--) {
         {
           const float* restrict p_gy = (((float*)a[7]) + (t)*B*64); const long long s_gy = 64;
           const float* restrict p_y = (((float*)a[1]) + (t)*B*64); const long long s_y = 64;
           float* restrict p_dx1 = (((float*)a[6]) + (t)*B*64); const long long s_dx1 = 64;
-          for (long long r = r0; r < r1; r++) {
+          for (long long r = 0; r < B; r++) {
             #pragma omp simd
             for (long long i = 0; i < 64; i++) {
               const float gy = p_gy[r*s_gy + i];
@@ -43,6 +43,6 @@ void loop_backward(gemm_t gemm, const long long T, const long long B, const long
             }
           }
         }
-        gemm(101, 111, 111, r1 - r0, 64, 64, 1, (((float*)a[6]) + (t)*B*64) + r0*64, 64, ((float*)a[4]), 64, 1, (t >= 1 ? (((float*)a[7]) + (t - 1)*B*64) : (((float*)a[9]) + t*B*64)) + r0*64, 64);
+        gemm(101, 111, 111, B, 64, 64, 1, (((float*)a[6]) + (t)*B*64), 64, ((float*)a[4]), 64, 1, (t >= 1 ? (((float*)a[7]) + (t - 1)*B*64) : (((float*)a[9]) + t*B*64)), 64);
     }
 }
