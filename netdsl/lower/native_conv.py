@@ -26,7 +26,8 @@ from netdsl.lower.cuda import CTYPES
 
 __all__ = ["conv_module", "FUNCTIONS", "OUTPUT_BLOCK", "GEOMETRY", "lanes", "planes",
            "direct_blocks", "direct_kernel",
-           "direct_scratch", "weight_grad_scratch"]
+           "direct_scratch", "weight_grad_scratch", "winograd_module", "WINOGRAD_FUNCTIONS",
+           "winograd_fits", "winograd_rows", "winograd_scratch"]
 
 # the geometry arguments every function takes, in order
 GEOMETRY = ("C", "H", "W", "O", "KH", "KW", "OH", "OW", "SH", "SW", "PH", "PW", "DH", "DW")
@@ -422,6 +423,191 @@ void conv_backward_gemm(gemm_t gemm, const T* restrict gy, const T* restrict x,
             gemm({RM}, {TR}, {N}, K, N, O, 1, w, K, g, N, 0, scratch, N);
             add_columns(scratch, dx + b * C * H * W, C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW,
                         DH, DW);
+        }}
+    }}
+}}
+"""
+
+
+# ---- Winograd F(2x2, 3x3): 3x3 kernels at stride 1, a library of its own
+
+WINOGRAD_FUNCTIONS = ("conv_winograd_weights", "conv_forward_winograd")
+
+# bytes of one chunk's transformed tiles and products (V and M, below): a chunk's
+# sixteen GEMMs read and write them, and they stay in a core's L2 cache
+WINOGRAD_CHUNK_BYTES = 1 << 20
+
+
+def winograd_module(dtype: str, index_type: str, gemm: str) -> str:
+    """The C module of the Winograd F(2x2, 3x3) kernels for `dtype`, calling CBLAS's
+    GEMM of the integer type `index_type` (named `gemm` in a comment)."""
+    return _WINOGRAD.format(T=CTYPES[dtype], I=index_type, gemm=gemm, SIZES=_SIZES,
+                            RM=ROW_MAJOR, N=NO_TRANS)
+
+
+def winograd_fits(kernel, stride, dilation, lows) -> bool:
+    """Whether the Winograd kernel runs a 2-D convolution: a 3x3 kernel at stride 1,
+    dilation 1 and pads not negative (groups 1, as every compiled kernel)."""
+    return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and all(lo >= 0 for lo in lows))
+
+
+def winograd_rows(sizes, itemsize: int, budget: int = WINOGRAD_CHUNK_BYTES) -> int:
+    """Rows of 2x2 output tiles a chunk of conv_forward_winograd transforms at once, for
+    GEOMETRY's values `sizes`: its V and M within `budget` bytes, one row at least."""
+    c, o, ow = sizes[0], sizes[3], sizes[7]
+    per_row = 16 * (c + o) * -(-ow // 2) * itemsize
+    return max(1, budget // per_row)
+
+
+def winograd_scratch(sizes, rows: int) -> int:
+    """Elements of conv_forward_winograd's scratch for chunks of `rows` tile rows: V
+    and M, the four padded input rows split by column parity, two output rows."""
+    c, o, ow = sizes[0], sizes[3], sizes[7]
+    tw = -(-ow // 2)
+    return 16 * (c + o) * rows * tw + 4 * (2 * tw + 2) + 8 * (tw + 1) + 4 * tw
+
+
+_WINOGRAD = """\
+#include <string.h>
+
+typedef long long L;
+typedef {T} T;
+/* {gemm}: CBLAS's ?gemm */
+typedef {I} I;
+typedef void (*gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
+
+/* Winograd F(2x2, 3x3): each 2x2 output tile is A^T [(G g G^T) * (B^T d B)] A for
+   the 3x3 kernel g and the 4x4 input cells d under the tile, summed over the input
+   channels (the sum taken by GEMMs, one per cell k of the 4x4 products), with
+       G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+       B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  A^T = [1 1 1 0; 0 1 -1 -1]:
+   16 multiplications per tile and channel pair instead of 36. */
+
+/* U (16, O, C) = G g G^T of each kernel g of w (O, C, 3, 3). */
+void conv_winograd_weights(const T* restrict w, T* restrict U, const L O, const L C)
+{{
+    const L OC = O * C;
+    for (L i = 0; i < OC; ++i) {{
+        const T* restrict g = w + 9 * i;
+        T t[4][3];
+        for (L j = 0; j < 3; ++j) {{
+            t[0][j] = g[j];
+            t[1][j] = (g[j] + g[3 + j] + g[6 + j]) / 2;
+            t[2][j] = (g[j] - g[3 + j] + g[6 + j]) / 2;
+            t[3][j] = g[6 + j];
+        }}
+        for (L a = 0; a < 4; ++a) {{
+            U[(4 * a + 0) * OC + i] = t[a][0];
+            U[(4 * a + 1) * OC + i] = (t[a][0] + t[a][1] + t[a][2]) / 2;
+            U[(4 * a + 2) * OC + i] = (t[a][0] - t[a][1] + t[a][2]) / 2;
+            U[(4 * a + 3) * OC + i] = t[a][2];
+        }}
+    }}
+}}
+
+/* y (B, O, OH, OW) of images b0 .. b1 (a 3x3 kernel at stride 1, PH and PW the pads
+   above and left; the pads below and right are those OH and OW imply), from U of
+   conv_winograd_weights. The tile rows u = b * TH + th of the images run in chunks of
+   ROWS: per chunk, V (16, C, tiles) = B^T d B of every tile and channel, the sixteen
+   GEMMs M[k] (O, tiles) = U[k] (O, C) V[k], and A^T m A of every tile and output
+   channel, plus the bias, into y (a last odd row or column dropped). The transforms
+   run along a tile row, each input row split first into its even and odd columns, so
+   that every load and store is a run of consecutive tiles. scratch:
+   winograd_scratch's. */
+void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U,
+                           const T* restrict bias, T* restrict y, T* restrict scratch,
+                           const L b0, const L b1, const L ROWS, {SIZES})
+{{
+    (void)KH; (void)KW; (void)SH; (void)SW; (void)DH; (void)DW;
+    const L TH = (OH + 1) / 2, TW = (OW + 1) / 2, PT = ROWS * TW, RW = 2 * TW + 2;
+    T* restrict V = scratch;
+    T* restrict M = V + 16 * C * PT;
+    T* restrict R = M + 16 * O * PT;          /* 4 padded input rows */
+    T* restrict E = R + 4 * RW;               /* their even columns, then odd ones */
+    T* restrict Z = E + 8 * (TW + 1);         /* 2 output rows */
+    /* the columns of a padded row that lie in the image: PW + lo .. PW + hi */
+    const L lo = 0, hi = W < RW - PW ? W : RW - PW;
+    for (L u0 = b0 * TH; u0 < b1 * TH; u0 += ROWS) {{
+        const L u1 = u0 + ROWS < b1 * TH ? u0 + ROWS : b1 * TH, n = (u1 - u0) * TW;
+        for (L u = u0; u < u1; ++u) {{
+            const L b = u / TH, th = u % TH, p0 = (u - u0) * TW;
+            for (L c = 0; c < C; ++c) {{
+                for (L i = 0; i < 4; ++i) {{
+                    T* restrict row = R + i * RW;
+                    const L h = 2 * th - PH + i;
+                    memset(row, 0, RW * sizeof(T));
+                    if (h >= 0 && h < H && hi > lo)
+                        memcpy(row + PW + lo, x + ((b * C + c) * H + h) * W + lo,
+                               (hi - lo) * sizeof(T));
+                    T* restrict even = E + 2 * i * (TW + 1);
+                    T* restrict odd = even + TW + 1;
+                    for (L q = 0; q <= TW; ++q) {{
+                        even[q] = row[2 * q];
+                        odd[q] = row[2 * q + 1];
+                    }}
+                }}
+                T* restrict v = V + c * PT + p0;
+                const L VS = C * PT;
+                const T* restrict e0 = E;
+                const T* restrict o0 = E + (TW + 1);
+                const T* restrict e1 = E + 2 * (TW + 1);
+                const T* restrict o1 = E + 3 * (TW + 1);
+                const T* restrict e2 = E + 4 * (TW + 1);
+                const T* restrict o2 = E + 5 * (TW + 1);
+                const T* restrict e3 = E + 6 * (TW + 1);
+                const T* restrict o3 = E + 7 * (TW + 1);
+                for (L q = 0; q < TW; ++q) {{
+                    /* B^T d: the tile's rows combined, per column j */
+                    T t[4][4];
+                    const T d0[4] = {{e0[q], o0[q], e0[q + 1], o0[q + 1]}};
+                    const T d1[4] = {{e1[q], o1[q], e1[q + 1], o1[q + 1]}};
+                    const T d2[4] = {{e2[q], o2[q], e2[q + 1], o2[q + 1]}};
+                    const T d3[4] = {{e3[q], o3[q], e3[q + 1], o3[q + 1]}};
+                    for (L j = 0; j < 4; ++j) {{
+                        t[0][j] = d0[j] - d2[j];
+                        t[1][j] = d1[j] + d2[j];
+                        t[2][j] = d2[j] - d1[j];
+                        t[3][j] = d1[j] - d3[j];
+                    }}
+                    /* (B^T d) B: then its columns */
+                    for (L a = 0; a < 4; ++a) {{
+                        v[(4 * a + 0) * VS + q] = t[a][0] - t[a][2];
+                        v[(4 * a + 1) * VS + q] = t[a][1] + t[a][2];
+                        v[(4 * a + 2) * VS + q] = t[a][2] - t[a][1];
+                        v[(4 * a + 3) * VS + q] = t[a][1] - t[a][3];
+                    }}
+                }}
+            }}
+        }}
+        for (L k = 0; k < 16; ++k)
+            gemm({RM}, {N}, {N}, O, n, C, 1, U + k * O * C, C, V + k * C * PT, PT, 0,
+                 M + k * O * PT, PT);
+        for (L u = u0; u < u1; ++u) {{
+            const L b = u / TH, th = u % TH, p0 = (u - u0) * TW, MS = O * PT;
+            for (L o = 0; o < O; ++o) {{
+                const T start = bias ? bias[o] : 0;
+                const T* restrict m = M + o * PT + p0;
+                T* restrict z0 = Z;
+                T* restrict z1 = Z + 2 * TW;
+                for (L q = 0; q < TW; ++q) {{
+                    /* A^T m: rows, per column j; then its columns */
+                    T s0[4], s1[4];
+                    for (L j = 0; j < 4; ++j) {{
+                        const T m0 = m[j * MS + q], m1 = m[(4 + j) * MS + q];
+                        const T m2 = m[(8 + j) * MS + q], m3 = m[(12 + j) * MS + q];
+                        s0[j] = m0 + m1 + m2;
+                        s1[j] = m1 - m2 - m3;
+                    }}
+                    z0[2 * q] = s0[0] + s0[1] + s0[2] + start;
+                    z0[2 * q + 1] = s0[1] - s0[2] - s0[3] + start;
+                    z1[2 * q] = s1[0] + s1[1] + s1[2] + start;
+                    z1[2 * q + 1] = s1[1] - s1[2] - s1[3] + start;
+                }}
+                T* restrict out = y + ((b * O + o) * OH + 2 * th) * OW;
+                memcpy(out, z0, OW * sizeof(T));
+                if (2 * th + 1 < OH) memcpy(out + OW, z1, OW * sizeof(T));
+            }}
         }}
     }}
 }}
