@@ -442,7 +442,13 @@ def winograd_module(dtype: str, index_type: str, gemm: str) -> str:
     """The C module of the Winograd F(2x2, 3x3) kernels for `dtype`, calling CBLAS's
     GEMM of the integer type `index_type` (named `gemm` in a comment)."""
     return _WINOGRAD.format(T=CTYPES[dtype], I=index_type, gemm=gemm, SIZES=_SIZES,
-                            RM=ROW_MAJOR, N=NO_TRANS)
+                            VL=winograd_lanes(dtype), RM=ROW_MAJOR, N=NO_TRANS)
+
+
+def winograd_lanes(dtype: str) -> int:
+    """Tiles the Winograd transforms handle at once: a 32-byte vector's worth (a wider
+    one would run mostly past a small image's row of tiles: 4 on an 8x8 image)."""
+    return 32 // CTYPE_SIZES[dtype]
 
 
 def winograd_fits(kernel, stride, dilation, lows) -> bool:
@@ -460,12 +466,15 @@ def winograd_rows(sizes, itemsize: int, budget: int = WINOGRAD_CHUNK_BYTES) -> i
     return max(1, budget // per_row)
 
 
-def winograd_scratch(sizes, rows: int) -> int:
+def winograd_scratch(dtype: str, sizes, rows: int) -> int:
     """Elements of conv_forward_winograd's scratch for chunks of `rows` tile rows: V
-    and M, the four padded input rows split by column parity, two output rows."""
-    c, o, ow = sizes[0], sizes[3], sizes[7]
-    tw = -(-ow // 2)
-    return 16 * (c + o) * rows * tw + 4 * (2 * tw + 2) + 8 * (tw + 1) + 4 * tw
+    and M (their rows with a vector of slack), one padded image split by column parity,
+    two output rows."""
+    c, h, o, ph, oh, ow = sizes[0], sizes[1], sizes[3], sizes[10], sizes[6], sizes[7]
+    lanes = winograd_lanes(dtype)
+    th, tw = -(-oh // 2), -(-ow // 2)
+    tv = -(-tw // lanes) * lanes
+    return 16 * (c + o) * (rows * tw + lanes) + c * (2 * th + 2) * 2 * (tv + 1) + 4 * tv
 
 
 _WINOGRAD = """\
@@ -476,6 +485,11 @@ typedef {T} T;
 /* {gemm}: CBLAS's ?gemm */
 typedef {I} I;
 typedef void (*gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
+/* a vector of {VL} elements (GCC's and Clang's vector extension), at any element's address */
+enum {{ VL = {VL} }};
+typedef T vec __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T))));
+#define LOAD(p) (*(const vec*)(p))
+#define STORE(p, v) (*(vec*)(p) = (v))
 
 /* Winograd F(2x2, 3x3): each 2x2 output tile is A^T [(G g G^T) * (B^T d B)] A for
    the 3x3 kernel g and the 4x4 input cells d under the tile, summed over the input
@@ -506,103 +520,115 @@ void conv_winograd_weights(const T* restrict w, T* restrict U, const L O, const 
     }}
 }}
 
+/* Image xb (C, H, W) padded (PH rows above, PW columns left, zeros to HP rows and
+   2 * WE columns) into D, each padded row as its even columns then its odd ones (WE
+   each): a tile's four columns are then two runs of consecutive tiles each. */
+static void split_columns(const T* restrict xb, T* restrict D, const L C, const L H,
+                          const L W, const L PH, const L PW, const L HP, const L WE)
+{{
+    /* the q whose even column 2q - PW (odd column 2q + 1 - PW) lies in the image */
+    L elo = (PW + 1) / 2, ehi = (W + PW + 1) / 2, olo = PW / 2, ohi = (W + PW) / 2;
+    if (ehi > WE) ehi = WE;
+    if (ohi > WE) ohi = WE;
+    memset(D, 0, C * HP * 2 * WE * sizeof(T));
+    for (L c = 0; c < C; ++c)
+        for (L h = 0; h < H && h + PH < HP; ++h) {{
+            const T* restrict in = xb + (c * H + h) * W;
+            T* restrict even = D + (c * HP + h + PH) * 2 * WE;
+            T* restrict odd = even + WE;
+            for (L q = elo; q < ehi; ++q) even[q] = in[2 * q - PW];
+            for (L q = olo; q < ohi; ++q) odd[q] = in[2 * q + 1 - PW];
+        }}
+}}
+
 /* y (B, O, OH, OW) of images b0 .. b1 (a 3x3 kernel at stride 1, PH and PW the pads
    above and left; the pads below and right are those OH and OW imply), from U of
    conv_winograd_weights. The tile rows u = b * TH + th of the images run in chunks of
    ROWS: per chunk, V (16, C, tiles) = B^T d B of every tile and channel, the sixteen
    GEMMs M[k] (O, tiles) = U[k] (O, C) V[k], and A^T m A of every tile and output
    channel, plus the bias, into y (a last odd row or column dropped). The transforms
-   run along a tile row, each input row split first into its even and odd columns, so
-   that every load and store is a run of consecutive tiles. scratch:
-   winograd_scratch's. */
+   run along a tile row {VL} tiles at a time (past its end into the next row's, which
+   overwrites them, or into VL cells of slack at the end of V's and M's rows). scratch
+   (winograd_scratch): V, M, the image being read as split_columns lays it out, two
+   output rows. */
 void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U,
                            const T* restrict bias, T* restrict y, T* restrict scratch,
                            const L b0, const L b1, const L ROWS, {SIZES})
 {{
     (void)KH; (void)KW; (void)SH; (void)SW; (void)DH; (void)DW;
-    const L TH = (OH + 1) / 2, TW = (OW + 1) / 2, PT = ROWS * TW, RW = 2 * TW + 2;
+    const L TH = (OH + 1) / 2, TW = (OW + 1) / 2, TV = (TW + VL - 1) / VL * VL;
+    const L PS = ROWS * TW + VL, HP = 2 * TH + 2, WE = TV + 1;
     T* restrict V = scratch;
-    T* restrict M = V + 16 * C * PT;
-    T* restrict R = M + 16 * O * PT;          /* 4 padded input rows */
-    T* restrict E = R + 4 * RW;               /* their even columns, then odd ones */
-    T* restrict Z = E + 8 * (TW + 1);         /* 2 output rows */
-    /* the columns of a padded row that lie in the image: PW + lo .. PW + hi */
-    const L lo = 0, hi = W < RW - PW ? W : RW - PW;
+    T* restrict M = V + 16 * C * PS;
+    T* restrict D = M + 16 * O * PS;
+    T* restrict Z = D + C * HP * 2 * WE;
+    L ready = -1;   /* the image D holds */
     for (L u0 = b0 * TH; u0 < b1 * TH; u0 += ROWS) {{
         const L u1 = u0 + ROWS < b1 * TH ? u0 + ROWS : b1 * TH, n = (u1 - u0) * TW;
         for (L u = u0; u < u1; ++u) {{
-            const L b = u / TH, th = u % TH, p0 = (u - u0) * TW;
+            const L b = u / TH, th = u % TH;
+            if (b != ready) {{
+                split_columns(x + b * C * H * W, D, C, H, W, PH, PW, HP, WE);
+                ready = b;
+            }}
             for (L c = 0; c < C; ++c) {{
-                for (L i = 0; i < 4; ++i) {{
-                    T* restrict row = R + i * RW;
-                    const L h = 2 * th - PH + i;
-                    memset(row, 0, RW * sizeof(T));
-                    if (h >= 0 && h < H && hi > lo)
-                        memcpy(row + PW + lo, x + ((b * C + c) * H + h) * W + lo,
-                               (hi - lo) * sizeof(T));
-                    T* restrict even = E + 2 * i * (TW + 1);
-                    T* restrict odd = even + TW + 1;
-                    for (L q = 0; q <= TW; ++q) {{
-                        even[q] = row[2 * q];
-                        odd[q] = row[2 * q + 1];
+                const T* restrict r = D + (c * HP + 2 * th) * 2 * WE;
+                T* restrict v = V + c * PS + (u - u0) * TW;
+                for (L q = 0; q < TW; q += VL) {{
+                    /* d[i][j]: row i, columns j = 0 .. 3 of VL consecutive tiles */
+                    vec d[4][4], t[4][4];
+                    for (L i = 0; i < 4; ++i) {{
+                        const T* restrict even = r + i * 2 * WE + q;
+                        d[i][0] = LOAD(even);
+                        d[i][1] = LOAD(even + WE);
+                        d[i][2] = LOAD(even + 1);
+                        d[i][3] = LOAD(even + WE + 1);
                     }}
-                }}
-                T* restrict v = V + c * PT + p0;
-                const L VS = C * PT;
-                const T* restrict e0 = E;
-                const T* restrict o0 = E + (TW + 1);
-                const T* restrict e1 = E + 2 * (TW + 1);
-                const T* restrict o1 = E + 3 * (TW + 1);
-                const T* restrict e2 = E + 4 * (TW + 1);
-                const T* restrict o2 = E + 5 * (TW + 1);
-                const T* restrict e3 = E + 6 * (TW + 1);
-                const T* restrict o3 = E + 7 * (TW + 1);
-                for (L q = 0; q < TW; ++q) {{
-                    /* B^T d: the tile's rows combined, per column j */
-                    T t[4][4];
-                    const T d0[4] = {{e0[q], o0[q], e0[q + 1], o0[q + 1]}};
-                    const T d1[4] = {{e1[q], o1[q], e1[q + 1], o1[q + 1]}};
-                    const T d2[4] = {{e2[q], o2[q], e2[q + 1], o2[q + 1]}};
-                    const T d3[4] = {{e3[q], o3[q], e3[q + 1], o3[q + 1]}};
-                    for (L j = 0; j < 4; ++j) {{
-                        t[0][j] = d0[j] - d2[j];
-                        t[1][j] = d1[j] + d2[j];
-                        t[2][j] = d2[j] - d1[j];
-                        t[3][j] = d1[j] - d3[j];
+                    for (L j = 0; j < 4; ++j) {{   /* B^T d */
+                        t[0][j] = d[0][j] - d[2][j];
+                        t[1][j] = d[1][j] + d[2][j];
+                        t[2][j] = d[2][j] - d[1][j];
+                        t[3][j] = d[1][j] - d[3][j];
                     }}
-                    /* (B^T d) B: then its columns */
-                    for (L a = 0; a < 4; ++a) {{
-                        v[(4 * a + 0) * VS + q] = t[a][0] - t[a][2];
-                        v[(4 * a + 1) * VS + q] = t[a][1] + t[a][2];
-                        v[(4 * a + 2) * VS + q] = t[a][2] - t[a][1];
-                        v[(4 * a + 3) * VS + q] = t[a][1] - t[a][3];
+                    for (L a = 0; a < 4; ++a) {{   /* (B^T d) B */
+                        STORE(v + (4 * a + 0) * C * PS + q, t[a][0] - t[a][2]);
+                        STORE(v + (4 * a + 1) * C * PS + q, t[a][1] + t[a][2]);
+                        STORE(v + (4 * a + 2) * C * PS + q, t[a][2] - t[a][1]);
+                        STORE(v + (4 * a + 3) * C * PS + q, t[a][1] - t[a][3]);
                     }}
                 }}
             }}
         }}
         for (L k = 0; k < 16; ++k)
-            gemm({RM}, {N}, {N}, O, n, C, 1, U + k * O * C, C, V + k * C * PT, PT, 0,
-                 M + k * O * PT, PT);
+            gemm({RM}, {N}, {N}, O, n, C, 1, U + k * O * C, C, V + k * C * PS, PS, 0,
+                 M + k * O * PS, PS);
         for (L u = u0; u < u1; ++u) {{
-            const L b = u / TH, th = u % TH, p0 = (u - u0) * TW, MS = O * PT;
+            const L b = u / TH, th = u % TH;
             for (L o = 0; o < O; ++o) {{
                 const T start = bias ? bias[o] : 0;
-                const T* restrict m = M + o * PT + p0;
+                const T* restrict m = M + o * PS + (u - u0) * TW;
                 T* restrict z0 = Z;
-                T* restrict z1 = Z + 2 * TW;
-                for (L q = 0; q < TW; ++q) {{
-                    /* A^T m: rows, per column j; then its columns */
-                    T s0[4], s1[4];
-                    for (L j = 0; j < 4; ++j) {{
-                        const T m0 = m[j * MS + q], m1 = m[(4 + j) * MS + q];
-                        const T m2 = m[(8 + j) * MS + q], m3 = m[(12 + j) * MS + q];
+                T* restrict z1 = Z + 2 * TV;
+                for (L q = 0; q < TW; q += VL) {{
+                    vec s0[4], s1[4], e[4];
+                    for (L j = 0; j < 4; ++j) {{   /* A^T m */
+                        const vec m0 = LOAD(m + j * O * PS + q);
+                        const vec m1 = LOAD(m + (4 + j) * O * PS + q);
+                        const vec m2 = LOAD(m + (8 + j) * O * PS + q);
+                        const vec m3 = LOAD(m + (12 + j) * O * PS + q);
                         s0[j] = m0 + m1 + m2;
                         s1[j] = m1 - m2 - m3;
                     }}
-                    z0[2 * q] = s0[0] + s0[1] + s0[2] + start;
-                    z0[2 * q + 1] = s0[1] - s0[2] - s0[3] + start;
-                    z1[2 * q] = s1[0] + s1[1] + s1[2] + start;
-                    z1[2 * q + 1] = s1[1] - s1[2] - s1[3] + start;
+                    e[0] = s0[0] + s0[1] + s0[2] + start;   /* (A^T m) A */
+                    e[1] = s0[1] - s0[2] - s0[3] + start;
+                    e[2] = s1[0] + s1[1] + s1[2] + start;
+                    e[3] = s1[1] - s1[2] - s1[3] + start;
+                    for (L i = 0; i < VL; ++i) {{   /* the tiles' columns side by side */
+                        z0[2 * (q + i)] = e[0][i];
+                        z0[2 * (q + i) + 1] = e[1][i];
+                        z1[2 * (q + i)] = e[2][i];
+                        z1[2 * (q + i) + 1] = e[3][i];
+                    }}
                 }}
                 T* restrict out = y + ((b * O + o) * OH + 2 * th) * OW;
                 memcpy(out, z0, OW * sizeof(T));

@@ -186,7 +186,7 @@ def _winograd_forward(x, weight, bias, geometry: Geometry):
     transformed = np.empty((16, o, c), dtype=x.dtype)
     library.conv_winograd_weights(weight.ctypes.data, transformed.ctypes.data, o, c)
     rows = winograd_rows(sizes, x.itemsize)
-    scratch = winograd_scratch(sizes, rows)
+    scratch = winograd_scratch(dtype, sizes, rows)
     y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
 
     def run(part: slice) -> None:
