@@ -441,8 +441,16 @@ WINOGRAD_CHUNK_BYTES = 1 << 20
 def winograd_module(dtype: str, index_type: str, gemm: str) -> str:
     """The C module of the Winograd F(2x2, 3x3) kernels for `dtype`, calling CBLAS's
     GEMM of the integer type `index_type` (named `gemm` in a comment)."""
+    lanes = winograd_lanes(dtype)
     return _WINOGRAD.format(T=CTYPES[dtype], I=index_type, gemm=gemm, SIZES=_SIZES,
-                            VL=winograd_lanes(dtype), RM=ROW_MAJOR, N=NO_TRANS)
+                            VL=lanes, LOW=_interleaved(0, lanes), HIGH=_interleaved(
+                                lanes // 2, lanes), RM=ROW_MAJOR, N=NO_TRANS)
+
+
+def _interleaved(start: int, lanes: int) -> str:
+    """__builtin_shufflevector's indices taking a's and b's lanes start, start + 1, ..
+    by turns: a vector's worth of two vectors interleaved."""
+    return ", ".join(f"{i}, {i + lanes}" for i in range(start, start + lanes // 2))
 
 
 def winograd_lanes(dtype: str) -> int:
@@ -544,8 +552,10 @@ static void split_columns(const T* restrict xb, T* restrict D, const L C, const 
 /* y (B, O, OH, OW) of images b0 .. b1 (a 3x3 kernel at stride 1, PH and PW the pads
    above and left; the pads below and right are those OH and OW imply), from U of
    conv_winograd_weights. The tile rows u = b * TH + th of the images run in chunks of
-   ROWS: per chunk, V (16, C, tiles) = B^T d B of every tile and channel, the sixteen
-   GEMMs M[k] (O, tiles) = U[k] (O, C) V[k], and A^T m A of every tile and output
+   ROWS: per chunk, V (C, 16, tiles) = B^T d B of every tile and channel, the sixteen
+   GEMMs M[k] (O, tiles) = U[k] (O, C) V[k] (M laid out (O, 16, tiles): a tile's 16
+   cells are a few strides apart, which the loads' addressing covers without a
+   pointer each), and A^T m A of every tile and output
    channel, plus the bias, into y (a last odd row or column dropped). The transforms
    run along a tile row {VL} tiles at a time (past its end into the next row's, which
    overwrites them, or into VL cells of slack at the end of V's and M's rows). scratch
@@ -573,7 +583,7 @@ void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U
             }}
             for (L c = 0; c < C; ++c) {{
                 const T* restrict r = D + (c * HP + 2 * th) * 2 * WE;
-                T* restrict v = V + c * PS + (u - u0) * TW;
+                T* restrict v = V + c * 16 * PS + (u - u0) * TW;
                 for (L q = 0; q < TW; q += VL) {{
                     /* d[i][j]: row i, columns j = 0 .. 3 of VL consecutive tiles */
                     vec d[4][4], t[4][4];
@@ -591,31 +601,31 @@ void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U
                         t[3][j] = d[1][j] - d[3][j];
                     }}
                     for (L a = 0; a < 4; ++a) {{   /* (B^T d) B */
-                        STORE(v + (4 * a + 0) * C * PS + q, t[a][0] - t[a][2]);
-                        STORE(v + (4 * a + 1) * C * PS + q, t[a][1] + t[a][2]);
-                        STORE(v + (4 * a + 2) * C * PS + q, t[a][2] - t[a][1]);
-                        STORE(v + (4 * a + 3) * C * PS + q, t[a][1] - t[a][3]);
+                        STORE(v + (4 * a + 0) * PS + q, t[a][0] - t[a][2]);
+                        STORE(v + (4 * a + 1) * PS + q, t[a][1] + t[a][2]);
+                        STORE(v + (4 * a + 2) * PS + q, t[a][2] - t[a][1]);
+                        STORE(v + (4 * a + 3) * PS + q, t[a][1] - t[a][3]);
                     }}
                 }}
             }}
         }}
         for (L k = 0; k < 16; ++k)
-            gemm({RM}, {N}, {N}, O, n, C, 1, U + k * O * C, C, V + k * C * PS, PS, 0,
-                 M + k * O * PS, PS);
+            gemm({RM}, {N}, {N}, O, n, C, 1, U + k * O * C, C, V + k * PS, 16 * PS, 0,
+                 M + k * PS, 16 * PS);
         for (L u = u0; u < u1; ++u) {{
             const L b = u / TH, th = u % TH;
             for (L o = 0; o < O; ++o) {{
                 const T start = bias ? bias[o] : 0;
-                const T* restrict m = M + o * PS + (u - u0) * TW;
+                const T* restrict m = M + o * 16 * PS + (u - u0) * TW;
                 T* restrict z0 = Z;
                 T* restrict z1 = Z + 2 * TV;
                 for (L q = 0; q < TW; q += VL) {{
                     vec s0[4], s1[4], e[4];
                     for (L j = 0; j < 4; ++j) {{   /* A^T m */
-                        const vec m0 = LOAD(m + j * O * PS + q);
-                        const vec m1 = LOAD(m + (4 + j) * O * PS + q);
-                        const vec m2 = LOAD(m + (8 + j) * O * PS + q);
-                        const vec m3 = LOAD(m + (12 + j) * O * PS + q);
+                        const vec m0 = LOAD(m + j * PS + q);
+                        const vec m1 = LOAD(m + (4 + j) * PS + q);
+                        const vec m2 = LOAD(m + (8 + j) * PS + q);
+                        const vec m3 = LOAD(m + (12 + j) * PS + q);
                         s0[j] = m0 + m1 + m2;
                         s1[j] = m1 - m2 - m3;
                     }}
@@ -623,12 +633,11 @@ void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U
                     e[1] = s0[1] - s0[2] - s0[3] + start;
                     e[2] = s1[0] + s1[1] + s1[2] + start;
                     e[3] = s1[1] - s1[2] - s1[3] + start;
-                    for (L i = 0; i < VL; ++i) {{   /* the tiles' columns side by side */
-                        z0[2 * (q + i)] = e[0][i];
-                        z0[2 * (q + i) + 1] = e[1][i];
-                        z1[2 * (q + i)] = e[2][i];
-                        z1[2 * (q + i) + 1] = e[3][i];
-                    }}
+                    /* the tiles' two columns side by side */
+                    STORE(z0 + 2 * q, __builtin_shufflevector(e[0], e[1], {LOW}));
+                    STORE(z0 + 2 * q + VL, __builtin_shufflevector(e[0], e[1], {HIGH}));
+                    STORE(z1 + 2 * q, __builtin_shufflevector(e[2], e[3], {LOW}));
+                    STORE(z1 + 2 * q + VL, __builtin_shufflevector(e[2], e[3], {HIGH}));
                 }}
                 T* restrict out = y + ((b * O + o) * OH + 2 * th) * OW;
                 memcpy(out, z0, OW * sizeof(T));
