@@ -477,12 +477,12 @@ def winograd_rows(sizes, itemsize: int, budget: int = WINOGRAD_CHUNK_BYTES) -> i
 def winograd_scratch(dtype: str, sizes, rows: int) -> int:
     """Elements of conv_forward_winograd's scratch for chunks of `rows` tile rows: V
     and M (their rows with a vector of slack), one padded image split by column parity,
-    two output rows."""
+    four vectors of output."""
     c, h, o, ph, oh, ow = sizes[0], sizes[1], sizes[3], sizes[10], sizes[6], sizes[7]
     lanes = winograd_lanes(dtype)
     th, tw = -(-oh // 2), -(-ow // 2)
     tv = -(-tw // lanes) * lanes
-    return 16 * (c + o) * (rows * tw + lanes) + c * (2 * th + 2) * 2 * (tv + 1) + 4 * tv
+    return 16 * (c + o) * (rows * tw + lanes) + c * (2 * th + 2) * 2 * (tv + 1) + 4 * lanes
 
 
 _WINOGRAD = """\
@@ -559,8 +559,8 @@ static void split_columns(const T* restrict xb, T* restrict D, const L C, const 
    channel, plus the bias, into y (a last odd row or column dropped). The transforms
    run along a tile row {VL} tiles at a time (past its end into the next row's, which
    overwrites them, or into VL cells of slack at the end of V's and M's rows). scratch
-   (winograd_scratch): V, M, the image being read as split_columns lays it out, two
-   output rows. */
+   (winograd_scratch): V, M, the image being read as split_columns lays it out, four
+   vectors for the rows' ends. */
 void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U,
                            const T* restrict bias, T* restrict y, T* restrict scratch,
                            const L b0, const L b1, const L ROWS, {SIZES})
@@ -571,7 +571,7 @@ void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U
     T* restrict V = scratch;
     T* restrict M = V + 16 * C * PS;
     T* restrict D = M + 16 * O * PS;
-    T* restrict Z = D + C * HP * 2 * WE;
+    T* restrict Z = D + C * HP * 2 * WE;      /* 4 vectors */
     L ready = -1;   /* the image D holds */
     for (L u0 = b0 * TH; u0 < b1 * TH; u0 += ROWS) {{
         const L u1 = u0 + ROWS < b1 * TH ? u0 + ROWS : b1 * TH, n = (u1 - u0) * TW;
@@ -617,8 +617,8 @@ void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U
             for (L o = 0; o < O; ++o) {{
                 const T start = bias ? bias[o] : 0;
                 const T* restrict m = M + o * 16 * PS + (u - u0) * TW;
-                T* restrict z0 = Z;
-                T* restrict z1 = Z + 2 * TV;
+                T* restrict out = y + ((b * O + o) * OH + 2 * th) * OW;
+                const int both = 2 * th + 1 < OH;   /* a last odd row has no second */
                 for (L q = 0; q < TW; q += VL) {{
                     vec s0[4], s1[4], e[4];
                     for (L j = 0; j < 4; ++j) {{   /* A^T m */
@@ -634,14 +634,28 @@ void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U
                     e[2] = s1[0] + s1[1] + s1[2] + start;
                     e[3] = s1[1] - s1[2] - s1[3] + start;
                     /* the tiles' two columns side by side */
-                    STORE(z0 + 2 * q, __builtin_shufflevector(e[0], e[1], {LOW}));
-                    STORE(z0 + 2 * q + VL, __builtin_shufflevector(e[0], e[1], {HIGH}));
-                    STORE(z1 + 2 * q, __builtin_shufflevector(e[2], e[3], {LOW}));
-                    STORE(z1 + 2 * q + VL, __builtin_shufflevector(e[2], e[3], {HIGH}));
+                    const vec r0 = __builtin_shufflevector(e[0], e[1], {LOW});
+                    const vec r1 = __builtin_shufflevector(e[0], e[1], {HIGH});
+                    const vec r2 = __builtin_shufflevector(e[2], e[3], {LOW});
+                    const vec r3 = __builtin_shufflevector(e[2], e[3], {HIGH});
+                    if (2 * q + 2 * VL <= OW) {{   /* whole vectors inside the rows */
+                        STORE(out + 2 * q, r0);
+                        STORE(out + 2 * q + VL, r1);
+                        if (both) {{
+                            STORE(out + OW + 2 * q, r2);
+                            STORE(out + OW + 2 * q + VL, r3);
+                        }}
+                    }} else {{   /* the rows' ends, through Z */
+                        STORE(Z, r0);
+                        STORE(Z + VL, r1);
+                        STORE(Z + 2 * VL, r2);
+                        STORE(Z + 3 * VL, r3);
+                        for (L i = 2 * q; i < OW; ++i) {{
+                            out[i] = Z[i - 2 * q];
+                            if (both) out[OW + i] = Z[2 * VL + i - 2 * q];
+                        }}
+                    }}
                 }}
-                T* restrict out = y + ((b * O + o) * OH + 2 * th) * OW;
-                memcpy(out, z0, OW * sizeof(T));
-                if (2 * th + 1 < OH) memcpy(out + OW, z1, OW * sizeof(T));
             }}
         }}
     }}
