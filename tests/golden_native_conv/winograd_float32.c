@@ -18,25 +18,36 @@ typedef T vec __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T))));
        B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  A^T = [1 1 1 0; 0 1 -1 -1]:
    16 multiplications per tile and channel pair instead of 36. */
 
-/* U (16, O, C) = G g G^T of each kernel g of w (O, C, 3, 3). */
+/* U (16, O, C) = G g G^T of each kernel g of w (O, C, 3, 3), KB kernels at a time:
+   their cells gathered cell by cell (zeros past the last kernel), transformed in
+   vectors along the kernels, and copied out by rows. */
+enum { KB = 64 };
 void conv_winograd_weights(const T* restrict w, T* restrict U, const L O, const L C)
 {
     const L OC = O * C;
-    for (L i = 0; i < OC; ++i) {
-        const T* restrict g = w + 9 * i;
-        T t[4][3];
-        for (L j = 0; j < 3; ++j) {
-            t[0][j] = g[j];
-            t[1][j] = (g[j] + g[3 + j] + g[6 + j]) / 2;
-            t[2][j] = (g[j] - g[3 + j] + g[6 + j]) / 2;
-            t[3][j] = g[6 + j];
+    for (L i0 = 0; i0 < OC; i0 += KB) {
+        const L nb = OC - i0 < KB ? OC - i0 : KB;
+        T g[9][KB], u[16][KB];
+        for (L i = 0; i < KB; ++i)
+            for (L j = 0; j < 9; ++j) g[j][i] = i < nb ? w[9 * (i0 + i) + j] : 0;
+        for (L i = 0; i < KB; i += VL) {
+            vec t[4][3];
+            for (L j = 0; j < 3; ++j) {   /* G g */
+                const vec r0 = LOAD(&g[j][i]), r1 = LOAD(&g[3 + j][i]);
+                const vec r2 = LOAD(&g[6 + j][i]);
+                t[0][j] = r0;
+                t[1][j] = (r0 + r1 + r2) / 2;
+                t[2][j] = (r0 - r1 + r2) / 2;
+                t[3][j] = r2;
+            }
+            for (L a = 0; a < 4; ++a) {   /* (G g) G^T */
+                STORE(&u[4 * a][i], t[a][0]);
+                STORE(&u[4 * a + 1][i], (t[a][0] + t[a][1] + t[a][2]) / 2);
+                STORE(&u[4 * a + 2][i], (t[a][0] - t[a][1] + t[a][2]) / 2);
+                STORE(&u[4 * a + 3][i], t[a][2]);
+            }
         }
-        for (L a = 0; a < 4; ++a) {
-            U[(4 * a + 0) * OC + i] = t[a][0];
-            U[(4 * a + 1) * OC + i] = (t[a][0] + t[a][1] + t[a][2]) / 2;
-            U[(4 * a + 2) * OC + i] = (t[a][0] - t[a][1] + t[a][2]) / 2;
-            U[(4 * a + 3) * OC + i] = t[a][2];
-        }
+        for (L k = 0; k < 16; ++k) memcpy(U + k * OC + i0, u[k], nb * sizeof(T));
     }
 }
 
@@ -157,14 +168,21 @@ void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U
                             STORE(out + OW + 2 * q, r2);
                             STORE(out + OW + 2 * q + VL, r3);
                         }
-                    } else {   /* the rows' ends, through Z */
-                        STORE(Z, r0);
-                        STORE(Z + VL, r1);
-                        STORE(Z + 2 * VL, r2);
-                        STORE(Z + 3 * VL, r3);
-                        for (L i = 2 * q; i < OW; ++i) {
-                            out[i] = Z[i - 2 * q];
-                            if (both) out[OW + i] = Z[2 * VL + i - 2 * q];
+                    } else {   /* the rows' ends: a whole vector, the rest through Z */
+                        L at = 2 * q;
+                        vec last0 = r0, last1 = r2;
+                        if (at + VL <= OW) {
+                            STORE(out + at, r0);
+                            if (both) STORE(out + OW + at, r2);
+                            at += VL;
+                            last0 = r1;
+                            last1 = r3;
+                        }
+                        STORE(Z, last0);
+                        STORE(Z + VL, last1);
+                        for (L i = at; i < OW; ++i) {
+                            out[i] = Z[i - at];
+                            if (both) out[OW + i] = Z[VL + i - at];
                         }
                     }
                 }
