@@ -40,8 +40,8 @@ import numpy as np
 from netdsl import atomic
 from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, conv_module,
                                       direct_kernel, direct_scratch, weight_grad_scratch,
-                                      winograd_fits, winograd_module, winograd_rows,
-                                      winograd_scratch)
+                                      winograd_fits, winograd_grad_scratch, winograd_module,
+                                      winograd_rows, winograd_scratch)
 from netdsl.ops import convolve, parallel
 from netdsl.ops.windows import Geometry
 from netdsl.runtime.host import host_threads, one_blas_thread
@@ -101,7 +101,8 @@ def _winograd_library(dtype: str):
     library = build(winograd_module(dtype, integer, symbol))
     p, size = ctypes.c_void_p, ctypes.c_longlong
     arguments = {"conv_winograd_weights": [p, p, size, size],   # w, U, O, C
-                 "conv_forward_winograd": [p] * 6 + [size] * (3 + len(GEOMETRY))}
+                 "conv_forward_winograd": [p] * 6 + [size] * (3 + len(GEOMETRY)),
+                 "conv_weight_grad_winograd": [p] * 6 + [size] * (3 + len(GEOMETRY))}
     for name in WINOGRAD_FUNCTIONS:
         function = getattr(library, name)
         function.restype, function.argtypes = None, arguments[name]
@@ -198,6 +199,40 @@ def _winograd_forward(x, weight, bias, geometry: Geometry):
 
     parallel.slab_map(np, run, x.shape[0], x.nbytes * 9)
     return y
+
+
+# Winograd F(2x2, 3x3)'s G: a kernel's transform is G g G^T, its gradient's G^T u G
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+def _winograd_weight_grad(gy, x, weight, geometry: Geometry):
+    """(dweight, dbias) by Winograd F(2x2, 3x3): each slab sums its images' gradient in
+    the transformed domain (16, O, C) and its bias gradient; the slabs' sums are added
+    and taken back by G^T . G."""
+    dtype = str(x.dtype)
+    library, address = _winograd_library(dtype)
+    sizes = _sizes(x, weight, geometry)
+    c, o = sizes[0], sizes[3]
+    rows = winograd_rows(sizes, x.itemsize)
+    scratch = winograd_grad_scratch(dtype, sizes, rows)
+
+    def run(part: slice):
+        transformed = np.zeros((4, 4, o, c), dtype=x.dtype)
+        dbias = np.zeros(o, dtype=x.dtype)
+        buffer = np.empty(scratch, dtype=x.dtype)
+        library.conv_weight_grad_winograd(
+            address, gy.ctypes.data, x.ctypes.data, transformed.ctypes.data,
+            dbias.ctypes.data, buffer.ctypes.data, part.start, part.stop, rows, *sizes)
+        return transformed, dbias
+
+    partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * 9)
+    transformed, dbias = partials[0]
+    for more, more_dbias in partials[1:]:
+        transformed += more
+        dbias += more_dbias
+    g = _WINOGRAD_G.astype(x.dtype)
+    dweight = np.einsum("ir,ijoc,js->ocrs", g, transformed, g, optimize=True)
+    return np.ascontiguousarray(dweight), dbias
 
 
 def _input_grad_geometry(geometry: Geometry) -> Geometry | None:
