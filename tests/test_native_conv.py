@@ -11,7 +11,8 @@
 - the choice per layer is timed once, kept in a JSON file written atomically, read
   back, and a damaged file is ignored and rewritten;
 - `netc compile --target native` reports the choices and the timing;
-- the Winograd F(2x2, 3x3) kernel (forward, and dx by it backward) equals float64
+- the Winograd F(2x2, 3x3) kernels (forward; backward dx by the forward and dweight
+  in the transformed domain) equal float64
   PyTorch and the NumPy path on 3x3 layers at stride 1 (pads 0-2, odd and even sizes,
   1 to 64 channels, batch 1 and 3), and is a candidate only where it fits.
 """
@@ -374,7 +375,7 @@ def test_winograd_equals_pytorch_and_numpy(case, dtype):
     tol = _winograd_tolerance(dtype, float(np.abs(x).max() * np.abs(w).sum(axis=(1, 2, 3)).max()))
     np.testing.assert_allclose(ours, y, **tol)
     np.testing.assert_allclose(ours, convolve.conv_nd.generic(np, x, w, bias, g, 1), **tol)
-    # dx by the Winograd forward on gy; dweight and dbias by the direct kernel
+    # dx by the Winograd forward on gy; dweight by sixteen GEMMs over the tiles
     got = native_conv.backward(gy, x, w, g, kind="winograd")
     theirs = convolve.conv_nd_backward.generic(np, gy, x, w, g, 1)
     dx_bound = float(np.abs(gy).max() * np.abs(w).sum(axis=(0, 2, 3)).max())

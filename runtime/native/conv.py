@@ -12,8 +12,9 @@ in float32 or float64, runs one of:
   summed in place, the input gradient's GEMM and col2im in C), `direct` (the weight
   gradient without columns, and at stride 1 the input gradient as the direct forward
   kernel on gy with the weight flipped; col2im's at other strides) or, where the
-  Winograd forward fits and so does dx's geometry (pads up to 2), `winograd` (the
-  direct weight gradient, and dx as the Winograd forward on gy with the weight flipped).
+  Winograd forward fits and so does dx's geometry (pads up to 2), `winograd` (dx as
+  the Winograd forward on gy with the weight flipped, dweight as sixteen GEMMs in the
+  transformed domain, taken back by G^T . G).
 
 Which one is timed once per layer shape (and dtype and threads): a few runs of each
 candidate on the real arrays, the fastest kept, in memory and in a JSON file beside the
@@ -235,6 +236,18 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry):
     return np.ascontiguousarray(dweight), dbias
 
 
+def _winograd_backward(gy, x, weight, geometry: Geometry, need_dx: bool):
+    """(dx, dweight, dbias) by Winograd F(2x2, 3x3): dx as the forward on gy with the
+    weight flipped (_input_grad_geometry), dweight and dbias by _winograd_weight_grad."""
+    gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    dx = None
+    if need_dx:
+        dx = forward("winograd", gy, _flipped(weight), None, _input_grad_geometry(geometry))
+    dweight, dbias = _winograd_weight_grad(gy, x, weight, geometry)
+    return dx, dweight, dbias
+
+
 def _input_grad_geometry(geometry: Geometry) -> Geometry | None:
     """At stride 1, dx of a convolution is the convolution of gy, padded by the kernel's
     reach less the pad, with the weight flipped and its channels swapped: its geometry
@@ -263,19 +276,20 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
     gradients for dx; "direct": the direct weight gradient, and at stride 1 dx by the
     direct forward kernel on gy (unless its pads would be past the kernel's reach;
     there, and at other strides, dx by col2im as "gemm"); "winograd" (where
-    _winograd_backward_fits): the direct weight gradient, dx by the Winograd forward
-    on gy."""
+    _winograd_backward_fits): see _winograd_backward."""
     library, address = _library(str(x.dtype))
     sizes = _sizes(x, weight, geometry)
     c, o, kh, kw, oh, ow = sizes[0], sizes[3], sizes[4], sizes[5], sizes[6], sizes[7]
     gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
-    direct = kind in ("direct", "winograd")   # the direct weight gradient
+    if kind == "winograd":
+        return _winograd_backward(gy, x, weight, geometry, need_dx)
+    direct = kind == "direct"
     dx_direct = need_dx and direct and _input_grad_geometry(geometry) is not None
     col2im = need_dx and not dx_direct
     dx = None
-    if dx_direct:   # "direct" or "winograd" forward on gy
-        dx = forward(kind, gy, _flipped(weight), None, _input_grad_geometry(geometry))
+    if dx_direct:
+        dx = forward("direct", gy, _flipped(weight), None, _input_grad_geometry(geometry))
     elif need_dx:
         dx = np.empty(x.shape, dtype=x.dtype)
     columns = c * kh * kw * oh * ow   # conv_backward_gemm's scratch: an image's columns

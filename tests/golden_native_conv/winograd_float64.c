@@ -72,6 +72,40 @@ static void split_columns(const T* restrict xb, T* restrict D, const L C, const 
         }
 }
 
+/* V (C, 16, PS) from column 0 on: B^T d B of the tiles of tile row th of the image in
+   D (split_columns' layout), VL tiles at a time (past TW into what follows). */
+static void input_tiles(T* restrict V, const T* restrict D, const L th, const L C,
+                        const L HP, const L WE, const L TW, const L PS)
+{
+    for (L c = 0; c < C; ++c) {
+        const T* restrict r = D + (c * HP + 2 * th) * 2 * WE;
+        T* restrict v = V + c * 16 * PS;
+        for (L q = 0; q < TW; q += VL) {
+            /* d[i][j]: row i, columns j = 0 .. 3 of VL consecutive tiles */
+            vec d[4][4], t[4][4];
+            for (L i = 0; i < 4; ++i) {
+                const T* restrict even = r + i * 2 * WE + q;
+                d[i][0] = LOAD(even);
+                d[i][1] = LOAD(even + WE);
+                d[i][2] = LOAD(even + 1);
+                d[i][3] = LOAD(even + WE + 1);
+            }
+            for (L j = 0; j < 4; ++j) {   /* B^T d */
+                t[0][j] = d[0][j] - d[2][j];
+                t[1][j] = d[1][j] + d[2][j];
+                t[2][j] = d[2][j] - d[1][j];
+                t[3][j] = d[1][j] - d[3][j];
+            }
+            for (L a = 0; a < 4; ++a) {   /* (B^T d) B */
+                STORE(v + (4 * a + 0) * PS + q, t[a][0] - t[a][2]);
+                STORE(v + (4 * a + 1) * PS + q, t[a][1] + t[a][2]);
+                STORE(v + (4 * a + 2) * PS + q, t[a][2] - t[a][1]);
+                STORE(v + (4 * a + 3) * PS + q, t[a][1] - t[a][3]);
+            }
+        }
+    }
+}
+
 /* y (B, O, OH, OW) of images b0 .. b1 (a 3x3 kernel at stride 1, PH and PW the pads
    above and left; the pads below and right are those OH and OW imply), from U of
    conv_winograd_weights. The tile rows u = b * TH + th of the images run in chunks of
@@ -104,33 +138,7 @@ void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U
                 split_columns(x + b * C * H * W, D, C, H, W, PH, PW, HP, WE);
                 ready = b;
             }
-            for (L c = 0; c < C; ++c) {
-                const T* restrict r = D + (c * HP + 2 * th) * 2 * WE;
-                T* restrict v = V + c * 16 * PS + (u - u0) * TW;
-                for (L q = 0; q < TW; q += VL) {
-                    /* d[i][j]: row i, columns j = 0 .. 3 of VL consecutive tiles */
-                    vec d[4][4], t[4][4];
-                    for (L i = 0; i < 4; ++i) {
-                        const T* restrict even = r + i * 2 * WE + q;
-                        d[i][0] = LOAD(even);
-                        d[i][1] = LOAD(even + WE);
-                        d[i][2] = LOAD(even + 1);
-                        d[i][3] = LOAD(even + WE + 1);
-                    }
-                    for (L j = 0; j < 4; ++j) {   /* B^T d */
-                        t[0][j] = d[0][j] - d[2][j];
-                        t[1][j] = d[1][j] + d[2][j];
-                        t[2][j] = d[2][j] - d[1][j];
-                        t[3][j] = d[1][j] - d[3][j];
-                    }
-                    for (L a = 0; a < 4; ++a) {   /* (B^T d) B */
-                        STORE(v + (4 * a + 0) * PS + q, t[a][0] - t[a][2]);
-                        STORE(v + (4 * a + 1) * PS + q, t[a][1] + t[a][2]);
-                        STORE(v + (4 * a + 2) * PS + q, t[a][2] - t[a][1]);
-                        STORE(v + (4 * a + 3) * PS + q, t[a][1] - t[a][3]);
-                    }
-                }
-            }
+            input_tiles(V + (u - u0) * TW, D, th, C, HP, WE, TW, PS);
         }
         for (L k = 0; k < 16; ++k)
             gemm(101, 111, 111, O, n, C, 1, U + k * O * C, C, V + k * PS, 16 * PS, 0,
@@ -188,5 +196,71 @@ void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U
                 }
             }
         }
+    }
+}
+/* Images b0 .. b1's weight gradient in the Winograd domain, added to G16 (16, O, C),
+   and their bias gradient, added to db (O): the forward is y = A^T [U * V] A per tile,
+   so dL/dU[k] = the sum over tiles of (A dy A^T)[k] * V[k], with dy the tile's 2x2 of
+   gy (zero past OH and OW), and dL/dg = G^T (dL/dU) G, which the caller takes. Per
+   chunk of ROWS tile rows: V as the forward makes it, Y (O, 16, tiles) = A dy A^T,
+   and sixteen GEMMs G16[k] (O, C) += Y[k] (O, tiles) V[k]^T. scratch
+   (winograd_grad_scratch): V, Y, the image and its gy as split_columns lays them out. */
+void conv_weight_grad_winograd(gemm_t gemm, const T* restrict gy, const T* restrict x,
+                               T* restrict G16, T* restrict db, T* restrict scratch,
+                               const L b0, const L b1, const L ROWS, const L C, const L H, const L W, const L O, const L KH, const L KW, const L OH, const L OW, const L SH, const L SW, const L PH, const L PW, const L DH, const L DW)
+{
+    (void)KH; (void)KW; (void)SH; (void)SW; (void)DH; (void)DW;
+    const L TH = (OH + 1) / 2, TW = (OW + 1) / 2, TV = (TW + VL - 1) / VL * VL;
+    const L PS = ROWS * TW + VL, HP = 2 * TH + 2, WE = TV + 1;
+    T* restrict V = scratch;
+    T* restrict Y = V + 16 * C * PS;
+    T* restrict D = Y + 16 * O * PS;
+    T* restrict E = D + C * HP * 2 * WE;      /* gy's image: (O, 2 TH, 2 WE) */
+    L ready = -1;   /* the image D and E hold */
+    for (L u0 = b0 * TH; u0 < b1 * TH; u0 += ROWS) {
+        const L u1 = u0 + ROWS < b1 * TH ? u0 + ROWS : b1 * TH, n = (u1 - u0) * TW;
+        for (L u = u0; u < u1; ++u) {
+            const L b = u / TH, th = u % TH;
+            if (b != ready) {
+                const T* restrict g = gy + b * O * OH * OW;
+                split_columns(x + b * C * H * W, D, C, H, W, PH, PW, HP, WE);
+                split_columns(g, E, O, OH, OW, 0, 0, 2 * TH, WE);
+                for (L o = 0; o < O; ++o) {
+                    vec sum = {0};
+                    T rest = 0;
+                    const L N = OH * OW;
+                    L i = 0;
+                    for (; i + VL <= N; i += VL) sum += LOAD(g + o * N + i);
+                    for (; i < N; ++i) rest += g[o * N + i];
+                    for (L j = 0; j < VL; ++j) rest += sum[j];
+                    db[o] += rest;
+                }
+                ready = b;
+            }
+            input_tiles(V + (u - u0) * TW, D, th, C, HP, WE, TW, PS);
+            for (L o = 0; o < O; ++o) {
+                const T* restrict r = E + (o * 2 * TH + 2 * th) * 2 * WE;
+                T* restrict z = Y + o * 16 * PS + (u - u0) * TW;
+                for (L q = 0; q < TW; q += VL) {
+                    /* the tiles' dy: rows 0 and 1, columns 0 (even) and 1 (odd) */
+                    const vec e0 = LOAD(r + q), o0 = LOAD(r + WE + q);
+                    const vec e1 = LOAD(r + 2 * WE + q), o1 = LOAD(r + 3 * WE + q);
+                    vec s[4][2];   /* A dy */
+                    s[0][0] = e0;      s[0][1] = o0;
+                    s[1][0] = e0 + e1; s[1][1] = o0 + o1;
+                    s[2][0] = e0 - e1; s[2][1] = o0 - o1;
+                    s[3][0] = -e1;     s[3][1] = -o1;
+                    for (L a = 0; a < 4; ++a) {   /* (A dy) A^T */
+                        STORE(z + (4 * a + 0) * PS + q, s[a][0]);
+                        STORE(z + (4 * a + 1) * PS + q, s[a][0] + s[a][1]);
+                        STORE(z + (4 * a + 2) * PS + q, s[a][0] - s[a][1]);
+                        STORE(z + (4 * a + 3) * PS + q, -s[a][1]);
+                    }
+                }
+            }
+        }
+        for (L k = 0; k < 16; ++k)
+            gemm(101, 111, 112, O, C, n, 1, Y + k * PS, 16 * PS, V + k * PS, 16 * PS, 1,
+                 G16 + k * O * C, C);
     }
 }
