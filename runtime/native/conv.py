@@ -277,13 +277,13 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
     direct forward kernel on gy (unless its pads would be past the kernel's reach;
     there, and at other strides, dx by col2im as "gemm"); "winograd" (where
     _winograd_backward_fits): see _winograd_backward."""
+    if kind == "winograd":
+        return _winograd_backward(gy, x, weight, geometry, need_dx)
     library, address = _library(str(x.dtype))
     sizes = _sizes(x, weight, geometry)
     c, o, kh, kw, oh, ow = sizes[0], sizes[3], sizes[4], sizes[5], sizes[6], sizes[7]
     gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
-    if kind == "winograd":
-        return _winograd_backward(gy, x, weight, geometry, need_dx)
     direct = kind == "direct"
     dx_direct = need_dx and direct and _input_grad_geometry(geometry) is not None
     col2im = need_dx and not dx_direct
