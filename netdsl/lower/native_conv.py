@@ -476,25 +476,29 @@ def winograd_rows(sizes, itemsize: int, budget: int = WINOGRAD_CHUNK_BYTES) -> i
     return max(1, budget // per_row)
 
 
-def winograd_grad_scratch(dtype: str, sizes, rows: int) -> int:
-    """Elements of conv_weight_grad_winograd's scratch for chunks of `rows` tile rows:
-    the forward's, less its four vectors, and gy's image split by column parity."""
-    o, oh = sizes[3], sizes[6]
+def _tiles(dtype: str, sizes) -> tuple[int, int, int]:
+    """(TH, TW, TV) of the C source: rows and columns of 2x2 output tiles, and TW in
+    whole vectors."""
     lanes = winograd_lanes(dtype)
-    tv = -(-(-(-sizes[7] // 2)) // lanes) * lanes
-    return (winograd_scratch(dtype, sizes, rows) - 4 * lanes
-            + o * 2 * -(-oh // 2) * 2 * (tv + 1))
+    th, tw = -(-sizes[6] // 2), -(-sizes[7] // 2)
+    return th, tw, -(-tw // lanes) * lanes
 
 
 def winograd_scratch(dtype: str, sizes, rows: int) -> int:
     """Elements of conv_forward_winograd's scratch for chunks of `rows` tile rows: V
     and M (their rows with a vector of slack), one padded image split by column parity,
     four vectors of output."""
-    c, h, o, ph, oh, ow = sizes[0], sizes[1], sizes[3], sizes[10], sizes[6], sizes[7]
-    lanes = winograd_lanes(dtype)
-    th, tw = -(-oh // 2), -(-ow // 2)
-    tv = -(-tw // lanes) * lanes
+    c, o, lanes = sizes[0], sizes[3], winograd_lanes(dtype)
+    th, tw, tv = _tiles(dtype, sizes)
     return 16 * (c + o) * (rows * tw + lanes) + c * (2 * th + 2) * 2 * (tv + 1) + 4 * lanes
+
+
+def winograd_grad_scratch(dtype: str, sizes, rows: int) -> int:
+    """Elements of conv_weight_grad_winograd's scratch for chunks of `rows` tile rows:
+    the forward's, less its four vectors, and gy's image split by column parity."""
+    o, lanes = sizes[3], winograd_lanes(dtype)
+    th, _, tv = _tiles(dtype, sizes)
+    return winograd_scratch(dtype, sizes, rows) - 4 * lanes + o * 2 * th * 2 * (tv + 1)
 
 
 _WINOGRAD = """\
