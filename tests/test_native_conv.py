@@ -441,3 +441,18 @@ def test_compile_reports_a_winograd_choice(choices_cache, monkeypatch):
     g = Geometry.of((8, 8), (3, 3), (1, 1), (1, 1), [(1, 1)] * 2)
     text = native_conv.report([("conv3", 4, (6, 4, 3, 3), g)], 2)
     assert "1 winograd/winograd" in text and "conv3 winograd/winograd" in text
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_winograd_chunks_across_images_equal_pytorch(rows, monkeypatch):
+    """Chunks of 1 and 3 tile rows (4 rows an image: chunks end inside an image and
+    start in the next), each chunk's GEMMs and both transforms as with one chunk."""
+    monkeypatch.setattr(native_conv, "winograd_rows", lambda sizes, itemsize: rows)
+    case = (3, 5, 7, (7, 9), (3, 3), (1, 1), (1, 1), (1, 1))
+    g, x, w, bias, gy = _problem(case, "float64", seed=5)
+    want = _torch(case, x, w, bias, gy)
+    got = [native_conv.forward("winograd", x, w, bias, g),
+           *native_conv.backward(gy, x, w, g, kind="winograd")]
+    for mine, theirs in zip(got, want):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12,
+                                   atol=1e-12 * float(np.abs(theirs).max()))
