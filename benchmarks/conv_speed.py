@@ -2,12 +2,17 @@
 and PyTorch, forward and backward, interleaved.
 
     python benchmarks/conv_speed.py [--threads 1] [--repeats 15] [--batch 32] [--only W3]
+                                    [--cpu-time] [--settle 0.05]
 
 The layers are those of W2 (LeNet-5), W3 (ResNet-20) and W6's 3x3 and 5x5 branches,
 float32. Per layer and side: the median of `--repeats` timings, the sides taking turns
 within each repeat. netdsl runs as its executors run it (the slabs of the batch on the
-host's threads, BLAS on one thread); the native columns are each kernel, not the choice.
-Prints the load average before and after.
+host's threads, BLAS on one thread); the native columns are each kernel, not the choice
+(`wino`, Winograd F(2x2, 3x3), only on 3x3 layers at stride 1; its backward is dx by
+it and dweight by the direct kernel). Before each timed call the script pauses
+`--settle` seconds and makes one untimed call (isolation.settle): PyTorch's OpenMP
+threads spin for a while after its own call, and on two threads the next side shared
+the cores with them. Prints the load average before and after.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from isolation import limit_blas, load_average  # noqa: E402
+from isolation import limit_blas, load_average, settle  # noqa: E402
 from netdsl.ops import convolve  # noqa: E402
 from netdsl.ops.windows import Geometry  # noqa: E402
 from netdsl.runtime.host import one_blas_thread  # noqa: E402
@@ -48,6 +53,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--only", help="layers whose label holds this text, e.g. W3")
+    parser.add_argument("--settle", type=float, default=0.05,
+                        help="seconds to pause, then one untimed call, before each timed "
+                             "call (0: none)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time the calling thread's CPU time, not the wall clock: on a "
                              "busy machine it leaves out the time other processes hold the "
@@ -61,8 +69,8 @@ def main(argv=None) -> int:
     print(f"load average before: {load_average()}; {args.threads} thread(s), batch "
           f"{args.batch}, median of {args.repeats}, ms"
           + (" of the thread's CPU time" if args.cpu_time else ""))
-    print(f"{'layer':18} {'np fwd':>7} {'gemm':>6} {'direct':>6} {'torch':>6} | {'np bwd':>7} "
-          f"{'gemm':>6} {'direct':>6} {'torch f+b':>9}")
+    print(f"{'layer':18} {'np fwd':>7} {'gemm':>6} {'direct':>6} {'wino':>6} {'torch':>6} | "
+          f"{'np bwd':>7} {'gemm':>6} {'direct':>6} {'wino':>6} {'torch f+b':>9}")
     rng = np.random.default_rng(0)
     for label, c, o, size, k, s, p in LAYERS:
         if args.only and args.only not in label:
@@ -77,25 +85,31 @@ def main(argv=None) -> int:
             "np fwd": lambda: convolve.conv_nd.generic(np, x, w, None, g, 1),
             "gemm": lambda: native_conv.forward("gemm", x, w, None, g),
             "direct": lambda: native_conv.forward("direct", x, w, None, g),
+            "wino": lambda: native_conv.forward("winograd", x, w, None, g),
             "torch": lambda: F.conv2d(tx, tw, stride=s, padding=p),
             "np bwd": lambda: convolve.conv_nd_backward.generic(np, gy, x, w, g, 1),
             "bwd gemm": lambda: native_conv.backward(gy, x, w, g, kind="gemm"),
             "bwd direct": lambda: native_conv.backward(gy, x, w, g, kind="direct"),
+            "bwd wino": lambda: native_conv.backward(gy, x, w, g, kind="winograd"),
             "torch f+b": lambda: torch.autograd.grad(F.conv2d(tx, tw, stride=s, padding=p),
                                                      (tx, tw), tgy),
         }
+        if not native_conv._winograd_fits(g):
+            del sides["wino"], sides["bwd wino"]
         times = {name: [] for name in sides}
         with one_blas_thread(np):
             for fn in sides.values():
                 fn()
             for _ in range(args.repeats):
                 for name, fn in sides.items():
+                    if args.settle:
+                        settle(fn, args.settle)
                     times[name].append(_timed(fn, clock))
         med = {name: statistics.median(t) for name, t in times.items()}
         cell = lambda name: f"{med[name]:6.2f}" if name in med else "     -"  # noqa: E731
-        print(f"{label:18} {med['np fwd']:7.2f} {cell('gemm')} {cell('direct')} "
+        print(f"{label:18} {med['np fwd']:7.2f} {cell('gemm')} {cell('direct')} {cell('wino')} "
               f"{med['torch']:6.2f} | {med['np bwd']:7.2f} {cell('bwd gemm')} "
-              f"{cell('bwd direct')} {med['torch f+b']:9.2f}")
+              f"{cell('bwd direct')} {cell('bwd wino')} {med['torch f+b']:9.2f}")
     print(f"load average after: {load_average()}")
     return 0
 

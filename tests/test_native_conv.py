@@ -10,7 +10,11 @@
   takes the NumPy code, and so does a machine without a compiler;
 - the choice per layer is timed once, kept in a JSON file written atomically, read
   back, and a damaged file is ignored and rewritten;
-- `netc compile --target native` reports the choices and the timing.
+- `netc compile --target native` reports the choices and the timing;
+- the Winograd F(2x2, 3x3) kernels (forward; backward dx by the forward and dweight
+  in the transformed domain) equal float64
+  PyTorch and the NumPy path on 3x3 layers at stride 1 (pads 0-2, odd and even sizes,
+  1 to 64 channels, batch 1 and 3), and is a candidate only where it fits.
 """
 import json
 import os
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, assert_golden, run_netc
-from netdsl.lower.native_conv import conv_module, direct_blocks, direct_kernel
+from netdsl.lower.native_conv import conv_module, direct_blocks, direct_kernel, winograd_module
 from netdsl.ops import convolve
 from netdsl.ops.windows import Geometry
 from netdsl.runtime import host
@@ -169,10 +173,11 @@ def test_slabs_on_two_threads_equal_one_slab(two_threads, monkeypatch):
     seen = []
     real = host._slabs
     monkeypatch.setattr(host, "_slabs", lambda *a: seen.append(r := real(*a)) or r)
-    for kind, kernel in [("gemm", None)] + [("direct", k) for k in direct_blocks("float64")]:
+    for kind, kernel in ([("gemm", None), ("winograd", None)]
+                         + [("direct", k) for k in direct_blocks("float64")]):
         np.testing.assert_allclose(native_conv.forward(kind, x, w, bias, g, kernel), y,
                                    rtol=1e-12, atol=1e-12 * float(np.abs(y).max()))
-    for kind in ("gemm", "direct"):
+    for kind in ("gemm", "direct", "winograd"):
         ours = native_conv.backward(gy, x, w, g, kind=kind)
         for got, want in zip(ours, (dx, dw, db)):
             np.testing.assert_allclose(got, want, rtol=1e-12,
@@ -320,3 +325,134 @@ def test_the_native_executor_runs_the_kernels_and_the_host_does_not(choices_cach
     assert losses[0] == pytest.approx(losses[1], rel=1e-12)
     np.testing.assert_allclose(native.flat_grads, plain.flat_grads, rtol=1e-10,
                                atol=1e-12 * float(np.abs(plain.flat_grads).max()))
+
+
+# ---- Winograd F(2x2, 3x3)
+
+# (batch, channels in, out, spatial, pad): 3x3 kernels at stride 1
+WINOGRAD_CASES = [
+    (1, 1, 1, (5, 7), 0),       # one channel, odd sizes, unpadded: a 3x5 output
+    (3, 5, 7, (5, 7), 1),       # odd sizes: a last tile row and column half used
+    (3, 3, 4, (8, 8), 2),       # pad 2: dx's pads on gy are 0
+    (1, 16, 8, (8, 8), 0),      # even sizes, unpadded: a 6x6 output
+    (3, 64, 64, (8, 8), 1),     # ResNet-20's 64@8
+    (1, 8, 16, (32, 32), 1),    # ResNet-20's 32x32 planes, batch 1
+    (3, 4, 3, (7, 5), 2),       # odd sizes, pad 2
+]
+
+
+def _winograd_ids(case):
+    b, c, o, spatial, p = case
+    return f"b{b}c{c}o{o}-{'x'.join(map(str, spatial))}-p{p}"
+
+
+def _winograd_tolerance(dtype, bound):
+    """float64: 1e-12 relative. float32: F(2x2, 3x3)'s transforms add and halve up to 9
+    terms on each side of the products, so the error is a few units in the last place
+    of the largest terms: within 1e-5 of `bound` (max |x| times the largest sum of an
+    output channel's |w|, a bound on |y|), where im2col and GEMM is within 1e-6."""
+    if dtype == "float64":
+        return dict(rtol=1e-12, atol=1e-12 * bound)
+    return dict(rtol=1e-5, atol=1e-5 * bound)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_winograd_source_matches_golden(dtype, update_golden):
+    assert_golden(os.path.join(GOLDEN, f"winograd_{dtype}.c"),
+                  winograd_module(dtype, "long long", "scipy_cblas_?gemm64_"), update_golden)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=_winograd_ids)
+def test_winograd_equals_pytorch_and_numpy(case, dtype):
+    b, c, o, spatial, p = case
+    full = (b, c, o, spatial, (3, 3), (1, 1), (p, p), (1, 1))
+    g, x, w, bias, gy = _problem(full, dtype)
+    assert native_conv._winograd_fits(g) and native_conv._winograd_backward_fits(g)
+    y, dx, dw, db = _torch(full, x, w, bias, gy)
+    ours = native_conv.forward("winograd", x, w, bias, g)
+    assert ours.dtype == np.dtype(dtype) and ours.shape == y.shape
+    tol = _winograd_tolerance(dtype, float(np.abs(x).max() * np.abs(w).sum(axis=(1, 2, 3)).max()))
+    np.testing.assert_allclose(ours, y, **tol)
+    np.testing.assert_allclose(ours, convolve.conv_nd.generic(np, x, w, bias, g, 1), **tol)
+    # dx by the Winograd forward on gy; dweight by sixteen GEMMs over the tiles
+    got = native_conv.backward(gy, x, w, g, kind="winograd")
+    theirs = convolve.conv_nd_backward.generic(np, gy, x, w, g, 1)
+    dx_bound = float(np.abs(gy).max() * np.abs(w).sum(axis=(0, 2, 3)).max())
+    for name, mine, want, numpy_value in zip(("dx", "dw", "db"), got, (dx, dw, db), theirs):
+        if name == "dx":
+            tol = _winograd_tolerance(dtype, dx_bound)
+        else:
+            tol = _tolerance(dtype)
+            tol["atol"] *= float(np.abs(want).max()) + 1
+        np.testing.assert_allclose(mine, want, **tol, err_msg=name)
+        np.testing.assert_allclose(mine, numpy_value, **tol, err_msg=name)
+    none_dx, only_dw, only_db = native_conv.backward(gy, x, w, g, need_dx=False, kind="winograd")
+    assert none_dx is None
+    np.testing.assert_array_equal(only_dw, got[1])
+    np.testing.assert_array_equal(only_db, got[2])
+
+
+def test_winograd_is_a_candidate_only_where_it_fits(choices_cache, monkeypatch):
+    """3x3 at stride 1, dilation 1, pads 0-2 both ways; pad 3 forward only (dx's pads on
+    gy would be negative); stride 2, dilation 2, 5x5, 3x2, rank 1 and a negative pad
+    never."""
+    def geometry(spatial, kernel, stride=1, dilation=1, pad=1):
+        rank = len(spatial)
+        return Geometry.of(spatial, kernel, (stride,) * rank, (dilation,) * rank,
+                           [(pad, pad)] * rank)
+
+    offered = []
+
+    def first(candidates):   # note the candidates, run none of them
+        offered.append(set(candidates))
+        return "numpy", None
+
+    monkeypatch.setattr(native_conv, "_fastest", first)
+    monkeypatch.setattr(native_conv, "_save", lambda: None)
+    monkeypatch.setattr(native_conv, "_choices", {})   # nothing known, nothing kept
+    cases = {geometry((9, 9), (3, 3)): (True, True),
+             geometry((9, 9), (3, 3), pad=0): (True, True),
+             geometry((9, 9), (3, 3), pad=2): (True, True),
+             geometry((9, 9), (3, 3), pad=3): (True, False),
+             geometry((9, 9), (3, 3), stride=2): (False, False),
+             geometry((9, 9), (3, 3), dilation=2, pad=2): (False, False),
+             geometry((9, 9), (5, 5), pad=2): (False, False),
+             geometry((9, 9), (3, 2), pad=0): (False, False),
+             geometry((9,), (3,)): (False, False),
+             geometry((9, 9), (3, 3), pad=-1): (False, False)}
+    rng = np.random.default_rng(4)
+    for g, (forward_too, backward_too) in cases.items():
+        x = rng.standard_normal((2, 3, *g.spatial)).astype("float32")
+        w = rng.standard_normal((4, 3, *g.kernel)).astype("float32")
+        offered.clear()
+        native_conv.choose(x, w, None, g, 1)
+        forwards, backwards = offered
+        assert ("winograd" in forwards, "winograd" in backwards) == (forward_too, backward_too), g
+        assert "gemm" in forwards and "gemm" in backwards
+
+
+def test_compile_reports_a_winograd_choice(choices_cache, monkeypatch):
+    """A 3x3 layer whose timing picks Winograd both ways reads `winograd/winograd`."""
+    monkeypatch.setattr(native_conv, "_fastest",
+                        lambda candidates: ("winograd" if "winograd" in candidates
+                                            else "numpy", None))
+    monkeypatch.setattr(native_conv, "_choices", {})
+    g = Geometry.of((8, 8), (3, 3), (1, 1), (1, 1), [(1, 1)] * 2)
+    text = native_conv.report([("conv3", 4, (6, 4, 3, 3), g)], 2)
+    assert "1 winograd/winograd" in text and "conv3 winograd/winograd" in text
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_winograd_chunks_across_images_equal_pytorch(rows, monkeypatch):
+    """Chunks of 1 and 3 tile rows (4 rows an image: chunks end inside an image and
+    start in the next), each chunk's GEMMs and both transforms as with one chunk."""
+    monkeypatch.setattr(native_conv, "winograd_rows", lambda sizes, itemsize: rows)
+    case = (3, 5, 7, (7, 9), (3, 3), (1, 1), (1, 1), (1, 1))
+    g, x, w, bias, gy = _problem(case, "float64", seed=5)
+    want = _torch(case, x, w, bias, gy)
+    got = [native_conv.forward("winograd", x, w, bias, g),
+           *native_conv.backward(gy, x, w, g, kind="winograd")]
+    for mine, theirs in zip(got, want):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12,
+                                   atol=1e-12 * float(np.abs(theirs).max()))

@@ -5,12 +5,16 @@ and `conv_nd_backward` for NumPy come here. A 1-D or 2-D convolution without gro
 in float32 or float64, runs one of:
 
 - forward: `numpy` (ops.convolve's im2col and GEMM), `gemm` (netdsl.lower.native_conv's
-  columns in C and one GEMM per image, written straight into y) or `direct` (no
-  columns; see lower/native_conv.py);
+  columns in C and one GEMM per image, written straight into y), `direct` (no
+  columns; see lower/native_conv.py) or, for a 2-D 3x3 kernel at stride 1 and
+  dilation 1, `winograd` (F(2x2, 3x3): 16 GEMMs over transformed tiles);
 - backward: `numpy`, `gemm` (the columns in C, the weight gradient's GEMM per image
-  summed in place, the input gradient's GEMM and col2im in C) or `direct` (the weight
+  summed in place, the input gradient's GEMM and col2im in C), `direct` (the weight
   gradient without columns, and at stride 1 the input gradient as the direct forward
-  kernel on gy with the weight flipped; col2im's at other strides).
+  kernel on gy with the weight flipped; col2im's at other strides) or, where the
+  Winograd forward fits and so does dx's geometry (pads up to 2), `winograd` (dx as
+  the Winograd forward on gy with the weight flipped, dweight as sixteen GEMMs in the
+  transformed domain, taken back by G^T . G).
 
 Which one is timed once per layer shape (and dtype and threads): a few runs of each
 candidate on the real arrays, the fastest kept, in memory and in a JSON file beside the
@@ -35,8 +39,10 @@ from functools import lru_cache
 import numpy as np
 
 from netdsl import atomic
-from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, conv_module, direct_kernel,
-                                      direct_scratch, weight_grad_scratch)
+from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, conv_module,
+                                      direct_kernel, direct_scratch, weight_grad_scratch,
+                                      winograd_fits, winograd_grad_scratch, winograd_module,
+                                      winograd_rows, winograd_scratch)
 from netdsl.ops import convolve, parallel
 from netdsl.ops.windows import Geometry
 from netdsl.runtime.host import host_threads, one_blas_thread
@@ -46,8 +52,8 @@ from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir
 __all__ = ["in_use", "covered", "forward", "backward", "choose", "choices", "FORWARD",
            "BACKWARD", "layers", "report", "CHOICES_FILE"]
 
-FORWARD = ("numpy", "gemm", "direct")
-BACKWARD = ("numpy", "gemm", "direct")
+FORWARD = ("numpy", "gemm", "direct", "winograd")
+BACKWARD = ("numpy", "gemm", "direct", "winograd")
 CHOICES_FILE = "choices.json"
 
 # runs of each candidate timed when a layer is first seen (the fastest counts): the
@@ -88,6 +94,22 @@ def _library(dtype: str):
     return library, address
 
 
+@lru_cache(maxsize=None)
+def _winograd_library(dtype: str):
+    """(the loaded Winograd kernels, the GEMM's address) for `dtype`; NativeUnavailable
+    as _library."""
+    address, integer, symbol = gemm(dtype)
+    library = build(winograd_module(dtype, integer, symbol))
+    p, size = ctypes.c_void_p, ctypes.c_longlong
+    arguments = {"conv_winograd_weights": [p, p, size, size],   # w, U, O, C
+                 "conv_forward_winograd": [p] * 6 + [size] * (3 + len(GEOMETRY)),
+                 "conv_weight_grad_winograd": [p] * 6 + [size] * (3 + len(GEOMETRY))}
+    for name in WINOGRAD_FUNCTIONS:
+        function = getattr(library, name)
+        function.restype, function.argtypes = None, arguments[name]
+    return library, address
+
+
 def covered(x, weight, geometry: Geometry, groups: int) -> bool:
     """Whether the compiled kernels cover this convolution: rank 1 or 2, no groups,
     float32 or float64 alike, arrays of the geometry's sizes."""
@@ -113,9 +135,23 @@ def _direct_fits(g: Geometry) -> bool:
     return all(lo >= 0 for lo, _ in g.pads)
 
 
+def _winograd_fits(g: Geometry) -> bool:
+    """The Winograd kernel runs 2-D 3x3 kernels at stride 1 and dilation 1, pads not
+    negative."""
+    return winograd_fits(g.kernel, g.stride, g.dilation, [lo for lo, _ in g.pads])
+
+
+def _winograd_backward_fits(g: Geometry) -> bool:
+    """dx by the Winograd forward: where it fits, and dx's pads on gy (2 less the
+    layer's) are not negative."""
+    return _winograd_fits(g) and _input_grad_geometry(g) is not None
+
+
 def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None = None):
-    """y of conv_nd through the compiled kernel `kind` ("gemm" or "direct"; the direct
-    kernel of lower.native_conv.direct_kernel unless `kernel` names one)."""
+    """y of conv_nd through the compiled kernel `kind` ("gemm", "direct" or "winograd";
+    the direct kernel of lower.native_conv.direct_kernel unless `kernel` names one)."""
+    if kind == "winograd":
+        return _winograd_forward(x, weight, bias, geometry)
     library, address = _library(str(x.dtype))
     sizes = _sizes(x, weight, geometry)
     dtype = str(x.dtype)
@@ -138,6 +174,78 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
 
     parallel.slab_map(np, run, x.shape[0], x.nbytes * kh * kw)
     return y
+
+
+def _winograd_forward(x, weight, bias, geometry: Geometry):
+    """y by Winograd F(2x2, 3x3): the weight's transform once, then each slab of the
+    batch in chunks of tile rows (lower.native_conv.winograd_rows)."""
+    dtype = str(x.dtype)
+    library, address = _winograd_library(dtype)
+    sizes = _sizes(x, weight, geometry)
+    c, o = sizes[0], sizes[3]
+    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    transformed = np.empty((16, o, c), dtype=x.dtype)
+    library.conv_winograd_weights(weight.ctypes.data, transformed.ctypes.data, o, c)
+    rows = winograd_rows(sizes, x.itemsize)
+    scratch = winograd_scratch(dtype, sizes, rows)
+    y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
+
+    def run(part: slice) -> None:
+        buffer = np.empty(scratch, dtype=x.dtype)
+        library.conv_forward_winograd(
+            address, x.ctypes.data, transformed.ctypes.data,
+            None if bias is None else bias.ctypes.data, y.ctypes.data, buffer.ctypes.data,
+            part.start, part.stop, rows, *sizes)
+
+    parallel.slab_map(np, run, x.shape[0], x.nbytes * 9)
+    return y
+
+
+# Winograd F(2x2, 3x3)'s G: a kernel's transform is G g G^T, its gradient's G^T u G
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+def _winograd_weight_grad(gy, x, weight, geometry: Geometry):
+    """(dweight, dbias) by Winograd F(2x2, 3x3): each slab sums its images' gradient in
+    the transformed domain (16, O, C) and its bias gradient; the slabs' sums are added
+    and taken back by G^T . G."""
+    dtype = str(x.dtype)
+    library, address = _winograd_library(dtype)
+    sizes = _sizes(x, weight, geometry)
+    c, o = sizes[0], sizes[3]
+    rows = winograd_rows(sizes, x.itemsize)
+    scratch = winograd_grad_scratch(dtype, sizes, rows)
+
+    def run(part: slice):
+        transformed = np.zeros((4, 4, o, c), dtype=x.dtype)
+        dbias = np.zeros(o, dtype=x.dtype)
+        buffer = np.empty(scratch, dtype=x.dtype)
+        library.conv_weight_grad_winograd(
+            address, gy.ctypes.data, x.ctypes.data, transformed.ctypes.data,
+            dbias.ctypes.data, buffer.ctypes.data, part.start, part.stop, rows, *sizes)
+        return transformed, dbias
+
+    partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * 9)
+    transformed, dbias = partials[0]
+    for more, more_dbias in partials[1:]:
+        transformed += more
+        dbias += more_dbias
+    g = _WINOGRAD_G.astype(x.dtype)
+    dweight = np.einsum("ir,ijoc,js->ocrs", g, transformed, g, optimize=True)
+    return np.ascontiguousarray(dweight), dbias
+
+
+def _winograd_backward(gy, x, weight, geometry: Geometry, need_dx: bool):
+    """(dx, dweight, dbias) by Winograd F(2x2, 3x3): dx as the forward on gy with the
+    weight flipped (_input_grad_geometry), dweight and dbias by _winograd_weight_grad."""
+    gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
+    weight = np.ascontiguousarray(weight)
+    dx = None
+    if need_dx:
+        dx = forward("winograd", gy, _flipped(weight), None, _input_grad_geometry(geometry))
+    dweight, dbias = _winograd_weight_grad(gy, x, weight, geometry)
+    return dx, dweight, dbias
 
 
 def _input_grad_geometry(geometry: Geometry) -> Geometry | None:
@@ -167,7 +275,10 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
     `kind` "gemm": columns and a GEMM per image for dweight, col2im of the column
     gradients for dx; "direct": the direct weight gradient, and at stride 1 dx by the
     direct forward kernel on gy (unless its pads would be past the kernel's reach;
-    there, and at other strides, dx by col2im as "gemm")."""
+    there, and at other strides, dx by col2im as "gemm"); "winograd" (where
+    _winograd_backward_fits): see _winograd_backward."""
+    if kind == "winograd":
+        return _winograd_backward(gy, x, weight, geometry, need_dx)
     library, address = _library(str(x.dtype))
     sizes = _sizes(x, weight, geometry)
     c, o, kh, kw, oh, ow = sizes[0], sizes[3], sizes[4], sizes[5], sizes[6], sizes[7]
@@ -222,7 +333,8 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
 @lru_cache(maxsize=None)
 def _kernels_version(dtype: str) -> str:
     """A hash of the kernels' source: a choice timed on other kernels is timed again."""
-    return hashlib.sha256(conv_module(dtype, "", "").encode()).hexdigest()[:10]
+    source = conv_module(dtype, "", "") + winograd_module(dtype, "", "")
+    return hashlib.sha256(source.encode()).hexdigest()[:10]
 
 
 def _key(x, weight, geometry: Geometry, groups: int) -> str:
@@ -296,6 +408,8 @@ def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=Tr
                 "gemm": lambda: forward("gemm", x, weight, bias, geometry)}
     if _direct_fits(geometry):
         forwards["direct"] = lambda: forward("direct", x, weight, bias, geometry)
+    if _winograd_fits(geometry):
+        forwards["winograd"] = lambda: forward("winograd", x, weight, bias, geometry)
     kind, y = _fastest(forwards)
     if gy is None:
         gy = np.ones((x.shape[0], weight.shape[0], *geometry.out), dtype=x.dtype)
@@ -304,6 +418,9 @@ def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=Tr
                  "gemm": lambda: backward(gy, x, weight, geometry, need_dx)}
     if _direct_fits(geometry):
         backwards["direct"] = lambda: backward(gy, x, weight, geometry, need_dx, "direct")
+    if _winograd_backward_fits(geometry):
+        backwards["winograd"] = lambda: backward(gy, x, weight, geometry, need_dx,
+                                                 "winograd")
     back, _ = _fastest(backwards)
     choice = _choices[_key(x, weight, geometry, groups)] = {"forward": kind, "backward": back}
     _save()
