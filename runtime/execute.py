@@ -47,11 +47,12 @@ class NonFinite(Exception):
 
 
 class _Call:
-    """What every call of a step passes besides its inputs: its op's forward, whether it runs compiled programs, where its buffers are kept, its
-    parameters by the op's names (None for a column block, copied at each call) and, per
-    parameter gradient the op may write in place, (name, key, view of the flat gradient
-    vector). A feed-forward step of a small network costs more in Python than in its
-    op (an MLP's relu: 5 us of C in 12), so each call looks up only what a pass changes."""
+    """What every call of a step passes besides its inputs: its op's forward, whether it
+    runs compiled programs, where its buffers are kept, its geometry, its parameters by
+    the op's names (None for a column block, copied at each call) and, per parameter
+    gradient the op may write in place, (name, key, view of the flat gradient vector).
+    In a small network a step's Python costs as much as its op (an MLP's relu: 5 us of
+    C in 12), so a call looks up only what a pass changes."""
 
     __slots__ = ("forward", "compiled", "buffers", "geometry", "kwargs", "grad_views")
 
