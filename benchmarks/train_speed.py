@@ -204,8 +204,10 @@ class NetdslTrainer:
         self.plan = lowered.plan
         self.executor = Executor(lowered, params, seed=SEED)
         self.executor.lodge_values = True  # as runtime.train's Trainer runs it
+        # the update compiled on the native target, as runtime.train's Trainer makes it
         self.optimizer = make_optimizer("sgd", {"lr": LR, "momentum": MOMENTUM},
-                                        self.executor.flat_params)
+                                        self.executor.flat_params,
+                                        native=lowered.target.name == "native")
         self.backward = lowered.backward()
         [self.loss_node] = self.plan.losses.values()
         self.batch = {"x": batch[0], "y": batch[1]}

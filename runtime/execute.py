@@ -48,15 +48,18 @@ class NonFinite(Exception):
 
 class _Call:
     """What every call of a step passes besides its inputs: its op's forward, whether it
-    runs compiled programs, its parameters by the op's names (None for a column block,
-    copied at each call) and, per parameter gradient the op may write in place, (name,
-    key, view of the flat gradient vector)."""
+    runs compiled programs, where its buffers are kept, its geometry, its parameters by
+    the op's names (None for a column block, copied at each call) and, per parameter
+    gradient the op may write in place, (name, key, view of the flat gradient vector).
+    In a small network a step's Python costs as much as its op (an MLP's relu: 5 us of
+    C in 12), so a call looks up only what a pass changes."""
 
-    __slots__ = ("forward", "compiled", "kwargs", "grad_views")
+    __slots__ = ("forward", "compiled", "buffers", "geometry", "kwargs", "grad_views")
 
     def __init__(self, step: Step, compiled: bool, kwargs, grad_views):
         self.forward, self.compiled = step.op.forward, compiled
-        self.kwargs, self.grad_views = kwargs, grad_views
+        self.buffers = step.buffers_of or step.node
+        self.geometry, self.kwargs, self.grad_views = step.geometry, kwargs, grad_views
 
 
 class Executor:
@@ -117,7 +120,9 @@ class Executor:
         self._param_args: dict[str, dict] = {}  # step -> its parameters' views, by name
         # per step, what every call of it passes that no pass changes (made on first use)
         self._calls: dict[str, _Call] = {}
-        self._backwards: dict[int, tuple] = {}  # id(Backward) -> (it, its nodes, its params)
+        # id(Backward) -> (it, its nodes, its params, per node which inputs need a gradient)
+        self._backwards: dict[int, tuple] = {}
+        self._needs: dict[str, tuple] = {}  # the running backward's last entry
         # per batch size, the values the memory plan lodges in the gradient vector: node
         # -> the view of flat_grads its step writes (netdsl.lower.memory.MemoryPlan.lodge)
         self._lodgings: dict[int, dict] = {}
@@ -216,6 +221,9 @@ class Executor:
                     for name in segment.frees:
                         values.pop(name, None)  # checkpointed, a state source is not kept
                     continue
+                if not self.timed:
+                    self._straight(segment, values, training, check_finite)
+                    continue
                 for step, frees in zip(segment.steps, segment.frees):
                     values[step.node] = self._forward_step(step, values, training,
                                                            check_finite)
@@ -224,6 +232,34 @@ class Executor:
                     for name in frees:
                         del values[name]
         return {name: self._batch_major(values[name], name) for name in schedule.outputs}
+
+    def _straight(self, segment, values: dict, training: bool, check_finite: bool) -> None:
+        """The steps of a segment of a network without sequences: no folding, no lengths,
+        and what each call needs besides its inputs made once (`_Call`)."""
+        xp, rng, size, dtype = self.xp, self.rng, self.size, self.dtype
+        ctxs, buffers, homes, observer = self.ctxs, self.buffers, self._homes, self.observer
+        for step, frees in zip(segment.steps, segment.frees):
+            node, call = step.node, self._call(step)
+            ctx = ctxs[node] = Ctx(xp, training, rng, buffers[call.buffers], size, dtype)
+            ctx.geometry, ctx.compiled = call.geometry, call.compiled
+            xs = [values[s] for s in step.inputs]
+            if step.in_place:  # a chain's follower writes over its predecessor's output
+                ctx.out = xs[0]
+            elif homes:
+                ctx.out = homes.get(node)  # a value lodged in the gradient vector
+            kwargs = self.param_args(step) if call.kwargs is None else call.kwargs
+            if step.borrows:
+                kwargs = dict(kwargs)
+                for kw, (lender, saved) in step.borrows.items():
+                    kwargs[kw] = ctxs[lender].saved[saved]
+            y = values[node] = call.forward(ctx, *xs, **kwargs)
+            ctx.out = None  # else the context would hold the array after its value is freed
+            if check_finite:
+                self.check(check_finite, y, node, "forward")
+            if observer is not None:
+                observer.value(node, y)
+            for name in frees:
+                del values[name]
 
     def _lodged(self, batch: int) -> dict:
         """The views of the gradient vector that values live in at `batch`. The memory
@@ -253,35 +289,9 @@ class Executor:
                       if name not in step.slices))
         return call
 
-    def _plain_step(self, step: Step, values: dict, training: bool, check_finite: bool):
-        """A step of a network without sequences: no folding, no lengths, and what the
-        call needs besides its inputs made once (`_Call`)."""
-        call = self._call(step)
-        ctx = self.ctxs[step.node] = Ctx(self.xp, training, self.rng,
-                                         self.buffers[step.buffers_of or step.node],
-                                         self.size, self.dtype)
-        ctx.geometry, ctx.compiled = step.geometry, call.compiled
-        xs = [values[s] for s in step.inputs]
-        if step.in_place:  # a chain's follower writes over its predecessor's output
-            ctx.out = xs[0]
-        elif self._homes:
-            ctx.out = self._homes.get(step.node)  # a value lodged in the gradient vector
-        kwargs = self.param_args(step) if call.kwargs is None else call.kwargs
-        if step.borrows:
-            kwargs = dict(kwargs)
-            for kw, (node, saved) in step.borrows.items():
-                kwargs[kw] = self.ctxs[node].saved[saved]
-        y = call.forward(ctx, *xs, **kwargs)
-        ctx.out = None  # else the context would hold the array after its value is freed
-        if check_finite:
-            self.check(check_finite, y, step.node, "forward")
-        return y
-
     def _forward_step(self, step: Step, values: dict, training: bool, check_finite: bool):
-        """A step outside any loop: a per-step op reading sequences sees time folded into
-        the batch."""
-        if not self.timed:
-            return self._plain_step(step, values, training, check_finite)
+        """A step outside any loop of a network with sequences: a per-step op reading
+        them sees time folded into the batch."""
         xp, timed, whole = self.xp, self.timed, self.whole[step.node]
         xs = [values[s] for s in step.inputs]
         steps = [x.shape[0] for i, (x, s) in enumerate(zip(xs, step.inputs))
@@ -369,9 +379,11 @@ class Executor:
         self._written = set()
         facts = self._backwards.get(id(backward))
         if facts is None or facts[0] is not backward:
-            facts = self._backwards[id(backward)] = (backward, frozenset(backward.order),
-                                                     frozenset(backward.params))
-        wanted = facts[1]
+            facts = self._backwards[id(backward)] = (
+                backward, frozenset(backward.order), frozenset(backward.params),
+                {node: tuple(t is not None for t in targets)   # which inputs need one
+                 for node, targets in backward.grad_inputs.items()})
+        wanted, self._needs = facts[1], facts[3]
         with one_blas_thread(xp, self._last.host_split), native_conv.in_use(self.native_conv):
             for segment in reversed(self._last.segments):
                 if isinstance(segment, LoopSegment):
@@ -403,37 +415,45 @@ class Executor:
 
     def _backward_step(self, step: Step, gy, grads: dict, owned: set, backward: Backward,
                        check_finite: bool) -> None:
-        timed, whole = self.timed, self.whole[step.node]
-        ctx = self.ctxs[step.node]
-        targets = backward.grad_inputs[step.node]
-        folded = step.node in self.time
-        if folded and step.node in timed:
+        node, sequences = step.node, bool(self.timed)
+        ctx = self.ctxs[node]
+        if sequences and node in self.time and node in self.timed:
             gy = gy.reshape((-1,) + gy.shape[2:])
-        ctx.needs_input_grad = tuple(t is not None for t in targets)
-        ctx.gy_owned = step.node in owned   # popped from `grads`: nobody else reads it
+        ctx.needs_input_grad = self._needs[node]
+        ctx.gy_owned = node in owned   # popped from `grads`: nobody else reads it
         # a parameter's first gradient may be written straight into its storage
         written = self._written
         ctx.grad_out = {name: view for name, key, view in self._call(step).grad_views
                         if key not in written}
         input_grads, param_grads = step.op.backward(ctx, gy)
         ctx.saved.clear()
-        valid = self.valid.get(step.node)
-        for position, (source, target, grad) in enumerate(zip(step.inputs, targets, input_grads)):
+        fresh = step.op.fresh_grads
+        for position, (source, target, grad) in enumerate(
+                zip(step.inputs, backward.grad_inputs[node], input_grads)):
             if target is None or grad is None:
                 continue
-            if valid is not None:  # padded rows had no say in the loss: zero gradient
-                rows, total = valid
-                full = self.xp.zeros((total,) + grad.shape[1:], dtype=grad.dtype)
-                full[rows] = grad
-                grad = full
-            if folded and position not in whole:
-                grad = grad.reshape((self.time[step.node], self.size) + grad.shape[1:])
-                if source not in timed:  # a per-sequence value broadcast over the steps
-                    grad = grad.sum(axis=0)
+            if sequences:
+                grad = self._sequence_grad(step, position, source, grad)
             if check_finite:
-                self.check(check_finite, grad, step.node, "backward")
-            add_grad(grads, owned, target, grad, step.op.fresh_grads)
+                self.check(check_finite, grad, node, "backward")
+            add_grad(grads, owned, target, grad, fresh)
         self.store_param_grads(step, param_grads)
+
+    def _sequence_grad(self, step: Step, position: int, source: str, grad):
+        """An input's gradient from a step that read sequences: the padded rows a loss
+        left out back as zeros, time unfolded, summed over the steps for a per-sequence
+        value."""
+        valid = self.valid.get(step.node)
+        if valid is not None:  # padded rows had no say in the loss: zero gradient
+            rows, total = valid
+            full = self.xp.zeros((total,) + grad.shape[1:], dtype=grad.dtype)
+            full[rows] = grad
+            grad = full
+        if step.node in self.time and position not in self.whole[step.node]:
+            grad = grad.reshape((self.time[step.node], self.size) + grad.shape[1:])
+            if source not in self.timed:  # a per-sequence value broadcast over the steps
+                grad = grad.sum(axis=0)
+        return grad
 
     def store_param_grads(self, step: Step, param_grads: dict) -> None:
         """Write (or add, for a parameter already written this pass) a step's parameter

@@ -146,15 +146,35 @@ def _share(xp, y, weights, dtype):
     return w / w.sum()
 
 
+# below this many classes NumPy's max over the class axis of (B, C) logits pays per row
+# (12 us for a batch of 128 digits' logits); over a transposed copy it is 3 us
+FEW_CLASSES = 32
+
+
+def _class_max(xp, logits):
+    """The largest logit per position, (B, 1, *S): exact whichever way it is reduced."""
+    if logits.ndim == 2 and logits.shape[1] < FEW_CLASSES:
+        return xp.ascontiguousarray(logits.T).max(axis=0)[:, None]
+    return logits.max(axis=1, keepdims=True)
+
+
+def _picked(xp, x, y):
+    """x's entry at each position's label, (B, 1, *S)."""
+    if x.ndim == 2:  # an index pair: a third of take_along_axis's time on (128, 10)
+        return x[xp.arange(len(y)), y][:, None]
+    return xp.take_along_axis(x, y[:, None], axis=1)
+
+
 @overridable
 def softmax_cross_entropy(xp, logits, y, weights=None):
     """(loss as a 0-d array, probs): the mean of -log softmax(logits)_y over positions
     (weighted by the label's class weight, when given)."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = xp.exp(shifted)
+    shifted = logits - _class_max(xp, logits)
+    picked = _picked(xp, shifted, y)
+    probs = xp.exp(shifted, out=shifted)   # the labels' entries are read: exp in place
     total = probs.sum(axis=1, keepdims=True)
     probs /= total
-    picked = xp.take_along_axis(shifted, y[:, None], axis=1) - xp.log(total)  # log p_y
+    picked -= xp.log(total)  # log p_y
     return scalar(xp, -(picked * _share(xp, y, weights, logits.dtype)).sum()), probs
 
 
