@@ -46,9 +46,11 @@ from netdsl.runtime.optim import make_optimizer
 # an op name (netdsl's, or torch's without "aten::") -> the kind it is counted under;
 # the first pattern that matches wins
 KINDS = [
-    ("convolution", r"conv"),
+    # netdsl's project is a 1x1 convolution and its batchnorm: PyTorch's twin counts both
+    # here and under batchnorm
+    ("convolution", r"conv|^project$"),
     ("recurrent loop", r"^loop$|lstm|rnn|gru"),
-    ("dense (GEMM)", r"^(dense|project|addmm|mm|bmm|matmul|linear|t|transpose)$"),
+    ("dense (GEMM)", r"^(dense|addmm|mm|bmm|matmul|linear|t|transpose)$"),
     ("batchnorm", r"batch_?norm"),
     ("activation, fused chains", r"^(fused|relu|sigmoid|tanh|threshold_backward|"
                                  r"sigmoid_backward|tanh_backward|clamp_min)"),
