@@ -145,6 +145,10 @@ def weight_grad_scratch(dtype: str, sizes, images: int = 1) -> int:
 # every slab is done
 SLABS_PER_THREAD = 2
 
+# bytes of Python's own objects around a call and each slab (the arrays' headers, ctypes'
+# arguments, the slab's closure and result): 3-4 KiB a slab, measured by tracemalloc
+CALL_OBJECTS = 4096
+
 
 def slab_sizes(batch: int, threads: int) -> list[int]:
     """The slabs runtime.host splits a batch into on `threads` threads, as their sizes."""
@@ -185,7 +189,7 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
     found = {}
 
     def worst(each) -> int:
-        return item * max(each(*split) for split in splits)
+        return max(item * each(*split) + CALL_OBJECTS * (1 + split[1]) for split in splits)
 
     columns = gemm_scratch(sizes)
     found["gemm"] = (worst(lambda n, count, running: running * columns),
