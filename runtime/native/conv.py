@@ -378,17 +378,17 @@ def _fastest(candidates: dict) -> tuple[str, object]:
     time, all its threads': on a busy machine a run the scheduler pauses is not counted
     longer (the wall clock misjudged ResNet-20's layers at load 3-4), and the candidates
     split the batch over the threads alike."""
-    best = {name: math.inf for name in candidates}
-    results = {}
+    # only the fastest run's result is kept: beside the run under way, one output's memory
+    fastest, kept, shortest = None, None, math.inf
     for _ in range(TIMED_RUNS):
         for name, run in candidates.items():
             began = time.process_time()
             out = run()
             took = time.process_time() - began
-            if took < best[name]:
-                best[name], results[name] = took, out
-    name = min(best, key=best.get)
-    return name, results[name]
+            if took < shortest:
+                fastest, kept, shortest = name, out, took
+            del out
+    return fastest, kept
 
 
 def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=True):
