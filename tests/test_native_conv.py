@@ -514,6 +514,7 @@ def test_the_scratch_bound_covers_what_each_kernel_allocates(threads, monkeypatc
                                  lambda y: y.nbytes)
             backward = _allocated(lambda: native_conv.backward(gy, x, w, g, True, kind),
                                   lambda grads: grads[0].nbytes)
+            assert backward_bound > 0   # every case here runs each kind both ways
             for measured, bound in ((forward, forward_bound), (backward, backward_bound)):
                 assert 0 < measured <= bound, (case, kind, measured, bound)
                 if measured > 64 << 10:   # below, Python's objects (CALL_OBJECTS) dominate
@@ -530,6 +531,19 @@ def test_the_bound_splits_the_batch_as_the_host_does():
     for batch, threads in ((1, 2), (3, 2), (8, 2), (9, 4), (7, 1)):
         real = [s.stop - s.start for s in _host_slabs(batch, threads)]
         assert slab_sizes(batch, threads) == real
+
+
+def test_the_bound_counts_the_kernels_that_are_candidates():
+    """At pad 3 Winograd is a candidate forward only; at stride 2 not at all; at a
+    negative pad the direct kernels are none."""
+    def kinds(stride, pads):
+        g = Geometry.of((9, 9), (3, 3), (stride,) * 2, (1, 1), [pads] * 2)
+        return {kind: bool(backward) for kind, (_, backward) in
+                kernel_scratch("float32", geometry_sizes(4, 4, g), 2, 1).items()}
+    assert kinds(1, (1, 1)) == {"gemm": True, "direct": True, "winograd": True}
+    assert kinds(1, (3, 3)) == {"gemm": True, "direct": True, "winograd": False}
+    assert kinds(2, (1, 1)) == {"gemm": True, "direct": True}
+    assert kinds(1, (-1, 0)) == {"gemm": True}
 
 
 def _host_slabs(batch, threads):

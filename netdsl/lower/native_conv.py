@@ -18,6 +18,10 @@ Each takes the geometry as C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW.
   db += the sums of gy's rows, and (unless dx is NULL) the column gradients
   W^T (K, O) @ gy (O, N) in the same scratch, added back onto dx (col2im).
 
+Each kernel's scratch is a function of the sizes here (`gemm_scratch`, `direct_scratch`,
+`weight_grad_scratch`, `winograd_scratch`, ...), which the runtime allocates by and
+`kernel_scratch` sums into a bound per call for the memory plan.
+
 Only text is made here; netdsl.runtime.native.conv compiles and calls it.
 """
 from __future__ import annotations
@@ -175,7 +179,8 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
     functions runtime.native.conv allocates with), per slab its partial weight and bias
     gradients (kept until all are summed), and once per call what the call makes before
     or after the slabs (the flipped weight, Winograd's U, the weight gradient's
-    transform back). The largest over how the batch may be split: whole on one thread
+    transform back); 0 for a way the kind is no candidate (Winograd's backward at a pad
+    past 2). The largest over how the batch may be split: whole on one thread
     (an op too small to split), or in slab_sizes with `threads` slabs at once."""
     item = CTYPE_SIZES[dtype]
     c, o, kh, kw = sizes[0], sizes[3], sizes[4], sizes[5]
@@ -216,7 +221,7 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
             return 16 * shape[0] * shape[3] + running * winograd_scratch(dtype, shape, rows)
 
         forward = worst(lambda n, count, running: winograd_forward(sizes, running))
-        found["winograd"] = (forward, forward)
+        found["winograd"] = (forward, 0)   # backward too, where dx's pads allow (below)
         if flipped is not None:
             rows = winograd_rows(sizes, item)
 
