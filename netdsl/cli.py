@@ -475,7 +475,12 @@ def _compile(args) -> int:
         return 0
     print(format_totals(net, args.batch, trained) if args.quiet
           else format_cost_table(net, args.batch, args.depth, trained))
-    memory = format_training_memory(net, args.batch)
+    threads = 1
+    if args.target == "native":
+        from netdsl.runtime.host import host_threads  # the threads a native run splits over
+
+        threads = host_threads()
+    memory = format_training_memory(net, args.batch, args.target, threads)
     if memory and not args.quiet:
         print(memory)
     for line in [] if args.quiet else format_loop_memory(net, args.batch, args.steps,

@@ -138,10 +138,12 @@ def cost_json(net, batch: int = 1, depth: int | None = None,
             "total": {**total, "trainable": trainable, "non_trainable": frozen}}
 
 
-def format_training_memory(net, batch: int) -> str | None:
-    """One line: the planned peak memory of a training step, or None if it cannot train."""
+def format_training_memory(net, batch: int, target: str = "host", threads: int = 1
+                           ) -> str | None:
+    """One line: the planned peak memory of a training step on `target` (the native
+    target's convolutions on `threads` threads), or None if it cannot train."""
     try:
-        lowered = lower(net.graph)
+        lowered = lower(net.graph, target)
         settings = resolve_settings(net.graph.graph["train"])
     except SpecError:
         return None  # no loss, or a bad train clause: the table above is all there is
@@ -149,7 +151,7 @@ def format_training_memory(net, batch: int) -> str | None:
         return None  # buffer planning covers feed-forward steps; sequences run in a loop
     # the optimiser's state: momentum and Adagrad keep one parameter-sized array, Adam two
     _, rule = configure(settings.optimizer, settings.optimizer_settings)
-    memory = lowered.memory.at(batch, len(rule.state))
+    memory = lowered.memory.at(batch, len(rule.state), threads)
     return (f"training step at batch {batch}: planned peak {human(memory.peak, 'B')} = "
             f"activations {human(memory.slot_bytes, 'B')} in {len(memory.slots)} shared buffers "
             f"(unshared {human(memory.unshared_bytes, 'B')}) + parameters and gradients "
@@ -158,7 +160,13 @@ def format_training_memory(net, batch: int) -> str | None:
 
 
 def _scratch(memory) -> str:
-    """The convolutions' im2col scratch, when there is any: chunks of about CHUNK_BYTES."""
+    """The convolutions' scratch, when there is any: on the native target the largest of
+    any kernel a layer may be timed to run (NumPy's im2col among them); elsewhere im2col's
+    chunks of about CHUNK_BYTES."""
+    if memory.convolutions:
+        return (f" + convolution scratch {human(memory.scratch_bytes, 'B')} (largest "
+                f"candidate kernel per layer, {memory.threads} "
+                f"thread{'s' if memory.threads != 1 else ''})")
     if not memory.scratch_bytes:
         return ""
     return (f" + im2col scratch {human(memory.scratch_bytes, 'B')} (chunks of about "

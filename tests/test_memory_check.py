@@ -2,6 +2,7 @@
 against the memory the process may take; a refusal gives the estimate and the largest
 batch that fits, before a single parameter is made."""
 import io
+import os
 import resource
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from netdsl import cli
 from netdsl.app import memory_check
 from netdsl.app.memory_check import check_memory, fitting_batch, forward_estimate, training_estimate
 from netdsl.app.session import prepare
-from netdsl.driver import check_text
+from netdsl.driver import check_file, check_text
 from netdsl.errors import SpecError
 from netdsl.lower import lower
 from netdsl.ops import numeric
@@ -28,6 +29,7 @@ from netdsl.report import format_training_memory, human
 from netdsl.runtime.data import Dataset
 from netdsl.runtime import train
 from netdsl.runtime.init import initial_params
+from netdsl.runtime.native import toolchain
 from netdsl.tui.training import PostingReporter, train_network
 
 WIDE = """\
@@ -437,3 +439,92 @@ def test_eval_and_predict_plan_a_recurrent_network_at_its_data_length(tmp_path, 
     assert "even one example does not fit" in said and "shorter sequences" in said
     assert "Traceback" not in said
     assert cli.main(args + ["--force"]) == 0
+
+
+CONV = """\
+network c
+input x : [8, 32, 32]
+target y : class(4)
+z = x -> conv(16, 3, pad=1) -> relu -> conv(16, 3, pad=1) -> relu -> global_avgpool -> dense(4)
+loss cross_entropy(z, y)
+train sgd(lr=0.1), batch=BATCH
+"""
+
+
+def test_the_native_target_plans_its_convolution_kernels_scratch():
+    """Each convolution the compiled kernels may run is planned with the largest scratch
+    of its candidates (lower.native_conv.largest_scratch) at the run's threads; the host
+    target plans im2col's alone, as before."""
+    from netdsl.lower.native_conv import largest_scratch
+    graph = check_text(CONV.replace("BATCH", "16"), "c.net").graph
+    host_plan, native_plan = lower(graph).memory, lower(graph, "native").memory
+    assert host_plan.convolutions == () and host_plan.at(16, threads=2).scratch_bytes \
+        == host_plan.at(16).im2col_bytes
+    layers = native_plan.convolutions
+    assert layers == ((8, 32, 32, 16, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1),
+                      (16, 32, 32, 16, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1))
+    for batch, threads in ((1, 1), (1, 2), (16, 2), (256, 2)):
+        memory = native_plan.at(batch, threads=threads)
+        assert memory.threads == threads
+        assert memory.convolution_bytes == max(largest_scratch("float32", sizes, batch, threads)
+                                               for sizes in layers)
+        assert memory.scratch_bytes == max(memory.im2col_bytes, memory.convolution_bytes)
+    # at batch 1 Winograd's chunks of tiles, on two threads, are more than im2col's columns
+    assert native_plan.at(1, threads=2).convolution_bytes > native_plan.at(1).im2col_bytes
+
+
+def test_compile_reports_the_convolution_scratch_on_the_native_target(tmp_path, monkeypatch,
+                                                                      capsys):
+    """`netc compile specs/resnet20.net --target native` counts the convolution scratch
+    in the planned peak and says what it is; the host target's line is as before."""
+    from netdsl.runtime.host import host_threads
+    monkeypatch.setenv("NETDSL_CACHE", str(tmp_path))
+    spec = os.path.join(ROOT, "specs", "resnet20.net")
+    net = check_file(spec)
+    for target in ("host", "native"):
+        assert cli.main(["compile", spec, "--target", target]) == 0
+        said = capsys.readouterr().out
+        line = next(line for line in said.splitlines() if "planned peak" in line)
+        memory = lower(net.graph, target).memory.at(1, 1, host_threads())
+        assert f"planned peak {human(memory.peak, 'B')} = " in line
+        if target == "host":
+            assert line.endswith(f"+ im2col scratch {human(memory.im2col_bytes, 'B')} (chunks "
+                                 "of about 4.0 MiB of columns, one example's at least)")
+            assert "convolution scratch" not in line
+        else:
+            threads = host_threads()
+            assert line.endswith(f"+ convolution scratch {human(memory.scratch_bytes, 'B')} "
+                                 f"(largest candidate kernel per layer, {threads} thread"
+                                 + ("s)" if threads != 1 else ")"))
+            assert "im2col" not in line
+    single = format_training_memory(net, 1, "native", 2)
+    assert "(largest candidate kernel per layer, 2 threads)" in single
+    assert "1.5 MiB (largest" in single   # Winograd's chunks: more than im2col's 659.4 KiB
+
+
+@pytest.mark.skipif(toolchain.compiler() is None, reason="no C compiler")
+@pytest.mark.parametrize("kernel", [None, "gemm", "direct", "winograd"])
+def test_a_native_convolutional_estimate_is_what_a_run_takes(kernel, tmp_path, monkeypatch):
+    """Measured as the feed-forward estimate is, on the native target: once the layers'
+    choices are timed (the first step, which times them, holds one or two layer outputs
+    more), the planned peak, with the convolutions' scratch, is what two steps take,
+    whichever kernel runs."""
+    from netdsl.runtime.host import host_threads
+    from netdsl.runtime.native import conv as native_conv
+    monkeypatch.setenv("NETDSL_CACHE", str(tmp_path))
+    batch = 256
+    session = prepare(check_text(CONV.replace("BATCH", str(batch)), "c.net"), {"steps": 2},
+                      native=True)
+    assert session.lowered.target.name == "native"
+    estimate = training_estimate(session.lowered, session.settings)
+    memory = session.lowered.memory.at(batch, threads=host_threads())
+    assert estimate.fixed >= memory.scratch_bytes > 0
+    rng = np.random.default_rng(0)
+    data = Dataset({"x": rng.standard_normal((2 * batch, 8, 32, 32)).astype(np.float32),
+                    "y": rng.integers(0, 4, 2 * batch)}, "test data")
+    session.trainer(None).fit(data, None)   # the choices, timed once
+    if kernel is not None:
+        monkeypatch.setattr(native_conv, "choose", lambda *a, **k: (
+            {"forward": kernel, "backward": kernel}, None))
+    peak = training_peak(session, data)
+    assert 0.97 * peak <= estimate.peak <= 1.2 * peak, (peak, estimate)

@@ -14,10 +14,14 @@
 - the Winograd F(2x2, 3x3) kernels (forward; backward dx by the forward and dweight
   in the transformed domain) equal float64
   PyTorch and the NumPy path on 3x3 layers at stride 1 (pads 0-2, odd and even sizes,
-  1 to 64 channels, batch 1 and 3), and is a candidate only where it fits.
+  1 to 64 channels, batch 1 and 3), and is a candidate only where it fits;
+- each kernel's scratch bound (lower.native_conv.kernel_scratch, which the memory plan
+  counts) is at least what a call allocates, measured by tracemalloc, on one and two
+  threads.
 """
 import json
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -25,7 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, assert_golden, run_netc
-from netdsl.lower.native_conv import conv_module, direct_blocks, direct_kernel, winograd_module
+from netdsl.lower.native_conv import (SLABS_PER_THREAD, conv_module, direct_blocks,
+                                      direct_kernel, geometry_sizes, kernel_scratch,
+                                      largest_scratch, slab_sizes, winograd_fits,
+                                      winograd_module)
 from netdsl.ops import convolve
 from netdsl.ops.windows import Geometry
 from netdsl.runtime import host
@@ -456,3 +463,90 @@ def test_winograd_chunks_across_images_equal_pytorch(rows, monkeypatch):
     for mine, theirs in zip(got, want):
         np.testing.assert_allclose(mine, theirs, rtol=1e-12,
                                    atol=1e-12 * float(np.abs(theirs).max()))
+
+
+# (batch, channels in, out, spatial, kernel, stride, pad, dilation): ResNet-20's and
+# LeNet-5's layers at small batches, a strided 1x1 shortcut, uneven strides, rank 1
+SCRATCH_CASES = [
+    (8, 16, 16, (32, 32), (3, 3), (1, 1), (1, 1), (1, 1)),
+    (8, 3, 16, (32, 32), (3, 3), (1, 1), (1, 1), (1, 1)),
+    (8, 16, 32, (32, 32), (3, 3), (2, 2), (1, 1), (1, 1)),
+    (8, 16, 32, (32, 32), (1, 1), (2, 2), (0, 0), (1, 1)),
+    (8, 64, 64, (8, 8), (3, 3), (1, 1), (1, 1), (1, 1)),
+    (8, 32, 32, (16, 16), (3, 3), (1, 1), (0, 0), (1, 1)),
+    (8, 1, 6, (28, 28), (5, 5), (1, 1), (2, 2), (1, 1)),
+    (4, 4, 5, (13, 11), (3, 3), (3, 2), (1, 0), (2, 1)),
+    (8, 8, 16, (200,), (5,), (1,), (2,), (1,)),
+]
+
+
+def _allocated(call, made) -> int:
+    """Bytes tracemalloc sees allocated at the peak of `call()`, less those of the arrays
+    `made(result)` that the memory plan counts as values (y, dx)."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        result = call()
+        return tracemalloc.get_traced_memory()[1] - base - made(result)
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_scratch_bound_covers_what_each_kernel_allocates(threads, monkeypatch):
+    """lower.native_conv.kernel_scratch, per kernel forward and backward (with dx), is at
+    least what a call allocates beyond its output, measured by tracemalloc (NumPy reports
+    its arrays to it) on one thread and on two (four slabs), and at most 1.1 times it on
+    one thread, for calls over 64 KiB (measured 1.00-1.07); on two it also bounds an op
+    too small to split (whole on one thread), which makes it up to 4 times what a split
+    call takes (measured 1.0-3.6, a chunk of 8 padded images against 2)."""
+    monkeypatch.setattr(host, "host_threads", lambda: threads)
+    ratios = []
+    for case in SCRATCH_CASES:
+        g, x, w, bias, gy = _problem(case, "float32")
+        sizes = geometry_sizes(x.shape[1], w.shape[0], g)
+        bounds = kernel_scratch("float32", sizes, len(x), threads)
+        assert set(bounds) == ({"gemm", "direct", "winograd"} if winograd_fits(
+            g.kernel, g.stride, g.dilation, g.lows) else {"gemm", "direct"})
+        for kind, (forward_bound, backward_bound) in bounds.items():
+            native_conv.backward(gy, x, w, g, True, kind)   # libraries loaded, pools made
+            forward = _allocated(lambda: native_conv.forward(kind, x, w, bias, g),
+                                 lambda y: y.nbytes)
+            backward = _allocated(lambda: native_conv.backward(gy, x, w, g, True, kind),
+                                  lambda grads: grads[0].nbytes)
+            assert backward_bound > 0   # every case here runs each kind both ways
+            for measured, bound in ((forward, forward_bound), (backward, backward_bound)):
+                assert 0 < measured <= bound, (case, kind, measured, bound)
+                if measured > 64 << 10:   # below, Python's objects (CALL_OBJECTS) dominate
+                    ratios.append(bound / measured)
+        assert largest_scratch("float32", sizes, len(x), threads) == max(
+            max(pair) for pair in bounds.values())
+    assert max(ratios) <= (1.1 if threads == 1 else 4), sorted(ratios)[-5:]
+
+
+def test_the_bound_splits_the_batch_as_the_host_does():
+    """The lowering may not import the runtime: its copy of the slabs per thread, and the
+    slabs it splits a batch into, are the host's."""
+    assert SLABS_PER_THREAD == host.SLABS_PER_THREAD
+    for batch, threads in ((1, 2), (3, 2), (8, 2), (9, 4), (7, 1)):
+        real = [s.stop - s.start for s in _host_slabs(batch, threads)]
+        assert slab_sizes(batch, threads) == real
+
+
+def test_the_bound_counts_the_kernels_that_are_candidates():
+    """At pad 3 Winograd is a candidate forward only; at stride 2 not at all; at a
+    negative pad the direct kernels are none."""
+    def kinds(stride, pads):
+        g = Geometry.of((9, 9), (3, 3), (stride,) * 2, (1, 1), [pads] * 2)
+        return {kind: bool(backward) for kind, (_, backward) in
+                kernel_scratch("float32", geometry_sizes(4, 4, g), 2, 1).items()}
+    assert kinds(1, (1, 1)) == {"gemm": True, "direct": True, "winograd": True}
+    assert kinds(1, (3, 3)) == {"gemm": True, "direct": True, "winograd": False}
+    assert kinds(2, (1, 1)) == {"gemm": True, "direct": True}
+    assert kinds(1, (-1, 0)) == {"gemm": True}
+
+
+def _host_slabs(batch, threads):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(host, "host_threads", lambda: threads)
+        return host._slabs(np, batch)

@@ -16,6 +16,7 @@ from netdsl.lower.loop_memory import outside_sequence_numbers, recurrence_figure
 from netdsl.lower.memory import MemoryPlan
 from netdsl.optimizers import configure
 from netdsl.report import human
+from netdsl.runtime.host import host_threads
 from netdsl.runtime.memory import available_bytes
 from netdsl.settings import TrainSettings
 
@@ -54,8 +55,9 @@ class Estimate:
 
 def training_estimate(lowered: Lowered, settings: TrainSettings, steps: int | None = None
                       ) -> Estimate:
-    """A training step at the settings' batch: the shared activation buffers, and what is
-    sized like the parameters: the parameters, their gradients, the optimiser's state and
+    """A training step at the settings' batch: the shared activation buffers, the
+    convolutions' scratch (MemoryPlan.scratch_bytes), and what is sized like the
+    parameters: the parameters, their gradients, the optimiser's state and
     scratch, and the best epoch's parameters under early stopping. A network with a time
     axis has no buffer plan (its length is the data's): its activations are planned over
     `steps` time steps (see the module's docstring); without them only what is sized like
@@ -71,9 +73,11 @@ def training_estimate(lowered: Lowered, settings: TrainSettings, steps: int | No
     if memory is None:
         return Estimate(settings.batch, fixed, _sequence_bytes(lowered, settings, steps),
                         f"training step over {steps:,} time steps")
-    # at the batch itself: which values live in the gradient vector depends on it
-    memory = memory.at(settings.batch)
-    return Estimate(settings.batch, fixed, memory.slot_bytes // memory.batch, "training step")
+    # at the batch itself: which values live in the gradient vector depends on it. The
+    # convolutions' scratch (one chunk, or one call's per thread) is counted as fixed
+    memory = memory.at(settings.batch, threads=host_threads())
+    return Estimate(settings.batch, fixed + memory.scratch_bytes,
+                    memory.slot_bytes // memory.batch, "training step")
 
 
 def _sequence_bytes(lowered: Lowered, settings: TrainSettings, steps: int) -> int:

@@ -20,6 +20,12 @@ before then may live there instead (`MemoryPlan.lodge`), as PyTorch's allocator 
 a freed activation's memory to a gradient made later: the step then allocates nothing
 for it. Its op must write its result where it is told (`Op.fills_out`).
 
+A convolution's work arrays are made and freed inside its call: the NumPy path's
+im2col columns in chunks (`Op.scratch`), and on the native target the compiled
+kernels' scratch, one per slab running at once (lower.native_conv.kernel_scratch).
+Which kernel a layer runs is timed at run time, so the plan counts the largest any of
+its candidates may hold, at the threads a run lends (`MemoryPlan.threads`).
+
 Buffers whose intervals do not overlap share memory: a first-fit assignment of
 intervals to slots gives the planned peak. The executors follow the same
 lifetimes (they drop each array at the end of its interval), so the plan is what
@@ -30,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from netdsl.lower.autodiff import Backward
+from netdsl.lower.native_conv import geometry_sizes, largest_scratch
 from netdsl.lower.plan import Plan
 from netdsl.ops.base import input_names
 from netdsl.ops.parallel import chunk_examples
@@ -74,6 +81,10 @@ class MemoryPlan:
     lodged: dict[str, int] = field(default_factory=dict)  # value -> element offset there
     # a host chain's follower -> the chain's first step, whose buffer it writes over
     followers: dict[str, str] = field(default_factory=dict)
+    # on the native target, lower.native_conv's GEOMETRY values of each convolution its
+    # compiled kernels may run, and the host threads their slabs run on
+    convolutions: tuple[tuple[int, ...], ...] = ()
+    threads: int = 1
 
     @property
     def activation_peak(self) -> int:
@@ -94,11 +105,24 @@ class MemoryPlan:
         return sum(b.bytes for b in self.buffers)
 
     @property
-    def scratch_bytes(self) -> int:
-        """The largest work array set one step holds at once (im2col columns): a chunk of
-        about CHUNK_BYTES of columns, one example's at least, which the step frees."""
+    def im2col_bytes(self) -> int:
+        """The largest im2col work array set one step holds at once: a chunk of about
+        CHUNK_BYTES of columns, one example's at least, which the step frees."""
         return max((chunk_examples(self.batch, sizing) * held
                     for sizing, held in self.scratch_per_example if held), default=0)
+
+    @property
+    def convolution_bytes(self) -> int:
+        """On the native target, the largest scratch a convolution's candidate kernels
+        may hold in one call over the batch on `threads` threads (float32, as runs use)."""
+        return max((largest_scratch("float32", sizes, self.batch, self.threads)
+                    for sizes in self.convolutions), default=0)
+
+    @property
+    def scratch_bytes(self) -> int:
+        """The largest work arrays one call of the step holds at once, which it frees: the
+        im2col columns' chunk, or a native convolution kernel's scratch."""
+        return max(self.im2col_bytes, self.convolution_bytes)
 
     @property
     def peak(self) -> int:
@@ -107,15 +131,20 @@ class MemoryPlan:
         return (self.slot_bytes + self.scratch_bytes + 2 * self.param_bytes
                 + self.optimizer_bytes)
 
-    def at(self, batch: int, optimizer_slots: int = 0) -> "MemoryPlan":
+    def at(self, batch: int, optimizer_slots: int = 0, threads: int | None = None
+           ) -> "MemoryPlan":
         """This plan, made for batch 1, at `batch` and with an optimiser that keeps
-        `optimizer_slots` parameter-sized arrays. Every buffer grows by the same factor;
-        which values fit in the gradient vector depends on the batch."""
+        `optimizer_slots` parameter-sized arrays (and native convolutions on `threads`
+        threads, unless the same). Every buffer grows by the same factor; which values
+        fit in the gradient vector depends on the batch."""
         scale = batch // self.batch
         buffers = [replace(b, bytes=b.bytes * scale) for b in self.buffers]
-        return _shared(batch, buffers, self.param_bytes, optimizer_slots * self.param_bytes,
-                       self.scratch_per_example, self.lodgeable, self.written_at,
-                       self.param_sizes, self.followers)
+        memory = _shared(batch, buffers, self.param_bytes, optimizer_slots * self.param_bytes,
+                         self.scratch_per_example, self.lodgeable, self.written_at,
+                         self.param_sizes, self.followers)
+        memory.convolutions = self.convolutions
+        memory.threads = self.threads if threads is None else threads
+        return memory
 
     def lodge(self, batch: int, spans: dict[str, tuple[int, int]]) -> dict[str, int]:
         """Where in a flat gradient vector laid out as `spans` (parameter key -> its
@@ -196,12 +225,14 @@ def _bytes(plan: Plan, node: str, batch: int) -> int:
 
 
 def plan_memory(plan: Plan, backward: Backward, batch: int = 1,
-                optimizer_slots: int = 0, outputs=frozenset()) -> MemoryPlan:
+                optimizer_slots: int = 0, outputs=frozenset(), native: bool = False
+                ) -> MemoryPlan:
     """Lifetimes and slots for one training step at `batch` (`MemoryPlan.at` scales it).
 
     `optimizer_slots` is how many parameter-sized arrays the optimiser keeps
     (momentum 1, Adam 2). `outputs` are values a pass may return, which must outlive it
-    and so never live in the gradient vector.
+    and so never live in the gradient vector. `native`: the step runs on the native
+    target, whose compiled convolution kernels hold scratch of their own.
     """
     n = len(plan.steps)
     at = {step.node: i for i, step in enumerate(plan.steps)}
@@ -239,10 +270,26 @@ def plan_memory(plan: Plan, backward: Backward, batch: int = 1,
     params = sum(p.size for p in plan.params.values()) * 4
     scratch = tuple(s for s in (step.op.scratch(*step.input_types) for step in plan.steps)
                     if s[1])
-    return _shared(batch, buffers, params, optimizer_slots * params, scratch,
-                   _lodgeable(plan, holder, size, outputs, batch),
-                   _written_at(plan, backward, back_at),
-                   {key: p.size for key, p in plan.params.items()}, holder)
+    memory = _shared(batch, buffers, params, optimizer_slots * params, scratch,
+                     _lodgeable(plan, holder, size, outputs, batch),
+                     _written_at(plan, backward, back_at),
+                     {key: p.size for key, p in plan.params.items()}, holder)
+    memory.convolutions = _native_convolutions(plan) if native else ()
+    return memory
+
+
+def _native_convolutions(plan: Plan) -> tuple[tuple[int, ...], ...]:
+    """GEOMETRY's values of each convolution the native target's compiled kernels may
+    run (`Op.convolves`: rank 1 or 2, no groups; runtime.native.conv's `covered`)."""
+    found = []
+    for step in plan.steps:
+        convolution = step.op.convolves(*step.input_types)
+        if convolution is None or convolution[1] != 1 or len(convolution[0].kernel) > 2:
+            continue
+        x = step.input_types[0]
+        weight = step.op.params(*step.input_types)["weight"]
+        found.append(geometry_sizes(x.dims[0], weight[0], convolution[0]))
+    return tuple(found)
 
 
 def _lodgeable(plan: Plan, holder: dict, size: dict, outputs, batch: int) -> dict[str, int]:

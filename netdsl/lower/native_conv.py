@@ -18,14 +18,20 @@ Each takes the geometry as C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW.
   db += the sums of gy's rows, and (unless dx is NULL) the column gradients
   W^T (K, O) @ gy (O, N) in the same scratch, added back onto dx (col2im).
 
+Each kernel's scratch is a function of the sizes here (`gemm_scratch`, `direct_scratch`,
+`weight_grad_scratch`, `winograd_scratch`, ...), which the runtime allocates by and
+`kernel_scratch` sums into a bound per call for the memory plan.
+
 Only text is made here; netdsl.runtime.native.conv compiles and calls it.
 """
 from __future__ import annotations
 
 from netdsl.lower.cuda import CTYPES
+from netdsl.ops.parallel import CHUNK_BYTES, chunk_examples
 
 __all__ = ["conv_module", "FUNCTIONS", "OUTPUT_BLOCK", "GEOMETRY", "lanes", "planes",
-           "direct_blocks", "direct_kernel",
+           "direct_blocks", "direct_kernel", "geometry_sizes", "gemm_scratch",
+           "slab_sizes", "kernel_scratch", "largest_scratch", "SLABS_PER_THREAD",
            "direct_scratch", "weight_grad_scratch", "winograd_module", "WINOGRAD_FUNCTIONS",
            "winograd_fits", "winograd_rows", "winograd_scratch",
            "winograd_grad_scratch"]
@@ -100,6 +106,26 @@ def _span(sizes, block: int) -> int:
     return -(-((oh - 1) * wq + ow) // block) * block
 
 
+def geometry_sizes(channels: int, out_channels: int, geometry) -> tuple[int, ...]:
+    """GEOMETRY's values for a convolution of `channels` into `out_channels` over an
+    ops.windows.Geometry; rank 1 as rank 2 with a height of one."""
+    g = geometry
+    if len(g.spatial) == 1:
+        spatial, kernel, out = (1, *g.spatial), (1, *g.kernel), (1, *g.out)
+        stride, dilation, lows = (1, *g.stride), (1, *g.dilation), (0, *g.lows)
+    else:
+        spatial, kernel, out, stride, dilation, lows = (g.spatial, g.kernel, g.out, g.stride,
+                                                        g.dilation, g.lows)
+    return (channels, *spatial, out_channels, *kernel, *out, *stride, *lows, *dilation)
+
+
+def gemm_scratch(sizes) -> int:
+    """Elements of conv_forward_gemm's and conv_backward_gemm's scratch: one image's
+    columns (C*KH*KW, OH*OW)."""
+    c, _, _, _, kh, kw, oh, ow = sizes[:8]
+    return c * kh * kw * oh * ow
+
+
 def direct_scratch(dtype: str, sizes, kernel: str) -> int:
     """Elements of a direct forward kernel's scratch: P and its slack, the weights
     (K, O) in whole blocks, and a block's output rows."""
@@ -114,6 +140,106 @@ def weight_grad_scratch(dtype: str, sizes, images: int = 1) -> int:
     o, w = sizes[3], lanes(dtype) // 2
     blocks = -(-o // (OUTPUT_BLOCK // 2)) * (OUTPUT_BLOCK // 2)
     return images * (planes(sizes) + blocks * _span(sizes, w)) + w
+
+
+# ---- the scratch a layer's kernels hold at once, for the memory plan
+
+# slabs per host thread (runtime.host.SLABS_PER_THREAD; a test holds them equal): the
+# lowering may not import the runtime, and a slab's partial weight gradients live until
+# every slab is done
+SLABS_PER_THREAD = 2
+
+# bytes of Python's own objects around a call and each slab (the arrays' headers, ctypes'
+# arguments, the slab's closure and result): 3-4 KiB a slab, measured by tracemalloc
+CALL_OBJECTS = 4096
+
+
+def slab_sizes(batch: int, threads: int) -> list[int]:
+    """The slabs runtime.host splits a batch into on `threads` threads, as their sizes."""
+    count = max(1, min(SLABS_PER_THREAD * threads if threads > 1 else 1, batch))
+    bounds = [batch * i // count for i in range(count + 1)]
+    return [hi - lo for lo, hi in zip(bounds, bounds[1:])]
+
+
+def _flipped_sizes(sizes) -> tuple[int, ...] | None:
+    """The sizes of dx as a forward over gy with the weight flipped (stride 1), or None
+    where its pads would be negative (as runtime.native.conv's _input_grad_geometry)."""
+    c, h, w, o, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw = sizes
+    lows = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
+    if (sh, sw) != (1, 1) or min(lows) < 0:
+        return None
+    return (o, oh, ow, c, kh, kw, h, w, 1, 1, *lows, dh, dw)
+
+
+def kernel_scratch(dtype: str, sizes, batch: int, threads: int
+                   ) -> dict[str, tuple[int, int]]:
+    """Bytes each compiled kernel that may run this layer holds beyond its inputs and
+    outputs, at most, in one call over `batch` images on `threads` threads: kind ->
+    (forward, backward with dx). Per slab running at once its scratch (sized by the
+    functions runtime.native.conv allocates with), per slab its partial weight and bias
+    gradients (kept until all are summed), and once per call what the call makes before
+    or after the slabs (the flipped weight, Winograd's U, the weight gradient's
+    transform back); 0 for a way the kind is no candidate (Winograd's backward at a pad
+    past 2). The largest over how the batch may be split: whole on one thread
+    (an op too small to split), or in slab_sizes with `threads` slabs at once."""
+    item = CTYPE_SIZES[dtype]
+    c, o, kh, kw = sizes[0], sizes[3], sizes[4], sizes[5]
+    weight = o * c * kh * kw
+    splits = {(batch, 1, 1)}
+    slabs = slab_sizes(batch, threads)
+    if len(slabs) > 1:
+        splits.add((max(slabs), len(slabs), min(threads, len(slabs))))
+    lows_fit = min(sizes[10], sizes[11]) >= 0
+    flipped = _flipped_sizes(sizes)
+    found = {}
+
+    def worst(each) -> int:
+        return max(item * each(*split) + CALL_OBJECTS * (1 + split[1]) for split in splits)
+
+    columns = gemm_scratch(sizes)
+    found["gemm"] = (worst(lambda n, count, running: running * columns),
+                     worst(lambda n, count, running: count * (weight + o) + running * columns))
+    if lows_fit:
+        def direct_forward(shape, running):
+            return running * direct_scratch(dtype, shape, direct_kernel(dtype, shape))
+
+        per_image = weight_grad_scratch(dtype, sizes) * item
+
+        def direct_backward(n, count, running):
+            images = chunk_examples(n, per_image, CHUNK_BYTES // running)
+            slab = weight_grad_scratch(dtype, sizes, images)
+            if flipped is None:   # dx by col2im, its columns beside the chunk's scratch
+                return count * (weight + o) + running * (slab + columns)
+            return max(weight + direct_forward(flipped, running),
+                       count * (weight + o) + running * slab)
+
+        found["direct"] = (worst(lambda n, count, running: direct_forward(sizes, running)),
+                           worst(direct_backward))
+    if winograd_fits(sizes[4:6], sizes[8:10], sizes[12:14], sizes[10:12]):
+        def winograd_forward(shape, running):
+            rows = winograd_rows(shape, item)
+            return 16 * shape[0] * shape[3] + running * winograd_scratch(dtype, shape, rows)
+
+        forward = worst(lambda n, count, running: winograd_forward(sizes, running))
+        found["winograd"] = (forward, 0)   # backward too, where dx's pads allow (below)
+        if flipped is not None:
+            rows = winograd_rows(sizes, item)
+
+            def winograd_backward(n, count, running):
+                partials = count * (16 * o * c + o)
+                # dW = G^T . G by einsum: its (3, 4, O, C) intermediate, the result, a copy
+                after = partials + 12 * o * c + 2 * weight
+                return max(weight + winograd_forward(flipped, running), after,
+                           partials + running * winograd_grad_scratch(dtype, sizes, rows))
+
+            found["winograd"] = (forward, worst(winograd_backward))
+    return found
+
+
+def largest_scratch(dtype: str, sizes, batch: int, threads: int) -> int:
+    """Bytes of the largest scratch any compiled kernel may hold for this layer, forward
+    or backward (kernel_scratch): which runs is chosen by timing, at run time."""
+    return max(max(pair) for pair in kernel_scratch(dtype, sizes, batch, threads).values())
 
 
 _DIRECT = """\

@@ -184,7 +184,8 @@ def lower(network, target: str = "host", outputs=None, verify: bool | None = Non
     segments = stages["schedule"] = schedule(plan, everything)
     check(plan, segments)
     stages["plan_memory"] = (None if plan.sequential
-                             else plan_memory(plan, backward, outputs=everything))
+                             else plan_memory(plan, backward, outputs=everything,
+                                             native=kind.name == "native"))
     stages["codegen"] = _codegen(plan, backward, kind.op_programs) if kind.kernels else {}
     lowered = Lowered(kind, outputs, stages)
     lowered._schedules[segments.outputs] = segments

@@ -40,7 +40,8 @@ import numpy as np
 
 from netdsl import atomic
 from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, conv_module,
-                                      direct_kernel, direct_scratch, weight_grad_scratch,
+                                      direct_kernel, direct_scratch, gemm_scratch,
+                                      geometry_sizes, weight_grad_scratch,
                                       winograd_fits, winograd_grad_scratch, winograd_module,
                                       winograd_rows, winograd_scratch)
 from netdsl.ops import convolve, parallel
@@ -122,12 +123,7 @@ def covered(x, weight, geometry: Geometry, groups: int) -> bool:
 
 def _sizes(x, weight, g: Geometry) -> tuple[int, ...]:
     """GEOMETRY's values; rank 1 as rank 2 with a height of one."""
-    if x.ndim == 3:
-        g = Geometry((1, *g.spatial), (1, *g.kernel), (1, *g.stride), (1, *g.dilation),
-                     ((0, 0), *g.pads), (1, *g.out))
-    (h, w), (kh, kw), (oh, ow) = g.spatial, g.kernel, g.out
-    (sh, sw), (dh, dw), (ph, pw) = g.stride, g.dilation, g.lows
-    return (x.shape[1], h, w, weight.shape[0], kh, kw, oh, ow, sh, sw, ph, pw, dh, dw)
+    return geometry_sizes(x.shape[1], weight.shape[0], g)
 
 
 def _direct_fits(g: Geometry) -> bool:
@@ -159,7 +155,7 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
         kernel = kernel or direct_kernel(dtype, sizes)
         scratch = direct_scratch(dtype, sizes, kernel)
     else:
-        kernel, scratch = "conv_forward_gemm", math.prod(sizes[i] for i in (0, 4, 5, 6, 7))
+        kernel, scratch = "conv_forward_gemm", gemm_scratch(sizes)
     function = getattr(library, kernel)
     o, kh, kw = sizes[3], sizes[4], sizes[5]
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
@@ -281,7 +277,7 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
         return _winograd_backward(gy, x, weight, geometry, need_dx)
     library, address = _library(str(x.dtype))
     sizes = _sizes(x, weight, geometry)
-    c, o, kh, kw, oh, ow = sizes[0], sizes[3], sizes[4], sizes[5], sizes[6], sizes[7]
+    o, kh, kw = sizes[3], sizes[4], sizes[5]
     gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
     direct = kind == "direct"
@@ -292,7 +288,7 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
         dx = forward("direct", gy, _flipped(weight), None, _input_grad_geometry(geometry))
     elif need_dx:
         dx = np.empty(x.shape, dtype=x.dtype)
-    columns = c * kh * kw * oh * ow   # conv_backward_gemm's scratch: an image's columns
+    columns = gemm_scratch(sizes)   # conv_backward_gemm's scratch: an image's columns
     # the direct weight gradient sums over a chunk of images in one call (its scratch
     # holds each padded): a small image's few positions would not fill its loops
     per_image = weight_grad_scratch(str(x.dtype), sizes)
@@ -382,17 +378,17 @@ def _fastest(candidates: dict) -> tuple[str, object]:
     time, all its threads': on a busy machine a run the scheduler pauses is not counted
     longer (the wall clock misjudged ResNet-20's layers at load 3-4), and the candidates
     split the batch over the threads alike."""
-    best = {name: math.inf for name in candidates}
-    results = {}
+    # only the fastest run's result is kept: beside the run under way, one output's memory
+    fastest, kept, shortest = None, None, math.inf
     for _ in range(TIMED_RUNS):
         for name, run in candidates.items():
             began = time.process_time()
             out = run()
             took = time.process_time() - began
-            if took < best[name]:
-                best[name], results[name] = took, out
-    name = min(best, key=best.get)
-    return name, results[name]
+            if took < shortest:
+                fastest, kept, shortest = name, out, took
+            del out
+    return fastest, kept
 
 
 def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=True):
