@@ -47,6 +47,9 @@ _TOP_LEVEL = frozenset(("import", "network", "input", "target", "state", "block"
                         "train", "for", "share"))
 _IN_BODY = frozenset(("in", "out", "state", "loss", "train", "for", "share"))
 
+# the tokens after a name or number that make it part of something larger: a call, a
+# delay, a dimension, arithmetic
+_OPERAND_GOES_ON = frozenset(("(", "[", ".", "+", "-", "*", "/"))
 # as netdsl.parse: numbers beyond this are refused; sums longer than this are balanced
 _LARGEST = 2**63
 _LONG_SUM = 16
@@ -147,7 +150,7 @@ class _Parser:
 
     def span(self, line, col, end_line, end_col) -> Span:
         """A rule's span from Lark-style positions (end_col is exclusive)."""
-        return Span(self.file, line, col, end_line, max(col, end_col - 1))
+        return Span(self.file, line, col, end_line, end_col - 1 if end_col > col else col)
 
     # ---- the file
 
@@ -332,6 +335,13 @@ class _Parser:
         return ast.Out(tuple(values), self.span(self.lines[first], self.cols[first], *end))
 
     def assign(self):
+        i = self.i
+        if self.kinds[i + 1] == "=":  # one name, the common case
+            self.i = i + 2
+            value, _, _, end_line, end_col = self.expr()
+            line = self.lines[i]
+            return ast.Assign((self.values[i],), value, self.span(line, self.cols[i], end_line, end_col),
+                              (self.tok(i),))
         names = [self.name()]
         while self.kinds[self.i] == ",":
             self.i += 1
@@ -402,16 +412,23 @@ class _Parser:
     # ---- expressions: (node, first line, first column, last line, end column)
 
     def expr(self):
-        source = self.sum()
-        if self.kinds[self.i] != "ARROW":
+        i = self.i
+        kinds = self.kinds
+        kind = kinds[i]
+        if (kind == "NAME" or kind == "NUMBER") and kinds[i + 1] not in _OPERAND_GOES_ON:
+            source = self.plain(i)  # most operands: one name or number, without the descent
+        else:
+            source = self.sum()
+        if kinds[self.i] != "ARROW":
             return source
         stages = []
-        while self.kinds[self.i] == "ARROW":
+        while kinds[self.i] == "ARROW":
             self.i += 1
-            stage, *end = self.stage()
+            stage, end_line, end_col = self.stage()
             stages.append(stage)
-        return (ast.Pipeline(source[0], tuple(stages), self.span(source[1], source[2], *end)),
-                source[1], source[2], *end)
+        line, col = source[1], source[2]
+        return (ast.Pipeline(source[0], tuple(stages), self.span(line, col, end_line, end_col)),
+                line, col, end_line, end_col)
 
     def stage(self):
         call, line, col, end_line, end_col = self.callee()
@@ -431,9 +448,11 @@ class _Parser:
         return ast.Call(self.values[name], (), span, span), span.line, span.col, span.line, span.end_col + 1
 
     def call(self):
-        name = self.name()
-        self.expect("(")
+        name = self.i
         kinds = self.kinds
+        if kinds[name] != "NAME" or kinds[name + 1] != "(":
+            raise NotHandled
+        self.i = name + 2
         args = []
         keyword = False
         if kinds[self.i] != ")":
@@ -454,10 +473,15 @@ class _Parser:
                 if kinds[self.i] != ",":
                     break
                 self.i += 1
-        close = self.end_of(self.expect(")"))
-        line, col = self.lines[name], self.cols[name]
-        return (ast.Call(self.values[name], tuple(args), self.span(line, col, *close), self.tok(name)),
-                line, col, *close)
+        close = self.i
+        if kinds[close] != ")":
+            raise NotHandled
+        self.i = close + 1
+        line, col, text = self.lines[name], self.cols[name], self.values[name]
+        end_line, end_col = self.lines[close], self.cols[close] + 1
+        return (ast.Call(text, tuple(args), self.span(line, col, end_line, end_col),
+                         Span(self.file, line, col, line, col + len(text) - 1)),
+                line, col, end_line, end_col)
 
     def sum(self):
         first = self.product()
@@ -522,6 +546,17 @@ class _Parser:
         line, col = self.lines[i], self.cols[i]
         return ast.Neg(operand, self.span(line, col, end_line, end_col)), line, col, end_line, end_col
 
+    def plain(self, i):
+        """A name or number at token i that nothing after it extends, as `atom` reads it."""
+        self.i = i + 1
+        text = self.values[i]
+        line, col = self.lines[i], self.cols[i]
+        end_col = col + len(text)
+        span = Span(self.file, line, col, line, end_col - 1)
+        if self.kinds[i] == "NAME":
+            return ast.Name(text, span), line, col, line, end_col
+        return ast.Number(_number(text), span, text), line, col, line, end_col
+
     def atom(self):
         i = self.i
         kind = self.kinds[i]
@@ -539,14 +574,8 @@ class _Parser:
         if kind == "NUMBER":
             self.i += 1
             text = self.values[i]
-            try:
-                value = int(text) if text.isdigit() else float(text)
-            except ValueError:  # more digits than Python converts
-                value = math.inf
-            if abs(value) > _LARGEST:
-                raise NotHandled
             span = self.tok(i)
-            return ast.Number(value, span, text), span.line, span.col, span.line, span.end_col + 1
+            return ast.Number(_number(text), span, text), span.line, span.col, span.line, span.end_col + 1
         if kind == "STRING":
             self.i += 1
             span = self.tok(i)
@@ -602,6 +631,17 @@ class _Parser:
         line, col = self.lines[name], self.cols[name]
         return (ast.Delayed(self.values[name], int(text), self.span(line, col, *close)),
                 line, col, *close)
+
+
+def _number(text: str):
+    """The value of a NUMBER token, or NotHandled for one parse.py refuses."""
+    try:
+        value = int(text) if text.isdigit() else float(text)
+    except ValueError:  # more digits than Python converts
+        value = math.inf
+    if abs(value) > _LARGEST:
+        raise NotHandled
+    return value
 
 
 def _bare(term) -> bool:
