@@ -305,7 +305,18 @@ class _Expander:
 
     def _exec(self, stmt, scope: _Scope) -> None:
         if isinstance(stmt, ast.Assign):
-            value = self._eval(stmt.value, scope, want=len(stmt.targets))
+            targets = stmt.targets
+            value = self._eval(stmt.value, scope, want=len(targets))
+            if type(value) is Value and len(targets) == 1:  # one name, one tensor: most statements
+                name = targets[0]
+                span = stmt.target_spans[0] if stmt.target_spans else stmt.span
+                if name in CONSTANTS:
+                    raise SpecError(f"'{name}' is a constant and cannot be assigned", span)
+                if name != DISCARD:
+                    if value.node not in self.named:
+                        value = self._rename(value, scope, name)
+                    self._bind(scope, name, value, span)
+                return
             values = value if isinstance(value, tuple) else (value,)
             if len(values) != len(stmt.targets):
                 raise SpecError(
@@ -500,33 +511,32 @@ class _Expander:
 
     # ---- expressions
     def _eval(self, expr, scope: _Scope, want: int = 1):
-        if isinstance(expr, ast.Number):
-            return expr.value
-        if isinstance(expr, ast.String):
-            return expr.value
-        if isinstance(expr, ast.Name):
+        kind = type(expr)  # the syntax classes have no subclasses: one test per kind
+        if kind is ast.Name:
             return self._lookup(expr, scope)
-        if isinstance(expr, ast.Pipeline):  # before the rarer kinds: most statements are one
+        if kind is ast.Pipeline:  # before the rarer kinds: most statements are one
             return self._pipeline(expr, scope, want)
-        if isinstance(expr, ast.ListExpr):
+        if kind is ast.Number or kind is ast.String:
+            return expr.value
+        if kind is ast.Call:
+            if expr.name == dims.SHAPE:
+                return dims.shape_of(self._tensor_type(expr, scope))
+            return self._call(expr, scope, None, want)
+        if kind is ast.BinOp:
+            return self._binop(expr, scope)
+        if kind is ast.ListExpr:
             return [self._scalar(item, scope) for item in expr.items]
-        if isinstance(expr, ast.Neg):
+        if kind is ast.Neg:
             operand = self._eval(expr.operand, scope)
             if isinstance(operand, Value):
                 return self._op_node("scale", [operand], {"factor": -1.0}, expr.span, scope)
             return -self._number(operand, expr.operand)
-        if isinstance(expr, ast.BinOp):
-            return self._binop(expr, scope)
-        if isinstance(expr, ast.Call) and expr.name == dims.SHAPE:
-            return dims.shape_of(self._tensor_type(expr, scope))
-        if isinstance(expr, ast.Call):
-            return self._call(expr, scope, None, want)
-        if isinstance(expr, ast.Dimension):
+        if kind is ast.Dimension:
             return dims.dimension(self._tensor_type(expr, scope), expr.tensor.id, expr.name,
                                   expr.span, expr.name_span)
-        if isinstance(expr, ast.Index):
+        if kind is ast.Index:
             return self._index(expr, scope)
-        if isinstance(expr, ast.Delayed):
+        if kind is ast.Delayed:
             return self._delayed(expr, scope)
         raise SpecError(f"cannot evaluate {type(expr).__name__}", getattr(expr, "span", None))
 
@@ -877,12 +887,9 @@ class _Expander:
             shares = shared.owners.setdefault(local, node_id)
             shares = None if shares == node_id else shares
         self.work += 1
-        inputs = []
-        for tensor in tensors:
-            inputs.append((tensor.node, 0))
-            self.consumed.add(tensor.node)
-        self.nodes[node_id] = NodeDef(node_id, "op", span, scope.frames, op=op, inputs=inputs,
-                                      shares=shares)
+        inputs = [(tensor.node, 0) for tensor in tensors]
+        self.consumed.update([tensor.node for tensor in tensors])
+        self.nodes[node_id] = NodeDef(node_id, "op", span, scope.frames, op, inputs, None, None, shares)
         return Value(node_id)
 
     def _rename(self, value: Value, scope: _Scope, name: str) -> Value:
