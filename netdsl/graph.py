@@ -26,8 +26,10 @@ def build_graph(program: Program) -> nx.DiGraph:
 
 
 def graph_and_order(program: Program) -> tuple[nx.DiGraph, list[str]]:
-    """`build_graph`, and the forward order its check found, which the passes after it
-    take rather than walk the graph for it again."""
+    """`build_graph`, and a forward order its check found, which the passes after it
+    take rather than walk the graph for it again: the program's own order where each
+    node follows its inputs of the same step there (expansion makes them so), else
+    `forward_order`'s."""
     graph = nx.DiGraph(name=program.name, losses=dict(program.losses), train=dict(program.train),
                        file=program.file, names=dict(program.names))
     # filled as networkx's own adders fill them (its documented dict-of-dicts), without
@@ -39,13 +41,12 @@ def graph_and_order(program: Program) -> tuple[nx.DiGraph, list[str]]:
                               "shares": node.shares, "inputs": tuple(node.inputs)}
         succ[node.id] = {}
         pred[node.id] = {}
-    waiting: dict[str, int] = {}    # each node's inputs of the same step
-    readers: dict[str, list[str]] = {}  # of the nodes read at all, in the graph's edge order
+    done: set[str] = set()  # the nodes before this one in the program
+    in_order = True  # every node so far after its inputs of the same step
     for node in program.nodes.values():
         target = node.id
         if node.kind == "state":
             _check_state_inputs(target, node.kind, node.state, node.inputs, node.span)
-        count = 0
         for port, (source, delay) in enumerate(node.inputs):
             out = succ.get(source)
             if out is None:  # an edge would add it bare, without its data
@@ -55,16 +56,11 @@ def graph_and_order(program: Program) -> tuple[nx.DiGraph, list[str]]:
                 edge["ports"].append(port)
                 continue
             out[target] = pred[target][source] = {"delay": delay, "ports": [port]}
-            if not delay:
-                count += 1
-                found = readers.get(source)
-                if found is None:
-                    readers[source] = [target]
-                else:
-                    found.append(target)
-        waiting[target] = count
+            if not delay and source not in done:
+                in_order = False
+        done.add(target)
     nx._clear_cache(graph)
-    return graph, _ordered(graph, waiting, readers)
+    return graph, list(program.nodes) if in_order else forward_order(graph)
 
 
 def forward_view(graph: nx.DiGraph) -> nx.DiGraph:

@@ -66,7 +66,7 @@ class StateDef:
     span: Span
 
 
-@dataclass
+@dataclass(slots=True)  # one per node: a big spec has hundreds of thousands
 class NodeDef:
     """One node of the graph to be.
 

@@ -36,13 +36,15 @@ def typed_graph(graph: nx.DiGraph, copy: bool = True, order: list[str] | None = 
     """A copy of `graph` with types where they can be inferred (None elsewhere), and the
     errors, so that passes after this one can still report theirs. `copy=False` types
     `graph` itself, for a caller that keeps no untyped graph (copying a big one costs as
-    much as typing it); `order` is its forward order where the caller has it already."""
+    much as typing it); `order` is a forward order where the caller has one already
+    (errors are reported in `forward_order`'s all the same)."""
     graph = graph.copy() if copy else graph
     errors: list[SpecError] = []
     attrs = graph._node  # networkx's dict of each node's data: no view per lookup
     known: dict[tuple, tuple] = {}  # see _node_type
     one_of_each: dict[TensorType, TensorType] = {}
     states, shared = [], []  # checked after typing, without another pass over every node
+    failed = []  # the nodes of `errors`
     for node in order if order is not None else forward_order(graph):
         data = attrs[node]
         if data["kind"] == "state":
@@ -55,6 +57,11 @@ def typed_graph(graph: nx.DiGraph, copy: bool = True, order: list[str] | None = 
             data["type"] = None
             errors.append(SpecError(exc.message, data["span"], _same_count_hint(graph, node) or exc.hint,
                                     call_notes(data["scope"], data["span"])))
+            failed.append(node)
+    if len(failed) > 1 and order is not None:  # reported in forward_order's order, whatever `order` was
+        position = {node: i for i, node in enumerate(forward_order(graph))}
+        errors = [error for _, error in sorted(zip(map(position.__getitem__, failed), errors),
+                                               key=lambda pair: pair[0])]
     errors += (_check_states(graph, _in_graph_order(graph, states)) + _check_losses(graph)
                + _check_shared(graph, _in_graph_order(graph, shared)))
     return graph, errors
