@@ -103,7 +103,7 @@ class _Scope:
     history: list[_Binding] = field(default_factory=list)
     states: dict[str, _StateSlot] = field(default_factory=dict)
     shared: dict[str, _Shared] = field(default_factory=dict)
-    counters: Counter = field(default_factory=Counter)
+    counters: dict[str, int] = field(default_factory=dict)  # names made so far, by base
     inputs: list[Value] | None = None  # tensors a block call passes to its `in`
     outputs: list[Value] | None = None
     share: tuple[_Shared, str] | None = None  # inside a shared instance: (it, path within it)
@@ -111,9 +111,10 @@ class _Scope:
     used_early: set[str] = field(default_factory=set)  # used before its definition (reported)
 
     def fresh(self, base: str, taken) -> str:
+        counters = self.counters
         while True:
-            self.counters[base] += 1
-            candidate = f"{self.prefix}{base}{self.counters[base]}"
+            count = counters[base] = counters.get(base, 0) + 1
+            candidate = f"{self.prefix}{base}{count}"
             if candidate not in taken:
                 return candidate
 
@@ -697,8 +698,13 @@ class _Expander:
 
     def _pipeline(self, expr: ast.Pipeline, scope: _Scope, want: int):
         value = self._eval(expr.source, scope)
+        last_index = len(expr.stages) - 1
         for index, stage in enumerate(expr.stages):
-            last = index == len(expr.stages) - 1
+            last = index == last_index
+            if stage.repeat is None:  # most stages: one call of the tensor so far
+                piped = value if type(value) is Value else self._piped(value, stage, expr)
+                value = self._call(stage.call, scope, piped, want if last else 1)
+                continue
             count = 1 if stage.repeat is None else self._whole(stage.repeat, scope, "the repeat count")
             if count < 0:  # x 0 skips the stage, so `x (n - 1)` works for n = 1
                 raise SpecError(f"the repeat count must be 0 or more, got x {count}",
@@ -824,6 +830,9 @@ class _Expander:
 
     def _apply_op(self, call, tensors, scalars, keywords, scope, want):
         cls = OPS[call.name]
+        if want == 1 and cls.arity == len(tensors) and not cls.multi_output:  # the common case
+            kw = {k: v for k, (v, _) in keywords.items()} if keywords else {}
+            return self._node(self._bind_op(cls, call, scalars, kw, keywords), tensors, call.span, scope)
         low, high = (cls.arity, cls.arity) if isinstance(cls.arity, int) else cls.arity
         if len(tensors) < low or (high is not None and len(tensors) > high):
             expected = str(low) if low == high else f"at least {low}" if high is None else f"{low} to {high}"
@@ -902,8 +911,8 @@ class _Expander:
             return value
         target = f"{scope.prefix}{name}"
         while target in self.nodes:  # a rebound name: x, x_2, x_3
-            scope.counters["=" + name] += 1
-            target = f"{scope.prefix}{name}_{scope.counters['=' + name] + 1}"
+            count = scope.counters["=" + name] = scope.counters.get("=" + name, 0) + 1
+            target = f"{scope.prefix}{name}_{count + 1}"
         del self.nodes[value.node]
         if value.node in self.types:
             self.types[target] = self.types.pop(value.node)
