@@ -60,24 +60,28 @@ _SHALLOW = 49
 
 def parse_quickly(text: str, file: str) -> tuple:
     """The items of a module, as parse.py's Lark path builds them, or NotHandled."""
-    kinds, values, lines, cols = _tokens(text)
+    kinds, values, lines, cols = _tokens(text, file)
     try:
         return _Parser(file, kinds, values, lines, cols).module()
     except (IndexError, RecursionError):  # ran off the end, or nested very deep
         raise NotHandled from None
 
 
-def _tokens(text: str):
+def _tokens(text: str, file: str = "<spec>"):
     """Kinds, texts, lines and columns of the tokens, newlines inside ( ) and [ ] dropped
-    as lark_parser's post-lexer does; punctuation is its own kind."""
+    as lark_parser's post-lexer does; punctuation is its own kind. A statement of the
+    commonest form (`_CHAIN`) is read whole, as one token of kind STMT whose value is
+    its syntax node."""
     kinds, values, lines, cols = [], [], [], []
     line, line_start, depth, pos = 1, 0, 0, 0
     end = len(text)
-    for found in _TOKEN.finditer(text):
-        kind, start = found.lastgroup, found.start()
-        value = found[kind]
-        if start != pos:  # a character no terminal starts with
+    match, chain = _TOKEN.match, _CHAIN.match
+    while pos < end:
+        found = match(text, pos)
+        if found is None:  # a character no terminal starts with
             raise NotHandled
+        kind, start = found.lastgroup, pos
+        value = found[kind]
         pos = found.end()
         if kind == "punct":
             kind = value
@@ -95,13 +99,59 @@ def _tokens(text: str):
         if "\n" in value:
             line += value.count("\n")
             line_start = start + value.rindex("\n") + 1
-    if pos < end:  # a character no terminal starts with
-        raise NotHandled
+        if kind == "NL" and not depth:  # a statement starts here
+            statement = chain(text, pos)
+            if statement is not None and statement["target"] not in _KEYWORDS:
+                kinds.append("STMT")
+                values.append(_chain(statement, file, line, line_start))
+                lines.append(line)
+                cols.append(pos - line_start + 1)
+                pos = statement.end()
     kinds.append("EOF")
     values.append("")
     lines.append(line)
     cols.append(pos - line_start + 1)
     return kinds, values, lines, cols
+
+
+# the commonest statement, read without tokens: a name given a name or a chain of layers
+# called with no argument or one whole number, `v2 = v1 -> dense(16) -> relu`, alone on
+# its line (no comment after it; the next line does not go on with `->`)
+_BLANKS = r"[\t \f]*"
+_NAME = r"[A-Za-z_][A-Za-z_0-9]*"
+_STAGE = (rf"->{_BLANKS}(?P<name>{_NAME}){_BLANKS}"
+          rf"(?:\({_BLANKS}(?P<number>\d{{1,18}}){_BLANKS}(?P<close>\)){_BLANKS})?")
+_CHAIN = re.compile(rf"(?P<target>{_NAME}){_BLANKS}={_BLANKS}(?P<source>{_NAME}){_BLANKS}"
+                    rf"(?P<stages>(?:{_STAGE.replace('?P<', '?P<_')}){{0,16}})"
+                    r"(?=\r?\n(?![\t \r\n]*->))")
+_CHAIN_STAGE = re.compile(_STAGE)
+
+
+def _chain(statement, file: str, line: int, line_start: int) -> ast.Assign:
+    """The syntax node of a `_CHAIN` match, as _Parser.assign builds it."""
+    def span(start: int, stop: int) -> Span:  # of the text from start to before stop
+        return Span(file, line, start - line_start + 1, line, stop - line_start)
+
+    target = span(*statement.span("target"))
+    value = ast.Name(statement["source"], span(*statement.span("source")))
+    stages = []
+    for stage in _CHAIN_STAGE.finditer(statement["stages"]):
+        offset = statement.start("stages")
+        name_start, name_end = stage.span("name")
+        name = span(offset + name_start, offset + name_end)
+        if stage["number"] is None:
+            call = ast.Call(stage["name"], (), name, name)
+        else:
+            number = span(offset + stage.start("number"), offset + stage.end("number"))
+            argument = ast.Number(int(stage["number"]), number, stage["number"])
+            call = ast.Call(stage["name"], (ast.Arg(None, argument, number),),
+                            span(offset + name_start, offset + stage.end("close")), name)
+        stages.append(ast.Stage(call, None, call.span))
+    if stages:
+        value = ast.Pipeline(value, tuple(stages), Span(file, line, value.span.col, line,
+                                                        stages[-1].span.end_col))
+    return ast.Assign((statement["target"],), value,
+                      Span(file, line, target.col, line, value.span.end_col), (target,))
 
 
 class _Parser:
@@ -176,6 +226,9 @@ class _Parser:
         """One statement; `keywords` are those that start a statement at this place."""
         i = self.i
         if self.kinds[i] != "NAME":
+            if self.kinds[i] == "STMT":  # read whole by the lexer
+                self.i = i + 1
+                return self.values[i]
             raise NotHandled
         word = self.values[i]
         if word not in _KEYWORDS:
