@@ -114,17 +114,21 @@ def _tokens(text: str, file: str = "<spec>"):
     return kinds, values, lines, cols
 
 
-# the commonest statement, read without tokens: a name given a name or a chain of layers
-# called with no argument or one whole number, `v2 = v1 -> dense(16) -> relu`, alone on
-# its line (no comment after it; the next line does not go on with `->`)
+# the commonest statement, read without tokens: a name given a name, or a call, and a
+# chain of layers, each call's arguments names or whole numbers,
+# `v2 = block(v1, 16) -> dense(16) -> relu`, alone on its line (no comment after it; the
+# next line does not go on with `->`)
 _BLANKS = r"[\t \f]*"
 _NAME = r"[A-Za-z_][A-Za-z_0-9]*"
-_STAGE = (rf"->{_BLANKS}(?P<name>{_NAME}){_BLANKS}"
-          rf"(?:\({_BLANKS}(?P<number>\d{{1,18}}){_BLANKS}(?P<close>\)){_BLANKS})?")
-_CHAIN = re.compile(rf"(?P<target>{_NAME}){_BLANKS}={_BLANKS}(?P<source>{_NAME}){_BLANKS}"
-                    rf"(?P<stages>(?:{_STAGE.replace('?P<', '?P<_')}){{0,16}})"
+_ARGUMENT = rf"(?:{_NAME}|\d{{1,18}})"
+_CALL = (rf"(?P<name>{_NAME}){_BLANKS}(?:\((?P<args>{_BLANKS}(?:{_ARGUMENT}{_BLANKS}"
+         rf"(?:,{_BLANKS}{_ARGUMENT}{_BLANKS})*)?)(?P<close>\)){_BLANKS})?")
+_CHAIN = re.compile(rf"(?P<target>{_NAME}){_BLANKS}={_BLANKS}(?P<source>{_CALL})"
+                    rf"(?P<stages>(?:->{_BLANKS}{_CALL.replace('?P<', '?P<_')}){{0,16}})"
                     r"(?=\r?\n(?![\t \r\n]*->))")
-_CHAIN_STAGE = re.compile(_STAGE)
+_CHAIN_CALL = re.compile(_CALL)
+_CHAIN_STAGE = re.compile(rf"->{_BLANKS}")
+_CHAIN_ARGUMENT = re.compile(rf"(?P<name>{_NAME})|(?P<number>\d+)")
 
 
 def _chain(statement, file: str, line: int, line_start: int) -> ast.Assign:
@@ -132,21 +136,29 @@ def _chain(statement, file: str, line: int, line_start: int) -> ast.Assign:
     def span(start: int, stop: int) -> Span:  # of the text from start to before stop
         return Span(file, line, start - line_start + 1, line, stop - line_start)
 
-    target = span(*statement.span("target"))
-    value = ast.Name(statement["source"], span(*statement.span("source")))
-    stages = []
-    for stage in _CHAIN_STAGE.finditer(statement["stages"]):
-        offset = statement.start("stages")
-        name_start, name_end = stage.span("name")
+    def call(found, offset: int, whole: bool):
+        """The call `found` matched `offset` characters into the text: a Call, or (the
+        source of a pipeline, without brackets) a Name."""
+        name_start, name_end = found.span("name")
         name = span(offset + name_start, offset + name_end)
-        if stage["number"] is None:
-            call = ast.Call(stage["name"], (), name, name)
-        else:
-            number = span(offset + stage.start("number"), offset + stage.end("number"))
-            argument = ast.Number(int(stage["number"]), number, stage["number"])
-            call = ast.Call(stage["name"], (ast.Arg(None, argument, number),),
-                            span(offset + name_start, offset + stage.end("close")), name)
-        stages.append(ast.Stage(call, None, call.span))
+        if found["close"] is None:
+            return ast.Call(found["name"], (), name, name) if whole else ast.Name(found["name"], name)
+        args, at = [], offset + found.start("args")
+        for argument in _CHAIN_ARGUMENT.finditer(found["args"]):
+            where = span(at + argument.start(), at + argument.end())
+            value = (ast.Name(argument["name"], where) if argument["number"] is None
+                     else ast.Number(int(argument["number"]), where, argument["number"]))
+            args.append(ast.Arg(None, value, where))
+        return ast.Call(found["name"], tuple(args), span(offset + name_start, offset + found.end("close")),
+                        name)
+
+    target = span(*statement.span("target"))
+    value = call(_CHAIN_CALL.match(statement["source"]), statement.start("source"), False)
+    stages = []
+    stages_text, offset = statement["stages"], statement.start("stages")
+    for arrow in _CHAIN_STAGE.finditer(stages_text):
+        stage = call(_CHAIN_CALL.match(stages_text, arrow.end()), offset, True)
+        stages.append(ast.Stage(stage, None, stage.span))
     if stages:
         value = ast.Pipeline(value, tuple(stages), Span(file, line, value.span.col, line,
                                                         stages[-1].span.end_col))
