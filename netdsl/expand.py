@@ -758,7 +758,10 @@ class _Expander:
     # ---- calls: layers, blocks and shared instances
     def _call(self, call: ast.Call, scope: _Scope, piped: Value | None, want: int, repeat=None,
               which: str = ""):
-        tensors, scalars, keywords = self._arguments(call, scope, piped)
+        if piped is not None and not call.args:  # `-> relu`: the piped tensor alone
+            tensors, scalars, keywords = [piped], [], {}
+        else:
+            tensors, scalars, keywords = self._arguments(call, scope, piped)
         if POISON in tensors:  # the one _Poison; a Value compares by identity
             self._check_poisoned(call, scalars, keywords, scope)
             return POISON if want == 1 else (POISON,) * want

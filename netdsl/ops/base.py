@@ -435,10 +435,16 @@ def register(name: str, *aliases: str):
 
 def bind(cls: type[Op], positional: list, keyword: dict[str, Any]) -> Op:
     """Match call arguments to an op's schema and convert them; raise ArgError on misuse."""
-    if positional or keyword:
+    if keyword:
         try:  # the types too: True and 1 are equal keys, but a converter tells them apart
             key = (cls, tuple(positional), tuple(keyword.items()), tuple(map(type, positional)),
                    tuple(map(type, keyword.values())))
+            found = _BOUND.get(key)
+        except TypeError:  # a list among them: bound afresh
+            key = found = None
+    elif positional:  # the common call, `dense(64)`: one flat key
+        try:
+            key = (cls, len(positional), *positional, *map(type, positional))
             found = _BOUND.get(key)
         except TypeError:  # a list among them: bound afresh
             key = found = None
@@ -453,7 +459,10 @@ def bind(cls: type[Op], positional: list, keyword: dict[str, Any]) -> Op:
             if len(_BOUND) >= _BOUND_KEPT:
                 _BOUND.clear()
             _BOUND[key] = (cls.args, values)
-    if not _plain_init(cls):
+    plain = _PLAIN_INIT.get(cls)
+    if plain is None:
+        plain = _PLAIN_INIT[cls] = _plain_init(cls)
+    if not plain:
         return cls(**values)
     op = cls.__new__(cls)  # as Op.__init__ makes it, without a setattr per attribute
     fields = op.__dict__
@@ -469,7 +478,9 @@ _BOUND_KEPT = 4096
 _BOUND: dict[Any, tuple[tuple[Arg, ...], dict[str, Any]]] = {}
 
 
-@lru_cache(maxsize=None)
+_PLAIN_INIT: dict[type, bool] = {}  # _plain_init's answer, by class
+
+
 def _plain_init(cls: type[Op]) -> bool:
     """Whether making an instance of `cls` is Op.__init__'s alone: its attributes stored
     as they are, with no __init__, __setattr__ or property of the op's own in between."""
