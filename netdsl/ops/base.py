@@ -464,10 +464,10 @@ def bind(cls: type[Op], positional: list, keyword: dict[str, Any]) -> Op:
         plain = _PLAIN_INIT[cls] = _plain_init(cls)
     if not plain:
         return cls(**values)
-    op = cls.__new__(cls)  # as Op.__init__ makes it, without a setattr per attribute
-    fields = op.__dict__
-    fields["attrs"] = dict(values)
-    fields.update(values)
+    op = cls.__new__(cls)  # as Op.__init__ makes it, without its call by keywords
+    op.attrs = dict(values)
+    for name, value in values.items():  # not through op.__dict__, which would make a dict
+        setattr(op, name, value)         # of the fields Python otherwise keeps more compactly
     return op
 
 
