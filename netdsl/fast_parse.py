@@ -127,43 +127,50 @@ _CHAIN = re.compile(rf"(?P<target>{_NAME}){_BLANKS}={_BLANKS}(?P<source>{_CALL})
                     rf"(?P<stages>(?:->{_BLANKS}{_CALL.replace('?P<', '?P<_')}){{0,16}})"
                     r"(?=\r?\n(?![\t \r\n]*->))")
 _CHAIN_CALL = re.compile(_CALL)
-_CHAIN_STAGE = re.compile(rf"->{_BLANKS}")
-_CHAIN_ARGUMENT = re.compile(rf"(?P<name>{_NAME})|(?P<number>\d+)")
 
 
 def _chain(statement, file: str, line: int, line_start: int) -> ast.Assign:
     """The syntax node of a `_CHAIN` match, as _Parser.assign builds it."""
-    def span(start: int, stop: int) -> Span:  # of the text from start to before stop
-        return Span(file, line, start - line_start + 1, line, stop - line_start)
-
-    def call(found, offset: int, whole: bool):
-        """The call `found` matched `offset` characters into the text: a Call, or (the
-        source of a pipeline, without brackets) a Name."""
-        name_start, name_end = found.span("name")
-        name = span(offset + name_start, offset + name_end)
-        if found["close"] is None:
-            return ast.Call(found["name"], (), name, name) if whole else ast.Name(found["name"], name)
-        args, at = [], offset + found.start("args")
-        for argument in _CHAIN_ARGUMENT.finditer(found["args"]):
-            where = span(at + argument.start(), at + argument.end())
-            value = (ast.Name(argument["name"], where) if argument["number"] is None
-                     else ast.Number(int(argument["number"]), where, argument["number"]))
-            args.append(ast.Arg(None, value, where))
-        return ast.Call(found["name"], tuple(args), span(offset + name_start, offset + found.end("close")),
-                        name)
-
-    target = span(*statement.span("target"))
-    value = call(_CHAIN_CALL.match(statement["source"]), statement.start("source"), False)
+    first = line_start - 1  # a column is an offset less this
+    start, stop = statement.span("target")
+    target = Span(file, line, start - first, line, stop - line_start)
+    value = _chain_call(_CHAIN_CALL.match(statement["source"]), statement.start("source"),
+                        False, file, line, first)
     stages = []
     stages_text, offset = statement["stages"], statement.start("stages")
-    for arrow in _CHAIN_STAGE.finditer(stages_text):
-        stage = call(_CHAIN_CALL.match(stages_text, arrow.end()), offset, True)
-        stages.append(ast.Stage(stage, None, stage.span))
+    for piece in stages_text.split("->")[1:]:  # no name or number holds an arrow
+        offset += 2
+        call = _chain_call(_CHAIN_CALL.match(piece, len(piece) - len(piece.lstrip(" \t\f"))),
+                           offset, True, file, line, first)
+        stages.append(ast.Stage(call, None, call.span))
+        offset += len(piece)
     if stages:
         value = ast.Pipeline(value, tuple(stages), Span(file, line, value.span.col, line,
                                                         stages[-1].span.end_col))
     return ast.Assign((statement["target"],), value,
                       Span(file, line, target.col, line, value.span.end_col), (target,))
+
+
+def _chain_call(found, offset: int, stage: bool, file: str, line: int, first: int):
+    """The call `found` matched `offset` characters into its line's text (`first` is the
+    offset of column 0): a Call, or for the source of a pipeline without brackets, a Name."""
+    name_start, name_end = found.span("name")
+    name = Span(file, line, offset + name_start - first, line, offset + name_end - first - 1)
+    if found["close"] is None:
+        return ast.Call(found["name"], (), name, name) if stage else ast.Name(found["name"], name)
+    args = []
+    at = offset + found.start("args") - first  # the column of the text between the brackets
+    for piece in found["args"].split(","):
+        text = piece.strip(" \t\f")
+        if text:
+            col = at + len(piece) - len(piece.lstrip(" \t\f"))
+            where = Span(file, line, col, line, col + len(text) - 1)
+            argument = (ast.Number(int(text), where, text) if text[0].isdigit()
+                        else ast.Name(text, where))
+            args.append(ast.Arg(None, argument, where))
+        at += len(piece) + 1
+    return ast.Call(found["name"], tuple(args),
+                    Span(file, line, name.col, line, offset + found.end("close") - first - 1), name)
 
 
 class _Parser:
