@@ -35,30 +35,38 @@ def graph_and_order(program: Program) -> tuple[nx.DiGraph, list[str]]:
     # filled as networkx's own adders fill them (its documented dict-of-dicts), without
     # their checks and copies per node and per edge: they took half of this pass
     node_data, succ, pred = graph._node, graph._succ, graph._pred
-    for node in program.nodes.values():
-        node_data[node.id] = {"kind": node.kind, "op": node.op, "span": node.span,
-                              "scope": node.scope, "declared": node.type, "state": node.state,
-                              "shares": node.shares, "inputs": tuple(node.inputs)}
-        succ[node.id] = {}
-        pred[node.id] = {}
-    done: set[str] = set()  # the nodes before this one in the program
+    # in one pass: an edge from a node made later (a state's new value) waits in `later`
+    # until its source comes, and then comes first among its readers, as it would have in
+    # a pass over the edges in the readers' order
+    later: dict[str, dict] = {}  # source -> {target: edge}
     in_order = True  # every node so far after its inputs of the same step
     for node in program.nodes.values():
         target = node.id
+        node_data[target] = {"kind": node.kind, "op": node.op, "span": node.span,
+                             "scope": node.scope, "declared": node.type, "state": node.state,
+                             "shares": node.shares, "inputs": tuple(node.inputs)}
+        succ[target] = later.pop(target, None) or {}
+        into = pred[target] = {}
         if node.kind == "state":
             _check_state_inputs(target, node.kind, node.state, node.inputs, node.span)
         for port, (source, delay) in enumerate(node.inputs):
-            out = succ.get(source)
-            if out is None:  # an edge would add it bare, without its data
-                raise SpecError(f"internal: {target} reads the missing node {source}", node.span)
-            edge = out.get(target)
+            edge = into.get(source)
             if edge is not None:
                 edge["ports"].append(port)
                 continue
-            out[target] = pred[target][source] = {"delay": delay, "ports": [port]}
-            if not delay and source not in done:
-                in_order = False
-        done.add(target)
+            edge = into[source] = {"delay": delay, "ports": [port]}
+            out = succ.get(source)
+            if out is None:  # not made yet
+                later.setdefault(source, {})[target] = edge
+                in_order = in_order and bool(delay)
+            else:
+                out[target] = edge
+                if source == target and not delay:  # a node of its own inputs: a cycle
+                    in_order = False
+    for source, readers in later.items():  # an edge would add it bare, without its data
+        target = next(iter(readers))
+        raise SpecError(f"internal: {target} reads the missing node {source}",
+                        program.nodes[target].span)
     nx._clear_cache(graph)
     return graph, list(program.nodes) if in_order else forward_order(graph)
 

@@ -161,3 +161,31 @@ loss mse(p + q, y)
         assert all(t is types[0] for t in types) and types[0] == TensorType((4,))
         assert len(calls) == 1  # x's type and every result are [4]: one object, one rule run
         assert net.param_count() == 6 * (4 * 4 + 4)
+
+    def test_the_graph_is_networkx_own_in_its_order(self):
+        """The graph pass fills networkx's dicts in one pass, an edge from a node made
+        later (a state's new value) held back until its source comes: its nodes, edges
+        and their order are those networkx's adders give, edges in the readers' order."""
+        from netdsl.expand import expand
+        from netdsl.graph import graph_and_order
+        from netdsl.parse import parse
+        text = ("input x : seq[4]\ntarget y : [4]\nstate h : [4], c : [4]\n"
+                "a = x + h[t-1] + h[t-2]\nd = a -> dense(4)\nb = d + c[t-1]\nh = b + a\nc = a\n"
+                "loss mse(h -> last, y)\n")
+        program = expand(parse(text, "s.net"))
+        graph, order = graph_and_order(program)
+        expected = nx.DiGraph()
+        for node in program.nodes.values():
+            expected.add_node(node.id)
+        for node in program.nodes.values():
+            for port, (source, delay) in enumerate(node.inputs):
+                if expected.has_edge(source, node.id):
+                    expected.edges[source, node.id]["ports"].append(port)
+                else:
+                    expected.add_edge(source, node.id, delay=delay, ports=[port])
+        assert list(graph) == list(expected)
+        assert [list(graph.succ[n].items()) for n in graph] == \
+            [list(expected.succ[n].items()) for n in expected]
+        assert [list(graph.pred[n].items()) for n in graph] == \
+            [list(expected.pred[n].items()) for n in expected]
+        assert any(list(graph).index(s) > list(graph).index(t) for s, t in graph.edges)
