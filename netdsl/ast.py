@@ -12,7 +12,7 @@ from netdsl.frozen import quick_init
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Number:
     value: int | float
     span: Span
@@ -20,28 +20,28 @@ class Number:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class String:
     value: str
     span: Span
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Name:
     id: str
     span: Span
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListExpr:
     items: tuple["Expr", ...]
     span: Span
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BinOp:
     op: str  # + - * /
     left: "Expr"
@@ -51,14 +51,14 @@ class BinOp:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Neg:
     operand: "Expr"
     span: Span
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Arg:
     """One argument of a call: positional when `name` is None."""
 
@@ -68,7 +68,7 @@ class Arg:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Call:
     """A layer, block, shared instance or function applied to arguments: `conv(64, 3, pad=1)`."""
 
@@ -79,7 +79,7 @@ class Call:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stage:
     """One `-> layer` step of a pipeline, repeated `repeat` times (`-> basic(64) x 3`)."""
 
@@ -89,7 +89,7 @@ class Stage:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pipeline:
     source: "Expr"
     stages: tuple[Stage, ...]
@@ -97,7 +97,7 @@ class Pipeline:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delayed:
     """A state's value `delay` steps back: `h[t-1]`."""
 
@@ -107,7 +107,7 @@ class Delayed:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dimension:
     """A dimension of a tensor's type, read by its name: `x.channels`."""
 
@@ -118,7 +118,7 @@ class Dimension:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Index:
     """An item of a list a call gives: `shape(x)[0]`."""
 
@@ -133,7 +133,7 @@ Expr = Union[Number, String, Name, ListExpr, BinOp, Neg, Call, Pipeline, Delayed
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TypeExpr:
     """`[3, 32, 32]`, `seq[16]`, `class(10)`, `seq class(16)`, `class(2)[388, 388]`."""
 
@@ -144,7 +144,7 @@ class TypeExpr:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Import:
     target: str  # a stdlib module name or a quoted path
     is_path: bool
@@ -152,14 +152,14 @@ class Import:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkDecl:
     name: str
     span: Span
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IODecl:
     kind: str  # "input" or "target"
     name: str
@@ -168,7 +168,7 @@ class IODecl:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StateItem:
     name: str
     type: TypeExpr
@@ -177,14 +177,14 @@ class StateItem:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StateDecl:
     items: tuple[StateItem, ...]
     span: Span
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Assign:
     targets: tuple[str, ...]
     value: Expr
@@ -193,7 +193,7 @@ class Assign:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Loss:
     name: str | None
     value: Expr
@@ -201,7 +201,7 @@ class Loss:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrainSetting:
     """`batch=128` in a train clause; an optimiser or `bptt(...)` is a TrainSetting with name None."""
 
@@ -211,14 +211,14 @@ class TrainSetting:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Train:
     items: tuple[TrainSetting, ...]
     span: Span
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Share:
     """`share D = discriminator(128)`: one instance whose parameters every use shares."""
 
@@ -228,7 +228,7 @@ class Share:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class For:
     var: str
     start: Expr
@@ -238,21 +238,21 @@ class For:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class In:
     names: tuple[str, ...]
     span: Span
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Out:
     values: tuple[Expr, ...]
     span: Span
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Param:
     name: str
     default: Expr | None
@@ -260,7 +260,7 @@ class Param:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Block:
     name: str
     params: tuple[Param, ...]
@@ -273,14 +273,14 @@ Stmt = Union[IODecl, StateDecl, Assign, Loss, Train, Share, For, In, Out]
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Comment:
     text: str
     span: Span
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True)  # one per file: no slots, so it can be weakly referenced
 class Module:
     """A parsed file. `items` keeps source order; comments are kept apart for `netc fmt`."""
 

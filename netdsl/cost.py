@@ -111,19 +111,36 @@ def roll_up(graph: nx.DiGraph, rows: list[Row], depth: int) -> list[Row]:
 
 
 def param_count(graph: nx.DiGraph) -> int:
-    """Total learned parameters of a checked graph: one pass over its nodes, each state's
-    first node found once (not once per delay)."""
-    attrs = dict(graph.nodes(data=True))
-    firsts: dict[int, str] = {}
+    """Total learned parameters of a checked graph, in one pass over its nodes: each
+    op class, attributes and input types' count made once (the shapes pass gives equal
+    types as one object), each state's first node found once (not once per delay)."""
+    attrs = graph._node  # networkx's dict of each node's data: no view per lookup
+    counts: dict[tuple, tuple] = {}  # key -> (count, the input types keyed by identity)
+    states: dict[int, list] = {}  # a state's nodes, by the state
+    total = 0
+    base_params = Op.params
     for node, data in attrs.items():
-        state = data.get("state")
-        if state is not None:
-            firsts[id(state)] = min(firsts.get(id(state), node), node)
-    def type_of(source):
-        return attrs[source].get("type")
-
-    def first_of(state):
-        return firsts[id(state)]
-
-    return sum(math.prod(shape) for node, data in attrs.items()
-               for shape in _owned(node, data, type_of, first_of).values())
+        if data["kind"] != "op":
+            if data.get("state") is not None:
+                states.setdefault(id(data["state"]), []).append(node)
+            continue
+        op = data["op"]
+        if data.get("shares") or type(op).params is base_params:
+            continue
+        inputs = [attrs[source]["type"] for source, _ in data["inputs"]]
+        try:  # the count depends on the op and its input types alone
+            key = (type(op), tuple(op.attrs.items()), *map(id, inputs))
+            found = counts.get(key)
+        except (TypeError, AttributeError):  # attributes that cannot be a key
+            found = key = None
+        if found is None:
+            found = (sum(math.prod(shape) for shape in op.params(*(t.step() for t in inputs)).values()),
+                     inputs)
+            if key is not None:
+                counts[key] = found
+        total += found[0]
+    for nodes in states.values():
+        first = min(nodes)
+        total += sum(math.prod(shape) for shape in _owned(
+            first, attrs[first], lambda source: attrs[source].get("type"), lambda state: first).values())
+    return total

@@ -12,7 +12,7 @@ __all__ = ["Span", "SpecError", "UsageError", "SpecErrors", "ShapeError", "rende
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Span:
     """A region of a source file; lines and columns count from 1, ends are inclusive."""
 

@@ -103,7 +103,7 @@ class _Scope:
     history: list[_Binding] = field(default_factory=list)
     states: dict[str, _StateSlot] = field(default_factory=dict)
     shared: dict[str, _Shared] = field(default_factory=dict)
-    counters: Counter = field(default_factory=Counter)
+    counters: dict[str, int] = field(default_factory=dict)  # names made so far, by base
     inputs: list[Value] | None = None  # tensors a block call passes to its `in`
     outputs: list[Value] | None = None
     share: tuple[_Shared, str] | None = None  # inside a shared instance: (it, path within it)
@@ -111,9 +111,10 @@ class _Scope:
     used_early: set[str] = field(default_factory=set)  # used before its definition (reported)
 
     def fresh(self, base: str, taken) -> str:
+        counters = self.counters
         while True:
-            self.counters[base] += 1
-            candidate = f"{self.prefix}{base}{self.counters[base]}"
+            count = counters[base] = counters.get(base, 0) + 1
+            candidate = f"{self.prefix}{base}{count}"
             if candidate not in taken:
                 return candidate
 
@@ -305,7 +306,18 @@ class _Expander:
 
     def _exec(self, stmt, scope: _Scope) -> None:
         if isinstance(stmt, ast.Assign):
-            value = self._eval(stmt.value, scope, want=len(stmt.targets))
+            targets = stmt.targets
+            value = self._eval(stmt.value, scope, want=len(targets))
+            if type(value) is Value and len(targets) == 1:  # one name, one tensor: most statements
+                name = targets[0]
+                span = stmt.target_spans[0] if stmt.target_spans else stmt.span
+                if name in CONSTANTS:
+                    raise SpecError(f"'{name}' is a constant and cannot be assigned", span)
+                if name != DISCARD:
+                    if value.node not in self.named:
+                        value = self._rename(value, scope, name)
+                    self._bind(scope, name, value, span)
+                return
             values = value if isinstance(value, tuple) else (value,)
             if len(values) != len(stmt.targets):
                 raise SpecError(
@@ -500,33 +512,32 @@ class _Expander:
 
     # ---- expressions
     def _eval(self, expr, scope: _Scope, want: int = 1):
-        if isinstance(expr, ast.Number):
-            return expr.value
-        if isinstance(expr, ast.String):
-            return expr.value
-        if isinstance(expr, ast.Name):
+        kind = type(expr)  # the syntax classes have no subclasses: one test per kind
+        if kind is ast.Name:
             return self._lookup(expr, scope)
-        if isinstance(expr, ast.Pipeline):  # before the rarer kinds: most statements are one
+        if kind is ast.Pipeline:  # before the rarer kinds: most statements are one
             return self._pipeline(expr, scope, want)
-        if isinstance(expr, ast.ListExpr):
+        if kind is ast.Number or kind is ast.String:
+            return expr.value
+        if kind is ast.Call:
+            if expr.name == dims.SHAPE:
+                return dims.shape_of(self._tensor_type(expr, scope))
+            return self._call(expr, scope, None, want)
+        if kind is ast.BinOp:
+            return self._binop(expr, scope)
+        if kind is ast.ListExpr:
             return [self._scalar(item, scope) for item in expr.items]
-        if isinstance(expr, ast.Neg):
+        if kind is ast.Neg:
             operand = self._eval(expr.operand, scope)
             if isinstance(operand, Value):
                 return self._op_node("scale", [operand], {"factor": -1.0}, expr.span, scope)
             return -self._number(operand, expr.operand)
-        if isinstance(expr, ast.BinOp):
-            return self._binop(expr, scope)
-        if isinstance(expr, ast.Call) and expr.name == dims.SHAPE:
-            return dims.shape_of(self._tensor_type(expr, scope))
-        if isinstance(expr, ast.Call):
-            return self._call(expr, scope, None, want)
-        if isinstance(expr, ast.Dimension):
+        if kind is ast.Dimension:
             return dims.dimension(self._tensor_type(expr, scope), expr.tensor.id, expr.name,
                                   expr.span, expr.name_span)
-        if isinstance(expr, ast.Index):
+        if kind is ast.Index:
             return self._index(expr, scope)
-        if isinstance(expr, ast.Delayed):
+        if kind is ast.Delayed:
             return self._delayed(expr, scope)
         raise SpecError(f"cannot evaluate {type(expr).__name__}", getattr(expr, "span", None))
 
@@ -687,8 +698,13 @@ class _Expander:
 
     def _pipeline(self, expr: ast.Pipeline, scope: _Scope, want: int):
         value = self._eval(expr.source, scope)
+        last_index = len(expr.stages) - 1
         for index, stage in enumerate(expr.stages):
-            last = index == len(expr.stages) - 1
+            last = index == last_index
+            if stage.repeat is None:  # most stages: one call of the tensor so far
+                piped = value if type(value) is Value else self._piped(value, stage, expr)
+                value = self._call(stage.call, scope, piped, want if last else 1)
+                continue
             count = 1 if stage.repeat is None else self._whole(stage.repeat, scope, "the repeat count")
             if count < 0:  # x 0 skips the stage, so `x (n - 1)` works for n = 1
                 raise SpecError(f"the repeat count must be 0 or more, got x {count}",
@@ -742,7 +758,10 @@ class _Expander:
     # ---- calls: layers, blocks and shared instances
     def _call(self, call: ast.Call, scope: _Scope, piped: Value | None, want: int, repeat=None,
               which: str = ""):
-        tensors, scalars, keywords = self._arguments(call, scope, piped)
+        if piped is not None and not call.args:  # `-> relu`: the piped tensor alone
+            tensors, scalars, keywords = [piped], [], {}
+        else:
+            tensors, scalars, keywords = self._arguments(call, scope, piped)
         if POISON in tensors:  # the one _Poison; a Value compares by identity
             self._check_poisoned(call, scalars, keywords, scope)
             return POISON if want == 1 else (POISON,) * want
@@ -814,6 +833,9 @@ class _Expander:
 
     def _apply_op(self, call, tensors, scalars, keywords, scope, want):
         cls = OPS[call.name]
+        if want == 1 and cls.arity == len(tensors) and not cls.multi_output:  # the common case
+            kw = {k: v for k, (v, _) in keywords.items()} if keywords else {}
+            return self._node(self._bind_op(cls, call, scalars, kw, keywords), tensors, call.span, scope)
         low, high = (cls.arity, cls.arity) if isinstance(cls.arity, int) else cls.arity
         if len(tensors) < low or (high is not None and len(tensors) > high):
             expected = str(low) if low == high else f"at least {low}" if high is None else f"{low} to {high}"
@@ -869,7 +891,13 @@ class _Expander:
         return self._node(op, tensors, span, scope)
 
     def _node(self, op: Op, tensors, span, scope: _Scope) -> Value:
-        node_id = scope.fresh(op.name, self.nodes)
+        # scope.fresh, written out: a call less for every node
+        counters, base, taken = scope.counters, op.name, self.nodes
+        while True:
+            count = counters[base] = counters.get(base, 0) + 1
+            node_id = f"{scope.prefix}{base}{count}"
+            if node_id not in taken:
+                break
         shares = None
         if scope.share is not None:
             shared, path = scope.share
@@ -877,12 +905,14 @@ class _Expander:
             shares = shared.owners.setdefault(local, node_id)
             shares = None if shares == node_id else shares
         self.work += 1
-        inputs = []
-        for tensor in tensors:
-            inputs.append((tensor.node, 0))
-            self.consumed.add(tensor.node)
-        self.nodes[node_id] = NodeDef(node_id, "op", span, scope.frames, op=op, inputs=inputs,
-                                      shares=shares)
+        if len(tensors) == 1:  # most layers
+            source = tensors[0].node
+            inputs = [(source, 0)]
+            self.consumed.add(source)
+        else:
+            inputs = [(tensor.node, 0) for tensor in tensors]
+            self.consumed.update([tensor.node for tensor in tensors])
+        self.nodes[node_id] = NodeDef(node_id, "op", span, scope.frames, op, inputs, None, None, shares)
         return Value(node_id)
 
     def _rename(self, value: Value, scope: _Scope, name: str) -> Value:
@@ -895,8 +925,8 @@ class _Expander:
             return value
         target = f"{scope.prefix}{name}"
         while target in self.nodes:  # a rebound name: x, x_2, x_3
-            scope.counters["=" + name] += 1
-            target = f"{scope.prefix}{name}_{scope.counters['=' + name] + 1}"
+            count = scope.counters["=" + name] = scope.counters.get("=" + name, 0) + 1
+            target = f"{scope.prefix}{name}_{count + 1}"
         del self.nodes[value.node]
         if value.node in self.types:
             self.types[target] = self.types.pop(value.node)

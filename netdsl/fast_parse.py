@@ -47,6 +47,9 @@ _TOP_LEVEL = frozenset(("import", "network", "input", "target", "state", "block"
                         "train", "for", "share"))
 _IN_BODY = frozenset(("in", "out", "state", "loss", "train", "for", "share"))
 
+# the tokens after a name or number that make it part of something larger: a call, a
+# delay, a dimension, arithmetic
+_OPERAND_GOES_ON = frozenset(("(", "[", ".", "+", "-", "*", "/"))
 # as netdsl.parse: numbers beyond this are refused; sums longer than this are balanced
 _LARGEST = 2**63
 _LONG_SUM = 16
@@ -57,24 +60,28 @@ _SHALLOW = 49
 
 def parse_quickly(text: str, file: str) -> tuple:
     """The items of a module, as parse.py's Lark path builds them, or NotHandled."""
-    kinds, values, lines, cols = _tokens(text)
+    kinds, values, lines, cols = _tokens(text, file)
     try:
         return _Parser(file, kinds, values, lines, cols).module()
     except (IndexError, RecursionError):  # ran off the end, or nested very deep
         raise NotHandled from None
 
 
-def _tokens(text: str):
+def _tokens(text: str, file: str = "<spec>"):
     """Kinds, texts, lines and columns of the tokens, newlines inside ( ) and [ ] dropped
-    as lark_parser's post-lexer does; punctuation is its own kind."""
+    as lark_parser's post-lexer does; punctuation is its own kind. A statement of the
+    commonest form (`_CHAIN`) is read whole, as one token of kind STMT whose value is
+    its syntax node."""
     kinds, values, lines, cols = [], [], [], []
     line, line_start, depth, pos = 1, 0, 0, 0
     end = len(text)
-    for found in _TOKEN.finditer(text):
-        kind, start = found.lastgroup, found.start()
-        value = found[kind]
-        if start != pos:  # a character no terminal starts with
+    match, chain = _TOKEN.match, _CHAIN.match
+    while pos < end:
+        found = match(text, pos)
+        if found is None:  # a character no terminal starts with
             raise NotHandled
+        kind, start = found.lastgroup, pos
+        value = found[kind]
         pos = found.end()
         if kind == "punct":
             kind = value
@@ -92,13 +99,78 @@ def _tokens(text: str):
         if "\n" in value:
             line += value.count("\n")
             line_start = start + value.rindex("\n") + 1
-    if pos < end:  # a character no terminal starts with
-        raise NotHandled
+        if kind == "NL" and not depth:  # a statement starts here
+            statement = chain(text, pos)
+            if statement is not None and statement["target"] not in _KEYWORDS:
+                kinds.append("STMT")
+                values.append(_chain(statement, file, line, line_start))
+                lines.append(line)
+                cols.append(pos - line_start + 1)
+                pos = statement.end()
     kinds.append("EOF")
     values.append("")
     lines.append(line)
     cols.append(pos - line_start + 1)
     return kinds, values, lines, cols
+
+
+# the commonest statement, read without tokens: a name given a name, or a call, and a
+# chain of layers, each call's arguments names or whole numbers,
+# `v2 = block(v1, 16) -> dense(16) -> relu`, alone on its line (no comment after it; the
+# next line does not go on with `->`)
+_BLANKS = r"[\t \f]*"
+_NAME = r"[A-Za-z_][A-Za-z_0-9]*"
+_ARGUMENT = rf"(?:{_NAME}|\d{{1,18}})"
+_CALL = (rf"(?P<name>{_NAME}){_BLANKS}(?:\((?P<args>{_BLANKS}(?:{_ARGUMENT}{_BLANKS}"
+         rf"(?:,{_BLANKS}{_ARGUMENT}{_BLANKS})*)?)(?P<close>\)){_BLANKS})?")
+_CHAIN = re.compile(rf"(?P<target>{_NAME}){_BLANKS}={_BLANKS}(?P<source>{_CALL})"
+                    rf"(?P<stages>(?:->{_BLANKS}{_CALL.replace('?P<', '?P<_')}){{0,16}})"
+                    r"(?=\r?\n(?![\t \r\n]*->))")
+_CHAIN_CALL = re.compile(_CALL)
+
+
+def _chain(statement, file: str, line: int, line_start: int) -> ast.Assign:
+    """The syntax node of a `_CHAIN` match, as _Parser.assign builds it."""
+    first = line_start - 1  # a column is an offset less this
+    start, stop = statement.span("target")
+    target = Span(file, line, start - first, line, stop - line_start)
+    value = _chain_call(_CHAIN_CALL.match(statement["source"]), statement.start("source"),
+                        False, file, line, first)
+    stages = []
+    stages_text, offset = statement["stages"], statement.start("stages")
+    for piece in stages_text.split("->")[1:]:  # no name or number holds an arrow
+        offset += 2
+        call = _chain_call(_CHAIN_CALL.match(piece, len(piece) - len(piece.lstrip(" \t\f"))),
+                           offset, True, file, line, first)
+        stages.append(ast.Stage(call, None, call.span))
+        offset += len(piece)
+    if stages:
+        value = ast.Pipeline(value, tuple(stages), Span(file, line, value.span.col, line,
+                                                        stages[-1].span.end_col))
+    return ast.Assign((statement["target"],), value,
+                      Span(file, line, target.col, line, value.span.end_col), (target,))
+
+
+def _chain_call(found, offset: int, stage: bool, file: str, line: int, first: int):
+    """The call `found` matched `offset` characters into its line's text (`first` is the
+    offset of column 0): a Call, or for the source of a pipeline without brackets, a Name."""
+    name_start, name_end = found.span("name")
+    name = Span(file, line, offset + name_start - first, line, offset + name_end - first - 1)
+    if found["close"] is None:
+        return ast.Call(found["name"], (), name, name) if stage else ast.Name(found["name"], name)
+    args = []
+    at = offset + found.start("args") - first  # the column of the text between the brackets
+    for piece in found["args"].split(","):
+        text = piece.strip(" \t\f")
+        if text:
+            col = at + len(piece) - len(piece.lstrip(" \t\f"))
+            where = Span(file, line, col, line, col + len(text) - 1)
+            argument = (ast.Number(int(text), where, text) if text[0].isdigit()
+                        else ast.Name(text, where))
+            args.append(ast.Arg(None, argument, where))
+        at += len(piece) + 1
+    return ast.Call(found["name"], tuple(args),
+                    Span(file, line, name.col, line, offset + found.end("close") - first - 1), name)
 
 
 class _Parser:
@@ -147,7 +219,7 @@ class _Parser:
 
     def span(self, line, col, end_line, end_col) -> Span:
         """A rule's span from Lark-style positions (end_col is exclusive)."""
-        return Span(self.file, line, col, end_line, max(col, end_col - 1))
+        return Span(self.file, line, col, end_line, end_col - 1 if end_col > col else col)
 
     # ---- the file
 
@@ -173,6 +245,9 @@ class _Parser:
         """One statement; `keywords` are those that start a statement at this place."""
         i = self.i
         if self.kinds[i] != "NAME":
+            if self.kinds[i] == "STMT":  # read whole by the lexer
+                self.i = i + 1
+                return self.values[i]
             raise NotHandled
         word = self.values[i]
         if word not in _KEYWORDS:
@@ -332,6 +407,13 @@ class _Parser:
         return ast.Out(tuple(values), self.span(self.lines[first], self.cols[first], *end))
 
     def assign(self):
+        i = self.i
+        if self.kinds[i + 1] == "=":  # one name, the common case
+            self.i = i + 2
+            value, _, _, end_line, end_col = self.expr()
+            line = self.lines[i]
+            return ast.Assign((self.values[i],), value, self.span(line, self.cols[i], end_line, end_col),
+                              (self.tok(i),))
         names = [self.name()]
         while self.kinds[self.i] == ",":
             self.i += 1
@@ -402,16 +484,23 @@ class _Parser:
     # ---- expressions: (node, first line, first column, last line, end column)
 
     def expr(self):
-        source = self.sum()
-        if self.kinds[self.i] != "ARROW":
+        i = self.i
+        kinds = self.kinds
+        kind = kinds[i]
+        if (kind == "NAME" or kind == "NUMBER") and kinds[i + 1] not in _OPERAND_GOES_ON:
+            source = self.plain(i)  # most operands: one name or number, without the descent
+        else:
+            source = self.sum()
+        if kinds[self.i] != "ARROW":
             return source
         stages = []
-        while self.kinds[self.i] == "ARROW":
+        while kinds[self.i] == "ARROW":
             self.i += 1
-            stage, *end = self.stage()
+            stage, end_line, end_col = self.stage()
             stages.append(stage)
-        return (ast.Pipeline(source[0], tuple(stages), self.span(source[1], source[2], *end)),
-                source[1], source[2], *end)
+        line, col = source[1], source[2]
+        return (ast.Pipeline(source[0], tuple(stages), self.span(line, col, end_line, end_col)),
+                line, col, end_line, end_col)
 
     def stage(self):
         call, line, col, end_line, end_col = self.callee()
@@ -431,9 +520,11 @@ class _Parser:
         return ast.Call(self.values[name], (), span, span), span.line, span.col, span.line, span.end_col + 1
 
     def call(self):
-        name = self.name()
-        self.expect("(")
+        name = self.i
         kinds = self.kinds
+        if kinds[name] != "NAME" or kinds[name + 1] != "(":
+            raise NotHandled
+        self.i = name + 2
         args = []
         keyword = False
         if kinds[self.i] != ")":
@@ -454,10 +545,15 @@ class _Parser:
                 if kinds[self.i] != ",":
                     break
                 self.i += 1
-        close = self.end_of(self.expect(")"))
-        line, col = self.lines[name], self.cols[name]
-        return (ast.Call(self.values[name], tuple(args), self.span(line, col, *close), self.tok(name)),
-                line, col, *close)
+        close = self.i
+        if kinds[close] != ")":
+            raise NotHandled
+        self.i = close + 1
+        line, col, text = self.lines[name], self.cols[name], self.values[name]
+        end_line, end_col = self.lines[close], self.cols[close] + 1
+        return (ast.Call(text, tuple(args), self.span(line, col, end_line, end_col),
+                         Span(self.file, line, col, line, col + len(text) - 1)),
+                line, col, end_line, end_col)
 
     def sum(self):
         first = self.product()
@@ -522,6 +618,17 @@ class _Parser:
         line, col = self.lines[i], self.cols[i]
         return ast.Neg(operand, self.span(line, col, end_line, end_col)), line, col, end_line, end_col
 
+    def plain(self, i):
+        """A name or number at token i that nothing after it extends, as `atom` reads it."""
+        self.i = i + 1
+        text = self.values[i]
+        line, col = self.lines[i], self.cols[i]
+        end_col = col + len(text)
+        span = Span(self.file, line, col, line, end_col - 1)
+        if self.kinds[i] == "NAME":
+            return ast.Name(text, span), line, col, line, end_col
+        return ast.Number(_number(text), span, text), line, col, line, end_col
+
     def atom(self):
         i = self.i
         kind = self.kinds[i]
@@ -539,14 +646,8 @@ class _Parser:
         if kind == "NUMBER":
             self.i += 1
             text = self.values[i]
-            try:
-                value = int(text) if text.isdigit() else float(text)
-            except ValueError:  # more digits than Python converts
-                value = math.inf
-            if abs(value) > _LARGEST:
-                raise NotHandled
             span = self.tok(i)
-            return ast.Number(value, span, text), span.line, span.col, span.line, span.end_col + 1
+            return ast.Number(_number(text), span, text), span.line, span.col, span.line, span.end_col + 1
         if kind == "STRING":
             self.i += 1
             span = self.tok(i)
@@ -602,6 +703,17 @@ class _Parser:
         line, col = self.lines[name], self.cols[name]
         return (ast.Delayed(self.values[name], int(text), self.span(line, col, *close)),
                 line, col, *close)
+
+
+def _number(text: str):
+    """The value of a NUMBER token, or NotHandled for one parse.py refuses."""
+    try:
+        value = int(text) if text.isdigit() else float(text)
+    except ValueError:  # more digits than Python converts
+        value = math.inf
+    if abs(value) > _LARGEST:
+        raise NotHandled
+    return value
 
 
 def _bare(term) -> bool:

@@ -26,45 +26,49 @@ def build_graph(program: Program) -> nx.DiGraph:
 
 
 def graph_and_order(program: Program) -> tuple[nx.DiGraph, list[str]]:
-    """`build_graph`, and the forward order its check found, which the passes after it
-    take rather than walk the graph for it again."""
+    """`build_graph`, and a forward order its check found, which the passes after it
+    take rather than walk the graph for it again: the program's own order where each
+    node follows its inputs of the same step there (expansion makes them so), else
+    `forward_order`'s."""
     graph = nx.DiGraph(name=program.name, losses=dict(program.losses), train=dict(program.train),
                        file=program.file, names=dict(program.names))
     # filled as networkx's own adders fill them (its documented dict-of-dicts), without
     # their checks and copies per node and per edge: they took half of this pass
     node_data, succ, pred = graph._node, graph._succ, graph._pred
-    for node in program.nodes.values():
-        node_data[node.id] = {"kind": node.kind, "op": node.op, "span": node.span,
-                              "scope": node.scope, "declared": node.type, "state": node.state,
-                              "shares": node.shares, "inputs": tuple(node.inputs)}
-        succ[node.id] = {}
-        pred[node.id] = {}
-    waiting: dict[str, int] = {}    # each node's inputs of the same step
-    readers: dict[str, list[str]] = {}  # of the nodes read at all, in the graph's edge order
+    # in one pass: an edge from a node made later (a state's new value) waits in `later`
+    # until its source comes, and then comes first among its readers, as it would have in
+    # a pass over the edges in the readers' order
+    later: dict[str, dict] = {}  # source -> {target: edge}
+    in_order = True  # every node so far after its inputs of the same step
     for node in program.nodes.values():
         target = node.id
+        node_data[target] = {"kind": node.kind, "op": node.op, "span": node.span,
+                             "scope": node.scope, "declared": node.type, "state": node.state,
+                             "shares": node.shares, "inputs": tuple(node.inputs)}
+        succ[target] = later.pop(target, None) or {}
+        into = pred[target] = {}
         if node.kind == "state":
             _check_state_inputs(target, node.kind, node.state, node.inputs, node.span)
-        count = 0
         for port, (source, delay) in enumerate(node.inputs):
-            out = succ.get(source)
-            if out is None:  # an edge would add it bare, without its data
-                raise SpecError(f"internal: {target} reads the missing node {source}", node.span)
-            edge = out.get(target)
+            edge = into.get(source)
             if edge is not None:
                 edge["ports"].append(port)
                 continue
-            out[target] = pred[target][source] = {"delay": delay, "ports": [port]}
-            if not delay:
-                count += 1
-                found = readers.get(source)
-                if found is None:
-                    readers[source] = [target]
-                else:
-                    found.append(target)
-        waiting[target] = count
+            edge = into[source] = {"delay": delay, "ports": [port]}
+            out = succ.get(source)
+            if out is None:  # not made yet
+                later.setdefault(source, {})[target] = edge
+                in_order = in_order and bool(delay)
+            else:
+                out[target] = edge
+                if source == target and not delay:  # a node of its own inputs: a cycle
+                    in_order = False
+    for source, readers in later.items():  # an edge would add it bare, without its data
+        target = next(iter(readers))
+        raise SpecError(f"internal: {target} reads the missing node {source}",
+                        program.nodes[target].span)
     nx._clear_cache(graph)
-    return graph, _ordered(graph, waiting, readers)
+    return graph, list(program.nodes) if in_order else forward_order(graph)
 
 
 def forward_view(graph: nx.DiGraph) -> nx.DiGraph:

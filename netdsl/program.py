@@ -13,7 +13,7 @@ __all__ = ["Frame", "NodeDef", "StateDef", "StartFrom", "Program", "call_notes"]
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Frame:
     """One level of block nesting: the instance `basic2` of block `basic`.
 
@@ -43,7 +43,7 @@ def call_notes(frames: tuple[Frame, ...], span: Span | None = None) -> tuple[tup
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StartFrom:
     """A state's initial value computed by the network (`state s : [n] = last(encoded)`):
     `text` is the expression as the spec writes it; each of the state's nodes reads the
@@ -56,7 +56,7 @@ class StartFrom:
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StateDef:
     """A declared recurrent state: its step type, initial value and declaration span."""
 
@@ -66,7 +66,7 @@ class StateDef:
     span: Span
 
 
-@dataclass
+@dataclass(slots=True)  # one per node: a big spec has hundreds of thousands
 class NodeDef:
     """One node of the graph to be.
 

@@ -36,19 +36,34 @@ def typed_graph(graph: nx.DiGraph, copy: bool = True, order: list[str] | None = 
     """A copy of `graph` with types where they can be inferred (None elsewhere), and the
     errors, so that passes after this one can still report theirs. `copy=False` types
     `graph` itself, for a caller that keeps no untyped graph (copying a big one costs as
-    much as typing it); `order` is its forward order where the caller has it already."""
+    much as typing it); `order` is a forward order where the caller has one already
+    (errors are reported in `forward_order`'s all the same)."""
     graph = graph.copy() if copy else graph
     errors: list[SpecError] = []
-    attrs = dict(graph.nodes(data=True))  # each node's data, found without a view per lookup
+    attrs = graph._node  # networkx's dict of each node's data: no view per lookup
+    known: dict[tuple, tuple] = {}  # see _node_type
+    one_of_each: dict[TensorType, TensorType] = {}
+    states, shared = [], []  # checked after typing, without another pass over every node
+    failed = []  # the nodes of `errors`
     for node in order if order is not None else forward_order(graph):
         data = attrs[node]
+        if data["kind"] == "state":
+            states.append(node)
+        elif data.get("shares") is not None:
+            shared.append(node)
         try:
-            data["type"] = _node_type(attrs, data)
+            data["type"] = _node_type(attrs, data, known, one_of_each)
         except ShapeError as exc:
             data["type"] = None
             errors.append(SpecError(exc.message, data["span"], _same_count_hint(graph, node) or exc.hint,
                                     call_notes(data["scope"], data["span"])))
-    errors += _check_states(graph) + _check_losses(graph) + _check_shared(graph)
+            failed.append(node)
+    if len(failed) > 1 and order is not None:  # reported in forward_order's order, whatever `order` was
+        position = {node: i for i, node in enumerate(forward_order(graph))}
+        errors = [error for _, error in sorted(zip(map(position.__getitem__, failed), errors),
+                                               key=lambda pair: pair[0])]
+    errors += (_check_states(graph, _in_graph_order(graph, states)) + _check_losses(graph)
+               + _check_shared(graph, _in_graph_order(graph, shared)))
     return graph, errors
 
 
@@ -57,10 +72,31 @@ def input_types(graph: nx.DiGraph, node: str) -> list[TensorType | None]:
     return [graph.nodes[source].get("type") for source, _ in graph.nodes[node]["inputs"]]
 
 
-def _node_type(attrs: dict, data) -> TensorType | None:
-    """The type of a node, its inputs' types known: `attrs` maps nodes to their data."""
+def _node_type(attrs: dict, data, known: dict, one_of_each: dict) -> TensorType | None:
+    """The type of a node, its inputs' types known: `attrs` maps nodes to their data.
+
+    A big network repeats the same layer on the same input type again and again, and an
+    op's type depends on nothing else: `known` keeps the result for each op class,
+    attributes and input types, so a shape rule runs once for all of them. Inputs are
+    keyed by identity: every type given is one object per value (`one_of_each`), so the
+    nodes of a chain meet the same input objects, and the inputs are kept beside the
+    result, so no key outlives its objects. A rule that fails is not kept: each failing
+    node raises its own error."""
     inputs = [attrs[source].get("type") for source, _ in data["inputs"]]
-    return node_type(data["kind"], data["declared"], data["op"], inputs)
+    op = data["op"]
+    values = getattr(op, "attrs", None)
+    if values is None:  # an input, a target or a state: its type is declared
+        result = node_type(data["kind"], data["declared"], op, inputs)
+        return one_of_each.setdefault(result, result)
+    try:
+        key = (type(op), tuple(values.items()), *map(id, inputs))
+        found = known.get(key)
+    except TypeError:  # an attribute that cannot be a key (a list): not kept
+        return node_type(data["kind"], data["declared"], op, inputs)
+    if found is None:
+        result = node_type(data["kind"], data["declared"], op, inputs)
+        found = known[key] = (one_of_each.setdefault(result, result), inputs)
+    return found[0]
 
 
 def node_type(kind: str, declared: TensorType | None, op, inputs: list[TensorType | None]
@@ -119,11 +155,18 @@ def whole_positions(op) -> frozenset[int]:
     return positions(op, op.whole)
 
 
-def _check_states(graph: nx.DiGraph) -> list[SpecError]:
+def _in_graph_order(graph: nx.DiGraph, nodes: list[str]) -> list[str]:
+    """Some of the graph's nodes in its own order, as errors about them are reported."""
+    if len(nodes) < 2:
+        return nodes
+    position = {node: i for i, node in enumerate(graph)}
+    return sorted(nodes, key=position.__getitem__)
+
+
+def _check_states(graph: nx.DiGraph, states: list[str]) -> list[SpecError]:
     errors = []
-    for node, data in graph.nodes(data=True):
-        if data["kind"] != "state":
-            continue
+    for node in states:
+        data = graph.nodes[node]
         (value, _), *start = data["inputs"]
         got = graph.nodes[value].get("type")
         want = data["declared"]
@@ -166,12 +209,14 @@ def _check_losses(graph: nx.DiGraph) -> list[SpecError]:
     return errors
 
 
-def _check_shared(graph: nx.DiGraph) -> list[SpecError]:
-    """A shared layer must get inputs of the same shape at every use, or its weights would differ."""
+def _check_shared(graph: nx.DiGraph, shared: list[str]) -> list[SpecError]:
+    """A shared layer must get inputs of the same shape at every use, or its weights would
+    differ; `shared` are the nodes that share another's parameters."""
     errors = []
-    for node, data in graph.nodes(data=True):
-        owner = data.get("shares")
-        if owner is None or data.get("type") is None or graph.nodes[owner].get("type") is None:
+    for node in shared:
+        data = graph.nodes[node]
+        owner = data["shares"]
+        if data.get("type") is None or graph.nodes[owner].get("type") is None:
             continue
         mine = data["op"].params(*(t.step() for t in input_types(graph, node)))
         theirs = graph.nodes[owner]["op"].params(*(t.step() for t in input_types(graph, owner)))

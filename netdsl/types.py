@@ -8,7 +8,7 @@ from netdsl.frozen import quick_init
 
 
 @quick_init
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorType:
     """Shape and dtype of one example; the batch (and time, when `seq`) stay symbolic.
 

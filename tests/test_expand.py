@@ -314,3 +314,21 @@ def test_the_documented_dimensions_example():
     assert graph.nodes[graph.graph["names"]["h"]]["type"].dims == (16, 8, 8)
     assert [graph.nodes[n]["op"].units for n in graph if graph.nodes[n]["kind"] == "op"
             and graph.nodes[n]["op"].name == "dense"] == [1024, 10]
+
+
+def test_bound_arguments_are_kept_by_value_and_type():
+    """bind keeps converted arguments by op and arguments: a kept dense(1) must not answer
+    for dense(true), a kept 0.0 not for -0.0, and each call makes its own op."""
+    from netdsl.ops import OPS
+    from netdsl.ops.base import ArgError, bind
+    dense = OPS["dense"]
+    first, second = bind(dense, [1], {}), bind(dense, [1], {})
+    assert first is not second and first.attrs == second.attrs and first.attrs is not second.attrs
+    assert (first.units, second.units) == (1, 1)
+    with pytest.raises(ArgError, match="whole number"):
+        bind(dense, [True], {})
+    scale = OPS["scale"]
+    assert str(bind(scale, [], {"factor": 0.0}).factor) == "0.0"
+    assert str(bind(scale, [], {"factor": -0.0}).factor) == "-0.0"
+    assert bind(scale, [], {"factor": 2}).factor == 2.0
+    assert type(bind(scale, [], {"factor": 2}).factor) is float

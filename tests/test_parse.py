@@ -84,7 +84,7 @@ class TestSpans:
             if hasattr(node, "span"):
                 assert node.span.file == "mlp.net"
                 assert 1 <= node.span.line <= node.span.end_line <= len(lines)
-            for value in vars(node).values() if hasattr(node, "__dataclass_fields__") else ():
+            for value in (getattr(node, f) for f in getattr(node, "__dataclass_fields__", ())):
                 for child in value if isinstance(value, tuple) else (value,):
                     if hasattr(child, "__dataclass_fields__"):
                         walk(child)

@@ -123,3 +123,31 @@ def test_token_soups_read_the_same(text):
 @given(st.sampled_from(SOURCES), st.data())
 def test_truncated_specs_read_the_same(text, data):
     assert_same(text[:data.draw(st.integers(0, len(text)))])
+
+
+@pytest.mark.parametrize("text", [
+    "network n\na = b\nc = b -> relu -> dense(16)\n",
+    "network n\na = b -> dense( 016 )\t-> relu\t\n\nc = a\n",
+    "network n\na = b -> relu\n  -> tanh\nc = a -> relu\n\n   -> tanh\n",
+    "network n\na = b -> relu # the chain ends before a comment\nc = a -> relu\n# x\n-> tanh\n",
+    "network n\na = b -> x -> dense(3) x 2\nc = b -> f(1, 2) -> g(n) -> h(1.5) -> k(-1)\n",
+    "network n\na = b -> relu\r\nc = a -> dense(2)\r\n",
+    "network n\na\f=\fb\f->\frelu\nblock f() {\n  in a\n  b = a -> relu\n  out b\n}\n",
+    "network n\nc = b -> dense(" + "9" * 18 + ")\nd = b -> dense(" + "9" * 19 + ")\n",
+    "network n\nin = b -> relu\n", "network n\nx = b\nloss = x\n",
+    "network n\nv = pair(u, 16)\nw = f() -> g( a ,b,3 ) -> h()\nz = k(1) -> m(n, 2)\n",
+    "network n\nv = pair(u, 16)[0]\nw = f(a, b=2)\nz = k(1.5, x)\nq = r(s.t)\n",
+], ids=["names and chains", "blanks and zeros", "chains that go on", "comments",
+        "repeats and other arguments", "CRLF", "form feeds and bodies", "long numbers",
+        "keyword as target", "keyword as target 2", "calls", "calls left to tokens"])
+def test_whole_statements_read_the_same(text):
+    """The lexer reads `name = name -> layer(n) -> ...` statements whole: what it reads so
+    is Lark's AST, and what it does not is read token by token."""
+    assert_same(text)
+
+
+def test_whole_statements_are_read_whole():
+    from netdsl.fast_parse import _tokens
+    kinds = _tokens("network n\na = b -> relu\nc = a -> dense(4)\nd = f(c, 1) -> g(1, 2)\n"
+                    "e = c -> f(1.5)\n")[0]
+    assert kinds.count("STMT") == 3

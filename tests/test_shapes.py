@@ -99,3 +99,93 @@ class TestShapeErrors:
                 "loss mse((a -> E) + (b -> E), t)\n")
         (error,) = self.errors(check, text)
         assert "shared layer" in error.message
+
+
+class TestCheckingOrder:
+    """Checking types nodes in the program's order where that is a forward order, and
+    counts on equal results being shared; neither may change what is reported."""
+
+    TIES = """block f() {
+  in a
+  b = a -> conv(3, 3)
+  out b
+}
+input x : [4]
+target y : [4]
+p = x -> dense(4) -> dense(4) -> f
+q = normal(4) -> f
+loss mse(p + q, y)
+"""
+
+    def test_errors_at_one_place_come_in_forward_order(self):
+        """Both calls of f fail at the same conv; forward order reaches q's first (its
+        source has no input), the program p's: the error kept is the one forward order
+        gives, as before the program's order was used."""
+        from netdsl.driver import check_text
+        with pytest.raises(CheckFailed) as failed:
+            check_text(self.TIES, "ties.net")
+        [error] = failed.value.errors
+        assert [span.line for _, span in error.notes] == [9]
+
+    def test_the_order_given_is_a_forward_order(self):
+        from netdsl.expand import expand
+        from netdsl.graph import forward_order, graph_and_order
+        from netdsl.parse import parse
+        program = expand(parse(self.TIES.replace("conv(3, 3)", "dense(4)"), "t.net"))
+        graph, order = graph_and_order(program)
+        assert order == list(program.nodes) != forward_order(graph)
+        seen = set()
+        for node in order:
+            assert all(source in seen for source, delay in graph.nodes[node]["inputs"] if not delay)
+            seen.add(node)
+
+    def test_equal_types_are_one_object_and_rules_run_once_per_input(self):
+        from netdsl.driver import check_text
+        from netdsl.ops import OPS
+        calls = []
+        shape = OPS["dense"].shape
+
+        def counted(self, x):
+            calls.append(x)
+            return shape(self, x)
+
+        OPS["dense"].shape = counted
+        try:
+            net = check_text("input x : [4]\ntarget y : [4]\n"
+                             + "".join(f"h{i} = {'x' if i == 0 else f'h{i - 1}'} -> dense(4)\n"
+                                       for i in range(6))
+                             + "loss mse(h5, y)\n", "chain.net")
+        finally:
+            OPS["dense"].shape = shape
+        types = [net.graph.nodes[f"h{i}"]["type"] for i in range(6)]
+        assert all(t is types[0] for t in types) and types[0] == TensorType((4,))
+        assert len(calls) == 1  # x's type and every result are [4]: one object, one rule run
+        assert net.param_count() == 6 * (4 * 4 + 4)
+
+    def test_the_graph_is_networkx_own_in_its_order(self):
+        """The graph pass fills networkx's dicts in one pass, an edge from a node made
+        later (a state's new value) held back until its source comes: its nodes, edges
+        and their order are those networkx's adders give, edges in the readers' order."""
+        from netdsl.expand import expand
+        from netdsl.graph import graph_and_order
+        from netdsl.parse import parse
+        text = ("input x : seq[4]\ntarget y : [4]\nstate h : [4], c : [4]\n"
+                "a = x + h[t-1] + h[t-2]\nd = a -> dense(4)\nb = d + c[t-1]\nh = b + a\nc = a\n"
+                "loss mse(h -> last, y)\n")
+        program = expand(parse(text, "s.net"))
+        graph, order = graph_and_order(program)
+        expected = nx.DiGraph()
+        for node in program.nodes.values():
+            expected.add_node(node.id)
+        for node in program.nodes.values():
+            for port, (source, delay) in enumerate(node.inputs):
+                if expected.has_edge(source, node.id):
+                    expected.edges[source, node.id]["ports"].append(port)
+                else:
+                    expected.add_edge(source, node.id, delay=delay, ports=[port])
+        assert list(graph) == list(expected)
+        assert [list(graph.succ[n].items()) for n in graph] == \
+            [list(expected.succ[n].items()) for n in expected]
+        assert [list(graph.pred[n].items()) for n in graph] == \
+            [list(expected.pred[n].items()) for n in expected]
+        assert any(list(graph).index(s) > list(graph).index(t) for s, t in graph.edges)

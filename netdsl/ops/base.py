@@ -435,6 +435,68 @@ def register(name: str, *aliases: str):
 
 def bind(cls: type[Op], positional: list, keyword: dict[str, Any]) -> Op:
     """Match call arguments to an op's schema and convert them; raise ArgError on misuse."""
+    if keyword:
+        try:  # the types too: True and 1 are equal keys, but a converter tells them apart
+            key = (cls, tuple(positional), tuple(keyword.items()), tuple(map(type, positional)),
+                   tuple(map(type, keyword.values())))
+            found = _BOUND.get(key)
+        except TypeError:  # a list among them: bound afresh
+            key = found = None
+    elif positional:  # the common call, `dense(64)`: one flat key
+        try:
+            key = (cls, len(positional), *positional, *map(type, positional))
+            found = _BOUND.get(key)
+        except TypeError:  # a list among them: bound afresh
+            key = found = None
+    else:
+        key, found = cls, _BOUND.get(cls)
+    if found is not None and found[0] is cls.args:  # (a test may give a class other args)
+        values = found[1]
+    else:
+        values = _bind_values(cls, positional, keyword)
+        if key is not None and all(map(_plain, values.values())) \
+                and all(map(_plain, positional)) and all(map(_plain, keyword.values())):
+            if len(_BOUND) >= _BOUND_KEPT:
+                _BOUND.clear()
+            _BOUND[key] = (cls.args, values)
+    plain = _PLAIN_INIT.get(cls)
+    if plain is None:
+        plain = _PLAIN_INIT[cls] = _plain_init(cls)
+    if not plain:
+        return cls(**values)
+    op = cls.__new__(cls)  # as Op.__init__ makes it, without its call by keywords
+    op.attrs = dict(values)
+    for name, value in values.items():  # not through op.__dict__, which would make a dict
+        setattr(op, name, value)         # of the fields Python otherwise keeps more compactly
+    return op
+
+
+# A big spec calls the same layer with the same arguments thousands of times: their
+# converted values are kept, by op and arguments, for calls whose values are all plain
+# (no list, no zero or NaN float: 0.0 and -0.0 are equal keys), at most this many
+_BOUND_KEPT = 4096
+_BOUND: dict[Any, tuple[tuple[Arg, ...], dict[str, Any]]] = {}
+
+
+_PLAIN_INIT: dict[type, bool] = {}  # _plain_init's answer, by class
+
+
+def _plain_init(cls: type[Op]) -> bool:
+    """Whether making an instance of `cls` is Op.__init__'s alone: its attributes stored
+    as they are, with no __init__, __setattr__ or property of the op's own in between."""
+    return (cls.__init__ is Op.__init__ and cls.__setattr__ is object.__setattr__
+            and not any(isinstance(getattr(cls, arg.name, None), property) for arg in cls.args))
+
+
+def _plain(value) -> bool:
+    kind = type(value)
+    if kind is float:
+        return value == value and value != 0.0
+    return kind is int or kind is str or kind is bool or value is None
+
+
+def _bind_values(cls: type[Op], positional: list, keyword: dict[str, Any]) -> dict[str, Any]:
+    """The converted value of each of an op's arguments, in the schema's order."""
     schema, defaults = _schema(cls)
     if len(positional) > len(cls.args):
         raise ArgError(
@@ -461,7 +523,7 @@ def bind(cls: type[Op], positional: list, keyword: dict[str, Any]) -> Op:
                 default = defaults.get(arg.name, _UNSHARED)
                 # defaults pass the converter too, so attributes have one canonical form
                 values[arg.name] = arg.convert(arg.default) if default is _UNSHARED else default
-    return cls(**{arg.name: values[arg.name] for arg in cls.args})
+    return {arg.name: values[arg.name] for arg in cls.args}
 
 
 _UNSHARED = object()
