@@ -72,6 +72,14 @@ from netdsl.runtime.execute import Executor
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import make_optimizer
 
+try:
+    # imported before main() limits BLAS: scikit-learn loads SciPy's own OpenBLAS, which a
+    # limit set earlier leaves at its own thread count, and netdsl's host splits over the
+    # most threads any loaded BLAS has (a "--threads 1" W3 ran on two after W1)
+    from sklearn.datasets import load_digits
+except ImportError:
+    load_digits = None
+
 from isolation import (blas_pool, fix_malloc, keep_results, limit_blas, load_average, settle,
                        warn_if_busy)
 
@@ -185,15 +193,10 @@ WORKLOADS = [
 
 def make_batch(workload: Workload) -> tuple[np.ndarray, np.ndarray, str]:
     """Inputs (float32) and class labels (int64), and where they come from."""
-    if workload.id == "W1":
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError:
-            pass
-        else:
-            digits = load_digits()
-            x = (digits.data[:workload.batch] / 16).astype(np.float32)
-            return x, digits.target[:workload.batch].astype(np.int64), "digits"
+    if workload.id == "W1" and load_digits is not None:
+        digits = load_digits()
+        x = (digits.data[:workload.batch] / 16).astype(np.float32)
+        return x, digits.target[:workload.batch].astype(np.int64), "digits"
     rng = np.random.default_rng(SEED)
     x = rng.standard_normal((workload.batch, *workload.dims), dtype=np.float32)
     return x, rng.integers(0, 10, workload.batch, dtype=np.int64), "synthetic"
