@@ -65,7 +65,8 @@ def conv_module(dtype: str, index_type: str, gemm: str) -> str:
     direct = "".join(_DIRECT.format(NAME=name, OB=blocks, V=positions, SIZES=_SIZES)
                      for name, (blocks, positions) in direct_blocks(dtype).items())
     return _TEMPLATE.format(T=t, I=index_type, gemm=gemm, SIZES=_SIZES, DIRECT=direct,
-                            W=lanes(dtype) // 2, IB=CELL_BLOCK, GB=OUTPUT_BLOCK // 2,
+                            W=lanes(dtype) // 2, VL=lanes(dtype) // 2, IB=CELL_BLOCK,
+                            GB=OUTPUT_BLOCK // 2,
                             RM=ROW_MAJOR, N=NO_TRANS, TR=TRANS)
 
 
@@ -311,7 +312,8 @@ void {NAME}(gemm_t gemm, const T* restrict x, const T* restrict w,
 
 """
 
-_TEMPLATE = """\
+# both libraries' opening: the element and index types, CBLAS's ?gemm, and vectors of VL
+_PREAMBLE = """\
 #include <string.h>
 
 typedef long long L;
@@ -319,9 +321,12 @@ typedef {T} T;
 /* {gemm}: CBLAS's ?gemm */
 typedef {I} I;
 typedef void (*gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
-/* a vector of {W} elements (GCC's and Clang's vector extension), at any element's address */
-enum {{ VL = {W} }};
+/* a vector of {VL} elements (GCC's and Clang's vector extension), at any element's address */
+enum {{ VL = {VL} }};
 typedef T vec __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T))));
+"""
+
+_TEMPLATE = _PREAMBLE + """\
 /* a loaded vector stays in a register: GCC would otherwise load it again for each use,
    and the loads, not the multiplications, would bound the loop */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -627,17 +632,7 @@ def winograd_grad_scratch(dtype: str, sizes, rows: int) -> int:
     return winograd_scratch(dtype, sizes, rows) - 4 * lanes + o * 2 * th * 2 * (tv + 1)
 
 
-_WINOGRAD = """\
-#include <string.h>
-
-typedef long long L;
-typedef {T} T;
-/* {gemm}: CBLAS's ?gemm */
-typedef {I} I;
-typedef void (*gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
-/* a vector of {VL} elements (GCC's and Clang's vector extension), at any element's address */
-enum {{ VL = {VL} }};
-typedef T vec __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T))));
+_WINOGRAD = _PREAMBLE + """\
 #define LOAD(p) (*(const vec*)(p))
 #define STORE(p, v) (*(vec*)(p) = (v))
 
