@@ -18,7 +18,6 @@ import ctypes
 import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -33,7 +32,7 @@ __all__ = ["on_host", "to_host", "read_scalars", "host_threads", "one_blas_threa
 # another process holds delays the op by a small slab at most
 SLABS_PER_THREAD = 2
 
-_pool = None     # the worker threads, made on first use
+_crew = None     # the worker threads, made on first use
 _blas = None     # threadpoolctl's controllers of the loaded BLAS libraries
 _running = threading.Lock()  # held while slabs run: a split inside a slab runs serially
 _slabs_running = 1  # how many slabs run at once now: they share the chunk budget
@@ -144,19 +143,67 @@ def _slabs(xp, total: int, size: int = MIN_SPLIT_BYTES) -> list[slice]:
     return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
 
 
+class _Crew:
+    """Worker threads that each wait on a lock of their own: handing them a function is
+    a lock's release, and its end another's (ThreadPoolExecutor's futures and queue took
+    twice as long a hand-over). One hand-over runs at a time (`_running`)."""
+
+    def __init__(self, size: int):
+        self._work = None
+        self._failure = None
+        self._start = [threading.Lock() for _ in range(size)]
+        self._done = [threading.Lock() for _ in range(size)]
+        for lock in (*self._start, *self._done):
+            lock.acquire()
+        for start, done in zip(self._start, self._done):
+            threading.Thread(target=self._serve, args=(start, done), daemon=True,
+                             name="netdsl-slabs").start()
+
+    def _serve(self, start, done) -> None:
+        while True:
+            start.acquire()
+            try:
+                self._work()
+            except BaseException as exc:  # raised again in the thread that handed it over
+                self._failure = exc
+            done.release()
+
+    def run(self, work, helpers: int) -> None:
+        """work() on this thread and on `helpers` workers at once; returns when all end."""
+        self._work, self._failure = work, None
+        for start in self._start[:helpers]:
+            start.release()
+        try:
+            work()
+        finally:
+            for done in self._done[:helpers]:
+                done.acquire()
+        if self._failure is not None:
+            raise self._failure
+
+
+def _forget_crew() -> None:
+    """A forked child has none of its parent's threads: it makes its own crew."""
+    global _crew
+    _crew = None
+
+
+os.register_at_fork(after_in_child=_forget_crew)
+
+
 @parallel.slab_map.provide("numpy")
 def _slab_map(xp, fn, total: int, size: int = MIN_SPLIT_BYTES) -> list:
     """[fn(slab) for slab in slabs], on all threads at once: each takes the next slab
     nobody has started until none is left."""
-    global _pool, _slabs_running
+    global _crew, _slabs_running
     slabs = _slabs(xp, total, size)
     if len(slabs) == 1:
         return [fn(slabs[0])]
     with _running:
         threads = min(host_threads(), len(slabs))
         _slabs_running = threads
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+        if _crew is None:
+            _crew = _Crew(max(1, (os.cpu_count() or 2) - 1))
         # inside one_blas_thread() BLAS runs on one thread already
         controllers = _blas_controllers() if _step_threads is None else ()
         blas_threads = [c.num_threads for c in controllers]
@@ -169,15 +216,10 @@ def _slab_map(xp, fn, total: int, size: int = MIN_SPLIT_BYTES) -> list:
             while (i := next(claim)) < len(slabs):
                 results[i] = fn(slabs[i])
 
-        futures = []
         try:
-            futures = [_pool.submit(work) for _ in range(threads - 1)]
-            work()
-            for future in futures:
-                future.result()
+            _crew.run(work, threads - 1)
             return results
         finally:
-            wait(futures)
             _slabs_running = 1
             for c, n in zip(controllers, blas_threads):
                 c.set_num_threads(n)

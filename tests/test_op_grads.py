@@ -832,6 +832,31 @@ class TestHostSlabs:
         (dx,), grads = op.backward(ctx, rng.standard_normal(y.shape).astype(np.float32))
         return [y, dx, *grads.values()]
 
+    def test_slabs_run_at_once_and_a_helper_s_failure_reaches_the_caller(self, monkeypatch):
+        import threading
+
+        from netdsl.ops import parallel
+        from netdsl.runtime import host  # importing it lends the ops its threads
+
+        monkeypatch.setattr(host, "host_threads", lambda: 2)
+        meet = threading.Barrier(2, timeout=10)  # broken unless both slabs run at once
+
+        def both(part):
+            meet.wait()
+            return threading.get_ident()
+
+        def helper_fails(part):
+            meet.wait()
+            if threading.current_thread() is not threading.main_thread():
+                raise ValueError("slab failed")
+
+        idents = parallel.slab_map(np, both, 2, 1 << 30)
+        assert len(set(idents)) == 2
+        with pytest.raises(ValueError, match="slab failed"):
+            parallel.slab_map(np, helper_fails, 2, 1 << 30)
+        assert parallel.slab_map(np, lambda part: (part.start, part.stop), 4, 1 << 30) \
+            == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
     @pytest.mark.parametrize("call, kwargs, shape", CALLS)
     def test_slabs_match_one_piece(self, call, kwargs, shape, monkeypatch):
         whole = self.run(call, kwargs, shape, 1, monkeypatch)
