@@ -9,26 +9,25 @@ import sys
 
 from netdsl import __version__, emit
 from netdsl.atomic import write_text
-from netdsl.completion import SHELLS, completion_script
-from netdsl.diff import diff_json, format_diff
 from netdsl.driver import CheckFailed, check_file, cycle_collection_paused, read_spec
 from netdsl.errors import SpecError, SpecErrors, UsageError, errors_of, render
 from netdsl.fmt import format_text
 from netdsl.imports import ENV_VAR, not_a_folder, unusable_env_folders
-from netdsl.lower import lower, printers
-from netdsl.lower.pipeline import PASSES, TARGETS
 from netdsl.optimizers import configure
-from netdsl.report import (REPORT_STEPS, cost_json, format_cost_table, format_loop_memory,
-                           format_totals, format_training_memory, trained_params)
-from netdsl.runtime.device import DEVICES
 from netdsl.settings import resolve_settings
-from netdsl.unroll import unroll
+
+# The back end (netdsl.lower, netdsl.report, netdsl.diff, the runtime's devices) is
+# imported inside the functions of the commands that use it: `netc check`, run once per
+# save by editors and the builder, needs none of it, and importing it took 0.1 s of each
+# check.
 
 __all__ = ["main"]
 
-# the front end's stages, then the back end's passes (netdsl.lower.PASSES), then views
-EMIT_STAGES = ("ast", "expanded", "graph", "shapes", *(name for name, _ in PASSES), "plan",
-               "unrolled", "kernels")
+
+def _emit_stages(passes) -> tuple[str, ...]:
+    """The front end's stages, then the back end's passes (netdsl.lower.PASSES), then views."""
+    return ("ast", "expanded", "graph", "shapes", *(name for name, _ in passes), "plan",
+            "unrolled", "kernels")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +45,9 @@ def _output_flags(cmd, quiet: str) -> None:
     cmd.add_argument("--json", action="store_true", help="results as JSON on stdout")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """netc's command line; for `command` "check", that command's alone: the others'
+    choices and defaults come from the back end, which a check does not import."""
     root = _Parser(prog="netc", description="Check, compile, draw, format and train .net network specs.")
     root.add_argument("--version", action="version", version=f"netc {__version__}")
     sub = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -58,13 +59,21 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("specs", nargs="+", metavar="SPEC", help=".net file(s) to check")
     _output_flags(check, "print errors alone: nothing when every spec checks")
     _import_flag(check)
+    if command == "check":  # the usage and every message of `netc check ...` are the same
+        return root
+    # the back end's passes, targets, report steps and devices, and completion's shells
+    from netdsl.completion import SHELLS
+    from netdsl.lower.pipeline import PASSES, TARGETS  # see the note at the module's imports
+    from netdsl.report import REPORT_STEPS  # see the note at the module's imports
+    from netdsl.runtime.device import DEVICES  # see the note at the module's imports
 
     comp = sub.add_parser("compile",
                           help="per-node table: op, inputs, shape, parameters, mult-adds, memory",
                           description="Print what each node costs, or any pipeline stage with --emit.")
     comp.add_argument("spec", metavar="SPEC")
     _import_flag(comp)
-    comp.add_argument("--emit", choices=EMIT_STAGES, help="print a pipeline stage instead of the table")
+    comp.add_argument("--emit", choices=_emit_stages(PASSES),
+                      help="print a pipeline stage instead of the table")
     comp.add_argument("--batch", type=_positive, default=1, help="batch size for FLOPs and memory (1)")
     comp.add_argument("--depth", type=_positive, metavar="N",
                       help="one row per block N levels deep (1: the network's own blocks), "
@@ -92,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
                          description="Train a spec. Without --data it trains on data that ships "
                                      "with the install (digits, MNIST) or on generated data, and "
                                      "says which. Checkpoints go to --checkpoint (runs/NAME).")
-    _data_flags(run)
+    _data_flags(run, DEVICES)
     run.add_argument("--epochs", type=_positive, help="epochs (the spec's train clause, else 10)")
     run.add_argument("--batch", type=_positive, help="batch size (train clause, else 32)")
     run.add_argument("--lr", type=_positive_float, help="learning rate (train clause)")
@@ -133,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
                            ("predict", "outputs of a trained spec for --data")):
         cmd = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:]
                              + ", from the checkpoint that `netc run` wrote.")
-        _data_flags(cmd)
+        _data_flags(cmd, DEVICES)
         cmd.add_argument("--init-from", metavar="FILE.safetensors",
                          help="these weights instead of the checkpoint (netc export --to "
                               "safetensors, or netc import's NAME.safetensors)")
@@ -267,7 +276,7 @@ def _import_folder(text: str) -> str:
     return text
 
 
-def _data_flags(cmd) -> None:
+def _data_flags(cmd, devices) -> None:
     cmd.add_argument("spec", metavar="SPEC")
     _import_flag(cmd)
     cmd.add_argument("--force", action="store_true",
@@ -279,7 +288,7 @@ def _data_flags(cmd) -> None:
     cmd.add_argument("--length", type=_positive, metavar="T",
                      help="time steps of generated or named sequence data (default 20)")
     cmd.add_argument("--checkpoint", metavar="DIR", help="checkpoint folder (runs/NAME)")
-    cmd.add_argument("--device", choices=tuple(DEVICES), default="cpu", help="where to run (cpu)")
+    cmd.add_argument("--device", choices=tuple(devices), default="cpu", help="where to run (cpu)")
     cmd.add_argument("--native", action=argparse.BooleanOptionalAction, default=None,
                      help="on the CPU, run elementwise chains, convolutions and recurrences "
                           "as C compiled here and cached (default: specs with a recurrence or "
@@ -339,6 +348,8 @@ def _steps(text: str, example: str = "--unroll 3") -> int:
 
 def _sequence_length(text: str) -> int:
     """compile --steps T: the sequence length a recurrence's stored states are reported at."""
+    from netdsl.report import REPORT_STEPS  # see the note at the module's imports
+
     return _steps(text, f"--steps {REPORT_STEPS}")
 
 
@@ -355,8 +366,9 @@ def _natural(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run netc; returns the exit code (0 ok, 1 for an error in a spec, a data file or a
     checkpoint, 2 for a command line that cannot work)."""
-    args = _parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --workers passes on
+    given = list(sys.argv[1:] if argv is None else argv)
+    args = _parser(given[0] if given else None).parse_args(given)
+    args.argv = given  # what --workers passes on
     if hasattr(args, "import_path"):  # a command that reads specs
         for why in unusable_env_folders():
             sys.stderr.write(f"warning: {ENV_VAR}: {why}; imports cannot read from it\n")
@@ -452,6 +464,14 @@ def _compile(args) -> int:
     if args.unroll is not None and args.emit != "unrolled":
         raise UsageError("--unroll goes with --emit unrolled", None,
                         f"netc compile {args.spec} --emit unrolled --unroll {args.unroll}")
+    # the back end: see the note at the module's imports
+    from netdsl.lower import lower, printers
+    from netdsl.lower.pipeline import PASSES  # likewise
+    from netdsl.report import (cost_json, format_cost_table,  # likewise
+                               format_loop_memory, format_totals, format_training_memory,
+                               trained_params)
+    from netdsl.unroll import unroll  # likewise: for --emit unrolled
+
     net = check_file(args.spec, args.import_path)
     if args.emit in dict(PASSES):
         print(printers.format_pass(lower(net, args.target), args.emit, args.batch))
@@ -584,6 +604,8 @@ def _training(command: str):
 
 
 def _diff(args) -> int:
+    from netdsl.diff import diff_json, format_diff  # the back end's costs: see the module's imports
+
     first, second = (check_file(path, args.import_path) for path in args.specs)
     if args.json:
         print(json.dumps(diff_json(first, second, args.batch, args.depth), indent=2))
@@ -593,6 +615,8 @@ def _diff(args) -> int:
 
 
 def _completion(args) -> int:
+    from netdsl.completion import completion_script  # for this command alone
+
     sys.stdout.write(completion_script(_parser(), args.shell))
     return 0
 

@@ -116,3 +116,17 @@ def test_the_compiler_loads_without_the_runtime():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_checking_loads_neither_the_back_end_nor_lark():
+    """`netc check` of a spec the quick parser reads imports the front end alone: the back
+    end, the runtime and Lark are imported by the commands and the parses that need them."""
+    code = ("import sys; from netdsl.cli import main; "
+            f"code = main(['check', '--quiet', {str(ROOT / 'specs' / 'lstm.net')!r}]); "
+            "print(code, sorted({m.split('.')[0] if m.split('.')[0] != 'netdsl' else m "
+            "for m in sys.modules if m.startswith(('netdsl.lower', 'netdsl.report', "
+            "'netdsl.diff', 'netdsl.runtime', 'netdsl.completion', 'lark'))}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0 []"
