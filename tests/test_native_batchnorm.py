@@ -108,7 +108,7 @@ def test_numpy_evaluates_the_same_programs(dtype, training):
 
 
 def test_large_inputs_run_in_channel_slabs_on_the_host_threads(cache, monkeypatch):
-    """Above native.SPLIT_BYTES, slabs of channels run on the host's threads."""
+    """Above native.CHANNEL_SPLIT_BYTES, slabs of channels run on the host's threads."""
     from netdsl.ops import parallel  # the seam whose calls the test counts
     calls = []
     real = parallel.slab_map.provided["numpy"]
@@ -118,7 +118,7 @@ def test_large_inputs_run_in_channel_slabs_on_the_host_threads(cache, monkeypatc
         return real(xp, fn, total, size)
 
     monkeypatch.setitem(parallel.slab_map.provided, "numpy", counting)
-    monkeypatch.setattr(native, "SPLIT_BYTES", 1 << 20)   # the arrays stay small
+    monkeypatch.setattr(native, "CHANNEL_SPLIT_BYTES", 1 << 20)   # the arrays stay small
     theirs, ours = _numpy_and_ours((16, 24, 32, 32), "float32", True, compiled=True)
     assert calls and all(total == 24 and size > parallel.MIN_SPLIT_BYTES
                          for total, size in calls)

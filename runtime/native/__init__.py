@@ -106,13 +106,15 @@ def build_report(lowered, dtype: str = "float32") -> str:
 
 _DTYPES = {"float32": np.dtype("float32"), "float64": np.dtype("float64")}
 
-# bytes a program must touch before its slabs run on the host's threads. Handing slabs
-# to Python threads costs about 33 us a call, and a chain over ResNet-20's activations
-# (1-6 MiB) runs in 50-150 us on one core: split, W3's chains took 7.9-8.2 ms a step on
-# two threads, unsplit 5.6-6.0; its batchnorms 61-92 ms split, 11-14 unsplit, with
-# another process on a core (docs/cpu.md). Above this the work is long enough for the
-# hand-over not to count
+# bytes an elementwise chain must touch before its slabs run on the host's threads.
+# Handing slabs to Python threads costs about 24 us a call, and a chain over LeNet's or
+# Inception's activations (1-13 MiB) is a pass over memory: split at 256 KiB, W2's step
+# was the faster in 43 of 150 steps alternating with 16 MiB, W6's in 4 of 12 (docs/cpu.md)
 SPLIT_BYTES = 16 << 20
+# the same for a per-channel program (batchnorm): its two passes each way over a channel
+# do more per byte, and split at 256 KiB ResNet-20's step was the faster in 31 of 40
+# steps alternating with 16 MiB (71.2 against 74.8 ms, median, quiet machine)
+CHANNEL_SPLIT_BYTES = 256 << 10
 
 
 _address, _bytes_of = ctypes.addressof, ctypes.c_char.from_buffer
@@ -215,7 +217,7 @@ def _run_channels_native(xp, program: ChannelProgram, arrays: dict, scalars: dic
         function(*pointers, *values, b, c, n, part.start, part.stop)
 
     size = first.nbytes * (len(program.reads) + len(program.writes))
-    if size < SPLIT_BYTES:
+    if size < CHANNEL_SPLIT_BYTES:
         run(slice(0, c))
         return results
     parallel.slab_map(np, run, c, size)
