@@ -23,14 +23,10 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from netdsl.ops import parallel
-from netdsl.ops.parallel import CHUNK_BYTES, MIN_SPLIT_BYTES
+from netdsl.ops.parallel import CHUNK_BYTES, MIN_SPLIT_BYTES, SLABS_PER_THREAD, even_slabs
 
 __all__ = ["on_host", "to_host", "read_scalars", "host_threads", "one_blas_thread",
            "steady_allocations", "SLABS_PER_THREAD"]
-
-# slabs per thread: a thread that finishes early takes the next slab, so one whose core
-# another process holds delays the op by a small slab at most
-SLABS_PER_THREAD = 2
 
 _crew = None     # the worker threads, made on first use
 _blas = None     # threadpoolctl's controllers of the loaded BLAS libraries
@@ -137,10 +133,7 @@ def _slabs(xp, total: int, size: int = MIN_SPLIT_BYTES) -> list[slice]:
     a single slice for small ops, or inside another split."""
     if size < MIN_SPLIT_BYTES or _running.locked():
         return [slice(0, total)]
-    threads = host_threads()
-    count = max(1, min(SLABS_PER_THREAD * threads if threads > 1 else 1, total))
-    bounds = [total * i // count for i in range(count + 1)]
-    return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+    return even_slabs(total, host_threads())
 
 
 class _Crew:

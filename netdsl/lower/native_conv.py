@@ -27,7 +27,7 @@ Only text is made here; netdsl.runtime.native.conv compiles and calls it.
 from __future__ import annotations
 
 from netdsl.lower.cuda import CTYPES
-from netdsl.ops.parallel import CHUNK_BYTES, chunk_examples
+from netdsl.ops.parallel import CHUNK_BYTES, SLABS_PER_THREAD, chunk_examples, even_slabs
 
 __all__ = ["conv_module", "FUNCTIONS", "OUTPUT_BLOCK", "GEOMETRY", "lanes", "planes",
            "direct_blocks", "direct_kernel", "geometry_sizes", "gemm_scratch",
@@ -145,21 +145,15 @@ def weight_grad_scratch(dtype: str, sizes, images: int = 1) -> int:
 
 # ---- the scratch a layer's kernels hold at once, for the memory plan
 
-# slabs per host thread (runtime.host.SLABS_PER_THREAD; a test holds them equal): the
-# lowering may not import the runtime, and a slab's partial weight gradients live until
-# every slab is done
-SLABS_PER_THREAD = 2
-
 # bytes of Python's own objects around a call and each slab (the arrays' headers, ctypes'
 # arguments, the slab's closure and result): 3-4 KiB a slab, measured by tracemalloc
 CALL_OBJECTS = 4096
 
 
 def slab_sizes(batch: int, threads: int) -> list[int]:
-    """The slabs runtime.host splits a batch into on `threads` threads, as their sizes."""
-    count = max(1, min(SLABS_PER_THREAD * threads if threads > 1 else 1, batch))
-    bounds = [batch * i // count for i in range(count + 1)]
-    return [hi - lo for lo, hi in zip(bounds, bounds[1:])]
+    """The slabs runtime.host splits a batch into on `threads` threads, as their sizes (a
+    slab's partial weight gradients live until every slab is done)."""
+    return [part.stop - part.start for part in even_slabs(batch, threads)]
 
 
 def _flipped_sizes(sizes) -> tuple[int, ...] | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from netdsl.ops.routines import overridable
 
-__all__ = ["MIN_SPLIT_BYTES", "CHUNK_BYTES", "slabs", "slab_map", "chunk_budget",
+__all__ = ["MIN_SPLIT_BYTES", "CHUNK_BYTES", "SLABS_PER_THREAD", "even_slabs", "slabs", "slab_map", "chunk_budget",
            "split_pointwise", "batch_chunks", "chunk_examples"]
 
 # bytes an op must touch before splitting it pays for the threads' hand-over
@@ -25,6 +25,18 @@ MIN_SPLIT_BYTES = 1 << 20
 # (col2im makes two per kernel offset) and a GEMM of fewer columns: the layers of
 # LeNet-5 and ResNet-20 ran 10-40% slower with 1 MiB chunks, not faster with 8 or 16.
 CHUNK_BYTES = 4 << 20
+
+# slabs per thread: a thread that finishes early takes the next slab, so one whose core
+# another process holds delays the op by a small slab at most
+SLABS_PER_THREAD = 2
+
+
+def even_slabs(total: int, threads: int) -> list[slice]:
+    """range(total) in even, contiguous slices, SLABS_PER_THREAD per thread (one slice on
+    one thread): how a runtime splits an op, and what the memory plan counts."""
+    count = max(1, min(SLABS_PER_THREAD * threads if threads > 1 else 1, total))
+    bounds = [total * i // count for i in range(count + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
 
 
 @overridable
