@@ -58,9 +58,9 @@ _LONG_SUM = 16
 # a statement of at most this many tokens cannot nest past parse's limit of 100 levels
 # (each token opens at most two levels of Lark's tree)
 _SHALLOW = 49
-# runs of the commonest statement read by netdsl.whole_statements, each chain's layout
-# worked out once (valid_100k's parse: 1.19 -> 0.75 CPU s); NETDSL_WHOLE_STATEMENTS=0 reads
-# them one by one as before (`_chain` below), to compare the two
+# runs of the commonest statement are read by netdsl.whole_statements, one match each, the
+# statements of a form made by a function compiled for it (valid_100k's parse: 1.23 -> 0.71
+# CPU s); NETDSL_WHOLE_STATEMENTS=0 reads them one at a time as before (`_chain` below)
 RUNS_OF_STATEMENTS = os.environ.get("NETDSL_WHOLE_STATEMENTS", "1") != "0"
 
 

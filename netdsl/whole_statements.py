@@ -1,8 +1,12 @@
 """The quick parser's reading of runs of the commonest statement, a name given a name or a
 call and a chain of layers, `v2 = block(v1, 16) -> dense(16) -> relu`, each alone on its
-line: one regular-expression match per statement, no tokens, and the layout of each
-distinct chain of layers (`-> dense(16) -> relu`: names, arguments, columns) worked out
-once per file, so a statement's nodes are made from it with its line and column alone.
+line: one regular-expression match per statement and no tokens.
+
+Statements of one form are made by one function, compiled for it with its layout written
+in: the form is the chain's text (`-> dense(16) -> relu`) and the source's shape, its text
+with each letter written `a` and each digit `9` (`pair(v1, 16)`: `aaaa(a9, 99)`), which
+says where its name and arguments lie, so the function slices them out of the source. A
+big spec repeats a few forms on thousands of lines.
 
 Builds exactly the nodes netdsl.fast_parse's token-by-token reading (and so Lark's path)
 builds, spans included; tests/test_quick_parse.py holds them together.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import string
 from functools import partial
 
 from netdsl import ast
@@ -31,18 +36,21 @@ _STATEMENT = re.compile(
     r"(?=\r?\n(?![\t \r\n]*->))((?:\r?\n[\t ]*)+[\t \f]*)")
 _STAGE = re.compile(rf"->{_BLANKS}({_CALL})")
 _CALL_PARTS = re.compile(rf"({_NAME}){_BLANKS}(?:\(([^)]*)\))?")
-# a file's distinct chains beyond this many are made from their layouts without a
+# a source's shape: a name's characters become `a` (so a name starts with one), digits `9`
+_SHAPE = str.maketrans(dict.fromkeys(string.ascii_letters + "_", "a")
+                       | dict.fromkeys(string.digits, "9"))
+# a file's forms beyond this many are made from their layouts by `_assign`, without a
 # function of their own (compiling one takes about as long as 20 statements)
 MOST_COMPILED = 256
 
 
 def read_run(text: str, pos: int, line: int, line_start: int, file: str, keywords,
-             chains: dict):
+             makers: dict):
     """The statements of the commonest form from `pos` on, a statement's start on `line`,
     which starts at offset `line_start`: their Assign nodes, and the position, line and
     line start after the newlines that end the last of them. `keywords` are the words a
-    statement's target may not be (the token path reads those); `chains` keeps the
-    maker of each chain's stages for the rest of the file."""
+    statement's target may not be (the token path reads those); `makers` keeps the maker
+    of each form of statement for the rest of the file."""
     match = _STATEMENT.match
     nodes = []
     found = match(text, pos)
@@ -52,25 +60,12 @@ def read_run(text: str, pos: int, line: int, line_start: int, file: str, keyword
             break
         regs = found.regs  # the groups' places, all at once
         first = line_start - 1  # a column is an offset less this
-        target_col = regs[1][0] - first
-        target_end = regs[1][1] - line_start
-        col = regs[2][0] - first
-        if "(" in source:
-            value = _call(_call_layout(source), file, line, col)
-        else:
-            value = ast.Name(source, Span(file, line, col, line, col + len(source) - 1))
-        if stages:
-            make = chains.get(stages)
-            if make is None:
-                layout = _stages_layout(stages)
-                make = chains[stages] = (_compiled(layout) if len(chains) < MOST_COMPILED
-                                         else partial(_assign, layout))
-            nodes.append(make(file, line, target, target_col, target_end, value, col,
-                              regs[3][0] - first))
-        else:
-            end = col + len(source) - 1
-            nodes.append(ast.Assign((target,), value, Span(file, line, target_col, line, end),
-                                    (Span(file, line, target_col, line, target_end),)))
+        form = (source.translate(_SHAPE), stages) if "(" in source else stages
+        make = makers.get(form)
+        if make is None:
+            make = makers[form] = _maker(form, len(makers) < MOST_COMPILED)
+        nodes.append(make(file, line, target, regs[1][0] - first, regs[1][1] - line_start,
+                          source, regs[2][0] - first, regs[3][0] - first))
         pos = regs[0][1]
         if newline == "\n":  # the usual end: no blank line, no indent, no CR
             line += 1
@@ -82,101 +77,13 @@ def read_run(text: str, pos: int, line: int, line_start: int, file: str, keyword
     return nodes, pos, line, line_start
 
 
-# what every chain's maker is given: the statement's file and line, its target's name and
-# columns, the source's node and column, and the column where the chain's text starts
-_MAKER_PARAMETERS = "file, line, target, target_col, target_end, value, value_col, col"
-
-
-def _assign(layout, file, line, target, target_col, target_end, value, value_col, col):
-    """The statement's Assign, its chain made from `layout` (see `_stages_layout`)."""
-    stages = []
-    for offset, call in layout:
-        call = _call(call, file, line, col + offset)
-        stages.append(ast.Stage(call, None, call.span))
-    end = call.span.end_col
-    return ast.Assign((target,), ast.Pipeline(value, tuple(stages),
-                                              Span(file, line, value_col, line, end)),
-                      Span(file, line, target_col, line, end),
-                      (Span(file, line, target_col, line, target_end),))
-
-
-def _compiled(layout):
-    """`_assign` for one layout, as a function with the layout's names, numbers and
-    columns written in: a chain repeated on many lines is made without a loop or a
-    look-up per layer, and each node without a call of its class (see `_making`)."""
-    lines, stages = [], []
-    for k, (offset, (name, name_last, last, args)) in enumerate(layout):
-        lines += _making(f"n{k}", Span, "file", "line", f"col + {offset}", "line",
-                         f"col + {offset + name_last}")
-        if args is None:
-            lines += _making(f"c{k}", ast.Call, repr(name), "()", f"n{k}", f"n{k}")
-            lines += _making(f"t{k}", ast.Stage, f"c{k}", "None", f"n{k}")
-            stages.append(f"t{k}")
-            end = offset + name_last
-            continue
-        lines += _making(f"s{k}", Span, "file", "line", f"col + {offset}", "line",
-                         f"col + {offset + last}")
-        made = []
-        for j, (first, arg_last, value, text) in enumerate(args):
-            where, node, arg = f"w{k}_{j}", f"v{k}_{j}", f"a{k}_{j}"
-            lines += _making(where, Span, "file", "line", f"col + {offset + first}", "line",
-                             f"col + {offset + arg_last}")
-            lines += (_making(node, ast.Name, repr(value), where) if text is None
-                      else _making(node, ast.Number, repr(value), where, repr(text)))
-            lines += _making(arg, ast.Arg, "None", node, where)
-            made.append(f"{arg}, ")
-        lines += _making(f"c{k}", ast.Call, repr(name), f"({''.join(made)})", f"s{k}", f"n{k}")
-        lines += _making(f"t{k}", ast.Stage, f"c{k}", "None", f"s{k}")
-        stages.append(f"t{k}")
-        end = offset + last
-    lines.append(f"end = col + {end}")
-    lines += _making("p", Span, "file", "line", "value_col", "line", "end")
-    lines += _making("chain", ast.Pipeline, "value", f"({', '.join(stages)},)", "p")
-    lines += _making("whole", Span, "file", "line", "target_col", "line", "end")
-    lines += _making("named", Span, "file", "line", "target_col", "line", "target_end")
-    lines += _making("statement", ast.Assign, "(target,)", "chain", "whole", "(named,)")
-    lines.append("return statement")
-    source = f"def make({_MAKER_PARAMETERS}):\n" + "".join(f"    {x}\n" for x in lines)
-    namespace = dict(_SETTERS, new=object.__new__)
-    exec(source, namespace)  # noqa: S102 - made above from names, digits and numbers alone
-    return namespace["make"]
-
-
-def _making(var: str, cls, *values: str) -> list[str]:
-    """Lines of Python that make `var` a `cls` of these fields (Python expressions, in the
-    fields' order) as its `__init__` does (netdsl.frozen.quick_init: each slot set by its
-    own setter), without the call of the class and its `__init__`, a sixth of the time."""
-    names = [field.name for field in dataclasses.fields(cls)]
-    assert len(values) == len(names), f"{cls.__name__} has the fields {names}"
-    return [f"{var} = new({cls.__name__})",
-            *(f"{cls.__name__}_{name}({var}, {value})" for name, value in zip(names, values))]
-
-
-# the classes the makers make, and the setters of their slots (`_making`)
-_SETTERS = {f"{cls.__name__}{key}": value
-            for cls in (Span, ast.Assign, ast.Pipeline, ast.Stage, ast.Call, ast.Arg, ast.Name,
-                        ast.Number)
-            for key, value in [("", cls)] + [(f"_{field.name}", cls.__dict__[field.name].__set__)
-                                             for field in dataclasses.fields(cls)]}
-
-
-def _call(layout, file, line, col):
-    """A Call from its layout, its text starting at column `col`."""
-    name, name_last, last, args = layout
-    name_span = Span(file, line, col, line, col + name_last)
-    if args is None:
-        return ast.Call(name, (), name_span, name_span)
-    made = []
-    for first, arg_last, value, number_text in args:
-        where = Span(file, line, col + first, line, col + arg_last)
-        made.append(ast.Arg(None, ast.Name(value, where) if number_text is None
-                            else ast.Number(value, where, number_text), where))
-    return ast.Call(name, tuple(made), Span(file, line, col, line, col + last), name_span)
-
-
-def _stages_layout(stages: str) -> tuple:
-    """(offset, call layout) of each `-> call` of a chain's text."""
-    return tuple((found.start(1), _call_layout(found[1])) for found in _STAGE.finditer(stages))
+def _maker(form, compiled: bool):
+    """The maker of the statements of `form` (see read_run): compiled for it, or
+    `_assign` with its layout."""
+    shape, stages = form if isinstance(form, tuple) else (None, form)
+    layout = (None if shape is None else _call_layout(shape),
+              tuple((found.start(1), _call_layout(found[1])) for found in _STAGE.finditer(stages)))
+    return _compiled(*layout) if compiled else partial(_assign, layout)
 
 
 def _call_layout(text: str) -> tuple:
@@ -198,3 +105,131 @@ def _call_layout(text: str) -> tuple:
                          word if number else None))
         at += len(piece) + 1
     return name, len(name) - 1, len(text) - 1, tuple(args)
+
+
+# what every maker is given: the statement's file and line, its target's name and columns,
+# the source's text and column, and the column where the chain's text starts
+_MAKER_PARAMETERS = "file, line, target, target_col, target_end, source, source_col, chain_col"
+
+
+def _assign(layout, file, line, target, target_col, target_end, source, source_col,
+            chain_col):
+    """A statement's Assign from its form's layout, without a compiled maker."""
+    source_layout, stages_layout = layout
+    if source_layout is None:
+        end = source_col + len(source) - 1
+        value = ast.Name(source, Span(file, line, source_col, line, end))
+    else:
+        value = _call(source_layout, file, line, source_col, source)
+        end = value.span.end_col
+    if stages_layout:
+        stages = []
+        for offset, call in stages_layout:
+            call = _call(call, file, line, chain_col + offset, None)
+            stages.append(ast.Stage(call, None, call.span))
+        end = call.span.end_col
+        value = ast.Pipeline(value, tuple(stages), Span(file, line, source_col, line, end))
+    return ast.Assign((target,), value, Span(file, line, target_col, line, end),
+                      (Span(file, line, target_col, line, target_end),))
+
+
+def _call(layout, file, line, col, source):
+    """A Call from its layout, its text starting at column `col`; its name and arguments
+    sliced from `source` if given (a layout from a shape), else the layout's own."""
+    name, name_last, last, args = layout
+    if source is not None:
+        name = source[:name_last + 1]
+    name_span = Span(file, line, col, line, col + name_last)
+    if args is None:
+        return ast.Call(name, (), name_span, name_span)
+    made = []
+    for first, arg_last, value, number_text in args:
+        where = Span(file, line, col + first, line, col + arg_last)
+        if source is not None:
+            text = source[first:arg_last + 1]
+            value, number_text = (text, None) if number_text is None else (int(text), text)
+        made.append(ast.Arg(None, ast.Name(value, where) if number_text is None
+                            else ast.Number(value, where, number_text), where))
+    return ast.Call(name, tuple(made), Span(file, line, col, line, col + last), name_span)
+
+
+def _compiled(source_layout, stages_layout):
+    """`_assign` for one layout, as a function with the layout's columns, names and
+    numbers written in: a form repeated on many lines is made without a loop or a
+    look-up per layer, and each node without a call of its class (see `_making`)."""
+    if source_layout is None:
+        end = "source_col + len(source) - 1"
+        lines = [f"end = {end}", *_making("where", Span, "file", "line", "source_col", "line", "end"),
+                 *_making("value", ast.Name, "source", "where")]
+    else:
+        lines, last = _call_lines("value", source_layout, "source_col", sliced=True)
+        end = f"source_col + {last}"
+    stages = []
+    for k, (offset, call) in enumerate(stages_layout):
+        made, last = _call_lines(f"c{k}", call, f"chain_col + {offset}", sliced=False)
+        lines += made
+        lines += _making(f"t{k}", ast.Stage, f"c{k}", "None", f"c{k}_span")
+        stages.append(f"t{k}, ")
+        end = f"chain_col + {offset + last}"
+    lines.append(f"end = {end}")
+    if stages:
+        lines += _making("whole", Span, "file", "line", "source_col", "line", "end")
+        lines += _making("chain", ast.Pipeline, "value", f"({''.join(stages)})", "whole")
+        lines.append("value = chain")
+    lines += _making("whole", Span, "file", "line", "target_col", "line", "end")
+    lines += _making("named", Span, "file", "line", "target_col", "line", "target_end")
+    lines += _making("statement", ast.Assign, "(target,)", "value", "whole", "(named,)")
+    lines.append("return statement")
+    source = f"def make({_MAKER_PARAMETERS}):\n" + "".join(f"    {x}\n" for x in lines)
+    namespace = dict(_SETTERS, new=object.__new__)
+    exec(source, namespace)  # noqa: S102 - made above from names, digits and numbers alone
+    return namespace["make"]
+
+
+def _call_lines(var: str, layout, col: str, sliced: bool):
+    """Lines that make `var` the Call of `layout` at column `col` (an expression), with
+    `{var}_span` its span; its name and arguments sliced from `source` if `sliced`.
+    Returns them and the offset of the call's last character."""
+    name, name_last, last, args = layout
+    name = f"source[:{name_last + 1}]" if sliced else repr(name)
+    lines = _making(f"{var}_name", Span, "file", "line", col, "line", f"{col} + {name_last}")
+    if args is None:
+        lines.append(f"{var}_span = {var}_name")
+        return lines + _making(var, ast.Call, name, "()", f"{var}_name", f"{var}_name"), name_last
+    lines += _making(f"{var}_span", Span, "file", "line", col, "line", f"{col} + {last}")
+    made = []
+    for j, (first, arg_last, value, text) in enumerate(args):
+        where, node, arg = f"{var}_w{j}", f"{var}_v{j}", f"{var}_a{j}"
+        lines += _making(where, Span, "file", "line", f"{col} + {first}", "line",
+                         f"{col} + {arg_last}")
+        is_name = text is None
+        if sliced:
+            sliced_text = f"{var}_text{j}"
+            lines.append(f"{sliced_text} = source[{first}:{arg_last + 1}]")
+            value, text = (sliced_text, None) if is_name else (f"int({sliced_text})", sliced_text)
+        else:
+            value, text = repr(value), repr(text)
+        lines += (_making(node, ast.Name, value, where) if is_name
+                  else _making(node, ast.Number, value, where, text))
+        lines += _making(arg, ast.Arg, "None", node, where)
+        made.append(f"{arg}, ")
+    return lines + _making(var, ast.Call, name, f"({''.join(made)})", f"{var}_span",
+                           f"{var}_name"), last
+
+
+def _making(var: str, cls, *values: str) -> list[str]:
+    """Lines of Python that make `var` a `cls` of these fields (Python expressions, in the
+    fields' order) as its `__init__` does (netdsl.frozen.quick_init: each slot set by its
+    own setter), without the call of the class and its `__init__`, a sixth of the time."""
+    names = [field.name for field in dataclasses.fields(cls)]
+    assert len(values) == len(names), f"{cls.__name__} has the fields {names}"
+    return [f"{var} = new({cls.__name__})",
+            *(f"{cls.__name__}_{name}({var}, {value})" for name, value in zip(names, values))]
+
+
+# the classes the makers make, and the setters of their slots (`_making`)
+_SETTERS = {f"{cls.__name__}{key}": value
+            for cls in (Span, ast.Assign, ast.Pipeline, ast.Stage, ast.Call, ast.Arg, ast.Name,
+                        ast.Number)
+            for key, value in [("", cls)] + [(f"_{field.name}", cls.__dict__[field.name].__set__)
+                                             for field in dataclasses.fields(cls)]}

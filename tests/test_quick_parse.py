@@ -186,8 +186,12 @@ def test_whole_statements_read_the_same(text):
     "network n\na = b -> " + " -> ".join(["relu"] * 16) + "\nc = b -> " + " -> ".join(["relu"] * 17)
     + "\nd = c -> dense( 3 ,x ) ->relu->  g ( )\n",
     "network n\na = b\nc = a",
+    "network n\n" + "".join(f"v{i} = f{i % 3}(v{i - 1}, {i % 11:03}, {'x' * (i % 4 + 1)})"
+                            f"{' -> relu' * (i % 2)}\n" for i in range(1, 60)),
+    "network n\na = f()\nb = f( )\nc = f ( a ,12 )\t\nd = g(\fa_1,\tb) -> h(c)\ne = f(\u0663)\n",
 ], ids=["blank lines, indents, CRLF", "keyword targets in a run", "a run cut short",
-        "bodies", "many distinct chains", "long chains and odd blanks", "no newline at the end"])
+        "bodies", "many distinct chains", "long chains and odd blanks", "no newline at the end",
+        "calls as sources", "odd calls as sources"])
 def test_runs_of_whole_statements_read_the_same(text):
     """Runs of whole statements: their lines and columns after blank lines, indents and
     CRLF; a run ended by a keyword, a continued chain or a comment; a chain's maker
@@ -208,9 +212,9 @@ def test_a_file_compiles_at_most_so_many_chains(monkeypatch):
     compiled = []
     compile_chain = whole_statements._compiled
     monkeypatch.setattr(whole_statements, "_compiled",
-                        lambda layout: compiled.append(layout) or compile_chain(layout))
+                        lambda *layout: compiled.append(layout) or compile_chain(*layout))
     text = "network n\n" + "".join(f"v{i} = u -> dense({i % 30})\n" for i in range(1, 90))
     with reading(most_compiled=10):
         items = parse_quickly(text, FILE)
-    assert len(compiled) == 10  # of 30 distinct chains, each met three times
+    assert len(compiled) == 10  # of 30 distinct forms, each met three times
     assert repr(items) == repr(lark(text))
