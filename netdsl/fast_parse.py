@@ -17,7 +17,7 @@ import re
 
 from netdsl import ast
 from netdsl.errors import Span
-from netdsl.whole_statements import read_run
+from netdsl.whole_statements import read_run, statement_at
 
 __all__ = ["NotHandled", "parse_quickly"]
 
@@ -83,7 +83,7 @@ def _tokens(text: str, file: str = "<spec>"):
     line, line_start, depth, pos = 1, 0, 0, 0
     end = len(text)
     match, chain = _TOKEN.match, _CHAIN.match
-    runs, layouts = RUNS_OF_STATEMENTS, {}
+    runs, makers, pending = RUNS_OF_STATEMENTS, {}, {}
     while pos < end:
         found = match(text, pos)
         if found is None:  # a character no terminal starts with
@@ -108,8 +108,11 @@ def _tokens(text: str, file: str = "<spec>"):
             line += value.count("\n")
             line_start = start + value.rindex("\n") + 1
         if kind == "NL" and not depth and runs:  # statements start here
-            run, pos, line, line_start = read_run(text, pos, line, line_start, file,
-                                                  _KEYWORDS, layouts)
+            statement = statement_at(text, pos)
+            if statement is None:
+                continue
+            run, pos, line, line_start = read_run(statement, text, line, line_start, file,
+                                                  _KEYWORDS, makers, pending)
             if run:  # as a token of kind STMTS, and the newline that ends the last one
                 kinds += ("STMTS", "NL")
                 values += (run, "\n")

@@ -24,21 +24,22 @@ FILE = "same.net"
 
 
 @contextmanager
-def reading(runs: bool = True, most_compiled: int = whole_statements.MOST_COMPILED):
-    """The quick parser reading whole statements as runs, chains made by compiled
-    functions up to `most_compiled` per file (0: all from their layouts), or with
-    `runs` off, one statement at a time as before."""
-    saved = fast_parse.RUNS_OF_STATEMENTS, whole_statements.MOST_COMPILED
-    fast_parse.RUNS_OF_STATEMENTS, whole_statements.MOST_COMPILED = runs, most_compiled
+def reading(runs: bool = True, compile_after: int = whole_statements.COMPILE_AFTER):
+    """The quick parser reading whole statements as runs, each form's statements made by
+    a function compiled for it after `compile_after` of them (0: all), or with `runs`
+    off, one statement at a time as before."""
+    saved = fast_parse.RUNS_OF_STATEMENTS, whole_statements.COMPILE_AFTER
+    fast_parse.RUNS_OF_STATEMENTS, whole_statements.COMPILE_AFTER = runs, compile_after
     try:
         yield
     finally:
-        fast_parse.RUNS_OF_STATEMENTS, whole_statements.MOST_COMPILED = saved
+        fast_parse.RUNS_OF_STATEMENTS, whole_statements.COMPILE_AFTER = saved
 
 
-# the ways of reading whole statements besides the default, which every comparison with
-# Lark's path also takes (they must agree with the default to the last span)
-OTHER_WAYS = ({"most_compiled": 0}, {"runs": False})
+# the ways of reading whole statements besides the default (whose small texts' forms are
+# made without compiling), which every comparison with Lark's path also takes: they must
+# agree with the default to the last span
+OTHER_WAYS = ({"compile_after": 0}, {"runs": False})
 
 
 def quick(text: str):
@@ -208,13 +209,14 @@ def test_whole_statements_are_read_whole():
         assert fast_parse._tokens(text)[0].count("STMT") == 3
 
 
-def test_a_file_compiles_at_most_so_many_chains(monkeypatch):
+def test_a_form_is_compiled_after_so_many_statements(monkeypatch):
     compiled = []
     compile_chain = whole_statements._compiled
     monkeypatch.setattr(whole_statements, "_compiled",
                         lambda *layout: compiled.append(layout) or compile_chain(*layout))
-    text = "network n\n" + "".join(f"v{i} = u -> dense({i % 30})\n" for i in range(1, 90))
-    with reading(most_compiled=10):
+    text = "network n\n" + "".join(f"v{i} = u -> dense({i % 30 if i < 70 else i})\n"
+                                   for i in range(1, 90))
+    with reading(compile_after=2):
         items = parse_quickly(text, FILE)
-    assert len(compiled) == 10  # of 30 distinct forms, each met three times
+    assert len(compiled) == 9  # of the 50 forms, those met a third time
     assert repr(items) == repr(lark(text))
