@@ -2,11 +2,13 @@
 call and a chain of layers, `v2 = block(v1, 16) -> dense(16) -> relu`, each alone on its
 line: one regular-expression match per statement and no tokens.
 
-Statements of one form are made by one function, compiled for it with its layout written
-in: the form is the chain's text (`-> dense(16) -> relu`) and the source's shape, its text
-with each letter written `a` and each digit `9` (`pair(v1, 16)`: `aaaa(a9, 99)`), which
-says where its name and arguments lie, so the function slices them out of the source. A
-big spec repeats a few forms on thousands of lines.
+A statement's form is its chain's text (`-> dense(16) -> relu`) and its source's shape,
+the source's text with each letter written `a` and each digit `9` (`pair(v1, 16)`:
+`aaaa(a9, 99)`), which says where the source's name and arguments lie. The statements of
+one form are made from its layout, worked out once; once the form has been met often
+(COMPILE_AFTER), by a function compiled for it with its columns, names and numbers written
+in, which slices the source's name and arguments out of its text. A big spec repeats a few
+forms on thousands of lines.
 
 Builds exactly the nodes netdsl.fast_parse's token-by-token reading (and so Lark's path)
 builds, spans included; tests/test_quick_parse.py holds them together.
@@ -39,9 +41,9 @@ _CALL_PARTS = re.compile(rf"({_NAME}){_BLANKS}(?:\(([^)]*)\))?")
 # a source's shape: a name's characters become `a` (so a name starts with one), digits `9`
 _SHAPE = str.maketrans(dict.fromkeys(string.ascii_letters + "_", "a")
                        | dict.fromkeys(string.digits, "9"))
-# a form's first statements of a file are made from its layout by `_assign`; from this
-# many on, by a function compiled for it, about 2.5 microseconds (a third) quicker a
-# statement, which takes about 0.8 ms to compile (`_compiled`)
+# a form's first statements in a file are made from its layout by `_assign`, those after
+# this many by a function compiled for it (`_compiled`): about a quarter quicker a
+# statement (2.5 microseconds here), it takes about 0.8 ms to compile
 COMPILE_AFTER = 256
 
 
@@ -86,8 +88,9 @@ def read_run(found, text: str, line: int, line_start: int, file: str, keywords,
 
 def _maker(form, makers: dict, pending: dict):
     """The maker of a statement of `form` (see read_run) not yet compiled: `_assign` with
-    the form's layout, or at the form's COMPILE_AFTER-th statement, a function compiled
-    for it, kept in `makers`. `pending` keeps (statements, maker) of each form before."""
+    the form's layout, or after the form's first COMPILE_AFTER statements, a function
+    compiled for it, kept in `makers`. `pending` keeps (statements, maker) of each form
+    until then."""
     statements, make = pending.get(form) or (0, None)
     if make is None:
         shape, stages = form if isinstance(form, tuple) else (None, form)
@@ -174,8 +177,9 @@ def _compiled(source_layout, stages_layout):
     numbers written in: a form repeated on many lines is made without a loop or a
     look-up per layer, and each node without a call of its class (see `_making`)."""
     if source_layout is None:
-        end = "source_col + len(source) - 1"
-        lines = [f"end = {end}", *_making("where", Span, "file", "line", "source_col", "line", "end"),
+        end = "value_end"
+        lines = ["value_end = source_col + len(source) - 1",
+                 *_making("where", Span, "file", "line", "source_col", "line", "value_end"),
                  *_making("value", ast.Name, "source", "where")]
     else:
         lines, last = _call_lines("value", source_layout, "source_col", sliced=True)
@@ -238,7 +242,8 @@ def _making(var: str, cls, *values: str) -> list[str]:
     fields' order) as its `__init__` does (netdsl.frozen.quick_init: each slot set by its
     own setter), without the call of the class and its `__init__` (about a sixth less time)."""
     names = [field.name for field in dataclasses.fields(cls)]
-    assert len(values) == len(names), f"{cls.__name__} has the fields {names}"
+    if len(values) != len(names):
+        raise TypeError(f"{cls.__name__} has the fields {names}, not {len(values)}")
     return [f"{var} = new({cls.__name__})",
             *(f"{cls.__name__}_{name}({var}, {value})" for name, value in zip(names, values))]
 
