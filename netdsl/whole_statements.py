@@ -203,7 +203,7 @@ def _compiled(source_layout, stages_layout):
     source = f"def make({_MAKER_PARAMETERS}):\n" + "".join(f"    {x}\n" for x in lines)
     namespace = dict(_SETTERS, new=object.__new__)
     exec(source, namespace)  # noqa: S102 - made above from names, digits and numbers alone
-    return namespace["make"]
+    return namespace.pop("make")  # not left in its own globals: no cycle for the collector
 
 
 def _call_lines(var: str, layout, col: str, sliced: bool):
