@@ -25,8 +25,10 @@ from netdsl.errors import Span
 
 __all__ = ["read_run", "statement_at"]
 
-_BLANKS = r"[\t \f]*"
-_NAME = r"[A-Za-z_][A-Za-z_0-9]*"
+# possessive: blanks, and a name's characters, are never given back to the rest of the
+# pattern (nothing after them could start with one), which a tenth of the matching took
+_BLANKS = r"[\t \f]*+"
+_NAME = r"[A-Za-z_][A-Za-z_0-9]*+"
 _ARGUMENT = rf"(?:{_NAME}|\d{{1,18}})"
 # a layer: a name, with its arguments in brackets or without them
 _CALL = (rf"{_NAME}(?:{_BLANKS}\({_BLANKS}(?:{_ARGUMENT}{_BLANKS}"
@@ -41,6 +43,9 @@ _CALL_PARTS = re.compile(rf"({_NAME}){_BLANKS}(?:\(([^)]*)\))?")
 # a source's shape: a name's characters become `a` (so a name starts with one), digits `9`
 _SHAPE = str.maketrans(dict.fromkeys(string.ascii_letters + "_", "a")
                        | dict.fromkeys(string.digits, "9"))
+# the same for an ASCII source's bytes, five times quicker
+_ASCII_SHAPE = bytes.maketrans((string.ascii_letters + "_" + string.digits).encode(),
+                               b"a" * 53 + b"9" * 10)
 # a form's first statements in a file are made from its layout by `_assign`, those after
 # this many by a function compiled for it (`_compiled`): about a quarter quicker a
 # statement (2.5 microseconds here), it takes about 0.8 ms to compile
@@ -69,7 +74,8 @@ def read_run(found, text: str, line: int, line_start: int, file: str, keywords,
             break
         regs = found.regs  # the groups' places, all at once
         first = line_start - 1  # a column is an offset less this
-        form = (source.translate(_SHAPE), stages) if "(" in source else stages
+        form = ((source.encode().translate(_ASCII_SHAPE) if source.isascii()
+                 else source.translate(_SHAPE), stages) if "(" in source else stages)
         make = makers.get(form)
         if make is None:
             make = _maker(form, makers, pending)
@@ -94,6 +100,7 @@ def _maker(form, makers: dict, pending: dict):
     statements, make = pending.get(form) or (0, None)
     if make is None:
         shape, stages = form if isinstance(form, tuple) else (None, form)
+        shape = shape.decode() if isinstance(shape, bytes) else shape
         make = partial(_assign, (None if shape is None else _call_layout(shape),
                                  tuple((found.start(1), _call_layout(found[1]))
                                        for found in _STAGE.finditer(stages))))
