@@ -2,6 +2,7 @@
 user (or the builder's check-as-you-type) would meet it.
 
     python benchmarks/check_speed.py [--only NAME,...] [--timeout 120] [--json FILE]
+    python benchmarks/check_speed.py --passes [--only NAME,...] [--rounds 5]
 
 Specs, generated:
 
@@ -15,15 +16,24 @@ Specs, generated:
 Prints one row per spec: seconds (wall), CPU seconds (user and system: the figure to
 compare on a busy machine), exit code, the peak memory of the process, and the first line
 netc printed.
+
+`--passes` times each pass of the check instead, in this process, as netc check runs them
+(netdsl.driver.check_text, then the parameter count; the cyclic collector off): the least
+and the median CPU seconds of each pass over the rounds, and the parse once more per
+round with the quick parser reading whole statements one at a time as before
+(NETDSL_WHOLE_STATEMENTS=0), in turn with the default, so the two compare in the same
+minutes of a busy machine.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,13 +133,68 @@ def time_check(path: str, timeout: float) -> dict:
             "first": text[0][:110] if text else ""}
 
 
+def time_passes(text: str, rounds: int) -> dict[str, list[float]]:
+    """CPU seconds of each pass of checking `text`, per round (see --passes)."""
+    sys.path.insert(0, str(HERE))
+    from netdsl import fast_parse
+    from netdsl.cost import param_count
+    from netdsl.driver import _Loader, cycle_collection_paused
+    from netdsl.expand import IndependentErrors, expand
+    from netdsl.graph import graph_and_order
+    from netdsl.imports import import_roots
+    from netdsl.parse import parse
+    from netdsl.recurrences import check_recurrences
+    from netdsl.shapes import typed_graph
+
+    def timed(name, work, *args):
+        start = time.process_time()
+        result = work(*args)
+        times.setdefault(name, []).append(time.process_time() - start)
+        return result
+
+    def expanded(module):
+        try:
+            return expand(module, _Loader({"spec.net": text}, import_roots("spec.net")))
+        except IndependentErrors as exc:
+            return exc.program
+
+    times: dict[str, list[float]] = {}
+    runs = fast_parse.RUNS_OF_STATEMENTS
+    for _ in range(rounds):
+        with cycle_collection_paused():
+            fast_parse.RUNS_OF_STATEMENTS = False
+            timed("parse, one statement at a time", parse, text, "spec.net")
+            fast_parse.RUNS_OF_STATEMENTS = runs
+            module = timed("parse", parse, text, "spec.net")
+            program = timed("expand", expanded, module)
+            graph, order = timed("graph", graph_and_order, program)
+            graph, _ = timed("shapes", typed_graph, graph, False, order)
+            timed("recurrences", check_recurrences, graph, program.train_spans)
+            timed("parameter count", param_count, graph)
+            del module, program, graph, order
+        gc.collect()
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="comma-separated spec names")
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--passes", action="store_true",
+                        help="CPU seconds of each pass, in this process (see above)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --passes")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(SPECS)
+    if args.passes:
+        print(f"passes of netc check, CPU seconds, least and median of {args.rounds} rounds, "
+              f"load average {os.getloadavg()[0]:.1f} at the start")
+        for name in names:
+            times = time_passes(SPECS[name](), args.rounds)
+            for step, seconds in times.items():
+                print(f"{name:14} {step:32} {min(seconds):7.3f} {statistics.median(seconds):7.3f}")
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+        return
     load = os.getloadavg()[0]
     print(f"netc check, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {load:.1f} at the start")

@@ -4,11 +4,13 @@ it leaves to Lark is only slower, never different."""
 import glob
 import os
 import sys
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from netdsl import fast_parse, whole_statements
 from netdsl.errors import SpecError
 from netdsl.fast_parse import NotHandled, parse_quickly
 from netdsl.parse import parse, parse_with_lark
@@ -21,8 +23,36 @@ import check_speed  # noqa: E402  the generators of the big specs, at small size
 FILE = "same.net"
 
 
+@contextmanager
+def reading(runs: bool = True, compile_after: int = whole_statements.COMPILE_AFTER):
+    """The quick parser reading whole statements as runs, each form's statements made by
+    a function compiled for it after `compile_after` of them (0: all), or with `runs`
+    off, one statement at a time as before."""
+    saved = fast_parse.RUNS_OF_STATEMENTS, whole_statements.COMPILE_AFTER
+    fast_parse.RUNS_OF_STATEMENTS, whole_statements.COMPILE_AFTER = runs, compile_after
+    try:
+        yield
+    finally:
+        fast_parse.RUNS_OF_STATEMENTS, whole_statements.COMPILE_AFTER = saved
+
+
+# the ways of reading whole statements besides the default (whose small texts' forms are
+# made without compiling), which every comparison with Lark's path also takes: they must
+# agree with the default to the last span
+OTHER_WAYS = ({"compile_after": 0}, {"runs": False})
+
+
 def quick(text: str):
-    """The quick parser's items, or None where it leaves the text to Lark."""
+    """The quick parser's items, or None where it leaves the text to Lark; the same in
+    every way of reading whole statements."""
+    mine = _quick(text)
+    for way in OTHER_WAYS:
+        with reading(**way):
+            assert repr(_quick(text)) == repr(mine), way
+    return mine
+
+
+def _quick(text: str):
     try:
         return parse_quickly(text if text.endswith("\n") else text + "\n", FILE)
     except NotHandled:
@@ -146,8 +176,47 @@ def test_whole_statements_read_the_same(text):
     assert_same(text)
 
 
+@pytest.mark.parametrize("text", [
+    "network n\n  a = b -> relu\n\n\t  c = a -> relu\n \n\fd = c\r\ne = pair(d, 3)\r\n\r\n",
+    "network n\na = b -> relu\nin = a -> relu\nc = a -> relu\nloss = c\nd = c\n",
+    "network n\na = b -> relu\nc = a -> relu\n-> tanh\nd = c -> relu # note\ne = d\n",
+    "network n\nfor i in 1..2 {\n  a = a -> relu\n  b = a\n}\nblock f(k) {\n  in a\n"
+    "  b = a -> dense(k) -> relu\n  out b\n}\nc = b -> f(4)\n",
+    "network n\n" + "".join(f"v{i} = v{i - 1} -> dense({i % 7}) -> f{i % 5}(v{i}, 2)\n"
+                            for i in range(1, 80)),
+    "network n\na = b -> " + " -> ".join(["relu"] * 16) + "\nc = b -> " + " -> ".join(["relu"] * 17)
+    + "\nd = c -> dense( 3 ,x ) ->relu->  g ( )\n",
+    "network n\na = b\nc = a",
+    "network n\n" + "".join(f"v{i} = f{i % 3}(v{i - 1}, {i % 11:03}, {'x' * (i % 4 + 1)})"
+                            f"{' -> relu' * (i % 2)}\n" for i in range(1, 60)),
+    "network n\na = f()\nb = f( )\nc = f ( a ,12 )\t\nd = g(\fa_1,\tb) -> h(c)\ne = f(\u0663)\n",
+], ids=["blank lines, indents, CRLF", "keyword targets in a run", "a run cut short",
+        "bodies", "many distinct chains", "long chains and odd blanks", "no newline at the end",
+        "calls as sources", "odd calls as sources"])
+def test_runs_of_whole_statements_read_the_same(text):
+    """Runs of whole statements: their lines and columns after blank lines, indents and
+    CRLF; a run ended by a keyword, a continued chain or a comment; a chain's maker
+    compiled or made from its layout (`quick` compares every way)."""
+    assert assert_same(text) or "in = " in text  # a keyword there is Lark's to refuse
+
+
 def test_whole_statements_are_read_whole():
-    from netdsl.fast_parse import _tokens
-    kinds = _tokens("network n\na = b -> relu\nc = a -> dense(4)\nd = f(c, 1) -> g(1, 2)\n"
-                    "e = c -> f(1.5)\n")[0]
-    assert kinds.count("STMT") == 3
+    text = ("network n\na = b -> relu\nc = a -> dense(4)\nd = f(c, 1) -> g(1, 2)\n"
+            "e = c -> f(1.5)\n")
+    kinds, values = fast_parse._tokens(text)[:2]
+    assert kinds.count("STMTS") == 1 and len(values[kinds.index("STMTS")]) == 3
+    with reading(runs=False):
+        assert fast_parse._tokens(text)[0].count("STMT") == 3
+
+
+def test_a_form_is_compiled_after_so_many_statements(monkeypatch):
+    compiled = []
+    compile_chain = whole_statements._compiled
+    monkeypatch.setattr(whole_statements, "_compiled",
+                        lambda *layout: compiled.append(layout) or compile_chain(*layout))
+    text = "network n\n" + "".join(f"v{i} = u -> dense({i % 30 if i < 70 else i})\n"
+                                   for i in range(1, 90))
+    with reading(compile_after=2):
+        items = parse_quickly(text, FILE)
+    assert len(compiled) == 9  # of the 50 forms, those met a third time
+    assert repr(items) == repr(lark(text))
