@@ -21,7 +21,7 @@ from netdsl.errors import (ShapeError, Span, SpecError, SpecErrors, closest, err
 from netdsl.fmt import expr as source_text
 from netdsl.ops import OPS
 from netdsl.ops.base import ArgError, Op, bind, describe
-from netdsl.program import Frame, NodeDef, Program, StartFrom, StateDef, call_notes
+from netdsl.program import Frame, NodeDef, Program, StartFrom, StateDef, call_notes, op_node
 from netdsl.shapes import node_type
 from netdsl.train_clause import clause_spans, evaluate_train
 from netdsl.types import TensorType
@@ -912,7 +912,7 @@ class _Expander:
         else:
             inputs = [(tensor.node, 0) for tensor in tensors]
             self.consumed.update([tensor.node for tensor in tensors])
-        self.nodes[node_id] = NodeDef(node_id, "op", span, scope.frames, op, inputs, None, None, shares)
+        self.nodes[node_id] = op_node(node_id, span, scope.frames, op, inputs, shares)
         return Value(node_id)
 
     def _rename(self, value: Value, scope: _Scope, name: str) -> Value:
