@@ -40,6 +40,9 @@ EXPANSION_BUDGET = 1_000_000
 # every name in scope (or every layer), so a spec of thousands of them gets its errors
 # without guesses past these
 MISSPELLINGS_GUESSED = 100
+# the layers of a network called with equal plain arguments share one op (True), or
+# each gets an op of its own (False, the path before: kept to compare the two)
+SHARE_OPS = True
 _SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 # `a + b` of two tensors: the op that declares the operator
 _TENSOR_OPS = {op.operator: name for name, op in OPS.items() if op.operator is not None}
@@ -163,6 +166,7 @@ class _Expander:
         self.blocks: dict[str, ast.Block] = {}
         self.depth = 0
         self.failed_imports: list[str] = []
+        self.ops: dict | None = {} if SHARE_OPS else None  # ops made, shared (see ops.base.bind)
 
     # ---- driver
     def run(self) -> Program:
@@ -869,7 +873,7 @@ class _Expander:
 
     def _bind_op(self, cls, call, scalars, kw, keywords) -> Op:
         try:
-            return bind(cls, [v for v, _ in scalars], kw)
+            return bind(cls, [v for v, _ in scalars], kw, self.ops)
         except ArgError as exc:
             if isinstance(exc.where, int) and exc.where < len(scalars):
                 span = scalars[exc.where][1]
@@ -885,7 +889,7 @@ class _Expander:
         if POISON in tensors:  # the one _Poison; a Value compares by identity
             return POISON
         try:
-            op = bind(OPS[name], [], attrs)
+            op = bind(OPS[name], [], attrs, self.ops)
         except ArgError as exc:
             raise SpecError(exc.message, span, exc.hint) from None
         return self._node(op, tensors, span, scope)
