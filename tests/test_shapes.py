@@ -47,7 +47,8 @@ class TestGraph:
         monkeypatch.setattr(graph_pass, "SHARED_DATA", False)
         apart, order_apart = graph_pass.graph_and_order(program)
         assert order_apart == order and list(apart) == list(graph)
-        assert all(apart.nodes[n] is not node and apart.nodes[n] == {**node, "inputs": tuple(node.inputs)}
+        assert all(apart.nodes[n] is not node
+                   and apart.nodes[n] == {**node, "inputs": tuple(node.inputs)}
                    for n, node in program.nodes.items())
         assert list(apart.edges(data=True)) == list(graph.edges(data=True))
         assert len({id(d) for _, _, d in apart.edges(data=True)}) == apart.number_of_edges()
