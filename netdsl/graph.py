@@ -45,6 +45,7 @@ def graph_and_order(program: Program) -> tuple[nx.DiGraph, list[str]]:
     # written, after this pass
     node_data, succ, pred = graph._node, graph._succ, graph._pred
     edges: dict[tuple[int, int], dict] = {}  # (delay, port) -> the data of such an edge
+    plain = edges[0, 0] = {"delay": 0, "ports": [0]}  # most edges
     # in one pass: an edge from a node made later (a state's new value) waits in `later`
     # until its source comes, and then comes first among its readers, as it would have in
     # a pass over the edges in the readers' order
@@ -64,7 +65,7 @@ def graph_and_order(program: Program) -> tuple[nx.DiGraph, list[str]]:
                 edge = into[source] = {"delay": edge["delay"], "ports": [*edge["ports"], port]}
                 (succ[source] if source in succ else later[source])[target] = edge
                 continue
-            edge = edges.get((delay, port)) if shared else None
+            edge = (plain if not delay and not port else edges.get((delay, port))) if shared else None
             if edge is None:
                 edge = edges[delay, port] = {"delay": delay, "ports": [port]}
             into[source] = edge

@@ -51,6 +51,13 @@ def typed_graph(graph: nx.DiGraph, copy: bool = True, order: list[str] | None = 
             states.append(node)
         elif data.get("shares") is not None:
             shared.append(node)
+        else:  # _node_type's first look, without its call: an op of one input met before
+            sources = data["inputs"]
+            if len(sources) == 1:
+                found = known.get((data["op"], id(attrs[sources[0][0]].get("type"))))
+                if found is not None:
+                    data["type"] = found[0]
+                    continue
         try:
             data["type"] = _node_type(attrs, data, known, one_of_each)
         except ShapeError as exc:
