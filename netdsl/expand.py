@@ -774,7 +774,7 @@ class _Expander:
             tensors, scalars, keywords = [piped], [], {}
         else:
             tensors, scalars, keywords = self._arguments(call, scope, piped)
-        if POISON in tensors:  # the one _Poison; a Value compares by identity
+        if tensors[0] is POISON if len(tensors) == 1 else POISON in tensors:  # the one _Poison
             self._check_poisoned(call, scalars, keywords, scope)
             return POISON if want == 1 else (POISON,) * want
         shared = scope.shared.get(call.name)

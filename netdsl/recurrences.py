@@ -79,7 +79,7 @@ def recurrences(graph: nx.DiGraph) -> list[set[str]]:
                     for w in members:
                         on_stack[w] = False
                     if len(members) > 1:
-                        found.append({nodes[w] for w in members})
+                        found.append(set(map(nodes.__getitem__, members)))
                 elif low[v] < low[path[-1]]:
                     low[path[-1]] = low[v]
     return found
@@ -97,10 +97,10 @@ def recurrence_errors(graph: nx.DiGraph, components: list[set[str]] | None = Non
         refused = []  # (place, error), put in source order once found: a loop may hold every node
         # a loop of most of the network is read in the graph's order, whose nodes' data lie
         # near each other in memory, rather than in the set's: a third of the time
-        members = ((node, attrs[node]) for node in component) if 2 * len(component) < len(attrs) \
-            else ((node, data) for node, data in attrs.items() if node in component)
+        most = 2 * len(component) >= len(attrs)
+        members = attrs.items() if most else ((node, attrs[node]) for node in component)
         for node, data in members:
-            if data["kind"] != "op":
+            if data["kind"] != "op" or most and node not in component:
                 continue
             ops.append(node)
             op = data["op"]
