@@ -127,17 +127,24 @@ def param_count(graph: nx.DiGraph) -> int:
         op = data["op"]
         if data.get("shares") or type(op).params is base_params:
             continue
-        inputs = [attrs[source]["type"] for source, _ in data["inputs"]]
-        try:  # the count depends on the op and its input types alone
-            key = (type(op), tuple(op.attrs.items()), *map(id, inputs))
-            found = counts.get(key)
-        except (TypeError, AttributeError):  # attributes that cannot be a key
-            found = key = None
+        sources = data["inputs"]
+        inputs = [attrs[sources[0][0]]["type"]] if len(sources) == 1 else \
+            [attrs[source]["type"] for source, _ in sources]
+        same_op = (op, *map(id, inputs))  # the op itself first, as the shapes pass keys it
+        found = counts.get(same_op)
         if found is None:
-            found = (sum(math.prod(shape) for shape in op.params(*(t.step() for t in inputs)).values()),
-                     inputs)
+            try:  # the count depends on the op and its input types alone
+                key = (type(op), tuple(op.attrs.items()), *map(id, inputs))
+                found = counts.get(key)
+            except (TypeError, AttributeError):  # attributes that cannot be a key
+                found = key = None
+            if found is None:
+                found = (sum(math.prod(shape) for shape in op.params(*(t.step() for t in inputs)).values()),
+                         inputs)
+                if key is not None:
+                    counts[key] = found
             if key is not None:
-                counts[key] = found
+                counts[same_op] = found
         total += found[0]
     for nodes in states.values():
         first = min(nodes)

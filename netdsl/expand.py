@@ -21,7 +21,7 @@ from netdsl.errors import (ShapeError, Span, SpecError, SpecErrors, closest, err
 from netdsl.fmt import expr as source_text
 from netdsl.ops import OPS
 from netdsl.ops.base import ArgError, Op, bind, describe
-from netdsl.program import Frame, NodeDef, Program, StartFrom, StateDef, call_notes
+from netdsl.program import Frame, NodeDef, Program, StartFrom, StateDef, call_notes, op_node
 from netdsl.shapes import node_type
 from netdsl.train_clause import clause_spans, evaluate_train
 from netdsl.types import TensorType
@@ -40,6 +40,9 @@ EXPANSION_BUDGET = 1_000_000
 # every name in scope (or every layer), so a spec of thousands of them gets its errors
 # without guesses past these
 MISSPELLINGS_GUESSED = 100
+# the layers of a network called with equal plain arguments share one op (True), or
+# each gets an op of its own (False, the path before: kept to compare the two)
+SHARE_OPS = True
 _SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 # `a + b` of two tensors: the op that declares the operator
 _TENSOR_OPS = {op.operator: name for name, op in OPS.items() if op.operator is not None}
@@ -95,20 +98,27 @@ class _Shared:
     owners: dict[str, str] = field(default_factory=dict)  # local path -> first node id
 
 
-@dataclass
 class _Scope:
-    prefix: str
-    frames: tuple[Frame, ...]
-    env: dict[str, _Binding] = field(default_factory=dict)
-    history: list[_Binding] = field(default_factory=list)
-    states: dict[str, _StateSlot] = field(default_factory=dict)
-    shared: dict[str, _Shared] = field(default_factory=dict)
-    counters: dict[str, int] = field(default_factory=dict)  # names made so far, by base
-    inputs: list[Value] | None = None  # tensors a block call passes to its `in`
-    outputs: list[Value] | None = None
-    share: tuple[_Shared, str] | None = None  # inside a shared instance: (it, path within it)
-    defined: dict[str, Span] = field(default_factory=dict)  # where each name of the body is defined
-    used_early: set[str] = field(default_factory=set)  # used before its definition (reported)
+    """The names and states of one body as it runs: the top level's, or a block call's."""
+
+    # one per block call: a big spec makes tens of thousands
+    __slots__ = ("prefix", "frames", "env", "history", "states", "shared", "counters", "inputs",
+                 "outputs", "share", "defined", "used_early")
+
+    def __init__(self, prefix: str, frames: tuple[Frame, ...], inputs: list[Value] | None = None,
+                 share: tuple[_Shared, str] | None = None):
+        self.prefix = prefix
+        self.frames = frames
+        self.env: dict[str, _Binding] = {}
+        self.history: list[_Binding] = []
+        self.states: dict[str, _StateSlot] = {}
+        self.shared: dict[str, _Shared] = {}
+        self.counters: dict[str, int] = {}  # names made so far, by base
+        self.inputs = inputs  # tensors a block call passes to its `in`
+        self.outputs: list[Value] | None = None
+        self.share = share  # inside a shared instance: (it, path within it)
+        self.defined: dict[str, Span] = {}  # where each name of the body is defined
+        self.used_early: set[str] = set()  # used before its definition (reported)
 
     def fresh(self, base: str, taken) -> str:
         counters = self.counters
@@ -163,6 +173,8 @@ class _Expander:
         self.blocks: dict[str, ast.Block] = {}
         self.depth = 0
         self.failed_imports: list[str] = []
+        self.ops: dict | None = {} if SHARE_OPS else None  # ops made, shared (see ops.base.bind)
+        self.takes_input: dict[str, bool] = {}  # see _takes_input
 
     # ---- driver
     def run(self) -> Program:
@@ -259,9 +271,7 @@ class _Expander:
         # often the body runs (a block called 30,000 times)
         defined = self.definitions.get(id(body))
         if defined is None:
-            defined = self.definitions[id(body)] = {}
-            for name, span in _definitions(body):
-                defined.setdefault(name, span)
+            defined = self.definitions[id(body)] = _definitions(body, {})
         if scope.defined:
             for name, span in defined.items():
                 scope.defined.setdefault(name, span)
@@ -305,7 +315,8 @@ class _Expander:
             scope.outputs = [POISON] * len(stmt.values)
 
     def _exec(self, stmt, scope: _Scope) -> None:
-        if isinstance(stmt, ast.Assign):
+        kind = type(stmt)  # the syntax classes have no subclasses: one test per kind
+        if kind is ast.Assign:
             targets = stmt.targets
             value = self._eval(stmt.value, scope, want=len(targets))
             if type(value) is Value and len(targets) == 1:  # one name, one tensor: most statements
@@ -346,9 +357,9 @@ class _Expander:
             if newest:  # a renamed node moved last: keep the split's order, discards included
                 for val in named:
                     self.nodes[val.node] = self.nodes.pop(val.node)
-        elif isinstance(stmt, ast.IODecl):
+        elif kind is ast.IODecl:
             self._declare_io(stmt, scope)
-        elif isinstance(stmt, ast.StateDecl):
+        elif kind is ast.StateDecl:
             for item in stmt.items:
                 if item.name in scope.states or item.name in scope.env:
                     raise SpecError(f"'{item.name}' is already defined", item.span)
@@ -356,25 +367,25 @@ class _Expander:
                 scope.states[item.name] = _StateSlot(
                     StateDef(item.name, self._type(item.type, scope), init, item.span),
                     start=start)
-        elif isinstance(stmt, ast.Loss):
+        elif kind is ast.Loss:
             self._loss(stmt, scope)
-        elif isinstance(stmt, ast.Train):
+        elif kind is ast.Train:
             if scope.frames:
                 raise SpecError("a train clause belongs at the top level, not in a block", stmt.span)
             if self.train:
                 raise SpecError("the spec has two train clauses", stmt.span, "merge them into one")
             self.train_spans = clause_spans(stmt)
             self.train = evaluate_train(stmt, lambda e: self._scalar(e, scope))
-        elif isinstance(stmt, ast.Share):
+        elif kind is ast.Share:
             if stmt.call.name not in self.blocks and stmt.call.name not in OPS:
                 raise self._unknown_layer(stmt.call, scope)
             scope.shared[stmt.name] = _Shared(stmt.name, stmt.call)
             self._bind(scope, stmt.name, scope.shared[stmt.name], stmt.span, used=True)
-        elif isinstance(stmt, ast.For):
+        elif kind is ast.For:
             self._for(stmt, scope)
-        elif isinstance(stmt, ast.In):
+        elif kind is ast.In:
             self._bind_ins(stmt, scope)
-        elif isinstance(stmt, ast.Out):
+        elif kind is ast.Out:
             if scope.inputs is None:
                 raise SpecError("`out` belongs inside a block", stmt.span,
                                 "a network's results are its losses")
@@ -697,7 +708,8 @@ class _Expander:
         return self._op_node("scale", [tensor], attrs, expr.span, scope)
 
     def _pipeline(self, expr: ast.Pipeline, scope: _Scope, want: int):
-        value = self._eval(expr.source, scope)
+        source = expr.source  # most often a name: `x -> ...`
+        value = self._lookup(source, scope) if type(source) is ast.Name else self._eval(source, scope)
         last_index = len(expr.stages) - 1
         for index, stage in enumerate(expr.stages):
             last = index == last_index
@@ -762,7 +774,7 @@ class _Expander:
             tensors, scalars, keywords = [piped], [], {}
         else:
             tensors, scalars, keywords = self._arguments(call, scope, piped)
-        if POISON in tensors:  # the one _Poison; a Value compares by identity
+        if tensors[0] is POISON if len(tensors) == 1 else POISON in tensors:  # the one _Poison
             self._check_poisoned(call, scalars, keywords, scope)
             return POISON if want == 1 else (POISON,) * want
         shared = scope.shared.get(call.name)
@@ -776,7 +788,12 @@ class _Expander:
         if call.name in self.blocks:
             return self._inline(self.blocks[call.name], tensors, scalars, keywords, call, scope, want,
                                 repeat, which=which)
-        if call.name in OPS:
+        cls = OPS.get(call.name)
+        if cls is not None:
+            if want == 1 and cls.arity == len(tensors) and not cls.multi_output and not keywords:
+                # _apply_op's common case, without the call
+                op = self._bind_op(cls, call, scalars, {}, keywords)
+                return self._node(op, tensors, call.span, scope)
             return self._apply_op(call, tensors, scalars, keywords, scope, want)
         raise self._unknown_layer(call, scope)
 
@@ -811,7 +828,8 @@ class _Expander:
         scalars: list[tuple[Any, Any]] = []
         keywords: dict[str, tuple[Any, Any]] = {}
         for arg in call.args:
-            value = self._eval(arg.value, scope)
+            expr = arg.value  # a number written out, `dense(16)`, is most arguments
+            value = expr.value if type(expr) is ast.Number else self._eval(expr, scope)
             if isinstance(value, tuple):
                 raise SpecError("a value with several outputs cannot be an argument", arg.span,
                                 "name the outputs first: a, b = ...")
@@ -869,7 +887,7 @@ class _Expander:
 
     def _bind_op(self, cls, call, scalars, kw, keywords) -> Op:
         try:
-            return bind(cls, [v for v, _ in scalars], kw)
+            return bind(cls, [v for v, _ in scalars] if scalars else [], kw, self.ops)
         except ArgError as exc:
             if isinstance(exc.where, int) and exc.where < len(scalars):
                 span = scalars[exc.where][1]
@@ -885,7 +903,7 @@ class _Expander:
         if POISON in tensors:  # the one _Poison; a Value compares by identity
             return POISON
         try:
-            op = bind(OPS[name], [], attrs)
+            op = bind(OPS[name], [], attrs, self.ops)
         except ArgError as exc:
             raise SpecError(exc.message, span, exc.hint) from None
         return self._node(op, tensors, span, scope)
@@ -912,14 +930,14 @@ class _Expander:
         else:
             inputs = [(tensor.node, 0) for tensor in tensors]
             self.consumed.update([tensor.node for tensor in tensors])
-        self.nodes[node_id] = NodeDef(node_id, "op", span, scope.frames, op, inputs, None, None, shares)
+        self.nodes[node_id] = op_node(node_id, span, scope.frames, op, inputs, shares)
         return Value(node_id)
 
     def _rename(self, value: Value, scope: _Scope, name: str) -> Value:
         """Give the node that computes a named value that name, when it is fresh and free."""
         node = self.nodes.get(value.node)
-        if (node is None or node.kind != "op" or node.scope != scope.frames
-                or node.shares is not None or value.node in self.consumed or scope.share is not None
+        if (node is None or node["kind"] != "op" or node["scope"] != scope.frames
+                or node["shares"] is not None or value.node in self.consumed or scope.share is not None
                 or scope.shared and any(value.node in s.owners.values()
                                         for s in scope.shared.values())):
             return value
@@ -939,8 +957,8 @@ class _Expander:
                 instance: str | None = None, share=None, which: str = ""):
         self.depth += 1
         try:
-            chain = [frame.block for frame in scope.frames]
-            if block.name in chain:
+            if any(frame.block == block.name for frame in scope.frames):
+                chain = [frame.block for frame in scope.frames]
                 calls = " -> ".join(chain[chain.index(block.name):] + [block.name])
                 raise SpecError(f"block '{block.name}' calls itself ({calls})", call.span,
                                 "a block cannot contain itself; repeat a stage with `x N` instead")
@@ -952,7 +970,7 @@ class _Expander:
             inner = _Scope(f"{scope.prefix}{name}/", scope.frames + (frame,), inputs=list(tensors),
                            share=share)
             self._bind_params(block, inner, scalars, keywords, call, scope)
-            if not any(isinstance(s, ast.In) for s in block.body) and tensors:
+            if tensors and not self._takes_input(block):
                 raise SpecError(f"block '{block.name}' takes no input but was given {len(tensors)}",
                                 call.span, f"add `in x` to block '{block.name}'")
             self._exec_body(block.body, inner)
@@ -967,6 +985,13 @@ class _Expander:
             raise SpecError(f"block '{block.name}' gives {len(outputs)} value(s) but {want} are used",
                             call.span)
         return outputs[0] if want == 1 else tuple(outputs)
+
+    def _takes_input(self, block: ast.Block) -> bool:
+        """Whether a block's body has an `in` line: asked once per block."""
+        found = self.takes_input.get(block.name)
+        if found is None:
+            found = self.takes_input[block.name] = any(isinstance(s, ast.In) for s in block.body)
+        return found
 
     def _bind_params(self, block, inner: _Scope, scalars, keywords, call, outer: _Scope) -> None:
         names = [p.name for p in block.params]
@@ -1038,17 +1063,27 @@ def _stdlib_meant(item: ast.Import) -> str | None:
     return closest(stem, modules) if stem.lower() in {m.lower() for m in modules} else None
 
 
-def _definitions(body):
-    """(name, span) of each name a body's statements define, loops' bodies included."""
+def _definitions(body, defined: dict[str, Span]) -> dict[str, Span]:
+    """`defined`, given the span of each name a body's statements define (loops' bodies
+    included) that it has none for yet."""
     for stmt in body:
-        if isinstance(stmt, ast.Assign):
-            yield from zip(stmt.targets, stmt.target_spans or (stmt.span,) * len(stmt.targets))
-        elif isinstance(stmt, ast.IODecl) or isinstance(stmt, ast.Share):
-            yield stmt.name, stmt.span
-        elif isinstance(stmt, ast.StateDecl):
-            yield from ((item.name, item.span) for item in stmt.items)
-        elif isinstance(stmt, ast.For):
-            yield from _definitions(stmt.body)
+        kind = type(stmt)
+        if kind is ast.Assign:
+            targets = stmt.targets
+            if len(targets) == 1:  # most statements
+                if targets[0] not in defined:
+                    defined[targets[0]] = stmt.target_spans[0] if stmt.target_spans else stmt.span
+                continue
+            for name, span in zip(targets, stmt.target_spans or (stmt.span,) * len(targets)):
+                defined.setdefault(name, span)
+        elif kind is ast.IODecl or kind is ast.Share:
+            defined.setdefault(stmt.name, stmt.span)
+        elif kind is ast.StateDecl:
+            for item in stmt.items:
+                defined.setdefault(item.name, item.span)
+        elif kind is ast.For:
+            _definitions(stmt.body, defined)
+    return defined
 
 
 def _size(body, sizes: dict[int, int]) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from netdsl.errors import Span
@@ -9,7 +10,7 @@ from netdsl.frozen import quick_init
 from netdsl.ops.base import Op
 from netdsl.types import TensorType
 
-__all__ = ["Frame", "NodeDef", "StateDef", "StartFrom", "Program", "call_notes"]
+__all__ = ["Frame", "NodeDef", "op_node", "StateDef", "StartFrom", "Program", "call_notes"]
 
 
 @quick_init
@@ -66,25 +67,61 @@ class StateDef:
     span: Span
 
 
-@dataclass(slots=True)  # one per node: a big spec has hundreds of thousands
-class NodeDef:
-    """One node of the graph to be.
+class NodeDef(dict):
+    """One node of the graph to be, and, the very same object, its data in the graph: the
+    graph pass gives networkx this dict as the node's attribute dict, so a node's data is
+    made once (a big spec has hundreds of thousands).
 
-    kind is "input", "target", "state" or "op". `inputs` are (node id, delay) pairs
-    in argument order; a state node has one input, the value it delays, and a second,
-    the value it starts from, when its declaration gives one (StartFrom). `shares`
-    names the node whose parameters this one reuses (`share` instances).
+    Its keys are the graph's node data: `kind` ("input", "target", "state" or "op"),
+    `span`, `scope` (the block frames it sits in), `op`, `declared` (the declared type of
+    an input, target or state), `state` (a state node's StateDef), `shares` (the node
+    whose parameters this one reuses: `share` instances) and `inputs`, (node id, delay)
+    pairs in argument order; a state node has one input, the value it delays, and a
+    second, the value it starts from, when its declaration gives one (StartFrom). The
+    shapes pass adds `type`. The same fields read as attributes (`node.kind`; `node.type`
+    is the declared type), and `id` is the node's id, kept beside the dict, not in it.
     """
 
-    id: str
-    kind: str
-    span: Span
-    scope: tuple[Frame, ...] = ()
-    op: Op | None = None
-    inputs: list[tuple[str, int]] = field(default_factory=list)
-    type: TensorType | None = None  # declared types of inputs, targets and states
-    state: StateDef | None = None
-    shares: str | None = None
+    __slots__ = ("id",)
+
+    def __init__(self, id: str, kind: str, span: Span, scope: tuple[Frame, ...] = (),
+                 op: Op | None = None, inputs: list[tuple[str, int]] | None = None,
+                 type: TensorType | None = None, state: StateDef | None = None,
+                 shares: str | None = None):
+        dict.__init__(self, kind=kind, op=op, span=span, scope=scope, declared=type, state=state,
+                      shares=shares, inputs=[] if inputs is None else inputs)
+        self.id = id
+
+    kind = property(itemgetter("kind"))
+    op = property(itemgetter("op"))
+    scope = property(itemgetter("scope"))
+    type = property(itemgetter("declared"))
+    state = property(itemgetter("state"))
+    span = property(itemgetter("span"), lambda self, value: self.__setitem__("span", value))
+    shares = property(itemgetter("shares"), lambda self, value: self.__setitem__("shares", value))
+    inputs = property(itemgetter("inputs"), lambda self, value: self.__setitem__("inputs", value))
+
+    def __repr__(self) -> str:
+        return f"NodeDef({self.id!r}, {dict.__repr__(self)})"
+
+
+def op_node(node_id: str, span: Span, scope: tuple[Frame, ...], op: Op,
+            inputs: list[tuple[str, int]], shares: str | None) -> NodeDef:
+    """`NodeDef(node_id, "op", span, scope, op, inputs, shares=shares)`, made the quick
+    way, key by key in the keys' order: expansion makes one per layer."""
+    node = _new(NodeDef)
+    node["kind"] = "op"
+    node["op"] = op
+    node["span"] = span
+    node["scope"] = scope
+    node["declared"] = node["state"] = None
+    node["shares"] = shares
+    node["inputs"] = inputs
+    node.id = node_id
+    return node
+
+
+_new = dict.__new__
 
 
 @dataclass

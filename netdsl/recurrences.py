@@ -30,32 +30,40 @@ def recurrences(graph: nx.DiGraph) -> list[set[str]]:
     from the nodes in the graph's order and their successors in its order, and a component
     is found when the search leaves its first node, so the order is the same."""
     nodes = list(graph)
-    number = {node: i for i, node in enumerate(nodes)}
-    successors = [[number[w] for w in targets] for targets in graph._succ.values()]
-    visit = [-1] * len(nodes)   # the order the search reached each node in
-    low = [0] * len(nodes)      # the earliest node of the stack each one reaches
-    on_stack = [False] * len(nodes)
+    count = len(nodes)
+    number = dict(zip(nodes, range(count)))
+    # each node's successors by name, in the graph's order: numbered as the search meets
+    # them, each edge once, rather than all of them first as lists of numbers
+    adjacency = list(graph._succ.values())
+    visit = [-1] * count    # the order the search reached each node in
+    low = [0] * count       # the earliest node of the stack each one reaches
+    on_stack = [False] * count
     stack: list[int] = []
     found = []
     reached = 0
-    for root in range(len(nodes)):
+    for root in range(count):
         if visit[root] >= 0:
             continue
         visit[root] = low[root] = reached
         reached += 1
+        if not adjacency[root]:  # reads nothing on: a component of its own at once
+            continue
         stack.append(root)
         on_stack[root] = True
-        path, pending = [root], [iter(successors[root])]
+        path, pending = [root], [iter(adjacency[root])]
         while path:
             v = path[-1]
-            for w in pending[-1]:
+            for name in pending[-1]:
+                w = number[name]
                 if visit[w] < 0:  # deeper: its successors first
                     visit[w] = low[w] = reached
                     reached += 1
+                    if not adjacency[w]:  # a component of its own, left at once
+                        continue
                     stack.append(w)
                     on_stack[w] = True
                     path.append(w)
-                    pending.append(iter(successors[w]))
+                    pending.append(iter(adjacency[w]))
                     break
                 if on_stack[w] and visit[w] < low[v]:
                     low[v] = visit[w]
@@ -71,7 +79,7 @@ def recurrences(graph: nx.DiGraph) -> list[set[str]]:
                     for w in members:
                         on_stack[w] = False
                     if len(members) > 1:
-                        found.append({nodes[w] for w in members})
+                        found.append(set(map(nodes.__getitem__, members)))
                 elif low[v] < low[path[-1]]:
                     low[path[-1]] = low[v]
     return found
@@ -89,10 +97,10 @@ def recurrence_errors(graph: nx.DiGraph, components: list[set[str]] | None = Non
         refused = []  # (place, error), put in source order once found: a loop may hold every node
         # a loop of most of the network is read in the graph's order, whose nodes' data lie
         # near each other in memory, rather than in the set's: a third of the time
-        members = ((node, attrs[node]) for node in component) if 2 * len(component) < len(attrs) \
-            else ((node, data) for node, data in attrs.items() if node in component)
+        most = 2 * len(component) >= len(attrs)
+        members = attrs.items() if most else ((node, attrs[node]) for node in component)
         for node, data in members:
-            if data["kind"] != "op":
+            if data["kind"] != "op" or most and node not in component:
                 continue
             ops.append(node)
             op = data["op"]

@@ -51,6 +51,13 @@ def typed_graph(graph: nx.DiGraph, copy: bool = True, order: list[str] | None = 
             states.append(node)
         elif data.get("shares") is not None:
             shared.append(node)
+        else:  # _node_type's first look, without its call: an op of one input met before
+            sources = data["inputs"]
+            if len(sources) == 1:
+                found = known.get((data["op"], id(attrs[sources[0][0]].get("type"))))
+                if found is not None:
+                    data["type"] = found[0]
+                    continue
         try:
             data["type"] = _node_type(attrs, data, known, one_of_each)
         except ShapeError as exc:
@@ -82,12 +89,22 @@ def _node_type(attrs: dict, data, known: dict, one_of_each: dict) -> TensorType 
     nodes of a chain meet the same input objects, and the inputs are kept beside the
     result, so no key outlives its objects. A rule that fails is not kept: each failing
     node raises its own error."""
-    inputs = [attrs[source].get("type") for source, _ in data["inputs"]]
+    sources = data["inputs"]
+    if len(sources) == 1:  # most ops: no comprehension
+        inputs = [attrs[sources[0][0]].get("type")]
+    else:
+        inputs = [attrs[source].get("type") for source, _ in sources]
     op = data["op"]
     values = getattr(op, "attrs", None)
     if values is None:  # an input, a target or a state: its type is declared
         result = node_type(data["kind"], data["declared"], op, inputs)
         return one_of_each.setdefault(result, result)
+    # the op itself first: the layers expansion binds alike share one (its SHARE_OPS), a
+    # key without their attributes (an op hashes by identity, and the key keeps it)
+    same_op = (op, *map(id, inputs))
+    found = known.get(same_op)
+    if found is not None:
+        return found[0]
     try:
         key = (type(op), tuple(values.items()), *map(id, inputs))
         found = known.get(key)
@@ -96,6 +113,7 @@ def _node_type(attrs: dict, data, known: dict, one_of_each: dict) -> TensorType 
     if found is None:
         result = node_type(data["kind"], data["declared"], op, inputs)
         found = known[key] = (one_of_each.setdefault(result, result), inputs)
+    known[same_op] = found
     return found[0]
 
 

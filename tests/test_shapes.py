@@ -26,6 +26,33 @@ class TestGraph:
         graph = check("input x : [4]\ntarget t : [4]\nloss mse(x * x, t)\n").graph
         assert graph.edges["x", "mul1"]["ports"] == [0, 1]
 
+    def test_node_data_is_made_once_and_equal_edges_share_theirs(self, monkeypatch):
+        """A node's data in the graph is the program's NodeDef itself; edges of equal
+        data share one dict, and an edge of two ports gets its own. The layout before
+        (`SHARED_DATA = False`: a dict per node and per edge) gives an equal graph."""
+        from netdsl import graph as graph_pass
+        from netdsl.expand import expand
+        from netdsl.parse import parse
+        text = ("input x : seq[4]\ntarget y : [4]\nstate h : [4]\na = x * x\n"
+                "b = a -> dense(4) -> relu\nc = b + h[t-1]\nh = c -> tanh\n"
+                "loss mse(h -> last, y)\n")
+        program = expand(parse(text, "s.net"))
+        graph, order = graph_pass.graph_and_order(program)
+        assert all(graph.nodes[n] is node for n, node in program.nodes.items())
+        assert graph.nodes["b"]["kind"] == program.nodes["b"].kind == "op"
+        assert graph.edges["x", "a"]["ports"] == [0, 1]
+        assert graph.edges["a", "dense1"] is graph.edges["dense1", "b"]  # both port 0
+        assert graph.edges["dense1", "b"] == {"delay": 0, "ports": [0]}
+        assert graph.edges["h", "h[t-1]"] == {"delay": 1, "ports": [0]}
+        monkeypatch.setattr(graph_pass, "SHARED_DATA", False)
+        apart, order_apart = graph_pass.graph_and_order(program)
+        assert order_apart == order and list(apart) == list(graph)
+        assert all(apart.nodes[n] is not node
+                   and apart.nodes[n] == {**node, "inputs": tuple(node.inputs)}
+                   for n, node in program.nodes.items())
+        assert list(apart.edges(data=True)) == list(graph.edges(data=True))
+        assert len({id(d) for _, _, d in apart.edges(data=True)}) == apart.number_of_edges()
+
     def test_graph_is_a_networkx_digraph_with_spans(self, check):
         graph = check(ELMAN, "elman.net").graph
         assert isinstance(graph, nx.DiGraph)

@@ -433,23 +433,34 @@ def register(name: str, *aliases: str):
     return wrap
 
 
-def bind(cls: type[Op], positional: list, keyword: dict[str, Any]) -> Op:
-    """Match call arguments to an op's schema and convert them; raise ArgError on misuse."""
+def bind(cls: type[Op], positional: list, keyword: dict[str, Any], made: dict | None = None) -> Op:
+    """Match call arguments to an op's schema and convert them; raise ArgError on misuse.
+
+    `made` (a dict the caller keeps, empty at first) shares ops: a call of the same op
+    with equal plain arguments gets the op made for the first, not a new one. An op is
+    not changed once bound, so one network's nodes may share it: expansion keeps one
+    `made` per network."""
     if keyword:
         try:  # the types too: True and 1 are equal keys, but a converter tells them apart
             key = (cls, tuple(positional), tuple(keyword.items()), tuple(map(type, positional)),
                    tuple(map(type, keyword.values())))
-            found = _BOUND.get(key)
+            op = made.get(key) if made is not None else None
+            found = _BOUND.get(key) if op is None else None
         except TypeError:  # a list among them: bound afresh
-            key = found = None
+            key = found = op = None
     elif positional:  # the common call, `dense(64)`: one flat key
         try:
             key = (cls, len(positional), *positional, *map(type, positional))
-            found = _BOUND.get(key)
+            op = made.get(key) if made is not None else None
+            found = _BOUND.get(key) if op is None else None
         except TypeError:  # a list among them: bound afresh
-            key = found = None
+            key = found = op = None
     else:
-        key, found = cls, _BOUND.get(cls)
+        key = cls
+        op = made.get(cls) if made is not None else None
+        found = _BOUND.get(cls) if op is None else None
+    if op is not None:  # made for an equal call of this network's
+        return op
     if found is not None and found[0] is cls.args:  # (a test may give a class other args)
         values = found[1]
     else:
@@ -458,7 +469,17 @@ def bind(cls: type[Op], positional: list, keyword: dict[str, Any]) -> Op:
                 and all(map(_plain, positional)) and all(map(_plain, keyword.values())):
             if len(_BOUND) >= _BOUND_KEPT:
                 _BOUND.clear()
-            _BOUND[key] = (cls.args, values)
+            _BOUND[key] = found = (cls.args, values)
+        else:
+            found = None
+    op = _made(cls, values)
+    if made is not None and found is not None:  # plain arguments, kept: the op may be shared
+        made[key] = op
+    return op
+
+
+def _made(cls: type[Op], values: dict[str, Any]) -> Op:
+    """An op of class `cls` with these converted attribute values."""
     plain = _PLAIN_INIT.get(cls)
     if plain is None:
         plain = _PLAIN_INIT[cls] = _plain_init(cls)
