@@ -39,7 +39,8 @@ from functools import lru_cache
 import numpy as np
 
 from netdsl import atomic
-from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, conv_module,
+from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, Chained,
+                                      conv_module,
                                       direct_kernel, direct_scratch, gemm_scratch,
                                       geometry_sizes, weight_grad_scratch,
                                       winograd_fits, winograd_grad_scratch, winograd_module,
@@ -50,7 +51,7 @@ from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir
 
-__all__ = ["in_use", "covered", "forward", "backward", "choose", "choices", "FORWARD",
+__all__ = ["in_use", "active", "chain_gradient", "covered", "forward", "backward", "choose", "choices", "FORWARD",
            "BACKWARD", "layers", "report", "CHOICES_FILE"]
 
 FORWARD = ("numpy", "gemm", "direct", "winograd")
@@ -80,27 +81,36 @@ def in_use(active: bool = True):
         _active.reset(token)
 
 
+def active() -> bool:
+    """Whether an executor of the native target is running a pass (`in_use`): its
+    compiled kernels (these, and runtime.native.pooling's) take the NumPy routines."""
+    return _active.get()
+
+
 @lru_cache(maxsize=None)
-def _library(dtype: str):
-    """(the loaded kernels, the GEMM's address) for `dtype`; NativeUnavailable when
-    there is no compiler or no CBLAS."""
+def _library(dtype: str, chain: Chained | None = None):
+    """(the loaded kernels, the GEMM's address) for `dtype`, their forwards applying
+    `chain` to each output; NativeUnavailable when there is no compiler or no CBLAS."""
     address, integer, symbol = gemm(dtype)
-    library = build(conv_module(dtype, integer, symbol))
+    library = build(conv_module(dtype, integer, symbol, chain))
     p, size = ctypes.c_void_p, [ctypes.c_longlong] * (2 + len(GEOMETRY))
     for name in FUNCTIONS:
         function = getattr(library, name)
         function.restype = None
         arrays = 5 if name.startswith("conv_forward") else 7
         function.argtypes = [p] * (1 + arrays) + size
+    if chain is not None:
+        function = library.conv_chain_gradient
+        function.restype, function.argtypes = None, [p] * 4 + [ctypes.c_longlong] * 4
     return library, address
 
 
 @lru_cache(maxsize=None)
-def _winograd_library(dtype: str):
-    """(the loaded Winograd kernels, the GEMM's address) for `dtype`; NativeUnavailable
-    as _library."""
+def _winograd_library(dtype: str, chain: Chained | None = None):
+    """(the loaded Winograd kernels, the GEMM's address) for `dtype`, the forward
+    applying `chain`; NativeUnavailable as _library."""
     address, integer, symbol = gemm(dtype)
-    library = build(winograd_module(dtype, integer, symbol))
+    library = build(winograd_module(dtype, integer, symbol, chain))
     p, size = ctypes.c_void_p, ctypes.c_longlong
     arguments = {"conv_winograd_weights": [p, p, size, size],   # w, U, O, C
                  "conv_forward_winograd": [p] * 6 + [size] * (3 + len(GEOMETRY)),
@@ -143,12 +153,14 @@ def _winograd_backward_fits(g: Geometry) -> bool:
     return _winograd_fits(g) and _input_grad_geometry(g) is not None
 
 
-def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None = None):
+def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None = None,
+            chain: Chained | None = None):
     """y of conv_nd through the compiled kernel `kind` ("gemm", "direct" or "winograd";
-    the direct kernel of lower.native_conv.direct_kernel unless `kernel` names one)."""
+    the direct kernel of lower.native_conv.direct_kernel unless `kernel` names one), with
+    `chain` applied to each output as the kernel writes it."""
     if kind == "winograd":
-        return _winograd_forward(x, weight, bias, geometry)
-    library, address = _library(str(x.dtype))
+        return _winograd_forward(x, weight, bias, geometry, chain)
+    library, address = _library(str(x.dtype), chain)
     sizes = _sizes(x, weight, geometry)
     dtype = str(x.dtype)
     if kind == "direct":
@@ -172,11 +184,11 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
     return y
 
 
-def _winograd_forward(x, weight, bias, geometry: Geometry):
+def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None = None):
     """y by Winograd F(2x2, 3x3): the weight's transform once, then each slab of the
     batch in chunks of tile rows (lower.native_conv.winograd_rows)."""
     dtype = str(x.dtype)
-    library, address = _winograd_library(dtype)
+    library, address = _winograd_library(dtype, chain)
     sizes = _sizes(x, weight, geometry)
     c, o = sizes[0], sizes[3]
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
@@ -202,10 +214,10 @@ def _winograd_forward(x, weight, bias, geometry: Geometry):
 _WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
-def _winograd_weight_grad(gy, x, weight, geometry: Geometry):
+def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = True):
     """(dweight, dbias) by Winograd F(2x2, 3x3): each slab sums its images' gradient in
-    the transformed domain (16, O, C) and its bias gradient; the slabs' sums are added
-    and taken back by G^T . G."""
+    the transformed domain (16, O, C) and its bias gradient (unless not `bias_grad`:
+    then dbias is zeros); the slabs' sums are added and taken back by G^T . G."""
     dtype = str(x.dtype)
     library, address = _winograd_library(dtype)
     sizes = _sizes(x, weight, geometry)
@@ -219,7 +231,8 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry):
         buffer = np.empty(scratch, dtype=x.dtype)
         library.conv_weight_grad_winograd(
             address, gy.ctypes.data, x.ctypes.data, transformed.ctypes.data,
-            dbias.ctypes.data, buffer.ctypes.data, part.start, part.stop, rows, *sizes)
+            dbias.ctypes.data if bias_grad else None, buffer.ctypes.data, part.start,
+            part.stop, rows, *sizes)
         return transformed, dbias
 
     partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * 9)
@@ -232,16 +245,17 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry):
     return np.ascontiguousarray(dweight), dbias
 
 
-def _winograd_backward(gy, x, weight, geometry: Geometry, need_dx: bool):
+def _winograd_backward(gy, x, weight, geometry: Geometry, need_dx: bool, dbias=None):
     """(dx, dweight, dbias) by Winograd F(2x2, 3x3): dx as the forward on gy with the
-    weight flipped (_input_grad_geometry), dweight and dbias by _winograd_weight_grad."""
+    weight flipped (_input_grad_geometry), dweight and dbias by _winograd_weight_grad
+    (dbias as given, where it is)."""
     gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
     dx = None
     if need_dx:
         dx = forward("winograd", gy, _flipped(weight), None, _input_grad_geometry(geometry))
-    dweight, dbias = _winograd_weight_grad(gy, x, weight, geometry)
-    return dx, dweight, dbias
+    dweight, summed = _winograd_weight_grad(gy, x, weight, geometry, dbias is None)
+    return dx, dweight, summed if dbias is None else dbias
 
 
 def _input_grad_geometry(geometry: Geometry) -> Geometry | None:
@@ -265,16 +279,19 @@ def _flipped(weight):
     return np.ascontiguousarray(flipped)
 
 
-def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str = "gemm"):
+def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str = "gemm",
+             dbias=None):
     """(dx, dweight, dbias) of conv_nd through the compiled kernels; each slab of the
     batch sums its images' weight and bias gradients, and the slabs' sums are added up.
     `kind` "gemm": columns and a GEMM per image for dweight, col2im of the column
     gradients for dx; "direct": the direct weight gradient, and at stride 1 dx by the
     direct forward kernel on gy (unless its pads would be past the kernel's reach;
     there, and at other strides, dx by col2im as "gemm"); "winograd" (where
-    _winograd_backward_fits): see _winograd_backward."""
+    _winograd_backward_fits): see _winograd_backward. A `dbias` given (the chain's
+    gradient pass summed it) is returned as the bias gradient, and not summed again."""
     if kind == "winograd":
-        return _winograd_backward(gy, x, weight, geometry, need_dx)
+        return _winograd_backward(gy, x, weight, geometry, need_dx, dbias)
+    bias_grad = dbias is None
     library, address = _library(str(x.dtype))
     sizes = _sizes(x, weight, geometry)
     o, kh, kw = sizes[3], sizes[4], sizes[5]
@@ -304,23 +321,49 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
                               dtype=x.dtype)
             for chunk in chunks:
                 library.conv_weight_grad_direct(
-                    address, *pointers, None, dweight.ctypes.data, dbias.ctypes.data,
+                    address, *pointers, None, dweight.ctypes.data,
+                    dbias.ctypes.data if bias_grad else None,
                     buffer.ctypes.data, part.start + chunk.start, part.start + chunk.stop,
                     *sizes)
         if col2im or not direct:   # dx by col2im, and dweight by GEMM unless done above
             buffer = np.empty(columns, dtype=x.dtype)
             library.conv_backward_gemm(
                 address, *pointers, dx.ctypes.data if col2im else None,
-                None if direct else dweight.ctypes.data, dbias.ctypes.data,
-                buffer.ctypes.data, part.start, part.stop, *sizes)
+                None if direct else dweight.ctypes.data,
+                dbias.ctypes.data if bias_grad else None, buffer.ctypes.data, part.start,
+                part.stop, *sizes)
         return dweight, dbias
 
     partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * kh * kw)
-    dweight, dbias = partials[0]
+    dweight, summed = partials[0]
     for more_dweight, more_dbias in partials[1:]:
         dweight += more_dweight
-        dbias += more_dbias
-    return dx, dweight, dbias
+        summed += more_dbias
+    return dx, dweight, summed if bias_grad else dbias
+
+
+def chain_gradient(y, gy, chain: Chained, into=None):
+    """(g, dbias): the gradient of `chain`'s output gy taken back through the chain to
+    the convolution's output, from the chain's output y, written into `into` (which may
+    be gy itself) or a new array, and its sums per channel (the bias's gradient), in
+    one pass (conv_chain_gradient) over slabs of the batch on the host's threads."""
+    library, _ = _library(str(y.dtype), chain)
+    o = y.shape[1]
+    n = y.size // (y.shape[0] * o) if y.size else 0
+    gy = np.ascontiguousarray(gy, dtype=y.dtype)
+    g = np.empty_like(y) if into is None else into
+
+    def run(part: slice):
+        dbias = np.zeros(o, dtype=y.dtype)
+        library.conv_chain_gradient(y.ctypes.data, gy.ctypes.data, g.ctypes.data,
+                                    dbias.ctypes.data, part.start, part.stop, o, n)
+        return dbias
+
+    partials = parallel.slab_map(np, run, y.shape[0], 3 * y.nbytes)
+    dbias = partials[0]
+    for more in partials[1:]:
+        dbias += more
+    return g, dbias
 
 
 # ---- the choice per layer
@@ -433,7 +476,9 @@ def layers(lowered) -> list[tuple]:
         if convolution is None or convolution[1] != 1:
             continue
         x = step.input_types[0]
-        found.append((step.node, x.dims[0], step.op.params(*step.input_types)["weight"],
+        # a step that joined ops is named after the last: the convolution is its first
+        name = getattr(step.op, "nodes", (step.node,))[0]
+        found.append((name, x.dims[0], step.op.params(*step.input_types)["weight"],
                       convolution[0]))
     return found
 
@@ -505,3 +550,45 @@ def _conv_nd_backward(xp, gy, x, weight, geometry, groups, need_dx=True):
     if kind == "numpy":
         return NotImplemented
     return backward(gy, x, weight, geometry, need_dx, kind)
+
+
+@convolve.conv_nd_then.provide("numpy")
+def _conv_nd_then(xp, x, weight, bias, geometry, groups, chain):
+    """The chain applied as the chosen kernel writes y (the choice is timed without it:
+    each kernel's epilogue costs alike); NumPy's choice, or a y the timing made, gets the
+    chain over it after."""
+    if not _active.get() or not covered(x, weight, geometry, groups):
+        return NotImplemented
+    try:
+        choice, y = choose(x, weight, bias, geometry, groups)
+        if y is None and choice["forward"] != "numpy":
+            return forward(choice["forward"], x, weight, bias, geometry,
+                           chain=chain.programs)
+    except NativeUnavailable:
+        return NotImplemented
+    if y is None:
+        y = convolve.conv_nd.generic(np, x, weight, bias, geometry, groups)
+    return chain.apply(xp, y)
+
+
+@convolve.conv_nd_then_backward.provide("numpy")
+def _conv_nd_then_backward(xp, gy, y, x, weight, geometry, groups, need_dx, chain,
+                           gy_owned):
+    """gy taken back through the chain and the bias's gradient summed in one pass
+    (chain_gradient, over gy where the executor owns it), then the chosen kernel with
+    that bias gradient."""
+    if not _active.get() or not covered(x, weight, geometry, groups):
+        return NotImplemented
+    owned = (gy_owned and gy.shape == y.shape and gy.dtype == y.dtype
+             and gy.flags.c_contiguous and gy.flags.writeable)
+    try:
+        g, dbias = chain_gradient(y, gy, chain.programs, gy if owned else None)
+        choice, _ = choose(x, weight, None, geometry, groups, g, need_dx)
+    except NativeUnavailable:
+        return NotImplemented
+    kind = choice["backward"]
+    if kind == "numpy":
+        dx, dweight, _ = convolve.conv_nd_backward.generic(np, g, x, weight, geometry,
+                                                           groups, need_dx)
+        return dx, dweight, dbias
+    return backward(g, x, weight, geometry, need_dx, kind, dbias)
