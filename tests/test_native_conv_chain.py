@@ -148,6 +148,23 @@ def test_relu_at_zero_and_below_passes_no_gradient():
     assert not masked.any() and dbias[0] == 0.0
 
 
+def test_a_slice_of_a_concatenations_gradient_is_read_in_place(monkeypatch):
+    """gy a channel slice of a larger array (what concat's backward hands a branch):
+    the gradient pass reads it where it lies, with the contiguous copy's results."""
+    g, x, w, bias, _ = _problem(CASES[2], "float64")   # batch 3
+    y = native_conv.forward("gemm", x, w, bias, g, chain=RELU.programs)
+    whole = np.random.default_rng(5).standard_normal((y.shape[0], 11, *y.shape[2:]))
+    gy = whole[:, 2:2 + y.shape[1]]
+    assert not gy.flags.c_contiguous and native_conv._images_apart(gy, y)
+    monkeypatch.setattr(native_conv.np, "ascontiguousarray", pytest.fail)
+    masked, dbias = native_conv.chain_gradient(y, gy, RELU.programs)
+    monkeypatch.undo()
+    want, want_dbias = native_conv.chain_gradient(y, np.ascontiguousarray(gy), RELU.programs)
+    np.testing.assert_array_equal(masked, want)
+    np.testing.assert_allclose(dbias, want_dbias, rtol=1e-12)
+    np.testing.assert_array_equal(masked, np.where(y > 0, gy, 0))
+
+
 def test_slabs_on_two_threads_equal_pytorch(monkeypatch):
     monkeypatch.setattr(host, "host_threads", lambda: 2)
     monkeypatch.setattr(host, "MIN_SPLIT_BYTES", 0)   # these small arrays split too

@@ -106,7 +106,8 @@ def _gradient_source(dtype: str, program: Program) -> str:
     """conv_chain_gradient: the chain's gradient with respect to the convolution's output,
     from the chain's output y and its gradient gy, written to g (which may be gy itself)
     and summed per output channel into db (the bias gradient) unless db is NULL, over
-    images b0 .. b1 of (B, O, N) arrays."""
+    images b0 .. b1 of (B, O, N) arrays; gy's images GS elements apart (a concatenation's
+    gradient hands each branch a slice of its own: read in place, not copied)."""
     ctype = CTYPES[dtype]
     [(_, grad)] = program.writes
     lines = [f"    const {ctype} {n} = {c(e, ctype)};" for n, e in program.lets]
@@ -114,15 +115,15 @@ def _gradient_source(dtype: str, program: Program) -> str:
     return f"""
 /* {program.name}: g = the chain's gradient, db += its sums per channel */
 void conv_chain_gradient(const T* y_, const T* gy_, T* g_, T* restrict db, const L b0,
-                         const L b1, const L O, const L N)
+                         const L b1, const L O, const L N, const L GS)
 {{
     for (L b = b0; b < b1; ++b)
         for (L o = 0; o < O; ++o) {{
-            const L at = (b * O + o) * N;
+            const L at = (b * O + o) * N, from = b * GS + o * N;
             T sum = 0;
             #pragma omp simd reduction(+:sum)
             for (L i = 0; i < N; ++i) {{
-                const T y = y_[at + i], gy = gy_[at + i];
+                const T y = y_[at + i], gy = gy_[from + i];
                 (void)y; (void)gy;
 {lets}
                 const T g = {c(grad, ctype)};

@@ -101,7 +101,7 @@ def _library(dtype: str, chain: Chained | None = None):
         function.argtypes = [p] * (1 + arrays) + size
     if chain is not None:
         function = library.conv_chain_gradient
-        function.restype, function.argtypes = None, [p] * 4 + [ctypes.c_longlong] * 4
+        function.restype, function.argtypes = None, [p] * 4 + [ctypes.c_longlong] * 5
     return library, address
 
 
@@ -350,13 +350,15 @@ def chain_gradient(y, gy, chain: Chained, into=None):
     library, _ = _library(str(y.dtype), chain)
     o = y.shape[1]
     n = y.size // (y.shape[0] * o) if y.size else 0
-    gy = np.ascontiguousarray(gy, dtype=y.dtype)
+    if not _images_apart(gy, y):
+        gy = np.ascontiguousarray(gy, dtype=y.dtype)
     g = np.empty_like(y) if into is None else into
+    images = gy.strides[0] // gy.itemsize
 
     def run(part: slice):
         dbias = np.zeros(o, dtype=y.dtype)
         library.conv_chain_gradient(y.ctypes.data, gy.ctypes.data, g.ctypes.data,
-                                    dbias.ctypes.data, part.start, part.stop, o, n)
+                                    dbias.ctypes.data, part.start, part.stop, o, n, images)
         return dbias
 
     partials = parallel.slab_map(np, run, y.shape[0], 3 * y.nbytes)
@@ -364,6 +366,14 @@ def chain_gradient(y, gy, chain: Chained, into=None):
     for more in partials[1:]:
         dbias += more
     return g, dbias
+
+
+def _images_apart(gy, y) -> bool:
+    """Whether gy is y's dtype and shape with each image contiguous, the images some whole
+    number of elements apart (a slice of a concatenation's gradient along channels)."""
+    return (gy.dtype == y.dtype and gy.shape == y.shape and gy.strides[1:] == y.strides[1:]
+            and gy.strides[0] > 0 and gy.strides[0] % gy.itemsize == 0
+            and y.flags.c_contiguous)
 
 
 # ---- the choice per layer

@@ -385,15 +385,15 @@ void conv_backward_gemm(gemm_t gemm, const T* restrict gy, const T* restrict x,
 
 /* relu_backward_1_y: g = the chain's gradient, db += its sums per channel */
 void conv_chain_gradient(const T* y_, const T* gy_, T* g_, T* restrict db, const L b0,
-                         const L b1, const L O, const L N)
+                         const L b1, const L O, const L N, const L GS)
 {
     for (L b = b0; b < b1; ++b)
         for (L o = 0; o < O; ++o) {
-            const L at = (b * O + o) * N;
+            const L at = (b * O + o) * N, from = b * GS + o * N;
             T sum = 0;
             #pragma omp simd reduction(+:sum)
             for (L i = 0; i < N; ++i) {
-                const T y = y_[at + i], gy = gy_[at + i];
+                const T y = y_[at + i], gy = gy_[from + i];
                 (void)y; (void)gy;
 
                 const T g = ((y > 0.0) ? gy : 0.0);
