@@ -28,11 +28,11 @@ from netdsl.runtime.native import pooling
 
 
 def _trainer(workload, absorb: bool):
-    conv_chain.ABSORB = absorb
+    previous, conv_chain.ABSORB = conv_chain.ABSORB, absorb
     try:
         lowered = lower(check_file(str(train_speed.SPECS / workload.spec)), "native")
     finally:
-        conv_chain.ABSORB = True
+        conv_chain.ABSORB = previous
     params = initial_params(lowered.built, "he", seed=train_speed.SEED)
     x, y, _ = train_speed.make_batch(workload)
     return train_speed.NetdslTrainer(lowered, params, (x, y))
@@ -46,6 +46,14 @@ def _step(trainer, compiled_pooling: bool) -> tuple[float, float]:
 
 
 def run(workload, pairs: int, part: str) -> dict:
+    previous = pooling.COMPILED
+    try:
+        return _alternate(workload, pairs, part)
+    finally:
+        pooling.COMPILED = previous
+
+
+def _alternate(workload, pairs: int, part: str) -> dict:
     chain_new = part in ("both", "chain")
     pool_new = part in ("both", "pool")
     sides = {"new": (_trainer(workload, chain_new), pool_new),
@@ -64,7 +72,6 @@ def run(workload, pairs: int, part: str) -> dict:
             times[name]["wall"].append(took[name][0])
             times[name]["cpu"].append(took[name][1])
         won += took["new"][0] < took["old"][0]
-    pooling.COMPILED = True
     return {name: {k: statistics.median(v) * 1e3 for k, v in t.items()}
             for name, t in times.items()} | {"won": won}
 

@@ -9,10 +9,12 @@ they write it (no pass of its own forward), and backward takes gy back through t
 in the pass that sums the bias's gradient, over gy itself where the executor owns it
 (runtime.native.conv). Elsewhere the op's forward and the chain run one after the other.
 
-`ABSORB` off keeps the chains apart, as before this pass: the old path, for comparing.
+`ABSORB` off (NETDSL_CONV_CHAINS=0) keeps the chains apart, as before this pass: the old
+path, for comparing.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 from netdsl.lower.codegen import Chain, chain_backward, chain_forward, run_program
@@ -22,8 +24,9 @@ from netdsl.ops.base import Op
 
 __all__ = ["ABSORB", "Epilogue", "ConvChain", "into_convolutions"]
 
-# join chains to the convolutions before them (False: the chains stay steps of their own)
-ABSORB = True
+# join chains to the convolutions before them (False, or NETDSL_CONV_CHAINS=0 in the
+# environment: the chains stay steps of their own)
+ABSORB = os.environ.get("NETDSL_CONV_CHAINS", "1") != "0"
 
 
 class Epilogue:

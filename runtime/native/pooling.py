@@ -10,11 +10,13 @@ so that a maxunpool borrows them alike, and either path's backward reads the oth
 Any other case (rank 3, other dtypes, no compiler) returns NotImplemented, and the NumPy
 code runs.
 
-`COMPILED` off sends every call to the NumPy code: the old path, for comparing.
+`COMPILED` off (NETDSL_NATIVE_POOLING=0) sends every call to the NumPy code: the old
+path, for comparing.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 from functools import lru_cache
 
 import numpy as np
@@ -27,8 +29,9 @@ from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["COMPILED", "forward", "backward", "covered"]
 
-# run max pooling's compiled kernels on the native target (False: the NumPy path)
-COMPILED = True
+# run max pooling's compiled kernels on the native target (False, or
+# NETDSL_NATIVE_POOLING=0 in the environment: the NumPy path)
+COMPILED = os.environ.get("NETDSL_NATIVE_POOLING", "1") != "0"
 
 _DTYPES = (np.float32, np.float64)
 
