@@ -11,9 +11,10 @@
   owns it, NumPy's choice gets the chain after it, and outside a native pass the NumPy
   code runs;
 - the native lowering joins a relu to the convolution before it (LeNet-5, Inception),
-  not where the convolution's output is read twice, nor a chain of two inputs, nor with
-  `ABSORB` off; the joined step trains as the steps apart do, and the memory plan
-  counts the chain's gradient where gy is not the pass's own.
+  not where the convolution's output is read twice, nor with `ABSORB` off (or
+  NETDSL_CONV_CHAINS=0, and pooling's NETDSL_NATIVE_POOLING=0); the joined step trains
+  as the steps apart do, and the memory plan counts the chain's gradient where gy is
+  not the pass's own.
 """
 from __future__ import annotations
 
@@ -303,3 +304,17 @@ def test_the_memory_plan_counts_the_chain_gradient_where_gy_is_not_owned():
     node = chained.name[1:-len(":chain")]
     assert isinstance(lowered.plan.step_of(node).op, ConvChain)
     assert chained.start == chained.end and chained.bytes == 4 * 4 * 9 * 9
+
+
+def test_the_switches_read_the_environment():
+    import subprocess
+    import sys
+
+    code = ("from netdsl.lower import conv_chain; from netdsl.runtime.native import pooling; "
+            "print(conv_chain.ABSORB, pooling.COMPILED)")
+    assert conv_chain.ABSORB   # on by default, in this process
+    env = dict(os.environ, NETDSL_CONV_CHAINS="0", NETDSL_NATIVE_POOLING="0",
+               PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
