@@ -16,6 +16,11 @@ in float32 or float64, runs one of:
   the Winograd forward on gy with the weight flipped, dweight as sixteen GEMMs in the
   transformed domain, taken back by G^T . G).
 
+A convolution the lowering joined to the elementwise chain after it (lower.conv_chain)
+comes through `conv_nd_then` and `conv_nd_then_backward`: the chosen kernel's library
+built with the chain applied where it writes y, and backward a pass taking gy back
+through the chain and summing the bias's gradient (`chain_gradient`) before the kernel.
+
 Which one is timed once per layer shape (and dtype and threads): a few runs of each
 candidate on the real arrays, the fastest kept, in memory and in a JSON file beside the
 compiled kernels (`choices.json`, written atomically; a damaged one is ignored and
@@ -40,8 +45,7 @@ import numpy as np
 
 from netdsl import atomic
 from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, Chained,
-                                      conv_module,
-                                      direct_kernel, direct_scratch, gemm_scratch,
+                                      conv_module, direct_kernel, direct_scratch, gemm_scratch,
                                       geometry_sizes, weight_grad_scratch,
                                       winograd_fits, winograd_grad_scratch, winograd_module,
                                       winograd_rows, winograd_scratch)
@@ -51,8 +55,8 @@ from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir
 
-__all__ = ["in_use", "active", "chain_gradient", "covered", "forward", "backward", "choose", "choices", "FORWARD",
-           "BACKWARD", "layers", "report", "CHOICES_FILE"]
+__all__ = ["in_use", "active", "chain_gradient", "covered", "forward", "backward", "choose",
+           "choices", "FORWARD", "BACKWARD", "layers", "report", "CHOICES_FILE"]
 
 FORWARD = ("numpy", "gemm", "direct", "winograd")
 BACKWARD = ("numpy", "gemm", "direct", "winograd")
