@@ -351,7 +351,7 @@ def _gradients(plan: Plan, backward: Backward, back_at: dict, batch: int) -> lis
     # an op whose backward first takes gy back through a chain it applied (`masks_gy`)
     # writes that over gy where the pass owns it, else into an array of its own
     for node in backward.order:
-        if getattr(plan.step_of(node).op, "masks_gy", False) and node in back_at \
+        if plan.step_of(node).op.masks_gy and node in back_at \
                 and not _owned(plan, readers.get(node, ())):
             made.append(Buffer(f"d{node}:chain", "grad", _bytes(plan, node, batch),
                                back_at[node], back_at[node]))
