@@ -9,7 +9,7 @@ lower.conv_chain.ABSORB, and max pooling compiled, runtime.native.pooling.COMPIL
 "old" (both off; `--part` switches one of them only). They alternate every step, the
 order within a pair swapped every pair, so that the machine's load falls on both alike.
 Prints per workload the medians of wall and process CPU time a step, and in how many
-pairs the new step was the shorter; the load average before and after.
+pairs the new step was the shorter (by each); the load average before and after.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _alternate(workload, pairs: int, part: str) -> dict:
         for _ in range(3):
             _step(trainer, compiled)
     times = {name: {"wall": [], "cpu": []} for name in sides}
-    won = 0
+    won = won_cpu = 0
     for i in range(pairs):
         order = ("new", "old") if i % 2 == 0 else ("old", "new")
         took = {}
@@ -72,8 +72,9 @@ def _alternate(workload, pairs: int, part: str) -> dict:
             times[name]["wall"].append(took[name][0])
             times[name]["cpu"].append(took[name][1])
         won += took["new"][0] < took["old"][0]
+        won_cpu += took["new"][1] < took["old"][1]
     return {name: {k: statistics.median(v) * 1e3 for k, v in t.items()}
-            for name, t in times.items()} | {"won": won}
+            for name, t in times.items()} | {"won": won, "won_cpu": won_cpu}
 
 
 def main() -> int:
@@ -97,7 +98,8 @@ def main() -> int:
         new, old = result["new"], result["old"]
         print(f"{workload.id}: new {new['wall']:.2f} ms (cpu {new['cpu']:.2f}), "
               f"old {old['wall']:.2f} ms (cpu {old['cpu']:.2f}); new shorter in "
-              f"{result['won']} of {args.pairs} pairs; load {before:.2f} -> {after:.2f}")
+              f"{result['won']} of {args.pairs} pairs (cpu: {result['won_cpu']}); load "
+              f"{before:.2f} -> {after:.2f}")
     return 0
 
 
