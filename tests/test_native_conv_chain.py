@@ -4,7 +4,8 @@
   with --update-golden);
 - every compiled kernel (gemm, both direct kernels, Winograd) with relu (and tanh: any
   one-input chain whose gradient follows from its output) applied as it writes y, and
-  the gradient pass that masks gy and sums the bias's gradient, equal float64 PyTorch
+  the gradient pass that masks gy and sums the bias's gradient (whole, or each slab's
+  images before its kernels read them), equal float64 PyTorch
   (`relu(conv2d(...))` and autograd) and the NumPy path, in float32 and float64, on
   odd sizes, padding, strides, batch 1 and 3, on one slab and on two threads' slabs;
 - through the seam, the chain's gradient is written over gy only where the caller
@@ -130,8 +131,13 @@ def test_kernels_with_the_chain_equal_pytorch_and_numpy(case, dtype, chain):
                    want, dtype)
     for wants in ((dx, dw, db), numpy_grads):
         for kind, _ in _kinds(g, dtype):
+            # the whole pass first, and each slab's images just before its kernels
             masked, dbias = native_conv.chain_gradient(y.astype(dtype), gy, chain.programs)
             grads = native_conv.backward(masked, x, w, g, True, kind, dbias)
+            for got, want in zip(grads, wants):
+                _close(got, want, dtype)
+            masked, masking = native_conv.chain_masking(y.astype(dtype), gy, chain.programs)
+            grads = native_conv.backward(masked, x, w, g, True, kind, masking=masking)
             for got, want in zip(grads, wants):
                 _close(got, want, dtype)
 
@@ -181,6 +187,10 @@ def test_slabs_on_two_threads_equal_pytorch(monkeypatch):
         masked, dbias = native_conv.chain_gradient(y, gy, RELU.programs)
         for got, want in zip(native_conv.backward(masked, x, w, g, True, kind, dbias),
                              (dx, dw, db)):
+            _close(got, want, "float64")
+        masked, masking = native_conv.chain_masking(y, gy, RELU.programs)
+        for got, want in zip(native_conv.backward(masked, x, w, g, True, kind,
+                                                  masking=masking), (dx, dw, db)):
             _close(got, want, "float64")
     assert seen and all(len(slabs) == 4 for slabs in seen)
 
@@ -318,3 +328,28 @@ def test_the_switches_read_the_environment():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_scratch_bound_covers_the_masking_backward(threads, monkeypatch):
+    """Backward with each slab masking its images first (dx's forward after the slabs,
+    beside the summed weight gradient) allocates no more than kernel_scratch's bound
+    beyond dx, as tracemalloc measures it (the masked gy is the plan's: over gy, or
+    `masks_gy`'s buffer, made before the call here)."""
+    from netdsl.lower.native_conv import geometry_sizes, kernel_scratch
+    from test_native_conv import SCRATCH_CASES, _allocated
+    from test_native_conv import _problem as conv_problem
+
+    monkeypatch.setattr(host, "host_threads", lambda: threads)
+    for case in SCRATCH_CASES[:2] + SCRATCH_CASES[4:7]:
+        g, x, w, _, gy = conv_problem(case, "float32")
+        y = np.abs(gy)   # the chain's output: any array of its shape and dtype
+        bounds = kernel_scratch("float32", geometry_sizes(x.shape[1], w.shape[0], g),
+                                len(x), threads)
+        for kind, (_, bound) in bounds.items():
+            masked, masking = native_conv.chain_masking(y, gy, RELU.programs)
+            native_conv.backward(masked, x, w, g, True, kind, masking=masking)   # warm
+            measured = _allocated(
+                lambda: native_conv.backward(masked, x, w, g, True, kind, masking=masking),
+                lambda grads: grads[0].nbytes)
+            assert 0 < measured <= bound, (case, kind, measured, bound)

@@ -240,7 +240,8 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
     functions runtime.native.conv allocates with), per slab its partial weight and bias
     gradients (kept until all are summed), and once per call what the call makes before
     or after the slabs (the flipped weight, Winograd's U, the weight gradient's
-    transform back); 0 for a way the kind is no candidate (Winograd's backward at a pad
+    transform back; a dx made after the slabs has the summed weight gradient beside
+    it); 0 for a way the kind is no candidate (Winograd's backward at a pad
     past 2). The largest over how the batch may be split: whole on one thread
     (an op too small to split), or in slab_sizes with `threads` slabs at once."""
     item = CTYPE_SIZES[dtype]
@@ -271,7 +272,9 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
             slab = weight_grad_scratch(dtype, sizes, images)
             if flipped is None:   # dx by col2im, its columns beside the chunk's scratch
                 return count * (weight + o) + running * (slab + columns)
-            return max(weight + direct_forward(flipped, running),
+            # dx's forward: before the slabs, or after them beside the summed dweight
+            # (a convolution with a chain masks gy in its slabs first)
+            return max(2 * weight + direct_forward(flipped, running),
                        count * (weight + o) + running * slab)
 
         found["direct"] = (worst(lambda n, count, running: direct_forward(sizes, running)),
@@ -290,7 +293,7 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
                 partials = count * (16 * o * c + o)
                 # dW = G^T . G by einsum: its (3, 4, O, C) intermediate, the result, a copy
                 after = partials + 12 * o * c + 2 * weight
-                return max(weight + winograd_forward(flipped, running), after,
+                return max(2 * weight + winograd_forward(flipped, running), after,
                            partials + running * winograd_grad_scratch(dtype, sizes, rows))
 
             found["winograd"] = (forward, worst(winograd_backward))

@@ -55,7 +55,7 @@ from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir
 
-__all__ = ["in_use", "active", "chain_gradient", "covered", "forward", "backward", "choose",
+__all__ = ["in_use", "active", "chain_gradient", "chain_masking", "covered", "forward", "backward", "choose",
            "choices", "FORWARD", "BACKWARD", "layers", "report", "CHOICES_FILE"]
 
 FORWARD = ("numpy", "gemm", "direct", "winograd")
@@ -218,10 +218,12 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
 _WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
-def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = True):
+def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = True,
+                          masking=None):
     """(dweight, dbias) by Winograd F(2x2, 3x3): each slab sums its images' gradient in
     the transformed domain (16, O, C) and its bias gradient (unless not `bias_grad`:
-    then dbias is zeros); the slabs' sums are added and taken back by G^T . G."""
+    then dbias is zeros; `masking`, as backward's, makes it); the slabs' sums are added
+    and taken back by G^T . G."""
     dtype = str(x.dtype)
     library, address = _winograd_library(dtype)
     sizes = _sizes(x, weight, geometry)
@@ -231,12 +233,12 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
 
     def run(part: slice):
         transformed = np.zeros((4, 4, o, c), dtype=x.dtype)
-        dbias = np.zeros(o, dtype=x.dtype)
+        dbias = np.zeros(o, dtype=x.dtype) if masking is None else masking(part)
         buffer = np.empty(scratch, dtype=x.dtype)
         library.conv_weight_grad_winograd(
             address, gy.ctypes.data, x.ctypes.data, transformed.ctypes.data,
-            dbias.ctypes.data if bias_grad else None, buffer.ctypes.data, part.start,
-            part.stop, rows, *sizes)
+            dbias.ctypes.data if bias_grad and masking is None else None,
+            buffer.ctypes.data, part.start, part.stop, rows, *sizes)
         return transformed, dbias
 
     partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * 9)
@@ -249,16 +251,23 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
     return np.ascontiguousarray(dweight), dbias
 
 
-def _winograd_backward(gy, x, weight, geometry: Geometry, need_dx: bool, dbias=None):
+def _winograd_backward(gy, x, weight, geometry: Geometry, need_dx: bool, dbias=None,
+                       masking=None):
     """(dx, dweight, dbias) by Winograd F(2x2, 3x3): dx as the forward on gy with the
     weight flipped (_input_grad_geometry), dweight and dbias by _winograd_weight_grad
-    (dbias as given, where it is)."""
+    (dbias as given, where it is); with `masking`, dx after them, on gy as the slabs
+    left it."""
     gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
-    dx = None
-    if need_dx:
-        dx = forward("winograd", gy, _flipped(weight), None, _input_grad_geometry(geometry))
-    dweight, summed = _winograd_weight_grad(gy, x, weight, geometry, dbias is None)
+
+    def input_grad():
+        return forward("winograd", gy, _flipped(weight), None, _input_grad_geometry(geometry))
+
+    dx = input_grad() if need_dx and masking is None else None
+    dweight, summed = _winograd_weight_grad(gy, x, weight, geometry, dbias is None,
+                                            masking)
+    if need_dx and masking is not None:   # on gy as the slabs left it
+        dx = input_grad()
     return dx, dweight, summed if dbias is None else dbias
 
 
@@ -284,7 +293,7 @@ def _flipped(weight):
 
 
 def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str = "gemm",
-             dbias=None):
+             dbias=None, masking=None):
     """(dx, dweight, dbias) of conv_nd through the compiled kernels; each slab of the
     batch sums its images' weight and bias gradients, and the slabs' sums are added up.
     `kind` "gemm": columns and a GEMM per image for dweight, col2im of the column
@@ -292,10 +301,13 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
     direct forward kernel on gy (unless its pads would be past the kernel's reach;
     there, and at other strides, dx by col2im as "gemm"); "winograd" (where
     _winograd_backward_fits): see _winograd_backward. A `dbias` given (the chain's
-    gradient pass summed it) is returned as the bias gradient, and not summed again."""
+    gradient pass summed it) is returned as the bias gradient, and not summed again.
+    `masking` (chain_masking's): each slab first writes its images of gy through it, and
+    their bias gradient is its sums, so that the kernels read them from the cache; dx by
+    a forward on gy then runs after the slabs."""
     if kind == "winograd":
-        return _winograd_backward(gy, x, weight, geometry, need_dx, dbias)
-    bias_grad = dbias is None
+        return _winograd_backward(gy, x, weight, geometry, need_dx, dbias, masking)
+    bias_grad = dbias is None and masking is None
     library, address = _library(str(x.dtype))
     sizes = _sizes(x, weight, geometry)
     o, kh, kw = sizes[3], sizes[4], sizes[5]
@@ -305,9 +317,9 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
     dx_direct = need_dx and direct and _input_grad_geometry(geometry) is not None
     col2im = need_dx and not dx_direct
     dx = None
-    if dx_direct:
+    if dx_direct and masking is None:
         dx = forward("direct", gy, _flipped(weight), None, _input_grad_geometry(geometry))
-    elif need_dx:
+    elif col2im:
         dx = np.empty(x.shape, dtype=x.dtype)
     columns = gemm_scratch(sizes)   # conv_backward_gemm's scratch: an image's columns
     # the direct weight gradient sums over a chunk of images in one call (its scratch
@@ -316,7 +328,7 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
 
     def run(part: slice):
         dweight = np.zeros(weight.shape, dtype=x.dtype)
-        dbias = np.zeros(o, dtype=x.dtype)
+        dbias = np.zeros(o, dtype=x.dtype) if masking is None else masking(part)
         pointers = [gy.ctypes.data, x.ctypes.data, weight.ctypes.data]
         if direct:
             n = part.stop - part.start
@@ -338,12 +350,21 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
                 part.stop, *sizes)
         return dweight, dbias
 
-    partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * kh * kw)
-    dweight, summed = partials[0]
+    dweight, summed = _summed(parallel.slab_map(np, run, x.shape[0],
+                                                2 * x.nbytes * kh * kw))
+    if dx_direct and masking is not None:   # on gy as the slabs left it
+        dx = forward("direct", gy, _flipped(weight), None, _input_grad_geometry(geometry))
+    return dx, dweight, summed if dbias is None else dbias
+
+
+def _summed(partials: list) -> tuple:
+    """The slabs' (dweight, dbias) added up into the first's arrays; the others are
+    freed on return (a dx made after the slabs has only the sums beside it)."""
+    dweight, dbias = partials[0]
     for more_dweight, more_dbias in partials[1:]:
         dweight += more_dweight
-        summed += more_dbias
-    return dx, dweight, summed if bias_grad else dbias
+        dbias += more_dbias
+    return dweight, dbias
 
 
 def chain_gradient(y, gy, chain: Chained, into=None):
@@ -351,6 +372,18 @@ def chain_gradient(y, gy, chain: Chained, into=None):
     the convolution's output, from the chain's output y, written into `into` (which may
     be gy itself) or a new array, and its sums per channel (the bias's gradient), in
     one pass (conv_chain_gradient) over slabs of the batch on the host's threads."""
+    g, masking = chain_masking(y, gy, chain, into)
+    partials = parallel.slab_map(np, masking, y.shape[0], 3 * y.nbytes)
+    dbias = partials[0]
+    for more in partials[1:]:
+        dbias += more
+    return g, dbias
+
+
+def chain_masking(y, gy, chain: Chained, into=None):
+    """(g, masking): the array chain_gradient writes (`into`, or a new one), and the pass
+    over a slice of its images, which writes them and returns their bias sums; for
+    backward to run in each of its slabs before the kernels read those images."""
     library, _ = _library(str(y.dtype), chain)
     o = y.shape[1]
     n = y.size // (y.shape[0] * o) if y.size else 0
@@ -359,17 +392,13 @@ def chain_gradient(y, gy, chain: Chained, into=None):
     g = np.empty_like(y) if into is None else into
     images = gy.strides[0] // gy.itemsize
 
-    def run(part: slice):
+    def masking(part: slice):
         dbias = np.zeros(o, dtype=y.dtype)
         library.conv_chain_gradient(y.ctypes.data, gy.ctypes.data, g.ctypes.data,
                                     dbias.ctypes.data, part.start, part.stop, o, n, images)
         return dbias
 
-    partials = parallel.slab_map(np, run, y.shape[0], 3 * y.nbytes)
-    dbias = partials[0]
-    for more in partials[1:]:
-        dbias += more
-    return g, dbias
+    return g, masking
 
 
 def _images_apart(gy, y) -> bool:
@@ -595,14 +624,17 @@ def _conv_nd_then_backward(xp, gy, y, x, weight, geometry, groups, need_dx, chai
         return NotImplemented
     owned = (gy_owned and gy.shape == y.shape and gy.dtype == y.dtype
              and gy.flags.c_contiguous and gy.flags.writeable)
+    into = gy if owned else None
     try:
-        g, dbias = chain_gradient(y, gy, chain.programs, gy if owned else None)
-        choice, _ = choose(x, weight, None, geometry, groups, g, need_dx)
+        choice, _ = choose(x, weight, None, geometry, groups, gy, need_dx)
+        kind = choice["backward"]
+        if kind == "numpy":
+            g, dbias = chain_gradient(y, gy, chain.programs, into)
+        else:   # each slab's images taken through the chain just before its kernels
+            g, masking = chain_masking(y, gy, chain.programs, into)
+            return backward(g, x, weight, geometry, need_dx, kind, masking=masking)
     except NativeUnavailable:
         return NotImplemented
-    kind = choice["backward"]
-    if kind == "numpy":
-        dx, dweight, _ = convolve.conv_nd_backward.generic(np, g, x, weight, geometry,
-                                                           groups, need_dx)
-        return dx, dweight, dbias
-    return backward(g, x, weight, geometry, need_dx, kind, dbias)
+    dx, dweight, _ = convolve.conv_nd_backward.generic(np, g, x, weight, geometry, groups,
+                                                       need_dx)
+    return dx, dweight, dbias
