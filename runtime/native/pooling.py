@@ -2,8 +2,8 @@
 
 While an executor of the native target runs a pass (runtime.native.conv's `in_use`),
 ops.pool's `max_pool` and `max_pool_backward` for NumPy come here. A 1-D or 2-D max
-pooling in float32 or float64 runs netdsl.lower.native_window's kernels, the batch's
-planes (example x channel) split into slabs on the host's threads
+pooling in float32 or float64 runs netdsl.lower.native_window's kernels over the batch's
+planes (example x channel), above SPLIT_BYTES split into slabs on the host's threads
 (ops.parallel.slab_map; ctypes releases the GIL during the call). They keep what the
 NumPy path keeps, the flat index of each window's first maximum in its plane (int32),
 so that a maxunpool borrows them alike, and either path's backward reads the other's.
@@ -34,6 +34,12 @@ __all__ = ["COMPILED", "forward", "backward", "covered"]
 COMPILED = os.environ.get("NETDSL_NATIVE_POOLING", "1") != "0"
 
 _DTYPES = (np.float32, np.float64)
+
+# bytes a pooling call must touch (input, output and indices) before its planes are
+# split over the host's threads: as for an elementwise chain, a split's hand-over costs
+# about what it saves on LeNet's and Inception's pooling (split at 1 MiB, W2's step was
+# the shorter in 31 of 100 steps alternating with unsplit, W6's in 5 of 12; docs/cpu.md)
+SPLIT_BYTES = 16 << 20
 
 
 @lru_cache(maxsize=None)
@@ -70,7 +76,8 @@ def forward(x, geometry, kernel: str | None = None):
         function(x.ctypes.data, y.ctypes.data, indices.ctypes.data, part.start, part.stop,
                  *sizes)
 
-    parallel.slab_map(np, run, planes, x.nbytes + y.nbytes + indices.nbytes)
+    _split(run, planes, x.nbytes + y.nbytes + indices.nbytes)
+    x = None   # the host's threads keep the last function they ran: not x through it
     return y, indices
 
 
@@ -87,8 +94,17 @@ def backward(gy, indices, shape, geometry):
         library.maxpool_backward(gy.ctypes.data, indices.ctypes.data, dx.ctypes.data,
                                  part.start, part.stop, *sizes)
 
-    parallel.slab_map(np, run, planes, dx.nbytes + gy.nbytes + indices.nbytes)
+    _split(run, planes, dx.nbytes + gy.nbytes + indices.nbytes)
+    gy = indices = None   # nor gy and the indices
     return dx
+
+
+def _split(run, planes: int, size: int) -> None:
+    """run(planes) whole below SPLIT_BYTES, else in slabs on the host's threads."""
+    if size < SPLIT_BYTES:
+        run(slice(0, planes))
+    else:
+        parallel.slab_map(np, run, planes, size)
 
 
 @pool.max_pool.provide("numpy")
