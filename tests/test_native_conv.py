@@ -232,7 +232,7 @@ def test_arrays_other_than_the_geometry_says_fall_back(choices_cache):
 def test_without_a_compiler_the_numpy_code_runs(choices_cache, monkeypatch):
     g, x, w, bias, gy = _seam_problem()
 
-    def unavailable(dtype):
+    def unavailable(dtype, chain=None):
         raise NativeUnavailable("no C compiler found")
 
     monkeypatch.setattr(native_conv, "_library", unavailable)

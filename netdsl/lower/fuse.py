@@ -20,7 +20,9 @@ a run, and what a run becomes:
   its output, after an op that states its work as per-channel programs (batchnorm's,
   ops.channels) and whose output nothing else reads, joins that op: a `ChannelChain`
   step, whose programs apply the chain in the op's writing pass (y = chain(bn(x))) and
-  its gradient as the op's backward reads gy, so the pair costs the op's passes only.
+  its gradient as the op's backward reads gy, so the pair costs the op's passes only;
+  and a chain of one input whose gradient follows from its output, after a convolution,
+  joins it (lower.conv_chain): the kernels apply it as they write their output.
 
 The backward of a run is its steps in reverse (host), or one kernel (cuda, native).
 """
@@ -31,6 +33,7 @@ from typing import Callable, NamedTuple
 
 from netdsl.lower.codegen import (Chain, chain_backward, chain_forward, from_output, fusable,
                                   merge_writes, run_program)
+from netdsl.lower.conv_chain import into_convolutions
 from netdsl.lower.plan import Plan, Step
 from netdsl.ops.base import Ctx, Op, input_names
 from netdsl.ops.channels import ChannelProgram, Stage
@@ -437,8 +440,14 @@ class Fusion(NamedTuple):
     then: Callable[[Plan, set], Plan] | None = None
 
 
+def _into_ops(plan: Plan, kept: set[str]) -> Plan:
+    """The native target's chains joined to the ops before them: batchnorm's per-channel
+    programs, then the convolutions' output writes (lower.conv_chain)."""
+    return into_convolutions(_into_channel_programs(plan, kept), kept)
+
+
 FUSIONS = {
     "in_place": Fusion(_any_step, _writes_over, _mark_in_place),
     "kernels": Fusion(_has_formulas, _joins_kernel, _as_kernels),
-    "native": Fusion(_has_formulas, _joins_kernel, _as_kernels, _into_channel_programs),
+    "native": Fusion(_has_formulas, _joins_kernel, _as_kernels, _into_ops),
 }

@@ -12,7 +12,9 @@ autodiff's schedule. Every tensor gets an interval on it:
 Two kinds of arrays are one buffer, as the host executor runs them: a host chain's
 follower (`Step.in_place`) writes its result over its predecessor's output, and an op
 with `Op.grad_over_gy` writes its input's gradient over its output's gradient when that
-is an array of the pass's own (made fresh by its reader's backward, or summed).
+is an array of the pass's own (made fresh by its reader's backward, or summed); so does
+a convolution that took the chain after it (lower.conv_chain, `masks_gy`) with the
+chain's gradient, which otherwise is an array of its own during its backward step.
 
 The flat gradient vector exists through the whole step, but a parameter's part of it
 holds nothing until backward first writes that gradient. A value whose interval ends
@@ -344,8 +346,16 @@ def _gradients(plan: Plan, backward: Backward, back_at: dict, batch: int) -> lis
             grads[source] = [f"d{source}", _bytes(plan, source, batch), back_at[node],
                              back_at[source]]
     unique = {id(g): g for g in grads.values()}
-    return [Buffer(name, "grad", bytes_, start, end)
+    made = [Buffer(name, "grad", bytes_, start, end)
             for name, bytes_, start, end in unique.values()]
+    # an op whose backward first takes gy back through a chain it applied (`masks_gy`)
+    # writes that over gy where the pass owns it, else into an array of its own
+    for node in backward.order:
+        if plan.step_of(node).op.masks_gy and node in back_at \
+                and not _owned(plan, readers.get(node, ())):
+            made.append(Buffer(f"d{node}:chain", "grad", _bytes(plan, node, batch),
+                               back_at[node], back_at[node]))
+    return made
 
 
 def _owned(plan: Plan, readers) -> bool:

@@ -26,10 +26,14 @@ Only text is made here; netdsl.runtime.native.conv compiles and calls it.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+from netdsl.lower.codegen import Program
 from netdsl.lower.cuda import CTYPES
+from netdsl.ops.expr import c
 from netdsl.ops.parallel import CHUNK_BYTES, SLABS_PER_THREAD, chunk_examples, even_slabs
 
-__all__ = ["conv_module", "FUNCTIONS", "OUTPUT_BLOCK", "GEOMETRY", "lanes", "planes",
+__all__ = ["conv_module", "Chained", "chain_source", "FUNCTIONS", "OUTPUT_BLOCK", "GEOMETRY", "lanes", "planes",
            "direct_blocks", "direct_kernel", "geometry_sizes", "gemm_scratch",
            "slab_sizes", "kernel_scratch", "largest_scratch", "SLABS_PER_THREAD",
            "direct_scratch", "weight_grad_scratch", "winograd_module", "WINOGRAD_FUNCTIONS",
@@ -58,16 +62,78 @@ ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 _SIZES = ", ".join(f"const L {name}" for name in GEOMETRY)
 
 
-def conv_module(dtype: str, index_type: str, gemm: str) -> str:
+class Chained(NamedTuple):
+    """An elementwise chain applied where a convolution writes its output: its forward
+    program (x0 -> y) and its gradient from its output (gy, y -> dx0)."""
+
+    forward: Program
+    gradient: Program
+
+
+def conv_module(dtype: str, index_type: str, gemm: str, chain: Chained | None = None) -> str:
     """The C module of the convolution kernels for `dtype`, calling CBLAS's GEMM of the
-    integer type `index_type` (named `gemm` in a comment)."""
+    integer type `index_type` (named `gemm` in a comment); with `chain`, each forward
+    kernel applies it to every output as it writes it, and `conv_chain_gradient` is
+    added (`chain_source`)."""
     t = CTYPES[dtype]
     direct = "".join(_DIRECT.format(NAME=name, OB=blocks, V=positions, SIZES=_SIZES)
                      for name, (blocks, positions) in direct_blocks(dtype).items())
-    return _TEMPLATE.format(T=t, I=index_type, gemm=gemm, SIZES=_SIZES, DIRECT=direct,
-                            W=lanes(dtype) // 2, VL=lanes(dtype) // 2, IB=CELL_BLOCK,
-                            GB=OUTPUT_BLOCK // 2,
-                            RM=ROW_MAJOR, N=NO_TRANS, TR=TRANS)
+    source = _TEMPLATE.format(T=t, I=index_type, gemm=gemm, SIZES=_SIZES, DIRECT=direct,
+                              W=lanes(dtype) // 2, VL=lanes(dtype) // 2, IB=CELL_BLOCK,
+                              GB=OUTPUT_BLOCK // 2, CHAIN=chain_source(dtype, chain),
+                              RM=ROW_MAJOR, N=NO_TRANS, TR=TRANS)
+    return source if chain is None else source + _gradient_source(dtype, chain.gradient)
+
+
+def chain_source(dtype: str, chain: Chained | None) -> str:
+    """The kernels' CHAIN(v), applied to each output (its bias added) as it is written:
+    the chain's forward formula as a function of one element, or v itself."""
+    if chain is None:
+        return "#define CHAINED 0\n#define CHAIN(v) (v)\n"
+    ctype = CTYPES[dtype]
+    program = chain.forward
+    [(_, output)] = program.writes
+    body = [f"    const {ctype} {n} = {c(e, ctype)};" for n, e in program.lets]
+    return ("#include <math.h>\n"
+            f"/* {program.name}: the chain after the convolution, on each output */\n"
+            "#define CHAINED 1\n"
+            f"static inline {ctype} chain(const {ctype} x0)\n{{\n"
+            + "\n".join(body) + ("\n" if body else "")
+            + f"    return {c(output, ctype)};\n}}\n#define CHAIN(v) chain(v)\n")
+
+
+def _gradient_source(dtype: str, program: Program) -> str:
+    """conv_chain_gradient: the chain's gradient with respect to the convolution's output,
+    from the chain's output y and its gradient gy, written to g (which may be gy itself)
+    and summed per output channel into db (the bias gradient) unless db is NULL, over
+    images b0 .. b1 of (B, O, N) arrays; gy's images GS elements apart (a concatenation's
+    gradient hands each branch a slice of its own: read in place, not copied)."""
+    ctype = CTYPES[dtype]
+    [(_, grad)] = program.writes
+    lines = [f"    const {ctype} {n} = {c(e, ctype)};" for n, e in program.lets]
+    lets = "\n".join("        " + line for line in lines)
+    return f"""
+/* {program.name}: g = the chain's gradient, db += its sums per channel */
+void conv_chain_gradient(const T* y_, const T* gy_, T* g_, T* restrict db, const L b0,
+                         const L b1, const L O, const L N, const L GS)
+{{
+    for (L b = b0; b < b1; ++b)
+        for (L o = 0; o < O; ++o) {{
+            const L at = (b * O + o) * N, from = b * GS + o * N;
+            T sum = 0;
+            #pragma omp simd reduction(+:sum)
+            for (L i = 0; i < N; ++i) {{
+                const T y = y_[at + i], gy = gy_[from + i];
+                (void)y; (void)gy;
+{lets}
+                const T g = {c(grad, ctype)};
+                g_[at + i] = g;
+                sum += g;
+            }}
+            if (db) db[o] += sum;
+        }}
+}}
+"""
 
 
 def lanes(dtype: str) -> int:
@@ -174,7 +240,8 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
     functions runtime.native.conv allocates with), per slab its partial weight and bias
     gradients (kept until all are summed), and once per call what the call makes before
     or after the slabs (the flipped weight, Winograd's U, the weight gradient's
-    transform back); 0 for a way the kind is no candidate (Winograd's backward at a pad
+    transform back; a dx made after the slabs has the summed weight gradient beside
+    it); 0 for a way the kind is no candidate (Winograd's backward at a pad
     past 2). The largest over how the batch may be split: whole on one thread
     (an op too small to split), or in slab_sizes with `threads` slabs at once."""
     item = CTYPE_SIZES[dtype]
@@ -205,7 +272,9 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
             slab = weight_grad_scratch(dtype, sizes, images)
             if flipped is None:   # dx by col2im, its columns beside the chunk's scratch
                 return count * (weight + o) + running * (slab + columns)
-            return max(weight + direct_forward(flipped, running),
+            # dx's forward: before the slabs, or after them beside the summed dweight
+            # (a convolution with a chain masks gy in its slabs first)
+            return max(2 * weight + direct_forward(flipped, running),
                        count * (weight + o) + running * slab)
 
         found["direct"] = (worst(lambda n, count, running: direct_forward(sizes, running)),
@@ -224,7 +293,7 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
                 partials = count * (16 * o * c + o)
                 # dW = G^T . G by einsum: its (3, 4, O, C) intermediate, the result, a copy
                 after = partials + 12 * o * c + 2 * weight
-                return max(weight + winograd_forward(flipped, running), after,
+                return max(2 * weight + winograd_forward(flipped, running), after,
                            partials + running * winograd_grad_scratch(dtype, sizes, rows))
 
             found["winograd"] = (forward, worst(winograd_backward))
@@ -298,7 +367,8 @@ void {NAME}(gemm_t gemm, const T* restrict x, const T* restrict w,
                 const T start = bias ? bias[o0 + j] : 0;
                 for (L oh = 0; oh < OH; ++oh)
                     for (L ow = 0; ow < OW; ++ow)
-                        yb[((o0 + j) * OH + oh) * OW + ow] = z[j * SPAN + oh * WQ + ow] + start;
+                        yb[((o0 + j) * OH + oh) * OW + ow] =
+                            CHAIN(z[j * SPAN + oh * WQ + ow] + start);
             }}
         }}
     }}
@@ -318,7 +388,7 @@ typedef void (*gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T
 /* a vector of {VL} elements (GCC's and Clang's vector extension), at any element's address */
 enum {{ VL = {VL} }};
 typedef T vec __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T))));
-"""
+{CHAIN}"""
 
 _TEMPLATE = _PREAMBLE + """\
 /* a loaded vector stays in a register: GCC would otherwise load it again for each use,
@@ -440,9 +510,11 @@ void conv_forward_gemm(gemm_t gemm, const T* restrict x, const T* restrict w,
         T* restrict yb = y + b * O * N;
         columns(x + b * C * H * W, scratch, C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW);
         gemm({RM}, {N}, {N}, O, N, K, 1, w, K, scratch, N, 0, yb, N);
-        if (bias)
-            for (L o = 0; o < O; ++o)
-                for (L i = 0; i < N; ++i) yb[o * N + i] += bias[o];
+        if (bias || CHAINED)   /* the bias and the chain in one pass, in the cache */
+            for (L o = 0; o < O; ++o) {{
+                const T start = bias ? bias[o] : 0;
+                for (L i = 0; i < N; ++i) yb[o * N + i] = CHAIN(yb[o * N + i] + start);
+            }}
     }}
 }}
 
@@ -484,7 +556,7 @@ void conv_weight_grad_direct(gemm_t gemm, const T* restrict gy, const T* restric
                     G[n * GS + o * SPAN + oh * WQ + ow] = v;
                     sum += v;
                 }}
-            db[o] += sum;
+            if (db) db[o] += sum;
         }}
     }}
     for (L o0 = 0; o0 < OP; o0 += {GB})
@@ -536,7 +608,7 @@ void conv_backward_gemm(gemm_t gemm, const T* restrict gy, const T* restrict x,
     for (L b = b0; b < b1; ++b) {{
         const T* restrict g = gy + b * O * N;
         if (dw) {{
-            for (L o = 0; o < O; ++o) {{
+            for (L o = 0; o < O && db; ++o) {{
                 T sum = 0;
                 for (L i = 0; i < N; ++i) sum += g[o * N + i];
                 db[o] += sum;
@@ -565,11 +637,14 @@ WINOGRAD_FUNCTIONS = ("conv_winograd_weights", "conv_forward_winograd",
 WINOGRAD_CHUNK_BYTES = 1 << 20
 
 
-def winograd_module(dtype: str, index_type: str, gemm: str) -> str:
+def winograd_module(dtype: str, index_type: str, gemm: str,
+                    chain: Chained | None = None) -> str:
     """The C module of the Winograd F(2x2, 3x3) kernels for `dtype`, calling CBLAS's
-    GEMM of the integer type `index_type` (named `gemm` in a comment)."""
+    GEMM of the integer type `index_type` (named `gemm` in a comment); with `chain`,
+    the forward applies it to each output row it writes, while that is in the cache."""
     lanes = winograd_lanes(dtype)
     return _WINOGRAD.format(T=CTYPES[dtype], I=index_type, gemm=gemm, SIZES=_SIZES,
+                            CHAIN=chain_source(dtype, chain),
                             VL=lanes, LOW=_interleaved(0, lanes), HIGH=_interleaved(
                                 lanes // 2, lanes), RM=ROW_MAJOR, N=NO_TRANS, TR=TRANS)
 
@@ -813,6 +888,8 @@ void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U
                         }}
                     }}
                 }}
+                if (CHAINED)   /* the rows just written, still in the cache */
+                    for (L i = 0; i < (both ? 2 * OW : OW); ++i) out[i] = CHAIN(out[i]);
             }}
         }}
     }}
@@ -844,7 +921,7 @@ void conv_weight_grad_winograd(gemm_t gemm, const T* restrict gy, const T* restr
                 const T* restrict g = gy + b * O * OH * OW;
                 split_columns(x + b * C * H * W, D, C, H, W, PH, PW, HP, WE);
                 split_columns(g, E, O, OH, OW, 0, 0, 2 * TH, WE);
-                for (L o = 0; o < O; ++o) {{
+                for (L o = 0; o < O && db; ++o) {{
                     vec sum = {{0}};
                     T rest = 0;
                     const L N = OH * OW;

@@ -19,6 +19,7 @@ import networkx as nx
 
 from netdsl.lower.autodiff import Backward, autodiff
 from netdsl.lower.codegen import Program
+from netdsl.lower.conv_chain import ConvChain
 from netdsl.lower.fuse import FusedChain, fuse
 from netdsl.lower.hoist import hoist
 from netdsl.lower.memory import MemoryPlan, plan_memory
@@ -204,6 +205,8 @@ def _codegen(plan: Plan, backward: Backward, op_programs: bool) -> dict[str, lis
     for step in plan.steps:
         if op_programs and step.op.programs and step.params:  # not an identity projection
             programs[step.node] = list(step.op.programs)
+        elif isinstance(step.op, ConvChain):   # where the chain runs apart: compiled too
+            programs[step.node] = list(step.op.epilogue.programs)
         elif isinstance(step.op, FusedChain):
             made = [step.op.program]
             if step.node in backward.grad_inputs:

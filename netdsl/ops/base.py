@@ -188,6 +188,10 @@ class Op:
     # backward writes its (only) input's gradient over gy when the executor owns gy
     # (Ctx.gy_owned): the memory plan gives both one buffer
     grad_over_gy: ClassVar[bool] = False
+    # backward first takes gy back through an elementwise chain the op applied to its
+    # output (lower.conv_chain): over gy when the executor owns it, else into an array
+    # of the output's size, which the memory plan counts during the op's backward
+    masks_gy: ClassVar[bool] = False
     # inputs, by name, that no gradient flows back through (stop_gradient's x, crop's like)
     nondifferentiable: ClassVar[tuple[str, ...]] = ()
     # for each export format ("ONNX", "PyTorch") the op has no lowering to, the format's

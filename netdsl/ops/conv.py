@@ -9,8 +9,8 @@ from netdsl.ops.base import (
 )
 from netdsl.ops.common import as_tuple, expect_spatial, fmt, geometry_of
 from netdsl.ops.convolve import (
-    conv_nd, conv_nd_backward, conv_transpose_nd, conv_transpose_nd_backward,
-    scratch_per_example,
+    conv_nd, conv_nd_backward, conv_nd_then, conv_nd_then_backward, conv_transpose_nd,
+    conv_transpose_nd_backward, scratch_per_example,
 )
 from netdsl.ops.norm import BATCH_NORM, normalise, normalise_backward, running_statistics
 from netdsl.ops.numeric import constant, fan_in_uniform
@@ -164,6 +164,23 @@ class Conv(_Convolution):
         x, weight = ctx.saved["x"], ctx.saved["weight"]
         dx, dweight, dbias = conv_nd_backward(ctx.xp, gy, x, weight, ctx.saved["geometry"],
                                               self.groups, ctx.needs(0))
+        return (dx,), {"weight": dweight, **({"bias": dbias} if self.bias else {})}
+
+    def forward_then(self, ctx, chain, x, weight, bias=None):
+        """forward, then an elementwise `chain` over y (ops.convolve.conv_nd_then: the
+        native target applies it as its kernels write y); keeps the chain's output, from
+        which the chain's gradient follows."""
+        ctx.save(x=x, weight=weight, geometry=geometry_of(self, ctx, x))
+        y = conv_nd_then(ctx.xp, x, weight, bias, ctx.saved["geometry"], self.groups, chain)
+        ctx.save(chain_y=y)
+        return y
+
+    def backward_then(self, ctx, chain, gy):
+        """backward of forward_then, from the chain's output gradient gy."""
+        saved = ctx.saved
+        dx, dweight, dbias = conv_nd_then_backward(
+            ctx.xp, gy, saved["chain_y"], saved["x"], saved["weight"], saved["geometry"],
+            self.groups, ctx.needs(0), chain, ctx.gy_owned)
         return (dx,), {"weight": dweight, **({"bias": dbias} if self.bias else {})}
 
     def onnx(self, g, step, inputs, params):

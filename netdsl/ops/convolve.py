@@ -15,7 +15,8 @@ from netdsl.ops.parallel import batch_chunks, slab_map
 from netdsl.ops.routines import overridable
 from netdsl.ops.windows import Geometry, Windows
 
-__all__ = ["im2col", "col2im", "conv_nd", "conv_nd_backward", "conv_transpose_nd",
+__all__ = ["im2col", "col2im", "conv_nd", "conv_nd_backward", "conv_nd_then",
+           "conv_nd_then_backward", "conv_transpose_nd",
            "conv_transpose_nd_backward", "scratch_per_example"]
 
 
@@ -74,6 +75,24 @@ def conv_nd(xp, x, weight, bias, geometry: Geometry, groups: int):
     work = x.nbytes * math.prod(win.kernel)  # the im2col columns
     slab_map(xp, lambda part: convolve(x[part], bias, y[part]), b, work)
     return y
+
+
+@overridable
+def conv_nd_then(xp, x, weight, bias, geometry: Geometry, groups: int, chain):
+    """conv_nd, then `chain` over its output: an elementwise map the lowering joined to the
+    convolution (`chain.apply(xp, y)` writes it over y). A runtime may apply it where its
+    kernels write y, and save the pass."""
+    return chain.apply(xp, conv_nd(xp, x, weight, bias, geometry, groups))
+
+
+@overridable
+def conv_nd_then_backward(xp, gy, y, x, weight, geometry: Geometry, groups: int,
+                          need_dx: bool, chain, gy_owned: bool):
+    """(dx, dweight, dbias) of conv_nd_then from its output y and gy: gy taken back
+    through the chain (`chain.gradient`, written over gy where the caller owns it), then
+    conv_nd_backward. A runtime may sum the bias's gradient in the same pass."""
+    g = chain.gradient(xp, y, gy, gy if gy_owned else None)
+    return conv_nd_backward(xp, g, x, weight, geometry, groups, need_dx)
 
 
 def scratch_per_example(geometry: Geometry, channels: int, out_channels: int,

@@ -212,6 +212,7 @@ class MaxPool(_Pool):
     # PyTorch's return_indices gives; a maxunpool of this output borrows them
     keeps = ("indices",)
     host_split = True  # see runtime.host.one_blas_thread
+    fresh_grads = True  # dx is made of zeros by every max_pool_backward
 
     def forward(self, ctx, x):
         geometry = geometry_of(self, ctx, x)

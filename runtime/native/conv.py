@@ -16,6 +16,11 @@ in float32 or float64, runs one of:
   the Winograd forward on gy with the weight flipped, dweight as sixteen GEMMs in the
   transformed domain, taken back by G^T . G).
 
+A convolution the lowering joined to the elementwise chain after it (lower.conv_chain)
+comes through `conv_nd_then` and `conv_nd_then_backward`: the chosen kernel's library
+built with the chain applied where it writes y, and backward a pass taking gy back
+through the chain and summing the bias's gradient (`chain_gradient`) before the kernel.
+
 Which one is timed once per layer shape (and dtype and threads): a few runs of each
 candidate on the real arrays, the fastest kept, in memory and in a JSON file beside the
 compiled kernels (`choices.json`, written atomically; a damaged one is ignored and
@@ -39,8 +44,8 @@ from functools import lru_cache
 import numpy as np
 
 from netdsl import atomic
-from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, conv_module,
-                                      direct_kernel, direct_scratch, gemm_scratch,
+from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, Chained,
+                                      conv_module, direct_kernel, direct_scratch, gemm_scratch,
                                       geometry_sizes, weight_grad_scratch,
                                       winograd_fits, winograd_grad_scratch, winograd_module,
                                       winograd_rows, winograd_scratch)
@@ -50,8 +55,8 @@ from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir
 
-__all__ = ["in_use", "covered", "forward", "backward", "choose", "choices", "FORWARD",
-           "BACKWARD", "layers", "report", "CHOICES_FILE"]
+__all__ = ["in_use", "active", "chain_gradient", "chain_masking", "covered", "forward", "backward", "choose",
+           "choices", "FORWARD", "BACKWARD", "layers", "report", "CHOICES_FILE"]
 
 FORWARD = ("numpy", "gemm", "direct", "winograd")
 BACKWARD = ("numpy", "gemm", "direct", "winograd")
@@ -80,27 +85,36 @@ def in_use(active: bool = True):
         _active.reset(token)
 
 
+def active() -> bool:
+    """Whether an executor of the native target is running a pass (`in_use`): its
+    compiled kernels (these, and runtime.native.pooling's) take the NumPy routines."""
+    return _active.get()
+
+
 @lru_cache(maxsize=None)
-def _library(dtype: str):
-    """(the loaded kernels, the GEMM's address) for `dtype`; NativeUnavailable when
-    there is no compiler or no CBLAS."""
+def _library(dtype: str, chain: Chained | None = None):
+    """(the loaded kernels, the GEMM's address) for `dtype`, their forwards applying
+    `chain` to each output; NativeUnavailable when there is no compiler or no CBLAS."""
     address, integer, symbol = gemm(dtype)
-    library = build(conv_module(dtype, integer, symbol))
+    library = build(conv_module(dtype, integer, symbol, chain))
     p, size = ctypes.c_void_p, [ctypes.c_longlong] * (2 + len(GEOMETRY))
     for name in FUNCTIONS:
         function = getattr(library, name)
         function.restype = None
         arrays = 5 if name.startswith("conv_forward") else 7
         function.argtypes = [p] * (1 + arrays) + size
+    if chain is not None:
+        function = library.conv_chain_gradient
+        function.restype, function.argtypes = None, [p] * 4 + [ctypes.c_longlong] * 5
     return library, address
 
 
 @lru_cache(maxsize=None)
-def _winograd_library(dtype: str):
-    """(the loaded Winograd kernels, the GEMM's address) for `dtype`; NativeUnavailable
-    as _library."""
+def _winograd_library(dtype: str, chain: Chained | None = None):
+    """(the loaded Winograd kernels, the GEMM's address) for `dtype`, the forward
+    applying `chain`; NativeUnavailable as _library."""
     address, integer, symbol = gemm(dtype)
-    library = build(winograd_module(dtype, integer, symbol))
+    library = build(winograd_module(dtype, integer, symbol, chain))
     p, size = ctypes.c_void_p, ctypes.c_longlong
     arguments = {"conv_winograd_weights": [p, p, size, size],   # w, U, O, C
                  "conv_forward_winograd": [p] * 6 + [size] * (3 + len(GEOMETRY)),
@@ -143,12 +157,14 @@ def _winograd_backward_fits(g: Geometry) -> bool:
     return _winograd_fits(g) and _input_grad_geometry(g) is not None
 
 
-def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None = None):
+def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None = None,
+            chain: Chained | None = None):
     """y of conv_nd through the compiled kernel `kind` ("gemm", "direct" or "winograd";
-    the direct kernel of lower.native_conv.direct_kernel unless `kernel` names one)."""
+    the direct kernel of lower.native_conv.direct_kernel unless `kernel` names one), with
+    `chain` applied to each output as the kernel writes it."""
     if kind == "winograd":
-        return _winograd_forward(x, weight, bias, geometry)
-    library, address = _library(str(x.dtype))
+        return _winograd_forward(x, weight, bias, geometry, chain)
+    library, address = _library(str(x.dtype), chain)
     sizes = _sizes(x, weight, geometry)
     dtype = str(x.dtype)
     if kind == "direct":
@@ -172,11 +188,11 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
     return y
 
 
-def _winograd_forward(x, weight, bias, geometry: Geometry):
+def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None = None):
     """y by Winograd F(2x2, 3x3): the weight's transform once, then each slab of the
     batch in chunks of tile rows (lower.native_conv.winograd_rows)."""
     dtype = str(x.dtype)
-    library, address = _winograd_library(dtype)
+    library, address = _winograd_library(dtype, chain)
     sizes = _sizes(x, weight, geometry)
     c, o = sizes[0], sizes[3]
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
@@ -202,9 +218,11 @@ def _winograd_forward(x, weight, bias, geometry: Geometry):
 _WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
-def _winograd_weight_grad(gy, x, weight, geometry: Geometry):
+def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = True,
+                          masking=None):
     """(dweight, dbias) by Winograd F(2x2, 3x3): each slab sums its images' gradient in
-    the transformed domain (16, O, C) and its bias gradient; the slabs' sums are added
+    the transformed domain (16, O, C) and its bias gradient (unless not `bias_grad`:
+    then dbias is zeros; `masking`, as backward's, makes it); the slabs' sums are added
     and taken back by G^T . G."""
     dtype = str(x.dtype)
     library, address = _winograd_library(dtype)
@@ -215,14 +233,16 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry):
 
     def run(part: slice):
         transformed = np.zeros((4, 4, o, c), dtype=x.dtype)
-        dbias = np.zeros(o, dtype=x.dtype)
+        dbias = np.zeros(o, dtype=x.dtype) if masking is None else masking(part)
         buffer = np.empty(scratch, dtype=x.dtype)
         library.conv_weight_grad_winograd(
             address, gy.ctypes.data, x.ctypes.data, transformed.ctypes.data,
-            dbias.ctypes.data, buffer.ctypes.data, part.start, part.stop, rows, *sizes)
+            dbias.ctypes.data if bias_grad and masking is None else None,
+            buffer.ctypes.data, part.start, part.stop, rows, *sizes)
         return transformed, dbias
 
     partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * 9)
+    gy = masking = None   # the closure the host's threads keep holds none of them
     transformed, dbias = partials[0]
     for more, more_dbias in partials[1:]:
         transformed += more
@@ -232,16 +252,24 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry):
     return np.ascontiguousarray(dweight), dbias
 
 
-def _winograd_backward(gy, x, weight, geometry: Geometry, need_dx: bool):
+def _winograd_backward(gy, x, weight, geometry: Geometry, need_dx: bool, dbias=None,
+                       masking=None):
     """(dx, dweight, dbias) by Winograd F(2x2, 3x3): dx as the forward on gy with the
-    weight flipped (_input_grad_geometry), dweight and dbias by _winograd_weight_grad."""
+    weight flipped (_input_grad_geometry), dweight and dbias by _winograd_weight_grad
+    (dbias as given, where it is); with `masking`, dx after them, on gy as the slabs
+    left it."""
     gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
-    dx = None
-    if need_dx:
-        dx = forward("winograd", gy, _flipped(weight), None, _input_grad_geometry(geometry))
-    dweight, dbias = _winograd_weight_grad(gy, x, weight, geometry)
-    return dx, dweight, dbias
+
+    def input_grad():
+        return forward("winograd", gy, _flipped(weight), None, _input_grad_geometry(geometry))
+
+    dx = input_grad() if need_dx and masking is None else None
+    dweight, summed = _winograd_weight_grad(gy, x, weight, geometry, dbias is None,
+                                            masking)
+    if need_dx and masking is not None:   # on gy as the slabs left it
+        dx = input_grad()
+    return dx, dweight, summed if dbias is None else dbias
 
 
 def _input_grad_geometry(geometry: Geometry) -> Geometry | None:
@@ -265,16 +293,22 @@ def _flipped(weight):
     return np.ascontiguousarray(flipped)
 
 
-def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str = "gemm"):
+def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str = "gemm",
+             dbias=None, masking=None):
     """(dx, dweight, dbias) of conv_nd through the compiled kernels; each slab of the
     batch sums its images' weight and bias gradients, and the slabs' sums are added up.
     `kind` "gemm": columns and a GEMM per image for dweight, col2im of the column
     gradients for dx; "direct": the direct weight gradient, and at stride 1 dx by the
     direct forward kernel on gy (unless its pads would be past the kernel's reach;
     there, and at other strides, dx by col2im as "gemm"); "winograd" (where
-    _winograd_backward_fits): see _winograd_backward."""
+    _winograd_backward_fits): see _winograd_backward. A `dbias` given (the chain's
+    gradient pass summed it) is returned as the bias gradient, and not summed again.
+    `masking` (chain_masking's): each slab first writes its images of gy through it, and
+    their bias gradient is its sums, so that the kernels read them from the cache; dx by
+    a forward on gy then runs after the slabs."""
     if kind == "winograd":
-        return _winograd_backward(gy, x, weight, geometry, need_dx)
+        return _winograd_backward(gy, x, weight, geometry, need_dx, dbias, masking)
+    bias_grad = dbias is None and masking is None
     library, address = _library(str(x.dtype))
     sizes = _sizes(x, weight, geometry)
     o, kh, kw = sizes[3], sizes[4], sizes[5]
@@ -284,9 +318,9 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
     dx_direct = need_dx and direct and _input_grad_geometry(geometry) is not None
     col2im = need_dx and not dx_direct
     dx = None
-    if dx_direct:
+    if dx_direct and masking is None:
         dx = forward("direct", gy, _flipped(weight), None, _input_grad_geometry(geometry))
-    elif need_dx:
+    elif col2im:
         dx = np.empty(x.shape, dtype=x.dtype)
     columns = gemm_scratch(sizes)   # conv_backward_gemm's scratch: an image's columns
     # the direct weight gradient sums over a chunk of images in one call (its scratch
@@ -295,7 +329,7 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
 
     def run(part: slice):
         dweight = np.zeros(weight.shape, dtype=x.dtype)
-        dbias = np.zeros(o, dtype=x.dtype)
+        dbias = np.zeros(o, dtype=x.dtype) if masking is None else masking(part)
         pointers = [gy.ctypes.data, x.ctypes.data, weight.ctypes.data]
         if direct:
             n = part.stop - part.start
@@ -304,23 +338,81 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
                               dtype=x.dtype)
             for chunk in chunks:
                 library.conv_weight_grad_direct(
-                    address, *pointers, None, dweight.ctypes.data, dbias.ctypes.data,
+                    address, *pointers, None, dweight.ctypes.data,
+                    dbias.ctypes.data if bias_grad else None,
                     buffer.ctypes.data, part.start + chunk.start, part.start + chunk.stop,
                     *sizes)
         if col2im or not direct:   # dx by col2im, and dweight by GEMM unless done above
             buffer = np.empty(columns, dtype=x.dtype)
             library.conv_backward_gemm(
                 address, *pointers, dx.ctypes.data if col2im else None,
-                None if direct else dweight.ctypes.data, dbias.ctypes.data,
-                buffer.ctypes.data, part.start, part.stop, *sizes)
+                None if direct else dweight.ctypes.data,
+                dbias.ctypes.data if bias_grad else None, buffer.ctypes.data, part.start,
+                part.stop, *sizes)
         return dweight, dbias
 
-    partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * kh * kw)
+    dweight, summed = _summed(parallel.slab_map(np, run, x.shape[0],
+                                                2 * x.nbytes * kh * kw))
+    if dx_direct and masking is not None:   # on gy as the slabs left it
+        dx = forward("direct", gy, _flipped(weight), None, _input_grad_geometry(geometry))
+    # the host's threads keep the last function they ran until the next: its closure
+    # must not keep gy (and the chain's arrays) alive past this call
+    gy = masking = None
+    return dx, dweight, summed if dbias is None else dbias
+
+
+def _summed(partials: list) -> tuple:
+    """The slabs' (dweight, dbias) added up into the first's arrays; the others are
+    freed on return (a dx made after the slabs has only the sums beside it)."""
     dweight, dbias = partials[0]
     for more_dweight, more_dbias in partials[1:]:
         dweight += more_dweight
         dbias += more_dbias
-    return dx, dweight, dbias
+    return dweight, dbias
+
+
+def chain_gradient(y, gy, chain: Chained, into=None):
+    """(g, dbias): the gradient of `chain`'s output gy taken back through the chain to
+    the convolution's output, from the chain's output y, written into `into` (which may
+    be gy itself) or a new array, and its sums per channel (the bias's gradient), in
+    one pass (conv_chain_gradient) over slabs of the batch on the host's threads."""
+    g, masking = chain_masking(y, gy, chain, into)
+    # through a cell cleared after: the host's threads keep the last function they ran
+    partials = parallel.slab_map(np, lambda part: masking(part), y.shape[0], 3 * y.nbytes)
+    masking = None
+    dbias = partials[0]
+    for more in partials[1:]:
+        dbias += more
+    return g, dbias
+
+
+def chain_masking(y, gy, chain: Chained, into=None):
+    """(g, masking): the array chain_gradient writes (`into`, or a new one), and the pass
+    over a slice of its images, which writes them and returns their bias sums; for
+    backward to run in each of its slabs before the kernels read those images."""
+    library, _ = _library(str(y.dtype), chain)
+    o = y.shape[1]
+    n = y.size // (y.shape[0] * o) if y.size else 0
+    if not _images_apart(gy, y):
+        gy = np.ascontiguousarray(gy, dtype=y.dtype)
+    g = np.empty_like(y) if into is None else into
+    images = gy.strides[0] // gy.itemsize
+
+    def masking(part: slice):
+        dbias = np.zeros(o, dtype=y.dtype)
+        library.conv_chain_gradient(y.ctypes.data, gy.ctypes.data, g.ctypes.data,
+                                    dbias.ctypes.data, part.start, part.stop, o, n, images)
+        return dbias
+
+    return g, masking
+
+
+def _images_apart(gy, y) -> bool:
+    """Whether gy is y's dtype and shape with each image contiguous, the images some whole
+    number of elements apart (a slice of a concatenation's gradient along channels)."""
+    return (gy.dtype == y.dtype and gy.shape == y.shape and gy.strides[1:] == y.strides[1:]
+            and gy.strides[0] > 0 and gy.strides[0] % gy.itemsize == 0
+            and y.flags.c_contiguous)
 
 
 # ---- the choice per layer
@@ -433,7 +525,9 @@ def layers(lowered) -> list[tuple]:
         if convolution is None or convolution[1] != 1:
             continue
         x = step.input_types[0]
-        found.append((step.node, x.dims[0], step.op.params(*step.input_types)["weight"],
+        # a step that joined ops is named after the last: the convolution is its first
+        name = getattr(step.op, "nodes", (step.node,))[0]
+        found.append((name, x.dims[0], step.op.params(*step.input_types)["weight"],
                       convolution[0]))
     return found
 
@@ -505,3 +599,48 @@ def _conv_nd_backward(xp, gy, x, weight, geometry, groups, need_dx=True):
     if kind == "numpy":
         return NotImplemented
     return backward(gy, x, weight, geometry, need_dx, kind)
+
+
+@convolve.conv_nd_then.provide("numpy")
+def _conv_nd_then(xp, x, weight, bias, geometry, groups, chain):
+    """The chain applied as the chosen kernel writes y (the choice is timed without it:
+    each kernel's epilogue costs alike); NumPy's choice, or a y the timing made, gets the
+    chain over it after."""
+    if not _active.get() or not covered(x, weight, geometry, groups):
+        return NotImplemented
+    try:
+        choice, y = choose(x, weight, bias, geometry, groups)
+        if y is None and choice["forward"] != "numpy":
+            return forward(choice["forward"], x, weight, bias, geometry,
+                           chain=chain.programs)
+    except NativeUnavailable:
+        return NotImplemented
+    if y is None:
+        y = convolve.conv_nd.generic(np, x, weight, bias, geometry, groups)
+    return chain.apply(xp, y)
+
+
+@convolve.conv_nd_then_backward.provide("numpy")
+def _conv_nd_then_backward(xp, gy, y, x, weight, geometry, groups, need_dx, chain,
+                           gy_owned):
+    """gy taken back through the chain and the bias's gradient summed in one pass
+    (chain_gradient, over gy where the executor owns it), then the chosen kernel with
+    that bias gradient."""
+    if not _active.get() or not covered(x, weight, geometry, groups):
+        return NotImplemented
+    owned = (gy_owned and gy.shape == y.shape and gy.dtype == y.dtype
+             and gy.flags.c_contiguous and gy.flags.writeable)
+    into = gy if owned else None
+    try:
+        choice, _ = choose(x, weight, None, geometry, groups, gy, need_dx)
+        kind = choice["backward"]
+        if kind == "numpy":
+            g, dbias = chain_gradient(y, gy, chain.programs, into)
+        else:   # each slab's images taken through the chain just before its kernels
+            g, masking = chain_masking(y, gy, chain.programs, into)
+            return backward(g, x, weight, geometry, need_dx, kind, masking=masking)
+    except NativeUnavailable:
+        return NotImplemented
+    dx, dweight, _ = convolve.conv_nd_backward.generic(np, g, x, weight, geometry, groups,
+                                                       need_dx)
+    return dx, dweight, dbias

@@ -8,6 +8,8 @@ typedef void (*gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T
 /* a vector of 8 elements (GCC's and Clang's vector extension), at any element's address */
 enum { VL = 8 };
 typedef T vec __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T))));
+#define CHAINED 0
+#define CHAIN(v) (v)
 /* a loaded vector stays in a register: GCC would otherwise load it again for each use,
    and the loads, not the multiplications, would bound the loop */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -125,9 +127,11 @@ void conv_forward_gemm(gemm_t gemm, const T* restrict x, const T* restrict w,
         T* restrict yb = y + b * O * N;
         columns(x + b * C * H * W, scratch, C, H, W, O, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW);
         gemm(101, 111, 111, O, N, K, 1, w, K, scratch, N, 0, yb, N);
-        if (bias)
-            for (L o = 0; o < O; ++o)
-                for (L i = 0; i < N; ++i) yb[o * N + i] += bias[o];
+        if (bias || CHAINED)   /* the bias and the chain in one pass, in the cache */
+            for (L o = 0; o < O; ++o) {
+                const T start = bias ? bias[o] : 0;
+                for (L i = 0; i < N; ++i) yb[o * N + i] = CHAIN(yb[o * N + i] + start);
+            }
     }
 }
 
@@ -191,7 +195,8 @@ void conv_forward_direct(gemm_t gemm, const T* restrict x, const T* restrict w,
                 const T start = bias ? bias[o0 + j] : 0;
                 for (L oh = 0; oh < OH; ++oh)
                     for (L ow = 0; ow < OW; ++ow)
-                        yb[((o0 + j) * OH + oh) * OW + ow] = z[j * SPAN + oh * WQ + ow] + start;
+                        yb[((o0 + j) * OH + oh) * OW + ow] =
+                            CHAIN(z[j * SPAN + oh * WQ + ow] + start);
             }
         }
     }
@@ -257,7 +262,8 @@ void conv_forward_direct_narrow(gemm_t gemm, const T* restrict x, const T* restr
                 const T start = bias ? bias[o0 + j] : 0;
                 for (L oh = 0; oh < OH; ++oh)
                     for (L ow = 0; ow < OW; ++ow)
-                        yb[((o0 + j) * OH + oh) * OW + ow] = z[j * SPAN + oh * WQ + ow] + start;
+                        yb[((o0 + j) * OH + oh) * OW + ow] =
+                            CHAIN(z[j * SPAN + oh * WQ + ow] + start);
             }
         }
     }
@@ -301,7 +307,7 @@ void conv_weight_grad_direct(gemm_t gemm, const T* restrict gy, const T* restric
                     G[n * GS + o * SPAN + oh * WQ + ow] = v;
                     sum += v;
                 }
-            db[o] += sum;
+            if (db) db[o] += sum;
         }
     }
     for (L o0 = 0; o0 < OP; o0 += 4)
@@ -353,7 +359,7 @@ void conv_backward_gemm(gemm_t gemm, const T* restrict gy, const T* restrict x,
     for (L b = b0; b < b1; ++b) {
         const T* restrict g = gy + b * O * N;
         if (dw) {
-            for (L o = 0; o < O; ++o) {
+            for (L o = 0; o < O && db; ++o) {
                 T sum = 0;
                 for (L i = 0; i < N; ++i) sum += g[o * N + i];
                 db[o] += sum;

@@ -8,6 +8,8 @@ typedef void (*gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T
 /* a vector of 8 elements (GCC's and Clang's vector extension), at any element's address */
 enum { VL = 8 };
 typedef T vec __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T))));
+#define CHAINED 0
+#define CHAIN(v) (v)
 #define LOAD(p) (*(const vec*)(p))
 #define STORE(p, v) (*(vec*)(p) = (v))
 
@@ -194,6 +196,8 @@ void conv_forward_winograd(gemm_t gemm, const T* restrict x, const T* restrict U
                         }
                     }
                 }
+                if (CHAINED)   /* the rows just written, still in the cache */
+                    for (L i = 0; i < (both ? 2 * OW : OW); ++i) out[i] = CHAIN(out[i]);
             }
         }
     }
@@ -225,7 +229,7 @@ void conv_weight_grad_winograd(gemm_t gemm, const T* restrict gy, const T* restr
                 const T* restrict g = gy + b * O * OH * OW;
                 split_columns(x + b * C * H * W, D, C, H, W, PH, PW, HP, WE);
                 split_columns(g, E, O, OH, OW, 0, 0, 2 * TH, WE);
-                for (L o = 0; o < O; ++o) {
+                for (L o = 0; o < O && db; ++o) {
                     vec sum = {0};
                     T rest = 0;
                     const L N = OH * OW;

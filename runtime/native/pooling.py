@@ -1,0 +1,130 @@
+"""Max pooling on the native target: compiled C kernels over slabs of planes.
+
+While an executor of the native target runs a pass (runtime.native.conv's `in_use`),
+ops.pool's `max_pool` and `max_pool_backward` for NumPy come here. A 1-D or 2-D max
+pooling in float32 or float64 runs netdsl.lower.native_window's kernels over the batch's
+planes (example x channel), above SPLIT_BYTES split into slabs on the host's threads
+(ops.parallel.slab_map; ctypes releases the GIL during the call). They keep what the
+NumPy path keeps, the flat index of each window's first maximum in its plane (int32),
+so that a maxunpool borrows them alike, and either path's backward reads the other's.
+Any other case (rank 3, other dtypes, no compiler) returns NotImplemented, and the NumPy
+code runs.
+
+`COMPILED` off (NETDSL_NATIVE_POOLING=0) sends every call to the NumPy code: the old
+path, for comparing.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from functools import lru_cache
+
+import numpy as np
+
+from netdsl.lower.native_window import (FUNCTIONS, SIZES, forward_kernel, pool_sizes,
+                                        pooling_module)
+from netdsl.ops import parallel, pool
+from netdsl.runtime.native import conv
+from netdsl.runtime.native.toolchain import NativeUnavailable, build
+
+__all__ = ["COMPILED", "forward", "backward", "covered"]
+
+# run max pooling's compiled kernels on the native target (False, or
+# NETDSL_NATIVE_POOLING=0 in the environment: the NumPy path)
+COMPILED = os.environ.get("NETDSL_NATIVE_POOLING", "1") != "0"
+
+_DTYPES = (np.float32, np.float64)
+
+# bytes a pooling call must touch (input, output and indices) before its planes are
+# split over the host's threads: as for an elementwise chain, a split's hand-over costs
+# about what it saves on LeNet's and Inception's pooling (split at 1 MiB, W2's step was
+# the shorter in 31 of 100 steps alternating with unsplit, W6's in 5 of 12; docs/cpu.md)
+SPLIT_BYTES = 16 << 20
+
+
+@lru_cache(maxsize=None)
+def _library(dtype: str):
+    """The loaded pooling kernels for `dtype`; NativeUnavailable without a compiler."""
+    library = build(pooling_module(dtype))
+    p, size = ctypes.c_void_p, [ctypes.c_longlong] * (2 + len(SIZES))
+    for name in FUNCTIONS:
+        function = getattr(library, name)
+        function.restype, function.argtypes = None, [p] * 3 + size
+    return library
+
+
+def covered(x, geometry) -> bool:
+    """Whether the compiled kernels cover this pooling: rank 1 or 2, float32 or float64,
+    an input of the geometry's sizes, planes of fewer than 2^31 cells (int32 indices)."""
+    return (x.ndim in (3, 4) and x.dtype in _DTYPES and len(geometry.kernel) == x.ndim - 2
+            and tuple(x.shape[2:]) == tuple(geometry.spatial)
+            and int(np.prod(x.shape[2:])) < 2 ** 31)
+
+
+def forward(x, geometry, kernel: str | None = None):
+    """(y, indices) of ops.pool.max_pool by the compiled kernel (lower.native_window's
+    forward_kernel unless `kernel` names one)."""
+    library = _library(str(x.dtype))
+    x = np.ascontiguousarray(x)
+    sizes = pool_sizes(x.shape[2:], geometry)
+    function = getattr(library, kernel or forward_kernel(str(x.dtype), sizes))
+    y = np.empty(x.shape[:2] + tuple(geometry.out), dtype=x.dtype)
+    indices = np.empty(y.shape, dtype=np.int32)
+    planes = x.shape[0] * x.shape[1]
+
+    def run(part: slice) -> None:
+        function(x.ctypes.data, y.ctypes.data, indices.ctypes.data, part.start, part.stop,
+                 *sizes)
+
+    _split(run, planes, x.nbytes + y.nbytes + indices.nbytes)
+    x = None   # the host's threads keep the last function they ran: not x through it
+    return y, indices
+
+
+def backward(gy, indices, shape, geometry):
+    """dx of ops.pool.max_pool by the compiled kernel."""
+    library = _library(str(gy.dtype))
+    gy = np.ascontiguousarray(gy)
+    indices = np.ascontiguousarray(indices, dtype=np.int32)
+    sizes = pool_sizes(shape[2:], geometry)
+    dx = np.empty(shape, dtype=gy.dtype)
+    planes = shape[0] * shape[1]
+
+    def run(part: slice) -> None:
+        library.maxpool_backward(gy.ctypes.data, indices.ctypes.data, dx.ctypes.data,
+                                 part.start, part.stop, *sizes)
+
+    _split(run, planes, dx.nbytes + gy.nbytes + indices.nbytes)
+    gy = indices = None   # nor gy and the indices
+    return dx
+
+
+def _split(run, planes: int, size: int) -> None:
+    """run(planes) whole below SPLIT_BYTES, else in slabs on the host's threads."""
+    if size < SPLIT_BYTES:
+        run(slice(0, planes))
+    else:
+        parallel.slab_map(np, run, planes, size)
+
+
+@pool.max_pool.provide("numpy")
+def _max_pool(xp, x, geometry):
+    if not (COMPILED and conv.active() and covered(x, geometry)):
+        return NotImplemented
+    try:
+        return forward(x, geometry)
+    except NativeUnavailable:
+        return NotImplemented
+
+
+@pool.max_pool_backward.provide("numpy")
+def _max_pool_backward(xp, gy, indices, shape, geometry):
+    if not (COMPILED and conv.active() and gy.dtype in _DTYPES and len(shape) in (3, 4)
+            and len(geometry.kernel) == len(shape) - 2
+            and tuple(gy.shape) == tuple(shape[:2]) + tuple(geometry.out)
+            and indices.shape == gy.shape):
+        return NotImplemented
+    try:
+        return backward(gy, indices, shape, geometry)
+    except NativeUnavailable:
+        return NotImplemented
