@@ -171,8 +171,11 @@ class _Crew:
         finally:
             for done in self._done[:helpers]:
                 done.acquire()
-        if self._failure is not None:
-            raise self._failure
+            # not kept until the next hand-over: its closure may hold a step's arrays
+            self._work = None
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
 
 def _forget_crew() -> None:

@@ -857,6 +857,25 @@ class TestHostSlabs:
         assert parallel.slab_map(np, lambda part: (part.start, part.stop), 4, 1 << 30) \
             == [(0, 1), (1, 2), (2, 3), (3, 4)]
 
+    def test_the_threads_keep_nothing_of_a_hand_over(self, monkeypatch):
+        import gc
+        import weakref
+
+        from netdsl.ops import parallel
+        from netdsl.runtime import host
+
+        monkeypatch.setattr(host, "host_threads", lambda: 2)
+
+        class Step:  # stands for a step's arrays, reachable only through the slabs' closure
+            pass
+
+        held = Step()
+        gone = weakref.ref(held)
+        parallel.slab_map(np, lambda part: held, 2, 1 << 30)
+        del held
+        gc.collect()
+        assert gone() is None
+
     @pytest.mark.parametrize("call, kwargs, shape", CALLS)
     def test_slabs_match_one_piece(self, call, kwargs, shape, monkeypatch):
         whole = self.run(call, kwargs, shape, 1, monkeypatch)
