@@ -1,0 +1,50 @@
+"""The native target's thread pool, one per process (netdsl.lower.native_pool).
+
+Generated functions that split a step's work receive `pool_run`'s address, as they
+receive the BLAS GEMM's, and the number of parts: the host's threads (runtime.host),
+so that NETDSL's thread setting and BLAS's limit size it alike. The library is built
+once and kept for the process even when the kernel cache changes (tests point it
+elsewhere), so that every generated library shares the same workers.
+"""
+from __future__ import annotations
+
+import ctypes
+
+from netdsl.lower.native_pool import POOL_SOURCE
+from netdsl.runtime.native.toolchain import build
+
+__all__ = ["pool_address", "pool_workers"]
+
+_library = None
+_address = None
+
+
+def _loaded() -> ctypes.CDLL:
+    """The pool's library, built (or loaded from the cache) on first use.
+
+    Raises
+    ------
+    NativeUnavailable
+        No compiler, or one that fails on the source.
+    """
+    global _library
+    if _library is None:
+        library = build(POOL_SOURCE, ("-pthread",))
+        library.pool_workers.restype, library.pool_workers.argtypes = ctypes.c_int, []
+        _library = library
+    return _library
+
+
+def pool_address() -> int:
+    """The address of `void pool_run(void (*)(void*, long long, long long), void*,
+    long long)`."""
+    global _address
+    if _address is None:
+        _address = ctypes.cast(_loaded().pool_run, ctypes.c_void_p).value
+    return _address
+
+
+def pool_workers() -> int:
+    """The workers the pool has started (none before a call wanted them, and none in a
+    forked child until its first such call)."""
+    return _loaded().pool_workers()
