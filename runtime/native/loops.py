@@ -11,18 +11,27 @@ interpreted step by step does, a padded batch's lengths included. Checkpointed
 steps: forward on each in turn, then, last span first, forward again from its
 checkpoint and backward. Truncated BPTT's reach, a finiteness check, or a loop the
 generator does not cover runs the interpreted loop instead.
+
+On more than one host thread a loop runs its pooled functions (LoopKernel.pooled): each
+step's GEMMs split at their output's columns and its passes at the batch's rows over the
+process's thread pool (runtime.native.pool), BLAS held at one thread during the call;
+the weight gradients' GEMMs after the loop keep BLAS's threads. NETDSL_LOOP_POOL=0 (or
+LOOP_POOL = False) runs the whole batch on one thread, its GEMMs on BLAS's threads.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 from collections import Counter
 
 import numpy as np
 
 from netdsl.lower.native_loop import LoopKernel, loop_kernel
 from netdsl.lower.schedule import SEQ, STATE, LoopSegment
+from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.loops import add_grad, initial_values, loop_lengths, note_lengths
 from netdsl.runtime.native.blas import gemm
+from netdsl.runtime.native.pool import pool_address
 from netdsl.runtime.recompute import (Handback, advance_tail, loop_inputs, span_initials,
                                       span_rows, spans)
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
@@ -31,6 +40,12 @@ __all__ = ["CompiledLoops", "compile_loop", "default_needs"]
 
 _NOTHING = np.empty(0, np.uint8)   # in a slot the function called does not read
 _SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p]
+# a pooled function's: the GEMM, pool_run, the parts, T, B, the slots
+_POOLED_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong,
+                     ctypes.c_longlong, ctypes.c_void_p]
+
+# whether a loop splits its steps over the thread pool on more than one host thread
+LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "1") != "0"
 
 
 class _Run:
@@ -64,11 +79,12 @@ def default_needs(lowered, segment: LoopSegment) -> dict:
 
 
 def compile_loop(segment: LoopSegment, types: dict, dtype: str, needs: dict,
-                 padded: bool = False):
+                 padded: bool = False, pooled: bool = False):
     """(kernel, forward function, backward function) of a loop, or None when the
-    generator does not cover it or the compiler fails on it."""
+    generator does not cover it or the compiler fails on it. `pooled`: the functions
+    that split each step over the thread pool."""
     _, integer, symbol = gemm(dtype)
-    kernel = loop_kernel(segment, types, dtype, needs, integer, symbol, padded)
+    kernel = loop_kernel(segment, types, dtype, needs, integer, symbol, padded, pooled)
     if kernel is None:
         return None
     try:
@@ -78,9 +94,22 @@ def compile_loop(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     functions = []
     for name in ("loop_forward", "loop_backward"):
         function = getattr(library, name)
-        function.restype, function.argtypes = None, _SIGNATURE
+        function.restype = None
+        function.argtypes = _POOLED_SIGNATURE if pooled else _SIGNATURE
         functions.append(function)
     return (kernel, *functions)
+
+
+def pooled_here() -> bool:
+    """Whether a loop run now splits its steps over the thread pool: LOOP_POOL, more than
+    one host thread, and a pool that builds."""
+    if not LOOP_POOL or host_threads() < 2:
+        return False
+    try:
+        pool_address()
+    except NativeUnavailable:
+        return False
+    return True
 
 
 class CompiledLoops:
@@ -93,11 +122,11 @@ class CompiledLoops:
         self.runs: dict[str, _Run] = {}
         self.calls: Counter = Counter()   # compiled passes run, "forward" and "backward"
 
-    def _compiled(self, segment: LoopSegment, needs: dict, padded: bool):
-        key = (segment.loop.name, tuple(sorted(needs.items())), padded)
+    def _compiled(self, segment: LoopSegment, needs: dict, padded: bool, pooled: bool):
+        key = (segment.loop.name, tuple(sorted(needs.items())), padded, pooled)
         if key not in self._made:
             self._made[key] = compile_loop(segment, self.ex.plan.types, self.ex.dtype, needs,
-                                           padded)
+                                           padded, pooled)
         return self._made[key]
 
     def forward(self, segment: LoopSegment, values: dict, carry: dict,
@@ -109,7 +138,8 @@ class CompiledLoops:
         if check_finite or ex.reach is not None:
             return False
         lengths, source = loop_lengths(ex, segment)
-        made = self._compiled(segment, default_needs(ex.lowered, segment), lengths is not None)
+        made = self._compiled(segment, default_needs(ex.lowered, segment), lengths is not None,
+                              pooled_here())
         if made is None:
             return False
         kernel, forward, _ = made
@@ -178,10 +208,14 @@ class CompiledLoops:
 
     def _call(self, kernel: LoopKernel, function, steps: int, table) -> None:
         """Run a loop's function over the batch's rows. Blocks of rows on threads of their
-        own, BLAS on one thread each, were measured: on a quiet machine W4's step took
-        10.9-11.1 ms split against 8.4-8.5 whole (docs/cpu.md), so a loop runs whole and
-        its GEMMs take BLAS's threads."""
-        function(self.address, steps, self.ex.size, table)
+        own for the whole loop, BLAS on one thread each, lost on a quiet machine (W4's
+        step 10.9-11.1 ms split against 8.4-8.5 whole, docs/cpu.md). A pooled function
+        splits each step instead, its parts calling BLAS on one thread."""
+        if not kernel.pooled:
+            function(self.address, steps, self.ex.size, table)
+            return
+        with one_blas_thread(np):
+            function(self.address, pool_address(), host_threads(), steps, self.ex.size, table)
 
     def _table(self, run: _Run, grads: dict):
         """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""
@@ -206,7 +240,7 @@ class CompiledLoops:
             return False
         needs = {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
                  for s in segment.steps if s.node in wanted and s.node in backward.grad_inputs}
-        made = self._compiled(segment, needs, run.host_lengths is not None)
+        made = self._compiled(segment, needs, run.host_lengths is not None, run.kernel.pooled)
         if made is None:   # the forward's loop compiled: only the compiler can fail here
             raise NativeUnavailable(f"{segment.loop.name}: its backward did not compile")
         kernel, forward, backward_call = made

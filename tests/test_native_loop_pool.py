@@ -1,0 +1,207 @@
+"""Compiled recurrent loops split over the native target's thread pool.
+
+- the pool runs every part of every call once, on 1 to 5 parts, and an idle pool
+  sleeps: its workers spin no longer than SPIN_NS after a call;
+- the pooled functions' C source equals its golden file (LSTM, Elman);
+- pooled loops (1, 2 and 4 parts: uneven, and empty parts) give what the unpooled ones
+  and float64 PyTorch give, forward and gradients, for LSTM, Elman and GRU cells, full
+  and checkpointed BPTT, and what the interpreted loop gives on padded batches;
+- NETDSL_LOOP_POOL=0 (LOOP_POOL) runs the unpooled functions, as does one host thread;
+- a forked child has no workers and still runs a pooled loop.
+(A part is a GEMM or a loop over arrays: it cannot fail, so nothing waits on a failure.)
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SPECS, assert_golden
+from netdsl.driver import check_file
+from netdsl.lower import lower
+from netdsl.lower.native_loop import loop_kernel
+from netdsl.lower.native_pool import SPIN_NS
+from netdsl.runtime.native import loops as native_loops
+from netdsl.runtime.native.pool import pool_address, pool_workers
+from netdsl.runtime.native.toolchain import build
+from test_recurrent_torch import CELLS, Pair, assert_same_grads, batch
+
+GOLDEN = os.path.join(ROOT, "tests", "golden_native")
+
+_MARK = """
+void mark(void* counts, long long part, long long parts) {
+    __atomic_fetch_add(((long long*)counts) + part, part + 1, __ATOMIC_RELAXED);
+}
+"""
+
+
+@pytest.fixture
+def parts(request, monkeypatch):
+    """The loops run pooled on `request.param` parts (host threads)."""
+    monkeypatch.setattr(native_loops, "pooled_here", lambda: True)
+    monkeypatch.setattr(native_loops, "host_threads", lambda: request.param)
+    return request.param
+
+
+@pytest.fixture
+def unpooled(monkeypatch):
+    monkeypatch.setattr(native_loops, "pooled_here", lambda: False)
+
+
+# ---- the pool itself
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_the_pool_runs_every_part_of_every_call_once(count):
+    run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong)(
+        pool_address())
+    mark = ctypes.cast(build(_MARK).mark, ctypes.c_void_p).value
+    counts = np.zeros(count, np.int64)
+    calls = 2000
+    for _ in range(calls):
+        run(mark, counts.ctypes.data, count)
+    np.testing.assert_array_equal(counts, calls * np.arange(1, count + 1))
+    if count > 1:
+        assert pool_workers() >= count - 1
+
+
+def test_an_idle_pool_sleeps():
+    """After a call the workers spin at most SPIN_NS, then sleep: the process spends
+    (almost) no CPU time while the caller sleeps."""
+    run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong)(
+        pool_address())
+    mark = ctypes.cast(build(_MARK).mark, ctypes.c_void_p).value
+    counts = np.zeros(2, np.int64)
+    run(mark, counts.ctypes.data, 2)
+    time.sleep(10 * SPIN_NS / 1e9)
+    began = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - began < 0.05
+
+
+# ---- the generated source
+
+@pytest.mark.parametrize("name", ["elman", "lstm"])
+def test_pooled_loop_source_matches_golden(name, update_golden):
+    lowered = lower(check_file(os.path.join(SPECS, f"{name}.net")), "native")
+    (segment,) = [s for s in lowered.schedule.segments if hasattr(s, "loop")]
+    needs = native_loops.default_needs(lowered, segment)
+    kernel = loop_kernel(segment, lowered.plan.types, "float32", needs, "long long",
+                         "scipy_cblas_sgemm64_", pooled=True)
+    assert kernel.pooled
+    assert_golden(os.path.join(GOLDEN, f"loop_{name}_pooled.c"), kernel.source, update_golden)
+    for way in ("forward", "backward"):
+        assert (f"void loop_{way}(gemm_t gemm, pool_t pool, const long long parts, "
+                f"const long long T, const long long B, void* const* a) {{") in kernel.source
+
+
+# ---- pooled loops against the unpooled ones and PyTorch
+
+def _run(name: str, every=None, many_to_one=False):
+    pair = Pair(name, many_to_one, target="native")
+    pair.ex.checkpoint = every
+    data = batch(many_to_one)
+    out = pair.ex.forward(data, True)
+    pair.ex.backward()
+    assert pair.ex.compiled_loops.calls == {"forward": 1, "backward": 1}
+    return pair, data, float(out["loss"]), dict(pair.ex.grads)
+
+
+def _kernels(ex) -> list:
+    return [made[0] for made in ex.compiled_loops._made.values() if made]
+
+
+@pytest.mark.parametrize("parts", [1, 2, 4], indirect=True)
+@pytest.mark.parametrize("every", [None, 3], ids=["full", "checkpointed"])
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_pooled_loops_match_unpooled_and_pytorch(name, every, parts, monkeypatch):
+    pair, data, loss, grads = _run(name, every)
+    assert all(k.pooled for k in _kernels(pair.ex))
+    theirs, _ = pair.torch_loss(data["x"], data["y"])
+    assert loss == pytest.approx(theirs.item(), rel=1e-10)
+    assert_same_grads(grads, pair.torch_grads(theirs))
+    monkeypatch.setattr(native_loops, "pooled_here", lambda: False)
+    plain, _, plain_loss, plain_grads = _run(name, every)
+    assert not any(k.pooled for k in _kernels(plain.ex))
+    assert loss == pytest.approx(plain_loss, rel=1e-13)
+    for key, grad in plain_grads.items():
+        np.testing.assert_allclose(grads[key], grad, rtol=1e-12, atol=1e-15, err_msg=key)
+
+
+def _native_pair(name: str):
+    from netdsl.runtime.execute import Executor
+    from netdsl.runtime.init import initial_params
+
+    net = check_file(os.path.join(SPECS, f"{name}.net"))
+    host, compiled = lower(net), lower(net, "native")
+    params = initial_params(host.built, "torch", seed=0)
+    return (Executor(host, params, dtype="float64"), Executor(compiled, params, dtype="float64"))
+
+
+def _padded_batch(plan, lengths):
+    rng = np.random.default_rng(0)
+    data = {}
+    for key, t in plan.inputs.items():
+        shape = (len(lengths), 6, *t.dims) if t.seq else (len(lengths), *t.dims)
+        data[key] = (rng.integers(0, t.classes, shape) if t.classes is not None
+                     else rng.standard_normal(shape))
+        if t.seq:
+            data[f"{key}.lengths"] = np.array(lengths)
+    return data
+
+
+@pytest.mark.parametrize("parts", [2, 4], indirect=True)
+@pytest.mark.parametrize("every", [None, 2], ids=["full", "checkpointed"])
+@pytest.mark.parametrize("name", ["lstm_classifier", "gru", "elman"])
+def test_a_pooled_padded_batch_holds_the_states_past_each_end(name, every, parts):
+    host, native_ex = _native_pair(name)
+    native_ex.checkpoint = every
+    data = _padded_batch(host.plan, [6, 3, 1, 5, 2])
+    outputs = [ex.forward(data, True) for ex in (host, native_ex)]
+    for ex in (host, native_ex):
+        ex.backward()
+    assert native_ex.compiled_loops.calls == {"forward": 1, "backward": 1}
+    assert all(k.pooled for k in _kernels(native_ex))
+    for key, value in outputs[0].items():
+        assert float(outputs[1][key]) == pytest.approx(float(value), rel=1e-12), key
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+
+
+# ---- the switch
+
+def test_the_switch_and_one_thread_run_the_unpooled_loop(monkeypatch):
+    monkeypatch.setattr(native_loops, "host_threads", lambda: 2)
+    assert native_loops.pooled_here() == native_loops.LOOP_POOL
+    monkeypatch.setattr(native_loops, "LOOP_POOL", False)
+    assert not native_loops.pooled_here()
+    pair, _, _, _ = _run("lstm")
+    assert not any(k.pooled for k in _kernels(pair.ex))
+    monkeypatch.setattr(native_loops, "LOOP_POOL", True)
+    monkeypatch.setattr(native_loops, "host_threads", lambda: 1)
+    assert not native_loops.pooled_here()
+
+
+# ---- fork
+
+@pytest.mark.parametrize("parts", [2], indirect=True)
+def test_a_forked_child_runs_a_pooled_loop(parts):
+    pair, data, loss, grads = _run("lstm")
+    assert pool_workers() >= 1
+    pid = os.fork()
+    if pid == 0:   # the child: no workers until its first call, then the same loop
+        code = 1
+        try:
+            signal.alarm(60)   # a hung pool fails the test rather than the run
+            fresh = pool_workers() == 0
+            again = pair.ex.forward(data, True)
+            pair.ex.backward()
+            same = float(again["loss"]) == loss and all(
+                np.array_equal(pair.ex.grads[k], g) for k, g in grads.items())
+            code = 0 if fresh and same and pool_workers() >= 1 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
