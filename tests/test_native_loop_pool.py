@@ -42,14 +42,14 @@ void mark(void* counts, long long part, long long parts) {
 @pytest.fixture
 def parts(request, monkeypatch):
     """The loops run pooled on `request.param` parts (host threads)."""
-    monkeypatch.setattr(native_loops, "pooled_here", lambda: True)
+    monkeypatch.setattr(native_loops, "pooled_here", lambda macs: True)
     monkeypatch.setattr(native_loops, "host_threads", lambda: request.param)
     return request.param
 
 
 @pytest.fixture
 def unpooled(monkeypatch):
-    monkeypatch.setattr(native_loops, "pooled_here", lambda: False)
+    monkeypatch.setattr(native_loops, "pooled_here", lambda macs: False)
 
 
 # ---- the pool itself
@@ -123,7 +123,7 @@ def test_pooled_loops_match_unpooled_and_pytorch(name, every, parts, monkeypatch
     theirs, _ = pair.torch_loss(data["x"], data["y"])
     assert loss == pytest.approx(theirs.item(), rel=1e-10)
     assert_same_grads(grads, pair.torch_grads(theirs))
-    monkeypatch.setattr(native_loops, "pooled_here", lambda: False)
+    monkeypatch.setattr(native_loops, "pooled_here", lambda macs: False)
     plain, _, plain_loss, plain_grads = _run(name, every)
     assert not any(k.pooled for k in _kernels(plain.ex))
     assert loss == pytest.approx(plain_loss, rel=1e-13)
@@ -172,16 +172,34 @@ def test_a_pooled_padded_batch_holds_the_states_past_each_end(name, every, parts
 
 # ---- the switch
 
-def test_the_switch_and_one_thread_run_the_unpooled_loop(monkeypatch):
+def test_the_switch_one_thread_and_small_steps_run_the_unpooled_loop(monkeypatch):
+    big = native_loops.POOL_MIN_MACS
     monkeypatch.setattr(native_loops, "host_threads", lambda: 2)
-    assert native_loops.pooled_here() == native_loops.LOOP_POOL
+    monkeypatch.setattr(native_loops, "LOOP_POOL", True)
+    assert native_loops.pooled_here(big) and not native_loops.pooled_here(big - 1)
+    monkeypatch.setattr(native_loops, "POOL_MIN_MACS", 0)
+    pair, _, _, _ = _run("lstm")
+    assert all(k.pooled for k in _kernels(pair.ex))
     monkeypatch.setattr(native_loops, "LOOP_POOL", False)
-    assert not native_loops.pooled_here()
+    assert not native_loops.pooled_here(big)
     pair, _, _, _ = _run("lstm")
     assert not any(k.pooled for k in _kernels(pair.ex))
     monkeypatch.setattr(native_loops, "LOOP_POOL", True)
     monkeypatch.setattr(native_loops, "host_threads", lambda: 1)
-    assert not native_loops.pooled_here()
+    assert not native_loops.pooled_here(big)
+
+
+def test_a_steps_gemms_are_counted_per_row():
+    """W4's step: 32 rows by a 128x512 recurrent weight (its input projection is hoisted
+    out of the loop)."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import sequence_speed
+
+    w4 = next(w for w in sequence_speed.WORKLOADS if w.id == "W4")
+    lowered = sequence_speed.lowered_spec(w4, "native")
+    (segment,) = [s for s in lowered.schedule.segments if hasattr(s, "loop")]
+    assert native_loops.step_macs(segment, lowered.plan.types, 32) == 32 * 128 * 512
 
 
 # ---- fork

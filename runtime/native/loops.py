@@ -46,6 +46,9 @@ _POOLED_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes
 
 # whether a loop splits its steps over the thread pool on more than one host thread
 LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "1") != "0"
+# the multiply-adds a step's GEMMs must do for the split to pay: a call of the pool costs
+# a few microseconds, and W5's step (32x64 by 64x64, 131 K) took twice as long pooled
+POOL_MIN_MACS = 1 << 20
 
 
 class _Run:
@@ -100,10 +103,25 @@ def compile_loop(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     return (kernel, *functions)
 
 
-def pooled_here() -> bool:
-    """Whether a loop run now splits its steps over the thread pool: LOOP_POOL, more than
-    one host thread, and a pool that builds."""
-    if not LOOP_POOL or host_threads() < 2:
+def step_macs(segment: LoopSegment, types: dict, rows: int) -> int:
+    """The multiply-adds of one step's GEMMs over `rows` rows of the batch."""
+    total = 0
+    for step, route in zip(segment.steps, segment.routes):
+        if step.op.column_linear and len(route) == 1:
+            source = route[0].ref.source if route[0].kind == STATE else route[0].ref
+            total += rows * _size(types[step.node].dims) * _size(types[source].dims)
+    return total
+
+
+def _size(dims) -> int:
+    return int(np.prod(dims)) if dims else 1
+
+
+def pooled_here(macs: int) -> bool:
+    """Whether a loop whose steps do `macs` multiply-adds in GEMMs runs split over the
+    thread pool now: LOOP_POOL, more than one host thread, at least POOL_MIN_MACS, and a
+    pool that builds."""
+    if not LOOP_POOL or host_threads() < 2 or macs < POOL_MIN_MACS:
         return False
     try:
         pool_address()
@@ -138,8 +156,9 @@ class CompiledLoops:
         if check_finite or ex.reach is not None:
             return False
         lengths, source = loop_lengths(ex, segment)
+        pooled = pooled_here(step_macs(segment, ex.plan.types, ex.size))
         made = self._compiled(segment, default_needs(ex.lowered, segment), lengths is not None,
-                              pooled_here())
+                              pooled)
         if made is None:
             return False
         kernel, forward, _ = made

@@ -1,0 +1,94 @@
+"""The compiled recurrent loops split over the thread pool against the whole-batch loop:
+W4's and W5's training steps (native target) alternating every step in one process.
+
+Each round runs one step of each path, the order swapped every round, both on the same
+executor (runtime.native.loops.LOOP_POOL switched between steps; each path's functions
+were compiled before). Per path: the median wall-clock step, the median process CPU
+time of a step (the pool's spinning included), and in how many rounds the pooled step
+was the shorter. With --torch PyTorch's step runs in each round as well, on the same
+threads. The pooled path runs whatever the step's size (POOL_MIN_MACS set to 0: W5's
+steps are below it). The load average is printed before and after.
+
+    python benchmarks/loop_pool_ab.py [--threads 2] [--rounds 60] [--only W4] [--torch]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from isolation import fix_malloc, limit_blas, load_average
+from netdsl.runtime.native import loops as native_loops
+import sequence_speed
+
+
+def timed(step) -> tuple[float, float]:
+    """(wall ms, process CPU ms) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    step()
+    return (time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3
+
+
+def compare(w, rounds: int, with_torch: bool) -> dict:
+    batch = sequence_speed.make_batch(w)
+    ours = sequence_speed.Ours(w, batch, "native")
+    theirs = sequence_speed.Theirs(w, batch) if with_torch else None
+
+    def path(pooled: bool):
+        def step():
+            native_loops.LOOP_POOL = pooled
+            ours.step()
+        return step
+
+    paths = {"pooled": path(True), "whole": path(False)}
+    if theirs is not None:
+        paths["torch"] = theirs.step
+    for step in paths.values():   # compile both loops, warm the caches
+        for _ in range(5):
+            step()
+    kernels = [made[0].pooled for made in ours.ex.compiled_loops._made.values() if made]
+    assert True in kernels and False in kernels, "both paths must have run compiled"
+    times = {name: [] for name in paths}
+    cpu = {name: [] for name in paths}
+    names = list(paths)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            wall_ms, cpu_ms = timed(paths[name])
+            times[name].append(wall_ms)
+            cpu[name].append(cpu_ms)
+    native_loops.LOOP_POOL = True
+    won = sum(p < q for p, q in zip(times["pooled"], times["whole"]))
+    return {"times": times, "cpu": cpu, "won": won}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--only", choices=[w.id for w in sequence_speed.WORKLOADS])
+    parser.add_argument("--torch", action="store_true", help="PyTorch's step in each round too")
+    args = parser.parse_args(argv)
+    fix_malloc()
+    native_loops.POOL_MIN_MACS = 0
+    limiter = limit_blas(args.threads)  # noqa: F841  kept alive for the whole run
+    torch.set_num_threads(args.threads)
+    for w in sequence_speed.WORKLOADS:
+        if args.only and w.id != args.only:
+            continue
+        before = load_average()
+        result = compare(w, args.rounds, args.torch)
+        print(f"{w.id} ({w.title}), {args.threads} threads, {args.rounds} rounds, load "
+              f"{before:.2f} -> {load_average():.2f}: pooled the shorter in "
+              f"{result['won']} of {args.rounds}")
+        for name, values in result["times"].items():
+            print(f"  {name:7s} step {statistics.median(values):7.2f} ms "
+                  f"[{min(values):.2f}-{max(values):.2f}], process CPU "
+                  f"{statistics.median(result['cpu'][name]):7.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
