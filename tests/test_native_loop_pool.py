@@ -1,7 +1,7 @@
 """Compiled recurrent loops split over the native target's thread pool.
 
-- the pool runs every part of every call once, on 1 to 5 parts, and an idle pool
-  sleeps: its workers spin no longer than SPIN_NS after a call;
+- the pool runs every part of every call once, on 1 to 5 parts and from two threads at
+  once, and an idle pool sleeps: its workers spin no longer than SPIN_NS after a call;
 - the pooled functions' C source equals its golden file (LSTM, Elman);
 - pooled loops (1, 2 and 4 parts: uneven, and empty parts) give what the unpooled ones
   and float64 PyTorch give, forward and gradients, for LSTM, Elman and GRU cells, full
@@ -66,6 +66,30 @@ def test_the_pool_runs_every_part_of_every_call_once(count):
     np.testing.assert_array_equal(counts, calls * np.arange(1, count + 1))
     if count > 1:
         assert pool_workers() >= count - 1
+
+
+def test_calls_from_two_threads_at_once_each_run_every_part():
+    """A call made while another runs (two executors on two Python threads; ctypes
+    releases the GIL) runs its parts on its own thread."""
+    import threading
+
+    run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong)(
+        pool_address())
+    mark = ctypes.cast(build(_MARK).mark, ctypes.c_void_p).value
+    counts = [np.zeros(3, np.int64) for _ in range(2)]
+
+    def calls(mine):
+        for _ in range(3000):
+            run(mark, mine.ctypes.data, 3)
+
+    threads = [threading.Thread(target=calls, args=(mine,)) for mine in counts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    for mine in counts:
+        np.testing.assert_array_equal(mine, 3000 * np.arange(1, 4))
 
 
 def test_an_idle_pool_sleeps():

@@ -13,9 +13,10 @@ width), the parameters; then, for backward, the members' gradients, the sequence
 and the initial values'. A split is a view of its parent:
 (parent, column offset, the parent's row stride), and so is its gradient. Each function
 runs the whole batch through every step (blocks of rows on threads of their own lost to
-BLAS's threads: docs/cpu.md). Only text is made here; netdsl.runtime.native.loops
-compiles, feeds and calls it, and computes the dense layers' weight gradients after the
-loop.
+BLAS's threads: docs/cpu.md); a pooled kernel's split each step over the thread pool
+(netdsl.lower.native_pool): the GEMMs at their output's columns, the passes at the
+batch's rows. Only text is made here; netdsl.runtime.native.loops compiles, feeds and
+calls it, and computes the dense layers' weight gradients after the loop.
 """
 from __future__ import annotations
 
