@@ -12,11 +12,12 @@ steps: forward on each in turn, then, last span first, forward again from its
 checkpoint and backward. Truncated BPTT's reach, a finiteness check, or a loop the
 generator does not cover runs the interpreted loop instead.
 
-On more than one host thread a loop runs its pooled functions (LoopKernel.pooled): each
-step's GEMMs split at their output's columns and its passes at the batch's rows over the
-process's thread pool (runtime.native.pool), BLAS held at one thread during the call;
-the weight gradients' GEMMs after the loop keep BLAS's threads. NETDSL_LOOP_POOL=0 (or
-LOOP_POOL = False) runs the whole batch on one thread, its GEMMs on BLAS's threads.
+On more than one host thread, a loop whose step's GEMMs multiply-add at least
+POOL_MIN_MACS runs its pooled functions (LoopKernel.pooled): each step's GEMMs split at
+their output's columns and its passes at the batch's rows over the process's thread pool
+(runtime.native.pool), BLAS held at one thread during the call; the weight gradients'
+GEMMs after the loop keep BLAS's threads. NETDSL_LOOP_POOL=0 (or LOOP_POOL = False) runs
+the whole batch on one thread, its GEMMs on BLAS's threads, as smaller loops do.
 """
 from __future__ import annotations
 
