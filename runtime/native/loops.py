@@ -47,8 +47,9 @@ _POOLED_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes
 
 # whether a loop splits its steps over the thread pool on more than one host thread
 LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "1") != "0"
-# the multiply-adds a step's GEMMs must do for the split to pay: a call of the pool costs
-# a few microseconds, and W5's step (32x64 by 64x64, 131 K) took twice as long pooled
+# the multiply-adds a step's GEMMs must do for the split to pay: W5's (32x64 by 64x64,
+# 131 K, about 3 us) took longer pooled, 0.36 and 0.45 ms a call at best against 0.33
+# and 0.29 whole; W4's (2.1 M) less (docs/cpu.md)
 POOL_MIN_MACS = 1 << 20
 
 
