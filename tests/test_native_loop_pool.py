@@ -6,7 +6,8 @@
 - pooled loops (1, 2 and 4 parts: uneven, and empty parts) give what the unpooled ones
   and float64 PyTorch give, forward and gradients, for LSTM, Elman and GRU cells, full
   and checkpointed BPTT, and what the interpreted loop gives on padded batches;
-- NETDSL_LOOP_POOL=0 (LOOP_POOL) runs the unpooled functions, as does one host thread;
+- NETDSL_LOOP_POOL=0 (LOOP_POOL) runs the unpooled functions, as do one host thread, a
+  step below POOL_MIN_MACS and a pool that does not build (tried once);
 - a forked child has no workers and still runs a pooled loop.
 (A part is a GEMM or a loop over arrays: it cannot fail, so nothing waits on a failure.)
 """
@@ -249,3 +250,32 @@ def test_a_forked_child_runs_a_pooled_loop(parts):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+# ---- without the pool
+
+def test_without_a_pool_the_loops_run_whole(monkeypatch):
+    """A pool that does not build (no compiler for it) leaves the unpooled loops, and
+    is not tried again at every loop's call."""
+    from netdsl.runtime.native import pool as native_pool
+    from netdsl.runtime.native.toolchain import NativeUnavailable
+
+    tries = []
+
+    def no_pool(source, libraries=()):
+        tries.append(source)
+        raise NativeUnavailable("no C compiler found (set CC, or install gcc)")
+
+    monkeypatch.setattr(native_pool, "build", no_pool)
+    monkeypatch.setattr(native_pool, "_library", None)
+    monkeypatch.setattr(native_pool, "_address", None)
+    monkeypatch.setattr(native_pool, "_failure", None)
+    monkeypatch.setattr(native_loops, "host_threads", lambda: 2)
+    monkeypatch.setattr(native_loops, "POOL_MIN_MACS", 0)
+    monkeypatch.setattr(native_loops, "LOOP_POOL", True)
+    assert not native_loops.pooled_here(1 << 30)
+    pair, data, loss, grads = _run("lstm")
+    assert not any(k.pooled for k in _kernels(pair.ex))
+    theirs, _ = pair.torch_loss(data["x"], data["y"])
+    assert loss == pytest.approx(theirs.item(), rel=1e-10)
+    assert len(tries) == 1

@@ -11,12 +11,13 @@ from __future__ import annotations
 import ctypes
 
 from netdsl.lower.native_pool import POOL_SOURCE
-from netdsl.runtime.native.toolchain import build
+from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["pool_address", "pool_workers"]
 
 _library = None
 _address = None
+_failure = None   # why the pool did not build: not tried again at every loop's call
 
 
 def _loaded() -> ctypes.CDLL:
@@ -27,9 +28,15 @@ def _loaded() -> ctypes.CDLL:
     NativeUnavailable
         No compiler, or one that fails on the source.
     """
-    global _library
+    global _library, _failure
+    if _failure is not None:
+        raise _failure
     if _library is None:
-        library = build(POOL_SOURCE, ("-pthread",))
+        try:
+            library = build(POOL_SOURCE, ("-pthread",))
+        except NativeUnavailable as exc:
+            _failure = exc
+            raise
         library.pool_workers.restype, library.pool_workers.argtypes = ctypes.c_int, []
         _library = library
     return _library
