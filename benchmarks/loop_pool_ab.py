@@ -7,9 +7,10 @@ were compiled before). Per path: the median wall-clock step, the median process 
 time of a step (the pool's spinning included), and in how many rounds the pooled step
 was the shorter. With --torch PyTorch's step runs in each round as well, on the same
 threads. The pooled path runs whatever the step's size (POOL_MIN_MACS set to 0: W5's
-steps are below it). The load average is printed before and after.
+steps are below it). The load average is printed before and after; with --keep the raw
+per-step numbers go to benchmarks/results/.
 
-    python benchmarks/loop_pool_ab.py [--threads 2] [--rounds 60] [--only W4] [--torch]
+    python benchmarks/loop_pool_ab.py [--threads 2] [--rounds 60] [--only W4] [--torch] [--keep]
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import time
 
 import torch
 
-from isolation import fix_malloc, limit_blas, load_average
+from isolation import fix_malloc, keep_results, limit_blas, load_average
 from netdsl.runtime.native import loops as native_loops
 import sequence_speed
 
@@ -70,23 +71,29 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--only", choices=[w.id for w in sequence_speed.WORKLOADS])
     parser.add_argument("--torch", action="store_true", help="PyTorch's step in each round too")
+    parser.add_argument("--keep", action="store_true", help="raw numbers to benchmarks/results")
     args = parser.parse_args(argv)
     fix_malloc()
     native_loops.POOL_MIN_MACS = 0
     limiter = limit_blas(args.threads)  # noqa: F841  kept alive for the whole run
     torch.set_num_threads(args.threads)
+    kept = {"threads": args.threads, "rounds": args.rounds, "workloads": {}}
     for w in sequence_speed.WORKLOADS:
         if args.only and w.id != args.only:
             continue
         before = load_average()
         result = compare(w, args.rounds, args.torch)
+        after = load_average()
+        kept["workloads"][w.id] = {**result, "load_before": before, "load_after": after}
         print(f"{w.id} ({w.title}), {args.threads} threads, {args.rounds} rounds, load "
-              f"{before:.2f} -> {load_average():.2f}: pooled the shorter in "
+              f"{before:.2f} -> {after:.2f}: pooled the shorter in "
               f"{result['won']} of {args.rounds}")
         for name, values in result["times"].items():
             print(f"  {name:7s} step {statistics.median(values):7.2f} ms "
                   f"[{min(values):.2f}-{max(values):.2f}], process CPU "
                   f"{statistics.median(result['cpu'][name]):7.2f} ms")
+    if args.keep:
+        print(f"raw numbers: {keep_results('loop_pool_ab', kept)}")
     return 0
 
 
