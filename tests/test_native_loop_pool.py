@@ -8,6 +8,9 @@
   and checkpointed BPTT, and what the interpreted loop gives on padded batches;
 - NETDSL_LOOP_POOL=0 (LOOP_POOL) runs the unpooled functions, as do one host thread, a
   step below POOL_MIN_MACS and a pool that does not build (tried once);
+- a pooled float32 loop whose split columns come in panels of 32 multiplies by its
+  weights packed once a call, giving what BLAS's GEMM gives (rows of 8 or not, which
+  falls back to BLAS's); float64 and other widths leave packing out;
 - a forked child has no workers and still runs a pooled loop.
 (A part is a GEMM or a loop over arrays: it cannot fail, so nothing waits on a failure.)
 """
@@ -111,15 +114,16 @@ def test_an_idle_pool_sleeps():
 
 # ---- the generated source
 
-@pytest.mark.parametrize("name", ["elman", "lstm"])
-def test_pooled_loop_source_matches_golden(name, update_golden):
+@pytest.mark.parametrize("name, packed", [("elman", False), ("lstm", False), ("lstm", True)])
+def test_pooled_loop_source_matches_golden(name, packed, update_golden):
     lowered = lower(check_file(os.path.join(SPECS, f"{name}.net")), "native")
     (segment,) = [s for s in lowered.schedule.segments if hasattr(s, "loop")]
     needs = native_loops.default_needs(lowered, segment)
     kernel = loop_kernel(segment, lowered.plan.types, "float32", needs, "long long",
-                         "scipy_cblas_sgemm64_", pooled=True)
-    assert kernel.pooled
-    assert_golden(os.path.join(GOLDEN, f"loop_{name}_pooled.c"), kernel.source, update_golden)
+                         "scipy_cblas_sgemm64_", pooled=True, packed=packed)
+    assert kernel.pooled and kernel.packed == packed
+    label = f"loop_{name}_pooled{'_packed' if packed else ''}.c"
+    assert_golden(os.path.join(GOLDEN, label), kernel.source, update_golden)
     for way in ("forward", "backward"):
         assert (f"void loop_{way}(gemm_t gemm, pool_t pool, const long long parts, "
                 f"const long long T, const long long B, void* const* a) {{") in kernel.source
@@ -195,6 +199,57 @@ def test_a_pooled_padded_batch_holds_the_states_past_each_end(name, every, parts
     for key, value in outputs[0].items():
         assert float(outputs[1][key]) == pytest.approx(float(value), rel=1e-12), key
     np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+
+
+# ---- weights packed once a call (float32)
+
+PACKED_CELLS = {"lstm": "lstm(32)", "gru": "gru_reset_after(32)", "elman": "elman(32)"}
+
+
+def _float32_step(cell: str, rows: int, pooled: bool, packed: bool, monkeypatch):
+    """(loss, gradients, the kernels) of a float32 step of `cell` over `rows` sequences."""
+    from test_recurrent_torch import spec
+    from netdsl.driver import check_text
+    from netdsl.runtime.execute import Executor
+    from netdsl.runtime.init import initial_params
+
+    monkeypatch.setattr(native_loops, "pooled_here", lambda macs: pooled)
+    monkeypatch.setattr(native_loops, "LOOP_PACK", packed)
+    lowered = lower(check_text(spec(cell)), "native")
+    ex = Executor(lowered, initial_params(lowered.built, "torch", seed=1), dtype="float32")
+    rng = np.random.default_rng(0)
+    data = {"x": rng.standard_normal((rows, 7, 5)), "y": rng.integers(0, 4, (rows, 7))}
+    out = ex.forward(data, True)
+    ex.backward()
+    return float(out["loss"]), dict(ex.grads), _kernels(ex)
+
+
+@pytest.mark.parametrize("parts", [2, 3], indirect=True)
+@pytest.mark.parametrize("rows", [8, 6], ids=["rows_of_8", "rows_not_of_8"])
+@pytest.mark.parametrize("name", sorted(PACKED_CELLS))
+def test_packed_weights_give_what_blas_gives(name, rows, parts, monkeypatch):
+    """Hidden 32: every split weight's columns come in panels of 32; on a batch of 6 rows
+    the packed kernel falls back to BLAS's GEMM."""
+    loss, grads, kernels = _float32_step(PACKED_CELLS[name], rows, True, True, monkeypatch)
+    assert all(k.packed for k in kernels) and "gemm_packed(" in kernels[0].source
+    plain_loss, plain_grads, plain = _float32_step(PACKED_CELLS[name], rows, False, False,
+                                                   monkeypatch)
+    assert not any(k.pooled for k in plain)
+    assert loss == pytest.approx(plain_loss, rel=1e-5)
+    for key, grad in plain_grads.items():
+        np.testing.assert_allclose(grads[key], grad, rtol=2e-4, atol=2e-6, err_msg=key)
+
+
+def test_packing_is_left_to_blas_where_it_cannot_apply(monkeypatch):
+    """float64, or columns that do not come in panels of 32 (hidden 6): BLAS's GEMM."""
+    _, _, kernels = _float32_step("lstm(6)", 8, True, True, monkeypatch)
+    assert "gemm_packed(" not in kernels[0].source
+    lowered = lower(check_file(os.path.join(SPECS, "lstm.net")), "native")
+    (segment,) = [s for s in lowered.schedule.segments if hasattr(s, "loop")]
+    needs = native_loops.default_needs(lowered, segment)
+    kernel = loop_kernel(segment, lowered.plan.types, "float64", needs, "long long",
+                         "scipy_cblas_dgemm64_", pooled=True, packed=True)
+    assert not kernel.packed and "gemm_packed(" not in kernel.source
 
 
 # ---- the switch

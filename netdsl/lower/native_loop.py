@@ -41,11 +41,15 @@ ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 # layer's output columns (its GEMM), or not at all (on the calling thread)
 ROWS, COLUMNS, WHOLE = "rows", "columns", "whole"
 
+# the most weights a pooled function keeps packed (step_t.packed)
+MAX_PACKED = 8
+
 _POOL_DECLARATIONS = [
     "/* the thread pool (netdsl.lower.native_pool) and what each part of a step reads */",
     "typedef void (*part_t)(void*, long long, long long);",
     "typedef void (*pool_t)(part_t, void*, long long);",
-    "typedef struct { gemm_t gemm; long long t, B; void* const* a; } step_t;",
+    "typedef struct { gemm_t gemm; long long t, B; void* const* a;",
+    f"                 float* packed[{MAX_PACKED}]; }} step_t;",
     "",
     "/* part `part` of `parts` even shares of n, in blocks of `align` */",
     "static inline void share(long long n, long long align, long long part, long long parts,",
@@ -55,6 +59,59 @@ _POOL_DECLARATIONS = [
     "    *hi = blocks * (part + 1) / parts * align;",
     "    if (*lo > n) *lo = n;",
     "    if (*hi > n) *hi = n;",
+    "}",
+    "",
+]
+
+# a packed weight's panels: this many columns each (two vectors of 16 floats)
+PANEL = 32
+
+# float32 only: a GEMM over a weight packed once a loop, in panels of PANEL columns: the
+# part's block is the same at every step, where OpenBLAS packs it again at each call
+_PACKED_GEMM = [
+    "/* a weight packed in panels of 32 columns, P[panel][k][32], once a call */",
+    "typedef float v16f __attribute__((vector_size(64)));",
+    "static void pack_panels(const float* w, long long ldw, long long K, long long N,",
+    "                        float* p) {",
+    "    for (long long c = 0; c < N; c += 32)",
+    "        for (long long k = 0; k < K; k++)",
+    "            memcpy(p + c*K + k*32, w + k*ldw + c, 32*sizeof(float));",
+    "}",
+    "",
+    "/* C (M x N) = A (M x K) times the packed panels, plus C unless beta is 0;",
+    "   M a multiple of 8, N of 32: 8 rows by 32 columns in 16 vector registers */",
+    "static void gemm_packed(long long M, long long N, long long K, const float* A,",
+    "                        long long lda, const float* p, int beta, float* C, long long ldc) {",
+    "    for (long long c = 0; c < N; c += 32) {",
+    "        const float* panel = p + c*K;",
+    "        for (long long r = 0; r < M; r += 8) {",
+    "            v16f acc[8][2];",
+    "            for (int i = 0; i < 8; i++) {",
+    "                if (beta) {",
+    "                    memcpy(&acc[i][0], C + (r + i)*ldc + c, 64);",
+    "                    memcpy(&acc[i][1], C + (r + i)*ldc + c + 16, 64);",
+    "                } else {",
+    "                    acc[i][0] = (v16f){0};",
+    "                    acc[i][1] = (v16f){0};",
+    "                }",
+    "            }",
+    "            const float* a = A + r*lda;",
+    "            for (long long k = 0; k < K; k++) {",
+    "                v16f b0, b1;",
+    "                memcpy(&b0, panel + k*32, 64);",
+    "                memcpy(&b1, panel + k*32 + 16, 64);",
+    "                for (int i = 0; i < 8; i++) {",
+    "                    const float x = a[i*lda + k];",
+    "                    acc[i][0] += x * b0;",
+    "                    acc[i][1] += x * b1;",
+    "                }",
+    "            }",
+    "            for (int i = 0; i < 8; i++) {",
+    "                memcpy(C + (r + i)*ldc + c, &acc[i][0], 64);",
+    "                memcpy(C + (r + i)*ldc + c + 16, &acc[i][1], 64);",
+    "            }",
+    "        }",
+    "    }",
     "}",
     "",
 ]
@@ -102,6 +159,8 @@ class LoopKernel:
     activated: dict
     # the functions split each step over the process's thread pool (`loop_kernel`)
     pooled: bool = False
+    # a pooled kernel's GEMMs use their weights packed once a call, where they can
+    packed: bool = False
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
         """How many steps of `node`'s values (or gradients) its array holds."""
@@ -112,7 +171,7 @@ class LoopKernel:
 
 def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
                 index_type: str, gemm: str, padded: bool = False,
-                pooled: bool = False) -> LoopKernel | None:
+                pooled: bool = False, packed: bool = False) -> LoopKernel | None:
     """The kernel of `segment`, or None when a member is of a kind it does not cover.
 
     `needs[node]` are the member's differentiated inputs (absent: backward skips it);
@@ -129,7 +188,9 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     held at one thread by the caller), and a pass over the step's rows at its rows; a
     call of the pool between them is the barrier. What must see every row (a padded
     state's hold after a dense layer, clearing a step's gradients) runs on the calling
-    thread.
+    thread. A `packed` one, in float32, multiplies by each weight whose split columns
+    come in panels of PANEL packed once a call (a GEMM of its own, on batches of a
+    multiple of 8 rows; otherwise BLAS's).
     """
     widths = {}
     for step, route in zip(segment.steps, segment.routes):
@@ -165,10 +226,11 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     activated = _activated(segment, splits, widths, from_output)
     writer = _Writer(segment, widths, splits, storage, seqs, states, params, transposed,
                      dtype, kept, summed, from_output, padded, aliases, folds, activated,
-                     pooled)
+                     pooled, packed)
     source = writer.module(needs, index_type, gemm)
     return LoopKernel(source, storage, seqs, states, params, transposed, widths, kept, summed,
-                      splits, aliases, folds, writer.idle(), activated, pooled)
+                      splits, aliases, folds, writer.idle(), activated, pooled,
+                      writer.packed_any)
 
 
 def _readers(segment: LoopSegment) -> dict:
@@ -390,9 +452,14 @@ class _Writer:
 
     def __init__(self, segment, widths, splits, storage, seqs, states, params, transposed,
                  dtype, kept, summed, from_output, padded, aliases, folds, activated,
-                 pooled=False):
+                 pooled=False, packed=False):
         self.segment, self.widths, self.splits = segment, widths, splits
         self.pooled = pooled
+        # packing applies to a pooled float32 kernel; self.packs: the function's weights
+        # packed, (pointer, its row stride, K, N), by their place in step_t.packed
+        self.packed = pooled and packed and dtype == "float32"
+        self.packs: list = []
+        self.packed_any = False   # whether either function packs a weight
         # a pass's rows: a part's, r0 .. r1, when the pool splits the step
         self.rows = ("for (long long r = r0; r < r1; r++)" if pooled
                      else "for (long long r = 0; r < B; r++)")
@@ -539,12 +606,15 @@ class _Writer:
                   f"typedef void (*gemm_t)(int, int, int, I, I, I, {t}, const {t}*, I, "
                   f"const {t}*, I, {t}, {t}*, I);", ""]
         if self.pooled:
+            lines[1:1] = ["#include <stdlib.h>"]
             lines += _POOL_DECLARATIONS
-        lines.append(self.forward())
-        lines.append(self.backward(needs))
-        return "\n".join(lines)
+        functions = [self.forward(), self.backward(needs)]
+        if self.packed_any:
+            lines += _PACKED_GEMM
+        return "\n".join(lines + functions)
 
     def forward(self) -> str:
+        self.packs = []
         parts = []   # (how the pool splits it, lines, the columns it splits)
         for unit in self.units:
             if len(unit) > 1:
@@ -669,6 +739,7 @@ class _Writer:
         return f"(t > 0 ? {earlier} : {initial})"
 
     def backward(self, needs: dict) -> str:
+        self.packs = []
         parts = []   # as forward's
         for unit in reversed(self.units):
             if len(unit) > 1:
@@ -758,7 +829,8 @@ class _Writer:
     def _pooled_function(self, name: str, parts: list, reverse: bool) -> str:
         """A function per part of the step, taking (the step, part, parts); the loop calls
         the pool on each (WHOLE ones on its own thread, as one part)."""
-        align = 64 // (4 if self.t == "float" else 8)   # a part's columns start a cache line
+        # a part's columns start a cache line, or a packed panel
+        align = PANEL if self.packed else 64 // (4 if self.t == "float" else 8)
         text, calls = [], []
         for k, (how, lines, columns) in enumerate(parts):
             part = f"{name}_part{k}"
@@ -780,11 +852,26 @@ class _Writer:
         loop = ("for (s.t = T - 1; s.t >= 0; s.t--) {" if reverse
                 else "for (s.t = 0; s.t < T; s.t++) {")
         inner = "\n".join("        " + line for line in calls)
+        packing = []   # the weights packed before the first step, freed after the last
+        for i, (w, ldw, K, N) in enumerate(self.packs):
+            packing += [f"    if (B % 8 == 0 && (s.packed[{i}] = malloc({K}*{N}*sizeof(float))))",
+                        f"        pack_panels({w}, {ldw}, {K}, {N}, s.packed[{i}]);"]
+        freeing = "".join(f"    free(s.packed[{i}]);\n" for i in range(len(self.packs)))
         text.append(f"void {name}(gemm_t gemm, pool_t pool, const long long parts, "
                     f"const long long T, const long long B, void* const* a) {{\n"
-                    f"    step_t s = {{gemm, 0, B, a}};\n"
-                    f"    {loop}\n{inner}\n    }}\n}}\n")
+                    f"    step_t s = {{gemm, 0, B, a, {{0}}}};\n"
+                    + "".join(line + "\n" for line in packing) +
+                    f"    {loop}\n{inner}\n    }}\n{freeing}}}\n")
         return "\n".join(text)
+
+    def _packed(self, w: str, ldw: int, K: int, N: int) -> int | None:
+        """The place in step_t.packed of weight `w` (K x N, row stride ldw) packed for this
+        function, or None where it is not packed."""
+        if not self.packed or N % PANEL or len(self.packs) >= MAX_PACKED:
+            return None
+        self.packs.append((w, ldw, K, N))
+        self.packed_any = True
+        return len(self.packs) - 1
 
     def _param(self, step, name: str) -> str:
         return self.array("param", (step.node, name))
@@ -795,6 +882,11 @@ class _Writer:
         if self.pooled:   # the part's columns c0 .. c1 of the output
             lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, c1 - c0, {inputs}, 1, "
                      f"{x}, {ldx}, {w} + c0, {units}, {beta}, {y} + c0, {ldy});"]
+            packed = self._packed(w, units, inputs, units)
+            if packed is not None:
+                lines = [f"if (s->packed[{packed}]) gemm_packed(B, c1 - c0, {inputs}, {x}, "
+                         f"{ldx}, s->packed[{packed}] + c0*{inputs}, {beta}, {y} + c0, {ldy});",
+                         "else " + lines[0]]
             if "bias" in step.params:
                 b = self._param(step, "bias")
                 lines += [f"{{ {self.t}* y = {y}; const {self.t}* b = {b};",
@@ -820,8 +912,13 @@ class _Writer:
         w = self._param(step, "weight")
         gx, ldgx = self.source_of(route[0], True)
         if self.pooled:   # the part's columns c0 .. c1 of the input's gradient
-            return [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, c1 - c0, {units}, 1, "
-                    f"{gy}, {ldgy}, {w} + c0, {inputs}, 1, {gx} + c0, {ldgx});"]
+            call = (f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, c1 - c0, {units}, 1, "
+                    f"{gy}, {ldgy}, {w} + c0, {inputs}, 1, {gx} + c0, {ldgx});")
+            packed = self._packed(w, inputs, units, inputs)
+            if packed is None:
+                return [call]
+            return [f"if (s->packed[{packed}]) gemm_packed(B, c1 - c0, {units}, {gy}, {ldgy}, "
+                    f"s->packed[{packed}] + c0*{units}, 1, {gx} + c0, {ldgx});", "else " + call]
         return [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, {inputs}, {units}, 1, "
                 f"{gy}, {ldgy}, {w}, {inputs}, 1, {gx}, {ldgx});"]
 

@@ -47,6 +47,9 @@ _POOLED_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes
 
 # whether a loop splits its steps over the thread pool on more than one host thread
 LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "1") != "0"
+# whether a pooled float32 loop multiplies by its weights packed once a call, with a GEMM
+# of its own, rather than by OpenBLAS's, which packs a part's block again at every step
+LOOP_PACK = os.environ.get("NETDSL_LOOP_PACK", "1") != "0"
 # the multiply-adds a step's GEMMs must do for the split to pay: W5's (32x64 by 64x64,
 # 131 K, about 3 us) took longer pooled, 0.36 and 0.45 ms a call at best against 0.33
 # and 0.29 whole; W4's (2.1 M) less (docs/cpu.md)
@@ -84,12 +87,14 @@ def default_needs(lowered, segment: LoopSegment) -> dict:
 
 
 def compile_loop(segment: LoopSegment, types: dict, dtype: str, needs: dict,
-                 padded: bool = False, pooled: bool = False):
+                 padded: bool = False, pooled: bool = False, packed: bool = False):
     """(kernel, forward function, backward function) of a loop, or None when the
     generator does not cover it or the compiler fails on it. `pooled`: the functions
-    that split each step over the thread pool."""
+    that split each step over the thread pool; `packed`: theirs multiply by weights
+    packed once a call (netdsl.lower.native_loop)."""
     _, integer, symbol = gemm(dtype)
-    kernel = loop_kernel(segment, types, dtype, needs, integer, symbol, padded, pooled)
+    kernel = loop_kernel(segment, types, dtype, needs, integer, symbol, padded, pooled,
+                         packed)
     if kernel is None:
         return None
     try:
@@ -142,11 +147,14 @@ class CompiledLoops:
         self.runs: dict[str, _Run] = {}
         self.calls: Counter = Counter()   # compiled passes run, "forward" and "backward"
 
-    def _compiled(self, segment: LoopSegment, needs: dict, padded: bool, pooled: bool):
-        key = (segment.loop.name, tuple(sorted(needs.items())), padded, pooled)
+    def _compiled(self, segment: LoopSegment, needs: dict, padded: bool, pooled: bool,
+                  packed: bool | None = None):
+        packed = LOOP_PACK if packed is None else packed
+        key = (segment.loop.name, tuple(sorted(needs.items())), padded, pooled,
+               pooled and packed)
         if key not in self._made:
             self._made[key] = compile_loop(segment, self.ex.plan.types, self.ex.dtype, needs,
-                                           padded, pooled)
+                                           padded, pooled, packed)
         return self._made[key]
 
     def forward(self, segment: LoopSegment, values: dict, carry: dict,
@@ -261,7 +269,8 @@ class CompiledLoops:
             return False
         needs = {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
                  for s in segment.steps if s.node in wanted and s.node in backward.grad_inputs}
-        made = self._compiled(segment, needs, run.host_lengths is not None, run.kernel.pooled)
+        made = self._compiled(segment, needs, run.host_lengths is not None, run.kernel.pooled,
+                              run.kernel.packed)
         if made is None:   # the forward's loop compiled: only the compiler can fail here
             raise NativeUnavailable(f"{segment.loop.name}: its backward did not compile")
         kernel, forward, backward_call = made

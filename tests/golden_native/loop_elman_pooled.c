@@ -1,4 +1,5 @@
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 __attribute__((simd("notinbranch"))) float tanhf(float);
@@ -9,7 +10,8 @@ typedef void (*gemm_t)(int, int, int, I, I, I, float, const float*, I, const flo
 /* the thread pool (netdsl.lower.native_pool) and what each part of a step reads */
 typedef void (*part_t)(void*, long long, long long);
 typedef void (*pool_t)(part_t, void*, long long);
-typedef struct { gemm_t gemm; long long t, B; void* const* a; } step_t;
+typedef struct { gemm_t gemm; long long t, B; void* const* a;
+                 float* packed[8]; } step_t;
 
 /* part `part` of `parts` even shares of n, in blocks of `align` */
 static inline void share(long long n, long long align, long long part, long long parts,
@@ -58,7 +60,7 @@ static void loop_forward_part1(void* step, const long long part, const long long
 }
 
 void loop_forward(gemm_t gemm, pool_t pool, const long long parts, const long long T, const long long B, void* const* a) {
-    step_t s = {gemm, 0, B, a};
+    step_t s = {gemm, 0, B, a, {0}};
     for (s.t = 0; s.t < T; s.t++) {
         pool(loop_forward_part0, &s, parts);
         pool(loop_forward_part1, &s, parts);
@@ -101,7 +103,7 @@ static void loop_backward_part1(void* step, const long long part, const long lon
 }
 
 void loop_backward(gemm_t gemm, pool_t pool, const long long parts, const long long T, const long long B, void* const* a) {
-    step_t s = {gemm, 0, B, a};
+    step_t s = {gemm, 0, B, a, {0}};
     for (s.t = T - 1; s.t >= 0; s.t--) {
         pool(loop_backward_part0, &s, parts);
         pool(loop_backward_part1, &s, parts);
