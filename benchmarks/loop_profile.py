@@ -5,8 +5,8 @@ A training step of W4 on the native target records the calls the loop makes (fun
 steps, table of pointers); each is then called again N times, as it is and with its
 GEMMs replaced by a function that does nothing (what is left: the passes over the
 gates). The same calls of the pooled functions (runtime.native.loops.LOOP_POOL) on one
-part, all on this thread: what splitting a step costs where there is nothing to split it
-over. Around the calls, per training step: the Python of the loop's forward and
+part, all on this thread, with BLAS's GEMM and with the weights packed (LOOP_PACK): what
+splitting a step costs where there is nothing to split it over, and what packing saves. Around the calls, per training step: the Python of the loop's forward and
 backward (arrays, tables, hand-overs) and the weight gradients' GEMMs after the loop.
 
     python benchmarks/loop_profile.py [--threads 1] [--repeats 15] [--calls 200]
@@ -43,14 +43,14 @@ def sizes(function, steps: int, B: int) -> tuple:
     return (steps, B) if len(function.argtypes) == 4 else (steps, B, 0, B)
 
 
-def pooled_twins(loops, segment, functions) -> dict:
+def pooled_twins(loops, segment, functions, packed: bool) -> dict:
     """The pooled function of each recorded unpooled one, of the same loop and needs
-    (its slots are the same)."""
+    (its slots are the same), its weights `packed` or not."""
     twins = {}
-    for (_, needs, padded, pooled), made in list(loops._made.items()):
+    for (_, needs, padded, pooled, _), made in list(loops._made.items()):
         if made is None or pooled:
             continue
-        _, forward, backward = loops._compiled(segment, dict(needs), padded, True)
+        _, forward, backward = loops._compiled(segment, dict(needs), padded, True, packed)
         twins[id(made[1])], twins[id(made[2])] = forward, backward
     return {id(f): twins[id(f)] for f in functions if id(f) in twins}
 
@@ -120,11 +120,15 @@ def main(argv=None) -> int:
     noop = ctypes.cast(build(_NOOP_GEMM).noop_gemm, ctypes.c_void_p).value
     load = load_average()
     [segment] = [s for s in trainer.ex.lowered.schedule.segments if hasattr(s, "loop")]
-    twins = pooled_twins(loops, segment, [function for function, _, _ in recorded])
+    functions = [function for function, _, _ in recorded]
+    twins = {"BLAS": pooled_twins(loops, segment, functions, False),
+             "packed": pooled_twins(loops, segment, functions, True)}
     pool = pool_address()
-    rows = {"forward": [], "backward": [], "forward, pooled, 1 part": [],
-            "backward, pooled, 1 part": [], "forward, GEMM a no-op": [],
-            "backward, GEMM a no-op": [], "training step": []}
+    rows = {"forward": [], "backward": [],
+            **{f"{way}, pooled, 1 part, {how}": [] for way in ("forward", "backward")
+               for how in twins},
+            "forward, GEMM a no-op": [], "backward, GEMM a no-op": [], "training step": [],
+            "training step, LOOP_POOL": []}
     for _ in range(args.repeats):
         recorded.clear()
         loops._call = record
@@ -135,14 +139,19 @@ def main(argv=None) -> int:
                                               ("backward", bwd, t_bwd, table_bwd)):
             rows[label].append(cpu_ms(lambda: function(
                 loops.address, *sizes(function, steps, loops.ex.size), table), args.calls))
-            twin = twins.get(id(function))
-            if twin is not None:
-                rows[f"{label}, pooled, 1 part"].append(cpu_ms(lambda: twin(
-                    loops.address, pool, 1, steps, loops.ex.size, table), args.calls))
+            for how, made in twins.items():
+                twin = made.get(id(function))
+                if twin is not None:
+                    rows[f"{label}, pooled, 1 part, {how}"].append(cpu_ms(lambda: twin(
+                        loops.address, pool, 1, steps, loops.ex.size, table), args.calls))
             rows[f"{label}, GEMM a no-op"].append(cpu_ms(
                 lambda: function(noop, *sizes(function, steps, loops.ex.size), table), args.calls))
         rows["training step"].append(statistics.median(cpu_ms(trainer.step, 1)
                                                        for _ in range(15)))
+        native_loops.LOOP_POOL = True   # as a run on these threads takes it by default
+        rows["training step, LOOP_POOL"].append(statistics.median(cpu_ms(trainer.step, 1)
+                                                                  for _ in range(15)))
+        native_loops.LOOP_POOL = False
     rows.update(around(trainer, loops))
     print(f"W4 compiled loop, {args.threads} BLAS thread(s), CPU ms per call, median "
           f"[range] of {args.repeats} x {args.calls} calls; load average {load:.2f} -> "
@@ -150,7 +159,7 @@ def main(argv=None) -> int:
     for label, values in rows.items():
         if not values:
             continue
-        print(f"  {label:28s} {statistics.median(values):7.3f} "
+        print(f"  {label:34s} {statistics.median(values):7.3f} "
               f"[{min(values):.3f}-{max(values):.3f}]")
     return 0
 

@@ -6,8 +6,9 @@
 - pooled loops (1, 2 and 4 parts: uneven, and empty parts) give what the unpooled ones
   and float64 PyTorch give, forward and gradients, for LSTM, Elman and GRU cells, full
   and checkpointed BPTT, and what the interpreted loop gives on padded batches;
-- NETDSL_LOOP_POOL=0 (LOOP_POOL) runs the unpooled functions, as do one host thread, a
-  step below POOL_MIN_MACS and a pool that does not build (tried once);
+- NETDSL_LOOP_POOL=0 (LOOP_POOL) runs the unpooled functions, as do one host thread
+  (unless a float32 loop packs its weights), a step below POOL_MIN_MACS and a pool that
+  does not build (tried once);
 - a pooled float32 loop whose split columns come in panels of 32 multiplies by its
   weights packed once a call, giving what BLAS's GEMM gives (rows of 8 or not, which
   falls back to BLAS's); float64 and other widths leave packing out;
@@ -46,14 +47,14 @@ void mark(void* counts, long long part, long long parts) {
 @pytest.fixture
 def parts(request, monkeypatch):
     """The loops run pooled on `request.param` parts (host threads)."""
-    monkeypatch.setattr(native_loops, "pooled_here", lambda macs: True)
+    monkeypatch.setattr(native_loops, "pooled_here", lambda macs, dtype: True)
     monkeypatch.setattr(native_loops, "host_threads", lambda: request.param)
     return request.param
 
 
 @pytest.fixture
 def unpooled(monkeypatch):
-    monkeypatch.setattr(native_loops, "pooled_here", lambda macs: False)
+    monkeypatch.setattr(native_loops, "pooled_here", lambda macs, dtype: False)
 
 
 # ---- the pool itself
@@ -154,7 +155,7 @@ def test_pooled_loops_match_unpooled_and_pytorch(name, every, parts, monkeypatch
     theirs, _ = pair.torch_loss(data["x"], data["y"])
     assert loss == pytest.approx(theirs.item(), rel=1e-10)
     assert_same_grads(grads, pair.torch_grads(theirs))
-    monkeypatch.setattr(native_loops, "pooled_here", lambda macs: False)
+    monkeypatch.setattr(native_loops, "pooled_here", lambda macs, dtype: False)
     plain, _, plain_loss, plain_grads = _run(name, every)
     assert not any(k.pooled for k in _kernels(plain.ex))
     assert loss == pytest.approx(plain_loss, rel=1e-13)
@@ -213,7 +214,7 @@ def _float32_step(cell: str, rows: int, pooled: bool, packed: bool, monkeypatch)
     from netdsl.runtime.execute import Executor
     from netdsl.runtime.init import initial_params
 
-    monkeypatch.setattr(native_loops, "pooled_here", lambda macs: pooled)
+    monkeypatch.setattr(native_loops, "pooled_here", lambda macs, dtype: pooled)
     monkeypatch.setattr(native_loops, "LOOP_PACK", packed)
     lowered = lower(check_text(spec(cell)), "native")
     ex = Executor(lowered, initial_params(lowered.built, "torch", seed=1), dtype="float32")
@@ -258,17 +259,23 @@ def test_the_switch_one_thread_and_small_steps_run_the_unpooled_loop(monkeypatch
     big = native_loops.POOL_MIN_MACS
     monkeypatch.setattr(native_loops, "host_threads", lambda: 2)
     monkeypatch.setattr(native_loops, "LOOP_POOL", True)
-    assert native_loops.pooled_here(big) and not native_loops.pooled_here(big - 1)
+    monkeypatch.setattr(native_loops, "LOOP_PACK", True)
+    assert native_loops.pooled_here(big, "float64")
+    assert not native_loops.pooled_here(big - 1, "float64")
     monkeypatch.setattr(native_loops, "POOL_MIN_MACS", 0)
     pair, _, _, _ = _run("lstm")
     assert all(k.pooled for k in _kernels(pair.ex))
     monkeypatch.setattr(native_loops, "LOOP_POOL", False)
-    assert not native_loops.pooled_here(big)
+    assert not native_loops.pooled_here(big, "float32")
     pair, _, _, _ = _run("lstm")
     assert not any(k.pooled for k in _kernels(pair.ex))
+    # one thread: the pooled functions only where they pack their weights (float32)
     monkeypatch.setattr(native_loops, "LOOP_POOL", True)
     monkeypatch.setattr(native_loops, "host_threads", lambda: 1)
-    assert not native_loops.pooled_here(big)
+    assert native_loops.pooled_here(big, "float32")
+    assert not native_loops.pooled_here(big, "float64")
+    monkeypatch.setattr(native_loops, "LOOP_PACK", False)
+    assert not native_loops.pooled_here(big, "float32")
 
 
 def test_a_steps_gemms_are_counted_per_row():
@@ -328,7 +335,7 @@ def test_without_a_pool_the_loops_run_whole(monkeypatch):
     monkeypatch.setattr(native_loops, "host_threads", lambda: 2)
     monkeypatch.setattr(native_loops, "POOL_MIN_MACS", 0)
     monkeypatch.setattr(native_loops, "LOOP_POOL", True)
-    assert not native_loops.pooled_here(1 << 30)
+    assert not native_loops.pooled_here(1 << 30, "float32")
     pair, data, loss, grads = _run("lstm")
     assert not any(k.pooled for k in _kernels(pair.ex))
     theirs, _ = pair.torch_loss(data["x"], data["y"])
