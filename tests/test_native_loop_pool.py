@@ -204,6 +204,34 @@ def test_a_pooled_padded_batch_holds_the_states_past_each_end(name, every, parts
 
 # ---- weights packed once a call (float32)
 
+_PACKED_CALLS = """
+void packed_product(long long M, long long N, long long K, const float* A, const float* B,
+                    int beta, float* C, float* p) {
+    pack_panels(B, N + 3, K, N, p);   /* B's rows are longer than N: a block of a weight */
+    gemm_packed(M, N, K, A, K, p, beta, C, N);
+}
+"""
+
+
+@pytest.mark.parametrize("M, N, K", [(8, 32, 1), (16, 64, 7), (32, 256, 128), (8, 96, 300)])
+@pytest.mark.parametrize("beta", [0, 1])
+def test_the_packed_gemm_multiplies_as_numpy_does(M, N, K, beta):
+    from netdsl.lower.native_gemm import PACKED_GEMM
+
+    library = build("#include <string.h>\n" + "\n".join(PACKED_GEMM) + _PACKED_CALLS)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N + 3)).astype(np.float32)
+    c = np.full((M, N), np.nan if beta == 0 else 0.5, np.float32)  # beta 0 reads nothing
+    expected = a.astype(np.float64) @ b[:, :N] + (0.5 if beta else 0.0)
+    packed = np.empty(K * N, np.float32)
+    library.packed_product(*(ctypes.c_longlong(v) for v in (M, N, K)),
+                           ctypes.c_void_p(a.ctypes.data), ctypes.c_void_p(b.ctypes.data),
+                           ctypes.c_int(beta), ctypes.c_void_p(c.ctypes.data),
+                           ctypes.c_void_p(packed.ctypes.data))
+    np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-4 * np.sqrt(K))
+
+
 PACKED_CELLS = {"lstm": "lstm(32)", "gru": "gru_reset_after(32)", "elman": "elman(32)"}
 
 

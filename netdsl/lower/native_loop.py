@@ -27,6 +27,7 @@ from netdsl.lower.codegen import Program
 from netdsl.lower.cuda import CTYPES
 from netdsl.lower.fuse import FusedChain
 from netdsl.lower.native import simd_declarations
+from netdsl.lower.native_gemm import PACKED_GEMM, PANEL
 from netdsl.lower.plan import State
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
 from netdsl.ops.base import Op
@@ -63,58 +64,6 @@ _POOL_DECLARATIONS = [
     "",
 ]
 
-# a packed weight's panels: this many columns each (two vectors of 16 floats)
-PANEL = 32
-
-# float32 only: a GEMM over a weight packed once a loop, in panels of PANEL columns: the
-# part's block is the same at every step, where OpenBLAS packs it again at each call
-_PACKED_GEMM = [
-    "/* a weight packed in panels of 32 columns, P[panel][k][32], once a call */",
-    "typedef float v16f __attribute__((vector_size(64)));",
-    "static void pack_panels(const float* w, long long ldw, long long K, long long N,",
-    "                        float* p) {",
-    "    for (long long c = 0; c < N; c += 32)",
-    "        for (long long k = 0; k < K; k++)",
-    "            memcpy(p + c*K + k*32, w + k*ldw + c, 32*sizeof(float));",
-    "}",
-    "",
-    "/* C (M x N) = A (M x K) times the packed panels, plus C unless beta is 0;",
-    "   M a multiple of 8, N of 32: 8 rows by 32 columns in 16 vector registers */",
-    "static void gemm_packed(long long M, long long N, long long K, const float* A,",
-    "                        long long lda, const float* p, int beta, float* C, long long ldc) {",
-    "    for (long long c = 0; c < N; c += 32) {",
-    "        const float* panel = p + c*K;",
-    "        for (long long r = 0; r < M; r += 8) {",
-    "            v16f acc[8][2];",
-    "            for (int i = 0; i < 8; i++) {",
-    "                if (beta) {",
-    "                    memcpy(&acc[i][0], C + (r + i)*ldc + c, 64);",
-    "                    memcpy(&acc[i][1], C + (r + i)*ldc + c + 16, 64);",
-    "                } else {",
-    "                    acc[i][0] = (v16f){0};",
-    "                    acc[i][1] = (v16f){0};",
-    "                }",
-    "            }",
-    "            const float* a = A + r*lda;",
-    "            for (long long k = 0; k < K; k++) {",
-    "                v16f b0, b1;",
-    "                memcpy(&b0, panel + k*32, 64);",
-    "                memcpy(&b1, panel + k*32 + 16, 64);",
-    "                for (int i = 0; i < 8; i++) {",
-    "                    const float x = a[i*lda + k];",
-    "                    acc[i][0] += x * b0;",
-    "                    acc[i][1] += x * b1;",
-    "                }",
-    "            }",
-    "            for (int i = 0; i < 8; i++) {",
-    "                memcpy(C + (r + i)*ldc + c, &acc[i][0], 64);",
-    "                memcpy(C + (r + i)*ldc + c + 16, &acc[i][1], 64);",
-    "            }",
-    "        }",
-    "    }",
-    "}",
-    "",
-]
 
 
 @dataclass(frozen=True)
@@ -610,7 +559,7 @@ class _Writer:
             lines += _POOL_DECLARATIONS
         functions = [self.forward(), self.backward(needs)]
         if self.packed_any:
-            lines += _PACKED_GEMM
+            lines += PACKED_GEMM
         return "\n".join(lines + functions)
 
     def forward(self) -> str:
