@@ -7,10 +7,11 @@ were compiled before). Per path: the median wall-clock step, the median process 
 time of a step (the pool's spinning included), and in how many rounds the pooled step
 was the shorter. With --torch PyTorch's step runs in each round as well, on the same
 threads. The pooled path runs whatever the step's size (POOL_MIN_MACS set to 0: W5's
-steps are below it). The load average is printed before and after; with --keep the raw
+steps are below it), its float32 weights packed unless --blas-gemm (LOOP_PACK). The load average is printed before and after; with --keep the raw
 per-step numbers go to benchmarks/results/.
 
-    python benchmarks/loop_pool_ab.py [--threads 2] [--rounds 60] [--only W4] [--torch] [--keep]
+    python benchmarks/loop_pool_ab.py [--threads 2] [--rounds 60] [--only W4] [--torch]
+                                      [--blas-gemm] [--keep]
 """
 from __future__ import annotations
 
@@ -72,12 +73,16 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=[w.id for w in sequence_speed.WORKLOADS])
     parser.add_argument("--torch", action="store_true", help="PyTorch's step in each round too")
     parser.add_argument("--keep", action="store_true", help="raw numbers to benchmarks/results")
+    parser.add_argument("--blas-gemm", action="store_true",
+                        help="the pooled parts call BLAS's GEMM (no packed weights)")
     args = parser.parse_args(argv)
     fix_malloc()
     native_loops.POOL_MIN_MACS = 0
+    native_loops.LOOP_PACK = not args.blas_gemm
     limiter = limit_blas(args.threads)  # noqa: F841  kept alive for the whole run
     torch.set_num_threads(args.threads)
-    kept = {"threads": args.threads, "rounds": args.rounds, "workloads": {}}
+    kept = {"threads": args.threads, "rounds": args.rounds, "packed": not args.blas_gemm,
+            "workloads": {}}
     for w in sequence_speed.WORKLOADS:
         if args.only and w.id != args.only:
             continue
