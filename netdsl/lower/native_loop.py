@@ -108,7 +108,8 @@ class LoopKernel:
     activated: dict
     # the functions split each step over the process's thread pool (`loop_kernel`)
     pooled: bool = False
-    # a pooled kernel's GEMMs use their weights packed once a call, where they can
+    # whether its pooled functions pack a weight once a call for their own GEMM (float32,
+    # split columns in panels of PANEL: netdsl.lower.native_gemm)
     packed: bool = False
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
