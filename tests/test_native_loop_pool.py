@@ -173,8 +173,8 @@ def _native_pair(name: str):
     return (Executor(host, params, dtype="float64"), Executor(compiled, params, dtype="float64"))
 
 
-def _padded_batch(plan, lengths):
-    rng = np.random.default_rng(0)
+def _padded_batch(plan, lengths, seed=0):
+    rng = np.random.default_rng(seed)
     data = {}
     for key, t in plan.inputs.items():
         shape = (len(lengths), 6, *t.dims) if t.seq else (len(lengths), *t.dims)
@@ -199,6 +199,22 @@ def test_a_pooled_padded_batch_holds_the_states_past_each_end(name, every, parts
     assert all(k.pooled for k in _kernels(native_ex))
     for key, value in outputs[0].items():
         assert float(outputs[1][key]) == pytest.approx(float(value), rel=1e-12), key
+    np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("parts", [2], indirect=True)
+def test_a_pooled_chunk_starts_from_the_last_chunks_states(parts):
+    """Truncated BPTT: the second chunk's pooled loop starts from the first's carried
+    states."""
+    host, native_ex = _native_pair("lstm")
+    first, second = ({key: value for key, value in _padded_batch(host.plan, [6, 6, 6], seed)
+                      .items() if not key.endswith(".lengths")} for seed in (0, 1))
+    for ex in (host, native_ex):
+        ex.forward(first, True)
+        ex.forward(second, True, carry=ex.carry)
+        ex.backward()
+    assert native_ex.compiled_loops.calls == {"forward": 2, "backward": 1}
+    assert all(k.pooled for k in _kernels(native_ex))
     np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
 
 
