@@ -12,15 +12,16 @@ steps: forward on each in turn, then, last span first, forward again from its
 checkpoint and backward. Truncated BPTT's reach, a finiteness check, or a loop the
 generator does not cover runs the interpreted loop instead.
 
-On more than one host thread, a loop whose step's GEMMs multiply-add at least
-POOL_MIN_MACS runs its pooled functions (LoopKernel.pooled): each step's GEMMs split at
+A loop whose step's GEMMs multiply-add at least POOL_MIN_MACS may run its pooled
+functions (LoopKernel.pooled), BLAS held at one thread during the call. With
+NETDSL_LOOP_POOL=1 (LOOP_POOL) and more than one host thread, each step's GEMMs split at
 their output's columns and its passes at the batch's rows over the process's thread pool
-(runtime.native.pool), BLAS held at one thread during the call; the weight gradients'
-GEMMs after the loop keep BLAS's threads. A float32 loop's pooled functions multiply by
-weights packed once a call (LoopKernel.packed), and on one thread too they run, on one
-part. NETDSL_LOOP_POOL=0 (or LOOP_POOL = False) runs the whole batch, its GEMMs on
-BLAS's threads, as smaller loops do; NETDSL_LOOP_PACK=0 (LOOP_PACK) keeps BLAS's GEMM
-in the pooled functions, which one thread then leaves for the whole-batch ones.
+(runtime.native.pool); off by default, since with OpenBLAS's threads spinning beside the
+pool's (the weight gradients after the loop and the hoisted projection keep BLAS's
+threads) W4's step lost at load 1.3 (docs/cpu.md). On one host thread a float32 loop runs
+them on one part, its weights packed once a call for a GEMM of the generated C's own
+(LoopKernel.packed), which beats BLAS's there; NETDSL_LOOP_PACK=0 (LOOP_PACK) leaves it
+the whole-batch functions, and keeps BLAS's GEMM in the pooled ones.
 """
 from __future__ import annotations
 
@@ -48,10 +49,12 @@ _SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_vo
 _POOLED_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong,
                      ctypes.c_longlong, ctypes.c_void_p]
 
-# whether a loop splits its steps over the thread pool on more than one host thread
-LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "1") != "0"
+# whether a loop splits its steps over the thread pool on more than one host thread: off
+# by default, W4's step lost at load 1.3 (14 of 40 alternating steps, docs/cpu.md)
+LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "0") == "1"
 # whether a pooled float32 loop multiplies by its weights packed once a call, with a GEMM
-# of its own, rather than by OpenBLAS's, which packs a part's block again at every step
+# of its own, rather than by OpenBLAS's, which packs a part's block again at every step;
+# and whether one host thread runs such a loop's pooled functions, on one part
 LOOP_PACK = os.environ.get("NETDSL_LOOP_PACK", "1") != "0"
 # the multiply-adds a step's GEMMs must do for the split to pay: W5's (32x64 by 64x64,
 # 131 K, about 3 us) took longer pooled, 0.36 and 0.45 ms a call at best against 0.33
@@ -129,12 +132,15 @@ def _size(dims) -> int:
 
 def pooled_here(macs: int, dtype: str) -> bool:
     """Whether a loop whose steps do `macs` multiply-adds in GEMMs runs its pooled
-    functions now: LOOP_POOL, at least POOL_MIN_MACS, a pool that builds, and more than
-    one host thread, or on one a float32 loop whose weights may be packed (LOOP_PACK),
-    where the packed GEMM on one part beats BLAS's (3.04 against 3.51 ms of CPU for W4's
-    loop forward)."""
-    one_packed = LOOP_PACK and str(dtype) == "float32"
-    if not LOOP_POOL or macs < POOL_MIN_MACS or (host_threads() < 2 and not one_packed):
+    functions now (on host_threads() parts): at least POOL_MIN_MACS, a pool that builds,
+    and LOOP_POOL on more than one host thread, or on one a float32 loop whose weights
+    may be packed (LOOP_PACK), where the packed GEMM beats BLAS's (3.04 against 3.51 ms
+    of CPU for W4's loop forward)."""
+    if macs < POOL_MIN_MACS:
+        return False
+    if host_threads() > 1 and not LOOP_POOL:
+        return False
+    if host_threads() < 2 and not (LOOP_PACK and str(dtype) == "float32"):
         return False
     try:
         pool_address()
