@@ -4,7 +4,7 @@ timed alone, in CPU time of this thread (which another process's load changes li
 A training step of W4 on the native target records the calls the loop makes (function,
 steps, table of pointers); each is then called again N times, as it is and with its
 GEMMs replaced by a function that does nothing (what is left: the passes over the
-gates). The same calls of the pooled functions (runtime.native.loops.LOOP_POOL) on one
+gates). The same calls of the pooled functions (runtime.native.loops) on one
 part, all on this thread, with BLAS's GEMM and with the weights packed (LOOP_PACK): what
 splitting a step costs where there is nothing to split it over, and what packing saves. Around the calls, per training step: the Python of the loop's forward and
 backward (arrays, tables, hand-overs) and the weight gradients' GEMMs after the loop.
@@ -96,7 +96,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     fix_malloc()   # as sequence_speed.py: no page faults from freed and remapped arrays
     limiter = limit_blas(args.threads)  # noqa: F841  kept alive for the whole run
-    native_loops.LOOP_POOL = False   # the unpooled functions are recorded; --threads 1 runs them
+    # the whole-batch functions are recorded: neither split nor packed
+    defaults = native_loops.LOOP_POOL, native_loops.LOOP_PACK
+    native_loops.LOOP_POOL = native_loops.LOOP_PACK = False
     w = next(w for w in sequence_speed.WORKLOADS if w.id == "W4")
     trainer = sequence_speed.Ours(w, sequence_speed.make_batch(w), "native")
     loops = trainer.ex.compiled_loops
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
             **{f"{way}, pooled, 1 part, {how}": [] for way in ("forward", "backward")
                for how in twins},
             "forward, GEMM a no-op": [], "backward, GEMM a no-op": [], "training step": [],
-            "training step, LOOP_POOL": []}
+            "training step, default settings": []}
     for _ in range(args.repeats):
         recorded.clear()
         loops._call = record
@@ -148,10 +150,10 @@ def main(argv=None) -> int:
                 lambda: function(noop, *sizes(function, steps, loops.ex.size), table), args.calls))
         rows["training step"].append(statistics.median(cpu_ms(trainer.step, 1)
                                                        for _ in range(15)))
-        native_loops.LOOP_POOL = True   # as a run on these threads takes it by default
-        rows["training step, LOOP_POOL"].append(statistics.median(cpu_ms(trainer.step, 1)
+        native_loops.LOOP_POOL, native_loops.LOOP_PACK = defaults   # as a run takes them
+        rows["training step, default settings"].append(statistics.median(cpu_ms(trainer.step, 1)
                                                                   for _ in range(15)))
-        native_loops.LOOP_POOL = False
+        native_loops.LOOP_POOL = native_loops.LOOP_PACK = False
     rows.update(around(trainer, loops))
     print(f"W4 compiled loop, {args.threads} BLAS thread(s), CPU ms per call, median "
           f"[range] of {args.repeats} x {args.calls} calls; load average {load:.2f} -> "
