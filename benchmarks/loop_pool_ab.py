@@ -2,8 +2,8 @@
 W4's and W5's training steps (native target) alternating every step in one process.
 
 Each round runs one step of each path, the order swapped every round, both on the same
-executor (runtime.native.loops.LOOP_POOL switched between steps; each path's functions
-were compiled before). Per path: the median wall-clock step, the median process CPU
+executor (runtime.native.loops.LOOP_POOL and LOOP_PACK switched between steps: the
+whole-batch path has both off; each path's functions were compiled before). Per path: the median wall-clock step, the median process CPU
 time of a step (the pool's spinning included), and in how many rounds the pooled step
 was the shorter. With --torch PyTorch's step runs in each round as well, on the same
 threads. The pooled path runs whatever the step's size (POOL_MIN_MACS set to 0: W5's
@@ -34,14 +34,15 @@ def timed(step) -> tuple[float, float]:
     return (time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3
 
 
-def compare(w, rounds: int, with_torch: bool) -> dict:
+def compare(w, rounds: int, with_torch: bool, packed: bool) -> dict:
     batch = sequence_speed.make_batch(w)
     ours = sequence_speed.Ours(w, batch, "native")
     theirs = sequence_speed.Theirs(w, batch) if with_torch else None
 
     def path(pooled: bool):
-        def step():
+        def step():   # whole: neither split nor packed (one thread packs by default)
             native_loops.LOOP_POOL = pooled
+            native_loops.LOOP_PACK = pooled and packed
             ours.step()
         return step
 
@@ -61,7 +62,6 @@ def compare(w, rounds: int, with_torch: bool) -> dict:
             wall_ms, cpu_ms = timed(paths[name])
             times[name].append(wall_ms)
             cpu[name].append(cpu_ms)
-    native_loops.LOOP_POOL = True
     won = sum(p < q for p, q in zip(times["pooled"], times["whole"]))
     return {"times": times, "cpu": cpu, "won": won}
 
@@ -78,7 +78,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     fix_malloc()
     native_loops.POOL_MIN_MACS = 0
-    native_loops.LOOP_PACK = not args.blas_gemm
     limiter = limit_blas(args.threads)  # noqa: F841  kept alive for the whole run
     torch.set_num_threads(args.threads)
     kept = {"threads": args.threads, "rounds": args.rounds, "packed": not args.blas_gemm,
@@ -87,7 +86,7 @@ def main(argv=None) -> int:
         if args.only and w.id != args.only:
             continue
         before = load_average()
-        result = compare(w, args.rounds, args.torch)
+        result = compare(w, args.rounds, args.torch, not args.blas_gemm)
         after = load_average()
         kept["workloads"][w.id] = {**result, "load_before": before, "load_after": after}
         print(f"{w.id} ({w.title}), {args.threads} threads, {args.rounds} rounds, load "
