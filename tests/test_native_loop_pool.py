@@ -12,6 +12,8 @@
 - a pooled float32 loop whose split columns come in panels of 32 multiplies by its
   weights packed once a call, giving what BLAS's GEMM gives (rows of 8 or not, which
   falls back to BLAS's); float64 and other widths leave packing out;
+- a split loop parks OpenBLAS's workers first (NETDSL_PARK_BLAS=0: not), and a
+  threaded GEMM after that starts them again and computes the same;
 - a forked child has no workers and still runs a pooled loop.
 (A part is a GEMM or a loop over arrays: it cannot fail, so nothing waits on a failure.)
 """
@@ -398,3 +400,33 @@ def test_without_a_pool_the_loops_run_whole(monkeypatch):
     theirs, _ = pair.torch_loss(data["x"], data["y"])
     assert loss == pytest.approx(theirs.item(), rel=1e-10)
     assert len(tries) == 1
+
+
+# ---- OpenBLAS's workers parked before a split loop
+
+def test_openblas_workers_parked_start_again_at_the_next_threaded_gemm():
+    from threadpoolctl import threadpool_limits
+
+    from netdsl.runtime.native.pool import park_blas_workers
+
+    a = np.random.default_rng(0).standard_normal((256, 256))
+    with threadpool_limits(2):
+        expected = a @ a
+        parked = park_blas_workers()
+        np.testing.assert_array_equal(a @ a, expected)
+        park_blas_workers()
+    assert parked == any(i.get("internal_api") == "openblas"
+                         for i in __import__("threadpoolctl").threadpool_info())
+
+
+@pytest.mark.parametrize("parts", [2], indirect=True)
+@pytest.mark.parametrize("park", [True, False])
+def test_a_split_loop_parks_openblas_first_unless_told_not(parts, park, monkeypatch):
+    parked = []
+    monkeypatch.setattr(native_loops, "PARK_BLAS", park)
+    monkeypatch.setattr(native_loops, "park_blas_workers", lambda: parked.append(1))
+    pair, data, loss, grads = _run("lstm")
+    assert len(parked) == (2 if park else 0)   # before the forward call and the backward
+    theirs, _ = pair.torch_loss(data["x"], data["y"])
+    assert loss == pytest.approx(theirs.item(), rel=1e-10)
+    assert_same_grads(grads, pair.torch_grads(theirs))

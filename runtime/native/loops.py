@@ -36,7 +36,7 @@ from netdsl.lower.schedule import SEQ, STATE, LoopSegment
 from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.loops import add_grad, initial_values, loop_lengths, note_lengths
 from netdsl.runtime.native.blas import gemm
-from netdsl.runtime.native.pool import pool_address
+from netdsl.runtime.native.pool import park_blas_workers, pool_address
 from netdsl.runtime.recompute import (Handback, advance_tail, loop_inputs, span_initials,
                                       span_rows, spans)
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
@@ -52,6 +52,10 @@ _POOLED_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes
 # whether a loop splits its steps over the thread pool on more than one host thread: off
 # by default, W4's step lost at load 1.3 (14 of 40 alternating steps, docs/cpu.md)
 LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "0") == "1"
+# whether a split loop stops OpenBLAS's workers first, which spin after each GEMM on the
+# cores the pool needs: parked, W4's pooled step was the shorter in 48 of 60 on a quiet
+# machine (8.02 against 8.84 ms), spinning in 10 of 60 (docs/cpu.md)
+PARK_BLAS = os.environ.get("NETDSL_PARK_BLAS", "1") != "0"
 # whether a pooled float32 loop multiplies by its weights packed once a call, with a GEMM
 # of its own, rather than by OpenBLAS's, which packs a part's block again at every step;
 # and whether one host thread runs such a loop's pooled functions, on one part
@@ -251,12 +255,16 @@ class CompiledLoops:
         """Run a loop's function over the batch's rows. Blocks of rows on threads of their
         own for the whole loop, BLAS on one thread each, lost on a quiet machine (W4's
         step 10.9-11.1 ms split against 8.4-8.5 whole, docs/cpu.md). A pooled function
-        splits each step instead, its parts calling BLAS on one thread."""
+        splits each step instead, its parts calling BLAS on one thread, OpenBLAS's spinning
+        workers stopped first (PARK_BLAS)."""
         if not kernel.pooled:
             function(self.address, steps, self.ex.size, table)
             return
         with one_blas_thread(np):
-            function(self.address, pool_address(), host_threads(), steps, self.ex.size, table)
+            parts = host_threads()
+            if parts > 1 and PARK_BLAS:
+                park_blas_workers()
+            function(self.address, pool_address(), parts, steps, self.ex.size, table)
 
     def _table(self, run: _Run, grads: dict):
         """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""

@@ -55,3 +55,33 @@ def pool_workers() -> int:
     """The workers the pool has started (none before a call wanted them, and none in a
     forked child until its first such call)."""
     return _loaded().pool_workers()
+
+
+_park = None   # OpenBLAS's blas_thread_shutdown_, or False where the BLAS has none
+
+
+def park_blas_workers() -> bool:
+    """Stop OpenBLAS's worker threads before the pool's run, if NumPy's BLAS is OpenBLAS;
+    whether it did. After each GEMM they ran they spin about 0.1 s without yielding, on
+    the cores the pool's workers need (W4's pooled step lost to them on a quiet machine,
+    docs/cpu.md). `blas_thread_shutdown_` is what OpenBLAS calls before a fork: it joins
+    the workers under the lock its own calls take, and its next threaded GEMM starts
+    them again (60-100 us each way)."""
+    global _park
+    if _park is None:
+        from threadpoolctl import threadpool_info  # a dependency; loaded with the native loops
+
+        _park = False
+        for found in threadpool_info():
+            if found.get("internal_api") != "openblas":
+                continue
+            try:
+                _park = ctypes.CDLL(found["filepath"]).blas_thread_shutdown_
+            except (OSError, AttributeError):
+                continue
+            _park.restype, _park.argtypes = ctypes.c_int, []
+            break
+    if _park is False:
+        return False
+    _park()
+    return True
