@@ -13,9 +13,10 @@ width), the parameters; then, for backward, the members' gradients, the sequence
 and the initial values'. A split is a view of its parent:
 (parent, column offset, the parent's row stride), and so is its gradient. Each function
 runs the whole batch through every step (blocks of rows on threads of their own lost to
-BLAS's threads: docs/cpu.md). Only text is made here; netdsl.runtime.native.loops
-compiles, feeds and calls it, and computes the dense layers' weight gradients after the
-loop.
+BLAS's threads: docs/cpu.md); a pooled kernel's split each step over the thread pool
+(netdsl.lower.native_pool): the GEMMs at their output's columns, the passes at the
+batch's rows. Only text is made here; netdsl.runtime.native.loops compiles, feeds and
+calls it, and computes the dense layers' weight gradients after the loop.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from netdsl.lower.codegen import Program
 from netdsl.lower.cuda import CTYPES
 from netdsl.lower.fuse import FusedChain
 from netdsl.lower.native import simd_declarations
+from netdsl.lower.native_gemm import PACKED_GEMM, PANEL
 from netdsl.lower.plan import State
 from netdsl.lower.schedule import MEMBER, SEQ, STATE, LoopSegment
 from netdsl.ops.base import Op
@@ -35,6 +37,33 @@ __all__ = ["LoopKernel", "loop_kernel"]
 
 # CBLAS's enumerations
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+# how a pooled kernel splits a part of its step: at the step's rows (a pass), at a dense
+# layer's output columns (its GEMM), or not at all (on the calling thread)
+ROWS, COLUMNS, WHOLE = "rows", "columns", "whole"
+
+# the most weights a pooled function keeps packed (step_t.packed)
+MAX_PACKED = 8
+
+_POOL_DECLARATIONS = [
+    "/* the thread pool (netdsl.lower.native_pool) and what each part of a step reads */",
+    "typedef void (*part_t)(void*, long long, long long);",
+    "typedef void (*pool_t)(part_t, void*, long long);",
+    "typedef struct { gemm_t gemm; long long t, B; void* const* a;",
+    f"                 float* packed[{MAX_PACKED}]; }} step_t;",
+    "",
+    "/* part `part` of `parts` even shares of n, in blocks of `align` */",
+    "static inline void share(long long n, long long align, long long part, long long parts,",
+    "                         long long* lo, long long* hi) {",
+    "    const long long blocks = (n + align - 1) / align;",
+    "    *lo = blocks * part / parts * align;",
+    "    *hi = blocks * (part + 1) / parts * align;",
+    "    if (*lo > n) *lo = n;",
+    "    if (*hi > n) *hi = n;",
+    "}",
+    "",
+]
+
 
 
 @dataclass(frozen=True)
@@ -77,6 +106,11 @@ class LoopKernel:
     # sigmoids): forward writes the function's value over the member's, backward reads it
     # instead of computing it again; member -> (chain, input index, the function)
     activated: dict
+    # the functions split each step over the process's thread pool (`loop_kernel`)
+    pooled: bool = False
+    # whether its pooled functions pack a weight once a call for their own GEMM (float32,
+    # split columns in panels of PANEL: netdsl.lower.native_gemm)
+    packed: bool = False
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
         """How many steps of `node`'s values (or gradients) its array holds."""
@@ -86,7 +120,8 @@ class LoopKernel:
 
 
 def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
-                index_type: str, gemm: str, padded: bool = False) -> LoopKernel | None:
+                index_type: str, gemm: str, padded: bool = False,
+                pooled: bool = False, packed: bool = False) -> LoopKernel | None:
     """The kernel of `segment`, or None when a member is of a kind it does not cover.
 
     `needs[node]` are the member's differentiated inputs (absent: backward skips it);
@@ -96,6 +131,16 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     gradient there flows on to the step before, as runtime.loops does (a length of 0 or
     less holds the initial value from step 0 on: a checkpointed span's lengths count from
     its first step).
+
+    A `pooled` kernel's functions take the thread pool's `pool_run` and a number of
+    parts after the GEMM (netdsl.lower.native_pool) and split every step: a dense
+    layer's GEMM at its output's columns, each part calling the GEMM on its block (BLAS
+    held at one thread by the caller), and a pass over the step's rows at its rows; a
+    call of the pool between them is the barrier. What must see every row (a padded
+    state's hold after a dense layer, clearing a step's gradients) runs on the calling
+    thread. A `packed` one, in float32, multiplies by each weight whose split columns
+    come in panels of PANEL packed once a call (a GEMM of its own, on batches of a
+    multiple of 8 rows; otherwise BLAS's).
     """
     widths = {}
     for step, route in zip(segment.steps, segment.routes):
@@ -130,10 +175,12 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     folds = _folds(segment, splits, kept, summed, aliases)
     activated = _activated(segment, splits, widths, from_output)
     writer = _Writer(segment, widths, splits, storage, seqs, states, params, transposed,
-                     dtype, kept, summed, from_output, padded, aliases, folds, activated)
+                     dtype, kept, summed, from_output, padded, aliases, folds, activated,
+                     pooled, packed)
     source = writer.module(needs, index_type, gemm)
     return LoopKernel(source, storage, seqs, states, params, transposed, widths, kept, summed,
-                      splits, aliases, folds, writer.idle(), activated)
+                      splits, aliases, folds, writer.idle(), activated, pooled,
+                      writer.packed_any)
 
 
 def _readers(segment: LoopSegment) -> dict:
@@ -354,8 +401,18 @@ class _Writer:
     """The C text of one loop, with each value's place at time t."""
 
     def __init__(self, segment, widths, splits, storage, seqs, states, params, transposed,
-                 dtype, kept, summed, from_output, padded, aliases, folds, activated):
+                 dtype, kept, summed, from_output, padded, aliases, folds, activated,
+                 pooled=False, packed=False):
         self.segment, self.widths, self.splits = segment, widths, splits
+        self.pooled = pooled
+        # packing applies to a pooled float32 kernel; self.packs: the function's weights
+        # packed, (pointer, its row stride, K, N), by their place in step_t.packed
+        self.packed = pooled and packed and dtype == "float32"
+        self.packs: list = []
+        self.packed_any = False   # whether either function packs a weight
+        # a pass's rows: a part's, r0 .. r1, when the pool splits the step
+        self.rows = ("for (long long r = r0; r < r1; r++)" if pooled
+                     else "for (long long r = 0; r < B; r++)")
         self.aliases, self.folds = aliases, folds
         # (chain, input index) -> the let whose value forward writes over that input's
         self.activated = {(chain, j): let for chain, j, let in activated.values()}
@@ -498,33 +555,45 @@ class _Writer:
                   f"typedef {index_type} I;",
                   f"typedef void (*gemm_t)(int, int, int, I, I, I, {t}, const {t}*, I, "
                   f"const {t}*, I, {t}, {t}*, I);", ""]
-        lines.append(self.forward())
-        lines.append(self.backward(needs))
-        return "\n".join(lines)
+        if self.pooled:
+            lines[1:1] = ["#include <stdlib.h>"]
+            lines += _POOL_DECLARATIONS
+        functions = [self.forward(), self.backward(needs)]
+        if self.packed_any:
+            lines += PACKED_GEMM
+        return "\n".join(lines + functions)
 
     def forward(self) -> str:
-        body = []
+        self.packs = []
+        parts = []   # (how the pool splits it, lines, the columns it splits)
         for unit in self.units:
             if len(unit) > 1:
-                body += self._fused_forward(unit)
+                parts.append((ROWS, self._fused_forward(unit), None))
                 continue
             [(step, route)] = unit
             op = step.op
             y, ldy = self.member(step.node, False)
             if op.column_linear and step.node in self.folded_into:
-                body += self._folded_dense_forward(step, route)
+                parts.append((COLUMNS, self._folded_dense_forward(step, route),
+                              self.widths[step.node]))
             elif op.column_linear:
                 x, ldx = self.source_of(route[0], False)
-                body += self._dense_forward(step, route, x, ldx, y, ldy)
+                parts.append((COLUMNS, self._dense_forward(step, route, x, ldx, y, ldy),
+                              self.widths[step.node]))
             else:
                 inputs = [self.source_of(r, False) for r in route]
                 arrays = {f"x{j}": p for j, p in enumerate(inputs)}
                 arrays["y"] = (y, ldy)
-                body += self._elementwise(self._forward_program(step), arrays,
-                                          self.widths[step.node], accumulate=False)
+                parts.append((ROWS, self._elementwise(self._forward_program(step), arrays,
+                                                      self.widths[step.node],
+                                                      accumulate=False), None))
             if self.padded and step.node in self.segment.depth:
-                body += self._hold(step.node)
-        return self._function("loop_forward", body)
+                how, lines, columns = parts[-1]
+                if how == ROWS:   # a row's hold reads that row alone
+                    parts[-1] = (how, lines + self._hold(step.node), columns)
+                else:
+                    parts.append((WHOLE, self._hold(step.node), None))
+        return self._function("loop_forward", parts)
 
     def _folded_dense_forward(self, step, route) -> list[str]:
         """A recurrent product and the sequence its chain adds: the sequence's step copied
@@ -535,14 +604,19 @@ class _Writer:
         seq = next(r for r in chain_route if r.kind == SEQ)
         y, ldy = self.member(chain, False)
         x, ldx = self.source_of(route[0], False)
-        copy = (f"memcpy({y}, {self.source_of(seq, False)[0]}, "
-                f"B*{self.widths[chain]}*sizeof({self.t}));")
+        if self.pooled:   # the part's columns of every row
+            source, ldseq = self.source_of(seq, False)
+            copy = (f"for (long long r = 0; r < B; r++) memcpy({y} + r*{ldy} + c0, "
+                    f"{source} + r*{ldseq} + c0, (c1 - c0)*sizeof({self.t}));")
+        else:
+            copy = (f"memcpy({y}, {self.source_of(seq, False)[0]}, "
+                    f"B*{self.widths[chain]}*sizeof({self.t}));")
         return [copy] + self._dense_forward(step, route, x, ldx, y, ldy, beta=1)
 
     def _fused_forward(self, unit: list) -> list[str]:
         """A run of chains as one pass: each member's value in a register, read from there
         by the chains after it, written only where another step or backward reads it."""
-        t, places, body = self.t, _Places(self.t), []
+        t, places, body = self.t, _Places(self.t, self.rows), []
         local = {}
         skip = self._local_values(unit)
         for k, (step, route) in enumerate(unit):
@@ -592,7 +666,7 @@ class _Writer:
         checkpointed span's first, whose lengths count from it) its initial value."""
         w, now = self.widths[node], self.member(node, False)[0]
         before = self._before(node, False)
-        return [f"for (long long r = 0; r < B; r++) if (t >= "
+        return [f"{self.rows} if (t >= "
                 f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
                 f"    memcpy({now} + r*{w}, {before} + r*{w}, {w}*sizeof({self.t}));"]
 
@@ -600,7 +674,7 @@ class _Writer:
         """A held state's gradient past a sequence's end goes whole to the step before."""
         w, now = self.widths[node], self.member(node, True)[0]
         before = self._before(node, True)
-        return [f"for (long long r = 0; r < B; r++) if (t >= "
+        return [f"{self.rows} if (t >= "
                 f"((const long long*)a[{self.slot[('lengths', None)]}])[r])",
                 f"    for (long long i = 0; i < {w}; i++) {{ {before}[r*{w} + i] += "
                 f"{now}[r*{w} + i]; {now}[r*{w} + i] = 0; }}"]
@@ -615,22 +689,28 @@ class _Writer:
         return f"(t > 0 ? {earlier} : {initial})"
 
     def backward(self, needs: dict) -> str:
-        body = []
+        self.packs = []
+        parts = []   # as forward's
         for unit in reversed(self.units):
             if len(unit) > 1:
-                body += self._fused_backward(unit, needs)
+                parts.append((ROWS, self._fused_backward(unit, needs), None))
                 continue
             [(step, route)] = unit
             wanted = needs.get(step.node)
             op = step.op
             if wanted is None:
                 continue
+            body = []
             if self.padded and step.node in self.segment.depth:
                 body += self._pass_back(step.node)
             gy, ldgy = self.member(step.node, True)
             if op.column_linear:
-                body += self._dense_backward(step, route, wanted, gy, ldgy)
-            elif any(wanted):
+                if body:   # the GEMM reads every row of the gradient passed back
+                    parts.append((WHOLE, body, None))
+                parts.append((COLUMNS, self._dense_backward(step, route, wanted, gy, ldgy),
+                              self.widths[_ref_node(route[0])]))
+                continue
+            if any(wanted):
                 arrays = {f"x{j}": self.source_of(r, False) for j, r in enumerate(route)}
                 arrays["y"] = self.member(step.node, False)
                 arrays["gy"] = (gy, ldgy)
@@ -640,15 +720,18 @@ class _Writer:
                         arrays[f"dx{j}"] = self.source_of(r, True)
                 body += self._elementwise(self._backward_program(step, wanted), arrays,
                                           self.widths[step.node], accumulate=True)
+            parts.append((ROWS, body, None))
         clear = [f"memset({self.array('grad', n)}, 0, B*{self.widths[n]}*sizeof({self.t}));"
                  for n in self.scratch]
-        return self._function("loop_backward", clear + body, reverse=True)
+        if clear:
+            parts.insert(0, (WHOLE, clear, None))
+        return self._function("loop_backward", parts, reverse=True)
 
     def _fused_backward(self, unit: list, needs: dict) -> list[str]:
         """A run of chains' backward as one pass, last chain first: a member's gradient is
         what reached its memory (from later steps, other steps, after the loop) plus what
         the run's later chains gave it in registers."""
-        t, places, body = self.t, _Places(self.t), []
+        t, places, body = self.t, _Places(self.t, self.rows), []
         nodes = {s.node for s, _ in unit}
         given: dict = {n: [] for n in nodes}    # a member -> the registers adding into it
         in_memory = nodes - self._local_grads(unit)
@@ -681,13 +764,64 @@ class _Writer:
                                 f"{c(_prefixed(e, k), t)};")
         return places.loop(body, self.widths[unit[0][0].node])
 
-    def _function(self, name: str, body: list[str], reverse: bool = False) -> str:
+    def _function(self, name: str, parts: list, reverse: bool = False) -> str:
+        """The function running `parts` (how the pool splits each, its lines, the columns
+        it splits) at every step, last step first if `reverse`."""
+        if self.pooled:
+            return self._pooled_function(name, parts, reverse)
         loop = ("for (long long t = T - 1; t >= 0; t--) {" if reverse
                 else "for (long long t = 0; t < T; t++) {")
-        inner = "\n".join("        " + line for line in body)
+        inner = "\n".join("        " + line for _, lines, _ in parts for line in lines)
         return (f"void {name}(gemm_t gemm, const long long T, const long long B, "
                 f"void* const* a) {{\n"
                 f"    {loop}\n{inner}\n    }}\n}}\n")
+
+    def _pooled_function(self, name: str, parts: list, reverse: bool) -> str:
+        """A function per part of the step, taking (the step, part, parts); the loop calls
+        the pool on each (WHOLE ones on its own thread, as one part)."""
+        # a part's columns start a cache line, or a packed panel
+        align = PANEL if self.packed else 64 // (4 if self.t == "float" else 8)
+        text, calls = [], []
+        for k, (how, lines, columns) in enumerate(parts):
+            part = f"{name}_part{k}"
+            head = [f"static void {part}(void* step, const long long part, "
+                    f"const long long parts) {{",
+                    "    const step_t* s = (const step_t*)step;",
+                    "    const gemm_t gemm = s->gemm; const long long t = s->t, B = s->B;",
+                    "    void* const* a = s->a;",
+                    "    (void)gemm; (void)t; (void)a;"]
+            if how == COLUMNS:
+                head += ["    long long c0, c1;",
+                         f"    share({columns}, {align}, part, parts, &c0, &c1);",
+                         "    if (c0 >= c1) return;"]
+            else:
+                head += ["    long long r0, r1;", "    share(B, 1, part, parts, &r0, &r1);",
+                         "    if (r0 >= r1) return;"]
+            text += head + ["    " + line for line in lines] + ["}", ""]
+            calls.append(f"{part}(&s, 0, 1);" if how == WHOLE else f"pool({part}, &s, parts);")
+        loop = ("for (s.t = T - 1; s.t >= 0; s.t--) {" if reverse
+                else "for (s.t = 0; s.t < T; s.t++) {")
+        inner = "\n".join("        " + line for line in calls)
+        packing = []   # the weights packed before the first step, freed after the last
+        for i, (w, ldw, K, N) in enumerate(self.packs):
+            packing += [f"    if (B % 8 == 0 && (s.packed[{i}] = malloc({K}*{N}*sizeof(float))))",
+                        f"        pack_panels({w}, {ldw}, {K}, {N}, s.packed[{i}]);"]
+        freeing = "".join(f"    free(s.packed[{i}]);\n" for i in range(len(self.packs)))
+        text.append(f"void {name}(gemm_t gemm, pool_t pool, const long long parts, "
+                    f"const long long T, const long long B, void* const* a) {{\n"
+                    f"    step_t s = {{gemm, 0, B, a, {{0}}}};\n"
+                    + "".join(line + "\n" for line in packing) +
+                    f"    {loop}\n{inner}\n    }}\n{freeing}}}\n")
+        return "\n".join(text)
+
+    def _packed(self, w: str, ldw: int, K: int, N: int) -> int | None:
+        """The place in step_t.packed of weight `w` (K x N, row stride ldw) packed for this
+        function, or None where it is not packed."""
+        if not self.packed or N % PANEL or len(self.packs) >= MAX_PACKED:
+            return None
+        self.packs.append((w, ldw, K, N))
+        self.packed_any = True
+        return len(self.packs) - 1
 
     def _param(self, step, name: str) -> str:
         return self.array("param", (step.node, name))
@@ -695,6 +829,20 @@ class _Writer:
     def _dense_forward(self, step, route, x, ldx, y, ldy, beta: int = 0) -> list[str]:
         units, inputs = self.widths[step.node], self.widths[_ref_node(route[0])]
         w = self.array("transposed", (step.node, "weight"))
+        if self.pooled:   # the part's columns c0 .. c1 of the output
+            lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, c1 - c0, {inputs}, 1, "
+                     f"{x}, {ldx}, {w} + c0, {units}, {beta}, {y} + c0, {ldy});"]
+            packed = self._packed(w, units, inputs, units)
+            if packed is not None:
+                lines = [f"if (s->packed[{packed}]) gemm_packed(B, c1 - c0, {inputs}, {x}, "
+                         f"{ldx}, s->packed[{packed}] + c0*{inputs}, {beta}, {y} + c0, {ldy});",
+                         "else " + lines[0]]
+            if "bias" in step.params:
+                b = self._param(step, "bias")
+                lines += [f"{{ {self.t}* y = {y}; const {self.t}* b = {b};",
+                          f"  for (long long r = 0; r < B; r++) for (long long c = c0; c < c1;"
+                          f" c++) y[r*{ldy} + c] += b[c]; }}"]
+            return lines
         lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, {units}, {inputs}, 1, "
                  f"{x}, {ldx}, {w}, {units}, {beta}, {y}, {ldy});"]
         if "bias" in step.params:
@@ -713,6 +861,14 @@ class _Writer:
         units, inputs = self.widths[step.node], self.widths[_ref_node(route[0])]
         w = self._param(step, "weight")
         gx, ldgx = self.source_of(route[0], True)
+        if self.pooled:   # the part's columns c0 .. c1 of the input's gradient
+            call = (f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, c1 - c0, {units}, 1, "
+                    f"{gy}, {ldgy}, {w} + c0, {inputs}, 1, {gx} + c0, {ldgx});")
+            packed = self._packed(w, inputs, units, inputs)
+            if packed is None:
+                return [call]
+            return [f"if (s->packed[{packed}]) gemm_packed(B, c1 - c0, {units}, {gy}, {ldgy}, "
+                    f"s->packed[{packed}] + c0*{units}, 1, {gx} + c0, {ldgx});", "else " + call]
         return [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, {inputs}, {units}, 1, "
                 f"{gy}, {ldgy}, {w}, {inputs}, 1, {gx}, {ldgx});"]
 
@@ -727,7 +883,7 @@ class _Writer:
                 const = "" if name in program.outputs else "const "
                 lines.append(f"  {const}{t}* restrict p_{name} = {pointer}; "
                              f"const long long s_{name} = {stride};")
-        lines.append("  for (long long r = 0; r < B; r++) {")
+        lines.append(f"  {self.rows} {{")
         lines.append("    #pragma omp simd")
         lines.append(f"    for (long long i = 0; i < {width}; i++) {{")
         lines += [f"      const {t} {n} = p_{n}[r*s_{n} + i];" for n in program.reads]
@@ -745,8 +901,8 @@ class _Places:
     """The arrays one fused pass reads and writes, a pointer each (one per place, so that
     `restrict` holds), and the pass's loop over the step's rows."""
 
-    def __init__(self, ctype: str):
-        self.t = ctype
+    def __init__(self, ctype: str, rows: str):
+        self.t, self.rows = ctype, rows
         self.pointers: dict = {}    # (pointer, row stride) -> (name, written)
 
     def _name(self, pointer: str, stride: str, written: bool) -> str:
@@ -765,7 +921,7 @@ class _Places:
         for (pointer, _), (name, written) in self.pointers.items():
             const = "" if written else "const "
             lines.append(f"  {const}{self.t}* restrict {name} = {pointer};")
-        lines += ["  for (long long r = 0; r < B; r++) {", "    #pragma omp simd",
+        lines += [f"  {self.rows} {{", "    #pragma omp simd",
                   f"    for (long long i = 0; i < {width}; i++) {{"]
         lines += ["      " + line for line in body]
         return lines + ["    }", "  }", "}"]

@@ -11,18 +11,34 @@ interpreted step by step does, a padded batch's lengths included. Checkpointed
 steps: forward on each in turn, then, last span first, forward again from its
 checkpoint and backward. Truncated BPTT's reach, a finiteness check, or a loop the
 generator does not cover runs the interpreted loop instead.
+
+A loop whose step's GEMMs multiply-add at least POOL_MIN_MACS may run its pooled
+functions (LoopKernel.pooled), BLAS held at one thread during the call. With
+NETDSL_LOOP_POOL=1 (LOOP_POOL) and more than one host thread, each step's GEMMs split at
+their output's columns and its passes at the batch's rows over the process's thread pool
+(runtime.native.pool), OpenBLAS's spinning workers parked first (PARK_BLAS: the weight
+gradients after the loop and the hoisted projection keep BLAS's threads, which would spin
+beside the pool's). Off by default: on a quiet machine W4's split step was faster in
+some runs and slower in others, where the whole-batch one is steady (docs/cpu.md). On
+one host thread a float32 loop runs them on one part, its weights packed once a call for
+a GEMM of the generated C's own (LoopKernel.packed), which beats BLAS's there;
+NETDSL_LOOP_PACK=0 (LOOP_PACK) leaves it the whole-batch functions, and keeps BLAS's
+GEMM in the pooled ones.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 from collections import Counter
 
 import numpy as np
 
 from netdsl.lower.native_loop import LoopKernel, loop_kernel
 from netdsl.lower.schedule import SEQ, STATE, LoopSegment
+from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.loops import add_grad, initial_values, loop_lengths, note_lengths
 from netdsl.runtime.native.blas import gemm
+from netdsl.runtime.native.pool import park_blas_workers, pool_address
 from netdsl.runtime.recompute import (Handback, advance_tail, loop_inputs, span_initials,
                                       span_rows, spans)
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
@@ -31,6 +47,26 @@ __all__ = ["CompiledLoops", "compile_loop", "default_needs"]
 
 _NOTHING = np.empty(0, np.uint8)   # in a slot the function called does not read
 _SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p]
+# a pooled function's: the GEMM, pool_run, the parts, T, B, the slots
+_POOLED_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong,
+                     ctypes.c_longlong, ctypes.c_void_p]
+
+# whether a loop splits its steps over the thread pool on more than one host thread: off
+# by default, on a quiet machine W4's split step was faster in some runs of 25 steps and
+# slower in others (block medians 6.0-14.4 ms against a steady 7.1-9.8 whole, docs/cpu.md)
+LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "0") == "1"
+# whether a split loop stops OpenBLAS's workers first, which spin after each GEMM on the
+# cores the pool needs: spinning, W4's split step lost on a quiet machine (the shorter in
+# 10 of 60 alternating steps, 14.0 against 8.6 ms), parked it won (docs/cpu.md)
+PARK_BLAS = os.environ.get("NETDSL_PARK_BLAS", "1") != "0"
+# whether a pooled float32 loop multiplies by its weights packed once a call, with a GEMM
+# of its own, rather than by OpenBLAS's, which packs a part's block again at every step;
+# and whether one host thread runs such a loop's pooled functions, on one part
+LOOP_PACK = os.environ.get("NETDSL_LOOP_PACK", "1") != "0"
+# the multiply-adds a step's GEMMs must do for the split to pay: W5's (32x64 by 64x64,
+# 131 K, about 3 us) took longer pooled, 0.36 and 0.45 ms a call at best against 0.33
+# and 0.29 whole; W4's (2.1 M) less (docs/cpu.md)
+POOL_MIN_MACS = 1 << 20
 
 
 class _Run:
@@ -64,11 +100,14 @@ def default_needs(lowered, segment: LoopSegment) -> dict:
 
 
 def compile_loop(segment: LoopSegment, types: dict, dtype: str, needs: dict,
-                 padded: bool = False):
+                 padded: bool = False, pooled: bool = False, packed: bool = False):
     """(kernel, forward function, backward function) of a loop, or None when the
-    generator does not cover it or the compiler fails on it."""
+    generator does not cover it or the compiler fails on it. `pooled`: the functions
+    that split each step over the thread pool; `packed`: theirs multiply by weights
+    packed once a call (netdsl.lower.native_loop)."""
     _, integer, symbol = gemm(dtype)
-    kernel = loop_kernel(segment, types, dtype, needs, integer, symbol, padded)
+    kernel = loop_kernel(segment, types, dtype, needs, integer, symbol, padded, pooled,
+                         packed)
     if kernel is None:
         return None
     try:
@@ -78,9 +117,43 @@ def compile_loop(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     functions = []
     for name in ("loop_forward", "loop_backward"):
         function = getattr(library, name)
-        function.restype, function.argtypes = None, _SIGNATURE
+        function.restype = None
+        function.argtypes = _POOLED_SIGNATURE if pooled else _SIGNATURE
         functions.append(function)
     return (kernel, *functions)
+
+
+def step_macs(segment: LoopSegment, types: dict, rows: int) -> int:
+    """The multiply-adds of one step's GEMMs over `rows` rows of the batch."""
+    total = 0
+    for step, route in zip(segment.steps, segment.routes):
+        if step.op.column_linear and len(route) == 1:
+            source = route[0].ref.source if route[0].kind == STATE else route[0].ref
+            total += rows * _size(types[step.node].dims) * _size(types[source].dims)
+    return total
+
+
+def _size(dims) -> int:
+    return int(np.prod(dims)) if dims else 1
+
+
+def pooled_here(macs: int, dtype: str) -> bool:
+    """Whether a loop whose steps do `macs` multiply-adds in GEMMs runs its pooled
+    functions now (on host_threads() parts): at least POOL_MIN_MACS, a pool that builds,
+    and LOOP_POOL on more than one host thread, or on one a float32 loop whose weights
+    may be packed (LOOP_PACK), where the packed GEMM beats BLAS's (3.04 against 3.51 ms
+    of CPU for W4's loop forward)."""
+    if macs < POOL_MIN_MACS:
+        return False
+    if host_threads() > 1 and not LOOP_POOL:
+        return False
+    if host_threads() < 2 and not (LOOP_PACK and str(dtype) == "float32"):
+        return False
+    try:
+        pool_address()
+    except NativeUnavailable:
+        return False
+    return True
 
 
 class CompiledLoops:
@@ -93,11 +166,14 @@ class CompiledLoops:
         self.runs: dict[str, _Run] = {}
         self.calls: Counter = Counter()   # compiled passes run, "forward" and "backward"
 
-    def _compiled(self, segment: LoopSegment, needs: dict, padded: bool):
-        key = (segment.loop.name, tuple(sorted(needs.items())), padded)
+    def _compiled(self, segment: LoopSegment, needs: dict, padded: bool, pooled: bool,
+                  packed: bool | None = None):
+        packed = LOOP_PACK if packed is None else packed
+        key = (segment.loop.name, tuple(sorted(needs.items())), padded, pooled,
+               pooled and packed)
         if key not in self._made:
             self._made[key] = compile_loop(segment, self.ex.plan.types, self.ex.dtype, needs,
-                                           padded)
+                                           padded, pooled, packed)
         return self._made[key]
 
     def forward(self, segment: LoopSegment, values: dict, carry: dict,
@@ -109,7 +185,9 @@ class CompiledLoops:
         if check_finite or ex.reach is not None:
             return False
         lengths, source = loop_lengths(ex, segment)
-        made = self._compiled(segment, default_needs(ex.lowered, segment), lengths is not None)
+        pooled = pooled_here(step_macs(segment, ex.plan.types, ex.size), ex.dtype)
+        made = self._compiled(segment, default_needs(ex.lowered, segment), lengths is not None,
+                              pooled)
         if made is None:
             return False
         kernel, forward, _ = made
@@ -178,10 +256,18 @@ class CompiledLoops:
 
     def _call(self, kernel: LoopKernel, function, steps: int, table) -> None:
         """Run a loop's function over the batch's rows. Blocks of rows on threads of their
-        own, BLAS on one thread each, were measured: on a quiet machine W4's step took
-        10.9-11.1 ms split against 8.4-8.5 whole (docs/cpu.md), so a loop runs whole and
-        its GEMMs take BLAS's threads."""
-        function(self.address, steps, self.ex.size, table)
+        own for the whole loop, BLAS on one thread each, lost on a quiet machine (W4's
+        step 10.9-11.1 ms split against 8.4-8.5 whole, docs/cpu.md). A pooled function
+        splits each step instead, its parts calling BLAS on one thread, OpenBLAS's spinning
+        workers stopped first (PARK_BLAS)."""
+        if not kernel.pooled:
+            function(self.address, steps, self.ex.size, table)
+            return
+        with one_blas_thread(np):
+            parts = host_threads()
+            if parts > 1 and PARK_BLAS:
+                park_blas_workers()
+            function(self.address, pool_address(), parts, steps, self.ex.size, table)
 
     def _table(self, run: _Run, grads: dict):
         """The slots' pointers, in the kernel's order (netdsl.lower.native_loop)."""
@@ -206,7 +292,8 @@ class CompiledLoops:
             return False
         needs = {s.node: tuple(x is not None for x in backward.grad_inputs[s.node])
                  for s in segment.steps if s.node in wanted and s.node in backward.grad_inputs}
-        made = self._compiled(segment, needs, run.host_lengths is not None)
+        made = self._compiled(segment, needs, run.host_lengths is not None, run.kernel.pooled,
+                              run.kernel.packed)
         if made is None:   # the forward's loop compiled: only the compiler can fail here
             raise NativeUnavailable(f"{segment.loop.name}: its backward did not compile")
         kernel, forward, backward_call = made

@@ -74,8 +74,9 @@ def _machine(cc: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def build(source: str) -> ctypes.CDLL:
-    """The library compiled from `source`, loaded (from the disk cache when it is there).
+def build(source: str, libraries: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """The library compiled from `source`, loaded (from the disk cache when it is there);
+    `libraries`: more flags for the link (the thread pool's `-pthread`).
 
     Raises
     ------
@@ -85,18 +86,20 @@ def build(source: str) -> ctypes.CDLL:
     cc = compiler()
     if cc is None:
         raise NativeUnavailable("no C compiler found (set CC, or install gcc)")
-    key = hashlib.sha256("\0".join((source, " ".join(FLAGS), _machine(cc))).encode())
+    flags = " ".join(FLAGS + tuple(libraries))
+    key = hashlib.sha256("\0".join((source, flags, _machine(cc))).encode())
     folder = cache_dir()
     library = folder / f"{key.hexdigest()[:32]}.so"
     if not library.exists():
-        _compile(cc, source, folder, library)
+        _compile(cc, source, folder, library, tuple(libraries))
     try:
         return ctypes.CDLL(str(library))
     except OSError as exc:
         raise NativeUnavailable(f"the compiled kernels do not load: {exc}") from None
 
 
-def _compile(cc: str, source: str, folder: Path, library: Path) -> None:
+def _compile(cc: str, source: str, folder: Path, library: Path,
+             libraries: tuple[str, ...] = ()) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -106,7 +109,8 @@ def _compile(cc: str, source: str, folder: Path, library: Path) -> None:
         c_file, built = Path(work) / "kernels.c", Path(work) / "kernels.so"
         c_file.write_text(source)
         try:
-            done = subprocess.run([cc, *FLAGS, str(c_file), "-o", str(built), "-lm"],
+            done = subprocess.run([cc, *FLAGS, str(c_file), "-o", str(built), "-lm",
+                                   *libraries],
                                   capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as exc:
             raise NativeUnavailable(f"{cc} did not run: {exc}") from None
