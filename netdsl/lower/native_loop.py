@@ -837,20 +837,19 @@ class _Writer:
                 lines = [f"if (s->packed[{packed}]) gemm_packed(B, c1 - c0, {inputs}, {x}, "
                          f"{ldx}, s->packed[{packed}] + c0*{inputs}, {beta}, {y} + c0, {ldy});",
                          "else " + lines[0]]
-            if "bias" in step.params:
-                b = self._param(step, "bias")
-                lines += [f"{{ {self.t}* y = {y}; const {self.t}* b = {b};",
-                          f"  for (long long r = 0; r < B; r++) for (long long c = c0; c < c1;"
-                          f" c++) y[r*{ldy} + c] += b[c]; }}"]
-            return lines
+            return lines + self._bias_add(step, y, ldy, "c0", "c1")
         lines = [f"gemm({ROW_MAJOR}, {NO_TRANS}, {NO_TRANS}, B, {units}, {inputs}, 1, "
                  f"{x}, {ldx}, {w}, {units}, {beta}, {y}, {ldy});"]
-        if "bias" in step.params:
-            b = self._param(step, "bias")
-            lines += [f"{{ {self.t}* y = {y}; const {self.t}* b = {b};",
-                      f"  for (long long r = 0; r < B; r++) for (long long c = 0; c < {units};"
-                      f" c++) y[r*{ldy} + c] += b[c]; }}"]
-        return lines
+        return lines + self._bias_add(step, y, ldy, "0", units)
+
+    def _bias_add(self, step, y: str, ldy, c0, c1) -> list[str]:
+        """The step's bias added to columns c0 .. c1 of every row of y, if it has one."""
+        if "bias" not in step.params:
+            return []
+        b = self._param(step, "bias")
+        return [f"{{ {self.t}* y = {y}; const {self.t}* b = {b};",
+                f"  for (long long r = 0; r < B; r++) for (long long c = {c0}; c < {c1};"
+                f" c++) y[r*{ldy} + c] += b[c]; }}"]
 
     def _dense_backward(self, step, route, wanted, gy, ldgy) -> list[str]:
         """The input's gradient; the weights' come after the loop, from one GEMM over
