@@ -43,6 +43,11 @@ MISSPELLINGS_GUESSED = 100
 # the layers of a network called with equal plain arguments share one op (True), or
 # each gets an op of its own (False, the path before: kept to compare the two)
 SHARE_OPS = True
+# a block call with the arguments of an earlier one replays the nodes that call made,
+# renamed into its own instance, instead of walking the body again (True); False walks
+# every call (the path before, kept to compare the two). Only bodies whose walk can
+# depend on nothing but the arguments replay, and only after a walk without errors.
+REPLAY_BLOCKS = True
 _SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 # `a + b` of two tensors: the op that declares the operator
 _TENSOR_OPS = {op.operator: name for name, op in OPS.items() if op.operator is not None}
@@ -175,6 +180,10 @@ class _Expander:
         self.failed_imports: list[str] = []
         self.ops: dict | None = {} if SHARE_OPS else None  # ops made, shared (see ops.base.bind)
         self.takes_input: dict[str, bool] = {}  # see _takes_input
+        # block calls walked once, by block and arguments (see REPLAY_BLOCKS, _Template);
+        # replaying shares the first walk's ops, so it needs them shared
+        self.templates: dict | None = {} if REPLAY_BLOCKS and SHARE_OPS else None
+        self.replayable: dict[str, bool] = {}  # see _replayable
 
     # ---- driver
     def run(self) -> Program:
@@ -965,10 +974,20 @@ class _Expander:
             if self.depth > 64:
                 raise SpecError(f"blocks are nested more than 64 deep at '{block.name}'", call.span)
             name = instance or scope.fresh(block.name, self.nodes)[len(scope.prefix):]
-            frame = Frame(name, block.name, call.span, repeat, block.span.file,
-                          _call_text(block.name, scalars, keywords) + which)
-            inner = _Scope(f"{scope.prefix}{name}/", scope.frames + (frame,), inputs=list(tensors),
-                           share=share)
+            key = template = None
+            if self.templates is not None and share is None and self._replayable(block):
+                key = _template_key(block, tensors, scalars, keywords, want)
+                template = self.templates.get(key) if key is not None else None
+            text = template.call_text if template is not None else \
+                _call_text(block.name, scalars, keywords)
+            frame = Frame(name, block.name, call.span, repeat, block.span.file, text + which)
+            prefix, frames = f"{scope.prefix}{name}/", scope.frames + (frame,)
+            if template is not None:
+                outputs = self._replay(template, prefix, frames, tensors)
+                if outputs is not None:
+                    return outputs[0] if want == 1 else tuple(outputs)
+            inner = _Scope(prefix, frames, inputs=list(tensors), share=share)
+            before = (len(self.errors), len(self.independent), self.work, len(self.nodes))
             self._bind_params(block, inner, scalars, keywords, call, scope)
             if tensors and not self._takes_input(block):
                 raise SpecError(f"block '{block.name}' takes no input but was given {len(tensors)}",
@@ -984,7 +1003,84 @@ class _Expander:
         if len(outputs) != want:
             raise SpecError(f"block '{block.name}' gives {len(outputs)} value(s) but {want} are used",
                             call.span)
+        if key is not None and (len(self.errors), len(self.independent)) == before[:2]:
+            self._record(key, text, inner, tensors, self.work - before[2],
+                         len(self.nodes) - before[3])
         return outputs[0] if want == 1 else tuple(outputs)
+
+    def _replayable(self, block: ast.Block) -> bool:
+        """Whether every walk of the block's body depends on its arguments alone: asked
+        once per block. Its statements name, take and give tensors through layers and
+        arithmetic; nothing reads a shape, a state, a shared instance or another block
+        (whose names could come from the nodes made around the call)."""
+        found = self.replayable.get(block.name)
+        if found is None:
+            found = self.replayable[block.name] = all(
+                _replayable_statement(stmt, self.blocks) for stmt in block.body)
+        return found
+
+    def _record(self, key, call_text: str, inner: _Scope, tensors, work: int, made: int) -> None:
+        """Keep what a block call's walk made as a template for later equal calls, when
+        it made nodes of its own instance only, from its inputs and its ops shared."""
+        if self.templates is None:
+            return
+        prefix = inner.prefix
+        ids = list(islice(reversed(self.nodes), made))[::-1]
+        local_index = {node_id: i for i, node_id in enumerate(ids)}
+        input_index: dict[str, int] = {}
+        for k, tensor in enumerate(tensors):
+            input_index.setdefault(tensor.node, k)
+        shared_ops = {id(op) for op in self.ops.values()}
+
+        def source(node_id: str):  # a node made by the call (>= 0) or an input (< 0)
+            if node_id in local_index:
+                return local_index[node_id]
+            if node_id in input_index:
+                return -1 - input_index[node_id]
+            return None
+
+        nodes = []
+        for node_id in ids:
+            node = self.nodes[node_id]
+            if (not node_id.startswith(prefix) or node.kind != "op" or node.scope is not inner.frames
+                    or node.shares is not None or id(node.op) not in shared_ops
+                    or node_id in self.types):
+                return
+            sources = []
+            for source_id, delay in node.inputs:
+                where = source(source_id)
+                if where is None or delay:
+                    return
+                sources.append(where)
+            nodes.append((node_id[len(prefix):], node.span, node.op, tuple(sources),
+                          node_id in self.named))
+        outputs = []
+        for value in inner.outputs:
+            where = source(value.node) if type(value) is Value else None
+            if where is None:
+                return
+            outputs.append(where)
+        self.templates[key] = _Template(call_text, tuple(nodes), tuple(outputs), work)
+
+    def _replay(self, template: "_Template", prefix: str, frames, tensors) -> list[Value] | None:
+        """What walking the body would make, from a template; None when the walk could
+        end otherwise (a name taken, or the budget passed: the walk says where)."""
+        nodes = self.nodes
+        if self.work + template.work > EXPANSION_BUDGET:
+            return None
+        ids = [prefix + local for local, *_ in template.nodes]
+        for node_id in ids:
+            if node_id in nodes:
+                return None
+        consumed, named = self.consumed, self.named
+        for node_id, (_, span, op, sources, renamed) in zip(ids, template.nodes):
+            inputs = [(ids[i] if i >= 0 else tensors[-1 - i].node, 0) for i in sources]
+            consumed.update([source for source, _ in inputs])
+            nodes[node_id] = op_node(node_id, span, frames, op, inputs, None)
+            if renamed:
+                named.add(node_id)
+        self.work += template.work
+        return [Value(ids[i]) if i >= 0 else tensors[-1 - i] for i in template.outputs]
 
     def _takes_input(self, block: ast.Block) -> bool:
         """Whether a block's body has an `in` line: asked once per block."""
@@ -1023,6 +1119,9 @@ class _Expander:
         if tensors_d:
             raise SpecError("a shared instance is declared without tensor arguments", shared.call.span)
         if shared.call.name in self.blocks:
+            # an instance named by the spec (`share pair1 = pair(16)`) may take the names
+            # of a later call's nodes: from here on each call is walked, to see them
+            self.templates = None
             share = (shared, f"{scope.prefix}{instance}/")
             return self._inline(self.blocks[shared.call.name], tensors, scalars, keywords, call, scope,
                                 want, instance=instance, share=share)
@@ -1051,6 +1150,69 @@ class _Expander:
             raise SpecError("a shape needs at least one dimension", type_.span, "for example [64]")
         dtype = "int64" if classes is not None else "float32"
         return TensorType(tuple(dims), dtype, classes, type_.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """What a block call made, to replay for an equal call: its call text, its nodes in
+    order as (id within the instance, span, op, sources, renamed) with each source a node
+    of the call (its index) or an input (-1 - its index), its outputs alike, and the
+    budget the walk spent."""
+
+    call_text: str
+    nodes: tuple
+    outputs: tuple[int, ...]
+    work: int
+
+
+# plain argument values: a call's key tells 1, 1.0 and True apart by their types
+_KEY_TYPES = frozenset((int, float, bool, str, type(None)))
+
+
+def _template_key(block: ast.Block, tensors, scalars, keywords, want: int):
+    """A block call's arguments as a key, or None when they are not plain values. Inputs
+    given twice (`pair(x, x)`) key apart from distinct ones."""
+    key = [block.name, want, len(tensors)]
+    for value, _ in scalars:
+        if type(value) not in _KEY_TYPES:
+            return None
+        key += (type(value), value)
+    for name, (value, _) in keywords.items():
+        if type(value) not in _KEY_TYPES:
+            return None
+        key += (name, type(value), value)
+    if len(tensors) > 1:
+        first: dict[str, int] = {}
+        key.append(tuple(first.setdefault(t.node, k) for k, t in enumerate(tensors)))
+    return tuple(key)
+
+
+def _replayable_statement(stmt, blocks) -> bool:
+    kind = type(stmt)
+    if kind is ast.In:
+        return True
+    if kind is ast.Out:
+        return all(_replayable_expr(value, blocks) for value in stmt.values)
+    if kind is ast.Assign:
+        return len(stmt.targets) == 1 and _replayable_expr(stmt.value, blocks)
+    return False
+
+
+def _replayable_expr(expr, blocks) -> bool:
+    kind = type(expr)
+    if kind is ast.Name or kind is ast.Number or kind is ast.String:
+        return True
+    if kind is ast.BinOp:
+        return _replayable_expr(expr.left, blocks) and _replayable_expr(expr.right, blocks)
+    if kind is ast.Neg:
+        return _replayable_expr(expr.operand, blocks)
+    if kind is ast.Call:
+        return (expr.name in OPS and expr.name not in blocks
+                and all(_replayable_expr(arg.value, blocks) for arg in expr.args))
+    if kind is ast.Pipeline:
+        return _replayable_expr(expr.source, blocks) and all(
+            stage.repeat is None and _replayable_expr(stage.call, blocks) for stage in expr.stages)
+    return False  # lists (ops bound afresh), shapes, dimensions, states
 
 
 def _stdlib_meant(item: ast.Import) -> str | None:
