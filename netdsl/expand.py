@@ -1052,15 +1052,17 @@ class _Expander:
                 if where is None or delay:
                     return
                 sources.append(where)
-            nodes.append((node_id[len(prefix):], node.span, node.op, tuple(sources),
-                          node_id in self.named))
+            nodes.append((node.span, node.op, tuple(sources)))
         outputs = []
         for value in inner.outputs:
             where = source(value.node) if type(value) is Value else None
             if where is None:
                 return
             outputs.append(where)
-        self.templates[key] = _Template(call_text, tuple(nodes), tuple(outputs), work)
+        self.templates[key] = _Template(
+            call_text, tuple(node_id[len(prefix):] for node_id in ids), tuple(nodes),
+            tuple(outputs), tuple({i for *_, sources in nodes for i in sources}),
+            tuple(i for i, node_id in enumerate(ids) if node_id in self.named), work)
 
     def _replay(self, template: "_Template", prefix: str, frames, tensors) -> list[Value] | None:
         """What walking the body would make, from a template; None when the walk could
@@ -1068,17 +1070,17 @@ class _Expander:
         nodes = self.nodes
         if self.work + template.work > EXPANSION_BUDGET:
             return None
-        ids = [prefix + local for local, *_ in template.nodes]
-        for node_id in ids:
-            if node_id in nodes:
-                return None
-        consumed, named = self.consumed, self.named
-        for node_id, (_, span, op, sources, renamed) in zip(ids, template.nodes):
-            inputs = [(ids[i] if i >= 0 else tensors[-1 - i].node, 0) for i in sources]
-            consumed.update([source for source, _ in inputs])
-            nodes[node_id] = op_node(node_id, span, frames, op, inputs, None)
-            if renamed:
-                named.add(node_id)
+        ids = [prefix + local for local in template.ids]
+        if not nodes.keys().isdisjoint(ids):
+            return None
+        # a source i >= 0 is ids[i]; -1 - k, the input k, is names[-1 - k]
+        names = ids + [tensor.node for tensor in reversed(tensors)]
+        for node_id, (span, op, sources) in zip(ids, template.nodes):
+            nodes[node_id] = op_node(node_id, span, frames, op, [(names[i], 0) for i in sources],
+                                     None)
+        self.consumed.update([names[i] for i in template.consumed])
+        if template.named:
+            self.named.update([ids[i] for i in template.named])
         self.work += template.work
         return [Value(ids[i]) if i >= 0 else tensors[-1 - i] for i in template.outputs]
 
@@ -1154,14 +1156,18 @@ class _Expander:
 
 @dataclass(frozen=True, slots=True)
 class _Template:
-    """What a block call made, to replay for an equal call: its call text, its nodes in
-    order as (id within the instance, span, op, sources, renamed) with each source a node
-    of the call (its index) or an input (-1 - its index), its outputs alike, and the
-    budget the walk spent."""
+    """What a block call made, to replay for an equal call: its call text, its nodes' ids
+    within the instance, in order, and each node's (span, op, sources), each source a
+    node of the call (its index) or an input (-1 - its index); its outputs alike, the
+    sources read (consumed), the nodes renamed for a name (named), and the budget the
+    walk spent."""
 
     call_text: str
+    ids: tuple[str, ...]
     nodes: tuple
     outputs: tuple[int, ...]
+    consumed: tuple[int, ...]
+    named: tuple[int, ...]
     work: int
 
 
