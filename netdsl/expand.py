@@ -48,6 +48,10 @@ SHARE_OPS = True
 # every call (the path before, kept to compare the two). Only bodies whose walk can
 # depend on nothing but the arguments replay, and only after a walk without errors.
 REPLAY_BLOCKS = True
+# a pipeline's stage of one layer with numbers written out (`-> dense(16)`, `-> relu`)
+# takes the op an equal stage was given, found by the layer and numbers alone, without
+# matching its arguments again (True); False matches every stage's (the path before)
+REUSE_STAGE_OPS = True
 _SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 # `a + b` of two tensors: the op that declares the operator
 _TENSOR_OPS = {op.operator: name for name, op in OPS.items() if op.operator is not None}
@@ -184,6 +188,8 @@ class _Expander:
         # replaying shares the first walk's ops, so it needs them shared
         self.templates: dict | None = {} if REPLAY_BLOCKS and SHARE_OPS else None
         self.replayable: dict[str, bool] = {}  # see _replayable
+        # the op of a stage of numbers written out, by _stage_key (see REUSE_STAGE_OPS)
+        self.stage_ops: dict | None = {} if REUSE_STAGE_OPS and SHARE_OPS else None
 
     # ---- driver
     def run(self) -> Program:
@@ -779,6 +785,11 @@ class _Expander:
     # ---- calls: layers, blocks and shared instances
     def _call(self, call: ast.Call, scope: _Scope, piped: Value | None, want: int, repeat=None,
               which: str = ""):
+        if type(piped) is Value and want == 1 and self.stage_ops is not None and not scope.shared:
+            key = _stage_key(call)  # `-> dense(16)` as an earlier stage's op, if one was kept
+            op = self.stage_ops.get(key) if key is not None else None
+            if op is not None:
+                return self._node(op, [piped], call.span, scope)
         if piped is not None and not call.args:  # `-> relu`: the piped tensor alone
             tensors, scalars, keywords = [piped], [], {}
         else:
@@ -802,9 +813,19 @@ class _Expander:
             if want == 1 and cls.arity == len(tensors) and not cls.multi_output and not keywords:
                 # _apply_op's common case, without the call
                 op = self._bind_op(cls, call, scalars, {}, keywords)
+                if type(piped) is Value and self.stage_ops is not None and len(tensors) == 1:
+                    self._keep_stage_op(call, cls, scalars, op)
                 return self._node(op, tensors, call.span, scope)
             return self._apply_op(call, tensors, scalars, keywords, scope, want)
         raise self._unknown_layer(call, scope)
+
+    def _keep_stage_op(self, call: ast.Call, cls, scalars, op: Op) -> None:
+        """Keep the op of a stage of numbers written out for equal stages, when binding
+        its arguments again gives that very op (plain values, shared)."""
+        key = _stage_key(call)
+        if key is not None and key not in self.stage_ops and call.name not in self.blocks \
+                and bind(cls, [v for v, _ in scalars], {}, self.ops) is op:
+            self.stage_ops[key] = op
 
     def _check_poisoned(self, call: ast.Call, scalars, keywords, scope: _Scope) -> None:
         """A call on a failed value: what does not depend on the value is still checked."""
@@ -1190,6 +1211,21 @@ def _template_key(block: ast.Block, tensors, scalars, keywords, want: int):
     if len(tensors) > 1:
         first: dict[str, int] = {}
         key.append(tuple(first.setdefault(t.node, k) for k, t in enumerate(tensors)))
+    return tuple(key)
+
+
+def _stage_key(call: ast.Call):
+    """A layer call of numbers written out (`dense(16)`, `relu`) as a key: the name alone,
+    or the name, the numbers and their types (1 and 1.0 bind apart); None for any other."""
+    args = call.args
+    if not args:
+        return call.name
+    key = [call.name]
+    for arg in args:
+        value = arg.value
+        if arg.name is not None or type(value) is not ast.Number:
+            return None
+        key += (value.value, type(value.value))
     return tuple(key)
 
 
