@@ -52,6 +52,9 @@ REPLAY_BLOCKS = True
 # takes the op an equal stage was given, found by the layer and numbers alone, without
 # matching its arguments again (True); False matches every stage's (the path before)
 REUSE_STAGE_OPS = True
+# where each name of a body is defined (for "'x' is defined later") is found when a name
+# is missing (True), not for every body run (False, the path before)
+DEFINITIONS_WHEN_MISSING = True
 _SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 # `a + b` of two tensors: the op that declares the operator
 _TENSOR_OPS = {op.operator: name for name, op in OPS.items() if op.operator is not None}
@@ -112,7 +115,7 @@ class _Scope:
 
     # one per block call: a big spec makes tens of thousands
     __slots__ = ("prefix", "frames", "env", "history", "states", "shared", "counters", "inputs",
-                 "outputs", "share", "defined", "used_early")
+                 "outputs", "share", "defined", "bodies", "used_early")
 
     def __init__(self, prefix: str, frames: tuple[Frame, ...], inputs: list[Value] | None = None,
                  share: tuple[_Shared, str] | None = None):
@@ -127,6 +130,7 @@ class _Scope:
         self.outputs: list[Value] | None = None
         self.share = share  # inside a shared instance: (it, path within it)
         self.defined: dict[str, Span] = {}  # where each name of the body is defined
+        self.bodies: dict[int, Any] = {}  # the bodies run, by id (DEFINITIONS_WHEN_MISSING)
         self.used_early: set[str] = set()  # used before its definition (reported)
 
     def fresh(self, base: str, taken) -> str:
@@ -282,16 +286,11 @@ class _Expander:
 
     # ---- statements
     def _exec_body(self, body, scope: _Scope) -> None:
-        # so a name used too early can say where it comes: found once per body, however
-        # often the body runs (a block called 30,000 times)
-        defined = self.definitions.get(id(body))
-        if defined is None:
-            defined = self.definitions[id(body)] = _definitions(body, {})
-        if scope.defined:
-            for name, span in defined.items():
-                scope.defined.setdefault(name, span)
+        if DEFINITIONS_WHEN_MISSING:
+            scope.bodies.setdefault(id(body), body)  # see _defined_at
         else:
-            scope.defined.update(defined)
+            for name, span in self._definitions_of(body).items():
+                scope.defined.setdefault(name, span)
         for stmt in body:
             self.work += 1
             if self.work > EXPANSION_BUDGET:
@@ -638,7 +637,7 @@ class _Expander:
         if name.id == DISCARD:
             raise SpecError("'_' discards a value: it cannot be read", name.span,
                             "give the value a name to use it")
-        later = scope.defined.get(name.id)
+        later = self._defined_at(scope, name.id)
         if later is not None and (later.line, later.col) > (name.span.line, name.span.col):
             scope.used_early.add(name.id)  # its definition is not also reported as unused
             raise SpecError(f"'{name.id}' is defined later, at line {later.line}", name.span,
@@ -653,6 +652,25 @@ class _Expander:
             scope.env[meant].used = True
         raise SpecError(f"undefined name '{name.id}'", name.span,
                         f"did you mean '{meant}'?" if meant else None)
+
+    def _definitions_of(self, body) -> dict[str, Span]:
+        """Where a body defines each of its names: found once per body, however often the
+        body runs (a block called 30,000 times)."""
+        defined = self.definitions.get(id(body))
+        if defined is None:
+            defined = self.definitions[id(body)] = _definitions(body, {})
+        return defined
+
+    def _defined_at(self, scope: _Scope, name: str) -> Span | None:
+        """Where the bodies a scope has run define `name`, the first that does; so a name
+        used too early can say where it comes."""
+        if not DEFINITIONS_WHEN_MISSING:
+            return scope.defined.get(name)
+        for body in scope.bodies.values():
+            span = self._definitions_of(body).get(name)
+            if span is not None:
+                return span
+        return None
 
     def _scalar(self, expr, scope: _Scope, what: str = "a number"):
         """A number or setting; `what` names it in errors: "the repeat count"."""

@@ -4,6 +4,8 @@ on (the default) and off.
 
 - `expand.SHARE_OPS`: a network's layers called alike share one op;
 - `expand.REPLAY_BLOCKS`: a block call equal to an earlier one replays its nodes;
+- `expand.REUSE_STAGE_OPS`: a stage of numbers written out takes an equal stage's op;
+- `expand.DEFINITIONS_WHEN_MISSING`: where a body defines its names, found when needed;
 - `graph.SHARED_DATA`: a node's data is its NodeDef, equal edges share their data.
 """
 import glob
@@ -19,7 +21,9 @@ from netdsl.emit import format_program
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = sorted(glob.glob(os.path.join(ROOT, "specs", "*.net"))
                + glob.glob(os.path.join(ROOT, "tests", "errors", "*.net")))
-SWITCHES = ((expand_pass, "SHARE_OPS"), (expand_pass, "REPLAY_BLOCKS"), (graph_pass, "SHARED_DATA"))
+SWITCHES = ((expand_pass, "SHARE_OPS"), (expand_pass, "REPLAY_BLOCKS"),
+            (expand_pass, "REUSE_STAGE_OPS"), (expand_pass, "DEFINITIONS_WHEN_MISSING"),
+            (graph_pass, "SHARED_DATA"))
 
 
 def outcome(path: str):
@@ -45,10 +49,12 @@ def test_the_quick_paths_check_as_the_paths_before(path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
-def test_replayed_block_calls_check_as_walked_ones(path, monkeypatch):
-    replayed = outcome(path)
-    monkeypatch.setattr(expand_pass, "REPLAY_BLOCKS", False)
-    assert outcome(path) == replayed
+def test_each_quick_expansion_path_checks_as_the_path_before(path, monkeypatch):
+    quick = outcome(path)
+    for name in ("REPLAY_BLOCKS", "REUSE_STAGE_OPS", "DEFINITIONS_WHEN_MISSING"):
+        with monkeypatch.context() as patch:
+            patch.setattr(expand_pass, name, False)
+            assert outcome(path) == quick, name
 
 
 def test_layers_called_alike_share_one_op_within_a_network(monkeypatch):
@@ -103,15 +109,25 @@ REPLAYED = {
     "the budget passed in a replayed call": (  # a round's 7 statements and nodes, 2 foreseen
         "input x : [4]\ntarget y : [4]\n" + PAIR + "w = x -> dense(4)\n"
         "for j in 1..300 {\n  w = w -> pair(4)\n}\nloss mse(w, y)\n"),
+    "stages alike, and a shared instance with a layer's name": (
+        "input x : [4]\ntarget y : [4]\na = x -> dense(4) -> relu -> dense(4.0)\n"
+        "b = a -> dense(4) -> scale(2) -> scale(2.0) -> dense(4, bias=false)\nshare relu = dense(4)\n"
+        "c = b -> relu -> relu\nloss mse(c + a -> dense(4), y)\n"),
+    "names used before they are defined, in a block and a loop": (
+        "input x : [4]\ntarget y : [4]\nblock late(n) {\n  in a\n  b = c -> dense(n)\n"
+        "  c = a -> relu\n  out b\n}\nfor i in 1..2 {\n  w = v -> relu\n  v = x -> dense(4)\n}\n"
+        "z = late(x, 4)\nloss mse(z + u, y)\nu = x -> relu\n"),
 }
 
 
 @pytest.mark.parametrize("text", REPLAYED.values(), ids=REPLAYED.keys())
 def test_replayed_calls_check_as_walked_calls(text, monkeypatch):
     monkeypatch.setattr(expand_pass, "EXPANSION_BUDGET", 1000)
-    replayed = text_outcome(text)
-    monkeypatch.setattr(expand_pass, "REPLAY_BLOCKS", False)
-    assert text_outcome(text) == replayed
+    quick = text_outcome(text)
+    for name in ("REPLAY_BLOCKS", "REUSE_STAGE_OPS", "DEFINITIONS_WHEN_MISSING"):
+        with monkeypatch.context() as patch:
+            patch.setattr(expand_pass, name, False)
+            assert text_outcome(text) == quick, name
 
 
 def test_an_equal_block_call_replays_the_first(monkeypatch):
