@@ -1091,7 +1091,7 @@ class _Expander:
                 if where is None or delay:
                     return
                 sources.append(where)
-            nodes.append((node.span, node.op, tuple(sources)))
+            nodes.append((node.span, node.op, tuple(sources), (0,) * len(sources)))
         outputs = []
         for value in inner.outputs:
             where = source(value.node) if type(value) is Value else None
@@ -1100,7 +1100,7 @@ class _Expander:
             outputs.append(where)
         self.templates[key] = _Template(
             call_text, tuple(node_id[len(prefix):] for node_id in ids), tuple(nodes),
-            tuple(outputs), tuple({i for *_, sources in nodes for i in sources}),
+            tuple(outputs), tuple({i for _, _, sources, _ in nodes for i in sources}),
             tuple(i for i, node_id in enumerate(ids) if node_id in self.named), work)
 
     def _replay(self, template: "_Template", prefix: str, frames, tensors) -> list[Value] | None:
@@ -1109,17 +1109,20 @@ class _Expander:
         nodes = self.nodes
         if self.work + template.work > EXPANSION_BUDGET:
             return None
-        ids = [prefix + local for local in template.ids]
-        if not nodes.keys().isdisjoint(ids):
-            return None
+        ids = list(map(prefix.__add__, template.ids))  # (maps and zips: no frame each)
+        for node_id in ids:
+            if node_id in nodes:
+                return None
         # a source i >= 0 is ids[i]; -1 - k, the input k, is names[-1 - k]
-        names = ids + [tensor.node for tensor in reversed(tensors)]
-        for node_id, (span, op, sources) in zip(ids, template.nodes):
-            nodes[node_id] = op_node(node_id, span, frames, op, [(names[i], 0) for i in sources],
-                                     None)
-        self.consumed.update([names[i] for i in template.consumed])
+        names = ids + [tensors[0].node] if len(tensors) == 1 else \
+            ids + [tensor.node for tensor in reversed(tensors)]
+        name_of = names.__getitem__
+        for node_id, (span, op, sources, delays) in zip(ids, template.nodes):
+            nodes[node_id] = op_node(node_id, span, frames, op,
+                                     list(zip(map(name_of, sources), delays)), None)
+        self.consumed.update(map(name_of, template.consumed))
         if template.named:
-            self.named.update([ids[i] for i in template.named])
+            self.named.update(map(ids.__getitem__, template.named))
         self.work += template.work
         return [Value(ids[i]) if i >= 0 else tensors[-1 - i] for i in template.outputs]
 
@@ -1195,11 +1198,11 @@ class _Expander:
 
 @dataclass(frozen=True, slots=True)
 class _Template:
-    """What a block call made, to replay for an equal call: its call text, its nodes' ids
-    within the instance, in order, and each node's (span, op, sources), each source a
-    node of the call (its index) or an input (-1 - its index); its outputs alike, the
-    sources read (consumed), the nodes renamed for a name (named), and the budget the
-    walk spent."""
+    """What a block call made, to replay for an equal call: its call text; its nodes' ids
+    within the instance, in order; each node's (span, op, sources, delays), a source a
+    node of the call (its index) or an input (-1 - its index), each delay 0; its outputs
+    alike; the sources read (consumed); the nodes renamed for a name (named); and the
+    budget the walk spent."""
 
     call_text: str
     ids: tuple[str, ...]
