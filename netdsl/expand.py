@@ -744,8 +744,16 @@ class _Expander:
         source = expr.source  # most often a name: `x -> ...`
         value = self._lookup(source, scope) if type(source) is ast.Name else self._eval(source, scope)
         last_index = len(expr.stages) - 1
+        stage_ops = None if scope.shared else self.stage_ops  # a shared instance may be `relu`
         for index, stage in enumerate(expr.stages):
             last = index == last_index
+            if stage.repeat is None and stage_ops is not None and type(value) is Value \
+                    and (want == 1 or not last):
+                call = stage.call  # `-> dense(16)` as an earlier stage's op, if one was kept
+                op = stage_ops.get(_stage_key(call) if call.args else call.name)
+                if op is not None:
+                    value = self._node(op, [value], call.span, scope)
+                    continue
             if stage.repeat is None:  # most stages: one call of the tensor so far
                 piped = value if type(value) is Value else self._piped(value, stage, expr)
                 value = self._call(stage.call, scope, piped, want if last else 1)
@@ -803,11 +811,6 @@ class _Expander:
     # ---- calls: layers, blocks and shared instances
     def _call(self, call: ast.Call, scope: _Scope, piped: Value | None, want: int, repeat=None,
               which: str = ""):
-        if type(piped) is Value and want == 1 and self.stage_ops is not None and not scope.shared:
-            key = _stage_key(call)  # `-> dense(16)` as an earlier stage's op, if one was kept
-            op = self.stage_ops.get(key) if key is not None else None
-            if op is not None:
-                return self._node(op, [piped], call.span, scope)
         if piped is not None and not call.args:  # `-> relu`: the piped tensor alone
             tensors, scalars, keywords = [piped], [], {}
         else:
