@@ -1254,6 +1254,7 @@ def _stage_key(call: ast.Call):
 
 
 def _replayable_statement(stmt, blocks) -> bool:
+    """Whether a block body's statement runs alike for equal arguments (see _replayable)."""
     kind = type(stmt)
     if kind is ast.In:
         return True
@@ -1265,6 +1266,7 @@ def _replayable_statement(stmt, blocks) -> bool:
 
 
 def _replayable_expr(expr, blocks) -> bool:
+    """Whether an expression gives alike for equal arguments, with ops shared."""
     kind = type(expr)
     if kind is ast.Name or kind is ast.Number or kind is ast.String:
         return True
