@@ -43,6 +43,18 @@ MISSPELLINGS_GUESSED = 100
 # the layers of a network called with equal plain arguments share one op (True), or
 # each gets an op of its own (False, the path before: kept to compare the two)
 SHARE_OPS = True
+# a block call with the arguments of an earlier one replays the nodes that call made,
+# renamed into its own instance, instead of walking the body again (True); False walks
+# every call (the path before, kept to compare the two). Only bodies whose walk can
+# depend on nothing but the arguments replay, and only after a walk without errors.
+REPLAY_BLOCKS = True
+# a pipeline's stage of one layer with numbers written out (`-> dense(16)`, `-> relu`)
+# takes the op an equal stage was given, found by the layer and numbers alone, without
+# matching its arguments again (True); False matches every stage's (the path before)
+REUSE_STAGE_OPS = True
+# where each name of a body is defined (for "'x' is defined later") is found when a name
+# is missing (True), not for every body run (False, the path before)
+DEFINITIONS_WHEN_MISSING = True
 _SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 # `a + b` of two tensors: the op that declares the operator
 _TENSOR_OPS = {op.operator: name for name, op in OPS.items() if op.operator is not None}
@@ -103,7 +115,7 @@ class _Scope:
 
     # one per block call: a big spec makes tens of thousands
     __slots__ = ("prefix", "frames", "env", "history", "states", "shared", "counters", "inputs",
-                 "outputs", "share", "defined", "used_early")
+                 "outputs", "share", "defined", "bodies", "used_early")
 
     def __init__(self, prefix: str, frames: tuple[Frame, ...], inputs: list[Value] | None = None,
                  share: tuple[_Shared, str] | None = None):
@@ -118,6 +130,7 @@ class _Scope:
         self.outputs: list[Value] | None = None
         self.share = share  # inside a shared instance: (it, path within it)
         self.defined: dict[str, Span] = {}  # where each name of the body is defined
+        self.bodies: dict[int, Any] = {}  # the bodies run, by id (DEFINITIONS_WHEN_MISSING)
         self.used_early: set[str] = set()  # used before its definition (reported)
 
     def fresh(self, base: str, taken) -> str:
@@ -175,6 +188,12 @@ class _Expander:
         self.failed_imports: list[str] = []
         self.ops: dict | None = {} if SHARE_OPS else None  # ops made, shared (see ops.base.bind)
         self.takes_input: dict[str, bool] = {}  # see _takes_input
+        # block calls walked once, by block and arguments (see REPLAY_BLOCKS, _Template);
+        # replaying shares the first walk's ops, so it needs them shared
+        self.templates: dict | None = {} if REPLAY_BLOCKS and SHARE_OPS else None
+        self.replayable: dict[str, bool] = {}  # see _replayable
+        # the op of a stage of numbers written out, by _stage_key (see REUSE_STAGE_OPS)
+        self.stage_ops: dict | None = {} if REUSE_STAGE_OPS and SHARE_OPS else None
 
     # ---- driver
     def run(self) -> Program:
@@ -267,16 +286,11 @@ class _Expander:
 
     # ---- statements
     def _exec_body(self, body, scope: _Scope) -> None:
-        # so a name used too early can say where it comes: found once per body, however
-        # often the body runs (a block called 30,000 times)
-        defined = self.definitions.get(id(body))
-        if defined is None:
-            defined = self.definitions[id(body)] = _definitions(body, {})
-        if scope.defined:
-            for name, span in defined.items():
-                scope.defined.setdefault(name, span)
+        if DEFINITIONS_WHEN_MISSING:
+            scope.bodies.setdefault(id(body), body)  # see _defined_at
         else:
-            scope.defined.update(defined)
+            for name, span in self._definitions_of(body).items():
+                scope.defined.setdefault(name, span)
         for stmt in body:
             self.work += 1
             if self.work > EXPANSION_BUDGET:
@@ -623,7 +637,7 @@ class _Expander:
         if name.id == DISCARD:
             raise SpecError("'_' discards a value: it cannot be read", name.span,
                             "give the value a name to use it")
-        later = scope.defined.get(name.id)
+        later = self._defined_at(scope, name.id)
         if later is not None and (later.line, later.col) > (name.span.line, name.span.col):
             scope.used_early.add(name.id)  # its definition is not also reported as unused
             raise SpecError(f"'{name.id}' is defined later, at line {later.line}", name.span,
@@ -638,6 +652,25 @@ class _Expander:
             scope.env[meant].used = True
         raise SpecError(f"undefined name '{name.id}'", name.span,
                         f"did you mean '{meant}'?" if meant else None)
+
+    def _definitions_of(self, body) -> dict[str, Span]:
+        """Where a body defines each of its names: found once per body, however often the
+        body runs (a block called 30,000 times)."""
+        defined = self.definitions.get(id(body))
+        if defined is None:
+            defined = self.definitions[id(body)] = _definitions(body, {})
+        return defined
+
+    def _defined_at(self, scope: _Scope, name: str) -> Span | None:
+        """Where the bodies a scope has run define `name`, the first that does; so a name
+        used too early can say where it comes."""
+        if not DEFINITIONS_WHEN_MISSING:
+            return scope.defined.get(name)
+        for body in scope.bodies.values():
+            span = self._definitions_of(body).get(name)
+            if span is not None:
+                return span
+        return None
 
     def _scalar(self, expr, scope: _Scope, what: str = "a number"):
         """A number or setting; `what` names it in errors: "the repeat count"."""
@@ -711,8 +744,16 @@ class _Expander:
         source = expr.source  # most often a name: `x -> ...`
         value = self._lookup(source, scope) if type(source) is ast.Name else self._eval(source, scope)
         last_index = len(expr.stages) - 1
+        stage_ops = None if scope.shared else self.stage_ops  # a shared instance may be `relu`
         for index, stage in enumerate(expr.stages):
             last = index == last_index
+            if stage.repeat is None and stage_ops is not None and type(value) is Value \
+                    and (want == 1 or not last):
+                call = stage.call  # `-> dense(16)` as an earlier stage's op, if one was kept
+                op = stage_ops.get(_stage_key(call) if call.args else call.name)
+                if op is not None:
+                    value = self._node(op, [value], call.span, scope)
+                    continue
             if stage.repeat is None:  # most stages: one call of the tensor so far
                 piped = value if type(value) is Value else self._piped(value, stage, expr)
                 value = self._call(stage.call, scope, piped, want if last else 1)
@@ -793,9 +834,19 @@ class _Expander:
             if want == 1 and cls.arity == len(tensors) and not cls.multi_output and not keywords:
                 # _apply_op's common case, without the call
                 op = self._bind_op(cls, call, scalars, {}, keywords)
+                if type(piped) is Value and self.stage_ops is not None and len(tensors) == 1:
+                    self._keep_stage_op(call, cls, scalars, op)
                 return self._node(op, tensors, call.span, scope)
             return self._apply_op(call, tensors, scalars, keywords, scope, want)
         raise self._unknown_layer(call, scope)
+
+    def _keep_stage_op(self, call: ast.Call, cls, scalars, op: Op) -> None:
+        """Keep the op of a stage of numbers written out for equal stages, when binding
+        its arguments again gives that very op (plain values, shared)."""
+        key = _stage_key(call)
+        if key is not None and key not in self.stage_ops and call.name not in self.blocks \
+                and bind(cls, [v for v, _ in scalars], {}, self.ops) is op:
+            self.stage_ops[key] = op
 
     def _check_poisoned(self, call: ast.Call, scalars, keywords, scope: _Scope) -> None:
         """A call on a failed value: what does not depend on the value is still checked."""
@@ -965,10 +1016,20 @@ class _Expander:
             if self.depth > 64:
                 raise SpecError(f"blocks are nested more than 64 deep at '{block.name}'", call.span)
             name = instance or scope.fresh(block.name, self.nodes)[len(scope.prefix):]
-            frame = Frame(name, block.name, call.span, repeat, block.span.file,
-                          _call_text(block.name, scalars, keywords) + which)
-            inner = _Scope(f"{scope.prefix}{name}/", scope.frames + (frame,), inputs=list(tensors),
-                           share=share)
+            key = template = None
+            if self.templates is not None and share is None and self._replayable(block):
+                key = _template_key(block, tensors, scalars, keywords, want)
+                template = self.templates.get(key) if key is not None else None
+            text = template.call_text if template is not None else \
+                _call_text(block.name, scalars, keywords)
+            frame = Frame(name, block.name, call.span, repeat, block.span.file, text + which)
+            prefix, frames = f"{scope.prefix}{name}/", scope.frames + (frame,)
+            if template is not None:
+                outputs = self._replay(template, prefix, frames, tensors)
+                if outputs is not None:
+                    return outputs[0] if want == 1 else tuple(outputs)
+            inner = _Scope(prefix, frames, inputs=list(tensors), share=share)
+            before = (len(self.errors), len(self.independent), self.work, len(self.nodes))
             self._bind_params(block, inner, scalars, keywords, call, scope)
             if tensors and not self._takes_input(block):
                 raise SpecError(f"block '{block.name}' takes no input but was given {len(tensors)}",
@@ -984,7 +1045,89 @@ class _Expander:
         if len(outputs) != want:
             raise SpecError(f"block '{block.name}' gives {len(outputs)} value(s) but {want} are used",
                             call.span)
+        if key is not None and (len(self.errors), len(self.independent)) == before[:2]:
+            self._record(key, text, inner, tensors, self.work - before[2],
+                         len(self.nodes) - before[3])
         return outputs[0] if want == 1 else tuple(outputs)
+
+    def _replayable(self, block: ast.Block) -> bool:
+        """Whether every walk of the block's body depends on its arguments alone: asked
+        once per block. Its statements name, take and give tensors through layers and
+        arithmetic; nothing reads a shape, a state, a shared instance or another block
+        (whose names could come from the nodes made around the call)."""
+        found = self.replayable.get(block.name)
+        if found is None:
+            found = self.replayable[block.name] = all(
+                _replayable_statement(stmt, self.blocks) for stmt in block.body)
+        return found
+
+    def _record(self, key, call_text: str, inner: _Scope, tensors, work: int, made: int) -> None:
+        """Keep what a block call's walk made as a template for later equal calls, when
+        it made nodes of its own instance only, from its inputs and its ops shared."""
+        if self.templates is None:
+            return
+        prefix = inner.prefix
+        ids = list(islice(reversed(self.nodes), made))[::-1]
+        local_index = {node_id: i for i, node_id in enumerate(ids)}
+        input_index: dict[str, int] = {}
+        for k, tensor in enumerate(tensors):
+            input_index.setdefault(tensor.node, k)
+        shared_ops = {id(op) for op in self.ops.values()}
+
+        def source(node_id: str):  # a node made by the call (>= 0) or an input (< 0)
+            if node_id in local_index:
+                return local_index[node_id]
+            if node_id in input_index:
+                return -1 - input_index[node_id]
+            return None
+
+        nodes = []
+        for node_id in ids:
+            node = self.nodes[node_id]
+            if (not node_id.startswith(prefix) or node.kind != "op" or node.scope is not inner.frames
+                    or node.shares is not None or id(node.op) not in shared_ops
+                    or node_id in self.types):
+                return
+            sources = []
+            for source_id, delay in node.inputs:
+                where = source(source_id)
+                if where is None or delay:
+                    return
+                sources.append(where)
+            nodes.append((node.span, node.op, tuple(sources), (0,) * len(sources)))
+        outputs = []
+        for value in inner.outputs:
+            where = source(value.node) if type(value) is Value else None
+            if where is None:
+                return
+            outputs.append(where)
+        self.templates[key] = _Template(
+            call_text, tuple(node_id[len(prefix):] for node_id in ids), tuple(nodes),
+            tuple(outputs), tuple({i for _, _, sources, _ in nodes for i in sources}),
+            tuple(i for i, node_id in enumerate(ids) if node_id in self.named), work)
+
+    def _replay(self, template: "_Template", prefix: str, frames, tensors) -> list[Value] | None:
+        """What walking the body would make, from a template; None when the walk could
+        end otherwise (a name taken, or the budget passed: the walk says where)."""
+        nodes = self.nodes
+        if self.work + template.work > EXPANSION_BUDGET:
+            return None
+        ids = list(map(prefix.__add__, template.ids))  # (maps and zips: no frame each)
+        for node_id in ids:
+            if node_id in nodes:
+                return None
+        # a source i >= 0 is ids[i]; -1 - k, the input k, is names[-1 - k]
+        names = ids + [tensors[0].node] if len(tensors) == 1 else \
+            ids + [tensor.node for tensor in reversed(tensors)]
+        name_of = names.__getitem__
+        for node_id, (span, op, sources, delays) in zip(ids, template.nodes):
+            nodes[node_id] = op_node(node_id, span, frames, op,
+                                     list(zip(map(name_of, sources), delays)), None)
+        self.consumed.update(map(name_of, template.consumed))
+        if template.named:
+            self.named.update(map(ids.__getitem__, template.named))
+        self.work += template.work
+        return [Value(ids[i]) if i >= 0 else tensors[-1 - i] for i in template.outputs]
 
     def _takes_input(self, block: ast.Block) -> bool:
         """Whether a block's body has an `in` line: asked once per block."""
@@ -1023,6 +1166,9 @@ class _Expander:
         if tensors_d:
             raise SpecError("a shared instance is declared without tensor arguments", shared.call.span)
         if shared.call.name in self.blocks:
+            # an instance named by the spec (`share pair1 = pair(16)`) may take the names
+            # of a later call's nodes: from here on each call is walked, to see them
+            self.templates = None
             share = (shared, f"{scope.prefix}{instance}/")
             return self._inline(self.blocks[shared.call.name], tensors, scalars, keywords, call, scope,
                                 want, instance=instance, share=share)
@@ -1051,6 +1197,90 @@ class _Expander:
             raise SpecError("a shape needs at least one dimension", type_.span, "for example [64]")
         dtype = "int64" if classes is not None else "float32"
         return TensorType(tuple(dims), dtype, classes, type_.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """What a block call made, to replay for an equal call: its call text; its nodes' ids
+    within the instance, in order; each node's (span, op, sources, delays), a source a
+    node of the call (its index) or an input (-1 - its index), each delay 0; its outputs
+    alike; the sources read (consumed); the nodes renamed for a name (named); and the
+    budget the walk spent."""
+
+    call_text: str
+    ids: tuple[str, ...]
+    nodes: tuple
+    outputs: tuple[int, ...]
+    consumed: tuple[int, ...]
+    named: tuple[int, ...]
+    work: int
+
+
+# plain argument values: a call's key tells 1, 1.0 and True apart by their types
+_KEY_TYPES = frozenset((int, float, bool, str, type(None)))
+
+
+def _template_key(block: ast.Block, tensors, scalars, keywords, want: int):
+    """A block call's arguments as a key, or None when they are not plain values. Inputs
+    given twice (`pair(x, x)`) key apart from distinct ones."""
+    key = [block.name, want, len(tensors)]
+    for value, _ in scalars:
+        if type(value) not in _KEY_TYPES:
+            return None
+        key += (type(value), value)
+    for name, (value, _) in keywords.items():
+        if type(value) not in _KEY_TYPES:
+            return None
+        key += (name, type(value), value)
+    if len(tensors) > 1:
+        first: dict[str, int] = {}
+        key.append(tuple(first.setdefault(t.node, k) for k, t in enumerate(tensors)))
+    return tuple(key)
+
+
+def _stage_key(call: ast.Call):
+    """A layer call of numbers written out (`dense(16)`, `relu`) as a key: the name alone,
+    or the name, the numbers and their types (1 and 1.0 bind apart); None for any other."""
+    args = call.args
+    if not args:
+        return call.name
+    key = [call.name]
+    for arg in args:
+        value = arg.value
+        if arg.name is not None or type(value) is not ast.Number:
+            return None
+        key += (value.value, type(value.value))
+    return tuple(key)
+
+
+def _replayable_statement(stmt, blocks) -> bool:
+    """Whether a block body's statement runs alike for equal arguments (see _replayable)."""
+    kind = type(stmt)
+    if kind is ast.In:
+        return True
+    if kind is ast.Out:
+        return all(_replayable_expr(value, blocks) for value in stmt.values)
+    if kind is ast.Assign:
+        return len(stmt.targets) == 1 and _replayable_expr(stmt.value, blocks)
+    return False
+
+
+def _replayable_expr(expr, blocks) -> bool:
+    """Whether an expression gives alike for equal arguments, with ops shared."""
+    kind = type(expr)
+    if kind is ast.Name or kind is ast.Number or kind is ast.String:
+        return True
+    if kind is ast.BinOp:
+        return _replayable_expr(expr.left, blocks) and _replayable_expr(expr.right, blocks)
+    if kind is ast.Neg:
+        return _replayable_expr(expr.operand, blocks)
+    if kind is ast.Call:
+        return (expr.name in OPS and expr.name not in blocks
+                and all(_replayable_expr(arg.value, blocks) for arg in expr.args))
+    if kind is ast.Pipeline:
+        return _replayable_expr(expr.source, blocks) and all(
+            stage.repeat is None and _replayable_expr(stage.call, blocks) for stage in expr.stages)
+    return False  # lists (ops bound afresh), shapes, dimensions, states
 
 
 def _stdlib_meant(item: ast.Import) -> str | None:
