@@ -242,7 +242,6 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
         return transformed, dbias
 
     partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * 9)
-    gy = masking = None   # the closure the host's threads keep holds none of them
     transformed, dbias = partials[0]
     for more, more_dbias in partials[1:]:
         transformed += more
@@ -355,9 +354,6 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
                                                 2 * x.nbytes * kh * kw))
     if dx_direct and masking is not None:   # on gy as the slabs left it
         dx = forward("direct", gy, _flipped(weight), None, _input_grad_geometry(geometry))
-    # the host's threads keep the last function they ran until the next: its closure
-    # must not keep gy (and the chain's arrays) alive past this call
-    gy = masking = None
     return dx, dweight, summed if dbias is None else dbias
 
 
@@ -377,9 +373,7 @@ def chain_gradient(y, gy, chain: Chained, into=None):
     be gy itself) or a new array, and its sums per channel (the bias's gradient), in
     one pass (conv_chain_gradient) over slabs of the batch on the host's threads."""
     g, masking = chain_masking(y, gy, chain, into)
-    # through a cell cleared after: the host's threads keep the last function they ran
-    partials = parallel.slab_map(np, lambda part: masking(part), y.shape[0], 3 * y.nbytes)
-    masking = None
+    partials = parallel.slab_map(np, masking, y.shape[0], 3 * y.nbytes)
     dbias = partials[0]
     for more in partials[1:]:
         dbias += more

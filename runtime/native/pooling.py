@@ -77,7 +77,6 @@ def forward(x, geometry, kernel: str | None = None):
                  *sizes)
 
     _split(run, planes, x.nbytes + y.nbytes + indices.nbytes)
-    x = None   # the host's threads keep the last function they ran: not x through it
     return y, indices
 
 
@@ -95,7 +94,6 @@ def backward(gy, indices, shape, geometry):
                                  part.start, part.stop, *sizes)
 
     _split(run, planes, dx.nbytes + gy.nbytes + indices.nbytes)
-    gy = indices = None   # nor gy and the indices
     return dx
 
 
