@@ -52,9 +52,6 @@ REPLAY_BLOCKS = True
 # takes the op an equal stage was given, found by the layer and numbers alone, without
 # matching its arguments again (True); False matches every stage's (the path before)
 REUSE_STAGE_OPS = True
-# where each name of a body is defined (for "'x' is defined later") is found when a name
-# is missing (True), not for every body run (False, the path before)
-DEFINITIONS_WHEN_MISSING = True
 _SCALAR_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 # `a + b` of two tensors: the op that declares the operator
 _TENSOR_OPS = {op.operator: name for name, op in OPS.items() if op.operator is not None}
@@ -129,8 +126,7 @@ class _Scope:
         self.inputs = inputs  # tensors a block call passes to its `in`
         self.outputs: list[Value] | None = None
         self.share = share  # inside a shared instance: (it, path within it)
-        self.defined: dict[str, Span] = {}  # where each name of the body is defined
-        self.bodies: dict[int, Any] = {}  # the bodies run, by id (DEFINITIONS_WHEN_MISSING)
+        self.bodies: dict[int, Any] = {}  # the bodies run, by id (see _defined_at)
         self.used_early: set[str] = set()  # used before its definition (reported)
 
     def fresh(self, base: str, taken) -> str:
@@ -286,11 +282,7 @@ class _Expander:
 
     # ---- statements
     def _exec_body(self, body, scope: _Scope) -> None:
-        if DEFINITIONS_WHEN_MISSING:
-            scope.bodies.setdefault(id(body), body)  # see _defined_at
-        else:
-            for name, span in self._definitions_of(body).items():
-                scope.defined.setdefault(name, span)
+        scope.bodies.setdefault(id(body), body)  # see _defined_at
         for stmt in body:
             self.work += 1
             if self.work > EXPANSION_BUDGET:
@@ -663,9 +655,8 @@ class _Expander:
 
     def _defined_at(self, scope: _Scope, name: str) -> Span | None:
         """Where the bodies a scope has run define `name`, the first that does; so a name
-        used too early can say where it comes."""
-        if not DEFINITIONS_WHEN_MISSING:
-            return scope.defined.get(name)
+        used too early can say where it comes. Asked only when a name is missing, not
+        worked out for every body run."""
         for body in scope.bodies.values():
             span = self._definitions_of(body).get(name)
             if span is not None:

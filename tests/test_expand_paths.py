@@ -5,7 +5,6 @@ on (the default) and off.
 - `expand.SHARE_OPS`: a network's layers called alike share one op;
 - `expand.REPLAY_BLOCKS`: a block call equal to an earlier one replays its nodes;
 - `expand.REUSE_STAGE_OPS`: a stage of numbers written out takes an equal stage's op;
-- `expand.DEFINITIONS_WHEN_MISSING`: where a body defines its names, found when needed;
 - `graph.SHARED_DATA`: a node's data is its NodeDef, equal edges share their data.
 """
 import glob
@@ -22,8 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = sorted(glob.glob(os.path.join(ROOT, "specs", "*.net"))
                + glob.glob(os.path.join(ROOT, "tests", "errors", "*.net")))
 SWITCHES = ((expand_pass, "SHARE_OPS"), (expand_pass, "REPLAY_BLOCKS"),
-            (expand_pass, "REUSE_STAGE_OPS"), (expand_pass, "DEFINITIONS_WHEN_MISSING"),
-            (graph_pass, "SHARED_DATA"))
+            (expand_pass, "REUSE_STAGE_OPS"), (graph_pass, "SHARED_DATA"))
 
 
 def outcome(path: str):
@@ -51,7 +49,7 @@ def test_the_quick_paths_check_as_the_paths_before(path, monkeypatch):
 @pytest.mark.parametrize("path", FILES, ids=os.path.basename)
 def test_each_quick_expansion_path_checks_as_the_path_before(path, monkeypatch):
     quick = outcome(path)
-    for name in ("REPLAY_BLOCKS", "REUSE_STAGE_OPS", "DEFINITIONS_WHEN_MISSING"):
+    for name in ("REPLAY_BLOCKS", "REUSE_STAGE_OPS"):
         with monkeypatch.context() as patch:
             patch.setattr(expand_pass, name, False)
             assert outcome(path) == quick, name
@@ -124,7 +122,7 @@ REPLAYED = {
 def test_replayed_calls_check_as_walked_calls(text, monkeypatch):
     monkeypatch.setattr(expand_pass, "EXPANSION_BUDGET", 1000)
     quick = text_outcome(text)
-    for name in ("REPLAY_BLOCKS", "REUSE_STAGE_OPS", "DEFINITIONS_WHEN_MISSING"):
+    for name in ("REPLAY_BLOCKS", "REUSE_STAGE_OPS"):
         with monkeypatch.context() as patch:
             patch.setattr(expand_pass, name, False)
             assert text_outcome(text) == quick, name
