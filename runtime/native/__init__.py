@@ -120,6 +120,17 @@ CHANNEL_SPLIT_BYTES = 256 << 10
 _address, _bytes_of = ctypes.addressof, ctypes.c_char.from_buffer
 
 
+def split_above(threshold: int, run, total: int, size: int) -> None:
+    """run(slice) over range(total): whole when the call touches fewer than `threshold`
+    bytes (`size`), where a hand-over to the host's threads costs what splitting saves,
+    else in slabs on those threads. (An elementwise chain tests its threshold itself, to
+    make no closure for the small calls a small network's step is made of.)"""
+    if size < threshold:
+        run(slice(0, total))
+    else:
+        parallel.slab_map(np, run, total, size)
+
+
 def _pointer(array) -> int:
     """An array's data address. Through the buffer protocol it takes a fifth of
     `.ctypes.data`'s time (0.4 against 2 us here, per array of every call); a read-only
@@ -216,9 +227,6 @@ def _run_channels_native(xp, program: ChannelProgram, arrays: dict, scalars: dic
     def run(part: slice) -> None:   # ctypes lets go of the GIL: channel slabs run at once
         function(*pointers, *values, b, c, n, part.start, part.stop)
 
-    size = first.nbytes * (len(program.reads) + len(program.writes))
-    if size < CHANNEL_SPLIT_BYTES:
-        run(slice(0, c))
-        return results
-    parallel.slab_map(np, run, c, size)
+    split_above(CHANNEL_SPLIT_BYTES, run, c,
+                first.nbytes * (len(program.reads) + len(program.writes)))
     return results

@@ -23,8 +23,8 @@ import numpy as np
 
 from netdsl.lower.native_window import (FUNCTIONS, SIZES, forward_kernel, pool_sizes,
                                         pooling_module)
-from netdsl.ops import parallel, pool
-from netdsl.runtime.native import conv
+from netdsl.ops import pool
+from netdsl.runtime.native import conv, split_above
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["COMPILED", "forward", "backward", "covered"]
@@ -76,7 +76,7 @@ def forward(x, geometry, kernel: str | None = None):
         function(x.ctypes.data, y.ctypes.data, indices.ctypes.data, part.start, part.stop,
                  *sizes)
 
-    _split(run, planes, x.nbytes + y.nbytes + indices.nbytes)
+    split_above(SPLIT_BYTES, run, planes, x.nbytes + y.nbytes + indices.nbytes)
     return y, indices
 
 
@@ -93,16 +93,8 @@ def backward(gy, indices, shape, geometry):
         library.maxpool_backward(gy.ctypes.data, indices.ctypes.data, dx.ctypes.data,
                                  part.start, part.stop, *sizes)
 
-    _split(run, planes, dx.nbytes + gy.nbytes + indices.nbytes)
+    split_above(SPLIT_BYTES, run, planes, dx.nbytes + gy.nbytes + indices.nbytes)
     return dx
-
-
-def _split(run, planes: int, size: int) -> None:
-    """run(planes) whole below SPLIT_BYTES, else in slabs on the host's threads."""
-    if size < SPLIT_BYTES:
-        run(slice(0, planes))
-    else:
-        parallel.slab_map(np, run, planes, size)
 
 
 @pool.max_pool.provide("numpy")
