@@ -22,7 +22,8 @@
   with its slabs handed to the C pool (runtime.native.slabs) as on the Python threads
   (NETDSL_C_SLABS=0), on 1, 2 and 3 threads and a batch of 7 (slabs of unequal size,
   several chunks of the direct weight gradient in a slab), and equals float64 PyTorch;
-  a forked child splits over a pool of its own.
+  a forked child splits over a pool of its own; while the pool runs the slabs, BLAS
+  (the kernels' GEMMs) runs on one thread in each, and on its own threads again after.
 """
 import json
 import os
@@ -657,3 +658,35 @@ def test_a_forked_child_splits_over_a_pool_of_its_own(split_small, monkeypatch):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_blas_runs_on_one_thread_in_each_slab_on_the_pool(split_small, monkeypatch):
+    """Outside an executor's pass (which holds BLAS at one thread itself), a split call
+    holds BLAS at one thread while the pool's threads run its slabs' GEMMs, so that
+    OpenBLAS's threads do not fight them for the cores."""
+    controllers = host._blas_controllers()
+    if not controllers:
+        pytest.skip("no BLAS that threadpoolctl controls")
+    monkeypatch.setattr(host, "host_threads", lambda: 2)
+    monkeypatch.setattr(native_slabs, "C_SLABS", True)
+    seen = []
+    real = native_slabs._runner
+
+    def runner(signatures):
+        run = real(signatures)
+        return lambda *a: seen.append(max(c.num_threads for c in controllers)) or run(*a)
+
+    monkeypatch.setattr(native_slabs, "_runner", runner)
+    case = (5, 3, 4, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1))
+    g, x, w, bias, gy = _problem(case, "float32", seed=7)
+    previous = [c.num_threads for c in controllers]
+    for c in controllers:
+        c.set_num_threads(2)
+    try:
+        native_conv.forward("gemm", x, w, bias, g)
+        native_conv.backward(gy, x, w, g, True, "gemm")
+        after = [c.num_threads for c in controllers]
+    finally:
+        for c, n in zip(controllers, previous):
+            c.set_num_threads(n)
+    assert seen == [1, 1] and after == [2] * len(controllers)
