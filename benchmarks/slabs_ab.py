@@ -19,6 +19,12 @@ from SETTINGS (what is not named keeps its default):
 Prints per workload the medians of wall and process CPU time a step, in how many pairs
 the new step was the shorter (by each), and the load average before and after; with
 --keep the raw numbers go to benchmarks/results/.
+
+    python benchmarks/slabs_ab.py --handover 30 [--keep]
+
+times the hand-over alone instead: a relu forward over W2's dense activations (64 x
+120, float32) called whole, split on the pool and split on Python threads (all
+thresholds 0), blocks of 200 calls of each in turn; the medians and minima of a call.
 """
 from __future__ import annotations
 
@@ -99,6 +105,39 @@ def _alternate(workload, pairs: int, sides: dict, defaults: dict) -> dict:
                for name, t in times.items()}}
 
 
+def handover(rounds: int) -> dict:
+    """µs a call of a small relu whole, split on the pool, split on Python threads."""
+    import numpy as np
+
+    from netdsl.lower.codegen import Chain, run_program
+    from netdsl.lower.conv_chain import Epilogue
+    from netdsl.ops.activation import Relu
+
+    program = Epilogue(Chain((Relu(),), ((0,),), 1)).programs.forward
+    native.prepare([program], "float32")
+    x = np.random.default_rng(0).standard_normal((64, 120)).astype(np.float32)
+    arrays = {"x0": x}
+    ways = {"whole": {}, "pool": {(native, "SPLIT_BYTES"): 0, (host, "MIN_SPLIT_BYTES"): 0,
+                                  (slabs, "C_SLABS"): True},
+            "python": {(native, "SPLIT_BYTES"): 0, (host, "MIN_SPLIT_BYTES"): 0,
+                       (slabs, "C_SLABS"): False}}
+    defaults = {(m, a): getattr(m, a) for m, a, _ in SETTINGS.values()}
+    times = {name: [] for name in ways}
+    try:
+        for _ in range(rounds):
+            for name, setting in ways.items():
+                for (module, attribute), value in {**defaults, **setting}.items():
+                    setattr(module, attribute, value)
+                began = time.perf_counter()
+                for _ in range(200):
+                    run_program(np, program, arrays, None, "float32")
+                times[name].append((time.perf_counter() - began) / 200 * 1e6)
+    finally:
+        for (module, attribute), value in defaults.items():
+            setattr(module, attribute, value)
+    return times
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="W2,W3,W6")
@@ -107,9 +146,21 @@ def main() -> int:
     parser.add_argument("--new", default="c_slabs=1")
     parser.add_argument("--old", default="c_slabs=0")
     parser.add_argument("--keep", action="store_true", help="raw numbers to benchmarks/results")
+    parser.add_argument("--handover", type=int, default=0, metavar="ROUNDS",
+                        help="time the hand-over alone, in this many rounds")
     args = parser.parse_args()
     malloc = fix_malloc()
     limiter = limit_blas(args.threads)  # noqa: F841 (kept for the run)
+    if args.handover:
+        before = load_average()
+        times = handover(args.handover)
+        after = load_average()
+        for name, each in times.items():
+            print(f"{name}: {statistics.median(each):.1f} µs a call (least {min(each):.1f})")
+        print(f"load {before:.2f} -> {after:.2f}")
+        if args.keep:
+            print(f"raw numbers: {keep_results('slabs_handover', {'us': times, 'load': [before, after]})}")
+        return 0
     sides = {"new": parse(args.new), "old": parse(args.old)}
     wanted = args.only.split(",")
     print(f"{args.threads} threads, {malloc}, new {args.new}, old {args.old}, "

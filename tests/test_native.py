@@ -8,8 +8,8 @@
 - the library is cached on disk: a second build loads it, nothing half-written is left;
 - the entry that hands a kernel's slabs to the C pool (lower.native_slabs) equals its
   golden files (tests/golden_native_slabs/); a chain split over 1, 2 and 3 threads
-  (odd sizes) gives the same bits through it as on the Python threads
-  (NETDSL_C_SLABS=0, which the environment sets), scalars and all; a forked child
+  (odd sizes) gives the same bits through it (NETDSL_C_SLABS=1) as on the Python
+  threads (NETDSL_C_SLABS=0, the default), scalars and all; a forked child
   splits over a pool of its own; without the pool the Python threads run the slabs;
 - without a compiler the target says so in one line, and netc falls back to NumPy.
 (The native target's training steps equal the host's on every spec in test_fused and
@@ -569,7 +569,7 @@ def test_the_environment_switches_the_slabs_to_python_threads():
     said = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={**os.environ, **({"NETDSL_C_SLABS": value} if value else {})},
                            check=True).stdout.strip() for value in ("0", "1", None)]
-    assert said == ["False", "True", "True"]
+    assert said == ["False", "True", "False"]   # the Python threads by default
 
 
 def test_a_forked_child_splits_a_chain_over_a_pool_of_its_own(cache, monkeypatch):

@@ -26,8 +26,8 @@ candidate on the real arrays, the fastest kept, in memory and in a JSON file bes
 compiled kernels (`choices.json`, written atomically; a damaged one is ignored and
 rewritten; the key holds a hash of the kernels' source, so that new kernels are
 timed again). Every compiled kernel runs over a slab of the batch, the slabs on the host's
-threads at once (runtime.native.slabs: one call hands them to the generated C's
-pool; NETDSL_C_SLABS=0, to Python threads, ctypes releasing the GIL). Any
+threads at once (runtime.native.slabs: Python threads, ctypes releasing the GIL; with
+NETDSL_C_SLABS=1, one call hands them to the generated C's pool). Any
 other case (groups, rank 3, mixed dtypes, no compiler) returns NotImplemented, and the
 NumPy code runs.
 """

@@ -7,12 +7,15 @@ chain over slabs of its arrays) describes each slab as a `plan`: plan(slab) retu
 and what the slab hands back (a partial weight gradient; None). `run_slabs` runs every
 slab's calls:
 
-- split over the host's threads (runtime.host's slabs; one slab: on this thread), by
-  default through netdsl.lower.native_slabs' `slabs_run`: one ctypes call, whose C runs
-  the pool's `pool_run` over the slabs (a hand-over is one atomic store, where a Python
-  thread's costs about 24 us);
-- with `C_SLABS` off (NETDSL_C_SLABS=0), or where the pool does not build, on the
-  host's Python threads (ops.parallel.slab_map), each slab's calls made from Python.
+- split over the host's threads (runtime.host's slabs; one slab: on this thread), with
+  `C_SLABS` (NETDSL_C_SLABS=1) through netdsl.lower.native_slabs' `slabs_run`: one
+  ctypes call, whose C runs the pool's `pool_run` over the slabs (a hand-over is one
+  atomic store, where a Python thread's costs about 24 us);
+- by default (NETDSL_C_SLABS=0), or where the pool does not build, on the host's
+  Python threads (ops.parallel.slab_map), each slab's calls made from Python. On the
+  busy machine the pool's steps were not the shorter (docs/cpu.md, "A native kernel's
+  slabs on the same pool"): its workers spin 50 us after each call, on cores other
+  processes want, where the Python threads sleep at once.
 
 The slabs, the calls and their order within a slab are the same both ways, so the
 results are. A call is (a ctypes function with its argtypes, its arguments): addresses
@@ -38,9 +41,10 @@ from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["C_SLABS", "Scratch", "run_slabs", "run_whole", "signature"]
 
-# hand a native kernel's slabs to the generated C's thread pool (False, or
-# NETDSL_C_SLABS=0 in the environment: to the host's Python threads, as before)
-C_SLABS = os.environ.get("NETDSL_C_SLABS", "1") != "0"
+# hand a native kernel's slabs to the generated C's thread pool (True, or
+# NETDSL_C_SLABS=1 in the environment), or to the host's Python threads (False, or
+# NETDSL_C_SLABS=0: the default, as before; the pool's steps did not measure shorter)
+C_SLABS = os.environ.get("NETDSL_C_SLABS", "0") == "1"
 
 
 class Scratch(NamedTuple):
