@@ -504,8 +504,9 @@ def _allocated(call, made) -> int:
         tracemalloc.stop()
 
 
+@pytest.mark.parametrize("c_slabs", [False, True], ids=["python", "pool"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_scratch_bound_covers_what_each_kernel_allocates(threads, monkeypatch):
+def test_the_scratch_bound_covers_what_each_kernel_allocates(threads, c_slabs, monkeypatch):
     """lower.native_conv.kernel_scratch, per kernel forward and backward (with dx), is at
     least what a call allocates beyond its output, measured by tracemalloc (NumPy reports
     its arrays to it) on one thread and on two (four slabs), and at most 1.1 times it on
@@ -513,6 +514,7 @@ def test_the_scratch_bound_covers_what_each_kernel_allocates(threads, monkeypatc
     too small to split (whole on one thread), which makes it up to 4 times what a split
     call takes (measured 1.0-3.6, a chunk of 8 padded images against 2)."""
     monkeypatch.setattr(host, "host_threads", lambda: threads)
+    monkeypatch.setattr(native_slabs, "C_SLABS", c_slabs)   # a scratch per part, or slab
     ratios = []
     for case in SCRATCH_CASES:
         g, x, w, bias, gy = _problem(case, "float32")

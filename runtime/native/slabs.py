@@ -91,17 +91,24 @@ def run_whole(planned):
     calls, result = planned
     buffers = {}
     for function, arguments in calls:
-        given = []
-        for argument in arguments:
-            if isinstance(argument, Scratch):
-                buffer = buffers.get(argument.key)
-                if buffer is None or buffer.size < argument.elements:
-                    buffer = buffers[argument.key] = np.empty(argument.elements,
-                                                              argument.dtype)
-                argument = buffer.ctypes.data
-            given.append(argument)
-        function(*given)
+        if Scratch in map(type, arguments):   # a loop in C: most calls have none
+            function(*_scratch_given(arguments, buffers))
+        else:
+            function(*arguments)
     return result
+
+
+def _scratch_given(arguments, buffers: dict) -> list:
+    """The arguments with a Scratch as its buffer's address (made, or grown, here)."""
+    given = []
+    for argument in arguments:
+        if isinstance(argument, Scratch):
+            buffer = buffers.get(argument.key)
+            if buffer is None or buffer.size < argument.elements:
+                buffer = buffers[argument.key] = np.empty(argument.elements, argument.dtype)
+            argument = buffer.ctypes.data
+        given.append(argument)
+    return given
 
 
 def run_slabs(plan, total: int, size: int) -> list:
