@@ -48,7 +48,7 @@ from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, C
                                       conv_module, direct_kernel, direct_scratch, gemm_scratch,
                                       geometry_sizes, weight_grad_scratch,
                                       winograd_fits, winograd_grad_scratch, winograd_module,
-                                      winograd_rows, winograd_scratch)
+                                      winograd_chunk_rows, winograd_scratch)
 from netdsl.ops import convolve, parallel
 from netdsl.ops.windows import Geometry
 from netdsl.runtime.host import host_threads, one_blas_thread
@@ -190,7 +190,7 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
 
 def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None = None):
     """y by Winograd F(2x2, 3x3): the weight's transform once, then each slab of the
-    batch in chunks of tile rows (lower.native_conv.winograd_rows)."""
+    batch in chunks of tile rows (lower.native_conv.winograd_chunk_rows)."""
     dtype = str(x.dtype)
     library, address = _winograd_library(dtype, chain)
     sizes = _sizes(x, weight, geometry)
@@ -199,12 +199,12 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     transformed = np.empty((16, o, c), dtype=x.dtype)
     library.conv_winograd_weights(weight.ctypes.data, transformed.ctypes.data, o, c)
-    rows = winograd_rows(sizes, x.itemsize)
-    scratch = winograd_scratch(dtype, sizes, rows)
     y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
 
     def run(part: slice) -> None:
-        buffer = np.empty(scratch, dtype=x.dtype)
+        rows = winograd_chunk_rows(sizes, x.itemsize, part.stop - part.start,
+                                   _slabs_running())
+        buffer = np.empty(winograd_scratch(dtype, sizes, rows), dtype=x.dtype)
         library.conv_forward_winograd(
             address, x.ctypes.data, transformed.ctypes.data,
             None if bias is None else bias.ctypes.data, y.ctypes.data, buffer.ctypes.data,
@@ -212,6 +212,12 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
 
     parallel.slab_map(np, run, x.shape[0], x.nbytes * 9)
     return y
+
+
+def _slabs_running() -> int:
+    """How many slabs run at once beside the calling one, itself included: the host
+    shares parallel.CHUNK_BYTES among them (parallel.chunk_budget)."""
+    return max(1, parallel.CHUNK_BYTES // parallel.chunk_budget(np))
 
 
 # Winograd F(2x2, 3x3)'s G: a kernel's transform is G g G^T, its gradient's G^T u G
@@ -228,13 +234,12 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
     library, address = _winograd_library(dtype)
     sizes = _sizes(x, weight, geometry)
     c, o = sizes[0], sizes[3]
-    rows = winograd_rows(sizes, x.itemsize)
-    scratch = winograd_grad_scratch(dtype, sizes, rows)
-
     def run(part: slice):
         transformed = np.zeros((4, 4, o, c), dtype=x.dtype)
         dbias = np.zeros(o, dtype=x.dtype) if masking is None else masking(part)
-        buffer = np.empty(scratch, dtype=x.dtype)
+        rows = winograd_chunk_rows(sizes, x.itemsize, part.stop - part.start,
+                                   _slabs_running())
+        buffer = np.empty(winograd_grad_scratch(dtype, sizes, rows), dtype=x.dtype)
         library.conv_weight_grad_winograd(
             address, gy.ctypes.data, x.ctypes.data, transformed.ctypes.data,
             dbias.ctypes.data if bias_grad and masking is None else None,
