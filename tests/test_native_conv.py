@@ -560,6 +560,27 @@ def test_winograds_chunk_on_two_threads_is_one_threads(case, share, monkeypatch)
                                    atol=1e-12 * float(np.abs(theirs).max()))
 
 
+def test_slabs_partials_are_added_in_slab_order_as_they_come_in():
+    """Winograd's weight gradient adds its slabs' partials in the slabs' order whatever
+    order they end in (the bits of summing them after all are done), and holds none
+    once those before it are in."""
+    rng = np.random.default_rng(4)
+    parts = [slice(0, 3), slice(3, 5), slice(5, 8), slice(8, 9)]
+    partials = [(rng.standard_normal(6).astype("float32"),
+                 rng.standard_normal(2).astype("float32")) for _ in parts]
+    want = [a.copy() for a in partials[0]]
+    for more in partials[1:]:
+        for into, value in zip(want, more):
+            into += value
+    folding = native_conv._InOrder()
+    for index in (2, 1, 3, 0):
+        folding.add(parts[index], tuple(a.copy() for a in partials[index]))
+        assert (folding.total is None) == (index != 0)
+    assert not folding._waiting
+    for mine, theirs in zip(folding.total, want):
+        assert np.array_equal(mine, theirs)
+
+
 def test_the_bound_splits_the_batch_as_the_host_does():
     """The lowering may not import the runtime: its copy of the slabs per thread, and the
     slabs it splits a batch into, are the host's."""

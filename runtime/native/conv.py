@@ -38,12 +38,14 @@ import ctypes
 import hashlib
 import json
 import math
+import threading
 import time
 from functools import lru_cache
 
 import numpy as np
 
 from netdsl import atomic
+from netdsl.lower import native_conv as native_conv_lowering
 from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, Chained,
                                       conv_module, direct_kernel, direct_scratch, gemm_scratch,
                                       geometry_sizes, weight_grad_scratch,
@@ -214,6 +216,28 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
     return y
 
 
+class _InOrder:
+    """Slabs' partial sums (arrays) added up in the slabs' order as soon as every slab
+    before one is in: the same additions in the same order as summing them after all
+    are done (the same bits), but a slab's partials are dropped once added, so that
+    fewer are held at once."""
+
+    def __init__(self):
+        self.total, self._next, self._waiting = None, 0, {}
+        self._lock = threading.Lock()
+
+    def add(self, part: slice, partials: tuple) -> None:
+        with self._lock:
+            self._waiting[part.start] = (part.stop, partials)
+            while self._next in self._waiting:
+                self._next, more = self._waiting.pop(self._next)
+                if self.total is None:
+                    self.total = more
+                else:
+                    for into, value in zip(self.total, more):
+                        into += value
+
+
 def _slabs_running() -> int:
     """How many slabs run at once beside the calling one, itself included: the host
     shares parallel.CHUNK_BYTES among them (parallel.chunk_budget)."""
@@ -234,6 +258,8 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
     library, address = _winograd_library(dtype)
     sizes = _sizes(x, weight, geometry)
     c, o = sizes[0], sizes[3]
+    folding = _InOrder() if native_conv_lowering.WINOGRAD_SHARE else None
+
     def run(part: slice):
         transformed = np.zeros((4, 4, o, c), dtype=x.dtype)
         dbias = np.zeros(o, dtype=x.dtype) if masking is None else masking(part)
@@ -244,9 +270,15 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
             address, gy.ctypes.data, x.ctypes.data, transformed.ctypes.data,
             dbias.ctypes.data if bias_grad and masking is None else None,
             buffer.ctypes.data, part.start, part.stop, rows, *sizes)
-        return transformed, dbias
+        del buffer
+        if folding is None:
+            return transformed, dbias
+        folding.add(part, (transformed, dbias))
+        return None
 
     partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * 9)
+    if folding is not None:
+        partials = [folding.total]
     transformed, dbias = partials[0]
     for more, more_dbias in partials[1:]:
         transformed += more
