@@ -38,17 +38,19 @@ import ctypes
 import hashlib
 import json
 import math
+import threading
 import time
 from functools import lru_cache
 
 import numpy as np
 
 from netdsl import atomic
+from netdsl.lower import native_conv as native_conv_lowering
 from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, Chained,
                                       conv_module, direct_kernel, direct_scratch, gemm_scratch,
                                       geometry_sizes, weight_grad_scratch,
                                       winograd_fits, winograd_grad_scratch, winograd_module,
-                                      winograd_rows, winograd_scratch)
+                                      winograd_chunk_rows, winograd_scratch)
 from netdsl.ops import convolve, parallel
 from netdsl.ops.windows import Geometry
 from netdsl.runtime.host import host_threads, one_blas_thread
@@ -190,7 +192,7 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
 
 def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None = None):
     """y by Winograd F(2x2, 3x3): the weight's transform once, then each slab of the
-    batch in chunks of tile rows (lower.native_conv.winograd_rows)."""
+    batch in chunks of tile rows (lower.native_conv.winograd_chunk_rows)."""
     dtype = str(x.dtype)
     library, address = _winograd_library(dtype, chain)
     sizes = _sizes(x, weight, geometry)
@@ -199,12 +201,12 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     transformed = np.empty((16, o, c), dtype=x.dtype)
     library.conv_winograd_weights(weight.ctypes.data, transformed.ctypes.data, o, c)
-    rows = winograd_rows(sizes, x.itemsize)
-    scratch = winograd_scratch(dtype, sizes, rows)
     y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
 
     def run(part: slice) -> None:
-        buffer = np.empty(scratch, dtype=x.dtype)
+        rows = winograd_chunk_rows(sizes, x.itemsize, part.stop - part.start,
+                                   _slabs_running())
+        buffer = np.empty(winograd_scratch(dtype, sizes, rows), dtype=x.dtype)
         library.conv_forward_winograd(
             address, x.ctypes.data, transformed.ctypes.data,
             None if bias is None else bias.ctypes.data, y.ctypes.data, buffer.ctypes.data,
@@ -212,6 +214,34 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
 
     parallel.slab_map(np, run, x.shape[0], x.nbytes * 9)
     return y
+
+
+class _InOrder:
+    """Slabs' partial sums (arrays) added up in the slabs' order as soon as every slab
+    before one is in: the same additions in the same order as summing them after all
+    are done (the same bits), but a slab's partials are dropped once added, so that
+    fewer are held at once."""
+
+    def __init__(self):
+        self.total, self._next, self._waiting = None, 0, {}
+        self._lock = threading.Lock()
+
+    def add(self, part: slice, partials: tuple) -> None:
+        with self._lock:
+            self._waiting[part.start] = (part.stop, partials)
+            while self._next in self._waiting:
+                self._next, more = self._waiting.pop(self._next)
+                if self.total is None:
+                    self.total = more
+                else:
+                    for into, value in zip(self.total, more):
+                        into += value
+
+
+def _slabs_running() -> int:
+    """How many slabs run at once beside the calling one, itself included: the host
+    shares parallel.CHUNK_BYTES among them (parallel.chunk_budget)."""
+    return max(1, parallel.CHUNK_BYTES // parallel.chunk_budget(np))
 
 
 # Winograd F(2x2, 3x3)'s G: a kernel's transform is G g G^T, its gradient's G^T u G
@@ -228,20 +258,27 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
     library, address = _winograd_library(dtype)
     sizes = _sizes(x, weight, geometry)
     c, o = sizes[0], sizes[3]
-    rows = winograd_rows(sizes, x.itemsize)
-    scratch = winograd_grad_scratch(dtype, sizes, rows)
+    folding = _InOrder() if native_conv_lowering.WINOGRAD_SHARE else None
 
     def run(part: slice):
         transformed = np.zeros((4, 4, o, c), dtype=x.dtype)
         dbias = np.zeros(o, dtype=x.dtype) if masking is None else masking(part)
-        buffer = np.empty(scratch, dtype=x.dtype)
+        rows = winograd_chunk_rows(sizes, x.itemsize, part.stop - part.start,
+                                   _slabs_running())
+        buffer = np.empty(winograd_grad_scratch(dtype, sizes, rows), dtype=x.dtype)
         library.conv_weight_grad_winograd(
             address, gy.ctypes.data, x.ctypes.data, transformed.ctypes.data,
             dbias.ctypes.data if bias_grad and masking is None else None,
             buffer.ctypes.data, part.start, part.stop, rows, *sizes)
-        return transformed, dbias
+        del buffer
+        if folding is None:
+            return transformed, dbias
+        folding.add(part, (transformed, dbias))
+        return None
 
     partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * 9)
+    if folding is not None:
+        partials = [folding.total]
     transformed, dbias = partials[0]
     for more, more_dbias in partials[1:]:
         transformed += more
