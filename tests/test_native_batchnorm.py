@@ -1,7 +1,9 @@
 """Batchnorm on the native CPU target: per-channel programs (ops.channels) made from the
 op's formulas (ops.norm.batch_norm_programs), compiled to C.
 
-- the C source equals its golden file (tests/golden_native/channels_batchnorm.c);
+- the C source equals its golden file (tests/golden_native/channels_batchnorm.c), and
+  with the lean passes (lower.native.LEAN_PASSES, NETDSL_BN_PASSES) its own
+  (channels_batchnorm_lean.c); each test of the compiled programs runs both;
 - compiled, and evaluated by NumPy, the programs compute what ops.numeric's NumPy
   batchnorm does, forward (batch and running statistics) and backward, in float32 and
   float64, over one slab or over channel slabs on the host's threads;
@@ -22,6 +24,7 @@ import pytest
 import torch
 
 from conftest import ROOT, assert_golden
+from netdsl.lower import native as native_lower
 from netdsl.lower.native import c_module
 from netdsl.ops.base import Ctx
 from netdsl.ops.channels import run_channels
@@ -32,7 +35,18 @@ from netdsl.runtime.native import toolchain as native_build
 
 GOLDEN = os.path.join(ROOT, "tests", "golden_native", "channels_batchnorm.c")
 GOLDEN_ADD_RELU = os.path.join(ROOT, "tests", "golden_native", "channels_batchnorm_add_relu.c")
+# the lean passes' sources (float32 blocks summed in float, a shared term stashed)
+LEAN = {GOLDEN: GOLDEN.replace(".c", "_lean.c"),
+        GOLDEN_ADD_RELU: GOLDEN_ADD_RELU.replace(".c", "_lean.c"),
+        "relu": os.path.join(ROOT, "tests", "golden_native", "channels_batchnorm_relu_lean.c")}
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}
+
+
+@pytest.fixture(params=[True, False], ids=["lean", "old"])
+def passes(request, monkeypatch):
+    """The programs' C with the lean passes (the default) and without."""
+    monkeypatch.setattr(native_lower, "LEAN_PASSES", request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -43,8 +57,9 @@ def cache(tmp_path, monkeypatch):
     native_build.build.cache_clear()
 
 
-def test_batchnorm_source_matches_golden(update_golden):
-    assert_golden(GOLDEN, c_module(list(BATCH_NORM), "float32"), update_golden)
+def test_batchnorm_source_matches_golden(update_golden, passes):
+    assert_golden(LEAN[GOLDEN] if passes else GOLDEN, c_module(list(BATCH_NORM), "float32"),
+                  update_golden)
 
 
 def _inputs(shape, dtype, seed=0):
@@ -90,8 +105,8 @@ def _numpy_and_ours(shape, dtype, training, compiled):
 
 @pytest.mark.parametrize("training", [True, False], ids=["batch", "running"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(5, 3, 4, 6), (7, 4), (2, 3, 5, 1, 3)])
-def test_the_compiled_programs_compute_what_numpy_does(shape, dtype, training, cache):
+@pytest.mark.parametrize("shape", [(5, 3, 4, 6), (7, 4), (2, 3, 5, 1, 3), (3, 2, 17, 19)])
+def test_the_compiled_programs_compute_what_numpy_does(shape, dtype, training, cache, passes):
     theirs, ours = _numpy_and_ours(shape, dtype, training, compiled=True)
     for name, a, b in zip(("y", "mean", "inv_std", "dx", "dweight", "dbias", "running_mean",
                            "running_var"), ours, theirs):
@@ -110,7 +125,8 @@ def test_numpy_evaluates_the_same_programs(dtype, training):
 
 
 @pytest.mark.parametrize("c_slabs", [True, False], ids=["pool", "python"])
-def test_large_inputs_run_in_channel_slabs_on_the_host_threads(cache, monkeypatch, c_slabs):
+def test_large_inputs_run_in_channel_slabs_on_the_host_threads(cache, monkeypatch, c_slabs,
+                                                                passes):
     """Above native.CHANNEL_SPLIT_BYTES, slabs of channels run on the host's threads,
     handed to the C pool (C_SLABS) or to Python threads."""
     from netdsl.ops import parallel
@@ -163,7 +179,7 @@ def _torch_batchnorm(x, weight, bias, gy, training):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["batch", "running"])
-def test_the_compiled_batchnorm_equals_pytorch_in_float64(training, cache):
+def test_the_compiled_batchnorm_equals_pytorch_in_float64(training, cache, passes):
     x, weight, bias, gy = _inputs((6, 4, 5, 3), "float64", seed=2)
     for ours, theirs in zip(_compiled(x, weight, bias, gy, training),
                             _torch_batchnorm(x, weight, bias, gy, training)):
@@ -261,12 +277,20 @@ def _relu():
     return head, ChannelChain(head, chain, 0, ("bn", "relu"))
 
 
-def test_batchnorm_add_relu_source_matches_golden(update_golden):
+def test_batchnorm_add_relu_source_matches_golden(update_golden, passes):
     _, fused = _add_relu()
     assert [p.name for p in fused.programs] == [
         "batchnorm_train_add_relu", "batchnorm_eval_add_relu", "batchnorm_backward_add_relu",
         "batchnorm_backward_fixed_add_relu"]
-    assert_golden(GOLDEN_ADD_RELU, c_module(list(fused.programs), "float32"), update_golden)
+    assert_golden(LEAN[GOLDEN_ADD_RELU] if passes else GOLDEN_ADD_RELU,
+                  c_module(list(fused.programs), "float32"), update_golden)
+
+
+def test_batchnorm_relu_lean_source_matches_golden(update_golden, monkeypatch):
+    """A relu's masked gradient, stashed in dx by the summing pass, read back by the
+    writing pass (no array of its own to go to)."""
+    monkeypatch.setattr(native_lower, "LEAN_PASSES", True)
+    assert_golden(LEAN["relu"], c_module(list(_relu()[1].programs), "float32"), update_golden)
 
 
 def test_one_pattern_is_one_set_of_programs():
@@ -290,7 +314,8 @@ def _torch_fused(x, weight, bias, skip, gy, training, mean, var):
 @pytest.mark.parametrize("way", ["compiled", "evaluated", "apart"])
 @pytest.mark.parametrize("training", [True, False], ids=["batch", "running"])
 @pytest.mark.parametrize("chain", ["add_relu", "add_relu_at_1", "relu"])
-def test_a_chain_after_a_batchnorm_equals_pytorch_in_float64(chain, training, way, cache):
+def test_a_chain_after_a_batchnorm_equals_pytorch_in_float64(chain, training, way, cache,
+                                                             passes):
     """Forward, the gradients of both inputs and of the parameters, and the running
     statistics, over two steps (the second normalises with the first's statistics in
     eval mode). `apart`: the op's NumPy code, then the chain (a runtime providing
@@ -432,3 +457,49 @@ def test_a_longer_chain_with_two_other_inputs_runs_as_apart(training, cache):
                         buffers["running_mean"], buffers["running_var"]))
     for ours, theirs in zip(*results):
         np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "slabs"])
+@pytest.mark.parametrize("training", [True, False], ids=["batch", "running"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("chain", ["add_relu", "relu"])
+def test_a_chain_after_a_batchnorm_compiled_equals_evaluated(chain, dtype, training, split,
+                                                            cache, passes, monkeypatch):
+    """Compiled, with the lean passes and without, in one call or in channel slabs on the
+    host's threads, the fused programs equal NumPy's evaluation of the same formulas in
+    either dtype, over a channel of odd length longer than a summing block (tails)."""
+    head, fused = _relu() if chain == "relu" else _add_relu()
+    monkeypatch.setattr(native, "CHANNEL_SPLIT_BYTES", 0 if split else 1 << 40)
+    rng = np.random.default_rng(7)
+    shape = (3, 5, 17, 19)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    skip, gy = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    weight = rng.uniform(0.5, 1.5, 5).astype(dtype)
+    bias = rng.standard_normal(5).astype(dtype)
+    others = () if chain == "relu" else (skip,)
+    provider = run_channels.provided.get("numpy")
+    results = []
+    for compiled in (True, False):
+        buffers = {"running_mean": np.full(5, 0.5, dtype), "running_var": np.full(5, 2.0, dtype)}
+        ctx = Ctx(np, training=training, buffers=buffers, dtype=dtype)
+        ctx.compiled = True
+        if compiled:
+            native.prepare(list(fused.programs), dtype)
+        else:
+            run_channels.provided.pop("numpy", None)
+        try:
+            y = fused.forward(ctx, x, *others, weight=weight, bias=bias)
+            ctx.needs_input_grad = (True,) * (1 + len(others))
+            grads, params = fused.backward(ctx, gy)
+        finally:
+            run_channels.provided["numpy"] = provider
+        results.append([y, *grads, params["weight"], params["bias"],
+                        buffers["running_mean"], buffers["running_var"]])
+    names = ("y", "dx", *(("dskip",) if others else ()), "dweight", "dbias", "running_mean",
+             "running_var")
+    for name, a, b in zip(names, *results):
+        assert a.dtype == np.dtype(dtype), name
+        # float32: each block of 256 terms summed in float lanes, against double
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=TOLERANCE[dtype],
+                                   atol=TOLERANCE[dtype] * scale, err_msg=name)

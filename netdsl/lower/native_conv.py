@@ -26,6 +26,7 @@ Only text is made here; netdsl.runtime.native.conv compiles and calls it.
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 from netdsl.lower.codegen import Program
@@ -37,7 +38,7 @@ __all__ = ["conv_module", "Chained", "chain_source", "FUNCTIONS", "OUTPUT_BLOCK"
            "direct_blocks", "direct_kernel", "geometry_sizes", "gemm_scratch",
            "slab_sizes", "kernel_scratch", "largest_scratch", "SLABS_PER_THREAD",
            "direct_scratch", "weight_grad_scratch", "winograd_module", "WINOGRAD_FUNCTIONS",
-           "winograd_fits", "winograd_rows", "winograd_scratch",
+           "winograd_fits", "winograd_rows", "winograd_chunk_rows", "winograd_scratch",
            "winograd_grad_scratch"]
 
 # the geometry arguments every function takes, in order
@@ -280,20 +281,19 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
         found["direct"] = (worst(lambda n, count, running: direct_forward(sizes, running)),
                            worst(direct_backward))
     if winograd_fits(sizes[4:6], sizes[8:10], sizes[12:14], sizes[10:12]):
-        def winograd_forward(shape, running):
-            rows = winograd_rows(shape, item)
+        def winograd_forward(shape, n, running):
+            rows = winograd_chunk_rows(shape, item, n, running)
             return 16 * shape[0] * shape[3] + running * winograd_scratch(dtype, shape, rows)
 
-        forward = worst(lambda n, count, running: winograd_forward(sizes, running))
+        forward = worst(lambda n, count, running: winograd_forward(sizes, n, running))
         found["winograd"] = (forward, 0)   # backward too, where dx's pads allow (below)
         if flipped is not None:
-            rows = winograd_rows(sizes, item)
-
             def winograd_backward(n, count, running):
+                rows = winograd_chunk_rows(sizes, item, n, running)
                 partials = count * (16 * o * c + o)
                 # dW = G^T . G by einsum: its (3, 4, O, C) intermediate, the result, a copy
                 after = partials + 12 * o * c + 2 * weight
-                return max(2 * weight + winograd_forward(flipped, running), after,
+                return max(2 * weight + winograd_forward(flipped, n, running), after,
                            partials + running * winograd_grad_scratch(dtype, sizes, rows))
 
             found["winograd"] = (forward, worst(winograd_backward))
@@ -392,8 +392,8 @@ typedef T vec __attribute__((vector_size(VL * sizeof(T)), aligned(sizeof(T))));
 
 _TEMPLATE = _PREAMBLE + """\
 /* a loaded vector stays in a register: GCC would otherwise load it again for each use,
-   and the loads, not the multiplications, would bound the loop (a register of 64
-   bytes, AVX-512's: without it, a vector of 16 floats is two and has no such place) */
+   and the loads, not the multiplications, would bound the loop (a 64-byte vector fits
+   one register with AVX-512 only: without it the constraint cannot be met) */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__AVX512F__)
 #define IN_REGISTER(v) __asm__("" : "+v"(v))
 #else
@@ -675,6 +675,21 @@ def winograd_rows(sizes, itemsize: int, budget: int = WINOGRAD_CHUNK_BYTES) -> i
     c, o, ow = sizes[0], sizes[3], sizes[7]
     per_row = 16 * (c + o) * -(-ow // 2) * itemsize
     return max(1, budget // per_row)
+
+
+# Winograd's chunk of V and M: WINOGRAD_CHUNK_BYTES shared by the slabs running at
+# once, and no more tile rows than its slab has. NETDSL_WINOGRAD_SHARE=0: each slab's
+# chunk the whole budget, however small the slab (two threads held twice one thread's
+# scratch, W3's peak 1.7 MiB above PyTorch's on two threads where on one it was equal)
+WINOGRAD_SHARE = os.environ.get("NETDSL_WINOGRAD_SHARE", "1") != "0"
+
+
+def winograd_chunk_rows(sizes, itemsize: int, images: int, running: int) -> int:
+    """Tile rows of a chunk for a slab of `images` images, `running` slabs at once."""
+    if not WINOGRAD_SHARE:
+        return winograd_rows(sizes, itemsize)
+    rows = winograd_rows(sizes, itemsize, WINOGRAD_CHUNK_BYTES // max(1, running))
+    return max(1, min(rows, images * -(-sizes[6] // 2)))
 
 
 def _tiles(dtype: str, sizes) -> tuple[int, int, int]:

@@ -39,17 +39,19 @@ import ctypes
 import hashlib
 import json
 import math
+import threading
 import time
 from functools import lru_cache
 
 import numpy as np
 
 from netdsl import atomic
+from netdsl.lower import native_conv as native_conv_lowering
 from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, Chained,
                                       conv_module, direct_kernel, direct_scratch, gemm_scratch,
                                       geometry_sizes, weight_grad_scratch,
                                       winograd_fits, winograd_grad_scratch, winograd_module,
-                                      winograd_rows, winograd_scratch)
+                                      winograd_chunk_rows, winograd_scratch)
 from netdsl.ops import convolve, parallel
 from netdsl.ops.windows import Geometry
 from netdsl.runtime.host import host_threads, one_blas_thread
@@ -193,7 +195,7 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
 
 def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None = None):
     """y by Winograd F(2x2, 3x3): the weight's transform once, then each slab of the
-    batch in chunks of tile rows (lower.native_conv.winograd_rows)."""
+    batch in chunks of tile rows (lower.native_conv.winograd_chunk_rows)."""
     dtype = str(x.dtype)
     library, address = _winograd_library(dtype, chain)
     sizes = _sizes(x, weight, geometry)
@@ -202,20 +204,48 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     transformed = np.empty((16, o, c), dtype=x.dtype)
     library.conv_winograd_weights(weight.ctypes.data, transformed.ctypes.data, o, c)
-    rows = winograd_rows(sizes, x.itemsize)
-    scratch = winograd_scratch(dtype, sizes, rows)
     y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
 
     function = library.conv_forward_winograd
     pointers = (address, x.ctypes.data, transformed.ctypes.data,
-                None if bias is None else bias.ctypes.data, y.ctypes.data,
-                Scratch("scratch", scratch, x.dtype))
+                None if bias is None else bias.ctypes.data, y.ctypes.data)
 
     def plan(part: slice):
-        return [(function, (*pointers, part.start, part.stop, rows, *sizes))], None
+        rows = winograd_chunk_rows(sizes, x.itemsize, part.stop - part.start,
+                                   _slabs_running())
+        scratch = Scratch("scratch", winograd_scratch(dtype, sizes, rows), x.dtype)
+        return [(function, (*pointers, scratch, part.start, part.stop, rows, *sizes))], None
 
     run_slabs(plan, x.shape[0], x.nbytes * 9)
     return y
+
+
+class _InOrder:
+    """Slabs' partial sums (arrays) added up in the slabs' order as soon as every slab
+    before one is in: the same additions in the same order as summing them after all
+    are done (the same bits), but a slab's partials are dropped once added, so that
+    fewer are held at once."""
+
+    def __init__(self):
+        self.total, self._next, self._waiting = None, 0, {}
+        self._lock = threading.Lock()
+
+    def add(self, part: slice, partials: tuple) -> None:
+        with self._lock:
+            self._waiting[part.start] = (part.stop, partials)
+            while self._next in self._waiting:
+                self._next, more = self._waiting.pop(self._next)
+                if self.total is None:
+                    self.total = more
+                else:
+                    for into, value in zip(self.total, more):
+                        into += value
+
+
+def _slabs_running() -> int:
+    """How many slabs run at once beside the calling one, itself included: the host
+    shares parallel.CHUNK_BYTES among them (parallel.chunk_budget)."""
+    return max(1, parallel.CHUNK_BYTES // parallel.chunk_budget(np))
 
 
 # Winograd F(2x2, 3x3)'s G: a kernel's transform is G g G^T, its gradient's G^T u G
@@ -232,8 +262,7 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
     library, address = _winograd_library(dtype)
     sizes = _sizes(x, weight, geometry)
     c, o = sizes[0], sizes[3]
-    rows = winograd_rows(sizes, x.itemsize)
-    scratch = winograd_grad_scratch(dtype, sizes, rows)
+    folding = _InOrder() if native_conv_lowering.WINOGRAD_SHARE else None
 
     function = library.conv_weight_grad_winograd
     arrays = (address, gy.ctypes.data, x.ctypes.data)
@@ -244,13 +273,22 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
         if masking is not None:   # gy's images through the chain first, their bias sums
             mask, dbias = masking(part)
             calls.append(mask)
+        rows = winograd_chunk_rows(sizes, x.itemsize, part.stop - part.start,
+                                   _slabs_running())
         calls.append((function, (
             *arrays, transformed.ctypes.data,
             dbias.ctypes.data if bias_grad and masking is None else None,
-            Scratch("scratch", scratch, x.dtype), part.start, part.stop, rows, *sizes)))
+            Scratch("scratch", winograd_grad_scratch(dtype, sizes, rows), x.dtype),
+            part.start, part.stop, rows, *sizes)))
         return calls, (transformed, dbias)
 
-    partials = run_slabs(plan, x.shape[0], 2 * x.nbytes * 9)
+    def fold(part: slice, partials: tuple):
+        folding.add(part, partials)
+
+    partials = run_slabs(plan, x.shape[0], 2 * x.nbytes * 9,
+                         None if folding is None else fold)
+    if folding is not None:
+        partials = [folding.total]
     transformed, dbias = partials[0]
     for more, more_dbias in partials[1:]:
         transformed += more

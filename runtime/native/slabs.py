@@ -111,19 +111,28 @@ def _scratch_given(arguments, buffers: dict) -> list:
     return given
 
 
-def run_slabs(plan, total: int, size: int) -> list:
+def run_slabs(plan, total: int, size: int, finish=None) -> list:
     """[result of each slab] of plan over range(total), an op touching `size` bytes:
     split as the host splits it, the slabs on the pool (C_SLABS) or the host's Python
-    threads; one slab on this thread."""
+    threads; one slab on this thread. With `finish`, finish(slab, result) is each
+    slab's result instead: on a Python thread as its slab ends, after the pool's call
+    in the slabs' order."""
+    def run(part: slice):
+        result = run_whole(plan(part))
+        return result if finish is None else finish(part, result)
+
     slabs = host.split(total, size)
     if len(slabs) == 1:
-        return [run_whole(plan(slabs[0]))]
+        return [run(slabs[0])]
     if C_SLABS:
         try:
-            return _on_pool(plan, slabs)
+            results = _on_pool(plan, slabs)
         except NativeUnavailable:
             pass
-    return parallel.slab_map(np, lambda part: run_whole(plan(part)), total, size)
+        else:
+            return (results if finish is None
+                    else [finish(part, r) for part, r in zip(slabs, results)])
+    return parallel.slab_map(np, run, total, size)
 
 
 def _on_pool(plan, slabs: list[slice]) -> list:

@@ -18,8 +18,8 @@ static inline float chain(const float x0)
 }
 #define CHAIN(v) chain(v)
 /* a loaded vector stays in a register: GCC would otherwise load it again for each use,
-   and the loads, not the multiplications, would bound the loop (a register of 64
-   bytes, AVX-512's: without it, a vector of 16 floats is two and has no such place) */
+   and the loads, not the multiplications, would bound the loop (a 64-byte vector fits
+   one register with AVX-512 only: without it the constraint cannot be met) */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__AVX512F__)
 #define IN_REGISTER(v) __asm__("" : "+v"(v))
 #else
