@@ -5,7 +5,35 @@ from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, boolean, optional, positive, register
 from netdsl.ops.common import expect_float
 from netdsl.ops.numeric import draw_float32, fan_in_uniform, scatter_add
+from netdsl.ops.routines import overridable
 from netdsl.types import TensorType
+
+
+@overridable
+def dense_then(xp, x, weight, bias, chain, out=None):
+    """x weight^T + bias, then an elementwise `chain` over it (`chain.apply(xp, y)` writes
+    it over y): the layer and the chain the lowering joined to it (lower.conv_chain). A
+    runtime may apply bias and chain in one pass."""
+    y = xp.matmul(x, weight.T, out=out)
+    if bias is not None:
+        y += bias
+    return chain.apply(xp, y)
+
+
+@overridable
+def dense_then_backward(xp, gy, y, x, weight, bias: bool, need_dx: bool, need_params: bool,
+                        chain, gy_owned: bool, grad_out: dict):
+    """(dx, parameter gradients) of dense_then from its output y and gy: gy taken back
+    through the chain (`chain.gradient`, over gy where the caller owns it), then the
+    layer's backward; the weight's and bias's gradients into `grad_out`'s arrays where
+    given. A runtime may sum the bias's gradient in the chain's pass."""
+    g = chain.gradient(xp, y, gy, gy if gy_owned else None)
+    grads = {}
+    if need_params:
+        grads["weight"] = xp.matmul(g.T, x, out=grad_out.get("weight"))
+        if bias:
+            grads["bias"] = g.sum(axis=0, out=grad_out.get("bias"))
+    return (g @ weight if need_dx else None), grads
 
 
 @register("dense")
@@ -19,6 +47,7 @@ class Dense(Op):
     fresh_grads = True
     column_linear = True
     fills_out = True
+    chain_in = "gemm"
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -60,6 +89,23 @@ class Dense(Op):
         if self.bias and ctx.needs_param_grads:
             grads["bias"] = gy.sum(axis=0, out=out.get("bias"))
         return (gy @ weight if ctx.needs(0) else None,), grads
+
+    def forward_then(self, ctx, chain, x, weight, bias=None):
+        """forward, then an elementwise `chain` over y (dense_then: the native target adds
+        the bias and applies the chain in one pass); keeps the chain's output, from which
+        the chain's gradient follows."""
+        ctx.save(x=x, weight=weight)
+        y = dense_then(ctx.xp, x, weight, bias, chain, ctx.out)
+        ctx.save(chain_y=y)
+        return y
+
+    def backward_then(self, ctx, chain, gy):
+        """backward of forward_then, from the chain's output gradient gy."""
+        saved = ctx.saved
+        dx, grads = dense_then_backward(
+            ctx.xp, gy, saved["chain_y"], saved["x"], saved["weight"], self.bias,
+            ctx.needs(0), ctx.needs_param_grads, chain, ctx.gy_owned, ctx.grad_out)
+        return (dx,), grads
 
     def onnx(self, g, step, inputs, params):
         return g.node("Gemm", [inputs[0], *params.values()], transB=1)
