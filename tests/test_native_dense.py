@@ -7,8 +7,8 @@ kernels (lower/native_dense.py, runtime/native/dense.py).
   1, 2 and 3 parts on the C pool, equals NumPy's product for every operand layout a
   dense layer uses, in float32 and float64, on batches and widths that are not
   multiples of the kernel's tiles;
-- through the seams (ops.linear's dense_then and dense_then_backward), with relu, tanh
-  or no... chain given, every way of multiplying (BLAS's threads, the own GEMM, BLAS in
+- through the seams (ops.linear's dense_then, dense_chain_gradient and dense_products),
+  with relu or tanh, every way of multiplying (BLAS's threads, the own GEMM, BLAS in
   parts) equals float64 PyTorch (`relu(linear(...))` and autograd) and the NumPy path,
   in float32 and float64; the chain's gradient is written over gy only where the caller
   owns it, and outside a native pass the NumPy code runs;
@@ -29,7 +29,7 @@ from conftest import ROOT, assert_golden
 from netdsl.lower import conv_chain, lower
 from netdsl.lower.codegen import Chain
 from netdsl.lower.conv_chain import ConvChain, Epilogue
-from netdsl.lower.native_dense import dense_module
+from netdsl.lower.native_dense import blas_parts_module, gemm_module, passes_module
 from netdsl.ops import linear
 from netdsl.ops.activation import Relu, Tanh
 from netdsl.runtime import host
@@ -69,10 +69,12 @@ def _problem(case, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_sources_match_golden(dtype, update_golden):
-    for name, chain in (("dense", None), ("dense_relu", RELU.programs)):
-        assert_golden(os.path.join(GOLDEN, f"{name}_{dtype}.c"),
-                      dense_module(dtype, chain, "long long", "scipy_cblas_?gemm64_"),
-                      update_golden)
+    sources = {"passes_relu": passes_module(dtype, RELU.programs),
+               "passes_tanh": passes_module(dtype, TANH.programs),
+               "gemm": gemm_module(dtype), "gemm_relu": gemm_module(dtype, RELU.programs),
+               "blas_parts": blas_parts_module(dtype, "long long", "scipy_cblas_?gemm64_")}
+    for name, source in sources.items():
+        assert_golden(os.path.join(GOLDEN, f"{name}_{dtype}.c"), source, update_golden)
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3])
@@ -101,12 +103,16 @@ def _torch(case, torch_chain, x, w, bias, gy):
     return [t.detach().numpy() for t in (y, tx.grad, tw.grad, tb.grad)]
 
 
+def _backward(y, gy, x, w, chain, owned: bool, grad_out: dict):
+    g, dbias = linear.dense_chain_gradient(np, y, gy, chain, owned, grad_out.get("bias"))
+    dx, dweight = linear.dense_products(np, g, x, w, True, grad_out.get("weight"))
+    return dx, dweight, dbias
+
+
 def _seams(x, w, bias, gy, chain, owned: bool, grad_out: dict):
     y = linear.dense_then(np, x, w, bias, chain)
     g = gy.copy()
-    dx, grads = linear.dense_then_backward(np, g, y, x, w, True, True, True, chain, owned,
-                                           grad_out)
-    return y, dx, grads["weight"], grads["bias"], g
+    return (y, *_backward(y, g, x, w, chain, owned, grad_out), g)
 
 
 @pytest.mark.parametrize("gemm", GEMMS)
@@ -135,12 +141,12 @@ def test_the_chain_gradient_goes_over_gy_only_where_owned(owned):
         y = linear.dense_then(np, x, w, bias, RELU)
         g = gy.copy()
         weight_out, bias_out = np.empty_like(w), np.empty_like(bias)
-        dx, grads = linear.dense_then_backward(np, g, y, x, w, True, True, True, RELU, owned,
-                                               {"weight": weight_out, "bias": bias_out})
+        dx, dweight, dbias = _backward(y, g, x, w, RELU, owned,
+                                       {"weight": weight_out, "bias": bias_out})
     masked = np.where(y > 0, gy, 0)
     np.testing.assert_array_equal(g, masked if owned else gy)
-    assert grads["weight"] is weight_out and grads["bias"] is bias_out
-    _close(grads["bias"], masked.sum(axis=0), "float32")
+    assert dweight is weight_out and dbias is bias_out
+    _close(dbias, masked.sum(axis=0), "float32")
     _close(dx, masked @ w, "float32")
 
 
@@ -255,3 +261,35 @@ def test_the_switches_read_the_environment():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True)
     assert out.stdout.split() == ["False", "False", "True", "own"]
+
+
+def test_a_joined_layer_holds_no_more_than_the_layer_and_chain_apart(monkeypatch):
+    """W1's training step, traced (after a first step made the kernels and the gradient
+    vector): with the chains joined its peak is no higher than apart, since backward lets
+    the chain's output go before dx is made."""
+    import tracemalloc
+
+    from netdsl.driver import check_file
+    from netdsl.runtime.execute import Executor
+    from netdsl.runtime.init import initial_params
+    from test_train_torch import random_batch
+
+    graph = check_file(os.path.join(ROOT, "benchmarks", "specs", "w1_mlp.net")).graph
+    peaks = {}
+    for joined in (True, False):
+        monkeypatch.setattr(conv_chain, "GEMM_CHAINS", joined)
+        lowered = lower(graph, "native")
+        params = initial_params(lowered.built, "he", seed=0)
+        batch = random_batch(lowered.plan, 128, np.random.default_rng(0))
+        ex = Executor(lowered, params)
+        ex.lodge_values = True
+        ex.forward(batch, training=True)
+        ex.backward()
+        tracemalloc.start()
+        try:
+            ex.forward(batch, training=True)
+            ex.backward()
+            peaks[joined] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peaks[True] <= peaks[False] + 4096

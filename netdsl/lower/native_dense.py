@@ -1,24 +1,21 @@
-"""C source of a dense layer's kernels for the native target, split over its thread pool.
+"""C source of a dense layer's kernels for the native target: the passes of a layer joined
+to the chain after it (lower.conv_chain), and two ways of splitting its GEMMs over the
+C pool (lower.native_pool).
 
-A dense layer's GEMMs are small (W1: 128 x 64 x 256 up to 128 x 256 x 256), and
-OpenBLAS's own threads at these sizes cost about what they gain. These kernels multiply
-with a micro-kernel of the generated C's own (MR rows by two vectors of columns in
-registers: 8 x 32 floats where the CPU has AVX-512, 6 x 16 with AVX2) over the B operand
-packed in panels as each part needs it (the weights change every step), and hand the
-parts to the pool of lower.native_pool: the output's panels of columns, or its rows
-where there are fewer panels than parts.
-
-- `dense_forward`: y = x W^T + b, and the chain after the layer (relu, tanh: any
-  one-input chain whose gradient follows from its output, lower.conv_chain) applied as
-  y is written;
-- `dense_epilogue`: the bias and the chain over y in place, where another GEMM (BLAS's)
-  wrote x W^T;
-- `dense_chain_gradient`: the chain's gradient from its output y and gy (written over gy
-  where the caller owns it) and the bias's gradient summed in the same pass;
-- `dense_gemm`: C = A B for A and B given by their strides, which makes the weight's
-  gradient (gy^T x) and the input's (gy W);
-- `dense_blas_gemm`: the same by CBLAS's GEMM on one thread per part (the BLAS NumPy
-  loaded, by address: runtime.native.blas).
+- `passes_module`: `dense_epilogue` adds the bias and applies the chain after the layer
+  (relu, tanh: any one-input chain whose gradient follows from its output) over y in
+  place, after a GEMM wrote x W^T there; `dense_chain_gradient` takes gy back through
+  the chain from its output y (over gy where the caller owns it) and sums the bias's
+  gradient in the same pass;
+- `gemm_module`: a GEMM of the generated C's own, a micro-kernel of MR rows by two
+  vectors of columns in registers (8 x 32 floats where the CPU has AVX-512, 6 x 16 with
+  AVX2) over the B operand packed in panels as each part needs it (the weights change
+  every step), the parts the output's panels of columns, or its rows where there are
+  fewer panels than parts: `dense_gemm` (C = A B for A and B given by their strides:
+  the weight's gradient gy^T x and the input's gy W) and `dense_forward` (y = x W^T + b
+  with the chain applied as y is written);
+- `blas_parts_module`: `dense_blas_gemm`, CBLAS's GEMM (the BLAS NumPy loaded, by
+  address: runtime.native.blas) on one thread per part, the larger side of C split.
 
 float32 and float64 (vectors of 64 or 32 bytes either way). Only text is made here;
 netdsl.runtime.native.dense compiles and calls it.
@@ -30,7 +27,8 @@ from netdsl.lower.cuda import CTYPES
 from netdsl.lower.native_conv import Chained
 from netdsl.ops.expr import c
 
-__all__ = ["dense_module", "scratch_elements", "PANEL_VECTORS"]
+__all__ = ["passes_module", "gemm_module", "blas_parts_module", "scratch_elements",
+           "PANEL_VECTORS"]
 
 PANEL_VECTORS = 2   # a panel's columns: this many vectors
 
@@ -41,16 +39,27 @@ def scratch_elements(k: int, parts: int, itemsize: int) -> int:
     return parts * k * PANEL_VECTORS * 64 // itemsize
 
 
-def dense_module(dtype: str, chain: Chained | None = None, index_type: str = "long long",
-                 gemm: str = "cblas_sgemm") -> str:
-    """The C module of the dense kernels for `dtype`; with `chain`, dense_forward and
-    dense_epilogue apply the chain's forward formula to each output and
-    dense_chain_gradient its gradient. `index_type`: the integer type of the CBLAS GEMM
-    `dense_blas_gemm` calls (named `gemm` in a comment)."""
+def passes_module(dtype: str, chain: Chained | None) -> str:
+    """The C module of a joined dense layer's passes for `dtype`: dense_epilogue (the bias
+    and the chain's forward formula over y in place) and dense_chain_gradient (the
+    chain's gradient and the bias's)."""
     ctype = CTYPES[dtype]
-    head = _HEAD.replace("@T@", ctype).replace("@I@", index_type).replace("@GEMM@", gemm)
-    return (head + _chain_forward(ctype, chain)
-            + _chain_gradient(ctype, chain.gradient if chain else None) + _BODY)
+    return (_COMMON.replace("@T@", ctype) + _chain_forward(ctype, chain)
+            + _chain_gradient(ctype, chain.gradient if chain else None) + _PASSES)
+
+
+def gemm_module(dtype: str, chain: Chained | None = None) -> str:
+    """The C module of the own GEMM for `dtype`: dense_gemm, and dense_forward with the
+    bias and `chain` applied as y is written."""
+    ctype = CTYPES[dtype]
+    return _COMMON.replace("@T@", ctype) + _chain_forward(ctype, chain) + _OWN
+
+
+def blas_parts_module(dtype: str, index_type: str, gemm: str) -> str:
+    """The C module of dense_blas_gemm for `dtype`: CBLAS's GEMM of the integer type
+    `index_type` (named `gemm` in a comment) on one thread per part."""
+    return (_COMMON.replace("@T@", CTYPES[dtype])
+            + _BLAS.replace("@I@", index_type).replace("@GEMM@", gemm))
 
 
 def _chain_forward(ctype: str, chain: Chained | None) -> str:
@@ -77,19 +86,26 @@ def _chain_gradient(ctype: str, program: Program | None) -> str:
             "#define CHAIN_GRADIENT(y, gy) chain_gradient(y, gy)\n")
 
 
-_HEAD = r"""#include <math.h>
+_COMMON = r"""#include <math.h>
 #include <string.h>
 
 typedef long long L;
 typedef @T@ T;
 typedef void (*part_t)(void*, L, L);
 typedef void (*pool_t)(part_t, void*, L);
-/* CBLAS's GEMM (@GEMM@), called by address */
-typedef @I@ I;
-typedef void (*cblas_gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
-enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 
-/* MR rows by PW columns in 2 * MR vector registers, 2 more for B's */
+static void run_parts(void* pool, part_t fn, void* arg, L parts) {
+    if (pool && parts > 1)
+        ((pool_t)pool)(fn, arg, parts);
+    else
+        for (L part = 0; part < parts; part++)
+            fn(arg, part, parts);
+}
+
+"""
+
+# the own GEMM: registers and panels
+_OWN = r"""/* MR rows by PW columns in 2 * MR vector registers, 2 more for B's */
 #if defined(__AVX512F__)
 #define VBYTES 64
 #define MR 8
@@ -101,9 +117,6 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 #define PW (2 * VL)
 typedef T vec __attribute__((vector_size(VBYTES)));
 
-"""
-
-_BODY = r"""
 /* columns n0 .. n0+w (w <= PW) of B (K rows; element (k, n) at b[k*bk + n*bn]) into
    one panel p[k][PW], zeros beyond w */
 static void pack_panel(const T* b, L bk, L bn, L K, L n0, L w, T* restrict p) {
@@ -223,14 +236,6 @@ static void gemm_part(void* arg, L part, L parts) {
     }
 }
 
-static void run_parts(void* pool, part_t fn, void* arg, L parts) {
-    if (pool && parts > 1)
-        ((pool_t)pool)(fn, arg, parts);
-    else
-        for (L part = 0; part < parts; part++)
-            fn(arg, part, parts);
-}
-
 /* C = A B: A's element (i, k) at a[i*as + k*ak], B's (k, n) at b[k*bk + n*bn], C's
    rows ldc apart; scratch: K * PW elements per part */
 void dense_gemm(void* pool, L parts, L M, L N, L K, const T* a, L as, L ak,
@@ -238,6 +243,21 @@ void dense_gemm(void* pool, L parts, L M, L N, L K, const T* a, L as, L ak,
     gemm_call g = {M, N, K, a, as, ak, b, bk, bn, c, ldc, NULL, 0, scratch};
     run_parts(pool, gemm_part, &g, parts);
 }
+
+/* y (B x N) = x (B x K) w^T (w: N x K) + bias (NULL: none), the chain applied as y is
+   written where chained */
+void dense_forward(void* pool, L parts, L B, L N, L K, const T* x, const T* w,
+                   const T* bias, int chained, T* y, T* scratch) {
+    gemm_call g = {B, N, K, x, K, 1, w, 1, K, y, N, bias, chained, scratch};
+    run_parts(pool, gemm_part, &g, parts);
+}
+
+"""
+
+_BLAS = r"""/* CBLAS's GEMM (@GEMM@), called by address */
+typedef @I@ I;
+typedef void (*cblas_gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 
 /* C = op(A) op(B) by CBLAS's GEMM (on one thread), the larger of C's two sides split
    among the parts */
@@ -272,15 +292,9 @@ void dense_blas_gemm(void* pool, L parts, void* gemm, int ta, int tb, L M, L N, 
     run_parts(pool, blas_part, &s, parts);
 }
 
-/* y (B x N) = x (B x K) w^T (w: N x K) + bias (NULL: none), the chain applied as y is
-   written where chained */
-void dense_forward(void* pool, L parts, L B, L N, L K, const T* x, const T* w,
-                   const T* bias, int chained, T* y, T* scratch) {
-    gemm_call g = {B, N, K, x, K, 1, w, 1, K, y, N, bias, chained, scratch};
-    run_parts(pool, gemm_part, &g, parts);
-}
+"""
 
-/* g = the chain's gradient from y and gy (g may be gy), db = its sums over the rows
+_PASSES = r"""/* g = the chain's gradient from y and gy (g may be gy), db = its sums over the rows
    (NULL: not wanted); columns split among the parts */
 typedef struct {
     L B, N;

@@ -21,19 +21,21 @@ def dense_then(xp, x, weight, bias, chain, out=None):
 
 
 @overridable
-def dense_then_backward(xp, gy, y, x, weight, bias: bool, need_dx: bool, need_params: bool,
-                        chain, gy_owned: bool, grad_out: dict):
-    """(dx, parameter gradients) of dense_then from its output y and gy: gy taken back
-    through the chain (`chain.gradient`, over gy where the caller owns it), then the
-    layer's backward; the weight's and bias's gradients into `grad_out`'s arrays where
-    given. A runtime may sum the bias's gradient in the chain's pass."""
+def dense_chain_gradient(xp, y, gy, chain, gy_owned: bool, bias_out=None, bias: bool = True):
+    """(g, the bias's gradient) of dense_then: gy taken back through the chain from its
+    output y (`chain.gradient`, over gy where the caller owns it), and g summed over the
+    batch (into `bias_out` where given; None where not `bias`). A runtime may sum in
+    the chain's pass."""
     g = chain.gradient(xp, y, gy, gy if gy_owned else None)
-    grads = {}
-    if need_params:
-        grads["weight"] = xp.matmul(g.T, x, out=grad_out.get("weight"))
-        if bias:
-            grads["bias"] = g.sum(axis=0, out=grad_out.get("bias"))
-    return (g @ weight if need_dx else None), grads
+    return g, (g.sum(axis=0, out=bias_out) if bias else None)
+
+
+@overridable
+def dense_products(xp, g, x, weight, need_dx: bool, weight_out=None, need_weight=True):
+    """(dx, dweight) of a dense layer from its output's gradient g: g weight and g^T x
+    (into `weight_out` where given; None where not needed). A runtime may split them."""
+    dweight = xp.matmul(g.T, x, out=weight_out) if need_weight else None
+    return (g @ weight if need_dx else None), dweight
 
 
 @register("dense")
@@ -100,11 +102,18 @@ class Dense(Op):
         return y
 
     def backward_then(self, ctx, chain, gy):
-        """backward of forward_then, from the chain's output gradient gy."""
-        saved = ctx.saved
-        dx, grads = dense_then_backward(
-            ctx.xp, gy, saved["chain_y"], saved["x"], saved["weight"], self.bias,
-            ctx.needs(0), ctx.needs_param_grads, chain, ctx.gy_owned, ctx.grad_out)
+        """backward of forward_then, from the chain's output gradient gy. The chain's
+        output is let go once its gradient is made, before dx is: one array of the
+        output's size fewer at once (the executor clears what a step saved after its
+        backward anyway)."""
+        xp, saved, out, params = ctx.xp, ctx.saved, ctx.grad_out, ctx.needs_param_grads
+        g, dbias = dense_chain_gradient(xp, saved.pop("chain_y"), gy, chain, ctx.gy_owned,
+                                        out.get("bias"), self.bias and params)
+        dx, dweight = dense_products(xp, g, saved["x"], saved["weight"], ctx.needs(0),
+                                     out.get("weight"), params)
+        grads = {"weight": dweight} if params else {}
+        if dbias is not None:
+            grads["bias"] = dbias
         return (dx,), grads
 
     def onnx(self, g, step, inputs, params):

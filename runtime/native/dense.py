@@ -1,8 +1,8 @@
 """Dense layers joined to the chain after them, on the native target (lower.conv_chain).
 
 While an executor of the native target runs a pass (runtime.native.conv's `in_use`),
-ops.linear's `dense_then` and `dense_then_backward` come here for C-contiguous float32
-or float64 arrays:
+ops.linear's `dense_then`, `dense_chain_gradient` and `dense_products` come here for
+C-contiguous float32 or float64 arrays:
 
 - forward: NumPy's GEMM (BLAS, on its threads) writes x W^T, then one compiled pass adds
   the bias and applies the chain in place (`dense_epilogue`), where NumPy made a pass
@@ -10,7 +10,7 @@ or float64 arrays:
 - backward: one compiled pass takes gy back through the chain from its output (over gy
   where the executor owns it) and sums the bias's gradient (`dense_chain_gradient`),
   then NumPy's GEMMs make the weight's gradient (into the gradient vector) and the
-  input's.
+  input's (ops.linear lets the chain's output go before dx is made).
 
 `GEMM` (NETDSL_DENSE_GEMM) says who multiplies: "blas" (the default), NumPy's BLAS on
 its own threads; "own", the generated C's GEMM (lower.native_dense), its parts on the C
@@ -32,7 +32,8 @@ from functools import lru_cache
 import numpy as np
 
 from netdsl.lower.native_conv import Chained
-from netdsl.lower.native_dense import dense_module, scratch_elements
+from netdsl.lower.native_dense import (blas_parts_module, gemm_module, passes_module,
+                                       scratch_elements)
 from netdsl.ops import linear
 from netdsl.runtime.host import host_threads
 from netdsl.runtime.native import conv as native_conv
@@ -41,7 +42,7 @@ from netdsl.runtime.native.pool import pool_address
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["COMPILED", "GEMM", "forward", "epilogue", "gradient", "matmul", "blas_matmul",
-           "library"]
+           "library", "gemm_library", "blas_parts_library"]
 
 # a joined dense layer's passes compiled (False, or NETDSL_NATIVE_DENSE=0: NumPy's)
 COMPILED = os.environ.get("NETDSL_NATIVE_DENSE", "1") != "0"
@@ -54,25 +55,36 @@ _L, _P = ctypes.c_longlong, ctypes.c_void_p
 
 @lru_cache(maxsize=None)
 def library(dtype: str, chain: Chained | None = None) -> ctypes.CDLL:
-    """The dense kernels for `dtype` (with `chain` applied in dense_forward), built or
-    loaded from the cache. Raises NativeUnavailable where that fails."""
-    try:
-        _, index_type, symbol = blas_gemm(dtype)
-    except NativeUnavailable:   # no CBLAS to call: dense_blas_gemm is never called
-        index_type, symbol = "long long", "none"
-    lib = build(dense_module(dtype, chain, index_type, symbol))
-    lib.dense_blas_gemm.restype = None
-    lib.dense_blas_gemm.argtypes = [_P, _L, _P, ctypes.c_int, ctypes.c_int, _L, _L, _L,
-                                    _P, _L, _P, _L, _P, _L]
-    lib.dense_gemm.restype = None
-    lib.dense_gemm.argtypes = [_P, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P]
-    lib.dense_forward.restype = None
-    lib.dense_forward.argtypes = [_P, _L, _L, _L, _L, _P, _P, _P, ctypes.c_int, _P, _P]
+    """The joined layer's passes for `dtype` and `chain`, built or loaded from the cache.
+    Raises NativeUnavailable where that fails."""
+    lib = build(passes_module(dtype, chain))
     lib.dense_epilogue.restype = None
     lib.dense_epilogue.argtypes = [_P, _L, _L, _L, _P, _P]
     lib.dense_chain_gradient.restype = None
     lib.dense_chain_gradient.argtypes = [_P, _L, _L, _L, _P, _P, _P, _P]
     return lib
+
+
+@lru_cache(maxsize=None)
+def gemm_library(dtype: str, chain: Chained | None = None) -> ctypes.CDLL:
+    """The own GEMM for `dtype` (with `chain` applied in dense_forward)."""
+    lib = build(gemm_module(dtype, chain))
+    lib.dense_gemm.restype = None
+    lib.dense_gemm.argtypes = [_P, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P]
+    lib.dense_forward.restype = None
+    lib.dense_forward.argtypes = [_P, _L, _L, _L, _L, _P, _P, _P, ctypes.c_int, _P, _P]
+    return lib
+
+
+@lru_cache(maxsize=None)
+def blas_parts_library(dtype: str) -> tuple[ctypes.CDLL, int]:
+    """(dense_blas_gemm's library, the CBLAS GEMM's address) for `dtype`."""
+    address, index_type, symbol = blas_gemm(dtype)
+    lib = build(blas_parts_module(dtype, index_type, symbol))
+    lib.dense_blas_gemm.restype = None
+    lib.dense_blas_gemm.argtypes = [_P, _L, _P, ctypes.c_int, ctypes.c_int, _L, _L, _L,
+                                    _P, _L, _P, _L, _P, _L]
+    return lib, address
 
 
 _scratch = threading.local()   # per thread: two executors' calls may run at once
@@ -104,7 +116,7 @@ def forward(x, weight, bias, out, parts: int, chain: Chained | None = None):
     b, k = x.shape
     n = weight.shape[0]
     y = np.empty((b, n), x.dtype) if out is None else out
-    lib = library(str(x.dtype), chain)
+    lib = gemm_library(str(x.dtype), chain)
     pool, parts = _pool_and_parts(parts)
     lib.dense_forward(pool, parts, b, n, k, x.ctypes.data, weight.ctypes.data,
                       _address(bias), int(chain is not None), y.ctypes.data,
@@ -120,7 +132,7 @@ def matmul(a, b, out, parts: int):
     n = b.shape[1]
     c = np.empty((m, n), a.dtype) if out is None else out
     item = a.itemsize
-    lib = library(str(a.dtype))
+    lib = gemm_library(str(a.dtype))
     pool, parts = _pool_and_parts(parts)
     lib.dense_gemm(pool, parts, m, n, k, a.ctypes.data, a.strides[0] // item,
                    a.strides[1] // item, b.ctypes.data, b.strides[0] // item,
@@ -144,13 +156,12 @@ def blas_matmul(a, b, out, parts: int):
     m, k = a.shape
     n = b.shape[1]
     c = np.empty((m, n), a.dtype) if out is None else out
-    address = blas_gemm(str(a.dtype))[0]
+    lib, address = blas_parts_library(str(a.dtype))
     ta, lda = _operand(a)
     tb, ldb = _operand(b)
     pool, parts = _pool_and_parts(parts)
-    library(str(a.dtype)).dense_blas_gemm(pool, parts, address, ta, tb, m, n, k, a.ctypes.data,
-                                          lda, b.ctypes.data, ldb, c.ctypes.data,
-                                          c.strides[0] // c.itemsize)
+    lib.dense_blas_gemm(pool, parts, address, ta, tb, m, n, k, a.ctypes.data, lda,
+                        b.ctypes.data, ldb, c.ctypes.data, c.strides[0] // c.itemsize)
     return c
 
 
@@ -214,26 +225,28 @@ def _dense_then(xp, x, weight, bias, chain, out=None):
         return NotImplemented
 
 
-@linear.dense_then_backward.provide("numpy")
-def _dense_then_backward(xp, gy, y, x, weight, bias, need_dx, need_params, chain,
-                         gy_owned, grad_out):
-    if not (COMPILED and native_conv.active() and y.ndim == 2 and _covered(gy, y, x, weight)
+@linear.dense_chain_gradient.provide("numpy")
+def _dense_chain_gradient(xp, y, gy, chain, gy_owned, bias_out=None, bias=True):
+    if not (COMPILED and native_conv.active() and y.ndim == 2 and _covered(gy, y)
             and gy.shape == y.shape):
         return NotImplemented
-    n = y.shape[1]
     db = None
-    if need_params and bias:
-        db = grad_out.get("bias")
-        if db is None or not _fits(db, (n,), y.dtype):
-            db = np.empty(n, y.dtype)
+    if bias:
+        db = bias_out if bias_out is not None and _fits(bias_out, y.shape[1:], y.dtype) \
+            else np.empty(y.shape[1], y.dtype)
     into = gy if gy_owned and gy.flags.writeable else None
     try:
-        g = gradient(y, gy, chain.programs, into, db, 1)
-        grads = {}
-        if need_params:
-            grads["weight"] = _product(g.T, x, grad_out.get("weight"))
-            if bias:
-                grads["bias"] = db
-        return (_product(g, weight, None) if need_dx else None), grads
+        return gradient(y, gy, chain.programs, into, db, 1), db
+    except NativeUnavailable:
+        return NotImplemented
+
+
+@linear.dense_products.provide("numpy")
+def _dense_products(xp, g, x, weight, need_dx, weight_out=None, need_weight=True):
+    if GEMM == "blas" or not (native_conv.active() and _covered(g, x, weight)):
+        return NotImplemented
+    try:
+        dweight = _product(g.T, x, weight_out) if need_weight else None
+        return (_product(g, weight, None) if need_dx else None), dweight
     except NativeUnavailable:
         return NotImplemented

@@ -2,14 +2,19 @@
 #include <string.h>
 
 typedef long long L;
-typedef double T;
+typedef float T;
 typedef void (*part_t)(void*, L, L);
 typedef void (*pool_t)(part_t, void*, L);
-/* CBLAS's GEMM (scipy_cblas_?gemm64_), called by address */
-typedef long long I;
-typedef void (*cblas_gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
-enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 
+static void run_parts(void* pool, part_t fn, void* arg, L parts) {
+    if (pool && parts > 1)
+        ((pool_t)pool)(fn, arg, parts);
+    else
+        for (L part = 0; part < parts; part++)
+            fn(arg, part, parts);
+}
+
+#define CHAIN(v) (v)
 /* MR rows by PW columns in 2 * MR vector registers, 2 more for B's */
 #if defined(__AVX512F__)
 #define VBYTES 64
@@ -21,21 +26,6 @@ enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 #define VL ((L)(VBYTES / sizeof(T)))
 #define PW (2 * VL)
 typedef T vec __attribute__((vector_size(VBYTES)));
-
-/* relu_forward: the chain after the dense layer, on each output */
-static inline double chain(const double x0)
-{
-    const double v0 = ((0.0 > x0) ? 0.0 : x0);
-    return v0;
-}
-#define CHAIN(v) chain(v)
-/* relu_backward_1_y: the chain's gradient from its output */
-static inline double chain_gradient(const double y, const double gy)
-{
-    (void)y; (void)gy;
-    return ((y > 0.0) ? gy : 0.0);
-}
-#define CHAIN_GRADIENT(y, gy) chain_gradient(y, gy)
 
 /* columns n0 .. n0+w (w <= PW) of B (K rows; element (k, n) at b[k*bk + n*bn]) into
    one panel p[k][PW], zeros beyond w */
@@ -156,53 +146,12 @@ static void gemm_part(void* arg, L part, L parts) {
     }
 }
 
-static void run_parts(void* pool, part_t fn, void* arg, L parts) {
-    if (pool && parts > 1)
-        ((pool_t)pool)(fn, arg, parts);
-    else
-        for (L part = 0; part < parts; part++)
-            fn(arg, part, parts);
-}
-
 /* C = A B: A's element (i, k) at a[i*as + k*ak], B's (k, n) at b[k*bk + n*bn], C's
    rows ldc apart; scratch: K * PW elements per part */
 void dense_gemm(void* pool, L parts, L M, L N, L K, const T* a, L as, L ak,
                 const T* b, L bk, L bn, T* c, L ldc, T* scratch) {
     gemm_call g = {M, N, K, a, as, ak, b, bk, bn, c, ldc, NULL, 0, scratch};
     run_parts(pool, gemm_part, &g, parts);
-}
-
-/* C = op(A) op(B) by CBLAS's GEMM (on one thread), the larger of C's two sides split
-   among the parts */
-typedef struct {
-    void* gemm; int ta, tb;
-    L M, N, K;
-    const T* a; L lda; const T* b; L ldb; T* c; L ldc;
-} blas_call;
-
-static void blas_part(void* arg, L part, L parts) {
-    const blas_call* s = (const blas_call*)arg;
-    const cblas_gemm_t gemm = (cblas_gemm_t)s->gemm;
-    if (s->M >= s->N) {
-        const L r0 = s->M * part / parts, r1 = s->M * (part + 1) / parts;
-        if (r1 > r0)
-            gemm(ROW_MAJOR, s->ta, s->tb, (I)(r1 - r0), (I)s->N, (I)s->K, 1,
-                 s->a + (s->ta == TRANS ? r0 : r0 * s->lda), (I)s->lda, s->b, (I)s->ldb,
-                 0, s->c + r0 * s->ldc, (I)s->ldc);
-    } else {
-        const L c0 = s->N * part / parts, c1 = s->N * (part + 1) / parts;
-        if (c1 > c0)
-            gemm(ROW_MAJOR, s->ta, s->tb, (I)s->M, (I)(c1 - c0), (I)s->K, 1, s->a,
-                 (I)s->lda, s->b + (s->tb == TRANS ? c0 * s->ldb : c0), (I)s->ldb, 0,
-                 s->c + c0, (I)s->ldc);
-    }
-}
-
-void dense_blas_gemm(void* pool, L parts, void* gemm, int ta, int tb, L M, L N, L K,
-                     const T* a, L lda, const T* b, L ldb, T* c, L ldc) {
-    blas_call s = {gemm, ta ? TRANS : NO_TRANS, tb ? TRANS : NO_TRANS, M, N, K, a, lda, b,
-                   ldb, c, ldc};
-    run_parts(pool, blas_part, &s, parts);
 }
 
 /* y (B x N) = x (B x K) w^T (w: N x K) + bias (NULL: none), the chain applied as y is
@@ -213,69 +162,3 @@ void dense_forward(void* pool, L parts, L B, L N, L K, const T* x, const T* w,
     run_parts(pool, gemm_part, &g, parts);
 }
 
-/* g = the chain's gradient from y and gy (g may be gy), db = its sums over the rows
-   (NULL: not wanted); columns split among the parts */
-typedef struct {
-    L B, N;
-    const T* y; const T* gy; T* g; T* db;
-} gradient_call;
-
-static void gradient_part(void* arg, L part, L parts) {
-    const gradient_call* s = (const gradient_call*)arg;
-    const L j0 = s->N * part / parts, j1 = s->N * (part + 1) / parts;
-    if (s->db)
-        for (L j = j0; j < j1; j++)
-            s->db[j] = 0;
-    for (L r = 0; r < s->B; r++) {
-        const T* y = s->y + r*s->N;
-        const T* gy = s->gy + r*s->N;
-        T* g = s->g + r*s->N;
-        if (s->db) {
-            #pragma omp simd
-            for (L j = j0; j < j1; j++) {
-                const T v = CHAIN_GRADIENT(y[j], gy[j]);
-                g[j] = v;
-                s->db[j] += v;
-            }
-        } else {
-            #pragma omp simd
-            for (L j = j0; j < j1; j++)
-                g[j] = CHAIN_GRADIENT(y[j], gy[j]);
-        }
-    }
-}
-
-/* y = CHAIN(y + bias) over y's rows in place, after BLAS's GEMM wrote x w^T there
-   (bias NULL: none) */
-typedef struct {
-    L B, N;
-    T* y; const T* bias;
-} epilogue_call;
-
-static void epilogue_part(void* arg, L part, L parts) {
-    const epilogue_call* s = (const epilogue_call*)arg;
-    const L r0 = s->B * part / parts, r1 = s->B * (part + 1) / parts;
-    for (L r = r0; r < r1; r++) {
-        T* y = s->y + r*s->N;
-        if (s->bias) {
-            #pragma omp simd
-            for (L j = 0; j < s->N; j++)
-                y[j] = CHAIN(y[j] + s->bias[j]);
-        } else {
-            #pragma omp simd
-            for (L j = 0; j < s->N; j++)
-                y[j] = CHAIN(y[j]);
-        }
-    }
-}
-
-void dense_epilogue(void* pool, L parts, L B, L N, T* y, const T* bias) {
-    epilogue_call s = {B, N, y, bias};
-    run_parts(pool, epilogue_part, &s, parts);
-}
-
-void dense_chain_gradient(void* pool, L parts, L B, L N, const T* y, const T* gy, T* g,
-                          T* db) {
-    gradient_call s = {B, N, y, gy, g, db};
-    run_parts(pool, gradient_part, &s, parts);
-}
