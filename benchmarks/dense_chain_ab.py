@@ -6,8 +6,8 @@ and the bias's gradient in one pass before backward's GEMMs) against the old pat
 
 For each workload, trainers of the native target in one process, from the same
 parameters and batch: "new" (the chains joined, lower.conv_chain.GEMM_CHAINS, and their
-passes compiled, runtime.native.dense.COMPILED: the default), "old" (both off, as
-NETDSL_NATIVE_DENSE=0) and for each name in --gemm a side "new" with the joined layers'
+passes compiled, runtime.native.dense.COMPILED: NETDSL_NATIVE_DENSE=1), "old" (both off:
+the default) and for each name in --gemm a side "new" with the joined layers'
 GEMMs made that way (runtime.native.dense.GEMM, NETDSL_DENSE_GEMM: "own" the generated
 C's GEMM on the C pool, "blas-parts" BLAS on one thread per part on the C pool; the pass
 then runs BLAS on one thread, lower.conv_chain.GEMM_PARTS). They alternate

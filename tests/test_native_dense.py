@@ -12,9 +12,10 @@ kernels (lower/native_dense.py, runtime/native/dense.py).
   parts) equals float64 PyTorch (`relu(linear(...))` and autograd) and the NumPy path,
   in float32 and float64; the chain's gradient is written over gy only where the caller
   owns it, and outside a native pass the NumPy code runs;
-- the native lowering joins a relu to the dense layer before it (an MLP), not on the
-  host, not with `GEMM_CHAINS` off (NETDSL_NATIVE_DENSE=0); the joined network trains
-  as the host's does, float32 and float64, every way of multiplying.
+- with `GEMM_CHAINS` on (NETDSL_NATIVE_DENSE=1; off by default, and then not), the
+  native lowering joins a relu to the dense layer before it (an MLP), not on the host;
+  the joined network trains as the host's does, float32 and float64, every way of
+  multiplying.
 """
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ from netdsl.runtime.native import toolchain
 pytestmark = pytest.mark.skipif(toolchain.compiler() is None, reason="no C compiler")
 
 GOLDEN = os.path.join(ROOT, "tests", "golden_native_dense")
+
+
+@pytest.fixture(autouse=True)
+def joined(monkeypatch):
+    """The join and its compiled passes on (off by default), as NETDSL_NATIVE_DENSE=1."""
+    monkeypatch.setattr(conv_chain, "GEMM_CHAINS", True)
+    monkeypatch.setattr(dense, "COMPILED", True)
 
 RELU = Epilogue(Chain((Relu(),), ((0,),), 1))
 TANH = Epilogue(Chain((Tanh(),), ((0,),), 1))
@@ -255,12 +263,16 @@ def test_the_switches_read_the_environment():
 
     code = ("from netdsl.lower import conv_chain; from netdsl.runtime.native import dense; "
             "print(conv_chain.GEMM_CHAINS, dense.COMPILED, conv_chain.GEMM_PARTS, dense.GEMM)")
-    assert conv_chain.GEMM_CHAINS and dense.COMPILED   # on by default, in this process
-    env = dict(os.environ, NETDSL_NATIVE_DENSE="0", NETDSL_DENSE_GEMM="own",
-               PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NETDSL_NATIVE_DENSE", "NETDSL_DENSE_GEMM")}
+    env["PYTHONPATH"] = str(ROOT)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True)
-    assert out.stdout.split() == ["False", "False", "True", "own"]
+    assert out.stdout.split() == ["False", "False", "False", "blas"]   # the defaults
+    env.update(NETDSL_NATIVE_DENSE="1", NETDSL_DENSE_GEMM="own")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True", "own"]
 
 
 def test_a_joined_layer_holds_no_more_than_the_layer_and_chain_apart(monkeypatch):

@@ -14,8 +14,8 @@ gradient (runtime.native.dense). Elsewhere the op's forward and the chain run on
 the other.
 
 `ABSORB` off (NETDSL_CONV_CHAINS=0) keeps the convolutions' chains apart, as before this
-pass, and `GEMM_CHAINS` off (NETDSL_NATIVE_DENSE=0) the dense layers': the old paths, for
-comparing.
+pass; `GEMM_CHAINS` (NETDSL_NATIVE_DENSE=1) joins the dense layers' too, off by default
+since it did not pay in the measurements so far.
 """
 from __future__ import annotations
 
@@ -32,9 +32,10 @@ __all__ = ["ABSORB", "GEMM_CHAINS", "GEMM_PARTS", "Epilogue", "ConvChain", "into
 # join chains to the convolutions before them (False, or NETDSL_CONV_CHAINS=0 in the
 # environment: the chains stay steps of their own)
 ABSORB = os.environ.get("NETDSL_CONV_CHAINS", "1") != "0"
-# join chains to the dense layers (GEMMs) before them (False, or NETDSL_NATIVE_DENSE=0:
-# apart, and the layer's GEMMs NumPy's)
-GEMM_CHAINS = os.environ.get("NETDSL_NATIVE_DENSE", "1") != "0"
+# join chains to the dense layers (GEMMs) before them (True, or NETDSL_NATIVE_DENSE=1);
+# off by default: W1's step alternating with the layers apart was no shorter on one
+# thread and moved either way with the load on two (docs/cpu.md)
+GEMM_CHAINS = os.environ.get("NETDSL_NATIVE_DENSE", "0") == "1"
 # a joined dense layer's GEMMs split over the host's threads in parts of its own
 # (NETDSL_DENSE_GEMM=own or blas-parts, runtime.native.dense): its pass then runs BLAS on
 # one thread (`Op.host_split`)

@@ -18,8 +18,8 @@ pool (runtime.native.pool) over the host's threads; "blas-parts", BLAS on one th
 part, the parts on the C pool. Either of the last two makes the lowering run the pass
 with BLAS on one thread (lower.conv_chain.GEMM_PARTS). "blas" is the default since
 OpenBLAS on two threads was the fastest at every one of W1's shapes on the quiet AVX2
-machine (benchmarks/dense_gemm_shapes.py, docs/cpu.md). Switching the joined chains off
-altogether is lower.conv_chain's `GEMM_CHAINS` (NETDSL_NATIVE_DENSE=0), read from the
+machine (benchmarks/dense_gemm_shapes.py, docs/cpu.md). Joining the chains at all is
+lower.conv_chain's `GEMM_CHAINS` (NETDSL_NATIVE_DENSE=1; off by default), read from the
 same variable as `COMPILED` here.
 """
 from __future__ import annotations
@@ -44,8 +44,9 @@ from netdsl.runtime.native.toolchain import NativeUnavailable, build
 __all__ = ["COMPILED", "GEMM", "forward", "epilogue", "gradient", "matmul", "blas_matmul",
            "library", "gemm_library", "blas_parts_library"]
 
-# a joined dense layer's passes compiled (False, or NETDSL_NATIVE_DENSE=0: NumPy's)
-COMPILED = os.environ.get("NETDSL_NATIVE_DENSE", "1") != "0"
+# a joined dense layer's passes compiled (NETDSL_NATIVE_DENSE=1, as the lowering's join;
+# False: NumPy's)
+COMPILED = os.environ.get("NETDSL_NATIVE_DENSE", "0") == "1"
 # who multiplies: "blas" (NumPy's, on BLAS's threads), "own" (the generated C's GEMM on
 # the C pool) or "blas-parts" (BLAS on one thread per part, the parts on the C pool)
 GEMM = os.environ.get("NETDSL_DENSE_GEMM", "blas")
