@@ -30,6 +30,7 @@ from netdsl.runtime import cuda  # noqa: F401  registers the GPU's routines for 
 from netdsl.runtime import native
 from netdsl.runtime.native import conv as native_conv
 from netdsl.runtime.native import pooling  # noqa: F401  registers max pooling's kernels
+from netdsl.runtime.native import dense as native_dense  # noqa: F401  registers the joined dense layers' passes
 from netdsl.runtime.native.loops import CompiledLoops
 from netdsl.runtime.host import on_host, one_blas_thread, to_host
 from netdsl.runtime.loops import add_grad, backward_loop, forward_loop
