@@ -39,6 +39,7 @@ from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.loops import add_grad, initial_values, loop_lengths, note_lengths
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.pool import park_blas_workers, pool_address
+from netdsl.runtime.native.split_gemm import on_pool, split_matmul
 from netdsl.runtime.recompute import (Handback, advance_tail, loop_inputs, span_initials,
                                       span_rows, spans)
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
@@ -59,6 +60,12 @@ LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "0") == "1"
 # cores the pool needs: spinning, W4's split step lost on a quiet machine (the shorter in
 # 10 of 60 alternating steps, 14.0 against 8.6 ms), parked it won (docs/cpu.md)
 PARK_BLAS = os.environ.get("NETDSL_PARK_BLAS", "1") != "0"
+# whether a pass whose loop splits its steps over the pool runs with BLAS on one thread
+# throughout, its other GEMMs (the hoisted projection, the weight gradients, a dense
+# head) split over the same pool: no OpenBLAS worker then runs, to spin beside the pool's
+# (NETDSL_LOOP_STEP_POOL=0: those GEMMs on BLAS's threads, its workers parked before each
+# split call, as PARK_BLAS says)
+STEP_POOL = os.environ.get("NETDSL_LOOP_STEP_POOL", "1") != "0"
 # whether a pooled float32 loop multiplies by its weights packed once a call, with a GEMM
 # of its own, rather than by OpenBLAS's, which packs a part's block again at every step;
 # and whether one host thread runs such a loop's pooled functions, on one part
@@ -166,6 +173,16 @@ class CompiledLoops:
         self.runs: dict[str, _Run] = {}
         self.calls: Counter = Counter()   # compiled passes run, "forward" and "backward"
 
+    def splits_pass(self, schedule) -> bool:
+        """Whether a pass of `schedule` runs with BLAS on one thread and its GEMMs on the
+        pool (STEP_POOL): a loop of it splits its steps over more than one host thread."""
+        if not STEP_POOL or host_threads() < 2:
+            return False
+        types, size = self.ex.plan.types, self.ex.size
+        return any(isinstance(segment, LoopSegment)
+                   and pooled_here(step_macs(segment, types, size), self.ex.dtype)
+                   for segment in schedule.segments)
+
     def _compiled(self, segment: LoopSegment, needs: dict, padded: bool, pooled: bool,
                   packed: bool | None = None):
         packed = LOOP_PACK if packed is None else packed
@@ -259,13 +276,15 @@ class CompiledLoops:
         own for the whole loop, BLAS on one thread each, lost on a quiet machine (W4's
         step 10.9-11.1 ms split against 8.4-8.5 whole, docs/cpu.md). A pooled function
         splits each step instead, its parts calling BLAS on one thread, OpenBLAS's spinning
-        workers stopped first (PARK_BLAS)."""
+        workers stopped first (PARK_BLAS) unless the whole pass held BLAS at one thread
+        (STEP_POOL): parked, OpenBLAS starts them again when its thread count is set, and
+        a fresh worker spins too."""
         if not kernel.pooled:
             function(self.address, steps, self.ex.size, table)
             return
         with one_blas_thread(np):
             parts = host_threads()
-            if parts > 1 and PARK_BLAS:
+            if parts > 1 and PARK_BLAS and not on_pool():   # else no worker has run
                 park_blas_workers()
             function(self.address, pool_address(), parts, steps, self.ex.size, table)
 
@@ -397,8 +416,10 @@ class CompiledLoops:
         """A dense layer's weight gradient over every step: gy (T, B, units) against its
         input's values at each step. A state's values are its source's, shifted by the
         delay, with the initial values first: two GEMMs, no shifted copy."""
-        def product(g, x):
-            return g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+        def product(g, x):   # on the pool's threads within gemms_on_pool
+            g, x = g.reshape(-1, g.shape[-1]).T, x.reshape(-1, x.shape[-1])
+            split = split_matmul(g, x)
+            return g @ x if split is NotImplemented else split
 
         if route.kind != STATE:
             return product(gy, self._series(route, run))
