@@ -138,6 +138,10 @@ def test_pooled_loop_source_matches_golden(name, packed, update_golden):
     kernel = loop_kernel(segment, lowered.plan.types, "float32", needs, "long long",
                          "scipy_cblas_sgemm64_", pooled=True, packed=packed)
     assert kernel.pooled and kernel.packed == packed
+    # packed into NumPy's memory, which tracemalloc and the memory report count: the
+    # larger of forward's 64x256 and backward's 256x64 weight
+    assert kernel.pack_floats == (64 * 256 if packed else None)
+    assert "malloc(" not in kernel.source
     label = f"loop_{name}_pooled{'_packed' if packed else ''}.c"
     assert_golden(os.path.join(GOLDEN, label), kernel.source, update_golden)
     for way in ("forward", "backward"):

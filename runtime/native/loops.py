@@ -295,7 +295,10 @@ class CompiledLoops:
                   + [run.initials[s.node] for s in k.states] + [run.params[p] for p in k.params]
                   + [_NOTHING if run.transposed is None else run.transposed[p]
                      for p in k.transposed]
-                  + ([run.lengths] if run.lengths is not None else []))
+                  + ([run.lengths] if run.lengths is not None else [])
+                  # the room its functions pack weights into, for this call
+                  + ([np.empty(max(k.pack_floats, 1), np.float32)]
+                     if k.pack_floats is not None else []))
         if grads:
             arrays += ([grads["value"][n] for n in k.storage] + [grads["seq"][n] for n in k.seqs]
                        + [grads["init"][s.node] for s in k.states])

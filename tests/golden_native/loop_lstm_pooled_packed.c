@@ -148,13 +148,14 @@ static void loop_forward_part1(void* step, const long long part, const long long
 
 void loop_forward(gemm_t gemm, pool_t pool, const long long parts, const long long T, const long long B, void* const* a) {
     step_t s = {gemm, 0, B, a, {0}};
-    if (B % 8 == 0 && (s.packed[0] = malloc(64*256*sizeof(float))))
+    if (B % 8 == 0) {
+        s.packed[0] = (float*)a[12] + 0;
         pack_panels(((float*)a[11]), 256, 64, 256, s.packed[0]);
+    }
     for (s.t = 0; s.t < T; s.t++) {
         pool(loop_forward_part0, &s, parts);
         pool(loop_forward_part1, &s, parts);
     }
-    free(s.packed[0]);
 }
 
 static void loop_backward_part0(void* step, const long long part, const long long parts) {
@@ -168,17 +169,17 @@ static void loop_backward_part0(void* step, const long long part, const long lon
     {
       const float* restrict p0 = ((((float*)a[1]) + (t)*B*256) + 192);
       const float* restrict p1 = (((float*)a[5]) + (t)*B*64);
-      const float* restrict p2 = (((float*)a[18]) + (t)*B*64);
-      float* restrict p3 = ((((float*)a[12]) + (t)*B*256) + 192);
+      const float* restrict p2 = (((float*)a[19]) + (t)*B*64);
+      float* restrict p3 = ((((float*)a[13]) + (t)*B*256) + 192);
       const float* restrict p4 = ((((float*)a[1]) + (t)*B*256) + 64);
       const float* restrict p5 = (t >= 1 ? (((float*)a[4]) + (t - 1)*B*64) : (((float*)a[8]) + t*B*64));
-      const float* restrict p6 = (((float*)a[16]) + (t)*B*64);
-      float* restrict p7 = ((((float*)a[12]) + (t)*B*256) + 64);
-      float* restrict p8 = (t >= 1 ? (((float*)a[16]) + (t - 1)*B*64) : (((float*)a[20]) + t*B*64));
+      const float* restrict p6 = (((float*)a[17]) + (t)*B*64);
+      float* restrict p7 = ((((float*)a[13]) + (t)*B*256) + 64);
+      float* restrict p8 = (t >= 1 ? (((float*)a[17]) + (t - 1)*B*64) : (((float*)a[21]) + t*B*64));
       const float* restrict p9 = ((((float*)a[1]) + (t)*B*256) + 0);
       const float* restrict p10 = (((float*)a[2]) + (t)*B*64);
-      float* restrict p11 = ((((float*)a[12]) + (t)*B*256) + 0);
-      float* restrict p12 = ((((float*)a[12]) + (t)*B*256) + 128);
+      float* restrict p11 = ((((float*)a[13]) + (t)*B*256) + 0);
+      float* restrict p12 = ((((float*)a[13]) + (t)*B*256) + 128);
       for (long long r = r0; r < r1; r++) {
         #pragma omp simd
         for (long long i = 0; i < 64; i++) {
@@ -224,17 +225,18 @@ static void loop_backward_part1(void* step, const long long part, const long lon
     long long c0, c1;
     share(64, 32, part, parts, &c0, &c1);
     if (c0 >= c1) return;
-    if (s->packed[0]) gemm_packed(B, c1 - c0, 256, (((float*)a[12]) + (t)*B*256), 256, s->packed[0] + c0*256, 1, (t >= 1 ? (((float*)a[18]) + (t - 1)*B*64) : (((float*)a[21]) + t*B*64)) + c0, 64);
-    else gemm(101, 111, 111, B, c1 - c0, 256, 1, (((float*)a[12]) + (t)*B*256), 256, ((float*)a[10]) + c0, 64, 1, (t >= 1 ? (((float*)a[18]) + (t - 1)*B*64) : (((float*)a[21]) + t*B*64)) + c0, 64);
+    if (s->packed[0]) gemm_packed(B, c1 - c0, 256, (((float*)a[13]) + (t)*B*256), 256, s->packed[0] + c0*256, 1, (t >= 1 ? (((float*)a[19]) + (t - 1)*B*64) : (((float*)a[22]) + t*B*64)) + c0, 64);
+    else gemm(101, 111, 111, B, c1 - c0, 256, 1, (((float*)a[13]) + (t)*B*256), 256, ((float*)a[10]) + c0, 64, 1, (t >= 1 ? (((float*)a[19]) + (t - 1)*B*64) : (((float*)a[22]) + t*B*64)) + c0, 64);
 }
 
 void loop_backward(gemm_t gemm, pool_t pool, const long long parts, const long long T, const long long B, void* const* a) {
     step_t s = {gemm, 0, B, a, {0}};
-    if (B % 8 == 0 && (s.packed[0] = malloc(256*64*sizeof(float))))
+    if (B % 8 == 0) {
+        s.packed[0] = (float*)a[12] + 0;
         pack_panels(((float*)a[10]), 64, 256, 64, s.packed[0]);
+    }
     for (s.t = T - 1; s.t >= 0; s.t--) {
         pool(loop_backward_part0, &s, parts);
         pool(loop_backward_part1, &s, parts);
     }
-    free(s.packed[0]);
 }
