@@ -94,6 +94,9 @@ def compare(w, rounds: int, with_torch: bool, packed: bool, block: int = 1,
                      for i in range(0, len(values), block)] for name, values in times.items()}
     blocks_won = {name: sum(p < q for p, q in zip(blocks[name], blocks["whole"]))
                   for name in paths if name != "whole"}
+    if split:
+        blocks_won["pooled against split"] = sum(
+            p < q for p, q in zip(blocks["pooled"], blocks["split"]))
     return {"times": times, "cpu": cpu, "won": won, "block_medians": blocks,
             "blocks_won": blocks_won}
 
@@ -114,8 +117,10 @@ def report(w, args, result: dict, before: float, after: float) -> None:
                   + ", ".join(f"{b:.2f}" for b in blocks))
     if args.block > 1:
         for name, count in result["blocks_won"].items():
-            print(f"  {name} won {count} of {args.rounds} blocks against whole, "
-                  f"whole won {args.rounds - count}")
+            path, _, other = name.partition(" against ")
+            other = other or "whole"
+            print(f"  {path} won {count} of {args.rounds} blocks against {other}, "
+                  f"{other} won {args.rounds - count}")
 
 
 def main(argv=None) -> int:
