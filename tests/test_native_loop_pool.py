@@ -664,7 +664,7 @@ def test_a_split_gemm_leaves_what_it_does_not_take_to_numpy():
 def test_the_split_gemm_source_matches_golden(update_golden):
     from netdsl.lower.native_split_gemm import split_gemm_source
 
-    assert_golden(os.path.join(GOLDEN, "split_gemm.c"),
+    assert_golden(os.path.join(GOLDEN, "loop_step_gemm.c"),
                   split_gemm_source("float32", "long long", "scipy_cblas_sgemm64_"),
                   update_golden)
 
