@@ -16,10 +16,13 @@ A loop whose step's GEMMs multiply-add at least POOL_MIN_MACS may run its pooled
 functions (LoopKernel.pooled), BLAS held at one thread during the call. With
 NETDSL_LOOP_POOL=1 (LOOP_POOL) and more than one host thread, each step's GEMMs split at
 their output's columns and its passes at the batch's rows over the process's thread pool
-(runtime.native.pool), OpenBLAS's spinning workers parked first (PARK_BLAS: the weight
-gradients after the loop and the hoisted projection keep BLAS's threads, which would spin
-beside the pool's). Off by default: on a quiet machine W4's split step was faster in
-some runs and slower in others, where the whole-batch one is steady (docs/cpu.md). On
+(runtime.native.pool). The pass then runs with BLAS on one thread, its other GEMMs (the
+hoisted projection, the weight gradients after the loop, a dense head) split over the
+same pool (STEP_POOL, runtime.native.split_gemm), so that no OpenBLAS worker spins
+beside the pool's; NETDSL_LOOP_STEP_POOL=0 leaves those on BLAS's threads and parks
+OpenBLAS's workers before each split call instead (PARK_BLAS). Off by default: on a
+quiet machine W4's split step (the earlier, parking one) was faster in some runs and
+slower in others, where the whole-batch one is steady (docs/cpu.md). On
 one host thread a float32 loop runs them on one part, its weights packed once a call for
 a GEMM of the generated C's own (LoopKernel.packed), which beats BLAS's there;
 NETDSL_LOOP_PACK=0 (LOOP_PACK) leaves it the whole-batch functions, and keeps BLAS's
@@ -56,9 +59,10 @@ _POOLED_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes
 # by default, on a quiet machine W4's split step was faster in some runs of 25 steps and
 # slower in others (block medians 6.0-14.4 ms against a steady 7.1-9.8 whole, docs/cpu.md)
 LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "0") == "1"
-# whether a split loop stops OpenBLAS's workers first, which spin after each GEMM on the
-# cores the pool needs: spinning, W4's split step lost on a quiet machine (the shorter in
-# 10 of 60 alternating steps, 14.0 against 8.6 ms), parked it won (docs/cpu.md)
+# whether a split loop whose pass keeps BLAS's threads (STEP_POOL off) stops OpenBLAS's
+# workers first, which spin after each GEMM on the cores the pool needs: spinning, W4's
+# split step lost on a quiet machine (the shorter in 10 of 60 alternating steps, 14.0
+# against 8.6 ms), parked it won (docs/cpu.md)
 PARK_BLAS = os.environ.get("NETDSL_PARK_BLAS", "1") != "0"
 # whether a pass whose loop splits its steps over the pool runs with BLAS on one thread
 # throughout, its other GEMMs (the hoisted projection, the weight gradients, a dense
