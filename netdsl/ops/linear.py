@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from netdsl.errors import ShapeError
+from netdsl.ops import parallel
 from netdsl.ops.base import Arg, Op, boolean, optional, positive, register
 from netdsl.ops.common import expect_float
 from netdsl.ops.numeric import draw_float32, fan_in_uniform, scatter_add
@@ -78,7 +79,8 @@ class Dense(Op):
 
     def forward(self, ctx, x, weight, bias=None):
         ctx.save(x=x, weight=weight)
-        y = ctx.xp.matmul(x, weight.T, out=ctx.out)  # BLAS reads the transpose in place
+        # BLAS reads the transpose in place; a runtime may split the GEMM (ops.parallel)
+        y = parallel.matmul(ctx.xp, x, weight.T, out=ctx.out)
         if bias is not None:
             y += bias
         return y
@@ -86,11 +88,11 @@ class Dense(Op):
     def backward(self, ctx, gy):
         xp, x, weight = ctx.xp, ctx.saved["x"], ctx.saved["weight"]
         out = ctx.grad_out
-        grads = {"weight": xp.matmul(gy.T, x, out=out.get("weight"))} \
+        grads = {"weight": parallel.matmul(xp, gy.T, x, out=out.get("weight"))} \
             if ctx.needs_param_grads else {}
         if self.bias and ctx.needs_param_grads:
             grads["bias"] = gy.sum(axis=0, out=out.get("bias"))
-        return (gy @ weight if ctx.needs(0) else None,), grads
+        return (parallel.matmul(xp, gy, weight) if ctx.needs(0) else None,), grads
 
     def forward_then(self, ctx, chain, x, weight, bias=None):
         """forward, then an elementwise `chain` over y (dense_then: the native target adds
