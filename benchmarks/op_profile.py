@@ -50,7 +50,8 @@ KINDS = [
     # here and under batchnorm
     ("convolution", r"conv|^project$"),
     ("recurrent loop", r"^loop$|lstm|rnn|gru"),
-    ("dense (GEMM)", r"^(dense|addmm|mm|bmm|matmul|linear|t|transpose)$"),
+    # a dense layer joined to the chain after it (dense_relu) mostly multiplies
+    ("dense (GEMM)", r"^(dense|dense_\w+|addmm|mm|bmm|matmul|linear|t|transpose)$"),
     ("batchnorm", r"batch_?norm"),
     ("activation, fused chains", r"^(fused|relu|sigmoid|tanh|threshold_backward|"
                                  r"sigmoid_backward|tanh_backward|clamp_min)"),

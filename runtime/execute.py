@@ -30,8 +30,10 @@ from netdsl.runtime import cuda  # noqa: F401  registers the GPU's routines for 
 from netdsl.runtime import native
 from netdsl.runtime.native import conv as native_conv
 from netdsl.runtime.native import pooling  # noqa: F401  registers max pooling's kernels
+from netdsl.runtime.native import dense as native_dense  # noqa: F401  registers the joined dense layers' passes
 from netdsl.runtime.native.loops import CompiledLoops
 from netdsl.runtime.host import on_host, one_blas_thread, to_host
+from netdsl.runtime.native.split_gemm import gemms_on_pool
 from netdsl.runtime.loops import add_grad, backward_loop, forward_loop
 from netdsl.runtime.rng import CountedRng
 from netdsl.shapes import whole_positions
@@ -117,6 +119,7 @@ class Executor:
         self.checkpoint: int | None = None
         self.recompute: dict = {}
         self._last = None      # the schedule the last forward ran, which backward reverses
+        self._on_pool = False  # whether its passes run their GEMMs on the native pool
         self._written: set[str] = set()
         self._param_args: dict[str, dict] = {}  # step -> its parameters' views, by name
         # per step, what every call of it passes that no pass changes (made on first use)
@@ -207,7 +210,11 @@ class Executor:
         self.valid, self.loop_masks = {}, {}  # loss -> its real rows; loop -> (T, B) mask
         self.ctxs, self.carried, self.carry = {}, carry is not None, {}
         self.recompute = {}
-        with one_blas_thread(xp, schedule.host_split), native_conv.in_use(self.native_conv):
+        # a loop splitting its steps over the native pool: every GEMM of the pass on it
+        self._on_pool = bool(self.compiled_loops and self.compiled_loops.splits_pass(schedule))
+        with (one_blas_thread(xp, schedule.host_split or self._on_pool),
+              gemms_on_pool(self._on_pool),
+              native_conv.in_use(self.native_conv)):
             for segment in schedule.segments:
                 if isinstance(segment, LoopSegment):
                     compiled = self.compiled_loops
@@ -385,7 +392,9 @@ class Executor:
                 {node: tuple(t is not None for t in targets)   # which inputs need one
                  for node, targets in backward.grad_inputs.items()})
         wanted, self._needs = facts[1], facts[3]
-        with one_blas_thread(xp, self._last.host_split), native_conv.in_use(self.native_conv):
+        with (one_blas_thread(xp, self._last.host_split or self._on_pool),
+              gemms_on_pool(self._on_pool),
+              native_conv.in_use(self.native_conv)):
             for segment in reversed(self._last.segments):
                 if isinstance(segment, LoopSegment):
                     compiled = self.compiled_loops

@@ -21,7 +21,7 @@ from netdsl.app.memory_check import check_memory, fitting_batch, forward_estimat
 from netdsl.app.session import prepare
 from netdsl.driver import check_file, check_text
 from netdsl.errors import SpecError
-from netdsl.lower import lower
+from netdsl.lower import conv_chain, lower
 from netdsl.ops import numeric
 from netdsl.ops.numeric import draw_float32
 from netdsl.ops.windows import Windows
@@ -142,11 +142,13 @@ def test_a_value_lives_in_the_gradient_vector_until_backward_writes_there(monkey
     assert np.abs(grads).sum() > 0
 
 
-def test_a_native_chain_writes_its_gradient_over_the_one_it_was_given():
-    """relu as a fused chain of the native target: its input's gradient is written over
-    its output's, which dense's backward made, as the plan holds them; the gradients are
-    the host target's."""
+def test_a_native_chain_writes_its_gradient_over_the_one_it_was_given(monkeypatch):
+    """relu as a fused chain of the native target (kept apart from the dense layer before
+    it: lower.conv_chain.GEMM_CHAINS off): its input's gradient is written over its
+    output's, which dense's backward made, as the plan holds them; the gradients are the
+    host target's."""
     from netdsl.runtime.execute import Executor
+    monkeypatch.setattr(conv_chain, "GEMM_CHAINS", False)
     text = WIDE.replace("OPTIMIZER", "sgd(lr=0.1)").replace("BATCH", "16")
     graph = check_text(text, "w.net").graph
     rng = np.random.default_rng(1)
@@ -499,7 +501,8 @@ def test_compile_reports_the_convolution_scratch_on_the_native_target(tmp_path, 
             assert "im2col" not in line
     single = format_training_memory(net, 1, "native", 2)
     assert "(largest candidate kernel per layer, 2 threads)" in single
-    assert "1.6 MiB (largest" in single   # Winograd's chunks: more than im2col's 659.4 KiB
+    # Winograd's chunk, no more tile rows than one image's: more than im2col's 659.4 KiB
+    assert "789.1 KiB (largest" in single
 
 
 @pytest.mark.skipif(toolchain.compiler() is None, reason="no C compiler")

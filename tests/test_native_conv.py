@@ -524,7 +524,9 @@ def test_the_scratch_bound_covers_what_each_kernel_allocates(threads, c_slabs, m
         assert set(bounds) == ({"gemm", "direct", "winograd"} if winograd_fits(
             g.kernel, g.stride, g.dilation, g.lows) else {"gemm", "direct"})
         for kind, (forward_bound, backward_bound) in bounds.items():
-            native_conv.backward(gy, x, w, g, True, kind)   # libraries loaded, pools made
+            # libraries loaded, pools made, each way's one-time objects made
+            native_conv.forward(kind, x, w, bias, g)
+            native_conv.backward(gy, x, w, g, True, kind)
             forward = _allocated(lambda: native_conv.forward(kind, x, w, bias, g),
                                  lambda y: y.nbytes)
             backward = _allocated(lambda: native_conv.backward(gy, x, w, g, True, kind),

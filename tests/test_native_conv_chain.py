@@ -252,7 +252,9 @@ def _graph():
 
 
 def _joined(lowered):
-    return {s.node: s.op.nodes for s in lowered.plan.steps if isinstance(s.op, ConvChain)}
+    """The steps a convolution's chain joined (a dense layer's: tests/test_native_dense)."""
+    return {s.node: s.op.nodes for s in lowered.plan.steps
+            if isinstance(s.op, ConvChain) and s.op.head.chain_in == "convolution"}
 
 
 def test_the_native_lowering_joins_a_chain_to_its_convolution():

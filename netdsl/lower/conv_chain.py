@@ -1,16 +1,21 @@
-"""Lowering pass for the native target: a convolution takes the elementwise chain after it.
+"""Lowering pass for the native target: a convolution or a dense layer takes the
+elementwise chain after it.
 
 A fused chain (lower.fuse's FusedChain) with one input whose gradient follows from its
 output (codegen.from_output: relu, tanh, ...) and which reads the output of an op that
-can apply a chain as it writes its output (`forward_then`: conv), where nothing else
+can apply a chain as it writes its output (`Op.chain_in`: conv, dense), where nothing else
 reads that output, joins that op: one `ConvChain` step, named after the chain's last
 node. On the native target the convolution's kernels apply the chain to each output as
 they write it (no pass of its own forward), and backward takes gy back through the chain
 in the pass that sums the bias's gradient, over gy itself where the executor owns it
-(runtime.native.conv). Elsewhere the op's forward and the chain run one after the other.
+(runtime.native.conv); a dense layer's GEMM is BLAS's, and one pass after it adds the
+bias and applies the chain, one pass in backward takes gy back and sums the bias's
+gradient (runtime.native.dense). Elsewhere the op's forward and the chain run one after
+the other.
 
-`ABSORB` off (NETDSL_CONV_CHAINS=0) keeps the chains apart, as before this pass: the old
-path, for comparing.
+`ABSORB` off (NETDSL_CONV_CHAINS=0) keeps the convolutions' chains apart, as before this
+pass; `GEMM_CHAINS` (NETDSL_NATIVE_DENSE=1) joins the dense layers' too, off by default
+since it did not pay in the measurements so far.
 """
 from __future__ import annotations
 
@@ -22,11 +27,19 @@ from netdsl.lower.native_conv import Chained
 from netdsl.lower.plan import Plan, Step
 from netdsl.ops.base import Op
 
-__all__ = ["ABSORB", "Epilogue", "ConvChain", "into_convolutions"]
+__all__ = ["ABSORB", "GEMM_CHAINS", "GEMM_PARTS", "Epilogue", "ConvChain", "into_convolutions"]
 
 # join chains to the convolutions before them (False, or NETDSL_CONV_CHAINS=0 in the
 # environment: the chains stay steps of their own)
 ABSORB = os.environ.get("NETDSL_CONV_CHAINS", "1") != "0"
+# join chains to the dense layers (GEMMs) before them (True, or NETDSL_NATIVE_DENSE=1);
+# off by default: W1's step alternating with the layers apart was no shorter on one
+# thread and moved either way with the load on two (docs/cpu.md)
+GEMM_CHAINS = os.environ.get("NETDSL_NATIVE_DENSE", "0") == "1"
+# a joined dense layer's GEMMs split over the host's threads in parts of its own
+# (NETDSL_DENSE_GEMM=own or blas-parts, runtime.native.dense): its pass then runs BLAS on
+# one thread (`Op.host_split`)
+GEMM_PARTS = os.environ.get("NETDSL_DENSE_GEMM", "blas") != "blas"
 
 
 class Epilogue:
@@ -69,7 +82,7 @@ class ConvChain(Op):
         self.head, self.nodes = head, nodes
         self.epilogue = Epilogue(chain)
         self.name = f"{head.name}_{chain.name}"   # the convolution's work, which it mostly is
-        self.host_split = head.host_split
+        self.host_split = head.host_split or (head.chain_in == "gemm" and GEMM_PARTS)
         self.fresh_grads = head.fresh_grads
 
     def shape(self, x):
@@ -95,16 +108,17 @@ class ConvChain(Op):
 
 
 def _takes_chain(step: Step) -> bool:
-    """Whether a step's op may apply the chain after it as it writes its output."""
-    return (hasattr(step.op, "forward_then") and len(step.inputs) == 1
-            and not step.slices and not step.borrows)
+    """Whether a step's op may apply the chain after it as it writes its output (its
+    `chain_in`, where that kind's switch is on)."""
+    switch = {"convolution": ABSORB, "gemm": GEMM_CHAINS}.get(step.op.chain_in, False)
+    return (switch and len(step.inputs) == 1 and not step.slices and not step.borrows)
 
 
 def into_convolutions(plan: Plan, kept: set[str]) -> Plan:
     """`plan` with each fused chain of one input whose gradient follows from its output
     joined to the convolution that makes that input, where nothing else reads it and
     neither lies in a loop."""
-    if not ABSORB:
+    if not (ABSORB or GEMM_CHAINS):
         return plan
     in_loops = {s.node for loop in plan.loops for s in loop.steps}
     readers: dict[str, int] = {}

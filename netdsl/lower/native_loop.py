@@ -111,6 +111,10 @@ class LoopKernel:
     # whether its pooled functions pack a weight once a call for their own GEMM (float32,
     # split columns in panels of PANEL: netdsl.lower.native_gemm)
     packed: bool = False
+    # the floats of the room its functions pack weights into, a slot after the lengths
+    # that the runtime fills with a NumPy array (so that tracemalloc and the memory report
+    # count it); None: no such slot (not a packing kernel)
+    pack_floats: int | None = None
 
     def rows(self, node: str, steps: int, grad: bool = False) -> int:
         """How many steps of `node`'s values (or gradients) its array holds."""
@@ -180,7 +184,7 @@ def loop_kernel(segment: LoopSegment, types: dict, dtype: str, needs: dict,
     source = writer.module(needs, index_type, gemm)
     return LoopKernel(source, storage, seqs, states, params, transposed, widths, kept, summed,
                       splits, aliases, folds, writer.idle(), activated, pooled,
-                      writer.packed_any)
+                      writer.packed_any, writer.pack_floats if writer.packed else None)
 
 
 def _readers(segment: LoopSegment) -> dict:
@@ -410,6 +414,7 @@ class _Writer:
         self.packed = pooled and packed and dtype == "float32"
         self.packs: list = []
         self.packed_any = False   # whether either function packs a weight
+        self.pack_floats = 0      # the room the function that packs more needs
         # a pass's rows: a part's, r0 .. r1, when the pool splits the step
         self.rows = ("for (long long r = r0; r < r1; r++)" if pooled
                      else "for (long long r = 0; r < B; r++)")
@@ -439,6 +444,8 @@ class _Writer:
             self.slot[("transposed", key)] = len(self.slot)
         if padded:
             self.slot[("lengths", None)] = len(self.slot)
+        if self.packed:
+            self.slot[("packs", None)] = len(self.slot)
         for name in storage:
             self.slot[("grad", name)] = len(self.slot)
         for name in seqs:
@@ -802,16 +809,21 @@ class _Writer:
         loop = ("for (s.t = T - 1; s.t >= 0; s.t--) {" if reverse
                 else "for (s.t = 0; s.t < T; s.t++) {")
         inner = "\n".join("        " + line for line in calls)
-        packing = []   # the weights packed before the first step, freed after the last
+        # the weights packed before the first step, into the room the runtime hands over
+        # (LoopKernel.pack_floats: NumPy's memory, which its accounts count)
+        packing, room = [], 0
         for i, (w, ldw, K, N) in enumerate(self.packs):
-            packing += [f"    if (B % 8 == 0 && (s.packed[{i}] = malloc({K}*{N}*sizeof(float))))",
-                        f"        pack_panels({w}, {ldw}, {K}, {N}, s.packed[{i}]);"]
-        freeing = "".join(f"    free(s.packed[{i}]);\n" for i in range(len(self.packs)))
+            packing += [f"    if (B % 8 == 0) {{",
+                        f"        s.packed[{i}] = (float*)a[{self.slot[('packs', None)]}] + {room};",
+                        f"        pack_panels({w}, {ldw}, {K}, {N}, s.packed[{i}]);",
+                        "    }"]
+            room += K * N
+        self.pack_floats = max(self.pack_floats, room)
         text.append(f"void {name}(gemm_t gemm, pool_t pool, const long long parts, "
                     f"const long long T, const long long B, void* const* a) {{\n"
                     f"    step_t s = {{gemm, 0, B, a, {{0}}}};\n"
                     + "".join(line + "\n" for line in packing) +
-                    f"    {loop}\n{inner}\n    }}\n{freeing}}}\n")
+                    f"    {loop}\n{inner}\n    }}\n}}\n")
         return "\n".join(text)
 
     def _packed(self, w: str, ldw: int, K: int, N: int) -> int | None:

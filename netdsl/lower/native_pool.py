@@ -96,6 +96,7 @@ static void claim_parts(uint64_t word, long long index) {
 
 static void* serve(void* arg) {
     const long long index = (long long)(size_t)arg;
+    pthread_setname_np(pthread_self(), "netdsl-pool");   /* told apart from BLAS's */
     uint64_t seen = born[index];   /* a call made before it ran is still its own */
     for (;;) {
         long long began = now_ns();

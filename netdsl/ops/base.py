@@ -192,6 +192,10 @@ class Op:
     # output (lower.conv_chain): over gy when the executor owns it, else into an array
     # of the output's size, which the memory plan counts during the op's backward
     masks_gy: ClassVar[bool] = False
+    # forward_then and backward_then apply an elementwise chain after the op as it writes
+    # its output (lower.conv_chain): in a "convolution"'s kernels or a "gemm"'s output
+    # pass, each joined unless its switch there is off
+    chain_in: ClassVar[str | None] = None
     # inputs, by name, that no gradient flows back through (stop_gradient's x, crop's like)
     nondifferentiable: ClassVar[tuple[str, ...]] = ()
     # for each export format ("ONNX", "PyTorch") the op has no lowering to, the format's

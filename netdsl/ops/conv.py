@@ -103,6 +103,7 @@ class _Convolution(Op):
 class Conv(_Convolution):
     r"""$y_o = b_o + \sum_i w_{o,i} \star x_i$ (cross-correlation)"""
 
+    chain_in = "convolution"
     args = (
         Arg("channels", positive),
         Arg("kernel", ints()),

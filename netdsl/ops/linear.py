@@ -2,10 +2,41 @@
 from __future__ import annotations
 
 from netdsl.errors import ShapeError
+from netdsl.ops import parallel
 from netdsl.ops.base import Arg, Op, boolean, optional, positive, register
 from netdsl.ops.common import expect_float
 from netdsl.ops.numeric import draw_float32, fan_in_uniform, scatter_add
+from netdsl.ops.routines import overridable
 from netdsl.types import TensorType
+
+
+@overridable
+def dense_then(xp, x, weight, bias, chain, out=None):
+    """x weight^T + bias, then an elementwise `chain` over it (`chain.apply(xp, y)` writes
+    it over y): the layer and the chain the lowering joined to it (lower.conv_chain). A
+    runtime may apply bias and chain in one pass."""
+    y = xp.matmul(x, weight.T, out=out)
+    if bias is not None:
+        y += bias
+    return chain.apply(xp, y)
+
+
+@overridable
+def dense_chain_gradient(xp, y, gy, chain, gy_owned: bool, bias_out=None, bias: bool = True):
+    """(g, the bias's gradient) of dense_then: gy taken back through the chain from its
+    output y (`chain.gradient`, over gy where the caller owns it), and g summed over the
+    batch (into `bias_out` where given; None where not `bias`). A runtime may sum in
+    the chain's pass."""
+    g = chain.gradient(xp, y, gy, gy if gy_owned else None)
+    return g, (g.sum(axis=0, out=bias_out) if bias else None)
+
+
+@overridable
+def dense_products(xp, g, x, weight, need_dx: bool, weight_out=None, need_weight=True):
+    """(dx, dweight) of a dense layer from its output's gradient g: g weight and g^T x
+    (into `weight_out` where given; None where not needed). A runtime may split them."""
+    dweight = xp.matmul(g.T, x, out=weight_out) if need_weight else None
+    return (g @ weight if need_dx else None), dweight
 
 
 @register("dense")
@@ -19,6 +50,7 @@ class Dense(Op):
     fresh_grads = True
     column_linear = True
     fills_out = True
+    chain_in = "gemm"
 
     def shape(self, x: TensorType) -> TensorType:
         expect_float(self, x)
@@ -47,7 +79,8 @@ class Dense(Op):
 
     def forward(self, ctx, x, weight, bias=None):
         ctx.save(x=x, weight=weight)
-        y = ctx.xp.matmul(x, weight.T, out=ctx.out)  # BLAS reads the transpose in place
+        # BLAS reads the transpose in place; a runtime may split the GEMM (ops.parallel)
+        y = parallel.matmul(ctx.xp, x, weight.T, out=ctx.out)
         if bias is not None:
             y += bias
         return y
@@ -55,11 +88,35 @@ class Dense(Op):
     def backward(self, ctx, gy):
         xp, x, weight = ctx.xp, ctx.saved["x"], ctx.saved["weight"]
         out = ctx.grad_out
-        grads = {"weight": xp.matmul(gy.T, x, out=out.get("weight"))} \
+        grads = {"weight": parallel.matmul(xp, gy.T, x, out=out.get("weight"))} \
             if ctx.needs_param_grads else {}
         if self.bias and ctx.needs_param_grads:
             grads["bias"] = gy.sum(axis=0, out=out.get("bias"))
-        return (gy @ weight if ctx.needs(0) else None,), grads
+        return (parallel.matmul(xp, gy, weight) if ctx.needs(0) else None,), grads
+
+    def forward_then(self, ctx, chain, x, weight, bias=None):
+        """forward, then an elementwise `chain` over y (dense_then: the native target adds
+        the bias and applies the chain in one pass); keeps the chain's output, from which
+        the chain's gradient follows."""
+        ctx.save(x=x, weight=weight)
+        y = dense_then(ctx.xp, x, weight, bias, chain, ctx.out)
+        ctx.save(chain_y=y)
+        return y
+
+    def backward_then(self, ctx, chain, gy):
+        """backward of forward_then, from the chain's output gradient gy. The chain's
+        output is let go once its gradient is made, before dx is: one array of the
+        output's size fewer at once (the executor clears what a step saved after its
+        backward anyway)."""
+        xp, saved, out, params = ctx.xp, ctx.saved, ctx.grad_out, ctx.needs_param_grads
+        g, dbias = dense_chain_gradient(xp, saved.pop("chain_y"), gy, chain, ctx.gy_owned,
+                                        out.get("bias"), self.bias and params)
+        dx, dweight = dense_products(xp, g, saved["x"], saved["weight"], ctx.needs(0),
+                                     out.get("weight"), params)
+        grads = {"weight": dweight} if params else {}
+        if dbias is not None:
+            grads["bias"] = dbias
+        return (dx,), grads
 
     def onnx(self, g, step, inputs, params):
         return g.node("Gemm", [inputs[0], *params.values()], transB=1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from netdsl.ops.routines import overridable
 
 __all__ = ["MIN_SPLIT_BYTES", "CHUNK_BYTES", "SLABS_PER_THREAD", "even_slabs", "slabs", "slab_map", "chunk_budget",
-           "split_pointwise", "batch_chunks", "chunk_examples"]
+           "split_pointwise", "batch_chunks", "chunk_examples", "matmul"]
 
 # bytes an op must touch before splitting it pays for the threads' hand-over
 MIN_SPLIT_BYTES = 1 << 20
@@ -58,6 +58,13 @@ def chunk_budget(xp, budget: int | None = None) -> int:
     """The bytes of one chunk of a slab's work: `budget`, by default CHUNK_BYTES (a
     runtime shares it among the slabs running at once, or sizes it for its device)."""
     return CHUNK_BYTES if budget is None else budget
+
+
+@overridable
+def matmul(xp, a, b, out=None):
+    """a @ b, into `out` if given: a runtime may split the GEMM over threads of its own
+    (the native target, in a pass whose recurrent loop splits its steps over its pool)."""
+    return xp.matmul(a, b, out=out)
 
 
 def split_pointwise(xp, fn, out, *arrays):

@@ -16,10 +16,13 @@ A loop whose step's GEMMs multiply-add at least POOL_MIN_MACS may run its pooled
 functions (LoopKernel.pooled), BLAS held at one thread during the call. With
 NETDSL_LOOP_POOL=1 (LOOP_POOL) and more than one host thread, each step's GEMMs split at
 their output's columns and its passes at the batch's rows over the process's thread pool
-(runtime.native.pool), OpenBLAS's spinning workers parked first (PARK_BLAS: the weight
-gradients after the loop and the hoisted projection keep BLAS's threads, which would spin
-beside the pool's). Off by default: on a quiet machine W4's split step was faster in
-some runs and slower in others, where the whole-batch one is steady (docs/cpu.md). On
+(runtime.native.pool). The pass then runs with BLAS on one thread, its other GEMMs (the
+hoisted projection, the weight gradients after the loop, a dense head) split over the
+same pool (STEP_POOL, runtime.native.split_gemm), so that no OpenBLAS worker spins
+beside the pool's; NETDSL_LOOP_STEP_POOL=0 leaves those on BLAS's threads and parks
+OpenBLAS's workers before each split call instead (PARK_BLAS). Off by default: on a
+quiet machine W4's split step (the earlier, parking one) was faster in some runs and
+slower in others, where the whole-batch one is steady (docs/cpu.md). On
 one host thread a float32 loop runs them on one part, its weights packed once a call for
 a GEMM of the generated C's own (LoopKernel.packed), which beats BLAS's there;
 NETDSL_LOOP_PACK=0 (LOOP_PACK) leaves it the whole-batch functions, and keeps BLAS's
@@ -39,6 +42,7 @@ from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.loops import add_grad, initial_values, loop_lengths, note_lengths
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.pool import park_blas_workers, pool_address
+from netdsl.runtime.native.split_gemm import on_pool, split_matmul
 from netdsl.runtime.recompute import (Handback, advance_tail, loop_inputs, span_initials,
                                       span_rows, spans)
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
@@ -55,10 +59,17 @@ _POOLED_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes
 # by default, on a quiet machine W4's split step was faster in some runs of 25 steps and
 # slower in others (block medians 6.0-14.4 ms against a steady 7.1-9.8 whole, docs/cpu.md)
 LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "0") == "1"
-# whether a split loop stops OpenBLAS's workers first, which spin after each GEMM on the
-# cores the pool needs: spinning, W4's split step lost on a quiet machine (the shorter in
-# 10 of 60 alternating steps, 14.0 against 8.6 ms), parked it won (docs/cpu.md)
+# whether a split loop whose pass keeps BLAS's threads (STEP_POOL off) stops OpenBLAS's
+# workers first, which spin after each GEMM on the cores the pool needs: spinning, W4's
+# split step lost on a quiet machine (the shorter in 10 of 60 alternating steps, 14.0
+# against 8.6 ms), parked it won (docs/cpu.md)
 PARK_BLAS = os.environ.get("NETDSL_PARK_BLAS", "1") != "0"
+# whether a pass whose loop splits its steps over the pool runs with BLAS on one thread
+# throughout, its other GEMMs (the hoisted projection, the weight gradients, a dense
+# head) split over the same pool: no OpenBLAS worker then runs, to spin beside the pool's
+# (NETDSL_LOOP_STEP_POOL=0: those GEMMs on BLAS's threads, its workers parked before each
+# split call, as PARK_BLAS says)
+STEP_POOL = os.environ.get("NETDSL_LOOP_STEP_POOL", "1") != "0"
 # whether a pooled float32 loop multiplies by its weights packed once a call, with a GEMM
 # of its own, rather than by OpenBLAS's, which packs a part's block again at every step;
 # and whether one host thread runs such a loop's pooled functions, on one part
@@ -166,6 +177,16 @@ class CompiledLoops:
         self.runs: dict[str, _Run] = {}
         self.calls: Counter = Counter()   # compiled passes run, "forward" and "backward"
 
+    def splits_pass(self, schedule) -> bool:
+        """Whether a pass of `schedule` runs with BLAS on one thread and its GEMMs on the
+        pool (STEP_POOL): a loop of it splits its steps over more than one host thread."""
+        if not STEP_POOL or host_threads() < 2:
+            return False
+        types, size = self.ex.plan.types, self.ex.size
+        return any(isinstance(segment, LoopSegment)
+                   and pooled_here(step_macs(segment, types, size), self.ex.dtype)
+                   for segment in schedule.segments)
+
     def _compiled(self, segment: LoopSegment, needs: dict, padded: bool, pooled: bool,
                   packed: bool | None = None):
         packed = LOOP_PACK if packed is None else packed
@@ -259,13 +280,15 @@ class CompiledLoops:
         own for the whole loop, BLAS on one thread each, lost on a quiet machine (W4's
         step 10.9-11.1 ms split against 8.4-8.5 whole, docs/cpu.md). A pooled function
         splits each step instead, its parts calling BLAS on one thread, OpenBLAS's spinning
-        workers stopped first (PARK_BLAS)."""
+        workers stopped first (PARK_BLAS) unless the whole pass held BLAS at one thread
+        (STEP_POOL): parked, OpenBLAS starts them again when its thread count is set, and
+        a fresh worker spins too."""
         if not kernel.pooled:
             function(self.address, steps, self.ex.size, table)
             return
         with one_blas_thread(np):
             parts = host_threads()
-            if parts > 1 and PARK_BLAS:
+            if parts > 1 and PARK_BLAS and not on_pool():   # else no worker has run
                 park_blas_workers()
             function(self.address, pool_address(), parts, steps, self.ex.size, table)
 
@@ -276,7 +299,10 @@ class CompiledLoops:
                   + [run.initials[s.node] for s in k.states] + [run.params[p] for p in k.params]
                   + [_NOTHING if run.transposed is None else run.transposed[p]
                      for p in k.transposed]
-                  + ([run.lengths] if run.lengths is not None else []))
+                  + ([run.lengths] if run.lengths is not None else [])
+                  # the room its functions pack weights into, for this call
+                  + ([np.empty(max(k.pack_floats, 1), np.float32)]
+                     if k.pack_floats is not None else []))
         if grads:
             arrays += ([grads["value"][n] for n in k.storage] + [grads["seq"][n] for n in k.seqs]
                        + [grads["init"][s.node] for s in k.states])
@@ -397,8 +423,10 @@ class CompiledLoops:
         """A dense layer's weight gradient over every step: gy (T, B, units) against its
         input's values at each step. A state's values are its source's, shifted by the
         delay, with the initial values first: two GEMMs, no shifted copy."""
-        def product(g, x):
-            return g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+        def product(g, x):   # on the pool's threads within gemms_on_pool
+            g, x = g.reshape(-1, g.shape[-1]).T, x.reshape(-1, x.shape[-1])
+            split = split_matmul(g, x)
+            return g @ x if split is NotImplemented else split
 
         if route.kind != STATE:
             return product(gy, self._series(route, run))

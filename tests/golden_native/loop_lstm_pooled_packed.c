@@ -24,7 +24,14 @@ static inline void share(long long n, long long align, long long part, long long
 }
 
 /* a weight packed in panels of 32 columns, P[panel][k][32], once a call */
-typedef float v16f __attribute__((vector_size(64)));
+#if defined(__AVX512F__)
+#define PACK_VL 16   /* floats a vector: 8 rows by 32 columns in 16 registers */
+#define PACK_ROWS 8
+#else
+#define PACK_VL 8    /* AVX2's 16 registers: 4 rows by 16 columns in 8 */
+#define PACK_ROWS 4
+#endif
+typedef float vpf __attribute__((vector_size(PACK_VL * sizeof(float))));
 static void pack_panels(const float* w, long long ldw, long long K, long long N,
                         float* p) {
     for (long long c = 0; c < N; c += 32)
@@ -33,36 +40,38 @@ static void pack_panels(const float* w, long long ldw, long long K, long long N,
 }
 
 /* C (M x N) = A (M x K) times the packed panels, plus C unless beta is 0;
-   M a multiple of 8, N of 32: 8 rows by 32 columns in 16 vector registers */
+   M a multiple of 8, N of 32: PACK_ROWS rows by two vectors' columns at a time */
 static void gemm_packed(long long M, long long N, long long K, const float* A,
                         long long lda, const float* p, int beta, float* C, long long ldc) {
     for (long long c = 0; c < N; c += 32) {
         const float* panel = p + c*K;
-        for (long long r = 0; r < M; r += 8) {
-            v16f acc[8][2];
-            for (int i = 0; i < 8; i++) {
+        for (long long h = 0; h < 32; h += 2*PACK_VL)
+        for (long long r = 0; r < M; r += PACK_ROWS) {
+            vpf acc[PACK_ROWS][2];
+            float* y = C + r*ldc + c + h;
+            for (int i = 0; i < PACK_ROWS; i++) {
                 if (beta) {
-                    memcpy(&acc[i][0], C + (r + i)*ldc + c, 64);
-                    memcpy(&acc[i][1], C + (r + i)*ldc + c + 16, 64);
+                    memcpy(&acc[i][0], y + i*ldc, sizeof(vpf));
+                    memcpy(&acc[i][1], y + i*ldc + PACK_VL, sizeof(vpf));
                 } else {
-                    acc[i][0] = (v16f){0};
-                    acc[i][1] = (v16f){0};
+                    acc[i][0] = (vpf){0};
+                    acc[i][1] = (vpf){0};
                 }
             }
             const float* a = A + r*lda;
             for (long long k = 0; k < K; k++) {
-                v16f b0, b1;
-                memcpy(&b0, panel + k*32, 64);
-                memcpy(&b1, panel + k*32 + 16, 64);
-                for (int i = 0; i < 8; i++) {
+                vpf b0, b1;
+                memcpy(&b0, panel + k*32 + h, sizeof(vpf));
+                memcpy(&b1, panel + k*32 + h + PACK_VL, sizeof(vpf));
+                for (int i = 0; i < PACK_ROWS; i++) {
                     const float x = a[i*lda + k];
                     acc[i][0] += x * b0;
                     acc[i][1] += x * b1;
                 }
             }
-            for (int i = 0; i < 8; i++) {
-                memcpy(C + (r + i)*ldc + c, &acc[i][0], 64);
-                memcpy(C + (r + i)*ldc + c + 16, &acc[i][1], 64);
+            for (int i = 0; i < PACK_ROWS; i++) {
+                memcpy(y + i*ldc, &acc[i][0], sizeof(vpf));
+                memcpy(y + i*ldc + PACK_VL, &acc[i][1], sizeof(vpf));
             }
         }
     }
@@ -139,13 +148,14 @@ static void loop_forward_part1(void* step, const long long part, const long long
 
 void loop_forward(gemm_t gemm, pool_t pool, const long long parts, const long long T, const long long B, void* const* a) {
     step_t s = {gemm, 0, B, a, {0}};
-    if (B % 8 == 0 && (s.packed[0] = malloc(64*256*sizeof(float))))
+    if (B % 8 == 0) {
+        s.packed[0] = (float*)a[12] + 0;
         pack_panels(((float*)a[11]), 256, 64, 256, s.packed[0]);
+    }
     for (s.t = 0; s.t < T; s.t++) {
         pool(loop_forward_part0, &s, parts);
         pool(loop_forward_part1, &s, parts);
     }
-    free(s.packed[0]);
 }
 
 static void loop_backward_part0(void* step, const long long part, const long long parts) {
@@ -159,17 +169,17 @@ static void loop_backward_part0(void* step, const long long part, const long lon
     {
       const float* restrict p0 = ((((float*)a[1]) + (t)*B*256) + 192);
       const float* restrict p1 = (((float*)a[5]) + (t)*B*64);
-      const float* restrict p2 = (((float*)a[18]) + (t)*B*64);
-      float* restrict p3 = ((((float*)a[12]) + (t)*B*256) + 192);
+      const float* restrict p2 = (((float*)a[19]) + (t)*B*64);
+      float* restrict p3 = ((((float*)a[13]) + (t)*B*256) + 192);
       const float* restrict p4 = ((((float*)a[1]) + (t)*B*256) + 64);
       const float* restrict p5 = (t >= 1 ? (((float*)a[4]) + (t - 1)*B*64) : (((float*)a[8]) + t*B*64));
-      const float* restrict p6 = (((float*)a[16]) + (t)*B*64);
-      float* restrict p7 = ((((float*)a[12]) + (t)*B*256) + 64);
-      float* restrict p8 = (t >= 1 ? (((float*)a[16]) + (t - 1)*B*64) : (((float*)a[20]) + t*B*64));
+      const float* restrict p6 = (((float*)a[17]) + (t)*B*64);
+      float* restrict p7 = ((((float*)a[13]) + (t)*B*256) + 64);
+      float* restrict p8 = (t >= 1 ? (((float*)a[17]) + (t - 1)*B*64) : (((float*)a[21]) + t*B*64));
       const float* restrict p9 = ((((float*)a[1]) + (t)*B*256) + 0);
       const float* restrict p10 = (((float*)a[2]) + (t)*B*64);
-      float* restrict p11 = ((((float*)a[12]) + (t)*B*256) + 0);
-      float* restrict p12 = ((((float*)a[12]) + (t)*B*256) + 128);
+      float* restrict p11 = ((((float*)a[13]) + (t)*B*256) + 0);
+      float* restrict p12 = ((((float*)a[13]) + (t)*B*256) + 128);
       for (long long r = r0; r < r1; r++) {
         #pragma omp simd
         for (long long i = 0; i < 64; i++) {
@@ -215,17 +225,18 @@ static void loop_backward_part1(void* step, const long long part, const long lon
     long long c0, c1;
     share(64, 32, part, parts, &c0, &c1);
     if (c0 >= c1) return;
-    if (s->packed[0]) gemm_packed(B, c1 - c0, 256, (((float*)a[12]) + (t)*B*256), 256, s->packed[0] + c0*256, 1, (t >= 1 ? (((float*)a[18]) + (t - 1)*B*64) : (((float*)a[21]) + t*B*64)) + c0, 64);
-    else gemm(101, 111, 111, B, c1 - c0, 256, 1, (((float*)a[12]) + (t)*B*256), 256, ((float*)a[10]) + c0, 64, 1, (t >= 1 ? (((float*)a[18]) + (t - 1)*B*64) : (((float*)a[21]) + t*B*64)) + c0, 64);
+    if (s->packed[0]) gemm_packed(B, c1 - c0, 256, (((float*)a[13]) + (t)*B*256), 256, s->packed[0] + c0*256, 1, (t >= 1 ? (((float*)a[19]) + (t - 1)*B*64) : (((float*)a[22]) + t*B*64)) + c0, 64);
+    else gemm(101, 111, 111, B, c1 - c0, 256, 1, (((float*)a[13]) + (t)*B*256), 256, ((float*)a[10]) + c0, 64, 1, (t >= 1 ? (((float*)a[19]) + (t - 1)*B*64) : (((float*)a[22]) + t*B*64)) + c0, 64);
 }
 
 void loop_backward(gemm_t gemm, pool_t pool, const long long parts, const long long T, const long long B, void* const* a) {
     step_t s = {gemm, 0, B, a, {0}};
-    if (B % 8 == 0 && (s.packed[0] = malloc(256*64*sizeof(float))))
+    if (B % 8 == 0) {
+        s.packed[0] = (float*)a[12] + 0;
         pack_panels(((float*)a[10]), 64, 256, 64, s.packed[0]);
+    }
     for (s.t = T - 1; s.t >= 0; s.t--) {
         pool(loop_backward_part0, &s, parts);
         pool(loop_backward_part1, &s, parts);
     }
-    free(s.packed[0]);
 }

@@ -1,0 +1,120 @@
+"""A dense layer's relu joined to it (bias and relu in one pass after the GEMM, the mask
+and the bias's gradient in one pass before backward's GEMMs) against the old path.
+
+    python benchmarks/dense_chain_ab.py [--only W1] [--pairs 200] [--threads 2]
+                                        [--gemm own,blas-parts] [--keep]
+
+For each workload, trainers of the native target in one process, from the same
+parameters and batch: "new" (the chains joined, lower.conv_chain.GEMM_CHAINS, and their
+passes compiled, runtime.native.dense.COMPILED: NETDSL_NATIVE_DENSE=1), "old" (both off:
+the default) and for each name in --gemm a side "new" with the joined layers'
+GEMMs made that way (runtime.native.dense.GEMM, NETDSL_DENSE_GEMM: "own" the generated
+C's GEMM on the C pool, "blas-parts" BLAS on one thread per part on the C pool; the pass
+then runs BLAS on one thread, lower.conv_chain.GEMM_PARTS). They alternate
+every step, the order rotated every round, so that the machine's load falls on all
+alike. Prints per workload the medians of wall and process CPU time a step, and in how
+many rounds each side was the shorter against old (by each); the load average before
+and after. With --keep the raw per-step numbers go to benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import train_speed
+from isolation import fix_malloc, keep_results, limit_blas, load_average
+from netdsl.driver import check_file
+from netdsl.lower import conv_chain, lower
+from netdsl.runtime.init import initial_params
+from netdsl.runtime.native import dense
+
+
+def _trainer(workload, joined: bool, parts: bool = False):
+    previous = conv_chain.GEMM_CHAINS, conv_chain.GEMM_PARTS
+    conv_chain.GEMM_CHAINS, conv_chain.GEMM_PARTS = joined, parts
+    try:
+        lowered = lower(check_file(str(train_speed.SPECS / workload.spec)), "native")
+    finally:
+        conv_chain.GEMM_CHAINS, conv_chain.GEMM_PARTS = previous
+    params = initial_params(lowered.built, "he", seed=train_speed.SEED)
+    x, y, _ = train_speed.make_batch(workload)
+    return train_speed.NetdslTrainer(lowered, params, (x, y))
+
+
+def _step(trainer, compiled: bool, gemm: str) -> tuple[float, float]:
+    dense.COMPILED, dense.GEMM = compiled, gemm
+    wall, cpu = time.perf_counter(), time.process_time()
+    trainer.step()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run(workload, pairs: int, gemms: list[str]) -> dict:
+    previous = dense.COMPILED, dense.GEMM
+    try:
+        return _alternate(workload, pairs, gemms)
+    finally:
+        dense.COMPILED, dense.GEMM = previous
+
+
+def _alternate(workload, pairs: int, gemms: list[str]) -> dict:
+    sides = {"new": (_trainer(workload, True), True, "blas"),
+             "old": (_trainer(workload, False), False, "blas")}
+    for gemm in gemms:
+        sides[gemm] = (_trainer(workload, True, parts=True), True, gemm)
+    for side in sides.values():   # warm-up: kernels compiled
+        for _ in range(5):
+            _step(*side)
+    names = list(sides)
+    times = {name: {"wall": [], "cpu": []} for name in sides}
+    won = {name: {"wall": 0, "cpu": 0} for name in sides if name != "old"}
+    for i in range(pairs):
+        order = names[i % len(names):] + names[:i % len(names)]
+        took = {}
+        for name in order:
+            took[name] = _step(*sides[name])
+            times[name]["wall"].append(took[name][0])
+            times[name]["cpu"].append(took[name][1])
+        for name in won:
+            won[name]["wall"] += took[name][0] < took["old"][0]
+            won[name]["cpu"] += took[name][1] < took["old"][1]
+    return {"medians_ms": {name: {k: statistics.median(v) * 1e3 for k, v in t.items()}
+                           for name, t in times.items()},
+            "won": won, "raw_s": times}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="W1")
+    parser.add_argument("--pairs", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gemm", default="", help="own, blas-parts or both (comma)")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    malloc = fix_malloc()
+    limiter = limit_blas(args.threads)  # noqa: F841 (kept for the run)
+    wanted = args.only.split(",")
+    print(f"{args.threads} threads, {malloc}, {args.pairs} rounds, {os.cpu_count()} CPUs")
+    kept = {"threads": args.threads, "rounds": args.pairs, "workloads": {}}
+    for workload in train_speed.WORKLOADS:
+        if workload.id not in wanted:
+            continue
+        before = load_average()
+        result = run(workload, args.pairs, [g for g in args.gemm.split(",") if g])
+        after = load_average()
+        result["load"] = [before, after]
+        kept["workloads"][workload.id] = result
+        medians = result["medians_ms"]
+        line = ", ".join(f"{name} {m['wall']:.3f} ms (cpu {m['cpu']:.3f})"
+                         for name, m in medians.items())
+        wins = ", ".join(f"{name} shorter than old in {w['wall']} of {args.pairs} "
+                         f"(cpu: {w['cpu']})" for name, w in result["won"].items())
+        print(f"{workload.id}: {line}; {wins}; load {before:.2f} -> {after:.2f}")
+    keep_results("dense_chain_ab", kept, keep=args.keep)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
