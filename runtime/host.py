@@ -26,7 +26,7 @@ from netdsl.ops import parallel
 from netdsl.ops.parallel import CHUNK_BYTES, MIN_SPLIT_BYTES, SLABS_PER_THREAD, even_slabs
 
 __all__ = ["on_host", "to_host", "read_scalars", "host_threads", "one_blas_thread",
-           "steady_allocations", "SLABS_PER_THREAD"]
+           "steady_allocations", "SLABS_PER_THREAD", "split", "splitting"]
 
 _crew = None     # the worker threads, made on first use
 _blas = None     # threadpoolctl's controllers of the loaded BLAS libraries
@@ -187,24 +187,45 @@ def _forget_crew() -> None:
 os.register_at_fork(after_in_child=_forget_crew)
 
 
-@parallel.slab_map.provide("numpy")
-def _slab_map(xp, fn, total: int, size: int = MIN_SPLIT_BYTES) -> list:
-    """[fn(slab) for slab in slabs], on all threads at once: each takes the next slab
-    nobody has started until none is left."""
-    global _crew, _slabs_running
-    slabs = _slabs(xp, total, size)
-    if len(slabs) == 1:
-        return [fn(slabs[0])]
+def split(total: int, size: int = MIN_SPLIT_BYTES) -> list[slice]:
+    """The slabs an op over `size` bytes splits range(total) into now (ops.parallel's
+    `slabs` for NumPy): for a runtime that hands them to threads of its own."""
+    return _slabs(np, total, size)
+
+
+@contextlib.contextmanager
+def splitting(threads: int):
+    """While `threads` threads run an op's slabs at once: one split at a time (a split
+    inside a slab runs whole), the slabs share the chunk budget, and BLAS runs on one
+    thread in each (inside one_blas_thread() it does already): BLAS's own threads would
+    fight the slabs' for the cores."""
+    global _slabs_running
     with _running:
-        threads = min(host_threads(), len(slabs))
         _slabs_running = threads
-        if _crew is None:
-            _crew = _Crew(max(1, (os.cpu_count() or 2) - 1))
-        # inside one_blas_thread() BLAS runs on one thread already
         controllers = _blas_controllers() if _step_threads is None else ()
         blas_threads = [c.num_threads for c in controllers]
         for c in controllers:
             c.set_num_threads(1)
+        try:
+            yield
+        finally:
+            _slabs_running = 1
+            for c, n in zip(controllers, blas_threads):
+                c.set_num_threads(n)
+
+
+@parallel.slab_map.provide("numpy")
+def _slab_map(xp, fn, total: int, size: int = MIN_SPLIT_BYTES) -> list:
+    """[fn(slab) for slab in slabs], on all threads at once: each takes the next slab
+    nobody has started until none is left."""
+    global _crew
+    slabs = _slabs(xp, total, size)
+    if len(slabs) == 1:
+        return [fn(slabs[0])]
+    threads = min(host_threads(), len(slabs))
+    with splitting(threads):
+        if _crew is None:
+            _crew = _Crew(max(1, (os.cpu_count() or 2) - 1))
         results = [None] * len(slabs)
         claim = itertools.count()  # next() is atomic under the GIL
 
@@ -212,13 +233,8 @@ def _slab_map(xp, fn, total: int, size: int = MIN_SPLIT_BYTES) -> list:
             while (i := next(claim)) < len(slabs):
                 results[i] = fn(slabs[i])
 
-        try:
-            _crew.run(work, threads - 1)
-            return results
-        finally:
-            _slabs_running = 1
-            for c, n in zip(controllers, blas_threads):
-                c.set_num_threads(n)
+        _crew.run(work, threads - 1)
+        return results
 
 
 @parallel.chunk_budget.provide("numpy")

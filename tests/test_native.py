@@ -6,6 +6,11 @@
   of the same program does, in float32 and float64, in place where it updates, and over
   slabs on the host's threads when the arrays are large;
 - the library is cached on disk: a second build loads it, nothing half-written is left;
+- the entry that hands a kernel's slabs to the C pool (lower.native_slabs) equals its
+  golden files (tests/golden_native_slabs/); a chain split over 1, 2 and 3 threads
+  (odd sizes) gives the same bits through it (NETDSL_C_SLABS=1) as on the Python
+  threads (NETDSL_C_SLABS=0, the default), scalars and all; a forked child
+  splits over a pool of its own; without the pool the Python threads run the slabs;
 - without a compiler the target says so in one line, and netc falls back to NumPy.
 (The native target's training steps equal the host's on every spec in test_fused and
 test_lower.)
@@ -99,16 +104,24 @@ def test_the_native_optimiser_updates_as_numpy_does(label, cache):
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("c_slabs", [True, False])
 @pytest.mark.parametrize("split", [True, False])
-def test_large_arrays_run_in_slabs_on_the_host_threads(cache, monkeypatch, split):
+def test_large_arrays_run_in_slabs_on_the_host_threads(cache, monkeypatch, split, c_slabs):
     """Above native.SPLIT_BYTES (lowered here, as the arrays stay small) the slabs run on
-    the host's threads; below it one call does the whole array."""
-    from netdsl.ops import parallel  # the seam whose calls the test counts
-    from netdsl.runtime import host  # noqa: F401  lends the threads
-    calls = []
+    the host's threads, handed over by the C pool (C_SLABS) or to Python threads; below
+    it one call does the whole array."""
+    from netdsl.ops import parallel  # the seams whose calls the test counts
+    from netdsl.runtime import host
+    from netdsl.runtime.native import slabs
+    calls, pooled = [], []
     real = parallel.slab_map.provided["numpy"]
     monkeypatch.setitem(parallel.slab_map.provided, "numpy",
                         lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(host, "host_threads", lambda: 2)
+    monkeypatch.setattr(slabs, "C_SLABS", c_slabs)
+    real_pool = slabs._on_pool
+    monkeypatch.setattr(slabs, "_on_pool", lambda plan, parts: pooled.append(len(parts))
+                        or real_pool(plan, parts))
     monkeypatch.setattr(native, "SPLIT_BYTES", 1 << 20 if split else 1 << 40)
     program = PATTERNS["add_relu_forward"]
     native.prepare([program], "float32")
@@ -116,7 +129,8 @@ def test_large_arrays_run_in_slabs_on_the_host_threads(cache, monkeypatch, split
     x0, x1 = (rng.standard_normal((64, 9000)).astype(np.float32) for _ in range(2))
     got = run_program(np, program, {"x0": x0, "x1": x1}, dtype="float32")["y"]
     np.testing.assert_array_equal(got, np.maximum(x0 + x1, 0))
-    assert calls == ([64 * 9000] if split else [])
+    assert calls == ([64 * 9000] if split and not c_slabs else [])
+    assert pooled == ([4] if split and c_slabs else [])
 
 
 def test_broadcast_and_strided_inputs_are_made_contiguous(cache):
@@ -467,3 +481,112 @@ def test_the_gradient_last_hands_back_is_added_into_as_it_is():
         ex.backward()
     assert taken == [True]
     np.testing.assert_allclose(native_ex.flat_grads, host.flat_grads, rtol=1e-10, atol=1e-13)
+
+
+# ---- the slabs handed to the C pool
+
+GOLDEN_SLABS = os.path.join(ROOT, "tests", "golden_native_slabs")
+
+# a convolution's backward with its chain's mask first, an update with three scalars
+SLAB_SIGNATURES = {"conv_backward_masked": ("p" * 8 + "l" * 16, "pppp" + "l" * 5),
+                   "update_adam": ("ppppdddl",)}
+
+
+@pytest.mark.parametrize("label", sorted(SLAB_SIGNATURES))
+def test_the_slabs_entry_matches_golden(label, update_golden):
+    from netdsl.lower.native_slabs import slabs_source
+    assert_golden(os.path.join(GOLDEN_SLABS, f"slabs_{label}.c"),
+                  slabs_source(SLAB_SIGNATURES[label]), update_golden)
+
+
+def test_the_slabs_entry_takes_only_known_kinds():
+    from netdsl.lower.native_slabs import slabs_source
+    for wrong in ((), ("",), ("px",)):
+        with pytest.raises(ValueError):
+            slabs_source(wrong)
+
+
+def _split_chain(monkeypatch, threads, c_slabs):
+    """update_adam (three scalars, in place) and add_relu_backward over 1001 x 7 elements,
+    split."""
+    from netdsl.runtime import host
+    from netdsl.runtime.native import slabs
+    monkeypatch.setattr(host, "host_threads", lambda: threads)
+    monkeypatch.setattr(slabs, "C_SLABS", c_slabs)
+    monkeypatch.setattr(native, "SPLIT_BYTES", 0)
+    monkeypatch.setattr(host, "MIN_SPLIT_BYTES", 0)
+    rng = np.random.default_rng(7)
+    results = []
+    for label in ("update_adam", "add_relu_backward_11"):
+        program = PATTERNS[label]
+        native.prepare([program], "float32")
+        arrays = _arrays(program, (1001, 7), "float32", rng)
+        scalars = {name: 0.37 / (i + 1) for i, name in enumerate(program.scalars)}
+        want = evaluate_program(program, {k: v.copy() for k, v in arrays.items()}, scalars,
+                                np, "float32")
+        got = run_program(np, program, arrays, scalars, "float32")
+        for name in program.outputs:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
+        results += [got[name].copy() for name in sorted(program.outputs)]
+    return results
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_chain_on_the_pool_gives_the_bits_of_the_python_threads(cache, monkeypatch, threads):
+    from netdsl.runtime.native import slabs
+    pooled = []
+    real_pool = slabs._on_pool
+    monkeypatch.setattr(slabs, "_on_pool",
+                        lambda plan, parts: pooled.append(len(parts)) or real_pool(plan, parts))
+    on_pool = _split_chain(monkeypatch, threads, True)
+    assert pooled == ([2 * threads] * 2 if threads > 1 else [])
+    on_threads = _split_chain(monkeypatch, threads, False)
+    assert len(pooled) == (2 if threads > 1 else 0)
+    for got, want in zip(on_pool, on_threads, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_without_the_pool_the_python_threads_run_the_slabs(cache, monkeypatch):
+    from netdsl.runtime.native import pool as native_pool
+    from netdsl.runtime.native.toolchain import NativeUnavailable
+
+    def no_pool():
+        raise NativeUnavailable("no C compiler found (set CC, or install gcc)")
+
+    monkeypatch.setattr(native_pool, "pool_address", no_pool)
+    from netdsl.runtime.native import slabs
+    monkeypatch.setattr(slabs, "pool_address", no_pool)
+    on_threads = _split_chain(monkeypatch, 2, True)
+    monkeypatch.undo()
+    for got, want in zip(on_threads, _split_chain(monkeypatch, 2, False), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_environment_switches_the_slabs_to_python_threads():
+    import subprocess
+    import sys
+    code = "from netdsl.runtime.native import slabs; print(slabs.C_SLABS)"
+    said = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, **({"NETDSL_C_SLABS": value} if value else {})},
+                           check=True).stdout.strip() for value in ("0", "1", None)]
+    assert said == ["False", "True", "False"]   # the Python threads by default
+
+
+def test_a_forked_child_splits_a_chain_over_a_pool_of_its_own(cache, monkeypatch):
+    import signal
+    from netdsl.runtime.native.pool import pool_workers
+    want = _split_chain(monkeypatch, 2, True)
+    assert pool_workers() >= 1
+    pid = os.fork()
+    if pid == 0:   # the child: no workers until its first split, then the same results
+        code = 1
+        try:
+            signal.alarm(60)   # a hung pool fails the test rather than the run
+            fresh = pool_workers() == 0
+            again = _split_chain(monkeypatch, 2, True)
+            same = all(np.array_equal(a, b) for a, b in zip(again, want))
+            code = 0 if fresh and same and pool_workers() >= 1 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

@@ -7,6 +7,8 @@ op's formulas (ops.norm.batch_norm_programs), compiled to C.
 - compiled, and evaluated by NumPy, the programs compute what ops.numeric's NumPy
   batchnorm does, forward (batch and running statistics) and backward, in float32 and
   float64, over one slab or over channel slabs on the host's threads;
+- split over 1, 2 and 3 threads (5 channels: unequal slabs), the slabs handed to the C
+  pool give the bits the Python threads give (NETDSL_C_SLABS=0), and equal PyTorch;
 - they equal PyTorch's batch_norm in float64: output, running statistics, gradients;
 - a native executor runs them (test_fused compares whole networks with the host's);
 - an elementwise chain after a batchnorm runs inside its programs (lower.fuse.absorb):
@@ -122,42 +124,95 @@ def test_numpy_evaluates_the_same_programs(dtype, training):
         np.testing.assert_allclose(a, b, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
 
 
-def test_large_inputs_run_in_channel_slabs_on_the_host_threads(cache, monkeypatch, passes):
-    """Above native.CHANNEL_SPLIT_BYTES, slabs of channels run on the host's threads."""
-    from netdsl.ops import parallel  # the seam whose calls the test counts
-    calls = []
-    real = parallel.slab_map.provided["numpy"]
+@pytest.mark.parametrize("c_slabs", [True, False], ids=["pool", "python"])
+def test_large_inputs_run_in_channel_slabs_on_the_host_threads(cache, monkeypatch, c_slabs,
+                                                                passes):
+    """Above native.CHANNEL_SPLIT_BYTES, slabs of channels run on the host's threads,
+    handed to the C pool (C_SLABS) or to Python threads."""
+    from netdsl.ops import parallel
+    from netdsl.runtime.native import slabs
+    calls, pooled = [], []
+    real = native.run_slabs
 
-    def counting(xp, fn, total, size=parallel.MIN_SPLIT_BYTES):
+    def counting(plan, total, size):
         calls.append((total, size))
-        return real(xp, fn, total, size)
+        return real(plan, total, size)
 
-    monkeypatch.setitem(parallel.slab_map.provided, "numpy", counting)
+    monkeypatch.setattr(native, "run_slabs", counting)
+    monkeypatch.setattr(host, "host_threads", lambda: 2)
+    monkeypatch.setattr(slabs, "C_SLABS", c_slabs)
+    real_pool = slabs._on_pool
+    monkeypatch.setattr(slabs, "_on_pool",
+                        lambda plan, parts: pooled.append(len(parts)) or real_pool(plan, parts))
     monkeypatch.setattr(native, "CHANNEL_SPLIT_BYTES", 1 << 20)   # the arrays stay small
     theirs, ours = _numpy_and_ours((16, 24, 32, 32), "float32", True, compiled=True)
     assert calls and all(total == 24 and size > parallel.MIN_SPLIT_BYTES
                          for total, size in calls)
+    assert pooled == ([4] * len(calls) if c_slabs else [])
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+def _compiled(x, weight, bias, gy, training):
+    """The compiled programs' y, dx, dweight, dbias, running mean and variance."""
+    channels, dtype = x.shape[1], str(x.dtype)
+    native.prepare(list(BATCH_NORM), dtype)
+    buffers = {"running_mean": np.full(channels, 0.5, dtype),
+               "running_var": np.full(channels, 2.0, dtype)}
+    ctx = Ctx(np, training=training, buffers=buffers, dtype=dtype)
+    ctx.compiled = True
+    y, kept = normalise(ctx, x, weight, bias, 1e-5, 0.1)
+    dx, dweight, dbias = normalise_backward(ctx, gy, kept, weight, training)
+    return y, dx, dweight, dbias, buffers["running_mean"], buffers["running_var"]
+
+
+def _torch_batchnorm(x, weight, bias, gy, training):
+    """PyTorch's in float64, in _compiled's order."""
+    channels = x.shape[1]
+    tx, tw, tb = (torch.tensor(a, requires_grad=True, dtype=torch.float64)
+                  for a in (x, weight, bias))
+    mean = torch.full((channels,), 0.5, dtype=torch.float64)
+    var = torch.full((channels,), 2.0, dtype=torch.float64)
+    ty = torch.nn.functional.batch_norm(tx, mean, var, tw, tb, training, 0.1, 1e-5)
+    ty.backward(torch.tensor(gy, dtype=torch.float64))
+    return [t.detach().numpy() for t in (ty, tx.grad, tw.grad, tb.grad, mean, var)]
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["batch", "running"])
 def test_the_compiled_batchnorm_equals_pytorch_in_float64(training, cache, passes):
     x, weight, bias, gy = _inputs((6, 4, 5, 3), "float64", seed=2)
-    native.prepare(list(BATCH_NORM), "float64")
-    buffers = {"running_mean": np.full(4, 0.5), "running_var": np.full(4, 2.0)}
-    ctx = Ctx(np, training=training, buffers=buffers, dtype="float64")
-    ctx.compiled = True
-    y, kept = normalise(ctx, x, weight, bias, 1e-5, 0.1)
-    dx, dweight, dbias = normalise_backward(ctx, gy, kept, weight, training)
-    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, weight, bias))
-    mean, var = torch.full((4,), 0.5, dtype=torch.float64), torch.full((4,), 2.0,
-                                                                        dtype=torch.float64)
-    ty = torch.nn.functional.batch_norm(tx, mean, var, tw, tb, training, 0.1, 1e-5)
-    ty.backward(torch.tensor(gy))
-    for ours, theirs in ((y, ty), (dx, tx.grad), (dweight, tw.grad), (dbias, tb.grad),
-                         (buffers["running_mean"], mean), (buffers["running_var"], var)):
-        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-12, atol=1e-13)
+    for ours, theirs in zip(_compiled(x, weight, bias, gy, training),
+                            _torch_batchnorm(x, weight, bias, gy, training)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("training", [True, False], ids=["batch", "running"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_pool_splits_into_the_bits_the_python_threads_do(threads, training, dtype, cache,
+                                                             monkeypatch):
+    from netdsl.runtime.native import slabs
+    pooled = []
+    real_pool = slabs._on_pool
+    monkeypatch.setattr(slabs, "_on_pool",
+                        lambda plan, parts: pooled.append(len(parts)) or real_pool(plan, parts))
+    monkeypatch.setattr(host, "host_threads", lambda: threads)
+    monkeypatch.setattr(host, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(native, "CHANNEL_SPLIT_BYTES", 0)   # these small arrays split too
+    x, weight, bias, gy = _inputs((7, 5, 4, 3), dtype, seed=3)
+    monkeypatch.setattr(slabs, "C_SLABS", True)
+    on_pool = _compiled(x, weight, bias, gy, training)
+    assert pooled if threads > 1 else not pooled
+    assert set(pooled) <= {min(2 * threads, 5)}
+    monkeypatch.setattr(slabs, "C_SLABS", False)
+    count = len(pooled)
+    on_threads = _compiled(x, weight, bias, gy, training)
+    assert len(pooled) == count
+    for got, want in zip(on_pool, on_threads, strict=True):
+        np.testing.assert_array_equal(got, want)
+    tolerance = TOLERANCE[dtype]
+    for got, want in zip(on_pool, _torch_batchnorm(x, weight, bias, gy, training)):
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * 10)
 
 
 def test_a_native_executor_runs_the_compiled_batchnorm(cache):

@@ -17,10 +17,17 @@
   1 to 64 channels, batch 1 and 3), and is a candidate only where it fits;
 - each kernel's scratch bound (lower.native_conv.kernel_scratch, which the memory plan
   counts) is at least what a call allocates, measured by tracemalloc, on one and two
-  threads.
+  threads;
+- every kernel, forward and backward, with and without a chain, gives the same bits
+  with its slabs handed to the C pool (runtime.native.slabs) as on the Python threads
+  (NETDSL_C_SLABS=0), on 1, 2 and 3 threads and a batch of 7 (slabs of unequal size,
+  several chunks of the direct weight gradient in a slab), and equals float64 PyTorch;
+  a forked child splits over a pool of its own; while the pool runs the slabs, BLAS
+  (the kernels' GEMMs) runs on one thread in each, and on its own threads again after.
 """
 import json
 import os
+import signal
 import tracemalloc
 
 import numpy as np
@@ -33,11 +40,16 @@ from netdsl.lower.native_conv import (SLABS_PER_THREAD, conv_module, direct_bloc
                                       direct_kernel, geometry_sizes, kernel_scratch,
                                       largest_scratch, slab_sizes, winograd_fits,
                                       winograd_module)
+from netdsl.lower.codegen import Chain
+from netdsl.lower.conv_chain import Epilogue
 from netdsl.ops import convolve
+from netdsl.ops.activation import Relu
 from netdsl.ops.windows import Geometry
 from netdsl.runtime import host
 from netdsl.runtime.native import conv as native_conv
+from netdsl.runtime.native import slabs as native_slabs
 from netdsl.runtime.native import toolchain
+from netdsl.runtime.native.pool import pool_workers
 from netdsl.runtime.native.toolchain import NativeUnavailable
 
 pytestmark = pytest.mark.skipif(toolchain.compiler() is None, reason="no C compiler")
@@ -493,8 +505,9 @@ def _allocated(call, made) -> int:
         tracemalloc.stop()
 
 
+@pytest.mark.parametrize("c_slabs", [False, True], ids=["python", "pool"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_scratch_bound_covers_what_each_kernel_allocates(threads, monkeypatch):
+def test_the_scratch_bound_covers_what_each_kernel_allocates(threads, c_slabs, monkeypatch):
     """lower.native_conv.kernel_scratch, per kernel forward and backward (with dx), is at
     least what a call allocates beyond its output, measured by tracemalloc (NumPy reports
     its arrays to it) on one thread and on two (four slabs), and at most 1.1 times it on
@@ -502,6 +515,7 @@ def test_the_scratch_bound_covers_what_each_kernel_allocates(threads, monkeypatc
     too small to split (whole on one thread), which makes it up to 4 times what a split
     call takes (measured 1.0-3.6, a chunk of 8 padded images against 2)."""
     monkeypatch.setattr(host, "host_threads", lambda: threads)
+    monkeypatch.setattr(native_slabs, "C_SLABS", c_slabs)   # a scratch per part, or slab
     ratios = []
     for case in SCRATCH_CASES:
         g, x, w, bias, gy = _problem(case, "float32")
@@ -609,3 +623,133 @@ def _host_slabs(batch, threads):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(host, "host_threads", lambda: threads)
         return host._slabs(np, batch)
+
+
+# ---- the slabs on the C pool and on Python threads
+
+RELU = Epilogue(Chain((Relu(),), ((0,),), 1))
+
+
+def _every_kernel(g, x, w, bias, gy):
+    """name -> the arrays each kernel makes, forward and backward, without and with a
+    relu after the convolution (applied as it writes y; gy masked whole, or by each slab
+    before its kernels)."""
+    dtype = str(x.dtype)
+    found = {}
+    for kind, kernel in [("gemm", None), ("winograd", None)] + [
+            ("direct", k) for k in direct_blocks(dtype)]:
+        found[f"forward {kind} {kernel}"] = [native_conv.forward(kind, x, w, bias, g, kernel)]
+        found[f"forward relu {kind} {kernel}"] = [
+            native_conv.forward(kind, x, w, bias, g, kernel, chain=RELU.programs)]
+    y = found["forward relu gemm None"][0]
+    for kind in ("gemm", "direct", "winograd"):
+        found[f"backward {kind}"] = native_conv.backward(gy, x, w, g, True, kind)
+        found[f"backward no dx {kind}"] = native_conv.backward(gy, x, w, g, False, kind)[1:]
+        masked, dbias = native_conv.chain_gradient(y, gy, RELU.programs)
+        found[f"chain gradient {kind}"] = (masked, dbias) + native_conv.backward(
+            masked, x, w, g, True, kind, dbias)
+        masked, masking = native_conv.chain_masking(y, gy, RELU.programs)
+        found[f"masked backward {kind}"] = (masked,) + native_conv.backward(
+            masked, x, w, g, True, kind, masking=masking)
+    return found
+
+
+@pytest.fixture
+def split_small(monkeypatch):
+    """Small arrays split too, and the direct weight gradient takes an image a chunk."""
+    from netdsl.ops import parallel
+    monkeypatch.setattr(host, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(host, "CHUNK_BYTES", 4096)   # the slabs' chunk budget
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 4096)   # what it is shared from
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_pool_splits_into_the_bits_the_python_threads_do(threads, dtype, split_small,
+                                                             monkeypatch):
+    monkeypatch.setattr(host, "host_threads", lambda: threads)
+    pooled = []
+    real = native_slabs._on_pool
+    monkeypatch.setattr(native_slabs, "_on_pool",
+                        lambda plan, parts: pooled.append(len(parts)) or real(plan, parts))
+    case = (7, 4, 5, (10, 10), (3, 3), (1, 1), (1, 1), (1, 1))   # 7: uneven slabs
+    g, x, w, bias, gy = _problem(case, dtype, seed=4)
+    monkeypatch.setattr(native_slabs, "C_SLABS", True)
+    on_pool = _every_kernel(g, x, w, bias, gy)
+    assert pooled if threads > 1 else not pooled
+    assert set(pooled) <= {2 * threads}   # two slabs a thread
+    monkeypatch.setattr(native_slabs, "C_SLABS", False)
+    count = len(pooled)
+    on_threads = _every_kernel(g, x, w, bias, gy)
+    assert len(pooled) == count
+    assert on_pool.keys() == on_threads.keys()
+    for name, arrays in on_pool.items():
+        for got, want in zip(arrays, on_threads[name], strict=True):
+            if want is None:
+                assert got is None, name
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=name)
+    y, dx, dw, db = _torch(case, x, w, bias, gy)
+    tol = _tolerance(dtype)
+    for name, arrays in on_pool.items():
+        if name.startswith("forward ") and "relu" not in name:
+            np.testing.assert_allclose(arrays[0], y, rtol=tol["rtol"],
+                                       atol=tol["atol"] * float(np.abs(y).max()))
+        elif name.startswith("backward "):
+            for got, want in zip(arrays, (dx, dw, db)[-len(arrays):]):
+                np.testing.assert_allclose(got, want, rtol=tol["rtol"],
+                                           atol=tol["atol"] * (float(np.abs(want).max()) + 1))
+
+
+def test_a_forked_child_splits_over_a_pool_of_its_own(split_small, monkeypatch):
+    monkeypatch.setattr(host, "host_threads", lambda: 2)
+    monkeypatch.setattr(native_slabs, "C_SLABS", True)
+    case = (5, 3, 4, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1))
+    g, x, w, bias, gy = _problem(case, "float64", seed=6)
+    want = native_conv.backward(gy, x, w, g, True, "gemm")
+    assert pool_workers() >= 1
+    pid = os.fork()
+    if pid == 0:   # the child: no workers until its first split, then the same results
+        code = 1
+        try:
+            signal.alarm(60)   # a hung pool fails the test rather than the run
+            fresh = pool_workers() == 0
+            again = native_conv.backward(gy, x, w, g, True, "gemm")
+            same = all(np.array_equal(a, b) for a, b in zip(again, want))
+            code = 0 if fresh and same and pool_workers() >= 1 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_blas_runs_on_one_thread_in_each_slab_on_the_pool(split_small, monkeypatch):
+    """Outside an executor's pass (which holds BLAS at one thread itself), a split call
+    holds BLAS at one thread while the pool's threads run its slabs' GEMMs, so that
+    OpenBLAS's threads do not fight them for the cores."""
+    controllers = host._blas_controllers()
+    if not controllers:
+        pytest.skip("no BLAS that threadpoolctl controls")
+    monkeypatch.setattr(host, "host_threads", lambda: 2)
+    monkeypatch.setattr(native_slabs, "C_SLABS", True)
+    seen = []
+    real = native_slabs._runner
+
+    def runner(signatures):
+        run = real(signatures)
+        return lambda *a: seen.append(max(c.num_threads for c in controllers)) or run(*a)
+
+    monkeypatch.setattr(native_slabs, "_runner", runner)
+    case = (5, 3, 4, (9, 9), (3, 3), (1, 1), (1, 1), (1, 1))
+    g, x, w, bias, gy = _problem(case, "float32", seed=7)
+    previous = [c.num_threads for c in controllers]
+    for c in controllers:
+        c.set_num_threads(2)
+    try:
+        native_conv.forward("gemm", x, w, bias, g)
+        native_conv.backward(gy, x, w, g, True, "gemm")
+        after = [c.num_threads for c in controllers]
+    finally:
+        for c, n in zip(controllers, previous):
+            c.set_num_threads(n)
+    assert seen == [1, 1] and after == [2] * len(controllers)

@@ -7,6 +7,8 @@
   PyTorch's (`max_pool2d`/`max_pool1d` with return_indices); backward equals both, on
   W2's 2x2 stride 2 and W6's 3x3 stride 1 pad 1, stride 2 with pad and ceil mode, odd
   sizes, rank 1, batch 1 and 3, float32 and float64, on one slab and on two threads;
+- split over 1, 2 and 3 threads (18, 12 and 5 planes: unequal slabs), the slabs handed
+  to the C pool give the bits the Python threads give (NETDSL_C_SLABS=0), and PyTorch's;
 - a NaN is the maximum and its index, as in PyTorch; a window of -inf keeps an index
   inside its plane;
 - outside a native pass, with `COMPILED` off, and for rank 3 the NumPy code runs; a
@@ -136,6 +138,35 @@ def test_slabs_on_two_threads_equal_one(monkeypatch):
         np.testing.assert_allclose(pooling.backward(gy, ours_indices, x.shape, g), dx,
                                    rtol=1e-12, atol=1e-12)
     assert seen and all(len(slabs) == 4 for slabs in seen)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_pool_splits_into_the_bits_the_python_threads_do(threads, dtype, monkeypatch):
+    from netdsl.runtime.native import slabs
+    pooled = []
+    real_pool = slabs._on_pool
+    monkeypatch.setattr(slabs, "_on_pool",
+                        lambda plan, parts: pooled.append(len(parts)) or real_pool(plan, parts))
+    monkeypatch.setattr(host, "host_threads", lambda: threads)
+    monkeypatch.setattr(host, "MIN_SPLIT_BYTES", 0)
+    monkeypatch.setattr(pooling, "SPLIT_BYTES", 0)   # these small arrays split too
+    for case in CASES[:3]:
+        g, x, gy = _problem(case, dtype, seed=5)
+        runs = []
+        for c_slabs in (True, False):
+            monkeypatch.setattr(slabs, "C_SLABS", c_slabs)
+            count = len(pooled)
+            y, indices = pooling.forward(x, g)
+            runs.append((y, indices, pooling.backward(gy, indices, x.shape, g)))
+            assert len(pooled) - count == (2 if c_slabs and threads > 1 else 0)
+        for got, want in zip(*runs, strict=True):
+            np.testing.assert_array_equal(got, want)
+        y, indices, dx = _torch(case, x, gy)
+        np.testing.assert_array_equal(runs[0][0], y.astype(dtype))
+        np.testing.assert_array_equal(runs[0][1], indices)
+        tol = 1e-12 if dtype == "float64" else 1e-6
+        np.testing.assert_allclose(runs[0][2], dx, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[4]], ids=_ids)

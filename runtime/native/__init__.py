@@ -5,7 +5,7 @@
 program with its function. `codegen.run_program` on NumPy arrays then calls the
 function of a registered program, with the GIL released while it runs; any other
 program is evaluated with NumPy, as before. A large array is split into slabs that
-the host's threads run at once. An op's per-channel programs (ops.channels,
+the host's threads run at once (runtime.native.slabs: on the generated C's pool). An op's per-channel programs (ops.channels,
 batchnorm's) run the same way through `run_channels`, split into slabs of channels. Without a working compiler `prepare` raises
 NativeUnavailable, and the caller runs the NumPy path. Recurrences compile whole
 (netdsl.runtime.native.loops).
@@ -21,8 +21,8 @@ from netdsl.lower import codegen
 from netdsl.lower.codegen import Program, run_program
 from netdsl.lower.native import c_module, channel_parameters, function_name
 from netdsl.lower.schedule import LoopSegment
-from netdsl.ops import parallel
 from netdsl.ops.channels import ChannelProgram, run_channels
+from netdsl.runtime.native.slabs import run_slabs, run_whole
 from netdsl.runtime.native.toolchain import NativeUnavailable, build, builds, cache_dir
 
 __all__ = ["prepare", "build_report", "NativeUnavailable"]
@@ -120,15 +120,16 @@ CHANNEL_SPLIT_BYTES = 256 << 10
 _address, _bytes_of = ctypes.addressof, ctypes.c_char.from_buffer
 
 
-def split_above(threshold: int, run, total: int, size: int) -> None:
-    """run(slice) over range(total): whole when the call touches fewer than `threshold`
-    bytes (`size`), where a hand-over to the host's threads costs what splitting saves,
-    else in slabs on those threads. (An elementwise chain tests its threshold itself, to
-    make no closure for the small calls a small network's step is made of.)"""
+def split_above(threshold: int, plan, total: int, size: int) -> None:
+    """The calls plan(slice) makes (runtime.native.slabs) over range(total): whole when
+    the call touches fewer than `threshold` bytes (`size`), where a hand-over to the
+    host's threads costs what splitting saves, else in slabs on those threads. (An
+    elementwise chain tests its threshold itself, to make no closure for the small calls
+    a small network's step is made of.)"""
     if size < threshold:
-        run(slice(0, total))
+        run_whole(plan(slice(0, total)))
     else:
-        parallel.slab_map(np, run, total, size)
+        run_slabs(plan, total, size)
 
 
 def _pointer(array) -> int:
@@ -183,11 +184,11 @@ def _run_native(xp, program: Program, arrays: dict, scalars: dict | None = None,
         function(*pointers, *values, total)   # too small for threads to pay
         return results
 
-    def run(part: slice) -> None:   # ctypes lets go of the GIL: slabs run at once
-        function(*(p + part.start * size for p in pointers), *values,
-                 part.stop - part.start)
+    def plan(part: slice):   # the C calls, or ctypes letting go of the GIL: slabs at once
+        return [(function, (*(p + part.start * size for p in pointers), *values,
+                            part.stop - part.start))], None
 
-    parallel.slab_map(np, run, total, total * size * len(pointers))
+    run_slabs(plan, total, total * size * len(pointers))
     return results
 
 
@@ -222,11 +223,11 @@ def _run_channels_native(xp, program: ChannelProgram, arrays: dict, scalars: dic
         results[name] = array = np.empty(shape, dtype=dtype)
         pointers.append(_pointer(array))
     values = [float((scalars or {})[name]) for name in program.scalars]
-    function = entry[1]
+    function = getattr(entry[1], "function", entry[1])
 
-    def run(part: slice) -> None:   # ctypes lets go of the GIL: channel slabs run at once
-        function(*pointers, *values, b, c, n, part.start, part.stop)
+    def plan(part: slice):   # the C calls, or ctypes letting go of the GIL: slabs at once
+        return [(function, (*pointers, *values, b, c, n, part.start, part.stop))], None
 
-    split_above(CHANNEL_SPLIT_BYTES, run, c,
+    split_above(CHANNEL_SPLIT_BYTES, plan, c,
                 first.nbytes * (len(program.reads) + len(program.writes)))
     return results

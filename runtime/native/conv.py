@@ -26,7 +26,8 @@ candidate on the real arrays, the fastest kept, in memory and in a JSON file bes
 compiled kernels (`choices.json`, written atomically; a damaged one is ignored and
 rewritten; the key holds a hash of the kernels' source, so that new kernels are
 timed again). Every compiled kernel runs over a slab of the batch, the slabs on the host's
-threads at once (ops.parallel.slab_map; ctypes releases the GIL during the call). Any
+threads at once (runtime.native.slabs: Python threads, ctypes releasing the GIL; with
+NETDSL_C_SLABS=1, one call hands them to the generated C's pool). Any
 other case (groups, rank 3, mixed dtypes, no compiler) returns NotImplemented, and the
 NumPy code runs.
 """
@@ -55,6 +56,7 @@ from netdsl.ops import convolve, parallel
 from netdsl.ops.windows import Geometry
 from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.native.blas import gemm
+from netdsl.runtime.native.slabs import Scratch, run_slabs
 from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir
 
 __all__ = ["in_use", "active", "chain_gradient", "chain_masking", "covered", "forward", "backward", "choose",
@@ -180,13 +182,14 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
 
-    def run(part: slice) -> None:
-        buffer = np.empty(scratch, dtype=x.dtype)
-        function(address, x.ctypes.data, weight.ctypes.data,
-                 None if bias is None else bias.ctypes.data, y.ctypes.data,
-                 buffer.ctypes.data, part.start, part.stop, *sizes)
+    pointers = (address, x.ctypes.data, weight.ctypes.data,
+                None if bias is None else bias.ctypes.data, y.ctypes.data,
+                Scratch("scratch", scratch, x.dtype))
 
-    parallel.slab_map(np, run, x.shape[0], x.nbytes * kh * kw)
+    def plan(part: slice):
+        return [(function, (*pointers, part.start, part.stop, *sizes))], None
+
+    run_slabs(plan, x.shape[0], x.nbytes * kh * kw)
     return y
 
 
@@ -203,16 +206,17 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
     library.conv_winograd_weights(weight.ctypes.data, transformed.ctypes.data, o, c)
     y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
 
-    def run(part: slice) -> None:
+    function = library.conv_forward_winograd
+    pointers = (address, x.ctypes.data, transformed.ctypes.data,
+                None if bias is None else bias.ctypes.data, y.ctypes.data)
+
+    def plan(part: slice):
         rows = winograd_chunk_rows(sizes, x.itemsize, part.stop - part.start,
                                    _slabs_running())
-        buffer = np.empty(winograd_scratch(dtype, sizes, rows), dtype=x.dtype)
-        library.conv_forward_winograd(
-            address, x.ctypes.data, transformed.ctypes.data,
-            None if bias is None else bias.ctypes.data, y.ctypes.data, buffer.ctypes.data,
-            part.start, part.stop, rows, *sizes)
+        scratch = Scratch("scratch", winograd_scratch(dtype, sizes, rows), x.dtype)
+        return [(function, (*pointers, scratch, part.start, part.stop, rows, *sizes))], None
 
-    parallel.slab_map(np, run, x.shape[0], x.nbytes * 9)
+    run_slabs(plan, x.shape[0], x.nbytes * 9)
     return y
 
 
@@ -260,23 +264,29 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
     c, o = sizes[0], sizes[3]
     folding = _InOrder() if native_conv_lowering.WINOGRAD_SHARE else None
 
-    def run(part: slice):
+    function = library.conv_weight_grad_winograd
+    arrays = (address, gy.ctypes.data, x.ctypes.data)
+
+    def plan(part: slice):
         transformed = np.zeros((4, 4, o, c), dtype=x.dtype)
-        dbias = np.zeros(o, dtype=x.dtype) if masking is None else masking(part)
+        calls, dbias = [], np.zeros(o, dtype=x.dtype)
+        if masking is not None:   # gy's images through the chain first, their bias sums
+            mask, dbias = masking(part)
+            calls.append(mask)
         rows = winograd_chunk_rows(sizes, x.itemsize, part.stop - part.start,
                                    _slabs_running())
-        buffer = np.empty(winograd_grad_scratch(dtype, sizes, rows), dtype=x.dtype)
-        library.conv_weight_grad_winograd(
-            address, gy.ctypes.data, x.ctypes.data, transformed.ctypes.data,
+        calls.append((function, (
+            *arrays, transformed.ctypes.data,
             dbias.ctypes.data if bias_grad and masking is None else None,
-            buffer.ctypes.data, part.start, part.stop, rows, *sizes)
-        del buffer
-        if folding is None:
-            return transformed, dbias
-        folding.add(part, (transformed, dbias))
-        return None
+            Scratch("scratch", winograd_grad_scratch(dtype, sizes, rows), x.dtype),
+            part.start, part.stop, rows, *sizes)))
+        return calls, (transformed, dbias)
 
-    partials = parallel.slab_map(np, run, x.shape[0], 2 * x.nbytes * 9)
+    def fold(part: slice, partials: tuple):
+        folding.add(part, partials)
+
+    partials = run_slabs(plan, x.shape[0], 2 * x.nbytes * 9,
+                         None if folding is None else fold)
     if folding is not None:
         partials = [folding.total]
     transformed, dbias = partials[0]
@@ -363,32 +373,33 @@ def backward(gy, x, weight, geometry: Geometry, need_dx: bool = True, kind: str 
     # holds each padded): a small image's few positions would not fill its loops
     per_image = weight_grad_scratch(str(x.dtype), sizes)
 
-    def run(part: slice):
+    pointers = (address, gy.ctypes.data, x.ctypes.data, weight.ctypes.data)
+    dx_pointer = dx.ctypes.data if col2im else None
+
+    def plan(part: slice):
         dweight = np.zeros(weight.shape, dtype=x.dtype)
-        dbias = np.zeros(o, dtype=x.dtype) if masking is None else masking(part)
-        pointers = [gy.ctypes.data, x.ctypes.data, weight.ctypes.data]
+        calls, dbias = [], np.zeros(o, dtype=x.dtype)
+        if masking is not None:   # gy's images through the chain first, their bias sums
+            mask, dbias = masking(part)
+            calls.append(mask)
+        dbias_pointer = dbias.ctypes.data if bias_grad else None
         if direct:
             n = part.stop - part.start
             chunks = parallel.batch_chunks(np, n, per_image * x.itemsize)
-            buffer = np.empty(weight_grad_scratch(str(x.dtype), sizes, chunks[0].stop),
-                              dtype=x.dtype)
-            for chunk in chunks:
-                library.conv_weight_grad_direct(
-                    address, *pointers, None, dweight.ctypes.data,
-                    dbias.ctypes.data if bias_grad else None,
-                    buffer.ctypes.data, part.start + chunk.start, part.start + chunk.stop,
-                    *sizes)
+            buffer = Scratch("chunk", weight_grad_scratch(str(x.dtype), sizes,
+                                                          chunks[0].stop), x.dtype)
+            calls += [(library.conv_weight_grad_direct,
+                       (*pointers, None, dweight.ctypes.data, dbias_pointer, buffer,
+                        part.start + chunk.start, part.start + chunk.stop, *sizes))
+                      for chunk in chunks]
         if col2im or not direct:   # dx by col2im, and dweight by GEMM unless done above
-            buffer = np.empty(columns, dtype=x.dtype)
-            library.conv_backward_gemm(
-                address, *pointers, dx.ctypes.data if col2im else None,
-                None if direct else dweight.ctypes.data,
-                dbias.ctypes.data if bias_grad else None, buffer.ctypes.data, part.start,
-                part.stop, *sizes)
-        return dweight, dbias
+            calls.append((library.conv_backward_gemm,
+                          (*pointers, dx_pointer, None if direct else dweight.ctypes.data,
+                           dbias_pointer, Scratch("columns", columns, x.dtype), part.start,
+                           part.stop, *sizes)))
+        return calls, (dweight, dbias)
 
-    dweight, summed = _summed(parallel.slab_map(np, run, x.shape[0],
-                                                2 * x.nbytes * kh * kw))
+    dweight, summed = _summed(run_slabs(plan, x.shape[0], 2 * x.nbytes * kh * kw))
     if dx_direct and masking is not None:   # on gy as the slabs left it
         dx = forward("direct", gy, _flipped(weight), None, _input_grad_geometry(geometry))
     return dx, dweight, summed if dbias is None else dbias
@@ -410,7 +421,12 @@ def chain_gradient(y, gy, chain: Chained, into=None):
     be gy itself) or a new array, and its sums per channel (the bias's gradient), in
     one pass (conv_chain_gradient) over slabs of the batch on the host's threads."""
     g, masking = chain_masking(y, gy, chain, into)
-    partials = parallel.slab_map(np, masking, y.shape[0], 3 * y.nbytes)
+
+    def plan(part: slice):
+        mask, dbias = masking(part)
+        return [mask], dbias
+
+    partials = run_slabs(plan, y.shape[0], 3 * y.nbytes)
     dbias = partials[0]
     for more in partials[1:]:
         dbias += more
@@ -419,8 +435,9 @@ def chain_gradient(y, gy, chain: Chained, into=None):
 
 def chain_masking(y, gy, chain: Chained, into=None):
     """(g, masking): the array chain_gradient writes (`into`, or a new one), and the pass
-    over a slice of its images, which writes them and returns their bias sums; for
-    backward to run in each of its slabs before the kernels read those images."""
+    over a slice of its images: masking(part) is (the call that writes them and sums
+    them per channel, the array it sums into), for backward to make in each of its
+    slabs before the kernels read those images (runtime.native.slabs)."""
     library, _ = _library(str(y.dtype), chain)
     o = y.shape[1]
     n = y.size // (y.shape[0] * o) if y.size else 0
@@ -429,11 +446,13 @@ def chain_masking(y, gy, chain: Chained, into=None):
     g = np.empty_like(y) if into is None else into
     images = gy.strides[0] // gy.itemsize
 
+    function = library.conv_chain_gradient
+    pointers = (y.ctypes.data, gy.ctypes.data, g.ctypes.data)
+
     def masking(part: slice):
         dbias = np.zeros(o, dtype=y.dtype)
-        library.conv_chain_gradient(y.ctypes.data, gy.ctypes.data, g.ctypes.data,
-                                    dbias.ctypes.data, part.start, part.stop, o, n, images)
-        return dbias
+        return (function, (*pointers, dbias.ctypes.data, part.start, part.stop, o, n,
+                           images)), dbias
 
     return g, masking
 

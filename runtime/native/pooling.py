@@ -4,7 +4,7 @@ While an executor of the native target runs a pass (runtime.native.conv's `in_us
 ops.pool's `max_pool` and `max_pool_backward` for NumPy come here. A 1-D or 2-D max
 pooling in float32 or float64 runs netdsl.lower.native_window's kernels over the batch's
 planes (example x channel), above SPLIT_BYTES split into slabs on the host's threads
-(ops.parallel.slab_map; ctypes releases the GIL during the call). They keep what the
+(runtime.native.slabs: the generated C's pool, or Python threads). They keep what the
 NumPy path keeps, the flat index of each window's first maximum in its plane (int32),
 so that a maxunpool borrows them alike, and either path's backward reads the other's.
 Any other case (rank 3, other dtypes, no compiler) returns NotImplemented, and the NumPy
@@ -72,11 +72,12 @@ def forward(x, geometry, kernel: str | None = None):
     indices = np.empty(y.shape, dtype=np.int32)
     planes = x.shape[0] * x.shape[1]
 
-    def run(part: slice) -> None:
-        function(x.ctypes.data, y.ctypes.data, indices.ctypes.data, part.start, part.stop,
-                 *sizes)
+    pointers = (x.ctypes.data, y.ctypes.data, indices.ctypes.data)
 
-    split_above(SPLIT_BYTES, run, planes, x.nbytes + y.nbytes + indices.nbytes)
+    def plan(part: slice):
+        return [(function, (*pointers, part.start, part.stop, *sizes))], None
+
+    split_above(SPLIT_BYTES, plan, planes, x.nbytes + y.nbytes + indices.nbytes)
     return y, indices
 
 
@@ -89,11 +90,13 @@ def backward(gy, indices, shape, geometry):
     dx = np.empty(shape, dtype=gy.dtype)
     planes = shape[0] * shape[1]
 
-    def run(part: slice) -> None:
-        library.maxpool_backward(gy.ctypes.data, indices.ctypes.data, dx.ctypes.data,
-                                 part.start, part.stop, *sizes)
+    function = library.maxpool_backward
+    pointers = (gy.ctypes.data, indices.ctypes.data, dx.ctypes.data)
 
-    split_above(SPLIT_BYTES, run, planes, dx.nbytes + gy.nbytes + indices.nbytes)
+    def plan(part: slice):
+        return [(function, (*pointers, part.start, part.stop, *sizes))], None
+
+    split_above(SPLIT_BYTES, plan, planes, dx.nbytes + gy.nbytes + indices.nbytes)
     return dx
 
 
