@@ -6,8 +6,8 @@
 - pooled loops (1, 2 and 4 parts: uneven, and empty parts) give what the unpooled ones
   and float64 PyTorch give, forward and gradients, for LSTM, Elman and GRU cells, full
   and checkpointed BPTT, and what the interpreted loop gives on padded batches;
-- the split is off by default (NETDSL_LOOP_POOL=1 turns it on), packing and parking on;
-  off, more than one host thread runs the unpooled functions, as do one host thread
+- the split, packing and parking are on by default (NETDSL_LOOP_POOL=0 turns the split
+  off); off, more than one host thread runs the unpooled functions, as do one host thread
   (unless a float32 loop packs its weights), a step below POOL_MIN_MACS and a pool that
   does not build (tried once);
 - a pooled float32 loop whose split columns come in panels of 32 multiplies by its
@@ -437,7 +437,7 @@ def test_the_switch_one_thread_and_small_steps_run_the_unpooled_loop(monkeypatch
     assert not native_loops.pooled_here(big, "float32")
 
 
-def test_the_split_is_off_and_packing_on_where_no_setting_says():
+def test_the_split_and_packing_are_on_where_no_setting_says():
     import subprocess
     import sys
 
@@ -447,7 +447,7 @@ def test_the_split_is_off_and_packing_on_where_no_setting_says():
             "print(loops.LOOP_POOL, loops.LOOP_PACK, loops.PARK_BLAS)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=120)
-    assert done.stdout.split() == ["False", "True", "True"], done.stderr
+    assert done.stdout.split() == ["True", "True", "True"], done.stderr
 
 
 def test_a_steps_gemms_are_counted_per_row():

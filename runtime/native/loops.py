@@ -20,9 +20,9 @@ their output's columns and its passes at the batch's rows over the process's thr
 hoisted projection, the weight gradients after the loop, a dense head) split over the
 same pool (STEP_POOL, runtime.native.split_gemm), so that no OpenBLAS worker spins
 beside the pool's; NETDSL_LOOP_STEP_POOL=0 leaves those on BLAS's threads and parks
-OpenBLAS's workers before each split call instead (PARK_BLAS). Off by default: on a
-quiet machine W4's split step (the earlier, parking one) was faster in some runs and
-slower in others, where the whole-batch one is steady (docs/cpu.md). On
+OpenBLAS's workers before each split call instead (PARK_BLAS). On by default since the
+whole pass went on the pool: on a quiet machine W4's pooled step won 58 of 60 blocks of
+25 steps against the whole-batch one (docs/cpu.md); NETDSL_LOOP_POOL=0 turns it off. On
 one host thread a float32 loop runs them on one part, its weights packed once a call for
 a GEMM of the generated C's own (LoopKernel.packed), which beats BLAS's there;
 NETDSL_LOOP_PACK=0 (LOOP_PACK) leaves it the whole-batch functions, and keeps BLAS's
@@ -55,10 +55,11 @@ _SIGNATURE = [ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_vo
 _POOLED_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong,
                      ctypes.c_longlong, ctypes.c_void_p]
 
-# whether a loop splits its steps over the thread pool on more than one host thread: off
-# by default, on a quiet machine W4's split step was faster in some runs of 25 steps and
-# slower in others (block medians 6.0-14.4 ms against a steady 7.1-9.8 whole, docs/cpu.md)
-LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "0") == "1"
+# whether a loop splits its steps over the thread pool on more than one host thread: on
+# a quiet machine W4's pooled step, its whole pass on the pool, won 58 of 60 blocks of 25
+# steps against the whole-batch one (block medians 18.0-27.2 ms against 19.9-26.6,
+# docs/cpu.md); the earlier split with BLAS's threads beside it was not steady
+LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "1") != "0"
 # whether a split loop whose pass keeps BLAS's threads (STEP_POOL off) stops OpenBLAS's
 # workers first, which spin after each GEMM on the cores the pool needs: spinning, W4's
 # split step lost on a quiet machine (the shorter in 10 of 60 alternating steps, 14.0
