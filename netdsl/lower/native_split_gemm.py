@@ -12,10 +12,10 @@ line. Only text is made here.
 """
 from __future__ import annotations
 
-__all__ = ["split_gemm_source"]
+__all__ = ["split_gemm_source", "ROW_MAJOR", "NO_TRANS", "TRANS"]
 
 # CBLAS's enumerations, as netdsl.lower.native_loop passes them
-ROW_MAJOR, NO_TRANS = 101, 111
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 _SOURCE = r"""/* %(symbol)s: CBLAS's ?gemm, one thread a part */
 typedef %(index)s I;

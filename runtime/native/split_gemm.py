@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from netdsl.lower.native_split_gemm import NO_TRANS, split_gemm_source
+from netdsl.lower.native_split_gemm import NO_TRANS, TRANS, split_gemm_source
 from netdsl.ops import parallel
 from netdsl.runtime.host import host_threads
 from netdsl.runtime.native.blas import gemm
@@ -24,8 +24,6 @@ from netdsl.runtime.native.pool import pool_address
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["gemms_on_pool", "on_pool", "split_matmul", "MIN_MACS"]
-
-TRANS = 112
 
 # the multiply-adds below which a GEMM runs whole on the calling thread (BLAS on one
 # thread): handing parts over costs a few microseconds, a GEMM this small about ten
@@ -95,12 +93,12 @@ def split_matmul(a, b, out=None):
     if dtype not in ("float32", "float64") or M * N * K < MIN_MACS or min(M, N, K) < 2:
         return NotImplemented
     left, right = _layout(a), _layout(b)
+    if left is None or right is None:
+        return NotImplemented
     if out is None:
         out = np.empty((M, N), a.dtype)
     elif (out.shape != (M, N) or out.dtype != a.dtype or out.strides[1] != out.itemsize
           or out.strides[0] < N * out.itemsize or not out.flags.writeable):
-        return NotImplemented
-    if left is None or right is None:
         return NotImplemented
     try:
         function, address = _function(dtype)
