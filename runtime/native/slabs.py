@@ -12,10 +12,11 @@ slab's calls:
   ctypes call, whose C runs the pool's `pool_run` over the slabs (a hand-over is one
   atomic store, where a Python thread's costs about 24 us);
 - by default (NETDSL_C_SLABS=0), or where the pool does not build, on the host's
-  Python threads (ops.parallel.slab_map), each slab's calls made from Python. On the
-  busy machine the pool's steps were not the shorter (docs/cpu.md, "A native kernel's
-  slabs on the same pool"): its workers spin 50 us after each call, on cores other
-  processes want, where the Python threads sleep at once.
+  Python threads (ops.parallel.slab_map), each slab's calls made from Python. On a
+  busy machine and on a quiet one the pool's steps were not the shorter (docs/cpu.md,
+  "A native kernel's slabs on the same pool"): its workers spin 50 us after each call,
+  on cores the calling thread's Python and other processes want, where the Python
+  threads sleep at once.
 
 The slabs, the calls and their order within a slab are the same both ways, so the
 results are. A call is (a ctypes function with its argtypes, its arguments): addresses
@@ -43,7 +44,8 @@ __all__ = ["C_SLABS", "Scratch", "run_slabs", "run_whole", "signature"]
 
 # hand a native kernel's slabs to the generated C's thread pool (True, or
 # NETDSL_C_SLABS=1 in the environment), or to the host's Python threads (False, or
-# NETDSL_C_SLABS=0: the default, as before; the pool's steps did not measure shorter)
+# NETDSL_C_SLABS=0: the default, as before; the pool's steps did not measure shorter,
+# busy or quiet)
 C_SLABS = os.environ.get("NETDSL_C_SLABS", "0") == "1"
 
 
