@@ -4,11 +4,12 @@ import os
 
 import numpy as np
 
-from netdsl.driver import check_file
+from netdsl.driver import check_file, check_text
 from netdsl.export import select
 from netdsl.lower import lower
 from netdsl.runtime.execute import Executor
 from netdsl.runtime.init import initial_params
+from shrunk_specs import shrunk_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = sorted(os.path.join(ROOT, "specs", name)
@@ -35,10 +36,12 @@ class Draws:
 class Case:
     """A spec ready to compare: its view (the outputs `outputs` names, else the default
     ones), its lowering, initial parameters and random running statistics (so that
-    batchnorm's inference form is tested with statistics that are not 0 and 1)."""
+    batchnorm's inference form is tested with statistics that are not 0 and 1); `shrunk`
+    takes an ImageNet-sized spec's smaller stand-in (shrunk_specs.py)."""
 
-    def __init__(self, path: str, outputs=None, seed: int = 0, params=None):
-        self.net = check_file(path)
+    def __init__(self, path: str, outputs=None, seed: int = 0, params=None, shrunk=False):
+        self.net = (check_text(shrunk_text(path), str(path)) if shrunk
+                    else check_file(path))
         self.name = self.net.name
         self.view = select(self.net.graph, outputs or OUTPUTS.get(self.name))
         self.lowered = lower(self.net.graph, outputs=list(self.view.outputs.values()))

@@ -1,5 +1,6 @@
-"""ONNX export: every spec's model passes ONNX's full check and, run by onnxruntime on
-random inputs, gives netdsl's eval-mode outputs."""
+"""ONNX export: every spec's model (the ImageNet-sized ones as their smaller stand-ins,
+shrunk_specs.py, and one of them whole) passes ONNX's full check and, run by onnxruntime
+on random inputs, gives netdsl's eval-mode outputs."""
 import os
 
 import numpy as np
@@ -25,7 +26,16 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: os.path.basename(p)[:-4])
 def test_onnxruntime_gives_netdsls_outputs(path):
-    case = Case(path)
+    assert_onnxruntime_agrees(Case(path, shrunk=True))
+
+
+def test_a_whole_imagenet_sized_network_gives_netdsls_outputs():
+    case = Case(next(p for p in SPECS if p.endswith("resnet18.net")))
+    assert case.big()
+    assert_onnxruntime_agrees(case)
+
+
+def assert_onnxruntime_agrees(case: Case) -> None:
     model = to_onnx(case.view, case.params, case.buffers)
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version == OPSET

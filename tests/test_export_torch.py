@@ -1,7 +1,7 @@
-"""PyTorch export: every spec's generated module, run in a fresh interpreter where netdsl
-cannot be imported, gives netdsl's outputs (eval mode) and parameter gradients (train
-mode), in float64. One subprocess runs every module (torch_export_driver.py)."""
-import gc
+"""PyTorch export: every spec's generated module (the ImageNet-sized ones as their smaller
+stand-ins, shrunk_specs.py), run in a fresh interpreter where netdsl cannot be imported,
+gives netdsl's outputs (eval mode) and parameter gradients (train mode), in float64. One
+subprocess runs every module (torch_export_driver.py)."""
 import os
 import subprocess
 import sys
@@ -47,15 +47,14 @@ def write_case(folder, case: Case, feed: dict) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """spec name -> (its case, the inputs, the file of the driver's results, parameter
-    names by key), every module run by one subprocess. What is big (weights, gradients)
-    stays on disk until a test reads its own."""
+    names by key), every module run by one subprocess. Weights and gradients stay on disk
+    until a test reads its own."""
     root = tmp_path_factory.mktemp("torch_export")
     cases = {}
     for path in SPECS:
-        case = Case(path).with_losses()
-        feed = case.inputs(batch=1 if case.big() else 2, dtype=np.float64)
+        case = Case(path, shrunk=True).with_losses()
+        feed = case.inputs(batch=2, dtype=np.float64)
         cases[case.name] = (case, feed, write_case(root / case.name, case, feed))
-        # VGG-16's weights alone are half a GiB: each test reads its case's back
         case.params = root / case.name / "model.safetensors"
     done = subprocess.run([sys.executable, "-I", DRIVER, str(root)], capture_output=True,
                           text=True, timeout=1200)
@@ -65,13 +64,11 @@ def runs(tmp_path_factory):
 
 
 def assert_close(got, want, name: str) -> None:
-    """float64 agreement, rtol 1e-8, compared a slice at a time: VGG-16's first dense
-    weight alone is 800 MB in float64, and a comparison makes several temporaries."""
+    """float64 agreement, rtol 1e-8, near zero to 1e-12 of the largest value (ResNet-50's
+    53 batchnorms amplify the rounding of sums taken in another order)."""
     assert got.shape == want.shape, name
-    got, want = got.reshape(-1), want.reshape(-1)
-    for start in range(0, len(want), 1 << 22):
-        part = slice(start, start + (1 << 22))
-        np.testing.assert_allclose(got[part], want[part], rtol=1e-8, atol=1e-12, err_msg=name)
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12 * scale, err_msg=name)
 
 
 def results(path) -> dict:
@@ -91,7 +88,6 @@ def weighted(case: Case, names: dict) -> Case:
 @pytest.mark.parametrize("name", NAMES)
 def test_outputs_equal_netdsls(runs, name):
     case, feed, got, names = runs[name]
-    gc.collect()  # the last test's executor: a GiB for the ImageNet-sized specs
     expected = weighted(case, names).forward(feed, "float64")
     got = results(got)
     for i, (output, want) in enumerate(expected.items()):
@@ -101,7 +97,6 @@ def test_outputs_equal_netdsls(runs, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_parameter_gradients_equal_netdsls(runs, name):
     case, feed, got, names = runs[name]
-    gc.collect()  # the last test's executor: a GiB for the ImageNet-sized specs
     ex = weighted(case, names).executor(feed, "float64")  # float64 copies of the weights
     ex.forward(case.batch(feed), True)
     ex.backward()

@@ -3,9 +3,9 @@
 Each spec in specs/ (the recurrent ones aside) is compiled, planned and run by the
 NumPy executor; its hand-built twin from torch_models.py gets the same weights, the
 same batch and the same noise. The loss values, the gradient of every parameter and
-the batchnorm running statistics must agree to float64 rounding. Large inputs are
-shrunk so that the whole file stays fast: each edit is spelled out in VARIANTS and the
-twin is adjusted to match.
+the batchnorm running statistics must agree to float64 rounding. The ImageNet-sized
+specs run as their stand-ins (shrunk_specs.py), so that the whole file stays fast; the
+twin is narrowed to match.
 
 Dropout is made deterministic on both sides rather than matched mask for mask: its p
 is set to 0 in our plan and in the twin, so both are the identity (batchnorm still runs
@@ -28,6 +28,7 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 import torch_models  # noqa: E402
+from shrunk_specs import EDITS, FCN8S_WIDTHS, UNET_WIDTHS  # noqa: E402
 from netdsl.driver import check_text  # noqa: E402
 from netdsl.runtime.execute import Executor  # noqa: E402
 from netdsl.runtime.init import initial_params  # noqa: E402
@@ -194,7 +195,6 @@ def googlenet_twin():
     return model
 
 
-FCN8S_WIDTHS = {64: 8, 128: 16, 256: 32, 512: 64, 4096: 64}
 
 
 @dataclass(frozen=True)
@@ -222,44 +222,30 @@ VARIANTS = {
     "logistic_regression": Variant(logistic, MODELS["logistic_regression"], batch=4),
     "mlp": Variant(classify, MODELS["mlp"], batch=4),
     "lenet5": Variant(classify, MODELS["lenet5"]),
-    # 99x99 leaves [256, 2, 2] to flatten; the 4096-wide layers become 256 wide
     "alexnet": Variant(
         classify, lambda: narrowed(torch_models.alexnet(), {256 * 6 * 6: 256 * 2 * 2, 4096: 256}),
-        edits=(("[3, 224, 224]", "[3, 99, 99]"), ("dense(4096)", "dense(256)"))),
-    # 32x32 leaves [512, 1, 1] to flatten
+        edits=EDITS["alexnet"]),
     "vgg16": Variant(
         classify, lambda: narrowed(torch_models.vgg16(), {512 * 7 * 7: 512, 4096: 256}),
-        edits=(("[3, 224, 224]", "[3, 32, 32]"), ("dense(4096)", "dense(256)"))),
+        edits=EDITS["vgg16"]),
     "nin": Variant(classify, MODELS["nin"]),
     # no batchnorm, so one example is enough
-    "googlenet": Variant(googlenet_losses, googlenet_twin,
-                         edits=(("[3, 224, 224]", "[3, 96, 96]"),), order=googlenet_order,
-                         batch=1),
-    # 48x48: stages at 12, 6, 3 and 2 pixels, so the last batchnorm still sees 8 values
-    # per channel, and the stride-2 convolutions meet an odd size
-    "resnet18": Variant(classify, MODELS["resnet18"], edits=(("[3, 224, 224]", "[3, 48, 48]"),),
+    "googlenet": Variant(googlenet_losses, googlenet_twin, edits=EDITS["googlenet"],
+                         order=googlenet_order, batch=1),
+    "resnet18": Variant(classify, MODELS["resnet18"], edits=EDITS["resnet18"],
                         order=projections_last),
-    "resnet34": Variant(classify, MODELS["resnet34"], edits=(("[3, 224, 224]", "[3, 48, 48]"),),
+    "resnet34": Variant(classify, MODELS["resnet34"], edits=EDITS["resnet34"],
                         order=projections_last),
-    "resnet50": Variant(classify, MODELS["resnet50"], edits=(("[3, 224, 224]", "[3, 48, 48]"),),
+    "resnet50": Variant(classify, MODELS["resnet50"], edits=EDITS["resnet50"],
                         order=projections_last),
     "resnet20": Variant(classify, MODELS["resnet20"], order=projections_last),
-    "densenet121": Variant(classify, MODELS["densenet121"],
-                           edits=(("[3, 224, 224]", "[3, 64, 64]"),)),
-    # the 100-pixel padding makes even a small image large, so the widths shrink by 8
-    # (fc6 and fc7 to 64) and the input to 32x32
+    "densenet121": Variant(classify, MODELS["densenet121"], edits=EDITS["densenet121"]),
     "fcn8s": Variant(
         classify, lambda: narrowed(torch_models.fcn8s(), FCN8S_WIDTHS),
-        edits=(("[3, 224, 224]", "[3, 32, 32]"), ("class(21)[224, 224]", "class(21)[32, 32]"),
-               ("conv3(64, pad=100) -> conv3(64)", "conv3(8, pad=100) -> conv3(8)"),
-               ("stage(128, 2)", "stage(16, 2)"), ("stage(256, 3)", "stage(32, 3)"),
-               ("stage(512, 3)", "stage(64, 3)"), ("conv(4096, 7)", "conv(64, 7)"),
-               ("conv(4096, 1)", "conv(64, 1)")),
+        edits=EDITS["fcn8s"],
         order=ranked("score_pool4", "score_pool3", r"up\d")),
-    # 188x188 is the smallest tile whose crops are all valid: a 4x4 segmentation
     "unet": Variant(
-        unet_loss, MODELS["unet"],
-        edits=(("[1, 572, 572]", "[1, 188, 188]"), ("class(2)[388, 388]", "class(2)[4, 4]")),
+        unet_loss, lambda: narrowed(torch_models.unet(), UNET_WIDTHS), edits=EDITS["unet"],
         order=ranked(r"up\d/u\.", r"up\d/double_conv", "logits"), batch=1),
     "autoencoder": Variant(reconstruct, MODELS["autoencoder"]),
     "conv_autoencoder": Variant(denoise, MODELS["conv_autoencoder"]),
