@@ -14,7 +14,7 @@ run: setup graphviz
 
 test: setup-test graphviz tmux cxx
 	$(BIN)/netc fmt --check specs/*.net netdsl/stdlib/*.net
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 bench: setup-test
 	$(BIN)/python benchmarks/compile_speed.py
