@@ -9,7 +9,9 @@ pair, so that the machine's load falls on both alike. The switches:
 
 - `pooling-timed`: max pooling's forward kernel timed per shape on its first call
   (runtime.native.pooling.TIMED, NETDSL_POOLING_TIMED) against the widest vector a
-  row's windows fill.
+  row's windows fill;
+- `pooling-split`: max pooling split over the host's threads from 4 MiB (W6's first
+  module's 9.6 MB pooling too) against from runtime.native.pooling.SPLIT_BYTES.
 
 Prints per workload the medians of wall and process CPU time a step, in how many pairs
 the new step was the shorter (by each), and the load average before and after; `--keep`
@@ -35,7 +37,17 @@ def _set_pooling_timed(on: bool) -> None:
     pooling.TIMED = on
 
 
-SWITCHES = {"pooling-timed": (_set_pooling_timed, lambda: pooling.TIMED)}
+# the old threshold, and the new side's of `pooling-split`
+_POOLING_SPLIT = {False: pooling.SPLIT_BYTES, True: 4 << 20}
+
+
+def _set_pooling_split(on: bool) -> None:
+    pooling.SPLIT_BYTES = _POOLING_SPLIT[on]
+
+
+SWITCHES = {"pooling-timed": (_set_pooling_timed, lambda: pooling.TIMED),
+            "pooling-split": (_set_pooling_split,
+                              lambda: pooling.SPLIT_BYTES == _POOLING_SPLIT[True])}
 
 
 def _trainer(workload):
