@@ -146,6 +146,18 @@ def test_a_shape_times_its_candidates_once_and_keeps_the_fastest(timed, monkeypa
         assert ran == [forward_kernel("float32", sizes)] * 2
 
 
+def test_the_timing_switch_reads_the_environment():
+    import subprocess
+    import sys
+
+    code = "from netdsl.runtime.native import pooling; print(pooling.TIMED)"
+    assert pooling.TIMED   # on by default, in this process
+    env = dict(os.environ, NETDSL_POOLING_TIMED="0", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split() == ["False"]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_kernels_equal_numpy_and_pytorch(case, dtype):
