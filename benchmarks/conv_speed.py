@@ -4,8 +4,8 @@ and PyTorch, forward and backward, interleaved.
     python benchmarks/conv_speed.py [--threads 1] [--repeats 15] [--batch 32] [--only W3]
                                     [--cpu-time] [--settle 0.05]
 
-The layers are those of W2 (LeNet-5), W3 (ResNet-20) and W6's 3x3 and 5x5 branches,
-float32. Per layer and side: the median of `--repeats` timings, the sides taking turns
+The layers are those of W2 (LeNet-5), W3 (ResNet-20) and W6 (Inception: its 3x3, 5x5
+and 1x1 layers), float32. Per layer and side: the median of `--repeats` timings, the sides taking turns
 within each repeat. netdsl runs as its executors run it (the slabs of the batch on the
 host's threads, BLAS on one thread); the native columns are each kernel, not the choice
 (`wino`, Winograd F(2x2, 3x3), only on 3x3 layers at stride 1; its backward is dx by
@@ -38,7 +38,13 @@ LAYERS = [("W3 16@32", 16, 16, 32, 3, 1, 1), ("W3 32@16", 32, 32, 16, 3, 1, 1),
           ("W3 64@8", 64, 64, 8, 3, 1, 1), ("W3 3->16@32", 3, 16, 32, 3, 1, 1),
           ("W3 16->32 s2", 16, 32, 32, 3, 2, 1), ("W3 32->64 s2", 32, 64, 16, 3, 2, 1),
           ("W2 1->6 5x5", 1, 6, 28, 5, 1, 2), ("W2 6->16 5x5", 6, 16, 14, 5, 1, 0),
-          ("W6 96->128@28", 96, 128, 28, 3, 1, 1), ("W6 16->32 5x5@28", 16, 32, 28, 5, 1, 2)]
+          ("W6 96->128@28", 96, 128, 28, 3, 1, 1), ("W6 16->32 5x5@28", 16, 32, 28, 5, 1, 2),
+          # the rest of W6's layers (batch 16 in its step): 3b's 3x3 and 5x5, the 1x1s
+          ("W6 128->192@28", 128, 192, 28, 3, 1, 1), ("W6 32->96 5x5@28", 32, 96, 28, 5, 1, 2),
+          ("W6 1x1 64->64", 64, 64, 28, 1, 1, 0), ("W6 1x1 64->96", 64, 96, 28, 1, 1, 0),
+          ("W6 1x1 64->16", 64, 16, 28, 1, 1, 0), ("W6 1x1 64->32", 64, 32, 28, 1, 1, 0),
+          ("W6 1x1 256->128", 256, 128, 28, 1, 1, 0), ("W6 1x1 256->32", 256, 32, 28, 1, 1, 0),
+          ("W6 1x1 256->64", 256, 64, 28, 1, 1, 0)]
 
 
 def _timed(fn, clock=time.perf_counter) -> float:

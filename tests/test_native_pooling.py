@@ -2,6 +2,8 @@
 
 - the C source equals its golden file per dtype (tests/golden_native_pooling/, update
   with --update-golden);
+- the forward kernels a row's windows fill are timed on a shape's first call and the
+  fastest kept (`TIMED`), or the widest runs (NETDSL_POOLING_TIMED=0);
 - every forward kernel (64-, 32- and 16-byte vectors) gives the NumPy path's maxima and
   indices exactly, ties included (the first maximum in row-major order), and float64
   PyTorch's (`max_pool2d`/`max_pool1d` with return_indices); backward equals both, on
@@ -25,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, assert_golden
-from netdsl.lower.native_window import forward_kernel, forward_kernels, pool_sizes, \
-    pooling_module
+from netdsl.lower.native_window import fitting_kernels, forward_kernel, forward_kernels, \
+    pool_sizes, pooling_module
 from netdsl.ops import pool
 from netdsl.ops.pool import MaxPool
 from netdsl.runtime import host
@@ -100,6 +102,60 @@ def test_the_widest_kernel_a_row_fills_runs():
     assert kernel(CASES[0]) == "maxpool_forward_narrow"   # 14
     assert kernel(CASES[1]) == "maxpool_forward_short"    # 5
     assert kernel(CASES[0], "float64") == "maxpool_forward"   # 8 doubles a vector
+
+
+def test_the_kernels_a_row_fills_are_the_candidates():
+    def fitting(case, dtype="float32"):
+        return fitting_kernels(dtype, pool_sizes(case[0][2:], _geometry(case)))
+
+    assert fitting(CASES[2]) == ["maxpool_forward", "maxpool_forward_narrow",
+                                 "maxpool_forward_short"]
+    assert fitting(CASES[0]) == ["maxpool_forward_narrow", "maxpool_forward_short"]
+    assert fitting(CASES[1]) == ["maxpool_forward_short"]   # 5 windows: 4 a vector
+    assert fitting(((1, 1, 3, 3), 3, 1, 0, False)) == ["maxpool_forward_short"]   # one
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_shape_times_its_candidates_once_and_keeps_the_fastest(timed, monkeypatch):
+    """With TIMED, a shape's first call times the kernels that fit (through conv's
+    fastest), later calls run the kept one; without, the widest that fits runs. Either
+    way the NumPy path's maxima and indices."""
+    monkeypatch.setattr(pooling, "TIMED", timed)
+    monkeypatch.setattr(pooling, "_chosen", {})
+    timings, ran = [], []
+    real_fastest, real_forward = native_conv.fastest, pooling._forward
+    monkeypatch.setattr(native_conv, "fastest",
+                        lambda candidates: timings.append(sorted(candidates))
+                        or real_fastest(candidates))
+    monkeypatch.setattr(pooling, "_forward",
+                        lambda x, g, sizes, kernel: ran.append(kernel)
+                        or real_forward(x, g, sizes, kernel))
+    g, x, _ = _problem(CASES[2], "float32")
+    sizes = pool_sizes(x.shape[2:], g)
+    want = pool.max_pool.generic(np, x, g)
+    for _ in range(2):
+        for got, expected in zip(pooling.forward(x, g), want, strict=True):
+            np.testing.assert_array_equal(got, expected)
+    if timed:
+        assert timings == [sorted(fitting_kernels("float32", sizes))]
+        kept = pooling._chosen[("float32", sizes)]
+        assert kept in fitting_kernels("float32", sizes) and ran[-1] == kept
+        assert len(ran) == native_conv.TIMED_RUNS * len(timings[0]) + 1   # rounds, then once
+    else:
+        assert timings == [] and pooling._chosen == {}
+        assert ran == [forward_kernel("float32", sizes)] * 2
+
+
+def test_the_timing_switch_reads_the_environment():
+    import subprocess
+    import sys
+
+    code = "from netdsl.runtime.native import pooling; print(pooling.TIMED)"
+    assert pooling.TIMED   # on by default, in this process
+    env = dict(os.environ, NETDSL_POOLING_TIMED="0", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split() == ["False"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

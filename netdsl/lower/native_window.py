@@ -12,8 +12,9 @@ rank 1 runs as rank 2 with a height of one. Each takes the geometry as SIZES.
   is the flat index of the window's first maximum in its input plane (as PyTorch's
   return_indices, and ops.pool's NumPy path: the cells are visited in row-major order
   and only a greater one, or a NaN, takes over; a NaN is the maximum, as in PyTorch
-  and in NumPy's y). The runtime takes the wide kernel where a row has a vector's
-  worth of inner windows (`forward_kernel`).
+  and in NumPy's y). The runtime times those whose vector a row's inner windows fill
+  (`fitting_kernels`) on a shape's first call and keeps the fastest; the widest that
+  fits (`forward_kernel`) without that timing.
 - `maxpool_backward`: dx zeroed, then each output's gradient added at its index
   (windows that overlap may pick one cell twice).
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 from netdsl.lower.cuda import CTYPES
 
 __all__ = ["pooling_module", "SIZES", "FUNCTIONS", "pool_sizes", "forward_kernels",
-           "forward_kernel"]
+           "forward_kernel", "fitting_kernels"]
 
 # the geometry arguments both functions take, in order
 SIZES = ("H", "W", "KH", "KW", "OH", "OW", "SH", "SW", "PH", "PW")
@@ -65,11 +66,19 @@ def forward_kernels(dtype: str) -> dict[str, int]:
 def forward_kernel(dtype: str, sizes) -> str:
     """The widest forward kernel whose vector a row's inner windows fill (W6's 28-wide
     rows: 64 bytes; W2's 14-wide: 32; its 5-wide: 16), for SIZES' values `sizes`."""
+    return fitting_kernels(dtype, sizes)[0]
+
+
+def fitting_kernels(dtype: str, sizes) -> list[str]:
+    """The forward kernels whose vector a row's inner windows fill, widest first (the
+    16-byte one always: a row too short for it runs window by window), for SIZES'
+    values `sizes`: the candidates the runtime times. Which is fastest depends on the
+    machine: without AVX-512 GCC splits a 64-byte vector's comparisons and selects,
+    and the widest kernel took 6 times the 16-byte one's time on W6's pooling."""
     w, kw, ow, sw, pw = sizes[1], sizes[3], sizes[5], sizes[7], sizes[9]
     inner = min(ow, (w - kw + pw) // sw + 1 if w - kw + pw >= 0 else 0) - -(-pw // sw)
-    kernels = forward_kernels(dtype)
-    return next((name for name, lanes in kernels.items() if inner >= lanes),
-                "maxpool_forward_short")
+    fitting = [name for name, lanes in forward_kernels(dtype).items() if inner >= lanes]
+    return fitting or ["maxpool_forward_short"]
 
 
 _MASKS = {"float32": "int", "float64": "long long"}

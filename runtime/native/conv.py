@@ -533,6 +533,9 @@ def _fastest(candidates: dict) -> tuple[str, object]:
     return fastest, kept
 
 
+fastest = _fastest   # runtime.native.pooling times its kernels the same way
+
+
 def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=True):
     """The layer's choice {"forward": ..., "backward": ...}, timed now on these arrays
     (and on `gy`, or ones, for backward) unless known. Also returns the forward's y when

@@ -10,6 +10,11 @@ so that a maxunpool borrows them alike, and either path's backward reads the oth
 Any other case (rank 3, other dtypes, no compiler) returns NotImplemented, and the NumPy
 code runs.
 
+The forward kernel (a vector of 64, 32 or 16 bytes of windows) is timed on a shape's
+first call among those a row's windows fill, and the fastest kept for the process
+(`TIMED`; NETDSL_POOLING_TIMED=0: the widest that fits, as before): which wins depends
+on the machine's vectors.
+
 `COMPILED` off (NETDSL_NATIVE_POOLING=0) sends every call to the NumPy code: the old
 path, for comparing.
 """
@@ -21,19 +26,28 @@ from functools import lru_cache
 
 import numpy as np
 
-from netdsl.lower.native_window import (FUNCTIONS, SIZES, forward_kernel, pool_sizes,
-                                        pooling_module)
+from netdsl.lower.native_window import (FUNCTIONS, SIZES, fitting_kernels, forward_kernel,
+                                        pool_sizes, pooling_module)
 from netdsl.ops import pool
 from netdsl.runtime.native import conv, split_above
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
-__all__ = ["COMPILED", "forward", "backward", "covered"]
+__all__ = ["COMPILED", "TIMED", "forward", "backward", "covered"]
 
 # run max pooling's compiled kernels on the native target (False, or
 # NETDSL_NATIVE_POOLING=0 in the environment: the NumPy path)
 COMPILED = os.environ.get("NETDSL_NATIVE_POOLING", "1") != "0"
 
+# time the forward kernels a row's windows fill on a shape's first call, and keep the
+# fastest (False, or NETDSL_POOLING_TIMED=0: the widest that fits, as before). On an
+# AVX2 EPYC the 16-byte kernel was the fastest on W2's and W6's poolings, and the
+# 64-byte one, which GCC splits without AVX-512, took 6 times as long as it
+TIMED = os.environ.get("NETDSL_POOLING_TIMED", "1") != "0"
+
 _DTYPES = (np.float32, np.float64)
+
+# (dtype, SIZES' values) -> the forward kernel timed fastest in this process
+_chosen: dict[tuple, str] = {}
 
 # bytes a pooling call must touch (input, output and indices) before its planes are
 # split over the host's threads: as for an elementwise chain, a split's hand-over costs
@@ -62,12 +76,36 @@ def covered(x, geometry) -> bool:
 
 
 def forward(x, geometry, kernel: str | None = None):
-    """(y, indices) of ops.pool.max_pool by the compiled kernel (lower.native_window's
-    forward_kernel unless `kernel` names one)."""
-    library = _library(str(x.dtype))
+    """(y, indices) of ops.pool.max_pool by the compiled kernel `kernel`, or the one
+    timed fastest for this shape (`TIMED`; lower.native_window's forward_kernel
+    without)."""
     x = np.ascontiguousarray(x)
     sizes = pool_sizes(x.shape[2:], geometry)
-    function = getattr(library, kernel or forward_kernel(str(x.dtype), sizes))
+    dtype = str(x.dtype)
+    if kernel is None and TIMED:
+        kernel = _chosen.get((dtype, sizes))
+        if kernel is None:
+            return _choose(x, geometry, sizes)
+    return _forward(x, geometry, sizes, kernel or forward_kernel(dtype, sizes))
+
+
+def _choose(x, geometry, sizes):
+    """(y, indices) by the kernel that ran fastest on x among those that fit, which is
+    kept for the shape: every kernel gives the same bits, so any run's result serves."""
+    candidates = {name: (lambda name=name: _forward(x, geometry, sizes, name))
+                  for name in fitting_kernels(str(x.dtype), sizes)}
+    if len(candidates) == 1:
+        [(name, run)] = candidates.items()
+        result = run()
+    else:
+        name, result = conv.fastest(candidates)
+    _chosen[(str(x.dtype), sizes)] = name
+    return result
+
+
+def _forward(x, geometry, sizes, kernel: str):
+    """(y, indices) by the forward kernel `kernel`, x contiguous."""
+    function = getattr(_library(str(x.dtype)), kernel)
     y = np.empty(x.shape[:2] + tuple(geometry.out), dtype=x.dtype)
     indices = np.empty(y.shape, dtype=np.int32)
     planes = x.shape[0] * x.shape[1]
