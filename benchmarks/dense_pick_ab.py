@@ -13,7 +13,9 @@ phase follows after one GEMM on two threads: OpenBLAS 0.3.31's one-thread SGEMM 
 about three times faster after that in a process that began on one thread (docs/cpu.md),
 so the choices are timed again and the pairs run again. Prints per phase the medians
 of wall and process CPU time a step, in how many rounds "pick" was the shorter (by
-each), and the load average before and after; with --keep the raw numbers go to
+each), and the load average before and after. The runtime's own wake
+(runtime.native.blas.WAKE) is off here, so that the first phase is the process as it
+began; with --keep the raw numbers go to
 benchmarks/results/.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ from isolation import fix_malloc, keep_results, limit_blas, load_average
 from netdsl.driver import check_file
 from netdsl.lower import lower
 from netdsl.runtime.init import initial_params
-from netdsl.runtime.native import dense, dense_choice
+from netdsl.runtime.native import blas, dense, dense_choice
 
 
 def _trainer(workload):
@@ -113,6 +115,7 @@ def main() -> int:
     print(f"W1, {args.threads} threads, {malloc}, {args.pairs} rounds")
     kept = {"threads": args.threads, "rounds": args.pairs, "phases": {}}
     previous = dense.PICK
+    blas.WAKE = False
     with tempfile.TemporaryDirectory() as folder:
         try:
             _own_choices(Path(folder), "first")

@@ -10,7 +10,9 @@ target (runtime/native/dense.py, runtime/native/dense_choice.py).
 - with NETDSL_DENSE_PICK off, outside a native pass, inside a pass whose GEMMs split
   over the pool, and for operands the own GEMM does not take, NumPy multiplies;
 - an MLP (and W1) with its layers apart trains on the native target as on the host,
-  either choice, one and two threads, float32 and float64.
+  either choice, one and two threads, float32 and float64;
+- OpenBLAS on one thread is woken once (one SGEMM on two threads) before a choice is
+  timed, its thread count left as it was; not with NETDSL_BLAS_WAKE=0, nor on two.
 """
 from __future__ import annotations
 
@@ -240,3 +242,46 @@ def test_an_mlp_with_its_layers_apart_trains_as_the_host(dtype, gemm, threads, m
         assert got[0] == pytest.approx(want[0], rel=tol)
         for g, w in zip(got[1:], want[1:]):
             np.testing.assert_allclose(g, w, rtol=tol, atol=tol * float(np.abs(w).max()))
+
+
+def _wake_in_a_process(threads: int, **variables) -> list[str]:
+    """What blas.wake() returns twice, and BLAS's threads after, in a new process whose
+    BLAS runs on `threads` threads, with `variables` in its environment."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from threadpoolctl import threadpool_limits, "
+            "threadpool_info; limits = threadpool_limits(%d, user_api='blas'); "
+            "from netdsl.runtime.native import blas; "
+            "print(blas.wake(), blas.wake(), "
+            "[p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'])"
+            % threads)
+    env = {k: v for k, v in os.environ.items() if k != "NETDSL_BLAS_WAKE"}
+    env.update(PYTHONPATH=str(ROOT), **variables)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True)
+    return done.stdout.split() if done.returncode == 0 else [done.stderr]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core")
+def test_openblas_is_woken_once_and_left_on_one_thread():
+    from threadpoolctl import threadpool_info
+
+    if not any(p.get("internal_api") == "openblas" for p in threadpool_info()):
+        pytest.skip("NumPy's BLAS is not OpenBLAS")
+    assert _wake_in_a_process(1) == ["True", "True", "[1]"]
+    assert _wake_in_a_process(1, NETDSL_BLAS_WAKE="0") == ["False", "False", "[1]"]
+    assert _wake_in_a_process(2) == ["False", "False", "[2]"]
+    assert "NETDSL_BLAS_WAKE='2'" in _wake_in_a_process(1, NETDSL_BLAS_WAKE="2")[0]
+
+
+def test_blas_is_woken_before_a_choice_is_timed(fresh_choices, monkeypatch):
+    order = []
+    monkeypatch.setattr(dense, "wake", lambda: order.append("wake"))
+    real = dense_choice._fastest
+    monkeypatch.setattr(dense_choice, "_fastest",
+                        lambda candidates: order.append("timed") or real(candidates))
+    x, w, _, _ = _problem((9, 5, 11), "float32")
+    with native_conv.in_use():
+        linear.dense_gemm(np, x, w.T)
+    assert order == ["wake", "timed"]

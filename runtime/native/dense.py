@@ -37,6 +37,7 @@ from netdsl.ops import linear
 from netdsl.runtime.host import host_threads
 from netdsl.runtime.native import conv as native_conv
 from netdsl.runtime.native import dense_choice, split_gemm
+from netdsl.runtime.native.blas import wake
 from netdsl.runtime.native.pool import pool_address
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
 from netdsl.switches import flag
@@ -220,6 +221,7 @@ def _choose(a, b, out, threads: int) -> tuple[str, object]:
     """(the candidate for a @ b, an output where it was timed now) as product's."""
     if not operands_covered(a, b, out):
         return "numpy", None
+    wake()   # OpenBLAS's one-thread SGEMM at its pace before it is timed
     candidates = {"numpy": lambda: np.matmul(a, b, out=out),
                   "own": lambda: matmul(a, b, out, threads)}
     gemm_library(str(a.dtype))   # built before any timing
