@@ -42,7 +42,7 @@ def _ids(case):
 
 def choose_gemm(monkeypatch, name: str) -> None:
     """Every dense GEMM multiplied by `name`, as if timed so."""
-    monkeypatch.setattr(dense_choice, "choose", lambda key, candidates: (name, None))
+    monkeypatch.setattr(dense_choice, "choose", lambda key, candidates: name)
     monkeypatch.setattr(dense, "_picked", {})
 
 
@@ -154,11 +154,14 @@ def test_a_shape_is_timed_once_and_kept_on_disk(fresh_choices, monkeypatch):
 
 
 def test_the_fastest_candidate_is_kept(fresh_choices):
-    slow = lambda: time.sleep(0.004) or "slow"   # noqa: E731
-    fast = lambda: "fast"   # noqa: E731
-    assert dense_choice.choose("k", {"numpy": slow, "own": fast}) == ("own", "fast")
-    assert dense_choice.choose("k", {"numpy": slow, "own": fast}) == ("own", None)
-    assert dense_choice.choose("j", {"numpy": fast, "own": slow}) == ("numpy", "fast")
+    runs = []
+    slow = lambda: runs.append("slow") or time.sleep(0.004)   # noqa: E731
+    fast = lambda: runs.append("fast")   # noqa: E731
+    assert dense_choice.choose("k", {"numpy": slow, "own": fast}) == "own"
+    assert runs.count("slow") == runs.count("fast") == dense_choice.ROUNDS
+    assert dense_choice.choose("k", {"numpy": slow, "own": fast}) == "own"   # known
+    assert len(runs) == 2 * dense_choice.ROUNDS
+    assert dense_choice.choose("j", {"numpy": fast, "own": slow}) == "numpy"
 
 
 def _refuse(*args, **kwargs):
@@ -285,3 +288,35 @@ def test_blas_is_woken_before_a_choice_is_timed(fresh_choices, monkeypatch):
     with native_conv.in_use():
         linear.dense_gemm(np, x, w.T)
     assert order == ["wake", "timed"]
+
+
+def test_without_the_own_gemm_numpy_multiplies_and_no_build_is_tried_again(monkeypatch,
+                                                                            fresh_choices):
+    builds = []
+
+    def unavailable(dtype):
+        builds.append(dtype)
+        raise toolchain.NativeUnavailable("no compiler here")
+    monkeypatch.setattr(dense, "gemm_library", unavailable)
+    x, w, _, _ = _problem((9, 5, 11), "float32")
+    with native_conv.in_use():
+        for _ in range(3):
+            _close(linear.dense_gemm(np, x, w.T), x @ w.T, "float32")
+    assert builds == ["float32"]
+
+
+def test_the_first_call_gives_the_chosen_gemms_bits_into_an_out_too(fresh_choices,
+                                                                     monkeypatch):
+    """The timing's runs share `out`, the last not the chosen one: the chosen runs again."""
+    def own_chosen_numpy_last(candidates):
+        candidates["own"]()
+        candidates["numpy"]()
+        return "own"
+    monkeypatch.setattr(dense_choice, "_fastest", own_chosen_numpy_last)
+    monkeypatch.setattr(dense, "host_threads", lambda: 1)
+    x, w, _, _ = _problem((37, 65, 70), "float32")
+    out = np.empty((37, 70), np.float32)
+    with native_conv.in_use():
+        got = linear.dense_gemm(np, x, w.T, out=out)
+    assert got is out
+    assert got.tobytes() == dense.matmul(x, w.T, None, 1).tobytes()

@@ -200,31 +200,32 @@ _picked: dict[tuple, str] = {}
 def product(a, b, out):
     """a @ b into `out` (or a new array) by whichever of NumPy's BLAS and the own GEMM
     (split over the C pool on two threads or more) was timed faster for its key
-    (runtime.native.dense_choice); NumPy's for operands the own GEMM does not take.
-    Raises NativeUnavailable where the own GEMM does not build."""
+    (runtime.native.dense_choice); NumPy's for operands the own GEMM does not take and
+    where it does not build."""
     threads = host_threads()
     seen = (a.shape, b.shape, a.strides, b.strides, a.dtype.char, b.dtype.char,
             None if out is None else (type(out), out.shape, out.strides, out.dtype.char),
             threads)
     name = _picked.get(seen)
     if name is None:
-        name, output = _choose(a, b, out, threads)
-        _picked[seen] = name
-        if output is not None:
-            return output
+        # then the chosen one runs again: its timed runs may have shared `out`
+        name = _picked[seen] = _choose(a, b, out, threads)
     if name == "own":
         return matmul(a, b, out, threads)
     return np.matmul(a, b, out=out)
 
 
-def _choose(a, b, out, threads: int) -> tuple[str, object]:
-    """(the candidate for a @ b, an output where it was timed now) as product's."""
+def _choose(a, b, out, threads: int) -> str:
+    """The candidate for a @ b, as product's."""
     if not operands_covered(a, b, out):
-        return "numpy", None
+        return "numpy"
+    try:
+        gemm_library(str(a.dtype))   # built before any timing
+    except NativeUnavailable:
+        return "numpy"               # and not built again for this layout
     wake()   # OpenBLAS's one-thread SGEMM at its pace before it is timed
     candidates = {"numpy": lambda: np.matmul(a, b, out=out),
                   "own": lambda: matmul(a, b, out, threads)}
-    gemm_library(str(a.dtype))   # built before any timing
     return dense_choice.choose(key(a, b, threads), candidates)
 
 
@@ -236,10 +237,7 @@ def _dense_gemm(xp, a, b, out=None):
     if not (PICK and native_conv.active() and isinstance(a, np.ndarray)
             and isinstance(b, np.ndarray)) or split_gemm.on_pool():
         return NotImplemented
-    try:
-        return product(a, b, out)
-    except NativeUnavailable:
-        return NotImplemented
+    return product(a, b, out)
 
 
 @linear.dense_then.provide("numpy")

@@ -64,29 +64,26 @@ def _save() -> None:
         pass   # an unwritable cache only costs the timing again next run
 
 
-def _fastest(candidates: dict[str, Callable]) -> tuple[str, object]:
-    """(name, an output of its) of the candidate whose shortest run was the shortest."""
+def _fastest(candidates: dict[str, Callable]) -> str:
+    """The candidate whose shortest run was the shortest. (The runs' outputs are not
+    kept: where they share an `out`, it holds the last run's, not the fastest's.)"""
     names = list(candidates)
     shortest = dict.fromkeys(names, math.inf)
-    outputs = {}
     for round_ in range(ROUNDS):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
             began = time.perf_counter()
-            outputs[name] = candidates[name]()
+            candidates[name]()
             shortest[name] = min(shortest[name], time.perf_counter() - began)
-    fastest = min(names, key=shortest.__getitem__)
-    return fastest, outputs[fastest]
+    return min(names, key=shortest.__getitem__)
 
 
-def choose(key: str, candidates: dict[str, Callable]) -> tuple[str, object]:
-    """(the candidate for `key`, None) where known; else (the candidate timed fastest now
-    on these calls, an output of its), remembered."""
+def choose(key: str, candidates: dict[str, Callable]) -> str:
+    """The candidate for `key`: known, or timed now on these calls and remembered."""
     known = choices().get(key)
     if known in candidates:
-        return known, None
+        return known
     began = time.perf_counter()
-    name, output = _fastest(candidates)
-    _choices[key] = name
+    name = _choices[key] = _fastest(candidates)
     _save()
     timing_seconds[0] += time.perf_counter() - began
-    return name, output
+    return name
