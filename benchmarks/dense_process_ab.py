@@ -5,8 +5,8 @@ runtime.native.dense's PICK, NETDSL_DENSE_PICK).
     python benchmarks/dense_process_ab.py [--threads 1] [--rounds 8] [--steps 200] [--keep]
 
 Each round starts one process per configuration (the order rotated every round):
-"default" (both switches on), "no-wake" (NETDSL_BLAS_WAKE=0) and "numpy"
-(NETDSL_DENSE_PICK=0: NumPy's BLAS for every GEMM, no wake: the path before either).
+"default" (the choice on, the wake off), "wake" (NETDSL_BLAS_WAKE=1) and "numpy"
+(NETDSL_DENSE_PICK=0: NumPy's BLAS for every GEMM: the path before either).
 Each process builds W1's native trainer, times its dense GEMMs' choices afresh (a
 choices file of its own), takes 10 steps, then times --steps steps and reports their
 medians of wall and process CPU time. Prints per configuration the median of the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from isolation import keep_results, load_average
 
-CONFIGURATIONS = {"default": {}, "no-wake": {"NETDSL_BLAS_WAKE": "0"},
+CONFIGURATIONS = {"default": {}, "wake": {"NETDSL_BLAS_WAKE": "1"},
                   "numpy": {"NETDSL_DENSE_PICK": "0"}}
 
 

@@ -11,8 +11,9 @@ target (runtime/native/dense.py, runtime/native/dense_choice.py).
   over the pool, and for operands the own GEMM does not take, NumPy multiplies;
 - an MLP (and W1) with its layers apart trains on the native target as on the host,
   either choice, one and two threads, float32 and float64;
-- OpenBLAS on one thread is woken once (one SGEMM on two threads) before a choice is
-  timed, its thread count left as it was; not with NETDSL_BLAS_WAKE=0, nor on two.
+- with NETDSL_BLAS_WAKE=1 (off by default), OpenBLAS on one thread is woken once (one
+  SGEMM on two threads) before a choice is timed, its thread count left as it was; not
+  on two threads.
 """
 from __future__ import annotations
 
@@ -272,9 +273,9 @@ def test_openblas_is_woken_once_and_left_on_one_thread():
 
     if not any(p.get("internal_api") == "openblas" for p in threadpool_info()):
         pytest.skip("NumPy's BLAS is not OpenBLAS")
-    assert _wake_in_a_process(1) == ["True", "True", "[1]"]
-    assert _wake_in_a_process(1, NETDSL_BLAS_WAKE="0") == ["False", "False", "[1]"]
-    assert _wake_in_a_process(2) == ["False", "False", "[2]"]
+    assert _wake_in_a_process(1, NETDSL_BLAS_WAKE="1") == ["True", "True", "[1]"]
+    assert _wake_in_a_process(1) == ["False", "False", "[1]"]   # off by default
+    assert _wake_in_a_process(2, NETDSL_BLAS_WAKE="1") == ["False", "False", "[2]"]
     assert "NETDSL_BLAS_WAKE='2'" in _wake_in_a_process(1, NETDSL_BLAS_WAKE="2")[0]
 
 

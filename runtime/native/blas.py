@@ -11,7 +11,9 @@ times slower in a process that had not yet run a GEMM on two threads (W1's 128x2
 product 1.9-2.8 ms against 0.55), and at the faster pace for the rest of the process
 after one such GEMM; DGEMM hardly changed (docs/cpu.md, "W1's GEMMs on one thread").
 Where BLAS runs on one thread of a machine with more cores, `wake` makes one SGEMM on
-two threads, once per process (NETDSL_BLAS_WAKE=0: never).
+two threads, once per process, with NETDSL_BLAS_WAKE=1; off by default: across fresh
+processes W1's step was shorter with it in only 6 of 8 rounds, within the machine's
+spread, and some woken processes still ran at the slow pace.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ from netdsl.switches import flag
 __all__ = ["gemm", "wake", "WAKE"]
 
 # one SGEMM on two threads before the first of a process's one-thread GEMMs that the
-# runtime times (NETDSL_BLAS_WAKE=0: none)
-WAKE = flag("NETDSL_BLAS_WAKE", True)
+# runtime times (True, or NETDSL_BLAS_WAKE=1; off by default, see above)
+WAKE = flag("NETDSL_BLAS_WAKE", False)
 
 # CBLAS symbol templates (the precision letter goes in {}), with their integer type
 _NAMES = (("scipy_cblas_{}gemm64_", "long long"), ("cblas_{}gemm64_", "long long"),

@@ -223,7 +223,7 @@ def _choose(a, b, out, threads: int) -> str:
         gemm_library(str(a.dtype))   # built before any timing
     except NativeUnavailable:
         return "numpy"               # and not built again for this layout
-    wake()   # OpenBLAS's one-thread SGEMM at its pace before it is timed
+    wake()   # with NETDSL_BLAS_WAKE=1: OpenBLAS's one-thread SGEMM at its faster pace
     candidates = {"numpy": lambda: np.matmul(a, b, out=out),
                   "own": lambda: matmul(a, b, out, threads)}
     return dense_choice.choose(key(a, b, threads), candidates)
