@@ -1,18 +1,13 @@
 """A dense layer's relu joined to it (bias and relu in one pass after the GEMM, the mask
 and the bias's gradient in one pass before backward's GEMMs) against the old path.
 
-    python benchmarks/dense_chain_ab.py [--only W1] [--pairs 200] [--threads 2]
-                                        [--gemm own,blas-parts] [--keep]
+    python benchmarks/dense_chain_ab.py [--only W1] [--pairs 200] [--threads 2] [--keep]
 
-For each workload, trainers of the native target in one process, from the same
-parameters and batch: "new" (the chains joined, lower.conv_chain.GEMM_CHAINS, and their
-passes compiled, runtime.native.dense.COMPILED: NETDSL_NATIVE_DENSE=1), "old" (both off:
-the default) and for each name in --gemm a side "new" with the joined layers'
-GEMMs made that way (runtime.native.dense.GEMM, NETDSL_DENSE_GEMM: "own" the generated
-C's GEMM on the C pool, "blas-parts" BLAS on one thread per part on the C pool; the pass
-then runs BLAS on one thread, lower.conv_chain.GEMM_PARTS). They alternate
-every step, the order rotated every round, so that the machine's load falls on all
-alike. Prints per workload the medians of wall and process CPU time a step, and in how
+For each workload, two trainers of the native target in one process, from the same
+parameters and batch: "new" (the chains joined, lower.conv_chain.GEMM_CHAINS:
+NETDSL_NATIVE_DENSE=1, their passes compiled) and "old" (apart: the default); either
+multiplies by the GEMMs chosen per shape (runtime.native.dense). They alternate every
+step, the order rotated every round, so that the machine's load falls on both alike. Prints per workload the medians of wall and process CPU time a step, and in how
 many rounds each side was the shorter against old (by each); the load average before
 and after. With --keep the raw per-step numbers go to benchmarks/results/.
 """
@@ -29,44 +24,31 @@ from isolation import fix_malloc, keep_results, limit_blas, load_average
 from netdsl.driver import check_file
 from netdsl.lower import conv_chain, lower
 from netdsl.runtime.init import initial_params
-from netdsl.runtime.native import dense
 
 
-def _trainer(workload, joined: bool, parts: bool = False):
-    previous = conv_chain.GEMM_CHAINS, conv_chain.GEMM_PARTS
-    conv_chain.GEMM_CHAINS, conv_chain.GEMM_PARTS = joined, parts
+def _trainer(workload, joined: bool):
+    previous = conv_chain.GEMM_CHAINS
+    conv_chain.GEMM_CHAINS = joined
     try:
         lowered = lower(check_file(str(train_speed.SPECS / workload.spec)), "native")
     finally:
-        conv_chain.GEMM_CHAINS, conv_chain.GEMM_PARTS = previous
+        conv_chain.GEMM_CHAINS = previous
     params = initial_params(lowered.built, "he", seed=train_speed.SEED)
     x, y, _ = train_speed.make_batch(workload)
     return train_speed.NetdslTrainer(lowered, params, (x, y))
 
 
-def _step(trainer, compiled: bool, gemm: str) -> tuple[float, float]:
-    dense.COMPILED, dense.GEMM = compiled, gemm
+def _step(trainer) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     trainer.step()
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run(workload, pairs: int, gemms: list[str]) -> dict:
-    previous = dense.COMPILED, dense.GEMM
-    try:
-        return _alternate(workload, pairs, gemms)
-    finally:
-        dense.COMPILED, dense.GEMM = previous
-
-
-def _alternate(workload, pairs: int, gemms: list[str]) -> dict:
-    sides = {"new": (_trainer(workload, True), True, "blas"),
-             "old": (_trainer(workload, False), False, "blas")}
-    for gemm in gemms:
-        sides[gemm] = (_trainer(workload, True, parts=True), True, gemm)
+def run(workload, pairs: int) -> dict:
+    sides = {"new": _trainer(workload, True), "old": _trainer(workload, False)}
     for side in sides.values():   # warm-up: kernels compiled
         for _ in range(5):
-            _step(*side)
+            _step(side)
     names = list(sides)
     times = {name: {"wall": [], "cpu": []} for name in sides}
     won = {name: {"wall": 0, "cpu": 0} for name in sides if name != "old"}
@@ -74,7 +56,7 @@ def _alternate(workload, pairs: int, gemms: list[str]) -> dict:
         order = names[i % len(names):] + names[:i % len(names)]
         took = {}
         for name in order:
-            took[name] = _step(*sides[name])
+            took[name] = _step(sides[name])
             times[name]["wall"].append(took[name][0])
             times[name]["cpu"].append(took[name][1])
         for name in won:
@@ -90,7 +72,6 @@ def main() -> int:
     parser.add_argument("--only", default="W1")
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--gemm", default="", help="own, blas-parts or both (comma)")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     malloc = fix_malloc()
@@ -102,7 +83,7 @@ def main() -> int:
         if workload.id not in wanted:
             continue
         before = load_average()
-        result = run(workload, args.pairs, [g for g in args.gemm.split(",") if g])
+        result = run(workload, args.pairs)
         after = load_average()
         result["load"] = [before, after]
         kept["workloads"][workload.id] = result

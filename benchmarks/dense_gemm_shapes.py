@@ -1,18 +1,20 @@
-"""W1's dense GEMMs one by one: OpenBLAS on one thread, OpenBLAS on two, the generated
-C's own GEMM (runtime.native.dense, its B operand packed at every call) split over the
-C pool in 1 or 2 parts, and OpenBLAS on one thread per part, 2 parts on the C pool.
+"""W1's dense GEMMs one by one: OpenBLAS on one thread, OpenBLAS on two, and the generated
+C's own GEMM (runtime.native.dense, its B operand packed at every call) on the calling
+thread or split over the C pool in 2 parts.
 
 W1 is 64-256-256-10 at batch 128: per layer the forward's x W^T, the weight's gradient
 gy^T x and the input's gy W (the first layer's is not needed in training, listed
-anyway). Each round times a block of calls of every path in turn (the order rotated
-every round), and keeps each block's median call; per shape and path the median over
-the rounds and in how many rounds each path was the fastest. OpenBLAS's workers are
-parked before each block of the own GEMM's on two parts; BLAS in parts runs with BLAS
-limited to one thread (as a pass with NETDSL_DENSE_GEMM=blas-parts does). The load
-average is printed before and after; with --keep the raw numbers go to
-benchmarks/results/.
+anyway). First, before any GEMM runs on two threads, --fresh-rounds rounds of the
+one-thread paths alone: OpenBLAS 0.3.31's one-thread SGEMM was about three times
+slower in a process that had not yet run a GEMM on two threads (docs/cpu.md). Then
+each round times a block of calls of every path in turn (the order rotated every
+round), and keeps each block's median call; per shape and path the median over the
+rounds and in how many rounds each path was the fastest. OpenBLAS's workers are
+parked before each block of the own GEMM's on two parts. The load average is printed
+before and after; with --keep the raw numbers go to benchmarks/results/.
 
-    python benchmarks/dense_gemm_shapes.py [--rounds 30] [--calls 50] [--keep]
+    python benchmarks/dense_gemm_shapes.py [--rounds 30] [--calls 50] [--fresh-rounds 5]
+                                           [--keep]
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ BATCH, WIDTHS = 128, (64, 256, 256, 10)
 
 
 def shapes(rng) -> dict:
-    """name -> (numpy's product, the own GEMM's call with `parts`, BLAS's in parts)."""
+    """name -> (numpy's product, the own GEMM's call with `parts`)."""
     made = {}
     for layer, (n_in, n_out) in enumerate(zip(WIDTHS, WIDTHS[1:]), 1):
         x = rng.standard_normal((BATCH, n_in), dtype=np.float32)
@@ -42,23 +44,17 @@ def shapes(rng) -> dict:
         dx = np.empty((BATCH, n_in), np.float32)
         made[f"fwd{layer} {BATCH}x{n_in}x{n_out}"] = (
             lambda x=x, w=w, y=y: np.matmul(x, w.T, out=y),
-            lambda parts, x=x, w=w, y=y: dense.forward(x, w, None, y, parts),
-            lambda x=x, w=w, y=y: dense.blas_matmul(x, w.T, y, 2))
+            lambda parts, x=x, w=w, y=y: dense.matmul(x, w.T, y, parts))
         made[f"dW{layer} {n_out}x{BATCH}x{n_in}"] = (
             lambda gy=gy, x=x, dw=dw: np.matmul(gy.T, x, out=dw),
-            lambda parts, gy=gy, x=x, dw=dw: dense.matmul(gy.T, x, dw, parts),
-            lambda gy=gy, x=x, dw=dw: dense.blas_matmul(gy.T, x, dw, 2))
+            lambda parts, gy=gy, x=x, dw=dw: dense.matmul(gy.T, x, dw, parts))
         made[f"dx{layer} {BATCH}x{n_out}x{n_in}"] = (
             lambda gy=gy, w=w, dx=dx: np.matmul(gy, w, out=dx),
-            lambda parts, gy=gy, w=w, dx=dx: dense.matmul(gy, w, dx, parts),
-            lambda gy=gy, w=w, dx=dx: dense.blas_matmul(gy, w, dx, 2))
+            lambda parts, gy=gy, w=w, dx=dx: dense.matmul(gy, w, dx, parts))
         # the products must agree
-        np.testing.assert_allclose(dense.forward(x, w, None, None, 2), x @ w.T, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(dense.matmul(x, w.T, None, 2), x @ w.T, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(dense.matmul(gy.T, x, None, 2), gy.T @ x, rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(dense.matmul(gy, w, None, 2), gy @ w, rtol=1e-4, atol=1e-3)
-        with threadpool_limits(limits=1, user_api="blas"):
-            np.testing.assert_allclose(dense.blas_matmul(gy, w, None, 2), gy @ w, rtol=1e-4,
-                                       atol=1e-3)
     return made
 
 
@@ -76,19 +72,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--fresh-rounds", type=int, default=5)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     fix_malloc()
+    limiter = threadpool_limits(limits=1, user_api="blas")   # noqa: F841 (kept)
     rng = np.random.default_rng(0)
-    made = shapes(rng)
-    paths = {
-        "blas1": lambda numpy, own, parts: _with_blas(1, numpy),
-        "blas2": lambda numpy, own, parts: _with_blas(2, numpy),
-        "own1": lambda numpy, own, parts: _with_blas(1, lambda: own(1)),
-        "own2": lambda numpy, own, parts: _parked(lambda: own(2)),
-        "blas-parts2": lambda numpy, own, parts: _with_blas(1, parts),
-    }
+    made = shapes(rng)   # the own GEMM's checks: on one thread, or the pool's
     load_before = load_average()
+    fresh = _fresh(made, args)
+    paths = {
+        "blas1": lambda numpy, own: _with_blas(1, numpy),
+        "blas2": lambda numpy, own: _with_blas(2, numpy),
+        "own1": lambda numpy, own: _with_blas(1, lambda: own(1)),
+        "own2": lambda numpy, own: _parked(lambda: own(2)),
+    }
     results = {name: {path: [] for path in paths} for name in made}
     for r in range(args.rounds):
         order = list(paths)[r % len(paths):] + list(paths)[:r % len(paths)]
@@ -109,7 +107,27 @@ def main() -> None:
         print(f"{name:24s}" + "".join(f"{med[p]:10.1f} ({wins[p]:2d})" for p in paths))
     keep_results("dense_gemm_shapes", {"load": [load_before, load_after], "rounds": args.rounds,
                                        "calls": args.calls, "summary": summary,
-                                       "raw": results}, keep=args.keep)
+                                       "fresh": fresh, "raw": results}, keep=args.keep)
+
+
+def _fresh(made: dict, args) -> dict:
+    """Per shape the medians of OpenBLAS and the own GEMM on one thread, alternating,
+    before any GEMM of this process ran on two threads."""
+    if not args.fresh_rounds:
+        return {}
+    times = {name: {"blas1": [], "own1": []} for name in made}
+    for r in range(args.fresh_rounds):
+        for name, (numpy, own) in made.items():
+            sides = [("blas1", numpy), ("own1", lambda: own(1))]
+            for path, call in sides[r % 2:] + sides[:r % 2]:
+                call()
+                times[name][path].append(block(call, args.calls))
+    print(f"before any two-thread GEMM, one thread, {args.fresh_rounds} rounds: medians in us")
+    fresh = {}
+    for name, by_path in times.items():
+        fresh[name] = {p: statistics.median(v) for p, v in by_path.items()}
+        print(f"{name:24s}" + "".join(f"{p:>7s} {m:9.1f}" for p, m in fresh[name].items()))
+    return fresh
 
 
 def _with_blas(threads: int, call):

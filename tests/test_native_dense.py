@@ -3,19 +3,19 @@ kernels (lower/native_dense.py, runtime/native/dense.py).
 
 - the C sources equal their golden files (tests/golden_native_dense/, update with
   --update-golden);
-- the generated GEMM (the own micro-kernel, and BLAS on one thread per part), split in
-  1, 2 and 3 parts on the C pool, equals NumPy's product for every operand layout a
-  dense layer uses, in float32 and float64, on batches and widths that are not
-  multiples of the kernel's tiles;
+- the own GEMM, split in 1, 2 and 3 parts on the C pool, equals NumPy's product for
+  every operand layout a dense layer uses, in float32 and float64, on batches and
+  widths that are not multiples of the kernel's tiles;
 - through the seams (ops.linear's dense_then, dense_chain_gradient and dense_products),
-  with relu or tanh, every way of multiplying (BLAS's threads, the own GEMM, BLAS in
-  parts) equals float64 PyTorch (`relu(linear(...))` and autograd) and the NumPy path,
-  in float32 and float64; the chain's gradient is written over gy only where the caller
-  owns it, and outside a native pass the NumPy code runs;
+  with relu or tanh, either GEMM chosen (NumPy's BLAS, the own one) equals float64
+  PyTorch (`relu(linear(...))` and autograd) and the NumPy path, in float32 and
+  float64; the chain's gradient is written over gy only where the caller owns it, and
+  outside a native pass the NumPy code runs;
 - with `GEMM_CHAINS` on (NETDSL_NATIVE_DENSE=1; off by default, and then not), the
   native lowering joins a relu to the dense layer before it (an MLP), not on the host;
-  the joined network trains as the host's does, float32 and float64, every way of
-  multiplying.
+  the joined network trains as the host's does, float32 and float64, either GEMM;
+- the switches are read from the environment once, and a value other than 0 or 1 (or
+  the NETDSL_DENSE_GEMM that is gone) stops the import with a message.
 """
 from __future__ import annotations
 
@@ -30,12 +30,11 @@ from conftest import ROOT, assert_golden
 from netdsl.lower import conv_chain, lower
 from netdsl.lower.codegen import Chain
 from netdsl.lower.conv_chain import ConvChain, Epilogue
-from netdsl.lower.native_dense import blas_parts_module, gemm_module, passes_module
+from netdsl.lower.native_dense import gemm_module, passes_module
 from netdsl.ops import linear
 from netdsl.ops.activation import Relu, Tanh
-from netdsl.runtime import host
 from netdsl.runtime.native import conv as native_conv
-from netdsl.runtime.native import dense
+from netdsl.runtime.native import dense, dense_choice
 from netdsl.runtime.native import toolchain
 
 pytestmark = pytest.mark.skipif(toolchain.compiler() is None, reason="no C compiler")
@@ -45,9 +44,14 @@ GOLDEN = os.path.join(ROOT, "tests", "golden_native_dense")
 
 @pytest.fixture(autouse=True)
 def joined(monkeypatch):
-    """The join and its compiled passes on (off by default), as NETDSL_NATIVE_DENSE=1."""
+    """The join on (off by default), as NETDSL_NATIVE_DENSE=1."""
     monkeypatch.setattr(conv_chain, "GEMM_CHAINS", True)
-    monkeypatch.setattr(dense, "COMPILED", True)
+
+
+def choose_gemm(monkeypatch, name: str) -> None:
+    """Every dense GEMM multiplied by `name` ("numpy" or "own"), as if timed so."""
+    monkeypatch.setattr(dense_choice, "choose", lambda key, candidates: name)
+    monkeypatch.setattr(dense, "_picked", {})
 
 RELU = Epilogue(Chain((Relu(),), ((0,),), 1))
 TANH = Epilogue(Chain((Tanh(),), ((0,),), 1))
@@ -55,7 +59,7 @@ CHAINS = {"relu": (RELU, torch.relu), "tanh": (TANH, torch.tanh)}
 
 # (batch, inputs, units): batches not multiples of 8 (or 6), widths not of 32 (or 16)
 CASES = [(13, 7, 33), (5, 100, 10), (1, 3, 1), (37, 65, 70), (128, 64, 256)]
-GEMMS = ("blas", "own", "blas-parts")
+GEMMS = dense_choice.CANDIDATES
 
 
 def _ids(case):
@@ -79,8 +83,7 @@ def _problem(case, dtype, seed=0):
 def test_sources_match_golden(dtype, update_golden):
     sources = {"passes_relu": passes_module(dtype, RELU.programs),
                "passes_tanh": passes_module(dtype, TANH.programs),
-               "gemm": gemm_module(dtype), "gemm_relu": gemm_module(dtype, RELU.programs),
-               "blas_parts": blas_parts_module(dtype, "long long", "scipy_cblas_?gemm64_")}
+               "gemm": gemm_module(dtype)}
     for name, source in sources.items():
         assert_golden(os.path.join(GOLDEN, f"{name}_{dtype}.c"), source, update_golden)
 
@@ -90,14 +93,9 @@ def test_sources_match_golden(dtype, update_golden):
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_the_gemms_equal_numpys_products(case, dtype, parts):
     x, w, bias, gy = _problem(case, dtype)
-    with host.one_blas_thread(np):   # BLAS in parts: each call on one thread
-        for multiply in (dense.matmul, dense.blas_matmul):
-            _close(multiply(x, w.T, None, parts), x @ w.T, dtype)       # forward
-            _close(multiply(gy.T, x, None, parts), gy.T @ x, dtype)     # weight's gradient
-            _close(multiply(gy, w, None, parts), gy @ w, dtype)         # input's gradient
-        _close(dense.forward(x, w, bias, None, parts), x @ w.T + bias, dtype)
-        _close(dense.forward(x, w, None, None, parts, RELU.programs),
-               np.maximum(x @ w.T, 0), dtype)
+    _close(dense.matmul(x, w.T, None, parts), x @ w.T, dtype)       # forward
+    _close(dense.matmul(gy.T, x, None, parts), gy.T @ x, dtype)     # weight's gradient
+    _close(dense.matmul(gy, w, None, parts), gy @ w, dtype)         # input's gradient
 
 
 def _torch(case, torch_chain, x, w, bias, gy):
@@ -132,10 +130,10 @@ def test_a_joined_layer_equals_pytorch_and_numpy(case, dtype, chain, gemm, monke
     x, w, bias, gy = _problem(case, dtype)
     want = _torch(case, torch_chain, x, w, bias, gy)
     numpy = _seams(x, w, bias, gy, epilogue, False, {})   # outside a native pass
-    monkeypatch.setattr(dense, "GEMM", gemm)
+    choose_gemm(monkeypatch, gemm)
     for threads in (1, 2, 3):
         monkeypatch.setattr(dense, "host_threads", lambda threads=threads: threads)
-        with host.one_blas_thread(np, gemm == "blas-parts"), native_conv.in_use():
+        with native_conv.in_use():
             got = _seams(x, w, bias, gy, epilogue, False, {})
         for g, n, t in zip(got, numpy, want):
             _close(g, t, dtype)
@@ -166,17 +164,6 @@ def test_outside_a_native_pass_the_numpy_code_runs(monkeypatch):
     x, w, bias, gy = _problem((4, 3, 5), "float64")
     y = linear.dense_then(np, x, w, bias, RELU)
     np.testing.assert_allclose(y, np.maximum(x @ w.T + bias, 0))
-
-
-def test_the_switch_off_takes_the_numpy_passes(monkeypatch):
-    calls = []
-    monkeypatch.setattr(dense, "COMPILED", False)
-    monkeypatch.setattr(dense, "epilogue", lambda *a: calls.append(a))
-    x, w, bias, gy = _problem((4, 3, 5), "float32")
-    with native_conv.in_use():
-        y = linear.dense_then(np, x, w, bias, RELU)
-    assert not calls
-    _close(y, np.maximum(x @ w.T + bias, 0), "float32")
 
 
 SPEC = """
@@ -210,14 +197,6 @@ def test_the_native_lowering_joins_a_chain_to_its_dense_layer(monkeypatch):
     assert not _joined(lower(_graph(), "native"))
 
 
-def test_gemm_parts_runs_the_pass_with_blas_on_one_thread(monkeypatch):
-    monkeypatch.setattr(conv_chain, "GEMM_PARTS", False)
-    assert not any(s.op.host_split for s in lower(_graph(), "native").plan.steps)
-    monkeypatch.setattr(conv_chain, "GEMM_PARTS", True)
-    steps = lower(_graph(), "native").plan.steps
-    assert all(s.op.host_split for s in steps if s.node in _joined(lower(_graph(), "native")))
-
-
 def _train(lowered, params, batch, dtype, steps=3, lr=0.1):
     from netdsl.runtime.execute import Executor
 
@@ -235,15 +214,14 @@ def _train(lowered, params, batch, dtype, steps=3, lr=0.1):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_joined_mlp_trains_as_the_host(dtype, gemm, monkeypatch):
     """Three SGD steps of the MLP above (and W1's spec) on the native target with the
-    chains joined equal the host's, every way of multiplying, on 2 threads' parts."""
+    chains joined equal the host's, either GEMM chosen, the own one in 2 parts."""
     from netdsl.runtime.init import initial_params
     from test_train_torch import random_batch
 
     from netdsl.driver import check_file
     w1 = check_file(os.path.join(ROOT, "benchmarks", "specs", "w1_mlp.net")).graph
-    monkeypatch.setattr(dense, "GEMM", gemm)
+    choose_gemm(monkeypatch, gemm)
     monkeypatch.setattr(dense, "host_threads", lambda: 2)
-    monkeypatch.setattr(conv_chain, "GEMM_PARTS", gemm != "blas")
     for graph in (_graph(), w1):
         host_lowered, native_lowered = lower(graph), lower(graph, "native")
         assert _joined(native_lowered)
@@ -257,22 +235,36 @@ def test_a_joined_mlp_trains_as_the_host(dtype, gemm, monkeypatch):
             np.testing.assert_allclose(g, w, rtol=tol, atol=tol * float(np.abs(w).max()))
 
 
-def test_the_switches_read_the_environment():
+def _switches(**variables):
+    """(exit status, stdout, stderr) of a process that imports the dense layers' switches
+    with `variables` set in its environment (and the others unset)."""
     import subprocess
     import sys
 
     code = ("from netdsl.lower import conv_chain; from netdsl.runtime.native import dense; "
-            "print(conv_chain.GEMM_CHAINS, dense.COMPILED, conv_chain.GEMM_PARTS, dense.GEMM)")
+            "print(conv_chain.GEMM_CHAINS, dense.PICK)")
     env = {k: v for k, v in os.environ.items()
-           if k not in ("NETDSL_NATIVE_DENSE", "NETDSL_DENSE_GEMM")}
-    env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True)
-    assert out.stdout.split() == ["False", "False", "False", "blas"]   # the defaults
-    env.update(NETDSL_NATIVE_DENSE="1", NETDSL_DENSE_GEMM="own")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True)
-    assert out.stdout.split() == ["True", "True", "True", "own"]
+           if k not in ("NETDSL_NATIVE_DENSE", "NETDSL_DENSE_PICK", "NETDSL_DENSE_GEMM")}
+    env.update(PYTHONPATH=str(ROOT), **variables)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True)
+    return done.returncode, done.stdout.split(), done.stderr
+
+
+def test_the_switches_read_the_environment():
+    assert _switches()[:2] == (0, ["False", "True"])   # the defaults
+    assert _switches(NETDSL_NATIVE_DENSE="1", NETDSL_DENSE_PICK="0")[:2] \
+        == (0, ["True", "False"])
+
+
+@pytest.mark.parametrize("variables, says", [
+    ({"NETDSL_NATIVE_DENSE": "yes"}, "NETDSL_NATIVE_DENSE='yes': expected 1 (on) or 0"),
+    ({"NETDSL_DENSE_PICK": "of"}, "NETDSL_DENSE_PICK='of': expected 1 (on) or 0"),
+    ({"NETDSL_DENSE_GEMM": "own"}, "NETDSL_DENSE_GEMM is gone"),
+    ({"NETDSL_DENSE_GEMM": "blas-parts"}, "NETDSL_DENSE_GEMM is gone")])
+def test_an_unknown_switch_value_stops_the_import(variables, says):
+    status, _, stderr = _switches(**variables)
+    assert status != 0 and says in stderr
 
 
 def test_a_joined_layer_holds_no_more_than_the_layer_and_chain_apart(monkeypatch):

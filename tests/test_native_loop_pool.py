@@ -42,6 +42,7 @@ from netdsl.driver import check_file
 from netdsl.lower import lower
 from netdsl.lower.native_loop import loop_kernel
 from netdsl.lower.native_pool import SPIN_NS
+from netdsl.runtime.native import dense as native_dense
 from netdsl.runtime.native import loops as native_loops
 from netdsl.runtime.native import split_gemm
 from netdsl.runtime.native.pool import pool_address, pool_workers
@@ -571,6 +572,9 @@ def test_a_split_steps_gemms_run_on_the_pool_with_blas_on_one_thread(parts, step
 
     monkeypatch.setattr(native_loops, "STEP_POOL", step_pool)
     monkeypatch.setattr(split_gemm, "MIN_MACS", 0)   # the spec's GEMMs are small
+    # outside the pool a dense layer's GEMMs go to the one chosen for their shape
+    # (runtime.native.dense), not to parallel.matmul, which is watched here
+    monkeypatch.setattr(native_dense, "PICK", False)
     seen, split = [], []
     generic = parallel.matmul.provided["numpy"]
 
@@ -611,6 +615,7 @@ def test_a_pass_without_a_split_loop_keeps_its_gemms_as_they_were(monkeypatch):
                         lambda xp, a, b, out=None: seen.append(split_gemm.on_pool())
                         or generic(xp, a, b, out))
     monkeypatch.setattr(native_loops, "LOOP_POOL", False)
+    monkeypatch.setattr(native_dense, "PICK", False)   # parallel.matmul's GEMMs watched
     _run("lstm")
     assert seen and not any(seen)
 

@@ -8,8 +8,8 @@ reads that output, joins that op: one `ConvChain` step, named after the chain's 
 node. On the native target the convolution's kernels apply the chain to each output as
 they write it (no pass of its own forward), and backward takes gy back through the chain
 in the pass that sums the bias's gradient, over gy itself where the executor owns it
-(runtime.native.conv); a dense layer's GEMM is BLAS's, and one pass after it adds the
-bias and applies the chain, one pass in backward takes gy back and sums the bias's
+(runtime.native.conv); a dense layer's GEMM is the one chosen for its shape
+(runtime.native.dense), and one pass after it adds the bias and applies the chain, one pass in backward takes gy back and sums the bias's
 gradient (runtime.native.dense). Elsewhere the op's forward and the chain run one after
 the other.
 
@@ -26,20 +26,18 @@ from netdsl.lower.codegen import Chain, chain_backward, chain_forward, run_progr
 from netdsl.lower.native_conv import Chained
 from netdsl.lower.plan import Plan, Step
 from netdsl.ops.base import Op
+from netdsl.switches import flag
 
-__all__ = ["ABSORB", "GEMM_CHAINS", "GEMM_PARTS", "Epilogue", "ConvChain", "into_convolutions"]
+__all__ = ["ABSORB", "GEMM_CHAINS", "Epilogue", "ConvChain", "into_convolutions"]
 
 # join chains to the convolutions before them (False, or NETDSL_CONV_CHAINS=0 in the
 # environment: the chains stay steps of their own)
 ABSORB = os.environ.get("NETDSL_CONV_CHAINS", "1") != "0"
-# join chains to the dense layers (GEMMs) before them (True, or NETDSL_NATIVE_DENSE=1);
-# off by default: W1's step alternating with the layers apart was no shorter on one
-# thread and moved either way with the load on two (docs/cpu.md)
-GEMM_CHAINS = os.environ.get("NETDSL_NATIVE_DENSE", "0") == "1"
-# a joined dense layer's GEMMs split over the host's threads in parts of its own
-# (NETDSL_DENSE_GEMM=own or blas-parts, runtime.native.dense): its pass then runs BLAS on
-# one thread (`Op.host_split`)
-GEMM_PARTS = os.environ.get("NETDSL_DENSE_GEMM", "blas") != "blas"
+# join chains to the dense layers (GEMMs) before them, their passes compiled on the
+# native target (True, or NETDSL_NATIVE_DENSE=1; read here only); off by default: W1's
+# step alternating with the layers apart was no shorter on one thread and moved either
+# way with the load on two (docs/cpu.md)
+GEMM_CHAINS = flag("NETDSL_NATIVE_DENSE", False)
 
 
 class Epilogue:
@@ -82,7 +80,7 @@ class ConvChain(Op):
         self.head, self.nodes = head, nodes
         self.epilogue = Epilogue(chain)
         self.name = f"{head.name}_{chain.name}"   # the convolution's work, which it mostly is
-        self.host_split = head.host_split or (head.chain_in == "gemm" and GEMM_PARTS)
+        self.host_split = head.host_split
         self.fresh_grads = head.fresh_grads
 
     def shape(self, x):

@@ -1,21 +1,18 @@
 """C source of a dense layer's kernels for the native target: the passes of a layer joined
-to the chain after it (lower.conv_chain), and two ways of splitting its GEMMs over the
-C pool (lower.native_pool).
+to the chain after it (lower.conv_chain), and a GEMM of the generated C's own, which the
+runtime times against BLAS's per shape (runtime.native.dense).
 
 - `passes_module`: `dense_epilogue` adds the bias and applies the chain after the layer
   (relu, tanh: any one-input chain whose gradient follows from its output) over y in
   place, after a GEMM wrote x W^T there; `dense_chain_gradient` takes gy back through
   the chain from its output y (over gy where the caller owns it) and sums the bias's
   gradient in the same pass;
-- `gemm_module`: a GEMM of the generated C's own, a micro-kernel of MR rows by two
-  vectors of columns in registers (8 x 32 floats where the CPU has AVX-512, 6 x 16 with
-  AVX2) over the B operand packed in panels as each part needs it (the weights change
-  every step), the parts the output's panels of columns, or its rows where there are
-  fewer panels than parts: `dense_gemm` (C = A B for A and B given by their strides:
-  the weight's gradient gy^T x and the input's gy W) and `dense_forward` (y = x W^T + b
-  with the chain applied as y is written);
-- `blas_parts_module`: `dense_blas_gemm`, CBLAS's GEMM (the BLAS NumPy loaded, by
-  address: runtime.native.blas) on one thread per part, the larger side of C split.
+- `gemm_module`: `dense_gemm`, C = A B for A and B given by their strides (the forward's
+  x W^T, the weight's gradient gy^T x, the input's gy W), a micro-kernel of MR rows by
+  two vectors of columns in registers (8 x 32 floats where the CPU has AVX-512, 6 x 16
+  with AVX2) over B packed in panels as each part needs it (the weights change every
+  step), the parts the output's panels of columns, or its rows where there are fewer
+  panels than parts, on the C pool (lower.native_pool) or the calling thread.
 
 float32 and float64 (vectors of 64 or 32 bytes either way). Only text is made here;
 netdsl.runtime.native.dense compiles and calls it.
@@ -27,15 +24,14 @@ from netdsl.lower.cuda import CTYPES
 from netdsl.lower.native_conv import Chained
 from netdsl.ops.expr import c
 
-__all__ = ["passes_module", "gemm_module", "blas_parts_module", "scratch_elements",
-           "PANEL_VECTORS"]
+__all__ = ["passes_module", "gemm_module", "scratch_elements", "PANEL_VECTORS"]
 
 PANEL_VECTORS = 2   # a panel's columns: this many vectors
 
 
 def scratch_elements(k: int, parts: int, itemsize: int) -> int:
-    """Elements of scratch `dense_gemm` and `dense_forward` need over K: one packed panel
-    per part (the widest panel: two 64-byte vectors)."""
+    """Elements of scratch `dense_gemm` needs over K: one packed panel per part (the
+    widest panel: two 64-byte vectors)."""
     return parts * k * PANEL_VECTORS * 64 // itemsize
 
 
@@ -48,18 +44,9 @@ def passes_module(dtype: str, chain: Chained | None) -> str:
             + _chain_gradient(ctype, chain.gradient if chain else None) + _PASSES)
 
 
-def gemm_module(dtype: str, chain: Chained | None = None) -> str:
-    """The C module of the own GEMM for `dtype`: dense_gemm, and dense_forward with the
-    bias and `chain` applied as y is written."""
-    ctype = CTYPES[dtype]
-    return _COMMON.replace("@T@", ctype) + _chain_forward(ctype, chain) + _OWN
-
-
-def blas_parts_module(dtype: str, index_type: str, gemm: str) -> str:
-    """The C module of dense_blas_gemm for `dtype`: CBLAS's GEMM of the integer type
-    `index_type` (named `gemm` in a comment) on one thread per part."""
-    return (_COMMON.replace("@T@", CTYPES[dtype])
-            + _BLAS.replace("@I@", index_type).replace("@GEMM@", gemm))
+def gemm_module(dtype: str) -> str:
+    """The C module of the own GEMM for `dtype`: dense_gemm."""
+    return _COMMON.replace("@T@", CTYPES[dtype]) + _OWN
 
 
 def _chain_forward(ctype: str, chain: Chained | None) -> str:
@@ -177,14 +164,12 @@ static inline void tile(L m, L K, const T* a, L as, L ak, const T* restrict p,
     }
 }
 
-/* one call: C (M x N) = A (M x K) B (K x N) [+ bias, chained] */
+/* one call: C (M x N) = A (M x K) B (K x N) */
 typedef struct {
     L M, N, K;
     const T* a; L as, ak;
     const T* b; L bk, bn;
     T* c; L ldc;
-    const T* bias;      /* NULL: none */
-    int chained;        /* apply CHAIN to each output */
     T* scratch;         /* a panel (K * PW) per part */
 } gemm_call;
 
@@ -214,24 +199,11 @@ static void gemm_part(void* arg, L part, L parts) {
     for (L q = p0; q < p1; q++) {
         const L n0 = q * PW, w = g->N - n0 < PW ? g->N - n0 : PW;
         pack_panel(g->b, g->bk, g->bn, g->K, n0, w, panel);
-        T bias[PW];
-        for (L j = 0; j < PW; j++)
-            bias[j] = g->bias && j < w ? g->bias[n0 + j] : 0;
         for (L r = r0; r < r1; r += MR) {
             const L m = r1 - r < MR ? r1 - r : MR;
             tile(m, g->K, g->a + r*g->as, g->as, g->ak, panel, out);
-            for (L i = 0; i < m; i++) {
-                T* row = g->c + (r + i)*g->ldc + n0;
-                if (g->chained) {
-                    #pragma omp simd
-                    for (L j = 0; j < w; j++)
-                        row[j] = CHAIN(out[i][j] + bias[j]);
-                } else {
-                    #pragma omp simd
-                    for (L j = 0; j < w; j++)
-                        row[j] = out[i][j] + bias[j];
-                }
-            }
+            for (L i = 0; i < m; i++)
+                memcpy(g->c + (r + i)*g->ldc + n0, out[i], (size_t)w * sizeof(T));
         }
     }
 }
@@ -240,56 +212,8 @@ static void gemm_part(void* arg, L part, L parts) {
    rows ldc apart; scratch: K * PW elements per part */
 void dense_gemm(void* pool, L parts, L M, L N, L K, const T* a, L as, L ak,
                 const T* b, L bk, L bn, T* c, L ldc, T* scratch) {
-    gemm_call g = {M, N, K, a, as, ak, b, bk, bn, c, ldc, NULL, 0, scratch};
+    gemm_call g = {M, N, K, a, as, ak, b, bk, bn, c, ldc, scratch};
     run_parts(pool, gemm_part, &g, parts);
-}
-
-/* y (B x N) = x (B x K) w^T (w: N x K) + bias (NULL: none), the chain applied as y is
-   written where chained */
-void dense_forward(void* pool, L parts, L B, L N, L K, const T* x, const T* w,
-                   const T* bias, int chained, T* y, T* scratch) {
-    gemm_call g = {B, N, K, x, K, 1, w, 1, K, y, N, bias, chained, scratch};
-    run_parts(pool, gemm_part, &g, parts);
-}
-
-"""
-
-_BLAS = r"""/* CBLAS's GEMM (@GEMM@), called by address */
-typedef @I@ I;
-typedef void (*cblas_gemm_t)(int, int, int, I, I, I, T, const T*, I, const T*, I, T, T*, I);
-enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
-
-/* C = op(A) op(B) by CBLAS's GEMM (on one thread), the larger of C's two sides split
-   among the parts */
-typedef struct {
-    void* gemm; int ta, tb;
-    L M, N, K;
-    const T* a; L lda; const T* b; L ldb; T* c; L ldc;
-} blas_call;
-
-static void blas_part(void* arg, L part, L parts) {
-    const blas_call* s = (const blas_call*)arg;
-    const cblas_gemm_t gemm = (cblas_gemm_t)s->gemm;
-    if (s->M >= s->N) {
-        const L r0 = s->M * part / parts, r1 = s->M * (part + 1) / parts;
-        if (r1 > r0)
-            gemm(ROW_MAJOR, s->ta, s->tb, (I)(r1 - r0), (I)s->N, (I)s->K, 1,
-                 s->a + (s->ta == TRANS ? r0 : r0 * s->lda), (I)s->lda, s->b, (I)s->ldb,
-                 0, s->c + r0 * s->ldc, (I)s->ldc);
-    } else {
-        const L c0 = s->N * part / parts, c1 = s->N * (part + 1) / parts;
-        if (c1 > c0)
-            gemm(ROW_MAJOR, s->ta, s->tb, (I)s->M, (I)(c1 - c0), (I)s->K, 1, s->a,
-                 (I)s->lda, s->b + (s->tb == TRANS ? c0 * s->ldb : c0), (I)s->ldb, 0,
-                 s->c + c0, (I)s->ldc);
-    }
-}
-
-void dense_blas_gemm(void* pool, L parts, void* gemm, int ta, int tb, L M, L N, L K,
-                     const T* a, L lda, const T* b, L ldb, T* c, L ldc) {
-    blas_call s = {gemm, ta ? TRANS : NO_TRANS, tb ? TRANS : NO_TRANS, M, N, K, a, lda, b,
-                   ldb, c, ldc};
-    run_parts(pool, blas_part, &s, parts);
 }
 
 """

@@ -11,11 +11,19 @@ from netdsl.types import TensorType
 
 
 @overridable
+def dense_gemm(xp, a, b, out=None):
+    """a @ b (into `out` if given), one of a dense layer's GEMMs: x weight^T, gy^T x or
+    gy weight. A runtime may choose who multiplies per shape (the native target times
+    BLAS's GEMM against its own at first use); else ops.parallel.matmul's."""
+    return parallel.matmul(xp, a, b, out=out)
+
+
+@overridable
 def dense_then(xp, x, weight, bias, chain, out=None):
     """x weight^T + bias, then an elementwise `chain` over it (`chain.apply(xp, y)` writes
     it over y): the layer and the chain the lowering joined to it (lower.conv_chain). A
     runtime may apply bias and chain in one pass."""
-    y = xp.matmul(x, weight.T, out=out)
+    y = dense_gemm(xp, x, weight.T, out=out)
     if bias is not None:
         y += bias
     return chain.apply(xp, y)
@@ -34,9 +42,9 @@ def dense_chain_gradient(xp, y, gy, chain, gy_owned: bool, bias_out=None, bias: 
 @overridable
 def dense_products(xp, g, x, weight, need_dx: bool, weight_out=None, need_weight=True):
     """(dx, dweight) of a dense layer from its output's gradient g: g weight and g^T x
-    (into `weight_out` where given; None where not needed). A runtime may split them."""
-    dweight = xp.matmul(g.T, x, out=weight_out) if need_weight else None
-    return (g @ weight if need_dx else None), dweight
+    (into `weight_out` where given; None where not needed)."""
+    dweight = dense_gemm(xp, g.T, x, out=weight_out) if need_weight else None
+    return (dense_gemm(xp, g, weight) if need_dx else None), dweight
 
 
 @register("dense")
@@ -79,8 +87,8 @@ class Dense(Op):
 
     def forward(self, ctx, x, weight, bias=None):
         ctx.save(x=x, weight=weight)
-        # BLAS reads the transpose in place; a runtime may split the GEMM (ops.parallel)
-        y = parallel.matmul(ctx.xp, x, weight.T, out=ctx.out)
+        # BLAS reads the transpose in place; a runtime may choose who multiplies
+        y = dense_gemm(ctx.xp, x, weight.T, out=ctx.out)
         if bias is not None:
             y += bias
         return y
@@ -88,11 +96,11 @@ class Dense(Op):
     def backward(self, ctx, gy):
         xp, x, weight = ctx.xp, ctx.saved["x"], ctx.saved["weight"]
         out = ctx.grad_out
-        grads = {"weight": parallel.matmul(xp, gy.T, x, out=out.get("weight"))} \
+        grads = {"weight": dense_gemm(xp, gy.T, x, out=out.get("weight"))} \
             if ctx.needs_param_grads else {}
         if self.bias and ctx.needs_param_grads:
             grads["bias"] = gy.sum(axis=0, out=out.get("bias"))
-        return (parallel.matmul(xp, gy, weight) if ctx.needs(0) else None,), grads
+        return (dense_gemm(xp, gy, weight) if ctx.needs(0) else None,), grads
 
     def forward_then(self, ctx, chain, x, weight, bias=None):
         """forward, then an elementwise `chain` over y (dense_then: the native target adds

@@ -1,30 +1,30 @@
-"""Dense layers joined to the chain after them, on the native target (lower.conv_chain).
+"""Dense layers on the native target: each GEMM chosen per shape, and a layer joined to the
+chain after it.
 
 While an executor of the native target runs a pass (runtime.native.conv's `in_use`),
-ops.linear's `dense_then`, `dense_chain_gradient` and `dense_products` come here for
-C-contiguous float32 or float64 arrays:
+ops.linear's routines come here for float32 or float64 arrays:
 
-- forward: NumPy's GEMM (BLAS, on its threads) writes x W^T, then one compiled pass adds
-  the bias and applies the chain in place (`dense_epilogue`), where NumPy made a pass
-  for the bias and the chain's call another;
-- backward: one compiled pass takes gy back through the chain from its output (over gy
-  where the executor owns it) and sums the bias's gradient (`dense_chain_gradient`),
-  then NumPy's GEMMs make the weight's gradient (into the gradient vector) and the
-  input's (ops.linear lets the chain's output go before dx is made).
+- `dense_gemm` (each of a layer's GEMMs: the forward's x W^T, the weight's gradient
+  gy^T x, the input's gy W): who multiplies is chosen per shape, layout and thread count
+  by a timing at first use (runtime.native.dense_choice): NumPy's BLAS on its threads,
+  or the generated C's own GEMM (lower.native_dense), on the calling thread or split
+  over the C pool (runtime.native.pool) on two threads or more. NETDSL_DENSE_PICK=0
+  leaves every GEMM to NumPy (ops.parallel.matmul), as before the choice;
+- a layer the lowering joined to its chain (lower.conv_chain.GEMM_CHAINS,
+  NETDSL_NATIVE_DENSE=1): forward, the chosen GEMM writes x W^T, then one compiled pass
+  adds the bias and applies the chain in place (`dense_epilogue`); backward, one
+  compiled pass takes gy back through the chain from its output (over gy where the
+  executor owns it) and sums the bias's gradient (`dense_chain_gradient`), then the
+  chosen GEMMs make the weight's gradient (into the gradient vector) and the input's.
 
-`GEMM` (NETDSL_DENSE_GEMM) says who multiplies: "blas" (the default), NumPy's BLAS on
-its own threads; "own", the generated C's GEMM (lower.native_dense), its parts on the C
-pool (runtime.native.pool) over the host's threads; "blas-parts", BLAS on one thread per
-part, the parts on the C pool. Either of the last two makes the lowering run the pass
-with BLAS on one thread (lower.conv_chain.GEMM_PARTS). "blas" is the default since
-OpenBLAS on two threads was the fastest at every one of W1's shapes on the quiet AVX2
-machine (benchmarks/dense_gemm_shapes.py, docs/cpu.md). Joining the chains at all is
-lower.conv_chain's `GEMM_CHAINS` (NETDSL_NATIVE_DENSE=1; off by default), read from the
-same variable as `COMPILED` here.
+Each switch is read once, here or in the lowering, and a value other than 0 or 1 stops
+the import (netdsl.switches). NETDSL_DENSE_GEMM, which named who multiplies before the
+choice by timing, is gone; setting it is refused with a message saying so.
 """
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import threading
 from functools import lru_cache
@@ -32,24 +32,24 @@ from functools import lru_cache
 import numpy as np
 
 from netdsl.lower.native_conv import Chained
-from netdsl.lower.native_dense import (blas_parts_module, gemm_module, passes_module,
-                                       scratch_elements)
+from netdsl.lower.native_dense import gemm_module, passes_module, scratch_elements
 from netdsl.ops import linear
 from netdsl.runtime.host import host_threads
 from netdsl.runtime.native import conv as native_conv
-from netdsl.runtime.native.blas import gemm as blas_gemm
+from netdsl.runtime.native import dense_choice, split_gemm
+from netdsl.runtime.native.blas import wake
 from netdsl.runtime.native.pool import pool_address
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
+from netdsl.switches import flag
 
-__all__ = ["COMPILED", "GEMM", "forward", "epilogue", "gradient", "matmul", "blas_matmul",
-           "library", "gemm_library", "blas_parts_library"]
+__all__ = ["PICK", "matmul", "product", "key", "epilogue", "gradient", "library",
+           "gemm_library", "operands_covered"]
 
-# a joined dense layer's passes compiled (NETDSL_NATIVE_DENSE=1, as the lowering's join;
-# False: NumPy's)
-COMPILED = os.environ.get("NETDSL_NATIVE_DENSE", "0") == "1"
-# who multiplies: "blas" (NumPy's, on BLAS's threads), "own" (the generated C's GEMM on
-# the C pool) or "blas-parts" (BLAS on one thread per part, the parts on the C pool)
-GEMM = os.environ.get("NETDSL_DENSE_GEMM", "blas")
+# each dense GEMM chosen per shape by a timing at first use (NETDSL_DENSE_PICK=0: NumPy's)
+PICK = flag("NETDSL_DENSE_PICK", True)
+if os.environ.get("NETDSL_DENSE_GEMM"):
+    raise ValueError("NETDSL_DENSE_GEMM is gone: a dense layer's GEMM is chosen per shape "
+                     "by timing (NETDSL_DENSE_PICK=0 leaves it to NumPy's BLAS)")
 
 _L, _P = ctypes.c_longlong, ctypes.c_void_p
 
@@ -67,25 +67,12 @@ def library(dtype: str, chain: Chained | None = None) -> ctypes.CDLL:
 
 
 @lru_cache(maxsize=None)
-def gemm_library(dtype: str, chain: Chained | None = None) -> ctypes.CDLL:
-    """The own GEMM for `dtype` (with `chain` applied in dense_forward)."""
-    lib = build(gemm_module(dtype, chain))
+def gemm_library(dtype: str) -> ctypes.CDLL:
+    """The own GEMM for `dtype`."""
+    lib = build(gemm_module(dtype))
     lib.dense_gemm.restype = None
     lib.dense_gemm.argtypes = [_P, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P]
-    lib.dense_forward.restype = None
-    lib.dense_forward.argtypes = [_P, _L, _L, _L, _L, _P, _P, _P, ctypes.c_int, _P, _P]
     return lib
-
-
-@lru_cache(maxsize=None)
-def blas_parts_library(dtype: str) -> tuple[ctypes.CDLL, int]:
-    """(dense_blas_gemm's library, the CBLAS GEMM's address) for `dtype`."""
-    address, index_type, symbol = blas_gemm(dtype)
-    lib = build(blas_parts_module(dtype, index_type, symbol))
-    lib.dense_blas_gemm.restype = None
-    lib.dense_blas_gemm.argtypes = [_P, _L, _P, ctypes.c_int, ctypes.c_int, _L, _L, _L,
-                                    _P, _L, _P, _L, _P, _L]
-    return lib, address
 
 
 _scratch = threading.local()   # per thread: two executors' calls may run at once
@@ -112,23 +99,10 @@ def _address(array) -> int | None:
     return None if array is None else array.ctypes.data
 
 
-def forward(x, weight, bias, out, parts: int, chain: Chained | None = None):
-    """y = x weight^T + bias (and the chain over it) into `out` (or a new array)."""
-    b, k = x.shape
-    n = weight.shape[0]
-    y = np.empty((b, n), x.dtype) if out is None else out
-    lib = gemm_library(str(x.dtype), chain)
-    pool, parts = _pool_and_parts(parts)
-    lib.dense_forward(pool, parts, b, n, k, x.ctypes.data, weight.ctypes.data,
-                      _address(bias), int(chain is not None), y.ctypes.data,
-                      _panels(x.dtype, k, parts).ctypes.data)
-    return y
-
-
 def matmul(a, b, out, parts: int):
-    """a @ b into `out` (or a new array) for 2-D arrays whose last axis is contiguous or
-    whose first is (a transpose's view): the weight's gradient gy.T @ x and the input's
-    gy @ weight."""
+    """a @ b by the own GEMM into `out` (C-contiguous, or None: a new array), in `parts`
+    parts (more than one: on the C pool), for 2-D arrays whose rows or columns are
+    contiguous (a transpose's view): x W^T, gy^T x and gy W."""
     m, k = a.shape
     n = b.shape[1]
     c = np.empty((m, n), a.dtype) if out is None else out
@@ -140,41 +114,6 @@ def matmul(a, b, out, parts: int):
                    b.strides[1] // item, c.ctypes.data, c.strides[0] // item,
                    _panels(a.dtype, k, parts).ctypes.data)
     return c
-
-
-def _operand(array) -> tuple[int, int]:
-    """(transposed, leading dimension) of a 2-D operand: C-contiguous rows, or the
-    transpose of such an array (a `.T` view)."""
-    item = array.itemsize
-    if array.strides[1] == item:
-        return 0, array.strides[0] // item
-    return 1, array.strides[1] // item
-
-
-def blas_matmul(a, b, out, parts: int):
-    """a @ b into `out` (or a new array) by CBLAS's GEMM, one call of its on one thread
-    per part, the parts on the C pool; a and b C-contiguous or transposes of such."""
-    m, k = a.shape
-    n = b.shape[1]
-    c = np.empty((m, n), a.dtype) if out is None else out
-    lib, address = blas_parts_library(str(a.dtype))
-    ta, lda = _operand(a)
-    tb, ldb = _operand(b)
-    pool, parts = _pool_and_parts(parts)
-    lib.dense_blas_gemm(pool, parts, address, ta, tb, m, n, k, a.ctypes.data, lda,
-                        b.ctypes.data, ldb, c.ctypes.data, c.strides[0] // c.itemsize)
-    return c
-
-
-def _product(a, b, out):
-    """a @ b as GEMM says, over the host's threads."""
-    if GEMM == "blas" or host_threads() < 2:
-        return np.matmul(a, b, out=out)
-    if not _fits(out, (a.shape[0], b.shape[1]), a.dtype):
-        out = None
-    if GEMM == "own":
-        return matmul(a, b, out, host_threads())
-    return blas_matmul(a, b, out, host_threads())
 
 
 def gradient(y, gy, chain: Chained | None, into, db, parts: int):
@@ -197,11 +136,11 @@ def epilogue(y, bias, chain: Chained | None):
     return y
 
 
-# ---- the seams
+# ---- which arrays the kernels take
 
 
 def _covered(*arrays) -> bool:
-    """Arrays the kernels take: one float dtype, 2-D, C-contiguous (None: absent)."""
+    """Arrays the passes take: one float dtype, at most 2-D, C-contiguous (None: absent)."""
     given = [a for a in arrays if a is not None]
     dtype = given[0].dtype
     return all(isinstance(a, np.ndarray) and a.dtype == dtype and a.ndim <= 2
@@ -210,25 +149,112 @@ def _covered(*arrays) -> bool:
 
 def _fits(out, shape, dtype) -> bool:
     return out is None or (isinstance(out, np.ndarray) and out.shape == shape
-                           and out.dtype == dtype and out.flags.c_contiguous)
+                           and out.dtype == dtype and out.flags.c_contiguous
+                           and out.flags.writeable)
+
+
+def _strided(a) -> bool:
+    """A 2-D operand the own GEMM reads: its rows or its columns contiguous."""
+    if not (isinstance(a, np.ndarray) and a.ndim == 2):
+        return False
+    s0, s1 = a.strides
+    return (s1 == a.itemsize and s0 >= 0) or (s0 == a.itemsize and s1 >= 0)
+
+
+def operands_covered(a, b, out) -> bool:
+    """Whether the own GEMM takes a @ b into `out`: 2-D float32 or float64 operands of one
+    dtype, each with contiguous rows or columns, none empty, `out` None or C-contiguous."""
+    return (_strided(a) and _strided(b) and a.dtype == b.dtype
+            and a.dtype in (np.float32, np.float64) and a.shape[1] == b.shape[0]
+            and min(a.size, b.size) > 0 and _fits(out, (a.shape[0], b.shape[1]), a.dtype))
+
+
+# ---- the choice
+
+
+@lru_cache(maxsize=None)
+def _version(dtype: str) -> str:
+    """A hash of the own GEMM's source: a choice timed on another GEMM is timed again."""
+    return hashlib.sha256(gemm_module(dtype).encode()).hexdigest()[:10]
+
+
+def _layout(a) -> str:
+    return "n" if a.strides[1] == a.itemsize else "t"
+
+
+def key(a, b, threads: int) -> str:
+    """The choice's key of a @ b on `threads` threads: dtype, M x K x N, each operand's
+    layout (n: rows contiguous, t: a transpose's view), threads, the own GEMM's hash."""
+    (m, k), n = a.shape, b.shape[1]
+    return (f"{a.dtype} {m}x{k}x{n} {_layout(a)}{_layout(b)} t{threads} "
+            f"c{_version(str(a.dtype))}")
+
+
+# (shapes, strides and dtypes of a, b and out, threads) -> the candidate chosen, "numpy"
+# for operands the own GEMM does not take: a step's GEMMs find theirs here without
+# checking their operands or making the choice's key again (an `out` must then be
+# writable, as the executor's are)
+_picked: dict[tuple, str] = {}
+
+
+def product(a, b, out):
+    """a @ b into `out` (or a new array) by whichever of NumPy's BLAS and the own GEMM
+    (split over the C pool on two threads or more) was timed faster for its key
+    (runtime.native.dense_choice); NumPy's for operands the own GEMM does not take and
+    where it does not build."""
+    threads = host_threads()
+    seen = (a.shape, b.shape, a.strides, b.strides, a.dtype.char, b.dtype.char,
+            None if out is None else (type(out), out.shape, out.strides, out.dtype.char),
+            threads)
+    name = _picked.get(seen)
+    if name is None:
+        # then the chosen one runs again: its timed runs may have shared `out`
+        name = _picked[seen] = _choose(a, b, out, threads)
+    if name == "own":
+        return matmul(a, b, out, threads)
+    return np.matmul(a, b, out=out)
+
+
+def _choose(a, b, out, threads: int) -> str:
+    """The candidate for a @ b, as product's."""
+    if not operands_covered(a, b, out):
+        return "numpy"
+    try:
+        gemm_library(str(a.dtype))   # built before any timing
+    except NativeUnavailable:
+        return "numpy"               # and not built again for this layout
+    wake()   # with NETDSL_BLAS_WAKE=1: OpenBLAS's one-thread SGEMM at its faster pace
+    candidates = {"numpy": lambda: np.matmul(a, b, out=out),
+                  "own": lambda: matmul(a, b, out, threads)}
+    return dense_choice.choose(key(a, b, threads), candidates)
+
+
+# ---- the seams
+
+
+@linear.dense_gemm.provide("numpy")
+def _dense_gemm(xp, a, b, out=None):
+    if not (PICK and native_conv.active() and isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)) or split_gemm.on_pool():
+        return NotImplemented
+    return product(a, b, out)
 
 
 @linear.dense_then.provide("numpy")
 def _dense_then(xp, x, weight, bias, chain, out=None):
-    if not (COMPILED and native_conv.active() and x.ndim == 2 and _covered(x, weight, bias)
+    if not (native_conv.active() and x.ndim == 2 and _covered(x, weight, bias)
             and _fits(out, (x.shape[0], weight.shape[0]), x.dtype)):
         return NotImplemented
     try:
-        if GEMM == "own" and host_threads() > 1:
-            return forward(x, weight, bias, out, host_threads(), chain.programs)
-        return epilogue(_product(x, weight.T, out), bias, chain.programs)
+        y = linear.dense_gemm(xp, x, weight.T, out=out)
+        return epilogue(y, bias, chain.programs)
     except NativeUnavailable:
         return NotImplemented
 
 
 @linear.dense_chain_gradient.provide("numpy")
 def _dense_chain_gradient(xp, y, gy, chain, gy_owned, bias_out=None, bias=True):
-    if not (COMPILED and native_conv.active() and y.ndim == 2 and _covered(gy, y)
+    if not (native_conv.active() and y.ndim == 2 and _covered(gy, y)
             and gy.shape == y.shape):
         return NotImplemented
     db = None
@@ -238,16 +264,5 @@ def _dense_chain_gradient(xp, y, gy, chain, gy_owned, bias_out=None, bias=True):
     into = gy if gy_owned and gy.flags.writeable else None
     try:
         return gradient(y, gy, chain.programs, into, db, 1), db
-    except NativeUnavailable:
-        return NotImplemented
-
-
-@linear.dense_products.provide("numpy")
-def _dense_products(xp, g, x, weight, need_dx, weight_out=None, need_weight=True):
-    if GEMM == "blas" or not (native_conv.active() and _covered(g, x, weight)):
-        return NotImplemented
-    try:
-        dweight = _product(g.T, x, weight_out) if need_weight else None
-        return (_product(g, weight, None) if need_dx else None), dweight
     except NativeUnavailable:
         return NotImplemented

@@ -14,7 +14,6 @@ static void run_parts(void* pool, part_t fn, void* arg, L parts) {
             fn(arg, part, parts);
 }
 
-#define CHAIN(v) (v)
 /* MR rows by PW columns in 2 * MR vector registers, 2 more for B's */
 #if defined(__AVX512F__)
 #define VBYTES 64
@@ -87,14 +86,12 @@ static inline void tile(L m, L K, const T* a, L as, L ak, const T* restrict p,
     }
 }
 
-/* one call: C (M x N) = A (M x K) B (K x N) [+ bias, chained] */
+/* one call: C (M x N) = A (M x K) B (K x N) */
 typedef struct {
     L M, N, K;
     const T* a; L as, ak;
     const T* b; L bk, bn;
     T* c; L ldc;
-    const T* bias;      /* NULL: none */
-    int chained;        /* apply CHAIN to each output */
     T* scratch;         /* a panel (K * PW) per part */
 } gemm_call;
 
@@ -124,24 +121,11 @@ static void gemm_part(void* arg, L part, L parts) {
     for (L q = p0; q < p1; q++) {
         const L n0 = q * PW, w = g->N - n0 < PW ? g->N - n0 : PW;
         pack_panel(g->b, g->bk, g->bn, g->K, n0, w, panel);
-        T bias[PW];
-        for (L j = 0; j < PW; j++)
-            bias[j] = g->bias && j < w ? g->bias[n0 + j] : 0;
         for (L r = r0; r < r1; r += MR) {
             const L m = r1 - r < MR ? r1 - r : MR;
             tile(m, g->K, g->a + r*g->as, g->as, g->ak, panel, out);
-            for (L i = 0; i < m; i++) {
-                T* row = g->c + (r + i)*g->ldc + n0;
-                if (g->chained) {
-                    #pragma omp simd
-                    for (L j = 0; j < w; j++)
-                        row[j] = CHAIN(out[i][j] + bias[j]);
-                } else {
-                    #pragma omp simd
-                    for (L j = 0; j < w; j++)
-                        row[j] = out[i][j] + bias[j];
-                }
-            }
+            for (L i = 0; i < m; i++)
+                memcpy(g->c + (r + i)*g->ldc + n0, out[i], (size_t)w * sizeof(T));
         }
     }
 }
@@ -150,15 +134,7 @@ static void gemm_part(void* arg, L part, L parts) {
    rows ldc apart; scratch: K * PW elements per part */
 void dense_gemm(void* pool, L parts, L M, L N, L K, const T* a, L as, L ak,
                 const T* b, L bk, L bn, T* c, L ldc, T* scratch) {
-    gemm_call g = {M, N, K, a, as, ak, b, bk, bn, c, ldc, NULL, 0, scratch};
-    run_parts(pool, gemm_part, &g, parts);
-}
-
-/* y (B x N) = x (B x K) w^T (w: N x K) + bias (NULL: none), the chain applied as y is
-   written where chained */
-void dense_forward(void* pool, L parts, L B, L N, L K, const T* x, const T* w,
-                   const T* bias, int chained, T* y, T* scratch) {
-    gemm_call g = {B, N, K, x, K, 1, w, 1, K, y, N, bias, chained, scratch};
+    gemm_call g = {M, N, K, a, as, ak, b, bk, bn, c, ldc, scratch};
     run_parts(pool, gemm_part, &g, parts);
 }
 

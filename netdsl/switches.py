@@ -1,0 +1,28 @@
+"""On/off switches read from the environment, each once, where its module loads.
+
+A switch is "1" (on) or "0" (off), or unset (its default). Any other value stops the
+import with a message naming the variable, so that a typo does not quietly run the
+other path.
+"""
+from __future__ import annotations
+
+import os
+
+__all__ = ["flag"]
+
+
+def flag(name: str, default: bool) -> bool:
+    """The switch `name`: True for "1", False for "0", `default` where unset or empty.
+
+    Raises
+    ------
+    ValueError
+        For any other value.
+    """
+    value = os.environ.get(name, "").strip()
+    if value == "":
+        return default
+    if value not in ("0", "1"):
+        raise ValueError(f"{name}={value!r}: expected 1 (on) or 0 (off); "
+                         f"unset, it is {int(default)}")
+    return value == "1"
