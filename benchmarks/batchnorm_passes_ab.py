@@ -1,7 +1,8 @@
 """Batchnorm's lean passes, or Winograd's shared chunk, against the old path, in one process.
 
     python benchmarks/batchnorm_passes_ab.py [--only W3] [--pairs 40] [--threads 2]
-                                              [--calls 30] [--switch passes|winograd] [--keep]
+                                              [--calls 30] [--keep]
+                                              [--switch passes|winograd|winograd-lean]
 
 The per-channel programs' C is made both ways (lower.native.LEAN_PASSES on and off,
 NETDSL_BN_PASSES) and both libraries are loaded; the native target's calls then run one
@@ -15,7 +16,10 @@ every repeat, the order swapped every pair, so that the machine's load falls on 
 
 `--switch winograd` alternates Winograd's chunk shared by the slabs running at once
 (lower.native_conv.WINOGRAD_SHARE, NETDSL_WINOGRAD_SHARE) with the old one per slab
-instead: the step, and its peak as train_speed.py measures it, each way.
+instead: the step, and its peak as train_speed.py measures it, each way. `--switch
+winograd-lean` alternates Winograd's lean scratch (lower.native_conv.WINOGRAD_LEAN,
+NETDSL_WINOGRAD_LEAN: a slab's whole scratch within its share of the chunk budget, and
+dx made after the weight gradient) with the old one, measured alike.
 
 Prints medians, in how many pairs the new side ("lean") was the shorter, and the load
 average before and after; `--keep` writes the raw numbers to benchmarks/results/.
@@ -59,15 +63,20 @@ def _both_ways(dtype: str) -> dict:
     return sides
 
 
+# a switch of lower.native_conv's that --switch names, alternated on and off
+CONV_SWITCHES = {"winograd": "WINOGRAD_SHARE", "winograd-lean": "WINOGRAD_LEAN"}
+_conv_switch = ["WINOGRAD_SHARE"]
+
+
 def _winograd_sides() -> dict:
-    """The two sides of `--switch winograd`: WINOGRAD_SHARE on and off."""
+    """The two sides of `--switch winograd` (or winograd-lean): its switch on and off."""
     return {"lean": True, "old": False}
 
 
 def _take(side_value) -> None:
-    """Make a side current: compiled functions to swap in, or Winograd's sharing."""
+    """Make a side current: compiled functions to swap in, or a Winograd switch."""
     if isinstance(side_value, bool):
-        conv_lowering.WINOGRAD_SHARE = side_value
+        setattr(conv_lowering, _conv_switch[0], side_value)
     else:
         native._functions.update(side_value)
 
@@ -122,7 +131,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calls", type=int, default=30, help="pairs of the calls alone")
-    parser.add_argument("--switch", choices=("passes", "winograd"), default="passes")
+    parser.add_argument("--switch", choices=("passes", *CONV_SWITCHES), default="passes")
     parser.add_argument("--keep", action="store_true", help="raw numbers to benchmarks/results")
     args = parser.parse_args()
     malloc = fix_malloc()
@@ -140,18 +149,23 @@ def main() -> int:
         trainer = train_speed.NetdslTrainer(lowered, params, (x, y))
         for _ in range(3):   # kernels compiled, convolutions' choices timed
             trainer.step()
-        if args.switch == "winograd":
+        if args.switch in CONV_SWITCHES:
+            _conv_switch[0] = CONV_SWITCHES[args.switch]
             sides = _winograd_sides()
             steps = _alternate(sides, trainer.step, args.pairs)
-            peaks = {}
-            for side, share in sides.items():
-                _take(share)
-                peaks[side] = train_speed.netdsl_peak_bytes(lowered, params, (x, y)) / 2**20
+            # three each, in turn: on two threads the peak moves as the slabs happen to end
+            traced = {side: [] for side in sides}
+            for _ in range(3):
+                for side, share in sides.items():
+                    _take(share)
+                    traced[side].append(
+                        train_speed.netdsl_peak_bytes(lowered, params, (x, y)) / 2**20)
+            peaks = {side: max(values) for side, values in traced.items()}
             _take(sides["lean"])
             results = (("step", steps),)
-            print(f"{workload.id} peak: shared {peaks['lean']:.2f} MiB, per slab "
-                  f"{peaks['old']:.2f} MiB")
-            record = {"steps": steps, "peak_mib": peaks}
+            print(f"{workload.id} peak (largest of 3): {args.switch} on {peaks['lean']:.2f} "
+                  f"MiB, off {peaks['old']:.2f} MiB; all {traced}")
+            record = {"steps": steps, "peak_mib": peaks, "peaks_mib": traced}
         else:
             sides = _both_ways(str(x.dtype))
             run, count = _calls(lowered, workload.batch, str(x.dtype), 1)

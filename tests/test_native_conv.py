@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, assert_golden, run_netc
-from netdsl.lower.native_conv import (SLABS_PER_THREAD, conv_module, direct_blocks,
-                                      direct_kernel, geometry_sizes, kernel_scratch,
-                                      largest_scratch, slab_sizes, winograd_fits,
-                                      winograd_module)
+from netdsl.lower.native_conv import (CALL_OBJECTS, SLABS_PER_THREAD, conv_module,
+                                      direct_blocks, direct_kernel, geometry_sizes,
+                                      kernel_scratch, largest_scratch, slab_sizes,
+                                      winograd_fits, winograd_module)
 from netdsl.lower.codegen import Chain
 from netdsl.lower.conv_chain import Epilogue
 from netdsl.ops import convolve
@@ -541,15 +541,19 @@ def test_the_scratch_bound_covers_what_each_kernel_allocates(threads, c_slabs, m
     assert max(ratios) <= (1.1 if threads == 1 else 4), sorted(ratios)[-5:]
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "old"])
 @pytest.mark.parametrize("share", [True, False], ids=["shared", "per_slab"])
 @pytest.mark.parametrize("case", [SCRATCH_CASES[0], SCRATCH_CASES[4]], ids=["16@32", "64@8"])
-def test_winograds_chunk_on_two_threads_is_one_threads(case, share, monkeypatch):
+def test_winograds_chunk_on_two_threads_is_one_threads(case, share, lean, monkeypatch):
     """With the chunk shared by the slabs running at once (WINOGRAD_SHARE), a Winograd
     call split over two threads allocates no more than 1.1 times what it does on one
-    forward, 1.25 backward (its slabs' partial weight gradients). Both ways within
+    forward, 1.25 backward (its slabs' partial weight gradients); with the lean scratch
+    (WINOGRAD_LEAN: each slab's whole scratch within its share) the forward no more than
+    on one thread, but for Python's objects (measured 0.78-1.0 times). Every way within
     kernel_scratch's bound, and equal to PyTorch."""
     from netdsl.lower import native_conv as lowering
     monkeypatch.setattr(lowering, "WINOGRAD_SHARE", share)
+    monkeypatch.setattr(lowering, "WINOGRAD_LEAN", lean)
     g, x, w, bias, gy = _problem(case, "float32")
     sizes = geometry_sizes(x.shape[1], w.shape[0], g)
     measured = {}
@@ -567,11 +571,71 @@ def test_winograds_chunk_on_two_threads_is_one_threads(case, share, monkeypatch)
         # 16@32; fewer when one thread's slab ends before the other's starts)
         assert measured[2][0] <= 1.1 * measured[1][0]
         assert measured[2][1] <= 1.25 * measured[1][1]
+        if lean:   # a slab's objects: CALL_OBJECTS each
+            assert measured[2][0] <= measured[1][0] + 4 * CALL_OBJECTS
     g, x, w, bias, gy = _problem(case, "float64", seed=3)
     want = _torch(case, x, w, bias, gy)
     got = [native_conv.forward("winograd", x, w, bias, g),
            *native_conv.backward(gy, x, w, g, kind="winograd")]
     for mine, theirs in zip(got, want):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12,
+                                   atol=1e-12 * float(np.abs(theirs).max()))
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "old"])
+def test_winograds_lean_chunk_holds_its_slabs_whole_scratch_within_the_budget(lean,
+                                                                            monkeypatch):
+    """With WINOGRAD_LEAN the slabs running at once hold WINOGRAD_CHUNK_BYTES of scratch
+    at most, the rows' slack and padded images included (one tile row a chunk at least),
+    on ResNet-20's 3x3 layers at stride 1; before, V and M's rows alone were within it,
+    and two slabs held more than one thread's chunk."""
+    from netdsl.lower import native_conv as lowering
+    monkeypatch.setattr(lowering, "WINOGRAD_LEAN", lean)
+    over = []
+    for case in (SCRATCH_CASES[0], SCRATCH_CASES[4], SCRATCH_CASES[5]):
+        g, x, w, _, _ = _problem(case, "float32")
+        sizes = geometry_sizes(x.shape[1], w.shape[0], g)
+        for dtype in ("float32", "float64"):
+            item = np.dtype(dtype).itemsize
+            for images, running in ((32, 1), (8, 2), (1, 2)):
+                rows = lowering.winograd_chunk_rows(sizes, item, images, running)
+                held = running * lowering.winograd_scratch(dtype, sizes, rows) * item
+                if held > lowering.WINOGRAD_CHUNK_BYTES and rows > 1:
+                    over.append((case[1:4], dtype, images, running, rows, held))
+    assert not over if lean else over
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "old"])
+def test_winograds_lean_backward_makes_dx_after_the_weight_gradient(lean, monkeypatch):
+    """With WINOGRAD_LEAN the backward sums the weight gradient before it makes dx, so
+    that dx is not held beside the slabs' chunks and partials: on one thread the call's
+    peak, dx included, is below the old order's by about dx (64@8, batch 8: 1.58 MB
+    against 1.71, measured). Both orders give PyTorch's gradients."""
+    from netdsl.lower import native_conv as lowering
+    order = []
+    for name in ("_winograd_weight_grad", "_winograd_forward"):
+        real = getattr(native_conv, name)
+        monkeypatch.setattr(native_conv, name,
+                            lambda *a, _real=real, _name=name, **k:
+                            order.append(_name) or _real(*a, **k))
+    monkeypatch.setattr(host, "host_threads", lambda: 1)
+    case = SCRATCH_CASES[4]
+    g, x, w, bias, gy = _problem(case, "float32")
+    peaks = {}
+    for way in (False, True):
+        monkeypatch.setattr(lowering, "WINOGRAD_LEAN", way)
+        native_conv.backward(gy, x, w, g, True, "winograd")   # one-time objects made
+        peaks[way] = _allocated(lambda: native_conv.backward(gy, x, w, g, True, "winograd"),
+                                lambda grads: 0)
+    dx_bytes = gy.nbytes
+    assert peaks[True] <= peaks[False] - dx_bytes // 2, peaks
+    monkeypatch.setattr(lowering, "WINOGRAD_LEAN", lean)
+    order.clear()
+    g, x, w, bias, gy = _problem(case, "float64", seed=6)
+    got = native_conv.backward(gy, x, w, g, True, "winograd")
+    assert order == (["_winograd_weight_grad", "_winograd_forward"] if lean
+                     else ["_winograd_forward", "_winograd_weight_grad"])
+    for mine, theirs in zip(got, _torch(case, x, w, bias, gy)[1:]):
         np.testing.assert_allclose(mine, theirs, rtol=1e-12,
                                    atol=1e-12 * float(np.abs(theirs).max()))
 

@@ -293,7 +293,13 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
                 partials = count * (16 * o * c + o)
                 # dW = G^T . G by einsum: its (3, 4, O, C) intermediate, the result, a copy
                 after = partials + 12 * o * c + 2 * weight
-                return max(2 * weight + winograd_forward(flipped, n, running), after,
+                if WINOGRAD_LEAN:   # dx's forward after the slabs, beside the summed
+                    # dweight and dbias; the flipped weight dropped once U is made
+                    dx = weight + o + max(weight + 16 * o * c,
+                                          winograd_forward(flipped, n, running))
+                else:   # before the slabs: the flipped weight (and its copy) and U
+                    dx = 2 * weight + winograd_forward(flipped, n, running)
+                return max(dx, after,
                            partials + running * winograd_grad_scratch(dtype, sizes, rows))
 
             found["winograd"] = (forward, worst(winograd_backward))
@@ -684,12 +690,34 @@ def winograd_rows(sizes, itemsize: int, budget: int = WINOGRAD_CHUNK_BYTES) -> i
 WINOGRAD_SHARE = os.environ.get("NETDSL_WINOGRAD_SHARE", "1") != "0"
 
 
+# Winograd's scratch kept lean (NETDSL_WINOGRAD_LEAN=0: as before): a slab's share of
+# the chunk budget covers its whole scratch, the rows' vector of slack and the padded
+# image included (not V and M's rows alone: two slabs at once held one more of each than
+# one thread's), and backward sums the weight gradient before it makes dx, by a forward
+# whose U is made from a flipped weight dropped before its slabs: dx is not held beside
+# the slabs' chunks and partial sums (W3's peak on two threads was in the 64@8 layers'
+# weight gradient, with dx beside it)
+WINOGRAD_LEAN = os.environ.get("NETDSL_WINOGRAD_LEAN", "1") != "0"
+
+
 def winograd_chunk_rows(sizes, itemsize: int, images: int, running: int) -> int:
     """Tile rows of a chunk for a slab of `images` images, `running` slabs at once."""
     if not WINOGRAD_SHARE:
         return winograd_rows(sizes, itemsize)
-    rows = winograd_rows(sizes, itemsize, WINOGRAD_CHUNK_BYTES // max(1, running))
+    budget = WINOGRAD_CHUNK_BYTES // max(1, running)
+    if WINOGRAD_LEAN:   # what a slab holds whatever its rows: slack, padded image
+        budget -= _winograd_fixed(sizes, 32 // itemsize) * itemsize
+    rows = winograd_rows(sizes, itemsize, budget)
     return max(1, min(rows, images * -(-sizes[6] // 2)))
+
+
+def _winograd_fixed(sizes, lanes: int) -> int:
+    """Elements of conv_forward_winograd's scratch that do not grow with its chunk's
+    rows (winograd_scratch at no rows)."""
+    c, o = sizes[0], sizes[3]
+    th, tw = -(-sizes[6] // 2), -(-sizes[7] // 2)
+    tv = -(-tw // lanes) * lanes
+    return 16 * (c + o) * lanes + c * (2 * th + 2) * 2 * (tv + 1) + 4 * lanes
 
 
 def _tiles(dtype: str, sizes) -> tuple[int, int, int]:
@@ -705,8 +733,8 @@ def winograd_scratch(dtype: str, sizes, rows: int) -> int:
     and M (their rows with a vector of slack), one padded image split by column parity,
     four vectors of output."""
     c, o, lanes = sizes[0], sizes[3], winograd_lanes(dtype)
-    th, tw, tv = _tiles(dtype, sizes)
-    return 16 * (c + o) * (rows * tw + lanes) + c * (2 * th + 2) * 2 * (tv + 1) + 4 * lanes
+    _, tw, _ = _tiles(dtype, sizes)
+    return 16 * (c + o) * rows * tw + _winograd_fixed(sizes, lanes)
 
 
 def winograd_grad_scratch(dtype: str, sizes, rows: int) -> int:

@@ -193,17 +193,19 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
     return y
 
 
-def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None = None):
-    """y by Winograd F(2x2, 3x3): the weight's transform once, then each slab of the
-    batch in chunks of tile rows (lower.native_conv.winograd_chunk_rows)."""
+def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None = None,
+                      transformed=None):
+    """y by Winograd F(2x2, 3x3): the weight's transform once (or `transformed`, the
+    weight's U made before, the weight None), then each slab of the batch in chunks of
+    tile rows (lower.native_conv.winograd_chunk_rows)."""
     dtype = str(x.dtype)
     library, address = _winograd_library(dtype, chain)
-    sizes = _sizes(x, weight, geometry)
-    c, o = sizes[0], sizes[3]
-    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    if transformed is None:
+        transformed = _winograd_weights(weight)
+    o = transformed.shape[1]
+    sizes = geometry_sizes(x.shape[1], o, geometry)
+    x = np.ascontiguousarray(x)
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
-    transformed = np.empty((16, o, c), dtype=x.dtype)
-    library.conv_winograd_weights(weight.ctypes.data, transformed.ctypes.data, o, c)
     y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
 
     function = library.conv_forward_winograd
@@ -218,6 +220,16 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
 
     run_slabs(plan, x.shape[0], x.nbytes * 9)
     return y
+
+
+def _winograd_weights(weight):
+    """U (16, O, C) = G g G^T of each 3x3 kernel g of weight (O, C, 3, 3)."""
+    weight = np.ascontiguousarray(weight)
+    o, c = weight.shape[:2]
+    library, _ = _winograd_library(str(weight.dtype))
+    transformed = np.empty((16, o, c), dtype=weight.dtype)
+    library.conv_winograd_weights(weight.ctypes.data, transformed.ctypes.data, o, c)
+    return transformed
 
 
 class _InOrder:
@@ -302,18 +314,24 @@ def _winograd_backward(gy, x, weight, geometry: Geometry, need_dx: bool, dbias=N
                        masking=None):
     """(dx, dweight, dbias) by Winograd F(2x2, 3x3): dx as the forward on gy with the
     weight flipped (_input_grad_geometry), dweight and dbias by _winograd_weight_grad
-    (dbias as given, where it is); with `masking`, dx after them, on gy as the slabs
-    left it."""
+    (dbias as given, where it is); dx after them with `masking` (on gy as the slabs
+    left it) and with lower.native_conv.WINOGRAD_LEAN, before them otherwise."""
     gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
+    lean = native_conv_lowering.WINOGRAD_LEAN
 
     def input_grad():
+        if lean:   # the flipped weight dropped before the slabs: U alone is kept
+            return _winograd_forward(gy, None, None, _input_grad_geometry(geometry),
+                                     transformed=_winograd_weights(_flipped(weight)))
         return forward("winograd", gy, _flipped(weight), None, _input_grad_geometry(geometry))
 
-    dx = input_grad() if need_dx and masking is None else None
+    # dx before the weight gradient (the old order), or after it (lean: dx is not held
+    # beside the slabs' chunks and partials; with masking, on gy as the slabs left it)
+    dx = input_grad() if need_dx and masking is None and not lean else None
     dweight, summed = _winograd_weight_grad(gy, x, weight, geometry, dbias is None,
                                             masking)
-    if need_dx and masking is not None:   # on gy as the slabs left it
+    if need_dx and dx is None:
         dx = input_grad()
     return dx, dweight, summed if dbias is None else dbias
 
