@@ -1,8 +1,9 @@
-"""Batchnorm's lean passes, or Winograd's shared chunk, against the old path, in one process.
+"""Batchnorm's lean passes, or a switch of Winograd's, against the old path, in one process.
 
     python benchmarks/batchnorm_passes_ab.py [--only W3] [--pairs 40] [--threads 2]
                                               [--calls 30] [--keep]
-                                              [--switch passes|winograd|winograd-lean]
+                                              [--switch passes|winograd|winograd-lean|
+                                                        winograd-back]
 
 The per-channel programs' C is made both ways (lower.native.LEAN_PASSES on and off,
 NETDSL_BN_PASSES) and both libraries are loaded; the native target's calls then run one
@@ -19,10 +20,13 @@ every repeat, the order swapped every pair, so that the machine's load falls on 
 instead: the step, and its peak as train_speed.py measures it, each way. `--switch
 winograd-lean` alternates Winograd's lean scratch (lower.native_conv.WINOGRAD_LEAN,
 NETDSL_WINOGRAD_LEAN: a slab's whole scratch within its share of the chunk budget, and
-dx made after the weight gradient) with the old one, measured alike.
+dx made after the weight gradient) with the old one, and `--switch winograd-back` the
+weight gradient taken back by G^T . G in C (WINOGRAD_BACK_IN_C, NETDSL_WINOGRAD_BACK_IN_C)
+with NumPy's einsum, measured alike.
 
-Prints medians, in how many pairs the new side ("lean") was the shorter, and the load
-average before and after; `--keep` writes the raw numbers to benchmarks/results/.
+Prints medians (wall clock, and the process's CPU time), in how many pairs the new side
+("lean") was the shorter by each, and the load average before and after; `--keep`
+writes the raw numbers to benchmarks/results/.
 """
 from __future__ import annotations
 
@@ -64,7 +68,8 @@ def _both_ways(dtype: str) -> dict:
 
 
 # a switch of lower.native_conv's that --switch names, alternated on and off
-CONV_SWITCHES = {"winograd": "WINOGRAD_SHARE", "winograd-lean": "WINOGRAD_LEAN"}
+CONV_SWITCHES = {"winograd": "WINOGRAD_SHARE", "winograd-lean": "WINOGRAD_LEAN",
+                 "winograd-back": "WINOGRAD_BACK_IN_C"}
 _conv_switch = ["WINOGRAD_SHARE"]
 
 
@@ -82,20 +87,28 @@ def _take(side_value) -> None:
 
 
 def _alternate(sides: dict, run, pairs: int) -> dict:
+    """Wall-clock and process CPU time (all threads') of each run, alternating the sides:
+    on a busy machine the CPU time leaves out what other processes hold the cores for."""
     times = {side: [] for side in sides}
-    won = 0
+    cpu = {side: [] for side in sides}
+    won = won_cpu = 0
     for i in range(pairs):
-        took = {}
+        took, spent = {}, {}
         for side in (("lean", "old") if i % 2 == 0 else ("old", "lean")):
             _take(sides[side])
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             run()
+            spent[side] = time.process_time() - began_cpu
             took[side] = time.perf_counter() - began
             times[side].append(took[side] * 1e3)
+            cpu[side].append(spent[side] * 1e3)
         won += took["lean"] < took["old"]
+        won_cpu += spent["lean"] < spent["old"]
     _take(sides["lean"])
     return {"median_ms": {s: statistics.median(t) for s, t in times.items()}, "won": won,
-            "pairs": pairs, "raw_ms": times}
+            "pairs": pairs, "raw_ms": times,
+            "median_cpu_ms": {s: statistics.median(t) for s, t in cpu.items()},
+            "won_cpu": won_cpu, "raw_cpu_ms": cpu}
 
 
 def _calls(lowered, batch: int, dtype: str, repeats: int):
@@ -179,8 +192,11 @@ def main() -> int:
                              "threads": args.threads}
         for what, r in results:
             m = r["median_ms"]
+            c = r["median_cpu_ms"]
             print(f"{workload.id} {what}: lean {m['lean']:.2f} ms, old {m['old']:.2f} ms; "
-                  f"lean shorter in {r['won']} of {r['pairs']}")
+                  f"lean shorter in {r['won']} of {r['pairs']}; CPU time lean "
+                  f"{c['lean']:.2f} ms, old {c['old']:.2f} ms, lean shorter in "
+                  f"{r['won_cpu']} of {r['pairs']}")
         print(f"{workload.id}: load {before:.2f} -> {after:.2f}")
     if args.keep:
         print(f"raw numbers: {keep_results('batchnorm_passes_ab', kept)}")

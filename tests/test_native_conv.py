@@ -412,6 +412,36 @@ def test_winograd_equals_pytorch_and_numpy(case, dtype):
     np.testing.assert_array_equal(only_db, got[2])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_winograds_weight_gradient_taken_back_in_c_equals_the_einsum(dtype, monkeypatch):
+    """conv_winograd_weights_back's G^T u G equals NumPy's einsum in float64 (1e-12 of
+    the largest, 1e-6 in float32), on KB's block and past it (13 x 5 = 65 kernels), one
+    kernel and odd counts; the Winograd weight gradient either way (WINOGRAD_BACK_IN_C)
+    equals float64 PyTorch's."""
+    from netdsl.lower import native_conv as lowering
+    library, _ = native_conv._winograd_library(dtype)
+    g = native_conv._WINOGRAD_G
+    rng = np.random.default_rng(9)
+    for o, c in ((1, 1), (5, 7), (13, 5), (64, 64)):
+        transformed = rng.standard_normal((4, 4, o, c)).astype(dtype)
+        want = np.einsum("ir,ijoc,js->ocrs", g, transformed.astype(np.float64), g)
+        got = np.full((o, c, 3, 3), np.nan, dtype=dtype)
+        library.conv_winograd_weights_back(transformed.ctypes.data, got.ctypes.data, o, c)
+        tol = 1e-12 if dtype == "float64" else 1e-6
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * float(np.abs(want).max()))
+    full = (3, 6, 5, (7, 9), (3, 3), (1, 1), (1, 1), (1, 1))
+    problem, x, w, bias, gy = _problem(full, dtype, seed=2)
+    want = _torch(full, x, w, bias, gy)[2]
+    tol = _tolerance(dtype)
+    tol["atol"] *= float(np.abs(want).max()) + 1
+    ways = []
+    for in_c in (True, False):
+        monkeypatch.setattr(lowering, "WINOGRAD_BACK_IN_C", in_c)
+        ways.append(native_conv.backward(gy, x, w, problem, kind="winograd")[1])
+        assert ways[-1].flags.c_contiguous and ways[-1].dtype == np.dtype(dtype)
+        np.testing.assert_allclose(ways[-1], want, **tol)
+
+
 def test_winograd_is_a_candidate_only_where_it_fits(choices_cache, monkeypatch):
     """3x3 at stride 1, dilation 1, pads 0-2 both ways; pad 3 forward only (dx's pads on
     gy would be negative); stride 2, dilation 2, 5x5, 3x2, rank 1 and a negative pad

@@ -121,6 +121,7 @@ def _winograd_library(dtype: str, chain: Chained | None = None):
     library = build(winograd_module(dtype, integer, symbol, chain))
     p, size = ctypes.c_void_p, ctypes.c_longlong
     arguments = {"conv_winograd_weights": [p, p, size, size],   # w, U, O, C
+                 "conv_winograd_weights_back": [p, p, size, size],   # dU, dw, O, C
                  "conv_forward_winograd": [p] * 6 + [size] * (3 + len(GEOMETRY)),
                  "conv_weight_grad_winograd": [p] * 6 + [size] * (3 + len(GEOMETRY))}
     for name in WINOGRAD_FUNCTIONS:
@@ -305,6 +306,11 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
     for more, more_dbias in partials[1:]:
         transformed += more
         dbias += more_dbias
+    if native_conv_lowering.WINOGRAD_BACK_IN_C:
+        dweight = np.empty(weight.shape, dtype=x.dtype)
+        library.conv_winograd_weights_back(transformed.ctypes.data, dweight.ctypes.data,
+                                           o, c)
+        return dweight, dbias
     g = _WINOGRAD_G.astype(x.dtype)
     dweight = np.einsum("ir,ijoc,js->ocrs", g, transformed, g, optimize=True)
     return np.ascontiguousarray(dweight), dbias
