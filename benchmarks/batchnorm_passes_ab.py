@@ -3,7 +3,7 @@
     python benchmarks/batchnorm_passes_ab.py [--only W3] [--pairs 40] [--threads 2]
                                               [--calls 30] [--keep]
                                               [--switch passes|winograd|winograd-lean|
-                                                        winograd-back]
+                                                        winograd-back|choice-memo]
 
 The per-channel programs' C is made both ways (lower.native.LEAN_PASSES on and off,
 NETDSL_BN_PASSES) and both libraries are loaded; the native target's calls then run one
@@ -22,7 +22,9 @@ winograd-lean` alternates Winograd's lean scratch (lower.native_conv.WINOGRAD_LE
 NETDSL_WINOGRAD_LEAN: a slab's whole scratch within its share of the chunk budget, and
 dx made after the weight gradient) with the old one, and `--switch winograd-back` the
 weight gradient taken back by G^T . G in C (WINOGRAD_BACK_IN_C, NETDSL_WINOGRAD_BACK_IN_C)
-with NumPy's einsum, measured alike.
+with NumPy's einsum, and `--switch choice-memo` a layer's choice found from memos of its
+key and of the choices file's path (runtime.native.conv.CHOICE_MEMO,
+NETDSL_CONV_CHOICE_MEMO) with both made again at every call, measured alike.
 
 Prints medians (wall clock, and the process's CPU time), in how many pairs the new side
 ("lean") was the shorter by each, and the load average before and after; `--keep`
@@ -47,6 +49,7 @@ from netdsl.ops.base import Ctx
 from netdsl.ops.channels import ChannelProgram
 from netdsl.runtime import native
 from netdsl.runtime.init import initial_params
+from netdsl.runtime.native import conv as conv_runtime
 
 
 def _both_ways(dtype: str) -> dict:
@@ -67,10 +70,12 @@ def _both_ways(dtype: str) -> dict:
     return sides
 
 
-# a switch of lower.native_conv's that --switch names, alternated on and off
-CONV_SWITCHES = {"winograd": "WINOGRAD_SHARE", "winograd-lean": "WINOGRAD_LEAN",
-                 "winograd-back": "WINOGRAD_BACK_IN_C"}
-_conv_switch = ["WINOGRAD_SHARE"]
+# a convolutions' switch that --switch names, alternated on and off: (module, name)
+CONV_SWITCHES = {"winograd": (conv_lowering, "WINOGRAD_SHARE"),
+                 "winograd-lean": (conv_lowering, "WINOGRAD_LEAN"),
+                 "winograd-back": (conv_lowering, "WINOGRAD_BACK_IN_C"),
+                 "choice-memo": (conv_runtime, "CHOICE_MEMO")}
+_conv_switch = [CONV_SWITCHES["winograd"]]
 
 
 def _winograd_sides() -> dict:
@@ -81,7 +86,7 @@ def _winograd_sides() -> dict:
 def _take(side_value) -> None:
     """Make a side current: compiled functions to swap in, or a Winograd switch."""
     if isinstance(side_value, bool):
-        setattr(conv_lowering, _conv_switch[0], side_value)
+        setattr(*_conv_switch[0], side_value)
     else:
         native._functions.update(side_value)
 

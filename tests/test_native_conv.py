@@ -280,6 +280,30 @@ def test_the_choice_is_timed_once_and_kept(choices_cache, monkeypatch):
     assert calls == ["direct"]
 
 
+@pytest.mark.parametrize("memo", [True, False], ids=["memo", "made_again"])
+def test_a_layers_choice_is_found_by_its_memos_as_without_them(memo, choices_cache,
+                                                               monkeypatch, tmp_path):
+    """With CHOICE_MEMO the key and the choices file's path are made once (per layer and
+    threads, per cache folder setting): the same key as made again, another key on
+    other threads or arrays, and another folder's choices once NETDSL_CACHE names it."""
+    monkeypatch.setattr(native_conv, "CHOICE_MEMO", memo)
+    monkeypatch.setattr(native_conv, "_choices", {})   # the folder read, as it was after
+    monkeypatch.setattr(native_conv, "_loaded_from", None)
+    g, x, w, bias, _ = _seam_problem()
+    plain = native_conv._key_text(x, w, g, 1, host.host_threads())
+    assert native_conv._key(x, w, g, 1) == native_conv._key(x, w, g, 1) == plain
+    monkeypatch.setattr(host, "host_threads", lambda: 7)
+    monkeypatch.setattr(native_conv, "host_threads", lambda: 7)
+    assert native_conv._key(x, w, g, 1) == plain.replace(" t1 ", " t7 ").replace(
+        " t2 ", " t7 ") != plain
+    assert native_conv._key(x[:1], w, g, 1) != native_conv._key(x, w, g, 1)
+    assert native_conv._path() == choices_cache / native_conv.CHOICES_FILE
+    native_conv.choices()["a layer"] = {"forward": "gemm", "backward": "gemm"}
+    monkeypatch.setenv("NETDSL_CACHE", str(tmp_path))
+    assert native_conv._path() == tmp_path / "native" / native_conv.CHOICES_FILE
+    assert "a layer" not in native_conv.choices()
+
+
 def test_a_damaged_choice_file_is_ignored_and_rewritten(choices_cache, monkeypatch):
     g, x, w, bias, _ = _seam_problem()
     choices_cache.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ import ctypes
 import hashlib
 import json
 import math
+import os
 import threading
 import time
 from functools import lru_cache
@@ -499,25 +500,60 @@ def _kernels_version(dtype: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:10]
 
 
+# a layer's choice found from memos of its key and of the choices file's path (True, or
+# NETDSL_CONV_CHOICE_MEMO=0: made again at every call, as before): the key's text and
+# the cache folder's Path took 50-90 and 60-180 us of Python at each convolution call
+# (42 a W3 step), on the step's one thread between the kernels' slabs
+CHOICE_MEMO = os.environ.get("NETDSL_CONV_CHOICE_MEMO", "1") != "0"
+_keys: dict[tuple, str] = {}
+_paths: dict[tuple, tuple] = {}
+
+
 def _key(x, weight, geometry: Geometry, groups: int) -> str:
+    threads = host_threads()
+    if CHOICE_MEMO:
+        known = (x.dtype, x.shape, weight.shape, geometry, groups, threads)
+        found = _keys.get(known)
+        if found is None:
+            found = _keys[known] = _key_text(x, weight, geometry, groups, threads)
+        return found
+    return _key_text(x, weight, geometry, groups, threads)
+
+
+def _key_text(x, weight, geometry: Geometry, groups: int, threads: int) -> str:
     g = geometry
     return (f"{x.dtype} x{tuple(x.shape)} w{tuple(weight.shape)} s{g.stride} p{g.pads} "
-            f"d{g.dilation} out{g.out} g{groups} t{host_threads()} "
+            f"d{g.dilation} out{g.out} g{groups} t{threads} "
             f"c{_kernels_version(str(x.dtype))}")
 
 
 def _path():
-    return cache_dir() / CHOICES_FILE
+    return _path_and_text()[0]
+
+
+def _path_and_text() -> tuple:
+    """(the choices file's Path, its text): with CHOICE_MEMO made once per value of the
+    settings toolchain.cache_dir reads."""
+    if not CHOICE_MEMO:
+        path = cache_dir() / CHOICES_FILE
+        return path, str(path)
+    settings = tuple(os.environ.get(name) for name in ("NETDSL_CACHE", "XDG_CACHE_HOME",
+                                                       "HOME"))
+    found = _paths.get(settings)
+    if found is None:
+        path = cache_dir() / CHOICES_FILE
+        found = _paths[settings] = (path, str(path))
+    return found
 
 
 def choices() -> dict[str, dict]:
     """The choices known: this process's and those on disk (read once per cache folder;
     a file that does not parse counts as empty, and is rewritten)."""
     global _loaded_from
-    path = _path()
-    if _loaded_from != str(path):
+    path, text = _path_and_text()
+    if _loaded_from != text:
         _choices.clear()
-        _loaded_from = str(path)
+        _loaded_from = text
         try:
             stored = json.loads(path.read_text())
             if isinstance(stored, dict):
