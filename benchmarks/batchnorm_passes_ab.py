@@ -3,7 +3,8 @@
     python benchmarks/batchnorm_passes_ab.py [--only W3] [--pairs 40] [--threads 2]
                                               [--calls 30] [--keep]
                                               [--switch passes|winograd|winograd-lean|
-                                                        winograd-back|choice-memo]
+                                                        winograd-back|choice-memo|
+                                                        winograd-all]
 
 The per-channel programs' C is made both ways (lower.native.LEAN_PASSES on and off,
 NETDSL_BN_PASSES) and both libraries are loaded; the native target's calls then run one
@@ -24,7 +25,8 @@ dx made after the weight gradient) with the old one, and `--switch winograd-back
 weight gradient taken back by G^T . G in C (WINOGRAD_BACK_IN_C, NETDSL_WINOGRAD_BACK_IN_C)
 with NumPy's einsum, and `--switch choice-memo` a layer's choice found from memos of its
 key and of the choices file's path (runtime.native.conv.CHOICE_MEMO,
-NETDSL_CONV_CHOICE_MEMO) with both made again at every call, measured alike.
+NETDSL_CONV_CHOICE_MEMO) with both made again at every call, measured alike;
+`--switch winograd-all` those three together.
 
 Prints medians (wall clock, and the process's CPU time), in how many pairs the new side
 ("lean") was the shorter by each, and the load average before and after; `--keep`
@@ -75,6 +77,9 @@ CONV_SWITCHES = {"winograd": (conv_lowering, "WINOGRAD_SHARE"),
                  "winograd-lean": (conv_lowering, "WINOGRAD_LEAN"),
                  "winograd-back": (conv_lowering, "WINOGRAD_BACK_IN_C"),
                  "choice-memo": (conv_runtime, "CHOICE_MEMO")}
+# the three that are new together: the lean scratch, the transform back, the memos
+CONV_SWITCHES["winograd-all"] = tuple(CONV_SWITCHES[name] for name in (
+    "winograd-lean", "winograd-back", "choice-memo"))
 _conv_switch = [CONV_SWITCHES["winograd"]]
 
 
@@ -86,7 +91,9 @@ def _winograd_sides() -> dict:
 def _take(side_value) -> None:
     """Make a side current: compiled functions to swap in, or a Winograd switch."""
     if isinstance(side_value, bool):
-        setattr(*_conv_switch[0], side_value)
+        switches = _conv_switch[0]
+        for module, name in (switches if isinstance(switches[0], tuple) else (switches,)):
+            setattr(module, name, side_value)
     else:
         native._functions.update(side_value)
 
