@@ -696,7 +696,6 @@ WINOGRAD_SHARE = os.environ.get("NETDSL_WINOGRAD_SHARE", "1") != "0"
 # us a layer at W3's shapes, after the slabs, on one thread
 WINOGRAD_BACK_IN_C = os.environ.get("NETDSL_WINOGRAD_BACK_IN_C", "1") != "0"
 
-
 # Winograd's scratch kept lean (NETDSL_WINOGRAD_LEAN=0: as before): a slab's share of
 # the chunk budget covers its whole scratch, the rows' vector of slack and the padded
 # image included (not V and M's rows alone: two slabs at once held one more of each than
