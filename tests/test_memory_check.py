@@ -499,10 +499,18 @@ def test_compile_reports_the_convolution_scratch_on_the_native_target(tmp_path, 
                                  f"(largest candidate kernel per layer, {threads} thread"
                                  + ("s)" if threads != 1 else ")"))
             assert "im2col" not in line
-    single = format_training_memory(net, 1, "native", 2)
-    assert "(largest candidate kernel per layer, 2 threads)" in single
-    # Winograd's chunk, no more tile rows than one image's: more than im2col's 659.4 KiB
-    assert "789.1 KiB (largest" in single
+    # Winograd's chunk, no more tile rows than one image's: more than im2col's 659.4 KiB;
+    # with its lean scratch (the chunk's slack within the budget, dx made after the weight
+    # gradient with the flipped weight dropped once U is made) and the weight gradient
+    # taken back in C 692.3 KiB, the lean scratch alone 744.2, neither 789.1
+    from netdsl.lower import native_conv as conv_lowering
+    for lean, in_c, figure in ((True, True, "692.3 KiB"), (True, False, "744.2 KiB"),
+                               (False, False, "789.1 KiB")):
+        monkeypatch.setattr(conv_lowering, "WINOGRAD_LEAN", lean)
+        monkeypatch.setattr(conv_lowering, "WINOGRAD_BACK_IN_C", in_c)
+        single = format_training_memory(net, 1, "native", 2)
+        assert "(largest candidate kernel per layer, 2 threads)" in single
+        assert f"{figure} (largest" in single
 
 
 @pytest.mark.skipif(toolchain.compiler() is None, reason="no C compiler")

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, assert_golden, run_netc
-from netdsl.lower.native_conv import (SLABS_PER_THREAD, conv_module, direct_blocks,
-                                      direct_kernel, geometry_sizes, kernel_scratch,
-                                      largest_scratch, slab_sizes, winograd_fits,
-                                      winograd_module)
+from netdsl.lower.native_conv import (CALL_OBJECTS, SLABS_PER_THREAD, conv_module,
+                                      direct_blocks, direct_kernel, geometry_sizes,
+                                      kernel_scratch, largest_scratch, slab_sizes,
+                                      winograd_fits, winograd_module)
 from netdsl.lower.codegen import Chain
 from netdsl.lower.conv_chain import Epilogue
 from netdsl.ops import convolve
@@ -280,6 +280,30 @@ def test_the_choice_is_timed_once_and_kept(choices_cache, monkeypatch):
     assert calls == ["direct"]
 
 
+@pytest.mark.parametrize("memo", [True, False], ids=["memo", "made_again"])
+def test_a_layers_choice_is_found_by_its_memos_as_without_them(memo, choices_cache,
+                                                               monkeypatch, tmp_path):
+    """With CHOICE_MEMO the key and the choices file's path are made once (per layer and
+    threads, per cache folder setting): the same key as made again, another key on
+    other threads or arrays, and another folder's choices once NETDSL_CACHE names it."""
+    monkeypatch.setattr(native_conv, "CHOICE_MEMO", memo)
+    monkeypatch.setattr(native_conv, "_choices", {})   # the folder read, as it was after
+    monkeypatch.setattr(native_conv, "_loaded_from", None)
+    g, x, w, bias, _ = _seam_problem()
+    plain = native_conv._key_text(x, w, g, 1, host.host_threads())
+    assert native_conv._key(x, w, g, 1) == native_conv._key(x, w, g, 1) == plain
+    monkeypatch.setattr(host, "host_threads", lambda: 7)
+    monkeypatch.setattr(native_conv, "host_threads", lambda: 7)
+    assert native_conv._key(x, w, g, 1) == plain.replace(" t1 ", " t7 ").replace(
+        " t2 ", " t7 ") != plain
+    assert native_conv._key(x[:1], w, g, 1) != native_conv._key(x, w, g, 1)
+    assert native_conv._path() == choices_cache / native_conv.CHOICES_FILE
+    native_conv.choices()["a layer"] = {"forward": "gemm", "backward": "gemm"}
+    monkeypatch.setenv("NETDSL_CACHE", str(tmp_path))
+    assert native_conv._path() == tmp_path / "native" / native_conv.CHOICES_FILE
+    assert "a layer" not in native_conv.choices()
+
+
 def test_a_damaged_choice_file_is_ignored_and_rewritten(choices_cache, monkeypatch):
     g, x, w, bias, _ = _seam_problem()
     choices_cache.mkdir(parents=True, exist_ok=True)
@@ -412,6 +436,36 @@ def test_winograd_equals_pytorch_and_numpy(case, dtype):
     np.testing.assert_array_equal(only_db, got[2])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_winograds_weight_gradient_taken_back_in_c_equals_the_einsum(dtype, monkeypatch):
+    """conv_winograd_weights_back's G^T u G equals NumPy's einsum in float64 (1e-12 of
+    the largest, 1e-6 in float32), on KB's block and past it (13 x 5 = 65 kernels), one
+    kernel and odd counts; the Winograd weight gradient either way (WINOGRAD_BACK_IN_C)
+    equals float64 PyTorch's."""
+    from netdsl.lower import native_conv as lowering
+    library, _ = native_conv._winograd_library(dtype)
+    g = native_conv._WINOGRAD_G
+    rng = np.random.default_rng(9)
+    for o, c in ((1, 1), (5, 7), (13, 5), (64, 64)):
+        transformed = rng.standard_normal((4, 4, o, c)).astype(dtype)
+        want = np.einsum("ir,ijoc,js->ocrs", g, transformed.astype(np.float64), g)
+        got = np.full((o, c, 3, 3), np.nan, dtype=dtype)
+        library.conv_winograd_weights_back(transformed.ctypes.data, got.ctypes.data, o, c)
+        tol = 1e-12 if dtype == "float64" else 1e-6
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * float(np.abs(want).max()))
+    full = (3, 6, 5, (7, 9), (3, 3), (1, 1), (1, 1), (1, 1))
+    problem, x, w, bias, gy = _problem(full, dtype, seed=2)
+    want = _torch(full, x, w, bias, gy)[2]
+    tol = _tolerance(dtype)
+    tol["atol"] *= float(np.abs(want).max()) + 1
+    ways = []
+    for in_c in (True, False):
+        monkeypatch.setattr(lowering, "WINOGRAD_BACK_IN_C", in_c)
+        ways.append(native_conv.backward(gy, x, w, problem, kind="winograd")[1])
+        assert ways[-1].flags.c_contiguous and ways[-1].dtype == np.dtype(dtype)
+        np.testing.assert_allclose(ways[-1], want, **tol)
+
+
 def test_winograd_is_a_candidate_only_where_it_fits(choices_cache, monkeypatch):
     """3x3 at stride 1, dilation 1, pads 0-2 both ways; pad 3 forward only (dx's pads on
     gy would be negative); stride 2, dilation 2, 5x5, 3x2, rank 1 and a negative pad
@@ -541,15 +595,19 @@ def test_the_scratch_bound_covers_what_each_kernel_allocates(threads, c_slabs, m
     assert max(ratios) <= (1.1 if threads == 1 else 4), sorted(ratios)[-5:]
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "old"])
 @pytest.mark.parametrize("share", [True, False], ids=["shared", "per_slab"])
 @pytest.mark.parametrize("case", [SCRATCH_CASES[0], SCRATCH_CASES[4]], ids=["16@32", "64@8"])
-def test_winograds_chunk_on_two_threads_is_one_threads(case, share, monkeypatch):
+def test_winograds_chunk_on_two_threads_is_one_threads(case, share, lean, monkeypatch):
     """With the chunk shared by the slabs running at once (WINOGRAD_SHARE), a Winograd
     call split over two threads allocates no more than 1.1 times what it does on one
-    forward, 1.25 backward (its slabs' partial weight gradients). Both ways within
+    forward, 1.25 backward (its slabs' partial weight gradients); with the lean scratch
+    (WINOGRAD_LEAN: each slab's whole scratch within its share) the forward no more than
+    on one thread, but for Python's objects (measured 0.78-1.0 times). Every way within
     kernel_scratch's bound, and equal to PyTorch."""
     from netdsl.lower import native_conv as lowering
     monkeypatch.setattr(lowering, "WINOGRAD_SHARE", share)
+    monkeypatch.setattr(lowering, "WINOGRAD_LEAN", lean)
     g, x, w, bias, gy = _problem(case, "float32")
     sizes = geometry_sizes(x.shape[1], w.shape[0], g)
     measured = {}
@@ -567,11 +625,71 @@ def test_winograds_chunk_on_two_threads_is_one_threads(case, share, monkeypatch)
         # 16@32; fewer when one thread's slab ends before the other's starts)
         assert measured[2][0] <= 1.1 * measured[1][0]
         assert measured[2][1] <= 1.25 * measured[1][1]
+        if lean:   # a slab's objects: CALL_OBJECTS each
+            assert measured[2][0] <= measured[1][0] + 4 * CALL_OBJECTS
     g, x, w, bias, gy = _problem(case, "float64", seed=3)
     want = _torch(case, x, w, bias, gy)
     got = [native_conv.forward("winograd", x, w, bias, g),
            *native_conv.backward(gy, x, w, g, kind="winograd")]
     for mine, theirs in zip(got, want):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12,
+                                   atol=1e-12 * float(np.abs(theirs).max()))
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "old"])
+def test_winograds_lean_chunk_holds_its_slabs_whole_scratch_within_the_budget(lean,
+                                                                            monkeypatch):
+    """With WINOGRAD_LEAN the slabs running at once hold WINOGRAD_CHUNK_BYTES of scratch
+    at most, the rows' slack and padded images included (one tile row a chunk at least),
+    on ResNet-20's 3x3 layers at stride 1; before, V and M's rows alone were within it,
+    and two slabs held more than one thread's chunk."""
+    from netdsl.lower import native_conv as lowering
+    monkeypatch.setattr(lowering, "WINOGRAD_LEAN", lean)
+    over = []
+    for case in (SCRATCH_CASES[0], SCRATCH_CASES[4], SCRATCH_CASES[5]):
+        g, x, w, _, _ = _problem(case, "float32")
+        sizes = geometry_sizes(x.shape[1], w.shape[0], g)
+        for dtype in ("float32", "float64"):
+            item = np.dtype(dtype).itemsize
+            for images, running in ((32, 1), (8, 2), (1, 2)):
+                rows = lowering.winograd_chunk_rows(sizes, item, images, running)
+                held = running * lowering.winograd_scratch(dtype, sizes, rows) * item
+                if held > lowering.WINOGRAD_CHUNK_BYTES and rows > 1:
+                    over.append((case[1:4], dtype, images, running, rows, held))
+    assert not over if lean else over
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "old"])
+def test_winograds_lean_backward_makes_dx_after_the_weight_gradient(lean, monkeypatch):
+    """With WINOGRAD_LEAN the backward sums the weight gradient before it makes dx, so
+    that dx is not held beside the slabs' chunks and partials: on one thread the call's
+    peak, dx included, is below the old order's by about dx (64@8, batch 8: 1.58 MB
+    against 1.71, measured). Both orders give PyTorch's gradients."""
+    from netdsl.lower import native_conv as lowering
+    order = []
+    for name in ("_winograd_weight_grad", "_winograd_forward"):
+        real = getattr(native_conv, name)
+        monkeypatch.setattr(native_conv, name,
+                            lambda *a, _real=real, _name=name, **k:
+                            order.append(_name) or _real(*a, **k))
+    monkeypatch.setattr(host, "host_threads", lambda: 1)
+    case = SCRATCH_CASES[4]
+    g, x, w, bias, gy = _problem(case, "float32")
+    peaks = {}
+    for way in (False, True):
+        monkeypatch.setattr(lowering, "WINOGRAD_LEAN", way)
+        native_conv.backward(gy, x, w, g, True, "winograd")   # one-time objects made
+        peaks[way] = _allocated(lambda: native_conv.backward(gy, x, w, g, True, "winograd"),
+                                lambda grads: 0)
+    dx_bytes = gy.nbytes
+    assert peaks[True] <= peaks[False] - dx_bytes // 2, peaks
+    monkeypatch.setattr(lowering, "WINOGRAD_LEAN", lean)
+    order.clear()
+    g, x, w, bias, gy = _problem(case, "float64", seed=6)
+    got = native_conv.backward(gy, x, w, g, True, "winograd")
+    assert order == (["_winograd_weight_grad", "_winograd_forward"] if lean
+                     else ["_winograd_forward", "_winograd_weight_grad"])
+    for mine, theirs in zip(got, _torch(case, x, w, bias, gy)[1:]):
         np.testing.assert_allclose(mine, theirs, rtol=1e-12,
                                    atol=1e-12 * float(np.abs(theirs).max()))
 

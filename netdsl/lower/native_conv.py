@@ -291,9 +291,17 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
             def winograd_backward(n, count, running):
                 rows = winograd_chunk_rows(sizes, item, n, running)
                 partials = count * (16 * o * c + o)
-                # dW = G^T . G by einsum: its (3, 4, O, C) intermediate, the result, a copy
-                after = partials + 12 * o * c + 2 * weight
-                return max(2 * weight + winograd_forward(flipped, n, running), after,
+                # dW = G^T . G in C (its result), or by einsum: its (3, 4, O, C)
+                # intermediate, the result, a copy
+                after = partials + (weight if WINOGRAD_BACK_IN_C
+                                    else 12 * o * c + 2 * weight)
+                if WINOGRAD_LEAN:   # dx's forward after the slabs, beside the summed
+                    # dweight and dbias; the flipped weight dropped once U is made
+                    dx = weight + o + max(weight + 16 * o * c,
+                                          winograd_forward(flipped, n, running))
+                else:   # before the slabs: the flipped weight (and its copy) and U
+                    dx = 2 * weight + winograd_forward(flipped, n, running)
+                return max(dx, after,
                            partials + running * winograd_grad_scratch(dtype, sizes, rows))
 
             found["winograd"] = (forward, worst(winograd_backward))
@@ -630,8 +638,8 @@ void conv_backward_gemm(gemm_t gemm, const T* restrict gy, const T* restrict x,
 
 # ---- Winograd F(2x2, 3x3): 3x3 kernels at stride 1, a library of its own
 
-WINOGRAD_FUNCTIONS = ("conv_winograd_weights", "conv_forward_winograd",
-                      "conv_weight_grad_winograd")
+WINOGRAD_FUNCTIONS = ("conv_winograd_weights", "conv_winograd_weights_back",
+                      "conv_forward_winograd", "conv_weight_grad_winograd")
 
 # bytes of one chunk's transformed tiles and products (V and M, below): a chunk's
 # sixteen GEMMs read and write them, and they stay in a core's L2 cache
@@ -683,13 +691,39 @@ def winograd_rows(sizes, itemsize: int, budget: int = WINOGRAD_CHUNK_BYTES) -> i
 # scratch, W3's peak 1.7 MiB above PyTorch's on two threads where on one it was equal)
 WINOGRAD_SHARE = os.environ.get("NETDSL_WINOGRAD_SHARE", "1") != "0"
 
+# the Winograd weight gradient taken back by G^T . G in C (conv_winograd_weights_back),
+# or by NumPy's einsum (NETDSL_WINOGRAD_BACK_IN_C=0, as before): the einsum took 180-510
+# us a layer at W3's shapes, after the slabs, on one thread
+WINOGRAD_BACK_IN_C = os.environ.get("NETDSL_WINOGRAD_BACK_IN_C", "1") != "0"
+
+# Winograd's scratch kept lean (NETDSL_WINOGRAD_LEAN=0: as before): a slab's share of
+# the chunk budget covers its whole scratch, the rows' vector of slack and the padded
+# image included (not V and M's rows alone: two slabs at once held one more of each than
+# one thread's), and backward sums the weight gradient before it makes dx, by a forward
+# whose U is made from a flipped weight dropped before its slabs: dx is not held beside
+# the slabs' chunks and partial sums (W3's peak on two threads was in the 64@8 layers'
+# weight gradient, with dx beside it)
+WINOGRAD_LEAN = os.environ.get("NETDSL_WINOGRAD_LEAN", "1") != "0"
+
 
 def winograd_chunk_rows(sizes, itemsize: int, images: int, running: int) -> int:
     """Tile rows of a chunk for a slab of `images` images, `running` slabs at once."""
     if not WINOGRAD_SHARE:
         return winograd_rows(sizes, itemsize)
-    rows = winograd_rows(sizes, itemsize, WINOGRAD_CHUNK_BYTES // max(1, running))
+    budget = WINOGRAD_CHUNK_BYTES // max(1, running)
+    if WINOGRAD_LEAN:   # what a slab holds whatever its rows: slack, padded image
+        budget -= _winograd_fixed(sizes, 32 // itemsize) * itemsize
+    rows = winograd_rows(sizes, itemsize, budget)
     return max(1, min(rows, images * -(-sizes[6] // 2)))
+
+
+def _winograd_fixed(sizes, lanes: int) -> int:
+    """Elements of conv_forward_winograd's scratch that do not grow with its chunk's
+    rows (winograd_scratch at no rows)."""
+    c, o = sizes[0], sizes[3]
+    th, tw = -(-sizes[6] // 2), -(-sizes[7] // 2)
+    tv = -(-tw // lanes) * lanes
+    return 16 * (c + o) * lanes + c * (2 * th + 2) * 2 * (tv + 1) + 4 * lanes
 
 
 def _tiles(dtype: str, sizes) -> tuple[int, int, int]:
@@ -705,8 +739,8 @@ def winograd_scratch(dtype: str, sizes, rows: int) -> int:
     and M (their rows with a vector of slack), one padded image split by column parity,
     four vectors of output."""
     c, o, lanes = sizes[0], sizes[3], winograd_lanes(dtype)
-    th, tw, tv = _tiles(dtype, sizes)
-    return 16 * (c + o) * (rows * tw + lanes) + c * (2 * th + 2) * 2 * (tv + 1) + 4 * lanes
+    _, tw, _ = _tiles(dtype, sizes)
+    return 16 * (c + o) * rows * tw + _winograd_fixed(sizes, lanes)
 
 
 def winograd_grad_scratch(dtype: str, sizes, rows: int) -> int:
@@ -758,6 +792,41 @@ void conv_winograd_weights(const T* restrict w, T* restrict U, const L O, const 
             }}
         }}
         for (L k = 0; k < 16; ++k) memcpy(U + k * OC + i0, u[k], nb * sizeof(T));
+    }}
+}}
+
+/* dw (O, C, 3, 3) = G^T u G of each (4, 4) u of dU (16, O, C): the weight gradient
+   taken back from the transformed domain, KB kernels at a time as above. */
+void conv_winograd_weights_back(const T* restrict dU, T* restrict dw, const L O,
+                                const L C)
+{{
+    const L OC = O * C;
+    for (L i0 = 0; i0 < OC; i0 += KB) {{
+        const L nb = OC - i0 < KB ? OC - i0 : KB;
+        T u[16][KB], g[9][KB];
+        for (L k = 0; k < 16; ++k) {{
+            memcpy(u[k], dU + k * OC + i0, nb * sizeof(T));
+            for (L i = nb; i < KB; ++i) u[k][i] = 0;
+        }}
+        for (L i = 0; i < KB; i += VL) {{
+            vec t[3][4];
+            for (L b = 0; b < 4; ++b) {{   /* G^T u */
+                const vec r0 = LOAD(&u[b][i]), r1 = LOAD(&u[4 + b][i]);
+                const vec r2 = LOAD(&u[8 + b][i]), r3 = LOAD(&u[12 + b][i]);
+                const vec half = (r1 + r2) / 2;
+                t[0][b] = r0 + half;
+                t[1][b] = (r1 - r2) / 2;
+                t[2][b] = half + r3;
+            }}
+            for (L r = 0; r < 3; ++r) {{   /* (G^T u) G */
+                const vec half = (t[r][1] + t[r][2]) / 2;
+                STORE(&g[3 * r][i], t[r][0] + half);
+                STORE(&g[3 * r + 1][i], (t[r][1] - t[r][2]) / 2);
+                STORE(&g[3 * r + 2][i], half + t[r][3]);
+            }}
+        }}
+        for (L i = 0; i < nb; ++i)
+            for (L j = 0; j < 9; ++j) dw[9 * (i0 + i) + j] = g[j][i];
     }}
 }}
 

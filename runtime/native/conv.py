@@ -39,6 +39,7 @@ import ctypes
 import hashlib
 import json
 import math
+import os
 import threading
 import time
 from functools import lru_cache
@@ -121,6 +122,7 @@ def _winograd_library(dtype: str, chain: Chained | None = None):
     library = build(winograd_module(dtype, integer, symbol, chain))
     p, size = ctypes.c_void_p, ctypes.c_longlong
     arguments = {"conv_winograd_weights": [p, p, size, size],   # w, U, O, C
+                 "conv_winograd_weights_back": [p, p, size, size],   # dU, dw, O, C
                  "conv_forward_winograd": [p] * 6 + [size] * (3 + len(GEOMETRY)),
                  "conv_weight_grad_winograd": [p] * 6 + [size] * (3 + len(GEOMETRY))}
     for name in WINOGRAD_FUNCTIONS:
@@ -193,17 +195,19 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
     return y
 
 
-def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None = None):
-    """y by Winograd F(2x2, 3x3): the weight's transform once, then each slab of the
-    batch in chunks of tile rows (lower.native_conv.winograd_chunk_rows)."""
+def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None = None,
+                      transformed=None):
+    """y by Winograd F(2x2, 3x3): the weight's transform once (or `transformed`, the
+    weight's U made before, the weight None), then each slab of the batch in chunks of
+    tile rows (lower.native_conv.winograd_chunk_rows)."""
     dtype = str(x.dtype)
     library, address = _winograd_library(dtype, chain)
-    sizes = _sizes(x, weight, geometry)
-    c, o = sizes[0], sizes[3]
-    x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
+    if transformed is None:
+        transformed = _winograd_weights(weight)
+    o = transformed.shape[1]
+    sizes = geometry_sizes(x.shape[1], o, geometry)
+    x = np.ascontiguousarray(x)
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
-    transformed = np.empty((16, o, c), dtype=x.dtype)
-    library.conv_winograd_weights(weight.ctypes.data, transformed.ctypes.data, o, c)
     y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
 
     function = library.conv_forward_winograd
@@ -218,6 +222,16 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
 
     run_slabs(plan, x.shape[0], x.nbytes * 9)
     return y
+
+
+def _winograd_weights(weight):
+    """U (16, O, C) = G g G^T of each 3x3 kernel g of weight (O, C, 3, 3)."""
+    weight = np.ascontiguousarray(weight)
+    o, c = weight.shape[:2]
+    library, _ = _winograd_library(str(weight.dtype))
+    transformed = np.empty((16, o, c), dtype=weight.dtype)
+    library.conv_winograd_weights(weight.ctypes.data, transformed.ctypes.data, o, c)
+    return transformed
 
 
 class _InOrder:
@@ -293,6 +307,11 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
     for more, more_dbias in partials[1:]:
         transformed += more
         dbias += more_dbias
+    if native_conv_lowering.WINOGRAD_BACK_IN_C:
+        dweight = np.empty(weight.shape, dtype=x.dtype)
+        library.conv_winograd_weights_back(transformed.ctypes.data, dweight.ctypes.data,
+                                           o, c)
+        return dweight, dbias
     g = _WINOGRAD_G.astype(x.dtype)
     dweight = np.einsum("ir,ijoc,js->ocrs", g, transformed, g, optimize=True)
     return np.ascontiguousarray(dweight), dbias
@@ -302,18 +321,24 @@ def _winograd_backward(gy, x, weight, geometry: Geometry, need_dx: bool, dbias=N
                        masking=None):
     """(dx, dweight, dbias) by Winograd F(2x2, 3x3): dx as the forward on gy with the
     weight flipped (_input_grad_geometry), dweight and dbias by _winograd_weight_grad
-    (dbias as given, where it is); with `masking`, dx after them, on gy as the slabs
-    left it."""
+    (dbias as given, where it is); dx after them with `masking` (on gy as the slabs
+    left it) and with lower.native_conv.WINOGRAD_LEAN, before them otherwise."""
     gy, x = np.ascontiguousarray(gy, dtype=x.dtype), np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight)
+    lean = native_conv_lowering.WINOGRAD_LEAN
 
     def input_grad():
+        if lean:   # the flipped weight dropped before the slabs: U alone is kept
+            return _winograd_forward(gy, None, None, _input_grad_geometry(geometry),
+                                     transformed=_winograd_weights(_flipped(weight)))
         return forward("winograd", gy, _flipped(weight), None, _input_grad_geometry(geometry))
 
-    dx = input_grad() if need_dx and masking is None else None
+    # dx before the weight gradient (the old order), or after it (lean: dx is not held
+    # beside the slabs' chunks and partials; with masking, on gy as the slabs left it)
+    dx = input_grad() if need_dx and masking is None and not lean else None
     dweight, summed = _winograd_weight_grad(gy, x, weight, geometry, dbias is None,
                                             masking)
-    if need_dx and masking is not None:   # on gy as the slabs left it
+    if need_dx and dx is None:
         dx = input_grad()
     return dx, dweight, summed if dbias is None else dbias
 
@@ -475,25 +500,60 @@ def _kernels_version(dtype: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:10]
 
 
+# a layer's choice found from memos of its key and of the choices file's path (True, or
+# NETDSL_CONV_CHOICE_MEMO=0: made again at every call, as before): the key's text and
+# the cache folder's Path took 50-90 and 60-180 us of Python at each convolution call
+# (42 a W3 step), on the step's one thread between the kernels' slabs
+CHOICE_MEMO = os.environ.get("NETDSL_CONV_CHOICE_MEMO", "1") != "0"
+_keys: dict[tuple, str] = {}
+_paths: dict[tuple, tuple] = {}
+
+
 def _key(x, weight, geometry: Geometry, groups: int) -> str:
+    threads = host_threads()
+    if CHOICE_MEMO:
+        known = (x.dtype, x.shape, weight.shape, geometry, groups, threads)
+        found = _keys.get(known)
+        if found is None:
+            found = _keys[known] = _key_text(x, weight, geometry, groups, threads)
+        return found
+    return _key_text(x, weight, geometry, groups, threads)
+
+
+def _key_text(x, weight, geometry: Geometry, groups: int, threads: int) -> str:
     g = geometry
     return (f"{x.dtype} x{tuple(x.shape)} w{tuple(weight.shape)} s{g.stride} p{g.pads} "
-            f"d{g.dilation} out{g.out} g{groups} t{host_threads()} "
+            f"d{g.dilation} out{g.out} g{groups} t{threads} "
             f"c{_kernels_version(str(x.dtype))}")
 
 
 def _path():
-    return cache_dir() / CHOICES_FILE
+    return _path_and_text()[0]
+
+
+def _path_and_text() -> tuple:
+    """(the choices file's Path, its text): with CHOICE_MEMO made once per value of the
+    settings toolchain.cache_dir reads."""
+    if not CHOICE_MEMO:
+        path = cache_dir() / CHOICES_FILE
+        return path, str(path)
+    settings = tuple(os.environ.get(name) for name in ("NETDSL_CACHE", "XDG_CACHE_HOME",
+                                                       "HOME"))
+    found = _paths.get(settings)
+    if found is None:
+        path = cache_dir() / CHOICES_FILE
+        found = _paths[settings] = (path, str(path))
+    return found
 
 
 def choices() -> dict[str, dict]:
     """The choices known: this process's and those on disk (read once per cache folder;
     a file that does not parse counts as empty, and is rewritten)."""
     global _loaded_from
-    path = _path()
-    if _loaded_from != str(path):
+    path, text = _path_and_text()
+    if _loaded_from != text:
         _choices.clear()
-        _loaded_from = str(path)
+        _loaded_from = text
         try:
             stored = json.loads(path.read_text())
             if isinstance(stored, dict):

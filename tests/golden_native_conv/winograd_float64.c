@@ -53,6 +53,41 @@ void conv_winograd_weights(const T* restrict w, T* restrict U, const L O, const 
     }
 }
 
+/* dw (O, C, 3, 3) = G^T u G of each (4, 4) u of dU (16, O, C): the weight gradient
+   taken back from the transformed domain, KB kernels at a time as above. */
+void conv_winograd_weights_back(const T* restrict dU, T* restrict dw, const L O,
+                                const L C)
+{
+    const L OC = O * C;
+    for (L i0 = 0; i0 < OC; i0 += KB) {
+        const L nb = OC - i0 < KB ? OC - i0 : KB;
+        T u[16][KB], g[9][KB];
+        for (L k = 0; k < 16; ++k) {
+            memcpy(u[k], dU + k * OC + i0, nb * sizeof(T));
+            for (L i = nb; i < KB; ++i) u[k][i] = 0;
+        }
+        for (L i = 0; i < KB; i += VL) {
+            vec t[3][4];
+            for (L b = 0; b < 4; ++b) {   /* G^T u */
+                const vec r0 = LOAD(&u[b][i]), r1 = LOAD(&u[4 + b][i]);
+                const vec r2 = LOAD(&u[8 + b][i]), r3 = LOAD(&u[12 + b][i]);
+                const vec half = (r1 + r2) / 2;
+                t[0][b] = r0 + half;
+                t[1][b] = (r1 - r2) / 2;
+                t[2][b] = half + r3;
+            }
+            for (L r = 0; r < 3; ++r) {   /* (G^T u) G */
+                const vec half = (t[r][1] + t[r][2]) / 2;
+                STORE(&g[3 * r][i], t[r][0] + half);
+                STORE(&g[3 * r + 1][i], (t[r][1] - t[r][2]) / 2);
+                STORE(&g[3 * r + 2][i], half + t[r][3]);
+            }
+        }
+        for (L i = 0; i < nb; ++i)
+            for (L j = 0; j < 9; ++j) dw[9 * (i0 + i) + j] = g[j][i];
+    }
+}
+
 /* Image xb (C, H, W) padded (PH rows above, PW columns left, zeros to HP rows and
    2 * WE columns) into D, each padded row as its even columns then its odd ones (WE
    each): a tile's four columns are then two runs of consecutive tiles each. */
