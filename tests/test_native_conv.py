@@ -280,6 +280,30 @@ def test_the_choice_is_timed_once_and_kept(choices_cache, monkeypatch):
     assert calls == ["direct"]
 
 
+@pytest.mark.parametrize("vector, anywhere, timed", [
+    (64, False, True), (32, False, False), (16, False, False), (32, True, True)])
+def test_the_direct_kernels_are_timed_where_the_cpu_has_their_vectors(
+        vector, anywhere, timed, choices_cache, monkeypatch):
+    """The direct kernels' 64-byte vectors: timed as candidates where the compiler has
+    such registers (AVX-512), or everywhere with NETDSL_CONV_DIRECT_TIMED=1."""
+    monkeypatch.setattr(native_conv, "vector_bytes", lambda: vector)
+    monkeypatch.setattr(native_conv, "DIRECT_TIMED_ANYWHERE", anywhere)
+    timed_kinds = []
+
+    def first(candidates):
+        timed_kinds.append(set(candidates))
+        return "gemm", candidates["gemm"]()
+    monkeypatch.setattr(native_conv, "_fastest", first)
+    g, x, w, bias, gy = _seam_problem()
+    monkeypatch.setattr(native_conv, "_choices", {})   # nothing known, none read
+    monkeypatch.setattr(native_conv, "_loaded_from", str(native_conv._path()))
+    monkeypatch.setattr(native_conv, "_save", lambda: None)
+    native_conv.choose(x, w, bias, g, 1, gy)
+    assert len(timed_kinds) == 2   # forward, backward
+    assert all(("direct" in kinds) == timed for kinds in timed_kinds)
+    assert all({"numpy", "gemm"} <= kinds for kinds in timed_kinds)
+
+
 @pytest.mark.parametrize("memo", [True, False], ids=["memo", "made_again"])
 def test_a_layers_choice_is_found_by_its_memos_as_without_them(memo, choices_cache,
                                                                monkeypatch, tmp_path):

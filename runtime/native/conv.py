@@ -58,7 +58,7 @@ from netdsl.ops.windows import Geometry
 from netdsl.runtime.host import host_threads, one_blas_thread
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.slabs import Scratch, run_slabs
-from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir
+from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir, vector_bytes
 
 __all__ = ["in_use", "active", "chain_gradient", "chain_masking", "covered", "forward", "backward", "choose",
            "choices", "FORWARD", "BACKWARD", "layers", "report", "CHOICES_FILE"]
@@ -149,6 +149,19 @@ def _sizes(x, weight, g: Geometry) -> tuple[int, ...]:
 def _direct_fits(g: Geometry) -> bool:
     """The direct kernels run at any stride and dilation, with no negative pads."""
     return all(lo >= 0 for lo, _ in g.pads)
+
+
+# The direct kernels work on blocks of 64-byte vectors. Where the compiler splits those
+# (no AVX-512) they took 10-20 times gemm's time on every layer of W6, were chosen for
+# none of 749 layer shapes timed on such a CPU, and timing them cost seconds on a
+# layer's first step: there they are not candidates (NETDSL_CONV_DIRECT_TIMED=1: they
+# are, as before).
+DIRECT_TIMED_ANYWHERE = os.environ.get("NETDSL_CONV_DIRECT_TIMED", "0") == "1"
+
+
+def _direct_timed(g: Geometry) -> bool:
+    """Whether `choose` times the direct kernels on a layer of geometry `g`."""
+    return _direct_fits(g) and (DIRECT_TIMED_ANYWHERE or vector_bytes() >= 64)
 
 
 def _winograd_fits(g: Geometry) -> bool:
@@ -607,7 +620,7 @@ def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=Tr
     forwards = {"numpy": lambda: convolve.conv_nd.generic(np, x, weight, bias, geometry,
                                                          groups),
                 "gemm": lambda: forward("gemm", x, weight, bias, geometry)}
-    if _direct_fits(geometry):
+    if _direct_timed(geometry):
         forwards["direct"] = lambda: forward("direct", x, weight, bias, geometry)
     if _winograd_fits(geometry):
         forwards["winograd"] = lambda: forward("winograd", x, weight, bias, geometry)
@@ -617,7 +630,7 @@ def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=Tr
     backwards = {"numpy": lambda: convolve.conv_nd_backward.generic(np, gy, x, weight,
                                                                    geometry, groups, need_dx),
                  "gemm": lambda: backward(gy, x, weight, geometry, need_dx)}
-    if _direct_fits(geometry):
+    if _direct_timed(geometry):
         backwards["direct"] = lambda: backward(gy, x, weight, geometry, need_dx, "direct")
     if _winograd_backward_fits(geometry):
         backwards["winograd"] = lambda: backward(gy, x, weight, geometry, need_dx,

@@ -22,7 +22,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["NativeUnavailable", "build", "cache_dir", "compiler", "FLAGS", "builds"]
+__all__ = ["NativeUnavailable", "build", "cache_dir", "compiler", "FLAGS", "builds",
+           "vector_bytes"]
 
 # -fno-math-errno lets the compiler inline sqrt and call vector math; NaN and Inf keep
 # their IEEE meaning (no -ffast-math), so a diverging run is still caught
@@ -71,6 +72,21 @@ def _machine(cc: str) -> str:
     except OSError:
         pass
     return f"{version}\n{platform.machine()}\n{flags}"
+
+
+@lru_cache(maxsize=None)
+def vector_bytes() -> int:
+    """The widest vector register `-march=native` compiles for here: 64 with AVX-512,
+    32 with AVX, else 16. A GCC vector type wider than this is split into several."""
+    cc = compiler()
+    if cc is None:
+        return 16
+    try:
+        macros = subprocess.run([cc, "-march=native", "-dM", "-E", "-x", "c", os.devnull],
+                                capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 16
+    return 64 if "__AVX512F__" in macros else 32 if "__AVX__" in macros else 16
 
 
 @lru_cache(maxsize=None)
