@@ -9,6 +9,7 @@ results can be compared with NumPy's.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import re
 import subprocess
@@ -50,14 +51,7 @@ class HostKernels:
             name = re.search(r"void (\w+)\(", source).group(1)
             self.names[source] = f"k{index}"
             units.append(source.replace(f"void {name}(", f"void k{index}(", 1))
-        self.folder = tempfile.mkdtemp(prefix="netdsl-host-kernels-")
-        code = os.path.join(self.folder, "kernels.cpp")
-        with open(code, "w") as handle:
-            handle.write("\n".join(units))
-        library = os.path.join(self.folder, "kernels.so")
-        subprocess.run(["g++", "-O1", "-shared", "-fPIC", "-o", library, code], check=True,
-                       capture_output=True, text=True)
-        self.library = ctypes.CDLL(library)
+        self.library = ctypes.CDLL(_built("\n".join(units)))
 
     def run(self, source: str, *args) -> None:
         """Call the kernel of `source` with arrays (by pointer) and scalars, in its
@@ -80,6 +74,32 @@ class HostKernels:
         self.library.host_block(0)
 
 
+def _built(code: str) -> str:
+    """The path of `code` built as a shared library: kept in a folder of the machine's
+    temporary files under a hash of the code and the compiler, so the many tests (and
+    processes) that launch the same kernels compile each once."""
+    global _compiler
+    if _compiler is None:
+        _compiler = subprocess.run(["g++", "--version"], capture_output=True, text=True,
+                                   check=True).stdout
+    key = hashlib.sha256(f"{_compiler}\0{code}".encode()).hexdigest()[:32]
+    folder = os.path.join(tempfile.gettempdir(), f"netdsl-host-kernels-{os.getuid()}")
+    library = os.path.join(folder, f"{key}.so")
+    if not os.path.exists(library):
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as work:
+            source, built = os.path.join(work, "kernels.cpp"), os.path.join(work, "kernels.so")
+            with open(source, "w") as handle:
+                handle.write(code)
+            subprocess.run(["g++", "-O1", "-shared", "-fPIC", "-o", built, source],
+                           check=True, capture_output=True, text=True)
+            os.replace(built, library)   # whole, or not there: a killed build leaves none
+    return library
+
+
+_compiler = None
+
+
 def stand_in_cupy():
     """NumPy under the module name "cupy": the executors and ops take their GPU path."""
     module = types.ModuleType("cupy")
@@ -88,17 +108,18 @@ def stand_in_cupy():
     return module
 
 
+_launched_kernels: dict[str, HostKernels] = {}   # by source, for the whole process
+
+
 def launch_on_host(monkeypatch, launched: dict | None = None) -> None:
     """Make every kernel launch of netdsl.runtime.cuda run its source on the host; the
     sources launched are recorded in `launched` by kernel name."""
     from netdsl.runtime.cuda import launch as gpu
 
-    built = {}
-
     def compiled(source, name):
-        if source not in built:
-            built[source] = HostKernels([source])
-        host = built[source]
+        host = _launched_kernels.get(source)
+        if host is None:
+            host = _launched_kernels[source] = HostKernels([source])
         if launched is not None:
             launched.setdefault(name, set()).add(source)
         grid_stride = "gridDim.x;" in source
