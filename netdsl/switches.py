@@ -1,14 +1,20 @@
 """On/off switches read from the environment, each once, where its module loads.
 
 A switch is "1" (on) or "0" (off), or unset (its default). Any other value stops the
-import with a message naming the variable, so that a typo does not quietly run the
-other path.
+import with a message naming the variable (`SwitchError`, which netc shows as one line,
+exit code 1), so that a typo does not quietly run the other path.
 """
 from __future__ import annotations
 
 import os
 
-__all__ = ["flag"]
+from netdsl.errors import SpecError
+
+__all__ = ["flag", "SwitchError"]
+
+
+class SwitchError(SpecError):
+    """An environment switch set to a value it does not take."""
 
 
 def flag(name: str, default: bool) -> bool:
@@ -16,13 +22,14 @@ def flag(name: str, default: bool) -> bool:
 
     Raises
     ------
-    ValueError
+    SwitchError
         For any other value.
     """
     value = os.environ.get(name, "").strip()
     if value == "":
         return default
     if value not in ("0", "1"):
-        raise ValueError(f"{name}={value!r}: expected 1 (on) or 0 (off); "
-                         f"unset, it is {int(default)}")
+        raise SwitchError(f"{name}={value!r}: expected 1 (on) or 0 (off); "
+                          f"unset, it is {int(default)}",
+                          hint=f"set {name} to 1 or 0, or unset it")
     return value == "1"

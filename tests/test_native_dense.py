@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, assert_golden
+from conftest import ROOT, assert_golden, run_netc
 from netdsl.lower import conv_chain, lower
 from netdsl.lower.codegen import Chain
 from netdsl.lower.conv_chain import ConvChain, Epilogue
@@ -265,6 +265,17 @@ def test_the_switches_read_the_environment():
 def test_an_unknown_switch_value_stops_the_import(variables, says):
     status, _, stderr = _switches(**variables)
     assert status != 0 and says in stderr
+
+
+def test_netc_names_an_unknown_switch_value_in_one_line(monkeypatch):
+    """A switch read as netc runs (the dense layers' on the native target): exit code 1,
+    the variable and the fix, no traceback."""
+    monkeypatch.setenv("NETDSL_DENSE_PICK", "yes")
+    done = run_netc("run", "specs/mlp.net", "--native", "--steps", "1")
+    assert done.returncode == 1
+    assert "NETDSL_DENSE_PICK='yes': expected 1 (on) or 0" in done.stderr
+    assert "hint: set NETDSL_DENSE_PICK to 1 or 0, or unset it" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_joined_layer_holds_no_more_than_the_layer_and_chain_apart(monkeypatch):

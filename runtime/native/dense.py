@@ -40,7 +40,7 @@ from netdsl.runtime.native import dense_choice, split_gemm
 from netdsl.runtime.native.blas import wake
 from netdsl.runtime.native.pool import pool_address
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
-from netdsl.switches import flag
+from netdsl.switches import SwitchError, flag
 
 __all__ = ["PICK", "matmul", "product", "key", "epilogue", "gradient", "library",
            "gemm_library", "operands_covered"]
@@ -48,8 +48,9 @@ __all__ = ["PICK", "matmul", "product", "key", "epilogue", "gradient", "library"
 # each dense GEMM chosen per shape by a timing at first use (NETDSL_DENSE_PICK=0: NumPy's)
 PICK = flag("NETDSL_DENSE_PICK", True)
 if os.environ.get("NETDSL_DENSE_GEMM"):
-    raise ValueError("NETDSL_DENSE_GEMM is gone: a dense layer's GEMM is chosen per shape "
-                     "by timing (NETDSL_DENSE_PICK=0 leaves it to NumPy's BLAS)")
+    raise SwitchError("NETDSL_DENSE_GEMM is gone: a dense layer's GEMM is chosen per shape "
+                      "by timing (NETDSL_DENSE_PICK=0 leaves it to NumPy's BLAS)",
+                      hint="unset NETDSL_DENSE_GEMM")
 
 _L, _P = ctypes.c_longlong, ctypes.c_void_p
 
