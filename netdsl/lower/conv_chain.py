@@ -8,10 +8,10 @@ reads that output, joins that op: one `ConvChain` step, named after the chain's 
 node. On the native target the convolution's kernels apply the chain to each output as
 they write it (no pass of its own forward), and backward takes gy back through the chain
 in the pass that sums the bias's gradient, over gy itself where the executor owns it
-(runtime.native.conv); a dense layer's GEMM is the one chosen for its shape
-(runtime.native.dense), and one pass after it adds the bias and applies the chain, one pass in backward takes gy back and sums the bias's
-gradient (runtime.native.dense). Elsewhere the op's forward and the chain run one after
-the other.
+(runtime.native.conv); a dense layer's GEMM is the one chosen for its shape, one pass
+after it adds the bias and applies the chain, and one pass in backward takes gy back
+and sums the bias's gradient (runtime.native.dense). Elsewhere the op's forward and the
+chain run one after the other.
 
 `ABSORB` off (NETDSL_CONV_CHAINS=0) keeps the convolutions' chains apart, as before this
 pass; `GEMM_CHAINS` (NETDSL_NATIVE_DENSE=1) joins the dense layers' too, off by default
