@@ -1,6 +1,6 @@
 """A switch of the compiled loops (an attribute of runtime.native.loops, such as
-ZERO_START) on and off, W4's and W5's training steps (native target) alternating in one
-process.
+ZERO_START, or of another runtime.native module named before it: split_gemm.CLAIMED) on
+and off, W4's and W5's training steps (native target) alternating in one process.
 
     python benchmarks/loop_switch_ab.py [--switch ZERO_START] [--threads 2] [--rounds 100]
                                         [--only W4] [--keep]
@@ -15,12 +15,12 @@ shorter, by wall and by CPU. The load average is printed at the start and the en
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import sys
 import time
 
 from isolation import fix_malloc, keep_results, limit_blas, load_average
-from netdsl.runtime.native import loops as native_loops
 from netdsl.runtime.optim import make_optimizer
 import sequence_speed
 
@@ -32,15 +32,23 @@ def timed(step) -> tuple[float, float]:
     return (time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3
 
 
+def owner(switch: str):
+    """(module, attribute) of a switch: ATTR of runtime.native.loops, or MODULE.ATTR."""
+    module, _, name = switch.rpartition(".")
+    return importlib.import_module(f"netdsl.runtime.native.{module or 'loops'}"), name
+
+
 def compare(w, switch: str, rounds: int) -> dict:
     batch = sequence_speed.make_batch(w)
     ours = sequence_speed.Ours(w, batch, "native")
     ours.optimizer = make_optimizer("adam", {"lr": sequence_speed.LR}, ours.ex.flat_params,
                                     native=True)
 
+    module, name = owner(switch)
+
     def side(on: bool):
         def step():
-            setattr(native_loops, switch, on)
+            setattr(module, name, on)
             ours.step()
         return step
 
@@ -69,8 +77,9 @@ def main() -> int:
     parser.add_argument("--only", help="W4 or W5")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
-    if not hasattr(native_loops, args.switch):
-        parser.error(f"runtime.native.loops has no switch {args.switch}")
+    module, name = owner(args.switch)
+    if not hasattr(module, name):
+        parser.error(f"{module.__name__} has no switch {name}")
     fix_malloc()
     limiter = limit_blas(args.threads)  # noqa: F841  kept for the run
     results = {"switch": args.switch, "threads": args.threads, "rounds": args.rounds,
