@@ -46,6 +46,7 @@ from netdsl.runtime.native.split_gemm import on_pool, split_matmul
 from netdsl.runtime.recompute import (Handback, advance_tail, loop_inputs, span_initials,
                                       span_rows, spans)
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
+from netdsl.switches import flag
 
 __all__ = ["CompiledLoops", "compile_loop", "default_needs"]
 
@@ -79,6 +80,12 @@ LOOP_PACK = os.environ.get("NETDSL_LOOP_PACK", "1") != "0"
 # 131 K, about 3 us) took longer pooled, 0.36 and 0.45 ms a call at best against 0.33
 # and 0.29 whole; W4's (2.1 M) less (docs/cpu.md)
 POOL_MIN_MACS = 1 << 20
+# whether a recurrent weight's gradient leaves out the product of the step-0 rows of its
+# output's gradient with a state's values before the start where those are zeros by the
+# state's declaration (an LSTM's h[t-1] from zeros: W4's 512x32x128, 0.4-0.5 ms of CPU a
+# step, a GEMM of small depth on one core's pace); NETDSL_LOOP_ZERO_START=0 multiplies
+# by the zeros as before
+ZERO_START = flag("NETDSL_LOOP_ZERO_START", True)
 
 
 class _Run:
@@ -92,6 +99,7 @@ class _Run:
         self.host_lengths = None   # the same from the loop's step 0 (checkpointed runs)
         self.spans = None          # checkpointed: (start, stop, initial values) per span
         self.inputs = None         # checkpointed: the sequences read (runtime.recompute)
+        self.zero_start = frozenset()   # states whose values before step 0 are zeros
 
 
 def _span_lengths(lengths, start: int):
@@ -101,6 +109,20 @@ def _span_lengths(lengths, start: int):
         return None
     counted = np.asarray(lengths, dtype=np.int64) - start
     return np.ascontiguousarray(np.maximum(counted, 1) if start == 0 else counted)
+
+
+def _starts_at_zero(state, carry: dict) -> bool:
+    """Whether a state's values before step 0 are zeros by its declaration: not carried
+    from an earlier batch, not a value of the pass, not learned, its init zero (as
+    runtime.loops' initial_values makes them)."""
+    if carry.get(state.source) is not None or state.start is not None:
+        return False
+    if state.init == "zeros":
+        return True
+    try:
+        return state.init != "learned" and float(state.init) == 0.0
+    except (TypeError, ValueError):
+        return False
 
 
 def default_needs(lowered, segment: LoopSegment) -> dict:
@@ -238,6 +260,7 @@ class CompiledLoops:
             run.transposed = None   # backward multiplies by the weights as they are
             tail = {source: storage[source][max(T - depth, 0):]
                     for source, depth in segment.depth.items()}
+        run.zero_start = frozenset(s.node for s in kernel.states if _starts_at_zero(s, carry))
         self.calls["forward"] += 1
         made_here = {n: storage[n] for n in segment.stored if n in storage}
         values.update(made_here)
@@ -389,6 +412,7 @@ class CompiledLoops:
                 for m in kernel.seqs}
         part = _Run(kernel, storage, seqs, begin, run.params, run.transposed)
         part.lengths = _span_lengths(run.host_lengths, start)
+        part.zero_start = run.zero_start if start == 0 else frozenset()
         self._call(kernel, forward, n, self._table(part, {}))
         return part
 
@@ -423,7 +447,11 @@ class CompiledLoops:
     def _weight_grad(self, gy, route, run: _Run):
         """A dense layer's weight gradient over every step: gy (T, B, units) against its
         input's values at each step. A state's values are its source's, shifted by the
-        delay, with the initial values first: two GEMMs, no shifted copy."""
+        delay, with the initial values first: two GEMMs, no shifted copy; one where the
+        initial values are zeros by the state's declaration (ZERO_START), whose product
+        would be zeros. (A NaN in the first rows' gradient is then not spread by 0 * NaN
+        into the whole weight's gradient; the later rows' product carries what reaches it
+        from later steps.)"""
         def product(g, x):   # on the pool's threads within gemms_on_pool
             g, x = g.reshape(-1, g.shape[-1]).T, x.reshape(-1, x.shape[-1])
             split = split_matmul(g, x)
@@ -432,11 +460,20 @@ class CompiledLoops:
         if route.kind != STATE:
             return product(gy, self._series(route, run))
         state = route.ref
-        values = run.storage[state.source]
+        values, initials = run.storage[state.source], run.initials[state.node]
         d = min(state.delay, len(values))
-        grad = product(gy[:d], run.initials[state.node][:d])
+        if ZERO_START and state.node in run.zero_start:
+            grad = None
+        else:
+            grad = product(gy[:d], initials[:d])
         if d < len(values):
-            grad += product(gy[d:], values[:len(values) - d])
+            rest = product(gy[d:], values[:len(values) - d])
+            if grad is None:
+                grad = rest
+            else:
+                grad += rest
+        if grad is None:   # no step after the delay, and zeros before it
+            grad = np.zeros((gy.shape[-1], initials.shape[-1]), gy.dtype)
         return grad
 
     def _series(self, route, run: _Run):
