@@ -166,6 +166,43 @@ def test_outside_a_native_pass_the_numpy_code_runs(monkeypatch):
     np.testing.assert_allclose(y, np.maximum(x @ w.T + bias, 0))
 
 
+def _strided_arrays():
+    a = np.arange(60, dtype=np.float32).reshape(6, 10)
+    frozen = a.copy()
+    frozen.flags.writeable = False
+    return {"c-contiguous": a, "a transpose's view": a.T, "columns sliced": a[:, 3:],
+            "their transpose": a[:, 3:].T, "rows stepped": a[::2], "read-only": frozen,
+            "empty": np.zeros((0, 4), np.float32), "empty transposed": np.zeros((0, 4)).T,
+            "one column sliced": np.zeros((5, 1), np.float64)[1:].T}
+
+
+@pytest.mark.parametrize("name", list(_strided_arrays()))
+def test_the_seam_takes_each_arrays_address_as_ctypes_does(name):
+    array = _strided_arrays()[name]
+    assert dense._address(array) == array.ctypes.data
+    assert dense._address(None) is None
+
+
+def test_the_passes_take_one_native_float_dtype_contiguous_at_most_2d():
+    a = np.zeros((4, 5), np.float32)
+    assert dense._covered(a, np.zeros(5, np.float32), None)
+    assert dense._covered(np.zeros((4, 5)), None, np.zeros(5))
+    assert not dense._covered(a, np.zeros(5))                       # two dtypes
+    assert not dense._covered(a.astype(">f4"))                      # not native order
+    assert not dense._covered(a.astype(np.float16))
+    assert not dense._covered(a.T)                                  # not C-contiguous
+    assert not dense._covered(np.zeros((2, 2, 2), np.float32))
+    assert not dense._covered(a, [0.0] * 5)                         # not an array
+
+
+def test_a_joined_chain_finds_its_library_by_its_identity(monkeypatch):
+    lib = dense._passes("float32", RELU.programs)
+    assert lib is dense.library("float32", RELU.programs)
+    assert dense._passes("float64", RELU.programs) is not lib
+    monkeypatch.setattr(dense, "library", lambda *args: pytest.fail("looked up again"))
+    assert dense._passes("float32", RELU.programs) is lib
+
+
 SPEC = """
 network mlp
 input  x : [7]
