@@ -4,7 +4,7 @@
                                               [--calls 30] [--keep]
                                               [--switch passes|winograd|winograd-lean|
                                                         winograd-back|choice-memo|
-                                                        winograd-all]
+                                                        winograd-all|winograd-slab]
 
 The per-channel programs' C is made both ways (lower.native.LEAN_PASSES on and off,
 NETDSL_BN_PASSES) and both libraries are loaded; the native target's calls then run one
@@ -26,7 +26,9 @@ weight gradient taken back by G^T . G in C (WINOGRAD_BACK_IN_C, NETDSL_WINOGRAD_
 with NumPy's einsum, and `--switch choice-memo` a layer's choice found from memos of its
 key and of the choices file's path (runtime.native.conv.CHOICE_MEMO,
 NETDSL_CONV_CHOICE_MEMO) with both made again at every call, measured alike;
-`--switch winograd-all` those three together.
+`--switch winograd-all` those three together. `--switch winograd-slab` alternates a
+Winograd call split in one slab per thread (WINOGRAD_SLAB_A_THREAD,
+NETDSL_WINOGRAD_SLAB_A_THREAD) with the host's split.
 
 Prints medians (wall clock, and the process's CPU time), in how many pairs the new side
 ("lean") was the shorter by each, and the load average before and after; `--keep`
@@ -76,7 +78,8 @@ def _both_ways(dtype: str) -> dict:
 CONV_SWITCHES = {"winograd": (conv_lowering, "WINOGRAD_SHARE"),
                  "winograd-lean": (conv_lowering, "WINOGRAD_LEAN"),
                  "winograd-back": (conv_lowering, "WINOGRAD_BACK_IN_C"),
-                 "choice-memo": (conv_runtime, "CHOICE_MEMO")}
+                 "choice-memo": (conv_runtime, "CHOICE_MEMO"),
+                 "winograd-slab": (conv_lowering, "WINOGRAD_SLAB_A_THREAD")}
 # the three that are new together: the lean scratch, the transform back, the memos
 CONV_SWITCHES["winograd-all"] = tuple(CONV_SWITCHES[name] for name in (
     "winograd-lean", "winograd-back", "choice-memo"))

@@ -33,6 +33,7 @@ _blas = None     # threadpoolctl's controllers of the loaded BLAS libraries
 _running = threading.Lock()  # held while slabs run: a split inside a slab runs serially
 _slabs_running = 1  # how many slabs run at once now: they share the chunk budget
 _step_threads = None  # inside one_blas_thread(): the threads BLAS had, which ops split over
+_per_thread = None  # inside slabs_per_thread(): the slabs per thread of the ops split now
 
 
 # ---- allocations
@@ -129,11 +130,25 @@ def one_blas_thread(xp, active: bool = True):
 
 @parallel.slabs.provide("numpy")
 def _slabs(xp, total: int, size: int = MIN_SPLIT_BYTES) -> list[slice]:
-    """range(total) in even, contiguous slices, SLABS_PER_THREAD per thread BLAS may use;
-    a single slice for small ops, or inside another split."""
+    """range(total) in even, contiguous slices, SLABS_PER_THREAD (or slabs_per_thread's)
+    per thread BLAS may use; a single slice for small ops, or inside another split."""
     if size < MIN_SPLIT_BYTES or _running.locked():
         return [slice(0, total)]
-    return even_slabs(total, host_threads())
+    return even_slabs(total, host_threads(), _per_thread)
+
+
+@contextlib.contextmanager
+def slabs_per_thread(count: int):
+    """Split the ops run meanwhile in `count` slabs per thread, not SLABS_PER_THREAD: for
+    an op whose slabs each carry a fixed cost (their own partial sums), where fewer slabs
+    cost less CPU than the balance more of them give. Ops run one at a time, and a split
+    inside a slab runs whole, so the setting is the running op's alone."""
+    global _per_thread
+    previous, _per_thread = _per_thread, count
+    try:
+        yield
+    finally:
+        _per_thread = previous
 
 
 class _Crew:

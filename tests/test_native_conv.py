@@ -189,6 +189,8 @@ def test_slabs_on_two_threads_equal_one_slab(two_threads, monkeypatch):
     g, x, w, bias, gy = _problem(case, "float64", seed=3)
     y, dx, dw, db = _torch(case, x, w, bias, gy)
     monkeypatch.setattr(host, "MIN_SPLIT_BYTES", 0)   # these small arrays split too
+    # Winograd too in the host's split (one slab a thread: test_winograd_in_a_slab_...)
+    monkeypatch.setattr(native_conv.native_conv_lowering, "WINOGRAD_SLAB_A_THREAD", False)
     seen = []
     real = host._slabs
     monkeypatch.setattr(host, "_slabs", lambda *a: seen.append(r := real(*a)) or r)
@@ -556,6 +558,36 @@ def test_winograd_chunks_across_images_equal_pytorch(rows, monkeypatch):
                                    atol=1e-12 * float(np.abs(theirs).max()))
 
 
+@pytest.mark.parametrize("c_slabs", [False, True], ids=["python", "pool"])
+@pytest.mark.parametrize("one_a_thread", [True, False], ids=["slab-a-thread", "host"])
+def test_winograd_in_a_slab_per_thread_equals_pytorch(one_a_thread, c_slabs, monkeypatch):
+    """With WINOGRAD_SLAB_A_THREAD a Winograd call on two threads runs two slabs (the
+    host's split: four), on Python's threads or the C pool, and the forward and every
+    gradient still equal float64 PyTorch's; the ops around it split as before."""
+    from netdsl.lower import native_conv as lowering
+    monkeypatch.setattr(lowering, "WINOGRAD_SLAB_A_THREAD", one_a_thread)
+    monkeypatch.setattr(host, "host_threads", lambda: 2)
+    monkeypatch.setattr(native_slabs, "C_SLABS", c_slabs)
+    split = []
+    real = native_conv.run_slabs
+
+    def counted(plan, total, size, finish=None):
+        split.append(len(host.split(total, size)))
+        return real(plan, total, size, finish)
+
+    monkeypatch.setattr(native_conv, "run_slabs", counted)
+    case = (8, 16, 12, (32, 32), (3, 3), (1, 1), (1, 1), (1, 1))
+    g, x, w, bias, gy = _problem(case, "float64", seed=4)
+    want = _torch(case, x, w, bias, gy)
+    got = [native_conv.forward("winograd", x, w, bias, g),
+           *native_conv.backward(gy, x, w, g, kind="winograd")]
+    assert split == [2 if one_a_thread else 4] * 3   # y; dweight's slabs, then dx's
+    for mine, theirs in zip(got, want):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12,
+                                   atol=1e-12 * float(np.abs(theirs).max()))
+    assert len(host.split(8, 1 << 30)) == 4   # the setting ends with the call
+
+
 # (batch, channels in, out, spatial, kernel, stride, pad, dilation): ResNet-20's and
 # LeNet-5's layers at small batches, a strided 1x1 shortcut, uneven strides, rank 1
 SCRATCH_CASES = [
@@ -819,7 +851,9 @@ def test_the_pool_splits_into_the_bits_the_python_threads_do(threads, dtype, spl
     monkeypatch.setattr(native_slabs, "C_SLABS", True)
     on_pool = _every_kernel(g, x, w, bias, gy)
     assert pooled if threads > 1 else not pooled
-    assert set(pooled) <= {2 * threads}   # two slabs a thread
+    # two slabs a thread; one for a Winograd call (WINOGRAD_SLAB_A_THREAD)
+    one = {threads} if native_conv.native_conv_lowering.WINOGRAD_SLAB_A_THREAD else set()
+    assert set(pooled) <= {2 * threads} | one
     monkeypatch.setattr(native_slabs, "C_SLABS", False)
     count = len(pooled)
     on_threads = _every_kernel(g, x, w, bias, gy)

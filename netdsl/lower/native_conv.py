@@ -33,6 +33,7 @@ from netdsl.lower.codegen import Program
 from netdsl.lower.cuda import CTYPES
 from netdsl.ops.expr import c
 from netdsl.ops.parallel import CHUNK_BYTES, SLABS_PER_THREAD, chunk_examples, even_slabs
+from netdsl.switches import flag
 
 __all__ = ["conv_module", "Chained", "chain_source", "FUNCTIONS", "OUTPUT_BLOCK", "GEOMETRY", "lanes", "planes",
            "direct_blocks", "direct_kernel", "geometry_sizes", "gemm_scratch",
@@ -217,10 +218,11 @@ def weight_grad_scratch(dtype: str, sizes, images: int = 1) -> int:
 CALL_OBJECTS = 4096
 
 
-def slab_sizes(batch: int, threads: int) -> list[int]:
-    """The slabs runtime.host splits a batch into on `threads` threads, as their sizes (a
-    slab's partial weight gradients live until every slab is done)."""
-    return [part.stop - part.start for part in even_slabs(batch, threads)]
+def slab_sizes(batch: int, threads: int, per_thread: int | None = None) -> list[int]:
+    """The slabs runtime.host splits a batch into on `threads` threads (`per_thread` a
+    thread where given), as their sizes (a slab's partial weight gradients live until
+    every slab is done)."""
+    return [part.stop - part.start for part in even_slabs(batch, threads, per_thread)]
 
 
 def _flipped_sizes(sizes) -> tuple[int, ...] | None:
@@ -248,16 +250,15 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
     item = CTYPE_SIZES[dtype]
     c, o, kh, kw = sizes[0], sizes[3], sizes[4], sizes[5]
     weight = o * c * kh * kw
-    splits = {(batch, 1, 1)}
-    slabs = slab_sizes(batch, threads)
-    if len(slabs) > 1:
-        splits.add((max(slabs), len(slabs), min(threads, len(slabs))))
+    splits = _splits(batch, threads)
+    # a Winograd call in one slab per thread (WINOGRAD_SLAB_A_THREAD)
+    winograd_splits = _splits(batch, threads, 1 if WINOGRAD_SLAB_A_THREAD else None)
     lows_fit = min(sizes[10], sizes[11]) >= 0
     flipped = _flipped_sizes(sizes)
     found = {}
 
-    def worst(each) -> int:
-        return max(item * each(*split) + CALL_OBJECTS * (1 + split[1]) for split in splits)
+    def worst(each, among=splits) -> int:
+        return max(item * each(*split) + CALL_OBJECTS * (1 + split[1]) for split in among)
 
     columns = gemm_scratch(sizes)
     found["gemm"] = (worst(lambda n, count, running: running * columns),
@@ -285,7 +286,8 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
             rows = winograd_chunk_rows(shape, item, n, running)
             return 16 * shape[0] * shape[3] + running * winograd_scratch(dtype, shape, rows)
 
-        forward = worst(lambda n, count, running: winograd_forward(sizes, n, running))
+        forward = worst(lambda n, count, running: winograd_forward(sizes, n, running),
+                        winograd_splits)
         found["winograd"] = (forward, 0)   # backward too, where dx's pads allow (below)
         if flipped is not None:
             def winograd_backward(n, count, running):
@@ -304,8 +306,18 @@ def kernel_scratch(dtype: str, sizes, batch: int, threads: int
                 return max(dx, after,
                            partials + running * winograd_grad_scratch(dtype, sizes, rows))
 
-            found["winograd"] = (forward, worst(winograd_backward))
+            found["winograd"] = (forward, worst(winograd_backward, winograd_splits))
     return found
+
+
+def _splits(batch: int, threads: int, per_thread: int | None = None) -> set[tuple]:
+    """(images in the largest slab, slabs, slabs at once) of each way a call over `batch`
+    images may be split: whole on one thread, or in slab_sizes."""
+    splits = {(batch, 1, 1)}
+    slabs = slab_sizes(batch, threads, per_thread)
+    if len(slabs) > 1:
+        splits.add((max(slabs), len(slabs), min(threads, len(slabs))))
+    return splits
 
 
 def largest_scratch(dtype: str, sizes, batch: int, threads: int) -> int:
@@ -704,6 +716,15 @@ WINOGRAD_BACK_IN_C = os.environ.get("NETDSL_WINOGRAD_BACK_IN_C", "1") != "0"
 # the slabs' chunks and partial sums (W3's peak on two threads was in the 64@8 layers'
 # weight gradient, with dx beside it)
 WINOGRAD_LEAN = os.environ.get("NETDSL_WINOGRAD_LEAN", "1") != "0"
+
+# a Winograd call split in one slab per thread (NETDSL_WINOGRAD_SLAB_A_THREAD=0: the
+# host's split, parallel.SLABS_PER_THREAD): each slab of the weight gradient zeroes and
+# adds partial sums of its own (16 x O x C), and each sets up its chunks; at W3's 3x3
+# shapes a backward on two threads in four slabs took 1.07-1.19 times one thread's CPU,
+# in two 1.00-1.11, and W3's two-thread step alternating was the shorter in 44 of 60
+# pairs by CPU time (415 against 447 ms), 41 by the wall clock, its peak 52.67 against
+# 52.85 MiB (load 6-7)
+WINOGRAD_SLAB_A_THREAD = flag("NETDSL_WINOGRAD_SLAB_A_THREAD", True)
 
 
 def winograd_chunk_rows(sizes, itemsize: int, images: int, running: int) -> int:

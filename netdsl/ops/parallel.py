@@ -31,10 +31,12 @@ CHUNK_BYTES = 4 << 20
 SLABS_PER_THREAD = 2
 
 
-def even_slabs(total: int, threads: int) -> list[slice]:
-    """range(total) in even, contiguous slices, SLABS_PER_THREAD per thread (one slice on
-    one thread): how a runtime splits an op, and what the memory plan counts."""
-    count = max(1, min(SLABS_PER_THREAD * threads if threads > 1 else 1, total))
+def even_slabs(total: int, threads: int, per_thread: int | None = None) -> list[slice]:
+    """range(total) in even, contiguous slices, `per_thread` (SLABS_PER_THREAD) per
+    thread (one slice on one thread): how a runtime splits an op, and what the memory
+    plan counts."""
+    per_thread = SLABS_PER_THREAD if per_thread is None else per_thread
+    count = max(1, min(per_thread * threads if threads > 1 else 1, total))
     bounds = [total * i // count for i in range(count + 1)]
     return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
 

@@ -55,7 +55,7 @@ from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, C
                                       winograd_chunk_rows, winograd_scratch)
 from netdsl.ops import convolve, parallel
 from netdsl.ops.windows import Geometry
-from netdsl.runtime.host import host_threads, one_blas_thread
+from netdsl.runtime.host import host_threads, one_blas_thread, slabs_per_thread
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.slabs import Scratch, run_slabs
 from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir, vector_bytes
@@ -233,8 +233,17 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
         scratch = Scratch("scratch", winograd_scratch(dtype, sizes, rows), x.dtype)
         return [(function, (*pointers, scratch, part.start, part.stop, rows, *sizes))], None
 
-    run_slabs(plan, x.shape[0], x.nbytes * 9)
+    with _winograd_slabs():
+        run_slabs(plan, x.shape[0], x.nbytes * 9)
     return y
+
+
+def _winograd_slabs():
+    """A Winograd call's split: one slab per thread where
+    lower.native_conv.WINOGRAD_SLAB_A_THREAD, else the host's."""
+    if native_conv_lowering.WINOGRAD_SLAB_A_THREAD:
+        return slabs_per_thread(1)
+    return contextlib.nullcontext()
 
 
 def _winograd_weights(weight):
@@ -312,8 +321,9 @@ def _winograd_weight_grad(gy, x, weight, geometry: Geometry, bias_grad: bool = T
     def fold(part: slice, partials: tuple):
         folding.add(part, partials)
 
-    partials = run_slabs(plan, x.shape[0], 2 * x.nbytes * 9,
-                         None if folding is None else fold)
+    with _winograd_slabs():
+        partials = run_slabs(plan, x.shape[0], 2 * x.nbytes * 9,
+                             None if folding is None else fold)
     if folding is not None:
         partials = [folding.total]
     transformed, dbias = partials[0]
