@@ -117,16 +117,16 @@ def test_the_kernels_a_row_fills_are_the_candidates():
 
 @pytest.mark.parametrize("timed", [True, False])
 def test_a_shape_times_its_candidates_once_and_keeps_the_fastest(timed, monkeypatch):
-    """With TIMED, a shape's first call times the kernels that fit (through conv's
-    fastest), later calls run the kept one; without, the widest that fits runs. Either
-    way the NumPy path's maxima and indices."""
+    """With TIMED, a shape's first call times the kernels that fit (through
+    choice_file.fastest), later calls run the kept one; without, the widest that fits
+    runs. Either way the NumPy path's maxima and indices."""
     monkeypatch.setattr(pooling, "TIMED", timed)
     monkeypatch.setattr(pooling, "_chosen", {})
     timings, ran = [], []
-    real_fastest, real_forward = native_conv.fastest, pooling._forward
-    monkeypatch.setattr(native_conv, "fastest",
-                        lambda candidates: timings.append(sorted(candidates))
-                        or real_fastest(candidates))
+    real_fastest, real_forward = pooling.fastest, pooling._forward
+    monkeypatch.setattr(pooling, "fastest",
+                        lambda candidates, *how: timings.append(sorted(candidates))
+                        or real_fastest(candidates, *how))
     monkeypatch.setattr(pooling, "_forward",
                         lambda x, g, sizes, kernel: ran.append(kernel)
                         or real_forward(x, g, sizes, kernel))
@@ -140,7 +140,7 @@ def test_a_shape_times_its_candidates_once_and_keeps_the_fastest(timed, monkeypa
         assert timings == [sorted(fitting_kernels("float32", sizes))]
         kept = pooling._chosen[("float32", sizes)]
         assert kept in fitting_kernels("float32", sizes) and ran[-1] == kept
-        assert len(ran) == native_conv.TIMED_RUNS * len(timings[0]) + 1   # rounds, then once
+        assert len(ran) == pooling.TIMED_RUNS * len(timings[0]) + 1   # rounds, then once
     else:
         assert timings == [] and pooling._chosen == {}
         assert ran == [forward_kernel("float32", sizes)] * 2

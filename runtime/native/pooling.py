@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from functools import lru_cache
 
 import numpy as np
@@ -30,6 +31,7 @@ from netdsl.lower.native_window import (FUNCTIONS, SIZES, fitting_kernels, forwa
                                         pool_sizes, pooling_module)
 from netdsl.ops import pool
 from netdsl.runtime.native import conv, split_above
+from netdsl.runtime.native.choice_file import fastest
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
 
 __all__ = ["COMPILED", "TIMED", "forward", "backward", "covered"]
@@ -43,6 +45,10 @@ COMPILED = os.environ.get("NETDSL_NATIVE_POOLING", "1") != "0"
 # AVX2 EPYC the 16-byte kernel was the fastest on W2's and W6's poolings, and the
 # 64-byte one, which GCC splits without AVX-512, took 6 times as long as it
 TIMED = os.environ.get("NETDSL_POOLING_TIMED", "1") != "0"
+
+# runs of each forward kernel timed on a shape's first call (the fastest counts), by the
+# process's CPU time, as the convolutions' (runtime.native.conv's TIMED_RUNS)
+TIMED_RUNS = 3
 
 _DTYPES = (np.float32, np.float64)
 
@@ -98,7 +104,7 @@ def _choose(x, geometry, sizes):
         [(name, run)] = candidates.items()
         result = run()
     else:
-        name, result = conv.fastest(candidates)
+        name, result = fastest(candidates, TIMED_RUNS, time.process_time)
     _chosen[(str(x.dtype), sizes)] = name
     return result
 
