@@ -36,7 +36,6 @@ import contextlib
 import contextvars
 import ctypes
 import hashlib
-import os
 import threading
 import time
 from functools import lru_cache
@@ -56,6 +55,7 @@ from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.choice_file import ChoiceFile, fastest
 from netdsl.runtime.native.slabs import Scratch, run_slabs
 from netdsl.runtime.native.toolchain import NativeUnavailable, build, vector_bytes
+from netdsl.switches import flag
 
 __all__ = ["in_use", "active", "chain_gradient", "chain_masking", "covered", "forward", "backward", "choose",
            "choices", "FORWARD", "BACKWARD", "layers", "report", "CHOICES_FILE"]
@@ -153,7 +153,7 @@ def _direct_fits(g: Geometry) -> bool:
 # none of 749 layer shapes timed on such a CPU, and timing them cost seconds on a
 # layer's first step: there they are not candidates (NETDSL_CONV_DIRECT_TIMED=1: they
 # are, as before).
-DIRECT_TIMED_ANYWHERE = os.environ.get("NETDSL_CONV_DIRECT_TIMED", "0") == "1"
+DIRECT_TIMED_ANYWHERE = flag("NETDSL_CONV_DIRECT_TIMED", False)
 
 
 def _direct_timed(g: Geometry) -> bool:
@@ -514,7 +514,7 @@ def _kernels_version(dtype: str) -> str:
 # NETDSL_CONV_CHOICE_MEMO=0: made again at every call, as before): the key's text and
 # the cache folder's Path took 50-90 and 60-180 us of Python at each convolution call
 # (42 a W3 step), on the step's one thread between the kernels' slabs
-CHOICE_MEMO = os.environ.get("NETDSL_CONV_CHOICE_MEMO", "1") != "0"
+CHOICE_MEMO = flag("NETDSL_CONV_CHOICE_MEMO", True)
 _keys: dict[tuple, str] = {}
 
 

@@ -21,7 +21,6 @@ path, for comparing.
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from functools import lru_cache
 
@@ -33,18 +32,19 @@ from netdsl.ops import pool
 from netdsl.runtime.native import conv, split_above
 from netdsl.runtime.native.choice_file import fastest
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
+from netdsl.switches import flag
 
 __all__ = ["COMPILED", "TIMED", "forward", "backward", "covered"]
 
 # run max pooling's compiled kernels on the native target (False, or
 # NETDSL_NATIVE_POOLING=0 in the environment: the NumPy path)
-COMPILED = os.environ.get("NETDSL_NATIVE_POOLING", "1") != "0"
+COMPILED = flag("NETDSL_NATIVE_POOLING", True)
 
 # time the forward kernels a row's windows fill on a shape's first call, and keep the
 # fastest (False, or NETDSL_POOLING_TIMED=0: the widest that fits, as before). On an
 # AVX2 EPYC the 16-byte kernel was the fastest on W2's and W6's poolings, and the
 # 64-byte one, which GCC splits without AVX-512, took 6 times as long as it
-TIMED = os.environ.get("NETDSL_POOLING_TIMED", "1") != "0"
+TIMED = flag("NETDSL_POOLING_TIMED", True)
 
 # runs of each forward kernel timed on a shape's first call (the fastest counts), by the
 # process's CPU time, as the convolutions' (runtime.native.conv's TIMED_RUNS)
