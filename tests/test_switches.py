@@ -27,6 +27,7 @@ SWITCHES = {
     "NETDSL_C_SLABS": ("slabs.C_SLABS", False),
     "NETDSL_NATIVE_POOLING": ("pooling.COMPILED", True),
     "NETDSL_POOLING_TIMED": ("pooling.TIMED", True),
+    "NETDSL_POOLING_WIDE_TIMED": ("pooling.WIDE_TIMED_ANYWHERE", False),
     "NETDSL_CONV_DIRECT_TIMED": ("conv.DIRECT_TIMED_ANYWHERE", False),
     "NETDSL_CONV_CHOICE_MEMO": ("conv.CHOICE_MEMO", True),
     "NETDSL_LOOP_POOL": ("loops.LOOP_POOL", True),
