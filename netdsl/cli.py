@@ -138,7 +138,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                      help="data-parallel: sum the gradients after backward, not during it")
     run.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                      help="data-parallel: how long a worker waits for the others before it "
-                          "stops (300)")
+                          "stops (300; until its first step has ended, 120 at least)")
     for name, helptext in (("eval", "losses and accuracy of a trained spec"),
                            ("predict", "outputs of a trained spec for --data")):
         cmd = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:]
