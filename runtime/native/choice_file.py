@@ -104,12 +104,11 @@ class ChoiceFile:
 def _locked(path: Path):
     """Hold `.NAME.lock` beside `path` while a write reads, merges and renames; without it
     where the folder has none and cannot make one (then the write fails there too)."""
-    if fcntl is None:
-        yield
-        return
     try:
-        handle = open(path.parent / f".{path.name}.lock", "a")
+        handle = open(path.parent / f".{path.name}.lock", "a") if fcntl else None
     except OSError:
+        handle = None
+    if handle is None:
         yield
         return
     with handle:
