@@ -34,6 +34,7 @@ SWITCHES = {
     "NETDSL_PARK_BLAS": ("loops.PARK_BLAS", True),
     "NETDSL_LOOP_STEP_POOL": ("loops.STEP_POOL", True),
     "NETDSL_LOOP_PACK": ("loops.LOOP_PACK", True),
+    "NETDSL_LOOP_ZERO_START": ("loops.ZERO_START", True),
     "NETDSL_NATIVE": ("toolchain.compiler() is not None", True),
     "NETDSL_DENSE_PICK": ("dense.PICK", True),
     "NETDSL_BLAS_WAKE": ("blas.WAKE", False),
