@@ -35,6 +35,7 @@ from netdsl.driver import check_file
 from netdsl.lower import lower
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.native import blas, dense, dense_choice
+from netdsl.runtime.native.choice_file import ChoiceFile
 
 
 def _trainer(workload):
@@ -53,9 +54,8 @@ def _step(trainer, pick: bool) -> tuple[float, float]:
 
 def _own_choices(folder: Path, phase: str) -> None:
     """Choices timed afresh, kept in a file of this phase's."""
-    path = folder / f"{phase}-{dense_choice.CHOICES_FILE}"
-    dense_choice._path = lambda: path
-    dense_choice._loaded_from = None
+    dense_choice.CHOICES = ChoiceFile(f"{phase}-{dense_choice.CHOICES_FILE}",
+                                      dense_choice.CHOICES.valid, folder)
     dense._picked.clear()
 
 

@@ -41,11 +41,12 @@ def child(threads: int, steps: int) -> None:
     from netdsl.lower import lower
     from netdsl.runtime.init import initial_params
     from netdsl.runtime.native import dense_choice
+    from netdsl.runtime.native.choice_file import ChoiceFile
 
     fix_malloc()
     limiter = limit_blas(threads)  # noqa: F841 (kept for the run)
-    path = Path(tempfile.mkdtemp()) / dense_choice.CHOICES_FILE
-    dense_choice._path = lambda: path
+    dense_choice.CHOICES = ChoiceFile(dense_choice.CHOICES_FILE, dense_choice.CHOICES.valid,
+                                      Path(tempfile.mkdtemp()))
     [w1] = [w for w in train_speed.WORKLOADS if w.id == "W1"]
     lowered = lower(check_file(str(train_speed.SPECS / w1.spec)), "native")
     params = initial_params(lowered.built, "he", seed=train_speed.SEED)

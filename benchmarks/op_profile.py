@@ -126,9 +126,12 @@ def instrument(ex: Executor, optimizer, timer: SelfTimer) -> None:
         op.forward = timer.wrap(label, op.forward)
         op.backward = timer.wrap(label, op.backward)
         op._profiled = True
-    # the executor keeps each step's bound forward from its first call: made again, they
-    # are the timed ones
-    ex._calls.clear()
+    # the executor's calls made so far each keep the forward they found (Executor.calls):
+    # theirs are timed too; those made from now on find the timed one
+    ops = {step.node: step.op for step in ex.plan.steps}
+    for node, call in ex.calls().items():
+        if call.forward is not ops[node].forward:
+            call.forward = timer.wrap(ops[node].name, call.forward)
     compiled = ex.compiled_loops
     if compiled is not None:
         compiled.forward = timer.wrap("loop", compiled.forward)

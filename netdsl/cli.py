@@ -15,6 +15,7 @@ from netdsl.fmt import format_text
 from netdsl.imports import ENV_VAR, not_a_folder, unusable_env_folders
 from netdsl.optimizers import configure
 from netdsl.settings import resolve_settings
+from netdsl.switches import SwitchError
 
 # The back end (netdsl.lower, netdsl.report, netdsl.diff, the runtime's devices) is
 # imported inside the functions of the commands that use it: `netc check`, run once per
@@ -137,7 +138,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                      help="data-parallel: sum the gradients after backward, not during it")
     run.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                      help="data-parallel: how long a worker waits for the others before it "
-                          "stops (300)")
+                          "stops (300; until its first step has ended, 120 at least)")
     for name, helptext in (("eval", "losses and accuracy of a trained spec"),
                            ("predict", "outputs of a trained spec for --data")):
         cmd = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:]
@@ -367,7 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run netc; returns the exit code (0 ok, 1 for an error in a spec, a data file or a
     checkpoint, 2 for a command line that cannot work)."""
     given = list(sys.argv[1:] if argv is None else argv)
-    args = _parser(given[0] if given else None).parse_args(given)
+    try:
+        parser = _parser(given[0] if given else None)
+    except SwitchError as exc:  # read as the back end the parser names loads
+        _report([exc], {})
+        return 1
+    args = parser.parse_args(given)
     args.argv = given  # what --workers passes on
     if hasattr(args, "import_path"):  # a command that reads specs
         for why in unusable_env_folders():

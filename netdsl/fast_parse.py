@@ -12,11 +12,11 @@ paths on every spec of the project and on fuzzed text.
 from __future__ import annotations
 
 import math
-import os
 import re
 
 from netdsl import ast
 from netdsl.errors import Span
+from netdsl.switches import flag
 from netdsl.whole_statements import read_run, statement_at
 
 __all__ = ["NotHandled", "parse_quickly"]
@@ -60,8 +60,18 @@ _LONG_SUM = 16
 _SHALLOW = 49
 # runs of the commonest statement are read by netdsl.whole_statements, one match each, the
 # statements of a form met often made by a function compiled for it (valid_100k's parse:
-# 1.2 -> 0.7 CPU s); NETDSL_WHOLE_STATEMENTS=0 reads them one at a time as before (`_chain`)
-RUNS_OF_STATEMENTS = os.environ.get("NETDSL_WHOLE_STATEMENTS", "1") != "0"
+# 1.2 -> 0.7 CPU s); NETDSL_WHOLE_STATEMENTS=0 reads them one at a time as before (`_chain`).
+# None until the first spec is read: the switch is read then, not at import, so that
+# netc, which imports this module before it can report errors, shows a bad value as one
+# line
+RUNS_OF_STATEMENTS: bool | None = None
+
+
+def _runs_of_statements() -> bool:
+    global RUNS_OF_STATEMENTS
+    if RUNS_OF_STATEMENTS is None:
+        RUNS_OF_STATEMENTS = flag("NETDSL_WHOLE_STATEMENTS", True)
+    return RUNS_OF_STATEMENTS
 
 
 def parse_quickly(text: str, file: str) -> tuple:
@@ -83,7 +93,7 @@ def _tokens(text: str, file: str = "<spec>"):
     line, line_start, depth, pos = 1, 0, 0, 0
     end = len(text)
     match, chain = _TOKEN.match, _CHAIN.match
-    runs, makers, pending = RUNS_OF_STATEMENTS, {}, {}
+    runs, makers, pending = _runs_of_statements(), {}, {}
     while pos < end:
         found = match(text, pos)
         if found is None:  # a character no terminal starts with

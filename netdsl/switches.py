@@ -1,8 +1,10 @@
-"""On/off switches read from the environment, each once, where its module loads.
+"""On/off switches read from the environment: each once, where its module loads (or,
+for a module netc imports before it can report an error, at its first use).
 
 A switch is "1" (on) or "0" (off), or unset (its default). Any other value stops the
 import with a message naming the variable (`SwitchError`, which netc shows as one line,
-exit code 1), so that a typo does not quietly run the other path.
+exit code 1), so that a typo does not quietly run the other path. Every NETDSL_ switch
+of the compiler and the runtime is read here (tests/test_switches.py lists them).
 """
 from __future__ import annotations
 

@@ -13,7 +13,11 @@ training loop needs of them:
 
 `SingleProcess` is the one-process case, where every call returns at once. The MPI
 communicator waits with a deadline (`timeout`): when another worker has died or hangs,
-the others stop with a `WorkerLost` naming it instead of waiting for ever. The NCCL one
+the others stop with a `WorkerLost` naming it instead of waiting for ever. Until this
+worker's first training step has ended (`first_step_done`), a wait's deadline is at
+least FIRST_STEP_ALLOWANCE: the ranks' startups and first steps (imports, first-use
+compilation, the kernels' timing) differ by seconds, which a short timeout would take
+for a hang. The NCCL one
 (`runtime.nccl`) sums device arrays on the device and leaves the rest to MPI.
 
 `connect()` tells from the launcher's environment whether this process is one of
@@ -33,10 +37,14 @@ from netdsl.errors import SpecError
 
 __all__ = ["Communicator", "SingleProcess", "MpiCommunicator", "Pending", "DistributedError",
            "WorkerLost", "connect", "launched_size", "launched_rank", "rank_seed",
-           "DEFAULT_TIMEOUT", "MPI_HELP"]
+           "DEFAULT_TIMEOUT", "FIRST_STEP_ALLOWANCE", "MPI_HELP"]
 
 # seconds a worker waits for the others at a collective before it gives up on them
 DEFAULT_TIMEOUT = 300.0
+# the least it waits before its first step has ended, whatever the timeout: a first step
+# ends seconds apart on the ranks (two busy cores: 3 s), and a first-use compilation
+# on a slow or loaded machine takes tens of seconds
+FIRST_STEP_ALLOWANCE = 120.0
 
 MPI_HELP = "pip install 'netdsl[mpi]' (mpi4py and Open MPI's mpirun)"
 
@@ -137,6 +145,11 @@ class Communicator:
         """Stop every process at once (a worker that cannot go on while others wait)."""
         raise NotImplementedError
 
+    def first_step_done(self) -> None:
+        """This worker's first training step has ended, and with it (its sums being
+        every worker's) every worker's first backward: from now on a wait for the
+        others is a plain step's."""
+
 
 class SingleProcess(Communicator):
     """One process: every sum is the value itself."""
@@ -179,15 +192,17 @@ class _MpiPending(Pending):
 class MpiCommunicator(Communicator):
     """MPI's COMM_WORLD through mpi4py: sums of host arrays, objects, flags.
 
-    Every wait polls its request against a deadline of `timeout` seconds, so a worker
-    whose peer has died (or hangs) raises `WorkerLost` naming it rather than waiting for
-    ever; the launcher usually stops the job first when a process dies.
+    Every wait polls its request against a deadline of `timeout` seconds (at least
+    FIRST_STEP_ALLOWANCE before `first_step_done`), so a worker whose peer has died (or
+    hangs) raises `WorkerLost` naming it rather than waiting for ever; the launcher
+    usually stops the job first when a process dies.
     """
 
     name = "MPI"
 
     def __init__(self, comm, mpi, timeout: float = DEFAULT_TIMEOUT):
         self.comm, self.mpi, self.timeout = comm, mpi, timeout
+        self.stepped = False   # whether this worker's first step has ended
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         node = comm.Split_type(mpi.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
@@ -231,24 +246,34 @@ class MpiCommunicator(Communicator):
         sys.stderr.flush()
         self.comm.Abort(code)
 
+    def first_step_done(self) -> None:
+        self.stepped = True
+
+    def patience(self) -> float:
+        """Seconds a wait lasts at most: the timeout, and before the first step has
+        ended at least FIRST_STEP_ALLOWANCE."""
+        return self.timeout if self.stepped else max(self.timeout, FIRST_STEP_ALLOWANCE)
+
     def wait(self, request, what: str) -> None:
         """Wait for `request`: spin briefly (a sum of a step's gradients takes
         microseconds to milliseconds), then poll more slowly, up to the deadline."""
         if request.Test():
             return
-        start = time.monotonic()
-        spin_until, deadline = start + 0.002, start + self.timeout
+        start, patience = time.monotonic(), self.patience()
+        spin_until, deadline = start + 0.002, start + patience
         pause = 0.0
         while not request.Test():
             now = time.monotonic()
             if now > deadline:
-                raise self.lost(what)
+                raise self.lost(what, patience)
             if now > spin_until:
                 pause = min(max(pause * 2, 5e-5), 2e-3)
             time.sleep(pause)
 
-    def lost(self, what: str) -> WorkerLost:
-        """The error of a wait that ran out: which worker on this host has died or hangs."""
+    def lost(self, what: str, waited: float | None = None) -> WorkerLost:
+        """The error of a wait that ran out after `waited` seconds (the timeout): which
+        worker on this host has died or hangs."""
+        waited = self.timeout if waited is None else waited
         here = socket.gethostname()
         dead, stuck, remote = [], [], []
         for rank, (host, pid) in enumerate(self.peers):
@@ -264,10 +289,10 @@ class MpiCommunicator(Communicator):
         if dead:
             names = ", ".join(f"{r} (pid {self.peers[r][1]})" for r in dead)
             return WorkerLost(f"worker rank {names} has died: rank {self.rank} stops after "
-                              f"waiting {self.timeout:g} s for {what}", hint)
+                              f"waiting {waited:g} s for {what}", hint)
         others = stuck + remote
         where = ", ".join(str(r) for r in others)
-        return WorkerLost(f"no answer from worker rank {where} for {self.timeout:g} s while "
+        return WorkerLost(f"no answer from worker rank {where} for {waited:g} s while "
                           f"rank {self.rank} waited for {what}", hint)
 
 

@@ -21,6 +21,9 @@ The same class runs NumPy and CuPy: `xp` is the difference, with the random gene
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import numpy as np
 
 from netdsl.lower import Backward, Lowered, Step
@@ -286,6 +289,12 @@ class Executor:
         """A forward pass starts: off the host it draws from a stream of its own."""
         if isinstance(self.rng, CountedRng):
             self.rng.advance()
+
+    def calls(self) -> Mapping[str, "_Call"]:
+        """Step -> what its calls pass (`forward`, its op's forward, among it), for the
+        steps called so far: each keeps the forward it found at its first call, so a
+        profiler that wraps an op's methods after that wraps the call's `forward` too."""
+        return MappingProxyType(self._calls)
 
     def _call(self, step: Step) -> "_Call":
         call = self._calls.get(step.node)

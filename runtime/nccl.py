@@ -116,3 +116,6 @@ class NcclCommunicator(Communicator):
 
     def abort(self, code: int = 1) -> None:
         self.host.abort(code)
+
+    def first_step_done(self) -> None:
+        self.host.first_step_done()

@@ -91,6 +91,12 @@ class Replicas:
         """What `Executor.backward` tells of the gradients it has written (None: nothing)."""
         return self.buckets[phase] if self.overlap else None
 
+    def stepped(self) -> None:
+        """A training step of this worker has ended (runtime.distributed's
+        `first_step_done`: the waits' first-step allowance ends with the first)."""
+        if self.size > 1:
+            self.comm.first_step_done()
+
     def finish(self, phase: int) -> None:
         """The phase's gradients summed over the workers, once this returns."""
         if self.buckets:

@@ -306,6 +306,7 @@ class Trainer:
                 if index < pos.batch:
                     continue  # resumed mid-epoch: these were done before the checkpoint
                 losses = self._step(batch, steps, sums, total=total)
+                replicas.stepped()
                 pos.batch, pos.iteration = index + 1, pos.iteration + 1
                 if self.deferred:  # read (and report) every READ_EVERY steps
                     stop = self._out_of_steps() or self.reporter.should_stop()

@@ -30,6 +30,7 @@ from netdsl.lower import conv_chain, lower
 from netdsl.ops import linear
 from netdsl.runtime.native import conv as native_conv
 from netdsl.runtime.native import dense, dense_choice, split_gemm, toolchain
+from netdsl.runtime.native.choice_file import ChoiceFile
 
 pytestmark = pytest.mark.skipif(toolchain.compiler() is None, reason="no C compiler")
 
@@ -99,20 +100,19 @@ def test_either_choice_equals_pytorch_and_numpy(case, dtype, gemm, into, monkeyp
             _close(g, n, dtype)
 
 
-def _forget(monkeypatch) -> None:
-    """No choice known in this process, as in a new one."""
-    monkeypatch.setattr(dense_choice, "_choices", {})
-    monkeypatch.setattr(dense_choice, "_loaded_from", None)
+def _forget(monkeypatch, folder) -> None:
+    """No choice known in this process, as in a new one; the choices kept in `folder`."""
+    monkeypatch.setattr(dense_choice, "CHOICES",
+                        ChoiceFile(dense_choice.CHOICES_FILE, dense_choice.CHOICES.valid,
+                                   folder))
     monkeypatch.setattr(dense, "_picked", {})
 
 
 @pytest.fixture
 def fresh_choices(tmp_path, monkeypatch):
     """Choices kept in a file of their own, none known yet; returns the file's path."""
-    path = tmp_path / dense_choice.CHOICES_FILE
-    monkeypatch.setattr(dense_choice, "_path", lambda: path)
-    _forget(monkeypatch)
-    return path
+    _forget(monkeypatch, tmp_path)
+    return tmp_path / dense_choice.CHOICES_FILE
 
 
 def _count_timings(monkeypatch) -> list:
@@ -142,13 +142,13 @@ def test_a_shape_is_timed_once_and_kept_on_disk(fresh_choices, monkeypatch):
     assert key.startswith("float32 37x65x70 nt t") and stored[key] in dense_choice.CANDIDATES
     assert dense.key(gy, w, 1) != dense.key(gy, w, 2)   # the thread count is in the key
     # a later process reads the choices from disk
-    _forget(monkeypatch)
+    _forget(monkeypatch, fresh_choices.parent)
     with native_conv.in_use():
         linear.dense_gemm(np, x, w.T)
     assert len(timed) == 2
     # a damaged file counts as empty and is rewritten
     fresh_choices.write_text("{not json")
-    _forget(monkeypatch)
+    _forget(monkeypatch, fresh_choices.parent)
     with native_conv.in_use():
         linear.dense_gemm(np, x, w.T)
     assert len(timed) == 3 and key in json.loads(fresh_choices.read_text())

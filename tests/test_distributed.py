@@ -4,13 +4,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from conftest import ROOT
 from distributed_cases import CASES, WORKERS, build, results
-from netdsl.runtime.distributed import rank_seed
+from netdsl.runtime import distributed
+from netdsl.runtime.distributed import MpiCommunicator, WorkerLost, rank_seed
 from netdsl.runtime.train import Trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -137,6 +139,73 @@ def test_per_worker_batchnorm_differs_from_one_process():
     assert not np.allclose(plain[0]["losses"], workers[0]["losses"], rtol=1e-6)
 
 
+# ---- waiting for the other workers
+
+
+class _Request:
+    """A collective that completes `after` seconds from now (never, with None)."""
+
+    def __init__(self, after: float | None):
+        self.at = None if after is None else time.monotonic() + after
+
+    def Test(self) -> bool:  # noqa: N802  mpi4py's name
+        return self.at is not None and time.monotonic() >= self.at
+
+
+class _World:
+    """Two ranks on this host, the other one this process (alive, so it hangs)."""
+
+    def Get_rank(self) -> int:  # noqa: N802
+        return 0
+
+    def Get_size(self) -> int:  # noqa: N802
+        return 2
+
+    def Split_type(self, kind):  # noqa: N802
+        return self
+
+    def Free(self) -> None:  # noqa: N802
+        pass
+
+    def allgather(self, value) -> list:
+        return [value, value]
+
+
+def _communicator(timeout: float) -> MpiCommunicator:
+    return MpiCommunicator(_World(), type("Mpi", (), {"COMM_TYPE_SHARED": 0}), timeout)
+
+
+def test_the_first_step_waits_its_allowance_then_the_timeout_holds(monkeypatch):
+    monkeypatch.setattr(distributed, "FIRST_STEP_ALLOWANCE", 2.0)
+    comm = _communicator(0.2)
+    comm.wait(_Request(0.6), "a sum")   # a first step 0.6 s apart: not a hang
+    comm.first_step_done()
+    began = time.monotonic()
+    with pytest.raises(WorkerLost, match="no answer from worker rank 1 for 0.2 s while "
+                                         "rank 0 waited for a sum"):
+        comm.wait(_Request(None), "a sum")
+    assert time.monotonic() - began < 1.5
+
+
+def test_a_hang_before_the_first_step_ends_is_named_after_the_allowance(monkeypatch):
+    monkeypatch.setattr(distributed, "FIRST_STEP_ALLOWANCE", 0.5)
+    with pytest.raises(WorkerLost, match="no answer from worker rank 1 for 0.5 s"):
+        _communicator(0.1).wait(_Request(None), "a gather")
+    assert _communicator(600).patience() == 600   # a longer timeout holds from the start
+
+
+def test_the_trainer_tells_the_communicator_its_first_step_ended(monkeypatch):
+    """Replicas.stepped, after each training step: the communicator hears of it."""
+    from netdsl.runtime.replicas import Replicas
+
+    heard = []
+    replicas = Replicas.__new__(Replicas)
+    replicas.size, replicas.comm = 2, type("Comm", (), {
+        "first_step_done": lambda self: heard.append(True)})()
+    replicas.stepped()
+    assert heard == [True]
+
+
 # ---- the command line
 
 W1 = os.path.join(ROOT, "benchmarks", "specs", "w1_mlp.net")
@@ -243,13 +312,13 @@ class TestCommandLine:
                 np.testing.assert_allclose(losses(again), losses(whole), rtol=1e-5)
 
     def test_a_worker_that_hangs_is_named_after_the_timeout(self, tmp_path):
-        # 10 s, not less: the ranks' first steps (imports, kernels, choices) can end 3 s
-        # apart on two busy cores, which a shorter timeout takes for a hang
+        # the ranks' first steps (imports, kernels, choices) can end 3 s apart on two busy
+        # cores: the waits allow for that until the first step has ended, then --timeout
         import signal
 
         folder = tmp_path / "hung"
         proc = netc("run", W1, "--workers", "2", "--checkpoint", str(folder), "--epochs", "200",
-                    "--checkpoint-every", "0", "--quiet", "--timeout", "10", background=True)
+                    "--checkpoint-every", "0", "--quiet", "--timeout", "5", background=True)
         victim = worker_pid(1, str(folder))
         try:
             wait_for(folder, 0, 2, proc)
@@ -261,8 +330,35 @@ class TestCommandLine:
             except ProcessLookupError:
                 pass
         assert proc.returncode == 1
-        assert "no answer from worker rank 1 for 10 s" in err and "intact" in err, err
+        assert "no answer from worker rank 1 for 5 s" in err and "intact" in err, err
         assert position(folder) is not None
+
+    def test_a_slow_first_step_on_one_rank_is_not_a_hang(self, tmp_path):
+        """Rank 1's first step ends 8 s after rank 0 has begun waiting for it (as a
+        compilation or a kernel's timing would make it), with --timeout 3: the first
+        step's allowance waits for it."""
+        began = tmp_path / "rank 0 began"
+        slow_first_step = (
+            "import os, sys, time\n"
+            "from netdsl.runtime.train import Trainer\n"
+            "real, steps = Trainer._step, []\n"
+            "def step(self, *args, **kwargs):\n"
+            "    if not steps and os.environ['OMPI_COMM_WORLD_RANK'] == '0':\n"
+            f"        open({str(began)!r}, 'w').close()\n"
+            "    elif not steps:\n"
+            f"        while not os.path.exists({str(began)!r}):\n"
+            "            time.sleep(0.01)\n"
+            "        time.sleep(8)\n"
+            "    steps.append(1)\n"
+            "    return real(self, *args, **kwargs)\n"
+            "Trainer._step = step\n"
+            "from netdsl.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+        folder = tmp_path / "run"
+        result = mpirun(sys.executable, "-c", slow_first_step, "run", W1, "--checkpoint",
+                        str(folder), "--steps", "3", "--quiet", "--timeout", "3", cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        assert position(folder)["iteration"] == 3
 
     def test_workers_with_different_spec_files_are_refused(self, tmp_path):
         for rank, width in enumerate((256, 128)):

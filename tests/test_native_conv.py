@@ -49,6 +49,7 @@ from netdsl.runtime import host
 from netdsl.runtime.native import conv as native_conv
 from netdsl.runtime.native import slabs as native_slabs
 from netdsl.runtime.native import toolchain
+from netdsl.runtime.native.choice_file import ChoiceFile
 from netdsl.runtime.native.pool import pool_workers
 from netdsl.runtime.native.toolchain import NativeUnavailable
 
@@ -90,6 +91,13 @@ def choices_cache(tmp_path_factory):
         del os.environ["NETDSL_CACHE"]
     else:
         os.environ["NETDSL_CACHE"] = old
+
+
+def _new_process(monkeypatch, folder=None) -> None:
+    """The layers' choices as a new process finds them: the file read again (the one in
+    `folder`, where given: an empty folder, nothing known)."""
+    monkeypatch.setattr(native_conv, "CHOICES",
+                        ChoiceFile(native_conv.CHOICES_FILE, native_conv.CHOICES.valid, folder))
 
 
 def _problem(case, dtype, seed=0):
@@ -243,14 +251,14 @@ def test_arrays_other_than_the_geometry_says_fall_back(choices_cache):
     assert not native_conv.covered(x[:, :3], w, g, 1)
 
 
-def test_without_a_compiler_the_numpy_code_runs(choices_cache, monkeypatch):
+def test_without_a_compiler_the_numpy_code_runs(choices_cache, monkeypatch, tmp_path):
     g, x, w, bias, gy = _seam_problem()
 
     def unavailable(dtype, chain=None):
         raise NativeUnavailable("no C compiler found")
 
     monkeypatch.setattr(native_conv, "_library", unavailable)
-    monkeypatch.setattr(native_conv, "_choices", {})
+    _new_process(monkeypatch, tmp_path)
     with native_conv.in_use():
         y = convolve.conv_nd(np, x, w, bias, g, 1)
         grads = convolve.conv_nd_backward(np, gy, x, w, g, 1)
@@ -271,7 +279,7 @@ def test_the_choice_is_timed_once_and_kept(choices_cache, monkeypatch):
     np.testing.assert_allclose(y, convolve.conv_nd.generic(np, x, w, bias, g, 1), rtol=1e-5,
                                atol=1e-5)
     # a new process reads it back and times nothing
-    monkeypatch.setattr(native_conv, "_loaded_from", None)
+    _new_process(monkeypatch)
     monkeypatch.setattr(native_conv, "_fastest", pytest.fail)
     stored[key] = {"forward": "direct", "backward": "gemm"}
     path.write_text(json.dumps(stored))
@@ -285,7 +293,7 @@ def test_the_choice_is_timed_once_and_kept(choices_cache, monkeypatch):
 @pytest.mark.parametrize("vector, anywhere, timed", [
     (64, False, True), (32, False, False), (16, False, False), (32, True, True)])
 def test_the_direct_kernels_are_timed_where_the_cpu_has_their_vectors(
-        vector, anywhere, timed, choices_cache, monkeypatch):
+        vector, anywhere, timed, choices_cache, monkeypatch, tmp_path):
     """The direct kernels' 64-byte vectors: timed as candidates where the compiler has
     such registers (AVX-512), or everywhere with NETDSL_CONV_DIRECT_TIMED=1."""
     monkeypatch.setattr(native_conv, "vector_bytes", lambda: vector)
@@ -297,9 +305,7 @@ def test_the_direct_kernels_are_timed_where_the_cpu_has_their_vectors(
         return "gemm", candidates["gemm"]()
     monkeypatch.setattr(native_conv, "_fastest", first)
     g, x, w, bias, gy = _seam_problem()
-    monkeypatch.setattr(native_conv, "_choices", {})   # nothing known, none read
-    monkeypatch.setattr(native_conv, "_loaded_from", str(native_conv._path()))
-    monkeypatch.setattr(native_conv, "_save", lambda: None)
+    _new_process(monkeypatch, tmp_path)   # nothing known
     native_conv.choose(x, w, bias, g, 1, gy)
     assert len(timed_kinds) == 2   # forward, backward
     assert all(("direct" in kinds) == timed for kinds in timed_kinds)
@@ -313,8 +319,7 @@ def test_a_layers_choice_is_found_by_its_memos_as_without_them(memo, choices_cac
     threads, per cache folder setting): the same key as made again, another key on
     other threads or arrays, and another folder's choices once NETDSL_CACHE names it."""
     monkeypatch.setattr(native_conv, "CHOICE_MEMO", memo)
-    monkeypatch.setattr(native_conv, "_choices", {})   # the folder read, as it was after
-    monkeypatch.setattr(native_conv, "_loaded_from", None)
+    _new_process(monkeypatch)
     g, x, w, bias, _ = _seam_problem()
     plain = native_conv._key_text(x, w, g, 1, host.host_threads())
     assert native_conv._key(x, w, g, 1) == native_conv._key(x, w, g, 1) == plain
@@ -335,7 +340,7 @@ def test_a_damaged_choice_file_is_ignored_and_rewritten(choices_cache, monkeypat
     choices_cache.mkdir(parents=True, exist_ok=True)
     path = choices_cache / native_conv.CHOICES_FILE
     path.write_text('{"float32 x(2, 4')   # cut off mid-write by another tool
-    monkeypatch.setattr(native_conv, "_loaded_from", None)
+    _new_process(monkeypatch)
     with native_conv.in_use():
         y = convolve.conv_nd(np, x, w, bias, g, 1)
     np.testing.assert_allclose(y, convolve.conv_nd.generic(np, x, w, bias, g, 1), rtol=1e-5,
@@ -492,7 +497,7 @@ def test_winograds_weight_gradient_taken_back_in_c_equals_the_einsum(dtype, monk
         np.testing.assert_allclose(ways[-1], want, **tol)
 
 
-def test_winograd_is_a_candidate_only_where_it_fits(choices_cache, monkeypatch):
+def test_winograd_is_a_candidate_only_where_it_fits(choices_cache, monkeypatch, tmp_path):
     """3x3 at stride 1, dilation 1, pads 0-2 both ways; pad 3 forward only (dx's pads on
     gy would be negative); stride 2, dilation 2, 5x5, 3x2, rank 1 and a negative pad
     never."""
@@ -508,8 +513,7 @@ def test_winograd_is_a_candidate_only_where_it_fits(choices_cache, monkeypatch):
         return "numpy", None
 
     monkeypatch.setattr(native_conv, "_fastest", first)
-    monkeypatch.setattr(native_conv, "_save", lambda: None)
-    monkeypatch.setattr(native_conv, "_choices", {})   # nothing known, nothing kept
+    _new_process(monkeypatch, tmp_path)   # nothing known
     cases = {geometry((9, 9), (3, 3)): (True, True),
              geometry((9, 9), (3, 3), pad=0): (True, True),
              geometry((9, 9), (3, 3), pad=2): (True, True),
@@ -531,12 +535,12 @@ def test_winograd_is_a_candidate_only_where_it_fits(choices_cache, monkeypatch):
         assert "gemm" in forwards and "gemm" in backwards
 
 
-def test_compile_reports_a_winograd_choice(choices_cache, monkeypatch):
+def test_compile_reports_a_winograd_choice(choices_cache, monkeypatch, tmp_path):
     """A 3x3 layer whose timing picks Winograd both ways reads `winograd/winograd`."""
     monkeypatch.setattr(native_conv, "_fastest",
                         lambda candidates: ("winograd" if "winograd" in candidates
                                             else "numpy", None))
-    monkeypatch.setattr(native_conv, "_choices", {})
+    _new_process(monkeypatch, tmp_path)
     g = Geometry.of((8, 8), (3, 3), (1, 1), (1, 1), [(1, 1)] * 2)
     text = native_conv.report([("conv3", 4, (6, 4, 3, 3), g)], 2)
     assert "1 winograd/winograd" in text and "conv3 winograd/winograd" in text

@@ -117,16 +117,16 @@ def test_the_kernels_a_row_fills_are_the_candidates():
 
 @pytest.mark.parametrize("timed", [True, False])
 def test_a_shape_times_its_candidates_once_and_keeps_the_fastest(timed, monkeypatch):
-    """With TIMED, a shape's first call times the kernels that fit (through conv's
-    fastest), later calls run the kept one; without, the widest that fits runs. Either
-    way the NumPy path's maxima and indices."""
+    """With TIMED, a shape's first call times the kernels that fit (through
+    choice_file.fastest), later calls run the kept one; without, the widest that fits
+    runs. Either way the NumPy path's maxima and indices."""
     monkeypatch.setattr(pooling, "TIMED", timed)
     monkeypatch.setattr(pooling, "_chosen", {})
     timings, ran = [], []
-    real_fastest, real_forward = native_conv.fastest, pooling._forward
-    monkeypatch.setattr(native_conv, "fastest",
-                        lambda candidates: timings.append(sorted(candidates))
-                        or real_fastest(candidates))
+    real_fastest, real_forward = pooling.fastest, pooling._forward
+    monkeypatch.setattr(pooling, "fastest",
+                        lambda candidates, *how: timings.append(sorted(candidates))
+                        or real_fastest(candidates, *how))
     monkeypatch.setattr(pooling, "_forward",
                         lambda x, g, sizes, kernel: ran.append(kernel)
                         or real_forward(x, g, sizes, kernel))
@@ -137,13 +137,47 @@ def test_a_shape_times_its_candidates_once_and_keeps_the_fastest(timed, monkeypa
         for got, expected in zip(pooling.forward(x, g), want, strict=True):
             np.testing.assert_array_equal(got, expected)
     if timed:
-        assert timings == [sorted(fitting_kernels("float32", sizes))]
+        assert timings == [sorted(pooling.timed_kernels("float32", sizes))]
         kept = pooling._chosen[("float32", sizes)]
-        assert kept in fitting_kernels("float32", sizes) and ran[-1] == kept
-        assert len(ran) == native_conv.TIMED_RUNS * len(timings[0]) + 1   # rounds, then once
+        assert kept in pooling.timed_kernels("float32", sizes) and ran[-1] == kept
+        assert len(ran) == pooling.TIMED_RUNS * len(timings[0]) + 1   # rounds, then once
     else:
         assert timings == [] and pooling._chosen == {}
         assert ran == [forward_kernel("float32", sizes)] * 2
+
+
+@pytest.mark.parametrize("vector, anywhere, timed", [
+    (64, False, ["maxpool_forward", "maxpool_forward_narrow", "maxpool_forward_short"]),
+    (32, False, ["maxpool_forward_narrow", "maxpool_forward_short"]),
+    (16, False, ["maxpool_forward_short"]),
+    (16, True, ["maxpool_forward", "maxpool_forward_narrow", "maxpool_forward_short"])])
+def test_the_kernels_wider_than_the_cpus_vectors_are_not_timed(vector, anywhere, timed,
+                                                               monkeypatch):
+    """Of the kernels W6's 28-wide rows fill, those whose vectors the compiler has
+    (AVX-512: 64 bytes, AVX2: 32, else 16) are timed, or all of them with
+    NETDSL_POOLING_WIDE_TIMED=1; a shape's first call runs those alone, and gives the
+    NumPy path's bits."""
+    monkeypatch.setattr(pooling, "vector_bytes", lambda: vector)
+    monkeypatch.setattr(pooling, "WIDE_TIMED_ANYWHERE", anywhere)
+    monkeypatch.setattr(pooling, "TIMED", True)
+    monkeypatch.setattr(pooling, "_chosen", {})
+    g, x, _ = _problem(CASES[2], "float32")
+    sizes = pool_sizes(x.shape[2:], g)
+    assert pooling.timed_kernels("float32", sizes) == timed
+    assert pooling.timed_kernels("float64", sizes) == (   # 8 doubles fill 64 bytes
+        timed if anywhere or vector == 64 else timed[-2 if vector == 32 else -1:])
+    ran = []
+    real_forward = pooling._forward
+    monkeypatch.setattr(pooling, "_forward", lambda x, g, sizes, kernel: ran.append(kernel)
+                        or real_forward(x, g, sizes, kernel))
+    for got, expected in zip(pooling.forward(x, g), pool.max_pool.generic(np, x, g),
+                             strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert set(ran) == set(timed)
+    # a row that fills the 16-byte kernel alone times it alone, whatever the vectors
+    g, x, _ = _problem(CASES[1], "float32")
+    assert pooling.timed_kernels("float32", pool_sizes(x.shape[2:], g)) == \
+        ["maxpool_forward_short"]
 
 
 def test_the_timing_switch_reads_the_environment():

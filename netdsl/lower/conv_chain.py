@@ -19,7 +19,6 @@ since it did not pay in the measurements so far.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 from netdsl.lower.codegen import Chain, chain_backward, chain_forward, run_program
@@ -32,7 +31,7 @@ __all__ = ["ABSORB", "GEMM_CHAINS", "Epilogue", "ConvChain", "into_convolutions"
 
 # join chains to the convolutions before them (False, or NETDSL_CONV_CHAINS=0 in the
 # environment: the chains stay steps of their own)
-ABSORB = os.environ.get("NETDSL_CONV_CHAINS", "1") != "0"
+ABSORB = flag("NETDSL_CONV_CHAINS", True)
 # join chains to the dense layers (GEMMs) before them, their passes compiled on the
 # native target (True, or NETDSL_NATIVE_DENSE=1; read here only); off by default: W1's
 # step alternating with the layers apart was no shorter on one thread and moved either

@@ -20,12 +20,12 @@ calls it.
 """
 from __future__ import annotations
 
-import os
 
 from netdsl.lower.codegen import Program
 from netdsl.lower.cuda import CTYPES
 from netdsl.ops.channels import ChannelProgram
 from netdsl.ops.expr import Call, Var, c, functions_used, names
+from netdsl.switches import flag
 
 __all__ = ["c_module", "function_name", "simd_declarations", "channel_parameters"]
 
@@ -40,7 +40,7 @@ SUM_BLOCK = 256
 # absorbed relu's masked gradient) is written once by the summing pass, into the
 # written array it equals or else the first one, where the writing pass reads it back
 # instead of the arrays it was made from (`_stash`).
-LEAN_PASSES = os.environ.get("NETDSL_BN_PASSES", "1") != "0"
+LEAN_PASSES = flag("NETDSL_BN_PASSES", True)
 
 # the math functions glibc's libmvec has vector versions of, for x86-64 and AArch64
 VECTOR_MATH = ("exp", "expm1", "log", "log1p", "tanh")

@@ -26,7 +26,6 @@ Only text is made here; netdsl.runtime.native.conv compiles and calls it.
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 from netdsl.lower.codegen import Program
@@ -701,12 +700,12 @@ def winograd_rows(sizes, itemsize: int, budget: int = WINOGRAD_CHUNK_BYTES) -> i
 # once, and no more tile rows than its slab has. NETDSL_WINOGRAD_SHARE=0: each slab's
 # chunk the whole budget, however small the slab (two threads held twice one thread's
 # scratch, W3's peak 1.7 MiB above PyTorch's on two threads where on one it was equal)
-WINOGRAD_SHARE = os.environ.get("NETDSL_WINOGRAD_SHARE", "1") != "0"
+WINOGRAD_SHARE = flag("NETDSL_WINOGRAD_SHARE", True)
 
 # the Winograd weight gradient taken back by G^T . G in C (conv_winograd_weights_back),
 # or by NumPy's einsum (NETDSL_WINOGRAD_BACK_IN_C=0, as before): the einsum took 180-510
 # us a layer at W3's shapes, after the slabs, on one thread
-WINOGRAD_BACK_IN_C = os.environ.get("NETDSL_WINOGRAD_BACK_IN_C", "1") != "0"
+WINOGRAD_BACK_IN_C = flag("NETDSL_WINOGRAD_BACK_IN_C", True)
 
 # Winograd's scratch kept lean (NETDSL_WINOGRAD_LEAN=0: as before): a slab's share of
 # the chunk budget covers its whole scratch, the rows' vector of slack and the padded
@@ -715,7 +714,7 @@ WINOGRAD_BACK_IN_C = os.environ.get("NETDSL_WINOGRAD_BACK_IN_C", "1") != "0"
 # whose U is made from a flipped weight dropped before its slabs: dx is not held beside
 # the slabs' chunks and partial sums (W3's peak on two threads was in the 64@8 layers'
 # weight gradient, with dx beside it)
-WINOGRAD_LEAN = os.environ.get("NETDSL_WINOGRAD_LEAN", "1") != "0"
+WINOGRAD_LEAN = flag("NETDSL_WINOGRAD_LEAN", True)
 
 # a Winograd call split in one slab per thread (NETDSL_WINOGRAD_SLAB_A_THREAD=0: the
 # host's split, parallel.SLABS_PER_THREAD): each slab of the weight gradient zeroes and

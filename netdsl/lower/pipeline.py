@@ -12,7 +12,6 @@ checks the plan after every pass.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -26,6 +25,7 @@ from netdsl.lower.memory import MemoryPlan, plan_memory
 from netdsl.lower.plan import Plan, build_plan
 from netdsl.lower.schedule import Schedule, schedule
 from netdsl.lower.verify import verify_plan
+from netdsl.switches import flag
 
 __all__ = ["Target", "TARGETS", "Lowered", "lower", "PASSES", "scored_values"]
 
@@ -159,8 +159,8 @@ def lower(network, target: str = "host", outputs=None, verify: bool | None = Non
         Values that passes may be asked for besides the losses and the values they
         score (which they may always be asked for).
     verify : bool, optional
-        Run verify_plan after every pass (default: the NETDSL_VERIFY environment
-        variable).
+        Run verify_plan after every pass (default: NETDSL_VERIFY=1 in the
+        environment).
 
     Raises
     ------
@@ -170,7 +170,7 @@ def lower(network, target: str = "host", outputs=None, verify: bool | None = Non
     graph = network if isinstance(network, nx.DiGraph) else network.graph
     kind = TARGETS[target]
     if verify is None:
-        verify = bool(os.environ.get("NETDSL_VERIFY"))
+        verify = flag("NETDSL_VERIFY", False)
     check = verify_plan if verify else _unchecked
     stages: dict[str, object] = {}
     plan = stages["build_plan"] = build_plan(graph)

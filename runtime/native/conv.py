@@ -23,10 +23,9 @@ through the chain and summing the bias's gradient (`chain_gradient`) before the 
 
 Which one is timed once per layer shape (and dtype and threads): a few runs of each
 candidate on the real arrays, the fastest kept, in memory and in a JSON file beside the
-compiled kernels (`choices.json`, written atomically; a damaged one is ignored and
-rewritten; the key holds a hash of the kernels' source, so that new kernels are
-timed again). Every compiled kernel runs over a slab of the batch, the slabs on the host's
-threads at once (runtime.native.slabs: Python threads, ctypes releasing the GIL; with
+compiled kernels (`choices.json`, through runtime.native.choice_file; the key holds a
+hash of the kernels' source, so that new kernels are timed again). Every compiled
+kernel runs over a slab of the batch, the slabs on the host's threads at once (runtime.native.slabs: Python threads, ctypes releasing the GIL; with
 NETDSL_C_SLABS=1, one call hands them to the generated C's pool). Any
 other case (groups, rank 3, mixed dtypes, no compiler) returns NotImplemented, and the
 NumPy code runs.
@@ -37,16 +36,12 @@ import contextlib
 import contextvars
 import ctypes
 import hashlib
-import json
-import math
-import os
 import threading
 import time
 from functools import lru_cache
 
 import numpy as np
 
-from netdsl import atomic
 from netdsl.lower import native_conv as native_conv_lowering
 from netdsl.lower.native_conv import (FUNCTIONS, GEOMETRY, WINOGRAD_FUNCTIONS, Chained,
                                       conv_module, direct_kernel, direct_scratch, gemm_scratch,
@@ -57,8 +52,10 @@ from netdsl.ops import convolve, parallel
 from netdsl.ops.windows import Geometry
 from netdsl.runtime.host import host_threads, one_blas_thread, slabs_per_thread
 from netdsl.runtime.native.blas import gemm
+from netdsl.runtime.native.choice_file import ChoiceFile, fastest
 from netdsl.runtime.native.slabs import Scratch, run_slabs
-from netdsl.runtime.native.toolchain import NativeUnavailable, build, cache_dir, vector_bytes
+from netdsl.runtime.native.toolchain import NativeUnavailable, build, vector_bytes
+from netdsl.switches import flag
 
 __all__ = ["in_use", "active", "chain_gradient", "chain_masking", "covered", "forward", "backward", "choose",
            "choices", "FORWARD", "BACKWARD", "layers", "report", "CHOICES_FILE"]
@@ -73,8 +70,8 @@ TIMED_RUNS = 3
 
 _active = contextvars.ContextVar("native_convolutions", default=False)
 # key -> {"forward": name, "backward": name}, this process's and the file's
-_choices: dict[str, dict] = {}
-_loaded_from: str | None = None
+CHOICES = ChoiceFile(CHOICES_FILE, lambda v: isinstance(v, dict)
+                     and v.get("forward") in FORWARD and v.get("backward") in BACKWARD)
 # seconds spent timing candidates in this process, for the compile report
 timing_seconds = [0.0]
 
@@ -156,7 +153,7 @@ def _direct_fits(g: Geometry) -> bool:
 # none of 749 layer shapes timed on such a CPU, and timing them cost seconds on a
 # layer's first step: there they are not candidates (NETDSL_CONV_DIRECT_TIMED=1: they
 # are, as before).
-DIRECT_TIMED_ANYWHERE = os.environ.get("NETDSL_CONV_DIRECT_TIMED", "0") == "1"
+DIRECT_TIMED_ANYWHERE = flag("NETDSL_CONV_DIRECT_TIMED", False)
 
 
 def _direct_timed(g: Geometry) -> bool:
@@ -527,9 +524,8 @@ def _kernels_version(dtype: str) -> str:
 # NETDSL_CONV_CHOICE_MEMO=0: made again at every call, as before): the key's text and
 # the cache folder's Path took 50-90 and 60-180 us of Python at each convolution call
 # (42 a W3 step), on the step's one thread between the kernels' slabs
-CHOICE_MEMO = os.environ.get("NETDSL_CONV_CHOICE_MEMO", "1") != "0"
+CHOICE_MEMO = flag("NETDSL_CONV_CHOICE_MEMO", True)
 _keys: dict[tuple, str] = {}
-_paths: dict[tuple, tuple] = {}
 
 
 def _key(x, weight, geometry: Geometry, groups: int) -> str:
@@ -551,50 +547,12 @@ def _key_text(x, weight, geometry: Geometry, groups: int, threads: int) -> str:
 
 
 def _path():
-    return _path_and_text()[0]
-
-
-def _path_and_text() -> tuple:
-    """(the choices file's Path, its text): with CHOICE_MEMO made once per value of the
-    settings toolchain.cache_dir reads."""
-    if not CHOICE_MEMO:
-        path = cache_dir() / CHOICES_FILE
-        return path, str(path)
-    settings = tuple(os.environ.get(name) for name in ("NETDSL_CACHE", "XDG_CACHE_HOME",
-                                                       "HOME"))
-    found = _paths.get(settings)
-    if found is None:
-        path = cache_dir() / CHOICES_FILE
-        found = _paths[settings] = (path, str(path))
-    return found
+    return CHOICES.path(CHOICE_MEMO)
 
 
 def choices() -> dict[str, dict]:
-    """The choices known: this process's and those on disk (read once per cache folder;
-    a file that does not parse counts as empty, and is rewritten)."""
-    global _loaded_from
-    path, text = _path_and_text()
-    if _loaded_from != text:
-        _choices.clear()
-        _loaded_from = text
-        try:
-            stored = json.loads(path.read_text())
-            if isinstance(stored, dict):
-                _choices.update({k: v for k, v in stored.items()
-                                 if isinstance(v, dict)
-                                 and v.get("forward") in FORWARD
-                                 and v.get("backward") in BACKWARD})
-        except (OSError, ValueError):
-            pass
-    return _choices
-
-
-def _save() -> None:
-    try:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        atomic.write_text(str(_path()), json.dumps(_choices, indent=1, sort_keys=True))
-    except OSError:
-        pass   # an unwritable cache only costs the timing again next run
+    """The choices known: this process's and those on disk (runtime.native.choice_file)."""
+    return CHOICES.choices(CHOICE_MEMO)
 
 
 def _fastest(candidates: dict) -> tuple[str, object]:
@@ -603,20 +561,7 @@ def _fastest(candidates: dict) -> tuple[str, object]:
     time, all its threads': on a busy machine a run the scheduler pauses is not counted
     longer (the wall clock misjudged ResNet-20's layers at load 3-4), and the candidates
     split the batch over the threads alike."""
-    # only the fastest run's result is kept: beside the run under way, one output's memory
-    fastest, kept, shortest = None, None, math.inf
-    for _ in range(TIMED_RUNS):
-        for name, run in candidates.items():
-            began = time.process_time()
-            out = run()
-            took = time.process_time() - began
-            if took < shortest:
-                fastest, kept, shortest = name, out, took
-            del out
-    return fastest, kept
-
-
-fastest = _fastest   # runtime.native.pooling times its kernels the same way
+    return fastest(candidates, TIMED_RUNS, time.process_time)
 
 
 def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=True):
@@ -646,8 +591,8 @@ def choose(x, weight, bias, geometry: Geometry, groups: int, gy=None, need_dx=Tr
         backwards["winograd"] = lambda: backward(gy, x, weight, geometry, need_dx,
                                                  "winograd")
     back, _ = _fastest(backwards)
-    choice = _choices[_key(x, weight, geometry, groups)] = {"forward": kind, "backward": back}
-    _save()
+    choice = {"forward": kind, "backward": back}
+    CHOICES.remember(_key(x, weight, geometry, groups), choice)
     timing_seconds[0] += time.perf_counter() - began
     return choice, y
 

@@ -31,7 +31,6 @@ GEMM in the pooled ones.
 from __future__ import annotations
 
 import ctypes
-import os
 from collections import Counter
 
 import numpy as np
@@ -60,22 +59,22 @@ _POOLED_SIGNATURE = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes
 # a quiet machine W4's pooled step, its whole pass on the pool, won 58 of 60 blocks of 25
 # steps against the whole-batch one (block medians 18.0-27.2 ms against 19.9-26.6,
 # docs/cpu.md); the earlier split with BLAS's threads beside it was not steady
-LOOP_POOL = os.environ.get("NETDSL_LOOP_POOL", "1") != "0"
+LOOP_POOL = flag("NETDSL_LOOP_POOL", True)
 # whether a split loop whose pass keeps BLAS's threads (STEP_POOL off) stops OpenBLAS's
 # workers first, which spin after each GEMM on the cores the pool needs: spinning, W4's
 # split step lost on a quiet machine (the shorter in 10 of 60 alternating steps, 14.0
 # against 8.6 ms), parked it won (docs/cpu.md)
-PARK_BLAS = os.environ.get("NETDSL_PARK_BLAS", "1") != "0"
+PARK_BLAS = flag("NETDSL_PARK_BLAS", True)
 # whether a pass whose loop splits its steps over the pool runs with BLAS on one thread
 # throughout, its other GEMMs (the hoisted projection, the weight gradients, a dense
 # head) split over the same pool: no OpenBLAS worker then runs, to spin beside the pool's
 # (NETDSL_LOOP_STEP_POOL=0: those GEMMs on BLAS's threads, its workers parked before each
 # split call, as PARK_BLAS says)
-STEP_POOL = os.environ.get("NETDSL_LOOP_STEP_POOL", "1") != "0"
+STEP_POOL = flag("NETDSL_LOOP_STEP_POOL", True)
 # whether a pooled float32 loop multiplies by its weights packed once a call, with a GEMM
 # of its own, rather than by OpenBLAS's, which packs a part's block again at every step;
 # and whether one host thread runs such a loop's pooled functions, on one part
-LOOP_PACK = os.environ.get("NETDSL_LOOP_PACK", "1") != "0"
+LOOP_PACK = flag("NETDSL_LOOP_PACK", True)
 # the multiply-adds a step's GEMMs must do for the split to pay: W5's (32x64 by 64x64,
 # 131 K, about 3 us) took longer pooled, 0.36 and 0.45 ms a call at best against 0.33
 # and 0.29 whole; W4's (2.1 M) less (docs/cpu.md)

@@ -11,9 +11,10 @@ Any other case (rank 3, other dtypes, no compiler) returns NotImplemented, and t
 code runs.
 
 The forward kernel (a vector of 64, 32 or 16 bytes of windows) is timed on a shape's
-first call among those a row's windows fill, and the fastest kept for the process
-(`TIMED`; NETDSL_POOLING_TIMED=0: the widest that fits, as before): which wins depends
-on the machine's vectors.
+first call among those a row's windows fill and the compiler's vectors hold
+(`timed_kernels`; NETDSL_POOLING_WIDE_TIMED=1: wider ones too), and the fastest kept
+for the process (`TIMED`; NETDSL_POOLING_TIMED=0: the widest that fits, as before):
+which wins depends on the machine's vectors.
 
 `COMPILED` off (NETDSL_NATIVE_POOLING=0) sends every call to the NumPy code: the old
 path, for comparing.
@@ -21,28 +22,41 @@ path, for comparing.
 from __future__ import annotations
 
 import ctypes
-import os
+import time
 from functools import lru_cache
 
 import numpy as np
 
 from netdsl.lower.native_window import (FUNCTIONS, SIZES, fitting_kernels, forward_kernel,
-                                        pool_sizes, pooling_module)
+                                        forward_kernels, pool_sizes, pooling_module)
 from netdsl.ops import pool
 from netdsl.runtime.native import conv, split_above
-from netdsl.runtime.native.toolchain import NativeUnavailable, build
+from netdsl.runtime.native.choice_file import fastest
+from netdsl.runtime.native.toolchain import NativeUnavailable, build, vector_bytes
+from netdsl.switches import flag
 
-__all__ = ["COMPILED", "TIMED", "forward", "backward", "covered"]
+__all__ = ["COMPILED", "TIMED", "WIDE_TIMED_ANYWHERE", "forward", "backward", "covered",
+           "timed_kernels"]
 
 # run max pooling's compiled kernels on the native target (False, or
 # NETDSL_NATIVE_POOLING=0 in the environment: the NumPy path)
-COMPILED = os.environ.get("NETDSL_NATIVE_POOLING", "1") != "0"
+COMPILED = flag("NETDSL_NATIVE_POOLING", True)
 
 # time the forward kernels a row's windows fill on a shape's first call, and keep the
 # fastest (False, or NETDSL_POOLING_TIMED=0: the widest that fits, as before). On an
 # AVX2 EPYC the 16-byte kernel was the fastest on W2's and W6's poolings, and the
 # 64-byte one, which GCC splits without AVX-512, took 6 times as long as it
-TIMED = os.environ.get("NETDSL_POOLING_TIMED", "1") != "0"
+TIMED = flag("NETDSL_POOLING_TIMED", True)
+
+# the timing leaves out the kernels whose vectors are wider than the compiler's
+# (toolchain.vector_bytes; GCC splits them): without AVX-512 the 64-byte kernel took 6
+# times the 16-byte one's time on W6's pooling, never the fastest, and its timed runs
+# lengthened a shape's first step (NETDSL_POOLING_WIDE_TIMED=1: timed anywhere, as before)
+WIDE_TIMED_ANYWHERE = flag("NETDSL_POOLING_WIDE_TIMED", False)
+
+# runs of each forward kernel timed on a shape's first call (the fastest counts), by the
+# process's CPU time, as the convolutions' (runtime.native.conv's TIMED_RUNS)
+TIMED_RUNS = 3
 
 _DTYPES = (np.float32, np.float64)
 
@@ -93,14 +107,26 @@ def _choose(x, geometry, sizes):
     """(y, indices) by the kernel that ran fastest on x among those that fit, which is
     kept for the shape: every kernel gives the same bits, so any run's result serves."""
     candidates = {name: (lambda name=name: _forward(x, geometry, sizes, name))
-                  for name in fitting_kernels(str(x.dtype), sizes)}
+                  for name in timed_kernels(str(x.dtype), sizes)}
     if len(candidates) == 1:
         [(name, run)] = candidates.items()
         result = run()
     else:
-        name, result = conv.fastest(candidates)
+        name, result = fastest(candidates, TIMED_RUNS, time.process_time)
     _chosen[(str(x.dtype), sizes)] = name
     return result
+
+
+def timed_kernels(dtype: str, sizes) -> list[str]:
+    """The forward kernels timed on a shape's first call: those a row's windows fill
+    (lower.native_window's fitting_kernels) whose vectors the compiler has, unless
+    WIDE_TIMED_ANYWHERE; the narrowest that fits where none has."""
+    fitting = fitting_kernels(dtype, sizes)
+    if WIDE_TIMED_ANYWHERE:
+        return fitting
+    lanes, width = forward_kernels(dtype), vector_bytes()
+    item = np.dtype(dtype).itemsize
+    return [name for name in fitting if lanes[name] * item <= width] or fitting[-1:]
 
 
 def _forward(x, geometry, sizes, kernel: str):

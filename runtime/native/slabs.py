@@ -27,7 +27,6 @@ on the Python threads, where a slab allocates it when it starts).
 from __future__ import annotations
 
 import ctypes
-import os
 import struct
 from functools import lru_cache
 from typing import NamedTuple
@@ -39,6 +38,7 @@ from netdsl.ops import parallel
 from netdsl.runtime import host
 from netdsl.runtime.native.pool import pool_address
 from netdsl.runtime.native.toolchain import NativeUnavailable, build
+from netdsl.switches import flag
 
 __all__ = ["C_SLABS", "Scratch", "run_slabs", "run_whole", "signature"]
 
@@ -46,7 +46,7 @@ __all__ = ["C_SLABS", "Scratch", "run_slabs", "run_whole", "signature"]
 # NETDSL_C_SLABS=1 in the environment), or to the host's Python threads (False, or
 # NETDSL_C_SLABS=0: the default, as before; the pool's steps did not measure shorter,
 # busy or quiet)
-C_SLABS = os.environ.get("NETDSL_C_SLABS", "0") == "1"
+C_SLABS = flag("NETDSL_C_SLABS", False)
 
 
 class Scratch(NamedTuple):

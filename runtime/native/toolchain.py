@@ -22,6 +22,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+from netdsl.switches import flag
+
 __all__ = ["NativeUnavailable", "build", "cache_dir", "compiler", "FLAGS", "builds",
            "vector_bytes"]
 
@@ -40,7 +42,7 @@ class NativeUnavailable(RuntimeError):
 def compiler() -> str | None:
     """The C compiler's path: $CC, else cc or gcc on the PATH; None when there is none
     or NETDSL_NATIVE=0 turns the native target off."""
-    if os.environ.get("NETDSL_NATIVE", "1") == "0":
+    if not flag("NETDSL_NATIVE", True):
         return None
     name = os.environ.get("CC")
     if name:
