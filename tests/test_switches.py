@@ -23,6 +23,7 @@ SWITCHES = {
     "NETDSL_WINOGRAD_SHARE": ("native_conv.WINOGRAD_SHARE", True),
     "NETDSL_WINOGRAD_BACK_IN_C": ("native_conv.WINOGRAD_BACK_IN_C", True),
     "NETDSL_WINOGRAD_LEAN": ("native_conv.WINOGRAD_LEAN", True),
+    "NETDSL_WINOGRAD_SLAB_A_THREAD": ("native_conv.WINOGRAD_SLAB_A_THREAD", True),
     "NETDSL_VERIFY": ("pipeline_verifies()", False),
     "NETDSL_C_SLABS": ("slabs.C_SLABS", False),
     "NETDSL_NATIVE_POOLING": ("pooling.COMPILED", True),
