@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from netdsl import __version__, emit
+from netdsl import __version__
 from netdsl.atomic import write_text
 from netdsl.driver import CheckFailed, check_file, cycle_collection_paused, read_spec
 from netdsl.errors import SpecError, SpecErrors, UsageError, errors_of, render
@@ -17,10 +17,10 @@ from netdsl.optimizers import configure
 from netdsl.settings import resolve_settings
 from netdsl.switches import SwitchError
 
-# The back end (netdsl.lower, netdsl.report, netdsl.diff, the runtime's devices) is
-# imported inside the functions of the commands that use it: `netc check`, run once per
-# save by editors and the builder, needs none of it, and importing it took 0.1 s of each
-# check.
+# The back end (netdsl.lower, netdsl.report, netdsl.diff, the runtime's devices) and the
+# stages' printers (netdsl.emit) are imported inside the functions of the commands that
+# use them: `netc check`, run once per save by editors and the builder, needs none of
+# it, and importing it took 0.1 s of each check.
 
 __all__ = ["main"]
 
@@ -477,6 +477,7 @@ def _compile(args) -> int:
                                format_loop_memory, format_totals, format_training_memory,
                                trained_params)
     from netdsl.unroll import unroll  # likewise: for --emit unrolled
+    from netdsl import emit  # the front end's printers, for --emit alone
 
     net = check_file(args.spec, args.import_path)
     if args.emit in dict(PASSES):

@@ -16,6 +16,32 @@ def run_netc(*args: str, cwd: str | None = None):
                           cwd=cwd or ROOT, timeout=120)
 
 
+def cli_main(*args: str, cwd: str | None = None):
+    """`netc ARGS` called in this process (netdsl.cli.main), for a test of what a command
+    does rather than of its process (exit by signal, a crash, a kill): the same
+    CompletedProcess as run_netc, without the seconds a fresh Python spends importing the
+    runtime, scikit-learn and TensorBoard's writer for each call."""
+    import contextlib
+    import io
+    import subprocess
+
+    from netdsl.cli import main
+
+    out, err, before = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        os.chdir(cwd or ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors, as a process would exit
+                if isinstance(exc.code, str):
+                    err.write(exc.code + "\n")
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(["netc", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def check():
     """check(text) -> Network, for spec text written in a test."""

@@ -19,7 +19,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from conftest import SPECS, run_netc
+from conftest import SPECS, cli_main
 from netdsl.driver import CheckFailed, check_file, check_text
 from netdsl.lower import lower
 from netdsl.lower.loop_memory import loop_memory
@@ -101,7 +101,7 @@ def test_checkpointing_a_spec_without_a_recurrence_is_refused(tmp_path):
     path = tmp_path / "mlp.net"
     path.write_text("input x : [4]\ntarget y : class(3)\nlogits = x -> dense(3)\n"
                     "loss cross_entropy(logits, y)\ntrain sgd(lr=0.1), bptt(checkpoint=4)\n")
-    result = run_netc("check", str(path))
+    result = cli_main("check", str(path))
     assert result.returncode == 1
     assert "mlp.net:5:25: error: bptt(checkpoint=...) keeps a recurrence's states, but the " \
            "spec has no state" in result.stderr
@@ -274,7 +274,7 @@ def test_the_trainer_checkpoints_and_takes_the_same_steps():
 
 
 def test_netc_compile_reports_what_bptt_keeps_with_and_without_checkpoints():
-    result = run_netc("compile", os.path.join(SPECS, "lstm.net"), "--steps", "200",
+    result = cli_main("compile", os.path.join(SPECS, "lstm.net"), "--steps", "200",
                       "--batch", "32")
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip().splitlines()[-1]

@@ -1,7 +1,7 @@
 """`netc` as a user runs it: exit codes, tables, emitted stages, no tracebacks."""
 import pytest
 
-from conftest import run_netc
+from conftest import cli_main, run_netc
 
 MLP = """\
 network mlp
@@ -21,13 +21,13 @@ def mlp(tmp_path):
 
 class TestCheck:
     def test_ok_exit_zero(self, mlp):
-        result = run_netc("check", mlp)
+        result = cli_main("check", mlp)
         assert result.returncode == 0 and "ok" in result.stdout and "19,210 parameters" in result.stdout
 
     def test_several_files_one_bad(self, mlp, tmp_path):
         bad = tmp_path / "bad.net"
         bad.write_text(MLP.replace("relu", "rleu"))
-        result = run_netc("check", mlp, str(bad))
+        result = cli_main("check", mlp, str(bad))
         assert result.returncode == 1
         assert f"{bad}:4:29: error: unknown layer 'rleu'" in result.stderr
         assert "did you mean 'relu'?" in result.stderr and "Traceback" not in result.stderr
@@ -35,7 +35,7 @@ class TestCheck:
 
 class TestCompile:
     def test_table_has_every_node_and_totals(self, mlp):
-        result = run_netc("compile", mlp, "--batch", "32")
+        result = cli_main("compile", mlp, "--batch", "32")
         assert result.returncode == 0
         lines = result.stdout.splitlines()
         assert lines[0].startswith("mlp: batch 32; mult-adds as torchinfo counts them")
@@ -58,12 +58,12 @@ class TestCompile:
         ("plan", "dense1 (dense) -> relu1 (relu)"),
     ])
     def test_emit(self, mlp, stage, expected):
-        result = run_netc("compile", mlp, "--emit", stage)
+        result = cli_main("compile", mlp, "--emit", stage)
         assert result.returncode == 0 and expected in result.stdout
         assert not any(python in result.stdout for python in ("True", "False", "None", "(3,)"))
 
     def test_bad_flag_is_a_usage_error(self, mlp):
-        result = run_netc("compile", mlp, "--emit", "bytecode")
+        result = cli_main("compile", mlp, "--emit", "bytecode")
         assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
@@ -81,7 +81,7 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("predict")
     spec = folder / "mlp.net"
     spec.write_text(MLP)
-    result = run_netc("run", str(spec), "--steps", "1", "--quiet",
+    result = cli_main("run", str(spec), "--steps", "1", "--quiet",
                       "--checkpoint", str(folder / "run"))
     assert result.returncode == 0, result.stderr
     return str(spec), str(folder / "run"), folder
@@ -92,7 +92,7 @@ class TestPredict:
 
     def predict(self, trained, data, *more):
         spec, checkpoint, _ = trained
-        return run_netc("predict", spec, "--checkpoint", checkpoint, "--data", str(data), *more)
+        return cli_main("predict", spec, "--checkpoint", checkpoint, "--data", str(data), *more)
 
     def test_npz_of_inputs_alone(self, trained):
         import numpy as np
@@ -130,5 +130,5 @@ class TestPredict:
         spec, checkpoint, folder = trained
         data = folder / "x_only.npz"
         np.savez(data, x=np.zeros((3, 64)))
-        result = run_netc("eval", spec, "--checkpoint", checkpoint, "--data", str(data))
+        result = cli_main("eval", spec, "--checkpoint", checkpoint, "--data", str(data))
         assert result.returncode == 1 and "has no array named y" in result.stderr

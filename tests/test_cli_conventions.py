@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import SPECS, run_netc
+from conftest import SPECS, cli_main, run_netc
 
 MLP = os.path.join(SPECS, "mlp.net")
 
@@ -43,16 +43,16 @@ def test_run_prints_results_on_stdout_notices_on_stderr_whole_lines(trained):
     (["check", os.path.join("tests", "errors", "unknown_layer.net")], 1, "unknown layer"),
 ])
 def test_usage_errors_exit_2_spec_errors_1(args, code, words, tmp_path):
-    result = run_netc(*args, cwd=None)
+    result = cli_main(*args, cwd=None)
     assert result.returncode == code, result.stderr
     assert words in result.stderr and "Traceback" not in result.stderr and result.stdout == ""
 
 
 def test_check_quiet_and_json(tmp_path):
     bad = os.path.join("tests", "errors", "unknown_layer.net")
-    quiet = run_netc("check", "--quiet", MLP)
+    quiet = cli_main("check", "--quiet", MLP)
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
-    result = run_netc("check", "--json", MLP, bad)
+    result = cli_main("check", "--json", MLP, bad)
     assert result.returncode == 1
     ok, failed = json.loads(result.stdout)
     assert ok == {"spec": MLP, "ok": True, "name": "mlp", "nodes": 9, "parameters": 85002}
@@ -61,11 +61,11 @@ def test_check_quiet_and_json(tmp_path):
 
 
 def test_compile_quiet_and_json():
-    quiet = run_netc("compile", MLP, "--quiet", "--batch", "4")
+    quiet = cli_main("compile", MLP, "--quiet", "--batch", "4")
     assert quiet.returncode == 0
     assert quiet.stdout == ("mlp: batch 4, 9 nodes, 85,002 parameters (0 non-trainable), "
                             "340.01K mult-adds (680.02K FLOPs), 21.2 KiB activations\n")
-    result = run_netc("compile", MLP, "--json")
+    result = cli_main("compile", MLP, "--json")
     table = json.loads(result.stdout)
     assert table["name"] == "mlp" and table["total"]["params"] == 85002
     assert sum(n["params"] for n in table["rows"]) == 85002
@@ -74,11 +74,11 @@ def test_compile_quiet_and_json():
 
 def test_eval_and_predict_json(trained):
     _, folder = trained
-    result = run_netc("eval", MLP, "--checkpoint", folder, "--json", "--examples", "300")
+    result = cli_main("eval", MLP, "--checkpoint", folder, "--json", "--examples", "300")
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
     assert metrics["examples"] == 30 and 0 <= metrics["accuracy"] <= 1 and metrics["loss"] > 0
-    result = run_netc("predict", MLP, "--checkpoint", folder, "--json", "--examples", "7")
+    result = cli_main("predict", MLP, "--checkpoint", folder, "--json", "--examples", "7")
     outputs = json.loads(result.stdout)
     assert len(outputs["logits"]) == 7 and len(outputs["logits"][0]) == 10
     assert outputs["logits_class"] == [max(range(10), key=row.__getitem__)
@@ -88,7 +88,7 @@ def test_eval_and_predict_json(trained):
 def test_export_says_what_it_wrote_on_stderr(trained, tmp_path):
     _, folder = trained
     out = tmp_path / "mlp.safetensors"
-    result = run_netc("export", MLP, "--to", "safetensors", "-o", str(out),
+    result = cli_main("export", MLP, "--to", "safetensors", "-o", str(out),
                       "--checkpoint", folder)
     assert result.returncode == 0, result.stderr
     assert out.is_file() and result.stdout == ""
@@ -117,7 +117,7 @@ def test_draw_warns_when_graphviz_shrinks_a_bitmap(tmp_path):
     spec.write_text(f"network long\ninput x : [8]\ntarget y : class(2)\n"
                     f"h = x -> {chain} -> dense(2)\nloss cross_entropy(h, y)\n")
     out = tmp_path / "long.png"
-    result = run_netc("draw", str(spec), "-o", str(out))
+    result = cli_main("draw", str(spec), "-o", str(out))
     assert result.returncode == 0 and out.is_file() and result.stdout == ""
     warning = result.stderr.splitlines()[0]
     assert warning.startswith(f"warning: {out}: the network is too large for a PNG image")
@@ -125,7 +125,7 @@ def test_draw_warns_when_graphviz_shrinks_a_bitmap(tmp_path):
 
 
 def test_bash_completion_completes_commands_flags_and_choices(tmp_path):
-    script = run_netc("completion", "bash").stdout
+    script = cli_main("completion", "bash").stdout
     (tmp_path / "netc.bash").write_text(script)
 
     def complete(*words):
@@ -141,7 +141,7 @@ def test_bash_completion_completes_commands_flags_and_choices(tmp_path):
     assert complete("netc", "runs", "--j") == ["--json"]
     for shell, line in (("zsh", "'plot:loss and accuracy curves of runs'"),
                         ("fish", "-n '__fish_seen_subcommand_from check' -l json")):
-        assert line in run_netc("completion", shell).stdout
+        assert line in cli_main("completion", shell).stdout
 
 
 def test_consoles_off_a_terminal_never_wrap_and_honour_no_color(monkeypatch):

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file
 from safetensors.torch import load_file as torch_load
 from sklearn.datasets import load_digits
 
-from conftest import run_netc
+from conftest import cli_main
 
 MLP = """\
 network mlp
@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     spec = folder / "mlp.net"
     spec.write_text(MLP)
-    result = run_netc("run", str(spec), "--steps", "60", "--lr", "0.3", "--quiet",
+    result = cli_main("run", str(spec), "--steps", "60", "--lr", "0.3", "--quiet",
                       "--checkpoint", str(folder / "run"))
     assert result.returncode == 0, result.stderr
     return str(spec), str(folder / "run"), folder
@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
 def export(trained, to, name, *more):
     spec, checkpoint, folder = trained
     path = str(folder / name)
-    return run_netc("export", spec, "--to", to, "-o", path, "--checkpoint", checkpoint,
+    return cli_main("export", spec, "--to", to, "-o", path, "--checkpoint", checkpoint,
                     *more), path
 
 
@@ -51,7 +51,7 @@ def test_onnx_reproduces_netdsls_predictions_and_accuracy(trained):
     x, y = load_digits(return_X_y=True)
     x = x / 16  # the pixels scaled to [0, 1], as the bundled data trained on them
     np.savez(folder / "digits.npz", x=x[:300])
-    predicted = run_netc("predict", spec, "--checkpoint", checkpoint,
+    predicted = cli_main("predict", spec, "--checkpoint", checkpoint,
                          "--data", str(folder / "digits.npz"), "-o", str(folder / "pred.npz"))
     assert predicted.returncode == 0, predicted.stderr
     (logits,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
@@ -90,10 +90,10 @@ def test_init_from_starts_training_from_the_file(trained):
     spec, _, folder = trained
     result, path = export(trained, "safetensors", "start.safetensors")
     assert result.returncode == 0, result.stderr
-    run = run_netc("run", spec, "--steps", "1", "--quiet", "--lr", "1e-12",
+    run = cli_main("run", spec, "--steps", "1", "--quiet", "--lr", "1e-12",
                    "--init-from", path, "--checkpoint", str(folder / "again"))
     assert run.returncode == 0, run.stderr
-    again = run_netc("export", spec, "--to", "safetensors", "-o", str(folder / "again.st"),
+    again = cli_main("export", spec, "--to", "safetensors", "-o", str(folder / "again.st"),
                      "--checkpoint", str(folder / "again"))
     assert again.returncode == 0, again.stderr
     before, after = load_file(path), load_file(str(folder / "again.st"))
@@ -106,7 +106,7 @@ def test_init_from_lists_what_does_not_fit(trained):
     result, path = export(trained, "safetensors", "fit.safetensors")
     other = folder / "wider.net"
     other.write_text(MLP.replace("dense(32)", "dense(48)").replace("dense(10)", "dense(10) -> relu"))
-    run = run_netc("run", str(other), "--steps", "1", "--init-from", path,
+    run = cli_main("run", str(other), "--steps", "1", "--init-from", path,
                    "--checkpoint", str(folder / "wider"))
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "shapes differ: dense1.weight (32, 64) (the network's: (48, 64))" in run.stderr
@@ -115,7 +115,7 @@ def test_init_from_lists_what_does_not_fit(trained):
 def test_without_a_checkpoint_the_initial_weights_with_a_warning(tmp_path):
     spec = tmp_path / "mlp.net"
     spec.write_text(MLP)
-    result = run_netc("export", str(spec), "--to", "onnx", cwd=str(tmp_path))
+    result = cli_main("export", str(spec), "--to", "onnx", cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "warning: no checkpoint in runs/mlp/" in result.stderr
     assert (tmp_path / "mlp.onnx").exists()
@@ -124,7 +124,7 @@ def test_without_a_checkpoint_the_initial_weights_with_a_warning(tmp_path):
 def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
     spec = tmp_path / "mlp.net"
     spec.write_text(MLP)
-    result = run_netc("export", str(spec), "--to", "onnx", "--checkpoint", str(tmp_path / "no"),
+    result = cli_main("export", str(spec), "--to", "onnx", "--checkpoint", str(tmp_path / "no"),
                       cwd=str(tmp_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "there is no checkpoint there" in result.stderr.splitlines()[0]
@@ -136,7 +136,7 @@ def test_an_op_without_a_counterpart_writes_nothing(tmp_path, to):
     spec = tmp_path / "unpool.net"
     spec.write_text("network unpool\ninput x : [1, 8, 8]\ntarget y : [1, 8, 8]\n"
                     "p = x -> maxpool(2)\nz = maxunpool(p, p, 2)\nloss mse(z, y)\n")
-    result = run_netc("export", str(spec), "--to", to, "-o", str(tmp_path / "out"),
+    result = cli_main("export", str(spec), "--to", to, "-o", str(tmp_path / "out"),
                       cwd=str(tmp_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
@@ -149,7 +149,7 @@ def test_a_place_that_cannot_be_written_is_one_clear_error(tmp_path):
     spec = tmp_path / "mlp.net"
     spec.write_text(MLP)
     (tmp_path / "file").write_text("")
-    result = run_netc("export", str(spec), "--to", "onnx", "-o", str(tmp_path / "file" / "x.onnx"),
+    result = cli_main("export", str(spec), "--to", "onnx", "-o", str(tmp_path / "file" / "x.onnx"),
                       cwd=str(tmp_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: cannot write {tmp_path / 'file' / 'x.onnx'}")
@@ -201,20 +201,20 @@ def test_init_partial_loads_what_fits_and_says_so(trained):
     assert result.returncode == 0, result.stderr
     headed = folder / "headed.net"  # a new hidden layer and head on the same first layer
     headed.write_text(MLP.replace("dense(10)", "dense(16) -> relu -> dense(10)"))
-    run = run_netc("run", str(headed), "--steps", "1", "--quiet", "--lr", "1e-12",
+    run = cli_main("run", str(headed), "--steps", "1", "--quiet", "--lr", "1e-12",
                    "--init-from", path, "--init-partial", "--checkpoint", str(folder / "headed"))
     assert run.returncode == 0, run.stderr
     assert "loaded 3 tensors from" in run.stderr  # logits.bias (10,) fits the new head too
     assert "dense1.weight, dense1.bias, logits.bias" in run.stderr
     assert "left at their initial values: dense2.weight, dense2.bias, logits.weight" in run.stderr
-    after = run_netc("export", str(headed), "--to", "safetensors", "-o", str(folder / "h.st"),
+    after = cli_main("export", str(headed), "--to", "safetensors", "-o", str(folder / "h.st"),
                      "--checkpoint", str(folder / "headed"))
     assert after.returncode == 0, after.stderr
     before, loaded = load_file(path), load_file(str(folder / "h.st"))
     np.testing.assert_allclose(loaded["dense1.weight"], before["dense1.weight"], atol=1e-6)
     np.testing.assert_allclose(loaded["logits.bias"], before["logits.bias"], atol=1e-6)
     assert loaded["logits.weight"].shape == (10, 16)
-    strict = run_netc("run", str(headed), "--steps", "1", "--init-from", path,
+    strict = cli_main("run", str(headed), "--steps", "1", "--init-from", path,
                       "--checkpoint", str(folder / "strict"))
     assert strict.returncode == 1 and "--init-partial" in strict.stderr
 
@@ -222,18 +222,18 @@ def test_init_partial_loads_what_fits_and_says_so(trained):
 def test_a_normalising_spec_exports_its_normalisation(tmp_path):
     spec = tmp_path / "norm.net"
     spec.write_text(MLP + "train sgd(lr=0.1), normalize=true\n")
-    run = run_netc("run", str(spec), "--steps", "30", "--quiet", "--checkpoint",
+    run = cli_main("run", str(spec), "--steps", "30", "--quiet", "--checkpoint",
                    str(tmp_path / "run"))
     assert run.returncode == 0, run.stderr
     x = load_digits(return_X_y=True)[0][:100] / 16  # raw data, as netc predict takes it
     np.savez(tmp_path / "raw.npz", x=x)
-    predicted = run_netc("predict", str(spec), "--checkpoint", str(tmp_path / "run"),
+    predicted = cli_main("predict", str(spec), "--checkpoint", str(tmp_path / "run"),
                          "--data", str(tmp_path / "raw.npz"), "-o", str(tmp_path / "pred.npz"))
     assert predicted.returncode == 0, predicted.stderr
     with np.load(tmp_path / "pred.npz") as netdsl:
         want = netdsl["logits"]
     for to in ("onnx", "torch", "safetensors"):
-        result = run_netc("export", str(spec), "--to", to, "-o", str(tmp_path / f"out_{to}"),
+        result = cli_main("export", str(spec), "--to", to, "-o", str(tmp_path / f"out_{to}"),
                           "--checkpoint", str(tmp_path / "run"))
         assert result.returncode == 0, result.stderr
         assert "it standardises x as training did" in result.stderr
@@ -254,7 +254,7 @@ def test_a_normalising_spec_exports_its_normalisation(tmp_path):
     assert tensors["normalize.x.mean"].shape == (64,) and "normalize.x.std" in tensors
     # the module loads the safetensors export as its state_dict, and --init-from reads it
     module.load_state_dict(torch_load(str(tmp_path / "out_safetensors")))
-    again = run_netc("run", str(spec), "--steps", "1", "--quiet", "--init-from",
+    again = cli_main("run", str(spec), "--steps", "1", "--quiet", "--init-from",
                      str(tmp_path / "out_safetensors"), "--checkpoint", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr
 
@@ -274,7 +274,7 @@ loss cross_entropy(s, y)
 def test_native_rnn_writes_the_cells_natively_and_says_which_stay_scans(tmp_path):
     spec = tmp_path / "mixed.net"
     spec.write_text(MIXED)
-    result = run_netc("export", str(spec), "--to", "onnx", "--native-rnn", "-o",
+    result = cli_main("export", str(spec), "--to", "onnx", "--native-rnn", "-o",
                       str(tmp_path / "mixed.onnx"), cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if "--native-rnn" in line]

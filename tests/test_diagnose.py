@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SPECS, run_netc, tensorboard_values
+from conftest import SPECS, cli_main, run_netc, tensorboard_values
 from netdsl.app.diagnostics import METRICS, node_metric
 from netdsl.app.session import prepare
 from netdsl.cli import main
@@ -174,6 +174,7 @@ def spec(tmp_path, name: str, chain: str, train: str = "sgd(lr=0.01)") -> str:
 
 
 def diagnosed(path: str, folder: str, *more: str):
+    # a real process: the TensorBoard files read back are whole once its process ends
     result = run_netc("run", path, "--epochs", "1", "--examples", "300", "--quiet",
                       "--checkpoint", folder, "--diagnose", "1", *more)
     assert result.returncode == 0, result.stderr
@@ -273,10 +274,10 @@ def test_update_ratio_matches_the_checkpoints_before_and_after_a_step(tmp_path):
     path = spec(tmp_path, "small", "dense(32) -> relu -> dense(4)", "sgd(lr=0.1, momentum=0.9)")
     folder = tmp_path / "run"
     common = ("--examples", "300", "--quiet", "--checkpoint", str(folder), "--diagnose", "1")
-    assert run_netc("run", path, "--steps", "2", *common).returncode == 0
+    assert cli_main("run", path, "--steps", "2", *common).returncode == 0
     arrays, meta = load_checkpoint(str(folder))
     before = arrays["params"].astype(np.float64)
-    resumed = run_netc("run", path, "--steps", "3", "--resume", *common)
+    resumed = cli_main("run", path, "--steps", "3", "--resume", *common)
     assert resumed.returncode == 0, resumed.stderr
     arrays, meta = load_checkpoint(str(folder))
     after = arrays["params"].astype(np.float64)
@@ -293,7 +294,7 @@ def test_update_ratio_matches_the_checkpoints_before_and_after_a_step(tmp_path):
 def test_a_run_without_diagnostics_says_to_rerun_with_them(tmp_path, capsys):
     path = spec(tmp_path, "small", "dense(8) -> dense(4)")
     folder = str(tmp_path / "plain")
-    assert run_netc("run", path, "--steps", "1", "--examples", "100", "--quiet",
+    assert cli_main("run", path, "--steps", "1", "--examples", "100", "--quiet",
                     "--checkpoint", folder).returncode == 0
     for args in ((folder,), (folder, "--json")):
         code, out, err = netc(capsys, "diagnose", *args)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_netc
+from conftest import ROOT, cli_main
 from netdsl.app.session import prepare
 from netdsl.driver import check_file
 
@@ -20,9 +20,9 @@ SPEC = os.path.join(ROOT, "specs", "lenet5.net")
 def trained(tmp_path_factory):
     """The checkpoint folder of LeNet-5 after one epoch, and `netc eval`'s accuracy."""
     folder = tmp_path_factory.mktemp("lenet")
-    run = run_netc("run", SPEC, "--epochs", "1", "--quiet", "--checkpoint", str(folder / "run"))
+    run = cli_main("run", SPEC, "--epochs", "1", "--quiet", "--checkpoint", str(folder / "run"))
     assert run.returncode == 0, run.stderr
-    scored = run_netc("eval", SPEC, "--checkpoint", str(folder / "run"))
+    scored = cli_main("eval", SPEC, "--checkpoint", str(folder / "run"))
     assert scored.returncode == 0, scored.stderr
     count, accuracy = re.search(r"([\d,]+) examples: .*accuracy ([\d.]+)%",
                                 scored.stdout).groups()
@@ -38,7 +38,7 @@ def held_out():
 
 def exported(folder, to: str) -> str:
     path = str(folder / f"lenet5_{to}")
-    result = run_netc("export", SPEC, "--to", to, "-o", path, "--checkpoint",
+    result = cli_main("export", SPEC, "--to", to, "-o", path, "--checkpoint",
                       str(folder / "run"))
     assert result.returncode == 0, result.stderr
     return path

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import run_netc
+from conftest import cli_main
 from netdsl import cli
 from netdsl.driver import check_text
 from netdsl.errors import SpecError
@@ -118,7 +118,7 @@ class TestCheckpointsAreValidated:
         spec = tmp_path / "tiny.net"
         spec.write_text(TINY)
         DAMAGE["truncated"][0](trained / CHECKPOINT)
-        result = run_netc("eval", str(spec), "--checkpoint", str(trained))
+        result = cli_main("eval", str(spec), "--checkpoint", str(trained))
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.startswith(f"error: not a readable checkpoint: "
                                         f"{trained / CHECKPOINT} is truncated or damaged")
@@ -245,7 +245,7 @@ class TestWrites:
         spec.write_text(TINY)
         (tmp_path / "file").write_text("")
         folder = tmp_path / "file" / "run"
-        result = run_netc("run", str(spec), "--checkpoint", str(folder), "--steps", "1")
+        result = cli_main("run", str(spec), "--checkpoint", str(folder), "--steps", "1")
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.startswith(f"error: cannot write checkpoints in {folder}")
         assert "training:" not in result.stdout + result.stderr
@@ -262,7 +262,7 @@ class TestWrites:
     def test_predictions_to_a_missing_folder_are_one_line(self, tmp_path):
         spec = tmp_path / "tiny.net"
         spec.write_text(TINY)
-        result = run_netc("predict", str(spec), "-o", "/nonexistent/p.npz")
+        result = cli_main("predict", str(spec), "-o", "/nonexistent/p.npz")
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.startswith("error: cannot write predictions to /nonexistent/p.npz: "
                                         "the folder /nonexistent does not exist\n")

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import run_netc
+from conftest import cli_main
 from netdsl import cli
 from netdsl.driver import CheckFailed, check_file, check_text
 from netdsl.imports import ENV_VAR
@@ -83,11 +83,11 @@ def test_a_file_that_is_not_a_spec_is_never_read_or_quoted(tree):
 def test_etc_passwd_on_the_command_line(tree):
     project, _ = tree
     (project / "p.net").write_text('network p\nimport "/etc/passwd"\n' + spec("lib.net")[10:])
-    done = run_netc("check", "p.net", cwd=str(project))
+    done = cli_main("check", "p.net", cwd=str(project))
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "cannot import '/etc/passwd'" in done.stderr and "--import-path /etc" in done.stderr
     assert "root:" not in done.stderr
-    done = run_netc("check", "p.net", "--import-path", "/etc", cwd=str(project))
+    done = cli_main("check", "p.net", "--import-path", "/etc", cwd=str(project))
     assert "only .net spec files can be imported" in done.stderr and "root:" not in done.stderr
 
 
@@ -96,7 +96,7 @@ def test_dot_slash_and_plain_names_check_alike(tree):
     project, _ = tree
     (project / "a.net").write_text(spec("lib.net").replace(
         'import "lib.net"', 'import "lib.net"\nimport "a.net"'))
-    outputs = [run_netc("check", name, cwd=str(project)) for name in ("a.net", "./a.net")]
+    outputs = [cli_main("check", name, cwd=str(project)) for name in ("a.net", "./a.net")]
     assert [done.returncode for done in outputs] == [0, 0], outputs[1].stderr
     assert check_file(str(project / "a.net")).param_count() == \
         check_file(os.path.join(str(project), ".", "a.net")).param_count()

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, SPECS, assert_golden, run_netc
+from conftest import ROOT, SPECS, assert_golden, cli_main
 from netdsl.driver import check_file
 from netdsl.lower import lower
 from netdsl.lower.codegen import (Chain, chain_backward, chain_forward, cuda_source,
@@ -247,7 +247,7 @@ def test_specs_fuse_the_chains_they_have():
 
 
 def test_netc_compile_emits_each_kernel_once(nvrtc):
-    result = run_netc("compile", os.path.join(SPECS, "resnet20.net"), "--emit", "kernels")
+    result = cli_main("compile", os.path.join(SPECS, "resnet20.net"), "--emit", "kernels")
     assert result.returncode == 0, result.stderr
     sources = result.stdout.split("\n// ")
     assert len(sources) == 5   # relu and add -> relu, each both ways, and the update

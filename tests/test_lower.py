@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_netc
+from conftest import cli_main
 from netdsl.driver import check_file, check_text
 from netdsl.lower import PASSES, lower
 from netdsl.lower.fuse import FusedChain
@@ -142,7 +142,7 @@ def test_the_interpreter_differs_when_the_executor_does():
 
 @pytest.mark.parametrize("name", [name for name, _ in PASSES])
 def test_netc_compile_emits_every_pass(name):
-    result = run_netc("compile", str(SPECS / "lstm.net"), "--emit", name)
+    result = cli_main("compile", str(SPECS / "lstm.net"), "--emit", name)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert result.stdout.strip() == format_pass(lower(network("lstm")), name).strip()

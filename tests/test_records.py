@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import SPECS, run_netc, tensorboard_values
+from conftest import SPECS, cli_main, run_netc, tensorboard_values
 
 MLP = os.path.join(SPECS, "mlp.net")
 STEP_KEYS = {"kind", "step", "epoch", "loss", "accuracy", "samples/s", "lr", "grad_norm"}
@@ -23,6 +23,7 @@ def runs(tmp_path_factory):
     """runs/whole: 3 epochs at once; runs/resumed: the same run stopped at step 15, a kill's
     leftovers appended to its metrics, then resumed."""
     root = tmp_path_factory.mktemp("records")
+    # real processes: the TensorBoard files read back are whole once a run's process ends
     common = ("--examples", "600", "--batch", "32", "--quiet")
     whole, resumed = (str(root / "runs" / n) for n in ("whole", "resumed"))
     for args in ((MLP, "--epochs", "3", "--checkpoint", whole),
@@ -201,7 +202,7 @@ def test_variants_of_one_network_keep_their_own_runs(tmp_path):
     common = ("--examples", "200", "--batch", "50", "--quiet")
     for spec, steps in (("a.net", "2"), ("b.net", "2"), ("b.net", "3")):
         resume = ("--resume",) if steps == "3" else ()
-        result = run_netc("run", spec, "--steps", steps, *resume, *common, cwd=str(tmp_path))
+        result = cli_main("run", spec, "--steps", steps, *resume, *common, cwd=str(tmp_path))
         assert result.returncode == 0, result.stderr
         if not resume and spec == "b.net":
             assert "runs/mlp holds the run of a.net: this run is recorded in runs/mlp-2" \
@@ -212,7 +213,7 @@ def test_variants_of_one_network_keep_their_own_runs(tmp_path):
     assert [e["step"] for e in metrics(first) if e["kind"] == "step"] == []  # 2 steps: none logged
     with np.load(second / "checkpoint.npz") as checkpoint:
         assert int(checkpoint["optimizer0/step"]) == 3  # b's run resumed in its own folder
-    evaluated = run_netc("eval", "b.net", "--examples", "200", "--quiet", cwd=str(tmp_path))
+    evaluated = cli_main("eval", "b.net", "--examples", "200", "--quiet", cwd=str(tmp_path))
     assert evaluated.returncode == 0, evaluated.stderr
 
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, SPECS, run_netc
+from conftest import ROOT, SPECS, cli_main, run_netc
 from netdsl.driver import check_file, check_text
 from netdsl.lower import lower
 from netdsl.lower.printers import host_chains
@@ -228,8 +228,8 @@ class TestCheckpoints:
 
     def test_resume_of_another_network_is_refused(self, tmp_path):
         folder = str(tmp_path / "run")
-        run_netc("run", os.path.join(SPECS, "mlp.net"), "--checkpoint", folder, "--steps", "1")
-        result = run_netc("run", os.path.join(SPECS, "perceptron.net"), "--checkpoint", folder,
+        cli_main("run", os.path.join(SPECS, "mlp.net"), "--checkpoint", folder, "--steps", "1")
+        result = cli_main("run", os.path.join(SPECS, "perceptron.net"), "--checkpoint", folder,
                           "--resume")
         assert result.returncode == 1
         assert "different network" in result.stderr and "Traceback" not in result.stderr
@@ -248,13 +248,13 @@ class TestCommandLine:
     def test_run_eval_predict(self, tmp_path):
         folder = str(tmp_path / "mlp")
         spec = os.path.join(SPECS, "mlp.net")
-        result = run_netc("run", spec, "--checkpoint", folder, "--epochs", "2")
+        result = cli_main("run", spec, "--checkpoint", folder, "--epochs", "2")
         assert result.returncode == 0, result.stderr
         assert "scikit-learn digits" in result.stderr and "val_accuracy" in result.stdout
-        result = run_netc("eval", spec, "--checkpoint", folder)
+        result = cli_main("eval", spec, "--checkpoint", folder)
         assert result.returncode == 0 and "accuracy" in result.stdout
         out = str(tmp_path / "pred.npz")
-        result = run_netc("predict", spec, "--checkpoint", folder, "-o", out)
+        result = cli_main("predict", spec, "--checkpoint", folder, "-o", out)
         assert result.returncode == 0, result.stderr
         with np.load(out) as saved:
             assert saved["logits"].shape == (1797, 10)
@@ -275,10 +275,10 @@ class TestCommandLine:
                     pytest.skip("a GPU is present")
             except Exception:
                 pass
-        result = run_netc("run", os.path.join(SPECS, "mlp.net"), *flags, cwd=str(tmp_path))
+        result = cli_main("run", os.path.join(SPECS, "mlp.net"), *flags, cwd=str(tmp_path))
         assert result.returncode == code
         assert message in result.stderr and "Traceback" not in result.stderr
 
     def test_eval_before_training_says_what_to_do(self, tmp_path):
-        result = run_netc("eval", os.path.join(SPECS, "mlp.net"), cwd=str(tmp_path))
+        result = cli_main("eval", os.path.join(SPECS, "mlp.net"), cwd=str(tmp_path))
         assert result.returncode == 1 and "netc run" in result.stderr

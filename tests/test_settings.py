@@ -2,7 +2,7 @@
 a bad value from a command-line flag names the flag."""
 import pytest
 
-from conftest import run_netc
+from conftest import cli_main
 from netdsl.driver import CheckFailed, check_text
 from netdsl.errors import SpecError, SpecErrors, errors_of
 from netdsl.settings import TrainSettings, resolve_settings
@@ -157,7 +157,7 @@ def test_the_command_line_shows_the_line_and_exits_one(tmp_path):
     clause = "sgd(lr=0.1), batch=0"
     path.write_text(spec(clause))
     for command in ("check", "run"):
-        result = run_netc(command, str(path), cwd=str(tmp_path))
+        result = cli_main(command, str(path), cwd=str(tmp_path))
         assert result.returncode == 1, result.stdout
         assert "Traceback" not in result.stderr
         lines = result.stderr.splitlines()

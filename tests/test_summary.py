@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import SPECS, run_netc
+from conftest import SPECS, cli_main
 from netdsl.cost import cost_rows, roll_up
 from netdsl.report import trained_params
 
@@ -60,7 +60,7 @@ def test_mult_adds_as_torchinfo_counts_them(check):
 
 
 def test_resnet20_reports_torchinfos_40_81m():
-    result = run_netc("compile", os.path.join(SPECS, "resnet20.net"), "--json")
+    result = cli_main("compile", os.path.join(SPECS, "resnet20.net"), "--json")
     total = json.loads(result.stdout)["total"]
     assert total["mult_adds"] == 40_814_762 and total["flops"] == 2 * 40_814_762
     assert total["params"] == total["trainable"] == 272_474 and total["non_trainable"] == 0
@@ -83,7 +83,7 @@ def test_depth_rolls_blocks_up(check):
     assert stages["stage2"].inputs == ("stage1/basic3/relu2",)
     blocks = [r.node for r in roll_up(net.graph, rows, 2) if r.op == "basic"]
     assert blocks[:2] == ["stage1/basic1", "stage1/basic2"] and len(blocks) == 9
-    table = run_netc("compile", os.path.join(SPECS, "resnet20.net"), "--depth", "1").stdout
+    table = cli_main("compile", os.path.join(SPECS, "resnet20.net"), "--depth", "1").stdout
     assert any(line.split()[:4] == ["stage3", "stage", "stage2/basic3/relu2", "[64,8,8]"]
                for line in table.splitlines())
 
@@ -121,7 +121,7 @@ def test_diff_names_what_changed_by_block_path(check, tmp_path):
     smaller = tmp_path / "mlp2.net"
     smaller.write_text(open(os.path.join(SPECS, "mlp.net")).read().replace(
         "-> dense(256) -> relu -> dense(10)", "-> relu -> dense(10)"))
-    result = run_netc("diff", os.path.join(SPECS, "mlp.net"), str(smaller))
+    result = cli_main("diff", os.path.join(SPECS, "mlp.net"), str(smaller))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[1] == "parameters  85,002 -> 19,210 (-77.4%)"

@@ -8,7 +8,7 @@ import time
 import networkx as nx
 import pytest
 
-from conftest import ROOT, SPECS, assert_golden, run_netc
+from conftest import ROOT, SPECS, assert_golden, cli_main
 from netdsl.driver import check_file, check_text
 from netdsl.emit import format_unrolled
 from netdsl.errors import SpecError
@@ -219,35 +219,35 @@ def assert_one_clear_error(result, *words, code=1):
 
 class TestCompileCli:
     def test_emit_unrolled_defaults_to_three_steps(self):
-        result = run_netc("compile", ELMAN, "--emit", "unrolled")
+        result = cli_main("compile", ELMAN, "--emit", "unrolled")
         assert result.returncode == 0, result.stderr
         with open(os.path.join(GOLDEN, "elman.unroll")) as handle:
             assert result.stdout == handle.read()
 
     def test_emit_unrolled_over_n_steps(self):
-        result = run_netc("compile", ELMAN, "--emit", "unrolled", "--unroll", "5")
+        result = cli_main("compile", ELMAN, "--emit", "unrolled", "--unroll", "5")
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("unrolled elman over 5 steps:")
         assert "h@5 [tanh]" in result.stdout and "h@6" not in result.stdout
 
     @pytest.mark.parametrize("steps", ["0", "-2", "x", "1.5"])
     def test_bad_step_count(self, steps):
-        result = run_netc("compile", ELMAN, "--emit", "unrolled", "--unroll", steps)
+        result = cli_main("compile", ELMAN, "--emit", "unrolled", "--unroll", steps)
         assert_one_clear_error(result, "--unroll", "at least 1", "--unroll 3", code=2)
 
     def test_spec_without_state(self):
-        result = run_netc("compile", MLP, "--emit", "unrolled")
+        result = cli_main("compile", MLP, "--emit", "unrolled")
         assert_one_clear_error(result, "nothing to unroll", "mlp.net", "state h")
 
     def test_unroll_without_emit_unrolled(self):
-        result = run_netc("compile", ELMAN, "--unroll", "2")
+        result = cli_main("compile", ELMAN, "--unroll", "2")
         assert_one_clear_error(result, "--unroll goes with --emit unrolled", code=2)
 
 
 class TestDrawCli:
     def test_draw_unrolled_dot(self, tmp_path):
         out = tmp_path / "elman.dot"
-        result = run_netc("draw", ELMAN, "--unroll", "4", "-o", str(out))
+        result = cli_main("draw", ELMAN, "--unroll", "4", "-o", str(out))
         assert result.returncode == 0, result.stderr
         source = out.read_text()
         assert '"h@4"' in source and '"h@0"' in source and '"h@5"' not in source
@@ -255,7 +255,7 @@ class TestDrawCli:
 
     def test_draw_unrolled_and_collapsed(self, tmp_path):
         out = tmp_path / "bi.dot"
-        result = run_netc("draw", os.path.join("specs", "bidirectional_rnn.net"), "--unroll", "2",
+        result = cli_main("draw", os.path.join("specs", "bidirectional_rnn.net"), "--unroll", "2",
                           "--collapse", "-o", str(out))
         assert result.returncode == 0, result.stderr
         assert '"[bigru1]@2"' in out.read_text()
@@ -263,13 +263,13 @@ class TestDrawCli:
     @pytest.mark.parametrize("steps", ["0", "-1", "three"])
     def test_bad_step_count(self, tmp_path, steps):
         out = tmp_path / "elman.dot"
-        result = run_netc("draw", ELMAN, "--unroll", steps, "-o", str(out))
+        result = cli_main("draw", ELMAN, "--unroll", steps, "-o", str(out))
         assert_one_clear_error(result, "--unroll", "at least 1", code=2)
         assert not out.exists()
 
     def test_spec_without_state(self, tmp_path):
         out = tmp_path / "mlp.dot"
-        result = run_netc("draw", MLP, "--unroll", "3", "-o", str(out))
+        result = cli_main("draw", MLP, "--unroll", "3", "-o", str(out))
         assert_one_clear_error(result, "nothing to unroll", "leave out the unrolling")
         assert not out.exists()
 
