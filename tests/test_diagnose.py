@@ -174,8 +174,7 @@ def spec(tmp_path, name: str, chain: str, train: str = "sgd(lr=0.01)") -> str:
 
 
 def diagnosed(path: str, folder: str, *more: str):
-    # a real process: the TensorBoard files read back are whole once its process ends
-    result = run_netc("run", path, "--epochs", "1", "--examples", "300", "--quiet",
+    result = cli_main("run", path, "--epochs", "1", "--examples", "300", "--quiet",
                       "--checkpoint", folder, "--diagnose", "1", *more)
     assert result.returncode == 0, result.stderr
     return result

@@ -23,17 +23,16 @@ def runs(tmp_path_factory):
     """runs/whole: 3 epochs at once; runs/resumed: the same run stopped at step 15, a kill's
     leftovers appended to its metrics, then resumed."""
     root = tmp_path_factory.mktemp("records")
-    # real processes: the TensorBoard files read back are whole once a run's process ends
     common = ("--examples", "600", "--batch", "32", "--quiet")
     whole, resumed = (str(root / "runs" / n) for n in ("whole", "resumed"))
     for args in ((MLP, "--epochs", "3", "--checkpoint", whole),
                  (MLP, "--epochs", "3", "--steps", "15", "--checkpoint", resumed)):
-        result = run_netc("run", *args, *common)
+        result = cli_main("run", *args, *common)
         assert result.returncode == 0, result.stderr
     with open(os.path.join(resumed, "metrics.jsonl"), "a") as handle:
         # what a run killed after its last checkpoint leaves: a line past it, half a line
         handle.write(json.dumps({"kind": "step", "step": 16, "loss": 9.0}) + '\n{"kind": "st')
-    result = run_netc("run", MLP, "--epochs", "3", "--resume", "--checkpoint", resumed, *common)
+    result = cli_main("run", MLP, "--epochs", "3", "--resume", "--checkpoint", resumed, *common)
     assert result.returncode == 0, result.stderr
     return root
 

@@ -115,11 +115,16 @@ def train_network(network, reporter: PostingReporter, epochs: int | None = None,
     check_training(session.lowered, session.settings, data, advice=FOR_BUILDER)
     train, val = session.split(data)
     trainer = session.trainer(folder, reporter=reporter)
+    record = None
     if folder is not None:
         reporter.folder = folder
-        RecordingReporter(trainer, folder, network, spec, command="netc tui " + spec,
-                          device=device)
-    return trainer.fit(train, val if len(val) else None, data.description)
+        record = RecordingReporter(trainer, folder, network, spec,
+                                   command="netc tui " + spec, device=device)
+    try:
+        return trainer.fit(train, val if len(val) else None, data.description)
+    finally:
+        if record is not None:   # the builder goes on: its TensorBoard files whole now
+            record.close()
 
 
 def _start_folder(folder: str) -> None:

@@ -121,6 +121,7 @@ def run(args) -> int:
             console.print(f"starting over; the earlier checkpoint is kept as "
                           f"{os.path.join(folder, 'previous.npz')}")
         resumed_at = trainer.position.iteration if args.resume else None
+        record = None
         if comm.rank == 0:  # the run record: spec, settings, metrics.jsonl (app.record)
             record = RecordingReporter(trainer, folder, network, args.spec, resumed_at,
                                        "netc " + shlex.join(args.argv), args.device)
@@ -129,7 +130,11 @@ def run(args) -> int:
         console.print(f"{session.name}: {param_count(session.graph):,} parameters, "
                       f"run record and checkpoints in {folder}/"
                       + _shared_out(comm, trainer, len(train)))
-        trainer.fit(train, val if len(val) else None, data.description)
+        try:
+            trainer.fit(train, val if len(val) else None, data.description)
+        finally:
+            if record is not None:
+                record.close()
     if trainer.unsaved:
         raise SpecError(f"could not write the final checkpoint ({trainer.unsaved}); {path} "
                         "holds the last one written", None,

@@ -238,6 +238,13 @@ class RecordingReporter(Reporter):
             self.events.flush()
         self.inner.stopped(reason)
 
+    def close(self) -> None:
+        """The TensorBoard files made whole: a flushed writer's thread may still hold the
+        last events, which a process that goes on (the workbench, a test) would not see."""
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+
     def warning(self, text):
         self.inner.warning(text)
 
