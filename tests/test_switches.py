@@ -125,25 +125,24 @@ def test_netc_names_a_bad_switch_value_in_one_line(name, command, monkeypatch):
     assert "Traceback" not in done.stderr
 
 
+def _sources():
+    """The text of every Python module of the compiler and the runtime."""
+    for folder in ("netdsl", "runtime"):
+        for root, _, files in os.walk(os.path.join(ROOT, folder)):
+            for file in files:
+                if file.endswith(".py"):
+                    with open(os.path.join(root, file)) as handle:
+                        yield handle.read()
+
+
 def test_no_module_reads_a_switch_past_flag():
     """A NETDSL_ variable read straight from os.environ is a path, a folder or a name,
     never an on/off switch (those go through `flag`, and are listed above)."""
     allowed = {"NETDSL_CACHE", "NETDSL_DENSE_GEMM"}   # a folder; a switch that is gone
     read = re.compile(r"environ(?:\.get)?\(\s*\"(NETDSL_\w+)\"|environ\[\"(NETDSL_\w+)\"\]")
-    found = set()
-    for folder in ("netdsl", "runtime"):
-        for root, _, files in os.walk(os.path.join(ROOT, folder)):
-            for file in files:
-                if file.endswith(".py"):
-                    with open(os.path.join(root, file)) as handle:
-                        for match in read.finditer(handle.read()):
-                            found.add(match[1] or match[2])
+    found, flags = set(), set()
+    for text in _sources():
+        found.update(match[1] or match[2] for match in read.finditer(text))
+        flags.update(re.findall(r"flag\(\"(NETDSL_\w+)\"", text))
     assert found <= allowed, found - allowed
-    flags = set()
-    for folder in ("netdsl", "runtime"):
-        for root, _, files in os.walk(os.path.join(ROOT, folder)):
-            for file in files:
-                if file.endswith(".py"):
-                    with open(os.path.join(root, file)) as handle:
-                        flags.update(re.findall(r"flag\(\"(NETDSL_\w+)\"", handle.read()))
     assert flags == set(SWITCHES), flags ^ set(SWITCHES)
