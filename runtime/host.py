@@ -25,8 +25,8 @@ from threadpoolctl import ThreadpoolController
 from netdsl.ops import parallel
 from netdsl.ops.parallel import CHUNK_BYTES, MIN_SPLIT_BYTES, SLABS_PER_THREAD, even_slabs
 
-__all__ = ["on_host", "to_host", "read_scalars", "host_threads", "one_blas_thread",
-           "steady_allocations", "SLABS_PER_THREAD", "split", "splitting"]
+__all__ = ["on_host", "to_host", "read_scalars", "host_threads", "blas_threads",
+           "one_blas_thread", "steady_allocations", "SLABS_PER_THREAD", "split", "splitting"]
 
 _crew = None     # the worker threads, made on first use
 _blas = None     # threadpoolctl's controllers of the loaded BLAS libraries
@@ -95,11 +95,17 @@ def _blas_controllers() -> tuple:
     return _blas
 
 
+def blas_threads() -> int:
+    """The threads BLAS runs a GEMM on now (1 within one_blas_thread())."""
+    return max((c.num_threads for c in _blas_controllers()), default=1)
+
+
 def host_threads() -> int:
-    """The threads an op may split over: those BLAS may use."""
+    """The threads an op may split over: those BLAS may use (within one_blas_thread(),
+    those it had)."""
     if _step_threads is not None:
         return _step_threads
-    return max((c.num_threads for c in _blas_controllers()), default=1)
+    return blas_threads()
 
 
 @contextlib.contextmanager
