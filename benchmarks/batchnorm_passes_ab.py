@@ -45,14 +45,11 @@ import numpy as np
 
 import train_speed
 from isolation import fix_malloc, keep_results, limit_blas, load_average
-from netdsl.driver import check_file
-from netdsl.lower import lower
 from netdsl.lower import native as native_lower
 from netdsl.lower import native_conv as conv_lowering
 from netdsl.ops.base import Ctx
 from netdsl.ops.channels import ChannelProgram
 from netdsl.runtime import native
-from netdsl.runtime.init import initial_params
 from netdsl.runtime.native import conv as conv_runtime
 
 
@@ -171,12 +168,8 @@ def main() -> int:
         if workload.id not in args.only.split(","):
             continue
         before = load_average()
-        lowered = lower(check_file(str(train_speed.SPECS / workload.spec)), "native")
-        params = initial_params(lowered.built, "he", seed=train_speed.SEED)
-        x, y, _ = train_speed.make_batch(workload)
-        trainer = train_speed.NetdslTrainer(lowered, params, (x, y))
-        for _ in range(3):   # kernels compiled, convolutions' choices timed
-            trainer.step()
+        trainer = train_speed.warmed_trainer(workload)
+        lowered, params, (x, y) = trainer.lowered, trainer.params, trainer.data
         if args.switch in CONV_SWITCHES:
             _conv_switch[0] = CONV_SWITCHES[args.switch]
             sides = _winograd_sides()

@@ -21,21 +21,16 @@ import time
 
 import train_speed
 from isolation import fix_malloc, keep_results, limit_blas, load_average
-from netdsl.driver import check_file
-from netdsl.lower import conv_chain, lower
-from netdsl.runtime.init import initial_params
+from netdsl.lower import conv_chain
 
 
 def _trainer(workload, joined: bool):
     previous = conv_chain.GEMM_CHAINS
     conv_chain.GEMM_CHAINS = joined
-    try:
-        lowered = lower(check_file(str(train_speed.SPECS / workload.spec)), "native")
+    try:   # the switch is the lowering's; each side is warmed below
+        return train_speed.warmed_trainer(workload, steps=0)
     finally:
         conv_chain.GEMM_CHAINS = previous
-    params = initial_params(lowered.built, "he", seed=train_speed.SEED)
-    x, y, _ = train_speed.make_batch(workload)
-    return train_speed.NetdslTrainer(lowered, params, (x, y))
 
 
 def _step(trainer) -> tuple[float, float]:

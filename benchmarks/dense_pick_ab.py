@@ -31,18 +31,12 @@ import numpy as np
 
 import train_speed
 from isolation import fix_malloc, keep_results, limit_blas, load_average
-from netdsl.driver import check_file
-from netdsl.lower import lower
-from netdsl.runtime.init import initial_params
 from netdsl.runtime.native import blas, dense, dense_choice
 from netdsl.runtime.native.choice_file import ChoiceFile
 
 
 def _trainer(workload):
-    lowered = lower(check_file(str(train_speed.SPECS / workload.spec)), "native")
-    params = initial_params(lowered.built, "he", seed=train_speed.SEED)
-    x, y, _ = train_speed.make_batch(workload)
-    return train_speed.NetdslTrainer(lowered, params, (x, y))
+    return train_speed.warmed_trainer(workload, steps=0)   # warmed below, each side
 
 
 def _step(trainer, pick: bool) -> tuple[float, float]:

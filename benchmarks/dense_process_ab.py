@@ -37,9 +37,6 @@ def child(threads: int, steps: int) -> None:
 
     from isolation import fix_malloc, limit_blas
     import train_speed
-    from netdsl.driver import check_file
-    from netdsl.lower import lower
-    from netdsl.runtime.init import initial_params
     from netdsl.runtime.native import dense_choice
     from netdsl.runtime.native.choice_file import ChoiceFile
 
@@ -48,12 +45,7 @@ def child(threads: int, steps: int) -> None:
     dense_choice.CHOICES = ChoiceFile(dense_choice.CHOICES_FILE, dense_choice.CHOICES.valid,
                                       Path(tempfile.mkdtemp()))
     [w1] = [w for w in train_speed.WORKLOADS if w.id == "W1"]
-    lowered = lower(check_file(str(train_speed.SPECS / w1.spec)), "native")
-    params = initial_params(lowered.built, "he", seed=train_speed.SEED)
-    x, y, _ = train_speed.make_batch(w1)
-    trainer = train_speed.NetdslTrainer(lowered, params, (x, y))
-    for _ in range(10):
-        trainer.step()
+    trainer = train_speed.warmed_trainer(w1, steps=10)
     walls, cpus = [], []
     for _ in range(steps):
         wall, cpu = time.perf_counter(), time.process_time()

@@ -27,9 +27,6 @@ import time
 
 import train_speed
 from isolation import fix_malloc, keep_results, limit_blas, load_average
-from netdsl.driver import check_file
-from netdsl.lower import lower
-from netdsl.runtime.init import initial_params
 from netdsl.runtime.native import pooling
 
 
@@ -51,10 +48,7 @@ SWITCHES = {"pooling-timed": (_set_pooling_timed, lambda: pooling.TIMED),
 
 
 def _trainer(workload):
-    lowered = lower(check_file(str(train_speed.SPECS / workload.spec)), "native")
-    params = initial_params(lowered.built, "he", seed=train_speed.SEED)
-    x, y, _ = train_speed.make_batch(workload)
-    return train_speed.NetdslTrainer(lowered, params, (x, y))
+    return train_speed.warmed_trainer(workload, steps=0)   # warmed below, each side
 
 
 def _step(trainer, setter, on: bool) -> tuple[float, float]:

@@ -38,11 +38,8 @@ from torch.profiler import ProfilerActivity, profile
 import sequence_speed
 import train_speed
 from isolation import blas_pool, fix_malloc, limit_blas, load_average, warn_if_busy
-from netdsl.driver import check_file
-from netdsl.lower import lower
 from netdsl.runtime import execute
 from netdsl.runtime.execute import Executor
-from netdsl.runtime.init import initial_params
 from netdsl.runtime.optim import make_optimizer
 
 # an op name (netdsl's, or torch's without "aten::") -> the kind it is counted under;
@@ -199,10 +196,8 @@ def median_ms(step, steps: int) -> float:
 
 
 def feed_forward_sides(workload, target: str):
-    x, y, _ = train_speed.make_batch(workload)
-    lowered = lower(check_file(str(train_speed.SPECS / workload.spec)), target)
-    params = initial_params(lowered.built, "he", seed=train_speed.SEED)
-    ours = train_speed.NetdslTrainer(lowered, params, (x, y))
+    ours = train_speed.warmed_trainer(workload, target, steps=0)   # median_ms warms it
+    x, y = ours.data
     theirs = train_speed.TorchTrainer(train_speed.new_torch_model(workload),
                                       (torch.from_numpy(x), torch.from_numpy(y)))
     return ours, theirs

@@ -24,10 +24,7 @@ import time
 import train_speed
 from isolation import fix_malloc, keep_results, limit_blas, load_average
 from op_profile import kind_of
-from netdsl.driver import check_file
-from netdsl.lower import lower
 from netdsl.runtime import native
-from netdsl.runtime.init import initial_params
 from netdsl.runtime.native import conv, slabs
 
 
@@ -91,12 +88,7 @@ def main() -> int:
         if workload.id not in args.only.split(","):
             continue
         before = load_average()
-        lowered = lower(check_file(str(train_speed.SPECS / workload.spec)), "native")
-        params = initial_params(lowered.built, "he", seed=train_speed.SEED)
-        x, y, _ = train_speed.make_batch(workload)
-        trainer = train_speed.NetdslTrainer(lowered, params, (x, y))
-        for _ in range(3):   # kernels compiled, convolutions' choices timed
-            trainer.step()
+        trainer = train_speed.warmed_trainer(workload)
         serial, whole = _instrument(trainer, KernelTime())
         began = time.thread_time()
         for _ in range(args.steps):

@@ -36,11 +36,8 @@ import time
 
 import train_speed
 from isolation import fix_malloc, keep_results, limit_blas, load_average
-from netdsl.driver import check_file
-from netdsl.lower import lower
 from netdsl.runtime import host
 from netdsl.runtime import native
-from netdsl.runtime.init import initial_params
 from netdsl.runtime.native import pooling, slabs
 
 SETTINGS = {"c_slabs": (slabs, "C_SLABS", lambda v: v not in ("0", "false", "False")),
@@ -61,10 +58,7 @@ def parse(text: str) -> dict:
 
 
 def _trainer(workload):
-    lowered = lower(check_file(str(train_speed.SPECS / workload.spec)), "native")
-    params = initial_params(lowered.built, "he", seed=train_speed.SEED)
-    x, y, _ = train_speed.make_batch(workload)
-    return train_speed.NetdslTrainer(lowered, params, (x, y))
+    return train_speed.warmed_trainer(workload, steps=0)   # warmed below, each side
 
 
 def _step(trainer, setting: dict, defaults: dict) -> tuple[float, float]:

@@ -204,6 +204,8 @@ def make_batch(workload: Workload) -> tuple[np.ndarray, np.ndarray, str]:
 
 class NetdslTrainer:
     def __init__(self, lowered: Lowered, params: dict, batch: tuple[np.ndarray, np.ndarray]):
+        # what it was made of, for a benchmark that traces a fresh copy's peak
+        self.lowered, self.params, self.data = lowered, params, batch
         self.plan = lowered.plan
         self.executor = Executor(lowered, params, seed=SEED)
         self.executor.lodge_values = True  # as runtime.train's Trainer runs it
@@ -220,6 +222,23 @@ class NetdslTrainer:
         self.executor.backward(self.backward)
         self.optimizer.step(self.executor.flat_grads, LR)
         return float(out[self.loss_node])
+
+
+def warmed_trainer(workload: Workload, target: str = "native", steps: int = 3,
+                   lowered: Lowered | None = None, params: dict | None = None) -> NetdslTrainer:
+    """A trainer of `workload` as the benchmarks make one: its spec lowered for `target`
+    (or `lowered`), He-normal parameters from SEED (or `params`), the workload's batch,
+    and `steps` steps taken (kernels compiled, choices timed; 0 for a benchmark that
+    warms each of its sides itself)."""
+    if lowered is None:
+        lowered = lower(check_file(str(SPECS / workload.spec)), target)
+    if params is None:
+        params = initial_params(lowered.built, "he", seed=SEED)
+    x, y, _ = make_batch(workload)
+    trainer = NetdslTrainer(lowered, params, (x, y))
+    for _ in range(steps):
+        trainer.step()
+    return trainer
 
 
 class TorchTrainer:

@@ -14,10 +14,11 @@ training loop needs of them:
 `SingleProcess` is the one-process case, where every call returns at once. The MPI
 communicator waits with a deadline (`timeout`): when another worker has died or hangs,
 the others stop with a `WorkerLost` naming it instead of waiting for ever. Until this
-worker's first training step has ended (`first_step_done`), a wait's deadline is at
-least FIRST_STEP_ALLOWANCE: the ranks' startups and first steps (imports, first-use
-compilation, the kernels' timing) differ by seconds, which a short timeout would take
-for a hang. The NCCL one
+worker's first training step has ended (`first_step_done`), and in any step or pass of a
+kind it has not run before (`starting`: an epoch's last, partial batch, the first
+evaluation), a wait's deadline is at least FIRST_STEP_ALLOWANCE: the ranks' startups and
+first uses (imports, compiling and timing kernels for a new batch size) differ by
+seconds, which a short timeout would take for a hang. The NCCL one
 (`runtime.nccl`) sums device arrays on the device and leaves the rest to MPI.
 
 `connect()` tells from the launcher's environment whether this process is one of
@@ -41,7 +42,8 @@ __all__ = ["Communicator", "SingleProcess", "MpiCommunicator", "Pending", "Distr
 
 # seconds a worker waits for the others at a collective before it gives up on them
 DEFAULT_TIMEOUT = 300.0
-# the least it waits before its first step has ended, whatever the timeout: a first step
+# the least it waits before its first step has ended, and in the first step or pass of
+# each kind (a new batch size, the first evaluation), whatever the timeout: a first step
 # ends seconds apart on the ranks (two busy cores: 3 s), and a first-use compilation
 # on a slow or loaded machine takes tens of seconds
 FIRST_STEP_ALLOWANCE = 120.0
@@ -145,10 +147,16 @@ class Communicator:
         """Stop every process at once (a worker that cannot go on while others wait)."""
         raise NotImplementedError
 
+    def starting(self, kind: tuple) -> None:
+        """A step or pass of `kind` starts on this worker: a training step on a global
+        batch of a size, an evaluation of a data set. Every worker names the same kinds
+        (global sizes), so that where one compiles and times kernels for a kind it has
+        not run, the others, waiting for it, allow for that too."""
+
     def first_step_done(self) -> None:
-        """This worker's first training step has ended, and with it (its sums being
-        every worker's) every worker's first backward: from now on a wait for the
-        others is a plain step's."""
+        """The step or pass started last has ended on this worker, and with it (its sums
+        being every worker's) on every worker. After the first training step, and after
+        the first of each kind, a wait for the others is a plain step's."""
 
 
 class SingleProcess(Communicator):
@@ -193,7 +201,8 @@ class MpiCommunicator(Communicator):
     """MPI's COMM_WORLD through mpi4py: sums of host arrays, objects, flags.
 
     Every wait polls its request against a deadline of `timeout` seconds (at least
-    FIRST_STEP_ALLOWANCE before `first_step_done`), so a worker whose peer has died (or
+    FIRST_STEP_ALLOWANCE before the first `first_step_done`, and in the first step or
+    pass of each kind), so a worker whose peer has died (or
     hangs) raises `WorkerLost` naming it rather than waiting for ever; the launcher
     usually stops the job first when a process dies.
     """
@@ -202,7 +211,9 @@ class MpiCommunicator(Communicator):
 
     def __init__(self, comm, mpi, timeout: float = DEFAULT_TIMEOUT):
         self.comm, self.mpi, self.timeout = comm, mpi, timeout
-        self.stepped = False   # whether this worker's first step has ended
+        self.ran: set[tuple] = set()   # the kinds of step or pass that ended here
+        self.running = None            # the kind of step or pass under way, if told
+        self.first_use = True          # whether it is its kind's first (before any: yes)
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         node = comm.Split_type(mpi.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
@@ -246,13 +257,18 @@ class MpiCommunicator(Communicator):
         sys.stderr.flush()
         self.comm.Abort(code)
 
+    def starting(self, kind: tuple) -> None:
+        self.running, self.first_use = kind, kind not in self.ran
+
     def first_step_done(self) -> None:
-        self.stepped = True
+        if self.running is not None:
+            self.ran.add(self.running)
+        self.running, self.first_use = None, False
 
     def patience(self) -> float:
         """Seconds a wait lasts at most: the timeout, and before the first step has
-        ended at least FIRST_STEP_ALLOWANCE."""
-        return self.timeout if self.stepped else max(self.timeout, FIRST_STEP_ALLOWANCE)
+        ended or in the first step or pass of a kind at least FIRST_STEP_ALLOWANCE."""
+        return max(self.timeout, FIRST_STEP_ALLOWANCE) if self.first_use else self.timeout
 
     def wait(self, request, what: str) -> None:
         """Wait for `request`: spin briefly (a sum of a step's gradients takes

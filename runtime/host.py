@@ -24,12 +24,20 @@ from threadpoolctl import ThreadpoolController
 
 from netdsl.ops import parallel
 from netdsl.ops.parallel import CHUNK_BYTES, MIN_SPLIT_BYTES, SLABS_PER_THREAD, even_slabs
+from netdsl.switches import flag
 
-__all__ = ["on_host", "to_host", "read_scalars", "host_threads", "one_blas_thread",
-           "steady_allocations", "SLABS_PER_THREAD", "split", "splitting"]
+__all__ = ["on_host", "to_host", "read_scalars", "host_threads", "blas_threads",
+           "one_blas_thread", "steady_allocations", "SLABS_PER_THREAD", "split", "splitting",
+           "DIRECT_COUNT"]
+
+# BLAS's thread count read through OpenBLAS's own getter, bound once (True, or
+# NETDSL_BLAS_COUNT_DIRECT=0: threadpoolctl's query at every call, as before): the query
+# took 4-5 us through threadpoolctl's Python layers, at each dense GEMM of a step
+DIRECT_COUNT = flag("NETDSL_BLAS_COUNT_DIRECT", True)
 
 _crew = None     # the worker threads, made on first use
 _blas = None     # threadpoolctl's controllers of the loaded BLAS libraries
+_count = None    # () -> the threads BLAS runs on now, made on first use
 _running = threading.Lock()  # held while slabs run: a split inside a slab runs serially
 _slabs_running = 1  # how many slabs run at once now: they share the chunk budget
 _step_threads = None  # inside one_blas_thread(): the threads BLAS had, which ops split over
@@ -95,11 +103,45 @@ def _blas_controllers() -> tuple:
     return _blas
 
 
+def _getter(controller):
+    """() -> one BLAS library's thread count now: OpenBLAS's getter called straight
+    through ctypes (0.3 us) where its threads are its own, else threadpoolctl's query.
+    Read at each call, not kept: whoever sets the count (threadpoolctl's limits, this
+    module's sections, OpenBLAS's own calls) is followed without being told."""
+    if DIRECT_COUNT and getattr(controller, "internal_api", None) == "openblas" \
+            and getattr(controller, "threading_layer", None) != "openmp":
+        for symbol in getattr(controller, "check_symbols", ()):
+            function = getattr(controller.dynlib, symbol, None)
+            if function is not None:
+                address = ctypes.cast(function, ctypes.c_void_p).value
+                return ctypes.CFUNCTYPE(ctypes.c_int)(address)
+    return controller.get_num_threads
+
+
+def _counter():
+    """() -> the most threads any loaded BLAS runs on now (1 where none is found)."""
+    getters = tuple(_getter(c) for c in _blas_controllers())
+    if not getters:
+        return lambda: 1
+    if len(getters) == 1:
+        return getters[0]
+    return lambda: max(get() or 1 for get in getters)
+
+
+def blas_threads() -> int:
+    """The threads BLAS runs a GEMM on now (1 within one_blas_thread())."""
+    global _count
+    if _count is None:
+        _count = _counter()
+    return _count() or 1
+
+
 def host_threads() -> int:
-    """The threads an op may split over: those BLAS may use."""
+    """The threads an op may split over: those BLAS may use (within one_blas_thread(),
+    those it had)."""
     if _step_threads is not None:
         return _step_threads
-    return max((c.num_threads for c in _blas_controllers()), default=1)
+    return blas_threads()
 
 
 @contextlib.contextmanager

@@ -117,5 +117,8 @@ class NcclCommunicator(Communicator):
     def abort(self, code: int = 1) -> None:
         self.host.abort(code)
 
+    def starting(self, kind: tuple) -> None:
+        self.host.starting(kind)
+
     def first_step_done(self) -> None:
         self.host.first_step_done()

@@ -78,6 +78,14 @@ class Replicas:
         self.weight = size / total
         for buckets in self.buckets:
             buckets.weight = self.weight
+        self.starting("train", total)
+
+    def starting(self, *kind) -> None:
+        """A step or pass of `kind` starts (runtime.distributed's `starting`: the first
+        of each kind, which compiles and times kernels for its sizes, has the waits'
+        first-use allowance until `stepped`)."""
+        if self.size > 1:
+            self.comm.starting(kind)
 
     def training(self):
         """The context of the training loop: batchnorm synchronised when asked."""
@@ -92,8 +100,9 @@ class Replicas:
         return self.buckets[phase] if self.overlap else None
 
     def stepped(self) -> None:
-        """A training step of this worker has ended (runtime.distributed's
-        `first_step_done`: the waits' first-step allowance ends with the first)."""
+        """A training step (or an evaluation) of this worker has ended
+        (runtime.distributed's `first_step_done`: the waits' first-use allowance ends
+        with the first, and with the first of each kind)."""
         if self.size > 1:
             self.comm.first_step_done()
 

@@ -587,8 +587,10 @@ class Trainer:
                 **{name: 0.0 for name in self.plan.losses}}
         keep = {self.metric[1]} if self.metric else set()
         records = []  # off the host: each batch's numbers, read back once at the end
+        batch = batch or max(self.settings.batch, 256)
+        self.replicas.starting("evaluate", len(data), batch)   # every worker's sizes
         data = self.replicas.part(data)
-        for part in data.batches(batch or max(self.settings.batch, 256), None):
+        for part in data.batches(batch, None):
             out = self.executor.forward(part, False, keep)
             size = len(next(iter(part.values())))
             sums["samples"] += size
@@ -606,6 +608,7 @@ class Trainer:
                 sums[name] = sums.get(name, 0.0) + value * record.size
             sums["correct"] += right
         sums = self.replicas.total(sums)
+        self.replicas.stepped()
         result = {name: sums[name] / sums["samples"] for name in self.plan.losses}
         result["loss"] = sum(result[name] for name in self.plan.losses)
         return {**result, **self._accuracy(sums)}

@@ -321,3 +321,25 @@ def test_the_first_call_gives_the_chosen_gemms_bits_into_an_out_too(fresh_choice
         got = linear.dense_gemm(np, x, w.T, out=out)
     assert got is out
     assert got.tobytes() == dense.matmul(x, w.T, None, 1).tobytes()
+
+
+def test_a_shape_under_another_blas_thread_count_is_timed_apart(fresh_choices, monkeypatch):
+    """Within a pass whose ops split (one_blas_thread) BLAS runs on one thread while the
+    pass has two: a choice timed there is not reused where BLAS runs on two, nor the
+    other way round."""
+    from threadpoolctl import threadpool_limits
+
+    from netdsl.runtime.host import blas_threads, host_threads, one_blas_thread
+
+    timed = _count_timings(monkeypatch)
+    x, w, _, _ = _problem((37, 65, 70), "float32")
+    with threadpool_limits(2, user_api="blas"), native_conv.in_use():
+        if blas_threads() != 2:
+            pytest.skip("no BLAS whose thread count threadpoolctl sets")
+        with one_blas_thread(np):
+            assert (host_threads(), blas_threads()) == (2, 1)
+            _close(linear.dense_gemm(np, x, w.T), x @ w.T, "float32")
+        _close(linear.dense_gemm(np, x, w.T), x @ w.T, "float32")
+        keys = [k for k in dense_choice.choices() if k.startswith("float32 37x65x70 nt")]
+    assert len(timed) == 2 and len(keys) == 2, keys
+    assert {k.split()[4] for k in keys} == {"b1", "b2"}

@@ -39,6 +39,8 @@ SWITCHES = {
     "NETDSL_NATIVE": ("toolchain.compiler() is not None", True),
     "NETDSL_DENSE_PICK": ("dense.PICK", True),
     "NETDSL_BLAS_WAKE": ("blas.WAKE", False),
+    "NETDSL_BLAS_COUNT_DIRECT": ("__import__('netdsl.runtime.host').runtime.host.DIRECT_COUNT",
+                                 True),
 }
 
 _READ = """

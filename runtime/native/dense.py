@@ -5,8 +5,9 @@ While an executor of the native target runs a pass (runtime.native.conv's `in_us
 ops.linear's routines come here for float32 or float64 arrays:
 
 - `dense_gemm` (each of a layer's GEMMs: the forward's x W^T, the weight's gradient
-  gy^T x, the input's gy W): who multiplies is chosen per shape, layout and thread count
-  by a timing at first use (runtime.native.dense_choice): NumPy's BLAS on its threads,
+  gy^T x, the input's gy W): who multiplies is chosen per shape, layout and thread
+  counts (the pass's, which the own GEMM splits over, and BLAS's at the call) by a
+  timing at first use (runtime.native.dense_choice): NumPy's BLAS on its threads,
   or the generated C's own GEMM (lower.native_dense), on the calling thread or split
   over the C pool (runtime.native.pool) on two threads or more. NETDSL_DENSE_PICK=0
   leaves every GEMM to NumPy (ops.parallel.matmul), as before the choice;
@@ -34,7 +35,7 @@ import numpy as np
 from netdsl.lower.native_conv import Chained
 from netdsl.lower.native_dense import gemm_module, passes_module, scratch_elements
 from netdsl.ops import linear
-from netdsl.runtime.host import host_threads
+from netdsl.runtime.host import blas_threads, host_threads
 from netdsl.runtime.native import conv as native_conv
 from netdsl.runtime.native import dense_choice, split_gemm
 from netdsl.runtime.native.blas import wake
@@ -223,15 +224,22 @@ def _layout(a) -> str:
     return "n" if a.strides[1] == a.itemsize else "t"
 
 
-def key(a, b, threads: int) -> str:
-    """The choice's key of a @ b on `threads` threads: dtype, M x K x N, each operand's
-    layout (n: rows contiguous, t: a transpose's view), threads, the own GEMM's hash."""
+def key(a, b, threads: int, blas: int | None = None) -> str:
+    """The choice's key of a @ b where the own GEMM splits into `threads` parts and BLAS
+    runs on `blas` threads (None: as many as now), what each candidate runs the call on:
+    within a pass whose ops split, BLAS runs on one thread whatever the pass's count, and
+    a choice timed so is not one for BLAS on two. The key names dtype, M x K x N, each
+    operand's layout (n: rows contiguous, t: a transpose's view), both thread counts
+    and the own GEMM's hash."""
+    if blas is None:
+        blas = blas_threads()
     (m, k), n = a.shape, b.shape[1]
-    return (f"{a.dtype} {m}x{k}x{n} {_layout(a)}{_layout(b)} t{threads} "
+    return (f"{a.dtype} {m}x{k}x{n} {_layout(a)}{_layout(b)} t{threads} b{blas} "
             f"c{_version(str(a.dtype))}")
 
 
-# (shapes, strides and dtypes of a, b and out, threads) -> the candidate chosen, "numpy"
+# (shapes, strides and dtypes of a, b and out, threads, BLAS's threads) -> the candidate
+# chosen, "numpy"
 # for operands the own GEMM does not take: a step's GEMMs find theirs here without
 # checking their operands or making the choice's key again (an `out` must then be
 # writable, as the executor's are)
@@ -243,20 +251,20 @@ def product(a, b, out):
     (split over the C pool on two threads or more) was timed faster for its key
     (runtime.native.dense_choice); NumPy's for operands the own GEMM does not take and
     where it does not build."""
-    threads = host_threads()
+    threads, blas = host_threads(), blas_threads()
     seen = (a.shape, b.shape, a.strides, b.strides, a.dtype.char, b.dtype.char,
             None if out is None else (type(out), out.shape, out.strides, out.dtype.char),
-            threads)
+            threads, blas)
     name = _picked.get(seen)
     if name is None:
         # then the chosen one runs again: its timed runs may have shared `out`
-        name = _picked[seen] = _choose(a, b, out, threads)
+        name = _picked[seen] = _choose(a, b, out, threads, blas)
     if name == "own":
         return matmul(a, b, out, threads)
     return np.matmul(a, b, out=out)
 
 
-def _choose(a, b, out, threads: int) -> str:
+def _choose(a, b, out, threads: int, blas: int) -> str:
     """The candidate for a @ b, as product's."""
     if not operands_covered(a, b, out):
         return "numpy"
@@ -267,7 +275,7 @@ def _choose(a, b, out, threads: int) -> str:
     wake()   # with NETDSL_BLAS_WAKE=1: OpenBLAS's one-thread SGEMM at its faster pace
     candidates = {"numpy": lambda: np.matmul(a, b, out=out),
                   "own": lambda: matmul(a, b, out, threads)}
-    return dense_choice.choose(key(a, b, threads), candidates)
+    return dense_choice.choose(key(a, b, threads, blas), candidates)
 
 
 # ---- the seams

@@ -2,8 +2,10 @@
 at first use and remembered, as the convolutions choose their kernels
 (runtime.native.conv's `choose`).
 
-A GEMM's key names its dtype, shape, operands' layout and thread count, and a hash of
-the own GEMM's source (runtime.native.dense). The first time a key is seen its
+A GEMM's key names its dtype, shape, operands' layout, the thread counts each candidate
+runs the call on (the own GEMM's parts, BLAS's threads at the call: within a pass whose
+ops split BLAS runs on one, whatever the pass's count), and a hash of the own GEMM's
+source (runtime.native.dense). The first time a key is seen its
 candidates run in turn, ROUNDS rounds in rotated order, and the one whose shortest run
 was the shortest is kept: in memory and in `dense_choices.json` beside the compiled
 kernels (runtime.native.choice_file). The wall clock counts, not the CPU time: on two
