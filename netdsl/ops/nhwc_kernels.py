@@ -1,0 +1,234 @@
+"""Kernels of 4-D values laid out NHWC (batch, height, width, channels), in NumPy's calls.
+
+A convolution's columns are (positions, kernel cells x channels): each position's
+window is KH runs of KW*C consecutive numbers of the padded image, copied as they lie,
+and its output row is one GEMM row, already in NHWC order: no transpose of the result.
+A 1x1 convolution at stride 1 without padding is one GEMM over the whole batch,
+(N*H*W, C) @ (C, O). Batchnorm reduces over (N, H, W): the rows of an (N*H*W, C) array.
+The weights stay in PyTorch's (O, C, KH, KW) layout; their (O, KH*KW*C) view is made at
+each call (a small copy beside the GEMMs).
+"""
+from __future__ import annotations
+
+import math
+
+from netdsl.ops.parallel import CHUNK_BYTES
+from netdsl.ops.windows import Geometry
+
+__all__ = ["conv2d", "conv2d_backward", "batch_norm", "batch_norm_backward", "max_pool",
+           "max_pool_backward", "sum_pool", "sum_pool_backward", "padded_extent"]
+
+
+def padded_extent(g: Geometry) -> tuple[tuple[int, int], ...]:
+    """Per spatial dim (cells padded before, cells after) that the windows reach: the
+    high side is what the last window needs (pooling's ceil mode may reach further than
+    its pad, a convolution's last window may stop short of it; negative: cells cut)."""
+    pads = []
+    for n, k, s, d, lo, m in zip(g.spatial, g.kernel, g.stride, g.dilation, g.lows, g.out):
+        needed = (m - 1) * s + (k - 1) * d + 1
+        pads.append((lo, needed - n - lo))
+    return tuple(pads)
+
+
+def _pad(xp, x, g: Geometry, value=0.0):
+    """x (N, H, W, C) padded (or cut) to the extent its windows read."""
+    (top, bottom), (left, right) = padded_extent(g)
+    if top == bottom == left == right == 0:
+        return x
+    n, h, w, c = x.shape
+    out = xp.full((n, top + h + bottom, left + w + right, c), value, dtype=x.dtype)
+    rows, cols = min(h, h + bottom), min(w, w + right)
+    out[:, top:top + rows, left:left + cols] = x[:, :rows, :cols]
+    return out
+
+
+def _windows(xp, xpad, g: Geometry):
+    """A view (N, OH, OW, KH, KW, C) of every window of the padded images."""
+    sn, sh, sw, sc = xpad.strides
+    (oh, ow), (kh, kw) = g.out, g.kernel
+    (th, tw), (dh, dw) = g.stride, g.dilation
+    return xp.lib.stride_tricks.as_strided(
+        xpad, (xpad.shape[0], oh, ow, kh, kw, xpad.shape[3]),
+        (sn, sh * th, sw * tw, sh * dh, sw * dw, sc), writeable=False)
+
+
+def _pointwise(g: Geometry) -> bool:
+    """A 1x1 kernel without padding: the columns are the (strided) input itself."""
+    return g.kernel == (1, 1) and all(p == (0, 0) for p in g.pads)
+
+
+def _chunk(x, g: Geometry) -> int:
+    """Images per chunk of columns: about CHUNK_BYTES of them, one image at least."""
+    per_image = math.prod(g.out) * math.prod(g.kernel) * x.shape[3] * x.itemsize
+    return max(1, CHUNK_BYTES // max(per_image, 1))
+
+
+def _sampled(xp, x, g: Geometry):
+    """The input rows a 1x1 kernel reads, as (positions, C)."""
+    (th, tw), (oh, ow) = g.stride, g.out
+    if (th, tw) != (1, 1) or x.shape[1:3] != (oh, ow):
+        x = xp.ascontiguousarray(x[:, :(oh - 1) * th + 1:th, :(ow - 1) * tw + 1:tw])
+    return x.reshape(-1, x.shape[3])
+
+
+def conv2d(xp, x, weight, bias, g: Geometry):
+    """y (N, OH, OW, O) of x (N, H, W, C) and weight (O, C, KH, KW)."""
+    n, out = x.shape[0], weight.shape[0]
+    oh, ow = g.out
+    if _pointwise(g):
+        y = _sampled(xp, x, g) @ weight.reshape(out, -1).T
+        if bias is not None:
+            y += bias
+        return y.reshape(n, oh, ow, out)
+    wm = weight.transpose(0, 2, 3, 1).reshape(out, -1)
+    y = xp.empty((n, oh, ow, out), dtype=x.dtype)
+    step = _chunk(x, g)
+    for start in range(0, n, step):
+        part = slice(start, min(n, start + step))
+        cols = _windows(xp, _pad(xp, x[part], g), g)
+        rows = cols.shape[0] * oh * ow
+        cols = xp.ascontiguousarray(cols).reshape(rows, -1)
+        xp.matmul(cols, wm.T, out=y[part].reshape(rows, out))
+    if bias is not None:
+        y += bias
+    return y
+
+
+def conv2d_backward(xp, gy, x, weight, g: Geometry, needs_dx: bool = True):
+    """(dx or None, dweight, dbias) of conv2d, given gy (N, OH, OW, O)."""
+    n, out = x.shape[0], weight.shape[0]
+    g2 = gy.reshape(-1, out)
+    dbias = g2.sum(axis=0)
+    if _pointwise(g):
+        dweight = (g2.T @ _sampled(xp, x, g)).reshape(weight.shape)
+        dx = None
+        if needs_dx:
+            d = (g2 @ weight.reshape(out, -1)).reshape(gy.shape[:3] + (x.shape[3],))
+            if d.shape == x.shape:
+                dx = d
+            else:
+                (th, tw), (oh, ow) = g.stride, g.out
+                dx = xp.zeros_like(x)
+                dx[:, :(oh - 1) * th + 1:th, :(ow - 1) * tw + 1:tw] = d
+        return dx, dweight, dbias
+    (kh, kw), (oh, ow) = g.kernel, g.out
+    (th, tw), (dh, dw) = g.stride, g.dilation
+    wm = weight.transpose(0, 2, 3, 1).reshape(out, -1)
+    dwm = xp.zeros_like(wm)
+    dx = None
+    if needs_dx:
+        (top, bottom), (left, right) = padded_extent(g)
+        h, w = x.shape[1:3]
+        dxpad = xp.zeros((n, top + h + max(bottom, 0), left + w + max(right, 0), x.shape[3]),
+                         dtype=x.dtype)
+    step = _chunk(x, g)
+    for start in range(0, n, step):
+        part = slice(start, min(n, start + step))
+        cols = _windows(xp, _pad(xp, x[part], g), g)
+        rows = cols.shape[0] * oh * ow
+        cols = xp.ascontiguousarray(cols).reshape(rows, -1)
+        gp = gy[part].reshape(rows, out)
+        dwm += gp.T @ cols
+        if needs_dx:
+            dcols = (gp @ wm).reshape(cols.shape[0] // (oh * ow), oh, ow, kh, kw, -1)
+            target = dxpad[part]
+            for i in range(kh):
+                for j in range(kw):
+                    target[:, i * dh:i * dh + (oh - 1) * th + 1:th,
+                           j * dw:j * dw + (ow - 1) * tw + 1:tw] += dcols[:, :, :, i, j]
+    dweight = dwm.reshape(out, kh, kw, -1).transpose(0, 3, 1, 2)
+    if needs_dx:
+        (top, _), (left, _) = padded_extent(g)
+        h, w = x.shape[1:3]
+        dx = xp.ascontiguousarray(dxpad[:, top:top + h, left:left + w])
+    return dx, xp.ascontiguousarray(dweight), dbias
+
+
+def batch_norm(xp, x, weight, bias, eps: float, momentum: float, buffers: dict,
+               training: bool):
+    """(y, xhat, inv_std) of x (N, H, W, C), statistics over (N, H, W) in double
+    precision; the running statistics in `buffers` as PyTorch folds them in."""
+    channels = x.shape[-1]
+    rows = x.reshape(-1, channels)
+    if "running_mean" not in buffers:
+        buffers["running_mean"] = xp.zeros(channels, dtype=x.dtype)
+        buffers["running_var"] = xp.ones(channels, dtype=x.dtype)
+    if training:
+        count = rows.shape[0]
+        mean = rows.mean(axis=0, dtype=xp.float64)
+        centred = rows - mean.astype(x.dtype)
+        var = (centred.astype(xp.float64) ** 2).mean(axis=0) if x.dtype != xp.float64 \
+            else (centred * centred).mean(axis=0)
+        buffers["running_mean"] = ((1 - momentum) * buffers["running_mean"]
+                                   + momentum * mean).astype(x.dtype)
+        buffers["running_var"] = ((1 - momentum) * buffers["running_var"]
+                                  + momentum * var * count / max(count - 1, 1)).astype(x.dtype)
+    else:
+        mean = buffers["running_mean"].astype(xp.float64)
+        var = buffers["running_var"].astype(xp.float64)
+        centred = rows - mean.astype(x.dtype)
+    inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
+    xhat = centred * inv_std
+    y = xhat * weight + bias
+    return y.reshape(x.shape), xhat.reshape(x.shape), inv_std
+
+
+def batch_norm_backward(xp, gy, xhat, inv_std, weight, batch_stats: bool):
+    """(dx, dweight, dbias) of batch_norm, given gy (N, H, W, C)."""
+    channels = gy.shape[-1]
+    g2, h2 = gy.reshape(-1, channels), xhat.reshape(-1, channels)
+    dbias = g2.sum(axis=0, dtype=xp.float64)
+    dweight = (g2 * h2).sum(axis=0, dtype=xp.float64)
+    scale = (weight * inv_std).astype(gy.dtype)
+    if batch_stats:
+        count = g2.shape[0]
+        dx = scale * (g2 - (dbias / count).astype(gy.dtype)
+                      - h2 * (dweight / count).astype(gy.dtype))
+    else:
+        dx = scale * g2
+    return dx.reshape(gy.shape), dweight.astype(gy.dtype), dbias.astype(gy.dtype)
+
+
+def max_pool(xp, x, g: Geometry):
+    """(y, indices): the max of each window, and the window cell (kh * KW + kw) it is."""
+    cells = _windows(xp, _pad(xp, x, g, -xp.inf), g)
+    n, oh, ow, kh, kw, c = cells.shape
+    flat = xp.ascontiguousarray(cells).reshape(n, oh, ow, kh * kw, c)
+    indices = flat.argmax(axis=3).astype(xp.uint8 if kh * kw <= 256 else xp.int32)
+    y = xp.take_along_axis(flat, indices[:, :, :, None].astype(xp.intp), axis=3)[:, :, :, 0]
+    return y, indices
+
+
+def max_pool_backward(xp, gy, indices, shape, g: Geometry):
+    """dx (N, H, W, C) of max_pool: each window's gradient to its max cell."""
+    (kh, kw), (oh, ow) = g.kernel, g.out
+    (th, tw), (dh, dw) = g.stride, g.dilation
+    (top, bottom), (left, right) = padded_extent(g)
+    n, h, w, c = shape
+    dx = xp.zeros((n, top + h + max(bottom, 0), left + w + max(right, 0), c), dtype=gy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            picked = xp.where(indices == i * kw + j, gy, 0)
+            dx[:, i * dh:i * dh + (oh - 1) * th + 1:th,
+               j * dw:j * dw + (ow - 1) * tw + 1:tw] += picked
+    return xp.ascontiguousarray(dx[:, top:top + h, left:left + w])
+
+
+def sum_pool(xp, x, g: Geometry):
+    """The sum of each window (zero padding)."""
+    cells = _windows(xp, _pad(xp, x, g), g)
+    return cells.sum(axis=(3, 4))
+
+
+def sum_pool_backward(xp, gy, shape, g: Geometry):
+    """dx (N, H, W, C) of sum_pool: each window's gradient to each of its cells."""
+    (kh, kw), (oh, ow) = g.kernel, g.out
+    (th, tw), (dh, dw) = g.stride, g.dilation
+    (top, bottom), (left, right) = padded_extent(g)
+    n, h, w, c = shape
+    dx = xp.zeros((n, top + h + max(bottom, 0), left + w + max(right, 0), c), dtype=gy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, i * dh:i * dh + (oh - 1) * th + 1:th,
+               j * dw:j * dw + (ow - 1) * tw + 1:tw] += gy
+    return xp.ascontiguousarray(dx[:, top:top + h, left:left + w])
