@@ -161,21 +161,20 @@ def cost_key(step_or_relayout, layout: str, batch: int, dtype: str, target: str)
         what = f"{name}|{list(t.dims)}"
     else:
         step = step_or_relayout
-        what = (f"{step.op!r}|" + ";".join(str(list(t.dims)) for t in step.input_types))
+        op = getattr(step.op, "inner", step.op)   # an NHWC variant: the op it stands for
+        what = (f"{op!r}|" + ";".join(str(list(t.dims)) for t in step.input_types))
     return f"{target}|{dtype}|{batch}|{layout}|{what}"
 
 
 def region_costs(plan: Plan, region: Region, lookup: Callable[[str], float | None],
                  batch: int, dtype: str, target: str) -> dict | None:
     """{layout: seconds a training step spends on the region in it}, or None where a
-    time is missing. Elementwise steps cost alike in both and are left out."""
+    time is missing."""
     costs = {}
     for layout in LAYOUTS:
         total = 0.0
         for node in region.steps:
             step = plan.step_of(node)
-            if not _changes_work(step):
-                continue
             found = lookup(cost_key(step, layout, batch, dtype, target))
             if found is None:
                 return None
