@@ -14,9 +14,9 @@ import math
 
 from netdsl.ops import nhwc_kernels as kernels
 from netdsl.ops.base import Op
-from netdsl.ops.common import geometry_of
 from netdsl.ops.layouts import NHWC, TO_NCHW, TO_NHWC, channel_axis
 from netdsl.ops.parallel import CHUNK_BYTES
+from netdsl.types import TensorType
 
 __all__ = ["Relayout", "InNHWC", "ConvNHWC", "ProjectNHWC", "BatchNormNHWC", "MaxPoolNHWC",
            "AvgPoolNHWC", "ConcatNHWC", "GlobalAvgPoolNHWC"]
@@ -87,6 +87,12 @@ class InNHWC(Op):
     def layouts(self, *xs):
         return self.inner.layouts(*xs)
 
+    def geometry_of(self, ctx, x):
+        """The step's geometry, or (called alone) the wrapped op's for x's NCHW type."""
+        if ctx.geometry is not None:
+            return ctx.geometry
+        return self.inner.geometry(TensorType((x.shape[3], x.shape[1], x.shape[2])))
+
     def __repr__(self) -> str:
         return f"{self.inner!r} [NHWC]"
 
@@ -113,7 +119,7 @@ class ConvNHWC(InNHWC):
         return _scratch(self.inner.geometry(x), x.dims[0])
 
     def forward(self, ctx, x, weight, bias=None):
-        geometry = geometry_of(self.inner, ctx, x)
+        geometry = self.geometry_of(ctx, x)
         ctx.save(x=x, weight=weight, geometry=geometry)
         return kernels.conv2d(ctx.xp, x, weight, bias, geometry)
 
@@ -157,7 +163,7 @@ class ProjectNHWC(InNHWC):
     def forward(self, ctx, x, weight=None, bn_weight=None, bn_bias=None):
         if weight is None:
             return x
-        geometry = geometry_of(self.inner, ctx, x)
+        geometry = self.geometry_of(ctx, x)
         z = kernels.conv2d(ctx.xp, x, weight, None, geometry)
         y, xhat, inv_std = kernels.batch_norm(ctx.xp, z, bn_weight, bn_bias, 1e-5, 0.1,
                                               ctx.buffers, ctx.training)
@@ -184,7 +190,7 @@ class MaxPoolNHWC(InNHWC):
     fresh_grads = True
 
     def forward(self, ctx, x):
-        geometry = geometry_of(self.inner, ctx, x)
+        geometry = self.geometry_of(ctx, x)
         y, indices = kernels.max_pool(ctx.xp, x, geometry)
         ctx.save(indices=indices, x_shape=x.shape, geometry=geometry)
         return y
@@ -208,7 +214,7 @@ class AvgPoolNHWC(InNHWC):
         return d[..., None] if getattr(d, "ndim", 0) else d
 
     def forward(self, ctx, x):
-        geometry = geometry_of(self.inner, ctx, x)
+        geometry = self.geometry_of(ctx, x)
         ctx.save(x_shape=x.shape, geometry=geometry)
         y = kernels.sum_pool(ctx.xp, x, geometry)
         y /= self._divisor(ctx.xp, x.shape, geometry, x.dtype)
