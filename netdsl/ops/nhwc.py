@@ -111,6 +111,7 @@ class ConvNHWC(InNHWC):
     of images; a 1x1 kernel without padding one GEMM over the whole batch."""
 
     keeps = ("x", "weight")
+    host_split = True   # its slabs on the host's threads, BLAS on one (runtime.host)
 
     def shape(self, x):
         return self.inner.shape(x)
@@ -156,6 +157,7 @@ class ProjectNHWC(InNHWC):
     (one GEMM over the batch's sampled positions), then batchnorm, both NHWC's."""
 
     keeps = ("x", "weight", "xhat", "inv_std", "bn_weight")
+    host_split = True
 
     def scratch(self, x):
         return 0, 0

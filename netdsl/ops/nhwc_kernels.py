@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from netdsl.ops.parallel import CHUNK_BYTES
+from netdsl.ops.parallel import chunk_budget, slab_map
 from netdsl.ops.windows import Geometry
 
 __all__ = ["conv2d", "conv2d_backward", "batch_norm", "batch_norm_backward", "max_pool",
@@ -57,10 +57,10 @@ def _pointwise(g: Geometry) -> bool:
     return g.kernel == (1, 1) and all(p == (0, 0) for p in g.pads)
 
 
-def _chunk(x, g: Geometry) -> int:
-    """Images per chunk of columns: about CHUNK_BYTES of them, one image at least."""
+def _chunk(xp, x, g: Geometry) -> int:
+    """Images per chunk of columns: about chunk_budget's bytes of them, one at least."""
     per_image = math.prod(g.out) * math.prod(g.kernel) * x.shape[3] * x.itemsize
-    return max(1, CHUNK_BYTES // max(per_image, 1))
+    return max(1, chunk_budget(xp) // max(per_image, 1))
 
 
 def _sampled(xp, x, g: Geometry):
@@ -71,83 +71,96 @@ def _sampled(xp, x, g: Geometry):
     return x.reshape(-1, x.shape[3])
 
 
+def _columns(xp, x, g: Geometry):
+    """The chunk's columns (images * OH * OW, KH * KW * C), one copy of its windows."""
+    cols = _windows(xp, _pad(xp, x, g), g)
+    return xp.ascontiguousarray(cols).reshape(cols.shape[0] * math.prod(g.out), -1)
+
+
 def conv2d(xp, x, weight, bias, g: Geometry):
-    """y (N, OH, OW, O) of x (N, H, W, C) and weight (O, C, KH, KW)."""
+    """y (N, OH, OW, O) of x (N, H, W, C) and weight (O, C, KH, KW): the batch in slabs
+    on the runtime's threads (ops.parallel), each slab's chunks one GEMM each."""
     n, out = x.shape[0], weight.shape[0]
     oh, ow = g.out
-    if _pointwise(g):
-        y = _sampled(xp, x, g) @ weight.reshape(out, -1).T
-        if bias is not None:
-            y += bias
-        return y.reshape(n, oh, ow, out)
-    wm = weight.transpose(0, 2, 3, 1).reshape(out, -1)
     y = xp.empty((n, oh, ow, out), dtype=x.dtype)
-    step = _chunk(x, g)
-    for start in range(0, n, step):
-        part = slice(start, min(n, start + step))
-        cols = _windows(xp, _pad(xp, x[part], g), g)
-        rows = cols.shape[0] * oh * ow
-        cols = xp.ascontiguousarray(cols).reshape(rows, -1)
-        xp.matmul(cols, wm.T, out=y[part].reshape(rows, out))
-    if bias is not None:
-        y += bias
+    wt = weight.transpose(0, 2, 3, 1).reshape(out, -1).T   # (KH*KW*C, O), a view
+    pointwise, step = _pointwise(g), _chunk(xp, x, g)
+
+    def slab(part):
+        for start in range(part.start, part.stop, step if not pointwise else n):
+            chunk = slice(start, min(part.stop, start + step) if not pointwise else part.stop)
+            cols = _sampled(xp, x[chunk], g) if pointwise else _columns(xp, x[chunk], g)
+            target = y[chunk].reshape(cols.shape[0], out)
+            xp.matmul(cols, wt, out=target)
+            if bias is not None:
+                target += bias
+
+    slab_map(xp, slab, n, x.nbytes + y.nbytes)
     return y
 
 
 def conv2d_backward(xp, gy, x, weight, g: Geometry, needs_dx: bool = True):
-    """(dx or None, dweight, dbias) of conv2d, given gy (N, OH, OW, O)."""
+    """(dx or None, dweight, dbias) of conv2d, given gy (N, OH, OW, O): each slab sums
+    its weight gradient as cols^T @ gy (the long axis inner, as BLAS runs it fastest)
+    and adds its columns' gradient onto its images' dx."""
     n, out = x.shape[0], weight.shape[0]
-    g2 = gy.reshape(-1, out)
-    dbias = g2.sum(axis=0)
-    if _pointwise(g):
-        dweight = (g2.T @ _sampled(xp, x, g)).reshape(weight.shape)
-        dx = None
-        if needs_dx:
-            d = (g2 @ weight.reshape(out, -1)).reshape(gy.shape[:3] + (x.shape[3],))
-            if d.shape == x.shape:
-                dx = d
-            else:
-                (th, tw), (oh, ow) = g.stride, g.out
-                dx = xp.zeros_like(x)
-                dx[:, :(oh - 1) * th + 1:th, :(ow - 1) * tw + 1:tw] = d
-        return dx, dweight, dbias
     (kh, kw), (oh, ow) = g.kernel, g.out
     (th, tw), (dh, dw) = g.stride, g.dilation
+    dbias = gy.reshape(-1, out).sum(axis=0)
     wm = weight.transpose(0, 2, 3, 1).reshape(out, -1)
-    dwm = xp.zeros_like(wm)
+    pointwise, step = _pointwise(g), _chunk(xp, x, g)
+    (top, bottom), (left, right) = padded_extent(g)
+    h, w = x.shape[1:3]
     dx = None
     if needs_dx:
-        (top, bottom), (left, right) = padded_extent(g)
-        h, w = x.shape[1:3]
-        dxpad = xp.zeros((n, top + h + max(bottom, 0), left + w + max(right, 0), x.shape[3]),
-                         dtype=x.dtype)
-    step = _chunk(x, g)
-    for start in range(0, n, step):
-        part = slice(start, min(n, start + step))
-        cols = _windows(xp, _pad(xp, x[part], g), g)
-        rows = cols.shape[0] * oh * ow
-        cols = xp.ascontiguousarray(cols).reshape(rows, -1)
-        gp = gy[part].reshape(rows, out)
-        dwm += gp.T @ cols
-        if needs_dx:
-            dcols = (gp @ wm).reshape(cols.shape[0] // (oh * ow), oh, ow, kh, kw, -1)
-            target = dxpad[part]
+        dx = xp.zeros_like(x) if pointwise else None
+        dxpad = None if pointwise else xp.zeros(
+            (n, top + h + max(bottom, 0), left + w + max(right, 0), x.shape[3]), dtype=x.dtype)
+
+    def slab(part):
+        dwt = None
+        for start in range(part.start, part.stop, step if not pointwise else n):
+            chunk = slice(start, min(part.stop, start + step) if not pointwise else part.stop)
+            cols = _sampled(xp, x[chunk], g) if pointwise else _columns(xp, x[chunk], g)
+            gp = gy[chunk].reshape(cols.shape[0], out)
+            made = cols.T @ gp
+            dwt = made if dwt is None else dwt.__iadd__(made)
+            if not needs_dx:
+                continue
+            dcols = gp @ wm
+            images = chunk.stop - chunk.start
+            if pointwise:
+                dx[chunk, :(oh - 1) * th + 1:th, :(ow - 1) * tw + 1:tw] = \
+                    dcols.reshape(images, oh, ow, -1)
+                continue
+            dcols = dcols.reshape(images, oh, ow, kh, kw, -1)
+            target = dxpad[chunk]
             for i in range(kh):
                 for j in range(kw):
                     target[:, i * dh:i * dh + (oh - 1) * th + 1:th,
                            j * dw:j * dw + (ow - 1) * tw + 1:tw] += dcols[:, :, :, i, j]
-    dweight = dwm.reshape(out, kh, kw, -1).transpose(0, 3, 1, 2)
-    if needs_dx:
-        (top, _), (left, _) = padded_extent(g)
-        h, w = x.shape[1:3]
+        return dwt
+
+    partial = slab_map(xp, slab, n, x.nbytes + gy.nbytes)
+    dwt = partial[0]
+    for more in partial[1:]:
+        dwt += more
+    dweight = xp.ascontiguousarray(dwt.T.reshape(out, kh, kw, -1).transpose(0, 3, 1, 2))
+    if needs_dx and not pointwise:
         dx = xp.ascontiguousarray(dxpad[:, top:top + h, left:left + w])
-    return dx, xp.ascontiguousarray(dweight), dbias
+    return dx, dweight, dbias
+
+
+def _column_sums(xp, rows):
+    """Each column's sum of an (M, C) array: ones @ rows, one pass through BLAS (its
+    blocked sums; NumPy's axis-0 sum in double precision takes several times longer)."""
+    return xp.ones(rows.shape[0], dtype=rows.dtype) @ rows
 
 
 def batch_norm(xp, x, weight, bias, eps: float, momentum: float, buffers: dict,
                training: bool):
-    """(y, xhat, inv_std) of x (N, H, W, C), statistics over (N, H, W) in double
-    precision; the running statistics in `buffers` as PyTorch folds them in."""
+    """(y, xhat, inv_std) of x (N, H, W, C), statistics over (N, H, W); the running
+    statistics in `buffers` as PyTorch folds them in (unbiased variance)."""
     channels = x.shape[-1]
     rows = x.reshape(-1, channels)
     if "running_mean" not in buffers:
@@ -155,21 +168,22 @@ def batch_norm(xp, x, weight, bias, eps: float, momentum: float, buffers: dict,
         buffers["running_var"] = xp.ones(channels, dtype=x.dtype)
     if training:
         count = rows.shape[0]
-        mean = rows.mean(axis=0, dtype=xp.float64)
-        centred = rows - mean.astype(x.dtype)
-        var = (centred.astype(xp.float64) ** 2).mean(axis=0) if x.dtype != xp.float64 \
-            else (centred * centred).mean(axis=0)
+        mean = _column_sums(xp, rows) / count
+        centred = rows - mean
+        var = _column_sums(xp, centred * centred) / count
         buffers["running_mean"] = ((1 - momentum) * buffers["running_mean"]
                                    + momentum * mean).astype(x.dtype)
         buffers["running_var"] = ((1 - momentum) * buffers["running_var"]
-                                  + momentum * var * count / max(count - 1, 1)).astype(x.dtype)
+                                  + momentum * var * (count / max(count - 1, 1))
+                                  ).astype(x.dtype)
     else:
-        mean = buffers["running_mean"].astype(xp.float64)
-        var = buffers["running_var"].astype(xp.float64)
-        centred = rows - mean.astype(x.dtype)
+        mean, var = buffers["running_mean"], buffers["running_var"]
+        centred = rows - mean
     inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
-    xhat = centred * inv_std
-    y = xhat * weight + bias
+    xhat = centred
+    xhat *= inv_std
+    y = xhat * weight
+    y += bias
     return y.reshape(x.shape), xhat.reshape(x.shape), inv_std
 
 
@@ -177,16 +191,18 @@ def batch_norm_backward(xp, gy, xhat, inv_std, weight, batch_stats: bool):
     """(dx, dweight, dbias) of batch_norm, given gy (N, H, W, C)."""
     channels = gy.shape[-1]
     g2, h2 = gy.reshape(-1, channels), xhat.reshape(-1, channels)
-    dbias = g2.sum(axis=0, dtype=xp.float64)
-    dweight = (g2 * h2).sum(axis=0, dtype=xp.float64)
+    dbias = _column_sums(xp, g2)
+    dweight = _column_sums(xp, g2 * h2)
     scale = (weight * inv_std).astype(gy.dtype)
     if batch_stats:
         count = g2.shape[0]
-        dx = scale * (g2 - (dbias / count).astype(gy.dtype)
-                      - h2 * (dweight / count).astype(gy.dtype))
+        dx = h2 * (-dweight / count)
+        dx += g2
+        dx -= dbias / count
+        dx *= scale
     else:
         dx = scale * g2
-    return dx.reshape(gy.shape), dweight.astype(gy.dtype), dbias.astype(gy.dtype)
+    return dx.reshape(gy.shape), dweight, dbias
 
 
 def max_pool(xp, x, g: Geometry):
