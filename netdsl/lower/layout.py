@@ -25,6 +25,7 @@ Which layout a region gets (the switch NETDSL_LAYOUT):
   missing (nothing measured yet, as on a fresh machine) the region stays NCHW;
 - `nhwc`: NHWC wherever a region holds an op with an NHWC kernel (tests and A/Bs).
 
+The pass lays out the CPU's targets (host, native); on cuda every value stays NCHW.
 Steps in loops, steps that lend or borrow saved arrays (maxunpool's indices) and steps
 whose 4-D value is an output of the lowering (read back by a caller) stay NCHW.
 """
@@ -42,6 +43,8 @@ __all__ = ["MODE", "MODES", "Region", "LaidOut", "layout", "find_regions", "cost
            "provide_costs", "region_costs"]
 
 MODES = ("nchw", "auto", "nhwc")
+# the targets whose executors run ops.nhwc's kernels (NumPy's calls)
+CPU_TARGETS = ("host", "native")
 # the switch, read where this module loads (tests pass `mode` to `layout` instead)
 MODE = choice("NETDSL_LAYOUT", MODES, "auto")
 
@@ -215,6 +218,8 @@ def layout(plan: Plan, outputs=frozenset(), mode: str | None = None, target: str
     mode = MODE if mode is None else mode
     if mode not in MODES:
         raise ValueError(f"layout mode {mode!r}: expected one of {MODES}")
+    if target not in CPU_TARGETS:
+        return LaidOut(plan, (), mode)   # the GPU's kernels are NCHW's
     lookup = _provided if costs is None else costs
     if batch is None:
         batch = plan.graph.graph.get("train", {}).get("batch", 32)

@@ -205,28 +205,50 @@ def batch_norm_backward(xp, gy, xhat, inv_std, weight, batch_stats: bool):
     return dx.reshape(gy.shape), dweight, dbias
 
 
+def _cells(g: Geometry):
+    """(index, the slices of the padded images that each window's cell (i, j) reads)."""
+    (kh, kw), (oh, ow) = g.kernel, g.out
+    (th, tw), (dh, dw) = g.stride, g.dilation
+    for i in range(kh):
+        for j in range(kw):
+            yield i * kw + j, (slice(None), slice(i * dh, i * dh + (oh - 1) * th + 1, th),
+                               slice(j * dw, j * dw + (ow - 1) * tw + 1, tw))
+
+
 def max_pool(xp, x, g: Geometry):
-    """(y, indices): the max of each window, and the window cell (kh * KW + kw) it is."""
-    cells = _windows(xp, _pad(xp, x, g, -xp.inf), g)
-    n, oh, ow, kh, kw, c = cells.shape
-    flat = xp.ascontiguousarray(cells).reshape(n, oh, ow, kh * kw, c)
-    indices = flat.argmax(axis=3).astype(xp.uint8 if kh * kw <= 256 else xp.int32)
-    y = xp.take_along_axis(flat, indices[:, :, :, None].astype(xp.intp), axis=3)[:, :, :, 0]
+    """(y, indices): the max of each window, and the window cell (kh * KW + kw) it is
+    (the first of equal ones), a running max over the cells' shifted views."""
+    xpad = _pad(xp, x, g, -xp.inf)
+    cells = _cells(g)
+    _, first = next(cells)
+    y = xpad[first].copy()
+    count = math.prod(g.kernel)
+    indices = xp.zeros(y.shape, dtype=xp.uint8 if count <= 256 else xp.int32)
+    better = xp.empty(y.shape, dtype=bool)
+    step = xp.empty_like(indices)
+    for index, at in cells:
+        cell = xpad[at]
+        xp.greater(cell, y, out=better)
+        xp.maximum(cell, y, out=y)
+        # indices = where(better, index, indices) as arithmetic: a masked copy (copyto's
+        # where=) took 12 times as long here
+        xp.subtract(indices.dtype.type(index), indices, out=step)
+        xp.multiply(step, better, out=step)
+        indices += step
     return y, indices
 
 
 def max_pool_backward(xp, gy, indices, shape, g: Geometry):
     """dx (N, H, W, C) of max_pool: each window's gradient to its max cell."""
-    (kh, kw), (oh, ow) = g.kernel, g.out
-    (th, tw), (dh, dw) = g.stride, g.dilation
     (top, bottom), (left, right) = padded_extent(g)
     n, h, w, c = shape
     dx = xp.zeros((n, top + h + max(bottom, 0), left + w + max(right, 0), c), dtype=gy.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            picked = xp.where(indices == i * kw + j, gy, 0)
-            dx[:, i * dh:i * dh + (oh - 1) * th + 1:th,
-               j * dw:j * dw + (ow - 1) * tw + 1:tw] += picked
+    picked = xp.empty_like(gy)
+    chosen = xp.empty(gy.shape, dtype=bool)
+    for index, at in _cells(g):
+        xp.equal(indices, index, out=chosen)
+        xp.multiply(gy, chosen, out=picked)
+        dx[at] += picked
     return xp.ascontiguousarray(dx[:, top:top + h, left:left + w])
 
 
