@@ -134,7 +134,7 @@ def _torch_loss_and_grads(plan, params, batch):
         values[step.node] = _torch_step(step, [values[s] for s in step.inputs], p)
     loss = values[plan.losses["loss"]]
     loss.backward()
-    return float(loss.detach()), {k: w.grad.numpy() for k, w in weights.items() if w.grad is not None}
+    return float(loss.detach()), values["logits"].detach().numpy(), {k: w.grad.numpy() for k, w in weights.items() if w.grad is not None}
 
 
 def _batch(plan, size=3, seed=0):
@@ -156,15 +156,18 @@ def test_nhwc_trains_as_nchw_and_pytorch(spec, dtype, target):
         params = initial_params(lowered.built, "torch", seed=0)
         batch = _batch(lowered.plan)
         ex = Executor(lowered, params, dtype=dtype)
-        loss = float(ex.forward(batch, training=True)["loss"])
+        made = ex.forward(batch, training=True, keep=("logits",))
         ex.backward()
-        results[mode] = (loss, {k: np.array(v) for k, v in ex.grads.items()})
-    want_loss, want = _torch_loss_and_grads(lowered.built, params, batch)
+        results[mode] = (float(made["loss"]), np.array(made["logits"]),
+                         {k: np.array(v) for k, v in ex.grads.items()})
+    want_loss, want_logits, want = _torch_loss_and_grads(lowered.built, params, batch)
     rtol = 1e-9 if dtype == "float64" else 2e-4
     # near zero against the largest gradient (a bias before batchnorm gets ~0)
     scale = max(float(np.abs(grad).max()) for grad in want.values())
-    for mode, (loss, grads) in results.items():
+    for mode, (loss, logits, grads) in results.items():
         assert loss == pytest.approx(want_loss, rel=rtol), mode
+        np.testing.assert_allclose(logits, want_logits, rtol=rtol,
+                                   atol=rtol * float(np.abs(want_logits).max()))
         for key, grad in want.items():
             np.testing.assert_allclose(grads[key], grad, rtol=rtol, atol=rtol * scale,
                                        err_msg=f"{mode} {key}")
