@@ -520,6 +520,7 @@ def _compile(args) -> int:
 
         lowered = lower(net, "native")
         print(native.build_report(lowered))
+        print(printers.format_layout(lowered.laid_out))
         line = native_conv.report(native_conv.layers(lowered), _train_batch(net))
         if line:
             print(line)

@@ -12,7 +12,7 @@ import os
 
 from netdsl.errors import SpecError
 
-__all__ = ["flag", "SwitchError"]
+__all__ = ["flag", "choice", "SwitchError"]
 
 
 class SwitchError(SpecError):
@@ -35,3 +35,22 @@ def flag(name: str, default: bool) -> bool:
                           f"unset, it is {int(default)}",
                           hint=f"set {name} to 1 or 0, or unset it")
     return value == "1"
+
+
+def choice(name: str, options: tuple[str, ...], default: str) -> str:
+    """The setting `name`: one of `options`, `default` where unset or empty (a switch of
+    more than two ways, such as NETDSL_LAYOUT's).
+
+    Raises
+    ------
+    SwitchError
+        For any other value.
+    """
+    value = os.environ.get(name, "").strip()
+    if value == "":
+        return default
+    if value not in options:
+        listed = ", ".join(options)
+        raise SwitchError(f"{name}={value!r}: expected one of {listed}; unset, it is "
+                          f"{default}", hint=f"set {name} to one of {listed}, or unset it")
+    return value

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run_netc
-from netdsl.switches import SwitchError, flag
+from netdsl.switches import SwitchError, choice, flag
 
 # variable -> (the expression that reads it in a fresh process, its default)
 SWITCHES = {
@@ -43,10 +43,16 @@ SWITCHES = {
                                  True),
 }
 
+# settings of more than two ways, read through `choice`: variable -> (the expression that
+# reads it in a fresh process, its default, the values it takes)
+CHOICES = {
+    "NETDSL_LAYOUT": ("layout.MODE", "auto", ("nchw", "auto", "nhwc")),
+}
+
 _READ = """
 import sys
 from netdsl import fast_parse
-from netdsl.lower import conv_chain, native_conv, pipeline
+from netdsl.lower import conv_chain, layout, native_conv, pipeline
 from netdsl.lower import native as lower_native
 from netdsl.runtime.native import blas, conv, dense, loops, pooling, slabs, toolchain
 
@@ -65,7 +71,7 @@ print(eval(sys.argv[1]))
 def _read(expression: str, **variables) -> subprocess.CompletedProcess:
     """`expression` evaluated in a fresh process with `variables` set in its environment
     (and no other NETDSL_ switch)."""
-    env = {k: v for k, v in os.environ.items() if k not in SWITCHES}
+    env = {k: v for k, v in os.environ.items() if k not in SWITCHES and k not in CHOICES}
     env.update(PYTHONPATH=str(ROOT), **variables)
     return subprocess.run([sys.executable, "-c", _READ, expression], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -85,6 +91,29 @@ def test_every_switch_keeps_its_default_and_takes_1_and_0():
         if value == "0":   # NETDSL_NATIVE=0 leaves nothing to compile: read on its own
             got.pop(list(SWITCHES).index("NETDSL_NATIVE"))
         assert got == want
+
+
+@pytest.mark.parametrize("name", sorted(CHOICES))
+def test_every_choice_keeps_its_default_takes_its_values_and_stops_at_others(name):
+    expression, default, values = CHOICES[name]
+    done = _read(expression)
+    assert done.returncode == 0 and done.stdout.strip() == default, done.stderr
+    for value in values:
+        done = _read(expression, **{name: value})
+        assert done.returncode == 0 and done.stdout.strip() == value, done.stderr
+    done = _read(expression, **{name: "yes"})
+    assert done.returncode != 0
+    assert f"SwitchError: {name}='yes': expected one of {', '.join(values)}" in done.stderr
+
+
+def test_choice_reads_its_values_and_unset(monkeypatch):
+    monkeypatch.delenv("NETDSL_SOME_CHOICE", raising=False)
+    assert choice("NETDSL_SOME_CHOICE", ("a", "b"), "a") == "a"
+    monkeypatch.setenv("NETDSL_SOME_CHOICE", " b ")
+    assert choice("NETDSL_SOME_CHOICE", ("a", "b"), "a") == "b"
+    monkeypatch.setenv("NETDSL_SOME_CHOICE", "c")
+    with pytest.raises(SwitchError, match="NETDSL_SOME_CHOICE='c'"):
+        choice("NETDSL_SOME_CHOICE", ("a", "b"), "a")
 
 
 def test_native_off_turns_the_compiler_off():
@@ -139,12 +168,15 @@ def _sources():
 
 def test_no_module_reads_a_switch_past_flag():
     """A NETDSL_ variable read straight from os.environ is a path, a folder or a name,
-    never an on/off switch (those go through `flag`, and are listed above)."""
+    never an on/off switch (those go through `flag`, and are listed above) nor a setting
+    of more ways (through `choice`, listed in CHOICES)."""
     allowed = {"NETDSL_CACHE", "NETDSL_DENSE_GEMM"}   # a folder; a switch that is gone
     read = re.compile(r"environ(?:\.get)?\(\s*\"(NETDSL_\w+)\"|environ\[\"(NETDSL_\w+)\"\]")
-    found, flags = set(), set()
+    found, flags, choices = set(), set(), set()
     for text in _sources():
         found.update(match[1] or match[2] for match in read.finditer(text))
         flags.update(re.findall(r"flag\(\"(NETDSL_\w+)\"", text))
+        choices.update(re.findall(r"choice\(\"(NETDSL_\w+)\"", text))
     assert found <= allowed, found - allowed
     assert flags == set(SWITCHES), flags ^ set(SWITCHES)
+    assert choices == set(CHOICES), choices ^ set(CHOICES)

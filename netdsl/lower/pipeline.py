@@ -1,7 +1,7 @@
 """The back end as a readable list of passes: from a checked graph to a `Lowered` plan.
 
     checked graph --lower(target)--> Lowered
-        build_plan -> hoist -> fuse(target) -> autodiff -> schedule -> plan_memory
+        build_plan -> hoist -> layout -> fuse(target) -> autodiff -> schedule -> plan_memory
         -> codegen(target)
 
 The passes that rewrite the plan come first; those that analyse it follow, so the
@@ -21,6 +21,7 @@ from netdsl.lower.codegen import Program
 from netdsl.lower.conv_chain import ConvChain
 from netdsl.lower.fuse import FusedChain, fuse
 from netdsl.lower.hoist import hoist
+from netdsl.lower.layout import LaidOut, layout
 from netdsl.lower.memory import MemoryPlan, plan_memory
 from netdsl.lower.plan import Plan, build_plan
 from netdsl.lower.schedule import Schedule, schedule
@@ -54,6 +55,7 @@ TARGETS = {
 PASSES = (
     ("build_plan", "one step per node, recurrences as loops, the flat parameter layout"),
     ("hoist", "input projections out of loops: one GEMM over all time steps"),
+    ("layout", "NCHW or NHWC per region of 4-D values, changes only on its edges"),
     ("fuse", "elementwise runs in place (host) or as one generated kernel (native, cuda)"),
     ("autodiff", "the backward schedule of the steps that run"),
     ("schedule", "straight segments and loops, and when each value is freed"),
@@ -90,6 +92,11 @@ class Lowered:
     @property
     def graph(self) -> nx.DiGraph:
         return self.plan.graph
+
+    @property
+    def laid_out(self) -> LaidOut:
+        """The layout pass's regions (netdsl.lower.layout) and the plan it made."""
+        return self.stages["layout"]
 
     @property
     def schedule(self) -> Schedule:
@@ -148,7 +155,8 @@ def scored_values(plan: Plan) -> list[str]:
     return scored
 
 
-def lower(network, target: str = "host", outputs=None, verify: bool | None = None) -> Lowered:
+def lower(network, target: str = "host", outputs=None, verify: bool | None = None,
+          layout_mode: str | None = None) -> Lowered:
     """Lower a checked network (a `driver.Network` or its graph) for `target`.
 
     Parameters
@@ -161,6 +169,8 @@ def lower(network, target: str = "host", outputs=None, verify: bool | None = Non
     verify : bool, optional
         Run verify_plan after every pass (default: NETDSL_VERIFY=1 in the
         environment).
+    layout_mode : str, optional
+        "nchw", "auto" or "nhwc" (netdsl.lower.layout; default NETDSL_LAYOUT).
 
     Raises
     ------
@@ -179,8 +189,10 @@ def lower(network, target: str = "host", outputs=None, verify: bool | None = Non
     everything = outputs | frozenset(plan.losses.values())
     plan = stages["hoist"] = hoist(plan)
     check(plan)
-    plan = stages["fuse"] = fuse(stages["hoist"], kind.fusion, everything)
-    check(plan, before=stages["hoist"])
+    laid = stages["layout"] = layout(plan, everything, layout_mode, target)
+    check(laid.plan)
+    plan = stages["fuse"] = fuse(laid.plan, kind.fusion, everything)
+    check(plan, before=laid.plan)
     backward = stages["autodiff"] = autodiff(plan)
     segments = stages["schedule"] = schedule(plan, everything)
     check(plan, segments)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from netdsl.lower.autodiff import Backward
 from netdsl.lower.codegen import cuda_source, update_program
 from netdsl.lower.fuse import ChannelChain, FusedChain
+from netdsl.lower.layout import LaidOut
 from netdsl.lower.memory import MemoryPlan
 from netdsl.lower.native import c_module
 from netdsl.lower.pipeline import Lowered
@@ -17,7 +18,7 @@ from netdsl.lower.schedule import LoopSegment, Schedule
 from netdsl.ops.channels import ChannelProgram
 from netdsl.report import human
 
-__all__ = ["format_pass", "format_plan", "format_kernels", "host_chains"]
+__all__ = ["format_pass", "format_plan", "format_kernels", "format_layout", "host_chains"]
 
 
 def format_pass(lowered: Lowered, name: str, batch: int = 1) -> str:
@@ -25,6 +26,8 @@ def format_pass(lowered: Lowered, name: str, batch: int = 1) -> str:
     result = lowered.stages[name]
     if isinstance(result, Plan):
         return _format_steps(result)
+    if isinstance(result, LaidOut):
+        return format_layout(result) + "\n" + _format_steps(result.plan)
     if isinstance(result, Backward):
         return _format_backward(lowered.plan, result)
     if isinstance(result, Schedule):
@@ -51,6 +54,8 @@ def _format_steps(plan: Plan) -> str:
             marks.append("columns of " + ", ".join(step.params[n] for n in step.slices))
         if isinstance(step.op, (FusedChain, ChannelChain)):
             marks.append("kernel " + " -> ".join(step.op.nodes))
+        if getattr(step.op, "layout", None):
+            marks.append(step.op.layout)
         op = step.op.name
         note = f"  [{'; '.join(marks)}]" if marks else ""
         lines.append(f"{step.node}: {plan.types[step.node]} = {op}({', '.join(step.inputs)})"
@@ -59,6 +64,19 @@ def _format_steps(plan: Plan) -> str:
         lines.append(f"state {state.node} = {state.source} at t-{state.delay}, "
                      f"initially {state.init}")
     lines += [f"loss {name} = {node}" for name, node in plan.losses.items()]
+    return "\n".join(lines)
+
+
+def format_layout(laid: LaidOut) -> str:
+    """Each region of 4-D values and the layout it runs in (netdsl.lower.layout), and the
+    layout changes on its edges."""
+    lines = [f"layout ({laid.mode}): {len(laid.regions)} region"
+             f"{'' if len(laid.regions) == 1 else 's'}"]
+    lines += ["  " + region.describe() for region in laid.regions]
+    changes = [s for s in laid.plan.steps if getattr(s.op, "perm", None)]
+    if changes:
+        lines.append("  changes: " + ", ".join(f"{s.node} = {s.op.name}({s.inputs[0]})"
+                                               for s in changes))
     return "\n".join(lines)
 
 
@@ -142,7 +160,8 @@ def format_plan(lowered: Lowered, batch: int) -> str:
     if plan.sequential:
         return _format_sequence_plan(lowered)
     memory = lowered.memory.at(batch)
-    lines = [f"forward ({len(plan.steps)} steps; a chain runs its followers in place)"]
+    lines = format_layout(lowered.laid_out).split("\n")
+    lines.append(f"forward ({len(plan.steps)} steps; a chain runs its followers in place)")
     for chain in host_chains(plan):
         lines.append("  " + " -> ".join(f"{n} ({plan.step_of(n).op.name})" for n in chain))
     lines.append(_format_backward(plan, lowered.backward()))

@@ -5,6 +5,7 @@ from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, Op, number, register
 from netdsl.ops.common import Pointwise, expect_float, fmt, formula_grads
 from netdsl.ops.expr import Var
+from netdsl.ops.layouts import EITHER, NCHW_ONLY
 from netdsl.ops.numeric import align, unbroadcast
 from netdsl.types import TensorType
 
@@ -40,6 +41,10 @@ class _Binary(Op):
         expect_float(self, a, hint)
         expect_float(self, b, hint)
         return a.with_dims(broadcast(a.dims, b.dims, self.mismatch_hint))
+
+    def layouts(self, a: TensorType, b: TensorType) -> frozenset[str]:
+        # element by element where neither input broadcasts along an axis of the other
+        return EITHER if a.dims == b.dims else NCHW_ONLY
 
     def forward(self, ctx, a, b):
         # per-example dims align at the right, after the batch axis, as in the shape rule

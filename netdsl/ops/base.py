@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Any, Callable, ClassVar
 
 from netdsl.errors import ShapeError, suggest
+from netdsl.ops.layouts import NCHW_ONLY
 from netdsl.types import TensorType
 
 __all__ = ["Op", "Arg", "Ctx", "OPS", "register", "ArgError", "REQUIRED", "bind", "describe",
@@ -287,6 +288,17 @@ class Op:
         """(geometry, groups) of the ops.convolve.conv_nd a call runs forward, for a target
         that chooses a kernel per convolution ahead of training; None: none."""
         return None
+
+    def layouts(self, *xs: TensorType) -> frozenset[str]:
+        """The layouts (ops.layouts) the op can run its (C, H, W) values in, given its
+        input types: NCHW alone, unless it has an NHWC kernel (`in_layout`) or treats
+        every element alike (an elementwise op of inputs of one shape: either)."""
+        return NCHW_ONLY
+
+    def in_layout(self, layout: str, *xs: TensorType) -> "Op":
+        """The op that does this one's work in `layout`, one of `layouts(*xs)`: itself
+        where the layout changes nothing it does (netdsl.lower.layout)."""
+        return self
 
     def time_steps(self, step: int | None, steps: int) -> list[int]:
         """The time steps (1..steps) of a sequence input that the output at `step` reads

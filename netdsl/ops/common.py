@@ -4,6 +4,7 @@ from __future__ import annotations
 from netdsl.errors import ShapeError
 from netdsl.ops.base import NoLowering, Op, input_names
 from netdsl.ops.expr import Var, evaluate
+from netdsl.ops.layouts import EITHER, NCHW_ONLY
 from netdsl.types import TensorType
 
 LAYOUTS = {2: "[C,L]", 3: "[C,H,W]"}
@@ -50,6 +51,10 @@ class Pointwise(Op):
 
     def flops(self, y, *xs) -> int:
         return self.cost * y.size
+
+    def layouts(self, *xs: TensorType) -> frozenset[str]:
+        # every element alike, unless a parameter broadcasts along an axis (prelu's)
+        return NCHW_ONLY if self.params(*xs) else EITHER
 
     def onnx(self, g, step, inputs, params):
         return g.formula(*self.formula_of(inputs, "ONNX"))

@@ -14,6 +14,8 @@ from netdsl.ops.convolve import (
 )
 from netdsl.ops.norm import BATCH_NORM, normalise, normalise_backward, running_statistics
 from netdsl.ops.numeric import constant, fan_in_uniform
+from netdsl.ops.layouts import EITHER, NCHW_ONLY, NHWC, spatial_2d
+from netdsl.ops.nhwc import ConvNHWC, ProjectNHWC
 from netdsl.ops.windows import Geometry
 from netdsl.types import TensorType
 
@@ -156,6 +158,15 @@ class Conv(_Convolution):
 
     def convolves(self, x: TensorType):
         return self.geometry(x), self.groups
+
+    def layouts(self, x: TensorType) -> frozenset[str]:
+        # ops.nhwc's kernel: 2-D, no groups, pads not negative
+        if spatial_2d(x) and self.groups == 1 and min(sum(self.geometry(x).pads, ())) >= 0:
+            return EITHER
+        return NCHW_ONLY
+
+    def in_layout(self, layout: str, *xs: TensorType) -> Op:
+        return ConvNHWC(self) if layout == NHWC else self
 
     def forward(self, ctx, x, weight, bias=None):
         ctx.save(x=x, weight=weight, geometry=geometry_of(self, ctx, x))
@@ -324,6 +335,13 @@ class Project(Op):
 
     def convolves(self, x: TensorType):
         return None if self.is_identity(x) else (self.geometry(x), 1)
+
+    def layouts(self, x: TensorType) -> frozenset[str]:
+        return EITHER if spatial_2d(x) else NCHW_ONLY
+
+    def in_layout(self, layout: str, *xs: TensorType) -> Op:
+        # the identity passes x as it lies
+        return ProjectNHWC(self) if layout == NHWC and not self.is_identity(*xs) else self
 
     def params(self, x):
         if self.is_identity(x):

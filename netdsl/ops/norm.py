@@ -8,6 +8,8 @@ from netdsl.ops.base import Arg, Op, number, probability, register
 from netdsl.ops.channels import ChannelProgram, Stage, run_channels
 from netdsl.ops.common import Pointwise, expect_float
 from netdsl.ops.expr import Var, maximum, sqrt
+from netdsl.ops.layouts import EITHER, NCHW_ONLY, NHWC, spatial_2d
+from netdsl.ops.nhwc import BatchNormNHWC
 from netdsl.ops.numeric import batch_norm, batch_norm_backward, constant
 from netdsl.types import TensorType
 
@@ -188,6 +190,12 @@ class BatchNorm(Op):
 
     def buffers(self, x):
         return running_statistics(x.dims[0])
+
+    def layouts(self, x: TensorType) -> frozenset[str]:
+        return EITHER if spatial_2d(x) else NCHW_ONLY
+
+    def in_layout(self, layout: str, *xs: TensorType) -> Op:
+        return BatchNormNHWC(self) if layout == NHWC else self
 
     def forward(self, ctx, x, weight, bias):
         return self.forward_with(ctx, self.programs, x, {}, weight, bias)

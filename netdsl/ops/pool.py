@@ -9,6 +9,8 @@ from netdsl.ops.base import (
 )
 from netdsl.ops.common import expect_float, expect_spatial, fmt, geometry_of
 from netdsl.ops.conv import check_output, per_dim
+from netdsl.ops.layouts import EITHER, NCHW_ONLY, NHWC, spatial_2d
+from netdsl.ops.nhwc import AvgPoolNHWC, GlobalAvgPoolNHWC, MaxPoolNHWC
 from netdsl.ops.numeric import scatter_add
 from netdsl.ops.parallel import batch_chunks, slab_map
 from netdsl.ops.routines import overridable
@@ -214,6 +216,12 @@ class MaxPool(_Pool):
     host_split = True  # see runtime.host.one_blas_thread
     fresh_grads = True  # dx is made of zeros by every max_pool_backward
 
+    def layouts(self, x: TensorType) -> frozenset[str]:
+        return EITHER if spatial_2d(x) else NCHW_ONLY
+
+    def in_layout(self, layout: str, *xs: TensorType) -> Op:
+        return MaxPoolNHWC(self) if layout == NHWC else self
+
     def forward(self, ctx, x):
         geometry = geometry_of(self, ctx, x)
         y, indices = max_pool(ctx.xp, x, geometry)
@@ -281,6 +289,12 @@ class AvgPool(_Pool):
     r"""$y_{c,i} = \frac{1}{|w|} \sum_{j \in \mathrm{window}(i)} x_{c,j}$"""
 
     keeps = ()  # the gradient spreads evenly: only shapes are needed
+
+    def layouts(self, x: TensorType) -> frozenset[str]:
+        return EITHER if spatial_2d(x) else NCHW_ONLY
+
+    def in_layout(self, layout: str, *xs: TensorType) -> Op:
+        return AvgPoolNHWC(self) if layout == NHWC else self
 
     def divisor(self, xp, spatial, k, s, p, out, dtype):
         """Cells per window, padding included (PyTorch's count_include_pad), except the part
@@ -363,6 +377,13 @@ class GlobalAvgPool(_GlobalPool):
     keeps = ()
     fresh = True
     init_transparent = True
+
+    def layouts(self, x: TensorType) -> frozenset[str]:
+        # its output (C,) has no layout: a region may end here without a change
+        return EITHER if spatial_2d(x) else NCHW_ONLY
+
+    def in_layout(self, layout: str, *xs: TensorType) -> Op:
+        return GlobalAvgPoolNHWC(self) if layout == NHWC else self
 
     def forward(self, ctx, x):
         ctx.save(x_shape=x.shape)

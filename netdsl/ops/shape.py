@@ -7,6 +7,8 @@ import math
 from netdsl.errors import ShapeError
 from netdsl.ops.base import Arg, ArgError, Op, integer, ints, natural, positive, register
 from netdsl.ops.common import fmt
+from netdsl.ops.layouts import EITHER, NCHW_ONLY, NHWC, spatial_2d
+from netdsl.ops.nhwc import ConcatNHWC
 from netdsl.types import TensorType
 
 
@@ -121,6 +123,13 @@ class Concat(_Movement):
             )
         total = sum(x.dims[axis] for x in xs)
         return first.with_dims(first.dims[:axis] + (total,) + first.dims[axis + 1:])
+
+    def layouts(self, *xs: TensorType) -> frozenset[str]:
+        # along any axis, mapped to its place in the layout (channels last in NHWC)
+        return EITHER if all(map(spatial_2d, xs)) else NCHW_ONLY
+
+    def in_layout(self, layout: str, *xs: TensorType) -> Op:
+        return ConcatNHWC(self) if layout == NHWC else self
 
     def forward(self, ctx, *xs):
         axis = array_axis(self.axis, xs[0].ndim)

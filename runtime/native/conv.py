@@ -53,6 +53,8 @@ from netdsl.ops.windows import Geometry
 from netdsl.runtime.host import host_threads, one_blas_thread, slabs_per_thread
 from netdsl.runtime.native.blas import gemm
 from netdsl.runtime.native.choice_file import ChoiceFile, fastest
+# the layout pass reads its measured costs where executors load (registered on import)
+from netdsl.runtime import layout_costs  # noqa: F401
 from netdsl.runtime.native.slabs import Scratch, run_slabs
 from netdsl.runtime.native.toolchain import NativeUnavailable, build, vector_bytes
 from netdsl.switches import flag
