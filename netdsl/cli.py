@@ -86,6 +86,10 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     comp.add_argument("--target", choices=tuple(TARGETS), default="host",
                       help="what the back end's passes lower for: host (NumPy), native (generated C, "
                            "compiled here) or cuda (generated kernels)")
+    comp.add_argument("--time-layouts", action="store_true",
+                      help="with --target native: time each region of 4-D values in NCHW and "
+                           "NHWC at the train clause's batch (a few training steps each way), "
+                           "keep the times for later runs, and print the layout chosen")
     _output_flags(comp, "the totals alone, not a line per node")
 
     draw = sub.add_parser("draw", help="draw the network with Graphviz (svg, png, pdf, dot)",
@@ -470,6 +474,9 @@ def _compile(args) -> int:
     if args.unroll is not None and args.emit != "unrolled":
         raise UsageError("--unroll goes with --emit unrolled", None,
                         f"netc compile {args.spec} --emit unrolled --unroll {args.unroll}")
+    if args.time_layouts and (args.target != "native" or args.emit):
+        raise UsageError("--time-layouts goes with --target native and the table", None,
+                         f"netc compile {args.spec} --target native --time-layouts")
     # the back end: see the note at the module's imports
     from netdsl.lower import lower, printers
     from netdsl.lower.pipeline import PASSES  # likewise
@@ -518,6 +525,10 @@ def _compile(args) -> int:
 
         from netdsl.runtime.native import conv as native_conv  # likewise: its convolutions
 
+        if args.time_layouts:
+            from netdsl.runtime import layout_costs  # likewise: the layout pass's timings
+
+            layout_costs.measure(net, "native", batch=_train_batch(net))
         lowered = lower(net, "native")
         print(native.build_report(lowered))
         print(printers.format_layout(lowered.laid_out))

@@ -262,6 +262,27 @@ def test_netc_compile_prints_each_region(tmp_path, monkeypatch):
     assert "NHWC (NETDSL_LAYOUT=nhwc)" in done.stdout and "x.nhwc = to_nhwc(x)" in done.stdout
 
 
+def test_netc_compile_times_the_layouts_and_prints_the_choice(tmp_path, monkeypatch):
+    from conftest import cli_main
+    from netdsl.runtime import layout_costs
+    from netdsl.runtime.native.choice_file import ChoiceFile
+
+    path = tmp_path / "branches.net"
+    path.write_text(BRANCHES)
+    # the costs alone kept apart: the compiled kernels stay in the shared cache
+    kept = ChoiceFile("layout_costs.json", layout_costs.COSTS.valid, tmp_path)
+    monkeypatch.setattr(layout_costs, "COSTS", kept)
+    done = cli_main("compile", str(path), "--target", "native", "-q")
+    assert done.returncode == 0, done.stderr
+    assert "(not measured)" in done.stdout
+    done = cli_main("compile", str(path), "--target", "native", "-q", "--time-layouts")
+    assert done.returncode == 0, done.stderr
+    assert "the cheaper measured, measured NCHW" in done.stdout
+    assert (tmp_path / "layout_costs.json").exists()
+    done = cli_main("compile", str(path), "--time-layouts")
+    assert done.returncode == 2 and "--target native" in done.stderr
+
+
 # ---- each kernel against the NCHW op
 
 
