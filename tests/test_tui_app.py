@@ -615,7 +615,8 @@ class TestRunPanel:
     async def test_export_dot(self, spec, tmp_path):
         async with opened(spec) as (app, pilot):
             target = str(tmp_path / "mlp.dot")
-            await pilot.press("f6", "ctrl+u", *target, "enter")
+            # the dialog offers TMP/mlp.svg: its extension is replaced
+            await pilot.press("f6", "end", *("backspace",) * len("svg"), *"dot", "enter")
             await settle(pilot)
             assert open(target).read().startswith("digraph")
             assert f"wrote {target}" in status(app)
