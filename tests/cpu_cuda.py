@@ -45,7 +45,7 @@ class HostKernels:
     """CUDA kernel sources built into one host library; `run(source, *args)` calls one."""
 
     def __init__(self, sources):
-        self.names = {}
+        self.names, self.scalars = {}, {}
         units = [HEADER]
         for index, source in enumerate(dict.fromkeys(sources)):
             name = re.search(r"void (\w+)\(", source).group(1)
@@ -56,22 +56,32 @@ class HostKernels:
     def run(self, source: str, *args) -> None:
         """Call the kernel of `source` with arrays (by pointer) and scalars, in its
         parameter order; scalars take the C type the signature gives them."""
-        types = re.findall(r"const (float|double|long long|int) \w+[,)]", source)
-        converted, scalar = [], iter(types)
+        getattr(self.library, self.names[source])(*self._arguments(source, args))
+
+    def run_blocks(self, source: str, blocks: int, *args) -> None:
+        """Call a kernel of one block per item (a channel) for each block in turn."""
+        kernel, arguments = getattr(self.library, self.names[source]), self._arguments(source, args)
+        for index in range(blocks):   # converted once: a launch can have a thousand blocks
+            self.library.host_block(index)
+            kernel(*arguments)
+        self.library.host_block(0)
+
+    def _arguments(self, source: str, args) -> list:
+        """The arguments as ctypes values: arrays by pointer, scalars in the C type of
+        their parameter."""
+        scalars = self.scalars.get(source)
+        if scalars is None:
+            scalars = self.scalars[source] = [
+                _SCALARS[kind] for kind in
+                re.findall(r"const (float|double|long long|int) \w+[,)]", source)]
+        converted, scalar = [], iter(scalars)
         for arg in args:
             if isinstance(arg, np.ndarray):
                 assert arg.flags.c_contiguous
                 converted.append(ctypes.c_void_p(arg.ctypes.data))
             else:
-                converted.append(_SCALARS[next(scalar)](arg))
-        getattr(self.library, self.names[source])(*converted)
-
-    def run_blocks(self, source: str, blocks: int, *args) -> None:
-        """Call a kernel of one block per item (a channel) for each block in turn."""
-        for index in range(blocks):
-            self.library.host_block(index)
-            self.run(source, *args)
-        self.library.host_block(0)
+                converted.append(next(scalar)(arg))
+        return converted
 
 
 def _built(code: str) -> str:

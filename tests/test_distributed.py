@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, cli_main
 from distributed_cases import CASES, WORKERS, build, results
 from netdsl.runtime import distributed
 from netdsl.runtime.distributed import MpiCommunicator, WorkerLost, rank_seed
@@ -209,17 +209,13 @@ def test_the_trainer_tells_the_communicator_its_first_step_ended(monkeypatch):
 # ---- the command line
 
 W1 = os.path.join(ROOT, "benchmarks", "specs", "w1_mlp.net")
-# runs netc with mpi4py unimportable, as where it is not installed
-NO_MPI4PY = ("import sys; sys.modules['mpi4py'] = None; from netdsl.cli import main; "
-             "sys.exit(main(sys.argv[1:]))")
 
 
-def netc(*args: str, code: str | None = None, env: dict | None = None, timeout: float = 300,
-         background: bool = False):
+def netc(*args: str, timeout: float = 300, background: bool = False):
     """`netc ARGS` in a subprocess (started as root is allowed to start mpirun)."""
-    code = code or "import sys; from netdsl.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from netdsl.cli import main; sys.exit(main(sys.argv[1:]))"
     command = [sys.executable, "-c", code, *args]
-    env = {**os.environ, **(env or {})}
+    env = dict(os.environ)
     if background:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -302,8 +298,9 @@ class TestCommandLine:
         for workers in ("1", "2"):
             again = tmp_path / f"resumed{workers}"
             shutil.copytree(killed, again)
-            result = netc("run", W1, "--workers", workers, "--checkpoint", str(again),
-                          *self.FLAGS, "--resume")
+            resume = netc if workers == "2" else cli_main   # one process: called here
+            result = resume("run", W1, "--workers", workers, "--checkpoint", str(again),
+                            *self.FLAGS, "--resume")
             assert result.returncode == 0, result.stderr
             assert "resuming" in result.stderr
             if workers == "2":  # the same workers: the same numbers
@@ -318,7 +315,7 @@ class TestCommandLine:
 
         folder = tmp_path / "hung"
         proc = netc("run", W1, "--workers", "2", "--checkpoint", str(folder), "--epochs", "200",
-                    "--checkpoint-every", "0", "--quiet", "--timeout", "5", background=True)
+                    "--checkpoint-every", "0", "--quiet", "--timeout", "3", background=True)
         victim = worker_pid(1, str(folder))
         try:
             wait_for(folder, 0, 2, proc)
@@ -330,11 +327,11 @@ class TestCommandLine:
             except ProcessLookupError:
                 pass
         assert proc.returncode == 1
-        assert "no answer from worker rank 1 for 5 s" in err and "intact" in err, err
+        assert "no answer from worker rank 1 for 3 s" in err and "intact" in err, err
         assert position(folder) is not None
 
     def test_a_slow_first_step_on_one_rank_is_not_a_hang(self, tmp_path):
-        """Rank 1's first step ends 8 s after rank 0 has begun waiting for it (as a
+        """Rank 1's first step ends 6 s after rank 0 has begun waiting for it (as a
         compilation or a kernel's timing would make it), with --timeout 3: the first
         step's allowance waits for it."""
         began = tmp_path / "rank 0 began"
@@ -348,7 +345,7 @@ class TestCommandLine:
             "    elif not steps:\n"
             f"        while not os.path.exists({str(began)!r}):\n"
             "            time.sleep(0.01)\n"
-            "        time.sleep(8)\n"
+            "        time.sleep(6)\n"
             "    steps.append(1)\n"
             "    return real(self, *args, **kwargs)\n"
             "Trainer._step = step\n"
@@ -402,7 +399,7 @@ class TestCommandLine:
         assert f"{folder / 'checkpoint.npz'} holds step 2" in result.stderr
         assert "Traceback" not in result.stderr
         assert position(folder)["iteration"] == 2
-        result = netc(*flags, "--resume", "--steps", "4")  # one process resumes it too
+        result = cli_main(*flags, "--resume", "--steps", "4")  # one process resumes it too
         assert result.returncode == 0, result.stderr
         assert "at epoch 1, step 2" in result.stderr and position(folder)["iteration"] == 4
 
@@ -414,17 +411,19 @@ class TestCommandLine:
         assert "Traceback" not in result.stderr and "prterun" not in result.stderr
 
 
-def test_without_mpi4py_one_clear_line(tmp_path):
-    result = netc("run", W1, "--workers", "2", code=NO_MPI4PY)
+def test_without_mpi4py_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # unimportable, as where not installed
+    result = cli_main("run", W1, "--workers", "2")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "--workers 2 needs mpi4py" in result.stderr and "netdsl[mpi]" in result.stderr
     # a worker that mpirun started
-    started = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}
-    result = netc("run", W1, "--checkpoint", str(tmp_path / "r"), code=NO_MPI4PY, env=started)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    result = cli_main("run", W1, "--checkpoint", str(tmp_path / "r"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "started as 2 processes, but mpi4py is not installed" in result.stderr
-    result = netc("run", W1, "--checkpoint", str(tmp_path / "r"), code=NO_MPI4PY,
-                  env={**started, "OMPI_COMM_WORLD_RANK": "1"})
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    result = cli_main("run", W1, "--checkpoint", str(tmp_path / "r"))
     assert result.returncode == 1 and result.stderr == "", "rank 0 alone says it"
 
 

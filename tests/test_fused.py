@@ -2,6 +2,8 @@
 native target runs each elementwise chain as one generated program (evaluated by NumPy
 for cuda here, a CUDA kernel under CuPy; compiled C for native) and must give the NumPy
 executor's losses, gradients and running statistics."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -36,15 +38,39 @@ def _fused(ex) -> list[FusedChain]:
     return [s.op for s in ex.plan.steps if isinstance(s.op, FusedChain)]
 
 
+def _size(name):
+    return ((), 3) if name == "knotty" else (VARIANTS[name].edits, VARIANTS[name].batch)
+
+
+@functools.lru_cache(maxsize=1)   # each network's targets are tested one after the other
+def _plain_run(name):
+    """The NumPy executor's side of the comparison below, the same for every target: its
+    batch, then per step its losses, gradients and its parameters after the update both
+    sides take, then its running statistics and its evaluation."""
+    edits, size = _size(name)
+    plain, _ = _pair(name, edits, target="host")
+    batch = random_batch(plain.plan, size, np.random.default_rng(0))
+    steps = []
+    for _ in range(2):   # the second step sees updated running statistics
+        theirs, their_grads = _step(plain, batch)
+        # both take the same update: a deep network's second step (ResNet-50's, at batch
+        # 2) would otherwise compare the rounding of the first, amplified
+        plain.flat_params -= 0.01 * their_grads
+        steps.append((theirs, their_grads, plain.flat_params.copy()))
+    buffers = {node: {key: np.array(value) for key, value in values.items()}
+               for node, values in plain.buffers.items()}
+    evaluation = {key: float(value) for key, value in
+                  plain.forward(batch, training=False).items()}
+    return batch, steps, buffers, evaluation
+
+
 @pytest.mark.parametrize("target", ["cuda", "native"])
 @pytest.mark.parametrize("name", FEED_FORWARD + ["knotty"])
 def test_fused_step_equals_the_numpy_executor(name, target):
-    edits, size = ((), 3) if name == "knotty" else (VARIANTS[name].edits, VARIANTS[name].batch)
-    plain, fused = _pair(name, edits, target=target)
-    batch = random_batch(plain.plan, size, np.random.default_rng(0))
-    for _ in range(2):   # the second step sees updated running statistics
+    _, fused = _pair(name, _size(name)[0], target=target)
+    batch, steps, buffers, evaluation = _plain_run(name)
+    for theirs, their_grads, updated in steps:
         ours, our_grads = _step(fused, batch)
-        theirs, their_grads = _step(plain, batch)
         assert ours.keys() == theirs.keys()
         for key in ours:
             assert ours[key] == pytest.approx(theirs[key], rel=1e-12), key
@@ -52,19 +78,16 @@ def test_fused_step_equals_the_numpy_executor(name, target):
         # order, with NumPy as much as in C, moves its gradients by 4e-13 of the largest)
         scale = max(1.0, float(np.abs(their_grads).max()))
         np.testing.assert_allclose(our_grads, their_grads, rtol=1e-10, atol=1e-12 * scale)
-        # both take the same update: a deep network's second step (ResNet-50's, at batch
-        # 2) would otherwise compare the rounding of the first, amplified
-        plain.flat_params -= 0.01 * their_grads
-        fused.flat_params[...] = plain.flat_params
-    for node, buffers in plain.buffers.items():
-        for key, value in buffers.items():
+        fused.flat_params[...] = updated
+    for node, values in buffers.items():
+        for key, value in values.items():
             # the native target's batchnorm sums in another order: a batch mean near zero
             # is known to the rounding of its terms
             np.testing.assert_allclose(fused.buffers[node][key], value, rtol=1e-10,
                                        atol=1e-14)
-    evaluation = [ex.forward(batch, training=False) for ex in (plain, fused)]
-    for key, value in evaluation[0].items():
-        assert float(evaluation[1][key]) == pytest.approx(float(value), rel=1e-12)
+    ours = fused.forward(batch, training=False)
+    for key, value in evaluation.items():
+        assert float(ours[key]) == pytest.approx(value, rel=1e-12)
 
 
 def test_a_chain_is_one_launch_each_way():

@@ -10,6 +10,9 @@ the host. The results must equal the NumPy executor's. What this cannot check is
 GPU itself: CuPy's own functions, the speed, and the parallel execution of the
 kernels (their threads write disjoint elements, or add atomically).
 """
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 
@@ -98,18 +101,34 @@ def test_training_on_the_gpu_path_gives_the_host_losses(device):
     assert emulated.evaluate(val)["accuracy"] == pytest.approx(host.evaluate(val)["accuracy"])
 
 
-def test_the_gpu_suite_passes_on_the_emulated_path():
-    """tests/test_gpu.py, which skips without a GPU, run on the emulated GPU path: its
-    every op and spec against NumPy, so the suite itself is checked before a GPU runs it."""
-    import os
-    import subprocess
-    import sys
+# ---- tests/test_gpu.py, which skips without a GPU, on the emulated GPU path: its every op
+# and spec against NumPy, so the suite itself is checked before a GPU runs it
 
-    from conftest import ROOT
 
-    env = {**os.environ, "NETDSL_GPU_TEST_XP": "emulated"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             "tests/test_gpu.py"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout
+def _gpu_suite_emulated():
+    """tests/test_gpu.py loaded a second time, under its own name, as
+    NETDSL_GPU_TEST_XP=emulated loads it: the file picks its array module at import."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_gpu.py")
+    spec = importlib.util.spec_from_file_location("test_gpu_on_the_emulated_path", path)
+    module = importlib.util.module_from_spec(spec)
+    before = os.environ.get("NETDSL_GPU_TEST_XP")
+    os.environ["NETDSL_GPU_TEST_XP"] = "emulated"
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if before is None:
+            del os.environ["NETDSL_GPU_TEST_XP"]
+        else:
+            os.environ["NETDSL_GPU_TEST_XP"] = before
+    assert module.EMULATED and module.NO_GPU is None
+    return module
+
+
+_SUITE = _gpu_suite_emulated()
+# its tests collected here, each run in this process with its kernels on the host (the
+# suite's autouse fixture; the `device` fixture above sets its own launcher after it)
+kernels_on_host = _SUITE.kernels_on_host
+_SUITE_TESTS = {name: test for name, test in vars(_SUITE).items()
+                if name.startswith("test_") and callable(test)}
+assert not _SUITE_TESTS.keys() & globals().keys(), "a test of this file hides one of the suite's"
+globals().update(_SUITE_TESTS)

@@ -513,16 +513,23 @@ def test_compile_reports_the_convolution_scratch_on_the_native_target(tmp_path, 
         assert f"{figure} (largest" in single
 
 
+@pytest.fixture(scope="module")
+def conv_cache(tmp_path_factory):
+    """A cache folder of its own for the kernels below, built once for all of them: the
+    first (kernel None) times the layers' choices in it, as a fresh folder makes it."""
+    return str(tmp_path_factory.mktemp("conv_cache"))
+
+
 @pytest.mark.skipif(toolchain.compiler() is None, reason="no C compiler")
 @pytest.mark.parametrize("kernel", [None, "gemm", "direct", "winograd"])
-def test_a_native_convolutional_estimate_is_what_a_run_takes(kernel, tmp_path, monkeypatch):
+def test_a_native_convolutional_estimate_is_what_a_run_takes(kernel, conv_cache, monkeypatch):
     """Measured as the feed-forward estimate is, on the native target: once the layers'
     choices are timed (the first step, which times them, holds one or two layer outputs
     more), the planned peak, with the convolutions' scratch, is what two steps take,
     whichever kernel runs."""
     from netdsl.runtime.host import host_threads
     from netdsl.runtime.native import conv as native_conv
-    monkeypatch.setenv("NETDSL_CACHE", str(tmp_path))
+    monkeypatch.setenv("NETDSL_CACHE", conv_cache)
     batch = 256
     session = prepare(check_text(CONV.replace("BATCH", str(batch)), "c.net"), {"steps": 2},
                       native=True)

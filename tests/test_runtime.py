@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, SPECS, cli_main, run_netc
+from conftest import ROOT, SPECS, cli_main
 from netdsl.driver import check_file, check_text
 from netdsl.lower import lower
 from netdsl.lower.printers import host_chains
@@ -202,8 +202,9 @@ class TestCheckpoints:
     def test_kill_9_mid_epoch_then_resume_gives_the_same_losses(self, tmp_path):
         spec = os.path.join(SPECS, "mlp.net")
         flags = ["--epochs", "3", "--checkpoint-every", "0", "--quiet", "--seed", "4"]
+        # the kill needs a real process; the runs it is compared with are called here
         whole = tmp_path / "whole"
-        assert run_netc("run", spec, "--checkpoint", str(whole), *flags).returncode == 0
+        assert cli_main("run", spec, "--checkpoint", str(whole), *flags).returncode == 0
         killed = tmp_path / "killed"
         code = "import sys; from netdsl.cli import main; sys.exit(main(sys.argv[1:]))"
         proc = subprocess.Popen([sys.executable, "-c", code, "run", spec, "--checkpoint",
@@ -219,7 +220,7 @@ class TestCheckpoints:
         proc.wait()
         stopped = _position(killed)
         assert stopped["epoch"] < 3, "the run finished before it could be killed"
-        result = run_netc("run", spec, "--checkpoint", str(killed), *flags, "--resume")
+        result = cli_main("run", spec, "--checkpoint", str(killed), *flags, "--resume")
         assert result.returncode == 0, result.stderr
         assert "resuming" in result.stderr
         assert _position(killed)["losses"] == _position(whole)["losses"]

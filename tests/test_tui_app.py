@@ -451,12 +451,15 @@ class TestFiles:
             check_file(spec)
 
     async def test_save_as_and_bad_folder(self, spec, tmp_path):
+        # the dialog starts at the spec's path, TMP/mlp.net: its name is replaced
+        rename = ("end", *("backspace",) * len("mlp.net"))
         async with opened(spec) as (app, pilot):
-            await pilot.press("f2", "ctrl+u", *str(tmp_path / "missing" / "x.net"), "enter")
+            await pilot.press("f2", *rename, *"missing/x.net", "enter")
             await settle(pilot, 1)
             assert "not saved" in status(app) and app.builder.path == spec
+            assert str(tmp_path / "missing" / "x.net") in status(app)
             target = str(tmp_path / "copy.net")
-            await pilot.press("f2", "ctrl+u", *target, "enter")
+            await pilot.press("f2", *rename, *"copy.net", "enter")
             await settle(pilot, 1)
             assert app.builder.path == target and os.path.exists(target)
 
@@ -612,7 +615,8 @@ class TestRunPanel:
     async def test_export_dot(self, spec, tmp_path):
         async with opened(spec) as (app, pilot):
             target = str(tmp_path / "mlp.dot")
-            await pilot.press("f6", "ctrl+u", *target, "enter")
+            # the dialog offers TMP/mlp.svg: its extension is replaced
+            await pilot.press("f6", "end", *("backspace",) * len("svg"), *"dot", "enter")
             await settle(pilot)
             assert open(target).read().startswith("digraph")
             assert f"wrote {target}" in status(app)
