@@ -27,6 +27,8 @@ from types import MappingProxyType
 import numpy as np
 
 from netdsl.lower import Backward, Lowered, Step
+from netdsl.lower.arena import viewed
+from netdsl.lower.memory import ARENA
 from netdsl.lower.schedule import LoopSegment
 from netdsl.ops.base import Ctx
 from netdsl.runtime import cuda  # noqa: F401  registers the GPU's routines for CuPy
@@ -134,6 +136,13 @@ class Executor:
         # -> the view of flat_grads its step writes (netdsl.lower.memory.MemoryPlan.lodge)
         self._lodgings: dict[int, dict] = {}
         self._homes: dict = {}
+        # the arena (netdsl.lower.arena): one block, made at the first training pass for
+        # its batch, in which the values the plan places there are written; a smaller
+        # batch (an epoch's last) writes the front of each value's place in it, a larger
+        # one makes it anew. Per (batch, the pass's outputs): node -> its place
+        self.arena_values = ARENA
+        self._arena = self._arena_layout = None
+        self._places: dict[tuple, dict] = {}
         # whether a pass may do so: the gradient vector then holds nothing meaningful from
         # a forward pass until backward writes it. A trainer allows it (it reads gradients
         # only between backward and the optimiser's step); a caller who runs a forward pass
@@ -201,7 +210,8 @@ class Executor:
         values = {name: self._time_major(batch[name], name) for name in plan.inputs
                   if name in batch}
         self.size = self._extent(values)
-        self._homes = self._lodged(self.size) if self.lodge_values else {}
+        self._homes = (self._placed(self.size, schedule.outputs) if self.lodge_values
+                       else {})
         self.time: dict[str, int] = {}  # folded step or loop -> the time steps it ran over
         # valid steps per example, per sequence value: from `NAME.lengths` in the batch,
         # passed on to what is computed from it; absent when every sequence is full. The
@@ -284,6 +294,37 @@ class Executor:
                 node: self.flat_grads[a:a + batch * types[node].size].reshape(
                     (batch,) + types[node].dims) for node, a in at.items()}
         return homes
+
+    def _placed(self, batch: int, outputs) -> dict:
+        """Node -> the array its step writes: a view of the gradient vector for a value
+        lodged there, else of the arena for one the plan places there (never a value a
+        pass returns, nor one it returns a view of)."""
+        homes = self._places.get((batch, outputs))
+        if homes is None:
+            homes = dict(self._arena_views(batch, outputs)) if self.arena_values else {}
+            homes.update(self._lodged(batch))
+            self._places[(batch, outputs)] = homes
+        return homes
+
+    def _arena_views(self, batch: int, outputs) -> dict:
+        memory, types = self.lowered.memory, self.plan.types
+        if memory is None or self.timed:
+            return {}
+        layout = self._arena_layout
+        if layout is None or batch > layout.batch:
+            scaled = memory.at(batch)
+            if scaled.arena is None:
+                return {}
+            layout = self._arena_layout = scaled.arena
+            self._arena = None  # the old block goes before the new one is made
+            self._arena = self.xp.empty(layout.elements, dtype=self.dtype)
+            self._places = {}
+        # a value this executor lodges in the gradient vector (its parameters' order may
+        # be other than the plan's) is written there instead
+        apart = set(self._lodged(batch)) | viewed(self.plan, outputs)
+        return {node: self._arena[a:a + batch * types[node].size].reshape(
+                    (batch,) + types[node].dims)
+                for node, a in layout.offsets.items() if node not in apart}
 
     def _begin_pass(self) -> None:
         """A forward pass starts: off the host it draws from a stream of its own."""

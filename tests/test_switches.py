@@ -39,12 +39,13 @@ SWITCHES = {
     "NETDSL_NATIVE": ("toolchain.compiler() is not None", True),
     "NETDSL_DENSE_PICK": ("dense.PICK", True),
     "NETDSL_BLAS_WAKE": ("blas.WAKE", False),
+    "NETDSL_ARENA": ("memory.ARENA", True),
 }
 
 _READ = """
 import sys
 from netdsl import fast_parse
-from netdsl.lower import conv_chain, native_conv, pipeline
+from netdsl.lower import conv_chain, memory, native_conv, pipeline
 from netdsl.lower import native as lower_native
 from netdsl.runtime.native import blas, conv, dense, loops, pooling, slabs, toolchain
 
