@@ -37,7 +37,8 @@ from netdsl.runtime.native import conv as native_conv
 from netdsl.runtime.native import pooling  # noqa: F401  registers max pooling's kernels
 from netdsl.runtime.native import dense as native_dense  # noqa: F401  registers the joined dense layers' passes
 from netdsl.runtime.native.loops import CompiledLoops
-from netdsl.runtime.host import on_host, one_blas_thread, to_host
+from netdsl.runtime.host import host_threads, on_host, one_blas_thread, to_host
+from netdsl.runtime.native import slabs
 from netdsl.runtime.native.split_gemm import gemms_on_pool
 from netdsl.runtime.loops import add_grad, backward_loop, forward_loop
 from netdsl.runtime.rng import CountedRng
@@ -143,6 +144,7 @@ class Executor:
         self.arena_values = ARENA
         self._arena = self._arena_layout = None
         self._places: dict[tuple, dict] = {}
+        self._scratch_batch = None   # the batch the slabs' kept scratch is bounded for
         # whether a pass may do so: the gradient vector then holds nothing meaningful from
         # a forward pass until backward writes it. A trainer allows it (it reads gradients
         # only between backward and the optimiser's step); a caller who runs a forward pass
@@ -210,6 +212,8 @@ class Executor:
         values = {name: self._time_major(batch[name], name) for name in plan.inputs
                   if name in batch}
         self.size = self._extent(values)
+        if self.native_conv and slabs.KEEP_SCRATCH and self.size > (self._scratch_batch or 0):
+            self._bound_scratch(self.size)   # the largest batch's: an epoch's last is smaller
         self._homes = (self._placed(self.size, schedule.outputs) if self.lodge_values
                        else {})
         self.time: dict[str, int] = {}  # folded step or loop -> the time steps it ran over
@@ -294,6 +298,15 @@ class Executor:
                 node: self.flat_grads[a:a + batch * types[node].size].reshape(
                     (batch,) + types[node].dims) for node, a in at.items()}
         return homes
+
+    def _bound_scratch(self, batch: int) -> None:
+        """The convolutions' kept slab scratch bounded by the memory plan's scratch figure
+        at `batch`, shared by the host's threads (runtime.native.slabs.bound_scratch)."""
+        self._scratch_batch = batch
+        memory = self.lowered.memory
+        if memory is not None:
+            threads = host_threads()
+            slabs.bound_scratch(memory.at(batch, threads=threads).scratch_bytes // threads)
 
     def _placed(self, batch: int, outputs) -> dict:
         """Node -> the array its step writes: a view of the gradient vector for a value

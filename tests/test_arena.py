@@ -247,3 +247,46 @@ def test_the_peak_with_the_arena_is_no_higher(workload, monkeypatch):
     runs = [_peak(lowered, batch, arena, monkeypatch) for arena in (True, False) * 2]
     with_arena, without = min(runs[0::2]), min(runs[1::2])
     assert with_arena <= without + BOOKKEEPING, (with_arena, without)
+
+
+# ---- the convolutions' slab scratch kept between calls
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kept_slab_scratch_gives_the_same_steps_within_the_plan_s_bound(dtype, monkeypatch):
+    from netdsl.runtime.host import host_threads
+    from netdsl.runtime.native import slabs
+    _native_or_skip("native")
+    lowered = lower(check_text(RESIDUAL, "block.net"), "native")
+    batches = _batches(lowered, (16, 16, 5))
+    monkeypatch.setattr(slabs, "KEEP_SCRATCH", False)
+    plain = _train(lowered, batches, True, dtype)
+    monkeypatch.setattr(slabs, "KEEP_SCRATCH", True)
+    slabs.release_scratch()
+    try:
+        kept = _train(lowered, batches, True, dtype)
+        held = [sum(b.nbytes for b in k.values()) for k in slabs._kept_by_thread]
+        threads = host_threads()
+        bound = lowered.memory.at(16, threads=threads).scratch_bytes // threads
+        assert slabs._bound[0] == bound
+        assert any(held) and max(held) <= bound
+        # the same buffers serve the next step
+        before = {id(b) for k in slabs._kept_by_thread for b in k.values()}
+        kept[2].forward(batches[0], True)
+        kept[2].backward()
+        assert before & {id(b) for k in slabs._kept_by_thread for b in k.values()}
+    finally:
+        slabs.release_scratch()
+        slabs.bound_scratch(None)
+    assert kept[0] == plain[0]
+    assert kept[1].tobytes() == plain[1].tobytes()
+    # a bound below what a slab asks for keeps nothing: each call makes its own again
+    slabs.bound_scratch(16)
+    try:
+        monkeypatch.setattr(Executor, "_bound_scratch", lambda self, batch: None)
+        again = _train(lowered, batches, True, dtype)
+        assert not any(k for k in slabs._kept_by_thread)
+    finally:
+        slabs.release_scratch()
+        slabs.bound_scratch(None)
+    assert again[1].tobytes() == plain[1].tobytes()

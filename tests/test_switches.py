@@ -40,6 +40,7 @@ SWITCHES = {
     "NETDSL_DENSE_PICK": ("dense.PICK", True),
     "NETDSL_BLAS_WAKE": ("blas.WAKE", False),
     "NETDSL_ARENA": ("memory.ARENA", True),
+    "NETDSL_KEEP_SCRATCH": ("slabs.KEEP_SCRATCH", False),
 }
 
 _READ = """
