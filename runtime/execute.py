@@ -214,8 +214,8 @@ class Executor:
         self.size = self._extent(values)
         if self.native_conv and slabs.KEEP_SCRATCH and self.size > (self._scratch_batch or 0):
             self._bound_scratch(self.size)   # the largest batch's: an epoch's last is smaller
-        self._homes = (self._placed(self.size, schedule.outputs) if self.lodge_values
-                       else {})
+        self._homes = (self._placed(self.size, schedule.outputs, training)
+                       if self.lodge_values else {})
         self.time: dict[str, int] = {}  # folded step or loop -> the time steps it ran over
         # valid steps per example, per sequence value: from `NAME.lengths` in the batch,
         # passed on to what is computed from it; absent when every sequence is full. The
@@ -308,22 +308,28 @@ class Executor:
             threads = host_threads()
             slabs.bound_scratch(memory.at(batch, threads=threads).scratch_bytes // threads)
 
-    def _placed(self, batch: int, outputs) -> dict:
+    def _placed(self, batch: int, outputs, training: bool = True) -> dict:
         """Node -> the array its step writes: a view of the gradient vector for a value
         lodged there, else of the arena for one the plan places there (never a value a
         pass returns, nor one it returns a view of)."""
-        homes = self._places.get((batch, outputs))
+        homes = self._places.get((batch, outputs, training))
         if homes is None:
-            homes = dict(self._arena_views(batch, outputs)) if self.arena_values else {}
+            homes = (dict(self._arena_views(batch, outputs, training)) if self.arena_values
+                     else {})
             homes.update(self._lodged(batch))
-            self._places[(batch, outputs)] = homes
+            self._places[(batch, outputs, training)] = homes
         return homes
 
-    def _arena_views(self, batch: int, outputs) -> dict:
+    def _arena_views(self, batch: int, outputs, training: bool) -> dict:
+        """The arena's views for a pass at `batch`. Training passes make (or grow) the
+        arena; an evaluation pass only uses one made for as large a batch, so that a large
+        evaluation batch does not leave a large block held through training."""
         memory, types = self.lowered.memory, self.plan.types
         if memory is None or self.timed:
             return {}
         layout = self._arena_layout
+        if not training and (layout is None or batch > layout.batch):
+            return {}
         if layout is None or batch > layout.batch:
             scaled = memory.at(batch)
             if scaled.arena is None:
