@@ -140,7 +140,8 @@ class Executor:
         # the arena (netdsl.lower.arena): one block, made at the first training pass for
         # its batch, in which the values the plan places there are written; a smaller
         # batch (an epoch's last) writes the front of each value's place in it, a larger
-        # one makes it anew. Per (batch, the pass's outputs): node -> its place
+        # one makes it anew. `arena_values`: whether passes use it (NETDSL_ARENA).
+        # Per (batch, the pass's outputs, training): node -> the array its step writes
         self.arena_values = ARENA
         self._arena = self._arena_layout = None
         self._places: dict[tuple, dict] = {}
