@@ -111,9 +111,15 @@ def test_a_view_keeps_its_value_s_place_taken():
 
 
 def test_netc_compile_prints_the_arena_s_size():
-    line = format_training_memory(check_file(os.path.join(ROOT, "specs", "lenet5.net")),
-                                  32, "native")
+    from netdsl.lower.printers import _format_memory
+    from netdsl.report import human
+    net = check_file(os.path.join(ROOT, "specs", "lenet5.net"))
+    line = format_training_memory(net, 32, "native")
     assert "; arena " in line and "made once for 1 value" in line
+    memory = lower(net.graph, "native").memory.at(32)
+    listed = _format_memory(memory)
+    assert f"(arena: one block of {human(memory.arena.bytes, 'B')} made once" in listed
+    assert "  arena     value  relu1 " in listed
 
 
 # ---- the steps
