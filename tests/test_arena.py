@@ -115,8 +115,10 @@ def test_netc_compile_prints_the_arena_s_size():
     from netdsl.report import human
     net = check_file(os.path.join(ROOT, "specs", "lenet5.net"))
     line = format_training_memory(net, 32, "native")
-    assert "; arena " in line and "made once for 1 value" in line
     memory = lower(net.graph, "native").memory.at(32)
+    count = len(memory.arena.offsets)
+    assert (f"; arena {human(memory.arena.bytes, 'B')} of them, made once for {count} "
+            f"value{'s' if count > 1 else ''})") in line
     listed = _format_memory(memory)
     assert f"(arena: one block of {human(memory.arena.bytes, 'B')} made once" in listed
     assert "  arena     value  relu1 " in listed
@@ -195,7 +197,8 @@ def test_ops_that_fill_out_write_the_very_array_they_are_handed(target, dtype, m
     filling = [s.node for s in plan.steps if s.op.fills_out and not s.in_place
                and s.node not in plan.losses.values() and s.node != "logits"]
     kinds = {type(plan.step_of(n).op).__name__ for n in filling}
-    assert {"host": {"Conv", "BatchNorm"}, "native": {"ChannelChain", "Conv"}}[target] <= kinds
+    assert {"host": {"Conv", "BatchNorm", "MaxPool"},
+            "native": {"ChannelChain", "Conv", "MaxPool"}}[target] <= kinds
     seen = {}
 
     def placed(self, batch, outputs, training=True):
@@ -302,3 +305,25 @@ def test_kept_slab_scratch_gives_the_same_steps_within_the_plan_s_bound(dtype, m
         slabs.release_scratch()
         slabs.bound_scratch(None)
     assert again[1].tobytes() == plain[1].tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("native", [False, True])
+def test_max_pooling_writes_its_maxima_where_told(native, stride, dtype):
+    """Both of the NumPy path's routes (a flat run for stride 1, windows otherwise) and
+    the compiled kernels."""
+    from netdsl.ops import pool
+    from netdsl.ops.windows import Geometry
+    from netdsl.runtime.native import conv as native_conv
+    if native:
+        _native_or_skip("native")
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((3, 5, 9, 7)).astype(dtype)
+    geometry = Geometry.of(x.shape[2:], (3, 3), (stride, stride), (1, 1), ((1, 0), (0, 1)))
+    with native_conv.in_use(native):
+        y, indices = pool.max_pool(np, x, geometry)
+        out = np.full_like(y, np.nan)
+        placed, placed_indices = pool.max_pool(np, x, geometry, out=out)
+    assert placed is out
+    assert out.tobytes() == y.tobytes() and placed_indices.tobytes() == indices.tobytes()
