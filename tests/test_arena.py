@@ -73,6 +73,15 @@ def test_values_alive_at_once_never_share_the_arena(path, monkeypatch):
                 continue
             # the arena replaces the slots it takes: the peak rises by its alignment at most
             assert placed.peak <= apart.peak + 4 * ALIGN * len(arena.offsets)
+            # nor does it raise the most bytes alive at once (what a traced step reaches)
+            rest = [b for b in placed.buffers if b.name not in placed.lodged]
+            live = np.zeros(max(b.end for b in rest) + 1, dtype=np.int64)
+            held = live.copy()
+            for b in rest:
+                live[b.start:b.end + 1] += b.bytes
+                if b.name in arena.offsets:
+                    held[b.start:b.end + 1] += b.bytes
+            assert (arena.bytes + live - held).max() <= live.max() + 4 * ALIGN * len(arena.offsets)
             assert placed.slots[placed.arena_slot] == arena.bytes
             values = {b.name: b for b in placed.buffers if b.kind == "value"}
             last = aliases_end(plan, placed.value_ends())

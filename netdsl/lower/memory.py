@@ -256,7 +256,9 @@ def _with_arena(memory: MemoryPlan, plan: Plan, rest: list[Buffer]) -> None:
     lodged, alive apart even through views): one more slot in place of theirs, so the
     plan's peak stays what it was. A slot that a gradient shares with a value that died
     before it keeps its own memory: the arena, reserved for the whole step, cannot be
-    handed to that gradient as the allocator hands it a freed value's."""
+    handed to that gradient as the allocator hands it a freed value's. Nor may the arena
+    raise the most bytes alive at once, what the executors' traced peak follows: slots
+    whose values are dead at that step leave it until it does not."""
     candidates = {n: e for n, e in memory.lodgeable.items() if n not in memory.lodged}
     members: dict[int, list[str]] = {}
     for b in rest:
@@ -266,20 +268,50 @@ def _with_arena(memory: MemoryPlan, plan: Plan, rest: list[Buffer]) -> None:
     chosen = [slot for slot, names in members.items()
               if all(n in candidates for n in names)
               and _apart(sorted((values[n].start, last[n]) for n in names))]
+    while chosen:
+        arena = plan_arena(plan, memory,
+                           {n: candidates[n] for s in chosen for n in members[s]})
+        if arena.bytes > sum(memory.slots[slot] for slot in chosen):
+            # the slots end to end, each value at its slot's start
+            arena = slots_arena(memory.batch, [(memory.slots[s] // _BYTES["float32"],
+                                                {n: candidates[n] for n in members[s]})
+                                               for s in chosen], arena.intervals)
+        dead = _dead_at_peak(rest, arena, values)
+        if not dead:
+            break
+        # a slot whose values are all dead when the most is alive would hold memory there
+        # that the allocator hands to a gradient: the slot that holds most of it goes
+        chosen.remove(max(chosen, key=lambda s: (sum(dead.get(n, 0) for n in members[s]),
+                                                 -s)))
     if not chosen:
         return
-    replaced = sum(memory.slots[slot] for slot in chosen)
-    arena = plan_arena(plan, memory, {n: candidates[n] for s in chosen for n in members[s]})
-    if arena.bytes > replaced:   # the slots end to end, each value at its slot's start
-        arena = slots_arena(memory.batch, [(memory.slots[s] // _BYTES["float32"],
-                                            {n: candidates[n] for n in members[s]})
-                                           for s in chosen], arena.intervals)
     kept = [slot for slot in range(len(memory.slots)) if slot not in chosen]
     index = {slot: i for i, slot in enumerate(kept)}
     memory.arena, memory.arena_slot = arena, len(kept)
     memory.slots = [memory.slots[slot] for slot in kept] + [arena.bytes]
     memory.assignment = {name: (memory.arena_slot if slot in chosen else index[slot])
                          for name, slot in memory.assignment.items()}
+
+
+def _dead_at_peak(rest: list[Buffer], arena: Arena, values: dict) -> dict[str, int]:
+    """The arena's values dead at the step where the most bytes are alive without the
+    arena (the traced peak the executors reach), by their bytes, where the arena raises
+    that peak; {} where it does not."""
+    ends = max(b.end for b in rest)
+    live = [0] * (ends + 2)
+    held = [0] * (ends + 2)   # the arena's values' own bytes alive at each step
+    for b in rest:
+        for t in range(b.start, b.end + 1):
+            live[t] += b.bytes
+            if b.name in arena.offsets:
+                held[t] += b.bytes
+    with_arena = [arena.bytes + live[t] - held[t] for t in range(len(live))]
+    if max(with_arena) <= max(live):
+        return {}
+    peak = max(range(len(live)), key=with_arena.__getitem__)
+    dead = {n: values[n].bytes for n in arena.offsets
+            if not values[n].start <= peak <= values[n].end}
+    return dead or {n: values[n].bytes for n in arena.offsets}   # its layout's gaps
 
 
 def _apart(intervals: list[tuple[int, int]]) -> bool:
