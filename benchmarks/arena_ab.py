@@ -5,7 +5,8 @@
 
 For each workload, two trainers of the native target in one process, from the same
 parameters and batch. `--part arena`: "new" keeps its values in the arena
-(Executor.arena_values), "old" allocates each at its step (NETDSL_ARENA=0's path).
+(Executor.arena_values, planned as NETDSL_ARENA=1 plans it), "old" allocates each at its
+step (the default path).
 `--part scratch`: one trainer, whose steps alternate between the convolutions' slab
 scratch kept per thread between calls (runtime.native.slabs.KEEP_SCRATCH) and made at
 each call. The steps alternate, the order within a pair swapped every pair, so that the
@@ -28,6 +29,7 @@ import train_speed
 from isolation import fix_malloc, keep_results, limit_blas, load_average
 from netdsl.driver import check_file
 from netdsl.lower import lower
+from netdsl.lower import memory as memory_plan
 from netdsl.runtime.init import initial_params
 from netdsl.runtime.native import slabs
 
@@ -112,6 +114,7 @@ def main() -> int:
     parser.add_argument("--part", choices=("arena", "scratch"), default="arena")
     parser.add_argument("--keep", action="store_true", help="file the raw numbers")
     args = parser.parse_args()
+    memory_plan.ARENA = True   # planned for the side that uses it; the other does not
     malloc = fix_malloc()
     limiter = limit_blas(args.threads)  # noqa: F841 (kept for the run)
     wanted = args.only.split(",")

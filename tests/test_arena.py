@@ -44,6 +44,12 @@ loss cross_entropy(logits, y)
 """
 
 
+@pytest.fixture(autouse=True)
+def arena_on(monkeypatch):
+    """The arena planned, as NETDSL_ARENA=1 has it (each test names the executors' side)."""
+    monkeypatch.setattr(memory_plan, "ARENA", True)
+
+
 def _native_or_skip(target):
     if target == "native":
         from netdsl.runtime.native.toolchain import compiler

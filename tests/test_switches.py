@@ -39,7 +39,7 @@ SWITCHES = {
     "NETDSL_NATIVE": ("toolchain.compiler() is not None", True),
     "NETDSL_DENSE_PICK": ("dense.PICK", True),
     "NETDSL_BLAS_WAKE": ("blas.WAKE", False),
-    "NETDSL_ARENA": ("memory.ARENA", True),
+    "NETDSL_ARENA": ("memory.ARENA", False),
     "NETDSL_KEEP_SCRATCH": ("slabs.KEEP_SCRATCH", False),
 }
 

@@ -36,8 +36,8 @@ a step holds, give or take the allocator.
 The values the gradient vector could hold but does not, an executor keeps in an arena
 (netdsl.lower.arena): one block made at its first step, each value at a fixed offset.
 The plan counts the arena as one more slot (`arena_slot`), in place of the slots those
-values took, and only where that raises the planned peak by nothing (NETDSL_ARENA=0:
-no arena, each value allocated at its step).
+values took, and only where that raises the planned peak by nothing (NETDSL_ARENA=1;
+off by default: each value allocated at its step).
 """
 from __future__ import annotations
 
@@ -56,8 +56,10 @@ __all__ = ["Buffer", "MemoryPlan", "plan_memory"]
 _BYTES = {"float32": 4, "float64": 8, "int64": 8, "int32": 4}
 # saved arrays no bigger than a channel vector, or parameters the plan counts apart
 SMALL_SAVED = {"inv_std", "weight", "bias", "bn_weight", "weight_shape", "x_shape", "sizes"}
-# executors keep the values that write where told in an arena made once (lower.arena)
-ARENA = flag("NETDSL_ARENA", True)
+# executors keep the values that write where told in an arena made once (lower.arena;
+# NETDSL_ARENA=1). Off by default: alternating with the old path it won 44-45% of the
+# pairs on W2 and W3 (150 each, load 5-11) and nothing measured in its favour
+ARENA = flag("NETDSL_ARENA", False)
 
 
 @dataclass(frozen=True)
