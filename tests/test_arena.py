@@ -259,9 +259,13 @@ def _peak(lowered, batch, arena: bool, monkeypatch) -> int:
         tracemalloc.stop()
 
 
-# what an executor keeps to find the arena's places (dicts, views): a step's traced peak
-# moves by as much between two runs of one path (1-10 KiB a step)
-BOOKKEEPING = 16 * 1024
+# what an executor keeps to find the arena's places (dicts, views), and the memory plan
+# at the batch it makes at the arena's first pass, which lingers until a collection:
+# 22-26 KiB on W3
+BOOKKEEPING = 64 * 1024
+# W3's step reaches one of two peaks 0.5 MiB apart, on either path (which slab's arrays
+# are alive when the most is): each path's highest of a few runs is compared
+RUNS = 3
 
 
 @pytest.mark.parametrize("workload", ["W1", "W3"])
@@ -274,8 +278,8 @@ def test_the_peak_with_the_arena_is_no_higher(workload, monkeypatch):
     lowered = lower(check_file(os.path.join(ROOT, "benchmarks", "specs", w.spec)), "native")
     batch = make_batch(w)[:2]
     _peak(lowered, batch, True, monkeypatch)   # kernels compiled and chosen before tracing
-    runs = [_peak(lowered, batch, arena, monkeypatch) for arena in (True, False) * 2]
-    with_arena, without = min(runs[0::2]), min(runs[1::2])
+    runs = [_peak(lowered, batch, arena, monkeypatch) for arena in (True, False) * RUNS]
+    with_arena, without = max(runs[0::2]), max(runs[1::2])
     assert with_arena <= without + BOOKKEEPING, (with_arena, without)
 
 
