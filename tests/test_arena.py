@@ -346,3 +346,25 @@ def test_max_pooling_writes_its_maxima_where_told(native, stride, dtype):
         placed, placed_indices = pool.max_pool(np, x, geometry, out=out)
     assert placed is out
     assert out.tobytes() == y.tobytes() and placed_indices.tobytes() == indices.tobytes()
+
+
+@pytest.mark.parametrize("target", ["host", "native"])
+def test_a_value_read_through_a_view_keeps_its_place_in_the_gradient_vector(target):
+    """LeNet-5's pooled features reach dense1 through flatten's view, which dense1 keeps
+    for its backward: lodged in the gradient vector, they must outlive that view's reader
+    (before, the weight gradient written there overwrote them)."""
+    _native_or_skip(target)
+    lowered = lower(check_file(os.path.join(ROOT, "specs", "lenet5.net")), target)
+    assert "features" in lowered.memory.at(4).lodgeable
+    batches = _batches(lowered, (4, 4))
+    runs = []
+    for lodge in (True, False):
+        ex = Executor(lowered, initial_params(lowered.built, "he", seed=5), seed=2,
+                      dtype="float64")
+        ex.lodge_values, ex.arena_values = lodge, False
+        for batch in batches:
+            ex.forward(batch, True)
+            ex.backward()
+            ex.flat_params -= 0.05 * ex.flat_grads
+        runs.append(ex.flat_params.tobytes())
+    assert runs[0] == runs[1]

@@ -181,7 +181,13 @@ class MemoryPlan:
         [start, stop) in elements) each value that fits at `batch` lives: value -> start.
         A value goes, largest first, where every parameter it covers gets its gradient
         after the value's last use, and no value placed there is alive at the same time."""
-        ends = {b.name: (b.start, b.end) for b in self.buffers if b.name in self.lodgeable}
+        # a value is read until the last reader of any view of it (flatten's). A fused
+        # chain's unnamed inputs' reads are left out as before: the chain writes its
+        # output over its input element by element, where both lodge at one place
+        plain = {b.name: b.end for b in self.buffers if b.kind == "value"}
+        last = aliases_end(self.plan, plain) if self.plan is not None else plain
+        ends = {b.name: (b.start, max(b.end, last.get(b.name, b.end)))
+                for b in self.buffers if b.name in self.lodgeable}
         never = max(self.written_at.values(), default=0) + 1  # not written by this pass
         order = sorted((a, b, self.written_at.get(key, never)) for key, (a, b) in spans.items())
         placed: list[tuple[int, int, int, int]] = []   # (lo, hi, start, end)
