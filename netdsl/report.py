@@ -154,9 +154,19 @@ def format_training_memory(net, batch: int, target: str = "host", threads: int =
     memory = lowered.memory.at(batch, len(rule.state), threads)
     return (f"training step at batch {batch}: planned peak {human(memory.peak, 'B')} = "
             f"activations {human(memory.slot_bytes, 'B')} in {len(memory.slots)} shared buffers "
-            f"(unshared {human(memory.unshared_bytes, 'B')}) + parameters and gradients "
+            f"(unshared {human(memory.unshared_bytes, 'B')}{_arena(memory)}) + parameters and gradients "
             f"{human(2 * memory.param_bytes, 'B')} + optimiser state "
             f"{human(memory.optimizer_bytes, 'B')}" + _scratch(memory))
+
+
+def _arena(memory) -> str:
+    """The arena among the shared buffers: one block made once, holding the values whose
+    ops write where told that have a slot of their own."""
+    if memory.arena is None:
+        return ""
+    count = len(memory.arena.offsets)
+    return (f"; arena {human(memory.arena.bytes, 'B')} of them, made once for "
+            f"{count} value{'s' if count != 1 else ''}")
 
 
 def _scratch(memory) -> str:

@@ -27,6 +27,8 @@ from types import MappingProxyType
 import numpy as np
 
 from netdsl.lower import Backward, Lowered, Step
+from netdsl.lower.arena import viewed
+from netdsl.lower.memory import ARENA
 from netdsl.lower.schedule import LoopSegment
 from netdsl.ops.base import Ctx
 from netdsl.runtime import cuda  # noqa: F401  registers the GPU's routines for CuPy
@@ -35,7 +37,8 @@ from netdsl.runtime.native import conv as native_conv
 from netdsl.runtime.native import pooling  # noqa: F401  registers max pooling's kernels
 from netdsl.runtime.native import dense as native_dense  # noqa: F401  registers the joined dense layers' passes
 from netdsl.runtime.native.loops import CompiledLoops
-from netdsl.runtime.host import on_host, one_blas_thread, to_host
+from netdsl.runtime.host import host_threads, on_host, one_blas_thread, to_host
+from netdsl.runtime.native import slabs
 from netdsl.runtime.native.split_gemm import gemms_on_pool
 from netdsl.runtime.loops import add_grad, backward_loop, forward_loop
 from netdsl.runtime.rng import CountedRng
@@ -134,6 +137,15 @@ class Executor:
         # -> the view of flat_grads its step writes (netdsl.lower.memory.MemoryPlan.lodge)
         self._lodgings: dict[int, dict] = {}
         self._homes: dict = {}
+        # the arena (netdsl.lower.arena): one block, made at the first training pass for
+        # its batch, in which the values the plan places there are written; a smaller
+        # batch (an epoch's last) writes the front of each value's place in it, a larger
+        # one makes it anew. `arena_values`: whether passes use it (NETDSL_ARENA).
+        # Per (batch, the pass's outputs, training): node -> the array its step writes
+        self.arena_values = ARENA
+        self._arena = self._arena_layout = None
+        self._places: dict[tuple, dict] = {}
+        self._scratch_batch = None   # the batch the slabs' kept scratch is bounded for
         # whether a pass may do so: the gradient vector then holds nothing meaningful from
         # a forward pass until backward writes it. A trainer allows it (it reads gradients
         # only between backward and the optimiser's step); a caller who runs a forward pass
@@ -201,7 +213,10 @@ class Executor:
         values = {name: self._time_major(batch[name], name) for name in plan.inputs
                   if name in batch}
         self.size = self._extent(values)
-        self._homes = self._lodged(self.size) if self.lodge_values else {}
+        if self.native_conv and slabs.KEEP_SCRATCH and self.size > (self._scratch_batch or 0):
+            self._bound_scratch(self.size)   # the largest batch's: an epoch's last is smaller
+        self._homes = (self._placed(self.size, schedule.outputs, training)
+                       if self.lodge_values else {})
         self.time: dict[str, int] = {}  # folded step or loop -> the time steps it ran over
         # valid steps per example, per sequence value: from `NAME.lengths` in the batch,
         # passed on to what is computed from it; absent when every sequence is full. The
@@ -284,6 +299,52 @@ class Executor:
                 node: self.flat_grads[a:a + batch * types[node].size].reshape(
                     (batch,) + types[node].dims) for node, a in at.items()}
         return homes
+
+    def _bound_scratch(self, batch: int) -> None:
+        """The convolutions' kept slab scratch bounded by the memory plan's scratch figure
+        at `batch`, shared by the host's threads (runtime.native.slabs.bound_scratch)."""
+        self._scratch_batch = batch
+        memory = self.lowered.memory
+        if memory is not None:
+            threads = host_threads()
+            slabs.bound_scratch(memory.at(batch, threads=threads).scratch_bytes // threads)
+
+    def _placed(self, batch: int, outputs, training: bool = True) -> dict:
+        """Node -> the array its step writes: a view of the gradient vector for a value
+        lodged there, else of the arena for one the plan places there (never a value a
+        pass returns, nor one it returns a view of)."""
+        homes = self._places.get((batch, outputs, training))
+        if homes is None:
+            homes = (dict(self._arena_views(batch, outputs, training)) if self.arena_values
+                     else {})
+            homes.update(self._lodged(batch))
+            self._places[(batch, outputs, training)] = homes
+        return homes
+
+    def _arena_views(self, batch: int, outputs, training: bool) -> dict:
+        """The arena's views for a pass at `batch`. Training passes make (or grow) the
+        arena; an evaluation pass only uses one made for as large a batch, so that a large
+        evaluation batch does not leave a large block held through training."""
+        memory, types = self.lowered.memory, self.plan.types
+        if memory is None or self.timed:
+            return {}
+        layout = self._arena_layout
+        if not training and (layout is None or batch > layout.batch):
+            return {}
+        if layout is None or batch > layout.batch:
+            scaled = memory.at(batch)
+            if scaled.arena is None:
+                return {}
+            layout = self._arena_layout = scaled.arena
+            self._arena = None  # the old block goes before the new one is made
+            self._arena = self.xp.empty(layout.elements, dtype=self.dtype)
+            self._places = {}
+        # a value this executor lodges in the gradient vector (its parameters' order may
+        # be other than the plan's) is written there instead
+        apart = set(self._lodged(batch)) | viewed(self.plan, outputs)
+        return {node: self._arena[a:a + batch * types[node].size].reshape(
+                    (batch,) + types[node].dims)
+                for node, a in layout.offsets.items() if node not in apart}
 
     def _begin_pass(self) -> None:
         """A forward pass starts: off the host it draws from a stream of its own."""

@@ -284,7 +284,7 @@ def test_the_choice_is_timed_once_and_kept(choices_cache, monkeypatch):
     stored[key] = {"forward": "direct", "backward": "gemm"}
     path.write_text(json.dumps(stored))
     calls = []
-    monkeypatch.setattr(native_conv, "forward", lambda kind, *a: calls.append(kind) or y)
+    monkeypatch.setattr(native_conv, "forward", lambda kind, *a, **k: calls.append(kind) or y)
     with native_conv.in_use():
         convolve.conv_nd(np, x, w, bias, g, 1)
     assert calls == ["direct"]

@@ -41,6 +41,8 @@ SWITCHES = {
     "NETDSL_BLAS_WAKE": ("blas.WAKE", False),
     "NETDSL_BLAS_COUNT_DIRECT": ("__import__('netdsl.runtime.host').runtime.host.DIRECT_COUNT",
                                  True),
+    "NETDSL_ARENA": ("memory.ARENA", False),
+    "NETDSL_KEEP_SCRATCH": ("slabs.KEEP_SCRATCH", False),
 }
 
 # settings of more than two ways, read through `choice`: variable -> (the expression that
@@ -52,7 +54,7 @@ CHOICES = {
 _READ = """
 import sys
 from netdsl import fast_parse
-from netdsl.lower import conv_chain, layout, native_conv, pipeline
+from netdsl.lower import conv_chain, layout, memory, native_conv, pipeline
 from netdsl.lower import native as lower_native
 from netdsl.runtime.native import blas, conv, dense, loops, pooling, slabs, toolchain
 

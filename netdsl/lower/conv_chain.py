@@ -81,6 +81,7 @@ class ConvChain(Op):
         self.name = f"{head.name}_{chain.name}"   # the convolution's work, which it mostly is
         self.host_split = head.host_split
         self.fresh_grads = head.fresh_grads
+        self.fills_out = head.fills_out   # forward_then writes y where told as forward does
 
     def shape(self, x):
         return self.head.shape(x)   # names the input "x" for `keeps`

@@ -140,12 +140,14 @@ class FusedChain(Op):
 
     name = "fused"
     fresh = True
+    fills_out = True
 
     def __init__(self, chain: Chain, nodes: tuple[str, ...]):
         super().__init__()
         self.chain, self.nodes = chain, nodes
         self.program = chain_forward(chain)
         self.keeps = ("y",) if from_output(chain) else ()
+        self.keeps_variadic = not self.keeps   # else its backward reads its inputs
         # one input, its gradient from the output: written over gy when the executor owns it
         self.grad_over_gy = chain.inputs == 1 and self.from_output
         self._backward: dict[tuple, object] = {}
@@ -178,7 +180,10 @@ class FusedChain(Op):
         return merge_writes(chain_backward(self.chain, needs, self.from_output))[1]
 
     def forward(self, ctx, *xs):
-        y = run_program(ctx.xp, self.program, dict(zip(self._inputs, xs)), dtype=ctx.dtype)["y"]
+        arrays = dict(zip(self._inputs, xs))
+        if ctx.out is not None:   # written there (an in-place follower's: over x0)
+            arrays["y"] = ctx.out
+        y = run_program(ctx.xp, self.program, arrays, dtype=ctx.dtype)["y"]
         if ctx.training:
             if self.keeps:
                 ctx.saved["y"] = y
@@ -273,6 +278,7 @@ class ChannelChain(Op):
 
     name = "fused"
     fresh = True
+    fills_out = True
     keeps = ("x", "y")
 
     def __init__(self, head: Op, chain: Chain, position: int, nodes: tuple[str, ...]):
@@ -293,12 +299,16 @@ class ChannelChain(Op):
 
     def forward(self, ctx, x, *others, **params):
         if not self.head.programs_run(ctx):
+            out, ctx.out = ctx.out, None   # the chain writes y there, not the op its z
             z = self.head.forward(ctx, x, **params)
             # a chain does the same in either mode; in training mode it keeps what its
             # backward reads, which eval mode's backward (through the op) reads too
             inner = Ctx(ctx.xp, True, dtype=ctx.dtype)
+            inner.out = out
             ctx.save(chain_ctx=inner)
-            return self.apart.forward(inner, *self._chain_inputs(z, others))
+            y = self.apart.forward(inner, *self._chain_inputs(z, others))
+            inner.out, ctx.out = None, out
+            return y
         reads = {f"chain_x{j}": v for j, v in zip(self.others, others)}
         y = self.head.forward_with(ctx, self.programs, x, reads, **params)
         ctx.save(chain_y=y)

@@ -32,22 +32,34 @@ Buffers whose intervals do not overlap share memory: a first-fit assignment of
 intervals to slots gives the planned peak. The executors follow the same
 lifetimes (they drop each array at the end of its interval), so the plan is what
 a step holds, give or take the allocator.
+
+The values the gradient vector could hold but does not, an executor keeps in an arena
+(netdsl.lower.arena): one block made at its first step, each value at a fixed offset.
+The plan counts the arena as one more slot (`arena_slot`), in place of the slots those
+values took, and only where that raises the planned peak by nothing (NETDSL_ARENA=1;
+off by default: each value allocated at its step).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from netdsl.lower.arena import Arena, aliases_end, plan_arena, slots_arena
 from netdsl.lower.autodiff import Backward
 from netdsl.lower.native_conv import geometry_sizes, largest_scratch
 from netdsl.lower.plan import Plan
 from netdsl.ops.base import input_names
 from netdsl.ops.parallel import chunk_examples
+from netdsl.switches import flag
 
 __all__ = ["Buffer", "MemoryPlan", "plan_memory"]
 
 _BYTES = {"float32": 4, "float64": 8, "int64": 8, "int32": 4}
 # saved arrays no bigger than a channel vector, or parameters the plan counts apart
 SMALL_SAVED = {"inv_std", "weight", "bias", "bn_weight", "weight_shape", "x_shape", "sizes"}
+# executors keep the values that write where told in an arena made once (lower.arena;
+# NETDSL_ARENA=1). Off by default: alternating with the old path it won 44-45% of the
+# pairs on W2 and W3 (150 each, load 5-11) and nothing measured in its favour
+ARENA = flag("NETDSL_ARENA", False)
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,22 @@ class MemoryPlan:
     # compiled kernels may run, and the host threads their slabs run on
     convolutions: tuple[tuple[int, ...], ...] = ()
     threads: int = 1
+    # the arena's layout (None: no value in it), and its index in `slots`
+    arena: Arena | None = None
+    arena_slot: int | None = None
+    plan: Plan | None = field(default=None, repr=False)
+    # values an op's unnamed inputs (`*xs`: a fused chain's, concat's) read -> the last
+    # step that reads them, until its backward where it keeps them (`Op.keeps_variadic`).
+    # The buffers' intervals leave those reads out; the arena counts them
+    variadic_reads: dict[str, int] = field(default_factory=dict)
+
+    def value_ends(self) -> dict[str, int]:
+        """Each value buffer's last step, its unnamed inputs' reads counted."""
+        ends = {b.name: b.end for b in self.buffers if b.kind == "value"}
+        for name, step in self.variadic_reads.items():
+            if name in ends:
+                ends[name] = max(ends[name], step)
+        return ends
 
     @property
     def activation_peak(self) -> int:
@@ -143,7 +171,7 @@ class MemoryPlan:
         buffers = [replace(b, bytes=b.bytes * scale) for b in self.buffers]
         memory = _shared(batch, buffers, self.param_bytes, optimizer_slots * self.param_bytes,
                          self.scratch_per_example, self.lodgeable, self.written_at,
-                         self.param_sizes, self.followers)
+                         self.param_sizes, self.followers, self.plan, self.variadic_reads)
         memory.convolutions = self.convolutions
         memory.threads = self.threads if threads is None else threads
         return memory
@@ -153,7 +181,13 @@ class MemoryPlan:
         [start, stop) in elements) each value that fits at `batch` lives: value -> start.
         A value goes, largest first, where every parameter it covers gets its gradient
         after the value's last use, and no value placed there is alive at the same time."""
-        ends = {b.name: (b.start, b.end) for b in self.buffers if b.name in self.lodgeable}
+        # a value is read until the last reader of any view of it (flatten's). A fused
+        # chain's unnamed inputs' reads are left out as before: the chain writes its
+        # output over its input element by element, where both lodge at one place
+        plain = {b.name: b.end for b in self.buffers if b.kind == "value"}
+        last = aliases_end(self.plan, plain) if self.plan is not None else plain
+        ends = {b.name: (b.start, max(b.end, last.get(b.name, b.end)))
+                for b in self.buffers if b.name in self.lodgeable}
         never = max(self.written_at.values(), default=0) + 1  # not written by this pass
         order = sorted((a, b, self.written_at.get(key, never)) for key, (a, b) in spans.items())
         placed: list[tuple[int, int, int, int]] = []   # (lo, hi, start, end)
@@ -203,22 +237,94 @@ def _first_gap(lo: int, hi: int, need: int, busy: list[tuple[int, int]]) -> int 
 
 def _shared(batch: int, buffers: list[Buffer], param_bytes: int, optimizer_bytes: int,
             scratch, lodgeable: dict, written_at: dict, param_sizes: dict,
-            followers: dict) -> MemoryPlan:
+            followers: dict, plan: Plan | None = None,
+            variadic_reads: dict | None = None) -> MemoryPlan:
     """The plan at `batch`: the values that fit in the gradient vector lodged there, the
-    other buffers in first-fit slots."""
+    others that may be in the arena, the other buffers in first-fit slots."""
     memory = MemoryPlan(batch, buffers, [], {}, param_bytes, optimizer_bytes, scratch,
-                        lodgeable, written_at, param_sizes, followers=followers)
+                        lodgeable, written_at, param_sizes, followers=followers, plan=plan,
+                        variadic_reads=variadic_reads or {})
     spans, start = {}, 0
     for key, size in param_sizes.items():
         spans[key] = (start, start + size)
         start += size
     memory.lodged = memory.lodge(batch, spans)
-    memory.slots, memory.assignment = _first_fit([b for b in buffers
-                                                  if b.name not in memory.lodged])
+    rest = [b for b in buffers if b.name not in memory.lodged]
+    memory.slots, memory.assignment = _first_fit(rest)
+    if ARENA and plan is not None:
+        _with_arena(memory, plan, rest)
     for follower, first in followers.items():  # its first step's slot, unless lodged
         if first in memory.assignment:
             memory.assignment[follower] = memory.assignment[first]
     return memory
+
+
+def _with_arena(memory: MemoryPlan, plan: Plan, rest: list[Buffer]) -> None:
+    """Put in an arena the slots that hold only values it may hold (lodgeable, not
+    lodged, alive apart even through views): one more slot in place of theirs, so the
+    plan's peak stays what it was. A slot that a gradient shares with a value that died
+    before it keeps its own memory: the arena, reserved for the whole step, cannot be
+    handed to that gradient as the allocator hands it a freed value's. Nor may the arena
+    raise the most bytes alive at once, what the executors' traced peak follows: slots
+    whose values are dead at that step leave it until it does not."""
+    candidates = {n: e for n, e in memory.lodgeable.items() if n not in memory.lodged}
+    members: dict[int, list[str]] = {}
+    for b in rest:
+        members.setdefault(memory.assignment[b.name], []).append(b.name)
+    values = {b.name: b for b in memory.buffers if b.kind == "value"}
+    last = aliases_end(plan, memory.value_ends())
+    chosen = [slot for slot, names in members.items()
+              if all(n in candidates for n in names)
+              and _apart(sorted((values[n].start, last[n]) for n in names))]
+    while chosen:
+        arena = plan_arena(plan, memory,
+                           {n: candidates[n] for s in chosen for n in members[s]})
+        if arena.bytes > sum(memory.slots[slot] for slot in chosen):
+            # the slots end to end, each value at its slot's start
+            arena = slots_arena(memory.batch, [(memory.slots[s] // _BYTES["float32"],
+                                                {n: candidates[n] for n in members[s]})
+                                               for s in chosen], arena.intervals)
+        dead = _dead_at_peak(rest, arena, values)
+        if not dead:
+            break
+        # a slot whose values are all dead when the most is alive would hold memory there
+        # that the allocator hands to a gradient: the slot that holds most of it goes
+        chosen.remove(max(chosen, key=lambda s: (sum(dead.get(n, 0) for n in members[s]),
+                                                 -s)))
+    if not chosen:
+        return
+    kept = [slot for slot in range(len(memory.slots)) if slot not in chosen]
+    index = {slot: i for i, slot in enumerate(kept)}
+    memory.arena, memory.arena_slot = arena, len(kept)
+    memory.slots = [memory.slots[slot] for slot in kept] + [arena.bytes]
+    memory.assignment = {name: (memory.arena_slot if slot in chosen else index[slot])
+                         for name, slot in memory.assignment.items()}
+
+
+def _dead_at_peak(rest: list[Buffer], arena: Arena, values: dict) -> dict[str, int]:
+    """The arena's values dead at the step where the most bytes are alive without the
+    arena (the traced peak the executors reach), by their bytes, where the arena raises
+    that peak; {} where it does not."""
+    ends = max(b.end for b in rest)
+    live = [0] * (ends + 2)
+    held = [0] * (ends + 2)   # the arena's values' own bytes alive at each step
+    for b in rest:
+        for t in range(b.start, b.end + 1):
+            live[t] += b.bytes
+            if b.name in arena.offsets:
+                held[t] += b.bytes
+    with_arena = [arena.bytes + live[t] - held[t] for t in range(len(live))]
+    if max(with_arena) <= max(live):
+        return {}
+    peak = max(range(len(live)), key=with_arena.__getitem__)
+    dead = {n: values[n].bytes for n in arena.offsets
+            if not values[n].start <= peak <= values[n].end}
+    return dead or {n: values[n].bytes for n in arena.offsets}   # its layout's gaps
+
+
+def _apart(intervals: list[tuple[int, int]]) -> bool:
+    """Whether intervals sorted by start overlap nowhere."""
+    return all(a[1] < b[0] for a, b in zip(intervals, intervals[1:]))
 
 
 def _bytes(plan: Plan, node: str, batch: int) -> int:
@@ -275,9 +381,23 @@ def plan_memory(plan: Plan, backward: Backward, batch: int = 1,
     memory = _shared(batch, buffers, params, optimizer_slots * params, scratch,
                      _lodgeable(plan, holder, size, outputs, batch),
                      _written_at(plan, backward, back_at),
-                     {key: p.size for key, p in plan.params.items()}, holder)
+                     {key: p.size for key, p in plan.params.items()}, holder, plan,
+                     _variadic_reads(plan, holder, back_at))
     memory.convolutions = _native_convolutions(plan) if native else ()
     return memory
+
+
+def _variadic_reads(plan: Plan, holder: dict, back_at: dict) -> dict[str, int]:
+    """Value -> the last step at which an op's unnamed input (`*xs`) reads it: its
+    forward step, or its backward's where it keeps them (`Op.keeps_variadic`)."""
+    reads: dict[str, int] = {}
+    for i, step in enumerate(plan.steps):
+        named = len(input_names(type(step.op)))
+        kept = step.op.keeps_variadic and step.node in back_at
+        for source in step.inputs[named:]:
+            source = holder.get(source, source)
+            reads[source] = max(reads.get(source, 0), back_at[step.node] if kept else i)
+    return reads
 
 
 def _native_convolutions(plan: Plan) -> tuple[tuple[int, ...], ...]:

@@ -114,12 +114,16 @@ def _format_memory(memory: MemoryPlan) -> str:
              f"(unshared {human(memory.unshared_bytes, 'B')})"]
     for b in sorted(memory.buffers, key=lambda b: (b.start, b.name)):
         slot = memory.assignment.get(b.name)
-        where = "lodged  " if slot is None else f"slot {slot:>3}"
+        where = ("lodged  " if slot is None else "arena   " if slot == memory.arena_slot
+                 else f"slot {slot:>3}")
         lines.append(f"  {where}  {b.kind:<6} {b.name:<40} "
                      f"{human(b.bytes, 'B'):>10}  steps {b.start}..{b.end}")
     if memory.lodged:
         lines.append("  (lodged: in the gradient vector, where backward writes later "
                      "parameters' gradients)")
+    if memory.arena is not None:
+        lines.append(f"  (arena: one block of {human(memory.arena.bytes, 'B')} made once per "
+                     f"executor, each value at a fixed offset: slot {memory.arena_slot})")
     return "\n".join(lines)
 
 

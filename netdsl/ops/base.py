@@ -173,6 +173,9 @@ class Op:
     # result's shape and dtype, which no input overlaps): a value may then live in the
     # memory plan's place for it (netdsl.lower.memory)
     fills_out: ClassVar[bool] = False
+    # backward reads the inputs the shape rule leaves unnamed (`*xs`), which `keeps`
+    # cannot name: a fused chain that recomputes from its inputs
+    keeps_variadic: ClassVar[bool] = False
     # forward splits its work over the host's threads (ops.parallel): an executor runs a
     # pass with such ops with BLAS on one thread (runtime.host.one_blas_thread)
     host_split: ClassVar[bool] = False

@@ -67,12 +67,13 @@ class ChannelProgram:
 
 
 def evaluate_channels(program: ChannelProgram, arrays: dict, scalars: dict, xp,
-                      dtype: str) -> dict:
+                      dtype: str, into: dict | None = None) -> dict:
     """Run a program with `xp` over whole arrays: those read, (B, C, ...) and (C,).
 
     Returns the written arrays by name, the elementwise ones shaped as the first array
-    read and the per-channel ones (C,). Sums and per-channel values are computed in
-    float64, as the kernel does, and rounded to `dtype` where an element reads them.
+    read and the per-channel ones (C,): those named in `into` written there. Sums and
+    per-channel values are computed in float64, as the kernel does, and rounded to
+    `dtype` where an element reads them.
     """
     first = arrays[program.reads[0]]
     b, c = first.shape[:2]
@@ -101,13 +102,18 @@ def evaluate_channels(program: ChannelProgram, arrays: dict, scalars: dict, xp,
     for name, e in program.writes:
         value = xp.broadcast_to(evaluate(e, env, xp, dtype), shape)
         results[name] = xp.asarray(value, dtype=dtype).reshape(first.shape)
+        if into and into.get(name) is not None:
+            into[name][...] = results[name]
+            results[name] = into[name]
     return results
 
 
 @overridable
 def run_channels(xp, program: ChannelProgram, arrays: dict, scalars: dict | None = None,
-                 dtype: str = "float32") -> dict:
-    """The program's written arrays by name (all new). The elementwise arrays read share
-    one shape, (B, C, ...); the vectors are (C,). Here the program is evaluated with
-    `xp`; a runtime may run it as compiled code."""
-    return evaluate_channels(program, arrays, scalars or {}, xp, dtype)
+                 dtype: str = "float32", into: dict | None = None) -> dict:
+    """The program's written arrays by name: new, but for the elementwise ones named in
+    `into` (contiguous, of the arrays' shape and dtype, overlapping none read), written
+    there. The elementwise arrays read share one shape, (B, C, ...); the vectors are
+    (C,). Here the program is evaluated with `xp`; a runtime may run it as compiled
+    code."""
+    return evaluate_channels(program, arrays, scalars or {}, xp, dtype, into)

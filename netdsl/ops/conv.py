@@ -106,6 +106,7 @@ class Conv(_Convolution):
     r"""$y_o = b_o + \sum_i w_{o,i} \star x_i$ (cross-correlation)"""
 
     chain_in = "convolution"
+    fills_out = True
     args = (
         Arg("channels", positive),
         Arg("kernel", ints()),
@@ -170,7 +171,8 @@ class Conv(_Convolution):
 
     def forward(self, ctx, x, weight, bias=None):
         ctx.save(x=x, weight=weight, geometry=geometry_of(self, ctx, x))
-        return conv_nd(ctx.xp, x, weight, bias, ctx.saved["geometry"], self.groups)
+        return conv_nd(ctx.xp, x, weight, bias, ctx.saved["geometry"], self.groups,
+                       out=ctx.out)
 
     def backward(self, ctx, gy):
         x, weight = ctx.saved["x"], ctx.saved["weight"]
@@ -183,7 +185,8 @@ class Conv(_Convolution):
         native target applies it as its kernels write y); keeps the chain's output, from
         which the chain's gradient follows."""
         ctx.save(x=x, weight=weight, geometry=geometry_of(self, ctx, x))
-        y = conv_nd_then(ctx.xp, x, weight, bias, ctx.saved["geometry"], self.groups, chain)
+        y = conv_nd_then(ctx.xp, x, weight, bias, ctx.saved["geometry"], self.groups, chain,
+                         out=ctx.out)
         ctx.save(chain_y=y)
         return y
 

@@ -55,7 +55,7 @@ def col2im(win: Windows, cols, dxpad, spread):
 
 
 @overridable
-def conv_nd(xp, x, weight, bias, geometry: Geometry, groups: int):
+def conv_nd(xp, x, weight, bias, geometry: Geometry, groups: int, out=None):
     """Cross-correlate x (B, C, *S) with weight (O, C/G, *k) through the windows of
     `geometry` (its stride, (lo, hi) pads, dilation and windows per dim).
 
@@ -63,13 +63,14 @@ def conv_nd(xp, x, weight, bias, geometry: Geometry, groups: int):
     whose many columns keep BLAS busy, and one copy of its result (O, n, *grid) to y
     (n, O, *out) that also drops the grid's gaps and adds the bias. A 1x1 kernel over
     the whole input needs no columns: a GEMM per example writes y directly. On the host
-    each core convolves a slab of the batch (ops.parallel).
+    each core convolves a slab of the batch (ops.parallel). y is written into `out`
+    where given (contiguous, y's shape and dtype, overlapping no input).
     """
     win = Windows.of(geometry, compact=True)
     x = xp.ascontiguousarray(x)
     b, o = x.shape[0], weight.shape[0]
     dtype = xp.result_type(x.dtype, weight.dtype)
-    y = xp.empty((b, o) + win.out, dtype=dtype)
+    y = xp.empty((b, o) + win.out, dtype=dtype) if out is None else out
     bias = None if bias is None else bias.reshape((1, o) + (1,) * len(win.out))
     convolve = _slab_convolution(xp, x, weight, win, groups)
     work = x.nbytes * math.prod(win.kernel)  # the im2col columns
@@ -78,11 +79,11 @@ def conv_nd(xp, x, weight, bias, geometry: Geometry, groups: int):
 
 
 @overridable
-def conv_nd_then(xp, x, weight, bias, geometry: Geometry, groups: int, chain):
+def conv_nd_then(xp, x, weight, bias, geometry: Geometry, groups: int, chain, out=None):
     """conv_nd, then `chain` over its output: an elementwise map the lowering joined to the
     convolution (`chain.apply(xp, y)` writes it over y). A runtime may apply it where its
-    kernels write y, and save the pass."""
-    return chain.apply(xp, conv_nd(xp, x, weight, bias, geometry, groups))
+    kernels write y, and save the pass. y is written into `out` where given."""
+    return chain.apply(xp, conv_nd(xp, x, weight, bias, geometry, groups, out=out))
 
 
 @overridable

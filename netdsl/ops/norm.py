@@ -110,9 +110,17 @@ def normalise(ctx, x, weight, bias, eps: float, momentum: float, programs=BATCH_
     batchnorm's with an elementwise chain after it absorbed (netdsl.lower.fuse), which
     reads the chain's other inputs from `reads`; those run as programs always (the
     caller checks `programs_run` first)."""
+    out = ctx.out
     if not programs_run(ctx):
+        # a runtime's own routine (the GPU's, synchronised statistics) makes y, which goes
+        # where the executor placed it after
+        own = batch_norm.provided.get(ctx.xp.__name__) is not None
         y, xhat, inv_std = batch_norm(ctx.xp, x, weight, bias, eps, momentum, ctx.buffers,
-                                      ctx.training)
+                                      ctx.training, **({} if own or out is None
+                                                       else {"out": out}))
+        if out is not None and y is not out:
+            out[...] = y
+            y = out
         return y, {"xhat": xhat, "inv_std": inv_std}
     buffers = ctx.buffers
     if "running_mean" not in buffers:
@@ -123,7 +131,7 @@ def normalise(ctx, x, weight, bias, eps: float, momentum: float, programs=BATCH_
               "running_var": buffers["running_var"], **(reads or {})}
     program = programs.train if ctx.training else programs.eval
     made = run_channels(ctx.xp, program, arrays, {"eps": eps, "momentum": momentum},
-                        _dtype_name(x.dtype))
+                        _dtype_name(x.dtype), None if out is None else {"y": out})
     if ctx.training:   # new arrays: a state_dict taken before keeps its values
         buffers["running_mean"] = made["new_running_mean"]
         buffers["running_var"] = made["new_running_var"]
@@ -169,6 +177,7 @@ class BatchNorm(Op):
     keeps = ("xhat", "inv_std", "weight")
     host_split = True  # see runtime.host.one_blas_thread
     fresh = True
+    fills_out = True
     init_transparent = True
     programs = BATCH_NORM
 

@@ -48,8 +48,10 @@ def _per_channel(v):
 
 
 @overridable
-def batch_norm(xp, x, weight, bias, eps, momentum, buffers: dict, training: bool):
-    """Normalise x (B, C, *S) per channel; returns y, xhat and inv_std (1, C, 1...).
+def batch_norm(xp, x, weight, bias, eps, momentum, buffers: dict, training: bool,
+               out=None):
+    """Normalise x (B, C, *S) per channel; returns y (in `out` where given: contiguous,
+    x's shape and dtype), xhat and inv_std (1, C, 1...).
 
     Training uses the batch statistics (biased variance, from the centred values) and
     folds them into the running ones in `buffers` with PyTorch's momentum and unbiased
@@ -62,7 +64,8 @@ def batch_norm(xp, x, weight, bias, eps, momentum, buffers: dict, training: bool
         buffers["running_var"] = xp.ones(channels, dtype=x.dtype)
     x3 = xp.ascontiguousarray(x).reshape(b, channels, -1)
     n = b * x3.shape[2]
-    xhat, y = xp.empty_like(x3), xp.empty_like(x3)
+    xhat = xp.empty_like(x3)
+    y = xp.empty_like(x3) if out is None else out.reshape(x3.shape)
     mean = xp.empty(channels, dtype=x.dtype)
     var = xp.empty(channels, dtype=x.dtype)
     running_mean, running_var = buffers["running_mean"], buffers["running_var"]

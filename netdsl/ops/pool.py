@@ -86,9 +86,10 @@ class _Pool(Op):
 
 
 
-def window_max(xp, win: Windows, xpad):
+def window_max(xp, win: Windows, xpad, out=None):
     """The maximum of each window of xpad (B, C, *padded), and the number of the kernel
-    offset (row-major) where it first occurs, both (B, C, *out).
+    offset (row-major) where it first occurs, both (B, C, *out); the maxima in `out`
+    where given.
 
     One pass per kernel offset over all windows at once: on a flat grid (stride 1) over
     one contiguous run of the whole batch, which NumPy loops over fastest. The offset
@@ -100,7 +101,12 @@ def window_max(xp, win: Windows, xpad):
         cells = (win.run(xpad, offset) for offset in win.offsets())
     else:
         cells = (win.cell(xpad, offset) for offset in win.offsets())
-    y = next(cells).copy()  # C order
+    first = next(cells)
+    if out is not None and not win.flat:   # the maxima gathered where they are wanted
+        xp.copyto(out, first)
+        y = out
+    else:
+        y = first.copy()  # C order
     count = math.prod(win.kernel)
     number = xp.zeros(y.shape, dtype=xp.uint8 if count <= 256 else xp.uint32)
     better = xp.empty(y.shape, dtype=bool)
@@ -117,6 +123,9 @@ def window_max(xp, win: Windows, xpad):
         batch = xpad.shape[:2]
         y = xp.ascontiguousarray(win.valid_run(xp, y, batch))
         number = win.valid_run(xp, number, batch)
+        if out is not None:
+            out[...] = y
+            y = out
     return y, number
 
 
@@ -124,7 +133,7 @@ def window_max(xp, win: Windows, xpad):
 POOL_CHUNK_BYTES = 1 << 20
 
 
-def separable_max(xp, win: Windows, xpad):
+def separable_max(xp, win: Windows, xpad, out=None):
     """window_max for stride 1 (a flat grid), one spatial dim at a time: the maximum over
     each row of a window, then over those row maxima down each column, 2 (k - 1) steps
     for a k x k window instead of k * k - 1, on a few planes at a time.
@@ -138,7 +147,8 @@ def separable_max(xp, win: Windows, xpad):
     planes = xpad.shape[0] * xpad.shape[1]
     area = math.prod(win.padded)
     flat = xpad.reshape(planes * area)
-    y = xp.empty((planes,) + win.out, dtype=xpad.dtype)
+    y = (xp.empty((planes,) + win.out, dtype=xpad.dtype) if out is None
+         else out.reshape((planes,) + win.out))
     count = math.prod(win.kernel)
     number = xp.empty(y.shape, dtype=xp.uint8 if count <= 256 else xp.uint32)
 
@@ -154,7 +164,8 @@ def separable_max(xp, win: Windows, xpad):
 
     slab_map(xp, reduce, planes, xpad.nbytes)
     batch = xpad.shape[:2]
-    return y.reshape(batch + win.out), number.reshape(batch + win.out)
+    return (y.reshape(batch + win.out) if out is None else out,
+            number.reshape(batch + win.out))
 
 
 def _separable_run(xp, win: Windows, run, dtype):
@@ -215,6 +226,7 @@ class MaxPool(_Pool):
     keeps = ("indices",)
     host_split = True  # see runtime.host.one_blas_thread
     fresh_grads = True  # dx is made of zeros by every max_pool_backward
+    fills_out = True
 
     def layouts(self, x: TensorType) -> frozenset[str]:
         return EITHER if spatial_2d(x) else NCHW_ONLY
@@ -224,7 +236,7 @@ class MaxPool(_Pool):
 
     def forward(self, ctx, x):
         geometry = geometry_of(self, ctx, x)
-        y, indices = max_pool(ctx.xp, x, geometry)
+        y, indices = max_pool(ctx.xp, x, geometry, out=ctx.out)
         ctx.save(indices=indices, x_shape=x.shape, geometry=geometry)
         return y
 
@@ -241,20 +253,21 @@ class MaxPool(_Pool):
 
 
 @overridable
-def max_pool(xp, x, geometry: Geometry):
-    """(y, indices): the maxima of the geometry's windows and the flat index of each one's
-    first maximum in its input plane."""
+def max_pool(xp, x, geometry: Geometry, out=None):
+    """(y, indices): the maxima of the geometry's windows (in `out` where given:
+    contiguous, y's shape and dtype) and the flat index of each one's first maximum in
+    its input plane."""
     spatial = x.shape[2:]
-    k, s, p, out = geometry.kernel, geometry.stride, geometry.lows, geometry.out
+    k, s, p, counts = geometry.kernel, geometry.stride, geometry.lows, geometry.out
     win = Windows.of(geometry)
     pads = geometry.pads
     xpad = pad_spatial(xp, xp.ascontiguousarray(x), pads, value=-xp.inf)
-    y, number = (separable_max if win.flat else window_max)(xp, win, xpad)
+    y, number = (separable_max if win.flat else window_max)(xp, win, xpad, out)
     del xpad  # the padded copy, if any: freed before the indices are made
     # the offset's flat index in the plane, plus each window's first cell's
     step = [math.prod(spatial[i + 1:]) for i in range(len(k))]  # row-major plane strides
     first = 0
-    for i, (si, pi, m) in enumerate(zip(s, p, out)):
+    for i, (si, pi, m) in enumerate(zip(s, p, counts)):
         start = (xp.arange(m, dtype=xp.int32) * si - pi) * step[i]
         first = first + start.reshape((-1,) + (1,) * (len(k) - 1 - i))
     indices = xp.empty(number.shape, dtype=xp.int32)

@@ -137,10 +137,14 @@ def conv2d_backward(xp, gy, x, weight, geometry: Geometry, need_dx=True):
 
 
 @convolve.conv_nd.provide("cupy")
-def _conv_nd(xp, x, weight, bias, geometry, groups):
+def _conv_nd(xp, x, weight, bias, geometry, groups, out=None):
     if not supported(x, weight, groups):
         return NotImplemented
-    return conv2d(xp, x, weight, bias, geometry)
+    y = conv2d(xp, x, weight, bias, geometry)
+    if out is None:
+        return y
+    out[...] = y   # the op's output where the executor placed it
+    return out
 
 
 @convolve.conv_nd_backward.provide("cupy")

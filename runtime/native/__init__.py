@@ -194,7 +194,7 @@ def _run_native(xp, program: Program, arrays: dict, scalars: dict | None = None,
 
 @run_channels.provide("numpy")
 def _run_channels_native(xp, program: ChannelProgram, arrays: dict, scalars: dict | None = None,
-                         dtype: str = "float32"):
+                         dtype: str = "float32", into: dict | None = None):
     entry = _functions.get((id(program), str(dtype)))
     if entry is None:
         return NotImplemented
@@ -220,7 +220,11 @@ def _run_channels_native(xp, program: ChannelProgram, arrays: dict, scalars: dic
         results[name] = array = np.empty(c, dtype=dtype)
         pointers.append(_pointer(array))
     for name, _ in program.writes:
-        results[name] = array = np.empty(shape, dtype=dtype)
+        array = (into or {}).get(name)
+        if array is None or array.shape != shape or array.dtype != dtype \
+                or not array.flags.c_contiguous:
+            array = np.empty(shape, dtype=dtype)
+        results[name] = array
         pointers.append(_pointer(array))
     values = [float((scalars or {})[name]) for name in program.scalars]
     function = getattr(entry[1], "function", entry[1])

@@ -176,12 +176,13 @@ def _winograd_backward_fits(g: Geometry) -> bool:
 
 
 def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None = None,
-            chain: Chained | None = None):
+            chain: Chained | None = None, out=None):
     """y of conv_nd through the compiled kernel `kind` ("gemm", "direct" or "winograd";
     the direct kernel of lower.native_conv.direct_kernel unless `kernel` names one), with
-    `chain` applied to each output as the kernel writes it."""
+    `chain` applied to each output as the kernel writes it; into `out` where given (a
+    contiguous array of y's shape and dtype)."""
     if kind == "winograd":
-        return _winograd_forward(x, weight, bias, geometry, chain)
+        return _winograd_forward(x, weight, bias, geometry, chain, out=out)
     library, address = _library(str(x.dtype), chain)
     sizes = _sizes(x, weight, geometry)
     dtype = str(x.dtype)
@@ -194,7 +195,7 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
     o, kh, kw = sizes[3], sizes[4], sizes[5]
     x, weight = np.ascontiguousarray(x), np.ascontiguousarray(weight)
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
-    y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
+    y = _output(out, (x.shape[0], o) + tuple(geometry.out), x.dtype)
 
     pointers = (address, x.ctypes.data, weight.ctypes.data,
                 None if bias is None else bias.ctypes.data, y.ctypes.data,
@@ -208,7 +209,7 @@ def forward(kind: str, x, weight, bias, geometry: Geometry, kernel: str | None =
 
 
 def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None = None,
-                      transformed=None):
+                      transformed=None, out=None):
     """y by Winograd F(2x2, 3x3): the weight's transform once (or `transformed`, the
     weight's U made before, the weight None), then each slab of the batch in chunks of
     tile rows (lower.native_conv.winograd_chunk_rows)."""
@@ -220,7 +221,7 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
     sizes = geometry_sizes(x.shape[1], o, geometry)
     x = np.ascontiguousarray(x)
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
-    y = np.empty((x.shape[0], o) + tuple(geometry.out), dtype=x.dtype)
+    y = _output(out, (x.shape[0], o) + tuple(geometry.out), x.dtype)
 
     function = library.conv_forward_winograd
     pointers = (address, x.ctypes.data, transformed.ctypes.data,
@@ -235,6 +236,22 @@ def _winograd_forward(x, weight, bias, geometry: Geometry, chain: Chained | None
     with _winograd_slabs():
         run_slabs(plan, x.shape[0], x.nbytes * 9)
     return y
+
+
+def _output(out, shape: tuple, dtype):
+    """y's array: `out` where the caller placed it, else a new one."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    assert out.shape == shape and out.dtype == dtype and out.flags.c_contiguous
+    return out
+
+
+def _into(y, out):
+    """y in `out` where the caller placed it (a y the timing of a choice made)."""
+    if out is None or y is out:
+        return y
+    out[...] = y
+    return out
 
 
 def _winograd_slabs():
@@ -655,7 +672,7 @@ def _report_layer(layer, batch: int, dtype: str, rng, counts: dict) -> str:
 
 
 @convolve.conv_nd.provide("numpy")
-def _conv_nd(xp, x, weight, bias, geometry, groups):
+def _conv_nd(xp, x, weight, bias, geometry, groups, out=None):
     if not _active.get() or not covered(x, weight, geometry, groups):
         return NotImplemented
     try:
@@ -663,11 +680,11 @@ def _conv_nd(xp, x, weight, bias, geometry, groups):
     except NativeUnavailable:
         return NotImplemented
     if y is not None:
-        return y
+        return _into(y, out)
     kind = choice["forward"]
     if kind == "numpy":
         return NotImplemented
-    return forward(kind, x, weight, bias, geometry)
+    return forward(kind, x, weight, bias, geometry, out=out)
 
 
 @convolve.conv_nd_backward.provide("numpy")
@@ -685,7 +702,7 @@ def _conv_nd_backward(xp, gy, x, weight, geometry, groups, need_dx=True):
 
 
 @convolve.conv_nd_then.provide("numpy")
-def _conv_nd_then(xp, x, weight, bias, geometry, groups, chain):
+def _conv_nd_then(xp, x, weight, bias, geometry, groups, chain, out=None):
     """The chain applied as the chosen kernel writes y (the choice is timed without it:
     each kernel's epilogue costs alike); NumPy's choice, or a y the timing made, gets the
     chain over it after."""
@@ -695,12 +712,12 @@ def _conv_nd_then(xp, x, weight, bias, geometry, groups, chain):
         choice, y = choose(x, weight, bias, geometry, groups)
         if y is None and choice["forward"] != "numpy":
             return forward(choice["forward"], x, weight, bias, geometry,
-                           chain=chain.programs)
+                           chain=chain.programs, out=out)
     except NativeUnavailable:
         return NotImplemented
     if y is None:
-        y = convolve.conv_nd.generic(np, x, weight, bias, geometry, groups)
-    return chain.apply(xp, y)
+        y = convolve.conv_nd.generic(np, x, weight, bias, geometry, groups, out=out)
+    return chain.apply(xp, _into(y, out))
 
 
 @convolve.conv_nd_then_backward.provide("numpy")

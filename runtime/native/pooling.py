@@ -89,18 +89,24 @@ def covered(x, geometry) -> bool:
             and int(np.prod(x.shape[2:])) < 2 ** 31)
 
 
-def forward(x, geometry, kernel: str | None = None):
+def forward(x, geometry, kernel: str | None = None, out=None):
     """(y, indices) of ops.pool.max_pool by the compiled kernel `kernel`, or the one
     timed fastest for this shape (`TIMED`; lower.native_window's forward_kernel
-    without)."""
+    without); y in `out` where given (contiguous, y's shape and dtype)."""
     x = np.ascontiguousarray(x)
     sizes = pool_sizes(x.shape[2:], geometry)
     dtype = str(x.dtype)
     if kernel is None and TIMED:
         kernel = _chosen.get((dtype, sizes))
         if kernel is None:
-            return _choose(x, geometry, sizes)
-    return _forward(x, geometry, sizes, kernel or forward_kernel(dtype, sizes))
+            y, indices = _choose(x, geometry, sizes)
+            if out is not None:   # a timing run's y, where the caller wants it
+                out[...] = y
+                y = out
+            return y, indices
+    kernel = kernel or forward_kernel(dtype, sizes)
+    return (_forward(x, geometry, sizes, kernel) if out is None
+            else _forward(x, geometry, sizes, kernel, out))
 
 
 def _choose(x, geometry, sizes):
@@ -129,10 +135,13 @@ def timed_kernels(dtype: str, sizes) -> list[str]:
     return [name for name in fitting if lanes[name] * item <= width] or fitting[-1:]
 
 
-def _forward(x, geometry, sizes, kernel: str):
-    """(y, indices) by the forward kernel `kernel`, x contiguous."""
+def _forward(x, geometry, sizes, kernel: str, out=None):
+    """(y, indices) by the forward kernel `kernel`, x contiguous; y into `out` if given."""
     function = getattr(_library(str(x.dtype)), kernel)
-    y = np.empty(x.shape[:2] + tuple(geometry.out), dtype=x.dtype)
+    shape = x.shape[:2] + tuple(geometry.out)
+    if out is not None:
+        assert out.shape == shape and out.dtype == x.dtype and out.flags.c_contiguous
+    y = np.empty(shape, dtype=x.dtype) if out is None else out
     indices = np.empty(y.shape, dtype=np.int32)
     planes = x.shape[0] * x.shape[1]
 
@@ -165,11 +174,11 @@ def backward(gy, indices, shape, geometry):
 
 
 @pool.max_pool.provide("numpy")
-def _max_pool(xp, x, geometry):
+def _max_pool(xp, x, geometry, out=None):
     if not (COMPILED and conv.active() and covered(x, geometry)):
         return NotImplemented
     try:
-        return forward(x, geometry)
+        return forward(x, geometry) if out is None else forward(x, geometry, out=out)
     except NativeUnavailable:
         return NotImplemented
 

@@ -22,12 +22,17 @@ The slabs, the calls and their order within a slab are the same both ways, so th
 results are. A call is (a ctypes function with its argtypes, its arguments): addresses
 (None for NULL), integers, floats, and at most one `Scratch`: a buffer the call may
 overwrite, one per thread running slabs at once (as each slab's own buffer would be
-on the Python threads, where a slab allocates it when it starts).
+on the Python threads, where a slab allocates it when it starts). With `KEEP_SCRATCH`
+(NETDSL_KEEP_SCRATCH=1) each Python thread keeps its slabs' scratch between calls,
+grown when a slab asks for more, up to `bound_scratch`'s bytes a thread (the memory
+plan's scratch figure shared by the threads, which an executor sets): a slab that would
+go past it makes its own for the call, as without.
 """
 from __future__ import annotations
 
 import ctypes
 import struct
+import threading
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -47,6 +52,11 @@ __all__ = ["C_SLABS", "Scratch", "run_slabs", "run_whole", "signature"]
 # NETDSL_C_SLABS=0: the default, as before; the pool's steps did not measure shorter,
 # busy or quiet)
 C_SLABS = flag("NETDSL_C_SLABS", False)
+# keep each thread's slab scratch between calls (True, or NETDSL_KEEP_SCRATCH=1)
+KEEP_SCRATCH = flag("NETDSL_KEEP_SCRATCH", False)
+_local = threading.local()
+_kept_by_thread: list[dict] = []   # every thread's kept buffers, for release_scratch
+_bound = [None]                    # bytes a thread may keep; None: no bound
 
 
 class Scratch(NamedTuple):
@@ -89,28 +99,73 @@ def _runner(signatures: tuple[str, ...]):
 
 
 def run_whole(planned):
-    """A slab's calls made on this thread, its scratch allocated for it; its result."""
+    """A slab's calls made on this thread, its scratch allocated for it (or the thread's
+    kept scratch, `KEEP_SCRATCH`); its result."""
     calls, result = planned
     buffers = {}
+    kept = _thread_kept() if KEEP_SCRATCH else None
     for function, arguments in calls:
         if Scratch in map(type, arguments):   # a loop in C: most calls have none
-            function(*_scratch_given(arguments, buffers))
+            function(*_scratch_given(arguments, buffers, kept))
         else:
             function(*arguments)
     return result
 
 
-def _scratch_given(arguments, buffers: dict) -> list:
-    """The arguments with a Scratch as its buffer's address (made, or grown, here)."""
+def bound_scratch(per_thread: int | None) -> None:
+    """The most bytes of scratch a thread keeps between calls (None: no bound); kept
+    buffers past it are let go."""
+    _bound[0] = per_thread
+    if per_thread is not None:
+        for kept in list(_kept_by_thread):
+            if sum(b.nbytes for b in kept.values()) > per_thread:
+                kept.clear()
+
+
+def release_scratch() -> None:
+    """Let go of every thread's kept scratch."""
+    for kept in list(_kept_by_thread):
+        kept.clear()
+
+
+def _thread_kept() -> dict:
+    kept = getattr(_local, "kept", None)
+    if kept is None:
+        kept = _local.kept = {}
+        _kept_by_thread.append(kept)
+    return kept
+
+
+def _scratch_given(arguments, buffers: dict, kept: dict | None = None) -> list:
+    """The arguments with a Scratch as its buffer's address (made, or grown, here; or
+    the thread's kept one, grown within the bound)."""
     given = []
     for argument in arguments:
         if isinstance(argument, Scratch):
             buffer = buffers.get(argument.key)
             if buffer is None or buffer.size < argument.elements:
-                buffer = buffers[argument.key] = np.empty(argument.elements, argument.dtype)
+                buffer = None if kept is None else _kept_buffer(kept, argument)
+                if buffer is None:
+                    buffer = np.empty(argument.elements, argument.dtype)
+                buffers[argument.key] = buffer
             argument = buffer.ctypes.data
         given.append(argument)
     return given
+
+
+def _kept_buffer(kept: dict, scratch: Scratch):
+    """The thread's kept buffer for `scratch` (a view of its front), grown if the bound
+    allows; None where it does not."""
+    key = (scratch.key, np.dtype(scratch.dtype).str)
+    buffer = kept.get(key)
+    if buffer is None or buffer.size < scratch.elements:
+        need = scratch.elements * np.dtype(scratch.dtype).itemsize
+        others = sum(b.nbytes for k, b in kept.items() if k != key)
+        if _bound[0] is not None and others + need > _bound[0]:
+            return None
+        kept.pop(key, None)   # the smaller one goes before the larger one is made
+        buffer = kept[key] = np.empty(scratch.elements, scratch.dtype)
+    return buffer[:scratch.elements]
 
 
 def run_slabs(plan, total: int, size: int, finish=None) -> list:
