@@ -14,7 +14,7 @@ run: setup graphviz
 
 test: setup-test graphviz tmux cxx
 	$(BIN)/netc fmt --check specs/*.net netdsl/stdlib/*.net
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q --durations=25 -n 2 --dist loadfile
 
 bench: setup-test
 	$(BIN)/python benchmarks/compile_speed.py
