@@ -4,7 +4,6 @@ plan's peak stays what it was, a step with it is the step without it bit for bit
 op that fills out writes the very array it is handed."""
 import glob
 import os
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -246,17 +245,9 @@ def test_ops_that_fill_out_write_the_very_array_they_are_handed(target, dtype, m
 
 
 def _peak(lowered, batch, arena: bool, monkeypatch) -> int:
-    from train_speed import NetdslTrainer
+    from train_speed import netdsl_peak_bytes
     monkeypatch.setattr(execute, "ARENA", arena)
-    params = initial_params(lowered.built, "he", seed=0)
-    tracemalloc.start()
-    try:
-        trainer = NetdslTrainer(lowered, params, batch)
-        for _ in range(2):
-            trainer.step()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    return netdsl_peak_bytes(lowered, initial_params(lowered.built, "he", seed=0), batch)
 
 
 # what an executor keeps to find the arena's places (dicts, views), and the memory plan
