@@ -27,14 +27,7 @@ def flag(name: str, default: bool) -> bool:
     SwitchError
         For any other value.
     """
-    value = os.environ.get(name, "").strip()
-    if value == "":
-        return default
-    if value not in ("0", "1"):
-        raise SwitchError(f"{name}={value!r}: expected 1 (on) or 0 (off); "
-                          f"unset, it is {int(default)}",
-                          hint=f"set {name} to 1 or 0, or unset it")
-    return value == "1"
+    return _setting(name, ("0", "1"), str(int(default)), "1 (on) or 0 (off)", "1 or 0") == "1"
 
 
 def choice(name: str, options: tuple[str, ...], default: str) -> str:
@@ -46,11 +39,15 @@ def choice(name: str, options: tuple[str, ...], default: str) -> str:
     SwitchError
         For any other value.
     """
+    listed = ", ".join(options)
+    return _setting(name, options, default, f"one of {listed}", f"one of {listed}")
+
+
+def _setting(name: str, options, default: str, expected: str, hint: str) -> str:
     value = os.environ.get(name, "").strip()
     if value == "":
         return default
     if value not in options:
-        listed = ", ".join(options)
-        raise SwitchError(f"{name}={value!r}: expected one of {listed}; unset, it is "
-                          f"{default}", hint=f"set {name} to one of {listed}, or unset it")
+        raise SwitchError(f"{name}={value!r}: expected {expected}; unset, it is {default}",
+                          hint=f"set {name} to {hint}, or unset it")
     return value
