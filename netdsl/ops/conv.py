@@ -313,6 +313,8 @@ class Project(Op):
     keeps = ("x", "weight", "xhat", "inv_std", "bn_weight")
     host_split = True
     programs = BATCH_NORM
+    # its batchnorm's eps and momentum: PyTorch's BatchNorm defaults
+    eps, momentum = 1e-5, 0.1
 
     def is_identity(self, x: TensorType) -> bool:
         return x.dims[0] == self.channels and all(s == 1 for s in as_tuple(self.stride))
@@ -381,8 +383,8 @@ class Project(Op):
             return x
         geometry = geometry_of(self, ctx, x)
         z = conv_nd(ctx.xp, x, weight, None, geometry, 1)
-        # momentum and eps are PyTorch's BatchNorm defaults; statistics live in ctx.buffers
-        y, kept = normalise(ctx, z, bn_weight, bn_bias, 1e-5, 0.1)
+        # statistics live in ctx.buffers
+        y, kept = normalise(ctx, z, bn_weight, bn_bias, self.eps, self.momentum)
         ctx.save(**kept, x=x, weight=weight, bn_weight=bn_weight, batch_stats=ctx.training,
                  geometry=geometry)
         return y
@@ -405,10 +407,9 @@ class Project(Op):
         geo = step.geometry
         z = g.node("Conv", [inputs[0], params["weight"]], kernel_shape=geo.kernel,
                    strides=geo.stride)
-        # momentum and eps are batchnorm's defaults, as forward has them
         return g.batch_norm(z, params["bn_weight"], params["bn_bias"],
                             g.buffer(step, "running_mean"), g.buffer(step, "running_var"),
-                            1e-5, x.rank + 1)
+                            self.eps, x.rank + 1)
 
     def torch(self, t, step, inputs):
         x = step.input_types[0]

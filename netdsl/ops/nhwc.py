@@ -60,8 +60,8 @@ class InNHWC(Op):
         self.inner = inner
         self.name = inner.name
 
-    def shape(self, x):
-        return self.inner.shape(x)
+    def shape(self, *xs):
+        return self.inner.shape(*xs)
 
     def params(self, *xs):
         return self.inner.params(*xs)
@@ -112,9 +112,6 @@ class ConvNHWC(InNHWC):
 
     keeps = ("x", "weight")
     host_split = True   # its slabs on the host's threads, BLAS on one (runtime.host)
-
-    def shape(self, x):
-        return self.inner.shape(x)
 
     def scratch(self, x):
         return _scratch(self.inner.geometry(x), x.dims[0])
@@ -167,8 +164,8 @@ class ProjectNHWC(InNHWC):
             return x
         geometry = self.geometry_of(ctx, x)
         z = kernels.conv2d(ctx.xp, x, weight, None, geometry)
-        y, xhat, inv_std = kernels.batch_norm(ctx.xp, z, bn_weight, bn_bias, 1e-5, 0.1,
-                                              ctx.buffers, ctx.training)
+        y, xhat, inv_std = kernels.batch_norm(ctx.xp, z, bn_weight, bn_bias, self.inner.eps,
+                                              self.inner.momentum, ctx.buffers, ctx.training)
         ctx.save(x=x, weight=weight, xhat=xhat, inv_std=inv_std, bn_weight=bn_weight,
                  batch_stats=ctx.training, geometry=geometry)
         return y
@@ -233,9 +230,6 @@ class ConcatNHWC(InNHWC):
     last)."""
 
     keeps = ()
-
-    def shape(self, *xs):
-        return self.inner.shape(*xs)
 
     def _axis(self, ndim: int) -> int:
         return channel_axis(self.inner.axis % (ndim - 1), NHWC)
