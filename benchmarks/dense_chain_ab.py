@@ -14,13 +14,12 @@ and after. With --keep the raw per-step numbers go to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 
 import train_speed
-from isolation import fix_malloc, keep_results, limit_blas, load_average
+from isolation import keep_results
 from netdsl.lower import conv_chain
 
 
@@ -69,25 +68,17 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
-    malloc = fix_malloc()
-    limiter = limit_blas(args.threads)  # noqa: F841 (kept for the run)
-    wanted = args.only.split(",")
-    print(f"{args.threads} threads, {malloc}, {args.pairs} rounds, {os.cpu_count()} CPUs")
-    kept = {"threads": args.threads, "rounds": args.pairs, "workloads": {}}
-    for workload in train_speed.WORKLOADS:
-        if workload.id not in wanted:
-            continue
-        before = load_average()
-        result = run(workload, args.pairs)
-        after = load_average()
-        result["load"] = [before, after]
-        kept["workloads"][workload.id] = result
+
+    def show(workload, result):
         medians = result["medians_ms"]
         line = ", ".join(f"{name} {m['wall']:.3f} ms (cpu {m['cpu']:.3f})"
                          for name, m in medians.items())
         wins = ", ".join(f"{name} shorter than old in {w['wall']} of {args.pairs} "
                          f"(cpu: {w['cpu']})" for name, w in result["won"].items())
+        before, after = result["load"]
         print(f"{workload.id}: {line}; {wins}; load {before:.2f} -> {after:.2f}")
+
+    kept = train_speed.each_workload(args.only, args.threads, args.pairs, run, show)
     keep_results("dense_chain_ab", kept, keep=args.keep)
     return 0
 

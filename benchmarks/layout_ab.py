@@ -16,26 +16,22 @@ average before and after. `--keep` writes the raw numbers to benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 
 import train_speed
-from isolation import fix_malloc, keep_results, limit_blas, load_average
+from isolation import keep_results
 from netdsl.driver import check_file
 from netdsl.lower import lower
 from netdsl.runtime import layout_costs
-from netdsl.runtime.init import initial_params
 
 SIDES = ("nchw", "auto", "nhwc")
 
 
 def _trainer(network, workload, mode: str):
     lowered = lower(network, "native", layout_mode=mode)
-    params = initial_params(lowered.built, "he", seed=train_speed.SEED)
-    x, y, _ = train_speed.make_batch(workload)
-    return lowered, train_speed.NetdslTrainer(lowered, params, (x, y))
+    return lowered, train_speed.warmed_trainer(workload, lowered=lowered, steps=0)
 
 
 def _step(trainer) -> tuple[float, float]:
@@ -82,19 +78,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="raw numbers to benchmarks/results")
     args = parser.parse_args()
-    malloc = fix_malloc()
-    limiter = limit_blas(args.threads)  # noqa: F841 (kept for the run)
-    wanted = args.only.split(",")
-    print(f"{args.threads} threads, {malloc}, {args.pairs} rounds, {os.cpu_count()} CPUs")
-    kept = {"threads": args.threads, "rounds": args.pairs, "workloads": {}}
-    for workload in train_speed.WORKLOADS:
-        if workload.id not in wanted:
-            continue
-        before = load_average()
-        result = run(workload, args.pairs)
-        after = load_average()
-        result["load"] = [before, after]
-        kept["workloads"][workload.id] = result
+
+    def show(workload, result):
         print(f"{workload.id}: costs measured in {result['measure_s']:.1f} s")
         for region in result["regions"]:
             costs = ", ".join(f"{k} {v:.2f} ms" for k, v in region["costs_ms"].items())
@@ -107,7 +92,9 @@ def main() -> int:
                 line += (f"; shorter than nchw in {won[name]['wall']} of {args.pairs} "
                          f"(cpu: {won[name]['cpu']})")
             print(line)
-        print(f"  load {before:.2f} -> {after:.2f}")
+        print("  load {:.2f} -> {:.2f}".format(*result["load"]))
+
+    kept = train_speed.each_workload(args.only, args.threads, args.pairs, run, show)
     if args.keep:
         print(f"raw numbers: {keep_results('layout_ab', kept)}")
     return 0

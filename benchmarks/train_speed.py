@@ -241,6 +241,27 @@ def warmed_trainer(workload: Workload, target: str = "native", steps: int = 3,
     return trainer
 
 
+
+def each_workload(wanted: str, threads: int, rounds: int, run: Callable[[Workload, int], dict],
+                  show: Callable[[Workload, dict], None]) -> dict:
+    """An A/B script's run: run(workload, rounds) for each workload id in `wanted`
+    (comma-separated), BLAS on `threads` and malloc's threshold fixed, the load average
+    before and after each kept in its result as "load"; show(workload, result) prints
+    it. The raw numbers of all, for keep_results."""
+    malloc = fix_malloc()
+    limiter = limit_blas(threads)  # noqa: F841 (kept for the run)
+    print(f"{threads} threads, {malloc}, {rounds} rounds, {os.cpu_count()} CPUs")
+    kept = {"threads": threads, "rounds": rounds, "workloads": {}}
+    for workload in WORKLOADS:
+        if workload.id not in wanted.split(","):
+            continue
+        before = load_average()
+        result = run(workload, rounds)
+        result["load"] = [before, load_average()]
+        kept["workloads"][workload.id] = result
+        show(workload, result)
+    return kept
+
 class TorchTrainer:
     def __init__(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]):
         self.model = model.train()
