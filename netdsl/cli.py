@@ -528,6 +528,8 @@ def _compile(args) -> int:
         if args.time_layouts:
             from netdsl.runtime import layout_costs  # likewise: the layout pass's timings
 
+            print(f"timing each region NCHW and NHWC at batch {_train_batch(net)}: a few "
+                  "training steps each way", file=sys.stderr)
             layout_costs.measure(net, "native", batch=_train_batch(net))
         lowered = lower(net, "native")
         print(native.build_report(lowered))

@@ -90,6 +90,8 @@ def measure(network, target: str = "native", dtype: str = "float32", batch: int 
     sums: dict[str, list[float]] = {}
     for layout in (NCHW, NHWC):
         lowered = lower(graph, target, layout_mode=layout.lower())
+        if not lowered.laid_out.regions:
+            return {}   # no value may lie NHWC (none 4-D, or sequences): nothing to time
         laid = lowered.laid_out.plan
         params = initial_params(lowered.built, "torch", seed=seed)
         rng = np.random.default_rng(seed)

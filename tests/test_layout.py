@@ -281,6 +281,10 @@ def test_netc_compile_times_the_layouts_and_prints_the_choice(tmp_path, monkeypa
     assert (tmp_path / "layout_costs.json").exists()
     done = cli_main("compile", str(path), "--time-layouts")
     assert done.returncode == 2 and "--target native" in done.stderr
+    # a network of sequences has no region: nothing is timed, nothing fails
+    done = cli_main("compile", "specs/lstm.net", "--target", "native", "-q", "--time-layouts")
+    assert done.returncode == 0, done.stderr
+    assert "layout (auto): 0 regions" in done.stdout
 
 
 # ---- each kernel against the NCHW op
